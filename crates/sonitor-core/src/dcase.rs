@@ -1,0 +1,609 @@
+//! The DCASE 2022/2023 Task 2 data layout.
+//!
+//! ```text
+//! ROOT/<machine_type>/train/section_SS_{source|target}_train_normal_NNNN_<attributes>.wav
+//! ROOT/<machine_type>/test/section_SS_{source|target}_test_{normal|anomaly}_NNNN_<attributes>.wav
+//! ROOT/<machine_type>/attributes_SS.csv           file_name,d1p,d1v,d2p,d2v,...
+//! ```
+//!
+//! Evaluation-set test files carry no labels (`section_SS_NNNN.wav`); they parse with `domain` and `condition`
+//! unknown. This module also reads and writes DCASE submission files
+//! (`anomaly_score_<type>_section_SS_test.csv`, rows `file_name,score`) and builds the auxiliary class labels
+//! the training task uses, at the granularities the seed paper compares ([`LabelGranularity`]).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DcaseError {
+    #[error("{path}: data directory not found")]
+    MissingDir { path: PathBuf },
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: no machine type directories (<type>/train or <type>/test) found")]
+    Empty { path: PathBuf },
+    #[error("{path}: file name is not DCASE-shaped ({reason}); expected section_SS_<source|target>_<train|test>_<normal|anomaly>_NNNN[_attributes].wav")]
+    BadName { path: PathBuf, reason: String },
+    #[error("{path}: {reason}")]
+    BadCsv { path: PathBuf, reason: String },
+    #[error("{path}: file is in {dir}/ but its name says {split}")]
+    WrongSplit {
+        path: PathBuf,
+        dir: &'static str,
+        split: &'static str,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Domain {
+    Source,
+    Target,
+}
+
+impl Domain {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Domain::Source => "source",
+            Domain::Target => "target",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    Train,
+    Test,
+}
+
+impl Split {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Test => "test",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Condition {
+    Normal,
+    Anomaly,
+}
+
+impl Condition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Condition::Normal => "normal",
+            Condition::Anomaly => "anomaly",
+        }
+    }
+}
+
+/// What a DCASE file name says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClipName {
+    pub section: u16,
+    /// `None` for evaluation-set names (`section_SS_NNNN.wav`).
+    pub domain: Option<Domain>,
+    pub split: Option<Split>,
+    pub condition: Option<Condition>,
+    pub index: u32,
+    /// The attribute part of the name (after the index), without `.wav`; empty when absent.
+    pub attributes: String,
+}
+
+impl ClipName {
+    /// Formats a development-set name.
+    pub fn format(
+        section: u16,
+        domain: Domain,
+        split: Split,
+        condition: Condition,
+        index: u32,
+        attributes: &str,
+    ) -> String {
+        let attrs = if attributes.is_empty() {
+            String::new()
+        } else {
+            format!("_{attributes}")
+        };
+        format!(
+            "section_{section:02}_{}_{}_{}_{index:04}{attrs}.wav",
+            domain.as_str(),
+            split.as_str(),
+            condition.as_str()
+        )
+    }
+
+    /// Parses a file name (not a path).
+    pub fn parse(name: &str) -> Result<ClipName, String> {
+        let stem = name
+            .strip_suffix(".wav")
+            .or_else(|| name.strip_suffix(".WAV"))
+            .ok_or("does not end in .wav")?;
+        let parts: Vec<&str> = stem.split('_').collect();
+        if parts.len() < 3 || parts[0] != "section" {
+            return Err("does not start with section_SS_".into());
+        }
+        let section = parse_num(parts[1], "section")?;
+        let section = u16::try_from(section).map_err(|_| "section number too large".to_string())?;
+        // Evaluation-set name: section_SS_NNNN.wav
+        if parts.len() == 3 {
+            return Ok(ClipName {
+                section,
+                domain: None,
+                split: None,
+                condition: None,
+                index: parse_num(parts[2], "index")?,
+                attributes: String::new(),
+            });
+        }
+        if parts.len() < 6 {
+            return Err("too few fields".into());
+        }
+        let domain = match parts[2] {
+            "source" => Domain::Source,
+            "target" => Domain::Target,
+            other => return Err(format!("domain '{other}' is neither source nor target")),
+        };
+        let split = match parts[3] {
+            "train" => Split::Train,
+            "test" => Split::Test,
+            other => return Err(format!("split '{other}' is neither train nor test")),
+        };
+        let condition = match parts[4] {
+            "normal" => Condition::Normal,
+            "anomaly" => Condition::Anomaly,
+            other => return Err(format!("condition '{other}' is neither normal nor anomaly")),
+        };
+        Ok(ClipName {
+            section,
+            domain: Some(domain),
+            split: Some(split),
+            condition: Some(condition),
+            index: parse_num(parts[5], "index")?,
+            attributes: parts[6..].join("_"),
+        })
+    }
+}
+
+fn parse_num(s: &str, what: &str) -> Result<u32, String> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{what} '{s}' is not a number"));
+    }
+    s.parse().map_err(|_| format!("{what} '{s}' is out of range"))
+}
+
+/// One audio clip of a data set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Clip {
+    pub path: PathBuf,
+    pub machine_type: String,
+    /// The split given by the directory the file is in.
+    pub split: Split,
+    pub name: ClipName,
+    /// Attribute (parameter, value) pairs from `attributes_SS.csv` when the file is listed there.
+    pub attribute_values: Vec<(String, String)>,
+}
+
+impl Clip {
+    pub fn file_name(&self) -> &str {
+        self.path.file_name().and_then(|n| n.to_str()).unwrap_or_default()
+    }
+
+    pub fn is_anomaly(&self) -> Option<bool> {
+        self.name.condition.map(|c| c == Condition::Anomaly)
+    }
+
+    /// The attribute string used for class labels: the CSV's `p1_v1_p2_v2…` when listed, else the name's.
+    pub fn attribute_key(&self) -> String {
+        if self.attribute_values.is_empty() {
+            self.name.attributes.clone()
+        } else {
+            self.attribute_values
+                .iter()
+                .map(|(p, v)| format!("{p}_{v}"))
+                .collect::<Vec<_>>()
+                .join("_")
+        }
+    }
+}
+
+/// A scanned data set: every clip of every machine type.
+#[derive(Debug, Clone, Default)]
+pub struct Dataset {
+    pub root: PathBuf,
+    pub clips: Vec<Clip>,
+}
+
+impl Dataset {
+    pub fn machine_types(&self) -> Vec<String> {
+        let set: BTreeSet<&str> = self.clips.iter().map(|c| c.machine_type.as_str()).collect();
+        set.into_iter().map(String::from).collect()
+    }
+
+    /// (machine type, section) pairs in sorted order.
+    pub fn sections(&self) -> Vec<(String, u16)> {
+        let set: BTreeSet<(&str, u16)> = self
+            .clips
+            .iter()
+            .map(|c| (c.machine_type.as_str(), c.name.section))
+            .collect();
+        set.into_iter().map(|(t, s)| (t.to_string(), s)).collect()
+    }
+
+    pub fn clips_of<'a>(
+        &'a self,
+        machine_type: &'a str,
+        section: u16,
+        split: Split,
+    ) -> impl Iterator<Item = &'a Clip> + 'a {
+        self.clips
+            .iter()
+            .filter(move |c| c.machine_type == machine_type && c.name.section == section && c.split == split)
+    }
+}
+
+/// Scans a data set root. Non-WAV files are ignored; a WAV whose name is not DCASE-shaped is an error.
+pub fn scan(root: &Path) -> Result<Dataset, DcaseError> {
+    if !root.is_dir() {
+        return Err(DcaseError::MissingDir {
+            path: root.to_path_buf(),
+        });
+    }
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DcaseError::Io { path, source }
+    };
+    let mut types: Vec<PathBuf> = std::fs::read_dir(root)
+        .map_err(io(root))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("train").is_dir() || p.join("test").is_dir())
+        .collect();
+    types.sort();
+    if types.is_empty() {
+        return Err(DcaseError::Empty {
+            path: root.to_path_buf(),
+        });
+    }
+    let mut clips = Vec::new();
+    for type_dir in types {
+        let machine_type = type_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let attributes = read_attribute_csvs(&type_dir)?;
+        for (dir, split) in [("train", Split::Train), ("test", Split::Test)] {
+            let d = type_dir.join(dir);
+            if !d.is_dir() {
+                continue;
+            }
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&d)
+                .map_err(io(&d))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.extension()
+                        .and_then(|e| e.to_str())
+                        .is_some_and(|e| e.eq_ignore_ascii_case("wav"))
+                })
+                .collect();
+            files.sort();
+            for path in files {
+                let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                let name = ClipName::parse(file_name).map_err(|reason| DcaseError::BadName {
+                    path: path.clone(),
+                    reason,
+                })?;
+                if let Some(s) = name.split {
+                    if s != split {
+                        return Err(DcaseError::WrongSplit {
+                            path,
+                            dir,
+                            split: s.as_str(),
+                        });
+                    }
+                }
+                let attribute_values = attributes.get(file_name).cloned().unwrap_or_default();
+                clips.push(Clip {
+                    path,
+                    machine_type: machine_type.clone(),
+                    split,
+                    name,
+                    attribute_values,
+                });
+            }
+        }
+    }
+    Ok(Dataset {
+        root: root.to_path_buf(),
+        clips,
+    })
+}
+
+/// Reads every `attributes_SS.csv` of a machine type directory: file name (without directories) → pairs.
+pub fn read_attribute_csvs(type_dir: &Path) -> Result<HashMap<String, Vec<(String, String)>>, DcaseError> {
+    let mut map = HashMap::new();
+    let Ok(entries) = std::fs::read_dir(type_dir) else {
+        return Ok(map);
+    };
+    let mut csvs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("attributes_") && n.ends_with(".csv"))
+        })
+        .collect();
+    csvs.sort();
+    for csv_path in csvs {
+        let bad = |reason: String| DcaseError::BadCsv {
+            path: csv_path.clone(),
+            reason,
+        };
+        let mut rdr = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .flexible(true)
+            .from_path(&csv_path)
+            .map_err(|e| bad(e.to_string()))?;
+        for (line, rec) in rdr.records().enumerate() {
+            let rec = rec.map_err(|e| bad(e.to_string()))?;
+            let file = rec.get(0).ok_or_else(|| bad(format!("row {} has no file_name", line + 2)))?;
+            let base = file.rsplit('/').next().unwrap_or(file).to_string();
+            let values: Vec<String> = rec.iter().skip(1).map(|s| s.trim().to_string()).collect();
+            if values.len() % 2 != 0 {
+                return Err(bad(format!(
+                    "row {} has an odd number of attribute fields (expected parameter,value pairs)",
+                    line + 2
+                )));
+            }
+            let pairs = values
+                .chunks(2)
+                .filter(|pv| !pv[0].is_empty())
+                .map(|pv| (pv[0].clone(), pv[1].clone()))
+                .collect();
+            map.insert(base, pairs);
+        }
+    }
+    Ok(map)
+}
+
+/// Auxiliary class granularity for the training task (the seed paper's comparison).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LabelGranularity {
+    /// Machine type only.
+    Type,
+    /// Machine type + section.
+    Section,
+    /// Machine type + section + attribute string.
+    Attribute,
+    /// Machine type + section + attribute string + domain.
+    AttributeDomain,
+}
+
+impl LabelGranularity {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "type" => Some(Self::Type),
+            "section" => Some(Self::Section),
+            "attribute" => Some(Self::Attribute),
+            "attribute-domain" => Some(Self::AttributeDomain),
+            _ => None,
+        }
+    }
+
+    /// The class name of a clip at this granularity.
+    pub fn class_of(self, clip: &Clip) -> String {
+        let t = &clip.machine_type;
+        let s = clip.name.section;
+        match self {
+            Self::Type => t.clone(),
+            Self::Section => format!("{t}/section_{s:02}"),
+            Self::Attribute => format!("{t}/section_{s:02}/{}", clip.attribute_key()),
+            Self::AttributeDomain => format!(
+                "{t}/section_{s:02}/{}/{}",
+                clip.attribute_key(),
+                clip.name.domain.map_or("unknown", Domain::as_str)
+            ),
+        }
+    }
+}
+
+/// Sorted class names and each clip's class index.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassMap {
+    pub granularity: LabelGranularity,
+    pub names: Vec<String>,
+}
+
+impl ClassMap {
+    pub fn build<'a>(granularity: LabelGranularity, clips: impl IntoIterator<Item = &'a Clip>) -> Self {
+        let set: BTreeSet<String> = clips.into_iter().map(|c| granularity.class_of(c)).collect();
+        Self {
+            granularity,
+            names: set.into_iter().collect(),
+        }
+    }
+
+    pub fn index_of(&self, clip: &Clip) -> Option<usize> {
+        self.names.binary_search(&self.granularity.class_of(clip)).ok()
+    }
+}
+
+/// Name of the DCASE submission file of a section.
+pub fn submission_file_name(machine_type: &str, section: u16) -> String {
+    format!("anomaly_score_{machine_type}_section_{section:02}_test.csv")
+}
+
+/// Writes a DCASE submission file (`file_name,score` rows, no header).
+pub fn write_scores(path: &Path, rows: &[(String, f64)]) -> Result<(), DcaseError> {
+    let mut s = String::with_capacity(rows.len() * 64);
+    for (name, score) in rows {
+        s.push_str(&format!("{name},{score}\n"));
+    }
+    std::fs::write(path, s).map_err(|source| DcaseError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads a DCASE submission file into file name → score. A header line, if present, is skipped.
+pub fn read_scores(path: &Path) -> Result<BTreeMap<String, f64>, DcaseError> {
+    let text = std::fs::read_to_string(path).map_err(|source| DcaseError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut map = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let bad = |reason: String| DcaseError::BadCsv {
+            path: path.to_path_buf(),
+            reason: format!("line {}: {reason}", i + 1),
+        };
+        let (name, score) = line
+            .rsplit_once(',')
+            .ok_or_else(|| bad("expected file_name,score".into()))?;
+        let name = name.trim().rsplit('/').next().unwrap_or_default().to_string();
+        let score: f64 = match score.trim().parse() {
+            Ok(v) => v,
+            Err(_) if i == 0 => continue, // header
+            Err(_) => return Err(bad(format!("score '{}' is not a number", score.trim()))),
+        };
+        if !score.is_finite() {
+            return Err(bad(format!("score of {name} is not finite")));
+        }
+        if map.insert(name.clone(), score).is_some() {
+            return Err(bad(format!("{name} is listed twice")));
+        }
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_development_names() {
+        let n = ClipName::parse("section_00_source_train_normal_0042_car_A1_spd_28V.wav").unwrap();
+        assert_eq!(n.section, 0);
+        assert_eq!(n.domain, Some(Domain::Source));
+        assert_eq!(n.split, Some(Split::Train));
+        assert_eq!(n.condition, Some(Condition::Normal));
+        assert_eq!(n.index, 42);
+        assert_eq!(n.attributes, "car_A1_spd_28V");
+        let n = ClipName::parse("section_02_target_test_anomaly_0001.wav").unwrap();
+        assert_eq!((n.section, n.domain, n.attributes.as_str()), (2, Some(Domain::Target), ""));
+    }
+
+    #[test]
+    fn parses_evaluation_names() {
+        let n = ClipName::parse("section_03_0007.wav").unwrap();
+        assert_eq!((n.section, n.index, n.domain, n.condition), (3, 7, None, None));
+    }
+
+    #[test]
+    fn formats_what_it_parses() {
+        let s = ClipName::format(1, Domain::Target, Split::Test, Condition::Anomaly, 7, "spd_3");
+        assert_eq!(s, "section_01_target_test_anomaly_0007_spd_3.wav");
+        let n = ClipName::parse(&s).unwrap();
+        assert_eq!(n.attributes, "spd_3");
+    }
+
+    #[test]
+    fn rejects_bad_names_with_a_reason() {
+        for (name, why) in [
+            ("fan.wav", "section_SS"),
+            ("section_xx_source_train_normal_0000.wav", "section"),
+            ("section_00_nowhere_train_normal_0000.wav", "domain"),
+            ("section_00_source_train_broken_0000.wav", "condition"),
+            ("section_00_source_train_normal_abc.wav", "index"),
+            ("section_00_source_train_normal_0000.flac", ".wav"),
+        ] {
+            let e = ClipName::parse(name).unwrap_err();
+            assert!(e.contains(why), "{name}: {e}");
+        }
+    }
+
+    fn touch(p: &Path) {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, b"").unwrap();
+    }
+
+    #[test]
+    fn scans_a_tree_with_attributes_and_builds_labels() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        touch(&r.join("fan/train/section_00_source_train_normal_0000_spd_1.wav"));
+        touch(&r.join("fan/train/section_00_target_train_normal_0000_spd_2.wav"));
+        touch(&r.join("fan/test/section_00_source_test_anomaly_0000_spd_1.wav"));
+        touch(&r.join("pump/train/section_01_source_train_normal_0000_q_5.wav"));
+        touch(&r.join("pump/notes.txt"));
+        std::fs::write(
+            r.join("fan/attributes_00.csv"),
+            "file_name,d1p,d1v\nfan/train/section_00_source_train_normal_0000_spd_1.wav,speed,1\n",
+        )
+        .unwrap();
+        let ds = scan(r).unwrap();
+        assert_eq!(ds.clips.len(), 4);
+        assert_eq!(ds.machine_types(), vec!["fan", "pump"]);
+        assert_eq!(ds.sections(), vec![("fan".into(), 0), ("pump".into(), 1)]);
+        let first = &ds.clips[0];
+        assert_eq!(first.attribute_values, vec![("speed".into(), "1".into())]);
+        assert_eq!(first.attribute_key(), "speed_1");
+
+        let train: Vec<&Clip> = ds.clips.iter().filter(|c| c.split == Split::Train).collect();
+        let n = |g| ClassMap::build(g, train.iter().copied()).names.len();
+        assert_eq!(n(LabelGranularity::Type), 2);
+        assert_eq!(n(LabelGranularity::Section), 2);
+        assert_eq!(n(LabelGranularity::Attribute), 3);
+        assert_eq!(n(LabelGranularity::AttributeDomain), 3);
+        let m = ClassMap::build(LabelGranularity::AttributeDomain, train.iter().copied());
+        assert_eq!(m.names[0], "fan/section_00/spd_2/target");
+        assert_eq!(m.index_of(train[0]), Some(1));
+    }
+
+    #[test]
+    fn scan_errors_name_the_problem() {
+        let d = tempfile::tempdir().unwrap();
+        let missing = d.path().join("nope");
+        assert!(scan(&missing).unwrap_err().to_string().contains("not found"));
+        assert!(scan(d.path()).unwrap_err().to_string().contains("no machine type"));
+        touch(&d.path().join("fan/train/recording_1.wav"));
+        let e = scan(d.path()).unwrap_err().to_string();
+        assert!(e.contains("recording_1.wav") && e.contains("not DCASE-shaped"), "{e}");
+    }
+
+    #[test]
+    fn wrong_directory_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        touch(&d.path().join("fan/train/section_00_source_test_normal_0000.wav"));
+        assert!(scan(d.path()).unwrap_err().to_string().contains("name says test"));
+    }
+
+    #[test]
+    fn score_files_round_trip_and_reject_garbage() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join(submission_file_name("fan", 0));
+        write_scores(&p, &[("a.wav".into(), 0.5), ("b.wav".into(), -1.25)]).unwrap();
+        let m = read_scores(&p).unwrap();
+        assert_eq!(m["a.wav"], 0.5);
+        assert_eq!(m["b.wav"], -1.25);
+        std::fs::write(&p, "a.wav,0.1\nb.wav,zero\n").unwrap();
+        assert!(read_scores(&p).unwrap_err().to_string().contains("line 2"));
+        std::fs::write(&p, "a.wav,0.1\na.wav,0.2\n").unwrap();
+        assert!(read_scores(&p).unwrap_err().to_string().contains("twice"));
+    }
+}

@@ -1,0 +1,453 @@
+//! The model's input features: the **one** implementation, used by the trainer and the daemon alike.
+//!
+//! For one analysis window of `window_samples` mono samples at `sample_rate`:
+//!
+//! 1. **log-mel view** (the time–frequency branch): frames of `n_fft` samples every `stft_hop` samples, no
+//!    padding (librosa's `center=False`), a periodic Hann window, magnitude |STFT| raised to `mel_power`, a
+//!    Slaney-style mel filterbank (librosa's default: Slaney mel scale, Slaney area normalisation), then
+//!    `ln(mel + log_floor)`, then the per-window temporal mean of every mel bin is subtracted. Shape
+//!    `[frames, n_mels]`, row-major (frame after frame).
+//! 2. **spectrum view** (the spectrum branch): |DFT| of the whole window, no window function, the first
+//!    `window_samples / 2` bins. Shape `[window_samples / 2]`.
+//!
+//! Every parameter lives in [`FeatureParams`], which is serialised into the model bundle's manifest: a daemon
+//! computes exactly what the model was trained on, or refuses to start.
+//!
+//! [`FeatureExtractor`] plans the FFTs and the filterbank once; [`FeatureExtractor::extract_into`] then runs
+//! without allocating, so it can sit in the daemon's feature thread.
+
+use std::sync::Arc;
+
+use realfft::{num_complex::Complex, RealFftPlanner, RealToComplex};
+use serde::{Deserialize, Serialize};
+
+/// All parameters of the features. Part of the model contract (the bundle manifest).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureParams {
+    /// Sample rate the model expects (Hz). Input at other rates is resampled first.
+    pub sample_rate: u32,
+    /// Length of one analysis window (samples): what one embedding sees.
+    pub window_samples: usize,
+    /// Step between consecutive analysis windows of a stream (samples).
+    pub window_hop_samples: usize,
+    /// STFT frame length (samples).
+    pub n_fft: usize,
+    /// STFT hop (samples).
+    pub stft_hop: usize,
+    /// Number of mel bands.
+    pub n_mels: usize,
+    /// Lowest mel-band edge (Hz).
+    pub fmin_hz: f32,
+    /// Highest mel-band edge (Hz), at most `sample_rate / 2`.
+    pub fmax_hz: f32,
+    /// Exponent of the STFT magnitude before the mel filterbank: 1 (magnitude) or 2 (power).
+    pub mel_power: f32,
+    /// Added before the logarithm: `ln(mel + log_floor)`.
+    pub log_floor: f32,
+}
+
+impl Default for FeatureParams {
+    /// The seed paper's front end (16 kHz, n_fft 1024, hop 512, Hann) on 2-second windows with a 1-second hop.
+    fn default() -> Self {
+        Self {
+            sample_rate: 16_000,
+            window_samples: 32_000,
+            window_hop_samples: 16_000,
+            n_fft: 1024,
+            stft_hop: 512,
+            n_mels: 128,
+            fmin_hz: 0.0,
+            fmax_hz: 8_000.0,
+            mel_power: 1.0,
+            log_floor: 1e-5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("invalid feature parameters: {0}")]
+pub struct FeatureParamsError(pub String);
+
+impl FeatureParams {
+    /// Checks that the parameters describe a computable feature; names the first bad value.
+    pub fn validate(&self) -> Result<(), FeatureParamsError> {
+        let bad = |m: String| Err(FeatureParamsError(m));
+        if self.sample_rate == 0 {
+            return bad("sample_rate must be positive".into());
+        }
+        if self.n_fft < 16 {
+            return bad(format!("n_fft = {} is too small (at least 16)", self.n_fft));
+        }
+        if self.stft_hop == 0 {
+            return bad("stft_hop must be positive".into());
+        }
+        if self.window_samples < self.n_fft {
+            return bad(format!(
+                "window_samples = {} is shorter than n_fft = {}",
+                self.window_samples, self.n_fft
+            ));
+        }
+        if self.window_hop_samples == 0 || self.window_hop_samples > self.window_samples {
+            return bad(format!(
+                "window_hop_samples = {} must be in 1..=window_samples ({})",
+                self.window_hop_samples, self.window_samples
+            ));
+        }
+        if self.n_mels == 0 || self.n_mels > self.n_fft / 2 {
+            return bad(format!("n_mels = {} must be in 1..={}", self.n_mels, self.n_fft / 2));
+        }
+        let nyquist = self.sample_rate as f32 / 2.0;
+        if !(self.fmin_hz >= 0.0 && self.fmin_hz < self.fmax_hz && self.fmax_hz <= nyquist) {
+            return bad(format!(
+                "need 0 <= fmin_hz ({}) < fmax_hz ({}) <= sample_rate/2 ({nyquist})",
+                self.fmin_hz, self.fmax_hz
+            ));
+        }
+        if !(self.mel_power == 1.0 || self.mel_power == 2.0) {
+            return bad(format!("mel_power = {} must be 1 or 2", self.mel_power));
+        }
+        if !(self.log_floor > 0.0 && self.log_floor.is_finite()) {
+            return bad(format!("log_floor = {} must be a positive number", self.log_floor));
+        }
+        Ok(())
+    }
+
+    /// STFT frames in a signal of `len` samples (no padding).
+    pub fn frames_in(&self, len: usize) -> usize {
+        if len < self.n_fft {
+            0
+        } else {
+            1 + (len - self.n_fft) / self.stft_hop
+        }
+    }
+
+    /// Shape of the log-mel view of one window: `[frames, n_mels]`.
+    pub fn log_mel_shape(&self) -> [usize; 2] {
+        [self.frames_in(self.window_samples), self.n_mels]
+    }
+
+    /// Length of the spectrum view of one window.
+    pub fn spectrum_len(&self) -> usize {
+        self.window_samples / 2
+    }
+
+    /// Window length in seconds.
+    pub fn window_seconds(&self) -> f64 {
+        self.window_samples as f64 / self.sample_rate as f64
+    }
+}
+
+/// The two feature views of one window.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Features {
+    /// `[frames, n_mels]`, row-major, mean over frames subtracted per mel bin.
+    pub log_mel: Vec<f32>,
+    /// `[window_samples / 2]` magnitudes.
+    pub spectrum: Vec<f32>,
+}
+
+/// Slaney mel scale (librosa `htk=False`).
+fn hz_to_mel(f: f64) -> f64 {
+    const F_SP: f64 = 200.0 / 3.0;
+    const MIN_LOG_HZ: f64 = 1000.0;
+    let min_log_mel = MIN_LOG_HZ / F_SP;
+    let logstep = (6.4f64).ln() / 27.0;
+    if f >= MIN_LOG_HZ {
+        min_log_mel + (f / MIN_LOG_HZ).ln() / logstep
+    } else {
+        f / F_SP
+    }
+}
+
+fn mel_to_hz(m: f64) -> f64 {
+    const F_SP: f64 = 200.0 / 3.0;
+    const MIN_LOG_HZ: f64 = 1000.0;
+    let min_log_mel = MIN_LOG_HZ / F_SP;
+    let logstep = (6.4f64).ln() / 27.0;
+    if m >= min_log_mel {
+        MIN_LOG_HZ * (logstep * (m - min_log_mel)).exp()
+    } else {
+        F_SP * m
+    }
+}
+
+/// One mel band as a run of non-zero weights over consecutive FFT bins (the filterbank is sparse: multiplying
+/// by the dense matrix would spend ~95% of the work on zeros).
+#[derive(Debug, Clone)]
+struct MelBand {
+    first_bin: usize,
+    weights: Vec<f32>,
+}
+
+/// The Slaney-normalised triangular mel filterbank of librosa (`librosa.filters.mel`, `htk=False`,
+/// `norm="slaney"`), computed in f64 and stored in f32 as librosa does.
+fn mel_filterbank(p: &FeatureParams) -> Vec<MelBand> {
+    let n_bins = p.n_fft / 2 + 1;
+    let sr = p.sample_rate as f64;
+    let fft_freqs: Vec<f64> = (0..n_bins).map(|k| k as f64 * sr / p.n_fft as f64).collect();
+    let (mmin, mmax) = (hz_to_mel(p.fmin_hz as f64), hz_to_mel(p.fmax_hz as f64));
+    let mel_f: Vec<f64> = (0..p.n_mels + 2)
+        .map(|i| mel_to_hz(mmin + (mmax - mmin) * i as f64 / (p.n_mels + 1) as f64))
+        .collect();
+    (0..p.n_mels)
+        .map(|i| {
+            let (lo, mid, hi) = (mel_f[i], mel_f[i + 1], mel_f[i + 2]);
+            let enorm = 2.0 / (hi - lo);
+            let w: Vec<f32> = fft_freqs
+                .iter()
+                .map(|&f| {
+                    let lower = (f - lo) / (mid - lo);
+                    let upper = (hi - f) / (hi - mid);
+                    (lower.min(upper).max(0.0) * enorm) as f32
+                })
+                .collect();
+            let first = w.iter().position(|&v| v > 0.0).unwrap_or(0);
+            let last = w.iter().rposition(|&v| v > 0.0).map_or(first, |l| l + 1);
+            MelBand {
+                first_bin: first,
+                weights: w[first..last].to_vec(),
+            }
+        })
+        .collect()
+}
+
+/// Computes [`Features`] for windows of a fixed length; plans everything once.
+pub struct FeatureExtractor {
+    params: FeatureParams,
+    stft: Arc<dyn RealToComplex<f32>>,
+    whole: Arc<dyn RealToComplex<f32>>,
+    hann: Vec<f32>,
+    bands: Vec<MelBand>,
+    frame: Vec<f32>,
+    frame_spec: Vec<Complex<f32>>,
+    mag: Vec<f32>,
+    whole_in: Vec<f32>,
+    whole_spec: Vec<Complex<f32>>,
+    scratch: Vec<Complex<f32>>,
+}
+
+impl std::fmt::Debug for FeatureExtractor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FeatureExtractor").field("params", &self.params).finish()
+    }
+}
+
+impl FeatureExtractor {
+    pub fn new(params: FeatureParams) -> Result<Self, FeatureParamsError> {
+        params.validate()?;
+        let mut planner = RealFftPlanner::<f32>::new();
+        let stft = planner.plan_fft_forward(params.n_fft);
+        let whole = planner.plan_fft_forward(params.window_samples);
+        let n = params.n_fft;
+        // Periodic Hann (scipy `get_window("hann", n, fftbins=True)`), computed in f64.
+        let hann = (0..n)
+            .map(|i| (0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / n as f64).cos()) as f32)
+            .collect();
+        let scratch_len = stft.get_scratch_len().max(whole.get_scratch_len());
+        Ok(Self {
+            bands: mel_filterbank(&params),
+            frame: stft.make_input_vec(),
+            frame_spec: stft.make_output_vec(),
+            mag: vec![0.0; n / 2 + 1],
+            whole_in: whole.make_input_vec(),
+            whole_spec: whole.make_output_vec(),
+            scratch: vec![Complex::default(); scratch_len],
+            stft,
+            whole,
+            hann,
+            params,
+        })
+    }
+
+    pub fn params(&self) -> &FeatureParams {
+        &self.params
+    }
+
+    /// A [`Features`] value with buffers of the right size, to reuse with [`Self::extract_into`].
+    pub fn new_output(&self) -> Features {
+        Features {
+            log_mel: vec![0.0; self.params.log_mel_shape().iter().product()],
+            spectrum: vec![0.0; self.params.spectrum_len()],
+        }
+    }
+
+    /// Log-mel frames of a signal of any length (at least `n_fft`), **without** mean subtraction, appended
+    /// to `out` as `[frames, n_mels]` row-major. Returns the number of frames.
+    pub fn log_mel_frames(&mut self, signal: &[f32], out: &mut Vec<f32>) -> usize {
+        let frames = self.params.frames_in(signal.len());
+        out.reserve(frames * self.params.n_mels);
+        for t in 0..frames {
+            let start = t * self.params.stft_hop;
+            let base = out.len();
+            out.resize(base + self.params.n_mels, 0.0);
+            self.one_frame(&signal[start..start + self.params.n_fft], &mut out[base..]);
+        }
+        frames
+    }
+
+    fn one_frame(&mut self, samples: &[f32], out: &mut [f32]) {
+        for ((dst, &x), &w) in self.frame.iter_mut().zip(samples).zip(&self.hann) {
+            *dst = x * w;
+        }
+        // Lengths are fixed by construction; the FFT cannot fail.
+        let _ = self
+            .stft
+            .process_with_scratch(&mut self.frame, &mut self.frame_spec, &mut self.scratch);
+        let squared = self.params.mel_power == 2.0;
+        for (m, c) in self.mag.iter_mut().zip(&self.frame_spec) {
+            let p = c.re * c.re + c.im * c.im;
+            *m = if squared { p } else { p.sqrt() };
+        }
+        let floor = self.params.log_floor;
+        for (o, band) in out.iter_mut().zip(&self.bands) {
+            let bins = &self.mag[band.first_bin..band.first_bin + band.weights.len()];
+            let e: f32 = bins.iter().zip(&band.weights).map(|(a, b)| a * b).sum();
+            *o = (e + floor).ln();
+        }
+    }
+
+    /// Both views of one window of exactly `window_samples` samples, written into `out` (see
+    /// [`Self::new_output`]). Does not allocate.
+    ///
+    /// Returns an error (and leaves `out` untouched) when the window has the wrong length.
+    pub fn extract_into(&mut self, window: &[f32], out: &mut Features) -> Result<(), FeatureParamsError> {
+        let p = &self.params;
+        if window.len() != p.window_samples {
+            return Err(FeatureParamsError(format!(
+                "window has {} samples, the features expect {}",
+                window.len(),
+                p.window_samples
+            )));
+        }
+        let [frames, n_mels] = p.log_mel_shape();
+        let (hop, n_fft) = (p.stft_hop, p.n_fft);
+        out.log_mel.resize(frames * n_mels, 0.0);
+        out.spectrum.resize(p.spectrum_len(), 0.0);
+        for t in 0..frames {
+            let row = &mut out.log_mel[t * n_mels..(t + 1) * n_mels];
+            self.one_frame(&window[t * hop..t * hop + n_fft], row);
+        }
+        subtract_temporal_mean(&mut out.log_mel, n_mels);
+
+        self.whole_in.copy_from_slice(window);
+        let _ = self
+            .whole
+            .process_with_scratch(&mut self.whole_in, &mut self.whole_spec, &mut self.scratch);
+        for (o, c) in out.spectrum.iter_mut().zip(&self.whole_spec) {
+            *o = (c.re * c.re + c.im * c.im).sqrt();
+        }
+        Ok(())
+    }
+
+    /// Allocating convenience wrapper around [`Self::extract_into`].
+    pub fn extract(&mut self, window: &[f32]) -> Result<Features, FeatureParamsError> {
+        let mut out = self.new_output();
+        self.extract_into(window, &mut out)?;
+        Ok(out)
+    }
+}
+
+/// Subtracts from each column (mel bin) of a row-major `[frames, n_mels]` matrix its mean over the frames.
+pub fn subtract_temporal_mean(matrix: &mut [f32], n_mels: usize) {
+    let frames = matrix.len() / n_mels.max(1);
+    if frames == 0 {
+        return;
+    }
+    for m in 0..n_mels {
+        let mean = (0..frames).map(|t| matrix[t * n_mels + m] as f64).sum::<f64>() / frames as f64;
+        for t in 0..frames {
+            matrix[t * n_mels + m] -= mean as f32;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> FeatureParams {
+        FeatureParams {
+            window_samples: 4096,
+            window_hop_samples: 2048,
+            n_mels: 32,
+            ..FeatureParams::default()
+        }
+    }
+
+    #[test]
+    fn mel_scale_round_trips() {
+        for f in [0.0, 100.0, 999.0, 1000.0, 4321.0, 8000.0] {
+            assert!((mel_to_hz(hz_to_mel(f)) - f).abs() < 1e-9);
+        }
+    }
+
+    #[test]
+    fn shapes_follow_params() {
+        let p = FeatureParams::default();
+        assert_eq!(p.log_mel_shape(), [61, 128]);
+        assert_eq!(p.spectrum_len(), 16_000);
+        let mut fx = FeatureExtractor::new(small()).unwrap();
+        let f = fx.extract(&vec![0.1; 4096]).unwrap();
+        assert_eq!(f.log_mel.len(), 7 * 32);
+        assert_eq!(f.spectrum.len(), 2048);
+    }
+
+    #[test]
+    fn temporal_mean_is_removed() {
+        let mut fx = FeatureExtractor::new(small()).unwrap();
+        let x: Vec<f32> = (0..4096).map(|i| ((i * 7919) % 97) as f32 / 97.0 - 0.5).collect();
+        let f = fx.extract(&x).unwrap();
+        for m in 0..32 {
+            let mean: f32 = (0..7).map(|t| f.log_mel[t * 32 + m]).sum::<f32>() / 7.0;
+            assert!(mean.abs() < 1e-5, "bin {m} mean {mean}");
+        }
+    }
+
+    #[test]
+    fn a_tone_lands_in_its_mel_band_and_spectrum_bin() {
+        let p = small();
+        let mut fx = FeatureExtractor::new(p.clone()).unwrap();
+        let f0 = 2000.0;
+        let x: Vec<f32> = (0..4096)
+            .map(|i| (2.0 * std::f32::consts::PI * f0 * i as f32 / 16_000.0).sin())
+            .collect();
+        let mut raw = Vec::new();
+        fx.log_mel_frames(&x, &mut raw);
+        let loudest = (0..32).max_by(|&a, &b| raw[a].total_cmp(&raw[b])).unwrap();
+        let centre = mel_to_hz(hz_to_mel(0.0) + (hz_to_mel(8000.0)) * (loudest + 1) as f64 / 33.0);
+        assert!((centre - f0 as f64).abs() < 250.0, "band {loudest} centred at {centre}");
+        let spec = fx.extract(&x).unwrap().spectrum;
+        let peak = (0..spec.len()).max_by(|&a, &b| spec[a].total_cmp(&spec[b])).unwrap();
+        assert_eq!(peak, 512, "2 kHz is bin 2000 * 4096 / 16000");
+    }
+
+    #[test]
+    fn bad_params_are_named() {
+        let p = FeatureParams {
+            fmax_hz: 9000.0,
+            ..FeatureParams::default()
+        };
+        let e = p.validate().unwrap_err().to_string();
+        assert!(e.contains("fmax_hz"), "{e}");
+        let p = FeatureParams {
+            window_samples: 100,
+            ..FeatureParams::default()
+        };
+        assert!(FeatureExtractor::new(p).is_err());
+    }
+
+    #[test]
+    fn wrong_window_length_is_an_error() {
+        let mut fx = FeatureExtractor::new(small()).unwrap();
+        assert!(fx.extract(&[0.0; 100]).is_err());
+    }
+
+    #[test]
+    fn params_round_trip_through_json() {
+        let p = FeatureParams::default();
+        let s = serde_json::to_string(&p).unwrap();
+        assert_eq!(serde_json::from_str::<FeatureParams>(&s).unwrap(), p);
+        assert!(serde_json::from_str::<FeatureParams>(&s.replace("n_mels", "n_mel")).is_err());
+    }
+}

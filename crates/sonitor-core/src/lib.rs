@@ -1,0 +1,17 @@
+//! # sonitor-core
+//!
+//! The code that the trainer (`sonitor-train`) and the daemon (`sonitor`) must share so that what is evaluated
+//! is exactly what runs on the factory floor:
+//!
+//! - [`audio`]: reading WAV files of any common encoding, channel selection, band-limited resampling;
+//! - [`features`]: the one and only implementation of the model's input features (log-mel and spectrum views);
+//! - [`dcase`]: the DCASE 2022/2023 Task 2 data layout, file names, attributes and auxiliary class labels;
+//! - [`metrics`]: the official DCASE metrics (AUC, McClish pAUC, harmonic-mean official score).
+//!
+//! Library code here never panics on bad input: every fallible operation returns a typed error that names the
+//! offending file or value.
+
+pub mod audio;
+pub mod dcase;
+pub mod features;
+pub mod metrics;
