@@ -179,7 +179,8 @@ fn parse_num(s: &str, what: &str) -> Result<u32, String> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("{what} '{s}' is not a number"));
     }
-    s.parse().map_err(|_| format!("{what} '{s}' is out of range"))
+    s.parse()
+        .map_err(|_| format!("{what} '{s}' is out of range"))
 }
 
 /// One audio clip of a data set.
@@ -196,7 +197,10 @@ pub struct Clip {
 
 impl Clip {
     pub fn file_name(&self) -> &str {
-        self.path.file_name().and_then(|n| n.to_str()).unwrap_or_default()
+        self.path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
     }
 
     pub fn is_anomaly(&self) -> Option<bool> {
@@ -246,9 +250,9 @@ impl Dataset {
         section: u16,
         split: Split,
     ) -> impl Iterator<Item = &'a Clip> + 'a {
-        self.clips
-            .iter()
-            .filter(move |c| c.machine_type == machine_type && c.name.section == section && c.split == split)
+        self.clips.iter().filter(move |c| {
+            c.machine_type == machine_type && c.name.section == section && c.split == split
+        })
     }
 }
 
@@ -298,7 +302,10 @@ pub fn scan(root: &Path) -> Result<Dataset, DcaseError> {
                 .collect();
             files.sort();
             for path in files {
-                let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                let file_name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default();
                 let name = ClipName::parse(file_name).map_err(|reason| DcaseError::BadName {
                     path: path.clone(),
                     reason,
@@ -330,7 +337,9 @@ pub fn scan(root: &Path) -> Result<Dataset, DcaseError> {
 }
 
 /// Reads every `attributes_SS.csv` of a machine type directory: file name (without directories) → pairs.
-pub fn read_attribute_csvs(type_dir: &Path) -> Result<HashMap<String, Vec<(String, String)>>, DcaseError> {
+pub fn read_attribute_csvs(
+    type_dir: &Path,
+) -> Result<HashMap<String, Vec<(String, String)>>, DcaseError> {
     let mut map = HashMap::new();
     let Ok(entries) = std::fs::read_dir(type_dir) else {
         return Ok(map);
@@ -356,7 +365,9 @@ pub fn read_attribute_csvs(type_dir: &Path) -> Result<HashMap<String, Vec<(Strin
             .map_err(|e| bad(e.to_string()))?;
         for (line, rec) in rdr.records().enumerate() {
             let rec = rec.map_err(|e| bad(e.to_string()))?;
-            let file = rec.get(0).ok_or_else(|| bad(format!("row {} has no file_name", line + 2)))?;
+            let file = rec
+                .get(0)
+                .ok_or_else(|| bad(format!("row {} has no file_name", line + 2)))?;
             let base = file.rsplit('/').next().unwrap_or(file).to_string();
             let values: Vec<String> = rec.iter().skip(1).map(|s| s.trim().to_string()).collect();
             if values.len() % 2 != 0 {
@@ -426,7 +437,10 @@ pub struct ClassMap {
 }
 
 impl ClassMap {
-    pub fn build<'a>(granularity: LabelGranularity, clips: impl IntoIterator<Item = &'a Clip>) -> Self {
+    pub fn build<'a>(
+        granularity: LabelGranularity,
+        clips: impl IntoIterator<Item = &'a Clip>,
+    ) -> Self {
         let set: BTreeSet<String> = clips.into_iter().map(|c| granularity.class_of(c)).collect();
         Self {
             granularity,
@@ -435,7 +449,9 @@ impl ClassMap {
     }
 
     pub fn index_of(&self, clip: &Clip) -> Option<usize> {
-        self.names.binary_search(&self.granularity.class_of(clip)).ok()
+        self.names
+            .binary_search(&self.granularity.class_of(clip))
+            .ok()
     }
 }
 
@@ -475,7 +491,12 @@ pub fn read_scores(path: &Path) -> Result<BTreeMap<String, f64>, DcaseError> {
         let (name, score) = line
             .rsplit_once(',')
             .ok_or_else(|| bad("expected file_name,score".into()))?;
-        let name = name.trim().rsplit('/').next().unwrap_or_default().to_string();
+        let name = name
+            .trim()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
         let score: f64 = match score.trim().parse() {
             Ok(v) => v,
             Err(_) if i == 0 => continue, // header
@@ -505,18 +526,31 @@ mod tests {
         assert_eq!(n.index, 42);
         assert_eq!(n.attributes, "car_A1_spd_28V");
         let n = ClipName::parse("section_02_target_test_anomaly_0001.wav").unwrap();
-        assert_eq!((n.section, n.domain, n.attributes.as_str()), (2, Some(Domain::Target), ""));
+        assert_eq!(
+            (n.section, n.domain, n.attributes.as_str()),
+            (2, Some(Domain::Target), "")
+        );
     }
 
     #[test]
     fn parses_evaluation_names() {
         let n = ClipName::parse("section_03_0007.wav").unwrap();
-        assert_eq!((n.section, n.index, n.domain, n.condition), (3, 7, None, None));
+        assert_eq!(
+            (n.section, n.index, n.domain, n.condition),
+            (3, 7, None, None)
+        );
     }
 
     #[test]
     fn formats_what_it_parses() {
-        let s = ClipName::format(1, Domain::Target, Split::Test, Condition::Anomaly, 7, "spd_3");
+        let s = ClipName::format(
+            1,
+            Domain::Target,
+            Split::Test,
+            Condition::Anomaly,
+            7,
+            "spd_3",
+        );
         assert_eq!(s, "section_01_target_test_anomaly_0007_spd_3.wav");
         let n = ClipName::parse(&s).unwrap();
         assert_eq!(n.attributes, "spd_3");
@@ -564,7 +598,11 @@ mod tests {
         assert_eq!(first.attribute_values, vec![("speed".into(), "1".into())]);
         assert_eq!(first.attribute_key(), "speed_1");
 
-        let train: Vec<&Clip> = ds.clips.iter().filter(|c| c.split == Split::Train).collect();
+        let train: Vec<&Clip> = ds
+            .clips
+            .iter()
+            .filter(|c| c.split == Split::Train)
+            .collect();
         let n = |g| ClassMap::build(g, train.iter().copied()).names.len();
         assert_eq!(n(LabelGranularity::Type), 2);
         assert_eq!(n(LabelGranularity::Section), 2);
@@ -579,18 +617,33 @@ mod tests {
     fn scan_errors_name_the_problem() {
         let d = tempfile::tempdir().unwrap();
         let missing = d.path().join("nope");
-        assert!(scan(&missing).unwrap_err().to_string().contains("not found"));
-        assert!(scan(d.path()).unwrap_err().to_string().contains("no machine type"));
+        assert!(scan(&missing)
+            .unwrap_err()
+            .to_string()
+            .contains("not found"));
+        assert!(scan(d.path())
+            .unwrap_err()
+            .to_string()
+            .contains("no machine type"));
         touch(&d.path().join("fan/train/recording_1.wav"));
         let e = scan(d.path()).unwrap_err().to_string();
-        assert!(e.contains("recording_1.wav") && e.contains("not DCASE-shaped"), "{e}");
+        assert!(
+            e.contains("recording_1.wav") && e.contains("not DCASE-shaped"),
+            "{e}"
+        );
     }
 
     #[test]
     fn wrong_directory_is_an_error() {
         let d = tempfile::tempdir().unwrap();
-        touch(&d.path().join("fan/train/section_00_source_test_normal_0000.wav"));
-        assert!(scan(d.path()).unwrap_err().to_string().contains("name says test"));
+        touch(
+            &d.path()
+                .join("fan/train/section_00_source_test_normal_0000.wav"),
+        );
+        assert!(scan(d.path())
+            .unwrap_err()
+            .to_string()
+            .contains("name says test"));
     }
 
     #[test]

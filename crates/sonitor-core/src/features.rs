@@ -95,7 +95,11 @@ impl FeatureParams {
             ));
         }
         if self.n_mels == 0 || self.n_mels > self.n_fft / 2 {
-            return bad(format!("n_mels = {} must be in 1..={}", self.n_mels, self.n_fft / 2));
+            return bad(format!(
+                "n_mels = {} must be in 1..={}",
+                self.n_mels,
+                self.n_fft / 2
+            ));
         }
         let nyquist = self.sample_rate as f32 / 2.0;
         if !(self.fmin_hz >= 0.0 && self.fmin_hz < self.fmax_hz && self.fmax_hz <= nyquist) {
@@ -108,7 +112,10 @@ impl FeatureParams {
             return bad(format!("mel_power = {} must be 1 or 2", self.mel_power));
         }
         if !(self.log_floor > 0.0 && self.log_floor.is_finite()) {
-            return bad(format!("log_floor = {} must be a positive number", self.log_floor));
+            return bad(format!(
+                "log_floor = {} must be a positive number",
+                self.log_floor
+            ));
         }
         Ok(())
     }
@@ -185,7 +192,9 @@ struct MelBand {
 fn mel_filterbank(p: &FeatureParams) -> Vec<MelBand> {
     let n_bins = p.n_fft / 2 + 1;
     let sr = p.sample_rate as f64;
-    let fft_freqs: Vec<f64> = (0..n_bins).map(|k| k as f64 * sr / p.n_fft as f64).collect();
+    let fft_freqs: Vec<f64> = (0..n_bins)
+        .map(|k| k as f64 * sr / p.n_fft as f64)
+        .collect();
     let (mmin, mmax) = (hz_to_mel(p.fmin_hz as f64), hz_to_mel(p.fmax_hz as f64));
     let mel_f: Vec<f64> = (0..p.n_mels + 2)
         .map(|i| mel_to_hz(mmin + (mmax - mmin) * i as f64 / (p.n_mels + 1) as f64))
@@ -229,7 +238,9 @@ pub struct FeatureExtractor {
 
 impl std::fmt::Debug for FeatureExtractor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FeatureExtractor").field("params", &self.params).finish()
+        f.debug_struct("FeatureExtractor")
+            .field("params", &self.params)
+            .finish()
     }
 }
 
@@ -291,9 +302,11 @@ impl FeatureExtractor {
             *dst = x * w;
         }
         // Lengths are fixed by construction; the FFT cannot fail.
-        let _ = self
-            .stft
-            .process_with_scratch(&mut self.frame, &mut self.frame_spec, &mut self.scratch);
+        let _ = self.stft.process_with_scratch(
+            &mut self.frame,
+            &mut self.frame_spec,
+            &mut self.scratch,
+        );
         let squared = self.params.mel_power == 2.0;
         for (m, c) in self.mag.iter_mut().zip(&self.frame_spec) {
             let p = c.re * c.re + c.im * c.im;
@@ -311,7 +324,11 @@ impl FeatureExtractor {
     /// [`Self::new_output`]). Does not allocate.
     ///
     /// Returns an error (and leaves `out` untouched) when the window has the wrong length.
-    pub fn extract_into(&mut self, window: &[f32], out: &mut Features) -> Result<(), FeatureParamsError> {
+    pub fn extract_into(
+        &mut self,
+        window: &[f32],
+        out: &mut Features,
+    ) -> Result<(), FeatureParamsError> {
         let p = &self.params;
         if window.len() != p.window_samples {
             return Err(FeatureParamsError(format!(
@@ -331,9 +348,11 @@ impl FeatureExtractor {
         subtract_temporal_mean(&mut out.log_mel, n_mels);
 
         self.whole_in.copy_from_slice(window);
-        let _ = self
-            .whole
-            .process_with_scratch(&mut self.whole_in, &mut self.whole_spec, &mut self.scratch);
+        let _ = self.whole.process_with_scratch(
+            &mut self.whole_in,
+            &mut self.whole_spec,
+            &mut self.scratch,
+        );
         for (o, c) in out.spectrum.iter_mut().zip(&self.whole_spec) {
             *o = (c.re * c.re + c.im * c.im).sqrt();
         }
@@ -355,7 +374,10 @@ pub fn subtract_temporal_mean(matrix: &mut [f32], n_mels: usize) {
         return;
     }
     for m in 0..n_mels {
-        let mean = (0..frames).map(|t| matrix[t * n_mels + m] as f64).sum::<f64>() / frames as f64;
+        let mean = (0..frames)
+            .map(|t| matrix[t * n_mels + m] as f64)
+            .sum::<f64>()
+            / frames as f64;
         for t in 0..frames {
             matrix[t * n_mels + m] -= mean as f32;
         }
@@ -396,7 +418,9 @@ mod tests {
     #[test]
     fn temporal_mean_is_removed() {
         let mut fx = FeatureExtractor::new(small()).unwrap();
-        let x: Vec<f32> = (0..4096).map(|i| ((i * 7919) % 97) as f32 / 97.0 - 0.5).collect();
+        let x: Vec<f32> = (0..4096)
+            .map(|i| ((i * 7919) % 97) as f32 / 97.0 - 0.5)
+            .collect();
         let f = fx.extract(&x).unwrap();
         for m in 0..32 {
             let mean: f32 = (0..7).map(|t| f.log_mel[t * 32 + m]).sum::<f32>() / 7.0;
@@ -416,9 +440,14 @@ mod tests {
         fx.log_mel_frames(&x, &mut raw);
         let loudest = (0..32).max_by(|&a, &b| raw[a].total_cmp(&raw[b])).unwrap();
         let centre = mel_to_hz(hz_to_mel(0.0) + (hz_to_mel(8000.0)) * (loudest + 1) as f64 / 33.0);
-        assert!((centre - f0 as f64).abs() < 250.0, "band {loudest} centred at {centre}");
+        assert!(
+            (centre - f0 as f64).abs() < 250.0,
+            "band {loudest} centred at {centre}"
+        );
         let spec = fx.extract(&x).unwrap().spectrum;
-        let peak = (0..spec.len()).max_by(|&a, &b| spec[a].total_cmp(&spec[b])).unwrap();
+        let peak = (0..spec.len())
+            .max_by(|&a, &b| spec[a].total_cmp(&spec[b]))
+            .unwrap();
         assert_eq!(peak, 512, "2 kHz is bin 2000 * 4096 / 16000");
     }
 

@@ -1,1 +1,434 @@
-pub fn _placeholder() {}
+//! The official DCASE 2023 Task 2 metrics (nttcslab's evaluator).
+//!
+//! Per machine type and section:
+//! - **AUC(source)**: ROC AUC over the source-domain normal clips and *all* anomalous clips of the section;
+//! - **AUC(target)**: the same with the target-domain normal clips;
+//! - **pAUC**: McClish-standardised partial AUC for false-positive rates up to `max_fpr = 0.1`, over all clips of
+//!   the section (what scikit-learn's `roc_auc_score(y, s, max_fpr=0.1)` returns).
+//!
+//! The **official score** is the harmonic mean of the flat list of all those values over every type and section.
+//! [`roc_auc`] and [`partial_roc_auc`] follow scikit-learn's algorithm step by step (ties included), so they agree
+//! with it to rounding; a test checks this against scikit-learn itself.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::dcase::{self, Condition, Dataset, DcaseError, Domain, Split};
+
+/// The DCASE pAUC limit.
+pub const MAX_FPR: f64 = 0.1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("labels and scores differ in length ({labels} vs {scores})")]
+    Length { labels: usize, scores: usize },
+    #[error("AUC needs both classes: {positives} anomalous and {negatives} normal clips given")]
+    OneClass { positives: usize, negatives: usize },
+    #[error("score {index} is not a finite number")]
+    NotFinite { index: usize },
+    #[error("max_fpr must be in (0, 1], got {0}")]
+    MaxFpr(f64),
+    #[error(transparent)]
+    Data(#[from] DcaseError),
+    #[error("{file}: {missing} test clip(s) of {machine_type} section {section:02} have no score (first: {first})")]
+    MissingRows {
+        file: String,
+        machine_type: String,
+        section: u16,
+        missing: usize,
+        first: String,
+    },
+    #[error(
+        "{file}: scores {unknown} clip(s) that are not test clips of this section (first: {first})"
+    )]
+    UnknownRows {
+        file: String,
+        unknown: usize,
+        first: String,
+    },
+    #[error(
+        "{path}: no submission file for {machine_type} section {section:02} (expected {expected})"
+    )]
+    MissingFile {
+        path: String,
+        machine_type: String,
+        section: u16,
+        expected: String,
+    },
+    #[error("{machine_type} section {section:02}: test clips carry no normal/anomaly labels (evaluation-set names)")]
+    Unlabelled { machine_type: String, section: u16 },
+}
+
+/// ROC curve points (fpr, tpr) at every distinct threshold, descending, starting at (0, 0) — scikit-learn's
+/// `roc_curve(drop_intermediate=False)`.
+fn roc_points(labels: &[bool], scores: &[f64]) -> Result<(Vec<f64>, Vec<f64>), MetricsError> {
+    if labels.len() != scores.len() {
+        return Err(MetricsError::Length {
+            labels: labels.len(),
+            scores: scores.len(),
+        });
+    }
+    if let Some(index) = scores.iter().position(|s| !s.is_finite()) {
+        return Err(MetricsError::NotFinite { index });
+    }
+    let positives = labels.iter().filter(|&&l| l).count();
+    let negatives = labels.len() - positives;
+    if positives == 0 || negatives == 0 {
+        return Err(MetricsError::OneClass {
+            positives,
+            negatives,
+        });
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let (mut tp, mut fp) = (0usize, 0usize);
+    let mut fpr = vec![0.0];
+    let mut tpr = vec![0.0];
+    for (i, &k) in order.iter().enumerate() {
+        if labels[k] {
+            tp += 1;
+        } else {
+            fp += 1;
+        }
+        let last_of_threshold = i + 1 == order.len() || scores[order[i + 1]] != scores[k];
+        if last_of_threshold {
+            fpr.push(fp as f64 / negatives as f64);
+            tpr.push(tp as f64 / positives as f64);
+        }
+    }
+    Ok((fpr, tpr))
+}
+
+fn trapezoid(x: &[f64], y: &[f64]) -> f64 {
+    x.windows(2)
+        .zip(y.windows(2))
+        .map(|(xs, ys)| (xs[1] - xs[0]) * (ys[0] + ys[1]) / 2.0)
+        .sum()
+}
+
+/// Area under the ROC curve; `labels[i]` is true for an anomaly (the positive class, higher scores expected).
+pub fn roc_auc(labels: &[bool], scores: &[f64]) -> Result<f64, MetricsError> {
+    let (fpr, tpr) = roc_points(labels, scores)?;
+    Ok(trapezoid(&fpr, &tpr))
+}
+
+/// McClish-standardised partial AUC up to `max_fpr` (scikit-learn `roc_auc_score(max_fpr=…)`).
+pub fn partial_roc_auc(labels: &[bool], scores: &[f64], max_fpr: f64) -> Result<f64, MetricsError> {
+    if !(max_fpr > 0.0 && max_fpr <= 1.0) {
+        return Err(MetricsError::MaxFpr(max_fpr));
+    }
+    let (fpr, tpr) = roc_points(labels, scores)?;
+    if max_fpr == 1.0 {
+        return Ok(trapezoid(&fpr, &tpr));
+    }
+    // searchsorted(fpr, max_fpr, side="right")
+    let stop = fpr.partition_point(|&f| f <= max_fpr);
+    let (x0, x1, y0, y1) = (fpr[stop - 1], fpr[stop], tpr[stop - 1], tpr[stop]);
+    let y_at = if x1 == x0 {
+        y0
+    } else {
+        y0 + (y1 - y0) * (max_fpr - x0) / (x1 - x0)
+    };
+    let mut xs = fpr[..stop].to_vec();
+    let mut ys = tpr[..stop].to_vec();
+    xs.push(max_fpr);
+    ys.push(y_at);
+    let partial = trapezoid(&xs, &ys);
+    let min_area = 0.5 * max_fpr * max_fpr;
+    let max_area = max_fpr;
+    Ok(0.5 * (1.0 + (partial - min_area) / (max_area - min_area)))
+}
+
+/// Harmonic mean; values are clamped at a tiny positive number first, as the official evaluator does
+/// (a 0 would otherwise make the mean undefined).
+pub fn harmonic_mean(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let eps = f64::EPSILON;
+    values.len() as f64 / values.iter().map(|v| 1.0 / v.max(eps)).sum::<f64>()
+}
+
+/// The metrics of one machine type and section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SectionMetrics {
+    pub machine_type: String,
+    pub section: u16,
+    pub auc_source: f64,
+    pub auc_target: f64,
+    pub pauc: f64,
+    pub n_source_normal: usize,
+    pub n_target_normal: usize,
+    pub n_anomaly: usize,
+}
+
+/// Harmonic means over the sections of one machine type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TypeMetrics {
+    pub machine_type: String,
+    pub auc_source: f64,
+    pub auc_target: f64,
+    pub pauc: f64,
+    /// Harmonic mean of this type's AUC(source), AUC(target) and pAUC values.
+    pub score: f64,
+}
+
+/// The whole evaluation: what `metrics --json` prints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub sections: Vec<SectionMetrics>,
+    pub types: Vec<TypeMetrics>,
+    pub official_score: f64,
+}
+
+/// One scored test clip.
+#[derive(Debug, Clone, Copy)]
+pub struct LabelledScore {
+    pub domain: Domain,
+    pub anomaly: bool,
+    pub score: f64,
+}
+
+/// Metrics of one section from its labelled scores.
+pub fn section_metrics(
+    machine_type: &str,
+    section: u16,
+    clips: &[LabelledScore],
+) -> Result<SectionMetrics, MetricsError> {
+    let auc_for = |domain: Domain| {
+        let (labels, scores): (Vec<bool>, Vec<f64>) = clips
+            .iter()
+            .filter(|c| c.anomaly || c.domain == domain)
+            .map(|c| (c.anomaly, c.score))
+            .unzip();
+        roc_auc(&labels, &scores)
+    };
+    let (labels, scores): (Vec<bool>, Vec<f64>) =
+        clips.iter().map(|c| (c.anomaly, c.score)).unzip();
+    let count = |d: Domain| clips.iter().filter(|c| !c.anomaly && c.domain == d).count();
+    Ok(SectionMetrics {
+        machine_type: machine_type.to_string(),
+        section,
+        auc_source: auc_for(Domain::Source)?,
+        auc_target: auc_for(Domain::Target)?,
+        pauc: partial_roc_auc(&labels, &scores, MAX_FPR)?,
+        n_source_normal: count(Domain::Source),
+        n_target_normal: count(Domain::Target),
+        n_anomaly: clips.iter().filter(|c| c.anomaly).count(),
+    })
+}
+
+/// Builds the report from per-section metrics.
+pub fn report(sections: Vec<SectionMetrics>) -> Report {
+    let mut by_type: BTreeMap<&str, Vec<&SectionMetrics>> = BTreeMap::new();
+    for s in &sections {
+        by_type.entry(&s.machine_type).or_default().push(s);
+    }
+    let types = by_type
+        .into_iter()
+        .map(|(t, ss)| {
+            let hm = |f: fn(&SectionMetrics) -> f64| {
+                harmonic_mean(&ss.iter().map(|s| f(s)).collect::<Vec<_>>())
+            };
+            let flat: Vec<f64> = ss
+                .iter()
+                .flat_map(|s| [s.auc_source, s.auc_target, s.pauc])
+                .collect();
+            TypeMetrics {
+                machine_type: t.to_string(),
+                auc_source: hm(|s| s.auc_source),
+                auc_target: hm(|s| s.auc_target),
+                pauc: hm(|s| s.pauc),
+                score: harmonic_mean(&flat),
+            }
+        })
+        .collect();
+    let flat: Vec<f64> = sections
+        .iter()
+        .flat_map(|s| [s.auc_source, s.auc_target, s.pauc])
+        .collect();
+    Report {
+        official_score: harmonic_mean(&flat),
+        sections,
+        types,
+    }
+}
+
+/// Evaluates a directory of DCASE submission files against the labelled test clips of a data set. Every test
+/// clip must be scored exactly once; a missing file or row is an error naming it.
+pub fn evaluate_submission(data: &Dataset, scores_dir: &Path) -> Result<Report, MetricsError> {
+    if !scores_dir.is_dir() {
+        return Err(DcaseError::MissingDir {
+            path: scores_dir.to_path_buf(),
+        }
+        .into());
+    }
+    let mut sections = Vec::new();
+    for (machine_type, section) in data.sections() {
+        let test: Vec<_> = data.clips_of(&machine_type, section, Split::Test).collect();
+        if test.is_empty() {
+            continue;
+        }
+        let file_name = dcase::submission_file_name(&machine_type, section);
+        let path = scores_dir.join(&file_name);
+        if !path.is_file() {
+            return Err(MetricsError::MissingFile {
+                path: scores_dir.display().to_string(),
+                machine_type,
+                section,
+                expected: file_name,
+            });
+        }
+        let mut scores = dcase::read_scores(&path)?;
+        let mut labelled = Vec::with_capacity(test.len());
+        let mut missing = Vec::new();
+        for clip in &test {
+            let (Some(domain), Some(cond)) = (clip.name.domain, clip.name.condition) else {
+                return Err(MetricsError::Unlabelled {
+                    machine_type,
+                    section,
+                });
+            };
+            match scores.remove(clip.file_name()) {
+                Some(score) => labelled.push(LabelledScore {
+                    domain,
+                    anomaly: cond == Condition::Anomaly,
+                    score,
+                }),
+                None => missing.push(clip.file_name().to_string()),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(MetricsError::MissingRows {
+                file: path.display().to_string(),
+                machine_type,
+                section,
+                missing: missing.len(),
+                first: missing[0].clone(),
+            });
+        }
+        if let Some(first) = scores.keys().next() {
+            return Err(MetricsError::UnknownRows {
+                file: path.display().to_string(),
+                unknown: scores.len(),
+                first: first.clone(),
+            });
+        }
+        sections.push(section_metrics(&machine_type, section, &labelled)?);
+    }
+    Ok(report(sections))
+}
+
+impl Report {
+    /// A Markdown table: one row per type and section, then the official score.
+    pub fn to_markdown(&self) -> String {
+        let mut s = String::from(
+            "| machine type | section | AUC (source) | AUC (target) | pAUC | score (hmean) |\n|---|---|---|---|---|---|\n",
+        );
+        for t in &self.types {
+            for sec in self
+                .sections
+                .iter()
+                .filter(|x| x.machine_type == t.machine_type)
+            {
+                let flat = [sec.auc_source, sec.auc_target, sec.pauc];
+                s.push_str(&format!(
+                    "| {} | {:02} | {:.4} | {:.4} | {:.4} | {:.4} |\n",
+                    sec.machine_type,
+                    sec.section,
+                    sec.auc_source,
+                    sec.auc_target,
+                    sec.pauc,
+                    harmonic_mean(&flat)
+                ));
+            }
+        }
+        s.push_str(&format!(
+            "\n**Official score** (harmonic mean of all AUC/pAUC values): **{:.4}**\n",
+            self.official_score
+        ));
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn perfect_inverse_and_tied() {
+        let l = [false, false, true, true];
+        assert_eq!(roc_auc(&l, &[0.1, 0.2, 0.3, 0.4]).unwrap(), 1.0);
+        assert_eq!(roc_auc(&l, &[0.4, 0.3, 0.2, 0.1]).unwrap(), 0.0);
+        assert_eq!(roc_auc(&l, &[0.5; 4]).unwrap(), 0.5);
+        assert_eq!(
+            partial_roc_auc(&l, &[0.1, 0.2, 0.3, 0.4], 0.1).unwrap(),
+            1.0
+        );
+        // All tied: the ROC is the diagonal, whose standardised partial AUC is 0.5.
+        assert!((partial_roc_auc(&l, &[0.5; 4], 0.1).unwrap() - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn hand_computed_case() {
+        // Ranks: scores 0.9(a) 0.8(n) 0.7(a) 0.6(n) 0.5(a) 0.4(n): pairs (a>n): 3+2+1 = 6 of 9.
+        let l = [true, false, true, false, true, false];
+        let s = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4];
+        assert!((roc_auc(&l, &s).unwrap() - 6.0 / 9.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn errors_are_explicit() {
+        assert!(matches!(
+            roc_auc(&[true, true], &[0.1, 0.2]),
+            Err(MetricsError::OneClass { .. })
+        ));
+        assert!(matches!(
+            roc_auc(&[true], &[0.1, 0.2]),
+            Err(MetricsError::Length { .. })
+        ));
+        assert!(matches!(
+            roc_auc(&[true, false], &[f64::NAN, 0.2]),
+            Err(MetricsError::NotFinite { index: 0 })
+        ));
+        assert!(partial_roc_auc(&[true, false], &[0.1, 0.2], 0.0).is_err());
+    }
+
+    #[test]
+    fn harmonic_mean_is_dominated_by_the_worst() {
+        assert!((harmonic_mean(&[1.0, 0.5]) - 2.0 / 3.0).abs() < 1e-12);
+        assert!(harmonic_mean(&[1.0, 0.0]) < 1e-10);
+    }
+
+    #[test]
+    fn section_metrics_use_the_dcase_subsets() {
+        // Source normals score low, target normals score as high as the anomalies.
+        let mut clips = Vec::new();
+        for i in 0..10 {
+            clips.push(LabelledScore {
+                domain: Domain::Source,
+                anomaly: false,
+                score: i as f64 * 0.01,
+            });
+            clips.push(LabelledScore {
+                domain: Domain::Target,
+                anomaly: false,
+                score: 1.0 + i as f64 * 0.1,
+            });
+            clips.push(LabelledScore {
+                domain: Domain::Source,
+                anomaly: true,
+                score: 1.05 + i as f64 * 0.1,
+            });
+        }
+        let m = section_metrics("fan", 0, &clips).unwrap();
+        assert_eq!(m.auc_source, 1.0);
+        assert!(m.auc_target > 0.4 && m.auc_target < 0.7, "{}", m.auc_target);
+        assert_eq!(
+            (m.n_source_normal, m.n_target_normal, m.n_anomaly),
+            (10, 10, 10)
+        );
+    }
+}

@@ -43,7 +43,9 @@ pub enum WavError {
     },
     #[error("{path}: not a readable WAV file: {reason}")]
     Corrupt { path: PathBuf, reason: String },
-    #[error("{path}: truncated: the header announces {expected} frames but the data ends after {got}")]
+    #[error(
+        "{path}: truncated: the header announces {expected} frames but the data ends after {got}"
+    )]
     Truncated {
         path: PathBuf,
         expected: u64,
@@ -153,9 +155,8 @@ pub fn read_wav(path: &Path, channel: ChannelSelect) -> Result<(WavInfo, Vec<f32
             for s in reader.samples::<f32>() {
                 match s {
                     Ok(v) => interleaved.push(v),
-                    Err(hound::Error::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                        return Err(truncated(interleaved.len()))
-                    }
+                    // hound reports a short data chunk as an I/O error ("failed to read enough bytes").
+                    Err(hound::Error::IoError(_)) => return Err(truncated(interleaved.len())),
                     Err(e) => return Err(classify(path, e)),
                 }
             }
@@ -165,9 +166,8 @@ pub fn read_wav(path: &Path, channel: ChannelSelect) -> Result<(WavInfo, Vec<f32
             for s in reader.samples::<i32>() {
                 match s {
                     Ok(v) => interleaved.push((v as f64 * scale) as f32),
-                    Err(hound::Error::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                        return Err(truncated(interleaved.len()))
-                    }
+                    // hound reports a short data chunk as an I/O error ("failed to read enough bytes").
+                    Err(hound::Error::IoError(_)) => return Err(truncated(interleaved.len())),
                     Err(e) => return Err(classify(path, e)),
                 }
             }
@@ -193,7 +193,12 @@ pub fn read_wav(path: &Path, channel: ChannelSelect) -> Result<(WavInfo, Vec<f32
     }
     let mono = match channel {
         _ if n_ch == 1 => interleaved,
-        ChannelSelect::Index(c) => interleaved.iter().skip(c as usize).step_by(n_ch).copied().collect(),
+        ChannelSelect::Index(c) => interleaved
+            .iter()
+            .skip(c as usize)
+            .step_by(n_ch)
+            .copied()
+            .collect(),
         ChannelSelect::Mix => interleaved
             .chunks_exact(n_ch)
             .map(|f| f.iter().sum::<f32>() / n_ch as f32)
