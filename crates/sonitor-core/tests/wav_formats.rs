@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
-use sonitor_core::audio::{load_mono, read_wav, read_wav_info, write_wav_i16, ChannelSelect, WavError};
+use sonitor_core::audio::{
+    load_mono, read_wav, read_wav_info, write_wav_i16, ChannelSelect, WavError,
+};
 
 const PCM: u16 = 1;
 const FLOAT: u16 = 3;
@@ -21,11 +23,17 @@ fn wav_bytes(format: u16, sub: u16, channels: u16, rate: u32, bits: u16, data: &
     if format == EXTENSIBLE {
         fmt.extend_from_slice(&22u16.to_le_bytes());
         fmt.extend_from_slice(&bits.to_le_bytes()); // valid bits
-        let mask: u32 = if channels == 1 { 0x4 } else { (1 << channels) - 1 };
+        let mask: u32 = if channels == 1 {
+            0x4
+        } else {
+            (1 << channels) - 1
+        };
         fmt.extend_from_slice(&mask.to_le_bytes());
         // GUID: sub-format tag followed by the fixed KSDATAFORMAT suffix.
         fmt.extend_from_slice(&sub.to_le_bytes());
-        fmt.extend_from_slice(&[0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x80, 0x00, 0x00, 0xAA, 0x00, 0x38, 0x9B, 0x71]);
+        fmt.extend_from_slice(&[
+            0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x80, 0x00, 0x00, 0xAA, 0x00, 0x38, 0x9B, 0x71,
+        ]);
     }
     let mut out = Vec::new();
     out.extend_from_slice(b"RIFF");
@@ -50,7 +58,9 @@ fn encode(bits: u16, float: bool) -> Vec<u8> {
             (false, 8) => d.push(((v * 128.0) as i16 + 128) as u8), // 8-bit PCM is unsigned
             (false, 16) => d.extend_from_slice(&((v * 32768.0) as i16).to_le_bytes()),
             (false, 24) => d.extend_from_slice(&((v * 8_388_608.0) as i32).to_le_bytes()[..3]),
-            (false, 32) => d.extend_from_slice(&((v as f64 * 2_147_483_648.0) as i32).to_le_bytes()),
+            (false, 32) => {
+                d.extend_from_slice(&((v as f64 * 2_147_483_648.0) as i32).to_le_bytes())
+            }
             _ => unreachable!(),
         }
     }
@@ -66,7 +76,13 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
 #[test]
 fn every_pcm_depth_and_float_plain_and_extensible() {
     let dir = tempfile::tempdir().unwrap();
-    for (bits, float) in [(8, false), (16, false), (24, false), (32, false), (32, true)] {
+    for (bits, float) in [
+        (8, false),
+        (16, false),
+        (24, false),
+        (32, false),
+        (32, true),
+    ] {
         for extensible in [false, true] {
             let tag = if float { FLOAT } else { PCM };
             let bytes = if extensible {
@@ -76,8 +92,13 @@ fn every_pcm_depth_and_float_plain_and_extensible() {
             };
             let name = format!("b{bits}_f{float}_x{extensible}.wav");
             let p = write(dir.path(), &name, &bytes);
-            let (info, s) = read_wav(&p, ChannelSelect::Mix).unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert_eq!((info.bits_per_sample, info.float, info.frames), (bits, float, 5), "{name}");
+            let (info, s) =
+                read_wav(&p, ChannelSelect::Mix).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(
+                (info.bits_per_sample, info.float, info.frames),
+                (bits, float, 5),
+                "{name}"
+            );
             assert_eq!(s, VALUES.to_vec(), "{name}");
         }
     }
@@ -88,10 +109,24 @@ fn channel_selection_and_mixdown() {
     let dir = tempfile::tempdir().unwrap();
     // Three channels, two frames: (0.5, -0.5, 0.25), (0.25, 0.0, -1.0).
     let frames: [[i16; 3]; 2] = [[16384, -16384, 8192], [8192, 0, -32768]];
-    let data: Vec<u8> = frames.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
-    let p = write(dir.path(), "three.wav", &wav_bytes(EXTENSIBLE, PCM, 3, 48_000, 16, &data));
-    assert_eq!(read_wav(&p, ChannelSelect::Index(0)).unwrap().1, vec![0.5, 0.25]);
-    assert_eq!(read_wav(&p, ChannelSelect::Index(2)).unwrap().1, vec![0.25, -1.0]);
+    let data: Vec<u8> = frames
+        .iter()
+        .flatten()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let p = write(
+        dir.path(),
+        "three.wav",
+        &wav_bytes(EXTENSIBLE, PCM, 3, 48_000, 16, &data),
+    );
+    assert_eq!(
+        read_wav(&p, ChannelSelect::Index(0)).unwrap().1,
+        vec![0.5, 0.25]
+    );
+    assert_eq!(
+        read_wav(&p, ChannelSelect::Index(2)).unwrap().1,
+        vec![0.25, -1.0]
+    );
     let mix = read_wav(&p, ChannelSelect::Mix).unwrap().1;
     assert!((mix[0] - 0.25 / 3.0).abs() < 1e-7 && (mix[1] + 0.75 / 3.0).abs() < 1e-7);
     let e = read_wav(&p, ChannelSelect::Index(3)).unwrap_err();
@@ -107,11 +142,18 @@ fn other_rates_are_resampled_not_misread() {
         .map(|i| 0.5 * (2.0 * std::f32::consts::PI * 440.0 * i as f32 / 44_100.0).sin())
         .collect();
     let data: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let p = write(dir.path(), "cd.wav", &wav_bytes(FLOAT, 0, 1, 44_100, 32, &data));
+    let p = write(
+        dir.path(),
+        "cd.wav",
+        &wav_bytes(FLOAT, 0, 1, 44_100, 32, &data),
+    );
     let y = load_mono(&p, ChannelSelect::Mix, 16_000).unwrap();
     assert_eq!(y.len(), 16_000);
     // Zero crossings of a 440 Hz tone in one second: 880 (±2 at the edges).
-    let crossings = y.windows(2).filter(|w| (w[0] < 0.0) != (w[1] < 0.0)).count();
+    let crossings = y
+        .windows(2)
+        .filter(|w| (w[0] < 0.0) != (w[1] < 0.0))
+        .count();
     assert!((878..=882).contains(&crossings), "{crossings}");
 }
 
@@ -125,12 +167,19 @@ fn corrupt_and_truncated_files_are_named_errors() {
     assert!(matches!(e, WavError::Truncated { expected: 5, .. }), "{e}");
     assert!(e.to_string().contains("truncated.wav"), "{e}");
 
-    let garbage = write(dir.path(), "garbage.wav", b"this is not a wav file at all, honest");
+    let garbage = write(
+        dir.path(),
+        "garbage.wav",
+        b"this is not a wav file at all, honest",
+    );
     let e = read_wav(&garbage, ChannelSelect::Mix).unwrap_err();
     assert!(e.to_string().contains("garbage.wav"), "{e}");
 
     let header_only = write(dir.path(), "short.wav", &good[..20]);
-    assert!(read_wav(&header_only, ChannelSelect::Mix).unwrap_err().to_string().contains("short.wav"));
+    assert!(read_wav(&header_only, ChannelSelect::Mix)
+        .unwrap_err()
+        .to_string()
+        .contains("short.wav"));
 
     let empty = write(dir.path(), "empty.wav", b"");
     assert!(read_wav(&empty, ChannelSelect::Mix).is_err());
@@ -140,7 +189,11 @@ fn corrupt_and_truncated_files_are_named_errors() {
     assert!(matches!(e, WavError::Open { .. }) && e.to_string().contains("missing.wav"));
 
     // 12-bit samples in a 16-bit container are fine for hound, but a 20-bit float is nonsense.
-    let odd = write(dir.path(), "odd.wav", &wav_bytes(FLOAT, 0, 1, 16_000, 64, &[0u8; 16]));
+    let odd = write(
+        dir.path(),
+        "odd.wav",
+        &wav_bytes(FLOAT, 0, 1, 16_000, 64, &[0u8; 16]),
+    );
     let e = read_wav(&odd, ChannelSelect::Mix).unwrap_err();
     assert!(e.to_string().contains("odd.wav"), "{e}");
 
@@ -148,7 +201,10 @@ fn corrupt_and_truncated_files_are_named_errors() {
     let n = nan.len();
     nan[n - 4..].copy_from_slice(&f32::NAN.to_le_bytes());
     let nan = write(dir.path(), "nan.wav", &nan);
-    assert!(read_wav(&nan, ChannelSelect::Mix).unwrap_err().to_string().contains("not a finite"));
+    assert!(read_wav(&nan, ChannelSelect::Mix)
+        .unwrap_err()
+        .to_string()
+        .contains("not a finite"));
 }
 
 #[test]
@@ -157,8 +213,14 @@ fn written_files_read_back() {
     let p = dir.path().join("out.wav");
     write_wav_i16(&p, &[0.0, 0.5, -0.5, 2.0], 16_000).unwrap();
     let (info, s) = read_wav(&p, ChannelSelect::Mix).unwrap();
-    assert_eq!((info.sample_rate, info.channels, info.bits_per_sample), (16_000, 1, 16));
-    assert!((s[1] - 0.5).abs() < 1e-4 && (s[3] - 32767.0 / 32768.0).abs() < 1e-6, "{s:?}");
+    assert_eq!(
+        (info.sample_rate, info.channels, info.bits_per_sample),
+        (16_000, 1, 16)
+    );
+    assert!(
+        (s[1] - 0.5).abs() < 1e-4 && (s[3] - 32767.0 / 32768.0).abs() < 1e-6,
+        "{s:?}"
+    );
     let e = write_wav_i16(&dir.path().join("no/such/dir.wav"), &[0.0], 16_000).unwrap_err();
     assert!(e.to_string().contains("dir.wav"));
 }

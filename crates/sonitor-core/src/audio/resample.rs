@@ -156,18 +156,30 @@ mod tests {
 
     #[test]
     fn keeps_frequency_amplitude_and_timing() {
-        let pairs = [(44_100, 16_000), (48_000, 16_000), (11_025, 16_000), (8_000, 16_000), (16_000, 44_100)];
+        let pairs = [
+            (44_100, 16_000),
+            (48_000, 16_000),
+            (11_025, 16_000),
+            (8_000, 16_000),
+            (16_000, 44_100),
+        ];
         for &(from, to) in &pairs {
             for f in [200.0, 1000.0, 3000.0] {
                 let x = sine(f as f32, from, 1.0);
                 let y = resample(&x, from, to).unwrap();
                 assert_eq!(y.len(), to as usize, "{from}->{to}");
                 let (amp, lead) = amplitude_and_lead(&y, f, to);
-                assert!((amp - 1.0).abs() < 2e-3, "{from}->{to} {f} Hz: amplitude {amp}");
+                assert!(
+                    (amp - 1.0).abs() < 2e-3,
+                    "{from}->{to} {f} Hz: amplitude {amp}"
+                );
                 // The filter delay is compensated to within half an input sample (rubato's FFT resampler has a
                 // half-sample offset for some rate pairs; irrelevant for magnitude features).
                 let lead_in = lead * from as f64 / to as f64;
-                assert!(lead_in.abs() <= 0.51, "{from}->{to} {f} Hz: lead of {lead_in} input samples");
+                assert!(
+                    lead_in.abs() <= 0.51,
+                    "{from}->{to} {f} Hz: lead of {lead_in} input samples"
+                );
             }
         }
     }
