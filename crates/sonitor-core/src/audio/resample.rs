@@ -31,14 +31,6 @@ pub fn resample(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>, Resampl
     Ok(out)
 }
 
-fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
-    }
-}
-
 /// A resampler for a stream delivered in pieces of any size.
 pub struct StreamResampler {
     inner: FftFixedInOut<f32>,

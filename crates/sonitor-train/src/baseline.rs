@@ -1,0 +1,251 @@
+//! The non-learned baseline: every learned model must beat it, honestly, on the same data.
+//!
+//! Per clip: the mean over frames of the raw log-mel spectrogram (the shared features' `log_mel_frames`, no mean
+//! subtraction), a 128-dimensional summary of the clip's spectral envelope. Per machine type and section:
+//! the mean of the source-domain normal training clips, the mean of the (few) target-domain ones, and one
+//! covariance estimated from the source clips around their mean, shrunk towards a scaled identity
+//! (`(1-α)·Σ + α·tr(Σ)/d·I`, α = [`SHRINKAGE`]) so that 300 clips in 128 dimensions give a stable inverse.
+//! The anomaly score of a test clip is its Mahalanobis distance to the nearer of the two domain means.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use sonitor_core::audio::{load_mono, ChannelSelect};
+use sonitor_core::dcase::{self, Clip, Domain, Split};
+use sonitor_core::features::{FeatureExtractor, FeatureParams};
+use sonitor_core::metrics;
+
+/// Weight of the identity target in the covariance shrinkage.
+pub const SHRINKAGE: f64 = 0.1;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BaselineArgs {
+    /// Data set root (DCASE layout).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Directory to write the DCASE submission files into (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Print the metrics as one JSON object (when the test clips carry labels).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Mean log-mel vector of every clip, computed on all cores. Errors name the clip.
+pub fn clip_vectors(clips: &[&Clip], params: &FeatureParams) -> anyhow::Result<Vec<Vec<f64>>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(clips.len().max(1));
+    let chunk = clips.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = clips
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || -> anyhow::Result<Vec<Vec<f64>>> {
+                    let mut fx = FeatureExtractor::new(params.clone())?;
+                    let mut frames = Vec::new();
+                    part.iter()
+                        .map(|clip| {
+                            let audio = load_mono(&clip.path, ChannelSelect::Mix, params.sample_rate)?;
+                            frames.clear();
+                            let n = fx.log_mel_frames(&audio, &mut frames);
+                            anyhow::ensure!(
+                                n > 0,
+                                "{}: too short ({} samples) for one STFT frame of {}",
+                                clip.path.display(),
+                                audio.len(),
+                                params.n_fft
+                            );
+                            let mut mean = vec![0.0f64; params.n_mels];
+                            for row in frames.chunks_exact(params.n_mels) {
+                                for (m, v) in mean.iter_mut().zip(row) {
+                                    *m += *v as f64 / n as f64;
+                                }
+                            }
+                            Ok(mean)
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(clips.len());
+        for h in handles {
+            all.extend(h.join().map_err(|_| anyhow::anyhow!("feature worker panicked"))??);
+        }
+        Ok(all)
+    })
+}
+
+/// Lower-triangular Cholesky factor of a symmetric positive-definite matrix (row-major, d×d).
+fn cholesky(a: &[f64], d: usize) -> Option<Vec<f64>> {
+    let mut l = vec![0.0; d * d];
+    for i in 0..d {
+        for j in 0..=i {
+            let s: f64 = (0..j).map(|k| l[i * d + k] * l[j * d + k]).sum();
+            if i == j {
+                let v = a[i * d + i] - s;
+                if v <= 0.0 {
+                    return None;
+                }
+                l[i * d + i] = v.sqrt();
+            } else {
+                l[i * d + j] = (a[i * d + j] - s) / l[j * d + j];
+            }
+        }
+    }
+    Some(l)
+}
+
+/// A fitted baseline for one section.
+#[derive(Debug, Clone)]
+pub struct SectionModel {
+    means: Vec<Vec<f64>>,
+    chol: Vec<f64>,
+    dim: usize,
+}
+
+impl SectionModel {
+    /// Fits on the source-domain vectors (covariance and one mean) and the target-domain ones (a second mean).
+    pub fn fit(source: &[Vec<f64>], target: &[Vec<f64>]) -> anyhow::Result<Self> {
+        anyhow::ensure!(source.len() >= 2, "need at least 2 source-domain normal training clips, got {}", source.len());
+        let d = source[0].len();
+        let mean_of = |v: &[Vec<f64>]| {
+            let mut m = vec![0.0; d];
+            for x in v {
+                for (a, b) in m.iter_mut().zip(x) {
+                    *a += b / v.len() as f64;
+                }
+            }
+            m
+        };
+        let mu = mean_of(source);
+        let mut cov = vec![0.0; d * d];
+        for x in source {
+            for i in 0..d {
+                let di = x[i] - mu[i];
+                for j in 0..=i {
+                    cov[i * d + j] += di * (x[j] - mu[j]) / (source.len() - 1) as f64;
+                }
+            }
+        }
+        let trace: f64 = (0..d).map(|i| cov[i * d + i]).sum();
+        let ridge = SHRINKAGE * (trace / d as f64).max(1e-12);
+        for i in 0..d {
+            for j in 0..=i {
+                let v = (1.0 - SHRINKAGE) * cov[i * d + j] + if i == j { ridge } else { 0.0 };
+                cov[i * d + j] = v;
+                cov[j * d + i] = v;
+            }
+        }
+        let chol = cholesky(&cov, d).context("covariance is not positive definite")?;
+        let mut means = vec![mu];
+        if !target.is_empty() {
+            means.push(mean_of(target));
+        }
+        Ok(Self { means, chol, dim: d })
+    }
+
+    /// Mahalanobis distance to the nearer domain mean.
+    pub fn score(&self, x: &[f64]) -> f64 {
+        let d = self.dim;
+        let mut y = vec![0.0; d];
+        self.means
+            .iter()
+            .map(|mu| {
+                // Forward substitution: L y = x - mu.
+                for i in 0..d {
+                    let s: f64 = (0..i).map(|k| self.chol[i * d + k] * y[k]).sum();
+                    y[i] = (x[i] - mu[i] - s) / self.chol[i * d + i];
+                }
+                y.iter().map(|v| v * v).sum::<f64>().sqrt()
+            })
+            .fold(f64::INFINITY, f64::min)
+    }
+}
+
+/// Scores every test clip of every section and writes the submission files into `out`. Returns the files.
+pub fn score_dataset(data: &dcase::Dataset, out: &Path, params: &FeatureParams) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut written = Vec::new();
+    for (machine_type, section) in data.sections() {
+        let train: Vec<&Clip> = data.clips_of(&machine_type, section, Split::Train).collect();
+        let test: Vec<&Clip> = data.clips_of(&machine_type, section, Split::Test).collect();
+        if test.is_empty() {
+            continue;
+        }
+        let (source, target): (Vec<&Clip>, Vec<&Clip>) =
+            train.iter().partition(|c| c.name.domain != Some(Domain::Target));
+        let model = SectionModel::fit(&clip_vectors(&source, params)?, &clip_vectors(&target, params)?)
+            .with_context(|| format!("{machine_type} section {section:02}"))?;
+        let rows: Vec<(String, f64)> = test
+            .iter()
+            .zip(clip_vectors(&test, params)?)
+            .map(|(c, v)| (c.file_name().to_string(), model.score(&v)))
+            .collect();
+        let path = out.join(dcase::submission_file_name(&machine_type, section));
+        dcase::write_scores(&path, &rows)?;
+        eprintln!(
+            "{machine_type} section {section:02}: {} source + {} target training clips, {} test clips scored",
+            source.len(),
+            target.len(),
+            rows.len()
+        );
+        written.push(path);
+    }
+    anyhow::ensure!(!written.is_empty(), "{}: no test clips to score", data.root.display());
+    Ok(written)
+}
+
+pub fn run(a: &BaselineArgs) -> anyhow::Result<()> {
+    let data = dcase::scan(&a.data)?;
+    let started = std::time::Instant::now();
+    score_dataset(&data, &a.out, &FeatureParams::default())?;
+    eprintln!("scored in {:.1} s; submission files in {}", started.elapsed().as_secs_f64(), a.out.display());
+    let labelled = data
+        .clips
+        .iter()
+        .filter(|c| c.split == Split::Test)
+        .all(|c| c.name.condition.is_some());
+    if labelled {
+        let report = metrics::evaluate_submission(&data, &a.out)?;
+        crate::cli::print_report(&report, a.json)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cholesky_reconstructs() {
+        let a = [4.0, 2.0, 0.4, 2.0, 5.0, 1.0, 0.4, 1.0, 3.0];
+        let l = cholesky(&a, 3).unwrap();
+        for i in 0..3 {
+            for j in 0..3 {
+                let v: f64 = (0..3).map(|k| l[i * 3 + k] * l[j * 3 + k]).sum();
+                assert!((v - a[i * 3 + j]).abs() < 1e-12);
+            }
+        }
+        assert!(cholesky(&[1.0, 2.0, 2.0, 1.0], 2).is_none());
+    }
+
+    #[test]
+    fn mahalanobis_respects_the_spread() {
+        // Wide spread along x, narrow along y: a step in y is more anomalous than the same step in x.
+        let source: Vec<Vec<f64>> = (0..200)
+            .map(|i| {
+                let t = i as f64 / 200.0 * std::f64::consts::TAU;
+                vec![3.0 * t.cos(), 0.3 * (3.0 * t).sin()]
+            })
+            .collect();
+        let m = SectionModel::fit(&source, &[]).unwrap();
+        assert!(m.score(&[0.0, 1.0]) > 2.0 * m.score(&[1.0, 0.0]));
+        // A target mean makes clips near it normal.
+        let m2 = SectionModel::fit(&source, &[vec![10.0, 10.0], vec![10.2, 9.8]]).unwrap();
+        assert!(m2.score(&[10.1, 10.0]) < m.score(&[10.1, 10.0]) / 5.0);
+    }
+
+    #[test]
+    fn too_few_clips_is_an_error() {
+        assert!(SectionModel::fit(&[vec![1.0]], &[]).is_err());
+    }
+}

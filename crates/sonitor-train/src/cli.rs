@@ -1,0 +1,73 @@
+//! The `sonitor-train` command line.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sonitor_core::{dcase, metrics};
+
+use crate::{baseline, synth};
+
+#[derive(Parser, Debug)]
+#[command(name = "sonitor-train", version, about = "Learns what normal sounds like; evaluates with the DCASE metrics")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Write a synthetic factory data set in the DCASE 2023 Task 2 layout.
+    Synth(synth::SynthArgs),
+    /// Score the test clips with the non-learned baseline (mean log-mel + Mahalanobis distance).
+    Baseline(baseline::BaselineArgs),
+    /// Official DCASE metrics of a directory of submission files.
+    Metrics(MetricsArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct MetricsArgs {
+    /// Data set root (DCASE layout; the test clips' names carry the labels).
+    #[arg(long)]
+    data: PathBuf,
+    /// Directory with `anomaly_score_<type>_section_<SS>_test.csv` files.
+    #[arg(long)]
+    scores: PathBuf,
+    /// Print one JSON object (per-section and per-type table, official_score) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Prints a metrics report as Markdown, or as JSON with `--json`.
+pub fn print_report(report: &metrics::Report, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", report.to_markdown());
+    }
+    Ok(())
+}
+
+fn run_metrics(a: &MetricsArgs) -> anyhow::Result<()> {
+    let data = dcase::scan(&a.data)?;
+    let report = metrics::evaluate_submission(&data, &a.scores)
+        .with_context(|| format!("evaluating {} against {}", a.scores.display(), a.data.display()))?;
+    print_report(&report, a.json)
+}
+
+/// Entry point of the binary: parses the command line, runs, maps errors to a message and exit status 1.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Synth(a) => synth::run(a),
+        Command::Baseline(a) => baseline::run(a),
+        Command::Metrics(a) => run_metrics(a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
