@@ -6,12 +6,18 @@
 //! - [`audio`]: reading WAV files of any common encoding, channel selection, band-limited resampling;
 //! - [`features`]: the one and only implementation of the model's input features (log-mel and spectrum views);
 //! - [`dcase`]: the DCASE 2022/2023 Task 2 data layout, file names, attributes and auxiliary class labels;
-//! - [`metrics`]: the official DCASE metrics (AUC, McClish pAUC, harmonic-mean official score).
+//! - [`metrics`]: the official DCASE metrics (AUC, McClish pAUC, harmonic-mean official score);
+//! - [`bundle`]: the model bundle (ONNX graph + manifest), the contract between trainer and daemon, verified on
+//!   load ([`onnx_graph`] reads the graph's signature);
+//! - [`score`]: the anomaly score of an embedding (min cosine distance to a section's centroids).
 //!
 //! Library code here never panics on bad input: every fallible operation returns a typed error that names the
 //! offending file or value.
 
 pub mod audio;
+pub mod bundle;
 pub mod dcase;
 pub mod features;
 pub mod metrics;
+pub mod onnx_graph;
+pub mod score;

@@ -1,0 +1,688 @@
+//! The model bundle: the contract between `sonitor-train` and the daemon.
+//!
+//! A bundle is a directory with two files:
+//! - `model.onnx` (or the name the manifest gives): the embedding network, feature tensors in, embedding out;
+//! - `manifest.json`: a [`Manifest`]: the feature parameters, the graph's input and output tensors, the
+//!   embedding size, the class names, per-section centroids and calibrated thresholds, the provenance and the
+//!   sha256 of the ONNX file.
+//!
+//! [`Bundle::load`] refuses a bundle whose parts disagree, naming the problem: a checksum that does not match,
+//! feature parameters that do not give the graph's input shapes, a manifest input the graph does not have,
+//! centroids of the wrong size, a section without centroids or without a usable threshold. Because ONNX is the
+//! exchange format, a bundle can wrap a graph from any producer (burn, PyTorch, Keras) as long as its manifest
+//! states what it computes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::features::FeatureParams;
+use crate::onnx_graph::{self, Dim, GraphSignature};
+
+pub const MANIFEST_FILE: &str = "manifest.json";
+pub const DEFAULT_ONNX_FILE: &str = "model.onnx";
+/// The manifest format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Which feature view a graph input takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeatureView {
+    /// Mean-subtracted log-mel, `[1, frames, n_mels]`.
+    LogMel,
+    /// Whole-window magnitude spectrum, `[1, window_samples / 2]`.
+    Spectrum,
+}
+
+/// A named tensor with its shape (batch dimension first, 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+/// A graph input and the feature view that feeds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    pub name: String,
+    pub view: FeatureView,
+    pub shape: Vec<usize>,
+}
+
+/// The decision threshold of a section, calibrated on normal training scores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Threshold {
+    /// The score above which a window counts as anomalous.
+    pub value: f64,
+    /// How it was obtained, e.g. `"gamma-quantile"` or `"percentile"`.
+    pub method: String,
+    /// The quantile of the normal-score distribution (e.g. 0.9).
+    pub quantile: f64,
+    /// Maximum-likelihood gamma fit of the normal training scores, when `method` is `gamma-quantile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gamma_shape: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gamma_scale: Option<f64>,
+}
+
+/// The scoring model of one machine type and section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SectionModel {
+    pub machine_type: String,
+    pub section: u16,
+    /// Unit-norm centres: first the source-domain k-means centroids, then the target-domain embeddings.
+    pub centroids: Vec<Vec<f32>>,
+    pub n_source_centroids: usize,
+    pub n_target_centroids: usize,
+    pub threshold: Threshold,
+}
+
+impl SectionModel {
+    /// `"<type>/section_SS"`, the name configs and messages use.
+    pub fn key(&self) -> String {
+        section_key(&self.machine_type, self.section)
+    }
+}
+
+/// `"<type>/section_SS"`.
+pub fn section_key(machine_type: &str, section: u16) -> String {
+    format!("{machine_type}/section_{section:02}")
+}
+
+/// Where a bundle came from.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Provenance {
+    /// Tool and version that made the bundle, e.g. `sonitor-train 0.1.0`.
+    pub tool: String,
+    /// RFC 3339 time of creation (UTC).
+    pub created_at: String,
+    /// The command line that made it.
+    #[serde(default)]
+    pub command: String,
+    #[serde(default)]
+    pub data_path: String,
+    /// sha256 over the training data's file names and contents, when known.
+    #[serde(default)]
+    pub data_sha256: String,
+    #[serde(default)]
+    pub loss: String,
+    #[serde(default)]
+    pub labels: String,
+    #[serde(default)]
+    pub epochs: usize,
+    #[serde(default)]
+    pub seed: u64,
+    /// Network configuration, parameter count, FLOPs, pruning: free-form, recorded as given.
+    #[serde(default)]
+    pub model: serde_json::Value,
+    /// Evaluation results (e.g. the official score), free-form.
+    #[serde(default)]
+    pub metrics: serde_json::Value,
+}
+
+/// The manifest (`manifest.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format_version: u32,
+    /// A short identifier shown in MQTT state messages (e.g. `synth-subcluster-adacos-s1-3f2a9c`).
+    pub model_id: String,
+    pub features: FeatureParams,
+    pub inputs: Vec<InputSpec>,
+    pub output: TensorSpec,
+    pub embedding_dim: usize,
+    /// Auxiliary class names the network was trained on (informational).
+    #[serde(default)]
+    pub classes: Vec<String>,
+    pub sections: Vec<SectionModel>,
+    /// How window scores are pooled into a clip score (e.g. `"mean"`).
+    pub clip_pooling: String,
+    pub onnx_file: String,
+    pub onnx_sha256: String,
+    pub provenance: Provenance,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid manifest: {reason}")]
+    Manifest { path: PathBuf, reason: String },
+    #[error("{path}: checksum mismatch: the manifest says sha256 {expected}, the file has {actual} (the ONNX file was changed or belongs to another bundle)")]
+    Checksum {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    #[error("{path}: {source}")]
+    Onnx {
+        path: PathBuf,
+        source: onnx_graph::OnnxParseError,
+    },
+    #[error("{path}: manifest and graph disagree: {reason}")]
+    Mismatch { path: PathBuf, reason: String },
+}
+
+/// A loaded, verified bundle.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub onnx_path: PathBuf,
+    pub graph: GraphSignature,
+}
+
+/// Hex sha256 of some bytes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Manifest {
+    /// The manifest's own consistency (without the graph); names the first problem.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.format_version != FORMAT_VERSION {
+            return Err(format!(
+                "format_version {} is not supported by this build (expected {FORMAT_VERSION})",
+                self.format_version
+            ));
+        }
+        self.features.validate().map_err(|e| e.to_string())?;
+        if self.inputs.is_empty() {
+            return Err("no inputs".into());
+        }
+        let f = &self.features;
+        for input in &self.inputs {
+            let expected = match input.view {
+                FeatureView::LogMel => vec![1, f.log_mel_shape()[0], f.log_mel_shape()[1]],
+                FeatureView::Spectrum => vec![1, f.spectrum_len()],
+            };
+            if input.shape != expected {
+                return Err(format!(
+                    "input '{}' ({:?}) has shape {:?} but the feature parameters give {:?}",
+                    input.name, input.view, input.shape, expected
+                ));
+            }
+        }
+        if self.embedding_dim == 0 || self.output.shape != vec![1, self.embedding_dim] {
+            return Err(format!(
+                "output '{}' has shape {:?}, expected [1, embedding_dim = {}]",
+                self.output.name, self.output.shape, self.embedding_dim
+            ));
+        }
+        if self.sections.is_empty() {
+            return Err("no sections: the bundle has no centroids to score against".into());
+        }
+        let mut seen = BTreeMap::new();
+        for s in &self.sections {
+            let key = s.key();
+            if seen.insert(key.clone(), ()).is_some() {
+                return Err(format!("section {key} is listed twice"));
+            }
+            if s.centroids.is_empty() {
+                return Err(format!("section {key} has no centroids"));
+            }
+            if s.n_source_centroids + s.n_target_centroids != s.centroids.len() {
+                return Err(format!(
+                    "section {key}: {} source + {} target centroids announced, {} given",
+                    s.n_source_centroids,
+                    s.n_target_centroids,
+                    s.centroids.len()
+                ));
+            }
+            for (i, c) in s.centroids.iter().enumerate() {
+                if c.len() != self.embedding_dim {
+                    return Err(format!(
+                        "section {key}: centroid {i} has {} values, embedding_dim is {}",
+                        c.len(),
+                        self.embedding_dim
+                    ));
+                }
+                let norm = c.iter().map(|v| v * v).sum::<f32>().sqrt();
+                if !(norm - 1.0).abs().lt(&1e-3) {
+                    return Err(format!(
+                        "section {key}: centroid {i} is not unit-norm (norm {norm})"
+                    ));
+                }
+            }
+            let t = &s.threshold;
+            if !t.value.is_finite() || !(0.0..=1.0).contains(&t.quantile) {
+                return Err(format!(
+                    "section {key}: threshold {} (quantile {}) is not usable",
+                    t.value, t.quantile
+                ));
+            }
+        }
+        if self.onnx_file.is_empty()
+            || self.onnx_file.contains('/')
+            || self.onnx_file.contains("..")
+        {
+            return Err(format!(
+                "onnx_file '{}' must be a plain file name in the bundle directory",
+                self.onnx_file
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the manifest's tensors against a graph signature; names the first problem.
+    pub fn check_graph(&self, g: &GraphSignature) -> Result<(), String> {
+        let fmt_dims = |d: &Option<Vec<Dim>>| match d {
+            None => "unknown".to_string(),
+            Some(d) => format!(
+                "[{}]",
+                d.iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        let check = |what: &str, name: &str, shape: &[usize], t: &onnx_graph::GraphTensor| {
+            if t.elem_type != 1 {
+                return Err(format!(
+                    "{what} '{name}' has ONNX element type {}, expected float32 (1)",
+                    t.elem_type
+                ));
+            }
+            let Some(dims) = &t.dims else { return Ok(()) };
+            let ok = dims.len() == shape.len()
+                && dims
+                    .iter()
+                    .zip(shape)
+                    .enumerate()
+                    .all(|(axis, (d, &s))| match d {
+                        Dim::Fixed(v) => *v as usize == s,
+                        // A symbolic or unknown batch axis is fine; other axes must be fixed.
+                        Dim::Symbolic(_) | Dim::Unknown => axis == 0,
+                    });
+            if ok {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{what} '{name}': the graph says shape {}, the manifest {:?}",
+                    fmt_dims(&t.dims),
+                    shape
+                ))
+            }
+        };
+        for input in &self.inputs {
+            let t = g
+                .inputs
+                .iter()
+                .find(|t| t.name == input.name)
+                .ok_or_else(|| {
+                    format!(
+                        "the graph has no input '{}' (its inputs: {})",
+                        input.name,
+                        g.inputs
+                            .iter()
+                            .map(|t| t.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })?;
+            check("input", &input.name, &input.shape, t)?;
+        }
+        if let Some(extra) = g
+            .inputs
+            .iter()
+            .find(|t| !self.inputs.iter().any(|i| i.name == t.name))
+        {
+            return Err(format!(
+                "the graph needs input '{}', which the manifest does not feed",
+                extra.name
+            ));
+        }
+        let out = g
+            .outputs
+            .iter()
+            .find(|t| t.name == self.output.name)
+            .ok_or_else(|| {
+                format!(
+                    "the graph has no output '{}' (its outputs: {})",
+                    self.output.name,
+                    g.outputs
+                        .iter()
+                        .map(|t| t.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?;
+        check("output", &self.output.name, &self.output.shape, out)
+    }
+
+    pub fn section(&self, machine_type: &str, section: u16) -> Option<&SectionModel> {
+        self.sections
+            .iter()
+            .find(|s| s.machine_type == machine_type && s.section == section)
+    }
+
+    /// Finds a section by its key `"<type>/section_SS"`.
+    pub fn section_by_key(&self, key: &str) -> Option<&SectionModel> {
+        self.sections.iter().find(|s| s.key() == key)
+    }
+}
+
+impl Bundle {
+    /// Loads and verifies a bundle directory.
+    pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&manifest_path).map_err(|source| BundleError::Io {
+            path: manifest_path.clone(),
+            source,
+        })?;
+        let manifest: Manifest =
+            serde_json::from_str(&text).map_err(|e| BundleError::Manifest {
+                path: manifest_path.clone(),
+                reason: e.to_string(),
+            })?;
+        manifest
+            .validate()
+            .map_err(|reason| BundleError::Manifest {
+                path: manifest_path.clone(),
+                reason,
+            })?;
+        let onnx_path = dir.join(&manifest.onnx_file);
+        let bytes = std::fs::read(&onnx_path).map_err(|source| BundleError::Io {
+            path: onnx_path.clone(),
+            source,
+        })?;
+        let actual = sha256_hex(&bytes);
+        if !actual.eq_ignore_ascii_case(&manifest.onnx_sha256) {
+            return Err(BundleError::Checksum {
+                path: onnx_path,
+                expected: manifest.onnx_sha256.clone(),
+                actual,
+            });
+        }
+        let graph = onnx_graph::read_signature(&bytes).map_err(|source| BundleError::Onnx {
+            path: onnx_path.clone(),
+            source,
+        })?;
+        manifest
+            .check_graph(&graph)
+            .map_err(|reason| BundleError::Mismatch {
+                path: dir.to_path_buf(),
+                reason,
+            })?;
+        Ok(Bundle {
+            dir: dir.to_path_buf(),
+            manifest,
+            onnx_path,
+            graph,
+        })
+    }
+
+    /// Writes a bundle (creating `dir`): the ONNX bytes under `manifest.onnx_file` and the manifest with the
+    /// checksum filled in; then loads it back, so a bundle that would be refused is never written silently.
+    pub fn write(dir: &Path, manifest: &Manifest, onnx: &[u8]) -> Result<Bundle, BundleError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| BundleError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let mut manifest = manifest.clone();
+        if manifest.onnx_file.is_empty() {
+            manifest.onnx_file = DEFAULT_ONNX_FILE.into();
+        }
+        manifest.onnx_sha256 = sha256_hex(onnx);
+        let manifest_path = dir.join(MANIFEST_FILE);
+        manifest
+            .validate()
+            .map_err(|reason| BundleError::Manifest {
+                path: manifest_path.clone(),
+                reason,
+            })?;
+        let onnx_path = dir.join(&manifest.onnx_file);
+        std::fs::write(&onnx_path, onnx).map_err(io(&onnx_path))?;
+        let text = serde_json::to_string_pretty(&manifest).map_err(|e| BundleError::Manifest {
+            path: manifest_path.clone(),
+            reason: e.to_string(),
+        })?;
+        std::fs::write(&manifest_path, text).map_err(io(&manifest_path))?;
+        Bundle::load(dir)
+    }
+
+    pub fn section(&self, machine_type: &str, section: u16) -> Option<&SectionModel> {
+        self.manifest.section(machine_type, section)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx_graph::tests::model;
+
+    fn small_features() -> FeatureParams {
+        FeatureParams {
+            window_samples: 4096,
+            window_hop_samples: 2048,
+            n_mels: 32,
+            ..FeatureParams::default()
+        }
+    }
+
+    fn unit(i: usize, d: usize) -> Vec<f32> {
+        (0..d).map(|k| if k == i { 1.0 } else { 0.0 }).collect()
+    }
+
+    fn manifest() -> Manifest {
+        let f = small_features();
+        Manifest {
+            format_version: FORMAT_VERSION,
+            model_id: "test".into(),
+            inputs: vec![
+                InputSpec {
+                    name: "log_mel".into(),
+                    view: FeatureView::LogMel,
+                    shape: vec![1, f.log_mel_shape()[0], f.n_mels],
+                },
+                InputSpec {
+                    name: "spectrum".into(),
+                    view: FeatureView::Spectrum,
+                    shape: vec![1, f.spectrum_len()],
+                },
+            ],
+            features: f,
+            output: TensorSpec {
+                name: "embedding".into(),
+                shape: vec![1, 4],
+            },
+            embedding_dim: 4,
+            classes: vec!["fan/section_00".into()],
+            sections: vec![SectionModel {
+                machine_type: "fan".into(),
+                section: 0,
+                centroids: vec![unit(0, 4), unit(1, 4), unit(2, 4)],
+                n_source_centroids: 2,
+                n_target_centroids: 1,
+                threshold: Threshold {
+                    value: 0.3,
+                    method: "gamma-quantile".into(),
+                    quantile: 0.9,
+                    gamma_shape: Some(2.0),
+                    gamma_scale: Some(0.05),
+                },
+            }],
+            clip_pooling: "mean".into(),
+            onnx_file: DEFAULT_ONNX_FILE.into(),
+            onnx_sha256: String::new(),
+            provenance: Provenance::default(),
+        }
+    }
+
+    fn graph() -> Vec<u8> {
+        model(
+            &[
+                (
+                    "log_mel",
+                    vec![Dim::Symbolic("batch".into()), Dim::Fixed(7), Dim::Fixed(32)],
+                ),
+                ("spectrum", vec![Dim::Fixed(1), Dim::Fixed(2048)]),
+            ],
+            &[("embedding", vec![Dim::Fixed(1), Dim::Fixed(4)])],
+        )
+    }
+
+    fn err_of(dir: &Path) -> String {
+        Bundle::load(dir).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn writes_and_loads_back() {
+        let d = tempfile::tempdir().unwrap();
+        let b = Bundle::write(d.path(), &manifest(), &graph()).unwrap();
+        assert_eq!(b.manifest.onnx_sha256, sha256_hex(&graph()));
+        assert_eq!(b.graph.producer, "test-producer");
+        assert!(b.section("fan", 0).is_some());
+        assert!(b.manifest.section_by_key("fan/section_00").is_some());
+        assert!(b.section("fan", 1).is_none());
+    }
+
+    #[test]
+    fn a_changed_onnx_file_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        Bundle::write(d.path(), &manifest(), &graph()).unwrap();
+        let mut g = graph();
+        g.push(0);
+        std::fs::write(d.path().join("model.onnx"), g).unwrap();
+        assert!(err_of(d.path()).contains("checksum mismatch"));
+    }
+
+    #[test]
+    fn missing_pieces_are_named() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(err_of(d.path()).contains("manifest.json"));
+        Bundle::write(d.path(), &manifest(), &graph()).unwrap();
+        std::fs::remove_file(d.path().join("model.onnx")).unwrap();
+        assert!(err_of(d.path()).contains("model.onnx"));
+    }
+
+    #[test]
+    fn inconsistent_manifests_are_refused_with_the_reason() {
+        type Change = Box<dyn Fn(&mut Manifest)>;
+        let cases: Vec<(Change, &str)> = vec![
+            (
+                Box::new(|m| m.sections[0].centroids.clear()),
+                "no centroids",
+            ),
+            (Box::new(|m| m.sections.clear()), "no sections"),
+            (
+                Box::new(|m| m.sections[0].centroids[0] = vec![1.0, 0.0]),
+                "centroid 0 has 2 values",
+            ),
+            (
+                Box::new(|m| m.sections[0].centroids[1] = vec![0.9; 4]),
+                "not unit-norm",
+            ),
+            (
+                Box::new(|m| m.sections[0].n_target_centroids = 5),
+                "announced",
+            ),
+            (
+                Box::new(|m| m.sections[0].threshold.value = f64::NAN),
+                "threshold",
+            ),
+            (
+                Box::new(|m| m.features.n_mels = 64),
+                "feature parameters give",
+            ),
+            (
+                Box::new(|m| m.features.window_samples = 8192),
+                "feature parameters give",
+            ),
+            (Box::new(|m| m.output.shape = vec![1, 8]), "embedding_dim"),
+            (Box::new(|m| m.format_version = 99), "format_version"),
+            (
+                Box::new(|m| m.onnx_file = "../x.onnx".into()),
+                "plain file name",
+            ),
+            (
+                Box::new(|m| {
+                    let s = m.sections[0].clone();
+                    m.sections.push(s)
+                }),
+                "twice",
+            ),
+        ];
+        for (change, expect) in cases {
+            let d = tempfile::tempdir().unwrap();
+            let mut m = manifest();
+            change(&mut m);
+            let e = Bundle::write(d.path(), &m, &graph())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(expect), "expected '{expect}' in: {e}");
+        }
+    }
+
+    #[test]
+    fn manifest_and_graph_must_agree() {
+        let d = tempfile::tempdir().unwrap();
+        let mut m = manifest();
+        m.inputs[0].name = "mel".into();
+        let e = Bundle::write(d.path(), &m, &graph())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no input 'mel'"), "{e}");
+
+        let wrong_shape = model(
+            &[
+                (
+                    "log_mel",
+                    vec![Dim::Fixed(1), Dim::Fixed(9), Dim::Fixed(32)],
+                ),
+                ("spectrum", vec![Dim::Fixed(1), Dim::Fixed(2048)]),
+            ],
+            &[("embedding", vec![Dim::Fixed(1), Dim::Fixed(4)])],
+        );
+        let e = Bundle::write(d.path(), &manifest(), &wrong_shape)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("graph says shape [1, 9, 32]"), "{e}");
+
+        let extra_input = model(
+            &[
+                (
+                    "log_mel",
+                    vec![Dim::Fixed(1), Dim::Fixed(7), Dim::Fixed(32)],
+                ),
+                ("spectrum", vec![Dim::Fixed(1), Dim::Fixed(2048)]),
+                ("domain", vec![Dim::Fixed(1)]),
+            ],
+            &[("embedding", vec![Dim::Fixed(1), Dim::Fixed(4)])],
+        );
+        let e = Bundle::write(d.path(), &manifest(), &extra_input)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs input 'domain'"), "{e}");
+
+        let e = Bundle::write(d.path(), &manifest(), b"not onnx at all")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a valid ONNX model"), "{e}");
+    }
+
+    #[test]
+    fn unknown_manifest_keys_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        Bundle::write(d.path(), &manifest(), &graph()).unwrap();
+        let p = d.path().join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("\"clip_pooling\"", "\"clip_poling\"");
+        std::fs::write(&p, text).unwrap();
+        assert!(err_of(d.path()).contains("clip_poling"));
+    }
+}

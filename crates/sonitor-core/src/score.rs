@@ -1,0 +1,60 @@
+//! Scoring an embedding against a section's centroids: the anomaly score is the smallest cosine distance
+//! (1 − cos) between the unit-normalised embedding and the section's (unit-norm) centroids. Shared by the
+//! trainer's evaluation and the daemon so that both compute the same number.
+
+/// Scales `v` to unit L2 norm in place (a zero vector stays zero).
+pub fn normalize(v: &mut [f32]) {
+    let n = v
+        .iter()
+        .map(|x| (*x as f64) * (*x as f64))
+        .sum::<f64>()
+        .sqrt();
+    if n > 0.0 {
+        for x in v {
+            *x = (*x as f64 / n) as f32;
+        }
+    }
+}
+
+/// Smallest cosine distance of `embedding` (any norm) to unit-norm `centroids`; 1.0 (orthogonal) when the
+/// embedding is zero, `f32::INFINITY` when there are no centroids.
+pub fn min_cosine_distance(embedding: &[f32], centroids: &[Vec<f32>]) -> f32 {
+    let norm = embedding.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm == 0.0 {
+        return if centroids.is_empty() {
+            f32::INFINITY
+        } else {
+            1.0
+        };
+    }
+    centroids
+        .iter()
+        .map(|c| 1.0 - c.iter().zip(embedding).map(|(a, b)| a * b).sum::<f32>() / norm)
+        .fold(f32::INFINITY, f32::min)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_centroid_wins() {
+        let c = vec![vec![1.0, 0.0], vec![0.0, 1.0]];
+        assert!((min_cosine_distance(&[2.0, 0.0], &c)).abs() < 1e-6);
+        assert!((min_cosine_distance(&[-1.0, 0.0], &c) - 1.0).abs() < 1e-6);
+        let d = min_cosine_distance(&[1.0, 1.0], &c);
+        assert!((d - (1.0 - std::f32::consts::FRAC_1_SQRT_2)).abs() < 1e-6);
+        assert_eq!(min_cosine_distance(&[0.0, 0.0], &c), 1.0);
+        assert_eq!(min_cosine_distance(&[1.0, 0.0], &[]), f32::INFINITY);
+    }
+
+    #[test]
+    fn normalize_makes_unit_vectors() {
+        let mut v = vec![3.0, 4.0];
+        normalize(&mut v);
+        assert!((v[0] - 0.6).abs() < 1e-7 && (v[1] - 0.8).abs() < 1e-7);
+        let mut z = vec![0.0; 3];
+        normalize(&mut z);
+        assert_eq!(z, vec![0.0; 3]);
+    }
+}
