@@ -1,19 +1,52 @@
-//! `sonitor`: the edge daemon. It listens to machines through a microphone and raises an MQTT alarm when a
-//! machine starts to sound wrong.
-//!
-//! Where the audio goes: capture → features → embed → score → detect → publish. The features and the model
-//! contract live in the shared `sonitor-core` crate, so the daemon computes exactly what the trainer evaluated.
+//! `sonitor` command line: `run`, `validate`, `devices`.
 
-use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "sonitor", version, about = "Acoustic anomaly detection daemon for factory machines")]
-struct Cli {}
+#[command(
+    name = "sonitor",
+    version,
+    about = "Acoustic anomaly detection daemon for factory machines"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
 
-fn main() {
-    let _ = Cli::parse();
-    println!(
-        "sonitor {}: the daemon's pipeline is being built; use sonitor-train for data, baseline and metrics",
-        env!("CARGO_PKG_VERSION")
-    );
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Capture, score and publish alarms until stopped (SIGTERM); SIGHUP reloads thresholds and debounce.
+    Run {
+        #[arg(long, short, default_value = "/etc/sonitor/sonitor.toml")]
+        config: PathBuf,
+    },
+    /// Checks a configuration (files, bundles, sections, channels, devices, ports); exit status 78 on problems.
+    Validate {
+        #[arg(long, short, default_value = "/etc/sonitor/sonitor.toml")]
+        config: PathBuf,
+    },
+    /// Lists capture devices and their supported configurations.
+    Devices,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Cmd::Run { config } => sonitor::daemon::run(&config),
+        Cmd::Validate { config } => sonitor::daemon::validate(&config),
+        Cmd::Devices => match sonitor::capture::list_devices() {
+            Ok(s) => {
+                print!("{s}");
+                0
+            }
+            Err(e) => {
+                eprintln!("sonitor: cannot list devices: {e:#}");
+                1
+            }
+        },
+    };
+    ExitCode::from(code.clamp(0, 255) as u8)
 }

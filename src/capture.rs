@@ -1,0 +1,500 @@
+//! Audio sources. Both kinds deliver interleaved `f32` frames into a `ringbuf` SPSC buffer read by the
+//! input's reader thread ([`crate::pipeline`]):
+//!
+//! - capture through cpal (ALSA on Linux): the real-time callback only converts and copies into the ring
+//!   ([`RtSink`]); it never locks, allocates, logs or blocks, and counts what does not fit. A supervisor thread
+//!   opens the stream, watches it (errors reported by cpal, frames that stop advancing) and reopens it with
+//!   exponential backoff, handing each new ring to the reader;
+//! - a WAV file replayed in real time or as fast as the reader drains it.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
+use crossbeam_channel::Sender;
+use ringbuf::traits::{Producer, Split};
+use ringbuf::{HeapCons, HeapProd, HeapRb};
+
+use crate::config::{AtEnd, DeviceConfig};
+use crate::metrics::{Counter, InputMetrics};
+
+/// A freshly opened stream, handed to the reader thread.
+pub struct StreamHandle {
+    pub consumer: HeapCons<f32>,
+    pub sample_rate: u32,
+    pub channels: usize,
+    /// Set by a file source at the end of its file (with `at_end = "exit"`).
+    pub finished: Arc<AtomicBool>,
+}
+
+/// What a source reports besides audio.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceEvent {
+    Opened { input: usize, description: String },
+    Failed { input: usize, reason: String },
+    Stalled { input: usize },
+    Ended { input: usize },
+}
+
+/// The real-time side of a capture stream: what the cpal callback owns.
+pub struct RtSink {
+    producer: HeapProd<f32>,
+    channels: usize,
+    frames: Arc<Counter>,
+    dropped: Arc<Counter>,
+}
+
+/// A sample type the callback can store as `f32`.
+pub trait ToF32: Copy {
+    fn to_f32(self) -> f32;
+}
+impl ToF32 for f32 {
+    #[inline]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+impl ToF32 for i16 {
+    #[inline]
+    fn to_f32(self) -> f32 {
+        self as f32 / 32768.0
+    }
+}
+impl ToF32 for i32 {
+    #[inline]
+    fn to_f32(self) -> f32 {
+        (self as f64 / 2_147_483_648.0) as f32
+    }
+}
+impl ToF32 for u16 {
+    #[inline]
+    fn to_f32(self) -> f32 {
+        (self as f32 - 32768.0) / 32768.0
+    }
+}
+
+impl RtSink {
+    /// A ring of `capacity` samples; returns the sink (for the callback) and the consumer (for the reader).
+    pub fn new(
+        capacity: usize,
+        channels: usize,
+        frames: Arc<Counter>,
+        dropped: Arc<Counter>,
+    ) -> (RtSink, HeapCons<f32>) {
+        let (producer, consumer) = HeapRb::<f32>::new(capacity.max(channels.max(1))).split();
+        (
+            RtSink {
+                producer,
+                channels: channels.max(1),
+                frames,
+                dropped,
+            },
+            consumer,
+        )
+    }
+
+    /// The callback body: converts and copies `data` into the ring; counts frames and what did not fit.
+    /// No locks, no allocation, no I/O.
+    #[inline]
+    pub fn write<T: ToF32>(&mut self, data: &[T]) {
+        // Whole frames only, so that the reader never sees channels shifted.
+        let vacant = self.producer.vacant_len();
+        let fit = data.len().min(vacant - vacant % self.channels);
+        let stored = self
+            .producer
+            .push_iter(data[..fit].iter().map(|s| s.to_f32()));
+        if stored < data.len() {
+            self.dropped.add((data.len() - stored) as u64);
+        }
+        self.frames.add((data.len() / self.channels) as u64);
+    }
+}
+
+/// One line per capture device with its supported input configurations (`sonitor devices`).
+pub fn list_devices() -> anyhow::Result<String> {
+    let mut s = String::new();
+    for host_id in cpal::available_hosts() {
+        let host = match cpal::host_from_id(host_id) {
+            Ok(h) => h,
+            Err(e) => {
+                s.push_str(&format!("host {host_id:?}: unavailable ({e})\n"));
+                continue;
+            }
+        };
+        let default_id = host.default_input_device().and_then(|d| d.id().ok());
+        s.push_str(&format!("host {}\n", host_id.name()));
+        let devices = host.input_devices().map_err(|e| anyhow::anyhow!("{e}"))?;
+        for d in devices {
+            let Ok(id) = d.id() else { continue };
+            let Ok(configs) = d.supported_input_configs() else {
+                continue;
+            };
+            let configs: Vec<String> = configs
+                .map(|c| {
+                    format!(
+                        "{}ch {}-{} Hz {}",
+                        c.channels(),
+                        c.min_sample_rate(),
+                        c.max_sample_rate(),
+                        c.sample_format()
+                    )
+                })
+                .collect();
+            if configs.is_empty() {
+                continue;
+            }
+            let mark = if Some(&id) == default_id.as_ref() {
+                " (default)"
+            } else {
+                ""
+            };
+            s.push_str(&format!("  device = \"{id}\"{mark}\n      {}\n", d));
+            for c in configs {
+                s.push_str(&format!("      {c}\n"));
+            }
+        }
+    }
+    Ok(s)
+}
+
+/// Finds the configured capture device: `default`, a full id (`alsa:hw:CARD=…`), or an ALSA PCM name.
+pub fn find_device(spec: &str) -> anyhow::Result<cpal::Device> {
+    let host = cpal::default_host();
+    if spec == "default" {
+        return host
+            .default_input_device()
+            .ok_or_else(|| anyhow::anyhow!("there is no default input device"));
+    }
+    let id_text = if spec.contains(':')
+        && spec
+            .split(':')
+            .next()
+            .is_some_and(|h| h == "alsa" || h == "jack" || h == "pulseaudio" || h == "pipewire")
+    {
+        spec.to_string()
+    } else {
+        format!("{}:{spec}", host.id().name())
+    };
+    let id: cpal::DeviceId = id_text
+        .parse()
+        .map_err(|e| anyhow::anyhow!("device '{spec}': {e}"))?;
+    let host =
+        cpal::host_from_id(id.host()).map_err(|e| anyhow::anyhow!("device '{spec}': {e}"))?;
+    host.device_by_id(&id).ok_or_else(|| {
+        anyhow::anyhow!(
+            "capture device '{spec}' does not exist (see `sonitor devices` for the ids)"
+        )
+    })
+}
+
+/// The stream configuration to open: channels, rate and sample format.
+pub fn choose_config(
+    device: &cpal::Device,
+    cfg: &DeviceConfig,
+    model_rate: u32,
+) -> anyhow::Result<(cpal::StreamConfig, cpal::SampleFormat)> {
+    let default = device
+        .default_input_config()
+        .map_err(|e| anyhow::anyhow!("no input configuration: {e}"))?;
+    let channels = cfg.channels.unwrap_or(default.channels());
+    let ranges: Vec<cpal::SupportedStreamConfigRange> = device
+        .supported_input_configs()
+        .map_err(|e| anyhow::anyhow!("cannot list its configurations: {e}"))?
+        .filter(|r| r.channels() == channels)
+        .collect();
+    if ranges.is_empty() {
+        anyhow::bail!("the device has no input configuration with {channels} channel(s)");
+    }
+    let fits = |r: &cpal::SupportedStreamConfigRange, rate: u32| {
+        r.min_sample_rate() <= rate && rate <= r.max_sample_rate()
+    };
+    let rate = match cfg.sample_rate {
+        Some(r) => r,
+        None if ranges.iter().any(|r| fits(r, model_rate)) => model_rate,
+        None if ranges.iter().any(|r| fits(r, default.sample_rate())) => default.sample_rate(),
+        None => ranges[0].max_sample_rate(),
+    };
+    use cpal::SampleFormat as F;
+    let format = [F::I16, F::F32, F::I32, F::U16]
+        .into_iter()
+        .find(|f| ranges.iter().any(|r| r.sample_format() == *f && fits(r, rate)))
+        .ok_or_else(|| {
+            anyhow::anyhow!("no supported sample format (i16, f32, i32, u16) at {rate} Hz with {channels} channel(s)")
+        })?;
+    let buffer_size = match cfg.buffer_frames {
+        Some(n) => cpal::BufferSize::Fixed(n),
+        None => cpal::BufferSize::Default,
+    };
+    Ok((
+        cpal::StreamConfig {
+            channels,
+            sample_rate: rate,
+            buffer_size,
+        },
+        format,
+    ))
+}
+
+/// Opens the stream and starts it; the callback writes into a fresh ring.
+fn open_capture(
+    cfg: &DeviceConfig,
+    model_rate: u32,
+    metrics: &InputMetrics,
+    failed: Arc<AtomicBool>,
+) -> anyhow::Result<(cpal::Stream, StreamHandle, String)> {
+    let spec = cfg.device.as_deref().unwrap_or("default");
+    let device = find_device(spec)?;
+    let (sc, format) = choose_config(&device, cfg, model_rate)
+        .map_err(|e| anyhow::anyhow!("capture device '{spec}': {e}"))?;
+    let capacity = (sc.sample_rate as f32 * cfg.ring_seconds) as usize * sc.channels as usize;
+    let (mut sink, consumer) = RtSink::new(
+        capacity,
+        sc.channels as usize,
+        metrics.frames.clone(),
+        metrics.dropped_samples.clone(),
+    );
+    let on_error = move |e: cpal::Error| {
+        // Not the real-time path: cpal calls this from its own thread on stream errors.
+        log::warn!("capture: stream error: {e}");
+        failed.store(true, Ordering::SeqCst);
+    };
+    let timeout = Some(Duration::from_secs(5));
+    use cpal::SampleFormat as F;
+    let stream = match format {
+        F::I16 => {
+            device.build_input_stream::<i16, _, _>(sc, move |d, _| sink.write(d), on_error, timeout)
+        }
+        F::F32 => {
+            device.build_input_stream::<f32, _, _>(sc, move |d, _| sink.write(d), on_error, timeout)
+        }
+        F::I32 => {
+            device.build_input_stream::<i32, _, _>(sc, move |d, _| sink.write(d), on_error, timeout)
+        }
+        _ => {
+            device.build_input_stream::<u16, _, _>(sc, move |d, _| sink.write(d), on_error, timeout)
+        }
+    }
+    .map_err(|e| anyhow::anyhow!("capture device '{spec}': cannot open the stream: {e}"))?;
+    stream
+        .play()
+        .map_err(|e| anyhow::anyhow!("capture device '{spec}': cannot start the stream: {e}"))?;
+    let description = format!(
+        "{spec}: {} ch, {} Hz, {format}",
+        sc.channels, sc.sample_rate
+    );
+    Ok((
+        stream,
+        StreamHandle {
+            consumer,
+            sample_rate: sc.sample_rate,
+            channels: sc.channels as usize,
+            finished: Arc::new(AtomicBool::new(false)),
+        },
+        description,
+    ))
+}
+
+/// Runs the capture supervisor of input `index` until `stop`: opens, watches, reopens with backoff.
+#[allow(clippy::too_many_arguments)]
+pub fn spawn_capture(
+    index: usize,
+    cfg: DeviceConfig,
+    model_rate: u32,
+    metrics: Arc<crate::metrics::Metrics>,
+    streams: Sender<StreamHandle>,
+    events: Sender<SourceEvent>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("capture-{}", cfg.name))
+        .spawn(move || {
+            let m = &metrics.inputs[index];
+            let mut backoff = cfg.reopen_min;
+            let mut first = true;
+            while !stop.load(Ordering::SeqCst) {
+                let failed = Arc::new(AtomicBool::new(false));
+                match open_capture(&cfg, model_rate, m, failed.clone()) {
+                    Ok((stream, handle, description)) => {
+                        if !first {
+                            m.reopens.inc();
+                        }
+                        first = false;
+                        let _ = events.send(SourceEvent::Opened {
+                            input: index,
+                            description,
+                        });
+                        if streams.send(handle).is_err() {
+                            return;
+                        }
+                        let mut last_frames = m.frames.get();
+                        let mut last_progress = Instant::now();
+                        let mut healthy_since = Instant::now();
+                        loop {
+                            std::thread::sleep(Duration::from_millis(100));
+                            if stop.load(Ordering::SeqCst) {
+                                drop(stream);
+                                return;
+                            }
+                            let f = m.frames.get();
+                            if f != last_frames {
+                                last_frames = f;
+                                last_progress = Instant::now();
+                                m.up.set(1);
+                            }
+                            if failed.load(Ordering::SeqCst) {
+                                m.errors.inc();
+                                let _ = events.send(SourceEvent::Failed {
+                                    input: index,
+                                    reason: "the stream reported an error (device unplugged?)"
+                                        .into(),
+                                });
+                                break;
+                            }
+                            if last_progress.elapsed() >= cfg.stall_timeout {
+                                let _ = events.send(SourceEvent::Stalled { input: index });
+                                break;
+                            }
+                            if healthy_since.elapsed() > Duration::from_secs(60) {
+                                backoff = cfg.reopen_min;
+                                healthy_since = Instant::now();
+                            }
+                        }
+                        m.up.set(0);
+                        drop(stream);
+                    }
+                    Err(e) => {
+                        m.up.set(0);
+                        m.errors.inc();
+                        let _ = events.send(SourceEvent::Failed {
+                            input: index,
+                            reason: format!("{e:#}"),
+                        });
+                    }
+                }
+                // Back off before reopening; wake up early to stop.
+                let until = Instant::now() + backoff;
+                while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(50).min(backoff));
+                }
+                backoff = (backoff * 2).min(cfg.reopen_max);
+            }
+        })
+}
+
+/// Replays a WAV file (all channels, interleaved) into a ring, paced in real time or as fast as the reader
+/// drains it (then nothing is ever dropped).
+pub fn spawn_file(
+    index: usize,
+    cfg: DeviceConfig,
+    metrics: Arc<crate::metrics::Metrics>,
+    streams: Sender<StreamHandle>,
+    events: Sender<SourceEvent>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let path: PathBuf = cfg
+        .path
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("device '{}': a file source needs `path`", cfg.name))?;
+    let info = sonitor_core::audio::read_wav_info(&path)?;
+    let channels = info.channels as usize;
+    let mut per_channel = Vec::with_capacity(channels);
+    for c in 0..info.channels {
+        let (_, s) =
+            sonitor_core::audio::read_wav(&path, sonitor_core::audio::ChannelSelect::Index(c))?;
+        per_channel.push(s);
+    }
+    let frames = per_channel.first().map_or(0, |c| c.len());
+    let mut interleaved = Vec::with_capacity(frames * channels);
+    for i in 0..frames {
+        for ch in &per_channel {
+            interleaved.push(ch[i]);
+        }
+    }
+    let rate = info.sample_rate;
+    let handle = std::thread::Builder::new()
+        .name(format!("file-{}", cfg.name))
+        .spawn(move || {
+            let m = &metrics.inputs[index];
+            let capacity = ((rate as f32 * cfg.ring_seconds) as usize).max(1024) * channels;
+            let (mut sink, consumer) = RtSink::new(
+                capacity,
+                channels,
+                m.frames.clone(),
+                m.dropped_samples.clone(),
+            );
+            let finished = Arc::new(AtomicBool::new(false));
+            let _ = events.send(SourceEvent::Opened {
+                input: index,
+                description: format!(
+                    "{}: {} ch, {} Hz, {:.1} s{}",
+                    path.display(),
+                    channels,
+                    rate,
+                    frames as f64 / rate as f64,
+                    if cfg.realtime {
+                        ""
+                    } else {
+                        ", as fast as possible"
+                    }
+                ),
+            });
+            if streams
+                .send(StreamHandle {
+                    consumer,
+                    sample_rate: rate,
+                    channels,
+                    finished: finished.clone(),
+                })
+                .is_err()
+            {
+                return;
+            }
+            m.up.set(1);
+            // 20 ms blocks.
+            let block = (rate as usize / 50).max(1) * channels;
+            let start = Instant::now();
+            let mut sent_frames: u64 = 0;
+            loop {
+                let mut pos = 0;
+                while pos < interleaved.len() {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let end = (pos + block).min(interleaved.len());
+                    if cfg.realtime {
+                        let due = start + Duration::from_secs_f64(sent_frames as f64 / rate as f64);
+                        let now = Instant::now();
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
+                        sink.write(&interleaved[pos..end]);
+                    } else {
+                        // Lossless: wait for room.
+                        while sink.producer.vacant_len() < end - pos {
+                            if stop.load(Ordering::SeqCst) {
+                                return;
+                            }
+                            std::thread::sleep(Duration::from_millis(2));
+                        }
+                        sink.write(&interleaved[pos..end]);
+                    }
+                    sent_frames += ((end - pos) / channels) as u64;
+                    pos = end;
+                }
+                match cfg.at_end {
+                    AtEnd::Loop => continue,
+                    AtEnd::Stop | AtEnd::Exit => break,
+                }
+            }
+            m.up.set(0);
+            if cfg.at_end == AtEnd::Exit {
+                finished.store(true, Ordering::SeqCst);
+            }
+            let _ = events.send(SourceEvent::Ended { input: index });
+        })?;
+    Ok(handle)
+}
+
+use ringbuf::traits::Observer;

@@ -1,0 +1,896 @@
+//! The daemon's configuration: one TOML file plus `SONITOR_…` environment overrides, read with the `config`
+//! crate into typed structs, then checked by [`Config::problems`], which names every problem it finds (files,
+//! bundles, sections, channels, ports) instead of stopping at the first one.
+//!
+//! Environment overrides use `__` between levels: `SONITOR_MQTT__HOST=127.0.0.1`,
+//! `SONITOR_MQTT__PASSWORD=…`, `SONITOR_NODE_ID=press-7`. Only variables whose first level is a known section
+//! are read, so unrelated `SONITOR_*` variables (e.g. `SONITOR_PYTHON`) are ignored.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Exit status for a configuration problem (`EX_CONFIG` from sysexits.h); systemd does not restart on it when
+/// the unit says `RestartPreventExitStatus=78`.
+pub const EXIT_CONFIG: i32 = 78;
+
+/// Top-level keys that environment variables may override.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "node_id",
+    "state_dir",
+    "log_level",
+    "mqtt",
+    "metrics",
+    "clips",
+    "health",
+    "pipeline",
+];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Identifies this device in MQTT topics (`<prefix>/<node_id>/…`). Letters, digits, `-` and `_`.
+    pub node_id: String,
+    /// Where the outbox, alarm state and clips are kept (systemd: `StateDirectory=sonitor` gives
+    /// `/var/lib/sonitor`).
+    pub state_dir: PathBuf,
+    /// `error`, `warn`, `info`, `debug` or `trace`.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    #[serde(default)]
+    pub devices: Vec<DeviceConfig>,
+    #[serde(default)]
+    pub machines: Vec<MachineConfig>,
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub clips: ClipsConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+/// Where audio comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// A capture device through cpal (ALSA on Linux).
+    Capture,
+    /// A WAV file replayed in real time or as fast as possible.
+    File,
+}
+
+/// What a file source does at the end of its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AtEnd {
+    /// Keep the daemon running without audio from this source (it will be reported as stalled).
+    Stop,
+    /// Start the file again.
+    Loop,
+    /// Drain the pipeline and exit the daemon (offline checks).
+    Exit,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// Name machines refer to.
+    pub name: String,
+    pub source: SourceKind,
+    /// Capture: the cpal device id (`alsa:hw:CARD=U192k,DEV=0`, as `sonitor devices` prints it), or `default`.
+    #[serde(default)]
+    pub device: Option<String>,
+    /// Capture: channels to open (default: the device's default configuration).
+    #[serde(default)]
+    pub channels: Option<u16>,
+    /// Capture: sample rate to ask for (default: the model's rate when supported, else the device default).
+    #[serde(default)]
+    pub sample_rate: Option<u32>,
+    /// Capture: frames per callback (default: the device's choice).
+    #[serde(default)]
+    pub buffer_frames: Option<u32>,
+    /// File: the WAV to replay.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// File: pace the replay in real time (default) or run as fast as the pipeline allows.
+    #[serde(default = "yes")]
+    pub realtime: bool,
+    /// File: what to do at the end of the file.
+    #[serde(default = "default_at_end")]
+    pub at_end: AtEnd,
+    /// Capture: declare the stream stalled (and reopen it) after this long without frames.
+    #[serde(default = "default_stall", with = "humantime_serde")]
+    pub stall_timeout: Duration,
+    /// Capture: first wait before reopening a failed device; doubles up to `reopen_max`.
+    #[serde(default = "default_reopen_min", with = "humantime_serde")]
+    pub reopen_min: Duration,
+    #[serde(default = "default_reopen_max", with = "humantime_serde")]
+    pub reopen_max: Duration,
+    /// Seconds of audio the capture ring buffer holds before samples are dropped (and counted).
+    #[serde(default = "default_ring_seconds")]
+    pub ring_seconds: f32,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_at_end() -> AtEnd {
+    AtEnd::Stop
+}
+fn default_stall() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_reopen_min() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_reopen_max() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_ring_seconds() -> f32 {
+    4.0
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfig {
+    /// Used in topics and metrics: letters, digits, `-` and `_`.
+    pub name: String,
+    /// Name of a `[[devices]]` entry.
+    pub device: String,
+    /// Channel of that device (0-based).
+    #[serde(default)]
+    pub channel: u16,
+    /// Model bundle directory (made by `sonitor-train`).
+    pub bundle: PathBuf,
+    /// Section of the bundle, `"<type>/section_SS"` (e.g. `pump/section_00`).
+    pub section: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(flatten)]
+    pub detector: DetectorConfig,
+}
+
+/// Alarm logic of one machine; every value may be changed by SIGHUP without restarting audio.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorConfig {
+    /// Score above which a window counts as anomalous (default: the bundle's calibrated threshold).
+    #[serde(default)]
+    pub threshold: Option<f64>,
+    /// Score below which a window counts as normal again while the alarm is on (hysteresis; default: the
+    /// threshold).
+    #[serde(default)]
+    pub threshold_off: Option<f64>,
+    /// Raise when `raise_k` of the last `raise_n` windows are above the threshold.
+    #[serde(default = "default_raise_k")]
+    pub raise_k: usize,
+    #[serde(default = "default_raise_n")]
+    pub raise_n: usize,
+    /// Clear when `clear_m` of the last `clear_n` windows are below `threshold_off`.
+    #[serde(default = "default_clear_m")]
+    pub clear_m: usize,
+    #[serde(default = "default_clear_n")]
+    pub clear_n: usize,
+    /// An alarm stays on at least this long.
+    #[serde(default, with = "humantime_serde")]
+    pub min_duration: Duration,
+    /// After an alarm clears, no new alarm for this long.
+    #[serde(default, with = "humantime_serde")]
+    pub cooldown: Duration,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        Self {
+            threshold: None,
+            threshold_off: None,
+            raise_k: default_raise_k(),
+            raise_n: default_raise_n(),
+            clear_m: default_clear_m(),
+            clear_n: default_clear_n(),
+            min_duration: Duration::ZERO,
+            cooldown: Duration::ZERO,
+        }
+    }
+}
+
+fn default_raise_k() -> usize {
+    3
+}
+fn default_raise_n() -> usize {
+    5
+}
+fn default_clear_m() -> usize {
+    4
+}
+fn default_clear_n() -> usize {
+    5
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "default_mqtt_host")]
+    pub host: String,
+    #[serde(default = "default_mqtt_port")]
+    pub port: u16,
+    /// Default: `sonitor-<node_id>`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Read the password from this file (e.g. a systemd credential) instead of the config.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Topic prefix: topics are `<prefix>/<node_id>/…`.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    #[serde(default = "default_keep_alive", with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// Minimum interval between two `…/score` telemetry messages of a machine (QoS 0).
+    #[serde(default = "default_score_interval", with = "humantime_serde")]
+    pub score_interval: Duration,
+    #[serde(default = "default_reconnect_min", with = "humantime_serde")]
+    pub reconnect_min: Duration,
+    #[serde(default = "default_reconnect_max", with = "humantime_serde")]
+    pub reconnect_max: Duration,
+    /// Most alarm messages the on-disk outbox keeps while the broker is unreachable; beyond it the oldest are
+    /// dropped and counted (`sonitor_outbox_dropped_messages_total`).
+    #[serde(default = "default_outbox_max")]
+    pub outbox_max: usize,
+    #[serde(default)]
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub discovery: DiscoveryConfig,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            host: default_mqtt_host(),
+            port: default_mqtt_port(),
+            client_id: None,
+            username: None,
+            password: None,
+            password_file: None,
+            prefix: default_prefix(),
+            keep_alive: default_keep_alive(),
+            score_interval: default_score_interval(),
+            reconnect_min: default_reconnect_min(),
+            reconnect_max: default_reconnect_max(),
+            outbox_max: default_outbox_max(),
+            tls: TlsConfig::default(),
+            discovery: DiscoveryConfig::default(),
+        }
+    }
+}
+
+fn default_mqtt_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_mqtt_port() -> u16 {
+    1883
+}
+fn default_prefix() -> String {
+    "sonitor".into()
+}
+fn default_keep_alive() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_score_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_reconnect_min() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_reconnect_max() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_outbox_max() -> usize {
+    10_000
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// PEM file with the CA certificate(s) that signed the broker's certificate (default: the system's roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate and key for mutual TLS.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "default_discovery_prefix")]
+    pub prefix: String,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            prefix: default_discovery_prefix(),
+        }
+    }
+}
+
+fn default_discovery_prefix() -> String {
+    "homeassistant".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Loopback address of the Prometheus text endpoint (`GET /metrics`).
+    #[serde(default = "default_metrics_listen")]
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: default_metrics_listen(),
+        }
+    }
+}
+
+fn default_metrics_listen() -> String {
+    "127.0.0.1:9464".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClipsConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Default: `<state_dir>/clips`.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Seconds of audio kept before the onset window.
+    #[serde(default = "default_pre")]
+    pub pre_seconds: f32,
+    /// Seconds of audio after the onset.
+    #[serde(default = "default_post")]
+    pub post_seconds: f32,
+    /// Retention: at most this many clips, …
+    #[serde(default = "default_max_count")]
+    pub max_count: usize,
+    /// … none older than this, …
+    #[serde(default = "default_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+    /// … and at most this many bytes in all.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+}
+
+impl Default for ClipsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: None,
+            pre_seconds: default_pre(),
+            post_seconds: default_post(),
+            max_count: default_max_count(),
+            max_age: default_max_age(),
+            max_bytes: default_max_bytes(),
+        }
+    }
+}
+
+fn default_pre() -> f32 {
+    5.0
+}
+fn default_post() -> f32 {
+    5.0
+}
+fn default_max_count() -> usize {
+    200
+}
+fn default_max_age() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
+}
+fn default_max_bytes() -> u64 {
+    500 * 1024 * 1024
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// A channel whose RMS stays below this level (dBFS) for `silence_after` is reported silent.
+    #[serde(default = "default_silence_dbfs")]
+    pub silence_dbfs: f32,
+    #[serde(default = "default_silence_after", with = "humantime_serde")]
+    pub silence_after: Duration,
+    /// A second in which more than this fraction of samples is at full scale counts as clipping.
+    #[serde(default = "default_clip_fraction")]
+    pub clipping_fraction: f32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            silence_dbfs: default_silence_dbfs(),
+            silence_after: default_silence_after(),
+            clipping_fraction: default_clip_fraction(),
+        }
+    }
+}
+
+fn default_silence_dbfs() -> f32 {
+    -70.0
+}
+fn default_silence_after() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_clip_fraction() -> f32 {
+    0.01
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Windows waiting for features / inference; beyond it windows are dropped and counted.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            queue: default_queue(),
+        }
+    }
+}
+
+fn default_queue() -> usize {
+    8
+}
+
+/// A configuration that could not be read at all (syntax, types, unknown keys).
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// Environment variables that override the file: `SONITOR_<SECTION>__<KEY>` for known sections.
+fn env_overrides<I: IntoIterator<Item = (String, String)>>(vars: I) -> BTreeMap<String, String> {
+    vars.into_iter()
+        .filter(|(k, _)| {
+            k.strip_prefix("SONITOR_").is_some_and(|rest| {
+                let first = rest.split("__").next().unwrap_or("").to_ascii_lowercase();
+                TOP_LEVEL_KEYS.contains(&first.as_str())
+            })
+        })
+        .collect()
+}
+
+impl Config {
+    /// Reads the file and the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// Reads the file and the given environment (tests pass their own).
+    pub fn load_with_env<I: IntoIterator<Item = (String, String)>>(
+        path: &Path,
+        env: I,
+    ) -> Result<Config, ConfigError> {
+        let err = |reason: String| ConfigError {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if !path.is_file() {
+            return Err(err("no such file".into()));
+        }
+        let env = config::Environment::with_prefix("SONITOR")
+            .prefix_separator("_")
+            .separator("__")
+            .try_parsing(true)
+            .source(Some(env_overrides(env).into_iter().collect()));
+        let built = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(env)
+            .build()
+            .map_err(|e| err(e.to_string()))?;
+        built
+            .try_deserialize::<Config>()
+            .map_err(|e| err(e.to_string()))
+    }
+
+    pub fn device(&self, name: &str) -> Option<&DeviceConfig> {
+        self.devices.iter().find(|d| d.name == name)
+    }
+
+    /// `<prefix>/<node_id>`.
+    pub fn topic_base(&self) -> String {
+        format!(
+            "{}/{}",
+            self.mqtt.prefix.trim_end_matches('/'),
+            self.node_id
+        )
+    }
+
+    pub fn clips_dir(&self) -> PathBuf {
+        self.clips
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("clips"))
+    }
+
+    /// Every problem of the configuration that can be found without opening devices or bundles.
+    pub fn static_problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if !valid_name(&self.node_id) {
+            p.push(format!(
+                "node_id '{}' must be non-empty letters, digits, '-' or '_' (it is part of MQTT topics)",
+                self.node_id
+            ));
+        }
+        if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
+            p.push(format!(
+                "log_level '{}' must be one of error, warn, info, debug, trace",
+                self.log_level
+            ));
+        }
+        if self.machines.is_empty() {
+            p.push("no [[machines]]: nothing to monitor".into());
+        }
+        let mut names = BTreeSet::new();
+        for d in &self.devices {
+            if !names.insert(d.name.clone()) {
+                p.push(format!("device '{}' is defined twice", d.name));
+            }
+            let at = format!("device '{}'", d.name);
+            match d.source {
+                SourceKind::File => match &d.path {
+                    None => p.push(format!("{at}: a file source needs `path`")),
+                    Some(path) if !path.is_file() => {
+                        p.push(format!("{at}: file {} does not exist", path.display()))
+                    }
+                    Some(_) => {}
+                },
+                SourceKind::Capture => {
+                    if d.path.is_some() {
+                        p.push(format!("{at}: `path` is only for `source = \"file\"`"));
+                    }
+                    if d.channels == Some(0) {
+                        p.push(format!("{at}: channels must be at least 1"));
+                    }
+                }
+            }
+            if d.reopen_min.is_zero() || d.reopen_min > d.reopen_max {
+                p.push(format!(
+                    "{at}: need 0 < reopen_min ({:?}) <= reopen_max ({:?})",
+                    d.reopen_min, d.reopen_max
+                ));
+            }
+            if !(d.ring_seconds >= 0.1 && d.ring_seconds <= 120.0) {
+                p.push(format!(
+                    "{at}: ring_seconds = {} must be between 0.1 and 120",
+                    d.ring_seconds
+                ));
+            }
+        }
+        let mut mnames = BTreeSet::new();
+        for m in &self.machines {
+            let at = format!("machine '{}'", m.name);
+            if !valid_name(&m.name) {
+                p.push(format!(
+                    "{at}: the name must be non-empty letters, digits, '-' or '_' (it is part of MQTT topics)"
+                ));
+            }
+            if !mnames.insert(m.name.clone()) {
+                p.push(format!("{at} is defined twice"));
+            }
+            if self.device(&m.device).is_none() {
+                p.push(format!(
+                    "{at}: device '{}' is not defined (defined: {})",
+                    m.device,
+                    list(self.devices.iter().map(|d| d.name.as_str()))
+                ));
+            }
+            if !m.bundle.join(sonitor_core::bundle::MANIFEST_FILE).is_file() {
+                p.push(format!(
+                    "{at}: bundle {} has no {} (is it a bundle directory made by sonitor-train?)",
+                    m.bundle.display(),
+                    sonitor_core::bundle::MANIFEST_FILE
+                ));
+            }
+            p.extend(
+                m.detector
+                    .problems()
+                    .into_iter()
+                    .map(|e| format!("{at}: {e}")),
+            );
+        }
+        let q = &self.mqtt;
+        if q.enabled {
+            if q.host.trim().is_empty() {
+                p.push("mqtt.host is empty".into());
+            }
+            if q.port == 0 {
+                p.push("mqtt.port must be 1..65535".into());
+            }
+            if q.prefix.is_empty() || q.prefix.contains(['+', '#']) {
+                p.push(format!(
+                    "mqtt.prefix '{}' must be non-empty without '+' or '#'",
+                    q.prefix
+                ));
+            }
+            if q.reconnect_min.is_zero() || q.reconnect_min > q.reconnect_max {
+                p.push("mqtt: need 0 < reconnect_min <= reconnect_max".into());
+            }
+            if q.keep_alive < Duration::from_secs(1) {
+                p.push("mqtt.keep_alive must be at least 1s".into());
+            }
+            if q.outbox_max < 10 {
+                p.push("mqtt.outbox_max must be at least 10".into());
+            }
+            if q.password.is_some() && q.password_file.is_some() {
+                p.push("mqtt: give `password` or `password_file`, not both".into());
+            }
+            if let Some(f) = &q.password_file {
+                if !f.is_file() {
+                    p.push(format!("mqtt.password_file {} does not exist", f.display()));
+                }
+            }
+            if (q.password.is_some() || q.password_file.is_some()) && q.username.is_none() {
+                p.push("mqtt: a password needs a username".into());
+            }
+            for (what, f) in [
+                ("ca_file", &q.tls.ca_file),
+                ("client_cert", &q.tls.client_cert),
+                ("client_key", &q.tls.client_key),
+            ] {
+                if let Some(f) = f {
+                    if !q.tls.enabled {
+                        p.push(format!(
+                            "mqtt.tls.{what} is set but mqtt.tls.enabled is false"
+                        ));
+                    } else if !f.is_file() {
+                        p.push(format!("mqtt.tls.{what} {} does not exist", f.display()));
+                    }
+                }
+            }
+            if q.tls.client_cert.is_some() != q.tls.client_key.is_some() {
+                p.push("mqtt.tls: client_cert and client_key go together".into());
+            }
+            if q.discovery.enabled && q.discovery.prefix.is_empty() {
+                p.push("mqtt.discovery.prefix is empty".into());
+            }
+        }
+        if self.metrics.enabled {
+            match self.metrics.listen.parse::<SocketAddr>() {
+                Err(_) => p.push(format!(
+                    "metrics.listen '{}' is not an address:port (e.g. 127.0.0.1:9464)",
+                    self.metrics.listen
+                )),
+                Ok(a) if !a.ip().is_loopback() => p.push(format!(
+                    "metrics.listen '{}' must be a loopback address (put a reverse proxy in front to expose it)",
+                    self.metrics.listen
+                )),
+                Ok(_) => {}
+            }
+        }
+        let c = &self.clips;
+        if c.enabled {
+            if !(c.pre_seconds >= 0.0 && c.pre_seconds <= 60.0) {
+                p.push("clips.pre_seconds must be between 0 and 60".into());
+            }
+            if !(c.post_seconds >= 0.0 && c.post_seconds <= 60.0) {
+                p.push("clips.post_seconds must be between 0 and 60".into());
+            }
+            if c.max_count == 0 {
+                p.push("clips.max_count must be at least 1".into());
+            }
+        }
+        let h = &self.health;
+        if !(h.silence_dbfs < 0.0 && h.silence_dbfs > -200.0) {
+            p.push("health.silence_dbfs must be between -200 and 0".into());
+        }
+        if !(h.clipping_fraction > 0.0 && h.clipping_fraction <= 1.0) {
+            p.push("health.clipping_fraction must be in (0, 1]".into());
+        }
+        if self.pipeline.queue == 0 || self.pipeline.queue > 1024 {
+            p.push("pipeline.queue must be 1..1024".into());
+        }
+        if let Err(e) = check_writable_dir(&self.state_dir) {
+            p.push(format!("state_dir {}: {e}", self.state_dir.display()));
+        }
+        p
+    }
+}
+
+impl DetectorConfig {
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.raise_k == 0 || self.raise_k > self.raise_n {
+            p.push(format!(
+                "need 1 <= raise_k ({}) <= raise_n ({})",
+                self.raise_k, self.raise_n
+            ));
+        }
+        if self.clear_m == 0 || self.clear_m > self.clear_n {
+            p.push(format!(
+                "need 1 <= clear_m ({}) <= clear_n ({})",
+                self.clear_m, self.clear_n
+            ));
+        }
+        if self.raise_n > 1000 || self.clear_n > 1000 {
+            p.push("raise_n and clear_n must be at most 1000".into());
+        }
+        if let Some(t) = self.threshold {
+            if !t.is_finite() {
+                p.push(format!("threshold {t} is not a number"));
+            }
+        }
+        if let (Some(on), Some(off)) = (self.threshold, self.threshold_off) {
+            if off > on {
+                p.push(format!(
+                    "threshold_off ({off}) must not be above threshold ({on})"
+                ));
+            }
+        }
+        p
+    }
+}
+
+/// Letters, digits, `-`, `_`.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn list<'a>(it: impl Iterator<Item = &'a str>) -> String {
+    let v: Vec<&str> = it.collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// Creates the directory if needed and checks that a file can be written in it.
+pub fn check_writable_dir(dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create: {e}"))?;
+    let probe = dir.join(format!(".sonitor-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| format!("not writable: {e}"))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("sonitor.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn minimal(dir: &Path) -> String {
+        format!(
+            r#"
+node_id = "n1"
+state_dir = "{}"
+[[devices]]
+name = "mic"
+source = "capture"
+device = "default"
+[[machines]]
+name = "pump-1"
+device = "mic"
+bundle = "{}"
+section = "pump/section_00"
+raise_k = 2
+min_duration = "3s"
+"#,
+            dir.join("state").display(),
+            dir.join("bundle").display()
+        )
+    }
+
+    #[test]
+    fn reads_toml_with_defaults_and_durations() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Config::load_with_env(&write(d.path(), &minimal(d.path())), []).unwrap();
+        assert_eq!(c.machines[0].detector.raise_k, 2);
+        assert_eq!(c.machines[0].detector.raise_n, 5);
+        assert_eq!(c.machines[0].detector.min_duration, Duration::from_secs(3));
+        assert_eq!(c.mqtt.port, 1883);
+        assert_eq!(c.topic_base(), "sonitor/n1");
+        assert!(c.devices[0].realtime);
+    }
+
+    #[test]
+    fn environment_overrides_known_sections_only() {
+        let d = tempfile::tempdir().unwrap();
+        let env = [
+            ("SONITOR_MQTT__PORT".to_string(), "2883".to_string()),
+            ("SONITOR_MQTT__PASSWORD".to_string(), "s3cret".to_string()),
+            ("SONITOR_NODE_ID".to_string(), "n2".to_string()),
+            ("SONITOR_PYTHON".to_string(), "/usr/bin/python3".to_string()),
+        ];
+        let c = Config::load_with_env(&write(d.path(), &minimal(d.path())), env).unwrap();
+        assert_eq!(c.mqtt.port, 2883);
+        assert_eq!(c.mqtt.password.as_deref(), Some("s3cret"));
+        assert_eq!(c.node_id, "n2");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_types_are_named() {
+        let d = tempfile::tempdir().unwrap();
+        let text = minimal(d.path()).replace("raise_k = 2", "raise_kk = 2");
+        let e = Config::load_with_env(&write(d.path(), &text), [])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("raise_kk"), "{e}");
+        let text = minimal(d.path()).replace("raise_k = 2", "raise_k = \"two\"");
+        let e = Config::load_with_env(&write(d.path(), &text), [])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("raise_k") || e.contains("two"), "{e}");
+        let e = Config::load_with_env(&write(d.path(), "node_id = [1,"), [])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sonitor.toml"), "{e}");
+    }
+
+    #[test]
+    fn static_problems_are_all_named() {
+        let d = tempfile::tempdir().unwrap();
+        let text = minimal(d.path())
+            .replace("device = \"mic\"", "device = \"nope\"")
+            .replace(
+                "raise_k = 2",
+                "raise_k = 9\nthreshold = 0.5\nthreshold_off = 0.7",
+            )
+            .replace("name = \"pump-1\"", "name = \"pump/1\"")
+            + "[metrics]\nlisten = \"0.0.0.0:9464\"\n";
+        let c = Config::load_with_env(&write(d.path(), &text), []).unwrap();
+        let p = c.static_problems().join("\n");
+        for expect in [
+            "device 'nope' is not defined",
+            "raise_k (9) <= raise_n (5)",
+            "threshold_off (0.7)",
+            "the name must be",
+            "has no manifest.json",
+            "loopback",
+        ] {
+            assert!(p.contains(expect), "expected '{expect}' in:\n{p}");
+        }
+    }
+}

@@ -1,0 +1,1085 @@
+//! `sonitor run` and `sonitor validate`: checks the configuration, wires the threads together and runs the
+//! detector/controller loop (scores → detectors → outbox → MQTT, clips, health, commands, SIGHUP, systemd).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{bounded, select, unbounded, Sender};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sonitor_core::bundle::Bundle;
+
+use crate::capture::{SourceEvent, StreamHandle};
+use crate::config::{Config, MachineConfig, SourceKind};
+use crate::detector::{Detector, DetectorParams, Transition};
+use crate::metrics::Metrics;
+use crate::mqtt::{Command, ToMqtt};
+use crate::outbox::{OutMessage, Outbox};
+use crate::pipeline::{ClipRequest, MachineTap, ReaderEvent, ScoreMsg, Scorer};
+
+/// Loads the configuration and checks everything that can be checked before running: files, bundles,
+/// sections, channels, devices, ports. Returns the configuration, the loaded bundles (by path) and the list of
+/// problems (empty when the configuration is usable).
+pub fn check(path: &Path) -> (Option<Config>, BTreeMap<PathBuf, Bundle>, Vec<String>) {
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return (None, BTreeMap::new(), vec![e.to_string()]),
+    };
+    let mut problems = cfg.static_problems();
+    let mut bundles = BTreeMap::new();
+    for m in &cfg.machines {
+        let at = format!("machine '{}'", m.name);
+        if !m.bundle.join(sonitor_core::bundle::MANIFEST_FILE).is_file() {
+            continue; // already reported
+        }
+        if !bundles.contains_key(&m.bundle) {
+            match Bundle::load(&m.bundle) {
+                Ok(b) => {
+                    bundles.insert(m.bundle.clone(), b);
+                }
+                Err(e) => {
+                    problems.push(format!("{at}: bundle refused: {e}"));
+                    continue;
+                }
+            }
+        }
+        let b = &bundles[&m.bundle];
+        match b.manifest.section_by_key(&m.section) {
+            None => problems.push(format!(
+                "{at}: bundle {} has no section '{}' (it has: {})",
+                m.bundle.display(),
+                m.section,
+                b.manifest
+                    .sections
+                    .iter()
+                    .map(|s| s.key())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            Some(s) => {
+                let on = m.detector.threshold.unwrap_or(s.threshold.value);
+                if let Some(off) = m.detector.threshold_off {
+                    if off > on {
+                        problems.push(format!(
+                            "{at}: threshold_off ({off}) is above the threshold in force ({on})"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    // Channels and devices.
+    for d in &cfg.devices {
+        let users: Vec<&MachineConfig> =
+            cfg.machines.iter().filter(|m| m.device == d.name).collect();
+        match d.source {
+            SourceKind::File => {
+                let Some(p) = d.path.as_ref().filter(|p| p.is_file()) else {
+                    continue;
+                };
+                match sonitor_core::audio::read_wav_info(p) {
+                    Err(e) => problems.push(format!("device '{}': {e}", d.name)),
+                    Ok(info) => {
+                        for m in users {
+                            if m.channel >= info.channels {
+                                problems.push(format!(
+                                    "machine '{}': channel {} does not exist: {} has {} channel(s)",
+                                    m.name,
+                                    m.channel,
+                                    p.display(),
+                                    info.channels
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+            SourceKind::Capture => {
+                let spec = d.device.as_deref().unwrap_or("default");
+                match crate::capture::find_device(spec) {
+                    Err(e) => problems.push(format!("device '{}': {e:#}", d.name)),
+                    Ok(dev) => {
+                        let rate = users
+                            .first()
+                            .and_then(|m| bundles.get(&m.bundle))
+                            .map_or(16_000, |b| b.manifest.features.sample_rate);
+                        match crate::capture::choose_config(&dev, d, rate) {
+                            Err(e) => problems.push(format!("device '{}' ({spec}): {e:#}", d.name)),
+                            Ok((sc, _)) => {
+                                for m in users {
+                                    if m.channel >= sc.channels {
+                                        problems.push(format!(
+                                            "machine '{}': channel {} does not exist: device '{}' opens with {} channel(s) (set `channels` on the device)",
+                                            m.name, m.channel, d.name, sc.channels
+                                        ));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (Some(cfg), bundles, problems)
+}
+
+/// A minimal logger to stderr (journald adds time and unit).
+struct StderrLogger(log::LevelFilter);
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= self.0
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            eprintln!("sonitor[{}]: {}", r.level(), r.args());
+        }
+    }
+    fn flush(&self) {}
+}
+
+pub fn init_logging(level: &str) {
+    let filter = match level {
+        "error" => log::LevelFilter::Error,
+        "warn" => log::LevelFilter::Warn,
+        "debug" => log::LevelFilter::Debug,
+        "trace" => log::LevelFilter::Trace,
+        _ => log::LevelFilter::Info,
+    };
+    let logger: &'static StderrLogger = Box::leak(Box::new(StderrLogger(filter)));
+    if log::set_logger(logger).is_ok() {
+        log::set_max_level(filter);
+    }
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// What survives a restart per machine (`<state_dir>/alarms.json`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SavedMachine {
+    pub event: Option<ActiveEvent>,
+    pub seq: u64,
+    pub enabled: bool,
+    pub threshold_override: Option<f64>,
+    /// Wall-clock end of a mute (Unix seconds).
+    pub muted_until_unix: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ActiveEvent {
+    pub event_id: String,
+    pub started_at: String,
+    pub peak: f64,
+    pub clip: Option<String>,
+}
+
+fn load_saved(path: &Path) -> BTreeMap<String, SavedMachine> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => serde_json::from_str(&t).unwrap_or_else(|e| {
+            log::warn!(
+                "{}: unreadable ({e}); starting with all alarms off",
+                path.display()
+            );
+            BTreeMap::new()
+        }),
+        Err(_) => BTreeMap::new(),
+    }
+}
+
+fn save_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+struct MachineRt {
+    cfg: MachineConfig,
+    input: usize,
+    detector: Detector,
+    bundle_threshold: f64,
+    model_id: String,
+    saved: SavedMachine,
+    last_score: f64,
+    last_t_ms: u64,
+    last_score_pub: Option<Instant>,
+    since: String,
+    health: String,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+struct Controller {
+    cfg: Config,
+    config_path: PathBuf,
+    base: String,
+    machines: Vec<MachineRt>,
+    outbox: Arc<Mutex<Outbox>>,
+    mqtt: Option<Sender<ToMqtt>>,
+    clip_tx: Vec<Sender<ClipRequest>>,
+    clip_writer: Sender<crate::pipeline::ClipAudio>,
+    metrics: Arc<Metrics>,
+    saved_path: PathBuf,
+    inputs_up: Vec<bool>,
+}
+
+impl Controller {
+    fn send(&self, m: ToMqtt) {
+        if let Some(tx) = &self.mqtt {
+            if tx.try_send(m).is_err() {
+                self.metrics.mqtt_dropped.inc();
+            }
+        }
+    }
+
+    fn retained(&self, topic: String, payload: String, publish_now: bool) {
+        self.send(ToMqtt::Retained {
+            topic,
+            payload,
+            publish_now,
+        });
+    }
+
+    fn persist(&self) {
+        let map: BTreeMap<String, SavedMachine> = self
+            .machines
+            .iter()
+            .map(|m| (m.cfg.name.clone(), m.saved.clone()))
+            .collect();
+        let text = serde_json::to_string_pretty(&map).unwrap_or_default();
+        if let Err(e) = save_atomically(&self.saved_path, &text) {
+            log::error!("cannot save {}: {e}", self.saved_path.display());
+        }
+    }
+
+    fn params_of(m: &MachineRt) -> DetectorParams {
+        let mut p = DetectorParams::from_config(&m.cfg.detector, m.bundle_threshold);
+        if let Some(t) = m.saved.threshold_override {
+            let gap = p.threshold_on - p.threshold_off;
+            p.threshold_on = t;
+            p.threshold_off = t - gap;
+        }
+        p
+    }
+
+    fn state_json(&self, i: usize) -> String {
+        let m = &self.machines[i];
+        let p = m.detector.params();
+        let on = m.detector.is_on();
+        json!({
+            "state": if on { "ON" } else { "OFF" },
+            "score": m.last_score,
+            "threshold": p.threshold_on,
+            "threshold_off": p.threshold_off,
+            "since": m.since,
+            "seq": m.saved.seq,
+            "model_id": m.model_id,
+            "section": m.cfg.section,
+            "enabled": m.detector.enabled(),
+            "muted_until": m.saved.muted_until_unix.filter(|&u| u > unix_now())
+                .map(|u| humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(u)).to_string()),
+            "event_id": m.saved.event.as_ref().map(|e| e.event_id.clone()),
+            "health": m.health,
+        })
+        .to_string()
+    }
+
+    /// Publishes the retained per-machine topics that are not alarm messages.
+    fn publish_machine_state(&self, i: usize) {
+        let m = &self.machines[i];
+        let t = format!("{}/{}", self.base, m.cfg.name);
+        self.retained(format!("{t}/state"), self.state_json(i), true);
+        self.retained(
+            format!("{t}/threshold"),
+            format!("{}", m.detector.params().threshold_on),
+            true,
+        );
+        let muted = m.saved.muted_until_unix.is_some_and(|u| u > unix_now());
+        self.retained(
+            format!("{t}/mute"),
+            if muted { "ON" } else { "OFF" }.into(),
+            true,
+        );
+        self.retained(
+            format!("{t}/enabled"),
+            if m.detector.enabled() { "ON" } else { "OFF" }.into(),
+            true,
+        );
+        self.retained(format!("{t}/health"), m.health.clone(), true);
+    }
+
+    fn publish_discovery(&self) {
+        if !self.cfg.mqtt.discovery.enabled {
+            return;
+        }
+        let node = &self.cfg.node_id;
+        let dp = self.cfg.mqtt.discovery.prefix.trim_end_matches('/');
+        let device = json!({
+            "identifiers": [format!("sonitor_{node}")],
+            "name": format!("sonitor {node}"),
+            "manufacturer": "sonitor",
+            "sw_version": env!("CARGO_PKG_VERSION"),
+        });
+        for m in &self.machines {
+            let name = &m.cfg.name;
+            let t = format!("{}/{}", self.base, name);
+            let uid = format!("sonitor_{node}_{name}");
+            self.retained(
+                format!("{dp}/binary_sensor/{uid}_alarm/config"),
+                json!({
+                    "name": format!("{name} anomaly"),
+                    "unique_id": format!("{uid}_alarm"),
+                    "state_topic": format!("{t}/alarm"),
+                    "payload_on": "ON", "payload_off": "OFF",
+                    "device_class": "problem",
+                    "availability_topic": format!("{}/status", self.base),
+                    "payload_available": "online", "payload_not_available": "offline",
+                    "json_attributes_topic": format!("{t}/state"),
+                    "device": device,
+                })
+                .to_string(),
+                true,
+            );
+            self.retained(
+                format!("{dp}/sensor/{uid}_score/config"),
+                json!({
+                    "name": format!("{name} anomaly score"),
+                    "unique_id": format!("{uid}_score"),
+                    "state_topic": format!("{t}/score"),
+                    "state_class": "measurement",
+                    "availability_topic": format!("{}/status", self.base),
+                    "payload_available": "online", "payload_not_available": "offline",
+                    "device": device,
+                })
+                .to_string(),
+                true,
+            );
+        }
+    }
+
+    /// Records a transition: outbox first (durable), then state, then MQTT, clip, metrics.
+    fn on_transition(&mut self, i: usize, t: Transition) {
+        let base = self.base.clone();
+        let node = self.cfg.node_id.clone();
+        let clips_enabled = self.cfg.clips.enabled;
+        let clips_dir = self.cfg.clips_dir();
+        let m = &mut self.machines[i];
+        let name = m.cfg.name.clone();
+        let topic = format!("{base}/{name}");
+        let threshold = m.detector.params().threshold_on;
+        m.saved.seq += 1;
+        let now = now_rfc3339();
+        m.since = now.clone();
+        let msgs = match t {
+            Transition::Raised { at_ms, score } => {
+                let millis = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis());
+                let event_id = format!("{node}-{name}-{millis}-{}", m.saved.seq);
+                let clip = clips_enabled.then(|| {
+                    clips_dir
+                        .join(&name)
+                        .join(format!("{event_id}.wav"))
+                        .display()
+                        .to_string()
+                });
+                if let Some(path) = &clip {
+                    let _ = self.clip_tx[m.input].try_send(ClipRequest {
+                        machine: i,
+                        onset_end_ms: at_ms,
+                        pre_seconds: self.cfg.clips.pre_seconds,
+                        post_seconds: self.cfg.clips.post_seconds,
+                        path: PathBuf::from(path),
+                    });
+                }
+                log::warn!(
+                    "alarm ON: {name} score {score:.4} > threshold {threshold:.4} (event {event_id})"
+                );
+                let ev = json!({
+                    "event_id": event_id, "type": "start", "machine": name,
+                    "score": score, "peak_score": score, "threshold": threshold,
+                    "started_at": now, "ended_at": null, "clip": clip,
+                    "model_id": m.model_id, "seq": m.saved.seq,
+                });
+                m.saved.event = Some(ActiveEvent {
+                    event_id,
+                    started_at: now.clone(),
+                    peak: score,
+                    clip,
+                });
+                self.metrics.machines[i].alarm.set(1);
+                self.metrics.machines[i].alarms.inc();
+                vec![("ON".to_string(), ev)]
+            }
+            Transition::Cleared { peak, reason, .. } => {
+                let ev_info = m.saved.event.take();
+                let (event_id, started_at, clip) = match ev_info {
+                    Some(e) => (e.event_id, e.started_at, e.clip),
+                    None => (
+                        format!("{node}-{name}-unknown-{}", m.saved.seq),
+                        String::new(),
+                        None,
+                    ),
+                };
+                log::warn!("alarm OFF: {name} ({reason:?}, peak {peak:.4}, event {event_id})");
+                let ev = json!({
+                    "event_id": event_id, "type": "end", "machine": name,
+                    "peak_score": peak, "threshold": threshold,
+                    "started_at": started_at, "ended_at": now, "clip": clip,
+                    "reason": reason, "model_id": m.model_id, "seq": m.saved.seq,
+                });
+                self.metrics.machines[i].alarm.set(0);
+                vec![("OFF".to_string(), ev)]
+            }
+        };
+        let mut out = Vec::new();
+        for (alarm, ev) in msgs {
+            out.push(OutMessage {
+                topic: format!("{topic}/alarm"),
+                payload: alarm.clone(),
+                retain: true,
+            });
+            out.push(OutMessage {
+                topic: format!("{topic}/events"),
+                payload: ev.to_string(),
+                retain: false,
+            });
+            let pushed = self
+                .outbox
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(std::mem::take(&mut out));
+            if let Err(e) = pushed {
+                log::error!("{e}: the alarm transition will be published but is not durable");
+            }
+            self.retained(format!("{topic}/alarm"), alarm, false);
+        }
+        self.persist();
+        self.send(ToMqtt::OutboxChanged);
+        self.publish_machine_state(i);
+    }
+
+    fn on_score(&mut self, s: ScoreMsg) {
+        let i = s.machine;
+        let t = {
+            let m = &mut self.machines[i];
+            m.last_score = s.score;
+            m.last_t_ms = s.t_end_ms;
+            if let Some(e) = m.saved.event.as_mut() {
+                e.peak = e.peak.max(s.score);
+            }
+            m.detector.update(s.t_end_ms, s.score)
+        };
+        if let Some(t) = t {
+            self.on_transition(i, t);
+        }
+        let interval = self.cfg.mqtt.score_interval;
+        let m = &mut self.machines[i];
+        if m.last_score_pub.map_or(true, |p| p.elapsed() >= interval) {
+            m.last_score_pub = Some(Instant::now());
+            let topic = format!("{}/{}/score", self.base, m.cfg.name);
+            self.send(ToMqtt::Transient {
+                topic,
+                payload: format!("{:.6}", s.score),
+                qos1: false,
+            });
+        }
+    }
+
+    fn on_command(&mut self, c: Command) {
+        let name = match &c {
+            Command::Threshold { machine, .. }
+            | Command::Mute { machine, .. }
+            | Command::Enabled { machine, .. } => machine.clone(),
+        };
+        let Some(i) = self.machines.iter().position(|m| m.cfg.name == name) else {
+            log::warn!("command for unknown machine '{name}' ignored");
+            return;
+        };
+        let now_ms = self.machines[i].last_t_ms;
+        let t = match c {
+            Command::Threshold { value, .. } => {
+                let m = &mut self.machines[i];
+                m.saved.threshold_override = value;
+                let p = Self::params_of(m);
+                m.detector.set_params(p);
+                None
+            }
+            Command::Mute { duration, .. } => {
+                let m = &mut self.machines[i];
+                m.saved.muted_until_unix =
+                    (!duration.is_zero()).then(|| unix_now() + duration.as_secs());
+                m.detector.mute(now_ms, duration.as_millis() as u64)
+            }
+            Command::Enabled { enabled, .. } => {
+                let m = &mut self.machines[i];
+                m.saved.enabled = enabled;
+                m.detector.set_enabled(enabled, now_ms)
+            }
+        };
+        if let Some(t) = t {
+            self.on_transition(i, t);
+        } else {
+            self.persist();
+        }
+        self.publish_machine_state(i);
+    }
+
+    /// SIGHUP: thresholds, debounce and mute settings from the file; audio keeps flowing.
+    fn reload(&mut self) {
+        match Config::load(&self.config_path) {
+            Err(e) => log::error!("reload: {e}; keeping the running configuration"),
+            Ok(new) => {
+                let mut changed = 0;
+                for i in 0..self.machines.len() {
+                    let name = self.machines[i].cfg.name.clone();
+                    let Some(nm) = new.machines.iter().find(|m| m.name == name) else {
+                        log::warn!("reload: machine '{name}' is gone from the file; a restart is needed to remove it");
+                        continue;
+                    };
+                    let problems = nm.detector.problems();
+                    if !problems.is_empty() {
+                        log::error!(
+                            "reload: machine '{name}': {}; keeping its settings",
+                            problems.join("; ")
+                        );
+                        continue;
+                    }
+                    let m = &mut self.machines[i];
+                    if m.cfg.detector != nm.detector {
+                        m.cfg.detector = nm.detector.clone();
+                        let p = Self::params_of(m);
+                        m.detector.set_params(p);
+                        changed += 1;
+                    }
+                    let enabled_changed = m.cfg.enabled != nm.enabled;
+                    m.cfg.enabled = nm.enabled;
+                    if enabled_changed {
+                        let now_ms = self.machines[i].last_t_ms;
+                        let t = self.machines[i].detector.set_enabled(nm.enabled, now_ms);
+                        self.machines[i].saved.enabled = nm.enabled;
+                        if let Some(t) = t {
+                            self.on_transition(i, t);
+                        }
+                    }
+                    self.publish_machine_state(i);
+                }
+                self.cfg.mqtt.score_interval = new.mqtt.score_interval;
+                self.persist();
+                log::info!(
+                    "reloaded {}: {changed} machine(s) with new detector settings",
+                    self.config_path.display()
+                );
+            }
+        }
+    }
+
+    fn set_health(&mut self, i: usize, health: String) {
+        if self.machines[i].health != health {
+            log::warn!("health of {}: {health}", self.machines[i].cfg.name);
+            self.machines[i].health = health;
+            self.publish_machine_state(i);
+        }
+    }
+}
+
+/// Runs the daemon; returns the process exit status.
+pub fn run(config_path: &Path) -> i32 {
+    let (cfg, bundles, problems) = check(config_path);
+    let Some(cfg) = cfg.filter(|_| problems.is_empty()) else {
+        eprintln!("sonitor: {} cannot be used:", config_path.display());
+        for p in &problems {
+            eprintln!("  - {p}");
+        }
+        return crate::config::EXIT_CONFIG;
+    };
+    init_logging(&cfg.log_level);
+    match start(cfg, config_path, bundles) {
+        Ok(code) => code,
+        Err(e) => {
+            log::error!("{e:#}");
+            1
+        }
+    }
+}
+
+fn start(
+    cfg: Config,
+    config_path: &Path,
+    bundles: BTreeMap<PathBuf, Bundle>,
+) -> anyhow::Result<i32> {
+    let base = cfg.topic_base();
+    let input_names: Vec<String> = cfg.devices.iter().map(|d| d.name.clone()).collect();
+    let machine_names: Vec<String> = cfg.machines.iter().map(|m| m.name.clone()).collect();
+    let metrics = Arc::new(Metrics::new(&input_names, &machine_names));
+    if cfg.metrics.enabled {
+        let addr = crate::metrics::serve(&cfg.metrics.listen, metrics.clone())?;
+        log::info!("metrics on http://{addr}/metrics");
+    }
+
+    // Models: one embedder per bundle, one scorer per machine.
+    let mut bundle_index: BTreeMap<PathBuf, usize> = BTreeMap::new();
+    let mut embedders = Vec::new();
+    for (path, b) in &bundles {
+        bundle_index.insert(path.clone(), embedders.len());
+        embedders.push(crate::model::Embedder::load(b)?);
+        log::info!(
+            "model {} from {} ready",
+            b.manifest.model_id,
+            path.display()
+        );
+    }
+    let saved_path = cfg.state_dir.join("alarms.json");
+    let saved = load_saved(&saved_path);
+    let mut scorers = Vec::new();
+    let mut feature_params = Vec::new();
+    let mut machines = Vec::new();
+    for m in &cfg.machines {
+        let b = &bundles[&m.bundle];
+        let section = b
+            .manifest
+            .section_by_key(&m.section)
+            .ok_or_else(|| anyhow::anyhow!("section {} vanished", m.section))?;
+        scorers.push(Scorer {
+            model: bundle_index[&m.bundle],
+            centroids: section.centroids.clone(),
+        });
+        feature_params.push(b.manifest.features.clone());
+        let input = cfg
+            .devices
+            .iter()
+            .position(|d| d.name == m.device)
+            .ok_or_else(|| anyhow::anyhow!("device {} vanished", m.device))?;
+        let mut s = saved.get(&m.name).cloned().unwrap_or(SavedMachine {
+            enabled: m.enabled,
+            ..Default::default()
+        });
+        if !m.enabled {
+            s.enabled = false;
+        }
+        let mut rt = MachineRt {
+            cfg: m.clone(),
+            input,
+            detector: Detector::new(DetectorParams::from_config(
+                &m.detector,
+                section.threshold.value,
+            )),
+            bundle_threshold: section.threshold.value,
+            model_id: b.manifest.model_id.clone(),
+            saved: s,
+            last_score: 0.0,
+            last_t_ms: 0,
+            last_score_pub: None,
+            since: now_rfc3339(),
+            health: "OK".into(),
+        };
+        let p = Controller::params_of(&rt);
+        rt.detector = match &rt.saved.event {
+            Some(e) => {
+                log::warn!(
+                    "{}: alarm {} was on when the daemon stopped; resuming it",
+                    m.name,
+                    e.event_id
+                );
+                metrics.machines[machines.len()].alarm.set(1);
+                Detector::resume_on(p, 0, e.peak)
+            }
+            None => Detector::new(p),
+        };
+        if !rt.saved.enabled {
+            rt.detector.set_enabled(false, 0);
+        }
+        if let Some(u) = rt.saved.muted_until_unix {
+            let left = u.saturating_sub(unix_now());
+            if left > 0 {
+                rt.detector.mute(0, left * 1000);
+            }
+        }
+        machines.push(rt);
+    }
+
+    // MQTT.
+    let outbox = Arc::new(Mutex::new(Outbox::open(
+        &cfg.state_dir.join("outbox"),
+        cfg.mqtt.outbox_max,
+    )?));
+    let waiting = outbox.lock().map(|o| o.len()).unwrap_or(0);
+    if waiting > 0 {
+        log::info!("outbox: {waiting} alarm message(s) from a previous run wait for the broker");
+    }
+    let (cmd_tx, cmd_rx) = bounded::<Command>(64);
+    let (mqtt_tx, mqtt_rx) = bounded::<ToMqtt>(1024);
+    let mqtt_thread = if cfg.mqtt.enabled {
+        Some(crate::mqtt::spawn(
+            &cfg,
+            outbox.clone(),
+            mqtt_rx,
+            cmd_tx,
+            metrics.clone(),
+        )?)
+    } else {
+        None
+    };
+
+    // Pipeline.
+    let stop = Arc::new(AtomicBool::new(false));
+    let queue = cfg.pipeline.queue;
+    let (win_tx, win_rx) = bounded(queue);
+    let (feat_tx, feat_rx) = bounded(queue);
+    let (feat_recycle_tx, feat_recycle_rx) = bounded(queue * 2 + 2);
+    let (score_tx, score_rx) = bounded::<ScoreMsg>(256);
+    let (src_tx, src_rx) = unbounded::<SourceEvent>();
+    let (reader_tx, reader_rx) = bounded::<ReaderEvent>(256);
+    let mut recycle_windows = Vec::new();
+    let mut clip_tx = Vec::new();
+    let mut threads = Vec::new();
+    let history = if cfg.clips.enabled {
+        cfg.clips.pre_seconds + cfg.clips.post_seconds + 30.0
+    } else {
+        0.0
+    };
+    for (di, d) in cfg.devices.iter().enumerate() {
+        let taps: Vec<MachineTap> = cfg
+            .machines
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.device == d.name)
+            .map(|(mi, m)| MachineTap {
+                machine: mi,
+                channel: m.channel as usize,
+                features: feature_params[mi].clone(),
+                history_seconds: history + feature_params[mi].window_seconds() as f32,
+                lossless: d.source == SourceKind::File && !d.realtime,
+            })
+            .collect();
+        let model_rate = taps.first().map_or(16_000, |t| t.features.sample_rate);
+        let (stream_tx, stream_rx) = bounded::<StreamHandle>(4);
+        let (rec_tx, rec_rx) = bounded::<Vec<f32>>(queue * 2 + 2);
+        let (ctx, crx) = bounded::<ClipRequest>(16);
+        recycle_windows.push(rec_tx);
+        clip_tx.push(ctx);
+        threads.push(crate::pipeline::spawn_reader(
+            di,
+            d.name.clone(),
+            taps,
+            stream_rx,
+            win_tx.clone(),
+            rec_rx,
+            crx,
+            reader_tx.clone(),
+            cfg.health.clone(),
+            metrics.clone(),
+            stop.clone(),
+        )?);
+        let t = match d.source {
+            SourceKind::Capture => crate::capture::spawn_capture(
+                di,
+                d.clone(),
+                model_rate,
+                metrics.clone(),
+                stream_tx,
+                src_tx.clone(),
+                stop.clone(),
+            )?,
+            SourceKind::File => crate::capture::spawn_file(
+                di,
+                d.clone(),
+                metrics.clone(),
+                stream_tx,
+                src_tx.clone(),
+                stop.clone(),
+            )?,
+        };
+        threads.push(t);
+    }
+    drop(win_tx);
+    let machine_input: Vec<usize> = machines.iter().map(|m| m.input).collect();
+    let features_thread = crate::pipeline::spawn_features(
+        feature_params,
+        win_rx,
+        recycle_windows,
+        machine_input,
+        feat_tx,
+        feat_recycle_rx,
+        metrics.clone(),
+    )?;
+    let inference_thread = crate::pipeline::spawn_inference(
+        embedders,
+        scorers,
+        feat_rx,
+        feat_recycle_tx,
+        score_tx,
+        metrics.clone(),
+    )?;
+
+    // Clip writer.
+    let (clip_audio_tx, clip_audio_rx) = bounded::<crate::pipeline::ClipAudio>(8);
+    let clips_cfg = cfg.clips.clone();
+    let clips_dir = cfg.clips_dir();
+    let clip_metrics = metrics.clone();
+    let clip_thread = std::thread::Builder::new()
+        .name("clips".into())
+        .spawn(move || {
+            for c in clip_audio_rx.iter() {
+                match crate::clips::write_clip(&c) {
+                    Ok(()) => {
+                        clip_metrics.clips_written.inc();
+                        log::info!("clip written: {}", c.path.display());
+                    }
+                    Err(e) => {
+                        clip_metrics.clips_dropped.inc();
+                        log::error!("clip {}: {e}", c.path.display());
+                    }
+                }
+                crate::clips::enforce_retention(&clips_dir, &clips_cfg);
+            }
+        })?;
+
+    // Signals.
+    let term = Arc::new(AtomicBool::new(false));
+    let hup = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, term.clone())?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())?;
+
+    let mut ctl = Controller {
+        base: base.clone(),
+        config_path: config_path.to_path_buf(),
+        machines,
+        outbox,
+        mqtt: cfg.mqtt.enabled.then_some(mqtt_tx.clone()),
+        clip_tx,
+        clip_writer: clip_audio_tx,
+        metrics: metrics.clone(),
+        saved_path,
+        inputs_up: vec![false; cfg.devices.len()],
+        cfg,
+    };
+    ctl.publish_discovery();
+    for i in 0..ctl.machines.len() {
+        let m = &ctl.machines[i];
+        let alarm = if m.detector.is_on() { "ON" } else { "OFF" };
+        ctl.retained(format!("{}/{}/alarm", base, m.cfg.name), alarm.into(), true);
+        ctl.publish_machine_state(i);
+    }
+    ctl.persist();
+
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let mut wd_usec = 0u64;
+    let watchdog = sd_notify::watchdog_enabled(false, &mut wd_usec)
+        .then(|| Duration::from_micros(wd_usec / 2));
+    let mut last_wd = Instant::now();
+    let mut wd_marks = (0u64, 0u64);
+    let mut last_status = Instant::now() - Duration::from_secs(60);
+    let mut finished_inputs = vec![false; ctl.cfg.devices.len()];
+    let exit_when_finished = ctl
+        .cfg
+        .devices
+        .iter()
+        .all(|d| d.source == SourceKind::File && d.at_end == crate::config::AtEnd::Exit);
+    log::info!(
+        "running: {} machine(s) on {} input(s), topics under {base}",
+        ctl.machines.len(),
+        ctl.cfg.devices.len()
+    );
+
+    let tick = crossbeam_channel::tick(Duration::from_millis(200));
+    let mut draining_since: Option<Instant> = None;
+    loop {
+        select! {
+            recv(score_rx) -> s => match s {
+                Ok(s) => ctl.on_score(s),
+                Err(_) => break,
+            },
+            recv(src_rx) -> e => if let Ok(e) = e { on_source_event(&mut ctl, e) },
+            recv(reader_rx) -> e => match e {
+                Ok(ReaderEvent::Health(h)) => {
+                    let state = if h.silent { "SILENT" } else if h.clipping { "CLIPPING" } else { "OK" };
+                    ctl.set_health(h.machine, state.into());
+                }
+                Ok(ReaderEvent::Clip(c)) => {
+                    if ctl.clip_writer.try_send(c).is_err() {
+                        metrics.clips_dropped.inc();
+                    }
+                }
+                Ok(ReaderEvent::Finished { input }) => {
+                    finished_inputs[input] = true;
+                    if exit_when_finished && finished_inputs.iter().all(|f| *f) {
+                        log::info!("all files replayed; finishing the pipeline");
+                        draining_since = Some(Instant::now());
+                    }
+                }
+                Err(_) => {}
+            },
+            recv(cmd_rx) -> c => if let Ok(c) = c { ctl.on_command(c) },
+            recv(tick) -> _ => {},
+        }
+        if hup.swap(false, Ordering::SeqCst) {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+            ctl.reload();
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        }
+        if term.load(Ordering::SeqCst) {
+            log::info!("stopping");
+            break;
+        }
+        if let Some(since) = draining_since {
+            // Windows already cut still go through features and inference.
+            let idle = win_queue_empty(&metrics);
+            if (idle && since.elapsed() > Duration::from_millis(500))
+                || since.elapsed() > Duration::from_secs(10)
+            {
+                while let Ok(s) = score_rx.try_recv() {
+                    ctl.on_score(s);
+                }
+                break;
+            }
+        }
+        // Watchdog: fed only while frames and inferences advance.
+        if let Some(every) = watchdog {
+            if last_wd.elapsed() >= every {
+                let frames: u64 = metrics.inputs.iter().map(|i| i.frames.get()).sum();
+                let inferences: u64 = metrics.machines.iter().map(|m| m.inferences.get()).sum();
+                if frames > wd_marks.0 && inferences > wd_marks.1 {
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                }
+                wd_marks = (frames, inferences);
+                last_wd = Instant::now();
+            }
+        }
+        if last_status.elapsed() >= Duration::from_secs(10) {
+            last_status = Instant::now();
+            let on = ctl.machines.iter().filter(|m| m.detector.is_on()).count();
+            let status = format!(
+                "{} machine(s), {on} alarm(s) on, mqtt {}",
+                ctl.machines.len(),
+                if metrics.mqtt_connected.get() == 1 {
+                    "connected"
+                } else {
+                    "disconnected"
+                }
+            );
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(&status)]);
+            // Mute expiry is visible in the retained state.
+            for i in 0..ctl.machines.len() {
+                let m = &mut ctl.machines[i];
+                if m.saved.muted_until_unix.is_some_and(|u| u <= unix_now()) {
+                    m.saved.muted_until_unix = None;
+                    ctl.publish_machine_state(i);
+                }
+            }
+        }
+    }
+
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    stop.store(true, Ordering::SeqCst);
+    // Unblocks a pipeline that waits on the detector (lossless file replay).
+    drop(score_rx);
+    ctl.persist();
+    drop(ctl.clip_writer);
+    if let Some(tx) = ctl.mqtt.take() {
+        let _ = tx.send(ToMqtt::Shutdown);
+    }
+    drop(mqtt_tx);
+    if let Some(t) = mqtt_thread {
+        let _ = t.join();
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    drop(features_thread);
+    drop(inference_thread);
+    let _ = clip_thread.join();
+    Ok(0)
+}
+
+fn win_queue_empty(metrics: &Metrics) -> bool {
+    metrics
+        .machines
+        .iter()
+        .all(|m| m.inferences.get() + m.dropped_windows.get() >= m.windows.get())
+}
+
+fn on_source_event(ctl: &mut Controller, e: SourceEvent) {
+    match e {
+        SourceEvent::Opened { input, description } => {
+            log::info!("input {} open: {description}", ctl.cfg.devices[input].name);
+            ctl.inputs_up[input] = true;
+            for i in 0..ctl.machines.len() {
+                if ctl.machines[i].input == input && ctl.machines[i].health == "NO_AUDIO" {
+                    ctl.set_health(i, "OK".into());
+                }
+            }
+        }
+        SourceEvent::Failed { input, reason } => {
+            let was_up = ctl.inputs_up[input];
+            ctl.inputs_up[input] = false;
+            if was_up {
+                log::warn!(
+                    "input {}: {reason}; reopening with backoff",
+                    ctl.cfg.devices[input].name
+                );
+            } else {
+                log::debug!("input {}: {reason}", ctl.cfg.devices[input].name);
+            }
+            for i in 0..ctl.machines.len() {
+                if ctl.machines[i].input == input {
+                    ctl.set_health(i, "NO_AUDIO".into());
+                }
+            }
+        }
+        SourceEvent::Stalled { input } => {
+            log::warn!(
+                "input {}: no frames for {:?}; reopening",
+                ctl.cfg.devices[input].name,
+                ctl.cfg.devices[input].stall_timeout
+            );
+            ctl.inputs_up[input] = false;
+            for i in 0..ctl.machines.len() {
+                if ctl.machines[i].input == input {
+                    ctl.set_health(i, "NO_AUDIO".into());
+                }
+            }
+        }
+        SourceEvent::Ended { input } => {
+            log::info!("input {}: end of file", ctl.cfg.devices[input].name);
+        }
+    }
+}
+
+/// `sonitor validate`: prints each problem; returns the exit status (0 or 78).
+pub fn validate(config_path: &Path) -> i32 {
+    let (cfg, bundles, problems) = check(config_path);
+    if problems.is_empty() {
+        if let Some(cfg) = cfg {
+            println!(
+                "{}: OK: {} machine(s) on {} input(s), {} bundle(s), topics under {}",
+                config_path.display(),
+                cfg.machines.len(),
+                cfg.devices.len(),
+                bundles.len(),
+                cfg.topic_base()
+            );
+        }
+        0
+    } else {
+        eprintln!("{}: {} problem(s):", config_path.display(), problems.len());
+        for p in &problems {
+            eprintln!("  - {p}");
+        }
+        crate::config::EXIT_CONFIG
+    }
+}

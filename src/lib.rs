@@ -1,0 +1,19 @@
+//! `sonitor`: the edge daemon. It listens to machines through a microphone and raises an MQTT alarm when a
+//! machine starts to sound wrong.
+//!
+//! Where the audio goes (DESIGN.md §5): capture ([`capture`]) → windows, features, inference and scoring
+//! ([`pipeline`], [`model`]) → per-machine alarm logic ([`detector`]) → durable outbox ([`outbox`]) and MQTT
+//! ([`mqtt`]); evidence clips ([`clips`]), Prometheus metrics ([`metrics`]); all wired by [`daemon`] from the
+//! [`config`]. The features and the model contract live in `sonitor-core`, so the daemon computes exactly what
+//! the trainer evaluated.
+
+pub mod capture;
+pub mod clips;
+pub mod config;
+pub mod daemon;
+pub mod detector;
+pub mod metrics;
+pub mod model;
+pub mod mqtt;
+pub mod outbox;
+pub mod pipeline;

@@ -1,0 +1,332 @@
+//! Prometheus text metrics, served on a loopback HTTP port (`GET /metrics`). Counters are lock-free atomics so
+//! that every thread can count without contention; per-machine and per-input values live in small vectors
+//! fixed at start-up.
+//!
+//! Names follow `sonitor_<thing>_<unit>_total` for counters; everything the daemon drops has a counter.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A gauge holding a u64 (or an f64's bits via [`Gauge::set_f64`]).
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+    pub fn set_f64(&self, v: f64) {
+        self.0.store(v.to_bits(), Ordering::Relaxed);
+    }
+    pub fn get_f64(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// Per capture input (device).
+#[derive(Debug, Default)]
+pub struct InputMetrics {
+    pub name: String,
+    /// Frames delivered by the device (or the file source).
+    pub frames: Arc<Counter>,
+    /// Samples the callback could not store because the ring buffer was full.
+    pub dropped_samples: Arc<Counter>,
+    pub reopens: Counter,
+    pub errors: Counter,
+    /// 1 while the stream delivers frames.
+    pub up: Gauge,
+}
+
+/// Per machine.
+#[derive(Debug, Default)]
+pub struct MachineMetrics {
+    pub name: String,
+    pub windows: Counter,
+    pub dropped_windows: Counter,
+    pub inferences: Counter,
+    pub inference_seconds_sum: Gauge,
+    pub score: Gauge,
+    pub alarm: Gauge,
+    pub alarms: Counter,
+    /// 1 while the machine's input channel is silent / clipping.
+    pub silent: Gauge,
+    pub clipping: Gauge,
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub inputs: Vec<InputMetrics>,
+    pub machines: Vec<MachineMetrics>,
+    pub mqtt_connected: Gauge,
+    pub mqtt_connects: Counter,
+    pub mqtt_published: Counter,
+    pub mqtt_dropped: Counter,
+    pub outbox_depth: Gauge,
+    pub outbox_dropped: Gauge,
+    pub clips_written: Counter,
+    pub clips_dropped: Counter,
+    pub scores_dropped: Counter,
+}
+
+impl Metrics {
+    pub fn new(inputs: &[String], machines: &[String]) -> Self {
+        Self {
+            inputs: inputs
+                .iter()
+                .map(|n| InputMetrics {
+                    name: n.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            machines: machines
+                .iter()
+                .map(|n| MachineMetrics {
+                    name: n.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut s = String::with_capacity(4096);
+        let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, String)>| {
+            s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for (labels, v) in rows {
+                s.push_str(&format!("{name}{labels} {v}\n"));
+            }
+        };
+        let inp = |f: &dyn Fn(&InputMetrics) -> String| -> Vec<(String, String)> {
+            self.inputs
+                .iter()
+                .map(|i| (format!("{{input=\"{}\"}}", i.name), f(i)))
+                .collect()
+        };
+        let mac = |f: &dyn Fn(&MachineMetrics) -> String| -> Vec<(String, String)> {
+            self.machines
+                .iter()
+                .map(|m| (format!("{{machine=\"{}\"}}", m.name), f(m)))
+                .collect()
+        };
+        let one = |v: u64| vec![(String::new(), v.to_string())];
+        family(
+            "sonitor_audio_frames_total",
+            "counter",
+            "Audio frames received per input.",
+            inp(&|i| i.frames.get().to_string()),
+        );
+        family(
+            "sonitor_dropped_samples_total",
+            "counter",
+            "Samples dropped because the capture ring buffer was full.",
+            inp(&|i| i.dropped_samples.get().to_string()),
+        );
+        family(
+            "sonitor_input_reopens_total",
+            "counter",
+            "Times an input was reopened after an error or a stall.",
+            inp(&|i| i.reopens.get().to_string()),
+        );
+        family(
+            "sonitor_input_errors_total",
+            "counter",
+            "Stream errors reported per input.",
+            inp(&|i| i.errors.get().to_string()),
+        );
+        family(
+            "sonitor_input_up",
+            "gauge",
+            "1 while the input delivers frames.",
+            inp(&|i| i.up.get().to_string()),
+        );
+        family(
+            "sonitor_windows_total",
+            "counter",
+            "Analysis windows cut per machine.",
+            mac(&|m| m.windows.get().to_string()),
+        );
+        family(
+            "sonitor_dropped_windows_total",
+            "counter",
+            "Windows dropped because features or inference fell behind.",
+            mac(&|m| m.dropped_windows.get().to_string()),
+        );
+        family(
+            "sonitor_inferences_total",
+            "counter",
+            "Windows scored per machine.",
+            mac(&|m| m.inferences.get().to_string()),
+        );
+        family(
+            "sonitor_inference_seconds_total",
+            "counter",
+            "Time spent computing features and running the model.",
+            mac(&|m| format!("{:.6}", m.inference_seconds_sum.get_f64())),
+        );
+        family(
+            "sonitor_score",
+            "gauge",
+            "Latest anomaly score per machine.",
+            mac(&|m| format!("{}", m.score.get_f64())),
+        );
+        family(
+            "sonitor_alarm",
+            "gauge",
+            "1 while the machine's alarm is on.",
+            mac(&|m| m.alarm.get().to_string()),
+        );
+        family(
+            "sonitor_alarms_total",
+            "counter",
+            "Alarms raised per machine.",
+            mac(&|m| m.alarms.get().to_string()),
+        );
+        family(
+            "sonitor_input_silent",
+            "gauge",
+            "1 while the machine's channel is silent.",
+            mac(&|m| m.silent.get().to_string()),
+        );
+        family(
+            "sonitor_input_clipping",
+            "gauge",
+            "1 while the machine's channel clips.",
+            mac(&|m| m.clipping.get().to_string()),
+        );
+        family(
+            "sonitor_mqtt_connected",
+            "gauge",
+            "1 while connected to the broker.",
+            one(self.mqtt_connected.get()),
+        );
+        family(
+            "sonitor_mqtt_connects_total",
+            "counter",
+            "Successful broker connections.",
+            one(self.mqtt_connects.get()),
+        );
+        family(
+            "sonitor_mqtt_published_messages_total",
+            "counter",
+            "Publish requests handed to the MQTT client.",
+            one(self.mqtt_published.get()),
+        );
+        family(
+            "sonitor_mqtt_dropped_messages_total",
+            "counter",
+            "Telemetry and state messages dropped (queue full or not connected).",
+            one(self.mqtt_dropped.get()),
+        );
+        family(
+            "sonitor_outbox_messages",
+            "gauge",
+            "Alarm messages waiting in the on-disk outbox.",
+            one(self.outbox_depth.get()),
+        );
+        family(
+            "sonitor_outbox_dropped_messages_total",
+            "counter",
+            "Alarm messages dropped because the outbox was full.",
+            one(self.outbox_dropped.get()),
+        );
+        family(
+            "sonitor_clips_written_total",
+            "counter",
+            "Evidence clips written.",
+            one(self.clips_written.get()),
+        );
+        family(
+            "sonitor_clips_dropped_total",
+            "counter",
+            "Evidence clips not written (queue full or write error).",
+            one(self.clips_dropped.get()),
+        );
+        family(
+            "sonitor_scores_dropped_total",
+            "counter",
+            "Scores the detector thread could not take.",
+            one(self.scores_dropped.get()),
+        );
+        s
+    }
+}
+
+/// Serves `GET /metrics` on `addr` (loopback) from a background thread; returns the bound address.
+pub fn serve(addr: &str, metrics: Arc<Metrics>) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)
+        .map_err(|e| anyhow::anyhow!("metrics: cannot listen on {addr}: {e}"))?;
+    let local = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
+                let mut buf = [0u8; 1024];
+                let n = stream.read(&mut buf).unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]);
+                let path = req.split_whitespace().nth(1).unwrap_or("");
+                let (status, body, ctype) = if path == "/metrics" || path == "/" {
+                    ("200 OK", metrics.render(), "text/plain; version=0.0.4")
+                } else {
+                    ("404 Not Found", "not found: try /metrics\n".to_string(), "text/plain")
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        })?;
+    Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_and_serves() {
+        let m = Arc::new(Metrics::new(&["mic".into()], &["pump".into()]));
+        m.inputs[0].dropped_samples.add(7);
+        m.machines[0].score.set_f64(0.25);
+        let text = m.render();
+        assert!(
+            text.contains("sonitor_dropped_samples_total{input=\"mic\"} 7"),
+            "{text}"
+        );
+        assert!(text.contains("sonitor_score{machine=\"pump\"} 0.25"));
+        let addr = serve("127.0.0.1:0", m).unwrap();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(out.contains("sonitor_outbox_messages 0"));
+    }
+}

@@ -1,0 +1,93 @@
+//! The embedding model of a bundle, run with tract: the plan is optimised once at start-up and reused for every
+//! window. Inputs are fed by name in the graph's own order, from the feature views the manifest assigns.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use sonitor_core::bundle::{Bundle, FeatureView};
+use sonitor_core::features::Features;
+use tract_onnx::prelude::*;
+
+pub struct Embedder {
+    plan: Arc<TypedRunnableModel>,
+    /// For each graph input in order: the feature view and the shape.
+    inputs: Vec<(FeatureView, Vec<usize>)>,
+    dim: usize,
+    pub model_id: String,
+}
+
+impl std::fmt::Debug for Embedder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Embedder")
+            .field("model_id", &self.model_id)
+            .field("dim", &self.dim)
+            .finish()
+    }
+}
+
+impl Embedder {
+    /// Loads and optimises the bundle's graph; fails with the bundle path and tract's reason.
+    pub fn load(bundle: &Bundle) -> anyhow::Result<Self> {
+        let m = &bundle.manifest;
+        let path: &Path = &bundle.onnx_path;
+        let mut model = tract_onnx::onnx()
+            .model_for_path(path)
+            .with_context(|| format!("{}: tract cannot read the graph", path.display()))?;
+        let outlets = model.input_outlets()?.to_vec();
+        let mut inputs = Vec::new();
+        for (i, outlet) in outlets.iter().enumerate() {
+            let name = model.node(outlet.node).name.clone();
+            let spec = m.inputs.iter().find(|s| s.name == name).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{}: graph input '{name}' is not in the manifest",
+                    path.display()
+                )
+            })?;
+            model = model.with_input_fact(i, f32::fact(spec.shape.clone()).into())?;
+            inputs.push((spec.view, spec.shape.clone()));
+        }
+        let plan = model
+            .into_optimized()
+            .with_context(|| format!("{}: tract cannot optimise the graph", path.display()))?
+            .into_runnable()
+            .with_context(|| format!("{}: tract cannot plan the graph", path.display()))?;
+        Ok(Self {
+            plan,
+            inputs,
+            dim: m.embedding_dim,
+            model_id: m.model_id.clone(),
+        })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The embedding of one window's features.
+    pub fn embed(&self, f: &Features, out: &mut Vec<f32>) -> anyhow::Result<()> {
+        let mut tensors: TVec<TValue> = TVec::new();
+        for (view, shape) in &self.inputs {
+            let data = match view {
+                FeatureView::LogMel => &f.log_mel,
+                FeatureView::Spectrum => &f.spectrum,
+            };
+            tensors.push(Tensor::from_shape(shape, data)?.into());
+        }
+        let result = self.plan.run(tensors)?;
+        let emb = result
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("the model returned no output"))?
+            .to_plain_array_view::<f32>()?;
+        if emb.len() != self.dim {
+            anyhow::bail!(
+                "the model returned {} values, the manifest says embedding_dim {}",
+                emb.len(),
+                self.dim
+            );
+        }
+        out.clear();
+        out.extend(emb.iter().copied());
+        Ok(())
+    }
+}

@@ -1,0 +1,763 @@
+//! MQTT publishing (DESIGN.md §6) in two parts:
+//!
+//! - [`Session`]: a pure state machine that decides what to publish when — on connect (status `online`,
+//!   retained state, then the outbox replay in order), on each acknowledgement (the next outbox messages), on
+//!   a disconnect (forget in-flight bookkeeping: the outbox still has everything). It never touches the network
+//!   and is unit-tested alone.
+//! - [`spawn`]: the thread that owns the rumqttc client handle and drives its event loop, feeding events into
+//!   the session and executing its actions; reconnects back off exponentially.
+//!
+//! Acknowledgement tracking: rumqttc assigns packet ids itself and reports each with an
+//! `Outgoing::Publish(pkid)` event, in the order the publish requests were made. The session records, for every
+//! request, which outbox message (if any) it carried, and pairs them with those events; a PUBACK for a pkid then
+//! identifies the outbox message to delete. With a clean session nothing is retransmitted by rumqttc across
+//! connections, so on every connect the pairing starts afresh and the outbox is replayed from its oldest message
+//! (consumers dedupe on `event_id`; the retained alarm ends in the right state because the order is kept).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use rumqttc::{
+    Client, ConnectionError, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, RecvTimeoutError,
+    Transport,
+};
+
+use crate::config::{Config, MqttConfig};
+use crate::metrics::Metrics;
+use crate::outbox::Outbox;
+
+/// What the rest of the daemon asks the publisher to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToMqtt {
+    /// New messages were written to the outbox.
+    OutboxChanged,
+    /// The current value of a retained topic: published now (QoS 1) when `publish_now`, and republished on
+    /// every connect unless a message for the topic is still waiting in the outbox.
+    Retained {
+        topic: String,
+        payload: String,
+        publish_now: bool,
+    },
+    /// A one-off message (score telemetry: QoS 0; not kept while disconnected).
+    Transient {
+        topic: String,
+        payload: String,
+        qos1: bool,
+    },
+    /// Publish `stopped`, wait briefly for the outbox and the acknowledgement, disconnect.
+    Shutdown,
+}
+
+/// A command received on a `…/set` topic.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// `None`: back to the configured/bundle threshold.
+    Threshold {
+        machine: String,
+        value: Option<f64>,
+    },
+    /// Zero duration unmutes.
+    Mute {
+        machine: String,
+        duration: Duration,
+    },
+    Enabled {
+        machine: String,
+        enabled: bool,
+    },
+}
+
+/// Parses a command publish; `Err` names what is wrong (logged, and ignored).
+pub fn parse_command(base: &str, topic: &str, payload: &str) -> Result<Command, String> {
+    let rest = topic
+        .strip_prefix(base)
+        .and_then(|r| r.strip_prefix('/'))
+        .ok_or_else(|| format!("topic {topic} is not under {base}"))?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    let [machine, what, "set"] = parts.as_slice() else {
+        return Err(format!("topic {topic} is not a command topic"));
+    };
+    let machine = machine.to_string();
+    let p = payload.trim();
+    match *what {
+        "threshold" => {
+            if p.eq_ignore_ascii_case("default") || p.is_empty() {
+                return Ok(Command::Threshold {
+                    machine,
+                    value: None,
+                });
+            }
+            let v: f64 = p
+                .parse()
+                .map_err(|_| format!("threshold '{p}' is not a number (or 'default')"))?;
+            if !v.is_finite() {
+                return Err(format!("threshold '{p}' is not finite"));
+            }
+            Ok(Command::Threshold {
+                machine,
+                value: Some(v),
+            })
+        }
+        "mute" => {
+            let duration = if ["off", "false", "0", ""].contains(&p.to_ascii_lowercase().as_str()) {
+                Duration::ZERO
+            } else if let Ok(secs) = p.parse::<f64>() {
+                if !(secs.is_finite() && secs >= 0.0) {
+                    return Err(format!("mute '{p}' is not a duration"));
+                }
+                Duration::from_secs_f64(secs)
+            } else {
+                humantime::parse_duration(p)
+                    .map_err(|e| format!("mute '{p}' is not a duration (e.g. 30m, 3600): {e}"))?
+            };
+            Ok(Command::Mute { machine, duration })
+        }
+        "enabled" => {
+            let enabled = match p.to_ascii_lowercase().as_str() {
+                "on" | "true" | "1" => true,
+                "off" | "false" | "0" => false,
+                _ => return Err(format!("enabled '{p}' must be ON or OFF")),
+            };
+            Ok(Command::Enabled { machine, enabled })
+        }
+        other => Err(format!("unknown command '{other}'")),
+    }
+}
+
+/// What the session wants done.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Publish {
+        topic: String,
+        payload: String,
+        retain: bool,
+        qos1: bool,
+        /// The outbox message this publish carries.
+        seq: Option<u64>,
+    },
+}
+
+/// The publisher's state machine (see the module documentation).
+#[derive(Debug)]
+pub struct Session {
+    connected: bool,
+    /// One entry per publish request made on this connection and not yet reported by `Outgoing::Publish`.
+    requested: VecDeque<Option<u64>>,
+    /// pkid → outbox sequence number, for outbox messages sent and not yet acknowledged.
+    inflight: HashMap<u16, u64>,
+    /// The last outbox message sent on this connection.
+    last_sent: Option<u64>,
+    window: usize,
+    retained: BTreeMap<String, String>,
+    status_topic: String,
+}
+
+impl Session {
+    /// `window`: outbox messages in flight at once.
+    pub fn new(status_topic: String, window: usize) -> Self {
+        Self {
+            connected: false,
+            requested: VecDeque::new(),
+            inflight: HashMap::new(),
+            last_sent: None,
+            window: window.max(1),
+            retained: BTreeMap::new(),
+            status_topic,
+        }
+    }
+
+    pub fn connected(&self) -> bool {
+        self.connected
+    }
+
+    fn publish(
+        &mut self,
+        out: &mut Vec<Action>,
+        topic: &str,
+        payload: &str,
+        retain: bool,
+        qos1: bool,
+        seq: Option<u64>,
+    ) {
+        self.requested.push_back(seq);
+        out.push(Action::Publish {
+            topic: topic.to_string(),
+            payload: payload.to_string(),
+            retain,
+            qos1,
+            seq,
+        });
+    }
+
+    /// The broker accepted the connection.
+    pub fn on_connected(&mut self, outbox: &Outbox) -> Vec<Action> {
+        self.connected = true;
+        self.requested.clear();
+        self.inflight.clear();
+        self.last_sent = None;
+        let mut out = Vec::new();
+        let status = self.status_topic.clone();
+        self.publish(&mut out, &status, "online", true, true, None);
+        let retained: Vec<(String, String)> = self
+            .retained
+            .iter()
+            .filter(|(t, _)| !outbox.has_topic(t))
+            .map(|(t, p)| (t.clone(), p.clone()))
+            .collect();
+        for (t, p) in retained {
+            self.publish(&mut out, &t, &p, true, true, None);
+        }
+        out.extend(self.pump(outbox));
+        out
+    }
+
+    /// The connection was lost (or could not be made).
+    pub fn on_disconnected(&mut self) {
+        self.connected = false;
+        self.requested.clear();
+        self.inflight.clear();
+        self.last_sent = None;
+    }
+
+    /// rumqttc reports the packet id of the next publish request it sent.
+    pub fn on_outgoing_publish(&mut self, pkid: u16) {
+        if let Some(Some(seq)) = self.requested.pop_front() {
+            if pkid != 0 {
+                self.inflight.insert(pkid, seq);
+            }
+        }
+    }
+
+    /// The broker acknowledged `pkid`; returns the outbox message it carried.
+    pub fn on_puback(&mut self, pkid: u16) -> Option<u64> {
+        self.inflight.remove(&pkid)
+    }
+
+    fn outbox_in_flight(&self) -> usize {
+        self.inflight.len() + self.requested.iter().filter(|s| s.is_some()).count()
+    }
+
+    /// Sends the next outbox messages, as many as the window allows.
+    pub fn pump(&mut self, outbox: &Outbox) -> Vec<Action> {
+        let mut out = Vec::new();
+        if !self.connected {
+            return out;
+        }
+        while self.outbox_in_flight() < self.window {
+            let Some(r) = outbox.next_after(self.last_sent) else {
+                break;
+            };
+            let (topic, payload, retain, seq) = (
+                r.msg.topic.clone(),
+                r.msg.payload.clone(),
+                r.msg.retain,
+                r.seq,
+            );
+            self.last_sent = Some(seq);
+            self.publish(&mut out, &topic, &payload, retain, true, Some(seq));
+        }
+        out
+    }
+
+    /// Remembers a retained topic's value; publishes it now when asked and connected, unless messages for the
+    /// topic still wait in the outbox (their replay brings the topic up to date, in order).
+    pub fn set_retained(
+        &mut self,
+        topic: String,
+        payload: String,
+        publish_now: bool,
+        outbox: &Outbox,
+    ) -> Vec<Action> {
+        let mut out = Vec::new();
+        if publish_now && self.connected && !outbox.has_topic(&topic) {
+            self.publish(&mut out, &topic, &payload, true, true, None);
+        }
+        self.retained.insert(topic, payload);
+        out
+    }
+
+    /// A one-off message, only when connected.
+    pub fn transient(&mut self, topic: &str, payload: &str, qos1: bool) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.connected {
+            self.publish(&mut out, topic, payload, false, qos1, None);
+        }
+        out
+    }
+}
+
+/// rumqttc options from the configuration (client id, LWT, credentials, TLS).
+pub fn options(cfg: &Config) -> anyhow::Result<MqttOptions> {
+    let q: &MqttConfig = &cfg.mqtt;
+    let client_id = q
+        .client_id
+        .clone()
+        .unwrap_or_else(|| format!("sonitor-{}", cfg.node_id));
+    let mut o = MqttOptions::new(client_id, q.host.clone(), q.port);
+    o.set_keep_alive(q.keep_alive);
+    o.set_clean_session(true);
+    o.set_inflight(100);
+    o.set_last_will(LastWill::new(
+        format!("{}/status", cfg.topic_base()),
+        "offline",
+        QoS::AtLeastOnce,
+        true,
+    ));
+    if let Some(user) = &q.username {
+        let password = match (&q.password, &q.password_file) {
+            (Some(p), _) => p.clone(),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .map_err(|e| anyhow::anyhow!("mqtt.password_file {}: {e}", f.display()))?
+                .trim_end_matches(['\n', '\r'])
+                .to_string(),
+            (None, None) => String::new(),
+        };
+        o.set_credentials(user.clone(), password);
+    }
+    if q.tls.enabled {
+        o.set_transport(Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(Arc::new(tls_config(q)?)),
+        ));
+    }
+    Ok(o)
+}
+
+/// A rustls client configuration on the `ring` provider (no aws-lc build), with the configured CA (default:
+/// the system bundle) and optional client certificate.
+pub fn tls_config(q: &MqttConfig) -> anyhow::Result<rustls::ClientConfig> {
+    use anyhow::Context;
+    let ca_path = q
+        .tls
+        .ca_file
+        .clone()
+        .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into());
+    let read_pem = |p: &std::path::Path| -> anyhow::Result<Vec<u8>> {
+        std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = read_pem(&ca_path)?;
+    for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
+        let cert = cert.with_context(|| format!("{}: not PEM certificates", ca_path.display()))?;
+        roots
+            .add(cert)
+            .with_context(|| format!("{}: unusable CA certificate", ca_path.display()))?;
+    }
+    if roots.is_empty() {
+        anyhow::bail!("{}: no CA certificate found", ca_path.display());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots);
+    let config = match (&q.tls.client_cert, &q.tls.client_key) {
+        (Some(cert), Some(key)) => {
+            let certs = rustls_pemfile::certs(&mut read_pem(cert)?.as_slice())
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("{}: not PEM certificates", cert.display()))?;
+            let key_der = rustls_pemfile::private_key(&mut read_pem(key)?.as_slice())
+                .with_context(|| format!("{}: not a PEM key", key.display()))?
+                .ok_or_else(|| anyhow::anyhow!("{}: no private key found", key.display()))?;
+            builder
+                .with_client_auth_cert(certs, key_der)
+                .context("client certificate and key do not match")?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(config)
+}
+
+/// Starts the publisher thread. Commands received on `…/+/…/set` go to `commands`.
+pub fn spawn(
+    cfg: &Config,
+    outbox: Arc<Mutex<Outbox>>,
+    rx: Receiver<ToMqtt>,
+    commands: Sender<Command>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<JoinHandle<()>> {
+    let opts = options(cfg)?;
+    let base = cfg.topic_base();
+    let q = cfg.mqtt.clone();
+    let handle = std::thread::Builder::new()
+        .name("mqtt".into())
+        .spawn(move || run(opts, q, base, outbox, rx, commands, metrics))?;
+    Ok(handle)
+}
+
+fn lock(o: &Mutex<Outbox>) -> std::sync::MutexGuard<'_, Outbox> {
+    o.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    opts: MqttOptions,
+    q: MqttConfig,
+    base: String,
+    outbox: Arc<Mutex<Outbox>>,
+    rx: Receiver<ToMqtt>,
+    commands: Sender<Command>,
+    metrics: Arc<Metrics>,
+) {
+    let (client, mut connection) = Client::new(opts, 4096);
+    connection
+        .eventloop
+        .network_options
+        .set_connection_timeout(10);
+    let mut session = Session::new(format!("{base}/status"), 32);
+    let mut backoff = q.reconnect_min;
+    let mut retry_at: Option<Instant> = None;
+    let mut shutdown_deadline: Option<Instant> = None;
+    let mut stopped_sent = false;
+    let mut last_error = String::new();
+    let endpoint = format!("{}:{}", q.host, q.port);
+
+    let execute = |client: &Client, actions: Vec<Action>, metrics: &Metrics| {
+        for Action::Publish {
+            topic,
+            payload,
+            retain,
+            qos1,
+            ..
+        } in actions
+        {
+            let qos = if qos1 {
+                QoS::AtLeastOnce
+            } else {
+                QoS::AtMostOnce
+            };
+            if let Err(e) = client.try_publish(topic.clone(), qos, retain, payload.into_bytes()) {
+                // Only possible when thousands of requests are queued; the outbox still holds alarm messages.
+                log::warn!("mqtt: cannot queue a publish to {topic}: {e}");
+                metrics.mqtt_dropped.inc();
+            } else {
+                metrics.mqtt_published.inc();
+            }
+        }
+    };
+
+    loop {
+        // 1. Requests from the daemon.
+        loop {
+            match rx.try_recv() {
+                Ok(ToMqtt::OutboxChanged) => {
+                    let a = session.pump(&lock(&outbox));
+                    execute(&client, a, &metrics);
+                }
+                Ok(ToMqtt::Retained {
+                    topic,
+                    payload,
+                    publish_now,
+                }) => {
+                    let a = session.set_retained(topic, payload, publish_now, &lock(&outbox));
+                    execute(&client, a, &metrics);
+                }
+                Ok(ToMqtt::Transient {
+                    topic,
+                    payload,
+                    qos1,
+                }) => {
+                    let a = session.transient(&topic, &payload, qos1);
+                    execute(&client, a, &metrics);
+                }
+                Ok(ToMqtt::Shutdown) | Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    if shutdown_deadline.is_none() {
+                        shutdown_deadline = Some(Instant::now() + Duration::from_secs(3));
+                    }
+                    break;
+                }
+                Err(crossbeam_channel::TryRecvError::Empty) => break,
+            }
+        }
+        metrics.outbox_depth.set(lock(&outbox).len() as u64);
+        metrics.outbox_dropped.set(lock(&outbox).dropped());
+        metrics.mqtt_connected.set(u64::from(session.connected()));
+
+        // 2. Shutting down: `stopped` (retained) once the outbox has drained, then disconnect.
+        if let Some(deadline) = shutdown_deadline {
+            let drained = lock(&outbox).is_empty();
+            if !session.connected() || Instant::now() >= deadline {
+                if session.connected() {
+                    let _ = client.try_disconnect();
+                    let _ = connection.recv_timeout(Duration::from_millis(200));
+                }
+                return;
+            }
+            if drained && !stopped_sent {
+                let a = session.set_retained(
+                    format!("{base}/status"),
+                    "stopped".into(),
+                    true,
+                    &lock(&outbox),
+                );
+                execute(&client, a, &metrics);
+                stopped_sent = true;
+                // Give the broker a moment to acknowledge.
+                shutdown_deadline = Some(deadline.min(Instant::now() + Duration::from_secs(1)));
+            }
+        }
+
+        // 3. Waiting before a reconnect attempt.
+        if let Some(at) = retry_at {
+            let now = Instant::now();
+            if now < at {
+                match rx.recv_timeout((at - now).min(Duration::from_millis(200))) {
+                    Ok(m) => {
+                        // Remember retained values while waiting; drop transient ones.
+                        match m {
+                            ToMqtt::Retained { topic, payload, .. } => {
+                                session.set_retained(topic, payload, false, &lock(&outbox));
+                            }
+                            ToMqtt::Shutdown => {
+                                return;
+                            }
+                            _ => {}
+                        }
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                    Err(_) => {}
+                }
+                continue;
+            }
+            retry_at = None;
+        }
+
+        // 4. Drive the event loop.
+        let wait = if session.connected() {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_secs(11)
+        };
+        match connection.recv_timeout(wait) {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
+                log::info!("mqtt: connected to {endpoint} ({:?})", ack.code);
+                backoff = q.reconnect_min;
+                last_error.clear();
+                metrics.mqtt_connects.inc();
+                let a = session.on_connected(&lock(&outbox));
+                execute(&client, a, &metrics);
+                for what in ["threshold", "mute", "enabled"] {
+                    let _ = client.try_subscribe(format!("{base}/+/{what}/set"), QoS::AtLeastOnce);
+                }
+            }
+            Ok(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
+                if let Some(seq) = session.on_puback(ack.pkid) {
+                    let mut o = lock(&outbox);
+                    o.ack(seq);
+                    let a = session.pump(&o);
+                    drop(o);
+                    execute(&client, a, &metrics);
+                }
+            }
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                let payload = String::from_utf8_lossy(&p.payload);
+                match parse_command(&base, &p.topic, &payload) {
+                    Ok(c) => {
+                        log::info!("mqtt: command {c:?}");
+                        let _ = commands.try_send(c);
+                    }
+                    Err(e) => log::warn!("mqtt: ignored message on {}: {e}", p.topic),
+                }
+            }
+            Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => session.on_outgoing_publish(pkid),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                let was = session.connected();
+                session.on_disconnected();
+                let msg = describe(&e);
+                if was || msg != last_error {
+                    log::warn!(
+                        "mqtt: {endpoint}: {msg}; retrying in {:?} (alarm messages wait in the outbox)",
+                        backoff
+                    );
+                }
+                last_error = msg;
+                retry_at = Some(Instant::now() + backoff);
+                backoff = (backoff * 2).min(q.reconnect_max);
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if !session.connected() {
+                    session.on_disconnected();
+                    retry_at = Some(Instant::now() + backoff);
+                    backoff = (backoff * 2).min(q.reconnect_max);
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+fn describe(e: &ConnectionError) -> String {
+    match e {
+        ConnectionError::ConnectionRefused(code) => format!(
+            "the broker refused the connection ({code:?}): check mqtt.username/password and the broker's ACL"
+        ),
+        ConnectionError::Io(io) => format!("{io}"),
+        other => format!("{other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::OutMessage;
+
+    fn msg(t: &str, p: &str) -> OutMessage {
+        OutMessage {
+            topic: t.into(),
+            payload: p.into(),
+            retain: true,
+        }
+    }
+
+    fn topics(a: &[Action]) -> Vec<String> {
+        a.iter()
+            .map(|Action::Publish { topic, payload, .. }| format!("{topic}={payload}"))
+            .collect()
+    }
+
+    #[test]
+    fn connect_publishes_status_retained_state_then_the_outbox_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(d.path(), 100).unwrap();
+        ob.push(vec![msg("b/m/alarm", "ON"), msg("b/m/events", "start")])
+            .unwrap();
+        let mut s = Session::new("b/status".into(), 8);
+        assert!(s
+            .set_retained("b/m/state".into(), "{}".into(), true, &ob)
+            .is_empty());
+        assert!(s
+            .set_retained("b/m/alarm".into(), "ON".into(), true, &ob)
+            .is_empty());
+        assert!(s
+            .set_retained("b/x/alarm".into(), "OFF".into(), false, &ob)
+            .is_empty());
+        let a = s.on_connected(&ob);
+        assert_eq!(
+            topics(&a),
+            vec![
+                "b/status=online",
+                "b/m/state={}",
+                "b/x/alarm=OFF",
+                "b/m/alarm=ON",
+                "b/m/events=start"
+            ]
+        );
+    }
+
+    #[test]
+    fn acks_remove_outbox_messages_and_the_window_limits_in_flight() {
+        let d = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(d.path(), 100).unwrap();
+        for i in 0..5 {
+            ob.push(vec![msg("t", &i.to_string())]).unwrap();
+        }
+        let mut s = Session::new("s".into(), 2);
+        let a = s.on_connected(&ob);
+        assert_eq!(topics(&a), vec!["s=online", "t=0", "t=1"]);
+        // rumqttc reports pkids in request order: status → 1, t=0 → 2, t=1 → 3.
+        s.on_outgoing_publish(1);
+        s.on_outgoing_publish(2);
+        s.on_outgoing_publish(3);
+        assert_eq!(s.on_puback(1), None, "status is not an outbox message");
+        assert_eq!(s.on_puback(2), Some(1));
+        ob.ack(1);
+        assert_eq!(topics(&s.pump(&ob)), vec!["t=2"]);
+        assert!(s.pump(&ob).is_empty(), "window of 2 is full");
+        // Disconnect before the rest is acknowledged: the next connect replays from the oldest waiting message.
+        s.on_disconnected();
+        assert!(s.pump(&ob).is_empty());
+        let a = s.on_connected(&ob);
+        assert_eq!(topics(&a), vec!["s=online", "t=1", "t=2"]);
+    }
+
+    #[test]
+    fn qos0_requests_keep_the_pairing_aligned() {
+        let d = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(d.path(), 100).unwrap();
+        let mut s = Session::new("s".into(), 8);
+        s.on_connected(&ob);
+        s.on_outgoing_publish(1);
+        s.transient("score", "0.1", false);
+        ob.push(vec![msg("a", "ON")]).unwrap();
+        s.pump(&ob);
+        s.on_outgoing_publish(0); // the QoS 0 score
+        s.on_outgoing_publish(2); // the outbox message
+        assert_eq!(s.on_puback(2), Some(1));
+    }
+
+    #[test]
+    fn nothing_is_published_while_disconnected() {
+        let d = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(d.path(), 100).unwrap();
+        ob.push(vec![msg("a", "ON")]).unwrap();
+        let mut s = Session::new("s".into(), 8);
+        assert!(s.pump(&ob).is_empty());
+        assert!(s.transient("x", "y", false).is_empty());
+        assert!(s.set_retained("r".into(), "v".into(), true, &ob).is_empty());
+        // Once connected, a retained topic is published at once unless the outbox still holds messages for it.
+        s.on_connected(&ob);
+        assert!(s
+            .set_retained("a".into(), "OFF".into(), true, &ob)
+            .is_empty());
+        assert_eq!(
+            topics(&s.set_retained("r".into(), "w".into(), true, &ob)),
+            vec!["r=w"]
+        );
+    }
+
+    #[test]
+    fn commands_are_parsed_or_named() {
+        let b = "sonitor/n1";
+        assert_eq!(
+            parse_command(b, "sonitor/n1/pump/threshold/set", "0.42"),
+            Ok(Command::Threshold {
+                machine: "pump".into(),
+                value: Some(0.42)
+            })
+        );
+        assert_eq!(
+            parse_command(b, "sonitor/n1/pump/threshold/set", "default"),
+            Ok(Command::Threshold {
+                machine: "pump".into(),
+                value: None
+            })
+        );
+        assert_eq!(
+            parse_command(b, "sonitor/n1/pump/mute/set", "30m"),
+            Ok(Command::Mute {
+                machine: "pump".into(),
+                duration: Duration::from_secs(1800)
+            })
+        );
+        assert_eq!(
+            parse_command(b, "sonitor/n1/pump/mute/set", "90"),
+            Ok(Command::Mute {
+                machine: "pump".into(),
+                duration: Duration::from_secs(90)
+            })
+        );
+        assert_eq!(
+            parse_command(b, "sonitor/n1/pump/mute/set", "OFF"),
+            Ok(Command::Mute {
+                machine: "pump".into(),
+                duration: Duration::ZERO
+            })
+        );
+        assert_eq!(
+            parse_command(b, "sonitor/n1/pump/enabled/set", "OFF"),
+            Ok(Command::Enabled {
+                machine: "pump".into(),
+                enabled: false
+            })
+        );
+        assert!(parse_command(b, "sonitor/n1/pump/threshold/set", "high")
+            .unwrap_err()
+            .contains("not a number"));
+        assert!(parse_command(b, "sonitor/n1/pump/enabled/set", "maybe").is_err());
+        assert!(parse_command(b, "sonitor/n1/pump/volume/set", "1").is_err());
+        assert!(parse_command(b, "other/n1/pump/mute/set", "1").is_err());
+    }
+}

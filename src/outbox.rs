@@ -1,0 +1,233 @@
+//! The on-disk outbox: alarm messages are written here (and fsynced) *before* anything is published, and
+//! removed only when the broker has acknowledged them (QoS 1 PUBACK). It survives a daemon restart and a broker
+//! outage; the publisher replays it in order on every connect.
+//!
+//! Layout: one JSON file per message, `<dir>/<seq:020>.json`, written to a temporary name, fsynced and renamed,
+//! so a crash leaves either the whole message or nothing. The sequence number orders the replay. The outbox is
+//! bounded: beyond `max` messages the oldest are deleted and counted as dropped (a broker unreachable for
+//! thousands of alarm transitions; the retained state republished on connect still tells the truth).
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutMessage {
+    pub topic: String,
+    pub payload: String,
+    pub retain: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub seq: u64,
+    #[serde(flatten)]
+    pub msg: OutMessage,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("outbox {path}: {source}")]
+pub struct OutboxError {
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+#[derive(Debug)]
+pub struct Outbox {
+    dir: PathBuf,
+    records: VecDeque<Record>,
+    next_seq: u64,
+    max: usize,
+    dropped: u64,
+}
+
+fn file_name(seq: u64) -> String {
+    format!("{seq:020}.json")
+}
+
+impl Outbox {
+    /// Opens (creating) the outbox directory and loads the messages left by a previous run, in order.
+    /// Unreadable files are renamed `*.bad` and reported in the log, never silently deleted.
+    pub fn open(dir: &Path, max: usize) -> Result<Outbox, OutboxError> {
+        let err = |source| OutboxError {
+            path: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(err)?;
+        let mut records = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(err)? {
+            let path = entry.map_err(err)?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.ends_with(".tmp") {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            if !name.ends_with(".json") {
+                continue;
+            }
+            let parsed = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| serde_json::from_str::<Record>(&t).ok());
+            match parsed {
+                Some(r) => records.push(r),
+                None => {
+                    log::error!(
+                        "outbox: {} is unreadable; moved aside as .bad",
+                        path.display()
+                    );
+                    let _ = std::fs::rename(&path, path.with_extension("bad"));
+                }
+            }
+        }
+        records.sort_by_key(|r| r.seq);
+        let next_seq = records.last().map_or(1, |r| r.seq + 1);
+        Ok(Outbox {
+            dir: dir.to_path_buf(),
+            records: records.into(),
+            next_seq,
+            max: max.max(1),
+            dropped: 0,
+        })
+    }
+
+    /// Appends messages durably (fsync of each file and of the directory) and returns their sequence numbers.
+    pub fn push(&mut self, msgs: Vec<OutMessage>) -> Result<Vec<u64>, OutboxError> {
+        let mut seqs = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let rec = Record { seq, msg };
+            let path = self.dir.join(file_name(seq));
+            let tmp = path.with_extension("tmp");
+            let err = |source| OutboxError {
+                path: tmp.clone(),
+                source,
+            };
+            let text = serde_json::to_vec(&rec).map_err(|e| err(std::io::Error::other(e)))?;
+            let mut f = File::create(&tmp).map_err(err)?;
+            f.write_all(&text).map_err(err)?;
+            f.sync_all().map_err(err)?;
+            std::fs::rename(&tmp, &path).map_err(err)?;
+            self.records.push_back(rec);
+            seqs.push(seq);
+        }
+        // The renames are durable once the directory is synced.
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        while self.records.len() > self.max {
+            if let Some(old) = self.records.pop_front() {
+                log::warn!(
+                    "outbox full ({} messages): dropping the oldest, {} on {}",
+                    self.max,
+                    old.msg.payload,
+                    old.msg.topic
+                );
+                let _ = std::fs::remove_file(self.dir.join(file_name(old.seq)));
+                self.dropped += 1;
+            }
+        }
+        Ok(seqs)
+    }
+
+    /// The broker acknowledged message `seq`: forget it.
+    pub fn ack(&mut self, seq: u64) {
+        if let Some(i) = self.records.iter().position(|r| r.seq == seq) {
+            self.records.remove(i);
+            if let Err(e) = std::fs::remove_file(self.dir.join(file_name(seq))) {
+                log::warn!("outbox: cannot remove message {seq}: {e}");
+            }
+        }
+    }
+
+    /// Messages waiting, oldest first.
+    pub fn records(&self) -> impl Iterator<Item = &Record> {
+        self.records.iter()
+    }
+
+    /// The first waiting message with a sequence number above `after` (or the first of all).
+    pub fn next_after(&self, after: Option<u64>) -> Option<&Record> {
+        self.records
+            .iter()
+            .find(|r| after.map_or(true, |a| r.seq > a))
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Messages dropped because the outbox was full, since it was opened.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Whether a message for `topic` is waiting.
+    pub fn has_topic(&self, topic: &str) -> bool {
+        self.records.iter().any(|r| r.msg.topic == topic)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(topic: &str, payload: &str) -> OutMessage {
+        OutMessage {
+            topic: topic.into(),
+            payload: payload.into(),
+            retain: true,
+        }
+    }
+
+    #[test]
+    fn survives_reopening_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let mut o = Outbox::open(d.path(), 100).unwrap();
+            o.push(vec![m("a", "ON"), m("e", "start")]).unwrap();
+            o.push(vec![m("a", "OFF")]).unwrap();
+            o.ack(1);
+        }
+        let o = Outbox::open(d.path(), 100).unwrap();
+        let v: Vec<_> = o
+            .records()
+            .map(|r| (r.seq, r.msg.payload.clone()))
+            .collect();
+        assert_eq!(v, vec![(2, "start".into()), (3, "OFF".into())]);
+        assert_eq!(o.next_after(Some(2)).unwrap().seq, 3);
+        assert!(o.has_topic("a"));
+        let mut o = o;
+        assert_eq!(o.push(vec![m("x", "y")]).unwrap(), vec![4]);
+    }
+
+    #[test]
+    fn is_bounded_and_counts_drops() {
+        let d = tempfile::tempdir().unwrap();
+        let mut o = Outbox::open(d.path(), 3).unwrap();
+        for i in 0..5 {
+            o.push(vec![m("t", &i.to_string())]).unwrap();
+        }
+        assert_eq!(o.len(), 3);
+        assert_eq!(o.dropped(), 2);
+        assert_eq!(o.records().next().unwrap().msg.payload, "2");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 3);
+    }
+
+    #[test]
+    fn corrupt_files_are_set_aside_and_temporaries_removed() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join(file_name(7)), "{not json").unwrap();
+        std::fs::write(d.path().join("00000000000000000008.tmp"), "x").unwrap();
+        let o = Outbox::open(d.path(), 10).unwrap();
+        assert!(o.is_empty());
+        assert!(d.path().join("00000000000000000007.bad").exists());
+        assert!(!d.path().join("00000000000000000008.tmp").exists());
+    }
+}

@@ -1,0 +1,491 @@
+//! The audio pipeline after capture:
+//!
+//! ```text
+//! ring (per input) → reader thread: channel → resample → windows, health, clip history
+//!                  → [bounded] → feature thread (FeatureExtractor::extract_into, buffers recycled)
+//!                  → [bounded] → inference thread (tract plan, min cosine distance to the section's centroids)
+//!                  → [bounded] → detector (crate::daemon)
+//! ```
+//!
+//! When features or inference fall behind, `try_send` fails and the window is dropped and counted
+//! (`sonitor_dropped_windows_total`): memory stays bounded and capture is never blocked.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use ringbuf::traits::{Consumer, Observer};
+use sonitor_core::audio::StreamResampler;
+use sonitor_core::features::{FeatureExtractor, FeatureParams, Features};
+
+use crate::capture::StreamHandle;
+use crate::config::HealthConfig;
+use crate::metrics::Metrics;
+use crate::model::Embedder;
+
+/// A machine as the pipeline sees it.
+#[derive(Debug, Clone)]
+pub struct MachineTap {
+    /// Index in the configuration (and in `Metrics::machines`).
+    pub machine: usize,
+    pub channel: usize,
+    pub features: FeatureParams,
+    /// Seconds of model-rate audio kept for evidence clips.
+    pub history_seconds: f32,
+    /// A file replayed as fast as possible: wait for the pipeline instead of dropping windows.
+    pub lossless: bool,
+}
+
+pub struct WindowMsg {
+    pub machine: usize,
+    /// Stream time of the window's end (ms, model rate).
+    pub t_end_ms: u64,
+    pub samples: Vec<f32>,
+    pub cut_at: Instant,
+    pub lossless: bool,
+}
+
+pub struct FeatureMsg {
+    pub machine: usize,
+    pub t_end_ms: u64,
+    pub features: Features,
+    pub cut_at: Instant,
+    pub lossless: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreMsg {
+    pub machine: usize,
+    pub t_end_ms: u64,
+    pub score: f64,
+}
+
+/// Health of a machine's channel, sent when it changes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthMsg {
+    pub machine: usize,
+    pub silent: bool,
+    pub clipping: bool,
+    pub rms_dbfs: f32,
+}
+
+/// Ask the reader for the audio around an alarm onset.
+#[derive(Debug, Clone)]
+pub struct ClipRequest {
+    pub machine: usize,
+    /// Stream time (ms) of the end of the window that raised the alarm.
+    pub onset_end_ms: u64,
+    pub pre_seconds: f32,
+    pub post_seconds: f32,
+    pub path: PathBuf,
+}
+
+/// Audio for a clip, ready to be written.
+pub struct ClipAudio {
+    pub machine: usize,
+    pub path: PathBuf,
+    pub samples: Vec<f32>,
+    pub sample_rate: u32,
+}
+
+/// Messages from a reader thread besides windows.
+pub enum ReaderEvent {
+    Health(HealthMsg),
+    Clip(ClipAudio),
+    /// The input's file ended (`at_end = "exit"`) and all its windows were cut.
+    Finished {
+        input: usize,
+    },
+}
+
+struct TapState {
+    tap: MachineTap,
+    resampler: Option<StreamResampler>,
+    mono: Vec<f32>,
+    resampled: Vec<f32>,
+    buf: Vec<f32>,
+    /// Model-rate samples removed from the front of `buf` so far (stream position of `buf[0]`).
+    consumed: u64,
+    history: VecDeque<f32>,
+    /// Model-rate samples ever appended (stream position of the end of `history`).
+    total: u64,
+    // Health over 1-second blocks at the input rate.
+    block_sq: f64,
+    block_clipped: usize,
+    block_n: usize,
+    silent_for: Duration,
+    silent: bool,
+    clipping: bool,
+    pending_clips: Vec<ClipRequest>,
+}
+
+/// Reader of one input: runs until `stop`, or until a finished file has been fully cut.
+#[allow(clippy::too_many_arguments)]
+pub fn spawn_reader(
+    input: usize,
+    name: String,
+    taps: Vec<MachineTap>,
+    streams: Receiver<StreamHandle>,
+    windows: Sender<WindowMsg>,
+    recycled: Receiver<Vec<f32>>,
+    clip_requests: Receiver<ClipRequest>,
+    events: Sender<ReaderEvent>,
+    health: HealthConfig,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("reader-{name}"))
+        .spawn(move || {
+            let mut states: Vec<TapState> = taps
+                .into_iter()
+                .map(|tap| TapState {
+                    resampler: None,
+                    mono: Vec::new(),
+                    resampled: Vec::new(),
+                    buf: Vec::with_capacity(tap.features.window_samples * 2),
+                    consumed: 0,
+                    history: VecDeque::new(),
+                    total: 0,
+                    block_sq: 0.0,
+                    block_clipped: 0,
+                    block_n: 0,
+                    silent_for: Duration::ZERO,
+                    silent: false,
+                    clipping: false,
+                    pending_clips: Vec::new(),
+                    tap,
+                })
+                .collect();
+            let mut current: Option<StreamHandle> = None;
+            let mut scratch = vec![0.0f32; 8192];
+            loop {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                // A new stream (first open or reopen): drain the old ring, then switch.
+                if let Ok(new) = streams.try_recv() {
+                    if let Some(mut old) = current.take() {
+                        let ch = old.channels;
+                        loop {
+                            let n = old.consumer.pop_slice(&mut scratch[..8192 / ch * ch]);
+                            if n == 0 {
+                                break;
+                            }
+                            process(&mut states, &scratch[..n], ch, old.sample_rate, &windows, &recycled, &events, &health, &metrics);
+                        }
+                    }
+                    for s in &mut states {
+                        let model_rate = s.tap.features.sample_rate;
+                        s.resampler = if new.sample_rate != model_rate {
+                            match StreamResampler::new(new.sample_rate, model_rate) {
+                                Ok(r) => Some(r),
+                                Err(e) => {
+                                    log::error!("input {name}: cannot resample {} Hz to {model_rate} Hz: {e}", new.sample_rate);
+                                    None
+                                }
+                            }
+                        } else {
+                            None
+                        };
+                        if s.tap.channel >= new.channels {
+                            log::error!(
+                                "input {name}: machine #{} wants channel {} but the stream has {} channel(s)",
+                                s.tap.machine, s.tap.channel, new.channels
+                            );
+                        }
+                    }
+                    current = Some(new);
+                }
+                while let Ok(req) = clip_requests.try_recv() {
+                    if let Some(s) = states.iter_mut().find(|s| s.tap.machine == req.machine) {
+                        s.pending_clips.push(req);
+                    }
+                }
+                let Some(stream) = current.as_mut() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                let ch = stream.channels.max(1);
+                let n = stream.consumer.pop_slice(&mut scratch[..8192 / ch * ch]);
+                if n == 0 {
+                    if stream.finished.load(Ordering::SeqCst) && stream.consumer.is_empty() {
+                        let _ = events.send(ReaderEvent::Finished { input });
+                        current = None;
+                        continue;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+                let rate = stream.sample_rate;
+                process(&mut states, &scratch[..n], ch, rate, &windows, &recycled, &events, &health, &metrics);
+            }
+        })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn process(
+    states: &mut [TapState],
+    interleaved: &[f32],
+    channels: usize,
+    input_rate: u32,
+    windows: &Sender<WindowMsg>,
+    recycled: &Receiver<Vec<f32>>,
+    events: &Sender<ReaderEvent>,
+    health: &HealthConfig,
+    metrics: &Metrics,
+) {
+    for s in states.iter_mut() {
+        if s.tap.channel >= channels {
+            continue;
+        }
+        s.mono.clear();
+        s.mono
+            .extend(interleaved.iter().skip(s.tap.channel).step_by(channels));
+        // Health at the input rate, per 1-second block.
+        for &x in &s.mono {
+            s.block_sq += (x as f64) * (x as f64);
+            if x.abs() >= 0.999 {
+                s.block_clipped += 1;
+            }
+            s.block_n += 1;
+            if s.block_n >= input_rate as usize {
+                let rms = (s.block_sq / s.block_n as f64).sqrt();
+                let dbfs = if rms > 0.0 {
+                    20.0 * rms.log10() as f32
+                } else {
+                    -200.0
+                };
+                let clipping = s.block_clipped as f32 / s.block_n as f32 > health.clipping_fraction;
+                if dbfs < health.silence_dbfs {
+                    s.silent_for += Duration::from_secs(1);
+                } else {
+                    s.silent_for = Duration::ZERO;
+                }
+                let silent = s.silent_for >= health.silence_after;
+                if silent != s.silent || clipping != s.clipping {
+                    s.silent = silent;
+                    s.clipping = clipping;
+                    let _ = events.try_send(ReaderEvent::Health(HealthMsg {
+                        machine: s.tap.machine,
+                        silent,
+                        clipping,
+                        rms_dbfs: dbfs,
+                    }));
+                }
+                let m = &metrics.machines[s.tap.machine];
+                m.silent.set(u64::from(silent));
+                m.clipping.set(u64::from(clipping));
+                s.block_sq = 0.0;
+                s.block_clipped = 0;
+                s.block_n = 0;
+            }
+        }
+        let model_audio: &[f32] = match s.resampler.as_mut() {
+            Some(r) => {
+                s.resampled.clear();
+                if let Err(e) = r.push(&s.mono, &mut s.resampled) {
+                    log::error!("resampling failed: {e}");
+                    continue;
+                }
+                &s.resampled
+            }
+            None => &s.mono,
+        };
+        s.buf.extend_from_slice(model_audio);
+        // Clip history.
+        let keep = (s.tap.history_seconds * s.tap.features.sample_rate as f32) as usize;
+        if keep > 0 {
+            s.history.extend(model_audio.iter().copied());
+            while s.history.len() > keep {
+                s.history.pop_front();
+            }
+        }
+        s.total += model_audio.len() as u64;
+        serve_clips(s, events, metrics);
+
+        let p = &s.tap.features;
+        let rate = p.sample_rate as u64;
+        while s.buf.len() >= p.window_samples {
+            let end = s.consumed + p.window_samples as u64;
+            let mut v = recycled.try_recv().unwrap_or_default();
+            v.clear();
+            v.extend_from_slice(&s.buf[..p.window_samples]);
+            let m = &metrics.machines[s.tap.machine];
+            m.windows.inc();
+            let msg = WindowMsg {
+                machine: s.tap.machine,
+                t_end_ms: end * 1000 / rate,
+                samples: v,
+                cut_at: Instant::now(),
+                lossless: s.tap.lossless,
+            };
+            let sent = if s.tap.lossless {
+                windows.send(msg).is_ok()
+            } else {
+                match windows.try_send(msg) {
+                    Ok(()) => true,
+                    Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
+                }
+            };
+            if !sent {
+                m.dropped_windows.inc();
+            }
+            s.buf.drain(..p.window_samples.min(p.window_hop_samples));
+            s.consumed += p.window_hop_samples as u64;
+        }
+    }
+}
+
+/// Hands out clip audio once `post_seconds` after the onset have been captured.
+fn serve_clips(s: &mut TapState, events: &Sender<ReaderEvent>, metrics: &Metrics) {
+    if s.pending_clips.is_empty() {
+        return;
+    }
+    let rate = s.tap.features.sample_rate as u64;
+    let window = s.tap.features.window_samples as u64;
+    let hist_start = s.total - s.history.len() as u64;
+    let mut i = 0;
+    while i < s.pending_clips.len() {
+        let r = &s.pending_clips[i];
+        let onset_end = r.onset_end_ms * rate / 1000;
+        let start = onset_end
+            .saturating_sub(window)
+            .saturating_sub((r.pre_seconds as f64 * rate as f64) as u64);
+        let end = onset_end + (r.post_seconds as f64 * rate as f64) as u64;
+        if s.total < end {
+            i += 1;
+            continue;
+        }
+        let r = s.pending_clips.swap_remove(i);
+        let from = start.max(hist_start);
+        if from >= end {
+            metrics.clips_dropped.inc();
+            continue;
+        }
+        let samples: Vec<f32> = s
+            .history
+            .iter()
+            .skip((from - hist_start) as usize)
+            .take((end - from) as usize)
+            .copied()
+            .collect();
+        if events
+            .try_send(ReaderEvent::Clip(ClipAudio {
+                machine: r.machine,
+                path: r.path,
+                samples,
+                sample_rate: rate as u32,
+            }))
+            .is_err()
+        {
+            metrics.clips_dropped.inc();
+        }
+    }
+}
+
+/// The feature thread: one extractor per machine (planned once), buffers reused.
+pub fn spawn_features(
+    params: Vec<FeatureParams>,
+    windows: Receiver<WindowMsg>,
+    recycle_windows: Vec<Sender<Vec<f32>>>,
+    machine_input: Vec<usize>,
+    out: Sender<FeatureMsg>,
+    recycled_features: Receiver<Features>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let mut extractors = Vec::new();
+    for p in params {
+        extractors.push(FeatureExtractor::new(p)?);
+    }
+    Ok(std::thread::Builder::new()
+        .name("features".into())
+        .spawn(move || {
+            for w in windows.iter() {
+                let fx = &mut extractors[w.machine];
+                let mut f = recycled_features
+                    .try_recv()
+                    .unwrap_or_else(|_| fx.new_output());
+                if let Err(e) = fx.extract_into(&w.samples, &mut f) {
+                    log::error!("features: {e}");
+                    continue;
+                }
+                let machine = w.machine;
+                let msg = FeatureMsg {
+                    machine,
+                    t_end_ms: w.t_end_ms,
+                    features: f,
+                    cut_at: w.cut_at,
+                    lossless: w.lossless,
+                };
+                let sent = if w.lossless {
+                    out.send(msg).is_ok()
+                } else {
+                    out.try_send(msg).is_ok()
+                };
+                if !sent {
+                    metrics.machines[machine].dropped_windows.inc();
+                }
+                if let Some(tx) = machine_input
+                    .get(machine)
+                    .and_then(|&i| recycle_windows.get(i))
+                {
+                    let _ = tx.try_send(w.samples);
+                }
+            }
+        })?)
+}
+
+/// What the inference thread needs per machine.
+pub struct Scorer {
+    /// Index into the embedders.
+    pub model: usize,
+    pub centroids: Vec<Vec<f32>>,
+}
+
+/// The inference thread: embeds each window with the machine's model and scores it.
+pub fn spawn_inference(
+    embedders: Vec<Embedder>,
+    scorers: Vec<Scorer>,
+    features: Receiver<FeatureMsg>,
+    recycle: Sender<Features>,
+    out: Sender<ScoreMsg>,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("inference".into())
+        .spawn(move || {
+            let mut emb = Vec::new();
+            for f in features.iter() {
+                let sc = &scorers[f.machine];
+                let m = &metrics.machines[f.machine];
+                if let Err(e) = embedders[sc.model].embed(&f.features, &mut emb) {
+                    log::error!("inference: {e:#}");
+                    continue;
+                }
+                let score = sonitor_core::score::min_cosine_distance(&emb, &sc.centroids) as f64;
+                m.inferences.inc();
+                m.score.set_f64(score);
+                let spent = f.cut_at.elapsed().as_secs_f64();
+                m.inference_seconds_sum
+                    .set_f64(m.inference_seconds_sum.get_f64() + spent);
+                let msg = ScoreMsg {
+                    machine: f.machine,
+                    t_end_ms: f.t_end_ms,
+                    score,
+                };
+                let _ = recycle.try_send(f.features);
+                let sent = if f.lossless {
+                    out.send(msg).is_ok()
+                } else {
+                    out.send_timeout(msg, Duration::from_secs(1)).is_ok()
+                };
+                if !sent {
+                    metrics.scores_dropped.inc();
+                }
+            }
+        })
+}

@@ -1,0 +1,129 @@
+//! Bad input: each mistake gives a message that names it, and `validate` / `run` exit with status 78
+//! (EX_CONFIG, which the systemd unit does not restart on).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+fn sonitor(args: &[&str], config: &Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sonitor"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
+    )
+}
+
+fn expect_78(config: &Path, needles: &[&str]) {
+    for cmd in ["validate", "run"] {
+        let (code, text) = sonitor(&[cmd], config);
+        assert_eq!(code, 78, "`sonitor {cmd}` should exit 78; output:\n{text}");
+        for n in needles {
+            assert!(
+                text.contains(n),
+                "`sonitor {cmd}` should say '{n}'; output:\n{text}"
+            );
+        }
+    }
+}
+
+fn file_device(wav: &Path) -> String {
+    format!(
+        "[[devices]]\nname = \"mic\"\nsource = \"file\"\npath = \"{}\"\nrealtime = false\n",
+        wav.display()
+    )
+}
+
+#[test]
+fn every_kind_of_bad_input_is_named_with_exit_78() {
+    let d = tempfile::tempdir().unwrap();
+    let b = common::standard_bundle(d.path());
+    let wav = d.path().join("rec.wav");
+    common::write_wav(&wav, &common::pump());
+
+    // A good configuration validates.
+    // (`common::config` always writes sonitor.toml: keep the good one under its own name.)
+    let good = d.path().join("good.toml");
+    std::fs::copy(
+        common::config(d.path(), &file_device(&wav), &b.dir, 1883, ""),
+        &good,
+    )
+    .unwrap();
+    let (code, text) = sonitor(&["validate"], &good);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("OK: 1 machine"), "{text}");
+
+    // Malformed TOML.
+    let p = d.path().join("malformed.toml");
+    std::fs::write(&p, "node_id = \"x\"\n[[machines]\nname = 3\n").unwrap();
+    expect_78(&p, &["malformed.toml"]);
+
+    // An unknown key (a typo) is named.
+    let text = std::fs::read_to_string(&good)
+        .unwrap()
+        .replace("raise_k", "rise_k");
+    let p = d.path().join("typo.toml");
+    std::fs::write(&p, text).unwrap();
+    expect_78(&p, &["rise_k"]);
+
+    // A missing bundle.
+    let p = common::config(
+        d.path(),
+        &file_device(&wav),
+        &d.path().join("no-such-bundle"),
+        1883,
+        "",
+    );
+    expect_78(&p, &["no-such-bundle", "manifest.json"]);
+
+    // A bundle without the configured section.
+    let text = std::fs::read_to_string(&good)
+        .unwrap()
+        .replace("pump/section_00", "fan/section_03");
+    let p = d.path().join("section.toml");
+    std::fs::write(&p, text).unwrap();
+    expect_78(&p, &["no section 'fan/section_03'", "pump/section_00"]);
+
+    // A corrupted model file (checksum).
+    let broken = d.path().join("broken-bundle");
+    std::fs::create_dir_all(&broken).unwrap();
+    for f in ["manifest.json", "model.onnx"] {
+        std::fs::copy(b.dir.join(f), broken.join(f)).unwrap();
+    }
+    let mut onnx = std::fs::read(broken.join("model.onnx")).unwrap();
+    onnx.push(0);
+    std::fs::write(broken.join("model.onnx"), onnx).unwrap();
+    let p = common::config(d.path(), &file_device(&wav), &broken, 1883, "");
+    expect_78(&p, &["checksum mismatch"]);
+
+    // A channel the input does not have.
+    let text = std::fs::read_to_string(&good)
+        .unwrap()
+        .replace("channel = 0", "channel = 3");
+    let p = d.path().join("channel.toml");
+    std::fs::write(&p, text).unwrap();
+    expect_78(&p, &["channel 3 does not exist", "1 channel(s)"]);
+
+    // A capture device that does not exist.
+    let dev =
+        "[[devices]]\nname = \"mic\"\nsource = \"capture\"\ndevice = \"alsa:no_such_pcm_xyz\"\n";
+    let p = common::config(d.path(), dev, &b.dir, 1883, "");
+    expect_78(&p, &["no_such_pcm_xyz", "does not exist"]);
+
+    // Several problems at once are all listed.
+    let text = std::fs::read_to_string(&good)
+        .unwrap()
+        .replace("raise_k = 2", "raise_k = 7")
+        .replace("listen = \"127.0.0.1:", "listen = \"0.0.0.0:");
+    let p = d.path().join("several.toml");
+    std::fs::write(&p, text).unwrap();
+    expect_78(&p, &["raise_k (7) <= raise_n (3)", "loopback"]);
+
+    // A missing configuration file.
+    expect_78(&d.path().join("nope.toml"), &["nope.toml", "no such file"]);
+}

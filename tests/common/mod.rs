@@ -1,0 +1,713 @@
+//! Shared helpers of the daemon's integration tests: a small but real model bundle (an ONNX graph built here
+//! with tract's protobuf types, centroids computed through the daemon's own feature + tract path), test audio
+//! (a MIMII pump with a gross anomaly in the middle), a mosquitto broker on a free loopback port, an MQTT
+//! recorder, and a daemon process.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use sonitor_core::bundle::{
+    Bundle, FeatureView, InputSpec, Manifest, Provenance, SectionModel, TensorSpec, Threshold,
+    FORMAT_VERSION,
+};
+use sonitor_core::features::{FeatureExtractor, FeatureParams};
+use tract_onnx::pb;
+
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Small windows keep the real-time tests short: 0.5 s windows every 0.25 s.
+pub fn test_features() -> FeatureParams {
+    FeatureParams {
+        window_samples: 8000,
+        window_hop_samples: 4000,
+        n_mels: 32,
+        ..FeatureParams::default()
+    }
+}
+
+const POOLS: usize = 40;
+const DIM: usize = 24;
+
+fn tensor(name: &str, dims: &[i64], data: &[f32]) -> pb::TensorProto {
+    pb::TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: 1,
+        float_data: data.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn tensor_i64(name: &str, data: &[i64]) -> pb::TensorProto {
+    pb::TensorProto {
+        name: name.into(),
+        dims: vec![data.len() as i64],
+        data_type: 7,
+        int64_data: data.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn value_info(name: &str, dims: &[i64]) -> pb::ValueInfoProto {
+    use pb::tensor_shape_proto::{dimension::Value, Dimension};
+    pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: 1,
+                shape: Some(pb::TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|&d| Dimension {
+                            value: Some(Value::DimValue(d)),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn node(op: &str, inputs: &[&str], output: &str, attrs: Vec<pb::AttributeProto>) -> pb::NodeProto {
+    pb::NodeProto {
+        op_type: op.into(),
+        name: output.into(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        attribute: attrs,
+        ..Default::default()
+    }
+}
+
+fn ints(name: &str, v: &[i64]) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: 7,
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn int(name: &str, v: i64) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: 2,
+        i: v,
+        ..Default::default()
+    }
+}
+
+/// The test network: per-mel-bin log variance over time of the log-mel view, and the log of the spectrum
+/// averaged in `POOLS` bands, concatenated, standardised (`(x - center) * inv_std`), followed by a constant
+/// `bias` value, then a fixed random projection to `dim` values. With the bias, normal windows all point close
+/// to one direction and a deviation of d standard units costs about d²/(2·bias²) in cosine distance.
+pub fn graph(
+    f: &FeatureParams,
+    center: &[f32],
+    inv_std: &[f32],
+    bias: f32,
+    w: &[f32],
+    dim: usize,
+) -> Vec<u8> {
+    let [frames, n_mels] = f.log_mel_shape();
+    let s = f.spectrum_len();
+    let k = n_mels + POOLS;
+    assert_eq!(center.len(), k);
+    assert_eq!(inv_std.len(), k);
+    assert_eq!(w.len(), (k + 1) * dim);
+    let nodes = vec![
+        node("Mul", &["log_mel", "log_mel"], "sq", vec![]),
+        node(
+            "ReduceMean",
+            &["sq"],
+            "var",
+            vec![ints("axes", &[1]), int("keepdims", 0)],
+        ),
+        node("Add", &["var", "eps"], "var_eps", vec![]),
+        node("Log", &["var_eps"], "log_var", vec![]),
+        node("Reshape", &["spectrum", "pool_shape"], "pooled_in", vec![]),
+        node(
+            "ReduceMean",
+            &["pooled_in"],
+            "pooled",
+            vec![ints("axes", &[2]), int("keepdims", 0)],
+        ),
+        node("Add", &["pooled", "eps"], "pooled_eps", vec![]),
+        node("Log", &["pooled_eps"], "log_pooled", vec![]),
+        node(
+            "Concat",
+            &["log_var", "log_pooled"],
+            "stats",
+            vec![int("axis", 1)],
+        ),
+        node("Sub", &["stats", "center"], "centred", vec![]),
+        node("Mul", &["centred", "inv_std"], "z", vec![]),
+        node("Concat", &["z", "bias"], "zb", vec![int("axis", 1)]),
+        node("MatMul", &["zb", "w"], "embedding", vec![]),
+    ];
+    let model = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        producer_name: "sonitor-tests".into(),
+        graph: Some(pb::GraphProto {
+            name: "test-embedder".into(),
+            node: nodes,
+            initializer: vec![
+                tensor("eps", &[1], &[1e-3]),
+                tensor_i64("pool_shape", &[1, POOLS as i64, (s / POOLS) as i64]),
+                tensor("center", &[k as i64], center),
+                tensor("inv_std", &[k as i64], inv_std),
+                tensor("bias", &[1, 1], &[bias]),
+                tensor("w", &[k as i64 + 1, dim as i64], w),
+            ],
+            input: vec![
+                value_info("log_mel", &[1, frames as i64, n_mels as i64]),
+                value_info("spectrum", &[1, s as i64]),
+            ],
+            output: vec![value_info("embedding", &[1, dim as i64])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    assert_eq!(s % POOLS, 0);
+    model.encode_to_vec()
+}
+
+fn manifest(f: &FeatureParams, dim: usize, centroids: Vec<Vec<f32>>, threshold: f64) -> Manifest {
+    let [frames, n_mels] = f.log_mel_shape();
+    Manifest {
+        format_version: FORMAT_VERSION,
+        model_id: "test-randproj".into(),
+        inputs: vec![
+            InputSpec {
+                name: "log_mel".into(),
+                view: FeatureView::LogMel,
+                shape: vec![1, frames, n_mels],
+            },
+            InputSpec {
+                name: "spectrum".into(),
+                view: FeatureView::Spectrum,
+                shape: vec![1, f.spectrum_len()],
+            },
+        ],
+        features: f.clone(),
+        output: TensorSpec {
+            name: "embedding".into(),
+            shape: vec![1, dim],
+        },
+        embedding_dim: dim,
+        classes: vec!["pump/section_00".into()],
+        sections: vec![SectionModel {
+            machine_type: "pump".into(),
+            section: 0,
+            n_source_centroids: centroids.len(),
+            n_target_centroids: 0,
+            centroids,
+            threshold: Threshold {
+                value: threshold,
+                method: "test: 1.5 × max normal score".into(),
+                quantile: 1.0,
+                gamma_shape: None,
+                gamma_scale: None,
+            },
+        }],
+        clip_pooling: "mean".into(),
+        onnx_file: "model.onnx".into(),
+        onnx_sha256: String::new(),
+        provenance: Provenance {
+            tool: "sonitor tests".into(),
+            ..Default::default()
+        },
+    }
+}
+
+/// Deterministic pseudo-random numbers in [-1, 1).
+fn lcg(seed: &mut u64) -> f32 {
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+}
+
+/// Embeddings of every window (hop = window_hop / 2) of `audio`, through the daemon's own code.
+pub fn embeddings(bundle: &Bundle, audio: &[f32]) -> Vec<Vec<f32>> {
+    let f = &bundle.manifest.features;
+    let emb = sonitor::model::Embedder::load(bundle).unwrap();
+    let mut fx = FeatureExtractor::new(f.clone()).unwrap();
+    let mut feats = fx.new_output();
+    let mut out = Vec::new();
+    let mut v = Vec::new();
+    let hop = f.window_hop_samples / 2;
+    let mut start = 0;
+    while start + f.window_samples <= audio.len() {
+        fx.extract_into(&audio[start..start + f.window_samples], &mut feats)
+            .unwrap();
+        emb.embed(&feats, &mut v).unwrap();
+        out.push(v.clone());
+        start += hop;
+    }
+    out
+}
+
+pub struct TestBundle {
+    pub dir: PathBuf,
+    pub threshold: f64,
+    pub normal_max: f64,
+    pub anomaly_min: f64,
+}
+
+/// Builds the bundle from the normal audio: centres the statistics on their normal mean, projects, uses the
+/// normal embeddings as centroids, and sets the threshold at 1.5 × the largest normal score seen with shifted
+/// windows. Checks that the anomaly separates.
+pub fn make_bundle(dir: &Path, normal: &[f32], anomalous: &[f32]) -> TestBundle {
+    let f = test_features();
+    let k = f.n_mels + POOLS;
+    let unit = |i: usize, d: usize| -> Vec<f32> {
+        (0..d).map(|j| if j == i { 1.0 } else { 0.0 }).collect()
+    };
+    // Pass 1: an identity projection gives the raw statistics; their normal mean and spread standardise them.
+    let mut ident = vec![0.0f32; (k + 1) * (k + 1)];
+    for i in 0..=k {
+        ident[i * (k + 1) + i] = 1.0;
+    }
+    let tmp = dir.join("pass1");
+    let b1 = Bundle::write(
+        &tmp,
+        &manifest(&f, k + 1, vec![unit(0, k + 1)], 0.5),
+        &graph(&f, &vec![0.0; k], &vec![1.0; k], 0.0, &ident, k + 1),
+    )
+    .unwrap();
+    let stats = embeddings(&b1, normal);
+    let n = stats.len() as f64;
+    let mean: Vec<f64> = (0..k)
+        .map(|j| stats.iter().map(|s| s[j] as f64).sum::<f64>() / n)
+        .collect();
+    let inv_std: Vec<f32> = (0..k)
+        .map(|j| {
+            let var = stats
+                .iter()
+                .map(|s| (s[j] as f64 - mean[j]).powi(2))
+                .sum::<f64>()
+                / n;
+            (1.0 / var.sqrt().max(1e-3)) as f32
+        })
+        .collect();
+    let center: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
+    let _ = std::fs::remove_dir_all(&tmp);
+    // Pass 2: random projection with a bias of 3·sqrt(k).
+    let mut seed = 7u64;
+    let w: Vec<f32> = (0..(k + 1) * DIM).map(|_| lcg(&mut seed)).collect();
+    let onnx = graph(&f, &center, &inv_std, 3.0 * (k as f32).sqrt(), &w, DIM);
+    let tmp2 = dir.join("pass2");
+    let b2 = Bundle::write(&tmp2, &manifest(&f, DIM, vec![unit(0, DIM)], 0.5), &onnx).unwrap();
+    let all = embeddings(&b2, normal);
+    // Every 4th normal window is a centroid (at most 32); the threshold comes from all normal windows.
+    let mut centroids: Vec<Vec<f32>> = all
+        .iter()
+        .step_by(4)
+        .take(32)
+        .map(|e| {
+            let mut c = e.clone();
+            sonitor_core::score::normalize(&mut c);
+            c
+        })
+        .collect();
+    centroids.dedup();
+    let normal_max = all
+        .iter()
+        .map(|e| sonitor_core::score::min_cosine_distance(e, &centroids) as f64)
+        .fold(0.0, f64::max);
+    let anomaly_min = embeddings(&b2, anomalous)
+        .iter()
+        .map(|e| sonitor_core::score::min_cosine_distance(e, &centroids) as f64)
+        .fold(f64::INFINITY, f64::min);
+    let threshold = (normal_max * 1.5).max(1e-3);
+    let _ = std::fs::remove_dir_all(&tmp2);
+    let out = dir.join("bundle");
+    Bundle::write(&out, &manifest(&f, DIM, centroids, threshold), &onnx).unwrap();
+    TestBundle {
+        dir: out,
+        threshold,
+        normal_max,
+        anomaly_min,
+    }
+}
+
+/// The MIMII pump clip (16 kHz mono).
+pub fn pump() -> Vec<f32> {
+    let p = workspace().join("tests/fixtures/mimii/pump_normal.wav");
+    sonitor_core::audio::read_wav(&p, sonitor_core::audio::ChannelSelect::Mix)
+        .unwrap()
+        .1
+}
+
+/// A gross anomaly on top of `x`: a pulsing 1.2 kHz whine and sharp impacts.
+pub fn make_anomalous(x: &[f32]) -> Vec<f32> {
+    let mut seed = 99u64;
+    x.iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let t = i as f32 / 16_000.0;
+            let gate = if (t * 10.0) as i64 % 2 == 0 { 1.0 } else { 0.2 };
+            let whine = 0.3 * gate * (2.0 * std::f32::consts::PI * 1200.0 * t).sin();
+            let impact = if i % 1600 < 40 {
+                0.6 * lcg(&mut seed)
+            } else {
+                0.0
+            };
+            (v + whine + impact).clamp(-1.0, 1.0)
+        })
+        .collect()
+}
+
+/// Normal `a` seconds, anomalous `b` seconds, normal `c` seconds, from the pump clip (looped as needed).
+pub fn recording(a: f32, b: f32, c: f32) -> Vec<f32> {
+    let p = pump();
+    let n = |s: f32| (s * 16_000.0) as usize;
+    let total = n(a) + n(b) + n(c);
+    let base: Vec<f32> = (0..total).map(|i| p[i % p.len()]).collect();
+    let mut out = base[..n(a)].to_vec();
+    out.extend(make_anomalous(&base[n(a)..n(a) + n(b)]));
+    out.extend_from_slice(&base[n(a) + n(b)..]);
+    out
+}
+
+pub fn write_wav(path: &Path, samples: &[f32]) {
+    sonitor_core::audio::write_wav_i16(path, samples, 16_000).unwrap();
+}
+
+/// The standard test bundle, built once per test process.
+pub fn standard_bundle(dir: &Path) -> TestBundle {
+    let p = pump();
+    let b = make_bundle(dir, &p, &make_anomalous(&p));
+    eprintln!(
+        "test model: normal max {:.4}, threshold {:.4}, anomaly min {:.4}",
+        b.normal_max, b.threshold, b.anomaly_min
+    );
+    assert!(
+        b.anomaly_min > b.threshold,
+        "the test model must separate the gross anomaly: normal max {}, threshold {}, anomaly min {}",
+        b.normal_max,
+        b.threshold,
+        b.anomaly_min
+    );
+    b
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A mosquitto broker on a loopback port, with persistence so that queued messages of persistent sessions
+/// survive its restart.
+pub struct Broker {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Broker {
+    pub fn start(dir: &Path) -> Broker {
+        let port = free_port();
+        let mut b = Broker {
+            port,
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        b.restart();
+        b
+    }
+
+    pub fn restart(&mut self) {
+        let conf = self.dir.join("mosquitto.conf");
+        std::fs::create_dir_all(&self.dir).unwrap();
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nuser root\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 10000\n",
+                self.port,
+                self.dir.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto must be installed (Debian package `mosquitto`)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not start on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the broker gracefully (it saves its persistent sessions).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Msg {
+    pub topic: String,
+    pub payload: String,
+    pub retain: bool,
+}
+
+/// Records every message under `sonitor/#` with a persistent session (QoS 1), reconnecting on its own.
+pub struct Recorder {
+    pub msgs: Arc<Mutex<Vec<Msg>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Recorder {
+    pub fn start(port: u16, client_id: &str) -> Recorder {
+        let mut o = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
+        o.set_clean_session(false);
+        o.set_keep_alive(Duration::from_secs(5));
+        let (client, mut conn) = rumqttc::Client::new(o, 100);
+        let msgs = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (m2, s2) = (msgs.clone(), stop.clone());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut subscribed = false;
+            while !s2.load(std::sync::atomic::Ordering::SeqCst) {
+                match conn.recv_timeout(Duration::from_millis(200)) {
+                    Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack)))) => {
+                        eprintln!(
+                            "  [recorder] connected, session present: {}",
+                            ack.session_present
+                        );
+                        if !subscribed || !ack.session_present {
+                            let _ = client.try_subscribe("sonitor/#", rumqttc::QoS::AtLeastOnce);
+                        }
+                    }
+                    Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)))) => {
+                        subscribed = true;
+                        let _ = ready_tx.send(());
+                    }
+                    Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) => {
+                        m2.lock().unwrap().push(Msg {
+                            topic: p.topic.clone(),
+                            payload: String::from_utf8_lossy(&p.payload).into(),
+                            retain: p.retain,
+                        });
+                    }
+                    Ok(Err(e)) => {
+                        eprintln!("  [recorder] {e}");
+                        std::thread::sleep(Duration::from_millis(200))
+                    }
+                    _ => {}
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the recorder could not subscribe");
+        Recorder { msgs, stop }
+    }
+
+    pub fn snapshot(&self) -> Vec<Msg> {
+        self.msgs.lock().unwrap().clone()
+    }
+
+    /// Waits until `pred` holds for the messages so far; panics with them on timeout.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&[Msg]) -> bool,
+    ) -> Vec<Msg> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.snapshot();
+            if pred(&s) {
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; messages so far:\n{}",
+                    s.iter()
+                        .map(|m| format!(
+                            "  {} {} {}",
+                            m.topic,
+                            if m.retain { "(r)" } else { "" },
+                            m.payload
+                        ))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Payloads on one topic, in arrival order.
+pub fn on(msgs: &[Msg], topic: &str) -> Vec<String> {
+    msgs.iter()
+        .filter(|m| m.topic == topic)
+        .map(|m| m.payload.clone())
+        .collect()
+}
+
+/// A running `sonitor run`, its stderr collected.
+pub struct Daemon {
+    pub child: Child,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    pub fn start(config: &Path, envs: &[(&str, &str)]) -> Daemon {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sonitor"));
+        cmd.arg("run").arg("--config").arg(config);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let l2 = log.clone();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("  [daemon] {line}");
+                let mut l = l2.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        Daemon { child, log }
+    }
+
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.log.lock().unwrap().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not log '{needle}' in {timeout:?}; log:\n{}",
+                self.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn sigkill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn sigterm_and_wait(mut self) -> i32 {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        self.child.wait().unwrap().code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A daemon configuration for one machine on one input section (`[[devices]]` TOML given by the test).
+pub fn config(
+    dir: &Path,
+    device_toml: &str,
+    bundle: &Path,
+    broker_port: u16,
+    extra: &str,
+) -> PathBuf {
+    let text = format!(
+        r#"node_id = "t1"
+state_dir = "{state}"
+log_level = "info"
+
+{device_toml}
+
+[[machines]]
+name = "pump-1"
+device = "mic"
+channel = 0
+bundle = "{bundle}"
+section = "pump/section_00"
+raise_k = 2
+raise_n = 3
+clear_m = 3
+clear_n = 4
+
+[mqtt]
+host = "127.0.0.1"
+port = {broker_port}
+reconnect_min = "100ms"
+reconnect_max = "500ms"
+score_interval = "1s"
+
+[metrics]
+listen = "127.0.0.1:{metrics}"
+
+[clips]
+pre_seconds = 1.0
+post_seconds = 1.0
+{extra}
+"#,
+        state = dir.join("state").display(),
+        bundle = bundle.display(),
+        metrics = free_port(),
+    );
+    let p = dir.join("sonitor.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}

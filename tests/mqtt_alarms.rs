@@ -1,0 +1,226 @@
+//! End to end through a real broker (mosquitto on a free loopback port):
+//!
+//! - a broker outage while the anomaly starts and ends, with a daemon restart in the middle: after the broker
+//!   returns, every alarm transition arrives, in order, exactly once after deduplication on `event_id`;
+//! - commands (`…/mute/set`, `…/threshold/set`, `…/enabled/set`) are answered by retained state topics.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{on, Broker, Daemon, Msg, Recorder};
+
+fn file_device(wav: &std::path::Path, realtime: bool) -> String {
+    format!(
+        "[[devices]]\nname = \"mic\"\nsource = \"file\"\npath = \"{}\"\nrealtime = {realtime}\nat_end = \"stop\"\n",
+        wav.display()
+    )
+}
+
+/// Alarm values with consecutive repeats collapsed (a replay may repeat the last message before a drop).
+fn alarm_sequence(msgs: &[Msg], topic: &str) -> Vec<String> {
+    let mut v = on(msgs, topic);
+    v.dedup();
+    v
+}
+
+/// Events deduplicated on (event_id, type), in first-arrival order.
+fn events(msgs: &[Msg], topic: &str) -> Vec<(String, String)> {
+    let mut seen = Vec::new();
+    for p in on(msgs, topic) {
+        let v: serde_json::Value = serde_json::from_str(&p).unwrap();
+        let key = (
+            v["event_id"].as_str().unwrap().to_string(),
+            v["type"].as_str().unwrap().to_string(),
+        );
+        if !seen.contains(&key) {
+            seen.push(key);
+        }
+    }
+    seen
+}
+
+#[test]
+fn broker_outage_and_daemon_restart_lose_no_transition() {
+    let d = tempfile::tempdir().unwrap();
+    let b = common::standard_bundle(d.path());
+    let mut broker = Broker::start(&d.path().join("broker"));
+    let rec = Recorder::start(broker.port, "recorder-outage");
+
+    // Run 1, in real time: 2 s normal then the anomaly. The broker goes down after the daemon is online, before
+    // the anomaly starts.
+    let wav1 = d.path().join("part1.wav");
+    common::write_wav(&wav1, &common::recording(2.5, 3.0, 0.0));
+    let cfg1 = common::config(d.path(), &file_device(&wav1, true), &b.dir, broker.port, "");
+    let daemon = Daemon::start(&cfg1, &[]);
+    rec.wait_for(
+        "status online and alarm OFF",
+        Duration::from_secs(20),
+        |m| {
+            on(m, "sonitor/t1/status").contains(&"online".to_string())
+                && on(m, "sonitor/t1/pump-1/alarm") == ["OFF"]
+        },
+    );
+    broker.stop();
+    daemon.wait_log("alarm ON: pump-1", Duration::from_secs(20));
+    // Restart during the outage (SIGKILL: the outbox must already be on disk).
+    daemon.sigkill();
+
+    // Run 2, as fast as possible: the anomaly goes on, then ends.
+    let wav2 = d.path().join("part2.wav");
+    let mut part2 = common::make_anomalous(&common::pump()[..16_000]);
+    part2.extend(common::pump());
+    common::write_wav(&wav2, &part2);
+    let cfg2 = common::config(
+        d.path(),
+        &file_device(&wav2, false),
+        &b.dir,
+        broker.port,
+        "",
+    );
+    let daemon = Daemon::start(&cfg2, &[]);
+    daemon.wait_log("alarm OFF: pump-1", Duration::from_secs(30));
+    let outbox = d.path().join("state/outbox");
+    let waiting = std::fs::read_dir(&outbox).unwrap().count();
+    assert_eq!(waiting, 4, "ON, start, OFF, end wait in the outbox");
+
+    // The broker returns: everything arrives, in order.
+    broker.restart();
+    let msgs = rec.wait_for("the replayed transitions", Duration::from_secs(30), |m| {
+        events(m, "sonitor/t1/pump-1/events").len() >= 2
+    });
+    assert_eq!(
+        alarm_sequence(&msgs, "sonitor/t1/pump-1/alarm"),
+        ["OFF", "ON", "OFF"],
+        "retained alarm transitions in order"
+    );
+    let ev = events(&msgs, "sonitor/t1/pump-1/events");
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    assert_eq!(ev[0].1, "start");
+    assert_eq!(ev[1].1, "end");
+    assert_eq!(ev[0].0, ev[1].0, "start and end carry the same event_id");
+    // The ON arrives before the start event, the OFF before the end event.
+    let pos = |topic: &str, needle: &str| {
+        msgs.iter()
+            .position(|m| m.topic == topic && m.payload.contains(needle))
+            .unwrap()
+    };
+    assert!(pos("sonitor/t1/pump-1/alarm", "ON") < pos("sonitor/t1/pump-1/events", "\"start\""));
+    // Once acknowledged, the outbox is empty.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_dir(&outbox).unwrap().count() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the outbox was not emptied"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A graceful stop says `stopped`.
+    assert_eq!(daemon.sigterm_and_wait(), 0);
+    rec.wait_for("status stopped", Duration::from_secs(10), |m| {
+        on(m, "sonitor/t1/status").last().map(String::as_str) == Some("stopped")
+    });
+}
+
+#[test]
+fn commands_are_answered_by_retained_state() {
+    let d = tempfile::tempdir().unwrap();
+    let b = common::standard_bundle(d.path());
+    let broker = Broker::start(&d.path().join("broker"));
+    let rec = Recorder::start(broker.port, "recorder-commands");
+    let wav = d.path().join("normal.wav");
+    common::write_wav(&wav, &common::pump());
+    let dev = format!(
+        "[[devices]]\nname = \"mic\"\nsource = \"file\"\npath = \"{}\"\nrealtime = true\nat_end = \"loop\"\n",
+        wav.display()
+    );
+    let cfg = common::config(
+        d.path(),
+        &dev,
+        &b.dir,
+        broker.port,
+        "[mqtt.discovery]\nenabled = true\n",
+    );
+    let daemon = Daemon::start(&cfg, &[]);
+    rec.wait_for("online", Duration::from_secs(20), |m| {
+        on(m, "sonitor/t1/status").contains(&"online".to_string())
+    });
+    let msgs = rec.snapshot();
+    let disc: Vec<&Msg> = msgs
+        .iter()
+        .filter(|m| m.topic.starts_with("homeassistant/binary_sensor/"))
+        .collect();
+    // Discovery lives outside `sonitor/#`: check it with a second subscription below instead.
+    assert!(disc.is_empty());
+
+    let mut o = rumqttc::MqttOptions::new("commander", "127.0.0.1", broker.port);
+    o.set_keep_alive(Duration::from_secs(5));
+    let (client, mut conn) = rumqttc::Client::new(o, 10);
+    client
+        .subscribe("homeassistant/#", rumqttc::QoS::AtLeastOnce)
+        .unwrap();
+    client
+        .publish(
+            "sonitor/t1/pump-1/mute/set",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            "10m",
+        )
+        .unwrap();
+    client
+        .publish(
+            "sonitor/t1/pump-1/threshold/set",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            "0.75",
+        )
+        .unwrap();
+    client
+        .publish(
+            "sonitor/t1/pump-1/enabled/set",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            "OFF",
+        )
+        .unwrap();
+    let mut discovery = Vec::new();
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(3) {
+        if let Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) =
+            conn.recv_timeout(Duration::from_millis(100))
+        {
+            discovery.push((
+                p.topic.clone(),
+                String::from_utf8_lossy(&p.payload).to_string(),
+            ));
+        }
+    }
+    assert!(
+        discovery.iter().any(|(t, p)| t
+            == "homeassistant/binary_sensor/sonitor_t1_pump-1_alarm/config"
+            && p.contains("\"state_topic\":\"sonitor/t1/pump-1/alarm\"")),
+        "{discovery:?}"
+    );
+    let msgs = rec.wait_for("command answers", Duration::from_secs(10), |m| {
+        on(m, "sonitor/t1/pump-1/mute").last().map(String::as_str) == Some("ON")
+            && on(m, "sonitor/t1/pump-1/threshold")
+                .last()
+                .map(String::as_str)
+                == Some("0.75")
+            && on(m, "sonitor/t1/pump-1/enabled")
+                .last()
+                .map(String::as_str)
+                == Some("OFF")
+    });
+    let state: serde_json::Value =
+        serde_json::from_str(on(&msgs, "sonitor/t1/pump-1/state").last().unwrap()).unwrap();
+    assert_eq!(state["threshold"], 0.75);
+    assert_eq!(state["enabled"], false);
+    assert!(state["muted_until"].is_string(), "{state}");
+    assert_eq!(state["model_id"], "test-randproj");
+    // Telemetry flows (QoS 0, rate-limited to 1/s here).
+    rec.wait_for("score telemetry", Duration::from_secs(10), |m| {
+        !on(m, "sonitor/t1/pump-1/score").is_empty()
+    });
+    drop(daemon);
+}
