@@ -473,6 +473,12 @@ impl Controller {
 
     fn on_score(&mut self, s: ScoreMsg) {
         let i = s.machine;
+        log::debug!(
+            "score {} t={} ms: {:.4}",
+            self.machines[i].cfg.name,
+            s.t_end_ms,
+            s.score
+        );
         let t = {
             let m = &mut self.machines[i];
             m.last_score = s.score;
@@ -878,9 +884,7 @@ fn start(
     ctl.persist();
 
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    let mut wd_usec = 0u64;
-    let watchdog = sd_notify::watchdog_enabled(false, &mut wd_usec)
-        .then(|| Duration::from_micros(wd_usec / 2));
+    let watchdog = watchdog_interval();
     let mut last_wd = Instant::now();
     let mut wd_marks = (0u64, 0u64);
     let mut last_status = Instant::now() - Duration::from_secs(60);
@@ -1004,6 +1008,21 @@ fn start(
     drop(inference_thread);
     let _ = clip_thread.join();
     Ok(0)
+}
+
+/// Half the systemd watchdog period (`WATCHDOG_USEC`), when the watchdog applies to this process (as
+/// `sd_watchdog_enabled(3)`: a `WATCHDOG_PID` naming another process disables it; none means this one).
+fn watchdog_interval() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Some(pid) = std::env::var("WATCHDOG_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+    {
+        if pid != std::process::id() {
+            return None;
+        }
+    }
+    (usec > 0).then(|| Duration::from_micros(usec / 2))
 }
 
 fn win_queue_empty(metrics: &Metrics) -> bool {

@@ -141,10 +141,51 @@ fn commands_are_answered_by_retained_state() {
         broker.port,
         "[mqtt.discovery]\nenabled = true\n",
     );
-    let daemon = Daemon::start(&cfg, &[]);
+    // systemd's notification socket, with a 0.4 s watchdog.
+    let sock_path = d.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let notify = sock_path.display().to_string();
+    let daemon = Daemon::start(
+        &cfg,
+        &[
+            ("NOTIFY_SOCKET", notify.as_str()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
     rec.wait_for("online", Duration::from_secs(20), |m| {
         on(m, "sonitor/t1/status").contains(&"online".to_string())
     });
+    let mut notes = String::new();
+    let t0 = std::time::Instant::now();
+    while !(notes.contains("READY=1") && notes.matches("WATCHDOG=1").count() >= 3) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no READY=1 and watchdog pings from the daemon: {notes:?}"
+        );
+        let mut buf = [0u8; 512];
+        if let Ok(n) = sock.recv(&mut buf) {
+            notes.push_str(&String::from_utf8_lossy(&buf[..n]));
+            notes.push('\n');
+        }
+    }
+
+    // SIGHUP: a new threshold from the file, audio keeps flowing.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("raise_k = 2\n", "raise_k = 2\nthreshold = 0.6\n");
+    std::fs::write(&cfg, text).unwrap();
+    unsafe {
+        libc::kill(daemon.child.id() as i32, libc::SIGHUP);
+    }
+    rec.wait_for("the reloaded threshold", Duration::from_secs(10), |m| {
+        on(m, "sonitor/t1/pump-1/threshold")
+            .last()
+            .map(String::as_str)
+            == Some("0.6")
+    });
+    daemon.wait_log("reloaded", Duration::from_secs(5));
     let msgs = rec.snapshot();
     let disc: Vec<&Msg> = msgs
         .iter()
