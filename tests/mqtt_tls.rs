@@ -1,0 +1,178 @@
+//! TLS and credentials against a real broker: mosquitto with a test CA, a server certificate for 127.0.0.1, a
+//! required client certificate and a password file. The daemon connects with rustls (ring provider), its CA,
+//! its client certificate and the username/password given through `SONITOR_MQTT__…` environment overrides; a
+//! wrong password is refused with a message that says what to check.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl must be installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn make_pki(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=sonitor test CA",
+        ],
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("client.ext"),
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    for who in ["server", "client"] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{who}.key"),
+                "-out",
+                &format!("{who}.csr"),
+                "-subj",
+                &format!("/CN={who}"),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{who}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{who}.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{who}.ext"),
+            ],
+        );
+    }
+}
+
+#[test]
+fn tls_with_client_certificate_and_password() {
+    let d = tempfile::tempdir().unwrap();
+    let pki = d.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    make_pki(&pki);
+    let pw = pki.join("passwords");
+    let out = Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&pw)
+        .args(["sonitor", "s3cret"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let port = common::free_port();
+    let conf = d.path().join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nuser root\nallow_anonymous false\npassword_file {pw}\ncafile {p}/ca.pem\ncertfile {p}/server.pem\nkeyfile {p}/server.key\nrequire_certificate true\n",
+            pw = pw.display(),
+            p = pki.display()
+        ),
+    )
+    .unwrap();
+    let mut broker = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mosquitto (TLS) did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let b = common::standard_bundle(d.path());
+    let wav = d.path().join("normal.wav");
+    common::write_wav(&wav, &common::pump());
+    let dev = format!(
+        "[[devices]]\nname = \"mic\"\nsource = \"file\"\npath = \"{}\"\nrealtime = true\nat_end = \"loop\"\n",
+        wav.display()
+    );
+    let tls = format!(
+        "[mqtt.tls]\nenabled = true\nca_file = \"{p}/ca.pem\"\nclient_cert = \"{p}/client.pem\"\nclient_key = \"{p}/client.key\"\n",
+        p = pki.display()
+    );
+    let cfg = common::config(d.path(), &dev, &b.dir, port, &tls);
+
+    let daemon = common::Daemon::start(
+        &cfg,
+        &[
+            ("SONITOR_MQTT__USERNAME", "sonitor"),
+            ("SONITOR_MQTT__PASSWORD", "s3cret"),
+        ],
+    );
+    daemon.wait_log("mqtt: connected to 127.0.0.1", Duration::from_secs(20));
+    assert_eq!(daemon.sigterm_and_wait(), 0);
+
+    let daemon = common::Daemon::start(
+        &cfg,
+        &[
+            ("SONITOR_MQTT__USERNAME", "sonitor"),
+            ("SONITOR_MQTT__PASSWORD", "wrong"),
+        ],
+    );
+    daemon.wait_log("refused the connection", Duration::from_secs(20));
+    assert!(daemon
+        .log
+        .lock()
+        .unwrap()
+        .contains("check mqtt.username/password"));
+    drop(daemon);
+    let _ = broker.kill();
+    let _ = broker.wait();
+}
