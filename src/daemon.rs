@@ -404,7 +404,7 @@ impl Controller {
                         path: PathBuf::from(path),
                     });
                 }
-                log::warn!(
+                let note = format!(
                     "alarm ON: {name} score {score:.4} > threshold {threshold:.4} (event {event_id})"
                 );
                 let ev = json!({
@@ -421,7 +421,7 @@ impl Controller {
                 });
                 self.metrics.machines[i].alarm.set(1);
                 self.metrics.machines[i].alarms.inc();
-                vec![("ON".to_string(), ev)]
+                vec![("ON".to_string(), ev, note)]
             }
             Transition::Cleared { peak, reason, .. } => {
                 let ev_info = m.saved.event.take();
@@ -433,7 +433,8 @@ impl Controller {
                         None,
                     ),
                 };
-                log::warn!("alarm OFF: {name} ({reason:?}, peak {peak:.4}, event {event_id})");
+                let note =
+                    format!("alarm OFF: {name} ({reason:?}, peak {peak:.4}, event {event_id})");
                 let ev = json!({
                     "event_id": event_id, "type": "end", "machine": name,
                     "peak_score": peak, "threshold": threshold,
@@ -441,11 +442,11 @@ impl Controller {
                     "reason": reason, "model_id": m.model_id, "seq": m.saved.seq,
                 });
                 self.metrics.machines[i].alarm.set(0);
-                vec![("OFF".to_string(), ev)]
+                vec![("OFF".to_string(), ev, note)]
             }
         };
         let mut out = Vec::new();
-        for (alarm, ev) in msgs {
+        for (alarm, ev, note) in msgs {
             out.push(OutMessage {
                 topic: format!("{topic}/alarm"),
                 payload: alarm.clone(),
@@ -461,8 +462,12 @@ impl Controller {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(std::mem::take(&mut out));
-            if let Err(e) = pushed {
-                log::error!("{e}: the alarm transition will be published but is not durable");
+            // Logged once the transition is on disk (or known not to be).
+            match pushed {
+                Ok(_) => log::warn!("{note}"),
+                Err(e) => {
+                    log::error!("{note}; {e}: the transition will be published but is not durable")
+                }
             }
             self.retained(format!("{topic}/alarm"), alarm, false);
         }
