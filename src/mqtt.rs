@@ -231,6 +231,20 @@ impl Session {
         }
     }
 
+    /// The last `n` requested publishes were not handed to the client: forget them; outbox messages among them
+    /// will be sent again by the next [`Self::pump`].
+    pub fn unsend(&mut self, n: usize) {
+        let mut first: Option<u64> = None;
+        for _ in 0..n {
+            if let Some(Some(seq)) = self.requested.pop_back() {
+                first = Some(first.map_or(seq, |f| f.min(seq)));
+            }
+        }
+        if let Some(seq) = first {
+            self.last_sent = seq.checked_sub(1).filter(|&s| s > 0);
+        }
+    }
+
     /// The broker acknowledged `pkid`; returns the outbox message it carried.
     pub fn on_puback(&mut self, pkid: u16) -> Option<u64> {
         self.inflight.remove(&pkid)
@@ -414,37 +428,13 @@ fn run(
     let mut last_error = String::new();
     let endpoint = format!("{}:{}", q.host, q.port);
 
-    let execute = |client: &Client, actions: Vec<Action>, metrics: &Metrics| {
-        for Action::Publish {
-            topic,
-            payload,
-            retain,
-            qos1,
-            ..
-        } in actions
-        {
-            let qos = if qos1 {
-                QoS::AtLeastOnce
-            } else {
-                QoS::AtMostOnce
-            };
-            if let Err(e) = client.try_publish(topic.clone(), qos, retain, payload.into_bytes()) {
-                // Only possible when thousands of requests are queued; the outbox still holds alarm messages.
-                log::warn!("mqtt: cannot queue a publish to {topic}: {e}");
-                metrics.mqtt_dropped.inc();
-            } else {
-                metrics.mqtt_published.inc();
-            }
-        }
-    };
-
     loop {
         // 1. Requests from the daemon.
         loop {
             match rx.try_recv() {
                 Ok(ToMqtt::OutboxChanged) => {
                     let a = session.pump(&lock(&outbox));
-                    execute(&client, a, &metrics);
+                    execute(&client, &mut session, a, &metrics);
                 }
                 Ok(ToMqtt::Retained {
                     topic,
@@ -452,7 +442,7 @@ fn run(
                     publish_now,
                 }) => {
                     let a = session.set_retained(topic, payload, publish_now, &lock(&outbox));
-                    execute(&client, a, &metrics);
+                    execute(&client, &mut session, a, &metrics);
                 }
                 Ok(ToMqtt::Transient {
                     topic,
@@ -460,7 +450,7 @@ fn run(
                     qos1,
                 }) => {
                     let a = session.transient(&topic, &payload, qos1);
-                    execute(&client, a, &metrics);
+                    execute(&client, &mut session, a, &metrics);
                 }
                 Ok(ToMqtt::Shutdown) | Err(crossbeam_channel::TryRecvError::Disconnected) => {
                     if shutdown_deadline.is_none() {
@@ -492,7 +482,7 @@ fn run(
                     true,
                     &lock(&outbox),
                 );
-                execute(&client, a, &metrics);
+                execute(&client, &mut session, a, &metrics);
                 stopped_sent = true;
                 // Give the broker a moment to acknowledge.
                 shutdown_deadline = Some(deadline.min(Instant::now() + Duration::from_secs(1)));
@@ -537,7 +527,7 @@ fn run(
                 last_error.clear();
                 metrics.mqtt_connects.inc();
                 let a = session.on_connected(&lock(&outbox));
-                execute(&client, a, &metrics);
+                execute(&client, &mut session, a, &metrics);
                 for what in ["threshold", "mute", "enabled"] {
                     let _ = client.try_subscribe(format!("{base}/+/{what}/set"), QoS::AtLeastOnce);
                 }
@@ -548,7 +538,7 @@ fn run(
                     o.ack(seq);
                     let a = session.pump(&o);
                     drop(o);
-                    execute(&client, a, &metrics);
+                    execute(&client, &mut session, a, &metrics);
                 }
             }
             Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
@@ -586,6 +576,34 @@ fn run(
             }
             Err(RecvTimeoutError::Disconnected) => return,
         }
+    }
+}
+
+/// Hands the session's actions to rumqttc in order. If a request cannot be queued (only possible with thousands
+/// waiting), it and the rest are taken back from the session, so that packet ids stay paired with outbox messages
+/// and the outbox messages among them are sent again later.
+fn execute(client: &Client, session: &mut Session, actions: Vec<Action>, metrics: &Metrics) {
+    let total = actions.len();
+    for (i, action) in actions.into_iter().enumerate() {
+        let Action::Publish {
+            topic,
+            payload,
+            retain,
+            qos1,
+            ..
+        } = action;
+        let qos = if qos1 {
+            QoS::AtLeastOnce
+        } else {
+            QoS::AtMostOnce
+        };
+        if let Err(e) = client.try_publish(topic.clone(), qos, retain, payload.into_bytes()) {
+            log::warn!("mqtt: cannot queue a publish to {topic}: {e}");
+            metrics.mqtt_dropped.add((total - i) as u64);
+            session.unsend(total - i);
+            return;
+        }
+        metrics.mqtt_published.inc();
     }
 }
 
@@ -686,6 +704,29 @@ mod tests {
         s.on_outgoing_publish(0); // the QoS 0 score
         s.on_outgoing_publish(2); // the outbox message
         assert_eq!(s.on_puback(2), Some(1));
+    }
+
+    #[test]
+    fn publishes_that_could_not_be_queued_are_taken_back_and_resent() {
+        let d = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(d.path(), 100).unwrap();
+        for i in 0..3 {
+            ob.push(vec![msg("t", &i.to_string())]).unwrap();
+        }
+        let mut s = Session::new("s".into(), 8);
+        let a = s.on_connected(&ob);
+        assert_eq!(topics(&a), vec!["s=online", "t=0", "t=1", "t=2"]);
+        // Only "online" and "t=0" reached the client.
+        s.unsend(2);
+        s.on_outgoing_publish(1);
+        s.on_outgoing_publish(2);
+        assert_eq!(s.on_puback(2), Some(1));
+        ob.ack(1);
+        assert_eq!(topics(&s.pump(&ob)), vec!["t=1", "t=2"]);
+        s.on_outgoing_publish(3);
+        s.on_outgoing_publish(4);
+        assert_eq!(s.on_puback(3), Some(2));
+        assert_eq!(s.on_puback(4), Some(3));
     }
 
     #[test]
