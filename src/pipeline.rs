@@ -489,3 +489,126 @@ pub fn spawn_inference(
             }
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tap_state(lossless: bool) -> TapState {
+        let features = FeatureParams {
+            window_samples: 8000,
+            window_hop_samples: 4000,
+            n_mels: 32,
+            ..FeatureParams::default()
+        };
+        TapState {
+            resampler: None,
+            mono: Vec::new(),
+            resampled: Vec::new(),
+            buf: Vec::new(),
+            consumed: 0,
+            history: VecDeque::new(),
+            total: 0,
+            block_sq: 0.0,
+            block_clipped: 0,
+            block_n: 0,
+            silent_for: Duration::ZERO,
+            silent: false,
+            clipping: false,
+            pending_clips: Vec::new(),
+            tap: MachineTap {
+                machine: 0,
+                channel: 1,
+                features,
+                history_seconds: 10.0,
+                lossless,
+            },
+        }
+    }
+
+    #[test]
+    fn windows_health_and_clips_from_interleaved_audio() {
+        let metrics = Metrics::new(&["in".into()], &["m".into()]);
+        let (wtx, wrx) = crossbeam_channel::bounded(64);
+        let (_rtx, rrx) = crossbeam_channel::bounded::<Vec<f32>>(4);
+        let (etx, erx) = crossbeam_channel::bounded(64);
+        let mut states = vec![tap_state(false)];
+        states[0].pending_clips.push(ClipRequest {
+            machine: 0,
+            onset_end_ms: 1000,
+            pre_seconds: 0.5,
+            post_seconds: 0.5,
+            path: "x.wav".into(),
+        });
+        // Two channels at 16 kHz: channel 0 silent, channel 1 a full-scale square wave (clipping), 3 s, fed in
+        // uneven pieces.
+        let frames = 48_000;
+        let mut inter = Vec::with_capacity(frames * 2);
+        for i in 0..frames {
+            inter.push(0.0);
+            inter.push(if (i / 8) % 2 == 0 { 1.0 } else { -1.0 });
+        }
+        let health = HealthConfig::default();
+        for piece in inter.chunks(2 * 777) {
+            process(
+                &mut states,
+                piece,
+                2,
+                16_000,
+                &wtx,
+                &rrx,
+                &etx,
+                &health,
+                &metrics,
+            );
+        }
+        let ends: Vec<u64> = wrx
+            .try_iter()
+            .map(|w| {
+                assert_eq!(w.samples.len(), 8000);
+                w.t_end_ms
+            })
+            .collect();
+        assert_eq!(ends, (0..11).map(|k| 500 + 250 * k).collect::<Vec<u64>>());
+        assert_eq!(metrics.machines[0].windows.get(), 11);
+        let mut clipping_reported = false;
+        let mut clip_len = None;
+        for e in erx.try_iter() {
+            match e {
+                ReaderEvent::Health(h) => clipping_reported |= h.clipping && !h.silent,
+                ReaderEvent::Clip(c) => clip_len = Some(c.samples.len()),
+                ReaderEvent::Finished { .. } => {}
+            }
+        }
+        assert!(clipping_reported);
+        assert_eq!(metrics.machines[0].clipping.get(), 1);
+        // From 1000 − 500 (window) − 500 (pre) = 0 ms to 1000 + 500 (post) ms.
+        assert_eq!(clip_len, Some(24_000));
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_windows() {
+        let metrics = Metrics::new(&["in".into()], &["m".into()]);
+        let (wtx, wrx) = crossbeam_channel::bounded(2);
+        let (_rtx, rrx) = crossbeam_channel::bounded::<Vec<f32>>(4);
+        let (etx, _erx) = crossbeam_channel::bounded(64);
+        let mut states = vec![tap_state(false)];
+        let inter: Vec<f32> = (0..2 * 48_000)
+            .map(|i| ((i * 31 % 200) as f32 - 100.0) / 400.0)
+            .collect();
+        process(
+            &mut states,
+            &inter,
+            2,
+            16_000,
+            &wtx,
+            &rrx,
+            &etx,
+            &HealthConfig::default(),
+            &metrics,
+        );
+        assert_eq!(wrx.len(), 2);
+        assert_eq!(metrics.machines[0].windows.get(), 11);
+        assert_eq!(metrics.machines[0].dropped_windows.get(), 9);
+    }
+}
