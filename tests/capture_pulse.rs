@@ -128,9 +128,9 @@ fn feed(fifo: PathBuf, first: Vec<f32>, stop: Arc<AtomicBool>) -> std::thread::J
         while !stop.load(Ordering::SeqCst) {
             let due = start + Duration::from_secs_f64(sent as f64 / 16_000.0);
             let now = Instant::now();
-            // Stay ~100 ms ahead of real time so the source never runs dry.
-            if due > now + Duration::from_millis(100) {
-                std::thread::sleep(due - now - Duration::from_millis(100));
+            // Stay ~300 ms ahead of real time so the source never runs dry on a busy machine.
+            if due > now + Duration::from_millis(300) {
+                std::thread::sleep(due - now - Duration::from_millis(300));
             }
             let mut bytes = Vec::with_capacity(block * 2);
             for i in sent..sent + block {
