@@ -137,11 +137,17 @@ pub fn brown(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
 /// A slowly fluctuating positive envelope `1 + depth·s(t)`, `s` a sum of three random sinusoids between
 /// `f_lo` and `f_hi` Hz scaled to unit peak-ish; models turbulence, flow and supply fluctuations.
 pub fn slow_envelope(rng: &mut ChaCha8Rng, n: usize, f_lo: f64, f_hi: f64, depth: f32) -> Vec<f32> {
-    let parts: Vec<(f64, f64)> = (0..3).map(|_| (range(rng, f_lo, f_hi), phase(rng))).collect();
+    let parts: Vec<(f64, f64)> = (0..3)
+        .map(|_| (range(rng, f_lo, f_hi), phase(rng)))
+        .collect();
     (0..n)
         .map(|i| {
             let t = i as f64 / FS;
-            let s: f64 = parts.iter().map(|&(f, p)| (TAU * f * t + p).sin()).sum::<f64>() / 3.0;
+            let s: f64 = parts
+                .iter()
+                .map(|&(f, p)| (TAU * f * t + p).sin())
+                .sum::<f64>()
+                / 3.0;
             (1.0 + depth as f64 * s).max(0.0) as f32
         })
         .collect()
@@ -162,7 +168,13 @@ impl Rotor {
     /// `wander` (relative, e.g. 0.003) with a few slow (0.05–0.8 Hz) random components.
     pub fn new(rng: &mut ChaCha8Rng, n: usize, freq: f64, wander: f64) -> Rotor {
         let parts: Vec<(f64, f64, f64)> = (0..3)
-            .map(|_| (range(rng, 0.05, 0.8), phase(rng), wander * range(rng, 0.5, 1.2)))
+            .map(|_| {
+                (
+                    range(rng, 0.05, 0.8),
+                    phase(rng),
+                    wander * range(rng, 0.5, 1.2),
+                )
+            })
             .collect();
         let blocks = n.div_ceil(BLOCK);
         let mut theta = Vec::with_capacity(blocks + 1);
@@ -171,24 +183,22 @@ impl Rotor {
         let dt = BLOCK as f64 / FS;
         for b in 0..blocks {
             let t = (b as f64 + 0.5) * dt;
-            let rel: f64 = parts.iter().map(|&(f, p, a)| a * (TAU * f * t + p).sin()).sum();
+            let rel: f64 = parts
+                .iter()
+                .map(|&(f, p, a)| a * (TAU * f * t + p).sin())
+                .sum();
             th += TAU * freq * (1.0 + rel) * dt;
             theta.push(th);
         }
-        Rotor { theta, freq, len: n }
-    }
-
-    /// A shaft driven through a fixed ratio (gear, belt): the same wander, `ratio` times the angle.
-    pub fn geared(&self, ratio: f64) -> Rotor {
         Rotor {
-            theta: self.theta.iter().map(|t| t * ratio).collect(),
-            freq: self.freq * ratio,
-            len: self.len,
+            theta,
+            freq,
+            len: n,
         }
     }
 
     /// Number of samples the rotor covers.
-    pub fn len(&self) -> usize {
+    pub fn samples(&self) -> usize {
         self.len
     }
 
@@ -234,25 +244,6 @@ impl Rotor {
         self.add_order(&mut m, order, depth, ph + PI / 2.0);
         m.iter_mut().for_each(|v| *v += 1.0);
         m
-    }
-
-    /// Sample positions at which the angle `order·θ + ph` crosses a multiple of 2π: the instants of a
-    /// once-per-event impact (a defect passing the load zone, a cracked tooth meshing).
-    pub fn event_times(&self, order: f64, ph: f64) -> Vec<f64> {
-        let mut out = Vec::new();
-        for b in 0..self.theta.len().saturating_sub(1) {
-            let a0 = order * self.theta[b] + ph;
-            let a1 = order * self.theta[b + 1] + ph;
-            let (k0, k1) = ((a0 / TAU).floor(), (a1 / TAU).floor());
-            let mut k = k0 + 1.0;
-            while k <= k1 {
-                let frac = (k * TAU - a0) / (a1 - a0).max(1e-12);
-                out.push((b as f64 + frac) * BLOCK as f64);
-                k += 1.0;
-            }
-        }
-        out.retain(|&t| t < self.len as f64);
-        out
     }
 }
 
@@ -314,12 +305,26 @@ impl Biquad {
 
     pub fn lowpass(f: f64, q: f64) -> Biquad {
         let (_, c, al) = Self::w(f, q);
-        Self::from_raw((1.0 - c) / 2.0, 1.0 - c, (1.0 - c) / 2.0, 1.0 + al, -2.0 * c, 1.0 - al)
+        Self::from_raw(
+            (1.0 - c) / 2.0,
+            1.0 - c,
+            (1.0 - c) / 2.0,
+            1.0 + al,
+            -2.0 * c,
+            1.0 - al,
+        )
     }
 
     pub fn highpass(f: f64, q: f64) -> Biquad {
         let (_, c, al) = Self::w(f, q);
-        Self::from_raw((1.0 + c) / 2.0, -(1.0 + c), (1.0 + c) / 2.0, 1.0 + al, -2.0 * c, 1.0 - al)
+        Self::from_raw(
+            (1.0 + c) / 2.0,
+            -(1.0 + c),
+            (1.0 + c) / 2.0,
+            1.0 + al,
+            -2.0 * c,
+            1.0 - al,
+        )
     }
 
     /// Band pass with 0 dB gain at the centre frequency.
@@ -332,7 +337,14 @@ impl Biquad {
     pub fn peaking(f: f64, q: f64, gain_db: f64) -> Biquad {
         let (_, c, al) = Self::w(f, q);
         let a = 10f64.powf(gain_db / 40.0);
-        Self::from_raw(1.0 + al * a, -2.0 * c, 1.0 - al * a, 1.0 + al / a, -2.0 * c, 1.0 - al / a)
+        Self::from_raw(
+            1.0 + al * a,
+            -2.0 * c,
+            1.0 - al * a,
+            1.0 + al / a,
+            -2.0 * c,
+            1.0 - al / a,
+        )
     }
 
     /// High shelf: `gain_db` above about `f` (slope 1).
@@ -536,8 +548,6 @@ mod tests {
         r.add_order(&mut x, 7.0, 1.0, 0.0);
         assert!(band_energy(&x, 175.0) > 0.4);
         assert!(band_energy(&x, 150.0) < 0.02);
-        let ev = r.event_times(1.0, 0.0);
-        assert!((24..=26).contains(&ev.len()), "{}", ev.len());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! Each machine type has three fault kinds (see [`super::machines::MachineType::faults`]). A fault has a
 //! **severity** `s ∈ (0, 1]` drawn per clip by [`draw_severity`]: `s = u^SEVERITY_EXPONENT`, `u` uniform, so
-//! a large share of anomalies is subtle (with the exponent 1.6, about 47 % of them have `s < 0.3`). The
+//! a large share of anomalies is subtle (with the exponent 1.3, about 40 % of them have `s < 0.3`). The
 //! severity is what `ground_truth.csv` records.
 //!
 //! How strongly a severity shows in the signal is set by one number, the **difficulty** `d ∈ [0, 1]`
@@ -34,7 +34,7 @@ pub const DEFAULT_DIFFICULTY: f64 = 0.5;
 pub const DIFFICULTY_SPAN_DB: f64 = 16.0;
 
 /// Severity is `u^SEVERITY_EXPONENT` with `u` uniform in (0, 1]: > 1 makes subtle faults more common.
-pub const SEVERITY_EXPONENT: f64 = 1.6;
+pub const SEVERITY_EXPONENT: f64 = 1.3;
 
 /// The kinds of fault the generator knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -145,7 +145,7 @@ pub fn defect_impulses(
     train: DefectTrain,
     modes: &[(f64, f64, f32)],
 ) -> Vec<f32> {
-    let n = rotor.len();
+    let n = rotor.samples();
     let mut exc = vec![0.0f32; n];
     let f_hit = train.order * rotor.freq;
     if f_hit <= 0.0 {
@@ -197,7 +197,10 @@ pub fn hiss(rng: &mut ChaCha8Rng, n: usize, centre: f64, q: f64) -> Vec<f32> {
     let mut x = dsp::white(rng, n);
     dsp::filter(
         &mut x,
-        &[Biquad::bandpass(centre, q), Biquad::bandpass(centre * 1.08, q)],
+        &[
+            Biquad::bandpass(centre, q),
+            Biquad::bandpass(centre * 1.08, q),
+        ],
     );
     let env = dsp::slow_envelope(rng, n, 0.3, 3.0, 0.15);
     x.iter_mut().zip(&env).for_each(|(v, e)| *v *= e);
