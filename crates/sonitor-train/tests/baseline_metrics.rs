@@ -1,0 +1,124 @@
+//! `synth` → `baseline` → `metrics --json` end to end through the binary, and the bad inputs a user meets on the
+//! way: each is a clear error (exit status 1, a message naming the file), never a panic.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use sonitor_train::synth::{self, BackgroundChoice, MachineType, SynthConfig};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sonitor-train"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn tiny_set(dir: &Path) {
+    let cfg = SynthConfig {
+        clip_seconds: 1.0,
+        train_source: 12,
+        train_target: 3,
+        test_per_domain: 4,
+        types: vec![MachineType::Fan, MachineType::Press],
+        background: BackgroundChoice::Synthetic,
+        ..SynthConfig::new(3)
+    };
+    synth::generate(&cfg, dir).unwrap();
+}
+
+fn assert_fails_with(out: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "expected '{n}' in: {err}");
+    }
+}
+
+#[test]
+fn baseline_then_metrics_json() {
+    let d = tempfile::tempdir().unwrap();
+    let (data, scores) = (d.path().join("data"), d.path().join("scores"));
+    tiny_set(&data);
+    let out = run(&["baseline", "--data", s(&data), "--out", s(&scores)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for t in ["fan", "press"] {
+        let f = scores.join(format!("anomaly_score_{t}_section_00_test.csv"));
+        assert_eq!(
+            std::fs::read_to_string(&f).unwrap().lines().count(),
+            16,
+            "{}",
+            f.display()
+        );
+    }
+    let out = run(&[
+        "metrics",
+        "--data",
+        s(&data),
+        "--scores",
+        s(&scores),
+        "--json",
+    ]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let official = v["official_score"].as_f64().unwrap();
+    assert!(official > 0.0 && official <= 1.0, "{official}");
+    assert_eq!(v["types"].as_array().unwrap().len(), 2);
+    assert_eq!(v["sections"][0]["n_anomaly"], 8);
+
+    // A scores file missing rows.
+    let f = scores.join("anomaly_score_fan_section_00_test.csv");
+    let text = std::fs::read_to_string(&f).unwrap();
+    let kept: Vec<&str> = text.lines().skip(2).collect();
+    std::fs::write(&f, kept.join("\n")).unwrap();
+    let out = run(&["metrics", "--data", s(&data), "--scores", s(&scores)]);
+    assert_fails_with(
+        &out,
+        &[
+            "anomaly_score_fan_section_00_test.csv",
+            "2 test clip(s)",
+            "have no score",
+        ],
+    );
+
+    // A missing scores file.
+    std::fs::remove_file(&f).unwrap();
+    let out = run(&["metrics", "--data", s(&data), "--scores", s(&scores)]);
+    assert_fails_with(&out, &["no submission file for fan section 00"]);
+}
+
+#[test]
+fn bad_data_is_named() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let scores = d.path().join("scores");
+
+    let out = run(&["baseline", "--data", s(&data), "--out", s(&scores)]);
+    assert_fails_with(&out, &["data directory not found"]);
+
+    tiny_set(&data);
+    // A corrupt WAV among the test clips.
+    let victim = std::fs::read_dir(data.join("press/test"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::write(&victim, b"RIFF\x10\x00\x00\x00WAVEjunk").unwrap();
+    let out = run(&["baseline", "--data", s(&data), "--out", s(&scores)]);
+    assert_fails_with(&out, &[victim.file_name().unwrap().to_str().unwrap()]);
+
+    // A file name that is not DCASE-shaped.
+    std::fs::remove_file(&victim).unwrap();
+    std::fs::write(data.join("press/test/recording 7.wav"), b"").unwrap();
+    let out = run(&["metrics", "--data", s(&data), "--scores", s(&scores)]);
+    assert_fails_with(&out, &["recording 7.wav", "not DCASE-shaped"]);
+}
