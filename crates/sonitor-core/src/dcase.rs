@@ -370,7 +370,7 @@ pub fn read_attribute_csvs(
                 .ok_or_else(|| bad(format!("row {} has no file_name", line + 2)))?;
             let base = file.rsplit('/').next().unwrap_or(file).to_string();
             let values: Vec<String> = rec.iter().skip(1).map(|s| s.trim().to_string()).collect();
-            if values.len() % 2 != 0 {
+            if !values.len().is_multiple_of(2) {
                 return Err(bad(format!(
                     "row {} has an odd number of attribute fields (expected parameter,value pairs)",
                     line + 2
