@@ -33,7 +33,9 @@ pub struct BaselineArgs {
 
 /// Mean log-mel vector of every clip, computed on all cores. Errors name the clip.
 pub fn clip_vectors(clips: &[&Clip], params: &FeatureParams) -> anyhow::Result<Vec<Vec<f64>>> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(clips.len().max(1));
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(clips.len().max(1));
     let chunk = clips.len().div_ceil(threads).max(1);
     std::thread::scope(|s| {
         let handles: Vec<_> = clips
@@ -44,7 +46,8 @@ pub fn clip_vectors(clips: &[&Clip], params: &FeatureParams) -> anyhow::Result<V
                     let mut frames = Vec::new();
                     part.iter()
                         .map(|clip| {
-                            let audio = load_mono(&clip.path, ChannelSelect::Mix, params.sample_rate)?;
+                            let audio =
+                                load_mono(&clip.path, ChannelSelect::Mix, params.sample_rate)?;
                             frames.clear();
                             let n = fx.log_mel_frames(&audio, &mut frames);
                             anyhow::ensure!(
@@ -68,7 +71,10 @@ pub fn clip_vectors(clips: &[&Clip], params: &FeatureParams) -> anyhow::Result<V
             .collect();
         let mut all = Vec::with_capacity(clips.len());
         for h in handles {
-            all.extend(h.join().map_err(|_| anyhow::anyhow!("feature worker panicked"))??);
+            all.extend(
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("feature worker panicked"))??,
+            );
         }
         Ok(all)
     })
@@ -105,7 +111,11 @@ pub struct SectionModel {
 impl SectionModel {
     /// Fits on the source-domain vectors (covariance and one mean) and the target-domain ones (a second mean).
     pub fn fit(source: &[Vec<f64>], target: &[Vec<f64>]) -> anyhow::Result<Self> {
-        anyhow::ensure!(source.len() >= 2, "need at least 2 source-domain normal training clips, got {}", source.len());
+        anyhow::ensure!(
+            source.len() >= 2,
+            "need at least 2 source-domain normal training clips, got {}",
+            source.len()
+        );
         let d = source[0].len();
         let mean_of = |v: &[Vec<f64>]| {
             let mut m = vec![0.0; d];
@@ -140,7 +150,11 @@ impl SectionModel {
         if !target.is_empty() {
             means.push(mean_of(target));
         }
-        Ok(Self { means, chol, dim: d })
+        Ok(Self {
+            means,
+            chol,
+            dim: d,
+        })
     }
 
     /// Mahalanobis distance to the nearer domain mean.
@@ -162,19 +176,29 @@ impl SectionModel {
 }
 
 /// Scores every test clip of every section and writes the submission files into `out`. Returns the files.
-pub fn score_dataset(data: &dcase::Dataset, out: &Path, params: &FeatureParams) -> anyhow::Result<Vec<PathBuf>> {
+pub fn score_dataset(
+    data: &dcase::Dataset,
+    out: &Path,
+    params: &FeatureParams,
+) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut written = Vec::new();
     for (machine_type, section) in data.sections() {
-        let train: Vec<&Clip> = data.clips_of(&machine_type, section, Split::Train).collect();
+        let train: Vec<&Clip> = data
+            .clips_of(&machine_type, section, Split::Train)
+            .collect();
         let test: Vec<&Clip> = data.clips_of(&machine_type, section, Split::Test).collect();
         if test.is_empty() {
             continue;
         }
-        let (source, target): (Vec<&Clip>, Vec<&Clip>) =
-            train.iter().partition(|c| c.name.domain != Some(Domain::Target));
-        let model = SectionModel::fit(&clip_vectors(&source, params)?, &clip_vectors(&target, params)?)
-            .with_context(|| format!("{machine_type} section {section:02}"))?;
+        let (source, target): (Vec<&Clip>, Vec<&Clip>) = train
+            .iter()
+            .partition(|c| c.name.domain != Some(Domain::Target));
+        let model = SectionModel::fit(
+            &clip_vectors(&source, params)?,
+            &clip_vectors(&target, params)?,
+        )
+        .with_context(|| format!("{machine_type} section {section:02}"))?;
         let rows: Vec<(String, f64)> = test
             .iter()
             .zip(clip_vectors(&test, params)?)
@@ -190,7 +214,11 @@ pub fn score_dataset(data: &dcase::Dataset, out: &Path, params: &FeatureParams) 
         );
         written.push(path);
     }
-    anyhow::ensure!(!written.is_empty(), "{}: no test clips to score", data.root.display());
+    anyhow::ensure!(
+        !written.is_empty(),
+        "{}: no test clips to score",
+        data.root.display()
+    );
     Ok(written)
 }
 
@@ -198,7 +226,11 @@ pub fn run(a: &BaselineArgs) -> anyhow::Result<()> {
     let data = dcase::scan(&a.data)?;
     let started = std::time::Instant::now();
     score_dataset(&data, &a.out, &FeatureParams::default())?;
-    eprintln!("scored in {:.1} s; submission files in {}", started.elapsed().as_secs_f64(), a.out.display());
+    eprintln!(
+        "scored in {:.1} s; submission files in {}",
+        started.elapsed().as_secs_f64(),
+        a.out.display()
+    );
     let labelled = data
         .clips
         .iter()
