@@ -7,13 +7,11 @@ use clap::{Parser, Subcommand};
 use sonitor_core::{dcase, metrics};
 
 use crate::{baseline, synth};
+#[cfg(feature = "wip")]
+use crate::{eval, train};
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "sonitor-train",
-    version,
-    about = "Learns what normal sounds like; evaluates with the DCASE metrics"
-)]
+#[command(name = "sonitor-train", version, about = "Learns what normal sounds like; evaluates with the DCASE metrics")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -27,6 +25,12 @@ enum Command {
     Baseline(baseline::BaselineArgs),
     /// Official DCASE metrics of a directory of submission files.
     Metrics(MetricsArgs),
+    #[cfg(feature = "wip")]
+    /// Train the embedding network, export it to ONNX, fit centroids and thresholds; write a model bundle.
+    Fit(train::FitArgs),
+    #[cfg(feature = "wip")]
+    /// Score the test clips with a model bundle (tract on the ONNX graph) and print the official metrics.
+    Eval(eval::EvalArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -54,13 +58,8 @@ pub fn print_report(report: &metrics::Report, json: bool) -> anyhow::Result<()> 
 
 fn run_metrics(a: &MetricsArgs) -> anyhow::Result<()> {
     let data = dcase::scan(&a.data)?;
-    let report = metrics::evaluate_submission(&data, &a.scores).with_context(|| {
-        format!(
-            "evaluating {} against {}",
-            a.scores.display(),
-            a.data.display()
-        )
-    })?;
+    let report = metrics::evaluate_submission(&data, &a.scores)
+        .with_context(|| format!("evaluating {} against {}", a.scores.display(), a.data.display()))?;
     print_report(&report, a.json)
 }
 
@@ -71,6 +70,10 @@ pub fn main() -> std::process::ExitCode {
         Command::Synth(a) => synth::run(a),
         Command::Baseline(a) => baseline::run(a),
         Command::Metrics(a) => run_metrics(a),
+        #[cfg(feature = "wip")]
+        Command::Fit(a) => train::run(a),
+        #[cfg(feature = "wip")]
+        Command::Eval(a) => eval::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

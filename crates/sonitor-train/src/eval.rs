@@ -1,0 +1,173 @@
+//! `sonitor-train eval`: scores the test clips of a data set with a model bundle through tract on the ONNX
+//! graph (the daemon's inference path, not burn's), writes the DCASE submission files and prints the official
+//! metrics.
+//!
+//! Clip pooling: a clip is cut into the bundle's analysis windows (`window_samples` every
+//! `window_hop_samples`); each window's score is the minimum cosine distance of its embedding to the section's
+//! centroids (`sonitor_core::score`), and the clip's score is the **mean** of its window scores (the manifest's
+//! `clip_pooling`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use sonitor_core::bundle::{Bundle, FeatureView};
+use sonitor_core::dcase::{self, Clip, Split};
+use sonitor_core::features::FeatureExtractor;
+use sonitor_core::{metrics, score};
+
+use crate::data;
+use crate::infer::OnnxEmbedder;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct EvalArgs {
+    /// Model bundle directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Data set root (DCASE layout).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Print the metrics as one JSON object (the same as `metrics --json`).
+    #[arg(long)]
+    pub json: bool,
+    /// Directory for the submission files (default: BUNDLE/scores).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Loads the bundle's graph with tract, inputs named and shaped by the manifest.
+pub fn embedder_of(bundle: &Bundle) -> anyhow::Result<OnnxEmbedder> {
+    let m = &bundle.manifest;
+    let find = |view: FeatureView| {
+        m.inputs
+            .iter()
+            .find(|i| i.view == view)
+            .with_context(|| format!("{}: the manifest has no {view:?} input", bundle.dir.display()))
+    };
+    let (mel, spec) = (find(FeatureView::LogMel)?, find(FeatureView::Spectrum)?);
+    let mel_shape: [usize; 3] = mel
+        .shape
+        .clone()
+        .try_into()
+        .map_err(|s| anyhow::anyhow!("log-mel input shape {s:?} is not 3-D"))?;
+    let spec_shape: [usize; 2] = spec
+        .shape
+        .clone()
+        .try_into()
+        .map_err(|s| anyhow::anyhow!("spectrum input shape {s:?} is not 2-D"))?;
+    OnnxEmbedder::load(&bundle.onnx_path, &mel.name, mel_shape, &spec.name, spec_shape)
+}
+
+/// Window scores of one clip's audio.
+pub fn window_scores(
+    embedder: &OnnxEmbedder,
+    fx: &mut FeatureExtractor,
+    audio: &[f32],
+    centroids: &[Vec<f32>],
+) -> anyhow::Result<Vec<f32>> {
+    let p = fx.params().clone();
+    let mut out = fx.new_output();
+    data::windows(audio, &p)
+        .iter()
+        .map(|w| {
+            fx.extract_into(w, &mut out)?;
+            Ok(score::min_cosine_distance(&embedder.embed(&out)?, centroids))
+        })
+        .collect()
+}
+
+/// Scores every test clip and writes the submission files into `out`. Returns the files written.
+pub fn score_dataset(bundle: &Bundle, data: &dcase::Dataset, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let embedder = embedder_of(bundle)?;
+    let params = bundle.manifest.features.clone();
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut written = Vec::new();
+    for (machine_type, section) in data.sections() {
+        let test: Vec<&Clip> = data.clips_of(&machine_type, section, Split::Test).collect();
+        if test.is_empty() {
+            continue;
+        }
+        let sm = bundle.section(&machine_type, section).with_context(|| {
+            format!(
+                "{}: the bundle has no model for {machine_type} section {section:02} (it has: {})",
+                bundle.dir.display(),
+                bundle.manifest.sections.iter().map(|s| s.key()).collect::<Vec<_>>().join(", ")
+            )
+        })?;
+        let audio = data::load_audio(&test, params.sample_rate)?;
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(audio.len().max(1));
+        let chunk = audio.len().div_ceil(threads).max(1);
+        let scores: Vec<f64> = std::thread::scope(|s| -> anyhow::Result<Vec<f64>> {
+            let handles: Vec<_> = audio
+                .chunks(chunk)
+                .zip(test.chunks(chunk))
+                .map(|(part, clips)| {
+                    let (embedder, params, centroids) = (&embedder, &params, &sm.centroids);
+                    s.spawn(move || -> anyhow::Result<Vec<f64>> {
+                        let mut fx = FeatureExtractor::new(params.clone())?;
+                        part.iter()
+                            .zip(clips)
+                            .map(|(a, c)| {
+                                let w = window_scores(embedder, &mut fx, a, centroids)
+                                    .with_context(|| format!("scoring {}", c.path.display()))?;
+                                Ok(w.iter().map(|&v| v as f64).sum::<f64>() / w.len().max(1) as f64)
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            for h in handles {
+                all.extend(h.join().map_err(|_| anyhow::anyhow!("scoring thread panicked"))??);
+            }
+            Ok(all)
+        })?;
+        let rows: Vec<(String, f64)> = test
+            .iter()
+            .zip(scores)
+            .map(|(c, s)| (c.file_name().to_string(), s))
+            .collect();
+        let path = out.join(dcase::submission_file_name(&machine_type, section));
+        dcase::write_scores(&path, &rows)?;
+        written.push(path);
+    }
+    anyhow::ensure!(!written.is_empty(), "{}: no test clips to score", data.root.display());
+    Ok(written)
+}
+
+/// Scores and, when the test clips carry labels, evaluates. Returns the report if there is one.
+pub fn evaluate(bundle_dir: &Path, data_dir: &Path, out: &Path) -> anyhow::Result<Option<metrics::Report>> {
+    let bundle = Bundle::load(bundle_dir)?;
+    let data = dcase::scan(data_dir)?;
+    score_dataset(&bundle, &data, out)?;
+    let labelled = data
+        .clips
+        .iter()
+        .filter(|c| c.split == Split::Test)
+        .all(|c| c.name.condition.is_some());
+    if !labelled {
+        return Ok(None);
+    }
+    Ok(Some(metrics::evaluate_submission(&data, out).with_context(|| {
+        format!("evaluating {} against {}", out.display(), data_dir.display())
+    })?))
+}
+
+pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
+    let out = a.out.clone().unwrap_or_else(|| a.model.join("scores"));
+    let started = std::time::Instant::now();
+    let report = evaluate(&a.model, &a.data, &out)?;
+    eprintln!(
+        "scored in {:.1} s; submission files in {}",
+        started.elapsed().as_secs_f64(),
+        out.display()
+    );
+    match report {
+        Some(r) => crate::cli::print_report(&r, a.json),
+        None => {
+            eprintln!("the test clips carry no labels: no metrics");
+            Ok(())
+        }
+    }
+}

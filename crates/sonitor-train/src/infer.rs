@@ -1,0 +1,130 @@
+//! Inference with tract on an ONNX embedding graph: the daemon's path. Used by `eval`, by the scoring back end
+//! of `fit` (so the centroids and thresholds are computed from exactly what the daemon will compute), and by the
+//! export parity test.
+
+use std::path::Path;
+
+use anyhow::Context;
+use sonitor_core::features::Features;
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+
+/// A loaded, optimised ONNX embedding graph with two named inputs.
+pub struct OnnxEmbedder {
+    plan: Arc<TypedRunnableModel>,
+    /// For each graph input in order: true = log-mel, false = spectrum.
+    order: Vec<bool>,
+    log_mel_shape: [usize; 3],
+    spectrum_shape: [usize; 2],
+}
+
+impl std::fmt::Debug for OnnxEmbedder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnnxEmbedder")
+            .field("order", &self.order)
+            .field("log_mel_shape", &self.log_mel_shape)
+            .field("spectrum_shape", &self.spectrum_shape)
+            .finish()
+    }
+}
+
+impl OnnxEmbedder {
+    /// Loads an ONNX graph whose inputs are named `log_mel_name` (`[1, frames, n_mels]`) and `spectrum_name`
+    /// (`[1, spectrum_len]`); fixes those shapes (a symbolic batch axis becomes 1) and optimises the graph.
+    pub fn from_bytes(
+        bytes: &[u8],
+        log_mel_name: &str,
+        log_mel_shape: [usize; 3],
+        spectrum_name: &str,
+        spectrum_shape: [usize; 2],
+    ) -> anyhow::Result<Self> {
+        let mut model = tract_onnx::onnx()
+            .model_for_read(&mut std::io::Cursor::new(bytes))
+            .map_err(|e| anyhow::anyhow!("parsing the ONNX graph: {e:#}"))?;
+        let names: Vec<String> = model
+            .input_outlets()
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?
+            .iter()
+            .map(|o| model.node(o.node).name.clone())
+            .collect();
+        let mut order = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let is_mel = if name == log_mel_name {
+                true
+            } else if name == spectrum_name {
+                false
+            } else {
+                anyhow::bail!(
+                    "the ONNX graph has an input '{name}'; expected '{log_mel_name}' and '{spectrum_name}'"
+                );
+            };
+            let fact = if is_mel {
+                f32::fact(log_mel_shape)
+            } else {
+                f32::fact(spectrum_shape)
+            };
+            model = model
+                .with_input_fact(i, fact.into())
+                .map_err(|e| anyhow::anyhow!("input '{name}': {e:#}"))?;
+            order.push(is_mel);
+        }
+        anyhow::ensure!(
+            order.len() == 2 && order.contains(&true) && order.contains(&false),
+            "the ONNX graph has inputs {names:?}; expected exactly '{log_mel_name}' and '{spectrum_name}'"
+        );
+        let plan = model
+            .into_optimized()
+            .and_then(|m| m.into_runnable())
+            .map_err(|e| anyhow::anyhow!("preparing the ONNX graph for inference: {e:#}"))?;
+        Ok(Self {
+            plan,
+            order,
+            log_mel_shape,
+            spectrum_shape,
+        })
+    }
+
+    /// Loads `path` (see [`Self::from_bytes`]).
+    pub fn load(
+        path: &Path,
+        log_mel_name: &str,
+        log_mel_shape: [usize; 3],
+        spectrum_name: &str,
+        spectrum_shape: [usize; 2],
+    ) -> anyhow::Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::from_bytes(&bytes, log_mel_name, log_mel_shape, spectrum_name, spectrum_shape)
+            .with_context(|| format!("loading {}", path.display()))
+    }
+
+    /// The (not normalised) embedding of one window's features.
+    pub fn embed(&self, f: &Features) -> anyhow::Result<Vec<f32>> {
+        self.embed_raw(&f.log_mel, &f.spectrum)
+    }
+
+    pub fn embed_raw(&self, log_mel: &[f32], spectrum: &[f32]) -> anyhow::Result<Vec<f32>> {
+        let mel = tract_ndarray::Array::from_shape_vec(self.log_mel_shape.to_vec(), log_mel.to_vec())
+            .map_err(|e| anyhow::anyhow!("log-mel of {} values: {e}", log_mel.len()))?;
+        let spec = tract_ndarray::Array::from_shape_vec(self.spectrum_shape.to_vec(), spectrum.to_vec())
+            .map_err(|e| anyhow::anyhow!("spectrum of {} values: {e}", spectrum.len()))?;
+        let (mut mel, mut spec) = (Some(Tensor::from(mel)), Some(Tensor::from(spec)));
+        let inputs: TVec<TValue> = self
+            .order
+            .iter()
+            .filter_map(|&is_mel| if is_mel { mel.take() } else { spec.take() })
+            .map(|t| t.into())
+            .collect();
+        let out = self
+            .plan
+            .run(inputs)
+            .map_err(|e| anyhow::anyhow!("running the ONNX graph: {e:#}"))?;
+        let first = out
+            .first()
+            .context("the ONNX graph produced no output")?;
+        let view = first
+            .to_plain_array_view::<f32>()
+            .map_err(|e| anyhow::anyhow!("embedding output: {e:#}"))?;
+        Ok(view.iter().copied().collect())
+    }
+}

@@ -1,0 +1,128 @@
+//! Spherical k-means with k-means++ initialisation on unit vectors (cosine geometry): what the scoring back end
+//! uses to summarise a section's source-domain training embeddings into a few centres.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Returns `x / ‖x‖` (a zero vector stays zero).
+pub fn normalised(x: &[f32]) -> Vec<f32> {
+    let n = x.iter().map(|v| v * v).sum::<f32>().sqrt();
+    if n > 0.0 {
+        x.iter().map(|v| v / n).collect()
+    } else {
+        x.to_vec()
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// `k` unit centres of the unit vectors `points` (each `dim` long): k-means++ seeding with the cosine distance
+/// `1 − cos`, then Lloyd iterations (assign to the most similar centre, centre = normalised mean) until no
+/// assignment changes or `max_iter`. With at most `k` points every point is its own centre. Deterministic for
+/// a seed.
+pub fn spherical_kmeans(points: &[Vec<f32>], k: usize, seed: u64, max_iter: usize) -> Vec<Vec<f32>> {
+    let pts: Vec<Vec<f32>> = points.iter().map(|p| normalised(p)).collect();
+    if pts.len() <= k || k == 0 {
+        return pts;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut centres: Vec<Vec<f32>> = vec![pts[rng.gen_range(0..pts.len())].clone()];
+    let mut d: Vec<f32> = pts.iter().map(|p| (1.0 - dot(p, &centres[0])).max(0.0)).collect();
+    while centres.len() < k {
+        let total: f64 = d.iter().map(|&v| v as f64 * v as f64).sum();
+        let next = if total <= 0.0 {
+            rng.gen_range(0..pts.len())
+        } else {
+            let mut r = rng.gen::<f64>() * total;
+            let mut pick = pts.len() - 1;
+            for (i, &v) in d.iter().enumerate() {
+                r -= v as f64 * v as f64;
+                if r <= 0.0 {
+                    pick = i;
+                    break;
+                }
+            }
+            pick
+        };
+        centres.push(pts[next].clone());
+        let c = &centres[centres.len() - 1];
+        for (di, p) in d.iter_mut().zip(&pts) {
+            *di = di.min((1.0 - dot(p, c)).max(0.0));
+        }
+    }
+    let dim = pts[0].len();
+    let mut assign = vec![usize::MAX; pts.len()];
+    for _ in 0..max_iter {
+        let mut changed = false;
+        for (a, p) in assign.iter_mut().zip(&pts) {
+            let best = centres
+                .iter()
+                .enumerate()
+                .map(|(j, c)| (j, dot(p, c)))
+                .fold((0, f32::NEG_INFINITY), |b, x| if x.1 > b.1 { x } else { b })
+                .0;
+            if *a != best {
+                *a = best;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+        let mut sums = vec![vec![0.0f32; dim]; k];
+        for (&a, p) in assign.iter().zip(&pts) {
+            for (s, v) in sums[a].iter_mut().zip(p) {
+                *s += v;
+            }
+        }
+        for (c, s) in centres.iter_mut().zip(sums) {
+            // An emptied cluster keeps its previous centre.
+            if s.iter().any(|&v| v != 0.0) {
+                *c = normalised(&s);
+            }
+        }
+    }
+    centres
+}
+
+/// `min over centres of (1 − cos)` of a unit vector `x` (the anomaly score of one window).
+pub fn min_cosine_distance(x: &[f32], centres: &[Vec<f32>]) -> f32 {
+    centres
+        .iter()
+        .map(|c| 1.0 - dot(x, c))
+        .fold(f32::INFINITY, f32::min)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_separated_clusters() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let dirs = [[1.0f32, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
+        let pts: Vec<Vec<f32>> = (0..90)
+            .map(|i| {
+                let d = dirs[i % 3];
+                d.iter().map(|v| v + rng.gen_range(-0.05..0.05)).collect()
+            })
+            .collect();
+        let c = spherical_kmeans(&pts, 3, 7, 50);
+        assert_eq!(c.len(), 3);
+        for d in dirs {
+            assert!(min_cosine_distance(&d, &c) < 0.01, "{c:?}");
+        }
+        // Deterministic.
+        assert_eq!(c, spherical_kmeans(&pts, 3, 7, 50));
+    }
+
+    #[test]
+    fn few_points_are_their_own_centres() {
+        let pts = vec![vec![2.0, 0.0], vec![0.0, 3.0]];
+        let c = spherical_kmeans(&pts, 16, 0, 10);
+        assert_eq!(c, vec![vec![1.0, 0.0], vec![0.0, 1.0]]);
+        assert_eq!(min_cosine_distance(&[1.0, 0.0], &c), 0.0);
+    }
+}

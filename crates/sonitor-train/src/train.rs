@@ -1,0 +1,689 @@
+//! `sonitor-train fit`: trains the network, exports it to ONNX, computes the scoring back end (centroids and
+//! thresholds) from the exported graph with tract, and writes the model bundle.
+//!
+//! The training loop is our own (burn's `train` feature brings a terminal UI we do not need): Adam, mixup of raw
+//! waveforms, one random window crop per clip and epoch, a progress line on stderr, a checkpoint per epoch.
+//! Deterministic for a seed on the CPU backend: the parameters are initialised from the seeded device RNG, the
+//! loss centres and every epoch's shuffling, crops and mixup weights from ChaCha generators seeded by
+//! `(seed, epoch)` (so `--resume` continues the same sequence).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use sonitor_core::bundle::{
+    Bundle, FeatureView, InputSpec, Manifest, Provenance, SectionModel, TensorSpec, Threshold, FORMAT_VERSION,
+};
+use sonitor_core::dcase::{self, ClassMap, Clip, Domain, LabelGranularity, Split};
+use sonitor_core::features::{FeatureExtractor, FeatureParams};
+
+use crate::data;
+use crate::export::{self, INPUT_LOG_MEL, INPUT_SPECTRUM, OUTPUT_EMBEDDING};
+use crate::infer::OnnxEmbedder;
+use crate::kmeans;
+use crate::loss::{Loss, LossKind};
+use crate::model::ModelConfig;
+use crate::threshold::Gamma;
+
+/// Training back end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceKind {
+    Cpu,
+    Wgpu,
+    Cuda,
+}
+
+impl DeviceKind {
+    /// The burn device with autodiff; an error names the cargo feature a GPU backend needs.
+    pub fn device(self) -> anyhow::Result<Device> {
+        let d = match self {
+            Self::Cpu => Device::flex(),
+            #[cfg(feature = "wgpu")]
+            Self::Wgpu => Device::wgpu(burn::tensor::DeviceKind::default()),
+            #[cfg(feature = "cuda")]
+            Self::Cuda => Device::cuda(0usize),
+            #[allow(unreachable_patterns)]
+            other => anyhow::bail!(
+                "--device {other:?} needs sonitor-train built with `--features {}`",
+                format!("{other:?}").to_lowercase()
+            ),
+        };
+        Ok(d.autodiff())
+    }
+}
+
+/// Network size presets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Arch {
+    /// The paper's widths (16-32-64-128, 128 + 128 embedding).
+    Paper,
+    /// Half the widths (8-16-32-64, 64 + 64): about 4× cheaper, for CPU-only training.
+    Small,
+    /// A tiny network for tests.
+    Tiny,
+}
+
+/// How centroids are made from the target-domain training clips.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetCentres {
+    /// Every window embedding of every target clip is a centre.
+    Window,
+    /// One centre per target clip: the normalised mean of its window embeddings.
+    Clip,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct FitArgs {
+    /// Data set root (DCASE layout).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Bundle directory to write (model.onnx + manifest.json; checkpoints under checkpoint/).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value_t = LossKind::SubclusterAdacos)]
+    pub loss: LossKind,
+    /// Auxiliary class granularity: type, section, attribute, attribute-domain.
+    #[arg(long, default_value = "attribute")]
+    pub labels: String,
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    pub device: DeviceKind,
+    /// Continue from the last checkpoint in OUT/checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, value_enum, default_value_t = Arch::Paper)]
+    pub arch: Arch,
+    /// k of the per-section k-means of source-domain embeddings.
+    #[arg(long, default_value_t = 16)]
+    pub kmeans: usize,
+    /// Quantile of the gamma fit of normal training window scores used as the default threshold.
+    #[arg(long, default_value_t = 0.9)]
+    pub quantile: f64,
+    #[arg(long, value_enum, default_value_t = TargetCentres::Window)]
+    pub target_centres: TargetCentres,
+    /// Disable mixup (for ablations).
+    #[arg(long)]
+    pub no_mixup: bool,
+}
+
+/// Everything `fit` needs; the CLI fills it from [`FitArgs`], tests directly.
+#[derive(Debug, Clone)]
+pub struct FitOptions {
+    pub data: PathBuf,
+    pub out: PathBuf,
+    pub epochs: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub seed: u64,
+    pub loss: LossKind,
+    pub labels: LabelGranularity,
+    pub device: DeviceKind,
+    pub resume: bool,
+    pub features: FeatureParams,
+    /// `None`: the paper's network for the feature shapes.
+    pub model: Option<ModelConfig>,
+    pub kmeans: usize,
+    pub quantile: f64,
+    pub target_centres: TargetCentres,
+    pub mixup: bool,
+    pub command: String,
+    /// Print the progress line.
+    pub progress: bool,
+}
+
+impl FitOptions {
+    pub fn from_args(a: &FitArgs) -> anyhow::Result<Self> {
+        let labels = LabelGranularity::parse(&a.labels).with_context(|| {
+            format!("--labels {}: expected type, section, attribute or attribute-domain", a.labels)
+        })?;
+        let features = FeatureParams::default();
+        let [frames, n_mels] = features.log_mel_shape();
+        let base = ModelConfig::paper(frames, n_mels, features.spectrum_len());
+        let model = match a.arch {
+            Arch::Paper => base,
+            Arch::Small => ModelConfig {
+                tf_widths: vec![8, 16, 32, 64],
+                tf_embedding: 64,
+                spec_filters: 64,
+                spec_dense: 64,
+                spec_embedding: 64,
+                ..base
+            },
+            Arch::Tiny => ModelConfig::tiny(frames, n_mels, features.spectrum_len()),
+        };
+        Ok(Self {
+            data: a.data.clone(),
+            out: a.out.clone(),
+            epochs: a.epochs,
+            batch: a.batch,
+            lr: a.lr,
+            seed: a.seed,
+            loss: a.loss,
+            labels,
+            device: a.device,
+            resume: a.resume,
+            features,
+            model: Some(model),
+            kmeans: a.kmeans,
+            quantile: a.quantile,
+            target_centres: a.target_centres,
+            mixup: !a.no_mixup,
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+            progress: true,
+        })
+    }
+}
+
+/// Saved with each checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CheckpointState {
+    epochs_done: usize,
+    loss: Loss,
+    model: ModelConfig,
+    classes: Vec<String>,
+    history: Vec<f64>,
+}
+
+/// What `fit` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct FitReport {
+    pub bundle: PathBuf,
+    pub params: usize,
+    pub macs_per_window: u64,
+    pub train_seconds: f64,
+    pub backend_seconds: f64,
+    pub epoch_losses: Vec<f64>,
+    pub n_classes: usize,
+    pub n_clips: usize,
+}
+
+fn tensor3(v: Vec<f32>, shape: [usize; 3], device: &Device) -> Tensor<3> {
+    Tensor::from_data(TensorData::new(v, shape), device)
+}
+
+fn tensor2(v: Vec<f32>, shape: [usize; 2], device: &Device) -> Tensor<2> {
+    Tensor::from_data(TensorData::new(v, shape), device)
+}
+
+fn scalar(t: Tensor<1>) -> f64 {
+    t.into_data()
+        .try_to_vec::<f32>()
+        .ok()
+        .and_then(|v| v.first().copied())
+        .unwrap_or(f32::NAN) as f64
+}
+
+/// Trains, exports and writes the bundle. Returns a summary.
+pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
+    anyhow::ensure!(o.batch >= 2, "--batch {}: at least 2 (BatchNorm needs a batch)", o.batch);
+    anyhow::ensure!(o.lr > 0.0 && o.lr.is_finite(), "--lr {} must be positive", o.lr);
+    anyhow::ensure!(
+        o.quantile > 0.0 && o.quantile < 1.0,
+        "--quantile {} must be in (0, 1)",
+        o.quantile
+    );
+    let data = dcase::scan(&o.data)?;
+    let train: Vec<&Clip> = data.clips.iter().filter(|c| c.split == Split::Train).collect();
+    anyhow::ensure!(!train.is_empty(), "{}", data::describe_empty(&o.data));
+    let classes = ClassMap::build(o.labels, train.iter().copied());
+    let [frames, n_mels] = o.features.log_mel_shape();
+    let config = o
+        .model
+        .clone()
+        .unwrap_or_else(|| ModelConfig::paper(frames, n_mels, o.features.spectrum_len()));
+    anyhow::ensure!(
+        config.frames == frames && config.n_mels == n_mels && config.spectrum_len == o.features.spectrum_len(),
+        "model input shapes ({}×{}, {}) do not match the features ({frames}×{n_mels}, {})",
+        config.frames,
+        config.n_mels,
+        config.spectrum_len,
+        o.features.spectrum_len()
+    );
+    config.validate()?;
+    let t_load = Instant::now();
+    let clips = data::load_train_clips(&train, &classes, o.features.sample_rate)?;
+    let data_sha = data::data_sha256(&train)?;
+    if o.progress {
+        eprintln!(
+            "{} training clips, {} classes ({:?}), loaded in {:.1} s",
+            clips.len(),
+            classes.names.len(),
+            o.labels,
+            t_load.elapsed().as_secs_f64()
+        );
+    }
+
+    let device = o.device.device()?;
+    device.seed(o.seed);
+    let mut model = config.init(&device)?;
+    let params = model.num_params();
+    let macs = config.macs_per_window();
+    if o.progress {
+        eprintln!(
+            "network: {params} parameters, {:.1} MFLOPs per window ({} MACs), embedding {}",
+            2.0 * macs as f64 / 1e6,
+            macs,
+            config.embedding_dim()
+        );
+    }
+    let mut loss = Loss::new(o.loss, classes.names.len(), config.embedding_dim(), o.seed);
+    let mut optim = AdamConfig::new().init();
+    let ckpt = o.out.join("checkpoint");
+    let mut start_epoch = 0;
+    let mut history = Vec::new();
+    if o.resume {
+        let state_path = ckpt.join("state.json");
+        let text = std::fs::read_to_string(&state_path)
+            .with_context(|| format!("--resume: reading {}", state_path.display()))?;
+        let state: CheckpointState =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", state_path.display()))?;
+        anyhow::ensure!(
+            state.model == config && state.classes == classes.names,
+            "--resume: the checkpoint in {} was made with another network or class set",
+            ckpt.display()
+        );
+        let record = burn::store::ModuleRecord::load(ckpt.join("model.bpk"))
+            .map_err(|e| anyhow::anyhow!("loading {}: {e:?}", ckpt.join("model.bpk").display()))?;
+        model = model
+            .try_load_record(record)
+            .map_err(|e| anyhow::anyhow!("applying {}: {e:?}", ckpt.join("model.bpk").display()))?;
+        optim = optim
+            .load(ckpt.join("optimizer.bpk"))
+            .map_err(|e| anyhow::anyhow!("loading {}: {e:?}", ckpt.join("optimizer.bpk").display()))?;
+        loss = state.loss;
+        start_epoch = state.epochs_done;
+        history = state.history;
+        if o.progress {
+            eprintln!("resuming after epoch {start_epoch} from {}", ckpt.display());
+        }
+    }
+
+    let mut fx = FeatureExtractor::new(o.features.clone())?;
+    let t_train = Instant::now();
+    for epoch in start_epoch..o.epochs {
+        let mut rng = ChaCha8Rng::seed_from_u64(o.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ epoch as u64);
+        let mut order: Vec<usize> = (0..clips.len()).collect();
+        order.shuffle(&mut rng);
+        let batches: Vec<&[usize]> = order.chunks(o.batch).filter(|b| b.len() >= 2).collect();
+        let t_epoch = Instant::now();
+        let (mut sum, mut seen) = (0.0, 0usize);
+        for (bi, idx) in batches.iter().enumerate() {
+            let b = data::make_batch(&clips, idx, classes.names.len(), &mut fx, o.mixup, &mut rng)?;
+            let n = b.size;
+            let mel = tensor3(b.log_mel, [n, frames, n_mels], &device);
+            let spec = tensor2(b.spectrum, [n, config.spectrum_len], &device);
+            let emb = model.forward(mel, spec);
+            let l = loss.forward(emb, &b.labels);
+            let value = scalar(l.clone());
+            anyhow::ensure!(
+                value.is_finite(),
+                "the loss became {value} at epoch {} batch {} (lr {} too high?)",
+                epoch + 1,
+                bi + 1,
+                o.lr
+            );
+            let grads = GradientsParams::from_grads(l.backward(), &model);
+            model = optim.step(o.lr, model, grads);
+            sum += value * n as f64;
+            seen += n;
+            if o.progress {
+                eprint!(
+                    "\repoch {}/{} batch {}/{} loss {:.4} s {:.2} {:.1} clips/s   ",
+                    epoch + 1,
+                    o.epochs,
+                    bi + 1,
+                    batches.len(),
+                    sum / seen as f64,
+                    loss.scale,
+                    seen as f64 / t_epoch.elapsed().as_secs_f64().max(1e-9)
+                );
+                let _ = std::io::stderr().flush();
+            }
+        }
+        let mean = if seen > 0 { sum / seen as f64 } else { f64::NAN };
+        history.push(mean);
+        if o.progress {
+            eprintln!(
+                "\repoch {}/{} loss {:.4} s {:.2} {:.1} s                          ",
+                epoch + 1,
+                o.epochs,
+                mean,
+                loss.scale,
+                t_epoch.elapsed().as_secs_f64()
+            );
+        }
+        std::fs::create_dir_all(&ckpt).with_context(|| format!("creating {}", ckpt.display()))?;
+        model
+            .clone()
+            .save_file(ckpt.join("model.bpk"))
+            .map_err(|e| anyhow::anyhow!("writing {}: {e:?}", ckpt.join("model.bpk").display()))?;
+        optim
+            .save(ckpt.join("optimizer.bpk"))
+            .map_err(|e| anyhow::anyhow!("writing {}: {e:?}", ckpt.join("optimizer.bpk").display()))?;
+        let state = CheckpointState {
+            epochs_done: epoch + 1,
+            loss: loss.clone(),
+            model: config.clone(),
+            classes: classes.names.clone(),
+            history: history.clone(),
+        };
+        let p = ckpt.join("state.json");
+        std::fs::write(&p, serde_json::to_string_pretty(&state)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    let train_seconds = t_train.elapsed().as_secs_f64();
+
+    // Export, then compute the back end through the exported graph (the daemon's path).
+    let t_back = Instant::now();
+    let onnx = export::export_onnx(&model, &config, "sonitor-train")?;
+    let embedder = OnnxEmbedder::from_bytes(
+        &onnx,
+        INPUT_LOG_MEL,
+        [1, frames, n_mels],
+        INPUT_SPECTRUM,
+        [1, config.spectrum_len],
+    )?;
+    let mut sections = Vec::new();
+    for (machine_type, section) in data.sections() {
+        let sclips: Vec<&Clip> = data.clips_of(&machine_type, section, Split::Train).collect();
+        if sclips.is_empty() {
+            continue;
+        }
+        let sm = section_model(&embedder, &sclips, &o.features, o.kmeans, o.quantile, o.target_centres, o.seed)
+            .with_context(|| format!("{machine_type} section {section:02}"))?;
+        if o.progress {
+            eprintln!(
+                "{machine_type} section {section:02}: {} source + {} target centres, threshold {:.4} (gamma k {:.2} θ {:.4})",
+                sm.n_source_centroids,
+                sm.n_target_centroids,
+                sm.threshold.value,
+                sm.threshold.gamma_shape.unwrap_or(f64::NAN),
+                sm.threshold.gamma_scale.unwrap_or(f64::NAN),
+            );
+        }
+        sections.push(sm);
+    }
+    let backend_seconds = t_back.elapsed().as_secs_f64();
+    let set_name = o
+        .data
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "data".into());
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        model_id: format!(
+            "{set_name}-{}-s{}-{}",
+            o.loss.as_str(),
+            o.seed,
+            &sonitor_core::bundle::sha256_hex(&onnx)[..6]
+        ),
+        features: o.features.clone(),
+        inputs: vec![
+            InputSpec {
+                name: INPUT_LOG_MEL.into(),
+                view: FeatureView::LogMel,
+                shape: vec![1, frames, n_mels],
+            },
+            InputSpec {
+                name: INPUT_SPECTRUM.into(),
+                view: FeatureView::Spectrum,
+                shape: vec![1, config.spectrum_len],
+            },
+        ],
+        output: TensorSpec {
+            name: OUTPUT_EMBEDDING.into(),
+            shape: vec![1, config.embedding_dim()],
+        },
+        embedding_dim: config.embedding_dim(),
+        classes: classes.names.clone(),
+        sections,
+        clip_pooling: "mean".into(),
+        onnx_file: sonitor_core::bundle::DEFAULT_ONNX_FILE.into(),
+        onnx_sha256: String::new(),
+        provenance: Provenance {
+            tool: format!("sonitor-train {}", env!("CARGO_PKG_VERSION")),
+            created_at: rfc3339_now(),
+            command: o.command.clone(),
+            data_path: o.data.display().to_string(),
+            data_sha256: data_sha,
+            loss: o.loss.as_str().into(),
+            labels: format!("{:?}", o.labels),
+            epochs: o.epochs,
+            seed: o.seed,
+            model: serde_json::json!({
+                "config": config,
+                "parameters": params,
+                "macs_per_window": macs,
+                "flops_per_window": 2 * macs,
+                "batch": o.batch,
+                "lr": o.lr,
+                "mixup": o.mixup,
+                "optimizer": "adam",
+                "backend": format!("{:?}", o.device),
+                "kmeans": o.kmeans,
+                "target_centres": o.target_centres,
+                "epoch_losses": history,
+                "train_seconds": train_seconds,
+            }),
+            metrics: serde_json::Value::Null,
+        },
+    };
+    Bundle::write(&o.out, &manifest, &onnx).with_context(|| format!("writing the bundle {}", o.out.display()))?;
+    if o.progress {
+        eprintln!(
+            "bundle written to {} (training {:.1} s, back end {:.1} s)",
+            o.out.display(),
+            train_seconds,
+            backend_seconds
+        );
+    }
+    Ok(FitReport {
+        bundle: o.out.clone(),
+        params,
+        macs_per_window: macs,
+        train_seconds,
+        backend_seconds,
+        epoch_losses: history,
+        n_classes: classes.names.len(),
+        n_clips: clips.len(),
+    })
+}
+
+/// Unit-normalised window embeddings of a clip, through the ONNX graph.
+pub fn clip_embeddings(
+    embedder: &OnnxEmbedder,
+    fx: &mut FeatureExtractor,
+    audio: &[f32],
+) -> anyhow::Result<Vec<Vec<f32>>> {
+    let p = fx.params().clone();
+    let mut out = fx.new_output();
+    data::windows(audio, &p)
+        .iter()
+        .map(|w| {
+            fx.extract_into(w, &mut out)?;
+            Ok(kmeans::normalised(&embedder.embed(&out)?))
+        })
+        .collect()
+}
+
+/// Embeds the clips on all cores (one tract plan is shared; features per thread).
+pub fn embed_clips(
+    embedder: &OnnxEmbedder,
+    clips: &[&Clip],
+    params: &FeatureParams,
+) -> anyhow::Result<Vec<Vec<Vec<f32>>>> {
+    let audio = data::load_audio(clips, params.sample_rate)?;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(audio.len().max(1));
+    let chunk = audio.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = audio
+            .chunks(chunk)
+            .zip(clips.chunks(chunk))
+            .map(|(part, cl)| {
+                s.spawn(move || -> anyhow::Result<Vec<Vec<Vec<f32>>>> {
+                    let mut fx = FeatureExtractor::new(params.clone())?;
+                    part.iter()
+                        .zip(cl)
+                        .map(|(a, c)| {
+                            clip_embeddings(embedder, &mut fx, a).with_context(|| format!("embedding {}", c.path.display()))
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(clips.len());
+        for h in handles {
+            all.extend(h.join().map_err(|_| anyhow::anyhow!("embedding thread panicked"))??);
+        }
+        Ok(all)
+    })
+}
+
+/// The scoring model of one section from its normal training clips: k-means centres of the source-domain
+/// window embeddings plus the target-domain centres; threshold = gamma quantile of the normal training window
+/// scores (a target window is scored without the centres of its own clip, which would give it 0).
+pub fn section_model(
+    embedder: &OnnxEmbedder,
+    clips: &[&Clip],
+    params: &FeatureParams,
+    k: usize,
+    quantile: f64,
+    target_mode: TargetCentres,
+    seed: u64,
+) -> anyhow::Result<SectionModel> {
+    let first = clips.first().context("no training clips")?;
+    let emb = embed_clips(embedder, clips, params)?;
+    let mut source = Vec::new();
+    let mut target: Vec<(usize, Vec<f32>)> = Vec::new();
+    for (ci, (c, e)) in clips.iter().zip(&emb).enumerate() {
+        if c.name.domain == Some(Domain::Target) {
+            match target_mode {
+                TargetCentres::Window => target.extend(e.iter().map(|v| (ci, v.clone()))),
+                TargetCentres::Clip => {
+                    let dim = e.first().map_or(0, |v| v.len());
+                    let mut m = vec![0.0f32; dim];
+                    for v in e {
+                        for (a, b) in m.iter_mut().zip(v) {
+                            *a += b;
+                        }
+                    }
+                    target.push((ci, kmeans::normalised(&m)));
+                }
+            }
+        } else {
+            source.extend(e.iter().cloned());
+        }
+    }
+    let src_centres = kmeans::spherical_kmeans(&source, k, seed, 100);
+    let mut scores = Vec::new();
+    for (ci, e) in emb.iter().enumerate() {
+        for v in e {
+            let others: Vec<Vec<f32>> = src_centres
+                .iter()
+                .cloned()
+                .chain(target.iter().filter(|(owner, _)| *owner != ci).map(|(_, t)| t.clone()))
+                .collect();
+            scores.push(kmeans::min_cosine_distance(v, &others) as f64);
+        }
+    }
+    let threshold = match Gamma::fit(&scores) {
+        Ok(g) => Threshold {
+            value: g.quantile(quantile),
+            method: "gamma-quantile".into(),
+            quantile,
+            gamma_shape: Some(g.shape),
+            gamma_scale: Some(g.scale),
+        },
+        Err(_) => {
+            // Degenerate scores (e.g. one clip): fall back to the empirical quantile.
+            let mut s = scores.clone();
+            s.sort_by(f64::total_cmp);
+            let i = ((s.len() as f64 - 1.0) * quantile).round() as usize;
+            Threshold {
+                value: s.get(i).copied().unwrap_or(0.5),
+                method: "percentile".into(),
+                quantile,
+                gamma_shape: None,
+                gamma_scale: None,
+            }
+        }
+    };
+    let n_source = src_centres.len();
+    let n_target = target.len();
+    Ok(SectionModel {
+        machine_type: first.machine_type.clone(),
+        section: first.name.section,
+        centroids: src_centres.into_iter().chain(target.into_iter().map(|(_, t)| t)).collect(),
+        n_source_centroids: n_source,
+        n_target_centroids: n_target,
+        threshold,
+    })
+}
+
+/// Current UTC time as RFC 3339 (seconds).
+pub fn rfc3339_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Groups anything by section key.
+pub fn by_section<'a>(clips: impl IntoIterator<Item = &'a Clip>) -> BTreeMap<(String, u16), Vec<&'a Clip>> {
+    let mut m: BTreeMap<(String, u16), Vec<&Clip>> = BTreeMap::new();
+    for c in clips {
+        m.entry((c.machine_type.clone(), c.name.section)).or_default().push(c);
+    }
+    m
+}
+
+pub fn run(a: &FitArgs) -> anyhow::Result<()> {
+    let o = FitOptions::from_args(a)?;
+    let r = fit(&o)?;
+    eprintln!(
+        "{} clips, {} classes, {} parameters; training took {:.1} s",
+        r.n_clips, r.n_classes, r.params, r.train_seconds
+    );
+    Ok(())
+}
+
+/// Where a bundle's ONNX file is.
+pub fn onnx_path(bundle: &Path) -> PathBuf {
+    bundle.join(sonitor_core::bundle::DEFAULT_ONNX_FILE)
+}

@@ -1,0 +1,158 @@
+//! End to end on a tiny generated data set: `fit` (tiny network, short windows) writes a bundle that the core
+//! loader accepts; `--resume` continues; `eval` scores the test clips through tract and the official metrics come
+//! out; a corrupted or inconsistent bundle is refused with a message naming the problem.
+
+use std::path::Path;
+
+use rand::{Rng, SeedableRng};
+use sonitor_core::audio::write_wav_i16;
+use sonitor_core::bundle::{Bundle, Manifest, MANIFEST_FILE};
+use sonitor_core::dcase::{ClipName, Condition, Domain, LabelGranularity, Split};
+use sonitor_core::features::FeatureParams;
+use sonitor_train::loss::LossKind;
+use sonitor_train::model::ModelConfig;
+use sonitor_train::train::{fit, DeviceKind, FitOptions, TargetCentres};
+
+/// One machine type, one section, two attribute values; anomalies add a high tone and crackle.
+fn make_dataset(root: &Path) {
+    let sr = 16_000usize;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let mut clip = |f0: f32, anomaly: bool, rng: &mut rand_chacha::ChaCha8Rng| -> Vec<f32> {
+        let phase: f32 = rng.gen_range(0.0..6.28);
+        (0..sr)
+            .map(|i| {
+                let t = i as f32 / sr as f32;
+                let mut x = 0.3 * (6.283 * f0 * t + phase).sin() + 0.15 * (6.283 * 2.0 * f0 * t).sin();
+                x += 0.05 * rng.gen_range(-1.0f32..1.0);
+                if anomaly {
+                    x += 0.2 * (6.283 * 3100.0 * t).sin();
+                    if rng.gen_range(0.0..1.0) < 0.01 {
+                        x += rng.gen_range(-0.5..0.5);
+                    }
+                }
+                x
+            })
+            .collect()
+    };
+    let base = root.join("fan");
+    std::fs::create_dir_all(base.join("train")).unwrap();
+    std::fs::create_dir_all(base.join("test")).unwrap();
+    let mut idx = 0;
+    let mut write = |split: Split, domain: Domain, cond: Condition, f0: f32, attr: &str, n: usize, anomaly: bool| {
+        for _ in 0..n {
+            let name = ClipName::format(0, domain, split, cond, idx, attr);
+            idx += 1;
+            let dir = base.join(split.as_str());
+            let a = clip(f0 + rng.gen_range(-5.0..5.0), anomaly, &mut rng);
+            write_wav_i16(&dir.join(name), &a, sr as u32).unwrap();
+        }
+    };
+    write(Split::Train, Domain::Source, Condition::Normal, 200.0, "speed_1", 8, false);
+    write(Split::Train, Domain::Source, Condition::Normal, 300.0, "speed_2", 8, false);
+    write(Split::Train, Domain::Target, Condition::Normal, 450.0, "speed_3", 3, false);
+    write(Split::Test, Domain::Source, Condition::Normal, 200.0, "speed_1", 4, false);
+    write(Split::Test, Domain::Source, Condition::Anomaly, 200.0, "speed_1", 4, true);
+    write(Split::Test, Domain::Target, Condition::Normal, 450.0, "speed_3", 4, false);
+    write(Split::Test, Domain::Target, Condition::Anomaly, 450.0, "speed_3", 4, true);
+}
+
+fn features() -> FeatureParams {
+    FeatureParams {
+        window_samples: 4096,
+        window_hop_samples: 4096,
+        n_mels: 32,
+        ..FeatureParams::default()
+    }
+}
+
+fn options(data: &Path, out: &Path, loss: LossKind, epochs: usize) -> FitOptions {
+    let f = features();
+    let [frames, n_mels] = f.log_mel_shape();
+    FitOptions {
+        data: data.to_path_buf(),
+        out: out.to_path_buf(),
+        epochs,
+        batch: 8,
+        lr: 1e-3,
+        seed: 5,
+        loss,
+        labels: LabelGranularity::Attribute,
+        device: DeviceKind::Cpu,
+        resume: false,
+        model: Some(ModelConfig::tiny(frames, n_mels, f.spectrum_len())),
+        features: f,
+        kmeans: 4,
+        quantile: 0.9,
+        target_centres: TargetCentres::Window,
+        mixup: true,
+        command: "test".into(),
+        progress: false,
+    }
+}
+
+#[test]
+fn fit_resume_eval_and_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_dataset(&data);
+    let out = dir.path().join("bundle");
+
+    let r = fit(&options(&data, &out, LossKind::SubclusterAdacos, 1)).unwrap();
+    assert_eq!(r.epoch_losses.len(), 1);
+    assert_eq!(r.n_classes, 3);
+    let b = Bundle::load(&out).unwrap();
+    let s = b.section("fan", 0).unwrap();
+    assert_eq!(s.n_source_centroids, 4);
+    assert_eq!(s.n_target_centroids, 3 * 3); // 3 clips × 3 windows of 4096 in 1 s
+    assert!(s.threshold.value > 0.0 && s.threshold.value < 2.0, "{:?}", s.threshold);
+    assert_eq!(b.manifest.provenance.loss, "subcluster-adacos");
+    assert!(out.join("checkpoint/model.bpk").exists());
+
+    // Same seed, same result (CPU determinism).
+    let out2 = dir.path().join("bundle2");
+    fit(&options(&data, &out2, LossKind::SubclusterAdacos, 1)).unwrap();
+    let m1 = Bundle::load(&out2).unwrap().manifest;
+    assert_eq!(m1.onnx_sha256, b.manifest.onnx_sha256, "two runs with one seed differ");
+
+    // Resume to 2 epochs.
+    let mut o = options(&data, &out, LossKind::SubclusterAdacos, 2);
+    o.resume = true;
+    let r = fit(&o).unwrap();
+    assert_eq!(r.epoch_losses.len(), 2);
+
+    // Eval through tract.
+    let scores = dir.path().join("scores");
+    let report = sonitor_train::eval::evaluate(&out, &data, &scores).unwrap().unwrap();
+    assert_eq!(report.sections.len(), 1);
+    assert!(report.official_score > 0.0 && report.official_score <= 1.0);
+    assert!(scores.join("anomaly_score_fan_section_00_test.csv").exists());
+
+    // Refusals: a changed ONNX file, a manifest without centroids.
+    let onnx = out.join("model.onnx");
+    let mut bytes = std::fs::read(&onnx).unwrap();
+    bytes.push(0);
+    std::fs::write(&onnx, &bytes).unwrap();
+    let e = sonitor_train::eval::evaluate(&out, &data, &scores).unwrap_err();
+    assert!(format!("{e:#}").contains("checksum mismatch"), "{e:#}");
+    bytes.pop();
+    std::fs::write(&onnx, &bytes).unwrap();
+    let mp = out.join(MANIFEST_FILE);
+    let mut m: Manifest = serde_json::from_str(&std::fs::read_to_string(&mp).unwrap()).unwrap();
+    m.sections[0].centroids.clear();
+    std::fs::write(&mp, serde_json::to_string(&m).unwrap()).unwrap();
+    let e = Bundle::load(&out).unwrap_err().to_string();
+    assert!(e.contains("no centroids"), "{e}");
+}
+
+#[test]
+fn every_loss_trains() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_dataset(&data);
+    for loss in [LossKind::Adacos, LossKind::IcCompactness, LossKind::OneClass] {
+        let out = dir.path().join(loss.as_str());
+        let r = fit(&options(&data, &out, loss, 1)).unwrap();
+        assert!(r.epoch_losses[0].is_finite(), "{loss:?}: {:?}", r.epoch_losses);
+        Bundle::load(&out).unwrap();
+    }
+}

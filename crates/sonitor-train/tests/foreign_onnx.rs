@@ -1,0 +1,117 @@
+//! A bundle can wrap an ONNX graph from another producer than our exporter: a small graph written by the Python
+//! `onnx` package (other input names and order, symbolic batch axis, opset 17, Gemm/ReduceMean/Tanh) is accepted
+//! by `Bundle::load`, run by tract through the same path `eval` and the daemon use, and gives numpy's output.
+//!
+//! Interpreter: `$SONITOR_PYTHON`, else the workspace's `.venv/bin/python`, else `python3` (needs `onnx`,
+//! `numpy`: `scripts/setup-python`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sonitor_core::bundle::{
+    Bundle, FeatureView, InputSpec, Manifest, Provenance, SectionModel, TensorSpec, Threshold, FORMAT_VERSION,
+};
+use sonitor_core::features::FeatureParams;
+use sonitor_train::eval::embedder_of;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("SONITOR_PYTHON") {
+        return p.into();
+    }
+    let venv = workspace().join(".venv/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        "python3".into()
+    }
+}
+
+#[test]
+fn a_graph_from_the_onnx_package_loads_and_runs() {
+    let p = FeatureParams {
+        window_samples: 4096,
+        window_hop_samples: 2048,
+        n_mels: 32,
+        ..FeatureParams::default()
+    };
+    let [frames, n_mels] = p.log_mel_shape();
+    let spec_len = p.spectrum_len();
+    let (d_mel, d_spec) = (5, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let script = workspace().join("scripts/reference/onnx_foreign_graph.py");
+    let out = Command::new(python())
+        .arg(&script)
+        .arg(dir.path())
+        .args([frames, n_mels, spec_len, d_mel, d_spec].map(|v| v.to_string()))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {:?}: {e}; run scripts/setup-python or set SONITOR_PYTHON", python()));
+    assert!(
+        out.status.success(),
+        "{} failed (install the reference packages with scripts/setup-python):\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let onnx = std::fs::read(dir.path().join("foreign.onnx")).unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("expected.json")).unwrap()).unwrap();
+    let expected: Vec<f64> = expected["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let dim = d_mel + d_spec;
+    let unit: Vec<f32> = (0..dim).map(|i| if i == 0 { 1.0 } else { 0.0 }).collect();
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        model_id: "foreign".into(),
+        features: p.clone(),
+        inputs: vec![
+            InputSpec { name: "mel_in".into(), view: FeatureView::LogMel, shape: vec![1, frames, n_mels] },
+            InputSpec { name: "spec_in".into(), view: FeatureView::Spectrum, shape: vec![1, spec_len] },
+        ],
+        output: TensorSpec { name: "emb_out".into(), shape: vec![1, dim] },
+        embedding_dim: dim,
+        classes: vec![],
+        sections: vec![SectionModel {
+            machine_type: "fan".into(),
+            section: 0,
+            centroids: vec![unit],
+            n_source_centroids: 1,
+            n_target_centroids: 0,
+            threshold: Threshold {
+                value: 0.5,
+                method: "percentile".into(),
+                quantile: 0.9,
+                gamma_shape: None,
+                gamma_scale: None,
+            },
+        }],
+        clip_pooling: "mean".into(),
+        onnx_file: "model.onnx".into(),
+        onnx_sha256: String::new(),
+        provenance: Provenance::default(),
+    };
+    let bdir = dir.path().join("bundle");
+    Bundle::write(&bdir, &manifest, &onnx).unwrap();
+    let bundle = Bundle::load(&bdir).unwrap();
+    assert_eq!(bundle.graph.producer, "onnx-python-test");
+    let embedder = embedder_of(&bundle).unwrap();
+    let mel: Vec<f32> = (0..frames * n_mels).map(|i| (0.1 * i as f64).sin() as f32).collect();
+    let spec: Vec<f32> = (0..spec_len).map(|i| (0.01 * i as f64).cos() as f32).collect();
+    let got = embedder.embed_raw(&mel, &spec).unwrap();
+    assert_eq!(got.len(), dim);
+    for (g, e) in got.iter().zip(&expected) {
+        assert!((*g as f64 - e).abs() <= 1e-4 * (1.0 + e.abs()), "tract {got:?} vs numpy {expected:?}");
+    }
+
+    // The same graph under a manifest that names an input it does not have is refused, naming it.
+    let mut wrong = manifest.clone();
+    wrong.inputs[0].name = "log_mel".into();
+    let e = Bundle::write(&dir.path().join("wrong"), &wrong, &onnx).unwrap_err().to_string();
+    assert!(e.contains("no input 'log_mel'"), "{e}");
+}
