@@ -7,7 +7,7 @@ use anyhow::Context;
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use sonitor_core::audio::{load_mono, ChannelSelect};
-use sonitor_core::dcase::{Clip, ClassMap};
+use sonitor_core::dcase::{ClassMap, Clip};
 use sonitor_core::features::{FeatureExtractor, FeatureParams, Features};
 
 /// A training clip in memory.
@@ -39,14 +39,21 @@ pub fn load_audio(clips: &[&Clip], sample_rate: u32) -> anyhow::Result<Vec<Vec<f
             .collect();
         let mut all = Vec::with_capacity(clips.len());
         for h in handles {
-            all.extend(h.join().map_err(|_| anyhow::anyhow!("audio loader thread panicked"))??);
+            all.extend(
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("audio loader thread panicked"))??,
+            );
         }
         Ok(all)
     })
 }
 
 /// Loads the training clips with their class index.
-pub fn load_train_clips(clips: &[&Clip], classes: &ClassMap, sample_rate: u32) -> anyhow::Result<Vec<TrainClip>> {
+pub fn load_train_clips(
+    clips: &[&Clip],
+    classes: &ClassMap,
+    sample_rate: u32,
+) -> anyhow::Result<Vec<TrainClip>> {
     let audio = load_audio(clips, sample_rate)?;
     clips
         .iter()
@@ -65,7 +72,8 @@ pub fn data_sha256(clips: &[&Clip]) -> anyhow::Result<String> {
     let mut h = Sha256::new();
     for c in clips {
         h.update(c.file_name().as_bytes());
-        let bytes = std::fs::read(&c.path).with_context(|| format!("reading {}", c.path.display()))?;
+        let bytes =
+            std::fs::read(&c.path).with_context(|| format!("reading {}", c.path.display()))?;
         h.update(&bytes);
     }
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
@@ -89,7 +97,14 @@ pub fn random_crop(audio: &[f32], len: usize, rng: &mut impl Rng) -> Vec<f32> {
 pub fn windows(audio: &[f32], p: &FeatureParams) -> Vec<Vec<f32>> {
     let (w, hop) = (p.window_samples, p.window_hop_samples.max(1));
     if audio.len() < w {
-        return vec![audio.iter().copied().cycle().take(w).chain(std::iter::repeat(0.0)).take(w).collect()];
+        return vec![audio
+            .iter()
+            .copied()
+            .cycle()
+            .take(w)
+            .chain(std::iter::repeat(0.0))
+            .take(w)
+            .collect()];
     }
     (0..=(audio.len() - w) / hop)
         .map(|i| audio[i * hop..i * hop + w].to_vec())
@@ -154,7 +169,10 @@ pub fn make_batch(
 
 /// Lists the `.wav` files under a directory (for error messages about empty data sets).
 pub fn describe_empty(root: &Path) -> String {
-    format!("{}: no training clips found (expected <type>/train/section_SS_*.wav)", root.display())
+    format!(
+        "{}: no training clips found (expected <type>/train/section_SS_*.wav)",
+        root.display()
+    )
 }
 
 #[cfg(test)]
@@ -169,7 +187,10 @@ mod tests {
         let c = random_crop(&a, 10, &mut rng);
         assert_eq!(c.len(), 10);
         assert_eq!(c[9] - c[0], 9.0);
-        assert_eq!(random_crop(&a[..3], 7, &mut rng), vec![0.0, 1.0, 2.0, 0.0, 1.0, 2.0, 0.0]);
+        assert_eq!(
+            random_crop(&a[..3], 7, &mut rng),
+            vec![0.0, 1.0, 2.0, 0.0, 1.0, 2.0, 0.0]
+        );
         let p = FeatureParams {
             window_samples: 40,
             window_hop_samples: 20,
@@ -192,7 +213,9 @@ mod tests {
         let mut fx = FeatureExtractor::new(p).unwrap();
         let clips: Vec<TrainClip> = (0..3)
             .map(|k| TrainClip {
-                audio: (0..4000).map(|i| ((i * (k + 1)) as f32 * 0.01).sin()).collect(),
+                audio: (0..4000)
+                    .map(|i| ((i * (k + 1)) as f32 * 0.01).sin())
+                    .collect(),
                 class: k,
             })
             .collect();

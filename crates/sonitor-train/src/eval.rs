@@ -38,10 +38,12 @@ pub struct EvalArgs {
 pub fn embedder_of(bundle: &Bundle) -> anyhow::Result<OnnxEmbedder> {
     let m = &bundle.manifest;
     let find = |view: FeatureView| {
-        m.inputs
-            .iter()
-            .find(|i| i.view == view)
-            .with_context(|| format!("{}: the manifest has no {view:?} input", bundle.dir.display()))
+        m.inputs.iter().find(|i| i.view == view).with_context(|| {
+            format!(
+                "{}: the manifest has no {view:?} input",
+                bundle.dir.display()
+            )
+        })
     };
     let (mel, spec) = (find(FeatureView::LogMel)?, find(FeatureView::Spectrum)?);
     let mel_shape: [usize; 3] = mel
@@ -54,7 +56,13 @@ pub fn embedder_of(bundle: &Bundle) -> anyhow::Result<OnnxEmbedder> {
         .clone()
         .try_into()
         .map_err(|s| anyhow::anyhow!("spectrum input shape {s:?} is not 2-D"))?;
-    OnnxEmbedder::load(&bundle.onnx_path, &mel.name, mel_shape, &spec.name, spec_shape)
+    OnnxEmbedder::load(
+        &bundle.onnx_path,
+        &mel.name,
+        mel_shape,
+        &spec.name,
+        spec_shape,
+    )
 }
 
 /// Window scores of one clip's audio.
@@ -70,13 +78,20 @@ pub fn window_scores(
         .iter()
         .map(|w| {
             fx.extract_into(w, &mut out)?;
-            Ok(score::min_cosine_distance(&embedder.embed(&out)?, centroids))
+            Ok(score::min_cosine_distance(
+                &embedder.embed(&out)?,
+                centroids,
+            ))
         })
         .collect()
 }
 
 /// Scores every test clip and writes the submission files into `out`. Returns the files written.
-pub fn score_dataset(bundle: &Bundle, data: &dcase::Dataset, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+pub fn score_dataset(
+    bundle: &Bundle,
+    data: &dcase::Dataset,
+    out: &Path,
+) -> anyhow::Result<Vec<PathBuf>> {
     let embedder = embedder_of(bundle)?;
     let params = bundle.manifest.features.clone();
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
@@ -86,40 +101,46 @@ pub fn score_dataset(bundle: &Bundle, data: &dcase::Dataset, out: &Path) -> anyh
         if test.is_empty() {
             continue;
         }
-        let sm = bundle.section(&machine_type, section).with_context(|| {
-            format!(
+        let sm =
+            bundle.section(&machine_type, section).with_context(|| {
+                format!(
                 "{}: the bundle has no model for {machine_type} section {section:02} (it has: {})",
                 bundle.dir.display(),
                 bundle.manifest.sections.iter().map(|s| s.key()).collect::<Vec<_>>().join(", ")
             )
-        })?;
+            })?;
         let audio = data::load_audio(&test, params.sample_rate)?;
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(audio.len().max(1));
         let chunk = audio.len().div_ceil(threads).max(1);
         let scores: Vec<f64> = std::thread::scope(|s| -> anyhow::Result<Vec<f64>> {
-            let handles: Vec<_> = audio
-                .chunks(chunk)
-                .zip(test.chunks(chunk))
-                .map(|(part, clips)| {
-                    let (embedder, params, centroids) = (&embedder, &params, &sm.centroids);
-                    s.spawn(move || -> anyhow::Result<Vec<f64>> {
-                        let mut fx = FeatureExtractor::new(params.clone())?;
-                        part.iter()
-                            .zip(clips)
-                            .map(|(a, c)| {
-                                let w = window_scores(embedder, &mut fx, a, centroids)
-                                    .with_context(|| format!("scoring {}", c.path.display()))?;
-                                Ok(w.iter().map(|&v| v as f64).sum::<f64>() / w.len().max(1) as f64)
-                            })
-                            .collect()
+            let handles: Vec<_> =
+                audio
+                    .chunks(chunk)
+                    .zip(test.chunks(chunk))
+                    .map(|(part, clips)| {
+                        let (embedder, params, centroids) = (&embedder, &params, &sm.centroids);
+                        s.spawn(move || -> anyhow::Result<Vec<f64>> {
+                            let mut fx = FeatureExtractor::new(params.clone())?;
+                            part.iter()
+                                .zip(clips)
+                                .map(|(a, c)| {
+                                    let w = window_scores(embedder, &mut fx, a, centroids)
+                                        .with_context(|| format!("scoring {}", c.path.display()))?;
+                                    Ok(w.iter().map(|&v| v as f64).sum::<f64>()
+                                        / w.len().max(1) as f64)
+                                })
+                                .collect()
+                        })
                     })
-                })
-                .collect();
+                    .collect();
             let mut all = Vec::new();
             for h in handles {
-                all.extend(h.join().map_err(|_| anyhow::anyhow!("scoring thread panicked"))??);
+                all.extend(
+                    h.join()
+                        .map_err(|_| anyhow::anyhow!("scoring thread panicked"))??,
+                );
             }
             Ok(all)
         })?;
@@ -132,12 +153,20 @@ pub fn score_dataset(bundle: &Bundle, data: &dcase::Dataset, out: &Path) -> anyh
         dcase::write_scores(&path, &rows)?;
         written.push(path);
     }
-    anyhow::ensure!(!written.is_empty(), "{}: no test clips to score", data.root.display());
+    anyhow::ensure!(
+        !written.is_empty(),
+        "{}: no test clips to score",
+        data.root.display()
+    );
     Ok(written)
 }
 
 /// Scores and, when the test clips carry labels, evaluates. Returns the report if there is one.
-pub fn evaluate(bundle_dir: &Path, data_dir: &Path, out: &Path) -> anyhow::Result<Option<metrics::Report>> {
+pub fn evaluate(
+    bundle_dir: &Path,
+    data_dir: &Path,
+    out: &Path,
+) -> anyhow::Result<Option<metrics::Report>> {
     let bundle = Bundle::load(bundle_dir)?;
     let data = dcase::scan(data_dir)?;
     score_dataset(&bundle, &data, out)?;
@@ -149,9 +178,15 @@ pub fn evaluate(bundle_dir: &Path, data_dir: &Path, out: &Path) -> anyhow::Resul
     if !labelled {
         return Ok(None);
     }
-    Ok(Some(metrics::evaluate_submission(&data, out).with_context(|| {
-        format!("evaluating {} against {}", out.display(), data_dir.display())
-    })?))
+    Ok(Some(
+        metrics::evaluate_submission(&data, out).with_context(|| {
+            format!(
+                "evaluating {} against {}",
+                out.display(),
+                data_dir.display()
+            )
+        })?,
+    ))
 }
 
 pub fn run(a: &EvalArgs) -> anyhow::Result<()> {

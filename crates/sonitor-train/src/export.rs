@@ -84,7 +84,9 @@ fn value_info(name: &str, shape: &[usize]) -> pb::ValueInfoProto {
                     dim: shape
                         .iter()
                         .map(|&d| pb::tensor_shape_proto::Dimension {
-                            value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(d as i64)),
+                            value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(
+                                d as i64,
+                            )),
                             ..Default::default()
                         })
                         .collect(),
@@ -126,7 +128,13 @@ impl Graph {
         name
     }
 
-    fn node(&mut self, op: &str, inputs: &[&str], attrs: Vec<pb::AttributeProto>, output: Option<&str>) -> String {
+    fn node(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attrs: Vec<pb::AttributeProto>,
+        output: Option<&str>,
+    ) -> String {
         let out = match output {
             Some(o) => o.to_string(),
             None => self.fresh(&op.to_lowercase()),
@@ -176,7 +184,14 @@ impl Graph {
     }
 
     /// `x @ W + bias` with `W` `[d_in, d_out]`.
-    fn dense(&mut self, x: &str, w: Vec<f32>, d_in: usize, d_out: usize, bias: Option<Vec<f32>>) -> String {
+    fn dense(
+        &mut self,
+        x: &str,
+        w: Vec<f32>,
+        d_in: usize,
+        d_out: usize,
+        bias: Option<Vec<f32>>,
+    ) -> String {
         let wn = self.constant("w", &[d_in, d_out], w);
         let y = self.node("MatMul", &[x, &wn], vec![], None);
         match bias {

@@ -94,8 +94,14 @@ impl OnnxEmbedder {
         spectrum_shape: [usize; 2],
     ) -> anyhow::Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        Self::from_bytes(&bytes, log_mel_name, log_mel_shape, spectrum_name, spectrum_shape)
-            .with_context(|| format!("loading {}", path.display()))
+        Self::from_bytes(
+            &bytes,
+            log_mel_name,
+            log_mel_shape,
+            spectrum_name,
+            spectrum_shape,
+        )
+        .with_context(|| format!("loading {}", path.display()))
     }
 
     /// The (not normalised) embedding of one window's features.
@@ -104,10 +110,12 @@ impl OnnxEmbedder {
     }
 
     pub fn embed_raw(&self, log_mel: &[f32], spectrum: &[f32]) -> anyhow::Result<Vec<f32>> {
-        let mel = tract_ndarray::Array::from_shape_vec(self.log_mel_shape.to_vec(), log_mel.to_vec())
-            .map_err(|e| anyhow::anyhow!("log-mel of {} values: {e}", log_mel.len()))?;
-        let spec = tract_ndarray::Array::from_shape_vec(self.spectrum_shape.to_vec(), spectrum.to_vec())
-            .map_err(|e| anyhow::anyhow!("spectrum of {} values: {e}", spectrum.len()))?;
+        let mel =
+            tract_ndarray::Array::from_shape_vec(self.log_mel_shape.to_vec(), log_mel.to_vec())
+                .map_err(|e| anyhow::anyhow!("log-mel of {} values: {e}", log_mel.len()))?;
+        let spec =
+            tract_ndarray::Array::from_shape_vec(self.spectrum_shape.to_vec(), spectrum.to_vec())
+                .map_err(|e| anyhow::anyhow!("spectrum of {} values: {e}", spectrum.len()))?;
         let (mut mel, mut spec) = (Some(Tensor::from(mel)), Some(Tensor::from(spec)));
         let inputs: TVec<TValue> = self
             .order
@@ -119,9 +127,7 @@ impl OnnxEmbedder {
             .plan
             .run(inputs)
             .map_err(|e| anyhow::anyhow!("running the ONNX graph: {e:#}"))?;
-        let first = out
-            .first()
-            .context("the ONNX graph produced no output")?;
+        let first = out.first().context("the ONNX graph produced no output")?;
         let view = first
             .to_plain_array_view::<f32>()
             .map_err(|e| anyhow::anyhow!("embedding output: {e:#}"))?;

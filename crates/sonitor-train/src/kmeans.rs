@@ -22,14 +22,22 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// `1 − cos`, then Lloyd iterations (assign to the most similar centre, centre = normalised mean) until no
 /// assignment changes or `max_iter`. With at most `k` points every point is its own centre. Deterministic for
 /// a seed.
-pub fn spherical_kmeans(points: &[Vec<f32>], k: usize, seed: u64, max_iter: usize) -> Vec<Vec<f32>> {
+pub fn spherical_kmeans(
+    points: &[Vec<f32>],
+    k: usize,
+    seed: u64,
+    max_iter: usize,
+) -> Vec<Vec<f32>> {
     let pts: Vec<Vec<f32>> = points.iter().map(|p| normalised(p)).collect();
     if pts.len() <= k || k == 0 {
         return pts;
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut centres: Vec<Vec<f32>> = vec![pts[rng.gen_range(0..pts.len())].clone()];
-    let mut d: Vec<f32> = pts.iter().map(|p| (1.0 - dot(p, &centres[0])).max(0.0)).collect();
+    let mut d: Vec<f32> = pts
+        .iter()
+        .map(|p| (1.0 - dot(p, &centres[0])).max(0.0))
+        .collect();
     while centres.len() < k {
         let total: f64 = d.iter().map(|&v| v as f64 * v as f64).sum();
         let next = if total <= 0.0 {

@@ -88,7 +88,13 @@ impl Loss {
     }
 
     /// Explicit centres (tests; `centres` row-major as in [`Loss::centres`]).
-    pub fn with_centres(kind: LossKind, n_classes: usize, k: usize, dim: usize, centres: Vec<f32>) -> Self {
+    pub fn with_centres(
+        kind: LossKind,
+        n_classes: usize,
+        k: usize,
+        dim: usize,
+        centres: Vec<f32>,
+    ) -> Self {
         let s0 = initial_scale(n_classes * k);
         Self {
             kind,
@@ -154,9 +160,15 @@ impl Loss {
         let c = self.n_classes;
         let y = Tensor::<2>::from_data(TensorData::new(labels.to_vec(), [batch, c]), &device);
         let rows = self.centres.len() / dim.max(1);
-        let centres = Tensor::<2>::from_data(TensorData::new(self.centres.clone(), [rows, dim]), &device);
+        let centres =
+            Tensor::<2>::from_data(TensorData::new(self.centres.clone(), [rows, dim]), &device);
         if self.is_adacos() {
-            let norm = emb.clone().powi_scalar(2).sum_dim(1).sqrt().clamp_min(1e-12);
+            let norm = emb
+                .clone()
+                .powi_scalar(2)
+                .sum_dim(1)
+                .sqrt()
+                .clamp_min(1e-12);
             let unit = emb / norm;
             let cos = unit.matmul(centres.transpose()); // [batch, C·K]
             let host: Vec<f32> = cos.to_data().try_to_vec().unwrap_or_default();
@@ -229,7 +241,10 @@ mod tests {
         let s = b.ln() / std::f64::consts::FRAC_PI_4.cos();
         assert!((l.scale - s).abs() < 1e-5, "scale {} vs {s}", l.scale);
         let p0 = ((0.6 * s).exp() + (0.8 * s).exp())
-            / [0.6f64, 0.8, -0.6, -0.8].iter().map(|c| (c * s).exp()).sum::<f64>();
+            / [0.6f64, 0.8, -0.6, -0.8]
+                .iter()
+                .map(|c| (c * s).exp())
+                .sum::<f64>();
         let want = -(0.5 * p0.ln() + 0.5 * (1.0 - p0).ln());
         assert!((loss - want).abs() < 1e-4, "{loss} vs {want}");
     }
@@ -254,10 +269,15 @@ mod tests {
         l.scale = 5.0;
         // All cosines 1 for the target and 1 for the others: s would be ln(2e^5)/cos(~0) ≈ 5.7; fine.
         // Absurd input (NaN) keeps the previous scale.
-        assert_eq!(l.adaptive_scale(&[f32::NAN, f32::NAN, f32::NAN], &[1.0, 0.0, 0.0]), 5.0);
+        assert_eq!(
+            l.adaptive_scale(&[f32::NAN, f32::NAN, f32::NAN], &[1.0, 0.0, 0.0]),
+            5.0
+        );
         // Huge cosines of non-targets: clamped to 4·s₀.
         let big = l.adaptive_scale(&[0.0, 1.0, 1.0], &[1.0, 0.0, 0.0]);
         assert!(big <= 4.0 * l.initial_scale + 1e-9);
-        assert!(Loss::new(LossKind::SubclusterAdacos, 2, 4, 0).centres.len() == 2 * SUBCLUSTERS * 4);
+        assert!(
+            Loss::new(LossKind::SubclusterAdacos, 2, 4, 0).centres.len() == 2 * SUBCLUSTERS * 4
+        );
     }
 }

@@ -16,7 +16,9 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv1d, Conv1dConfig, Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig1d, PaddingConfig2d};
+use burn::nn::{
+    BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig1d, PaddingConfig2d,
+};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -165,7 +167,10 @@ impl ModelConfig {
             lens
         );
         anyhow::ensure!(
-            self.tf_embedding > 0 && self.spec_embedding > 0 && self.spec_filters > 0 && self.spec_dense > 0,
+            self.tf_embedding > 0
+                && self.spec_embedding > 0
+                && self.spec_filters > 0
+                && self.spec_dense > 0,
             "embedding sizes, spec_filters and spec_dense must be positive"
         );
         Ok(())
@@ -260,7 +265,11 @@ impl ModelConfig {
         let mut spec_dense = Vec::new();
         let mut spec_dense_bns = Vec::new();
         for _ in 0..self.spec_dense_blocks {
-            spec_dense.push(LinearConfig::new(d, self.spec_dense).with_bias(false).init(device));
+            spec_dense.push(
+                LinearConfig::new(d, self.spec_dense)
+                    .with_bias(false)
+                    .init(device),
+            );
             spec_dense_bns.push(bn(self.spec_dense));
             d = self.spec_dense;
         }
@@ -338,7 +347,10 @@ impl Model {
     /// `log_mel`: `[batch, frames, n_mels]`; `spectrum`: `[batch, spectrum_len]` → embedding `[batch, dim]`
     /// (not normalised).
     pub fn forward(&self, log_mel: Tensor<3>, spectrum: Tensor<2>) -> Tensor<2> {
-        Tensor::cat(vec![self.forward_tf(log_mel), self.forward_spec(spectrum)], 1)
+        Tensor::cat(
+            vec![self.forward_tf(log_mel), self.forward_spec(spectrum)],
+            1,
+        )
     }
 
     fn forward_tf(&self, log_mel: Tensor<3>) -> Tensor<2> {

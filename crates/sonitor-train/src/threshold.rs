@@ -108,19 +108,29 @@ impl Gamma {
     /// Maximum-likelihood fit. Scores must be positive and finite; non-positive ones are clamped to a small
     /// fraction of the mean (a score of exactly 0 has zero likelihood under any gamma). Needs ≥ 2 distinct values.
     pub fn fit(scores: &[f64]) -> anyhow::Result<Self> {
-        anyhow::ensure!(scores.len() >= 2, "need at least 2 scores to fit a gamma distribution, got {}", scores.len());
+        anyhow::ensure!(
+            scores.len() >= 2,
+            "need at least 2 scores to fit a gamma distribution, got {}",
+            scores.len()
+        );
         anyhow::ensure!(
             scores.iter().all(|s| s.is_finite()),
             "scores must be finite to fit a gamma distribution"
         );
         let mean0 = scores.iter().sum::<f64>() / scores.len() as f64;
-        anyhow::ensure!(mean0 > 0.0, "scores have a non-positive mean ({mean0}); cannot fit a gamma distribution");
+        anyhow::ensure!(
+            mean0 > 0.0,
+            "scores have a non-positive mean ({mean0}); cannot fit a gamma distribution"
+        );
         let floor = mean0 * 1e-6;
         let xs: Vec<f64> = scores.iter().map(|&s| s.max(floor)).collect();
         let mean = xs.iter().sum::<f64>() / xs.len() as f64;
         let mean_ln = xs.iter().map(|x| x.ln()).sum::<f64>() / xs.len() as f64;
         let s = mean.ln() - mean_ln;
-        anyhow::ensure!(s > 1e-12, "all scores are equal ({mean}); cannot fit a gamma distribution");
+        anyhow::ensure!(
+            s > 1e-12,
+            "all scores are equal ({mean}); cannot fit a gamma distribution"
+        );
         // Minka's starting point, then Newton on ln k − ψ(k) = s.
         let mut k = (3.0 - s + ((s - 3.0).powi(2) + 24.0 * s).sqrt()) / (12.0 * s);
         for _ in 0..100 {
@@ -134,7 +144,10 @@ impl Gamma {
             }
             k = next;
         }
-        Ok(Self { shape: k, scale: mean / k })
+        Ok(Self {
+            shape: k,
+            scale: mean / k,
+        })
     }
 
     pub fn cdf(&self, x: f64) -> f64 {
@@ -187,7 +200,11 @@ mod tests {
         assert!((fit.shape - 3.0).abs() < 0.1, "{fit:?}");
         assert!((fit.scale - 0.2).abs() < 0.01, "{fit:?}");
         // scipy.stats.gamma(3, scale=0.2).ppf(0.9) = 1.0644640675668420
-        let q = Gamma { shape: 3.0, scale: 0.2 }.quantile(0.9);
+        let q = Gamma {
+            shape: 3.0,
+            scale: 0.2,
+        }
+        .quantile(0.9);
         assert!((q - 1.064_464_067_566_842).abs() < 1e-9, "{q}");
     }
 

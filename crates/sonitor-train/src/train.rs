@@ -21,7 +21,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use sonitor_core::bundle::{
-    Bundle, FeatureView, InputSpec, Manifest, Provenance, SectionModel, TensorSpec, Threshold, FORMAT_VERSION,
+    Bundle, FeatureView, InputSpec, Manifest, Provenance, SectionModel, TensorSpec, Threshold,
+    FORMAT_VERSION,
 };
 use sonitor_core::dcase::{self, ClassMap, Clip, Domain, LabelGranularity, Split};
 use sonitor_core::features::{FeatureExtractor, FeatureParams};
@@ -152,7 +153,10 @@ pub struct FitOptions {
 impl FitOptions {
     pub fn from_args(a: &FitArgs) -> anyhow::Result<Self> {
         let labels = LabelGranularity::parse(&a.labels).with_context(|| {
-            format!("--labels {}: expected type, section, attribute or attribute-domain", a.labels)
+            format!(
+                "--labels {}: expected type, section, attribute or attribute-domain",
+                a.labels
+            )
         })?;
         let features = FeatureParams::default();
         let [frames, n_mels] = features.log_mel_shape();
@@ -233,15 +237,27 @@ fn scalar(t: Tensor<1>) -> f64 {
 
 /// Trains, exports and writes the bundle. Returns a summary.
 pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
-    anyhow::ensure!(o.batch >= 2, "--batch {}: at least 2 (BatchNorm needs a batch)", o.batch);
-    anyhow::ensure!(o.lr > 0.0 && o.lr.is_finite(), "--lr {} must be positive", o.lr);
+    anyhow::ensure!(
+        o.batch >= 2,
+        "--batch {}: at least 2 (BatchNorm needs a batch)",
+        o.batch
+    );
+    anyhow::ensure!(
+        o.lr > 0.0 && o.lr.is_finite(),
+        "--lr {} must be positive",
+        o.lr
+    );
     anyhow::ensure!(
         o.quantile > 0.0 && o.quantile < 1.0,
         "--quantile {} must be in (0, 1)",
         o.quantile
     );
     let data = dcase::scan(&o.data)?;
-    let train: Vec<&Clip> = data.clips.iter().filter(|c| c.split == Split::Train).collect();
+    let train: Vec<&Clip> = data
+        .clips
+        .iter()
+        .filter(|c| c.split == Split::Train)
+        .collect();
     anyhow::ensure!(!train.is_empty(), "{}", data::describe_empty(&o.data));
     let classes = ClassMap::build(o.labels, train.iter().copied());
     let [frames, n_mels] = o.features.log_mel_shape();
@@ -250,7 +266,9 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
         .clone()
         .unwrap_or_else(|| ModelConfig::paper(frames, n_mels, o.features.spectrum_len()));
     anyhow::ensure!(
-        config.frames == frames && config.n_mels == n_mels && config.spectrum_len == o.features.spectrum_len(),
+        config.frames == frames
+            && config.n_mels == n_mels
+            && config.spectrum_len == o.features.spectrum_len(),
         "model input shapes ({}×{}, {}) do not match the features ({frames}×{n_mels}, {})",
         config.frames,
         config.n_mels,
@@ -293,8 +311,8 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
         let state_path = ckpt.join("state.json");
         let text = std::fs::read_to_string(&state_path)
             .with_context(|| format!("--resume: reading {}", state_path.display()))?;
-        let state: CheckpointState =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", state_path.display()))?;
+        let state: CheckpointState = serde_json::from_str(&text)
+            .with_context(|| format!("parsing {}", state_path.display()))?;
         anyhow::ensure!(
             state.model == config && state.classes == classes.names,
             "--resume: the checkpoint in {} was made with another network or class set",
@@ -305,9 +323,9 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
         model = model
             .try_load_record(record)
             .map_err(|e| anyhow::anyhow!("applying {}: {e:?}", ckpt.join("model.bpk").display()))?;
-        optim = optim
-            .load(ckpt.join("optimizer.bpk"))
-            .map_err(|e| anyhow::anyhow!("loading {}: {e:?}", ckpt.join("optimizer.bpk").display()))?;
+        optim = optim.load(ckpt.join("optimizer.bpk")).map_err(|e| {
+            anyhow::anyhow!("loading {}: {e:?}", ckpt.join("optimizer.bpk").display())
+        })?;
         loss = state.loss;
         start_epoch = state.epochs_done;
         history = state.history;
@@ -319,7 +337,8 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
     let mut fx = FeatureExtractor::new(o.features.clone())?;
     let t_train = Instant::now();
     for epoch in start_epoch..o.epochs {
-        let mut rng = ChaCha8Rng::seed_from_u64(o.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ epoch as u64);
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(o.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ epoch as u64);
         let mut order: Vec<usize> = (0..clips.len()).collect();
         order.shuffle(&mut rng);
         let batches: Vec<&[usize]> = order.chunks(o.batch).filter(|b| b.len() >= 2).collect();
@@ -358,7 +377,11 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
                 let _ = std::io::stderr().flush();
             }
         }
-        let mean = if seen > 0 { sum / seen as f64 } else { f64::NAN };
+        let mean = if seen > 0 {
+            sum / seen as f64
+        } else {
+            f64::NAN
+        };
         history.push(mean);
         if o.progress {
             eprintln!(
@@ -375,9 +398,9 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
             .clone()
             .save_file(ckpt.join("model.bpk"))
             .map_err(|e| anyhow::anyhow!("writing {}: {e:?}", ckpt.join("model.bpk").display()))?;
-        optim
-            .save(ckpt.join("optimizer.bpk"))
-            .map_err(|e| anyhow::anyhow!("writing {}: {e:?}", ckpt.join("optimizer.bpk").display()))?;
+        optim.save(ckpt.join("optimizer.bpk")).map_err(|e| {
+            anyhow::anyhow!("writing {}: {e:?}", ckpt.join("optimizer.bpk").display())
+        })?;
         let state = CheckpointState {
             epochs_done: epoch + 1,
             loss: loss.clone(),
@@ -403,12 +426,22 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
     )?;
     let mut sections = Vec::new();
     for (machine_type, section) in data.sections() {
-        let sclips: Vec<&Clip> = data.clips_of(&machine_type, section, Split::Train).collect();
+        let sclips: Vec<&Clip> = data
+            .clips_of(&machine_type, section, Split::Train)
+            .collect();
         if sclips.is_empty() {
             continue;
         }
-        let sm = section_model(&embedder, &sclips, &o.features, o.kmeans, o.quantile, o.target_centres, o.seed)
-            .with_context(|| format!("{machine_type} section {section:02}"))?;
+        let sm = section_model(
+            &embedder,
+            &sclips,
+            &o.features,
+            o.kmeans,
+            o.quantile,
+            o.target_centres,
+            o.seed,
+        )
+        .with_context(|| format!("{machine_type} section {section:02}"))?;
         if o.progress {
             eprintln!(
                 "{machine_type} section {section:02}: {} source + {} target centres, threshold {:.4} (gamma k {:.2} θ {:.4})",
@@ -486,7 +519,8 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
             metrics: serde_json::Value::Null,
         },
     };
-    Bundle::write(&o.out, &manifest, &onnx).with_context(|| format!("writing the bundle {}", o.out.display()))?;
+    Bundle::write(&o.out, &manifest, &onnx)
+        .with_context(|| format!("writing the bundle {}", o.out.display()))?;
     if o.progress {
         eprintln!(
             "bundle written to {} (training {:.1} s, back end {:.1} s)",
@@ -545,7 +579,8 @@ pub fn embed_clips(
                     part.iter()
                         .zip(cl)
                         .map(|(a, c)| {
-                            clip_embeddings(embedder, &mut fx, a).with_context(|| format!("embedding {}", c.path.display()))
+                            clip_embeddings(embedder, &mut fx, a)
+                                .with_context(|| format!("embedding {}", c.path.display()))
                         })
                         .collect()
                 })
@@ -553,7 +588,10 @@ pub fn embed_clips(
             .collect();
         let mut all = Vec::with_capacity(clips.len());
         for h in handles {
-            all.extend(h.join().map_err(|_| anyhow::anyhow!("embedding thread panicked"))??);
+            all.extend(
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("embedding thread panicked"))??,
+            );
         }
         Ok(all)
     })
@@ -601,7 +639,12 @@ pub fn section_model(
             let others: Vec<Vec<f32>> = src_centres
                 .iter()
                 .cloned()
-                .chain(target.iter().filter(|(owner, _)| *owner != ci).map(|(_, t)| t.clone()))
+                .chain(
+                    target
+                        .iter()
+                        .filter(|(owner, _)| *owner != ci)
+                        .map(|(_, t)| t.clone()),
+                )
                 .collect();
             scores.push(kmeans::min_cosine_distance(v, &others) as f64);
         }
@@ -633,7 +676,10 @@ pub fn section_model(
     Ok(SectionModel {
         machine_type: first.machine_type.clone(),
         section: first.name.section,
-        centroids: src_centres.into_iter().chain(target.into_iter().map(|(_, t)| t)).collect(),
+        centroids: src_centres
+            .into_iter()
+            .chain(target.into_iter().map(|(_, t)| t))
+            .collect(),
         n_source_centroids: n_source,
         n_target_centroids: n_target,
         threshold,
@@ -665,10 +711,14 @@ pub fn rfc3339_now() -> String {
 }
 
 /// Groups anything by section key.
-pub fn by_section<'a>(clips: impl IntoIterator<Item = &'a Clip>) -> BTreeMap<(String, u16), Vec<&'a Clip>> {
+pub fn by_section<'a>(
+    clips: impl IntoIterator<Item = &'a Clip>,
+) -> BTreeMap<(String, u16), Vec<&'a Clip>> {
     let mut m: BTreeMap<(String, u16), Vec<&Clip>> = BTreeMap::new();
     for c in clips {
-        m.entry((c.machine_type.clone(), c.name.section)).or_default().push(c);
+        m.entry((c.machine_type.clone(), c.name.section))
+            .or_default()
+            .push(c);
     }
     m
 }

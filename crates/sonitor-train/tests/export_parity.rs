@@ -19,9 +19,22 @@ fn check(config: ModelConfig) {
     let mut loss = Loss::new(LossKind::SubclusterAdacos, 3, config.embedding_dim(), 1);
     let batch = 6;
     for step in 0..4 {
-        let mel = Tensor::<3>::random([batch, frames, n_mels], Distribution::Normal(0.5, 2.0), &device);
-        let spec = Tensor::<2>::random([batch, spec_len], Distribution::Uniform(0.0, 30.0), &device);
-        let labels: Vec<f32> = (0..batch * 3).map(|i| if i % 3 == (i / 3 + step) % 3 { 1.0 } else { 0.0 }).collect();
+        let mel = Tensor::<3>::random(
+            [batch, frames, n_mels],
+            Distribution::Normal(0.5, 2.0),
+            &device,
+        );
+        let spec =
+            Tensor::<2>::random([batch, spec_len], Distribution::Uniform(0.0, 30.0), &device);
+        let labels: Vec<f32> = (0..batch * 3)
+            .map(|i| {
+                if i % 3 == (i / 3 + step) % 3 {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
         let l = loss.forward(model.forward(mel, spec), &labels);
         let grads = GradientsParams::from_grads(l.backward(), &model);
         model = optim.step(1e-2, model, grads);
@@ -47,7 +60,12 @@ fn check(config: ModelConfig) {
         let got = embedder.embed_raw(&mel_v, &spec_v).unwrap();
         assert_eq!(got.len(), want.len());
         let norm = want.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
-        let diff = got.iter().zip(&want).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>().sqrt();
+        let diff = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
         assert!(norm > 1e-3, "degenerate embedding {want:?}");
         worst = worst.max(diff / norm);
     }

@@ -22,7 +22,8 @@ fn make_dataset(root: &Path) {
         (0..sr)
             .map(|i| {
                 let t = i as f32 / sr as f32;
-                let mut x = 0.3 * (6.283 * f0 * t + phase).sin() + 0.15 * (6.283 * 2.0 * f0 * t).sin();
+                let mut x =
+                    0.3 * (6.283 * f0 * t + phase).sin() + 0.15 * (6.283 * 2.0 * f0 * t).sin();
                 x += 0.05 * rng.gen_range(-1.0f32..1.0);
                 if anomaly {
                     x += 0.2 * (6.283 * 3100.0 * t).sin();
@@ -38,7 +39,13 @@ fn make_dataset(root: &Path) {
     std::fs::create_dir_all(base.join("train")).unwrap();
     std::fs::create_dir_all(base.join("test")).unwrap();
     let mut idx = 0;
-    let mut write = |split: Split, domain: Domain, cond: Condition, f0: f32, attr: &str, n: usize, anomaly: bool| {
+    let mut write = |split: Split,
+                     domain: Domain,
+                     cond: Condition,
+                     f0: f32,
+                     attr: &str,
+                     n: usize,
+                     anomaly: bool| {
         for _ in 0..n {
             let name = ClipName::format(0, domain, split, cond, idx, attr);
             idx += 1;
@@ -47,13 +54,69 @@ fn make_dataset(root: &Path) {
             write_wav_i16(&dir.join(name), &a, sr as u32).unwrap();
         }
     };
-    write(Split::Train, Domain::Source, Condition::Normal, 200.0, "speed_1", 8, false);
-    write(Split::Train, Domain::Source, Condition::Normal, 300.0, "speed_2", 8, false);
-    write(Split::Train, Domain::Target, Condition::Normal, 450.0, "speed_3", 3, false);
-    write(Split::Test, Domain::Source, Condition::Normal, 200.0, "speed_1", 4, false);
-    write(Split::Test, Domain::Source, Condition::Anomaly, 200.0, "speed_1", 4, true);
-    write(Split::Test, Domain::Target, Condition::Normal, 450.0, "speed_3", 4, false);
-    write(Split::Test, Domain::Target, Condition::Anomaly, 450.0, "speed_3", 4, true);
+    write(
+        Split::Train,
+        Domain::Source,
+        Condition::Normal,
+        200.0,
+        "speed_1",
+        8,
+        false,
+    );
+    write(
+        Split::Train,
+        Domain::Source,
+        Condition::Normal,
+        300.0,
+        "speed_2",
+        8,
+        false,
+    );
+    write(
+        Split::Train,
+        Domain::Target,
+        Condition::Normal,
+        450.0,
+        "speed_3",
+        3,
+        false,
+    );
+    write(
+        Split::Test,
+        Domain::Source,
+        Condition::Normal,
+        200.0,
+        "speed_1",
+        4,
+        false,
+    );
+    write(
+        Split::Test,
+        Domain::Source,
+        Condition::Anomaly,
+        200.0,
+        "speed_1",
+        4,
+        true,
+    );
+    write(
+        Split::Test,
+        Domain::Target,
+        Condition::Normal,
+        450.0,
+        "speed_3",
+        4,
+        false,
+    );
+    write(
+        Split::Test,
+        Domain::Target,
+        Condition::Anomaly,
+        450.0,
+        "speed_3",
+        4,
+        true,
+    );
 }
 
 fn features() -> FeatureParams {
@@ -104,7 +167,11 @@ fn fit_resume_eval_and_refusals() {
     let s = b.section("fan", 0).unwrap();
     assert_eq!(s.n_source_centroids, 4);
     assert_eq!(s.n_target_centroids, 3 * 3); // 3 clips × 3 windows of 4096 in 1 s
-    assert!(s.threshold.value > 0.0 && s.threshold.value < 2.0, "{:?}", s.threshold);
+    assert!(
+        s.threshold.value > 0.0 && s.threshold.value < 2.0,
+        "{:?}",
+        s.threshold
+    );
     assert_eq!(b.manifest.provenance.loss, "subcluster-adacos");
     assert!(out.join("checkpoint/model.bpk").exists());
 
@@ -112,7 +179,10 @@ fn fit_resume_eval_and_refusals() {
     let out2 = dir.path().join("bundle2");
     fit(&options(&data, &out2, LossKind::SubclusterAdacos, 1)).unwrap();
     let m1 = Bundle::load(&out2).unwrap().manifest;
-    assert_eq!(m1.onnx_sha256, b.manifest.onnx_sha256, "two runs with one seed differ");
+    assert_eq!(
+        m1.onnx_sha256, b.manifest.onnx_sha256,
+        "two runs with one seed differ"
+    );
 
     // Resume to 2 epochs.
     let mut o = options(&data, &out, LossKind::SubclusterAdacos, 2);
@@ -122,10 +192,14 @@ fn fit_resume_eval_and_refusals() {
 
     // Eval through tract.
     let scores = dir.path().join("scores");
-    let report = sonitor_train::eval::evaluate(&out, &data, &scores).unwrap().unwrap();
+    let report = sonitor_train::eval::evaluate(&out, &data, &scores)
+        .unwrap()
+        .unwrap();
     assert_eq!(report.sections.len(), 1);
     assert!(report.official_score > 0.0 && report.official_score <= 1.0);
-    assert!(scores.join("anomaly_score_fan_section_00_test.csv").exists());
+    assert!(scores
+        .join("anomaly_score_fan_section_00_test.csv")
+        .exists());
 
     // Refusals: a changed ONNX file, a manifest without centroids.
     let onnx = out.join("model.onnx");
@@ -149,10 +223,18 @@ fn every_loss_trains() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     make_dataset(&data);
-    for loss in [LossKind::Adacos, LossKind::IcCompactness, LossKind::OneClass] {
+    for loss in [
+        LossKind::Adacos,
+        LossKind::IcCompactness,
+        LossKind::OneClass,
+    ] {
         let out = dir.path().join(loss.as_str());
         let r = fit(&options(&data, &out, loss, 1)).unwrap();
-        assert!(r.epoch_losses[0].is_finite(), "{loss:?}: {:?}", r.epoch_losses);
+        assert!(
+            r.epoch_losses[0].is_finite(),
+            "{loss:?}: {:?}",
+            r.epoch_losses
+        );
         Bundle::load(&out).unwrap();
     }
 }

@@ -9,13 +9,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sonitor_core::bundle::{
-    Bundle, FeatureView, InputSpec, Manifest, Provenance, SectionModel, TensorSpec, Threshold, FORMAT_VERSION,
+    Bundle, FeatureView, InputSpec, Manifest, Provenance, SectionModel, TensorSpec, Threshold,
+    FORMAT_VERSION,
 };
 use sonitor_core::features::FeatureParams;
 use sonitor_train::eval::embedder_of;
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 fn python() -> PathBuf {
@@ -48,7 +52,12 @@ fn a_graph_from_the_onnx_package_loads_and_runs() {
         .arg(dir.path())
         .args([frames, n_mels, spec_len, d_mel, d_spec].map(|v| v.to_string()))
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {:?}: {e}; run scripts/setup-python or set SONITOR_PYTHON", python()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {:?}: {e}; run scripts/setup-python or set SONITOR_PYTHON",
+                python()
+            )
+        });
     assert!(
         out.status.success(),
         "{} failed (install the reference packages with scripts/setup-python):\n{}",
@@ -57,7 +66,8 @@ fn a_graph_from_the_onnx_package_loads_and_runs() {
     );
     let onnx = std::fs::read(dir.path().join("foreign.onnx")).unwrap();
     let expected: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("expected.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("expected.json")).unwrap())
+            .unwrap();
     let expected: Vec<f64> = expected["embedding"]
         .as_array()
         .unwrap()
@@ -71,10 +81,21 @@ fn a_graph_from_the_onnx_package_loads_and_runs() {
         model_id: "foreign".into(),
         features: p.clone(),
         inputs: vec![
-            InputSpec { name: "mel_in".into(), view: FeatureView::LogMel, shape: vec![1, frames, n_mels] },
-            InputSpec { name: "spec_in".into(), view: FeatureView::Spectrum, shape: vec![1, spec_len] },
+            InputSpec {
+                name: "mel_in".into(),
+                view: FeatureView::LogMel,
+                shape: vec![1, frames, n_mels],
+            },
+            InputSpec {
+                name: "spec_in".into(),
+                view: FeatureView::Spectrum,
+                shape: vec![1, spec_len],
+            },
         ],
-        output: TensorSpec { name: "emb_out".into(), shape: vec![1, dim] },
+        output: TensorSpec {
+            name: "emb_out".into(),
+            shape: vec![1, dim],
+        },
         embedding_dim: dim,
         classes: vec![],
         sections: vec![SectionModel {
@@ -101,17 +122,26 @@ fn a_graph_from_the_onnx_package_loads_and_runs() {
     let bundle = Bundle::load(&bdir).unwrap();
     assert_eq!(bundle.graph.producer, "onnx-python-test");
     let embedder = embedder_of(&bundle).unwrap();
-    let mel: Vec<f32> = (0..frames * n_mels).map(|i| (0.1 * i as f64).sin() as f32).collect();
-    let spec: Vec<f32> = (0..spec_len).map(|i| (0.01 * i as f64).cos() as f32).collect();
+    let mel: Vec<f32> = (0..frames * n_mels)
+        .map(|i| (0.1 * i as f64).sin() as f32)
+        .collect();
+    let spec: Vec<f32> = (0..spec_len)
+        .map(|i| (0.01 * i as f64).cos() as f32)
+        .collect();
     let got = embedder.embed_raw(&mel, &spec).unwrap();
     assert_eq!(got.len(), dim);
     for (g, e) in got.iter().zip(&expected) {
-        assert!((*g as f64 - e).abs() <= 1e-4 * (1.0 + e.abs()), "tract {got:?} vs numpy {expected:?}");
+        assert!(
+            (*g as f64 - e).abs() <= 1e-4 * (1.0 + e.abs()),
+            "tract {got:?} vs numpy {expected:?}"
+        );
     }
 
     // The same graph under a manifest that names an input it does not have is refused, naming it.
     let mut wrong = manifest.clone();
     wrong.inputs[0].name = "log_mel".into();
-    let e = Bundle::write(&dir.path().join("wrong"), &wrong, &onnx).unwrap_err().to_string();
+    let e = Bundle::write(&dir.path().join("wrong"), &wrong, &onnx)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no input 'log_mel'"), "{e}");
 }
