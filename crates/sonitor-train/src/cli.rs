@@ -11,7 +11,11 @@ use crate::{baseline, synth};
 use crate::{eval, train};
 
 #[derive(Parser, Debug)]
-#[command(name = "sonitor-train", version, about = "Learns what normal sounds like; evaluates with the DCASE metrics")]
+#[command(
+    name = "sonitor-train",
+    version,
+    about = "Learns what normal sounds like; evaluates with the DCASE metrics"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -58,8 +62,13 @@ pub fn print_report(report: &metrics::Report, json: bool) -> anyhow::Result<()> 
 
 fn run_metrics(a: &MetricsArgs) -> anyhow::Result<()> {
     let data = dcase::scan(&a.data)?;
-    let report = metrics::evaluate_submission(&data, &a.scores)
-        .with_context(|| format!("evaluating {} against {}", a.scores.display(), a.data.display()))?;
+    let report = metrics::evaluate_submission(&data, &a.scores).with_context(|| {
+        format!(
+            "evaluating {} against {}",
+            a.scores.display(),
+            a.data.display()
+        )
+    })?;
     print_report(&report, a.json)
 }
 
