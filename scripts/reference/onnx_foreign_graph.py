@@ -21,9 +21,10 @@ def main():
     out = sys.argv[1]
     frames, n_mels, spec_len, d_mel, d_spec = map(int, sys.argv[2:7])
     rng = np.random.default_rng(7)
-    w_mel = rng.standard_normal((n_mels, d_mel)).astype(np.float32) / np.sqrt(n_mels)
-    b_mel = rng.standard_normal(d_mel).astype(np.float32) * 0.1
-    w_spec = rng.standard_normal((spec_len, d_spec)).astype(np.float32) / np.sqrt(spec_len)
+    w_mel = (rng.standard_normal((n_mels, d_mel)) / np.sqrt(n_mels)).astype(np.float32)
+    b_mel = (rng.standard_normal(d_mel) * 0.1).astype(np.float32)
+    # Cast after scaling: a float32 array divided by a NumPy float64 scalar is float64 under NumPy 2's rules.
+    w_spec = (rng.standard_normal((spec_len, d_spec)) / np.sqrt(spec_len)).astype(np.float32)
 
     inits = [
         helper.make_tensor("W_mel", TensorProto.FLOAT, w_mel.shape, w_mel.flatten().tolist()),

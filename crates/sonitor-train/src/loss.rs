@@ -273,9 +273,20 @@ mod tests {
             l.adaptive_scale(&[f32::NAN, f32::NAN, f32::NAN], &[1.0, 0.0, 0.0]),
             5.0
         );
-        // Huge cosines of non-targets: clamped to 4·s₀.
+        // Non-targets at cosine 1, target at 0: the raw AdaCos value would be ln(2e^5)/cos(π/4) ≈ 8.05;
+        // clamped to max(4·s₀, 4) (s₀ = √2·ln 2 ≈ 0.98 for three logits, so the floor of the cap, 4, applies).
         let big = l.adaptive_scale(&[0.0, 1.0, 1.0], &[1.0, 0.0, 0.0]);
-        assert!(big <= 4.0 * l.initial_scale + 1e-9);
+        assert!((big - 4.0).abs() < 1e-9, "{big}");
+        // A sane batch is not clamped: 50 classes (s₀ = √2·ln 49), target cosine 0.9, the 49 others 0:
+        // B_avg = 49, θ_med = acos 0.9 < π/4, s = ln 49 / 0.9.
+        let mut l = Loss::new(LossKind::Adacos, 50, 2, 1);
+        l.scale = l.initial_scale;
+        let mut cos = vec![0.0f32; 50];
+        cos[0] = 0.9;
+        let mut y = vec![0.0f32; 50];
+        y[0] = 1.0;
+        let s = l.adaptive_scale(&cos, &y);
+        assert!((s - 49f64.ln() / 0.9).abs() < 1e-5, "{s}");
         assert!(
             Loss::new(LossKind::SubclusterAdacos, 2, 4, 0).centres.len() == 2 * SUBCLUSTERS * 4
         );

@@ -39,7 +39,8 @@ pub fn ln_gamma(x: f64) -> f64 {
 /// Digamma ψ(x), x > 0 (recurrence to x ≥ 6, then the asymptotic series).
 pub fn digamma(mut x: f64) -> f64 {
     let mut r = 0.0;
-    while x < 6.0 {
+    // Recurse up to x ≥ 12 so the truncated asymptotic series is accurate to ~1e-13.
+    while x < 12.0 {
         r -= 1.0 / x;
         x += 1.0;
     }
@@ -50,7 +51,7 @@ pub fn digamma(mut x: f64) -> f64 {
 /// Trigamma ψ'(x), x > 0.
 pub fn trigamma(mut x: f64) -> f64 {
     let mut r = 0.0;
-    while x < 6.0 {
+    while x < 12.0 {
         r += 1.0 / (x * x);
         x += 1.0;
     }

@@ -290,8 +290,15 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
     }
 
     let device = o.device.device()?;
-    device.seed(o.seed);
-    let mut model = config.init(&device)?;
+    // The backend's RNG is process-wide: seeding it and drawing the initial parameters must not interleave
+    // with another `fit` in the same process (the test harness runs tests in parallel), or one seed would not
+    // give one network.
+    let mut model = {
+        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+        device.seed(o.seed);
+        config.init(&device)?
+    };
     let params = model.num_params();
     let macs = config.macs_per_window();
     if o.progress {
