@@ -498,7 +498,7 @@ impl Controller {
         }
         let interval = self.cfg.mqtt.score_interval;
         let m = &mut self.machines[i];
-        if m.last_score_pub.map_or(true, |p| p.elapsed() >= interval) {
+        if m.last_score_pub.is_none_or(|p| p.elapsed() >= interval) {
             m.last_score_pub = Some(Instant::now());
             let topic = format!("{}/{}/score", self.base, m.cfg.name);
             self.send(ToMqtt::Transient {

@@ -152,7 +152,7 @@ impl Outbox {
     pub fn next_after(&self, after: Option<u64>) -> Option<&Record> {
         self.records
             .iter()
-            .find(|r| after.map_or(true, |a| r.seq > a))
+            .find(|r| after.is_none_or(|a| r.seq > a))
     }
 
     pub fn len(&self) -> usize {

@@ -2,54 +2,16 @@
 //! metrics. The reference values are computed at test time by the scripts in `scripts/reference/` (CI installs
 //! their requirements), never pasted by hand.
 //!
-//! Interpreter: `$SONITOR_PYTHON`, else the workspace's `.venv/bin/python`, else `python3`.
-
-use std::path::{Path, PathBuf};
-use std::process::Command;
+//! Interpreter: see `tests/support/reference.rs`.
 
 use sonitor_core::audio::{read_wav, ChannelSelect};
 use sonitor_core::features::{FeatureExtractor, FeatureParams};
 use sonitor_core::metrics::{partial_roc_auc, roc_auc};
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
+mod support {
+    pub mod reference;
 }
-
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("SONITOR_PYTHON") {
-        return p.into();
-    }
-    let venv = workspace().join(".venv/bin/python");
-    if venv.exists() {
-        venv
-    } else {
-        "python3".into()
-    }
-}
-
-/// Runs a reference script; a missing interpreter or package fails the test with instructions.
-fn run_reference(script: &str, args: &[&Path]) {
-    let script = workspace().join("scripts/reference").join(script);
-    let out = Command::new(python())
-        .arg(&script)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {:?}: {e}; run scripts/setup-python or set SONITOR_PYTHON",
-                python()
-            )
-        });
-    assert!(
-        out.status.success(),
-        "{} failed (install the reference packages with scripts/setup-python):\n{}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use support::reference::{run_reference, workspace};
 
 fn max_abs_diff(a: &[f32], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
@@ -85,7 +47,7 @@ fn log_mel_matches_librosa_on_real_audio() {
         let params_path = dir.path().join("params.json");
         std::fs::write(&params_path, serde_json::to_string(&params).unwrap()).unwrap();
         let out_path = dir.path().join("ref.json");
-        run_reference("librosa_logmel.py", &[&wav, &params_path, &out_path]);
+        run_reference("librosa_logmel.py", [&wav, &params_path, &out_path]);
         let reference: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&out_path).unwrap()).unwrap();
 
@@ -131,7 +93,7 @@ fn log_mel_matches_librosa_on_real_audio() {
 fn metrics_match_scikit_learn() {
     let dir = tempfile::tempdir().unwrap();
     let out_path = dir.path().join("auc.json");
-    run_reference("sklearn_auc.py", &[&out_path]);
+    run_reference("sklearn_auc.py", [&out_path]);
     let reference: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&out_path).unwrap()).unwrap();
     let cases = reference["cases"].as_array().unwrap();

@@ -13,7 +13,7 @@ use anyhow::Context;
 use sonitor_core::audio::{load_mono, ChannelSelect};
 use sonitor_core::dcase::{self, Clip, Domain, Split};
 use sonitor_core::features::{FeatureExtractor, FeatureParams};
-use sonitor_core::metrics;
+use sonitor_core::{metrics, parallel};
 
 /// Weight of the identity target in the covariance shrinkage.
 pub const SHRINKAGE: f64 = 0.1;
@@ -33,51 +33,29 @@ pub struct BaselineArgs {
 
 /// Mean log-mel vector of every clip, computed on all cores. Errors name the clip.
 pub fn clip_vectors(clips: &[&Clip], params: &FeatureParams) -> anyhow::Result<Vec<Vec<f64>>> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(clips.len().max(1));
-    let chunk = clips.len().div_ceil(threads).max(1);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = clips
-            .chunks(chunk)
-            .map(|part| {
-                s.spawn(move || -> anyhow::Result<Vec<Vec<f64>>> {
-                    let mut fx = FeatureExtractor::new(params.clone())?;
-                    let mut frames = Vec::new();
-                    part.iter()
-                        .map(|clip| {
-                            let audio =
-                                load_mono(&clip.path, ChannelSelect::Mix, params.sample_rate)?;
-                            frames.clear();
-                            let n = fx.log_mel_frames(&audio, &mut frames);
-                            anyhow::ensure!(
-                                n > 0,
-                                "{}: too short ({} samples) for one STFT frame of {}",
-                                clip.path.display(),
-                                audio.len(),
-                                params.n_fft
-                            );
-                            let mut mean = vec![0.0f64; params.n_mels];
-                            for row in frames.chunks_exact(params.n_mels) {
-                                for (m, v) in mean.iter_mut().zip(row) {
-                                    *m += *v as f64 / n as f64;
-                                }
-                            }
-                            Ok(mean)
-                        })
-                        .collect()
-                })
-            })
-            .collect();
-        let mut all = Vec::with_capacity(clips.len());
-        for h in handles {
-            all.extend(
-                h.join()
-                    .map_err(|_| anyhow::anyhow!("feature worker panicked"))??,
+    parallel::map_with_state(
+        clips,
+        || anyhow::Ok((FeatureExtractor::new(params.clone())?, Vec::new())),
+        |(fx, frames), clip| {
+            let audio = load_mono(&clip.path, ChannelSelect::Mix, params.sample_rate)?;
+            frames.clear();
+            let n = fx.log_mel_frames(&audio, frames);
+            anyhow::ensure!(
+                n > 0,
+                "{}: too short ({} samples) for one STFT frame of {}",
+                clip.path.display(),
+                audio.len(),
+                params.n_fft
             );
-        }
-        Ok(all)
-    })
+            let mut mean = vec![0.0f64; params.n_mels];
+            for row in frames.chunks_exact(params.n_mels) {
+                for (m, v) in mean.iter_mut().zip(row) {
+                    *m += *v as f64 / n as f64;
+                }
+            }
+            Ok(mean)
+        },
+    )
 }
 
 /// Lower-triangular Cholesky factor of a symmetric positive-definite matrix (row-major, d×d).

@@ -7,7 +7,6 @@ use clap::{Parser, Subcommand};
 use sonitor_core::{dcase, metrics};
 
 use crate::{baseline, synth};
-#[cfg(feature = "wip")]
 use crate::{eval, train};
 
 #[derive(Parser, Debug)]
@@ -29,10 +28,8 @@ enum Command {
     Baseline(baseline::BaselineArgs),
     /// Official DCASE metrics of a directory of submission files.
     Metrics(MetricsArgs),
-    #[cfg(feature = "wip")]
     /// Train the embedding network, export it to ONNX, fit centroids and thresholds; write a model bundle.
     Fit(train::FitArgs),
-    #[cfg(feature = "wip")]
     /// Score the test clips with a model bundle (tract on the ONNX graph) and print the official metrics.
     Eval(eval::EvalArgs),
 }
@@ -79,9 +76,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Synth(a) => synth::run(a),
         Command::Baseline(a) => baseline::run(a),
         Command::Metrics(a) => run_metrics(a),
-        #[cfg(feature = "wip")]
         Command::Fit(a) => train::run(a),
-        #[cfg(feature = "wip")]
         Command::Eval(a) => eval::run(a),
     };
     match result {

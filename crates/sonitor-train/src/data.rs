@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 use sonitor_core::audio::{load_mono, ChannelSelect};
 use sonitor_core::dcase::{ClassMap, Clip};
 use sonitor_core::features::{FeatureExtractor, FeatureParams, Features};
+use sonitor_core::parallel;
 
 /// A training clip in memory.
 #[derive(Debug, Clone)]
@@ -19,32 +20,9 @@ pub struct TrainClip {
 
 /// Loads clips (mono, resampled to the feature rate) on all cores. Errors name the file.
 pub fn load_audio(clips: &[&Clip], sample_rate: u32) -> anyhow::Result<Vec<Vec<f32>>> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(clips.len().max(1));
-    let chunk = clips.len().div_ceil(threads).max(1);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = clips
-            .chunks(chunk)
-            .map(|part| {
-                s.spawn(move || -> anyhow::Result<Vec<Vec<f32>>> {
-                    part.iter()
-                        .map(|c| {
-                            load_mono(&c.path, ChannelSelect::Mix, sample_rate)
-                                .with_context(|| format!("loading {}", c.path.display()))
-                        })
-                        .collect()
-                })
-            })
-            .collect();
-        let mut all = Vec::with_capacity(clips.len());
-        for h in handles {
-            all.extend(
-                h.join()
-                    .map_err(|_| anyhow::anyhow!("audio loader thread panicked"))??,
-            );
-        }
-        Ok(all)
+    parallel::map(clips, |c| {
+        load_mono(&c.path, ChannelSelect::Mix, sample_rate)
+            .with_context(|| format!("loading {}", c.path.display()))
     })
 }
 

@@ -13,7 +13,7 @@ use anyhow::Context;
 use sonitor_core::bundle::{Bundle, FeatureView};
 use sonitor_core::dcase::{self, Clip, Split};
 use sonitor_core::features::FeatureExtractor;
-use sonitor_core::{metrics, score};
+use sonitor_core::{metrics, parallel, score};
 
 use crate::data;
 use crate::infer::OnnxEmbedder;
@@ -110,40 +110,16 @@ pub fn score_dataset(
             )
             })?;
         let audio = data::load_audio(&test, params.sample_rate)?;
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(audio.len().max(1));
-        let chunk = audio.len().div_ceil(threads).max(1);
-        let scores: Vec<f64> = std::thread::scope(|s| -> anyhow::Result<Vec<f64>> {
-            let handles: Vec<_> =
-                audio
-                    .chunks(chunk)
-                    .zip(test.chunks(chunk))
-                    .map(|(part, clips)| {
-                        let (embedder, params, centroids) = (&embedder, &params, &sm.centroids);
-                        s.spawn(move || -> anyhow::Result<Vec<f64>> {
-                            let mut fx = FeatureExtractor::new(params.clone())?;
-                            part.iter()
-                                .zip(clips)
-                                .map(|(a, c)| {
-                                    let w = window_scores(embedder, &mut fx, a, centroids)
-                                        .with_context(|| format!("scoring {}", c.path.display()))?;
-                                    Ok(w.iter().map(|&v| v as f64).sum::<f64>()
-                                        / w.len().max(1) as f64)
-                                })
-                                .collect()
-                        })
-                    })
-                    .collect();
-            let mut all = Vec::new();
-            for h in handles {
-                all.extend(
-                    h.join()
-                        .map_err(|_| anyhow::anyhow!("scoring thread panicked"))??,
-                );
-            }
-            Ok(all)
-        })?;
+        let items: Vec<(&Vec<f32>, &&Clip)> = audio.iter().zip(&test).collect();
+        let scores: Vec<f64> = parallel::map_with_state(
+            &items,
+            || FeatureExtractor::new(params.clone()).map_err(anyhow::Error::from),
+            |fx, (a, c)| {
+                let w = window_scores(&embedder, fx, a, &sm.centroids)
+                    .with_context(|| format!("scoring {}", c.path.display()))?;
+                Ok(w.iter().map(|&v| v as f64).sum::<f64>() / w.len().max(1) as f64)
+            },
+        )?;
         let rows: Vec<(String, f64)> = test
             .iter()
             .zip(scores)

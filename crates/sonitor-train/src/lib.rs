@@ -10,22 +10,13 @@
 
 pub mod baseline;
 pub mod cli;
-#[cfg(feature = "wip")]
 pub mod data;
-#[cfg(feature = "wip")]
 pub mod eval;
-#[cfg(feature = "wip")]
 pub mod export;
-#[cfg(feature = "wip")]
 pub mod infer;
-#[cfg(feature = "wip")]
 pub mod kmeans;
-#[cfg(feature = "wip")]
 pub mod loss;
-#[cfg(feature = "wip")]
 pub mod model;
 pub mod synth;
-#[cfg(feature = "wip")]
 pub mod threshold;
-#[cfg(feature = "wip")]
 pub mod train;

@@ -26,6 +26,7 @@ use sonitor_core::bundle::{
 };
 use sonitor_core::dcase::{self, ClassMap, Clip, Domain, LabelGranularity, Split};
 use sonitor_core::features::{FeatureExtractor, FeatureParams};
+use sonitor_core::parallel;
 
 use crate::data;
 use crate::export::{self, INPUT_LOG_MEL, INPUT_SPECTRUM, OUTPUT_EMBEDDING};
@@ -196,6 +197,18 @@ impl FitOptions {
     }
 }
 
+/// Forces burn's lazily initialised parameters to be drawn (from the seeded backend RNG) when visited.
+struct InitialiseNow;
+
+impl burn::module::ModuleVisitor for InitialiseNow {
+    fn visit_float<const D: usize>(
+        &mut self,
+        param: &burn::module::Param<burn::tensor::Tensor<D>>,
+    ) {
+        let _ = param.val();
+    }
+}
+
 /// Saved with each checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct CheckpointState {
@@ -297,7 +310,10 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
         static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
         device.seed(o.seed);
-        config.init(&device)?
+        let model = config.init(&device)?;
+        // burn initialises parameters lazily, on first use: draw them all now, under the lock.
+        model.visit(&mut InitialiseNow);
+        model
     };
     let params = model.num_params();
     let macs = config.macs_per_window();
@@ -343,6 +359,7 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
 
     let mut fx = FeatureExtractor::new(o.features.clone())?;
     let t_train = Instant::now();
+    let live = std::io::IsTerminal::is_terminal(&std::io::stderr());
     for epoch in start_epoch..o.epochs {
         let mut rng =
             ChaCha8Rng::seed_from_u64(o.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ epoch as u64);
@@ -370,7 +387,8 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
             model = optim.step(o.lr, model, grads);
             sum += value * n as f64;
             seen += n;
-            if o.progress {
+            // The live batch line only on a terminal; a log file gets one line per epoch.
+            if o.progress && live {
                 eprint!(
                     "\repoch {}/{} batch {}/{} loss {:.4} s {:.2} {:.1} clips/s   ",
                     epoch + 1,
@@ -392,12 +410,14 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
         history.push(mean);
         if o.progress {
             eprintln!(
-                "\repoch {}/{} loss {:.4} s {:.2} {:.1} s                          ",
+                "{}epoch {}/{} loss {:.4} s {:.2} {:.1} s ({:.1} clips/s)",
+                if live { "\r" } else { "" },
                 epoch + 1,
                 o.epochs,
                 mean,
                 loss.scale,
-                t_epoch.elapsed().as_secs_f64()
+                t_epoch.elapsed().as_secs_f64(),
+                seen as f64 / t_epoch.elapsed().as_secs_f64().max(1e-9)
             );
         }
         std::fs::create_dir_all(&ckpt).with_context(|| format!("creating {}", ckpt.display()))?;
@@ -572,36 +592,15 @@ pub fn embed_clips(
     params: &FeatureParams,
 ) -> anyhow::Result<Vec<Vec<Vec<f32>>>> {
     let audio = data::load_audio(clips, params.sample_rate)?;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(audio.len().max(1));
-    let chunk = audio.len().div_ceil(threads).max(1);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = audio
-            .chunks(chunk)
-            .zip(clips.chunks(chunk))
-            .map(|(part, cl)| {
-                s.spawn(move || -> anyhow::Result<Vec<Vec<Vec<f32>>>> {
-                    let mut fx = FeatureExtractor::new(params.clone())?;
-                    part.iter()
-                        .zip(cl)
-                        .map(|(a, c)| {
-                            clip_embeddings(embedder, &mut fx, a)
-                                .with_context(|| format!("embedding {}", c.path.display()))
-                        })
-                        .collect()
-                })
-            })
-            .collect();
-        let mut all = Vec::with_capacity(clips.len());
-        for h in handles {
-            all.extend(
-                h.join()
-                    .map_err(|_| anyhow::anyhow!("embedding thread panicked"))??,
-            );
-        }
-        Ok(all)
-    })
+    let items: Vec<(&Vec<f32>, &&Clip)> = audio.iter().zip(clips).collect();
+    parallel::map_with_state(
+        &items,
+        || FeatureExtractor::new(params.clone()).map_err(anyhow::Error::from),
+        |fx, (a, c)| {
+            clip_embeddings(embedder, fx, a)
+                .with_context(|| format!("embedding {}", c.path.display()))
+        },
+    )
 }
 
 /// The scoring model of one section from its normal training clips: k-means centres of the source-domain

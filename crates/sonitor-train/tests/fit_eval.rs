@@ -17,16 +17,16 @@ use sonitor_train::train::{fit, DeviceKind, FitOptions, TargetCentres};
 fn make_dataset(root: &Path) {
     let sr = 16_000usize;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
-    let mut clip = |f0: f32, anomaly: bool, rng: &mut rand_chacha::ChaCha8Rng| -> Vec<f32> {
-        let phase: f32 = rng.gen_range(0.0..6.28);
+    let clip = |f0: f32, anomaly: bool, rng: &mut rand_chacha::ChaCha8Rng| -> Vec<f32> {
+        let phase: f32 = rng.gen_range(0.0..std::f32::consts::TAU);
         (0..sr)
             .map(|i| {
                 let t = i as f32 / sr as f32;
-                let mut x =
-                    0.3 * (6.283 * f0 * t + phase).sin() + 0.15 * (6.283 * 2.0 * f0 * t).sin();
+                let mut x = 0.3 * (std::f32::consts::TAU * f0 * t + phase).sin()
+                    + 0.15 * (std::f32::consts::TAU * 2.0 * f0 * t).sin();
                 x += 0.05 * rng.gen_range(-1.0f32..1.0);
                 if anomaly {
-                    x += 0.2 * (6.283 * 3100.0 * t).sin();
+                    x += 0.2 * (std::f32::consts::TAU * 3100.0 * t).sin();
                     if rng.gen_range(0.0..1.0) < 0.01 {
                         x += rng.gen_range(-0.5..0.5);
                     }

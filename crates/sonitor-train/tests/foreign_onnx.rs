@@ -5,9 +5,6 @@
 //! Interpreter: `$SONITOR_PYTHON`, else the workspace's `.venv/bin/python`, else `python3` (needs `onnx`,
 //! `numpy`: `scripts/setup-python`).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use sonitor_core::bundle::{
     Bundle, FeatureView, InputSpec, Manifest, Provenance, SectionModel, TensorSpec, Threshold,
     FORMAT_VERSION,
@@ -15,24 +12,8 @@ use sonitor_core::bundle::{
 use sonitor_core::features::FeatureParams;
 use sonitor_train::eval::embedder_of;
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("SONITOR_PYTHON") {
-        return p.into();
-    }
-    let venv = workspace().join(".venv/bin/python");
-    if venv.exists() {
-        venv
-    } else {
-        "python3".into()
-    }
-}
+#[path = "../../sonitor-core/tests/support/reference.rs"]
+mod reference;
 
 #[test]
 fn a_graph_from_the_onnx_package_loads_and_runs() {
@@ -46,24 +27,9 @@ fn a_graph_from_the_onnx_package_loads_and_runs() {
     let spec_len = p.spectrum_len();
     let (d_mel, d_spec) = (5, 3);
     let dir = tempfile::tempdir().unwrap();
-    let script = workspace().join("scripts/reference/onnx_foreign_graph.py");
-    let out = Command::new(python())
-        .arg(&script)
-        .arg(dir.path())
-        .args([frames, n_mels, spec_len, d_mel, d_spec].map(|v| v.to_string()))
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {:?}: {e}; run scripts/setup-python or set SONITOR_PYTHON",
-                python()
-            )
-        });
-    assert!(
-        out.status.success(),
-        "{} failed (install the reference packages with scripts/setup-python):\n{}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut args = vec![dir.path().as_os_str().to_owned()];
+    args.extend([frames, n_mels, spec_len, d_mel, d_spec].map(|v| v.to_string().into()));
+    reference::run_reference("onnx_foreign_graph.py", args);
     let onnx = std::fs::read(dir.path().join("foreign.onnx")).unwrap();
     let expected: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("expected.json")).unwrap())
