@@ -72,18 +72,11 @@ pub fn window_scores(
     audio: &[f32],
     centroids: &[Vec<f32>],
 ) -> anyhow::Result<Vec<f32>> {
-    let p = fx.params().clone();
-    let mut out = fx.new_output();
-    data::windows(audio, &p)
+    Ok(embedder
+        .window_embeddings(fx, audio)?
         .iter()
-        .map(|w| {
-            fx.extract_into(w, &mut out)?;
-            Ok(score::min_cosine_distance(
-                &embedder.embed(&out)?,
-                centroids,
-            ))
-        })
-        .collect()
+        .map(|e| score::min_cosine_distance(e, centroids))
+        .collect())
 }
 
 /// Scores every test clip and writes the submission files into `out`. Returns the files written.

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use sonitor_core::features::Features;
+use sonitor_core::features::{FeatureExtractor, Features};
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
@@ -105,6 +105,23 @@ impl OnnxEmbedder {
     }
 
     /// The (not normalised) embedding of one window's features.
+    /// Unit-normalised embeddings of a clip's analysis windows (the feature extractor's window and hop).
+    pub fn window_embeddings(
+        &self,
+        fx: &mut FeatureExtractor,
+        audio: &[f32],
+    ) -> anyhow::Result<Vec<Vec<f32>>> {
+        let p = fx.params().clone();
+        let mut out = fx.new_output();
+        crate::data::windows(audio, &p)
+            .iter()
+            .map(|w| {
+                fx.extract_into(w, &mut out)?;
+                Ok(crate::kmeans::normalised(&self.embed(&out)?))
+            })
+            .collect()
+    }
+
     pub fn embed(&self, f: &Features) -> anyhow::Result<Vec<f32>> {
         self.embed_raw(&f.log_mel, &f.spectrum)
     }

@@ -568,23 +568,6 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
     })
 }
 
-/// Unit-normalised window embeddings of a clip, through the ONNX graph.
-pub fn clip_embeddings(
-    embedder: &OnnxEmbedder,
-    fx: &mut FeatureExtractor,
-    audio: &[f32],
-) -> anyhow::Result<Vec<Vec<f32>>> {
-    let p = fx.params().clone();
-    let mut out = fx.new_output();
-    data::windows(audio, &p)
-        .iter()
-        .map(|w| {
-            fx.extract_into(w, &mut out)?;
-            Ok(kmeans::normalised(&embedder.embed(&out)?))
-        })
-        .collect()
-}
-
 /// Embeds the clips on all cores (one tract plan is shared; features per thread).
 pub fn embed_clips(
     embedder: &OnnxEmbedder,
@@ -597,7 +580,8 @@ pub fn embed_clips(
         &items,
         || FeatureExtractor::new(params.clone()).map_err(anyhow::Error::from),
         |fx, (a, c)| {
-            clip_embeddings(embedder, fx, a)
+            embedder
+                .window_embeddings(fx, a)
                 .with_context(|| format!("embedding {}", c.path.display()))
         },
     )

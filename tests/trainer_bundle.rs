@@ -1,0 +1,145 @@
+//! The trainer's bundle in the daemon (the model contract end to end): a bundle written by
+//! `sonitor_train::train::fit` (tiny network, one epoch on a tiny synthetic factory) is accepted by
+//! `sonitor validate`, and replaying a recording through `sonitor run` gives, window by window, the scores that
+//! `sonitor-train eval` computes for the same audio: same features, same graph, same centroids.
+
+mod common;
+
+use std::time::Duration;
+
+use sonitor_core::bundle::Bundle;
+use sonitor_core::dcase::LabelGranularity;
+use sonitor_core::features::FeatureExtractor;
+use sonitor_train::eval::{embedder_of, window_scores};
+use sonitor_train::loss::LossKind;
+use sonitor_train::model::ModelConfig;
+use sonitor_train::synth::{self, BackgroundChoice, MachineType, SynthConfig};
+use sonitor_train::train::{fit, DeviceKind, FitOptions, TargetCentres};
+
+#[test]
+fn daemon_scores_equal_the_trainers_eval_on_a_fitted_bundle() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let cfg = SynthConfig {
+        clip_seconds: 1.0,
+        train_source: 12,
+        train_target: 2,
+        test_per_domain: 2,
+        types: vec![MachineType::Pump, MachineType::Fan],
+        background: BackgroundChoice::Synthetic,
+        jobs: 1,
+        ..SynthConfig::new(3)
+    };
+    synth::generate(&cfg, &data).unwrap();
+
+    let features = common::test_features();
+    let [frames, n_mels] = features.log_mel_shape();
+    let bundle_dir = d.path().join("bundle");
+    fit(&FitOptions {
+        data: data.clone(),
+        out: bundle_dir.clone(),
+        epochs: 1,
+        batch: 8,
+        lr: 1e-3,
+        seed: 2,
+        loss: LossKind::SubclusterAdacos,
+        labels: LabelGranularity::Attribute,
+        device: DeviceKind::Cpu,
+        resume: false,
+        model: Some(ModelConfig::tiny(frames, n_mels, features.spectrum_len())),
+        features: features.clone(),
+        kmeans: 4,
+        quantile: 0.9,
+        target_centres: TargetCentres::Window,
+        mixup: true,
+        command: "trainer_bundle test".into(),
+        progress: false,
+    })
+    .unwrap();
+
+    // The recording: every pump test clip (normal and anomalous) back to back.
+    let mut test_clips: Vec<_> = std::fs::read_dir(data.join("pump/test"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    test_clips.sort();
+    let mut audio = Vec::new();
+    for c in &test_clips {
+        audio.extend(
+            sonitor_core::audio::read_wav(c, sonitor_core::audio::ChannelSelect::Mix)
+                .unwrap()
+                .1,
+        );
+    }
+    let wav = d.path().join("pump.wav");
+    common::write_wav(&wav, &audio);
+    // What the daemon reads back from the 16-bit file.
+    let (_, audio) =
+        sonitor_core::audio::read_wav(&wav, sonitor_core::audio::ChannelSelect::Mix).unwrap();
+
+    // The trainer's scores for the same audio.
+    let bundle = Bundle::load(&bundle_dir).unwrap();
+    let section = bundle
+        .section("pump", 0)
+        .expect("pump section 00 in the bundle");
+    let embedder = embedder_of(&bundle).unwrap();
+    let mut fx = FeatureExtractor::new(bundle.manifest.features.clone()).unwrap();
+    let want = window_scores(&embedder, &mut fx, &audio, &section.centroids).unwrap();
+    assert!(want.len() >= 10, "{} windows", want.len());
+
+    let dev = format!(
+        "[[devices]]\nname = \"mic\"\nsource = \"file\"\npath = \"{}\"\nrealtime = false\nat_end = \"exit\"\n",
+        wav.display()
+    );
+    let cfg = common::config(d.path(), &dev, &bundle_dir, 1, "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[mqtt]\n", "[mqtt]\nenabled = false\n")
+        .replace("log_level = \"info\"", "log_level = \"debug\"");
+    std::fs::write(&cfg, text).unwrap();
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor"))
+        .args(["validate", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "validate refused the trainer's bundle: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut daemon = common::Daemon::start(&cfg, &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = daemon.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon did not exit at the end of the file"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = daemon.log.lock().unwrap().clone();
+    assert_eq!(status.code(), Some(0), "{log}");
+    // "score pump-1 t=500 ms: 0.1234"
+    let got: Vec<f64> = log
+        .lines()
+        .filter_map(|l| l.split("score pump-1 t=").nth(1))
+        .filter_map(|rest| rest.rsplit(": ").next())
+        .map(|v| v.trim().parse::<f64>().unwrap())
+        .collect();
+    assert_eq!(got.len(), want.len(), "window count; log:\n{log}");
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(g, w)| (g - *w as f64).abs())
+        .fold(0.0, f64::max);
+    eprintln!(
+        "{} windows, worst |daemon − eval| {worst:.2e} (the daemon logs 4 decimals)",
+        got.len()
+    );
+    assert!(worst <= 1e-4, "daemon {got:?}\neval {want:?}");
+}
