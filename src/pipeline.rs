@@ -122,6 +122,28 @@ struct TapState {
     pending_clips: Vec<ClipRequest>,
 }
 
+impl TapState {
+    fn new(tap: MachineTap) -> Self {
+        TapState {
+            resampler: None,
+            mono: Vec::new(),
+            resampled: Vec::new(),
+            buf: Vec::with_capacity(tap.features.window_samples * 2),
+            consumed: 0,
+            history: VecDeque::new(),
+            total: 0,
+            block_sq: 0.0,
+            block_clipped: 0,
+            block_n: 0,
+            silent_for: Duration::ZERO,
+            silent: false,
+            clipping: false,
+            pending_clips: Vec::new(),
+            tap,
+        }
+    }
+}
+
 /// Reader of one input: runs until `stop`, or until a finished file has been fully cut.
 #[allow(clippy::too_many_arguments)]
 pub fn spawn_reader(
@@ -142,23 +164,7 @@ pub fn spawn_reader(
         .spawn(move || {
             let mut states: Vec<TapState> = taps
                 .into_iter()
-                .map(|tap| TapState {
-                    resampler: None,
-                    mono: Vec::new(),
-                    resampled: Vec::new(),
-                    buf: Vec::with_capacity(tap.features.window_samples * 2),
-                    consumed: 0,
-                    history: VecDeque::new(),
-                    total: 0,
-                    block_sq: 0.0,
-                    block_clipped: 0,
-                    block_n: 0,
-                    silent_for: Duration::ZERO,
-                    silent: false,
-                    clipping: false,
-                    pending_clips: Vec::new(),
-                    tap,
-                })
+                .map(TapState::new)
                 .collect();
             let mut current: Option<StreamHandle> = None;
             let mut scratch = vec![0.0f32; 8192];
@@ -501,29 +507,13 @@ mod tests {
             n_mels: 32,
             ..FeatureParams::default()
         };
-        TapState {
-            resampler: None,
-            mono: Vec::new(),
-            resampled: Vec::new(),
-            buf: Vec::new(),
-            consumed: 0,
-            history: VecDeque::new(),
-            total: 0,
-            block_sq: 0.0,
-            block_clipped: 0,
-            block_n: 0,
-            silent_for: Duration::ZERO,
-            silent: false,
-            clipping: false,
-            pending_clips: Vec::new(),
-            tap: MachineTap {
-                machine: 0,
-                channel: 1,
-                features,
-                history_seconds: 10.0,
-                lossless,
-            },
-        }
+        TapState::new(MachineTap {
+            machine: 0,
+            channel: 1,
+            features,
+            history_seconds: 10.0,
+            lossless,
+        })
     }
 
     #[test]
