@@ -67,19 +67,8 @@ fn resampled_multichannel_replay_raises_clears_and_exits() {
     std::fs::write(&cfg, text).unwrap();
 
     let mut daemon = common::Daemon::start(&cfg, &[]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = daemon.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the daemon did not exit at the end of the file"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let log = daemon.log.lock().unwrap().clone();
-    assert_eq!(status.code(), Some(0), "{log}");
+    let (code, log) = daemon.wait_exit(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{log}");
     assert_eq!(log.matches("alarm ON: pump-1").count(), 1, "{log}");
     assert_eq!(log.matches("alarm OFF: pump-1").count(), 1, "{log}");
     assert!(

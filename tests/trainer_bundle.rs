@@ -111,19 +111,8 @@ fn daemon_scores_equal_the_trainers_eval_on_a_fitted_bundle() {
     );
 
     let mut daemon = common::Daemon::start(&cfg, &[]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = daemon.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the daemon did not exit at the end of the file"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let log = daemon.log.lock().unwrap().clone();
-    assert_eq!(status.code(), Some(0), "{log}");
+    let (code, log) = daemon.wait_exit(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{log}");
     // "score pump-1 t=500 ms: 0.1234"
     let got: Vec<f64> = log
         .lines()

@@ -602,6 +602,7 @@ pub fn on(msgs: &[Msg], topic: &str) -> Vec<String> {
 pub struct Daemon {
     pub child: Child,
     pub log: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -619,7 +620,7 @@ impl Daemon {
         let log = Arc::new(Mutex::new(String::new()));
         let l2 = log.clone();
         let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
                 eprintln!("  [daemon] {line}");
                 let mut l = l2.lock().unwrap();
@@ -627,7 +628,32 @@ impl Daemon {
                 l.push('\n');
             }
         });
-        Daemon { child, log }
+        Daemon {
+            child,
+            log,
+            reader: Some(reader),
+        }
+    }
+
+    /// Waits for the daemon to exit on its own (e.g. `at_end = "exit"`); returns its exit code and the whole log
+    /// (read to the end of its stderr).
+    pub fn wait_exit(&mut self, timeout: Duration) -> (Option<i32>, String) {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not exit within {timeout:?}; log:\n{}",
+                self.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        (status.code(), self.log.lock().unwrap().clone())
     }
 
     pub fn wait_log(&self, needle: &str, timeout: Duration) {
