@@ -472,6 +472,18 @@ pub fn write_scores(path: &Path, rows: &[(String, f64)]) -> Result<(), DcaseErro
     })
 }
 
+/// Writes the submission file of one section into `dir` (named by [`submission_file_name`]); returns its path.
+pub fn write_submission(
+    dir: &Path,
+    machine_type: &str,
+    section: u16,
+    rows: &[(String, f64)],
+) -> Result<PathBuf, DcaseError> {
+    let path = dir.join(submission_file_name(machine_type, section));
+    write_scores(&path, rows)?;
+    Ok(path)
+}
+
 /// Reads a DCASE submission file into file name → score. A header line, if present, is skipped.
 pub fn read_scores(path: &Path) -> Result<BTreeMap<String, f64>, DcaseError> {
     let text = std::fs::read_to_string(path).map_err(|source| DcaseError::Io {

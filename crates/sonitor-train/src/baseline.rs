@@ -182,8 +182,7 @@ pub fn score_dataset(
             .zip(clip_vectors(&test, params)?)
             .map(|(c, v)| (c.file_name().to_string(), model.score(&v)))
             .collect();
-        let path = out.join(dcase::submission_file_name(&machine_type, section));
-        dcase::write_scores(&path, &rows)?;
+        let path = dcase::write_submission(out, &machine_type, section, &rows)?;
         eprintln!(
             "{machine_type} section {section:02}: {} source + {} target training clips, {} test clips scored",
             source.len(),
