@@ -10,12 +10,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use sonitor_core::audio::{load_mono, ChannelSelect};
 use sonitor_core::bundle::{Bundle, FeatureView};
 use sonitor_core::dcase::{self, Clip, Split};
 use sonitor_core::features::FeatureExtractor;
 use sonitor_core::{metrics, parallel, score};
 
-use crate::data;
 use crate::infer::OnnxEmbedder;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -102,13 +102,14 @@ pub fn score_dataset(
                 bundle.manifest.sections.iter().map(|s| s.key()).collect::<Vec<_>>().join(", ")
             )
             })?;
-        let audio = data::load_audio(&test, params.sample_rate)?;
-        let items: Vec<(&Vec<f32>, &&Clip)> = audio.iter().zip(&test).collect();
+        // Each worker reads, embeds and scores its clips in one pass.
         let scores: Vec<f64> = parallel::map_with_state(
-            &items,
+            &test,
             || FeatureExtractor::new(params.clone()).map_err(anyhow::Error::from),
-            |fx, (a, c)| {
-                let w = window_scores(&embedder, fx, a, &sm.centroids)
+            |fx, c| {
+                let a = load_mono(&c.path, ChannelSelect::Mix, params.sample_rate)
+                    .with_context(|| format!("loading {}", c.path.display()))?;
+                let w = window_scores(&embedder, fx, &a, &sm.centroids)
                     .with_context(|| format!("scoring {}", c.path.display()))?;
                 Ok(w.iter().map(|&v| v as f64).sum::<f64>() / w.len().max(1) as f64)
             },
@@ -118,8 +119,7 @@ pub fn score_dataset(
             .zip(scores)
             .map(|(c, s)| (c.file_name().to_string(), s))
             .collect();
-        let path = out.join(dcase::submission_file_name(&machine_type, section));
-        dcase::write_scores(&path, &rows)?;
+        let path = dcase::write_submission(out, &machine_type, section, &rows)?;
         written.push(path);
     }
     anyhow::ensure!(

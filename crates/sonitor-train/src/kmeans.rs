@@ -95,14 +95,6 @@ pub fn spherical_kmeans(
     centres
 }
 
-/// `min over centres of (1 − cos)` of a unit vector `x` (the anomaly score of one window).
-pub fn min_cosine_distance(x: &[f32], centres: &[Vec<f32>]) -> f32 {
-    centres
-        .iter()
-        .map(|c| 1.0 - dot(x, c))
-        .fold(f32::INFINITY, f32::min)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,7 +112,10 @@ mod tests {
         let c = spherical_kmeans(&pts, 3, 7, 50);
         assert_eq!(c.len(), 3);
         for d in dirs {
-            assert!(min_cosine_distance(&d, &c) < 0.01, "{c:?}");
+            assert!(
+                sonitor_core::score::min_cosine_distance(&d, &c) < 0.01,
+                "{c:?}"
+            );
         }
         // Deterministic.
         assert_eq!(c, spherical_kmeans(&pts, 3, 7, 50));
@@ -131,6 +126,9 @@ mod tests {
         let pts = vec![vec![2.0, 0.0], vec![0.0, 3.0]];
         let c = spherical_kmeans(&pts, 16, 0, 10);
         assert_eq!(c, vec![vec![1.0, 0.0], vec![0.0, 1.0]]);
-        assert_eq!(min_cosine_distance(&[1.0, 0.0], &c), 0.0);
+        assert_eq!(
+            sonitor_core::score::min_cosine_distance(&[1.0, 0.0], &c),
+            0.0
+        );
     }
 }

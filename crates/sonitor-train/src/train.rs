@@ -26,7 +26,7 @@ use sonitor_core::bundle::{
 };
 use sonitor_core::dcase::{self, ClassMap, Clip, Domain, LabelGranularity, Split};
 use sonitor_core::features::{FeatureExtractor, FeatureParams};
-use sonitor_core::parallel;
+use sonitor_core::{parallel, score};
 
 use crate::data;
 use crate::export::{self, INPUT_LOG_MEL, INPUT_SPECTRUM, OUTPUT_EMBEDDING};
@@ -451,6 +451,12 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
         INPUT_SPECTRUM,
         [1, config.spectrum_len],
     )?;
+    // The training audio is already in memory: the back end embeds it, it does not read the files again.
+    let audio_of: BTreeMap<&Path, &[f32]> = train
+        .iter()
+        .zip(&clips)
+        .map(|(c, t)| (c.path.as_path(), t.audio.as_slice()))
+        .collect();
     let mut sections = Vec::new();
     for (machine_type, section) in data.sections() {
         let sclips: Vec<&Clip> = data
@@ -459,9 +465,19 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
         if sclips.is_empty() {
             continue;
         }
+        let with_audio = sclips
+            .iter()
+            .map(|&c| {
+                let a = audio_of
+                    .get(c.path.as_path())
+                    .copied()
+                    .with_context(|| format!("{}: not among the loaded clips", c.path.display()))?;
+                Ok((c, a))
+            })
+            .collect::<anyhow::Result<Vec<(&Clip, &[f32])>>>()?;
         let sm = section_model(
             &embedder,
-            &sclips,
+            &with_audio,
             &o.features,
             o.kmeans,
             o.quantile,
@@ -568,18 +584,16 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
     })
 }
 
-/// Embeds the clips on all cores (one tract plan is shared; features per thread).
+/// Embeds clips (with their decoded audio) on all cores (one tract plan is shared; features per thread).
 pub fn embed_clips(
     embedder: &OnnxEmbedder,
-    clips: &[&Clip],
+    clips: &[(&Clip, &[f32])],
     params: &FeatureParams,
 ) -> anyhow::Result<Vec<Vec<Vec<f32>>>> {
-    let audio = data::load_audio(clips, params.sample_rate)?;
-    let items: Vec<(&Vec<f32>, &&Clip)> = audio.iter().zip(clips).collect();
     parallel::map_with_state(
-        &items,
+        clips,
         || FeatureExtractor::new(params.clone()).map_err(anyhow::Error::from),
-        |fx, (a, c)| {
+        |fx, (c, a)| {
             embedder
                 .window_embeddings(fx, a)
                 .with_context(|| format!("embedding {}", c.path.display()))
@@ -592,18 +606,18 @@ pub fn embed_clips(
 /// scores (a target window is scored without the centres of its own clip, which would give it 0).
 pub fn section_model(
     embedder: &OnnxEmbedder,
-    clips: &[&Clip],
+    clips: &[(&Clip, &[f32])],
     params: &FeatureParams,
     k: usize,
     quantile: f64,
     target_mode: TargetCentres,
     seed: u64,
 ) -> anyhow::Result<SectionModel> {
-    let first = clips.first().context("no training clips")?;
+    let first = clips.first().context("no training clips")?.0;
     let emb = embed_clips(embedder, clips, params)?;
     let mut source = Vec::new();
     let mut target: Vec<(usize, Vec<f32>)> = Vec::new();
-    for (ci, (c, e)) in clips.iter().zip(&emb).enumerate() {
+    for (ci, ((c, _), e)) in clips.iter().zip(&emb).enumerate() {
         if c.name.domain == Some(Domain::Target) {
             match target_mode {
                 TargetCentres::Window => target.extend(e.iter().map(|v| (ci, v.clone()))),
@@ -623,20 +637,18 @@ pub fn section_model(
         }
     }
     let src_centres = kmeans::spherical_kmeans(&source, k, seed, 100);
+    // Scored with the daemon's function; a target window is not compared with its own clip's centres.
     let mut scores = Vec::new();
     for (ci, e) in emb.iter().enumerate() {
+        let others: Vec<Vec<f32>> = target
+            .iter()
+            .filter(|(owner, _)| *owner != ci)
+            .map(|(_, t)| t.clone())
+            .collect();
         for v in e {
-            let others: Vec<Vec<f32>> = src_centres
-                .iter()
-                .cloned()
-                .chain(
-                    target
-                        .iter()
-                        .filter(|(owner, _)| *owner != ci)
-                        .map(|(_, t)| t.clone()),
-                )
-                .collect();
-            scores.push(kmeans::min_cosine_distance(v, &others) as f64);
+            let d = score::min_cosine_distance(v, &src_centres)
+                .min(score::min_cosine_distance(v, &others));
+            scores.push(d as f64);
         }
     }
     let threshold = match Gamma::fit(&scores) {
