@@ -10,7 +10,8 @@
 //! - [`bundle`]: the model bundle (ONNX graph + manifest), the contract between trainer and daemon, verified on
 //!   load ([`onnx_graph`] reads the graph's signature);
 //! - [`score`]: the anomaly score of an embedding (min cosine distance to a section's centroids).
-//! - [`parallel`]: the order-preserving parallel map the trainer uses for loading, embedding and scoring clips.
+//! - [`parallel`]: the order-preserving parallel map the trainer uses for loading, embedding and scoring clips;
+//! - [`plot`]: score timelines and ROC curves as PNG or SVG.
 //!
 //! Library code here never panics on bad input: every fallible operation returns a typed error that names the
 //! offending file or value.
@@ -22,4 +23,5 @@ pub mod features;
 pub mod metrics;
 pub mod onnx_graph;
 pub mod parallel;
+pub mod plot;
 pub mod score;

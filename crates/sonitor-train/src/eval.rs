@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use sonitor_core::audio::{load_mono, ChannelSelect};
 use sonitor_core::bundle::{Bundle, FeatureView};
-use sonitor_core::dcase::{self, Clip, Split};
+use sonitor_core::dcase::{self, Clip, Condition, Split};
 use sonitor_core::features::FeatureExtractor;
+use sonitor_core::plot::{self, RocCurve};
 use sonitor_core::{metrics, parallel, score};
 
 use crate::infer::OnnxEmbedder;
@@ -32,6 +33,23 @@ pub struct EvalArgs {
     /// Directory for the submission files (default: BUNDLE/scores).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Draw the ROC curve of every section with the operating point of its calibrated threshold (.png or .svg).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+/// The clip scores of one section.
+#[derive(Debug, Clone)]
+pub struct SectionScores {
+    /// `"<type>/section_SS"`.
+    pub key: String,
+    /// The submission file written.
+    pub file: PathBuf,
+    /// The section's calibrated threshold (from the bundle).
+    pub threshold: f64,
+    pub scores: Vec<f64>,
+    /// Per clip: anomalous or not, when the file name says.
+    pub anomalous: Vec<Option<bool>>,
 }
 
 /// Loads the bundle's graph with tract, inputs named and shaped by the manifest.
@@ -79,12 +97,12 @@ pub fn window_scores(
         .collect())
 }
 
-/// Scores every test clip and writes the submission files into `out`. Returns the files written.
+/// Scores every test clip and writes the submission files into `out`. Returns the scores of each section.
 pub fn score_dataset(
     bundle: &Bundle,
     data: &dcase::Dataset,
     out: &Path,
-) -> anyhow::Result<Vec<PathBuf>> {
+) -> anyhow::Result<Vec<SectionScores>> {
     let embedder = embedder_of(bundle)?;
     let params = bundle.manifest.features.clone();
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
@@ -116,11 +134,20 @@ pub fn score_dataset(
         )?;
         let rows: Vec<(String, f64)> = test
             .iter()
-            .zip(scores)
-            .map(|(c, s)| (c.file_name().to_string(), s))
+            .zip(&scores)
+            .map(|(c, &s)| (c.file_name().to_string(), s))
             .collect();
-        let path = dcase::write_submission(out, &machine_type, section, &rows)?;
-        written.push(path);
+        let file = dcase::write_submission(out, &machine_type, section, &rows)?;
+        written.push(SectionScores {
+            key: sm.key(),
+            file,
+            threshold: sm.threshold.value,
+            scores,
+            anomalous: test
+                .iter()
+                .map(|c| c.name.condition.map(|k| k == Condition::Anomaly))
+                .collect(),
+        });
     }
     anyhow::ensure!(
         !written.is_empty(),
@@ -136,37 +163,77 @@ pub fn evaluate(
     data_dir: &Path,
     out: &Path,
 ) -> anyhow::Result<Option<metrics::Report>> {
+    Ok(evaluate_with_scores(bundle_dir, data_dir, out)?.0)
+}
+
+/// [`evaluate`], also returning every section's scores.
+pub fn evaluate_with_scores(
+    bundle_dir: &Path,
+    data_dir: &Path,
+    out: &Path,
+) -> anyhow::Result<(Option<metrics::Report>, Vec<SectionScores>)> {
     let bundle = Bundle::load(bundle_dir)?;
     let data = dcase::scan(data_dir)?;
-    score_dataset(&bundle, &data, out)?;
+    let sections = score_dataset(&bundle, &data, out)?;
     let labelled = data
         .clips
         .iter()
         .filter(|c| c.split == Split::Test)
         .all(|c| c.name.condition.is_some());
     if !labelled {
-        return Ok(None);
+        return Ok((None, sections));
     }
-    Ok(Some(
-        metrics::evaluate_submission(&data, out).with_context(|| {
-            format!(
-                "evaluating {} against {}",
-                out.display(),
-                data_dir.display()
-            )
-        })?,
-    ))
+    let report = metrics::evaluate_submission(&data, out).with_context(|| {
+        format!(
+            "evaluating {} against {}",
+            out.display(),
+            data_dir.display()
+        )
+    })?;
+    Ok((Some(report), sections))
+}
+
+/// Draws every labelled section's ROC curve of clip scores, with the operating point of its threshold.
+pub fn plot_roc(path: &Path, title: &str, sections: &[SectionScores]) -> anyhow::Result<()> {
+    let curves: Vec<RocCurve> = sections
+        .iter()
+        .filter(|s| s.anomalous.iter().all(Option::is_some))
+        .map(|s| {
+            let labels: Vec<bool> = s.anomalous.iter().map(|a| a.unwrap_or(false)).collect();
+            RocCurve {
+                label: s.key.clone(),
+                points: plot::roc_points(&s.scores, &labels),
+                operating_point: Some(plot::operating_point(&s.scores, &labels, s.threshold)),
+            }
+        })
+        .collect();
+    anyhow::ensure!(
+        !curves.is_empty(),
+        "--plot: no section has labelled test clips"
+    );
+    plot::roc(path, title, &curves).with_context(|| format!("--plot {}", path.display()))
 }
 
 pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
     let out = a.out.clone().unwrap_or_else(|| a.model.join("scores"));
     let started = std::time::Instant::now();
-    let report = evaluate(&a.model, &a.data, &out)?;
+    let (report, sections) = evaluate_with_scores(&a.model, &a.data, &out)?;
     eprintln!(
         "scored in {:.1} s; submission files in {}",
         started.elapsed().as_secs_f64(),
         out.display()
     );
+    if let Some(p) = &a.plot {
+        let title = match &report {
+            Some(r) => format!(
+                "ROC of clip scores, official score {:.4} (dots: calibrated thresholds)",
+                r.official_score
+            ),
+            None => "ROC of clip scores".to_string(),
+        };
+        plot_roc(p, &title, &sections)?;
+        eprintln!("ROC curves drawn to {}", p.display());
+    }
     match report {
         Some(r) => crate::cli::print_report(&r, a.json),
         None => {
