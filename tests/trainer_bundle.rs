@@ -54,6 +54,7 @@ fn daemon_scores_equal_the_trainers_eval_on_a_fitted_bundle() {
         mixup: true,
         command: "trainer_bundle test".into(),
         progress: false,
+        start: None,
     })
     .unwrap();
 

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use sonitor_core::{dcase, metrics};
 
 use crate::{baseline, synth};
-use crate::{eval, train};
+use crate::{eval, prune, train};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -24,6 +24,8 @@ struct Cli {
 enum Command {
     /// Write a synthetic factory data set in the DCASE 2023 Task 2 layout.
     Synth(synth::SynthArgs),
+    /// Write one long recording (normal, a developing fault, normal) and its timeline, for `sonitor demo`.
+    SynthDemo(synth::demo::DemoArgs),
     /// Score the test clips with the non-learned baseline (mean log-mel + Mahalanobis distance).
     Baseline(baseline::BaselineArgs),
     /// Official DCASE metrics of a directory of submission files.
@@ -32,6 +34,8 @@ enum Command {
     Fit(train::FitArgs),
     /// Score the test clips with a model bundle (tract on the ONNX graph) and print the official metrics.
     Eval(eval::EvalArgs),
+    /// Remove whole channels of a trained network, fine-tune it and write a smaller bundle.
+    Prune(prune::PruneArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -74,10 +78,12 @@ pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Synth(a) => synth::run(a),
+        Command::SynthDemo(a) => synth::demo::run(a),
         Command::Baseline(a) => baseline::run(a),
         Command::Metrics(a) => run_metrics(a),
         Command::Fit(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Prune(a) => prune::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

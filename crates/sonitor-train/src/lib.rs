@@ -6,6 +6,7 @@
 //! - [`model`], [`loss`], [`data`], [`train`]: the seed paper's network and losses in burn, and `fit`;
 //! - [`kmeans`], [`threshold`]: the scoring back end (centroids, gamma-quantile thresholds);
 //! - [`export`], [`infer`], [`eval`]: ONNX export, tract inference (the daemon's path), `eval`;
+//! - [`prune`]: structured channel pruning and fine-tuning for the edge model;
 //! - [`cli`]: the command-line front end of the `sonitor-train` binary.
 
 pub mod baseline;
@@ -17,6 +18,7 @@ pub mod infer;
 pub mod kmeans;
 pub mod loss;
 pub mod model;
+pub mod prune;
 pub mod synth;
 pub mod threshold;
 pub mod train;

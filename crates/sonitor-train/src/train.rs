@@ -33,7 +33,7 @@ use crate::export::{self, INPUT_LOG_MEL, INPUT_SPECTRUM, OUTPUT_EMBEDDING};
 use crate::infer::OnnxEmbedder;
 use crate::kmeans;
 use crate::loss::{Loss, LossKind};
-use crate::model::ModelConfig;
+use crate::model::{Model, ModelConfig};
 use crate::threshold::Gamma;
 
 /// Training back end.
@@ -149,6 +149,19 @@ pub struct FitOptions {
     pub command: String,
     /// Print the progress line.
     pub progress: bool,
+    /// Start from this network instead of a fresh one (`prune`'s fine-tuning); `model` must be its configuration.
+    pub start: Option<Start>,
+}
+
+/// A network to continue training from, with the loss (fixed centres, scale) it was trained with.
+#[derive(Debug, Clone)]
+pub struct Start {
+    pub model: Model,
+    pub loss: Loss,
+    /// Class names of the loss, in order; the data set must give the same.
+    pub classes: Vec<String>,
+    /// What was done to the network (recorded in the manifest's provenance as `model.pruning`).
+    pub pruning: serde_json::Value,
 }
 
 impl FitOptions {
@@ -193,6 +206,7 @@ impl FitOptions {
             mixup: !a.no_mixup,
             command: std::env::args().collect::<Vec<_>>().join(" "),
             progress: true,
+            start: None,
         })
     }
 }
@@ -211,7 +225,7 @@ impl burn::module::ModuleVisitor for InitialiseNow {
 
 /// Saved with each checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct CheckpointState {
+pub struct CheckpointState {
     epochs_done: usize,
     loss: Loss,
     model: ModelConfig,
@@ -306,7 +320,15 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
     // The backend's RNG is process-wide: seeding it and drawing the initial parameters must not interleave
     // with another `fit` in the same process (the test harness runs tests in parallel), or one seed would not
     // give one network.
-    let mut model = {
+    let mut model = if let Some(st) = &o.start {
+        anyhow::ensure!(
+            st.classes == classes.names,
+            "the data set's classes ({}) are not the ones the network was trained on ({})",
+            classes.names.join(", "),
+            st.classes.join(", ")
+        );
+        st.model.clone()
+    } else {
         static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
         device.seed(o.seed);
@@ -325,7 +347,10 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
             config.embedding_dim()
         );
     }
-    let mut loss = Loss::new(o.loss, classes.names.len(), config.embedding_dim(), o.seed);
+    let mut loss = match &o.start {
+        Some(st) => st.loss.clone(),
+        None => Loss::new(o.loss, classes.names.len(), config.embedding_dim(), o.seed),
+    };
     let mut optim = AdamConfig::new().init();
     let ckpt = o.out.join("checkpoint");
     let mut start_epoch = 0;
@@ -506,9 +531,10 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         model_id: format!(
-            "{set_name}-{}-s{}-{}",
+            "{set_name}-{}-s{}-{}{}",
             o.loss.as_str(),
             o.seed,
+            if o.start.is_some() { "pruned-" } else { "" },
             &sonitor_core::bundle::sha256_hex(&onnx)[..6]
         ),
         features: o.features.clone(),
@@ -558,6 +584,7 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
                 "target_centres": o.target_centres,
                 "epoch_losses": history,
                 "train_seconds": train_seconds,
+                "pruning": o.start.as_ref().map(|s| s.pruning.clone()),
             }),
             metrics: serde_json::Value::Null,
         },
@@ -582,6 +609,26 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
         n_classes: classes.names.len(),
         n_clips: clips.len(),
     })
+}
+
+/// Loads the network, loss and classes of a training checkpoint directory (`BUNDLE/checkpoint`).
+pub fn load_checkpoint(
+    ckpt: &Path,
+    device: &Device,
+) -> anyhow::Result<(Model, ModelConfig, Loss, Vec<String>)> {
+    let state_path = ckpt.join("state.json");
+    let text = std::fs::read_to_string(&state_path)
+        .with_context(|| format!("reading {}", state_path.display()))?;
+    let state: CheckpointState =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", state_path.display()))?;
+    let record = burn::store::ModuleRecord::load(ckpt.join("model.bpk"))
+        .map_err(|e| anyhow::anyhow!("loading {}: {e:?}", ckpt.join("model.bpk").display()))?;
+    let model = state
+        .model
+        .init(device)?
+        .try_load_record(record)
+        .map_err(|e| anyhow::anyhow!("applying {}: {e:?}", ckpt.join("model.bpk").display()))?;
+    Ok((model, state.model, state.loss, state.classes))
 }
 
 /// Embeds clips (with their decoded audio) on all cores (one tract plan is shared; features per thread).

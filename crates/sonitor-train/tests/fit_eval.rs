@@ -1,6 +1,7 @@
 //! End to end on a tiny generated data set: `fit` (tiny network, short windows) writes a bundle that the core
 //! loader accepts; `--resume` continues; `eval` scores the test clips through tract and the official metrics come
-//! out; a corrupted or inconsistent bundle is refused with a message naming the problem.
+//! out; `prune` makes a smaller bundle from it; a corrupted or inconsistent bundle is refused with a message naming
+//! the problem.
 
 use std::path::Path;
 
@@ -11,6 +12,7 @@ use sonitor_core::dcase::{ClipName, Condition, Domain, LabelGranularity, Split};
 use sonitor_core::features::FeatureParams;
 use sonitor_train::loss::LossKind;
 use sonitor_train::model::ModelConfig;
+use sonitor_train::prune::{Criterion, PruneArgs};
 use sonitor_train::train::{fit, DeviceKind, FitOptions, TargetCentres};
 
 /// One machine type, one section, two attribute values; anomalies add a high tone and crackle.
@@ -150,6 +152,7 @@ fn options(data: &Path, out: &Path, loss: LossKind, epochs: usize) -> FitOptions
         mixup: true,
         command: "test".into(),
         progress: false,
+        start: None,
     }
 }
 
@@ -200,6 +203,51 @@ fn fit_resume_eval_and_refusals() {
     assert!(scores
         .join("anomaly_score_fan_section_00_test.csv")
         .exists());
+    // `eval --plot`: the ROC of every section with its threshold's operating point.
+    let (_, sections) = sonitor_train::eval::evaluate_with_scores(&out, &data, &scores).unwrap();
+    assert_eq!(sections[0].scores.len(), sections[0].anomalous.len());
+    let roc = dir.path().join("roc.svg");
+    sonitor_train::eval::plot_roc(&roc, "roc", &sections).unwrap();
+    assert!(std::fs::read_to_string(&roc)
+        .unwrap()
+        .contains("fan/section_00"));
+
+    // Prune to half the channels and fine-tune one epoch: a smaller bundle that still scores.
+    let pruned = dir.path().join("pruned");
+    sonitor_train::prune::run(&PruneArgs {
+        model: out.clone(),
+        data: Some(data.clone()),
+        out: pruned.clone(),
+        keep: 0.5,
+        criterion: Criterion::BnScale,
+        epochs: 1,
+        batch: 8,
+        lr: 5e-4,
+        device: DeviceKind::Cpu,
+        quantile: Some(0.99),
+    })
+    .unwrap();
+    let pm = Bundle::load(&pruned).unwrap().manifest;
+    let p = &pm.provenance.model["pruning"];
+    assert_eq!(p["keep"], 0.5, "{p}");
+    assert!(p["macs_after"].as_u64().unwrap() < p["macs_before"].as_u64().unwrap());
+    assert!(p["params_after"].as_u64().unwrap() < p["params_before"].as_u64().unwrap());
+    assert_eq!(
+        pm.provenance.model["config"]["tf_widths"],
+        serde_json::json!([2, 4])
+    );
+    assert_eq!(pm.sections[0].threshold.quantile, 0.99);
+    let size = |d: &Path| std::fs::metadata(d.join("model.onnx")).unwrap().len();
+    assert!(
+        size(&pruned) < size(&out),
+        "{} vs {}",
+        size(&pruned),
+        size(&out)
+    );
+    let pr = sonitor_train::eval::evaluate(&pruned, &data, &dir.path().join("pscores"))
+        .unwrap()
+        .unwrap();
+    assert!(pr.official_score > 0.0 && pr.official_score <= 1.0);
 
     // Refusals: a changed ONNX file, a manifest without centroids.
     let onnx = out.join("model.onnx");
