@@ -20,6 +20,30 @@ use crate::mqtt::{Command, ToMqtt};
 use crate::outbox::{OutMessage, Outbox};
 use crate::pipeline::{ClipRequest, MachineTap, ReaderEvent, ScoreMsg, Scorer};
 
+/// What the daemon reports, as it happens, to an observer in the same process (`sonitor demo` draws from it).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observation {
+    /// A scored window of a machine, after the detector saw it.
+    Score {
+        machine: usize,
+        t_end_ms: u64,
+        score: f64,
+        threshold: f64,
+        alarm_on: bool,
+    },
+    /// An alarm transition, after it is in the outbox.
+    Alarm {
+        machine: usize,
+        on: bool,
+        t_ms: u64,
+        score: f64,
+        event_id: String,
+        clip: Option<String>,
+    },
+    /// An evidence clip was written.
+    Clip { path: PathBuf },
+}
+
 /// Loads the configuration and checks everything that can be checked before running: files, bundles,
 /// sections, channels, devices, ports. Returns the configuration, the loaded bundles (by path) and the list of
 /// problems (empty when the configuration is usable).
@@ -233,9 +257,16 @@ struct Controller {
     metrics: Arc<Metrics>,
     saved_path: PathBuf,
     inputs_up: Vec<bool>,
+    observer: Option<Sender<Observation>>,
 }
 
 impl Controller {
+    fn observe(&self, o: Observation) {
+        if let Some(tx) = &self.observer {
+            let _ = tx.send(o);
+        }
+    }
+
     fn send(&self, m: ToMqtt) {
         if let Some(tx) = &self.mqtt {
             if tx.try_send(m).is_err() {
@@ -421,9 +452,22 @@ impl Controller {
                 });
                 self.metrics.machines[i].alarm.set(1);
                 self.metrics.machines[i].alarms.inc();
-                vec![("ON".to_string(), ev, note)]
+                let seen = Observation::Alarm {
+                    machine: i,
+                    on: true,
+                    t_ms: at_ms,
+                    score,
+                    event_id: ev["event_id"].as_str().unwrap_or_default().to_string(),
+                    clip: ev["clip"].as_str().map(String::from),
+                };
+                vec![("ON".to_string(), ev, note, seen)]
             }
-            Transition::Cleared { peak, reason, .. } => {
+            Transition::Cleared {
+                peak,
+                reason,
+                at_ms,
+                ..
+            } => {
                 let ev_info = m.saved.event.take();
                 let (event_id, started_at, clip) = match ev_info {
                     Some(e) => (e.event_id, e.started_at, e.clip),
@@ -442,11 +486,19 @@ impl Controller {
                     "reason": reason, "model_id": m.model_id, "seq": m.saved.seq,
                 });
                 self.metrics.machines[i].alarm.set(0);
-                vec![("OFF".to_string(), ev, note)]
+                let seen = Observation::Alarm {
+                    machine: i,
+                    on: false,
+                    t_ms: at_ms,
+                    score: peak,
+                    event_id: ev["event_id"].as_str().unwrap_or_default().to_string(),
+                    clip: ev["clip"].as_str().map(String::from),
+                };
+                vec![("OFF".to_string(), ev, note, seen)]
             }
         };
         let mut out = Vec::new();
-        for (alarm, ev, note) in msgs {
+        for (alarm, ev, note, seen) in msgs {
             out.push(OutMessage {
                 topic: format!("{topic}/alarm"),
                 payload: alarm.clone(),
@@ -470,6 +522,7 @@ impl Controller {
                 }
             }
             self.retained(format!("{topic}/alarm"), alarm, false);
+            self.observe(seen);
         }
         self.persist();
         self.send(ToMqtt::OutboxChanged);
@@ -495,6 +548,16 @@ impl Controller {
         };
         if let Some(t) = t {
             self.on_transition(i, t);
+        }
+        if self.observer.is_some() {
+            let m = &self.machines[i];
+            self.observe(Observation::Score {
+                machine: i,
+                t_end_ms: s.t_end_ms,
+                score: s.score,
+                threshold: m.detector.params().threshold_on,
+                alarm_on: m.detector.is_on(),
+            });
         }
         let interval = self.cfg.mqtt.score_interval;
         let m = &mut self.machines[i];
@@ -617,7 +680,7 @@ pub fn run(config_path: &Path) -> i32 {
         return crate::config::EXIT_CONFIG;
     };
     init_logging(&cfg.log_level);
-    match start(cfg, config_path, bundles) {
+    match start(cfg, config_path, bundles, None) {
         Ok(code) => code,
         Err(e) => {
             log::error!("{e:#}");
@@ -626,10 +689,13 @@ pub fn run(config_path: &Path) -> i32 {
     }
 }
 
-fn start(
+/// Runs a checked configuration (see [`check`]) until it ends; every scored window, alarm transition and
+/// written clip is also sent to `observer`. Returns the exit status.
+pub fn start(
     cfg: Config,
     config_path: &Path,
     bundles: BTreeMap<PathBuf, Bundle>,
+    observer: Option<Sender<Observation>>,
 ) -> anyhow::Result<i32> {
     let base = cfg.topic_base();
     let input_names: Vec<String> = cfg.devices.iter().map(|d| d.name.clone()).collect();
@@ -840,6 +906,7 @@ fn start(
     let clips_cfg = cfg.clips.clone();
     let clips_dir = cfg.clips_dir();
     let clip_metrics = metrics.clone();
+    let clip_observer = observer.clone();
     let clip_thread = std::thread::Builder::new()
         .name("clips".into())
         .spawn(move || {
@@ -848,6 +915,11 @@ fn start(
                     Ok(()) => {
                         clip_metrics.clips_written.inc();
                         log::info!("clip written: {}", c.path.display());
+                        if let Some(tx) = &clip_observer {
+                            let _ = tx.send(Observation::Clip {
+                                path: c.path.clone(),
+                            });
+                        }
                     }
                     Err(e) => {
                         clip_metrics.clips_dropped.inc();
@@ -877,6 +949,7 @@ fn start(
         metrics: metrics.clone(),
         saved_path,
         inputs_up: vec![false; cfg.devices.len()],
+        observer,
         cfg,
     };
     ctl.publish_discovery();

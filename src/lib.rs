@@ -6,11 +6,14 @@
 //! ([`mqtt`]); evidence clips ([`clips`]), Prometheus metrics ([`metrics`]); all wired by [`daemon`] from the
 //! [`config`]. The features and the model contract live in `sonitor-core`, so the daemon computes exactly what
 //! the trainer evaluated.
+//!
+//! [`demo`] runs all of it on the shipped model and a generated recording.
 
 pub mod capture;
 pub mod clips;
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod detector;
 pub mod metrics;
 pub mod model;

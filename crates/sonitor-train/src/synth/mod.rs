@@ -22,7 +22,8 @@
 //! - [`background`]: the factory background common to all types (real recordings or synthetic);
 //! - [`scene`]: room (domain-dependent), background at an SNR uniform in −6…+6 dB, microphone
 //!   (domain-dependent), fixed output RMS;
-//! - [`dsp`]: the signal-processing primitives.
+//! - [`dsp`]: the signal-processing primitives;
+//! - [`demo`]: one long recording of a developing fault for `sonitor demo` (`sonitor-train synth-demo`).
 //!
 //! **Determinism.** Each clip has its own `ChaCha8Rng` seeded from (seed, type, domain, split, condition,
 //! index), so the output does not depend on the number of threads or on scheduling: the same seed and the same
@@ -34,6 +35,7 @@
 //! the known weak point of the methods this set is for.
 
 mod background;
+pub mod demo;
 mod dsp;
 mod faults;
 mod machines;

@@ -1,0 +1,117 @@
+//! `sonitor demo` on the shipped bundle and its recording (`models/default`): the alarm is raised while the fault
+//! is audible and at no other time, it clears after the repair, an evidence clip and a timeline are written; with
+//! `--mqtt` the same transitions reach a real broker as `run` publishes them.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{on, Broker, Recorder};
+
+fn shipped() -> PathBuf {
+    common::workspace().join("models/default")
+}
+
+fn demo(out: &std::path::Path, extra: &[&str]) -> (i32, serde_json::Value, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_sonitor"))
+        .arg("demo")
+        .arg("--model")
+        .arg(shipped())
+        .arg("--out")
+        .arg(out)
+        .args(["--quiet", "--json"])
+        .args(extra)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+    let json_start = stdout.find("\n{").map_or(0, |i| i + 1);
+    let summary: serde_json::Value = serde_json::from_str(&stdout[json_start..])
+        .unwrap_or_else(|e| panic!("no JSON summary ({e}):\n{stdout}\n{stderr}"));
+    (o.status.code().unwrap_or(-1), summary, stdout + &stderr)
+}
+
+#[test]
+fn the_shipped_demo_raises_the_alarm_during_the_fault_only() {
+    let d = tempfile::tempdir().unwrap();
+    let (code, s, log) = demo(d.path(), &[]);
+    eprintln!("{log}");
+    let (start, end) = (
+        s["fault_start_s"].as_f64().unwrap(),
+        s["fault_end_s"].as_f64().unwrap(),
+    );
+    let alarms = s["alarms"].as_array().unwrap();
+    assert!(!alarms.is_empty(), "no alarm at all:\n{log}");
+    for a in alarms {
+        let on_s = a["on_s"].as_f64().unwrap();
+        assert!(
+            on_s > start && on_s < end + 2.0,
+            "alarm raised at {on_s} s, outside the fault [{start}, {end}]:\n{log}"
+        );
+        let off = a["off_s"].as_f64();
+        assert!(
+            off.is_some_and(|off| off > on_s),
+            "alarm not cleared after the repair:\n{log}"
+        );
+    }
+    assert_eq!(s["false_alarms"], 0, "{log}");
+    assert_eq!(s["detected"], true, "{log}");
+    assert!(
+        s["mean_score_fault"].as_f64().unwrap() > s["threshold"].as_f64().unwrap(),
+        "{log}"
+    );
+    assert!(
+        s["mean_score_normal"].as_f64().unwrap() < s["threshold"].as_f64().unwrap(),
+        "{log}"
+    );
+    assert_eq!(code, 0, "{log}");
+    let clips = s["clips"].as_array().unwrap();
+    assert_eq!(clips.len(), alarms.len(), "{log}");
+    for c in clips {
+        let p = PathBuf::from(c.as_str().unwrap());
+        let info = sonitor_core::audio::read_wav_info(&p).unwrap();
+        assert!(info.frames > 16_000, "{p:?}: {info:?}");
+    }
+    let csv = std::fs::read_to_string(s["timeline_csv"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        csv.lines().count() - 1,
+        s["windows"].as_u64().unwrap() as usize
+    );
+    let plot = PathBuf::from(s["plot"].as_str().expect("a timeline picture"));
+    assert!(std::fs::metadata(&plot).unwrap().len() > 1000, "{plot:?}");
+
+    // A second run in the same place starts afresh (no alarm carried over from the first).
+    let (code2, s2, log2) = demo(d.path(), &[]);
+    assert_eq!(code2, 0, "{log2}");
+    assert_eq!(s2["alarms"].as_array().unwrap().len(), alarms.len());
+}
+
+#[test]
+fn with_mqtt_the_demo_publishes_like_run() {
+    let d = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&d.path().join("broker"));
+    let rec = Recorder::start(broker.port, "demo-recorder");
+    let addr = format!("127.0.0.1:{}", broker.port);
+    let (code, s, log) = demo(&d.path().join("out"), &["--mqtt", &addr]);
+    assert_eq!(code, 0, "{log}");
+    let n = s["alarms"].as_array().unwrap().len();
+    let topic = format!("sonitor/demo/{}", s["machine"].as_str().unwrap());
+    let msgs = rec.wait_for(
+        "the demo's alarm transitions",
+        Duration::from_secs(20),
+        |m| on(m, &format!("{topic}/events")).len() >= 2 * n,
+    );
+    let alarm: Vec<String> = on(&msgs, &format!("{topic}/alarm"))
+        .into_iter()
+        .filter(|p| p == "ON" || p == "OFF")
+        .collect();
+    assert!(alarm.contains(&"ON".to_string()), "{alarm:?}\n{log}");
+    assert_eq!(alarm.last().map(String::as_str), Some("OFF"), "{alarm:?}");
+    let events = on(&msgs, &format!("{topic}/events"));
+    let first: serde_json::Value = serde_json::from_str(&events[0]).unwrap();
+    assert_eq!(first["type"], "start");
+    assert_eq!(first["model_id"], s["model_id"]);
+    assert!(!on(&msgs, &format!("{topic}/score")).is_empty());
+}
