@@ -210,7 +210,7 @@ pub fn render(a: &DemoArgs) -> anyhow::Result<(Vec<f32>, Timeline)> {
         };
         x.push((1.0 - w) * normal[i] + w * faulty[i]);
     }
-    let mut rng = ChaCha8Rng::seed_from_u64(splitmix64(a.seed ^ 0x5343_454e_45));
+    let mut rng = ChaCha8Rng::seed_from_u64(splitmix64(a.seed ^ 0x0053_4345_4e45));
     let rec = scene::record(&x, pre, &bg, Domain::Source, &mut rng);
     let nb = segs.iter().take_while(|s| s.severity == 0.0).count();
     let nf = segs[nb..].iter().take_while(|s| s.severity > 0.0).count();
