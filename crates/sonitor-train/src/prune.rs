@@ -21,8 +21,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use burn::module::{Module, Param, RunningState};
-use burn::nn::conv::{Conv1d, Conv2d};
-use burn::nn::{BatchNorm, Linear};
+use burn::nn::conv::Conv2d;
+use burn::nn::BatchNorm;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use sonitor_core::bundle::Bundle;
@@ -171,33 +171,24 @@ fn prune_bn(bn: &mut BatchNorm, ix: &[usize]) {
     bn.running_var = select_running(&bn.running_var, ix);
 }
 
-fn conv2_io(c: &mut Conv2d, out: Option<&[usize]>, inp: Option<&[usize]>) {
+/// Keeps the `out` indices along `out_dim` and the `inp` indices along `in_dim` of a weight (conv weights are
+/// `[out, in, k…]`: dims 0, 1; linear weights are `[d_in, d_out]`: dims 1, 0).
+fn select_io<const D: usize>(
+    w: &mut Param<Tensor<D>>,
+    (out_dim, in_dim): (usize, usize),
+    out: Option<&[usize]>,
+    inp: Option<&[usize]>,
+) {
     if let Some(o) = out {
-        c.weight = select(&c.weight, 0, o);
+        *w = select(w, out_dim, o);
     }
     if let Some(i) = inp {
-        c.weight = select(&c.weight, 1, i);
+        *w = select(w, in_dim, i);
     }
 }
 
-fn conv1_io(c: &mut Conv1d, out: Option<&[usize]>, inp: Option<&[usize]>) {
-    if let Some(o) = out {
-        c.weight = select(&c.weight, 0, o);
-    }
-    if let Some(i) = inp {
-        c.weight = select(&c.weight, 1, i);
-    }
-}
-
-/// Linear weights are `[d_in, d_out]`.
-fn linear_io(l: &mut Linear, out: Option<&[usize]>, inp: Option<&[usize]>) {
-    if let Some(o) = out {
-        l.weight = select(&l.weight, 1, o);
-    }
-    if let Some(i) = inp {
-        l.weight = select(&l.weight, 0, i);
-    }
-}
+const CONV: (usize, usize) = (0, 1);
+const LINEAR: (usize, usize) = (1, 0);
 
 /// Flattened feature indices of the kept channels of a `[channels, width]` map (row-major).
 fn flat(channels: &[usize], width: usize) -> Vec<usize> {
@@ -316,16 +307,16 @@ pub fn apply(
     k: &Kept,
 ) -> anyhow::Result<(Model, ModelConfig)> {
     let new = pruned_config(config, keep);
-    conv2_io(&mut model.stem, Some(&k.streams[0]), None);
+    select_io(&mut model.stem.weight, CONV, Some(&k.streams[0]), None);
     prune_bn(&mut model.stem_bn, &k.streams[0]);
     for (b, (i, o, inner)) in model.blocks.iter_mut().zip(&k.blocks) {
         let (si, so) = (&k.streams[*i], &k.streams[*o]);
-        conv2_io(&mut b.conv1, Some(inner), Some(si));
+        select_io(&mut b.conv1.weight, CONV, Some(inner), Some(si));
         prune_bn(&mut b.bn1, inner);
-        conv2_io(&mut b.conv2, Some(so), Some(inner));
+        select_io(&mut b.conv2.weight, CONV, Some(so), Some(inner));
         prune_bn(&mut b.bn2, so);
         if let Some(sc) = &mut b.shortcut {
-            conv2_io(&mut sc.conv, Some(so), Some(si));
+            select_io(&mut sc.conv.weight, CONV, Some(so), Some(si));
             prune_bn(&mut sc.bn, so);
         }
     }
@@ -333,7 +324,7 @@ pub fn apply(
     let (_, wo) = config.tf_output_hw();
     let f = flat(&k.streams[last], wo);
     prune_bn(&mut model.tf_flat_bn, &f);
-    linear_io(&mut model.tf_emb, None, Some(&f));
+    select_io(&mut model.tf_emb.weight, LINEAR, None, Some(&f));
 
     let mut prev: Option<&[usize]> = None;
     for ((c, bn), ix) in model
@@ -342,7 +333,7 @@ pub fn apply(
         .zip(model.spec_bns.iter_mut())
         .zip(&k.spec_convs)
     {
-        conv1_io(c, Some(ix), prev);
+        select_io(&mut c.weight, CONV, Some(ix), prev);
         prune_bn(bn, ix);
         prev = Some(ix);
     }
@@ -354,11 +345,11 @@ pub fn apply(
         .zip(model.spec_dense_bns.iter_mut())
         .zip(&k.spec_dense)
     {
-        linear_io(l, Some(ix), Some(&inputs));
+        select_io(&mut l.weight, LINEAR, Some(ix), Some(&inputs));
         prune_bn(bn, ix);
         inputs = ix.clone();
     }
-    linear_io(&mut model.spec_emb, None, Some(&inputs));
+    select_io(&mut model.spec_emb.weight, LINEAR, None, Some(&inputs));
     new.validate()?;
     Ok((model, new))
 }

@@ -10,6 +10,10 @@ use sonitor_train::infer::OnnxEmbedder;
 use sonitor_train::loss::{Loss, LossKind};
 use sonitor_train::model::ModelConfig;
 
+#[path = "support/parity.rs"]
+mod parity;
+use parity::relative_error;
+
 fn check(config: ModelConfig) {
     let (frames, n_mels, spec_len) = (config.frames, config.n_mels, config.spectrum_len);
     let device = Device::flex().autodiff();
@@ -58,16 +62,7 @@ fn check(config: ModelConfig) {
         let spec_v: Vec<f32> = spec.to_data().try_to_vec().unwrap();
         let want: Vec<f32> = eval.forward(mel, spec).into_data().try_to_vec().unwrap();
         let got = embedder.embed_raw(&mel_v, &spec_v).unwrap();
-        assert_eq!(got.len(), want.len());
-        let norm = want.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
-        let diff = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
-            .sum::<f64>()
-            .sqrt();
-        assert!(norm > 1e-3, "degenerate embedding {want:?}");
-        worst = worst.max(diff / norm);
+        worst = worst.max(relative_error(&got, &want));
     }
     eprintln!("export parity: worst relative error {worst:.3e}");
     assert!(worst <= 1e-4, "relative error {worst:e} > 1e-4");

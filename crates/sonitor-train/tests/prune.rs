@@ -15,6 +15,10 @@ use sonitor_train::loss::{Loss, LossKind};
 use sonitor_train::model::{Model, ModelConfig};
 use sonitor_train::prune::{kept, prune, pruned_config, Criterion};
 
+#[path = "support/parity.rs"]
+mod parity;
+use parity::relative_error;
+
 const KEEP: f64 = 0.5;
 
 fn trained(config: &ModelConfig, device: &Device) -> Model {
@@ -60,19 +64,6 @@ fn silence_upper(bn: &mut BatchNorm) {
     let n = bn.gamma.val().dims()[0];
     let k = kept(n, KEEP);
     silence(bn, |i| i >= k);
-}
-
-fn relative_error(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let norm = want.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
-    let diff = got
-        .iter()
-        .zip(want)
-        .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    assert!(norm > 1e-3, "degenerate embedding {want:?}");
-    diff / norm
 }
 
 fn check(config: ModelConfig) {
