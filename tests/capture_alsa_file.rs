@@ -29,11 +29,14 @@ fn alsa_file_pcm_is_captured_bit_exactly() {
             .collect::<Vec<u8>>(),
     )
     .unwrap();
+    // A configuration of its own, without alsa.conf: alsa.conf runs the hooks of /etc/alsa/conf.d, and where one
+    // fails (an aarch64 test under qemu on an x86 host whose conf.d loads the x86-only pulse plugin) ALSA drops the
+    // whole configuration ("Unknown PCM testmic"). Hence also the inline slave instead of alsa.conf's `null`.
     let conf = d.path().join("asound.conf");
     std::fs::write(
         &conf,
         format!(
-            "</usr/share/alsa/alsa.conf>\npcm.testmic {{\n type file\n slave.pcm \"null\"\n file \"/dev/null\"\n infile \"{}\"\n format \"raw\"\n}}\n",
+            "pcm.testmic {{\n type file\n slave.pcm {{ type null }}\n file \"/dev/null\"\n infile \"{}\"\n format \"raw\"\n hint {{ show on description \"sonitor test microphone\" }}\n}}\n",
             raw.display()
         ),
     )
@@ -80,9 +83,12 @@ fn alsa_file_pcm_is_captured_bit_exactly() {
         stop.clone(),
     )
     .unwrap();
-    let mut h = stream_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the stream opened");
+    let Ok(mut h) = stream_rx.recv_timeout(Duration::from_secs(20)) else {
+        // Say why: the supervisor reports every failed open on the event channel.
+        let mut events: Vec<SourceEvent> = ev_rx.try_iter().collect();
+        events.dedup();
+        panic!("the stream did not open within 20 s; supervisor events: {events:?}");
+    };
     match ev_rx.recv_timeout(Duration::from_secs(1)).unwrap() {
         SourceEvent::Opened { description, .. } => {
             assert!(description.contains("16000 Hz"), "{description}");
