@@ -397,21 +397,20 @@ pub fn spawn_file(
         .path
         .clone()
         .ok_or_else(|| anyhow::anyhow!("device '{}': a file source needs `path`", cfg.name))?;
-    let info = sonitor_core::audio::read_wav_info(&path)?;
-    let channels = info.channels as usize;
-    let mut per_channel = Vec::with_capacity(channels);
-    for c in 0..info.channels {
-        let (_, s) =
-            sonitor_core::audio::read_wav(&path, sonitor_core::audio::ChannelSelect::Index(c))?;
-        per_channel.push(s);
-    }
-    let frames = per_channel.first().map_or(0, |c| c.len());
-    let mut interleaved = Vec::with_capacity(frames * channels);
-    for i in 0..frames {
-        for ch in &per_channel {
-            interleaved.push(ch[i]);
+    // The whole file is decoded once now, without keeping it, so that a corrupt or truncated recording is refused
+    // at start-up with the decoder's message; the replay then streams it block by block in constant memory.
+    let mut check = sonitor_core::audio::WavBlocks::open(&path)?;
+    let info = check.info();
+    let mut scratch = Vec::with_capacity(1 << 16);
+    loop {
+        scratch.clear();
+        if check.read_into(&mut scratch, 1 << 16)? == 0 {
+            break;
         }
     }
+    drop(check);
+    let channels = info.channels as usize;
+    let frames = info.frames as usize;
     let rate = info.sample_rate;
     let handle = std::thread::Builder::new()
         .name(format!("file-{}", cfg.name))
@@ -456,32 +455,56 @@ pub fn spawn_file(
             let block = (rate as usize / 50).max(1) * channels;
             let start = Instant::now();
             let mut sent_frames: u64 = 0;
-            loop {
-                let mut pos = 0;
-                while pos < interleaved.len() {
+            let mut buf: Vec<f32> = Vec::with_capacity(block);
+            'replay: loop {
+                let mut wav = match sonitor_core::audio::WavBlocks::open(&path) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        let _ = events.send(SourceEvent::Failed {
+                            input: index,
+                            reason: e.to_string(),
+                        });
+                        break 'replay;
+                    }
+                };
+                loop {
                     if stop.load(Ordering::SeqCst) {
                         return;
                     }
-                    let end = (pos + block).min(interleaved.len());
+                    buf.clear();
+                    match wav.read_into(&mut buf, block) {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        // Changed since start-up (the check read it whole): what was read is kept, the rest
+                        // is reported and the replay ends.
+                        Err(e) => {
+                            let _ = events.send(SourceEvent::Failed {
+                                input: index,
+                                reason: e.to_string(),
+                            });
+                            break 'replay;
+                        }
+                    }
+                    // Whole frames only (a file cut inside a frame is reported above).
+                    let n = buf.len() - buf.len() % channels;
                     if cfg.realtime {
                         let due = start + Duration::from_secs_f64(sent_frames as f64 / rate as f64);
                         let now = Instant::now();
                         if due > now {
                             std::thread::sleep(due - now);
                         }
-                        sink.write(&interleaved[pos..end]);
+                        sink.write(&buf[..n]);
                     } else {
                         // Lossless: wait for room.
-                        while sink.producer.vacant_len() < end - pos {
+                        while sink.producer.vacant_len() < n {
                             if stop.load(Ordering::SeqCst) {
                                 return;
                             }
                             std::thread::sleep(Duration::from_millis(2));
                         }
-                        sink.write(&interleaved[pos..end]);
+                        sink.write(&buf[..n]);
                     }
-                    sent_frames += ((end - pos) / channels) as u64;
-                    pos = end;
+                    sent_frames += (n / channels) as u64;
                 }
                 match cfg.at_end {
                     AtEnd::Loop => continue,

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use sonitor_core::audio::{
-    load_mono, read_wav, read_wav_info, write_wav_i16, ChannelSelect, WavError,
+    load_mono, read_wav, read_wav_info, write_wav_i16, ChannelSelect, WavBlocks, WavError,
 };
 
 const PCM: u16 = 1;
@@ -223,4 +223,47 @@ fn written_files_read_back() {
     );
     let e = write_wav_i16(&dir.path().join("no/such/dir.wav"), &[0.0], 16_000).unwrap_err();
     assert!(e.to_string().contains("dir.wav"));
+}
+
+/// The block reader of file sources (16-bit in bulk, the rest through hound) gives read_wav's samples whatever the
+/// block size, and reports a data chunk cut short when it reaches the cut.
+#[test]
+fn block_reader_equals_whole_file_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    for (bits, float, format) in [
+        (16, false, PCM),
+        (24, false, PCM),
+        (32, true, FLOAT),
+        (8, false, PCM),
+    ] {
+        let path = write(
+            dir.path(),
+            &format!("b{bits}.wav"),
+            &wav_bytes(format, 0, 1, 16_000, bits, &encode(bits, float)),
+        );
+        let (_, whole) = read_wav(&path, ChannelSelect::Mix).unwrap();
+        for block in [1, 2, 3, 100] {
+            let mut b = WavBlocks::open(&path).unwrap();
+            let mut got = Vec::new();
+            while b.read_into(&mut got, block).unwrap() > 0 {}
+            assert_eq!(got, whole, "{bits} bits, blocks of {block}");
+        }
+    }
+    let good = wav_bytes(PCM, 0, 1, 16_000, 16, &encode(16, false));
+    let cut = write(dir.path(), "cut.wav", &good[..good.len() - 3]);
+    let mut b = WavBlocks::open(&cut).unwrap();
+    let mut got = Vec::new();
+    let e = loop {
+        match b.read_into(&mut got, 2) {
+            Ok(0) => panic!("the cut was not noticed"),
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(e, WavError::Truncated { expected: 5, .. }), "{e}");
+    assert_eq!(
+        got,
+        VALUES[..3].to_vec(),
+        "what precedes the cut is delivered"
+    );
 }

@@ -116,24 +116,179 @@ fn info_of<R: std::io::Read>(reader: &hound::WavReader<R>) -> WavInfo {
     }
 }
 
+/// A WAV file decoded block by block into interleaved `f32` samples (the decoding of [`read_wav`]), so that a
+/// long recording is replayed in constant memory. Header problems are reported by [`WavBlocks::open`]; a truncated
+/// data chunk or a sample that is not a finite number by the [`WavBlocks::read_into`] that reaches it.
+pub struct WavBlocks {
+    source: Source,
+    path: PathBuf,
+    info: WavInfo,
+    /// Integer scale 1 / 2^(bits-1); `None` for 32-bit float.
+    scale: Option<f64>,
+    /// Interleaved samples read so far.
+    read: u64,
+}
+
+/// 16-bit PCM, by far the most common recording format, is decoded from the raw bytes in bulk (hound's
+/// per-sample iterator was a quarter of the daemon's CPU time replaying a file); other formats go through hound.
+enum Source {
+    Hound(hound::WavReader<std::io::BufReader<std::fs::File>>),
+    Pcm16 {
+        reader: std::io::BufReader<std::fs::File>,
+        /// Bytes of the data chunk not read yet.
+        remaining: u64,
+        bytes: Vec<u8>,
+    },
+}
+
+impl WavBlocks {
+    pub fn open(path: &Path) -> Result<Self, WavError> {
+        let reader = open(path)?;
+        let info = info_of(&reader);
+        let corrupt = |reason: &str| WavError::Corrupt {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        };
+        if info.channels == 0 {
+            return Err(corrupt("header says 0 channels"));
+        }
+        if info.sample_rate == 0 {
+            return Err(corrupt("header says sample rate 0"));
+        }
+        let scale = match (info.float, info.bits_per_sample) {
+            (true, 32) => None,
+            (false, bits @ (8 | 16 | 24 | 32)) => Some(1.0 / (1u64 << (bits - 1)) as f64),
+            (float, bits) => {
+                return Err(WavError::Unsupported {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                    "{} samples of {bits} bits (PCM 8/16/24/32-bit and float 32-bit are supported)",
+                    if float { "float" } else { "integer" }
+                ),
+                })
+            }
+        };
+        let source = if !info.float && info.bits_per_sample == 16 {
+            Source::Pcm16 {
+                remaining: info.frames * info.channels as u64 * 2,
+                // WavReader::new stops at the start of the data chunk.
+                reader: reader.into_inner(),
+                bytes: Vec::new(),
+            }
+        } else {
+            Source::Hound(reader)
+        };
+        Ok(Self {
+            source,
+            path: path.to_path_buf(),
+            info,
+            scale,
+            read: 0,
+        })
+    }
+
+    pub fn info(&self) -> WavInfo {
+        self.info
+    }
+
+    fn truncated(&self) -> WavError {
+        WavError::Truncated {
+            path: self.path.clone(),
+            expected: self.info.frames,
+            got: self.read / self.info.channels as u64,
+        }
+    }
+
+    /// Appends up to `max` interleaved samples to `out` and returns how many; 0 at the end of the data.
+    pub fn read_into(&mut self, out: &mut Vec<f32>, max: usize) -> Result<usize, WavError> {
+        let before = out.len();
+        let mut failed = None;
+        match (&mut self.source, self.scale) {
+            (
+                Source::Pcm16 {
+                    reader,
+                    remaining,
+                    bytes,
+                },
+                _,
+            ) => {
+                use std::io::Read;
+                let want = (*remaining).min(max.saturating_mul(2) as u64) as usize;
+                bytes.resize(want, 0);
+                let mut got = 0;
+                while got < want {
+                    match reader.read(&mut bytes[got..]) {
+                        Ok(0) => break,
+                        Ok(k) => got += k,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            failed = Some(hound::Error::IoError(e));
+                            break;
+                        }
+                    }
+                }
+                *remaining -= got as u64;
+                out.extend(
+                    bytes[..got - got % 2]
+                        .chunks_exact(2)
+                        .map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0),
+                );
+                if got < want && failed.is_none() {
+                    // The data chunk ends before the header says it does.
+                    failed = Some(hound::Error::IoError(
+                        std::io::ErrorKind::UnexpectedEof.into(),
+                    ));
+                }
+            }
+            (Source::Hound(reader), None) => {
+                for s in reader.samples::<f32>().take(max) {
+                    match s {
+                        Ok(v) => out.push(v),
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+            }
+            (Source::Hound(reader), Some(scale)) => {
+                for s in reader.samples::<i32>().take(max) {
+                    match s {
+                        Ok(v) => out.push((v as f64 * scale) as f32),
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let n = out.len() - before;
+        if let Some(bad) = out[before..].iter().position(|v| !v.is_finite()) {
+            return Err(WavError::Corrupt {
+                path: self.path.clone(),
+                reason: format!("sample {} is not a finite number", self.read + bad as u64),
+            });
+        }
+        self.read += n as u64;
+        match failed {
+            // hound reports a short data chunk as an I/O error ("failed to read enough bytes").
+            Some(hound::Error::IoError(_)) => Err(self.truncated()),
+            Some(e) => Err(classify(&self.path, e)),
+            None if n == 0 && self.read < self.info.frames * self.info.channels as u64 => {
+                Err(self.truncated())
+            }
+            None => Ok(n),
+        }
+    }
+}
+
 /// Reads a whole WAV file as `f32` samples normalised to [-1, 1), keeping the file's sample rate.
 ///
 /// Integer samples are divided by 2^(bits-1); float samples are taken as they are.
 pub fn read_wav(path: &Path, channel: ChannelSelect) -> Result<(WavInfo, Vec<f32>), WavError> {
-    let mut reader = open(path)?;
-    let info = info_of(&reader);
-    if info.channels == 0 {
-        return Err(WavError::Corrupt {
-            path: path.to_path_buf(),
-            reason: "header says 0 channels".into(),
-        });
-    }
-    if info.sample_rate == 0 {
-        return Err(WavError::Corrupt {
-            path: path.to_path_buf(),
-            reason: "header says sample rate 0".into(),
-        });
-    }
+    let mut blocks = WavBlocks::open(path)?;
+    let info = blocks.info();
     if let ChannelSelect::Index(c) = channel {
         if c >= info.channels {
             return Err(WavError::NoSuchChannel {
@@ -145,52 +300,7 @@ pub fn read_wav(path: &Path, channel: ChannelSelect) -> Result<(WavInfo, Vec<f32
     }
     let n_ch = info.channels as usize;
     let mut interleaved: Vec<f32> = Vec::with_capacity(info.frames as usize * n_ch);
-    let truncated = |got: usize| WavError::Truncated {
-        path: path.to_path_buf(),
-        expected: info.frames,
-        got: (got / n_ch) as u64,
-    };
-    match (info.float, info.bits_per_sample) {
-        (true, 32) => {
-            for s in reader.samples::<f32>() {
-                match s {
-                    Ok(v) => interleaved.push(v),
-                    // hound reports a short data chunk as an I/O error ("failed to read enough bytes").
-                    Err(hound::Error::IoError(_)) => return Err(truncated(interleaved.len())),
-                    Err(e) => return Err(classify(path, e)),
-                }
-            }
-        }
-        (false, bits @ (8 | 16 | 24 | 32)) => {
-            let scale = 1.0 / (1u64 << (bits - 1)) as f64;
-            for s in reader.samples::<i32>() {
-                match s {
-                    Ok(v) => interleaved.push((v as f64 * scale) as f32),
-                    // hound reports a short data chunk as an I/O error ("failed to read enough bytes").
-                    Err(hound::Error::IoError(_)) => return Err(truncated(interleaved.len())),
-                    Err(e) => return Err(classify(path, e)),
-                }
-            }
-        }
-        (float, bits) => {
-            return Err(WavError::Unsupported {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "{} samples of {bits} bits (PCM 8/16/24/32-bit and float 32-bit are supported)",
-                    if float { "float" } else { "integer" }
-                ),
-            })
-        }
-    }
-    if (interleaved.len() as u64) < info.frames * n_ch as u64 {
-        return Err(truncated(interleaved.len()));
-    }
-    if let Some(bad) = interleaved.iter().position(|v| !v.is_finite()) {
-        return Err(WavError::Corrupt {
-            path: path.to_path_buf(),
-            reason: format!("sample {bad} is not a finite number"),
-        });
-    }
+    while blocks.read_into(&mut interleaved, usize::MAX)? > 0 {}
     let mono = match channel {
         _ if n_ch == 1 => interleaved,
         ChannelSelect::Index(c) => interleaved
