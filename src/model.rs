@@ -2,7 +2,6 @@
 //! window. Inputs are fed by name in the graph's own order, from the feature views the manifest assigns.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use anyhow::Context;
 use sonitor_core::bundle::{Bundle, FeatureView};
@@ -10,7 +9,8 @@ use sonitor_core::features::Features;
 use tract_onnx::prelude::*;
 
 pub struct Embedder {
-    plan: Arc<TypedRunnableModel>,
+    /// The plan's run state, kept from window to window: `plan.run` would build a new one per call.
+    state: TypedSimpleState,
     /// For each graph input in order: the feature view and the shape.
     inputs: Vec<(FeatureView, Vec<usize>)>,
     dim: usize,
@@ -52,8 +52,11 @@ impl Embedder {
             .with_context(|| format!("{}: tract cannot optimise the graph", path.display()))?
             .into_runnable()
             .with_context(|| format!("{}: tract cannot plan the graph", path.display()))?;
+        let state = plan
+            .spawn()
+            .with_context(|| format!("{}: tract cannot start the plan", path.display()))?;
         Ok(Self {
-            plan,
+            state,
             inputs,
             dim: m.embedding_dim,
             model_id: m.model_id.clone(),
@@ -65,7 +68,7 @@ impl Embedder {
     }
 
     /// The embedding of one window's features.
-    pub fn embed(&self, f: &Features, out: &mut Vec<f32>) -> anyhow::Result<()> {
+    pub fn embed(&mut self, f: &Features, out: &mut Vec<f32>) -> anyhow::Result<()> {
         let mut tensors: TVec<TValue> = TVec::new();
         for (view, shape) in &self.inputs {
             let data = match view {
@@ -74,7 +77,7 @@ impl Embedder {
             };
             tensors.push(Tensor::from_shape(shape, data)?.into());
         }
-        let result = self.plan.run(tensors)?;
+        let result = self.state.run(tensors)?;
         let emb = result
             .first()
             .ok_or_else(|| anyhow::anyhow!("the model returned no output"))?

@@ -454,7 +454,7 @@ pub struct Scorer {
 
 /// The inference thread: embeds each window with the machine's model and scores it.
 pub fn spawn_inference(
-    embedders: Vec<Embedder>,
+    mut embedders: Vec<Embedder>,
     scorers: Vec<Scorer>,
     features: Receiver<FeatureMsg>,
     recycle: Sender<Features>,
