@@ -7,8 +7,10 @@
 //! [`config`]. The features and the model contract live in `sonitor-core`, so the daemon computes exactly what
 //! the trainer evaluated.
 //!
-//! [`demo`] runs all of it on the shipped model and a generated recording.
+//! [`demo`] runs all of it on the shipped model and a generated recording; [`bench`] holds what the benchmarks
+//! share (`sonitor-bench`, benches/kernels.rs).
 
+pub mod bench;
 pub mod capture;
 pub mod clips;
 pub mod config;

@@ -1,0 +1,88 @@
+//! The daemon's kernels per analysis window, with criterion: feature extraction (log-mel + spectrum) and the FFTs
+//! inside it, tract inference of the shipped bundle, and the single-core sgemm that sets the floor.
+//!
+//! `cargo bench --bench kernels` (the end-to-end numbers come from `sonitor-bench`; see BENCHMARKS.md).
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use realfft::RealFftPlanner;
+use sonitor::bench::{sgemm_plan, test_signal};
+use sonitor::model::Embedder;
+use sonitor_core::bundle::Bundle;
+use sonitor_core::features::FeatureExtractor;
+use tract_onnx::prelude::*;
+
+fn bundle() -> Bundle {
+    Bundle::load(concat!(env!("CARGO_MANIFEST_DIR"), "/models/default").as_ref())
+        .expect("models/default loads")
+}
+
+fn features(c: &mut Criterion) {
+    let b = bundle();
+    let p = b.manifest.features.clone();
+    let window = test_signal(p.window_samples, p.sample_rate);
+    let mut fx = FeatureExtractor::new(p.clone()).unwrap();
+    let mut out = fx.new_output();
+    let mut g = c.benchmark_group("features");
+    g.bench_function("log-mel + spectrum per window", |bch| {
+        bch.iter(|| fx.extract_into(black_box(&window), &mut out).unwrap())
+    });
+    // The FFTs alone, as extract_into plans and runs them: one per STFT frame and one of the whole window.
+    let mut planner = RealFftPlanner::<f32>::new();
+    let frame = planner.plan_fft_forward(p.n_fft);
+    let whole = planner.plan_fft_forward(p.window_samples);
+    let frames = 1 + (p.window_samples - p.n_fft) / p.stft_hop;
+    let (mut fi, mut fo) = (frame.make_input_vec(), frame.make_output_vec());
+    let (mut wi, mut wo) = (whole.make_input_vec(), whole.make_output_vec());
+    let mut scratch =
+        vec![Default::default(); frame.get_scratch_len().max(whole.get_scratch_len())];
+    g.bench_function("FFTs of one window", |bch| {
+        bch.iter(|| {
+            for t in 0..frames {
+                fi.copy_from_slice(&window[t * p.stft_hop..t * p.stft_hop + p.n_fft]);
+                frame
+                    .process_with_scratch(&mut fi, &mut fo, &mut scratch)
+                    .unwrap();
+            }
+            wi.copy_from_slice(&window);
+            whole
+                .process_with_scratch(&mut wi, &mut wo, &mut scratch)
+                .unwrap();
+        })
+    });
+    g.finish();
+}
+
+fn inference(c: &mut Criterion) {
+    let b = bundle();
+    let p = b.manifest.features.clone();
+    let mut fx = FeatureExtractor::new(p.clone()).unwrap();
+    let feats = fx
+        .extract(&test_signal(p.window_samples, p.sample_rate))
+        .unwrap();
+    let mut e = Embedder::load(&b).unwrap();
+    let mut emb = Vec::new();
+    let flops = b.manifest.provenance.model["flops_per_window"]
+        .as_u64()
+        .unwrap_or(0);
+    let mut g = c.benchmark_group("inference");
+    g.throughput(Throughput::Elements(flops));
+    g.bench_function("models/default per window (elements = FLOPs)", |bch| {
+        bch.iter(|| e.embed(black_box(&feats), &mut emb).unwrap())
+    });
+    g.finish();
+}
+
+fn sgemm(c: &mut Criterion) {
+    let n = 512;
+    let plan = sgemm_plan(n, n, n).unwrap();
+    let a: Tensor = Tensor::from_shape(&[n, n], &test_signal(n * n, 16_000)).unwrap();
+    let mut g = c.benchmark_group("sgemm");
+    g.throughput(Throughput::Elements(2 * (n * n * n) as u64));
+    g.bench_function("512x512x512 through tract (elements = FLOPs)", |bch| {
+        bch.iter(|| plan.run(tvec!(a.clone().into())).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(kernels, features, inference, sgemm);
+criterion_main!(kernels);

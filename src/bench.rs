@@ -1,0 +1,144 @@
+//! Measurement helpers shared by `sonitor-bench` (src/bin/sonitor-bench) and the criterion kernels
+//! (benches/kernels.rs): a deterministic test signal, percentiles, and the single-core matrix-multiply rate that
+//! gives the floor time of a model (its FLOPs per window over that rate). Not used by the daemon itself.
+
+use std::time::Instant;
+
+use tract_onnx::pb;
+use tract_onnx::prelude::*;
+
+/// `n` samples of a deterministic noisy tone at `sample_rate`: the cost of features and inference does not depend
+/// on the values, and the same input every run keeps runs comparable.
+pub fn test_signal(n: usize, sample_rate: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            let t = i as f32 / sample_rate as f32;
+            0.3 * (std::f32::consts::TAU * 440.0 * t).sin()
+                + 0.01 * ((i * 7919 % 101) as f32 - 50.0) / 50.0
+        })
+        .collect()
+}
+
+/// The `q` quantile of sorted values (nearest rank).
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i]
+}
+
+/// Median of values in any order.
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    percentile(&v, 0.5)
+}
+
+fn tensor_value_info(name: &str, shape: &[usize]) -> pb::ValueInfoProto {
+    pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: pb::tensor_proto::DataType::Float as i32,
+                shape: Some(pb::TensorShapeProto {
+                    dim: shape
+                        .iter()
+                        .map(|&d| pb::tensor_shape_proto::Dimension {
+                            value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(
+                                d as i64,
+                            )),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A tract plan of one ONNX `MatMul` `[m, k] × [k, n]` (the right side a constant, as weights are), optimised
+/// like the daemon's models: the kernel tract uses for the dense and convolution layers of the embedding network.
+pub fn sgemm_plan(m: usize, k: usize, n: usize) -> TractResult<Arc<TypedRunnableModel>> {
+    let b: Vec<f32> = (0..k * n).map(|i| ((i % 17) as f32 - 8.0) / 8.0).collect();
+    let graph = pb::GraphProto {
+        name: "sgemm".into(),
+        node: vec![pb::NodeProto {
+            name: "mm".into(),
+            op_type: "MatMul".into(),
+            input: vec!["a".into(), "b".into()],
+            output: vec!["c".into()],
+            ..Default::default()
+        }],
+        initializer: vec![pb::TensorProto {
+            name: "b".into(),
+            dims: vec![k as i64, n as i64],
+            data_type: pb::tensor_proto::DataType::Float as i32,
+            raw_data: b.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ..Default::default()
+        }],
+        input: vec![tensor_value_info("a", &[m, k])],
+        output: vec![tensor_value_info("c", &[m, n])],
+        ..Default::default()
+    };
+    let proto = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        graph: Some(graph),
+        ..Default::default()
+    };
+    tract_onnx::onnx()
+        .model_for_proto_model(&proto)?
+        .into_optimized()?
+        .into_runnable()
+}
+
+/// The single-thread rate of tract's matrix multiply on this CPU (FLOP/s, a multiply-add counted as 2), the median
+/// of `runs` products `[m, k] × [k, n]` after a warm-up.
+pub fn sgemm_flops_per_second(m: usize, k: usize, n: usize, runs: usize) -> TractResult<f64> {
+    let plan = sgemm_plan(m, k, n)?;
+    let a = Tensor::from_shape(&[m, k], &test_signal(m * k, 16_000))?;
+    for _ in 0..3 {
+        plan.run(tvec!(a.clone().into()))?;
+    }
+    let mut t = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let input = tvec!(a.clone().into());
+        let t0 = Instant::now();
+        plan.run(input)?;
+        t.push(t0.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (m * k * n) as f64 / median(&t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sgemm_plan_multiplies() {
+        let plan = sgemm_plan(2, 3, 4).unwrap();
+        let a = Tensor::from_shape(&[2, 3], &[1.0f32, 0.0, 0.0, 0.0, 1.0, 1.0]).unwrap();
+        let out = plan.run(tvec!(a.into())).unwrap();
+        let c = out[0].to_plain_array_view::<f32>().unwrap();
+        let b: Vec<f32> = (0..12).map(|i| ((i % 17) as f32 - 8.0) / 8.0).collect();
+        // Row 0 = b's row 0; row 1 = b's rows 1 + 2.
+        for j in 0..4 {
+            assert_eq!(c[[0, j]], b[j]);
+            assert_eq!(c[[1, j]], b[4 + j] + b[8 + j]);
+        }
+        assert!(sgemm_flops_per_second(16, 16, 16, 3).unwrap() > 0.0);
+    }
+
+    #[test]
+    fn percentiles() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0, 5.0], 0.99), 5.0);
+        assert!(percentile(&[], 0.5).is_nan());
+    }
+}

@@ -1,0 +1,315 @@
+//! `sonitor-bench e2e`: the real daemon (`sonitor run`, the binary next to this one) on file sources as fast as
+//! it can go, one device and one machine per recording, for 1 and for N machines: CPU time (user + system, from
+//! the kernel's accounting of the child) per second of audio per machine, machines per core, and peak RSS. In the
+//! same run, alternating with it, the Python peer (benches/python/peer.py: librosa + onnxruntime) on the same
+//! recording, so that the ratio holds on a noisy machine.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::Context;
+use sonitor::bench::median;
+use sonitor_core::bundle::Bundle;
+
+pub struct Options {
+    pub bundle: PathBuf,
+    pub wav: Option<PathBuf>,
+    pub machines: Vec<usize>,
+    pub repeat: usize,
+    pub audio_minutes: f64,
+    pub python: Option<PathBuf>,
+    pub no_peer: bool,
+    pub json: bool,
+}
+
+/// What the kernel accounted for one child process.
+#[derive(Debug, Clone, Copy)]
+pub struct ChildUsage {
+    pub cpu_s: f64,
+    pub wall_s: f64,
+    pub max_rss_kib: u64,
+    pub status: i32,
+}
+
+/// Runs a command to completion and returns its CPU time and peak RSS (`wait4`).
+pub fn run_measured(cmd: &mut Command) -> anyhow::Result<ChildUsage> {
+    let t0 = Instant::now();
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    let pid = child.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    // SAFETY: a zeroed rusage is a valid value for wait4 to fill.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our child, not yet waited for; status and ru are valid pointers.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    if r != pid {
+        anyhow::bail!("wait4: {}", std::io::Error::last_os_error());
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    Ok(ChildUsage {
+        cpu_s: secs(ru.ru_utime) + secs(ru.ru_stime),
+        wall_s: t0.elapsed().as_secs_f64(),
+        max_rss_kib: ru.ru_maxrss as u64,
+        status: if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            -1
+        },
+    })
+}
+
+/// The daemon binary next to this one (`cargo build --release` builds both).
+pub fn sonitor_binary() -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let p = me.with_file_name("sonitor");
+    anyhow::ensure!(
+        p.exists(),
+        "{} not found: build it first (cargo build --release --bin sonitor)",
+        p.display()
+    );
+    Ok(p)
+}
+
+/// The section the bundle's demo recording belongs to (its `demo.json`), else the manifest's first.
+pub fn demo_section(b: &Bundle, dir: &Path) -> anyhow::Result<String> {
+    if let Ok(t) = std::fs::read_to_string(dir.join("demo.json")) {
+        let v: serde_json::Value = serde_json::from_str(&t)?;
+        if let Some(s) = v["section"].as_str() {
+            return Ok(s.to_string());
+        }
+    }
+    b.manifest
+        .sections
+        .first()
+        .map(|s| format!("{}/section_{:02}", s.machine_type, s.section))
+        .ok_or_else(|| anyhow::anyhow!("{}: the bundle has no sections", dir.display()))
+}
+
+/// Writes `out`: `src` repeated until it lasts at least `seconds`. Returns the duration in seconds.
+fn repeat_wav(src: &Path, out: &Path, seconds: f64) -> anyhow::Result<f64> {
+    let mut r = hound::WavReader::open(src).with_context(|| format!("{}", src.display()))?;
+    let spec = r.spec();
+    anyhow::ensure!(
+        spec.sample_format == hound::SampleFormat::Int && spec.bits_per_sample == 16,
+        "{}: the benchmark repeats 16-bit PCM recordings",
+        src.display()
+    );
+    let samples: Vec<i16> = r.samples::<i16>().collect::<Result<_, _>>()?;
+    anyhow::ensure!(!samples.is_empty(), "{}: empty", src.display());
+    let per_second = spec.sample_rate as f64 * spec.channels as f64;
+    let reps = ((seconds * per_second) / samples.len() as f64)
+        .ceil()
+        .max(1.0) as usize;
+    let mut w = hound::WavWriter::create(out, spec)?;
+    for _ in 0..reps {
+        for &s in &samples {
+            w.write_sample(s)?;
+        }
+    }
+    w.finalize()?;
+    Ok(reps as f64 * samples.len() as f64 / per_second)
+}
+
+fn config_text(dir: &Path, bundle: &Path, section: &str, wav: &Path, n: usize) -> String {
+    let q = |p: &Path| format!("{:?}", p.display().to_string());
+    let mut s = format!(
+        "node_id = \"bench\"\nstate_dir = {}\nlog_level = \"error\"\n\n",
+        q(&dir.join("state"))
+    );
+    for i in 0..n {
+        s += &format!(
+            "[[devices]]\nname = \"file{i}\"\nsource = \"file\"\npath = {}\nrealtime = false\nat_end = \"exit\"\n\n",
+            q(wav)
+        );
+        s += &format!(
+            "[[machines]]\nname = \"machine{i}\"\ndevice = \"file{i}\"\nbundle = {}\nsection = {section:?}\n\n",
+            q(bundle)
+        );
+    }
+    s += "[mqtt]\nenabled = false\n\n[metrics]\nenabled = false\n\n[clips]\nenabled = false\n";
+    s
+}
+
+/// Before it is timed, the peer must compute what the daemon computes: the daemon's per-window scores of the
+/// bundle's demo (`sonitor demo`, the real pipeline) against the peer's (benches/python/compare.py, 1e-4).
+fn check_peer_equivalence(
+    sonitor: &Path,
+    py: &Path,
+    bundle: &Path,
+    tmp: &Path,
+) -> anyhow::Result<()> {
+    let demo = tmp.join("equivalence");
+    // The demo's exit status says whether its alarm came at the right time; only its timeline matters here.
+    Command::new(sonitor)
+        .arg("demo")
+        .arg("--model")
+        .arg(bundle)
+        .arg("--out")
+        .arg(&demo)
+        .arg("--quiet")
+        .stdout(Stdio::null())
+        .status()
+        .context("running sonitor demo")?;
+    let peer_csv = tmp.join("peer-scores.csv");
+    let ok = Command::new(py)
+        .arg("benches/python/peer.py")
+        .arg("--model")
+        .arg(bundle)
+        .arg("--scores-out")
+        .arg(&peer_csv)
+        .stdout(Stdio::null())
+        .status()?
+        .success()
+        && Command::new(py)
+            .arg("benches/python/compare.py")
+            .arg(&peer_csv)
+            .arg(demo.join("timeline.csv"))
+            .status()?
+            .success();
+    anyhow::ensure!(
+        ok,
+        "the Python peer's scores differ from the daemon's (see above): its timings would not compare the same work"
+    );
+    Ok(())
+}
+
+pub fn run(o: &Options) -> anyhow::Result<()> {
+    let bundle_dir = std::path::absolute(&o.bundle)?;
+    let b =
+        Bundle::load(&bundle_dir).map_err(|e| anyhow::anyhow!("{}: {e}", o.bundle.display()))?;
+    let section = demo_section(&b, &bundle_dir)?;
+    let src = match &o.wav {
+        Some(w) => w.clone(),
+        None => bundle_dir.join("demo.wav"),
+    };
+    let tmp = tempfile::tempdir()?;
+    let wav = tmp.path().join("long.wav");
+    let audio_s = repeat_wav(&src, &wav, o.audio_minutes * 60.0)?;
+    let sonitor = sonitor_binary()?;
+    let python = o.python.clone().filter(|_| !o.no_peer).or_else(|| {
+        if o.no_peer {
+            return None;
+        }
+        let p = PathBuf::from("benches/python/.venv/bin/python");
+        p.exists().then_some(p)
+    });
+    if let Some(py) = &python {
+        check_peer_equivalence(&sonitor, py, &bundle_dir, tmp.path())?;
+    }
+    if !o.json {
+        println!(
+            "recording: {} repeated to {audio_s:.0} s; bundle {} section {section}; {} repetition(s)",
+            src.display(),
+            bundle_dir.display(),
+            o.repeat
+        );
+    }
+    let mut rows = Vec::new();
+    let mut peer_loop = Vec::new();
+    let mut peer_process = Vec::new();
+    let mut rust_one = Vec::new();
+    for &n in &o.machines {
+        let dir = tmp.path().join(format!("m{n}"));
+        std::fs::create_dir_all(dir.join("state"))?;
+        let cfg = dir.join("bench.toml");
+        std::fs::write(&cfg, config_text(&dir, &bundle_dir, &section, &wav, n))?;
+        let mut cpu = Vec::new();
+        let mut rss = Vec::new();
+        let mut wall = Vec::new();
+        for _ in 0..o.repeat {
+            let u = run_measured(
+                Command::new(&sonitor)
+                    .arg("run")
+                    .arg("--config")
+                    .arg(&cfg)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null()),
+            )?;
+            anyhow::ensure!(u.status == 0, "sonitor run exited with {}", u.status);
+            cpu.push(u.cpu_s / (n as f64 * audio_s));
+            rss.push(u.max_rss_kib as f64 / 1024.0);
+            wall.push(u.wall_s);
+            // The peer, alternating with the one-machine runs.
+            if n == 1 {
+                rust_one.push(u.cpu_s / audio_s);
+                if let Some(py) = &python {
+                    let out = tmp.path().join("peer.json");
+                    let pu = run_measured(
+                        Command::new(py)
+                            .arg("benches/python/peer.py")
+                            .arg("--model")
+                            .arg(&bundle_dir)
+                            .arg("--wav")
+                            .arg(&wav)
+                            .arg("--section")
+                            .arg(&section)
+                            .arg("--json")
+                            .env("OMP_NUM_THREADS", "1")
+                            .stdin(Stdio::null())
+                            .stdout(std::fs::File::create(&out)?),
+                    )?;
+                    anyhow::ensure!(pu.status == 0, "the Python peer exited with {}", pu.status);
+                    let v: serde_json::Value =
+                        serde_json::from_str(&std::fs::read_to_string(&out)?)
+                            .context("the Python peer's JSON")?;
+                    let per = v["cpu_seconds_per_audio_second"].as_f64().ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "the Python peer's JSON has no cpu_seconds_per_audio_second"
+                        )
+                    })?;
+                    peer_loop.push(per);
+                    peer_process.push(pu.cpu_s / audio_s);
+                }
+            }
+        }
+        rows.push((n, median(&cpu), median(&rss), median(&wall)));
+    }
+    let peer = (!peer_loop.is_empty()).then(|| (median(&peer_loop), median(&peer_process)));
+    if o.json {
+        let v = serde_json::json!({
+            "audio_seconds": audio_s,
+            "bundle": bundle_dir,
+            "section": section,
+            "repeat": o.repeat,
+            "rows": rows.iter().map(|&(n, cpu, rss, wall)| serde_json::json!({
+                "machines": n, "cpu_seconds_per_audio_second_per_machine": cpu,
+                "machines_per_core": 1.0 / cpu, "peak_rss_mib": rss, "wall_seconds": wall,
+            })).collect::<Vec<_>>(),
+            "python_peer": peer.map(|(l, p)| serde_json::json!({
+                "loop_cpu_seconds_per_audio_second": l,
+                "process_cpu_seconds_per_audio_second": p,
+                "sonitor_one_machine_cpu_seconds_per_audio_second": median(&rust_one),
+            })),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("\n| machines | CPU per audio second per machine (ms/s) | machines per core | peak RSS (MiB) | wall (s) |");
+    println!("|---|---|---|---|---|");
+    for (n, cpu, rss, wall) in &rows {
+        println!(
+            "| {n} | {:.2} | {:.0} | {rss:.1} | {wall:.1} |",
+            cpu * 1e3,
+            1.0 / cpu
+        );
+    }
+    match peer {
+        Some((l, p)) => {
+            let r = median(&rust_one);
+            println!(
+                "\nPython peer (librosa + onnxruntime, one thread), same recording, alternating with the one-machine runs:\n\
+                 processing loop {:.2} ms/s, whole process {:.2} ms/s; sonitor {:.2} ms/s (whole process)\n\
+                 sonitor / peer loop = {:.3} (target ≤ 0.333)",
+                l * 1e3,
+                p * 1e3,
+                r * 1e3,
+                r / l
+            );
+        }
+        None if o.no_peer => {}
+        None => println!("\n(no Python peer: run benches/python/setup, or pass --python PATH)"),
+    }
+    Ok(())
+}

@@ -1,0 +1,141 @@
+//! `sonitor-bench`: the numbers of BENCHMARKS.md, measured on the machine it runs on (run it on a Pi to see how
+//! many machines the Pi can watch).
+//!
+//! - `window`: features and inference per window (median, p99), the FFTs' share, inference against the floor;
+//! - `floor`: this CPU's single-core matrix-multiply rate through tract;
+//! - `e2e`: the real daemon on file sources as fast as possible: CPU per audio second per machine, machines per
+//!   core, peak RSS for 1 and N machines, and the Python peer in the same run;
+//! - `latency`: first anomalous sample → alarm at an MQTT subscriber through a real broker.
+//!
+//! Build with `cargo build --release --bin sonitor --bin sonitor-bench`: `e2e` and `latency` run the `sonitor`
+//! binary that sits next to this one.
+
+mod e2e;
+mod latency;
+mod window;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "sonitor-bench",
+    about = "Benchmarks of the sonitor daemon (see BENCHMARKS.md)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Features and inference per window of one or more bundles, on one thread.
+    Window {
+        /// Bundle directories [default: models/default].
+        bundles: Vec<PathBuf>,
+        #[arg(long, default_value_t = 300)]
+        runs: usize,
+    },
+    /// Single-core sgemm rate through tract (the floor's denominator).
+    Floor {
+        #[arg(long, default_value_t = 512)]
+        size: usize,
+        #[arg(long, default_value_t = 50)]
+        runs: usize,
+    },
+    /// The daemon end to end on file sources, for 1 and N machines, and the Python peer.
+    E2e {
+        #[arg(long, default_value = "models/default")]
+        bundle: PathBuf,
+        /// Recording [default: the bundle's demo.wav], repeated to --audio-minutes.
+        #[arg(long)]
+        wav: Option<PathBuf>,
+        /// Machine counts to run, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,8")]
+        machines: Vec<usize>,
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        #[arg(long, default_value_t = 5.0)]
+        audio_minutes: f64,
+        /// Python of the peer's environment [default: benches/python/.venv/bin/python when it exists].
+        #[arg(long)]
+        python: Option<PathBuf>,
+        /// Do not run the Python peer.
+        #[arg(long, conflicts_with = "python")]
+        no_peer: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// First anomalous sample → alarm ON at an MQTT subscriber (mosquitto on loopback).
+    Latency {
+        #[arg(long, default_value = "models/default")]
+        bundle: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Seconds of normal sound before the fault.
+        #[arg(long, default_value_t = 10.0)]
+        onset: f64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Window { mut bundles, runs } => {
+            anyhow::ensure!(runs > 0, "--runs must be positive");
+            if bundles.is_empty() {
+                bundles.push(PathBuf::from("models/default"));
+            }
+            window::run(&bundles, runs)
+        }
+        Cmd::Floor { size, runs } => {
+            let r = sonitor::bench::sgemm_flops_per_second(size, size, size, runs)?;
+            println!(
+                "single-core sgemm {size}x{size}x{size} through tract: {:.1} GFLOP/s (median of {runs})",
+                r / 1e9
+            );
+            Ok(())
+        }
+        Cmd::E2e {
+            bundle,
+            wav,
+            machines,
+            repeat,
+            audio_minutes,
+            python,
+            no_peer,
+            json,
+        } => {
+            anyhow::ensure!(
+                repeat > 0 && audio_minutes > 0.0 && machines.iter().all(|&n| n > 0),
+                "--repeat, --audio-minutes and --machines must be positive"
+            );
+            e2e::run(&e2e::Options {
+                bundle,
+                wav,
+                machines,
+                repeat,
+                audio_minutes,
+                python,
+                no_peer,
+                json,
+            })
+        }
+        Cmd::Latency {
+            bundle,
+            runs,
+            onset,
+            json,
+        } => {
+            anyhow::ensure!(runs > 0, "--runs must be positive");
+            latency::run(&latency::Options {
+                bundle,
+                runs,
+                onset_seconds: onset,
+                json,
+            })
+        }
+    }
+}
