@@ -397,18 +397,11 @@ pub fn spawn_file(
         .path
         .clone()
         .ok_or_else(|| anyhow::anyhow!("device '{}': a file source needs `path`", cfg.name))?;
-    // The whole file is decoded once now, without keeping it, so that a corrupt or truncated recording is refused
-    // at start-up with the decoder's message; the replay then streams it block by block in constant memory.
-    let mut check = sonitor_core::audio::WavBlocks::open(&path)?;
+    // A corrupt or truncated recording is refused now, with the decoder's message; the replay then streams it
+    // block by block in constant memory.
+    let check = sonitor_core::audio::WavBlocks::open(&path)?;
     let info = check.info();
-    let mut scratch = Vec::with_capacity(1 << 16);
-    loop {
-        scratch.clear();
-        if check.read_into(&mut scratch, 1 << 16)? == 0 {
-            break;
-        }
-    }
-    drop(check);
+    check.check_to_end()?;
     let channels = info.channels as usize;
     let frames = info.frames as usize;
     let rate = info.sample_rate;
@@ -456,36 +449,18 @@ pub fn spawn_file(
             let start = Instant::now();
             let mut sent_frames: u64 = 0;
             let mut buf: Vec<f32> = Vec::with_capacity(block);
-            'replay: loop {
-                let mut wav = match sonitor_core::audio::WavBlocks::open(&path) {
-                    Ok(w) => w,
-                    Err(e) => {
-                        let _ = events.send(SourceEvent::Failed {
-                            input: index,
-                            reason: e.to_string(),
-                        });
-                        break 'replay;
-                    }
-                };
+            // One pass over the file: Ok(false) when told to stop.
+            let mut play_once = || -> Result<bool, sonitor_core::audio::WavError> {
+                let mut wav = sonitor_core::audio::WavBlocks::open(&path)?;
                 loop {
                     if stop.load(Ordering::SeqCst) {
-                        return;
+                        return Ok(false);
                     }
                     buf.clear();
-                    match wav.read_into(&mut buf, block) {
-                        Ok(0) => break,
-                        Ok(_) => {}
-                        // Changed since start-up (the check read it whole): what was read is kept, the rest
-                        // is reported and the replay ends.
-                        Err(e) => {
-                            let _ = events.send(SourceEvent::Failed {
-                                input: index,
-                                reason: e.to_string(),
-                            });
-                            break 'replay;
-                        }
+                    if wav.read_into(&mut buf, block)? == 0 {
+                        return Ok(true);
                     }
-                    // Whole frames only (a file cut inside a frame is reported above).
+                    // Whole frames only (a data chunk that ends inside a frame).
                     let n = buf.len() - buf.len() % channels;
                     if cfg.realtime {
                         let due = start + Duration::from_secs_f64(sent_frames as f64 / rate as f64);
@@ -493,18 +468,32 @@ pub fn spawn_file(
                         if due > now {
                             std::thread::sleep(due - now);
                         }
-                        sink.write(&buf[..n]);
                     } else {
                         // Lossless: wait for room.
                         while sink.producer.vacant_len() < n {
                             if stop.load(Ordering::SeqCst) {
-                                return;
+                                return Ok(false);
                             }
                             std::thread::sleep(Duration::from_millis(2));
                         }
-                        sink.write(&buf[..n]);
                     }
+                    sink.write(&buf[..n]);
                     sent_frames += (n / channels) as u64;
+                }
+            };
+            loop {
+                match play_once() {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    // The file changed since start-up (it was checked then): the block that met the problem
+                    // is dropped, the problem reported, and the replay ends.
+                    Err(e) => {
+                        let _ = events.send(SourceEvent::Failed {
+                            input: index,
+                            reason: e.to_string(),
+                        });
+                        break;
+                    }
                 }
                 match cfg.at_end {
                     AtEnd::Loop => continue,

@@ -266,4 +266,23 @@ fn block_reader_equals_whole_file_reading() {
         VALUES[..3].to_vec(),
         "what precedes the cut is delivered"
     );
+    // The start-up check finds the same cut from the file's length, and passes every intact format.
+    let e = WavBlocks::open(&cut).unwrap().check_to_end().unwrap_err();
+    assert!(
+        matches!(
+            e,
+            WavError::Truncated {
+                expected: 5,
+                got: 3,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    for bits in [8, 16, 24, 32] {
+        WavBlocks::open(&dir.path().join(format!("b{bits}.wav")))
+            .unwrap()
+            .check_to_end()
+            .unwrap();
+    }
 }

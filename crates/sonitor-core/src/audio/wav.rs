@@ -123,22 +123,26 @@ pub struct WavBlocks {
     source: Source,
     path: PathBuf,
     info: WavInfo,
-    /// Integer scale 1 / 2^(bits-1); `None` for 32-bit float.
-    scale: Option<f64>,
     /// Interleaved samples read so far.
     read: u64,
 }
 
-/// 16-bit PCM, by far the most common recording format, is decoded from the raw bytes in bulk (hound's
-/// per-sample iterator was a quarter of the daemon's CPU time replaying a file); other formats go through hound.
+/// How the samples are decoded. 16-bit PCM, by far the most common recording format, is converted from the raw
+/// bytes in bulk (hound's per-sample iterator was a quarter of the daemon's CPU time replaying a file); the other
+/// formats go through hound.
 enum Source {
-    Hound(hound::WavReader<std::io::BufReader<std::fs::File>>),
     Pcm16 {
         reader: std::io::BufReader<std::fs::File>,
         /// Bytes of the data chunk not read yet.
         remaining: u64,
         bytes: Vec<u8>,
     },
+    /// Integer PCM scaled by 1 / 2^(bits-1).
+    Int {
+        reader: hound::WavReader<std::io::BufReader<std::fs::File>>,
+        scale: f64,
+    },
+    Float(hound::WavReader<std::io::BufReader<std::fs::File>>),
 }
 
 impl WavBlocks {
@@ -155,9 +159,18 @@ impl WavBlocks {
         if info.sample_rate == 0 {
             return Err(corrupt("header says sample rate 0"));
         }
-        let scale = match (info.float, info.bits_per_sample) {
-            (true, 32) => None,
-            (false, bits @ (8 | 16 | 24 | 32)) => Some(1.0 / (1u64 << (bits - 1)) as f64),
+        let source = match (info.float, info.bits_per_sample) {
+            (false, 16) => Source::Pcm16 {
+                remaining: info.frames * info.channels as u64 * 2,
+                // WavReader::new stops at the start of the data chunk.
+                reader: reader.into_inner(),
+                bytes: Vec::new(),
+            },
+            (false, bits @ (8 | 24 | 32)) => Source::Int {
+                reader,
+                scale: 1.0 / (1u64 << (bits - 1)) as f64,
+            },
+            (true, 32) => Source::Float(reader),
             (float, bits) => {
                 return Err(WavError::Unsupported {
                     path: path.to_path_buf(),
@@ -168,21 +181,10 @@ impl WavBlocks {
                 })
             }
         };
-        let source = if !info.float && info.bits_per_sample == 16 {
-            Source::Pcm16 {
-                remaining: info.frames * info.channels as u64 * 2,
-                // WavReader::new stops at the start of the data chunk.
-                reader: reader.into_inner(),
-                bytes: Vec::new(),
-            }
-        } else {
-            Source::Hound(reader)
-        };
         Ok(Self {
             source,
             path: path.to_path_buf(),
             info,
-            scale,
             read: 0,
         })
     }
@@ -199,48 +201,76 @@ impl WavBlocks {
         }
     }
 
+    /// Checks the rest of the data chunk without keeping it: the errors [`Self::read_into`] would meet. For 16-bit
+    /// PCM, where a sample cannot be invalid, the file's length is enough; other formats are decoded.
+    pub fn check_to_end(mut self) -> Result<(), WavError> {
+        if let Source::Pcm16 {
+            reader, remaining, ..
+        } = &mut self.source
+        {
+            let io = |e| WavError::Open {
+                path: self.path.clone(),
+                source: e,
+            };
+            let at = std::io::Seek::stream_position(reader).map_err(io)?;
+            let len = reader.get_ref().metadata().map_err(io)?.len();
+            let available = len.saturating_sub(at);
+            if available < *remaining {
+                self.read += available / 2;
+                return Err(self.truncated());
+            }
+            return Ok(());
+        }
+        let mut scratch = Vec::with_capacity(1 << 16);
+        loop {
+            scratch.clear();
+            if self.read_into(&mut scratch, 1 << 16)? == 0 {
+                return Ok(());
+            }
+        }
+    }
+
     /// Appends up to `max` interleaved samples to `out` and returns how many; 0 at the end of the data.
     pub fn read_into(&mut self, out: &mut Vec<f32>, max: usize) -> Result<usize, WavError> {
         let before = out.len();
         let mut failed = None;
-        match (&mut self.source, self.scale) {
-            (
-                Source::Pcm16 {
-                    reader,
-                    remaining,
-                    bytes,
-                },
-                _,
-            ) => {
+        match &mut self.source {
+            Source::Pcm16 {
+                reader,
+                remaining,
+                bytes,
+            } => {
                 use std::io::Read;
-                let want = (*remaining).min(max.saturating_mul(2) as u64) as usize;
-                bytes.resize(want, 0);
-                let mut got = 0;
-                while got < want {
-                    match reader.read(&mut bytes[got..]) {
-                        Ok(0) => break,
-                        Ok(k) => got += k,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                let want = (*remaining).min(max.saturating_mul(2) as u64);
+                bytes.clear();
+                let got = reader.take(want).read_to_end(bytes);
+                *remaining -= bytes.len() as u64;
+                out.extend(
+                    bytes
+                        .chunks_exact(2)
+                        .map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0),
+                );
+                failed = match got {
+                    Err(e) => Some(hound::Error::IoError(e)),
+                    // The data chunk ends before the header says it does.
+                    Ok(n) if (n as u64) < want => Some(hound::Error::IoError(
+                        std::io::ErrorKind::UnexpectedEof.into(),
+                    )),
+                    Ok(_) => None,
+                };
+            }
+            Source::Int { reader, scale } => {
+                for s in reader.samples::<i32>().take(max) {
+                    match s {
+                        Ok(v) => out.push((v as f64 * *scale) as f32),
                         Err(e) => {
-                            failed = Some(hound::Error::IoError(e));
+                            failed = Some(e);
                             break;
                         }
                     }
                 }
-                *remaining -= got as u64;
-                out.extend(
-                    bytes[..got - got % 2]
-                        .chunks_exact(2)
-                        .map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0),
-                );
-                if got < want && failed.is_none() {
-                    // The data chunk ends before the header says it does.
-                    failed = Some(hound::Error::IoError(
-                        std::io::ErrorKind::UnexpectedEof.into(),
-                    ));
-                }
             }
-            (Source::Hound(reader), None) => {
+            Source::Float(reader) => {
                 for s in reader.samples::<f32>().take(max) {
                     match s {
                         Ok(v) => out.push(v),
@@ -250,26 +280,16 @@ impl WavBlocks {
                         }
                     }
                 }
-            }
-            (Source::Hound(reader), Some(scale)) => {
-                for s in reader.samples::<i32>().take(max) {
-                    match s {
-                        Ok(v) => out.push((v as f64 * scale) as f32),
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
-                    }
+                // Only a float sample can be invalid.
+                if let Some(bad) = out[before..].iter().position(|v| !v.is_finite()) {
+                    return Err(WavError::Corrupt {
+                        path: self.path.clone(),
+                        reason: format!("sample {} is not a finite number", self.read + bad as u64),
+                    });
                 }
             }
         }
         let n = out.len() - before;
-        if let Some(bad) = out[before..].iter().position(|v| !v.is_finite()) {
-            return Err(WavError::Corrupt {
-                path: self.path.clone(),
-                reason: format!("sample {} is not a finite number", self.read + bad as u64),
-            });
-        }
         self.read += n as u64;
         match failed {
             // hound reports a short data chunk as an I/O error ("failed to read enough bytes").
