@@ -4,8 +4,7 @@
 //! `cargo bench --bench kernels` (the end-to-end numbers come from `sonitor-bench`; see BENCHMARKS.md).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use realfft::RealFftPlanner;
-use sonitor::bench::{sgemm_plan, test_signal};
+use sonitor::bench::{sgemm_plan, test_signal, FftOnly};
 use sonitor::model::Embedder;
 use sonitor_core::bundle::Bundle;
 use sonitor_core::features::FeatureExtractor;
@@ -26,28 +25,10 @@ fn features(c: &mut Criterion) {
     g.bench_function("log-mel + spectrum per window", |bch| {
         bch.iter(|| fx.extract_into(black_box(&window), &mut out).unwrap())
     });
-    // The FFTs alone, as extract_into plans and runs them: one per STFT frame and one of the whole window.
-    let mut planner = RealFftPlanner::<f32>::new();
-    let frame = planner.plan_fft_forward(p.n_fft);
-    let whole = planner.plan_fft_forward(p.window_samples);
-    let frames = 1 + (p.window_samples - p.n_fft) / p.stft_hop;
-    let (mut fi, mut fo) = (frame.make_input_vec(), frame.make_output_vec());
-    let (mut wi, mut wo) = (whole.make_input_vec(), whole.make_output_vec());
-    let mut scratch =
-        vec![Default::default(); frame.get_scratch_len().max(whole.get_scratch_len())];
+    // The FFTs alone, as extract_into plans and runs them.
+    let mut fft = FftOnly::new(p.n_fft, p.stft_hop, p.window_samples);
     g.bench_function("FFTs of one window", |bch| {
-        bch.iter(|| {
-            for t in 0..frames {
-                fi.copy_from_slice(&window[t * p.stft_hop..t * p.stft_hop + p.n_fft]);
-                frame
-                    .process_with_scratch(&mut fi, &mut fo, &mut scratch)
-                    .unwrap();
-            }
-            wi.copy_from_slice(&window);
-            whole
-                .process_with_scratch(&mut wi, &mut wo, &mut scratch)
-                .unwrap();
-        })
+        bch.iter(|| fft.run(black_box(&window)))
     });
     g.finish();
 }

@@ -2,7 +2,11 @@
 //! (benches/kernels.rs): a deterministic test signal, percentiles, and the single-core matrix-multiply rate that
 //! gives the floor time of a model (its FLOPs per window over that rate). Not used by the daemon itself.
 
+use std::sync::Arc;
 use std::time::Instant;
+
+use realfft::num_complex::Complex;
+use realfft::{RealFftPlanner, RealToComplex};
 
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
@@ -17,6 +21,63 @@ pub fn test_signal(n: usize, sample_rate: u32) -> Vec<f32> {
                 + 0.01 * ((i * 7919 % 101) as f32 - 50.0) / 50.0
         })
         .collect()
+}
+
+/// The FFTs of one analysis window alone, planned once and run as `FeatureExtractor` runs them: one real FFT of
+/// `n_fft` per STFT frame (the log-mel view) and one of the whole window (the spectrum view). Timing it beside the
+/// extractor gives the FFTs' share of the features.
+pub struct FftOnly {
+    frame: Arc<dyn RealToComplex<f32>>,
+    whole: Arc<dyn RealToComplex<f32>>,
+    frames: usize,
+    hop: usize,
+    frame_in: Vec<f32>,
+    whole_in: Vec<f32>,
+    frame_out: Vec<Complex<f32>>,
+    whole_out: Vec<Complex<f32>>,
+    scratch: Vec<Complex<f32>>,
+}
+
+impl FftOnly {
+    pub fn new(n_fft: usize, hop: usize, window: usize) -> Self {
+        let mut p = RealFftPlanner::<f32>::new();
+        let frame = p.plan_fft_forward(n_fft);
+        let whole = p.plan_fft_forward(window);
+        let scratch_len = frame.get_scratch_len().max(whole.get_scratch_len());
+        Self {
+            frames: 1 + (window - n_fft) / hop,
+            hop,
+            frame_in: frame.make_input_vec(),
+            whole_in: whole.make_input_vec(),
+            frame_out: frame.make_output_vec(),
+            whole_out: whole.make_output_vec(),
+            scratch: vec![Complex::default(); scratch_len],
+            frame,
+            whole,
+        }
+    }
+
+    /// `x` must hold the whole window.
+    pub fn run(&mut self, x: &[f32]) {
+        let n = self.frame_in.len();
+        for f in 0..self.frames {
+            self.frame_in
+                .copy_from_slice(&x[f * self.hop..f * self.hop + n]);
+            // The lengths are the planned ones: the FFT cannot fail.
+            let _ = self.frame.process_with_scratch(
+                &mut self.frame_in,
+                &mut self.frame_out,
+                &mut self.scratch,
+            );
+        }
+        let w = self.whole_in.len();
+        self.whole_in.copy_from_slice(&x[..w]);
+        let _ = self.whole.process_with_scratch(
+            &mut self.whole_in,
+            &mut self.whole_out,
+            &mut self.scratch,
+        );
+    }
 }
 
 /// The `q` quantile of sorted values (nearest rank).
@@ -35,23 +96,13 @@ pub fn median(values: &[f64]) -> f64 {
     percentile(&v, 0.5)
 }
 
-fn tensor_value_info(name: &str, shape: &[usize]) -> pb::ValueInfoProto {
+fn float_tensor(name: &str) -> pb::ValueInfoProto {
     pb::ValueInfoProto {
         name: name.into(),
         r#type: Some(pb::TypeProto {
             value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
                 elem_type: pb::tensor_proto::DataType::Float as i32,
-                shape: Some(pb::TensorShapeProto {
-                    dim: shape
-                        .iter()
-                        .map(|&d| pb::tensor_shape_proto::Dimension {
-                            value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(
-                                d as i64,
-                            )),
-                            ..Default::default()
-                        })
-                        .collect(),
-                }),
+                shape: None,
             })),
             ..Default::default()
         }),
@@ -79,8 +130,9 @@ pub fn sgemm_plan(m: usize, k: usize, n: usize) -> TractResult<Arc<TypedRunnable
             raw_data: b.iter().flat_map(|v| v.to_le_bytes()).collect(),
             ..Default::default()
         }],
-        input: vec![tensor_value_info("a", &[m, k])],
-        output: vec![tensor_value_info("c", &[m, n])],
+        // Float tensors of unknown shape: the input's shape is given to tract below, as the daemon does.
+        input: vec![float_tensor("a")],
+        output: vec![float_tensor("c")],
         ..Default::default()
     };
     let proto = pb::ModelProto {
@@ -94,6 +146,7 @@ pub fn sgemm_plan(m: usize, k: usize, n: usize) -> TractResult<Arc<TypedRunnable
     };
     tract_onnx::onnx()
         .model_for_proto_model(&proto)?
+        .with_input_fact(0, f32::fact([m, k]).into())?
         .into_optimized()?
         .into_runnable()
 }

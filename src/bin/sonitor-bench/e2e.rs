@@ -12,14 +12,27 @@ use anyhow::Context;
 use sonitor::bench::median;
 use sonitor_core::bundle::Bundle;
 
+#[derive(clap::Args)]
 pub struct Options {
+    #[arg(long, default_value = "models/default")]
     pub bundle: PathBuf,
+    /// Recording [default: the bundle's demo.wav], repeated to --audio-minutes.
+    #[arg(long)]
     pub wav: Option<PathBuf>,
+    /// Machine counts to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
     pub machines: Vec<usize>,
+    #[arg(long, default_value_t = 3)]
     pub repeat: usize,
+    #[arg(long, default_value_t = 5.0)]
     pub audio_minutes: f64,
+    /// Python of the peer's environment [default: benches/python/.venv/bin/python when it exists].
+    #[arg(long)]
     pub python: Option<PathBuf>,
+    /// Do not run the Python peer.
+    #[arg(long, conflicts_with = "python")]
     pub no_peer: bool,
+    #[arg(long)]
     pub json: bool,
 }
 
@@ -176,6 +189,10 @@ fn check_peer_equivalence(
 }
 
 pub fn run(o: &Options) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        o.repeat > 0 && o.audio_minutes > 0.0 && o.machines.iter().all(|&n| n > 0),
+        "--repeat, --audio-minutes and --machines must be positive"
+    );
     let bundle_dir = std::path::absolute(&o.bundle)?;
     let b =
         Bundle::load(&bundle_dir).map_err(|e| anyhow::anyhow!("{}: {e}", o.bundle.display()))?;
@@ -188,13 +205,14 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     let wav = tmp.path().join("long.wav");
     let audio_s = repeat_wav(&src, &wav, o.audio_minutes * 60.0)?;
     let sonitor = sonitor_binary()?;
-    let python = o.python.clone().filter(|_| !o.no_peer).or_else(|| {
-        if o.no_peer {
-            return None;
-        }
-        let p = PathBuf::from("benches/python/.venv/bin/python");
-        p.exists().then_some(p)
-    });
+    let python = if o.no_peer {
+        None
+    } else {
+        o.python.clone().or_else(|| {
+            let p = PathBuf::from("benches/python/.venv/bin/python");
+            p.exists().then_some(p)
+        })
+    };
     if let Some(py) = &python {
         check_peer_equivalence(&sonitor, py, &bundle_dir, tmp.path())?;
     }
@@ -209,7 +227,6 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut peer_loop = Vec::new();
     let mut peer_process = Vec::new();
-    let mut rust_one = Vec::new();
     for &n in &o.machines {
         let dir = tmp.path().join(format!("m{n}"));
         std::fs::create_dir_all(dir.join("state"))?;
@@ -233,7 +250,6 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             wall.push(u.wall_s);
             // The peer, alternating with the one-machine runs.
             if n == 1 {
-                rust_one.push(u.cpu_s / audio_s);
                 if let Some(py) = &python {
                     let out = tmp.path().join("peer.json");
                     let pu = run_measured(
@@ -266,7 +282,11 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         }
         rows.push((n, median(&cpu), median(&rss), median(&wall)));
     }
-    let peer = (!peer_loop.is_empty()).then(|| (median(&peer_loop), median(&peer_process)));
+    // The peer ran beside the one-machine runs: (its loop, its whole process, sonitor's one machine).
+    let one = rows.iter().find(|r| r.0 == 1).map(|r| r.1);
+    let peer = one
+        .filter(|_| !peer_loop.is_empty())
+        .map(|r| (median(&peer_loop), median(&peer_process), r));
     if o.json {
         let v = serde_json::json!({
             "audio_seconds": audio_s,
@@ -277,10 +297,10 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
                 "machines": n, "cpu_seconds_per_audio_second_per_machine": cpu,
                 "machines_per_core": 1.0 / cpu, "peak_rss_mib": rss, "wall_seconds": wall,
             })).collect::<Vec<_>>(),
-            "python_peer": peer.map(|(l, p)| serde_json::json!({
+            "python_peer": peer.map(|(l, p, r)| serde_json::json!({
                 "loop_cpu_seconds_per_audio_second": l,
                 "process_cpu_seconds_per_audio_second": p,
-                "sonitor_one_machine_cpu_seconds_per_audio_second": median(&rust_one),
+                "sonitor_one_machine_cpu_seconds_per_audio_second": r,
             })),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -296,8 +316,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         );
     }
     match peer {
-        Some((l, p)) => {
-            let r = median(&rust_one);
+        Some((l, p, r)) => {
             println!(
                 "\nPython peer (librosa + onnxruntime, one thread), same recording, alternating with the one-machine runs:\n\
                  processing loop {:.2} ms/s, whole process {:.2} ms/s; sonitor {:.2} ms/s (whole process)\n\

@@ -17,10 +17,16 @@ use sonitor_core::bundle::Bundle;
 
 use crate::e2e::{demo_section, sonitor_binary};
 
+#[derive(clap::Args)]
 pub struct Options {
+    #[arg(long, default_value = "models/default")]
     pub bundle: PathBuf,
+    #[arg(long, default_value_t = 5)]
     pub runs: usize,
+    /// Seconds of normal sound before the fault.
+    #[arg(long = "onset", default_value_t = 10.0)]
     pub onset_seconds: f64,
+    #[arg(long)]
     pub json: bool,
 }
 
@@ -219,6 +225,7 @@ fn config_text(r: &Replay, node: &str, k: usize, n: usize) -> String {
 }
 
 pub fn run(o: &Options) -> anyhow::Result<()> {
+    anyhow::ensure!(o.runs > 0, "--runs must be positive");
     let bundle_dir = std::path::absolute(&o.bundle)?;
     let b =
         Bundle::load(&bundle_dir).map_err(|e| anyhow::anyhow!("{}: {e}", o.bundle.display()))?;

@@ -45,40 +45,9 @@ enum Cmd {
         runs: usize,
     },
     /// The daemon end to end on file sources, for 1 and N machines, and the Python peer.
-    E2e {
-        #[arg(long, default_value = "models/default")]
-        bundle: PathBuf,
-        /// Recording [default: the bundle's demo.wav], repeated to --audio-minutes.
-        #[arg(long)]
-        wav: Option<PathBuf>,
-        /// Machine counts to run, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "1,8")]
-        machines: Vec<usize>,
-        #[arg(long, default_value_t = 3)]
-        repeat: usize,
-        #[arg(long, default_value_t = 5.0)]
-        audio_minutes: f64,
-        /// Python of the peer's environment [default: benches/python/.venv/bin/python when it exists].
-        #[arg(long)]
-        python: Option<PathBuf>,
-        /// Do not run the Python peer.
-        #[arg(long, conflicts_with = "python")]
-        no_peer: bool,
-        #[arg(long)]
-        json: bool,
-    },
+    E2e(e2e::Options),
     /// First anomalous sample → alarm ON at an MQTT subscriber (mosquitto on loopback).
-    Latency {
-        #[arg(long, default_value = "models/default")]
-        bundle: PathBuf,
-        #[arg(long, default_value_t = 5)]
-        runs: usize,
-        /// Seconds of normal sound before the fault.
-        #[arg(long, default_value_t = 10.0)]
-        onset: f64,
-        #[arg(long)]
-        json: bool,
-    },
+    Latency(latency::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -98,44 +67,7 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Cmd::E2e {
-            bundle,
-            wav,
-            machines,
-            repeat,
-            audio_minutes,
-            python,
-            no_peer,
-            json,
-        } => {
-            anyhow::ensure!(
-                repeat > 0 && audio_minutes > 0.0 && machines.iter().all(|&n| n > 0),
-                "--repeat, --audio-minutes and --machines must be positive"
-            );
-            e2e::run(&e2e::Options {
-                bundle,
-                wav,
-                machines,
-                repeat,
-                audio_minutes,
-                python,
-                no_peer,
-                json,
-            })
-        }
-        Cmd::Latency {
-            bundle,
-            runs,
-            onset,
-            json,
-        } => {
-            anyhow::ensure!(runs > 0, "--runs must be positive");
-            latency::run(&latency::Options {
-                bundle,
-                runs,
-                onset_seconds: onset,
-                json,
-            })
-        }
+        Cmd::E2e(o) => e2e::run(&o),
+        Cmd::Latency(o) => latency::run(&o),
     }
 }

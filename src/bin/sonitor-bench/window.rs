@@ -4,71 +4,15 @@
 //! CPU's single-core matrix-multiply rate).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
-use realfft::{RealFftPlanner, RealToComplex};
-use sonitor::bench::{percentile, sgemm_flops_per_second, test_signal};
+use sonitor::bench::{percentile, sgemm_flops_per_second, test_signal, FftOnly};
 use sonitor::model::Embedder;
 use sonitor_core::bundle::Bundle;
 use sonitor_core::features::FeatureExtractor;
 
 /// The sgemm used for the floor: large enough that the kernel, not the call, is timed.
 pub const FLOOR_SGEMM: (usize, usize, usize) = (512, 512, 512);
-
-/// Times the FFTs of one window alone: `frames` real FFTs of `n_fft` (the log-mel view) and one of the whole
-/// window (the spectrum view), planned once, as [`FeatureExtractor`] does them.
-struct FftOnly {
-    frame: Arc<dyn RealToComplex<f32>>,
-    whole: Arc<dyn RealToComplex<f32>>,
-    frames: usize,
-    hop: usize,
-    buf_frame: Vec<f32>,
-    buf_whole: Vec<f32>,
-    out_frame: Vec<realfft::num_complex::Complex<f32>>,
-    out_whole: Vec<realfft::num_complex::Complex<f32>>,
-    scratch: Vec<realfft::num_complex::Complex<f32>>,
-}
-
-impl FftOnly {
-    fn new(n_fft: usize, hop: usize, window: usize) -> Self {
-        let mut p = RealFftPlanner::<f32>::new();
-        let frame = p.plan_fft_forward(n_fft);
-        let whole = p.plan_fft_forward(window);
-        let scratch_len = frame.get_scratch_len().max(whole.get_scratch_len());
-        Self {
-            frames: 1 + (window - n_fft) / hop,
-            hop,
-            buf_frame: frame.make_input_vec(),
-            buf_whole: whole.make_input_vec(),
-            out_frame: frame.make_output_vec(),
-            out_whole: whole.make_output_vec(),
-            scratch: vec![Default::default(); scratch_len],
-            frame,
-            whole,
-        }
-    }
-
-    fn run(&mut self, x: &[f32]) {
-        let n = self.buf_frame.len();
-        for f in 0..self.frames {
-            self.buf_frame
-                .copy_from_slice(&x[f * self.hop..f * self.hop + n]);
-            let _ = self.frame.process_with_scratch(
-                &mut self.buf_frame,
-                &mut self.out_frame,
-                &mut self.scratch,
-            );
-        }
-        let w = self.buf_whole.len();
-        self.buf_whole.copy_from_slice(&x[..w]);
-        let _ = self.whole.process_with_scratch(
-            &mut self.buf_whole,
-            &mut self.out_whole,
-            &mut self.scratch,
-        );
-    }
-}
 
 pub fn run(bundles: &[PathBuf], runs: usize) -> anyhow::Result<()> {
     let (m, k, n) = FLOOR_SGEMM;
