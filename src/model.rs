@@ -67,8 +67,8 @@ impl Embedder {
         self.dim
     }
 
-    /// The embedding of one window's features.
-    pub fn embed(&mut self, f: &Features, out: &mut Vec<f32>) -> anyhow::Result<()> {
+    /// The graph's inputs for one window's features, in the graph's order.
+    fn input_tensors(&self, f: &Features) -> anyhow::Result<TVec<TValue>> {
         let mut tensors: TVec<TValue> = TVec::new();
         for (view, shape) in &self.inputs {
             let data = match view {
@@ -77,6 +77,12 @@ impl Embedder {
             };
             tensors.push(Tensor::from_shape(shape, data)?.into());
         }
+        Ok(tensors)
+    }
+
+    /// The embedding of one window's features.
+    pub fn embed(&mut self, f: &Features, out: &mut Vec<f32>) -> anyhow::Result<()> {
+        let tensors = self.input_tensors(f)?;
         let result = self.state.run(tensors)?;
         let emb = result
             .first()
@@ -91,6 +97,24 @@ impl Embedder {
         }
         out.clear();
         out.extend(emb.iter().copied());
+        Ok(())
+    }
+
+    /// Runs the plan once on one window's features and calls `timed(node name, op name, seconds)` for every node
+    /// it evaluates (`sonitor-bench window --nodes`: where inference spends its time).
+    pub fn profile_nodes(
+        &mut self,
+        f: &Features,
+        mut timed: impl FnMut(&str, &str, f64),
+    ) -> anyhow::Result<()> {
+        let tensors = self.input_tensors(f)?;
+        self.state
+            .run_plan_with_eval(tensors, |ctx, state, node, input| {
+                let t = std::time::Instant::now();
+                let r = tract_onnx::tract_core::plan::eval(ctx, state, node, input);
+                timed(&node.name, &node.op().name(), t.elapsed().as_secs_f64());
+                r
+            })?;
         Ok(())
     }
 }

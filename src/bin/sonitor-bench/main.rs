@@ -36,6 +36,9 @@ enum Cmd {
         bundles: Vec<PathBuf>,
         #[arg(long, default_value_t = 300)]
         runs: usize,
+        /// Also print where inference spends its time: the median per node of the optimised plan, by op.
+        #[arg(long)]
+        nodes: bool,
     },
     /// Single-core sgemm rate through tract (the floor's denominator).
     Floor {
@@ -52,12 +55,16 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
-        Cmd::Window { mut bundles, runs } => {
+        Cmd::Window {
+            mut bundles,
+            runs,
+            nodes,
+        } => {
             anyhow::ensure!(runs > 0, "--runs must be positive");
             if bundles.is_empty() {
                 bundles.push(PathBuf::from("models/default"));
             }
-            window::run(&bundles, runs)
+            window::run(&bundles, runs, nodes)
         }
         Cmd::Floor { size, runs } => {
             let r = sonitor::bench::sgemm_flops_per_second(size, size, size, runs)?;

@@ -14,7 +14,7 @@ use sonitor_core::features::FeatureExtractor;
 /// The sgemm used for the floor: large enough that the kernel, not the call, is timed.
 pub const FLOOR_SGEMM: (usize, usize, usize) = (512, 512, 512);
 
-pub fn run(bundles: &[PathBuf], runs: usize) -> anyhow::Result<()> {
+pub fn run(bundles: &[PathBuf], runs: usize, nodes: bool) -> anyhow::Result<()> {
     let (m, k, n) = FLOOR_SGEMM;
     let rate = sgemm_flops_per_second(m, k, n, 50)?;
     println!(
@@ -73,6 +73,56 @@ pub fn run(bundles: &[PathBuf], runs: usize) -> anyhow::Result<()> {
             floor_ms,
             percentile(&ti, 0.5) / floor_ms,
         );
+        if nodes {
+            print_nodes(&mut e, &feats, runs)?;
+        }
     }
+    Ok(())
+}
+
+/// The median time of every node of the plan over `runs` runs, largest first, with each op kind's total.
+fn print_nodes(
+    e: &mut Embedder,
+    feats: &sonitor_core::features::Features,
+    runs: usize,
+) -> anyhow::Result<()> {
+    // Node name → (op name, times); in plan order.
+    let mut times: Vec<(String, String, Vec<f64>)> = Vec::new();
+    for _ in 0..runs {
+        let mut i = 0;
+        e.profile_nodes(feats, |node, op, s| {
+            if i == times.len() {
+                times.push((node.to_string(), op.to_string(), Vec::with_capacity(runs)));
+            }
+            times[i].2.push(s * 1e3);
+            i += 1;
+        })?;
+    }
+    let mut rows: Vec<(String, String, f64)> = times
+        .into_iter()
+        .map(|(node, op, mut t)| {
+            t.sort_by(f64::total_cmp);
+            (node, op, percentile(&t, 0.5))
+        })
+        .collect();
+    let total: f64 = rows.iter().map(|r| r.2).sum();
+    let mut by_op: Vec<(String, f64)> = Vec::new();
+    for (_, op, t) in &rows {
+        match by_op.iter_mut().find(|(o, _)| o == op) {
+            Some(row) => row.1 += t,
+            None => by_op.push((op.clone(), *t)),
+        }
+    }
+    by_op.sort_by(|a, b| b.1.total_cmp(&a.1));
+    rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+    println!("\nby op (sum of node medians {total:.3} ms):");
+    for (op, t) in &by_op {
+        println!("  {op:<28} {t:.3} ms  {:5.1}%", 100.0 * t / total);
+    }
+    println!("nodes, largest first:");
+    for (node, op, t) in rows.iter().take(25) {
+        println!("  {t:.3} ms  {:5.1}%  {op:<24} {node}", 100.0 * t / total);
+    }
+    println!();
     Ok(())
 }
