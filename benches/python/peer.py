@@ -37,12 +37,9 @@ try:
     import onnxruntime as ort  # noqa: E402
     import soundfile as sf  # noqa: E402
 except ImportError as e:
-    # Run by a python without the packages: use benches/python/.venv when it exists.
-    venv = Path(__file__).resolve().parent / ".venv"
-    venv_python = venv / "bin" / "python"
-    if venv_python.exists() and Path(sys.prefix).resolve() != venv.resolve():
-        os.execv(str(venv_python), [str(venv_python), *sys.argv])
-    sys.exit(f"{e}: run benches/python/setup first")
+    from venv_reexec import reexec_or_exit
+
+    reexec_or_exit(".venv", e, "benches/python/setup")
 
 REPO = Path(__file__).resolve().parents[2]
 

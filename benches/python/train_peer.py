@@ -23,7 +23,6 @@ last optimiser step. Prints one JSON line per epoch with --json.
 
 Usage: train_peer.py --data DIR [--epochs N] [--batch N] [--seed N] [--json]
 """
-import os
 import sys
 from pathlib import Path
 
@@ -35,11 +34,9 @@ try:
     import torch.nn.functional as F
     import librosa
 except ImportError as e:
-    venv = Path(__file__).resolve().parent / ".venv-train"
-    venv_python = venv / "bin" / "python"
-    if venv_python.exists() and Path(sys.prefix).resolve() != venv.resolve():
-        os.execv(str(venv_python), [str(venv_python), *sys.argv])
-    sys.exit(f"{e}: run `benches/python/setup --trainer` first")
+    from venv_reexec import reexec_or_exit
+
+    reexec_or_exit(".venv-train", e, "`benches/python/setup --trainer`")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
