@@ -118,3 +118,36 @@ impl Embedder {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sonitor_core::features::FeatureExtractor;
+
+    #[test]
+    fn node_profile_runs_the_same_plan_as_embed() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default");
+        let bundle = Bundle::load(&dir).unwrap();
+        let mut e = Embedder::load(&bundle).unwrap();
+        let p = bundle.manifest.features.clone();
+        let mut fx = FeatureExtractor::new(p.clone()).unwrap();
+        let f = fx
+            .extract(&crate::bench::test_signal(p.window_samples, p.sample_rate))
+            .unwrap();
+        let (mut before, mut after) = (Vec::new(), Vec::new());
+        e.embed(&f, &mut before).unwrap();
+        let mut nodes = Vec::new();
+        e.profile_nodes(&f, |node, op, s| {
+            nodes.push((node.to_string(), op.to_string(), s))
+        })
+        .unwrap();
+        // Every node of the optimised plan, each timed once, the inputs among them.
+        assert!(nodes.len() > 20, "{} nodes", nodes.len());
+        assert!(nodes.iter().all(|(_, _, s)| *s >= 0.0));
+        assert!(nodes.iter().any(|(n, _, _)| n == "log_mel"), "{nodes:?}");
+        assert!(nodes.iter().any(|(_, op, _)| op.contains("MatMul")));
+        // Profiling leaves the kept state as it was: the next embedding is the same.
+        e.embed(&f, &mut after).unwrap();
+        assert_eq!(before, after);
+    }
+}
