@@ -260,26 +260,11 @@ impl WavBlocks {
                 };
             }
             Source::Int { reader, scale } => {
-                for s in reader.samples::<i32>().take(max) {
-                    match s {
-                        Ok(v) => out.push((v as f64 * *scale) as f32),
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
-                    }
-                }
+                let scale = *scale;
+                failed = pull(reader, max, out, |v: i32| (v as f64 * scale) as f32);
             }
             Source::Float(reader) => {
-                for s in reader.samples::<f32>().take(max) {
-                    match s {
-                        Ok(v) => out.push(v),
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
-                    }
-                }
+                failed = pull(reader, max, out, |v: f32| v);
                 // Only a float sample can be invalid.
                 if let Some(bad) = out[before..].iter().position(|v| !v.is_finite()) {
                     return Err(WavError::Corrupt {
@@ -303,6 +288,22 @@ impl WavBlocks {
     }
 }
 
+/// Appends up to `max` samples of hound's iterator to `out`, converted; returns the error that stopped it, if any.
+fn pull<S: hound::Sample>(
+    reader: &mut hound::WavReader<std::io::BufReader<std::fs::File>>,
+    max: usize,
+    out: &mut Vec<f32>,
+    convert: impl Fn(S) -> f32,
+) -> Option<hound::Error> {
+    for s in reader.samples::<S>().take(max) {
+        match s {
+            Ok(v) => out.push(convert(v)),
+            Err(e) => return Some(e),
+        }
+    }
+    None
+}
+
 /// Reads a whole WAV file as `f32` samples normalised to [-1, 1), keeping the file's sample rate.
 ///
 /// Integer samples are divided by 2^(bits-1); float samples are taken as they are.
@@ -320,7 +321,8 @@ pub fn read_wav(path: &Path, channel: ChannelSelect) -> Result<(WavInfo, Vec<f32
     }
     let n_ch = info.channels as usize;
     let mut interleaved: Vec<f32> = Vec::with_capacity(info.frames as usize * n_ch);
-    while blocks.read_into(&mut interleaved, usize::MAX)? > 0 {}
+    // Bounded blocks: one block of raw bytes at a time beside the decoded samples, not a copy of the whole file.
+    while blocks.read_into(&mut interleaved, 1 << 16)? > 0 {}
     let mono = match channel {
         _ if n_ch == 1 => interleaved,
         ChannelSelect::Index(c) => interleaved
