@@ -233,8 +233,7 @@ impl WavBlocks {
     /// Appends up to `max` interleaved samples to `out` and returns how many; 0 at the end of the data.
     pub fn read_into(&mut self, out: &mut Vec<f32>, max: usize) -> Result<usize, WavError> {
         let before = out.len();
-        let mut failed = None;
-        match &mut self.source {
+        let failed = match &mut self.source {
             Source::Pcm16 {
                 reader,
                 remaining,
@@ -250,21 +249,21 @@ impl WavBlocks {
                         .chunks_exact(2)
                         .map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0),
                 );
-                failed = match got {
+                match got {
                     Err(e) => Some(hound::Error::IoError(e)),
                     // The data chunk ends before the header says it does.
                     Ok(n) if (n as u64) < want => Some(hound::Error::IoError(
                         std::io::ErrorKind::UnexpectedEof.into(),
                     )),
                     Ok(_) => None,
-                };
+                }
             }
             Source::Int { reader, scale } => {
                 let scale = *scale;
-                failed = pull(reader, max, out, |v: i32| (v as f64 * scale) as f32);
+                pull(reader, max, out, |v: i32| (v as f64 * scale) as f32)
             }
             Source::Float(reader) => {
-                failed = pull(reader, max, out, |v: f32| v);
+                let failed = pull(reader, max, out, |v: f32| v);
                 // Only a float sample can be invalid.
                 if let Some(bad) = out[before..].iter().position(|v| !v.is_finite()) {
                     return Err(WavError::Corrupt {
@@ -272,8 +271,9 @@ impl WavBlocks {
                         reason: format!("sample {} is not a finite number", self.read + bad as u64),
                     });
                 }
+                failed
             }
-        }
+        };
         let n = out.len() - before;
         self.read += n as u64;
         match failed {
