@@ -1,9 +1,12 @@
 //! Measurement helpers shared by `sonitor-bench` (src/bin/sonitor-bench) and the criterion kernels
 //! (benches/kernels.rs): a deterministic test signal, percentiles, and the single-core matrix-multiply rate that
-//! gives the floor time of a model (its FLOPs per window over that rate). Not used by the daemon itself.
+//! gives the floor time of a model (its FLOPs per window over that rate); and the loopback mosquitto that
+//! `sonitor-bench latency` and the integration tests start. Not used by the daemon itself.
 
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use realfft::num_complex::Complex;
 use realfft::{RealFftPlanner, RealToComplex};
@@ -167,6 +170,28 @@ pub fn sgemm_flops_per_second(m: usize, k: usize, n: usize, runs: usize) -> Trac
         t.push(t0.elapsed().as_secs_f64());
     }
     Ok(2.0 * (m * k * n) as f64 / median(&t))
+}
+
+/// Starts `mosquitto -c conf` (a configuration that listens on loopback `port`) and waits up to 10 s until it
+/// accepts connections; a broker that does not come up is killed and reported.
+pub fn start_mosquitto(conf: &Path, port: u16) -> anyhow::Result<Child> {
+    let mut child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("starting mosquitto (Debian package `mosquitto`): {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("mosquitto did not start on port {port}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(child)
 }
 
 #[cfg(test)]

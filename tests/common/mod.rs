@@ -448,23 +448,9 @@ impl Broker {
             ),
         )
         .unwrap();
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto must be installed (Debian package `mosquitto`)");
+        let child = sonitor::bench::start_mosquitto(&conf, self.port)
+            .unwrap_or_else(|e| panic!("{e:#} (mosquitto must be installed)"));
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not start on port {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 
     /// Stops the broker gracefully (it saves its persistent sessions).

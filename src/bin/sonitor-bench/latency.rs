@@ -43,21 +43,7 @@ impl Broker {
             &conf,
             format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
         )?;
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting mosquitto (Debian package `mosquitto`)")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "mosquitto did not start on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let child = sonitor::bench::start_mosquitto(&conf, port)?;
         Ok(Broker { port, child })
     }
 }
