@@ -791,6 +791,18 @@ pub fn check_writable_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// A path as a TOML basic string, for configuration files written by programs (`sonitor demo`, `sonitor-bench`):
+/// backslashes and quotes escaped.
+pub fn toml_path(p: &Path) -> String {
+    format!(
+        "\"{}\"",
+        p.display()
+            .to_string()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,6 +28,20 @@ pub struct Timeline {
     pub fault_end_s: f64,
 }
 
+impl Timeline {
+    /// The timeline of a recording: the file of the same path with the extension `.json`.
+    pub fn of_recording(recording: &Path) -> anyhow::Result<Timeline> {
+        let tpath = recording.with_extension("json");
+        let text = std::fs::read_to_string(&tpath).with_context(|| {
+            format!(
+                "reading the recording's timeline {} (made with the recording by `sonitor-train synth-demo`)",
+                tpath.display()
+            )
+        })?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", tpath.display()))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     /// Model bundle directory.
@@ -96,17 +110,6 @@ impl Summary {
     }
 }
 
-fn toml_str(p: &Path) -> String {
-    // TOML basic string: escape backslashes and quotes.
-    format!(
-        "\"{}\"",
-        p.display()
-            .to_string()
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"")
-    )
-}
-
 /// The `sonitor run` configuration of the demo.
 fn config_text(o: &DemoOptions, t: &Timeline, out: &Path) -> anyhow::Result<String> {
     let abs = |p: &Path| std::path::absolute(p).with_context(|| format!("{}", p.display()));
@@ -116,14 +119,18 @@ fn config_text(o: &DemoOptions, t: &Timeline, out: &Path) -> anyhow::Result<Stri
         "# Written by `sonitor demo`; `sonitor run --config` this file replays the demo."
     );
     let _ = writeln!(s, "node_id = \"demo\"");
-    let _ = writeln!(s, "state_dir = {}", toml_str(&abs(out)?));
+    let _ = writeln!(s, "state_dir = {}", crate::config::toml_path(&abs(out)?));
     let _ = writeln!(s, "log_level = \"error\"\n");
     let _ = writeln!(s, "[[devices]]\nname = \"recording\"\nsource = \"file\"");
-    let _ = writeln!(s, "path = {}", toml_str(&abs(&o.recording)?));
+    let _ = writeln!(
+        s,
+        "path = {}",
+        crate::config::toml_path(&abs(&o.recording)?)
+    );
     let _ = writeln!(s, "realtime = {}\nat_end = \"exit\"\n", o.realtime);
     let _ = writeln!(s, "[[machines]]\nname = \"{}\"", machine_name(t));
     let _ = writeln!(s, "device = \"recording\"");
-    let _ = writeln!(s, "bundle = {}", toml_str(&abs(&o.bundle)?));
+    let _ = writeln!(s, "bundle = {}", crate::config::toml_path(&abs(&o.bundle)?));
     let _ = writeln!(s, "section = \"{}\"\n", t.section);
     match &o.mqtt {
         Some(addr) => {
@@ -167,15 +174,7 @@ pub fn bar(score: f64, threshold: f64, width: usize) -> String {
 
 /// Runs the demo; prints as it goes; returns the summary.
 pub fn run(o: &DemoOptions) -> anyhow::Result<Summary> {
-    let tpath = o.recording.with_extension("json");
-    let text = std::fs::read_to_string(&tpath).with_context(|| {
-        format!(
-            "reading the recording's timeline {} (made with the recording by `sonitor-train synth-demo`)",
-            tpath.display()
-        )
-    })?;
-    let t: Timeline =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", tpath.display()))?;
+    let t = Timeline::of_recording(&o.recording)?;
     std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
     // A fresh start: alarm state and outbox of a previous demo would carry its alarm over.
     for stale in ["alarms.json", "outbox"] {

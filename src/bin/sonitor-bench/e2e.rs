@@ -10,6 +10,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use sonitor::bench::median;
+use sonitor::config::toml_path;
+use sonitor::demo::Timeline;
 use sonitor_core::bundle::Bundle;
 
 #[derive(clap::Args)]
@@ -85,13 +87,11 @@ pub fn sonitor_binary() -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
-/// The section the bundle's demo recording belongs to (its `demo.json`), else the manifest's first.
-pub fn demo_section(b: &Bundle, dir: &Path) -> anyhow::Result<String> {
-    if let Ok(t) = std::fs::read_to_string(dir.join("demo.json")) {
-        let v: serde_json::Value = serde_json::from_str(&t)?;
-        if let Some(s) = v["section"].as_str() {
-            return Ok(s.to_string());
-        }
+/// The section the bundle's demo recording belongs to (its `demo.json` timeline), else the manifest's first.
+fn demo_section(b: &Bundle, dir: &Path) -> anyhow::Result<String> {
+    let demo = dir.join("demo.wav");
+    if demo.with_extension("json").exists() {
+        return Ok(Timeline::of_recording(&demo)?.section);
     }
     b.manifest
         .sections
@@ -126,7 +126,7 @@ fn repeat_wav(src: &Path, out: &Path, seconds: f64) -> anyhow::Result<f64> {
 }
 
 fn config_text(dir: &Path, bundle: &Path, section: &str, wav: &Path, n: usize) -> String {
-    let q = |p: &Path| format!("{:?}", p.display().to_string());
+    let q = toml_path;
     let mut s = format!(
         "node_id = \"bench\"\nstate_dir = {}\nlog_level = \"error\"\n\n",
         q(&dir.join("state"))

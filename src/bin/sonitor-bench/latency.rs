@@ -15,7 +15,10 @@ use anyhow::Context;
 use sonitor::bench::median;
 use sonitor_core::bundle::Bundle;
 
-use crate::e2e::{demo_section, sonitor_binary};
+use sonitor::config::toml_path;
+use sonitor::demo::Timeline;
+
+use crate::e2e::sonitor_binary;
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -56,20 +59,13 @@ impl Drop for Broker {
 }
 
 /// Normal sound for `onset` seconds, then the last 12 s of the demo's fault (fully developed), then 4 s normal.
-fn cut_recording(bundle: &Path, out: &Path, onset: f64) -> anyhow::Result<()> {
-    let timeline: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(bundle.join("demo.json"))
-            .with_context(|| format!("{}/demo.json", bundle.display()))?,
-    )?;
-    let fault_start = timeline["fault_start_s"]
-        .as_f64()
-        .context("fault_start_s")?;
-    let fault_end = timeline["fault_end_s"].as_f64().context("fault_end_s")?;
+fn cut_recording(demo: &Path, timeline: &Timeline, out: &Path, onset: f64) -> anyhow::Result<()> {
+    let (fault_start, fault_end) = (timeline.fault_start_s, timeline.fault_end_s);
     anyhow::ensure!(
         onset <= fault_start,
         "--onset {onset} s: the demo has only {fault_start} s of normal sound before its fault"
     );
-    let mut r = hound::WavReader::open(bundle.join("demo.wav"))?;
+    let mut r = hound::WavReader::open(demo).with_context(|| format!("{}", demo.display()))?;
     let spec = r.spec();
     anyhow::ensure!(spec.channels == 1, "the demo recording must be mono");
     let x: Vec<i16> = r.samples::<i16>().collect::<Result<_, _>>()?;
@@ -197,7 +193,7 @@ struct Replay<'a> {
 
 fn config_text(r: &Replay, node: &str, k: usize, n: usize) -> String {
     let (dir, bundle, section, wav, port) = (r.dir, r.bundle, r.section, r.wav, r.port);
-    let q = |p: &Path| format!("{:?}", p.display().to_string());
+    let q = toml_path;
     format!(
         "node_id = {node:?}\nstate_dir = {}\nlog_level = \"info\"\n\n\
          [[devices]]\nname = \"recording\"\nsource = \"file\"\npath = {}\nrealtime = true\nat_end = \"exit\"\n\n\
@@ -215,12 +211,15 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     let bundle_dir = std::path::absolute(&o.bundle)?;
     let b =
         Bundle::load(&bundle_dir).map_err(|e| anyhow::anyhow!("{}: {e}", o.bundle.display()))?;
-    let section = demo_section(&b, &bundle_dir)?;
+    // The demo recording and its timeline: the section, and where the fault is.
+    let demo = bundle_dir.join("demo.wav");
+    let timeline = Timeline::of_recording(&demo)?;
+    let section = timeline.section.clone();
     let p = &b.manifest.features;
     let sonitor = sonitor_binary()?;
     let tmp = tempfile::tempdir()?;
     let wav = tmp.path().join("onset.wav");
-    cut_recording(&bundle_dir, &wav, o.onset_seconds)?;
+    cut_recording(&demo, &timeline, &wav, o.onset_seconds)?;
     let broker = Broker::start(tmp.path())?;
     let replay = Replay {
         dir: tmp.path(),
