@@ -4,7 +4,7 @@
 //! `cargo bench --bench kernels` (the end-to-end numbers come from `sonitor-bench`; see BENCHMARKS.md).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use sonitor::bench::{sgemm_plan, test_signal, FftOnly};
+use sonitor::bench::{sgemm_plan, test_signal, FftOnly, FLOOR_SGEMM_SIZE};
 use sonitor::model::Embedder;
 use sonitor_core::bundle::Bundle;
 use sonitor_core::features::FeatureExtractor;
@@ -54,14 +54,15 @@ fn inference(c: &mut Criterion) {
 }
 
 fn sgemm(c: &mut Criterion) {
-    let n = 512;
+    let n = FLOOR_SGEMM_SIZE;
     let plan = sgemm_plan(n, n, n).unwrap();
     let a: Tensor = Tensor::from_shape(&[n, n], &test_signal(n * n, 16_000)).unwrap();
     let mut g = c.benchmark_group("sgemm");
     g.throughput(Throughput::Elements(2 * (n * n * n) as u64));
-    g.bench_function("512x512x512 through tract (elements = FLOPs)", |bch| {
-        bch.iter(|| plan.run(tvec!(a.clone().into())).unwrap())
-    });
+    g.bench_function(
+        format!("{n}x{n}x{n} through tract (elements = FLOPs)"),
+        |bch| bch.iter(|| plan.run(tvec!(a.clone().into())).unwrap()),
+    );
     g.finish();
 }
 

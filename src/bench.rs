@@ -154,6 +154,10 @@ pub fn sgemm_plan(m: usize, k: usize, n: usize) -> TractResult<Arc<TypedRunnable
         .into_runnable()
 }
 
+/// The side of the square sgemm whose rate is the floor's denominator: large enough that the kernel, not the
+/// call, is timed.
+pub const FLOOR_SGEMM_SIZE: usize = 512;
+
 /// The single-thread rate of tract's matrix multiply on this CPU (FLOP/s, a multiply-add counted as 2), the median
 /// of `runs` products `[m, k] × [k, n]` after a warm-up.
 pub fn sgemm_flops_per_second(m: usize, k: usize, n: usize, runs: usize) -> TractResult<f64> {

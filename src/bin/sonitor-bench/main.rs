@@ -42,7 +42,7 @@ enum Cmd {
     },
     /// Single-core sgemm rate through tract (the floor's denominator).
     Floor {
-        #[arg(long, default_value_t = 512)]
+        #[arg(long, default_value_t = sonitor::bench::FLOOR_SGEMM_SIZE)]
         size: usize,
         #[arg(long, default_value_t = 50)]
         runs: usize,

@@ -6,16 +6,13 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use sonitor::bench::{percentile, sgemm_flops_per_second, test_signal, FftOnly};
+use sonitor::bench::{percentile, sgemm_flops_per_second, test_signal, FftOnly, FLOOR_SGEMM_SIZE};
 use sonitor::model::Embedder;
 use sonitor_core::bundle::Bundle;
 use sonitor_core::features::FeatureExtractor;
 
-/// The sgemm used for the floor: large enough that the kernel, not the call, is timed.
-pub const FLOOR_SGEMM: (usize, usize, usize) = (512, 512, 512);
-
 pub fn run(bundles: &[PathBuf], runs: usize, nodes: bool) -> anyhow::Result<()> {
-    let (m, k, n) = FLOOR_SGEMM;
+    let (m, k, n) = (FLOOR_SGEMM_SIZE, FLOOR_SGEMM_SIZE, FLOOR_SGEMM_SIZE);
     let rate = sgemm_flops_per_second(m, k, n, 50)?;
     println!(
         "single-core sgemm {m}x{k}x{n} through tract: {:.1} GFLOP/s (median of 50)\n",
