@@ -402,12 +402,24 @@ pub enum LabelGranularity {
 }
 
 impl LabelGranularity {
+    /// The name `--labels` takes and a bundle's provenance records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Type => "type",
+            Self::Section => "section",
+            Self::Attribute => "attribute",
+            Self::AttributeDomain => "attribute-domain",
+        }
+    }
+
+    /// Parses [`Self::as_str`]'s names. Bundles written before the provenance used them recorded the Rust
+    /// variant names (`Type`, `AttributeDomain`, …); those are accepted too, so such bundles can still be pruned.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
-            "type" => Some(Self::Type),
-            "section" => Some(Self::Section),
-            "attribute" => Some(Self::Attribute),
-            "attribute-domain" => Some(Self::AttributeDomain),
+            "type" | "Type" => Some(Self::Type),
+            "section" | "Section" => Some(Self::Section),
+            "attribute" | "Attribute" => Some(Self::Attribute),
+            "attribute-domain" | "AttributeDomain" => Some(Self::AttributeDomain),
             _ => None,
         }
     }
@@ -527,6 +539,20 @@ pub fn read_scores(path: &Path) -> Result<BTreeMap<String, f64>, DcaseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_granularity_names_round_trip_and_legacy_names_parse() {
+        use LabelGranularity::*;
+        for g in [Type, Section, Attribute, AttributeDomain] {
+            assert_eq!(LabelGranularity::parse(g.as_str()), Some(g));
+            // The spelling bundles recorded before (models/default's manifest says "Type").
+            assert_eq!(LabelGranularity::parse(&format!("{g:?}")), Some(g));
+        }
+        assert_eq!(Attribute.as_str(), "attribute");
+        assert_eq!(AttributeDomain.as_str(), "attribute-domain");
+        assert_eq!(LabelGranularity::parse("attributes"), None);
+        assert_eq!(LabelGranularity::parse(""), None);
+    }
 
     #[test]
     fn parses_development_names() {

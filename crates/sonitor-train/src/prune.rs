@@ -396,13 +396,7 @@ pub fn run(a: &PruneArgs) -> anyhow::Result<()> {
         macs_after,
         config_before: config,
     };
-    let labels = LabelGranularity::parse(
-        &m.provenance
-            .labels
-            .to_lowercase()
-            .replace("attributedomain", "attribute-domain"),
-    )
-    .with_context(|| {
+    let labels = LabelGranularity::parse(&m.provenance.labels).with_context(|| {
         format!(
             "the bundle's labels '{}' are not a known granularity",
             m.provenance.labels

@@ -567,7 +567,7 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
             data_path: o.data.display().to_string(),
             data_sha256: data_sha,
             loss: o.loss.as_str().into(),
-            labels: format!("{:?}", o.labels),
+            labels: o.labels.as_str().into(),
             epochs: o.epochs,
             seed: o.seed,
             model: serde_json::json!({
@@ -579,7 +579,7 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
                 "lr": o.lr,
                 "mixup": o.mixup,
                 "optimizer": "adam",
-                "backend": format!("{:?}", o.device),
+                "backend": o.device,
                 "kmeans": o.kmeans,
                 "target_centres": o.target_centres,
                 "epoch_losses": history,

@@ -176,6 +176,9 @@ fn fit_resume_eval_and_refusals() {
         s.threshold
     );
     assert_eq!(b.manifest.provenance.loss, "subcluster-adacos");
+    // The names `--labels` and `--device` take, so the provenance reads like the command that made it.
+    assert_eq!(b.manifest.provenance.labels, "attribute");
+    assert_eq!(b.manifest.provenance.model["backend"], "cpu");
     assert!(out.join("checkpoint/model.bpk").exists());
 
     // Same seed, same result (CPU determinism).
