@@ -109,6 +109,13 @@ fn every_kind_of_bad_input_is_named_with_exit_78() {
     std::fs::write(&p, text).unwrap();
     expect_78(&p, &["channel 3 does not exist", "1 channel(s)"]);
 
+    // A recording cut short: the header announces more frames than the file holds.
+    let cut = d.path().join("cut.wav");
+    let bytes = std::fs::read(&wav).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let p = common::config(d.path(), &file_device(&cut), &b.dir, 1883, "");
+    expect_78(&p, &["device 'mic'", "cut.wav", "truncated"]);
+
     // A capture device that does not exist.
     let dev =
         "[[devices]]\nname = \"mic\"\nsource = \"capture\"\ndevice = \"alsa:no_such_pcm_xyz\"\n";
