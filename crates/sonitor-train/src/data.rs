@@ -21,8 +21,8 @@ pub struct TrainClip {
 /// Loads clips (mono, resampled to the feature rate) on all cores. Errors name the file.
 pub fn load_audio(clips: &[&Clip], sample_rate: u32) -> anyhow::Result<Vec<Vec<f32>>> {
     parallel::map(clips, |c| {
-        load_mono(&c.path, ChannelSelect::Mix, sample_rate)
-            .with_context(|| format!("loading {}", c.path.display()))
+        // Every audio error already starts with the file's path.
+        Ok(load_mono(&c.path, ChannelSelect::Mix, sample_rate)?)
     })
 }
 

@@ -125,8 +125,8 @@ pub fn score_dataset(
             &test,
             || FeatureExtractor::new(params.clone()).map_err(anyhow::Error::from),
             |fx, c| {
-                let a = load_mono(&c.path, ChannelSelect::Mix, params.sample_rate)
-                    .with_context(|| format!("loading {}", c.path.display()))?;
+                // Every audio error already starts with the file's path.
+                let a = load_mono(&c.path, ChannelSelect::Mix, params.sample_rate)?;
                 let w = window_scores(&embedder, fx, &a, &sm.centroids)
                     .with_context(|| format!("scoring {}", c.path.display()))?;
                 Ok(w.iter().map(|&v| v as f64).sum::<f64>() / w.len().max(1) as f64)

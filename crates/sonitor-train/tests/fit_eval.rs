@@ -261,6 +261,23 @@ fn fit_resume_eval_and_refusals() {
     assert!(format!("{e:#}").contains("checksum mismatch"), "{e:#}");
     bytes.pop();
     std::fs::write(&onnx, &bytes).unwrap();
+    // A test clip cut short: named once, by the audio error itself.
+    let victim = std::fs::read_dir(data.join("fan/test"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let wav = std::fs::read(&victim).unwrap();
+    std::fs::write(&victim, &wav[..wav.len() / 2]).unwrap();
+    let e = format!(
+        "{:#}",
+        sonitor_train::eval::evaluate(&out, &data, &scores).unwrap_err()
+    );
+    let name = victim.file_name().unwrap().to_str().unwrap();
+    assert!(e.contains("truncated"), "{e}");
+    assert_eq!(e.matches(name).count(), 1, "{e}");
+    std::fs::write(&victim, &wav).unwrap();
     let mp = out.join(MANIFEST_FILE);
     let mut m: Manifest = serde_json::from_str(&std::fs::read_to_string(&mp).unwrap()).unwrap();
     m.sections[0].centroids.clear();
