@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use sonitor_core::audio::{load_mono, ChannelSelect};
 use sonitor_core::bundle::{Bundle, FeatureView};
-use sonitor_core::dcase::{self, Clip, Condition, Split};
+use sonitor_core::dcase::{self, Clip, Condition, Domain, Split};
 use sonitor_core::features::FeatureExtractor;
 use sonitor_core::plot::{self, RocCurve};
 use sonitor_core::{metrics, parallel, score};
@@ -50,6 +50,8 @@ pub struct SectionScores {
     pub scores: Vec<f64>,
     /// Per clip: anomalous or not, when the file name says.
     pub anomalous: Vec<Option<bool>>,
+    /// Per clip: its domain, when the file name says.
+    pub domain: Vec<Option<Domain>>,
 }
 
 /// Loads the bundle's graph with tract, inputs named and shaped by the manifest.
@@ -147,6 +149,7 @@ pub fn score_dataset(
                 .iter()
                 .map(|c| c.name.condition.map(|k| k == Condition::Anomaly))
                 .collect(),
+            domain: test.iter().map(|c| c.name.domain).collect(),
         });
     }
     anyhow::ensure!(
@@ -214,6 +217,48 @@ pub fn plot_roc(path: &Path, title: &str, sections: &[SectionScores]) -> anyhow:
     plot::roc(path, title, &curves).with_context(|| format!("--plot {}", path.display()))
 }
 
+/// What one threshold per machine does on the test clips, per labelled section: the share of normal clips of each
+/// domain whose score is above the section's calibrated threshold (false alarms), and the share of all anomalous
+/// clips above it (detected). Clip scores, as [`plot_roc`]'s operating points; `–` where a domain has no normal
+/// test clips. Markdown.
+pub fn operating_table(sections: &[SectionScores]) -> String {
+    let mut t = String::from(
+        "| section | threshold | false alarms, source | false alarms, target | anomalies detected |\n|---|---|---|---|---|\n",
+    );
+    let rate = |r: Option<f64>| r.map_or_else(|| "–".to_string(), |v| format!("{v:.2}"));
+    for s in sections {
+        let Some(anomalous) = s.anomalous.iter().copied().collect::<Option<Vec<bool>>>() else {
+            continue;
+        };
+        let (src_fa, detected) = domain_point(s, &anomalous, Domain::Source);
+        let (tgt_fa, _) = domain_point(s, &anomalous, Domain::Target);
+        t += &format!(
+            "| {} | {:.4} | {} | {} | {:.2} |\n",
+            s.key,
+            s.threshold,
+            rate(src_fa),
+            rate(tgt_fa),
+            detected
+        );
+    }
+    t
+}
+
+/// The operating point of a section's threshold on the normal clips of domain `d` and every anomalous clip:
+/// (false-alarm rate, `None` without such normal clips; detection rate).
+fn domain_point(s: &SectionScores, anomalous: &[bool], d: Domain) -> (Option<f64>, f64) {
+    let (scores, labels): (Vec<f64>, Vec<bool>) = s
+        .scores
+        .iter()
+        .zip(anomalous)
+        .zip(&s.domain)
+        .filter(|((_, &a), &dom)| a || dom == Some(d))
+        .map(|((&v, &a), _)| (v, a))
+        .unzip();
+    let (fpr, tpr) = plot::operating_point(&scores, &labels, s.threshold);
+    (labels.iter().any(|&a| !a).then_some(fpr), tpr)
+}
+
 pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
     let out = a.out.clone().unwrap_or_else(|| a.model.join("scores"));
     let started = std::time::Instant::now();
@@ -235,7 +280,17 @@ pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
         eprintln!("ROC curves drawn to {}", p.display());
     }
     match report {
-        Some(r) => crate::cli::print_report(&r, a.json),
+        Some(r) => {
+            crate::cli::print_report(&r, a.json)?;
+            // `--json` stays the same object as `metrics --json`.
+            if !a.json {
+                print!(
+                    "\nAt each section's calibrated threshold (clip scores; a clip alarms above it):\n\n{}",
+                    operating_table(&sections)
+                );
+            }
+            Ok(())
+        }
         None => {
             eprintln!("the test clips carry no labels: no metrics");
             Ok(())

@@ -209,6 +209,29 @@ fn fit_resume_eval_and_refusals() {
     // `eval --plot`: the ROC of every section with its threshold's operating point.
     let (_, sections) = sonitor_train::eval::evaluate_with_scores(&out, &data, &scores).unwrap();
     assert_eq!(sections[0].scores.len(), sections[0].anomalous.len());
+    // The operating table: false alarms per domain and detections, counted by hand from the same clip scores.
+    let sec = &sections[0];
+    let above = |keep: &dyn Fn(bool, Option<Domain>) -> bool| {
+        let picked: Vec<f64> = sec
+            .scores
+            .iter()
+            .zip(&sec.anomalous)
+            .zip(&sec.domain)
+            .filter(|((_, a), d)| keep(a.unwrap(), **d))
+            .map(|((&v, _), _)| v)
+            .collect();
+        let n = picked.iter().filter(|&&v| v > sec.threshold).count();
+        format!("{:.2}", n as f64 / picked.len() as f64)
+    };
+    let row = format!(
+        "| fan/section_00 | {:.4} | {} | {} | {} |",
+        sec.threshold,
+        above(&|a, d| !a && d == Some(Domain::Source)),
+        above(&|a, d| !a && d == Some(Domain::Target)),
+        above(&|a, _| a)
+    );
+    let table = sonitor_train::eval::operating_table(&sections);
+    assert!(table.lines().any(|l| l == row), "{row}\n{table}");
     let roc = dir.path().join("roc.svg");
     sonitor_train::eval::plot_roc(&roc, "roc", &sections).unwrap();
     assert!(std::fs::read_to_string(&roc)
