@@ -397,11 +397,10 @@ pub fn spawn_file(
         .path
         .clone()
         .ok_or_else(|| anyhow::anyhow!("device '{}': a file source needs `path`", cfg.name))?;
-    // A corrupt or truncated recording is refused now, with the decoder's message; the replay then streams it
-    // block by block in constant memory.
-    let check = sonitor_core::audio::WavBlocks::open(&path)?;
-    let info = check.info();
-    check.check_to_end()?;
+    // Only the header: `run`'s configuration check (`daemon::check`) has already read the data to its end and
+    // refused a corrupt or truncated recording. The replay streams it block by block in constant memory; a read
+    // error there still ends the input with `SourceEvent::Failed`.
+    let info = sonitor_core::audio::read_wav_info(&path)?;
     let channels = info.channels as usize;
     let frames = info.frames as usize;
     let rate = info.sample_rate;

@@ -104,13 +104,9 @@ pub fn check(path: &Path) -> (Option<Config>, BTreeMap<PathBuf, Bundle>, Vec<Str
                 let Some(p) = d.path.as_ref().filter(|p| p.is_file()) else {
                     continue;
                 };
-                // The same check as the file source's start: the header, then the data to its end (a truncated
-                // or corrupt recording is named here rather than when `run` opens it).
-                let checked = sonitor_core::audio::WavBlocks::open(p).and_then(|w| {
-                    let info = w.info();
-                    w.check_to_end().map(|()| info)
-                });
-                match checked {
+                // The header, then the data to its end: a truncated or corrupt recording is named here, before
+                // `run` starts (the file source itself only reads the header).
+                match sonitor_core::audio::check_wav(p) {
                     Err(e) => problems.push(format!("device '{}': {e}", d.name)),
                     Ok(info) => {
                         for m in users {

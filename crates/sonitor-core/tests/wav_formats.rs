@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use sonitor_core::audio::{
-    load_mono, read_wav, read_wav_info, write_wav_i16, ChannelSelect, WavBlocks, WavError,
+    check_wav, load_mono, read_wav, read_wav_info, write_wav_i16, ChannelSelect, WavBlocks,
+    WavError,
 };
 
 const PCM: u16 = 1;
@@ -285,4 +286,15 @@ fn block_reader_equals_whole_file_reading() {
             .check_to_end()
             .unwrap();
     }
+    // `check_wav`, what `sonitor validate` and `run` use: the same refusal, and the header of an intact file.
+    assert!(matches!(
+        check_wav(&cut).unwrap_err(),
+        WavError::Truncated {
+            expected: 5,
+            got: 3,
+            ..
+        }
+    ));
+    let b16 = dir.path().join("b16.wav");
+    assert_eq!(check_wav(&b16).unwrap(), read_wav_info(&b16).unwrap());
 }

@@ -97,6 +97,15 @@ pub fn read_wav_info(path: &Path) -> Result<WavInfo, WavError> {
     Ok(info_of(&reader))
 }
 
+/// Reads the header and checks the data to its end without keeping it ([`WavBlocks::check_to_end`]): the errors a
+/// full read would meet, before any of it is used.
+pub fn check_wav(path: &Path) -> Result<WavInfo, WavError> {
+    let blocks = WavBlocks::open(path)?;
+    let info = blocks.info();
+    blocks.check_to_end()?;
+    Ok(info)
+}
+
 fn open(path: &Path) -> Result<hound::WavReader<std::io::BufReader<std::fs::File>>, WavError> {
     let file = std::fs::File::open(path).map_err(|e| WavError::Open {
         path: path.to_path_buf(),
