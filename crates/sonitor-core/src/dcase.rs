@@ -412,16 +412,21 @@ impl LabelGranularity {
         }
     }
 
+    /// Every granularity, coarsest first.
+    pub const ALL: [Self; 4] = [
+        Self::Type,
+        Self::Section,
+        Self::Attribute,
+        Self::AttributeDomain,
+    ];
+
     /// Parses [`Self::as_str`]'s names. Bundles written before the provenance used them recorded the Rust
-    /// variant names (`Type`, `AttributeDomain`, …); those are accepted too, so such bundles can still be pruned.
+    /// variant names (their `Debug` form: `Type`, `AttributeDomain`, …); those are accepted too, so such bundles
+    /// can still be pruned.
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "type" | "Type" => Some(Self::Type),
-            "section" | "Section" => Some(Self::Section),
-            "attribute" | "Attribute" => Some(Self::Attribute),
-            "attribute-domain" | "AttributeDomain" => Some(Self::AttributeDomain),
-            _ => None,
-        }
+        Self::ALL
+            .into_iter()
+            .find(|g| g.as_str() == s || format!("{g:?}") == s)
     }
 
     /// The class name of a clip at this granularity.
@@ -543,13 +548,18 @@ mod tests {
     #[test]
     fn label_granularity_names_round_trip_and_legacy_names_parse() {
         use LabelGranularity::*;
-        for g in [Type, Section, Attribute, AttributeDomain] {
+        for g in LabelGranularity::ALL {
             assert_eq!(LabelGranularity::parse(g.as_str()), Some(g));
             // The spelling bundles recorded before (models/default's manifest says "Type").
             assert_eq!(LabelGranularity::parse(&format!("{g:?}")), Some(g));
         }
         assert_eq!(Attribute.as_str(), "attribute");
         assert_eq!(AttributeDomain.as_str(), "attribute-domain");
+        assert_eq!(LabelGranularity::parse("Type"), Some(Type));
+        assert_eq!(
+            LabelGranularity::parse("AttributeDomain"),
+            Some(AttributeDomain)
+        );
         assert_eq!(LabelGranularity::parse("attributes"), None);
         assert_eq!(LabelGranularity::parse(""), None);
     }
