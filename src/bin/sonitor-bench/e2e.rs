@@ -3,6 +3,11 @@
 //! the kernel's accounting of the child) per second of audio per machine, machines per core, and peak RSS. In the
 //! same run, alternating with it, the Python peer (benches/python/peer.py: librosa + onnxruntime) on the same
 //! recording, so that the ratio holds on a noisy machine.
+//!
+//! The peer reports its processing loop alone (no imports, model loading or WAV reading). For a like-for-like
+//! ratio, the one-machine runs alternate with a run on one copy of the source recording (`--short-seconds`), and
+//! sonitor's steady state is the difference of the two runs' CPU over the difference of their audio: start-up
+//! (loading and optimising the model, the configuration check) and shut-down cancel out.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -28,6 +33,10 @@ pub struct Options {
     pub repeat: usize,
     #[arg(long, default_value_t = 5.0)]
     pub audio_minutes: f64,
+    /// Length of the short one-machine run whose CPU is subtracted for the steady state (seconds, at least; the
+    /// source recording repeated).
+    #[arg(long, default_value_t = 60.0)]
+    pub short_seconds: f64,
     /// Python of the peer's environment [default: benches/python/.venv/bin/python when it exists].
     #[arg(long)]
     pub python: Option<PathBuf>,
@@ -190,8 +199,11 @@ fn check_peer_equivalence(
 
 pub fn run(o: &Options) -> anyhow::Result<()> {
     anyhow::ensure!(
-        o.repeat > 0 && o.audio_minutes > 0.0 && o.machines.iter().all(|&n| n > 0),
-        "--repeat, --audio-minutes and --machines must be positive"
+        o.repeat > 0
+            && o.audio_minutes > 0.0
+            && o.short_seconds > 0.0
+            && o.machines.iter().all(|&n| n > 0),
+        "--repeat, --audio-minutes, --short-seconds and --machines must be positive"
     );
     let bundle_dir = std::path::absolute(&o.bundle)?;
     let b =
@@ -204,6 +216,12 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let wav = tmp.path().join("long.wav");
     let audio_s = repeat_wav(&src, &wav, o.audio_minutes * 60.0)?;
+    let short_wav = tmp.path().join("short.wav");
+    let short_s = repeat_wav(&src, &short_wav, o.short_seconds)?;
+    anyhow::ensure!(
+        short_s < audio_s,
+        "--short-seconds ({short_s:.0} s of audio) must be shorter than --audio-minutes ({audio_s:.0} s)"
+    );
     let sonitor = sonitor_binary()?;
     let python = if o.no_peer {
         None
@@ -227,6 +245,8 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut peer_loop = Vec::new();
     let mut peer_process = Vec::new();
+    // One machine: sonitor's CPU per audio second with the short run's CPU subtracted.
+    let mut steady = Vec::new();
     for &n in &o.machines {
         let dir = tmp.path().join(format!("m{n}"));
         std::fs::create_dir_all(dir.join("state"))?;
@@ -248,8 +268,23 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             cpu.push(u.cpu_s / (n as f64 * audio_s));
             rss.push(u.max_rss_kib as f64 / 1024.0);
             wall.push(u.wall_s);
-            // The peer, alternating with the one-machine runs.
+            // The short run and the peer, alternating with the one-machine runs.
             if n == 1 {
+                let short_cfg = dir.join("short.toml");
+                std::fs::write(
+                    &short_cfg,
+                    config_text(&dir, &bundle_dir, &section, &short_wav, 1),
+                )?;
+                let su = run_measured(
+                    Command::new(&sonitor)
+                        .arg("run")
+                        .arg("--config")
+                        .arg(&short_cfg)
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null()),
+                )?;
+                anyhow::ensure!(su.status == 0, "sonitor run exited with {}", su.status);
+                steady.push((u.cpu_s - su.cpu_s) / (audio_s - short_s));
                 if let Some(py) = &python {
                     let out = tmp.path().join("peer.json");
                     let pu = run_measured(
@@ -284,6 +319,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     }
     // The peer ran beside the one-machine runs: (its loop, its whole process, sonitor's one machine).
     let one = rows.iter().find(|r| r.0 == 1).map(|r| r.1);
+    let steady = (!steady.is_empty()).then(|| median(&steady));
     let peer = one
         .filter(|_| !peer_loop.is_empty())
         .map(|r| (median(&peer_loop), median(&peer_process), r));
@@ -293,6 +329,8 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             "bundle": bundle_dir,
             "section": section,
             "repeat": o.repeat,
+            "short_audio_seconds": short_s,
+            "sonitor_one_machine_steady_cpu_seconds_per_audio_second": steady,
             "rows": rows.iter().map(|&(n, cpu, rss, wall)| serde_json::json!({
                 "machines": n, "cpu_seconds_per_audio_second_per_machine": cpu,
                 "machines_per_core": 1.0 / cpu, "peak_rss_mib": rss, "wall_seconds": wall,
@@ -301,6 +339,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
                 "loop_cpu_seconds_per_audio_second": l,
                 "process_cpu_seconds_per_audio_second": p,
                 "sonitor_one_machine_cpu_seconds_per_audio_second": r,
+                "sonitor_steady_over_peer_loop": steady.map(|s| s / l),
             })),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -315,6 +354,14 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             1.0 / cpu
         );
     }
+    if let Some(s) = steady {
+        println!(
+            "\none machine, steady state (the {short_s:.0} s run's CPU subtracted, start-up and shut-down cancel): \
+             {:.2} ms/s, {:.0} machines per core",
+            s * 1e3,
+            1.0 / s
+        );
+    }
     match peer {
         Some((l, p, r)) => {
             println!(
@@ -326,6 +373,12 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
                 r * 1e3,
                 r / l
             );
+            if let Some(s) = steady {
+                println!(
+                    "sonitor steady state / peer loop = {:.3} (both without start-up)",
+                    s / l
+                );
+            }
         }
         None if o.no_peer => {}
         None => println!("\n(no Python peer: run benches/python/setup, or pass --python PATH)"),
