@@ -161,6 +161,7 @@ fn check_peer_equivalence(
     py: &Path,
     bundle: &Path,
     tmp: &Path,
+    json: bool,
 ) -> anyhow::Result<()> {
     let demo = tmp.join("equivalence");
     // The demo's exit status says whether its alarm came at the right time; only its timeline matters here.
@@ -188,6 +189,12 @@ fn check_peer_equivalence(
             .arg("benches/python/compare.py")
             .arg(&peer_csv)
             .arg(demo.join("timeline.csv"))
+            // With --json, standard output carries the JSON object alone; the comparison goes to stderr.
+            .stdout(if json {
+                Stdio::from(std::io::stderr())
+            } else {
+                Stdio::inherit()
+            })
             .status()?
             .success();
     anyhow::ensure!(
@@ -232,7 +239,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         })
     };
     if let Some(py) = &python {
-        check_peer_equivalence(&sonitor, py, &bundle_dir, tmp.path())?;
+        check_peer_equivalence(&sonitor, py, &bundle_dir, tmp.path(), o.json)?;
     }
     if !o.json {
         println!(
