@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use sonitor_core::detect::{self, DetectorParams};
 
 /// Exit status for a configuration problem (`EX_CONFIG` from sysexits.h); systemd does not restart on it when
 /// the unit says `RestartPreventExitStatus=78`.
@@ -206,16 +207,33 @@ impl Default for DetectorConfig {
 }
 
 fn default_raise_k() -> usize {
-    3
+    detect::DEFAULT_RAISE_K
 }
 fn default_raise_n() -> usize {
-    5
+    detect::DEFAULT_RAISE_N
 }
 fn default_clear_m() -> usize {
-    4
+    detect::DEFAULT_CLEAR_M
 }
 fn default_clear_n() -> usize {
-    5
+    detect::DEFAULT_CLEAR_N
+}
+
+impl DetectorConfig {
+    /// The detector's parameters, with the bundle's calibrated threshold where none is configured.
+    pub fn params(&self, bundle_threshold: f64) -> DetectorParams {
+        let on = self.threshold.unwrap_or(bundle_threshold);
+        DetectorParams {
+            threshold_on: on,
+            threshold_off: self.threshold_off.unwrap_or(on).min(on),
+            raise_k: self.raise_k.max(1),
+            raise_n: self.raise_n.max(self.raise_k).max(1),
+            clear_m: self.clear_m.max(1),
+            clear_n: self.clear_n.max(self.clear_m).max(1),
+            min_duration_ms: self.min_duration.as_millis() as u64,
+            cooldown_ms: self.cooldown.as_millis() as u64,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -806,6 +824,22 @@ pub fn toml_path(p: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn detector_params_default_to_the_bundle_threshold() {
+        let c = DetectorConfig::default();
+        let p = c.params(0.42);
+        assert_eq!((p.threshold_on, p.threshold_off), (0.42, 0.42));
+        // What eval replays on test clips is what an unconfigured machine runs.
+        assert_eq!(p, DetectorParams::defaults_with_threshold(0.42));
+        let c = DetectorConfig {
+            threshold: Some(0.6),
+            threshold_off: Some(0.5),
+            ..Default::default()
+        };
+        let p = c.params(0.42);
+        assert_eq!((p.threshold_on, p.threshold_off), (0.6, 0.5));
+    }
 
     fn write(dir: &Path, text: &str) -> PathBuf {
         let p = dir.join("sonitor.toml");

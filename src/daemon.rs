@@ -14,11 +14,11 @@ use sonitor_core::bundle::Bundle;
 
 use crate::capture::{SourceEvent, StreamHandle};
 use crate::config::{Config, MachineConfig, SourceKind};
-use crate::detector::{Detector, DetectorParams, Transition};
 use crate::metrics::Metrics;
 use crate::mqtt::{Command, ToMqtt};
 use crate::outbox::{OutMessage, Outbox};
 use crate::pipeline::{ClipRequest, MachineTap, ReaderEvent, ScoreMsg, Scorer};
+use sonitor_core::detect::{Detector, DetectorParams, Transition};
 
 /// What the daemon reports, as it happens, to an observer in the same process (`sonitor demo` draws from it).
 #[derive(Debug, Clone, PartialEq)]
@@ -298,7 +298,7 @@ impl Controller {
     }
 
     fn params_of(m: &MachineRt) -> DetectorParams {
-        let mut p = DetectorParams::from_config(&m.cfg.detector, m.bundle_threshold);
+        let mut p = m.cfg.detector.params(m.bundle_threshold);
         if let Some(t) = m.saved.threshold_override {
             let gap = p.threshold_on - p.threshold_off;
             p.threshold_on = t;
@@ -751,10 +751,7 @@ pub fn start(
         let mut rt = MachineRt {
             cfg: m.clone(),
             input,
-            detector: Detector::new(DetectorParams::from_config(
-                &m.detector,
-                section.threshold.value,
-            )),
+            detector: Detector::new(m.detector.params(section.threshold.value)),
             bundle_threshold: section.threshold.value,
             model_id: b.manifest.model_id.clone(),
             saved: s,

@@ -16,7 +16,6 @@ pub mod clips;
 pub mod config;
 pub mod daemon;
 pub mod demo;
-pub mod detector;
 pub mod metrics;
 pub mod model;
 pub mod mqtt;

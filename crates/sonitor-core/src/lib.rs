@@ -9,7 +9,9 @@
 //! - [`metrics`]: the official DCASE metrics (AUC, McClish pAUC, harmonic-mean official score);
 //! - [`bundle`]: the model bundle (ONNX graph + manifest), the contract between trainer and daemon, verified on
 //!   load ([`onnx_graph`] reads the graph's signature);
-//! - [`score`]: the anomaly score of an embedding (min cosine distance to a section's centroids).
+//! - [`score`]: the anomaly score of an embedding (min cosine distance to a section's centroids);
+//! - [`detect`]: the alarm logic of one machine (window scores in, alarm transitions out), the daemon's and
+//!   what `sonitor-train eval` replays on test clips;
 //! - [`parallel`]: the order-preserving parallel map the trainer uses for loading, embedding and scoring clips;
 //! - [`plot`]: score timelines and ROC curves as PNG or SVG.
 //!
@@ -19,6 +21,7 @@
 pub mod audio;
 pub mod bundle;
 pub mod dcase;
+pub mod detect;
 pub mod features;
 pub mod metrics;
 pub mod onnx_graph;

@@ -25,19 +25,27 @@ pub struct DetectorParams {
     pub cooldown_ms: u64,
 }
 
+/// The daemon's default debounce (`[machines.detector]` in its configuration): raise when 3 of the last 5
+/// windows are above the threshold, clear when 4 of the last 5 are below it.
+pub const DEFAULT_RAISE_K: usize = 3;
+pub const DEFAULT_RAISE_N: usize = 5;
+pub const DEFAULT_CLEAR_M: usize = 4;
+pub const DEFAULT_CLEAR_N: usize = 5;
+
 impl DetectorParams {
-    /// From the machine's configuration and the bundle's calibrated threshold.
-    pub fn from_config(c: &crate::config::DetectorConfig, bundle_threshold: f64) -> Self {
-        let on = c.threshold.unwrap_or(bundle_threshold);
+    /// The daemon's defaults around one threshold (no hysteresis, no minimum duration, no cooldown): what a
+    /// machine configured with nothing but its bundle gets. `sonitor-train eval` uses it to say how often the
+    /// daemon would alarm on the test clips.
+    pub fn defaults_with_threshold(threshold: f64) -> Self {
         Self {
-            threshold_on: on,
-            threshold_off: c.threshold_off.unwrap_or(on).min(on),
-            raise_k: c.raise_k.max(1),
-            raise_n: c.raise_n.max(c.raise_k).max(1),
-            clear_m: c.clear_m.max(1),
-            clear_n: c.clear_n.max(c.clear_m).max(1),
-            min_duration_ms: c.min_duration.as_millis() as u64,
-            cooldown_ms: c.cooldown.as_millis() as u64,
+            threshold_on: threshold,
+            threshold_off: threshold,
+            raise_k: DEFAULT_RAISE_K,
+            raise_n: DEFAULT_RAISE_N,
+            clear_m: DEFAULT_CLEAR_M,
+            clear_n: DEFAULT_CLEAR_N,
+            min_duration_ms: 0,
+            cooldown_ms: 0,
         }
     }
 }
@@ -431,20 +439,6 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-    }
-
-    #[test]
-    fn from_config_defaults_to_the_bundle_threshold() {
-        let c = crate::config::DetectorConfig::default();
-        let p = DetectorParams::from_config(&c, 0.42);
-        assert_eq!((p.threshold_on, p.threshold_off), (0.42, 0.42));
-        let c = crate::config::DetectorConfig {
-            threshold: Some(0.6),
-            threshold_off: Some(0.5),
-            ..Default::default()
-        };
-        let p = DetectorParams::from_config(&c, 0.42);
-        assert_eq!((p.threshold_on, p.threshold_off), (0.6, 0.5));
     }
 
     #[test]
