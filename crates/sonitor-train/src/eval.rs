@@ -6,6 +6,10 @@
 //! `window_hop_samples`); each window's score is the minimum cosine distance of its embedding to the section's
 //! centroids (`sonitor_core::score`), and the clip's score is the **mean** of its window scores (the manifest's
 //! `clip_pooling`).
+//!
+//! Below the official table, `eval` prints what each section's calibrated threshold does on the test clips, two
+//! ways: the clip score above it, and the daemon's default detector (`sonitor_core::detect`, raise on 3 of the last
+//! 5 windows above it) replayed over the clip's window scores, which is what an unconfigured machine would do.
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +17,7 @@ use anyhow::Context;
 use sonitor_core::audio::{load_mono, ChannelSelect};
 use sonitor_core::bundle::{Bundle, FeatureView};
 use sonitor_core::dcase::{self, Clip, Condition, Domain, Split};
+use sonitor_core::detect::{self, Detector, DetectorParams, Transition};
 use sonitor_core::features::FeatureExtractor;
 use sonitor_core::plot::{self, RocCurve};
 use sonitor_core::{metrics, parallel, score};
@@ -48,6 +53,10 @@ pub struct SectionScores {
     /// The section's calibrated threshold (from the bundle).
     pub threshold: f64,
     pub scores: Vec<f64>,
+    /// Per clip: its window scores, in stream order (the `i`-th window ends at `first_end_ms + i·hop_ms`).
+    pub windows: Vec<Vec<f64>>,
+    pub first_end_ms: u64,
+    pub hop_ms: u64,
     /// Per clip: anomalous or not, when the file name says.
     pub anomalous: Vec<Option<bool>>,
     /// Per clip: its domain, when the file name says.
@@ -123,7 +132,7 @@ pub fn score_dataset(
             )
             })?;
         // Each worker reads, embeds and scores its clips in one pass.
-        let scores: Vec<f64> = parallel::map_with_state(
+        let windows: Vec<Vec<f64>> = parallel::map_with_state(
             &test,
             || FeatureExtractor::new(params.clone()).map_err(anyhow::Error::from),
             |fx, c| {
@@ -131,9 +140,13 @@ pub fn score_dataset(
                 let a = load_mono(&c.path, ChannelSelect::Mix, params.sample_rate)?;
                 let w = window_scores(&embedder, fx, &a, &sm.centroids)
                     .with_context(|| format!("scoring {}", c.path.display()))?;
-                Ok(w.iter().map(|&v| v as f64).sum::<f64>() / w.len().max(1) as f64)
+                Ok(w.iter().map(|&v| f64::from(v)).collect())
             },
         )?;
+        let scores: Vec<f64> = windows
+            .iter()
+            .map(|w| w.iter().sum::<f64>() / w.len().max(1) as f64)
+            .collect();
         let rows: Vec<(String, f64)> = test
             .iter()
             .zip(&scores)
@@ -145,6 +158,9 @@ pub fn score_dataset(
             file,
             threshold: sm.threshold.value,
             scores,
+            windows,
+            first_end_ms: params.window_samples as u64 * 1000 / u64::from(params.sample_rate),
+            hop_ms: params.window_hop_samples as u64 * 1000 / u64::from(params.sample_rate),
             anomalous: test
                 .iter()
                 .map(|c| c.name.condition.map(|k| k == Condition::Anomaly))
@@ -217,46 +233,88 @@ pub fn plot_roc(path: &Path, title: &str, sections: &[SectionScores]) -> anyhow:
     plot::roc(path, title, &curves).with_context(|| format!("--plot {}", path.display()))
 }
 
-/// What one threshold per machine does on the test clips, per labelled section: the share of normal clips of each
-/// domain whose score is above the section's calibrated threshold (false alarms), and the share of all anomalous
-/// clips above it (detected). Clip scores, as [`plot_roc`]'s operating points; `–` where a domain has no normal
-/// test clips. Markdown.
+impl SectionScores {
+    /// Per clip: whether the daemon's default detector ([`DetectorParams::defaults_with_threshold`] at the
+    /// section's calibrated threshold), fed the clip's window scores from a fresh start, raises an alarm.
+    pub fn daemon_alarms(&self) -> Vec<bool> {
+        let params = DetectorParams::defaults_with_threshold(self.threshold);
+        self.windows
+            .iter()
+            .map(|w| {
+                let mut d = Detector::new(params.clone());
+                w.iter().enumerate().any(|(i, &v)| {
+                    let t = self.first_end_ms + i as u64 * self.hop_ms;
+                    matches!(d.update(t, v), Some(Transition::Raised { .. }))
+                })
+            })
+            .collect()
+    }
+}
+
+/// What one threshold per machine does on the test clips, per labelled section, two ways: a clip alarms when its
+/// score is above the section's calibrated threshold (as [`plot_roc`]'s operating points), or when the daemon's
+/// default detector raises an alarm over its windows ([`SectionScores::daemon_alarms`]). For each: the share of
+/// normal clips of each domain that alarm (false alarms) and the share of all anomalous clips that do (detected);
+/// `–` where a domain has no normal test clips. Sections whose clips are too short for the detector to raise at
+/// all get no detector row, and a note says so. Markdown.
 pub fn operating_table(sections: &[SectionScores]) -> String {
     let mut t = String::from(
-        "| section | threshold | false alarms, source | false alarms, target | anomalies detected |\n|---|---|---|---|---|\n",
+        "| section | threshold | a clip alarms when | false alarms, source | false alarms, target | anomalies detected |\n|---|---|---|---|---|---|\n",
     );
-    let rate = |r: Option<f64>| r.map_or_else(|| "–".to_string(), |v| format!("{v:.2}"));
+    let daemon = format!(
+        "the daemon raises ({} of {} windows)",
+        detect::DEFAULT_RAISE_K,
+        detect::DEFAULT_RAISE_N
+    );
+    let mut too_short = Vec::new();
     for s in sections {
         let Some(anomalous) = s.anomalous.iter().copied().collect::<Option<Vec<bool>>>() else {
             continue;
         };
-        let (src_fa, detected) = domain_point(s, &anomalous, Domain::Source);
-        let (tgt_fa, _) = domain_point(s, &anomalous, Domain::Target);
+        let above: Vec<bool> = s.scores.iter().map(|&v| v > s.threshold).collect();
+        let mut ways = vec![("its score is above", above)];
+        // A clip shorter than `raise_k` windows can never raise an alarm: a row of zeros would mislead.
+        let longest = s.windows.iter().map(Vec::len).max().unwrap_or(0);
+        if longest >= detect::DEFAULT_RAISE_K {
+            ways.push((daemon.as_str(), s.daemon_alarms()));
+        } else {
+            too_short.push(format!("{} ({longest})", s.key));
+        }
+        for (how, alarms) in ways {
+            let rate = |keep: &dyn Fn(bool, Option<Domain>) -> bool| {
+                let picked: Vec<bool> = alarms
+                    .iter()
+                    .zip(&anomalous)
+                    .zip(&s.domain)
+                    .filter(|((_, &a), &d)| keep(a, d))
+                    .map(|((&x, _), _)| x)
+                    .collect();
+                if picked.is_empty() {
+                    "–".to_string()
+                } else {
+                    let n = picked.iter().filter(|&&x| x).count();
+                    format!("{:.2}", n as f64 / picked.len() as f64)
+                }
+            };
+            t += &format!(
+                "| {} | {:.4} | {how} | {} | {} | {} |\n",
+                s.key,
+                s.threshold,
+                rate(&|a, d| !a && d == Some(Domain::Source)),
+                rate(&|a, d| !a && d == Some(Domain::Target)),
+                rate(&|a, _| a),
+            );
+        }
+    }
+    if !too_short.is_empty() {
         t += &format!(
-            "| {} | {:.4} | {} | {} | {:.2} |\n",
-            s.key,
-            s.threshold,
-            rate(src_fa),
-            rate(tgt_fa),
-            detected
+            "\nNot replayed with the daemon's detector, which needs {} windows above the threshold: the test clips of \
+             {} (at most that many windows each) are too short.\n",
+            detect::DEFAULT_RAISE_K,
+            too_short.join(", ")
         );
     }
     t
-}
-
-/// The operating point of a section's threshold on the normal clips of domain `d` and every anomalous clip:
-/// (false-alarm rate, `None` without such normal clips; detection rate).
-fn domain_point(s: &SectionScores, anomalous: &[bool], d: Domain) -> (Option<f64>, f64) {
-    let (scores, labels): (Vec<f64>, Vec<bool>) = s
-        .scores
-        .iter()
-        .zip(anomalous)
-        .zip(&s.domain)
-        .filter(|((_, &a), &dom)| a || dom == Some(d))
-        .map(|((&v, &a), _)| (v, a))
-        .unzip();
-    let (fpr, tpr) = plot::operating_point(&scores, &labels, s.threshold);
-    (labels.iter().any(|&a| !a).then_some(fpr), tpr)
 }
 
 pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
@@ -285,7 +343,7 @@ pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
             // `--json` stays the same object as `metrics --json`.
             if !a.json {
                 print!(
-                    "\nAt each section's calibrated threshold (clip scores; a clip alarms above it):\n\n{}",
+                    "\nAt each section's calibrated threshold, on the test clips:\n\n{}",
                     operating_table(&sections)
                 );
             }
