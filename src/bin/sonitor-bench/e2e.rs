@@ -254,6 +254,18 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     let mut peer_process = Vec::new();
     // One machine: sonitor's CPU per audio second with the short run's CPU subtracted.
     let mut steady = Vec::new();
+    let run_sonitor = |cfg: &Path| -> anyhow::Result<ChildUsage> {
+        let u = run_measured(
+            Command::new(&sonitor)
+                .arg("run")
+                .arg("--config")
+                .arg(cfg)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null()),
+        )?;
+        anyhow::ensure!(u.status == 0, "sonitor run exited with {}", u.status);
+        Ok(u)
+    };
     for &n in &o.machines {
         let dir = tmp.path().join(format!("m{n}"));
         std::fs::create_dir_all(dir.join("state"))?;
@@ -263,15 +275,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         let mut rss = Vec::new();
         let mut wall = Vec::new();
         for _ in 0..o.repeat {
-            let u = run_measured(
-                Command::new(&sonitor)
-                    .arg("run")
-                    .arg("--config")
-                    .arg(&cfg)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null()),
-            )?;
-            anyhow::ensure!(u.status == 0, "sonitor run exited with {}", u.status);
+            let u = run_sonitor(&cfg)?;
             cpu.push(u.cpu_s / (n as f64 * audio_s));
             rss.push(u.max_rss_kib as f64 / 1024.0);
             wall.push(u.wall_s);
@@ -282,15 +286,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
                     &short_cfg,
                     config_text(&dir, &bundle_dir, &section, &short_wav, 1),
                 )?;
-                let su = run_measured(
-                    Command::new(&sonitor)
-                        .arg("run")
-                        .arg("--config")
-                        .arg(&short_cfg)
-                        .stdin(Stdio::null())
-                        .stdout(Stdio::null()),
-                )?;
-                anyhow::ensure!(su.status == 0, "sonitor run exited with {}", su.status);
+                let su = run_sonitor(&short_cfg)?;
                 steady.push((u.cpu_s - su.cpu_s) / (audio_s - short_s));
                 if let Some(py) = &python {
                     let out = tmp.path().join("peer.json");
