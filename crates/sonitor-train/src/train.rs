@@ -124,6 +124,35 @@ pub struct FitArgs {
     /// Disable mixup (for ablations).
     #[arg(long)]
     pub no_mixup: bool,
+    /// Analysis window in seconds: what one embedding sees (the network's input shapes follow from it). Recorded in
+    /// the bundle; the daemon cuts its windows the same way.
+    #[arg(long, default_value_t = 2.0)]
+    pub window_seconds: f64,
+    /// Step between a stream's windows in seconds: one score per hop in the daemon, and the windows a clip is cut
+    /// into for the back end and `eval`.
+    #[arg(long, default_value_t = 1.0)]
+    pub window_hop_seconds: f64,
+}
+
+/// The feature parameters of `--window-seconds` / `--window-hop-seconds` (the rest as the paper's front end).
+pub fn window_features(window_s: f64, hop_s: f64) -> anyhow::Result<FeatureParams> {
+    let base = FeatureParams::default();
+    let samples = |name: &str, s: f64| -> anyhow::Result<usize> {
+        anyhow::ensure!(
+            s.is_finite() && s > 0.0 && s <= 600.0,
+            "{name} {s}: expected a positive number of seconds, at most 600"
+        );
+        Ok((s * f64::from(base.sample_rate)).round() as usize)
+    };
+    let p = FeatureParams {
+        window_samples: samples("--window-seconds", window_s)?,
+        window_hop_samples: samples("--window-hop-seconds", hop_s)?,
+        ..base
+    };
+    p.validate().map_err(|e| {
+        anyhow::anyhow!("--window-seconds {window_s} / --window-hop-seconds {hop_s}: {e}")
+    })?;
+    Ok(p)
 }
 
 /// Everything `fit` needs; the CLI fills it from [`FitArgs`], tests directly.
@@ -172,7 +201,7 @@ impl FitOptions {
                 a.labels
             )
         })?;
-        let features = FeatureParams::default();
+        let features = window_features(a.window_seconds, a.window_hop_seconds)?;
         let [frames, n_mels] = features.log_mel_shape();
         let base = ModelConfig::paper(frames, n_mels, features.spectrum_len());
         let model = match a.arch {
@@ -785,4 +814,27 @@ pub fn run(a: &FitArgs) -> anyhow::Result<()> {
 /// Where a bundle's ONNX file is.
 pub fn onnx_path(bundle: &Path) -> PathBuf {
     bundle.join(sonitor_core::bundle::DEFAULT_ONNX_FILE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_flags_give_the_feature_parameters_or_name_the_bad_flag() {
+        assert_eq!(window_features(2.0, 1.0).unwrap(), FeatureParams::default());
+        let p = window_features(3.0, 0.5).unwrap();
+        assert_eq!((p.window_samples, p.window_hop_samples), (48_000, 8_000));
+        assert_eq!(p.log_mel_shape(), [92, 128]);
+        for (w, h, needle) in [
+            (0.0, 1.0, "--window-seconds 0"),
+            (f64::NAN, 1.0, "--window-seconds NaN"),
+            (2.0, -1.0, "--window-hop-seconds -1"),
+            // Shorter than one STFT frame (1024 samples).
+            (0.05, 0.05, "shorter than n_fft"),
+        ] {
+            let e = window_features(w, h).unwrap_err().to_string();
+            assert!(e.contains(needle), "{w} {h}: {e}");
+        }
+    }
 }
