@@ -278,7 +278,7 @@ pub fn operating_table(sections: &[SectionScores]) -> String {
         if longest >= detect::DEFAULT_RAISE_K {
             ways.push((daemon.as_str(), s.daemon_alarms()));
         } else {
-            too_short.push(format!("{} ({longest})", s.key));
+            too_short.push(format!("{} {longest}", s.key));
         }
         for (how, alarms) in ways {
             let rate = |keep: &dyn Fn(bool, Option<Domain>) -> bool| {
@@ -308,8 +308,8 @@ pub fn operating_table(sections: &[SectionScores]) -> String {
     }
     if !too_short.is_empty() {
         t += &format!(
-            "\nNot replayed with the daemon's detector, which needs {} windows above the threshold: the test clips of \
-             {} (at most that many windows each) are too short.\n",
+            "\nNo row for the daemon's detector where a clip holds fewer than the {} windows it needs above the \
+             threshold to raise an alarm; the longest test clip's windows: {}.\n",
             detect::DEFAULT_RAISE_K,
             too_short.join(", ")
         );
