@@ -271,6 +271,13 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir.join("state"))?;
         let cfg = dir.join("bench.toml");
         std::fs::write(&cfg, config_text(&dir, &bundle_dir, &section, &wav, n))?;
+        let short_cfg = dir.join("short.toml");
+        if n == 1 {
+            std::fs::write(
+                &short_cfg,
+                config_text(&dir, &bundle_dir, &section, &short_wav, 1),
+            )?;
+        }
         let mut cpu = Vec::new();
         let mut rss = Vec::new();
         let mut wall = Vec::new();
@@ -281,11 +288,6 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             wall.push(u.wall_s);
             // The short run and the peer, alternating with the one-machine runs.
             if n == 1 {
-                let short_cfg = dir.join("short.toml");
-                std::fs::write(
-                    &short_cfg,
-                    config_text(&dir, &bundle_dir, &section, &short_wav, 1),
-                )?;
                 let su = run_sonitor(&short_cfg)?;
                 steady.push((u.cpu_s - su.cpu_s) / (audio_s - short_s));
                 if let Some(py) = &python {
