@@ -11,6 +11,7 @@ use crossbeam_channel::{bounded, select, unbounded, Sender};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sonitor_core::bundle::Bundle;
+use sonitor_core::detect::{Detector, DetectorParams, Transition};
 
 use crate::capture::{SourceEvent, StreamHandle};
 use crate::config::{Config, MachineConfig, SourceKind};
@@ -18,7 +19,6 @@ use crate::metrics::Metrics;
 use crate::mqtt::{Command, ToMqtt};
 use crate::outbox::{OutMessage, Outbox};
 use crate::pipeline::{ClipRequest, MachineTap, ReaderEvent, ScoreMsg, Scorer};
-use sonitor_core::detect::{Detector, DetectorParams, Transition};
 
 /// What the daemon reports, as it happens, to an observer in the same process (`sonitor demo` draws from it).
 #[derive(Debug, Clone, PartialEq)]
