@@ -308,8 +308,8 @@ pub fn operating_table(sections: &[SectionScores]) -> String {
     }
     if !too_short.is_empty() {
         t += &format!(
-            "\nNo row for the daemon's detector where a clip holds fewer than the {} windows it needs above the \
-             threshold to raise an alarm; the longest test clip's windows: {}.\n",
+            "\nNo row for the daemon's detector in sections whose test clips all hold fewer than the {} windows it \
+             needs above the threshold to raise an alarm (section and its longest clip's windows: {}).\n",
             detect::DEFAULT_RAISE_K,
             too_short.join(", ")
         );

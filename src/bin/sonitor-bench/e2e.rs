@@ -271,13 +271,14 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir.join("state"))?;
         let cfg = dir.join("bench.toml");
         std::fs::write(&cfg, config_text(&dir, &bundle_dir, &section, &wav, n))?;
-        let short_cfg = dir.join("short.toml");
-        if n == 1 {
-            std::fs::write(
-                &short_cfg,
-                config_text(&dir, &bundle_dir, &section, &short_wav, 1),
-            )?;
-        }
+        // One machine only: the short run that gives the steady state, and the peer.
+        let short_cfg = if n == 1 {
+            let p = dir.join("short.toml");
+            std::fs::write(&p, config_text(&dir, &bundle_dir, &section, &short_wav, 1))?;
+            Some(p)
+        } else {
+            None
+        };
         let mut cpu = Vec::new();
         let mut rss = Vec::new();
         let mut wall = Vec::new();
@@ -287,8 +288,8 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             rss.push(u.max_rss_kib as f64 / 1024.0);
             wall.push(u.wall_s);
             // The short run and the peer, alternating with the one-machine runs.
-            if n == 1 {
-                let su = run_sonitor(&short_cfg)?;
+            if let Some(short_cfg) = &short_cfg {
+                let su = run_sonitor(short_cfg)?;
                 steady.push((u.cpu_s - su.cpu_s) / (audio_s - short_s));
                 if let Some(py) = &python {
                     let out = tmp.path().join("peer.json");
