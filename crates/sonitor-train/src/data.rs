@@ -20,10 +20,13 @@ pub struct TrainClip {
 
 /// Loads clips (mono, resampled to the feature rate) on all cores. Errors name the file.
 pub fn load_audio(clips: &[&Clip], sample_rate: u32) -> anyhow::Result<Vec<Vec<f32>>> {
-    parallel::map(clips, |c| {
-        // Every audio error already starts with the file's path.
-        Ok(load_mono(&c.path, ChannelSelect::Mix, sample_rate)?)
-    })
+    parallel::map(clips, |c| load_clip(c, sample_rate))
+}
+
+/// One clip, mono (channels mixed), resampled to `sample_rate`. The error names the file: every audio error
+/// of `sonitor_core::audio` already starts with its path.
+pub fn load_clip(clip: &Clip, sample_rate: u32) -> anyhow::Result<Vec<f32>> {
+    Ok(load_mono(&clip.path, ChannelSelect::Mix, sample_rate)?)
 }
 
 /// Loads the training clips with their class index.

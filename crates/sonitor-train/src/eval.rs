@@ -14,7 +14,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use sonitor_core::audio::{load_mono, ChannelSelect};
 use sonitor_core::bundle::{Bundle, FeatureView};
 use sonitor_core::dcase::{self, Clip, Condition, Domain, Split};
 use sonitor_core::detect::{self, Detector, DetectorParams, Transition};
@@ -136,8 +135,7 @@ pub fn score_dataset(
             &test,
             || FeatureExtractor::new(params.clone()).map_err(anyhow::Error::from),
             |fx, c| {
-                // Every audio error already starts with the file's path.
-                let a = load_mono(&c.path, ChannelSelect::Mix, params.sample_rate)?;
+                let a = crate::data::load_clip(c, params.sample_rate)?;
                 let w = window_scores(&embedder, fx, &a, &sm.centroids)
                     .with_context(|| format!("scoring {}", c.path.display()))?;
                 Ok(w.iter().map(|&v| f64::from(v)).collect())
@@ -353,5 +351,78 @@ pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
             eprintln!("the test clips carry no labels: no metrics");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(
+        key: &str,
+        windows: Vec<Vec<f64>>,
+        anomalous: &[bool],
+        domain: &[Domain],
+    ) -> SectionScores {
+        SectionScores {
+            key: key.to_string(),
+            file: PathBuf::from("unused.csv"),
+            threshold: 0.5,
+            scores: windows
+                .iter()
+                .map(|w| w.iter().sum::<f64>() / w.len() as f64)
+                .collect(),
+            windows,
+            first_end_ms: 2000,
+            hop_ms: 1000,
+            anomalous: anomalous.iter().map(|&a| Some(a)).collect(),
+            domain: domain.iter().map(|&d| Some(d)).collect(),
+        }
+    }
+
+    #[test]
+    fn the_operating_table_counts_both_ways_and_names_sections_too_short_for_the_detector() {
+        use Domain::{Source, Target};
+        // Five windows per clip: normal source, normal target, then two anomalous clips. The clip means are
+        // 0.10, 0.42, 0.58, 0.40 against a threshold of 0.5; the detector (3 of 5) raises on the last two.
+        let long = section(
+            "pump/section_00",
+            vec![
+                vec![0.1; 5],
+                vec![0.9, 0.9, 0.1, 0.1, 0.1],
+                vec![0.9, 0.1, 0.9, 0.1, 0.9],
+                vec![0.6, 0.6, 0.6, 0.1, 0.1],
+            ],
+            &[false, false, true, true],
+            &[Source, Target, Source, Target],
+        );
+        // Two windows per clip: the detector can never raise, so no row of zeros for it.
+        let short = section(
+            "fan/section_00",
+            vec![vec![0.9, 0.9], vec![0.1, 0.1]],
+            &[true, false],
+            &[Source, Source],
+        );
+        let t = operating_table(&[long, short]);
+        assert!(
+            t.contains("| pump/section_00 | 0.5000 | its score is above | 0.00 | 0.00 | 0.50 |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| pump/section_00 | 0.5000 | the daemon raises (3 of 5 windows) | 0.00 | 0.00 | 1.00 |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| fan/section_00 | 0.5000 | its score is above | 0.00 | – | 1.00 |"),
+            "{t}"
+        );
+        assert!(
+            !t.contains("| fan/section_00 | 0.5000 | the daemon raises"),
+            "{t}"
+        );
+        assert!(
+            t.contains("(section and its longest clip's windows: fan/section_00 2)"),
+            "{t}"
+        );
     }
 }
