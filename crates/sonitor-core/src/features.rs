@@ -309,34 +309,12 @@ impl FeatureExtractor {
     /// in the same order as a scalar loop would, so the energies do not depend on the grouping.
     fn log_mel_into(&mut self, signal: &[f32], frames: usize, out: &mut [f32]) {
         let (hop, n_fft, n_mels) = (self.params.stft_hop, self.params.n_fft, self.params.n_mels);
-        let squared = self.params.mel_power == 2.0;
         let mut t0 = 0;
         while t0 < frames {
             let n = (frames - t0).min(LANES);
             for l in 0..n {
                 let start = (t0 + l) * hop;
-                for ((dst, &x), &w) in self
-                    .frame
-                    .iter_mut()
-                    .zip(&signal[start..start + n_fft])
-                    .zip(&self.hann)
-                {
-                    *dst = x * w;
-                }
-                // Lengths are fixed by construction; the FFT cannot fail.
-                let _ = self.stft.process_with_scratch(
-                    &mut self.frame,
-                    &mut self.frame_spec,
-                    &mut self.scratch,
-                );
-                // Contiguous first (the square roots vectorise), then into the frame's lane.
-                for (m, c) in self.line.iter_mut().zip(&self.frame_spec) {
-                    let p = c.re * c.re + c.im * c.im;
-                    *m = if squared { p } else { p.sqrt() };
-                }
-                for (m, &v) in self.mag.iter_mut().zip(&self.line) {
-                    m[l] = v;
-                }
+                self.magnitudes_into_lane(&signal[start..start + n_fft], l);
             }
             // Lanes n.. of the last group hold an earlier group's magnitudes: summed, then not written.
             for (b, band) in self.bands.iter().enumerate() {
@@ -353,6 +331,28 @@ impl FeatureExtractor {
             t0 += n;
         }
         ln_plus_in_place(&mut out[..frames * n_mels], self.params.log_floor);
+    }
+
+    /// |STFT|^`mel_power` of one frame of `n_fft` samples into lane `lane` of `mag`.
+    fn magnitudes_into_lane(&mut self, samples: &[f32], lane: usize) {
+        for ((dst, &x), &w) in self.frame.iter_mut().zip(samples).zip(&self.hann) {
+            *dst = x * w;
+        }
+        // Lengths are fixed by construction; the FFT cannot fail.
+        let _ = self.stft.process_with_scratch(
+            &mut self.frame,
+            &mut self.frame_spec,
+            &mut self.scratch,
+        );
+        // Contiguous first (the square roots vectorise), then into the frame's lane.
+        let squared = self.params.mel_power == 2.0;
+        for (m, c) in self.line.iter_mut().zip(&self.frame_spec) {
+            let p = c.re * c.re + c.im * c.im;
+            *m = if squared { p } else { p.sqrt() };
+        }
+        for (m, &v) in self.mag.iter_mut().zip(&self.line) {
+            m[lane] = v;
+        }
     }
 
     /// Both views of one window of exactly `window_samples` samples, written into `out` (see
@@ -422,33 +422,28 @@ fn subtract_temporal_mean(matrix: &mut [f32], sums: &mut [f64]) {
     }
 }
 
-/// `x ← ln(x + floor)` for every element. Eight at a time through [`ln_normal`], which the compiler vectorises;
-/// a group with a value that is not a positive normal finite number (from NaN or infinite audio) takes
-/// `f32::ln` instead, so those keep their IEEE results.
+/// `x ← ln(x + floor)` for every element, in groups of [`LANES`] (then the remainder): see [`ln_plus_group`].
 fn ln_plus_in_place(xs: &mut [f32], floor: f32) {
-    let mut chunks = xs.chunks_exact_mut(LANES);
-    for chunk in &mut chunks {
-        let mut a = [0f32; LANES];
-        a.iter_mut()
-            .zip(chunk.iter())
-            .for_each(|(a, &x)| *a = x + floor);
-        let normal = a.iter().fold(true, |ok, &x| {
-            ok & (f32::MIN_POSITIVE..f32::INFINITY).contains(&x)
-        });
-        if normal {
-            a.iter_mut().for_each(|x| *x = ln_normal(*x));
-        } else {
-            a.iter_mut().for_each(|x| *x = x.ln());
-        }
-        chunk.copy_from_slice(&a);
+    let mut groups = xs.chunks_exact_mut(LANES);
+    for g in &mut groups {
+        ln_plus_group(g, floor);
     }
-    for x in chunks.into_remainder() {
-        let v = *x + floor;
-        *x = if (f32::MIN_POSITIVE..f32::INFINITY).contains(&v) {
-            ln_normal(v)
-        } else {
-            v.ln()
-        };
+    ln_plus_group(groups.into_remainder(), floor);
+}
+
+/// `x ← ln(x + floor)` for a few values through [`ln_normal`], which the compiler vectorises when the group's
+/// length is the constant [`LANES`]; a group with a value that is not a positive normal finite number (from NaN
+/// or infinite audio) takes `f32::ln` instead, so those keep their IEEE results.
+#[inline(always)]
+fn ln_plus_group(g: &mut [f32], floor: f32) {
+    g.iter_mut().for_each(|x| *x += floor);
+    let normal = g.iter().fold(true, |ok, x| {
+        ok & (f32::MIN_POSITIVE..f32::INFINITY).contains(x)
+    });
+    if normal {
+        g.iter_mut().for_each(|x| *x = ln_normal(*x));
+    } else {
+        g.iter_mut().for_each(|x| *x = x.ln());
     }
 }
 

@@ -107,6 +107,11 @@ pub fn window_scores(
         .collect())
 }
 
+/// A clip's anomaly score: the mean of its window scores (0 if it has none; `data::windows` always gives one).
+pub fn clip_score(windows: &[f64]) -> f64 {
+    windows.iter().sum::<f64>() / windows.len().max(1) as f64
+}
+
 /// Scores every test clip and writes the submission files into `out`. Returns the scores of each section.
 pub fn score_dataset(
     bundle: &Bundle,
@@ -141,10 +146,7 @@ pub fn score_dataset(
                 Ok(w.iter().map(|&v| f64::from(v)).collect())
             },
         )?;
-        let scores: Vec<f64> = windows
-            .iter()
-            .map(|w| w.iter().sum::<f64>() / w.len().max(1) as f64)
-            .collect();
+        let scores: Vec<f64> = windows.iter().map(|w| clip_score(w)).collect();
         let rows: Vec<(String, f64)> = test
             .iter()
             .zip(&scores)
@@ -368,10 +370,7 @@ mod tests {
             key: key.to_string(),
             file: PathBuf::from("unused.csv"),
             threshold: 0.5,
-            scores: windows
-                .iter()
-                .map(|w| w.iter().sum::<f64>() / w.len() as f64)
-                .collect(),
+            scores: windows.iter().map(|w| clip_score(w)).collect(),
             windows,
             first_end_ms: 2000,
             hop_ms: 1000,

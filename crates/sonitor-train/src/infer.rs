@@ -104,7 +104,6 @@ impl OnnxEmbedder {
         .with_context(|| format!("loading {}", path.display()))
     }
 
-    /// The (not normalised) embedding of one window's features.
     /// Unit-normalised embeddings of a clip's analysis windows (the feature extractor's window and hop).
     pub fn window_embeddings(
         &self,
@@ -122,6 +121,7 @@ impl OnnxEmbedder {
             .collect()
     }
 
+    /// The (not normalised) embedding of one window's features.
     pub fn embed(&self, f: &Features) -> anyhow::Result<Vec<f32>> {
         self.embed_raw(&f.log_mel, &f.spectrum)
     }
