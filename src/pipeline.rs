@@ -104,13 +104,17 @@ pub enum ReaderEvent {
 struct TapState {
     tap: MachineTap,
     resampler: Option<StreamResampler>,
+    /// The tap's channel of a multi-channel block (a mono block is used as it is).
     mono: Vec<f32>,
     resampled: Vec<f32>,
-    buf: Vec<f32>,
-    /// Model-rate samples removed from the front of `buf` so far (stream position of `buf[0]`).
-    consumed: u64,
-    history: VecDeque<f32>,
-    /// Model-rate samples ever appended (stream position of the end of `history`).
+    /// Model-rate audio, oldest first: the clip history and whatever the next windows still need. One copy
+    /// of each sample serves both; windows are cut from it and the front is dropped once neither needs it.
+    audio: VecDeque<f32>,
+    /// Model-rate samples of history kept for evidence clips (`MachineTap::history_seconds`).
+    keep: usize,
+    /// Stream position (model-rate samples) of the next window's first sample.
+    next_window: u64,
+    /// Model-rate samples ever appended (stream position of the end of `audio`).
     total: u64,
     // Health over 1-second blocks at the input rate.
     block_sq: f64,
@@ -124,13 +128,14 @@ struct TapState {
 
 impl TapState {
     fn new(tap: MachineTap) -> Self {
+        let keep = (tap.history_seconds.max(0.0) * tap.features.sample_rate as f32) as usize;
         TapState {
             resampler: None,
             mono: Vec::new(),
             resampled: Vec::new(),
-            buf: Vec::with_capacity(tap.features.window_samples * 2),
-            consumed: 0,
-            history: VecDeque::new(),
+            audio: VecDeque::with_capacity(keep.max(tap.features.window_samples) + 8192),
+            keep,
+            next_window: 0,
             total: 0,
             block_sq: 0.0,
             block_clipped: 0,
@@ -141,6 +146,25 @@ impl TapState {
             pending_clips: Vec::new(),
             tap,
         }
+    }
+
+    /// Stream position of `audio[0]`.
+    fn audio_start(&self) -> u64 {
+        self.total - self.audio.len() as u64
+    }
+}
+
+/// Appends `audio[start..start + len]` to `dst`: at most two slice copies (the ring may wrap).
+/// The caller guarantees `start + len <= audio.len()`.
+fn extend_from_ring(dst: &mut Vec<f32>, audio: &VecDeque<f32>, start: usize, len: usize) {
+    let (a, b) = audio.as_slices();
+    if start < a.len() {
+        let end = (start + len).min(a.len());
+        dst.extend_from_slice(&a[start..end]);
+        dst.extend_from_slice(&b[..len - (end - start)]);
+    } else {
+        let from = start - a.len();
+        dst.extend_from_slice(&b[from..from + len]);
     }
 }
 
@@ -248,15 +272,16 @@ fn process(
         if s.tap.channel >= channels {
             continue;
         }
-        s.mono.clear();
-        if channels == 1 {
-            s.mono.extend_from_slice(interleaved);
+        let mono: &[f32] = if channels == 1 {
+            interleaved
         } else {
+            s.mono.clear();
             s.mono
                 .extend(interleaved.iter().skip(s.tap.channel).step_by(channels));
-        }
+            &s.mono
+        };
         // Health at the input rate, per 1-second block.
-        let mut rest: &[f32] = &s.mono;
+        let mut rest: &[f32] = mono;
         while !rest.is_empty() {
             let take = rest
                 .len()
@@ -302,32 +327,27 @@ fn process(
         let model_audio: &[f32] = match s.resampler.as_mut() {
             Some(r) => {
                 s.resampled.clear();
-                if let Err(e) = r.push(&s.mono, &mut s.resampled) {
+                if let Err(e) = r.push(mono, &mut s.resampled) {
                     log::error!("resampling failed: {e}");
                     continue;
                 }
                 &s.resampled
             }
-            None => &s.mono,
+            None => mono,
         };
-        s.buf.extend_from_slice(model_audio);
-        // Clip history.
-        let keep = (s.tap.history_seconds * s.tap.features.sample_rate as f32) as usize;
-        if keep > 0 {
-            s.history.extend(model_audio.iter().copied());
-            let excess = s.history.len().saturating_sub(keep);
-            s.history.drain(..excess);
-        }
+        s.audio.extend(model_audio);
         s.total += model_audio.len() as u64;
         serve_clips(s, events, metrics);
 
         let p = &s.tap.features;
         let rate = p.sample_rate as u64;
-        while s.buf.len() >= p.window_samples {
-            let end = s.consumed + p.window_samples as u64;
+        let (window, hop) = (p.window_samples, p.window_hop_samples as u64);
+        while s.total >= s.next_window + window as u64 {
+            let end = s.next_window + window as u64;
             let mut v = recycled.try_recv().unwrap_or_default();
             v.clear();
-            v.extend_from_slice(&s.buf[..p.window_samples]);
+            let start = (s.next_window - s.audio_start()) as usize;
+            extend_from_ring(&mut v, &s.audio, start, window);
             let m = &metrics.machines[s.tap.machine];
             m.windows.inc();
             let msg = WindowMsg {
@@ -348,9 +368,12 @@ fn process(
             if !sent {
                 m.dropped_windows.inc();
             }
-            s.buf.drain(..p.window_samples.min(p.window_hop_samples));
-            s.consumed += p.window_hop_samples as u64;
+            s.next_window += hop;
         }
+        // Drop what neither the next window nor the clip history needs.
+        let oldest_needed = s.next_window.min(s.total.saturating_sub(s.keep as u64));
+        let drop = oldest_needed.saturating_sub(s.audio_start()) as usize;
+        s.audio.drain(..drop.min(s.audio.len()));
     }
 }
 
@@ -382,7 +405,7 @@ fn serve_clips(s: &mut TapState, events: &Sender<ReaderEvent>, metrics: &Metrics
     }
     let rate = s.tap.features.sample_rate as u64;
     let window = s.tap.features.window_samples as u64;
-    let hist_start = s.total - s.history.len() as u64;
+    let hist_start = s.audio_start();
     let mut i = 0;
     while i < s.pending_clips.len() {
         let r = &s.pending_clips[i];
@@ -401,13 +424,13 @@ fn serve_clips(s: &mut TapState, events: &Sender<ReaderEvent>, metrics: &Metrics
             metrics.clips_dropped.inc();
             continue;
         }
-        let samples: Vec<f32> = s
-            .history
-            .iter()
-            .skip((from - hist_start) as usize)
-            .take((end - from) as usize)
-            .copied()
-            .collect();
+        let mut samples = Vec::with_capacity((end - from) as usize);
+        extend_from_ring(
+            &mut samples,
+            &s.audio,
+            (from - hist_start) as usize,
+            (end - from) as usize,
+        );
         if events
             .try_send(ReaderEvent::Clip(ClipAudio {
                 machine: r.machine,
@@ -618,6 +641,88 @@ mod tests {
         assert_eq!(metrics.machines[0].clipping.get(), 1);
         // From 1000 − 500 (window) − 500 (pre) = 0 ms to 1000 + 500 (post) ms.
         assert_eq!(clip_len, Some(24_000));
+    }
+
+    #[test]
+    fn windows_and_clips_carry_the_channels_samples_in_order() {
+        // A ramp that names every sample, so that any sample lost, doubled or shifted shows. Mono (the block
+        // used as it is) and the second of three channels, in pieces that do not divide the hop; histories
+        // long enough for the clip (as the daemon sizes them), both shorter than the stream, so the ring
+        // wraps and is trimmed.
+        let signal: Vec<f32> = (0..40_000).map(|i| i as f32).collect();
+        for (channels, channel, history_seconds) in
+            [(1usize, 0usize, 1.5f32), (3, 1, 1.5), (1, 0, 2.0)]
+        {
+            let metrics = Metrics::new(&["in".into()], &["m".into()]);
+            let (wtx, wrx) = crossbeam_channel::bounded(64);
+            let (_rtx, rrx) = crossbeam_channel::bounded::<Vec<f32>>(4);
+            let (etx, erx) = crossbeam_channel::bounded(64);
+            let mut state = tap_state(false);
+            state.tap.channel = channel;
+            state = TapState::new(MachineTap {
+                history_seconds,
+                ..state.tap
+            });
+            let mut states = vec![state];
+            // Onset window ending at 1.5 s: the clip runs from 1.5 − 0.5 (window) − 0.25 s to 1.5 + 0.25 s.
+            states[0].pending_clips.push(ClipRequest {
+                machine: 0,
+                onset_end_ms: 1500,
+                pre_seconds: 0.25,
+                post_seconds: 0.25,
+                path: "x.wav".into(),
+            });
+            let inter: Vec<f32> = signal
+                .iter()
+                .flat_map(|&x| (0..channels).map(move |c| if c == channel { x } else { -1.0 }))
+                .collect();
+            for piece in inter.chunks(channels * 1234) {
+                process(
+                    &mut states,
+                    piece,
+                    channels,
+                    16_000,
+                    &wtx,
+                    &rrx,
+                    &etx,
+                    &HealthConfig::default(),
+                    &metrics,
+                );
+            }
+            let windows: Vec<WindowMsg> = wrx.try_iter().collect();
+            assert_eq!(windows.len(), 9, "{channels} channel(s)");
+            for (k, w) in windows.iter().enumerate() {
+                let start = 4000 * k;
+                assert_eq!(
+                    w.samples,
+                    signal[start..start + 8000],
+                    "window {k}, {channels} channel(s)"
+                );
+                assert_eq!(w.t_end_ms, (start as u64 + 8000) / 16);
+            }
+            let clip = erx
+                .try_iter()
+                .find_map(|e| match e {
+                    ReaderEvent::Clip(c) => Some(c.samples),
+                    _ => None,
+                })
+                .expect("the clip is served");
+            assert!(
+                clip == signal[12_000..28_000],
+                "clip, {channels} channel(s): {} samples from {:?}",
+                clip.len(),
+                clip.first()
+            );
+            // What is kept: the history, or the samples the next window needs, whichever reaches back further.
+            let s = &states[0];
+            let keep = (history_seconds * 16_000.0) as u64;
+            assert_eq!(s.audio_start(), s.next_window.min(40_000 - keep));
+            assert!(s
+                .audio
+                .iter()
+                .copied()
+                .eq(signal[s.audio_start() as usize..].iter().copied()));
+        }
     }
 
     #[test]
