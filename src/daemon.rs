@@ -205,17 +205,51 @@ pub struct ActiveEvent {
     pub clip: Option<String>,
 }
 
+/// The saved state of every machine. Each machine's entry is read on its own: one that cannot be read (a
+/// hand edit, a file from another version) starts that machine fresh, with a warning, and keeps the others.
 fn load_saved(path: &Path) -> BTreeMap<String, SavedMachine> {
-    match std::fs::read_to_string(path) {
-        Ok(t) => serde_json::from_str(&t).unwrap_or_else(|e| {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(_) => return BTreeMap::new(),
+    };
+    let entries: BTreeMap<String, serde_json::Value> = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => {
             log::warn!(
                 "{}: unreadable ({e}); starting with all alarms off",
                 path.display()
             );
-            BTreeMap::new()
-        }),
-        Err(_) => BTreeMap::new(),
-    }
+            return BTreeMap::new();
+        }
+    };
+    let now = unix_now();
+    entries
+        .into_iter()
+        .filter_map(|(name, v)| match serde_json::from_value::<SavedMachine>(v) {
+            Ok(mut m) => {
+                // A mute saved by an older version, or edited by hand, ends within the longest allowed.
+                let latest = now.saturating_add(crate::mqtt::MAX_MUTE.as_secs());
+                m.muted_until_unix = m.muted_until_unix.map(|u| u.min(latest));
+                Some((name, m))
+            }
+            Err(e) => {
+                log::warn!(
+                    "{}: the entry of machine '{name}' is unreadable ({e}); it starts with its alarm off",
+                    path.display()
+                );
+                None
+            }
+        })
+        .collect()
+}
+
+/// An RFC 3339 time for Unix seconds; `None` beyond what the format can show (year 9999).
+fn rfc3339(unix: u64) -> Option<String> {
+    const LAST: u64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    (unix <= LAST).then(|| {
+        humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(unix))
+            .to_string()
+    })
 }
 
 fn save_atomically(path: &Path, text: &str) -> std::io::Result<()> {
@@ -321,8 +355,7 @@ impl Controller {
             "model_id": m.model_id,
             "section": m.cfg.section,
             "enabled": m.detector.enabled(),
-            "muted_until": m.saved.muted_until_unix.filter(|&u| u > unix_now())
-                .map(|u| humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(u)).to_string()),
+            "muted_until": m.saved.muted_until_unix.filter(|&u| u > unix_now()).and_then(rfc3339),
             "event_id": m.saved.event.as_ref().map(|e| e.event_id.clone()),
             "health": m.health,
         })
@@ -596,8 +629,11 @@ impl Controller {
             Command::Mute { duration, .. } => {
                 let m = &mut self.machines[i];
                 m.saved.muted_until_unix =
-                    (!duration.is_zero()).then(|| unix_now() + duration.as_secs());
-                m.detector.mute(now_ms, duration.as_millis() as u64)
+                    (!duration.is_zero()).then(|| unix_now().saturating_add(duration.as_secs()));
+                m.detector.mute(
+                    now_ms,
+                    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+                )
             }
             Command::Enabled { enabled, .. } => {
                 let m = &mut self.machines[i];
@@ -780,7 +816,7 @@ pub fn start(
         if let Some(u) = rt.saved.muted_until_unix {
             let left = u.saturating_sub(unix_now());
             if left > 0 {
-                rt.detector.mute(0, left * 1000);
+                rt.detector.mute(0, left.saturating_mul(1000));
             }
         }
         machines.push(rt);
@@ -979,11 +1015,19 @@ pub fn start(
 
     let tick = crossbeam_channel::tick(Duration::from_millis(200));
     let mut draining_since: Option<Instant> = None;
+    let mut exit_code = 0;
     loop {
         select! {
             recv(score_rx) -> s => match s {
                 Ok(s) => ctl.on_score(s),
-                Err(_) => break,
+                Err(_) => {
+                    log::error!(
+                        "the features or inference thread stopped unexpectedly: no more scores; exiting with \
+                         status {EXIT_INTERNAL} so that the service manager restarts sonitor"
+                    );
+                    exit_code = EXIT_INTERNAL;
+                    break;
+                }
             },
             recv(src_rx) -> e => if let Ok(e) = e { on_source_event(&mut ctl, e) },
             recv(reader_rx) -> e => match e {
@@ -1005,7 +1049,18 @@ pub fn start(
                 }
                 Err(_) => {}
             },
-            recv(cmd_rx) -> c => if let Ok(c) = c { ctl.on_command(c) },
+            recv(cmd_rx) -> c => match c {
+                Ok(c) => ctl.on_command(c),
+                Err(_) => {
+                    log::error!(
+                        "the MQTT thread stopped unexpectedly: alarms can no longer be published; exiting with \
+                         status {EXIT_INTERNAL} so that the service manager restarts sonitor (the outbox keeps \
+                         what was not acknowledged)"
+                    );
+                    exit_code = EXIT_INTERNAL;
+                    break;
+                }
+            },
             recv(tick) -> _ => {},
         }
         if hup.swap(false, Ordering::SeqCst) {
@@ -1084,8 +1139,12 @@ pub fn start(
     drop(features_thread);
     drop(inference_thread);
     let _ = clip_thread.join();
-    Ok(0)
+    Ok(exit_code)
 }
+
+/// Exit status when a thread of the daemon itself stopped (EX_SOFTWARE): not a configuration problem, so
+/// the service manager restarts sonitor (`Restart=on-failure`).
+pub const EXIT_INTERNAL: i32 = 70;
 
 /// Half the systemd watchdog period (`WATCHDOG_USEC`), when the watchdog applies to this process (as
 /// `sd_watchdog_enabled(3)`: a `WATCHDOG_PID` naming another process disables it; none means this one).

@@ -70,6 +70,17 @@ pub enum Command {
     },
 }
 
+/// The longest mute a command may ask for. A longer one is almost certainly a typo, and its end could not be
+/// shown as a date; a machine that should not be watched at all is switched off with `enabled`.
+pub const MAX_MUTE: Duration = Duration::from_secs(366 * 24 * 3600);
+
+fn mute_too_long(p: &str) -> String {
+    format!(
+        "mute '{p}' is longer than the maximum of {}; use enabled OFF to stop watching a machine",
+        humantime::format_duration(MAX_MUTE)
+    )
+}
+
 /// Parses a command publish; `Err` names what is wrong (logged, and ignored).
 pub fn parse_command(base: &str, topic: &str, payload: &str) -> Result<Command, String> {
     let rest = topic
@@ -108,11 +119,17 @@ pub fn parse_command(base: &str, topic: &str, payload: &str) -> Result<Command, 
                 if !(secs.is_finite() && secs >= 0.0) {
                     return Err(format!("mute '{p}' is not a duration"));
                 }
+                if secs > MAX_MUTE.as_secs_f64() {
+                    return Err(mute_too_long(p));
+                }
                 Duration::from_secs_f64(secs)
             } else {
                 humantime::parse_duration(p)
                     .map_err(|e| format!("mute '{p}' is not a duration (e.g. 30m, 3600): {e}"))?
             };
+            if duration > MAX_MUTE {
+                return Err(mute_too_long(p));
+            }
             Ok(Command::Mute { machine, duration })
         }
         "enabled" => {
@@ -800,5 +817,20 @@ mod tests {
         assert!(parse_command(b, "sonitor/n1/pump/enabled/set", "maybe").is_err());
         assert!(parse_command(b, "sonitor/n1/pump/volume/set", "1").is_err());
         assert!(parse_command(b, "other/n1/pump/mute/set", "1").is_err());
+        // Mutes beyond a year: refused with the reason, in seconds and in words, however large.
+        for p in [
+            "1e20",
+            "99999999999999999999",
+            "31700000",
+            "8000y",
+            "584942417355y",
+        ] {
+            let e = parse_command(b, "sonitor/n1/pump/mute/set", p).unwrap_err();
+            assert!(
+                e.contains("longer than the maximum") || e.contains("not a duration"),
+                "{p}: {e}"
+            );
+        }
+        assert!(parse_command(b, "sonitor/n1/pump/mute/set", "366d").is_ok());
     }
 }
