@@ -83,7 +83,7 @@ impl Outbox {
             }
         }
         records.sort_by_key(|r| r.seq);
-        let next_seq = records.last().map_or(1, |r| r.seq + 1);
+        let next_seq = records.last().map_or(1, |r| r.seq.saturating_add(1));
         Ok(Outbox {
             dir: dir.to_path_buf(),
             records: records.into(),
@@ -94,23 +94,20 @@ impl Outbox {
     }
 
     /// Appends messages durably (fsync of each file and of the directory) and returns their sequence numbers.
+    ///
+    /// A message whose file cannot be written (disk full, a read-only remount) is still queued in memory, so
+    /// it is published and acknowledged like the others; it is only not durable across a restart. The first
+    /// such error is returned after every message has been queued.
     pub fn push(&mut self, msgs: Vec<OutMessage>) -> Result<Vec<u64>, OutboxError> {
         let mut seqs = Vec::with_capacity(msgs.len());
+        let mut first_error = None;
         for msg in msgs {
             let seq = self.next_seq;
-            self.next_seq += 1;
+            self.next_seq = self.next_seq.saturating_add(1);
             let rec = Record { seq, msg };
-            let path = self.dir.join(file_name(seq));
-            let tmp = path.with_extension("tmp");
-            let err = |source| OutboxError {
-                path: tmp.clone(),
-                source,
-            };
-            let text = serde_json::to_vec(&rec).map_err(|e| err(std::io::Error::other(e)))?;
-            let mut f = File::create(&tmp).map_err(err)?;
-            f.write_all(&text).map_err(err)?;
-            f.sync_all().map_err(err)?;
-            std::fs::rename(&tmp, &path).map_err(err)?;
+            if let Err(e) = self.write(&rec) {
+                first_error.get_or_insert(e);
+            }
             self.records.push_back(rec);
             seqs.push(seq);
         }
@@ -130,15 +127,43 @@ impl Outbox {
                 self.dropped += 1;
             }
         }
-        Ok(seqs)
+        match first_error {
+            None => Ok(seqs),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// One record to its file: a temporary name, fsync, rename. A failed write leaves no file behind.
+    fn write(&self, rec: &Record) -> Result<(), OutboxError> {
+        let path = self.dir.join(file_name(rec.seq));
+        let tmp = path.with_extension("tmp");
+        let err = |source| OutboxError {
+            path: tmp.clone(),
+            source,
+        };
+        let result = (|| {
+            let text = serde_json::to_vec(rec).map_err(|e| err(std::io::Error::other(e)))?;
+            let mut f = File::create(&tmp).map_err(err)?;
+            f.write_all(&text).map_err(err)?;
+            f.sync_all().map_err(err)?;
+            std::fs::rename(&tmp, &path).map_err(err)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
     }
 
     /// The broker acknowledged message `seq`: forget it.
     pub fn ack(&mut self, seq: u64) {
         if let Some(i) = self.records.iter().position(|r| r.seq == seq) {
             self.records.remove(i);
-            if let Err(e) = std::fs::remove_file(self.dir.join(file_name(seq))) {
-                log::warn!("outbox: cannot remove message {seq}: {e}");
+            match std::fs::remove_file(self.dir.join(file_name(seq))) {
+                // A message that could not be written was kept in memory only.
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    log::warn!("outbox: cannot remove message {seq}: {e}")
+                }
+                _ => {}
             }
         }
     }
@@ -218,6 +243,33 @@ mod tests {
         assert_eq!(o.dropped(), 2);
         assert_eq!(o.records().next().unwrap().msg.payload, "2");
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 3);
+    }
+
+    #[test]
+    fn a_message_that_cannot_be_written_is_still_queued() {
+        // The outbox directory disappears under the daemon (a full or remounted disk gives the same
+        // error path): the push reports it, and both messages still wait to be published, in order.
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("outbox");
+        let mut o = Outbox::open(&dir, 10).unwrap();
+        o.push(vec![m("a", "ON")]).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let err = o.push(vec![m("a", "OFF"), m("e", "end")]).unwrap_err();
+        assert!(
+            err.to_string().contains("00000000000000000002.tmp"),
+            "{err}"
+        );
+        let v: Vec<_> = o
+            .records()
+            .map(|r| (r.seq, r.msg.payload.clone()))
+            .collect();
+        assert_eq!(
+            v,
+            vec![(1, "ON".into()), (2, "OFF".into()), (3, "end".into())]
+        );
+        // Acknowledging a message that never reached the disk just forgets it.
+        o.ack(2);
+        assert_eq!(o.len(), 2);
     }
 
     #[test]
