@@ -23,6 +23,10 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+    /// Adds one and returns the new value.
+    pub fn inc_get(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::Relaxed).wrapping_add(1)
+    }
 }
 
 /// A gauge holding a u64 (or an f64's bits via [`Gauge::set_f64`]).
@@ -65,6 +69,8 @@ pub struct MachineMetrics {
     pub windows: Counter,
     pub dropped_windows: Counter,
     pub inferences: Counter,
+    /// Inferences whose score was not a finite number, dropped before the detector.
+    pub invalid_scores: Counter,
     pub inference_seconds_sum: Gauge,
     pub score: Gauge,
     pub alarm: Gauge,
@@ -181,6 +187,12 @@ impl Metrics {
             mac(&|m| m.inferences.get().to_string()),
         );
         family(
+            "sonitor_invalid_scores_total",
+            "counter",
+            "Windows whose score was not a finite number (non-finite audio or model output), dropped before the detector.",
+            mac(&|m| m.invalid_scores.get().to_string()),
+        );
+        family(
             "sonitor_inference_seconds_total",
             "counter",
             "Time spent computing features and running the model.",
@@ -283,7 +295,15 @@ pub fn serve(addr: &str, metrics: Arc<Metrics>) -> anyhow::Result<SocketAddr> {
         .name("metrics".into())
         .spawn(move || {
             for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
+                let mut stream = match stream {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // Out of file descriptors, typically: back off instead of spinning a core.
+                        log::warn!("metrics: accept failed: {e}");
+                        std::thread::sleep(Duration::from_millis(200));
+                        continue;
+                    }
+                };
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
                 let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
                 let mut buf = [0u8; 1024];

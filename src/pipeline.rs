@@ -107,6 +107,8 @@ struct TapState {
     /// The tap's channel of a multi-channel block (a mono block is used as it is).
     mono: Vec<f32>,
     resampled: Vec<f32>,
+    /// False while the stream's rate cannot be resampled to the model's: the tap is skipped.
+    rate_ok: bool,
     /// Model-rate audio, oldest first: the clip history and whatever the next windows still need. One copy
     /// of each sample serves both; windows are cut from it and the front is dropped once neither needs it.
     audio: VecDeque<f32>,
@@ -133,6 +135,7 @@ impl TapState {
             resampler: None,
             mono: Vec::new(),
             resampled: Vec::new(),
+            rate_ok: true,
             audio: VecDeque::with_capacity(keep.max(tap.features.window_samples) + 8192),
             keep,
             next_window: 0,
@@ -152,6 +155,16 @@ impl TapState {
     fn audio_start(&self) -> u64 {
         self.total - self.audio.len() as u64
     }
+}
+
+/// The front of `scratch` that holds whole frames of `channels` samples: about 8192 samples, at least one
+/// frame (grown for streams of very many channels).
+fn whole_frames(scratch: &mut Vec<f32>, channels: usize) -> &mut [f32] {
+    let len = (8192 / channels).max(1) * channels;
+    if scratch.len() < len {
+        scratch.resize(len, 0.0);
+    }
+    &mut scratch[..len]
 }
 
 /// Appends `audio[start..start + len]` to `dst`: at most two slice copies (the ring may wrap).
@@ -201,7 +214,7 @@ pub fn spawn_reader(
                     if let Some(mut old) = current.take() {
                         let ch = old.channels;
                         loop {
-                            let n = old.consumer.pop_slice(&mut scratch[..8192 / ch * ch]);
+                            let n = old.consumer.pop_slice(whole_frames(&mut scratch, ch));
                             if n == 0 {
                                 break;
                             }
@@ -210,11 +223,19 @@ pub fn spawn_reader(
                     }
                     for s in &mut states {
                         let model_rate = s.tap.features.sample_rate;
+                        s.rate_ok = true;
                         s.resampler = if new.sample_rate != model_rate {
                             match StreamResampler::new(new.sample_rate, model_rate) {
                                 Ok(r) => Some(r),
                                 Err(e) => {
-                                    log::error!("input {name}: cannot resample {} Hz to {model_rate} Hz: {e}", new.sample_rate);
+                                    // Audio at the wrong rate would be scored as if it were right: no windows
+                                    // for this machine until a stream at a usable rate is opened.
+                                    log::error!(
+                                        "input {name}: cannot resample {} Hz to {model_rate} Hz: {e}; machine #{} \
+                                         gets no windows from this stream",
+                                        new.sample_rate, s.tap.machine
+                                    );
+                                    s.rate_ok = false;
                                     None
                                 }
                             }
@@ -240,7 +261,7 @@ pub fn spawn_reader(
                     continue;
                 };
                 let ch = stream.channels.max(1);
-                let n = stream.consumer.pop_slice(&mut scratch[..8192 / ch * ch]);
+                let n = stream.consumer.pop_slice(whole_frames(&mut scratch, ch));
                 if n == 0 {
                     if stream.finished.load(Ordering::SeqCst) && stream.consumer.is_empty() {
                         let _ = events.send(ReaderEvent::Finished { input });
@@ -269,7 +290,7 @@ fn process(
     metrics: &Metrics,
 ) {
     for s in states.iter_mut() {
-        if s.tap.channel >= channels {
+        if s.tap.channel >= channels || !s.rate_ok {
             continue;
         }
         let mono: &[f32] = if channels == 1 {
@@ -526,6 +547,21 @@ pub fn spawn_inference(
                 }
                 let score = sonitor_core::score::min_cosine_distance(&emb, &sc.centroids) as f64;
                 m.inferences.inc();
+                if !score.is_finite() {
+                    // Non-finite audio (a float stream with huge or NaN samples) or a model that overflows:
+                    // such a score would raise or hold an alarm on garbage. Dropped and counted instead.
+                    let n = m.invalid_scores.inc_get();
+                    if n == 1 || n.is_power_of_two() {
+                        log::warn!(
+                            "machine #{}: window at {} ms scored {score} (not a finite number: the audio or the \
+                             model's output is not finite); dropped, {n} so far (sonitor_invalid_scores_total)",
+                            f.machine,
+                            f.t_end_ms
+                        );
+                    }
+                    let _ = recycle.try_send(f.features);
+                    continue;
+                }
                 m.score.set_f64(score);
                 let spent = f.cut_at.elapsed().as_secs_f64();
                 m.inference_seconds_sum
