@@ -16,25 +16,57 @@ pub fn write_clip(c: &ClipAudio) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn wav_files(dir: &Path, out: &mut Vec<(PathBuf, SystemTime, u64)>) {
+/// The daemon's own clips: `<dir>/<machine>/<node>-<machine>-<millis>-<seq>.wav`. Nothing else under `dir`
+/// is ever listed, so a `clips.dir` pointed at a folder that also holds other recordings loses none of them.
+fn clip_files(dir: &Path, out: &mut Vec<(PathBuf, SystemTime, u64)>) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };
-    for e in rd.flatten() {
-        let p = e.path();
-        let Ok(md) = e.metadata() else { continue };
-        if md.is_dir() {
-            wav_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "wav") {
-            out.push((p, md.modified().unwrap_or(SystemTime::UNIX_EPOCH), md.len()));
+    for machine_dir in rd.flatten() {
+        if !machine_dir.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let Some(machine) = machine_dir.file_name().to_str().map(String::from) else {
+            continue;
+        };
+        let Ok(files) = std::fs::read_dir(machine_dir.path()) else {
+            continue;
+        };
+        for e in files.flatten() {
+            let p = e.path();
+            let Ok(md) = e.metadata() else { continue };
+            if md.is_file() && is_clip_name(&p, &machine) {
+                out.push((p, md.modified().unwrap_or(SystemTime::UNIX_EPOCH), md.len()));
+            }
         }
     }
+}
+
+/// `<node>-<machine>-<millis>-<seq>.wav`, as the daemon names a clip (node and machine names contain no
+/// `/`; the last two fields are numbers).
+fn is_clip_name(p: &Path, machine: &str) -> bool {
+    if p.extension().is_none_or(|x| x != "wav") {
+        return false;
+    }
+    let Some(stem) = p.file_stem().and_then(|s| s.to_str()) else {
+        return false;
+    };
+    let mut tail = stem.rsplitn(3, '-');
+    let (Some(seq), Some(millis), Some(head)) = (tail.next(), tail.next(), tail.next()) else {
+        return false;
+    };
+    let numeric = |x: &str| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit());
+    numeric(seq)
+        && numeric(millis)
+        && head
+            .strip_suffix(machine)
+            .is_some_and(|node| node.len() > 1 && node.ends_with('-'))
 }
 
 /// Deletes the oldest clips until the count, age and size limits hold; returns how many were deleted.
 pub fn enforce_retention(dir: &Path, cfg: &ClipsConfig) -> usize {
     let mut files = Vec::new();
-    wav_files(dir, &mut files);
+    clip_files(dir, &mut files);
     files.sort_by_key(|f| std::cmp::Reverse(f.1));
     let now = SystemTime::now();
     let mut kept_bytes = 0u64;
@@ -66,7 +98,7 @@ mod tests {
         for i in 0..5 {
             let c = ClipAudio {
                 machine: 0,
-                path: d.path().join("m").join(format!("e{i}.wav")),
+                path: d.path().join("m").join(format!("n1-m-{i}-{i}.wav")),
                 samples: vec![0.1; 1600],
                 sample_rate: 16_000,
             };
@@ -80,9 +112,9 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(enforce_retention(d.path(), &cfg), 2);
-        assert!(!d.path().join("m/e0.wav").exists());
-        assert!(!d.path().join("m/e1.wav").exists());
-        assert!(d.path().join("m/e4.wav").exists());
+        assert!(!d.path().join("m/n1-m-0-0.wav").exists());
+        assert!(!d.path().join("m/n1-m-1-1.wav").exists());
+        assert!(d.path().join("m/n1-m-4-4.wav").exists());
         let cfg = ClipsConfig {
             max_age: std::time::Duration::from_secs(75),
             ..Default::default()
@@ -97,6 +129,44 @@ mod tests {
             1,
             "two 3.2 kB clips exceed 4 kB"
         );
-        assert!(d.path().join("m/e4.wav").exists());
+        assert!(d.path().join("m/n1-m-4-4.wav").exists());
+    }
+
+    #[test]
+    fn only_the_daemons_own_clips_are_ever_deleted() {
+        // clips.dir pointed at a folder of other recordings: old files of every other shape stay.
+        let d = tempfile::tempdir().unwrap();
+        let old = SystemTime::now() - std::time::Duration::from_secs(1000);
+        let files = [
+            "recording.wav",
+            "m/recording.wav",
+            "m/n1-other-5-1.wav",
+            "m/n1-m-5.wav",
+            "m/n1-m-x-1.wav",
+            "m/deeper/n1-m-5-1.wav",
+            "m/n1-m-5-1.txt",
+            "m/n1-m-5-1.wav",
+            "m/node-a-m-7-2.wav",
+        ];
+        for f in files {
+            let p = d.path().join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, b"RIFF").unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        let cfg = ClipsConfig {
+            max_age: std::time::Duration::from_secs(60),
+            ..Default::default()
+        };
+        assert_eq!(enforce_retention(d.path(), &cfg), 2);
+        for f in files {
+            let gone = f == "m/n1-m-5-1.wav" || f == "m/node-a-m-7-2.wav";
+            assert_eq!(d.path().join(f).exists(), !gone, "{f}");
+        }
     }
 }

@@ -604,6 +604,18 @@ impl Config {
                     if d.channels == Some(0) {
                         p.push(format!("{at}: channels must be at least 1"));
                     }
+                    if d.buffer_frames == Some(0) {
+                        p.push(format!(
+                            "{at}: buffer_frames must be at least 1 (leave it out for the device's choice)"
+                        ));
+                    }
+                    if d.stall_timeout < Duration::from_millis(500) {
+                        p.push(format!(
+                            "{at}: stall_timeout ({:?}) must be at least 500ms: shorter, a healthy stream between \
+                             two callbacks looks stalled and is reopened again and again",
+                            d.stall_timeout
+                        ));
+                    }
                 }
             }
             if d.reopen_min.is_zero() || d.reopen_min > d.reopen_max {
@@ -668,8 +680,13 @@ impl Config {
             if q.reconnect_min.is_zero() || q.reconnect_min > q.reconnect_max {
                 p.push("mqtt: need 0 < reconnect_min <= reconnect_max".into());
             }
-            if q.keep_alive < Duration::from_secs(1) {
-                p.push("mqtt.keep_alive must be at least 1s".into());
+            if q.keep_alive < Duration::from_secs(1)
+                || q.keep_alive > Duration::from_secs(u16::MAX.into())
+            {
+                p.push(format!(
+                    "mqtt.keep_alive ({:?}) must be between 1s and 65535s (MQTT carries it in 16 bits)",
+                    q.keep_alive
+                ));
             }
             if q.outbox_max < 10 {
                 p.push("mqtt.outbox_max must be at least 10".into());
@@ -731,6 +748,19 @@ impl Config {
             if c.max_count == 0 {
                 p.push("clips.max_count must be at least 1".into());
             }
+            // Below these a clip would be deleted as soon as it is written, while its event still names it.
+            if c.max_bytes < 1024 * 1024 {
+                p.push(format!(
+                    "clips.max_bytes ({}) must be at least 1048576 (1 MiB)",
+                    c.max_bytes
+                ));
+            }
+            if c.max_age < Duration::from_secs(60) {
+                p.push(format!(
+                    "clips.max_age ({:?}) must be at least 1m",
+                    c.max_age
+                ));
+            }
         }
         let h = &self.health;
         if !(h.silence_dbfs < 0.0 && h.silence_dbfs > -200.0) {
@@ -770,6 +800,11 @@ impl DetectorConfig {
         if let Some(t) = self.threshold {
             if !t.is_finite() {
                 p.push(format!("threshold {t} is not a number"));
+            }
+        }
+        if let Some(t) = self.threshold_off {
+            if !t.is_finite() {
+                p.push(format!("threshold_off {t} is not a number"));
             }
         }
         if let (Some(on), Some(off)) = (self.threshold, self.threshold_off) {
@@ -913,6 +948,45 @@ min_duration = "3s"
             .unwrap_err()
             .to_string();
         assert!(e.contains("sonitor.toml"), "{e}");
+    }
+
+    #[test]
+    fn numbers_that_would_break_the_daemon_are_refused() {
+        // Each accepted value would fail at run time: a stream reopened every 100 ms, a zero-sized device
+        // buffer, keep-alive silently truncated to 16 bits (0: off), clips deleted as soon as written, an alarm
+        // that can never clear.
+        let d = tempfile::tempdir().unwrap();
+        let text = minimal(d.path())
+            .replace(
+                "device = \"default\"",
+                "device = \"default\"\nstall_timeout = \"0s\"\nbuffer_frames = 0",
+            )
+            .replace("raise_k = 2", "raise_k = 2\nthreshold_off = -inf")
+            + "[mqtt]\nkeep_alive = \"70000s\"\n[clips]\nmax_bytes = 0\nmax_age = \"0s\"\n";
+        let c = Config::load_with_env(&write(d.path(), &text), []).unwrap();
+        let p = c.static_problems().join("\n");
+        for expect in [
+            "stall_timeout (0ns) must be at least 500ms",
+            "buffer_frames must be at least 1",
+            "threshold_off -inf is not a number",
+            "mqtt.keep_alive (70000s) must be between 1s and 65535s",
+            "clips.max_bytes (0) must be at least 1048576",
+            "clips.max_age (0ns) must be at least 1m",
+        ] {
+            assert!(p.contains(expect), "expected '{expect}' in:\n{p}");
+        }
+        // The defaults pass these checks.
+        let c = Config::load_with_env(&write(d.path(), &minimal(d.path())), []).unwrap();
+        let p = c.static_problems().join("\n");
+        for absent in [
+            "stall_timeout",
+            "buffer_frames",
+            "keep_alive",
+            "clips.max",
+            "threshold_off",
+        ] {
+            assert!(!p.contains(absent), "'{absent}' in:\n{p}");
+        }
     }
 
     #[test]
