@@ -13,7 +13,7 @@ const EXTENSIBLE: u16 = 0xFFFE;
 
 /// A RIFF/WAVE file. `format` is the tag written in the fmt chunk; for EXTENSIBLE, `sub` is the sub-format tag.
 fn wav_bytes(format: u16, sub: u16, channels: u16, rate: u32, bits: u16, data: &[u8]) -> Vec<u8> {
-    let block = channels * bits / 8;
+    let block = (u32::from(channels) * u32::from(bits) / 8) as u16;
     let mut fmt = Vec::new();
     fmt.extend_from_slice(&format.to_le_bytes());
     fmt.extend_from_slice(&channels.to_le_bytes());
@@ -197,6 +197,25 @@ fn corrupt_and_truncated_files_are_named_errors() {
     );
     let e = read_wav(&odd, ChannelSelect::Mix).unwrap_err();
     assert!(e.to_string().contains("odd.wav"), "{e}");
+
+    // Headers that would size the replay's buffers and resampler absurdly.
+    let fast = write(
+        dir.path(),
+        "fast.wav",
+        &wav_bytes(PCM, 0, 1, 4_000_000_000, 8, &encode(8, false)),
+    );
+    let e = read_wav(&fast, ChannelSelect::Mix).unwrap_err();
+    assert!(
+        e.to_string().contains("sample rate 4000000000 Hz") && e.to_string().contains("fast.wav"),
+        "{e}"
+    );
+    let wide = write(
+        dir.path(),
+        "wide.wav",
+        &wav_bytes(PCM, 0, 9000, 16_000, 16, &vec![0u8; 2 * 9000]),
+    );
+    let e = read_wav(&wide, ChannelSelect::Mix).unwrap_err();
+    assert!(e.to_string().contains("wide.wav"), "{e}");
 
     let mut nan = wav_bytes(FLOAT, 0, 1, 16_000, 32, &encode(32, true));
     let n = nan.len();

@@ -125,6 +125,11 @@ fn info_of<R: std::io::Read>(reader: &hound::WavReader<R>) -> WavInfo {
     }
 }
 
+/// The highest sample rate a WAV may declare (professional audio interfaces go to 384 kHz).
+pub const MAX_SAMPLE_RATE: u32 = 768_000;
+/// The most channels a WAV may declare (multi-channel interfaces and arrays stay well below).
+pub const MAX_CHANNELS: u16 = 256;
+
 /// A WAV file decoded block by block into interleaved `f32` samples (the decoding of [`read_wav`]), so that a
 /// long recording is replayed in constant memory. Header problems are reported by [`WavBlocks::open`]; a truncated
 /// data chunk or a sample that is not a finite number by the [`WavBlocks::read_into`] that reaches it.
@@ -167,6 +172,26 @@ impl WavBlocks {
         }
         if info.sample_rate == 0 {
             return Err(corrupt("header says sample rate 0"));
+        }
+        // Beyond these the header is damaged, or the file is no microphone recording: a replay would size its
+        // buffers and resampler from them.
+        if info.sample_rate > MAX_SAMPLE_RATE {
+            return Err(WavError::Unsupported {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "sample rate {} Hz (at most {MAX_SAMPLE_RATE} Hz is supported)",
+                    info.sample_rate
+                ),
+            });
+        }
+        if info.channels > MAX_CHANNELS {
+            return Err(WavError::Unsupported {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "{} channels (at most {MAX_CHANNELS} are supported)",
+                    info.channels
+                ),
+            });
         }
         let source = match (info.float, info.bits_per_sample) {
             (false, 16) => Source::Pcm16 {
