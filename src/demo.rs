@@ -176,7 +176,17 @@ pub fn bar(score: f64, threshold: f64, width: usize) -> String {
 pub fn run(o: &DemoOptions) -> anyhow::Result<Summary> {
     let t = Timeline::of_recording(&o.recording)?;
     std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
-    // A fresh start: alarm state and outbox of a previous demo would carry its alarm over.
+    // A fresh start: alarm state and outbox of a previous demo would carry its alarm over. Only a previous
+    // demo's are removed: a daemon's state directory given as --out keeps its unsent alarms.
+    let config = o.out.join("sonitor-demo.toml");
+    let state = ["alarms.json", "outbox"].map(|n| o.out.join(n));
+    if !config.exists() && state.iter().any(|p| p.exists()) {
+        anyhow::bail!(
+            "{} holds alarm state (alarms.json or outbox) that no demo wrote: it looks like a daemon's state \
+             directory, whose unsent alarms the demo would delete. Give --out an empty or new directory",
+            o.out.display()
+        );
+    }
     for stale in ["alarms.json", "outbox"] {
         let p = o.out.join(stale);
         if p.is_dir() {
@@ -188,7 +198,6 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Summary> {
         }
         .with_context(|| format!("removing {} of a previous demo", p.display()))?;
     }
-    let config = o.out.join("sonitor-demo.toml");
     std::fs::write(&config, config_text(o, &t, &o.out)?)
         .with_context(|| format!("writing {}", config.display()))?;
     let (cfg, bundles, problems) = crate::daemon::check(&config);

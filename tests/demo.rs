@@ -86,6 +86,24 @@ fn the_shipped_demo_raises_the_alarm_during_the_fault_only() {
     let (code2, s2, log2) = demo(d.path(), &[]);
     assert_eq!(code2, 0, "{log2}");
     assert_eq!(s2["alarms"].as_array().unwrap().len(), alarms.len());
+
+    // A daemon's state directory given as --out is refused, and its unsent alarms stay.
+    let state = d.path().join("daemon-state");
+    std::fs::create_dir_all(state.join("outbox")).unwrap();
+    std::fs::write(state.join("alarms.json"), "{}").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_sonitor"))
+        .arg("demo")
+        .arg("--model")
+        .arg(shipped())
+        .arg("--out")
+        .arg(&state)
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("daemon's state directory"), "{stderr}");
+    assert!(state.join("alarms.json").exists() && state.join("outbox").is_dir());
 }
 
 #[test]

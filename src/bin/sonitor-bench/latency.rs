@@ -71,6 +71,11 @@ fn cut_recording(demo: &Path, timeline: &Timeline, out: &Path, onset: f64) -> an
     let x: Vec<i16> = r.samples::<i16>().collect::<Result<_, _>>()?;
     let sr = spec.sample_rate as f64;
     let at = |s: f64| ((s * sr) as usize).min(x.len());
+    anyhow::ensure!(
+        fault_start < fault_end && fault_end <= x.len() as f64 / sr,
+        "the demo's timeline (fault {fault_start}–{fault_end} s) does not fit its {:.1} s recording",
+        x.len() as f64 / sr
+    );
     let fault_from = (fault_end - 12.0).max(fault_start);
     let mut w = hound::WavWriter::create(out, spec)?;
     for range in [
