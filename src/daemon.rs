@@ -1020,6 +1020,9 @@ pub fn start(
         select! {
             recv(score_rx) -> s => match s {
                 Ok(s) => ctl.on_score(s),
+                // The readers hold the window channel open until `stop`, so the scores only end early if a
+                // features or inference thread died; after every replayed file ended it is just the end.
+                Err(_) if draining_since.is_some() => break,
                 Err(_) => {
                     log::error!(
                         "the features or inference thread stopped unexpectedly: no more scores; exiting with \

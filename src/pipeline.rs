@@ -181,7 +181,8 @@ fn extend_from_ring(dst: &mut Vec<f32>, audio: &VecDeque<f32>, start: usize, len
     }
 }
 
-/// Reader of one input: runs until `stop`, or until a finished file has been fully cut.
+/// Reader of one input: runs until `stop`. A file that has been fully cut is reported with
+/// [`ReaderEvent::Finished`]; the reader then waits for another stream (a file that loops is reopened).
 #[allow(clippy::too_many_arguments)]
 pub fn spawn_reader(
     input: usize,
