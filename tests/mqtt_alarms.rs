@@ -200,6 +200,16 @@ fn commands_are_answered_by_retained_state() {
     client
         .subscribe("homeassistant/#", rumqttc::QoS::AtLeastOnce)
         .unwrap();
+    // A mute of 1e20 s used to panic the MQTT thread, after which no command was answered: it is refused, and
+    // the commands after it are answered below.
+    client
+        .publish(
+            "sonitor/t1/pump-1/mute/set",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            "1e20",
+        )
+        .unwrap();
     client
         .publish(
             "sonitor/t1/pump-1/mute/set",
@@ -259,6 +269,7 @@ fn commands_are_answered_by_retained_state() {
     assert_eq!(state["enabled"], false);
     assert!(state["muted_until"].is_string(), "{state}");
     assert_eq!(state["model_id"], "test-randproj");
+    daemon.wait_log("longer than the maximum", Duration::from_secs(5));
     // Telemetry flows (QoS 0, rate-limited to 1/s here).
     rec.wait_for("score telemetry", Duration::from_secs(10), |m| {
         !on(m, "sonitor/t1/pump-1/score").is_empty()
