@@ -103,12 +103,10 @@ pub enum ReaderEvent {
 
 struct TapState {
     tap: MachineTap,
-    resampler: Option<StreamResampler>,
+    rate: RateConversion,
     /// The tap's channel of a multi-channel block (a mono block is used as it is).
     mono: Vec<f32>,
     resampled: Vec<f32>,
-    /// False while the stream's rate cannot be resampled to the model's: the tap is skipped.
-    rate_ok: bool,
     /// Model-rate audio, oldest first: the clip history and whatever the next windows still need. One copy
     /// of each sample serves both; windows are cut from it and the front is dropped once neither needs it.
     audio: VecDeque<f32>,
@@ -128,14 +126,23 @@ struct TapState {
     pending_clips: Vec<ClipRequest>,
 }
 
+/// How a stream's audio reaches the model's rate.
+enum RateConversion {
+    /// The stream is at the model's rate.
+    None,
+    Resample(Box<StreamResampler>),
+    /// No resampler for this pair of rates: audio at the wrong rate would be scored as if it were right, so the
+    /// machine gets no windows until a stream at a usable rate is opened.
+    Unusable,
+}
+
 impl TapState {
     fn new(tap: MachineTap) -> Self {
         let keep = (tap.history_seconds.max(0.0) * tap.features.sample_rate as f32) as usize;
         TapState {
-            resampler: None,
+            rate: RateConversion::None,
             mono: Vec::new(),
             resampled: Vec::new(),
-            rate_ok: true,
             audio: VecDeque::with_capacity(keep.max(tap.features.window_samples) + 8192),
             keep,
             next_window: 0,
@@ -224,24 +231,20 @@ pub fn spawn_reader(
                     }
                     for s in &mut states {
                         let model_rate = s.tap.features.sample_rate;
-                        s.rate_ok = true;
-                        s.resampler = if new.sample_rate != model_rate {
+                        s.rate = if new.sample_rate == model_rate {
+                            RateConversion::None
+                        } else {
                             match StreamResampler::new(new.sample_rate, model_rate) {
-                                Ok(r) => Some(r),
+                                Ok(r) => RateConversion::Resample(Box::new(r)),
                                 Err(e) => {
-                                    // Audio at the wrong rate would be scored as if it were right: no windows
-                                    // for this machine until a stream at a usable rate is opened.
                                     log::error!(
                                         "input {name}: cannot resample {} Hz to {model_rate} Hz: {e}; machine #{} \
                                          gets no windows from this stream",
                                         new.sample_rate, s.tap.machine
                                     );
-                                    s.rate_ok = false;
-                                    None
+                                    RateConversion::Unusable
                                 }
                             }
-                        } else {
-                            None
                         };
                         if s.tap.channel >= new.channels {
                             log::error!(
@@ -291,7 +294,7 @@ fn process(
     metrics: &Metrics,
 ) {
     for s in states.iter_mut() {
-        if s.tap.channel >= channels || !s.rate_ok {
+        if s.tap.channel >= channels || matches!(s.rate, RateConversion::Unusable) {
             continue;
         }
         let mono: &[f32] = if channels == 1 {
@@ -346,8 +349,8 @@ fn process(
                 s.block_n = 0;
             }
         }
-        let model_audio: &[f32] = match s.resampler.as_mut() {
-            Some(r) => {
+        let model_audio: &[f32] = match &mut s.rate {
+            RateConversion::Resample(r) => {
                 s.resampled.clear();
                 if let Err(e) = r.push(mono, &mut s.resampled) {
                     log::error!("resampling failed: {e}");
@@ -355,7 +358,7 @@ fn process(
                 }
                 &s.resampled
             }
-            None => mono,
+            RateConversion::None | RateConversion::Unusable => mono,
         };
         s.audio.extend(model_audio);
         s.total += model_audio.len() as u64;
@@ -542,7 +545,10 @@ pub fn spawn_inference(
             for f in features.iter() {
                 let sc = &scorers[f.machine];
                 let m = &metrics.machines[f.machine];
-                if let Err(e) = embedders[sc.model].embed(&f.features, &mut emb) {
+                let embedded = embedders[sc.model].embed(&f.features, &mut emb);
+                // The features are not needed after embedding, whatever happens to the score.
+                let _ = recycle.try_send(f.features);
+                if let Err(e) = embedded {
                     log::error!("inference: {e:#}");
                     continue;
                 }
@@ -552,7 +558,7 @@ pub fn spawn_inference(
                     // Non-finite audio (a float stream with huge or NaN samples) or a model that overflows:
                     // such a score would raise or hold an alarm on garbage. Dropped and counted instead.
                     let n = m.invalid_scores.inc_get();
-                    if n == 1 || n.is_power_of_two() {
+                    if n.is_power_of_two() {
                         log::warn!(
                             "machine #{}: window at {} ms scored {score} (not a finite number: the audio or the \
                              model's output is not finite); dropped, {n} so far (sonitor_invalid_scores_total)",
@@ -560,7 +566,6 @@ pub fn spawn_inference(
                             f.t_end_ms
                         );
                     }
-                    let _ = recycle.try_send(f.features);
                     continue;
                 }
                 m.score.set_f64(score);
@@ -572,7 +577,6 @@ pub fn spawn_inference(
                     t_end_ms: f.t_end_ms,
                     score,
                 };
-                let _ = recycle.try_send(f.features);
                 let sent = if f.lossless {
                     out.send(msg).is_ok()
                 } else {
@@ -605,6 +609,37 @@ mod tests {
         })
     }
 
+    /// What `process` produced from some pieces of interleaved 16 kHz audio.
+    struct Fed {
+        metrics: Metrics,
+        windows: Vec<WindowMsg>,
+        events: Vec<ReaderEvent>,
+    }
+
+    /// Feeds `pieces` through `process` with a window queue of `queue` (windows beyond it are dropped).
+    fn feed<'a>(
+        states: &mut [TapState],
+        pieces: impl IntoIterator<Item = &'a [f32]>,
+        channels: usize,
+        queue: usize,
+    ) -> Fed {
+        let metrics = Metrics::new(&["in".into()], &["m".into()]);
+        let (wtx, wrx) = crossbeam_channel::bounded(queue);
+        let (_rtx, rrx) = crossbeam_channel::bounded::<Vec<f32>>(4);
+        let (etx, erx) = crossbeam_channel::bounded(64);
+        let health = HealthConfig::default();
+        for piece in pieces {
+            process(
+                states, piece, channels, 16_000, &wtx, &rrx, &etx, &health, &metrics,
+            );
+        }
+        Fed {
+            windows: wrx.try_iter().collect(),
+            events: erx.try_iter().collect(),
+            metrics,
+        }
+    }
+
     #[test]
     fn energy_and_clipped_equals_the_per_sample_sums() {
         // Lengths around the 8-lane chunks, values on both sides of the clipping level.
@@ -622,10 +657,6 @@ mod tests {
 
     #[test]
     fn windows_health_and_clips_from_interleaved_audio() {
-        let metrics = Metrics::new(&["in".into()], &["m".into()]);
-        let (wtx, wrx) = crossbeam_channel::bounded(64);
-        let (_rtx, rrx) = crossbeam_channel::bounded::<Vec<f32>>(4);
-        let (etx, erx) = crossbeam_channel::bounded(64);
         let mut states = vec![tap_state(false)];
         states[0].pending_clips.push(ClipRequest {
             machine: 0,
@@ -642,22 +673,11 @@ mod tests {
             inter.push(0.0);
             inter.push(if (i / 8) % 2 == 0 { 1.0 } else { -1.0 });
         }
-        let health = HealthConfig::default();
-        for piece in inter.chunks(2 * 777) {
-            process(
-                &mut states,
-                piece,
-                2,
-                16_000,
-                &wtx,
-                &rrx,
-                &etx,
-                &health,
-                &metrics,
-            );
-        }
-        let ends: Vec<u64> = wrx
-            .try_iter()
+        let fed = feed(&mut states, inter.chunks(2 * 777), 2, 64);
+        let metrics = &fed.metrics;
+        let ends: Vec<u64> = fed
+            .windows
+            .iter()
             .map(|w| {
                 assert_eq!(w.samples.len(), 8000);
                 w.t_end_ms
@@ -667,7 +687,7 @@ mod tests {
         assert_eq!(metrics.machines[0].windows.get(), 11);
         let mut clipping_reported = false;
         let mut clip_len = None;
-        for e in erx.try_iter() {
+        for e in &fed.events {
             match e {
                 ReaderEvent::Health(h) => clipping_reported |= h.clipping && !h.silent,
                 ReaderEvent::Clip(c) => clip_len = Some(c.samples.len()),
@@ -690,10 +710,6 @@ mod tests {
         for (channels, channel, history_seconds) in
             [(1usize, 0usize, 1.5f32), (3, 1, 1.5), (1, 0, 2.0)]
         {
-            let metrics = Metrics::new(&["in".into()], &["m".into()]);
-            let (wtx, wrx) = crossbeam_channel::bounded(64);
-            let (_rtx, rrx) = crossbeam_channel::bounded::<Vec<f32>>(4);
-            let (etx, erx) = crossbeam_channel::bounded(64);
             let mut state = tap_state(false);
             state.tap.channel = channel;
             state = TapState::new(MachineTap {
@@ -713,20 +729,8 @@ mod tests {
                 .iter()
                 .flat_map(|&x| (0..channels).map(move |c| if c == channel { x } else { -1.0 }))
                 .collect();
-            for piece in inter.chunks(channels * 1234) {
-                process(
-                    &mut states,
-                    piece,
-                    channels,
-                    16_000,
-                    &wtx,
-                    &rrx,
-                    &etx,
-                    &HealthConfig::default(),
-                    &metrics,
-                );
-            }
-            let windows: Vec<WindowMsg> = wrx.try_iter().collect();
+            let fed = feed(&mut states, inter.chunks(channels * 1234), channels, 64);
+            let windows = &fed.windows;
             assert_eq!(windows.len(), 9, "{channels} channel(s)");
             for (k, w) in windows.iter().enumerate() {
                 let start = 4000 * k;
@@ -737,15 +741,16 @@ mod tests {
                 );
                 assert_eq!(w.t_end_ms, (start as u64 + 8000) / 16);
             }
-            let clip = erx
-                .try_iter()
+            let clip = fed
+                .events
+                .iter()
                 .find_map(|e| match e {
-                    ReaderEvent::Clip(c) => Some(c.samples),
+                    ReaderEvent::Clip(c) => Some(&c.samples),
                     _ => None,
                 })
                 .expect("the clip is served");
             assert!(
-                clip == signal[12_000..28_000],
+                clip[..] == signal[12_000..28_000],
                 "clip, {channels} channel(s): {} samples from {:?}",
                 clip.len(),
                 clip.first()
@@ -764,27 +769,13 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_and_counts_windows() {
-        let metrics = Metrics::new(&["in".into()], &["m".into()]);
-        let (wtx, wrx) = crossbeam_channel::bounded(2);
-        let (_rtx, rrx) = crossbeam_channel::bounded::<Vec<f32>>(4);
-        let (etx, _erx) = crossbeam_channel::bounded(64);
         let mut states = vec![tap_state(false)];
         let inter: Vec<f32> = (0..2 * 48_000)
             .map(|i| ((i * 31 % 200) as f32 - 100.0) / 400.0)
             .collect();
-        process(
-            &mut states,
-            &inter,
-            2,
-            16_000,
-            &wtx,
-            &rrx,
-            &etx,
-            &HealthConfig::default(),
-            &metrics,
-        );
-        assert_eq!(wrx.len(), 2);
-        assert_eq!(metrics.machines[0].windows.get(), 11);
-        assert_eq!(metrics.machines[0].dropped_windows.get(), 9);
+        let fed = feed(&mut states, [&inter[..]], 2, 2);
+        assert_eq!(fed.windows.len(), 2);
+        assert_eq!(fed.metrics.machines[0].windows.get(), 11);
+        assert_eq!(fed.metrics.machines[0].dropped_windows.get(), 9);
     }
 }
