@@ -16,7 +16,13 @@ pub fn write_clip(c: &ClipAudio) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The daemon's own clips: `<dir>/<machine>/<node>-<machine>-<millis>-<seq>.wav`. Nothing else under `dir`
+/// Where the clip of alarm event `event_id` (`<node>-<machine>-<millis>-<seq>`) of `machine` is written. Retention
+/// ([`enforce_retention`]) lists exactly the files of this shape.
+pub fn clip_path(dir: &Path, machine: &str, event_id: &str) -> PathBuf {
+    dir.join(machine).join(format!("{event_id}.wav"))
+}
+
+/// The daemon's own clips: `<dir>/<machine>/<node>-<machine>-<millis>-<seq>.wav` ([`clip_path`]). Nothing else under `dir`
 /// is ever listed, so a `clips.dir` pointed at a folder that also holds other recordings loses none of them.
 fn clip_files(dir: &Path, out: &mut Vec<(PathBuf, SystemTime, u64)>) {
     let Ok(rd) = std::fs::read_dir(dir) else {

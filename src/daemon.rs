@@ -222,13 +222,13 @@ fn load_saved(path: &Path) -> BTreeMap<String, SavedMachine> {
             return BTreeMap::new();
         }
     };
-    let now = unix_now();
+    // A mute saved by an older version, or edited by hand, ends within the longest a command may ask for:
+    // with the bound in `mqtt::parse_command`, every mute end the daemon handles is a date near now.
+    let latest = unix_now().saturating_add(crate::mqtt::MAX_MUTE.as_secs());
     entries
         .into_iter()
         .filter_map(|(name, v)| match serde_json::from_value::<SavedMachine>(v) {
             Ok(mut m) => {
-                // A mute saved by an older version, or edited by hand, ends within the longest allowed.
-                let latest = now.saturating_add(crate::mqtt::MAX_MUTE.as_secs());
                 m.muted_until_unix = m.muted_until_unix.map(|u| u.min(latest));
                 Some((name, m))
             }
@@ -241,15 +241,6 @@ fn load_saved(path: &Path) -> BTreeMap<String, SavedMachine> {
             }
         })
         .collect()
-}
-
-/// An RFC 3339 time for Unix seconds; `None` beyond what the format can show (year 9999).
-fn rfc3339(unix: u64) -> Option<String> {
-    const LAST: u64 = 253_402_300_799; // 9999-12-31T23:59:59Z
-    (unix <= LAST).then(|| {
-        humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(unix))
-            .to_string()
-    })
 }
 
 fn save_atomically(path: &Path, text: &str) -> std::io::Result<()> {
@@ -355,7 +346,8 @@ impl Controller {
             "model_id": m.model_id,
             "section": m.cfg.section,
             "enabled": m.detector.enabled(),
-            "muted_until": m.saved.muted_until_unix.filter(|&u| u > unix_now()).and_then(rfc3339),
+            "muted_until": m.saved.muted_until_unix.filter(|&u| u > unix_now())
+                .map(|u| humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(u)).to_string()),
             "event_id": m.saved.event.as_ref().map(|e| e.event_id.clone()),
             "health": m.health,
         })
@@ -455,9 +447,7 @@ impl Controller {
                     .map_or(0, |d| d.as_millis());
                 let event_id = format!("{node}-{name}-{millis}-{}", m.saved.seq);
                 let clip = clips_enabled.then(|| {
-                    clips_dir
-                        .join(&name)
-                        .join(format!("{event_id}.wav"))
+                    crate::clips::clip_path(&clips_dir, &name, &event_id)
                         .display()
                         .to_string()
                 });
@@ -629,11 +619,8 @@ impl Controller {
             Command::Mute { duration, .. } => {
                 let m = &mut self.machines[i];
                 m.saved.muted_until_unix =
-                    (!duration.is_zero()).then(|| unix_now().saturating_add(duration.as_secs()));
-                m.detector.mute(
-                    now_ms,
-                    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
-                )
+                    (!duration.is_zero()).then(|| unix_now() + duration.as_secs());
+                m.detector.mute(now_ms, duration.as_millis() as u64)
             }
             Command::Enabled { enabled, .. } => {
                 let m = &mut self.machines[i];
@@ -816,7 +803,7 @@ pub fn start(
         if let Some(u) = rt.saved.muted_until_unix {
             let left = u.saturating_sub(unix_now());
             if left > 0 {
-                rt.detector.mute(0, left.saturating_mul(1000));
+                rt.detector.mute(0, left * 1000);
             }
         }
         machines.push(rt);
@@ -1024,11 +1011,7 @@ pub fn start(
                 // features or inference thread died; after every replayed file ended it is just the end.
                 Err(_) if draining_since.is_some() => break,
                 Err(_) => {
-                    log::error!(
-                        "the features or inference thread stopped unexpectedly: no more scores; exiting with \
-                         status {EXIT_INTERNAL} so that the service manager restarts sonitor"
-                    );
-                    exit_code = EXIT_INTERNAL;
+                    exit_code = thread_died("the features or inference thread", "no more windows are scored");
                     break;
                 }
             },
@@ -1055,12 +1038,7 @@ pub fn start(
             recv(cmd_rx) -> c => match c {
                 Ok(c) => ctl.on_command(c),
                 Err(_) => {
-                    log::error!(
-                        "the MQTT thread stopped unexpectedly: alarms can no longer be published; exiting with \
-                         status {EXIT_INTERNAL} so that the service manager restarts sonitor (the outbox keeps \
-                         what was not acknowledged)"
-                    );
-                    exit_code = EXIT_INTERNAL;
+                    exit_code = thread_died("the MQTT thread", "alarms can no longer be published");
                     break;
                 }
             },
@@ -1148,6 +1126,15 @@ pub fn start(
 /// Exit status when a thread of the daemon itself stopped (EX_SOFTWARE): not a configuration problem, so
 /// the service manager restarts sonitor (`Restart=on-failure`).
 pub const EXIT_INTERNAL: i32 = 70;
+
+/// Logs that `thread` stopped unexpectedly and what that means; returns the exit status to stop with.
+fn thread_died(thread: &str, consequence: &str) -> i32 {
+    log::error!(
+        "{thread} stopped unexpectedly: {consequence}; exiting with status {EXIT_INTERNAL} so that the service \
+         manager restarts sonitor (the outbox keeps what the broker has not acknowledged)"
+    );
+    EXIT_INTERNAL
+}
 
 /// Half the systemd watchdog period (`WATCHDOG_USEC`), when the watchdog applies to this process (as
 /// `sd_watchdog_enabled(3)`: a `WATCHDOG_PID` naming another process disables it; none means this one).
