@@ -127,31 +127,24 @@ impl Outbox {
                 self.dropped += 1;
             }
         }
-        match first_error {
-            None => Ok(seqs),
-            Some(e) => Err(e),
-        }
+        first_error.map_or(Ok(seqs), Err)
     }
 
     /// One record to its file: a temporary name, fsync, rename. A failed write leaves no file behind.
     fn write(&self, rec: &Record) -> Result<(), OutboxError> {
         let path = self.dir.join(file_name(rec.seq));
         let tmp = path.with_extension("tmp");
-        let err = |source| OutboxError {
-            path: tmp.clone(),
-            source,
-        };
-        let result = (|| {
-            let text = serde_json::to_vec(rec).map_err(|e| err(std::io::Error::other(e)))?;
-            let mut f = File::create(&tmp).map_err(err)?;
-            f.write_all(&text).map_err(err)?;
-            f.sync_all().map_err(err)?;
-            std::fs::rename(&tmp, &path).map_err(err)
+        let written = (|| {
+            let text = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
+            let mut f = File::create(&tmp)?;
+            f.write_all(&text)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
         })();
-        if result.is_err() {
+        written.map_err(|source| {
             let _ = std::fs::remove_file(&tmp);
-        }
-        result
+            OutboxError { path: tmp, source }
+        })
     }
 
     /// The broker acknowledged message `seq`: forget it.
