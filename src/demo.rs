@@ -187,12 +187,11 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Summary> {
             o.out.display()
         );
     }
-    for stale in ["alarms.json", "outbox"] {
-        let p = o.out.join(stale);
+    for p in &state {
         if p.is_dir() {
-            std::fs::remove_dir_all(&p)
+            std::fs::remove_dir_all(p)
         } else if p.exists() {
-            std::fs::remove_file(&p)
+            std::fs::remove_file(p)
         } else {
             Ok(())
         }

@@ -167,6 +167,10 @@ impl WavBlocks {
             path: path.to_path_buf(),
             reason: reason.into(),
         };
+        let unsupported = |reason: String| WavError::Unsupported {
+            path: path.to_path_buf(),
+            reason,
+        };
         if info.channels == 0 {
             return Err(corrupt("header says 0 channels"));
         }
@@ -176,22 +180,16 @@ impl WavBlocks {
         // Beyond these the header is damaged, or the file is no microphone recording: a replay would size its
         // buffers and resampler from them.
         if info.sample_rate > MAX_SAMPLE_RATE {
-            return Err(WavError::Unsupported {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "sample rate {} Hz (at most {MAX_SAMPLE_RATE} Hz is supported)",
-                    info.sample_rate
-                ),
-            });
+            return Err(unsupported(format!(
+                "sample rate {} Hz (at most {MAX_SAMPLE_RATE} Hz is supported)",
+                info.sample_rate
+            )));
         }
         if info.channels > MAX_CHANNELS {
-            return Err(WavError::Unsupported {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "{} channels (at most {MAX_CHANNELS} are supported)",
-                    info.channels
-                ),
-            });
+            return Err(unsupported(format!(
+                "{} channels (at most {MAX_CHANNELS} are supported)",
+                info.channels
+            )));
         }
         let source = match (info.float, info.bits_per_sample) {
             (false, 16) => Source::Pcm16 {
@@ -206,13 +204,10 @@ impl WavBlocks {
             },
             (true, 32) => Source::Float(reader),
             (float, bits) => {
-                return Err(WavError::Unsupported {
-                    path: path.to_path_buf(),
-                    reason: format!(
+                return Err(unsupported(format!(
                     "{} samples of {bits} bits (PCM 8/16/24/32-bit and float 32-bit are supported)",
                     if float { "float" } else { "integer" }
-                ),
-                })
+                )))
             }
         };
         Ok(Self {
