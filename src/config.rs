@@ -950,6 +950,24 @@ min_duration = "3s"
         assert!(e.contains("sonitor.toml"), "{e}");
     }
 
+    /// Every static problem of a configuration text, one per line.
+    fn problems(dir: &Path, text: &str) -> String {
+        Config::load_with_env(&write(dir, text), [])
+            .unwrap()
+            .static_problems()
+            .join("\n")
+    }
+
+    /// Asserts that `problems` names each of `expected`.
+    fn assert_named(problems: &str, expected: &[&str]) {
+        for expect in expected {
+            assert!(
+                problems.contains(expect),
+                "expected '{expect}' in:\n{problems}"
+            );
+        }
+    }
+
     #[test]
     fn numbers_that_would_break_the_daemon_are_refused() {
         // Each accepted value would fail at run time: a stream reopened every 100 ms, a zero-sized device
@@ -963,21 +981,19 @@ min_duration = "3s"
             )
             .replace("raise_k = 2", "raise_k = 2\nthreshold_off = -inf")
             + "[mqtt]\nkeep_alive = \"70000s\"\n[clips]\nmax_bytes = 0\nmax_age = \"0s\"\n";
-        let c = Config::load_with_env(&write(d.path(), &text), []).unwrap();
-        let p = c.static_problems().join("\n");
-        for expect in [
-            "stall_timeout (0ns) must be at least 500ms",
-            "buffer_frames must be at least 1",
-            "threshold_off -inf is not a number",
-            "mqtt.keep_alive (70000s) must be between 1s and 65535s",
-            "clips.max_bytes (0) must be at least 1048576",
-            "clips.max_age (0ns) must be at least 1m",
-        ] {
-            assert!(p.contains(expect), "expected '{expect}' in:\n{p}");
-        }
+        assert_named(
+            &problems(d.path(), &text),
+            &[
+                "stall_timeout (0ns) must be at least 500ms",
+                "buffer_frames must be at least 1",
+                "threshold_off -inf is not a number",
+                "mqtt.keep_alive (70000s) must be between 1s and 65535s",
+                "clips.max_bytes (0) must be at least 1048576",
+                "clips.max_age (0ns) must be at least 1m",
+            ],
+        );
         // The defaults pass these checks.
-        let c = Config::load_with_env(&write(d.path(), &minimal(d.path())), []).unwrap();
-        let p = c.static_problems().join("\n");
+        let p = problems(d.path(), &minimal(d.path()));
         for absent in [
             "stall_timeout",
             "buffer_frames",
@@ -1000,17 +1016,16 @@ min_duration = "3s"
             )
             .replace("name = \"pump-1\"", "name = \"pump/1\"")
             + "[metrics]\nlisten = \"0.0.0.0:9464\"\n";
-        let c = Config::load_with_env(&write(d.path(), &text), []).unwrap();
-        let p = c.static_problems().join("\n");
-        for expect in [
-            "device 'nope' is not defined",
-            "raise_k (9) <= raise_n (5)",
-            "threshold_off (0.7)",
-            "the name must be",
-            "has no manifest.json",
-            "loopback",
-        ] {
-            assert!(p.contains(expect), "expected '{expect}' in:\n{p}");
-        }
+        assert_named(
+            &problems(d.path(), &text),
+            &[
+                "device 'nope' is not defined",
+                "raise_k (9) <= raise_n (5)",
+                "threshold_off (0.7)",
+                "the name must be",
+                "has no manifest.json",
+                "loopback",
+            ],
+        );
     }
 }

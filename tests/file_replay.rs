@@ -47,22 +47,16 @@ fn resampled_multichannel_replay_raises_clears_and_exits() {
     }
     w.finalize().unwrap();
 
-    let dev = format!(
-        "[[devices]]\nname = \"mic\"\nsource = \"file\"\npath = \"{}\"\nrealtime = false\nat_end = \"exit\"\n",
-        wav.display()
-    );
-    let cfg = common::config(
+    let cfg = common::offline_config(
         d.path(),
-        &dev,
+        &wav,
         &b.dir,
-        1,
         "[health]\nsilence_after = \"2s\"\n\n[[machines]]\nname = \"dead-mic\"\ndevice = \"mic\"\nchannel = 0\nbundle = \"BUNDLE\"\nsection = \"pump/section_00\"\nenabled = false\n",
     );
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
         .replacen("channel = 0\nbundle = \"", "channel = 1\nbundle = \"", 1)
         .replace("BUNDLE", &b.dir.display().to_string())
-        .replace("[mqtt]\n", "[mqtt]\nenabled = false\n")
         .replace("log_level = \"info\"", "log_level = \"debug\"");
     std::fs::write(&cfg, text).unwrap();
 
@@ -132,15 +126,7 @@ fn windows_that_do_not_score_as_numbers_are_dropped_and_counted() {
         w.write_sample(x).unwrap();
     }
     w.finalize().unwrap();
-    let dev = format!(
-        "[[devices]]\nname = \"mic\"\nsource = \"file\"\npath = \"{}\"\nrealtime = false\nat_end = \"exit\"\n",
-        wav.display()
-    );
-    let cfg = common::config(d.path(), &dev, &b.dir, 1, "");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("[mqtt]\n", "[mqtt]\nenabled = false\n");
-    std::fs::write(&cfg, text).unwrap();
+    let cfg = common::offline_config(d.path(), &wav, &b.dir, "");
 
     let mut daemon = common::Daemon::start(&cfg, &[]);
     let (code, log) = daemon.wait_exit(Duration::from_secs(60));

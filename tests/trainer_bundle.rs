@@ -88,14 +88,9 @@ fn daemon_scores_equal_the_trainers_eval_on_a_fitted_bundle() {
     let want = window_scores(&embedder, &mut fx, &audio, &section.centroids).unwrap();
     assert!(want.len() >= 10, "{} windows", want.len());
 
-    let dev = format!(
-        "[[devices]]\nname = \"mic\"\nsource = \"file\"\npath = \"{}\"\nrealtime = false\nat_end = \"exit\"\n",
-        wav.display()
-    );
-    let cfg = common::config(d.path(), &dev, &bundle_dir, 1, "");
+    let cfg = common::offline_config(d.path(), &wav, &bundle_dir, "");
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
-        .replace("[mqtt]\n", "[mqtt]\nenabled = false\n")
         .replace("log_level = \"info\"", "log_level = \"debug\"");
     std::fs::write(&cfg, text).unwrap();
 

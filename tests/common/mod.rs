@@ -675,6 +675,21 @@ impl Drop for Daemon {
 }
 
 /// A daemon configuration for one machine on one input section (`[[devices]]` TOML given by the test).
+/// A configuration with no broker that replays `wav` (device `mic`) as fast as the pipeline allows and ends the
+/// daemon at the file's end; the alarm messages stay in the outbox.
+pub fn offline_config(dir: &Path, wav: &Path, bundle: &Path, extra: &str) -> PathBuf {
+    let dev = format!(
+        "[[devices]]\nname = \"mic\"\nsource = \"file\"\npath = \"{}\"\nrealtime = false\nat_end = \"exit\"\n",
+        wav.display()
+    );
+    let cfg = config(dir, &dev, bundle, 1, extra);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[mqtt]\n", "[mqtt]\nenabled = false\n");
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
 pub fn config(
     dir: &Path,
     device_toml: &str,
