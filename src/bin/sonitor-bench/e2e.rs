@@ -97,7 +97,7 @@ pub fn sonitor_binary() -> anyhow::Result<PathBuf> {
 }
 
 /// The section the bundle's demo recording belongs to (its `demo.json` timeline), else the manifest's first.
-fn demo_section(b: &Bundle, dir: &Path) -> anyhow::Result<String> {
+pub fn demo_section(b: &Bundle, dir: &Path) -> anyhow::Result<String> {
     let demo = dir.join("demo.wav");
     if demo.with_extension("json").exists() {
         return Ok(Timeline::of_recording(&demo)?.section);
@@ -109,8 +109,9 @@ fn demo_section(b: &Bundle, dir: &Path) -> anyhow::Result<String> {
         .ok_or_else(|| anyhow::anyhow!("{}: the bundle has no sections", dir.display()))
 }
 
-/// Writes `out`: `src` repeated until it lasts at least `seconds`. Returns the duration in seconds.
-fn repeat_wav(src: &Path, out: &Path, seconds: f64) -> anyhow::Result<f64> {
+/// Writes `out`: `src` repeated until it lasts at least `seconds` (whole copies), or with `cut`, exactly the
+/// first `seconds` of that (in whole frames). Returns the duration in seconds.
+pub fn repeat_wav(src: &Path, out: &Path, seconds: f64, cut: bool) -> anyhow::Result<f64> {
     let mut r = hound::WavReader::open(src).with_context(|| format!("{}", src.display()))?;
     let spec = r.spec();
     anyhow::ensure!(
@@ -120,26 +121,43 @@ fn repeat_wav(src: &Path, out: &Path, seconds: f64) -> anyhow::Result<f64> {
     );
     let samples: Vec<i16> = r.samples::<i16>().collect::<Result<_, _>>()?;
     anyhow::ensure!(!samples.is_empty(), "{}: empty", src.display());
-    let per_second = spec.sample_rate as f64 * spec.channels as f64;
+    let channels = usize::from(spec.channels.max(1));
+    let per_second = spec.sample_rate as f64 * channels as f64;
     let reps = ((seconds * per_second) / samples.len() as f64)
         .ceil()
         .max(1.0) as usize;
+    let total = if cut {
+        ((seconds * spec.sample_rate as f64).round() as usize).max(1) * channels
+    } else {
+        reps * samples.len()
+    };
     let mut w = hound::WavWriter::create(out, spec)?;
     // hound's buffered 16-bit writer: its checked per-sample path was 5% of all samples in a perf profile of a
     // one-machine e2e run (write_padded and this function).
-    let per_rep = u32::try_from(samples.len())?;
-    for _ in 0..reps {
-        let mut block = w.get_i16_writer(per_rep);
-        for &s in &samples {
+    let mut left = total;
+    while left > 0 {
+        let part = &samples[..left.min(samples.len())];
+        let mut block = w.get_i16_writer(u32::try_from(part.len())?);
+        for &s in part {
             block.write_sample(s);
         }
         block.flush()?;
+        left -= part.len();
     }
     w.finalize()?;
-    Ok(reps as f64 * samples.len() as f64 / per_second)
+    Ok(total as f64 / per_second)
 }
 
-fn config_text(dir: &Path, bundle: &Path, section: &str, wav: &Path, n: usize) -> String {
+/// A daemon configuration: `n` file sources replaying `wav` (paced in real time or as fast as possible), one
+/// machine each, MQTT, metrics and clips off.
+pub fn config_text(
+    dir: &Path,
+    bundle: &Path,
+    section: &str,
+    wav: &Path,
+    n: usize,
+    realtime: bool,
+) -> String {
     let q = toml_path;
     let mut s = format!(
         "node_id = \"bench\"\nstate_dir = {}\nlog_level = \"error\"\n\n",
@@ -147,7 +165,7 @@ fn config_text(dir: &Path, bundle: &Path, section: &str, wav: &Path, n: usize) -
     );
     for i in 0..n {
         s += &format!(
-            "[[devices]]\nname = \"file{i}\"\nsource = \"file\"\npath = {}\nrealtime = false\nat_end = \"exit\"\n\n",
+            "[[devices]]\nname = \"file{i}\"\nsource = \"file\"\npath = {}\nrealtime = {realtime}\nat_end = \"exit\"\n\n",
             q(wav)
         );
         s += &format!(
@@ -227,9 +245,9 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     };
     let tmp = tempfile::tempdir()?;
     let wav = tmp.path().join("long.wav");
-    let audio_s = repeat_wav(&src, &wav, o.audio_minutes * 60.0)?;
+    let audio_s = repeat_wav(&src, &wav, o.audio_minutes * 60.0, false)?;
     let short_wav = tmp.path().join("short.wav");
-    let short_s = repeat_wav(&src, &short_wav, o.short_seconds)?;
+    let short_s = repeat_wav(&src, &short_wav, o.short_seconds, false)?;
     anyhow::ensure!(
         short_s < audio_s,
         "--short-seconds ({short_s:.0} s of audio) must be shorter than --audio-minutes ({audio_s:.0} s)"
@@ -275,11 +293,17 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         let dir = tmp.path().join(format!("m{n}"));
         std::fs::create_dir_all(dir.join("state"))?;
         let cfg = dir.join("bench.toml");
-        std::fs::write(&cfg, config_text(&dir, &bundle_dir, &section, &wav, n))?;
+        std::fs::write(
+            &cfg,
+            config_text(&dir, &bundle_dir, &section, &wav, n, false),
+        )?;
         // One machine only: the short run that gives the steady state, and the peer.
         let short_cfg = if n == 1 {
             let p = dir.join("short.toml");
-            std::fs::write(&p, config_text(&dir, &bundle_dir, &section, &short_wav, 1))?;
+            std::fs::write(
+                &p,
+                config_text(&dir, &bundle_dir, &section, &short_wav, 1, false),
+            )?;
             Some(p)
         } else {
             None
@@ -419,12 +443,29 @@ mod tests {
         }
         w.finalize().unwrap();
         // 0.75 s per copy; 2 s asked for: three copies.
-        let seconds =
-            repeat_wav(&d.path().join("src.wav"), &d.path().join("out.wav"), 2.0).unwrap();
+        let seconds = repeat_wav(
+            &d.path().join("src.wav"),
+            &d.path().join("out.wav"),
+            2.0,
+            false,
+        )
+        .unwrap();
         assert_eq!(seconds, 2.25);
         let mut r = hound::WavReader::open(d.path().join("out.wav")).unwrap();
         assert_eq!(r.spec(), spec);
         let out: Vec<i16> = r.samples::<i16>().map(Result::unwrap).collect();
         assert_eq!(out, [&src[..], &src[..], &src[..]].concat());
+        // Cut: the first 1.2 s of the repetition, 1 200 frames of two channels.
+        let seconds = repeat_wav(
+            &d.path().join("src.wav"),
+            &d.path().join("cut.wav"),
+            1.2,
+            true,
+        )
+        .unwrap();
+        assert_eq!(seconds, 1.2);
+        let mut r = hound::WavReader::open(d.path().join("cut.wav")).unwrap();
+        let out: Vec<i16> = r.samples::<i16>().map(Result::unwrap).collect();
+        assert_eq!(out, [&src[..], &src[..900]].concat());
     }
 }

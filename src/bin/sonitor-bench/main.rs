@@ -5,6 +5,8 @@
 //! - `floor`: this CPU's single-core matrix-multiply rate through tract;
 //! - `e2e`: the real daemon on file sources as fast as possible: CPU per audio second per machine, machines per
 //!   core, peak RSS for 1 and N machines, and the Python peer in the same run;
+//! - `live`: the daemon paced in real time, as it runs next to a machine: CPU per audio second per machine,
+//!   thread by thread;
 //! - `latency`: first anomalous sample → alarm at an MQTT subscriber through a real broker.
 //!
 //! Build with `cargo build --release --bin sonitor --bin sonitor-bench`: `e2e` and `latency` run the `sonitor`
@@ -12,6 +14,7 @@
 
 mod e2e;
 mod latency;
+mod live;
 mod window;
 
 use std::path::PathBuf;
@@ -49,6 +52,8 @@ enum Cmd {
     },
     /// The daemon end to end on file sources, for 1 and N machines, and the Python peer.
     E2e(e2e::Options),
+    /// The daemon on file sources paced in real time, for 1 and N machines: CPU per audio second, by thread.
+    Live(live::Options),
     /// First anomalous sample → alarm ON at an MQTT subscriber (mosquitto on loopback).
     Latency(latency::Options),
 }
@@ -75,6 +80,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::E2e(o) => e2e::run(&o),
+        Cmd::Live(o) => live::run(&o),
         Cmd::Latency(o) => latency::run(&o),
     }
 }
