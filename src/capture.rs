@@ -27,6 +27,9 @@ pub struct StreamHandle {
     pub channels: usize,
     /// Set by a file source at the end of its file (with `at_end = "exit"`).
     pub finished: Arc<AtomicBool>,
+    /// The source delivers audio at its sample rate (a sound card, a file paced in real time), so the reader may
+    /// sleep until a window's worth has arrived. False for a file replayed as fast as possible.
+    pub paced: bool,
 }
 
 /// What a source reports besides audio.
@@ -291,6 +294,7 @@ fn open_capture(
             sample_rate: sc.sample_rate,
             channels: sc.channels as usize,
             finished: Arc::new(AtomicBool::new(false)),
+            paced: true,
         },
         description,
     ))
@@ -437,14 +441,22 @@ pub fn spawn_file(
                     sample_rate: rate,
                     channels,
                     finished: finished.clone(),
+                    paced: cfg.realtime,
                 })
                 .is_err()
             {
                 return;
             }
             m.up.set(1);
-            // 20 ms blocks.
-            let block = (rate as usize / 50).max(1) * channels;
+            // Paced: 100 ms blocks, each written when its last sample is due, as a sound card hands over a
+            // period once it has been recorded (smaller blocks only wake the daemon more often). As fast as
+            // possible: 20 ms blocks. Never more than half the ring.
+            let block_frames = if cfg.realtime {
+                rate as usize / 10
+            } else {
+                rate as usize / 50
+            };
+            let block = block_frames.min(capacity / channels.max(1) / 2).max(1) * channels;
             let start = Instant::now();
             let mut sent_frames: u64 = 0;
             let mut buf: Vec<f32> = Vec::with_capacity(block);
@@ -462,7 +474,8 @@ pub fn spawn_file(
                     // Whole frames only (a data chunk that ends inside a frame).
                     let n = buf.len() - buf.len() % channels;
                     if cfg.realtime {
-                        let due = start + Duration::from_secs_f64(sent_frames as f64 / rate as f64);
+                        let end = sent_frames + (n / channels) as u64;
+                        let due = start + Duration::from_secs_f64(end as f64 / rate as f64);
                         let now = Instant::now();
                         if due > now {
                             std::thread::sleep(due - now);

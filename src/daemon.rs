@@ -959,6 +959,20 @@ pub fn start(
         signal_hook::flag::register(sig, term.clone())?;
     }
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())?;
+    // The flags say what arrived; this wakes the main loop for it at once, so that it need not poll them.
+    let (signal_tx, signal_rx) = crossbeam_channel::bounded::<()>(4);
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                let _ = signal_tx.try_send(());
+            }
+        })?;
 
     let mut ctl = Controller {
         base: base.clone(),
@@ -1000,7 +1014,10 @@ pub fn start(
         ctl.cfg.devices.len()
     );
 
-    let tick = crossbeam_channel::tick(Duration::from_millis(200));
+    // The periodic work (watchdog, status, mute expiry) needs no finer clock; every wake-up costs CPU on a
+    // small board. Draining after the last replayed file checks the queues more often.
+    let every = watchdog.map_or(Duration::from_secs(1), |w| w.min(Duration::from_secs(1)));
+    let mut tick = crossbeam_channel::tick(every);
     let mut draining_since: Option<Instant> = None;
     let mut exit_code = 0;
     loop {
@@ -1031,6 +1048,7 @@ pub fn start(
                     if exit_when_finished && finished_inputs.iter().all(|f| *f) {
                         log::info!("all files replayed; finishing the pipeline");
                         draining_since = Some(Instant::now());
+                        tick = crossbeam_channel::tick(Duration::from_millis(100));
                     }
                 }
                 Err(_) => {}
@@ -1042,6 +1060,7 @@ pub fn start(
                     break;
                 }
             },
+            recv(signal_rx) -> _ => {},
             recv(tick) -> _ => {},
         }
         if hup.swap(false, Ordering::SeqCst) {

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use ringbuf::traits::{Consumer, Observer};
 use sonitor_core::audio::StreamResampler;
 use sonitor_core::features::{FeatureExtractor, FeatureParams, Features};
@@ -212,13 +212,15 @@ pub fn spawn_reader(
                 .map(TapState::new)
                 .collect();
             let mut current: Option<StreamHandle> = None;
+            // A stream that arrived while the reader was waiting for one.
+            let mut arrived: Option<StreamHandle> = None;
             let mut scratch = vec![0.0f32; 8192];
             loop {
                 if stop.load(Ordering::SeqCst) {
                     return;
                 }
                 // A new stream (first open or reopen): drain the old ring, then switch.
-                if let Ok(new) = streams.try_recv() {
+                if let Some(new) = arrived.take().or_else(|| streams.try_recv().ok()) {
                     if let Some(mut old) = current.take() {
                         let ch = old.channels;
                         loop {
@@ -261,7 +263,12 @@ pub fn spawn_reader(
                     }
                 }
                 let Some(stream) = current.as_mut() else {
-                    std::thread::sleep(Duration::from_millis(20));
+                    match streams.recv_timeout(MAX_IDLE_SLEEP) {
+                        Ok(new) => arrived = Some(new),
+                        Err(RecvTimeoutError::Timeout) => {}
+                        // No source left to open a stream: nothing to do until `stop`.
+                        Err(RecvTimeoutError::Disconnected) => std::thread::sleep(MAX_IDLE_SLEEP),
+                    }
                     continue;
                 };
                 let ch = stream.channels.max(1);
@@ -272,13 +279,47 @@ pub fn spawn_reader(
                         current = None;
                         continue;
                     }
-                    std::thread::sleep(Duration::from_millis(5));
+                    std::thread::sleep(idle_sleep(&states, stream));
                     continue;
                 }
                 let rate = stream.sample_rate;
                 process(&mut states, &scratch[..n], ch, rate, &windows, &recycled, &events, &health, &metrics);
             }
         })
+}
+
+/// How often the reader looks at its ring when it is empty and the source is not paced (a file replayed as fast
+/// as possible, whose producer waits for room).
+const POLL: Duration = Duration::from_millis(5);
+
+/// The longest the reader sleeps: how soon it sees `stop`, a clip request or a new stream.
+const MAX_IDLE_SLEEP: Duration = Duration::from_millis(250);
+
+/// How long the reader may sleep once its ring is empty. A paced source delivers its sample rate and no faster,
+/// so nothing needs the reader before the next window of one of its machines is complete. Polling every 5 ms
+/// instead (200 wake-ups a second) cost more CPU than the features and inference of every window together
+/// (`sonitor-bench live`). Bounded by a quarter of the ring, so that it cannot fill while the reader sleeps, and by
+/// [`MAX_IDLE_SLEEP`]; at least [`POLL`].
+fn idle_sleep(states: &[TapState], stream: &StreamHandle) -> Duration {
+    if !stream.paced {
+        return POLL;
+    }
+    let rate = f64::from(stream.sample_rate.max(1));
+    let ring_s = stream.consumer.capacity().get() as f64 / stream.channels.max(1) as f64 / rate;
+    let until_window = states
+        .iter()
+        .filter(|s| s.tap.channel < stream.channels && !matches!(s.rate, RateConversion::Unusable))
+        .map(|s| {
+            let p = &s.tap.features;
+            let missing = (s.next_window + p.window_samples as u64).saturating_sub(s.total);
+            missing as f64 / f64::from(p.sample_rate.max(1))
+        })
+        .fold(f64::INFINITY, f64::min);
+    let secs = until_window
+        .min(ring_s / 4.0)
+        .min(MAX_IDLE_SLEEP.as_secs_f64())
+        .max(POLL.as_secs_f64());
+    Duration::from_secs_f64(secs)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -638,6 +679,62 @@ mod tests {
             events: erx.try_iter().collect(),
             metrics,
         }
+    }
+
+    fn stream(paced: bool, channels: usize, ring_frames: usize) -> StreamHandle {
+        let (_sink, consumer) = crate::capture::RtSink::new(
+            ring_frames * channels,
+            channels,
+            Default::default(),
+            Default::default(),
+        );
+        StreamHandle {
+            consumer,
+            sample_rate: 16_000,
+            channels,
+            finished: Arc::new(AtomicBool::new(false)),
+            paced,
+        }
+    }
+
+    #[test]
+    fn an_idle_reader_sleeps_until_the_next_window_is_due() {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let mut s = tap_state(false);
+        let ring = stream(true, 2, 64_000);
+        // 8000-sample windows at 16 kHz: 7 900 samples missing is 494 ms, more than the cap.
+        s.total = 100;
+        assert_eq!(idle_sleep(std::slice::from_ref(&s), &ring), MAX_IDLE_SLEEP);
+        // 160 samples missing: 10 ms; 10 missing: the 5 ms floor.
+        s.total = 7_840;
+        assert!((ms(idle_sleep(std::slice::from_ref(&s), &ring)) - 10.0).abs() < 1e-6);
+        s.total = 7_990;
+        assert_eq!(idle_sleep(std::slice::from_ref(&s), &ring), POLL);
+        // The nearest of two machines' windows counts.
+        let mut far = tap_state(false);
+        far.total = 100;
+        s.total = 7_840;
+        assert!((ms(idle_sleep(&[far, s], &ring)) - 10.0).abs() < 1e-6);
+        // A small ring (0.2 s) bounds the sleep to a quarter of it, so that it cannot fill meanwhile.
+        let s = tap_state(false);
+        assert!(
+            (ms(idle_sleep(
+                std::slice::from_ref(&s),
+                &stream(true, 2, 3_200)
+            )) - 50.0)
+                .abs()
+                < 1e-6
+        );
+        // A file replayed as fast as possible is polled.
+        assert_eq!(
+            idle_sleep(std::slice::from_ref(&s), &stream(false, 2, 64_000)),
+            POLL
+        );
+        // A machine whose channel the stream lacks waits for nothing.
+        assert_eq!(
+            idle_sleep(std::slice::from_ref(&s), &stream(true, 1, 64_000)),
+            MAX_IDLE_SLEEP
+        );
     }
 
     #[test]
