@@ -21,8 +21,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use rumqttc::{
-    Client, ConnectionError, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, RecvTimeoutError,
-    Transport,
+    Client, ConnectionError, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, Transport,
 };
 
 use crate::config::{Config, MqttConfig};
@@ -412,10 +411,48 @@ pub fn spawn(
     let opts = options(cfg)?;
     let base = cfg.topic_base();
     let q = cfg.mqtt.clone();
+    let (client, mut connection) = Client::new(opts, 4096);
+    connection
+        .eventloop
+        .network_options
+        .set_connection_timeout(10);
+    // rumqttc's event loop runs in a thread of its own, blocked until the network, a request or the keep-alive
+    // timer has something, so that the publisher can wait on both the daemon and the broker at once. Polling the
+    // event loop 100 ms at a time instead (to look at the daemon's requests in between) was 10 wake-ups a second:
+    // a paced one-machine daemon's largest cost after the work itself. After a connection error the poller waits
+    // for `resume`: the publisher keeps the back-off.
+    let (polled_tx, polled) = crossbeam_channel::bounded::<Polled>(64);
+    let (resume, resume_rx) = crossbeam_channel::bounded::<()>(1);
+    std::thread::Builder::new()
+        .name("mqtt-poll".into())
+        .spawn(move || loop {
+            // Err: every client handle is gone, the publisher has ended.
+            let Ok(event) = connection.recv() else { return };
+            let failed = event.is_err();
+            if polled_tx.send(event).is_err() || (failed && resume_rx.recv().is_err()) {
+                return;
+            }
+        })?;
+    let broker = Broker {
+        client,
+        polled,
+        resume,
+    };
     let handle = std::thread::Builder::new()
         .name("mqtt".into())
-        .spawn(move || run(opts, q, base, outbox, rx, commands, metrics))?;
+        .spawn(move || run(broker, q, base, outbox, rx, commands, metrics))?;
     Ok(handle)
+}
+
+/// One event of rumqttc's event loop, or the connection error that ended a connection.
+type Polled = Result<Event, ConnectionError>;
+
+/// The publisher's side of the connection: the client handle, the events of the poller thread, and the signal
+/// that lets it reconnect after an error.
+struct Broker {
+    client: Client,
+    polled: Receiver<Polled>,
+    resume: Sender<()>,
 }
 
 fn lock(o: &Mutex<Outbox>) -> std::sync::MutexGuard<'_, Outbox> {
@@ -424,7 +461,7 @@ fn lock(o: &Mutex<Outbox>) -> std::sync::MutexGuard<'_, Outbox> {
 
 #[allow(clippy::too_many_arguments)]
 fn run(
-    opts: MqttOptions,
+    broker: Broker,
     q: MqttConfig,
     base: String,
     outbox: Arc<Mutex<Outbox>>,
@@ -432,11 +469,11 @@ fn run(
     commands: Sender<Command>,
     metrics: Arc<Metrics>,
 ) {
-    let (client, mut connection) = Client::new(opts, 4096);
-    connection
-        .eventloop
-        .network_options
-        .set_connection_timeout(10);
+    let Broker {
+        client,
+        polled,
+        resume,
+    } = broker;
     let mut session = Session::new(format!("{base}/status"), 32);
     let mut backoff = q.reconnect_min;
     let mut retry_at: Option<Instant> = None;
@@ -488,7 +525,7 @@ fn run(
             if !session.connected() || Instant::now() >= deadline {
                 if session.connected() {
                     let _ = client.try_disconnect();
-                    let _ = connection.recv_timeout(Duration::from_millis(200));
+                    let _ = polled.recv_timeout(Duration::from_millis(200));
                 }
                 return;
             }
@@ -529,16 +566,33 @@ fn run(
                 continue;
             }
             retry_at = None;
+            // The poller reconnects now.
+            let _ = resume.try_send(());
         }
 
-        // 4. Drive the event loop.
-        let wait = if session.connected() {
-            Duration::from_millis(100)
+        // 4. Wait for the broker or the daemon, whichever comes first (a request is taken in step 1). Nothing else
+        //    is due before the shutdown deadline; the connection timeout (10 s) bounds a connection attempt.
+        let wait = if shutdown_deadline.is_some() {
+            Duration::from_millis(50)
         } else {
-            Duration::from_secs(11)
+            Duration::from_secs(10)
         };
-        match connection.recv_timeout(wait) {
-            Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
+        let mut ready = crossbeam_channel::Select::new();
+        let from_broker = ready.recv(&polled);
+        // Once shutting down, the daemon's side may be closed, and a closed channel is always ready.
+        if shutdown_deadline.is_none() {
+            ready.recv(&rx);
+        }
+        let event = match ready.ready_timeout(wait) {
+            Ok(i) if i == from_broker => match polled.try_recv() {
+                Ok(event) => event,
+                Err(crossbeam_channel::TryRecvError::Empty) => continue,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => return,
+            },
+            Ok(_) | Err(_) => continue,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 log::info!("mqtt: connected to {endpoint} ({:?})", ack.code);
                 backoff = q.reconnect_min;
                 last_error.clear();
@@ -549,7 +603,7 @@ fn run(
                     let _ = client.try_subscribe(format!("{base}/+/{what}/set"), QoS::AtLeastOnce);
                 }
             }
-            Ok(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
+            Ok(Event::Incoming(Packet::PubAck(ack))) => {
                 if let Some(seq) = session.on_puback(ack.pkid) {
                     let mut o = lock(&outbox);
                     o.ack(seq);
@@ -558,7 +612,7 @@ fn run(
                     execute(&client, &mut session, a, &metrics);
                 }
             }
-            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+            Ok(Event::Incoming(Packet::Publish(p))) => {
                 let payload = String::from_utf8_lossy(&p.payload);
                 match parse_command(&base, &p.topic, &payload) {
                     Ok(c) => {
@@ -568,9 +622,9 @@ fn run(
                     Err(e) => log::warn!("mqtt: ignored message on {}: {e}", p.topic),
                 }
             }
-            Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => session.on_outgoing_publish(pkid),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => session.on_outgoing_publish(pkid),
+            Ok(_) => {}
+            Err(e) => {
                 let was = session.connected();
                 session.on_disconnected();
                 let msg = describe(&e);
@@ -584,14 +638,6 @@ fn run(
                 retry_at = Some(Instant::now() + backoff);
                 backoff = (backoff * 2).min(q.reconnect_max);
             }
-            Err(RecvTimeoutError::Timeout) => {
-                if !session.connected() {
-                    session.on_disconnected();
-                    retry_at = Some(Instant::now() + backoff);
-                    backoff = (backoff * 2).min(q.reconnect_max);
-                }
-            }
-            Err(RecvTimeoutError::Disconnected) => return,
         }
     }
 }
