@@ -33,13 +33,14 @@ pub struct Options {
     pub json: bool,
 }
 
-struct Broker {
-    port: u16,
+pub struct Broker {
+    pub port: u16,
     child: Child,
 }
 
 impl Broker {
-    fn start(dir: &Path) -> anyhow::Result<Broker> {
+    /// Mosquitto on a free loopback port, with its configuration in `dir`; stopped when dropped.
+    pub fn start(dir: &Path) -> anyhow::Result<Broker> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let conf = dir.join("mosquitto.conf");
         std::fs::write(

@@ -35,6 +35,9 @@ pub struct Options {
     pub short_seconds: f64,
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
+    /// Publish to a broker (mosquitto on loopback, started here) as a deployed daemon does.
+    #[arg(long)]
+    pub mqtt: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -147,13 +150,29 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         "--short-seconds ({short_s:.0} s of audio) must be shorter than --seconds ({audio_s:.0} s)"
     );
     let sonitor = sonitor_binary()?;
+    let broker = if o.mqtt {
+        Some(crate::latency::Broker::start(tmp.path())?)
+    } else {
+        None
+    };
+    let config = |dir: &Path, wav: &Path, n: usize| {
+        let text = config_text(dir, &bundle_dir, &section, wav, n, true);
+        match &broker {
+            Some(b) => text.replace(
+                "[mqtt]\nenabled = false\n",
+                &format!("[mqtt]\nhost = \"127.0.0.1\"\nport = {}\n", b.port),
+            ),
+            None => text,
+        }
+    };
     if !o.json {
         println!(
             "recording: {} repeated to {audio_s:.0} s (short run {short_s:.0} s), paced in real time; bundle {} \
-             section {section}; {} repetition(s)",
+             section {section}; {} repetition(s); MQTT {}",
             src.display(),
             bundle_dir.display(),
-            o.repeat
+            o.repeat,
+            if o.mqtt { "to a loopback mosquitto" } else { "off" }
         );
     }
     let run = |cfg: &Path| -> anyhow::Result<(ChildUsage, BTreeMap<String, f64>)> {
@@ -173,15 +192,9 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         let dir = tmp.path().join(format!("m{n}"));
         std::fs::create_dir_all(dir.join("state"))?;
         let cfg = dir.join("live.toml");
-        std::fs::write(
-            &cfg,
-            config_text(&dir, &bundle_dir, &section, &wav, n, true),
-        )?;
+        std::fs::write(&cfg, config(&dir, &wav, n))?;
         let short_cfg = dir.join("short.toml");
-        std::fs::write(
-            &short_cfg,
-            config_text(&dir, &bundle_dir, &section, &short_wav, n, true),
-        )?;
+        std::fs::write(&short_cfg, config(&dir, &short_wav, n))?;
         let per = n as f64 * audio_s;
         let (mut cpu, mut steady, mut rss) = (Vec::new(), Vec::new(), Vec::new());
         let mut threads: BTreeMap<String, Vec<f64>> = BTreeMap::new();
@@ -214,6 +227,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             "bundle": bundle_dir,
             "section": section,
             "repeat": o.repeat,
+            "mqtt": o.mqtt,
             "rows": rows.iter().map(|r| serde_json::json!({
                 "machines": r.machines,
                 "cpu_seconds_per_audio_second_per_machine": r.cpu,
