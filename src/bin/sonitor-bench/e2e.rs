@@ -71,17 +71,75 @@ pub fn run_measured(cmd: &mut Command) -> anyhow::Result<ChildUsage> {
     if r != pid {
         anyhow::bail!("wait4: {}", std::io::Error::last_os_error());
     }
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
-    Ok(ChildUsage {
-        cpu_s: secs(ru.ru_utime) + secs(ru.ru_stime),
-        wall_s: t0.elapsed().as_secs_f64(),
-        max_rss_kib: ru.ru_maxrss as u64,
-        status: if libc::WIFEXITED(status) {
-            libc::WEXITSTATUS(status)
-        } else {
-            -1
-        },
-    })
+    Ok(ChildUsage::of(&ru, status, t0))
+}
+
+impl ChildUsage {
+    /// From what `wait4` returned for a child started at `t0`.
+    pub fn of(ru: &libc::rusage, status: libc::c_int, t0: Instant) -> Self {
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+        ChildUsage {
+            cpu_s: secs(ru.ru_utime) + secs(ru.ru_stime),
+            wall_s: t0.elapsed().as_secs_f64(),
+            max_rss_kib: ru.ru_maxrss as u64,
+            status: if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                -1
+            },
+        }
+    }
+}
+
+/// What a benchmark of the daemon replays: the bundle, its demo's section, and a long and a short recording in a
+/// scratch directory (removed when dropped).
+pub struct Recordings {
+    pub bundle_dir: PathBuf,
+    pub section: String,
+    pub src: PathBuf,
+    pub tmp: tempfile::TempDir,
+    pub wav: PathBuf,
+    pub audio_s: f64,
+    pub short_wav: PathBuf,
+    pub short_s: f64,
+}
+
+impl Recordings {
+    /// `wav` (default: the bundle's demo.wav) repeated to `long_s` and to `short_s` seconds, or cut to exactly
+    /// that with `cut`. `long_flag` names the option of the long length in the error.
+    pub fn prepare(
+        bundle: &Path,
+        wav: Option<&Path>,
+        long_s: f64,
+        short_s: f64,
+        cut: bool,
+        long_flag: &str,
+    ) -> anyhow::Result<Self> {
+        let bundle_dir = std::path::absolute(bundle)?;
+        let b =
+            Bundle::load(&bundle_dir).map_err(|e| anyhow::anyhow!("{}: {e}", bundle.display()))?;
+        let section = demo_section(&b, &bundle_dir)?;
+        let src = wav.map_or_else(|| bundle_dir.join("demo.wav"), Path::to_path_buf);
+        let tmp = tempfile::tempdir()?;
+        let long_wav = tmp.path().join("long.wav");
+        let audio_s = repeat_wav(&src, &long_wav, long_s, cut)?;
+        let short_wav = tmp.path().join("short.wav");
+        let short_s = repeat_wav(&src, &short_wav, short_s, cut)?;
+        anyhow::ensure!(
+            short_s < audio_s,
+            "--short-seconds ({short_s:.0} s of audio) must be shorter than {long_flag} ({audio_s:.0} s)"
+        );
+        Ok(Recordings {
+            bundle_dir,
+            section,
+            src,
+            tmp,
+            wav: long_wav,
+            audio_s,
+            short_wav,
+            short_s,
+        })
+    }
 }
 
 /// The daemon binary next to this one (`cargo build --release` builds both).
@@ -235,23 +293,23 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             && o.machines.iter().all(|&n| n > 0),
         "--repeat, --audio-minutes, --short-seconds and --machines must be positive"
     );
-    let bundle_dir = std::path::absolute(&o.bundle)?;
-    let b =
-        Bundle::load(&bundle_dir).map_err(|e| anyhow::anyhow!("{}: {e}", o.bundle.display()))?;
-    let section = demo_section(&b, &bundle_dir)?;
-    let src = match &o.wav {
-        Some(w) => w.clone(),
-        None => bundle_dir.join("demo.wav"),
-    };
-    let tmp = tempfile::tempdir()?;
-    let wav = tmp.path().join("long.wav");
-    let audio_s = repeat_wav(&src, &wav, o.audio_minutes * 60.0, false)?;
-    let short_wav = tmp.path().join("short.wav");
-    let short_s = repeat_wav(&src, &short_wav, o.short_seconds, false)?;
-    anyhow::ensure!(
-        short_s < audio_s,
-        "--short-seconds ({short_s:.0} s of audio) must be shorter than --audio-minutes ({audio_s:.0} s)"
-    );
+    let Recordings {
+        bundle_dir,
+        section,
+        src,
+        tmp,
+        wav,
+        audio_s,
+        short_wav,
+        short_s,
+    } = Recordings::prepare(
+        &o.bundle,
+        o.wav.as_deref(),
+        o.audio_minutes * 60.0,
+        o.short_seconds,
+        false,
+        "--audio-minutes",
+    )?;
     let sonitor = sonitor_binary()?;
     let python = if o.no_peer {
         None

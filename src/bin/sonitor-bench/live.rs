@@ -13,9 +13,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use sonitor_core::bundle::Bundle;
 
-use crate::e2e::{config_text, demo_section, repeat_wav, sonitor_binary, ChildUsage};
+use crate::e2e::{config_text, sonitor_binary, ChildUsage, Recordings};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -95,21 +94,11 @@ fn run_with_threads(cmd: &mut Command) -> anyhow::Result<(ChildUsage, BTreeMap<S
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
     let mut roles = BTreeMap::new();
     for (name, ticks) in last.into_values() {
         *roles.entry(role(&name)).or_insert(0.0) += ticks as f64 / hz;
     }
-    let usage = ChildUsage {
-        cpu_s: secs(ru.ru_utime) + secs(ru.ru_stime),
-        wall_s: t0.elapsed().as_secs_f64(),
-        max_rss_kib: ru.ru_maxrss as u64,
-        status: if libc::WIFEXITED(status) {
-            libc::WEXITSTATUS(status)
-        } else {
-            -1
-        },
-    };
+    let usage = ChildUsage::of(&ru, status, t0);
     Ok((usage, roles))
 }
 
@@ -132,23 +121,23 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             && o.machines.iter().all(|&n| n > 0),
         "--repeat, --seconds, --short-seconds and --machines must be positive"
     );
-    let bundle_dir = std::path::absolute(&o.bundle)?;
-    let b =
-        Bundle::load(&bundle_dir).map_err(|e| anyhow::anyhow!("{}: {e}", o.bundle.display()))?;
-    let section = demo_section(&b, &bundle_dir)?;
-    let src = match &o.wav {
-        Some(w) => w.clone(),
-        None => bundle_dir.join("demo.wav"),
-    };
-    let tmp = tempfile::tempdir()?;
-    let wav = tmp.path().join("long.wav");
-    let audio_s = repeat_wav(&src, &wav, o.seconds, true)?;
-    let short_wav = tmp.path().join("short.wav");
-    let short_s = repeat_wav(&src, &short_wav, o.short_seconds, true)?;
-    anyhow::ensure!(
-        short_s < audio_s,
-        "--short-seconds ({short_s:.0} s of audio) must be shorter than --seconds ({audio_s:.0} s)"
-    );
+    let Recordings {
+        bundle_dir,
+        section,
+        src,
+        tmp,
+        wav,
+        audio_s,
+        short_wav,
+        short_s,
+    } = Recordings::prepare(
+        &o.bundle,
+        o.wav.as_deref(),
+        o.seconds,
+        o.short_seconds,
+        true,
+        "--seconds",
+    )?;
     let sonitor = sonitor_binary()?;
     let broker = if o.mqtt {
         Some(crate::latency::Broker::start(tmp.path())?)
