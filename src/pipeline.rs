@@ -162,6 +162,12 @@ impl TapState {
     fn audio_start(&self) -> u64 {
         self.total - self.audio.len() as u64
     }
+
+    /// Whether this machine gets windows from a stream of `channels` channels: its channel exists and the
+    /// stream's rate can be brought to the model's.
+    fn takes(&self, channels: usize) -> bool {
+        self.tap.channel < channels && !matches!(self.rate, RateConversion::Unusable)
+    }
 }
 
 /// The front of `scratch` that holds whole frames of `channels` samples: about 8192 samples, at least one
@@ -308,7 +314,7 @@ fn idle_sleep(states: &[TapState], stream: &StreamHandle) -> Duration {
     let ring_s = stream.consumer.capacity().get() as f64 / stream.channels.max(1) as f64 / rate;
     let until_window = states
         .iter()
-        .filter(|s| s.tap.channel < stream.channels && !matches!(s.rate, RateConversion::Unusable))
+        .filter(|s| s.takes(stream.channels))
         .map(|s| {
             let p = &s.tap.features;
             let missing = (s.next_window + p.window_samples as u64).saturating_sub(s.total);
@@ -335,7 +341,7 @@ fn process(
     metrics: &Metrics,
 ) {
     for s in states.iter_mut() {
-        if s.tap.channel >= channels || matches!(s.rate, RateConversion::Unusable) {
+        if !s.takes(channels) {
             continue;
         }
         let mono: &[f32] = if channels == 1 {
