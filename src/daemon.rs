@@ -955,24 +955,23 @@ pub fn start(
     // Signals.
     let term = Arc::new(AtomicBool::new(false));
     let hup = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, term.clone())?;
-    }
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())?;
-    // The flags say what arrived; this wakes the main loop for it at once, so that it need not poll them.
+    // A thread receives the signals, raises the flag of each and wakes the main loop at once, so that the loop
+    // need not poll the flags.
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let (signal_tx, signal_rx) = crossbeam_channel::bounded::<()>(4);
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGHUP,
-    ])?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for _ in signals.forever() {
-                let _ = signal_tx.try_send(());
-            }
-        })?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    {
+        let (term, hup) = (term.clone(), hup.clone());
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    let flag = if sig == SIGHUP { &hup } else { &term };
+                    flag.store(true, Ordering::SeqCst);
+                    let _ = signal_tx.try_send(());
+                }
+            })?;
+    }
 
     let mut ctl = Controller {
         base: base.clone(),
