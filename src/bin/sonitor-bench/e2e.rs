@@ -19,16 +19,25 @@ use sonitor::config::toml_path;
 use sonitor::demo::Timeline;
 use sonitor_core::bundle::Bundle;
 
+/// What `e2e` and `live` both replay, and how they report it.
 #[derive(clap::Args)]
-pub struct Options {
+pub struct Replay {
     #[arg(long, default_value = "models/default")]
     pub bundle: PathBuf,
-    /// Recording [default: the bundle's demo.wav], repeated to --audio-minutes.
+    /// Recording [default: the bundle's demo.wav], repeated (`live`: or cut) to the run's length.
     #[arg(long)]
     pub wav: Option<PathBuf>,
     /// Machine counts to run, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,8")]
     pub machines: Vec<usize>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct Options {
+    #[command(flatten)]
+    pub replay: Replay,
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
     #[arg(long, default_value_t = 5.0)]
@@ -43,8 +52,6 @@ pub struct Options {
     /// Do not run the Python peer.
     #[arg(long, conflicts_with = "python")]
     pub no_peer: bool,
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// What the kernel accounted for one child process.
@@ -290,7 +297,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         o.repeat > 0
             && o.audio_minutes > 0.0
             && o.short_seconds > 0.0
-            && o.machines.iter().all(|&n| n > 0),
+            && o.replay.machines.iter().all(|&n| n > 0),
         "--repeat, --audio-minutes, --short-seconds and --machines must be positive"
     );
     let Recordings {
@@ -303,8 +310,8 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         short_wav,
         short_s,
     } = Recordings::prepare(
-        &o.bundle,
-        o.wav.as_deref(),
+        &o.replay.bundle,
+        o.replay.wav.as_deref(),
         o.audio_minutes * 60.0,
         o.short_seconds,
         false,
@@ -320,9 +327,9 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         })
     };
     if let Some(py) = &python {
-        check_peer_equivalence(&sonitor, py, &bundle_dir, tmp.path(), o.json)?;
+        check_peer_equivalence(&sonitor, py, &bundle_dir, tmp.path(), o.replay.json)?;
     }
-    if !o.json {
+    if !o.replay.json {
         println!(
             "recording: {} repeated to {audio_s:.0} s; bundle {} section {section}; {} repetition(s)",
             src.display(),
@@ -347,7 +354,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         anyhow::ensure!(u.status == 0, "sonitor run exited with {}", u.status);
         Ok(u)
     };
-    for &n in &o.machines {
+    for &n in &o.replay.machines {
         let dir = tmp.path().join(format!("m{n}"));
         std::fs::create_dir_all(dir.join("state"))?;
         let cfg = dir.join("bench.toml");
@@ -416,7 +423,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     let peer = one
         .filter(|_| !peer_loop.is_empty())
         .map(|r| (median(&peer_loop), median(&peer_process), r));
-    if o.json {
+    if o.replay.json {
         let v = serde_json::json!({
             "audio_seconds": audio_s,
             "bundle": bundle_dir,

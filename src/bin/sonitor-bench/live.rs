@@ -8,24 +8,18 @@
 //! missed).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::e2e::{config_text, sonitor_binary, ChildUsage, Recordings};
+use crate::e2e::{config_text, sonitor_binary, ChildUsage, Recordings, Replay};
 
 #[derive(clap::Args)]
 pub struct Options {
-    #[arg(long, default_value = "models/default")]
-    pub bundle: PathBuf,
-    /// Recording [default: the bundle's demo.wav], repeated or cut to --seconds.
-    #[arg(long)]
-    pub wav: Option<PathBuf>,
-    /// Machine counts to run, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,8")]
-    pub machines: Vec<usize>,
+    #[command(flatten)]
+    pub replay: Replay,
     /// Audio per run (seconds, at least; the recording repeated). The run takes as long.
     #[arg(long, default_value_t = 60.0)]
     pub seconds: f64,
@@ -37,8 +31,6 @@ pub struct Options {
     /// Publish to a broker (mosquitto on loopback, started here) as a deployed daemon does.
     #[arg(long)]
     pub mqtt: bool,
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// CPU ticks (user + system) of one thread, from the text of `/proc/<pid>/task/<tid>/stat`, with its name.
@@ -118,7 +110,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         o.repeat > 0
             && o.seconds > 0.0
             && o.short_seconds > 0.0
-            && o.machines.iter().all(|&n| n > 0),
+            && o.replay.machines.iter().all(|&n| n > 0),
         "--repeat, --seconds, --short-seconds and --machines must be positive"
     );
     let Recordings {
@@ -131,8 +123,8 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         short_wav,
         short_s,
     } = Recordings::prepare(
-        &o.bundle,
-        o.wav.as_deref(),
+        &o.replay.bundle,
+        o.replay.wav.as_deref(),
         o.seconds,
         o.short_seconds,
         true,
@@ -154,7 +146,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             None => text,
         }
     };
-    if !o.json {
+    if !o.replay.json {
         println!(
             "recording: {} repeated to {audio_s:.0} s (short run {short_s:.0} s), paced in real time; bundle {} \
              section {section}; {} repetition(s); MQTT {}",
@@ -177,7 +169,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         Ok((u, threads))
     };
     let mut rows = Vec::new();
-    for &n in &o.machines {
+    for &n in &o.replay.machines {
         let dir = tmp.path().join(format!("m{n}"));
         std::fs::create_dir_all(dir.join("state"))?;
         let cfg = dir.join("live.toml");
@@ -209,7 +201,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
                 .collect(),
         });
     }
-    if o.json {
+    if o.replay.json {
         let v = serde_json::json!({
             "audio_seconds": audio_s,
             "short_audio_seconds": short_s,
