@@ -543,11 +543,12 @@ fn run(
             }
         }
 
-        // 3. Waiting before a reconnect attempt.
+        // 3. Waiting before a reconnect attempt: asleep until it is due or the daemon asks for something (each
+        //    request comes back through the top of the loop, which keeps the outbox metrics current).
         if let Some(at) = retry_at {
             let now = Instant::now();
             if now < at {
-                match rx.recv_timeout((at - now).min(Duration::from_millis(200))) {
+                match rx.recv_timeout(at - now) {
                     Ok(m) => {
                         // Remember retained values while waiting; drop transient ones.
                         match m {
