@@ -16,7 +16,14 @@ pub fn write_clip(c: &ClipAudio) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where the clip of alarm event `event_id` (`<node>-<machine>-<millis>-<seq>`) of `machine` is written. Retention
+/// The id of an alarm event, `<node>-<machine>-<millis>-<seq>`: the node and machine names, when the alarm was raised
+/// (milliseconds since the Unix epoch) and the machine's transition count. It names the event in the alarm messages
+/// and the event's clip ([`clip_path`]); [`is_clip_name`] reads it back.
+pub fn event_id(node: &str, machine: &str, millis: u128, seq: u64) -> String {
+    format!("{node}-{machine}-{millis}-{seq}")
+}
+
+/// Where the clip of alarm event `event_id` ([`event_id`]) of `machine` is written. Retention
 /// ([`enforce_retention`]) lists exactly the files of this shape.
 pub fn clip_path(dir: &Path, machine: &str, event_id: &str) -> PathBuf {
     dir.join(machine).join(format!("{event_id}.wav"))
@@ -48,8 +55,8 @@ fn clip_files(dir: &Path, out: &mut Vec<(PathBuf, SystemTime, u64)>) {
     }
 }
 
-/// `<node>-<machine>-<millis>-<seq>.wav`, as the daemon names a clip (node and machine names contain no
-/// `/`; the last two fields are numbers).
+/// `<node>-<machine>-<millis>-<seq>.wav`: an [`event_id`] of `machine` plus `.wav`, as the daemon names a clip (node
+/// and machine names contain no `/`; the last two fields are numbers).
 fn is_clip_name(p: &Path, machine: &str) -> bool {
     if p.extension().is_none_or(|x| x != "wav") {
         return false;
@@ -136,6 +143,19 @@ mod tests {
             "two 3.2 kB clips exceed 4 kB"
         );
         assert!(d.path().join("m/n1-m-4-4.wav").exists());
+    }
+
+    #[test]
+    fn retention_recognises_the_clip_of_every_event_id() {
+        let dir = Path::new("/state/clips");
+        for (node, machine) in [("n1", "m"), ("line-2", "press-7"), ("a", "b-c-d")] {
+            let id = event_id(node, machine, 1_700_000_000_123, 42);
+            assert_eq!(id, format!("{node}-{machine}-1700000000123-42"));
+            let p = clip_path(dir, machine, &id);
+            assert_eq!(p, dir.join(machine).join(format!("{id}.wav")));
+            assert!(is_clip_name(&p, machine), "{}", p.display());
+            assert!(!is_clip_name(&p, "other"), "{}", p.display());
+        }
     }
 
     #[test]

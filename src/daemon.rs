@@ -445,7 +445,7 @@ impl Controller {
                 let millis = SystemTime::now()
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis());
-                let event_id = format!("{node}-{name}-{millis}-{}", m.saved.seq);
+                let event_id = crate::clips::event_id(&node, &name, millis, m.saved.seq);
                 let clip = clips_enabled.then(|| {
                     crate::clips::clip_path(&clips_dir, &name, &event_id)
                         .display()
