@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use sonitor_core::{dcase, metrics};
 
 use crate::{baseline, synth};
-use crate::{eval, prune, train};
+use crate::{eval, prune, train, upgrade};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -36,6 +36,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Remove whole channels of a trained network, fine-tune it and write a smaller bundle.
     Prune(prune::PruneArgs),
+    /// Rewrite a bundle's graph, exported by an earlier version, into the current (faster) form; same embedding.
+    Upgrade(upgrade::UpgradeArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -84,6 +86,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Fit(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Prune(a) => prune::run(a),
+        Command::Upgrade(a) => upgrade::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -6,6 +6,12 @@
 //! - the BatchNorm before the time–frequency embedding layer is folded into that (bias-free) layer, which thereby
 //!   gets a constant bias term.
 //!
+//! Two layers are written in a form that computes the same numbers faster in tract (its matrix kernels fill tiles of
+//! 16 or 24 output channels; measured on the pruned default model, see BENCHMARKS.md):
+//! - a stem with fewer than [`STEM_BLOCK_BELOW`] channels computes 2×2 blocks of output pixels as 4× the
+//!   channels ([`Graph::blocked_stem`]), then `DepthToSpace` and a crop;
+//! - the max over time is a `MaxPool` over the whole (fixed) time axis, not `ReduceMax`.
+//!
 //! The graph has fixed shapes, batch 1: inputs `log_mel` `[1, frames, n_mels]` and `spectrum`
 //! `[1, spectrum_len]`, output `embedding` `[1, dim]` (not normalised). Parity with burn's forward pass is a test
 //! (`tests/export_parity.rs`).
@@ -22,6 +28,8 @@ pub const INPUT_LOG_MEL: &str = "log_mel";
 pub const INPUT_SPECTRUM: &str = "spectrum";
 pub const OUTPUT_EMBEDDING: &str = "embedding";
 pub const OPSET: i64 = 13;
+/// Stems with fewer output channels than this are written as a blocked convolution ([`Graph::blocked_stem`]).
+pub const STEM_BLOCK_BELOW: usize = 16;
 
 fn values<const D: usize>(t: Tensor<D>) -> anyhow::Result<Vec<f32>> {
     t.into_data()
@@ -54,6 +62,18 @@ struct Graph {
     nodes: Vec<pb::NodeProto>,
     inits: Vec<pb::TensorProto>,
     n: usize,
+    form: GraphForm,
+}
+
+/// How [`export_onnx_as`] writes the layers that have a faster form in tract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphForm {
+    /// The blocked stem and the max over time as a `MaxPool` (the module's documentation): what
+    /// [`export_onnx`] writes.
+    Tract,
+    /// Each layer as one node, the fewest FLOPs, as sonitor-train wrote every graph before the tract form (what
+    /// [`upgrade_onnx`] rewrites).
+    Plain,
 }
 
 fn attr_ints(name: &str, v: &[i64]) -> pb::AttributeProto {
@@ -61,6 +81,15 @@ fn attr_ints(name: &str, v: &[i64]) -> pb::AttributeProto {
         name: name.into(),
         r#type: pb::attribute_proto::AttributeType::Ints as i32,
         ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn attr_str(name: &str, v: &str) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::String as i32,
+        s: v.as_bytes().to_vec(),
         ..Default::default()
     }
 }
@@ -183,6 +212,134 @@ impl Graph {
         ))
     }
 
+    /// The stem: a convolution with one input channel (weight `[c, 1, k, k]`, stride `s`, padding `p` on every
+    /// side) over an `h × w` input, BatchNorm folded in; below [`STEM_BLOCK_BELOW`] channels as
+    /// [`Graph::blocked_stem`].
+    fn stem_conv_bn(
+        &mut self,
+        x: &str,
+        weight: Vec<f32>,
+        wdims: &[usize],
+        bn: &BatchNorm,
+        (s, p): (usize, usize),
+        hw: (usize, usize),
+    ) -> anyhow::Result<String> {
+        let c = wdims[0];
+        if c >= STEM_BLOCK_BELOW || self.form == GraphForm::Plain {
+            let (s, p) = (s as i64, p as i64);
+            return self.conv_bn(x, weight, wdims, bn, &[s, s], &[p, p, p, p]);
+        }
+        let (a, b) = bn_affine(bn)?;
+        let per_out = weight.len() / c;
+        let w: Vec<f32> = weight
+            .chunks(per_out)
+            .zip(&a)
+            .flat_map(|(row, &s)| row.iter().map(move |v| v * s))
+            .collect();
+        self.blocked_stem(x, &w, &b, wdims, (s, p), hw, None)
+    }
+
+    /// A convolution with one input channel (weight `[c, 1, k, k]` and bias `[c]`, stride `s`, padding `p` on
+    /// every side, over an `h × w` input) computed in 2×2 blocks of output pixels. A matrix kernel with a 16-row
+    /// tile wastes most of it on 3 or 8 output channels, and the im2col of a `k × k` window at stride `s` is
+    /// wide. So each 2×2 block of output pixels is computed at once: `4c` channels whose kernel covers the
+    /// block's `(k + s) × (k + s)` input (zero outside each pixel's own `k × k`), at stride `2s`. `DepthToSpace`
+    /// (CRD: channel `4c + 2a + b` is pixel `(2i + a, 2j + b)` of channel `c`) puts the pixels back in place and a
+    /// `Slice` crops the odd row or column the blocks add. Every pixel sums the same products as before, plus
+    /// zeros. The last node's output is `out` when given.
+    #[allow(clippy::too_many_arguments)]
+    fn blocked_stem(
+        &mut self,
+        x: &str,
+        weight: &[f32],
+        bias: &[f32],
+        wdims: &[usize],
+        (s, p): (usize, usize),
+        (h, w): (usize, usize),
+        out: Option<&str>,
+    ) -> anyhow::Result<String> {
+        const B: usize = 2;
+        anyhow::ensure!(
+            wdims.len() == 4 && wdims[1] == 1 && wdims[2] == wdims[3],
+            "stem weight has shape {wdims:?}, expected [c, 1, k, k]"
+        );
+        let (c, k) = (wdims[0], wdims[2]);
+        anyhow::ensure!(
+            weight.len() == c * k * k && bias.len() == c && s > 0 && h + 2 * p >= k && w + 2 * p >= k,
+            "stem of {} weights and {} biases does not fit [{c}, 1, {k}, {k}] over {h}×{w} (stride {s}, padding {p})",
+            weight.len(),
+            bias.len()
+        );
+        let conv_out = |n: usize| (n + 2 * p - k) / s + 1;
+        let (ho, wo) = (conv_out(h), conv_out(w));
+        let (hb, wb) = (ho.div_ceil(B), wo.div_ceil(B));
+        let kb = s * (B - 1) + k;
+        // Padding after: what the last block reads beyond the input.
+        let after = |n: usize, blocks: usize| (s * B * (blocks - 1) + kb).saturating_sub(n + p);
+        let mut wblk = vec![0f32; c * B * B * kb * kb];
+        for ch in 0..c {
+            for (dy, dx) in (0..B).flat_map(|dy| (0..B).map(move |dx| (dy, dx))) {
+                let o = ch * B * B + dy * B + dx;
+                for r in 0..k {
+                    let dst = (o * kb + s * dy + r) * kb + s * dx;
+                    wblk[dst..dst + k]
+                        .copy_from_slice(&weight[(ch * k + r) * k..(ch * k + r + 1) * k]);
+                }
+            }
+        }
+        let bblk: Vec<f32> = bias.iter().flat_map(|&v| [v; B * B]).collect();
+        let wn = self.constant("w", &[c * B * B, 1, kb, kb], wblk);
+        let bname = self.constant("b", &[c * B * B], bblk);
+        let (sb, pi) = ((s * B) as i64, p as i64);
+        let y = self.node(
+            "Conv",
+            &[x, &wn, &bname],
+            vec![
+                attr_ints("kernel_shape", &[kb as i64, kb as i64]),
+                attr_ints("strides", &[sb, sb]),
+                attr_ints("pads", &[pi, pi, after(h, hb) as i64, after(w, wb) as i64]),
+            ],
+            None,
+        );
+        let exact = (hb * B, wb * B) == (ho, wo);
+        let y = self.node(
+            "DepthToSpace",
+            &[&y],
+            vec![attr_int("blocksize", B as i64), attr_str("mode", "CRD")],
+            if exact { out } else { None },
+        );
+        if exact {
+            return Ok(y);
+        }
+        let starts = self.constant_i64("starts", &[0, 0]);
+        let ends = self.constant_i64("ends", &[ho as i64, wo as i64]);
+        let axes = self.constant_i64("axes", &[2, 3]);
+        Ok(self.node("Slice", &[&y, &starts, &ends, &axes], vec![], out))
+    }
+
+    /// Max over the time axis of `[1, c, t, f]`: a `MaxPool` over the whole (fixed) axis, `[1, c, 1, f]`, which a
+    /// `Flatten` at axis 1 lays out as `ReduceMax` over axis 2 would be. tract runs this pool faster than its
+    /// `ReduceMax`.
+    fn max_over_time(&mut self, x: &str, t: usize, out: Option<&str>) -> String {
+        if self.form == GraphForm::Plain {
+            return self.node(
+                "ReduceMax",
+                &[x],
+                vec![attr_ints("axes", &[2]), attr_int("keepdims", 0)],
+                out,
+            );
+        }
+        self.node(
+            "MaxPool",
+            &[x],
+            vec![
+                attr_ints("kernel_shape", &[t as i64, 1]),
+                attr_ints("strides", &[1, 1]),
+            ],
+            out,
+        )
+    }
+
     /// `x @ W + bias` with `W` `[d_in, d_out]`.
     fn dense(
         &mut self,
@@ -212,11 +369,22 @@ fn conv_weight<const D: usize>(w: Tensor<D>) -> anyhow::Result<(Vec<f32>, Vec<us
 /// Encodes the trained network as an ONNX model (bytes). The model must be in inference mode on a plain
 /// (non-autodiff) device: `model.valid()`.
 pub fn export_onnx(model: &Model, config: &ModelConfig, producer: &str) -> anyhow::Result<Vec<u8>> {
+    export_onnx_as(model, config, producer, GraphForm::Tract)
+}
+
+/// [`export_onnx`] in the given form.
+pub fn export_onnx_as(
+    model: &Model,
+    config: &ModelConfig,
+    producer: &str,
+    form: GraphForm,
+) -> anyhow::Result<Vec<u8>> {
     config.validate()?;
     let mut g = Graph {
         nodes: Vec::new(),
         inits: Vec::new(),
         n: 0,
+        form,
     };
     let model = model.valid();
 
@@ -229,7 +397,14 @@ pub fn export_onnx(model: &Model, config: &ModelConfig, producer: &str) -> anyho
     let shape = g.constant_i64("shape", &[1, 1, config.frames as i64, config.n_mels as i64]);
     let x = g.node("Reshape", &[&x, &shape], vec![], None);
     let (w, wd) = conv_weight(model.stem.weight.val())?;
-    let x = g.conv_bn(&x, w, &wd, &model.stem_bn, &[2, 2], &[3, 3, 3, 3])?;
+    let x = g.stem_conv_bn(
+        &x,
+        w,
+        &wd,
+        &model.stem_bn,
+        (2, 3),
+        (config.frames, config.n_mels),
+    )?;
     let x = g.node("Relu", &[&x], vec![], None);
     let mut x = g.node(
         "MaxPool",
@@ -258,12 +433,7 @@ pub fn export_onnx(model: &Model, config: &ModelConfig, producer: &str) -> anyho
         let y = g.node("Add", &[&y, &sc], vec![], None);
         x = g.node("Relu", &[&y], vec![], None);
     }
-    let x = g.node(
-        "ReduceMax",
-        &[&x],
-        vec![attr_ints("axes", &[2]), attr_int("keepdims", 0)],
-        None,
-    );
+    let x = g.max_over_time(&x, config.tf_output_hw().0, None);
     let x = g.node("Flatten", &[&x], vec![attr_int("axis", 1)], None);
     // BatchNorm (a, b) then the bias-free dense W [d_in, d_out]: (x·a + b) W = x (diag(a) W) + bᵀW.
     let (a, b) = bn_affine(&model.tf_flat_bn)?;
@@ -341,4 +511,170 @@ pub fn export_onnx(model: &Model, config: &ModelConfig, producer: &str) -> anyho
         ..Default::default()
     };
     Ok(model.encode_to_vec())
+}
+
+/// What [`upgrade_onnx`] changed in a graph exported by an earlier version, and the new graph.
+#[derive(Debug)]
+pub struct Upgraded {
+    pub onnx: Vec<u8>,
+    /// One line per rewritten node, e.g. `stem Conv_13: blocked 2×2 (3 → 12 channels, kernel 9, stride 4)`.
+    pub changes: Vec<String>,
+}
+
+fn tensor_f32(t: &pb::TensorProto) -> anyhow::Result<Vec<f32>> {
+    anyhow::ensure!(
+        t.data_type == pb::tensor_proto::DataType::Float as i32,
+        "initializer {} is not float",
+        t.name
+    );
+    if !t.raw_data.is_empty() {
+        anyhow::ensure!(
+            t.raw_data.len().is_multiple_of(4),
+            "initializer {} has a torn raw_data",
+            t.name
+        );
+        Ok(t.raw_data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    } else {
+        Ok(t.float_data.clone())
+    }
+}
+
+fn attr<'a>(n: &'a pb::NodeProto, name: &str) -> Option<&'a pb::AttributeProto> {
+    n.attribute.iter().find(|a| a.name == name)
+}
+
+/// Rewrites a graph that [`export_onnx`] wrote before the stem was blocked and the max over time was a `MaxPool`
+/// (both in this module's documentation) into the current form, for the network `config` describes. Nothing
+/// else changes: the weights, the other nodes, the inputs and outputs. `None` when there is nothing to rewrite
+/// (a current graph, or a stem of [`STEM_BLOCK_BELOW`] channels or more). The caller checks that the new graph
+/// computes the same embedding ([`crate::upgrade`] does).
+pub fn upgrade_onnx(bytes: &[u8], config: &ModelConfig) -> anyhow::Result<Option<Upgraded>> {
+    let mut model = pb::ModelProto::decode(bytes)
+        .map_err(|e| anyhow::anyhow!("decoding the ONNX graph: {e}"))?;
+    let graph = model
+        .graph
+        .as_mut()
+        .ok_or_else(|| anyhow::anyhow!("the ONNX model has no graph"))?;
+    let mut names: std::collections::HashSet<String> =
+        graph.initializer.iter().map(|t| t.name.clone()).collect();
+    for n in &graph.node {
+        names.insert(n.name.clone());
+        names.extend(n.output.iter().cloned());
+    }
+    // Names for the new nodes that none of the old ones has.
+    let mut g = Graph {
+        nodes: Vec::new(),
+        inits: Vec::new(),
+        n: graph.node.len() + graph.initializer.len() + 1_000_000,
+        form: GraphForm::Tract,
+    };
+    let mut changes = Vec::new();
+    let mut dropped_inits: Vec<String> = Vec::new();
+    let mut replaced: Vec<(usize, Vec<pb::NodeProto>)> = Vec::new();
+    let init = |name: &str| graph.initializer.iter().find(|t| t.name == name);
+
+    // The stem: the convolution whose weight has one input channel, `[c, 1, k, k]`.
+    let stem = graph.node.iter().position(|n| {
+        n.op_type == "Conv"
+            && n.input.len() == 3
+            && init(&n.input[1])
+                .is_some_and(|w| w.dims.len() == 4 && w.dims[1] == 1 && w.dims[2] == w.dims[3])
+    });
+    if let Some(i) = stem {
+        let n = &graph.node[i];
+        let w = init(&n.input[1]).expect("checked above");
+        let dims: Vec<usize> = w.dims.iter().map(|&d| d as usize).collect();
+        let ints = |name: &str| attr(n, name).map(|a| a.ints.clone()).unwrap_or_default();
+        let (strides, pads) = (ints("strides"), ints("pads"));
+        let uniform =
+            |v: &[i64], len: usize| v.len() == len && v.iter().all(|&x| x == v[0] && x >= 0);
+        if dims[0] < STEM_BLOCK_BELOW && uniform(&strides, 2) && uniform(&pads, 4) {
+            let bias = init(&n.input[2]).ok_or_else(|| {
+                anyhow::anyhow!("the stem's bias {} is not an initializer", n.input[2])
+            })?;
+            let (weight, bias) = (tensor_f32(w)?, tensor_f32(bias)?);
+            let (s, p) = (strides[0] as usize, pads[0] as usize);
+            let before = g.nodes.len();
+            g.blocked_stem(
+                &n.input[0],
+                &weight,
+                &bias,
+                &dims,
+                (s, p),
+                (config.frames, config.n_mels),
+                Some(&n.output[0]),
+            )?;
+            replaced.push((i, g.nodes[before..].to_vec()));
+            dropped_inits.extend([n.input[1].clone(), n.input[2].clone()]);
+            changes.push(format!(
+                "stem {}: blocked 2×2 ({} → {} channels, kernel {} → {}, stride {s} → {})",
+                n.name,
+                dims[0],
+                4 * dims[0],
+                dims[2],
+                dims[2] + s,
+                2 * s
+            ));
+        }
+    }
+
+    // The max over time: `ReduceMax` over axis 2 without kept dimensions, read only by a `Flatten` at axis 1.
+    for (i, n) in graph.node.iter().enumerate() {
+        let axes = attr(n, "axes").map(|a| a.ints.clone()).unwrap_or_default();
+        let keepdims = attr(n, "keepdims").map_or(1, |a| a.i);
+        if n.op_type != "ReduceMax" || n.input.len() != 1 || axes != [2] || keepdims != 0 {
+            continue;
+        }
+        let readers: Vec<&pb::NodeProto> = graph
+            .node
+            .iter()
+            .filter(|m| m.input.contains(&n.output[0]))
+            .collect();
+        let flat =
+            |m: &&pb::NodeProto| m.op_type == "Flatten" && attr(m, "axis").map_or(1, |a| a.i) == 1;
+        let is_output = graph.output.iter().any(|o| o.name == n.output[0]);
+        if readers.len() != 1 || !readers.iter().all(flat) || is_output {
+            continue;
+        }
+        let before = g.nodes.len();
+        g.max_over_time(&n.input[0], config.tf_output_hw().0, Some(&n.output[0]));
+        replaced.push((i, g.nodes[before..].to_vec()));
+        changes.push(format!("max over time {}: ReduceMax → MaxPool", n.name));
+    }
+    if replaced.is_empty() {
+        return Ok(None);
+    }
+    for t in g
+        .inits
+        .iter()
+        .map(|t| &t.name)
+        .chain(g.nodes.iter().map(|n| &n.name))
+    {
+        anyhow::ensure!(
+            !names.contains(t),
+            "the graph already has a node or tensor named {t}"
+        );
+    }
+    let old = std::mem::take(&mut graph.node);
+    for (i, n) in old.into_iter().enumerate() {
+        match replaced.iter().find(|(j, _)| *j == i) {
+            Some((_, new)) => graph.node.extend(new.iter().cloned()),
+            None => graph.node.push(n),
+        }
+    }
+    let still_read: std::collections::HashSet<&String> =
+        graph.node.iter().flat_map(|n| n.input.iter()).collect();
+    let unused: Vec<String> = dropped_inits
+        .into_iter()
+        .filter(|t| !still_read.contains(t))
+        .collect();
+    graph.initializer.retain(|t| !unused.contains(&t.name));
+    graph.initializer.extend(g.inits);
+    Ok(Some(Upgraded {
+        onnx: model.encode_to_vec(),
+        changes,
+    }))
 }

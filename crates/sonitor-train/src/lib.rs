@@ -22,3 +22,4 @@ pub mod prune;
 pub mod synth;
 pub mod threshold;
 pub mod train;
+pub mod upgrade;

@@ -1,11 +1,13 @@
 //! Export parity: the embedding tract computes from the exported ONNX graph equals burn's forward pass (inference
 //! mode, BatchNorm with running statistics) to a relative error ≤ 1e-4, on random inputs, for a tiny network
-//! briefly trained so that every BatchNorm has non-trivial statistics and weights.
+//! briefly trained so that every BatchNorm has non-trivial statistics and weights. The stem is exported as a
+//! blocked convolution below `STEM_BLOCK_BELOW` channels (the first two tests; the second crops an odd output row)
+//! and as a plain one from there on (the third).
 
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Tensor};
-use sonitor_train::export::{export_onnx, INPUT_LOG_MEL, INPUT_SPECTRUM};
+use sonitor_train::export::{export_onnx, INPUT_LOG_MEL, INPUT_SPECTRUM, STEM_BLOCK_BELOW};
 use sonitor_train::infer::OnnxEmbedder;
 use sonitor_train::loss::{Loss, LossKind};
 use sonitor_train::model::ModelConfig;
@@ -80,5 +82,12 @@ fn tract_on_exported_onnx_equals_burn_two_blocks_per_stage() {
     c.tf_blocks = 2;
     c.spec_kernels = vec![64, 8, 4];
     c.spec_strides = vec![16, 4, 2];
+    check(c);
+}
+
+#[test]
+fn tract_on_exported_onnx_equals_burn_unblocked_stem() {
+    let mut c = ModelConfig::tiny(9, 30, 2048);
+    c.tf_widths = vec![STEM_BLOCK_BELOW, 8];
     check(c);
 }

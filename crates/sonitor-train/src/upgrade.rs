@@ -1,0 +1,151 @@
+//! `sonitor-train upgrade`: rewrites the graph of a bundle exported by an earlier sonitor-train into the form the
+//! exporter writes now ([`crate::export::upgrade_onnx`]: the same weights, fewer wasted tiles in tract), checks
+//! that tract computes the same embedding from both graphs, and writes the bundle again with the new checksum and
+//! the upgrade recorded in its provenance (`provenance.model.graph_upgrade`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use rand::{Rng, SeedableRng};
+use sonitor_core::bundle::{Bundle, FeatureView};
+
+use crate::export::upgrade_onnx;
+use crate::infer::OnnxEmbedder;
+use crate::model::ModelConfig;
+
+/// Largest relative difference (max |Δ| over max |embedding|) between the two graphs' embeddings that an
+/// upgrade accepts: the rewritten stem adds zeros and sums in another order, nothing more.
+pub const MAX_RELATIVE_DIFFERENCE: f64 = 1e-5;
+
+#[derive(clap::Args, Debug)]
+pub struct UpgradeArgs {
+    /// The bundle to upgrade.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Where to write the upgraded bundle (manifest.json and the ONNX file); may be --model itself. Other files
+    /// of the bundle's directory (a checkpoint, a demo recording) are not copied.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// What [`upgrade`] did.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The rewritten nodes; empty when the graph was already current (nothing is written then).
+    pub changes: Vec<String>,
+    pub max_relative_difference: f64,
+}
+
+/// The embedding of both graphs on the same random inputs: the largest relative difference over a few draws.
+fn compare(bundle: &Bundle, old: &[u8], new: &[u8]) -> anyhow::Result<f64> {
+    let input = |view: FeatureView| {
+        bundle
+            .manifest
+            .inputs
+            .iter()
+            .find(|i| i.view == view)
+            .ok_or_else(|| anyhow::anyhow!("the manifest names no {view:?} input"))
+    };
+    let (mel, spec) = (input(FeatureView::LogMel)?, input(FeatureView::Spectrum)?);
+    anyhow::ensure!(
+        mel.shape.len() == 3 && spec.shape.len() == 2,
+        "input shapes {:?} and {:?} are not [1, frames, mels] and [1, bins]",
+        mel.shape,
+        spec.shape
+    );
+    let mel_shape = [mel.shape[0], mel.shape[1], mel.shape[2]];
+    let spec_shape = [spec.shape[0], spec.shape[1]];
+    let load = |bytes: &[u8]| {
+        OnnxEmbedder::from_bytes(bytes, &mel.name, mel_shape, &spec.name, spec_shape)
+    };
+    let (a, b) = (load(old)?, load(new)?);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut worst = 0f64;
+    for _ in 0..4 {
+        let m: Vec<f32> = (0..mel_shape.iter().product())
+            .map(|_| rng.gen_range(-6.0..6.0))
+            .collect();
+        let s: Vec<f32> = (0..spec_shape.iter().product())
+            .map(|_| rng.gen_range(0.0..60.0))
+            .collect();
+        let (ea, eb) = (a.embed_raw(&m, &s)?, b.embed_raw(&m, &s)?);
+        let scale = ea
+            .iter()
+            .fold(0f32, |x, v| x.max(v.abs()))
+            .max(f32::MIN_POSITIVE) as f64;
+        let diff = ea
+            .iter()
+            .zip(&eb)
+            .fold(0f32, |x, (p, q)| x.max((p - q).abs())) as f64;
+        worst = worst.max(diff / scale);
+    }
+    Ok(worst)
+}
+
+/// Upgrades the bundle at `model` into `out` (see the module documentation). A graph that is already current is
+/// left alone and nothing is written.
+pub fn upgrade(model: &Path, out: &Path) -> anyhow::Result<Outcome> {
+    let bundle = Bundle::load(model)
+        .with_context(|| format!("--model {}: not a usable bundle", model.display()))?;
+    let m = &bundle.manifest;
+    let config: ModelConfig = m
+        .provenance
+        .model
+        .get("config")
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("--model {}: the manifest records no network configuration (provenance.model.config), so this is not a graph sonitor-train exported", model.display()))
+        .and_then(|c| serde_json::from_value(c).context("provenance.model.config"))?;
+    let onnx_path = model.join(&m.onnx_file);
+    let old =
+        std::fs::read(&onnx_path).with_context(|| format!("reading {}", onnx_path.display()))?;
+    let Some(up) = upgrade_onnx(&old, &config)? else {
+        return Ok(Outcome {
+            changes: Vec::new(),
+            max_relative_difference: 0.0,
+        });
+    };
+    let diff = compare(&bundle, &old, &up.onnx)?;
+    anyhow::ensure!(
+        diff <= MAX_RELATIVE_DIFFERENCE,
+        "the upgraded graph computes another embedding (relative difference {diff:.2e} > {MAX_RELATIVE_DIFFERENCE:e}); nothing written"
+    );
+    let mut manifest = m.clone();
+    if let Some(obj) = manifest.provenance.model.as_object_mut() {
+        obj.insert(
+            "graph_upgrade".into(),
+            serde_json::json!({
+                "tool": format!("sonitor-train {}", env!("CARGO_PKG_VERSION")),
+                "command": std::env::args().collect::<Vec<_>>().join(" "),
+                "from_onnx_sha256": m.onnx_sha256,
+                "changes": up.changes,
+                "max_relative_difference": diff,
+            }),
+        );
+    }
+    Bundle::write(out, &manifest, &up.onnx)
+        .with_context(|| format!("writing {}", out.display()))?;
+    Ok(Outcome {
+        changes: up.changes,
+        max_relative_difference: diff,
+    })
+}
+
+pub fn run(a: &UpgradeArgs) -> anyhow::Result<()> {
+    let o = upgrade(&a.model, &a.out)?;
+    if o.changes.is_empty() {
+        eprintln!(
+            "{}: the graph is already in the current form; nothing written",
+            a.model.display()
+        );
+        return Ok(());
+    }
+    for c in &o.changes {
+        eprintln!("  {c}");
+    }
+    eprintln!(
+        "upgraded bundle written to {} (embeddings equal to a relative difference of {:.1e})",
+        a.out.display(),
+        o.max_relative_difference
+    );
+    Ok(())
+}

@@ -1,0 +1,188 @@
+//! `sonitor-train upgrade`: a graph in the plain form (as sonitor-train exported before the tract form) is
+//! rewritten into the current form, computes burn's embedding as before, and a bundle holding it is written again
+//! with the new checksum and the upgrade in its provenance; a current graph is left alone.
+
+use burn::module::Module;
+use burn::tensor::{Device, Distribution, Tensor};
+use sonitor_core::bundle::{
+    Bundle, FeatureView, InputSpec, Manifest, Provenance, SectionModel, TensorSpec, Threshold,
+    FORMAT_VERSION,
+};
+use sonitor_core::features::FeatureParams;
+use sonitor_train::export::{
+    export_onnx_as, upgrade_onnx, GraphForm, INPUT_LOG_MEL, INPUT_SPECTRUM, OUTPUT_EMBEDDING,
+};
+use sonitor_train::infer::OnnxEmbedder;
+use sonitor_train::model::ModelConfig;
+use sonitor_train::upgrade::upgrade;
+
+#[path = "support/parity.rs"]
+mod parity;
+use parity::relative_error;
+
+/// A 8192-sample window with 26 mel bands: log-mel `[15, 26]`, so the stem's output (8 × 13) has an odd column
+/// that the blocked form crops.
+fn features() -> FeatureParams {
+    FeatureParams {
+        window_samples: 8192,
+        window_hop_samples: 4096,
+        n_mels: 26,
+        ..FeatureParams::default()
+    }
+}
+
+fn manifest(p: &FeatureParams, config: &ModelConfig, with_config: bool) -> Manifest {
+    let [frames, n_mels] = p.log_mel_shape();
+    let dim = config.embedding_dim();
+    Manifest {
+        format_version: FORMAT_VERSION,
+        model_id: "upgrade-test".into(),
+        features: p.clone(),
+        inputs: vec![
+            InputSpec {
+                name: INPUT_LOG_MEL.into(),
+                view: FeatureView::LogMel,
+                shape: vec![1, frames, n_mels],
+            },
+            InputSpec {
+                name: INPUT_SPECTRUM.into(),
+                view: FeatureView::Spectrum,
+                shape: vec![1, p.spectrum_len()],
+            },
+        ],
+        output: TensorSpec {
+            name: OUTPUT_EMBEDDING.into(),
+            shape: vec![1, dim],
+        },
+        embedding_dim: dim,
+        classes: vec![],
+        sections: vec![SectionModel {
+            machine_type: "fan".into(),
+            section: 0,
+            centroids: vec![(0..dim).map(|i| if i == 0 { 1.0 } else { 0.0 }).collect()],
+            n_source_centroids: 1,
+            n_target_centroids: 0,
+            threshold: Threshold {
+                value: 0.5,
+                method: "gamma".into(),
+                quantile: 0.9,
+                gamma_shape: None,
+                gamma_scale: None,
+            },
+        }],
+        clip_pooling: "mean".into(),
+        onnx_file: "model.onnx".into(),
+        onnx_sha256: String::new(),
+        provenance: Provenance {
+            model: if with_config {
+                serde_json::json!({ "config": config })
+            } else {
+                serde_json::json!({})
+            },
+            ..Provenance::default()
+        },
+    }
+}
+
+#[test]
+fn a_plain_graph_is_upgraded_to_the_same_embedding_and_a_current_one_left_alone() {
+    let p = features();
+    let [frames, n_mels] = p.log_mel_shape();
+    let spec_len = p.spectrum_len();
+    let config = ModelConfig::tiny(frames, n_mels, spec_len);
+    let device = Device::flex().autodiff();
+    device.seed(11);
+    let model = config.init(&device).unwrap();
+    let plain_device = Device::flex();
+    let plain = export_onnx_as(&model, &config, "upgrade-test", GraphForm::Plain).unwrap();
+    let current = export_onnx_as(&model, &config, "upgrade-test", GraphForm::Tract).unwrap();
+
+    // The graph: two rewrites, after which there is nothing left to do; a current graph needs none.
+    let up = upgrade_onnx(&plain, &config)
+        .unwrap()
+        .expect("a plain graph is upgraded");
+    assert_eq!(up.changes.len(), 2, "{:?}", up.changes);
+    assert!(
+        up.changes[0].starts_with("stem ") && up.changes[0].contains("4 → 16 channels"),
+        "{:?}",
+        up.changes
+    );
+    assert!(
+        up.changes[1].contains("ReduceMax → MaxPool"),
+        "{:?}",
+        up.changes
+    );
+    assert!(upgrade_onnx(&up.onnx, &config).unwrap().is_none());
+    assert!(upgrade_onnx(&current, &config).unwrap().is_none());
+
+    // Same embedding as burn's forward pass, and as the plain graph.
+    let embedder = |bytes: &[u8]| {
+        OnnxEmbedder::from_bytes(
+            bytes,
+            INPUT_LOG_MEL,
+            [1, frames, n_mels],
+            INPUT_SPECTRUM,
+            [1, spec_len],
+        )
+        .unwrap()
+    };
+    let (before, after) = (embedder(&plain), embedder(&up.onnx));
+    let eval = model.valid();
+    for _ in 0..3 {
+        let mel = Tensor::<3>::random(
+            [1, frames, n_mels],
+            Distribution::Normal(0.0, 3.0),
+            &plain_device,
+        );
+        let spec = Tensor::<2>::random(
+            [1, spec_len],
+            Distribution::Uniform(0.0, 50.0),
+            &plain_device,
+        );
+        let mel_v: Vec<f32> = mel.to_data().try_to_vec().unwrap();
+        let spec_v: Vec<f32> = spec.to_data().try_to_vec().unwrap();
+        let want: Vec<f32> = eval.forward(mel, spec).into_data().try_to_vec().unwrap();
+        let got = after.embed_raw(&mel_v, &spec_v).unwrap();
+        assert!(
+            relative_error(&got, &want) <= 1e-4,
+            "{got:?} vs burn {want:?}"
+        );
+        let old = before.embed_raw(&mel_v, &spec_v).unwrap();
+        assert!(
+            relative_error(&got, &old) <= 1e-5,
+            "{got:?} vs the plain graph {old:?}"
+        );
+    }
+
+    // The bundle: written again with the new graph's checksum and the upgrade in its provenance.
+    let dir = tempfile::tempdir().unwrap();
+    let (old_dir, new_dir) = (dir.path().join("old"), dir.path().join("new"));
+    let old_bundle = Bundle::write(&old_dir, &manifest(&p, &config, true), &plain).unwrap();
+    let outcome = upgrade(&old_dir, &new_dir).unwrap();
+    assert_eq!(outcome.changes, up.changes);
+    assert!(outcome.max_relative_difference <= 1e-5);
+    let new_bundle = Bundle::load(&new_dir).unwrap();
+    assert_eq!(std::fs::read(new_dir.join("model.onnx")).unwrap(), up.onnx);
+    assert_ne!(
+        new_bundle.manifest.onnx_sha256,
+        old_bundle.manifest.onnx_sha256
+    );
+    let record = &new_bundle.manifest.provenance.model["graph_upgrade"];
+    assert_eq!(
+        record["from_onnx_sha256"],
+        old_bundle.manifest.onnx_sha256.as_str()
+    );
+    assert_eq!(record["changes"].as_array().unwrap().len(), 2);
+    assert_eq!(new_bundle.manifest.sections, old_bundle.manifest.sections);
+
+    // Upgrading again writes nothing.
+    let again = dir.path().join("again");
+    assert!(upgrade(&new_dir, &again).unwrap().changes.is_empty());
+    assert!(!again.exists());
+
+    // A bundle that does not record its network configuration is refused, naming what is missing.
+    let bare = dir.path().join("bare");
+    Bundle::write(&bare, &manifest(&p, &config, false), &plain).unwrap();
+    let e = format!("{:#}", upgrade(&bare, &dir.path().join("out")).unwrap_err());
+    assert!(e.contains("provenance.model.config"), "{e}");
+}
