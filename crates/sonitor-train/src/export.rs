@@ -20,6 +20,7 @@ use burn::module::Module;
 use burn::nn::BatchNorm;
 use burn::tensor::Tensor;
 use prost::Message;
+use sonitor_core::bundle::{FeatureView, InputSpec, TensorSpec};
 use tract_onnx::pb;
 
 use crate::model::{Model, ModelConfig};
@@ -364,6 +365,28 @@ impl Graph {
 fn conv_weight<const D: usize>(w: Tensor<D>) -> anyhow::Result<(Vec<f32>, Vec<usize>)> {
     let dims = w.dims().to_vec();
     Ok((values(w)?, dims))
+}
+
+/// The exported graph's inputs and output as a bundle's manifest names them: `log_mel` `[1, frames, n_mels]`,
+/// `spectrum` `[1, spectrum_len]` and `embedding` `[1, dim]`.
+pub fn signature(config: &ModelConfig) -> (Vec<InputSpec>, TensorSpec) {
+    let inputs = vec![
+        InputSpec {
+            name: INPUT_LOG_MEL.into(),
+            view: FeatureView::LogMel,
+            shape: vec![1, config.frames, config.n_mels],
+        },
+        InputSpec {
+            name: INPUT_SPECTRUM.into(),
+            view: FeatureView::Spectrum,
+            shape: vec![1, config.spectrum_len],
+        },
+    ];
+    let output = TensorSpec {
+        name: OUTPUT_EMBEDDING.into(),
+        shape: vec![1, config.embedding_dim()],
+    };
+    (inputs, output)
 }
 
 /// Encodes the trained network as an ONNX model (bytes). The model must be in inference mode on a plain

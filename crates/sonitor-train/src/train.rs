@@ -20,16 +20,13 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use sonitor_core::bundle::{
-    Bundle, FeatureView, InputSpec, Manifest, Provenance, SectionModel, TensorSpec, Threshold,
-    FORMAT_VERSION,
-};
+use sonitor_core::bundle::{Bundle, Manifest, Provenance, SectionModel, Threshold, FORMAT_VERSION};
 use sonitor_core::dcase::{self, ClassMap, Clip, Domain, LabelGranularity, Split};
 use sonitor_core::features::{FeatureExtractor, FeatureParams};
 use sonitor_core::{parallel, score};
 
 use crate::data;
-use crate::export::{self, INPUT_LOG_MEL, INPUT_SPECTRUM, OUTPUT_EMBEDDING};
+use crate::export::{self, INPUT_LOG_MEL, INPUT_SPECTRUM};
 use crate::infer::OnnxEmbedder;
 use crate::kmeans;
 use crate::loss::{Loss, LossKind};
@@ -557,6 +554,7 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "data".into());
+    let (inputs, output) = export::signature(&config);
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         model_id: format!(
@@ -567,22 +565,8 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
             &sonitor_core::bundle::sha256_hex(&onnx)[..6]
         ),
         features: o.features.clone(),
-        inputs: vec![
-            InputSpec {
-                name: INPUT_LOG_MEL.into(),
-                view: FeatureView::LogMel,
-                shape: vec![1, frames, n_mels],
-            },
-            InputSpec {
-                name: INPUT_SPECTRUM.into(),
-                view: FeatureView::Spectrum,
-                shape: vec![1, config.spectrum_len],
-            },
-        ],
-        output: TensorSpec {
-            name: OUTPUT_EMBEDDING.into(),
-            shape: vec![1, config.embedding_dim()],
-        },
+        inputs,
+        output,
         embedding_dim: config.embedding_dim(),
         classes: classes.names.clone(),
         sections,

@@ -4,13 +4,10 @@
 
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
-use sonitor_core::bundle::{
-    Bundle, FeatureView, InputSpec, Manifest, Provenance, SectionModel, TensorSpec, Threshold,
-    FORMAT_VERSION,
-};
+use sonitor_core::bundle::{Bundle, Manifest, Provenance, SectionModel, Threshold, FORMAT_VERSION};
 use sonitor_core::features::FeatureParams;
 use sonitor_train::export::{
-    export_onnx_as, upgrade_onnx, GraphForm, INPUT_LOG_MEL, INPUT_SPECTRUM, OUTPUT_EMBEDDING,
+    export_onnx_as, signature, upgrade_onnx, GraphForm, INPUT_LOG_MEL, INPUT_SPECTRUM,
 };
 use sonitor_train::infer::OnnxEmbedder;
 use sonitor_train::model::ModelConfig;
@@ -32,28 +29,14 @@ fn features() -> FeatureParams {
 }
 
 fn manifest(p: &FeatureParams, config: &ModelConfig, with_config: bool) -> Manifest {
-    let [frames, n_mels] = p.log_mel_shape();
     let dim = config.embedding_dim();
+    let (inputs, output) = signature(config);
     Manifest {
         format_version: FORMAT_VERSION,
         model_id: "upgrade-test".into(),
         features: p.clone(),
-        inputs: vec![
-            InputSpec {
-                name: INPUT_LOG_MEL.into(),
-                view: FeatureView::LogMel,
-                shape: vec![1, frames, n_mels],
-            },
-            InputSpec {
-                name: INPUT_SPECTRUM.into(),
-                view: FeatureView::Spectrum,
-                shape: vec![1, p.spectrum_len()],
-            },
-        ],
-        output: TensorSpec {
-            name: OUTPUT_EMBEDDING.into(),
-            shape: vec![1, dim],
-        },
+        inputs,
+        output,
         embedding_dim: dim,
         classes: vec![],
         sections: vec![SectionModel {
