@@ -214,7 +214,7 @@ pub fn repeat_wav(src: &Path, out: &Path, seconds: f64, cut: bool) -> anyhow::Re
 }
 
 /// A daemon configuration: `n` file sources replaying `wav` (paced in real time or as fast as possible), one
-/// machine each, MQTT, metrics and clips off.
+/// machine each; MQTT to a broker on loopback at `mqtt_port`, or off; metrics and clips off.
 pub fn config_text(
     dir: &Path,
     bundle: &Path,
@@ -222,6 +222,7 @@ pub fn config_text(
     wav: &Path,
     n: usize,
     realtime: bool,
+    mqtt_port: Option<u16>,
 ) -> String {
     let q = toml_path;
     let mut s = format!(
@@ -238,7 +239,11 @@ pub fn config_text(
             q(bundle)
         );
     }
-    s += "[mqtt]\nenabled = false\n\n[metrics]\nenabled = false\n\n[clips]\nenabled = false\n";
+    s += &match mqtt_port {
+        Some(port) => format!("[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n\n"),
+        None => "[mqtt]\nenabled = false\n\n".into(),
+    };
+    s += "[metrics]\nenabled = false\n\n[clips]\nenabled = false\n";
     s
 }
 
@@ -300,16 +305,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             && o.replay.machines.iter().all(|&n| n > 0),
         "--repeat, --audio-minutes, --short-seconds and --machines must be positive"
     );
-    let Recordings {
-        bundle_dir,
-        section,
-        src,
-        tmp,
-        wav,
-        audio_s,
-        short_wav,
-        short_s,
-    } = Recordings::prepare(
+    let r = Recordings::prepare(
         &o.replay.bundle,
         o.replay.wav.as_deref(),
         o.audio_minutes * 60.0,
@@ -317,6 +313,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         false,
         "--audio-minutes",
     )?;
+    let (section, audio_s, short_s) = (&r.section, r.audio_s, r.short_s);
     let sonitor = sonitor_binary()?;
     let python = if o.no_peer {
         None
@@ -327,13 +324,13 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         })
     };
     if let Some(py) = &python {
-        check_peer_equivalence(&sonitor, py, &bundle_dir, tmp.path(), o.replay.json)?;
+        check_peer_equivalence(&sonitor, py, &r.bundle_dir, r.tmp.path(), o.replay.json)?;
     }
     if !o.replay.json {
         println!(
             "recording: {} repeated to {audio_s:.0} s; bundle {} section {section}; {} repetition(s)",
-            src.display(),
-            bundle_dir.display(),
+            r.src.display(),
+            r.bundle_dir.display(),
             o.repeat
         );
     }
@@ -355,19 +352,19 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         Ok(u)
     };
     for &n in &o.replay.machines {
-        let dir = tmp.path().join(format!("m{n}"));
+        let dir = r.tmp.path().join(format!("m{n}"));
         std::fs::create_dir_all(dir.join("state"))?;
         let cfg = dir.join("bench.toml");
         std::fs::write(
             &cfg,
-            config_text(&dir, &bundle_dir, &section, &wav, n, false),
+            config_text(&dir, &r.bundle_dir, section, &r.wav, n, false, None),
         )?;
         // One machine only: the short run that gives the steady state, and the peer.
         let short_cfg = if n == 1 {
             let p = dir.join("short.toml");
             std::fs::write(
                 &p,
-                config_text(&dir, &bundle_dir, &section, &short_wav, 1, false),
+                config_text(&dir, &r.bundle_dir, section, &r.short_wav, 1, false, None),
             )?;
             Some(p)
         } else {
@@ -386,16 +383,16 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
                 let su = run_sonitor(short_cfg)?;
                 steady.push((u.cpu_s - su.cpu_s) / (audio_s - short_s));
                 if let Some(py) = &python {
-                    let out = tmp.path().join("peer.json");
+                    let out = r.tmp.path().join("peer.json");
                     let pu = run_measured(
                         Command::new(py)
                             .arg("benches/python/peer.py")
                             .arg("--model")
-                            .arg(&bundle_dir)
+                            .arg(&r.bundle_dir)
                             .arg("--wav")
-                            .arg(&wav)
+                            .arg(&r.wav)
                             .arg("--section")
-                            .arg(&section)
+                            .arg(section)
                             .arg("--json")
                             .env("OMP_NUM_THREADS", "1")
                             .stdin(Stdio::null())
@@ -426,7 +423,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     if o.replay.json {
         let v = serde_json::json!({
             "audio_seconds": audio_s,
-            "bundle": bundle_dir,
+            "bundle": r.bundle_dir,
             "section": section,
             "repeat": o.repeat,
             "short_audio_seconds": short_s,

@@ -113,16 +113,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             && o.replay.machines.iter().all(|&n| n > 0),
         "--repeat, --seconds, --short-seconds and --machines must be positive"
     );
-    let Recordings {
-        bundle_dir,
-        section,
-        src,
-        tmp,
-        wav,
-        audio_s,
-        short_wav,
-        short_s,
-    } = Recordings::prepare(
+    let r = Recordings::prepare(
         &o.replay.bundle,
         o.replay.wav.as_deref(),
         o.seconds,
@@ -130,28 +121,23 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         true,
         "--seconds",
     )?;
+    let (section, audio_s, short_s) = (&r.section, r.audio_s, r.short_s);
     let sonitor = sonitor_binary()?;
     let broker = if o.mqtt {
-        Some(crate::latency::Broker::start(tmp.path())?)
+        Some(crate::latency::Broker::start(r.tmp.path())?)
     } else {
         None
     };
+    let port = broker.as_ref().map(|b| b.port);
     let config = |dir: &Path, wav: &Path, n: usize| {
-        let text = config_text(dir, &bundle_dir, &section, wav, n, true);
-        match &broker {
-            Some(b) => text.replace(
-                "[mqtt]\nenabled = false\n",
-                &format!("[mqtt]\nhost = \"127.0.0.1\"\nport = {}\n", b.port),
-            ),
-            None => text,
-        }
+        config_text(dir, &r.bundle_dir, section, wav, n, true, port)
     };
     if !o.replay.json {
         println!(
             "recording: {} repeated to {audio_s:.0} s (short run {short_s:.0} s), paced in real time; bundle {} \
              section {section}; {} repetition(s); MQTT {}",
-            src.display(),
-            bundle_dir.display(),
+            r.src.display(),
+            r.bundle_dir.display(),
             o.repeat,
             if o.mqtt { "to a loopback mosquitto" } else { "off" }
         );
@@ -170,12 +156,12 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     };
     let mut rows = Vec::new();
     for &n in &o.replay.machines {
-        let dir = tmp.path().join(format!("m{n}"));
+        let dir = r.tmp.path().join(format!("m{n}"));
         std::fs::create_dir_all(dir.join("state"))?;
         let cfg = dir.join("live.toml");
-        std::fs::write(&cfg, config(&dir, &wav, n))?;
+        std::fs::write(&cfg, config(&dir, &r.wav, n))?;
         let short_cfg = dir.join("short.toml");
-        std::fs::write(&short_cfg, config(&dir, &short_wav, n))?;
+        std::fs::write(&short_cfg, config(&dir, &r.short_wav, n))?;
         let per = n as f64 * audio_s;
         let (mut cpu, mut steady, mut rss) = (Vec::new(), Vec::new(), Vec::new());
         let mut threads: BTreeMap<String, Vec<f64>> = BTreeMap::new();
@@ -205,7 +191,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         let v = serde_json::json!({
             "audio_seconds": audio_s,
             "short_audio_seconds": short_s,
-            "bundle": bundle_dir,
+            "bundle": r.bundle_dir,
             "section": section,
             "repeat": o.repeat,
             "mqtt": o.mqtt,
