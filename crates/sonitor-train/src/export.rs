@@ -59,6 +59,22 @@ fn bn_affine(bn: &BatchNorm) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
     Ok((a, b))
 }
 
+/// A convolution's weight (`out_channels` rows) and bias with the BatchNorm after it folded in: each output
+/// channel's row scaled by `a`, the bias `b` (`bn_affine`).
+fn fold_conv_bn(
+    weight: &[f32],
+    out_channels: usize,
+    bn: &BatchNorm,
+) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
+    let (a, b) = bn_affine(bn)?;
+    let w = weight
+        .chunks(weight.len() / out_channels)
+        .zip(&a)
+        .flat_map(|(row, &s)| row.iter().map(move |v| v * s))
+        .collect();
+    Ok((w, b))
+}
+
 struct Graph {
     nodes: Vec<pb::NodeProto>,
     inits: Vec<pb::TensorProto>,
@@ -191,13 +207,7 @@ impl Graph {
         strides: &[i64],
         pads: &[i64],
     ) -> anyhow::Result<String> {
-        let (a, b) = bn_affine(bn)?;
-        let per_out = weight.len() / wdims[0];
-        let w: Vec<f32> = weight
-            .chunks(per_out)
-            .zip(&a)
-            .flat_map(|(row, &s)| row.iter().map(move |v| v * s))
-            .collect();
+        let (w, b) = fold_conv_bn(&weight, wdims[0], bn)?;
         let kernel: Vec<i64> = wdims[2..].iter().map(|&k| k as i64).collect();
         let wn = self.constant("w", wdims, w);
         let bname = self.constant("b", &[wdims[0]], b);
@@ -230,13 +240,7 @@ impl Graph {
             let (s, p) = (s as i64, p as i64);
             return self.conv_bn(x, weight, wdims, bn, &[s, s], &[p, p, p, p]);
         }
-        let (a, b) = bn_affine(bn)?;
-        let per_out = weight.len() / c;
-        let w: Vec<f32> = weight
-            .chunks(per_out)
-            .zip(&a)
-            .flat_map(|(row, &s)| row.iter().map(move |v| v * s))
-            .collect();
+        let (w, b) = fold_conv_bn(&weight, c, bn)?;
         self.blocked_stem(x, &w, &b, wdims, (s, p), hw, None)
     }
 
@@ -540,7 +544,7 @@ pub fn export_onnx_as(
 #[derive(Debug)]
 pub struct Upgraded {
     pub onnx: Vec<u8>,
-    /// One line per rewritten node, e.g. `stem Conv_13: blocked 2×2 (3 → 12 channels, kernel 9, stride 4)`.
+    /// One line per rewritten node, e.g. `stem Conv_13: blocked 2×2 (3 → 12 channels, kernel 7 → 9, stride 2 → 4)`.
     pub changes: Vec<String>,
 }
 
@@ -670,12 +674,15 @@ pub fn upgrade_onnx(bytes: &[u8], config: &ModelConfig) -> anyhow::Result<Option
     if replaced.is_empty() {
         return Ok(None);
     }
-    for t in g
-        .inits
+    let replaced_outputs: std::collections::HashSet<&String> = replaced
         .iter()
-        .map(|t| &t.name)
-        .chain(g.nodes.iter().map(|n| &n.name))
-    {
+        .flat_map(|(i, _)| graph.node[*i].output.iter())
+        .collect();
+    let new_names = g.nodes.iter().flat_map(|n| {
+        // The outputs that replace old ones keep their names on purpose.
+        std::iter::once(&n.name).chain(n.output.iter().filter(|o| !replaced_outputs.contains(o)))
+    });
+    for t in g.inits.iter().map(|t| &t.name).chain(new_names) {
         anyhow::ensure!(
             !names.contains(t),
             "the graph already has a node or tensor named {t}"
