@@ -64,6 +64,14 @@ pub struct SectionScores {
 
 /// Loads the bundle's graph with tract, inputs named and shaped by the manifest.
 pub fn embedder_of(bundle: &Bundle) -> anyhow::Result<OnnxEmbedder> {
+    let path = &bundle.onnx_path;
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    embedder_with_graph(bundle, &bytes).with_context(|| format!("loading {}", path.display()))
+}
+
+/// Loads the ONNX graph `onnx` with tract, inputs named and shaped by the bundle's manifest (the bundle's own
+/// graph, or another one for the same manifest).
+pub fn embedder_with_graph(bundle: &Bundle, onnx: &[u8]) -> anyhow::Result<OnnxEmbedder> {
     let m = &bundle.manifest;
     let find = |view: FeatureView| {
         m.inputs.iter().find(|i| i.view == view).with_context(|| {
@@ -84,13 +92,7 @@ pub fn embedder_of(bundle: &Bundle) -> anyhow::Result<OnnxEmbedder> {
         .clone()
         .try_into()
         .map_err(|s| anyhow::anyhow!("spectrum input shape {s:?} is not 2-D"))?;
-    OnnxEmbedder::load(
-        &bundle.onnx_path,
-        &mel.name,
-        mel_shape,
-        &spec.name,
-        spec_shape,
-    )
+    OnnxEmbedder::from_bytes(onnx, &mel.name, mel_shape, &spec.name, spec_shape)
 }
 
 /// Window scores of one clip's audio.

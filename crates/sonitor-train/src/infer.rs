@@ -2,13 +2,31 @@
 //! of `fit` (so the centroids and thresholds are computed from exactly what the daemon will compute), and by the
 //! export parity test.
 
-use std::path::Path;
-
 use anyhow::Context;
 use sonitor_core::features::{FeatureExtractor, Features};
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
+
+/// ‖got − want‖ / ‖want‖ (Euclidean), how far one embedding is from a reference: 0 when equal, infinite when
+/// their lengths differ or the reference is zero and `got` is not.
+pub fn relative_error(got: &[f32], want: &[f32]) -> f64 {
+    if got.len() != want.len() {
+        return f64::INFINITY;
+    }
+    let norm = want.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+    let diff = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    if diff == 0.0 {
+        0.0
+    } else {
+        diff / norm
+    }
+}
 
 /// A loaded, optimised ONNX embedding graph with two named inputs.
 pub struct OnnxEmbedder {
@@ -83,25 +101,6 @@ impl OnnxEmbedder {
             log_mel_shape,
             spectrum_shape,
         })
-    }
-
-    /// Loads `path` (see [`Self::from_bytes`]).
-    pub fn load(
-        path: &Path,
-        log_mel_name: &str,
-        log_mel_shape: [usize; 3],
-        spectrum_name: &str,
-        spectrum_shape: [usize; 2],
-    ) -> anyhow::Result<Self> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        Self::from_bytes(
-            &bytes,
-            log_mel_name,
-            log_mel_shape,
-            spectrum_name,
-            spectrum_shape,
-        )
-        .with_context(|| format!("loading {}", path.display()))
     }
 
     /// Unit-normalised embeddings of a clip's analysis windows (the feature extractor's window and hop).

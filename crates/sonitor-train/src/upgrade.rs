@@ -7,14 +7,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use rand::{Rng, SeedableRng};
-use sonitor_core::bundle::{Bundle, FeatureView};
+use sonitor_core::bundle::Bundle;
 
+use crate::eval::embedder_with_graph;
 use crate::export::upgrade_onnx;
-use crate::infer::OnnxEmbedder;
+use crate::infer::relative_error;
 use crate::model::ModelConfig;
 
-/// Largest relative difference (max |Δ| over max |embedding|) between the two graphs' embeddings that an
-/// upgrade accepts: the rewritten stem adds zeros and sums in another order, nothing more.
+/// Largest relative difference ([`relative_error`]: ‖Δ‖ over ‖embedding‖) between the two graphs' embeddings that
+/// an upgrade accepts: the rewritten stem adds zeros and sums in another order, nothing more.
 pub const MAX_RELATIVE_DIFFERENCE: f64 = 1e-5;
 
 #[derive(clap::Args, Debug)]
@@ -38,46 +39,20 @@ pub struct Outcome {
 
 /// The embedding of both graphs on the same random inputs: the largest relative difference over a few draws.
 fn compare(bundle: &Bundle, old: &[u8], new: &[u8]) -> anyhow::Result<f64> {
-    let input = |view: FeatureView| {
-        bundle
-            .manifest
-            .inputs
-            .iter()
-            .find(|i| i.view == view)
-            .ok_or_else(|| anyhow::anyhow!("the manifest names no {view:?} input"))
-    };
-    let (mel, spec) = (input(FeatureView::LogMel)?, input(FeatureView::Spectrum)?);
-    anyhow::ensure!(
-        mel.shape.len() == 3 && spec.shape.len() == 2,
-        "input shapes {:?} and {:?} are not [1, frames, mels] and [1, bins]",
-        mel.shape,
-        spec.shape
+    let (a, b) = (
+        embedder_with_graph(bundle, old)?,
+        embedder_with_graph(bundle, new)?,
     );
-    let mel_shape = [mel.shape[0], mel.shape[1], mel.shape[2]];
-    let spec_shape = [spec.shape[0], spec.shape[1]];
-    let load = |bytes: &[u8]| {
-        OnnxEmbedder::from_bytes(bytes, &mel.name, mel_shape, &spec.name, spec_shape)
-    };
-    let (a, b) = (load(old)?, load(new)?);
+    let [frames, n_mels] = bundle.manifest.features.log_mel_shape();
+    let bins = bundle.manifest.features.spectrum_len();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let mut worst = 0f64;
     for _ in 0..4 {
-        let m: Vec<f32> = (0..mel_shape.iter().product())
+        let m: Vec<f32> = (0..frames * n_mels)
             .map(|_| rng.gen_range(-6.0..6.0))
             .collect();
-        let s: Vec<f32> = (0..spec_shape.iter().product())
-            .map(|_| rng.gen_range(0.0..60.0))
-            .collect();
-        let (ea, eb) = (a.embed_raw(&m, &s)?, b.embed_raw(&m, &s)?);
-        let scale = ea
-            .iter()
-            .fold(0f32, |x, v| x.max(v.abs()))
-            .max(f32::MIN_POSITIVE) as f64;
-        let diff = ea
-            .iter()
-            .zip(&eb)
-            .fold(0f32, |x, (p, q)| x.max((p - q).abs())) as f64;
-        worst = worst.max(diff / scale);
+        let s: Vec<f32> = (0..bins).map(|_| rng.gen_range(0.0..60.0)).collect();
+        worst = worst.max(relative_error(&b.embed_raw(&m, &s)?, &a.embed_raw(&m, &s)?));
     }
     Ok(worst)
 }
@@ -95,9 +70,8 @@ pub fn upgrade(model: &Path, out: &Path) -> anyhow::Result<Outcome> {
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("--model {}: the manifest records no network configuration (provenance.model.config), so this is not a graph sonitor-train exported", model.display()))
         .and_then(|c| serde_json::from_value(c).context("provenance.model.config"))?;
-    let onnx_path = model.join(&m.onnx_file);
-    let old =
-        std::fs::read(&onnx_path).with_context(|| format!("reading {}", onnx_path.display()))?;
+    let old = std::fs::read(&bundle.onnx_path)
+        .with_context(|| format!("reading {}", bundle.onnx_path.display()))?;
     let Some(up) = upgrade_onnx(&old, &config)? else {
         return Ok(Outcome {
             changes: Vec::new(),
