@@ -6,14 +6,15 @@
 //! `numpy`: `scripts/setup-python`).
 
 use sonitor_core::bundle::{
-    Bundle, FeatureView, InputSpec, Manifest, Provenance, SectionModel, TensorSpec, Threshold,
-    FORMAT_VERSION,
+    Bundle, FeatureView, InputSpec, Manifest, Provenance, TensorSpec, FORMAT_VERSION,
 };
 use sonitor_core::features::FeatureParams;
 use sonitor_train::eval::embedder_of;
 
 #[path = "../../sonitor-core/tests/support/reference.rs"]
 mod reference;
+#[path = "support/section.rs"]
+mod section;
 
 #[test]
 fn a_graph_from_the_onnx_package_loads_and_runs() {
@@ -41,7 +42,6 @@ fn a_graph_from_the_onnx_package_loads_and_runs() {
         .map(|v| v.as_f64().unwrap())
         .collect();
     let dim = d_mel + d_spec;
-    let unit: Vec<f32> = (0..dim).map(|i| if i == 0 { 1.0 } else { 0.0 }).collect();
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         model_id: "foreign".into(),
@@ -64,20 +64,7 @@ fn a_graph_from_the_onnx_package_loads_and_runs() {
         },
         embedding_dim: dim,
         classes: vec![],
-        sections: vec![SectionModel {
-            machine_type: "fan".into(),
-            section: 0,
-            centroids: vec![unit],
-            n_source_centroids: 1,
-            n_target_centroids: 0,
-            threshold: Threshold {
-                value: 0.5,
-                method: "percentile".into(),
-                quantile: 0.9,
-                gamma_shape: None,
-                gamma_scale: None,
-            },
-        }],
+        sections: section::one_section(dim),
         clip_pooling: "mean".into(),
         onnx_file: "model.onnx".into(),
         onnx_sha256: String::new(),

@@ -4,7 +4,7 @@
 
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
-use sonitor_core::bundle::{Bundle, Manifest, Provenance, SectionModel, Threshold, FORMAT_VERSION};
+use sonitor_core::bundle::{Bundle, Manifest, Provenance, FORMAT_VERSION};
 use sonitor_core::features::FeatureParams;
 use sonitor_train::export::{
     export_onnx_as, signature, upgrade_onnx, GraphForm, INPUT_LOG_MEL, INPUT_SPECTRUM,
@@ -15,6 +15,8 @@ use sonitor_train::upgrade::upgrade;
 
 #[path = "support/parity.rs"]
 mod parity;
+#[path = "support/section.rs"]
+mod section;
 use parity::relative_error;
 
 /// A 8192-sample window with 26 mel bands: log-mel `[15, 26]`, so the stem's output (8 × 13) has an odd column
@@ -39,20 +41,7 @@ fn manifest(p: &FeatureParams, config: &ModelConfig, with_config: bool) -> Manif
         output,
         embedding_dim: dim,
         classes: vec![],
-        sections: vec![SectionModel {
-            machine_type: "fan".into(),
-            section: 0,
-            centroids: vec![(0..dim).map(|i| if i == 0 { 1.0 } else { 0.0 }).collect()],
-            n_source_centroids: 1,
-            n_target_centroids: 0,
-            threshold: Threshold {
-                value: 0.5,
-                method: "gamma".into(),
-                quantile: 0.9,
-                gamma_shape: None,
-                gamma_scale: None,
-            },
-        }],
+        sections: section::one_section(dim),
         clip_pooling: "mean".into(),
         onnx_file: "model.onnx".into(),
         onnx_sha256: String::new(),
