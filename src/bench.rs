@@ -158,22 +158,46 @@ pub fn sgemm_plan(m: usize, k: usize, n: usize) -> TractResult<Arc<TypedRunnable
 /// call, is timed.
 pub const FLOOR_SGEMM_SIZE: usize = 512;
 
+/// One `[m, k] × [k, n]` product through tract, timed a run at a time: the floor's denominator.
+pub struct Sgemm {
+    plan: Arc<TypedRunnableModel>,
+    a: Tensor,
+    flops: f64,
+}
+
+impl Sgemm {
+    /// The plan and its input, after a warm-up of three products.
+    pub fn new(m: usize, k: usize, n: usize) -> TractResult<Self> {
+        let plan = sgemm_plan(m, k, n)?;
+        let a = Tensor::from_shape(&[m, k], &test_signal(m * k, 16_000))?;
+        let s = Self {
+            plan,
+            a,
+            flops: 2.0 * (m * k * n) as f64,
+        };
+        for _ in 0..3 {
+            s.rate()?;
+        }
+        Ok(s)
+    }
+
+    /// The rate of one product (FLOP/s, a multiply-add counted as 2); only the product is timed.
+    pub fn rate(&self) -> TractResult<f64> {
+        let input = tvec!(self.a.clone().into());
+        let t0 = Instant::now();
+        self.plan.run(input)?;
+        Ok(self.flops / t0.elapsed().as_secs_f64())
+    }
+}
+
 /// The single-thread rate of tract's matrix multiply on this CPU (FLOP/s, a multiply-add counted as 2), the median
 /// of `runs` products `[m, k] × [k, n]` after a warm-up.
 pub fn sgemm_flops_per_second(m: usize, k: usize, n: usize, runs: usize) -> TractResult<f64> {
-    let plan = sgemm_plan(m, k, n)?;
-    let a = Tensor::from_shape(&[m, k], &test_signal(m * k, 16_000))?;
-    for _ in 0..3 {
-        plan.run(tvec!(a.clone().into()))?;
-    }
-    let mut t = Vec::with_capacity(runs);
-    for _ in 0..runs.max(1) {
-        let input = tvec!(a.clone().into());
-        let t0 = Instant::now();
-        plan.run(input)?;
-        t.push(t0.elapsed().as_secs_f64());
-    }
-    Ok(2.0 * (m * k * n) as f64 / median(&t))
+    let s = Sgemm::new(m, k, n)?;
+    let rates = (0..runs.max(1))
+        .map(|_| s.rate())
+        .collect::<TractResult<Vec<f64>>>()?;
+    Ok(median(&rates))
 }
 
 /// Starts `mosquitto -c conf` (a configuration that listens on loopback `port`) and waits up to 10 s until it
