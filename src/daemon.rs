@@ -243,15 +243,6 @@ fn load_saved(path: &Path) -> BTreeMap<String, SavedMachine> {
         .collect()
 }
 
-fn save_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
 struct MachineRt {
     cfg: MachineConfig,
     input: usize,
@@ -317,7 +308,7 @@ impl Controller {
             .map(|m| (m.cfg.name.clone(), m.saved.clone()))
             .collect();
         let text = serde_json::to_string_pretty(&map).unwrap_or_default();
-        if let Err(e) = save_atomically(&self.saved_path, &text) {
+        if let Err(e) = sonitor_core::atomic_file::write(&self.saved_path, text.as_bytes()) {
             log::error!("cannot save {}: {e}", self.saved_path.display());
         }
     }

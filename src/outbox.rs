@@ -2,17 +2,17 @@
 //! removed only when the broker has acknowledged them (QoS 1 PUBACK). It survives a daemon restart and a broker
 //! outage; the publisher replays it in order on every connect.
 //!
-//! Layout: one JSON file per message, `<dir>/<seq:020>.json`, written to a temporary name, fsynced and renamed,
-//! so a crash leaves either the whole message or nothing. The sequence number orders the replay. The outbox is
-//! bounded: beyond `max` messages the oldest are deleted and counted as dropped (a broker unreachable for
-//! thousands of alarm transitions; the retained state republished on connect still tells the truth).
+//! Layout: one JSON file per message, `<dir>/<seq:020>.json`, written whole or not at all
+//! (`sonitor_core::atomic_file`: a temporary name, fsync, rename), so a crash leaves either the whole message or
+//! nothing. The sequence number orders the replay. The outbox is bounded: beyond `max` messages the oldest are
+//! deleted and counted as dropped (a broker unreachable for thousands of alarm transitions; the retained state
+//! republished on connect still tells the truth).
 
 use std::collections::VecDeque;
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use sonitor_core::atomic_file;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutMessage {
@@ -112,9 +112,7 @@ impl Outbox {
             seqs.push(seq);
         }
         // The renames are durable once the directory is synced.
-        if let Ok(d) = File::open(&self.dir) {
-            let _ = d.sync_all();
-        }
+        let _ = atomic_file::sync_dir(&self.dir);
         while self.records.len() > self.max {
             if let Some(old) = self.records.pop_front() {
                 log::warn!(
@@ -130,21 +128,13 @@ impl Outbox {
         first_error.map_or(Ok(seqs), Err)
     }
 
-    /// One record to its file: a temporary name, fsync, rename. A failed write leaves no file behind.
+    /// One record to its file, whole or not at all ([`atomic_file`]).
     fn write(&self, rec: &Record) -> Result<(), OutboxError> {
         let path = self.dir.join(file_name(rec.seq));
-        let tmp = path.with_extension("tmp");
-        let written = (|| {
-            let text = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
-            let mut f = File::create(&tmp)?;
-            f.write_all(&text)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        })();
-        written.map_err(|source| {
-            let _ = std::fs::remove_file(&tmp);
-            OutboxError { path: tmp, source }
-        })
+        serde_json::to_vec(rec)
+            .map_err(std::io::Error::other)
+            .and_then(|text| atomic_file::write(&path, &text))
+            .map_err(|source| OutboxError { path, source })
     }
 
     /// The broker acknowledged message `seq`: forget it.
@@ -249,7 +239,7 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         let err = o.push(vec![m("a", "OFF"), m("e", "end")]).unwrap_err();
         assert!(
-            err.to_string().contains("00000000000000000002.tmp"),
+            err.to_string().contains("00000000000000000002.json"),
             "{err}"
         );
         let v: Vec<_> = o

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::atomic_file;
 use crate::features::FeatureParams;
 use crate::onnx_graph::{self, Dim, GraphSignature};
 
@@ -425,7 +426,8 @@ impl Bundle {
     }
 
     /// Writes a bundle (creating `dir`): the ONNX bytes under `manifest.onnx_file` and the manifest with the
-    /// checksum filled in; then loads it back, so a bundle that would be refused is never written silently.
+    /// checksum filled in, each replaced whole or not at all ([`atomic_file`]); then loads it back, so a bundle
+    /// that would be refused is never written silently.
     pub fn write(dir: &Path, manifest: &Manifest, onnx: &[u8]) -> Result<Bundle, BundleError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -445,12 +447,20 @@ impl Bundle {
                 reason,
             })?;
         let onnx_path = dir.join(&manifest.onnx_file);
-        std::fs::write(&onnx_path, onnx).map_err(io(&onnx_path))?;
         let text = serde_json::to_string_pretty(&manifest).map_err(|e| BundleError::Manifest {
             path: manifest_path.clone(),
             reason: e.to_string(),
         })?;
-        std::fs::write(&manifest_path, text).map_err(io(&manifest_path))?;
+        // Both files are written in full before either replaces anything, so a write that fails (a full disk)
+        // leaves the bundle that was there. The graph goes into place first: a crash between the two renames
+        // leaves the old manifest, whose checksum the new graph does not match, and the loader refuses that
+        // bundle rather than run a graph with another graph's centroids.
+        let staged_onnx = atomic_file::Staged::write(&onnx_path, onnx).map_err(io(&onnx_path))?;
+        let staged_manifest = atomic_file::Staged::write(&manifest_path, text.as_bytes())
+            .map_err(io(&manifest_path))?;
+        staged_onnx.commit().map_err(io(&onnx_path))?;
+        staged_manifest.commit().map_err(io(&manifest_path))?;
+        atomic_file::sync_dir(dir).map_err(io(dir))?;
         Bundle::load(dir)
     }
 
@@ -548,6 +558,41 @@ mod tests {
         assert!(b.section("fan", 0).is_some());
         assert!(b.manifest.section_by_key("fan/section_00").is_some());
         assert!(b.section("fan", 1).is_none());
+    }
+
+    #[test]
+    fn a_write_that_fails_leaves_the_bundle_that_was_there() {
+        let d = tempfile::tempdir().unwrap();
+        Bundle::write(d.path(), &manifest(), &graph()).unwrap();
+        let mut changed = manifest();
+        changed.model_id = "retrained".into();
+        // The manifest cannot be staged (something in the way of its temporary file, as a full disk would
+        // stop it): the error names the manifest, and neither file of the old bundle was replaced.
+        let in_the_way = atomic_file::temp_path(&d.path().join(MANIFEST_FILE));
+        std::fs::create_dir(&in_the_way).unwrap();
+        // Another graph that fits the same manifest: its batch axis fixed instead of symbolic.
+        let other_graph = model(
+            &[
+                (
+                    "log_mel",
+                    vec![Dim::Fixed(1), Dim::Fixed(7), Dim::Fixed(32)],
+                ),
+                ("spectrum", vec![Dim::Fixed(1), Dim::Fixed(2048)]),
+            ],
+            &[("embedding", vec![Dim::Fixed(1), Dim::Fixed(4)])],
+        );
+        assert_ne!(other_graph, graph());
+        let e = Bundle::write(d.path(), &changed, &other_graph).unwrap_err();
+        assert!(e.to_string().contains(MANIFEST_FILE), "{e}");
+        let b = Bundle::load(d.path()).unwrap();
+        assert_eq!(b.manifest.model_id, "test");
+        assert_eq!(std::fs::read(&b.onnx_path).unwrap(), graph());
+        assert!(!atomic_file::temp_path(&b.onnx_path).exists());
+        // With the way clear, the same write replaces both.
+        std::fs::remove_dir(&in_the_way).unwrap();
+        let b = Bundle::write(d.path(), &changed, &other_graph).unwrap();
+        assert_eq!(b.manifest.model_id, "retrained");
+        assert_eq!(b.manifest.onnx_sha256, sha256_hex(&other_graph));
     }
 
     #[test]

@@ -13,11 +13,13 @@
 //! - [`detect`]: the alarm logic of one machine (window scores in, alarm transitions out), the daemon's and
 //!   what `sonitor-train eval` replays on test clips;
 //! - [`parallel`]: the order-preserving parallel map the trainer uses for loading, embedding and scoring clips;
-//! - [`plot`]: score timelines and ROC curves as PNG or SVG.
+//! - [`plot`]: score timelines and ROC curves as PNG or SVG;
+//! - [`atomic_file`]: files replaced whole or not at all (bundles, the daemon's state and outbox).
 //!
 //! Library code here never panics on bad input: every fallible operation returns a typed error that names the
 //! offending file or value.
 
+pub mod atomic_file;
 pub mod audio;
 pub mod bundle;
 pub mod dcase;
