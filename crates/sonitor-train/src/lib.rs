@@ -10,6 +10,7 @@
 //! - [`cli`]: the command-line front end of the `sonitor-train` binary.
 
 pub mod baseline;
+pub mod checkpoint;
 pub mod cli;
 pub mod data;
 pub mod eval;

@@ -369,9 +369,8 @@ pub fn run(a: &PruneArgs) -> anyhow::Result<()> {
     let bundle = Bundle::load(&a.model)
         .with_context(|| format!("--model {}: not a usable bundle", a.model.display()))?;
     let m = &bundle.manifest;
-    let ckpt = a.model.join("checkpoint");
     let device = a.device.device()?;
-    let (model, config, loss, classes) = train::load_checkpoint(&ckpt, &device)
+    let (model, config, loss, classes) = train::load_checkpoint(&a.model, &device)
         .with_context(|| format!("--model {}: pruning needs the training checkpoint (fit writes it to BUNDLE/checkpoint)", a.model.display()))?;
     let params_before = model.num_params();
     let macs_before = config.macs_per_window();

@@ -25,6 +25,7 @@ use sonitor_core::dcase::{self, ClassMap, Clip, Domain, LabelGranularity, Split}
 use sonitor_core::features::{FeatureExtractor, FeatureParams};
 use sonitor_core::{parallel, score};
 
+use crate::checkpoint;
 use crate::data;
 use crate::export::{self, INPUT_LOG_MEL, INPUT_SPECTRUM};
 use crate::infer::OnnxEmbedder;
@@ -249,16 +250,6 @@ impl burn::module::ModuleVisitor for InitialiseNow {
     }
 }
 
-/// Saved with each checkpoint.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CheckpointState {
-    epochs_done: usize,
-    loss: Loss,
-    model: ModelConfig,
-    classes: Vec<String>,
-    history: Vec<f64>,
-}
-
 /// What `fit` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct FitReport {
@@ -378,28 +369,26 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
         None => Loss::new(o.loss, classes.names.len(), config.embedding_dim(), o.seed),
     };
     let mut optim = AdamConfig::new().init();
-    let ckpt = o.out.join("checkpoint");
     let mut start_epoch = 0;
     let mut history = Vec::new();
     if o.resume {
-        let state_path = ckpt.join("state.json");
-        let text = std::fs::read_to_string(&state_path)
-            .with_context(|| format!("--resume: reading {}", state_path.display()))?;
-        let state: CheckpointState = serde_json::from_str(&text)
-            .with_context(|| format!("parsing {}", state_path.display()))?;
+        let ckpt = checkpoint::find(&o.out);
+        let (record, state) = read_checkpoint(&ckpt).context("--resume")?;
         anyhow::ensure!(
             state.model == config && state.classes == classes.names,
             "--resume: the checkpoint in {} was made with another network or class set",
             ckpt.display()
         );
-        let record = burn::store::ModuleRecord::load(ckpt.join("model.bpk"))
-            .map_err(|e| anyhow::anyhow!("loading {}: {e:?}", ckpt.join("model.bpk").display()))?;
-        model = model
-            .try_load_record(record)
-            .map_err(|e| anyhow::anyhow!("applying {}: {e:?}", ckpt.join("model.bpk").display()))?;
-        optim = optim.load(ckpt.join("optimizer.bpk")).map_err(|e| {
-            anyhow::anyhow!("loading {}: {e:?}", ckpt.join("optimizer.bpk").display())
+        model = model.try_load_record(record).map_err(|e| {
+            anyhow::anyhow!(
+                "applying {}: {e:?}",
+                ckpt.join(checkpoint::MODEL_FILE).display()
+            )
         })?;
+        let optimizer = ckpt.join(checkpoint::OPTIMIZER_FILE);
+        optim = optim
+            .load(&optimizer)
+            .map_err(|e| anyhow::anyhow!("loading {}: {e:?}", optimizer.display()))?;
         loss = state.loss;
         start_epoch = state.epochs_done;
         history = state.history;
@@ -471,24 +460,24 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
                 seen as f64 / t_epoch.elapsed().as_secs_f64().max(1e-9)
             );
         }
-        std::fs::create_dir_all(&ckpt).with_context(|| format!("creating {}", ckpt.display()))?;
-        model
-            .clone()
-            .save_file(ckpt.join("model.bpk"))
-            .map_err(|e| anyhow::anyhow!("writing {}: {e:?}", ckpt.join("model.bpk").display()))?;
-        optim.save(ckpt.join("optimizer.bpk")).map_err(|e| {
-            anyhow::anyhow!("writing {}: {e:?}", ckpt.join("optimizer.bpk").display())
-        })?;
-        let state = CheckpointState {
+        let state = checkpoint::State {
             epochs_done: epoch + 1,
             loss: loss.clone(),
             model: config.clone(),
             classes: classes.names.clone(),
             history: history.clone(),
         };
-        let p = ckpt.join("state.json");
-        std::fs::write(&p, serde_json::to_string_pretty(&state)?)
-            .with_context(|| format!("writing {}", p.display()))?;
+        checkpoint::save(&o.out, &state, |dir| {
+            let m = dir.join(checkpoint::MODEL_FILE);
+            model
+                .clone()
+                .save_file(&m)
+                .map_err(|e| anyhow::anyhow!("writing {}: {e:?}", m.display()))?;
+            let opt = dir.join(checkpoint::OPTIMIZER_FILE);
+            optim
+                .save(&opt)
+                .map_err(|e| anyhow::anyhow!("writing {}: {e:?}", opt.display()))
+        })?;
     }
     let train_seconds = t_train.elapsed().as_secs_f64();
 
@@ -624,23 +613,33 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
     })
 }
 
-/// Loads the network, loss and classes of a training checkpoint directory (`BUNDLE/checkpoint`).
+/// The weights and the state of the checkpoint directory `ckpt`.
+fn read_checkpoint(ckpt: &Path) -> anyhow::Result<(burn::store::ModuleRecord, checkpoint::State)> {
+    let state = checkpoint::read_state(ckpt)?;
+    let m = ckpt.join(checkpoint::MODEL_FILE);
+    let record = burn::store::ModuleRecord::load(&m)
+        .map_err(|e| anyhow::anyhow!("loading {}: {e:?}", m.display()))?;
+    Ok((record, state))
+}
+
+/// Loads the network, loss and classes of the last whole training checkpoint of the bundle directory `out`
+/// ([`checkpoint::find`]).
 pub fn load_checkpoint(
-    ckpt: &Path,
+    out: &Path,
     device: &Device,
 ) -> anyhow::Result<(Model, ModelConfig, Loss, Vec<String>)> {
-    let state_path = ckpt.join("state.json");
-    let text = std::fs::read_to_string(&state_path)
-        .with_context(|| format!("reading {}", state_path.display()))?;
-    let state: CheckpointState =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", state_path.display()))?;
-    let record = burn::store::ModuleRecord::load(ckpt.join("model.bpk"))
-        .map_err(|e| anyhow::anyhow!("loading {}: {e:?}", ckpt.join("model.bpk").display()))?;
+    let ckpt = checkpoint::find(out);
+    let (record, state) = read_checkpoint(&ckpt)?;
     let model = state
         .model
         .init(device)?
         .try_load_record(record)
-        .map_err(|e| anyhow::anyhow!("applying {}: {e:?}", ckpt.join("model.bpk").display()))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "applying {}: {e:?}",
+                ckpt.join(checkpoint::MODEL_FILE).display()
+            )
+        })?;
     Ok((model, state.model, state.loss, state.classes))
 }
 

@@ -190,11 +190,17 @@ fn fit_resume_eval_and_refusals() {
         "two runs with one seed differ"
     );
 
-    // Resume to 2 epochs.
+    // Resume to 2 epochs, from the state a crash in the middle of the next checkpoint's save leaves: the
+    // checkpoint moved aside to checkpoint.old/, a half-written checkpoint.new/ beside it.
+    std::fs::rename(out.join("checkpoint"), out.join("checkpoint.old")).unwrap();
+    std::fs::create_dir(out.join("checkpoint.new")).unwrap();
+    std::fs::write(out.join("checkpoint.new/model.bpk"), b"half").unwrap();
     let mut o = options(&data, &out, LossKind::SubclusterAdacos, 2);
     o.resume = true;
     let r = fit(&o).unwrap();
     assert_eq!(r.epoch_losses.len(), 2);
+    assert!(out.join("checkpoint/state.json").exists());
+    assert!(!out.join("checkpoint.old").exists() && !out.join("checkpoint.new").exists());
 
     // Eval through tract.
     let scores = dir.path().join("scores");

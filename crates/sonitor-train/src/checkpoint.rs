@@ -1,0 +1,170 @@
+//! The training checkpoint, `BUNDLE/checkpoint/`: the network's weights (`model.bpk`), the optimiser's state
+//! (`optimizer.bpk`) and where training stands (`state.json`), written after every epoch.
+//!
+//! A checkpoint replaces the previous one whole. It is written into `checkpoint.new/` (each file fsynced,
+//! `state.json` last), then takes the old one's place by two renames: `checkpoint/` → `checkpoint.old/`,
+//! `checkpoint.new/` → `checkpoint/`; then the old one is removed. A crash at any moment (a power cut, the
+//! OOM killer, a full disk) leaves a complete checkpoint for `--resume` and `prune`: [`find`] takes
+//! `checkpoint/`, or `checkpoint.old/` when the crash came between the two renames.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use sonitor_core::atomic_file;
+
+use crate::loss::Loss;
+use crate::model::ModelConfig;
+
+/// The checkpoint's directory under the bundle.
+pub const DIR: &str = "checkpoint";
+pub const MODEL_FILE: &str = "model.bpk";
+pub const OPTIMIZER_FILE: &str = "optimizer.bpk";
+/// Written last: a directory with it holds a whole checkpoint.
+pub const STATE_FILE: &str = "state.json";
+
+/// Where training stands, saved with each checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    pub epochs_done: usize,
+    pub loss: Loss,
+    pub model: ModelConfig,
+    pub classes: Vec<String>,
+    pub history: Vec<f64>,
+}
+
+fn sibling(out: &Path, suffix: &str) -> PathBuf {
+    out.join(format!("{DIR}.{suffix}"))
+}
+
+/// The directory of the last whole checkpoint under the bundle directory `out`: `checkpoint/`, or
+/// `checkpoint.old/` when a save was interrupted between its two renames. When neither holds one, `checkpoint/`
+/// (so that the error names the usual place).
+pub fn find(out: &Path) -> PathBuf {
+    let current = out.join(DIR);
+    let old = sibling(out, "old");
+    if !current.join(STATE_FILE).exists() && old.join(STATE_FILE).exists() {
+        old
+    } else {
+        current
+    }
+}
+
+/// Reads and parses the `state.json` of a checkpoint directory.
+pub fn read_state(dir: &Path) -> anyhow::Result<State> {
+    let path = dir.join(STATE_FILE);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Saves a checkpoint under the bundle directory `out`: `write_weights(dir)` writes the weight files
+/// ([`MODEL_FILE`], [`OPTIMIZER_FILE`]) into the new checkpoint's directory, then `state` is written and the new
+/// checkpoint replaces the old one (see the module's documentation).
+pub fn save(
+    out: &Path,
+    state: &State,
+    write_weights: impl FnOnce(&Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let (new, current, old) = (sibling(out, "new"), out.join(DIR), sibling(out, "old"));
+    if new.exists() {
+        // What an interrupted save left: never a checkpoint that was in use.
+        std::fs::remove_dir_all(&new).with_context(|| format!("removing {}", new.display()))?;
+    }
+    std::fs::create_dir_all(&new).with_context(|| format!("creating {}", new.display()))?;
+    write_weights(&new)?;
+    for f in [MODEL_FILE, OPTIMIZER_FILE] {
+        let p = new.join(f);
+        std::fs::File::open(&p)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("syncing {}", p.display()))?;
+    }
+    let text = serde_json::to_string_pretty(state)?;
+    let state_path = new.join(STATE_FILE);
+    atomic_file::write(&state_path, text.as_bytes())
+        .with_context(|| format!("writing {}", state_path.display()))?;
+    atomic_file::sync_dir(&new).with_context(|| format!("syncing {}", new.display()))?;
+    if current.exists() {
+        if old.exists() {
+            std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
+        }
+        std::fs::rename(&current, &old)
+            .with_context(|| format!("moving {} aside", current.display()))?;
+    }
+    std::fs::rename(&new, &current)
+        .with_context(|| format!("moving {} into place", new.display()))?;
+    atomic_file::sync_dir(out).with_context(|| format!("syncing {}", out.display()))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loss::LossKind;
+
+    fn state(epochs_done: usize) -> State {
+        State {
+            epochs_done,
+            loss: Loss::new(LossKind::Adacos, 2, 4, 1),
+            model: ModelConfig::tiny(7, 32, 2048),
+            classes: vec!["a".into(), "b".into()],
+            history: vec![1.0; epochs_done],
+        }
+    }
+
+    fn weights(tag: &'static str) -> impl FnOnce(&Path) -> anyhow::Result<()> {
+        move |dir| {
+            std::fs::write(dir.join(MODEL_FILE), tag)?;
+            std::fs::write(dir.join(OPTIMIZER_FILE), tag)?;
+            Ok(())
+        }
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn each_save_replaces_the_whole_checkpoint() {
+        let d = tempfile::tempdir().unwrap();
+        save(d.path(), &state(1), weights("epoch 1")).unwrap();
+        save(d.path(), &state(2), weights("epoch 2")).unwrap();
+        assert_eq!(entries(d.path()), [DIR]);
+        let dir = find(d.path());
+        assert_eq!(dir, d.path().join(DIR));
+        assert_eq!(read_state(&dir).unwrap().epochs_done, 2);
+        assert_eq!(std::fs::read(dir.join(MODEL_FILE)).unwrap(), b"epoch 2");
+        assert_eq!(entries(&dir), [MODEL_FILE, OPTIMIZER_FILE, STATE_FILE]);
+    }
+
+    #[test]
+    fn an_interrupted_save_leaves_the_last_whole_checkpoint() {
+        let d = tempfile::tempdir().unwrap();
+        save(d.path(), &state(1), weights("epoch 1")).unwrap();
+        // Weights that fail half-way: the checkpoint in use is untouched.
+        let e = save(d.path(), &state(2), |dir: &Path| {
+            std::fs::write(dir.join(MODEL_FILE), "epoch 2")?;
+            anyhow::bail!("disk full")
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("disk full"));
+        assert_eq!(read_state(&find(d.path())).unwrap().epochs_done, 1);
+        // A crash between the two renames: only checkpoint.old/ is whole (checkpoint.new/ may be too, or not).
+        std::fs::rename(d.path().join(DIR), d.path().join("checkpoint.old")).unwrap();
+        let dir = find(d.path());
+        assert_eq!(dir, d.path().join("checkpoint.old"));
+        assert_eq!(read_state(&dir).unwrap().epochs_done, 1);
+        // The next save clears both leftovers.
+        save(d.path(), &state(2), weights("epoch 2")).unwrap();
+        assert_eq!(entries(d.path()), [DIR]);
+        assert_eq!(read_state(&find(d.path())).unwrap().epochs_done, 2);
+    }
+}
