@@ -8,8 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use realfft::num_complex::Complex;
-use realfft::{RealFftPlanner, RealToComplex};
+use realfft::RealFftPlanner;
+use sonitor_core::power_spectrum::PowerSpectrum;
 
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
@@ -26,60 +26,44 @@ pub fn test_signal(n: usize, sample_rate: u32) -> Vec<f32> {
         .collect()
 }
 
-/// The FFTs of one analysis window alone, planned once and run as `FeatureExtractor` runs them: one real FFT of
-/// `n_fft` per STFT frame (the log-mel view) and one of the whole window (the spectrum view). Timing it beside the
-/// extractor gives the FFTs' share of the features.
+/// The FFTs of one analysis window alone, planned once and run as `FeatureExtractor` runs them: the power
+/// spectrum ([`PowerSpectrum`]: the FFT and the squared magnitudes) of each `n_fft` STFT frame (the log-mel view)
+/// and of the whole window (the spectrum view). Timing it beside the extractor gives the FFTs' share of the
+/// features.
 pub struct FftOnly {
-    frame: Arc<dyn RealToComplex<f32>>,
-    whole: Arc<dyn RealToComplex<f32>>,
+    frame: PowerSpectrum,
+    whole: PowerSpectrum,
+    n_fft: usize,
+    window: usize,
     frames: usize,
     hop: usize,
-    frame_in: Vec<f32>,
-    whole_in: Vec<f32>,
-    frame_out: Vec<Complex<f32>>,
-    whole_out: Vec<Complex<f32>>,
-    scratch: Vec<Complex<f32>>,
+    frame_power: Vec<f32>,
+    whole_power: Vec<f32>,
 }
 
 impl FftOnly {
     pub fn new(n_fft: usize, hop: usize, window: usize) -> Self {
         let mut p = RealFftPlanner::<f32>::new();
-        let frame = p.plan_fft_forward(n_fft);
-        let whole = p.plan_fft_forward(window);
-        let scratch_len = frame.get_scratch_len().max(whole.get_scratch_len());
         Self {
+            frame: PowerSpectrum::new(n_fft, &mut p),
+            whole: PowerSpectrum::new(window, &mut p),
+            n_fft,
+            window,
             frames: 1 + (window - n_fft) / hop,
             hop,
-            frame_in: frame.make_input_vec(),
-            whole_in: whole.make_input_vec(),
-            frame_out: frame.make_output_vec(),
-            whole_out: whole.make_output_vec(),
-            scratch: vec![Complex::default(); scratch_len],
-            frame,
-            whole,
+            frame_power: vec![0.0; n_fft / 2 + 1],
+            whole_power: vec![0.0; window / 2 + 1],
         }
     }
 
     /// `x` must hold the whole window.
     pub fn run(&mut self, x: &[f32]) {
-        let n = self.frame_in.len();
         for f in 0..self.frames {
-            self.frame_in
-                .copy_from_slice(&x[f * self.hop..f * self.hop + n]);
-            // The lengths are the planned ones: the FFT cannot fail.
-            let _ = self.frame.process_with_scratch(
-                &mut self.frame_in,
-                &mut self.frame_out,
-                &mut self.scratch,
-            );
+            let start = f * self.hop;
+            self.frame
+                .process(&x[start..start + self.n_fft], &mut self.frame_power);
         }
-        let w = self.whole_in.len();
-        self.whole_in.copy_from_slice(&x[..w]);
-        let _ = self.whole.process_with_scratch(
-            &mut self.whole_in,
-            &mut self.whole_out,
-            &mut self.scratch,
-        );
+        self.whole.process(&x[..self.window], &mut self.whole_power);
     }
 }
 

@@ -16,10 +16,10 @@
 //! [`FeatureExtractor`] plans the FFTs and the filterbank once; [`FeatureExtractor::extract_into`] then runs
 //! without allocating, so it can sit in the daemon's feature thread.
 
-use std::sync::Arc;
-
-use realfft::{num_complex::Complex, RealFftPlanner, RealToComplex};
+use realfft::RealFftPlanner;
 use serde::{Deserialize, Serialize};
+
+use crate::power_spectrum::PowerSpectrum;
 
 /// All parameters of the features. Part of the model contract (the bundle manifest).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -228,21 +228,19 @@ const LANES: usize = 8;
 /// Computes [`Features`] for windows of a fixed length; plans everything once.
 pub struct FeatureExtractor {
     params: FeatureParams,
-    stft: Arc<dyn RealToComplex<f32>>,
-    whole: Arc<dyn RealToComplex<f32>>,
+    stft: PowerSpectrum,
+    whole: PowerSpectrum,
     hann: Vec<f32>,
     bands: Vec<MelBand>,
     frame: Vec<f32>,
-    frame_spec: Vec<Complex<f32>>,
     /// |STFT| of up to [`LANES`] frames, bin-major: `mag[k][l]` is bin `k` of the group's frame `l`.
     mag: Vec<[f32; LANES]>,
     /// |STFT| of one frame.
     line: Vec<f32>,
     /// Per-mel-bin sums of the temporal mean subtraction.
     mel_sums: Vec<f64>,
-    whole_in: Vec<f32>,
-    whole_spec: Vec<Complex<f32>>,
-    scratch: Vec<Complex<f32>>,
+    /// |DFT|² of the whole window.
+    whole_power: Vec<f32>,
 }
 
 impl std::fmt::Debug for FeatureExtractor {
@@ -257,24 +255,20 @@ impl FeatureExtractor {
     pub fn new(params: FeatureParams) -> Result<Self, FeatureParamsError> {
         params.validate()?;
         let mut planner = RealFftPlanner::<f32>::new();
-        let stft = planner.plan_fft_forward(params.n_fft);
-        let whole = planner.plan_fft_forward(params.window_samples);
+        let stft = PowerSpectrum::new(params.n_fft, &mut planner);
+        let whole = PowerSpectrum::new(params.window_samples, &mut planner);
         let n = params.n_fft;
         // Periodic Hann (scipy `get_window("hann", n, fftbins=True)`), computed in f64.
         let hann = (0..n)
             .map(|i| (0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / n as f64).cos()) as f32)
             .collect();
-        let scratch_len = stft.get_scratch_len().max(whole.get_scratch_len());
         Ok(Self {
             bands: mel_filterbank(&params),
-            frame: stft.make_input_vec(),
-            frame_spec: stft.make_output_vec(),
+            frame: vec![0.0; n],
             mag: vec![[0.0; LANES]; n / 2 + 1],
             line: vec![0.0; n / 2 + 1],
             mel_sums: vec![0.0; params.n_mels],
-            whole_in: whole.make_input_vec(),
-            whole_spec: whole.make_output_vec(),
-            scratch: vec![Complex::default(); scratch_len],
+            whole_power: vec![0.0; params.window_samples / 2 + 1],
             stft,
             whole,
             hann,
@@ -338,17 +332,12 @@ impl FeatureExtractor {
         for ((dst, &x), &w) in self.frame.iter_mut().zip(samples).zip(&self.hann) {
             *dst = x * w;
         }
-        // Lengths are fixed by construction; the FFT cannot fail.
-        let _ = self.stft.process_with_scratch(
-            &mut self.frame,
-            &mut self.frame_spec,
-            &mut self.scratch,
-        );
+        self.stft.process(&self.frame, &mut self.line);
         // Contiguous first (the square roots vectorise), then into the frame's lane.
-        let squared = self.params.mel_power == 2.0;
-        for (m, c) in self.line.iter_mut().zip(&self.frame_spec) {
-            let p = c.re * c.re + c.im * c.im;
-            *m = if squared { p } else { p.sqrt() };
+        if self.params.mel_power != 2.0 {
+            for m in self.line.iter_mut() {
+                *m = m.sqrt();
+            }
         }
         for (m, &v) in self.mag.iter_mut().zip(&self.line) {
             m[lane] = v;
@@ -378,14 +367,9 @@ impl FeatureExtractor {
         self.log_mel_into(window, frames, &mut out.log_mel);
         subtract_temporal_mean(&mut out.log_mel, &mut self.mel_sums);
 
-        self.whole_in.copy_from_slice(window);
-        let _ = self.whole.process_with_scratch(
-            &mut self.whole_in,
-            &mut self.whole_spec,
-            &mut self.scratch,
-        );
-        for (o, c) in out.spectrum.iter_mut().zip(&self.whole_spec) {
-            *o = (c.re * c.re + c.im * c.im).sqrt();
+        self.whole.process(window, &mut self.whole_power);
+        for (o, &p) in out.spectrum.iter_mut().zip(&self.whole_power) {
+            *o = p.sqrt();
         }
         Ok(())
     }

@@ -4,7 +4,8 @@
 //! is exactly what runs on the factory floor:
 //!
 //! - [`audio`]: reading WAV files of any common encoding, channel selection, band-limited resampling;
-//! - [`features`]: the one and only implementation of the model's input features (log-mel and spectrum views);
+//! - [`features`]: the one and only implementation of the model's input features (log-mel and spectrum views),
+//!   with [`power_spectrum`] for the power spectra of its frames and windows;
 //! - [`dcase`]: the DCASE 2022/2023 Task 2 data layout, file names, attributes and auxiliary class labels;
 //! - [`metrics`]: the official DCASE metrics (AUC, McClish pAUC, harmonic-mean official score);
 //! - [`bundle`]: the model bundle (ONNX graph + manifest), the contract between trainer and daemon, verified on
@@ -29,4 +30,5 @@ pub mod metrics;
 pub mod onnx_graph;
 pub mod parallel;
 pub mod plot;
+pub mod power_spectrum;
 pub mod score;
