@@ -123,13 +123,16 @@ mod tests {
         }
     }
 
-    fn entries(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(dir)
+    /// Only `checkpoint/` is left under `out`, with its three files.
+    fn only_the_checkpoint(out: &Path) {
+        let left: Vec<_> = std::fs::read_dir(out)
             .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .map(|e| e.unwrap().file_name())
             .collect();
-        v.sort();
-        v
+        assert_eq!(left, [DIR], "{left:?}");
+        for f in [MODEL_FILE, OPTIMIZER_FILE, STATE_FILE] {
+            assert!(out.join(DIR).join(f).is_file(), "{f}");
+        }
     }
 
     #[test]
@@ -137,12 +140,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         save(d.path(), &state(1), weights("epoch 1")).unwrap();
         save(d.path(), &state(2), weights("epoch 2")).unwrap();
-        assert_eq!(entries(d.path()), [DIR]);
+        only_the_checkpoint(d.path());
         let dir = find(d.path());
         assert_eq!(dir, d.path().join(DIR));
         assert_eq!(read_state(&dir).unwrap().epochs_done, 2);
         assert_eq!(std::fs::read(dir.join(MODEL_FILE)).unwrap(), b"epoch 2");
-        assert_eq!(entries(&dir), [MODEL_FILE, OPTIMIZER_FILE, STATE_FILE]);
     }
 
     #[test]
@@ -164,7 +166,7 @@ mod tests {
         assert_eq!(read_state(&dir).unwrap().epochs_done, 1);
         // The next save clears both leftovers.
         save(d.path(), &state(2), weights("epoch 2")).unwrap();
-        assert_eq!(entries(d.path()), [DIR]);
+        only_the_checkpoint(d.path());
         assert_eq!(read_state(&find(d.path())).unwrap().epochs_done, 2);
     }
 }
