@@ -31,6 +31,14 @@ pub const OUTPUT_EMBEDDING: &str = "embedding";
 pub const OPSET: i64 = 13;
 /// Stems with fewer output channels than this are written as a blocked convolution ([`Graph::blocked_stem`]).
 pub const STEM_BLOCK_BELOW: usize = 16;
+/// The blocked stem's block: `STEM_BLOCK × STEM_BLOCK` output pixels computed at once.
+const STEM_BLOCK: usize = 2;
+
+/// The kernel side and the stride of a `k × k`, stride `s` stem in its blocked form: the block's input, and one
+/// block further.
+fn blocked_kernel(k: usize, s: usize) -> (usize, usize) {
+    (s * (STEM_BLOCK - 1) + k, s * STEM_BLOCK)
+}
 
 fn values<const D: usize>(t: Tensor<D>) -> anyhow::Result<Vec<f32>> {
     t.into_data()
@@ -263,7 +271,7 @@ impl Graph {
         (h, w): (usize, usize),
         out: Option<&str>,
     ) -> anyhow::Result<String> {
-        const B: usize = 2;
+        const B: usize = STEM_BLOCK;
         anyhow::ensure!(
             wdims.len() == 4 && wdims[1] == 1 && wdims[2] == wdims[3],
             "stem weight has shape {wdims:?}, expected [c, 1, k, k]"
@@ -278,9 +286,9 @@ impl Graph {
         let conv_out = |n: usize| (n + 2 * p - k) / s + 1;
         let (ho, wo) = (conv_out(h), conv_out(w));
         let (hb, wb) = (ho.div_ceil(B), wo.div_ceil(B));
-        let kb = s * (B - 1) + k;
+        let (kb, sb) = blocked_kernel(k, s);
         // Padding after: what the last block reads beyond the input.
-        let after = |n: usize, blocks: usize| (s * B * (blocks - 1) + kb).saturating_sub(n + p);
+        let after = |n: usize, blocks: usize| (sb * (blocks - 1) + kb).saturating_sub(n + p);
         let mut wblk = vec![0f32; c * B * B * kb * kb];
         for ch in 0..c {
             for (dy, dx) in (0..B).flat_map(|dy| (0..B).map(move |dx| (dy, dx))) {
@@ -295,7 +303,7 @@ impl Graph {
         let bblk: Vec<f32> = bias.iter().flat_map(|&v| [v; B * B]).collect();
         let wn = self.constant("w", &[c * B * B, 1, kb, kb], wblk);
         let bname = self.constant("b", &[c * B * B], bblk);
-        let (sb, pi) = ((s * B) as i64, p as i64);
+        let (sb, pi) = (sb as i64, p as i64);
         let y = self.node(
             "Conv",
             &[x, &wn, &bname],
@@ -604,15 +612,16 @@ pub fn upgrade_onnx(bytes: &[u8], config: &ModelConfig) -> anyhow::Result<Option
     let init = |name: &str| graph.initializer.iter().find(|t| t.name == name);
 
     // The stem: the convolution whose weight has one input channel, `[c, 1, k, k]`.
-    let stem = graph.node.iter().position(|n| {
-        n.op_type == "Conv"
+    let stem = graph.node.iter().enumerate().find_map(|(i, n)| {
+        let w = init(n.input.get(1)?)?;
+        let is_stem = n.op_type == "Conv"
             && n.input.len() == 3
-            && init(&n.input[1])
-                .is_some_and(|w| w.dims.len() == 4 && w.dims[1] == 1 && w.dims[2] == w.dims[3])
+            && w.dims.len() == 4
+            && w.dims[1] == 1
+            && w.dims[2] == w.dims[3];
+        is_stem.then_some((i, n, w))
     });
-    if let Some(i) = stem {
-        let n = &graph.node[i];
-        let w = init(&n.input[1]).expect("checked above");
+    if let Some((i, n, w)) = stem {
         let dims: Vec<usize> = w.dims.iter().map(|&d| d as usize).collect();
         let ints = |name: &str| attr(n, name).map(|a| a.ints.clone()).unwrap_or_default();
         let (strides, pads) = (ints("strides"), ints("pads"));
@@ -636,14 +645,14 @@ pub fn upgrade_onnx(bytes: &[u8], config: &ModelConfig) -> anyhow::Result<Option
             )?;
             replaced.push((i, g.nodes[before..].to_vec()));
             dropped_inits.extend([n.input[1].clone(), n.input[2].clone()]);
+            let (kb, sb) = blocked_kernel(dims[2], s);
+            let b = STEM_BLOCK;
             changes.push(format!(
-                "stem {}: blocked 2×2 ({} → {} channels, kernel {} → {}, stride {s} → {})",
+                "stem {}: blocked {b}×{b} ({} → {} channels, kernel {} → {kb}, stride {s} → {sb})",
                 n.name,
                 dims[0],
-                4 * dims[0],
+                b * b * dims[0],
                 dims[2],
-                dims[2] + s,
-                2 * s
             ));
         }
     }
