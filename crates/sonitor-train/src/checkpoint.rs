@@ -1,8 +1,8 @@
 //! The training checkpoint, `BUNDLE/checkpoint/`: the network's weights (`model.bpk`), the optimiser's state
 //! (`optimizer.bpk`) and where training stands (`state.json`), written after every epoch.
 //!
-//! A checkpoint replaces the previous one whole. It is written into `checkpoint.new/` (each file fsynced,
-//! `state.json` last), then takes the old one's place by two renames: `checkpoint/` → `checkpoint.old/`,
+//! A checkpoint replaces the previous one whole. It is written into `checkpoint.new/` (each file fsynced),
+//! then takes the old one's place by two renames: `checkpoint/` → `checkpoint.old/`,
 //! `checkpoint.new/` → `checkpoint/`; then the old one is removed. A crash at any moment (a power cut, the
 //! OOM killer, a full disk) leaves a complete checkpoint for `--resume` and `prune`: [`find`] takes
 //! `checkpoint/`, or `checkpoint.old/` when the crash came between the two renames.
@@ -10,17 +10,18 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use burn::module::Module;
 use serde::{Deserialize, Serialize};
 use sonitor_core::atomic_file;
 
 use crate::loss::Loss;
-use crate::model::ModelConfig;
+use crate::model::{Model, ModelConfig};
 
 /// The checkpoint's directory under the bundle.
 pub const DIR: &str = "checkpoint";
 pub const MODEL_FILE: &str = "model.bpk";
 pub const OPTIMIZER_FILE: &str = "optimizer.bpk";
-/// Written last: a directory with it holds a whole checkpoint.
+/// A directory with it holds a whole checkpoint ([`find`]).
 pub const STATE_FILE: &str = "state.json";
 
 /// Where training stands, saved with each checkpoint.
@@ -58,6 +59,16 @@ pub fn read_state(dir: &Path) -> anyhow::Result<State> {
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
+/// `model` with the weights of the checkpoint directory `dir` (its [`MODEL_FILE`]).
+pub fn load_weights(model: Model, dir: &Path) -> anyhow::Result<Model> {
+    let path = dir.join(MODEL_FILE);
+    let record = burn::store::ModuleRecord::load(&path)
+        .map_err(|e| anyhow::anyhow!("loading {}: {e:?}", path.display()))?;
+    model
+        .try_load_record(record)
+        .map_err(|e| anyhow::anyhow!("applying {}: {e:?}", path.display()))
+}
+
 /// Saves a checkpoint under the bundle directory `out`: `write_weights(dir)` writes the weight files
 /// ([`MODEL_FILE`], [`OPTIMIZER_FILE`]) into the new checkpoint's directory, then `state` is written and the new
 /// checkpoint replaces the old one (see the module's documentation).
@@ -73,16 +84,16 @@ pub fn save(
     }
     std::fs::create_dir_all(&new).with_context(|| format!("creating {}", new.display()))?;
     write_weights(&new)?;
-    for f in [MODEL_FILE, OPTIMIZER_FILE] {
+    // Nobody reads checkpoint.new/, so its files need no temporary names: only to be on disk before the renames.
+    let state_path = new.join(STATE_FILE);
+    std::fs::write(&state_path, serde_json::to_string_pretty(state)?)
+        .with_context(|| format!("writing {}", state_path.display()))?;
+    for f in [MODEL_FILE, OPTIMIZER_FILE, STATE_FILE] {
         let p = new.join(f);
         std::fs::File::open(&p)
             .and_then(|f| f.sync_all())
             .with_context(|| format!("syncing {}", p.display()))?;
     }
-    let text = serde_json::to_string_pretty(state)?;
-    let state_path = new.join(STATE_FILE);
-    atomic_file::write(&state_path, text.as_bytes())
-        .with_context(|| format!("writing {}", state_path.display()))?;
     atomic_file::sync_dir(&new).with_context(|| format!("syncing {}", new.display()))?;
     if current.exists() {
         if old.exists() {

@@ -373,18 +373,13 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
     let mut history = Vec::new();
     if o.resume {
         let ckpt = checkpoint::find(&o.out);
-        let (record, state) = read_checkpoint(&ckpt).context("--resume")?;
+        let state = checkpoint::read_state(&ckpt).context("--resume")?;
         anyhow::ensure!(
             state.model == config && state.classes == classes.names,
             "--resume: the checkpoint in {} was made with another network or class set",
             ckpt.display()
         );
-        model = model.try_load_record(record).map_err(|e| {
-            anyhow::anyhow!(
-                "applying {}: {e:?}",
-                ckpt.join(checkpoint::MODEL_FILE).display()
-            )
-        })?;
+        model = checkpoint::load_weights(model, &ckpt).context("--resume")?;
         let optimizer = ckpt.join(checkpoint::OPTIMIZER_FILE);
         optim = optim
             .load(&optimizer)
@@ -613,15 +608,6 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
     })
 }
 
-/// The weights and the state of the checkpoint directory `ckpt`.
-fn read_checkpoint(ckpt: &Path) -> anyhow::Result<(burn::store::ModuleRecord, checkpoint::State)> {
-    let state = checkpoint::read_state(ckpt)?;
-    let m = ckpt.join(checkpoint::MODEL_FILE);
-    let record = burn::store::ModuleRecord::load(&m)
-        .map_err(|e| anyhow::anyhow!("loading {}: {e:?}", m.display()))?;
-    Ok((record, state))
-}
-
 /// Loads the network, loss and classes of the last whole training checkpoint of the bundle directory `out`
 /// ([`checkpoint::find`]).
 pub fn load_checkpoint(
@@ -629,17 +615,8 @@ pub fn load_checkpoint(
     device: &Device,
 ) -> anyhow::Result<(Model, ModelConfig, Loss, Vec<String>)> {
     let ckpt = checkpoint::find(out);
-    let (record, state) = read_checkpoint(&ckpt)?;
-    let model = state
-        .model
-        .init(device)?
-        .try_load_record(record)
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "applying {}: {e:?}",
-                ckpt.join(checkpoint::MODEL_FILE).display()
-            )
-        })?;
+    let state = checkpoint::read_state(&ckpt)?;
+    let model = checkpoint::load_weights(state.model.init(device)?, &ckpt)?;
     Ok((model, state.model, state.loss, state.classes))
 }
 
