@@ -61,9 +61,10 @@ impl FftOnly {
         for f in 0..self.frames {
             let start = f * self.hop;
             self.frame
-                .process(&x[start..start + self.n_fft], &mut self.frame_power);
+                .process(&x[start..start + self.n_fft], None, &mut self.frame_power);
         }
-        self.whole.process(&x[..self.window], &mut self.whole_power);
+        self.whole
+            .process(&x[..self.window], None, &mut self.whole_power);
     }
 }
 

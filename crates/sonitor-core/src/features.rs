@@ -232,7 +232,6 @@ pub struct FeatureExtractor {
     whole: PowerSpectrum,
     hann: Vec<f32>,
     bands: Vec<MelBand>,
-    frame: Vec<f32>,
     /// |STFT| of up to [`LANES`] frames, bin-major: `mag[k][l]` is bin `k` of the group's frame `l`.
     mag: Vec<[f32; LANES]>,
     /// |STFT| of one frame.
@@ -264,7 +263,6 @@ impl FeatureExtractor {
             .collect();
         Ok(Self {
             bands: mel_filterbank(&params),
-            frame: vec![0.0; n],
             mag: vec![[0.0; LANES]; n / 2 + 1],
             line: vec![0.0; n / 2 + 1],
             mel_sums: vec![0.0; params.n_mels],
@@ -329,10 +327,7 @@ impl FeatureExtractor {
 
     /// |STFT|^`mel_power` of one frame of `n_fft` samples into lane `lane` of `mag`.
     fn magnitudes_into_lane(&mut self, samples: &[f32], lane: usize) {
-        for ((dst, &x), &w) in self.frame.iter_mut().zip(samples).zip(&self.hann) {
-            *dst = x * w;
-        }
-        self.stft.process(&self.frame, &mut self.line);
+        self.stft.process(samples, Some(&self.hann), &mut self.line);
         // Contiguous first (the square roots vectorise), then into the frame's lane.
         if self.params.mel_power != 2.0 {
             for m in self.line.iter_mut() {
@@ -367,7 +362,7 @@ impl FeatureExtractor {
         self.log_mel_into(window, frames, &mut out.log_mel);
         subtract_temporal_mean(&mut out.log_mel, &mut self.mel_sums);
 
-        self.whole.process(window, &mut self.whole_power);
+        self.whole.process(window, None, &mut self.whole_power);
         for (o, &p) in out.spectrum.iter_mut().zip(&self.whole_power) {
             *o = p.sqrt();
         }

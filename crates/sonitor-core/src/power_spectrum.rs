@@ -76,10 +76,14 @@ impl PowerSpectrum {
         Self { n, path }
     }
 
-    /// `|X[k]|²` of `signal` (`n` samples) into `power[k]`, `k = 0..=n/2` (`power` holds `n/2 + 1` values).
-    /// Other lengths leave `power` as it was (the callers' lengths are fixed when they are built).
-    pub fn process(&mut self, signal: &[f32], power: &mut [f32]) {
-        if signal.len() != self.n || power.len() != self.n / 2 + 1 {
+    /// `|X[k]|²` of `signal` (`n` samples), each sample first multiplied by `window`'s when one is given, into
+    /// `power[k]`, `k = 0..=n/2` (`power` holds `n/2 + 1` values). Other lengths leave `power` as it was (the
+    /// callers' lengths are fixed when they are built).
+    pub fn process(&mut self, signal: &[f32], window: Option<&[f32]>, power: &mut [f32]) {
+        if signal.len() != self.n
+            || power.len() != self.n / 2 + 1
+            || window.is_some_and(|w| w.len() != self.n)
+        {
             return;
         }
         match &mut self.path {
@@ -90,8 +94,21 @@ impl PowerSpectrum {
                 z,
                 scratch,
             } => {
-                for (c, pair) in packed.iter_mut().zip(signal.chunks_exact(2)) {
-                    *c = Complex::new(pair[0], pair[1]);
+                match window {
+                    Some(w) => {
+                        for ((c, x), w) in packed
+                            .iter_mut()
+                            .zip(signal.chunks_exact(2))
+                            .zip(w.chunks_exact(2))
+                        {
+                            *c = Complex::new(x[0] * w[0], x[1] * w[1]);
+                        }
+                    }
+                    None => {
+                        for (c, x) in packed.iter_mut().zip(signal.chunks_exact(2)) {
+                            *c = Complex::new(x[0], x[1]);
+                        }
+                    }
                 }
                 fft.process_outofplace_with_scratch(packed, z, scratch);
                 post_process_power(z, twiddles, power);
@@ -103,6 +120,9 @@ impl PowerSpectrum {
                 scratch,
             } => {
                 input.copy_from_slice(signal);
+                if let Some(w) = window {
+                    input.iter_mut().zip(w).for_each(|(x, w)| *x *= w);
+                }
                 // Lengths are fixed by construction; the transform cannot fail.
                 let _ = r2c.process_with_scratch(input, spectrum, scratch);
                 for (p, c) in power.iter_mut().zip(spectrum.iter()) {
@@ -197,13 +217,26 @@ mod tests {
                 r2c.process(&mut input, &mut spec).unwrap();
                 let want: Vec<f32> = spec.iter().map(|c| c.re * c.re + c.im * c.im).collect();
                 let mut got = vec![f32::NAN; n / 2 + 1];
-                ps.process(&x, &mut got);
+                ps.process(&x, None, &mut got);
                 let differ = want
                     .iter()
                     .zip(&got)
                     .filter(|(a, b)| a.to_bits() != b.to_bits())
                     .count();
                 assert_eq!(differ, 0, "n = {n}, seed {seed}: {differ} bins differ");
+                // With a window: the same as windowing first.
+                let w = signal(n, seed + 10);
+                let windowed: Vec<f32> = x.iter().zip(&w).map(|(a, b)| a * b).collect();
+                let mut plain = vec![f32::NAN; n / 2 + 1];
+                ps.process(&windowed, None, &mut plain);
+                ps.process(&x, Some(&w), &mut got);
+                assert!(
+                    plain
+                        .iter()
+                        .zip(&got)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "n = {n}"
+                );
             }
         }
     }
