@@ -88,15 +88,13 @@ impl Probe {
     /// One block of `n` timed windows; returns their inference median (ms).
     fn block(&mut self, n: usize) -> anyhow::Result<f64> {
         self.once()?;
-        let mut inference = Vec::with_capacity(n);
         for _ in 0..n {
             let [f, i, fft] = self.once()?;
             self.tf.push(f);
             self.ti.push(i);
             self.tfft.push(fft);
-            inference.push(i);
         }
-        Ok(median(&inference))
+        Ok(median(&self.ti[self.ti.len() - n..]))
     }
 }
 
