@@ -5,16 +5,14 @@
 //! Interpreter: `$SONITOR_PYTHON`, else the workspace's `.venv/bin/python`, else `python3` (needs `onnx`,
 //! `numpy`: `scripts/setup-python`).
 
-use sonitor_core::bundle::{
-    Bundle, FeatureView, InputSpec, Manifest, Provenance, TensorSpec, FORMAT_VERSION,
-};
+use sonitor_core::bundle::{Bundle, FeatureView, InputSpec, Provenance, TensorSpec};
 use sonitor_core::features::FeatureParams;
 use sonitor_train::eval::embedder_of;
 
+#[path = "support/manifest.rs"]
+mod manifest;
 #[path = "../../sonitor-core/tests/support/reference.rs"]
 mod reference;
-#[path = "support/section.rs"]
-mod section;
 
 #[test]
 fn a_graph_from_the_onnx_package_loads_and_runs() {
@@ -42,34 +40,23 @@ fn a_graph_from_the_onnx_package_loads_and_runs() {
         .map(|v| v.as_f64().unwrap())
         .collect();
     let dim = d_mel + d_spec;
-    let manifest = Manifest {
-        format_version: FORMAT_VERSION,
-        model_id: "foreign".into(),
-        features: p.clone(),
-        inputs: vec![
-            InputSpec {
-                name: "mel_in".into(),
-                view: FeatureView::LogMel,
-                shape: vec![1, frames, n_mels],
-            },
-            InputSpec {
-                name: "spec_in".into(),
-                view: FeatureView::Spectrum,
-                shape: vec![1, spec_len],
-            },
-        ],
-        output: TensorSpec {
-            name: "emb_out".into(),
-            shape: vec![1, dim],
+    let inputs = vec![
+        InputSpec {
+            name: "mel_in".into(),
+            view: FeatureView::LogMel,
+            shape: vec![1, frames, n_mels],
         },
-        embedding_dim: dim,
-        classes: vec![],
-        sections: section::one_section(dim),
-        clip_pooling: "mean".into(),
-        onnx_file: "model.onnx".into(),
-        onnx_sha256: String::new(),
-        provenance: Provenance::default(),
+        InputSpec {
+            name: "spec_in".into(),
+            view: FeatureView::Spectrum,
+            shape: vec![1, spec_len],
+        },
+    ];
+    let output = TensorSpec {
+        name: "emb_out".into(),
+        shape: vec![1, dim],
     };
+    let manifest = manifest::loadable("foreign", &p, inputs, output, Provenance::default());
     let bdir = dir.path().join("bundle");
     Bundle::write(&bdir, &manifest, &onnx).unwrap();
     let bundle = Bundle::load(&bdir).unwrap();

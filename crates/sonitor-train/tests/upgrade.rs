@@ -4,7 +4,7 @@
 
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
-use sonitor_core::bundle::{Bundle, Manifest, Provenance, FORMAT_VERSION};
+use sonitor_core::bundle::{Bundle, Manifest, Provenance};
 use sonitor_core::features::FeatureParams;
 use sonitor_train::export::{
     export_onnx_as, signature, upgrade_onnx, GraphForm, INPUT_LOG_MEL, INPUT_SPECTRUM,
@@ -13,10 +13,10 @@ use sonitor_train::infer::OnnxEmbedder;
 use sonitor_train::model::ModelConfig;
 use sonitor_train::upgrade::upgrade;
 
+#[path = "support/manifest.rs"]
+mod manifest;
 #[path = "support/parity.rs"]
 mod parity;
-#[path = "support/section.rs"]
-mod section;
 use parity::relative_error;
 
 /// A 8192-sample window with 26 mel bands: log-mel `[15, 26]`, so the stem's output (8 × 13) has an odd column
@@ -31,29 +31,16 @@ fn features() -> FeatureParams {
 }
 
 fn manifest(p: &FeatureParams, config: &ModelConfig, with_config: bool) -> Manifest {
-    let dim = config.embedding_dim();
     let (inputs, output) = signature(config);
-    Manifest {
-        format_version: FORMAT_VERSION,
-        model_id: "upgrade-test".into(),
-        features: p.clone(),
-        inputs,
-        output,
-        embedding_dim: dim,
-        classes: vec![],
-        sections: section::one_section(dim),
-        clip_pooling: "mean".into(),
-        onnx_file: "model.onnx".into(),
-        onnx_sha256: String::new(),
-        provenance: Provenance {
-            model: if with_config {
-                serde_json::json!({ "config": config })
-            } else {
-                serde_json::json!({})
-            },
-            ..Provenance::default()
+    let provenance = Provenance {
+        model: if with_config {
+            serde_json::json!({ "config": config })
+        } else {
+            serde_json::json!({})
         },
-    }
+        ..Provenance::default()
+    };
+    manifest::loadable("upgrade-test", p, inputs, output, provenance)
 }
 
 #[test]
