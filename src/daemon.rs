@@ -308,7 +308,8 @@ impl Controller {
             .map(|m| (m.cfg.name.clone(), m.saved.clone()))
             .collect();
         let text = serde_json::to_string_pretty(&map).unwrap_or_default();
-        if let Err(e) = sonitor_core::atomic_file::write(&self.saved_path, text.as_bytes()) {
+        if let Err(e) = sonitor_core::atomic_file::write_durable(&self.saved_path, text.as_bytes())
+        {
             log::error!("cannot save {}: {e}", self.saved_path.display());
         }
     }

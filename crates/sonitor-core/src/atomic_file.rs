@@ -21,6 +21,21 @@ pub fn write(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Staged::write(dest, bytes)?.commit()
 }
 
+/// [`write`], then an fsync of the directory, so that the replacement itself survives a power loss that
+/// follows at once (the daemon's saved machine states: an open alarm event, a mute, a threshold set over MQTT).
+pub fn write_durable(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write(dest, bytes)?;
+    sync_dir(parent_dir(dest))
+}
+
+/// The directory `path` lies in; `.` for a bare file name.
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
 /// The new content of a file, written and fsynced under [`temp_path`] but not yet in place. Several files can
 /// be staged before any is committed, so that a full disk is found before anything is replaced. Dropped without
 /// [`Staged::commit`], the temporary file is removed.
@@ -89,6 +104,11 @@ mod tests {
         assert_eq!(std::fs::read(&f).unwrap(), b"short");
         assert_eq!(names(d.path()), ["state.json"]);
         assert_eq!(temp_path(&f), d.path().join("state.json.tmp"));
+        write_durable(&f, b"durable").unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), b"durable");
+        assert_eq!(names(d.path()), ["state.json"]);
+        assert_eq!(parent_dir(Path::new("alarms.json")), Path::new("."));
+        assert_eq!(parent_dir(&f), d.path());
     }
 
     #[test]
