@@ -225,6 +225,14 @@ fn mel_filterbank(p: &FeatureParams) -> Vec<MelBand> {
 /// applied to eight frames with one vector multiply-add instead of eight scalar ones.
 const LANES: usize = 8;
 
+/// The STFT's window: a periodic Hann of `n` points (scipy `get_window("hann", n, fftbins=True)`, librosa's
+/// default), computed in f64.
+pub fn periodic_hann(n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| (0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / n as f64).cos()) as f32)
+        .collect()
+}
+
 /// Computes [`Features`] for windows of a fixed length; plans everything once.
 pub struct FeatureExtractor {
     params: FeatureParams,
@@ -257,10 +265,7 @@ impl FeatureExtractor {
         let stft = PowerSpectrum::new(params.n_fft, &mut planner);
         let whole = PowerSpectrum::new(params.window_samples, &mut planner);
         let n = params.n_fft;
-        // Periodic Hann (scipy `get_window("hann", n, fftbins=True)`), computed in f64.
-        let hann = (0..n)
-            .map(|i| (0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / n as f64).cos()) as f32)
-            .collect();
+        let hann = periodic_hann(n);
         Ok(Self {
             bands: mel_filterbank(&params),
             mag: vec![[0.0; LANES]; n / 2 + 1],
