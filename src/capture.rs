@@ -378,11 +378,11 @@ pub fn spawn_capture(
                     }
                 }
                 // Back off before reopening; wake up early to stop.
-                let until = Instant::now() + backoff;
-                while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+                let until = Instant::now().checked_add(backoff);
+                while until.is_none_or(|u| Instant::now() < u) && !stop.load(Ordering::SeqCst) {
                     std::thread::sleep(Duration::from_millis(50).min(backoff));
                 }
-                backoff = (backoff * 2).min(cfg.reopen_max);
+                backoff = backoff.saturating_mul(2).min(cfg.reopen_max);
             }
         })
 }

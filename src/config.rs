@@ -132,6 +132,9 @@ fn default_at_end() -> AtEnd {
 fn default_stall() -> Duration {
     Duration::from_secs(5)
 }
+/// The longest wait allowed between two attempts to reopen a device or reach the broker.
+pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(3600);
+
 fn default_reopen_min() -> Duration {
     Duration::from_millis(500)
 }
@@ -533,7 +536,9 @@ impl Config {
         let env = config::Environment::with_prefix("SONITOR")
             .prefix_separator("_")
             .separator("__")
-            .try_parsing(true)
+            // Values stay strings until the typed struct asks for a number or a boolean, so a password or a
+            // node id of digits ("0123456", "007") arrives as written instead of re-parsed into 123456 or 7.
+            .try_parsing(false)
             .source(Some(env_overrides(env).into_iter().collect()));
         let built = config::Config::builder()
             .add_source(config::File::from(path).format(config::FileFormat::Toml))
@@ -624,6 +629,13 @@ impl Config {
                     d.reopen_min, d.reopen_max
                 ));
             }
+            if d.reopen_max > MAX_RETRY_WAIT {
+                p.push(format!(
+                    "{at}: reopen_max ({:?}) must be at most {MAX_RETRY_WAIT:?}: a device that comes back would stay \
+                     unheard that long",
+                    d.reopen_max
+                ));
+            }
             if !(d.ring_seconds >= 0.1 && d.ring_seconds <= 120.0) {
                 p.push(format!(
                     "{at}: ring_seconds = {} must be between 0.1 and 120",
@@ -679,6 +691,13 @@ impl Config {
             }
             if q.reconnect_min.is_zero() || q.reconnect_min > q.reconnect_max {
                 p.push("mqtt: need 0 < reconnect_min <= reconnect_max".into());
+            }
+            if q.reconnect_max > MAX_RETRY_WAIT {
+                p.push(format!(
+                    "mqtt.reconnect_max ({:?}) must be at most {MAX_RETRY_WAIT:?}: alarms would wait that long for a \
+                     broker that is back",
+                    q.reconnect_max
+                ));
             }
             if q.keep_alive < Duration::from_secs(1)
                 || q.keep_alive > Duration::from_secs(u16::MAX.into())
@@ -797,14 +816,12 @@ impl DetectorConfig {
         if self.raise_n > 1000 || self.clear_n > 1000 {
             p.push("raise_n and clear_n must be at most 1000".into());
         }
-        if let Some(t) = self.threshold {
-            if !t.is_finite() {
-                p.push(format!("threshold {t} is not a number"));
-            }
-        }
-        if let Some(t) = self.threshold_off {
-            if !t.is_finite() {
-                p.push(format!("threshold_off {t} is not a number"));
+        for (key, value) in [
+            ("threshold", self.threshold),
+            ("threshold_off", self.threshold_off),
+        ] {
+            if let Some(why) = value.and_then(sonitor_core::score::threshold_problem) {
+                p.push(format!("{key} {why}"));
             }
         }
         if let (Some(on), Some(off)) = (self.threshold, self.threshold_off) {
@@ -929,6 +946,21 @@ min_duration = "3s"
         assert_eq!(c.mqtt.port, 2883);
         assert_eq!(c.mqtt.password.as_deref(), Some("s3cret"));
         assert_eq!(c.node_id, "n2");
+
+        // Digits stay the text they are where the configuration wants text; numbers and booleans still parse.
+        let env = [
+            ("SONITOR_MQTT__PASSWORD".to_string(), "0123456".to_string()),
+            ("SONITOR_NODE_ID".to_string(), "007".to_string()),
+            ("SONITOR_MQTT__PREFIX".to_string(), "1.50".to_string()),
+            ("SONITOR_MQTT__ENABLED".to_string(), "false".to_string()),
+            ("SONITOR_MQTT__KEEP_ALIVE".to_string(), "45s".to_string()),
+        ];
+        let c = Config::load_with_env(&write(d.path(), &minimal(d.path())), env).unwrap();
+        assert_eq!(c.mqtt.password.as_deref(), Some("0123456"));
+        assert_eq!(c.node_id, "007");
+        assert_eq!(c.mqtt.prefix, "1.50");
+        assert!(!c.mqtt.enabled);
+        assert_eq!(c.mqtt.keep_alive, Duration::from_secs(45));
     }
 
     #[test]
@@ -977,17 +1009,22 @@ min_duration = "3s"
         let text = minimal(d.path())
             .replace(
                 "device = \"default\"",
-                "device = \"default\"\nstall_timeout = \"0s\"\nbuffer_frames = 0",
+                "device = \"default\"\nstall_timeout = \"0s\"\nbuffer_frames = 0\nreopen_max = \"2h\"",
             )
-            .replace("raise_k = 2", "raise_k = 2\nthreshold_off = -inf")
-            + "[mqtt]\nkeep_alive = \"70000s\"\n[clips]\nmax_bytes = 0\nmax_age = \"0s\"\n";
+            .replace("raise_k = 2", "raise_k = 2\nthreshold = 2.5\nthreshold_off = -inf")
+            + "[mqtt]\nkeep_alive = \"70000s\"\nreconnect_min = \"1s\"\nreconnect_max = \"500000000000years\"\n\
+               [clips]\nmax_bytes = 0\nmax_age = \"0s\"\n";
         assert_named(
             &problems(d.path(), &text),
             &[
                 "stall_timeout (0ns) must be at least 500ms",
                 "buffer_frames must be at least 1",
                 "threshold_off -inf is not a number",
+                "threshold 2.5 is outside (0, 2)",
+                "reopen_max (7200s) must be at most 3600s",
                 "mqtt.keep_alive (70000s) must be between 1s and 65535s",
+                "mqtt.reconnect_max (",
+                "must be at most 3600s",
                 "clips.max_bytes (0) must be at least 1048576",
                 "clips.max_age (0ns) must be at least 1m",
             ],

@@ -2,6 +2,7 @@
 //! detector/controller loop (scores → detectors → outbox → MQTT, clips, health, commands, SIGHUP, systemd).
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -162,7 +163,14 @@ impl log::Log for StderrLogger {
     }
     fn log(&self, r: &log::Record) {
         if self.enabled(r.metadata()) {
-            eprintln!("sonitor[{}]: {}", r.level(), r.args());
+            // Not `eprintln!`, which panics when stderr is gone (a log collector that died, a closed pipe):
+            // the daemon keeps watching its machines without a log rather than stop.
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "sonitor[{}]: {}",
+                r.level(),
+                r.args()
+            );
         }
     }
     fn flush(&self) {}
@@ -596,7 +604,10 @@ impl Controller {
             | Command::Enabled { machine, .. } => machine.clone(),
         };
         let Some(i) = self.machines.iter().position(|m| m.cfg.name == name) else {
-            log::warn!("command for unknown machine '{name}' ignored");
+            log::warn!(
+                "command for unknown machine {} ignored",
+                crate::mqtt::quoted(&name)
+            );
             return;
         };
         let now_ms = self.machines[i].last_t_ms;

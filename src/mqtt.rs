@@ -75,9 +75,21 @@ pub const MAX_MUTE: Duration = Duration::from_secs(366 * 24 * 3600);
 
 fn mute_too_long(p: &str) -> String {
     format!(
-        "mute '{p}' is longer than the maximum of {}; use enabled OFF to stop watching a machine",
+        "mute {p} is longer than the maximum of {}; use enabled OFF to stop watching a machine",
         humantime::format_duration(MAX_MUTE)
     )
+}
+
+/// `s` as a Rust string literal (control characters escaped), cut to its first 40 characters.
+pub fn quoted(s: &str) -> String {
+    const MAX: usize = 40;
+    let head: String = s.chars().take(MAX).collect();
+    let cut = if s.chars().nth(MAX).is_some() {
+        "…"
+    } else {
+        ""
+    };
+    format!("{head:?}{cut}")
 }
 
 /// Parses a command publish; `Err` names what is wrong (logged, and ignored).
@@ -85,13 +97,15 @@ pub fn parse_command(base: &str, topic: &str, payload: &str) -> Result<Command, 
     let rest = topic
         .strip_prefix(base)
         .and_then(|r| r.strip_prefix('/'))
-        .ok_or_else(|| format!("topic {topic} is not under {base}"))?;
+        .ok_or_else(|| format!("topic {} is not under {base}", quoted(topic)))?;
     let parts: Vec<&str> = rest.split('/').collect();
     let [machine, what, "set"] = parts.as_slice() else {
-        return Err(format!("topic {topic} is not a command topic"));
+        return Err(format!("topic {} is not a command topic", quoted(topic)));
     };
     let machine = machine.to_string();
     let p = payload.trim();
+    // What a publisher sent goes into the log quoted and cut short: a payload cannot forge log lines.
+    let q = quoted(p);
     match *what {
         "threshold" => {
             if p.eq_ignore_ascii_case("default") || p.is_empty() {
@@ -102,9 +116,9 @@ pub fn parse_command(base: &str, topic: &str, payload: &str) -> Result<Command, 
             }
             let v: f64 = p
                 .parse()
-                .map_err(|_| format!("threshold '{p}' is not a number (or 'default')"))?;
-            if !v.is_finite() {
-                return Err(format!("threshold '{p}' is not finite"));
+                .map_err(|_| format!("threshold {q} is not a number (or 'default')"))?;
+            if let Some(why) = sonitor_core::score::threshold_problem(v) {
+                return Err(format!("threshold {why}"));
             }
             Ok(Command::Threshold {
                 machine,
@@ -116,18 +130,18 @@ pub fn parse_command(base: &str, topic: &str, payload: &str) -> Result<Command, 
                 Duration::ZERO
             } else if let Ok(secs) = p.parse::<f64>() {
                 if !(secs.is_finite() && secs >= 0.0) {
-                    return Err(format!("mute '{p}' is not a duration"));
+                    return Err(format!("mute {q} is not a duration"));
                 }
                 if secs > MAX_MUTE.as_secs_f64() {
-                    return Err(mute_too_long(p));
+                    return Err(mute_too_long(&q));
                 }
                 Duration::from_secs_f64(secs)
             } else {
                 humantime::parse_duration(p)
-                    .map_err(|e| format!("mute '{p}' is not a duration (e.g. 30m, 3600): {e}"))?
+                    .map_err(|e| format!("mute {q} is not a duration (e.g. 30m, 3600): {e}"))?
             };
             if duration > MAX_MUTE {
-                return Err(mute_too_long(p));
+                return Err(mute_too_long(&q));
             }
             Ok(Command::Mute { machine, duration })
         }
@@ -135,11 +149,11 @@ pub fn parse_command(base: &str, topic: &str, payload: &str) -> Result<Command, 
             let enabled = match p.to_ascii_lowercase().as_str() {
                 "on" | "true" | "1" => true,
                 "off" | "false" | "0" => false,
-                _ => return Err(format!("enabled '{p}' must be ON or OFF")),
+                _ => return Err(format!("enabled {q} must be ON or OFF")),
             };
             Ok(Command::Enabled { machine, enabled })
         }
-        other => Err(format!("unknown command '{other}'")),
+        other => Err(format!("unknown command {}", quoted(other))),
     }
 }
 
@@ -319,6 +333,12 @@ impl Session {
     }
 }
 
+/// The largest packet read from the broker. The daemon subscribes only to its command topics, whose payloads are
+/// a few bytes; a larger packet ends the connection (rumqttc cannot skip it).
+const MAX_INCOMING: usize = 10 * 1024;
+/// The largest packet sent: states and events are a few hundred bytes.
+const MAX_OUTGOING: usize = 10 * 1024;
+
 /// rumqttc options from the configuration (client id, LWT, credentials, TLS).
 pub fn options(cfg: &Config) -> anyhow::Result<MqttOptions> {
     let q: &MqttConfig = &cfg.mqtt;
@@ -330,6 +350,7 @@ pub fn options(cfg: &Config) -> anyhow::Result<MqttOptions> {
     o.set_keep_alive(q.keep_alive);
     o.set_clean_session(true);
     o.set_inflight(100);
+    o.set_max_packet_size(MAX_INCOMING, MAX_OUTGOING);
     o.set_last_will(LastWill::new(
         format!("{}/status", cfg.topic_base()),
         "offline",
@@ -480,6 +501,7 @@ fn run(
     let mut shutdown_deadline: Option<Instant> = None;
     let mut stopped_sent = false;
     let mut last_error = String::new();
+    let mut connected_at: Option<Instant> = None;
     let endpoint = format!("{}:{}", q.host, q.port);
 
     loop {
@@ -595,7 +617,7 @@ fn run(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 log::info!("mqtt: connected to {endpoint} ({:?})", ack.code);
-                backoff = q.reconnect_min;
+                connected_at = Some(Instant::now());
                 last_error.clear();
                 metrics.mqtt_connects.inc();
                 let a = session.on_connected(&lock(&outbox));
@@ -620,7 +642,7 @@ fn run(
                         log::info!("mqtt: command {c:?}");
                         let _ = commands.try_send(c);
                     }
-                    Err(e) => log::warn!("mqtt: ignored message on {}: {e}", p.topic),
+                    Err(e) => log::warn!("mqtt: ignored message on {}: {e}", quoted(&p.topic)),
                 }
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => session.on_outgoing_publish(pkid),
@@ -628,6 +650,15 @@ fn run(
             Err(e) => {
                 let was = session.connected();
                 session.on_disconnected();
+                // The wait starts again from reconnect_min only after a connection that held. One that drops
+                // at once (a broker that closes it, a retained message too large to read on a command topic)
+                // keeps doubling the wait instead of reconnecting twice a second.
+                if connected_at
+                    .take()
+                    .is_some_and(|t| t.elapsed() >= STABLE_CONNECTION)
+                {
+                    backoff = q.reconnect_min;
+                }
                 let msg = describe(&e);
                 if was || msg != last_error {
                     log::warn!(
@@ -636,8 +667,8 @@ fn run(
                     );
                 }
                 last_error = msg;
-                retry_at = Some(Instant::now() + backoff);
-                backoff = (backoff * 2).min(q.reconnect_max);
+                retry_at = Instant::now().checked_add(backoff);
+                backoff = backoff.saturating_mul(2).min(q.reconnect_max);
             }
         }
     }
@@ -671,10 +702,21 @@ fn execute(client: &Client, session: &mut Session, actions: Vec<Action>, metrics
     }
 }
 
+/// How long a connection must have lasted for its loss to count as a new outage (the reconnect wait starts
+/// again from `reconnect_min`).
+const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+
 fn describe(e: &ConnectionError) -> String {
     match e {
         ConnectionError::ConnectionRefused(code) => format!(
             "the broker refused the connection ({code:?}): check mqtt.username/password and the broker's ACL"
+        ),
+        ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(n),
+        )) => format!(
+            "the broker sent a message of {n} bytes, more than the {MAX_INCOMING} this client reads (commands \
+             are a few bytes); if it is retained on a command topic the broker sends it again on every connection: \
+             clear it with `mosquitto_pub -r -n -t TOPIC`"
         ),
         ConnectionError::Io(io) => format!("{io}"),
         other => format!("{other}"),
@@ -861,6 +903,22 @@ mod tests {
         assert!(parse_command(b, "sonitor/n1/pump/threshold/set", "high")
             .unwrap_err()
             .contains("not a number"));
+        // Thresholds the score can never cross (or always crosses) are refused like non-numbers.
+        for p in ["-1", "0", "2", "1e308", "inf"] {
+            let e = parse_command(b, "sonitor/n1/pump/threshold/set", p).unwrap_err();
+            assert!(
+                e.contains("outside (0, 2)") || e.contains("not a number"),
+                "{p}: {e}"
+            );
+        }
+        // A payload cannot forge log lines: control characters are escaped and the text is cut short.
+        let forged = format!("x\nsonitor[WARN]: alarm OFF{}", "y".repeat(100));
+        let e = parse_command(b, "sonitor/n1/pump/enabled/set", &forged).unwrap_err();
+        assert!(
+            !e.contains('\n') && e.contains("\\n") && e.contains('…'),
+            "{e}"
+        );
+        assert!(e.len() < 120, "{e}");
         assert!(parse_command(b, "sonitor/n1/pump/enabled/set", "maybe").is_err());
         assert!(parse_command(b, "sonitor/n1/pump/volume/set", "1").is_err());
         assert!(parse_command(b, "other/n1/pump/mute/set", "1").is_err());

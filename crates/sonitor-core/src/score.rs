@@ -2,6 +2,21 @@
 //! (1 − cos) between the unit-normalised embedding and the section's (unit-norm) centroids. Shared by the
 //! trainer's evaluation and the daemon so that both compute the same number.
 
+/// Why `t` cannot be a decision threshold on these scores, if it cannot. A cosine distance lies in [0, 2]: a
+/// threshold at or below 0 raises on every window, one at or above 2 never raises (or, as the lower threshold
+/// of an alarm, never lets it clear).
+pub fn threshold_problem(t: f64) -> Option<String> {
+    if !t.is_finite() {
+        Some(format!("{t} is not a number"))
+    } else if t <= 0.0 || t >= 2.0 {
+        Some(format!(
+            "{t} is outside (0, 2): scores are cosine distances between 0 and 2"
+        ))
+    } else {
+        None
+    }
+}
+
 /// Scales `v` to unit L2 norm in place (a zero vector stays zero).
 pub fn normalize(v: &mut [f32]) {
     let n = v
