@@ -835,6 +835,63 @@ impl DetectorConfig {
     }
 }
 
+/// What differs between the running configuration and a reloaded one that SIGHUP does not apply: everything
+/// but the machines' detector settings, `enabled` and `mqtt.score_interval`. Each entry names the setting, for
+/// a log line saying that it takes effect at the next restart.
+pub fn changes_needing_restart(old: &Config, new: &Config) -> Vec<String> {
+    let mut c = Vec::new();
+    if old.node_id != new.node_id {
+        c.push("node_id".to_string());
+    }
+    if old.state_dir != new.state_dir {
+        c.push("state_dir".into());
+    }
+    if old.log_level != new.log_level {
+        c.push("log_level".into());
+    }
+    if old.devices != new.devices {
+        c.push("[[devices]]".into());
+    }
+    let mqtt = |m: &MqttConfig| MqttConfig {
+        score_interval: Duration::ZERO,
+        ..m.clone()
+    };
+    if mqtt(&old.mqtt) != mqtt(&new.mqtt) {
+        c.push("[mqtt] (other than score_interval)".into());
+    }
+    for (name, changed) in [
+        ("[metrics]", old.metrics != new.metrics),
+        ("[clips]", old.clips != new.clips),
+        ("[health]", old.health != new.health),
+        ("[pipeline]", old.pipeline != new.pipeline),
+    ] {
+        if changed {
+            c.push(name.into());
+        }
+    }
+    for nm in &new.machines {
+        match old.machines.iter().find(|m| m.name == nm.name) {
+            None => c.push(format!("new machine '{}'", nm.name)),
+            Some(m) => {
+                let mut diff = Vec::new();
+                if m.device != nm.device || m.channel != nm.channel {
+                    diff.push("device/channel");
+                }
+                if m.bundle != nm.bundle {
+                    diff.push("bundle");
+                }
+                if m.section != nm.section {
+                    diff.push("section");
+                }
+                if !diff.is_empty() {
+                    c.push(format!("machine '{}': {}", nm.name, diff.join(", ")));
+                }
+            }
+        }
+    }
+    c
+}
+
 /// Letters, digits, `-`, `_`.
 pub fn valid_name(s: &str) -> bool {
     !s.is_empty()
@@ -997,6 +1054,34 @@ min_duration = "3s"
                 problems.contains(expect),
                 "expected '{expect}' in:\n{problems}"
             );
+        }
+    }
+
+    #[test]
+    fn a_reload_names_what_needs_a_restart() {
+        let d = tempfile::tempdir().unwrap();
+        let old = Config::load_with_env(&write(d.path(), &minimal(d.path())), []).unwrap();
+        let mut new = old.clone();
+        // What SIGHUP applies is not reported.
+        new.machines[0].detector.threshold = Some(0.3);
+        new.machines[0].enabled = false;
+        new.mqtt.score_interval = Duration::from_secs(99);
+        assert!(changes_needing_restart(&old, &new).is_empty());
+        // What it does not apply is, by name.
+        new.node_id = "other".into();
+        new.mqtt.port = 1884;
+        new.machines[0].section = "fan/section_01".into();
+        let mut added = new.machines[0].clone();
+        added.name = "press-2".into();
+        new.machines.push(added);
+        let c = changes_needing_restart(&old, &new).join("; ");
+        for expected in [
+            "node_id",
+            "[mqtt] (other than score_interval)",
+            "machine 'pump-1': section",
+            "new machine 'press-2'",
+        ] {
+            assert!(c.contains(expected), "'{expected}' not in: {c}");
         }
     }
 

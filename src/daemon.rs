@@ -639,53 +639,72 @@ impl Controller {
         self.publish_machine_state(i);
     }
 
-    /// SIGHUP: thresholds, debounce and mute settings from the file; audio keeps flowing.
+    /// SIGHUP: thresholds, debounce and mute settings from the file; audio keeps flowing. A file that `run`
+    /// would refuse at the next start is refused whole now, so that a reload never leaves a daemon that cannot
+    /// restart; settings that need a restart are named.
     fn reload(&mut self) {
-        match Config::load(&self.config_path) {
-            Err(e) => log::error!("reload: {e}; keeping the running configuration"),
-            Ok(new) => {
-                let mut changed = 0;
-                for i in 0..self.machines.len() {
-                    let name = self.machines[i].cfg.name.clone();
-                    let Some(nm) = new.machines.iter().find(|m| m.name == name) else {
-                        log::warn!("reload: machine '{name}' is gone from the file; a restart is needed to remove it");
-                        continue;
-                    };
-                    let problems = nm.detector.problems();
-                    if !problems.is_empty() {
-                        log::error!(
-                            "reload: machine '{name}': {}; keeping its settings",
-                            problems.join("; ")
-                        );
-                        continue;
-                    }
-                    let m = &mut self.machines[i];
-                    if m.cfg.detector != nm.detector {
-                        m.cfg.detector = nm.detector.clone();
-                        let p = Self::params_of(m);
-                        m.detector.set_params(p);
-                        changed += 1;
-                    }
-                    let enabled_changed = m.cfg.enabled != nm.enabled;
-                    m.cfg.enabled = nm.enabled;
-                    if enabled_changed {
-                        let now_ms = self.machines[i].last_t_ms;
-                        let t = self.machines[i].detector.set_enabled(nm.enabled, now_ms);
-                        self.machines[i].saved.enabled = nm.enabled;
-                        if let Some(t) = t {
-                            self.on_transition(i, t);
-                        }
-                    }
-                    self.publish_machine_state(i);
-                }
-                self.cfg.mqtt.score_interval = new.mqtt.score_interval;
-                self.persist();
-                log::info!(
-                    "reloaded {}: {changed} machine(s) with new detector settings",
-                    self.config_path.display()
-                );
+        let path = self.config_path.display().to_string();
+        let new = match Config::load(&self.config_path) {
+            Err(e) => {
+                log::error!("reload: {e}; keeping the running configuration");
+                return;
+            }
+            Ok(new) => new,
+        };
+        let mut problems = new.static_problems();
+        for nm in &new.machines {
+            let Some(m) = self.machines.iter().find(|m| m.cfg.name == nm.name) else {
+                continue;
+            };
+            // The threshold in force as the next start would compute it (`check`), with the running bundle.
+            let on = nm.detector.threshold.unwrap_or(m.bundle_threshold);
+            if let Some(off) = nm.detector.threshold_off.filter(|off| *off > on) {
+                problems.push(format!(
+                    "machine '{}': threshold_off ({off}) is above the threshold in force ({on})",
+                    nm.name
+                ));
             }
         }
+        if !problems.is_empty() {
+            log::error!(
+                "reload: {path}: {}; keeping the running configuration (`sonitor validate` names the same \
+                 problems, and a restart would refuse the file)",
+                problems.join("; ")
+            );
+            return;
+        }
+        let mut changed = 0;
+        for i in 0..self.machines.len() {
+            let name = self.machines[i].cfg.name.clone();
+            let Some(nm) = new.machines.iter().find(|m| m.name == name) else {
+                log::warn!("reload: machine '{name}' is gone from the file; a restart is needed to remove it");
+                continue;
+            };
+            let m = &mut self.machines[i];
+            if m.cfg.detector != nm.detector {
+                m.cfg.detector = nm.detector.clone();
+                let p = Self::params_of(m);
+                m.detector.set_params(p);
+                changed += 1;
+            }
+            let enabled_changed = m.cfg.enabled != nm.enabled;
+            m.cfg.enabled = nm.enabled;
+            if enabled_changed {
+                let now_ms = self.machines[i].last_t_ms;
+                let t = self.machines[i].detector.set_enabled(nm.enabled, now_ms);
+                self.machines[i].saved.enabled = nm.enabled;
+                if let Some(t) = t {
+                    self.on_transition(i, t);
+                }
+            }
+            self.publish_machine_state(i);
+        }
+        for what in crate::config::changes_needing_restart(&self.cfg, &new) {
+            log::warn!("reload: {what} changed in {path}; not applied until sonitor restarts");
+        }
+        self.cfg.mqtt.score_interval = new.mqtt.score_interval;
+        self.persist();
+        log::info!("reloaded {path}: {changed} machine(s) with new detector settings");
     }
 
     fn set_health(&mut self, i: usize, health: String) {

@@ -186,6 +186,30 @@ fn commands_are_answered_by_retained_state() {
             == Some("0.6")
     });
     daemon.wait_log("reloaded", Duration::from_secs(5));
+
+    // A file that the next start would refuse (threshold_off above the threshold in force) is refused whole by
+    // SIGHUP too, so a reload never leaves a daemon that cannot restart; what SIGHUP cannot apply is named.
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        good.replace(
+            "threshold = 0.6\n",
+            "threshold = 0.6\nthreshold_off = 0.9\n",
+        ),
+    )
+    .unwrap();
+    unsafe {
+        libc::kill(daemon.child.id() as i32, libc::SIGHUP);
+    }
+    daemon.wait_log(
+        "threshold_off (0.9) is above the threshold in force (0.6); keeping the running configuration",
+        Duration::from_secs(5),
+    );
+    std::fs::write(&cfg, good.replace("node_id = \"t1\"", "node_id = \"t9\"")).unwrap();
+    unsafe {
+        libc::kill(daemon.child.id() as i32, libc::SIGHUP);
+    }
+    daemon.wait_log("reload: node_id changed in ", Duration::from_secs(5));
     let msgs = rec.snapshot();
     let disc: Vec<&Msg> = msgs
         .iter()
