@@ -522,6 +522,14 @@ impl Controller {
                 vec![("OFF".to_string(), ev, note, seen)]
             }
         };
+        // The saved state may claim an open event that no message announced yet, never the reverse: a crash
+        // between the two writes then resumes the event at restart (its end may come twice) instead of leaving
+        // an announced event that never ends, or starting a second one beside it. So a raise is saved before
+        // its messages enter the outbox, a clear after.
+        let raised = m.saved.event.is_some();
+        if raised {
+            self.persist();
+        }
         let mut out = Vec::new();
         for (alarm, ev, note, seen) in msgs {
             out.push(OutMessage {
@@ -549,7 +557,9 @@ impl Controller {
             self.retained(format!("{topic}/alarm"), alarm, false);
             self.observe(seen);
         }
-        self.persist();
+        if !raised {
+            self.persist();
+        }
         self.send(ToMqtt::OutboxChanged);
         self.publish_machine_state(i);
     }
