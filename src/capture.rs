@@ -460,9 +460,31 @@ pub fn spawn_file(
             let start = Instant::now();
             let mut sent_frames: u64 = 0;
             let mut buf: Vec<f32> = Vec::with_capacity(block);
+            // After a failed pass (loop mode), the next pass that opens the file says so.
+            let recovering = std::cell::Cell::new(false);
             // One pass over the file: Ok(false) when told to stop.
             let mut play_once = || -> Result<bool, sonitor_core::audio::WavError> {
                 let mut wav = sonitor_core::audio::WavBlocks::open(&path)?;
+                // Each pass reads the header again: a file replaced by one of another format would be read as
+                // the old one (stereo samples as mono ones: wrong scores, false alarms).
+                let now = wav.info();
+                if (now.channels as usize, now.sample_rate) != (channels, rate) {
+                    return Err(sonitor_core::audio::WavError::Unsupported {
+                        path: path.clone(),
+                        reason: format!(
+                            "the file changed format since start-up: {} ch, {} Hz, was {channels} ch, {rate} Hz \
+                             (restart sonitor to replay it)",
+                            now.channels, now.sample_rate
+                        ),
+                    });
+                }
+                if recovering.replace(false) {
+                    m.up.set(1);
+                    let _ = events.send(SourceEvent::Opened {
+                        input: index,
+                        description: format!("{}: readable again", path.display()),
+                    });
+                }
                 loop {
                     if stop.load(Ordering::SeqCst) {
                         return Ok(false);
@@ -493,18 +515,33 @@ pub fn spawn_file(
                     sent_frames += (n / channels) as u64;
                 }
             };
+            let mut backoff = cfg.reopen_min;
             loop {
                 match play_once() {
-                    Ok(true) => {}
+                    Ok(true) => backoff = cfg.reopen_min,
                     Ok(false) => return,
                     // The file changed since start-up (it was checked then): the block that met the problem
-                    // is dropped, the problem reported, and the replay ends.
+                    // is dropped and the problem reported. A looped replay tries again with backoff, as a
+                    // capture device is reopened; otherwise the replay ends.
                     Err(e) => {
+                        m.up.set(0);
                         let _ = events.send(SourceEvent::Failed {
                             input: index,
                             reason: e.to_string(),
                         });
-                        break;
+                        if cfg.at_end != AtEnd::Loop {
+                            break;
+                        }
+                        recovering.set(true);
+                        let until = Instant::now().checked_add(backoff);
+                        while until.is_none_or(|u| Instant::now() < u) {
+                            if stop.load(Ordering::SeqCst) {
+                                return;
+                            }
+                            std::thread::sleep(Duration::from_millis(50).min(backoff));
+                        }
+                        backoff = backoff.saturating_mul(2).min(cfg.reopen_max);
+                        continue;
                     }
                 }
                 match cfg.at_end {

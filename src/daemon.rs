@@ -283,6 +283,9 @@ struct Controller {
     metrics: Arc<Metrics>,
     saved_path: PathBuf,
     inputs_up: Vec<bool>,
+    /// A file source's replay ended on an error (the file changed under it): `run` exits with
+    /// [`EXIT_INPUT`] once it stops instead of 0.
+    replay_failed: bool,
     observer: Option<Sender<Observation>>,
 }
 
@@ -1016,6 +1019,7 @@ pub fn start(
         metrics: metrics.clone(),
         saved_path,
         inputs_up: vec![false; cfg.devices.len()],
+        replay_failed: false,
         observer,
         cfg,
     };
@@ -1151,6 +1155,12 @@ pub fn start(
         }
     }
 
+    if exit_code == 0 && ctl.replay_failed {
+        log::error!(
+            "a replayed file could not be read to its end; exiting with status {EXIT_INPUT}"
+        );
+        exit_code = EXIT_INPUT;
+    }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     stop.store(true, Ordering::SeqCst);
     // Unblocks a pipeline that waits on the detector (lossless file replay).
@@ -1172,6 +1182,9 @@ pub fn start(
     let _ = clip_thread.join();
     Ok(exit_code)
 }
+
+/// Exit status when a replayed file could not be read to its end (EX_IOERR).
+pub const EXIT_INPUT: i32 = 74;
 
 /// Exit status when a thread of the daemon itself stopped (EX_SOFTWARE): not a configuration problem, so
 /// the service manager restarts sonitor (`Restart=on-failure`).
@@ -1222,11 +1235,22 @@ fn on_source_event(ctl: &mut Controller, e: SourceEvent) {
         SourceEvent::Failed { input, reason } => {
             let was_up = ctl.inputs_up[input];
             ctl.inputs_up[input] = false;
-            if was_up {
-                log::warn!(
-                    "input {}: {reason}; reopening with backoff",
-                    ctl.cfg.devices[input].name
+            let d = &ctl.cfg.devices[input];
+            let file = d.source == SourceKind::File;
+            if file && d.at_end != crate::config::AtEnd::Loop {
+                ctl.replay_failed = true;
+                log::error!(
+                    "input {}: {reason}; the replay ends here (a file source is read again only with \
+                     at_end = \"loop\")",
+                    d.name
                 );
+            } else if was_up {
+                let again = if file {
+                    "reading the file again with backoff"
+                } else {
+                    "reopening with backoff"
+                };
+                log::warn!("input {}: {reason}; {again}", d.name);
             } else {
                 log::debug!("input {}: {reason}", ctl.cfg.devices[input].name);
             }

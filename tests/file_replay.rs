@@ -137,3 +137,83 @@ fn windows_that_do_not_score_as_numbers_are_dropped_and_counted() {
     let saved: serde_json::Value = serde_json::from_str(&saved).unwrap();
     assert!(saved["pump-1"]["event"].is_null(), "{saved}");
 }
+
+/// A replayed file that is cut short while it plays (`at_end = "exit"`): the error is logged as the end of the
+/// replay, not as a reopening that never comes, and the daemon exits with EX_IOERR (74) instead of 0.
+#[test]
+fn a_file_cut_short_during_the_replay_ends_it_with_status_74() {
+    let d = tempfile::tempdir().unwrap();
+    let b = common::standard_bundle(d.path());
+    let wav = d.path().join("live.wav");
+    common::write_wav(&wav, &common::recording(6.0, 0.0, 0.0));
+    let dev = format!(
+        "[[devices]]\nname = \"mic\"\nsource = \"file\"\npath = \"{}\"\nrealtime = true\nat_end = \"exit\"\n",
+        wav.display()
+    );
+    let cfg = common::config(d.path(), &dev, &b.dir, 1, "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[mqtt]\n", "[mqtt]\nenabled = false\n");
+    std::fs::write(&cfg, text).unwrap();
+
+    let mut daemon = common::Daemon::start(&cfg, &[]);
+    daemon.wait_log("input mic open", Duration::from_secs(20));
+    // Cut in place (the same inode the replay reads): the header still announces 6 s.
+    let bytes = std::fs::read(&wav).unwrap();
+    std::fs::write(&wav, &bytes[..20_000]).unwrap();
+    let (code, log) = daemon.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(74), "{log}");
+    assert!(log.contains("the replay ends here"), "{log}");
+    assert!(!log.contains("reopening"), "{log}");
+}
+
+/// A looped file replaced by one of another format: each pass reads the header again, so stereo samples are
+/// never read as mono ones; the input is retried with backoff and comes back once the file is right again.
+#[test]
+fn a_looped_file_replaced_by_another_format_is_refused_until_it_is_right_again() {
+    let d = tempfile::tempdir().unwrap();
+    let b = common::standard_bundle(d.path());
+    let wav = d.path().join("loop.wav");
+    let mono = common::recording(2.5, 0.0, 0.0);
+    common::write_wav(&wav, &mono);
+    let dev = format!(
+        "[[devices]]\nname = \"mic\"\nsource = \"file\"\npath = \"{}\"\nrealtime = false\nat_end = \"loop\"\n\
+         reopen_min = \"100ms\"\nreopen_max = \"200ms\"\n",
+        wav.display()
+    );
+    let cfg = common::config(d.path(), &dev, &b.dir, 1, "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[mqtt]\n", "[mqtt]\nenabled = false\n");
+    std::fs::write(&cfg, text).unwrap();
+
+    let daemon = common::Daemon::start(&cfg, &[]);
+    daemon.wait_log("input mic open", Duration::from_secs(20));
+    // Replaced whole (a new file renamed over the old one) by a stereo recording.
+    let tmp = d.path().join("loop.tmp");
+    let spec = hound::WavSpec {
+        channels: 2,
+        sample_rate: 16_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&tmp, spec).unwrap();
+    for &x in &mono {
+        w.write_sample((x * 20_000.0) as i16).unwrap();
+        w.write_sample((x * 20_000.0) as i16).unwrap();
+    }
+    w.finalize().unwrap();
+    std::fs::rename(&tmp, &wav).unwrap();
+    daemon.wait_log(
+        "the file changed format since start-up: 2 ch, 16000 Hz, was 1 ch, 16000 Hz",
+        Duration::from_secs(20),
+    );
+    daemon.wait_log(
+        "reading the file again with backoff",
+        Duration::from_secs(5),
+    );
+    common::write_wav(&tmp, &mono);
+    std::fs::rename(&tmp, &wav).unwrap();
+    daemon.wait_log("readable again", Duration::from_secs(20));
+    assert_eq!(daemon.sigterm_and_wait(), 0);
+}
