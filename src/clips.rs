@@ -7,13 +7,21 @@ use std::time::SystemTime;
 use crate::config::ClipsConfig;
 use crate::pipeline::ClipAudio;
 
-/// Writes the clip as 16-bit PCM (creating its directory).
+/// Writes the clip as 16-bit PCM (creating its directory), under a temporary name renamed into place once
+/// complete: a write that fails (a full disk) leaves no partial WAV under the name the alarm events give, and
+/// gives the space back.
 pub fn write_clip(c: &ClipAudio) -> anyhow::Result<()> {
     if let Some(dir) = c.path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    sonitor_core::audio::write_wav_i16(&c.path, &c.samples, c.sample_rate)?;
-    Ok(())
+    let tmp = sonitor_core::atomic_file::temp_path(&c.path);
+    let written = sonitor_core::audio::write_wav_i16(&tmp, &c.samples, c.sample_rate)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| Ok(std::fs::rename(&tmp, &c.path)?));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// The id of an alarm event, `<node>-<machine>-<millis>-<seq>`: the node and machine names, when the alarm was raised
@@ -104,6 +112,27 @@ pub fn enforce_retention(dir: &Path, cfg: &ClipsConfig) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clip_that_cannot_be_written_leaves_nothing_behind() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("pump-1").join("n-pump-1-1-1.wav");
+        let clip = |path: &Path| ClipAudio {
+            machine: 0,
+            path: path.to_path_buf(),
+            samples: vec![0.1; 16_000],
+            sample_rate: 16_000,
+        };
+        // Something in the way of the temporary file: the write fails, no partial clip has the final name.
+        std::fs::create_dir_all(sonitor_core::atomic_file::temp_path(&path)).unwrap();
+        assert!(write_clip(&clip(&path)).is_err());
+        assert!(!path.exists());
+        std::fs::remove_dir(sonitor_core::atomic_file::temp_path(&path)).unwrap();
+        write_clip(&clip(&path)).unwrap();
+        let info = sonitor_core::audio::read_wav_info(&path).unwrap();
+        assert_eq!(info.frames, 16_000);
+        assert!(!sonitor_core::atomic_file::temp_path(&path).exists());
+    }
 
     #[test]
     fn writes_and_keeps_only_the_newest() {

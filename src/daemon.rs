@@ -720,6 +720,27 @@ impl Controller {
         log::info!("reloaded {path}: {changed} machine(s) with new detector settings");
     }
 
+    /// The clip of an open event could not be written: its end event says `clip: null` instead of naming a
+    /// file that does not exist (the start event, already sent, named where it would be).
+    fn on_clip_failed(&mut self, path: &Path) {
+        let path = path.display().to_string();
+        let mut changed = false;
+        for m in &mut self.machines {
+            if let Some(e) = m
+                .saved
+                .event
+                .as_mut()
+                .filter(|e| e.clip.as_ref() == Some(&path))
+            {
+                e.clip = None;
+                changed = true;
+            }
+        }
+        if changed {
+            self.persist();
+        }
+    }
+
     fn set_health(&mut self, i: usize, health: String) {
         if self.machines[i].health != health {
             log::warn!("health of {}: {health}", self.machines[i].cfg.name);
@@ -964,6 +985,8 @@ pub fn start(
     let clips_dir = cfg.clips_dir();
     let clip_metrics = metrics.clone();
     let clip_observer = observer.clone();
+    // Clips that could not be written, so that the end of their event does not name them.
+    let (clip_failed_tx, clip_failed_rx) = bounded::<PathBuf>(8);
     let clip_thread = std::thread::Builder::new()
         .name("clips".into())
         .spawn(move || {
@@ -980,7 +1003,11 @@ pub fn start(
                     }
                     Err(e) => {
                         clip_metrics.clips_dropped.inc();
-                        log::error!("clip {}: {e}", c.path.display());
+                        log::error!(
+                            "clip {}: {e:#}; the event goes on without it",
+                            c.path.display()
+                        );
+                        let _ = clip_failed_tx.try_send(c.path.clone());
                     }
                 }
                 crate::clips::enforce_retention(&clips_dir, &clips_cfg);
@@ -1068,6 +1095,7 @@ pub fn start(
                 }
             },
             recv(src_rx) -> e => if let Ok(e) = e { on_source_event(&mut ctl, e) },
+            recv(clip_failed_rx) -> p => if let Ok(p) = p { ctl.on_clip_failed(&p) },
             recv(reader_rx) -> e => match e {
                 Ok(ReaderEvent::Health(h)) => {
                     let state = if h.silent { "SILENT" } else if h.clipping { "CLIPPING" } else { "OK" };

@@ -217,3 +217,33 @@ fn a_looped_file_replaced_by_another_format_is_refused_until_it_is_right_again()
     daemon.wait_log("readable again", Duration::from_secs(20));
     assert_eq!(daemon.sigterm_and_wait(), 0);
 }
+
+/// An evidence clip that cannot be written (here its machine's folder is a file; in the field, a full disk):
+/// the alarm goes on, nothing partial is left under the clip's name, and the end event says `clip: null`
+/// instead of naming a file that does not exist.
+#[test]
+fn an_event_whose_clip_could_not_be_written_ends_without_naming_it() {
+    let d = tempfile::tempdir().unwrap();
+    let b = common::standard_bundle(d.path());
+    let wav = d.path().join("long-fault.wav");
+    common::write_wav(&wav, &common::recording(2.0, 8.0, 4.0));
+    let cfg = common::offline_config(d.path(), &wav, &b.dir, "");
+    std::fs::create_dir_all(d.path().join("state/clips")).unwrap();
+    std::fs::write(d.path().join("state/clips/pump-1"), b"in the way").unwrap();
+
+    let mut daemon = common::Daemon::start(&cfg, &[]);
+    let (code, log) = daemon.wait_exit(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("the event goes on without it"), "{log}");
+    assert_eq!(log.matches("alarm OFF: pump-1").count(), 1, "{log}");
+    let events: Vec<serde_json::Value> = std::fs::read_dir(d.path().join("state/outbox"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap())
+        .filter(|r| r["topic"].as_str().unwrap().ends_with("/events"))
+        .map(|r| serde_json::from_str(r["payload"].as_str().unwrap()).unwrap())
+        .collect();
+    let of = |kind: &str| events.iter().find(|e| e["type"] == kind).unwrap();
+    assert!(of("start")["clip"].is_string(), "{events:?}");
+    assert!(of("end")["clip"].is_null(), "{events:?}");
+}
