@@ -69,6 +69,14 @@ pub struct AlarmSpan {
     pub during_fault: bool,
 }
 
+/// With `--mqtt`: the broker and how many alarm messages it had not acknowledged when the demo ended (they
+/// wait in `OUT/outbox`).
+#[derive(Debug, Clone, Serialize)]
+pub struct MqttDelivery {
+    pub broker: String,
+    pub undelivered: usize,
+}
+
 /// What the demo saw.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -98,6 +106,8 @@ pub struct Summary {
     pub plot: Option<PathBuf>,
     pub config: PathBuf,
     pub exit_status: i32,
+    /// With `--mqtt`: what reached the broker.
+    pub mqtt: Option<MqttDelivery>,
 }
 
 impl Summary {
@@ -107,6 +117,7 @@ impl Summary {
             && self.false_alarms == 0
             && self.alarms.iter().all(|a| a.off_s.is_some())
             && self.exit_status == 0
+            && self.mqtt.as_ref().is_none_or(|m| m.undelivered == 0)
     }
 }
 
@@ -321,6 +332,12 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Summary> {
         Ok(Err(e)) => return Err(e.context("the daemon stopped")),
         Err(_) => anyhow::bail!("the daemon thread panicked"),
     };
+    // The daemon waits a moment for the broker's acknowledgements before it stops; what is left was not
+    // delivered (a broker that is down or refuses the connection).
+    let mqtt = o.mqtt.clone().map(|broker| MqttDelivery {
+        broker,
+        undelivered: std::fs::read_dir(o.out.join("outbox")).map_or(0, |d| d.count()),
+    });
     let timeline_csv = o.out.join("timeline.csv");
     std::fs::write(&timeline_csv, csv)
         .with_context(|| format!("writing {}", timeline_csv.display()))?;
@@ -355,6 +372,7 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Summary> {
         plot,
         config,
         exit_status,
+        mqtt,
     })
 }
 
@@ -437,6 +455,20 @@ impl std::fmt::Display for Summary {
         for c in &self.clips {
             writeln!(f, "  evidence clip: {}", c.display())?;
         }
+        match &self.mqtt {
+            Some(m) if m.undelivered == 0 => {
+                writeln!(f, "  MQTT: every alarm message acknowledged by {}", m.broker)?
+            }
+            Some(m) => writeln!(
+                f,
+                "  MQTT: NOT DELIVERED: {} alarm message(s) never acknowledged by {} (is it running and \
+                 reachable?); they wait in {}",
+                m.undelivered,
+                m.broker,
+                self.config.with_file_name("outbox").display()
+            )?,
+            None => {}
+        }
         writeln!(
             f,
             "  score timeline: {}{}; configuration: {}",
@@ -451,6 +483,8 @@ impl std::fmt::Display for Summary {
             "  result: {}",
             if self.ok() {
                 "OK — alarm during the fault, none outside it, cleared after the repair"
+            } else if self.mqtt.as_ref().is_some_and(|m| m.undelivered > 0) {
+                "NOT OK — the alarms were not delivered over MQTT"
             } else {
                 "NOT OK — see above"
             }

@@ -132,4 +132,17 @@ fn with_mqtt_the_demo_publishes_like_run() {
     assert_eq!(first["type"], "start");
     assert_eq!(first["model_id"], s["model_id"]);
     assert!(!on(&msgs, &format!("{topic}/score")).is_empty());
+    assert_eq!(s["mqtt"]["undelivered"], 0, "{log}");
+}
+
+/// `--mqtt` to a broker that is not there: the detection still runs, but the demo does not say OK, counts what
+/// was not delivered and exits 2 (as for a missed alarm).
+#[test]
+fn with_mqtt_to_no_broker_the_demo_says_nothing_was_delivered() {
+    let d = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let (code, s, log) = demo(&d.path().join("out"), &["--mqtt", &addr]);
+    assert_eq!(code, 2, "{log}");
+    assert!(s["mqtt"]["undelivered"].as_u64().unwrap() >= 2, "{log}");
+    assert_eq!(s["detected"], true, "{log}");
 }
