@@ -530,7 +530,10 @@ impl Config {
             path: path.to_path_buf(),
             reason,
         };
-        if !path.is_file() {
+        if path.is_dir() {
+            return Err(err("is a directory, not a configuration file".into()));
+        }
+        if !path.exists() {
             return Err(err("no such file".into()));
         }
         let env = config::Environment::with_prefix("SONITOR")

@@ -84,8 +84,9 @@ pub fn check(path: &Path) -> (Option<Config>, BTreeMap<PathBuf, Bundle>, Vec<Str
                     .collect::<Vec<_>>()
                     .join(", ")
             )),
-            Some(s) => {
-                let on = m.detector.threshold.unwrap_or(s.threshold.value);
+            // With a `threshold` of its own the machine's pair was checked with the file (`static_problems`).
+            Some(s) if m.detector.threshold.is_none() => {
+                let on = s.threshold.value;
                 if let Some(off) = m.detector.threshold_off {
                     if off > on {
                         problems.push(format!(
@@ -94,6 +95,7 @@ pub fn check(path: &Path) -> (Option<Config>, BTreeMap<PathBuf, Bundle>, Vec<Str
                     }
                 }
             }
+            Some(_) => {}
         }
     }
     // Channels and devices.
@@ -110,6 +112,23 @@ pub fn check(path: &Path) -> (Option<Config>, BTreeMap<PathBuf, Bundle>, Vec<Str
                 match sonitor_core::audio::check_wav(p) {
                     Err(e) => problems.push(format!("device '{}': {e}", d.name)),
                     Ok(info) => {
+                        // Played once (not looped), a file shorter than one analysis window is never scored;
+                        // an empty one is not even looped.
+                        let window = users
+                            .iter()
+                            .filter_map(|m| bundles.get(&m.bundle))
+                            .map(|b| b.manifest.features.window_seconds())
+                            .fold(0.0, f64::max);
+                        let once = d.at_end != crate::config::AtEnd::Loop;
+                        if info.frames == 0 || (once && info.duration_seconds() < window) {
+                            problems.push(format!(
+                                "device '{}': {} holds {:.2} s of audio, less than one {window} s analysis window: \
+                                 nothing would be scored",
+                                d.name,
+                                p.display(),
+                                info.duration_seconds()
+                            ));
+                        }
                         for m in users {
                             if m.channel >= info.channels {
                                 problems.push(format!(
@@ -1208,6 +1227,13 @@ pub fn start(
     drop(features_thread);
     drop(inference_thread);
     let _ = clip_thread.join();
+    let waiting = ctl.outbox.lock().map_or(0, |o| o.len());
+    if waiting > 0 && ctl.cfg.mqtt.enabled {
+        log::warn!(
+            "{waiting} alarm message(s) not acknowledged by the broker wait in {} for the next start",
+            ctl.cfg.state_dir.join("outbox").display()
+        );
+    }
     Ok(exit_code)
 }
 

@@ -116,6 +116,18 @@ fn every_kind_of_bad_input_is_named_with_exit_78() {
     let p = common::config(d.path(), &file_device(&cut), &b.dir, 1883, "");
     expect_78(&p, &["device 'mic'", "cut.wav", "truncated"]);
 
+    // A recording shorter than one analysis window, played once: nothing would ever be scored. And an empty
+    // one (a header without data), which not even a loop can play.
+    let short = d.path().join("short.wav");
+    common::write_wav(&short, &common::pump()[..4_000]);
+    let p = common::config(d.path(), &file_device(&short), &b.dir, 1883, "");
+    expect_78(&p, &["short.wav holds 0.25 s of audio", "analysis window"]);
+    let empty = d.path().join("empty.wav");
+    common::write_wav(&empty, &[]);
+    let looped = file_device(&empty) + "at_end = \"loop\"\n";
+    let p = common::config(d.path(), &looped, &b.dir, 1883, "");
+    expect_78(&p, &["empty.wav holds 0.00 s of audio"]);
+
     // A capture device that does not exist.
     let dev =
         "[[devices]]\nname = \"mic\"\nsource = \"capture\"\ndevice = \"alsa:no_such_pcm_xyz\"\n";
@@ -131,6 +143,7 @@ fn every_kind_of_bad_input_is_named_with_exit_78() {
     std::fs::write(&p, text).unwrap();
     expect_78(&p, &["raise_k (7) <= raise_n (3)", "loopback"]);
 
-    // A missing configuration file.
+    // A missing configuration file; a directory where the file should be.
     expect_78(&d.path().join("nope.toml"), &["nope.toml", "no such file"]);
+    expect_78(d.path(), &["is a directory, not a configuration file"]);
 }
