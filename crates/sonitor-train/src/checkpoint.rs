@@ -14,7 +14,7 @@ use burn::module::Module;
 use serde::{Deserialize, Serialize};
 use sonitor_core::atomic_file;
 
-use crate::loss::Loss;
+use crate::loss::{Loss, LossKind, SUBCLUSTERS};
 use crate::model::{Model, ModelConfig};
 
 /// The checkpoint's directory under the bundle.
@@ -51,12 +51,85 @@ pub fn find(out: &Path) -> PathBuf {
     }
 }
 
-/// Reads and parses the `state.json` of a checkpoint directory.
+impl State {
+    /// Checks that the parts of the state fit together (the loss's classes, centres and dimension, the network's
+    /// configuration), so that a damaged or hand-edited `state.json` is an error naming it, not a panic inside burn
+    /// at the first batch.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let l = &self.loss;
+        anyhow::ensure!(
+            !self.classes.is_empty(),
+            "classes: empty (the loss needs at least one class)"
+        );
+        anyhow::ensure!(
+            l.n_classes == self.classes.len(),
+            "loss.n_classes is {} but the checkpoint names {} classes",
+            l.n_classes,
+            self.classes.len()
+        );
+        let want_k = match l.kind {
+            LossKind::SubclusterAdacos => SUBCLUSTERS,
+            _ => 1,
+        };
+        anyhow::ensure!(
+            l.k == want_k,
+            "loss.k is {} but a {} loss has {want_k} centre(s) per class",
+            l.k,
+            l.kind.as_str()
+        );
+        self.model
+            .validate()
+            .map_err(|e| anyhow::anyhow!("model: {e:#}"))?;
+        let dim = self.model.embedding_dim();
+        anyhow::ensure!(
+            l.dim == dim,
+            "loss.dim is {} but the network's embedding has {dim} dimensions",
+            l.dim
+        );
+        let rows = match l.kind {
+            LossKind::OneClass => 1,
+            _ => l.n_classes * l.k,
+        };
+        anyhow::ensure!(
+            l.centres.len() == rows * dim,
+            "loss.centres holds {} values, expected {rows} centres × {dim} = {}",
+            l.centres.len(),
+            rows * dim
+        );
+        anyhow::ensure!(
+            l.centres.iter().all(|v| v.is_finite()),
+            "loss.centres holds a non-finite value"
+        );
+        anyhow::ensure!(
+            l.scale.is_finite()
+                && l.scale > 0.0
+                && l.initial_scale.is_finite()
+                && l.initial_scale > 0.0,
+            "loss.scale {} / loss.initial_scale {}: expected positive numbers",
+            l.scale,
+            l.initial_scale
+        );
+        anyhow::ensure!(
+            self.history.len() == self.epochs_done,
+            "history holds {} epoch losses but epochs_done is {}",
+            self.history.len(),
+            self.epochs_done
+        );
+        Ok(())
+    }
+}
+
+/// Reads, parses and checks ([`State::validate`]) the `state.json` of a checkpoint directory.
 pub fn read_state(dir: &Path) -> anyhow::Result<State> {
     let path = dir.join(STATE_FILE);
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    let state: State =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    state
+        .validate()
+        .with_context(|| format!("{}: an inconsistent checkpoint state", path.display()))?;
+    Ok(state)
 }
 
 /// `model` with the weights of the checkpoint directory `dir` (its [`MODEL_FILE`]).
@@ -114,12 +187,16 @@ pub fn save(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loss::LossKind;
 
     fn state(epochs_done: usize) -> State {
         State {
             epochs_done,
-            loss: Loss::new(LossKind::Adacos, 2, 4, 1),
+            loss: Loss::new(
+                LossKind::Adacos,
+                2,
+                ModelConfig::tiny(7, 32, 2048).embedding_dim(),
+                1,
+            ),
             model: ModelConfig::tiny(7, 32, 2048),
             classes: vec!["a".into(), "b".into()],
             history: vec![1.0; epochs_done],
@@ -179,5 +256,36 @@ mod tests {
         save(d.path(), &state(2), weights("epoch 2")).unwrap();
         only_the_checkpoint(d.path());
         assert_eq!(read_state(&find(d.path())).unwrap().epochs_done, 2);
+    }
+
+    #[test]
+    fn an_inconsistent_state_is_refused_naming_the_file_and_field() {
+        let d = tempfile::tempdir().unwrap();
+        save(d.path(), &state(1), weights("epoch 1")).unwrap();
+        let dir = find(d.path());
+        read_state(&dir).unwrap();
+        let path = dir.join(STATE_FILE);
+        let good: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let cases: [(&str, fn(&mut serde_json::Value)); 6] = [
+            ("loss.n_classes", |v| v["loss"]["n_classes"] = 999.into()),
+            ("loss.k", |v| v["loss"]["k"] = 0.into()),
+            ("loss.centres", |v| {
+                v["loss"]["centres"].as_array_mut().unwrap().truncate(10)
+            }),
+            ("loss.dim", |v| v["loss"]["dim"] = 3.into()),
+            ("loss.scale", |v| v["loss"]["scale"] = (-1.0).into()),
+            ("model", |v| v["model"]["tf_widths"] = serde_json::json!([])),
+        ];
+        for (field, edit) in cases {
+            let mut v = good.clone();
+            edit(&mut v);
+            std::fs::write(&path, v.to_string()).unwrap();
+            let e = format!("{:#}", read_state(&dir).unwrap_err());
+            assert!(
+                e.contains("state.json") && e.contains(field),
+                "{field}: {e}"
+            );
+        }
     }
 }
