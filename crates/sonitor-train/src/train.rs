@@ -639,7 +639,11 @@ pub fn embed_clips(
 
 /// The scoring model of one section from its normal training clips: k-means centres of the source-domain
 /// window embeddings plus the target-domain centres; threshold = gamma quantile of the normal training window
-/// scores (a target window is scored without the centres of its own clip, which would give it 0).
+/// scores. A window is never scored against centres made from its own clip, which would give it (nearly) 0: a
+/// target window is scored without its clip's target centres, and when every source window is its own centre
+/// (at most `k` of them, or `k` = 0) a source window is scored without its clip's source centres, as the
+/// daemon's windows of new audio are. An error when the scores cannot give a threshold (a section with one
+/// training clip: no other clip to be scored against).
 pub fn section_model(
     embedder: &OnnxEmbedder,
     clips: &[(&Clip, &[f32])],
@@ -652,6 +656,7 @@ pub fn section_model(
     let first = clips.first().context("no training clips")?.0;
     let emb = embed_clips(embedder, clips, params)?;
     let mut source = Vec::new();
+    let mut source_owner = Vec::new();
     let mut target: Vec<(usize, Vec<f32>)> = Vec::new();
     for (ci, ((c, _), e)) in clips.iter().zip(&emb).enumerate() {
         if c.name.domain == Some(Domain::Target) {
@@ -670,38 +675,73 @@ pub fn section_model(
             }
         } else {
             source.extend(e.iter().cloned());
+            source_owner.extend(std::iter::repeat_n(ci, e.len()));
         }
     }
     let src_centres = kmeans::spherical_kmeans(&source, k, seed, 100);
-    // Scored with the daemon's function; a target window is not compared with its own clip's centres.
+    // With at most k windows, k-means returns every window as its own centre, in order.
+    let own_source_centres = src_centres.len() == source.len();
+    let n_source_clips = clips
+        .iter()
+        .filter(|(c, _)| c.name.domain != Some(Domain::Target))
+        .count();
+    let n_target_clips = clips.len() - n_source_clips;
+    // Scored with the daemon's function, against the centres of the other clips only where a clip's own windows
+    // are centres.
     let mut scores = Vec::new();
     for (ci, e) in emb.iter().enumerate() {
         let others: Vec<Vec<f32>> = target
             .iter()
             .filter(|(owner, _)| *owner != ci)
             .map(|(_, t)| t.clone())
+            .chain(
+                src_centres
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !own_source_centres || source_owner[*i] != ci)
+                    .map(|(_, c)| c.clone()),
+            )
             .collect();
+        if others.is_empty() {
+            continue;
+        }
         for v in e {
-            let d = score::min_cosine_distance(v, &src_centres)
-                .min(score::min_cosine_distance(v, &others));
-            scores.push(d as f64);
+            scores.push(score::min_cosine_distance(v, &others) as f64);
         }
     }
-    let threshold = match Gamma::fit(&scores) {
-        Ok(g) => Threshold {
+    let cannot = |why: &str| {
+        anyhow::anyhow!(
+            "cannot fit a threshold from {n_source_clips} source + {n_target_clips} target normal training \
+             clips: {why}; a section needs at least 2 normal training clips whose embeddings differ (more clips, \
+             or more epochs)"
+        )
+    };
+    anyhow::ensure!(
+        !scores.is_empty(),
+        cannot("no window has a centre of another clip to be scored against")
+    );
+    anyhow::ensure!(
+        scores.iter().all(|s| s.is_finite()) && scores.iter().any(|&s| s > 0.0),
+        cannot("every normal training window scores 0 (or not a number)")
+    );
+    let gamma = Gamma::fit(&scores)
+        .ok()
+        .filter(|g| g.shape.is_finite() && g.scale.is_finite() && g.shape > 0.0 && g.scale > 0.0);
+    let threshold = match gamma {
+        Some(g) => Threshold {
             value: g.quantile(quantile),
             method: "gamma-quantile".into(),
             quantile,
             gamma_shape: Some(g.shape),
             gamma_scale: Some(g.scale),
         },
-        Err(_) => {
-            // Degenerate scores (e.g. one clip): fall back to the empirical quantile.
+        None => {
+            // Scores the gamma cannot fit (e.g. all equal): the empirical quantile.
             let mut s = scores.clone();
             s.sort_by(f64::total_cmp);
             let i = ((s.len() as f64 - 1.0) * quantile).round() as usize;
             Threshold {
-                value: s.get(i).copied().unwrap_or(0.5),
+                value: s.get(i).copied().unwrap_or(f64::NAN),
                 method: "percentile".into(),
                 quantile,
                 gamma_shape: None,
@@ -709,6 +749,13 @@ pub fn section_model(
             }
         }
     };
+    anyhow::ensure!(
+        threshold.value.is_finite() && threshold.value > 0.0,
+        cannot(&format!(
+            "the {} quantile of the scores is {}",
+            threshold.quantile, threshold.value
+        ))
+    );
     let n_source = src_centres.len();
     let n_target = target.len();
     Ok(SectionModel {

@@ -1,0 +1,65 @@
+//! `fit` on data sets that cannot give a sound bundle, and options that make no sense: each is refused before
+//! any bundle is written, with a message naming the problem (never a panic, never a silently wrong bundle).
+//! Also the cases that are sound but used to come out wrong (a section with few training clips).
+
+use std::path::Path;
+
+use sonitor_core::bundle::Bundle;
+use sonitor_core::dcase::{Condition, Domain, Split};
+use sonitor_train::loss::LossKind;
+use sonitor_train::train::fit;
+
+#[path = "support/data.rs"]
+mod data;
+use data::{options, Writer};
+
+use Condition::Normal;
+use Domain::Source;
+
+fn err(r: anyhow::Result<impl std::fmt::Debug>) -> String {
+    format!("{:#}", r.unwrap_err())
+}
+
+fn no_bundle(out: &Path) {
+    assert!(
+        !out.join("manifest.json").exists() && !out.join("model.onnx").exists(),
+        "a bundle was written to {}",
+        out.display()
+    );
+}
+
+/// A section of 5 source clips (15 windows, k-means 16: every window its own centre) and no target clips gets a
+/// real threshold: its windows are scored against the other clips' centres, not their own (which gave 0).
+#[test]
+fn few_source_clips_give_a_fitted_threshold_and_one_clip_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let mut w = Writer::new(&data);
+    w.write("fan", 0, Split::Train, Source, Normal, 200.0, "speed_1", 3);
+    w.write("fan", 0, Split::Train, Source, Normal, 300.0, "speed_2", 2);
+    w.test_clips("fan", 0, 200.0, 300.0);
+    let out = d.path().join("b");
+    let mut o = options(&data, &out, LossKind::SubclusterAdacos, 1);
+    o.kmeans = 16;
+    fit(&o).unwrap();
+    let b = Bundle::load(&out).unwrap();
+    let s = b.section("fan", 0).unwrap();
+    assert_eq!((s.n_source_centroids, s.n_target_centroids), (15, 0));
+    let t = &s.threshold;
+    assert_eq!(t.method, "gamma-quantile", "{t:?}");
+    assert!(t.value > 0.0 && t.value < 2.0, "{t:?}");
+    assert!(t.gamma_shape.is_some_and(f64::is_finite), "{t:?}");
+
+    // A section with a single training clip has no other clip to score its windows against: refused, naming
+    // the section.
+    w.write("pump", 0, Split::Train, Source, Normal, 250.0, "speed_1", 1);
+    let out = d.path().join("one");
+    let mut o = options(&data, &out, LossKind::SubclusterAdacos, 1);
+    o.kmeans = 16;
+    let e = err(fit(&o));
+    assert!(
+        e.contains("pump section 00") && e.contains("cannot fit a threshold"),
+        "{e}"
+    );
+    no_bundle(&out);
+}
