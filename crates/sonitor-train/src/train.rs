@@ -296,6 +296,12 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
         "--quantile {} must be in (0, 1)",
         o.quantile
     );
+    // `prune` may write its pruned network without fine-tuning; a fresh network needs training.
+    anyhow::ensure!(
+        o.epochs >= 1 || o.start.is_some(),
+        "--epochs {}: at least 1 (an untrained network is no model)",
+        o.epochs
+    );
     let data = dcase::scan(&o.data)?;
     let train: Vec<&Clip> = data
         .clips
@@ -303,6 +309,12 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
         .filter(|c| c.split == Split::Train)
         .collect();
     anyhow::ensure!(!train.is_empty(), "{}", data::describe_empty(&o.data));
+    anyhow::ensure!(
+        train.len() >= 2 || o.epochs == 0,
+        "{}: {} training clip: training needs at least 2 (a batch of 1 cannot be normalised)",
+        o.data.display(),
+        train.len()
+    );
     let classes = ClassMap::build(o.labels, train.iter().copied());
     let [frames, n_mels] = o.features.log_mel_shape();
     let config = o
@@ -384,6 +396,13 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
         optim = optim
             .load(&optimizer)
             .map_err(|e| anyhow::anyhow!("loading {}: {e:?}", optimizer.display()))?;
+        anyhow::ensure!(
+            state.epochs_done <= o.epochs,
+            "--resume: the checkpoint in {} has {} epochs done, more than --epochs {}",
+            ckpt.display(),
+            state.epochs_done,
+            o.epochs
+        );
         loss = state.loss;
         start_epoch = state.epochs_done;
         history = state.history;

@@ -63,3 +63,26 @@ fn few_source_clips_give_a_fitted_threshold_and_one_clip_is_refused() {
     );
     no_bundle(&out);
 }
+
+/// One training clip gives no batch of 2: refused instead of an epoch with loss NaN and a bundle. `--epochs 0`
+/// would write an untrained network: refused.
+#[test]
+fn one_training_clip_and_zero_epochs_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let mut w = Writer::new(&data);
+    w.write("fan", 0, Split::Train, Source, Normal, 200.0, "speed_1", 1);
+    let out = d.path().join("b");
+    let e = err(fit(&options(&data, &out, LossKind::SubclusterAdacos, 1)));
+    assert!(
+        e.contains("1 training clip") && e.contains("at least 2"),
+        "{e}"
+    );
+    no_bundle(&out);
+
+    w.write("fan", 0, Split::Train, Source, Normal, 200.0, "speed_1", 3);
+    let e = err(fit(&options(&data, &out, LossKind::SubclusterAdacos, 0)));
+    assert!(e.contains("--epochs 0"), "{e}");
+    no_bundle(&out);
+    assert!(!out.exists() || std::fs::read_dir(&out).unwrap().next().is_none());
+}
