@@ -10,7 +10,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use sonitor_core::audio::{load_mono, ChannelSelect};
 use sonitor_core::dcase::{self, Clip, Domain, Split};
 use sonitor_core::features::{FeatureExtractor, FeatureParams};
 use sonitor_core::{metrics, parallel};
@@ -37,7 +36,7 @@ pub fn clip_vectors(clips: &[&Clip], params: &FeatureParams) -> anyhow::Result<V
         clips,
         || anyhow::Ok((FeatureExtractor::new(params.clone())?, Vec::new())),
         |(fx, frames), clip| {
-            let audio = load_mono(&clip.path, ChannelSelect::Mix, params.sample_rate)?;
+            let audio = crate::data::load_clip(clip, params)?;
             frames.clear();
             let n = fx.log_mel_frames(&audio, frames);
             anyhow::ensure!(

@@ -19,23 +19,37 @@ pub struct TrainClip {
 }
 
 /// Loads clips (mono, resampled to the feature rate) on all cores. Errors name the file.
-pub fn load_audio(clips: &[&Clip], sample_rate: u32) -> anyhow::Result<Vec<Vec<f32>>> {
-    parallel::map(clips, |c| load_clip(c, sample_rate))
+pub fn load_audio(clips: &[&Clip], params: &FeatureParams) -> anyhow::Result<Vec<Vec<f32>>> {
+    parallel::map(clips, |c| load_clip(c, params))
 }
 
-/// One clip, mono (channels mixed), resampled to `sample_rate`. The error names the file: every audio error
-/// of `sonitor_core::audio` already starts with its path.
-pub fn load_clip(clip: &Clip, sample_rate: u32) -> anyhow::Result<Vec<f32>> {
-    Ok(load_mono(&clip.path, ChannelSelect::Mix, sample_rate)?)
+/// The error of a clip shorter than one STFT frame (a header-only WAV has 0 samples): such a clip has no
+/// spectrum to learn from or score, in any subcommand.
+pub fn ensure_one_frame(path: &Path, samples: usize, params: &FeatureParams) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        samples >= params.n_fft,
+        "{}: too short ({samples} samples) for one STFT frame of {}",
+        path.display(),
+        params.n_fft
+    );
+    Ok(())
+}
+
+/// One clip, mono (channels mixed), resampled to the feature rate, at least one STFT frame long. The error names
+/// the file: every audio error of `sonitor_core::audio` already starts with its path.
+pub fn load_clip(clip: &Clip, params: &FeatureParams) -> anyhow::Result<Vec<f32>> {
+    let audio = load_mono(&clip.path, ChannelSelect::Mix, params.sample_rate)?;
+    ensure_one_frame(&clip.path, audio.len(), params)?;
+    Ok(audio)
 }
 
 /// Loads the training clips with their class index.
 pub fn load_train_clips(
     clips: &[&Clip],
     classes: &ClassMap,
-    sample_rate: u32,
+    params: &FeatureParams,
 ) -> anyhow::Result<Vec<TrainClip>> {
-    let audio = load_audio(clips, sample_rate)?;
+    let audio = load_audio(clips, params)?;
     clips
         .iter()
         .zip(audio)

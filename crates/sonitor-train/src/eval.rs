@@ -142,7 +142,7 @@ pub fn score_dataset(
             &test,
             || FeatureExtractor::new(params.clone()).map_err(anyhow::Error::from),
             |fx, c| {
-                let a = crate::data::load_clip(c, params.sample_rate)?;
+                let a = crate::data::load_clip(c, &params)?;
                 let w = window_scores(&embedder, fx, &a, &sm.centroids)
                     .with_context(|| format!("scoring {}", c.path.display()))?;
                 Ok(w.iter().map(|&v| f64::from(v)).collect())

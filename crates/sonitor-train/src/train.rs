@@ -333,7 +333,7 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
     );
     config.validate()?;
     let t_load = Instant::now();
-    let clips = data::load_train_clips(&train, &classes, o.features.sample_rate)?;
+    let clips = data::load_train_clips(&train, &classes, &o.features)?;
     let data_sha = data::data_sha256(&train)?;
     if o.progress {
         eprintln!(

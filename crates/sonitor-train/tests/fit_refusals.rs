@@ -86,3 +86,51 @@ fn one_training_clip_and_zero_epochs_are_refused() {
     no_bundle(&out);
     assert!(!out.exists() || std::fs::read_dir(&out).unwrap().next().is_none());
 }
+
+/// A header-only WAV (0 samples) has no spectrum: `fit`, `eval` and `baseline` all refuse it, naming the file,
+/// with the same message.
+#[test]
+fn a_header_only_wav_is_refused_everywhere() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    data::make_dataset(&data);
+    let out = d.path().join("b");
+    fit(&options(&data, &out, LossKind::SubclusterAdacos, 1)).unwrap();
+
+    let empty = |split: Split, name: &str| {
+        let p = data.join("fan").join(split.as_str()).join(name);
+        sonitor_core::audio::write_wav_i16(&p, &[], 16_000).unwrap();
+        p
+    };
+    let test = empty(
+        Split::Test,
+        "section_00_source_test_normal_0900_speed_1.wav",
+    );
+    let needle =
+        "section_00_source_test_normal_0900_speed_1.wav: too short (0 samples) for one STFT frame";
+    let e = err(sonitor_train::eval::evaluate(
+        &out,
+        &data,
+        &d.path().join("s"),
+    ));
+    assert!(e.contains(needle), "{e}");
+    let e = err(sonitor_train::baseline::score_dataset(
+        &sonitor_core::dcase::scan(&data).unwrap(),
+        &d.path().join("bs"),
+        &sonitor_core::features::FeatureParams::default(),
+    ));
+    assert!(e.contains(needle), "{e}");
+    std::fs::remove_file(test).unwrap();
+
+    empty(
+        Split::Train,
+        "section_00_source_train_normal_0900_speed_1.wav",
+    );
+    let out = d.path().join("b2");
+    let e = err(fit(&options(&data, &out, LossKind::SubclusterAdacos, 1)));
+    assert!(
+        e.contains("section_00_source_train_normal_0900_speed_1.wav: too short (0 samples)"),
+        "{e}"
+    );
+    no_bundle(&out);
+}
