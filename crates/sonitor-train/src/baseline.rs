@@ -158,6 +158,7 @@ pub fn score_dataset(
     out: &Path,
     params: &FeatureParams,
 ) -> anyhow::Result<Vec<PathBuf>> {
+    crate::data::train_clips(data)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut written = Vec::new();
     for (machine_type, section) in data.sections() {

@@ -7,7 +7,7 @@ use anyhow::Context;
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use sonitor_core::audio::{load_mono, ChannelSelect};
-use sonitor_core::dcase::{ClassMap, Clip};
+use sonitor_core::dcase::{ClassMap, Clip, Condition, Dataset, Split};
 use sonitor_core::features::{FeatureExtractor, FeatureParams, Features};
 use sonitor_core::parallel;
 
@@ -160,6 +160,29 @@ pub fn make_batch(
         batch.spectrum.extend_from_slice(&out.spectrum);
     }
     Ok(batch)
+}
+
+/// The training clips of a data set: every clip of a `train/` directory, refused when one is labelled anomalous
+/// (DCASE's `train/` holds normal clips only; an anomaly there would be learned as normal).
+pub fn train_clips(data: &Dataset) -> anyhow::Result<Vec<&Clip>> {
+    let train: Vec<&Clip> = data
+        .clips
+        .iter()
+        .filter(|c| c.split == Split::Train)
+        .collect();
+    let anomalous: Vec<&&Clip> = train
+        .iter()
+        .filter(|c| c.name.condition == Some(Condition::Anomaly))
+        .collect();
+    if let Some(first) = anomalous.first() {
+        anyhow::bail!(
+            "{}: an anomalous clip among the training clips ({} in all); train/ must hold normal clips only \
+             (move anomalous clips to test/)",
+            first.path.display(),
+            anomalous.len()
+        );
+    }
+    Ok(train)
 }
 
 /// Lists the `.wav` files under a directory (for error messages about empty data sets).

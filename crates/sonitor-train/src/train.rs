@@ -303,11 +303,7 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
         o.epochs
     );
     let data = dcase::scan(&o.data)?;
-    let train: Vec<&Clip> = data
-        .clips
-        .iter()
-        .filter(|c| c.split == Split::Train)
-        .collect();
+    let train = data::train_clips(&data)?;
     anyhow::ensure!(!train.is_empty(), "{}", data::describe_empty(&o.data));
     anyhow::ensure!(
         train.len() >= 2 || o.epochs == 0,

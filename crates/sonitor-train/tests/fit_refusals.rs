@@ -134,3 +134,34 @@ fn a_header_only_wav_is_refused_everywhere() {
     );
     no_bundle(&out);
 }
+
+/// An anomalous clip in train/ would be learned as normal: `fit` and `baseline` refuse it, naming it.
+#[test]
+fn an_anomalous_training_clip_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let mut w = Writer::new(&data);
+    w.write("fan", 0, Split::Train, Source, Normal, 200.0, "speed_1", 4);
+    let bad = w.write(
+        "fan",
+        0,
+        Split::Train,
+        Source,
+        Condition::Anomaly,
+        200.0,
+        "speed_1",
+        1,
+    );
+    w.test_clips("fan", 0, 200.0, 300.0);
+    let name = bad[0].file_name().unwrap().to_str().unwrap().to_string();
+    let out = d.path().join("b");
+    let e = err(fit(&options(&data, &out, LossKind::SubclusterAdacos, 1)));
+    assert!(e.contains(&name) && e.contains("normal clips only"), "{e}");
+    no_bundle(&out);
+    let e = err(sonitor_train::baseline::score_dataset(
+        &sonitor_core::dcase::scan(&data).unwrap(),
+        &d.path().join("bs"),
+        &sonitor_core::features::FeatureParams::default(),
+    ));
+    assert!(e.contains(&name) && e.contains("normal clips only"), "{e}");
+}
