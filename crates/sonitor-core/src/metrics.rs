@@ -59,6 +59,19 @@ pub enum MetricsError {
     },
     #[error("{machine_type} section {section:02}: test clips carry no normal/anomaly labels (evaluation-set names)")]
     Unlabelled { machine_type: String, section: u16 },
+    #[error("{machine_type} section {section:02}: no {metric}: {positives} anomalous and {negatives} {normals} test clips (it needs both)")]
+    SectionOneClass {
+        machine_type: String,
+        section: u16,
+        /// `AUC (source)`, `AUC (target)` or `pAUC`.
+        metric: &'static str,
+        /// Which normal clips count: `source-domain normal`, `target-domain normal` or `normal`.
+        normals: &'static str,
+        positives: usize,
+        negatives: usize,
+    },
+    #[error("{root}: no test clips to score")]
+    NoTestClips { root: String },
 }
 
 /// ROC curve points (fpr, tpr) at every distinct threshold, descending, starting at (0, 0) — scikit-learn's
@@ -197,6 +210,23 @@ pub fn section_metrics(
     section: u16,
     clips: &[LabelledScore],
 ) -> Result<SectionMetrics, MetricsError> {
+    // A subset with one class only is named: the section, which AUC, which clips are missing.
+    let named = |metric: &'static str, normals: &'static str| {
+        move |e: MetricsError| match e {
+            MetricsError::OneClass {
+                positives,
+                negatives,
+            } => MetricsError::SectionOneClass {
+                machine_type: machine_type.to_string(),
+                section,
+                metric,
+                normals,
+                positives,
+                negatives,
+            },
+            e => e,
+        }
+    };
     let auc_for = |domain: Domain| {
         let (labels, scores): (Vec<bool>, Vec<f64>) = clips
             .iter()
@@ -211,9 +241,11 @@ pub fn section_metrics(
     Ok(SectionMetrics {
         machine_type: machine_type.to_string(),
         section,
-        auc_source: auc_for(Domain::Source)?,
-        auc_target: auc_for(Domain::Target)?,
-        pauc: partial_roc_auc(&labels, &scores, MAX_FPR)?,
+        auc_source: auc_for(Domain::Source)
+            .map_err(named("AUC (source)", "source-domain normal"))?,
+        auc_target: auc_for(Domain::Target)
+            .map_err(named("AUC (target)", "target-domain normal"))?,
+        pauc: partial_roc_auc(&labels, &scores, MAX_FPR).map_err(named("pAUC", "normal"))?,
         n_source_normal: count(Domain::Source),
         n_target_normal: count(Domain::Target),
         n_anomaly: clips.iter().filter(|c| c.anomaly).count(),
@@ -317,6 +349,11 @@ pub fn evaluate_submission(data: &Dataset, scores_dir: &Path) -> Result<Report, 
             });
         }
         sections.push(section_metrics(&machine_type, section, &labelled)?);
+    }
+    if sections.is_empty() {
+        return Err(MetricsError::NoTestClips {
+            root: data.root.display().to_string(),
+        });
     }
     Ok(report(sections))
 }
@@ -430,5 +467,44 @@ mod tests {
             (m.n_source_normal, m.n_target_normal, m.n_anomaly),
             (10, 10, 10)
         );
+    }
+
+    #[test]
+    fn a_one_class_subset_names_the_section_and_the_auc() {
+        let clip = |domain, anomaly, score| LabelledScore {
+            domain,
+            anomaly,
+            score,
+        };
+        // Source normals and anomalies, no target normals.
+        let clips = [
+            clip(Domain::Source, false, 0.1),
+            clip(Domain::Source, false, 0.2),
+            clip(Domain::Source, true, 0.9),
+            clip(Domain::Target, true, 0.8),
+        ];
+        let e = section_metrics("fan", 3, &clips).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "fan section 03: no AUC (target): 2 anomalous and 0 target-domain normal test clips (it needs both)"
+        );
+    }
+
+    #[test]
+    fn a_data_set_without_test_clips_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let train = d.path().join("fan/train");
+        std::fs::create_dir_all(&train).unwrap();
+        crate::audio::write_wav_i16(
+            &train.join("section_00_source_train_normal_0000_a_1.wav"),
+            &[0.0; 2048],
+            16_000,
+        )
+        .unwrap();
+        let scores = d.path().join("scores");
+        std::fs::create_dir(&scores).unwrap();
+        let data = dcase::scan(d.path()).unwrap();
+        let e = evaluate_submission(&data, &scores).unwrap_err().to_string();
+        assert!(e.ends_with(": no test clips to score"), "{e}");
     }
 }
