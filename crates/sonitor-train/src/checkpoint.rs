@@ -32,6 +32,11 @@ pub struct State {
     pub model: ModelConfig,
     pub classes: Vec<String>,
     pub history: Vec<f64>,
+    /// The `--labels` granularity and `--seed` of the run (absent in checkpoints of earlier versions).
+    #[serde(default)]
+    pub labels: Option<String>,
+    #[serde(default)]
+    pub seed: Option<u64>,
 }
 
 fn sibling(out: &Path, suffix: &str) -> PathBuf {
@@ -200,6 +205,8 @@ mod tests {
             model: ModelConfig::tiny(7, 32, 2048),
             classes: vec!["a".into(), "b".into()],
             history: vec![1.0; epochs_done],
+            labels: Some("attribute".into()),
+            seed: Some(1),
         }
     }
 

@@ -97,20 +97,24 @@ pub struct FitArgs {
     pub batch: usize,
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    #[arg(long, value_enum, default_value_t = LossKind::SubclusterAdacos)]
-    pub loss: LossKind,
-    /// Auxiliary class granularity: type, section, attribute, attribute-domain.
-    #[arg(long, default_value = "attribute")]
-    pub labels: String,
+    /// Random seed [default: 1; with --resume: the checkpoint's].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Training loss [default: subcluster-adacos; with --resume: the checkpoint's].
+    #[arg(long, value_enum)]
+    pub loss: Option<LossKind>,
+    /// Auxiliary class granularity: type, section, attribute, attribute-domain [default: attribute; with --resume:
+    /// the checkpoint's].
+    #[arg(long)]
+    pub labels: Option<String>,
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     pub device: DeviceKind,
     /// Continue from the last checkpoint in OUT/checkpoint.
     #[arg(long)]
     pub resume: bool,
-    #[arg(long, value_enum, default_value_t = Arch::Paper)]
-    pub arch: Arch,
+    /// Network size [default: paper; with --resume: the checkpoint's network].
+    #[arg(long, value_enum)]
+    pub arch: Option<Arch>,
     /// k of the per-section k-means of source-domain embeddings.
     #[arg(long, default_value_t = 16)]
     pub kmeans: usize,
@@ -192,17 +196,38 @@ pub struct Start {
 }
 
 impl FitOptions {
+    /// With `--resume`, what the command line leaves out (loss, labels, seed, network) is the checkpoint's; what it
+    /// gives must agree with the checkpoint ([`fit`] checks).
     pub fn from_args(a: &FitArgs) -> anyhow::Result<Self> {
-        let labels = LabelGranularity::parse(&a.labels).with_context(|| {
-            format!(
-                "--labels {}: expected type, section, attribute or attribute-domain",
-                a.labels
-            )
+        let state = if a.resume {
+            Some(checkpoint::read_state(&checkpoint::find(&a.out)).context("--resume")?)
+        } else {
+            None
+        };
+        let labels_name = match (&a.labels, state.as_ref().and_then(|s| s.labels.as_deref())) {
+            (Some(l), _) => l.as_str(),
+            (None, Some(l)) => l,
+            (None, None) => LabelGranularity::Attribute.as_str(),
+        };
+        let labels = LabelGranularity::parse(labels_name).with_context(|| {
+            format!("--labels {labels_name}: expected type, section, attribute or attribute-domain")
         })?;
+        let loss = a
+            .loss
+            .or(state.as_ref().map(|s| s.loss.kind))
+            .unwrap_or(LossKind::SubclusterAdacos);
+        let seed = a.seed.or(state.as_ref().and_then(|s| s.seed)).unwrap_or(1);
         let features = window_features(a.window_seconds, a.window_hop_seconds)?;
         let [frames, n_mels] = features.log_mel_shape();
         let base = ModelConfig::paper(frames, n_mels, features.spectrum_len());
-        let model = match a.arch {
+        let arch = match (a.arch, &state) {
+            (Some(arch), _) => arch,
+            (None, Some(s)) => {
+                return Self::with_model(a, labels, loss, seed, features, s.model.clone())
+            }
+            (None, None) => Arch::Paper,
+        };
+        let model = match arch {
             Arch::Paper => base,
             Arch::Small => ModelConfig {
                 tf_widths: vec![8, 16, 32, 64],
@@ -214,14 +239,25 @@ impl FitOptions {
             },
             Arch::Tiny => ModelConfig::tiny(frames, n_mels, features.spectrum_len()),
         };
+        Self::with_model(a, labels, loss, seed, features, model)
+    }
+
+    fn with_model(
+        a: &FitArgs,
+        labels: LabelGranularity,
+        loss: LossKind,
+        seed: u64,
+        features: FeatureParams,
+        model: ModelConfig,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             data: a.data.clone(),
             out: a.out.clone(),
             epochs: a.epochs,
             batch: a.batch,
             lr: a.lr,
-            seed: a.seed,
-            loss: a.loss,
+            seed,
+            loss,
             labels,
             device: a.device,
             resume: a.resume,
@@ -382,10 +418,36 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
     if o.resume {
         let ckpt = checkpoint::find(&o.out);
         let state = checkpoint::read_state(&ckpt).context("--resume")?;
+        // The checkpoint's settings rule: a different one asked for explicitly is an error, not ignored.
+        let differs = |what: &str, theirs: &str, ours: &str| {
+            anyhow::anyhow!(
+                "--resume: the checkpoint in {} was trained with {what} {theirs}, not {ours} (leave {what} out to \
+                 continue it, or train a new bundle elsewhere)",
+                ckpt.display()
+            )
+        };
+        if state.loss.kind != o.loss {
+            return Err(differs("--loss", state.loss.kind.as_str(), o.loss.as_str()));
+        }
+        if let Some(l) = state.labels.as_deref().filter(|&l| l != o.labels.as_str()) {
+            return Err(differs("--labels", l, o.labels.as_str()));
+        }
+        if let Some(s) = state.seed.filter(|&s| s != o.seed) {
+            return Err(differs("--seed", &s.to_string(), &o.seed.to_string()));
+        }
         anyhow::ensure!(
-            state.model == config && state.classes == classes.names,
-            "--resume: the checkpoint in {} was made with another network or class set",
-            ckpt.display()
+            state.model == config,
+            "--resume: the checkpoint in {} was made with another network (--arch or the window flags differ): \
+             {:?}",
+            ckpt.display(),
+            state.model
+        );
+        anyhow::ensure!(
+            state.classes == classes.names,
+            "--resume: the checkpoint in {} was trained on the classes {}, the data set gives {}",
+            ckpt.display(),
+            state.classes.join(", "),
+            classes.names.join(", ")
         );
         model = checkpoint::load_weights(model, &ckpt).context("--resume")?;
         let optimizer = ckpt.join(checkpoint::OPTIMIZER_FILE);
@@ -476,6 +538,8 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
             model: config.clone(),
             classes: classes.names.clone(),
             history: history.clone(),
+            labels: Some(o.labels.as_str().into()),
+            seed: Some(o.seed),
         };
         checkpoint::save(&o.out, &state, |dir| {
             let m = dir.join(checkpoint::MODEL_FILE);

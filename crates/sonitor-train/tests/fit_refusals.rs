@@ -165,3 +165,70 @@ fn an_anomalous_training_clip_is_refused() {
     ));
     assert!(e.contains(&name) && e.contains("normal clips only"), "{e}");
 }
+
+/// `--resume` continues the checkpoint's run: an explicitly different `--loss`, `--labels` or `--seed` is an
+/// error, not silently ignored (and recorded as if used); left out, they are the checkpoint's.
+#[test]
+fn resume_refuses_changed_settings_and_takes_the_checkpoints() {
+    use sonitor_core::dcase::LabelGranularity;
+    use sonitor_train::train::{Arch, DeviceKind, FitArgs, FitOptions, TargetCentres};
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    data::make_dataset(&data);
+    let out = d.path().join("b");
+    let mut o = options(&data, &out, LossKind::Adacos, 1);
+    o.labels = LabelGranularity::Type;
+    o.seed = 9;
+    fit(&o).unwrap();
+    let resume = |f: &dyn Fn(&mut FitOptions)| {
+        let mut o = o.clone();
+        o.epochs = 2;
+        o.resume = true;
+        f(&mut o);
+        fit(&o)
+    };
+    let e = err(resume(&|o| o.loss = LossKind::SubclusterAdacos));
+    assert!(e.contains("--loss adacos, not subcluster-adacos"), "{e}");
+    let e = err(resume(&|o| o.labels = LabelGranularity::Attribute));
+    assert!(e.contains("--labels type, not attribute"), "{e}");
+    let e = err(resume(&|o| o.seed = 1));
+    assert!(e.contains("--seed 9, not 1"), "{e}");
+    // The bundle of the first run is untouched by the refusals.
+    assert_eq!(Bundle::load(&out).unwrap().manifest.provenance.epochs, 1);
+
+    // The command line without --loss, --labels, --seed or --arch continues the checkpoint's run.
+    let f = data::features();
+    let args = FitArgs {
+        data: data.clone(),
+        out: out.clone(),
+        epochs: 2,
+        batch: 8,
+        lr: 1e-3,
+        seed: None,
+        loss: None,
+        labels: None,
+        device: DeviceKind::Cpu,
+        resume: true,
+        arch: None::<Arch>,
+        kmeans: 4,
+        quantile: 0.9,
+        target_centres: TargetCentres::Window,
+        no_mixup: false,
+        window_seconds: f.window_samples as f64 / f.sample_rate as f64,
+        window_hop_seconds: f.window_hop_samples as f64 / f.sample_rate as f64,
+    };
+    let mut from_cli = FitOptions::from_args(&args).unwrap();
+    assert_eq!(
+        (from_cli.loss, from_cli.labels, from_cli.seed),
+        (LossKind::Adacos, LabelGranularity::Type, 9)
+    );
+    // The CLI's features have 128 mel bands; the test network was trained on 32.
+    from_cli.features = f;
+    from_cli.progress = false;
+    fit(&from_cli).unwrap();
+    let p = Bundle::load(&out).unwrap().manifest.provenance;
+    assert_eq!(
+        (p.loss.as_str(), p.labels.as_str(), p.seed, p.epochs),
+        ("adacos", "type", 9, 2)
+    );
+}
