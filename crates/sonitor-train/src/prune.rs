@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use sonitor_core::bundle::Bundle;
 use sonitor_core::dcase::LabelGranularity;
 
+use crate::checkpoint;
 use crate::model::{Model, ModelConfig};
 use crate::train::{self, DeviceKind, FitOptions, Start, TargetCentres};
 
@@ -52,6 +53,10 @@ pub struct PruneArgs {
     /// Bundle directory to write.
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace what OUT holds: remove its bundle files, checkpoints and scores/ first (without it, an OUT that holds
+    /// a bundle or checkpoint is refused).
+    #[arg(long)]
+    pub force: bool,
     /// Fraction of the channels of every layer group to keep, in (0, 1].
     #[arg(long)]
     pub keep: f64,
@@ -365,13 +370,125 @@ pub fn prune(
     apply(model, config, keep, &k)
 }
 
+/// Checks that a training checkpoint is the network the bundle was exported from: the same classes, loss, labels,
+/// seed, network configuration and epochs (with the same loss history) as its manifest records.
+pub fn checkpoint_matches_bundle(
+    state: &checkpoint::State,
+    m: &sonitor_core::bundle::Manifest,
+) -> anyhow::Result<()> {
+    let p = &m.provenance;
+    anyhow::ensure!(
+        state.classes == m.classes,
+        "its classes ({}) are not the bundle's ({})",
+        state.classes.join(", "),
+        m.classes.join(", ")
+    );
+    anyhow::ensure!(
+        state.loss.kind.as_str() == p.loss,
+        "its loss {} is not the bundle's {}",
+        state.loss.kind.as_str(),
+        p.loss
+    );
+    if let Some(l) = &state.labels {
+        let bundle = LabelGranularity::parse(&p.labels).map(|g| g.as_str());
+        anyhow::ensure!(
+            bundle == Some(l.as_str()),
+            "its labels {l} are not the bundle's {}",
+            p.labels
+        );
+    }
+    if let Some(s) = state.seed {
+        anyhow::ensure!(s == p.seed, "its seed {s} is not the bundle's {}", p.seed);
+    }
+    if let Some(c) = p.model.get("config") {
+        let c: ModelConfig = serde_json::from_value(c.clone())
+            .context("the bundle's provenance.model.config is not a network configuration")?;
+        anyhow::ensure!(
+            c == state.model,
+            "its network {:?} is not the bundle's {:?}",
+            state.model,
+            c
+        );
+    }
+    anyhow::ensure!(
+        state.epochs_done == p.epochs,
+        "it has {} epochs done, the bundle {}",
+        state.epochs_done,
+        p.epochs
+    );
+    if let Some(h) = p.model.get("epoch_losses").and_then(|v| v.as_array()) {
+        let h: Vec<Option<f64>> = h.iter().map(|v| v.as_f64()).collect();
+        let ours: Vec<Option<f64>> = state.history.iter().map(|&v| Some(v)).collect();
+        anyhow::ensure!(
+            h == ours,
+            "its epoch losses {:?} are not the bundle's {h:?}",
+            state.history
+        );
+    }
+    Ok(())
+}
+
+/// The data set the bundle was trained on, from its provenance (for `prune` without `--data`): refused when it is
+/// not there, or when its training clips are no longer the ones the bundle was trained on.
+fn provenance_data(m: &sonitor_core::bundle::Manifest) -> anyhow::Result<PathBuf> {
+    let p = &m.provenance;
+    let data = PathBuf::from(&p.data_path);
+    anyhow::ensure!(
+        data.is_dir(),
+        "the data set {} named by the bundle's provenance (data_path) is not a directory here; give --data",
+        data.display()
+    );
+    let set = sonitor_core::dcase::scan(&data)
+        .with_context(|| format!("the bundle's data set {} (provenance)", data.display()))?;
+    let sha = crate::data::data_sha256(&crate::data::train_clips(&set)?)?;
+    anyhow::ensure!(
+        sha == p.data_sha256,
+        "the training clips of {} (the bundle's provenance data_path) are not the ones the bundle was trained on \
+         (data_sha256 {} vs {}); give --data with the right data set",
+        data.display(),
+        &sha[..12.min(sha.len())],
+        &p.data_sha256[..12.min(p.data_sha256.len())]
+    );
+    Ok(data)
+}
+
 pub fn run(a: &PruneArgs) -> anyhow::Result<()> {
     let bundle = Bundle::load(&a.model)
         .with_context(|| format!("--model {}: not a usable bundle", a.model.display()))?;
     let m = &bundle.manifest;
     let device = a.device.device()?;
-    let (model, config, loss, classes) = train::load_checkpoint(&a.model, &device)
-        .with_context(|| format!("--model {}: pruning needs the training checkpoint (fit writes it to BUNDLE/checkpoint)", a.model.display()))?;
+    let ckpt = checkpoint::find(&a.model);
+    anyhow::ensure!(
+        ckpt.join(checkpoint::STATE_FILE).is_file(),
+        "--model {}: no training checkpoint ({} is missing); pruning needs the network's weights, which fit writes \
+         to BUNDLE/checkpoint",
+        a.model.display(),
+        ckpt.join(checkpoint::STATE_FILE).display()
+    );
+    let (model, state) = train::load_checkpoint(&a.model, &device)
+        .with_context(|| format!("--model {}", a.model.display()))?;
+    checkpoint_matches_bundle(&state, m).with_context(|| {
+        format!(
+            "--model {}: the checkpoint in {} is not the network of the bundle's model.onnx (an interrupted or \
+             other training run?); finish it with fit --resume, or prune a bundle whose checkpoint it is",
+            a.model.display(),
+            ckpt.display()
+        )
+    })?;
+    let data = match &a.data {
+        Some(d) => d.clone(),
+        None => provenance_data(m)?,
+    };
+    if a.force {
+        train::clear_bundle(&a.out)?;
+    }
+    train::check_out(&a.out, false)?;
+    let checkpoint::State {
+        model: config,
+        loss,
+        classes,
+        ..
+    } = state;
     let params_before = model.num_params();
     let macs_before = config.macs_per_window();
     let (pruned, new_config) = prune(model, &config, a.keep, a.criterion)?;
@@ -407,10 +524,7 @@ pub fn run(a: &PruneArgs) -> anyhow::Result<()> {
         .and_then(|v| serde_json::from_value(v.clone()).ok())
         .unwrap_or(TargetCentres::Window);
     let o = FitOptions {
-        data: a
-            .data
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(&m.provenance.data_path)),
+        data,
         out: a.out.clone(),
         epochs: a.epochs,
         batch: a.batch,

@@ -112,6 +112,10 @@ pub struct FitArgs {
     /// Continue from the last checkpoint in OUT/checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Replace what OUT holds: remove its bundle files, checkpoints and scores/ first (without it, an OUT that holds
+    /// a bundle or checkpoint is refused).
+    #[arg(long, conflicts_with = "resume")]
+    pub force: bool,
     /// Network size [default: paper; with --resume: the checkpoint's network].
     #[arg(long, value_enum)]
     pub arch: Option<Arch>,
@@ -332,6 +336,7 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
         "--quantile {} must be in (0, 1)",
         o.quantile
     );
+    check_out(&o.out, o.resume)?;
     // `prune` may write its pruned network without fine-tuning; a fresh network needs training.
     anyhow::ensure!(
         o.epochs >= 1 || o.start.is_some(),
@@ -469,6 +474,9 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
         }
     }
 
+    // Before the first epoch, so that an --out that cannot be a directory fails now, not after an epoch.
+    std::fs::create_dir_all(&o.out)
+        .with_context(|| format!("--out: creating {}", o.out.display()))?;
     let mut fx = FeatureExtractor::new(o.features.clone())?;
     let t_train = Instant::now();
     let live = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -640,7 +648,11 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
             tool: format!("sonitor-train {}", env!("CARGO_PKG_VERSION")),
             created_at: rfc3339_now(),
             command: o.command.clone(),
-            data_path: o.data.display().to_string(),
+            // Absolute, so that `prune` finds the data set from any directory.
+            data_path: std::fs::canonicalize(&o.data)
+                .unwrap_or_else(|_| o.data.clone())
+                .display()
+                .to_string(),
             data_sha256: data_sha,
             loss: o.loss.as_str().into(),
             labels: o.labels.as_str().into(),
@@ -687,16 +699,75 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
     })
 }
 
+/// What a bundle directory holds that a new run must not mix with its own: the bundle's files, the checkpoints
+/// (whole, moved aside or half-written), the scores `eval` writes by default.
+const BUNDLE_ENTRIES: [&str; 6] = [
+    sonitor_core::bundle::MANIFEST_FILE,
+    sonitor_core::bundle::DEFAULT_ONNX_FILE,
+    checkpoint::DIR,
+    "checkpoint.old",
+    "checkpoint.new",
+    "scores",
+];
+
+/// The bundle or checkpoint files already in `out` (none when it does not exist).
+fn bundle_entries(out: &Path) -> Vec<&'static str> {
+    BUNDLE_ENTRIES
+        .into_iter()
+        .filter(|e| e != &"scores" && out.join(e).exists())
+        .collect()
+}
+
+/// Refuses an `--out` that is not a directory, or (unless `resume`) one that holds a bundle or checkpoint: a new
+/// run would overwrite it, or leave its own checkpoint beside another network's graph.
+pub fn check_out(out: &Path, resume: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !out.exists() || out.is_dir(),
+        "--out {}: exists and is not a directory",
+        out.display()
+    );
+    if !resume {
+        let found = bundle_entries(out);
+        anyhow::ensure!(
+            found.is_empty(),
+            "--out {} already holds a bundle or checkpoint ({}): give another directory, --resume to continue its \
+             training, or --force to replace it",
+            out.display(),
+            found.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// `--force`: removes the bundle files, checkpoints and default scores directory of `out` (nothing else), so that a
+/// new run starts clean.
+pub fn clear_bundle(out: &Path) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !out.exists() || out.is_dir(),
+        "--out {}: exists and is not a directory",
+        out.display()
+    );
+    for e in BUNDLE_ENTRIES {
+        let p = out.join(e);
+        let removed = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else if p.exists() {
+            std::fs::remove_file(&p)
+        } else {
+            Ok(())
+        };
+        removed.with_context(|| format!("--force: removing {}", p.display()))?;
+    }
+    Ok(())
+}
+
 /// Loads the network, loss and classes of the last whole training checkpoint of the bundle directory `out`
 /// ([`checkpoint::find`]).
-pub fn load_checkpoint(
-    out: &Path,
-    device: &Device,
-) -> anyhow::Result<(Model, ModelConfig, Loss, Vec<String>)> {
+pub fn load_checkpoint(out: &Path, device: &Device) -> anyhow::Result<(Model, checkpoint::State)> {
     let ckpt = checkpoint::find(out);
     let state = checkpoint::read_state(&ckpt)?;
     let model = checkpoint::load_weights(state.model.init(device)?, &ckpt)?;
-    Ok((model, state.model, state.loss, state.classes))
+    Ok((model, state))
 }
 
 /// Embeds clips (with their decoded audio) on all cores (one tract plan is shared; features per thread).
@@ -889,6 +960,9 @@ pub fn by_section<'a>(
 
 pub fn run(a: &FitArgs) -> anyhow::Result<()> {
     let o = FitOptions::from_args(a)?;
+    if a.force {
+        clear_bundle(&a.out)?;
+    }
     let r = fit(&o)?;
     eprintln!(
         "{} clips, {} classes, {} parameters; training took {:.1} s",

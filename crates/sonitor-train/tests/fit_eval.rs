@@ -136,6 +136,7 @@ fn fit_resume_eval_and_refusals() {
         model: out.clone(),
         data: Some(data.clone()),
         out: pruned.clone(),
+        force: false,
         keep: 0.5,
         criterion: Criterion::BnScale,
         epochs: 1,

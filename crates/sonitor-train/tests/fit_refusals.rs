@@ -209,6 +209,7 @@ fn resume_refuses_changed_settings_and_takes_the_checkpoints() {
         labels: None,
         device: DeviceKind::Cpu,
         resume: true,
+        force: false,
         arch: None::<Arch>,
         kmeans: 4,
         quantile: 0.9,
@@ -231,4 +232,131 @@ fn resume_refuses_changed_settings_and_takes_the_checkpoints() {
         (p.loss.as_str(), p.labels.as_str(), p.seed, p.epochs),
         ("adacos", "type", 9, 2)
     );
+}
+
+/// An --out that holds a bundle is refused (it would be overwritten, or mixed with a new checkpoint) unless
+/// `--force` clears it; an --out that is a file is refused before training.
+#[test]
+fn an_existing_bundle_or_a_file_as_out_is_refused() {
+    use sonitor_train::train::{run, Arch, DeviceKind, FitArgs, TargetCentres};
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    data::make_dataset(&data);
+    let out = d.path().join("b");
+    fit(&options(&data, &out, LossKind::SubclusterAdacos, 1)).unwrap();
+    let before = std::fs::read(out.join("model.onnx")).unwrap();
+    let mut o = options(&data, &out, LossKind::Adacos, 1);
+    let e = err(fit(&o));
+    assert!(
+        e.contains("already holds a bundle or checkpoint (manifest.json, model.onnx, checkpoint)")
+            && e.contains("--force"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(out.join("model.onnx")).unwrap(), before);
+    // Only a checkpoint (an interrupted run) is refused too.
+    std::fs::remove_file(out.join("manifest.json")).unwrap();
+    std::fs::remove_file(out.join("model.onnx")).unwrap();
+    assert!(err(fit(&o)).contains("(checkpoint)"));
+
+    // `--force` removes the old files (the old run's scores too) and trains anew.
+    std::fs::create_dir(out.join("scores")).unwrap();
+    std::fs::write(out.join("scores/old.csv"), "x").unwrap();
+    let args = FitArgs {
+        data: data.clone(),
+        out: out.clone(),
+        epochs: 1,
+        batch: 8,
+        lr: 1e-3,
+        seed: Some(5),
+        loss: Some(LossKind::Adacos),
+        labels: None,
+        device: DeviceKind::Cpu,
+        resume: false,
+        force: true,
+        arch: Some(Arch::Tiny),
+        kmeans: 4,
+        quantile: 0.9,
+        target_centres: TargetCentres::Window,
+        no_mixup: false,
+        window_seconds: 0.256,
+        window_hop_seconds: 0.256,
+    };
+    run(&args).unwrap();
+    assert_eq!(
+        Bundle::load(&out).unwrap().manifest.provenance.loss,
+        "adacos"
+    );
+    assert!(!out.join("scores").exists());
+
+    // A file as --out: refused before the first epoch, naming it.
+    let file = d.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    o.out = file.clone();
+    let e = err(fit(&o));
+    assert!(e.contains("exists and is not a directory"), "{e}");
+}
+
+/// `prune` refuses a checkpoint that is not the bundle's network, an --out holding a bundle (unless --force), and,
+/// without --data, a provenance data set that is gone or has changed.
+#[test]
+fn prune_checks_its_checkpoint_out_and_data() {
+    use sonitor_train::prune::{run, Criterion, PruneArgs};
+    use sonitor_train::train::DeviceKind;
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    data::make_dataset(&data);
+    let a = d.path().join("a");
+    fit(&options(&data, &a, LossKind::SubclusterAdacos, 1)).unwrap();
+    let prov = Bundle::load(&a).unwrap().manifest.provenance;
+    assert!(
+        Path::new(&prov.data_path).is_absolute(),
+        "{}",
+        prov.data_path
+    );
+    let args = |out: &str, data: Option<&Path>, force: bool| PruneArgs {
+        model: a.clone(),
+        data: data.map(Path::to_path_buf),
+        out: d.path().join(out),
+        force,
+        keep: 0.5,
+        criterion: Criterion::BnScale,
+        epochs: 1,
+        batch: 8,
+        lr: 5e-4,
+        device: DeviceKind::Cpu,
+        quantile: None,
+    };
+    // Without --data: the provenance's data set, found from any directory.
+    run(&args("p", None, false)).unwrap();
+    Bundle::load(&d.path().join("p")).unwrap();
+    let e = err(run(&args("p", None, false)));
+    assert!(e.contains("already holds a bundle"), "{e}");
+    run(&args("p", None, true)).unwrap();
+
+    // A changed data set, then a moved one.
+    let mut w = Writer::new(&data);
+    w.write("fan", 0, Split::Train, Source, Normal, 210.0, "speed_1", 1);
+    let e = err(run(&args("q", None, false)));
+    assert!(
+        e.contains("data_sha256") && e.contains("give --data"),
+        "{e}"
+    );
+    std::fs::rename(&data, d.path().join("moved")).unwrap();
+    let e = err(run(&args("q", None, false)));
+    assert!(e.contains("not a directory here; give --data"), "{e}");
+    std::fs::rename(d.path().join("moved"), &data).unwrap();
+
+    // Another run's checkpoint beside the bundle's graph (an interrupted re-fit): refused.
+    let b = d.path().join("b");
+    let mut o = options(&data, &b, LossKind::SubclusterAdacos, 1);
+    o.seed = 6;
+    fit(&o).unwrap();
+    std::fs::remove_dir_all(a.join("checkpoint")).unwrap();
+    std::fs::rename(b.join("checkpoint"), a.join("checkpoint")).unwrap();
+    let e = err(run(&args("r", Some(&data), false)));
+    assert!(
+        e.contains("is not the network of the bundle's model.onnx") && e.contains("seed 6"),
+        "{e}"
+    );
+    no_bundle(&d.path().join("r"));
 }
