@@ -23,6 +23,29 @@ pub enum PlotError {
     Empty(&'static str),
 }
 
+/// Checks, before any work is done, that a picture can be written to `path`: a `.png` or `.svg` name, a directory
+/// to put it in, a font for its text.
+pub fn check_target(path: &Path) -> Result<(), PlotError> {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    if ext != "png" && ext != "svg" {
+        return Err(PlotError::Format(path.to_path_buf()));
+    }
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        return Err(PlotError::Draw {
+            path: path.to_path_buf(),
+            message: format!("{} is not a directory", parent.display()),
+        });
+    }
+    ensure_font()
+}
+
 /// A shaded interval of a timeline.
 #[derive(Debug, Clone)]
 pub struct Band {
@@ -277,6 +300,19 @@ pub fn operating_point(scores: &[f64], anomalous: &[bool], threshold: f64) -> (f
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bad_target_is_refused_before_drawing() {
+        let d = tempfile::tempdir().unwrap();
+        let e = check_target(&d.path().join("roc.txt"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unsupported picture format"), "{e}");
+        let e = check_target(&d.path().join("missing/roc.svg"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing is not a directory"), "{e}");
+    }
 
     #[test]
     fn roc_points_of_a_perfect_and_a_tied_scorer() {

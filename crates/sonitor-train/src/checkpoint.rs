@@ -274,7 +274,8 @@ mod tests {
         let path = dir.join(STATE_FILE);
         let good: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let cases: [(&str, fn(&mut serde_json::Value)); 6] = [
+        type Edit = fn(&mut serde_json::Value);
+        let cases: [(&str, Edit); 6] = [
             ("loss.n_classes", |v| v["loss"]["n_classes"] = 999.into()),
             ("loss.k", |v| v["loss"]["k"] = 0.into()),
             ("loss.centres", |v| {

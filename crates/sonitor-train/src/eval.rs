@@ -321,6 +321,10 @@ pub fn operating_table(sections: &[SectionScores]) -> String {
 
 pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
     let out = a.out.clone().unwrap_or_else(|| a.model.join("scores"));
+    // A picture that cannot be drawn is refused now, not after every clip is scored.
+    if let Some(p) = &a.plot {
+        sonitor_core::plot::check_target(p).with_context(|| format!("--plot {}", p.display()))?;
+    }
     let started = std::time::Instant::now();
     let (report, sections) = evaluate_with_scores(&a.model, &a.data, &out)?;
     eprintln!(
@@ -361,6 +365,24 @@ pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bad_plot_path_is_refused_before_anything_is_scored() {
+        let d = tempfile::tempdir().unwrap();
+        for plot in ["roc.txt", "missing/roc.svg"] {
+            // The bundle and data do not exist: the --plot error comes first.
+            let e = run(&EvalArgs {
+                model: d.path().join("no-bundle"),
+                data: d.path().join("no-data"),
+                json: false,
+                out: None,
+                plot: Some(d.path().join(plot)),
+            })
+            .unwrap_err();
+            let e = format!("{e:#}");
+            assert!(e.starts_with("--plot"), "{e}");
+        }
+    }
 
     fn section(
         key: &str,
