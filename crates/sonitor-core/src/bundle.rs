@@ -151,10 +151,11 @@ pub struct Manifest {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
-    #[error("{path}: cannot read: {source}")]
+    // The cause is in the message and not a `source()`, or `{:#}` (anyhow) would print it twice.
+    #[error("{path}: cannot read: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: invalid manifest: {reason}")]
     Manifest { path: PathBuf, reason: String },
@@ -164,10 +165,10 @@ pub enum BundleError {
         expected: String,
         actual: String,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Onnx {
         path: PathBuf,
-        source: onnx_graph::OnnxParseError,
+        error: onnx_graph::OnnxParseError,
     },
     #[error("{path}: manifest and graph disagree: {reason}")]
     Mismatch { path: PathBuf, reason: String },
@@ -379,9 +380,9 @@ impl Bundle {
     /// Loads and verifies a bundle directory.
     pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
         let manifest_path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&manifest_path).map_err(|source| BundleError::Io {
+        let text = std::fs::read_to_string(&manifest_path).map_err(|error| BundleError::Io {
             path: manifest_path.clone(),
-            source,
+            error,
         })?;
         let manifest: Manifest =
             serde_json::from_str(&text).map_err(|e| BundleError::Manifest {
@@ -395,9 +396,9 @@ impl Bundle {
                 reason,
             })?;
         let onnx_path = dir.join(&manifest.onnx_file);
-        let bytes = std::fs::read(&onnx_path).map_err(|source| BundleError::Io {
+        let bytes = std::fs::read(&onnx_path).map_err(|error| BundleError::Io {
             path: onnx_path.clone(),
-            source,
+            error,
         })?;
         let actual = sha256_hex(&bytes);
         if !actual.eq_ignore_ascii_case(&manifest.onnx_sha256) {
@@ -407,9 +408,9 @@ impl Bundle {
                 actual,
             });
         }
-        let graph = onnx_graph::read_signature(&bytes).map_err(|source| BundleError::Onnx {
+        let graph = onnx_graph::read_signature(&bytes).map_err(|error| BundleError::Onnx {
             path: onnx_path.clone(),
-            source,
+            error,
         })?;
         manifest
             .check_graph(&graph)
@@ -431,7 +432,7 @@ impl Bundle {
     pub fn write(dir: &Path, manifest: &Manifest, onnx: &[u8]) -> Result<Bundle, BundleError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
-            move |source| BundleError::Io { path, source }
+            move |error| BundleError::Io { path, error }
         };
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let mut manifest = manifest.clone();

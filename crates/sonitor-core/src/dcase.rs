@@ -20,10 +20,11 @@ use serde::{Deserialize, Serialize};
 pub enum DcaseError {
     #[error("{path}: data directory not found")]
     MissingDir { path: PathBuf },
-    #[error("{path}: cannot read: {source}")]
+    // The cause is in the message and not a `source()`, or `{:#}` (anyhow) would print it twice.
+    #[error("{path}: cannot read: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: no machine type directories (<type>/train or <type>/test) found")]
     Empty { path: PathBuf },
@@ -265,7 +266,7 @@ pub fn scan(root: &Path) -> Result<Dataset, DcaseError> {
     }
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| DcaseError::Io { path, source }
+        move |error| DcaseError::Io { path, error }
     };
     let mut types: Vec<PathBuf> = std::fs::read_dir(root)
         .map_err(io(root))?
@@ -483,9 +484,9 @@ pub fn write_scores(path: &Path, rows: &[(String, f64)]) -> Result<(), DcaseErro
     for (name, score) in rows {
         s.push_str(&format!("{name},{score}\n"));
     }
-    std::fs::write(path, s).map_err(|source| DcaseError::Io {
+    std::fs::write(path, s).map_err(|error| DcaseError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 
@@ -503,9 +504,9 @@ pub fn write_submission(
 
 /// Reads a DCASE submission file into file name → score. A header line, if present, is skipped.
 pub fn read_scores(path: &Path) -> Result<BTreeMap<String, f64>, DcaseError> {
-    let text = std::fs::read_to_string(path).map_err(|source| DcaseError::Io {
+    let text = std::fs::read_to_string(path).map_err(|error| DcaseError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     let mut map = BTreeMap::new();
     for (i, line) in text.lines().enumerate() {

@@ -188,6 +188,16 @@ fn corrupt_and_truncated_files_are_named_errors() {
     let missing = dir.path().join("missing.wav");
     let e = read_wav(&missing, ChannelSelect::Mix).unwrap_err();
     assert!(matches!(e, WavError::Open { .. }) && e.to_string().contains("missing.wav"));
+    // The cause is said once: in the message, not again as a source (anyhow's `{:#}` prints both).
+    assert_said_once(&e, "No such file or directory");
+    assert_said_once(
+        &sonitor_core::bundle::Bundle::load(&dir.path().join("no-bundle")).unwrap_err(),
+        "No such file or directory",
+    );
+    assert_said_once(
+        &sonitor_core::dcase::read_scores(&dir.path().join("no.csv")).unwrap_err(),
+        "No such file or directory",
+    );
 
     // 12-bit samples in a 16-bit container are fine for hound, but a 20-bit float is nonsense.
     let odd = write(
@@ -316,4 +326,15 @@ fn block_reader_equals_whole_file_reading() {
     ));
     let b16 = dir.path().join("b16.wav");
     assert_eq!(check_wav(&b16).unwrap(), read_wav_info(&b16).unwrap());
+}
+
+/// `e` and its chain of sources, as anyhow's `{:#}` prints them, name `cause` exactly once.
+fn assert_said_once(e: &dyn std::error::Error, cause: &str) {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        text += &format!(": {s}");
+        next = s.source();
+    }
+    assert_eq!(text.matches(cause).count(), 1, "{text}");
 }

@@ -21,6 +21,6 @@ pub fn load_mono(
     }
     resample(&samples, info.sample_rate, target_rate).map_err(|e| WavError::Resample {
         path: path.to_path_buf(),
-        source: e,
+        error: e,
     })
 }

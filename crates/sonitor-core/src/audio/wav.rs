@@ -36,10 +36,11 @@ impl WavInfo {
 
 #[derive(Debug, thiserror::Error)]
 pub enum WavError {
-    #[error("{path}: cannot open: {source}")]
+    // The cause is in the message and not a `source()`, or `{:#}` (anyhow) would print it twice.
+    #[error("{path}: cannot open: {error}")]
     Open {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: not a readable WAV file: {reason}")]
     Corrupt { path: PathBuf, reason: String },
@@ -61,10 +62,10 @@ pub enum WavError {
     },
     #[error("{path}: cannot write: {reason}")]
     Write { path: PathBuf, reason: String },
-    #[error("{path}: resampling failed: {source}")]
+    #[error("{path}: resampling failed: {error}")]
     Resample {
         path: PathBuf,
-        source: super::resample::ResampleError,
+        error: super::resample::ResampleError,
     },
 }
 
@@ -75,7 +76,7 @@ fn classify(path: &Path, err: hound::Error) -> WavError {
             path,
             reason: "unexpected end of file inside the header".into(),
         },
-        hound::Error::IoError(e) => WavError::Open { path, source: e },
+        hound::Error::IoError(e) => WavError::Open { path, error: e },
         hound::Error::FormatError(reason) => WavError::Corrupt {
             path,
             reason: reason.to_string(),
@@ -109,7 +110,7 @@ pub fn check_wav(path: &Path) -> Result<WavInfo, WavError> {
 fn open(path: &Path) -> Result<hound::WavReader<std::io::BufReader<std::fs::File>>, WavError> {
     let file = std::fs::File::open(path).map_err(|e| WavError::Open {
         path: path.to_path_buf(),
-        source: e,
+        error: e,
     })?;
     hound::WavReader::new(std::io::BufReader::new(file)).map_err(|e| classify(path, e))
 }
@@ -239,7 +240,7 @@ impl WavBlocks {
         {
             let io = |e| WavError::Open {
                 path: self.path.clone(),
-                source: e,
+                error: e,
             };
             let at = std::io::Seek::stream_position(reader).map_err(io)?;
             let len = reader.get_ref().metadata().map_err(io)?.len();
