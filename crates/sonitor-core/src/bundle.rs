@@ -142,7 +142,7 @@ pub struct Manifest {
     #[serde(default)]
     pub classes: Vec<String>,
     pub sections: Vec<SectionModel>,
-    /// How window scores are pooled into a clip score (e.g. `"mean"`).
+    /// How window scores are pooled into a clip score: `"mean"`, the only pooling `eval` implements.
     pub clip_pooling: String,
     pub onnx_file: String,
     pub onnx_sha256: String,
@@ -259,12 +259,21 @@ impl Manifest {
                 }
             }
             let t = &s.threshold;
-            if !t.value.is_finite() || !(0.0..=1.0).contains(&t.quantile) {
+            if let Some(why) = crate::score::threshold_problem(t.value) {
+                return Err(format!("section {key}: threshold {why}"));
+            }
+            if !(0.0..=1.0).contains(&t.quantile) {
                 return Err(format!(
-                    "section {key}: threshold {} (quantile {}) is not usable",
-                    t.value, t.quantile
+                    "section {key}: threshold quantile {} is not between 0 and 1",
+                    t.quantile
                 ));
             }
+        }
+        if self.clip_pooling != "mean" {
+            return Err(format!(
+                "clip_pooling '{}' is not supported: clips are scored by the mean of their window scores (\"mean\")",
+                self.clip_pooling
+            ));
         }
         if self.onnx_file.is_empty()
             || self.onnx_file.contains('/')
@@ -639,6 +648,18 @@ mod tests {
             (
                 Box::new(|m| m.sections[0].threshold.value = f64::NAN),
                 "threshold",
+            ),
+            (
+                Box::new(|m| m.sections[0].threshold.value = -1.0),
+                "threshold -1 is outside (0, 2)",
+            ),
+            (
+                Box::new(|m| m.sections[0].threshold.quantile = 1.5),
+                "quantile 1.5",
+            ),
+            (
+                Box::new(|m| m.clip_pooling = "max".into()),
+                "clip_pooling 'max' is not supported",
             ),
             (
                 Box::new(|m| m.features.n_mels = 64),

@@ -502,13 +502,16 @@ pub fn write_submission(
     Ok(path)
 }
 
-/// Reads a DCASE submission file into file name → score. A header line, if present, is skipped.
+/// Reads a DCASE submission file into file name → score. A header line (a first line whose first field is not
+/// a `.wav` name and whose second is not a number), if present, is skipped.
 pub fn read_scores(path: &Path) -> Result<BTreeMap<String, f64>, DcaseError> {
     let text = std::fs::read_to_string(path).map_err(|error| DcaseError::Io {
         path: path.to_path_buf(),
         error,
     })?;
     let mut map = BTreeMap::new();
+    // A byte-order mark (spreadsheets write one) is not part of the first file name.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() {
@@ -529,7 +532,8 @@ pub fn read_scores(path: &Path) -> Result<BTreeMap<String, f64>, DcaseError> {
             .to_string();
         let score: f64 = match score.trim().parse() {
             Ok(v) => v,
-            Err(_) if i == 0 => continue, // header
+            // A header: a first line whose first field is not a clip's file name.
+            Err(_) if i == 0 && !name.to_ascii_lowercase().ends_with(".wav") => continue,
             Err(_) => return Err(bad(format!("score '{}' is not a number", score.trim()))),
         };
         if !score.is_finite() {
@@ -707,5 +711,13 @@ mod tests {
         assert!(read_scores(&p).unwrap_err().to_string().contains("line 2"));
         std::fs::write(&p, "a.wav,0.1\na.wav,0.2\n").unwrap();
         assert!(read_scores(&p).unwrap_err().to_string().contains("twice"));
+        // A header and a byte-order mark are skipped; a first row with a bad score is an error, not a header.
+        std::fs::write(&p, "\u{feff}file_name,score\na.wav,0.1\n").unwrap();
+        assert_eq!(read_scores(&p).unwrap().len(), 1);
+        std::fs::write(&p, "\u{feff}a.wav,0.1\n").unwrap();
+        assert_eq!(read_scores(&p).unwrap()["a.wav"], 0.1);
+        std::fs::write(&p, "a.wav,0.5x\nb.wav,0.2\n").unwrap();
+        let e = read_scores(&p).unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("0.5x"), "{e}");
     }
 }
