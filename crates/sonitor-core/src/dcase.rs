@@ -126,9 +126,12 @@ impl ClipName {
 
     /// Parses a file name (not a path).
     pub fn parse(name: &str) -> Result<ClipName, String> {
+        // Any case, as the directory scan takes it (`.wav`, `.WAV`, `.Wav`).
         let stem = name
-            .strip_suffix(".wav")
-            .or_else(|| name.strip_suffix(".WAV"))
+            .len()
+            .checked_sub(4)
+            .filter(|&i| name.is_char_boundary(i) && name[i..].eq_ignore_ascii_case(".wav"))
+            .map(|i| &name[..i])
             .ok_or("does not end in .wav")?;
         let parts: Vec<&str> = stem.split('_').collect();
         if parts.len() < 3 || parts[0] != "section" {
@@ -587,6 +590,15 @@ mod tests {
 
     #[test]
     fn parses_evaluation_names() {
+        // The extension in any case, as the directory scan takes it.
+        for ext in ["wav", "WAV", "Wav"] {
+            assert!(
+                ClipName::parse(&format!("section_03_0007.{ext}")).is_ok(),
+                "{ext}"
+            );
+        }
+        assert!(ClipName::parse("section_03_0007.wave").is_err());
+        assert!(ClipName::parse("wav").is_err());
         let n = ClipName::parse("section_03_0007.wav").unwrap();
         assert_eq!(
             (n.section, n.index, n.domain, n.condition),

@@ -53,10 +53,10 @@ impl DeviceKind {
             #[cfg(feature = "cuda")]
             Self::Cuda => Device::cuda(0usize),
             #[allow(unreachable_patterns)]
-            other => anyhow::bail!(
-                "--device {other:?} needs sonitor-train built with `--features {}`",
-                format!("{other:?}").to_lowercase()
-            ),
+            other => {
+                let name = format!("{other:?}").to_lowercase();
+                anyhow::bail!("--device {name} needs sonitor-train built with `--features {name}`")
+            }
         };
         Ok(d.autodiff())
     }
@@ -119,7 +119,8 @@ pub struct FitArgs {
     /// Network size [default: paper; with --resume: the checkpoint's network].
     #[arg(long, value_enum)]
     pub arch: Option<Arch>,
-    /// k of the per-section k-means of source-domain embeddings.
+    /// k of the per-section k-means of source-domain embeddings; 0 (or at least as many windows as a section
+    /// has) makes every source window its own centre.
     #[arg(long, default_value_t = 16)]
     pub kmeans: usize,
     /// Quantile of the gamma fit of normal training window scores used as the default threshold.
@@ -337,6 +338,8 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
         o.quantile
     );
     check_out(&o.out, o.resume)?;
+    // Before the data is read: a GPU backend this build lacks is known at once.
+    let device = o.device.device()?;
     // `prune` may write its pruned network without fine-tuning; a fresh network needs training.
     anyhow::ensure!(
         o.epochs >= 1 || o.start.is_some(),
@@ -382,7 +385,6 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
         );
     }
 
-    let device = o.device.device()?;
     // The backend's RNG is process-wide: seeding it and drawing the initial parameters must not interleave
     // with another `fit` in the same process (the test harness runs tests in parallel), or one seed would not
     // give one network.
