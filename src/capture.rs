@@ -134,15 +134,24 @@ pub fn list_devices() -> anyhow::Result<String> {
             let Ok(configs) = d.supported_input_configs() else {
                 continue;
             };
-            let configs: Vec<String> = configs
-                .map(|c| {
-                    format!(
-                        "{}ch {}-{} Hz {}",
-                        c.channels(),
+            // One line per rate range and sample format, the channel counts as ranges: a plugin such as
+            // ALSA's `null` offers every count from 1 to 64 in every format.
+            let mut by_rate_format: std::collections::BTreeMap<(u32, u32, String), Vec<u16>> =
+                Default::default();
+            for c in configs {
+                by_rate_format
+                    .entry((
                         c.min_sample_rate(),
                         c.max_sample_rate(),
-                        c.sample_format()
-                    )
+                        c.sample_format().to_string(),
+                    ))
+                    .or_default()
+                    .push(c.channels());
+            }
+            let configs: Vec<String> = by_rate_format
+                .into_iter()
+                .map(|((lo, hi, format), channels)| {
+                    format!("{} ch, {lo}-{hi} Hz, {format}", ranges(channels))
                 })
                 .collect();
             if configs.is_empty() {
@@ -160,6 +169,27 @@ pub fn list_devices() -> anyhow::Result<String> {
         }
     }
     Ok(s)
+}
+
+/// Channel counts as a short list of ranges: `[1, 2, 3, 4, 6]` → `1-4, 6`.
+fn ranges(mut v: Vec<u16>) -> String {
+    v.sort_unstable();
+    v.dedup();
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < v.len() {
+        let mut j = i;
+        while j + 1 < v.len() && v[j + 1] == v[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            v[i].to_string()
+        } else {
+            format!("{}-{}", v[i], v[j])
+        });
+        i = j + 1;
+    }
+    out.join(", ")
 }
 
 /// Finds the configured capture device: `default`, a full id (`alsa:hw:CARD=…`), or an ALSA PCM name.
@@ -559,3 +589,16 @@ pub fn spawn_file(
 }
 
 use ringbuf::traits::Observer;
+
+#[cfg(test)]
+mod tests {
+    use super::ranges;
+
+    #[test]
+    fn channel_counts_are_listed_as_ranges() {
+        assert_eq!(ranges((1..=64).rev().collect()), "1-64");
+        assert_eq!(ranges(vec![1, 2, 3, 4, 6, 8, 9, 2]), "1-4, 6, 8-9");
+        assert_eq!(ranges(vec![2]), "2");
+        assert_eq!(ranges(vec![]), "");
+    }
+}
