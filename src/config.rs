@@ -63,7 +63,7 @@ fn default_log_level() -> String {
 
 /// Where audio comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", try_from = "String")]
 pub enum SourceKind {
     /// A capture device through cpal (ALSA on Linux).
     Capture,
@@ -73,7 +73,7 @@ pub enum SourceKind {
 
 /// What a file source does at the end of its file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", try_from = "String")]
 pub enum AtEnd {
     /// Keep the daemon running without audio from this source (it will be reported as stalled).
     Stop,
@@ -81,6 +81,40 @@ pub enum AtEnd {
     Loop,
     /// Drain the pipeline and exit the daemon (offline checks).
     Exit,
+}
+
+/// A value of a setting with a fixed set of values, or an error that lists them (the `config` crate's own
+/// message for an unknown enum variant does not).
+fn one_of<T: Copy>(value: &str, choices: &[(&str, T)]) -> Result<T, String> {
+    choices
+        .iter()
+        .find(|(name, _)| *name == value)
+        .map(|(_, v)| *v)
+        .ok_or_else(|| {
+            let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+            format!("'{value}' is not one of: {}", names.join(", "))
+        })
+}
+
+impl TryFrom<String> for SourceKind {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        one_of(&s, &[("capture", Self::Capture), ("file", Self::File)])
+    }
+}
+
+impl TryFrom<String> for AtEnd {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        one_of(
+            &s,
+            &[
+                ("stop", Self::Stop),
+                ("loop", Self::Loop),
+                ("exit", Self::Exit),
+            ],
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1036,6 +1070,18 @@ min_duration = "3s"
             .unwrap_err()
             .to_string();
         assert!(e.contains("raise_k") || e.contains("two"), "{e}");
+        // A setting with a fixed set of values lists them.
+        let text = minimal(d.path()).replace(
+            "source = \"capture\"",
+            "source = \"file\"\nat_end = \"rewind\"",
+        );
+        let e = Config::load_with_env(&write(d.path(), &text), [])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("'rewind' is not one of: stop, loop, exit"),
+            "{e}"
+        );
         let e = Config::load_with_env(&write(d.path(), "node_id = [1,"), [])
             .unwrap_err()
             .to_string();
