@@ -302,6 +302,8 @@ pub struct FitReport {
     pub epoch_losses: Vec<f64>,
     pub n_classes: usize,
     pub n_clips: usize,
+    /// Training clips shorter than the analysis window (repeated to fill it; `fit` warns).
+    pub n_short_clips: usize,
 }
 
 fn tensor3(v: Vec<f32>, shape: [usize; 3], device: &Device) -> Tensor<3> {
@@ -374,6 +376,18 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
     config.validate()?;
     let t_load = Instant::now();
     let clips = data::load_train_clips(&train, &classes, &o.features)?;
+    let short = clips
+        .iter()
+        .filter(|c| c.audio.len() < o.features.window_samples)
+        .count();
+    if short > 0 {
+        eprintln!(
+            "warning: {short} of {} training clips are shorter than the {} s analysis window: each is repeated to \
+             fill it, so the network also learns the seams (a shorter --window-seconds avoids that)",
+            clips.len(),
+            o.features.window_seconds()
+        );
+    }
     let data_sha = data::data_sha256(&train)?;
     if o.progress {
         eprintln!(
@@ -698,6 +712,7 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
         epoch_losses: history,
         n_classes: classes.names.len(),
         n_clips: clips.len(),
+        n_short_clips: short,
     })
 }
 

@@ -360,3 +360,32 @@ fn prune_checks_its_checkpoint_out_and_data() {
     );
     no_bundle(&d.path().join("r"));
 }
+
+/// Clips shorter than the analysis window still train (each is repeated to fill it), but `fit` counts them and
+/// warns: the network then also learns the seams.
+#[test]
+fn clips_shorter_than_the_window_are_counted() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    data::make_dataset(&data);
+    let mut o = options(&data, &d.path().join("long"), LossKind::SubclusterAdacos, 1);
+    // 1.25 s windows on the 1 s clips.
+    o.features.window_samples = 20_000;
+    o.features.window_hop_samples = 10_000;
+    let [frames, n_mels] = o.features.log_mel_shape();
+    o.model = Some(sonitor_train::model::ModelConfig::tiny(
+        frames,
+        n_mels,
+        o.features.spectrum_len(),
+    ));
+    let r = fit(&o).unwrap();
+    assert_eq!((r.n_short_clips, r.n_clips), (19, 19));
+    let r = fit(&options(
+        &data,
+        &d.path().join("fits"),
+        LossKind::SubclusterAdacos,
+        1,
+    ))
+    .unwrap();
+    assert_eq!(r.n_short_clips, 0);
+}
