@@ -33,19 +33,7 @@ fn resampled_multichannel_replay_raises_clears_and_exits() {
     let rec48 = sonitor_core::audio::resample(&rec16, 16_000, 48_000).unwrap();
     // Channel 0: digital silence (a dead microphone); channel 1: the machine.
     let wav = d.path().join("stereo48k.wav");
-    let spec = hound::WavSpec {
-        channels: 2,
-        sample_rate: 48_000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(&wav, spec).unwrap();
-    for &x in &rec48 {
-        w.write_sample(0i16).unwrap();
-        w.write_sample((x * 32767.0).round().clamp(-32768.0, 32767.0) as i16)
-            .unwrap();
-    }
-    w.finalize().unwrap();
+    common::write_wav_channels(&wav, 48_000, 2, &rec48, |x| vec![0.0, x]);
 
     let cfg = common::offline_config(
         d.path(),
@@ -146,15 +134,13 @@ fn a_file_cut_short_during_the_replay_ends_it_with_status_74() {
     let b = common::standard_bundle(d.path());
     let wav = d.path().join("live.wav");
     common::write_wav(&wav, &common::recording(6.0, 0.0, 0.0));
-    let dev = format!(
-        "[[devices]]\nname = \"mic\"\nsource = \"file\"\npath = \"{}\"\nrealtime = true\nat_end = \"exit\"\n",
-        wav.display()
+    let cfg = common::file_config(
+        d.path(),
+        &wav,
+        &b.dir,
+        "realtime = true\nat_end = \"exit\"\n",
+        "",
     );
-    let cfg = common::config(d.path(), &dev, &b.dir, 1, "");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("[mqtt]\n", "[mqtt]\nenabled = false\n");
-    std::fs::write(&cfg, text).unwrap();
 
     let mut daemon = common::Daemon::start(&cfg, &[]);
     daemon.wait_log("input mic open", Duration::from_secs(20));
@@ -176,33 +162,19 @@ fn a_looped_file_replaced_by_another_format_is_refused_until_it_is_right_again()
     let wav = d.path().join("loop.wav");
     let mono = common::recording(2.5, 0.0, 0.0);
     common::write_wav(&wav, &mono);
-    let dev = format!(
-        "[[devices]]\nname = \"mic\"\nsource = \"file\"\npath = \"{}\"\nrealtime = false\nat_end = \"loop\"\n\
-         reopen_min = \"100ms\"\nreopen_max = \"200ms\"\n",
-        wav.display()
+    let cfg = common::file_config(
+        d.path(),
+        &wav,
+        &b.dir,
+        "realtime = false\nat_end = \"loop\"\nreopen_min = \"100ms\"\nreopen_max = \"200ms\"\n",
+        "",
     );
-    let cfg = common::config(d.path(), &dev, &b.dir, 1, "");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("[mqtt]\n", "[mqtt]\nenabled = false\n");
-    std::fs::write(&cfg, text).unwrap();
 
     let daemon = common::Daemon::start(&cfg, &[]);
     daemon.wait_log("input mic open", Duration::from_secs(20));
     // Replaced whole (a new file renamed over the old one) by a stereo recording.
     let tmp = d.path().join("loop.tmp");
-    let spec = hound::WavSpec {
-        channels: 2,
-        sample_rate: 16_000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(&tmp, spec).unwrap();
-    for &x in &mono {
-        w.write_sample((x * 20_000.0) as i16).unwrap();
-        w.write_sample((x * 20_000.0) as i16).unwrap();
-    }
-    w.finalize().unwrap();
+    common::write_wav_channels(&tmp, 16_000, 2, &mono, |x| vec![x, x]);
     std::fs::rename(&tmp, &wav).unwrap();
     daemon.wait_log(
         "the file changed format since start-up: 2 ch, 16000 Hz, was 1 ch, 16000 Hz",

@@ -390,6 +390,31 @@ pub fn write_wav(path: &Path, samples: &[f32]) {
     sonitor_core::audio::write_wav_i16(path, samples, 16_000).unwrap();
 }
 
+/// A 16-bit WAV of `channels` interleaved channels: `frame(x)` gives each frame's samples from `x`, one
+/// value of `mono`, in [-1, 1].
+pub fn write_wav_channels(
+    path: &Path,
+    sample_rate: u32,
+    channels: u16,
+    mono: &[f32],
+    frame: impl Fn(f32) -> Vec<f32>,
+) {
+    let spec = hound::WavSpec {
+        channels,
+        sample_rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    for &x in mono {
+        for v in frame(x) {
+            w.write_sample((v * 32767.0).round().clamp(-32768.0, 32767.0) as i16)
+                .unwrap();
+        }
+    }
+    w.finalize().unwrap();
+}
+
 /// The standard test bundle, built once per test process.
 pub fn standard_bundle(dir: &Path) -> TestBundle {
     let p = pump();
@@ -678,8 +703,26 @@ impl Drop for Daemon {
 /// A configuration with no broker that replays `wav` (device `mic`) as fast as the pipeline allows and ends the
 /// daemon at the file's end; the alarm messages stay in the outbox.
 pub fn offline_config(dir: &Path, wav: &Path, bundle: &Path, extra: &str) -> PathBuf {
+    file_config(
+        dir,
+        wav,
+        bundle,
+        "realtime = false\nat_end = \"exit\"\n",
+        extra,
+    )
+}
+
+/// A configuration with no broker whose device `mic` replays `wav`, with the device keys `device_keys` (e.g.
+/// `realtime = true\nat_end = "loop"\n`).
+pub fn file_config(
+    dir: &Path,
+    wav: &Path,
+    bundle: &Path,
+    device_keys: &str,
+    extra: &str,
+) -> PathBuf {
     let dev = format!(
-        "[[devices]]\nname = \"mic\"\nsource = \"file\"\npath = \"{}\"\nrealtime = false\nat_end = \"exit\"\n",
+        "[[devices]]\nname = \"mic\"\nsource = \"file\"\npath = \"{}\"\n{device_keys}",
         wav.display()
     );
     let cfg = config(dir, &dev, bundle, 1, extra);

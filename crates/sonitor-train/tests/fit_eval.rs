@@ -8,12 +8,12 @@ use std::path::Path;
 use sonitor_core::bundle::{Bundle, Manifest, MANIFEST_FILE};
 use sonitor_core::dcase::Domain;
 use sonitor_train::loss::LossKind;
-use sonitor_train::prune::{Criterion, PruneArgs};
-use sonitor_train::train::{fit, DeviceKind};
+use sonitor_train::prune::PruneArgs;
+use sonitor_train::train::fit;
 
 #[path = "support/data.rs"]
 mod data;
-use data::{make_dataset, options};
+use data::{make_dataset, options, prune_args};
 
 #[test]
 fn fit_resume_eval_and_refusals() {
@@ -133,17 +133,9 @@ fn fit_resume_eval_and_refusals() {
     // Prune to half the channels and fine-tune one epoch: a smaller bundle that still scores.
     let pruned = dir.path().join("pruned");
     sonitor_train::prune::run(&PruneArgs {
-        model: out.clone(),
         data: Some(data.clone()),
-        out: pruned.clone(),
-        force: false,
-        keep: 0.5,
-        criterion: Criterion::BnScale,
-        epochs: 1,
-        batch: 8,
-        lr: 5e-4,
-        device: DeviceKind::Cpu,
         quantile: Some(0.99),
+        ..prune_args(&out, &pruned)
     })
     .unwrap();
     let pm = Bundle::load(&pruned).unwrap().manifest;

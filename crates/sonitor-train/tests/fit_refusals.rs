@@ -300,8 +300,7 @@ fn an_existing_bundle_or_a_file_as_out_is_refused() {
 /// without --data, a provenance data set that is gone or has changed.
 #[test]
 fn prune_checks_its_checkpoint_out_and_data() {
-    use sonitor_train::prune::{run, Criterion, PruneArgs};
-    use sonitor_train::train::DeviceKind;
+    use sonitor_train::prune::{run, PruneArgs};
     let d = tempfile::tempdir().unwrap();
     let data = d.path().join("data");
     data::make_dataset(&data);
@@ -314,17 +313,9 @@ fn prune_checks_its_checkpoint_out_and_data() {
         prov.data_path
     );
     let args = |out: &str, data: Option<&Path>, force: bool| PruneArgs {
-        model: a.clone(),
         data: data.map(Path::to_path_buf),
-        out: d.path().join(out),
         force,
-        keep: 0.5,
-        criterion: Criterion::BnScale,
-        epochs: 1,
-        batch: 8,
-        lr: 5e-4,
-        device: DeviceKind::Cpu,
-        quantile: None,
+        ..data::prune_args(&a, &d.path().join(out))
     };
     // Without --data: the provenance's data set, found from any directory.
     run(&args("p", None, false)).unwrap();

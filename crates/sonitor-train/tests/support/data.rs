@@ -12,6 +12,7 @@ use sonitor_core::dcase::{ClipName, Condition, Domain, LabelGranularity, Split};
 use sonitor_core::features::FeatureParams;
 use sonitor_train::loss::LossKind;
 use sonitor_train::model::ModelConfig;
+use sonitor_train::prune::{Criterion, PruneArgs};
 use sonitor_train::train::{DeviceKind, FitOptions, TargetCentres};
 
 pub const SAMPLE_RATE: usize = 16_000;
@@ -140,5 +141,23 @@ pub fn options(data: &Path, out: &Path, loss: LossKind, epochs: usize) -> FitOpt
         command: "test".into(),
         progress: false,
         start: None,
+    }
+}
+
+/// `prune` of `model` into `out` to half the channels, one fine-tuning epoch of batch 8, on the provenance's data
+/// set (`data: None`) and the bundle's quantile.
+pub fn prune_args(model: &Path, out: &Path) -> PruneArgs {
+    PruneArgs {
+        model: model.to_path_buf(),
+        data: None,
+        out: out.to_path_buf(),
+        force: false,
+        keep: 0.5,
+        criterion: Criterion::BnScale,
+        epochs: 1,
+        batch: 8,
+        lr: 5e-4,
+        device: DeviceKind::Cpu,
+        quantile: None,
     }
 }
