@@ -227,6 +227,34 @@ fn corrupt_and_truncated_files_are_named_errors() {
     let e = read_wav(&wide, ChannelSelect::Mix).unwrap_err();
     assert!(e.to_string().contains("wide.wav"), "{e}");
 
+    // What a recorder streaming to a pipe writes: no data length (0xFFFFFFFF, or 0) before the samples.
+    for (name, len, bits) in [
+        ("streamed.wav", u32::MAX, 16),
+        ("streamed8.wav", u32::MAX, 8),
+        ("zero.wav", 0, 16),
+    ] {
+        let mut streamed = wav_bytes(PCM, 0, 1, 16_000, bits, &vec![0u8; 3200]);
+        let at = streamed.len() - 3200 - 4;
+        streamed[at..at + 4].copy_from_slice(&len.to_le_bytes());
+        let p = write(dir.path(), name, &streamed);
+        for e in [
+            read_wav(&p, ChannelSelect::Mix).unwrap_err(),
+            check_wav(&p).unwrap_err(),
+        ] {
+            assert!(
+                e.to_string().contains(name) && e.to_string().contains("no data length"),
+                "{e}"
+            );
+        }
+    }
+    // A data chunk of no samples at the end of the file is only empty.
+    let nothing = write(
+        dir.path(),
+        "nothing.wav",
+        &wav_bytes(PCM, 0, 1, 16_000, 16, &[]),
+    );
+    assert_eq!(read_wav_info(&nothing).unwrap().frames, 0);
+
     let mut nan = wav_bytes(FLOAT, 0, 1, 16_000, 32, &encode(32, true));
     let n = nan.len();
     nan[n - 4..].copy_from_slice(&f32::NAN.to_le_bytes());

@@ -112,7 +112,59 @@ fn open(path: &Path) -> Result<hound::WavReader<std::io::BufReader<std::fs::File
         path: path.to_path_buf(),
         error: e,
     })?;
-    hound::WavReader::new(std::io::BufReader::new(file)).map_err(|e| classify(path, e))
+    let reader =
+        hound::WavReader::new(std::io::BufReader::new(file)).map_err(|e| classify(path, e));
+    match (reader, data_chunk(path)) {
+        // A recorder that streams to a pipe cannot go back to write the lengths: it leaves 0xFFFFFFFF (or 0)
+        // in the data chunk's header. hound then reports an odd length or no samples; say what it is.
+        (_, Some((_, u32::MAX))) => Err(unknown_length(path, &"0xFFFFFFFF")),
+        (Err(e), Some((_, 0))) => Err(unknown_length(path, &e)),
+        (Ok(_), Some((data_at, 0))) if file_len(path) > data_at => {
+            Err(unknown_length(path, &"0 frames"))
+        }
+        (r, _) => r,
+    }
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+fn unknown_length(path: &Path, what: &dyn std::fmt::Display) -> WavError {
+    WavError::Corrupt {
+        path: path.to_path_buf(),
+        reason: format!(
+            "the header gives no data length ({what}), as a recorder streaming to a pipe leaves it: rewrite the \
+             header, e.g. `sox in.wav out.wav` or `ffmpeg -i in.wav out.wav`"
+        ),
+    }
+}
+
+/// Where the `data` chunk's samples start and the length its header announces, read from the RIFF chunk list
+/// directly (hound does not say). `None` when the file has no such chunk in its first 64 KiB.
+fn data_chunk(path: &Path) -> Option<(u64, u32)> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(1 << 16);
+    std::fs::File::open(path)
+        .ok()?
+        .take(1 << 16)
+        .read_to_end(&mut head)
+        .ok()?;
+    if head.len() < 12 || &head[0..4] != b"RIFF" || &head[8..12] != b"WAVE" {
+        return None;
+    }
+    let mut at = 12usize;
+    while at + 8 <= head.len() {
+        let size = u32::from_le_bytes(head[at + 4..at + 8].try_into().ok()?);
+        if &head[at..at + 4] == b"data" {
+            return Some(((at + 8) as u64, size));
+        }
+        // Chunks are padded to an even length.
+        at = at
+            .checked_add(8)?
+            .checked_add(size as usize + (size as usize & 1))?;
+    }
+    None
 }
 
 fn info_of<R: std::io::Read>(reader: &hound::WavReader<R>) -> WavInfo {
