@@ -43,6 +43,12 @@ fn sibling(out: &Path, suffix: &str) -> PathBuf {
     out.join(format!("{DIR}.{suffix}"))
 }
 
+/// Every directory a checkpoint of the bundle directory `out` may occupy: whole, moved aside by an interrupted
+/// save, or half-written.
+pub fn all_dirs(out: &Path) -> [PathBuf; 3] {
+    [out.join(DIR), sibling(out, "old"), sibling(out, "new")]
+}
+
 /// The directory of the last whole checkpoint under the bundle directory `out`: `checkpoint/`, or
 /// `checkpoint.old/` when a save was interrupted between its two renames. When neither holds one, `checkpoint/`
 /// (so that the error names the usual place).

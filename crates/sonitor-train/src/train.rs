@@ -716,23 +716,19 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
     })
 }
 
-/// What a bundle directory holds that a new run must not mix with its own: the bundle's files, the checkpoints
-/// (whole, moved aside or half-written), the scores `eval` writes by default.
-const BUNDLE_ENTRIES: [&str; 6] = [
-    sonitor_core::bundle::MANIFEST_FILE,
-    sonitor_core::bundle::DEFAULT_ONNX_FILE,
-    checkpoint::DIR,
-    "checkpoint.old",
-    "checkpoint.new",
-    "scores",
-];
-
-/// The bundle or checkpoint files already in `out` (none when it does not exist).
-fn bundle_entries(out: &Path) -> Vec<&'static str> {
-    BUNDLE_ENTRIES
-        .into_iter()
-        .filter(|e| e != &"scores" && out.join(e).exists())
-        .collect()
+/// What a bundle directory holds that a new run must not mix with its own: the bundle's files and the
+/// checkpoints (whole, moved aside or half-written); with `scores`, also the scores `eval` writes by default.
+fn bundle_entries(out: &Path, scores: bool) -> Vec<PathBuf> {
+    let files = [
+        sonitor_core::bundle::MANIFEST_FILE,
+        sonitor_core::bundle::DEFAULT_ONNX_FILE,
+    ];
+    let mut v: Vec<PathBuf> = files.iter().map(|f| out.join(f)).collect();
+    v.extend(checkpoint::all_dirs(out));
+    if scores {
+        v.push(out.join("scores"));
+    }
+    v
 }
 
 /// Refuses an `--out` that is not a directory, or (unless `resume`) one that holds a bundle or checkpoint: a new
@@ -744,7 +740,11 @@ pub fn check_out(out: &Path, resume: bool) -> anyhow::Result<()> {
         out.display()
     );
     if !resume {
-        let found = bundle_entries(out);
+        let found: Vec<String> = bundle_entries(out, false)
+            .iter()
+            .filter(|p| p.exists())
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
         anyhow::ensure!(
             found.is_empty(),
             "--out {} already holds a bundle or checkpoint ({}): give another directory, --resume to continue its \
@@ -757,15 +757,9 @@ pub fn check_out(out: &Path, resume: bool) -> anyhow::Result<()> {
 }
 
 /// `--force`: removes the bundle files, checkpoints and default scores directory of `out` (nothing else), so that a
-/// new run starts clean.
+/// new run starts clean. An `out` that is not a directory holds none of them; [`check_out`] refuses it after.
 pub fn clear_bundle(out: &Path) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        !out.exists() || out.is_dir(),
-        "--out {}: exists and is not a directory",
-        out.display()
-    );
-    for e in BUNDLE_ENTRIES {
-        let p = out.join(e);
+    for p in bundle_entries(out, true) {
         let removed = if p.is_dir() {
             std::fs::remove_dir_all(&p)
         } else if p.exists() {
