@@ -114,9 +114,19 @@ fn open(path: &Path) -> Result<hound::WavReader<std::io::BufReader<std::fs::File
     })?;
     let reader =
         hound::WavReader::new(std::io::BufReader::new(file)).map_err(|e| classify(path, e));
-    match (reader, data_chunk(path)) {
-        // A recorder that streams to a pipe cannot go back to write the lengths: it leaves 0xFFFFFFFF (or 0)
-        // in the data chunk's header. hound then reports an odd length or no samples; say what it is.
+    // A recorder that streams to a pipe cannot go back to write the lengths: it leaves 0xFFFFFFFF (or 0) in the
+    // data chunk's header. hound then reports an error, no samples, or about 4 GiB of them; only then is the
+    // chunk list read again to say which it is (a well-formed file is not read twice).
+    let suspect = match &reader {
+        Err(_) => true,
+        Ok(r) => {
+            let block =
+                u64::from(r.spec().channels) * u64::from(r.spec().bits_per_sample).div_ceil(8);
+            let bytes = u64::from(r.duration()) * block;
+            bytes == 0 || bytes + block > u64::from(u32::MAX)
+        }
+    };
+    match (reader, suspect.then(|| data_chunk(path)).flatten()) {
         (_, Some((_, u32::MAX))) => Err(unknown_length(path, &"0xFFFFFFFF")),
         (Err(e), Some((_, 0))) => Err(unknown_length(path, &e)),
         (Ok(_), Some((data_at, 0))) if file_len(path) > data_at => {
