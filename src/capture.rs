@@ -408,13 +408,22 @@ pub fn spawn_capture(
                     }
                 }
                 // Back off before reopening; wake up early to stop.
-                let until = Instant::now().checked_add(backoff);
-                while until.is_none_or(|u| Instant::now() < u) && !stop.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(50).min(backoff));
-                }
+                wait_unless_stopped(backoff, &stop);
                 backoff = backoff.saturating_mul(2).min(cfg.reopen_max);
             }
         })
+}
+
+/// Sleeps `wait` (a reopen backoff) in steps of at most 50 ms; false as soon as `stop` is set.
+fn wait_unless_stopped(wait: Duration, stop: &AtomicBool) -> bool {
+    let until = Instant::now().checked_add(wait);
+    while until.is_none_or(|u| Instant::now() < u) {
+        if stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50).min(wait));
+    }
+    !stop.load(Ordering::SeqCst)
 }
 
 /// Replays a WAV file (all channels, interleaved) into a ring, paced in real time or as fast as the reader
@@ -563,12 +572,8 @@ pub fn spawn_file(
                             break;
                         }
                         recovering.set(true);
-                        let until = Instant::now().checked_add(backoff);
-                        while until.is_none_or(|u| Instant::now() < u) {
-                            if stop.load(Ordering::SeqCst) {
-                                return;
-                            }
-                            std::thread::sleep(Duration::from_millis(50).min(backoff));
+                        if !wait_unless_stopped(backoff, &stop) {
+                            return;
                         }
                         backoff = backoff.saturating_mul(2).min(cfg.reopen_max);
                         continue;

@@ -864,7 +864,7 @@ impl DetectorConfig {
         if let (Some(on), Some(off)) = (self.threshold, self.threshold_off) {
             if off > on {
                 p.push(format!(
-                    "threshold_off ({off}) must not be above threshold ({on})"
+                    "threshold_off ({off}) is above the threshold in force ({on})"
                 ));
             }
         }

@@ -45,6 +45,22 @@ pub enum Observation {
     Clip { path: PathBuf },
 }
 
+/// A machine whose `threshold_off` lies above the bundle's threshold, the one in force when the machine sets
+/// none of its own (with its own, the pair is checked with the file: `Config::static_problems`).
+fn threshold_off_above_bundle(m: &MachineConfig, bundle_threshold: f64) -> Option<String> {
+    if m.detector.threshold.is_some() {
+        return None;
+    }
+    let off = m
+        .detector
+        .threshold_off
+        .filter(|off| *off > bundle_threshold)?;
+    Some(format!(
+        "machine '{}': threshold_off ({off}) is above the threshold in force ({bundle_threshold})",
+        m.name
+    ))
+}
+
 /// Loads the configuration and checks everything that can be checked before running: files, bundles,
 /// sections, channels, devices, ports. Returns the configuration, the loaded bundles (by path) and the list of
 /// problems (empty when the configuration is usable).
@@ -84,18 +100,7 @@ pub fn check(path: &Path) -> (Option<Config>, BTreeMap<PathBuf, Bundle>, Vec<Str
                     .collect::<Vec<_>>()
                     .join(", ")
             )),
-            // With a `threshold` of its own the machine's pair was checked with the file (`static_problems`).
-            Some(s) if m.detector.threshold.is_none() => {
-                let on = s.threshold.value;
-                if let Some(off) = m.detector.threshold_off {
-                    if off > on {
-                        problems.push(format!(
-                            "{at}: threshold_off ({off}) is above the threshold in force ({on})"
-                        ));
-                    }
-                }
-            }
-            Some(_) => {}
+            Some(s) => problems.extend(threshold_off_above_bundle(m, s.threshold.value)),
         }
     }
     // Channels and devices.
@@ -688,14 +693,8 @@ impl Controller {
             let Some(m) = self.machines.iter().find(|m| m.cfg.name == nm.name) else {
                 continue;
             };
-            // The threshold in force as the next start would compute it (`check`), with the running bundle.
-            let on = nm.detector.threshold.unwrap_or(m.bundle_threshold);
-            if let Some(off) = nm.detector.threshold_off.filter(|off| *off > on) {
-                problems.push(format!(
-                    "machine '{}': threshold_off ({off}) is above the threshold in force ({on})",
-                    nm.name
-                ));
-            }
+            // As the next start would check it (`check`), with the running bundle.
+            problems.extend(threshold_off_above_bundle(nm, m.bundle_threshold));
         }
         if !problems.is_empty() {
             log::error!(
