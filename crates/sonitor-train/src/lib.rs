@@ -7,6 +7,7 @@
 //! - [`kmeans`], [`threshold`]: the scoring back end (centroids, gamma-quantile thresholds);
 //! - [`export`], [`infer`], [`eval`]: ONNX export, tract inference (the daemon's path), `eval`;
 //! - [`prune`]: structured channel pruning and fine-tuning for the edge model;
+//! - [`replace`]: `--force`, replacing a bundle without losing it to a run that fails;
 //! - [`cli`]: the command-line front end of the `sonitor-train` binary.
 
 pub mod baseline;
@@ -20,6 +21,7 @@ pub mod kmeans;
 pub mod loss;
 pub mod model;
 pub mod prune;
+pub mod replace;
 pub mod synth;
 pub mod threshold;
 pub mod train;

@@ -53,8 +53,8 @@ pub struct PruneArgs {
     /// Bundle directory to write.
     #[arg(long)]
     pub out: PathBuf,
-    /// Replace what OUT holds: remove its bundle files, checkpoints and scores/ first (without it, an OUT that holds
-    /// a bundle or checkpoint is refused).
+    /// Replace what OUT holds, as `fit --force` does (without it, an OUT that holds a bundle or checkpoint is
+    /// refused).
     #[arg(long)]
     pub force: bool,
     /// Fraction of the channels of every layer group to keep, in (0, 1].
@@ -479,10 +479,7 @@ pub fn run(a: &PruneArgs) -> anyhow::Result<()> {
         Some(d) => d.clone(),
         None => provenance_data(m)?,
     };
-    if a.force {
-        train::clear_bundle(&a.out)?;
-    }
-    train::check_out(&a.out, false)?;
+    train::check_out(&a.out, false, a.force)?;
     let checkpoint::State {
         model: config,
         loss,
@@ -534,6 +531,7 @@ pub fn run(a: &PruneArgs) -> anyhow::Result<()> {
         labels,
         device: a.device,
         resume: false,
+        force: a.force,
         features: m.features.clone(),
         model: Some(new_config.clone()),
         kmeans: pm.get("kmeans").and_then(|v| v.as_u64()).unwrap_or(16) as usize,

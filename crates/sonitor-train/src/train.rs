@@ -32,6 +32,7 @@ use crate::infer::OnnxEmbedder;
 use crate::kmeans;
 use crate::loss::{Loss, LossKind};
 use crate::model::{Model, ModelConfig};
+use crate::replace::{self, Replacement};
 use crate::threshold::Gamma;
 
 /// Training back end.
@@ -109,11 +110,13 @@ pub struct FitArgs {
     pub labels: Option<String>,
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     pub device: DeviceKind,
-    /// Continue from the last checkpoint in OUT/checkpoint.
+    /// Continue from the last checkpoint in OUT/checkpoint (also that of a --force run that was killed: its
+    /// replacement of the old bundle is then finished too).
     #[arg(long)]
     pub resume: bool,
-    /// Replace what OUT holds: remove its bundle files, checkpoints and scores/ first (without it, an OUT that holds
-    /// a bundle or checkpoint is refused).
+    /// Replace what OUT holds (its bundle files, checkpoints and scores/; without it, an OUT that holds a bundle or
+    /// checkpoint is refused). The old bundle stays until the new one is written: its checkpoint waits in
+    /// OUT/.replaced meanwhile, and a run that fails puts it back.
     #[arg(long, conflicts_with = "resume")]
     pub force: bool,
     /// Network size [default: paper; with --resume: the checkpoint's network].
@@ -175,6 +178,9 @@ pub struct FitOptions {
     pub labels: LabelGranularity,
     pub device: DeviceKind,
     pub resume: bool,
+    /// Replace the bundle or checkpoint `out` holds (`--force`; see [`crate::replace`]): the old one stays until
+    /// the new one is written, and comes back if `fit` returns an error. Excludes `resume`.
+    pub force: bool,
     pub features: FeatureParams,
     /// `None`: the paper's network for the feature shapes.
     pub model: Option<ModelConfig>,
@@ -266,6 +272,7 @@ impl FitOptions {
             labels,
             device: a.device,
             resume: a.resume,
+            force: a.force,
             features,
             model: Some(model),
             kmeans: a.kmeans,
@@ -339,7 +346,13 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
         "--quantile {} must be in (0, 1)",
         o.quantile
     );
-    check_out(&o.out, o.resume)?;
+    anyhow::ensure!(
+        !(o.force && o.resume),
+        "--force and --resume exclude each other: --resume continues the checkpoint in {} that --force would \
+         replace",
+        o.out.display()
+    );
+    check_out(&o.out, o.resume, o.force)?;
     // Before the data is read: a GPU backend this build lacks is known at once.
     let device = o.device.device()?;
     // `prune` may write its pruned network without fine-tuning; a fresh network needs training.
@@ -348,6 +361,59 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
         "--epochs {}: at least 1 (an untrained network is no model)",
         o.epochs
     );
+    // The old bundle's checkpoint makes way for the new run's; the rest of it stays in place until the new bundle
+    // is written. `--resume` of a `--force` run that was killed completes its replacement.
+    let mut replacing = if o.force {
+        Some(Replacement::begin(&o.out)?)
+    } else if o.resume {
+        Replacement::resumed(&o.out)
+    } else {
+        None
+    };
+    if o.progress {
+        if let Some(r) = replacing.as_ref().filter(|r| r.holds_anything()) {
+            let what = if o.force {
+                "the old bundle stays until the new one is written; its checkpoint waits"
+            } else {
+                "finishing the replacement that an interrupted --force run began; the old bundle waits"
+            };
+            eprintln!("{what} in {}", r.backup().display());
+        }
+    }
+    let written = build(o, device).and_then(|(manifest, onnx, report)| {
+        if let Some(r) = &mut replacing {
+            r.set_aside_bundle()?;
+        }
+        Bundle::write(&o.out, &manifest, &onnx)
+            .with_context(|| format!("writing the bundle {}", o.out.display()))?;
+        Ok(report)
+    });
+    let report = match (written, replacing) {
+        (Ok(report), Some(r)) => {
+            // The new bundle is whole: a backup that cannot be removed is a warning, not a failed run.
+            if let Err(e) = r.finish() {
+                eprintln!("warning: {e:#}");
+            }
+            report
+        }
+        (Ok(report), None) => report,
+        (Err(e), Some(r)) => return Err(r.undo(e)),
+        (Err(e), None) => return Err(e),
+    };
+    if o.progress {
+        eprintln!(
+            "bundle written to {} (training {:.1} s, back end {:.1} s)",
+            o.out.display(),
+            report.train_seconds,
+            report.backend_seconds
+        );
+    }
+    Ok(report)
+}
+
+/// Everything of [`fit`] but writing the bundle: reads the data, trains (writing a checkpoint per epoch), exports
+/// and computes the back end. Returns the manifest and graph to write, and the report.
+fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, FitReport)> {
     let data = dcase::scan(&o.data)?;
     let train = data::train_clips(&data)?;
     anyhow::ensure!(!train.is_empty(), "{}", data::describe_empty(&o.data));
@@ -693,17 +759,7 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
             metrics: serde_json::Value::Null,
         },
     };
-    Bundle::write(&o.out, &manifest, &onnx)
-        .with_context(|| format!("writing the bundle {}", o.out.display()))?;
-    if o.progress {
-        eprintln!(
-            "bundle written to {} (training {:.1} s, back end {:.1} s)",
-            o.out.display(),
-            train_seconds,
-            backend_seconds
-        );
-    }
-    Ok(FitReport {
+    let report = FitReport {
         bundle: o.out.clone(),
         params,
         macs_per_window: macs,
@@ -713,34 +769,37 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
         n_classes: classes.names.len(),
         n_clips: clips.len(),
         n_short_clips: short,
-    })
+    };
+    Ok((manifest, onnx, report))
 }
 
 /// What a bundle directory holds that a new run must not mix with its own: the bundle's files and the
-/// checkpoints (whole, moved aside or half-written); with `scores`, also the scores `eval` writes by default.
-fn bundle_entries(out: &Path, scores: bool) -> Vec<PathBuf> {
+/// checkpoints (whole, moved aside or half-written).
+fn bundle_entries(out: &Path) -> Vec<PathBuf> {
     let files = [
         sonitor_core::bundle::MANIFEST_FILE,
         sonitor_core::bundle::DEFAULT_ONNX_FILE,
     ];
     let mut v: Vec<PathBuf> = files.iter().map(|f| out.join(f)).collect();
     v.extend(checkpoint::all_dirs(out));
-    if scores {
-        v.push(out.join("scores"));
-    }
     v
 }
 
-/// Refuses an `--out` that is not a directory, or (unless `resume`) one that holds a bundle or checkpoint: a new
-/// run would overwrite it, or leave its own checkpoint beside another network's graph.
-pub fn check_out(out: &Path, resume: bool) -> anyhow::Result<()> {
+/// Refuses an `--out` that is not a directory, one that holds what an interrupted `--force` run set aside
+/// (unless `resume` continues that run), or (unless `resume` or `force`) one that holds a bundle or checkpoint: a
+/// new run would overwrite it, or leave its own checkpoint beside another network's graph.
+pub fn check_out(out: &Path, resume: bool, force: bool) -> anyhow::Result<()> {
     anyhow::ensure!(
         !out.exists() || out.is_dir(),
         "--out {}: exists and is not a directory",
         out.display()
     );
-    if !resume {
-        let found: Vec<String> = bundle_entries(out, false)
+    if resume {
+        return Ok(());
+    }
+    replace::check_no_leftover(out)?;
+    if !force {
+        let found: Vec<String> = bundle_entries(out)
             .iter()
             .filter(|p| p.exists())
             .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
@@ -752,22 +811,6 @@ pub fn check_out(out: &Path, resume: bool) -> anyhow::Result<()> {
             out.display(),
             found.join(", ")
         );
-    }
-    Ok(())
-}
-
-/// `--force`: removes the bundle files, checkpoints and default scores directory of `out` (nothing else), so that a
-/// new run starts clean. An `out` that is not a directory holds none of them; [`check_out`] refuses it after.
-pub fn clear_bundle(out: &Path) -> anyhow::Result<()> {
-    for p in bundle_entries(out, true) {
-        let removed = if p.is_dir() {
-            std::fs::remove_dir_all(&p)
-        } else if p.exists() {
-            std::fs::remove_file(&p)
-        } else {
-            Ok(())
-        };
-        removed.with_context(|| format!("--force: removing {}", p.display()))?;
     }
     Ok(())
 }
@@ -971,9 +1014,6 @@ pub fn by_section<'a>(
 
 pub fn run(a: &FitArgs) -> anyhow::Result<()> {
     let o = FitOptions::from_args(a)?;
-    if a.force {
-        clear_bundle(&a.out)?;
-    }
     let r = fit(&o)?;
     eprintln!(
         "{} clips, {} classes, {} parameters; training took {:.1} s",

@@ -2,6 +2,7 @@
 //! any bundle is written, with a message naming the problem (never a panic, never a silently wrong bundle).
 //! Also the cases that are sound but used to come out wrong (a section with few training clips).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use sonitor_core::bundle::Bundle;
@@ -294,6 +295,216 @@ fn an_existing_bundle_or_a_file_as_out_is_refused() {
     o.out = file.clone();
     let e = err(fit(&o));
     assert!(e.contains("exists and is not a directory"), "{e}");
+}
+
+/// Every file and directory under `dir`: relative path → content (`None` for a directory).
+fn tree(dir: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
+    let mut m = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(dir).unwrap().display().to_string();
+            if p.is_dir() {
+                m.insert(rel, None);
+                stack.push(p);
+            } else {
+                m.insert(rel, Some(std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    m
+}
+
+/// `dir` holds what `before` recorded, file for file and byte for byte; the message names what differs.
+fn unchanged(dir: &Path, before: &BTreeMap<String, Option<Vec<u8>>>) {
+    let now = tree(dir);
+    let differ: Vec<&String> = before
+        .keys()
+        .chain(now.keys())
+        .filter(|k| before.get(*k) != now.get(*k))
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "{}: changed, added or removed: {differ:?}",
+        dir.display()
+    );
+}
+
+/// `fit --force` of the tiny network (adacos, seed 5) from `data` into `out`, through the CLI's entry point.
+fn force_args(data: &Path, out: &Path) -> sonitor_train::train::FitArgs {
+    use sonitor_train::train::{Arch, DeviceKind, FitArgs, TargetCentres};
+    FitArgs {
+        data: data.to_path_buf(),
+        out: out.to_path_buf(),
+        epochs: 1,
+        batch: 8,
+        lr: 1e-3,
+        seed: Some(5),
+        loss: Some(LossKind::Adacos),
+        labels: None,
+        device: DeviceKind::Cpu,
+        resume: false,
+        force: true,
+        arch: Some(Arch::Tiny),
+        kmeans: 4,
+        quantile: 0.9,
+        target_centres: TargetCentres::Window,
+        no_mixup: false,
+        window_seconds: 0.256,
+        window_hop_seconds: 0.256,
+    }
+}
+
+/// `fit --force` keeps the old bundle until the new one is written: a run that fails on its data (before
+/// training) or in the back end (after an epoch wrote its checkpoint) leaves every file of the old bundle, its
+/// checkpoint and scores as they were; a run that succeeds replaces them and leaves no backup behind.
+#[test]
+fn a_forced_fit_that_fails_leaves_the_old_bundle() {
+    use sonitor_train::train::run;
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    data::make_dataset(&data);
+    let out = d.path().join("b");
+    fit(&options(&data, &out, LossKind::SubclusterAdacos, 1)).unwrap();
+    std::fs::create_dir(out.join("scores")).unwrap();
+    std::fs::write(out.join("scores/old.csv"), "x").unwrap();
+    let before = tree(&out);
+
+    // An anomalous training clip: refused once the data is read.
+    let bad = d.path().join("bad");
+    data::make_dataset(&bad);
+    Writer::new(&bad).write(
+        "fan",
+        0,
+        Split::Train,
+        Source,
+        Condition::Anomaly,
+        200.0,
+        "speed_1",
+        1,
+    );
+    let e = err(run(&force_args(&bad, &out)));
+    assert!(e.contains("normal clips only"), "{e}");
+    unchanged(&out, &before);
+
+    // A second section with one training clip: an epoch is trained (and checkpointed), then the back end
+    // cannot fit that section's threshold.
+    let one = d.path().join("one");
+    data::make_dataset(&one);
+    Writer::new(&one).write("pump", 0, Split::Train, Source, Normal, 250.0, "speed_1", 1);
+    let e = err(run(&force_args(&one, &out)));
+    assert!(
+        e.contains("pump section 00") && e.contains("cannot fit a threshold"),
+        "{e}"
+    );
+    unchanged(&out, &before);
+
+    // A run that succeeds replaces the bundle, its checkpoint and the old scores, and keeps no backup.
+    run(&force_args(&data, &out)).unwrap();
+    let b = Bundle::load(&out).unwrap();
+    assert_eq!(b.manifest.provenance.loss, "adacos");
+    let state = sonitor_train::checkpoint::read_state(&out.join("checkpoint")).unwrap();
+    assert_eq!(state.loss.kind, LossKind::Adacos);
+    let left: Vec<String> = tree(&out)
+        .into_keys()
+        .filter(|k| !k.starts_with("checkpoint/"))
+        .collect();
+    assert_eq!(left, ["checkpoint", "manifest.json", "model.onnx"]);
+}
+
+/// The library's `force` does what `--force` does. A `--force` run that was killed leaves the old bundle in
+/// OUT/.replaced: every later run into OUT refuses it, saying where it is and how to restore or discard it,
+/// except `--resume`, which finishes the killed run and then removes the backup.
+#[test]
+fn the_library_force_and_a_killed_forced_fit() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    data::make_dataset(&data);
+    let out = d.path().join("b");
+    fit(&options(&data, &out, LossKind::SubclusterAdacos, 1)).unwrap();
+    let before = tree(&out);
+    let forced = |data: &Path, loss: LossKind| {
+        let mut o = options(data, &out, loss, 1);
+        o.force = true;
+        o
+    };
+
+    // `force` with bad data: refused, the old bundle as it was; with `resume` too: refused at once.
+    let bad = d.path().join("bad");
+    data::make_dataset(&bad);
+    Writer::new(&bad).write(
+        "fan",
+        0,
+        Split::Train,
+        Source,
+        Condition::Anomaly,
+        200.0,
+        "speed_1",
+        1,
+    );
+    let e = err(fit(&forced(&bad, LossKind::Adacos)));
+    assert!(e.contains("normal clips only"), "{e}");
+    unchanged(&out, &before);
+    let mut o = forced(&data, LossKind::Adacos);
+    o.resume = true;
+    let e = err(fit(&o));
+    assert!(e.contains("exclude each other"), "{e}");
+    unchanged(&out, &before);
+
+    // `force` that succeeds replaces the bundle.
+    fit(&forced(&data, LossKind::Adacos)).unwrap();
+    assert_eq!(
+        Bundle::load(&out).unwrap().manifest.provenance.loss,
+        "adacos"
+    );
+    assert!(!out.join(".replaced").exists());
+
+    // What a `--force` run (seed 6) killed after its first epoch leaves: the old bundle's checkpoint in
+    // .replaced/, its own checkpoint in its place, the old bundle's files still there.
+    let other = d.path().join("other");
+    let mut o = options(&data, &other, LossKind::SubclusterAdacos, 1);
+    o.seed = 6;
+    fit(&o).unwrap();
+    std::fs::create_dir(out.join(".replaced")).unwrap();
+    std::fs::rename(out.join("checkpoint"), out.join(".replaced/checkpoint")).unwrap();
+    std::fs::rename(other.join("checkpoint"), out.join("checkpoint")).unwrap();
+    let killed = tree(&out);
+    for force in [false, true] {
+        let mut o = forced(&data, LossKind::Adacos);
+        o.force = force;
+        let e = err(fit(&o));
+        assert!(
+            e.contains(&format!("{}", out.join(".replaced").display()))
+                && e.contains("interrupted --force run")
+                && e.contains("(checkpoint)")
+                && e.contains("--resume")
+                && e.contains("move everything in")
+                && e.contains("To give the old bundle up, remove"),
+            "{e}"
+        );
+        unchanged(&out, &killed);
+    }
+    // `prune --force` into it: refused the same way.
+    let mut pa = data::prune_args(&other, &out);
+    pa.force = true;
+    std::fs::rename(out.join("checkpoint"), other.join("checkpoint")).unwrap();
+    let e = err(sonitor_train::prune::run(&pa));
+    assert!(e.contains("interrupted --force run"), "{e}");
+    std::fs::rename(other.join("checkpoint"), out.join("checkpoint")).unwrap();
+    unchanged(&out, &killed);
+
+    // `--resume` finishes the killed run: its bundle, no backup.
+    let mut o = options(&data, &out, LossKind::SubclusterAdacos, 2);
+    o.seed = 6;
+    o.resume = true;
+    fit(&o).unwrap();
+    let p = Bundle::load(&out).unwrap().manifest.provenance;
+    assert_eq!(
+        (p.seed, p.epochs, p.loss.as_str()),
+        (6, 2, "subcluster-adacos")
+    );
+    assert!(!out.join(".replaced").exists());
 }
 
 /// `prune` refuses a checkpoint that is not the bundle's network, an --out holding a bundle (unless --force), and,

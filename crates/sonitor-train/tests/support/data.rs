@@ -132,6 +132,7 @@ pub fn options(data: &Path, out: &Path, loss: LossKind, epochs: usize) -> FitOpt
         labels: LabelGranularity::Attribute,
         device: DeviceKind::Cpu,
         resume: false,
+        force: false,
         model: Some(ModelConfig::tiny(frames, n_mels, f.spectrum_len())),
         features: f,
         kmeans: 4,
