@@ -31,7 +31,9 @@ pub struct EvalArgs {
     /// Data set root (DCASE layout).
     #[arg(long)]
     pub data: PathBuf,
-    /// Print the metrics as one JSON object (the same as `metrics --json`).
+    /// Print the metrics as one JSON object (the same as `metrics --json`). Test clips without labels give no
+    /// metrics: the object then has `official_score`, `sections` and `types` null, `no_metrics` saying why, and
+    /// `scores_dir` and `score_files` naming the submission files written.
     #[arg(long)]
     pub json: bool,
     /// Directory for the submission files (default: BUNDLE/scores).
@@ -356,10 +358,43 @@ pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
             Ok(())
         }
         None => {
-            eprintln!("the test clips carry no labels: no metrics");
+            let why = why_no_metrics(&sections);
+            eprintln!("{why}: no metrics");
+            // A script reading `--json` gets an object that says so, not empty input.
+            if a.json {
+                let o = no_metrics_json(&out, &sections, &why);
+                println!("{}", serde_json::to_string_pretty(&o)?);
+            }
             Ok(())
         }
     }
+}
+
+/// Why the scored test clips give no metrics: how many carry no normal/anomaly label in their names.
+fn why_no_metrics(sections: &[SectionScores]) -> String {
+    let all: Vec<&Option<bool>> = sections.iter().flat_map(|s| &s.anomalous).collect();
+    let unlabelled = all.iter().filter(|a| a.is_none()).count();
+    format!(
+        "{unlabelled} of {} test clips carry no normal/anomaly label in their names (as on DCASE evaluation sets, \
+         section_SS_NNNN.wav)",
+        all.len()
+    )
+}
+
+/// What `eval --json` prints when there are no metrics: the fields of the metrics object (`metrics --json`)
+/// null, `no_metrics` saying why, and where the submission files were written.
+pub fn no_metrics_json(out: &Path, sections: &[SectionScores], why: &str) -> serde_json::Value {
+    serde_json::json!({
+        "sections": null,
+        "types": null,
+        "official_score": null,
+        "no_metrics": why,
+        "scores_dir": out.display().to_string(),
+        "score_files": sections
+            .iter()
+            .map(|s| s.file.display().to_string())
+            .collect::<Vec<_>>(),
+    })
 }
 
 #[cfg(test)]

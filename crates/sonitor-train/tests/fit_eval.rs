@@ -214,3 +214,78 @@ fn every_loss_trains() {
         Bundle::load(&out).unwrap();
     }
 }
+
+/// `eval --json` prints one JSON object on stdout, labelled test clips or not: the metrics object of
+/// `metrics --json`, or, for test clips without labels (evaluation-set names), an object with the metric fields
+/// null that says why and where the submission files are. Both exit 0.
+#[test]
+fn eval_json_prints_one_object_with_or_without_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_dataset(&data);
+    let out = dir.path().join("bundle");
+    fit(&options(&data, &out, LossKind::SubclusterAdacos, 1)).unwrap();
+    let eval = |data: &Path, scores: &Path| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor-train"))
+            .args(["eval", "--json", "--model"])
+            .arg(&out)
+            .arg("--data")
+            .arg(data)
+            .arg("--out")
+            .arg(scores)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        );
+        assert!(o.status.success(), "{stdout}\n{stderr}");
+        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+            panic!("stdout is not one JSON object ({e}): {stdout:?}\n{stderr}")
+        });
+        (v, stderr)
+    };
+
+    // Labelled: the object `metrics --json` prints, unchanged.
+    let (v, _) = eval(&data, &dir.path().join("s1"));
+    let report: sonitor_core::metrics::Report = serde_json::from_value(v.clone()).unwrap();
+    assert_eq!(report.sections.len(), 1);
+    assert_eq!(
+        v.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["official_score", "sections", "types"]
+    );
+
+    // The same test clips under evaluation-set names (section_00_NNNN.wav): scored, no metrics.
+    let unlabelled = dir.path().join("eval");
+    let test = unlabelled.join("fan/test");
+    std::fs::create_dir_all(&test).unwrap();
+    let mut n = 0;
+    for e in std::fs::read_dir(data.join("fan/test")).unwrap() {
+        std::fs::copy(
+            e.unwrap().path(),
+            test.join(format!("section_00_{n:04}.wav")),
+        )
+        .unwrap();
+        n += 1;
+    }
+    let scores = dir.path().join("s2");
+    let (v, stderr) = eval(&unlabelled, &scores);
+    for k in ["official_score", "sections", "types"] {
+        assert!(v[k].is_null(), "{k}: {v}");
+    }
+    let why = v["no_metrics"].as_str().unwrap();
+    assert!(
+        why.contains(&format!(
+            "{n} of {n} test clips carry no normal/anomaly label"
+        )),
+        "{why}"
+    );
+    assert!(stderr.contains(why), "{stderr}");
+    assert_eq!(v["scores_dir"], scores.display().to_string());
+    let file = scores.join("anomaly_score_fan_section_00_test.csv");
+    assert_eq!(
+        v["score_files"],
+        serde_json::json!([file.display().to_string()])
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), n);
+}
