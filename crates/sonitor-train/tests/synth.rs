@@ -62,6 +62,8 @@ fn cli_writes_a_scannable_set_and_reports_speed() {
     assert_eq!(before, std::fs::read(out.join("ground_truth.csv")).unwrap());
 }
 
+/// A directory it will not write into (a foreign one, a file) is refused, before the plan is printed, and so are
+/// bad options.
 #[test]
 fn cli_refuses_a_foreign_directory_and_bad_options() {
     let d = tempfile::tempdir().unwrap();
@@ -77,6 +79,22 @@ fn cli_refuses_a_foreign_directory_and_bad_options() {
     assert_eq!(
         std::fs::read(d.path().join("precious.wav")).unwrap(),
         b"not mine"
+    );
+    // Refused before its plan is printed: no line on stdout announces clips it will not write.
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.is_empty(), "{stdout}");
+    // The same for a file in the place of the directory.
+    let o = bin()
+        .args(tiny_args(&d.path().join("precious.wav")))
+        .output()
+        .unwrap();
+    let (stdout, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(
+        !o.status.success() && err.contains("not a directory") && stdout.is_empty(),
+        "{stdout}\n{err}"
     );
 
     let mut args = tiny_args(&d.path().join("x"));

@@ -460,12 +460,24 @@ impl<'a> Manifest<'a> {
     }
 }
 
-/// Makes `out` ready: creates it, or accepts it empty, or clears a previous synth output. Anything else is an
-/// error that says what to do.
-fn prepare_out(out: &Path) -> anyhow::Result<()> {
+/// What the output directory holds, as far as writing a data set into it goes.
+enum OutState {
+    /// It does not exist yet.
+    Absent,
+    Empty,
+    /// A previous `synth` output, of these machine types (from its `synth.json`).
+    Previous(Vec<String>),
+}
+
+/// Checks, without changing anything, that a data set may be written into `out`: absent, empty, or a previous
+/// synth output. Anything else is an error that says what to do.
+pub fn check_out(out: &Path) -> anyhow::Result<()> {
+    inspect_out(out).map(|_| ())
+}
+
+fn inspect_out(out: &Path) -> anyhow::Result<OutState> {
     if !out.exists() {
-        return std::fs::create_dir_all(out)
-            .with_context(|| format!("cannot create output directory {}", out.display()));
+        return Ok(OutState::Absent);
     }
     if !out.is_dir() {
         bail!(
@@ -476,7 +488,7 @@ fn prepare_out(out: &Path) -> anyhow::Result<()> {
     let mut entries = std::fs::read_dir(out)
         .with_context(|| format!("cannot read output directory {}", out.display()))?;
     if entries.next().is_none() {
-        return Ok(());
+        return Ok(OutState::Empty);
     }
     let manifest = out.join("synth.json");
     let refuse = |why: &str| {
@@ -496,16 +508,30 @@ fn prepare_out(out: &Path) -> anyhow::Result<()> {
     if old.get("generator").and_then(|g| g.as_str()) != Some(GENERATOR) {
         return Err(refuse("synth.json was not written by this generator"));
     }
+    Ok(OutState::Previous(
+        old.pointer("/config/types")
+            .and_then(|t| t.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    ))
+}
+
+/// Makes `out` ready: creates it, or accepts it empty, or clears a previous synth output ([`check_out`] refuses
+/// anything else).
+fn prepare_out(out: &Path) -> anyhow::Result<()> {
+    let old_types = match inspect_out(out)? {
+        OutState::Absent => {
+            return std::fs::create_dir_all(out)
+                .with_context(|| format!("cannot create output directory {}", out.display()))
+        }
+        OutState::Empty => return Ok(()),
+        OutState::Previous(types) => types,
+    };
     // Remove exactly what a previous run wrote: DCASE-named WAVs and attribute CSVs of its types.
-    let old_types: Vec<String> = old
-        .pointer("/config/types")
-        .and_then(|t| t.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
     for t in old_types {
         if t.is_empty() || t.contains(['/', '\\']) || t.starts_with('.') {
             continue;
@@ -685,6 +711,8 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> anyhow::Result<SynthSummary> {
 /// The `synth` command.
 pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
     let cfg = SynthConfig::from_args(args)?;
+    // A directory it will not write into is refused before the plan is printed.
+    check_out(&args.out)?;
     println!(
         "synth: {} clips ({} types × {}), {} s each, seed {}, difficulty {} → {}",
         cfg.types.len() * cfg.clips_per_type(),
