@@ -529,12 +529,90 @@ fn default_queue() -> usize {
     8
 }
 
-/// A configuration that could not be read at all (syntax, types, unknown keys).
+/// A configuration that could not be read at all (syntax, types, unknown keys, durations).
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: {reason}")]
+#[error("{path}: {}", reasons.join("; "))]
 pub struct ConfigError {
     pub path: PathBuf,
-    pub reason: String,
+    /// One or more (every bad duration is named at once).
+    pub reasons: Vec<String>,
+}
+
+impl ConfigError {
+    /// One line per reason, each with the file's path (`sonitor validate` lists them).
+    pub fn problems(&self) -> Vec<String> {
+        self.reasons
+            .iter()
+            .map(|r| format!("{}: {r}", self.path.display()))
+            .collect()
+    }
+}
+
+/// Every duration setting, by its path in the file; `[]` stands for each entry of an array of tables.
+const DURATION_KEYS: &[&str] = &[
+    "devices[].stall_timeout",
+    "devices[].reopen_min",
+    "devices[].reopen_max",
+    "machines[].min_duration",
+    "machines[].cooldown",
+    "mqtt.keep_alive",
+    "mqtt.score_interval",
+    "mqtt.reconnect_min",
+    "mqtt.reconnect_max",
+    "clips.max_age",
+    "health.silence_after",
+];
+
+/// What a valid duration looks like, for the message that refuses one.
+const DURATION_HELP: &str =
+    "write a number and a unit in quotes, e.g. \"500ms\", \"30s\", \"5m\", \"2h\" or \"1h 30m\"";
+
+/// Every duration setting of `tree` (the file with the environment applied) that is not a duration, each
+/// named by its key path (`machines[1].min_duration`, with the machine's name), its value and what a duration
+/// looks like. `from_env` maps a key path to the environment variable that set it.
+fn duration_problems(tree: &serde_json::Value, from_env: &BTreeMap<String, String>) -> Vec<String> {
+    let mut p = Vec::new();
+    let mut check = |at: String, key: &str, value: &serde_json::Value| {
+        let why = match value {
+            serde_json::Value::String(s) => match humantime::parse_duration(s) {
+                Ok(_) => return,
+                Err(e) => format!("{value} is not a duration ({e})"),
+            },
+            _ => format!("{value} is not a duration (a duration is text, in quotes)"),
+        };
+        let var = from_env
+            .get(key)
+            .map(|v| format!(" (set by the environment variable {v})"))
+            .unwrap_or_default();
+        p.push(format!("{at}{key} = {why}{var}: {DURATION_HELP}"));
+    };
+    for key in DURATION_KEYS {
+        match key.split_once("[].") {
+            Some((array, field)) => {
+                let Some(entries) = tree.get(array).and_then(|a| a.as_array()) else {
+                    continue;
+                };
+                for (i, entry) in entries.iter().enumerate() {
+                    let Some(value) = entry.get(field) else {
+                        continue;
+                    };
+                    // As the other problems of an entry are named: `machine 'pump-3': …`.
+                    let at = match entry.get("name").and_then(|n| n.as_str()) {
+                        Some(name) => format!("{} '{name}': ", array.trim_end_matches('s')),
+                        None => String::new(),
+                    };
+                    check(at, &format!("{array}[{i}].{field}"), value);
+                }
+            }
+            None => {
+                let value = key.split('.').try_fold(tree, |node, part| node.get(part));
+                if let Some(value) = value {
+                    check(String::new(), key, value);
+                }
+            }
+        }
+    }
+    p
 }
 
 /// Environment variables that override the file: `SONITOR_<SECTION>__<KEY>` for known sections.
@@ -562,7 +640,7 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let err = |reason: String| ConfigError {
             path: path.to_path_buf(),
-            reason,
+            reasons: vec![reason],
         };
         if path.is_dir() {
             return Err(err("is a directory, not a configuration file".into()));
@@ -570,18 +648,43 @@ impl Config {
         if !path.exists() {
             return Err(err("no such file".into()));
         }
+        let overrides = env_overrides(env);
+        // Which setting each variable sets (`SONITOR_MQTT__RECONNECT_MAX` → `mqtt.reconnect_max`), to name the
+        // variable when its value is refused.
+        let from_env: BTreeMap<String, String> = overrides
+            .keys()
+            .map(|k| {
+                (
+                    k["SONITOR_".len()..]
+                        .to_ascii_lowercase()
+                        .replace("__", "."),
+                    k.clone(),
+                )
+            })
+            .collect();
         let env = config::Environment::with_prefix("SONITOR")
             .prefix_separator("_")
             .separator("__")
             // Values stay strings until the typed struct asks for a number or a boolean, so a password or a
             // node id of digits ("0123456", "007") arrives as written instead of re-parsed into 123456 or 7.
             .try_parsing(false)
-            .source(Some(env_overrides(env).into_iter().collect()));
+            .source(Some(overrides.into_iter().collect()));
         let built = config::Config::builder()
             .add_source(config::File::from(path).format(config::FileFormat::Toml))
             .add_source(env)
             .build()
             .map_err(|e| err(e.to_string()))?;
+        // Durations are checked before the typed read, which names neither the key of a machine's duration (the
+        // detector settings are flattened into the machine) nor what a duration looks like.
+        if let Ok(tree) = built.clone().try_deserialize::<serde_json::Value>() {
+            let reasons = duration_problems(&tree, &from_env);
+            if !reasons.is_empty() {
+                return Err(ConfigError {
+                    path: path.to_path_buf(),
+                    reasons,
+                });
+            }
+        }
         built
             .try_deserialize::<Config>()
             .map_err(|e| err(e.to_string()))
@@ -1104,6 +1207,113 @@ min_duration = "3s"
                 "expected '{expect}' in:\n{problems}"
             );
         }
+    }
+
+    #[test]
+    fn a_bad_duration_is_named_by_its_key_and_value() {
+        let d = tempfile::tempdir().unwrap();
+        let second = "[[machines]]\nname = \"pump-3\"\ndevice = \"mic\"\nbundle = \"b\"\n\
+                      section = \"pump/section_00\"\nmin_duration = \"2s\"\ncooldown = \"1m\"\n";
+        let good = minimal(d.path()) + second;
+        for (from, to, expected) in [
+            (
+                "min_duration = \"2s\"",
+                "min_duration = \"forever\"",
+                "machine 'pump-3': machines[1].min_duration = \"forever\" is not a duration",
+            ),
+            (
+                "cooldown = \"1m\"",
+                "cooldown = \"3 parsecs\"",
+                "machine 'pump-3': machines[1].cooldown = \"3 parsecs\" is not a duration (unknown time unit",
+            ),
+            (
+                "device = \"default\"",
+                "device = \"default\"\nreopen_max = \"soon\"",
+                "device 'mic': devices[0].reopen_max = \"soon\" is not a duration",
+            ),
+            (
+                "node_id = \"n1\"",
+                "node_id = \"n1\"\n[mqtt]\nreconnect_max = \"30\"",
+                "mqtt.reconnect_max = \"30\" is not a duration (time unit needed",
+            ),
+            (
+                "node_id = \"n1\"",
+                "node_id = \"n1\"\n[clips]\nmax_age = 5",
+                "clips.max_age = 5 is not a duration (a duration is text, in quotes)",
+            ),
+            (
+                "node_id = \"n1\"",
+                "node_id = \"n1\"\n[health]\nsilence_after = \"\"",
+                "health.silence_after = \"\" is not a duration",
+            ),
+        ] {
+            assert!(good.contains(from), "{from}");
+            let text = good.replacen(from, to, 1);
+            let e = Config::load_with_env(&write(d.path(), &text), [])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(expected), "expected '{expected}' in: {e}");
+            assert!(e.contains("e.g. \"500ms\", \"30s\""), "{e}");
+        }
+        // Set by the environment: the variable is named.
+        let env = [("SONITOR_MQTT__KEEP_ALIVE".to_string(), "soon".to_string())];
+        let e = Config::load_with_env(&write(d.path(), &good), env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("mqtt.keep_alive = \"soon\" is not a duration")
+                && e.contains("set by the environment variable SONITOR_MQTT__KEEP_ALIVE"),
+            "{e}"
+        );
+        // Every bad duration at once, not only the first.
+        let text = good
+            .replace("min_duration = \"3s\"", "min_duration = \"3\"")
+            .replace("cooldown = \"1m\"", "cooldown = \"a while\"");
+        let e = Config::load_with_env(&write(d.path(), &text), [])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("machines[0].min_duration") && e.contains("machines[1].cooldown"),
+            "{e}"
+        );
+        // Valid durations still read as before.
+        let c = Config::load_with_env(&write(d.path(), &good), []).unwrap();
+        assert_eq!(c.machines[1].detector.cooldown, Duration::from_secs(60));
+    }
+
+    /// The durations checked by name are exactly the configuration's durations: one added to a struct without
+    /// its key in `DURATION_KEYS` would be refused without its key again.
+    #[test]
+    fn every_duration_setting_is_checked_by_name() {
+        fn walk(v: &serde_json::Value, path: String, found: &mut BTreeSet<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, v) in m {
+                        let sep = if path.is_empty() { "" } else { "." };
+                        walk(v, format!("{path}{sep}{k}"), found);
+                    }
+                }
+                serde_json::Value::Array(a) => {
+                    for v in a {
+                        walk(v, format!("{path}[]"), found);
+                    }
+                }
+                serde_json::Value::String(s) if humantime::parse_duration(s).is_ok() => {
+                    found.insert(path);
+                }
+                _ => {}
+            }
+        }
+        let d = tempfile::tempdir().unwrap();
+        let c = Config::load_with_env(&write(d.path(), &minimal(d.path())), []).unwrap();
+        let mut found = BTreeSet::new();
+        walk(
+            &serde_json::to_value(&c).unwrap(),
+            String::new(),
+            &mut found,
+        );
+        let listed: BTreeSet<String> = DURATION_KEYS.iter().map(|k| k.to_string()).collect();
+        assert_eq!(found, listed);
     }
 
     #[test]

@@ -67,7 +67,7 @@ fn threshold_off_above_bundle(m: &MachineConfig, bundle_threshold: f64) -> Optio
 pub fn check(path: &Path) -> (Option<Config>, BTreeMap<PathBuf, Bundle>, Vec<String>) {
     let cfg = match Config::load(path) {
         Ok(c) => c,
-        Err(e) => return (None, BTreeMap::new(), vec![e.to_string()]),
+        Err(e) => return (None, BTreeMap::new(), e.problems()),
     };
     let mut problems = cfg.static_problems();
     let mut bundles = BTreeMap::new();

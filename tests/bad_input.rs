@@ -71,6 +71,20 @@ fn every_kind_of_bad_input_is_named_with_exit_78() {
     std::fs::write(&p, text).unwrap();
     expect_78(&p, &["rise_k"]);
 
+    // A duration that is not one: its key, the machine, its value and what a duration looks like.
+    let text = std::fs::read_to_string(&good)
+        .unwrap()
+        .replace("raise_k = 2", "raise_k = 2\nmin_duration = \"forever\"");
+    let p = d.path().join("duration.toml");
+    std::fs::write(&p, text).unwrap();
+    expect_78(
+        &p,
+        &[
+            "machine 'pump-1': machines[0].min_duration = \"forever\" is not a duration",
+            "e.g. \"500ms\", \"30s\"",
+        ],
+    );
+
     // A missing bundle.
     let p = common::config(
         d.path(),
