@@ -1049,13 +1049,59 @@ fn list<'a>(it: impl Iterator<Item = &'a str>) -> String {
     }
 }
 
-/// Creates the directory if needed and checks that a file can be written in it.
+/// Bytes of the probe file [`check_writable_dir`] writes: one block of a usual filesystem, more than an outbox
+/// message takes, so that a filesystem without room for one is found.
+const PROBE_BYTES: usize = 4096;
+
+/// Creates the directory if needed (as `run` does) and checks that it takes a write that reaches the disk: a
+/// probe file with content, fsynced, then removed. An empty file, as this check once wrote, is created on a
+/// full filesystem too, and the daemon then started with nowhere to keep its alarms. The probe is removed
+/// whatever happens after it was created. The error names the OS error and what to do.
 pub fn check_writable_dir(dir: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create: {e}"))?;
+    use std::io::Write;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create the directory: {e}; {}", what_to_do(&e)))?;
     let probe = dir.join(format!(".sonitor-probe-{}", std::process::id()));
-    std::fs::write(&probe, b"").map_err(|e| format!("not writable: {e}"))?;
-    let _ = std::fs::remove_file(&probe);
-    Ok(())
+    let mut file = std::fs::File::create(&probe)
+        .map_err(|e| format!("cannot create a file in it: {e}; {}", what_to_do(&e)))?;
+    let written = file
+        .write_all(&[b'.'; PROBE_BYTES])
+        .and_then(|()| file.sync_all());
+    drop(file);
+    let removed = std::fs::remove_file(&probe);
+    written.map_err(|e| {
+        format!(
+            "cannot write a {PROBE_BYTES}-byte test file in it: {e}; {}",
+            what_to_do(&e)
+        )
+    })?;
+    removed.map_err(|e| {
+        format!(
+            "cannot remove the test file {} it wrote: {e}; remove it by hand and check the directory's permissions",
+            probe.display()
+        )
+    })
+}
+
+/// What the engineer can do about an error writing the state directory, which holds the alarm state and the
+/// alarms not yet acknowledged by the broker.
+fn what_to_do(e: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
+            "alarms would be lost while the broker is unreachable: free space on its filesystem (clips are kept \
+             there too unless clips.dir says otherwise) or set state_dir to a directory on another one"
+        }
+        ErrorKind::ReadOnlyFilesystem => {
+            "its filesystem is mounted read-only: remount it read-write, or set state_dir to a directory on a \
+             writable filesystem"
+        }
+        ErrorKind::PermissionDenied => {
+            "give the user sonitor runs as write access to it (the systemd unit's StateDirectory=sonitor does, \
+             for /var/lib/sonitor), or set state_dir to a directory that user owns"
+        }
+        _ => "set state_dir to a writable directory (systemd: StateDirectory=sonitor gives /var/lib/sonitor)",
+    }
 }
 
 /// A path as a TOML basic string, for configuration files written by programs (`sonitor demo`, `sonitor-bench`):
@@ -1314,6 +1360,54 @@ min_duration = "3s"
         );
         let listed: BTreeSet<String> = DURATION_KEYS.iter().map(|k| k.to_string()).collect();
         assert_eq!(found, listed);
+    }
+
+    /// Root writes through permission bits, so as root (as these tests run in some containers) the directory
+    /// that cannot take a write is one under a regular file; otherwise a directory without write permission.
+    #[test]
+    fn a_state_dir_that_cannot_take_a_write_is_named_with_what_to_do() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let (state, expected): (PathBuf, &[&str]) = if root {
+            std::fs::write(d.path().join("file"), "x").unwrap();
+            (
+                d.path().join("file").join("state"),
+                &[
+                    "cannot create the directory",
+                    "Not a directory",
+                    "set state_dir to a writable directory",
+                ],
+            )
+        } else {
+            let dir = d.path().join("read-only");
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+            (
+                dir,
+                &[
+                    "cannot create a file in it",
+                    "Permission denied",
+                    "give the user sonitor runs as write access",
+                ],
+            )
+        };
+        let text = minimal(d.path()).replace(
+            &format!("state_dir = \"{}\"", d.path().join("state").display()),
+            &format!("state_dir = \"{}\"", state.display()),
+        );
+        let p = problems(d.path(), &text);
+        assert_named(&p, &[&format!("state_dir {}: ", state.display())]);
+        assert_named(&p, expected);
+        if !root {
+            assert_eq!(std::fs::read_dir(&state).unwrap().count(), 0);
+            std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        // A writable directory passes, and keeps no probe file.
+        let ok = d.path().join("state");
+        assert_eq!(check_writable_dir(&ok), Ok(()));
+        assert_eq!(std::fs::read_dir(&ok).unwrap().count(), 0);
     }
 
     #[test]

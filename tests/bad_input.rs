@@ -161,3 +161,73 @@ fn every_kind_of_bad_input_is_named_with_exit_78() {
     expect_78(&d.path().join("nope.toml"), &["nope.toml", "no such file"]);
     expect_78(d.path(), &["is a directory, not a configuration file"]);
 }
+
+/// Runs `sonitor ARGS --config CONFIG` in a private mount namespace where `state` is a 256 KiB tmpfs prepared
+/// by the shell commands `setup` (`$STATE` is its path); afterwards the files left in it are listed on a line
+/// `LEFT: …`. `None` where no tmpfs can be mounted here (not root, and no user namespaces): the caller skips.
+fn in_small_tmpfs(state: &Path, setup: &str, args: &str, config: &Path) -> Option<(i32, String)> {
+    std::fs::create_dir_all(state).unwrap();
+    // SAFETY: geteuid has no preconditions.
+    let ns = if unsafe { libc::geteuid() } == 0 {
+        "-m"
+    } else {
+        "-rm"
+    };
+    let script = format!(
+        "mount -t tmpfs -o size=256k sonitor-test \"$STATE\" || exit 90\n\
+         echo MOUNTED\n{setup}\n\
+         timeout 60 \"$SONITOR\" {args} --config \"$CONFIG\" 2>&1\nrc=$?\n\
+         echo \"LEFT: $(ls -A \"$STATE\" | tr '\\n' ' ')\"\nexit $rc\n"
+    );
+    let out = Command::new("unshare")
+        .args([ns, "sh", "-c", &script])
+        .env("STATE", state)
+        .env("CONFIG", config)
+        .env("SONITOR", env!("CARGO_BIN_EXE_sonitor"))
+        .output()
+        .ok()?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    if !text.contains("MOUNTED") {
+        eprintln!("skipped: no tmpfs can be mounted in a private mount namespace here:\n{text}");
+        return None;
+    }
+    Some((out.status.code().unwrap_or(-1), text))
+}
+
+/// A state directory on a full filesystem: an empty file can still be created there, a write cannot. `validate`
+/// and `run` refuse it, name the directory, the OS error and what to do, and leave no probe file behind. On a
+/// read-only filesystem it says to remount.
+#[test]
+fn a_state_dir_that_cannot_take_a_write_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let b = common::standard_bundle(d.path());
+    let wav = d.path().join("rec.wav");
+    common::write_wav(&wav, &common::pump());
+    let config = common::config(d.path(), &file_device(&wav), &b.dir, 1883, "");
+    let state = d.path().join("state");
+    let fill = "head -c 1048576 /dev/zero > \"$STATE/fill\" 2>/dev/null";
+    for cmd in ["validate", "run"] {
+        let Some((code, text)) = in_small_tmpfs(&state, fill, cmd, &config) else {
+            return;
+        };
+        assert_eq!(code, 78, "`sonitor {cmd}` on a full state_dir:\n{text}");
+        for n in [
+            &format!("state_dir {}: ", state.display()),
+            "No space left on device",
+            "free space on its filesystem",
+            "LEFT: fill \n",
+        ] {
+            assert!(
+                text.contains(n),
+                "`sonitor {cmd}` should say '{n}':\n{text}"
+            );
+        }
+    }
+    let ro = "mount -o remount,ro \"$STATE\"";
+    let (code, text) = in_small_tmpfs(&state, ro, "validate", &config).unwrap();
+    assert_eq!(code, 78, "{text}");
+    for n in ["Read-only file system", "remount it read-write"] {
+        assert!(text.contains(n), "should say '{n}':\n{text}");
+    }
+}
