@@ -1083,6 +1083,78 @@ pub fn check_writable_dir(dir: &Path) -> Result<(), String> {
     })
 }
 
+/// A warning when the filesystem of `dir` has less room than a full outbox takes (`outbox_max` messages of
+/// one block and one inode each): while the broker is unreachable the outbox would fill it, and alarms beyond
+/// that point would no longer survive a restart. `None` when there is room, or where the free space cannot be
+/// read (the write check already passed).
+pub fn low_space_warning(dir: &Path, outbox_max: usize) -> Option<String> {
+    let free = free_space(dir)?;
+    low_space(&free, outbox_max).map(|why| format!("state_dir {}: {why}", dir.display()))
+}
+
+/// Room left on a filesystem, for an unprivileged user.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct FreeSpace {
+    bytes: u64,
+    /// `None` where the filesystem does not count inodes (btrfs reports none).
+    inodes: Option<u64>,
+    block: u64,
+}
+
+#[cfg(unix)]
+fn free_space(dir: &Path) -> Option<FreeSpace> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs only writes the struct it is given; `path` is NUL-terminated and outlives the call.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+    let (bavail, frsize, bsize, files, favail) = (
+        st.f_bavail as u64,
+        st.f_frsize as u64,
+        st.f_bsize as u64,
+        st.f_files as u64,
+        st.f_favail as u64,
+    );
+    Some(FreeSpace {
+        bytes: bavail.saturating_mul(frsize),
+        inodes: (files > 0).then_some(favail),
+        block: bsize.max(frsize).max(512),
+    })
+}
+
+#[cfg(not(unix))]
+fn free_space(_dir: &Path) -> Option<FreeSpace> {
+    None
+}
+
+fn low_space(free: &FreeSpace, outbox_max: usize) -> Option<String> {
+    let messages = outbox_max as u64;
+    let need = messages.saturating_mul(free.block);
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let consequence = "while the broker is unreachable the outbox could fill it, and alarms after that would be \
+                       kept in memory only (lost if sonitor stops before the broker is back): free space there, \
+                       or lower mqtt.outbox_max";
+    if free.bytes < need {
+        return Some(format!(
+            "only {:.1} MiB free on its filesystem, less than a full outbox takes ({:.1} MiB: mqtt.outbox_max = \
+             {messages} messages of a {}-byte block each); {consequence}",
+            mib(free.bytes),
+            mib(need),
+            free.block
+        ));
+    }
+    match free.inodes {
+        Some(inodes) if inodes < messages => Some(format!(
+            "only {inodes} free inodes on its filesystem, fewer than a full outbox takes (mqtt.outbox_max = \
+             {messages} messages of one file each); {consequence}"
+        )),
+        _ => None,
+    }
+}
+
 /// What the engineer can do about an error writing the state directory, which holds the alarm state and the
 /// alarms not yet acknowledged by the broker.
 fn what_to_do(e: &std::io::Error) -> &'static str {
@@ -1408,6 +1480,30 @@ min_duration = "3s"
         let ok = d.path().join("state");
         assert_eq!(check_writable_dir(&ok), Ok(()));
         assert_eq!(std::fs::read_dir(&ok).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn too_little_room_for_a_full_outbox_is_warned() {
+        let mib = 1024 * 1024;
+        let free = |bytes, inodes| FreeSpace {
+            bytes,
+            inodes,
+            block: 4096,
+        };
+        let w = low_space(&free(mib, Some(1_000_000)), 10_000).unwrap();
+        assert!(
+            w.contains("only 1.0 MiB free")
+                && w.contains(
+                    "39.1 MiB: mqtt.outbox_max = 10000 messages of a 4096-byte block each"
+                )
+                && w.contains("lower mqtt.outbox_max"),
+            "{w}"
+        );
+        let w = low_space(&free(1024 * mib, Some(500)), 10_000).unwrap();
+        assert!(w.contains("only 500 free inodes"), "{w}");
+        assert_eq!(low_space(&free(1024 * mib, Some(1_000_000)), 10_000), None);
+        assert_eq!(low_space(&free(1024 * mib, None), 10_000), None);
+        assert_eq!(low_space(&free(mib, None), 100), None);
     }
 
     #[test]

@@ -779,6 +779,9 @@ pub fn run(config_path: &Path) -> i32 {
         return crate::config::EXIT_CONFIG;
     };
     init_logging(&cfg.log_level);
+    if let Some(w) = crate::config::low_space_warning(&cfg.state_dir, cfg.mqtt.outbox_max) {
+        log::warn!("{w}");
+    }
     match start(cfg, config_path, bundles, None) {
         Ok(code) => code,
         Err(e) => {
@@ -1345,6 +1348,9 @@ pub fn validate(config_path: &Path) -> i32 {
                 bundles.len(),
                 cfg.topic_base()
             );
+            if let Some(w) = crate::config::low_space_warning(&cfg.state_dir, cfg.mqtt.outbox_max) {
+                println!("{}: warning: {w}", config_path.display());
+            }
         }
         0
     } else {

@@ -197,7 +197,8 @@ fn in_small_tmpfs(state: &Path, setup: &str, args: &str, config: &Path) -> Optio
 
 /// A state directory on a full filesystem: an empty file can still be created there, a write cannot. `validate`
 /// and `run` refuse it, name the directory, the OS error and what to do, and leave no probe file behind. On a
-/// read-only filesystem it says to remount.
+/// filesystem with room for less than a full outbox, `validate` passes with a warning; on a read-only one it
+/// says to remount.
 #[test]
 fn a_state_dir_that_cannot_take_a_write_is_refused() {
     let d = tempfile::tempdir().unwrap();
@@ -224,6 +225,14 @@ fn a_state_dir_that_cannot_take_a_write_is_refused() {
             );
         }
     }
+    let (code, text) = in_small_tmpfs(&state, "", "validate", &config).unwrap();
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains(&format!("warning: state_dir {}: only 0.2", state.display()))
+            && text.contains("less than a full outbox takes")
+            && text.contains("LEFT: \n"),
+        "{text}"
+    );
     let ro = "mount -o remount,ro \"$STATE\"";
     let (code, text) = in_small_tmpfs(&state, ro, "validate", &config).unwrap();
     assert_eq!(code, 78, "{text}");
