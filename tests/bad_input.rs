@@ -233,7 +233,7 @@ fn a_state_dir_that_cannot_take_a_write_is_refused() {
             && text.contains("LEFT: \n"),
         "{text}"
     );
-    let ro = "mount -o remount,ro \"$STATE\"";
+    let ro = "mount -o remount,bind,ro \"$STATE\"";
     let (code, text) = in_small_tmpfs(&state, ro, "validate", &config).unwrap();
     assert_eq!(code, 78, "{text}");
     for n in ["Read-only file system", "remount it read-write"] {
