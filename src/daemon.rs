@@ -577,9 +577,11 @@ impl Controller {
             // Logged once the transition is on disk (or known not to be).
             match pushed {
                 Ok(_) => log::warn!("{note}"),
-                Err(e) => {
-                    log::error!("{note}; {e}: the transition will be published but is not durable")
-                }
+                Err(e) => log::error!(
+                    "{note}; {e}: the transition is kept in memory only: it is published when the broker is \
+                     reachable, but lost if sonitor stops before that; make the state directory's filesystem writable \
+                     again (free space, remount it read-write)"
+                ),
             }
             self.retained(format!("{topic}/alarm"), alarm, false);
             self.observe(seen);
@@ -1229,12 +1231,29 @@ pub fn start(
     drop(features_thread);
     drop(inference_thread);
     let _ = clip_thread.join();
-    let waiting = ctl.outbox.lock().map_or(0, |o| o.len());
+    let outbox = ctl.outbox.lock().unwrap_or_else(|e| e.into_inner());
+    let lost: Vec<String> = outbox
+        .memory_only()
+        .map(|r| format!("{} {} on {}", r.seq, r.msg.payload, r.msg.topic))
+        .collect();
+    let waiting = outbox.len() - lost.len();
     if waiting > 0 && ctl.cfg.mqtt.enabled {
         log::warn!(
             "{waiting} alarm message(s) not acknowledged by the broker wait in {} for the next start",
             ctl.cfg.state_dir.join("outbox").display()
         );
+    }
+    if !lost.is_empty() {
+        log::error!(
+            "{} alarm message(s) not acknowledged by the broker could not be written to {} and are lost; \
+             each follows",
+            lost.len(),
+            ctl.cfg.state_dir.join("outbox").display(),
+        );
+        // Each named, however many: these alarms reach no one, and this log is their only trace.
+        for m in lost {
+            log::error!("lost alarm message {m}");
+        }
     }
     Ok(exit_code)
 }

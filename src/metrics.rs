@@ -90,6 +90,10 @@ pub struct Metrics {
     pub mqtt_dropped: Counter,
     pub outbox_depth: Gauge,
     pub outbox_dropped: Gauge,
+    /// Alarm messages whose outbox file could not be written (a counter the outbox keeps; set from it).
+    pub outbox_unpersisted: Gauge,
+    /// Waiting alarm messages that are in memory only.
+    pub outbox_memory_only: Gauge,
     pub clips_written: Counter,
     pub clips_dropped: Counter,
     pub scores_dropped: Counter,
@@ -265,6 +269,18 @@ impl Metrics {
             one(self.outbox_dropped.get()),
         );
         family(
+            "sonitor_outbox_unpersisted_messages_total",
+            "counter",
+            "Alarm messages that could not be written to the outbox on disk (full or read-only filesystem): kept in memory only, still published.",
+            one(self.outbox_unpersisted.get()),
+        );
+        family(
+            "sonitor_outbox_memory_only_messages",
+            "gauge",
+            "Waiting alarm messages that are in memory only: lost if sonitor stops before the broker acknowledges them.",
+            one(self.outbox_memory_only.get()),
+        );
+        family(
             "sonitor_clips_written_total",
             "counter",
             "Evidence clips written.",
@@ -348,5 +364,7 @@ mod tests {
         s.read_to_string(&mut out).unwrap();
         assert!(out.starts_with("HTTP/1.1 200"), "{out}");
         assert!(out.contains("sonitor_outbox_messages 0"));
+        assert!(out.contains("sonitor_outbox_unpersisted_messages_total 0"));
+        assert!(out.contains("sonitor_outbox_memory_only_messages 0"));
     }
 }

@@ -537,8 +537,13 @@ fn run(
                 Err(crossbeam_channel::TryRecvError::Empty) => break,
             }
         }
-        metrics.outbox_depth.set(lock(&outbox).len() as u64);
-        metrics.outbox_dropped.set(lock(&outbox).dropped());
+        {
+            let o = lock(&outbox);
+            metrics.outbox_depth.set(o.len() as u64);
+            metrics.outbox_dropped.set(o.dropped());
+            metrics.outbox_unpersisted.set(o.unpersisted());
+            metrics.outbox_memory_only.set(o.memory_only_len() as u64);
+        }
         metrics.mqtt_connected.set(u64::from(session.connected()));
 
         // 2. Shutting down: `stopped` (retained) once the outbox has drained, then disconnect.

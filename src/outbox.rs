@@ -7,8 +7,15 @@
 //! nothing. The sequence number orders the replay. The outbox is bounded: beyond `max` messages the oldest are
 //! deleted and counted as dropped (a broker unreachable for thousands of alarm transitions; the retained state
 //! republished on connect still tells the truth).
+//!
+//! A message whose file cannot be written (a full disk, a read-only remount) is kept in memory only: it is still
+//! published, in order, and counted (`sonitor_outbox_unpersisted_messages_total`); each later push writes it
+//! again once the disk takes writes again. Only what is still in memory only when the daemon stops is lost, and
+//! the daemon says so. Nothing tries to remove the file of a message that never had one: on a read-only
+//! filesystem that removal fails too (Linux checks the mount before looking the name up), and its error read as
+//! if a written message were stuck on disk.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -42,6 +49,10 @@ pub struct Outbox {
     next_seq: u64,
     max: usize,
     dropped: u64,
+    /// Waiting messages that have no file: their write failed.
+    memory_only: BTreeSet<u64>,
+    /// Messages whose write failed, since the outbox was opened.
+    unpersisted: u64,
 }
 
 fn file_name(seq: u64) -> String {
@@ -90,15 +101,19 @@ impl Outbox {
             next_seq,
             max: max.max(1),
             dropped: 0,
+            memory_only: BTreeSet::new(),
+            unpersisted: 0,
         })
     }
 
     /// Appends messages durably (fsync of each file and of the directory) and returns their sequence numbers.
     ///
     /// A message whose file cannot be written (disk full, a read-only remount) is still queued in memory, so
-    /// it is published and acknowledged like the others; it is only not durable across a restart. The first
-    /// such error is returned after every message has been queued.
+    /// it is published and acknowledged like the others; it is only not durable across a restart, and counted
+    /// ([`Outbox::unpersisted`]). The first such error is returned after every message has been queued.
+    /// Messages kept in memory only by an earlier push are written first, once the disk takes them.
     pub fn push(&mut self, msgs: Vec<OutMessage>) -> Result<Vec<u64>, OutboxError> {
+        self.write_memory_only();
         let mut seqs = Vec::with_capacity(msgs.len());
         let mut first_error = None;
         for msg in msgs {
@@ -107,6 +122,8 @@ impl Outbox {
             let rec = Record { seq, msg };
             if let Err(e) = self.write(&rec) {
                 first_error.get_or_insert(e);
+                self.memory_only.insert(seq);
+                self.unpersisted += 1;
             }
             self.records.push_back(rec);
             seqs.push(seq);
@@ -115,17 +132,58 @@ impl Outbox {
         let _ = atomic_file::sync_dir(&self.dir);
         while self.records.len() > self.max {
             if let Some(old) = self.records.pop_front() {
+                self.dropped += 1;
+                if self.memory_only.remove(&old.seq) {
+                    log::warn!(
+                        "outbox full ({} messages): dropping the oldest, message {} ({} on {}), which was never \
+                         written to disk",
+                        self.max,
+                        old.seq,
+                        old.msg.payload,
+                        old.msg.topic
+                    );
+                    continue;
+                }
                 log::warn!(
-                    "outbox full ({} messages): dropping the oldest, {} on {}",
+                    "outbox full ({} messages): dropping the oldest, message {} ({} on {})",
                     self.max,
+                    old.seq,
                     old.msg.payload,
                     old.msg.topic
                 );
-                let _ = std::fs::remove_file(self.dir.join(file_name(old.seq)));
-                self.dropped += 1;
+                if let Err(e) = self.remove_file(old.seq) {
+                    log::warn!(
+                        "outbox: cannot remove the file of dropped message {}: {e}; it will be published after \
+                         the next restart after all",
+                        old.seq
+                    );
+                }
             }
         }
         first_error.map_or(Ok(seqs), Err)
+    }
+
+    /// Writes the messages kept in memory only, oldest first, until one fails (the disk still refuses).
+    fn write_memory_only(&mut self) {
+        let mut written = 0;
+        while let Some(&seq) = self.memory_only.first() {
+            let Ok(i) = self.records.binary_search_by_key(&seq, |r| r.seq) else {
+                self.memory_only.remove(&seq);
+                continue;
+            };
+            if self.write(&self.records[i]).is_err() {
+                break;
+            }
+            self.memory_only.remove(&seq);
+            written += 1;
+        }
+        if written > 0 {
+            log::info!(
+                "outbox: the disk takes writes again: {written} message(s) kept in memory only are written to \
+                 disk now ({} still in memory only)",
+                self.memory_only.len()
+            );
+        }
     }
 
     /// One record to its file, whole or not at all ([`atomic_file`]).
@@ -137,16 +195,30 @@ impl Outbox {
             .map_err(|source| OutboxError { path, source })
     }
 
-    /// The broker acknowledged message `seq`: forget it.
+    /// Removes the file of message `seq`; one already gone is no error.
+    fn remove_file(&self, seq: u64) -> std::io::Result<()> {
+        match std::fs::remove_file(self.dir.join(file_name(seq))) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// The broker acknowledged message `seq`: forget it, and remove its file if it has one.
     pub fn ack(&mut self, seq: u64) {
         if let Some(i) = self.records.iter().position(|r| r.seq == seq) {
             self.records.remove(i);
-            match std::fs::remove_file(self.dir.join(file_name(seq))) {
-                // A message that could not be written was kept in memory only.
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    log::warn!("outbox: cannot remove message {seq}: {e}")
-                }
-                _ => {}
+            if self.memory_only.remove(&seq) {
+                log::info!(
+                    "outbox: message {seq}, which could not be written to disk, is delivered (acknowledged by \
+                     the broker)"
+                );
+            } else if let Err(e) = self.remove_file(seq) {
+                log::warn!(
+                    "outbox: message {seq} is delivered (acknowledged by the broker) but its file {} cannot be \
+                     removed: {e}; it will be published again after a restart (a duplicate) unless the file is \
+                     removed",
+                    self.dir.join(file_name(seq)).display()
+                );
             }
         }
     }
@@ -174,6 +246,24 @@ impl Outbox {
     /// Messages dropped because the outbox was full, since it was opened.
     pub fn dropped(&self) -> u64 {
         self.dropped
+    }
+
+    /// Messages whose file could not be written, since the outbox was opened (each was kept in memory).
+    pub fn unpersisted(&self) -> u64 {
+        self.unpersisted
+    }
+
+    /// Waiting messages that are in memory only (their write failed): lost if the daemon stops before the
+    /// broker acknowledges them. Oldest first.
+    pub fn memory_only(&self) -> impl Iterator<Item = &Record> {
+        self.records
+            .iter()
+            .filter(|r| self.memory_only.contains(&r.seq))
+    }
+
+    /// How many waiting messages are in memory only.
+    pub fn memory_only_len(&self) -> usize {
+        self.memory_only.len()
     }
 
     /// Whether a message for `topic` is waiting.
