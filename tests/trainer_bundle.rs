@@ -46,6 +46,7 @@ fn daemon_scores_equal_the_trainers_eval_on_a_fitted_bundle() {
         labels: LabelGranularity::Attribute,
         device: DeviceKind::Cpu,
         resume: false,
+        force: false,
         model: Some(ModelConfig::tiny(frames, n_mels, features.spectrum_len())),
         features: features.clone(),
         kmeans: 4,
