@@ -3,7 +3,7 @@
 //! Also the cases that are sound but used to come out wrong (a section with few training clips).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sonitor_core::bundle::Bundle;
 use sonitor_core::dcase::{Condition, Domain, Split};
@@ -92,11 +92,7 @@ fn one_training_clip_and_zero_epochs_are_refused() {
 /// with the same message.
 #[test]
 fn a_header_only_wav_is_refused_everywhere() {
-    let d = tempfile::tempdir().unwrap();
-    let data = d.path().join("data");
-    data::make_dataset(&data);
-    let out = d.path().join("b");
-    fit(&options(&data, &out, LossKind::SubclusterAdacos, 1)).unwrap();
+    let (d, data, out) = data_and_bundle();
 
     let empty = |split: Split, name: &str| {
         let p = data.join("fan").join(split.as_str()).join(name);
@@ -239,12 +235,8 @@ fn resume_refuses_changed_settings_and_takes_the_checkpoints() {
 /// `--force` clears it; an --out that is a file is refused before training.
 #[test]
 fn an_existing_bundle_or_a_file_as_out_is_refused() {
-    use sonitor_train::train::{run, Arch, DeviceKind, FitArgs, TargetCentres};
-    let d = tempfile::tempdir().unwrap();
-    let data = d.path().join("data");
-    data::make_dataset(&data);
-    let out = d.path().join("b");
-    fit(&options(&data, &out, LossKind::SubclusterAdacos, 1)).unwrap();
+    use sonitor_train::train::run;
+    let (d, data, out) = data_and_bundle();
     let before = std::fs::read(out.join("model.onnx")).unwrap();
     let mut o = options(&data, &out, LossKind::Adacos, 1);
     let e = err(fit(&o));
@@ -262,26 +254,7 @@ fn an_existing_bundle_or_a_file_as_out_is_refused() {
     // `--force` removes the old files (the old run's scores too) and trains anew.
     std::fs::create_dir(out.join("scores")).unwrap();
     std::fs::write(out.join("scores/old.csv"), "x").unwrap();
-    let args = FitArgs {
-        data: data.clone(),
-        out: out.clone(),
-        epochs: 1,
-        batch: 8,
-        lr: 1e-3,
-        seed: Some(5),
-        loss: Some(LossKind::Adacos),
-        labels: None,
-        device: DeviceKind::Cpu,
-        resume: false,
-        force: true,
-        arch: Some(Arch::Tiny),
-        kmeans: 4,
-        quantile: 0.9,
-        target_centres: TargetCentres::Window,
-        no_mixup: false,
-        window_seconds: 0.256,
-        window_hop_seconds: 0.256,
-    };
+    let args = force_args(&data, &out);
     run(&args).unwrap();
     assert_eq!(
         Bundle::load(&out).unwrap().manifest.provenance.loss,
@@ -356,25 +329,21 @@ fn force_args(data: &Path, out: &Path) -> sonitor_train::train::FitArgs {
     }
 }
 
-/// `fit --force` keeps the old bundle until the new one is written: a run that fails on its data (before
-/// training) or in the back end (after an epoch wrote its checkpoint) leaves every file of the old bundle, its
-/// checkpoint and scores as they were; a run that succeeds replaces them and leaves no backup behind.
-#[test]
-fn a_forced_fit_that_fails_leaves_the_old_bundle() {
-    use sonitor_train::train::run;
+/// A temporary directory with the tiny data set in `data/` and a bundle fitted on it (sub-cluster AdaCos, one
+/// epoch) in `b/`: (the directory, data, bundle).
+fn data_and_bundle() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let d = tempfile::tempdir().unwrap();
     let data = d.path().join("data");
     data::make_dataset(&data);
     let out = d.path().join("b");
     fit(&options(&data, &out, LossKind::SubclusterAdacos, 1)).unwrap();
-    std::fs::create_dir(out.join("scores")).unwrap();
-    std::fs::write(out.join("scores/old.csv"), "x").unwrap();
-    let before = tree(&out);
+    (d, data, out)
+}
 
-    // An anomalous training clip: refused once the data is read.
-    let bad = d.path().join("bad");
-    data::make_dataset(&bad);
-    Writer::new(&bad).write(
+/// The tiny data set with one anomalous clip in `train/`, which `fit` refuses once it reads the data.
+fn dataset_with_anomalous_train_clip(dir: &Path) {
+    data::make_dataset(dir);
+    Writer::new(dir).write(
         "fan",
         0,
         Split::Train,
@@ -384,6 +353,22 @@ fn a_forced_fit_that_fails_leaves_the_old_bundle() {
         "speed_1",
         1,
     );
+}
+
+/// `fit --force` keeps the old bundle until the new one is written: a run that fails on its data (before
+/// training) or in the back end (after an epoch wrote its checkpoint) leaves every file of the old bundle, its
+/// checkpoint and scores as they were; a run that succeeds replaces them and leaves no backup behind.
+#[test]
+fn a_forced_fit_that_fails_leaves_the_old_bundle() {
+    use sonitor_train::train::run;
+    let (d, data, out) = data_and_bundle();
+    std::fs::create_dir(out.join("scores")).unwrap();
+    std::fs::write(out.join("scores/old.csv"), "x").unwrap();
+    let before = tree(&out);
+
+    // An anomalous training clip: refused once the data is read.
+    let bad = d.path().join("bad");
+    dataset_with_anomalous_train_clip(&bad);
     let e = err(run(&force_args(&bad, &out)));
     assert!(e.contains("normal clips only"), "{e}");
     unchanged(&out, &before);
@@ -418,11 +403,7 @@ fn a_forced_fit_that_fails_leaves_the_old_bundle() {
 /// except `--resume`, which finishes the killed run and then removes the backup.
 #[test]
 fn the_library_force_and_a_killed_forced_fit() {
-    let d = tempfile::tempdir().unwrap();
-    let data = d.path().join("data");
-    data::make_dataset(&data);
-    let out = d.path().join("b");
-    fit(&options(&data, &out, LossKind::SubclusterAdacos, 1)).unwrap();
+    let (d, data, out) = data_and_bundle();
     let before = tree(&out);
     let forced = |data: &Path, loss: LossKind| {
         let mut o = options(data, &out, loss, 1);
@@ -432,17 +413,7 @@ fn the_library_force_and_a_killed_forced_fit() {
 
     // `force` with bad data: refused, the old bundle as it was; with `resume` too: refused at once.
     let bad = d.path().join("bad");
-    data::make_dataset(&bad);
-    Writer::new(&bad).write(
-        "fan",
-        0,
-        Split::Train,
-        Source,
-        Condition::Anomaly,
-        200.0,
-        "speed_1",
-        1,
-    );
+    dataset_with_anomalous_train_clip(&bad);
     let e = err(fit(&forced(&bad, LossKind::Adacos)));
     assert!(e.contains("normal clips only"), "{e}");
     unchanged(&out, &before);
