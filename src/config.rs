@@ -627,6 +627,38 @@ fn env_overrides<I: IntoIterator<Item = (String, String)>>(vars: I) -> BTreeMap<
         .collect()
 }
 
+/// The config crate's message, with the key path written as the file's readers write it: the crate drops the dot
+/// after an array index (`devices[0]ring_seconds`), which reads as a typo for a key that does not exist, and
+/// names the file again by a path relative to the working directory.
+fn config_crate_message(e: &config::ConfigError) -> String {
+    let msg = e.to_string();
+    let marker = "for key `";
+    let Some(start) = msg.find(marker).map(|i| i + marker.len()) else {
+        return msg;
+    };
+    let Some(len) = msg[start..].find('`') else {
+        return msg;
+    };
+    let key = &msg[start..start + len];
+    let mut fixed = String::with_capacity(key.len() + 4);
+    let mut chars = key.chars().peekable();
+    while let Some(c) = chars.next() {
+        fixed.push(c);
+        if c == ']'
+            && chars
+                .peek()
+                .is_some_and(|n| n.is_alphanumeric() || *n == '_')
+        {
+            fixed.push('.');
+        }
+    }
+    // What follows the key is the crate's name for the file (" in ../../etc/sonitor.toml", relative to the working
+    // directory); the error already leads with the path as given.
+    let rest = &msg[start + len..];
+    let rest = rest.find(" in ").map_or(rest, |i| &rest[..i]);
+    format!("{}{fixed}{rest}", &msg[..start])
+}
+
 impl Config {
     /// Reads the file and the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -673,7 +705,7 @@ impl Config {
             .add_source(config::File::from(path).format(config::FileFormat::Toml))
             .add_source(env)
             .build()
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(config_crate_message(&e)))?;
         // Durations are checked before the typed read, which names neither the key of a machine's duration (the
         // detector settings are flattened into the machine) nor what a duration looks like.
         if let Ok(tree) = built.clone().try_deserialize::<serde_json::Value>() {
@@ -687,7 +719,7 @@ impl Config {
         }
         built
             .try_deserialize::<Config>()
-            .map_err(|e| err(e.to_string()))
+            .map_err(|e| err(config_crate_message(&e)))
     }
 
     pub fn device(&self, name: &str) -> Option<&DeviceConfig> {
@@ -1291,6 +1323,16 @@ min_duration = "3s"
             .unwrap_err()
             .to_string();
         assert!(e.contains("raise_k") || e.contains("two"), "{e}");
+        // A key inside an array of tables is written with its dot (the config crate drops it).
+        let text = minimal(d.path()).replace(
+            "device = \"default\"",
+            "device = \"default\"\nring_seconds = \"four\"",
+        );
+        let e = Config::load_with_env(&write(d.path(), &text), [])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`devices[0].ring_seconds`"), "{e}");
+        assert!(!e.contains("` in "), "{e}");
         // A setting with a fixed set of values lists them.
         let text = minimal(d.path()).replace(
             "source = \"capture\"",
