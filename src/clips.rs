@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::config::ClipsConfig;
+use crate::config::{free_space, outbox_bytes, ClipsConfig, Config};
 use crate::pipeline::ClipAudio;
 
 /// Writes the clip as 16-bit PCM (creating its directory), under a temporary name renamed into place once
@@ -84,6 +84,64 @@ fn is_clip_name(p: &Path, machine: &str) -> bool {
             .is_some_and(|node| node.len() > 1 && node.ends_with('-'))
 }
 
+/// Bytes of the daemon's clips under `dir` (what the retention counts against `clips.max_bytes`).
+fn held_bytes(dir: &Path) -> u64 {
+    let mut files = Vec::new();
+    clip_files(dir, &mut files);
+    files.iter().map(|f| f.2).sum()
+}
+
+/// A warning when the clips' filesystem cannot take `clips.max_bytes` of clips: the retention removes old clips
+/// only once they reach that size, so the disk would fill first. On the state directory's filesystem (the
+/// default, `<state_dir>/clips`) a full disk also stops the outbox from keeping alarms, so a full outbox's room
+/// is counted too. `None` when there is room, clips are off, or the free space cannot be read.
+pub fn low_space_warning(cfg: &Config) -> Option<String> {
+    if !cfg.clips.enabled {
+        return None;
+    }
+    let dir = cfg.clips_dir();
+    let free = free_space(&dir)?;
+    let shares_state = free_space(&cfg.state_dir).is_some_and(|s| s.dev == free.dev);
+    let outbox = if shares_state {
+        outbox_bytes(&free, cfg.mqtt.outbox_max)
+    } else {
+        0
+    };
+    clips_room(free.bytes, held_bytes(&dir), cfg.clips.max_bytes, outbox)
+        .map(|why| format!("clips.dir {}: {why}", dir.display()))
+}
+
+/// Whether `free` bytes plus the `held` bytes of clips already kept can take `max_bytes` of clips and the
+/// `outbox` bytes of a full outbox on the same filesystem (0 on another); the warning if not.
+fn clips_room(free: u64, held: u64, max_bytes: u64, outbox: u64) -> Option<String> {
+    let room = free.saturating_add(held);
+    if room >= max_bytes.saturating_add(outbox) {
+        return None;
+    }
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let (outbox_note, outbox_harm) = if outbox > 0 {
+        (
+            format!(
+                ", and a full outbox on the same filesystem needs {:.1} MiB",
+                mib(outbox)
+            ),
+            "the outbox could then not keep alarms while the broker is unreachable, and ",
+        )
+    } else {
+        (String::new(), "")
+    };
+    Some(format!(
+        "clips.max_bytes = {:.1} MiB, but its filesystem has {:.1} MiB free and the clips kept there hold \
+         {:.1} MiB{outbox_note}: clips would fill the disk before the retention removes any; {outbox_harm}new \
+         clips could not be written. Lower clips.max_bytes to at most {:.1} MiB, free space there, or set \
+         clips.dir to another filesystem",
+        mib(max_bytes),
+        mib(free),
+        mib(held),
+        mib(room.saturating_sub(outbox))
+    ))
+}
+
 /// Deletes the oldest clips until the count, age and size limits hold; returns how many were deleted.
 pub fn enforce_retention(dir: &Path, cfg: &ClipsConfig) -> usize {
     let mut files = Vec::new();
@@ -112,6 +170,36 @@ pub fn enforce_retention(dir: &Path, cfg: &ClipsConfig) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn too_little_room_for_the_clips_is_warned() {
+        let mib = 1024 * 1024;
+        // Room: free space plus what the clips already hold, for max_bytes and a full outbox.
+        assert_eq!(clips_room(600 * mib, 0, 500 * mib, 40 * mib), None);
+        assert_eq!(clips_room(100 * mib, 450 * mib, 500 * mib, 40 * mib), None);
+        let w = clips_room(300 * mib, 20 * mib, 500 * mib, 40 * mib).unwrap();
+        assert!(
+            w.contains("clips.max_bytes = 500.0 MiB, but its filesystem has 300.0 MiB free")
+                && w.contains(
+                    "hold 20.0 MiB, and a full outbox on the same filesystem needs 40.0 MiB"
+                )
+                && w.contains("the outbox could then not keep alarms")
+                && w.contains("Lower clips.max_bytes to at most 280.0 MiB"),
+            "{w}"
+        );
+        // On a filesystem of its own: the outbox is not named.
+        let w = clips_room(300 * mib, 0, 500 * mib, 0).unwrap();
+        assert!(
+            !w.contains("outbox") && w.contains("at most 300.0 MiB"),
+            "{w}"
+        );
+        // The clips counted are the daemon's own, in `<dir>/<machine>/`.
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("pump-1")).unwrap();
+        std::fs::write(d.path().join("pump-1/n-pump-1-1-1.wav"), [0u8; 1000]).unwrap();
+        std::fs::write(d.path().join("pump-1/notes.txt"), [0u8; 5000]).unwrap();
+        assert_eq!(held_bytes(d.path()), 1000);
+    }
 
     #[test]
     fn a_clip_that_cannot_be_written_leaves_nothing_behind() {

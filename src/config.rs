@@ -1115,6 +1115,18 @@ pub fn check_writable_dir(dir: &Path) -> Result<(), String> {
     })
 }
 
+/// Warnings about room on disk, for `validate` and the start of `run`: the outbox's ([`low_space_warning`]) and
+/// the evidence clips' ([`crate::clips::low_space_warning`]).
+pub fn low_space_warnings(cfg: &Config) -> Vec<String> {
+    [
+        low_space_warning(&cfg.state_dir, cfg.mqtt.outbox_max),
+        crate::clips::low_space_warning(cfg),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
 /// A warning when the filesystem of `dir` has less room than a full outbox takes (`outbox_max` messages of
 /// one block and one inode each): while the broker is unreachable the outbox would fill it, and alarms beyond
 /// that point would no longer survive a restart. `None` when there is room, or where the free space cannot be
@@ -1124,17 +1136,34 @@ pub fn low_space_warning(dir: &Path, outbox_max: usize) -> Option<String> {
     low_space(&free, outbox_max).map(|why| format!("state_dir {}: {why}", dir.display()))
 }
 
+/// What a full outbox takes on the filesystem of `free`: one block per message.
+pub(crate) fn outbox_bytes(free: &FreeSpace, outbox_max: usize) -> u64 {
+    (outbox_max as u64).saturating_mul(free.block)
+}
+
 /// Room left on a filesystem, for an unprivileged user.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct FreeSpace {
-    bytes: u64,
+pub(crate) struct FreeSpace {
+    pub bytes: u64,
     /// `None` where the filesystem does not count inodes (btrfs reports none).
-    inodes: Option<u64>,
-    block: u64,
+    pub inodes: Option<u64>,
+    pub block: u64,
+    /// The device the path lies on (`st_dev`), to tell whether two directories share a filesystem.
+    pub dev: u64,
+}
+
+/// The room left on the filesystem that holds `path`, or would hold it once created (its nearest existing
+/// ancestor is asked).
+#[cfg(unix)]
+pub(crate) fn free_space(path: &Path) -> Option<FreeSpace> {
+    use std::os::unix::fs::MetadataExt;
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let dev = std::fs::metadata(existing).ok()?.dev();
+    statvfs(existing, dev)
 }
 
 #[cfg(unix)]
-fn free_space(dir: &Path) -> Option<FreeSpace> {
+fn statvfs(dir: &Path, dev: u64) -> Option<FreeSpace> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
     // SAFETY: statvfs only writes the struct it is given; `path` is NUL-terminated and outlives the call.
@@ -1154,17 +1183,18 @@ fn free_space(dir: &Path) -> Option<FreeSpace> {
         bytes: bavail.saturating_mul(frsize),
         inodes: (files > 0).then_some(favail),
         block: bsize.max(frsize).max(512),
+        dev,
     })
 }
 
 #[cfg(not(unix))]
-fn free_space(_dir: &Path) -> Option<FreeSpace> {
+pub(crate) fn free_space(_dir: &Path) -> Option<FreeSpace> {
     None
 }
 
 fn low_space(free: &FreeSpace, outbox_max: usize) -> Option<String> {
     let messages = outbox_max as u64;
-    let need = messages.saturating_mul(free.block);
+    let need = outbox_bytes(free, outbox_max);
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     let consequence = "while the broker is unreachable the outbox could fill it, and alarms after that would be \
                        kept in memory only (lost if sonitor stops before the broker is back): free space there, \
@@ -1531,6 +1561,7 @@ min_duration = "3s"
             bytes,
             inodes,
             block: 4096,
+            dev: 1,
         };
         let w = low_space(&free(mib, Some(1_000_000)), 10_000).unwrap();
         assert!(

@@ -781,7 +781,7 @@ pub fn run(config_path: &Path) -> i32 {
         return crate::config::EXIT_CONFIG;
     };
     init_logging(&cfg.log_level);
-    if let Some(w) = crate::config::low_space_warning(&cfg.state_dir, cfg.mqtt.outbox_max) {
+    for w in crate::config::low_space_warnings(&cfg) {
         log::warn!("{w}");
     }
     match start(cfg, config_path, bundles, None) {
@@ -1367,7 +1367,7 @@ pub fn validate(config_path: &Path) -> i32 {
                 bundles.len(),
                 cfg.topic_base()
             );
-            if let Some(w) = crate::config::low_space_warning(&cfg.state_dir, cfg.mqtt.outbox_max) {
+            for w in crate::config::low_space_warnings(&cfg) {
                 println!("{}: warning: {w}", config_path.display());
             }
         }
