@@ -68,9 +68,25 @@ pub fn check_no_leftover(out: &Path) -> anyhow::Result<()> {
         return Ok(());
     }
     let held = names_in(&backup)?;
+    // The old manifest set aside and a new one in its place: the run wrote its bundle (step 3 failed).
+    let manifest = sonitor_core::bundle::MANIFEST_FILE;
+    let bundle_written = out.join(manifest).exists() && backup.join(manifest).exists();
+    // --resume needs the new run's checkpoint; a run killed before its first epoch wrote none.
+    let finish = if bundle_written {
+        format!(
+            "The new bundle was written but removing the old one failed: remove {} once you no longer need it.",
+            backup.display()
+        )
+    } else if checkpoint::find(out).join(checkpoint::STATE_FILE).exists() {
+        format!(
+            "To finish that run, continue it with --resume (which removes {} once the new bundle is written).",
+            backup.display()
+        )
+    } else {
+        "That run was stopped before it wrote a checkpoint, so it cannot be resumed.".to_string()
+    };
     anyhow::bail!(
-        "--out {}: {} holds what an interrupted --force run set aside from it ({}): the bundle it was replacing. \
-         To finish that run, continue it with --resume (which removes {} once the new bundle is written). To go \
+        "--out {}: {} holds what a --force run set aside from it ({}): the bundle it was replacing. {finish} To go \
          back to the old bundle, move everything in {} into {}, replacing what is there of the same name, and \
          remove {}. To give the old bundle up, remove {}.",
         out.display(),
@@ -80,7 +96,6 @@ pub fn check_no_leftover(out: &Path) -> anyhow::Result<()> {
         } else {
             held.join(", ")
         },
-        backup.display(),
         backup.display(),
         out.display(),
         backup.display(),
@@ -351,6 +366,21 @@ mod tests {
             assert_eq!(files(out), before, "step {step}");
             assert!(!backup_dir(out).exists());
         }
+    }
+
+    #[test]
+    fn a_leftover_backup_after_a_written_bundle_is_named_as_such() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path();
+        std::fs::create_dir(out.join(DIR)).unwrap();
+        std::fs::write(out.join(DIR).join("manifest.json"), "old").unwrap();
+        std::fs::write(out.join("manifest.json"), "new").unwrap();
+        let e = format!("{:#}", check_no_leftover(out).unwrap_err());
+        assert!(
+            e.contains("The new bundle was written but removing the old one failed")
+                && !e.contains("--resume"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -447,21 +447,27 @@ fn the_library_force_and_a_killed_forced_fit() {
         let e = err(fit(&o));
         assert!(
             e.contains(&format!("{}", out.join(".replaced").display()))
-                && e.contains("interrupted --force run")
+                && e.contains("a --force run set aside")
                 && e.contains("(checkpoint)")
-                && e.contains("--resume")
+                && e.contains("continue it with --resume")
                 && e.contains("move everything in")
                 && e.contains("To give the old bundle up, remove"),
             "{e}"
         );
         unchanged(&out, &killed);
     }
-    // `prune --force` into it: refused the same way.
+    // `prune --force` into it: refused the same way. Without the new run's checkpoint (killed before its first
+    // epoch) --resume is not offered.
     let mut pa = data::prune_args(&other, &out);
     pa.force = true;
     std::fs::rename(out.join("checkpoint"), other.join("checkpoint")).unwrap();
     let e = err(sonitor_train::prune::run(&pa));
-    assert!(e.contains("interrupted --force run"), "{e}");
+    assert!(
+        e.contains("a --force run set aside")
+            && e.contains("stopped before it wrote a checkpoint, so it cannot be resumed")
+            && !e.contains("continue it with --resume"),
+        "{e}"
+    );
     std::fs::rename(other.join("checkpoint"), out.join("checkpoint")).unwrap();
     unchanged(&out, &killed);
 
