@@ -130,15 +130,19 @@ fn clips_room(free: u64, held: u64, max_bytes: u64, outbox: u64) -> Option<Strin
     } else {
         (String::new(), "")
     };
+    let fits = room.saturating_sub(outbox);
+    let lower = if fits > 0 {
+        format!("lower clips.max_bytes to at most {:.1} MiB, ", mib(fits))
+    } else {
+        String::new()
+    };
     Some(format!(
         "clips.max_bytes = {:.1} MiB, but its filesystem has {:.1} MiB free and the clips kept there hold \
          {:.1} MiB{outbox_note}: clips would fill the disk before the retention removes any; {outbox_harm}new \
-         clips could not be written. Lower clips.max_bytes to at most {:.1} MiB, free space there, or set \
-         clips.dir to another filesystem",
+         clips could not be written. To fix it, {lower}free space there, or set clips.dir to another filesystem",
         mib(max_bytes),
         mib(free),
         mib(held),
-        mib(room.saturating_sub(outbox))
     ))
 }
 
@@ -184,13 +188,19 @@ mod tests {
                     "hold 20.0 MiB, and a full outbox on the same filesystem needs 40.0 MiB"
                 )
                 && w.contains("the outbox could then not keep alarms")
-                && w.contains("Lower clips.max_bytes to at most 280.0 MiB"),
+                && w.contains("lower clips.max_bytes to at most 280.0 MiB"),
             "{w}"
         );
         // On a filesystem of its own: the outbox is not named.
         let w = clips_room(300 * mib, 0, 500 * mib, 0).unwrap();
         assert!(
             !w.contains("outbox") && w.contains("at most 300.0 MiB"),
+            "{w}"
+        );
+        // A full disk: nothing to lower max_bytes to.
+        let w = clips_room(0, 0, 500 * mib, 40 * mib).unwrap();
+        assert!(
+            w.contains("To fix it, free space there") && !w.contains("at most"),
             "{w}"
         );
         // The clips counted are the daemon's own, in `<dir>/<machine>/`.

@@ -628,9 +628,11 @@ fn env_overrides<I: IntoIterator<Item = (String, String)>>(vars: I) -> BTreeMap<
 }
 
 /// The config crate's message, with the key path written as the file's readers write it: the crate drops the dot
-/// after an array index (`devices[0]ring_seconds`), which reads as a typo for a key that does not exist, and
-/// names the file again by a path relative to the working directory.
-fn config_crate_message(e: &config::ConfigError) -> String {
+/// after an array index (`devices[0]ring_seconds`), which reads as a typo for a key that does not exist. The
+/// crate then names where the value came from: the file again, by a path relative to the working directory
+/// (dropped: the error leads with the path as given), or "the environment" (kept, with the variable's name from
+/// `from_env`, which maps a key path to the variable that set it).
+fn config_crate_message(e: &config::ConfigError, from_env: &BTreeMap<String, String>) -> String {
     let msg = e.to_string();
     let marker = "for key `";
     let Some(start) = msg.find(marker).map(|i| i + marker.len()) else {
@@ -652,11 +654,18 @@ fn config_crate_message(e: &config::ConfigError) -> String {
             fixed.push('.');
         }
     }
-    // What follows the key is the crate's name for the file (" in ../../etc/sonitor.toml", relative to the working
-    // directory); the error already leads with the path as given.
     let rest = &msg[start + len..];
-    let rest = rest.find(" in ").map_or(rest, |i| &rest[..i]);
-    format!("{}{fixed}{rest}", &msg[..start])
+    let origin = match rest.find(" in ") {
+        Some(i) if rest[i..].starts_with(" in the environment") => {
+            match from_env.get(&fixed.to_ascii_lowercase()) {
+                Some(var) => format!("{} (set by the environment variable {var})", &rest[..i]),
+                None => rest.to_string(),
+            }
+        }
+        Some(i) => rest[..i].to_string(),
+        None => rest.to_string(),
+    };
+    format!("{}{fixed}{origin}", &msg[..start])
 }
 
 impl Config {
@@ -705,7 +714,7 @@ impl Config {
             .add_source(config::File::from(path).format(config::FileFormat::Toml))
             .add_source(env)
             .build()
-            .map_err(|e| err(config_crate_message(&e)))?;
+            .map_err(|e| err(config_crate_message(&e, &from_env)))?;
         // Durations are checked before the typed read, which names neither the key of a machine's duration (the
         // detector settings are flattened into the machine) nor what a duration looks like.
         if let Ok(tree) = built.clone().try_deserialize::<serde_json::Value>() {
@@ -719,7 +728,7 @@ impl Config {
         }
         built
             .try_deserialize::<Config>()
-            .map_err(|e| err(config_crate_message(&e)))
+            .map_err(|e| err(config_crate_message(&e, &from_env)))
     }
 
     pub fn device(&self, name: &str) -> Option<&DeviceConfig> {
@@ -963,6 +972,7 @@ impl Config {
         if self.pipeline.queue == 0 || self.pipeline.queue > 1024 {
             p.push("pipeline.queue must be 1..1024".into());
         }
+        // A full disk is warned about ([`low_space_warnings`]), not refused.
         if let Err(e) = check_writable_dir(&self.state_dir) {
             p.push(format!("state_dir {}: {e}", self.state_dir.display()));
         }
@@ -1087,44 +1097,72 @@ const PROBE_BYTES: usize = 4096;
 
 /// Creates the directory if needed (as `run` does) and checks that it takes a write that reaches the disk: a
 /// probe file with content, fsynced, then removed. An empty file, as this check once wrote, is created on a
-/// full filesystem too, and the daemon then started with nowhere to keep its alarms. The probe is removed
-/// whatever happens after it was created. The error names the OS error and what to do.
-pub fn check_writable_dir(dir: &Path) -> Result<(), String> {
+/// full filesystem too. The probe is removed whatever happens after it was created.
+///
+/// `Err`: the directory cannot serve (it cannot be created, is read-only, or not the user's to write), with the
+/// OS error and what to do; the configuration is refused. `Ok(Some(warning))`: it is on a full filesystem (or
+/// over a quota). That is a state of the disk, not of the configuration, and it passes once space is freed: the
+/// daemon starts, keeps alarm transitions it cannot write in memory and publishes them, so refusing to start
+/// (exit 78, which systemd does not restart) would silence the machine for good after a crash on a full disk.
+pub fn check_writable_dir(dir: &Path) -> Result<Option<String>, String> {
     use std::io::Write;
     std::fs::create_dir_all(dir)
         .map_err(|e| format!("cannot create the directory: {e}; {}", what_to_do(&e)))?;
     let probe = dir.join(format!(".sonitor-probe-{}", std::process::id()));
-    let mut file = std::fs::File::create(&probe)
-        .map_err(|e| format!("cannot create a file in it: {e}; {}", what_to_do(&e)))?;
-    let written = file
-        .write_all(&[b'.'; PROBE_BYTES])
-        .and_then(|()| file.sync_all());
-    drop(file);
-    let removed = std::fs::remove_file(&probe);
-    written.map_err(|e| {
-        format!(
-            "cannot write a {PROBE_BYTES}-byte test file in it: {e}; {}",
+    let written = std::fs::File::create(&probe).map(|mut file| {
+        let written = file
+            .write_all(&[b'.'; PROBE_BYTES])
+            .and_then(|()| file.sync_all());
+        drop(file);
+        let removed = std::fs::remove_file(&probe).map_err(|e| {
+            format!(
+                "cannot remove the test file {} it wrote: {e}; remove it by hand and check the directory's \
+                 permissions",
+                probe.display()
+            )
+        });
+        written.map(|()| removed)
+    });
+    let failed = match written {
+        Ok(Ok(removed)) => return removed.map(|()| None),
+        Ok(Err(e)) => (
+            e,
+            format!("cannot write a {PROBE_BYTES}-byte test file in it"),
+        ),
+        Err(e) => (e, "cannot create a file in it".to_string()),
+    };
+    let (e, what) = failed;
+    if is_full(&e) {
+        Ok(Some(format!(
+            "{what}: {e}: alarm transitions will be kept in memory only until it has room (published when the \
+             broker is reachable, lost if sonitor stops before that); {}",
             what_to_do(&e)
-        )
-    })?;
-    removed.map_err(|e| {
-        format!(
-            "cannot remove the test file {} it wrote: {e}; remove it by hand and check the directory's permissions",
-            probe.display()
-        )
-    })
+        )))
+    } else {
+        Err(format!("{what}: {e}; {}", what_to_do(&e)))
+    }
+}
+
+/// A full filesystem or an exceeded quota: a passing state of the disk.
+fn is_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 /// Warnings about room on disk, for `validate` and the start of `run`: the outbox's ([`low_space_warning`]) and
 /// the evidence clips' ([`crate::clips::low_space_warning`]).
 pub fn low_space_warnings(cfg: &Config) -> Vec<String> {
-    [
-        low_space_warning(&cfg.state_dir, cfg.mqtt.outbox_max),
-        crate::clips::low_space_warning(cfg),
-    ]
-    .into_iter()
-    .flatten()
-    .collect()
+    // A full state filesystem (the write check's warning) says more than its free space would.
+    let state = match check_writable_dir(&cfg.state_dir) {
+        Ok(Some(full)) => Some(format!("state_dir {}: {full}", cfg.state_dir.display())),
+        _ => low_space_warning(&cfg.state_dir, cfg.mqtt.outbox_max),
+    };
+    [state, crate::clips::low_space_warning(cfg)]
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// A warning when the filesystem of `dir` has less room than a full outbox takes (`outbox_max` messages of
@@ -1182,7 +1220,8 @@ fn statvfs(dir: &Path, dev: u64) -> Option<FreeSpace> {
     Some(FreeSpace {
         bytes: bavail.saturating_mul(frsize),
         inodes: (files > 0).then_some(favail),
-        block: bsize.max(frsize).max(512),
+        // The allocation unit; f_bsize is the preferred I/O size (1 MiB on some NFS mounts).
+        block: if frsize > 0 { frsize } else { bsize }.max(512),
         dev,
     })
 }
@@ -1223,8 +1262,8 @@ fn what_to_do(e: &std::io::Error) -> &'static str {
     use std::io::ErrorKind;
     match e.kind() {
         ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
-            "alarms would be lost while the broker is unreachable: free space on its filesystem (clips are kept \
-             there too unless clips.dir says otherwise) or set state_dir to a directory on another one"
+            "free space on its filesystem (clips are kept there too unless clips.dir says otherwise) or set \
+             state_dir to a directory on another one"
         }
         ErrorKind::ReadOnlyFilesystem => {
             "its filesystem is mounted read-only: remount it read-write, or set state_dir to a directory on a \
@@ -1363,6 +1402,15 @@ min_duration = "3s"
             .to_string();
         assert!(e.contains("`devices[0].ring_seconds`"), "{e}");
         assert!(!e.contains("` in "), "{e}");
+        // A value from the environment is blamed on its variable, not on the file.
+        let env = [("SONITOR_MQTT__PORT".to_string(), "abc".to_string())];
+        let e = Config::load_with_env(&write(d.path(), &minimal(d.path())), env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`mqtt.port` (set by the environment variable SONITOR_MQTT__PORT)"),
+            "{e}"
+        );
         // A setting with a fixed set of values lists them.
         let text = minimal(d.path()).replace(
             "source = \"capture\"",
@@ -1550,7 +1598,7 @@ min_duration = "3s"
         }
         // A writable directory passes, and keeps no probe file.
         let ok = d.path().join("state");
-        assert_eq!(check_writable_dir(&ok), Ok(()));
+        assert_eq!(check_writable_dir(&ok), Ok(None));
         assert_eq!(std::fs::read_dir(&ok).unwrap().count(), 0);
     }
 
