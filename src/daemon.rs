@@ -1231,7 +1231,9 @@ pub fn start(
     drop(features_thread);
     drop(inference_thread);
     let _ = clip_thread.join();
-    let outbox = ctl.outbox.lock().unwrap_or_else(|e| e.into_inner());
+    let mut outbox = ctl.outbox.lock().unwrap_or_else(|e| e.into_inner());
+    // The disk may have room again (clips removed, space freed) since the last transition tried.
+    outbox.write_memory_only();
     let lost: Vec<String> = outbox
         .memory_only()
         .map(|r| format!("{} {} on {}", r.seq, r.msg.payload, r.msg.topic))
@@ -1243,7 +1245,8 @@ pub fn start(
             ctl.cfg.state_dir.join("outbox").display()
         );
     }
-    if !lost.is_empty() {
+    // Without MQTT nothing is ever sent from the outbox; the next start with MQTT on sends what is on disk.
+    if !lost.is_empty() && ctl.cfg.mqtt.enabled {
         log::error!(
             "{} alarm message(s) not acknowledged by the broker could not be written to {} and are lost; \
              each follows",

@@ -163,8 +163,9 @@ impl Outbox {
         first_error.map_or(Ok(seqs), Err)
     }
 
-    /// Writes the messages kept in memory only, oldest first, until one fails (the disk still refuses).
-    fn write_memory_only(&mut self) {
+    /// Writes the messages kept in memory only, oldest first, until one fails (the disk still refuses). Each
+    /// push does it first; the daemon once more as it stops.
+    pub fn write_memory_only(&mut self) {
         let mut written = 0;
         while let Some(&seq) = self.memory_only.first() {
             let Ok(i) = self.records.binary_search_by_key(&seq, |r| r.seq) else {
