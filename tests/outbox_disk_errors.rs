@@ -7,6 +7,8 @@
 //! (the directory replaced by a regular file: ENOTDIR); the second remounts a tmpfs read-only for real, in a
 //! private mount namespace (skipped, with a message, where none can be made).
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
@@ -190,15 +192,8 @@ fn on_a_read_only_remount_the_log_says_what_happened() {
     let d = tempfile::tempdir().unwrap();
     let mnt = d.path().join("outbox");
     std::fs::create_dir(&mnt).unwrap();
-    // SAFETY: geteuid has no preconditions.
-    let ns = if unsafe { libc::geteuid() } == 0 {
-        "-m"
-    } else {
-        "-rm"
-    };
     let exe = std::env::current_exe().unwrap();
-    let out = Command::new("unshare")
-        .arg(ns)
+    let out = common::private_mount_namespace()
         .arg(exe)
         .args([
             "--exact",

@@ -433,6 +433,16 @@ pub fn standard_bundle(dir: &Path) -> TestBundle {
     b
 }
 
+/// `unshare` ready to run a command in a private mount namespace: as root a plain one, otherwise inside a user
+/// namespace where the user is root (which fails where user namespaces are off; callers skip then).
+pub fn private_mount_namespace() -> Command {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut c = Command::new("unshare");
+    c.arg(if root { "-m" } else { "-rm" });
+    c
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
