@@ -1382,31 +1382,29 @@ min_duration = "3s"
     #[test]
     fn unknown_keys_and_bad_types_are_named() {
         let d = tempfile::tempdir().unwrap();
+        // The error a configuration text (with the given environment) is refused with.
+        let refused = |text: &str, env: &[(&str, &str)]| {
+            let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+            Config::load_with_env(&write(d.path(), text), env)
+                .unwrap_err()
+                .to_string()
+        };
         let text = minimal(d.path()).replace("raise_k = 2", "raise_kk = 2");
-        let e = Config::load_with_env(&write(d.path(), &text), [])
-            .unwrap_err()
-            .to_string();
+        let e = refused(&text, &[]);
         assert!(e.contains("raise_kk"), "{e}");
         let text = minimal(d.path()).replace("raise_k = 2", "raise_k = \"two\"");
-        let e = Config::load_with_env(&write(d.path(), &text), [])
-            .unwrap_err()
-            .to_string();
+        let e = refused(&text, &[]);
         assert!(e.contains("raise_k") || e.contains("two"), "{e}");
         // A key inside an array of tables is written with its dot (the config crate drops it).
         let text = minimal(d.path()).replace(
             "device = \"default\"",
             "device = \"default\"\nring_seconds = \"four\"",
         );
-        let e = Config::load_with_env(&write(d.path(), &text), [])
-            .unwrap_err()
-            .to_string();
+        let e = refused(&text, &[]);
         assert!(e.contains("`devices[0].ring_seconds`"), "{e}");
         assert!(!e.contains("` in "), "{e}");
         // A value from the environment is blamed on its variable, not on the file.
-        let env = [("SONITOR_MQTT__PORT".to_string(), "abc".to_string())];
-        let e = Config::load_with_env(&write(d.path(), &minimal(d.path())), env)
-            .unwrap_err()
-            .to_string();
+        let e = refused(&minimal(d.path()), &[("SONITOR_MQTT__PORT", "abc")]);
         assert!(
             e.contains("`mqtt.port` (set by the environment variable SONITOR_MQTT__PORT)"),
             "{e}"
@@ -1416,16 +1414,12 @@ min_duration = "3s"
             "source = \"capture\"",
             "source = \"file\"\nat_end = \"rewind\"",
         );
-        let e = Config::load_with_env(&write(d.path(), &text), [])
-            .unwrap_err()
-            .to_string();
+        let e = refused(&text, &[]);
         assert!(
             e.contains("'rewind' is not one of: stop, loop, exit"),
             "{e}"
         );
-        let e = Config::load_with_env(&write(d.path(), "node_id = [1,"), [])
-            .unwrap_err()
-            .to_string();
+        let e = refused("node_id = [1,", &[]);
         assert!(e.contains("sonitor.toml"), "{e}");
     }
 
