@@ -321,8 +321,14 @@ pub fn operating_table(sections: &[SectionScores]) -> String {
     t
 }
 
+/// Where `eval` writes its submission files by default, inside the bundle directory.
+pub const DEFAULT_SCORES_DIR: &str = "scores";
+
 pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
-    let out = a.out.clone().unwrap_or_else(|| a.model.join("scores"));
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| a.model.join(DEFAULT_SCORES_DIR));
     // A picture that cannot be drawn is refused now, not after every clip is scored.
     if let Some(p) = &a.plot {
         sonitor_core::plot::check_target(p).with_context(|| format!("--plot {}", p.display()))?;

@@ -38,16 +38,19 @@ fn checkpoint_names(out: &Path) -> Vec<OsString> {
         .collect()
 }
 
-/// The entries that make the bundle itself (and the scores `eval` writes beside it by default).
+/// The files of the bundle itself.
+pub const BUNDLE_FILES: [&str; 2] = [
+    sonitor_core::bundle::MANIFEST_FILE,
+    sonitor_core::bundle::DEFAULT_ONNX_FILE,
+];
+
+/// The entries that make the bundle itself, and the scores `eval` writes beside it by default.
 fn bundle_names() -> Vec<OsString> {
-    [
-        sonitor_core::bundle::MANIFEST_FILE,
-        sonitor_core::bundle::DEFAULT_ONNX_FILE,
-        "scores",
-    ]
-    .iter()
-    .map(OsString::from)
-    .collect()
+    BUNDLE_FILES
+        .iter()
+        .chain([&crate::eval::DEFAULT_SCORES_DIR])
+        .map(OsString::from)
+        .collect()
 }
 
 fn names_in(dir: &Path) -> anyhow::Result<Vec<String>> {
@@ -169,33 +172,23 @@ impl Replacement {
     fn set_aside(&mut self, names: &[OsString]) -> anyhow::Result<()> {
         for name in names {
             let (here, kept) = (self.out.join(name), self.backup.join(name));
-            if !exists(&here) {
-                self.done.push(Entry {
-                    name: name.clone(),
-                    moved: false,
-                });
-                continue;
-            }
-            if exists(&kept) {
+            let moved = exists(&here) && !exists(&kept);
+            if moved {
+                std::fs::create_dir_all(&self.backup)
+                    .with_context(|| format!("--force: creating {}", self.backup.display()))?;
+                std::fs::rename(&here, &kept).with_context(|| {
+                    format!(
+                        "--force: moving {} aside into {}",
+                        here.display(),
+                        self.backup.display()
+                    )
+                })?;
+            } else if exists(&kept) {
                 remove(&here)?;
-                self.done.push(Entry {
-                    name: name.clone(),
-                    moved: false,
-                });
-                continue;
             }
-            std::fs::create_dir_all(&self.backup)
-                .with_context(|| format!("--force: creating {}", self.backup.display()))?;
-            std::fs::rename(&here, &kept).with_context(|| {
-                format!(
-                    "--force: moving {} aside into {}",
-                    here.display(),
-                    self.backup.display()
-                )
-            })?;
             self.done.push(Entry {
                 name: name.clone(),
-                moved: true,
+                moved,
             });
         }
         self.sync()

@@ -776,11 +776,7 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
 /// What a bundle directory holds that a new run must not mix with its own: the bundle's files and the
 /// checkpoints (whole, moved aside or half-written).
 fn bundle_entries(out: &Path) -> Vec<PathBuf> {
-    let files = [
-        sonitor_core::bundle::MANIFEST_FILE,
-        sonitor_core::bundle::DEFAULT_ONNX_FILE,
-    ];
-    let mut v: Vec<PathBuf> = files.iter().map(|f| out.join(f)).collect();
+    let mut v: Vec<PathBuf> = replace::BUNDLE_FILES.iter().map(|f| out.join(f)).collect();
     v.extend(checkpoint::all_dirs(out));
     v
 }
