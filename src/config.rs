@@ -972,11 +972,32 @@ impl Config {
         if self.pipeline.queue == 0 || self.pipeline.queue > 1024 {
             p.push("pipeline.queue must be 1..1024".into());
         }
-        // A full disk is warned about ([`low_space_warnings`]), not refused.
-        if let Err(e) = check_writable_dir(&self.state_dir) {
-            p.push(format!("state_dir {}: {e}", self.state_dir.display()));
-        }
         p
+    }
+
+    /// The state directory's write check ([`check_writable_dir`], one probe) and the warnings about room on disk,
+    /// for `validate`, the start of `run` and a reload: a directory that cannot serve is a problem; a full disk,
+    /// or less room than a full outbox or `clips.max_bytes` takes, a warning.
+    pub fn disk_check(&self) -> DiskCheck {
+        let state = |s: String| format!("state_dir {}: {s}", self.state_dir.display());
+        let state_warning = match check_writable_dir(&self.state_dir) {
+            Err(e) => {
+                return DiskCheck {
+                    problem: Some(state(e)),
+                    warnings: Vec::new(),
+                }
+            }
+            // A full state filesystem says more than its free space would.
+            Ok(Some(full)) => Some(state(full)),
+            Ok(None) => low_space_warning(&self.state_dir, self.mqtt.outbox_max),
+        };
+        DiskCheck {
+            problem: None,
+            warnings: [state_warning, crate::clips::low_space_warning(self)]
+                .into_iter()
+                .flatten()
+                .collect(),
+        }
     }
 }
 
@@ -1151,25 +1172,19 @@ fn is_full(e: &std::io::Error) -> bool {
     )
 }
 
-/// Warnings about room on disk, for `validate` and the start of `run`: the outbox's ([`low_space_warning`]) and
-/// the evidence clips' ([`crate::clips::low_space_warning`]).
-pub fn low_space_warnings(cfg: &Config) -> Vec<String> {
-    // A full state filesystem (the write check's warning) says more than its free space would.
-    let state = match check_writable_dir(&cfg.state_dir) {
-        Ok(Some(full)) => Some(format!("state_dir {}: {full}", cfg.state_dir.display())),
-        _ => low_space_warning(&cfg.state_dir, cfg.mqtt.outbox_max),
-    };
-    [state, crate::clips::low_space_warning(cfg)]
-        .into_iter()
-        .flatten()
-        .collect()
+/// What [`Config::disk_check`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiskCheck {
+    /// The state directory cannot serve (read-only, no permission, cannot be created).
+    pub problem: Option<String>,
+    pub warnings: Vec<String>,
 }
 
 /// A warning when the filesystem of `dir` has less room than a full outbox takes (`outbox_max` messages of
 /// one block and one inode each): while the broker is unreachable the outbox would fill it, and alarms beyond
 /// that point would no longer survive a restart. `None` when there is room, or where the free space cannot be
 /// read (the write check already passed).
-pub fn low_space_warning(dir: &Path, outbox_max: usize) -> Option<String> {
+fn low_space_warning(dir: &Path, outbox_max: usize) -> Option<String> {
     let free = free_space(dir)?;
     low_space(&free, outbox_max).map(|why| format!("state_dir {}: {why}", dir.display()))
 }
@@ -1583,7 +1598,11 @@ min_duration = "3s"
             &format!("state_dir = \"{}\"", d.path().join("state").display()),
             &format!("state_dir = \"{}\"", state.display()),
         );
-        let p = problems(d.path(), &text);
+        let p = Config::load_with_env(&write(d.path(), &text), [])
+            .unwrap()
+            .disk_check()
+            .problem
+            .unwrap_or_default();
         assert_named(&p, &[&format!("state_dir {}: ", state.display())]);
         assert_named(&p, expected);
         if !root {

@@ -61,15 +61,35 @@ fn threshold_off_above_bundle(m: &MachineConfig, bundle_threshold: f64) -> Optio
     ))
 }
 
+/// What [`check`] found.
+pub struct Checked {
+    /// `None` when the file could not be read at all.
+    pub cfg: Option<Config>,
+    /// The loaded bundles, by path.
+    pub bundles: BTreeMap<PathBuf, Bundle>,
+    /// Empty when the configuration is usable.
+    pub problems: Vec<String>,
+    /// What does not stop it (room on disk: [`Config::disk_check`]).
+    pub warnings: Vec<String>,
+}
+
 /// Loads the configuration and checks everything that can be checked before running: files, bundles,
-/// sections, channels, devices, ports. Returns the configuration, the loaded bundles (by path) and the list of
-/// problems (empty when the configuration is usable).
-pub fn check(path: &Path) -> (Option<Config>, BTreeMap<PathBuf, Bundle>, Vec<String>) {
+/// sections, channels, devices, ports, the state directory.
+pub fn check(path: &Path) -> Checked {
     let cfg = match Config::load(path) {
         Ok(c) => c,
-        Err(e) => return (None, BTreeMap::new(), e.problems()),
+        Err(e) => {
+            return Checked {
+                cfg: None,
+                bundles: BTreeMap::new(),
+                problems: e.problems(),
+                warnings: Vec::new(),
+            }
+        }
     };
     let mut problems = cfg.static_problems();
+    let disk = cfg.disk_check();
+    problems.extend(disk.problem);
     let mut bundles = BTreeMap::new();
     for m in &cfg.machines {
         let at = format!("machine '{}'", m.name);
@@ -175,7 +195,12 @@ pub fn check(path: &Path) -> (Option<Config>, BTreeMap<PathBuf, Bundle>, Vec<Str
             }
         }
     }
-    (Some(cfg), bundles, problems)
+    Checked {
+        cfg: Some(cfg),
+        bundles,
+        problems,
+        warnings: disk.warnings,
+    }
 }
 
 /// A minimal logger to stderr (journald adds time and unit).
@@ -691,6 +716,7 @@ impl Controller {
             Ok(new) => new,
         };
         let mut problems = new.static_problems();
+        problems.extend(new.disk_check().problem);
         for nm in &new.machines {
             let Some(m) = self.machines.iter().find(|m| m.cfg.name == nm.name) else {
                 continue;
@@ -772,7 +798,12 @@ impl Controller {
 
 /// Runs the daemon; returns the process exit status.
 pub fn run(config_path: &Path) -> i32 {
-    let (cfg, bundles, problems) = check(config_path);
+    let Checked {
+        cfg,
+        bundles,
+        problems,
+        warnings,
+    } = check(config_path);
     let Some(cfg) = cfg.filter(|_| problems.is_empty()) else {
         eprintln!("sonitor: {} cannot be used:", config_path.display());
         for p in &problems {
@@ -781,7 +812,7 @@ pub fn run(config_path: &Path) -> i32 {
         return crate::config::EXIT_CONFIG;
     };
     init_logging(&cfg.log_level);
-    for w in crate::config::low_space_warnings(&cfg) {
+    for w in warnings {
         log::warn!("{w}");
     }
     match start(cfg, config_path, bundles, None) {
@@ -1359,7 +1390,12 @@ fn on_source_event(ctl: &mut Controller, e: SourceEvent) {
 
 /// `sonitor validate`: prints each problem; returns the exit status (0 or 78).
 pub fn validate(config_path: &Path) -> i32 {
-    let (cfg, bundles, problems) = check(config_path);
+    let Checked {
+        cfg,
+        bundles,
+        problems,
+        warnings,
+    } = check(config_path);
     if problems.is_empty() {
         if let Some(cfg) = cfg {
             println!(
@@ -1370,7 +1406,7 @@ pub fn validate(config_path: &Path) -> i32 {
                 bundles.len(),
                 cfg.topic_base()
             );
-            for w in crate::config::low_space_warnings(&cfg) {
+            for w in warnings {
                 println!("{}: warning: {w}", config_path.display());
             }
         }

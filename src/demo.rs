@@ -210,7 +210,12 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Summary> {
     }
     std::fs::write(&config, config_text(o, &t, &o.out)?)
         .with_context(|| format!("writing {}", config.display()))?;
-    let (cfg, bundles, problems) = crate::daemon::check(&config);
+    let crate::daemon::Checked {
+        cfg,
+        bundles,
+        problems,
+        ..
+    } = crate::daemon::check(&config);
     let cfg = match cfg {
         Some(c) if problems.is_empty() => c,
         _ => anyhow::bail!(
