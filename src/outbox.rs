@@ -133,24 +133,22 @@ impl Outbox {
         while self.records.len() > self.max {
             if let Some(old) = self.records.pop_front() {
                 self.dropped += 1;
-                if self.memory_only.remove(&old.seq) {
-                    log::warn!(
-                        "outbox full ({} messages): dropping the oldest, message {} ({} on {}), which was never \
-                         written to disk",
-                        self.max,
-                        old.seq,
-                        old.msg.payload,
-                        old.msg.topic
-                    );
-                    continue;
-                }
+                let never_written = self.memory_only.remove(&old.seq);
                 log::warn!(
-                    "outbox full ({} messages): dropping the oldest, message {} ({} on {})",
+                    "outbox full ({} messages): dropping the oldest, message {} ({} on {}){}",
                     self.max,
                     old.seq,
                     old.msg.payload,
-                    old.msg.topic
+                    old.msg.topic,
+                    if never_written {
+                        ", which was never written to disk"
+                    } else {
+                        ""
+                    }
                 );
+                if never_written {
+                    continue;
+                }
                 if let Err(e) = self.remove_file(old.seq) {
                     log::warn!(
                         "outbox: cannot remove the file of dropped message {}: {e}; it will be published after \
