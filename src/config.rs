@@ -580,10 +580,7 @@ fn duration_problems(tree: &serde_json::Value, from_env: &BTreeMap<String, Strin
             },
             _ => format!("{value} is not a duration (a duration is text, in quotes)"),
         };
-        let var = from_env
-            .get(key)
-            .map(|v| format!(" (set by the environment variable {v})"))
-            .unwrap_or_default();
+        let var = set_by(from_env, key).unwrap_or_default();
         p.push(format!("{at}{key} = {why}{var}: {DURATION_HELP}"));
     };
     for key in DURATION_KEYS {
@@ -627,6 +624,13 @@ fn env_overrides<I: IntoIterator<Item = (String, String)>>(vars: I) -> BTreeMap<
         .collect()
 }
 
+/// ` (set by the environment variable SONITOR_…)` when `from_env` (key path → variable) says a variable set `key`.
+fn set_by(from_env: &BTreeMap<String, String>, key: &str) -> Option<String> {
+    from_env
+        .get(key)
+        .map(|v| format!(" (set by the environment variable {v})"))
+}
+
 /// The config crate's message, with the key path written as the file's readers write it: the crate drops the dot
 /// after an array index (`devices[0]ring_seconds`), which reads as a typo for a key that does not exist. The
 /// crate then names where the value came from: the file again, by a path relative to the working directory
@@ -657,8 +661,8 @@ fn config_crate_message(e: &config::ConfigError, from_env: &BTreeMap<String, Str
     let rest = &msg[start + len..];
     let origin = match rest.find(" in ") {
         Some(i) if rest[i..].starts_with(" in the environment") => {
-            match from_env.get(&fixed.to_ascii_lowercase()) {
-                Some(var) => format!("{} (set by the environment variable {var})", &rest[..i]),
+            match set_by(from_env, &fixed.to_ascii_lowercase()) {
+                Some(var) => format!("{}{var}", &rest[..i]),
                 None => rest.to_string(),
             }
         }
