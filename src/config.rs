@@ -993,7 +993,9 @@ impl Config {
             }
             // A full state filesystem says more than its free space would.
             Ok(Some(full)) => Some(state(full)),
-            Ok(None) => low_space_warning(&self.state_dir, self.mqtt.outbox_max),
+            Ok(None) => free_space(&self.state_dir)
+                .and_then(|free| low_space(&free, self.mqtt.outbox_max))
+                .map(state),
         };
         DiskCheck {
             problem: None,
@@ -1184,15 +1186,6 @@ pub struct DiskCheck {
     pub warnings: Vec<String>,
 }
 
-/// A warning when the filesystem of `dir` has less room than a full outbox takes (`outbox_max` messages of
-/// one block and one inode each): while the broker is unreachable the outbox would fill it, and alarms beyond
-/// that point would no longer survive a restart. `None` when there is room, or where the free space cannot be
-/// read (the write check already passed).
-fn low_space_warning(dir: &Path, outbox_max: usize) -> Option<String> {
-    let free = free_space(dir)?;
-    low_space(&free, outbox_max).map(|why| format!("state_dir {}: {why}", dir.display()))
-}
-
 /// What a full outbox takes on the filesystem of `free`: one block per message.
 pub(crate) fn outbox_bytes(free: &FreeSpace, outbox_max: usize) -> u64 {
     (outbox_max as u64).saturating_mul(free.block)
@@ -1250,6 +1243,9 @@ pub(crate) fn free_space(_dir: &Path) -> Option<FreeSpace> {
     None
 }
 
+/// Why the filesystem of `free` has too little room for a full outbox (`outbox_max` messages of one block and
+/// one inode each): while the broker is unreachable the outbox would fill it, and alarms beyond that point
+/// would no longer survive a restart. `None` when there is room.
 fn low_space(free: &FreeSpace, outbox_max: usize) -> Option<String> {
     let messages = outbox_max as u64;
     let need = outbox_bytes(free, outbox_max);
