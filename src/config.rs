@@ -593,12 +593,11 @@ fn duration_problems(tree: &serde_json::Value, from_env: &BTreeMap<String, Strin
                     let Some(value) = entry.get(field) else {
                         continue;
                     };
-                    // As the other problems of an entry are named: `machine 'pump-3': …`.
-                    let at = match entry.get("name").and_then(|n| n.as_str()) {
-                        Some(name) => format!("{} '{name}': ", array.trim_end_matches('s')),
-                        None => String::new(),
-                    };
-                    check(at, &format!("{array}[{i}].{field}"), value);
+                    check(
+                        entry_prefix(array, entry),
+                        &format!("{array}[{i}].{field}"),
+                        value,
+                    );
                 }
             }
             None => {
@@ -606,6 +605,60 @@ fn duration_problems(tree: &serde_json::Value, from_env: &BTreeMap<String, Strin
                 if let Some(value) = value {
                     check(String::new(), key, value);
                 }
+            }
+        }
+    }
+    p
+}
+
+/// `machine 'pump-3': `, as the other problems of an entry of an array of tables are named (empty without a name).
+fn entry_prefix(array: &str, entry: &serde_json::Value) -> String {
+    match entry.get("name").and_then(|n| n.as_str()) {
+        Some(name) => format!("{} '{name}': ", array.trim_end_matches('s')),
+        None => String::new(),
+    }
+}
+
+/// The detector's numeric settings, which are flattened into each machine, with what each must be. The typed
+/// read refuses a bad one naming only `machines[N]`, not the key.
+const DETECTOR_NUMBER_KEYS: &[(&str, &str)] = &[
+    ("threshold", "a score, e.g. 0.42"),
+    ("threshold_off", "a score, e.g. 0.38"),
+    ("raise_k", "a whole number of windows, e.g. 3"),
+    ("raise_n", "a whole number of windows, e.g. 5"),
+    ("clear_m", "a whole number of windows, e.g. 3"),
+    ("clear_n", "a whole number of windows, e.g. 5"),
+];
+
+/// Every numeric detector setting of a machine in `tree` that the typed read would refuse, named by its key path
+/// (`machine 'pump-3': machines[1].threshold = "high" is not a score, e.g. 0.42`). As strict as that read: through
+/// the flattening, a number in quotes or a fraction of a window count is refused too.
+fn detector_problems(tree: &serde_json::Value) -> Vec<String> {
+    let Some(machines) = tree.get("machines").and_then(|m| m.as_array()) else {
+        return Vec::new();
+    };
+    let mut p = Vec::new();
+    for (i, entry) in machines.iter().enumerate() {
+        for (key, want) in DETECTOR_NUMBER_KEYS {
+            // A JSON null is TOML's nan or inf, which the typed read takes (and `static_problems` refuses).
+            let Some(value) = entry.get(*key).filter(|v| !v.is_null()) else {
+                continue;
+            };
+            let ok = if key.starts_with("threshold") {
+                serde_json::from_value::<f64>(value.clone()).is_ok()
+            } else {
+                serde_json::from_value::<usize>(value.clone()).is_ok()
+            };
+            if !ok {
+                let quoted = if value.is_string() {
+                    " (without quotes)"
+                } else {
+                    ""
+                };
+                p.push(format!(
+                    "{}machines[{i}].{key} = {value} is not valid: write {want}{quoted}",
+                    entry_prefix("machines", entry)
+                ));
             }
         }
     }
@@ -719,10 +772,11 @@ impl Config {
             .add_source(env)
             .build()
             .map_err(|e| err(config_crate_message(&e, &from_env)))?;
-        // Durations are checked before the typed read, which names neither the key of a machine's duration (the
-        // detector settings are flattened into the machine) nor what a duration looks like.
+        // Durations and the detector's numbers are checked before the typed read, which names neither the key of
+        // a machine's detector setting (they are flattened into the machine) nor what a duration looks like.
         if let Ok(tree) = built.clone().try_deserialize::<serde_json::Value>() {
-            let reasons = duration_problems(&tree, &from_env);
+            let mut reasons = duration_problems(&tree, &from_env);
+            reasons.extend(detector_problems(&tree));
             if !reasons.is_empty() {
                 return Err(ConfigError {
                     path: path.to_path_buf(),
@@ -1407,9 +1461,28 @@ min_duration = "3s"
         let text = minimal(d.path()).replace("raise_k = 2", "raise_kk = 2");
         let e = refused(&text, &[]);
         assert!(e.contains("raise_kk"), "{e}");
-        let text = minimal(d.path()).replace("raise_k = 2", "raise_k = \"two\"");
+        // The detector's settings are flattened into the machine: each bad one is named by its key (the typed
+        // read names only `machines[0]`), all at once, as strictly as that read takes them.
+        let text = minimal(d.path()).replace(
+            "raise_k = 2",
+            "raise_k = \"two\"\nthreshold = \"high\"\nthreshold_off = \"0.3\"\nclear_n = 2.5\nclear_m = -1",
+        );
         let e = refused(&text, &[]);
-        assert!(e.contains("raise_k") || e.contains("two"), "{e}");
+        assert_named(
+            &e,
+            &[
+                "machine 'pump-1': machines[0].raise_k = \"two\" is not valid: write a whole number of windows, \
+                 e.g. 3 (without quotes)",
+                "machines[0].threshold = \"high\" is not valid: write a score, e.g. 0.42 (without quotes)",
+                "machines[0].threshold_off = \"0.3\" is not valid",
+                "machines[0].clear_n = 2.5 is not valid: write a whole number of windows, e.g. 5",
+                "machines[0].clear_m = -1 is not valid",
+            ],
+        );
+        // What the typed read takes, this check takes too: an integer threshold.
+        let text = minimal(d.path()).replace("raise_k = 2", "raise_k = 2\nthreshold = 1");
+        let c = Config::load_with_env(&write(d.path(), &text), []).unwrap();
+        assert_eq!(c.machines[0].detector.threshold, Some(1.0));
         // A key inside an array of tables is written with its dot (the config crate drops it).
         let text = minimal(d.path()).replace(
             "device = \"default\"",
