@@ -25,7 +25,8 @@ pub struct BaselineArgs {
     /// Directory to write the DCASE submission files into (created if missing).
     #[arg(long)]
     pub out: PathBuf,
-    /// Print the metrics as one JSON object (when the test clips carry labels).
+    /// Print the metrics as one JSON object. Test clips without labels give no metrics: the object then says
+    /// why, as `eval --json`'s does.
     #[arg(long)]
     pub json: bool,
 }
@@ -202,22 +203,19 @@ pub fn score_dataset(
 pub fn run(a: &BaselineArgs) -> anyhow::Result<()> {
     let data = dcase::scan(&a.data)?;
     let started = std::time::Instant::now();
-    score_dataset(&data, &a.out, &FeatureParams::default())?;
+    let files = score_dataset(&data, &a.out, &FeatureParams::default())?;
     eprintln!(
         "scored in {:.1} s; submission files in {}",
         started.elapsed().as_secs_f64(),
         a.out.display()
     );
-    let labelled = data
-        .clips
-        .iter()
-        .filter(|c| c.split == Split::Test)
-        .all(|c| c.name.condition.is_some());
-    if labelled {
-        let report = metrics::evaluate_submission(&data, &a.out)?;
-        crate::cli::print_report(&report, a.json)?;
+    let counts = crate::eval::unlabelled_test_clips(&data);
+    if counts.0 > 0 {
+        let files: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+        return crate::eval::print_no_metrics(counts, &a.out, &files, a.json);
     }
-    Ok(())
+    let report = metrics::evaluate_submission(&data, &a.out)?;
+    crate::cli::print_report(&report, a.json)
 }
 
 #[cfg(test)]

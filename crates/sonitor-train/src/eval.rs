@@ -40,6 +40,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Draw the ROC curve of every section with the operating point of its calibrated threshold (.png or .svg).
+    /// Needs labelled test clips: refused before scoring when no section has them.
     #[arg(long)]
     pub plot: Option<PathBuf>,
 }
@@ -198,12 +199,7 @@ pub fn evaluate_with_scores(
     let bundle = Bundle::load(bundle_dir)?;
     let data = dcase::scan(data_dir)?;
     let sections = score_dataset(&bundle, &data, out)?;
-    let labelled = data
-        .clips
-        .iter()
-        .filter(|c| c.split == Split::Test)
-        .all(|c| c.name.condition.is_some());
-    if !labelled {
+    if unlabelled_test_clips(&data).0 > 0 {
         return Ok((None, sections));
     }
     let report = metrics::evaluate_submission(&data, out).with_context(|| {
@@ -332,6 +328,7 @@ pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
     // A picture that cannot be drawn is refused now, not after every clip is scored.
     if let Some(p) = &a.plot {
         sonitor_core::plot::check_target(p).with_context(|| format!("--plot {}", p.display()))?;
+        check_plottable(&dcase::scan(&a.data)?)?;
     }
     let started = std::time::Instant::now();
     let (report, sections) = evaluate_with_scores(&a.model, &a.data, &out)?;
@@ -364,43 +361,75 @@ pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
             Ok(())
         }
         None => {
-            let why = why_no_metrics(&sections);
-            eprintln!("{why}: no metrics");
-            // A script reading `--json` gets an object that says so, not empty input.
-            if a.json {
-                let o = no_metrics_json(&out, &sections, &why);
-                println!("{}", serde_json::to_string_pretty(&o)?);
-            }
-            Ok(())
+            let labels = sections.iter().flat_map(|s| &s.anomalous);
+            let counts = (
+                labels.clone().filter(|l| l.is_none()).count(),
+                labels.count(),
+            );
+            let files: Vec<&Path> = sections.iter().map(|s| s.file.as_path()).collect();
+            print_no_metrics(counts, &out, &files, a.json)
         }
     }
 }
 
-/// Why the scored test clips give no metrics: how many carry no normal/anomaly label in their names.
-fn why_no_metrics(sections: &[SectionScores]) -> String {
-    let all: Vec<&Option<bool>> = sections.iter().flat_map(|s| &s.anomalous).collect();
-    let unlabelled = all.iter().filter(|a| a.is_none()).count();
+/// How many test clips of `data` carry no normal/anomaly label in their names, and how many test clips there are.
+pub fn unlabelled_test_clips(data: &dcase::Dataset) -> (usize, usize) {
+    let test = data.clips.iter().filter(|c| c.split == Split::Test);
+    let (mut unlabelled, mut all) = (0, 0);
+    for c in test {
+        all += 1;
+        unlabelled += usize::from(c.name.condition.is_none());
+    }
+    (unlabelled, all)
+}
+
+/// Why test clips give no metrics.
+fn why_no_metrics((unlabelled, all): (usize, usize)) -> String {
     format!(
-        "{unlabelled} of {} test clips carry no normal/anomaly label in their names (as on DCASE evaluation sets, \
-         section_SS_NNNN.wav)",
-        all.len()
+        "{unlabelled} of {all} test clips carry no normal/anomaly label in their names (as on DCASE evaluation sets, \
+         section_SS_NNNN.wav)"
     )
 }
 
-/// What `eval --json` prints when there are no metrics: the fields of the metrics object (`metrics --json`)
-/// null, `no_metrics` saying why, and where the submission files were written.
-pub fn no_metrics_json(out: &Path, sections: &[SectionScores], why: &str) -> serde_json::Value {
-    serde_json::json!({
-        "sections": null,
-        "types": null,
-        "official_score": null,
-        "no_metrics": why,
-        "scores_dir": out.display().to_string(),
-        "score_files": sections
-            .iter()
-            .map(|s| s.file.display().to_string())
-            .collect::<Vec<_>>(),
-    })
+/// `--plot` draws ROC curves, which need labels: refused before anything is scored when no section's test
+/// clips all carry one.
+fn check_plottable(data: &dcase::Dataset) -> anyhow::Result<()> {
+    let labelled = data.sections().into_iter().any(|(t, s)| {
+        let mut test = data.clips_of(&t, s, Split::Test).peekable();
+        test.peek().is_some() && test.all(|c| c.name.condition.is_some())
+    });
+    anyhow::ensure!(
+        labelled,
+        "--plot: a ROC curve needs normal and anomalous test clips, but {}; leave out --plot to score them (the \
+         submission files need no labels)",
+        why_no_metrics(unlabelled_test_clips(data))
+    );
+    Ok(())
+}
+
+/// For test clips without labels (`eval` and `baseline`): says why there are no metrics and, with `--json`,
+/// prints the object a script expects instead of empty output: the fields of the metrics object
+/// (`metrics --json`) null, `no_metrics` saying why, and where the submission files were written.
+pub fn print_no_metrics(
+    counts: (usize, usize),
+    out: &Path,
+    files: &[&Path],
+    json: bool,
+) -> anyhow::Result<()> {
+    let why = why_no_metrics(counts);
+    eprintln!("{why}: no metrics");
+    if json {
+        let o = serde_json::json!({
+            "sections": null,
+            "types": null,
+            "official_score": null,
+            "no_metrics": why,
+            "scores_dir": out.display().to_string(),
+            "score_files": files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&o)?);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

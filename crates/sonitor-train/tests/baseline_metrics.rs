@@ -95,6 +95,53 @@ fn baseline_then_metrics_json() {
     assert_fails_with(&out, &["no submission file for fan section 00"]);
 }
 
+/// Test clips under evaluation-set names (no normal/anomaly label): scored, and `--json` prints the object
+/// `eval --json` prints for them, not empty output.
+#[test]
+fn baseline_json_without_labels_says_why() {
+    let d = tempfile::tempdir().unwrap();
+    let (data, scores) = (d.path().join("data"), d.path().join("scores"));
+    tiny_set(&data);
+    for t in ["fan", "press"] {
+        let test = data.join(t).join("test");
+        let mut names: Vec<_> = std::fs::read_dir(&test)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        for (i, p) in names.iter().enumerate() {
+            std::fs::rename(p, test.join(format!("section_00_{i:04}.wav"))).unwrap();
+        }
+    }
+    let out = run(&[
+        "baseline",
+        "--json",
+        "--data",
+        s(&data),
+        "--out",
+        s(&scores),
+    ]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout:?}"));
+    assert!(v["official_score"].is_null(), "{v}");
+    let why = v["no_metrics"].as_str().unwrap();
+    assert!(
+        why.starts_with("32 of 32 test clips carry no normal/anomaly label"),
+        "{why}"
+    );
+    assert!(stderr.contains(why), "{stderr}");
+    assert_eq!(v["score_files"].as_array().unwrap().len(), 2, "{v}");
+    for t in ["fan", "press"] {
+        let f = scores.join(format!("anomaly_score_{t}_section_00_test.csv"));
+        assert_eq!(std::fs::read_to_string(&f).unwrap().lines().count(), 16);
+    }
+}
+
 #[test]
 fn bad_data_is_named() {
     let d = tempfile::tempdir().unwrap();

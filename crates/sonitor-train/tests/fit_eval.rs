@@ -288,4 +288,28 @@ fn eval_json_prints_one_object_with_or_without_labels() {
         serde_json::json!([file.display().to_string()])
     );
     assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), n);
+
+    // `--plot` cannot draw a ROC curve without labels: refused before any clip is scored.
+    let scores = dir.path().join("s3");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor-train"))
+        .args(["eval", "--model"])
+        .arg(&out)
+        .arg("--data")
+        .arg(&unlabelled)
+        .arg("--out")
+        .arg(&scores)
+        .arg("--plot")
+        .arg(dir.path().join("roc.svg"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--plot: a ROC curve needs normal and anomalous test clips")
+            && stderr.contains(why)
+            && stderr.contains("leave out --plot"),
+        "{stderr}"
+    );
+    assert!(!scores.exists(), "nothing is scored: {stderr}");
+    assert!(!dir.path().join("roc.svg").exists());
 }
