@@ -111,9 +111,20 @@ fn cli_refuses_a_foreign_directory_and_bad_options() {
     args[i + 1] = d.path().join("nowhere").display().to_string();
     let o = bin().args(&args).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
+    let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(
-        !o.status.success() && err.contains("background directory"),
-        "{err}"
+        !o.status.success() && err.contains("background directory") && stdout.is_empty(),
+        "{stdout}\n{err}"
+    );
+    // A directory without recordings: the same, before the plan.
+    std::fs::create_dir_all(d.path().join("empty")).unwrap();
+    args[i + 1] = d.path().join("empty").display().to_string();
+    let o = bin().args(&args).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        !o.status.success() && err.contains("has no WAV files") && stdout.is_empty(),
+        "{stdout}\n{err}"
     );
 }
 

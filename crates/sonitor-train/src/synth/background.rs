@@ -142,6 +142,19 @@ fn append_crossfaded(bed: &mut Vec<f32>, seg: &[f32]) {
 impl Background {
     /// Loads the requested background. `Auto` falls back to synthetic (and says why) when no recording is
     /// found; an explicit directory without usable recordings is an error.
+    /// Refuses a `--background DIR` that cannot be read or holds no WAV files: what [`Self::load`] would refuse,
+    /// checked before `synth` prints its plan.
+    pub fn check(choice: &BackgroundChoice) -> anyhow::Result<()> {
+        if let BackgroundChoice::Dir(dir) = choice {
+            anyhow::ensure!(
+                !recordings_in(dir)?.is_empty(),
+                "background directory {} has no WAV files",
+                dir.display()
+            );
+        }
+        Ok(())
+    }
+
     pub fn load(choice: &BackgroundChoice) -> anyhow::Result<Background> {
         let dir = match choice {
             BackgroundChoice::Synthetic => {
@@ -158,15 +171,13 @@ impl Background {
             }
             BackgroundChoice::Dir(d) => d.clone(),
         };
+        Self::check(choice)?;
         let files = recordings_in(&dir)?;
         if files.is_empty() {
-            if *choice == BackgroundChoice::Auto {
-                return Ok(Background::synthetic(&format!(
-                    "no WAV files in {}",
-                    dir.display()
-                )));
-            }
-            anyhow::bail!("background directory {} has no WAV files", dir.display());
+            return Ok(Background::synthetic(&format!(
+                "no WAV files in {}",
+                dir.display()
+            )));
         }
         let mut bed: Vec<f32> = Vec::new();
         let mut names = Vec::new();

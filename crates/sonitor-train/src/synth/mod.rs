@@ -711,8 +711,9 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> anyhow::Result<SynthSummary> {
 /// The `synth` command.
 pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
     let cfg = SynthConfig::from_args(args)?;
-    // A directory it will not write into is refused before the plan is printed.
+    // A directory it will not write into, or a background it cannot read, is refused before the plan is printed.
     check_out(&args.out)?;
+    background::Background::check(&cfg.background)?;
     println!(
         "synth: {} clips ({} types × {}), {} s each, seed {}, difficulty {} → {}",
         cfg.types.len() * cfg.clips_per_type(),
