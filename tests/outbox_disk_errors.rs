@@ -184,6 +184,55 @@ fn a_full_outbox_drops_a_message_never_written_without_touching_the_disk() {
     assert!(!all.contains("cannot remove"), "{all}");
 }
 
+/// The daemon stops while the outbox's directory still refuses writes and the broker is down: each alarm message
+/// it could keep only in memory is named in the log as lost (that line is its only trace), and none is claimed to
+/// wait on disk.
+#[test]
+fn the_daemon_names_every_message_lost_at_a_stop() {
+    let d = tempfile::tempdir().unwrap();
+    let b = common::standard_bundle(d.path());
+    let wav = d.path().join("rec.wav");
+    // Normal, anomalous, normal: one alarm raised and cleared, 4 messages (alarm ON, start, OFF, end).
+    common::write_wav(&wav, &common::recording(3.0, 3.0, 4.0));
+    let device = format!(
+        "[[devices]]\nname = \"mic\"\nsource = \"file\"\npath = \"{}\"\nrealtime = true\nat_end = \"exit\"\n",
+        wav.display()
+    );
+    // MQTT on, but nothing listens on the port: every message waits in the outbox.
+    let cfg = common::config(d.path(), &device, &b.dir, common::free_port(), "");
+    let mut daemon = common::Daemon::start(&cfg, &[]);
+    daemon.wait_log("running:", std::time::Duration::from_secs(30));
+    // The disk stops taking writes in the outbox (ENOTDIR, for root too) before the fault begins at 3 s.
+    let outbox = d.path().join("state/outbox");
+    std::fs::rename(&outbox, d.path().join("moved")).unwrap();
+    std::fs::write(&outbox, "not a directory").unwrap();
+    let (code, log) = daemon.wait_exit(std::time::Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("the transition is kept in memory only"),
+        "{log}"
+    );
+    assert!(
+        log.contains("4 alarm message(s) not acknowledged by the broker could not be written to")
+            && log.contains("are lost; each follows"),
+        "{log}"
+    );
+    let lost: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("lost alarm message "))
+        .collect();
+    assert_eq!(lost.len(), 4, "{log}");
+    for (line, what) in lost.iter().zip(["1 ON on ", "2 ", "3 OFF on ", "4 "]) {
+        assert!(
+            line.contains(&format!("lost alarm message {what}")),
+            "{line}"
+        );
+    }
+    assert!(lost[0].ends_with("/pump-1/alarm"), "{}", lost[0]);
+    assert!(lost[1].ends_with("/pump-1/events"), "{}", lost[1]);
+    assert!(!log.contains("for the next start"), "{log}");
+}
+
 /// Where the read-only test's tmpfs goes: set only inside the private mount namespace it runs in.
 const MOUNT_VAR: &str = "SONITOR_TEST_OUTBOX_TMPFS";
 
