@@ -631,7 +631,8 @@ const DETECTOR_NUMBER_KEYS: &[(&str, &str)] = &[
 ];
 
 /// Every numeric detector setting of a machine in `tree` that the typed read would refuse, named by its key path
-/// (`machine 'pump-3': machines[1].threshold = "high" is not a score, e.g. 0.42`). As strict as that read: through
+/// (`machine 'pump-3': machines[1].threshold = "high" is not valid: write a score, e.g. 0.42 (without quotes)`).
+/// As strict as that read: through
 /// the flattening, a number in quotes or a fraction of a window count is refused too.
 fn detector_problems(tree: &serde_json::Value) -> Vec<String> {
     let Some(machines) = tree.get("machines").and_then(|m| m.as_array()) else {

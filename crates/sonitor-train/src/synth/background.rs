@@ -140,8 +140,6 @@ fn append_crossfaded(bed: &mut Vec<f32>, seg: &[f32]) {
 }
 
 impl Background {
-    /// Loads the requested background. `Auto` falls back to synthetic (and says why) when no recording is
-    /// found; an explicit directory without usable recordings is an error.
     /// Refuses a `--background DIR` that cannot be read or holds no WAV files: what [`Self::load`] would refuse,
     /// checked before `synth` prints its plan.
     pub fn check(choice: &BackgroundChoice) -> anyhow::Result<()> {
@@ -155,6 +153,8 @@ impl Background {
         Ok(())
     }
 
+    /// Loads the requested background. `Auto` falls back to synthetic (and says why) when no recording is
+    /// found; an explicit directory without usable recordings is an error.
     pub fn load(choice: &BackgroundChoice) -> anyhow::Result<Background> {
         let dir = match choice {
             BackgroundChoice::Synthetic => {
@@ -169,10 +169,13 @@ impl Background {
                 }
                 d
             }
-            BackgroundChoice::Dir(d) => d.clone(),
+            BackgroundChoice::Dir(d) => {
+                Self::check(choice)?;
+                d.clone()
+            }
         };
-        Self::check(choice)?;
         let files = recordings_in(&dir)?;
+        // Only `Auto` gets here without recordings (`check` refused an explicit directory).
         if files.is_empty() {
             return Ok(Background::synthetic(&format!(
                 "no WAV files in {}",
