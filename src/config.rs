@@ -548,42 +548,91 @@ impl ConfigError {
     }
 }
 
-/// Every duration setting, by its path in the file; `[]` stands for each entry of an array of tables.
-const DURATION_KEYS: &[&str] = &[
-    "devices[].stall_timeout",
-    "devices[].reopen_min",
-    "devices[].reopen_max",
-    "machines[].min_duration",
-    "machines[].cooldown",
-    "mqtt.keep_alive",
-    "mqtt.score_interval",
-    "mqtt.reconnect_min",
-    "mqtt.reconnect_max",
-    "clips.max_age",
-    "health.silence_after",
+/// What a setting must be, for the settings whose bad values the typed read would refuse without their key or
+/// without saying what to write.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Expect {
+    Duration,
+    /// A score, with an example.
+    Score(&'static str),
+    /// A whole number of windows, with an example.
+    Windows(&'static str),
+}
+
+/// Every such setting, by its path in the file; `[]` stands for each entry of an array of tables. Durations
+/// because the typed read does not say what a duration looks like; the detector's numbers because they are
+/// flattened into each machine, and the typed read names only `machines[N]` for them.
+const CHECKED_KEYS: &[(&str, Expect)] = &[
+    ("devices[].stall_timeout", Expect::Duration),
+    ("devices[].reopen_min", Expect::Duration),
+    ("devices[].reopen_max", Expect::Duration),
+    ("machines[].min_duration", Expect::Duration),
+    ("machines[].cooldown", Expect::Duration),
+    ("machines[].threshold", Expect::Score("0.42")),
+    ("machines[].threshold_off", Expect::Score("0.38")),
+    ("machines[].raise_k", Expect::Windows("3")),
+    ("machines[].raise_n", Expect::Windows("5")),
+    ("machines[].clear_m", Expect::Windows("3")),
+    ("machines[].clear_n", Expect::Windows("5")),
+    ("mqtt.keep_alive", Expect::Duration),
+    ("mqtt.score_interval", Expect::Duration),
+    ("mqtt.reconnect_min", Expect::Duration),
+    ("mqtt.reconnect_max", Expect::Duration),
+    ("clips.max_age", Expect::Duration),
+    ("health.silence_after", Expect::Duration),
 ];
 
 /// What a valid duration looks like, for the message that refuses one.
 const DURATION_HELP: &str =
     "write a number and a unit in quotes, e.g. \"500ms\", \"30s\", \"5m\", \"2h\" or \"1h 30m\"";
 
-/// Every duration setting of `tree` (the file with the environment applied) that is not a duration, each
-/// named by its key path (`machines[1].min_duration`, with the machine's name), its value and what a duration
-/// looks like. `from_env` maps a key path to the environment variable that set it.
-fn duration_problems(tree: &serde_json::Value, from_env: &BTreeMap<String, String>) -> Vec<String> {
-    let mut p = Vec::new();
-    let mut check = |at: String, key: &str, value: &serde_json::Value| {
-        let why = match value {
-            serde_json::Value::String(s) => match humantime::parse_duration(s) {
-                Ok(_) => return,
-                Err(e) => format!("{value} is not a duration ({e})"),
-            },
-            _ => format!("{value} is not a duration (a duration is text, in quotes)"),
+impl Expect {
+    /// Why `value` is not what the setting must be, and what to write instead; `None` when it is. As strict as
+    /// the typed read: through the flattening a number in quotes or a fraction of a window count is refused too.
+    fn refuse(self, value: &serde_json::Value) -> Option<(String, String)> {
+        let want = match self {
+            Expect::Duration => {
+                let why = match value {
+                    serde_json::Value::String(s) => match humantime::parse_duration(s) {
+                        Ok(_) => return None,
+                        Err(e) => format!("is not a duration ({e})"),
+                    },
+                    _ => "is not a duration (a duration is text, in quotes)".to_string(),
+                };
+                return Some((why, DURATION_HELP.to_string()));
+            }
+            // A JSON null is TOML's nan or inf, which the typed read takes (and `static_problems` refuses).
+            Expect::Score(_) if value.is_null() => return None,
+            Expect::Score(_) if serde_json::from_value::<f64>(value.clone()).is_ok() => {
+                return None
+            }
+            Expect::Windows(_) if serde_json::from_value::<usize>(value.clone()).is_ok() => {
+                return None
+            }
+            Expect::Score(e) => format!("a score, e.g. {e}"),
+            Expect::Windows(e) => format!("a whole number of windows, e.g. {e}"),
         };
-        let var = set_by(from_env, key).unwrap_or_default();
-        p.push(format!("{at}{key} = {why}{var}: {DURATION_HELP}"));
+        let quoted = if value.is_string() {
+            " (without quotes)"
+        } else {
+            ""
+        };
+        Some(("is not valid".to_string(), format!("write {want}{quoted}")))
+    }
+}
+
+/// Every setting of [`CHECKED_KEYS`] in `tree` (the file with the environment applied) that is not what it must
+/// be, each named by its key path (`machines[1].min_duration`, with the machine's name), its value and what to
+/// write instead. `from_env` maps a key path to the environment variable that set it.
+fn value_problems(tree: &serde_json::Value, from_env: &BTreeMap<String, String>) -> Vec<String> {
+    let mut p = Vec::new();
+    let mut check = |at: String, key: &str, value: &serde_json::Value, expect: Expect| {
+        if let Some((why, help)) = expect.refuse(value) {
+            let var = set_by(from_env, key).unwrap_or_default();
+            p.push(format!("{at}{key} = {value} {why}{var}: {help}"));
+        }
     };
-    for key in DURATION_KEYS {
+    for &(key, expect) in CHECKED_KEYS {
         match key.split_once("[].") {
             Some((array, field)) => {
                 let Some(entries) = tree.get(array).and_then(|a| a.as_array()) else {
@@ -593,73 +642,19 @@ fn duration_problems(tree: &serde_json::Value, from_env: &BTreeMap<String, Strin
                     let Some(value) = entry.get(field) else {
                         continue;
                     };
-                    check(
-                        entry_prefix(array, entry),
-                        &format!("{array}[{i}].{field}"),
-                        value,
-                    );
+                    // As the other problems of an entry are named: `machine 'pump-3': …`.
+                    let at = match entry.get("name").and_then(|n| n.as_str()) {
+                        Some(name) => format!("{} '{name}': ", array.trim_end_matches('s')),
+                        None => String::new(),
+                    };
+                    check(at, &format!("{array}[{i}].{field}"), value, expect);
                 }
             }
             None => {
                 let value = key.split('.').try_fold(tree, |node, part| node.get(part));
                 if let Some(value) = value {
-                    check(String::new(), key, value);
+                    check(String::new(), key, value, expect);
                 }
-            }
-        }
-    }
-    p
-}
-
-/// `machine 'pump-3': `, as the other problems of an entry of an array of tables are named (empty without a name).
-fn entry_prefix(array: &str, entry: &serde_json::Value) -> String {
-    match entry.get("name").and_then(|n| n.as_str()) {
-        Some(name) => format!("{} '{name}': ", array.trim_end_matches('s')),
-        None => String::new(),
-    }
-}
-
-/// The detector's numeric settings, which are flattened into each machine, with what each must be. The typed
-/// read refuses a bad one naming only `machines[N]`, not the key.
-const DETECTOR_NUMBER_KEYS: &[(&str, &str)] = &[
-    ("threshold", "a score, e.g. 0.42"),
-    ("threshold_off", "a score, e.g. 0.38"),
-    ("raise_k", "a whole number of windows, e.g. 3"),
-    ("raise_n", "a whole number of windows, e.g. 5"),
-    ("clear_m", "a whole number of windows, e.g. 3"),
-    ("clear_n", "a whole number of windows, e.g. 5"),
-];
-
-/// Every numeric detector setting of a machine in `tree` that the typed read would refuse, named by its key path
-/// (`machine 'pump-3': machines[1].threshold = "high" is not valid: write a score, e.g. 0.42 (without quotes)`).
-/// As strict as that read: through
-/// the flattening, a number in quotes or a fraction of a window count is refused too.
-fn detector_problems(tree: &serde_json::Value) -> Vec<String> {
-    let Some(machines) = tree.get("machines").and_then(|m| m.as_array()) else {
-        return Vec::new();
-    };
-    let mut p = Vec::new();
-    for (i, entry) in machines.iter().enumerate() {
-        for (key, want) in DETECTOR_NUMBER_KEYS {
-            // A JSON null is TOML's nan or inf, which the typed read takes (and `static_problems` refuses).
-            let Some(value) = entry.get(*key).filter(|v| !v.is_null()) else {
-                continue;
-            };
-            let ok = if key.starts_with("threshold") {
-                serde_json::from_value::<f64>(value.clone()).is_ok()
-            } else {
-                serde_json::from_value::<usize>(value.clone()).is_ok()
-            };
-            if !ok {
-                let quoted = if value.is_string() {
-                    " (without quotes)"
-                } else {
-                    ""
-                };
-                p.push(format!(
-                    "{}machines[{i}].{key} = {value} is not valid: write {want}{quoted}",
-                    entry_prefix("machines", entry)
-                ));
             }
         }
     }
@@ -776,8 +771,7 @@ impl Config {
         // Durations and the detector's numbers are checked before the typed read, which names neither the key of
         // a machine's detector setting (they are flattened into the machine) nor what a duration looks like.
         if let Ok(tree) = built.clone().try_deserialize::<serde_json::Value>() {
-            let mut reasons = duration_problems(&tree, &from_env);
-            reasons.extend(detector_problems(&tree));
+            let reasons = value_problems(&tree, &from_env);
             if !reasons.is_empty() {
                 return Err(ConfigError {
                     path: path.to_path_buf(),
@@ -1603,7 +1597,7 @@ min_duration = "3s"
     }
 
     /// The durations checked by name are exactly the configuration's durations: one added to a struct without
-    /// its key in `DURATION_KEYS` would be refused without its key again.
+    /// its key in `CHECKED_KEYS` would be refused without its key again.
     #[test]
     fn every_duration_setting_is_checked_by_name() {
         fn walk(v: &serde_json::Value, path: String, found: &mut BTreeSet<String>) {
@@ -1633,7 +1627,11 @@ min_duration = "3s"
             String::new(),
             &mut found,
         );
-        let listed: BTreeSet<String> = DURATION_KEYS.iter().map(|k| k.to_string()).collect();
+        let listed: BTreeSet<String> = CHECKED_KEYS
+            .iter()
+            .filter(|(_, e)| *e == Expect::Duration)
+            .map(|(k, _)| k.to_string())
+            .collect();
         assert_eq!(found, listed);
     }
 
