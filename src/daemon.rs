@@ -62,6 +62,7 @@ fn threshold_off_above_bundle(m: &MachineConfig, bundle_threshold: f64) -> Optio
 }
 
 /// What [`check`] found.
+#[derive(Default)]
 pub struct Checked {
     /// `None` when the file could not be read at all.
     pub cfg: Option<Config>,
@@ -80,10 +81,8 @@ pub fn check(path: &Path) -> Checked {
         Ok(c) => c,
         Err(e) => {
             return Checked {
-                cfg: None,
-                bundles: BTreeMap::new(),
                 problems: e.problems(),
-                warnings: Vec::new(),
+                ..Checked::default()
             }
         }
     };
@@ -798,24 +797,19 @@ impl Controller {
 
 /// Runs the daemon; returns the process exit status.
 pub fn run(config_path: &Path) -> i32 {
-    let Checked {
-        cfg,
-        bundles,
-        problems,
-        warnings,
-    } = check(config_path);
-    let Some(cfg) = cfg.filter(|_| problems.is_empty()) else {
+    let checked = check(config_path);
+    let Some(cfg) = checked.cfg.filter(|_| checked.problems.is_empty()) else {
         eprintln!("sonitor: {} cannot be used:", config_path.display());
-        for p in &problems {
+        for p in &checked.problems {
             eprintln!("  - {p}");
         }
         return crate::config::EXIT_CONFIG;
     };
     init_logging(&cfg.log_level);
-    for w in warnings {
+    for w in checked.warnings {
         log::warn!("{w}");
     }
-    match start(cfg, config_path, bundles, None) {
+    match start(cfg, config_path, checked.bundles, None) {
         Ok(code) => code,
         Err(e) => {
             log::error!("{e:#}");
@@ -1390,28 +1384,24 @@ fn on_source_event(ctl: &mut Controller, e: SourceEvent) {
 
 /// `sonitor validate`: prints each problem; returns the exit status (0 or 78).
 pub fn validate(config_path: &Path) -> i32 {
-    let Checked {
-        cfg,
-        bundles,
-        problems,
-        warnings,
-    } = check(config_path);
-    if problems.is_empty() {
-        if let Some(cfg) = cfg {
+    let checked = check(config_path);
+    if checked.problems.is_empty() {
+        if let Some(cfg) = checked.cfg {
             println!(
                 "{}: OK: {} machine(s) on {} input(s), {} bundle(s), topics under {}",
                 config_path.display(),
                 cfg.machines.len(),
                 cfg.devices.len(),
-                bundles.len(),
+                checked.bundles.len(),
                 cfg.topic_base()
             );
-            for w in warnings {
+            for w in checked.warnings {
                 println!("{}: warning: {w}", config_path.display());
             }
         }
         0
     } else {
+        let problems = checked.problems;
         eprintln!("{}: {} problem(s):", config_path.display(), problems.len());
         for p in &problems {
             eprintln!("  - {p}");

@@ -210,18 +210,14 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Summary> {
     }
     std::fs::write(&config, config_text(o, &t, &o.out)?)
         .with_context(|| format!("writing {}", config.display()))?;
-    let crate::daemon::Checked {
-        cfg,
-        bundles,
-        problems,
-        ..
-    } = crate::daemon::check(&config);
-    let cfg = match cfg {
-        Some(c) if problems.is_empty() => c,
+    let checked = crate::daemon::check(&config);
+    let bundles = checked.bundles;
+    let cfg = match checked.cfg {
+        Some(c) if checked.problems.is_empty() => c,
         _ => anyhow::bail!(
             "the demo cannot run ({}):\n  - {}",
             config.display(),
-            problems.join("\n  - ")
+            checked.problems.join("\n  - ")
         ),
     };
     crate::daemon::init_logging(&cfg.log_level);
