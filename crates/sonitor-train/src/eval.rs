@@ -197,16 +197,24 @@ pub fn evaluate_with_scores(
     out: &Path,
 ) -> anyhow::Result<(Option<metrics::Report>, Vec<SectionScores>)> {
     let bundle = Bundle::load(bundle_dir)?;
-    let data = dcase::scan(data_dir)?;
-    let sections = score_dataset(&bundle, &data, out)?;
-    if unlabelled_test_clips(&data).0 > 0 {
+    evaluate_scanned(&bundle, &dcase::scan(data_dir)?, out)
+}
+
+/// [`evaluate_with_scores`] of a loaded bundle and a scanned data set.
+fn evaluate_scanned(
+    bundle: &Bundle,
+    data: &dcase::Dataset,
+    out: &Path,
+) -> anyhow::Result<(Option<metrics::Report>, Vec<SectionScores>)> {
+    let sections = score_dataset(bundle, data, out)?;
+    if unlabelled_test_clips(data).0 > 0 {
         return Ok((None, sections));
     }
-    let report = metrics::evaluate_submission(&data, out).with_context(|| {
+    let report = metrics::evaluate_submission(data, out).with_context(|| {
         format!(
             "evaluating {} against {}",
             out.display(),
-            data_dir.display()
+            data.root.display()
         )
     })?;
     Ok((Some(report), sections))
@@ -328,10 +336,14 @@ pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
     // A picture that cannot be drawn is refused now, not after every clip is scored.
     if let Some(p) = &a.plot {
         sonitor_core::plot::check_target(p).with_context(|| format!("--plot {}", p.display()))?;
-        check_plottable(&dcase::scan(&a.data)?)?;
+    }
+    let bundle = Bundle::load(&a.model)?;
+    let data = dcase::scan(&a.data)?;
+    if a.plot.is_some() {
+        check_plottable(&data)?;
     }
     let started = std::time::Instant::now();
-    let (report, sections) = evaluate_with_scores(&a.model, &a.data, &out)?;
+    let (report, sections) = evaluate_scanned(&bundle, &data, &out)?;
     eprintln!(
         "scored in {:.1} s; submission files in {}",
         started.elapsed().as_secs_f64(),
@@ -361,13 +373,8 @@ pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
             Ok(())
         }
         None => {
-            let labels = sections.iter().flat_map(|s| &s.anomalous);
-            let counts = (
-                labels.clone().filter(|l| l.is_none()).count(),
-                labels.count(),
-            );
             let files: Vec<&Path> = sections.iter().map(|s| s.file.as_path()).collect();
-            print_no_metrics(counts, &out, &files, a.json)
+            print_no_metrics(unlabelled_test_clips(&data), &out, &files, a.json)
         }
     }
 }
