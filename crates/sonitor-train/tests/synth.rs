@@ -83,49 +83,36 @@ fn cli_refuses_a_foreign_directory_and_bad_options() {
     // Refused before its plan is printed: no line on stdout announces clips it will not write.
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.is_empty(), "{stdout}");
-    // The same for a file in the place of the directory.
-    let o = bin()
-        .args(tiny_args(&d.path().join("precious.wav")))
-        .output()
-        .unwrap();
-    let (stdout, err) = (
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr),
-    );
-    assert!(
-        !o.status.success() && err.contains("not a directory") && stdout.is_empty(),
-        "{stdout}\n{err}"
+    // Refused the same way, before the plan: the error names `needle`, stdout says nothing.
+    let refused = |args: &[String], needle: &str| {
+        let o = bin().args(args).output().unwrap();
+        let (stdout, err) = (
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+        );
+        assert!(
+            !o.status.success() && err.contains(needle) && stdout.is_empty(),
+            "{stdout}\n{err}"
+        );
+    };
+    // A file in the place of the directory.
+    refused(
+        &tiny_args(&d.path().join("precious.wav")),
+        "not a directory",
     );
 
     let mut args = tiny_args(&d.path().join("x"));
     args.extend(["--types".into(), "toaster".into()]);
-    let o = bin().args(&args).output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && err.contains("unknown machine type 'toaster'"),
-        "{err}"
-    );
+    refused(&args, "unknown machine type 'toaster'");
 
     let mut args = tiny_args(&d.path().join("y"));
     let i = args.iter().position(|a| a == "--background").unwrap();
     args[i + 1] = d.path().join("nowhere").display().to_string();
-    let o = bin().args(&args).output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        !o.status.success() && err.contains("background directory") && stdout.is_empty(),
-        "{stdout}\n{err}"
-    );
-    // A directory without recordings: the same, before the plan.
+    refused(&args, "background directory");
+    // A directory without recordings.
     std::fs::create_dir_all(d.path().join("empty")).unwrap();
     args[i + 1] = d.path().join("empty").display().to_string();
-    let o = bin().args(&args).output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        !o.status.success() && err.contains("has no WAV files") && stdout.is_empty(),
-        "{stdout}\n{err}"
-    );
+    refused(&args, "has no WAV files");
 }
 
 #[test]
