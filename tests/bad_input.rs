@@ -33,10 +33,7 @@ fn expect_78(config: &Path, needles: &[&str]) {
 }
 
 fn file_device(wav: &Path) -> String {
-    format!(
-        "[[devices]]\nname = \"mic\"\nsource = \"file\"\npath = \"{}\"\nrealtime = false\n",
-        wav.display()
-    )
+    common::file_device(wav, "realtime = false\n")
 }
 
 #[test]

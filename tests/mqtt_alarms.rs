@@ -11,10 +11,7 @@ use std::time::Duration;
 use common::{on, Broker, Daemon, Msg, Recorder};
 
 fn file_device(wav: &std::path::Path, realtime: bool) -> String {
-    format!(
-        "[[devices]]\nname = \"mic\"\nsource = \"file\"\npath = \"{}\"\nrealtime = {realtime}\nat_end = \"stop\"\n",
-        wav.display()
-    )
+    common::file_device(wav, &format!("realtime = {realtime}\nat_end = \"stop\"\n"))
 }
 
 /// Alarm values with consecutive repeats collapsed (a replay may repeat the last message before a drop).
@@ -130,10 +127,7 @@ fn commands_are_answered_by_retained_state() {
     let rec = Recorder::start(broker.port, "recorder-commands");
     let wav = d.path().join("normal.wav");
     common::write_wav(&wav, &common::pump());
-    let dev = format!(
-        "[[devices]]\nname = \"mic\"\nsource = \"file\"\npath = \"{}\"\nrealtime = true\nat_end = \"loop\"\n",
-        wav.display()
-    );
+    let dev = common::file_device(&wav, "realtime = true\nat_end = \"loop\"\n");
     let cfg = common::config(
         d.path(),
         &dev,

@@ -139,10 +139,7 @@ fn tls_with_client_certificate_and_password() {
     let b = common::standard_bundle(d.path());
     let wav = d.path().join("normal.wav");
     common::write_wav(&wav, &common::pump());
-    let dev = format!(
-        "[[devices]]\nname = \"mic\"\nsource = \"file\"\npath = \"{}\"\nrealtime = true\nat_end = \"loop\"\n",
-        wav.display()
-    );
+    let dev = common::file_device(&wav, "realtime = true\nat_end = \"loop\"\n");
     let tls = format!(
         "[mqtt.tls]\nenabled = true\nca_file = \"{p}/ca.pem\"\nclient_cert = \"{p}/client.pem\"\nclient_key = \"{p}/client.key\"\n",
         p = pki.display()

@@ -722,8 +722,16 @@ pub fn offline_config(dir: &Path, wav: &Path, bundle: &Path, extra: &str) -> Pat
     )
 }
 
-/// A configuration with no broker whose device `mic` replays `wav`, with the device keys `device_keys` (e.g.
+/// The `[[devices]]` entry of device `mic` replaying `wav`, with the device keys `device_keys` (e.g.
 /// `realtime = true\nat_end = "loop"\n`).
+pub fn file_device(wav: &Path, device_keys: &str) -> String {
+    format!(
+        "[[devices]]\nname = \"mic\"\nsource = \"file\"\npath = \"{}\"\n{device_keys}",
+        wav.display()
+    )
+}
+
+/// A configuration with no broker whose device `mic` replays `wav` ([`file_device`]).
 pub fn file_config(
     dir: &Path,
     wav: &Path,
@@ -731,11 +739,7 @@ pub fn file_config(
     device_keys: &str,
     extra: &str,
 ) -> PathBuf {
-    let dev = format!(
-        "[[devices]]\nname = \"mic\"\nsource = \"file\"\npath = \"{}\"\n{device_keys}",
-        wav.display()
-    );
-    let cfg = config(dir, &dev, bundle, 1, extra);
+    let cfg = config(dir, &file_device(wav, device_keys), bundle, 1, extra);
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
         .replace("[mqtt]\n", "[mqtt]\nenabled = false\n");
