@@ -97,6 +97,17 @@ pub struct Background {
 }
 
 /// The usable recordings in `dir`, sorted: files with an industrial prefix, or every `.wav` if none has one.
+/// The WAV files of a directory given with `--background DIR`; none is an error.
+fn chosen_recordings(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let files = recordings_in(dir)?;
+    anyhow::ensure!(
+        !files.is_empty(),
+        "background directory {} has no WAV files",
+        dir.display()
+    );
+    Ok(files)
+}
+
 fn recordings_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let entries = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read background directory {}", dir.display()))?;
@@ -144,11 +155,7 @@ impl Background {
     /// checked before `synth` prints its plan.
     pub fn check(choice: &BackgroundChoice) -> anyhow::Result<()> {
         if let BackgroundChoice::Dir(dir) = choice {
-            anyhow::ensure!(
-                !recordings_in(dir)?.is_empty(),
-                "background directory {} has no WAV files",
-                dir.display()
-            );
+            chosen_recordings(dir)?;
         }
         Ok(())
     }
@@ -156,7 +163,7 @@ impl Background {
     /// Loads the requested background. `Auto` falls back to synthetic (and says why) when no recording is
     /// found; an explicit directory without usable recordings is an error.
     pub fn load(choice: &BackgroundChoice) -> anyhow::Result<Background> {
-        let dir = match choice {
+        let (dir, files) = match choice {
             BackgroundChoice::Synthetic => {
                 return Ok(Background::synthetic("requested with --background none"));
             }
@@ -167,21 +174,17 @@ impl Background {
                         "{LINCITY_DIR} not found; install the Debian package lincity-ng-data for real recordings"
                     )));
                 }
-                d
+                let files = recordings_in(&d)?;
+                if files.is_empty() {
+                    return Ok(Background::synthetic(&format!(
+                        "no WAV files in {}",
+                        d.display()
+                    )));
+                }
+                (d, files)
             }
-            BackgroundChoice::Dir(d) => {
-                Self::check(choice)?;
-                d.clone()
-            }
+            BackgroundChoice::Dir(d) => (d.clone(), chosen_recordings(d)?),
         };
-        let files = recordings_in(&dir)?;
-        // Only `Auto` gets here without recordings (`check` refused an explicit directory).
-        if files.is_empty() {
-            return Ok(Background::synthetic(&format!(
-                "no WAV files in {}",
-                dir.display()
-            )));
-        }
         let mut bed: Vec<f32> = Vec::new();
         let mut names = Vec::new();
         for f in &files {
