@@ -236,6 +236,7 @@ pub fn spawn_reader(
                             }
                             process(&mut states, &scratch[..n], ch, old.sample_rate, &windows, &recycled, &events, &health, &metrics);
                         }
+                        flush_resamplers(&mut states, &windows, &recycled, &events, &metrics);
                     }
                     for s in &mut states {
                         let model_rate = s.tap.features.sample_rate;
@@ -281,6 +282,7 @@ pub fn spawn_reader(
                 let n = stream.consumer.pop_slice(whole_frames(&mut scratch, ch));
                 if n == 0 {
                     if stream.finished.load(Ordering::SeqCst) && stream.consumer.is_empty() {
+                        flush_resamplers(&mut states, &windows, &recycled, &events, &metrics);
                         let _ = events.send(ReaderEvent::Finished { input });
                         current = None;
                         continue;
@@ -344,13 +346,15 @@ fn process(
         if !s.takes(channels) {
             continue;
         }
+        // The channel's samples, in a buffer taken out of the state for the call (so that the state can be
+        // updated while they are read) and put back at the end.
+        let mut mono_buf = std::mem::take(&mut s.mono);
         let mono: &[f32] = if channels == 1 {
             interleaved
         } else {
-            s.mono.clear();
-            s.mono
-                .extend(interleaved.iter().skip(s.tap.channel).step_by(channels));
-            &s.mono
+            mono_buf.clear();
+            mono_buf.extend(interleaved.iter().skip(s.tap.channel).step_by(channels));
+            &mono_buf
         };
         // Health at the input rate, per 1-second block.
         let mut rest: &[f32] = mono;
@@ -396,57 +400,96 @@ fn process(
                 s.block_n = 0;
             }
         }
-        let model_audio: &[f32] = match &mut s.rate {
+        match &mut s.rate {
             RateConversion::Resample(r) => {
-                s.resampled.clear();
-                if let Err(e) = r.push(mono, &mut s.resampled) {
-                    log::error!("resampling failed: {e}");
-                    continue;
+                let mut resampled = std::mem::take(&mut s.resampled);
+                resampled.clear();
+                match r.push(mono, &mut resampled) {
+                    Ok(()) => append_model_audio(s, &resampled, windows, recycled, events, metrics),
+                    Err(e) => log::error!("resampling failed: {e}"),
                 }
-                &s.resampled
+                s.resampled = resampled;
             }
-            RateConversion::None | RateConversion::Unusable => mono,
-        };
-        s.audio.extend(model_audio);
-        s.total += model_audio.len() as u64;
-        serve_clips(s, events, metrics);
-
-        let p = &s.tap.features;
-        let rate = p.sample_rate as u64;
-        let (window, hop) = (p.window_samples, p.window_hop_samples as u64);
-        while s.total >= s.next_window + window as u64 {
-            let end = s.next_window + window as u64;
-            let mut v = recycled.try_recv().unwrap_or_default();
-            v.clear();
-            let start = (s.next_window - s.audio_start()) as usize;
-            extend_from_ring(&mut v, &s.audio, start, window);
-            let m = &metrics.machines[s.tap.machine];
-            m.windows.inc();
-            let msg = WindowMsg {
-                machine: s.tap.machine,
-                t_end_ms: end * 1000 / rate,
-                samples: v,
-                cut_at: Instant::now(),
-                lossless: s.tap.lossless,
-            };
-            let sent = if s.tap.lossless {
-                windows.send(msg).is_ok()
-            } else {
-                match windows.try_send(msg) {
-                    Ok(()) => true,
-                    Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
-                }
-            };
-            if !sent {
-                m.dropped_windows.inc();
+            RateConversion::None | RateConversion::Unusable => {
+                append_model_audio(s, mono, windows, recycled, events, metrics)
             }
-            s.next_window += hop;
         }
-        // Drop what neither the next window nor the clip history needs.
-        let oldest_needed = s.next_window.min(s.total.saturating_sub(s.keep as u64));
-        let drop = oldest_needed.saturating_sub(s.audio_start()) as usize;
-        s.audio.drain(..drop.min(s.audio.len()));
+        s.mono = mono_buf;
     }
+}
+
+/// The end of a stream (a file's last block, or a device closed before it is reopened): every machine whose
+/// audio is resampled gets the resampler's tail, so that the stream's last samples reach its windows and clips
+/// as they do at the model's own rate, where nothing is held back.
+fn flush_resamplers(
+    states: &mut [TapState],
+    windows: &Sender<WindowMsg>,
+    recycled: &Receiver<Vec<f32>>,
+    events: &Sender<ReaderEvent>,
+    metrics: &Metrics,
+) {
+    for s in states.iter_mut() {
+        if let RateConversion::Resample(r) = &mut s.rate {
+            let mut tail = std::mem::take(&mut s.resampled);
+            tail.clear();
+            match r.finish(&mut tail) {
+                Ok(()) => append_model_audio(s, &tail, windows, recycled, events, metrics),
+                Err(e) => log::error!("resampling the end of the stream failed: {e}"),
+            }
+            s.resampled = tail;
+        }
+    }
+}
+
+/// Appends model-rate audio to a machine's history, serves pending clips from it and cuts every window that is
+/// complete.
+fn append_model_audio(
+    s: &mut TapState,
+    model_audio: &[f32],
+    windows: &Sender<WindowMsg>,
+    recycled: &Receiver<Vec<f32>>,
+    events: &Sender<ReaderEvent>,
+    metrics: &Metrics,
+) {
+    s.audio.extend(model_audio);
+    s.total += model_audio.len() as u64;
+    serve_clips(s, events, metrics);
+
+    let p = &s.tap.features;
+    let rate = p.sample_rate as u64;
+    let (window, hop) = (p.window_samples, p.window_hop_samples as u64);
+    while s.total >= s.next_window + window as u64 {
+        let end = s.next_window + window as u64;
+        let mut v = recycled.try_recv().unwrap_or_default();
+        v.clear();
+        let start = (s.next_window - s.audio_start()) as usize;
+        extend_from_ring(&mut v, &s.audio, start, window);
+        let m = &metrics.machines[s.tap.machine];
+        m.windows.inc();
+        let msg = WindowMsg {
+            machine: s.tap.machine,
+            t_end_ms: end * 1000 / rate,
+            samples: v,
+            cut_at: Instant::now(),
+            lossless: s.tap.lossless,
+        };
+        let sent = if s.tap.lossless {
+            windows.send(msg).is_ok()
+        } else {
+            match windows.try_send(msg) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
+            }
+        };
+        if !sent {
+            m.dropped_windows.inc();
+        }
+        s.next_window += hop;
+    }
+    // Drop what neither the next window nor the clip history needs.
+    let oldest_needed = s.next_window.min(s.total.saturating_sub(s.keep as u64));
+    let drop = oldest_needed.saturating_sub(s.audio_start()) as usize;
+    s.audio.drain(..drop.min(s.audio.len()));
 }
 
 /// Sum of squares (in f64) and the number of samples at or beyond ±0.999 (clipped), in eight lanes so that
@@ -868,6 +911,51 @@ mod tests {
                 .copied()
                 .eq(signal[s.audio_start() as usize..].iter().copied()));
         }
+    }
+
+    #[test]
+    fn a_resampled_stream_is_cut_to_its_last_window_when_it_ends() {
+        // 2 s at 48 kHz, mono, in pieces: at 16 kHz the windows end at 0.5, 0.75, …, 2.0 s. The resampler holds
+        // back its filter's delay and an unfinished chunk, so the window that ends with the stream needs the
+        // flush at its end; without it that window (and a clip's last samples) would be lost.
+        let x: Vec<f32> = (0..96_000)
+            .map(|i| (i as f32 * 0.0523).sin() * 0.3 + ((i * 7 % 13) as f32 - 6.0) / 60.0)
+            .collect();
+        let mut states = vec![TapState::new(MachineTap {
+            channel: 0,
+            ..tap_state(true).tap
+        })];
+        states[0].rate =
+            RateConversion::Resample(Box::new(StreamResampler::new(48_000, 16_000).unwrap()));
+        let metrics = Metrics::new(&["in".into()], &["m".into()]);
+        let (wtx, wrx) = crossbeam_channel::bounded(64);
+        let (_rtx, rrx) = crossbeam_channel::bounded::<Vec<f32>>(4);
+        let (etx, _erx) = crossbeam_channel::bounded(64);
+        for piece in x.chunks(4_321) {
+            process(
+                &mut states,
+                piece,
+                1,
+                48_000,
+                &wtx,
+                &rrx,
+                &etx,
+                &HealthConfig::default(),
+                &metrics,
+            );
+        }
+        let before_end = wrx.try_iter().count();
+        flush_resamplers(&mut states, &wtx, &rrx, &etx, &metrics);
+        let at_end: Vec<WindowMsg> = wrx.try_iter().collect();
+        assert!(!at_end.is_empty(), "the last window waits for the flush");
+        assert_eq!(before_end + at_end.len(), 7);
+        let last = at_end.last().unwrap();
+        assert_eq!(last.t_end_ms, 2_000);
+        // The same samples as the whole recording resampled at once: the tail is audio, not padding.
+        let whole = sonitor_core::audio::resample(&x, 48_000, 16_000).unwrap();
+        assert_eq!(whole.len(), 32_000);
+        assert_eq!(last.samples, whole[24_000..]);
+        assert_eq!(states[0].total, 32_000);
     }
 
     #[test]

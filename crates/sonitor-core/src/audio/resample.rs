@@ -23,12 +23,15 @@ pub fn resample(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>, Resampl
         return Ok(samples.to_vec());
     }
     let mut stream = StreamResampler::new(from, to)?;
-    let expected = (samples.len() as u64 * to as u64 + from as u64 / 2) / from as u64;
-    let mut out = Vec::with_capacity(expected as usize + CHUNK);
+    let mut out = Vec::with_capacity(output_len(samples.len() as u64, from, to) as usize + CHUNK);
     stream.push(samples, &mut out)?;
     stream.finish(&mut out)?;
-    out.truncate(expected as usize);
     Ok(out)
+}
+
+/// The number of output samples `len` input samples make: `round(len · to / from)`.
+fn output_len(len: u64, from: u32, to: u32) -> u64 {
+    (len * to as u64 + from as u64 / 2) / from as u64
 }
 
 /// A resampler for a stream delivered in pieces of any size.
@@ -39,6 +42,12 @@ pub struct StreamResampler {
     out_buf: Vec<Vec<f32>>,
     /// Output samples still to discard to compensate the filter delay.
     skip: usize,
+    from: u32,
+    to: u32,
+    /// Input samples pushed since the stream began.
+    fed: u64,
+    /// Output samples appended since the stream began.
+    emitted: u64,
 }
 
 impl StreamResampler {
@@ -67,6 +76,10 @@ impl StreamResampler {
             in_buf,
             out_buf,
             skip,
+            from,
+            to,
+            fed: 0,
+            emitted: 0,
         })
     }
 
@@ -77,6 +90,7 @@ impl StreamResampler {
 
     /// Feeds samples; appends every output sample that is complete to `out`.
     pub fn push(&mut self, samples: &[f32], out: &mut Vec<f32>) -> Result<(), ResampleError> {
+        self.fed += samples.len() as u64;
         self.pending.extend_from_slice(samples);
         let n = self.inner.input_frames_next();
         let mut start = 0;
@@ -89,8 +103,13 @@ impl StreamResampler {
         Ok(())
     }
 
-    /// Flushes the tail (zero-padded) so that every input sample has produced its output.
+    /// Ends the stream: flushes the tail (zero-padded) so that every input sample has produced its output, and
+    /// appends exactly as many samples as make the stream's output `round(input · to / from)` samples long, as
+    /// [`resample`] gives for the whole stream at once. The resampler then starts a new stream (fresh filter
+    /// state and delay), so audio after a gap is not blended with the audio before it.
     pub fn finish(&mut self, out: &mut Vec<f32>) -> Result<(), ResampleError> {
+        let expected = output_len(self.fed, self.from, self.to);
+        let start = out.len();
         let n = self.inner.input_frames_next();
         // The pending tail plus enough zeros to push the filter delay out.
         let mut remaining = self.pending.len()
@@ -107,6 +126,15 @@ impl StreamResampler {
             self.step(n, out)?;
             remaining = remaining.saturating_sub(n);
         }
+        // The zeros' own output beyond the stream's length is not audio.
+        let excess = (self.emitted.saturating_sub(expected) as usize).min(out.len() - start);
+        out.truncate(out.len() - excess);
+        self.inner.reset();
+        self.skip = self.inner.output_delay();
+        self.pending = tail;
+        self.pending.clear();
+        self.fed = 0;
+        self.emitted = 0;
         Ok(())
     }
 
@@ -119,6 +147,7 @@ impl StreamResampler {
         let drop = self.skip.min(produced.len());
         self.skip -= drop;
         out.extend_from_slice(&produced[drop..]);
+        self.emitted += (produced.len() - drop) as u64;
         Ok(())
     }
 }
@@ -195,8 +224,29 @@ mod tests {
             s.push(piece, &mut out).unwrap();
         }
         s.finish(&mut out).unwrap();
-        out.truncate(whole.len());
         assert_eq!(out, whole);
+    }
+
+    #[test]
+    fn a_finished_stream_has_its_exact_length_and_the_next_starts_afresh() {
+        let mut s = StreamResampler::new(48_000, 16_000).unwrap();
+        // Lengths that divide evenly and not, shorter than one internal chunk and longer than many.
+        for len in [480_000, 48_001, 100, 3 * 1024 + 7] {
+            let x = sine(440.0, 48_000, len as f32 / 48_000.0);
+            let x = &x[..len.min(x.len())];
+            let mut out = Vec::new();
+            for piece in x.chunks(4_000) {
+                s.push(piece, &mut out).unwrap();
+            }
+            s.finish(&mut out).unwrap();
+            assert_eq!(
+                out.len() as u64,
+                output_len(x.len() as u64, 48_000, 16_000),
+                "{len}"
+            );
+            // Each stream after a finish equals a fresh resampler's: nothing of the previous one leaks in.
+            assert_eq!(out, resample(x, 48_000, 16_000).unwrap(), "{len}");
+        }
     }
 
     #[test]
