@@ -198,8 +198,17 @@ fn an_event_whose_clip_could_not_be_written_ends_without_naming_it() {
     let d = tempfile::tempdir().unwrap();
     let b = common::standard_bundle(d.path());
     let wav = d.path().join("long-fault.wav");
-    common::write_wav(&wav, &common::recording(2.0, 8.0, 4.0));
-    let cfg = common::offline_config(d.path(), &wav, &b.dir, "");
+    common::write_wav(&wav, &common::recording(2.0, 3.0, 3.0));
+    // Paced as a sound card delivers it, so that the clip's failure (1 s after the onset) is known before the
+    // alarm clears (3 s later). Replayed as fast as possible, the end of the event could be decided before the
+    // clip writer had tried, and the end event would rightly still name the clip it was waiting for.
+    let cfg = common::file_config(
+        d.path(),
+        &wav,
+        &b.dir,
+        "realtime = true\nat_end = \"exit\"\n",
+        "",
+    );
     std::fs::create_dir_all(d.path().join("state/clips")).unwrap();
     std::fs::write(d.path().join("state/clips/pump-1"), b"in the way").unwrap();
 
