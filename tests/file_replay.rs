@@ -134,13 +134,7 @@ fn a_file_cut_short_during_the_replay_ends_it_with_status_74() {
     let b = common::standard_bundle(d.path());
     let wav = d.path().join("live.wav");
     common::write_wav(&wav, &common::recording(6.0, 0.0, 0.0));
-    let cfg = common::file_config(
-        d.path(),
-        &wav,
-        &b.dir,
-        "realtime = true\nat_end = \"exit\"\n",
-        "",
-    );
+    let cfg = common::paced_config(d.path(), &wav, &b.dir, "");
 
     let mut daemon = common::Daemon::start(&cfg, &[]);
     daemon.wait_log("input mic open", Duration::from_secs(20));
@@ -202,13 +196,7 @@ fn an_event_whose_clip_could_not_be_written_ends_without_naming_it() {
     // Paced as a sound card delivers it, so that the clip's failure (1 s after the onset) is known before the
     // alarm clears (3 s later). Replayed as fast as possible, the end of the event could be decided before the
     // clip writer had tried, and the end event would rightly still name the clip it was waiting for.
-    let cfg = common::file_config(
-        d.path(),
-        &wav,
-        &b.dir,
-        "realtime = true\nat_end = \"exit\"\n",
-        "",
-    );
+    let cfg = common::paced_config(d.path(), &wav, &b.dir, "");
     std::fs::create_dir_all(d.path().join("state/clips")).unwrap();
     std::fs::write(d.path().join("state/clips/pump-1"), b"in the way").unwrap();
 

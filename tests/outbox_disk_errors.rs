@@ -194,7 +194,7 @@ fn the_daemon_names_every_message_lost_at_a_stop() {
     let wav = d.path().join("rec.wav");
     // Normal, anomalous, normal: one alarm raised and cleared, 4 messages (alarm ON, start, OFF, end).
     common::write_wav(&wav, &common::recording(3.0, 3.0, 4.0));
-    let device = common::file_device(&wav, "realtime = true\nat_end = \"exit\"\n");
+    let device = common::file_device(&wav, common::PACED_TO_THE_END);
     // MQTT on, but nothing listens on the port: every message waits in the outbox.
     let cfg = common::config(d.path(), &device, &b.dir, common::free_port(), "");
     let mut daemon = common::Daemon::start(&cfg, &[]);

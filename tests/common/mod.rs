@@ -709,7 +709,6 @@ impl Drop for Daemon {
     }
 }
 
-/// A daemon configuration for one machine on one input section (`[[devices]]` TOML given by the test).
 /// A configuration with no broker that replays `wav` (device `mic`) as fast as the pipeline allows and ends the
 /// daemon at the file's end; the alarm messages stay in the outbox.
 pub fn offline_config(dir: &Path, wav: &Path, bundle: &Path, extra: &str) -> PathBuf {
@@ -721,6 +720,15 @@ pub fn offline_config(dir: &Path, wav: &Path, bundle: &Path, extra: &str) -> Pat
         extra,
     )
 }
+
+/// Like [`offline_config`], but the file is paced as a sound card delivers audio (real time), for tests whose
+/// outcome depends on the order in which the daemon's threads see events.
+pub fn paced_config(dir: &Path, wav: &Path, bundle: &Path, extra: &str) -> PathBuf {
+    file_config(dir, wav, bundle, PACED_TO_THE_END, extra)
+}
+
+/// The device keys of a file replayed in real time that ends the daemon at its end.
+pub const PACED_TO_THE_END: &str = "realtime = true\nat_end = \"exit\"\n";
 
 /// The `[[devices]]` entry of device `mic` replaying `wav`, with the device keys `device_keys` (e.g.
 /// `realtime = true\nat_end = "loop"\n`).
@@ -747,6 +755,7 @@ pub fn file_config(
     cfg
 }
 
+/// A daemon configuration for one machine on one input section (`[[devices]]` TOML given by the test).
 pub fn config(
     dir: &Path,
     device_toml: &str,
