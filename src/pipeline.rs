@@ -213,10 +213,7 @@ pub fn spawn_reader(
     std::thread::Builder::new()
         .name(format!("reader-{name}"))
         .spawn(move || {
-            let mut states: Vec<TapState> = taps
-                .into_iter()
-                .map(TapState::new)
-                .collect();
+            let mut states: Vec<TapState> = taps.into_iter().map(TapState::new).collect();
             let mut current: Option<StreamHandle> = None;
             // A stream that arrived while the reader was waiting for one.
             let mut arrived: Option<StreamHandle> = None;
@@ -234,34 +231,21 @@ pub fn spawn_reader(
                             if n == 0 {
                                 break;
                             }
-                            process(&mut states, &scratch[..n], ch, old.sample_rate, &windows, &recycled, &events, &health, &metrics);
+                            process(
+                                &mut states,
+                                &scratch[..n],
+                                ch,
+                                old.sample_rate,
+                                &windows,
+                                &recycled,
+                                &events,
+                                &health,
+                                &metrics,
+                            );
                         }
                         flush_resamplers(&mut states, &windows, &recycled, &events, &metrics);
                     }
-                    for s in &mut states {
-                        let model_rate = s.tap.features.sample_rate;
-                        s.rate = if new.sample_rate == model_rate {
-                            RateConversion::None
-                        } else {
-                            match StreamResampler::new(new.sample_rate, model_rate) {
-                                Ok(r) => RateConversion::Resample(Box::new(r)),
-                                Err(e) => {
-                                    log::error!(
-                                        "input {name}: cannot resample {} Hz to {model_rate} Hz: {e}; machine #{} \
-                                         gets no windows from this stream",
-                                        new.sample_rate, s.tap.machine
-                                    );
-                                    RateConversion::Unusable
-                                }
-                            }
-                        };
-                        if s.tap.channel >= new.channels {
-                            log::error!(
-                                "input {name}: machine #{} wants channel {} but the stream has {} channel(s)",
-                                s.tap.machine, s.tap.channel, new.channels
-                            );
-                        }
-                    }
+                    start_stream(&mut states, &name, new.sample_rate, new.channels);
                     current = Some(new);
                 }
                 while let Ok(req) = clip_requests.try_recv() {
@@ -291,9 +275,52 @@ pub fn spawn_reader(
                     continue;
                 }
                 let rate = stream.sample_rate;
-                process(&mut states, &scratch[..n], ch, rate, &windows, &recycled, &events, &health, &metrics);
+                process(
+                    &mut states,
+                    &scratch[..n],
+                    ch,
+                    rate,
+                    &windows,
+                    &recycled,
+                    &events,
+                    &health,
+                    &metrics,
+                );
             }
         })
+}
+
+/// A new stream of the input (its first, or a device or file opened again): each machine gets the rate
+/// conversion this stream needs, and its windows start again at the stream's first sample. Audio from before
+/// the gap and after it never share a window: the splice would be scored as a sound the machine made (the
+/// clip history keeps both sides, as it is only evidence). At the first stream nothing has been cut yet.
+fn start_stream(states: &mut [TapState], name: &str, sample_rate: u32, channels: usize) {
+    for s in states.iter_mut() {
+        let model_rate = s.tap.features.sample_rate;
+        s.rate = if sample_rate == model_rate {
+            RateConversion::None
+        } else {
+            match StreamResampler::new(sample_rate, model_rate) {
+                Ok(r) => RateConversion::Resample(Box::new(r)),
+                Err(e) => {
+                    log::error!(
+                        "input {name}: cannot resample {sample_rate} Hz to {model_rate} Hz: {e}; machine #{} \
+                         gets no windows from this stream",
+                        s.tap.machine
+                    );
+                    RateConversion::Unusable
+                }
+            }
+        };
+        if s.tap.channel >= channels {
+            log::error!(
+                "input {name}: machine #{} wants channel {} but the stream has {channels} channel(s)",
+                s.tap.machine,
+                s.tap.channel
+            );
+        }
+        s.next_window = s.total;
+    }
 }
 
 /// How often the reader looks at its ring when it is empty and the source is not paced (a file replayed as fast
@@ -956,6 +983,28 @@ mod tests {
         assert_eq!(whole.len(), 32_000);
         assert_eq!(last.samples, whole[24_000..]);
         assert_eq!(states[0].total, 32_000);
+    }
+
+    #[test]
+    fn windows_start_again_with_a_new_stream() {
+        // A ramp that names every sample; 1.3 s of a first stream, then a second (a device opened again after
+        // a gap): no window holds samples of both.
+        let signal: Vec<f32> = (0..36_800).map(|i| i as f32).collect();
+        let mut states = vec![TapState::new(MachineTap {
+            channel: 0,
+            ..tap_state(true).tap
+        })];
+        start_stream(&mut states, "in", 16_000, 1);
+        let first = feed(&mut states, signal[..20_800].chunks(1_000), 1, 64).windows;
+        start_stream(&mut states, "in", 16_000, 1);
+        let second = feed(&mut states, signal[20_800..].chunks(1_000), 1, 64).windows;
+        let starts = |ws: &[WindowMsg]| ws.iter().map(|w| w.samples[0] as u64).collect::<Vec<_>>();
+        assert_eq!(starts(&first), [0, 4_000, 8_000, 12_000]);
+        assert_eq!(starts(&second), [20_800, 24_800, 28_800]);
+        for w in first.iter().chain(&second) {
+            assert_eq!(w.samples, signal[w.samples[0] as usize..][..8_000]);
+            assert_eq!(w.t_end_ms, (w.samples[0] as u64 + 8_000) / 16);
+        }
     }
 
     #[test]
