@@ -96,7 +96,6 @@ pub struct Background {
     pub used: BackgroundUsed,
 }
 
-/// The usable recordings in `dir`, sorted: files with an industrial prefix, or every `.wav` if none has one.
 /// The WAV files of a directory given with `--background DIR`; none is an error.
 fn chosen_recordings(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let files = recordings_in(dir)?;
@@ -108,6 +107,7 @@ fn chosen_recordings(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The usable recordings in `dir`, sorted: files with an industrial prefix, or every `.wav` if none has one.
 fn recordings_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let entries = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read background directory {}", dir.display()))?;
