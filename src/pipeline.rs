@@ -733,23 +733,46 @@ mod tests {
         events: Vec<ReaderEvent>,
     }
 
-    /// Feeds `pieces` through `process` with a window queue of `queue` (windows beyond it are dropped).
+    /// Feeds `pieces` of 16 kHz audio through `process` with a window queue of `queue` (windows beyond it are
+    /// dropped).
     fn feed<'a>(
         states: &mut [TapState],
         pieces: impl IntoIterator<Item = &'a [f32]>,
         channels: usize,
         queue: usize,
     ) -> Fed {
+        feed_at(states, pieces, channels, 16_000, queue)
+    }
+
+    /// [`feed`] at an input rate of `rate`.
+    fn feed_at<'a>(
+        states: &mut [TapState],
+        pieces: impl IntoIterator<Item = &'a [f32]>,
+        channels: usize,
+        rate: u32,
+        queue: usize,
+    ) -> Fed {
+        let health = HealthConfig::default();
+        reader_step(queue, |windows, recycled, events, metrics| {
+            for piece in pieces {
+                process(
+                    states, piece, channels, rate, windows, recycled, events, &health, metrics,
+                );
+            }
+        })
+    }
+
+    /// What one step of the reader (`step`, given its queues and metrics) produced, with a window queue of
+    /// `queue`.
+    fn reader_step(
+        queue: usize,
+        step: impl FnOnce(&Sender<WindowMsg>, &Receiver<Vec<f32>>, &Sender<ReaderEvent>, &Metrics),
+    ) -> Fed {
         let metrics = Metrics::new(&["in".into()], &["m".into()]);
         let (wtx, wrx) = crossbeam_channel::bounded(queue);
         let (_rtx, rrx) = crossbeam_channel::bounded::<Vec<f32>>(4);
         let (etx, erx) = crossbeam_channel::bounded(64);
-        let health = HealthConfig::default();
-        for piece in pieces {
-            process(
-                states, piece, channels, 16_000, &wtx, &rrx, &etx, &health, &metrics,
-            );
-        }
+        step(&wtx, &rrx, &etx, &metrics);
         Fed {
             windows: wrx.try_iter().collect(),
             events: erx.try_iter().collect(),
@@ -954,28 +977,11 @@ mod tests {
         })];
         states[0].rate =
             RateConversion::Resample(Box::new(StreamResampler::new(48_000, 16_000).unwrap()));
-        let metrics = Metrics::new(&["in".into()], &["m".into()]);
-        let (wtx, wrx) = crossbeam_channel::bounded(64);
-        let (_rtx, rrx) = crossbeam_channel::bounded::<Vec<f32>>(4);
-        let (etx, _erx) = crossbeam_channel::bounded(64);
-        for piece in x.chunks(4_321) {
-            process(
-                &mut states,
-                piece,
-                1,
-                48_000,
-                &wtx,
-                &rrx,
-                &etx,
-                &HealthConfig::default(),
-                &metrics,
-            );
-        }
-        let before_end = wrx.try_iter().count();
-        flush_resamplers(&mut states, &wtx, &rrx, &etx, &metrics);
-        let at_end: Vec<WindowMsg> = wrx.try_iter().collect();
+        let before_end = feed_at(&mut states, x.chunks(4_321), 1, 48_000, 64).windows;
+        let at_end =
+            reader_step(64, |w, r, e, m| flush_resamplers(&mut states, w, r, e, m)).windows;
         assert!(!at_end.is_empty(), "the last window waits for the flush");
-        assert_eq!(before_end + at_end.len(), 7);
+        assert_eq!(before_end.len() + at_end.len(), 7);
         let last = at_end.last().unwrap();
         assert_eq!(last.t_end_ms, 2_000);
         // The same samples as the whole recording resampled at once: the tail is audio, not padding.
