@@ -661,6 +661,91 @@ fn value_problems(tree: &serde_json::Value, from_env: &BTreeMap<String, String>)
     p
 }
 
+/// Every value of `raw` (the file with the environment applied, each value of the type it was written with) whose
+/// type is not the one its setting has in `typed` (the configuration the typed read made of it, serialised
+/// back), by its key path, its value and what to write instead. A whole number where a number is wanted is
+/// fine; a fraction where a whole number is wanted, text where a number or true/false is wanted, and a number
+/// or true/false where text is wanted are not. Values set by the environment (text by nature, `from_env`) are
+/// left to the typed read; a password is not repeated in the message.
+fn type_problems(
+    raw: &serde_json::Value,
+    typed: &serde_json::Value,
+    from_env: &BTreeMap<String, String>,
+) -> Vec<String> {
+    let mut p = Vec::new();
+    type_walk(raw, typed, "", "", from_env, &mut p);
+    p
+}
+
+/// [`type_problems`] below `key` (its path so far); `at` names the device or machine an entry belongs to.
+fn type_walk(
+    raw: &serde_json::Value,
+    typed: &serde_json::Value,
+    key: &str,
+    at: &str,
+    from_env: &BTreeMap<String, String>,
+    p: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    match (raw, typed) {
+        (Value::Object(r), Value::Object(t)) => {
+            for (k, rv) in r {
+                let Some(tv) = t.get(k) else { continue };
+                let path = if key.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{key}.{k}")
+                };
+                type_walk(rv, tv, &path, at, from_env, p);
+            }
+        }
+        (Value::Array(r), Value::Array(t)) => {
+            for (i, (rv, tv)) in r.iter().zip(t).enumerate() {
+                // As the other problems of an entry are named: `machine 'pump-3': …`.
+                let at = match rv.get("name").and_then(|n| n.as_str()) {
+                    Some(name) => format!("{} '{name}': ", key.trim_end_matches('s')),
+                    None => at.to_string(),
+                };
+                type_walk(rv, tv, &format!("{key}[{i}]"), &at, from_env, p);
+            }
+        }
+        _ => {
+            if from_env.contains_key(key) {
+                return;
+            }
+            let whole = |v: &Value| v.is_i64() || v.is_u64();
+            let written = match raw {
+                Value::Null => "(nan or inf)".to_string(),
+                _ if key.ends_with("password") => "…".to_string(),
+                _ => raw.to_string(),
+            };
+            let (why, help) = match typed {
+                Value::Bool(_) if !raw.is_boolean() => {
+                    ("is not true or false", "write true or false".to_string())
+                }
+                Value::Number(_) if whole(typed) && !whole(raw) => {
+                    ("is not a whole number", "write a whole number".to_string())
+                }
+                // A fraction, or TOML's nan or inf (null here), where a fraction may be.
+                Value::Number(_) if !(raw.is_number() || raw.is_null()) => {
+                    ("is not a number", "write a number".to_string())
+                }
+                Value::String(_) if !raw.is_string() => (
+                    "is not text",
+                    format!("write it in quotes, e.g. \"{written}\""),
+                ),
+                _ => return,
+            };
+            let (why, help) = if raw.is_string() {
+                ("is text", format!("{help} (without quotes)"))
+            } else {
+                (why, help)
+            };
+            p.push(format!("{at}{key} = {written} {why}: {help}"));
+        }
+    }
+}
+
 /// Environment variables that override the file: `SONITOR_<SECTION>__<KEY>` for known sections.
 fn env_overrides<I: IntoIterator<Item = (String, String)>>(vars: I) -> BTreeMap<String, String> {
     vars.into_iter()
@@ -770,8 +855,9 @@ impl Config {
             .map_err(|e| err(config_crate_message(&e, &from_env)))?;
         // Durations and the detector's numbers are checked before the typed read, which names neither the key of
         // a machine's detector setting (they are flattened into the machine) nor what a duration looks like.
-        if let Ok(tree) = built.clone().try_deserialize::<serde_json::Value>() {
-            let reasons = value_problems(&tree, &from_env);
+        let tree = built.clone().try_deserialize::<serde_json::Value>().ok();
+        if let Some(tree) = &tree {
+            let reasons = value_problems(tree, &from_env);
             if !reasons.is_empty() {
                 return Err(ConfigError {
                     path: path.to_path_buf(),
@@ -779,9 +865,21 @@ impl Config {
                 });
             }
         }
-        built
+        let config = built
             .try_deserialize::<Config>()
-            .map_err(|e| err(config_crate_message(&e, &from_env)))
+            .map_err(|e| err(config_crate_message(&e, &from_env)))?;
+        // The typed read converts where the file's type is not the setting's: `channel = 1.5` would become
+        // channel 2, `port = 1883.7` port 1884, `enabled = "yes"` true. Each such value is refused instead.
+        if let (Some(tree), Ok(typed)) = (&tree, serde_json::to_value(&config)) {
+            let reasons = type_problems(tree, &typed, &from_env);
+            if !reasons.is_empty() {
+                return Err(ConfigError {
+                    path: path.to_path_buf(),
+                    reasons,
+                });
+            }
+        }
+        Ok(config)
     }
 
     pub fn device(&self, name: &str) -> Option<&DeviceConfig> {
@@ -1504,6 +1602,57 @@ min_duration = "3s"
         );
         let e = refused("node_id = [1,", &[]);
         assert!(e.contains("sonitor.toml"), "{e}");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_refused_not_converted() {
+        let d = tempfile::tempdir().unwrap();
+        let refused = |text: &str| {
+            Config::load_with_env(&write(d.path(), text), [])
+                .unwrap_err()
+                .to_string()
+        };
+        // The typed read alone takes each of these, converted: channel 2, port 1884, enabled, host "10".
+        let text = minimal(d.path()).replace(
+            "raise_k = 2",
+            "raise_k = 2\nchannel = 1.5\nenabled = \"yes\"",
+        )
+            + "[mqtt]\nport = 1883.7\nhost = 10\noutbox_max = \"100\"\npassword = 123456\n";
+        let e = refused(&text);
+        assert_named(
+            &e,
+            &[
+                "machine 'pump-1': machines[0].channel = 1.5 is not a whole number: write a whole number",
+                "machine 'pump-1': machines[0].enabled = \"yes\" is text: write true or false (without quotes)",
+                "mqtt.port = 1883.7 is not a whole number",
+                "mqtt.host = 10 is not text: write it in quotes, e.g. \"10\"",
+                "mqtt.outbox_max = \"100\" is text: write a whole number (without quotes)",
+                "mqtt.password = … is not text",
+            ],
+        );
+        assert!(!e.contains("123456"), "a password is not repeated: {e}");
+        let text = minimal(d.path()).replace("raise_k = 2", "raise_k = 2\nchannel = nan");
+        let e = refused(&text);
+        assert!(
+            e.contains("machines[0].channel = (nan or inf) is not a whole number"),
+            "{e}"
+        );
+        let text = minimal(d.path()) + "[clips]\npre_seconds = true\n";
+        let e = refused(&text);
+        assert!(
+            e.contains("clips.pre_seconds = true is not a number"),
+            "{e}"
+        );
+
+        // A whole number where a fraction may be is fine; so is a value the environment sets (text by nature).
+        let text = minimal(d.path()).replace(
+            "device = \"default\"",
+            "device = \"default\"\nring_seconds = 4",
+        ) + "[clips]\npre_seconds = 3\n";
+        let env = [("SONITOR_MQTT__PORT".to_string(), "2883".to_string())];
+        let c = Config::load_with_env(&write(d.path(), &text), env).unwrap();
+        assert_eq!((c.devices[0].ring_seconds, c.clips.pre_seconds), (4.0, 3.0));
+        assert_eq!(c.mqtt.port, 2883);
     }
 
     /// Every static problem of a configuration text, one per line.

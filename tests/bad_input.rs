@@ -82,6 +82,17 @@ fn every_kind_of_bad_input_is_named_with_exit_78() {
         ],
     );
 
+    // A value of the wrong type, which the config crate would convert (channel 1.5 into channel 2): refused.
+    let text = std::fs::read_to_string(&good)
+        .unwrap()
+        .replace("channel = 0", "channel = 1.5");
+    let p = d.path().join("fraction.toml");
+    std::fs::write(&p, text).unwrap();
+    expect_78(
+        &p,
+        &["machine 'pump-1': machines[0].channel = 1.5 is not a whole number"],
+    );
+
     // A missing bundle.
     let p = common::config(
         d.path(),
