@@ -248,6 +248,15 @@ impl Dataset {
         set.into_iter().map(|(t, s)| (t.to_string(), s)).collect()
     }
 
+    /// The sections (of [`Dataset::sections`]) with no clip in `split`: e.g. a machine type whose `train`
+    /// directory is empty, which a model trained on this data set cannot have a model for.
+    pub fn sections_without(&self, split: Split) -> Vec<(String, u16)> {
+        self.sections()
+            .into_iter()
+            .filter(|(t, s)| self.clips_of(t, *s, split).next().is_none())
+            .collect()
+    }
+
     pub fn clips_of<'a>(
         &'a self,
         machine_type: &'a str,
@@ -676,6 +685,21 @@ mod tests {
         let m = ClassMap::build(LabelGranularity::AttributeDomain, train.iter().copied());
         assert_eq!(m.names[0], "fan/section_00/spd_2/target");
         assert_eq!(m.index_of(train[0]), Some(1));
+    }
+
+    #[test]
+    fn sections_missing_a_split_are_found() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        touch(&r.join("fan/train/section_00_source_train_normal_0000.wav"));
+        touch(&r.join("fan/test/section_00_source_test_normal_0000.wav"));
+        // Its training clips lost (an empty train directory), its test clips kept.
+        std::fs::create_dir_all(r.join("pump/train")).unwrap();
+        touch(&r.join("pump/test/section_01_source_test_anomaly_0000.wav"));
+        touch(&r.join("valve/train/section_02_target_train_normal_0000.wav"));
+        let ds = scan(r).unwrap();
+        assert_eq!(ds.sections_without(Split::Train), vec![("pump".into(), 1)]);
+        assert_eq!(ds.sections_without(Split::Test), vec![("valve".into(), 2)]);
     }
 
     #[test]

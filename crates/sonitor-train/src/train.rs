@@ -417,6 +417,19 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
     let data = dcase::scan(&o.data)?;
     let train = data::train_clips(&data)?;
     anyhow::ensure!(!train.is_empty(), "{}", data::describe_empty(&o.data));
+    let untrained = data.sections_without(Split::Train);
+    if !untrained.is_empty() {
+        let names: Vec<String> = untrained
+            .iter()
+            .map(|(t, s)| format!("{t} section {s:02}"))
+            .collect();
+        eprintln!(
+            "warning: no training clips for {} (only test clips): the bundle will have no model for it (the \
+             daemon refuses a machine on such a section, and `eval` refuses its test clips); put its normal clips \
+             in <type>/train to include it",
+            names.join(", ")
+        );
+    }
     anyhow::ensure!(
         train.len() >= 2 || o.epochs == 0,
         "{}: {} training clip: training needs at least 2 (a batch of 1 cannot be normalised)",
