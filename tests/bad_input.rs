@@ -32,6 +32,18 @@ fn expect_78(config: &Path, needles: &[&str]) {
     }
 }
 
+/// A copy of the configuration `good`, named `name` beside it, with each `(from, to)` replaced.
+fn edited(good: &Path, name: &str, edits: &[(&str, &str)]) -> std::path::PathBuf {
+    let mut text = std::fs::read_to_string(good).unwrap();
+    for (from, to) in edits {
+        assert!(text.contains(from), "'{from}' is not in {}", good.display());
+        text = text.replace(from, to);
+    }
+    let p = good.with_file_name(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
 fn file_device(wav: &Path) -> String {
     common::file_device(wav, "realtime = false\n")
 }
@@ -61,19 +73,15 @@ fn every_kind_of_bad_input_is_named_with_exit_78() {
     expect_78(&p, &["malformed.toml"]);
 
     // An unknown key (a typo) is named.
-    let text = std::fs::read_to_string(&good)
-        .unwrap()
-        .replace("raise_k", "rise_k");
-    let p = d.path().join("typo.toml");
-    std::fs::write(&p, text).unwrap();
+    let p = edited(&good, "typo.toml", &[("raise_k", "rise_k")]);
     expect_78(&p, &["rise_k"]);
 
     // A duration that is not one: its key, the machine, its value and what a duration looks like.
-    let text = std::fs::read_to_string(&good)
-        .unwrap()
-        .replace("raise_k = 2", "raise_k = 2\nmin_duration = \"forever\"");
-    let p = d.path().join("duration.toml");
-    std::fs::write(&p, text).unwrap();
+    let p = edited(
+        &good,
+        "duration.toml",
+        &[("raise_k = 2", "raise_k = 2\nmin_duration = \"forever\"")],
+    );
     expect_78(
         &p,
         &[
@@ -83,11 +91,7 @@ fn every_kind_of_bad_input_is_named_with_exit_78() {
     );
 
     // A value of the wrong type, which the config crate would convert (channel 1.5 into channel 2): refused.
-    let text = std::fs::read_to_string(&good)
-        .unwrap()
-        .replace("channel = 0", "channel = 1.5");
-    let p = d.path().join("fraction.toml");
-    std::fs::write(&p, text).unwrap();
+    let p = edited(&good, "fraction.toml", &[("channel = 0", "channel = 1.5")]);
     expect_78(
         &p,
         &["machine 'pump-1': machines[0].channel = 1.5 is not a whole number"],
@@ -104,11 +108,11 @@ fn every_kind_of_bad_input_is_named_with_exit_78() {
     expect_78(&p, &["no-such-bundle", "manifest.json"]);
 
     // A bundle without the configured section.
-    let text = std::fs::read_to_string(&good)
-        .unwrap()
-        .replace("pump/section_00", "fan/section_03");
-    let p = d.path().join("section.toml");
-    std::fs::write(&p, text).unwrap();
+    let p = edited(
+        &good,
+        "section.toml",
+        &[("pump/section_00", "fan/section_03")],
+    );
     expect_78(&p, &["no section 'fan/section_03'", "pump/section_00"]);
 
     // A corrupted model file (checksum).
@@ -124,11 +128,7 @@ fn every_kind_of_bad_input_is_named_with_exit_78() {
     expect_78(&p, &["checksum mismatch"]);
 
     // A channel the input does not have.
-    let text = std::fs::read_to_string(&good)
-        .unwrap()
-        .replace("channel = 0", "channel = 3");
-    let p = d.path().join("channel.toml");
-    std::fs::write(&p, text).unwrap();
+    let p = edited(&good, "channel.toml", &[("channel = 0", "channel = 3")]);
     expect_78(&p, &["channel 3 does not exist", "1 channel(s)"]);
 
     // A recording cut short: the header announces more frames than the file holds.
@@ -157,12 +157,14 @@ fn every_kind_of_bad_input_is_named_with_exit_78() {
     expect_78(&p, &["no_such_pcm_xyz", "does not exist"]);
 
     // Several problems at once are all listed.
-    let text = std::fs::read_to_string(&good)
-        .unwrap()
-        .replace("raise_k = 2", "raise_k = 7")
-        .replace("listen = \"127.0.0.1:", "listen = \"0.0.0.0:");
-    let p = d.path().join("several.toml");
-    std::fs::write(&p, text).unwrap();
+    let p = edited(
+        &good,
+        "several.toml",
+        &[
+            ("raise_k = 2", "raise_k = 7"),
+            ("listen = \"127.0.0.1:", "listen = \"0.0.0.0:"),
+        ],
+    );
     expect_78(&p, &["raise_k (7) <= raise_n (3)", "loopback"]);
 
     // A missing configuration file; a directory where the file should be.
