@@ -45,14 +45,24 @@ pub enum DeviceKind {
 }
 
 impl DeviceKind {
-    /// The burn device with autodiff; an error names the cargo feature a GPU backend needs.
+    /// The burn device with autodiff; an error names the cargo feature a GPU backend needs, or says that the GPU
+    /// could not be opened.
     pub fn device(self) -> anyhow::Result<Device> {
         let d = match self {
             Self::Cpu => Device::flex(),
             #[cfg(feature = "wgpu")]
-            Self::Wgpu => Device::wgpu(burn::tensor::DeviceKind::default()),
+            Self::Wgpu => gpu_checked(
+                Device::wgpu(burn::tensor::DeviceKind::default()),
+                "wgpu",
+                "no GPU adapter through Vulkan, Metal, DirectX 12 or OpenGL (install the GPU's Vulkan driver, \
+                 e.g. the NVIDIA driver's Vulkan ICD, or Mesa's)",
+            )?,
             #[cfg(feature = "cuda")]
-            Self::Cuda => Device::cuda(0usize),
+            Self::Cuda => gpu_checked(
+                Device::cuda(0usize),
+                "cuda",
+                "no CUDA device 0 (check `nvidia-smi` and the driver)",
+            )?,
             #[allow(unreachable_patterns)]
             other => {
                 let name = format!("{other:?}").to_lowercase();
@@ -60,6 +70,47 @@ impl DeviceKind {
             }
         };
         Ok(d.autodiff())
+    }
+}
+
+/// `device` once it has run one tensor operation; an error with `hint` (and the backend's own message) where it
+/// cannot. The GPU back ends open the device lazily and panic, in their device thread and then in the caller's,
+/// when there is none: the first use is made here, under `catch_unwind`, so that `fit --device wgpu` on a machine
+/// without a GPU driver ends with this message instead of a panic in the middle of building the network.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn gpu_checked(device: Device, name: &str, hint: &str) -> anyhow::Result<Device> {
+    use std::sync::{Arc, Mutex};
+    let first: Arc<Mutex<Option<String>>> = Arc::default();
+    let seen = Arc::clone(&first);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let mut m = seen.lock().unwrap_or_else(|e| e.into_inner());
+        if m.is_none() {
+            let text = info
+                .payload()
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()));
+            *m = Some(text.unwrap_or_else(|| info.to_string()));
+        }
+    }));
+    let probe = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Tensor::<1>::zeros([1], &device).into_data()
+    }));
+    let _ = std::panic::take_hook();
+    std::panic::set_hook(previous);
+    match probe {
+        Ok(_) => Ok(device),
+        Err(_) => {
+            let why = first
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .unwrap_or_default();
+            anyhow::bail!(
+                "--device {name}: {hint}; the backend said: {why}; or train with --device cpu"
+            )
+        }
     }
 }
 
