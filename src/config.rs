@@ -642,11 +642,7 @@ fn value_problems(tree: &serde_json::Value, from_env: &BTreeMap<String, String>)
                     let Some(value) = entry.get(field) else {
                         continue;
                     };
-                    // As the other problems of an entry are named: `machine 'pump-3': …`.
-                    let at = match entry.get("name").and_then(|n| n.as_str()) {
-                        Some(name) => format!("{} '{name}': ", array.trim_end_matches('s')),
-                        None => String::new(),
-                    };
+                    let at = entry_label(array, entry).unwrap_or_default();
                     check(at, &format!("{array}[{i}].{field}"), value, expect);
                 }
             }
@@ -659,6 +655,13 @@ fn value_problems(tree: &serde_json::Value, from_env: &BTreeMap<String, String>)
         }
     }
     p
+}
+
+/// `machine 'pump-3': ` for an entry of the array of tables `array` (`machines`) that has a name: the prefix the other
+/// problems of an entry are named with.
+fn entry_label(array: &str, entry: &serde_json::Value) -> Option<String> {
+    let name = entry.get("name")?.as_str()?;
+    Some(format!("{} '{name}': ", array.trim_end_matches('s')))
 }
 
 /// Every value of `raw` (the file with the environment applied, each value of the type it was written with) whose
@@ -701,11 +704,7 @@ fn type_walk(
         }
         (Value::Array(r), Value::Array(t)) => {
             for (i, (rv, tv)) in r.iter().zip(t).enumerate() {
-                // As the other problems of an entry are named: `machine 'pump-3': …`.
-                let at = match rv.get("name").and_then(|n| n.as_str()) {
-                    Some(name) => format!("{} '{name}': ", key.trim_end_matches('s')),
-                    None => at.to_string(),
-                };
+                let at = entry_label(key, rv).unwrap_or_else(|| at.to_string());
                 type_walk(rv, tv, &format!("{key}[{i}]"), &at, from_env, p);
             }
         }
@@ -855,15 +854,19 @@ impl Config {
             .map_err(|e| err(config_crate_message(&e, &from_env)))?;
         // Durations and the detector's numbers are checked before the typed read, which names neither the key of
         // a machine's detector setting (they are flattened into the machine) nor what a duration looks like.
+        // Refuses the file when a check found problems.
+        let refused = |reasons: Vec<String>| {
+            if reasons.is_empty() {
+                return Ok(());
+            }
+            Err(ConfigError {
+                path: path.to_path_buf(),
+                reasons,
+            })
+        };
         let tree = built.clone().try_deserialize::<serde_json::Value>().ok();
         if let Some(tree) = &tree {
-            let reasons = value_problems(tree, &from_env);
-            if !reasons.is_empty() {
-                return Err(ConfigError {
-                    path: path.to_path_buf(),
-                    reasons,
-                });
-            }
+            refused(value_problems(tree, &from_env))?;
         }
         let config = built
             .try_deserialize::<Config>()
@@ -871,13 +874,7 @@ impl Config {
         // The typed read converts where the file's type is not the setting's: `channel = 1.5` would become
         // channel 2, `port = 1883.7` port 1884, `enabled = "yes"` true. Each such value is refused instead.
         if let (Some(tree), Ok(typed)) = (&tree, serde_json::to_value(&config)) {
-            let reasons = type_problems(tree, &typed, &from_env);
-            if !reasons.is_empty() {
-                return Err(ConfigError {
-                    path: path.to_path_buf(),
-                    reasons,
-                });
-            }
+            refused(type_problems(tree, &typed, &from_env))?;
         }
         Ok(config)
     }
