@@ -97,7 +97,7 @@ fn gpu_checked(device: Device, name: &str, hint: &str) -> anyhow::Result<Device>
     let probe = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         Tensor::<1>::zeros([1], &device).into_data()
     }));
-    let _ = std::panic::take_hook();
+    // Replaces (and drops) the capturing hook.
     std::panic::set_hook(previous);
     match probe {
         Ok(_) => Ok(device),
