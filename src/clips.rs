@@ -2,7 +2,7 @@
 //! count, age and total size (oldest deleted first).
 
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::config::{free_space, outbox_bytes, ClipsConfig, Config};
 use crate::pipeline::ClipAudio;
@@ -37,11 +37,23 @@ pub fn clip_path(dir: &Path, machine: &str, event_id: &str) -> PathBuf {
     dir.join(machine).join(format!("{event_id}.wav"))
 }
 
-/// The daemon's own clips: `<dir>/<machine>/<node>-<machine>-<millis>-<seq>.wav` ([`clip_path`]). Nothing else under `dir`
-/// is ever listed, so a `clips.dir` pointed at a folder that also holds other recordings loses none of them.
-fn clip_files(dir: &Path, out: &mut Vec<(PathBuf, SystemTime, u64)>) {
+/// What [`clip_files`] finds under a clips directory.
+#[derive(Default)]
+struct Found {
+    /// The daemon's clips: path, modification time, length.
+    clips: Vec<(PathBuf, SystemTime, u64)>,
+    /// Temporary files of the daemon's clips (`<clip>.wav.tmp`, see [`write_clip`]): path, modification time. A
+    /// write leaves none behind unless the process died during it.
+    temps: Vec<(PathBuf, SystemTime)>,
+}
+
+/// The daemon's own clips: `<dir>/<machine>/<node>-<machine>-<millis>-<seq>.wav` ([`clip_path`]), and their
+/// temporary files. Nothing else under `dir` is ever listed, so a `clips.dir` pointed at a folder that also holds
+/// other recordings loses none of them.
+fn clip_files(dir: &Path) -> Found {
+    let mut found = Found::default();
     let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
+        return found;
     };
     for machine_dir in rd.flatten() {
         if !machine_dir.file_type().is_ok_and(|t| t.is_dir()) {
@@ -56,11 +68,20 @@ fn clip_files(dir: &Path, out: &mut Vec<(PathBuf, SystemTime, u64)>) {
         for e in files.flatten() {
             let p = e.path();
             let Ok(md) = e.metadata() else { continue };
-            if md.is_file() && is_clip_name(&p, &machine) {
-                out.push((p, md.modified().unwrap_or(SystemTime::UNIX_EPOCH), md.len()));
+            if !md.is_file() {
+                continue;
+            }
+            let modified = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            if is_clip_name(&p, &machine) {
+                found.clips.push((p, modified, md.len()));
+            } else if p.extension().is_some_and(|x| x == "tmp")
+                && is_clip_name(&p.with_extension(""), &machine)
+            {
+                found.temps.push((p, modified));
             }
         }
     }
+    found
 }
 
 /// `<node>-<machine>-<millis>-<seq>.wav`: an [`event_id`] of `machine` plus `.wav`, as the daemon names a clip (node
@@ -86,9 +107,7 @@ fn is_clip_name(p: &Path, machine: &str) -> bool {
 
 /// Bytes of the daemon's clips under `dir` (what the retention counts against `clips.max_bytes`).
 fn held_bytes(dir: &Path) -> u64 {
-    let mut files = Vec::new();
-    clip_files(dir, &mut files);
-    files.iter().map(|f| f.2).sum()
+    clip_files(dir).clips.iter().map(|f| f.2).sum()
 }
 
 /// A warning when the clips' filesystem cannot take `clips.max_bytes` of clips: the retention removes old clips
@@ -146,26 +165,54 @@ fn clips_room(free: u64, held: u64, max_bytes: u64, outbox: u64) -> Option<Strin
     ))
 }
 
-/// Deletes the oldest clips until the count, age and size limits hold; returns how many were deleted.
+/// How long a clip's temporary file may stand before the retention takes it for the leftover of a daemon that died
+/// while writing it (a clip is written in well under a second; another daemon sharing `clips.dir` may be writing
+/// one right now).
+pub const STALE_TEMP: Duration = Duration::from_secs(600);
+
+/// How often the clip writer applies the retention while no clip comes, so that clips older than `max_age` go
+/// even when no alarm is raised for months: a quarter of `max_age`, between 15 s and an hour.
+pub fn retention_interval(cfg: &ClipsConfig) -> Duration {
+    (cfg.max_age / 4).clamp(Duration::from_secs(15), Duration::from_secs(3600))
+}
+
+/// Deletes the oldest clips until the count, age and size limits hold, and clip temporary files older than
+/// [`STALE_TEMP`]; logs what it deleted and returns how many clips that was.
 pub fn enforce_retention(dir: &Path, cfg: &ClipsConfig) -> usize {
-    let mut files = Vec::new();
-    clip_files(dir, &mut files);
-    files.sort_by_key(|f| std::cmp::Reverse(f.1));
+    let Found { mut clips, temps } = clip_files(dir);
+    clips.sort_by_key(|f| std::cmp::Reverse(f.1));
     let now = SystemTime::now();
+    let age = |t: SystemTime| now.duration_since(t).unwrap_or_default();
     let mut kept_bytes = 0u64;
-    let mut deleted = 0;
-    for (i, (path, modified, len)) in files.iter().enumerate() {
-        let too_old = now
-            .duration_since(*modified)
-            .is_ok_and(|age| age > cfg.max_age);
+    let (mut old, mut many, mut big) = (0, 0, 0);
+    for (i, (path, modified, len)) in clips.iter().enumerate() {
+        let too_old = age(*modified) > cfg.max_age;
         let too_many = i >= cfg.max_count;
         let too_big = kept_bytes + len > cfg.max_bytes;
         if too_old || too_many || too_big {
-            if std::fs::remove_file(path).is_ok() {
-                deleted += 1;
+            match std::fs::remove_file(path) {
+                Ok(()) if too_old => old += 1,
+                Ok(()) if too_many => many += 1,
+                Ok(()) => big += 1,
+                Err(e) => log::warn!("clips: cannot remove {}: {e}", path.display()),
             }
         } else {
             kept_bytes += len;
+        }
+    }
+    let deleted = old + many + big;
+    if deleted > 0 {
+        log::info!(
+            "clips: retention removed {deleted} clip(s): {old} older than clips.max_age, {many} over \
+             clips.max_count, {big} over clips.max_bytes"
+        );
+    }
+    for (path, modified) in temps {
+        if age(modified) > STALE_TEMP && std::fs::remove_file(&path).is_ok() {
+            log::info!(
+                "clips: removed {}, left by a clip write that never finished",
+                path.display()
+            );
         }
     }
     deleted
@@ -243,7 +290,7 @@ mod tests {
                 sample_rate: 16_000,
             };
             write_clip(&c).unwrap();
-            let t = SystemTime::now() - std::time::Duration::from_secs(100 - i * 10);
+            let t = SystemTime::now() - Duration::from_secs(100 - i * 10);
             let f = std::fs::File::options().write(true).open(&c.path).unwrap();
             f.set_modified(t).unwrap();
         }
@@ -256,7 +303,7 @@ mod tests {
         assert!(!d.path().join("m/n1-m-1-1.wav").exists());
         assert!(d.path().join("m/n1-m-4-4.wav").exists());
         let cfg = ClipsConfig {
-            max_age: std::time::Duration::from_secs(75),
+            max_age: Duration::from_secs(75),
             ..Default::default()
         };
         assert_eq!(enforce_retention(d.path(), &cfg), 1, "e2 is 80 s old");
@@ -289,7 +336,7 @@ mod tests {
     fn only_the_daemons_own_clips_are_ever_deleted() {
         // clips.dir pointed at a folder of other recordings: old files of every other shape stay.
         let d = tempfile::tempdir().unwrap();
-        let old = SystemTime::now() - std::time::Duration::from_secs(1000);
+        let old = SystemTime::now() - Duration::from_secs(1000);
         let files = [
             "recording.wav",
             "m/recording.wav",
@@ -300,26 +347,49 @@ mod tests {
             "m/n1-m-5-1.txt",
             "m/n1-m-5-1.wav",
             "m/node-a-m-7-2.wav",
+            "m/recording.wav.tmp",
+            "m/n1-m-6-1.wav.tmp",
+            "m/n1-m-6-2.wav.tmp",
         ];
         for f in files {
             let p = d.path().join(f);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(&p, b"RIFF").unwrap();
+            // A clip's temporary file written a minute ago may be another daemon's clip being written now.
+            let age = if f == "m/n1-m-6-2.wav.tmp" {
+                SystemTime::now() - Duration::from_secs(60)
+            } else {
+                old
+            };
             std::fs::File::options()
                 .write(true)
                 .open(&p)
                 .unwrap()
-                .set_modified(old)
+                .set_modified(age)
                 .unwrap();
         }
         let cfg = ClipsConfig {
-            max_age: std::time::Duration::from_secs(60),
+            max_age: Duration::from_secs(60),
             ..Default::default()
         };
-        assert_eq!(enforce_retention(d.path(), &cfg), 2);
+        assert_eq!(enforce_retention(d.path(), &cfg), 2, "clips deleted");
         for f in files {
-            let gone = f == "m/n1-m-5-1.wav" || f == "m/node-a-m-7-2.wav";
+            // Two clips past max_age, and the temporary file of a clip whose write never finished.
+            let gone = ["m/n1-m-5-1.wav", "m/node-a-m-7-2.wav", "m/n1-m-6-1.wav.tmp"].contains(&f);
             assert_eq!(d.path().join(f).exists(), !gone, "{f}");
         }
+    }
+
+    #[test]
+    fn retention_runs_often_enough_for_max_age_and_seldom_enough_to_cost_nothing() {
+        let every = |age: u64| {
+            retention_interval(&ClipsConfig {
+                max_age: Duration::from_secs(age),
+                ..Default::default()
+            })
+        };
+        assert_eq!(every(60), Duration::from_secs(15));
+        assert_eq!(every(3600), Duration::from_secs(900));
+        assert_eq!(every(30 * 86_400), Duration::from_secs(3600));
     }
 }

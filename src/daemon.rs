@@ -1038,7 +1038,18 @@ pub fn start(
     let clip_thread = std::thread::Builder::new()
         .name("clips".into())
         .spawn(move || {
-            for c in clip_audio_rx.iter() {
+            // The retention runs at start, after every clip, and every `retention_interval` in between: clips
+            // past clips.max_age go even when no alarm brings a new clip.
+            let every = crate::clips::retention_interval(&clips_cfg);
+            loop {
+                if clips_cfg.enabled {
+                    crate::clips::enforce_retention(&clips_dir, &clips_cfg);
+                }
+                let c = match clip_audio_rx.recv_timeout(every) {
+                    Ok(c) => c,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                };
                 match crate::clips::write_clip(&c) {
                     Ok(()) => {
                         clip_metrics.clips_written.inc();
@@ -1058,7 +1069,6 @@ pub fn start(
                         let _ = clip_failed_tx.try_send(c.path.clone());
                     }
                 }
-                crate::clips::enforce_retention(&clips_dir, &clips_cfg);
             }
         })?;
 

@@ -216,3 +216,52 @@ fn an_event_whose_clip_could_not_be_written_ends_without_naming_it() {
     assert!(of("start")["clip"].is_string(), "{events:?}");
     assert!(of("end")["clip"].is_null(), "{events:?}");
 }
+
+/// Clips past `clips.max_age` are deleted when the daemon starts (and every quarter of `max_age` after), not only
+/// when a new alarm writes a clip: a machine that stays healthy for months keeps no recording older than the
+/// limit. The temporary file of a clip whose write was cut short (the daemon killed during it) goes too; a recent
+/// clip and the user's own recordings in the folder stay.
+#[test]
+fn clips_past_max_age_go_without_a_new_alarm() {
+    let d = tempfile::tempdir().unwrap();
+    let b = common::standard_bundle(d.path());
+    let wav = d.path().join("normal.wav");
+    common::write_wav(&wav, &common::recording(3.0, 0.0, 0.0));
+    let cfg = common::offline_config(d.path(), &wav, &b.dir, "max_age = \"1h\"\n");
+    let dir = d.path().join("state/clips/pump-1");
+    std::fs::create_dir_all(&dir).unwrap();
+    let now = std::time::SystemTime::now();
+    // (file, age, deleted)
+    let files = [
+        ("t1-pump-1-1000-1.wav", 7_200, true),
+        ("t1-pump-1-2000-2.wav", 60, false),
+        ("t1-pump-1-3000-3.wav.tmp", 7_200, true),
+        ("my-recording.wav", 7_200, false),
+    ];
+    for (f, age, _) in files {
+        let p = dir.join(f);
+        std::fs::write(&p, b"RIFF").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(now - Duration::from_secs(age))
+            .unwrap();
+    }
+
+    let mut daemon = common::Daemon::start(&cfg, &[]);
+    let (code, log) = daemon.wait_exit(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("alarm ON"), "{log}");
+    assert!(
+        log.contains("retention removed 1 clip(s): 1 older than clips.max_age"),
+        "{log}"
+    );
+    assert!(
+        log.contains("t1-pump-1-3000-3.wav.tmp, left by a clip write that never finished"),
+        "{log}"
+    );
+    for (f, _, deleted) in files {
+        assert_eq!(dir.join(f).exists(), !deleted, "{f}");
+    }
+}
