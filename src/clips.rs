@@ -185,6 +185,7 @@ pub fn enforce_retention(dir: &Path, cfg: &ClipsConfig) -> usize {
     let age = |t: SystemTime| now.duration_since(t).unwrap_or_default();
     let mut kept_bytes = 0u64;
     let (mut old, mut many, mut big) = (0, 0, 0);
+    let mut failed: Option<(usize, String)> = None;
     for (i, (path, modified, len)) in clips.iter().enumerate() {
         let too_old = age(*modified) > cfg.max_age;
         let too_many = i >= cfg.max_count;
@@ -194,11 +195,21 @@ pub fn enforce_retention(dir: &Path, cfg: &ClipsConfig) -> usize {
                 Ok(()) if too_old => old += 1,
                 Ok(()) if too_many => many += 1,
                 Ok(()) => big += 1,
-                Err(e) => log::warn!("clips: cannot remove {}: {e}", path.display()),
+                Err(e) => {
+                    let f = failed.get_or_insert_with(|| (0, format!("{}: {e}", path.display())));
+                    f.0 += 1;
+                }
             }
         } else {
             kept_bytes += len;
         }
+    }
+    // One line a pass (every `retention_interval` while the problem lasts), however many clips it concerns.
+    if let Some((n, first)) = failed {
+        log::warn!(
+            "clips: the retention cannot remove {n} clip(s) past its limits (first: {first}); they stay until \
+             it can"
+        );
     }
     let deleted = old + many + big;
     if deleted > 0 {
