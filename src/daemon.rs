@@ -1043,7 +1043,8 @@ pub fn start(
             let every = crate::clips::retention_interval(&clips_cfg);
             loop {
                 if clips_cfg.enabled {
-                    crate::clips::enforce_retention(&clips_dir, &clips_cfg);
+                    let removed = crate::clips::enforce_retention(&clips_dir, &clips_cfg);
+                    clip_metrics.clips_removed.add(removed as u64);
                 }
                 let c = match clip_audio_rx.recv_timeout(every) {
                     Ok(c) => c,

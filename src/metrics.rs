@@ -96,6 +96,8 @@ pub struct Metrics {
     pub outbox_memory_only: Gauge,
     pub clips_written: Counter,
     pub clips_dropped: Counter,
+    /// Clips the retention deleted (past clips.max_age, max_count or max_bytes).
+    pub clips_removed: Counter,
     pub scores_dropped: Counter,
 }
 
@@ -291,6 +293,12 @@ impl Metrics {
             "counter",
             "Evidence clips not written (queue full or write error).",
             one(self.clips_dropped.get()),
+        );
+        family(
+            "sonitor_clips_removed_total",
+            "counter",
+            "Evidence clips deleted by the retention (past clips.max_age, max_count or max_bytes).",
+            one(self.clips_removed.get()),
         );
         family(
             "sonitor_scores_dropped_total",

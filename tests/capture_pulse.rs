@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{on, Broker, Daemon, Recorder};
+use common::{metric, on, scrape, Broker, Daemon, Recorder};
 
 struct Pulse {
     child: Child,
@@ -143,29 +143,6 @@ fn feed(fifo: PathBuf, first: Vec<f32>, stop: Arc<AtomicBool>) -> std::thread::J
             sent += block;
         }
     })
-}
-
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-fn scrape(config: &Path) -> String {
-    let cfg = std::fs::read_to_string(config).unwrap();
-    let addr = cfg
-        .lines()
-        .find(|l| l.starts_with("listen = "))
-        .unwrap()
-        .trim_start_matches("listen = ")
-        .trim_matches('"')
-        .to_string();
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut out = String::new();
-    std::io::Read::read_to_string(&mut s, &mut out).unwrap();
-    out
 }
 
 #[test]

@@ -804,3 +804,28 @@ post_seconds = 1.0
     std::fs::write(&p, text).unwrap();
     p
 }
+
+/// The value of the first line of a Prometheus text `text` that starts with `name` (labels included).
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// `GET /metrics` from the daemon running `config` (its `[metrics] listen` address).
+pub fn scrape(config: &Path) -> String {
+    let cfg = std::fs::read_to_string(config).unwrap();
+    let addr = cfg
+        .lines()
+        .find(|l| l.starts_with("listen = "))
+        .unwrap()
+        .trim_start_matches("listen = ")
+        .trim_matches('"')
+        .to_string();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut s, &mut out).unwrap();
+    out
+}
