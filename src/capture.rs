@@ -192,13 +192,32 @@ fn ranges(mut v: Vec<u16>) -> String {
     out.join(", ")
 }
 
+/// Why [`find_device`] found no device, in two kinds: the caller retries the first, not the second.
+#[derive(Debug, thiserror::Error)]
+pub enum FindError {
+    /// The device is not there now (unplugged, not yet enumerated at boot, no sound card): it may appear later.
+    #[error("capture device '{spec}' does not exist (see `sonitor devices` for the ids)")]
+    Absent { spec: String },
+    /// The system has no default input device now: as [`FindError::Absent`].
+    #[error("there is no default input device")]
+    NoDefault,
+    /// The id cannot name a device (an unknown host, a malformed id): it never will.
+    #[error("device '{spec}': {why}")]
+    Invalid { spec: String, why: String },
+}
+
+impl FindError {
+    /// Whether the device may yet appear, so that opening it again later can succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Absent { .. } | Self::NoDefault)
+    }
+}
+
 /// Finds the configured capture device: `default`, a full id (`alsa:hw:CARD=…`), or an ALSA PCM name.
-pub fn find_device(spec: &str) -> anyhow::Result<cpal::Device> {
+pub fn find_device(spec: &str) -> Result<cpal::Device, FindError> {
     let host = cpal::default_host();
     if spec == "default" {
-        return host
-            .default_input_device()
-            .ok_or_else(|| anyhow::anyhow!("there is no default input device"));
+        return host.default_input_device().ok_or(FindError::NoDefault);
     }
     let id_text = if spec.contains(':')
         && spec
@@ -210,15 +229,14 @@ pub fn find_device(spec: &str) -> anyhow::Result<cpal::Device> {
     } else {
         format!("{}:{spec}", host.id().name())
     };
-    let id: cpal::DeviceId = id_text
-        .parse()
-        .map_err(|e| anyhow::anyhow!("device '{spec}': {e}"))?;
-    let host =
-        cpal::host_from_id(id.host()).map_err(|e| anyhow::anyhow!("device '{spec}': {e}"))?;
-    host.device_by_id(&id).ok_or_else(|| {
-        anyhow::anyhow!(
-            "capture device '{spec}' does not exist (see `sonitor devices` for the ids)"
-        )
+    let invalid = |why: String| FindError::Invalid {
+        spec: spec.to_string(),
+        why,
+    };
+    let id: cpal::DeviceId = id_text.parse().map_err(|e| invalid(format!("{e}")))?;
+    let host = cpal::host_from_id(id.host()).map_err(|e| invalid(format!("{e}")))?;
+    host.device_by_id(&id).ok_or_else(|| FindError::Absent {
+        spec: spec.to_string(),
     })
 }
 

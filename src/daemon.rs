@@ -70,7 +70,7 @@ pub struct Checked {
     pub bundles: BTreeMap<PathBuf, Bundle>,
     /// Empty when the configuration is usable.
     pub problems: Vec<String>,
-    /// What does not stop it (room on disk: [`Config::disk_check`]).
+    /// What does not stop it (room on disk: [`Config::disk_check`]; a capture device not there now).
     pub warnings: Vec<String>,
 }
 
@@ -89,6 +89,7 @@ pub fn check(path: &Path) -> Checked {
     let mut problems = cfg.static_problems();
     let disk = cfg.disk_check();
     problems.extend(disk.problem);
+    let mut warnings = disk.warnings;
     let mut bundles = BTreeMap::new();
     for m in &cfg.machines {
         let at = format!("machine '{}'", m.name);
@@ -170,7 +171,16 @@ pub fn check(path: &Path) -> Checked {
             SourceKind::Capture => {
                 let spec = d.device.as_deref().unwrap_or("default");
                 match crate::capture::find_device(spec) {
-                    Err(e) => problems.push(format!("device '{}': {e:#}", d.name)),
+                    // Not a mistake in the file: a microphone unplugged, or not yet there at boot. Refusing to
+                    // start (exit 78, which the service does not restart) would leave the machine unwatched
+                    // until someone came; `run` starts, reports NO_AUDIO and opens it when it appears.
+                    Err(e) if e.is_retryable() => warnings.push(format!(
+                        "device '{}': {e}: its machines ({}) report health NO_AUDIO until it appears, and `sonitor \
+                         run` keeps trying to open it (check the name if it should be there now)",
+                        d.name,
+                        users.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
+                    )),
+                    Err(e) => problems.push(format!("device '{}': {e}", d.name)),
                     Ok(dev) => {
                         let rate = users
                             .first()
@@ -198,7 +208,7 @@ pub fn check(path: &Path) -> Checked {
         cfg: Some(cfg),
         bundles,
         problems,
-        warnings: disk.warnings,
+        warnings,
     }
 }
 
@@ -331,6 +341,9 @@ struct Controller {
     metrics: Arc<Metrics>,
     saved_path: PathBuf,
     inputs_up: Vec<bool>,
+    /// Per input, why its last attempt to open failed while it was down, so that each new reason is logged once
+    /// (a device that appears but cannot give the configured channels says so) and repeats are not.
+    input_failure: Vec<Option<String>>,
     /// A file source's replay ended on an error (the file changed under it): `run` exits with
     /// [`EXIT_INPUT`] once it stops instead of 0.
     replay_failed: bool,
@@ -788,7 +801,12 @@ impl Controller {
 
     fn set_health(&mut self, i: usize, health: String) {
         if self.machines[i].health != health {
-            log::warn!("health of {}: {health}", self.machines[i].cfg.name);
+            let level = if health == "OK" {
+                log::Level::Info
+            } else {
+                log::Level::Warn
+            };
+            log::log!(level, "health of {}: {health}", self.machines[i].cfg.name);
             self.machines[i].health = health;
             self.publish_machine_state(i);
         }
@@ -886,7 +904,9 @@ pub fn start(
             last_t_ms: 0,
             last_score_pub: None,
             since: now_rfc3339(),
-            health: "OK".into(),
+            // Until its input has opened: a restart while the microphone is away must not report OK for the
+            // moment before the first attempt to open it fails.
+            health: "NO_AUDIO".into(),
         };
         let p = Controller::params_of(&rt);
         rt.detector = match &rt.saved.event {
@@ -1105,6 +1125,7 @@ pub fn start(
         metrics: metrics.clone(),
         saved_path,
         inputs_up: vec![false; cfg.devices.len()],
+        input_failure: vec![None; cfg.devices.len()],
         replay_failed: false,
         observer,
         cfg,
@@ -1340,6 +1361,7 @@ fn on_source_event(ctl: &mut Controller, e: SourceEvent) {
         SourceEvent::Opened { input, description } => {
             log::info!("input {} open: {description}", ctl.cfg.devices[input].name);
             ctl.inputs_up[input] = true;
+            ctl.input_failure[input] = None;
             for i in 0..ctl.machines.len() {
                 if ctl.machines[i].input == input && ctl.machines[i].health == "NO_AUDIO" {
                     ctl.set_health(i, "OK".into());
@@ -1365,9 +1387,12 @@ fn on_source_event(ctl: &mut Controller, e: SourceEvent) {
                     "reopening with backoff"
                 };
                 log::warn!("input {}: {reason}; {again}", d.name);
+            } else if ctl.input_failure[input].as_deref() != Some(reason.as_str()) {
+                log::warn!("input {}: {reason}; trying again with backoff", d.name);
             } else {
-                log::debug!("input {}: {reason}", ctl.cfg.devices[input].name);
+                log::debug!("input {}: {reason}", d.name);
             }
+            ctl.input_failure[input] = Some(reason);
             for i in 0..ctl.machines.len() {
                 if ctl.machines[i].input == input {
                     ctl.set_health(i, "NO_AUDIO".into());

@@ -1,0 +1,95 @@
+//! A microphone that is not there when the daemon starts (unplugged, or a USB device not yet enumerated at boot)
+//! is not a configuration error: `validate` warns and exits 0, `run` starts with the machine's health NO_AUDIO
+//! (never OK before any audio), keeps trying to open the device, and scores once it appears. Refusing it with
+//! exit 78 — which the service unit does not restart — would leave the machine unwatched until someone came.
+//!
+//! The device "appears" by defining its ALSA PCM (the `file` plugin of DESIGN.md §5) in the configuration file
+//! named by `ALSA_CONFIG_PATH` while the daemon runs: each attempt to open it reads ALSA's configuration again,
+//! and cpal lists (and so finds) only PCMs with a `hint`.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+#[test]
+fn a_microphone_absent_at_start_is_waited_for_not_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let b = common::standard_bundle(d.path());
+    // The pump as raw 16-bit samples, the file PCM's input.
+    let raw = d.path().join("in.raw");
+    let bytes: Vec<u8> = common::recording(4.0, 0.0, 0.0)
+        .iter()
+        .flat_map(|x| ((x * 32767.0).round().clamp(-32768.0, 32767.0) as i16).to_le_bytes())
+        .collect();
+    std::fs::write(&raw, bytes).unwrap();
+    // No alsa.conf (see tests/capture_alsa_file.rs); at first only another PCM.
+    let conf = d.path().join("asound.conf");
+    std::fs::write(&conf, "pcm.other {\n type null\n}\n").unwrap();
+    let device = "[[devices]]\nname = \"mic\"\nsource = \"capture\"\ndevice = \"alsa:testmic\"\n\
+                  channels = 1\nsample_rate = 16000\nreopen_min = \"100ms\"\nreopen_max = \"300ms\"\n";
+    let cfg = common::config(d.path(), device, &b.dir, 1, "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[mqtt]\n", "[mqtt]\nenabled = false\n");
+    std::fs::write(&cfg, text).unwrap();
+    let envs = [("ALSA_CONFIG_PATH", conf.to_str().unwrap())];
+
+    let out = Command::new(env!("CARGO_BIN_EXE_sonitor"))
+        .args(["validate", "--config", cfg.to_str().unwrap()])
+        .envs(envs)
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("capture device 'alsa:testmic' does not exist")
+            && said.contains("report health NO_AUDIO until it appears"),
+        "{said}"
+    );
+
+    let daemon = common::Daemon::start(&cfg, &envs);
+    daemon.wait_log("does not exist", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(1));
+    // Plugged in.
+    std::fs::write(
+        &conf,
+        format!(
+            "pcm.testmic {{\n type file\n slave.pcm {{ type null }}\n file \"/dev/null\"\n infile \"{}\"\n format \"raw\"\n hint {{ show on description \"late microphone\" }}\n}}\n",
+            raw.display()
+        ),
+    )
+    .unwrap();
+    daemon.wait_log("input mic open", Duration::from_secs(30));
+    daemon.wait_log("health of pump-1: OK", Duration::from_secs(10));
+    // Scored: windows of the device's audio went through the model.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while common::metric(
+        &common::scrape(&cfg),
+        "sonitor_inferences_total{machine=\"pump-1\"}",
+    )
+    .unwrap_or(0.0)
+        < 1.0
+    {
+        assert!(std::time::Instant::now() < deadline, "no window scored");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = daemon.log.lock().unwrap().clone();
+    let before_open = &log[..log.find("input mic open").unwrap()];
+    assert!(
+        !before_open.contains("health of pump-1: OK"),
+        "OK before any audio: {log}"
+    );
+    // Every attempt failed the same way: said once, not once an attempt.
+    assert_eq!(
+        before_open
+            .matches(
+                "does not exist (see `sonitor devices` for the ids); trying again with backoff"
+            )
+            .count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(daemon.sigterm_and_wait(), 0, "{log}");
+}
