@@ -426,16 +426,18 @@ pub fn spawn_capture(
                     }
                 }
                 // Back off before reopening; wake up early to stop.
-                wait_unless_stopped(backoff, &stop);
+                wait_unless_stopped(backoff, &stop, &m.retry_beats);
                 backoff = backoff.saturating_mul(2).min(cfg.reopen_max);
             }
         })
 }
 
-/// Sleeps `wait` (a reopen backoff) in steps of at most 50 ms; false as soon as `stop` is set.
-fn wait_unless_stopped(wait: Duration, stop: &AtomicBool) -> bool {
+/// Sleeps `wait` (a reopen backoff) in steps of at most 50 ms, raising `beat` at each; false as soon as `stop` is
+/// set.
+fn wait_unless_stopped(wait: Duration, stop: &AtomicBool, beat: &Counter) -> bool {
     let until = Instant::now().checked_add(wait);
     while until.is_none_or(|u| Instant::now() < u) {
+        beat.inc();
         if stop.load(Ordering::SeqCst) {
             return false;
         }
@@ -590,7 +592,7 @@ pub fn spawn_file(
                             break;
                         }
                         recovering.set(true);
-                        if !wait_unless_stopped(backoff, &stop) {
+                        if !wait_unless_stopped(backoff, &stop, &m.retry_beats) {
                             return;
                         }
                         backoff = backoff.saturating_mul(2).min(cfg.reopen_max);

@@ -1143,6 +1143,7 @@ pub fn start(
     let watchdog = watchdog_interval();
     let mut last_wd = Instant::now();
     let mut wd_marks = (0u64, 0u64);
+    let mut wd_beats: Vec<u64> = vec![0; metrics.inputs.len()];
     let mut last_status = Instant::now() - Duration::from_secs(60);
     let mut finished_inputs = vec![false; ctl.cfg.devices.len()];
     let exit_when_finished = ctl
@@ -1227,15 +1228,24 @@ pub fn start(
                 break;
             }
         }
-        // Watchdog: fed only while frames and inferences advance.
+        // Watchdog: fed while frames and inferences advance, or while no input is open and every input's
+        // supervisor is visibly waiting to reopen it (a microphone unplugged: restarting the daemon would not
+        // bring it back, and each restart takes the node offline on MQTT). A supervisor stuck in the audio stack,
+        // or a pipeline that stops scoring the audio it gets, still starves it.
         if let Some(every) = watchdog {
             if last_wd.elapsed() >= every {
                 let frames: u64 = metrics.inputs.iter().map(|i| i.frames.get()).sum();
                 let inferences: u64 = metrics.machines.iter().map(|m| m.inferences.get()).sum();
-                if frames > wd_marks.0 && inferences > wd_marks.1 {
+                let beats: Vec<u64> = metrics.inputs.iter().map(|i| i.retry_beats.get()).collect();
+                let scoring = frames > wd_marks.0 && inferences > wd_marks.1;
+                let waiting = frames == wd_marks.0
+                    && !ctl.inputs_up.iter().any(|&up| up)
+                    && beats.iter().zip(&wd_beats).all(|(now, then)| now > then);
+                if scoring || waiting {
                     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
                 }
                 wd_marks = (frames, inferences);
+                wd_beats = beats;
                 last_wd = Instant::now();
             }
         }

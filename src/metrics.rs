@@ -60,6 +60,9 @@ pub struct InputMetrics {
     pub errors: Counter,
     /// 1 while the stream delivers frames.
     pub up: Gauge,
+    /// Raised by the input's supervisor thread while it waits to reopen the input: proof for the watchdog that a
+    /// daemon without audio is waiting for its device, not hung. Not exported.
+    pub retry_beats: Counter,
 }
 
 /// Per machine.
