@@ -52,31 +52,12 @@ fn a_microphone_absent_at_start_is_waited_for_not_refused() {
 
     // systemd's notification socket, with a 0.4 s watchdog: it is fed while the daemon waits for the device
     // (restarting would not bring the microphone back, and would take the node offline on MQTT each time).
-    let sock_path = d.path().join("notify.sock");
-    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let notify = sock_path.display().to_string();
+    let mut notify = common::Notify::bind(d.path());
     let mut run_envs = envs.to_vec();
-    run_envs.extend([
-        ("NOTIFY_SOCKET", notify.as_str()),
-        ("WATCHDOG_USEC", "400000"),
-    ]);
+    run_envs.extend(notify.envs());
     let daemon = common::Daemon::start(&cfg, &run_envs);
     daemon.wait_log("does not exist", Duration::from_secs(30));
-    let mut notes = String::new();
-    let t0 = std::time::Instant::now();
-    while !(notes.contains("READY=1") && notes.matches("WATCHDOG=1").count() >= 3) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "no watchdog pings while the device is away: {notes:?}"
-        );
-        let mut buf = [0u8; 512];
-        if let Ok(n) = sock.recv(&mut buf) {
-            notes.push_str(&String::from_utf8_lossy(&buf[..n]));
-            notes.push('\n');
-        }
-    }
+    notify.wait_ready_and_pings(3, Duration::from_secs(10));
     assert!(
         !daemon.log.lock().unwrap().contains("input mic open"),
         "the device was never there"

@@ -136,34 +136,12 @@ fn commands_are_answered_by_retained_state() {
         "[mqtt.discovery]\nenabled = true\n",
     );
     // systemd's notification socket, with a 0.4 s watchdog.
-    let sock_path = d.path().join("notify.sock");
-    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let notify = sock_path.display().to_string();
-    let daemon = Daemon::start(
-        &cfg,
-        &[
-            ("NOTIFY_SOCKET", notify.as_str()),
-            ("WATCHDOG_USEC", "400000"),
-        ],
-    );
+    let mut notify = common::Notify::bind(d.path());
+    let daemon = Daemon::start(&cfg, &notify.envs());
     rec.wait_for("online", Duration::from_secs(20), |m| {
         on(m, "sonitor/t1/status").contains(&"online".to_string())
     });
-    let mut notes = String::new();
-    let t0 = std::time::Instant::now();
-    while !(notes.contains("READY=1") && notes.matches("WATCHDOG=1").count() >= 3) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "no READY=1 and watchdog pings from the daemon: {notes:?}"
-        );
-        let mut buf = [0u8; 512];
-        if let Ok(n) = sock.recv(&mut buf) {
-            notes.push_str(&String::from_utf8_lossy(&buf[..n]));
-            notes.push('\n');
-        }
-    }
+    notify.wait_ready_and_pings(3, Duration::from_secs(10));
 
     // SIGHUP: a new threshold from the file, audio keeps flowing.
     let text = std::fs::read_to_string(&cfg)

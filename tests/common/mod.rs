@@ -829,3 +829,53 @@ pub fn scrape(config: &Path) -> String {
     std::io::Read::read_to_string(&mut s, &mut out).unwrap();
     out
 }
+
+/// systemd's notification socket for a daemon under test, with a 0.4 s watchdog: pass [`Notify::envs`] to
+/// [`Daemon::start`].
+pub struct Notify {
+    sock: std::os::unix::net::UnixDatagram,
+    path: String,
+    /// Everything received so far, one notification a line.
+    pub notes: String,
+}
+
+impl Notify {
+    pub fn bind(dir: &Path) -> Notify {
+        let path = dir.join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        Notify {
+            sock,
+            path: path.display().to_string(),
+            notes: String::new(),
+        }
+    }
+
+    /// `NOTIFY_SOCKET` (this socket) and `WATCHDOG_USEC` (0.4 s).
+    pub fn envs(&self) -> [(&str, &str); 2] {
+        [
+            ("NOTIFY_SOCKET", self.path.as_str()),
+            ("WATCHDOG_USEC", "400000"),
+        ]
+    }
+
+    /// Reads notifications until `READY=1` and `pings` `WATCHDOG=1` have come; panics after `timeout` with what
+    /// came instead.
+    pub fn wait_ready_and_pings(&mut self, pings: usize, timeout: Duration) {
+        let t0 = Instant::now();
+        while !(self.notes.contains("READY=1") && self.notes.matches("WATCHDOG=1").count() >= pings)
+        {
+            assert!(
+                t0.elapsed() < timeout,
+                "no READY=1 and {pings} watchdog pings from the daemon: {:?}",
+                self.notes
+            );
+            let mut buf = [0u8; 512];
+            if let Ok(n) = self.sock.recv(&mut buf) {
+                self.notes.push_str(&String::from_utf8_lossy(&buf[..n]));
+                self.notes.push('\n');
+            }
+        }
+    }
+}
