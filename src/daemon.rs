@@ -329,6 +329,17 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Where an input stands, as its source's events said.
+#[derive(Debug, Clone, PartialEq)]
+enum InputState {
+    /// Open and delivering (or about to).
+    Open,
+    /// Not open: why its last attempt to open failed (`None` before any attempt, or after a stall), so that each
+    /// new reason is logged once (a device that appears but cannot give the configured channels says so) and
+    /// repeats are not.
+    Down(Option<String>),
+}
+
 struct Controller {
     cfg: Config,
     config_path: PathBuf,
@@ -340,10 +351,8 @@ struct Controller {
     clip_writer: Sender<crate::pipeline::ClipAudio>,
     metrics: Arc<Metrics>,
     saved_path: PathBuf,
-    inputs_up: Vec<bool>,
-    /// Per input, why its last attempt to open failed while it was down, so that each new reason is logged once
-    /// (a device that appears but cannot give the configured channels says so) and repeats are not.
-    input_failure: Vec<Option<String>>,
+    /// Per input: open, or down with why its last attempt failed.
+    inputs: Vec<InputState>,
     /// A file source's replay ended on an error (the file changed under it): `run` exits with
     /// [`EXIT_INPUT`] once it stops instead of 0.
     replay_failed: bool,
@@ -1124,8 +1133,7 @@ pub fn start(
         clip_writer: clip_audio_tx,
         metrics: metrics.clone(),
         saved_path,
-        inputs_up: vec![false; cfg.devices.len()],
-        input_failure: vec![None; cfg.devices.len()],
+        inputs: vec![InputState::Down(None); cfg.devices.len()],
         replay_failed: false,
         observer,
         cfg,
@@ -1239,7 +1247,7 @@ pub fn start(
                 let beats: Vec<u64> = metrics.inputs.iter().map(|i| i.retry_beats.get()).collect();
                 let scoring = frames > wd_marks.0 && inferences > wd_marks.1;
                 let waiting = frames == wd_marks.0
-                    && !ctl.inputs_up.iter().any(|&up| up)
+                    && !ctl.inputs.contains(&InputState::Open)
                     && beats.iter().zip(&wd_beats).all(|(now, then)| now > then);
                 if scoring || waiting {
                     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
@@ -1370,8 +1378,7 @@ fn on_source_event(ctl: &mut Controller, e: SourceEvent) {
     match e {
         SourceEvent::Opened { input, description } => {
             log::info!("input {} open: {description}", ctl.cfg.devices[input].name);
-            ctl.inputs_up[input] = true;
-            ctl.input_failure[input] = None;
+            ctl.inputs[input] = InputState::Open;
             for i in 0..ctl.machines.len() {
                 if ctl.machines[i].input == input && ctl.machines[i].health == "NO_AUDIO" {
                     ctl.set_health(i, "OK".into());
@@ -1379,8 +1386,8 @@ fn on_source_event(ctl: &mut Controller, e: SourceEvent) {
             }
         }
         SourceEvent::Failed { input, reason } => {
-            let was_up = ctl.inputs_up[input];
-            ctl.inputs_up[input] = false;
+            let was_up = ctl.inputs[input] == InputState::Open;
+            let repeated = matches!(&ctl.inputs[input], InputState::Down(Some(r)) if *r == reason);
             let d = &ctl.cfg.devices[input];
             let file = d.source == SourceKind::File;
             if file && d.at_end != crate::config::AtEnd::Loop {
@@ -1397,12 +1404,12 @@ fn on_source_event(ctl: &mut Controller, e: SourceEvent) {
                     "reopening with backoff"
                 };
                 log::warn!("input {}: {reason}; {again}", d.name);
-            } else if ctl.input_failure[input].as_deref() != Some(reason.as_str()) {
+            } else if !repeated {
                 log::warn!("input {}: {reason}; trying again with backoff", d.name);
             } else {
                 log::debug!("input {}: {reason}", d.name);
             }
-            ctl.input_failure[input] = Some(reason);
+            ctl.inputs[input] = InputState::Down(Some(reason));
             for i in 0..ctl.machines.len() {
                 if ctl.machines[i].input == input {
                     ctl.set_health(i, "NO_AUDIO".into());
@@ -1415,7 +1422,7 @@ fn on_source_event(ctl: &mut Controller, e: SourceEvent) {
                 ctl.cfg.devices[input].name,
                 ctl.cfg.devices[input].stall_timeout
             );
-            ctl.inputs_up[input] = false;
+            ctl.inputs[input] = InputState::Down(None);
             for i in 0..ctl.machines.len() {
                 if ctl.machines[i].input == input {
                     ctl.set_health(i, "NO_AUDIO".into());
