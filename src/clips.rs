@@ -168,7 +168,7 @@ fn clips_room(free: u64, held: u64, max_bytes: u64, outbox: u64) -> Option<Strin
 /// How long a clip's temporary file may stand before the retention takes it for the leftover of a daemon that died
 /// while writing it (a clip is written in well under a second; another daemon sharing `clips.dir` may be writing
 /// one right now).
-pub const STALE_TEMP: Duration = Duration::from_secs(600);
+const STALE_TEMP: Duration = Duration::from_secs(600);
 
 /// How often the clip writer applies the retention while no clip comes, so that clips older than `max_age` go
 /// even when no alarm is raised for months: a quarter of `max_age`, between 15 s and an hour.
