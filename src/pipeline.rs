@@ -251,6 +251,9 @@ pub fn spawn_reader(
                 while let Ok(req) = clip_requests.try_recv() {
                     if let Some(s) = states.iter_mut().find(|s| s.tap.machine == req.machine) {
                         s.pending_clips.push(req);
+                        // Its audio may all be here already: a file replayed faster than windows are scored
+                        // can have ended (no more audio to trigger it) before the alarm asked for the clip.
+                        serve_clips(s, &events, &metrics);
                     }
                 }
                 let Some(stream) = current.as_mut() else {
@@ -1023,5 +1026,74 @@ mod tests {
         assert_eq!(fed.windows.len(), 2);
         assert_eq!(fed.metrics.machines[0].windows.get(), 11);
         assert_eq!(fed.metrics.machines[0].dropped_windows.get(), 9);
+    }
+
+    /// A file replayed faster than its windows are scored can end, and its reader finish, before the alarm asks for
+    /// its clip: the clip is served from the history then, not left waiting for audio that will never come.
+    #[test]
+    fn a_clip_asked_for_after_the_file_ended_is_served_from_history() {
+        let mut tap = tap_state(true).tap;
+        tap.channel = 0;
+        let (mut sink, consumer) =
+            crate::capture::RtSink::new(48_000, 1, Default::default(), Default::default());
+        sink.write(&vec![0.1f32; 48_000]);
+        let finished = Arc::new(AtomicBool::new(true));
+        let (stream_tx, stream_rx) = crossbeam_channel::bounded(1);
+        stream_tx
+            .send(StreamHandle {
+                consumer,
+                sample_rate: 16_000,
+                channels: 1,
+                finished,
+                paced: false,
+            })
+            .unwrap();
+        let (wtx, wrx) = crossbeam_channel::bounded(64);
+        let (_rtx, rrx) = crossbeam_channel::bounded::<Vec<f32>>(4);
+        let (ctx, crx) = crossbeam_channel::bounded(4);
+        let (etx, erx) = crossbeam_channel::bounded(64);
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = spawn_reader(
+            0,
+            "in".into(),
+            vec![tap],
+            stream_rx,
+            wtx,
+            rrx,
+            crx,
+            etx,
+            HealthConfig::default(),
+            Arc::new(Metrics::new(&["in".into()], &["m".into()])),
+            stop.clone(),
+        )
+        .unwrap();
+        let next = |what: &str| loop {
+            match erx.recv_timeout(Duration::from_secs(5)) {
+                Ok(ReaderEvent::Health(_)) => continue,
+                Ok(e) => break e,
+                Err(_) => panic!("no {what} from the reader"),
+            }
+        };
+        assert!(matches!(next("end"), ReaderEvent::Finished { input: 0 }));
+        assert_eq!(
+            wrx.try_iter().count(),
+            11,
+            "3 s of 0.5 s windows every 0.25 s"
+        );
+        // The alarm of the window that ended at 2 s asks for its clip only now.
+        ctx.send(ClipRequest {
+            machine: 0,
+            onset_end_ms: 2000,
+            pre_seconds: 0.25,
+            post_seconds: 0.5,
+            path: "x.wav".into(),
+        })
+        .unwrap();
+        match next("clip") {
+            ReaderEvent::Clip(c) => assert_eq!(c.samples.len(), 20_000, "0.25 + 0.5 + 0.5 s"),
+            _ => panic!("not a clip"),
+        }
+        stop.store(true, Ordering::SeqCst);
+        reader.join().unwrap();
     }
 }
