@@ -8,7 +8,7 @@
 //! - a WAV file replayed in real time or as fast as the reader drains it.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,11 +25,44 @@ pub struct StreamHandle {
     pub consumer: HeapCons<f32>,
     pub sample_rate: u32,
     pub channels: usize,
-    /// Set by a file source at the end of its file (with `at_end = "exit"`).
-    pub finished: Arc<AtomicBool>,
+    /// Set by the source when no more audio will come on this stream.
+    pub end: Arc<StreamEnd>,
     /// The source delivers audio at its sample rate (a sound card, a file paced in real time), so the reader may
     /// sleep until a window's worth has arrived. False for a file replayed as fast as possible.
     pub paced: bool,
+}
+
+/// Whether more audio will come on a stream. The source sets it after its last write into the ring; the reader
+/// ends the stream once the ring is empty: it flushes the stream's last samples into windows and writes the
+/// evidence clips still waiting for audio with what there is, as no more is coming on this stream.
+#[derive(Debug, Default)]
+pub struct StreamEnd(AtomicU8);
+
+impl StreamEnd {
+    const OPEN: u8 = 0;
+    const CLOSED: u8 = 1;
+    const FINISHED: u8 = 2;
+
+    /// The stream is over, and the input may come back as a new stream: a device that failed or stalled (its
+    /// supervisor reopens it), a replayed file that stopped at its end (`at_end = "stop"`).
+    pub fn close(&self) {
+        let _ =
+            self.0
+                .compare_exchange(Self::OPEN, Self::CLOSED, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// A replayed file ended with `at_end = "exit"`: the reader reports the input finished.
+    pub fn finish(&self) {
+        self.0.store(Self::FINISHED, Ordering::SeqCst);
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == Self::OPEN
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == Self::FINISHED
+    }
 }
 
 /// What a source reports besides audio.
@@ -341,7 +374,7 @@ fn open_capture(
             consumer,
             sample_rate: sc.sample_rate,
             channels: sc.channels as usize,
-            finished: Arc::new(AtomicBool::new(false)),
+            end: Arc::default(),
             paced: true,
         },
         description,
@@ -377,6 +410,7 @@ pub fn spawn_capture(
                             input: index,
                             description,
                         });
+                        let end = handle.end.clone();
                         if streams.send(handle).is_err() {
                             return;
                         }
@@ -415,6 +449,8 @@ pub fn spawn_capture(
                         }
                         m.up.set(0);
                         drop(stream);
+                        // After the last callback: the reader ends this stream once it has read the ring.
+                        end.close();
                     }
                     Err(e) => {
                         m.up.set(0);
@@ -478,7 +514,7 @@ pub fn spawn_file(
                 m.frames.clone(),
                 m.dropped_samples.clone(),
             );
-            let finished = Arc::new(AtomicBool::new(false));
+            let end: Arc<StreamEnd> = Arc::default();
             let _ = events.send(SourceEvent::Opened {
                 input: index,
                 description: format!(
@@ -499,7 +535,7 @@ pub fn spawn_file(
                     consumer,
                     sample_rate: rate,
                     channels,
-                    finished: finished.clone(),
+                    end: end.clone(),
                     paced: cfg.realtime,
                 })
                 .is_err()
@@ -606,7 +642,9 @@ pub fn spawn_file(
             }
             m.up.set(0);
             if cfg.at_end == AtEnd::Exit {
-                finished.store(true, Ordering::SeqCst);
+                end.finish();
+            } else {
+                end.close();
             }
             let _ = events.send(SourceEvent::Ended { input: index });
         })?;

@@ -1292,7 +1292,6 @@ pub fn start(
     // Unblocks a pipeline that waits on the detector (lossless file replay).
     drop(score_rx);
     ctl.persist();
-    drop(ctl.clip_writer);
     if let Some(tx) = ctl.mqtt.take() {
         let _ = tx.send(ToMqtt::Shutdown);
     }
@@ -1303,6 +1302,16 @@ pub fn start(
     for t in threads {
         let _ = t.join();
     }
+    // The readers, stopping, served the clips still waiting for audio with what there was: written before the
+    // exit, not lost with the process.
+    while let Ok(e) = reader_rx.try_recv() {
+        if let ReaderEvent::Clip(c) = e {
+            if ctl.clip_writer.send(c).is_err() {
+                metrics.clips_dropped.inc();
+            }
+        }
+    }
+    drop(ctl.clip_writer);
     drop(features_thread);
     drop(inference_thread);
     let _ = clip_thread.join();

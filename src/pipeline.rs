@@ -220,6 +220,12 @@ pub fn spawn_reader(
             let mut scratch = vec![0.0f32; 8192];
             loop {
                 if stop.load(Ordering::SeqCst) {
+                    // The daemon is stopping: no more audio comes. Clips still waiting for theirs (and requests
+                    // just made) are written with what there is; the daemon writes them out before it exits.
+                    take_clip_requests(&mut states, &clip_requests);
+                    for s in states.iter_mut() {
+                        serve_clips(s, &events, &metrics, true);
+                    }
                     return;
                 }
                 // A new stream (first open or reopen): drain the old ring, then switch.
@@ -243,17 +249,17 @@ pub fn spawn_reader(
                                 &metrics,
                             );
                         }
-                        flush_resamplers(&mut states, &windows, &recycled, &events, &metrics);
+                        end_stream(&mut states, &windows, &recycled, &events, &metrics);
                     }
                     start_stream(&mut states, &name, new.sample_rate, new.channels);
                     current = Some(new);
                 }
-                while let Ok(req) = clip_requests.try_recv() {
-                    if let Some(s) = states.iter_mut().find(|s| s.tap.machine == req.machine) {
-                        s.pending_clips.push(req);
-                        // Its audio may all be here already: a file replayed faster than windows are scored
-                        // can have ended (no more audio to trigger it) before the alarm asked for the clip.
-                        serve_clips(s, &events, &metrics);
+                if take_clip_requests(&mut states, &clip_requests) {
+                    // Their audio may all be here already: a file replayed faster than windows are scored can
+                    // have ended (no more audio to trigger it) before the alarm asked for the clip. Between
+                    // streams (a device lost and not yet back) no more is coming: they go as they stand.
+                    for s in states.iter_mut() {
+                        serve_clips(s, &events, &metrics, current.is_none());
                     }
                 }
                 let Some(stream) = current.as_mut() else {
@@ -268,9 +274,12 @@ pub fn spawn_reader(
                 let ch = stream.channels.max(1);
                 let n = stream.consumer.pop_slice(whole_frames(&mut scratch, ch));
                 if n == 0 {
-                    if stream.finished.load(Ordering::SeqCst) && stream.consumer.is_empty() {
-                        flush_resamplers(&mut states, &windows, &recycled, &events, &metrics);
-                        let _ = events.send(ReaderEvent::Finished { input });
+                    // The flag first, then the ring: the source sets it after its last write.
+                    if !stream.end.is_open() && stream.consumer.is_empty() {
+                        end_stream(&mut states, &windows, &recycled, &events, &metrics);
+                        if stream.end.is_finished() {
+                            let _ = events.send(ReaderEvent::Finished { input });
+                        }
                         current = None;
                         continue;
                     }
@@ -448,6 +457,34 @@ fn process(
     }
 }
 
+/// Moves the clip requests that arrived into their machines' pending lists; true if there were any.
+fn take_clip_requests(states: &mut [TapState], requests: &Receiver<ClipRequest>) -> bool {
+    let mut any = false;
+    while let Ok(req) = requests.try_recv() {
+        if let Some(s) = states.iter_mut().find(|s| s.tap.machine == req.machine) {
+            s.pending_clips.push(req);
+            any = true;
+        }
+    }
+    any
+}
+
+/// The end of a stream: its last samples go into windows ([`flush_resamplers`]), and the clips still waiting
+/// for audio after their onset are served with what there is. A device that comes back starts a new stream
+/// after a gap, so the rest of a clip would not be the sound that followed the onset.
+fn end_stream(
+    states: &mut [TapState],
+    windows: &Sender<WindowMsg>,
+    recycled: &Receiver<Vec<f32>>,
+    events: &Sender<ReaderEvent>,
+    metrics: &Metrics,
+) {
+    flush_resamplers(states, windows, recycled, events, metrics);
+    for s in states.iter_mut() {
+        serve_clips(s, events, metrics, true);
+    }
+}
+
 /// The end of a stream (a file's last block, or a device closed before it is reopened): every machine whose
 /// audio is resampled gets the resampler's tail, so that the stream's last samples reach its windows and clips
 /// as they do at the model's own rate, where nothing is held back.
@@ -483,7 +520,7 @@ fn append_model_audio(
 ) {
     s.audio.extend(model_audio);
     s.total += model_audio.len() as u64;
-    serve_clips(s, events, metrics);
+    serve_clips(s, events, metrics, false);
 
     let p = &s.tap.features;
     let rate = p.sample_rate as u64;
@@ -543,8 +580,9 @@ fn energy_and_clipped(xs: &[f32]) -> (f64, usize) {
     (total, clipped)
 }
 
-/// Hands out clip audio once `post_seconds` after the onset have been captured.
-fn serve_clips(s: &mut TapState, events: &Sender<ReaderEvent>, metrics: &Metrics) {
+/// Hands out clip audio once `post_seconds` after the onset have been captured, or, with `cut_short` (the
+/// stream ended: no more audio is coming), at once with the audio there is.
+fn serve_clips(s: &mut TapState, events: &Sender<ReaderEvent>, metrics: &Metrics, cut_short: bool) {
     if s.pending_clips.is_empty() {
         return;
     }
@@ -558,10 +596,20 @@ fn serve_clips(s: &mut TapState, events: &Sender<ReaderEvent>, metrics: &Metrics
         let start = onset_end
             .saturating_sub(window)
             .saturating_sub((r.pre_seconds as f64 * rate as f64) as u64);
-        let end = onset_end + (r.post_seconds as f64 * rate as f64) as u64;
+        let mut end = onset_end + (r.post_seconds as f64 * rate as f64) as u64;
         if s.total < end {
-            i += 1;
-            continue;
+            if !cut_short {
+                i += 1;
+                continue;
+            }
+            log::warn!(
+                "clip {}: the input's audio ended {:.1} s after the alarm's onset window of the {:.1} s asked \
+                 for; the clip is written with the audio there is",
+                r.path.display(),
+                s.total.saturating_sub(onset_end) as f64 / rate as f64,
+                r.post_seconds
+            );
+            end = s.total;
         }
         let r = s.pending_clips.swap_remove(i);
         let from = start.max(hist_start);
@@ -794,7 +842,7 @@ mod tests {
             consumer,
             sample_rate: 16_000,
             channels,
-            finished: Arc::new(AtomicBool::new(false)),
+            end: Arc::default(),
             paced,
         }
     }
@@ -1028,72 +1076,176 @@ mod tests {
         assert_eq!(fed.metrics.machines[0].dropped_windows.get(), 9);
     }
 
+    /// A reader thread for one machine (channel 0 of a 16 kHz mono input, [`tap_state`]'s windows), and the
+    /// channels around it.
+    struct Rig {
+        streams: Sender<StreamHandle>,
+        windows: Receiver<WindowMsg>,
+        clips: Sender<ClipRequest>,
+        events: Receiver<ReaderEvent>,
+        _recycled: Sender<Vec<f32>>,
+        stop: Arc<AtomicBool>,
+        reader: std::thread::JoinHandle<()>,
+    }
+
+    impl Rig {
+        fn start() -> Rig {
+            let mut tap = tap_state(true).tap;
+            tap.channel = 0;
+            let (stx, srx) = crossbeam_channel::bounded(1);
+            let (wtx, wrx) = crossbeam_channel::bounded(64);
+            let (rtx, rrx) = crossbeam_channel::bounded::<Vec<f32>>(4);
+            let (ctx, crx) = crossbeam_channel::bounded(4);
+            let (etx, erx) = crossbeam_channel::bounded(64);
+            let stop = Arc::new(AtomicBool::new(false));
+            let reader = spawn_reader(
+                0,
+                "in".into(),
+                vec![tap],
+                srx,
+                wtx,
+                rrx,
+                crx,
+                etx,
+                HealthConfig::default(),
+                Arc::new(Metrics::new(&["in".into()], &["m".into()])),
+                stop.clone(),
+            )
+            .unwrap();
+            Rig {
+                streams: stx,
+                windows: wrx,
+                clips: ctx,
+                events: erx,
+                _recycled: rtx,
+                stop,
+                reader,
+            }
+        }
+
+        /// Hands the reader a stream whose ring already holds `seconds` of audio; returns its end flag.
+        fn stream(&self, seconds: f32, paced: bool) -> Arc<crate::capture::StreamEnd> {
+            let n = (seconds * 16_000.0) as usize;
+            let (mut sink, consumer) =
+                crate::capture::RtSink::new(n.max(1024), 1, Default::default(), Default::default());
+            sink.write(&vec![0.1f32; n]);
+            let end: Arc<crate::capture::StreamEnd> = Arc::default();
+            self.streams
+                .send(StreamHandle {
+                    consumer,
+                    sample_rate: 16_000,
+                    channels: 1,
+                    end: end.clone(),
+                    paced,
+                })
+                .unwrap();
+            end
+        }
+
+        /// Asks for the clip of the window that ended at `onset_end_ms`, 0.25 s before it and `post_seconds` after.
+        fn ask_clip(&self, onset_end_ms: u64, post_seconds: f32) {
+            self.clips
+                .send(ClipRequest {
+                    machine: 0,
+                    onset_end_ms,
+                    pre_seconds: 0.25,
+                    post_seconds,
+                    path: "x.wav".into(),
+                })
+                .unwrap();
+        }
+
+        /// The reader's next event other than health, if one comes within `wait`.
+        fn next_within(&self, wait: Duration) -> Option<ReaderEvent> {
+            let until = std::time::Instant::now() + wait;
+            loop {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                match self.events.recv_timeout(left) {
+                    Ok(ReaderEvent::Health(_)) => continue,
+                    Ok(e) => return Some(e),
+                    Err(_) => return None,
+                }
+            }
+        }
+
+        /// The number of samples of the next event, which must be a clip.
+        fn next_clip_len(&self) -> usize {
+            match self.next_within(Duration::from_secs(5)) {
+                Some(ReaderEvent::Clip(c)) => c.samples.len(),
+                Some(_) => panic!("not a clip"),
+                None => panic!("no clip from the reader"),
+            }
+        }
+
+        fn stop(self) {
+            self.stop.store(true, Ordering::SeqCst);
+            self.reader.join().unwrap();
+        }
+    }
+
     /// A file replayed faster than its windows are scored can end, and its reader finish, before the alarm asks for
     /// its clip: the clip is served from the history then, not left waiting for audio that will never come.
     #[test]
     fn a_clip_asked_for_after_the_file_ended_is_served_from_history() {
-        let mut tap = tap_state(true).tap;
-        tap.channel = 0;
-        let (mut sink, consumer) =
-            crate::capture::RtSink::new(48_000, 1, Default::default(), Default::default());
-        sink.write(&vec![0.1f32; 48_000]);
-        let finished = Arc::new(AtomicBool::new(true));
-        let (stream_tx, stream_rx) = crossbeam_channel::bounded(1);
-        stream_tx
-            .send(StreamHandle {
-                consumer,
-                sample_rate: 16_000,
-                channels: 1,
-                finished,
-                paced: false,
-            })
-            .unwrap();
-        let (wtx, wrx) = crossbeam_channel::bounded(64);
-        let (_rtx, rrx) = crossbeam_channel::bounded::<Vec<f32>>(4);
-        let (ctx, crx) = crossbeam_channel::bounded(4);
-        let (etx, erx) = crossbeam_channel::bounded(64);
-        let stop = Arc::new(AtomicBool::new(false));
-        let reader = spawn_reader(
-            0,
-            "in".into(),
-            vec![tap],
-            stream_rx,
-            wtx,
-            rrx,
-            crx,
-            etx,
-            HealthConfig::default(),
-            Arc::new(Metrics::new(&["in".into()], &["m".into()])),
-            stop.clone(),
-        )
-        .unwrap();
-        let next = |what: &str| loop {
-            match erx.recv_timeout(Duration::from_secs(5)) {
-                Ok(ReaderEvent::Health(_)) => continue,
-                Ok(e) => break e,
-                Err(_) => panic!("no {what} from the reader"),
-            }
-        };
-        assert!(matches!(next("end"), ReaderEvent::Finished { input: 0 }));
+        let rig = Rig::start();
+        rig.stream(3.0, false).finish();
+        assert!(matches!(
+            rig.next_within(Duration::from_secs(5)),
+            Some(ReaderEvent::Finished { input: 0 })
+        ));
         assert_eq!(
-            wrx.try_iter().count(),
+            rig.windows.try_iter().count(),
             11,
             "3 s of 0.5 s windows every 0.25 s"
         );
         // The alarm of the window that ended at 2 s asks for its clip only now.
-        ctx.send(ClipRequest {
-            machine: 0,
-            onset_end_ms: 2000,
-            pre_seconds: 0.25,
-            post_seconds: 0.5,
-            path: "x.wav".into(),
-        })
-        .unwrap();
-        match next("clip") {
-            ReaderEvent::Clip(c) => assert_eq!(c.samples.len(), 20_000, "0.25 + 0.5 + 0.5 s"),
-            _ => panic!("not a clip"),
-        }
-        stop.store(true, Ordering::SeqCst);
-        reader.join().unwrap();
+        rig.ask_clip(2000, 0.5);
+        assert_eq!(rig.next_clip_len(), 20_000, "0.25 + 0.5 + 0.5 s");
+        rig.stop();
+    }
+
+    /// A device lost right after an alarm (the machine's power failed, the microphone with it) ends its stream:
+    /// the clip waiting for the seconds after the onset is written with the audio there is, not kept waiting for
+    /// a device that may never come back. The stream is over, not the input: nothing reports it finished.
+    #[test]
+    fn a_clip_whose_stream_ends_before_its_post_seconds_is_written_as_it_stands() {
+        let rig = Rig::start();
+        let end = rig.stream(1.0, true);
+        rig.ask_clip(1000, 2.0);
+        assert!(
+            rig.next_within(Duration::from_millis(300)).is_none(),
+            "the clip waits while the stream may still bring its audio"
+        );
+        end.close();
+        assert_eq!(
+            rig.next_clip_len(),
+            12_000,
+            "0.25 + 0.5 s, nothing after the onset"
+        );
+        // Between streams a new request cannot wait for audio either.
+        rig.ask_clip(900, 2.0);
+        assert_eq!(rig.next_clip_len(), 12_000 + 1_600, "0.25 + 0.5 + 0.1 s");
+        assert!(rig.next_within(Duration::from_millis(100)).is_none());
+        rig.stop();
+    }
+
+    /// A daemon that stops during an alarm: the reader serves the clip still waiting for its post-onset audio
+    /// with what there is, as it stops (the daemon then writes it before it exits).
+    #[test]
+    fn a_stopping_reader_serves_the_clips_still_waiting() {
+        let rig = Rig::start();
+        let _end = rig.stream(1.5, true);
+        rig.ask_clip(1000, 5.0);
+        assert!(rig.next_within(Duration::from_millis(300)).is_none());
+        let events = rig.events.clone();
+        rig.stop();
+        let clips: Vec<usize> = events
+            .try_iter()
+            .filter_map(|e| match e {
+                ReaderEvent::Clip(c) => Some(c.samples.len()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(clips, [20_000], "0.25 + 0.5 + 0.5 s");
     }
 }

@@ -30,10 +30,7 @@ fn a_microphone_absent_at_start_is_waited_for_not_refused() {
     let device = "[[devices]]\nname = \"mic\"\nsource = \"capture\"\ndevice = \"alsa:testmic\"\n\
                   channels = 1\nsample_rate = 16000\nreopen_min = \"100ms\"\nreopen_max = \"300ms\"\n";
     let cfg = common::config(d.path(), device, &b.dir, 1, "");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("[mqtt]\n", "[mqtt]\nenabled = false\n");
-    std::fs::write(&cfg, text).unwrap();
+    common::edit(&cfg, |t| t.replace("[mqtt]\n", "[mqtt]\nenabled = false\n"));
     let envs = [("ALSA_CONFIG_PATH", conf.to_str().unwrap())];
 
     let out = Command::new(env!("CARGO_BIN_EXE_sonitor"))

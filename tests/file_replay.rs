@@ -41,12 +41,11 @@ fn resampled_multichannel_replay_raises_clears_and_exits() {
         &b.dir,
         "[health]\nsilence_after = \"2s\"\n\n[[machines]]\nname = \"dead-mic\"\ndevice = \"mic\"\nchannel = 0\nbundle = \"BUNDLE\"\nsection = \"pump/section_00\"\nenabled = false\n",
     );
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replacen("channel = 0\nbundle = \"", "channel = 1\nbundle = \"", 1)
-        .replace("BUNDLE", &b.dir.display().to_string())
-        .replace("log_level = \"info\"", "log_level = \"debug\"");
-    std::fs::write(&cfg, text).unwrap();
+    common::edit(&cfg, |t| {
+        t.replacen("channel = 0\nbundle = \"", "channel = 1\nbundle = \"", 1)
+            .replace("BUNDLE", &b.dir.display().to_string())
+            .replace("log_level = \"info\"", "log_level = \"debug\"")
+    });
 
     let mut daemon = common::Daemon::start(&cfg, &[]);
     let (code, log) = daemon.wait_exit(Duration::from_secs(60));
@@ -276,4 +275,72 @@ fn clips_past_max_age_go_without_a_new_alarm() {
     for (f, _, deleted) in files {
         assert_eq!(dir.join(f).exists(), !deleted, "{f}");
     }
+}
+
+/// The clip of the one machine's only clip folder: its length in seconds (16 kHz mono).
+fn the_clip_seconds(state: &std::path::Path) -> f64 {
+    let clips: Vec<_> = std::fs::read_dir(state.join("clips/pump-1"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(clips.len(), 1, "{clips:?}");
+    let info = sonitor_core::audio::read_wav_info(&clips[0]).unwrap();
+    assert_eq!((info.sample_rate, info.channels), (16_000, 1));
+    info.duration_seconds()
+}
+
+/// A fault in the last seconds of a replayed file: the alarm's clip asks for 5 s after the onset, which never
+/// come. The clip is written with the audio there is before the daemon exits, not lost with the process.
+#[test]
+fn a_fault_at_the_end_of_the_file_still_gets_its_clip() {
+    let d = tempfile::tempdir().unwrap();
+    let b = common::standard_bundle(d.path());
+    let wav = d.path().join("ends-faulty.wav");
+    common::write_wav(&wav, &common::recording(3.0, 2.0, 0.0));
+    let cfg = common::offline_config(d.path(), &wav, &b.dir, "");
+    common::edit(&cfg, |t| {
+        t.replace("post_seconds = 1.0", "post_seconds = 5.0")
+    });
+
+    let mut daemon = common::Daemon::start(&cfg, &[]);
+    let (code, log) = daemon.wait_exit(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(log.matches("alarm ON: pump-1").count(), 1, "{log}");
+    assert!(
+        log.contains("the clip is written with the audio there is"),
+        "{log}"
+    );
+    assert!(log.contains("clip written"), "{log}");
+    // Pre 1 s + the onset window (0.5 s) + what followed it in the file: less than the 5 s asked for.
+    let secs = the_clip_seconds(&d.path().join("state"));
+    assert!(secs > 1.5 && secs < 3.5, "{secs} s");
+}
+
+/// SIGTERM while an alarm's clip still waits for the 30 s after its onset: the daemon writes it with the audio it
+/// has before it exits.
+#[test]
+fn a_daemon_stopped_during_an_alarm_writes_its_waiting_clip() {
+    let d = tempfile::tempdir().unwrap();
+    let b = common::standard_bundle(d.path());
+    let wav = d.path().join("faulty.wav");
+    common::write_wav(&wav, &common::recording(2.0, 20.0, 0.0));
+    let cfg = common::paced_config(d.path(), &wav, &b.dir, "");
+    common::edit(&cfg, |t| {
+        t.replace("post_seconds = 1.0", "post_seconds = 30.0")
+    });
+
+    let daemon = common::Daemon::start(&cfg, &[]);
+    daemon.wait_log("alarm ON: pump-1", Duration::from_secs(30));
+    // A second and a half of the fault after the alarm, then the stop.
+    std::thread::sleep(Duration::from_millis(1500));
+    let log = daemon.log.clone();
+    assert_eq!(daemon.sigterm_and_wait(), 0, "{}", log.lock().unwrap());
+    let log = log.lock().unwrap().clone();
+    assert!(
+        log.contains("the clip is written with the audio there is"),
+        "{log}"
+    );
+    // Pre 1 s + the onset window (0.5 s) + the 1.5 s or so that followed before the stop.
+    let secs = the_clip_seconds(&d.path().join("state"));
+    assert!(secs > 2.5 && secs < 5.0, "{secs} s");
 }

@@ -144,10 +144,9 @@ fn commands_are_answered_by_retained_state() {
     notify.wait_ready_and_pings(3, Duration::from_secs(10));
 
     // SIGHUP: a new threshold from the file, audio keeps flowing.
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("raise_k = 2\n", "raise_k = 2\nthreshold = 0.6\n");
-    std::fs::write(&cfg, text).unwrap();
+    common::edit(&cfg, |t| {
+        t.replace("raise_k = 2\n", "raise_k = 2\nthreshold = 0.6\n")
+    });
     unsafe {
         libc::kill(daemon.child.id() as i32, libc::SIGHUP);
     }

@@ -90,10 +90,9 @@ fn daemon_scores_equal_the_trainers_eval_on_a_fitted_bundle() {
     assert!(want.len() >= 10, "{} windows", want.len());
 
     let cfg = common::offline_config(d.path(), &wav, &bundle_dir, "");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("log_level = \"info\"", "log_level = \"debug\"");
-    std::fs::write(&cfg, text).unwrap();
+    common::edit(&cfg, |t| {
+        t.replace("log_level = \"info\"", "log_level = \"debug\"")
+    });
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor"))
         .args(["validate", "--config"])

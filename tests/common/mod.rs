@@ -694,11 +694,17 @@ impl Daemon {
         let _ = self.child.wait();
     }
 
+    /// Sends SIGTERM and waits for the exit; returns the exit code, with [`Daemon::log`] read to its end.
     pub fn sigterm_and_wait(mut self) -> i32 {
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
-        self.child.wait().unwrap().code().unwrap_or(-1)
+        let code = self.child.wait().unwrap().code().unwrap_or(-1);
+        // The whole log: the reader ends at the end of the exited daemon's stderr.
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        code
     }
 }
 
@@ -748,11 +754,14 @@ pub fn file_config(
     extra: &str,
 ) -> PathBuf {
     let cfg = config(dir, &file_device(wav, device_keys), bundle, 1, extra);
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("[mqtt]\n", "[mqtt]\nenabled = false\n");
-    std::fs::write(&cfg, text).unwrap();
+    edit(&cfg, |t| t.replace("[mqtt]\n", "[mqtt]\nenabled = false\n"));
     cfg
+}
+
+/// Rewrites the text file `path` (a configuration) with `f`, e.g. to set one key a test needs.
+pub fn edit(path: &Path, f: impl FnOnce(String) -> String) {
+    let text = std::fs::read_to_string(path).unwrap();
+    std::fs::write(path, f(text)).unwrap();
 }
 
 /// A daemon configuration for one machine on one input section (`[[devices]]` TOML given by the test).
