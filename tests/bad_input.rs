@@ -51,9 +51,7 @@ fn file_device(wav: &Path) -> String {
 #[test]
 fn every_kind_of_bad_input_is_named_with_exit_78() {
     let d = tempfile::tempdir().unwrap();
-    let b = common::standard_bundle(d.path());
-    let wav = d.path().join("rec.wav");
-    common::write_wav(&wav, &common::pump());
+    let (b, wav) = common::bundle_and_wav(d.path(), "rec.wav", &common::pump());
 
     // A good configuration validates.
     // (`common::config` always writes sonitor.toml: keep the good one under its own name.)
@@ -207,9 +205,7 @@ fn in_small_tmpfs(state: &Path, setup: &str, args: &str, config: &Path) -> Optio
 #[test]
 fn a_state_dir_that_cannot_take_a_write_is_refused_or_warned() {
     let d = tempfile::tempdir().unwrap();
-    let b = common::standard_bundle(d.path());
-    let wav = d.path().join("rec.wav");
-    common::write_wav(&wav, &common::pump());
+    let (b, wav) = common::bundle_and_wav(d.path(), "rec.wav", &common::pump());
     let device = file_device(&wav) + "at_end = \"exit\"\n";
     let config = common::config(d.path(), &device, &b.dir, 1883, "");
     let state = d.path().join("state");

@@ -59,18 +59,8 @@ fn resampled_multichannel_replay_raises_clears_and_exits() {
     assert!(log.contains("health of dead-mic: SILENT"), "{log}");
     assert!(log.contains("clip written"), "{log}");
     // The clip: 16 kHz mono, pre 1 s + window 0.5 s + post 1 s.
-    let clips: Vec<_> = std::fs::read_dir(d.path().join("state/clips/pump-1"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(clips.len(), 1);
-    let info = sonitor_core::audio::read_wav_info(&clips[0]).unwrap();
-    assert_eq!((info.sample_rate, info.channels), (16_000, 1));
-    assert!(
-        (info.duration_seconds() - 2.5).abs() < 0.01,
-        "{}",
-        info.duration_seconds()
-    );
+    let secs = the_clip_seconds(&d.path().join("state"));
+    assert!((secs - 2.5).abs() < 0.01, "{secs} s");
     // Alarm ON + start, OFF + end wait in the outbox for a broker.
     assert_eq!(
         std::fs::read_dir(d.path().join("state/outbox"))
@@ -130,9 +120,7 @@ fn windows_that_do_not_score_as_numbers_are_dropped_and_counted() {
 #[test]
 fn a_file_cut_short_during_the_replay_ends_it_with_status_74() {
     let d = tempfile::tempdir().unwrap();
-    let b = common::standard_bundle(d.path());
-    let wav = d.path().join("live.wav");
-    common::write_wav(&wav, &common::recording(6.0, 0.0, 0.0));
+    let (b, wav) = common::bundle_and_wav(d.path(), "live.wav", &common::recording(6.0, 0.0, 0.0));
     let cfg = common::paced_config(d.path(), &wav, &b.dir, "");
 
     let mut daemon = common::Daemon::start(&cfg, &[]);
@@ -189,9 +177,11 @@ fn a_looped_file_replaced_by_another_format_is_refused_until_it_is_right_again()
 #[test]
 fn an_event_whose_clip_could_not_be_written_ends_without_naming_it() {
     let d = tempfile::tempdir().unwrap();
-    let b = common::standard_bundle(d.path());
-    let wav = d.path().join("long-fault.wav");
-    common::write_wav(&wav, &common::recording(2.0, 3.0, 3.0));
+    let (b, wav) = common::bundle_and_wav(
+        d.path(),
+        "long-fault.wav",
+        &common::recording(2.0, 3.0, 3.0),
+    );
     // Paced as a sound card delivers it, so that the clip's failure (1 s after the onset) is known before the
     // alarm clears (3 s later). Replayed as fast as possible, the end of the event could be decided before the
     // clip writer had tried, and the end event would rightly still name the clip it was waiting for.
@@ -223,9 +213,8 @@ fn an_event_whose_clip_could_not_be_written_ends_without_naming_it() {
 #[test]
 fn clips_past_max_age_go_without_a_new_alarm() {
     let d = tempfile::tempdir().unwrap();
-    let b = common::standard_bundle(d.path());
-    let wav = d.path().join("normal.wav");
-    common::write_wav(&wav, &common::recording(3.0, 0.0, 0.0));
+    let (b, wav) =
+        common::bundle_and_wav(d.path(), "normal.wav", &common::recording(3.0, 0.0, 0.0));
     // Paced, so that the daemon still runs when its metrics are read.
     let cfg = common::paced_config(d.path(), &wav, &b.dir, "max_age = \"1h\"\n");
     let dir = d.path().join("state/clips/pump-1");
@@ -277,7 +266,7 @@ fn clips_past_max_age_go_without_a_new_alarm() {
     }
 }
 
-/// The clip of the one machine's only clip folder: its length in seconds (16 kHz mono).
+/// The length in seconds of the one clip in pump-1's clip folder, which must be 16 kHz mono.
 fn the_clip_seconds(state: &std::path::Path) -> f64 {
     let clips: Vec<_> = std::fs::read_dir(state.join("clips/pump-1"))
         .unwrap()
@@ -294,9 +283,11 @@ fn the_clip_seconds(state: &std::path::Path) -> f64 {
 #[test]
 fn a_fault_at_the_end_of_the_file_still_gets_its_clip() {
     let d = tempfile::tempdir().unwrap();
-    let b = common::standard_bundle(d.path());
-    let wav = d.path().join("ends-faulty.wav");
-    common::write_wav(&wav, &common::recording(3.0, 2.0, 0.0));
+    let (b, wav) = common::bundle_and_wav(
+        d.path(),
+        "ends-faulty.wav",
+        &common::recording(3.0, 2.0, 0.0),
+    );
     let cfg = common::offline_config(d.path(), &wav, &b.dir, "");
     common::edit(&cfg, |t| {
         t.replace("post_seconds = 1.0", "post_seconds = 5.0")
@@ -321,9 +312,8 @@ fn a_fault_at_the_end_of_the_file_still_gets_its_clip() {
 #[test]
 fn a_daemon_stopped_during_an_alarm_writes_its_waiting_clip() {
     let d = tempfile::tempdir().unwrap();
-    let b = common::standard_bundle(d.path());
-    let wav = d.path().join("faulty.wav");
-    common::write_wav(&wav, &common::recording(2.0, 20.0, 0.0));
+    let (b, wav) =
+        common::bundle_and_wav(d.path(), "faulty.wav", &common::recording(2.0, 20.0, 0.0));
     let cfg = common::paced_config(d.path(), &wav, &b.dir, "");
     common::edit(&cfg, |t| {
         t.replace("post_seconds = 1.0", "post_seconds = 30.0")

@@ -136,9 +136,7 @@ fn tls_with_client_certificate_and_password() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    let b = common::standard_bundle(d.path());
-    let wav = d.path().join("normal.wav");
-    common::write_wav(&wav, &common::pump());
+    let (b, wav) = common::bundle_and_wav(d.path(), "normal.wav", &common::pump());
     let dev = common::file_device(&wav, "realtime = true\nat_end = \"loop\"\n");
     let tls = format!(
         "[mqtt.tls]\nenabled = true\nca_file = \"{p}/ca.pem\"\nclient_cert = \"{p}/client.pem\"\nclient_key = \"{p}/client.key\"\n",

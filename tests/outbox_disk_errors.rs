@@ -190,10 +190,8 @@ fn a_full_outbox_drops_a_message_never_written_without_touching_the_disk() {
 #[test]
 fn the_daemon_names_every_message_lost_at_a_stop() {
     let d = tempfile::tempdir().unwrap();
-    let b = common::standard_bundle(d.path());
-    let wav = d.path().join("rec.wav");
     // Normal, anomalous, normal: one alarm raised and cleared, 4 messages (alarm ON, start, OFF, end).
-    common::write_wav(&wav, &common::recording(3.0, 3.0, 4.0));
+    let (b, wav) = common::bundle_and_wav(d.path(), "rec.wav", &common::recording(3.0, 3.0, 4.0));
     let device = common::file_device(&wav, common::PACED_TO_THE_END);
     // MQTT on, but nothing listens on the port: every message waits in the outbox.
     let cfg = common::config(d.path(), &device, &b.dir, common::free_port(), "");

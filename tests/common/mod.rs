@@ -415,6 +415,15 @@ pub fn write_wav_channels(
     w.finalize().unwrap();
 }
 
+/// The standard bundle in `dir`, and `audio` written there as the 16 kHz WAV `name`: what most daemon tests
+/// start from.
+pub fn bundle_and_wav(dir: &Path, name: &str, audio: &[f32]) -> (TestBundle, PathBuf) {
+    let bundle = standard_bundle(dir);
+    let wav = dir.join(name);
+    write_wav(&wav, audio);
+    (bundle, wav)
+}
+
 /// The standard test bundle, built once per test process.
 pub fn standard_bundle(dir: &Path) -> TestBundle {
     let p = pump();
