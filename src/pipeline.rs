@@ -224,7 +224,7 @@ pub fn spawn_reader(
                     // just made) are written with what there is; the daemon writes them out before it exits.
                     take_clip_requests(&mut states, &clip_requests);
                     for s in states.iter_mut() {
-                        serve_clips(s, &events, &metrics, true);
+                        serve_clips(s, &events, &metrics, Some(CutShort::Stopping));
                     }
                     return;
                 }
@@ -259,7 +259,12 @@ pub fn spawn_reader(
                     // have ended (no more audio to trigger it) before the alarm asked for the clip. Between
                     // streams (a device lost and not yet back) no more is coming: they go as they stand.
                     for s in states.iter_mut() {
-                        serve_clips(s, &events, &metrics, current.is_none());
+                        serve_clips(
+                            s,
+                            &events,
+                            &metrics,
+                            current.is_none().then_some(CutShort::StreamEnded),
+                        );
                     }
                 }
                 let Some(stream) = current.as_mut() else {
@@ -481,7 +486,7 @@ fn end_stream(
 ) {
     flush_resamplers(states, windows, recycled, events, metrics);
     for s in states.iter_mut() {
-        serve_clips(s, events, metrics, true);
+        serve_clips(s, events, metrics, Some(CutShort::StreamEnded));
     }
 }
 
@@ -520,7 +525,7 @@ fn append_model_audio(
 ) {
     s.audio.extend(model_audio);
     s.total += model_audio.len() as u64;
-    serve_clips(s, events, metrics, false);
+    serve_clips(s, events, metrics, None);
 
     let p = &s.tap.features;
     let rate = p.sample_rate as u64;
@@ -580,9 +585,23 @@ fn energy_and_clipped(xs: &[f32]) -> (f64, usize) {
     (total, clipped)
 }
 
-/// Hands out clip audio once `post_seconds` after the onset have been captured, or, with `cut_short` (the
-/// stream ended: no more audio is coming), at once with the audio there is.
-fn serve_clips(s: &mut TapState, events: &Sender<ReaderEvent>, metrics: &Metrics, cut_short: bool) {
+/// Why a clip is served before its `post_seconds` have been captured.
+#[derive(Clone, Copy)]
+enum CutShort {
+    /// The input's stream ended (a device lost, a replayed file at its end): no more audio is coming on it.
+    StreamEnded,
+    /// The daemon is stopping.
+    Stopping,
+}
+
+/// Hands out clip audio once `post_seconds` after the onset have been captured, or, with `cut_short`, at once
+/// with the audio there is.
+fn serve_clips(
+    s: &mut TapState,
+    events: &Sender<ReaderEvent>,
+    metrics: &Metrics,
+    cut_short: Option<CutShort>,
+) {
     if s.pending_clips.is_empty() {
         return;
     }
@@ -598,14 +617,18 @@ fn serve_clips(s: &mut TapState, events: &Sender<ReaderEvent>, metrics: &Metrics
             .saturating_sub((r.pre_seconds as f64 * rate as f64) as u64);
         let mut end = onset_end + (r.post_seconds as f64 * rate as f64) as u64;
         if s.total < end {
-            if !cut_short {
+            let Some(why) = cut_short else {
                 i += 1;
                 continue;
-            }
+            };
             log::warn!(
-                "clip {}: the input's audio ended {:.1} s after the alarm's onset window of the {:.1} s asked \
-                 for; the clip is written with the audio there is",
+                "clip {}: {} {:.1} s after the alarm's onset window of the {:.1} s asked for; the clip is \
+                 written with the audio there is",
                 r.path.display(),
+                match why {
+                    CutShort::StreamEnded => "the input's audio ended",
+                    CutShort::Stopping => "the daemon stopped",
+                },
                 s.total.saturating_sub(onset_end) as f64 / rate as f64,
                 r.post_seconds
             );
