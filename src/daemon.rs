@@ -787,6 +787,19 @@ impl Controller {
         log::info!("reloaded {path}: {changed} machine(s) with new detector settings");
     }
 
+    /// Hands clip audio to the clip writer thread, waiting for room in its queue if `wait` (at a stop, when
+    /// nothing else is left to do); a clip that cannot be handed over is counted as dropped.
+    fn write_clip(&self, c: crate::pipeline::ClipAudio, wait: bool) {
+        let handed = if wait {
+            self.clip_writer.send(c).is_ok()
+        } else {
+            self.clip_writer.try_send(c).is_ok()
+        };
+        if !handed {
+            self.metrics.clips_dropped.inc();
+        }
+    }
+
     /// The clip of an open event could not be written: its end event says `clip: null` instead of naming a
     /// file that does not exist (the start event, already sent, named where it would be).
     fn on_clip_failed(&mut self, path: &Path) {
@@ -1190,11 +1203,8 @@ pub fn start(
                     let state = if h.silent { "SILENT" } else if h.clipping { "CLIPPING" } else { "OK" };
                     ctl.set_health(h.machine, state.into());
                 }
-                Ok(ReaderEvent::Clip(c)) => {
-                    if ctl.clip_writer.try_send(c).is_err() {
-                        metrics.clips_dropped.inc();
-                    }
-                }
+                // Never blocks the loop: a full queue drops the clip (counted).
+                Ok(ReaderEvent::Clip(c)) => ctl.write_clip(c, false),
                 Ok(ReaderEvent::Finished { input }) => {
                     finished_inputs[input] = true;
                     if exit_when_finished && finished_inputs.iter().all(|f| *f) {
@@ -1306,9 +1316,7 @@ pub fn start(
     // exit, not lost with the process.
     while let Ok(e) = reader_rx.try_recv() {
         if let ReaderEvent::Clip(c) = e {
-            if ctl.clip_writer.send(c).is_err() {
-                metrics.clips_dropped.inc();
-            }
+            ctl.write_clip(c, true);
         }
     }
     drop(ctl.clip_writer);

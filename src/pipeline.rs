@@ -223,9 +223,7 @@ pub fn spawn_reader(
                     // The daemon is stopping: no more audio comes. Clips still waiting for theirs (and requests
                     // just made) are written with what there is; the daemon writes them out before it exits.
                     take_clip_requests(&mut states, &clip_requests);
-                    for s in states.iter_mut() {
-                        serve_clips(s, &events, &metrics, Some(CutShort::Stopping));
-                    }
+                    serve_all_clips(&mut states, &events, &metrics, Some(CutShort::Stopping));
                     return;
                 }
                 // A new stream (first open or reopen): drain the old ring, then switch.
@@ -258,14 +256,8 @@ pub fn spawn_reader(
                     // Their audio may all be here already: a file replayed faster than windows are scored can
                     // have ended (no more audio to trigger it) before the alarm asked for the clip. Between
                     // streams (a device lost and not yet back) no more is coming: they go as they stand.
-                    for s in states.iter_mut() {
-                        serve_clips(
-                            s,
-                            &events,
-                            &metrics,
-                            current.is_none().then_some(CutShort::StreamEnded),
-                        );
-                    }
+                    let cut_short = current.is_none().then_some(CutShort::StreamEnded);
+                    serve_all_clips(&mut states, &events, &metrics, cut_short);
                 }
                 let Some(stream) = current.as_mut() else {
                     match streams.recv_timeout(MAX_IDLE_SLEEP) {
@@ -485,9 +477,7 @@ fn end_stream(
     metrics: &Metrics,
 ) {
     flush_resamplers(states, windows, recycled, events, metrics);
-    for s in states.iter_mut() {
-        serve_clips(s, events, metrics, Some(CutShort::StreamEnded));
-    }
+    serve_all_clips(states, events, metrics, Some(CutShort::StreamEnded));
 }
 
 /// The end of a stream (a file's last block, or a device closed before it is reopened): every machine whose
@@ -592,6 +582,18 @@ enum CutShort {
     StreamEnded,
     /// The daemon is stopping.
     Stopping,
+}
+
+/// [`serve_clips`] for every machine of the input.
+fn serve_all_clips(
+    states: &mut [TapState],
+    events: &Sender<ReaderEvent>,
+    metrics: &Metrics,
+    cut_short: Option<CutShort>,
+) {
+    for s in states.iter_mut() {
+        serve_clips(s, events, metrics, cut_short);
+    }
 }
 
 /// Hands out clip audio once `post_seconds` after the onset have been captured, or, with `cut_short`, at once
@@ -855,12 +857,23 @@ mod tests {
     }
 
     fn stream(paced: bool, channels: usize, ring_frames: usize) -> StreamHandle {
-        let (_sink, consumer) = crate::capture::RtSink::new(
+        stream_holding(paced, channels, ring_frames, &[])
+    }
+
+    /// A 16 kHz stream whose ring (`ring_frames` frames) already holds the interleaved `audio`.
+    fn stream_holding(
+        paced: bool,
+        channels: usize,
+        ring_frames: usize,
+        audio: &[f32],
+    ) -> StreamHandle {
+        let (mut sink, consumer) = crate::capture::RtSink::new(
             ring_frames * channels,
             channels,
             Default::default(),
             Default::default(),
         );
+        sink.write(audio);
         StreamHandle {
             consumer,
             sample_rate: 16_000,
@@ -1149,19 +1162,9 @@ mod tests {
         /// Hands the reader a stream whose ring already holds `seconds` of audio; returns its end flag.
         fn stream(&self, seconds: f32, paced: bool) -> Arc<crate::capture::StreamEnd> {
             let n = (seconds * 16_000.0) as usize;
-            let (mut sink, consumer) =
-                crate::capture::RtSink::new(n.max(1024), 1, Default::default(), Default::default());
-            sink.write(&vec![0.1f32; n]);
-            let end: Arc<crate::capture::StreamEnd> = Arc::default();
-            self.streams
-                .send(StreamHandle {
-                    consumer,
-                    sample_rate: 16_000,
-                    channels: 1,
-                    end: end.clone(),
-                    paced,
-                })
-                .unwrap();
+            let handle = stream_holding(paced, 1, n.max(1024), &vec![0.1f32; n]);
+            let end = handle.end.clone();
+            self.streams.send(handle).unwrap();
             end
         }
 
