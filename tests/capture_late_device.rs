@@ -71,17 +71,9 @@ fn a_microphone_absent_at_start_is_waited_for_not_refused() {
     daemon.wait_log("input mic open", Duration::from_secs(30));
     daemon.wait_log("health of pump-1: OK", Duration::from_secs(10));
     // Scored: windows of the device's audio went through the model.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while common::metric(
-        &common::scrape(&cfg),
-        "sonitor_inferences_total{machine=\"pump-1\"}",
-    )
-    .unwrap_or(0.0)
-        < 1.0
-    {
-        assert!(std::time::Instant::now() < deadline, "no window scored");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::wait_metrics(&cfg, Duration::from_secs(30), "no window scored", |m| {
+        common::metric(m, "sonitor_inferences_total{machine=\"pump-1\"}").unwrap_or(0.0) >= 1.0
+    });
     let log = daemon.log.lock().unwrap().clone();
     let before_open = &log[..log.find("input mic open").unwrap()];
     assert!(

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{metric, on, scrape, Broker, Daemon, Recorder};
+use common::{metric, on, Broker, Daemon, Recorder};
 
 struct Pulse {
     child: Child,
@@ -236,21 +236,16 @@ fn real_capture_real_broker_alarm_on_off_reopen_and_offline() {
     let _ = pulse.load_pipe(&fifo);
     let stop2 = Arc::new(AtomicBool::new(false));
     let feeder2 = feed(fifo.clone(), Vec::new(), stop2.clone());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let m = scrape(&cfg);
-        if metric(&m, "sonitor_input_reopens_total{input=\"mic\"}").unwrap_or(0.0) >= 1.0
-            && metric(&m, "sonitor_input_up{input=\"mic\"}") == Some(1.0)
-        {
-            assert!(metric(&m, "sonitor_audio_frames_total{input=\"mic\"}").unwrap() > 100_000.0);
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the input was not reopened; metrics:\n{m}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let m = common::wait_metrics(
+        &cfg,
+        Duration::from_secs(20),
+        "the input was not reopened",
+        |m| {
+            metric(m, "sonitor_input_reopens_total{input=\"mic\"}").unwrap_or(0.0) >= 1.0
+                && metric(m, "sonitor_input_up{input=\"mic\"}") == Some(1.0)
+        },
+    );
+    assert!(metric(&m, "sonitor_audio_frames_total{input=\"mic\"}").unwrap() > 100_000.0);
     rec.wait_for("health back to OK", Duration::from_secs(10), |m| {
         let h = on(m, "sonitor/t1/pump-1/health");
         h.contains(&"NO_AUDIO".to_string()) && h.last().map(String::as_str) == Some("OK")

@@ -680,10 +680,15 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(50));
         };
+        self.read_log_to_end();
+        (status.code(), self.log.lock().unwrap().clone())
+    }
+
+    /// After the exit: the log reader ends at the end of the daemon's stderr, so [`Daemon::log`] is then whole.
+    fn read_log_to_end(&mut self) {
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }
-        (status.code(), self.log.lock().unwrap().clone())
     }
 
     pub fn wait_log(&self, needle: &str, timeout: Duration) {
@@ -709,10 +714,7 @@ impl Daemon {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
         let code = self.child.wait().unwrap().code().unwrap_or(-1);
-        // The whole log: the reader ends at the end of the exited daemon's stderr.
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
+        self.read_log_to_end();
         code
     }
 }
@@ -829,6 +831,25 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         .find(|l| l.starts_with(name))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// Scrapes the daemon running `config` until `ready` holds for its metrics text, and returns that text; panics
+/// with the last text after `timeout` (`what` says what was awaited).
+pub fn wait_metrics(
+    config: &Path,
+    timeout: Duration,
+    what: &str,
+    ready: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let m = scrape(config);
+        if ready(&m) {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "{what}; metrics:\n{m}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// `GET /metrics` from the daemon running `config` (its `[metrics] listen` address).
