@@ -2,7 +2,7 @@
 //! count, age and total size (oldest deleted first).
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{free_space, outbox_bytes, ClipsConfig, Config};
 use crate::pipeline::ClipAudio;
@@ -176,57 +176,109 @@ pub fn retention_interval(cfg: &ClipsConfig) -> Duration {
     (cfg.max_age / 4).clamp(Duration::from_secs(15), Duration::from_secs(3600))
 }
 
-/// Deletes the oldest clips until the count, age and size limits hold, and clip temporary files older than
-/// [`STALE_TEMP`]; logs what it deleted and returns how many clips that was.
-pub fn enforce_retention(dir: &Path, cfg: &ClipsConfig) -> usize {
-    let Found { mut clips, temps } = clip_files(dir);
-    clips.sort_by_key(|f| std::cmp::Reverse(f.1));
-    let now = SystemTime::now();
-    let age = |t: SystemTime| now.duration_since(t).unwrap_or_default();
-    let mut kept_bytes = 0u64;
-    let (mut old, mut many, mut big) = (0, 0, 0);
-    let mut failed: Option<(usize, String)> = None;
-    for (i, (path, modified, len)) in clips.iter().enumerate() {
-        let too_old = age(*modified) > cfg.max_age;
-        let too_many = i >= cfg.max_count;
-        let too_big = kept_bytes + len > cfg.max_bytes;
-        if too_old || too_many || too_big {
-            match std::fs::remove_file(path) {
-                Ok(()) if too_old => old += 1,
-                Ok(()) if too_many => many += 1,
-                Ok(()) => big += 1,
-                Err(e) => {
-                    let f = failed.get_or_insert_with(|| (0, format!("{}: {e}", path.display())));
-                    f.0 += 1;
+/// The clips this process wrote, with when on the monotonic clock: the retention's ages and order for them do not
+/// depend on the wall clock. A Raspberry Pi has no real-time clock: it boots at the time saved at its last
+/// shutdown and jumps to the true time when NTP answers, days later on a network that was down. By their
+/// modification times, clips written before that jump would look days older than they are and be deleted as
+/// past `clips.max_age` at once; after a jump backwards, the newest clips would sort before older ones and be the
+/// first to go over `clips.max_count`. Clips of earlier runs are known by their modification times only.
+#[derive(Debug, Default)]
+pub struct Retention {
+    written: std::collections::HashMap<PathBuf, Instant>,
+}
+
+impl Retention {
+    /// Notes a clip this process has just written.
+    pub fn written(&mut self, path: &Path) {
+        self.written.insert(path.to_path_buf(), Instant::now());
+    }
+
+    /// Deletes the oldest clips until the count, age and size limits hold, and clip temporary files older than
+    /// [`STALE_TEMP`]; logs what it deleted and returns how many clips that was. Clips written by this process
+    /// are the newest (whatever their modification times say), in the order they were written, and their age is
+    /// the time since they were written on the monotonic clock.
+    pub fn enforce(&mut self, dir: &Path, cfg: &ClipsConfig) -> usize {
+        let Found { clips, temps } = clip_files(dir);
+        let now = SystemTime::now();
+        let age = |t: SystemTime| now.duration_since(t).unwrap_or_default();
+        // Newest first: this run's clips by when they were written, then the others by modification time.
+        let mut clips: Vec<(PathBuf, Duration, u64, Option<Instant>)> = clips
+            .into_iter()
+            .map(|(path, modified, len)| {
+                let written = self.written.get(&path).copied();
+                let a = written.map_or_else(|| age(modified), |w| w.elapsed());
+                (path, a, len, written)
+            })
+            .collect();
+        clips.sort_by(|a, b| match (a.3, b.3) {
+            (Some(x), Some(y)) => y.cmp(&x),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => a.1.cmp(&b.1),
+        });
+        let mut kept_bytes = 0u64;
+        let (mut old, mut many, mut big) = (0, 0, 0);
+        let mut failed: Option<(usize, String)> = None;
+        for (i, (path, clip_age, len, _)) in clips.iter().enumerate() {
+            let too_old = *clip_age > cfg.max_age;
+            let too_many = i >= cfg.max_count;
+            let too_big = kept_bytes + len > cfg.max_bytes;
+            if too_old || too_many || too_big {
+                match std::fs::remove_file(path) {
+                    Ok(()) => {
+                        self.written.remove(path);
+                        if too_old {
+                            old += 1;
+                        } else if too_many {
+                            many += 1;
+                        } else {
+                            big += 1;
+                        }
+                    }
+                    Err(e) => {
+                        let f =
+                            failed.get_or_insert_with(|| (0, format!("{}: {e}", path.display())));
+                        f.0 += 1;
+                    }
                 }
+            } else {
+                kept_bytes += len;
             }
-        } else {
-            kept_bytes += len;
         }
-    }
-    // One line a pass (every `retention_interval` while the problem lasts), however many clips it concerns.
-    if let Some((n, first)) = failed {
-        log::warn!(
-            "clips: the retention cannot remove {n} clip(s) past its limits (first: {first}); they stay until \
-             it can"
-        );
-    }
-    let deleted = old + many + big;
-    if deleted > 0 {
-        log::info!(
-            "clips: retention removed {deleted} clip(s): {old} older than clips.max_age, {many} over \
-             clips.max_count, {big} over clips.max_bytes"
-        );
-    }
-    for (path, modified) in temps {
-        if age(modified) > STALE_TEMP && std::fs::remove_file(&path).is_ok() {
-            log::info!(
-                "clips: removed {}, left by a clip write that never finished",
-                path.display()
+        // Forget clips removed by hand, so that the map holds no more than the folder.
+        if self.written.len() > clips.len() {
+            let listed: std::collections::HashSet<&PathBuf> = clips.iter().map(|c| &c.0).collect();
+            self.written.retain(|p, _| listed.contains(p));
+        }
+        // One line a pass (every `retention_interval` while the problem lasts), however many clips it concerns.
+        if let Some((n, first)) = failed {
+            log::warn!(
+                "clips: the retention cannot remove {n} clip(s) past its limits (first: {first}); they stay \
+                 until it can"
             );
         }
+        let deleted = old + many + big;
+        if deleted > 0 {
+            log::info!(
+                "clips: retention removed {deleted} clip(s): {old} older than clips.max_age, {many} over \
+                 clips.max_count, {big} over clips.max_bytes"
+            );
+        }
+        for (path, modified) in temps {
+            if age(modified) > STALE_TEMP && std::fs::remove_file(&path).is_ok() {
+                log::info!(
+                    "clips: removed {}, left by a clip write that never finished",
+                    path.display()
+                );
+            }
+        }
+        deleted
     }
-    deleted
+}
+
+/// [`Retention::enforce`] for a process that has written none of the clips.
+pub fn enforce_retention(dir: &Path, cfg: &ClipsConfig) -> usize {
+    Retention::default().enforce(dir, cfg)
 }
 
 #[cfg(test)]
@@ -328,6 +380,70 @@ mod tests {
             "two 3.2 kB clips exceed 4 kB"
         );
         assert!(d.path().join("m/n1-m-4-4.wav").exists());
+    }
+
+    #[test]
+    fn the_clips_of_this_run_survive_a_jump_of_the_wall_clock() {
+        let d = tempfile::tempdir().unwrap();
+        let day = Duration::from_secs(86_400);
+        let now = SystemTime::now();
+        let mut retention = Retention::default();
+        // (clip, written by this run, modification time)
+        let clips = [
+            // Written this run before NTP moved the clock ten days forward: its time says ten days old.
+            ("n1-m-1-1", true, now - 10 * day),
+            // Written this run after the clock was set back an hour: its time says it is older than...
+            ("n1-m-2-2", true, now - Duration::from_secs(3600)),
+            // ...this clip of an earlier run, written while the clock ran an hour fast.
+            ("n1-m-3-3", false, now + Duration::from_secs(60)),
+            // An earlier run's clip that is really two days old.
+            ("n1-m-4-4", false, now - 2 * day),
+        ];
+        for (name, this_run, t) in clips {
+            let c = ClipAudio {
+                machine: 0,
+                path: d.path().join("m").join(format!("{name}.wav")),
+                samples: vec![0.1; 1600],
+                sample_rate: 16_000,
+            };
+            write_clip(&c).unwrap();
+            if this_run {
+                retention.written(&c.path);
+            }
+            let f = std::fs::File::options().write(true).open(&c.path).unwrap();
+            f.set_modified(t).unwrap();
+        }
+        let exists = |name: &str| d.path().join("m").join(format!("{name}.wav")).exists();
+        let cfg = ClipsConfig {
+            max_age: day,
+            ..Default::default()
+        };
+        assert_eq!(retention.enforce(d.path(), &cfg), 1);
+        assert!(
+            !exists("n1-m-4-4"),
+            "two days old by its time, and of an earlier run"
+        );
+        assert!(
+            exists("n1-m-1-1"),
+            "written seconds ago, whatever its time says"
+        );
+        // Over max_count the earlier run's clip goes first, though its time is the latest.
+        let cfg = ClipsConfig {
+            max_count: 2,
+            ..cfg
+        };
+        assert_eq!(retention.enforce(d.path(), &cfg), 1);
+        assert!(!exists("n1-m-3-3"));
+        assert!(exists("n1-m-1-1") && exists("n1-m-2-2"));
+        // Within this run, the later written clip is the newer one.
+        let cfg = ClipsConfig {
+            max_count: 1,
+            ..cfg
+        };
+        assert_eq!(retention.enforce(d.path(), &cfg), 1);
+        assert!(exists("n1-m-2-2") && !exists("n1-m-1-1"));
+        // A process that wrote none of them goes by their times: the clip's hour-old time is within max_age.
+        assert_eq!(enforce_retention(d.path(), &cfg), 0);
     }
 
     #[test]

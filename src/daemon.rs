@@ -1083,9 +1083,10 @@ pub fn start(
             // The retention runs at start, after every clip, and every `retention_interval` in between: clips
             // past clips.max_age go even when no alarm brings a new clip.
             let every = crate::clips::retention_interval(&clips_cfg);
+            let mut retention = crate::clips::Retention::default();
             loop {
                 if clips_cfg.enabled {
-                    let removed = crate::clips::enforce_retention(&clips_dir, &clips_cfg);
+                    let removed = retention.enforce(&clips_dir, &clips_cfg);
                     clip_metrics.clips_removed.add(removed as u64);
                 }
                 let c = match clip_audio_rx.recv_timeout(every) {
@@ -1095,6 +1096,7 @@ pub fn start(
                 };
                 match crate::clips::write_clip(&c) {
                     Ok(()) => {
+                        retention.written(&c.path);
                         clip_metrics.clips_written.inc();
                         log::info!("clip written: {}", c.path.display());
                         if let Some(tx) = &clip_observer {
