@@ -340,6 +340,9 @@ enum InputState {
     Down(Option<String>),
 }
 
+/// Clips waiting for the clip writer thread; one more is dropped ([`Controller::write_clip`]).
+const CLIP_QUEUE: usize = 8;
+
 struct Controller {
     cfg: Config,
     config_path: PathBuf,
@@ -788,15 +791,32 @@ impl Controller {
     }
 
     /// Hands clip audio to the clip writer thread, waiting for room in its queue if `wait` (at a stop, when
-    /// nothing else is left to do); a clip that cannot be handed over is counted as dropped.
-    fn write_clip(&self, c: crate::pipeline::ClipAudio, wait: bool) {
-        let handed = if wait {
-            self.clip_writer.send(c).is_ok()
+    /// nothing else is left to do). A clip that cannot be handed over (the writer is [`CLIP_QUEUE`] clips behind,
+    /// on a slow or full disk) is counted as dropped, and its event's end says `clip: null` as for a clip whose
+    /// write failed.
+    fn write_clip(&mut self, c: crate::pipeline::ClipAudio, wait: bool) {
+        let refused = if wait {
+            self.clip_writer
+                .send(c)
+                .err()
+                .map(|e| (e.0, "the clip writer has stopped".to_string()))
         } else {
-            self.clip_writer.try_send(c).is_ok()
+            self.clip_writer.try_send(c).err().map(|e| {
+                let why = if e.is_full() {
+                    format!("the clip writer still has {CLIP_QUEUE} clips to write (a slow or full disk?)")
+                } else {
+                    "the clip writer has stopped".to_string()
+                };
+                (e.into_inner(), why)
+            })
         };
-        if !handed {
+        if let Some((c, why)) = refused {
             self.metrics.clips_dropped.inc();
+            log::warn!(
+                "clip {}: {why}; this one is dropped and its event goes on without it",
+                c.path.display()
+            );
+            self.on_clip_failed(&c.path);
         }
     }
 
@@ -1070,7 +1090,7 @@ pub fn start(
     )?;
 
     // Clip writer.
-    let (clip_audio_tx, clip_audio_rx) = bounded::<crate::pipeline::ClipAudio>(8);
+    let (clip_audio_tx, clip_audio_rx) = bounded::<crate::pipeline::ClipAudio>(CLIP_QUEUE);
     let clips_cfg = cfg.clips.clone();
     let clips_dir = cfg.clips_dir();
     let clip_metrics = metrics.clone();
