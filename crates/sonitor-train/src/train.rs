@@ -542,6 +542,10 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
     );
     config.validate()?;
     let t_load = Instant::now();
+    let audio_bytes = data::audio_bytes_estimate(&train, &o.features);
+    if let Some(w) = data::memory_available().and_then(|a| data::memory_warning(audio_bytes, a)) {
+        eprintln!("{w}");
+    }
     let clips = data::load_train_clips(&train, &classes, &o.features)?;
     let short = clips
         .iter()
@@ -558,11 +562,12 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
     let data_sha = data::data_sha256(&train)?;
     if o.progress {
         eprintln!(
-            "{} training clips, {} classes ({:?}), loaded in {:.1} s",
+            "{} training clips, {} classes ({:?}), loaded in {:.1} s ({:.0} MiB in memory)",
             clips.len(),
             classes.names.len(),
             o.labels,
-            t_load.elapsed().as_secs_f64()
+            t_load.elapsed().as_secs_f64(),
+            clips.iter().map(|c| c.audio.bytes()).sum::<usize>() as f64 / f64::from(1u32 << 20)
         );
     }
 
@@ -757,10 +762,10 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
         [1, config.spectrum_len],
     )?;
     // The training audio is already in memory: the back end embeds it, it does not read the files again.
-    let audio_of: BTreeMap<&Path, &[f32]> = train
+    let audio_of: BTreeMap<&Path, &data::Pcm> = train
         .iter()
         .zip(&clips)
-        .map(|(c, t)| (c.path.as_path(), t.audio.as_slice()))
+        .map(|(c, t)| (c.path.as_path(), &t.audio))
         .collect();
     let mut sections = Vec::new();
     for (machine_type, section) in data.sections() {
@@ -779,7 +784,7 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
                     .with_context(|| format!("{}: not among the loaded clips", c.path.display()))?;
                 Ok((c, a))
             })
-            .collect::<anyhow::Result<Vec<(&Clip, &[f32])>>>()?;
+            .collect::<anyhow::Result<Vec<(&Clip, &data::Pcm)>>>()?;
         let sm = section_model(
             &embedder,
             &with_audio,
@@ -924,7 +929,7 @@ pub fn load_checkpoint(out: &Path, device: &Device) -> anyhow::Result<(Model, ch
 /// Embeds clips (with their decoded audio) on all cores (one tract plan is shared; features per thread).
 pub fn embed_clips(
     embedder: &OnnxEmbedder,
-    clips: &[(&Clip, &[f32])],
+    clips: &[(&Clip, &data::Pcm)],
     params: &FeatureParams,
 ) -> anyhow::Result<Vec<Vec<Vec<f32>>>> {
     parallel::map_with_state(
@@ -932,7 +937,7 @@ pub fn embed_clips(
         || FeatureExtractor::new(params.clone()).map_err(anyhow::Error::from),
         |fx, (c, a)| {
             embedder
-                .window_embeddings(fx, a)
+                .window_embeddings(fx, &a.to_f32())
                 .with_context(|| format!("embedding {}", c.path.display()))
         },
     )
@@ -947,7 +952,7 @@ pub fn embed_clips(
 /// training clip: no other clip to be scored against).
 pub fn section_model(
     embedder: &OnnxEmbedder,
-    clips: &[(&Clip, &[f32])],
+    clips: &[(&Clip, &data::Pcm)],
     params: &FeatureParams,
     k: usize,
     quantile: f64,
