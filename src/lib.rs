@@ -13,6 +13,7 @@
 pub mod bench;
 pub mod capture;
 pub mod clips;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod demo;

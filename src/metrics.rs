@@ -102,6 +102,10 @@ pub struct Metrics {
     /// Clips the retention deleted (past clips.max_age, max_count or max_bytes).
     pub clips_removed: Counter,
     pub scores_dropped: Counter,
+    /// 1 while the kernel says the system clock is synchronised (or cannot tell), 0 while it is not.
+    pub clock_synchronized: Gauge,
+    /// Jumps of the wall clock seen (alarm times before one are on the old clock).
+    pub clock_jumps: Counter,
 }
 
 impl Metrics {
@@ -308,6 +312,18 @@ impl Metrics {
             "counter",
             "Scores the detector thread could not take.",
             one(self.scores_dropped.get()),
+        );
+        family(
+            "sonitor_clock_synchronized",
+            "gauge",
+            "1 while the system clock is synchronised (NTP), 0 while not: alarm times follow the system clock.",
+            one(self.clock_synchronized.get()),
+        );
+        family(
+            "sonitor_clock_jumps_total",
+            "counter",
+            "Jumps of the system clock by more than 2 s (alarm times before one are on the old clock).",
+            one(self.clock_jumps.get()),
         );
         s
     }

@@ -247,8 +247,26 @@ fn clips_past_max_age_go_without_a_new_alarm() {
         "no removed clip counted",
         |m| common::metric(m, "sonitor_clips_removed_total ") == Some(1.0),
     );
+    // The system clock as the kernel sees it, in the metrics and, when not synchronised, in the log.
+    let synced = sonitor::clock::synchronized() != Some(false);
+    let m = common::scrape(&cfg);
+    assert_eq!(
+        common::metric(&m, "sonitor_clock_synchronized "),
+        Some(if synced { 1.0 } else { 0.0 }),
+        "{m}"
+    );
+    assert_eq!(
+        common::metric(&m, "sonitor_clock_jumps_total "),
+        Some(0.0),
+        "{m}"
+    );
     let (code, log) = daemon.wait_exit(Duration::from_secs(60));
     assert_eq!(code, Some(0), "{log}");
+    assert_eq!(
+        log.contains("the system clock is not synchronised"),
+        !synced,
+        "{log}"
+    );
     assert!(!log.contains("alarm ON"), "{log}");
     assert!(
         log.contains("retention removed 1 clip(s): 1 older than clips.max_age"),

@@ -1,0 +1,132 @@
+//! The system clock, as the daemon's events see it. Alarm events carry wall-clock times (`started_at`,
+//! `ended_at`) and name their clips by them. A Raspberry Pi has no real-time clock: it boots at the time saved at
+//! its last shutdown (`fake-hwclock`) and jumps to the true time when NTP answers, which on a factory network that
+//! was down can be hours or days later. Events raised before that carry the old clock's times. The daemon cannot
+//! correct them, but it says so: a warning at start while the clock is not synchronised, one line for every jump
+//! (with its size), and the metrics `sonitor_clock_synchronized` and `sonitor_clock_jumps_total` for a fleet's
+//! monitoring. Clip retention does not depend on it ([`crate::clips::Retention`]).
+
+use std::time::{Instant, SystemTime};
+
+/// Whether the kernel's clock discipline says the clock is synchronised (NTP, chrony, systemd-timesyncd keep it
+/// so). `None` where the kernel cannot tell.
+pub fn synchronized() -> Option<bool> {
+    // SAFETY: `adjtimex` with `modes = 0` only reads the kernel's state into the zeroed struct it is given.
+    let (ret, status) = unsafe {
+        let mut tx: libc::timex = std::mem::zeroed();
+        let ret = libc::adjtimex(&mut tx);
+        (ret, tx.status)
+    };
+    if ret < 0 {
+        return None;
+    }
+    Some(ret != libc::TIME_ERROR && status & libc::STA_UNSYNC == 0)
+}
+
+/// Compares the wall clock with the monotonic clock between calls: a difference of more than [`JUMP_SECONDS`]
+/// is a jump of the wall clock (NTP's first answer, a hand-set date).
+#[derive(Debug, Clone, Copy)]
+pub struct JumpWatch {
+    wall: SystemTime,
+    mono: Instant,
+}
+
+/// A wall-clock step smaller than this is slewing or scheduling noise, not a jump.
+pub const JUMP_SECONDS: f64 = 2.0;
+
+impl JumpWatch {
+    pub fn new() -> Self {
+        Self::at(SystemTime::now(), Instant::now())
+    }
+
+    pub fn at(wall: SystemTime, mono: Instant) -> Self {
+        JumpWatch { wall, mono }
+    }
+
+    /// The jump of the wall clock since the last call, in seconds (positive: forward), if there was one.
+    pub fn check(&mut self) -> Option<f64> {
+        self.check_at(SystemTime::now(), Instant::now())
+    }
+
+    pub fn check_at(&mut self, wall: SystemTime, mono: Instant) -> Option<f64> {
+        let wall_delta = match wall.duration_since(self.wall) {
+            Ok(d) => d.as_secs_f64(),
+            Err(e) => -e.duration().as_secs_f64(),
+        };
+        let mono_delta = mono.saturating_duration_since(self.mono).as_secs_f64();
+        *self = JumpWatch { wall, mono };
+        let jump = wall_delta - mono_delta;
+        (jump.abs() > JUMP_SECONDS).then_some(jump)
+    }
+}
+
+impl Default for JumpWatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// How a jump is told in the log: `+3d 4h 5m 6s`, `-1h 0m 0s`, `+12.5s`.
+pub fn describe_jump(seconds: f64) -> String {
+    let sign = if seconds < 0.0 { '-' } else { '+' };
+    let s = seconds.abs();
+    if s < 60.0 {
+        return format!("{sign}{s:.1}s");
+    }
+    let s = s.round() as u64;
+    let (d, h, m, sec) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60, s % 60);
+    if d > 0 {
+        format!("{sign}{d}d {h}h {m}m {sec}s")
+    } else {
+        format!("{sign}{h}h {m}m {sec}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_jump_is_the_wall_clock_moving_other_than_the_monotonic_one() {
+        let (wall, mono) = (SystemTime::now(), Instant::now());
+        let mut w = JumpWatch::at(wall, mono);
+        let ten = Duration::from_secs(10);
+        // Ten seconds on both clocks, a second of drift or slewing: no jump.
+        assert_eq!(w.check_at(wall + ten, mono + ten), None);
+        assert_eq!(
+            w.check_at(wall + 2 * ten + Duration::from_secs(1), mono + 2 * ten),
+            None
+        );
+        // NTP's first answer, three days late.
+        let days = Duration::from_secs(3 * 86_400);
+        let j = w.check_at(wall + 3 * ten + days, mono + 3 * ten).unwrap();
+        assert!((j - 3.0 * 86_400.0 + 1.0).abs() < 1e-6, "{j}");
+        // The next check compares with the new time: no second report.
+        assert_eq!(w.check_at(wall + 4 * ten + days, mono + 4 * ten), None);
+        // A clock set back an hour.
+        let j = w
+            .check_at(
+                wall + 5 * ten + days - Duration::from_secs(3600),
+                mono + 5 * ten,
+            )
+            .unwrap();
+        assert!((j + 3600.0).abs() < 1e-6, "{j}");
+    }
+
+    #[test]
+    fn jumps_are_told_in_days_hours_minutes_and_seconds() {
+        assert_eq!(
+            describe_jump(3.0 * 86_400.0 + 4.0 * 3600.0 + 5.0 * 60.0 + 6.0),
+            "+3d 4h 5m 6s"
+        );
+        assert_eq!(describe_jump(-3600.0), "-1h 0m 0s");
+        assert_eq!(describe_jump(12.5), "+12.5s");
+    }
+
+    #[test]
+    fn the_kernel_says_whether_the_clock_is_synchronised() {
+        // Either answer is right on some machine; what matters is that Linux answers.
+        assert!(synchronized().is_some());
+    }
+}
