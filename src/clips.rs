@@ -342,20 +342,26 @@ mod tests {
         assert!(!sonitor_core::atomic_file::temp_path(&path).exists());
     }
 
+    /// Writes machine `m`'s 0.1-s clip `<name>.wav` under `dir` and gives it the modification time `t`.
+    fn clip_dated(dir: &Path, name: &str, t: SystemTime) -> PathBuf {
+        let c = ClipAudio {
+            machine: 0,
+            path: dir.join("m").join(format!("{name}.wav")),
+            samples: vec![0.1; 1600],
+            sample_rate: 16_000,
+        };
+        write_clip(&c).unwrap();
+        let f = std::fs::File::options().write(true).open(&c.path).unwrap();
+        f.set_modified(t).unwrap();
+        c.path
+    }
+
     #[test]
     fn writes_and_keeps_only_the_newest() {
         let d = tempfile::tempdir().unwrap();
         for i in 0..5 {
-            let c = ClipAudio {
-                machine: 0,
-                path: d.path().join("m").join(format!("n1-m-{i}-{i}.wav")),
-                samples: vec![0.1; 1600],
-                sample_rate: 16_000,
-            };
-            write_clip(&c).unwrap();
             let t = SystemTime::now() - Duration::from_secs(100 - i * 10);
-            let f = std::fs::File::options().write(true).open(&c.path).unwrap();
-            f.set_modified(t).unwrap();
+            clip_dated(d.path(), &format!("n1-m-{i}-{i}"), t);
         }
         let cfg = ClipsConfig {
             max_count: 3,
@@ -400,18 +406,11 @@ mod tests {
             ("n1-m-4-4", false, now - 2 * day),
         ];
         for (name, this_run, t) in clips {
-            let c = ClipAudio {
-                machine: 0,
-                path: d.path().join("m").join(format!("{name}.wav")),
-                samples: vec![0.1; 1600],
-                sample_rate: 16_000,
-            };
-            write_clip(&c).unwrap();
+            let path = clip_dated(d.path(), name, t);
             if this_run {
-                retention.written(&c.path);
+                // What the clip thread notes right after writing it.
+                retention.written(&path);
             }
-            let f = std::fs::File::options().write(true).open(&c.path).unwrap();
-            f.set_modified(t).unwrap();
         }
         let exists = |name: &str| d.path().join("m").join(format!("{name}.wav")).exists();
         let cfg = ClipsConfig {
