@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use sonitor_core::{dcase, metrics};
 
 use crate::{baseline, synth};
-use crate::{eval, prune, train, upgrade};
+use crate::{eval, import, prune, train, upgrade};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -26,6 +26,8 @@ enum Command {
     Synth(synth::SynthArgs),
     /// Write one long recording (normal, a developing fault, normal) and its timeline, for `sonitor demo`.
     SynthDemo(synth::demo::DemoArgs),
+    /// Cut long recordings of a machine into the clips of a data set (DCASE layout) for fit, eval and baseline.
+    Import(import::ImportArgs),
     /// Score the test clips with the non-learned baseline (mean log-mel + Mahalanobis distance).
     Baseline(baseline::BaselineArgs),
     /// Official DCASE metrics of a directory of submission files.
@@ -81,6 +83,7 @@ pub fn main() -> std::process::ExitCode {
     let result = match &cli.command {
         Command::Synth(a) => synth::run(a),
         Command::SynthDemo(a) => synth::demo::run(a),
+        Command::Import(a) => import::run(a),
         Command::Baseline(a) => baseline::run(a),
         Command::Metrics(a) => run_metrics(a),
         Command::Fit(a) => train::run(a),

@@ -6,6 +6,7 @@
 //! - [`model`], [`loss`], [`data`], [`train`]: the seed paper's network and losses in burn, and `fit`;
 //! - [`kmeans`], [`threshold`]: the scoring back end (centroids, gamma-quantile thresholds);
 //! - [`export`], [`infer`], [`eval`]: ONNX export, tract inference (the daemon's path), `eval`;
+//! - [`import`]: long recordings cut into a data set's clips in the DCASE layout;
 //! - [`prune`]: structured channel pruning and fine-tuning for the edge model;
 //! - [`replace`]: `--force`, replacing a bundle without losing it to a run that fails;
 //! - [`cli`]: the command-line front end of the `sonitor-train` binary.
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod data;
 pub mod eval;
 pub mod export;
+pub mod import;
 pub mod infer;
 pub mod kmeans;
 pub mod loss;

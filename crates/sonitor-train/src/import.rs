@@ -1,0 +1,267 @@
+//! `sonitor-train import`: long recordings of a machine cut into the clips of a data set in the DCASE layout, the
+//! one `fit`, `eval` and `baseline` read. A maintenance engineer records a machine running normally for half an
+//! hour (per operating condition); this names and cuts it:
+//!
+//! ```text
+//! sonitor-train import --data MY_DATA --type pump --attrs load_50 pump-2026-12-01.wav
+//!   → MY_DATA/pump/train/section_00_source_train_normal_0000_load_50.wav …   (10-s clips, 16 kHz mono 16-bit)
+//!     MY_DATA/pump/imported.csv                                               (which recording, from when)
+//! ```
+//!
+//! Clips are numbered on from the highest index already there for the same section, domain, split and condition,
+//! so several recordings (and conditions) go into one data set by running it again; no existing file is ever
+//! replaced. Every recording is checked to its end before anything is written. A recording's tail shorter than a
+//! clip is left out (and said), and so is a clip of digital silence (a muted input records nothing to learn).
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use sonitor_core::audio::{self, ChannelSelect};
+use sonitor_core::dcase::{ClipName, Condition, Domain, Split};
+
+/// The rate of the written clips, the features' rate.
+const RATE: u32 = 16_000;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ImportArgs {
+    /// Data set root to add the clips to (created when missing).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Machine type: the data set's folder, and the first half of the daemon's `section = "<type>/section_SS"`.
+    /// Letters, digits, '-' and '_'.
+    #[arg(long = "type")]
+    pub machine_type: String,
+    /// Section number (one machine, or one group of alike machines, per section).
+    #[arg(long, default_value_t = 0)]
+    pub section: u16,
+    /// The operating condition while recording, as `key_value` pairs joined by '_' (`load_50_speed_1450`): what
+    /// `fit --labels attribute` learns to tell apart. Empty: none.
+    #[arg(long, default_value = "")]
+    pub attrs: String,
+    /// `source`, or `target` for the few clips of a new condition (DCASE's domain shift).
+    #[arg(long, default_value = "source", value_parser = ["source", "target"])]
+    pub domain: String,
+    /// `train` (normal clips to learn from) or `test` (labelled clips for `eval`).
+    #[arg(long, default_value = "train", value_parser = ["train", "test"])]
+    pub split: String,
+    /// `normal`, or `anomaly` for a recording of a known fault (test clips only).
+    #[arg(long, default_value = "normal", value_parser = ["normal", "anomaly"])]
+    pub condition: String,
+    /// Length of each clip in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub clip_seconds: f64,
+    /// The channel of a multichannel recording to take, counted from 0 (default: the mean of all channels).
+    #[arg(long)]
+    pub channel: Option<u16>,
+    /// The recordings (WAV: PCM 8/16/24/32-bit or float, any rate: resampled to 16 kHz).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+/// What an import wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Imported {
+    /// The clips written, in order.
+    pub clips: Vec<PathBuf>,
+    /// Seconds of the recordings left out: tails shorter than a clip and silent clips.
+    pub left_out_seconds: f64,
+    /// Clips left out as digital silence.
+    pub silent: usize,
+}
+
+pub fn run(a: &ImportArgs) -> anyhow::Result<()> {
+    let r = import(a)?;
+    let first = r
+        .clips
+        .first()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy());
+    let last = r
+        .clips
+        .last()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy());
+    match (first, last) {
+        (Some(f), Some(l)) => println!(
+            "{}: {} clip(s) of {} s from {} recording(s): {f} … {l}",
+            a.data.join(&a.machine_type).join(&a.split).display(),
+            r.clips.len(),
+            a.clip_seconds,
+            a.files.len()
+        ),
+        _ => println!(
+            "no clip written: every recording is shorter than one clip of {} s",
+            a.clip_seconds
+        ),
+    }
+    if r.left_out_seconds > 0.0 {
+        println!(
+            "left out: {:.1} s ({} silent clip(s); the rest tails shorter than a clip)",
+            r.left_out_seconds, r.silent
+        );
+    }
+    Ok(())
+}
+
+/// Checks the arguments and every recording, then cuts and writes the clips. Returns what it wrote.
+pub fn import(a: &ImportArgs) -> anyhow::Result<Imported> {
+    let ok_name = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if !ok_name(&a.machine_type) {
+        bail!(
+            "--type '{}': use letters, digits, '-' and '_' (it names a folder and the daemon's section)",
+            a.machine_type
+        );
+    }
+    if !a.attrs.is_empty()
+        && !a.attrs.split('_').all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        })
+    {
+        bail!(
+            "--attrs '{}': key_value pairs joined by '_' (e.g. load_50_speed_1450), each part letters, digits, \
+             '-' or '.'",
+            a.attrs
+        );
+    }
+    let domain = if a.domain == "target" {
+        Domain::Target
+    } else {
+        Domain::Source
+    };
+    let split = if a.split == "test" {
+        Split::Test
+    } else {
+        Split::Train
+    };
+    let condition = if a.condition == "anomaly" {
+        Condition::Anomaly
+    } else {
+        Condition::Normal
+    };
+    if split == Split::Train && condition == Condition::Anomaly {
+        bail!(
+            "--condition anomaly with --split train: train/ holds normal clips only (fit would learn the fault as \
+             normal); import a fault's recording with --split test"
+        );
+    }
+    let clip_len = (a.clip_seconds * f64::from(RATE)).round();
+    if !(clip_len >= 1024.0 && clip_len <= f64::from(RATE) * 3600.0) {
+        bail!(
+            "--clip-seconds {}: between 0.064 s (one STFT frame) and an hour",
+            a.clip_seconds
+        );
+    }
+    let clip_len = clip_len as usize;
+    let channel = a.channel.map_or(ChannelSelect::Mix, ChannelSelect::Index);
+    // Every recording checked to its end (and its channel there) before anything is written.
+    for f in &a.files {
+        let info = audio::check_wav(f)?;
+        if let Some(c) = a.channel {
+            if c >= info.channels {
+                bail!(
+                    "{}: --channel {c}, but the recording has {} channel(s) (counted from 0)",
+                    f.display(),
+                    info.channels
+                );
+            }
+        }
+    }
+
+    let type_dir = a.data.join(&a.machine_type);
+    let dir = type_dir.join(split.as_str());
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut index = next_index(&dir, a.section, domain, split, condition)?;
+    let log_path = type_dir.join("imported.csv");
+    let new_log = !log_path.exists();
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    if new_log {
+        writeln!(log, "file_name,recording,start_seconds,seconds")?;
+    }
+    let mut out = Imported {
+        clips: Vec::new(),
+        left_out_seconds: 0.0,
+        silent: 0,
+    };
+    for f in &a.files {
+        let samples = audio::load_mono(f, channel, RATE)?;
+        // The log names the recording wherever the command was run from.
+        let recorded = std::fs::canonicalize(f).unwrap_or_else(|_| f.clone());
+        let whole = samples.len() / clip_len;
+        out.left_out_seconds += (samples.len() - whole * clip_len) as f64 / f64::from(RATE);
+        for (k, clip) in samples.chunks_exact(clip_len).enumerate() {
+            if clip.iter().all(|&v| v == 0.0) {
+                out.silent += 1;
+                out.left_out_seconds += clip_len as f64 / f64::from(RATE);
+                continue;
+            }
+            let name = ClipName::format(a.section, domain, split, condition, index, &a.attrs);
+            let path = dir.join(&name);
+            // Never replaces a clip: the index is past every one of this kind, but another run may be writing.
+            if path.exists() {
+                bail!("{}: already there; nothing replaced", path.display());
+            }
+            let tmp = sonitor_core::atomic_file::temp_path(&path);
+            audio::write_wav_i16(&tmp, clip, RATE)?;
+            std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+            writeln!(
+                log,
+                "{}/{}/{name},{},{:.3},{:.3}",
+                a.machine_type,
+                split.as_str(),
+                csv_field(&recorded.display().to_string()),
+                (k * clip_len) as f64 / f64::from(RATE),
+                clip_len as f64 / f64::from(RATE)
+            )
+            .with_context(|| format!("writing {}", log_path.display()))?;
+            out.clips.push(path);
+            index += 1;
+        }
+    }
+    log.flush()?;
+    Ok(out)
+}
+
+/// The index after the highest of the clips in `dir` with this section, domain, split and condition (0 when none).
+fn next_index(
+    dir: &Path,
+    section: u16,
+    domain: Domain,
+    split: Split,
+    condition: Condition,
+) -> anyhow::Result<u32> {
+    let mut next = 0;
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let e = e?;
+        let Ok(n) = ClipName::parse(&e.file_name().to_string_lossy()) else {
+            continue;
+        };
+        if n.section == section
+            && n.domain == Some(domain)
+            && n.split == Some(split)
+            && n.condition == Some(condition)
+        {
+            next = next.max(n.index + 1);
+        }
+    }
+    Ok(next)
+}
+
+/// A CSV field, quoted when it holds a comma, a quote or a line break.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}

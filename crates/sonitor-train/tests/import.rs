@@ -1,0 +1,194 @@
+//! `sonitor-train import`: long recordings in any WAV format become a data set `fit` trains on; numbering goes on
+//! across runs, nothing is ever replaced, silence and short tails are left out, bad arguments and broken
+//! recordings are refused before anything is written.
+
+use std::path::{Path, PathBuf};
+
+use sonitor_core::dcase::{self, Condition, Domain, Split};
+use sonitor_train::import::{import, ImportArgs};
+use sonitor_train::loss::LossKind;
+use sonitor_train::train::fit;
+
+#[path = "support/data.rs"]
+mod data;
+
+/// A 16-bit recording of `seconds` at `rate` with `channels`: a tone of `hz` on every channel, silent between
+/// the seconds `silence.0` and `silence.1`.
+fn recording(
+    path: &Path,
+    rate: u32,
+    channels: u16,
+    seconds: f64,
+    hz: f64,
+    silence: (f64, f64),
+) -> PathBuf {
+    let spec = hound::WavSpec {
+        channels,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    for i in 0..(seconds * f64::from(rate)) as usize {
+        let t = i as f64 / f64::from(rate);
+        let v = if (silence.0..silence.1).contains(&t) {
+            0
+        } else {
+            ((t * hz * std::f64::consts::TAU).sin() * 8000.0) as i16
+        };
+        for _ in 0..channels {
+            w.write_sample(v).unwrap();
+        }
+    }
+    w.finalize().unwrap();
+    path.to_path_buf()
+}
+
+/// `dir/name`: a 16 kHz mono tone of `hz`, `seconds` long.
+fn tone(dir: &Path, name: &str, seconds: f64, hz: f64) -> PathBuf {
+    recording(&dir.join(name), 16_000, 1, seconds, hz, (0.0, 0.0))
+}
+
+fn args(data: &Path, files: Vec<PathBuf>) -> ImportArgs {
+    ImportArgs {
+        data: data.to_path_buf(),
+        machine_type: "pump".into(),
+        section: 0,
+        attrs: "load_50".into(),
+        domain: "source".into(),
+        split: "train".into(),
+        condition: "normal".into(),
+        clip_seconds: 1.0,
+        channel: None,
+        files,
+    }
+}
+
+fn names(paths: &[PathBuf]) -> Vec<String> {
+    paths
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn recordings_become_a_data_set_that_fit_trains_on() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    // 44.1 kHz stereo, 3.5 s: three 1-s clips, resampled and mixed to 16 kHz mono; 0.5 s left out.
+    let a = recording(&d.path().join("a.wav"), 44_100, 2, 3.5, 300.0, (0.0, 0.0));
+    let r = import(&args(&data, vec![a])).unwrap();
+    assert_eq!(
+        names(&r.clips),
+        [0, 1, 2].map(|i| format!("section_00_source_train_normal_000{i}_load_50.wav"))
+    );
+    assert!((r.left_out_seconds - 0.5).abs() < 1e-3, "{r:?}");
+    for c in &r.clips {
+        let info = sonitor_core::audio::read_wav_info(c).unwrap();
+        assert_eq!(
+            (info.sample_rate, info.channels, info.frames),
+            (16_000, 1, 16_000)
+        );
+    }
+
+    // A second recording of the same condition goes on from 0003; its silent second is left out.
+    let b = recording(&d.path().join("b.wav"), 16_000, 1, 3.0, 320.0, (1.0, 2.0));
+    let r = import(&args(&data, vec![b.clone()])).unwrap();
+    assert_eq!(
+        names(&r.clips),
+        [3, 4].map(|i| format!("section_00_source_train_normal_000{i}_load_50.wav"))
+    );
+    assert_eq!(r.silent, 1);
+    // Another condition, in the target domain, numbers its own clips; then two normal and two faulty test clips.
+    let mut t = args(&data, vec![tone(d.path(), "c.wav", 3.0, 520.0)]);
+    t.domain = "target".into();
+    t.attrs = "load_90".into();
+    assert_eq!(
+        names(&import(&t).unwrap().clips)[0],
+        "section_00_target_train_normal_0000_load_90.wav"
+    );
+    let mut test = args(&data, vec![tone(d.path(), "n.wav", 2.0, 310.0)]);
+    test.split = "test".into();
+    assert_eq!(import(&test).unwrap().clips.len(), 2);
+    test.condition = "anomaly".into();
+    test.files = vec![tone(d.path(), "f.wav", 2.0, 1900.0)];
+    assert_eq!(
+        names(&import(&test).unwrap().clips)[1],
+        "section_00_source_test_anomaly_0001_load_50.wav"
+    );
+
+    // The data set reads as DCASE, with the labels the names give, and says where each clip came from.
+    let set = dcase::scan(&data).unwrap();
+    let count = |split: Split, domain: Domain, condition: Condition| {
+        set.clips
+            .iter()
+            .filter(|c| {
+                c.split == split
+                    && c.name.domain == Some(domain)
+                    && c.name.condition == Some(condition)
+            })
+            .count()
+    };
+    assert_eq!(count(Split::Train, Domain::Source, Condition::Normal), 5);
+    assert_eq!(count(Split::Train, Domain::Target, Condition::Normal), 3);
+    assert_eq!(count(Split::Test, Domain::Source, Condition::Anomaly), 2);
+    let log = std::fs::read_to_string(data.join("pump/imported.csv")).unwrap();
+    assert!(
+        log.starts_with("file_name,recording,start_seconds,seconds\n"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "pump/train/section_00_source_train_normal_0004_load_50.wav,{},2.000,1.000",
+            d.path().join("b.wav").display()
+        )),
+        "{log}"
+    );
+
+    // fit trains on it (the tiny network on 1-s clips) and writes a bundle for the section.
+    let out = d.path().join("bundle");
+    let mut o = data::options(&data, &out, LossKind::SubclusterAdacos, 1);
+    o.kmeans = 2;
+    fit(&o).unwrap();
+    let bundle = sonitor_core::bundle::Bundle::load(&out).unwrap();
+    assert!(bundle.section("pump", 0).is_some());
+}
+
+#[test]
+fn bad_arguments_and_broken_recordings_write_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let good = tone(d.path(), "good.wav", 2.0, 300.0);
+    let broken = d.path().join("broken.wav");
+    let bytes = std::fs::read(&good).unwrap();
+    std::fs::write(&broken, &bytes[..bytes.len() / 2]).unwrap();
+    let err = |a: ImportArgs| format!("{:#}", import(&a).unwrap_err());
+
+    // A recording cut short is found before the good one's clips are written.
+    let e = err(args(&data, vec![good.clone(), broken.clone()]));
+    assert!(e.contains("broken.wav"), "{e}");
+    let mut a = args(&data, vec![good.clone()]);
+    a.condition = "anomaly".into();
+    assert!(err(a).contains("train/ holds normal clips only"));
+    let mut a = args(&data, vec![good.clone()]);
+    a.machine_type = "pump/1".into();
+    assert!(err(a).contains("--type 'pump/1'"));
+    let mut a = args(&data, vec![good.clone()]);
+    a.attrs = "load 50".into();
+    assert!(err(a).contains("--attrs 'load 50'"));
+    let mut a = args(&data, vec![good.clone()]);
+    a.clip_seconds = 0.01;
+    assert!(err(a).contains("--clip-seconds 0.01"));
+    let mut a = args(&data, vec![good.clone()]);
+    a.channel = Some(1);
+    assert!(err(a).contains("--channel 1, but the recording has 1 channel(s)"));
+    let e = err(args(&data, vec![d.path().join("missing.wav")]));
+    assert!(e.contains("missing.wav"), "{e}");
+    assert!(
+        !data.join("pump/train").exists()
+            || std::fs::read_dir(data.join("pump/train"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
+}
