@@ -194,12 +194,13 @@ pub fn import(a: &ImportArgs) -> anyhow::Result<Imported> {
         silent: 0,
     };
     for f in &a.files {
-        let samples = audio::load_mono(f, channel, RATE)?;
         // The log names the recording wherever the command was run from.
         let recorded = std::fs::canonicalize(f).unwrap_or_else(|_| f.clone());
-        let whole = samples.len() / clip_len;
-        out.left_out_seconds += (samples.len() - whole * clip_len) as f64 / f64::from(RATE);
-        for (k, clip) in samples.chunks_exact(clip_len).enumerate() {
+        let mut at = 0usize;
+        let mut clips = Clips::new(f, channel, clip_len)?;
+        while let Some(clip) = clips.next_clip()? {
+            let start = at;
+            at += clip_len;
             if clip.iter().all(|&v| v == 0.0) {
                 out.silent += 1;
                 out.left_out_seconds += clip_len as f64 / f64::from(RATE);
@@ -220,16 +221,94 @@ pub fn import(a: &ImportArgs) -> anyhow::Result<Imported> {
                 a.machine_type,
                 split.as_str(),
                 csv_field(&recorded.display().to_string()),
-                (k * clip_len) as f64 / f64::from(RATE),
+                start as f64 / f64::from(RATE),
                 clip_len as f64 / f64::from(RATE)
             )
             .with_context(|| format!("writing {}", log_path.display()))?;
             out.clips.push(path);
             index += 1;
         }
+        out.left_out_seconds += clips.pending.len() as f64 / f64::from(RATE);
     }
     log.flush()?;
     Ok(out)
+}
+
+/// A recording read block by block as 16 kHz mono clips: memory stays at a block and a clip however long the
+/// recording (a whole shift at 48 kHz in stereo would be gigabytes read at once).
+struct Clips {
+    blocks: audio::WavBlocks,
+    channels: usize,
+    channel: ChannelSelect,
+    resampler: Option<audio::StreamResampler>,
+    clip_len: usize,
+    /// 16 kHz samples read and not yet handed out as a clip; at the end, the tail shorter than a clip.
+    pending: Vec<f32>,
+    /// The clip handed out last (its samples were at the front of `pending`).
+    handed: usize,
+    interleaved: Vec<f32>,
+    mono: Vec<f32>,
+    ended: bool,
+}
+
+impl Clips {
+    fn new(path: &Path, channel: ChannelSelect, clip_len: usize) -> anyhow::Result<Clips> {
+        let blocks = audio::WavBlocks::open(path)?;
+        let info = blocks.info();
+        let resampler = (info.sample_rate != RATE)
+            .then(|| audio::StreamResampler::new(info.sample_rate, RATE))
+            .transpose()
+            .with_context(|| format!("{}: resampling to {RATE} Hz", path.display()))?;
+        Ok(Clips {
+            blocks,
+            channels: usize::from(info.channels.max(1)),
+            channel,
+            resampler,
+            clip_len,
+            pending: Vec::new(),
+            handed: 0,
+            interleaved: Vec::new(),
+            mono: Vec::new(),
+            ended: false,
+        })
+    }
+
+    /// The next whole clip, `None` at the end of the recording (its tail stays in `pending`).
+    fn next_clip(&mut self) -> anyhow::Result<Option<&[f32]>> {
+        self.pending.drain(..self.handed);
+        self.handed = 0;
+        while self.pending.len() < self.clip_len && !self.ended {
+            self.interleaved.clear();
+            let frames = (1 << 16) / self.channels;
+            if self
+                .blocks
+                .read_into(&mut self.interleaved, frames * self.channels)?
+                == 0
+            {
+                self.ended = true;
+                if let Some(r) = &mut self.resampler {
+                    r.finish(&mut self.pending)?;
+                }
+                break;
+            }
+            self.mono.clear();
+            audio::to_mono(
+                &self.interleaved,
+                self.channels,
+                self.channel,
+                &mut self.mono,
+            );
+            match &mut self.resampler {
+                Some(r) => r.push(&self.mono, &mut self.pending)?,
+                None => self.pending.extend_from_slice(&self.mono),
+            }
+        }
+        if self.pending.len() < self.clip_len {
+            return Ok(None);
+        }
+        self.handed = self.clip_len;
+        Ok(Some(&self.pending[..self.clip_len]))
+    }
 }
 
 /// The index after the highest of the clips in `dir` with this section, domain, split and condition (0 when none).

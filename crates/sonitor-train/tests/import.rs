@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use sonitor_core::audio::ChannelSelect;
 use sonitor_core::dcase::{self, Condition, Domain, Split};
 use sonitor_train::import::{import, ImportArgs};
 use sonitor_train::loss::LossKind;
@@ -77,18 +78,26 @@ fn recordings_become_a_data_set_that_fit_trains_on() {
     let data = d.path().join("data");
     // 44.1 kHz stereo, 3.5 s: three 1-s clips, resampled and mixed to 16 kHz mono; 0.5 s left out.
     let a = recording(&d.path().join("a.wav"), 44_100, 2, 3.5, 300.0, (0.0, 0.0));
-    let r = import(&args(&data, vec![a])).unwrap();
+    let r = import(&args(&data, vec![a.clone()])).unwrap();
     assert_eq!(
         names(&r.clips),
         [0, 1, 2].map(|i| format!("section_00_source_train_normal_000{i}_load_50.wav"))
     );
     assert!((r.left_out_seconds - 0.5).abs() < 1e-3, "{r:?}");
-    for c in &r.clips {
-        let info = sonitor_core::audio::read_wav_info(c).unwrap();
+    // Read block by block, the clips are what reading the whole recording gives (to 16-bit rounding).
+    let whole = sonitor_core::audio::load_mono(&a, ChannelSelect::Mix, 16_000).unwrap();
+    for (k, c) in r.clips.iter().enumerate() {
+        let (info, clip) = sonitor_core::audio::read_wav(c, ChannelSelect::Mix).unwrap();
         assert_eq!(
             (info.sample_rate, info.channels, info.frames),
             (16_000, 1, 16_000)
         );
+        let max = clip
+            .iter()
+            .zip(&whole[k * 16_000..])
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(max <= 1.0 / 32768.0, "clip {k}: {max}");
     }
 
     // A second recording of the same condition goes on from 0003; its silent second is left out.

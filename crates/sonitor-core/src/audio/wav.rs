@@ -415,20 +415,33 @@ pub fn read_wav(path: &Path, channel: ChannelSelect) -> Result<(WavInfo, Vec<f32
     let mut interleaved: Vec<f32> = Vec::with_capacity(info.frames as usize * n_ch);
     // Bounded blocks: one block of raw bytes at a time beside the decoded samples, not a copy of the whole file.
     while blocks.read_into(&mut interleaved, 1 << 16)? > 0 {}
-    let mono = match channel {
-        _ if n_ch == 1 => interleaved,
-        ChannelSelect::Index(c) => interleaved
-            .iter()
-            .skip(c as usize)
-            .step_by(n_ch)
-            .copied()
-            .collect(),
-        ChannelSelect::Mix => interleaved
-            .chunks_exact(n_ch)
-            .map(|f| f.iter().sum::<f32>() / n_ch as f32)
-            .collect(),
-    };
+    if n_ch == 1 {
+        return Ok((info, interleaved));
+    }
+    let mut mono = Vec::with_capacity(info.frames as usize);
+    to_mono(&interleaved, n_ch, channel, &mut mono);
     Ok((info, mono))
+}
+
+/// Appends to `out` the mono samples of whole frames of `interleaved` audio with `channels` channels: the channel
+/// `channel` selects, or the mean of all of them. Every reader of WAV audio ([`read_wav`], streaming readers) takes
+/// its mono signal this way.
+pub fn to_mono(interleaved: &[f32], channels: usize, channel: ChannelSelect, out: &mut Vec<f32>) {
+    match channel {
+        _ if channels <= 1 => out.extend_from_slice(interleaved),
+        ChannelSelect::Index(c) => out.extend(
+            interleaved
+                .iter()
+                .skip(c as usize)
+                .step_by(channels)
+                .copied(),
+        ),
+        ChannelSelect::Mix => out.extend(
+            interleaved
+                .chunks_exact(channels)
+                .map(|f| f.iter().sum::<f32>() / channels as f32),
+        ),
+    }
 }
 
 /// Writes mono 16-bit PCM, clipping to [-1, 1]. Used for data sets and evidence clips.
