@@ -525,6 +525,25 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
         train.len()
     );
     let classes = ClassMap::build(o.labels, train.iter().copied());
+    // The angular-margin losses learn by telling the auxiliary classes apart: with one class every embedding is
+    // already "right" (loss 0 from the first batch) and the network would stay as initialised, a bundle of random
+    // weights that looks trained. One machine recorded in one condition is the common way to get there.
+    if classes.names.len() < 2
+        && matches!(o.loss, LossKind::SubclusterAdacos | LossKind::Adacos)
+        && o.start.is_none()
+    {
+        anyhow::bail!(
+            "{}: one auxiliary class with --labels {} ('{}'): --loss {} learns what normal sounds like by telling \
+             classes apart, and with one class there is nothing to tell (the loss would be 0 from the start and \
+             the network stay as initialised). Give it classes: clips of other operating conditions with \
+             --labels attribute (`sonitor-train import --attrs …` per condition), or of other machines (another \
+             type or section: other machines' normal sounds help even if only this one is watched)",
+            o.data.display(),
+            o.labels.as_str(),
+            classes.names.first().map_or("", String::as_str),
+            o.loss.as_str()
+        );
+    }
     let [frames, n_mels] = o.features.log_mel_shape();
     let config = o
         .model

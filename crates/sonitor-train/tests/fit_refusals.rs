@@ -65,6 +65,40 @@ fn few_source_clips_give_a_fitted_threshold_and_one_clip_is_refused() {
     no_bundle(&out);
 }
 
+/// One machine in one condition gives one auxiliary class: the angular-margin losses, which learn by telling
+/// classes apart, would train nothing (loss 0 from the start) and write a bundle of random weights; refused,
+/// saying what to add. The compactness losses need no second class.
+#[test]
+fn one_auxiliary_class_is_refused_for_the_angular_margin_losses() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let mut w = Writer::new(&data);
+    w.write("fan", 0, Split::Train, Source, Normal, 200.0, "speed_1", 4);
+    for loss in [LossKind::SubclusterAdacos, LossKind::Adacos] {
+        let out = d.path().join(loss.as_str());
+        let mut o = options(&data, &out, loss, 1);
+        o.kmeans = 2;
+        let e = err(fit(&o));
+        assert!(
+            e.contains("one auxiliary class with --labels attribute ('fan/section_00/speed_1')")
+                && e.contains("nothing to tell"),
+            "{e}"
+        );
+        no_bundle(&out);
+    }
+    let out = d.path().join("ic");
+    let mut o = options(&data, &out, LossKind::IcCompactness, 1);
+    o.kmeans = 2;
+    fit(&o).unwrap();
+    // A second operating condition is a second class: trained.
+    w.write("fan", 0, Split::Train, Source, Normal, 300.0, "speed_2", 4);
+    let out = d.path().join("two");
+    let mut o = options(&data, &out, LossKind::SubclusterAdacos, 1);
+    o.kmeans = 2;
+    let report = fit(&o).unwrap();
+    assert!(report.epoch_losses.iter().all(|l| *l > 0.0), "{report:?}");
+}
+
 /// One training clip gives no batch of 2: refused instead of an epoch with loss NaN and a bundle. `--epochs 0`
 /// would write an untrained network: refused.
 #[test]
@@ -172,6 +206,8 @@ fn resume_refuses_changed_settings_and_takes_the_checkpoints() {
     let d = tempfile::tempdir().unwrap();
     let data = d.path().join("data");
     data::make_dataset(&data);
+    // Type labels need a second type: with one class there is nothing to learn (refused, below).
+    Writer::new(&data).write("pump", 0, Split::Train, Source, Normal, 700.0, "speed_1", 4);
     let out = d.path().join("b");
     let mut o = options(&data, &out, LossKind::Adacos, 1);
     o.labels = LabelGranularity::Type;
