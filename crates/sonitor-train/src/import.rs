@@ -10,7 +10,7 @@
 //!
 //! Clips are numbered on from the highest index already there for the same section, domain, split and condition,
 //! so several recordings (and conditions) go into one data set by running it again; no existing file is ever
-//! replaced. Every recording is checked to its end before anything is written. A recording's tail shorter than a
+//! replaced, and a recording already imported (the log lists it) is refused rather than learned twice. Every recording is checked to its end before anything is written. A recording's tail shorter than a
 //! clip is left out (and said), and so is a clip of digital silence (a muted input records nothing to learn).
 
 use std::io::Write as _;
@@ -175,10 +175,36 @@ pub fn import(a: &ImportArgs) -> anyhow::Result<Imported> {
     }
 
     let type_dir = a.data.join(&a.machine_type);
+    let log_path = type_dir.join("imported.csv");
+    // The log names each recording wherever the command was run from. A recording imported before (or named twice)
+    // would be learned twice over: refused, nothing written.
+    let recorded: Vec<PathBuf> = a
+        .files
+        .iter()
+        .map(|f| std::fs::canonicalize(f).unwrap_or_else(|_| f.clone()))
+        .collect();
+    let logged = std::fs::read_to_string(&log_path).unwrap_or_default();
+    for (i, r) in recorded.iter().enumerate() {
+        let field = format!("{},", csv_field(&r.display().to_string()));
+        if logged
+            .lines()
+            .filter_map(|l| l.split_once(','))
+            .any(|(_, rest)| rest.starts_with(&field))
+        {
+            bail!(
+                "{}: already imported ({} lists its clips); nothing written. To import it again, remove its \
+                 lines there and its clips first",
+                a.files[i].display(),
+                log_path.display()
+            );
+        }
+        if recorded[..i].contains(r) {
+            bail!("{}: named twice; nothing written", a.files[i].display());
+        }
+    }
     let dir = type_dir.join(split.as_str());
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut index = next_index(&dir, a.section, domain, split, condition)?;
-    let log_path = type_dir.join("imported.csv");
     let new_log = !log_path.exists();
     let mut log = std::fs::OpenOptions::new()
         .create(true)
@@ -193,9 +219,7 @@ pub fn import(a: &ImportArgs) -> anyhow::Result<Imported> {
         left_out_seconds: 0.0,
         silent: 0,
     };
-    for f in &a.files {
-        // The log names the recording wherever the command was run from.
-        let recorded = std::fs::canonicalize(f).unwrap_or_else(|_| f.clone());
+    for (f, recorded) in a.files.iter().zip(&recorded) {
         let mut at = 0usize;
         let mut clips = Clips::new(f, channel, clip_len)?;
         while let Some(clip) = clips.next_clip()? {

@@ -100,6 +100,9 @@ fn recordings_become_a_data_set_that_fit_trains_on() {
         assert!(max <= 1.0 / 32768.0, "clip {k}: {max}");
     }
 
+    // The same recording again would be learned twice: refused, and named twice in one run too.
+    let e = format!("{:#}", import(&args(&data, vec![a.clone()])).unwrap_err());
+    assert!(e.contains("a.wav: already imported"), "{e}");
     // A second recording of the same condition goes on from 0003; its silent second is left out.
     let b = recording(&d.path().join("b.wav"), 16_000, 1, 3.0, 320.0, (1.0, 2.0));
     let r = import(&args(&data, vec![b.clone()])).unwrap();
@@ -191,6 +194,8 @@ fn bad_arguments_and_broken_recordings_write_nothing() {
     let mut a = args(&data, vec![good.clone()]);
     a.channel = Some(1);
     assert!(err(a).contains("--channel 1, but the recording has 1 channel(s)"));
+    let e = err(args(&data, vec![good.clone(), good.clone()]));
+    assert!(e.contains("good.wav: named twice"), "{e}");
     let e = err(args(&data, vec![d.path().join("missing.wav")]));
     assert!(e.contains("missing.wav"), "{e}");
     assert!(
