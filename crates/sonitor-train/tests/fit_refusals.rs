@@ -74,28 +74,26 @@ fn one_auxiliary_class_is_refused_for_the_angular_margin_losses() {
     let data = d.path().join("data");
     let mut w = Writer::new(&data);
     w.write("fan", 0, Split::Train, Source, Normal, 200.0, "speed_1", 4);
-    for loss in [LossKind::SubclusterAdacos, LossKind::Adacos] {
-        let out = d.path().join(loss.as_str());
-        let mut o = options(&data, &out, loss, 1);
+    // One epoch into `<tmp>/<name>`, k-means 2 (8 windows).
+    let opts = |name: &str, loss| {
+        let mut o = options(&data, &d.path().join(name), loss, 1);
         o.kmeans = 2;
+        o
+    };
+    for loss in [LossKind::SubclusterAdacos, LossKind::Adacos] {
+        let o = opts(loss.as_str(), loss);
         let e = err(fit(&o));
         assert!(
             e.contains("one auxiliary class with --labels attribute ('fan/section_00/speed_1')")
                 && e.contains("nothing to tell"),
             "{e}"
         );
-        no_bundle(&out);
+        no_bundle(&o.out);
     }
-    let out = d.path().join("ic");
-    let mut o = options(&data, &out, LossKind::IcCompactness, 1);
-    o.kmeans = 2;
-    fit(&o).unwrap();
+    fit(&opts("ic", LossKind::IcCompactness)).unwrap();
     // A second operating condition is a second class: trained.
     w.write("fan", 0, Split::Train, Source, Normal, 300.0, "speed_2", 4);
-    let out = d.path().join("two");
-    let mut o = options(&data, &out, LossKind::SubclusterAdacos, 1);
-    o.kmeans = 2;
-    let report = fit(&o).unwrap();
+    let report = fit(&opts("two", LossKind::SubclusterAdacos)).unwrap();
     assert!(report.epoch_losses.iter().all(|l| *l > 0.0), "{report:?}");
 }
 
