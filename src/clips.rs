@@ -7,21 +7,17 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::config::{free_space, outbox_bytes, ClipsConfig, Config};
 use crate::pipeline::ClipAudio;
 
-/// Writes the clip as 16-bit PCM (creating its directory), under a temporary name renamed into place once
-/// complete: a write that fails (a full disk) leaves no partial WAV under the name the alarm events give, and
-/// gives the space back.
+/// Writes the clip as 16-bit PCM (creating its directory), whole or not at all: a write that fails (a full disk)
+/// leaves no partial WAV under the name the alarm events give, and gives the space back.
 pub fn write_clip(c: &ClipAudio) -> anyhow::Result<()> {
     if let Some(dir) = c.path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = sonitor_core::atomic_file::temp_path(&c.path);
-    let written = sonitor_core::audio::write_wav_i16(&tmp, &c.samples, c.sample_rate)
-        .map_err(anyhow::Error::from)
-        .and_then(|()| Ok(std::fs::rename(&tmp, &c.path)?));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    Ok(sonitor_core::audio::write_wav_i16_whole(
+        &c.path,
+        &c.samples,
+        c.sample_rate,
+    )?)
 }
 
 /// The id of an alarm event, `<node>-<machine>-<millis>-<seq>`: the node and machine names, when the alarm was raised

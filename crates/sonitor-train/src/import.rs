@@ -236,9 +236,7 @@ pub fn import(a: &ImportArgs) -> anyhow::Result<Imported> {
             if path.exists() {
                 bail!("{}: already there; nothing replaced", path.display());
             }
-            let tmp = sonitor_core::atomic_file::temp_path(&path);
-            audio::write_wav_i16(&tmp, clip, RATE)?;
-            std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+            audio::write_wav_i16_whole(&path, clip, RATE)?;
             writeln!(
                 log,
                 "{}/{}/{name},{},{:.3},{:.3}",

@@ -444,8 +444,27 @@ pub fn to_mono(interleaved: &[f32], channels: usize, channel: ChannelSelect, out
     }
 }
 
-/// Writes mono 16-bit PCM, clipping to [-1, 1]. Used for data sets and evidence clips.
+/// Writes mono 16-bit PCM, clipping to [-1, 1]. Used for data sets.
 pub fn write_wav_i16(path: &Path, samples: &[f32], sample_rate: u32) -> Result<(), WavError> {
+    let bytes = encode_wav_i16(path, samples, sample_rate)?;
+    std::fs::write(path, bytes).map_err(|e| WavError::Write {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// [`write_wav_i16`], whole or not at all ([`crate::atomic_file::write`]): a write that fails (a full disk) leaves
+/// no partial WAV under `path` and no temporary file. Evidence clips and imported clips are written this way.
+pub fn write_wav_i16_whole(path: &Path, samples: &[f32], sample_rate: u32) -> Result<(), WavError> {
+    let bytes = encode_wav_i16(path, samples, sample_rate)?;
+    crate::atomic_file::write(path, &bytes).map_err(|e| WavError::Write {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// The bytes of a mono 16-bit PCM WAV file of `samples` (clipped to [-1, 1]); `path` names it in errors.
+fn encode_wav_i16(path: &Path, samples: &[f32], sample_rate: u32) -> Result<Vec<u8>, WavError> {
     let err = |e: hound::Error| WavError::Write {
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -456,7 +475,8 @@ pub fn write_wav_i16(path: &Path, samples: &[f32], sample_rate: u32) -> Result<(
         bits_per_sample: 16,
         sample_format: hound::SampleFormat::Int,
     };
-    let mut w = hound::WavWriter::create(path, spec).map_err(err)?;
+    let mut bytes = std::io::Cursor::new(Vec::with_capacity(44 + samples.len() * 2));
+    let mut w = hound::WavWriter::new(&mut bytes, spec).map_err(err)?;
     {
         let mut w16 = w.get_i16_writer(samples.len() as u32);
         for &s in samples {
@@ -465,5 +485,6 @@ pub fn write_wav_i16(path: &Path, samples: &[f32], sample_rate: u32) -> Result<(
         }
         w16.flush().map_err(err)?;
     }
-    w.finalize().map_err(err)
+    w.finalize().map_err(err)?;
+    Ok(bytes.into_inner())
 }
