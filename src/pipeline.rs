@@ -389,7 +389,9 @@ fn process(
             interleaved
         } else {
             mono_buf.clear();
-            mono_buf.extend(interleaved.iter().skip(s.tap.channel).step_by(channels));
+            // `takes` checked the channel against the stream's (cpal counts channels in a u16).
+            let channel = sonitor_core::audio::ChannelSelect::Index(s.tap.channel as u16);
+            sonitor_core::audio::to_mono(interleaved, channels, channel, &mut mono_buf);
             &mono_buf
         };
         // Health at the input rate, per 1-second block.
