@@ -197,22 +197,17 @@ impl Retention {
         let Found { clips, temps } = clip_files(dir);
         let now = SystemTime::now();
         let age = |t: SystemTime| now.duration_since(t).unwrap_or_default();
-        // Newest first: this run's clips by when they were written, then the others by modification time.
-        let mut clips: Vec<(PathBuf, Duration, u64, Option<Instant>)> = clips
+        // (path, age, length, written by an earlier run), newest first: this run's clips, then the others.
+        let mut clips: Vec<(PathBuf, Duration, u64, bool)> = clips
             .into_iter()
-            .map(|(path, modified, len)| {
-                let written = self.written.get(&path).copied();
-                let a = written.map_or_else(|| age(modified), |w| w.elapsed());
-                (path, a, len, written)
+            .map(|(path, modified, len)| match self.written.get(&path) {
+                Some(w) => (path, w.elapsed(), len, false),
+                None => (path, age(modified), len, true),
             })
             .collect();
-        clips.sort_by(|a, b| match (a.3, b.3) {
-            (Some(x), Some(y)) => y.cmp(&x),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (None, None) => a.1.cmp(&b.1),
-        });
+        clips.sort_by_key(|c| (c.3, c.1));
         let mut kept_bytes = 0u64;
+        let mut remaining = std::collections::HashSet::new();
         let (mut old, mut many, mut big) = (0, 0, 0);
         let mut failed: Option<(usize, String)> = None;
         for (i, (path, clip_age, len, _)) in clips.iter().enumerate() {
@@ -221,31 +216,23 @@ impl Retention {
             let too_big = kept_bytes + len > cfg.max_bytes;
             if too_old || too_many || too_big {
                 match std::fs::remove_file(path) {
-                    Ok(()) => {
-                        self.written.remove(path);
-                        if too_old {
-                            old += 1;
-                        } else if too_many {
-                            many += 1;
-                        } else {
-                            big += 1;
-                        }
-                    }
+                    Ok(()) if too_old => old += 1,
+                    Ok(()) if too_many => many += 1,
+                    Ok(()) => big += 1,
                     Err(e) => {
                         let f =
                             failed.get_or_insert_with(|| (0, format!("{}: {e}", path.display())));
                         f.0 += 1;
+                        remaining.insert(path);
                     }
                 }
             } else {
                 kept_bytes += len;
+                remaining.insert(path);
             }
         }
-        // Forget clips removed by hand, so that the map holds no more than the folder.
-        if self.written.len() > clips.len() {
-            let listed: std::collections::HashSet<&PathBuf> = clips.iter().map(|c| &c.0).collect();
-            self.written.retain(|p, _| listed.contains(p));
-        }
+        // Only the clips still there (not removed now, nor by hand) are remembered.
+        self.written.retain(|p, _| remaining.contains(p));
         // One line a pass (every `retention_interval` while the problem lasts), however many clips it concerns.
         if let Some((n, first)) = failed {
             log::warn!(
