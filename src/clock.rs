@@ -35,7 +35,7 @@ pub struct JumpWatch {
 pub const JUMP_SECONDS: f64 = 2.0;
 
 impl JumpWatch {
-    pub fn new() -> Self {
+    fn new() -> Self {
         Self::at(SystemTime::now(), Instant::now())
     }
 
@@ -44,7 +44,7 @@ impl JumpWatch {
     }
 
     /// The jump of the wall clock since the last call, in seconds (positive: forward), if there was one.
-    pub fn check(&mut self) -> Option<f64> {
+    fn check(&mut self) -> Option<f64> {
         self.check_at(SystemTime::now(), Instant::now())
     }
 
@@ -60,9 +60,56 @@ impl JumpWatch {
     }
 }
 
-impl Default for JumpWatch {
-    fn default() -> Self {
-        Self::new()
+/// What the daemon watches of the clock: the kernel's synchronisation state and jumps. [`ClockWatch::start`] and
+/// [`ClockWatch::check`] log what changed; the caller exports [`ClockWatch::synchronized_gauge`].
+#[derive(Debug)]
+pub struct ClockWatch {
+    jumps: JumpWatch,
+    synced: Option<bool>,
+}
+
+impl ClockWatch {
+    /// Warns when the clock is not synchronised at start.
+    pub fn start() -> Self {
+        let synced = synchronized();
+        if synced == Some(false) {
+            log::warn!(
+                "the system clock is not synchronised (NTP has not answered yet?): alarm times (started_at, \
+                 ended_at) and clip names follow it until it is; the log will say when it jumps"
+            );
+        }
+        ClockWatch {
+            jumps: JumpWatch::new(),
+            synced,
+        }
+    }
+
+    /// 1 while the clock is synchronised or the kernel cannot tell, 0 while it is not.
+    pub fn synchronized_gauge(&self) -> u64 {
+        u64::from(self.synced != Some(false))
+    }
+
+    /// Logs a jump since the last check and a change of the synchronisation state; true if the clock jumped.
+    pub fn check(&mut self) -> bool {
+        let jump = self.jumps.check();
+        if let Some(j) = jump {
+            log::warn!(
+                "the system clock jumped {}: alarm times before this line are on the old clock",
+                describe_jump(j)
+            );
+        }
+        let synced = synchronized();
+        if synced != self.synced {
+            match synced {
+                Some(true) => log::info!("the system clock is synchronised now"),
+                Some(false) => log::warn!(
+                    "the system clock is no longer synchronised: alarm times may drift from the true time"
+                ),
+                None => {}
+            }
+            self.synced = synced;
+        }
+        jump.is_some()
     }
 }
 

@@ -1196,17 +1196,8 @@ pub fn start(
         .all(|d| d.source == SourceKind::File && d.at_end == crate::config::AtEnd::Exit);
     // Alarm times follow the system clock: say when it cannot be trusted (a Pi before NTP answers) and when it
     // jumps, so that nobody reads a boot-time alarm as one of days ago without being told.
-    let mut clock_jumps = crate::clock::JumpWatch::new();
-    let mut clock_synced = crate::clock::synchronized();
-    metrics
-        .clock_synchronized
-        .set(u64::from(clock_synced != Some(false)));
-    if clock_synced == Some(false) {
-        log::warn!(
-            "the system clock is not synchronised (NTP has not answered yet?): alarm times (started_at, \
-             ended_at) and clip names follow it until it is; the log will say when it jumps"
-        );
-    }
+    let mut clock = crate::clock::ClockWatch::start();
+    metrics.clock_synchronized.set(clock.synchronized_gauge());
     log::info!(
         "running: {} machine(s) on {} input(s), topics under {base}",
         ctl.machines.len(),
@@ -1304,27 +1295,10 @@ pub fn start(
         }
         if last_status.elapsed() >= Duration::from_secs(10) {
             last_status = Instant::now();
-            if let Some(jump) = clock_jumps.check() {
+            if clock.check() {
                 metrics.clock_jumps.inc();
-                log::warn!(
-                    "the system clock jumped {}: alarm times before this line are on the old clock",
-                    crate::clock::describe_jump(jump)
-                );
             }
-            let synced = crate::clock::synchronized();
-            if synced != clock_synced {
-                match synced {
-                    Some(true) => log::info!("the system clock is synchronised now"),
-                    Some(false) => log::warn!(
-                        "the system clock is no longer synchronised: alarm times may drift from the true time"
-                    ),
-                    None => {}
-                }
-                clock_synced = synced;
-                metrics
-                    .clock_synchronized
-                    .set(u64::from(clock_synced != Some(false)));
-            }
+            metrics.clock_synchronized.set(clock.synchronized_gauge());
             let on = ctl.machines.iter().filter(|m| m.detector.is_on()).count();
             let status = format!(
                 "{} machine(s), {on} alarm(s) on, mqtt {}",
