@@ -32,15 +32,14 @@ pub enum Pcm {
 impl Pcm {
     /// `I16` when every sample is exactly `k / 32768` for a 16-bit `k`, else `F32`.
     pub fn new(samples: Vec<f32>) -> Pcm {
-        let exact = |v: f32| {
-            let k = v * 32768.0;
-            k == k.round() && (-32768.0..=32767.0).contains(&k)
-        };
-        if samples.iter().all(|&v| exact(v)) {
-            Pcm::I16(samples.iter().map(|&v| (v * 32768.0) as i16).collect())
-        } else {
-            Pcm::F32(samples)
-        }
+        let exact: Option<Vec<i16>> = samples
+            .iter()
+            .map(|&v| {
+                let k = v * 32768.0;
+                (k == k.round() && (-32768.0..=32767.0).contains(&k)).then_some(k as i16)
+            })
+            .collect();
+        exact.map_or(Pcm::F32(samples), Pcm::I16)
     }
 
     pub fn len(&self) -> usize {

@@ -10,8 +10,9 @@
 //!
 //! Clips are numbered on from the highest index already there for the same section, domain, split and condition,
 //! so several recordings (and conditions) go into one data set by running it again; no existing file is ever
-//! replaced, and a recording already imported (the log lists it) is refused rather than learned twice. Every recording is checked to its end before anything is written. A recording's tail shorter than a
-//! clip is left out (and said), and so is a clip of digital silence (a muted input records nothing to learn).
+//! replaced, and a recording already imported (the log lists it) is refused rather than learned twice. Every
+//! recording is checked to its end before anything is written. A recording's tail shorter than a clip is left out
+//! (and said), and so is a clip of digital silence (a muted input records nothing to learn).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -159,6 +160,7 @@ pub fn import(a: &ImportArgs) -> anyhow::Result<Imported> {
         );
     }
     let clip_len = clip_len as usize;
+    let clip_seconds = clip_len as f64 / f64::from(RATE);
     let channel = a.channel.map_or(ChannelSelect::Mix, ChannelSelect::Index);
     // Every recording checked to its end (and its channel there) before anything is written.
     for f in &a.files {
@@ -178,18 +180,24 @@ pub fn import(a: &ImportArgs) -> anyhow::Result<Imported> {
     let log_path = type_dir.join("imported.csv");
     // The log names each recording wherever the command was run from. A recording imported before (or named twice)
     // would be learned twice over: refused, nothing written.
-    let recorded: Vec<PathBuf> = a
+    // Each recording's field in the log: its canonical path, quoted as CSV needs.
+    let recorded: Vec<String> = a
         .files
         .iter()
-        .map(|f| std::fs::canonicalize(f).unwrap_or_else(|_| f.clone()))
+        .map(|f| {
+            let p = std::fs::canonicalize(f).unwrap_or_else(|_| f.clone());
+            csv_field(&p.display().to_string())
+        })
         .collect();
     let logged = std::fs::read_to_string(&log_path).unwrap_or_default();
     for (i, r) in recorded.iter().enumerate() {
-        let field = format!("{},", csv_field(&r.display().to_string()));
         if logged
             .lines()
             .filter_map(|l| l.split_once(','))
-            .any(|(_, rest)| rest.starts_with(&field))
+            .any(|(_, rest)| {
+                rest.strip_prefix(r.as_str())
+                    .is_some_and(|t| t.starts_with(','))
+            })
         {
             bail!(
                 "{}: already imported ({} lists its clips); nothing written. To import it again, remove its \
@@ -220,14 +228,14 @@ pub fn import(a: &ImportArgs) -> anyhow::Result<Imported> {
         silent: 0,
     };
     for (f, recorded) in a.files.iter().zip(&recorded) {
-        let mut at = 0usize;
         let mut clips = Clips::new(f, channel, clip_len)?;
+        let mut k = 0u32;
         while let Some(clip) = clips.next_clip()? {
-            let start = at;
-            at += clip_len;
+            let start = f64::from(k) * clip_seconds;
+            k += 1;
             if clip.iter().all(|&v| v == 0.0) {
                 out.silent += 1;
-                out.left_out_seconds += clip_len as f64 / f64::from(RATE);
+                out.left_out_seconds += clip_seconds;
                 continue;
             }
             let name = ClipName::format(a.section, domain, split, condition, index, &a.attrs);
@@ -242,9 +250,9 @@ pub fn import(a: &ImportArgs) -> anyhow::Result<Imported> {
                 "{}/{}/{name},{},{:.3},{:.3}",
                 a.machine_type,
                 split.as_str(),
-                csv_field(&recorded.display().to_string()),
-                start as f64 / f64::from(RATE),
-                clip_len as f64 / f64::from(RATE)
+                recorded,
+                start,
+                clip_seconds
             )
             .with_context(|| format!("writing {}", log_path.display()))?;
             out.clips.push(path);
