@@ -558,9 +558,165 @@ pub fn read_scores(path: &Path) -> Result<BTreeMap<String, f64>, DcaseError> {
     Ok(map)
 }
 
+/// The fault kind of each anomalous clip, from a ground-truth CSV such as the one `sonitor-train synth` writes
+/// (`ground_truth.csv`): a header naming the columns, at least `file_name` (`<type>/<split>/<file>.wav`, or the
+/// file alone with a `machine_type` column) and `fault`. Normal clips may be listed (fault `none`); they are
+/// ignored.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FaultKinds {
+    /// (machine type, file name) → fault kind.
+    kinds: HashMap<(String, String), String>,
+}
+
+impl FaultKinds {
+    pub fn read(path: &Path) -> Result<Self, DcaseError> {
+        let text = std::fs::read_to_string(path).map_err(|error| DcaseError::Io {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        let bad = |line: usize, reason: String| DcaseError::BadCsv {
+            path: path.to_path_buf(),
+            reason: format!("line {line}: {reason}"),
+        };
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        let mut lines = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty());
+        let Some((_, header)) = lines.next() else {
+            return Err(bad(
+                1,
+                "empty; expected a header with file_name and fault".into(),
+            ));
+        };
+        let fields = |l: &str| -> Vec<String> {
+            l.split(',')
+                .map(|f| f.trim().trim_matches('"').to_string())
+                .collect()
+        };
+        let header = fields(header);
+        let column = |name: &str| header.iter().position(|h| h.eq_ignore_ascii_case(name));
+        let (Some(file_col), Some(fault_col)) = (column("file_name"), column("fault")) else {
+            return Err(bad(
+                1,
+                format!(
+                    "the header ({}) needs the columns file_name and fault",
+                    header.join(",")
+                ),
+            ));
+        };
+        let type_col = column("machine_type");
+        let mut kinds = HashMap::new();
+        for (i, line) in lines {
+            let f = fields(line);
+            let get = |c: usize| f.get(c).map(String::as_str).unwrap_or_default();
+            let (file, fault) = (get(file_col), get(fault_col));
+            if file.is_empty() {
+                return Err(bad(i + 1, "no file_name".into()));
+            }
+            let name = file.rsplit('/').next().unwrap_or_default().to_string();
+            let machine_type = match type_col.map(get).filter(|t| !t.is_empty()) {
+                Some(t) => t.to_string(),
+                // `<type>/<split>/<file>`: the type is the first of the path's three parts.
+                None => match file.split('/').collect::<Vec<_>>()[..] {
+                    [t, _, _] => t.to_string(),
+                    _ => {
+                        return Err(bad(
+                            i + 1,
+                            format!("{file}: no machine type (write <type>/<split>/<file> or add a machine_type column)"),
+                        ))
+                    }
+                },
+            };
+            if fault.is_empty() || fault.eq_ignore_ascii_case("none") {
+                continue;
+            }
+            if kinds
+                .insert((machine_type, name), fault.to_string())
+                .is_some()
+            {
+                return Err(bad(i + 1, format!("{file} is listed twice")));
+            }
+        }
+        Ok(FaultKinds { kinds })
+    }
+
+    /// The fault kind of an anomalous clip, if the file lists it.
+    pub fn of(&self, machine_type: &str, file_name: &str) -> Option<&str> {
+        self.kinds
+            .get(&(machine_type.to_string(), file_name.to_string()))
+            .map(String::as_str)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.kinds.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fault_kinds_are_read_by_column_name_and_bad_files_are_named() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("gt.csv");
+        // synth's columns, a byte-order mark, a normal row, and a row naming its type in a column.
+        std::fs::write(
+            &p,
+            "\u{feff}file_name,machine_type,section,label,fault\n\
+             fan/test/section_00_source_test_anomaly_0000_spd_1000.wav,fan,00,1,imbalance\n\
+             fan/test/section_00_source_test_normal_0000_spd_1000.wav,fan,00,0,none\n\
+             \n\
+             section_00_target_test_anomaly_0003.wav,pump,00,1,\"seal_leak\"\n",
+        )
+        .unwrap();
+        let k = FaultKinds::read(&p).unwrap();
+        assert_eq!(
+            k.of("fan", "section_00_source_test_anomaly_0000_spd_1000.wav"),
+            Some("imbalance")
+        );
+        assert_eq!(
+            k.of("fan", "section_00_source_test_normal_0000_spd_1000.wav"),
+            None
+        );
+        assert_eq!(
+            k.of("pump", "section_00_target_test_anomaly_0003.wav"),
+            Some("seal_leak")
+        );
+        assert_eq!(k.of("fan", "section_00_target_test_anomaly_0003.wav"), None);
+
+        // The type from the path when there is no machine_type column; columns in any order.
+        std::fs::write(&p, "fault,file_name\nclogging,pump/test/a.wav\n").unwrap();
+        assert_eq!(
+            FaultKinds::read(&p).unwrap().of("pump", "a.wav"),
+            Some("clogging")
+        );
+
+        for (text, needle) in [
+            ("", "line 1: empty"),
+            (
+                "name,kind\na.wav,x\n",
+                "needs the columns file_name and fault",
+            ),
+            (
+                "file_name,fault\na.wav,x\n",
+                "line 2: a.wav: no machine type",
+            ),
+            (
+                "file_name,fault\npump/test/a.wav,x\npump/test/a.wav,y\n",
+                "line 3: pump/test/a.wav is listed twice",
+            ),
+        ] {
+            std::fs::write(&p, text).unwrap();
+            let e = FaultKinds::read(&p).unwrap_err().to_string();
+            assert!(e.contains("gt.csv") && e.contains(needle), "{e}");
+        }
+        let e = FaultKinds::read(&d.path().join("none.csv"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("none.csv: cannot read"), "{e}");
+    }
 
     #[test]
     fn label_granularity_names_round_trip_and_legacy_names_parse() {

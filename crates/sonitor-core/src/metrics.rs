@@ -15,7 +15,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dcase::{self, Condition, Dataset, DcaseError, Domain, Split};
+use crate::dcase::{self, Condition, Dataset, DcaseError, Domain, FaultKinds, Split};
 
 /// The DCASE pAUC limit.
 pub const MAX_FPR: f64 = 0.1;
@@ -194,7 +194,30 @@ pub struct Report {
     pub sections: Vec<SectionMetrics>,
     pub types: Vec<TypeMetrics>,
     pub official_score: f64,
+    /// Per fault kind, when the evaluation was given them ([`evaluate_submission_by_fault`]); not part of the
+    /// official score.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_fault: Vec<FaultMetrics>,
 }
+
+/// How well one fault kind is told from normal: the AUC of its anomalous test clips of one domain against the
+/// normal test clips of the same section and domain. Not a DCASE metric (the official AUCs take every anomaly of a
+/// section); it shows which faults a model catches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaultMetrics {
+    pub machine_type: String,
+    pub section: u16,
+    pub domain: Domain,
+    /// The kind the ground truth names, or `(not listed)` for anomalous clips it does not list.
+    pub fault: String,
+    pub n_anomaly: usize,
+    pub n_normal: usize,
+    /// `None` when the section has no normal test clip of this domain.
+    pub auc: Option<f64>,
+}
+
+/// What a fault-kind row says for anomalous clips the ground truth does not list.
+pub const FAULT_NOT_LISTED: &str = "(not listed)";
 
 /// One scored test clip.
 #[derive(Debug, Clone, Copy)]
@@ -285,12 +308,57 @@ pub fn report(sections: Vec<SectionMetrics>) -> Report {
         official_score: harmonic_mean(&flat),
         sections,
         types,
+        by_fault: Vec::new(),
     }
 }
 
 /// Evaluates a directory of DCASE submission files against the labelled test clips of a data set. Every test
 /// clip must be scored exactly once; a missing file or row is an error naming it.
 pub fn evaluate_submission(data: &Dataset, scores_dir: &Path) -> Result<Report, MetricsError> {
+    evaluate(data, scores_dir, None)
+}
+
+/// [`evaluate_submission`], and per fault kind ([`Report::by_fault`], sorted by type, section, domain and fault).
+pub fn evaluate_submission_by_fault(
+    data: &Dataset,
+    scores_dir: &Path,
+    kinds: &FaultKinds,
+) -> Result<Report, MetricsError> {
+    evaluate(data, scores_dir, Some(kinds))
+}
+
+fn evaluate(
+    data: &Dataset,
+    scores_dir: &Path,
+    kinds: Option<&FaultKinds>,
+) -> Result<Report, MetricsError> {
+    let scored = scored_sections(data, scores_dir)?;
+    let sections = scored
+        .iter()
+        .map(|s| {
+            let clips: Vec<LabelledScore> = s.clips.iter().map(|(_, c)| *c).collect();
+            section_metrics(&s.machine_type, s.section, &clips)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut report = report(sections);
+    if let Some(kinds) = kinds {
+        report.by_fault = scored
+            .iter()
+            .flat_map(|s| fault_metrics(s, kinds))
+            .collect();
+    }
+    Ok(report)
+}
+
+/// The test clips of one section with their scores: (file name, labelled score).
+struct ScoredSection {
+    machine_type: String,
+    section: u16,
+    clips: Vec<(String, LabelledScore)>,
+}
+
+/// Reads the submission file of every section with test clips and pairs each test clip with its score.
+fn scored_sections(data: &Dataset, scores_dir: &Path) -> Result<Vec<ScoredSection>, MetricsError> {
     if !scores_dir.is_dir() {
         return Err(DcaseError::MissingDir {
             path: scores_dir.to_path_buf(),
@@ -324,11 +392,14 @@ pub fn evaluate_submission(data: &Dataset, scores_dir: &Path) -> Result<Report, 
                 });
             };
             match scores.remove(clip.file_name()) {
-                Some(score) => labelled.push(LabelledScore {
-                    domain,
-                    anomaly: cond == Condition::Anomaly,
-                    score,
-                }),
+                Some(score) => labelled.push((
+                    clip.file_name().to_string(),
+                    LabelledScore {
+                        domain,
+                        anomaly: cond == Condition::Anomaly,
+                        score,
+                    },
+                )),
                 None => missing.push(clip.file_name().to_string()),
             }
         }
@@ -348,14 +419,53 @@ pub fn evaluate_submission(data: &Dataset, scores_dir: &Path) -> Result<Report, 
                 first: first.clone(),
             });
         }
-        sections.push(section_metrics(&machine_type, section, &labelled)?);
+        sections.push(ScoredSection {
+            machine_type,
+            section,
+            clips: labelled,
+        });
     }
     if sections.is_empty() {
         return Err(MetricsError::NoTestClips {
             root: data.root.display().to_string(),
         });
     }
-    Ok(report(sections))
+    Ok(sections)
+}
+
+/// One row per (domain, fault kind) of a section's anomalous clips.
+fn fault_metrics(s: &ScoredSection, kinds: &FaultKinds) -> Vec<FaultMetrics> {
+    let mut groups: BTreeMap<(Domain, &str), Vec<f64>> = BTreeMap::new();
+    for (name, c) in s.clips.iter().filter(|(_, c)| c.anomaly) {
+        let fault = kinds.of(&s.machine_type, name).unwrap_or(FAULT_NOT_LISTED);
+        groups.entry((c.domain, fault)).or_default().push(c.score);
+    }
+    groups
+        .into_iter()
+        .map(|((domain, fault), anomalous)| {
+            let normal: Vec<f64> = s
+                .clips
+                .iter()
+                .filter(|(_, c)| !c.anomaly && c.domain == domain)
+                .map(|(_, c)| c.score)
+                .collect();
+            let labels: Vec<bool> = anomalous
+                .iter()
+                .map(|_| true)
+                .chain(normal.iter().map(|_| false))
+                .collect();
+            let scores: Vec<f64> = anomalous.iter().chain(&normal).copied().collect();
+            FaultMetrics {
+                machine_type: s.machine_type.clone(),
+                section: s.section,
+                domain,
+                fault: fault.to_string(),
+                n_anomaly: anomalous.len(),
+                n_normal: normal.len(),
+                auc: roc_auc(&labels, &scores).ok(),
+            }
+        })
+        .collect()
 }
 
 impl Report {
@@ -386,6 +496,26 @@ impl Report {
             "\n**Official score** (harmonic mean of all AUC/pAUC values): **{:.4}**\n",
             self.official_score
         ));
+        if !self.by_fault.is_empty() {
+            s.push_str(
+                "\nBy fault kind (AUC of one kind's anomalous clips against the normal clips of the same section and \
+                 domain; not part of the official score):\n\n\
+                 | machine type | section | domain | fault | anomalous clips | normal clips | AUC |\n\
+                 |---|---|---|---|---|---|---|\n",
+            );
+            for f in &self.by_fault {
+                let auc = f.auc.map_or("–".to_string(), |a| format!("{a:.4}"));
+                s.push_str(&format!(
+                    "| {} | {:02} | {} | {} | {} | {} | {auc} |\n",
+                    f.machine_type,
+                    f.section,
+                    f.domain.as_str(),
+                    f.fault,
+                    f.n_anomaly,
+                    f.n_normal
+                ));
+            }
+        }
         s
     }
 }
@@ -393,6 +523,75 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fault_rows_compare_one_kind_with_the_normals_of_its_domain() {
+        let clip = |name: &str, domain, anomaly, score| {
+            (
+                name.to_string(),
+                LabelledScore {
+                    domain,
+                    anomaly,
+                    score,
+                },
+            )
+        };
+        let (src, tgt) = (Domain::Source, Domain::Target);
+        let s = ScoredSection {
+            machine_type: "fan".into(),
+            section: 0,
+            clips: vec![
+                clip("n0", src, false, 0.1),
+                clip("n1", src, false, 0.3),
+                clip("n2", src, false, 0.5),
+                clip("t0", tgt, false, 0.9),
+                // Above every source normal, then above one of three; the target anomaly above the only target normal.
+                clip("a0", src, true, 0.6),
+                clip("a1", src, true, 0.2),
+                clip("a2", src, true, 0.4),
+                clip("a3", tgt, true, 1.0),
+            ],
+        };
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("gt.csv");
+        std::fs::write(
+            &p,
+            "file_name,fault\nfan/test/a0,imbalance\nfan/test/a1,imbalance\nfan/test/a3,imbalance\n",
+        )
+        .unwrap();
+        let rows = fault_metrics(&s, &FaultKinds::read(&p).unwrap());
+        let got: Vec<(Domain, &str, usize, usize, Option<f64>)> = rows
+            .iter()
+            .map(|f| {
+                let auc = f.auc.map(|a| (a * 1e9).round() / 1e9);
+                (f.domain, f.fault.as_str(), f.n_anomaly, f.n_normal, auc)
+            })
+            .collect();
+        let r9 = |a: f64| Some((a * 1e9).round() / 1e9);
+        // Source imbalance {0.6, 0.2} against {0.1, 0.3, 0.5}: 3 + 1 of 6 pairs; a2 is not listed: 2 of 3.
+        assert_eq!(
+            got,
+            vec![
+                (src, FAULT_NOT_LISTED, 1, 3, r9(2.0 / 3.0)),
+                (src, "imbalance", 2, 3, r9(4.0 / 6.0)),
+                (tgt, "imbalance", 1, 1, r9(1.0)),
+            ]
+        );
+        // A domain without normal test clips has no AUC, not an error.
+        let only_anomalies = ScoredSection {
+            clips: s.clips[4..].to_vec(),
+            ..s
+        };
+        let rows = fault_metrics(&only_anomalies, &FaultKinds::default());
+        assert!(rows.iter().all(|f| f.auc.is_none() && f.n_normal == 0));
+        let r = Report {
+            by_fault: rows,
+            ..report(Vec::new())
+        };
+        assert!(r
+            .to_markdown()
+            .contains("| fan | 00 | target | (not listed) | 1 | 0 | – |"));
+    }
 
     #[test]
     fn perfect_inverse_and_tied() {

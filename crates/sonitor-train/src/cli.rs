@@ -53,6 +53,10 @@ struct MetricsArgs {
     /// Print one JSON object (per-section and per-type table, official_score) instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also the AUC of each fault kind against the normal clips of its section and domain, from a ground-truth
+    /// CSV with the columns file_name and fault (default: DATA/ground_truth.csv, which `synth` writes).
+    #[arg(long, value_name = "GROUND_TRUTH", num_args = 0..=1)]
+    by_fault: Option<Option<PathBuf>>,
 }
 
 /// Prints a metrics report as Markdown, or as JSON with `--json`.
@@ -67,13 +71,30 @@ pub fn print_report(report: &metrics::Report, json: bool) -> anyhow::Result<()> 
 
 fn run_metrics(a: &MetricsArgs) -> anyhow::Result<()> {
     let data = dcase::scan(&a.data)?;
-    let report = metrics::evaluate_submission(&data, &a.scores).with_context(|| {
+    let context = || {
         format!(
             "evaluating {} against {}",
             a.scores.display(),
             a.data.display()
         )
-    })?;
+    };
+    let report = match &a.by_fault {
+        None => metrics::evaluate_submission(&data, &a.scores).with_context(context)?,
+        Some(file) => {
+            let file = file
+                .clone()
+                .unwrap_or_else(|| a.data.join("ground_truth.csv"));
+            let kinds = dcase::FaultKinds::read(&file)
+                .context("--by-fault: reading the fault kinds of the anomalous test clips")?;
+            if kinds.is_empty() {
+                anyhow::bail!(
+                    "--by-fault: {} names no fault kind (every row's fault is empty or none)",
+                    file.display()
+                );
+            }
+            metrics::evaluate_submission_by_fault(&data, &a.scores, &kinds).with_context(context)?
+        }
+    };
     print_report(&report, a.json)
 }
 

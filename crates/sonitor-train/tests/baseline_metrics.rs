@@ -59,14 +59,12 @@ fn baseline_then_metrics_json() {
             f.display()
         );
     }
-    let out = run(&[
-        "metrics",
-        "--data",
-        s(&data),
-        "--scores",
-        s(&scores),
-        "--json",
-    ]);
+    let metrics = |extra: &[&str]| {
+        let mut args = vec!["metrics", "--data", s(&data), "--scores", s(&scores)];
+        args.extend(extra);
+        run(&args)
+    };
+    let out = metrics(&["--json"]);
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let official = v["official_score"].as_f64().unwrap();
@@ -74,12 +72,56 @@ fn baseline_then_metrics_json() {
     assert_eq!(v["types"].as_array().unwrap().len(), 2);
     assert_eq!(v["sections"][0]["n_anomaly"], 8);
 
+    // Per fault kind from synth's ground truth: each section's anomalies split by domain and kind, each row
+    // against the 4 normal clips of its domain; the official numbers unchanged.
+    let out = metrics(&["--json", "--by-fault"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let f: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(f["official_score"], v["official_score"]);
+    let rows = f["by_fault"].as_array().unwrap();
+    for t in ["fan", "press"] {
+        let of_type: Vec<_> = rows.iter().filter(|r| r["machine_type"] == t).collect();
+        let n: u64 = of_type
+            .iter()
+            .map(|r| r["n_anomaly"].as_u64().unwrap())
+            .sum();
+        assert_eq!(n, 8, "{t}: {of_type:?}");
+        for r in &of_type {
+            assert_eq!(r["n_normal"], 4, "{r}");
+            let fault = r["fault"].as_str().unwrap();
+            assert!(fault != "(not listed)" && fault != "none", "{r}");
+            let auc = r["auc"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&auc), "{r}");
+        }
+    }
+    // Markdown: the fault table after the official score; a ground truth that is not there is named.
+    let out = run(&[
+        "metrics",
+        "--data",
+        s(&data),
+        "--scores",
+        s(&scores),
+        "--by-fault",
+    ]);
+    let md = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        md.contains("By fault kind") && md.contains("| fan | 00 | source |"),
+        "{md}"
+    );
+    let gt = d.path().join("nowhere.csv");
+    let out = metrics(&["--by-fault", s(&gt)]);
+    assert_fails_with(&out, &["--by-fault", "nowhere.csv: cannot read"]);
+
     // A scores file missing rows.
     let f = scores.join("anomaly_score_fan_section_00_test.csv");
     let text = std::fs::read_to_string(&f).unwrap();
     let kept: Vec<&str> = text.lines().skip(2).collect();
     std::fs::write(&f, kept.join("\n")).unwrap();
-    let out = run(&["metrics", "--data", s(&data), "--scores", s(&scores)]);
+    let out = metrics(&[]);
     assert_fails_with(
         &out,
         &[
@@ -91,7 +133,7 @@ fn baseline_then_metrics_json() {
 
     // A missing scores file.
     std::fs::remove_file(&f).unwrap();
-    let out = run(&["metrics", "--data", s(&data), "--scores", s(&scores)]);
+    let out = metrics(&[]);
     assert_fails_with(&out, &["no submission file for fan section 00"]);
 }
 
