@@ -259,7 +259,8 @@ pub struct SavedMachine {
     pub seq: u64,
     pub enabled: bool,
     pub threshold_override: Option<f64>,
-    /// Wall-clock end of a mute (Unix seconds).
+    /// Wall-clock end of a mute (Unix seconds), as saved for the next start. While the daemon runs, the mute's
+    /// end is [`MachineRt::mute_deadline`] and this is written from it.
     pub muted_until_unix: Option<u64>,
 }
 
@@ -321,6 +322,40 @@ struct MachineRt {
     last_score_pub: Option<Instant>,
     since: String,
     health: String,
+    /// When a mute ends, on the monotonic clock: a wall-clock jump (NTP's first answer on a Pi) neither ends it
+    /// early nor stretches it, and neither does an input that is away (stream time stops with the audio). The
+    /// detector stays muted until [`Controller::end_mute_if_due`] unmutes it.
+    mute_deadline: Option<Instant>,
+}
+
+/// The detector's mute duration for "until the controller ends it" (at [`MachineRt::mute_deadline`]).
+const UNTIL_UNMUTED: u64 = u64::MAX;
+
+impl MachineRt {
+    /// The mute's end on today's wall clock (Unix seconds, rounded up), while one runs.
+    fn muted_until_unix(&self) -> Option<u64> {
+        let left = self
+            .mute_deadline?
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())?;
+        Some(unix_now() + left.as_secs() + u64::from(left.subsec_nanos() > 0))
+    }
+
+    /// Starts a mute of `duration` (zero: ends it) at stream time `now_ms`; muting ends an active alarm.
+    fn mute(&mut self, now_ms: u64, duration: Duration) -> Option<Transition> {
+        self.mute_deadline = if duration.is_zero() {
+            None
+        } else {
+            // Bounded by `mqtt::MAX_MUTE`; an Instant that far out cannot overflow.
+            Instant::now().checked_add(duration)
+        };
+        let ms = if self.mute_deadline.is_some() {
+            UNTIL_UNMUTED
+        } else {
+            0
+        };
+        self.detector.mute(now_ms, ms)
+    }
 }
 
 fn unix_now() -> u64 {
@@ -389,7 +424,11 @@ impl Controller {
         let map: BTreeMap<String, SavedMachine> = self
             .machines
             .iter()
-            .map(|m| (m.cfg.name.clone(), m.saved.clone()))
+            .map(|m| {
+                let mut saved = m.saved.clone();
+                saved.muted_until_unix = m.muted_until_unix();
+                (m.cfg.name.clone(), saved)
+            })
             .collect();
         let text = serde_json::to_string_pretty(&map).unwrap_or_default();
         if let Err(e) = sonitor_core::atomic_file::write_durable(&self.saved_path, text.as_bytes())
@@ -422,7 +461,7 @@ impl Controller {
             "model_id": m.model_id,
             "section": m.cfg.section,
             "enabled": m.detector.enabled(),
-            "muted_until": m.saved.muted_until_unix.filter(|&u| u > unix_now())
+            "muted_until": m.muted_until_unix()
                 .map(|u| humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(u)).to_string()),
             "event_id": m.saved.event.as_ref().map(|e| e.event_id.clone()),
             "health": m.health,
@@ -440,7 +479,7 @@ impl Controller {
             format!("{}", m.detector.params().threshold_on),
             true,
         );
-        let muted = m.saved.muted_until_unix.is_some_and(|u| u > unix_now());
+        let muted = m.muted_until_unix().is_some();
         self.retained(
             format!("{t}/mute"),
             if muted { "ON" } else { "OFF" }.into(),
@@ -650,6 +689,8 @@ impl Controller {
             s.t_end_ms,
             s.score
         );
+        // A window scored after the mute's end counts towards an alarm.
+        self.end_mute_if_due(i);
         let t = {
             let m = &mut self.machines[i];
             m.last_score = s.score;
@@ -707,12 +748,7 @@ impl Controller {
                 m.detector.set_params(p);
                 None
             }
-            Command::Mute { duration, .. } => {
-                let m = &mut self.machines[i];
-                m.saved.muted_until_unix =
-                    (!duration.is_zero()).then(|| unix_now() + duration.as_secs());
-                m.detector.mute(now_ms, duration.as_millis() as u64)
-            }
+            Command::Mute { duration, .. } => self.machines[i].mute(now_ms, duration),
             Command::Enabled { enabled, .. } => {
                 let m = &mut self.machines[i];
                 m.saved.enabled = enabled;
@@ -788,6 +824,20 @@ impl Controller {
         self.cfg.mqtt.score_interval = new.mqtt.score_interval;
         self.persist();
         log::info!("reloaded {path}: {changed} machine(s) with new detector settings");
+    }
+
+    /// Ends machine `i`'s mute once its deadline has passed: unmutes the detector, publishes the state and saves
+    /// it. Called for every score and from the main loop's periodic work (an input that is away sends none).
+    fn end_mute_if_due(&mut self, i: usize) {
+        let m = &mut self.machines[i];
+        if m.mute_deadline.is_none_or(|d| d > Instant::now()) {
+            return;
+        }
+        m.mute_deadline = None;
+        m.detector.mute(m.last_t_ms, 0);
+        log::info!("{}: mute ended", m.cfg.name);
+        self.publish_machine_state(i);
+        self.persist();
     }
 
     /// Hands clip audio to the clip writer thread, waiting for room in its queue if `wait` (at a stop, when
@@ -946,6 +996,7 @@ pub fn start(
             last_t_ms: 0,
             last_score_pub: None,
             since: now_rfc3339(),
+            mute_deadline: None,
             // Until its input has opened: a restart while the microphone is away must not report OK for the
             // moment before the first attempt to open it fails.
             health: "NO_AUDIO".into(),
@@ -966,10 +1017,12 @@ pub fn start(
         if !rt.saved.enabled {
             rt.detector.set_enabled(false, 0);
         }
-        if let Some(u) = rt.saved.muted_until_unix {
+        // The saved end is on the wall clock (the only clock that survives a restart); from here on the mute runs
+        // on the monotonic one.
+        if let Some(u) = rt.saved.muted_until_unix.take() {
             let left = u.saturating_sub(unix_now());
             if left > 0 {
-                rt.detector.mute(0, left * 1000);
+                rt.mute(0, Duration::from_secs(left));
             }
         }
         machines.push(rt);
@@ -1310,13 +1363,9 @@ pub fn start(
                 }
             );
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(&status)]);
-            // Mute expiry is visible in the retained state.
+            // A mute whose machine gets no audio ends here (the retained state says so).
             for i in 0..ctl.machines.len() {
-                let m = &mut ctl.machines[i];
-                if m.saved.muted_until_unix.is_some_and(|u| u <= unix_now()) {
-                    m.saved.muted_until_unix = None;
-                    ctl.publish_machine_state(i);
-                }
+                ctl.end_mute_if_due(i);
             }
         }
     }

@@ -21,6 +21,18 @@ fn alarm_sequence(msgs: &[Msg], topic: &str) -> Vec<String> {
     v
 }
 
+/// Until the daemon is online with its alarm OFF.
+fn wait_online(rec: &Recorder) {
+    rec.wait_for(
+        "status online and alarm OFF",
+        Duration::from_secs(20),
+        |m| {
+            on(m, "sonitor/t1/status").contains(&"online".to_string())
+                && on(m, "sonitor/t1/pump-1/alarm") == ["OFF"]
+        },
+    );
+}
+
 /// Events deduplicated on (event_id, type), in first-arrival order.
 fn events(msgs: &[Msg], topic: &str) -> Vec<(String, String)> {
     let mut seen = Vec::new();
@@ -50,14 +62,7 @@ fn broker_outage_and_daemon_restart_lose_no_transition() {
     common::write_wav(&wav1, &common::recording(2.5, 3.0, 0.0));
     let cfg1 = common::config(d.path(), &file_device(&wav1, true), &b.dir, broker.port, "");
     let daemon = Daemon::start(&cfg1, &[]);
-    rec.wait_for(
-        "status online and alarm OFF",
-        Duration::from_secs(20),
-        |m| {
-            on(m, "sonitor/t1/status").contains(&"online".to_string())
-                && on(m, "sonitor/t1/pump-1/alarm") == ["OFF"]
-        },
-    );
+    wait_online(&rec);
     broker.stop();
     daemon.wait_log("alarm ON: pump-1", Duration::from_secs(20));
     // Restart during the outage (SIGKILL: the outbox must already be on disk).
@@ -269,5 +274,60 @@ fn commands_are_answered_by_retained_state() {
     rec.wait_for("score telemetry", Duration::from_secs(10), |m| {
         !on(m, "sonitor/t1/pump-1/score").is_empty()
     });
+    drop(daemon);
+}
+
+/// A mute lasts its duration on the clock, and its retained state says it has ended before the alarm it held
+/// back arrives. (It used to end in stream time while its state waited for the main loop's next 10 s tick, so
+/// the alarm could come while `…/mute` still said ON; and audio that stopped for a while stretched it.)
+#[test]
+fn a_mute_ends_on_the_clock_and_says_so_before_the_alarm_it_held_back() {
+    let d = tempfile::tempdir().unwrap();
+    let b = common::standard_bundle(d.path());
+    let broker = Broker::start(&d.path().join("broker"));
+    let rec = Recorder::start(broker.port, "recorder-mute");
+    // In real time: 3 s normal, then the anomaly until the end.
+    let wav = d.path().join("mute.wav");
+    common::write_wav(&wav, &common::recording(3.0, 17.0, 0.0));
+    let cfg = common::config(d.path(), &file_device(&wav, true), &b.dir, broker.port, "");
+    let daemon = Daemon::start(&cfg, &[]);
+    wait_online(&rec);
+    let mut o = rumqttc::MqttOptions::new("commander-mute", "127.0.0.1", broker.port);
+    o.set_keep_alive(Duration::from_secs(5));
+    let (client, mut conn) = rumqttc::Client::new(o, 10);
+    std::thread::spawn(move || for _ in conn.iter() {});
+    let mute = std::time::Duration::from_secs(8);
+    client
+        .publish(
+            "sonitor/t1/pump-1/mute/set",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            "8s",
+        )
+        .unwrap();
+    let sent = std::time::Instant::now();
+    let msgs = rec.wait_for("the alarm after the mute", Duration::from_secs(30), |m| {
+        on(m, "sonitor/t1/pump-1/alarm").contains(&"ON".to_string())
+    });
+    let alarm_after = sent.elapsed();
+    let at = |topic: &str, payload: &str, from: usize| {
+        msgs.iter()
+            .skip(from)
+            .position(|m| m.topic == topic && m.payload == payload)
+            .map(|p| p + from)
+    };
+    let mute_on = at("sonitor/t1/pump-1/mute", "ON", 0).expect("mute ON");
+    let mute_off = at("sonitor/t1/pump-1/mute", "OFF", mute_on).expect("mute OFF after ON");
+    let alarm_on = at("sonitor/t1/pump-1/alarm", "ON", 0).unwrap();
+    assert!(
+        mute_on < mute_off && mute_off < alarm_on,
+        "mute ON #{mute_on}, OFF #{mute_off}, alarm ON #{alarm_on}"
+    );
+    // Without the mute the alarm would have come about 3 s (the anomaly's start) + 2 windows after the start.
+    assert!(
+        alarm_after >= mute - Duration::from_millis(500),
+        "the alarm came {alarm_after:?} after an {mute:?} mute"
+    );
+    daemon.wait_log("pump-1: mute ended", Duration::from_secs(5));
     drop(daemon);
 }
