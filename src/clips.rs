@@ -20,6 +20,31 @@ pub fn write_clip(c: &ClipAudio) -> anyhow::Result<()> {
     )?)
 }
 
+/// Clips waiting for the clip writer thread; one more is refused ([`hand_over`]).
+pub const CLIP_QUEUE: usize = 8;
+
+/// Hands a clip to the clip writer thread's queue (at most [`CLIP_QUEUE`] clips), waiting for room if `wait` (at
+/// a stop, when nothing else is left to do). A clip it cannot take comes back with the reason, for the log.
+pub fn hand_over(
+    writer: &crossbeam_channel::Sender<ClipAudio>,
+    c: ClipAudio,
+    wait: bool,
+) -> Result<(), (ClipAudio, String)> {
+    if wait {
+        return writer
+            .send(c)
+            .map_err(|e| (e.0, "the clip writer has stopped".to_string()));
+    }
+    writer.try_send(c).map_err(|e| {
+        let why = if e.is_full() {
+            format!("the clip writer still has {CLIP_QUEUE} clips to write (a slow or full disk?)")
+        } else {
+            "the clip writer has stopped".to_string()
+        };
+        (e.into_inner(), why)
+    })
+}
+
 /// The id of an alarm event, `<node>-<machine>-<millis>-<seq>`: the node and machine names, when the alarm was raised
 /// (milliseconds since the Unix epoch) and the machine's transition count. It names the event in the alarm messages
 /// and the event's clip ([`clip_path`]); [`is_clip_name`] reads it back.
@@ -267,6 +292,32 @@ pub fn enforce_retention(dir: &Path, cfg: &ClipsConfig) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clip_the_writer_cannot_take_comes_back_with_the_reason() {
+        let clip = |n: usize| ClipAudio {
+            machine: 0,
+            path: PathBuf::from(format!("c{n}.wav")),
+            samples: vec![0.0; 4],
+            sample_rate: 16_000,
+        };
+        let (tx, rx) = crossbeam_channel::bounded(CLIP_QUEUE);
+        for n in 0..CLIP_QUEUE {
+            hand_over(&tx, clip(n), false)
+                .map_err(|(_, why)| why)
+                .unwrap();
+        }
+        // The writer is a queue behind: the next clip is not waited for.
+        let (back, why) = hand_over(&tx, clip(99), false).unwrap_err();
+        assert_eq!(back.path, PathBuf::from("c99.wav"));
+        assert!(why.contains("still has 8 clips to write"), "{why}");
+        // The writer has stopped: refused, waiting or not, instead of blocking the daemon's loop.
+        drop(rx);
+        for wait in [false, true] {
+            let (_, why) = hand_over(&tx, clip(100), wait).unwrap_err();
+            assert_eq!(why, "the clip writer has stopped");
+        }
+    }
 
     #[test]
     fn too_little_room_for_the_clips_is_warned() {

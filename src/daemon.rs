@@ -375,9 +375,6 @@ enum InputState {
     Down(Option<String>),
 }
 
-/// Clips waiting for the clip writer thread; one more is dropped ([`Controller::write_clip`]).
-const CLIP_QUEUE: usize = 8;
-
 struct Controller {
     cfg: Config,
     config_path: PathBuf,
@@ -840,27 +837,11 @@ impl Controller {
         self.persist();
     }
 
-    /// Hands clip audio to the clip writer thread, waiting for room in its queue if `wait` (at a stop, when
-    /// nothing else is left to do). A clip that cannot be handed over (the writer is [`CLIP_QUEUE`] clips behind,
-    /// on a slow or full disk) is counted as dropped, and its event's end says `clip: null` as for a clip whose
-    /// write failed.
+    /// Hands clip audio to the clip writer thread ([`crate::clips::hand_over`]). A clip that cannot be handed over
+    /// (the writer is a whole queue behind, on a slow or full disk) is counted as dropped, and its event's end says
+    /// `clip: null` as for a clip whose write failed.
     fn write_clip(&mut self, c: crate::pipeline::ClipAudio, wait: bool) {
-        let refused = if wait {
-            self.clip_writer
-                .send(c)
-                .err()
-                .map(|e| (e.0, "the clip writer has stopped".to_string()))
-        } else {
-            self.clip_writer.try_send(c).err().map(|e| {
-                let why = if e.is_full() {
-                    format!("the clip writer still has {CLIP_QUEUE} clips to write (a slow or full disk?)")
-                } else {
-                    "the clip writer has stopped".to_string()
-                };
-                (e.into_inner(), why)
-            })
-        };
-        if let Some((c, why)) = refused {
+        if let Err((c, why)) = crate::clips::hand_over(&self.clip_writer, c, wait) {
             self.metrics.clips_dropped.inc();
             log::warn!(
                 "clip {}: {why}; this one is dropped and its event goes on without it",
@@ -1143,7 +1124,8 @@ pub fn start(
     )?;
 
     // Clip writer.
-    let (clip_audio_tx, clip_audio_rx) = bounded::<crate::pipeline::ClipAudio>(CLIP_QUEUE);
+    let (clip_audio_tx, clip_audio_rx) =
+        bounded::<crate::pipeline::ClipAudio>(crate::clips::CLIP_QUEUE);
     let clips_cfg = cfg.clips.clone();
     let clips_dir = cfg.clips_dir();
     let clip_metrics = metrics.clone();
