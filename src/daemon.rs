@@ -760,9 +760,9 @@ impl Controller {
         self.publish_machine_state(i);
     }
 
-    /// SIGHUP: thresholds, debounce and mute settings from the file; audio keeps flowing. A file that `run`
-    /// would refuse at the next start is refused whole now, so that a reload never leaves a daemon that cannot
-    /// restart; settings that need a restart are named.
+    /// SIGHUP: detector settings (thresholds, debounce) and `enabled` from the file; audio keeps flowing. A file
+    /// that `run` would refuse at the next start is refused whole now, so that a reload never leaves a daemon that
+    /// cannot restart; settings that need a restart are named.
     fn reload(&mut self) {
         let path = self.config_path.display().to_string();
         let new = match Config::load(&self.config_path) {
