@@ -1,11 +1,13 @@
 //! The daemon's kernels per analysis window, with criterion: feature extraction (log-mel + spectrum) and the FFTs
-//! inside it, tract inference of the shipped bundle, and the single-core sgemm that sets the floor.
+//! inside it, tract inference of the shipped bundle, and the single-core sgemm that sets the floor; and per second
+//! of audio, the resampling of a 48 or 44.1 kHz microphone to the model's 16 kHz.
 //!
 //! `cargo bench --bench kernels` (the end-to-end numbers come from `sonitor-bench`; see BENCHMARKS.md).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use sonitor::bench::{sgemm_plan, test_signal, FftOnly, FLOOR_SGEMM_SIZE};
 use sonitor::model::Embedder;
+use sonitor_core::audio::StreamResampler;
 use sonitor_core::bundle::Bundle;
 use sonitor_core::features::FeatureExtractor;
 use tract_onnx::prelude::*;
@@ -66,5 +68,24 @@ fn sgemm(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(kernels, features, inference, sgemm);
+/// One second of a device's audio through the daemon's stream resampler, in the reader's 100 ms blocks.
+fn resampling(c: &mut Criterion) {
+    let mut g = c.benchmark_group("resampling");
+    for from in [48_000u32, 44_100] {
+        let second = test_signal(from as usize, from);
+        let mut r = StreamResampler::new(from, 16_000).unwrap();
+        let mut out = Vec::with_capacity(20_000);
+        g.bench_function(format!("{from} Hz to 16 kHz, one second"), |bch| {
+            bch.iter(|| {
+                out.clear();
+                for block in second.chunks(from as usize / 10) {
+                    r.push(black_box(block), &mut out).unwrap();
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(kernels, features, inference, sgemm, resampling);
 criterion_main!(kernels);

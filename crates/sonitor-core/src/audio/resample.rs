@@ -14,8 +14,41 @@ pub enum ResampleError {
     Process(String),
 }
 
-/// Chunk size (input frames) the resampler works in; rubato rounds it to a multiple of the rates' ratio.
+/// Chunk size (input frames) the resampler works in, about; [`chunk_for`] makes it a multiple of the rates' ratio
+/// whose FFTs are fast.
 const CHUNK: usize = 1024;
+
+/// The input chunk for `from` → `to` Hz: rubato's FFT resampler transforms `2 · k · from / gcd` and
+/// `2 · k · to / gcd` points for a chunk of `k · from / gcd` frames. `k` is the smallest 5-smooth number (factors 2,
+/// 3 and 5 only) that gives at least [`CHUNK`] frames: a `k` with a larger prime factor makes both FFTs slow (48 kHz
+/// → 16 kHz with `k` = ⌈1024 / 3⌉ = 342 = 2·3²·19 spent most of the resampler's time in a scalar 19-point
+/// butterfly). Rates whose `k` was already smooth (44.1, 22.05, 11.025, 32 and 8 kHz to 16 kHz) keep their chunk,
+/// and with it their output bit for bit.
+fn chunk_for(from: u32, to: u32) -> usize {
+    let min_chunk = (from / gcd(from, to)) as usize;
+    let mut k = CHUNK.div_ceil(min_chunk).max(1);
+    while !is_5_smooth(k) {
+        k += 1;
+    }
+    k * min_chunk
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+fn is_5_smooth(mut n: usize) -> bool {
+    for p in [2, 3, 5] {
+        while n.is_multiple_of(p) {
+            n /= p;
+        }
+    }
+    n == 1
+}
 
 /// Converts a whole mono clip from `from` Hz to `to` Hz. The output has `round(len * to / from)` samples.
 pub fn resample(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>, ResampleError> {
@@ -59,14 +92,12 @@ impl StreamResampler {
                 reason: "sample rates must be positive".into(),
             });
         }
-        let inner =
-            FftFixedInOut::<f32>::new(from as usize, to as usize, CHUNK, 1).map_err(|e| {
-                ResampleError::Setup {
-                    from,
-                    to,
-                    reason: e.to_string(),
-                }
-            })?;
+        let inner = FftFixedInOut::<f32>::new(from as usize, to as usize, chunk_for(from, to), 1)
+            .map_err(|e| ResampleError::Setup {
+            from,
+            to,
+            reason: e.to_string(),
+        })?;
         let skip = inner.output_delay();
         let in_buf = vec![vec![0.0; inner.input_frames_max()]];
         let out_buf = vec![vec![0.0; inner.output_frames_max()]];
@@ -155,6 +186,28 @@ impl StreamResampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunks_give_smooth_ffts_and_keep_the_rates_that_had_them() {
+        // k = chunk / (from / gcd): 5-smooth, and the smallest such k with at least CHUNK frames.
+        for (from, to, chunk) in [
+            (48_000, 16_000, 360 * 3),
+            (96_000, 16_000, 180 * 6),
+            (24_000, 16_000, 360 * 3),
+            // Unchanged from rubato's own rounding of 1024 frames.
+            (44_100, 16_000, 3 * 441),
+            (22_050, 16_000, 3 * 441),
+            (11_025, 16_000, 3 * 441),
+            (32_000, 16_000, 1024),
+            (8_000, 16_000, 1024),
+            // Up to 44.1 kHz: rubato's k = 7 becomes 8.
+            (16_000, 44_100, 8 * 160),
+        ] {
+            assert_eq!(chunk_for(from, to), chunk, "{from} -> {to}");
+            let min = (from / gcd(from, to)) as usize;
+            assert!(is_5_smooth(chunk / min) && chunk >= CHUNK, "{from} -> {to}");
+        }
+    }
 
     fn sine(freq: f32, rate: u32, secs: f32) -> Vec<f32> {
         (0..(rate as f32 * secs) as usize)
