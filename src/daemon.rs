@@ -710,9 +710,12 @@ impl Controller {
                 alarm_on: m.detector.is_on(),
             });
         }
+        // Telemetry is dropped while the broker is away; the interval starts with the first score that can go out
+        // (after a (re)connection, the next score is published, not one up to `score_interval` later).
         let interval = self.cfg.mqtt.score_interval;
+        let connected = self.metrics.mqtt_connected.get() == 1;
         let m = &mut self.machines[i];
-        if m.last_score_pub.is_none_or(|p| p.elapsed() >= interval) {
+        if connected && m.last_score_pub.is_none_or(|p| p.elapsed() >= interval) {
             m.last_score_pub = Some(Instant::now());
             let topic = format!("{}/{}/score", self.base, m.cfg.name);
             self.send(ToMqtt::Transient {
