@@ -449,10 +449,8 @@ fn fault_metrics(s: &ScoredSection, kinds: &FaultKinds) -> Vec<FaultMetrics> {
                 .filter(|(_, c)| !c.anomaly && c.domain == domain)
                 .map(|(_, c)| c.score)
                 .collect();
-            let labels: Vec<bool> = anomalous
-                .iter()
-                .map(|_| true)
-                .chain(normal.iter().map(|_| false))
+            let labels: Vec<bool> = std::iter::repeat_n(true, anomalous.len())
+                .chain(std::iter::repeat_n(false, normal.len()))
                 .collect();
             let scores: Vec<f64> = anomalous.iter().chain(&normal).copied().collect();
             FaultMetrics {

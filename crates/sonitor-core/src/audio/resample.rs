@@ -26,7 +26,7 @@ const CHUNK: usize = 1024;
 /// and with it their output bit for bit.
 fn chunk_for(from: u32, to: u32) -> usize {
     let min_chunk = (from / gcd(from, to)) as usize;
-    let mut k = CHUNK.div_ceil(min_chunk).max(1);
+    let mut k = CHUNK.div_ceil(min_chunk);
     while !is_5_smooth(k) {
         k += 1;
     }
