@@ -328,9 +328,6 @@ struct MachineRt {
     mute_deadline: Option<Instant>,
 }
 
-/// The detector's mute duration for "until the controller ends it" (at [`MachineRt::mute_deadline`]).
-const UNTIL_UNMUTED: u64 = u64::MAX;
-
 impl MachineRt {
     /// The mute's end on today's wall clock (Unix seconds, rounded up), while one runs.
     fn muted_until_unix(&self) -> Option<u64> {
@@ -349,12 +346,8 @@ impl MachineRt {
             // Bounded by `mqtt::MAX_MUTE`; an Instant that far out cannot overflow.
             Instant::now().checked_add(duration)
         };
-        let ms = if self.mute_deadline.is_some() {
-            UNTIL_UNMUTED
-        } else {
-            0
-        };
-        self.detector.mute(now_ms, ms)
+        self.detector
+            .set_muted(self.mute_deadline.is_some(), now_ms)
     }
 }
 
@@ -834,7 +827,7 @@ impl Controller {
             return;
         }
         m.mute_deadline = None;
-        m.detector.mute(m.last_t_ms, 0);
+        m.detector.set_muted(false, m.last_t_ms);
         log::info!("{}: mute ended", m.cfg.name);
         self.publish_machine_state(i);
         self.persist();

@@ -88,7 +88,7 @@ pub struct Detector {
     high: VecDeque<bool>,
     low: VecDeque<bool>,
     last_clear_ms: Option<u64>,
-    muted_until_ms: Option<u64>,
+    muted: bool,
     enabled: bool,
     last_t_ms: u64,
 }
@@ -101,7 +101,7 @@ impl Detector {
             high: VecDeque::new(),
             low: VecDeque::new(),
             last_clear_ms: None,
-            muted_until_ms: None,
+            muted: false,
             enabled: true,
             last_t_ms: 0,
         }
@@ -139,9 +139,9 @@ impl Detector {
         self.enabled
     }
 
-    /// Until when (stream ms) the machine is muted, if it is.
-    pub fn muted_until(&self) -> Option<u64> {
-        self.muted_until_ms.filter(|&u| u > self.last_t_ms)
+    /// Whether the machine is muted ([`Detector::set_muted`]).
+    pub fn muted(&self) -> bool {
+        self.muted
     }
 
     /// Enables or disables the machine; disabling ends an active alarm.
@@ -155,14 +155,15 @@ impl Detector {
         None
     }
 
-    /// Mutes for `duration_ms` from `now_ms` (0 unmutes); muting ends an active alarm.
-    pub fn mute(&mut self, now_ms: u64, duration_ms: u64) -> Option<Transition> {
+    /// Mutes or unmutes the machine at stream time `now_ms`; muting ends an active alarm, and a muted machine
+    /// raises none until it is unmuted. When a mute ends is the caller's to decide, on its own clock: the
+    /// daemon's is monotonic, because stream time stops while an input is away.
+    pub fn set_muted(&mut self, muted: bool, now_ms: u64) -> Option<Transition> {
         self.last_t_ms = self.last_t_ms.max(now_ms);
-        if duration_ms == 0 {
-            self.muted_until_ms = None;
+        self.muted = muted;
+        if !muted {
             return None;
         }
-        self.muted_until_ms = Some(now_ms.saturating_add(duration_ms));
         self.high.clear();
         self.force_clear(now_ms, ClearReason::Muted)
     }
@@ -200,7 +201,7 @@ impl Detector {
         match self.state {
             AlarmState::Off => {
                 let highs = Self::push(&mut self.high, score > p.threshold_on, p.raise_n);
-                let muted = self.muted_until_ms.is_some_and(|u| t_ms < u);
+                let muted = self.muted;
                 let cooling = self
                     .last_clear_ms
                     .is_some_and(|c| t_ms < c.saturating_add(p.cooldown_ms));
@@ -370,29 +371,36 @@ mod tests {
     }
 
     #[test]
-    fn mute_ends_the_alarm_and_suppresses_new_ones_until_it_expires() {
+    fn mute_ends_the_alarm_and_suppresses_new_ones_until_unmuted() {
         let mut d = Detector::new(params());
         assert!(d.update(1000, 0.9).is_some());
-        match d.mute(1500, 3000) {
-            Some(Transition::Cleared { reason, .. }) => assert_eq!(reason, ClearReason::Muted),
+        match d.set_muted(true, 1500) {
+            Some(Transition::Cleared { at_ms, reason, .. }) => {
+                assert_eq!((at_ms, reason), (1500, ClearReason::Muted))
+            }
             other => panic!("{other:?}"),
         }
-        assert_eq!(d.muted_until(), Some(4500));
-        assert_eq!(d.update(2000, 0.9), None);
-        assert_eq!(d.update(4000, 0.9), None);
+        assert!(d.muted());
+        // However long the stream runs: stream time does not end a mute.
+        for t in (2000..=60_000).step_by(500) {
+            assert_eq!(d.update(t, 0.9), None, "raised at {t} while muted");
+        }
+        assert_eq!(d.set_muted(false, 60_200), None);
+        assert!(!d.muted());
+        // The first high window after the mute raises the alarm the mute held back.
         assert!(matches!(
-            d.update(5000, 0.9),
-            Some(Transition::Raised { at_ms: 5000, .. })
+            d.update(60_500, 0.9),
+            Some(Transition::Raised { at_ms: 60_500, .. })
         ));
-        assert_eq!(d.muted_until(), None);
     }
 
     #[test]
-    fn unmute_with_zero_duration() {
+    fn muting_a_quiet_machine_clears_nothing_and_unmuting_lets_it_raise() {
         let mut d = Detector::new(params());
-        assert_eq!(d.mute(0, 60_000), None);
+        assert_eq!(d.set_muted(true, 0), None);
         assert_eq!(d.update(1000, 0.9), None);
-        d.mute(1500, 0);
+        assert_eq!(d.update(1500, 0.9), None);
+        assert_eq!(d.set_muted(false, 1500), None);
         assert!(d.update(2000, 0.9).is_some());
     }
 
@@ -462,7 +470,7 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             let score = (x >> 40) as f64 / (1u64 << 24) as f64;
             let t = match i % 97 {
-                13 => d.mute(i * 500, (x >> 60) * 1000),
+                13 => d.set_muted((x >> 60) & 1 == 1, i * 500),
                 51 => d.set_enabled(i % 2 == 0, i * 500),
                 _ => d.update(i * 500, score),
             };
