@@ -221,8 +221,12 @@ pub fn spawn_reader(
             loop {
                 if stop.load(Ordering::SeqCst) {
                     // The daemon is stopping: no more audio comes. Clips still waiting for theirs (and requests
-                    // just made) are written with what there is; the daemon writes them out before it exits.
+                    // just made) are written with what there is, the ring's last audio included; the daemon
+                    // writes them out before it exits.
                     take_clip_requests(&mut states, &clip_requests);
+                    if let Some(stream) = current.as_mut() {
+                        drain_for_clips(&mut states, stream, &mut scratch);
+                    }
                     serve_all_clips(&mut states, &events, &metrics, Some(CutShort::Stopping));
                     return;
                 }
@@ -378,22 +382,7 @@ fn process(
     health: &HealthConfig,
     metrics: &Metrics,
 ) {
-    for s in states.iter_mut() {
-        if !s.takes(channels) {
-            continue;
-        }
-        // The channel's samples, in a buffer taken out of the state for the call (so that the state can be
-        // updated while they are read) and put back at the end.
-        let mut mono_buf = std::mem::take(&mut s.mono);
-        let mono: &[f32] = if channels == 1 {
-            interleaved
-        } else {
-            mono_buf.clear();
-            // `takes` checked the channel against the stream's (cpal counts channels in a u16).
-            let channel = sonitor_core::audio::ChannelSelect::Index(s.tap.channel as u16);
-            sonitor_core::audio::to_mono(interleaved, channels, channel, &mut mono_buf);
-            &mono_buf
-        };
+    for_each_tap(states, interleaved, channels, |s, mono| {
         // Health at the input rate, per 1-second block.
         let mut rest: &[f32] = mono;
         while !rest.is_empty() {
@@ -438,21 +427,96 @@ fn process(
                 s.block_n = 0;
             }
         }
-        match &mut s.rate {
-            RateConversion::Resample(r) => {
-                let mut resampled = std::mem::take(&mut s.resampled);
-                resampled.clear();
-                match r.push(mono, &mut resampled) {
-                    Ok(()) => append_model_audio(s, &resampled, windows, recycled, events, metrics),
-                    Err(e) => log::error!("resampling failed: {e}"),
-                }
-                s.resampled = resampled;
-            }
-            RateConversion::None | RateConversion::Unusable => {
-                append_model_audio(s, mono, windows, recycled, events, metrics)
-            }
+        at_model_rate(s, mono, |s, audio| {
+            append_model_audio(s, audio, windows, recycled, events, metrics)
+        });
+    });
+}
+
+/// Calls `f` with each machine that takes this stream ([`TapState::takes`]) and its channel's samples of
+/// `interleaved`.
+fn for_each_tap(
+    states: &mut [TapState],
+    interleaved: &[f32],
+    channels: usize,
+    mut f: impl FnMut(&mut TapState, &[f32]),
+) {
+    for s in states.iter_mut() {
+        if !s.takes(channels) {
+            continue;
         }
+        // The channel's samples, in a buffer taken out of the state for the call (so that the state can be
+        // updated while they are read) and put back at the end.
+        let mut mono_buf = std::mem::take(&mut s.mono);
+        let mono: &[f32] = if channels == 1 {
+            interleaved
+        } else {
+            mono_buf.clear();
+            // `takes` checked the channel against the stream's (cpal counts channels in a u16).
+            let channel = sonitor_core::audio::ChannelSelect::Index(s.tap.channel as u16);
+            sonitor_core::audio::to_mono(interleaved, channels, channel, &mut mono_buf);
+            &mono_buf
+        };
+        f(s, mono);
         s.mono = mono_buf;
+    }
+}
+
+/// Brings one machine's input-rate samples to the model's rate and calls `f` with them.
+fn at_model_rate(s: &mut TapState, mono: &[f32], f: impl FnOnce(&mut TapState, &[f32])) {
+    match &mut s.rate {
+        RateConversion::Resample(r) => {
+            let mut resampled = std::mem::take(&mut s.resampled);
+            resampled.clear();
+            match r.push(mono, &mut resampled) {
+                Ok(()) => f(s, &resampled),
+                Err(e) => log::error!("resampling failed: {e}"),
+            }
+            s.resampled = resampled;
+        }
+        RateConversion::None | RateConversion::Unusable => f(s, mono),
+    }
+}
+
+/// At a stop: the audio still in the stream's ring (up to the reader's longest sleep, [`MAX_IDLE_SLEEP`]) goes
+/// into the history of the machines that wait for a clip, so that their clips end where the capture did. No
+/// windows are cut from it (the scoring threads are stopping), and it takes only what the ring held when it
+/// started: a source still writing cannot keep it.
+fn drain_for_clips(states: &mut [TapState], stream: &mut StreamHandle, scratch: &mut Vec<f32>) {
+    if states.iter().all(|s| s.pending_clips.is_empty()) {
+        return;
+    }
+    let ch = stream.channels.max(1);
+    let mut left = stream.consumer.occupied_len() / ch * ch;
+    let keep = |s: &mut TapState, audio: &[f32]| {
+        s.audio.extend(audio);
+        s.total += audio.len() as u64;
+    };
+    while left > 0 {
+        let buf = whole_frames(scratch, ch);
+        let take = buf.len().min(left);
+        let n = stream.consumer.pop_slice(&mut buf[..take]);
+        if n == 0 {
+            break;
+        }
+        left -= n;
+        for_each_tap(states, &scratch[..n], ch, |s, mono| {
+            if !s.pending_clips.is_empty() {
+                at_model_rate(s, mono, keep);
+            }
+        });
+    }
+    // What the resamplers still hold: the end of the stream, as for a stream that ends.
+    for s in states.iter_mut().filter(|s| !s.pending_clips.is_empty()) {
+        if let RateConversion::Resample(r) = &mut s.rate {
+            let mut tail = std::mem::take(&mut s.resampled);
+            tail.clear();
+            match r.finish(&mut tail) {
+                Ok(()) => keep(s, &tail),
+                Err(e) => log::error!("resampling the end of the stream failed: {e}"),
+            }
+            s.resampled = tail;
+        }
     }
 }
 
@@ -1078,6 +1142,49 @@ mod tests {
         assert_eq!(whole.len(), 32_000);
         assert_eq!(last.samples, whole[24_000..]);
         assert_eq!(states[0].total, 32_000);
+    }
+
+    #[test]
+    fn at_a_stop_the_rings_last_audio_ends_the_waiting_clips() {
+        // A ramp that names every sample. 1.25 s reached the machines' histories; the last 0.5 s is still in the
+        // ring when the daemon stops. The clip asked for (0 to 2 s) is cut short at 1.75 s, not at 1.25 s.
+        let signal: Vec<f32> = (0..28_000).map(|i| i as f32).collect();
+        let machine = |history_seconds| {
+            TapState::new(MachineTap {
+                channel: 0,
+                history_seconds,
+                ..tap_state(true).tap
+            })
+        };
+        let mut states = vec![machine(3.0), machine(3.0)];
+        states[0].pending_clips.push(ClipRequest {
+            machine: 0,
+            onset_end_ms: 1000,
+            pre_seconds: 0.5,
+            post_seconds: 1.0,
+            path: "x.wav".into(),
+        });
+        start_stream(&mut states, "in", 16_000, 1);
+        feed(&mut states, signal[..20_000].chunks(1_000), 1, 64);
+        let mut ring = stream_holding(true, 1, 16_000, &signal[20_000..]);
+        drain_for_clips(&mut states, &mut ring, &mut Vec::new());
+        assert!(ring.consumer.is_empty());
+        // Only the machine that waits for a clip takes it; no window is cut from it.
+        assert_eq!((states[0].total, states[1].total), (28_000, 20_000));
+        assert_eq!(states[0].next_window, states[1].next_window);
+        let fed = reader_step(64, |_, _, e, m| {
+            serve_all_clips(&mut states, e, m, Some(CutShort::Stopping))
+        });
+        let clip = fed
+            .events
+            .iter()
+            .find_map(|e| match e {
+                ReaderEvent::Clip(c) => Some(&c.samples),
+                _ => None,
+            })
+            .expect("the clip is served");
+        assert!(clip[..] == signal[..], "{} samples", clip.len());
+        assert!(states[0].pending_clips.is_empty());
     }
 
     #[test]
