@@ -905,6 +905,9 @@ pub fn run(config_path: &Path) -> i32 {
     }
 }
 
+/// How long `sonitor demo --mqtt` waits for the broker before it replays (see [`start`]).
+pub const DEMO_BROKER_WAIT: Duration = Duration::from_secs(3);
+
 /// Runs a checked configuration (see [`check`]) until it ends; every scored window, alarm transition and
 /// written clip is also sent to `observer`. Returns the exit status.
 pub fn start(
@@ -1027,6 +1030,24 @@ pub fn start(
     } else {
         None
     };
+
+    // `sonitor demo` replays its recording in a moment, and telemetry goes out only while the session is
+    // connected: with a broker to publish to, it gives the session a moment to connect first. The daemon never
+    // waits: its microphones start at once, and its alarms wait in the outbox.
+    if observer.is_some() && mqtt_thread.is_some() {
+        let deadline = Instant::now() + DEMO_BROKER_WAIT;
+        while metrics.mqtt_connected.get() == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if metrics.mqtt_connected.get() == 0 {
+            log::warn!(
+                "the broker {}:{} has not answered within {} s; replaying without it (alarms wait in the outbox)",
+                cfg.mqtt.host,
+                cfg.mqtt.port,
+                DEMO_BROKER_WAIT.as_secs()
+            );
+        }
+    }
 
     // Pipeline.
     let stop = Arc::new(AtomicBool::new(false));

@@ -241,7 +241,10 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Summary> {
         t.fault_end_s
     );
     if let Some(m) = &o.mqtt {
-        println!("publishing to mqtt://{m} under sonitor/demo/{name}/…");
+        println!(
+            "publishing to mqtt://{m} under sonitor/demo/{name}/… (waiting up to {} s for the broker first)",
+            crate::daemon::DEMO_BROKER_WAIT.as_secs()
+        );
     }
 
     let (tx, rx) = crossbeam_channel::unbounded::<Observation>();

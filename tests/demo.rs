@@ -131,8 +131,8 @@ fn with_mqtt_the_demo_publishes_like_run() {
     let first: serde_json::Value = serde_json::from_str(&events[0]).unwrap();
     assert_eq!(first["type"], "start");
     assert_eq!(first["model_id"], s["model_id"]);
-    // Telemetry (QoS 0) goes out from the first score after the connection; the replay is fast, so this needs the
-    // connection before the last window, not before the first.
+    // Telemetry (QoS 0) goes out from the first score after the connection; the demo waits for it before the
+    // replay, which is over in well under a second.
     assert!(
         !on(&msgs, &format!("{topic}/score")).is_empty(),
         "no score telemetry; topics: {:?}\n{log}",
@@ -151,6 +151,8 @@ fn with_mqtt_to_no_broker_the_demo_says_nothing_was_delivered() {
     let addr = format!("127.0.0.1:{}", common::free_port());
     let (code, s, log) = demo(&d.path().join("out"), &["--mqtt", &addr]);
     assert_eq!(code, 2, "{log}");
+    // It gave the broker its 3 s before the replay.
+    assert!(s["wall_seconds"].as_f64().unwrap() >= 3.0, "{log}");
     assert!(s["mqtt"]["undelivered"].as_u64().unwrap() >= 2, "{log}");
     assert_eq!(s["detected"], true, "{log}");
 }
