@@ -8,12 +8,12 @@
 //! - a WAV file replayed in real time or as fast as the reader drains it.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 use ringbuf::traits::{Producer, Split};
 use ringbuf::{HeapCons, HeapProd, HeapRb};
 
@@ -30,6 +30,8 @@ pub struct StreamHandle {
     /// The source delivers audio at its sample rate (a sound card, a file paced in real time), so the reader may
     /// sleep until a window's worth has arrived. False for a file replayed as fast as possible.
     pub paced: bool,
+    /// Where audio was lost inside the stream ([`RtSink::gaps`]).
+    pub gaps: Receiver<u64>,
 }
 
 /// Whether more audio will come on a stream. The source sets it after its last write into the ring; the reader
@@ -80,6 +82,56 @@ pub struct RtSink {
     channels: usize,
     frames: Arc<Counter>,
     dropped: Arc<Counter>,
+    /// Frames stored in this ring since the stream began; written by the callback only.
+    stored: Arc<AtomicU64>,
+    gap_tx: Sender<u64>,
+    gap_rx: Receiver<u64>,
+    /// The last gap sent: a ring that stays full sends one, not one per callback.
+    last_gap: Option<u64>,
+}
+
+/// Gaps not yet read that a stream keeps; one more is not recorded (its window joins the two sides). The reader
+/// reads them at every pass, at least every 250 ms.
+const GAP_QUEUE: usize = 64;
+
+/// Marks a gap in a stream's audio at the sink's current position, from outside the audio callback: cpal's
+/// error callback, when the device reports an overrun (xrun) and recovers from it. Allocation-free.
+#[derive(Clone)]
+pub struct GapMarker {
+    stored: Arc<AtomicU64>,
+    tx: Sender<u64>,
+}
+
+impl GapMarker {
+    pub fn mark(&self) {
+        let _ = self.tx.try_send(self.stored.load(Ordering::Acquire));
+    }
+}
+
+/// What a stream error means for the stream (cpal says, with its error kinds, whether the stream goes on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStreamError {
+    /// An overrun: audio was lost, and the backend has already restarted the stream. Counted, and a gap is
+    /// marked so that no window joins the two sides; the stream is kept. Not logged from cpal's audio thread
+    /// (the supervisor logs the count).
+    Gap,
+    /// The default device's route changed and the stream follows it (not on ALSA): another microphone may be
+    /// listening now. Logged, and a gap is marked; the stream is kept.
+    Rerouted,
+    /// Real-time scheduling refused: the stream runs, with more risk of overruns. Logged.
+    Note,
+    /// Anything else: the stream is closed and opened again with backoff.
+    Reopen,
+}
+
+pub fn on_stream_error(kind: cpal::ErrorKind) -> OnStreamError {
+    use cpal::ErrorKind as K;
+    match kind {
+        K::Xrun => OnStreamError::Gap,
+        K::DeviceChanged => OnStreamError::Rerouted,
+        K::RealtimeDenied => OnStreamError::Note,
+        _ => OnStreamError::Reopen,
+    }
 }
 
 /// A sample type the callback can store as `f32`.
@@ -120,15 +172,35 @@ impl RtSink {
         dropped: Arc<Counter>,
     ) -> (RtSink, HeapCons<f32>) {
         let (producer, consumer) = HeapRb::<f32>::new(capacity.max(channels.max(1))).split();
+        let (gap_tx, gap_rx) = crossbeam_channel::bounded(GAP_QUEUE);
         (
             RtSink {
                 producer,
                 channels: channels.max(1),
                 frames,
                 dropped,
+                stored: Arc::default(),
+                gap_tx,
+                gap_rx,
+                last_gap: None,
             },
             consumer,
         )
+    }
+
+    /// Where audio was lost inside this stream: for each loss, the number of frames the ring had taken before it
+    /// (so the reader knows where, in what it pops, the audio stops being continuous). For the reader, in the
+    /// [`StreamHandle`].
+    pub fn gaps(&self) -> Receiver<u64> {
+        self.gap_rx.clone()
+    }
+
+    /// A handle that marks a gap from outside the callback ([`GapMarker`]).
+    pub fn gap_marker(&self) -> GapMarker {
+        GapMarker {
+            stored: self.stored.clone(),
+            tx: self.gap_tx.clone(),
+        }
     }
 
     /// The callback body: converts and copies `data` into the ring; counts frames and what did not fit.
@@ -141,8 +213,14 @@ impl RtSink {
         let stored = self
             .producer
             .push_iter(data[..fit].iter().map(|s| s.to_f32()));
+        let at = self.stored.load(Ordering::Relaxed) + (stored / self.channels) as u64;
+        self.stored.store(at, Ordering::Release);
         if stored < data.len() {
             self.dropped.add((data.len() - stored) as u64);
+            if self.last_gap != Some(at) {
+                self.last_gap = Some(at);
+                let _ = self.gap_tx.try_send(at);
+            }
         }
         self.frames.add((data.len() / self.channels) as u64);
     }
@@ -339,10 +417,25 @@ fn open_capture(
         metrics.frames.clone(),
         metrics.dropped_samples.clone(),
     );
-    let on_error = move |e: cpal::Error| {
-        // Not the real-time path: cpal calls this from its own thread on stream errors.
-        log::warn!("capture: stream error: {e}");
-        failed.store(true, Ordering::SeqCst);
+    let gaps = sink.gaps();
+    let marker = sink.gap_marker();
+    let xruns = metrics.xruns.clone();
+    // cpal calls this from its audio thread (on ALSA, between two data callbacks): an overrun, which can come
+    // often on a loaded Pi, is only counted; rarer errors are logged.
+    let on_error = move |e: cpal::Error| match on_stream_error(e.kind()) {
+        OnStreamError::Gap => {
+            xruns.inc();
+            marker.mark();
+        }
+        OnStreamError::Rerouted => {
+            log::warn!("capture: {e}; the stream follows the new default device");
+            marker.mark();
+        }
+        OnStreamError::Note => log::warn!("capture: {e}"),
+        OnStreamError::Reopen => {
+            log::warn!("capture: stream error: {e}");
+            failed.store(true, Ordering::SeqCst);
+        }
     };
     let timeout = Some(Duration::from_secs(5));
     use cpal::SampleFormat as F;
@@ -376,6 +469,7 @@ fn open_capture(
             channels: sc.channels as usize,
             end: Arc::default(),
             paced: true,
+            gaps,
         },
         description,
     ))
@@ -417,11 +511,27 @@ pub fn spawn_capture(
                         let mut last_frames = m.frames.get();
                         let mut last_progress = Instant::now();
                         let mut healthy_since = Instant::now();
+                        let mut last_xruns = m.xruns.get();
                         loop {
                             std::thread::sleep(Duration::from_millis(100));
                             if stop.load(Ordering::SeqCst) {
                                 drop(stream);
                                 return;
+                            }
+                            let x = m.xruns.get();
+                            if x != last_xruns {
+                                // The first, then at each power of two: a device that overruns every few
+                                // seconds does not flood the journal.
+                                if last_xruns == 0 || x.ilog2() > last_xruns.ilog2() {
+                                    log::warn!(
+                                        "capture {}: the device overran {x} time(s) so far (audio lost, the \
+                                         stream kept; windows start again after each gap; \
+                                         sonitor_input_xruns_total). A busy CPU or a small buffer: a larger \
+                                         `buffer_frames` helps",
+                                        cfg.name
+                                    );
+                                }
+                                last_xruns = x;
                             }
                             let f = m.frames.get();
                             if f != last_frames {
@@ -537,6 +647,7 @@ pub fn spawn_file(
                     channels,
                     end: end.clone(),
                     paced: cfg.realtime,
+                    gaps: sink.gaps(),
                 })
                 .is_err()
             {
@@ -655,7 +766,46 @@ use ringbuf::traits::Observer;
 
 #[cfg(test)]
 mod tests {
-    use super::ranges;
+    use super::{on_stream_error, ranges, OnStreamError, RtSink};
+    use ringbuf::traits::Consumer;
+
+    #[test]
+    fn an_overrun_keeps_the_stream_and_other_errors_reopen_it() {
+        use cpal::ErrorKind as K;
+        assert_eq!(on_stream_error(K::Xrun), OnStreamError::Gap);
+        assert_eq!(on_stream_error(K::DeviceChanged), OnStreamError::Rerouted);
+        assert_eq!(on_stream_error(K::RealtimeDenied), OnStreamError::Note);
+        for k in [
+            K::DeviceNotAvailable,
+            K::DeviceBusy,
+            K::StreamInvalidated,
+            K::BackendError,
+            K::PermissionDenied,
+            K::Other,
+        ] {
+            assert_eq!(on_stream_error(k), OnStreamError::Reopen, "{k:?}");
+        }
+    }
+
+    #[test]
+    fn a_full_ring_and_an_xrun_mark_where_the_audio_breaks() {
+        // Two channels, a ring of 10 frames.
+        let (mut sink, mut ring) = RtSink::new(20, 2, Default::default(), Default::default());
+        let gaps = sink.gaps();
+        let xrun = sink.gap_marker();
+        let block = [0.5f32; 16];
+        sink.write(&block); // 8 frames stored
+        assert!(gaps.try_recv().is_err(), "no loss, no gap");
+        sink.write(&block); // 2 stored, 6 lost: the audio breaks after frame 10
+        sink.write(&block); // nothing stored: the same place, not marked again
+        assert_eq!(gaps.try_iter().collect::<Vec<_>>(), [10]);
+        let mut out = [0f32; 20];
+        assert_eq!(ring.pop_slice(&mut out), 20);
+        sink.write(&block[..6]); // 3 more frames, then the device overruns
+        xrun.mark();
+        sink.write(&block); // 7 stored, 1 lost: a break after frame 20
+        assert_eq!(gaps.try_iter().collect::<Vec<_>>(), [13, 20]);
+    }
 
     #[test]
     fn channel_counts_are_listed_as_ranges() {

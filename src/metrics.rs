@@ -58,6 +58,11 @@ pub struct InputMetrics {
     pub dropped_samples: Arc<Counter>,
     pub reopens: Counter,
     pub errors: Counter,
+    /// Overruns (xruns) the device reported and recovered from itself: audio was lost, the stream went on.
+    pub xruns: Arc<Counter>,
+    /// Breaks in an input's audio (a ring overrun or an xrun) after which its windows started again, so that
+    /// no window joins the audio on both sides of a loss.
+    pub gaps: Counter,
     /// 1 while the stream delivers frames.
     pub up: Gauge,
     /// Raised by the input's supervisor thread while it waits to reopen the input: proof for the watchdog that a
@@ -168,6 +173,18 @@ impl Metrics {
             "counter",
             "Times an input was reopened after an error or a stall.",
             inp(&|i| i.reopens.get().to_string()),
+        );
+        family(
+            "sonitor_input_xruns_total",
+            "counter",
+            "Overruns the capture device reported and recovered from (audio lost, stream kept).",
+            inp(&|i| i.xruns.get().to_string()),
+        );
+        family(
+            "sonitor_input_gaps_total",
+            "counter",
+            "Breaks in an input's audio (ring overrun or xrun) after which its windows started again.",
+            inp(&|i| i.gaps.get().to_string()),
         );
         family(
             "sonitor_input_errors_total",

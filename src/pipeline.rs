@@ -218,6 +218,8 @@ pub fn spawn_reader(
             // A stream that arrived while the reader was waiting for one.
             let mut arrived: Option<StreamHandle> = None;
             let mut scratch = vec![0.0f32; 8192];
+            // Where the reader stands in the current stream, and its next gap.
+            let mut cursor = GapCursor::default();
             loop {
                 if stop.load(Ordering::SeqCst) {
                     // The daemon is stopping: no more audio comes. Clips still waiting for theirs (and requests
@@ -233,27 +235,26 @@ pub fn spawn_reader(
                 // A new stream (first open or reopen): drain the old ring, then switch.
                 if let Some(new) = arrived.take().or_else(|| streams.try_recv().ok()) {
                     if let Some(mut old) = current.take() {
-                        let ch = old.channels;
-                        loop {
-                            let n = old.consumer.pop_slice(whole_frames(&mut scratch, ch));
-                            if n == 0 {
-                                break;
-                            }
-                            process(
-                                &mut states,
-                                &scratch[..n],
-                                ch,
-                                old.sample_rate,
-                                &windows,
-                                &recycled,
-                                &events,
-                                &health,
-                                &metrics,
-                            );
-                        }
+                        let to = Outputs {
+                            windows: &windows,
+                            recycled: &recycled,
+                            events: &events,
+                            metrics: &metrics,
+                            input,
+                        };
+                        while read_block(
+                            &mut states,
+                            &mut old,
+                            &mut cursor,
+                            &mut scratch,
+                            &health,
+                            &to,
+                        ) > 0
+                        {}
                         end_stream(&mut states, &windows, &recycled, &events, &metrics);
                     }
                     start_stream(&mut states, &name, new.sample_rate, new.channels);
+                    cursor = GapCursor::default();
                     current = Some(new);
                 }
                 if take_clip_requests(&mut states, &clip_requests) {
@@ -272,8 +273,14 @@ pub fn spawn_reader(
                     }
                     continue;
                 };
-                let ch = stream.channels.max(1);
-                let n = stream.consumer.pop_slice(whole_frames(&mut scratch, ch));
+                let to = Outputs {
+                    windows: &windows,
+                    recycled: &recycled,
+                    events: &events,
+                    metrics: &metrics,
+                    input,
+                };
+                let n = read_block(&mut states, stream, &mut cursor, &mut scratch, &health, &to);
                 if n == 0 {
                     // The flag first, then the ring: the source sets it after its last write.
                     if !stream.end.is_open() && stream.consumer.is_empty() {
@@ -285,22 +292,97 @@ pub fn spawn_reader(
                         continue;
                     }
                     std::thread::sleep(idle_sleep(&states, stream));
-                    continue;
                 }
-                let rate = stream.sample_rate;
-                process(
-                    &mut states,
-                    &scratch[..n],
-                    ch,
-                    rate,
-                    &windows,
-                    &recycled,
-                    &events,
-                    &health,
-                    &metrics,
-                );
             }
         })
+}
+
+/// Where the reader's audio goes, for [`read_block`].
+struct Outputs<'a> {
+    windows: &'a Sender<WindowMsg>,
+    recycled: &'a Receiver<Vec<f32>>,
+    events: &'a Sender<ReaderEvent>,
+    metrics: &'a Metrics,
+    /// The input's index (in `Metrics::inputs`).
+    input: usize,
+}
+
+/// Where the reader stands in a stream, and the stream's next gap ([`StreamHandle::gaps`]).
+#[derive(Default)]
+struct GapCursor {
+    /// Frames popped from the stream's ring so far.
+    read: u64,
+    /// The next gap not yet reached.
+    next: Option<u64>,
+}
+
+impl GapCursor {
+    /// How many frames may be read before the stream's next gap: `max` if none comes within them.
+    fn frames_before_gap(&mut self, gaps: &Receiver<u64>, max: usize) -> usize {
+        if self.next.is_none() {
+            // A place marked twice (a full ring, then an xrun there) or already passed is spent.
+            self.next = gaps.try_iter().find(|&g| g > self.read);
+        }
+        self.next.map_or(max, |g| {
+            usize::try_from(g - self.read).unwrap_or(max).min(max)
+        })
+    }
+
+    /// Counts `frames` read; true when they end at the gap.
+    fn advance(&mut self, frames: usize) -> bool {
+        self.read += frames as u64;
+        if self.next == Some(self.read) {
+            self.next = None;
+            return true;
+        }
+        false
+    }
+}
+
+/// Reads what the stream's ring holds, up to about 8192 samples and never past its next gap, into the machines'
+/// windows and histories; at a gap, starts their windows again ([`after_gap`]). Returns the samples read.
+fn read_block(
+    states: &mut [TapState],
+    stream: &mut StreamHandle,
+    cursor: &mut GapCursor,
+    scratch: &mut Vec<f32>,
+    health: &HealthConfig,
+    to: &Outputs,
+) -> usize {
+    let ch = stream.channels.max(1);
+    let buf = whole_frames(scratch, ch);
+    let frames = cursor.frames_before_gap(&stream.gaps, buf.len() / ch);
+    let n = stream.consumer.pop_slice(&mut buf[..frames * ch]);
+    if n == 0 {
+        return 0;
+    }
+    process(
+        states,
+        &scratch[..n],
+        ch,
+        stream.sample_rate,
+        to.windows,
+        to.recycled,
+        to.events,
+        health,
+        to.metrics,
+    );
+    if cursor.advance(n / ch) {
+        after_gap(states, to);
+    }
+    n
+}
+
+/// A gap in an input's audio (its ring was full, or the device overran): what came before it goes into windows
+/// as at the end of a stream, and the windows start again after it, as for a new stream. A window across the gap
+/// would join two sounds the machine never made in a row (a click), and be scored as such. Clip histories keep
+/// both sides: they are evidence, not scored.
+fn after_gap(states: &mut [TapState], to: &Outputs) {
+    flush_resamplers(states, to.windows, to.recycled, to.events, to.metrics);
+    for s in states.iter_mut() {
+        s.next_window = s.total;
+    }
+    to.metrics.inputs[to.input].gaps.inc();
 }
 
 /// A new stream of the input (its first, or a device or file opened again): each machine gets the rate
@@ -946,6 +1028,7 @@ mod tests {
             channels,
             end: Arc::default(),
             paced,
+            gaps: sink.gaps(),
         }
     }
 
@@ -1185,6 +1268,61 @@ mod tests {
             .expect("the clip is served");
         assert!(clip[..] == signal[..], "{} samples", clip.len());
         assert!(states[0].pending_clips.is_empty());
+    }
+
+    #[test]
+    fn no_window_joins_the_audio_on_both_sides_of_a_gap() {
+        // A ramp that names every sample, at 16 kHz, read from one stream's ring as the reader does: 1.3 s, an
+        // overrun (audio lost there), 1.0 s more. The windows start again after the gap (a 0.5 s window needs
+        // 8 000 samples after it); the clip history keeps both sides.
+        let signal: Vec<f32> = (0..36_800).map(|i| i as f32).collect();
+        let mut states = vec![TapState::new(MachineTap {
+            channel: 0,
+            history_seconds: 3.0,
+            ..tap_state(true).tap
+        })];
+        start_stream(&mut states, "in", 16_000, 1);
+        let (mut sink, consumer) =
+            crate::capture::RtSink::new(40_000, 1, Default::default(), Default::default());
+        sink.write(&signal[..20_800]);
+        sink.gap_marker().mark();
+        sink.write(&signal[20_800..]);
+        let mut stream = StreamHandle {
+            consumer,
+            sample_rate: 16_000,
+            channels: 1,
+            end: Arc::default(),
+            paced: true,
+            gaps: sink.gaps(),
+        };
+        let mut cursor = GapCursor::default();
+        let health = HealthConfig::default();
+        let fed = reader_step(64, |w, r, e, m| {
+            let to = Outputs {
+                windows: w,
+                recycled: r,
+                events: e,
+                metrics: m,
+                input: 0,
+            };
+            // Reads of at most 8 192 samples: the one that reaches the gap stops there.
+            while read_block(
+                &mut states,
+                &mut stream,
+                &mut cursor,
+                &mut Vec::new(),
+                &health,
+                &to,
+            ) > 0
+            {}
+        });
+        let starts: Vec<u64> = fed.windows.iter().map(|w| w.samples[0] as u64).collect();
+        assert_eq!(starts, [0, 4_000, 8_000, 12_000, 20_800, 24_800, 28_800]);
+        for w in &fed.windows {
+            assert_eq!(w.samples, signal[w.samples[0] as usize..][..8_000]);
+        }
+        assert_eq!(fed.metrics.inputs[0].gaps.get(), 1);
+        assert!(states[0].audio.iter().copied().eq(signal.iter().copied()));
     }
 
     #[test]
