@@ -668,9 +668,15 @@ pub fn spawn_file(
             let mut buf: Vec<f32> = Vec::with_capacity(block);
             // After a failed pass (loop mode), the next pass that opens the file says so.
             let recovering = std::cell::Cell::new(false);
+            // A looped file's end joins its start: for the windows, that is a gap.
+            let pass_gap = sink.gap_marker();
             // One pass over the file: Ok(false) when told to stop.
             let mut play_once = || -> Result<bool, sonitor_core::audio::WavError> {
                 let mut wav = sonitor_core::audio::WavBlocks::open(&path)?;
+                if sent_frames > 0 {
+                    pass_gap.mark();
+                }
+                let mut frames_this_pass = 0u64;
                 // Each pass reads the header again: a file replaced by one of another format would be read as
                 // the old one (stereo samples as mono ones: wrong scores, false alarms).
                 let now = wav.info();
@@ -697,6 +703,13 @@ pub fn spawn_file(
                     }
                     buf.clear();
                     if wav.read_into(&mut buf, block)? == 0 {
+                        if frames_this_pass == 0 {
+                            // A file emptied since start-up: a looped replay would reopen it at once, for ever.
+                            return Err(sonitor_core::audio::WavError::Corrupt {
+                                path: path.clone(),
+                                reason: "it holds no audio now (0 frames); it had some at start-up".into(),
+                            });
+                        }
                         return Ok(true);
                     }
                     // Whole frames only (a data chunk that ends inside a frame).
@@ -719,6 +732,7 @@ pub fn spawn_file(
                     }
                     sink.write(&buf[..n]);
                     sent_frames += (n / channels) as u64;
+                    frames_this_pass += (n / channels) as u64;
                 }
             };
             let mut backoff = cfg.reopen_min;

@@ -171,6 +171,39 @@ fn a_looped_file_replaced_by_another_format_is_refused_until_it_is_right_again()
     assert_eq!(daemon.sigterm_and_wait(), 0);
 }
 
+/// A looped file emptied while it runs (a header, no frames): a pass that reads nothing is a failure, retried with
+/// backoff, not a reopen at once for ever (a core spinning, nothing in the log).
+#[test]
+fn a_looped_file_that_holds_no_audio_any_more_is_retried_with_backoff() {
+    let d = tempfile::tempdir().unwrap();
+    let b = common::standard_bundle(d.path());
+    let wav = d.path().join("loop.wav");
+    let mono = common::recording(2.5, 0.0, 0.0);
+    common::write_wav(&wav, &mono);
+    let cfg = common::file_config(
+        d.path(),
+        &wav,
+        &b.dir,
+        "realtime = false\nat_end = \"loop\"\nreopen_min = \"100ms\"\nreopen_max = \"200ms\"\n",
+        "",
+    );
+
+    let daemon = common::Daemon::start(&cfg, &[]);
+    daemon.wait_log("input mic open", Duration::from_secs(20));
+    let tmp = d.path().join("loop.tmp");
+    common::write_wav(&tmp, &[]);
+    std::fs::rename(&tmp, &wav).unwrap();
+    daemon.wait_log("it holds no audio now (0 frames)", Duration::from_secs(20));
+    daemon.wait_log(
+        "reading the file again with backoff",
+        Duration::from_secs(5),
+    );
+    common::write_wav(&tmp, &mono);
+    std::fs::rename(&tmp, &wav).unwrap();
+    daemon.wait_log("readable again", Duration::from_secs(20));
+    assert_eq!(daemon.sigterm_and_wait(), 0);
+}
+
 /// An evidence clip that cannot be written (here its machine's folder is a file; in the field, a full disk):
 /// the alarm goes on, nothing partial is left under the clip's name, and the end event says `clip: null`
 /// instead of naming a file that does not exist.
