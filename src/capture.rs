@@ -162,6 +162,18 @@ impl ToF32 for u16 {
         (self as f32 - 32768.0) / 32768.0
     }
 }
+impl ToF32 for cpal::I24 {
+    #[inline]
+    fn to_f32(self) -> f32 {
+        self.inner() as f32 / 8_388_608.0
+    }
+}
+impl ToF32 for u8 {
+    #[inline]
+    fn to_f32(self) -> f32 {
+        (self as f32 - 128.0) / 128.0
+    }
+}
 
 impl RtSink {
     /// A ring of `capacity` samples; returns the sink (for the callback) and the consumer (for the reader).
@@ -352,6 +364,12 @@ pub fn find_device(spec: &str) -> Result<cpal::Device, FindError> {
 }
 
 /// The stream configuration to open: channels, rate and sample format.
+/// The sample formats the capture callback converts, in order of preference.
+const CAPTURE_FORMATS: [cpal::SampleFormat; 6] = {
+    use cpal::SampleFormat as F;
+    [F::I16, F::F32, F::I32, F::I24, F::U16, F::U8]
+};
+
 pub fn choose_config(
     device: &cpal::Device,
     cfg: &DeviceConfig,
@@ -369,22 +387,13 @@ pub fn choose_config(
     if ranges.is_empty() {
         anyhow::bail!("the device has no input configuration with {channels} channel(s)");
     }
-    let fits = |r: &cpal::SupportedStreamConfigRange, rate: u32| {
-        r.min_sample_rate() <= rate && rate <= r.max_sample_rate()
-    };
-    let rate = match cfg.sample_rate {
-        Some(r) => r,
-        None if ranges.iter().any(|r| fits(r, model_rate)) => model_rate,
-        None if ranges.iter().any(|r| fits(r, default.sample_rate())) => default.sample_rate(),
-        None => ranges[0].max_sample_rate(),
-    };
-    use cpal::SampleFormat as F;
-    let format = [F::I16, F::F32, F::I32, F::U16]
-        .into_iter()
-        .find(|f| ranges.iter().any(|r| r.sample_format() == *f && fits(r, rate)))
-        .ok_or_else(|| {
-            anyhow::anyhow!("no supported sample format (i16, f32, i32, u16) at {rate} Hz with {channels} channel(s)")
-        })?;
+    let (rate, format) = rate_and_format(
+        &ranges,
+        channels,
+        cfg.sample_rate,
+        model_rate,
+        default.sample_rate(),
+    )?;
     let buffer_size = match cfg.buffer_frames {
         Some(n) => cpal::BufferSize::Fixed(n),
         None => cpal::BufferSize::Default,
@@ -397,6 +406,56 @@ pub fn choose_config(
         },
         format,
     ))
+}
+
+/// The rate (the configured one, else the model's, else the device's default) and the first sample format of
+/// [`CAPTURE_FORMATS`] that the device offers at it, among its configurations with the wanted channel count.
+fn rate_and_format(
+    ranges: &[cpal::SupportedStreamConfigRange],
+    channels: u16,
+    wanted: Option<u32>,
+    model_rate: u32,
+    default_rate: u32,
+) -> anyhow::Result<(u32, cpal::SampleFormat)> {
+    let fits = |r: &cpal::SupportedStreamConfigRange, rate: u32| {
+        r.min_sample_rate() <= rate && rate <= r.max_sample_rate()
+    };
+    let rate = match wanted {
+        Some(r) if !ranges.iter().any(|x| fits(x, r)) => {
+            let mut offered: Vec<String> = ranges
+                .iter()
+                .map(|x| match (x.min_sample_rate(), x.max_sample_rate()) {
+                    (lo, hi) if lo == hi => format!("{lo}"),
+                    (lo, hi) => format!("{lo}-{hi}"),
+                })
+                .collect();
+            offered.sort();
+            offered.dedup();
+            anyhow::bail!(
+                "sample_rate {r} Hz is not offered with {channels} channel(s) (the device offers {} Hz); leave \
+                 sample_rate out to let sonitor choose, or use a 'plughw:' device, which converts",
+                offered.join(", ")
+            );
+        }
+        Some(r) => r,
+        None if ranges.iter().any(|r| fits(r, model_rate)) => model_rate,
+        None if ranges.iter().any(|r| fits(r, default_rate)) => default_rate,
+        None => ranges[0].max_sample_rate(),
+    };
+    let format = CAPTURE_FORMATS
+        .into_iter()
+        .find(|f| ranges.iter().any(|r| r.sample_format() == *f && fits(r, rate)))
+        .ok_or_else(|| {
+            let mut offered: Vec<String> = ranges.iter().map(|r| r.sample_format().to_string()).collect();
+            offered.sort();
+            offered.dedup();
+            anyhow::anyhow!(
+                "no sample format sonitor reads (i16, f32, i32, i24, u16, u8) at {rate} Hz with {channels} \
+                 channel(s); the device offers {}; a 'plughw:' device converts",
+                offered.join(", ")
+            )
+        })?;
+    Ok((rate, format))
 }
 
 /// Opens the stream and starts it; the callback writes into a fresh ring.
@@ -449,8 +508,20 @@ fn open_capture(
         F::I32 => {
             device.build_input_stream::<i32, _, _>(sc, move |d, _| sink.write(d), on_error, timeout)
         }
-        _ => {
+        F::I24 => device.build_input_stream::<cpal::I24, _, _>(
+            sc,
+            move |d, _| sink.write(d),
+            on_error,
+            timeout,
+        ),
+        F::U16 => {
             device.build_input_stream::<u16, _, _>(sc, move |d, _| sink.write(d), on_error, timeout)
+        }
+        F::U8 => {
+            device.build_input_stream::<u8, _, _>(sc, move |d, _| sink.write(d), on_error, timeout)
+        }
+        other => {
+            anyhow::bail!("capture device '{spec}': sample format {other} is not read by sonitor")
         }
     }
     .map_err(|e| anyhow::anyhow!("capture device '{spec}': cannot open the stream: {e}"))?;
@@ -799,6 +870,52 @@ mod tests {
         ] {
             assert_eq!(on_stream_error(k), OnStreamError::Reopen, "{k:?}");
         }
+    }
+
+    #[test]
+    fn the_rate_and_format_are_chosen_or_the_refusal_says_what_the_device_offers() {
+        use super::rate_and_format;
+        use cpal::SampleFormat as F;
+        let range = |lo, hi, f| {
+            cpal::SupportedStreamConfigRange::new(1, lo, hi, cpal::SupportedBufferSize::Unknown, f)
+        };
+        // A 24-bit-only interface at 44.1/48 kHz: the model's 16 kHz is not offered, the default is taken.
+        let i24 = [range(44_100, 44_100, F::I24), range(48_000, 48_000, F::I24)];
+        assert_eq!(
+            rate_and_format(&i24, 1, None, 16_000, 48_000).unwrap(),
+            (48_000, F::I24)
+        );
+        let e = rate_and_format(&i24, 1, Some(16_000), 16_000, 48_000)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("sample_rate 16000 Hz is not offered") && e.contains("44100, 48000 Hz"),
+            "{e}"
+        );
+        // i16 is preferred where it is offered.
+        let both = [range(8_000, 96_000, F::F32), range(8_000, 96_000, F::I16)];
+        assert_eq!(
+            rate_and_format(&both, 1, None, 16_000, 48_000).unwrap(),
+            (16_000, F::I16)
+        );
+        let e = rate_and_format(&[range(8_000, 48_000, F::F64)], 1, None, 16_000, 48_000)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the device offers f64"), "{e}");
+    }
+
+    #[test]
+    fn every_capture_format_converts_full_scale_to_one() {
+        use super::ToF32;
+        assert_eq!(16_384i16.to_f32(), 0.5);
+        assert_eq!((-32_768i16).to_f32(), -1.0);
+        assert_eq!((1i32 << 30).to_f32(), 0.5);
+        assert_eq!(cpal::I24::new(1 << 22).unwrap().to_f32(), 0.5);
+        assert_eq!(cpal::I24::new(-(1 << 23)).unwrap().to_f32(), -1.0);
+        assert_eq!(49_152u16.to_f32(), 0.5);
+        assert_eq!(192u8.to_f32(), 0.5);
+        assert_eq!(0u8.to_f32(), -1.0);
+        assert_eq!(128u8.to_f32(), 0.0);
     }
 
     #[test]
