@@ -964,11 +964,12 @@ pub fn embed_clips(
 
 /// The scoring model of one section from its normal training clips: k-means centres of the source-domain
 /// window embeddings plus the target-domain centres; threshold = gamma quantile of the normal training window
-/// scores. A window is never scored against centres made from its own clip, which would give it (nearly) 0: a
-/// target window is scored without its clip's target centres, and when every source window is its own centre
-/// (at most `k` of them, or `k` = 0) a source window is scored without its clip's source centres, as the
-/// daemon's windows of new audio are. An error when the scores cannot give a threshold (a section with one
-/// training clip: no other clip to be scored against).
+/// scores. A window is scored as the daemon's windows of new audio are, against centres its own clip did not
+/// help to make ([`kmeans::LeaveOut`]): its clip's target centres are left out, and each source centre is made
+/// again without its clip's windows (dropped if they were all it had). Scored against centres of its own clip,
+/// a window would score about 0: with a few more source windows than `k` most centres are one clip's windows,
+/// and the gamma fitted to those zeros gave a threshold that most normal clips crossed. An error when the scores
+/// cannot give a threshold (a section with one training clip: no other clip to be scored against).
 pub fn section_model(
     embedder: &OnnxEmbedder,
     clips: &[(&Clip, &data::Pcm)],
@@ -1004,28 +1005,20 @@ pub fn section_model(
         }
     }
     let src_centres = kmeans::spherical_kmeans(&source, k, seed, 100);
-    // With at most k windows, k-means returns every window as its own centre, in order.
-    let own_source_centres = src_centres.len() == source.len();
+    let leave_out = kmeans::LeaveOut::new(&src_centres, &source);
     let n_source_clips = clips
         .iter()
         .filter(|(c, _)| c.name.domain != Some(Domain::Target))
         .count();
     let n_target_clips = clips.len() - n_source_clips;
-    // Scored with the daemon's function, against the centres of the other clips only where a clip's own windows
-    // are centres.
+    // Scored with the daemon's function, against the centres as they would be without the clip.
     let mut scores = Vec::new();
     for (ci, e) in emb.iter().enumerate() {
         let others: Vec<Vec<f32>> = target
             .iter()
             .filter(|(owner, _)| *owner != ci)
             .map(|(_, t)| t.clone())
-            .chain(
-                src_centres
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| !own_source_centres || source_owner[*i] != ci)
-                    .map(|(_, c)| c.clone()),
-            )
+            .chain(leave_out.centres_without(&source, |i| source_owner[i] == ci))
             .collect();
         if others.is_empty() {
             continue;

@@ -194,6 +194,34 @@ fn fit_resume_eval_and_refusals() {
     assert!(e.contains("no centroids"), "{e}");
 }
 
+/// The threshold is calibrated on training windows scored as new audio is, against centres their own clip did not
+/// help to make, whatever k-means merged: with a few more source windows (48) than centres (40), most centres are a
+/// single window, which scored its own window 0 and pulled the gamma fit (and the threshold) down to where most
+/// normal clips crossed it. The same network with every window its own centre (k = 48) is the reference.
+#[test]
+fn the_threshold_does_not_fall_when_k_means_has_almost_one_centre_per_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_dataset(&data);
+    let threshold = |k: usize| {
+        let out = dir.path().join(format!("k{k}"));
+        let mut o = options(&data, &out, LossKind::SubclusterAdacos, 1);
+        o.kmeans = k;
+        fit(&o).unwrap();
+        let b = Bundle::load(&out).unwrap();
+        let s = b.section("fan", 0).unwrap();
+        (s.n_source_centroids, s.threshold.value)
+    };
+    let (n40, t40) = threshold(40);
+    let (n48, t48) = threshold(48);
+    eprintln!("threshold with k = 40: {t40}, with k = 48: {t48}");
+    assert_eq!((n40, n48), (40, 48));
+    assert!(
+        (t40 / t48 - 1.0).abs() < 0.25,
+        "k = 40: {t40}, every window its own centre: {t48}"
+    );
+}
+
 #[test]
 fn every_loss_trains() {
     let dir = tempfile::tempdir().unwrap();
