@@ -514,6 +514,33 @@ pub fn write_submission(
     Ok(path)
 }
 
+/// Name of the DCASE decision file of a section: `decision_result_<type>_section_SS_test.csv`. The official
+/// evaluator (nttcslab's dcase2023_task2_evaluator) takes a section only when both this file and its
+/// [`submission_file_name`] are there.
+pub fn decision_file_name(machine_type: &str, section: u16) -> String {
+    format!("decision_result_{machine_type}_section_{section:02}_test.csv")
+}
+
+/// Writes the decision file of one section into `dir` (`file_name,0|1` rows, 1 = anomalous, no header; named by
+/// [`decision_file_name`]); returns its path.
+pub fn write_decisions(
+    dir: &Path,
+    machine_type: &str,
+    section: u16,
+    rows: &[(String, bool)],
+) -> Result<PathBuf, DcaseError> {
+    let path = dir.join(decision_file_name(machine_type, section));
+    let mut s = String::with_capacity(rows.len() * 64);
+    for (name, anomalous) in rows {
+        s.push_str(&format!("{name},{}\n", u8::from(*anomalous)));
+    }
+    std::fs::write(&path, s).map_err(|error| DcaseError::Io {
+        path: path.clone(),
+        error,
+    })?;
+    Ok(path)
+}
+
 /// Reads a DCASE submission file into file name → score. A header line (a first line whose first field is not
 /// a `.wav` name and whose second is not a number), if present, is skipped.
 pub fn read_scores(path: &Path) -> Result<BTreeMap<String, f64>, DcaseError> {

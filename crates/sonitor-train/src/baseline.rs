@@ -173,17 +173,35 @@ pub fn score_dataset(
         let (source, target): (Vec<&Clip>, Vec<&Clip>) = train
             .iter()
             .partition(|c| c.name.domain != Some(Domain::Target));
-        let model = SectionModel::fit(
-            &clip_vectors(&source, params)?,
-            &clip_vectors(&target, params)?,
-        )
-        .with_context(|| format!("{machine_type} section {section:02}"))?;
+        let (source_v, target_v) = (
+            clip_vectors(&source, params)?,
+            clip_vectors(&target, params)?,
+        );
+        let model = SectionModel::fit(&source_v, &target_v)
+            .with_context(|| format!("{machine_type} section {section:02}"))?;
         let rows: Vec<(String, f64)> = test
             .iter()
             .zip(clip_vectors(&test, params)?)
             .map(|(c, v)| (c.file_name().to_string(), model.score(&v)))
             .collect();
         let path = dcase::write_submission(out, &machine_type, section, &rows)?;
+        // The DCASE baseline's decision rule: a gamma distribution fitted to the training clips' scores, its
+        // 90th percentile.
+        let train_scores: Vec<f64> = source_v
+            .iter()
+            .chain(&target_v)
+            .map(|v| model.score(v))
+            .collect();
+        let threshold = crate::threshold::Gamma::fit(&train_scores)
+            .map(|g| g.quantile(0.9))
+            .with_context(|| {
+                format!("{machine_type} section {section:02}: fitting the decision threshold")
+            })?;
+        let decisions: Vec<(String, bool)> = rows
+            .iter()
+            .map(|(n, s)| (n.clone(), *s > threshold))
+            .collect();
+        dcase::write_decisions(out, &machine_type, section, &decisions)?;
         eprintln!(
             "{machine_type} section {section:02}: {} source + {} target training clips, {} test clips scored",
             source.len(),

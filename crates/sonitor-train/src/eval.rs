@@ -158,6 +158,12 @@ pub fn score_dataset(
             .map(|(c, &s)| (c.file_name().to_string(), s))
             .collect();
         let file = dcase::write_submission(out, &machine_type, section, &rows)?;
+        // The decisions at the section's calibrated threshold, as a clip is judged against it.
+        let decisions: Vec<(String, bool)> = rows
+            .iter()
+            .map(|(name, s)| (name.clone(), *s > sm.threshold.value))
+            .collect();
+        dcase::write_decisions(out, &machine_type, section, &decisions)?;
         written.push(SectionScores {
             key: sm.key(),
             file,

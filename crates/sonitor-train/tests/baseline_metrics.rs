@@ -52,11 +52,22 @@ fn baseline_then_metrics_json() {
     );
     for t in ["fan", "press"] {
         let f = scores.join(format!("anomaly_score_{t}_section_00_test.csv"));
-        assert_eq!(
-            std::fs::read_to_string(&f).unwrap().lines().count(),
-            16,
-            "{}",
-            f.display()
+        let score_rows = std::fs::read_to_string(&f).unwrap();
+        assert_eq!(score_rows.lines().count(), 16, "{}", f.display());
+        // The official evaluator takes a section only with its decision file: the same clips, 0 or 1 each.
+        let d = scores.join(format!("decision_result_{t}_section_00_test.csv"));
+        let decisions = std::fs::read_to_string(&d).unwrap();
+        let names = |text: &str| -> Vec<String> {
+            text.lines()
+                .map(|l| l.split(',').next().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(names(&decisions), names(&score_rows), "{}", d.display());
+        assert!(
+            decisions
+                .lines()
+                .all(|l| l.ends_with(",0") || l.ends_with(",1")),
+            "{decisions}"
         );
     }
     let metrics = |extra: &[&str]| {

@@ -71,6 +71,23 @@ fn fit_resume_eval_and_refusals() {
     assert!(scores
         .join("anomaly_score_fan_section_00_test.csv")
         .exists());
+    // The decisions at the section's calibrated threshold, one per clip of the score file.
+    let threshold = Bundle::load(&out)
+        .unwrap()
+        .section("fan", 0)
+        .unwrap()
+        .threshold
+        .value;
+    let scored =
+        sonitor_core::dcase::read_scores(&scores.join("anomaly_score_fan_section_00_test.csv"))
+            .unwrap();
+    let decided =
+        std::fs::read_to_string(scores.join("decision_result_fan_section_00_test.csv")).unwrap();
+    assert_eq!(decided.lines().count(), scored.len());
+    for line in decided.lines() {
+        let (name, d) = line.split_once(',').unwrap();
+        assert_eq!(d == "1", scored[name] > threshold, "{line}");
+    }
     // `eval --plot`: the ROC of every section with its threshold's operating point.
     let (_, sections) = sonitor_train::eval::evaluate_with_scores(&out, &data, &scores).unwrap();
     assert_eq!(sections[0].scores.len(), sections[0].anomalous.len());
