@@ -46,7 +46,9 @@ pub enum ToMqtt {
         payload: String,
         qos1: bool,
     },
-    /// Publish `stopped`, wait briefly for the outbox and the acknowledgement, disconnect.
+    /// Stop: give the outbox a moment to drain, publish `stopped` and disconnect once it is acknowledged;
+    /// without that acknowledgement, close the connection without DISCONNECT so that the broker publishes the
+    /// last will (`offline`). Either way the retained `status` stops saying `online` ([`STOP_TIMEOUT`]).
     Shutdown,
 }
 
@@ -170,12 +172,33 @@ pub enum Action {
     },
 }
 
+/// What a publish request carries, for pairing rumqttc's packet ids with what their PUBACKs acknowledge.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Carried {
+    Nothing,
+    /// An outbox message (its sequence number).
+    Outbox(u64),
+    /// The retained `stopped` status of a stop.
+    Stopped,
+}
+
+/// Where the `stopped` status of a stop stands on this connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+enum StopState {
+    #[default]
+    NotSent,
+    /// Handed to the client, its packet id not yet known.
+    Requested,
+    Sent(u16),
+    Acknowledged,
+}
+
 /// The publisher's state machine (see the module documentation).
 #[derive(Debug)]
 pub struct Session {
     connected: bool,
     /// One entry per publish request made on this connection and not yet reported by `Outgoing::Publish`.
-    requested: VecDeque<Option<u64>>,
+    requested: VecDeque<Carried>,
     /// pkid → outbox sequence number, for outbox messages sent and not yet acknowledged.
     inflight: HashMap<u16, u64>,
     /// The last outbox message sent on this connection.
@@ -183,6 +206,7 @@ pub struct Session {
     window: usize,
     retained: BTreeMap<String, String>,
     status_topic: String,
+    stop: StopState,
 }
 
 impl Session {
@@ -196,6 +220,7 @@ impl Session {
             window: window.max(1),
             retained: BTreeMap::new(),
             status_topic,
+            stop: StopState::NotSent,
         }
     }
 
@@ -210,9 +235,13 @@ impl Session {
         payload: &str,
         retain: bool,
         qos1: bool,
-        seq: Option<u64>,
+        carried: Carried,
     ) {
-        self.requested.push_back(seq);
+        self.requested.push_back(carried);
+        let seq = match carried {
+            Carried::Outbox(seq) => Some(seq),
+            Carried::Nothing | Carried::Stopped => None,
+        };
         out.push(Action::Publish {
             topic: topic.to_string(),
             payload: payload.to_string(),
@@ -228,9 +257,10 @@ impl Session {
         self.requested.clear();
         self.inflight.clear();
         self.last_sent = None;
+        self.stop = StopState::NotSent;
         let mut out = Vec::new();
         let status = self.status_topic.clone();
-        self.publish(&mut out, &status, "online", true, true, None);
+        self.publish(&mut out, &status, "online", true, true, Carried::Nothing);
         let retained: Vec<(String, String)> = self
             .retained
             .iter()
@@ -238,7 +268,7 @@ impl Session {
             .map(|(t, p)| (t.clone(), p.clone()))
             .collect();
         for (t, p) in retained {
-            self.publish(&mut out, &t, &p, true, true, None);
+            self.publish(&mut out, &t, &p, true, true, Carried::Nothing);
         }
         out.extend(self.pump(outbox));
         out
@@ -250,14 +280,17 @@ impl Session {
         self.requested.clear();
         self.inflight.clear();
         self.last_sent = None;
+        self.stop = StopState::NotSent;
     }
 
     /// rumqttc reports the packet id of the next publish request it sent.
     pub fn on_outgoing_publish(&mut self, pkid: u16) {
-        if let Some(Some(seq)) = self.requested.pop_front() {
-            if pkid != 0 {
+        match self.requested.pop_front() {
+            Some(Carried::Outbox(seq)) if pkid != 0 => {
                 self.inflight.insert(pkid, seq);
             }
+            Some(Carried::Stopped) if pkid != 0 => self.stop = StopState::Sent(pkid),
+            _ => {}
         }
     }
 
@@ -266,8 +299,10 @@ impl Session {
     pub fn unsend(&mut self, n: usize) {
         let mut first: Option<u64> = None;
         for _ in 0..n {
-            if let Some(Some(seq)) = self.requested.pop_back() {
-                first = Some(first.map_or(seq, |f| f.min(seq)));
+            match self.requested.pop_back() {
+                Some(Carried::Outbox(seq)) => first = Some(first.map_or(seq, |f| f.min(seq))),
+                Some(Carried::Stopped) => self.stop = StopState::NotSent,
+                _ => {}
             }
         }
         if let Some(seq) = first {
@@ -277,11 +312,40 @@ impl Session {
 
     /// The broker acknowledged `pkid`; returns the outbox message it carried.
     pub fn on_puback(&mut self, pkid: u16) -> Option<u64> {
+        if self.stop == StopState::Sent(pkid) {
+            self.stop = StopState::Acknowledged;
+        }
         self.inflight.remove(&pkid)
     }
 
     fn outbox_in_flight(&self) -> usize {
-        self.inflight.len() + self.requested.iter().filter(|s| s.is_some()).count()
+        self.inflight.len()
+            + self
+                .requested
+                .iter()
+                .filter(|c| matches!(c, Carried::Outbox(_)))
+                .count()
+    }
+
+    /// A stop: publishes the retained status `stopped` (QoS 1), once per connection, when connected.
+    pub fn stop(&mut self) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.connected && self.stop == StopState::NotSent {
+            let status = self.status_topic.clone();
+            self.publish(&mut out, &status, "stopped", true, true, Carried::Stopped);
+            self.stop = StopState::Requested;
+        }
+        out
+    }
+
+    /// Whether `stopped` was handed to the client on this connection.
+    pub fn stop_requested(&self) -> bool {
+        self.stop != StopState::NotSent
+    }
+
+    /// Whether the broker acknowledged `stopped`: a clean DISCONNECT (which discards the last will) may follow.
+    pub fn stop_acknowledged(&self) -> bool {
+        self.stop == StopState::Acknowledged
     }
 
     /// Sends the next outbox messages, as many as the window allows.
@@ -301,7 +365,14 @@ impl Session {
                 r.seq,
             );
             self.last_sent = Some(seq);
-            self.publish(&mut out, &topic, &payload, retain, true, Some(seq));
+            self.publish(
+                &mut out,
+                &topic,
+                &payload,
+                retain,
+                true,
+                Carried::Outbox(seq),
+            );
         }
         out
     }
@@ -317,7 +388,7 @@ impl Session {
     ) -> Vec<Action> {
         let mut out = Vec::new();
         if publish_now && self.connected && !outbox.has_topic(&topic) {
-            self.publish(&mut out, &topic, &payload, true, true, None);
+            self.publish(&mut out, &topic, &payload, true, true, Carried::Nothing);
         }
         self.retained.insert(topic, payload);
         out
@@ -327,7 +398,7 @@ impl Session {
     pub fn transient(&mut self, topic: &str, payload: &str, qos1: bool) -> Vec<Action> {
         let mut out = Vec::new();
         if self.connected {
-            self.publish(&mut out, topic, payload, false, qos1, None);
+            self.publish(&mut out, topic, payload, false, qos1, Carried::Nothing);
         }
         out
     }
@@ -499,7 +570,6 @@ fn run(
     let mut backoff = q.reconnect_min;
     let mut retry_at: Option<Instant> = None;
     let mut shutdown_deadline: Option<Instant> = None;
-    let mut stopped_sent = false;
     let mut last_error = String::new();
     let mut connected_at: Option<Instant> = None;
     let endpoint = format!("{}:{}", q.host, q.port);
@@ -530,7 +600,7 @@ fn run(
                 }
                 Ok(ToMqtt::Shutdown) | Err(crossbeam_channel::TryRecvError::Disconnected) => {
                     if shutdown_deadline.is_none() {
-                        shutdown_deadline = Some(Instant::now() + Duration::from_secs(3));
+                        shutdown_deadline = Instant::now().checked_add(STOP_TIMEOUT);
                     }
                     break;
                 }
@@ -546,27 +616,34 @@ fn run(
         }
         metrics.mqtt_connected.set(u64::from(session.connected()));
 
-        // 2. Shutting down: `stopped` (retained) once the outbox has drained, then disconnect.
+        // 2. Shutting down. The retained `status` must not say `online` once the daemon has gone, whatever the
+        //    outbox still holds (what it holds waits on disk for the next start): `stopped` goes out once the
+        //    outbox has drained, or STOP_ACK_WAIT before the deadline if it has not, and a clean DISCONNECT
+        //    follows its PUBACK. A DISCONNECT makes the broker discard the last will, so without that PUBACK by
+        //    the deadline the connection is dropped without one, and the broker publishes the will `offline`.
         if let Some(deadline) = shutdown_deadline {
-            let drained = lock(&outbox).is_empty();
-            if !session.connected() || Instant::now() >= deadline {
-                if session.connected() {
-                    let _ = client.try_disconnect();
-                    let _ = polled.recv_timeout(Duration::from_millis(200));
-                }
+            if !session.connected() {
                 return;
             }
-            if drained && !stopped_sent {
-                let a = session.set_retained(
-                    format!("{base}/status"),
-                    "stopped".into(),
-                    true,
-                    &lock(&outbox),
+            if session.stop_acknowledged() {
+                disconnect(&client, &polled);
+                return;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                log::warn!(
+                    "mqtt: the broker has not acknowledged the status `stopped` within {STOP_TIMEOUT:?} of the stop; \
+                     closing the connection without DISCONNECT, so that it publishes the last will `offline`"
                 );
+                // Returning drops the client: its requests end, and the poller thread drops the connection.
+                return;
+            }
+            if !session.stop_requested()
+                && (lock(&outbox).is_empty()
+                    || deadline.saturating_duration_since(now) <= STOP_ACK_WAIT)
+            {
+                let a = session.stop();
                 execute(&client, &mut session, a, &metrics);
-                stopped_sent = true;
-                // Give the broker a moment to acknowledge.
-                shutdown_deadline = Some(deadline.min(Instant::now() + Duration::from_secs(1)));
             }
         }
 
@@ -707,6 +784,25 @@ fn execute(client: &Client, session: &mut Session, actions: Vec<Action>, metrics
     }
 }
 
+/// How long a stop may take on MQTT: the outbox's drain, then `stopped` and its acknowledgement.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(3);
+/// The part of [`STOP_TIMEOUT`] kept for `stopped` to be acknowledged when the outbox has not drained.
+const STOP_ACK_WAIT: Duration = Duration::from_secs(1);
+
+/// A clean DISCONNECT (the broker then discards the last will): queued, and given 200 ms to go out.
+fn disconnect(client: &Client, polled: &Receiver<Polled>) {
+    if client.try_disconnect().is_err() {
+        return;
+    }
+    let until = Instant::now() + Duration::from_millis(200);
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        match polled.recv_timeout(left) {
+            Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) | Ok(Err(_)) | Err(_) => return,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
 /// How long a connection must have lasted for its loss to count as a new outage (the reconnect wait starts
 /// again from `reconnect_min`).
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
@@ -838,6 +934,38 @@ mod tests {
         s.on_outgoing_publish(4);
         assert_eq!(s.on_puback(3), Some(2));
         assert_eq!(s.on_puback(4), Some(3));
+    }
+
+    #[test]
+    fn stopped_is_published_once_and_its_puback_is_recognised() {
+        let d = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(d.path(), 100).unwrap();
+        ob.push(vec![msg("a", "ON")]).unwrap();
+        let mut s = Session::new("s".into(), 8);
+        assert!(s.stop().is_empty(), "nothing while disconnected");
+        let a = s.on_connected(&ob);
+        assert_eq!(topics(&a), vec!["s=online", "a=ON"]);
+        s.on_outgoing_publish(1);
+        s.on_outgoing_publish(2);
+        // The outbox has not drained: `stopped` goes out all the same, once.
+        assert_eq!(topics(&s.stop()), vec!["s=stopped"]);
+        assert!(s.stop().is_empty());
+        assert!(s.stop_requested() && !s.stop_acknowledged());
+        s.on_outgoing_publish(3);
+        assert_eq!(s.on_puback(1), None);
+        assert!(
+            !s.stop_acknowledged(),
+            "the PUBACK of `online` is not the one"
+        );
+        assert_eq!(s.on_puback(3), None);
+        assert!(s.stop_acknowledged());
+        // A `stopped` that could not be queued is sent again.
+        s.on_disconnected();
+        s.on_connected(&ob);
+        s.stop();
+        s.unsend(1);
+        assert!(!s.stop_requested());
+        assert_eq!(topics(&s.stop()), vec!["s=stopped"]);
     }
 
     #[test]

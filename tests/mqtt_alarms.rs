@@ -331,3 +331,74 @@ fn a_mute_ends_on_the_clock_and_says_so_before_the_alarm_it_held_back() {
     daemon.wait_log("pump-1: mute ended", Duration::from_secs(5));
     drop(daemon);
 }
+
+/// The retained value of `topic` as a new subscriber gets it (`None`: nothing retained), read within 2 s.
+fn retained(port: u16, topic: &str, client_id: &str) -> Option<String> {
+    let mut o = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(5));
+    let (client, mut conn) = rumqttc::Client::new(o, 10);
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(2) {
+        match conn.recv_timeout(Duration::from_millis(100)) {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))) => {
+                client
+                    .try_subscribe(topic, rumqttc::QoS::AtLeastOnce)
+                    .unwrap();
+            }
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) if p.retain => {
+                return Some(String::from_utf8_lossy(&p.payload).into());
+            }
+            Ok(Err(_)) => std::thread::sleep(Duration::from_millis(100)),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// A stop while alarm messages still wait for their PUBACK (here the broker's answers are held back after the
+/// daemon connected: it receives everything and its acknowledgements do not come back in time) must not leave the retained `status` at `online`: Home Assistant
+/// would show the last alarm states as live. The daemon used to publish `stopped` only once the outbox had
+/// drained, and at its 3 s deadline sent a clean DISCONNECT, which makes the broker discard the last will: neither
+/// `stopped` nor `offline` was ever published.
+#[test]
+fn a_stop_with_unacknowledged_alarms_leaves_status_not_online() {
+    let d = tempfile::tempdir().unwrap();
+    let b = common::standard_bundle(d.path());
+    let broker = Broker::start(&d.path().join("broker"));
+    // In real time: 2.5 s normal, then the anomaly until the stop.
+    let wav = d.path().join("stop.wav");
+    common::write_wav(&wav, &common::recording(2.5, 20.0, 0.0));
+    let relay = common::AckHold::start(broker.port);
+    let cfg = common::config(d.path(), &file_device(&wav, true), &b.dir, relay.port, "");
+    let daemon = Daemon::start(&cfg, &[]);
+    {
+        let rec = Recorder::start(broker.port, "recorder-stop");
+        wait_online(&rec);
+    }
+    relay.hold();
+    daemon.wait_log("alarm ON: pump-1", Duration::from_secs(20));
+    let log = daemon.log.clone();
+    let t0 = std::time::Instant::now();
+    assert_eq!(daemon.sigterm_and_wait(), 0);
+    let took = t0.elapsed();
+    let log = log.lock().unwrap().clone();
+    assert!(
+        log.contains("not acknowledged by the broker wait in"),
+        "the alarm messages stay in the outbox: {log}"
+    );
+    assert!(took < Duration::from_secs(6), "the stop took {took:?}");
+    // What the daemon sent before it went has reached the broker.
+    let t0 = std::time::Instant::now();
+    let mut status = None;
+    while t0.elapsed() < Duration::from_secs(10) {
+        status = retained(broker.port, "sonitor/t1/status", "status-reader");
+        if status.as_deref().is_some_and(|s| s != "online") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        matches!(status.as_deref(), Some("stopped" | "offline")),
+        "retained status after the stop: {status:?}; log:\n{log}"
+    );
+}

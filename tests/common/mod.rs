@@ -517,6 +517,84 @@ impl Drop for Broker {
     }
 }
 
+/// A TCP relay on a free loopback port in front of a broker, whose broker → client direction can be held:
+/// the client's packets reach the broker, but the broker's answers (PUBACKs) wait in the relay until
+/// [`AckHold::release`]. A broker that is reachable and does not acknowledge in time, without the resets a
+/// frozen broker would meet (a client that closed its socket before the broker read it).
+pub struct AckHold {
+    pub port: u16,
+    hold: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl AckHold {
+    pub fn start(broker_port: u16) -> AckHold {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hold = Arc::new(AtomicBool::new(false));
+        let h = hold.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(broker) = std::net::TcpStream::connect(("127.0.0.1", broker_port)) else {
+                    continue;
+                };
+                let (mut c_in, mut b_out) =
+                    (client.try_clone().unwrap(), broker.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = c_in.read(&mut buf) {
+                        if n == 0 || b_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    // The client's end (FIN) after all its bytes, as the broker would have seen it directly.
+                    let _ = b_out.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut b_in, mut c_out) = (broker, client);
+                b_in.set_read_timeout(Some(Duration::from_millis(50)))
+                    .unwrap();
+                let h = h.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        if h.load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(20));
+                            continue;
+                        }
+                        match b_in.read(&mut buf) {
+                            Ok(0) => break,
+                            Ok(n) => {
+                                if c_out.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                            Err(e)
+                                if matches!(
+                                    e.kind(),
+                                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                ) => {}
+                            Err(_) => break,
+                        }
+                    }
+                    let _ = c_out.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        AckHold { port, hold }
+    }
+
+    /// From now on the broker's answers wait in the relay.
+    pub fn hold(&self) {
+        self.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn release(&self) {
+        self.hold.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Msg {
     pub topic: String,
