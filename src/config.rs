@@ -271,6 +271,30 @@ impl DetectorConfig {
             cooldown_ms: self.cooldown.as_millis() as u64,
         }
     }
+
+    /// The detector's parameters with a threshold set by MQTT (`threshold/set`) in place of the file's (or the
+    /// bundle's). The off-threshold keeps the ratio off/on in force without the override (0.06 / 0.03, then
+    /// 0.02 → 0.01), so that it stays in (0, on] wherever the threshold moves: keeping the difference instead
+    /// gave -0.01 there, below every score (cosine distances are >= 0), and the alarm could never clear.
+    pub fn params_with_override(
+        &self,
+        bundle_threshold: f64,
+        threshold_override: Option<f64>,
+    ) -> DetectorParams {
+        let mut p = self.params(bundle_threshold);
+        if let Some(t) = threshold_override {
+            let ratio = p.threshold_off / p.threshold_on;
+            // Both are validated in (0, 2) with off <= on, so the ratio is in (0, 1]; anything else: none.
+            let ratio = if ratio > 0.0 && ratio <= 1.0 {
+                ratio
+            } else {
+                1.0
+            };
+            p.threshold_on = t;
+            p.threshold_off = (t * ratio).min(t);
+        }
+        p
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1466,6 +1490,38 @@ mod tests {
         };
         let p = c.params(0.42);
         assert_eq!((p.threshold_on, p.threshold_off), (0.6, 0.5));
+    }
+
+    /// A threshold set by MQTT below the file's hysteresis gap (0.06 / 0.03, then 0.02) used to give an
+    /// off-threshold of -0.01, below every score (cosine distances are >= 0): the alarm could never clear.
+    #[test]
+    fn a_threshold_set_by_mqtt_keeps_the_off_threshold_in_0_on() {
+        let c = DetectorConfig {
+            threshold: Some(0.06),
+            threshold_off: Some(0.03),
+            ..Default::default()
+        };
+        let p = c.params_with_override(0.42, Some(0.02));
+        assert_eq!(p.threshold_on, 0.02);
+        assert!(
+            p.threshold_off > 0.0 && p.threshold_off <= p.threshold_on,
+            "{p:?}"
+        );
+        // The file's ratio off/on (here 1/2) is kept, whichever way the threshold moves.
+        assert!((p.threshold_off - 0.01).abs() < 1e-12, "{p:?}");
+        let p = c.params_with_override(0.42, Some(1.5));
+        assert!((p.threshold_off - 0.75).abs() < 1e-12, "{p:?}");
+        // Without hysteresis in the file there is none with the override; none set: the file's values.
+        let p = DetectorConfig::default().params_with_override(0.42, Some(0.3));
+        assert_eq!((p.threshold_on, p.threshold_off), (0.3, 0.3));
+        assert_eq!(c.params_with_override(0.42, None), c.params(0.42));
+        // The bundle's threshold with the file's threshold_off below it: the same ratio.
+        let c = DetectorConfig {
+            threshold_off: Some(0.21),
+            ..Default::default()
+        };
+        let p = c.params_with_override(0.42, Some(0.1));
+        assert!((p.threshold_off - 0.05).abs() < 1e-12, "{p:?}");
     }
 
     fn write(dir: &Path, text: &str) -> PathBuf {

@@ -297,6 +297,17 @@ fn load_saved(path: &Path) -> BTreeMap<String, SavedMachine> {
         .filter_map(|(name, v)| match serde_json::from_value::<SavedMachine>(v) {
             Ok(mut m) => {
                 m.muted_until_unix = m.muted_until_unix.map(|u| u.min(latest));
+                // `threshold/set` refuses such a value; a hand edit is dropped rather than obeyed.
+                if let Some(why) = m
+                    .threshold_override
+                    .and_then(sonitor_core::score::threshold_problem)
+                {
+                    log::warn!(
+                        "{}: the saved threshold of machine '{name}' {why}; it uses the configured one",
+                        path.display()
+                    );
+                    m.threshold_override = None;
+                }
                 Some((name, m))
             }
             Err(e) => {
@@ -428,13 +439,9 @@ impl Controller {
     }
 
     fn params_of(m: &MachineRt) -> DetectorParams {
-        let mut p = m.cfg.detector.params(m.bundle_threshold);
-        if let Some(t) = m.saved.threshold_override {
-            let gap = p.threshold_on - p.threshold_off;
-            p.threshold_on = t;
-            p.threshold_off = t - gap;
-        }
-        p
+        m.cfg
+            .detector
+            .params_with_override(m.bundle_threshold, m.saved.threshold_override)
     }
 
     fn state_json(&self, i: usize) -> String {
