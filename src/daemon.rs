@@ -258,6 +258,11 @@ pub struct SavedMachine {
     pub event: Option<ActiveEvent>,
     pub seq: u64,
     pub enabled: bool,
+    /// The configuration file's `enabled` for the machine when this was saved (`None`: saved by a version that
+    /// did not record it). A start whose file says otherwise applies the file's value, as SIGHUP does; one whose
+    /// file says the same keeps `enabled`, which an `enabled/set` command may have changed since.
+    #[serde(default)]
+    pub file_enabled: Option<bool>,
     pub threshold_override: Option<f64>,
     /// Wall-clock end of a mute (Unix seconds), as saved for the next start. While the daemon runs, the mute's
     /// end is [`MachineRt::mute_deadline`] and this is written from it.
@@ -362,6 +367,22 @@ impl MachineRt {
     }
 }
 
+/// Whether a machine starts enabled, from its saved state and the file's `enabled` (`file`). The last change
+/// wins, as while the daemon runs: a file whose value differs from the one saved with the state (changed while the
+/// daemon was stopped) applies its value, as SIGHUP would; otherwise the saved value stands, which an `enabled/set`
+/// command may have set. State saved without the file's value (an older version) keeps what that version did: the
+/// file can disable, and a saved disable stays.
+fn enabled_at_start(saved: Option<&SavedMachine>, file: bool) -> bool {
+    match saved {
+        None => file,
+        Some(s) => match s.file_enabled {
+            Some(was) if was != file => file,
+            Some(_) => s.enabled,
+            None => s.enabled && file,
+        },
+    }
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -428,6 +449,7 @@ impl Controller {
             .map(|m| {
                 let mut saved = m.saved.clone();
                 saved.muted_until_unix = m.muted_until_unix();
+                saved.file_enabled = Some(m.cfg.enabled);
                 (m.cfg.name.clone(), saved)
             })
             .collect();
@@ -965,12 +987,19 @@ pub fn start(
             .iter()
             .position(|d| d.name == m.device)
             .ok_or_else(|| anyhow::anyhow!("device {} vanished", m.device))?;
-        let mut s = saved.get(&m.name).cloned().unwrap_or(SavedMachine {
-            enabled: m.enabled,
-            ..Default::default()
-        });
-        if !m.enabled {
-            s.enabled = false;
+        let mut s = saved.get(&m.name).cloned().unwrap_or_default();
+        s.enabled = enabled_at_start(saved.get(&m.name), m.enabled);
+        if m.enabled && !s.enabled {
+            let by = if saved.get(&m.name).is_some_and(|s| s.file_enabled.is_none()) {
+                "an `enabled/set OFF` or an earlier file"
+            } else {
+                "an `enabled/set OFF`"
+            };
+            log::warn!(
+                "machine '{}' stays disabled as saved in {} (by {by}); `enabled/set ON` enables it",
+                m.name,
+                saved_path.display()
+            );
         }
         let mut rt = MachineRt {
             cfg: m.clone(),
@@ -1562,5 +1591,57 @@ pub fn validate(config_path: &Path) -> i32 {
             eprintln!("  - {p}");
         }
         crate::config::EXIT_CONFIG
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn saved(enabled: bool, file_enabled: Option<bool>) -> SavedMachine {
+        SavedMachine {
+            enabled,
+            file_enabled,
+            ..Default::default()
+        }
+    }
+
+    /// The last change wins, from the file (between two runs) or from `enabled/set`, as with SIGHUP.
+    #[test]
+    fn a_start_applies_a_changed_file_and_keeps_a_command() {
+        // No saved state: the file.
+        assert!(enabled_at_start(None, true));
+        assert!(!enabled_at_start(None, false));
+        // Disabled in the file, then enabled in it: enabled (it used to stay disabled for good).
+        assert!(enabled_at_start(Some(&saved(false, Some(false))), true));
+        // Enabled in the file, then disabled in it.
+        assert!(!enabled_at_start(Some(&saved(true, Some(true))), false));
+        // `enabled/set OFF` with the file unchanged: stays disabled; `enabled/set ON` over a disabled file too.
+        assert!(!enabled_at_start(Some(&saved(false, Some(true))), true));
+        assert!(enabled_at_start(Some(&saved(true, Some(false))), false));
+        // Saved by a version that did not record the file's value: as that version did.
+        assert!(!enabled_at_start(Some(&saved(false, None)), true));
+        assert!(!enabled_at_start(Some(&saved(true, None)), false));
+        assert!(enabled_at_start(Some(&saved(true, None)), true));
+    }
+
+    #[test]
+    fn state_saved_by_an_older_version_still_loads() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("alarms.json");
+        std::fs::write(
+            &p,
+            r#"{"pump": {"event": null, "seq": 3, "enabled": false, "threshold_override": null, "muted_until_unix": null}}"#,
+        )
+        .unwrap();
+        let s = load_saved(&p);
+        assert_eq!(s["pump"], saved(false, None).with_seq(3));
+    }
+
+    impl SavedMachine {
+        fn with_seq(mut self, seq: u64) -> Self {
+            self.seq = seq;
+            self
+        }
     }
 }

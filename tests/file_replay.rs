@@ -384,3 +384,30 @@ fn a_daemon_stopped_during_an_alarm_writes_its_waiting_clip() {
     let secs = the_clip_seconds(&d.path().join("state"));
     assert!(secs > 2.5 && secs < 5.0, "{secs} s");
 }
+
+/// A machine disabled in the file, then enabled in it while the daemon was stopped, is watched at the next start
+/// (as SIGHUP would apply the change). The disable used to be saved and to win over the file for good: the file
+/// could only ever force `false`.
+#[test]
+fn a_machine_enabled_again_in_the_file_is_watched_after_a_restart() {
+    let d = tempfile::tempdir().unwrap();
+    let (b, wav) = common::bundle_and_wav(d.path(), "fault.wav", &common::recording(2.0, 3.0, 0.0));
+    let cfg = common::offline_config(d.path(), &wav, &b.dir, "");
+    common::edit(&cfg, |t| {
+        t.replace("clear_n = 4\n", "clear_n = 4\nenabled = false\n")
+    });
+    let mut daemon = common::Daemon::start(&cfg, &[]);
+    let (code, log) = daemon.wait_exit(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("alarm ON"), "disabled: {log}");
+
+    common::edit(&cfg, |t| t.replace("enabled = false\n", ""));
+    let mut daemon = common::Daemon::start(&cfg, &[]);
+    let (code, log) = daemon.wait_exit(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("alarm ON: pump-1"), "enabled again: {log}");
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.path().join("state/alarms.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved["pump-1"]["enabled"], true, "{saved}");
+}

@@ -402,3 +402,45 @@ fn a_stop_with_unacknowledged_alarms_leaves_status_not_online() {
         "retained status after the stop: {status:?}; log:\n{log}"
     );
 }
+
+/// `enabled/set OFF` survives a restart with the file unchanged (the file's `enabled` applies at a start only when
+/// it changed since the state was saved).
+#[test]
+fn a_machine_disabled_by_mqtt_stays_disabled_after_a_restart() {
+    let d = tempfile::tempdir().unwrap();
+    let b = common::standard_bundle(d.path());
+    let broker = Broker::start(&d.path().join("broker"));
+    let rec = Recorder::start(broker.port, "recorder-enabled");
+    let wav = d.path().join("normal.wav");
+    common::write_wav(&wav, &common::pump());
+    let dev = common::file_device(&wav, "realtime = true\nat_end = \"loop\"\n");
+    let cfg = common::config(d.path(), &dev, &b.dir, broker.port, "");
+    let daemon = Daemon::start(&cfg, &[]);
+    wait_online(&rec);
+    let mut o = rumqttc::MqttOptions::new("commander-enabled", "127.0.0.1", broker.port);
+    o.set_keep_alive(Duration::from_secs(5));
+    let (client, mut conn) = rumqttc::Client::new(o, 10);
+    std::thread::spawn(move || for _ in conn.iter() {});
+    client
+        .publish(
+            "sonitor/t1/pump-1/enabled/set",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            "OFF",
+        )
+        .unwrap();
+    let topic = "sonitor/t1/pump-1/enabled";
+    let msgs = rec.wait_for("enabled OFF", Duration::from_secs(10), |m| {
+        on(m, topic).last().map(String::as_str) == Some("OFF")
+    });
+    let before = on(&msgs, topic).len();
+    assert_eq!(daemon.sigterm_and_wait(), 0);
+
+    let daemon = Daemon::start(&cfg, &[]);
+    rec.wait_for("enabled after the restart", Duration::from_secs(20), |m| {
+        on(m, topic).len() > before
+    });
+    daemon.wait_log("stays disabled", Duration::from_secs(5));
+    let after = on(&rec.snapshot(), topic)[before..].to_vec();
+    assert!(after.iter().all(|v| v == "OFF"), "{after:?}");
+}
