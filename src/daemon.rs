@@ -971,6 +971,9 @@ pub fn start(
     let mut scorers = Vec::new();
     let mut feature_params = Vec::new();
     let mut machines = Vec::new();
+    // Alarms resumed from the saved state that the start itself ends (the machine disabled, or muted): handled as
+    // every transition once the controller exists, so that their events end.
+    let mut ended_at_start: Vec<(usize, Transition)> = Vec::new();
     for m in &cfg.machines {
         let b = &bundles[&m.bundle];
         let section = b
@@ -1030,15 +1033,16 @@ pub fn start(
             }
             None => Detector::new(p),
         };
+        let i = machines.len();
         if !rt.saved.enabled {
-            rt.detector.set_enabled(false, 0);
+            ended_at_start.extend(rt.detector.set_enabled(false, 0).map(|t| (i, t)));
         }
         // The saved end is on the wall clock (the only clock that survives a restart); from here on the mute runs
         // on the monotonic one.
         if let Some(u) = rt.saved.muted_until_unix.take() {
             let left = u.saturating_sub(unix_now());
             if left > 0 {
-                rt.mute(0, Duration::from_secs(left));
+                ended_at_start.extend(rt.mute(0, Duration::from_secs(left)).map(|t| (i, t)));
             }
         }
         machines.push(rt);
@@ -1261,6 +1265,10 @@ pub fn start(
         observer,
         cfg,
     };
+    // End events, OFF through the outbox, the saved state and the alarm gauge, as for any transition.
+    for (i, t) in ended_at_start {
+        ctl.on_transition(i, t);
+    }
     ctl.publish_discovery();
     for i in 0..ctl.machines.len() {
         let m = &ctl.machines[i];

@@ -411,3 +411,85 @@ fn a_machine_enabled_again_in_the_file_is_watched_after_a_restart() {
             .unwrap();
     assert_eq!(saved["pump-1"]["enabled"], true, "{saved}");
 }
+
+/// The end events of the outbox, in order.
+fn end_events(state: &std::path::Path) -> Vec<serde_json::Value> {
+    let mut files: Vec<_> = std::fs::read_dir(state.join("outbox"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|p| {
+            serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(p).unwrap()).unwrap()
+        })
+        .filter(|r| r["topic"].as_str().unwrap().ends_with("/events"))
+        .map(|r| serde_json::from_str::<serde_json::Value>(r["payload"].as_str().unwrap()).unwrap())
+        .filter(|e| e["type"] == "end")
+        .collect()
+}
+
+fn saved_event(state: &std::path::Path) -> serde_json::Value {
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("alarms.json")).unwrap()).unwrap();
+    saved["pump-1"]["event"].clone()
+}
+
+/// An alarm still on when the daemon stopped, whose machine is disabled (in the file) or muted (a mute saved
+/// with the state) at the next start, ends there: an end event and an OFF in the outbox, no open event left in the
+/// saved state. The transition of the start used to be discarded: the event never ended.
+#[test]
+fn an_alarm_open_at_a_start_that_disables_or_mutes_its_machine_ends() {
+    let d = tempfile::tempdir().unwrap();
+    let state = d.path().join("state");
+    // The fault lasts to the end of the file: the alarm is still on when the daemon exits.
+    let (b, wav) = common::bundle_and_wav(d.path(), "fault.wav", &common::recording(2.0, 3.0, 0.0));
+    let cfg = common::offline_config(d.path(), &wav, &b.dir, "");
+    let run = || {
+        let mut daemon = common::Daemon::start(&cfg, &[]);
+        let (code, log) = daemon.wait_exit(Duration::from_secs(60));
+        assert_eq!(code, Some(0), "{log}");
+        log
+    };
+    let log = run();
+    assert!(log.contains("alarm ON: pump-1"), "{log}");
+    let open = saved_event(&state);
+    assert!(open["event_id"].is_string(), "{open}");
+
+    // Disabled in the file.
+    common::edit(&cfg, |t| {
+        t.replace("clear_n = 4\n", "clear_n = 4\nenabled = false\n")
+    });
+    let log = run();
+    assert!(log.contains("alarm OFF: pump-1 (Disabled"), "{log}");
+    assert!(saved_event(&state).is_null(), "{}", saved_event(&state));
+    let ends = end_events(&state);
+    assert_eq!(ends.len(), 1, "{ends:?}");
+    assert_eq!(ends[0]["event_id"], open["event_id"]);
+    assert_eq!(ends[0]["reason"], "disabled");
+
+    // Enabled again, a new alarm left on; then a mute saved with the state (as `mute/set` leaves it at a stop).
+    common::edit(&cfg, |t| t.replace("enabled = false\n", ""));
+    let log = run();
+    assert!(log.contains("alarm ON: pump-1"), "{log}");
+    let open = saved_event(&state);
+    assert!(open["event_id"].is_string(), "{open}");
+    let path = state.join("alarms.json");
+    let mut saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    saved["pump-1"]["muted_until_unix"] = until.into();
+    std::fs::write(&path, saved.to_string()).unwrap();
+    let log = run();
+    assert!(log.contains("alarm OFF: pump-1 (Muted"), "{log}");
+    assert!(saved_event(&state).is_null(), "{}", saved_event(&state));
+    let ends = end_events(&state);
+    assert_eq!(ends.len(), 2, "{ends:?}");
+    assert_eq!(ends[1]["event_id"], open["event_id"]);
+    assert_eq!(ends[1]["reason"], "muted");
+}
