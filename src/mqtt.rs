@@ -94,6 +94,59 @@ pub fn quoted(s: &str) -> String {
     format!("{head:?}{cut}")
 }
 
+/// `topic` as a Rust string literal (control characters escaped), whole up to 200 characters: fit to paste into
+/// a shell command.
+fn shown_topic(topic: &str) -> String {
+    const MAX: usize = 200;
+    let head: String = topic.chars().take(MAX).collect();
+    let cut = if topic.chars().nth(MAX).is_some() {
+        "…"
+    } else {
+        ""
+    };
+    format!("{head:?}{cut}")
+}
+
+/// What to do with a message received on a command topic: the command, or why it is ignored and how loud to say
+/// so. A command is applied once, when it is published: one delivered with the retain flag is a retained message
+/// that the broker sends again on every connection (a `mute/set` would clear real alarms at each reconnect), so it
+/// is ignored with a warning that says how to delete it. An empty payload is no command: it is how a retained
+/// message is deleted, and subscribers receive the deletion.
+pub fn incoming_command(
+    base: &str,
+    topic: &str,
+    payload: &[u8],
+    retain: bool,
+) -> Result<Command, (log::Level, String)> {
+    let payload = String::from_utf8_lossy(payload);
+    if payload.trim().is_empty() {
+        return Err((
+            log::Level::Info,
+            format!(
+                "mqtt: empty message on {}: no command (an empty message deletes a retained one)",
+                shown_topic(topic)
+            ),
+        ));
+    }
+    if retain {
+        return Err((
+            log::Level::Warn,
+            format!(
+                "mqtt: ignored a retained command on {t}: commands are applied once, when published, and a retained \
+                 one would be applied again at every connection; publish commands without the retain flag, and \
+                 delete this one with `mosquitto_pub -r -n -t {t}`",
+                t = shown_topic(topic)
+            ),
+        ));
+    }
+    parse_command(base, topic, &payload).map_err(|e| {
+        (
+            log::Level::Warn,
+            format!("mqtt: ignored message on {}: {e}", quoted(topic)),
+        )
+    })
+}
+
 /// Parses a command publish; `Err` names what is wrong (logged, and ignored).
 pub fn parse_command(base: &str, topic: &str, payload: &str) -> Result<Command, String> {
     let rest = topic
@@ -106,11 +159,14 @@ pub fn parse_command(base: &str, topic: &str, payload: &str) -> Result<Command, 
     };
     let machine = machine.to_string();
     let p = payload.trim();
+    if p.is_empty() {
+        return Err("an empty message is no command".into());
+    }
     // What a publisher sent goes into the log quoted and cut short: a payload cannot forge log lines.
     let q = quoted(p);
     match *what {
         "threshold" => {
-            if p.eq_ignore_ascii_case("default") || p.is_empty() {
+            if p.eq_ignore_ascii_case("default") {
                 return Ok(Command::Threshold {
                     machine,
                     value: None,
@@ -128,7 +184,7 @@ pub fn parse_command(base: &str, topic: &str, payload: &str) -> Result<Command, 
             })
         }
         "mute" => {
-            let duration = if ["off", "false", "0", ""].contains(&p.to_ascii_lowercase().as_str()) {
+            let duration = if ["off", "false", "0"].contains(&p.to_ascii_lowercase().as_str()) {
                 Duration::ZERO
             } else if let Ok(secs) = p.parse::<f64>() {
                 if !(secs.is_finite() && secs >= 0.0) {
@@ -718,13 +774,12 @@ fn run(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                let payload = String::from_utf8_lossy(&p.payload);
-                match parse_command(&base, &p.topic, &payload) {
+                match incoming_command(&base, &p.topic, &p.payload, p.retain) {
                     Ok(c) => {
                         log::info!("mqtt: command {c:?}");
                         let _ = commands.try_send(c);
                     }
-                    Err(e) => log::warn!("mqtt: ignored message on {}: {e}", quoted(&p.topic)),
+                    Err((level, why)) => log::log!(level, "{why}"),
                 }
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => session.on_outgoing_publish(pkid),
@@ -1070,5 +1125,27 @@ mod tests {
             );
         }
         assert!(parse_command(b, "sonitor/n1/pump/mute/set", "366d").is_ok());
+        // An empty message deletes a retained one: it is no command (it used to mean `default` / OFF).
+        for t in ["threshold", "mute", "enabled"] {
+            assert!(parse_command(b, &format!("sonitor/n1/pump/{t}/set"), " ").is_err());
+        }
+    }
+
+    #[test]
+    fn retained_and_empty_command_messages_are_ignored() {
+        let b = "sonitor/n1";
+        let t = "sonitor/n1/pump/mute/set";
+        assert!(incoming_command(b, t, b"10m", false).is_ok());
+        let (level, why) = incoming_command(b, t, b"10m", true).unwrap_err();
+        assert_eq!(level, log::Level::Warn);
+        assert!(
+            why.contains("mosquitto_pub -r -n -t \"sonitor/n1/pump/mute/set\""),
+            "{why}"
+        );
+        let (level, why) = incoming_command(b, t, b"", false).unwrap_err();
+        assert_eq!(level, log::Level::Info);
+        assert!(why.contains("no command"), "{why}");
+        let (level, _) = incoming_command(b, t, b"maybe?", false).unwrap_err();
+        assert_eq!(level, log::Level::Warn);
     }
 }

@@ -444,3 +444,79 @@ fn a_machine_disabled_by_mqtt_stays_disabled_after_a_restart() {
     let after = on(&rec.snapshot(), topic)[before..].to_vec();
     assert!(after.iter().all(|v| v == "OFF"), "{after:?}");
 }
+
+/// Publishes one QoS 1 message and waits for its PUBACK.
+fn publish_acked(port: u16, topic: &str, payload: &str, retain: bool) {
+    let mut o = rumqttc::MqttOptions::new("publisher-once", "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(5));
+    let (client, mut conn) = rumqttc::Client::new(o, 10);
+    client
+        .publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload)
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(5) {
+        if let Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) =
+            conn.recv_timeout(Duration::from_millis(100))
+        {
+            return;
+        }
+    }
+    panic!("no PUBACK for {topic}");
+}
+
+/// A command published with retain stays on the broker, which delivers it again (retain flag set) on every
+/// connection: a `mute/set 10m` retained was re-applied at each reconnect and restart, clearing real alarms. The
+/// daemon ignores commands delivered as retained, and says how to clear them; an empty payload (how a retained
+/// message is deleted, delivered to a subscriber as it happens) is no command: it used to mean `default` for
+/// `threshold/set` and OFF for `mute/set`.
+#[test]
+fn retained_and_empty_command_messages_are_not_applied() {
+    let d = tempfile::tempdir().unwrap();
+    let b = common::standard_bundle(d.path());
+    let broker = Broker::start(&d.path().join("broker"));
+    publish_acked(broker.port, "sonitor/t1/pump-1/mute/set", "10m", true);
+    let rec = Recorder::start(broker.port, "recorder-retained");
+    let wav = d.path().join("normal.wav");
+    common::write_wav(&wav, &common::pump());
+    let dev = common::file_device(&wav, "realtime = true\nat_end = \"loop\"\n");
+    let cfg = common::config(d.path(), &dev, &b.dir, broker.port, "");
+    let daemon = Daemon::start(&cfg, &[]);
+    wait_online(&rec);
+    daemon.wait_log(
+        "mosquitto_pub -r -n -t \"sonitor/t1/pump-1/mute/set\"",
+        Duration::from_secs(10),
+    );
+    // A command published now (not retained) is applied; then the retained one is deleted, which reaches the
+    // daemon as an empty message, and must not reset the threshold.
+    publish_acked(
+        broker.port,
+        "sonitor/t1/pump-1/threshold/set",
+        "0.75",
+        false,
+    );
+    rec.wait_for("threshold 0.75", Duration::from_secs(10), |m| {
+        on(m, "sonitor/t1/pump-1/threshold")
+            .last()
+            .map(String::as_str)
+            == Some("0.75")
+    });
+    publish_acked(broker.port, "sonitor/t1/pump-1/threshold/set", "", true);
+    publish_acked(broker.port, "sonitor/t1/pump-1/mute/set", "", true);
+    daemon.wait_log("empty message", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    let msgs = rec.snapshot();
+    assert!(
+        on(&msgs, "sonitor/t1/pump-1/mute")
+            .iter()
+            .all(|v| v == "OFF"),
+        "the retained mute was applied: {:?}",
+        on(&msgs, "sonitor/t1/pump-1/mute")
+    );
+    assert_eq!(
+        on(&msgs, "sonitor/t1/pump-1/threshold")
+            .last()
+            .map(String::as_str),
+        Some("0.75")
+    );
+    drop(daemon);
+}
