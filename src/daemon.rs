@@ -580,19 +580,29 @@ impl Controller {
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis());
                 let event_id = crate::clips::event_id(&node, &name, millis, m.saved.seq);
-                let clip = clips_enabled.then(|| {
+                let mut clip = clips_enabled.then(|| {
                     crate::clips::clip_path(&clips_dir, &name, &event_id)
                         .display()
                         .to_string()
                 });
                 if let Some(path) = &clip {
-                    let _ = self.clip_tx[m.input].try_send(ClipRequest {
+                    let asked = self.clip_tx[m.input].try_send(ClipRequest {
                         machine: i,
                         onset_end_ms: at_ms,
                         pre_seconds: self.cfg.clips.pre_seconds,
                         post_seconds: self.cfg.clips.post_seconds,
                         path: PathBuf::from(path),
                     });
+                    // The input's reader has a whole queue of clips still waiting for their audio: this one is
+                    // dropped and counted, and its events say `clip: null` rather than name a file never written.
+                    if asked.is_err() {
+                        self.metrics.clips_dropped.inc();
+                        log::warn!(
+                            "clip {path}: the input's queue of clips waiting for audio is full; this alarm goes \
+                             without a clip"
+                        );
+                        clip = None;
+                    }
                 }
                 let note = format!(
                     "alarm ON: {name} score {score:.4} > threshold {threshold:.4} (event {event_id})"
@@ -1644,6 +1654,116 @@ mod tests {
         .unwrap();
         let s = load_saved(&p);
         assert_eq!(s["pump"], saved(false, None).with_seq(3));
+    }
+
+    /// A controller for machine `pump-1` on input `mic`, without MQTT, whose input's clip queue holds
+    /// `clip_queue` requests (the receiver is returned: nothing takes them).
+    fn controller(
+        dir: &Path,
+        clip_queue: usize,
+    ) -> (Controller, crossbeam_channel::Receiver<ClipRequest>) {
+        let path = dir.join("sonitor.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "node_id = \"n1\"\nstate_dir = \"{}\"\n[[devices]]\nname = \"mic\"\nsource = \"capture\"\n\
+                 [[machines]]\nname = \"pump-1\"\ndevice = \"mic\"\nbundle = \"{}\"\nsection = \"pump/section_00\"\n\
+                 [mqtt]\nenabled = false\n",
+                dir.join("state").display(),
+                dir.join("bundle").display()
+            ),
+        )
+        .unwrap();
+        let cfg = Config::load_with_env(&path, []).unwrap();
+        std::fs::create_dir_all(&cfg.state_dir).unwrap();
+        let m = cfg.machines[0].clone();
+        let rt = MachineRt {
+            detector: Detector::new(m.detector.params(0.5)),
+            cfg: m,
+            input: 0,
+            bundle_threshold: 0.5,
+            model_id: "test".into(),
+            saved: SavedMachine {
+                enabled: true,
+                ..Default::default()
+            },
+            last_score: 0.0,
+            last_t_ms: 0,
+            last_score_pub: None,
+            since: String::new(),
+            health: "OK".into(),
+            mute_deadline: None,
+        };
+        let (clip_tx, clip_rx) = bounded(clip_queue);
+        let (clip_writer, _) = bounded(1);
+        let ctl = Controller {
+            config_path: path,
+            base: cfg.topic_base(),
+            machines: vec![rt],
+            outbox: Arc::new(Mutex::new(
+                Outbox::open(&cfg.state_dir.join("outbox"), 100).unwrap(),
+            )),
+            mqtt: None,
+            clip_tx: vec![clip_tx],
+            clip_writer,
+            metrics: Arc::new(Metrics::new(&["mic".into()], &["pump-1".into()])),
+            saved_path: cfg.state_dir.join("alarms.json"),
+            inputs: vec![InputState::Open],
+            replay_failed: false,
+            observer: None,
+            cfg,
+        };
+        (ctl, clip_rx)
+    }
+
+    /// The `clip` of the events in the outbox, in order.
+    fn event_clips(ctl: &Controller) -> Vec<serde_json::Value> {
+        let o = ctl.outbox.lock().unwrap();
+        o.records()
+            .filter(|r| r.msg.topic.ends_with("/events"))
+            .map(|r| {
+                serde_json::from_str::<serde_json::Value>(&r.msg.payload).unwrap()["clip"].clone()
+            })
+            .collect()
+    }
+
+    /// An alarm whose clip request the input's queue cannot take: counted as a dropped clip, and its events say
+    /// `clip: null` instead of naming a WAV that will never be written (the request used to vanish unseen).
+    #[test]
+    fn a_clip_request_the_queue_cannot_take_is_counted_and_not_named() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut ctl, rx) = controller(d.path(), 1);
+        ctl.on_transition(
+            0,
+            Transition::Raised {
+                at_ms: 1000,
+                score: 0.9,
+            },
+        );
+        assert_eq!(rx.len(), 1, "the first request is queued");
+        assert_eq!(ctl.metrics.clips_dropped.get(), 0);
+        assert!(event_clips(&ctl)[0].is_string());
+        let clear = |at_ms| Transition::Cleared {
+            at_ms,
+            since_ms: 1000,
+            peak: 0.9,
+            reason: sonitor_core::detect::ClearReason::Normal,
+        };
+        ctl.on_transition(0, clear(2000));
+        // The queue is still full: the next alarm's request is dropped.
+        ctl.on_transition(
+            0,
+            Transition::Raised {
+                at_ms: 3000,
+                score: 0.9,
+            },
+        );
+        assert_eq!(ctl.metrics.clips_dropped.get(), 1);
+        assert!(ctl.machines[0].saved.event.as_ref().unwrap().clip.is_none());
+        ctl.on_transition(0, clear(4000));
+        let clips = event_clips(&ctl);
+        assert_eq!(clips.len(), 4);
+        assert!(clips[2].is_null() && clips[3].is_null(), "{clips:?}");
     }
 
     impl SavedMachine {

@@ -104,6 +104,8 @@ pub struct Metrics {
     pub outbox_memory_only: Gauge,
     pub clips_written: Counter,
     pub clips_dropped: Counter,
+    /// Commands received on MQTT that the daemon's queue could not take.
+    pub commands_dropped: Counter,
     /// Clips the retention deleted (past clips.max_age, max_count or max_bytes).
     pub clips_removed: Counter,
     pub scores_dropped: Counter,
@@ -315,8 +317,14 @@ impl Metrics {
         family(
             "sonitor_clips_dropped_total",
             "counter",
-            "Evidence clips not written (queue full or write error).",
+            "Evidence clips not written (a queue full, no audio, or a write error).",
             one(self.clips_dropped.get()),
+        );
+        family(
+            "sonitor_commands_dropped_total",
+            "counter",
+            "Commands received on MQTT and not applied because the daemon's command queue was full.",
+            one(self.commands_dropped.get()),
         );
         family(
             "sonitor_clips_removed_total",

@@ -775,10 +775,7 @@ fn run(
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 match incoming_command(&base, &p.topic, &p.payload, p.retain) {
-                    Ok(c) => {
-                        log::info!("mqtt: command {c:?}");
-                        let _ = commands.try_send(c);
-                    }
+                    Ok(c) => forward_command(&commands, c, &metrics),
                     Err((level, why)) => log::log!(level, "{why}"),
                 }
             }
@@ -808,6 +805,29 @@ fn run(
                 backoff = backoff.saturating_mul(2).min(q.reconnect_max);
             }
         }
+    }
+}
+
+/// Hands a command to the daemon's loop. One its queue cannot take (a flood of commands, or a loop busy for long)
+/// is dropped, logged and counted (`sonitor_commands_dropped_total`), never waited for: the publisher must keep
+/// serving the broker.
+fn forward_command(commands: &Sender<Command>, c: Command, metrics: &Metrics) {
+    log::info!("mqtt: command {c:?}");
+    if let Err(e) = commands.try_send(c) {
+        metrics.commands_dropped.inc();
+        let why = match &e {
+            crossbeam_channel::TrySendError::Full(_) => format!(
+                "{} commands already wait for the daemon",
+                commands.capacity().unwrap_or_default()
+            ),
+            crossbeam_channel::TrySendError::Disconnected(_) => {
+                "the daemon no longer takes commands".to_string()
+            }
+        };
+        log::warn!(
+            "mqtt: command {:?} dropped, not applied: {why}; publish it again",
+            e.into_inner()
+        );
     }
 }
 
@@ -1129,6 +1149,23 @@ mod tests {
         for t in ["threshold", "mute", "enabled"] {
             assert!(parse_command(b, &format!("sonitor/n1/pump/{t}/set"), " ").is_err());
         }
+    }
+
+    #[test]
+    fn a_command_the_queue_cannot_take_is_counted() {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let metrics = Metrics::new(&[], &[]);
+        let c = |enabled| Command::Enabled {
+            machine: "pump".into(),
+            enabled,
+        };
+        forward_command(&tx, c(false), &metrics);
+        forward_command(&tx, c(true), &metrics);
+        assert_eq!(metrics.commands_dropped.get(), 1);
+        assert_eq!(rx.try_recv(), Ok(c(false)));
+        assert!(metrics
+            .render()
+            .contains("\nsonitor_commands_dropped_total 1\n"));
     }
 
     #[test]
