@@ -37,6 +37,15 @@ pub struct State {
     pub labels: Option<String>,
     #[serde(default)]
     pub seed: Option<u64>,
+    /// The data set trained on (its path and the digest of its training clips) and the analysis window: a
+    /// `--resume` on other data or with other window flags is refused, naming what it needs (absent in
+    /// checkpoints of earlier versions).
+    #[serde(default)]
+    pub data_path: Option<PathBuf>,
+    #[serde(default)]
+    pub data_sha256: Option<String>,
+    #[serde(default)]
+    pub features: Option<sonitor_core::features::FeatureParams>,
 }
 
 fn sibling(out: &Path, suffix: &str) -> PathBuf {
@@ -213,6 +222,9 @@ mod tests {
             history: vec![1.0; epochs_done],
             labels: Some("attribute".into()),
             seed: Some(1),
+            data_path: None,
+            data_sha256: None,
+            features: None,
         }
     }
 

@@ -524,6 +524,22 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
         o.data.display(),
         train.len()
     );
+    // The back end scores each training clip against the other clips of its section to calibrate the threshold:
+    // a section of one clip has none. Said now, not after the last epoch.
+    let single: Vec<String> = data
+        .sections()
+        .into_iter()
+        .filter(|(t, s)| data.clips_of(t, *s, Split::Train).count() == 1)
+        .map(|(t, s)| format!("{t} section {s:02}"))
+        .collect();
+    anyhow::ensure!(
+        single.is_empty(),
+        "{}: {} {} only one normal training clip: its threshold is calibrated by scoring each training clip \
+         against the others, so a section needs at least 2 (add clips, or move its folder out of the data set)",
+        o.data.display(),
+        single.join(", "),
+        if single.len() == 1 { "has" } else { "have" }
+    );
     let classes = ClassMap::build(o.labels, train.iter().copied());
     // The angular-margin losses learn by telling the auxiliary classes apart: with one class every embedding is
     // already "right" (loss 0 from the first batch) and the network would stay as initialised, a bundle of random
@@ -647,6 +663,31 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
         if let Some(s) = state.seed.filter(|&s| s != o.seed) {
             return Err(differs("--seed", &s.to_string(), &o.seed.to_string()));
         }
+        if let Some(f) = state.features.as_ref().filter(|&f| *f != o.features) {
+            let seconds = |n: usize| n as f64 / f64::from(f.sample_rate.max(1));
+            anyhow::bail!(
+                "--resume: the checkpoint in {} was trained on windows of --window-seconds {} \
+                 --window-hop-seconds {} ({} mel bands, {} Hz); give the same window flags to continue it",
+                ckpt.display(),
+                seconds(f.window_samples),
+                seconds(f.window_hop_samples),
+                f.n_mels,
+                f.sample_rate
+            );
+        }
+        if let Some(sha) = state.data_sha256.as_deref().filter(|&d| d != data_sha) {
+            anyhow::bail!(
+                "--resume: the checkpoint in {} was trained on another data set ({}, training clips digest {}), \
+                 not {} (digest {}): continuing would make a bundle whose provenance names data its first epochs \
+                 never saw. Resume with --data {}, or train a new bundle elsewhere",
+                ckpt.display(),
+                state.data_path.as_ref().map_or("?".into(), |p| p.display().to_string()),
+                &sha[..sha.len().min(12)],
+                o.data.display(),
+                &data_sha[..data_sha.len().min(12)],
+                state.data_path.as_ref().map_or("<the first run's>".into(), |p| p.display().to_string())
+            );
+        }
         anyhow::ensure!(
             state.model == config,
             "--resume: the checkpoint in {} was made with another network (--arch or the window flags differ): \
@@ -755,6 +796,9 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
             history: history.clone(),
             labels: Some(o.labels.as_str().into()),
             seed: Some(o.seed),
+            data_path: Some(o.data.clone()),
+            data_sha256: Some(data_sha.clone()),
+            features: Some(o.features.clone()),
         };
         checkpoint::save(&o.out, &state, |dir| {
             let m = dir.join(checkpoint::MODEL_FILE);

@@ -59,10 +59,12 @@ fn few_source_clips_give_a_fitted_threshold_and_one_clip_is_refused() {
     o.kmeans = 16;
     let e = err(fit(&o));
     assert!(
-        e.contains("pump section 00") && e.contains("cannot fit a threshold"),
+        e.contains("pump section 00 has only one normal training clip"),
         "{e}"
     );
     no_bundle(&out);
+    // Before any training: no checkpoint either (it used to be refused after the last epoch).
+    assert!(!out.join("checkpoint").exists());
 }
 
 /// One machine in one condition gives one auxiliary class: the angular-margin losses, which learn by telling
@@ -224,6 +226,23 @@ fn resume_refuses_changed_settings_and_takes_the_checkpoints() {
     assert!(e.contains("--labels type, not attribute"), "{e}");
     let e = err(resume(&|o| o.seed = 1));
     assert!(e.contains("--seed 9, not 1"), "{e}");
+    // Other window flags: the message gives the ones the checkpoint needs.
+    let e = err(resume(&|o| o.features.window_hop_samples = 2048));
+    assert!(
+        e.contains("--window-seconds 0.256 --window-hop-seconds 0.256"),
+        "{e}"
+    );
+    // Another data set (the same classes, other clips): the bundle's provenance would name data its first epoch
+    // never saw.
+    let other = d.path().join("other");
+    data::make_dataset(&other);
+    Writer::new(&other).write("pump", 0, Split::Train, Source, Normal, 710.0, "speed_1", 4);
+    let e = err(resume(&|o| o.data = other.clone()));
+    assert!(
+        e.contains("was trained on another data set")
+            && e.contains(&format!("--data {}", data.display())),
+        "{e}"
+    );
     // The bundle of the first run is untouched by the refusals.
     assert_eq!(Bundle::load(&out).unwrap().manifest.provenance.epochs, 1);
 
@@ -407,11 +426,21 @@ fn a_forced_fit_that_fails_leaves_the_old_bundle() {
     assert!(e.contains("normal clips only"), "{e}");
     unchanged(&out, &before);
 
-    // A second section with one training clip: an epoch is trained (and checkpointed), then the back end
-    // cannot fit that section's threshold.
+    // A second section of two identical training clips: an epoch is trained (and checkpointed), then the back
+    // end cannot fit that section's threshold (every window scores 0 against the other clip).
     let one = d.path().join("one");
     data::make_dataset(&one);
-    Writer::new(&one).write("pump", 0, Split::Train, Source, Normal, 250.0, "speed_1", 1);
+    let clip =
+        Writer::new(&one).write("pump", 0, Split::Train, Source, Normal, 250.0, "speed_1", 1);
+    let twin = clip[0].with_file_name(
+        clip[0]
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .replace("_normal_", "_normal_9"),
+    );
+    std::fs::copy(&clip[0], twin).unwrap();
     let e = err(run(&force_args(&one, &out)));
     assert!(
         e.contains("pump section 00") && e.contains("cannot fit a threshold"),
