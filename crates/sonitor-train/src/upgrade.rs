@@ -62,6 +62,33 @@ fn compare(bundle: &Bundle, old: &[u8], new: &[u8]) -> anyhow::Result<f64> {
 pub fn upgrade(model: &Path, out: &Path) -> anyhow::Result<Outcome> {
     let bundle = Bundle::load(model)
         .with_context(|| format!("--model {}: not a usable bundle", model.display()))?;
+    // In place is what upgrading means; another directory must not hold a bundle or checkpoint, which would be
+    // overwritten, or left beside another network's graph.
+    let in_place = matches!(
+        (model.canonicalize(), out.canonicalize()),
+        (Ok(a), Ok(b)) if a == b
+    );
+    if !in_place {
+        anyhow::ensure!(
+            !out.exists() || out.is_dir(),
+            "--out {}: exists and is not a directory",
+            out.display()
+        );
+        let found: Vec<String> = crate::replace::BUNDLE_FILES
+            .iter()
+            .map(|f| out.join(f))
+            .chain(crate::checkpoint::all_dirs(out))
+            .filter(|p| p.exists())
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        anyhow::ensure!(
+            found.is_empty(),
+            "--out {} already holds a bundle or checkpoint ({}): give an empty directory, or --model's own to \
+             upgrade it in place",
+            out.display(),
+            found.join(", ")
+        );
+    }
     let m = &bundle.manifest;
     let config: ModelConfig = m
         .provenance

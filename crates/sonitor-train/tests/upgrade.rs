@@ -134,6 +134,15 @@ fn a_plain_graph_is_upgraded_to_the_same_embedding_and_a_current_one_left_alone(
     assert_eq!(record["changes"].as_array().unwrap().len(), 2);
     assert_eq!(new_bundle.manifest.sections, old_bundle.manifest.sections);
 
+    // Into another directory that holds a bundle: refused, that bundle untouched; in place: upgraded.
+    let other = dir.path().join("other");
+    Bundle::write(&other, &manifest(&p, &config, true), &plain).unwrap();
+    let e = format!("{:#}", upgrade(&old_dir, &other).unwrap_err());
+    assert!(e.contains("already holds a bundle"), "{e}");
+    assert_eq!(std::fs::read(other.join("model.onnx")).unwrap(), plain);
+    assert_eq!(upgrade(&other, &other).unwrap().changes, up.changes);
+    assert_eq!(std::fs::read(other.join("model.onnx")).unwrap(), up.onnx);
+
     // Upgrading again writes nothing.
     let again = dir.path().join("again");
     assert!(upgrade(&new_dir, &again).unwrap().changes.is_empty());
