@@ -155,7 +155,10 @@ pub fn read_state(dir: &Path) -> anyhow::Result<State> {
 /// `model` with the weights of the checkpoint directory `dir` (its [`MODEL_FILE`]).
 pub fn load_weights(model: Model, dir: &Path) -> anyhow::Result<Model> {
     let path = dir.join(MODEL_FILE);
-    let record = burn::store::ModuleRecord::load(&path)
+    // Read whole now: loaded from the file, burn reads each tensor's data from it only when the tensor is first
+    // used, and `prune --force` of a bundle onto itself moves the checkpoint aside before fine-tuning uses them.
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let record = burn::store::ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
         .map_err(|e| anyhow::anyhow!("loading {}: {e:?}", path.display()))?;
     model
         .try_load_record(record)

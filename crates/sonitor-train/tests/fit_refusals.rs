@@ -574,6 +574,18 @@ fn prune_checks_its_checkpoint_out_and_data() {
     let e = err(run(&args("p", None, false)));
     assert!(e.contains("already holds a bundle"), "{e}");
     run(&args("p", None, true)).unwrap();
+    // In place (--out = --model, --force): the checkpoint it prunes is moved aside before the fine-tuning reads
+    // its weights, which must already be in memory then (burn read them lazily from the file: a panic).
+    let p = d.path().join("p");
+    let before = Bundle::load(&p).unwrap().manifest.model_id;
+    run(&PruneArgs {
+        force: true,
+        ..data::prune_args(&p, &p)
+    })
+    .unwrap();
+    let after = Bundle::load(&p).unwrap().manifest;
+    assert_ne!(after.model_id, before);
+    assert!(p.join("checkpoint/state.json").exists() && !p.join(".replaced").exists());
 
     // A changed data set, then a moved one.
     let mut w = Writer::new(&data);
