@@ -65,6 +65,11 @@ impl Default for FeatureParams {
     }
 }
 
+/// The longest analysis window [`FeatureParams::validate`] accepts (seconds).
+pub const MAX_WINDOW_SECONDS: f64 = 60.0;
+/// The highest sample rate [`FeatureParams::validate`] accepts (Hz): what audio interfaces offer.
+pub const MAX_SAMPLE_RATE: u32 = 384_000;
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("invalid feature parameters: {0}")]
 pub struct FeatureParamsError(pub String);
@@ -73,8 +78,20 @@ impl FeatureParams {
     /// Checks that the parameters describe a computable feature; names the first bad value.
     pub fn validate(&self) -> Result<(), FeatureParamsError> {
         let bad = |m: String| Err(FeatureParamsError(m));
-        if self.sample_rate == 0 {
-            return bad("sample_rate must be positive".into());
+        if self.sample_rate == 0 || self.sample_rate > MAX_SAMPLE_RATE {
+            return bad(format!(
+                "sample_rate = {} must be in 1..={MAX_SAMPLE_RATE} Hz",
+                self.sample_rate
+            ));
+        }
+        if self.window_seconds() > MAX_WINDOW_SECONDS {
+            return bad(format!(
+                "window_samples = {} is {:.1} s at {} Hz; an analysis window must be at most {MAX_WINDOW_SECONDS} s \
+                 (a longer one holds whole minutes of audio per embedding and its tensors do not fit an edge device)",
+                self.window_samples,
+                self.window_seconds(),
+                self.sample_rate
+            ));
         }
         if self.n_fft < 16 {
             return bad(format!("n_fft = {} is too small (at least 16)", self.n_fft));
@@ -632,6 +649,32 @@ mod tests {
             ..FeatureParams::default()
         };
         assert!(FeatureExtractor::new(p).is_err());
+        // An absurd window (a manifest's typo, or a graph without shapes that would take any) is refused with
+        // its length in seconds and the limit.
+        let p = FeatureParams {
+            window_samples: 16_000 * 61,
+            ..FeatureParams::default()
+        };
+        let e = p.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("window_samples = 976000 is 61.0 s") && e.contains("at most 60 s"),
+            "{e}"
+        );
+        let p = FeatureParams {
+            window_samples: 16_000 * 60,
+            ..FeatureParams::default()
+        };
+        p.validate().unwrap();
+        let p = FeatureParams {
+            sample_rate: u32::MAX,
+            fmax_hz: 8_000.0,
+            ..FeatureParams::default()
+        };
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("sample_rate"));
     }
 
     #[test]
