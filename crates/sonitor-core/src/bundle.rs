@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -175,12 +176,27 @@ pub enum BundleError {
 }
 
 /// A loaded, verified bundle.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Bundle {
     pub dir: PathBuf,
     pub manifest: Manifest,
     pub onnx_path: PathBuf,
     pub graph: GraphSignature,
+    /// The bytes of the ONNX file whose checksum was verified: an inference engine is given these, never a second
+    /// read of `onnx_path` (the file may have been replaced in between).
+    onnx: Arc<[u8]>,
+}
+
+impl std::fmt::Debug for Bundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bundle")
+            .field("dir", &self.dir)
+            .field("manifest", &self.manifest)
+            .field("onnx_path", &self.onnx_path)
+            .field("graph", &self.graph)
+            .field("onnx", &format_args!("{} bytes", self.onnx.len()))
+            .finish()
+    }
 }
 
 /// Hex sha256 of some bytes.
@@ -432,7 +448,13 @@ impl Bundle {
             manifest,
             onnx_path,
             graph,
+            onnx: bytes.into(),
         })
+    }
+
+    /// The ONNX graph as read and verified by [`Bundle::load`] (its sha256 is the manifest's `onnx_sha256`).
+    pub fn onnx_bytes(&self) -> &[u8] {
+        &self.onnx
     }
 
     /// Writes a bundle (creating `dir`): the ONNX bytes under `manifest.onnx_file` and the manifest with the
@@ -564,6 +586,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let b = Bundle::write(d.path(), &manifest(), &graph()).unwrap();
         assert_eq!(b.manifest.onnx_sha256, sha256_hex(&graph()));
+        assert_eq!(b.onnx_bytes(), graph());
         assert_eq!(b.graph.producer, "test-producer");
         assert!(b.section("fan", 0).is_some());
         assert!(b.manifest.section_by_key("fan/section_00").is_some());
