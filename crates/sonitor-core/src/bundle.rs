@@ -322,17 +322,15 @@ impl Manifest {
                     t.elem_type
                 ));
             }
+            // A graph without shapes, or with symbolic or unknown axes (`[batch, frames, 128]`), is given the
+            // manifest's shapes when it is loaded; whether it can run with them is for the inference engine to say
+            // (`sonitor validate` builds it). Axes the graph fixes must be the manifest's.
             let Some(dims) = &t.dims else { return Ok(()) };
             let ok = dims.len() == shape.len()
-                && dims
-                    .iter()
-                    .zip(shape)
-                    .enumerate()
-                    .all(|(axis, (d, &s))| match d {
-                        Dim::Fixed(v) => *v as usize == s,
-                        // A symbolic or unknown batch axis is fine; other axes must be fixed.
-                        Dim::Symbolic(_) | Dim::Unknown => axis == 0,
-                    });
+                && dims.iter().zip(shape).all(|(d, &s)| match d {
+                    Dim::Fixed(v) => usize::try_from(*v).is_ok_and(|v| v == s),
+                    Dim::Symbolic(_) | Dim::Unknown => true,
+                });
             if ok {
                 Ok(())
             } else {
@@ -757,6 +755,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("needs input 'domain'"), "{e}");
+
+        // A symbolic or unknown axis anywhere (a PyTorch export with dynamic frames) is the manifest's to fix;
+        // a fixed one that differs is not, nor a rank that differs.
+        let dynamic = model(
+            &[
+                (
+                    "log_mel",
+                    vec![
+                        Dim::Symbolic("batch".into()),
+                        Dim::Symbolic("frames".into()),
+                        Dim::Fixed(32),
+                    ],
+                ),
+                ("spectrum", vec![Dim::Unknown, Dim::Unknown]),
+            ],
+            &[(
+                "embedding",
+                vec![Dim::Symbolic("batch".into()), Dim::Unknown],
+            )],
+        );
+        Bundle::write(d.path(), &manifest(), &dynamic).unwrap();
+        let wrong_rank = model(
+            &[
+                (
+                    "log_mel",
+                    vec![Dim::Symbolic("frames".into()), Dim::Fixed(32)],
+                ),
+                ("spectrum", vec![Dim::Fixed(1), Dim::Fixed(2048)]),
+            ],
+            &[("embedding", vec![Dim::Fixed(1), Dim::Fixed(4)])],
+        );
+        let e = Bundle::write(d.path(), &manifest(), &wrong_rank)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("graph says shape [frames, 32]"), "{e}");
 
         let e = Bundle::write(d.path(), &manifest(), b"not onnx at all")
             .unwrap_err()
