@@ -27,13 +27,24 @@ impl std::fmt::Debug for Embedder {
 }
 
 impl Embedder {
-    /// Loads and optimises the bundle's graph; fails with the bundle path and tract's reason.
+    /// Loads and optimises the bundle's graph, the bytes whose checksum [`Bundle::load`] verified, with the
+    /// manifest's input shapes and its output (by name: a graph may have other outputs, in any order); fails
+    /// with the bundle path and tract's reason.
     pub fn load(bundle: &Bundle) -> anyhow::Result<Self> {
         let m = &bundle.manifest;
         let path: &Path = &bundle.onnx_path;
         let mut model = tract_onnx::onnx()
-            .model_for_path(path)
+            .model_for_read(&mut bundle.onnx_bytes())
             .with_context(|| format!("{}: tract cannot read the graph", path.display()))?;
+        model
+            .select_outputs_by_name([&m.output.name])
+            .with_context(|| {
+                format!(
+                    "{}: tract finds no output '{}' in the graph",
+                    path.display(),
+                    m.output.name
+                )
+            })?;
         let outlets = model.input_outlets()?.to_vec();
         let mut inputs = Vec::new();
         for (i, outlet) in outlets.iter().enumerate() {
@@ -120,14 +131,65 @@ impl Embedder {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use prost::Message;
     use sonitor_core::features::FeatureExtractor;
+    use tract_onnx::pb;
+
+    pub(crate) fn default_bundle() -> Bundle {
+        Bundle::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default")).unwrap()
+    }
+
+    /// The default bundle's graph changed by `edit`, written with its manifest as a bundle in `dir`.
+    pub(crate) fn edited_default(dir: &Path, edit: impl FnOnce(&mut pb::GraphProto)) -> Bundle {
+        let b = default_bundle();
+        let mut proto = pb::ModelProto::decode(b.onnx_bytes()).unwrap();
+        edit(proto.graph.as_mut().unwrap());
+        Bundle::write(dir, &b.manifest, &proto.encode_to_vec()).unwrap()
+    }
+
+    fn embedding(b: &Bundle) -> Vec<f32> {
+        let mut e = Embedder::load(b).unwrap();
+        let p = b.manifest.features.clone();
+        let f = FeatureExtractor::new(p.clone())
+            .unwrap()
+            .extract(&crate::bench::test_signal(p.window_samples, p.sample_rate))
+            .unwrap();
+        let mut out = Vec::new();
+        e.embed(&f, &mut out).unwrap();
+        out
+    }
+
+    /// PyTorch returning `(logits, embedding)`: the graph's first output is not the embedding. The manifest's
+    /// output is the one scored, whatever the order.
+    #[test]
+    fn the_manifests_output_is_scored_not_the_graphs_first() {
+        let d = tempfile::tempdir().unwrap();
+        let decoyed = edited_default(d.path(), |g| {
+            let emb = g.output.iter().find(|o| o.name == "embedding").unwrap();
+            let decoy = pb::ValueInfoProto {
+                name: "decoy".into(),
+                ..emb.clone()
+            };
+            g.node.push(pb::NodeProto {
+                op_type: "Neg".into(),
+                name: "decoy".into(),
+                input: vec!["embedding".into()],
+                output: vec!["decoy".into()],
+                ..Default::default()
+            });
+            g.output.insert(0, decoy);
+        });
+        assert_eq!(decoyed.graph.outputs[0].name, "decoy");
+        let want = embedding(&default_bundle());
+        assert_eq!(embedding(&decoyed), want);
+        assert!(want.iter().any(|v| *v != 0.0));
+    }
 
     #[test]
     fn node_profile_runs_the_same_plan_as_embed() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default");
-        let bundle = Bundle::load(&dir).unwrap();
+        let bundle = default_bundle();
         let mut e = Embedder::load(&bundle).unwrap();
         let p = bundle.manifest.features.clone();
         let mut fx = FeatureExtractor::new(p.clone()).unwrap();

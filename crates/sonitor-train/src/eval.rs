@@ -65,11 +65,12 @@ pub struct SectionScores {
     pub domain: Vec<Option<Domain>>,
 }
 
-/// Loads the bundle's graph with tract, inputs named and shaped by the manifest.
+/// Loads the bundle's graph with tract (the bytes whose checksum the bundle verified), inputs named and shaped by
+/// the manifest, its output the manifest's.
 pub fn embedder_of(bundle: &Bundle) -> anyhow::Result<OnnxEmbedder> {
     let path = &bundle.onnx_path;
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    embedder_with_graph(bundle, &bytes).with_context(|| format!("loading {}", path.display()))
+    embedder_with_graph(bundle, bundle.onnx_bytes())
+        .with_context(|| format!("loading {}", path.display()))
 }
 
 /// Loads the ONNX graph `onnx` with tract, inputs named and shaped by the bundle's manifest (the bundle's own
@@ -95,7 +96,14 @@ pub fn embedder_with_graph(bundle: &Bundle, onnx: &[u8]) -> anyhow::Result<OnnxE
         .clone()
         .try_into()
         .map_err(|s| anyhow::anyhow!("spectrum input shape {s:?} is not 2-D"))?;
-    OnnxEmbedder::from_bytes(onnx, &mel.name, mel_shape, &spec.name, spec_shape)
+    OnnxEmbedder::from_bytes(
+        onnx,
+        &mel.name,
+        mel_shape,
+        &spec.name,
+        spec_shape,
+        &m.output.name,
+    )
 }
 
 /// Window scores of one clip's audio.

@@ -49,17 +49,22 @@ impl std::fmt::Debug for OnnxEmbedder {
 
 impl OnnxEmbedder {
     /// Loads an ONNX graph whose inputs are named `log_mel_name` (`[1, frames, n_mels]`) and `spectrum_name`
-    /// (`[1, spectrum_len]`); fixes those shapes (a symbolic batch axis becomes 1) and optimises the graph.
+    /// (`[1, spectrum_len]`); fixes those shapes (a symbolic batch axis becomes 1), keeps the output named
+    /// `output_name` as the embedding (a graph may have other outputs, in any order) and optimises the graph.
     pub fn from_bytes(
         bytes: &[u8],
         log_mel_name: &str,
         log_mel_shape: [usize; 3],
         spectrum_name: &str,
         spectrum_shape: [usize; 2],
+        output_name: &str,
     ) -> anyhow::Result<Self> {
         let mut model = tract_onnx::onnx()
             .model_for_read(&mut std::io::Cursor::new(bytes))
             .map_err(|e| anyhow::anyhow!("parsing the ONNX graph: {e:#}"))?;
+        model
+            .select_outputs_by_name([output_name])
+            .map_err(|e| anyhow::anyhow!("the ONNX graph has no output '{output_name}': {e:#}"))?;
         let names: Vec<String> = model
             .input_outlets()
             .map_err(|e| anyhow::anyhow!("{e:#}"))?
@@ -148,5 +153,73 @@ impl OnnxEmbedder {
             .to_plain_array_view::<f32>()
             .map_err(|e| anyhow::anyhow!("embedding output: {e:#}"))?;
         Ok(view.iter().copied().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+    use tract_onnx::pb;
+
+    /// PyTorch returning `(logits, embedding)`: the graph's first output is not the embedding. The named output
+    /// is the one embedded, whatever the order (the default bundle's graph with `decoy = -embedding` first).
+    #[test]
+    fn the_named_output_is_the_embedding_not_the_graphs_first() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default");
+        let bundle = sonitor_core::bundle::Bundle::load(&dir).unwrap();
+        let plain = bundle.onnx_bytes().to_vec();
+        let mut proto = pb::ModelProto::decode(plain.as_slice()).unwrap();
+        let g = proto.graph.as_mut().unwrap();
+        let emb = g.output.iter().find(|o| o.name == "embedding").unwrap();
+        let decoy = pb::ValueInfoProto {
+            name: "decoy".into(),
+            ..emb.clone()
+        };
+        g.node.push(pb::NodeProto {
+            op_type: "Neg".into(),
+            name: "decoy".into(),
+            input: vec!["embedding".into()],
+            output: vec!["decoy".into()],
+            ..Default::default()
+        });
+        g.output.insert(0, decoy);
+        let decoyed = proto.encode_to_vec();
+        let [frames, n_mels] = bundle.manifest.features.log_mel_shape();
+        let spec_len = bundle.manifest.features.spectrum_len();
+        let load = |bytes: &[u8], output: &str| {
+            OnnxEmbedder::from_bytes(
+                bytes,
+                "log_mel",
+                [1, frames, n_mels],
+                "spectrum",
+                [1, spec_len],
+                output,
+            )
+            .unwrap()
+        };
+        let mel: Vec<f32> = (0..frames * n_mels)
+            .map(|i| (0.1 * i as f64).sin() as f32)
+            .collect();
+        let spec: Vec<f32> = (0..spec_len)
+            .map(|i| (0.01 * i as f64).cos().abs() as f32)
+            .collect();
+        let want = load(&plain, "embedding").embed_raw(&mel, &spec).unwrap();
+        assert!(want.iter().any(|v| *v != 0.0));
+        let got = load(&decoyed, "embedding").embed_raw(&mel, &spec).unwrap();
+        assert_eq!(got, want);
+        // The other output is there, and is what a caller naming it gets.
+        let neg = load(&decoyed, "decoy").embed_raw(&mel, &spec).unwrap();
+        assert_eq!(neg, want.iter().map(|v| -v).collect::<Vec<_>>());
+        let e = OnnxEmbedder::from_bytes(
+            &plain,
+            "log_mel",
+            [1, frames, n_mels],
+            "spectrum",
+            [1, spec_len],
+            "logits",
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("no output 'logits'"), "{e:#}");
     }
 }

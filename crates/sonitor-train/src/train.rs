@@ -823,6 +823,7 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
         [1, frames, n_mels],
         INPUT_SPECTRUM,
         [1, config.spectrum_len],
+        export::OUTPUT_EMBEDDING,
     )?;
     // The training audio is already in memory: the back end embeds it, it does not read the files again.
     let audio_of: BTreeMap<&Path, &data::Pcm> = train

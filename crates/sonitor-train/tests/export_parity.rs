@@ -7,7 +7,9 @@
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Tensor};
-use sonitor_train::export::{export_onnx, INPUT_LOG_MEL, INPUT_SPECTRUM, STEM_BLOCK_BELOW};
+use sonitor_train::export::{
+    export_onnx, INPUT_LOG_MEL, INPUT_SPECTRUM, OUTPUT_EMBEDDING, STEM_BLOCK_BELOW,
+};
 use sonitor_train::infer::OnnxEmbedder;
 use sonitor_train::loss::{Loss, LossKind};
 use sonitor_train::model::ModelConfig;
@@ -52,6 +54,7 @@ fn check(config: ModelConfig) {
         [1, frames, n_mels],
         INPUT_SPECTRUM,
         [1, spec_len],
+        OUTPUT_EMBEDDING,
     )
     .unwrap();
     let plain = Device::flex();

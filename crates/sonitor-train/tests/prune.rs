@@ -9,7 +9,7 @@ use burn::module::{Module, Param};
 use burn::nn::BatchNorm;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use sonitor_train::export::{export_onnx, INPUT_LOG_MEL, INPUT_SPECTRUM};
+use sonitor_train::export::{export_onnx, INPUT_LOG_MEL, INPUT_SPECTRUM, OUTPUT_EMBEDDING};
 use sonitor_train::infer::OnnxEmbedder;
 use sonitor_train::loss::{Loss, LossKind};
 use sonitor_train::model::{Model, ModelConfig};
@@ -104,6 +104,7 @@ fn check(config: ModelConfig) {
         [1, config.frames, config.n_mels],
         INPUT_SPECTRUM,
         [1, config.spectrum_len],
+        OUTPUT_EMBEDDING,
     )
     .unwrap();
     let plain = Device::flex();

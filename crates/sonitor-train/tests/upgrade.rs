@@ -8,6 +8,7 @@ use sonitor_core::bundle::{Bundle, Manifest, Provenance};
 use sonitor_core::features::FeatureParams;
 use sonitor_train::export::{
     export_onnx_as, signature, upgrade_onnx, GraphForm, INPUT_LOG_MEL, INPUT_SPECTRUM,
+    OUTPUT_EMBEDDING,
 };
 use sonitor_train::infer::OnnxEmbedder;
 use sonitor_train::model::ModelConfig;
@@ -82,6 +83,7 @@ fn a_plain_graph_is_upgraded_to_the_same_embedding_and_a_current_one_left_alone(
             [1, frames, n_mels],
             INPUT_SPECTRUM,
             [1, spec_len],
+            OUTPUT_EMBEDDING,
         )
         .unwrap()
     };
