@@ -161,6 +161,17 @@ pub(crate) mod tests {
         out
     }
 
+    /// The graph tract runs is the one whose checksum was verified: a model.onnx replaced after `Bundle::load`
+    /// (another bundle copied over it, a half-written file) is not read again.
+    #[test]
+    fn the_verified_bytes_are_run_not_the_file_as_it_is_now() {
+        let d = tempfile::tempdir().unwrap();
+        let b = edited_default(d.path(), |_| {});
+        let want = embedding(&b);
+        std::fs::write(&b.onnx_path, b"not the graph that was verified").unwrap();
+        assert_eq!(embedding(&b), want);
+    }
+
     /// PyTorch returning `(logits, embedding)`: the graph's first output is not the embedding. The manifest's
     /// output is the one scored, whatever the order.
     #[test]
