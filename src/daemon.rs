@@ -91,18 +91,36 @@ pub fn check(path: &Path) -> Checked {
     problems.extend(disk.problem);
     let mut warnings = disk.warnings;
     let mut bundles = BTreeMap::new();
+    // Bundles already refused: each is loaded (and built by tract) once, however many machines use it.
+    let mut refused = std::collections::BTreeSet::new();
     for m in &cfg.machines {
         let at = format!("machine '{}'", m.name);
-        if !m.bundle.join(sonitor_core::bundle::MANIFEST_FILE).is_file() {
+        if !m.bundle.join(sonitor_core::bundle::MANIFEST_FILE).is_file()
+            || refused.contains(&m.bundle)
+        {
             continue; // already reported
         }
         if !bundles.contains_key(&m.bundle) {
-            match Bundle::load(&m.bundle) {
+            // The manifest and its graph agree (Bundle::load), and tract can build and run that graph as `run`
+            // will: a bundle tract cannot run is a problem of the configuration (exit 78), not a start that
+            // fails (exit 1) and is restarted forever.
+            let loaded = Bundle::load(&m.bundle)
+                .map_err(|e| format!("{at}: bundle refused: {e}"))
+                .and_then(|b| match crate::model::Embedder::check(&b) {
+                    Ok(()) => Ok(b),
+                    Err(e) => Err(format!(
+                        "{at}: bundle {} refused: {e:#} (re-export the graph with operators and shapes that \
+                         tract runs)",
+                        m.bundle.display()
+                    )),
+                });
+            match loaded {
                 Ok(b) => {
                     bundles.insert(m.bundle.clone(), b);
                 }
                 Err(e) => {
-                    problems.push(format!("{at}: bundle refused: {e}"));
+                    problems.push(e);
+                    refused.insert(m.bundle.clone());
                     continue;
                 }
             }

@@ -74,6 +74,27 @@ impl Embedder {
         })
     }
 
+    /// What `sonitor validate` (and a reload, and the start of `run`) asks of a bundle beyond [`Bundle::load`]'s
+    /// checks: tract builds the plan `run` would build ([`Embedder::load`]) and runs it once on one window of
+    /// all-zero features, which gives `embedding_dim` values. A graph tract cannot read, type, optimise or run
+    /// (an operator it lacks, shapes that do not fit the manifest's) is found here, not by a service that then
+    /// fails at every start.
+    pub fn check(bundle: &Bundle) -> anyhow::Result<()> {
+        let mut e = Self::load(bundle)?;
+        let p = &bundle.manifest.features;
+        let f = Features {
+            log_mel: vec![0.0; p.log_mel_shape().iter().product()],
+            spectrum: vec![0.0; p.spectrum_len()],
+        };
+        let mut out = Vec::new();
+        e.embed(&f, &mut out).with_context(|| {
+            format!(
+                "{}: tract cannot run the graph on one window",
+                bundle.onnx_path.display()
+            )
+        })
+    }
+
     pub fn dim(&self) -> usize {
         self.dim
     }

@@ -3,8 +3,12 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use prost::Message;
+use sonitor_core::bundle::Bundle;
+use tract_onnx::pb;
 
 fn sonitor(args: &[&str], config: &Path) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_sonitor"))
@@ -42,6 +46,15 @@ fn edited(good: &Path, name: &str, edits: &[(&str, &str)]) -> std::path::PathBuf
     let p = good.with_file_name(name);
     std::fs::write(&p, text).unwrap();
     p
+}
+
+/// The bundle in `from` with its graph changed by `edit`, written (with a checksum that fits) as `to`.
+fn rebuilt_bundle(from: &Path, to: &Path, edit: impl FnOnce(&mut pb::GraphProto)) -> PathBuf {
+    let b = Bundle::load(from).unwrap();
+    let mut proto = pb::ModelProto::decode(b.onnx_bytes()).unwrap();
+    edit(proto.graph.as_mut().unwrap());
+    Bundle::write(to, &b.manifest, &proto.encode_to_vec()).unwrap();
+    to.to_path_buf()
 }
 
 fn file_device(wav: &Path) -> String {
@@ -124,6 +137,47 @@ fn every_kind_of_bad_input_is_named_with_exit_78() {
     std::fs::write(broken.join("model.onnx"), onnx).unwrap();
     let p = common::config(d.path(), &file_device(&wav), &broken, 1883, "");
     expect_78(&p, &["checksum mismatch"]);
+
+    // A graph tract cannot run, behind a manifest that agrees with it: an operator tract lacks, and an output
+    // without a shape that gives twice the manifest's embedding_dim. `validate` builds and runs the graph as
+    // `run` would, and names the bundle and the reason.
+    let unrunnable = rebuilt_bundle(&b.dir, &d.path().join("unknown-op-bundle"), |g| {
+        let log = g.node.iter_mut().find(|n| n.op_type == "Log").unwrap();
+        log.op_type = "LogOfTheFuture".into();
+    });
+    let p = common::config(d.path(), &file_device(&wav), &unrunnable, 1883, "");
+    expect_78(&p, &["unknown-op-bundle", "LogOfTheFuture"]);
+    let doubled = rebuilt_bundle(&b.dir, &d.path().join("doubled-bundle"), |g| {
+        let last = g
+            .node
+            .iter_mut()
+            .find(|n| n.output[0] == "embedding")
+            .unwrap();
+        last.output[0] = "projected".into();
+        g.node.push(pb::NodeProto {
+            op_type: "Concat".into(),
+            name: "doubled".into(),
+            input: vec!["projected".into(), "projected".into()],
+            output: vec!["embedding".into()],
+            attribute: vec![pb::AttributeProto {
+                name: "axis".into(),
+                r#type: 2,
+                i: 1,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        if let Some(pb::type_proto::Value::TensorType(t)) =
+            g.output[0].r#type.as_mut().and_then(|t| t.value.as_mut())
+        {
+            t.shape = None;
+        }
+    });
+    let p = common::config(d.path(), &file_device(&wav), &doubled, 1883, "");
+    expect_78(
+        &p,
+        &["doubled-bundle", "returned 48 values", "embedding_dim 24"],
+    );
 
     // A channel the input does not have.
     let p = edited(&good, "channel.toml", &[("channel = 0", "channel = 3")]);
