@@ -77,6 +77,13 @@ pub struct Checked {
 /// Loads the configuration and checks everything that can be checked before running: files, bundles,
 /// sections, channels, devices, ports, the state directory.
 pub fn check(path: &Path) -> Checked {
+    check_with(path, None)
+}
+
+/// [`check`], by a daemon that runs `running` (a reload): a capture device of `running` that the file leaves as
+/// it is may be held open by this daemon, so that it cannot be asked for its configurations now; that is a
+/// warning, not a problem.
+fn check_with(path: &Path, running: Option<&Config>) -> Checked {
     let cfg = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -205,6 +212,13 @@ pub fn check(path: &Path) -> Checked {
                             .and_then(|m| bundles.get(&m.bundle))
                             .map_or(16_000, |b| b.manifest.features.sample_rate);
                         match crate::capture::choose_config(&dev, d, rate) {
+                            Err(e) if running.is_some_and(|r| r.devices.contains(d)) => {
+                                warnings.push(format!(
+                                    "device '{}' ({spec}): {e:#} (it is in use by this daemon: its channels are \
+                                     checked again at the next start)",
+                                    d.name
+                                ))
+                            }
                             Err(e) => problems.push(format!("device '{}' ({spec}): {e:#}", d.name)),
                             Ok((sc, _)) => {
                                 for m in users {
@@ -814,25 +828,30 @@ impl Controller {
     }
 
     /// SIGHUP: detector settings (thresholds, debounce) and `enabled` from the file; audio keeps flowing. A file
-    /// that `run` would refuse at the next start is refused whole now, so that a reload never leaves a daemon that
-    /// cannot restart; settings that need a restart are named.
+    /// that `sonitor validate` would refuse (the same [`check`]: bundles built by tract, sections, devices, MQTT
+    /// credentials, …) is refused whole now, so that a reload never leaves a daemon that cannot restart; settings
+    /// that need a restart are named.
     fn reload(&mut self) {
         let path = self.config_path.display().to_string();
-        let new = match Config::load(&self.config_path) {
-            Err(e) => {
-                log::error!("reload: {e}; keeping the running configuration");
-                return;
-            }
-            Ok(new) => new,
+        let checked = check_with(&self.config_path, Some(&self.cfg));
+        let Some(new) = checked.cfg else {
+            log::error!(
+                "reload: {}; keeping the running configuration",
+                checked.problems.join("; ")
+            );
+            return;
         };
-        let mut problems = new.static_problems();
-        problems.extend(new.disk_check().problem);
+        let mut problems = checked.problems;
         for nm in &new.machines {
             let Some(m) = self.machines.iter().find(|m| m.cfg.name == nm.name) else {
                 continue;
             };
-            // As the next start would check it (`check`), with the running bundle.
-            problems.extend(threshold_off_above_bundle(nm, m.bundle_threshold));
+            // The new settings against the running bundle too (`check` saw the bundle on disk).
+            if let Some(p) = threshold_off_above_bundle(nm, m.bundle_threshold) {
+                if !problems.contains(&p) {
+                    problems.push(p);
+                }
+            }
         }
         if !problems.is_empty() {
             log::error!(
@@ -841,6 +860,9 @@ impl Controller {
                 problems.join("; ")
             );
             return;
+        }
+        for w in &checked.warnings {
+            log::warn!("reload: {w}");
         }
         let mut changed = 0;
         for i in 0..self.machines.len() {

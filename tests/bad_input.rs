@@ -5,6 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use prost::Message;
 use sonitor_core::bundle::Bundle;
@@ -297,4 +298,55 @@ fn a_state_dir_that_cannot_take_a_write_is_refused_or_warned() {
     for n in ["Read-only file system", "remount it read-write"] {
         assert!(text.contains(n), "should say '{n}':\n{text}");
     }
+}
+
+/// SIGHUP refuses, whole, a file that `sonitor validate` refuses (here a section the bundle lacks, which the next
+/// start would refuse with exit 78): the running configuration stays, the problem is logged, nothing of the
+/// file is applied. A good file afterwards is applied.
+#[test]
+fn a_reload_refuses_what_validate_refuses() {
+    let d = tempfile::tempdir().unwrap();
+    let (b, wav) = common::bundle_and_wav(d.path(), "rec.wav", &common::pump());
+    let cfg = common::file_config(
+        d.path(),
+        &wav,
+        &b.dir,
+        "realtime = true\nat_end = \"loop\"\n",
+        "",
+    );
+    let daemon = common::Daemon::start(&cfg, &[]);
+    daemon.wait_log("input mic open", Duration::from_secs(20));
+    let hup = || unsafe {
+        libc::kill(daemon.child.id() as i32, libc::SIGHUP);
+    };
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        good.replace("pump/section_00", "fan/section_03")
+            .replace("raise_k = 2\n", "raise_k = 2\nthreshold = 0.6\n"),
+    )
+    .unwrap();
+    let (code, text) = sonitor(&["validate"], &cfg);
+    assert_eq!(code, 78, "{text}");
+    hup();
+    daemon.wait_log(
+        "no section 'fan/section_03' (it has: pump/section_00); keeping the running configuration",
+        Duration::from_secs(10),
+    );
+    let log = daemon.log.lock().unwrap().clone();
+    assert!(
+        !log.contains("not applied until") && !log.contains("reloaded"),
+        "{log}"
+    );
+    std::fs::write(
+        &cfg,
+        good.replace("raise_k = 2\n", "raise_k = 2\nthreshold = 0.6\n"),
+    )
+    .unwrap();
+    hup();
+    daemon.wait_log(
+        "1 machine(s) with new detector settings",
+        Duration::from_secs(10),
+    );
+    assert_eq!(daemon.sigterm_and_wait(), 0);
 }
