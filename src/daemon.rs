@@ -97,6 +97,22 @@ fn check_with(path: &Path, running: Option<&Config>) -> Checked {
     let disk = cfg.disk_check();
     problems.extend(disk.problem);
     let mut warnings = disk.warnings;
+    // The MQTT options `run` builds: the password file read, the TLS configuration made from the CA and client
+    // files (a file that exists but is no certificate would otherwise stop every start). After the simpler
+    // checks of [mqtt], which name a missing file better.
+    if cfg.mqtt.enabled && !problems.iter().any(|p| p.starts_with("mqtt")) {
+        if let Err(e) = crate::mqtt::options(&cfg) {
+            let e = format!("{e:#}");
+            problems.push(if e.starts_with("mqtt") {
+                e
+            } else {
+                format!(
+                    "mqtt.tls: {e} (ca_file must hold PEM CA certificates, client_cert and client_key the PEM \
+                     certificate chain and key of this client)"
+                )
+            });
+        }
+    }
     let mut bundles = BTreeMap::new();
     // Bundles already refused: each is loaded (and built by tract) once, however many machines use it.
     let mut refused = std::collections::BTreeSet::new();

@@ -180,6 +180,39 @@ fn every_kind_of_bad_input_is_named_with_exit_78() {
         &["doubled-bundle", "returned 48 values", "embedding_dim 24"],
     );
 
+    // MQTT files that exist but cannot serve: a CA file that is no certificate, a password file that is not
+    // text. `run` builds the MQTT options from them; `validate` builds them too.
+    let ca = d.path().join("garbage-ca.pem");
+    std::fs::write(&ca, "this is not a certificate\n").unwrap();
+    let p = common::config(
+        d.path(),
+        &file_device(&wav),
+        &b.dir,
+        1883,
+        &format!(
+            "[mqtt.tls]\nenabled = true\nca_file = \"{}\"\n",
+            ca.display()
+        ),
+    );
+    expect_78(
+        &p,
+        &["mqtt.tls: ", "garbage-ca.pem: no CA certificate found"],
+    );
+    let pw = d.path().join("password");
+    std::fs::write(&pw, [0xff, 0xfe, 0x00, 0x80]).unwrap();
+    let p = edited(
+        &good,
+        "password.toml",
+        &[(
+            "[mqtt]\n",
+            &format!(
+                "[mqtt]\nusername = \"u\"\npassword_file = \"{}\"\n",
+                pw.display()
+            ),
+        )],
+    );
+    expect_78(&p, &["mqtt.password_file ", "valid UTF-8"]);
+
     // A channel the input does not have.
     let p = edited(&good, "channel.toml", &[("channel = 0", "channel = 3")]);
     expect_78(&p, &["channel 3 does not exist", "1 channel(s)"]);
