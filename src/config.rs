@@ -1036,12 +1036,7 @@ impl Config {
             if q.port == 0 {
                 p.push("mqtt.port must be 1..65535".into());
             }
-            if q.prefix.is_empty() || q.prefix.contains(['+', '#']) {
-                p.push(format!(
-                    "mqtt.prefix '{}' must be non-empty without '+' or '#'",
-                    q.prefix
-                ));
-            }
+            p.extend(topic_prefix_problem("mqtt.prefix", &q.prefix, "sonitor"));
             if q.reconnect_min.is_zero() || q.reconnect_min > q.reconnect_max {
                 p.push("mqtt: need 0 < reconnect_min <= reconnect_max".into());
             }
@@ -1092,8 +1087,12 @@ impl Config {
             if q.tls.client_cert.is_some() != q.tls.client_key.is_some() {
                 p.push("mqtt.tls: client_cert and client_key go together".into());
             }
-            if q.discovery.enabled && q.discovery.prefix.is_empty() {
-                p.push("mqtt.discovery.prefix is empty".into());
+            if q.discovery.enabled {
+                p.extend(topic_prefix_problem(
+                    "mqtt.discovery.prefix",
+                    &q.discovery.prefix,
+                    "homeassistant",
+                ));
             }
         }
         if self.metrics.enabled {
@@ -1267,6 +1266,26 @@ pub fn changes_needing_restart(old: &Config, new: &Config) -> Vec<String> {
         }
     }
     c
+}
+
+/// Why `prefix`, the setting `key`, cannot begin MQTT topics, with an example of one that can; `None` when it can.
+/// Topics are `<prefix>/…` with a trailing `/` of the prefix dropped: the prefix must have a level, and no level
+/// may be empty (`a//b`) or hold a wildcard (`+`, `#`, which no published topic may contain) or U+0000.
+fn topic_prefix_problem(key: &str, prefix: &str, example: &str) -> Option<String> {
+    let levels = prefix.trim_end_matches('/');
+    let ok = !levels.is_empty()
+        && !prefix.contains(['+', '#', '\0'])
+        && !levels
+            .strip_prefix('/')
+            .unwrap_or(levels)
+            .split('/')
+            .any(str::is_empty);
+    (!ok).then(|| {
+        format!(
+            "{key} '{prefix}' must be one or more topic levels separated by '/', none of them empty, without '+' \
+             or '#' (e.g. \"{example}\")"
+        )
+    })
 }
 
 /// Letters, digits, `-`, `_`.
@@ -2006,5 +2025,36 @@ min_duration = "3s"
                 "loopback",
             ],
         );
+    }
+
+    /// Both topic prefixes are checked alike: an empty level, a wildcard, or nothing at all would give topics
+    /// that no subscriber (Home Assistant's discovery among them) matches, or that the broker refuses.
+    #[test]
+    fn topic_prefixes_are_checked_alike() {
+        let d = tempfile::tempdir().unwrap();
+        for bad in ["", "/", "//ha", "home//assistant", "home/+", "#"] {
+            for (table, key) in [
+                ("[mqtt]\n", "mqtt.prefix"),
+                (
+                    "[mqtt.discovery]\nenabled = true\n",
+                    "mqtt.discovery.prefix",
+                ),
+            ] {
+                let text = format!("{}{table}prefix = \"{bad}\"\n", minimal(d.path()));
+                assert_named(
+                    &problems(d.path(), &text),
+                    &[&format!("{key} '{bad}' must be one or more topic levels")],
+                );
+            }
+        }
+        // A trailing '/' is dropped where topics are made; a leading one is a legal (empty) first level.
+        for good in ["home/assistant/", "/ha", "ha"] {
+            let text = format!(
+                "{}[mqtt]\nprefix = \"{good}\"\n[mqtt.discovery]\nenabled = true\nprefix = \"{good}\"\n",
+                minimal(d.path())
+            );
+            let p = problems(d.path(), &text);
+            assert!(!p.contains("prefix"), "{good}: {p}");
+        }
     }
 }
