@@ -781,6 +781,120 @@ fn env_overrides<I: IntoIterator<Item = (String, String)>>(vars: I) -> BTreeMap<
         .collect()
 }
 
+/// Every setting's key path (`mqtt.tls.ca_file`) that an environment variable may set: the top-level values and
+/// the values of the known sections, nested tables included.
+fn env_settable_keys() -> Vec<String> {
+    fn walk(v: &serde_json::Value, path: String, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    walk(v, format!("{path}.{k}"), out);
+                }
+            }
+            _ => out.push(path),
+        }
+    }
+    let mut out: Vec<String> = ["node_id", "state_dir", "log_level"]
+        .map(String::from)
+        .to_vec();
+    let sections = [
+        ("mqtt", serde_json::to_value(MqttConfig::default())),
+        ("metrics", serde_json::to_value(MetricsConfig::default())),
+        ("clips", serde_json::to_value(ClipsConfig::default())),
+        ("health", serde_json::to_value(HealthConfig::default())),
+        ("pipeline", serde_json::to_value(PipelineConfig::default())),
+    ];
+    for (name, v) in sections {
+        if let Ok(v) = v {
+            walk(&v, name.to_string(), &mut out);
+        }
+    }
+    out
+}
+
+/// `SONITOR_…` variables that are meant for a setting but would not be read, each named with the spelling that
+/// is: a single `_` between levels (`SONITOR_MQTT_ENABLED` for `SONITOR_MQTT__ENABLED`), or a known section with
+/// a key it does not have. Others (`SONITOR_PYTHON`) are not the daemon's and are left alone.
+fn env_misspellings(vars: &[(String, String)]) -> Vec<String> {
+    let read = env_overrides(vars.iter().cloned());
+    let keys = env_settable_keys();
+    let var_of = |key: &str| format!("SONITOR_{}", key.to_ascii_uppercase().replace('.', "__"));
+    let mut p = Vec::new();
+    for (var, _) in vars {
+        let Some(rest) = var.strip_prefix("SONITOR_") else {
+            continue;
+        };
+        if read.contains_key(var) {
+            continue;
+        }
+        let rest = rest.to_ascii_lowercase();
+        let flat = rest.replace("__", "_");
+        if let Some(key) = keys.iter().find(|k| k.replace('.', "_") == flat) {
+            p.push(format!(
+                "the environment variable {var} is not read: write {} to set {key} (`__` between levels)",
+                var_of(key)
+            ));
+        } else if let Some(section) = ["mqtt", "metrics", "clips", "health", "pipeline"]
+            .into_iter()
+            .find(|s| rest.starts_with(&format!("{s}_")))
+        {
+            p.push(format!(
+                "the environment variable {var} is not read: a setting of [{section}] is set by \
+                 SONITOR_{}__<KEY>, and [{section}] has no key it could mean (its keys: {})",
+                section.to_ascii_uppercase(),
+                keys.iter()
+                    .filter_map(|k| k.strip_prefix(&format!("{section}.")))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    p
+}
+
+/// Keys of the `[[devices]]` entries in `tree` (the file as written) that their `source` never reads: the
+/// capture keys on a file source, the file keys on a capture source. Each is named with its device and source
+/// rather than ignored, so that a setting meant to matter (a sample rate, a stall timeout) is not silently dropped.
+fn source_key_problems(tree: &serde_json::Value) -> Vec<String> {
+    const CAPTURE_ONLY: &[&str] = &[
+        "device",
+        "channels",
+        "sample_rate",
+        "buffer_frames",
+        "stall_timeout",
+    ];
+    const FILE_ONLY: &[&str] = &["path", "realtime", "at_end"];
+    let mut p = Vec::new();
+    let Some(devices) = tree.get("devices").and_then(|d| d.as_array()) else {
+        return p;
+    };
+    for (i, entry) in devices.iter().enumerate() {
+        let (unread, this, other, why) = match entry.get("source").and_then(|s| s.as_str()) {
+            Some("file") => (
+                CAPTURE_ONLY,
+                "file",
+                "capture",
+                "a file is played with its own channels and sample rate",
+            ),
+            Some("capture") => (
+                FILE_ONLY,
+                "capture",
+                "file",
+                "a capture device is opened by `device`",
+            ),
+            _ => continue,
+        };
+        let at = entry_label("devices", entry).unwrap_or_default();
+        for key in unread.iter().filter(|k| entry.get(**k).is_some()) {
+            p.push(format!(
+                "{at}devices[{i}].{key} is only read when `source = \"{other}\"`; this device has `source = \
+                 \"{this}\"` ({why}): remove it"
+            ));
+        }
+    }
+    p
+}
+
 /// ` (set by the environment variable SONITOR_…)` when `from_env` (key path → variable) says a variable set `key`.
 fn set_by(from_env: &BTreeMap<String, String>, key: &str) -> Option<String> {
     from_env
@@ -850,6 +964,8 @@ impl Config {
         if !path.exists() {
             return Err(err("no such file".into()));
         }
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let misspelled = env_misspellings(&env);
         let overrides = env_overrides(env);
         // Which setting each variable sets (`SONITOR_MQTT__RECONNECT_MAX` → `mqtt.reconnect_max`), to name the
         // variable when its value is refused.
@@ -875,7 +991,14 @@ impl Config {
             .add_source(config::File::from(path).format(config::FileFormat::Toml))
             .add_source(env)
             .build()
-            .map_err(|e| err(config_crate_message(&e, &from_env)))?;
+            .map_err(|e| ConfigError {
+                path: path.to_path_buf(),
+                reasons: [
+                    misspelled.clone(),
+                    vec![config_crate_message(&e, &from_env)],
+                ]
+                .concat(),
+            })?;
         // Durations and the detector's numbers are checked before the typed read, which names neither the key of
         // a machine's detector setting (they are flattened into the machine) nor what a duration looks like.
         // Refuses the file when a check found problems.
@@ -889,16 +1012,20 @@ impl Config {
             })
         };
         let tree = built.clone().try_deserialize::<serde_json::Value>().ok();
+        let mut early = misspelled;
         if let Some(tree) = &tree {
-            refused(value_problems(tree, &from_env))?;
+            early.extend(value_problems(tree, &from_env));
         }
+        refused(early)?;
         let config = built
             .try_deserialize::<Config>()
             .map_err(|e| err(config_crate_message(&e, &from_env)))?;
         // The typed read converts where the file's type is not the setting's: `channel = 1.5` would become
         // channel 2, `port = 1883.7` port 1884, `enabled = "yes"` true. Each such value is refused instead.
         if let (Some(tree), Ok(typed)) = (&tree, serde_json::to_value(&config)) {
-            refused(type_problems(tree, &typed, &from_env))?;
+            let mut p = type_problems(tree, &typed, &from_env);
+            p.extend(source_key_problems(tree));
+            refused(p)?;
         }
         Ok(config)
     }
@@ -956,9 +1083,6 @@ impl Config {
                     Some(_) => {}
                 },
                 SourceKind::Capture => {
-                    if d.path.is_some() {
-                        p.push(format!("{at}: `path` is only for `source = \"file\"`"));
-                    }
                     if d.channels == Some(0) {
                         p.push(format!("{at}: channels must be at least 1"));
                     }
@@ -2025,6 +2149,92 @@ min_duration = "3s"
                 "loopback",
             ],
         );
+    }
+
+    /// A `SONITOR_…` variable meant for a setting but spelled so that it is not read (one `_` between levels, a
+    /// key the section lacks) is refused with the spelling that is read, instead of being dropped silently.
+    #[test]
+    fn misspelled_environment_variables_are_named_with_the_right_spelling() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), &minimal(d.path()));
+        let vars = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let e = Config::load_with_env(
+            &p,
+            vars(&[
+                ("SONITOR_MQTT_ENABLED", "false"),
+                ("SONITOR_MQTT_TLS__CA_FILE", "/etc/ca.pem"),
+                ("SONITOR_NODE__ID", "n2"),
+                ("SONITOR_CLIPS_HOW_MANY", "3"),
+                ("SONITOR_PYTHON", "/usr/bin/python3"),
+                ("SONITOR_FONT", "/usr/share/fonts/x.ttf"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_named(
+            &e,
+            &[
+                "SONITOR_MQTT_ENABLED is not read: write SONITOR_MQTT__ENABLED to set mqtt.enabled",
+                "SONITOR_MQTT_TLS__CA_FILE is not read: write SONITOR_MQTT__TLS__CA_FILE to set mqtt.tls.ca_file",
+                "SONITOR_NODE__ID is not read: write SONITOR_NODE_ID to set node_id",
+                "SONITOR_CLIPS_HOW_MANY is not read: a setting of [clips] is set by SONITOR_CLIPS__<KEY>",
+                "max_count",
+            ],
+        );
+        assert!(!e.contains("PYTHON") && !e.contains("FONT"), "{e}");
+        // Spelled right, the same settings are read.
+        let c = Config::load_with_env(
+            &p,
+            vars(&[
+                ("SONITOR_MQTT__ENABLED", "false"),
+                ("SONITOR_MQTT__TLS__CA_FILE", "/etc/ca.pem"),
+                ("SONITOR_PYTHON", "/usr/bin/python3"),
+            ]),
+        )
+        .unwrap();
+        assert!(!c.mqtt.enabled);
+        assert_eq!(
+            c.mqtt.tls.ca_file.as_deref(),
+            Some(Path::new("/etc/ca.pem"))
+        );
+    }
+
+    /// A device key that its source never reads (a capture setting on a file source, a file setting on a capture
+    /// device) is refused, named with the device and its source, instead of being ignored.
+    #[test]
+    fn keys_the_source_does_not_read_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let text = minimal(d.path())
+            .replace(
+                "device = \"default\"\n",
+                "device = \"default\"\nrealtime = false\nat_end = \"loop\"\n",
+            )
+            .replace(
+                "[[machines]]",
+                "[[devices]]\nname = \"replay\"\nsource = \"file\"\npath = \"/x.wav\"\nsample_rate = 48000\n\
+                 stall_timeout = \"1s\"\nreopen_min = \"1s\"\n[[machines]]",
+            );
+        let e = Config::load_with_env(&write(d.path(), &text), [])
+            .unwrap_err()
+            .to_string();
+        assert_named(
+            &e,
+            &[
+                "device 'mic': devices[0].realtime is only read when `source = \"file\"`; this device has \
+                 `source = \"capture\"`",
+                "device 'mic': devices[0].at_end is only read",
+                "device 'replay': devices[1].sample_rate is only read when `source = \"capture\"`; this device \
+                 has `source = \"file\"` (a file is played with its own channels and sample rate): remove it",
+                "device 'replay': devices[1].stall_timeout is only read",
+            ],
+        );
+        // Keys both sources read (reopen_min) are not named.
+        assert!(!e.contains("reopen_min"), "{e}");
+        assert!(!e.contains("devices[1].path"), "{e}");
     }
 
     /// Both topic prefixes are checked alike: an empty level, a wildcard, or nothing at all would give topics
