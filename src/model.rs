@@ -182,6 +182,34 @@ pub(crate) mod tests {
         out
     }
 
+    /// A graph exported with dynamic axes (`[batch, frames, 128]`, `[batch, samples]`), as PyTorch writes them:
+    /// the bundle is accepted, tract is given the manifest's shapes, and it computes the same embedding.
+    #[test]
+    fn a_graph_with_symbolic_axes_runs_with_the_manifests_shapes() {
+        use pb::tensor_shape_proto::dimension::Value;
+        let d = tempfile::tempdir().unwrap();
+        let dynamic = edited_default(d.path(), |g| {
+            for input in &mut g.input {
+                let Some(pb::type_proto::Value::TensorType(t)) =
+                    input.r#type.as_mut().and_then(|t| t.value.as_mut())
+                else {
+                    continue;
+                };
+                let dims = &mut t.shape.as_mut().unwrap().dim;
+                let names = ["batch", "frames", "bins"];
+                for (dim, name) in dims.iter_mut().zip(names).take(2) {
+                    dim.value = Some(Value::DimParam(name.into()));
+                }
+            }
+        });
+        assert!(dynamic.graph.inputs.iter().all(|i| matches!(
+            &i.dims.as_ref().unwrap()[1],
+            sonitor_core::onnx_graph::Dim::Symbolic(_)
+        )));
+        Embedder::check(&dynamic).unwrap();
+        assert_eq!(embedding(&dynamic), embedding(&default_bundle()));
+    }
+
     /// The graph tract runs is the one whose checksum was verified: a model.onnx replaced after `Bundle::load`
     /// (another bundle copied over it, a half-written file) is not read again.
     #[test]
