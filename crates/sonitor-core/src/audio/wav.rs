@@ -1,8 +1,11 @@
 //! WAV decoding into normalised `f32` samples.
 //!
 //! Supported: integer PCM at 8, 16, 24 and 32 bits, IEEE float at 32 bits, plain `WAVE_FORMAT_PCM` /
-//! `WAVE_FORMAT_IEEE_FLOAT` headers and `WAVE_FORMAT_EXTENSIBLE` headers, any channel count. Every error names
-//! the file, so that a maintenance engineer can find the corrupt recording among thousands.
+//! `WAVE_FORMAT_IEEE_FLOAT` headers and `WAVE_FORMAT_EXTENSIBLE` headers (whose samples may be narrower than their
+//! slot, e.g. 24 valid bits in 32: stored left-justified), any channel count, any other chunks (LIST, bext, iXML,
+//! fact, ...) before the data. The header is read here, the samples decoded from the raw bytes (hound only
+//! writes). Every error names the file, so that a maintenance engineer can find the corrupt recording among
+//! thousands.
 
 use std::path::{Path, PathBuf};
 
@@ -69,33 +72,27 @@ pub enum WavError {
     },
 }
 
-fn classify(path: &Path, err: hound::Error) -> WavError {
-    let path = path.to_path_buf();
-    match err {
-        hound::Error::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => WavError::Corrupt {
-            path,
-            reason: "unexpected end of file inside the header".into(),
-        },
-        hound::Error::IoError(e) => WavError::Open { path, error: e },
-        hound::Error::FormatError(reason) => WavError::Corrupt {
-            path,
-            reason: reason.to_string(),
-        },
-        hound::Error::Unsupported => WavError::Unsupported {
-            path,
-            reason: "format tag or sample layout not supported (PCM 8/16/24/32-bit and float 32-bit are)".into(),
-        },
-        other => WavError::Corrupt {
-            path,
-            reason: other.to_string(),
-        },
+fn corrupt(path: &Path, reason: impl Into<String>) -> WavError {
+    WavError::Corrupt {
+        path: path.to_path_buf(),
+        reason: reason.into(),
     }
 }
 
+fn unsupported(path: &Path, reason: impl Into<String>) -> WavError {
+    WavError::Unsupported {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// What the messages about an unsupported encoding add: what is supported, and how to get there.
+const SUPPORTED: &str = "PCM 8/16/24/32-bit and float 32-bit are supported: convert the file, e.g. \
+                         `sox in.wav -e signed-integer -b 16 out.wav` or `ffmpeg -i in.wav -c:a pcm_s16le out.wav`";
+
 /// Reads only the header.
 pub fn read_wav_info(path: &Path) -> Result<WavInfo, WavError> {
-    let reader = open(path)?;
-    Ok(info_of(&reader))
+    Ok(WavBlocks::open(path)?.info())
 }
 
 /// Reads the header and checks the data to its end without keeping it ([`WavBlocks::check_to_end`]): the errors a
@@ -107,37 +104,450 @@ pub fn check_wav(path: &Path) -> Result<WavInfo, WavError> {
     Ok(info)
 }
 
-fn open(path: &Path) -> Result<hound::WavReader<std::io::BufReader<std::fs::File>>, WavError> {
-    let file = std::fs::File::open(path).map_err(|e| WavError::Open {
-        path: path.to_path_buf(),
-        error: e,
-    })?;
-    let reader =
-        hound::WavReader::new(std::io::BufReader::new(file)).map_err(|e| classify(path, e));
-    // A recorder that streams to a pipe cannot go back to write the lengths: it leaves 0xFFFFFFFF (or 0) in the
-    // data chunk's header. hound then reports an error, no samples, or about 4 GiB of them; only then is the
-    // chunk list read again to say which it is (a well-formed file is not read twice).
-    let suspect = match &reader {
-        Err(_) => true,
-        Ok(r) => {
-            let block =
-                u64::from(r.spec().channels) * u64::from(r.spec().bits_per_sample).div_ceil(8);
-            let bytes = u64::from(r.duration()) * block;
-            bytes == 0 || bytes + block > u64::from(u32::MAX)
+/// How a sample is stored: the slot it takes in a frame (block align / channels) and its type. A sample narrower
+/// than its slot (24 valid bits in 32, 16 in 32: `WAVE_FORMAT_EXTENSIBLE`'s valid bits) is stored left-justified,
+/// its unused low bits zero, so reading the whole slot as an integer of the slot's width and scaling by that
+/// width's full scale gives the sample exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    /// 8-bit PCM, unsigned (128 is silence).
+    U8,
+    I16,
+    I24,
+    I32,
+    F32,
+}
+
+impl Encoding {
+    /// Bytes a sample takes.
+    fn width(self) -> usize {
+        match self {
+            Encoding::U8 => 1,
+            Encoding::I16 => 2,
+            Encoding::I24 => 3,
+            Encoding::I32 | Encoding::F32 => 4,
         }
-    };
-    match (reader, suspect.then(|| data_chunk(path)).flatten()) {
-        (_, Some((_, u32::MAX))) => Err(unknown_length(path, &"0xFFFFFFFF")),
-        (Err(e), Some((_, 0))) => Err(unknown_length(path, &e)),
-        (Ok(_), Some((data_at, 0))) if file_len(path) > data_at => {
-            Err(unknown_length(path, &"0 frames"))
+    }
+
+    /// Appends the samples of the whole slots in `bytes` to `out`, integers divided by 2^(slot bits - 1). 16-bit
+    /// PCM, by far the most common recording format, is why this is done in bulk (hound's per-sample iterator was a
+    /// quarter of the daemon's CPU time replaying a file).
+    fn decode(self, bytes: &[u8], out: &mut Vec<f32>) {
+        match self {
+            Encoding::U8 => out.extend(bytes.iter().map(|&b| (f32::from(b) - 128.0) / 128.0)),
+            Encoding::I16 => out.extend(
+                bytes
+                    .as_chunks::<2>()
+                    .0
+                    .iter()
+                    .map(|&s| f32::from(i16::from_le_bytes(s)) / 32_768.0),
+            ),
+            Encoding::I24 => {
+                out.extend(
+                    bytes.as_chunks::<3>().0.iter().map(|&[a, b, c]| {
+                        (i32::from_le_bytes([0, a, b, c]) >> 8) as f32 / 8_388_608.0
+                    }),
+                )
+            }
+            Encoding::I32 => out.extend(
+                bytes
+                    .as_chunks::<4>()
+                    .0
+                    .iter()
+                    .map(|&s| (f64::from(i32::from_le_bytes(s)) / 2_147_483_648.0) as f32),
+            ),
+            Encoding::F32 => out.extend(
+                bytes
+                    .as_chunks::<4>()
+                    .0
+                    .iter()
+                    .map(|&s| f32::from_le_bytes(s)),
+            ),
         }
-        (r, _) => r,
     }
 }
 
-fn file_len(path: &Path) -> u64 {
-    std::fs::metadata(path).map_or(0, |m| m.len())
+/// What the fmt chunk says.
+struct Format {
+    sample_rate: u32,
+    channels: u16,
+    /// Bytes a frame takes.
+    block_align: u16,
+    /// Valid bits of a sample.
+    bits: u16,
+    float: bool,
+    encoding: Encoding,
+}
+
+const WAVE_FORMAT_PCM: u16 = 0x0001;
+const WAVE_FORMAT_IEEE_FLOAT: u16 = 0x0003;
+const WAVE_FORMAT_EXTENSIBLE: u16 = 0xFFFE;
+/// The last 14 bytes of the `KSDATAFORMAT_SUBTYPE_*` GUIDs that carry a plain format tag in their first two.
+const KSDATAFORMAT_SUFFIX: [u8; 14] = [
+    0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x80, 0x00, 0x00, 0xAA, 0x00, 0x38, 0x9B, 0x71,
+];
+
+/// The little-endian `u16` at `at` (0 beyond the end, which callers rule out by the length they check).
+fn le16(bytes: &[u8], at: usize) -> u16 {
+    bytes
+        .get(at..)
+        .and_then(<[u8]>::first_chunk)
+        .map_or(0, |&b| u16::from_le_bytes(b))
+}
+
+/// The little-endian `u32` at `at` (0 beyond the end, which callers rule out by the length they check).
+fn le32(bytes: &[u8], at: usize) -> u32 {
+    bytes
+        .get(at..)
+        .and_then(<[u8]>::first_chunk)
+        .map_or(0, |&b| u32::from_le_bytes(b))
+}
+
+/// A format tag as a user may know it.
+fn format_name(tag: u16) -> String {
+    let name = match tag {
+        0x0002 => Some("Microsoft ADPCM"),
+        0x0006 => Some("A-law"),
+        0x0007 => Some("mu-law"),
+        0x0011 => Some("IMA ADPCM"),
+        0x0031 => Some("GSM 6.10"),
+        0x0050 => Some("MPEG audio"),
+        0x0055 => Some("MP3"),
+        _ => None,
+    };
+    match name {
+        Some(name) => format!("{name} (format tag {tag:#06x})"),
+        None => format!("format tag {tag:#06x}"),
+    }
+}
+
+/// Reads the fmt chunk's first (up to 40) bytes: which encoding, and whether this reader takes it.
+fn parse_format(path: &Path, fmt: &[u8]) -> Result<Format, WavError> {
+    if fmt.len() < 16 {
+        return Err(corrupt(
+            path,
+            format!(
+                "the fmt chunk is {} bytes long, too short for a WAV header (16 at least)",
+                fmt.len()
+            ),
+        ));
+    }
+    let tag = le16(fmt, 0);
+    let channels = le16(fmt, 2);
+    let sample_rate = le32(fmt, 4);
+    let block_align = le16(fmt, 12);
+    let slot_bits = le16(fmt, 14);
+    if channels == 0 {
+        return Err(corrupt(path, "header says 0 channels"));
+    }
+    if sample_rate == 0 {
+        return Err(corrupt(path, "header says sample rate 0"));
+    }
+    // Beyond these the header is damaged, or the file is no microphone recording: a replay would size its buffers
+    // and resampler from them.
+    if sample_rate > MAX_SAMPLE_RATE {
+        return Err(unsupported(
+            path,
+            format!("sample rate {sample_rate} Hz (at most {MAX_SAMPLE_RATE} Hz is supported)"),
+        ));
+    }
+    if channels > MAX_CHANNELS {
+        return Err(unsupported(
+            path,
+            format!("{channels} channels (at most {MAX_CHANNELS} are supported)"),
+        ));
+    }
+    let (float, bits) = match tag {
+        WAVE_FORMAT_PCM => (false, slot_bits),
+        WAVE_FORMAT_IEEE_FLOAT => (true, slot_bits),
+        WAVE_FORMAT_EXTENSIBLE => {
+            if fmt.len() < 40 {
+                return Err(corrupt(
+                    path,
+                    format!(
+                        "the fmt chunk of this WAVE_FORMAT_EXTENSIBLE file is {} bytes long, too short for its \
+                         header (40)",
+                        fmt.len()
+                    ),
+                ));
+            }
+            let valid_bits = le16(fmt, 18);
+            let sub = le16(fmt, 24);
+            if fmt.get(26..40) != Some(&KSDATAFORMAT_SUFFIX[..]) {
+                return Err(unsupported(
+                    path,
+                    format!(
+                        "WAVE_FORMAT_EXTENSIBLE with the sub-format GUID {} ({SUPPORTED})",
+                        fmt.get(24..40)
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|b| format!("{b:02x}"))
+                            .collect::<String>()
+                    ),
+                ));
+            }
+            let float = match sub {
+                WAVE_FORMAT_PCM => false,
+                WAVE_FORMAT_IEEE_FLOAT => true,
+                other => {
+                    return Err(unsupported(
+                        path,
+                        format!(
+                            "{} in a WAVE_FORMAT_EXTENSIBLE header ({SUPPORTED})",
+                            format_name(other)
+                        ),
+                    ))
+                }
+            };
+            // 0 valid bits: a writer that left the field empty; the slot's bits are meant.
+            (
+                float,
+                if valid_bits == 0 {
+                    slot_bits
+                } else {
+                    valid_bits
+                },
+            )
+        }
+        other => {
+            return Err(unsupported(
+                path,
+                format!("{} ({SUPPORTED})", format_name(other)),
+            ))
+        }
+    };
+    // The layout of the data is the block align's: a frame of `channels` slots of equal width.
+    if block_align == 0 || !block_align.is_multiple_of(channels) {
+        return Err(corrupt(
+            path,
+            format!(
+                "block align {block_align} is not a whole number of bytes for each of {channels} channel(s)"
+            ),
+        ));
+    }
+    let slot = block_align / channels;
+    if bits == 0 {
+        return Err(corrupt(path, "bits per sample is 0"));
+    }
+    if u32::from(bits) > u32::from(slot) * 8 {
+        return Err(corrupt(
+            path,
+            format!(
+                "{bits}-bit samples do not fit in the {slot}-byte slots that block align {block_align} gives each \
+                 of {channels} channel(s)"
+            ),
+        ));
+    }
+    let encoding = match (float, slot) {
+        (false, 1) => Encoding::U8,
+        (false, 2) => Encoding::I16,
+        (false, 3) => Encoding::I24,
+        (false, 4) => Encoding::I32,
+        (true, 4) if bits == 32 => Encoding::F32,
+        (true, 8) if bits == 64 => {
+            return Err(unsupported(
+                path,
+                format!("64-bit float samples ({SUPPORTED})"),
+            ));
+        }
+        (float, slot) => {
+            return Err(unsupported(
+                path,
+                format!(
+                    "{} samples of {bits} bits{} ({SUPPORTED})",
+                    if float { "float" } else { "integer" },
+                    if u32::from(bits) == u32::from(slot) * 8 {
+                        String::new()
+                    } else {
+                        format!(" in {slot}-byte slots")
+                    }
+                ),
+            ));
+        }
+    };
+    Ok(Format {
+        sample_rate,
+        channels,
+        block_align,
+        bits,
+        float,
+        encoding,
+    })
+}
+
+/// Reads into `buf` until it is full or the file ends; returns the bytes read.
+fn fill(reader: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while let Some(rest) = buf.get_mut(n..).filter(|r| !r.is_empty()) {
+        match reader.read(rest) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// A WAV file opened and its header read: the reader stands at the first sample.
+struct Opened {
+    reader: std::io::BufReader<std::fs::File>,
+    format: Format,
+    /// Where the data chunk's samples start.
+    data_at: u64,
+    /// The data chunk's length as its header gives it.
+    data_len: u64,
+    file_len: u64,
+}
+
+/// Opens `path` and reads the RIFF chunk list up to the `data` chunk, skipping every other chunk (LIST, bext, iXML,
+/// fact, ...) with the pad byte that follows one of odd length (or without it, for a writer that left it out).
+fn open(path: &Path) -> Result<Opened, WavError> {
+    let io = |error| WavError::Open {
+        path: path.to_path_buf(),
+        error,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let file_len = file.metadata().map_err(io)?.len();
+    if file_len == 0 {
+        return Err(corrupt(path, "the file is empty (0 bytes)"));
+    }
+    let mut reader = std::io::BufReader::new(file);
+    let cut = || {
+        corrupt(
+            path,
+            format!(
+                "unexpected end of file inside the header: the file ends after {file_len} bytes, before its \
+                 data chunk (a copy or a recording cut short?)"
+            ),
+        )
+    };
+    let mut riff = [0u8; 12];
+    let n = fill(&mut reader, &mut riff).map_err(io)?;
+    let magic = riff.get(..n.min(4)).unwrap_or_default();
+    if magic == b"RF64" || magic == b"BW64" {
+        return Err(unsupported(
+            path,
+            "an RF64/BW64 file (the WAV variant for recordings over 4 GiB): split the recording into WAV files \
+             under 4 GiB, e.g. with sox or ffmpeg",
+        ));
+    }
+    if magic == b"RIFX" {
+        return Err(unsupported(
+            path,
+            format!("big-endian samples (a RIFX file) ({SUPPORTED})"),
+        ));
+    }
+    if !b"RIFF".starts_with(magic) {
+        return Err(corrupt(
+            path,
+            "no RIFF header: the file does not start with `RIFF`, as a WAV file does",
+        ));
+    }
+    if n < riff.len() {
+        return Err(cut());
+    }
+    if riff[8..12] != *b"WAVE" {
+        return Err(corrupt(
+            path,
+            format!(
+                "a RIFF file of type `{}`, not WAVE",
+                riff[8..12].escape_ascii()
+            ),
+        ));
+    }
+    let mut format = None;
+    // Where the previous chunk's body ends (the next chunk's header, or the pad byte before it).
+    let mut at: u64 = 12;
+    // Whether that body has an odd length: a pad byte follows it, which its size does not count.
+    let mut odd = false;
+    loop {
+        let mut head = [0u8; 9];
+        let want = if odd { 9 } else { 8 };
+        let n = fill(&mut reader, head.get_mut(..want).unwrap_or_default()).map_err(io)?;
+        // Some writers leave the pad byte out: where it should be, the next chunk's id starts. Taken so only when
+        // the byte is not 0 and the id read after it is no id while the one read from it is.
+        let unpadded =
+            odd && head[0] != 0 && is_chunk_id(&head[..4]) && !(n >= 5 && is_chunk_id(&head[1..5]));
+        let start = usize::from(odd && !unpadded);
+        let Some(header) = head.get(start..start + 8).filter(|_| n >= start + 8) else {
+            return Err(cut());
+        };
+        let id = &header[..4];
+        let size = u64::from(le32(header, 4));
+        at += start as u64 + 8;
+        // The byte read beyond the header when the pad byte was left out.
+        reader
+            .seek_relative(start as i64 + 8 - n as i64)
+            .map_err(io)?;
+        if id == b"data" {
+            let Some(format) = format else {
+                return Err(corrupt(
+                    path,
+                    "the data chunk comes before the fmt chunk that says how to read it",
+                ));
+            };
+            return data_chunk(path, reader, format, at, size, file_len);
+        }
+        let mut skip = size;
+        if id == b"fmt " {
+            let mut body = [0u8; 40];
+            let want = body.len().min(size as usize);
+            let body = body.get_mut(..want).unwrap_or_default();
+            if fill(&mut reader, body).map_err(io)? < want {
+                return Err(cut());
+            }
+            format = Some(parse_format(path, body)?);
+            skip -= want as u64;
+        }
+        // Past the end of the file when a chunk is cut: the next header's read says so.
+        reader.seek_relative(skip as i64).map_err(io)?;
+        at += size;
+        odd = size % 2 == 1;
+    }
+}
+
+/// Whether `id` can be a chunk's id: four printable ASCII characters (space included, as in `fmt `).
+fn is_chunk_id(id: &[u8]) -> bool {
+    id.len() == 4 && id.iter().all(|b| (b' '..=b'~').contains(b))
+}
+
+/// Checks what the data chunk's header says (its samples start at `data_at`).
+fn data_chunk(
+    path: &Path,
+    reader: std::io::BufReader<std::fs::File>,
+    format: Format,
+    data_at: u64,
+    data_len: u64,
+    file_len: u64,
+) -> Result<Opened, WavError> {
+    // A recorder that streams to a pipe cannot go back to write the lengths: it leaves 0xFFFFFFFF (or 0) in the
+    // data chunk's header.
+    if data_len == u64::from(u32::MAX) {
+        return Err(unknown_length(path, &"0xFFFFFFFF"));
+    }
+    if data_len == 0 && file_len > data_at {
+        return Err(unknown_length(path, &"0 frames"));
+    }
+    let block = u64::from(format.block_align);
+    if !data_len.is_multiple_of(block) {
+        return Err(corrupt(
+            path,
+            format!(
+                "the data chunk's length, {data_len} bytes, is not a whole number of {block}-byte frames \
+                 ({} channel(s) of {} bytes)",
+                format.channels,
+                format.encoding.width()
+            ),
+        ));
+    }
+    Ok(Opened {
+        reader,
+        format,
+        data_at,
+        data_len,
+        file_len,
+    })
 }
 
 fn unknown_length(path: &Path, what: &dyn std::fmt::Display) -> WavError {
@@ -150,44 +560,6 @@ fn unknown_length(path: &Path, what: &dyn std::fmt::Display) -> WavError {
     }
 }
 
-/// Where the `data` chunk's samples start and the length its header announces, read from the RIFF chunk list
-/// directly (hound does not say). `None` when the file has no such chunk in its first 64 KiB.
-fn data_chunk(path: &Path) -> Option<(u64, u32)> {
-    use std::io::Read;
-    let mut head = Vec::with_capacity(1 << 16);
-    std::fs::File::open(path)
-        .ok()?
-        .take(1 << 16)
-        .read_to_end(&mut head)
-        .ok()?;
-    if head.len() < 12 || &head[0..4] != b"RIFF" || &head[8..12] != b"WAVE" {
-        return None;
-    }
-    let mut at = 12usize;
-    while at + 8 <= head.len() {
-        let size = u32::from_le_bytes(head[at + 4..at + 8].try_into().ok()?);
-        if &head[at..at + 4] == b"data" {
-            return Some(((at + 8) as u64, size));
-        }
-        // Chunks are padded to an even length.
-        at = at
-            .checked_add(8)?
-            .checked_add(size as usize + (size as usize & 1))?;
-    }
-    None
-}
-
-fn info_of<R: std::io::Read>(reader: &hound::WavReader<R>) -> WavInfo {
-    let spec = reader.spec();
-    WavInfo {
-        sample_rate: spec.sample_rate,
-        channels: spec.channels,
-        bits_per_sample: spec.bits_per_sample,
-        float: spec.sample_format == hound::SampleFormat::Float,
-        frames: reader.duration() as u64,
-    }
-}
-
 /// The highest sample rate a WAV may declare (professional audio interfaces go to 384 kHz).
 pub const MAX_SAMPLE_RATE: u32 = 768_000;
 /// The most channels a WAV may declare (multi-channel interfaces and arrays stay well below).
@@ -197,86 +569,43 @@ pub const MAX_CHANNELS: u16 = 256;
 /// long recording is replayed in constant memory. Header problems are reported by [`WavBlocks::open`]; a truncated
 /// data chunk or a sample that is not a finite number by the [`WavBlocks::read_into`] that reaches it.
 pub struct WavBlocks {
-    source: Source,
+    reader: std::io::BufReader<std::fs::File>,
+    encoding: Encoding,
+    /// Bytes of the data chunk not read yet.
+    remaining: u64,
+    /// Bytes of the data chunk the file held when it was opened (at most the length its header announces).
+    present: u64,
+    /// The raw bytes of the block being decoded.
+    bytes: Vec<u8>,
     path: PathBuf,
     info: WavInfo,
     /// Interleaved samples read so far.
     read: u64,
 }
 
-/// How the samples are decoded. 16-bit PCM, by far the most common recording format, is converted from the raw
-/// bytes in bulk (hound's per-sample iterator was a quarter of the daemon's CPU time replaying a file); the other
-/// formats go through hound.
-enum Source {
-    Pcm16 {
-        reader: std::io::BufReader<std::fs::File>,
-        /// Bytes of the data chunk not read yet.
-        remaining: u64,
-        bytes: Vec<u8>,
-    },
-    /// Integer PCM scaled by 1 / 2^(bits-1).
-    Int {
-        reader: hound::WavReader<std::io::BufReader<std::fs::File>>,
-        scale: f64,
-    },
-    Float(hound::WavReader<std::io::BufReader<std::fs::File>>),
-}
-
 impl WavBlocks {
     pub fn open(path: &Path) -> Result<Self, WavError> {
-        let reader = open(path)?;
-        let info = info_of(&reader);
-        let corrupt = |reason: &str| WavError::Corrupt {
-            path: path.to_path_buf(),
-            reason: reason.into(),
-        };
-        let unsupported = |reason: String| WavError::Unsupported {
-            path: path.to_path_buf(),
-            reason,
-        };
-        if info.channels == 0 {
-            return Err(corrupt("header says 0 channels"));
-        }
-        if info.sample_rate == 0 {
-            return Err(corrupt("header says sample rate 0"));
-        }
-        // Beyond these the header is damaged, or the file is no microphone recording: a replay would size its
-        // buffers and resampler from them.
-        if info.sample_rate > MAX_SAMPLE_RATE {
-            return Err(unsupported(format!(
-                "sample rate {} Hz (at most {MAX_SAMPLE_RATE} Hz is supported)",
-                info.sample_rate
-            )));
-        }
-        if info.channels > MAX_CHANNELS {
-            return Err(unsupported(format!(
-                "{} channels (at most {MAX_CHANNELS} are supported)",
-                info.channels
-            )));
-        }
-        let source = match (info.float, info.bits_per_sample) {
-            (false, 16) => Source::Pcm16 {
-                remaining: info.frames * info.channels as u64 * 2,
-                // WavReader::new stops at the start of the data chunk.
-                reader: reader.into_inner(),
-                bytes: Vec::new(),
-            },
-            (false, bits @ (8 | 24 | 32)) => Source::Int {
-                reader,
-                scale: 1.0 / (1u64 << (bits - 1)) as f64,
-            },
-            (true, 32) => Source::Float(reader),
-            (float, bits) => {
-                return Err(unsupported(format!(
-                    "{} samples of {bits} bits (PCM 8/16/24/32-bit and float 32-bit are supported)",
-                    if float { "float" } else { "integer" }
-                )))
-            }
-        };
+        let Opened {
+            reader,
+            format,
+            data_at,
+            data_len,
+            file_len,
+        } = open(path)?;
         Ok(Self {
-            source,
+            reader,
+            encoding: format.encoding,
+            remaining: data_len,
+            present: data_len.min(file_len.saturating_sub(data_at)),
+            bytes: Vec::new(),
             path: path.to_path_buf(),
-            info,
+            info: WavInfo {
+                sample_rate: format.sample_rate,
+                channels: format.channels,
+                bits_per_sample: format.bits,
+                float: format.float,
+                frames: data_len / u64::from(format.block_align),
+            },
             read: 0,
         })
     }
@@ -293,22 +622,20 @@ impl WavBlocks {
         }
     }
 
-    /// Checks the rest of the data chunk without keeping it: the errors [`Self::read_into`] would meet. For 16-bit
-    /// PCM, where a sample cannot be invalid, the file's length is enough; other formats are decoded.
+    /// Checks the rest of the data chunk without keeping it: the errors [`Self::read_into`] would meet. For integer
+    /// PCM, where a sample cannot be invalid, the file's length is enough; float samples are decoded.
     pub fn check_to_end(mut self) -> Result<(), WavError> {
-        if let Source::Pcm16 {
-            reader, remaining, ..
-        } = &mut self.source
-        {
+        if self.encoding != Encoding::F32 {
+            use std::io::Seek;
             let io = |e| WavError::Open {
                 path: self.path.clone(),
                 error: e,
             };
-            let at = std::io::Seek::stream_position(reader).map_err(io)?;
-            let len = reader.get_ref().metadata().map_err(io)?.len();
+            let at = self.reader.stream_position().map_err(io)?;
+            let len = self.reader.get_ref().metadata().map_err(io)?.len();
             let available = len.saturating_sub(at);
-            if available < *remaining {
-                self.read += available / 2;
+            if available < self.remaining {
+                self.read += available / self.encoding.width() as u64;
                 return Err(self.truncated());
             }
             return Ok(());
@@ -322,83 +649,55 @@ impl WavBlocks {
         }
     }
 
-    /// Appends up to `max` interleaved samples to `out` and returns how many; 0 at the end of the data.
+    /// Appends up to `max` interleaved samples to `out` and returns how many; 0 at the end of the data (or when
+    /// `max` is 0).
     pub fn read_into(&mut self, out: &mut Vec<f32>, max: usize) -> Result<usize, WavError> {
+        use std::io::Read;
+        let width = self.encoding.width() as u64;
+        let want = self.remaining.min((max as u64).saturating_mul(width));
+        if want == 0 {
+            return Ok(0);
+        }
+        self.bytes.clear();
+        // Only what arrives is stored: a header's length is not trusted to size a buffer.
+        let got = self.reader.by_ref().take(want).read_to_end(&mut self.bytes);
+        self.remaining -= self.bytes.len() as u64;
         let before = out.len();
-        let failed = match &mut self.source {
-            Source::Pcm16 {
-                reader,
-                remaining,
-                bytes,
-            } => {
-                use std::io::Read;
-                let want = (*remaining).min(max.saturating_mul(2) as u64);
-                bytes.clear();
-                let got = reader.take(want).read_to_end(bytes);
-                *remaining -= bytes.len() as u64;
-                out.extend(
-                    bytes
-                        .chunks_exact(2)
-                        .map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0),
-                );
-                match got {
-                    Err(e) => Some(hound::Error::IoError(e)),
-                    // The data chunk ends before the header says it does.
-                    Ok(n) if (n as u64) < want => Some(hound::Error::IoError(
-                        std::io::ErrorKind::UnexpectedEof.into(),
-                    )),
-                    Ok(_) => None,
-                }
+        // A sample cut by the end of the file is dropped.
+        self.encoding.decode(&self.bytes, out);
+        // Only a float sample can be invalid.
+        if self.encoding == Encoding::F32 {
+            if let Some(bad) = out[before..].iter().position(|v| !v.is_finite()) {
+                return Err(corrupt(
+                    &self.path,
+                    format!("sample {} is not a finite number", self.read + bad as u64),
+                ));
             }
-            Source::Int { reader, scale } => {
-                let scale = *scale;
-                pull(reader, max, out, |v: i32| (v as f64 * scale) as f32)
-            }
-            Source::Float(reader) => {
-                let failed = pull(reader, max, out, |v: f32| v);
-                // Only a float sample can be invalid.
-                if let Some(bad) = out[before..].iter().position(|v| !v.is_finite()) {
-                    return Err(WavError::Corrupt {
-                        path: self.path.clone(),
-                        reason: format!("sample {} is not a finite number", self.read + bad as u64),
-                    });
-                }
-                failed
-            }
-        };
+        }
         let n = out.len() - before;
         self.read += n as u64;
-        match failed {
-            // hound reports a short data chunk as an I/O error ("failed to read enough bytes").
-            Some(hound::Error::IoError(_)) => Err(self.truncated()),
-            Some(e) => Err(classify(&self.path, e)),
-            None if n == 0 && self.read < self.info.frames * self.info.channels as u64 => {
-                Err(self.truncated())
-            }
-            None => Ok(n),
+        match got {
+            Err(error) => Err(WavError::Open {
+                path: self.path.clone(),
+                error,
+            }),
+            // The data chunk ends before the header says it does.
+            Ok(got) if (got as u64) < want => Err(self.truncated()),
+            Ok(_) => Ok(n),
         }
     }
-}
 
-/// Appends up to `max` samples of hound's iterator to `out`, converted; returns the error that stopped it, if any.
-fn pull<S: hound::Sample>(
-    reader: &mut hound::WavReader<std::io::BufReader<std::fs::File>>,
-    max: usize,
-    out: &mut Vec<f32>,
-    convert: impl Fn(S) -> f32,
-) -> Option<hound::Error> {
-    for s in reader.samples::<S>().take(max) {
-        match s {
-            Ok(v) => out.push(convert(v)),
-            Err(e) => return Some(e),
-        }
+    /// Samples the data chunk held when the file was opened: what its header announces, or less when the file ends
+    /// first. What a buffer for the whole file may be sized by.
+    fn samples_present(&self) -> u64 {
+        self.present / self.encoding.width() as u64
     }
-    None
 }
 
 /// Reads a whole WAV file as `f32` samples normalised to [-1, 1), keeping the file's sample rate.
 ///
-/// Integer samples are divided by 2^(bits-1); float samples are taken as they are.
+/// Integer samples are divided by 2^(bits-1), for the bits of their slot (a sample narrower than its slot, stored
+/// left-justified, is so read exactly); float samples are taken as they are.
 pub fn read_wav(path: &Path, channel: ChannelSelect) -> Result<(WavInfo, Vec<f32>), WavError> {
     let mut blocks = WavBlocks::open(path)?;
     let info = blocks.info();
@@ -412,13 +711,16 @@ pub fn read_wav(path: &Path, channel: ChannelSelect) -> Result<(WavInfo, Vec<f32
         }
     }
     let n_ch = info.channels as usize;
-    let mut interleaved: Vec<f32> = Vec::with_capacity(info.frames as usize * n_ch);
+    // Sized by what the file holds, not by what its header claims: a header that overstates the data (4 GiB of it
+    // in a file of one second) is a truncation to report, not an allocation to attempt.
+    let mut interleaved: Vec<f32> =
+        Vec::with_capacity(usize::try_from(blocks.samples_present()).unwrap_or(0));
     // Bounded blocks: one block of raw bytes at a time beside the decoded samples, not a copy of the whole file.
     while blocks.read_into(&mut interleaved, 1 << 16)? > 0 {}
     if n_ch == 1 {
         return Ok((info, interleaved));
     }
-    let mut mono = Vec::with_capacity(info.frames as usize);
+    let mut mono = Vec::with_capacity(interleaved.len() / n_ch);
     to_mono(&interleaved, n_ch, channel, &mut mono);
     Ok((info, mono))
 }
