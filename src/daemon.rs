@@ -1393,6 +1393,7 @@ pub fn start(
                 }
                 // Never blocks the loop: a full queue drops the clip (counted).
                 Ok(ReaderEvent::Clip(c)) => ctl.write_clip(c, false),
+                Ok(ReaderEvent::ClipDropped { path }) => ctl.on_clip_failed(&path),
                 Ok(ReaderEvent::Finished { input }) => {
                     finished_inputs[input] = true;
                     if exit_when_finished && finished_inputs.iter().all(|f| *f) {
@@ -1503,8 +1504,10 @@ pub fn start(
     // The readers, stopping, served the clips still waiting for audio with what there was: written before the
     // exit, not lost with the process.
     while let Ok(e) = reader_rx.try_recv() {
-        if let ReaderEvent::Clip(c) = e {
-            ctl.write_clip(c, true);
+        match e {
+            ReaderEvent::Clip(c) => ctl.write_clip(c, true),
+            ReaderEvent::ClipDropped { path } => ctl.on_clip_failed(&path),
+            _ => {}
         }
     }
     drop(ctl.clip_writer);

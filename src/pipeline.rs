@@ -95,6 +95,10 @@ pub struct ClipAudio {
 pub enum ReaderEvent {
     Health(HealthMsg),
     Clip(ClipAudio),
+    /// A clip asked for that cannot be made (none of its audio is left): its event must not name it.
+    ClipDropped {
+        path: PathBuf,
+    },
     /// The input's file ended (`at_end = "exit"`) and all its windows were cut.
     Finished {
         input: usize,
@@ -788,6 +792,11 @@ fn serve_clips(
         let from = start.max(hist_start);
         if from >= end {
             metrics.clips_dropped.inc();
+            log::warn!(
+                "clip {}: none of its audio is left in the history; dropped, and its event goes on without it",
+                r.path.display()
+            );
+            let _ = events.try_send(ReaderEvent::ClipDropped { path: r.path });
             continue;
         }
         let mut samples = Vec::with_capacity((end - from) as usize);
@@ -797,16 +806,20 @@ fn serve_clips(
             (from - hist_start) as usize,
             (end - from) as usize,
         );
-        if events
-            .try_send(ReaderEvent::Clip(ClipAudio {
-                machine: r.machine,
-                path: r.path,
-                samples,
-                sample_rate: rate as u32,
-            }))
-            .is_err()
-        {
+        if let Err(e) = events.try_send(ReaderEvent::Clip(ClipAudio {
+            machine: r.machine,
+            path: r.path,
+            samples,
+            sample_rate: rate as u32,
+        })) {
             metrics.clips_dropped.inc();
+            if let ReaderEvent::Clip(c) = e.into_inner() {
+                // The controller is that far behind: it cannot be told either, and its event names the clip.
+                log::warn!(
+                    "clip {}: the daemon's event queue is full; dropped (sonitor_clips_dropped_total)",
+                    c.path.display()
+                );
+            }
         }
     }
 }
@@ -1123,7 +1136,7 @@ mod tests {
             match e {
                 ReaderEvent::Health(h) => clipping_reported |= h.clipping && !h.silent,
                 ReaderEvent::Clip(c) => clip_len = Some(c.samples.len()),
-                ReaderEvent::Finished { .. } => {}
+                ReaderEvent::Finished { .. } | ReaderEvent::ClipDropped { .. } => {}
             }
         }
         assert!(clipping_reported);
@@ -1323,6 +1336,37 @@ mod tests {
         }
         assert_eq!(fed.metrics.inputs[0].gaps.get(), 1);
         assert!(states[0].audio.iter().copied().eq(signal.iter().copied()));
+    }
+
+    #[test]
+    fn a_clip_whose_audio_is_gone_is_dropped_and_said_so() {
+        // A 1 s history, 5 s of audio, then a clip asked for around 1 s: nothing of it is left.
+        let mut states = vec![TapState::new(MachineTap {
+            channel: 0,
+            history_seconds: 1.0,
+            ..tap_state(true).tap
+        })];
+        let audio = vec![0.1f32; 80_000];
+        feed(&mut states, audio.chunks(4_000), 1, 64);
+        states[0].pending_clips.push(ClipRequest {
+            machine: 0,
+            onset_end_ms: 1000,
+            pre_seconds: 0.5,
+            post_seconds: 0.5,
+            path: "gone.wav".into(),
+        });
+        let fed = reader_step(64, |_, _, e, m| serve_all_clips(&mut states, e, m, None));
+        let dropped: Vec<&PathBuf> = fed
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                ReaderEvent::ClipDropped { path } => Some(path),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(dropped, [&PathBuf::from("gone.wav")]);
+        assert_eq!(fed.metrics.clips_dropped.get(), 1);
+        assert!(states[0].pending_clips.is_empty());
     }
 
     #[test]
