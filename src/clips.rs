@@ -68,10 +68,11 @@ struct Found {
     temps: Vec<(PathBuf, SystemTime)>,
 }
 
-/// The daemon's own clips: `<dir>/<machine>/<node>-<machine>-<millis>-<seq>.wav` ([`clip_path`]), and their
-/// temporary files. Nothing else under `dir` is ever listed, so a `clips.dir` pointed at a folder that also holds
-/// other recordings loses none of them.
-fn clip_files(dir: &Path) -> Found {
+/// This node's clips: `<dir>/<machine>/<node>-<machine>-<millis>-<seq>.wav` ([`clip_path`]), and their temporary
+/// files. Nothing else under `dir` is ever listed, so a `clips.dir` pointed at a folder that also holds other
+/// recordings (`2024/take-2024-06-01.wav` has the shape of a clip of a node `take`) or other nodes' clips loses
+/// none of them.
+fn clip_files(dir: &Path, node: &str) -> Found {
     let mut found = Found::default();
     let Ok(rd) = std::fs::read_dir(dir) else {
         return found;
@@ -93,10 +94,10 @@ fn clip_files(dir: &Path) -> Found {
                 continue;
             }
             let modified = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-            if is_clip_name(&p, &machine) {
+            if is_clip_name(&p, node, &machine) {
                 found.clips.push((p, modified, md.len()));
             } else if p.extension().is_some_and(|x| x == "tmp")
-                && is_clip_name(&p.with_extension(""), &machine)
+                && is_clip_name(&p.with_extension(""), node, &machine)
             {
                 found.temps.push((p, modified));
             }
@@ -105,9 +106,9 @@ fn clip_files(dir: &Path) -> Found {
     found
 }
 
-/// `<node>-<machine>-<millis>-<seq>.wav`: an [`event_id`] of `machine` plus `.wav`, as the daemon names a clip (node
-/// and machine names contain no `/`; the last two fields are numbers).
-fn is_clip_name(p: &Path, machine: &str) -> bool {
+/// `<node>-<machine>-<millis>-<seq>.wav`: an [`event_id`] of `node` and `machine` plus `.wav`, as the daemon names a
+/// clip (the last two fields are numbers).
+fn is_clip_name(p: &Path, node: &str, machine: &str) -> bool {
     if p.extension().is_none_or(|x| x != "wav") {
         return false;
     }
@@ -122,13 +123,14 @@ fn is_clip_name(p: &Path, machine: &str) -> bool {
     numeric(seq)
         && numeric(millis)
         && head
-            .strip_suffix(machine)
-            .is_some_and(|node| node.len() > 1 && node.ends_with('-'))
+            .strip_prefix(node)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|m| m == machine)
 }
 
-/// Bytes of the daemon's clips under `dir` (what the retention counts against `clips.max_bytes`).
-fn held_bytes(dir: &Path) -> u64 {
-    clip_files(dir).clips.iter().map(|f| f.2).sum()
+/// Bytes of node `node`'s clips under `dir` (what the retention counts against `clips.max_bytes`).
+fn held_bytes(dir: &Path, node: &str) -> u64 {
+    clip_files(dir, node).clips.iter().map(|f| f.2).sum()
 }
 
 /// A warning when the clips' filesystem cannot take `clips.max_bytes` of clips: the retention removes old clips
@@ -147,8 +149,13 @@ pub fn low_space_warning(cfg: &Config) -> Option<String> {
     } else {
         0
     };
-    clips_room(free.bytes, held_bytes(&dir), cfg.clips.max_bytes, outbox)
-        .map(|why| format!("clips.dir {}: {why}", dir.display()))
+    clips_room(
+        free.bytes,
+        held_bytes(&dir, &cfg.node_id),
+        cfg.clips.max_bytes,
+        outbox,
+    )
+    .map(|why| format!("clips.dir {}: {why}", dir.display()))
 }
 
 /// Whether `free` bytes plus the `held` bytes of clips already kept can take `max_bytes` of clips and the
@@ -205,10 +212,20 @@ pub fn retention_interval(cfg: &ClipsConfig) -> Duration {
 /// first to go over `clips.max_count`. Clips of earlier runs are known by their modification times only.
 #[derive(Debug, Default)]
 pub struct Retention {
+    /// The node whose clips these are ([`clip_files`]).
+    node: String,
     written: std::collections::HashMap<PathBuf, Instant>,
 }
 
 impl Retention {
+    /// The retention of node `node`'s clips.
+    pub fn new(node: &str) -> Self {
+        Retention {
+            node: node.to_string(),
+            ..Default::default()
+        }
+    }
+
     /// Notes a clip this process has just written.
     pub fn written(&mut self, path: &Path) {
         self.written.insert(path.to_path_buf(), Instant::now());
@@ -217,9 +234,16 @@ impl Retention {
     /// Deletes the oldest clips until the count, age and size limits hold, and clip temporary files older than
     /// [`STALE_TEMP`]; logs what it deleted and returns how many clips that was. Clips written by this process
     /// are the newest (whatever their modification times say), in the order they were written, and their age is
-    /// the time since they were written on the monotonic clock.
-    pub fn enforce(&mut self, dir: &Path, cfg: &ClipsConfig) -> usize {
-        let Found { clips, temps } = clip_files(dir);
+    /// the time since they were written on the monotonic clock. The clips in `open` (of alarm events still on:
+    /// the evidence of the alarm that matters most now, which its end event will name) are never deleted; they
+    /// count against the limits, so other clips go first.
+    pub fn enforce(
+        &mut self,
+        dir: &Path,
+        cfg: &ClipsConfig,
+        open: &std::collections::BTreeSet<PathBuf>,
+    ) -> usize {
+        let Found { clips, temps } = clip_files(dir, &self.node);
         let now = SystemTime::now();
         let age = |t: SystemTime| now.duration_since(t).unwrap_or_default();
         // (path, age, length, written by an earlier run), newest first: this run's clips, then the others.
@@ -239,7 +263,7 @@ impl Retention {
             let too_old = *clip_age > cfg.max_age;
             let too_many = i >= cfg.max_count;
             let too_big = kept_bytes + len > cfg.max_bytes;
-            if too_old || too_many || too_big {
+            if (too_old || too_many || too_big) && !open.contains(path) {
                 match std::fs::remove_file(path) {
                     Ok(()) if too_old => old += 1,
                     Ok(()) if too_many => many += 1,
@@ -284,9 +308,9 @@ impl Retention {
     }
 }
 
-/// [`Retention::enforce`] for a process that has written none of the clips.
-pub fn enforce_retention(dir: &Path, cfg: &ClipsConfig) -> usize {
-    Retention::default().enforce(dir, cfg)
+/// [`Retention::enforce`] of node `node`'s clips for a process that has written none of them, no event open.
+pub fn enforce_retention(dir: &Path, node: &str, cfg: &ClipsConfig) -> usize {
+    Retention::new(node).enforce(dir, cfg, &Default::default())
 }
 
 #[cfg(test)]
@@ -352,7 +376,7 @@ mod tests {
         std::fs::create_dir(d.path().join("pump-1")).unwrap();
         std::fs::write(d.path().join("pump-1/n-pump-1-1-1.wav"), [0u8; 1000]).unwrap();
         std::fs::write(d.path().join("pump-1/notes.txt"), [0u8; 5000]).unwrap();
-        assert_eq!(held_bytes(d.path()), 1000);
+        assert_eq!(held_bytes(d.path(), "n"), 1000);
     }
 
     #[test]
@@ -401,7 +425,7 @@ mod tests {
             max_count: 3,
             ..Default::default()
         };
-        assert_eq!(enforce_retention(d.path(), &cfg), 2);
+        assert_eq!(enforce_retention(d.path(), "n1", &cfg), 2);
         assert!(!d.path().join("m/n1-m-0-0.wav").exists());
         assert!(!d.path().join("m/n1-m-1-1.wav").exists());
         assert!(d.path().join("m/n1-m-4-4.wav").exists());
@@ -409,13 +433,13 @@ mod tests {
             max_age: Duration::from_secs(75),
             ..Default::default()
         };
-        assert_eq!(enforce_retention(d.path(), &cfg), 1, "e2 is 80 s old");
+        assert_eq!(enforce_retention(d.path(), "n1", &cfg), 1, "e2 is 80 s old");
         let cfg = ClipsConfig {
             max_bytes: 4000,
             ..Default::default()
         };
         assert_eq!(
-            enforce_retention(d.path(), &cfg),
+            enforce_retention(d.path(), "n1", &cfg),
             1,
             "two 3.2 kB clips exceed 4 kB"
         );
@@ -427,7 +451,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let day = Duration::from_secs(86_400);
         let now = SystemTime::now();
-        let mut retention = Retention::default();
+        let mut retention = Retention::new("n1");
         // (clip, written by this run, modification time)
         let clips = [
             // Written this run before NTP moved the clock ten days forward: its time says ten days old.
@@ -451,7 +475,7 @@ mod tests {
             max_age: day,
             ..Default::default()
         };
-        assert_eq!(retention.enforce(d.path(), &cfg), 1);
+        assert_eq!(retention.enforce(d.path(), &cfg, &Default::default()), 1);
         assert!(
             !exists("n1-m-4-4"),
             "two days old by its time, and of an earlier run"
@@ -465,7 +489,7 @@ mod tests {
             max_count: 2,
             ..cfg
         };
-        assert_eq!(retention.enforce(d.path(), &cfg), 1);
+        assert_eq!(retention.enforce(d.path(), &cfg, &Default::default()), 1);
         assert!(!exists("n1-m-3-3"));
         assert!(exists("n1-m-1-1") && exists("n1-m-2-2"));
         // Within this run, the later written clip is the newer one.
@@ -473,10 +497,10 @@ mod tests {
             max_count: 1,
             ..cfg
         };
-        assert_eq!(retention.enforce(d.path(), &cfg), 1);
+        assert_eq!(retention.enforce(d.path(), &cfg, &Default::default()), 1);
         assert!(exists("n1-m-2-2") && !exists("n1-m-1-1"));
         // A process that wrote none of them goes by their times: the clip's hour-old time is within max_age.
-        assert_eq!(enforce_retention(d.path(), &cfg), 0);
+        assert_eq!(enforce_retention(d.path(), "n1", &cfg), 0);
     }
 
     #[test]
@@ -487,14 +511,16 @@ mod tests {
             assert_eq!(id, format!("{node}-{machine}-1700000000123-42"));
             let p = clip_path(dir, machine, &id);
             assert_eq!(p, dir.join(machine).join(format!("{id}.wav")));
-            assert!(is_clip_name(&p, machine), "{}", p.display());
-            assert!(!is_clip_name(&p, "other"), "{}", p.display());
+            assert!(is_clip_name(&p, node, machine), "{}", p.display());
+            assert!(!is_clip_name(&p, node, "other"), "{}", p.display());
+            assert!(!is_clip_name(&p, "other", machine), "{}", p.display());
         }
     }
 
     #[test]
     fn only_the_daemons_own_clips_are_ever_deleted() {
-        // clips.dir pointed at a folder of other recordings: old files of every other shape stay.
+        // clips.dir pointed at a folder of other recordings and other nodes' clips: old files of every other shape
+        // stay, and so do files that only look like a clip of another node (a date-named take in a year folder).
         let d = tempfile::tempdir().unwrap();
         let old = SystemTime::now() - Duration::from_secs(1000);
         let files = [
@@ -507,6 +533,9 @@ mod tests {
             "m/n1-m-5-1.txt",
             "m/n1-m-5-1.wav",
             "m/node-a-m-7-2.wav",
+            "2024/take-2024-06-01.wav",
+            "line-3/press-line-3-0001-2.wav",
+            "m/n1-m-8-1.wav",
             "m/recording.wav.tmp",
             "m/n1-m-6-1.wav.tmp",
             "m/n1-m-6-2.wav.tmp",
@@ -532,10 +561,16 @@ mod tests {
             max_age: Duration::from_secs(60),
             ..Default::default()
         };
-        assert_eq!(enforce_retention(d.path(), &cfg), 2, "clips deleted");
+        // The clip of an alarm event still on stays, past max_age or not.
+        let open = [d.path().join("m/n1-m-8-1.wav")].into_iter().collect();
+        assert_eq!(
+            Retention::new("n1").enforce(d.path(), &cfg, &open),
+            1,
+            "clips deleted"
+        );
         for f in files {
-            // Two clips past max_age, and the temporary file of a clip whose write never finished.
-            let gone = ["m/n1-m-5-1.wav", "m/node-a-m-7-2.wav", "m/n1-m-6-1.wav.tmp"].contains(&f);
+            // This node's clip past max_age, and the temporary file of one of its clips whose write never finished.
+            let gone = ["m/n1-m-5-1.wav", "m/n1-m-6-1.wav.tmp"].contains(&f);
             assert_eq!(d.path().join(f).exists(), !gone, "{f}");
         }
     }

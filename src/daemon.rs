@@ -465,6 +465,8 @@ struct Controller {
     /// [`EXIT_INPUT`] once it stops instead of 0.
     replay_failed: bool,
     observer: Option<Sender<Observation>>,
+    /// The clips of the alarm events still on, which the clip retention keeps ([`crate::clips::Retention`]).
+    open_clips: Arc<Mutex<std::collections::BTreeSet<PathBuf>>>,
 }
 
 impl Controller {
@@ -491,6 +493,14 @@ impl Controller {
     }
 
     fn persist(&self) {
+        // Every change of an event passes here: the set the retention keeps follows it.
+        if let Ok(mut open) = self.open_clips.lock() {
+            *open = self
+                .machines
+                .iter()
+                .filter_map(|m| m.saved.event.as_ref()?.clip.as_ref().map(PathBuf::from))
+                .collect();
+        }
         let map: BTreeMap<String, SavedMachine> = self
             .machines
             .iter()
@@ -1251,6 +1261,15 @@ pub fn start(
         bounded::<crate::pipeline::ClipAudio>(crate::clips::CLIP_QUEUE);
     let clips_cfg = cfg.clips.clone();
     let clips_dir = cfg.clips_dir();
+    let node_id = cfg.node_id.clone();
+    // The clips of events resumed from the last run, kept from the retention's first pass on.
+    let open_clips: Arc<Mutex<std::collections::BTreeSet<PathBuf>>> = Arc::new(Mutex::new(
+        machines
+            .iter()
+            .filter_map(|m| m.saved.event.as_ref()?.clip.as_ref().map(PathBuf::from))
+            .collect(),
+    ));
+    let open_clips_r = open_clips.clone();
     let clip_metrics = metrics.clone();
     let clip_observer = observer.clone();
     // Clips that could not be written, so that the end of their event does not name them.
@@ -1261,10 +1280,11 @@ pub fn start(
             // The retention runs at start, after every clip, and every `retention_interval` in between: clips
             // past clips.max_age go even when no alarm brings a new clip.
             let every = crate::clips::retention_interval(&clips_cfg);
-            let mut retention = crate::clips::Retention::default();
+            let mut retention = crate::clips::Retention::new(&node_id);
             loop {
                 if clips_cfg.enabled {
-                    let removed = retention.enforce(&clips_dir, &clips_cfg);
+                    let open = open_clips_r.lock().map(|o| o.clone()).unwrap_or_default();
+                    let removed = retention.enforce(&clips_dir, &clips_cfg, &open);
                     clip_metrics.clips_removed.add(removed as u64);
                 }
                 let c = match clip_audio_rx.recv_timeout(every) {
@@ -1329,6 +1349,7 @@ pub fn start(
         inputs: vec![InputState::Down(None); cfg.devices.len()],
         replay_failed: false,
         observer,
+        open_clips,
         cfg,
     };
     // End events, OFF through the outbox, the saved state and the alarm gauge, as for any transition.
@@ -1770,6 +1791,7 @@ mod tests {
             inputs: vec![InputState::Open],
             replay_failed: false,
             observer: None,
+            open_clips: Arc::default(),
             cfg,
         };
         (ctl, clip_rx)
