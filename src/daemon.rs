@@ -1026,8 +1026,11 @@ pub fn start(
     let machine_names: Vec<String> = cfg.machines.iter().map(|m| m.name.clone()).collect();
     let metrics = Arc::new(Metrics::new(&input_names, &machine_names));
     if cfg.metrics.enabled {
-        let addr = crate::metrics::serve(&cfg.metrics.listen, metrics.clone())?;
-        log::info!("metrics on http://{addr}/metrics");
+        crate::metrics::serve_or_retry(
+            &cfg.metrics.listen,
+            metrics.clone(),
+            Duration::from_secs(30),
+        );
     }
 
     // Models: one embedder per bundle, one scorer per machine.

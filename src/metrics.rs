@@ -5,10 +5,10 @@
 //! Names follow `sonitor_<thing>_<unit>_total` for counters; everything the daemon drops has a counter.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -354,16 +354,26 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `addr` (loopback) from a background thread; returns the bound address.
+/// Connections served at once; one more is closed at once (a scraper retries at its next interval).
+const MAX_CONNECTIONS: usize = 4;
+
+/// The most a request may take to arrive, and its largest size: a scrape is one short `GET`.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+const MAX_REQUEST: usize = 8192;
+
+/// Serves `GET /metrics` on `addr` (loopback) from a background thread; returns the bound address. Each connection
+/// gets its own short-lived thread (at most [`MAX_CONNECTIONS`]): a client that connects and sends nothing holds
+/// only its own thread until [`REQUEST_DEADLINE`], not every scrape behind it.
 pub fn serve(addr: &str, metrics: Arc<Metrics>) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)
         .map_err(|e| anyhow::anyhow!("metrics: cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr()?;
+    let busy = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
             for stream in listener.incoming() {
-                let mut stream = match stream {
+                let stream = match stream {
                     Ok(s) => s,
                     Err(e) => {
                         // Out of file descriptors, typically: back off instead of spinning a core.
@@ -372,30 +382,181 @@ pub fn serve(addr: &str, metrics: Arc<Metrics>) -> anyhow::Result<SocketAddr> {
                         continue;
                     }
                 };
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-                let mut buf = [0u8; 1024];
-                let n = stream.read(&mut buf).unwrap_or(0);
-                let req = String::from_utf8_lossy(&buf[..n]);
-                let path = req.split_whitespace().nth(1).unwrap_or("");
-                let (status, body, ctype) = if path == "/metrics" || path == "/" {
-                    ("200 OK", metrics.render(), "text/plain; version=0.0.4")
-                } else {
-                    ("404 Not Found", "not found: try /metrics\n".to_string(), "text/plain")
-                };
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
+                if busy.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                    busy.fetch_sub(1, Ordering::SeqCst);
+                    continue;
+                }
+                let (metrics, done) = (metrics.clone(), busy.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("metrics-conn".into())
+                    .spawn(move || {
+                        answer(stream, &metrics);
+                        done.fetch_sub(1, Ordering::SeqCst);
+                    });
+                if spawned.is_err() {
+                    busy.fetch_sub(1, Ordering::SeqCst);
+                }
             }
         })?;
     Ok(local)
 }
 
+/// [`serve`], and when `addr` cannot be bound (another program holds the port), a warning and another try every
+/// `retry` from a background thread: the metrics are an aid, and a daemon that stopped for them would watch no
+/// machine.
+pub fn serve_or_retry(addr: &str, metrics: Arc<Metrics>, retry: Duration) {
+    match serve(addr, metrics.clone()) {
+        Ok(local) => log::info!("metrics on http://{local}/metrics"),
+        Err(e) => {
+            log::warn!(
+                "{e:#}; the daemon runs without its metrics endpoint and tries again every {} s (another program \
+                 on that port? set [metrics] listen)",
+                retry.as_secs()
+            );
+            let addr = addr.to_string();
+            let _ = std::thread::Builder::new()
+                .name("metrics-bind".into())
+                .spawn(move || loop {
+                    std::thread::sleep(retry);
+                    if let Ok(local) = serve(&addr, metrics.clone()) {
+                        log::info!("metrics on http://{local}/metrics (the port is free now)");
+                        return;
+                    }
+                });
+        }
+    }
+}
+
+/// Reads one request (until its blank line, within [`REQUEST_DEADLINE`] and [`MAX_REQUEST`] bytes) and answers
+/// it. The request's rest is read before closing, so that the client gets the answer, not a reset.
+fn answer(mut stream: TcpStream, metrics: &Metrics) {
+    let deadline = Instant::now() + REQUEST_DEADLINE;
+    let _ = stream.set_write_timeout(Some(REQUEST_DEADLINE));
+    let mut req = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    let complete = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            break false;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break false,
+            Ok(n) => req.extend_from_slice(&buf[..n]),
+        }
+        if req.windows(4).any(|w| w == b"\r\n\r\n") {
+            break true;
+        }
+        if req.len() > MAX_REQUEST {
+            break false;
+        }
+    };
+    let text = String::from_utf8_lossy(&req);
+    let path = text.split_whitespace().nth(1).unwrap_or("");
+    let (status, body, ctype) = if !complete {
+        (
+            "400 Bad Request",
+            "an HTTP GET request, please\n".to_string(),
+            "text/plain",
+        )
+    } else if path == "/metrics" || path == "/" {
+        ("200 OK", metrics.render(), "text/plain; version=0.0.4")
+    } else {
+        (
+            "404 Not Found",
+            "not found: try /metrics\n".to_string(),
+            "text/plain",
+        )
+    };
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.shutdown(Shutdown::Write);
+    // What the client still sends (a body, headers past the limit), briefly, so that closing does not reset the
+    // connection before it has read the answer.
+    let until = Instant::now() + Duration::from_millis(500);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 || Instant::now() > until {
+            break;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the server answers to `request`, sent in pieces with a pause between them.
+    fn exchange(addr: SocketAddr, pieces: &[&[u8]]) -> String {
+        let mut s = TcpStream::connect(addr).unwrap();
+        for (i, p) in pieces.iter().enumerate() {
+            if i > 0 {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            s.write_all(p).unwrap();
+        }
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn idle_clients_split_and_large_requests_do_not_break_a_scrape() {
+        let addr = serve("127.0.0.1:0", Arc::new(Metrics::new(&[], &[]))).unwrap();
+        // Three clients that connect and say nothing: served one after another (as before), each would hold
+        // the next scrape for its 2 s read timeout.
+        let idle: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        let t = Instant::now();
+        let out = exchange(addr, &[b"GET /metrics HTTP/1.1\r\n\r\n"]);
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(
+            t.elapsed() < REQUEST_DEADLINE,
+            "the scrape waited {:?} behind idle clients",
+            t.elapsed()
+        );
+        drop(idle);
+        // A request line in two TCP segments.
+        let out = exchange(addr, &[b"GET /met", b"rics HTTP/1.1\r\nHost: x\r\n\r\n"]);
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        // Headers past one read: the whole answer arrives, not a reset.
+        let big = format!(
+            "GET /metrics HTTP/1.1\r\nX-Pad: {}\r\n\r\n",
+            "x".repeat(3000)
+        );
+        let out = exchange(addr, &[big.as_bytes()]);
+        assert!(
+            out.starts_with("HTTP/1.1 200") && out.contains("sonitor_outbox_messages"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_busy_port_is_tried_again_instead_of_stopping_the_daemon() {
+        let holder = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = holder.local_addr().unwrap();
+        serve_or_retry(
+            &addr.to_string(),
+            Arc::new(Metrics::new(&[], &[])),
+            Duration::from_millis(100),
+        );
+        drop(holder);
+        let t = Instant::now();
+        let out = loop {
+            if let Ok(mut s) = TcpStream::connect(addr) {
+                s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+                let mut out = String::new();
+                let _ = s.read_to_string(&mut out);
+                if out.starts_with("HTTP/1.1 200") {
+                    break out;
+                }
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "never served");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(out.contains("sonitor_outbox_messages"), "{out}");
+    }
 
     #[test]
     fn renders_and_serves() {
