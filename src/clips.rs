@@ -186,7 +186,8 @@ fn clips_room(free: u64, held: u64, max_bytes: u64, outbox: u64) -> Option<Strin
     Some(format!(
         "clips.max_bytes = {:.1} MiB, but its filesystem has {:.1} MiB free and the clips kept there hold \
          {:.1} MiB{outbox_note}: clips would fill the disk before the retention removes any; {outbox_harm}new \
-         clips could not be written. To fix it, {lower}free space there, or set clips.dir to another filesystem",
+         clips could not be written. To fix it, {lower}free space there, or set clips.dir to another filesystem (one \
+         the service may write: ReadWritePaths= under the shipped unit)",
         mib(max_bytes),
         mib(free),
         mib(held),

@@ -1288,12 +1288,31 @@ impl Config {
                 .and_then(|free| low_space(&free, self.mqtt.outbox_max))
                 .map(state),
         };
+        // A clips folder elsewhere (another disk) may not take files: clips would not be written, the alarms
+        // still are, so it is a warning.
+        let dir = self.clips_dir();
+        let clips_warning = (self.clips.enabled && !dir.starts_with(&self.state_dir))
+            .then(|| check_writable_dir(&dir).err())
+            .flatten()
+            .map(|e| {
+                format!(
+                    "clips.dir {}: {e}: evidence clips will not be written there (the alarms still are). Under \
+                     the shipped systemd unit every path outside the state directory is read-only \
+                     (ProtectSystem=strict): add ReadWritePaths={} in a drop-in",
+                    dir.display(),
+                    dir.display()
+                )
+            });
         DiskCheck {
             problem: None,
-            warnings: [state_warning, crate::clips::low_space_warning(self)]
-                .into_iter()
-                .flatten()
-                .collect(),
+            warnings: [
+                state_warning,
+                clips_warning,
+                crate::clips::low_space_warning(self),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
         }
     }
 }
@@ -2030,6 +2049,41 @@ min_duration = "3s"
         let ok = d.path().join("state");
         assert_eq!(check_writable_dir(&ok), Ok(None));
         assert_eq!(std::fs::read_dir(&ok).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_clips_dir_elsewhere_that_cannot_take_a_file_is_warned_with_the_units_remedy() {
+        let d = tempfile::tempdir().unwrap();
+        // Under a file: no directory can be made there, root or not.
+        std::fs::write(d.path().join("a-file"), b"").unwrap();
+        let clips = d.path().join("a-file/clips");
+        let text = format!(
+            "{}\n[clips]\ndir = \"{}\"\n",
+            minimal(d.path()),
+            clips.display()
+        );
+        let check = Config::load_with_env(&write(d.path(), &text), [])
+            .unwrap()
+            .disk_check();
+        assert_eq!(check.problem, None, "the alarms do not need the clips");
+        let w = check.warnings.join("\n");
+        assert_named(
+            &w,
+            &[
+                &format!("clips.dir {}: ", clips.display()),
+                "evidence clips will not be written there",
+                &format!("ReadWritePaths={}", clips.display()),
+            ],
+        );
+        // In the state directory (the default), the state directory's own check covers it.
+        let check = Config::load_with_env(&write(d.path(), &minimal(d.path())), [])
+            .unwrap()
+            .disk_check();
+        assert!(
+            check.warnings.iter().all(|w| !w.contains("clips.dir")),
+            "{:?}",
+            check.warnings
+        );
     }
 
     #[test]
