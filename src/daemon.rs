@@ -1468,15 +1468,15 @@ pub fn start(
                 let frames: u64 = metrics.inputs.iter().map(|i| i.frames.get()).sum();
                 let inferences: u64 = metrics.machines.iter().map(|m| m.inferences.get()).sum();
                 let beats: Vec<u64> = metrics.inputs.iter().map(|i| i.retry_beats.get()).collect();
-                let scoring = frames > wd_marks.0 && inferences > wd_marks.1;
-                let waiting = frames == wd_marks.0
-                    && !ctl.inputs.contains(&InputState::Open)
-                    && beats.iter().zip(&wd_beats).all(|(now, then)| now > then);
-                if scoring || waiting {
+                // Progress is measured from the last ping, not the last check: a window hop longer than the check
+                // interval, or a check that falls between an input's frames and its next inference, only delays
+                // the ping; systemd kills the daemon only after a whole WatchdogSec without any.
+                let any_open = ctl.inputs.contains(&InputState::Open);
+                if watchdog_fed((frames, inferences), wd_marks, any_open, &beats, &wd_beats) {
                     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                    wd_marks = (frames, inferences);
+                    wd_beats = beats;
                 }
-                wd_marks = (frames, inferences);
-                wd_beats = beats;
                 last_wd = Instant::now();
             }
         }
@@ -1584,8 +1584,26 @@ fn thread_died(thread: &str, consequence: &str) -> i32 {
     EXIT_INTERNAL
 }
 
-/// Half the systemd watchdog period (`WATCHDOG_USEC`), when the watchdog applies to this process (as
-/// `sd_watchdog_enabled(3)`: a `WATCHDOG_PID` naming another process disables it; none means this one).
+/// Whether the daemon has made progress since the last watchdog ping: frames and inferences both advanced
+/// (`now` against `at_ping`, each `(frames, inferences)`), or no input is open and every input's supervisor has
+/// visibly waited to reopen it since (`beats` against `beats_at_ping`). Frames that came before an input went away
+/// do not count against the waiting.
+fn watchdog_fed(
+    now: (u64, u64),
+    at_ping: (u64, u64),
+    any_open: bool,
+    beats: &[u64],
+    beats_at_ping: &[u64],
+) -> bool {
+    let scoring = now.0 > at_ping.0 && now.1 > at_ping.1;
+    let waiting = !any_open && beats.iter().zip(beats_at_ping).all(|(n, t)| n > t);
+    scoring || waiting
+}
+
+/// How often the watchdog is checked: a quarter of the systemd watchdog period (`WATCHDOG_USEC`), so that a check
+/// that finds no progress yet is followed by three more before systemd gives up (at half, one such check left a
+/// gap of a whole period), when the watchdog applies to this process (as `sd_watchdog_enabled(3)`: a
+/// `WATCHDOG_PID` naming another process disables it; none means this one).
 fn watchdog_interval() -> Option<Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
     if let Some(pid) = std::env::var("WATCHDOG_PID")
@@ -1596,7 +1614,7 @@ fn watchdog_interval() -> Option<Duration> {
             return None;
         }
     }
-    (usec > 0).then(|| Duration::from_micros(usec / 2))
+    (usec > 0).then(|| Duration::from_micros(usec / 4))
 }
 
 fn win_queue_empty(metrics: &Metrics) -> bool {
@@ -1698,6 +1716,18 @@ pub fn validate(config_path: &Path) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_watchdog_is_fed_by_scoring_or_by_waiting_for_a_device_that_is_away() {
+        // Frames and inferences since the last ping: scoring.
+        assert!(watchdog_fed((10, 5), (8, 4), true, &[0], &[0]));
+        // Frames but no inference since the last ping, the input open: a pipeline that stopped scoring.
+        assert!(!watchdog_fed((10, 4), (8, 4), true, &[0], &[0]));
+        // The input went away after some frames came: its supervisor retrying feeds it.
+        assert!(watchdog_fed((10, 4), (8, 4), false, &[7], &[3]));
+        // A supervisor that stopped retrying (stuck in the audio stack) does not.
+        assert!(!watchdog_fed((8, 4), (8, 4), false, &[7, 3], &[3, 3]));
+    }
 
     fn saved(enabled: bool, file_enabled: Option<bool>) -> SavedMachine {
         SavedMachine {
