@@ -311,40 +311,52 @@ struct Outputs<'a> {
     input: usize,
 }
 
-/// Where the reader stands in a stream, and the stream's next gap ([`StreamHandle::gaps`]).
+/// Where the reader stands in a stream, and the stream's gaps ahead ([`StreamHandle::gaps`]).
 #[derive(Default)]
 struct GapCursor {
     /// Frames popped from the stream's ring so far.
     read: u64,
-    /// The next gap not yet reached.
-    next: Option<u64>,
+    /// Gaps not yet reached, in order.
+    ahead: VecDeque<u64>,
+    /// The last gap handled: the same place marked twice (a full ring, then an xrun there) is one gap.
+    last: Option<u64>,
 }
 
 impl GapCursor {
-    /// How many frames may be read before the stream's next gap: `max` if none comes within them.
-    fn frames_before_gap(&mut self, gaps: &Receiver<u64>, max: usize) -> usize {
-        if self.next.is_none() {
-            // A place marked twice (a full ring, then an xrun there) or already passed is spent.
-            self.next = gaps.try_iter().find(|&g| g > self.read);
+    /// Takes the gaps marked so far. Called after a pop: a gap is marked before any audio after it is written,
+    /// so every gap inside what was popped is known by then (checked before the pop, one marked in between
+    /// would be crossed).
+    fn collect(&mut self, gaps: &Receiver<u64>) {
+        for g in gaps.try_iter() {
+            if g >= self.read && Some(g) != self.last && !self.ahead.contains(&g) {
+                let at = self.ahead.partition_point(|&a| a < g);
+                self.ahead.insert(at, g);
+            }
         }
-        self.next.map_or(max, |g| {
-            usize::try_from(g - self.read).unwrap_or(max).min(max)
+    }
+
+    /// Frames that may be processed before the next gap: `max` if none comes within them.
+    fn frames_before_gap(&self, max: usize) -> usize {
+        self.ahead.front().map_or(max, |&g| {
+            usize::try_from(g - self.read).map_or(max, |n| n.min(max))
         })
     }
 
-    /// Counts `frames` read; true when they end at the gap.
+    /// Counts `frames` processed; true when the reader stands at a gap (also for `frames` = 0: a gap marked just
+    /// where the reader stood, after it had read everything before it).
     fn advance(&mut self, frames: usize) -> bool {
         self.read += frames as u64;
-        if self.next == Some(self.read) {
-            self.next = None;
+        if self.ahead.front() == Some(&self.read) {
+            self.ahead.pop_front();
+            self.last = Some(self.read);
             return true;
         }
         false
     }
 }
 
-/// Reads what the stream's ring holds, up to about 8192 samples and never past its next gap, into the machines'
-/// windows and histories; at a gap, starts their windows again ([`after_gap`]). Returns the samples read.
+/// Reads what the stream's ring holds, up to about 8192 samples, into the machines' windows and histories; at each
+/// gap inside it, starts their windows again ([`after_gap`]). Returns the samples read.
 fn read_block(
     states: &mut [TapState],
     stream: &mut StreamHandle,
@@ -354,25 +366,30 @@ fn read_block(
     to: &Outputs,
 ) -> usize {
     let ch = stream.channels.max(1);
-    let buf = whole_frames(scratch, ch);
-    let frames = cursor.frames_before_gap(&stream.gaps, buf.len() / ch);
-    let n = stream.consumer.pop_slice(&mut buf[..frames * ch]);
-    if n == 0 {
-        return 0;
-    }
-    process(
-        states,
-        &scratch[..n],
-        ch,
-        stream.sample_rate,
-        to.windows,
-        to.recycled,
-        to.events,
-        health,
-        to.metrics,
-    );
-    if cursor.advance(n / ch) {
+    let n = stream.consumer.pop_slice(whole_frames(scratch, ch));
+    cursor.collect(&stream.gaps);
+    if cursor.advance(0) {
         after_gap(states, to);
+    }
+    let frames = n / ch;
+    let mut done = 0;
+    while done < frames {
+        let take = cursor.frames_before_gap(frames - done);
+        process(
+            states,
+            &scratch[done * ch..(done + take) * ch],
+            ch,
+            stream.sample_rate,
+            to.windows,
+            to.recycled,
+            to.events,
+            health,
+            to.metrics,
+        );
+        done += take;
+        if cursor.advance(take) {
+            after_gap(states, to);
+        }
     }
     n
 }
@@ -1367,6 +1384,67 @@ mod tests {
         assert_eq!(dropped, [&PathBuf::from("gone.wav")]);
         assert_eq!(fed.metrics.clips_dropped.get(), 1);
         assert!(states[0].pending_clips.is_empty());
+    }
+
+    #[test]
+    fn a_gap_marked_where_the_reader_stands_still_starts_the_windows_again() {
+        // The usual overrun: the reader has emptied the ring when the device stalls; the mark comes after, at
+        // the very place the reader stands, then the audio after the loss.
+        let signal: Vec<f32> = (0..36_800).map(|i| i as f32).collect();
+        let mut states = vec![TapState::new(MachineTap {
+            channel: 0,
+            history_seconds: 3.0,
+            ..tap_state(true).tap
+        })];
+        start_stream(&mut states, "in", 16_000, 1);
+        let (mut sink, consumer) =
+            crate::capture::RtSink::new(40_000, 1, Default::default(), Default::default());
+        let mut stream = StreamHandle {
+            consumer,
+            sample_rate: 16_000,
+            channels: 1,
+            end: Arc::default(),
+            paced: true,
+            gaps: sink.gaps(),
+        };
+        let mut cursor = GapCursor::default();
+        let health = HealthConfig::default();
+        let fed = reader_step(64, |w, r, e, m| {
+            let to = Outputs {
+                windows: w,
+                recycled: r,
+                events: e,
+                metrics: m,
+                input: 0,
+            };
+            let mut scratch = Vec::new();
+            sink.write(&signal[..20_800]);
+            while read_block(
+                &mut states,
+                &mut stream,
+                &mut cursor,
+                &mut scratch,
+                &health,
+                &to,
+            ) > 0
+            {}
+            sink.gap_marker().mark();
+            // Marked twice at one place (a full ring, then the xrun): one gap.
+            sink.gap_marker().mark();
+            sink.write(&signal[20_800..]);
+            while read_block(
+                &mut states,
+                &mut stream,
+                &mut cursor,
+                &mut scratch,
+                &health,
+                &to,
+            ) > 0
+            {}
+        });
+        let starts: Vec<u64> = fed.windows.iter().map(|w| w.samples[0] as u64).collect();
+        assert_eq!(starts, [0, 4_000, 8_000, 12_000, 20_800, 24_800, 28_800]);
+        assert_eq!(fed.metrics.inputs[0].gaps.get(), 1);
     }
 
     #[test]
