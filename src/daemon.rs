@@ -228,7 +228,16 @@ fn check_with(path: &Path, running: Option<&Config>) -> Checked {
                             .and_then(|m| bundles.get(&m.bundle))
                             .map_or(16_000, |b| b.manifest.features.sample_rate);
                         match crate::capture::choose_config(&dev, d, rate) {
-                            Err(e) if running.is_some_and(|r| r.devices.contains(d)) => {
+                            // The daemon holds it open (a hw: device cannot be queried while in use): the same
+                            // hardware, whatever else of its settings the new file changes (a larger
+                            // buffer_frames, as the overrun warning advises, applies at the next start).
+                            Err(e)
+                                if running.is_some_and(|r| {
+                                    r.devices.iter().any(|h| {
+                                        h.name == d.name && h.source == d.source && h.device == d.device
+                                    })
+                                }) =>
+                            {
                                 warnings.push(format!(
                                     "device '{}' ({spec}): {e:#} (it is in use by this daemon: its channels are \
                                      checked again at the next start)",
@@ -1472,7 +1481,15 @@ pub fn start(
                 // interval, or a check that falls between an input's frames and its next inference, only delays
                 // the ping; systemd kills the daemon only after a whole WatchdogSec without any.
                 let any_open = ctl.inputs.contains(&InputState::Open);
-                if watchdog_fed((frames, inferences), wd_marks, any_open, &beats, &wd_beats) {
+                let idle = win_queue_empty(&metrics);
+                if watchdog_fed(
+                    (frames, inferences),
+                    wd_marks,
+                    idle,
+                    any_open,
+                    &beats,
+                    &wd_beats,
+                ) {
                     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
                     wd_marks = (frames, inferences);
                     wd_beats = beats;
@@ -1584,18 +1601,20 @@ fn thread_died(thread: &str, consequence: &str) -> i32 {
     EXIT_INTERNAL
 }
 
-/// Whether the daemon has made progress since the last watchdog ping: frames and inferences both advanced
-/// (`now` against `at_ping`, each `(frames, inferences)`), or no input is open and every input's supervisor has
-/// visibly waited to reopen it since (`beats` against `beats_at_ping`). Frames that came before an input went away
-/// do not count against the waiting.
+/// Whether the daemon has made progress since the last watchdog ping: frames advanced (`now` against `at_ping`,
+/// each `(frames, inferences)`) and the pipeline either scored windows or has none waiting (`idle`: a window
+/// hop longer than the watchdog period leaves it waiting for audio, not stuck), or no input is open and every
+/// input's supervisor has visibly waited to reopen it since (`beats` against `beats_at_ping`). Frames that came
+/// before an input went away do not count against the waiting.
 fn watchdog_fed(
     now: (u64, u64),
     at_ping: (u64, u64),
+    idle: bool,
     any_open: bool,
     beats: &[u64],
     beats_at_ping: &[u64],
 ) -> bool {
-    let scoring = now.0 > at_ping.0 && now.1 > at_ping.1;
+    let scoring = now.0 > at_ping.0 && (now.1 > at_ping.1 || idle);
     let waiting = !any_open && beats.iter().zip(beats_at_ping).all(|(n, t)| n > t);
     scoring || waiting
 }
@@ -1720,13 +1739,25 @@ mod tests {
     #[test]
     fn the_watchdog_is_fed_by_scoring_or_by_waiting_for_a_device_that_is_away() {
         // Frames and inferences since the last ping: scoring.
-        assert!(watchdog_fed((10, 5), (8, 4), true, &[0], &[0]));
-        // Frames but no inference since the last ping, the input open: a pipeline that stopped scoring.
-        assert!(!watchdog_fed((10, 4), (8, 4), true, &[0], &[0]));
+        assert!(watchdog_fed((10, 5), (8, 4), false, true, &[0], &[0]));
+        // Frames but no inference since the last ping, windows waiting, the input open: a pipeline that stopped
+        // scoring.
+        assert!(!watchdog_fed((10, 4), (8, 4), false, true, &[0], &[0]));
+        // Frames, no window waiting: a window hop longer than the period, the next window not yet complete.
+        assert!(watchdog_fed((10, 4), (8, 4), true, true, &[0], &[0]));
+        // No frames at all with the input open (a stalled device, until the supervisor closes it): not fed.
+        assert!(!watchdog_fed((8, 4), (8, 4), true, true, &[0], &[0]));
         // The input went away after some frames came: its supervisor retrying feeds it.
-        assert!(watchdog_fed((10, 4), (8, 4), false, &[7], &[3]));
+        assert!(watchdog_fed((10, 4), (8, 4), false, false, &[7], &[3]));
         // A supervisor that stopped retrying (stuck in the audio stack) does not.
-        assert!(!watchdog_fed((8, 4), (8, 4), false, &[7, 3], &[3, 3]));
+        assert!(!watchdog_fed(
+            (8, 4),
+            (8, 4),
+            false,
+            false,
+            &[7, 3],
+            &[3, 3]
+        ));
     }
 
     fn saved(enabled: bool, file_enabled: Option<bool>) -> SavedMachine {
