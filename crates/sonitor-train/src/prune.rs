@@ -446,8 +446,8 @@ fn provenance_data(m: &sonitor_core::bundle::Manifest) -> anyhow::Result<PathBuf
         "the training clips of {} (the bundle's provenance data_path) are not the ones the bundle was trained on \
          (data_sha256 {} vs {}); give --data with the right data set",
         data.display(),
-        &sha[..12.min(sha.len())],
-        &p.data_sha256[..12.min(p.data_sha256.len())]
+        sha.get(..12).unwrap_or(&sha),
+        p.data_sha256.get(..12).unwrap_or(&p.data_sha256)
     );
     Ok(data)
 }

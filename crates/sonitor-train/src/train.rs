@@ -682,9 +682,9 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
                  never saw. Resume with --data {}, or train a new bundle elsewhere",
                 ckpt.display(),
                 state.data_path.as_ref().map_or("?".into(), |p| p.display().to_string()),
-                &sha[..sha.len().min(12)],
+                sha.get(..12).unwrap_or(sha),
                 o.data.display(),
-                &data_sha[..data_sha.len().min(12)],
+                data_sha.get(..12).unwrap_or(&data_sha),
                 state.data_path.as_ref().map_or("<the first run's>".into(), |p| p.display().to_string())
             );
         }

@@ -713,8 +713,17 @@ pub fn read_wav(path: &Path, channel: ChannelSelect) -> Result<(WavInfo, Vec<f32
     let n_ch = info.channels as usize;
     // Sized by what the file holds, not by what its header claims: a header that overstates the data (4 GiB of it
     // in a file of one second) is a truncation to report, not an allocation to attempt.
-    let mut interleaved: Vec<f32> =
-        Vec::with_capacity(usize::try_from(blocks.samples_present()).unwrap_or(0));
+    let mut interleaved: Vec<f32> = Vec::new();
+    let present = usize::try_from(blocks.samples_present()).unwrap_or(usize::MAX);
+    // More than this process can address (a file of gigabytes on a 32-bit Pi): an error naming it, not an abort.
+    interleaved
+        .try_reserve_exact(present)
+        .map_err(|e| WavError::Unsupported {
+            path: path.to_path_buf(),
+            reason: format!(
+                "{present} samples do not fit in memory here ({e}); split the recording into shorter files"
+            ),
+        })?;
     // Bounded blocks: one block of raw bytes at a time beside the decoded samples, not a copy of the whole file.
     while blocks.read_into(&mut interleaved, 1 << 16)? > 0 {}
     if n_ch == 1 {
