@@ -691,7 +691,9 @@ fn run(
                     "mqtt: the broker has not acknowledged the status `stopped` within {STOP_TIMEOUT:?} of the stop; \
                      closing the connection without DISCONNECT, so that it publishes the last will `offline`"
                 );
-                // Returning drops the client: its requests end, and the poller thread drops the connection.
+                // No DISCONNECT is sent. The socket closes when the poller thread next wakes (rumqttc's event loop
+                // holds its own request sender, so dropping the client does not end it) or, at the latest, when
+                // the process exits right after the stop: the broker then publishes the will.
                 return;
             }
             if !session.stop_requested()
