@@ -443,7 +443,8 @@ fn answer(mut stream: TcpStream, metrics: &Metrics) {
             Ok(0) | Err(_) => break false,
             Ok(n) => req.extend_from_slice(&buf[..n]),
         }
-        if req.windows(4).any(|w| w == b"\r\n\r\n") {
+        // The blank line, in HTTP's CRLF or in the bare LF of a hand-typed request (`printf 'GET /metrics\n\n' | nc`).
+        if req.windows(4).any(|w| w == b"\r\n\r\n") || req.windows(2).any(|w| w == b"\n\n") {
             break true;
         }
         if req.len() > MAX_REQUEST {
@@ -517,6 +518,9 @@ mod tests {
             t.elapsed()
         );
         drop(idle);
+        // Bare LF line ends.
+        let out = exchange(addr, &[b"GET /metrics\n\n"]);
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
         // A request line in two TCP segments.
         let out = exchange(addr, &[b"GET /met", b"rics HTTP/1.1\r\nHost: x\r\n\r\n"]);
         assert!(out.starts_with("HTTP/1.1 200"), "{out}");
