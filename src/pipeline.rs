@@ -1300,11 +1300,11 @@ mod tests {
         assert!(states[0].pending_clips.is_empty());
     }
 
-    #[test]
-    fn no_window_joins_the_audio_on_both_sides_of_a_gap() {
-        // A ramp that names every sample, at 16 kHz, read from one stream's ring as the reader does: 1.3 s, an
-        // overrun (audio lost there), 1.0 s more. The windows start again after the gap (a 0.5 s window needs
-        // 8 000 samples after it); the clip history keeps both sides.
+    /// A 16 kHz ramp that names every sample, read from one stream's ring as the reader does: 1.3 s, a loss marked
+    /// in the ring, 1.0 s more. With `caught_up`, the reader has emptied the ring before the mark comes (the usual
+    /// overrun: the mark is at the very place the reader stands), and the place is marked twice (a full ring, then
+    /// the xrun). Returns what was fed and the machine's state.
+    fn read_across_a_gap(caught_up: bool) -> (Vec<f32>, Fed, Vec<TapState>) {
         let signal: Vec<f32> = (0..36_800).map(|i| i as f32).collect();
         let mut states = vec![TapState::new(MachineTap {
             channel: 0,
@@ -1314,9 +1314,6 @@ mod tests {
         start_stream(&mut states, "in", 16_000, 1);
         let (mut sink, consumer) =
             crate::capture::RtSink::new(40_000, 1, Default::default(), Default::default());
-        sink.write(&signal[..20_800]);
-        sink.gap_marker().mark();
-        sink.write(&signal[20_800..]);
         let mut stream = StreamHandle {
             consumer,
             sample_rate: 16_000,
@@ -1335,24 +1332,45 @@ mod tests {
                 metrics: m,
                 input: 0,
             };
-            // Reads of at most 8 192 samples: the one that reaches the gap stops there.
-            while read_block(
-                &mut states,
-                &mut stream,
-                &mut cursor,
-                &mut Vec::new(),
-                &health,
-                &to,
-            ) > 0
-            {}
+            let mut scratch = Vec::new();
+            // Reads of at most 8 192 samples: one that holds the gap is split there.
+            let mut read_all = |states: &mut [TapState], stream: &mut StreamHandle| {
+                while read_block(states, stream, &mut cursor, &mut scratch, &health, &to) > 0 {}
+            };
+            sink.write(&signal[..20_800]);
+            if caught_up {
+                read_all(&mut states, &mut stream);
+                sink.gap_marker().mark();
+            }
+            sink.gap_marker().mark();
+            sink.write(&signal[20_800..]);
+            read_all(&mut states, &mut stream);
         });
-        let starts: Vec<u64> = fed.windows.iter().map(|w| w.samples[0] as u64).collect();
-        assert_eq!(starts, [0, 4_000, 8_000, 12_000, 20_800, 24_800, 28_800]);
-        for w in &fed.windows {
-            assert_eq!(w.samples, signal[w.samples[0] as usize..][..8_000]);
+        (signal, fed, states)
+    }
+
+    #[test]
+    fn no_window_joins_the_audio_on_both_sides_of_a_gap() {
+        // The windows start again after the gap (a 0.5 s window needs 8 000 samples after it); the clip history
+        // keeps both sides. Whether the reader meets the mark inside a block or where it stands.
+        for caught_up in [false, true] {
+            let (signal, fed, states) = read_across_a_gap(caught_up);
+            let starts: Vec<u64> = fed.windows.iter().map(|w| w.samples[0] as u64).collect();
+            assert_eq!(
+                starts,
+                [0, 4_000, 8_000, 12_000, 20_800, 24_800, 28_800],
+                "caught up: {caught_up}"
+            );
+            for w in &fed.windows {
+                assert_eq!(w.samples, signal[w.samples[0] as usize..][..8_000]);
+            }
+            assert_eq!(
+                fed.metrics.inputs[0].gaps.get(),
+                1,
+                "caught up: {caught_up}"
+            );
+            assert!(states[0].audio.iter().copied().eq(signal.iter().copied()));
         }
-        assert_eq!(fed.metrics.inputs[0].gaps.get(), 1);
-        assert!(states[0].audio.iter().copied().eq(signal.iter().copied()));
     }
 
     #[test]
@@ -1384,67 +1402,6 @@ mod tests {
         assert_eq!(dropped, [&PathBuf::from("gone.wav")]);
         assert_eq!(fed.metrics.clips_dropped.get(), 1);
         assert!(states[0].pending_clips.is_empty());
-    }
-
-    #[test]
-    fn a_gap_marked_where_the_reader_stands_still_starts_the_windows_again() {
-        // The usual overrun: the reader has emptied the ring when the device stalls; the mark comes after, at
-        // the very place the reader stands, then the audio after the loss.
-        let signal: Vec<f32> = (0..36_800).map(|i| i as f32).collect();
-        let mut states = vec![TapState::new(MachineTap {
-            channel: 0,
-            history_seconds: 3.0,
-            ..tap_state(true).tap
-        })];
-        start_stream(&mut states, "in", 16_000, 1);
-        let (mut sink, consumer) =
-            crate::capture::RtSink::new(40_000, 1, Default::default(), Default::default());
-        let mut stream = StreamHandle {
-            consumer,
-            sample_rate: 16_000,
-            channels: 1,
-            end: Arc::default(),
-            paced: true,
-            gaps: sink.gaps(),
-        };
-        let mut cursor = GapCursor::default();
-        let health = HealthConfig::default();
-        let fed = reader_step(64, |w, r, e, m| {
-            let to = Outputs {
-                windows: w,
-                recycled: r,
-                events: e,
-                metrics: m,
-                input: 0,
-            };
-            let mut scratch = Vec::new();
-            sink.write(&signal[..20_800]);
-            while read_block(
-                &mut states,
-                &mut stream,
-                &mut cursor,
-                &mut scratch,
-                &health,
-                &to,
-            ) > 0
-            {}
-            sink.gap_marker().mark();
-            // Marked twice at one place (a full ring, then the xrun): one gap.
-            sink.gap_marker().mark();
-            sink.write(&signal[20_800..]);
-            while read_block(
-                &mut states,
-                &mut stream,
-                &mut cursor,
-                &mut scratch,
-                &health,
-                &to,
-            ) > 0
-            {}
-        });
-        let starts: Vec<u64> = fed.windows.iter().map(|w| w.samples[0] as u64).collect();
-        assert_eq!(starts, [0, 4_000, 8_000, 12_000, 20_800, 24_800, 28_800]);
-        assert_eq!(fed.metrics.inputs[0].gaps.get(), 1);
     }
 
     #[test]
