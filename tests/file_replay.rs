@@ -134,10 +134,9 @@ fn a_file_cut_short_during_the_replay_ends_it_with_status_74() {
     assert!(!log.contains("reopening"), "{log}");
 }
 
-/// A looped file replaced by one of another format: each pass reads the header again, so stereo samples are
-/// never read as mono ones; the input is retried with backoff and comes back once the file is right again.
-#[test]
-fn a_looped_file_replaced_by_another_format_is_refused_until_it_is_right_again() {
+/// A looped replay whose file is replaced whole (a new file renamed over the old one) by what `bad` writes: the
+/// daemon logs `says`, retries with backoff, and comes back once the file is right again.
+fn a_looped_file_goes_bad_and_comes_back(bad: impl Fn(&std::path::Path, &[f32]), says: &str) {
     let d = tempfile::tempdir().unwrap();
     let b = common::standard_bundle(d.path());
     let wav = d.path().join("loop.wav");
@@ -153,14 +152,10 @@ fn a_looped_file_replaced_by_another_format_is_refused_until_it_is_right_again()
 
     let daemon = common::Daemon::start(&cfg, &[]);
     daemon.wait_log("input mic open", Duration::from_secs(20));
-    // Replaced whole (a new file renamed over the old one) by a stereo recording.
     let tmp = d.path().join("loop.tmp");
-    common::write_wav_channels(&tmp, 16_000, 2, &mono, |x| vec![x, x]);
+    bad(&tmp, &mono);
     std::fs::rename(&tmp, &wav).unwrap();
-    daemon.wait_log(
-        "the file changed format since start-up: 2 ch, 16000 Hz, was 1 ch, 16000 Hz",
-        Duration::from_secs(20),
-    );
+    daemon.wait_log(says, Duration::from_secs(20));
     daemon.wait_log(
         "reading the file again with backoff",
         Duration::from_secs(5),
@@ -171,37 +166,24 @@ fn a_looped_file_replaced_by_another_format_is_refused_until_it_is_right_again()
     assert_eq!(daemon.sigterm_and_wait(), 0);
 }
 
+/// A looped file replaced by one of another format: each pass reads the header again, so stereo samples are
+/// never read as mono ones; the input is retried with backoff and comes back once the file is right again.
+#[test]
+fn a_looped_file_replaced_by_another_format_is_refused_until_it_is_right_again() {
+    a_looped_file_goes_bad_and_comes_back(
+        |tmp, mono| common::write_wav_channels(tmp, 16_000, 2, mono, |x| vec![x, x]),
+        "the file changed format since start-up: 2 ch, 16000 Hz, was 1 ch, 16000 Hz",
+    );
+}
+
 /// A looped file emptied while it runs (a header, no frames): a pass that reads nothing is a failure, retried with
 /// backoff, not a reopen at once for ever (a core spinning, nothing in the log).
 #[test]
 fn a_looped_file_that_holds_no_audio_any_more_is_retried_with_backoff() {
-    let d = tempfile::tempdir().unwrap();
-    let b = common::standard_bundle(d.path());
-    let wav = d.path().join("loop.wav");
-    let mono = common::recording(2.5, 0.0, 0.0);
-    common::write_wav(&wav, &mono);
-    let cfg = common::file_config(
-        d.path(),
-        &wav,
-        &b.dir,
-        "realtime = false\nat_end = \"loop\"\nreopen_min = \"100ms\"\nreopen_max = \"200ms\"\n",
-        "",
+    a_looped_file_goes_bad_and_comes_back(
+        |tmp, _| common::write_wav(tmp, &[]),
+        "it holds no audio now (0 frames)",
     );
-
-    let daemon = common::Daemon::start(&cfg, &[]);
-    daemon.wait_log("input mic open", Duration::from_secs(20));
-    let tmp = d.path().join("loop.tmp");
-    common::write_wav(&tmp, &[]);
-    std::fs::rename(&tmp, &wav).unwrap();
-    daemon.wait_log("it holds no audio now (0 frames)", Duration::from_secs(20));
-    daemon.wait_log(
-        "reading the file again with backoff",
-        Duration::from_secs(5),
-    );
-    common::write_wav(&tmp, &mono);
-    std::fs::rename(&tmp, &wav).unwrap();
-    daemon.wait_log("readable again", Duration::from_secs(20));
-    assert_eq!(daemon.sigterm_and_wait(), 0);
 }
 
 /// An evidence clip that cannot be written (here its machine's folder is a file; in the field, a full disk):
