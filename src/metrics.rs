@@ -354,8 +354,10 @@ impl Metrics {
     }
 }
 
-/// Connections served at once; one more is closed at once (a scraper retries at its next interval).
-const MAX_CONNECTIONS: usize = 4;
+/// Connections served at once; one more is closed at once (a scraper retries at its next interval). Each holds
+/// its thread at most [`REQUEST_DEADLINE`] plus the half second of draining after its answer, so that a client
+/// that has its answer may still hold a slot for a moment: room for several scrapers and a few idle clients.
+const MAX_CONNECTIONS: usize = 16;
 
 /// The most a request may take to arrive, and its largest size: a scrape is one short `GET`.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
