@@ -84,22 +84,18 @@ fn mute_too_long(p: &str) -> String {
 
 /// `s` as a Rust string literal (control characters escaped), cut to its first 40 characters.
 pub fn quoted(s: &str) -> String {
-    const MAX: usize = 40;
-    let head: String = s.chars().take(MAX).collect();
-    let cut = if s.chars().nth(MAX).is_some() {
-        "…"
-    } else {
-        ""
-    };
-    format!("{head:?}{cut}")
+    quoted_up_to(s, 40)
 }
 
-/// `topic` as a Rust string literal (control characters escaped), whole up to 200 characters: fit to paste into
-/// a shell command.
+/// `topic` as [`quoted`], whole up to 200 characters: fit to paste into a shell command.
 fn shown_topic(topic: &str) -> String {
-    const MAX: usize = 200;
-    let head: String = topic.chars().take(MAX).collect();
-    let cut = if topic.chars().nth(MAX).is_some() {
+    quoted_up_to(topic, 200)
+}
+
+/// `s` as a Rust string literal, cut to its first `max` characters (`…` marks a cut).
+fn quoted_up_to(s: &str, max: usize) -> String {
+    let head: String = s.chars().take(max).collect();
+    let cut = if s.chars().nth(max).is_some() {
         "…"
     } else {
         ""
