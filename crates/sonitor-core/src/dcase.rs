@@ -492,9 +492,17 @@ pub fn submission_file_name(machine_type: &str, section: u16) -> String {
 
 /// Writes a DCASE submission file (`file_name,score` rows, no header).
 pub fn write_scores(path: &Path, rows: &[(String, f64)]) -> Result<(), DcaseError> {
+    write_rows(path, rows.iter().map(|(name, score)| (name, score)))
+}
+
+/// Writes `file_name,value` rows, no header: the shape of every DCASE result file.
+fn write_rows<N: std::fmt::Display, V: std::fmt::Display>(
+    path: &Path,
+    rows: impl ExactSizeIterator<Item = (N, V)>,
+) -> Result<(), DcaseError> {
     let mut s = String::with_capacity(rows.len() * 64);
-    for (name, score) in rows {
-        s.push_str(&format!("{name},{score}\n"));
+    for (name, value) in rows {
+        s.push_str(&format!("{name},{value}\n"));
     }
     std::fs::write(path, s).map_err(|error| DcaseError::Io {
         path: path.to_path_buf(),
@@ -530,14 +538,7 @@ pub fn write_decisions(
     rows: &[(String, bool)],
 ) -> Result<PathBuf, DcaseError> {
     let path = dir.join(decision_file_name(machine_type, section));
-    let mut s = String::with_capacity(rows.len() * 64);
-    for (name, anomalous) in rows {
-        s.push_str(&format!("{name},{}\n", u8::from(*anomalous)));
-    }
-    std::fs::write(&path, s).map_err(|error| DcaseError::Io {
-        path: path.clone(),
-        error,
-    })?;
+    write_rows(&path, rows.iter().map(|(name, a)| (name, u8::from(*a))))?;
     Ok(path)
 }
 
