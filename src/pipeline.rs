@@ -611,15 +611,7 @@ fn drain_for_clips(states: &mut [TapState], stream: &mut StreamHandle, scratch: 
     }
     // What the resamplers still hold: the end of the stream, as for a stream that ends.
     for s in states.iter_mut().filter(|s| !s.pending_clips.is_empty()) {
-        if let RateConversion::Resample(r) = &mut s.rate {
-            let mut tail = std::mem::take(&mut s.resampled);
-            tail.clear();
-            match r.finish(&mut tail) {
-                Ok(()) => keep(s, &tail),
-                Err(e) => log::error!("resampling the end of the stream failed: {e}"),
-            }
-            s.resampled = tail;
-        }
+        finish_resampler(s, keep);
     }
 }
 
@@ -660,15 +652,23 @@ fn flush_resamplers(
     metrics: &Metrics,
 ) {
     for s in states.iter_mut() {
-        if let RateConversion::Resample(r) = &mut s.rate {
-            let mut tail = std::mem::take(&mut s.resampled);
-            tail.clear();
-            match r.finish(&mut tail) {
-                Ok(()) => append_model_audio(s, &tail, windows, recycled, events, metrics),
-                Err(e) => log::error!("resampling the end of the stream failed: {e}"),
-            }
-            s.resampled = tail;
+        finish_resampler(s, |s, tail| {
+            append_model_audio(s, tail, windows, recycled, events, metrics)
+        });
+    }
+}
+
+/// Ends a resampled machine's stream: `f` gets what its resampler still holds (nothing happens at the model's
+/// rate, where nothing is held back).
+fn finish_resampler(s: &mut TapState, f: impl FnOnce(&mut TapState, &[f32])) {
+    if let RateConversion::Resample(r) = &mut s.rate {
+        let mut tail = std::mem::take(&mut s.resampled);
+        tail.clear();
+        match r.finish(&mut tail) {
+            Ok(()) => f(s, &tail),
+            Err(e) => log::error!("resampling the end of the stream failed: {e}"),
         }
+        s.resampled = tail;
     }
 }
 
@@ -1045,21 +1045,32 @@ mod tests {
         ring_frames: usize,
         audio: &[f32],
     ) -> StreamHandle {
-        let (mut sink, consumer) = crate::capture::RtSink::new(
+        let (mut sink, stream) = stream_and_sink(paced, channels, ring_frames);
+        sink.write(audio);
+        stream
+    }
+
+    /// A 16 kHz stream with a ring of `ring_frames` frames, and the sink that writes into it.
+    fn stream_and_sink(
+        paced: bool,
+        channels: usize,
+        ring_frames: usize,
+    ) -> (crate::capture::RtSink, StreamHandle) {
+        let (sink, consumer) = crate::capture::RtSink::new(
             ring_frames * channels,
             channels,
             Default::default(),
             Default::default(),
         );
-        sink.write(audio);
-        StreamHandle {
+        let stream = StreamHandle {
             consumer,
             sample_rate: 16_000,
             channels,
             end: Arc::default(),
             paced,
             gaps: sink.gaps(),
-        }
+        };
+        (sink, stream)
     }
 
     #[test]
@@ -1312,16 +1323,7 @@ mod tests {
             ..tap_state(true).tap
         })];
         start_stream(&mut states, "in", 16_000, 1);
-        let (mut sink, consumer) =
-            crate::capture::RtSink::new(40_000, 1, Default::default(), Default::default());
-        let mut stream = StreamHandle {
-            consumer,
-            sample_rate: 16_000,
-            channels: 1,
-            end: Arc::default(),
-            paced: true,
-            gaps: sink.gaps(),
-        };
+        let (mut sink, mut stream) = stream_and_sink(true, 1, 40_000);
         let mut cursor = GapCursor::default();
         let health = HealthConfig::default();
         let fed = reader_step(64, |w, r, e, m| {
