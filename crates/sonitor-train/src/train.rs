@@ -951,6 +951,16 @@ fn bundle_entries(out: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// The names of the bundle files and checkpoint directories that `out` holds (empty: nothing a new bundle would
+/// overwrite or mix with).
+pub fn held_bundle_files(out: &Path) -> Vec<String> {
+    bundle_entries(out)
+        .iter()
+        .filter(|p| p.exists())
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect()
+}
+
 /// Refuses an `--out` that is not a directory, one that holds what an interrupted `--force` run set aside
 /// (unless `resume` continues that run), or (unless `resume` or `force`) one that holds a bundle or checkpoint: a
 /// new run would overwrite it, or leave its own checkpoint beside another network's graph.
@@ -965,11 +975,7 @@ pub fn check_out(out: &Path, resume: bool, force: bool) -> anyhow::Result<()> {
     }
     replace::check_no_leftover(out)?;
     if !force {
-        let found: Vec<String> = bundle_entries(out)
-            .iter()
-            .filter(|p| p.exists())
-            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .collect();
+        let found = held_bundle_files(out);
         anyhow::ensure!(
             found.is_empty(),
             "--out {} already holds a bundle or checkpoint ({}): give another directory, --resume to continue its \

@@ -74,13 +74,7 @@ pub fn upgrade(model: &Path, out: &Path) -> anyhow::Result<Outcome> {
             "--out {}: exists and is not a directory",
             out.display()
         );
-        let found: Vec<String> = crate::replace::BUNDLE_FILES
-            .iter()
-            .map(|f| out.join(f))
-            .chain(crate::checkpoint::all_dirs(out))
-            .filter(|p| p.exists())
-            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .collect();
+        let found = crate::train::held_bundle_files(out);
         anyhow::ensure!(
             found.is_empty(),
             "--out {} already holds a bundle or checkpoint ({}): give an empty directory, or --model's own to \
