@@ -422,40 +422,45 @@ fn rate_and_format(
     };
     let rate = match wanted {
         Some(r) if !ranges.iter().any(|x| fits(x, r)) => {
-            let mut offered: Vec<String> = ranges
-                .iter()
-                .map(|x| match (x.min_sample_rate(), x.max_sample_rate()) {
-                    (lo, hi) if lo == hi => format!("{lo}"),
-                    (lo, hi) => format!("{lo}-{hi}"),
-                })
-                .collect();
-            offered.sort();
-            offered.dedup();
+            let offered =
+                listed(
+                    ranges
+                        .iter()
+                        .map(|x| match (x.min_sample_rate(), x.max_sample_rate()) {
+                            (lo, hi) if lo == hi => format!("{lo}"),
+                            (lo, hi) => format!("{lo}-{hi}"),
+                        }),
+                );
             anyhow::bail!(
                 "sample_rate {r} Hz is not offered with {channels} channel(s) (the device offers {} Hz); leave \
                  sample_rate out to let sonitor choose, or use a 'plughw:' device, which converts",
-                offered.join(", ")
+                offered
             );
         }
         Some(r) => r,
         None if ranges.iter().any(|r| fits(r, model_rate)) => model_rate,
         None if ranges.iter().any(|r| fits(r, default_rate)) => default_rate,
-        None => ranges[0].max_sample_rate(),
+        None => ranges.first().map_or(model_rate, |r| r.max_sample_rate()),
     };
     let format = CAPTURE_FORMATS
         .into_iter()
         .find(|f| ranges.iter().any(|r| r.sample_format() == *f && fits(r, rate)))
         .ok_or_else(|| {
-            let mut offered: Vec<String> = ranges.iter().map(|r| r.sample_format().to_string()).collect();
-            offered.sort();
-            offered.dedup();
+            let offered = listed(ranges.iter().map(|r| r.sample_format().to_string()));
             anyhow::anyhow!(
                 "no sample format sonitor reads (i16, f32, i32, i24, u16, u8) at {rate} Hz with {channels} \
-                 channel(s); the device offers {}; a 'plughw:' device converts",
-                offered.join(", ")
+                 channel(s); the device offers {offered}; a 'plughw:' device converts"
             )
         })?;
     Ok((rate, format))
+}
+
+/// `items` sorted, each once, joined with commas: what a device offers, for a refusal.
+fn listed(items: impl Iterator<Item = String>) -> String {
+    let mut v: Vec<String> = items.collect();
+    v.sort();
+    v.dedup();
+    v.join(", ")
 }
 
 /// Opens the stream and starts it; the callback writes into a fresh ring.
