@@ -68,6 +68,9 @@ pub struct Checked {
     pub cfg: Option<Config>,
     /// The loaded bundles, by path.
     pub bundles: BTreeMap<PathBuf, Bundle>,
+    /// Their embedders, built and run once by the check ([`crate::model::Embedder::check`]): `start` takes them
+    /// instead of building them again.
+    pub embedders: BTreeMap<PathBuf, crate::model::Embedder>,
     /// Empty when the configuration is usable.
     pub problems: Vec<String>,
     /// What does not stop it (room on disk: [`Config::disk_check`]; a capture device not there now).
@@ -114,6 +117,7 @@ fn check_with(path: &Path, running: Option<&Config>) -> Checked {
         }
     }
     let mut bundles = BTreeMap::new();
+    let mut embedders = BTreeMap::new();
     // Bundles already refused: each is loaded (and built by tract) once, however many machines use it.
     let mut refused = std::collections::BTreeSet::new();
     for m in &cfg.machines {
@@ -130,7 +134,7 @@ fn check_with(path: &Path, running: Option<&Config>) -> Checked {
             let loaded = Bundle::load(&m.bundle)
                 .map_err(|e| format!("{at}: bundle refused: {e}"))
                 .and_then(|b| match crate::model::Embedder::check(&b) {
-                    Ok(()) => Ok(b),
+                    Ok(e) => Ok((b, e)),
                     Err(e) => Err(format!(
                         "{at}: bundle {} refused: {e:#} (re-export the graph with operators and shapes that \
                          tract runs)",
@@ -138,8 +142,9 @@ fn check_with(path: &Path, running: Option<&Config>) -> Checked {
                     )),
                 });
             match loaded {
-                Ok(b) => {
+                Ok((b, e)) => {
                     bundles.insert(m.bundle.clone(), b);
+                    embedders.insert(m.bundle.clone(), e);
                 }
                 Err(e) => {
                     problems.push(e);
@@ -264,6 +269,7 @@ fn check_with(path: &Path, running: Option<&Config>) -> Checked {
     Checked {
         cfg: Some(cfg),
         bundles,
+        embedders,
         problems,
         warnings,
     }
@@ -504,11 +510,7 @@ impl Controller {
     fn persist(&self) {
         // Every change of an event passes here: the set the retention keeps follows it.
         if let Ok(mut open) = self.open_clips.lock() {
-            *open = self
-                .machines
-                .iter()
-                .filter_map(|m| m.saved.event.as_ref()?.clip.as_ref().map(PathBuf::from))
-                .collect();
+            *open = open_event_clips(&self.machines);
         }
         let map: BTreeMap<String, SavedMachine> = self
             .machines
@@ -1010,13 +1012,21 @@ pub fn run(config_path: &Path) -> i32 {
     for w in checked.warnings {
         log::warn!("{w}");
     }
-    match start(cfg, config_path, checked.bundles, None) {
+    match start(cfg, config_path, checked.bundles, checked.embedders, None) {
         Ok(code) => code,
         Err(e) => {
             log::error!("{e:#}");
             1
         }
     }
+}
+
+/// The clips of the machines' alarm events still on (the clip retention keeps them).
+fn open_event_clips(machines: &[MachineRt]) -> std::collections::BTreeSet<PathBuf> {
+    machines
+        .iter()
+        .filter_map(|m| m.saved.event.as_ref()?.clip.as_ref().map(PathBuf::from))
+        .collect()
 }
 
 /// How long `sonitor demo --mqtt` waits for the broker before it replays (see [`start`]).
@@ -1028,6 +1038,7 @@ pub fn start(
     cfg: Config,
     config_path: &Path,
     bundles: BTreeMap<PathBuf, Bundle>,
+    mut embedders_built: BTreeMap<PathBuf, crate::model::Embedder>,
     observer: Option<Sender<Observation>>,
 ) -> anyhow::Result<i32> {
     let base = cfg.topic_base();
@@ -1047,7 +1058,10 @@ pub fn start(
     let mut embedders = Vec::new();
     for (path, b) in &bundles {
         bundle_index.insert(path.clone(), embedders.len());
-        embedders.push(crate::model::Embedder::load(b)?);
+        embedders.push(match embedders_built.remove(path) {
+            Some(e) => e,
+            None => crate::model::Embedder::load(b)?,
+        });
         log::info!(
             "model {} from {} ready",
             b.manifest.model_id,
@@ -1275,12 +1289,7 @@ pub fn start(
     let clips_dir = cfg.clips_dir();
     let node_id = cfg.node_id.clone();
     // The clips of events resumed from the last run, kept from the retention's first pass on.
-    let open_clips: Arc<Mutex<std::collections::BTreeSet<PathBuf>>> = Arc::new(Mutex::new(
-        machines
-            .iter()
-            .filter_map(|m| m.saved.event.as_ref()?.clip.as_ref().map(PathBuf::from))
-            .collect(),
-    ));
+    let open_clips = Arc::new(Mutex::new(open_event_clips(&machines)));
     let open_clips_r = open_clips.clone();
     let clip_metrics = metrics.clone();
     let clip_observer = observer.clone();

@@ -211,7 +211,7 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Summary> {
     std::fs::write(&config, config_text(o, &t, &o.out)?)
         .with_context(|| format!("writing {}", config.display()))?;
     let checked = crate::daemon::check(&config);
-    let bundles = checked.bundles;
+    let (bundles, embedders) = (checked.bundles, checked.embedders);
     let cfg = match checked.cfg {
         Some(c) if checked.problems.is_empty() => c,
         _ => anyhow::bail!(
@@ -253,7 +253,7 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Summary> {
         let config = config.clone();
         std::thread::Builder::new()
             .name("daemon".into())
-            .spawn(move || crate::daemon::start(cfg, &config, bundles, Some(tx)))
+            .spawn(move || crate::daemon::start(cfg, &config, bundles, embedders, Some(tx)))
             .context("starting the daemon thread")?
     };
     let mut csv = String::from("t_end_s,score,threshold,alarm,fault\n");

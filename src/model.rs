@@ -78,8 +78,8 @@ impl Embedder {
     /// checks: tract builds the plan `run` would build ([`Embedder::load`]) and runs it once on one window of
     /// all-zero features, which gives `embedding_dim` values. A graph tract cannot read, type, optimise or run
     /// (an operator it lacks, shapes that do not fit the manifest's) is found here, not by a service that then
-    /// fails at every start.
-    pub fn check(bundle: &Bundle) -> anyhow::Result<()> {
+    /// fails at every start. Returns the embedder, for `run` to use rather than build it again.
+    pub fn check(bundle: &Bundle) -> anyhow::Result<Self> {
         let mut e = Self::load(bundle)?;
         let p = &bundle.manifest.features;
         let f = Features {
@@ -92,7 +92,8 @@ impl Embedder {
                 "{}: tract cannot run the graph on one window",
                 bundle.onnx_path.display()
             )
-        })
+        })?;
+        Ok(e)
     }
 
     pub fn dim(&self) -> usize {
