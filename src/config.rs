@@ -18,17 +18,11 @@ use sonitor_core::detect::{self, DetectorParams};
 /// the unit says `RestartPreventExitStatus=78`.
 pub const EXIT_CONFIG: i32 = 78;
 
-/// Top-level keys that environment variables may override.
-const TOP_LEVEL_KEYS: &[&str] = &[
-    "node_id",
-    "state_dir",
-    "log_level",
-    "mqtt",
-    "metrics",
-    "clips",
-    "health",
-    "pipeline",
-];
+/// Top-level values that environment variables may override.
+const ENV_VALUES: &[&str] = &["node_id", "state_dir", "log_level"];
+
+/// Sections whose settings environment variables may override (`SONITOR_<SECTION>__<KEY>`).
+const ENV_SECTIONS: &[&str] = &["mqtt", "metrics", "clips", "health", "pipeline"];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -775,7 +769,7 @@ fn env_overrides<I: IntoIterator<Item = (String, String)>>(vars: I) -> BTreeMap<
         .filter(|(k, _)| {
             k.strip_prefix("SONITOR_").is_some_and(|rest| {
                 let first = rest.split("__").next().unwrap_or("").to_ascii_lowercase();
-                TOP_LEVEL_KEYS.contains(&first.as_str())
+                ENV_VALUES.contains(&first.as_str()) || ENV_SECTIONS.contains(&first.as_str())
             })
         })
         .collect()
@@ -794,18 +788,17 @@ fn env_settable_keys() -> Vec<String> {
             _ => out.push(path),
         }
     }
-    let mut out: Vec<String> = ["node_id", "state_dir", "log_level"]
-        .map(String::from)
-        .to_vec();
-    let sections = [
-        ("mqtt", serde_json::to_value(MqttConfig::default())),
-        ("metrics", serde_json::to_value(MetricsConfig::default())),
-        ("clips", serde_json::to_value(ClipsConfig::default())),
-        ("health", serde_json::to_value(HealthConfig::default())),
-        ("pipeline", serde_json::to_value(PipelineConfig::default())),
-    ];
-    for (name, v) in sections {
-        if let Ok(v) = v {
+    let mut out: Vec<String> = ENV_VALUES.iter().map(|v| v.to_string()).collect();
+    for &name in ENV_SECTIONS {
+        let defaults = match name {
+            "mqtt" => serde_json::to_value(MqttConfig::default()),
+            "metrics" => serde_json::to_value(MetricsConfig::default()),
+            "clips" => serde_json::to_value(ClipsConfig::default()),
+            "health" => serde_json::to_value(HealthConfig::default()),
+            "pipeline" => serde_json::to_value(PipelineConfig::default()),
+            _ => continue,
+        };
+        if let Ok(v) = defaults {
             walk(&v, name.to_string(), &mut out);
         }
     }
@@ -834,8 +827,9 @@ fn env_misspellings(vars: &[(String, String)]) -> Vec<String> {
                 "the environment variable {var} is not read: write {} to set {key} (`__` between levels)",
                 var_of(key)
             ));
-        } else if let Some(section) = ["mqtt", "metrics", "clips", "health", "pipeline"]
-            .into_iter()
+        } else if let Some(section) = ENV_SECTIONS
+            .iter()
+            .copied()
             .find(|s| rest.starts_with(&format!("{s}_")))
         {
             p.push(format!(
