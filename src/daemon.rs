@@ -83,10 +83,18 @@ pub fn check(path: &Path) -> Checked {
     check_with(path, None)
 }
 
+/// What a running daemon tells the check of a reload ([`check_with`]).
+struct Running<'a> {
+    cfg: &'a Config,
+    /// The `onnx_sha256` of the graphs it runs: tract has built and run those already.
+    graphs: &'a std::collections::BTreeSet<String>,
+}
+
 /// [`check`], by a daemon that runs `running` (a reload): a capture device of `running` that the file leaves as
 /// it is may be held open by this daemon, so that it cannot be asked for its configurations now; that is a
-/// warning, not a problem.
-fn check_with(path: &Path, running: Option<&Config>) -> Checked {
+/// warning, not a problem. A bundle whose graph it runs is not built with tract again (a reload must not stall
+/// the controller for each model).
+fn check_with(path: &Path, running: Option<&Running>) -> Checked {
     let cfg = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -133,18 +141,21 @@ fn check_with(path: &Path, running: Option<&Config>) -> Checked {
             // fails (exit 1) and is restarted forever.
             let loaded = Bundle::load(&m.bundle)
                 .map_err(|e| format!("{at}: bundle refused: {e}"))
-                .and_then(|b| match crate::model::Embedder::check(&b) {
-                    Ok(e) => Ok((b, e)),
-                    Err(e) => Err(format!(
+                .and_then(|b| match running {
+                    Some(r) if r.graphs.contains(&b.manifest.onnx_sha256) => Ok((b, None)),
+                    _ => match crate::model::Embedder::check(&b) {
+                        Ok(e) => Ok((b, Some(e))),
+                        Err(e) => Err(format!(
                         "{at}: bundle {} refused: {e:#} (re-export the graph with operators and shapes that \
                          tract runs)",
                         m.bundle.display()
                     )),
+                    },
                 });
             match loaded {
                 Ok((b, e)) => {
                     bundles.insert(m.bundle.clone(), b);
-                    embedders.insert(m.bundle.clone(), e);
+                    embedders.extend(e.map(|e| (m.bundle.clone(), e)));
                 }
                 Err(e) => {
                     problems.push(e);
@@ -238,7 +249,7 @@ fn check_with(path: &Path, running: Option<&Config>) -> Checked {
                             // buffer_frames, as the overrun warning advises, applies at the next start).
                             Err(e)
                                 if running.is_some_and(|r| {
-                                    r.devices.iter().any(|h| {
+                                    r.cfg.devices.iter().any(|h| {
                                         h.name == d.name && h.source == d.source && h.device == d.device
                                     })
                                 }) =>
@@ -482,6 +493,8 @@ struct Controller {
     observer: Option<Sender<Observation>>,
     /// The clips of the alarm events still on, which the clip retention keeps ([`crate::clips::Retention`]).
     open_clips: Arc<Mutex<std::collections::BTreeSet<PathBuf>>>,
+    /// The `onnx_sha256` of the graphs this daemon runs (a reload need not build them again).
+    graphs: std::collections::BTreeSet<String>,
 }
 
 impl Controller {
@@ -870,7 +883,13 @@ impl Controller {
     /// that need a restart are named.
     fn reload(&mut self) {
         let path = self.config_path.display().to_string();
-        let checked = check_with(&self.config_path, Some(&self.cfg));
+        let checked = check_with(
+            &self.config_path,
+            Some(&Running {
+                cfg: &self.cfg,
+                graphs: &self.graphs,
+            }),
+        );
         let Some(new) = checked.cfg else {
             log::error!(
                 "reload: {}; keeping the running configuration",
@@ -1054,6 +1073,10 @@ pub fn start(
     }
 
     // Models: one embedder per bundle, one scorer per machine.
+    let graphs = bundles
+        .values()
+        .map(|b| b.manifest.onnx_sha256.clone())
+        .collect();
     let mut bundle_index: BTreeMap<PathBuf, usize> = BTreeMap::new();
     let mut embedders = Vec::new();
     for (path, b) in &bundles {
@@ -1371,6 +1394,7 @@ pub fn start(
         replay_failed: false,
         observer,
         open_clips,
+        graphs,
         cfg,
     };
     // End events, OFF through the outbox, the saved state and the alarm gauge, as for any transition.
@@ -1865,6 +1889,7 @@ mod tests {
             replay_failed: false,
             observer: None,
             open_clips: Arc::default(),
+            graphs: Default::default(),
             cfg,
         };
         (ctl, clip_rx)
