@@ -987,6 +987,19 @@ mod tests {
         events: Vec<ReaderEvent>,
     }
 
+    impl Fed {
+        /// The samples of the clip served (the first, if several were).
+        fn clip(&self) -> &Vec<f32> {
+            self.events
+                .iter()
+                .find_map(|e| match e {
+                    ReaderEvent::Clip(c) => Some(&c.samples),
+                    _ => None,
+                })
+                .expect("the clip is served")
+        }
+    }
+
     /// Feeds `pieces` of 16 kHz audio through `process` with a window queue of `queue` (windows beyond it are
     /// dropped).
     fn feed<'a>(
@@ -1214,14 +1227,7 @@ mod tests {
                 );
                 assert_eq!(w.t_end_ms, (start as u64 + 8000) / 16);
             }
-            let clip = fed
-                .events
-                .iter()
-                .find_map(|e| match e {
-                    ReaderEvent::Clip(c) => Some(&c.samples),
-                    _ => None,
-                })
-                .expect("the clip is served");
+            let clip = fed.clip();
             assert!(
                 clip[..] == signal[12_000..28_000],
                 "clip, {channels} channel(s): {} samples from {:?}",
@@ -1299,14 +1305,7 @@ mod tests {
         let fed = reader_step(64, |_, _, e, m| {
             serve_all_clips(&mut states, e, m, Some(CutShort::Stopping))
         });
-        let clip = fed
-            .events
-            .iter()
-            .find_map(|e| match e {
-                ReaderEvent::Clip(c) => Some(&c.samples),
-                _ => None,
-            })
-            .expect("the clip is served");
+        let clip = fed.clip();
         assert!(clip[..] == signal[..], "{} samples", clip.len());
         assert!(states[0].pending_clips.is_empty());
     }
