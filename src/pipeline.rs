@@ -224,6 +224,13 @@ pub fn spawn_reader(
             let mut scratch = vec![0.0f32; 8192];
             // Where the reader stands in the current stream, and its next gap.
             let mut cursor = GapCursor::default();
+            let to = Outputs {
+                windows: &windows,
+                recycled: &recycled,
+                events: &events,
+                metrics: &metrics,
+                input,
+            };
             loop {
                 if stop.load(Ordering::SeqCst) {
                     // The daemon is stopping: no more audio comes. Clips still waiting for theirs (and requests
@@ -239,13 +246,6 @@ pub fn spawn_reader(
                 // A new stream (first open or reopen): drain the old ring, then switch.
                 if let Some(new) = arrived.take().or_else(|| streams.try_recv().ok()) {
                     if let Some(mut old) = current.take() {
-                        let to = Outputs {
-                            windows: &windows,
-                            recycled: &recycled,
-                            events: &events,
-                            metrics: &metrics,
-                            input,
-                        };
                         while read_block(
                             &mut states,
                             &mut old,
@@ -276,13 +276,6 @@ pub fn spawn_reader(
                         Err(RecvTimeoutError::Disconnected) => std::thread::sleep(MAX_IDLE_SLEEP),
                     }
                     continue;
-                };
-                let to = Outputs {
-                    windows: &windows,
-                    recycled: &recycled,
-                    events: &events,
-                    metrics: &metrics,
-                    input,
                 };
                 let n = read_block(&mut states, stream, &mut cursor, &mut scratch, &health, &to);
                 if n == 0 {
