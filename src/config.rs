@@ -841,6 +841,20 @@ fn env_misspellings(vars: &[(String, String)]) -> Vec<String> {
                     .collect::<Vec<_>>()
                     .join(", ")
             ));
+        } else if let Some((first, _)) = rest.split_once("__") {
+            // `__` is the override's own syntax, so the variable was meant for a setting: a section that has no
+            // environment override (`[[machines]]`, `[[devices]]`) or a misspelled one.
+            let sections = ENV_SECTIONS.join(", ");
+            let values = ENV_VALUES.join(", ");
+            let why = if matches!(first, "machines" | "machine" | "devices" | "device") {
+                "machines and devices are set in the configuration file only".to_string()
+            } else {
+                format!("there is no section [{first}]")
+            };
+            p.push(format!(
+                "the environment variable {var} is not read: {why}; the environment sets the sections \
+                 {sections} (SONITOR_<SECTION>__<KEY>) and the values {values} (SONITOR_<NAME>)"
+            ));
         }
     }
     p
@@ -2217,6 +2231,8 @@ min_duration = "3s"
                 ("SONITOR_MQTT_TLS__CA_FILE", "/etc/ca.pem"),
                 ("SONITOR_NODE__ID", "n2"),
                 ("SONITOR_CLIPS_HOW_MANY", "3"),
+                ("SONITOR_MQT__HOST", "broker.local"),
+                ("SONITOR_MACHINES__PUMP__THRESHOLD", "0.1"),
                 ("SONITOR_PYTHON", "/usr/bin/python3"),
                 ("SONITOR_FONT", "/usr/share/fonts/x.ttf"),
             ]),
@@ -2231,6 +2247,9 @@ min_duration = "3s"
                 "SONITOR_NODE__ID is not read: write SONITOR_NODE_ID to set node_id",
                 "SONITOR_CLIPS_HOW_MANY is not read: a setting of [clips] is set by SONITOR_CLIPS__<KEY>",
                 "max_count",
+                "SONITOR_MQT__HOST is not read: there is no section [mqt]; the environment sets the sections mqtt,",
+                "SONITOR_MACHINES__PUMP__THRESHOLD is not read: machines and devices are set in the configuration \
+                 file only",
             ],
         );
         assert!(!e.contains("PYTHON") && !e.contains("FONT"), "{e}");
