@@ -341,6 +341,18 @@ pub struct SavedMachine {
     /// Wall-clock end of a mute (Unix seconds), as saved for the next start. While the daemon runs, the mute's
     /// end is [`MachineRt::mute_deadline`] and this is written from it.
     pub muted_until_unix: Option<u64>,
+    /// When `muted_until_unix` was saved (Unix seconds). A start whose clock reads earlier (a Raspberry Pi
+    /// without a real-time clock restores the time of its last shutdown or older until NTP answers) lets the
+    /// mute run for what was left then, not for the clock's error on top: see [`mute_left_at_start`].
+    #[serde(default)]
+    pub muted_saved_unix: Option<u64>,
+}
+
+/// How long a mute saved with the state still runs at a start: to its saved end on today's clock, but never
+/// longer than what was left when it was saved. A clock that reads earlier than the save (not yet synchronised
+/// after a power cut) would otherwise stretch a maintenance mute by its error and keep real alarms quiet.
+fn mute_left_at_start(until: u64, saved_at: Option<u64>, now: u64) -> Duration {
+    Duration::from_secs(until.saturating_sub(now.max(saved_at.unwrap_or(0))))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -531,6 +543,7 @@ impl Controller {
             .map(|m| {
                 let mut saved = m.saved.clone();
                 saved.muted_until_unix = m.muted_until_unix();
+                saved.muted_saved_unix = saved.muted_until_unix.map(|_| unix_now());
                 saved.file_enabled = Some(m.cfg.enabled);
                 (m.cfg.name.clone(), saved)
             })
@@ -1165,9 +1178,9 @@ pub fn start(
         // The saved end is on the wall clock (the only clock that survives a restart); from here on the mute runs
         // on the monotonic one.
         if let Some(u) = rt.saved.muted_until_unix.take() {
-            let left = u.saturating_sub(unix_now());
-            if left > 0 {
-                ended_at_start.extend(rt.mute(0, Duration::from_secs(left)).map(|t| (i, t)));
+            let left = mute_left_at_start(u, rt.saved.muted_saved_unix.take(), unix_now());
+            if !left.is_zero() {
+                ended_at_start.extend(rt.mute(0, left).map(|t| (i, t)));
             }
         }
         machines.push(rt);
@@ -1791,6 +1804,28 @@ mod tests {
             &[7, 3],
             &[3, 3]
         ));
+    }
+
+    /// A mute saved with the state runs to its end on a clock that is right, and never longer than what was left
+    /// when it was saved on one that reads earlier (a Pi without a real-time clock before NTP answers).
+    #[test]
+    fn a_saved_mute_is_not_stretched_by_a_clock_that_reads_earlier_than_the_save() {
+        let s = Duration::from_secs;
+        // Muted until 10 000, saved at 9 400 (10 minutes left); the daemon restarts at 9 700 by a right clock.
+        assert_eq!(mute_left_at_start(10_000, Some(9_400), 9_700), s(300));
+        // The same restart by a clock an hour behind (6 100): 10 minutes, not 65.
+        assert_eq!(mute_left_at_start(10_000, Some(9_400), 6_100), s(600));
+        // Over, or saved by a version without the save time: to the end by today's clock.
+        assert_eq!(mute_left_at_start(10_000, Some(9_400), 10_500), s(0));
+        assert_eq!(mute_left_at_start(10_000, None, 9_000), s(1_000));
+        // What `persist` writes reads back with both times.
+        let m = SavedMachine {
+            muted_until_unix: Some(10_000),
+            muted_saved_unix: Some(9_400),
+            ..Default::default()
+        };
+        let back: SavedMachine = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        assert_eq!(back, m);
     }
 
     fn saved(enabled: bool, file_enabled: Option<bool>) -> SavedMachine {

@@ -470,6 +470,21 @@ fn an_alarm_open_at_a_start_that_disables_or_mutes_its_machine_ends() {
     let log = run();
     assert!(log.contains("alarm OFF: pump-1 (Muted"), "{log}");
     assert!(saved_event(&state).is_null(), "{}", saved_event(&state));
+    // The mute is saved again with when it was saved, so that the next start cannot stretch it.
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let at = saved["pump-1"]["muted_saved_unix"].as_u64();
+    assert!(
+        at.is_some_and(|at| at + 3600 >= until && at <= until),
+        "{saved}"
+    );
+    assert!(
+        saved["pump-1"]["muted_until_unix"]
+            .as_u64()
+            // Rounded up to the second when saved again.
+            .is_some_and(|u| u <= until + 1 && u + 120 >= until),
+        "{saved}"
+    );
     let ends = end_events(&state);
     assert_eq!(ends.len(), 2, "{ends:?}");
     assert_eq!(ends[1]["event_id"], open["event_id"]);
