@@ -336,6 +336,41 @@ impl FindError {
     }
 }
 
+/// Why [`choose_config`] settled no configuration, in two kinds as [`FindError`]: the caller retries the first.
+#[derive(Debug, thiserror::Error)]
+pub enum ChooseError {
+    /// The device could not be asked now: not there (the system's `default` PCM with no sound card, a USB
+    /// microphone not yet enumerated), busy, or its audio server not running. It may yet answer.
+    #[error("{what}: {}", .source.to_string().trim_end_matches('.'))]
+    Unavailable {
+        what: &'static str,
+        source: cpal::Error,
+    },
+    /// The device answered, and offers nothing the file asks for (channels, rate, format), or refused access.
+    #[error("{0:#}")]
+    Unsuitable(anyhow::Error),
+}
+
+impl ChooseError {
+    /// Whether asking the device again later can succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
+
+    /// A cpal error of asking the device (`what`): unavailable for the kinds that may pass, else unsuitable.
+    fn asking(what: &'static str, e: cpal::Error) -> Self {
+        use cpal::ErrorKind as K;
+        match e.kind() {
+            K::DeviceNotAvailable
+            | K::DeviceBusy
+            | K::HostUnavailable
+            | K::ResourceExhausted
+            | K::StreamInvalidated => Self::Unavailable { what, source: e },
+            _ => Self::Unsuitable(anyhow::anyhow!("{what}: {e}")),
+        }
+    }
+}
+
 /// Finds the configured capture device: `default`, a full id (`alsa:hw:CARD=…`), or an ALSA PCM name.
 pub fn find_device(spec: &str) -> Result<cpal::Device, FindError> {
     let host = cpal::default_host();
@@ -374,18 +409,20 @@ pub fn choose_config(
     device: &cpal::Device,
     cfg: &DeviceConfig,
     model_rate: u32,
-) -> anyhow::Result<(cpal::StreamConfig, cpal::SampleFormat)> {
+) -> Result<(cpal::StreamConfig, cpal::SampleFormat), ChooseError> {
     let default = device
         .default_input_config()
-        .map_err(|e| anyhow::anyhow!("no input configuration: {e}"))?;
+        .map_err(|e| ChooseError::asking("no input configuration", e))?;
     let channels = cfg.channels.unwrap_or(default.channels());
     let ranges: Vec<cpal::SupportedStreamConfigRange> = device
         .supported_input_configs()
-        .map_err(|e| anyhow::anyhow!("cannot list its configurations: {e}"))?
+        .map_err(|e| ChooseError::asking("cannot list its configurations", e))?
         .filter(|r| r.channels() == channels)
         .collect();
     if ranges.is_empty() {
-        anyhow::bail!("the device has no input configuration with {channels} channel(s)");
+        return Err(ChooseError::Unsuitable(anyhow::anyhow!(
+            "the device has no input configuration with {channels} channel(s)"
+        )));
     }
     let (rate, format) = rate_and_format(
         &ranges,
@@ -393,7 +430,8 @@ pub fn choose_config(
         cfg.sample_rate,
         model_rate,
         default.sample_rate(),
-    )?;
+    )
+    .map_err(ChooseError::Unsuitable)?;
     let buffer_size = match cfg.buffer_frames {
         Some(n) => cpal::BufferSize::Fixed(n),
         None => cpal::BufferSize::Default,

@@ -260,7 +260,17 @@ fn check_with(path: &Path, running: Option<&Running>) -> Checked {
                                     d.name
                                 ))
                             }
-                            Err(e) => problems.push(format!("device '{}' ({spec}): {e:#}", d.name)),
+                            // The same as a device not found: `default` with no sound card (ALSA always has
+                            // a `default` PCM), a device busy with another program, its audio server not yet
+                            // started at boot.
+                            Err(e) if e.is_retryable() => warnings.push(format!(
+                                "device '{}' ({spec}): {e}: its machines ({}) report health NO_AUDIO until it \
+                                 answers, and `sonitor run` keeps trying to open it (check the name if it should \
+                                 be there now)",
+                                d.name,
+                                users.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
+                            )),
+                            Err(e) => problems.push(format!("device '{}' ({spec}): {e}", d.name)),
                             Ok((sc, _)) => {
                                 for m in users {
                                     if m.channel >= sc.channels {

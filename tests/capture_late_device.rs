@@ -92,3 +92,45 @@ fn a_microphone_absent_at_start_is_waited_for_not_refused() {
     );
     assert_eq!(daemon.sigterm_and_wait(), 0, "{log}");
 }
+
+/// The system's `default` device with no sound card behind it (ALSA always has a `default` PCM, so the device
+/// is found; asking it for a configuration fails with "not available"): the same as a device that is not there.
+/// It was refused with exit 78, and the shipped configurations name `default`: a Pi booted with its USB
+/// microphone unplugged was never watched again, since the unit does not restart a 78.
+#[test]
+fn the_default_device_with_no_sound_card_behind_it_is_waited_for_not_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let b = common::standard_bundle(d.path());
+    // `default` is a card that does not exist (as on a machine without a sound card).
+    let conf = d.path().join("asound.conf");
+    std::fs::write(&conf, "pcm.!default {\n type hw\n card 7\n}\n").unwrap();
+    let device = "[[devices]]\nname = \"mic\"\nsource = \"capture\"\ndevice = \"default\"\n\
+                  reopen_min = \"100ms\"\nreopen_max = \"300ms\"\n";
+    let cfg = common::config(d.path(), device, &b.dir, 1, "");
+    common::edit(&cfg, |t| t.replace("[mqtt]\n", "[mqtt]\nenabled = false\n"));
+    let envs = [("ALSA_CONFIG_PATH", conf.to_str().unwrap())];
+
+    let out = Command::new(env!("CARGO_BIN_EXE_sonitor"))
+        .args(["validate", "--config", cfg.to_str().unwrap()])
+        .envs(envs)
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("device 'mic' (default): no input configuration: The requested audio device is not available")
+            && said.contains("report health NO_AUDIO until it answers"),
+        "{said}"
+    );
+
+    let daemon = common::Daemon::start(&cfg, &envs);
+    daemon.wait_log("trying again with backoff", Duration::from_secs(30));
+    // Tried again, not given up on.
+    common::wait_metrics(&cfg, Duration::from_secs(30), "no second attempt", |m| {
+        common::metric(m, "sonitor_input_errors_total{input=\"mic\"}").unwrap_or(0.0) >= 2.0
+            && common::metric(m, "sonitor_input_up{input=\"mic\"}") == Some(0.0)
+    });
+    let log = daemon.log.lock().unwrap().clone();
+    assert_eq!(daemon.sigterm_and_wait(), 0, "{log}");
+}
