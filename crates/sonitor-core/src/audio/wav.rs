@@ -1,6 +1,7 @@
 //! WAV decoding into normalised `f32` samples.
 //!
-//! Supported: integer PCM at 8, 16, 24 and 32 bits, IEEE float at 32 bits, plain `WAVE_FORMAT_PCM` /
+//! Supported: integer PCM at 8, 16, 24 and 32 bits, IEEE float at 32 and 64 bits (what `scipy.io.wavfile.write`
+//! writes for a float64 array), plain `WAVE_FORMAT_PCM` /
 //! `WAVE_FORMAT_IEEE_FLOAT` headers and `WAVE_FORMAT_EXTENSIBLE` headers (whose samples may be narrower than their
 //! slot, e.g. 24 valid bits in 32: stored left-justified), any channel count, any other chunks (LIST, bext, iXML,
 //! fact, ...) before the data. The header is read here, the samples decoded from the raw bytes (hound only
@@ -87,7 +88,7 @@ fn unsupported(path: &Path, reason: impl Into<String>) -> WavError {
 }
 
 /// What the messages about an unsupported encoding add: what is supported, and how to get there.
-const SUPPORTED: &str = "PCM 8/16/24/32-bit and float 32-bit are supported: convert the file, e.g. \
+const SUPPORTED: &str = "PCM 8/16/24/32-bit and float 32/64-bit are supported: convert the file, e.g. \
                          `sox in.wav -e signed-integer -b 16 out.wav` or `ffmpeg -i in.wav -c:a pcm_s16le out.wav`";
 
 /// Reads only the header.
@@ -116,6 +117,7 @@ enum Encoding {
     I24,
     I32,
     F32,
+    F64,
 }
 
 impl Encoding {
@@ -126,6 +128,7 @@ impl Encoding {
             Encoding::I16 => 2,
             Encoding::I24 => 3,
             Encoding::I32 | Encoding::F32 => 4,
+            Encoding::F64 => 8,
         }
     }
 
@@ -162,6 +165,13 @@ impl Encoding {
                     .0
                     .iter()
                     .map(|&s| f32::from_le_bytes(s)),
+            ),
+            Encoding::F64 => out.extend(
+                bytes
+                    .as_chunks::<8>()
+                    .0
+                    .iter()
+                    .map(|&s| f64::from_le_bytes(s) as f32),
             ),
         }
     }
@@ -344,12 +354,7 @@ fn parse_format(path: &Path, fmt: &[u8]) -> Result<Format, WavError> {
         (false, 3) => Encoding::I24,
         (false, 4) => Encoding::I32,
         (true, 4) if bits == 32 => Encoding::F32,
-        (true, 8) if bits == 64 => {
-            return Err(unsupported(
-                path,
-                format!("64-bit float samples ({SUPPORTED})"),
-            ));
-        }
+        (true, 8) if bits == 64 => Encoding::F64,
         (float, slot) => {
             return Err(unsupported(
                 path,
