@@ -837,6 +837,10 @@ impl Controller {
         if let Some(t) = t {
             self.on_transition(i, t);
         }
+        // Handled, its alarm's clip asked for: a replay held back for it may read on.
+        self.metrics.machines[i]
+            .handled_ms
+            .fetch_max(s.t_end_ms, std::sync::atomic::Ordering::Release);
         if self.observer.is_some() {
             let m = &self.machines[i];
             self.observe(Observation::Score {
@@ -1266,6 +1270,12 @@ pub fn start(
                 features: feature_params[mi].clone(),
                 history_seconds: history + feature_params[mi].window_seconds() as f32,
                 lossless: d.source == SourceKind::File && !d.realtime,
+                // The history reaches `post_seconds + 30 s` behind the reader (before the onset window and
+                // its `pre_seconds`): 10 s of it are left as margin.
+                max_lead: cfg
+                    .clips
+                    .enabled
+                    .then(|| Duration::from_secs_f32(cfg.clips.post_seconds.max(0.0) + 20.0)),
             })
             .collect();
         let model_rate = taps.first().map_or(16_000, |t| t.features.sample_rate);

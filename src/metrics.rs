@@ -86,6 +86,10 @@ pub struct MachineMetrics {
     /// 1 while the machine's input channel is silent / clipping.
     pub silent: Gauge,
     pub clipping: Gauge,
+    /// Stream time (ms) of the end of the last window the daemon has handled (its score through the detector,
+    /// its alarm's clip asked for): how far behind the reader a file replayed as fast as possible is
+    /// (`pipeline::LeadGuard`). Not exported.
+    pub handled_ms: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Default)]

@@ -37,6 +37,10 @@ pub struct MachineTap {
     pub history_seconds: f32,
     /// A file replayed as fast as possible: wait for the pipeline instead of dropping windows.
     pub lossless: bool,
+    /// How far (stream time) a lossless replay may run ahead of the last window the daemon has handled
+    /// (`MachineMetrics::handled_ms`): an alarm's clip asks for audio from before the window that raised it,
+    /// and what is further back than the history has been dropped. `None`: no limit (no clips).
+    pub max_lead: Option<Duration>,
 }
 
 pub struct WindowMsg {
@@ -224,6 +228,7 @@ pub fn spawn_reader(
             let mut scratch = vec![0.0f32; 8192];
             // Where the reader stands in the current stream, and its next gap.
             let mut cursor = GapCursor::default();
+            let mut lead = LeadGuard::default();
             let to = Outputs {
                 windows: &windows,
                 recycled: &recycled,
@@ -268,6 +273,15 @@ pub fn spawn_reader(
                     let cut_short = current.is_none().then_some(CutShort::StreamEnded);
                     serve_all_clips(&mut states, &events, &metrics, cut_short);
                 }
+                if lead.holds(
+                    &states,
+                    current.as_ref().map(|c| c.channels),
+                    &metrics,
+                    &name,
+                ) {
+                    std::thread::sleep(LEAD_POLL);
+                    continue;
+                }
                 let Some(stream) = current.as_mut() else {
                     match streams.recv_timeout(MAX_IDLE_SLEEP) {
                         Ok(new) => arrived = Some(new),
@@ -292,6 +306,83 @@ pub fn spawn_reader(
                 }
             }
         })
+}
+
+/// How often a reader held back by [`LeadGuard`] looks again.
+const LEAD_POLL: Duration = Duration::from_millis(1);
+
+/// How long a reader waits for handled windows that do not come before it goes on regardless.
+const LEAD_STALL: Duration = Duration::from_secs(2);
+
+/// Keeps a file replayed as fast as possible within [`MachineTap::max_lead`] of the windows the daemon has
+/// handled, so that every alarm's clip finds its audio in the history (at about 1 000× real time, with alarms
+/// coming by the dozen a second and the broker down, the replay ran minutes ahead and thousands of clips were
+/// dropped). The audio waits in the file, not in memory. A machine whose windows stop being handled (every
+/// window failing in the model) would hold the replay for ever: after [`LEAD_STALL`] without progress the reader
+/// goes on, says so, and holds again once windows are handled again.
+#[derive(Default)]
+struct LeadGuard {
+    /// Since when the reader has been held, and the handled positions then.
+    held: Option<(Instant, u64)>,
+    /// The handled positions at which it stopped holding: not held again until they move.
+    given_up_at: Option<u64>,
+}
+
+impl LeadGuard {
+    /// Whether the reader should wait before reading on: a lossless machine with a `max_lead`, taking audio from
+    /// the current stream (of `channels` channels), stands further ahead of its last handled window.
+    fn holds(
+        &mut self,
+        states: &[TapState],
+        channels: Option<usize>,
+        metrics: &Metrics,
+        name: &str,
+    ) -> bool {
+        let Some(channels) = channels else {
+            self.held = None;
+            return false;
+        };
+        let handled_ms = |s: &TapState| {
+            metrics.machines[s.tap.machine]
+                .handled_ms
+                .load(Ordering::Acquire)
+        };
+        let ahead = states.iter().any(|s| {
+            s.tap.lossless
+                && s.takes(channels)
+                && s.tap.max_lead.is_some_and(|lead| {
+                    let at_ms = s.total * 1000 / u64::from(s.tap.features.sample_rate.max(1));
+                    at_ms.saturating_sub(handled_ms(s)) > lead.as_millis() as u64
+                })
+        });
+        if !ahead {
+            self.held = None;
+            return false;
+        }
+        let handled: u64 = states.iter().map(handled_ms).fold(0, u64::wrapping_add);
+        if self.given_up_at == Some(handled) {
+            return false;
+        }
+        match self.held {
+            Some((since, at)) if at == handled => {
+                if since.elapsed() < LEAD_STALL {
+                    return true;
+                }
+                log::warn!(
+                    "input {name}: no window handled for {} s while the replay waited for the alarms to catch up; \
+                     it goes on (clips of alarms further back than the history are dropped)",
+                    LEAD_STALL.as_secs()
+                );
+                self.given_up_at = Some(handled);
+                self.held = None;
+                false
+            }
+            _ => {
+                self.held = Some((Instant::now(), handled));
+                true
+            }
+        }
+    }
 }
 
 /// Where the reader's audio goes, for [`read_block`].
@@ -970,6 +1061,7 @@ mod tests {
             features,
             history_seconds: 10.0,
             lossless,
+            max_lead: None,
         })
     }
 
@@ -1440,14 +1532,22 @@ mod tests {
         clips: Sender<ClipRequest>,
         events: Receiver<ReaderEvent>,
         _recycled: Sender<Vec<f32>>,
+        metrics: Arc<Metrics>,
         stop: Arc<AtomicBool>,
         reader: std::thread::JoinHandle<()>,
     }
 
     impl Rig {
         fn start() -> Rig {
+            Rig::start_with(None)
+        }
+
+        /// With the tap's [`MachineTap::max_lead`].
+        fn start_with(max_lead: Option<Duration>) -> Rig {
             let mut tap = tap_state(true).tap;
             tap.channel = 0;
+            tap.max_lead = max_lead;
+            let metrics = Arc::new(Metrics::new(&["in".into()], &["m".into()]));
             let (stx, srx) = crossbeam_channel::bounded(1);
             let (wtx, wrx) = crossbeam_channel::bounded(64);
             let (rtx, rrx) = crossbeam_channel::bounded::<Vec<f32>>(4);
@@ -1464,7 +1564,7 @@ mod tests {
                 crx,
                 etx,
                 HealthConfig::default(),
-                Arc::new(Metrics::new(&["in".into()], &["m".into()])),
+                metrics.clone(),
                 stop.clone(),
             )
             .unwrap();
@@ -1474,6 +1574,7 @@ mod tests {
                 clips: ctx,
                 events: erx,
                 _recycled: rtx,
+                metrics,
                 stop,
                 reader,
             }
@@ -1527,6 +1628,41 @@ mod tests {
             self.stop.store(true, Ordering::SeqCst);
             self.reader.join().unwrap();
         }
+    }
+
+    /// A file replayed as fast as possible reads on only as far as `max_lead` beyond the last window the daemon
+    /// has handled, so that an alarm's clip still finds its audio in the history; windows that never get handled
+    /// hold it for `LEAD_STALL` at most.
+    #[test]
+    fn a_fast_replay_stays_within_its_lead_of_the_handled_windows() {
+        let rig = Rig::start_with(Some(Duration::from_secs(1)));
+        // 10 s of audio, the file not at its end. Windows of 0.5 s every 0.25 s; the reader reads 8192 samples
+        // (0.512 s) at a time.
+        let _end = rig.stream(10.0, false);
+        // The ends of the windows cut until none came for 300 ms.
+        let ends = |rig: &Rig| -> Vec<u64> {
+            let mut v = Vec::new();
+            while let Ok(w) = rig.windows.recv_timeout(Duration::from_millis(300)) {
+                v.push(w.t_end_ms);
+            }
+            v
+        };
+        // Nothing handled: it stops once it stands more than 1 s in (after two reads, 1.024 s).
+        let first = ends(&rig);
+        assert_eq!(first, [500, 750, 1000]);
+        // Handled up to there: it reads on, to 1 s beyond (2.048 s).
+        rig.metrics.machines[0]
+            .handled_ms
+            .store(1000, Ordering::Release);
+        let second = ends(&rig);
+        assert_eq!(second, [1250, 1500, 1750, 2000]);
+        // Nothing handled any more (every window failing, say): after LEAD_STALL it reads the rest.
+        assert!(ends(&rig).is_empty());
+        std::thread::sleep(LEAD_STALL);
+        let rest = ends(&rig);
+        assert_eq!(rest.first(), Some(&2250));
+        assert_eq!(rest.last(), Some(&10_000));
+        rig.stop();
     }
 
     /// A file replayed faster than its windows are scored can end, and its reader finish, before the alarm asks for
