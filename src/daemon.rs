@@ -261,8 +261,7 @@ fn check_with(path: &Path, running: Option<&Running>) -> Checked {
                                 ))
                             }
                             // The same as a device not found: `default` with no sound card (ALSA always has
-                            // a `default` PCM), a device busy with another program, its audio server not yet
-                            // started at boot.
+                            // a `default` PCM), or a device busy with another program.
                             Err(e) if e.is_retryable() => warnings.push(format!(
                                 "device '{}' ({spec}): {e}: its machines ({}) report health NO_AUDIO until it \
                                  answers, and `sonitor run` keeps trying to open it (check the name if it should \
@@ -838,9 +837,10 @@ impl Controller {
             self.on_transition(i, t);
         }
         // Handled, its alarm's clip asked for: a replay held back for it may read on.
-        self.metrics.machines[i]
-            .handled_ms
+        let mm = &self.metrics.machines[i];
+        mm.handled_ms
             .fetch_max(s.t_end_ms, std::sync::atomic::Ordering::Release);
+        mm.settled.inc();
         if self.observer.is_some() {
             let m = &self.machines[i];
             self.observe(Observation::Score {

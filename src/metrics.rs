@@ -90,6 +90,10 @@ pub struct MachineMetrics {
     /// its alarm's clip asked for): how far behind the reader a file replayed as fast as possible is
     /// (`pipeline::LeadGuard`). Not exported.
     pub handled_ms: std::sync::atomic::AtomicU64,
+    /// Windows whose way through the pipeline has ended: handled by the daemon, or dropped anywhere (a queue
+    /// full, features or inference failing, a score not finite). `windows` minus this is what is still on its way.
+    /// Not exported.
+    pub settled: Counter,
 }
 
 #[derive(Debug, Default)]

@@ -308,29 +308,33 @@ pub fn spawn_reader(
         })
 }
 
-/// How often a reader held back by [`LeadGuard`] looks again.
-const LEAD_POLL: Duration = Duration::from_millis(1);
+/// How often a reader held back by [`LeadGuard`] looks again: 2 ms is 2 s of audio at 1 000× real time, well
+/// within the lead's margin.
+const LEAD_POLL: Duration = Duration::from_millis(2);
 
-/// How long a reader waits for handled windows that do not come before it goes on regardless.
-const LEAD_STALL: Duration = Duration::from_secs(2);
+/// How long a reader waits for windows on their way that do not move at all (a daemon stuck) before it goes on
+/// regardless. Windows dropped anywhere count as settled, so a failing model never holds it.
+const LEAD_STALL: Duration = Duration::from_secs(30);
 
 /// Keeps a file replayed as fast as possible within [`MachineTap::max_lead`] of the windows the daemon has
-/// handled, so that every alarm's clip finds its audio in the history (at about 1 000× real time, with alarms
+/// handled, so that every alarm's clip finds its audio in the history: at about 1 000× real time, with alarms
 /// coming by the dozen a second and the broker down, the replay ran minutes ahead and thousands of clips were
-/// dropped). The audio waits in the file, not in memory. A machine whose windows stop being handled (every
-/// window failing in the model) would hold the replay for ever: after [`LEAD_STALL`] without progress the reader
-/// goes on, says so, and holds again once windows are handled again.
+/// dropped. The audio waits in the file, not in memory. A machine is waited for only while windows of it are on
+/// their way (cut, not yet handled or dropped: `MachineMetrics::settled`), so that one whose windows are all
+/// dropped, or whose hop is longer than the lead, never holds the replay; a daemon whose windows do not move for
+/// [`LEAD_STALL`] is passed by, said in the log, and waited for again once they move.
 #[derive(Default)]
 struct LeadGuard {
-    /// Since when the reader has been held, and the handled positions then.
+    /// Since when the reader has been held, and the settled windows then.
     held: Option<(Instant, u64)>,
-    /// The handled positions at which it stopped holding: not held again until they move.
+    /// The settled windows at which it stopped holding: not held again until they move.
     given_up_at: Option<u64>,
 }
 
 impl LeadGuard {
     /// Whether the reader should wait before reading on: a lossless machine with a `max_lead`, taking audio from
-    /// the current stream (of `channels` channels), stands further ahead of its last handled window.
+    /// the current stream (of `channels` channels), has windows on their way and stands further ahead of its last
+    /// handled window than its lead.
     fn holds(
         &mut self,
         states: &[TapState],
@@ -342,43 +346,44 @@ impl LeadGuard {
             self.held = None;
             return false;
         };
-        let handled_ms = |s: &TapState| {
-            metrics.machines[s.tap.machine]
-                .handled_ms
-                .load(Ordering::Acquire)
-        };
         let ahead = states.iter().any(|s| {
+            let m = &metrics.machines[s.tap.machine];
             s.tap.lossless
                 && s.takes(channels)
                 && s.tap.max_lead.is_some_and(|lead| {
                     let at_ms = s.total * 1000 / u64::from(s.tap.features.sample_rate.max(1));
-                    at_ms.saturating_sub(handled_ms(s)) > lead.as_millis() as u64
+                    m.windows.get() > m.settled.get()
+                        && at_ms.saturating_sub(m.handled_ms.load(Ordering::Acquire))
+                            > lead.as_millis() as u64
                 })
         });
         if !ahead {
             self.held = None;
             return false;
         }
-        let handled: u64 = states.iter().map(handled_ms).fold(0, u64::wrapping_add);
-        if self.given_up_at == Some(handled) {
+        let settled: u64 = states
+            .iter()
+            .map(|s| metrics.machines[s.tap.machine].settled.get())
+            .fold(0, u64::wrapping_add);
+        if self.given_up_at == Some(settled) {
             return false;
         }
         match self.held {
-            Some((since, at)) if at == handled => {
+            Some((since, at)) if at == settled => {
                 if since.elapsed() < LEAD_STALL {
                     return true;
                 }
                 log::warn!(
-                    "input {name}: no window handled for {} s while the replay waited for the alarms to catch up; \
-                     it goes on (clips of alarms further back than the history are dropped)",
+                    "input {name}: the replay waited {} s for windows the daemon did not handle; it goes on (clips \
+                     of alarms further back than the history are dropped)",
                     LEAD_STALL.as_secs()
                 );
-                self.given_up_at = Some(handled);
+                self.given_up_at = Some(settled);
                 self.held = None;
                 false
             }
             _ => {
-                self.held = Some((Instant::now(), handled));
+                self.held = Some((Instant::now(), settled));
                 true
             }
         }
@@ -798,6 +803,7 @@ fn append_model_audio(
         };
         if !sent {
             m.dropped_windows.inc();
+            m.settled.inc();
         }
         s.next_window += hop;
     }
@@ -949,6 +955,7 @@ pub fn spawn_features(
                     .unwrap_or_else(|_| fx.new_output());
                 if let Err(e) = fx.extract_into(&w.samples, &mut f) {
                     log::error!("features: {e}");
+                    metrics.machines[w.machine].settled.inc();
                     continue;
                 }
                 let machine = w.machine;
@@ -966,6 +973,7 @@ pub fn spawn_features(
                 };
                 if !sent {
                     metrics.machines[machine].dropped_windows.inc();
+                    metrics.machines[machine].settled.inc();
                 }
                 if let Some(tx) = machine_input
                     .get(machine)
@@ -1005,6 +1013,7 @@ pub fn spawn_inference(
                 let _ = recycle.try_send(f.features);
                 if let Err(e) = embedded {
                     log::error!("inference: {e:#}");
+                    m.settled.inc();
                     continue;
                 }
                 let score = sonitor_core::score::min_cosine_distance(&emb, &sc.centroids) as f64;
@@ -1021,6 +1030,7 @@ pub fn spawn_inference(
                             f.t_end_ms
                         );
                     }
+                    m.settled.inc();
                     continue;
                 }
                 m.score.set_f64(score);
@@ -1039,6 +1049,7 @@ pub fn spawn_inference(
                 };
                 if !sent {
                     metrics.scores_dropped.inc();
+                    m.settled.inc();
                 }
             }
         })
@@ -1631,37 +1642,50 @@ mod tests {
     }
 
     /// A file replayed as fast as possible reads on only as far as `max_lead` beyond the last window the daemon
-    /// has handled, so that an alarm's clip still finds its audio in the history; windows that never get handled
-    /// hold it for `LEAD_STALL` at most.
+    /// has handled, so that an alarm's clip still finds its audio in the history; windows dropped on their way
+    /// (a failing model) do not hold it.
     #[test]
     fn a_fast_replay_stays_within_its_lead_of_the_handled_windows() {
         let rig = Rig::start_with(Some(Duration::from_secs(1)));
+        let m = &rig.metrics.machines[0];
         // 10 s of audio, the file not at its end. Windows of 0.5 s every 0.25 s; the reader reads 8192 samples
         // (0.512 s) at a time.
         let _end = rig.stream(10.0, false);
-        // The ends of the windows cut until none came for 300 ms.
-        let ends = |rig: &Rig| -> Vec<u64> {
-            let mut v = Vec::new();
-            while let Ok(w) = rig.windows.recv_timeout(Duration::from_millis(300)) {
-                v.push(w.t_end_ms);
-            }
+        // The ends of the next `n` windows, then nothing more for 300 ms (held).
+        let next = |n: usize| -> Vec<u64> {
+            let v: Vec<u64> = (0..n)
+                .map(|_| {
+                    rig.windows
+                        .recv_timeout(Duration::from_secs(10))
+                        .expect("a window")
+                        .t_end_ms
+                })
+                .collect();
+            let more = rig.windows.recv_timeout(Duration::from_millis(300));
+            assert!(more.is_err(), "{v:?} then {:?}", more.map(|w| w.t_end_ms));
             v
         };
         // Nothing handled: it stops once it stands more than 1 s in (after two reads, 1.024 s).
-        let first = ends(&rig);
-        assert_eq!(first, [500, 750, 1000]);
+        assert_eq!(next(3), [500, 750, 1000]);
         // Handled up to there: it reads on, to 1 s beyond (2.048 s).
-        rig.metrics.machines[0]
-            .handled_ms
-            .store(1000, Ordering::Release);
-        let second = ends(&rig);
-        assert_eq!(second, [1250, 1500, 1750, 2000]);
-        // Nothing handled any more (every window failing, say): after LEAD_STALL it reads the rest.
-        assert!(ends(&rig).is_empty());
-        std::thread::sleep(LEAD_STALL);
-        let rest = ends(&rig);
-        assert_eq!(rest.first(), Some(&2250));
-        assert_eq!(rest.last(), Some(&10_000));
+        m.handled_ms.store(1000, Ordering::Release);
+        m.settled.add(3);
+        assert_eq!(next(4), [1250, 1500, 1750, 2000]);
+        // Those four dropped on their way (not handled): nothing on its way any more, so it reads one block; its
+        // two windows are on their way, 1.5 s past what was handled, and it holds again.
+        m.settled.add(4);
+        assert_eq!(next(2), [2250, 2500]);
+        // Every window dropped from here on (a model failing): the replay goes to its end.
+        m.settled.add(2);
+        let rest: Vec<u64> = std::iter::from_fn(|| {
+            let w = rig.windows.recv_timeout(Duration::from_secs(10)).ok()?;
+            m.settled.inc();
+            Some(w.t_end_ms)
+        })
+        .take_while(|&t| t < 10_000)
+        .collect();
+        assert_eq!(rest.first(), Some(&2750));
+        assert_eq!(rest.last(), Some(&9750));
         rig.stop();
     }
 
