@@ -340,7 +340,9 @@ impl FindError {
 #[derive(Debug, thiserror::Error)]
 pub enum ChooseError {
     /// The device could not be asked now: not there (the system's `default` PCM with no sound card, a USB
-    /// microphone not yet enumerated), busy, or its audio server not running. It may yet answer.
+    /// microphone not yet enumerated) or busy with another program. It may yet answer. (An audio server that is
+    /// not running, reached through ALSA's pulse or pipewire plugin, is reported by cpal as a backend error, and
+    /// so refused: nothing says it will start.)
     #[error("{what}: {}", .source.to_string().trim_end_matches('.'))]
     Unavailable {
         what: &'static str,
@@ -360,12 +362,12 @@ impl ChooseError {
     /// A cpal error of asking the device (`what`): unavailable for the kinds that may pass, else unsuitable.
     fn asking(what: &'static str, e: cpal::Error) -> Self {
         use cpal::ErrorKind as K;
+        // What cpal 0.18's ALSA backend reports for these calls: not available (ENOENT, ENODEV), busy (EBUSY,
+        // EAGAIN), permission denied, unsupported, or a backend error for any other errno.
         match e.kind() {
-            K::DeviceNotAvailable
-            | K::DeviceBusy
-            | K::HostUnavailable
-            | K::ResourceExhausted
-            | K::StreamInvalidated => Self::Unavailable { what, source: e },
+            K::DeviceNotAvailable | K::DeviceBusy | K::HostUnavailable => {
+                Self::Unavailable { what, source: e }
+            }
             _ => Self::Unsuitable(anyhow::anyhow!("{what}: {e}")),
         }
     }

@@ -327,6 +327,29 @@ fn corrupt_and_truncated_files_are_named_errors() {
         .unwrap_err()
         .to_string()
         .contains("not a finite"));
+    // 64-bit float: NaN, infinity, and a finite value beyond f32's range (infinite once read), by the reader and
+    // by the check that `validate` and the daemon's file source make before replaying.
+    for (name, bad) in [
+        ("nan64.wav", f64::NAN),
+        ("inf64.wav", f64::NEG_INFINITY),
+        ("big64.wav", 1e300),
+    ] {
+        let data: Vec<u8> = [0.0, 0.5, bad, 0.25]
+            .iter()
+            .flat_map(|v: &f64| v.to_le_bytes())
+            .collect();
+        let p = write(dir.path(), name, &wav_bytes(FLOAT, 0, 1, 16_000, 64, &data));
+        for e in [
+            read_wav(&p, ChannelSelect::Mix).unwrap_err(),
+            check_wav(&p).unwrap_err(),
+        ] {
+            let text = e.to_string();
+            assert!(
+                text.contains(name) && text.contains("sample 2 is not a finite number"),
+                "{text}"
+            );
+        }
+    }
 }
 
 #[test]

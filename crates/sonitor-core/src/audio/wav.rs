@@ -121,6 +121,11 @@ enum Encoding {
 }
 
 impl Encoding {
+    /// Whether samples are IEEE floats, which can be NaN or infinite.
+    fn is_float(self) -> bool {
+        matches!(self, Encoding::F32 | Encoding::F64)
+    }
+
     /// Bytes a sample takes.
     fn width(self) -> usize {
         match self {
@@ -630,7 +635,7 @@ impl WavBlocks {
     /// Checks the rest of the data chunk without keeping it: the errors [`Self::read_into`] would meet. For integer
     /// PCM, where a sample cannot be invalid, the file's length is enough; float samples are decoded.
     pub fn check_to_end(mut self) -> Result<(), WavError> {
-        if self.encoding != Encoding::F32 {
+        if !self.encoding.is_float() {
             use std::io::Seek;
             let io = |e| WavError::Open {
                 path: self.path.clone(),
@@ -670,8 +675,8 @@ impl WavBlocks {
         let before = out.len();
         // A sample cut by the end of the file is dropped.
         self.encoding.decode(&self.bytes, out);
-        // Only a float sample can be invalid.
-        if self.encoding == Encoding::F32 {
+        // Only a float sample can be invalid (a 64-bit one also when beyond the range of f32).
+        if self.encoding.is_float() {
             if let Some(bad) = out[before..].iter().position(|v| !v.is_finite()) {
                 return Err(corrupt(
                     &self.path,
