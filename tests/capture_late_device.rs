@@ -29,18 +29,8 @@ fn a_microphone_absent_at_start_is_waited_for_not_refused() {
     std::fs::write(&conf, "pcm.other {\n type null\n}\n").unwrap();
     let device = "[[devices]]\nname = \"mic\"\nsource = \"capture\"\ndevice = \"alsa:testmic\"\n\
                   channels = 1\nsample_rate = 16000\nreopen_min = \"100ms\"\nreopen_max = \"300ms\"\n";
-    let cfg = common::config(d.path(), device, &b.dir, 1, "");
-    common::edit(&cfg, |t| t.replace("[mqtt]\n", "[mqtt]\nenabled = false\n"));
+    let (cfg, said) = validate_without_mqtt(d.path(), device, &b.dir, &conf);
     let envs = [("ALSA_CONFIG_PATH", conf.to_str().unwrap())];
-
-    let out = Command::new(env!("CARGO_BIN_EXE_sonitor"))
-        .args(["validate", "--config", cfg.to_str().unwrap()])
-        .envs(envs)
-        .output()
-        .unwrap();
-    let said =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{said}");
     assert!(
         said.contains("capture device 'alsa:testmic' does not exist")
             && said.contains("report health NO_AUDIO until it appears"),
@@ -106,18 +96,8 @@ fn the_default_device_with_no_sound_card_behind_it_is_waited_for_not_refused() {
     std::fs::write(&conf, "pcm.!default {\n type hw\n card 7\n}\n").unwrap();
     let device = "[[devices]]\nname = \"mic\"\nsource = \"capture\"\ndevice = \"default\"\n\
                   reopen_min = \"100ms\"\nreopen_max = \"300ms\"\n";
-    let cfg = common::config(d.path(), device, &b.dir, 1, "");
-    common::edit(&cfg, |t| t.replace("[mqtt]\n", "[mqtt]\nenabled = false\n"));
+    let (cfg, said) = validate_without_mqtt(d.path(), device, &b.dir, &conf);
     let envs = [("ALSA_CONFIG_PATH", conf.to_str().unwrap())];
-
-    let out = Command::new(env!("CARGO_BIN_EXE_sonitor"))
-        .args(["validate", "--config", cfg.to_str().unwrap()])
-        .envs(envs)
-        .output()
-        .unwrap();
-    let said =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{said}");
     assert!(
         said.contains("device 'mic' (default): no input configuration: The requested audio device is not available")
             && said.contains("report health NO_AUDIO until it answers"),
@@ -133,4 +113,25 @@ fn the_default_device_with_no_sound_card_behind_it_is_waited_for_not_refused() {
     });
     let log = daemon.log.lock().unwrap().clone();
     assert_eq!(daemon.sigterm_and_wait(), 0, "{log}");
+}
+
+/// Writes a configuration with `device` (MQTT off) and runs `sonitor validate` on it with ALSA's configuration
+/// `alsa_conf`: the file, and what validate said (it must exit 0).
+fn validate_without_mqtt(
+    dir: &std::path::Path,
+    device: &str,
+    bundle: &std::path::Path,
+    alsa_conf: &std::path::Path,
+) -> (std::path::PathBuf, String) {
+    let cfg = common::config(dir, device, bundle, 1, "");
+    common::edit(&cfg, |t| t.replace("[mqtt]\n", "[mqtt]\nenabled = false\n"));
+    let out = Command::new(env!("CARGO_BIN_EXE_sonitor"))
+        .args(["validate", "--config", cfg.to_str().unwrap()])
+        .env("ALSA_CONFIG_PATH", alsa_conf)
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    (cfg, said)
 }
