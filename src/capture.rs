@@ -348,6 +348,13 @@ pub enum ChooseError {
         what: &'static str,
         source: cpal::Error,
     },
+    /// The audio stack failed in a way cpal cannot name (`BackendError`): on Linux, most often ALSA's pulse or
+    /// pipewire plugin finding no sound server to talk to.
+    #[error("{what}: {}", .source.to_string().trim_end_matches('.'))]
+    Backend {
+        what: &'static str,
+        source: cpal::Error,
+    },
     /// The device answered, and offers nothing the file asks for (channels, rate, format), or refused access.
     #[error("{0:#}")]
     Unsuitable(anyhow::Error),
@@ -368,6 +375,7 @@ impl ChooseError {
             K::DeviceNotAvailable | K::DeviceBusy | K::HostUnavailable => {
                 Self::Unavailable { what, source: e }
             }
+            K::BackendError => Self::Backend { what, source: e },
             _ => Self::Unsuitable(anyhow::anyhow!("{what}: {e}")),
         }
     }

@@ -269,6 +269,17 @@ fn check_with(path: &Path, running: Option<&Running>) -> Checked {
                                 d.name,
                                 users.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
                             )),
+                            // ALSA's `default` routed to a sound server (a desktop image's PipeWire or
+                            // PulseAudio) that a system service cannot reach.
+                            Err(e @ crate::capture::ChooseError::Backend { .. }) if spec == "default" => {
+                                problems.push(format!(
+                                    "device '{}' ({spec}): {e}: ALSA's `default` here may go through a sound \
+                                     server (PipeWire, PulseAudio) that does not answer, and a system service \
+                                     cannot reach a desktop session's server: name the card instead, as `sonitor \
+                                     devices` lists it (e.g. device = \"alsa:plughw:CARD=…,DEV=0\")",
+                                    d.name
+                                ))
+                            }
                             Err(e) => problems.push(format!("device '{}' ({spec}): {e}", d.name)),
                             Ok((sc, _)) => {
                                 for m in users {

@@ -135,3 +135,41 @@ fn validate_without_mqtt(
     assert_eq!(out.status.code(), Some(0), "{said}");
     (cfg, said)
 }
+
+/// ALSA's `default` routed to a sound server that does not answer (a desktop image's PipeWire or PulseAudio,
+/// which a system service cannot reach): refused, as before, but saying why and what to write instead of the bare
+/// "Connection refused". Needs ALSA's pulse plugin (Debian's libasound2-plugins, which scripts/test installs).
+#[test]
+fn a_default_device_behind_an_unreachable_sound_server_is_refused_with_what_to_write() {
+    let d = tempfile::tempdir().unwrap();
+    let b = common::standard_bundle(d.path());
+    let conf = d.path().join("asound.conf");
+    std::fs::write(
+        &conf,
+        "pcm.!default {\n type pulse\n}\nctl.!default {\n type pulse\n}\n",
+    )
+    .unwrap();
+    let device = "[[devices]]\nname = \"mic\"\nsource = \"capture\"\ndevice = \"default\"\n";
+    let cfg = common::config(d.path(), device, &b.dir, 1, "");
+    common::edit(&cfg, |t| t.replace("[mqtt]\n", "[mqtt]\nenabled = false\n"));
+    let out = Command::new(env!("CARGO_BIN_EXE_sonitor"))
+        .args(["validate", "--config", cfg.to_str().unwrap()])
+        .env("ALSA_CONFIG_PATH", &conf)
+        .env(
+            "PULSE_SERVER",
+            format!("unix:{}", d.path().join("no-server").display()),
+        )
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{said}");
+    assert!(
+        said.contains("device 'mic' (default): no input configuration:")
+            && said.contains(
+                "may go through a sound server (PipeWire, PulseAudio) that does not answer"
+            )
+            && said.contains("alsa:plughw:CARD="),
+        "{said}"
+    );
+}
