@@ -336,48 +336,34 @@ impl FindError {
     }
 }
 
-/// Why [`choose_config`] settled no configuration, in two kinds as [`FindError`]: the caller retries the first.
+/// Why [`choose_config`] settled no configuration: the device could not be asked (cpal's error, whose kind says
+/// whether it may pass), or it answered and offers nothing the file asks for (channels, rate, format).
 #[derive(Debug, thiserror::Error)]
 pub enum ChooseError {
-    /// The device could not be asked now: not there (the system's `default` PCM with no sound card, a USB
-    /// microphone not yet enumerated) or busy with another program. It may yet answer. (An audio server that is
-    /// not running, reached through ALSA's pulse or pipewire plugin, is reported by cpal as a backend error, and
-    /// so refused: nothing says it will start.)
     #[error("{what}: {}", .source.to_string().trim_end_matches('.'))]
-    Unavailable {
+    Asking {
         what: &'static str,
         source: cpal::Error,
     },
-    /// The audio stack failed in a way cpal cannot name (`BackendError`): on Linux, most often ALSA's pulse or
-    /// pipewire plugin finding no sound server to talk to.
-    #[error("{what}: {}", .source.to_string().trim_end_matches('.'))]
-    Backend {
-        what: &'static str,
-        source: cpal::Error,
-    },
-    /// The device answered, and offers nothing the file asks for (channels, rate, format), or refused access.
     #[error("{0:#}")]
     Unsuitable(anyhow::Error),
 }
 
 impl ChooseError {
-    /// Whether asking the device again later can succeed.
+    /// Whether asking the device again later can succeed: it is not there (the system's `default` PCM with no
+    /// sound card, a USB microphone not yet enumerated) or busy with another program. What cpal 0.18's ALSA
+    /// backend reports for these calls: not available (ENOENT, ENODEV), busy (EBUSY, EAGAIN), permission denied,
+    /// unsupported, or a backend error for any other errno.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Unavailable { .. })
+        use cpal::ErrorKind as K;
+        matches!(self, Self::Asking { source, .. }
+            if matches!(source.kind(), K::DeviceNotAvailable | K::DeviceBusy | K::HostUnavailable))
     }
 
-    /// A cpal error of asking the device (`what`): unavailable for the kinds that may pass, else unsuitable.
-    fn asking(what: &'static str, e: cpal::Error) -> Self {
-        use cpal::ErrorKind as K;
-        // What cpal 0.18's ALSA backend reports for these calls: not available (ENOENT, ENODEV), busy (EBUSY,
-        // EAGAIN), permission denied, unsupported, or a backend error for any other errno.
-        match e.kind() {
-            K::DeviceNotAvailable | K::DeviceBusy | K::HostUnavailable => {
-                Self::Unavailable { what, source: e }
-            }
-            K::BackendError => Self::Backend { what, source: e },
-            _ => Self::Unsuitable(anyhow::anyhow!("{what}: {e}")),
-        }
+    /// A failure cpal cannot name (`BackendError`): on Linux, most often ALSA's pulse or pipewire plugin finding
+    /// no sound server to talk to (refused: nothing says it will start).
+    pub fn is_backend(&self) -> bool {
+        matches!(self, Self::Asking { source, .. } if source.kind() == cpal::ErrorKind::BackendError)
     }
 }
 
@@ -422,11 +408,17 @@ pub fn choose_config(
 ) -> Result<(cpal::StreamConfig, cpal::SampleFormat), ChooseError> {
     let default = device
         .default_input_config()
-        .map_err(|e| ChooseError::asking("no input configuration", e))?;
+        .map_err(|source| ChooseError::Asking {
+            what: "no input configuration",
+            source,
+        })?;
     let channels = cfg.channels.unwrap_or(default.channels());
     let ranges: Vec<cpal::SupportedStreamConfigRange> = device
         .supported_input_configs()
-        .map_err(|e| ChooseError::asking("cannot list its configurations", e))?
+        .map_err(|source| ChooseError::Asking {
+            what: "cannot list its configurations",
+            source,
+        })?
         .filter(|r| r.channels() == channels)
         .collect();
     if ranges.is_empty() {

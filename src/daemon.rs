@@ -227,16 +227,22 @@ fn check_with(path: &Path, running: Option<&Running>) -> Checked {
             }
             SourceKind::Capture => {
                 let spec = d.device.as_deref().unwrap_or("default");
+                // A device not there now, or not answering now, is waited for.
+                let waited_for = |why: String, until: &str| {
+                    format!(
+                        "device '{}'{why}: its machines ({}) report health NO_AUDIO until it {until}, and \
+                         `sonitor run` keeps trying to open it (check the name if it should be there now)",
+                        d.name,
+                        users.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
+                    )
+                };
                 match crate::capture::find_device(spec) {
                     // Not a mistake in the file: a microphone unplugged, or not yet there at boot. Refusing to
                     // start (exit 78, which the service does not restart) would leave the machine unwatched
                     // until someone came; `run` starts, reports NO_AUDIO and opens it when it appears.
-                    Err(e) if e.is_retryable() => warnings.push(format!(
-                        "device '{}': {e}: its machines ({}) report health NO_AUDIO until it appears, and `sonitor \
-                         run` keeps trying to open it (check the name if it should be there now)",
-                        d.name,
-                        users.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
-                    )),
+                    Err(e) if e.is_retryable() => {
+                        warnings.push(waited_for(format!(": {e}"), "appears"))
+                    }
                     Err(e) => problems.push(format!("device '{}': {e}", d.name)),
                     Ok(dev) => {
                         let rate = users
@@ -262,16 +268,12 @@ fn check_with(path: &Path, running: Option<&Running>) -> Checked {
                             }
                             // The same as a device not found: `default` with no sound card (ALSA always has
                             // a `default` PCM), or a device busy with another program.
-                            Err(e) if e.is_retryable() => warnings.push(format!(
-                                "device '{}' ({spec}): {e}: its machines ({}) report health NO_AUDIO until it \
-                                 answers, and `sonitor run` keeps trying to open it (check the name if it should \
-                                 be there now)",
-                                d.name,
-                                users.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
-                            )),
+                            Err(e) if e.is_retryable() => {
+                                warnings.push(waited_for(format!(" ({spec}): {e}"), "answers"))
+                            }
                             // ALSA's `default` routed to a sound server (a desktop image's PipeWire or
                             // PulseAudio) that a system service cannot reach.
-                            Err(e @ crate::capture::ChooseError::Backend { .. }) if spec == "default" => {
+                            Err(e) if e.is_backend() && spec == "default" => {
                                 problems.push(format!(
                                     "device '{}' ({spec}): {e}: ALSA's `default` here may go through a sound \
                                      server (PipeWire, PulseAudio) that does not answer, and a system service \
