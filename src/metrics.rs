@@ -123,6 +123,14 @@ pub struct Metrics {
     pub clock_jumps: Counter,
 }
 
+impl MachineMetrics {
+    /// A window dropped on its way (a queue full): counted, and settled.
+    pub fn window_dropped(&self) {
+        self.dropped_windows.inc();
+        self.settled.inc();
+    }
+}
+
 impl Metrics {
     pub fn new(inputs: &[String], machines: &[String]) -> Self {
         Self {

@@ -228,7 +228,11 @@ pub fn spawn_reader(
             let mut scratch = vec![0.0f32; 8192];
             // Where the reader stands in the current stream, and its next gap.
             let mut cursor = GapCursor::default();
-            let mut lead = LeadGuard::default();
+            // Only a replay as fast as possible, with clips, is ever held.
+            let mut lead = states
+                .iter()
+                .any(|s| s.tap.lossless && s.tap.max_lead.is_some())
+                .then(LeadGuard::default);
             let to = Outputs {
                 windows: &windows,
                 recycled: &recycled,
@@ -273,12 +277,14 @@ pub fn spawn_reader(
                     let cut_short = current.is_none().then_some(CutShort::StreamEnded);
                     serve_all_clips(&mut states, &events, &metrics, cut_short);
                 }
-                if lead.holds(
-                    &states,
-                    current.as_ref().map(|c| c.channels),
-                    &metrics,
-                    &name,
-                ) {
+                if lead.as_mut().is_some_and(|l| {
+                    l.holds(
+                        &states,
+                        current.as_ref().map(|c| c.channels),
+                        &metrics,
+                        &name,
+                    )
+                }) {
                     std::thread::sleep(LEAD_POLL);
                     continue;
                 }
@@ -802,8 +808,7 @@ fn append_model_audio(
             }
         };
         if !sent {
-            m.dropped_windows.inc();
-            m.settled.inc();
+            m.window_dropped();
         }
         s.next_window += hop;
     }
@@ -972,8 +977,7 @@ pub fn spawn_features(
                     out.try_send(msg).is_ok()
                 };
                 if !sent {
-                    metrics.machines[machine].dropped_windows.inc();
-                    metrics.machines[machine].settled.inc();
+                    metrics.machines[machine].window_dropped();
                 }
                 if let Some(tx) = machine_input
                     .get(machine)
