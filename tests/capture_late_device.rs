@@ -29,7 +29,7 @@ fn a_microphone_absent_at_start_is_waited_for_not_refused() {
     std::fs::write(&conf, "pcm.other {\n type null\n}\n").unwrap();
     let device = "[[devices]]\nname = \"mic\"\nsource = \"capture\"\ndevice = \"alsa:testmic\"\n\
                   channels = 1\nsample_rate = 16000\nreopen_min = \"100ms\"\nreopen_max = \"300ms\"\n";
-    let (cfg, said) = validate_without_mqtt(d.path(), device, &b.dir, &conf);
+    let (cfg, said) = validate_without_mqtt(d.path(), device, &b.dir, &conf, &[], 0);
     let envs = [("ALSA_CONFIG_PATH", conf.to_str().unwrap())];
     assert!(
         said.contains("capture device 'alsa:testmic' does not exist")
@@ -96,7 +96,7 @@ fn the_default_device_with_no_sound_card_behind_it_is_waited_for_not_refused() {
     std::fs::write(&conf, "pcm.!default {\n type hw\n card 7\n}\n").unwrap();
     let device = "[[devices]]\nname = \"mic\"\nsource = \"capture\"\ndevice = \"default\"\n\
                   reopen_min = \"100ms\"\nreopen_max = \"300ms\"\n";
-    let (cfg, said) = validate_without_mqtt(d.path(), device, &b.dir, &conf);
+    let (cfg, said) = validate_without_mqtt(d.path(), device, &b.dir, &conf, &[], 0);
     let envs = [("ALSA_CONFIG_PATH", conf.to_str().unwrap())];
     assert!(
         said.contains("device 'mic' (default): no input configuration: The requested audio device is not available")
@@ -116,23 +116,26 @@ fn the_default_device_with_no_sound_card_behind_it_is_waited_for_not_refused() {
 }
 
 /// Writes a configuration with `device` (MQTT off) and runs `sonitor validate` on it with ALSA's configuration
-/// `alsa_conf`: the file, and what validate said (it must exit 0).
+/// `alsa_conf` and `envs`: the file, and what validate said (it must exit with `code`).
 fn validate_without_mqtt(
     dir: &std::path::Path,
     device: &str,
     bundle: &std::path::Path,
     alsa_conf: &std::path::Path,
+    envs: &[(&str, String)],
+    code: i32,
 ) -> (std::path::PathBuf, String) {
     let cfg = common::config(dir, device, bundle, 1, "");
     common::edit(&cfg, |t| t.replace("[mqtt]\n", "[mqtt]\nenabled = false\n"));
     let out = Command::new(env!("CARGO_BIN_EXE_sonitor"))
         .args(["validate", "--config", cfg.to_str().unwrap()])
         .env("ALSA_CONFIG_PATH", alsa_conf)
+        .envs(envs.iter().map(|(k, v)| (k, v)))
         .output()
         .unwrap();
     let said =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert_eq!(out.status.code(), Some(code), "{said}");
     (cfg, said)
 }
 
@@ -150,20 +153,15 @@ fn a_default_device_behind_an_unreachable_sound_server_is_refused_with_what_to_w
     )
     .unwrap();
     let device = "[[devices]]\nname = \"mic\"\nsource = \"capture\"\ndevice = \"default\"\n";
-    let cfg = common::config(d.path(), device, &b.dir, 1, "");
-    common::edit(&cfg, |t| t.replace("[mqtt]\n", "[mqtt]\nenabled = false\n"));
-    let out = Command::new(env!("CARGO_BIN_EXE_sonitor"))
-        .args(["validate", "--config", cfg.to_str().unwrap()])
-        .env("ALSA_CONFIG_PATH", &conf)
-        .env(
-            "PULSE_SERVER",
-            format!("unix:{}", d.path().join("no-server").display()),
-        )
-        .output()
-        .unwrap();
-    let said =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(78), "{said}");
+    let server = format!("unix:{}", d.path().join("no-server").display());
+    let (_, said) = validate_without_mqtt(
+        d.path(),
+        device,
+        &b.dir,
+        &conf,
+        &[("PULSE_SERVER", server)],
+        78,
+    );
     assert!(
         said.contains("device 'mic' (default): no input configuration:")
             && said.contains(
