@@ -1,10 +1,10 @@
 //! Parity with the reference implementations a reviewer trusts: librosa for the features, scikit-learn for the
-//! metrics. The reference values are computed at test time by the scripts in `scripts/reference/` (CI installs
+//! metrics, libsndfile for the RF64 files it writes. The reference values are computed at test time by the scripts in `scripts/reference/` (CI installs
 //! their requirements), never pasted by hand.
 //!
 //! Interpreter: see `tests/support/reference.rs`.
 
-use sonitor_core::audio::{read_wav, ChannelSelect};
+use sonitor_core::audio::{read_wav, read_wav_info, ChannelSelect};
 use sonitor_core::features::{FeatureExtractor, FeatureParams};
 use sonitor_core::metrics::{partial_roc_auc, roc_auc};
 
@@ -131,4 +131,56 @@ fn metrics_match_scikit_learn() {
         cases.len(),
         reference["sklearn_version"]
     );
+}
+
+/// RF64 files written by another producer than this repository's tests (libsndfile, through soundfile: 0xFFFFFFFF
+/// in the data chunk's header, the length in the ds64 chunk) read as libsndfile reads them, for every sample type
+/// both support.
+#[test]
+fn rf64_files_written_by_libsndfile_read_as_libsndfile_reads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    run_reference("libsndfile_rf64.py", [dir.path()]);
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("rf64.json")).unwrap()).unwrap();
+    let files = reference["files"].as_array().unwrap();
+    assert_eq!(files.len(), 6);
+    for file in files {
+        let name = file["name"].as_str().unwrap();
+        let path = dir.path().join(name);
+        assert_eq!(&std::fs::read(&path).unwrap()[..4], b"RF64", "{name}");
+        let info = read_wav_info(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (
+                u64::from(info.sample_rate),
+                u64::from(info.channels),
+                info.frames
+            ),
+            (
+                file["rate"].as_u64().unwrap(),
+                file["channels"].as_u64().unwrap(),
+                file["frames"].as_u64().unwrap()
+            ),
+            "{name}"
+        );
+        let expected: Vec<f64> = file["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        for channel in 0..info.channels {
+            let (_, samples) = read_wav(&path, ChannelSelect::Index(channel)).unwrap();
+            let of_channel: Vec<f64> = expected
+                .iter()
+                .skip(usize::from(channel))
+                .step_by(usize::from(info.channels))
+                .copied()
+                .collect();
+            let d = max_abs_diff(&samples, &of_channel);
+            assert!(
+                d < 1e-7,
+                "{name}, channel {channel}: differs from libsndfile by {d}"
+            );
+        }
+    }
 }

@@ -759,3 +759,245 @@ fn header_problems_are_named_as_such() {
         }
     }
 }
+
+/// An RF64 (or BW64) file: `magic`, then a ds64 chunk giving the data chunk's length and the 64-bit lengths of
+/// `table`, then `chunks`. A chunk's 32-bit length is the one given with it (0xFFFFFFFF: "in the ds64 chunk"), or
+/// its body's when `None`.
+fn wide_riff(
+    magic: &[u8; 4],
+    data_len: u64,
+    table: &[([u8; 4], u64)],
+    chunks: &[([u8; 4], Vec<u8>, Option<u32>)],
+) -> Vec<u8> {
+    let mut ds64 = Vec::new();
+    ds64.extend_from_slice(&u64::MAX.to_le_bytes()); // the RIFF length: never read
+    ds64.extend_from_slice(&data_len.to_le_bytes());
+    ds64.extend_from_slice(&0u64.to_le_bytes()); // sample count (of a `fact` chunk): never read
+    ds64.extend_from_slice(&(table.len() as u32).to_le_bytes());
+    for (id, size) in table {
+        ds64.extend_from_slice(id);
+        ds64.extend_from_slice(&size.to_le_bytes());
+    }
+    let mut out = magic.to_vec();
+    out.extend_from_slice(&u32::MAX.to_le_bytes());
+    out.extend_from_slice(b"WAVE");
+    out.extend_from_slice(b"ds64");
+    out.extend_from_slice(&(ds64.len() as u32).to_le_bytes());
+    out.extend_from_slice(&ds64);
+    for (id, body, size) in chunks {
+        out.extend_from_slice(id);
+        out.extend_from_slice(&size.unwrap_or(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(body);
+        if body.len() % 2 == 1 {
+            out.push(0);
+        }
+    }
+    out
+}
+
+/// RF64 and BW64, the WAV variants recorders switch to past 4 GiB (a shift of 48 kHz stereo is 5.5 GB), read like
+/// plain WAV: the data chunk's length from the ds64 chunk (where its header says 0xFFFFFFFF) or from its header
+/// (a writer that keeps a small file's real length there), another chunk's from the ds64 chunk's table.
+#[test]
+fn rf64_and_bw64_files_read_like_plain_wav() {
+    let dir = tempfile::tempdir().unwrap();
+    let fmt = |format, bits| fmt_chunk(format, PCM, 1, 16_000, bits, bits);
+    let junk = (*b"JUNK", vec![7u8; 11], Some(u32::MAX));
+    for (name, bytes) in [
+        (
+            "rf64-16.wav",
+            wide_riff(
+                b"RF64",
+                10,
+                &[],
+                &[
+                    (*b"fmt ", fmt(PCM, 16), None),
+                    (*b"data", encode(16, false), Some(u32::MAX)),
+                ],
+            ),
+        ),
+        (
+            "bw64-float.wav",
+            wide_riff(
+                b"BW64",
+                20,
+                &[],
+                &[
+                    (*b"fmt ", fmt(FLOAT, 32), None),
+                    (*b"data", encode(32, true), Some(u32::MAX)),
+                ],
+            ),
+        ),
+        (
+            "rf64-24-extensible-real-length.wav",
+            wide_riff(
+                b"RF64",
+                15,
+                &[],
+                &[
+                    (
+                        *b"fmt ",
+                        fmt_chunk(EXTENSIBLE, PCM, 1, 16_000, 24, 24),
+                        None,
+                    ),
+                    (*b"data", encode(24, false), None),
+                ],
+            ),
+        ),
+        (
+            "rf64-table.wav",
+            wide_riff(
+                b"RF64",
+                40,
+                &[(*b"JUNK", 11)],
+                &[
+                    (*b"fmt ", fmt(FLOAT, 64), None),
+                    junk.clone(),
+                    (*b"data", encode(64, true), Some(u32::MAX)),
+                ],
+            ),
+        ),
+    ] {
+        let p = write(dir.path(), name, &bytes);
+        let (info, samples) =
+            read_wav(&p, ChannelSelect::Mix).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!((info.frames, samples), (5, VALUES.to_vec()), "{name}");
+        check_wav(&p).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+
+    // What is wrong in an RF64 header is named.
+    for (name, bytes, says) in [
+        (
+            "no-ds64.wav",
+            {
+                let mut b = riff(&[(*b"fmt ", fmt(PCM, 16)), (*b"data", encode(16, false))]);
+                b[..4].copy_from_slice(b"RF64");
+                b
+            },
+            "an RF64 file whose first chunk is `fmt `, not the ds64 chunk",
+        ),
+        (
+            "not-in-table.wav",
+            wide_riff(
+                b"RF64",
+                10,
+                &[],
+                &[
+                    (*b"fmt ", fmt(PCM, 16), None),
+                    junk.clone(),
+                    (*b"data", encode(16, false), Some(u32::MAX)),
+                ],
+            ),
+            "the `JUNK` chunk's length is in the ds64 chunk (0xFFFFFFFF here), but that chunk does not give it",
+        ),
+        (
+            "streamed.wav",
+            wide_riff(
+                b"RF64",
+                u64::MAX,
+                &[],
+                &[
+                    (*b"fmt ", fmt(PCM, 16), None),
+                    (*b"data", encode(16, false), Some(u32::MAX)),
+                ],
+            ),
+            "the header gives no data length (0xFFFFFFFFFFFFFFFF)",
+        ),
+        (
+            "short-ds64.wav",
+            {
+                let mut b = b"RF64\xff\xff\xff\xffWAVEds64\x10\x00\x00\x00".to_vec();
+                b.extend_from_slice(&[0u8; 16]);
+                b
+            },
+            "its ds64 chunk is 16 bytes, too short",
+        ),
+        (
+            "cut-ds64.wav",
+            wide_riff(b"RF64", 10, &[], &[])[..30].to_vec(),
+            "unexpected end of file inside the header",
+        ),
+    ] {
+        let p = write(dir.path(), name, &bytes);
+        for e in [
+            read_wav(&p, ChannelSelect::Mix).unwrap_err(),
+            read_wav_info(&p).unwrap_err(),
+            check_wav(&p).unwrap_err(),
+        ] {
+            let text = e.to_string();
+            assert!(matches!(e, WavError::Corrupt { .. }), "{text}");
+            assert!(text.contains(name) && text.contains(says), "{text}");
+        }
+    }
+}
+
+/// Lengths past 4 GiB, in sparse files that take no disk: an RF64 file's 64-bit length is read whole, and a plain
+/// WAV written past 4 GiB (its 32-bit length wrapped around) is refused saying so, not read up to the wrapped length
+/// as if the rest of the recording did not exist. A plain file that fills most of its 4 GiB is read as it says.
+#[test]
+fn lengths_past_four_gibibytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let five = 5u64 << 30;
+    let sparse = |name: &str, header: Vec<u8>, data: u64| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, &header).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(header.len() as u64 + data)
+            .unwrap();
+        p
+    };
+    let fmt16 = fmt_chunk(PCM, PCM, 1, 16_000, 16, 16);
+    // A header whose data chunk claims `claimed` bytes of which none are written here.
+    let plain = |claimed: u32| {
+        let mut b = riff(&[(*b"fmt ", fmt16.clone()), (*b"data", Vec::new())]);
+        let at = b.len() - 4;
+        b[at..].copy_from_slice(&claimed.to_le_bytes());
+        b
+    };
+
+    let rf64 = sparse(
+        "shift.wav",
+        wide_riff(
+            b"RF64",
+            five,
+            &[],
+            &[
+                (*b"fmt ", fmt16.clone(), None),
+                (*b"data", Vec::new(), Some(u32::MAX)),
+            ],
+        ),
+        five,
+    );
+    let mut blocks = WavBlocks::open(&rf64).unwrap();
+    assert_eq!(blocks.info().frames, five / 2);
+    let mut out = Vec::new();
+    assert_eq!(blocks.read_into(&mut out, 16_000).unwrap(), 16_000);
+    assert!(out.iter().all(|&v| v == 0.0));
+
+    let wrapped = sparse("wrapped.wav", plain((five - (4 << 30)) as u32), five);
+    for e in [
+        read_wav_info(&wrapped).unwrap_err(),
+        WavBlocks::open(&wrapped).err().unwrap(),
+    ] {
+        let text = e.to_string();
+        assert!(matches!(e, WavError::Corrupt { .. }), "{text}");
+        assert!(
+            text.contains("wrapped.wav")
+                && text.contains(
+                    "header says 1073741824 bytes, but the file goes on for 4294967296 bytes more"
+                )
+                && text.contains("-rf64 auto"),
+            "{text}"
+        );
+    }
+
+    let big = 0xF000_0000u32;
+    let nearly_full = sparse("nearly-full.wav", plain(big), u64::from(big));
+    assert_eq!(
+        read_wav_info(&nearly_full).unwrap().frames,
+        u64::from(big) / 2
+    );
+}

@@ -55,7 +55,7 @@ pub struct ImportArgs {
     /// The channel of a multichannel recording to take, counted from 0 (default: the mean of all channels).
     #[arg(long)]
     pub channel: Option<u16>,
-    /// The recordings (WAV: PCM 8/16/24/32-bit or float, any rate: resampled to 16 kHz).
+    /// The recordings (WAV: PCM 8/16/24/32-bit or float, RF64 past 4 GiB, any rate: resampled to 16 kHz).
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
 }

@@ -4,7 +4,8 @@
 //! writes for a float64 array), plain `WAVE_FORMAT_PCM` /
 //! `WAVE_FORMAT_IEEE_FLOAT` headers and `WAVE_FORMAT_EXTENSIBLE` headers (whose samples may be narrower than their
 //! slot, e.g. 24 valid bits in 32: stored left-justified), any channel count, any other chunks (LIST, bext, iXML,
-//! fact, ...) before the data. The header is read here, the samples decoded from the raw bytes (hound only
+//! fact, ...) before the data, and the RF64/BW64 variants that recorders write past 4 GiB (64-bit lengths in a
+//! `ds64` chunk). The header is read here, the samples decoded from the raw bytes (hound only
 //! writes). Every error names the file, so that a maintenance engineer can find the corrupt recording among
 //! thousands.
 
@@ -435,20 +436,16 @@ fn open(path: &Path) -> Result<Opened, WavError> {
     let mut riff = [0u8; 12];
     let n = fill(&mut reader, &mut riff).map_err(io)?;
     let magic = riff.get(..n.min(4)).unwrap_or_default();
-    if magic == b"RF64" || magic == b"BW64" {
-        return Err(unsupported(
-            path,
-            "an RF64/BW64 file (the WAV variant for recordings over 4 GiB): split the recording into WAV files \
-             under 4 GiB, e.g. with sox or ffmpeg",
-        ));
-    }
+    // RF64 (EBU Tech 3306) and BW64 (ITU-R BS.2088): the WAV variants for recordings over 4 GiB, whose 64-bit
+    // lengths are in a `ds64` chunk.
+    let wide = magic == b"RF64" || magic == b"BW64";
     if magic == b"RIFX" {
         return Err(unsupported(
             path,
             format!("big-endian samples (a RIFX file) ({SUPPORTED})"),
         ));
     }
-    if !b"RIFF".starts_with(magic) {
+    if !wide && !b"RIFF".starts_with(magic) {
         return Err(corrupt(
             path,
             "no RIFF header: the file does not start with `RIFF`, as a WAV file does",
@@ -467,6 +464,8 @@ fn open(path: &Path) -> Result<Opened, WavError> {
         ));
     }
     let mut format = None;
+    // An RF64/BW64 file's 64-bit lengths, from its ds64 chunk.
+    let mut ds64: Option<Ds64> = None;
     // Where the previous chunk's body ends (the next chunk's header, or the pad byte before it).
     let mut at: u64 = 12;
     // Whether that body has an odd length: a pad byte follows it, which its size does not count.
@@ -484,12 +483,42 @@ fn open(path: &Path) -> Result<Opened, WavError> {
             return Err(cut());
         };
         let id = &header[..4];
-        let size = u64::from(le32(header, 4));
+        let size32 = le32(header, 4);
         at += start as u64 + 8;
         // The byte read beyond the header when the pad byte was left out.
         reader
             .seek_relative(start as i64 + 8 - n as i64)
             .map_err(io)?;
+        if wide && ds64.is_none() {
+            if id != b"ds64" {
+                return Err(corrupt(
+                    path,
+                    format!(
+                        "an {} file whose first chunk is `{}`, not the ds64 chunk that holds its lengths",
+                        magic.escape_ascii(),
+                        id.escape_ascii()
+                    ),
+                ));
+            }
+            ds64 = Some(read_ds64(path, &mut reader, size32, &cut)?);
+            at += u64::from(size32);
+            odd = size32 % 2 == 1;
+            continue;
+        }
+        // In an RF64 file a length that does not fit 32 bits is written 0xFFFFFFFF and given in the ds64 chunk.
+        let size = match &ds64 {
+            Some(wide) if size32 == u32::MAX => wide.size_of(id).ok_or_else(|| {
+                corrupt(
+                    path,
+                    format!(
+                        "the `{}` chunk's length is in the ds64 chunk (0xFFFFFFFF here), but that chunk does not \
+                         give it",
+                        id.escape_ascii()
+                    ),
+                )
+            })?,
+            _ => u64::from(size32),
+        };
         if id == b"data" {
             let Some(format) = format else {
                 return Err(corrupt(
@@ -497,7 +526,11 @@ fn open(path: &Path) -> Result<Opened, WavError> {
                     "the data chunk comes before the fmt chunk that says how to read it",
                 ));
             };
-            return data_chunk(path, reader, format, at, size, file_len);
+            let length = match ds64 {
+                Some(_) => DataLength::Wide(size),
+                None => DataLength::Plain(size32),
+            };
+            return data_chunk(path, reader, format, at, length, file_len);
         }
         let mut skip = size;
         if id == b"fmt " {
@@ -522,22 +555,115 @@ fn is_chunk_id(id: &[u8]) -> bool {
     id.len() == 4 && id.iter().all(|b| (b' '..=b'~').contains(b))
 }
 
+/// What an RF64/BW64 file's ds64 chunk says.
+struct Ds64 {
+    data: u64,
+    /// The lengths of other chunks over 4 GiB (rare: a huge `JUNK` or `iXML`).
+    table: Vec<([u8; 4], u64)>,
+}
+
+impl Ds64 {
+    fn size_of(&self, id: &[u8]) -> Option<u64> {
+        if id == b"data" {
+            return Some(self.data);
+        }
+        self.table
+            .iter()
+            .find(|(table_id, _)| table_id == id)
+            .map(|&(_, size)| size)
+    }
+}
+
+/// Reads the body of a ds64 chunk of `size` bytes: RIFF length, data length and sample count (64 bits each), then
+/// a table of other chunks' 64-bit lengths. The reader ends at the body's end.
+fn read_ds64(
+    path: &Path,
+    reader: &mut std::io::BufReader<std::fs::File>,
+    size: u32,
+    cut: &dyn Fn() -> WavError,
+) -> Result<Ds64, WavError> {
+    let io = |error| WavError::Open {
+        path: path.to_path_buf(),
+        error,
+    };
+    if size < 24 {
+        return Err(corrupt(
+            path,
+            format!("its ds64 chunk is {size} bytes, too short for the 24 bytes of lengths it must hold"),
+        ));
+    }
+    let mut head = [0u8; 28];
+    let want = head.len().min(size as usize);
+    if fill(reader, &mut head[..want]).map_err(io)? < want {
+        return Err(cut());
+    }
+    let le64 = |at: usize| u64::from(le32(&head, at)) | u64::from(le32(&head, at + 4)) << 32;
+    let data = le64(8);
+    let entries = if want == 28 { le32(&head, 24) } else { 0 };
+    let mut rest = u64::from(size) - want as u64;
+    let mut table = Vec::new();
+    // Each entry is a chunk id and its 64-bit length; the chunk's own size bounds how many are read.
+    for _ in 0..entries {
+        if rest < 12 {
+            break;
+        }
+        let mut entry = [0u8; 12];
+        if fill(reader, &mut entry).map_err(io)? < entry.len() {
+            return Err(cut());
+        }
+        rest -= 12;
+        let id = [entry[0], entry[1], entry[2], entry[3]];
+        table.push((
+            id,
+            u64::from(le32(&entry, 4)) | u64::from(le32(&entry, 8)) << 32,
+        ));
+    }
+    reader.seek_relative(rest as i64).map_err(io)?;
+    Ok(Ds64 { data, table })
+}
+
+/// The data chunk's length as the file gives it.
+#[derive(Clone, Copy)]
+enum DataLength {
+    /// A plain RIFF file's 32-bit length.
+    Plain(u32),
+    /// An RF64/BW64 file's 64-bit length, from its ds64 chunk.
+    Wide(u64),
+}
+
 /// Checks what the data chunk's header says (its samples start at `data_at`).
 fn data_chunk(
     path: &Path,
     reader: std::io::BufReader<std::fs::File>,
     format: Format,
     data_at: u64,
-    data_len: u64,
+    length: DataLength,
     file_len: u64,
 ) -> Result<Opened, WavError> {
     // A recorder that streams to a pipe cannot go back to write the lengths: it leaves 0xFFFFFFFF (or 0) in the
-    // data chunk's header.
-    if data_len == u64::from(u32::MAX) {
-        return Err(unknown_length(path, &"0xFFFFFFFF"));
-    }
+    // data chunk's header, and all ones in an RF64 file's ds64 chunk.
+    let data_len = match length {
+        DataLength::Plain(u32::MAX) => return Err(unknown_length(path, &"0xFFFFFFFF")),
+        DataLength::Wide(u64::MAX) => return Err(unknown_length(path, &"0xFFFFFFFFFFFFFFFF")),
+        DataLength::Plain(len) => u64::from(len),
+        DataLength::Wide(len) => len,
+    };
     if data_len == 0 && file_len > data_at {
         return Err(unknown_length(path, &"0 frames"));
+    }
+    // A plain WAV has 32-bit lengths: a writer that went on past 4 GiB without switching to RF64 leaves the length
+    // modulo 2^32, and reading only that much would silently drop the rest of the recording. No chunk after the
+    // data is anywhere near 4 GiB, so a file that long after the announced data is such a recording.
+    let after = file_len.saturating_sub(data_at).saturating_sub(data_len);
+    if matches!(length, DataLength::Plain(_)) && after >= 1 << 32 {
+        return Err(corrupt(
+            path,
+            format!(
+                "the data chunk's header says {data_len} bytes, but the file goes on for {after} bytes more: a \
+                 recording over 4 GiB written as plain WAV, whose 32-bit length wrapped around. Rewrite it as \
+                 RF64, e.g. `ffmpeg -ignore_length 1 -i in.wav -c copy -rf64 auto out.wav`, or split it"
+            ),
+        ));
     }
     let block = u64::from(format.block_align);
     if !data_len.is_multiple_of(block) {
