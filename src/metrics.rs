@@ -104,6 +104,8 @@ pub struct Metrics {
     pub mqtt_connects: Counter,
     pub mqtt_published: Counter,
     pub mqtt_dropped: Counter,
+    /// Announcements of another daemon publishing under this node's topics (`mqtt::Session::on_node_message`).
+    pub mqtt_node_conflicts: Counter,
     pub outbox_depth: Gauge,
     pub outbox_dropped: Gauge,
     /// Alarm messages whose outbox file could not be written (a counter the outbox keeps; set from it).
@@ -299,6 +301,12 @@ impl Metrics {
             "counter",
             "Telemetry and state messages dropped (queue full or not connected).",
             one(self.mqtt_dropped.get()),
+        );
+        family(
+            "sonitor_mqtt_node_conflicts_total",
+            "counter",
+            "Announcements on <base>/node of another daemon with this node_id (each device needs its own).",
+            one(self.mqtt_node_conflicts.get()),
         );
         family(
             "sonitor_outbox_messages",

@@ -1,7 +1,7 @@
 //! MQTT publishing (DESIGN.md §6) in two parts:
 //!
-//! - [`Session`]: a pure state machine that decides what to publish when — on connect (status `online`,
-//!   retained state, then the outbox replay in order), on each acknowledgement (the next outbox messages), on
+//! - [`Session`]: a pure state machine that decides what to publish when — on connect (status `online`, this
+//!   process's [`NodeIdentity`] on `node`, retained state, then the outbox replay in order), on each acknowledgement (the next outbox messages), on
 //!   a disconnect (forget in-flight bookkeeping: the outbox still has everything). It never touches the network
 //!   and is unit-tested alone.
 //! - [`spawn`]: the thread that owns the rumqttc client handle and drives its event loop, feeding events into
@@ -211,6 +211,59 @@ pub fn parse_command(base: &str, topic: &str, payload: &str) -> Result<Command, 
     }
 }
 
+/// Which process publishes under a node's topics: announced, retained, on `<base>/node` at every connect. Two
+/// daemons with one `node_id` (a configuration copied to a second device, a `sonitor run` started by hand beside
+/// the service) overwrite each other's retained alarm states and mix their events under one topic tree, and with
+/// one client id the broker closes either one's connection whenever the other connects; the announcement is how
+/// each finds the other ([`Session::on_node_message`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NodeIdentity {
+    /// Random, new at every start of the daemon.
+    pub instance: String,
+    pub host: String,
+    pub pid: u32,
+    pub started_at: String,
+    pub version: String,
+}
+
+impl NodeIdentity {
+    pub fn of_this_process() -> Self {
+        use std::hash::BuildHasher;
+        let now = std::time::SystemTime::now();
+        let nanos = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        // A randomly keyed hash (std's SipHash keys come from the OS's random source).
+        let instance =
+            std::collections::hash_map::RandomState::new().hash_one((std::process::id(), nanos));
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "unknown".into());
+        Self {
+            instance: format!("{instance:016x}"),
+            host,
+            pid: std::process::id(),
+            started_at: humantime::format_rfc3339_seconds(now).to_string(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+}
+
+impl std::fmt::Display for NodeIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "host {}, pid {}, started {}, version {}",
+            quoted(&self.host),
+            self.pid,
+            quoted(&self.started_at),
+            quoted(&self.version)
+        )
+    }
+}
+
 /// What the session wants done.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -232,6 +285,8 @@ enum Carried {
     Outbox(u64),
     /// The retained `stopped` status of a stop.
     Stopped,
+    /// This process's announcement on `node`.
+    Node,
 }
 
 /// Where the `stopped` status of a stop stands on this connection.
@@ -259,11 +314,34 @@ pub struct Session {
     retained: BTreeMap<String, String>,
     status_topic: String,
     stop: StopState,
+    node: NodeWatch,
+}
+
+/// This process's announcement on `node` and what it has learnt from that topic.
+#[derive(Debug)]
+struct NodeWatch {
+    topic: String,
+    me: NodeIdentity,
+    payload: String,
+    /// The packet id of this connection's announcement, once sent.
+    sent: Option<u16>,
+    /// Whether the broker acknowledged an announcement of this process (on any connection).
+    acknowledged: bool,
+    /// The other processes seen announcing themselves, each reported once.
+    seen: Vec<String>,
+}
+
+/// Another process publishing under this node's topics ([`Session::on_node_message`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeConflict {
+    pub other: NodeIdentity,
+    /// Whether this process had not heard of it before (it is logged then).
+    pub new: bool,
 }
 
 impl Session {
-    /// `window`: outbox messages in flight at once.
-    pub fn new(status_topic: String, window: usize) -> Self {
+    /// `window`: outbox messages in flight at once. `base`: the node's topic prefix (`<prefix>/<node_id>`).
+    pub fn new(base: &str, window: usize, me: NodeIdentity) -> Self {
         Self {
             connected: false,
             requested: VecDeque::new(),
@@ -271,9 +349,61 @@ impl Session {
             last_sent: None,
             window: window.max(1),
             retained: BTreeMap::new(),
-            status_topic,
+            status_topic: format!("{base}/status"),
             stop: StopState::NotSent,
+            node: NodeWatch {
+                topic: node_topic(base),
+                payload: serde_json::to_string(&me).unwrap_or_default(),
+                me,
+                sent: None,
+                acknowledged: false,
+                seen: Vec::new(),
+            },
         }
+    }
+
+    /// A message on the `node` topic (subscribed to before the announcement goes out): `Some` when it shows
+    /// another process publishing under this node's topics. Certain evidence only:
+    /// - another process's announcement delivered live (not as the retained value at subscription): it
+    ///   connected while this one is subscribed;
+    /// - another process's announcement as the retained value on a later connection of this process after the
+    ///   broker had acknowledged this process's own: someone announced after it. With one client id that is
+    ///   how the two see each other (never connected at once).
+    ///
+    /// The retained announcement found at this process's first connection is usually its own previous start's
+    /// (a restart, a crash) and proves nothing. An empty message (a deletion) or one that is not an announcement
+    /// is ignored.
+    pub fn on_node_message(&mut self, payload: &[u8], retain: bool) -> Option<NodeConflict> {
+        let other: NodeIdentity = serde_json::from_slice(payload).ok()?;
+        if other.instance == self.node.me.instance || (retain && !self.node.acknowledged) {
+            return None;
+        }
+        let new = !self.node.seen.contains(&other.instance);
+        if new {
+            self.node.seen.push(other.instance.clone());
+        }
+        Some(NodeConflict { other, new })
+    }
+
+    /// Whether another process was seen announcing itself under this node's topics.
+    pub fn another_seen(&self) -> bool {
+        !self.node.seen.is_empty()
+    }
+
+    /// What this process announces on `node`.
+    pub fn identity(&self) -> &NodeIdentity {
+        &self.node.me
+    }
+
+    /// This process's announcement again (retained), so that a process that announced itself after it sees it
+    /// live: asked for once per newly seen process, so two daemons do not answer each other for ever.
+    pub fn announce(&mut self) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.connected {
+            let (topic, payload) = (self.node.topic.clone(), self.node.payload.clone());
+            self.publish(&mut out, &topic, &payload, true, true, Carried::Node);
+        }
+        out
     }
 
     pub fn connected(&self) -> bool {
@@ -292,7 +422,7 @@ impl Session {
         self.requested.push_back(carried);
         let seq = match carried {
             Carried::Outbox(seq) => Some(seq),
-            Carried::Nothing | Carried::Stopped => None,
+            Carried::Nothing | Carried::Stopped | Carried::Node => None,
         };
         out.push(Action::Publish {
             topic: topic.to_string(),
@@ -306,6 +436,7 @@ impl Session {
     /// The broker accepted the connection.
     pub fn on_connected(&mut self, outbox: &Outbox) -> Vec<Action> {
         self.connected = true;
+        self.node.sent = None;
         self.requested.clear();
         self.inflight.clear();
         self.last_sent = None;
@@ -313,6 +444,7 @@ impl Session {
         let mut out = Vec::new();
         let status = self.status_topic.clone();
         self.publish(&mut out, &status, "online", true, true, Carried::Nothing);
+        out.extend(self.announce());
         let retained: Vec<(String, String)> = self
             .retained
             .iter()
@@ -329,6 +461,7 @@ impl Session {
     /// The connection was lost (or could not be made).
     pub fn on_disconnected(&mut self) {
         self.connected = false;
+        self.node.sent = None;
         self.requested.clear();
         self.inflight.clear();
         self.last_sent = None;
@@ -342,6 +475,7 @@ impl Session {
                 self.inflight.insert(pkid, seq);
             }
             Some(Carried::Stopped) if pkid != 0 => self.stop = StopState::Sent(pkid),
+            Some(Carried::Node) if pkid != 0 => self.node.sent = Some(pkid),
             _ => {}
         }
     }
@@ -366,6 +500,10 @@ impl Session {
     pub fn on_puback(&mut self, pkid: u16) -> Option<u64> {
         if self.stop == StopState::Sent(pkid) {
             self.stop = StopState::Acknowledged;
+        }
+        if self.node.sent == Some(pkid) {
+            self.node.sent = None;
+            self.node.acknowledged = true;
         }
         self.inflight.remove(&pkid)
     }
@@ -461,6 +599,11 @@ impl Session {
 const MAX_INCOMING: usize = 10 * 1024;
 /// The largest packet sent: states and events are a few hundred bytes.
 const MAX_OUTGOING: usize = 10 * 1024;
+
+/// The topic where each start of the daemon announces itself ([`NodeIdentity`]).
+pub fn node_topic(base: &str) -> String {
+    format!("{base}/node")
+}
 
 /// rumqttc options from the configuration (client id, LWT, credentials, TLS).
 pub fn options(cfg: &Config) -> anyhow::Result<MqttOptions> {
@@ -618,7 +761,8 @@ fn run(
         polled,
         resume,
     } = broker;
-    let mut session = Session::new(format!("{base}/status"), 32);
+    let mut session = Session::new(&base, 32, NodeIdentity::of_this_process());
+    let node = node_topic(&base);
     let mut backoff = q.reconnect_min;
     let mut retry_at: Option<Instant> = None;
     let mut shutdown_deadline: Option<Instant> = None;
@@ -756,6 +900,9 @@ fn run(
                 connected_at = Some(Instant::now());
                 last_error.clear();
                 metrics.mqtt_connects.inc();
+                // Subscribed before the announcement goes out, so that what the broker retained there arrives
+                // first (see `Session::on_node_message`).
+                let _ = client.try_subscribe(node.clone(), QoS::AtLeastOnce);
                 let a = session.on_connected(&lock(&outbox));
                 execute(&client, &mut session, a, &metrics);
                 for what in ["threshold", "mute", "enabled"] {
@@ -769,6 +916,24 @@ fn run(
                     let a = session.pump(&o);
                     drop(o);
                     execute(&client, &mut session, a, &metrics);
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == node => {
+                if let Some(seen) = session.on_node_message(&p.payload, p.retain) {
+                    metrics.mqtt_node_conflicts.inc();
+                    if seen.new {
+                        log::error!(
+                            "mqtt: another sonitor publishes under {base} ({}); this one is {}. Two daemons with one \
+                             node_id overwrite each other's retained alarm states and mix their events, and with one \
+                             client id the broker closes either one's connection whenever the other connects: give \
+                             each device its own node_id",
+                            seen.other,
+                            session.identity()
+                        );
+                        // Announced again, so that the other one sees this one live as well.
+                        let a = session.announce();
+                        execute(&client, &mut session, a, &metrics);
+                    }
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -791,7 +956,13 @@ fn run(
                 {
                     backoff = q.reconnect_min;
                 }
-                let msg = describe(&e);
+                let mut msg = describe(&e);
+                if session.another_seen() {
+                    msg.push_str(
+                        " (another daemon with this node_id was seen, logged above: if it has the same client id, \
+                         the broker closes each one's connection when the other connects)",
+                    );
+                }
                 if was || msg != last_error {
                     log::warn!(
                         "mqtt: {endpoint}: {msg}; retrying in {:?} (alarm messages wait in the outbox)",
@@ -910,10 +1081,33 @@ mod tests {
         }
     }
 
+    /// `topic=payload` per publish; the announcement on `node` as `node=me`.
     fn topics(a: &[Action]) -> Vec<String> {
         a.iter()
-            .map(|Action::Publish { topic, payload, .. }| format!("{topic}={payload}"))
+            .map(|Action::Publish { topic, payload, .. }| {
+                if topic.ends_with("/node") {
+                    let who: NodeIdentity = serde_json::from_str(payload).unwrap();
+                    format!("{topic}={}", who.instance)
+                } else {
+                    format!("{topic}={payload}")
+                }
+            })
             .collect()
+    }
+
+    fn identity(instance: &str) -> NodeIdentity {
+        NodeIdentity {
+            instance: instance.into(),
+            host: "pi-7".into(),
+            pid: 42,
+            started_at: "2026-12-01T10:00:00Z".into(),
+            version: "0.1.0".into(),
+        }
+    }
+
+    /// A session of the node `b`, announcing itself as instance `me`.
+    fn session(window: usize) -> Session {
+        Session::new("b", window, identity("me"))
     }
 
     #[test]
@@ -922,7 +1116,7 @@ mod tests {
         let mut ob = Outbox::open(d.path(), 100).unwrap();
         ob.push(vec![msg("b/m/alarm", "ON"), msg("b/m/events", "start")])
             .unwrap();
-        let mut s = Session::new("b/status".into(), 8);
+        let mut s = session(8);
         assert!(s
             .set_retained("b/m/state".into(), "{}".into(), true, &ob)
             .is_empty());
@@ -937,6 +1131,7 @@ mod tests {
             topics(&a),
             vec![
                 "b/status=online",
+                "b/node=me",
                 "b/m/state={}",
                 "b/x/alarm=OFF",
                 "b/m/alarm=ON",
@@ -952,15 +1147,19 @@ mod tests {
         for i in 0..5 {
             ob.push(vec![msg("t", &i.to_string())]).unwrap();
         }
-        let mut s = Session::new("s".into(), 2);
+        let mut s = session(2);
         let a = s.on_connected(&ob);
-        assert_eq!(topics(&a), vec!["s=online", "t=0", "t=1"]);
-        // rumqttc reports pkids in request order: status → 1, t=0 → 2, t=1 → 3.
-        s.on_outgoing_publish(1);
-        s.on_outgoing_publish(2);
-        s.on_outgoing_publish(3);
+        assert_eq!(
+            topics(&a),
+            vec!["b/status=online", "b/node=me", "t=0", "t=1"]
+        );
+        // rumqttc reports pkids in request order: status → 1, node → 2, t=0 → 3, t=1 → 4.
+        for pkid in 1..=4 {
+            s.on_outgoing_publish(pkid);
+        }
         assert_eq!(s.on_puback(1), None, "status is not an outbox message");
-        assert_eq!(s.on_puback(2), Some(1));
+        assert_eq!(s.on_puback(2), None, "nor is the announcement");
+        assert_eq!(s.on_puback(3), Some(1));
         ob.ack(1);
         assert_eq!(topics(&s.pump(&ob)), vec!["t=2"]);
         assert!(s.pump(&ob).is_empty(), "window of 2 is full");
@@ -968,22 +1167,26 @@ mod tests {
         s.on_disconnected();
         assert!(s.pump(&ob).is_empty());
         let a = s.on_connected(&ob);
-        assert_eq!(topics(&a), vec!["s=online", "t=1", "t=2"]);
+        assert_eq!(
+            topics(&a),
+            vec!["b/status=online", "b/node=me", "t=1", "t=2"]
+        );
     }
 
     #[test]
     fn qos0_requests_keep_the_pairing_aligned() {
         let d = tempfile::tempdir().unwrap();
         let mut ob = Outbox::open(d.path(), 100).unwrap();
-        let mut s = Session::new("s".into(), 8);
+        let mut s = session(8);
         s.on_connected(&ob);
         s.on_outgoing_publish(1);
+        s.on_outgoing_publish(2);
         s.transient("score", "0.1", false);
         ob.push(vec![msg("a", "ON")]).unwrap();
         s.pump(&ob);
         s.on_outgoing_publish(0); // the QoS 0 score
-        s.on_outgoing_publish(2); // the outbox message
-        assert_eq!(s.on_puback(2), Some(1));
+        s.on_outgoing_publish(3); // the outbox message
+        assert_eq!(s.on_puback(3), Some(1));
     }
 
     #[test]
@@ -993,20 +1196,24 @@ mod tests {
         for i in 0..3 {
             ob.push(vec![msg("t", &i.to_string())]).unwrap();
         }
-        let mut s = Session::new("s".into(), 8);
+        let mut s = session(8);
         let a = s.on_connected(&ob);
-        assert_eq!(topics(&a), vec!["s=online", "t=0", "t=1", "t=2"]);
-        // Only "online" and "t=0" reached the client.
+        assert_eq!(
+            topics(&a),
+            vec!["b/status=online", "b/node=me", "t=0", "t=1", "t=2"]
+        );
+        // Only "online", the announcement and "t=0" reached the client.
         s.unsend(2);
-        s.on_outgoing_publish(1);
-        s.on_outgoing_publish(2);
-        assert_eq!(s.on_puback(2), Some(1));
+        for pkid in 1..=3 {
+            s.on_outgoing_publish(pkid);
+        }
+        assert_eq!(s.on_puback(3), Some(1));
         ob.ack(1);
         assert_eq!(topics(&s.pump(&ob)), vec!["t=1", "t=2"]);
-        s.on_outgoing_publish(3);
         s.on_outgoing_publish(4);
-        assert_eq!(s.on_puback(3), Some(2));
-        assert_eq!(s.on_puback(4), Some(3));
+        s.on_outgoing_publish(5);
+        assert_eq!(s.on_puback(4), Some(2));
+        assert_eq!(s.on_puback(5), Some(3));
     }
 
     #[test]
@@ -1014,23 +1221,24 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut ob = Outbox::open(d.path(), 100).unwrap();
         ob.push(vec![msg("a", "ON")]).unwrap();
-        let mut s = Session::new("s".into(), 8);
+        let mut s = session(8);
         assert!(s.stop().is_empty(), "nothing while disconnected");
         let a = s.on_connected(&ob);
-        assert_eq!(topics(&a), vec!["s=online", "a=ON"]);
-        s.on_outgoing_publish(1);
-        s.on_outgoing_publish(2);
+        assert_eq!(topics(&a), vec!["b/status=online", "b/node=me", "a=ON"]);
+        for pkid in 1..=3 {
+            s.on_outgoing_publish(pkid);
+        }
         // The outbox has not drained: `stopped` goes out all the same, once.
-        assert_eq!(topics(&s.stop()), vec!["s=stopped"]);
+        assert_eq!(topics(&s.stop()), vec!["b/status=stopped"]);
         assert!(s.stop().is_empty());
         assert!(s.stop_requested() && !s.stop_acknowledged());
-        s.on_outgoing_publish(3);
+        s.on_outgoing_publish(4);
         assert_eq!(s.on_puback(1), None);
         assert!(
             !s.stop_acknowledged(),
             "the PUBACK of `online` is not the one"
         );
-        assert_eq!(s.on_puback(3), None);
+        assert_eq!(s.on_puback(4), None);
         assert!(s.stop_acknowledged());
         // A `stopped` that could not be queued is sent again.
         s.on_disconnected();
@@ -1038,7 +1246,45 @@ mod tests {
         s.stop();
         s.unsend(1);
         assert!(!s.stop_requested());
-        assert_eq!(topics(&s.stop()), vec!["s=stopped"]);
+        assert_eq!(topics(&s.stop()), vec!["b/status=stopped"]);
+    }
+
+    #[test]
+    fn another_process_announcing_itself_under_the_same_node_is_recognised() {
+        let d = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(d.path(), 100).unwrap();
+        let other = |instance| serde_json::to_vec(&identity(instance)).unwrap();
+        let mut s = session(8);
+        s.on_connected(&ob);
+        // At the first connection the retained announcement is most likely this node's previous start.
+        assert_eq!(s.on_node_message(&other("before"), true), None);
+        // Its own announcement, delivered back to it: nothing.
+        assert_eq!(s.on_node_message(&other("me"), false), None);
+        // Not an announcement (a deletion, a stray message): nothing.
+        assert_eq!(s.on_node_message(b"", false), None);
+        assert_eq!(s.on_node_message(b"online", false), None);
+        // Another process announcing itself live: it is connected now.
+        let seen = s.on_node_message(&other("twin"), false).unwrap();
+        assert_eq!((seen.other.instance.as_str(), seen.new), ("twin", true));
+        assert!(!s.on_node_message(&other("twin"), false).unwrap().new);
+        assert_eq!(topics(&s.announce()), vec!["b/node=me"]);
+
+        // One client id: the two are never connected at once. After this process's announcement was acknowledged,
+        // another's as the retained value at a later connection means that one announced itself since.
+        let mut s = session(8);
+        s.on_connected(&ob);
+        s.on_outgoing_publish(1);
+        s.on_outgoing_publish(2);
+        assert_eq!(s.on_node_message(&other("twin"), true), None);
+        s.on_puback(2);
+        s.on_disconnected();
+        s.on_connected(&ob);
+        assert_eq!(s.on_node_message(&other("me"), true), None);
+        let seen = s.on_node_message(&other("twin"), true).unwrap();
+        assert!(seen.new);
+        // Nothing is announced while disconnected.
+        s.on_disconnected();
+        assert!(s.announce().is_empty());
     }
 
     #[test]
@@ -1046,7 +1292,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut ob = Outbox::open(d.path(), 100).unwrap();
         ob.push(vec![msg("a", "ON")]).unwrap();
-        let mut s = Session::new("s".into(), 8);
+        let mut s = session(8);
         assert!(s.pump(&ob).is_empty());
         assert!(s.transient("x", "y", false).is_empty());
         assert!(s.set_retained("r".into(), "v".into(), true, &ob).is_empty());

@@ -520,3 +520,93 @@ fn retained_and_empty_command_messages_are_not_applied() {
     );
     drop(daemon);
 }
+
+/// The distinct instances announced on `sonitor/t1/node`, in order.
+fn announced(msgs: &[Msg]) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    for p in on(msgs, "sonitor/t1/node") {
+        let who: serde_json::Value = serde_json::from_str(&p).unwrap();
+        let instance = who["instance"].as_str().unwrap().to_string();
+        if !v.contains(&instance) {
+            v.push(instance);
+        }
+    }
+    v
+}
+
+/// Two daemons with one node_id (a configuration copied to a second device) find each other through their
+/// announcements on `node` and both say so, naming the other's host and pid: with one client id, where the broker
+/// closes either one's connection whenever the other connects, and with two, where both are connected at once. A
+/// restart of the one daemon, clean or after a kill (the broker still holds the dead connection), is not taken for
+/// a second one.
+#[test]
+fn a_second_daemon_with_the_same_node_id_is_named_and_a_restart_is_not() {
+    const SAYS: &str = "another sonitor publishes under sonitor/t1";
+    let d = tempfile::tempdir().unwrap();
+    let b = common::standard_bundle(d.path());
+    let broker = Broker::start(&d.path().join("broker"));
+    let rec = Recorder::start(broker.port, "recorder-node");
+    let wav = d.path().join("normal.wav");
+    common::write_wav(&wav, &common::pump());
+    let dev = common::file_device(&wav, "realtime = true\nat_end = \"loop\"\n");
+    let config = |name: &str| {
+        let dir = d.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        common::config(&dir, &dev, &b.dir, broker.port, "")
+    };
+    let (cfg_a, cfg_b, cfg_c) = (config("a"), config("b"), config("c"));
+    let wait_announced = |n: usize| {
+        rec.wait_for(
+            &format!("{n} announcements"),
+            Duration::from_secs(20),
+            |m| announced(m).len() == n,
+        );
+    };
+
+    let a = Daemon::start(&cfg_a, &[]);
+    wait_announced(1);
+    assert_eq!(a.sigterm_and_wait(), 0);
+    let a = Daemon::start(&cfg_a, &[]);
+    wait_announced(2);
+    a.sigkill();
+    let a = Daemon::start(&cfg_a, &[]);
+    wait_announced(3);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !a.log.lock().unwrap().contains(SAYS),
+        "a restart was taken for a second daemon"
+    );
+
+    // A second device with the same configuration, so the same client id.
+    let second = Daemon::start(&cfg_b, &[]);
+    for (daemon, other) in [(&a, &second), (&second, &a)] {
+        daemon.wait_log(&format!("{SAYS} (host "), Duration::from_secs(20));
+        daemon.wait_log(
+            &format!("pid {}, started", other.child.id()),
+            Duration::from_secs(1),
+        );
+    }
+    let m = common::scrape(&cfg_a);
+    assert!(
+        common::metric(&m, "sonitor_mqtt_node_conflicts_total").unwrap() >= 1.0,
+        "{m}"
+    );
+    assert_eq!(second.sigterm_and_wait(), 0);
+
+    // One with its own client id: both are connected at once and see each other's announcement live.
+    common::edit(&cfg_c, |t| {
+        t.replace("[mqtt]\n", "[mqtt]\nclient_id = \"sonitor-t1-copy\"\n")
+    });
+    let third = Daemon::start(&cfg_c, &[]);
+    third.wait_log(&format!("{SAYS} (host "), Duration::from_secs(20));
+    let needle = format!("pid {}, started", third.child.id());
+    a.wait_log(&needle, Duration::from_secs(10));
+    assert!(
+        third
+            .log
+            .lock()
+            .unwrap()
+            .contains(&format!("pid {}, started", a.child.id())),
+        "the copy names the first daemon"
+    );
+}
