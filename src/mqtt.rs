@@ -327,9 +327,13 @@ struct NodeWatch {
     sent: Option<u16>,
     /// Whether the broker acknowledged an announcement of this process (on any connection).
     acknowledged: bool,
-    /// The other processes seen announcing themselves, each reported once.
-    seen: Vec<String>,
+    /// The other processes seen announcing themselves, each reported once: the last [`SEEN_KEPT`] (a twin in a
+    /// restart loop announces a new instance at every start).
+    seen: VecDeque<String>,
 }
+
+/// How many other processes' instances a session remembers (each is logged when first seen).
+const SEEN_KEPT: usize = 16;
 
 /// Another process publishing under this node's topics ([`Session::on_node_message`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -357,7 +361,7 @@ impl Session {
                 me,
                 sent: None,
                 acknowledged: false,
-                seen: Vec::new(),
+                seen: VecDeque::new(),
             },
         }
     }
@@ -380,7 +384,10 @@ impl Session {
         }
         let new = !self.node.seen.contains(&other.instance);
         if new {
-            self.node.seen.push(other.instance.clone());
+            if self.node.seen.len() == SEEN_KEPT {
+                self.node.seen.pop_front();
+            }
+            self.node.seen.push_back(other.instance.clone());
         }
         Some(NodeConflict { other, new })
     }
@@ -1253,7 +1260,7 @@ mod tests {
     fn another_process_announcing_itself_under_the_same_node_is_recognised() {
         let d = tempfile::tempdir().unwrap();
         let ob = Outbox::open(d.path(), 100).unwrap();
-        let other = |instance| serde_json::to_vec(&identity(instance)).unwrap();
+        let other = |instance: &str| serde_json::to_vec(&identity(instance)).unwrap();
         let mut s = session(8);
         s.on_connected(&ob);
         // At the first connection the retained announcement is most likely this node's previous start.
@@ -1282,6 +1289,12 @@ mod tests {
         assert_eq!(s.on_node_message(&other("me"), true), None);
         let seen = s.on_node_message(&other("twin"), true).unwrap();
         assert!(seen.new);
+        // The instances seen are bounded: a twin restarting in a loop does not grow the session.
+        for i in 0..100 {
+            let twin = format!("t{i}");
+            assert!(s.on_node_message(&other(&twin), true).unwrap().new);
+        }
+        assert_eq!(s.node.seen.len(), SEEN_KEPT);
         // Nothing is announced while disconnected.
         s.on_disconnected();
         assert!(s.announce().is_empty());
