@@ -48,6 +48,65 @@ impl Gauge {
     }
 }
 
+/// Upper bounds of the buckets of `sonitor_window_score`: ten per decade (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8) from
+/// 0.001 to 2, the largest cosine distance. Normal windows of a trained model score about 0.005–0.1 and calibrated
+/// thresholds lie at 0.02–0.1, so the fine low end is where a threshold is chosen. Fixed, so that a histogram over
+/// a week keeps its meaning through threshold changes.
+pub const SCORE_BUCKETS: [f64; 34] = [
+    0.001, 0.0012, 0.0015, 0.002, 0.0025, 0.003, 0.004, 0.005, 0.006, 0.008, //
+    0.01, 0.012, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.06, 0.08, //
+    0.1, 0.12, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, //
+    1.0, 1.2, 1.5, 2.0,
+];
+
+/// The distribution of one machine's window scores: how often each threshold would have been crossed, to choose
+/// one from the machine's own history (`histogram_quantile` in Prometheus). One writer (the inference thread).
+#[derive(Debug)]
+pub struct ScoreHistogram {
+    /// Scores per bucket of [`SCORE_BUCKETS`] (not cumulative), then those above the last bound.
+    buckets: [Counter; SCORE_BUCKETS.len() + 1],
+    sum: Gauge,
+    count: Counter,
+}
+
+impl Default for ScoreHistogram {
+    fn default() -> Self {
+        Self {
+            buckets: std::array::from_fn(|_| Counter::default()),
+            sum: Gauge::default(),
+            count: Counter::default(),
+        }
+    }
+}
+
+impl ScoreHistogram {
+    /// Counts a (finite) score in the first bucket whose bound is not below it.
+    pub fn observe(&self, score: f64) {
+        let i = SCORE_BUCKETS.partition_point(|&bound| bound < score);
+        if let Some(bucket) = self.buckets.get(i) {
+            bucket.inc();
+        }
+        self.sum.set_f64(self.sum.get_f64() + score);
+        self.count.inc();
+    }
+
+    /// `(le, cumulative count)` per bucket, `+Inf` last.
+    fn cumulative(&self) -> Vec<(String, u64)> {
+        let mut total = 0;
+        self.buckets
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                total += c.get();
+                let le = SCORE_BUCKETS
+                    .get(i)
+                    .map_or_else(|| "+Inf".to_string(), f64::to_string);
+                (le, total)
+            })
+            .collect()
+    }
+}
+
 /// Per capture input (device).
 #[derive(Debug, Default)]
 pub struct InputMetrics {
@@ -81,6 +140,8 @@ pub struct MachineMetrics {
     pub invalid_scores: Counter,
     pub inference_seconds_sum: Gauge,
     pub score: Gauge,
+    /// Every finite score, for `sonitor_window_score`.
+    pub scores: ScoreHistogram,
     pub alarm: Gauge,
     pub alarms: Counter,
     /// 1 while the machine's input channel is silent / clipping.
@@ -374,6 +435,24 @@ impl Metrics {
             "Jumps of the system clock by more than 2 s (alarm times before one are on the old clock).",
             one(self.clock_jumps.get()),
         );
+        let name = "sonitor_window_score";
+        s.push_str(&format!(
+            "# HELP {name} Window scores per machine (cosine distance to the nearest centroid), to choose a \
+             threshold from the machine's own history.\n# TYPE {name} histogram\n"
+        ));
+        for m in &self.machines {
+            let machine = &m.name;
+            for (le, n) in m.scores.cumulative() {
+                s.push_str(&format!(
+                    "{name}_bucket{{machine=\"{machine}\",le=\"{le}\"}} {n}\n"
+                ));
+            }
+            s.push_str(&format!(
+                "{name}_sum{{machine=\"{machine}\"}} {}\n{name}_count{{machine=\"{machine}\"}} {}\n",
+                m.scores.sum.get_f64(),
+                m.scores.count.get()
+            ));
+        }
         s
     }
 }
@@ -588,6 +667,47 @@ mod tests {
         assert!(out.contains("sonitor_outbox_messages"), "{out}");
     }
 
+    /// The score histogram in Prometheus' form: cumulative buckets (a score on a bound counts in that bound's
+    /// bucket), `+Inf` equal to the count, and the sum.
+    #[test]
+    fn window_scores_are_a_cumulative_histogram() {
+        let m = Metrics::new(&[], &["pump".into(), "fan".into()]);
+        for v in [0.0, 0.001, 0.0011, 0.05, 0.051, 0.3, 2.0, 2.5] {
+            m.machines[0].scores.observe(v);
+        }
+        let text = m.render();
+        let value = |series: &str| -> f64 {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+                .unwrap_or_else(|| panic!("no {series} in\n{text}"));
+            line[series.len() + 1..].parse().unwrap()
+        };
+        let bucket = |le: &str| {
+            value(&format!(
+                "sonitor_window_score_bucket{{machine=\"pump\",le=\"{le}\"}}"
+            ))
+        };
+        assert_eq!(bucket("0.001"), 2.0);
+        assert_eq!(bucket("0.0012"), 3.0);
+        assert_eq!(bucket("0.05"), 4.0);
+        assert_eq!(bucket("0.06"), 5.0);
+        assert_eq!(bucket("0.3"), 6.0);
+        assert_eq!(bucket("2"), 7.0);
+        assert_eq!(bucket("+Inf"), 8.0);
+        assert_eq!(value("sonitor_window_score_count{machine=\"pump\"}"), 8.0);
+        assert!((value("sonitor_window_score_sum{machine=\"pump\"}") - 4.9031).abs() < 1e-9);
+        assert_eq!(value("sonitor_window_score_count{machine=\"fan\"}"), 0.0);
+        // Every bucket of each machine, in order, non-decreasing.
+        let pump: Vec<f64> = text
+            .lines()
+            .filter(|l| l.starts_with("sonitor_window_score_bucket{machine=\"pump\""))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(pump.len(), SCORE_BUCKETS.len() + 1);
+        assert!(pump.windows(2).all(|w| w[0] <= w[1]));
+    }
+
     #[test]
     fn renders_and_serves() {
         let m = Arc::new(Metrics::new(&["mic".into()], &["pump".into()]));
@@ -599,6 +719,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("sonitor_score{machine=\"pump\"} 0.25"));
+        assert!(text.contains("# TYPE sonitor_window_score histogram\n"));
         let addr = serve("127.0.0.1:0", m).unwrap();
         let mut s = std::net::TcpStream::connect(addr).unwrap();
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")

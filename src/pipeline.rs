@@ -1038,6 +1038,7 @@ pub fn spawn_inference(
                     continue;
                 }
                 m.score.set_f64(score);
+                m.scores.observe(score);
                 let spent = f.cut_at.elapsed().as_secs_f64();
                 m.inference_seconds_sum
                     .set_f64(m.inference_seconds_sum.get_f64() + spent);

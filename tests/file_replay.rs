@@ -262,6 +262,24 @@ fn clips_past_max_age_go_without_a_new_alarm() {
         "no removed clip counted",
         |m| common::metric(m, "sonitor_clips_removed_total ") == Some(1.0),
     );
+    // Every scored window is in the machine's score histogram (read when no window is between the two counts).
+    let m = common::wait_metrics(
+        &cfg,
+        Duration::from_secs(5),
+        "the score histogram does not count the windows scored",
+        |m| {
+            let scored = common::metric(m, "sonitor_inferences_total{machine=\"pump-1\"}");
+            scored >= Some(1.0)
+                && common::metric(m, "sonitor_window_score_count{machine=\"pump-1\"}") == scored
+                && common::metric(
+                    m,
+                    "sonitor_window_score_bucket{machine=\"pump-1\",le=\"+Inf\"}",
+                ) == scored
+        },
+    );
+    let mean = common::metric(&m, "sonitor_window_score_sum{machine=\"pump-1\"}").unwrap()
+        / common::metric(&m, "sonitor_window_score_count{machine=\"pump-1\"}").unwrap();
+    assert!((0.0..2.0).contains(&mean), "{m}");
     // The system clock as the kernel sees it, in the metrics and, when not synchronised, in the log.
     let synced = sonitor::clock::synchronized() != Some(false);
     let m = common::scrape(&cfg);
