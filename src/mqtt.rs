@@ -375,11 +375,20 @@ impl Session {
     ///   how the two see each other (never connected at once).
     ///
     /// The retained announcement found at this process's first connection is usually its own previous start's
-    /// (a restart, a crash) and proves nothing. An empty message (a deletion) or one that is not an announcement
-    /// is ignored.
-    pub fn on_node_message(&mut self, payload: &[u8], retain: bool) -> Option<NodeConflict> {
+    /// (a restart, a crash) and proves nothing. Nor does, at a later connection, a retained announcement of this
+    /// host by a process that is not running (`alive(pid)` false): a broker that crashed before it saved this
+    /// process's announcement comes back with the previous start's. An empty message (a deletion) or one that is
+    /// not an announcement is ignored.
+    pub fn on_node_message(
+        &mut self,
+        payload: &[u8],
+        retain: bool,
+        alive: &dyn Fn(u32) -> bool,
+    ) -> Option<NodeConflict> {
         let other: NodeIdentity = serde_json::from_slice(payload).ok()?;
-        if other.instance == self.node.me.instance || (retain && !self.node.acknowledged) {
+        let stale = other.host == self.node.me.host && !alive(other.pid);
+        if other.instance == self.node.me.instance || (retain && (!self.node.acknowledged || stale))
+        {
             return None;
         }
         let new = !self.node.seen.contains(&other.instance);
@@ -926,7 +935,10 @@ fn run(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) if p.topic == node => {
-                if let Some(seen) = session.on_node_message(&p.payload, p.retain) {
+                // Under the shipped unit (`ProtectProc=invisible`) another user's process looks not running: a
+                // `sonitor run` by hand beside the service is then named by that one, not by the service.
+                let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
+                if let Some(seen) = session.on_node_message(&p.payload, p.retain, &alive) {
                     metrics.mqtt_node_conflicts.inc();
                     if seen.new {
                         log::error!(
@@ -1112,6 +1124,13 @@ mod tests {
         }
     }
 
+    impl Session {
+        /// [`Session::on_node_message`] with every process running.
+        fn on_node_message_alive(&mut self, payload: &[u8], retain: bool) -> Option<NodeConflict> {
+            self.on_node_message(payload, retain, &|_| true)
+        }
+    }
+
     /// A session of the node `b`, announcing itself as instance `me`.
     fn session(window: usize) -> Session {
         Session::new("b", window, identity("me"))
@@ -1264,16 +1283,16 @@ mod tests {
         let mut s = session(8);
         s.on_connected(&ob);
         // At the first connection the retained announcement is most likely this node's previous start.
-        assert_eq!(s.on_node_message(&other("before"), true), None);
+        assert_eq!(s.on_node_message_alive(&other("before"), true), None);
         // Its own announcement, delivered back to it: nothing.
-        assert_eq!(s.on_node_message(&other("me"), false), None);
+        assert_eq!(s.on_node_message_alive(&other("me"), false), None);
         // Not an announcement (a deletion, a stray message): nothing.
-        assert_eq!(s.on_node_message(b"", false), None);
-        assert_eq!(s.on_node_message(b"online", false), None);
+        assert_eq!(s.on_node_message_alive(b"", false), None);
+        assert_eq!(s.on_node_message_alive(b"online", false), None);
         // Another process announcing itself live: it is connected now.
-        let seen = s.on_node_message(&other("twin"), false).unwrap();
+        let seen = s.on_node_message_alive(&other("twin"), false).unwrap();
         assert_eq!((seen.other.instance.as_str(), seen.new), ("twin", true));
-        assert!(!s.on_node_message(&other("twin"), false).unwrap().new);
+        assert!(!s.on_node_message_alive(&other("twin"), false).unwrap().new);
         assert_eq!(topics(&s.announce()), vec!["b/node=me"]);
 
         // One client id: the two are never connected at once. After this process's announcement was acknowledged,
@@ -1282,17 +1301,26 @@ mod tests {
         s.on_connected(&ob);
         s.on_outgoing_publish(1);
         s.on_outgoing_publish(2);
-        assert_eq!(s.on_node_message(&other("twin"), true), None);
+        assert_eq!(s.on_node_message_alive(&other("twin"), true), None);
         s.on_puback(2);
         s.on_disconnected();
         s.on_connected(&ob);
-        assert_eq!(s.on_node_message(&other("me"), true), None);
-        let seen = s.on_node_message(&other("twin"), true).unwrap();
+        assert_eq!(s.on_node_message_alive(&other("me"), true), None);
+        // The previous start of this host's daemon, retained by a broker that lost the later announcement: not
+        // running, so not a second daemon; another host's, or a running process's, is.
+        assert_eq!(s.on_node_message(&other("before"), true, &|_| false), None);
+        let elsewhere = serde_json::to_vec(&NodeIdentity {
+            host: "pi-8".into(),
+            ..identity("copy")
+        })
+        .unwrap();
+        assert!(s.on_node_message(&elsewhere, true, &|_| false).is_some());
+        let seen = s.on_node_message_alive(&other("twin"), true).unwrap();
         assert!(seen.new);
         // The instances seen are bounded: a twin restarting in a loop does not grow the session.
         for i in 0..100 {
             let twin = format!("t{i}");
-            assert!(s.on_node_message(&other(&twin), true).unwrap().new);
+            assert!(s.on_node_message_alive(&other(&twin), true).unwrap().new);
         }
         assert_eq!(s.node.seen.len(), SEEN_KEPT);
         // Nothing is announced while disconnected.

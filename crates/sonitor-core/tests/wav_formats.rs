@@ -874,7 +874,7 @@ fn rf64_and_bw64_files_read_like_plain_wav() {
                 b[..4].copy_from_slice(b"RF64");
                 b
             },
-            "an RF64 file whose first chunk is `fmt `, not the ds64 chunk",
+            "the file is RF64, but its first chunk is `fmt `, not the ds64 chunk",
         ),
         (
             "not-in-table.wav",

@@ -494,7 +494,7 @@ fn open(path: &Path) -> Result<Opened, WavError> {
                 return Err(corrupt(
                     path,
                     format!(
-                        "an {} file whose first chunk is `{}`, not the ds64 chunk that holds its lengths",
+                        "the file is {}, but its first chunk is `{}`, not the ds64 chunk that holds its lengths",
                         magic.escape_ascii(),
                         id.escape_ascii()
                     ),
