@@ -220,6 +220,11 @@ pub struct DetectorConfig {
     /// After an alarm clears, no new alarm for this long.
     #[serde(default, with = "humantime_serde")]
     pub cooldown: Duration,
+    /// The machine counts as not running in a window whose level (RMS over the window, dBFS) is below this: such a
+    /// window is not judged against the threshold, and an alarm that is on ends (reason `idle`). Unset: every
+    /// window is judged. The levels of the machine running and standing are in `sonitor_window_level_dbfs`.
+    #[serde(default)]
+    pub idle_below_dbfs: Option<f32>,
 }
 
 impl Default for DetectorConfig {
@@ -233,6 +238,7 @@ impl Default for DetectorConfig {
             clear_n: default_clear_n(),
             min_duration: Duration::ZERO,
             cooldown: Duration::ZERO,
+            idle_below_dbfs: None,
         }
     }
 }
@@ -575,6 +581,8 @@ enum Expect {
     Score(&'static str),
     /// A whole number of windows, with an example.
     Windows(&'static str),
+    /// A level in dBFS, with an example.
+    Dbfs(&'static str),
 }
 
 /// Every such setting, by its path in the file; `[]` stands for each entry of an array of tables. Durations
@@ -592,6 +600,7 @@ const CHECKED_KEYS: &[(&str, Expect)] = &[
     ("machines[].raise_n", Expect::Windows("5")),
     ("machines[].clear_m", Expect::Windows("3")),
     ("machines[].clear_n", Expect::Windows("5")),
+    ("machines[].idle_below_dbfs", Expect::Dbfs("-50")),
     ("mqtt.keep_alive", Expect::Duration),
     ("mqtt.score_interval", Expect::Duration),
     ("mqtt.reconnect_min", Expect::Duration),
@@ -620,8 +629,10 @@ impl Expect {
                 return Some((why, DURATION_HELP.to_string()));
             }
             // A JSON null is TOML's nan or inf, which the typed read takes (and `static_problems` refuses).
-            Expect::Score(_) if value.is_null() => return None,
-            Expect::Score(_) if serde_json::from_value::<f64>(value.clone()).is_ok() => {
+            Expect::Score(_) | Expect::Dbfs(_) if value.is_null() => return None,
+            Expect::Score(_) | Expect::Dbfs(_)
+                if serde_json::from_value::<f64>(value.clone()).is_ok() =>
+            {
                 return None
             }
             Expect::Windows(_) if serde_json::from_value::<usize>(value.clone()).is_ok() => {
@@ -629,6 +640,7 @@ impl Expect {
             }
             Expect::Score(e) => format!("a score, e.g. {e}"),
             Expect::Windows(e) => format!("a whole number of windows, e.g. {e}"),
+            Expect::Dbfs(e) => format!("a level in dBFS, e.g. {e}"),
         };
         let quoted = if value.is_string() {
             " (without quotes)"
@@ -1351,6 +1363,13 @@ impl DetectorConfig {
                 p.push(format!("{key} {why}"));
             }
         }
+        if let Some(level) = self.idle_below_dbfs {
+            if !(level > -200.0 && level < 0.0) {
+                p.push(format!(
+                    "idle_below_dbfs ({level}) must be a level between -200 and 0 dBFS"
+                ));
+            }
+        }
         if let (Some(on), Some(off)) = (self.threshold, self.threshold_off) {
             if off > on {
                 p.push(format!(
@@ -1799,6 +1818,29 @@ min_duration = "3s"
         let text = minimal(d.path()).replace("raise_k = 2", "raise_k = 2\nthreshold = 1");
         let c = Config::load_with_env(&write(d.path(), &text), []).unwrap();
         assert_eq!(c.machines[0].detector.threshold, Some(1.0));
+        // The idle level: a number of dBFS, below 0.
+        let text = minimal(d.path()).replace("raise_k = 2", "raise_k = 2\nidle_below_dbfs = -45");
+        let c = Config::load_with_env(&write(d.path(), &text), []).unwrap();
+        assert_eq!(c.machines[0].detector.idle_below_dbfs, Some(-45.0));
+        let text =
+            minimal(d.path()).replace("raise_k = 2", "raise_k = 2\nidle_below_dbfs = \"-45\"");
+        let e = refused(&text, &[]);
+        assert!(
+            e.contains("machines[0].idle_below_dbfs = \"-45\" is not valid: write a level in dBFS, e.g. -50 (without quotes)"),
+            "{e}"
+        );
+        for bad in ["12", "-250", "nan"] {
+            let text = minimal(d.path()).replace(
+                "raise_k = 2",
+                &format!("raise_k = 2\nidle_below_dbfs = {bad}"),
+            );
+            let c = Config::load_with_env(&write(d.path(), &text), []).unwrap();
+            let e = c.static_problems().join("\n");
+            assert!(
+                e.contains("must be a level between -200 and 0 dBFS"),
+                "{bad}: {e}"
+            );
+        }
         // A key inside an array of tables is written with its dot (the config crate drops it).
         let text = minimal(d.path()).replace(
             "device = \"default\"",

@@ -446,6 +446,8 @@ struct MachineRt {
     last_score_pub: Option<Instant>,
     since: String,
     health: String,
+    /// Whether the last window's level was below the machine's `idle_below_dbfs`: the machine is not running.
+    idle: bool,
     /// When a mute ends, on the monotonic clock: a wall-clock jump (NTP's first answer on a Pi) neither ends it
     /// early nor stretches it, and neither does an input that is away (stream time stops with the audio). The
     /// detector stays muted until [`Controller::end_mute_if_due`] unmutes it.
@@ -601,6 +603,7 @@ impl Controller {
                 .map(|u| humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(u)).to_string()),
             "event_id": m.saved.event.as_ref().map(|e| e.event_id.clone()),
             "health": m.health,
+            "idle": m.idle,
         })
         .to_string()
     }
@@ -837,6 +840,47 @@ impl Controller {
         );
         // A window scored after the mute's end counts towards an alarm.
         self.end_mute_if_due(i);
+        let mm = &self.metrics.machines[i];
+        mm.window_level.set_f64(f64::from(s.level_dbfs));
+        let idle = self.machines[i]
+            .cfg
+            .detector
+            .idle_below_dbfs
+            .is_some_and(|below| s.level_dbfs < below);
+        if idle != self.machines[i].idle {
+            let m = &mut self.machines[i];
+            m.idle = idle;
+            let below = m.cfg.detector.idle_below_dbfs.unwrap_or_default();
+            if idle {
+                log::info!(
+                    "{}: not running (window level {:.1} dBFS, below idle_below_dbfs {below}): not judged until it \
+                     runs again",
+                    m.cfg.name,
+                    s.level_dbfs
+                );
+            } else {
+                log::info!(
+                    "{}: running again (window level {:.1} dBFS)",
+                    m.cfg.name,
+                    s.level_dbfs
+                );
+            }
+            self.publish_machine_state(i);
+        }
+        if idle {
+            self.metrics.machines[i].idle_windows.inc();
+            let m = &mut self.machines[i];
+            m.last_t_ms = s.t_end_ms;
+            if let Some(t) = m.detector.idle(s.t_end_ms) {
+                self.on_transition(i, t);
+            }
+            let mm = &self.metrics.machines[i];
+            mm.handled_ms
+                .fetch_max(s.t_end_ms, std::sync::atomic::Ordering::Release);
+            mm.settled.inc();
+            return;
+        }
+        self.metrics.machines[i].scores.observe(s.score);
         let t = {
             let m = &mut self.machines[i];
             m.last_score = s.score;
@@ -1179,6 +1223,7 @@ pub fn start(
             last_score: 0.0,
             last_t_ms: 0,
             last_score_pub: None,
+            idle: false,
             since: now_rfc3339(),
             mute_deadline: None,
             // Until its input has opened: a restart while the microphone is away must not report OK for the
@@ -1935,6 +1980,7 @@ mod tests {
             last_score: 0.0,
             last_t_ms: 0,
             last_score_pub: None,
+            idle: false,
             since: String::new(),
             health: "OK".into(),
             mute_deadline: None,

@@ -140,8 +140,12 @@ pub struct MachineMetrics {
     pub invalid_scores: Counter,
     pub inference_seconds_sum: Gauge,
     pub score: Gauge,
-    /// Every finite score, for `sonitor_window_score`.
+    /// Every score judged (not those of windows in which the machine was idle), for `sonitor_window_score`.
     pub scores: ScoreHistogram,
+    /// The last window's level (RMS, dBFS; an f64's bits).
+    pub window_level: Gauge,
+    /// Windows in which the machine was not running (below its `idle_below_dbfs`), not judged.
+    pub idle_windows: Counter,
     pub alarm: Gauge,
     pub alarms: Counter,
     /// 1 while the machine's input channel is silent / clipping.
@@ -316,6 +320,18 @@ impl Metrics {
             mac(&|m| format!("{}", m.score.get_f64())),
         );
         family(
+            "sonitor_window_level_dbfs",
+            "gauge",
+            "Level of the latest window per machine (RMS, dBFS): read it with the machine running and standing to set idle_below_dbfs.",
+            mac(&|m| format!("{}", m.window_level.get_f64())),
+        );
+        family(
+            "sonitor_idle_windows_total",
+            "counter",
+            "Windows in which the machine was not running (level below idle_below_dbfs), not judged against the threshold.",
+            mac(&|m| m.idle_windows.get().to_string()),
+        );
+        family(
             "sonitor_alarm",
             "gauge",
             "1 while the machine's alarm is on.",
@@ -437,8 +453,9 @@ impl Metrics {
         );
         let name = "sonitor_window_score";
         s.push_str(&format!(
-            "# HELP {name} Window scores per machine (cosine distance to the nearest centroid), to choose a \
-             threshold from the machine's own history.\n# TYPE {name} histogram\n"
+            "# HELP {name} Window scores per machine (cosine distance to the nearest centroid; windows in which \
+             the machine was idle left out), to choose a threshold from the machine's own history.\n# TYPE {name} \
+             histogram\n"
         ));
         for m in &self.machines {
             let machine = &m.name;

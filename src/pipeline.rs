@@ -55,6 +55,8 @@ pub struct WindowMsg {
 pub struct FeatureMsg {
     pub machine: usize,
     pub t_end_ms: u64,
+    /// The window's level: RMS over its samples, dBFS ([`window_level_dbfs`]).
+    pub level_dbfs: f32,
     pub features: Features,
     pub cut_at: Instant,
     pub lossless: bool,
@@ -65,6 +67,19 @@ pub struct ScoreMsg {
     pub machine: usize,
     pub t_end_ms: u64,
     pub score: f64,
+    /// The window's level (RMS, dBFS), by which the daemon tells a machine that is not running.
+    pub level_dbfs: f32,
+}
+
+/// The level of a window: RMS over its samples in dBFS (full scale = 1.0), -200 for digital silence.
+pub fn window_level_dbfs(samples: &[f32]) -> f32 {
+    let (sq, _) = energy_and_clipped(samples);
+    let rms = (sq / samples.len().max(1) as f64).sqrt();
+    if rms > 0.0 {
+        (20.0 * rms.log10()).max(-200.0) as f32
+    } else {
+        -200.0
+    }
 }
 
 /// Health of a machine's channel, sent when it changes.
@@ -967,6 +982,7 @@ pub fn spawn_features(
                 let msg = FeatureMsg {
                     machine,
                     t_end_ms: w.t_end_ms,
+                    level_dbfs: window_level_dbfs(&w.samples),
                     features: f,
                     cut_at: w.cut_at,
                     lossless: w.lossless,
@@ -1038,7 +1054,6 @@ pub fn spawn_inference(
                     continue;
                 }
                 m.score.set_f64(score);
-                m.scores.observe(score);
                 let spent = f.cut_at.elapsed().as_secs_f64();
                 m.inference_seconds_sum
                     .set_f64(m.inference_seconds_sum.get_f64() + spent);
@@ -1046,6 +1061,7 @@ pub fn spawn_inference(
                     machine: f.machine,
                     t_end_ms: f.t_end_ms,
                     score,
+                    level_dbfs: f.level_dbfs,
                 };
                 let sent = if f.lossless {
                     out.send(msg).is_ok()

@@ -508,3 +508,63 @@ fn an_alarm_open_at_a_start_that_disables_or_mutes_its_machine_ends() {
     assert_eq!(ends[1]["event_id"], open["event_id"]);
     assert_eq!(ends[1]["reason"], "muted");
 }
+
+/// A machine that stops while it alarms, with `idle_below_dbfs` between its running and its standing level: the
+/// alarm ends with reason `idle`, its quiet windows are judged against nothing, and the machine is watched again
+/// (and alarms again, the fault still there) once it runs. The same recording without the setting judges every
+/// window: its alarm outlasts the stop.
+#[test]
+fn a_machine_that_stops_is_idle_not_anomalous() {
+    let d = tempfile::tempdir().unwrap();
+    let state = d.path().join("state");
+    let pump = common::pump();
+    let running = sonitor::pipeline::window_level_dbfs(&pump);
+    // 2 s running normally, 4 s with the fault, 5 s standing (60 dB quieter: the hall's background), 4 s running
+    // with the fault again.
+    let fault = common::recording(2.0, 4.0, 0.0);
+    let mut audio = fault.clone();
+    audio.extend(pump.iter().cycle().take(5 * 16_000).map(|x| x * 1e-3));
+    audio.extend(common::make_anomalous(
+        &pump
+            .iter()
+            .cycle()
+            .take(4 * 16_000)
+            .copied()
+            .collect::<Vec<f32>>(),
+    ));
+    let (b, wav) = common::bundle_and_wav(d.path(), "stop.wav", &audio);
+    let gate = running - 20.0;
+    let cfg = common::offline_config(d.path(), &wav, &b.dir, "");
+    common::edit(&cfg, |t| {
+        t.replace(
+            "clear_n = 4\n",
+            &format!("clear_n = 4\nidle_below_dbfs = {gate:.1}\n"),
+        )
+    });
+    let mut daemon = common::Daemon::start(&cfg, &[]);
+    let (code, log) = daemon.wait_exit(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("pump-1: not running (window level"), "{log}");
+    assert!(log.contains("pump-1: running again"), "{log}");
+    assert_eq!(log.matches("alarm ON: pump-1").count(), 2, "{log}");
+    assert!(log.contains("alarm OFF: pump-1 (Idle"), "{log}");
+    let ends = end_events(&state);
+    assert_eq!(ends.len(), 1, "{ends:?}");
+    assert_eq!(ends[0]["reason"], "idle");
+    // The second alarm is still on at the end of the file.
+    assert!(saved_event(&state)["event_id"].is_string());
+
+    // Without the idle level, every window is judged: no alarm ends while the machine stands.
+    std::fs::remove_dir_all(&state).unwrap();
+    common::edit(&cfg, |t| {
+        t.lines()
+            .filter(|l| !l.starts_with("idle_below_dbfs"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    let mut daemon = common::Daemon::start(&cfg, &[]);
+    let (code, log) = daemon.wait_exit(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("not running"), "{log}");
+    assert!(!log.contains("(Idle"), "{log}");
+}

@@ -5,7 +5,8 @@
 //! - OFF → ON when `raise_k` of the last `raise_n` windows were high, unless the machine is disabled, muted or
 //!   within `cooldown` of the last clear.
 //! - ON → OFF when `clear_m` of the last `clear_n` windows were low and the alarm has lasted `min_duration`.
-//! - Muting or disabling a machine whose alarm is on ends the alarm (reason `muted` / `disabled`).
+//! - Muting or disabling a machine whose alarm is on ends the alarm (reason `muted` / `disabled`), and so does a
+//!   window in which the machine is not running (reason `idle`; [`Detector::idle`]).
 //!
 //! Time is the stream time of the window's end in milliseconds (audio time, so that a file replayed faster
 //! than real time behaves exactly as it would live).
@@ -58,6 +59,9 @@ pub enum ClearReason {
     Normal,
     Muted,
     Disabled,
+    /// The machine stopped running (its window's level below the machine's idle level): it is not watched
+    /// while it stands, and an alarm it still deserves is raised again once it runs.
+    Idle,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -166,6 +170,16 @@ impl Detector {
         }
         self.high.clear();
         self.force_clear(now_ms, ClearReason::Muted)
+    }
+
+    /// A window at stream time `t_ms` in which the machine is not running (the caller's judgement, from its
+    /// level): it counts towards nothing, the windows before it are forgotten (a stop and a start are not
+    /// anomalies of the running machine), and an active alarm ends (reason `idle`).
+    pub fn idle(&mut self, t_ms: u64) -> Option<Transition> {
+        self.last_t_ms = self.last_t_ms.max(t_ms);
+        self.high.clear();
+        self.low.clear();
+        self.force_clear(t_ms, ClearReason::Idle)
     }
 
     fn force_clear(&mut self, now_ms: u64, reason: ClearReason) -> Option<Transition> {
@@ -296,6 +310,43 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A stopped machine: its idle windows end an active alarm (reason `idle`) and make the debounce start
+    /// again, so that the high windows just before a stop and just after a start do not add up to an alarm.
+    #[test]
+    fn idle_windows_end_the_alarm_and_restart_the_debounce() {
+        let mut d = Detector::new(DetectorParams {
+            raise_k: 2,
+            raise_n: 3,
+            ..params()
+        });
+        assert!(d.update(1000, 0.9).is_none());
+        assert!(d.idle(2000).is_none(), "no alarm on: nothing to end");
+        // One high window before the stop and one after it are not two of the last three.
+        assert!(d.update(3000, 0.9).is_none());
+        assert!(matches!(
+            d.update(4000, 0.9),
+            Some(Transition::Raised { at_ms: 4000, .. })
+        ));
+        match d.idle(5000) {
+            Some(Transition::Cleared {
+                at_ms: 5000,
+                since_ms: 4000,
+                reason: ClearReason::Idle,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(!d.is_on());
+        assert!(d.idle(6000).is_none());
+        // Running again and still anomalous: raised again by the debounce.
+        assert!(d.update(7000, 0.9).is_none());
+        assert!(d.update(8000, 0.9).is_some());
+        assert_eq!(
+            serde_json::to_string(&ClearReason::Idle).unwrap(),
+            "\"idle\""
+        );
     }
 
     #[test]
