@@ -221,6 +221,10 @@ pub struct NodeIdentity {
     /// Random, new at every start of the daemon.
     pub instance: String,
     pub host: String,
+    /// The kernel's boot id: the same on one device until it reboots, different on a device cloned from the same
+    /// image (whose host name and machine id are the same).
+    #[serde(default)]
+    pub boot_id: String,
     pub pid: u32,
     pub started_at: String,
     pub version: String,
@@ -241,9 +245,13 @@ impl NodeIdentity {
             .ok()
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "unknown".into());
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|b| b.trim().to_string())
+            .unwrap_or_default();
         Self {
             instance: format!("{instance:016x}"),
             host,
+            boot_id,
             pid: std::process::id(),
             started_at: humantime::format_rfc3339_seconds(now).to_string(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -255,8 +263,9 @@ impl std::fmt::Display for NodeIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "host {}, pid {}, started {}, version {}",
+            "host {}, boot {}, pid {}, started {}, version {}",
             quoted(&self.host),
+            quoted(self.boot_id.get(..8).unwrap_or(&self.boot_id)),
             self.pid,
             quoted(&self.started_at),
             quoted(&self.version)
@@ -375,10 +384,12 @@ impl Session {
     ///   how the two see each other (never connected at once).
     ///
     /// The retained announcement found at this process's first connection is usually its own previous start's
-    /// (a restart, a crash) and proves nothing. Nor does, at a later connection, a retained announcement of this
-    /// host by a process that is not running (`alive(pid)` false): a broker that crashed before it saved this
-    /// process's announcement comes back with the previous start's. An empty message (a deletion) or one that is
-    /// not an announcement is ignored.
+    /// (a restart, a crash) and proves nothing. Nor does, at a later connection, a retained announcement made on
+    /// this boot of this device (same boot id) by a process that is not running (`alive(pid)` false): a broker
+    /// that crashed before it saved this process's announcement comes back with the previous start's. Another
+    /// boot id is another device (a clone of this one's image has its host name) or this one before a reboot
+    /// (only if the broker also lost the newer announcement): taken for a second daemon. An empty message (a
+    /// deletion) or one that is not an announcement is ignored.
     pub fn on_node_message(
         &mut self,
         payload: &[u8],
@@ -386,7 +397,8 @@ impl Session {
         alive: &dyn Fn(u32) -> bool,
     ) -> Option<NodeConflict> {
         let other: NodeIdentity = serde_json::from_slice(payload).ok()?;
-        let stale = other.host == self.node.me.host && !alive(other.pid);
+        let same_boot = !self.node.me.boot_id.is_empty() && other.boot_id == self.node.me.boot_id;
+        let stale = same_boot && !alive(other.pid);
         if other.instance == self.node.me.instance || (retain && (!self.node.acknowledged || stale))
         {
             return None;
@@ -1118,6 +1130,7 @@ mod tests {
         NodeIdentity {
             instance: instance.into(),
             host: "pi-7".into(),
+            boot_id: "3f1c0e2a-boot".into(),
             pid: 42,
             started_at: "2026-12-01T10:00:00Z".into(),
             version: "0.1.0".into(),
@@ -1306,15 +1319,16 @@ mod tests {
         s.on_disconnected();
         s.on_connected(&ob);
         assert_eq!(s.on_node_message_alive(&other("me"), true), None);
-        // The previous start of this host's daemon, retained by a broker that lost the later announcement: not
-        // running, so not a second daemon; another host's, or a running process's, is.
+        // The previous start of this device's daemon on this boot, retained by a broker that lost the later
+        // announcement: not running, so not a second daemon. A clone of this device's image (same host name,
+        // another boot id), or a running process, is.
         assert_eq!(s.on_node_message(&other("before"), true, &|_| false), None);
-        let elsewhere = serde_json::to_vec(&NodeIdentity {
-            host: "pi-8".into(),
-            ..identity("copy")
+        let clone = serde_json::to_vec(&NodeIdentity {
+            boot_id: "77aa01b9-boot".into(),
+            ..identity("clone")
         })
         .unwrap();
-        assert!(s.on_node_message(&elsewhere, true, &|_| false).is_some());
+        assert!(s.on_node_message(&clone, true, &|_| false).is_some());
         let seen = s.on_node_message_alive(&other("twin"), true).unwrap();
         assert!(seen.new);
         // The instances seen are bounded: a twin restarting in a loop does not grow the session.
