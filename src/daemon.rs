@@ -1144,6 +1144,29 @@ pub fn start(
     mut embedders_built: BTreeMap<PathBuf, crate::model::Embedder>,
     observer: Option<Sender<Observation>>,
 ) -> anyhow::Result<i32> {
+    // Signals, first: from here on a SIGTERM or SIGHUP that arrives while the daemon is still starting (the MQTT
+    // session already announcing it) is taken when the main loop starts, instead of killing the process by the
+    // signal's default action.
+    let term = Arc::new(AtomicBool::new(false));
+    let hup = Arc::new(AtomicBool::new(false));
+    // A thread receives the signals, raises the flag of each and wakes the main loop at once, so that the loop
+    // need not poll the flags.
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let (signal_tx, signal_rx) = crossbeam_channel::bounded::<()>(4);
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    {
+        let (term, hup) = (term.clone(), hup.clone());
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    let flag = if sig == SIGHUP { &hup } else { &term };
+                    flag.store(true, Ordering::SeqCst);
+                    let _ = signal_tx.try_send(());
+                }
+            })?;
+    }
+
     let base = cfg.topic_base();
     let input_names: Vec<String> = cfg.devices.iter().map(|d| d.name.clone()).collect();
     let machine_names: Vec<String> = cfg.machines.iter().map(|m| m.name.clone()).collect();
@@ -1449,27 +1472,6 @@ pub fn start(
                 }
             }
         })?;
-
-    // Signals.
-    let term = Arc::new(AtomicBool::new(false));
-    let hup = Arc::new(AtomicBool::new(false));
-    // A thread receives the signals, raises the flag of each and wakes the main loop at once, so that the loop
-    // need not poll the flags.
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let (signal_tx, signal_rx) = crossbeam_channel::bounded::<()>(4);
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
-    {
-        let (term, hup) = (term.clone(), hup.clone());
-        std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || {
-                for sig in signals.forever() {
-                    let flag = if sig == SIGHUP { &hup } else { &term };
-                    flag.store(true, Ordering::SeqCst);
-                    let _ = signal_tx.try_send(());
-                }
-            })?;
-    }
 
     let mut ctl = Controller {
         base: base.clone(),
