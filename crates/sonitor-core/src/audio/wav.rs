@@ -219,6 +219,14 @@ fn le32(bytes: &[u8], at: usize) -> u32 {
         .map_or(0, |&b| u32::from_le_bytes(b))
 }
 
+/// The little-endian `u64` at `at` (0 beyond the end, which callers rule out by the length they check).
+fn le64(bytes: &[u8], at: usize) -> u64 {
+    bytes
+        .get(at..)
+        .and_then(<[u8]>::first_chunk)
+        .map_or(0, |&b| u64::from_le_bytes(b))
+}
+
 /// A format tag as a user may know it.
 fn format_name(tag: u16) -> String {
     let name = match tag {
@@ -597,8 +605,7 @@ fn read_ds64(
     if fill(reader, &mut head[..want]).map_err(io)? < want {
         return Err(cut());
     }
-    let le64 = |at: usize| u64::from(le32(&head, at)) | u64::from(le32(&head, at + 4)) << 32;
-    let data = le64(8);
+    let data = le64(&head, 8);
     let entries = if want == 28 { le32(&head, 24) } else { 0 };
     let mut rest = u64::from(size) - want as u64;
     let mut table = Vec::new();
@@ -613,10 +620,7 @@ fn read_ds64(
         }
         rest -= 12;
         let id = [entry[0], entry[1], entry[2], entry[3]];
-        table.push((
-            id,
-            u64::from(le32(&entry, 4)) | u64::from(le32(&entry, 8)) << 32,
-        ));
+        table.push((id, le64(&entry, 4)));
     }
     reader.seek_relative(rest as i64).map_err(io)?;
     Ok(Ds64 { data, table })
