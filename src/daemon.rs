@@ -840,8 +840,9 @@ impl Controller {
         );
         // A window scored after the mute's end counts towards an alarm.
         self.end_mute_if_due(i);
-        let mm = &self.metrics.machines[i];
-        mm.window_level.set_f64(f64::from(s.level_dbfs));
+        self.metrics.machines[i]
+            .window_level
+            .set_f64(f64::from(s.level_dbfs));
         let idle = self.machines[i]
             .cfg
             .detector
@@ -874,10 +875,7 @@ impl Controller {
             if let Some(t) = m.detector.idle(s.t_end_ms) {
                 self.on_transition(i, t);
             }
-            let mm = &self.metrics.machines[i];
-            mm.handled_ms
-                .fetch_max(s.t_end_ms, std::sync::atomic::Ordering::Release);
-            mm.settled.inc();
+            self.window_handled(i, s.t_end_ms);
             return;
         }
         self.metrics.machines[i].scores.observe(s.score);
@@ -893,11 +891,7 @@ impl Controller {
         if let Some(t) = t {
             self.on_transition(i, t);
         }
-        // Handled, its alarm's clip asked for: a replay held back for it may read on.
-        let mm = &self.metrics.machines[i];
-        mm.handled_ms
-            .fetch_max(s.t_end_ms, std::sync::atomic::Ordering::Release);
-        mm.settled.inc();
+        self.window_handled(i, s.t_end_ms);
         if self.observer.is_some() {
             let m = &self.machines[i];
             self.observe(Observation::Score {
@@ -922,6 +916,15 @@ impl Controller {
                 qos1: false,
             });
         }
+    }
+
+    /// Machine `i`'s window ending at `t_end_ms` is handled (through the detector, its alarm's clip asked for):
+    /// a replay held back for it may read on (`pipeline::LeadGuard`).
+    fn window_handled(&self, i: usize, t_end_ms: u64) {
+        let mm = &self.metrics.machines[i];
+        mm.handled_ms
+            .fetch_max(t_end_ms, std::sync::atomic::Ordering::Release);
+        mm.settled.inc();
     }
 
     fn on_command(&mut self, c: Command) {

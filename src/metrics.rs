@@ -60,7 +60,7 @@ pub const SCORE_BUCKETS: [f64; 34] = [
 ];
 
 /// The distribution of one machine's window scores: how often each threshold would have been crossed, to choose
-/// one from the machine's own history (`histogram_quantile` in Prometheus). One writer (the inference thread).
+/// one from the machine's own history (`histogram_quantile` in Prometheus). One writer (the daemon's controller).
 #[derive(Debug)]
 pub struct ScoreHistogram {
     /// Scores per bucket of [`SCORE_BUCKETS`] (not cumulative), then those above the last bound.

@@ -365,7 +365,7 @@ impl Session {
             status_topic: format!("{base}/status"),
             stop: StopState::NotSent,
             node: NodeWatch {
-                topic: node_topic(base),
+                topic: format!("{base}/node"),
                 payload: serde_json::to_string(&me).unwrap_or_default(),
                 me,
                 sent: None,
@@ -416,6 +416,11 @@ impl Session {
     /// Whether another process was seen announcing itself under this node's topics.
     pub fn another_seen(&self) -> bool {
         !self.node.seen.is_empty()
+    }
+
+    /// Where this process announces itself (`<base>/node`).
+    pub fn node_topic(&self) -> &str {
+        &self.node.topic
     }
 
     /// What this process announces on `node`.
@@ -628,11 +633,6 @@ const MAX_INCOMING: usize = 10 * 1024;
 /// The largest packet sent: states and events are a few hundred bytes.
 const MAX_OUTGOING: usize = 10 * 1024;
 
-/// The topic where each start of the daemon announces itself ([`NodeIdentity`]).
-pub fn node_topic(base: &str) -> String {
-    format!("{base}/node")
-}
-
 /// rumqttc options from the configuration (client id, LWT, credentials, TLS).
 pub fn options(cfg: &Config) -> anyhow::Result<MqttOptions> {
     let q: &MqttConfig = &cfg.mqtt;
@@ -790,7 +790,7 @@ fn run(
         resume,
     } = broker;
     let mut session = Session::new(&base, 32, NodeIdentity::of_this_process());
-    let node = node_topic(&base);
+    let node = session.node_topic().to_string();
     let mut backoff = q.reconnect_min;
     let mut retry_at: Option<Instant> = None;
     let mut shutdown_deadline: Option<Instant> = None;

@@ -71,10 +71,16 @@ pub struct ScoreMsg {
     pub level_dbfs: f32,
 }
 
-/// The level of a window: RMS over its samples in dBFS (full scale = 1.0), -200 for digital silence.
+/// The level of a window: RMS over its samples in dBFS ([`rms_dbfs`]).
 pub fn window_level_dbfs(samples: &[f32]) -> f32 {
     let (sq, _) = energy_and_clipped(samples);
-    let rms = (sq / samples.len().max(1) as f64).sqrt();
+    rms_dbfs(sq, samples.len())
+}
+
+/// The RMS level of `n` samples whose squares sum to `sum_sq`, in dBFS (full scale = 1.0); -200 for digital
+/// silence (or no samples). The channel health's per-second level and a window's level alike.
+fn rms_dbfs(sum_sq: f64, n: usize) -> f32 {
+    let rms = (sum_sq / n.max(1) as f64).sqrt();
     if rms > 0.0 {
         (20.0 * rms.log10()).max(-200.0) as f32
     } else {
@@ -609,12 +615,7 @@ fn process(
             s.block_clipped += clipped;
             s.block_n += block.len();
             if s.block_n >= input_rate as usize {
-                let rms = (s.block_sq / s.block_n as f64).sqrt();
-                let dbfs = if rms > 0.0 {
-                    20.0 * rms.log10() as f32
-                } else {
-                    -200.0
-                };
+                let dbfs = rms_dbfs(s.block_sq, s.block_n);
                 let clipping = s.block_clipped as f32 / s.block_n as f32 > health.clipping_fraction;
                 if dbfs < health.silence_dbfs {
                     s.silent_for += Duration::from_secs(1);
