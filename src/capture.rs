@@ -7,6 +7,9 @@
 //!   exponential backoff, handing each new ring to the reader;
 //! - a WAV file replayed in real time or as fast as the reader drains it.
 
+#[cfg(target_os = "linux")]
+pub mod alsa_log;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;

@@ -58,6 +58,9 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // Before any device is opened: ALSA's own messages go to the log (at debug), not straight to stderr.
+    #[cfg(target_os = "linux")]
+    sonitor::capture::alsa_log::route_to_log();
     let cli = Cli::parse();
     let code = match cli.command {
         Cmd::Run { config } => sonitor::daemon::run(&config),

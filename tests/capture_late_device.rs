@@ -91,9 +91,14 @@ fn a_microphone_absent_at_start_is_waited_for_not_refused() {
 fn the_default_device_with_no_sound_card_behind_it_is_waited_for_not_refused() {
     let d = tempfile::tempdir().unwrap();
     let b = common::standard_bundle(d.path());
-    // `default` is a card that does not exist (as on a machine without a sound card).
+    // `default` is a card that does not exist (as on a machine without a sound card), looked up by name through
+    // ALSA's `card_inum` function as the system's alsa.conf looks up card 0 (which makes ALSA report it).
     let conf = d.path().join("asound.conf");
-    std::fs::write(&conf, "pcm.!default {\n type hw\n card 7\n}\n").unwrap();
+    std::fs::write(
+        &conf,
+        "pcm.!default {\n type hw\n card {\n  @func card_inum\n  card \"7\"\n }\n}\n",
+    )
+    .unwrap();
     let device = "[[devices]]\nname = \"mic\"\nsource = \"capture\"\ndevice = \"default\"\n\
                   reopen_min = \"100ms\"\nreopen_max = \"300ms\"\n";
     let (cfg, said) = validate_without_mqtt(d.path(), device, &b.dir, &conf, &[], 0);
@@ -104,6 +109,10 @@ fn the_default_device_with_no_sound_card_behind_it_is_waited_for_not_refused() {
         "{said}"
     );
 
+    // ALSA's own messages ("cannot find card '7'", eight lines an attempt) were printed on stderr by the library
+    // itself, around the log and its level, at every attempt: none there now.
+    assert!(!said.contains("ALSA lib"), "{said}");
+
     let daemon = common::Daemon::start(&cfg, &envs);
     daemon.wait_log("trying again with backoff", Duration::from_secs(30));
     // Tried again, not given up on.
@@ -113,6 +122,27 @@ fn the_default_device_with_no_sound_card_behind_it_is_waited_for_not_refused() {
     });
     let log = daemon.log.lock().unwrap().clone();
     assert_eq!(daemon.sigterm_and_wait(), 0, "{log}");
+    assert!(!log.contains("ALSA lib"), "{log}");
+
+    // At `log_level = "debug"` they are in the log, in ALSA's words, as log lines.
+    common::edit(&cfg, |t| {
+        t.replace("log_level = \"info\"", "log_level = \"debug\"")
+    });
+    let daemon = common::Daemon::start(&cfg, &envs);
+    daemon.wait_log("trying again with backoff", Duration::from_secs(30));
+    let log = daemon.log.lock().unwrap().clone();
+    assert_eq!(daemon.sigterm_and_wait(), 0, "{log}");
+    let alsa: Vec<&str> = log.lines().filter(|l| l.contains("ALSA lib")).collect();
+    assert!(
+        alsa.iter()
+            .any(|l| l.contains("(parse_card) cannot find card '7'")),
+        "{log}"
+    );
+    assert!(
+        alsa.iter()
+            .all(|l| l.starts_with("sonitor[DEBUG]: ALSA lib ")),
+        "{log}"
+    );
 }
 
 /// Writes a configuration with `device` (MQTT off) and runs `sonitor validate` on it with ALSA's configuration
