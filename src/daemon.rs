@@ -1104,9 +1104,61 @@ impl Controller {
     }
 }
 
+/// SIGTERM, SIGINT and SIGHUP, taken from the moment this is made: a thread receives them, raises the flag of
+/// each (`term` for the first two) and wakes the main loop at once through `wake`, so that the loop need not poll
+/// the flags. Made before the configuration check (which builds the models and decodes a file source's WAV, seconds
+/// on a Pi): a signal that arrives while the daemon starts is taken when its main loop starts, instead of ending
+/// the process by the signal's default action.
+pub struct Signals {
+    term: Arc<AtomicBool>,
+    hup: Arc<AtomicBool>,
+    wake: crossbeam_channel::Receiver<()>,
+}
+
+impl Signals {
+    pub fn take() -> std::io::Result<Signals> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let term = Arc::new(AtomicBool::new(false));
+        let hup = Arc::new(AtomicBool::new(false));
+        let (wake_tx, wake) = crossbeam_channel::bounded::<()>(4);
+        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+        {
+            let (term, hup) = (term.clone(), hup.clone());
+            std::thread::Builder::new()
+                .name("signals".into())
+                .spawn(move || {
+                    for sig in signals.forever() {
+                        let flag = if sig == SIGHUP { &hup } else { &term };
+                        flag.store(true, Ordering::SeqCst);
+                        let _ = wake_tx.try_send(());
+                    }
+                })?;
+        }
+        Ok(Signals { term, hup, wake })
+    }
+
+    /// A SIGTERM or SIGINT has come.
+    pub fn stop_asked(&self) -> bool {
+        self.term.load(Ordering::SeqCst)
+    }
+}
+
 /// Runs the daemon; returns the process exit status.
 pub fn run(config_path: &Path) -> i32 {
+    let signals = match Signals::take() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sonitor: cannot install the signal handlers: {e}");
+            return 1;
+        }
+    };
     let checked = check(config_path);
+    // Stopped while the configuration was checked (`systemctl stop` during a slow start): nothing has been
+    // started, nothing to publish or save.
+    if signals.stop_asked() {
+        eprintln!("sonitor: stopped before it started (SIGTERM during the configuration check)");
+        return 0;
+    }
     let Some(cfg) = checked.cfg.filter(|_| checked.problems.is_empty()) else {
         eprintln!("sonitor: {} cannot be used:", config_path.display());
         for p in &checked.problems {
@@ -1118,7 +1170,14 @@ pub fn run(config_path: &Path) -> i32 {
     for w in checked.warnings {
         log::warn!("{w}");
     }
-    match start(cfg, config_path, checked.bundles, checked.embedders, None) {
+    match start(
+        cfg,
+        config_path,
+        checked.bundles,
+        checked.embedders,
+        None,
+        signals,
+    ) {
         Ok(code) => code,
         Err(e) => {
             log::error!("{e:#}");
@@ -1146,30 +1205,13 @@ pub fn start(
     bundles: BTreeMap<PathBuf, Bundle>,
     mut embedders_built: BTreeMap<PathBuf, crate::model::Embedder>,
     observer: Option<Sender<Observation>>,
+    signals: Signals,
 ) -> anyhow::Result<i32> {
-    // Signals, first: from here on a SIGTERM or SIGHUP that arrives while the daemon is still starting (the MQTT
-    // session already announcing it) is taken when the main loop starts, instead of killing the process by the
-    // signal's default action.
-    let term = Arc::new(AtomicBool::new(false));
-    let hup = Arc::new(AtomicBool::new(false));
-    // A thread receives the signals, raises the flag of each and wakes the main loop at once, so that the loop
-    // need not poll the flags.
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let (signal_tx, signal_rx) = crossbeam_channel::bounded::<()>(4);
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
-    {
-        let (term, hup) = (term.clone(), hup.clone());
-        std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || {
-                for sig in signals.forever() {
-                    let flag = if sig == SIGHUP { &hup } else { &term };
-                    flag.store(true, Ordering::SeqCst);
-                    let _ = signal_tx.try_send(());
-                }
-            })?;
-    }
-
+    let Signals {
+        term,
+        hup,
+        wake: signal_rx,
+    } = signals;
     let base = cfg.topic_base();
     let input_names: Vec<String> = cfg.devices.iter().map(|d| d.name.clone()).collect();
     let machine_names: Vec<String> = cfg.machines.iter().map(|m| m.name.clone()).collect();

@@ -249,11 +249,14 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Summary> {
 
     let (tx, rx) = crossbeam_channel::unbounded::<Observation>();
     let started = std::time::Instant::now();
+    let signals = crate::daemon::Signals::take().context("installing the signal handlers")?;
     let daemon = {
         let config = config.clone();
         std::thread::Builder::new()
             .name("daemon".into())
-            .spawn(move || crate::daemon::start(cfg, &config, bundles, embedders, Some(tx)))
+            .spawn(move || {
+                crate::daemon::start(cfg, &config, bundles, embedders, Some(tx), signals)
+            })
             .context("starting the daemon thread")?
     };
     let mut csv = String::from("t_end_s,score,threshold,alarm,fault\n");
