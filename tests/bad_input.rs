@@ -407,28 +407,24 @@ fn signals_during_the_configuration_check_are_taken_not_fatal() {
     std::fs::remove_file(&graph).unwrap();
 
     // SIGHUP during the check: the daemon starts, then reloads the file.
-    let feeder = FeedFifo::new(&graph, &bytes);
     let daemon = common::Daemon::start(&cfg, &[]);
-    wait_handlers(daemon.child.id());
-    unsafe {
-        libc::kill(daemon.child.id() as i32, libc::SIGHUP);
-    }
-    let feeding = feeder.feed(daemon.child.id());
-    daemon.wait_log("input mic open", Duration::from_secs(30));
-    daemon.wait_log("reloaded", Duration::from_secs(30));
+    let pid = daemon.child.id() as i32;
+    hold_first_read(&graph, &bytes, move || unsafe {
+        libc::kill(pid, libc::SIGHUP);
+    });
+    daemon.wait_log("input mic open", Duration::from_secs(60));
+    daemon.wait_log("reloaded", Duration::from_secs(60));
     let log = daemon.log.lock().unwrap().clone();
     assert_eq!(daemon.sigterm_and_wait(), 0, "{log}");
-    let feeder = feeding.stop();
 
     // SIGTERM during the check: exit 0, nothing started.
+    std::fs::remove_file(&graph).unwrap();
     let mut daemon = common::Daemon::start(&cfg, &[]);
-    wait_handlers(daemon.child.id());
-    unsafe {
-        libc::kill(daemon.child.id() as i32, libc::SIGTERM);
-    }
-    let feeding = feeder.feed(daemon.child.id());
+    let pid = daemon.child.id() as i32;
+    hold_first_read(&graph, &bytes, move || unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    });
     let status = daemon.child.wait().unwrap();
-    feeding.stop();
     std::thread::sleep(Duration::from_millis(200));
     let log = daemon.log.lock().unwrap().clone();
     assert_eq!(status.code(), Some(0), "{status:?}: {log}");
@@ -438,96 +434,46 @@ fn signals_during_the_configuration_check_are_taken_not_fatal() {
     );
 }
 
-/// Waits until process `pid` catches SIGHUP and SIGTERM (`SigCgt` in /proc/PID/status).
-fn wait_handlers(pid: u32) {
-    let wanted = (1u64 << (libc::SIGHUP - 1)) | (1u64 << (libc::SIGTERM - 1));
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let caught = status
-            .lines()
-            .find_map(|l| l.strip_prefix("SigCgt:"))
-            .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
-            .unwrap_or(0);
-        if caught & wanted == wanted {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pid {pid} never caught SIGHUP and SIGTERM:\n{status}"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-/// A file that is a FIFO: each read of it blocks until [`FeedFifo::feed`]'s thread writes the content into it.
-#[derive(Clone)]
-struct FeedFifo {
-    path: PathBuf,
-    content: Vec<u8>,
-}
-
-struct Feeding {
-    fifo: FeedFifo,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl FeedFifo {
-    fn new(path: &Path, content: &[u8]) -> FeedFifo {
-        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        FeedFifo {
-            path: path.to_path_buf(),
-            content: content.to_vec(),
-        }
-    }
-
-    /// From now on, whenever process `pid` has the FIFO open to read, writes the content once, closes it (the
-    /// reader sees the whole file, then its end) and waits until the reader has closed it too.
-    fn feed(self, pid: u32) -> Feeding {
-        use std::os::unix::fs::OpenOptionsExt;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let s = stop.clone();
-        let fifo = self.clone();
-        let thread = std::thread::spawn(move || {
-            let reading = || {
-                std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
-                    fds.flatten()
-                        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == self.path))
-                })
-            };
-            while !s.load(std::sync::atomic::Ordering::SeqCst) {
-                // Non-blocking: the open fails (ENXIO) while no reader waits.
-                match std::fs::OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_NONBLOCK)
-                    .open(&self.path)
-                {
-                    Ok(mut f) => {
-                        use std::io::Write;
-                        use std::os::fd::AsRawFd;
-                        // Blocking again for the writes: the content is larger than the pipe's buffer.
-                        unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, 0) };
-                        let _ = f.write_all(&self.content);
-                        drop(f);
-                        while reading() && !s.load(std::sync::atomic::Ordering::SeqCst) {
-                            std::thread::sleep(Duration::from_millis(1));
-                        }
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
-                }
+/// Makes `path` a FIFO and holds the first reader of it in its read: once a process has opened it, runs `signal`,
+/// waits half a second (for the signal to arrive while the reader waits), puts a regular file with `content` in
+/// the FIFO's place for every later reader, and only then writes `content` into the FIFO for the first one.
+/// Returns once the first reader has had all of it.
+fn hold_first_read(path: &Path, content: &[u8], signal: impl FnOnce()) {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    // Non-blocking: the open fails (ENXIO) while no reader has the FIFO open.
+    let mut fifo = loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+        {
+            Ok(f) => break f,
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "nobody read {}: {e}",
+                    path.display()
+                );
+                std::thread::sleep(Duration::from_millis(2));
             }
-        });
-        Feeding { fifo, stop, thread }
-    }
-}
-
-impl Feeding {
-    /// Stops writing; the FIFO stays, to be fed again.
-    fn stop(self) -> FeedFifo {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.thread.join().unwrap();
-        self.fifo
-    }
+        }
+    };
+    signal();
+    std::thread::sleep(Duration::from_millis(500));
+    let regular = path.with_extension("regular");
+    std::fs::write(&regular, content).unwrap();
+    std::fs::rename(&regular, path).unwrap();
+    // Blocking again for the writes: the content is larger than the pipe's buffer.
+    unsafe { libc::fcntl(fifo.as_raw_fd(), libc::F_SETFL, 0) };
+    fifo.write_all(content).unwrap_or_else(|e| {
+        panic!(
+            "the reader of {} went away during its read (ended by the signal?): {e}",
+            path.display()
+        )
+    });
 }
