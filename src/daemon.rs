@@ -1106,8 +1106,8 @@ impl Controller {
 
 /// SIGTERM, SIGINT and SIGHUP, taken from the moment this is made: a thread receives them, raises the flag of
 /// each (`term` for the first two) and wakes the main loop at once through `wake`, so that the loop need not poll
-/// the flags. Made before the configuration check (which builds the models and decodes a file source's WAV, seconds
-/// on a Pi): a signal that arrives while the daemon starts is taken when its main loop starts, instead of ending
+/// the flags. Made before the configuration check (which builds and runs the models and reads a file source's WAV
+/// to its end, seconds on a Pi): a signal that arrives while the daemon starts is taken when its main loop starts, instead of ending
 /// the process by the signal's default action.
 pub struct Signals {
     term: Arc<AtomicBool>,
@@ -1156,7 +1156,9 @@ pub fn run(config_path: &Path) -> i32 {
     // Stopped while the configuration was checked (`systemctl stop` during a slow start): nothing has been
     // started, nothing to publish or save.
     if signals.stop_asked() {
-        eprintln!("sonitor: stopped before it started (SIGTERM during the configuration check)");
+        eprintln!(
+            "sonitor: stopped before it started (SIGTERM or SIGINT during the configuration check)"
+        );
         return 0;
     }
     let Some(cfg) = checked.cfg.filter(|_| checked.problems.is_empty()) else {

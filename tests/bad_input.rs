@@ -333,20 +333,27 @@ fn a_state_dir_that_cannot_take_a_write_is_refused_or_warned() {
     }
 }
 
+/// A bundle and a configuration (MQTT off) that replays the pump in real time, looped: a daemon that runs until
+/// stopped.
+fn looped_pump(dir: &Path) -> (common::TestBundle, PathBuf) {
+    let (b, wav) = common::bundle_and_wav(dir, "rec.wav", &common::pump());
+    let cfg = common::file_config(
+        dir,
+        &wav,
+        &b.dir,
+        "realtime = true\nat_end = \"loop\"\n",
+        "",
+    );
+    (b, cfg)
+}
+
 /// SIGHUP refuses, whole, a file that `sonitor validate` refuses (here a section the bundle lacks, which the next
 /// start would refuse with exit 78): the running configuration stays, the problem is logged, nothing of the
 /// file is applied. A good file afterwards is applied.
 #[test]
 fn a_reload_refuses_what_validate_refuses() {
     let d = tempfile::tempdir().unwrap();
-    let (b, wav) = common::bundle_and_wav(d.path(), "rec.wav", &common::pump());
-    let cfg = common::file_config(
-        d.path(),
-        &wav,
-        &b.dir,
-        "realtime = true\nat_end = \"loop\"\n",
-        "",
-    );
+    let (_, cfg) = looped_pump(d.path());
     let daemon = common::Daemon::start(&cfg, &[]);
     daemon.wait_log("input mic open", Duration::from_secs(20));
     let hup = || unsafe {
@@ -389,19 +396,13 @@ fn a_reload_refuses_what_validate_refuses() {
 /// once the daemon started. Now they are installed first: a SIGHUP then is a reload once the daemon runs, a
 /// SIGTERM ends it cleanly before anything starts.
 ///
-/// The check is held for as long as the test needs by making the bundle's graph (`model.onnx`) a FIFO: reading it
-/// blocks until the test writes the graph into it, which it does (once per read) only after the signal.
+/// The check is held for as long as the test needs by making the bundle's graph (`model.onnx`) a FIFO: the check's
+/// read of it blocks until the test writes the graph into it, which it does only after the signal
+/// ([`hold_first_read`]).
 #[test]
 fn signals_during_the_configuration_check_are_taken_not_fatal() {
     let d = tempfile::tempdir().unwrap();
-    let (b, wav) = common::bundle_and_wav(d.path(), "rec.wav", &common::pump());
-    let cfg = common::file_config(
-        d.path(),
-        &wav,
-        &b.dir,
-        "realtime = true\nat_end = \"loop\"\n",
-        "",
-    );
+    let (b, cfg) = looped_pump(d.path());
     let graph = b.dir.join("model.onnx");
     let bytes = std::fs::read(&graph).unwrap();
     std::fs::remove_file(&graph).unwrap();
@@ -424,10 +425,8 @@ fn signals_during_the_configuration_check_are_taken_not_fatal() {
     hold_first_read(&graph, &bytes, move || unsafe {
         libc::kill(pid, libc::SIGTERM);
     });
-    let status = daemon.child.wait().unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    let log = daemon.log.lock().unwrap().clone();
-    assert_eq!(status.code(), Some(0), "{status:?}: {log}");
+    let (code, log) = daemon.wait_exit(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{log}");
     assert!(
         log.contains("stopped before it started") && !log.contains("running:"),
         "{log}"

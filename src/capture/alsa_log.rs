@@ -2,8 +2,9 @@
 //!
 //! The library prints them itself ("ALSA lib confmisc.c:855:(parse_card) cannot find card '0'" and seven more
 //! lines for a `default` device with no sound card behind it), bypassing the logger, its level and its prefix, and
-//! once per attempt to open a missing device: with the reopen backoff's 30 s ceiling, a microphone unplugged over a
-//! weekend put about 46 000 of these lines into the journal, each at the journal's default priority. The daemon
+//! once per attempt to open a missing device: at the reopen backoff's 30 s ceiling, eight lines every 30 s put about
+//! 46 000 of them into the journal over a weekend that a microphone stays unplugged, each at the journal's default
+//! priority. The daemon
 //! already says what they mean in one warning ("device 'mic' … not available … trying again with backoff"), so
 //! they are logged at `debug`, under the target `alsa`, formatted as ALSA would: `log_level = "debug"` shows them
 //! when a device's problem needs ALSA's own words. Before the logger is set up (the configuration check,
@@ -40,7 +41,7 @@ pub fn route_to_log() {
 }
 
 /// One of ALSA's messages, in the line ALSA would print (`ALSA lib FILE:LINE:(FUNCTION) MESSAGE[: ERROR]`).
-pub fn format_message(
+fn format_message(
     file: &str,
     line: i32,
     function: &str,
