@@ -391,9 +391,9 @@ fn a_reload_refuses_what_validate_refuses() {
     assert_eq!(daemon.sigterm_and_wait(), 0);
 }
 
-/// A SIGHUP or SIGTERM that comes while `sonitor run` checks its configuration (on a Pi, seconds: the models are
-/// built and run once) used to end the process by the signal's default action: the handlers were installed only
-/// once the daemon started. Now they are installed first: a SIGHUP then is a reload once the daemon runs, a
+/// A SIGHUP or SIGTERM that comes while `sonitor run` checks its configuration (the models are built and run
+/// once) used to end the process by the signal's default action: the handlers were installed only once the daemon
+/// started. Now they are installed first: a SIGHUP then is a reload once the daemon runs, a
 /// SIGTERM ends it cleanly before anything starts.
 ///
 /// The check is held for as long as the test needs by making the bundle's graph (`model.onnx`) a FIFO: the check's
