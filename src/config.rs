@@ -1292,10 +1292,15 @@ impl Config {
 
     /// The state directory's write check ([`check_writable_dir`], one probe) and the warnings about room on disk,
     /// for `validate`, the start of `run` and a reload: a directory that cannot serve is a problem; a full disk,
-    /// or less room than a full outbox or `clips.max_bytes` takes, a warning.
-    pub fn disk_check(&self) -> DiskCheck {
+    /// or less room than a full outbox or `clips.max_bytes` takes, a warning. `missing`: whether a directory
+    /// that does not exist yet is created (`run`) or left as it is ([`MissingDirs::Probe`], `validate`).
+    pub fn disk_check(&self, missing: MissingDirs) -> DiskCheck {
+        let probe = |dir: &Path| match missing {
+            MissingDirs::Create => check_writable_dir(dir),
+            MissingDirs::Probe => check_creatable_dir(dir),
+        };
         let state = |s: String| format!("state_dir {}: {s}", self.state_dir.display());
-        let state_warning = match check_writable_dir(&self.state_dir) {
+        let state_warning = match probe(&self.state_dir) {
             Err(e) => {
                 return DiskCheck {
                     problem: Some(state(e)),
@@ -1312,7 +1317,7 @@ impl Config {
         // still are, so it is a warning.
         let dir = self.clips_dir();
         let clips_warning = (self.clips.enabled && !dir.starts_with(&self.state_dir))
-            .then(|| check_writable_dir(&dir).err())
+            .then(|| probe(&dir).err())
             .flatten()
             .map(|e| {
                 format!(
@@ -1478,6 +1483,51 @@ fn list<'a>(it: impl Iterator<Item = &'a str>) -> String {
 /// Bytes of the probe file [`check_writable_dir`] writes: one block of a usual filesystem, more than an outbox
 /// message takes, so that a filesystem without room for one is found.
 const PROBE_BYTES: usize = 4096;
+
+/// What [`Config::disk_check`] does with a state or clips directory that does not exist yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingDirs {
+    /// Creates it ([`check_writable_dir`]): `run`, a reload and the demo write there next.
+    Create,
+    /// Leaves it missing and shows that it could be made ([`check_creatable_dir`]): `validate`, a check that
+    /// keeps nothing it writes.
+    Probe,
+}
+
+/// [`check_writable_dir`] that leaves the filesystem as it found it. A directory that exists is probed in place
+/// (the probe file is removed). A missing one stays missing: a probe directory made in its nearest existing
+/// ancestor, written to and removed, shows that it can be created and take a file, with the same errors as
+/// `run` would meet.
+pub fn check_creatable_dir(dir: &Path) -> Result<Option<String>, String> {
+    if dir.symlink_metadata().is_ok() {
+        return check_writable_dir(dir);
+    }
+    // A relative path's last ancestor is "", the working directory.
+    let base = dir
+        .ancestors()
+        .skip(1)
+        .find(|a| a.as_os_str().is_empty() || a.symlink_metadata().is_ok())
+        .map(|a| {
+            if a.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                a
+            }
+        })
+        .unwrap_or(Path::new("/"));
+    let probe = base.join(format!(".sonitor-probe-{}.d", std::process::id()));
+    std::fs::create_dir(&probe)
+        .map_err(|e| format!("cannot create the directory: {e}; {}", what_to_do(&e)))?;
+    let checked = check_writable_dir(&probe);
+    std::fs::remove_dir(&probe).map_err(|e| {
+        format!(
+            "cannot remove the test directory {} it made: {e}; remove it by hand and check the permissions of {}",
+            probe.display(),
+            base.display()
+        )
+    })?;
+    checked
+}
 
 /// Creates the directory if needed (as `run` does) and checks that it takes a write that reaches the disk: a
 /// probe file with content, fsynced, then removed. An empty file, as this check once wrote, is created on a
@@ -2086,7 +2136,7 @@ min_duration = "3s"
         );
         let p = Config::load_with_env(&write(d.path(), &text), [])
             .unwrap()
-            .disk_check()
+            .disk_check(MissingDirs::Create)
             .problem
             .unwrap_or_default();
         assert_named(&p, &[&format!("state_dir {}: ", state.display())]);
@@ -2099,6 +2149,57 @@ min_duration = "3s"
         let ok = d.path().join("state");
         assert_eq!(check_writable_dir(&ok), Ok(None));
         assert_eq!(std::fs::read_dir(&ok).unwrap().count(), 0);
+    }
+
+    /// `validate` writes nothing it keeps: missing state and clips directories stay missing, and one that could
+    /// not be made is refused with the words `run` would meet.
+    #[test]
+    fn a_check_that_keeps_nothing_leaves_missing_directories_missing() {
+        let d = tempfile::tempdir().unwrap();
+        let state = d.path().join("state");
+        let clips = d.path().join("disk2/sonitor/clips");
+        let text = format!(
+            "{}\n[clips]\ndir = \"{}\"\n",
+            minimal(d.path()),
+            clips.display()
+        );
+        let cfg = Config::load_with_env(&write(d.path(), &text), []).unwrap();
+        let before: std::collections::BTreeSet<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        let check = cfg.disk_check(MissingDirs::Probe);
+        assert_eq!(check.problem, None);
+        assert!(
+            check.warnings.iter().all(|w| !w.contains("clips.dir")),
+            "{:?}",
+            check.warnings
+        );
+        let after: std::collections::BTreeSet<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(after, before, "neither directory made, no probe left");
+        assert!(!state.exists() && !clips.exists());
+        // `run`'s check makes them.
+        assert_eq!(cfg.disk_check(MissingDirs::Create).problem, None);
+        assert!(state.is_dir() && clips.is_dir());
+        // An existing directory is probed in place and keeps no probe file.
+        assert_eq!(check_creatable_dir(&state), Ok(None));
+        assert_eq!(std::fs::read_dir(&state).unwrap().count(), 0);
+        // Under a regular file no directory can be made (root or not): refused as `run` would refuse it.
+        std::fs::write(d.path().join("a-file"), b"").unwrap();
+        let under_file = d.path().join("a-file/x/state");
+        let e = check_creatable_dir(&under_file).unwrap_err();
+        assert_named(
+            &e,
+            &[
+                "cannot create the directory",
+                "Not a directory",
+                "set state_dir to a writable directory",
+            ],
+        );
+        assert_eq!(e, check_writable_dir(&under_file).unwrap_err());
     }
 
     #[test]
@@ -2114,7 +2215,7 @@ min_duration = "3s"
         );
         let check = Config::load_with_env(&write(d.path(), &text), [])
             .unwrap()
-            .disk_check();
+            .disk_check(MissingDirs::Create);
         assert_eq!(check.problem, None, "the alarms do not need the clips");
         let w = check.warnings.join("\n");
         assert_named(
@@ -2128,7 +2229,7 @@ min_duration = "3s"
         // In the state directory (the default), the state directory's own check covers it.
         let check = Config::load_with_env(&write(d.path(), &minimal(d.path())), [])
             .unwrap()
-            .disk_check();
+            .disk_check(MissingDirs::Create);
         assert!(
             check.warnings.iter().all(|w| !w.contains("clips.dir")),
             "{:?}",

@@ -15,7 +15,7 @@ use sonitor_core::bundle::Bundle;
 use sonitor_core::detect::{Detector, DetectorParams, Transition};
 
 use crate::capture::{SourceEvent, StreamHandle};
-use crate::config::{Config, MachineConfig, SourceKind};
+use crate::config::{Config, MachineConfig, MissingDirs, SourceKind};
 use crate::metrics::Metrics;
 use crate::mqtt::{Command, ToMqtt};
 use crate::outbox::{OutMessage, Outbox};
@@ -80,7 +80,13 @@ pub struct Checked {
 /// Loads the configuration and checks everything that can be checked before running: files, bundles,
 /// sections, channels, devices, ports, the state directory.
 pub fn check(path: &Path) -> Checked {
-    check_with(path, None)
+    check_with(path, None, MissingDirs::Create)
+}
+
+/// [`check`] that keeps nothing it writes (`sonitor validate`): a state or clips directory that does not exist
+/// yet is left missing, shown only to be one that `run` can create.
+pub fn check_leaving_no_trace(path: &Path) -> Checked {
+    check_with(path, None, MissingDirs::Probe)
 }
 
 /// What a running daemon tells the check of a reload ([`check_with`]).
@@ -94,7 +100,7 @@ struct Running<'a> {
 /// it is may be held open by this daemon, so that it cannot be asked for its configurations now; that is a
 /// warning, not a problem. A bundle whose graph it runs is not built with tract again (a reload must not stall
 /// the controller for each model).
-fn check_with(path: &Path, running: Option<&Running>) -> Checked {
+fn check_with(path: &Path, running: Option<&Running>, missing: MissingDirs) -> Checked {
     let cfg = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -105,7 +111,7 @@ fn check_with(path: &Path, running: Option<&Running>) -> Checked {
         }
     };
     let mut problems = cfg.static_problems();
-    let disk = cfg.disk_check();
+    let disk = cfg.disk_check(missing);
     problems.extend(disk.problem);
     let mut warnings = disk.warnings;
     // The MQTT options `run` builds: the password file read, the TLS configuration made from the CA and client
@@ -976,6 +982,7 @@ impl Controller {
                 cfg: &self.cfg,
                 graphs: &self.graphs,
             }),
+            MissingDirs::Create,
         );
         let Some(new) = checked.cfg else {
             log::error!(
@@ -1880,7 +1887,7 @@ fn on_source_event(ctl: &mut Controller, e: SourceEvent) {
 
 /// `sonitor validate`: prints each problem; returns the exit status (0 or 78).
 pub fn validate(config_path: &Path) -> i32 {
-    let checked = check(config_path);
+    let checked = check_leaving_no_trace(config_path);
     if checked.problems.is_empty() {
         if let Some(cfg) = checked.cfg {
             println!(

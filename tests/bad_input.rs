@@ -78,6 +78,19 @@ fn every_kind_of_bad_input_is_named_with_exit_78() {
     let (code, text) = sonitor(&["validate"], &good);
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("OK: 1 machine"), "{text}");
+    // A check keeps nothing it writes: the state directory `run` would make is not made.
+    assert!(
+        !d.path().join("state").exists(),
+        "validate made the state directory"
+    );
+    assert!(
+        std::fs::read_dir(d.path()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".sonitor-probe")),
+        "a probe was left"
+    );
 
     // Malformed TOML.
     let p = d.path().join("malformed.toml");
