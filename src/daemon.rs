@@ -1117,10 +1117,78 @@ impl Controller {
 /// to its end (`sonitor validate` of models/default and a 30-minute WAV: 0.03 s on the 2-core build machine; longer
 /// on a Pi): a signal that arrives while the daemon starts is taken when its main loop starts, instead of ending
 /// the process by the signal's default action.
+///
+/// A panic in any thread (a bug) is taken the same way ([`panic_hook`]): logged, named in `panicked`, and the
+/// loop woken to stop with [`EXIT_INTERNAL`], so that the service manager restarts sonitor instead of leaving it
+/// running without that thread (a reader that no longer cuts windows, a clip writer gone: nothing that
+/// starves the watchdog).
 pub struct Signals {
     term: Arc<AtomicBool>,
     hup: Arc<AtomicBool>,
+    panicked: Arc<Mutex<Option<String>>>,
     wake: crossbeam_channel::Receiver<()>,
+}
+
+/// How long after a panic the process is ended whatever the main loop does ([`panic_hook`]): its orderly stop
+/// (the detectors' state saved, MQTT's last messages, the clips still waiting written) takes well under a second
+/// when every other thread answers.
+pub const PANIC_EXIT_AFTER: Duration = Duration::from_secs(20);
+
+/// The process-wide panic hook of [`Signals`]: logs the panic (the thread, where, the message, a backtrace),
+/// names the thread in `panicked` and wakes the main loop, which stops in order
+/// with [`EXIT_INTERNAL`]. If that stop does not end the process within [`PANIC_EXIT_AFTER`] (the main loop is
+/// the thread that panicked, or a thread the stop waits for hangs), the process exits with that status anyway.
+fn panic_hook(
+    panicked: Arc<Mutex<Option<String>>>,
+    wake: Sender<()>,
+) -> Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Send + Sync> {
+    let exit_armed = AtomicBool::new(false);
+    Box::new(move |info| {
+        let thread = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_string();
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}:{}", l.file(), l.line(), l.column()))
+            .unwrap_or_default();
+        let line = format!(
+            "thread '{thread}' panicked{at}: {message} (a bug in sonitor; please report this line)"
+        );
+        // Always, whatever RUST_BACKTRACE says: a bug met by an unattended daemon is rarely met again on demand.
+        let backtrace = std::backtrace::Backtrace::force_capture();
+        // Before the configuration is read the logger is not set up yet: stderr, which the journal keeps too.
+        if log::log_enabled!(log::Level::Error) {
+            log::error!("{line}");
+            log::error!("backtrace of the panic:\n{backtrace}");
+        } else {
+            eprintln!("sonitor: {line}");
+            eprintln!("backtrace of the panic:\n{backtrace}");
+        }
+        if let Ok(mut p) = panicked.lock() {
+            p.get_or_insert(thread);
+        }
+        let _ = wake.try_send(());
+        if !exit_armed.swap(true, Ordering::SeqCst) {
+            let _ = std::thread::Builder::new()
+                .name("panic-exit".into())
+                .spawn(|| {
+                    std::thread::sleep(PANIC_EXIT_AFTER);
+                    eprintln!(
+                        "sonitor: the stop after a panic did not end within {} s; exiting with status \
+                         {EXIT_INTERNAL}",
+                        PANIC_EXIT_AFTER.as_secs()
+                    );
+                    std::process::exit(EXIT_INTERNAL);
+                });
+        }
+    })
 }
 
 impl Signals {
@@ -1128,7 +1196,9 @@ impl Signals {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
         let term = Arc::new(AtomicBool::new(false));
         let hup = Arc::new(AtomicBool::new(false));
+        let panicked = Arc::new(Mutex::new(None));
         let (wake_tx, wake) = crossbeam_channel::bounded::<()>(4);
+        std::panic::set_hook(panic_hook(panicked.clone(), wake_tx.clone()));
         let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
         {
             let (term, hup) = (term.clone(), hup.clone());
@@ -1142,7 +1212,12 @@ impl Signals {
                     }
                 })?;
         }
-        Ok(Signals { term, hup, wake })
+        Ok(Signals {
+            term,
+            hup,
+            panicked,
+            wake,
+        })
     }
 
     /// A SIGTERM or SIGINT has come.
@@ -1220,6 +1295,7 @@ pub fn start(
     let Signals {
         term,
         hup,
+        panicked,
         wake: signal_rx,
     } = signals;
     let base = cfg.topic_base();
@@ -1505,6 +1581,7 @@ pub fn start(
                     Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
                     Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
                 };
+                crate::fault::point("clips");
                 match crate::clips::write_clip(&c) {
                     Ok(()) => {
                         retention.written(&c.path);
@@ -1599,7 +1676,15 @@ pub fn start(
                 }
             },
             recv(src_rx) -> e => if let Ok(e) = e { on_source_event(&mut ctl, e) },
-            recv(clip_failed_rx) -> p => if let Ok(p) = p { ctl.on_clip_failed(&p) },
+            recv(clip_failed_rx) -> p => match p {
+                Ok(p) => ctl.on_clip_failed(&p),
+                // The clips thread holds its end until the loop has ended: gone now, it died (and a
+                // disconnected channel would wake this loop at once, again and again).
+                Err(_) => {
+                    exit_code = thread_died("the clips thread", "evidence clips are no longer written");
+                    break;
+                }
+            },
             recv(reader_rx) -> e => match e {
                 Ok(ReaderEvent::Health(h)) => {
                     let state = if h.silent { "SILENT" } else if h.clipping { "CLIPPING" } else { "OK" };
@@ -1627,6 +1712,13 @@ pub fn start(
             },
             recv(signal_rx) -> _ => {},
             recv(tick) -> _ => {},
+        }
+        if let Some(thread) = panicked.lock().ok().and_then(|mut p| p.take()) {
+            exit_code = thread_died(
+                &format!("thread '{thread}'"),
+                "it panicked (logged above), and the daemon does not run on without it",
+            );
+            break;
         }
         if hup.swap(false, Ordering::SeqCst) {
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);

@@ -17,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod fault;
 pub mod metrics;
 pub mod model;
 pub mod mqtt;

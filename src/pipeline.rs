@@ -318,6 +318,7 @@ pub fn spawn_reader(
                     }
                     continue;
                 };
+                crate::fault::point("reader");
                 let n = read_block(&mut states, stream, &mut cursor, &mut scratch, &health, &to);
                 if n == 0 {
                     // The flag first, then the ring: the source sets it after its last write.
@@ -970,6 +971,7 @@ pub fn spawn_features(
         .name("features".into())
         .spawn(move || {
             for w in windows.iter() {
+                crate::fault::point("features");
                 let fx = &mut extractors[w.machine];
                 let mut f = recycled_features
                     .try_recv()

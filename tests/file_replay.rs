@@ -568,3 +568,50 @@ fn a_machine_that_stops_is_idle_not_anomalous() {
     assert!(!log.contains("not running"), "{log}");
     assert!(!log.contains("(Idle"), "{log}");
 }
+
+/// A bug that panics one of the daemon's threads ends the daemon with status 70 (EX_SOFTWARE, which the unit's
+/// `Restart=on-failure` restarts), the panic in its log, and the alarm raised before it in the outbox: not a
+/// daemon that runs on without that thread (a reader gone cuts no more windows, and nothing then starves the
+/// watchdog; a clip writer gone woke the main loop without pause). The panic is injected
+/// (`SONITOR_FAULT_PANIC`, read by test builds only).
+#[test]
+fn a_thread_that_panics_ends_the_daemon_with_status_70() {
+    if !cfg!(debug_assertions) {
+        eprintln!(
+            "skipped: a build without debug assertions injects no panic (`cargo test --release`)"
+        );
+        return;
+    }
+    for (point, thread, alarm_first) in [
+        ("reader", "reader-mic", false),
+        ("features", "features", false),
+        ("clips", "clips", true),
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        let (b, wav) =
+            common::bundle_and_wav(d.path(), "rec.wav", &common::recording(2.0, 3.0, 3.0));
+        let cfg = common::offline_config(d.path(), &wav, &b.dir, "");
+        let mut daemon = common::Daemon::start(&cfg, &[("SONITOR_FAULT_PANIC", point)]);
+        let (code, log) = daemon.wait_exit(Duration::from_secs(60));
+        assert_eq!(code, Some(70), "{point}: {log}");
+        for needle in [
+            format!("thread '{thread}' panicked at "),
+            format!("fault injected at '{point}'"),
+            "exiting with status 70 so that the service manager restarts sonitor".to_string(),
+        ] {
+            assert!(log.contains(&needle), "{point}: no '{needle}' in:\n{log}");
+        }
+        if alarm_first {
+            // The clip is asked for by the alarm: its start event waits in the outbox for a broker.
+            assert!(log.contains("alarm ON: pump-1"), "{log}");
+            let outbox: Vec<String> = std::fs::read_dir(d.path().join("state/outbox"))
+                .unwrap()
+                .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+                .collect();
+            assert!(
+                outbox.iter().any(|m| m.contains(r#"\"type\":\"start\""#)),
+                "{outbox:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! Fault injection for the tests of what a bug does to the daemon: [`point`] panics the thread that reaches it
+//! when the environment variable `SONITOR_FAULT_PANIC` names it. Only in builds with debug assertions (`cargo
+//! test`'s); in a release build the call is empty and the variable is not read.
+
+/// The variable that names the point to panic at.
+pub const VAR: &str = "SONITOR_FAULT_PANIC";
+
+/// Panics here if [`VAR`] names `name` (debug-assertion builds only; the variable is read once).
+#[track_caller]
+#[inline]
+pub fn point(name: &str) {
+    #[cfg(debug_assertions)]
+    {
+        static WANTED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+        if WANTED.get_or_init(|| std::env::var(VAR).ok()).as_deref() == Some(name) {
+            panic!("fault injected at '{name}' ({VAR})");
+        }
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = name;
+}
