@@ -1162,7 +1162,8 @@ fn panic_hook(
             "thread '{thread}' panicked{at}: {message} (a bug in sonitor; please report this line)"
         );
         // Always, whatever RUST_BACKTRACE says: a bug met by an unattended daemon is rarely met again on demand.
-        let backtrace = std::backtrace::Backtrace::force_capture();
+        let backtrace = std::backtrace::Backtrace::force_capture().to_string();
+        let backtrace = backtrace.trim_end();
         // Before the configuration is read the logger is not set up yet: stderr, which the journal keeps too.
         if log::log_enabled!(log::Level::Error) {
             log::error!("{line}");
@@ -1828,6 +1829,16 @@ pub fn start(
     drop(features_thread);
     drop(inference_thread);
     let _ = clip_thread.join();
+    // A thread that panicked while the daemon stopped (the loop had ended and no longer looked): the stop is
+    // not a clean one either.
+    if let Some(thread) = panicked.lock().ok().and_then(|mut p| p.take()) {
+        if exit_code == 0 {
+            exit_code = thread_died(
+                &format!("thread '{thread}'"),
+                "it panicked while the daemon stopped",
+            );
+        }
+    }
     let mut outbox = ctl.outbox.lock().unwrap_or_else(|e| e.into_inner());
     // The disk may have room again (clips removed, space freed) since the last transition tried.
     outbox.write_memory_only();

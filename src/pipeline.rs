@@ -266,6 +266,7 @@ pub fn spawn_reader(
                     // The daemon is stopping: no more audio comes. Clips still waiting for theirs (and requests
                     // just made) are written with what there is, the ring's last audio included; the daemon
                     // writes them out before it exits.
+                    crate::fault::point("reader-stopping");
                     take_clip_requests(&mut states, &clip_requests);
                     if let Some(stream) = current.as_mut() {
                         drain_for_clips(&mut states, stream, &mut scratch);

@@ -570,7 +570,7 @@ fn a_machine_that_stops_is_idle_not_anomalous() {
 }
 
 /// A bug that panics one of the daemon's threads ends the daemon with status 70 (EX_SOFTWARE, which the unit's
-/// `Restart=on-failure` restarts), the panic in its log, and the alarm raised before it in the outbox: not a
+/// `Restart=on-failure` restarts), also when it panics while the daemon stops, the panic in its log, and the alarm raised before it in the outbox: not a
 /// daemon that runs on without that thread (a reader gone cuts no more windows, and nothing then starves the
 /// watchdog; a clip writer gone woke the main loop without pause). The panic is injected
 /// (`SONITOR_FAULT_PANIC`, read by test builds only).
@@ -586,6 +586,8 @@ fn a_thread_that_panics_ends_the_daemon_with_status_70() {
         ("reader", "reader-mic", false),
         ("features", "features", false),
         ("clips", "clips", true),
+        // After the main loop, while the daemon stops at the end of the file.
+        ("reader-stopping", "reader-mic", true),
     ] {
         let d = tempfile::tempdir().unwrap();
         let (b, wav) =
