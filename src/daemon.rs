@@ -837,6 +837,7 @@ impl Controller {
     }
 
     fn on_score(&mut self, s: ScoreMsg) {
+        crate::fault::point("controller");
         let i = s.machine;
         log::debug!(
             "score {} t={} ms: {:.4}",
@@ -1256,19 +1257,28 @@ pub fn run(config_path: &Path) -> i32 {
     for w in checked.warnings {
         log::warn!("{w}");
     }
-    match start(
-        cfg,
-        config_path,
-        checked.bundles,
-        checked.embedders,
-        None,
-        signals,
-    ) {
-        Ok(code) => code,
-        Err(e) => {
+    // A panic of the main loop itself (the hook has logged it) ends the process with the status of any other
+    // thread's, without the orderly stop that loop would have made.
+    let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        start(
+            cfg,
+            config_path,
+            checked.bundles,
+            checked.embedders,
+            None,
+            signals,
+        )
+    }));
+    match started {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) => {
             log::error!("{e:#}");
             1
         }
+        Err(_) => thread_died(
+            "the main loop",
+            "it panicked (logged above), and the threads it ran stop with the process",
+        ),
     }
 }
 

@@ -588,6 +588,8 @@ fn a_thread_that_panics_ends_the_daemon_with_status_70() {
         ("clips", "clips", true),
         // After the main loop, while the daemon stops at the end of the file.
         ("reader-stopping", "reader-mic", true),
+        // The main loop itself, at its first score.
+        ("controller", "main", false),
     ] {
         let d = tempfile::tempdir().unwrap();
         let (b, wav) =
