@@ -1649,8 +1649,11 @@ pub fn start(
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let watchdog = watchdog_interval();
     let mut last_wd = Instant::now();
-    let mut wd_marks = (0u64, 0u64);
-    let mut wd_beats: Vec<u64> = vec![0; metrics.inputs.len()];
+    let mut wd_marks = WatchMarks {
+        retry_beats: vec![0; metrics.inputs.len()],
+        reader_beats: vec![0; metrics.inputs.len()],
+        ..WatchMarks::default()
+    };
     let mut last_status = Instant::now() - Duration::from_secs(60);
     let mut finished_inputs = vec![false; ctl.cfg.devices.len()];
     let exit_when_finished = ctl
@@ -1754,29 +1757,29 @@ pub fn start(
         }
         // Watchdog: fed while frames and inferences advance, or while no input is open and every input's
         // supervisor is visibly waiting to reopen it (a microphone unplugged: restarting the daemon would not
-        // bring it back, and each restart takes the node offline on MQTT). A supervisor stuck in the audio stack,
-        // or a pipeline that stops scoring the audio it gets, still starves it.
+        // bring it back, and each restart takes the node offline on MQTT), and in both cases only while every
+        // input's reader turns. A supervisor stuck in the audio stack, a reader stuck (its windows stop, so the
+        // pipeline looks idle), or a pipeline that stops scoring the audio it gets, still starves it.
         if let Some(every) = watchdog {
             if last_wd.elapsed() >= every {
-                let frames: u64 = metrics.inputs.iter().map(|i| i.frames.get()).sum();
-                let inferences: u64 = metrics.machines.iter().map(|m| m.inferences.get()).sum();
-                let beats: Vec<u64> = metrics.inputs.iter().map(|i| i.retry_beats.get()).collect();
+                let now = WatchMarks {
+                    frames: metrics.inputs.iter().map(|i| i.frames.get()).sum(),
+                    inferences: metrics.machines.iter().map(|m| m.inferences.get()).sum(),
+                    retry_beats: metrics.inputs.iter().map(|i| i.retry_beats.get()).collect(),
+                    reader_beats: metrics
+                        .inputs
+                        .iter()
+                        .map(|i| i.reader_beats.get())
+                        .collect(),
+                };
                 // Progress is measured from the last ping, not the last check: a window hop longer than the check
                 // interval, or a check that falls between an input's frames and its next inference, only delays
                 // the ping; systemd kills the daemon only after a whole WatchdogSec without any.
                 let any_open = ctl.inputs.contains(&InputState::Open);
                 let idle = win_queue_empty(&metrics);
-                if watchdog_fed(
-                    (frames, inferences),
-                    wd_marks,
-                    idle,
-                    any_open,
-                    &beats,
-                    &wd_beats,
-                ) {
+                if watchdog_fed(&now, &wd_marks, idle, any_open) {
                     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
-                    wd_marks = (frames, inferences);
-                    wd_beats = beats;
+                    wd_marks = now;
                 }
                 last_wd = Instant::now();
             }
@@ -1895,22 +1898,30 @@ fn thread_died(thread: &str, consequence: &str) -> i32 {
     EXIT_INTERNAL
 }
 
-/// Whether the daemon has made progress since the last watchdog ping: frames advanced (`now` against `at_ping`,
-/// each `(frames, inferences)`) and the pipeline either scored windows or has none waiting (`idle`: a window
-/// hop longer than the watchdog period leaves it waiting for audio, not stuck), or no input is open and every
-/// input's supervisor has visibly waited to reopen it since (`beats` against `beats_at_ping`). Frames that came
-/// before an input went away do not count against the waiting.
-fn watchdog_fed(
-    now: (u64, u64),
-    at_ping: (u64, u64),
-    idle: bool,
-    any_open: bool,
-    beats: &[u64],
-    beats_at_ping: &[u64],
-) -> bool {
-    let scoring = now.0 > at_ping.0 && (now.1 > at_ping.1 || idle);
-    let waiting = !any_open && beats.iter().zip(beats_at_ping).all(|(n, t)| n > t);
-    scoring || waiting
+/// The counters the watchdog compares with their values at its last ping ([`watchdog_fed`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+struct WatchMarks {
+    /// Frames delivered by every input.
+    frames: u64,
+    /// Windows scored, every machine.
+    inferences: u64,
+    /// Per input: its supervisor's turns while it waits to reopen it.
+    retry_beats: Vec<u64>,
+    /// Per input: its reader's turns.
+    reader_beats: Vec<u64>,
+}
+
+/// Whether the daemon has made progress since the last watchdog ping (`now` against `at_ping`): frames advanced
+/// and the pipeline either scored windows or has none waiting (`idle`: a window hop longer than the watchdog
+/// period leaves it waiting for audio, not stuck), or no input is open and every input's supervisor has visibly
+/// waited to reopen it since. Frames that came before an input went away do not count against the waiting.
+/// Either way every input's reader must have turned since: a reader stuck cuts no more windows, which the
+/// pipeline alone would take for `idle`.
+fn watchdog_fed(now: &WatchMarks, at_ping: &WatchMarks, idle: bool, any_open: bool) -> bool {
+    let advanced = |n: &[u64], t: &[u64]| n.iter().zip(t).all(|(n, t)| n > t);
+    let scoring = now.frames > at_ping.frames && (now.inferences > at_ping.inferences || idle);
+    let waiting = !any_open && advanced(&now.retry_beats, &at_ping.retry_beats);
+    (scoring || waiting) && advanced(&now.reader_beats, &at_ping.reader_beats)
 }
 
 /// How often the watchdog is checked: a quarter of the systemd watchdog period (`WATCHDOG_USEC`), so that a check
@@ -2032,25 +2043,49 @@ mod tests {
 
     #[test]
     fn the_watchdog_is_fed_by_scoring_or_by_waiting_for_a_device_that_is_away() {
+        let m = |frames, inferences, retry: &[u64], readers: &[u64]| WatchMarks {
+            frames,
+            inferences,
+            retry_beats: retry.to_vec(),
+            reader_beats: readers.to_vec(),
+        };
+        let ping = m(8, 4, &[0], &[5]);
         // Frames and inferences since the last ping: scoring.
-        assert!(watchdog_fed((10, 5), (8, 4), false, true, &[0], &[0]));
+        assert!(watchdog_fed(&m(10, 5, &[0], &[9]), &ping, false, true));
         // Frames but no inference since the last ping, windows waiting, the input open: a pipeline that stopped
         // scoring.
-        assert!(!watchdog_fed((10, 4), (8, 4), false, true, &[0], &[0]));
+        assert!(!watchdog_fed(&m(10, 4, &[0], &[9]), &ping, false, true));
         // Frames, no window waiting: a window hop longer than the period, the next window not yet complete.
-        assert!(watchdog_fed((10, 4), (8, 4), true, true, &[0], &[0]));
+        assert!(watchdog_fed(&m(10, 4, &[0], &[9]), &ping, true, true));
+        // The same with the reader stuck: no window is waiting because none is cut any more.
+        assert!(!watchdog_fed(&m(10, 4, &[0], &[5]), &ping, true, true));
         // No frames at all with the input open (a stalled device, until the supervisor closes it): not fed.
-        assert!(!watchdog_fed((8, 4), (8, 4), true, true, &[0], &[0]));
+        assert!(!watchdog_fed(&m(8, 4, &[0], &[9]), &ping, true, true));
         // The input went away after some frames came: its supervisor retrying feeds it.
-        assert!(watchdog_fed((10, 4), (8, 4), false, false, &[7], &[3]));
+        let ping = m(8, 4, &[3], &[5]);
+        assert!(watchdog_fed(&m(10, 4, &[7], &[9]), &ping, false, false));
+        // Not with its reader stuck.
+        assert!(!watchdog_fed(&m(10, 4, &[7], &[5]), &ping, false, false));
         // A supervisor that stopped retrying (stuck in the audio stack) does not.
+        let ping = m(8, 4, &[3, 3], &[5, 5]);
         assert!(!watchdog_fed(
-            (8, 4),
-            (8, 4),
+            &m(8, 4, &[7, 3], &[9, 9]),
+            &ping,
             false,
+            false
+        ));
+        // Two inputs, one reader stuck: the other input's scoring does not hide it.
+        assert!(watchdog_fed(
+            &m(10, 5, &[3, 3], &[9, 9]),
+            &ping,
             false,
-            &[7, 3],
-            &[3, 3]
+            true
+        ));
+        assert!(!watchdog_fed(
+            &m(10, 5, &[3, 3], &[9, 5]),
+            &ping,
+            false,
+            true
         ));
     }
 

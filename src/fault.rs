@@ -1,9 +1,13 @@
 //! Fault injection for the tests of what a bug does to the daemon: [`point`] panics the thread that reaches it
-//! when the environment variable `SONITOR_FAULT_PANIC` names it. Only in builds with debug assertions (`cargo
-//! test`'s); in a release build the call is empty and the variable is not read.
+//! when the environment variable `SONITOR_FAULT_PANIC` names it, [`hang`] stops it for good when
+//! `SONITOR_FAULT_HANG` does. Only in builds with debug assertions (`cargo test`'s); in a release build the calls
+//! are empty and the variables are not read.
 
 /// The variable that names the point to panic at.
 pub const VAR: &str = "SONITOR_FAULT_PANIC";
+
+/// The variable that names the point to hang at.
+pub const HANG_VAR: &str = "SONITOR_FAULT_HANG";
 
 /// Panics here if [`VAR`] names `name` (debug-assertion builds only; the variable is read once).
 #[track_caller]
@@ -14,6 +18,27 @@ pub fn point(name: &str) {
         static WANTED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
         if WANTED.get_or_init(|| std::env::var(VAR).ok()).as_deref() == Some(name) {
             panic!("fault injected at '{name}' ({VAR})");
+        }
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = name;
+}
+
+/// Sleeps for ever here if [`HANG_VAR`] names `name` (debug-assertion builds only; the variable is read once):
+/// a thread stuck, as in a deadlock, without a panic.
+#[inline]
+pub fn hang(name: &str) {
+    #[cfg(debug_assertions)]
+    {
+        static WANTED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+        if WANTED
+            .get_or_init(|| std::env::var(HANG_VAR).ok())
+            .as_deref()
+            == Some(name)
+        {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
         }
     }
     #[cfg(not(debug_assertions))]

@@ -127,6 +127,9 @@ pub struct InputMetrics {
     /// Raised by the input's supervisor thread while it waits to reopen the input: proof for the watchdog that a
     /// daemon without audio is waiting for its device, not hung. Not exported.
     pub retry_beats: Counter,
+    /// Raised by the input's reader at every turn of its loop (at least every quarter second while it runs,
+    /// audio or not): proof for the watchdog that the reader is not stuck. Not exported.
+    pub reader_beats: Counter,
 }
 
 /// Per machine.

@@ -262,6 +262,8 @@ pub fn spawn_reader(
                 input,
             };
             loop {
+                metrics.inputs[input].reader_beats.inc();
+                crate::fault::hang("reader");
                 if stop.load(Ordering::SeqCst) {
                     // The daemon is stopping: no more audio comes. Clips still waiting for theirs (and requests
                     // just made) are written with what there is, the ring's last audio included; the daemon

@@ -977,6 +977,18 @@ impl Notify {
         ]
     }
 
+    /// Reads notifications for `d`.
+    pub fn collect_for(&mut self, d: Duration) {
+        let t0 = Instant::now();
+        while t0.elapsed() < d {
+            let mut buf = [0u8; 512];
+            if let Ok(n) = self.sock.recv(&mut buf) {
+                self.notes.push_str(&String::from_utf8_lossy(&buf[..n]));
+                self.notes.push('\n');
+            }
+        }
+    }
+
     /// Reads notifications until `READY=1` and `pings` `WATCHDOG=1` have come; panics after `timeout` with what
     /// came instead.
     pub fn wait_ready_and_pings(&mut self, pings: usize, timeout: Duration) {
