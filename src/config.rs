@@ -1506,7 +1506,6 @@ pub fn check_creatable_dir(dir: &Path) -> Result<Option<String>, String> {
     let base = dir
         .ancestors()
         .skip(1)
-        .find(|a| a.as_os_str().is_empty() || a.symlink_metadata().is_ok())
         .map(|a| {
             if a.as_os_str().is_empty() {
                 Path::new(".")
@@ -1514,6 +1513,7 @@ pub fn check_creatable_dir(dir: &Path) -> Result<Option<String>, String> {
                 a
             }
         })
+        .find(|a| a.symlink_metadata().is_ok())
         .unwrap_or(Path::new("/"));
     let probe = base.join(format!(".sonitor-probe-{}.d", std::process::id()));
     std::fs::create_dir(&probe)

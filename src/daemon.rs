@@ -1133,7 +1133,7 @@ pub struct Signals {
 /// How long after a panic the process is ended whatever the main loop does ([`panic_hook`]): its orderly stop
 /// (the detectors' state saved, MQTT's last messages, the clips still waiting written) ended 0.05 s after the
 /// panic of the clips thread in a replay of the demo recording in real time, with every other thread answering.
-pub const PANIC_EXIT_AFTER: Duration = Duration::from_secs(20);
+const PANIC_EXIT_AFTER: Duration = Duration::from_secs(20);
 
 /// The process-wide panic hook of [`Signals`]: logs the panic (the thread, where, the message, a backtrace),
 /// names the thread in `panicked` and wakes the main loop, which stops in order
@@ -1165,13 +1165,12 @@ fn panic_hook(
         // Always, whatever RUST_BACKTRACE says: a bug met by an unattended daemon is rarely met again on demand.
         let backtrace = std::backtrace::Backtrace::force_capture().to_string();
         let backtrace = backtrace.trim_end();
+        let text = format!("{line}\nbacktrace of the panic:\n{backtrace}");
         // Before the configuration is read the logger is not set up yet: stderr, which the journal keeps too.
         if log::log_enabled!(log::Level::Error) {
-            log::error!("{line}");
-            log::error!("backtrace of the panic:\n{backtrace}");
+            log::error!("{text}");
         } else {
-            eprintln!("sonitor: {line}");
-            eprintln!("backtrace of the panic:\n{backtrace}");
+            eprintln!("sonitor: {text}");
         }
         if let Ok(mut p) = panicked.lock() {
             p.get_or_insert(thread);
@@ -1727,9 +1726,9 @@ pub fn start(
             recv(signal_rx) -> _ => {},
             recv(tick) -> _ => {},
         }
-        if let Some(thread) = panicked.lock().ok().and_then(|mut p| p.take()) {
+        if let Some(thread) = panicked_thread(&panicked) {
             exit_code = thread_died(
-                &format!("thread '{thread}'"),
+                &thread,
                 "it panicked (logged above), and the daemon does not run on without it",
             );
             break;
@@ -1844,13 +1843,8 @@ pub fn start(
     let _ = clip_thread.join();
     // A thread that panicked while the daemon stopped (the loop had ended and no longer looked): the stop is
     // not a clean one either.
-    if let Some(thread) = panicked.lock().ok().and_then(|mut p| p.take()) {
-        if exit_code == 0 {
-            exit_code = thread_died(
-                &format!("thread '{thread}'"),
-                "it panicked while the daemon stopped",
-            );
-        }
+    if let Some(thread) = panicked_thread(&panicked).filter(|_| exit_code == 0) {
+        exit_code = thread_died(&thread, "it panicked while the daemon stopped");
     }
     let mut outbox = ctl.outbox.lock().unwrap_or_else(|e| e.into_inner());
     // The disk may have room again (clips removed, space freed) since the last transition tried.
@@ -1889,6 +1883,12 @@ pub const EXIT_INPUT: i32 = 74;
 /// the service manager restarts sonitor (`Restart=on-failure`).
 pub const EXIT_INTERNAL: i32 = 70;
 
+/// The thread the panic hook named (`thread 'NAME'`), taken: each panic ends the loop once.
+fn panicked_thread(panicked: &Mutex<Option<String>>) -> Option<String> {
+    let name = panicked.lock().ok()?.take()?;
+    Some(format!("thread '{name}'"))
+}
+
 /// Logs that `thread` stopped unexpectedly and what that means; returns the exit status to stop with.
 fn thread_died(thread: &str, consequence: &str) -> i32 {
     log::error!(
@@ -1899,7 +1899,7 @@ fn thread_died(thread: &str, consequence: &str) -> i32 {
 }
 
 /// The counters the watchdog compares with their values at its last ping ([`watchdog_fed`]).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Default)]
 struct WatchMarks {
     /// Frames delivered by every input.
     frames: u64,

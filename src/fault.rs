@@ -9,38 +9,30 @@ pub const VAR: &str = "SONITOR_FAULT_PANIC";
 /// The variable that names the point to hang at.
 pub const HANG_VAR: &str = "SONITOR_FAULT_HANG";
 
+/// Whether the variable `var` (read once, into `cell`) names `name`; always false without debug assertions.
+#[inline]
+fn named(cell: &std::sync::OnceLock<Option<String>>, var: &str, name: &str) -> bool {
+    cfg!(debug_assertions) && cell.get_or_init(|| std::env::var(var).ok()).as_deref() == Some(name)
+}
+
 /// Panics here if [`VAR`] names `name` (debug-assertion builds only; the variable is read once).
 #[track_caller]
 #[inline]
 pub fn point(name: &str) {
-    #[cfg(debug_assertions)]
-    {
-        static WANTED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-        if WANTED.get_or_init(|| std::env::var(VAR).ok()).as_deref() == Some(name) {
-            panic!("fault injected at '{name}' ({VAR})");
-        }
+    static WANTED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if named(&WANTED, VAR, name) {
+        panic!("fault injected at '{name}' ({VAR})");
     }
-    #[cfg(not(debug_assertions))]
-    let _ = name;
 }
 
 /// Sleeps for ever here if [`HANG_VAR`] names `name` (debug-assertion builds only; the variable is read once):
 /// a thread stuck, as in a deadlock, without a panic.
 #[inline]
 pub fn hang(name: &str) {
-    #[cfg(debug_assertions)]
-    {
-        static WANTED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-        if WANTED
-            .get_or_init(|| std::env::var(HANG_VAR).ok())
-            .as_deref()
-            == Some(name)
-        {
-            loop {
-                std::thread::sleep(std::time::Duration::from_secs(3600));
-            }
+    static WANTED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if named(&WANTED, HANG_VAR, name) {
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
         }
     }
-    #[cfg(not(debug_assertions))]
-    let _ = name;
 }

@@ -977,15 +977,20 @@ impl Notify {
         ]
     }
 
+    /// Waits up to the socket's 0.2 s timeout for one notification and adds it to [`Notify::notes`].
+    fn recv_one(&mut self) {
+        let mut buf = [0u8; 512];
+        if let Ok(n) = self.sock.recv(&mut buf) {
+            self.notes.push_str(&String::from_utf8_lossy(&buf[..n]));
+            self.notes.push('\n');
+        }
+    }
+
     /// Reads notifications for `d`.
     pub fn collect_for(&mut self, d: Duration) {
         let t0 = Instant::now();
         while t0.elapsed() < d {
-            let mut buf = [0u8; 512];
-            if let Ok(n) = self.sock.recv(&mut buf) {
-                self.notes.push_str(&String::from_utf8_lossy(&buf[..n]));
-                self.notes.push('\n');
-            }
+            self.recv_one();
         }
     }
 
@@ -1000,11 +1005,7 @@ impl Notify {
                 "no READY=1 and {pings} watchdog pings from the daemon: {:?}",
                 self.notes
             );
-            let mut buf = [0u8; 512];
-            if let Ok(n) = self.sock.recv(&mut buf) {
-                self.notes.push_str(&String::from_utf8_lossy(&buf[..n]));
-                self.notes.push('\n');
-            }
+            self.recv_one();
         }
     }
 }
