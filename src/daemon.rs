@@ -1433,6 +1433,9 @@ pub fn start(
     }
     let (cmd_tx, cmd_rx) = bounded::<Command>(64);
     let (mqtt_tx, mqtt_rx) = bounded::<ToMqtt>(1024);
+    // The watchdog's check interval: also the longest the MQTT publisher and the clip writer sleep, so that each
+    // check can see them turn (none without a watchdog: they then sleep until there is work).
+    let watchdog = watchdog_interval();
     let mqtt_thread = if cfg.mqtt.enabled {
         Some(crate::mqtt::spawn(
             &cfg,
@@ -1440,6 +1443,7 @@ pub fn start(
             mqtt_rx,
             cmd_tx,
             metrics.clone(),
+            watchdog,
         )?)
     } else {
         None
@@ -1577,21 +1581,31 @@ pub fn start(
         .name("clips".into())
         .spawn(move || {
             // The retention runs at start, after every clip, and every `retention_interval` in between: clips
-            // past clips.max_age go even when no alarm brings a new clip.
+            // past clips.max_age go even when no alarm brings a new clip. Under a watchdog the loop also turns at
+            // each of its checks, to show it is not stuck.
             let every = crate::clips::retention_interval(&clips_cfg);
             let mut retention = crate::clips::Retention::new(&node_id);
+            let mut retention_due = Instant::now();
             loop {
-                if clips_cfg.enabled {
-                    let open = open_clips_r.lock().map(|o| o.clone()).unwrap_or_default();
-                    let removed = retention.enforce(&clips_dir, &clips_cfg, &open);
-                    clip_metrics.clips_removed.add(removed as u64);
+                clip_metrics.clips_beats.inc();
+                crate::fault::hang("clips");
+                if Instant::now() >= retention_due {
+                    if clips_cfg.enabled {
+                        let open = open_clips_r.lock().map(|o| o.clone()).unwrap_or_default();
+                        let removed = retention.enforce(&clips_dir, &clips_cfg, &open);
+                        clip_metrics.clips_removed.add(removed as u64);
+                    }
+                    retention_due = Instant::now() + every;
                 }
-                let c = match clip_audio_rx.recv_timeout(every) {
+                let until_due = retention_due.saturating_duration_since(Instant::now());
+                let wait = watchdog.map_or(until_due, |w| until_due.min(w));
+                let c = match clip_audio_rx.recv_timeout(wait) {
                     Ok(c) => c,
                     Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
                     Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
                 };
                 crate::fault::point("clips");
+                retention_due = Instant::now();
                 match crate::clips::write_clip(&c) {
                     Ok(()) => {
                         retention.written(&c.path);
@@ -1646,11 +1660,18 @@ pub fn start(
     ctl.persist();
 
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    let watchdog = watchdog_interval();
     let mut last_wd = Instant::now();
+    let thread_beats = || {
+        let mut beats = vec![metrics.clips_beats.get()];
+        if mqtt_thread.is_some() {
+            beats.push(metrics.mqtt_beats.get());
+        }
+        beats
+    };
     let mut wd_marks = WatchMarks {
         retry_beats: vec![0; metrics.inputs.len()],
         reader_beats: vec![0; metrics.inputs.len()],
+        thread_beats: vec![0; thread_beats().len()],
         ..WatchMarks::default()
     };
     let mut last_status = Instant::now() - Duration::from_secs(60);
@@ -1770,6 +1791,7 @@ pub fn start(
                         .iter()
                         .map(|i| i.reader_beats.get())
                         .collect(),
+                    thread_beats: thread_beats(),
                 };
                 // Progress is measured from the last ping, not the last check: a window hop longer than the check
                 // interval, or a check that falls between an input's frames and its next inference, only delays
@@ -1909,6 +1931,8 @@ struct WatchMarks {
     retry_beats: Vec<u64>,
     /// Per input: its reader's turns.
     reader_beats: Vec<u64>,
+    /// The clip writer's turns, and the MQTT publisher's when there is one.
+    thread_beats: Vec<u64>,
 }
 
 /// Whether the daemon has made progress since the last watchdog ping (`now` against `at_ping`): frames advanced
@@ -1916,12 +1940,15 @@ struct WatchMarks {
 /// period leaves it waiting for audio, not stuck), or no input is open and every input's supervisor has visibly
 /// waited to reopen it since. Frames that came before an input went away do not count against the waiting.
 /// Either way every input's reader must have turned since: a reader stuck cuts no more windows, which the
-/// pipeline alone would take for `idle`.
+/// pipeline alone would take for `idle`. And so must the clip writer and the MQTT publisher: one stuck drops
+/// every clip, the other leaves every alarm in the outbox, and neither shows in the audio's progress.
 fn watchdog_fed(now: &WatchMarks, at_ping: &WatchMarks, idle: bool, any_open: bool) -> bool {
     let advanced = |n: &[u64], t: &[u64]| n.iter().zip(t).all(|(n, t)| n > t);
     let scoring = now.frames > at_ping.frames && (now.inferences > at_ping.inferences || idle);
     let waiting = !any_open && advanced(&now.retry_beats, &at_ping.retry_beats);
-    (scoring || waiting) && advanced(&now.reader_beats, &at_ping.reader_beats)
+    (scoring || waiting)
+        && advanced(&now.reader_beats, &at_ping.reader_beats)
+        && advanced(&now.thread_beats, &at_ping.thread_beats)
 }
 
 /// How often the watchdog is checked: a quarter of the systemd watchdog period (`WATCHDOG_USEC`), so that a check
@@ -2048,6 +2075,8 @@ mod tests {
             inferences,
             retry_beats: retry.to_vec(),
             reader_beats: readers.to_vec(),
+            // The clip writer's and the MQTT publisher's turns: with the first reader's, unless a case sets them.
+            thread_beats: vec![readers[0]; 2],
         };
         let ping = m(8, 4, &[0], &[5]);
         // Frames and inferences since the last ping: scoring.
@@ -2086,6 +2115,39 @@ mod tests {
             &ping,
             false,
             true
+        ));
+        // Scoring, every reader turning, and the clip writer or the MQTT publisher stuck: not fed, since one
+        // drops every clip and the other keeps every alarm in the outbox.
+        let ping = m(8, 4, &[0], &[5]);
+        let threads = |beats: &[u64], now: WatchMarks| WatchMarks {
+            thread_beats: beats.to_vec(),
+            ..now
+        };
+        assert!(watchdog_fed(
+            &threads(&[6, 6], m(10, 5, &[0], &[9])),
+            &ping,
+            false,
+            true
+        ));
+        assert!(!watchdog_fed(
+            &threads(&[5, 9], m(10, 5, &[0], &[9])),
+            &ping,
+            false,
+            true
+        ));
+        assert!(!watchdog_fed(
+            &threads(&[9, 5], m(10, 5, &[0], &[9])),
+            &ping,
+            false,
+            true
+        ));
+        // The same while waiting for a device that is away.
+        let ping = m(8, 4, &[3], &[5]);
+        assert!(!watchdog_fed(
+            &threads(&[9, 5], m(10, 4, &[7], &[9])),
+            &ping,
+            false,
+            false
         ));
     }
 

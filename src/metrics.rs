@@ -191,6 +191,11 @@ pub struct Metrics {
     pub clock_synchronized: Gauge,
     /// Jumps of the wall clock seen (alarm times before one are on the old clock).
     pub clock_jumps: Counter,
+    /// Raised by the MQTT publisher at every turn of its loop, and by the clip writer at every turn of its own
+    /// (at least once a watchdog check while a watchdog applies): proof for the watchdog that neither is stuck.
+    /// Not exported.
+    pub mqtt_beats: Counter,
+    pub clips_beats: Counter,
 }
 
 impl MachineMetrics {

@@ -715,13 +715,16 @@ pub fn tls_config(q: &MqttConfig) -> anyhow::Result<rustls::ClientConfig> {
     Ok(config)
 }
 
-/// Starts the publisher thread. Commands received on `…/+/…/set` go to `commands`.
+/// Starts the publisher thread. Commands received on `…/+/…/set` go to `commands`. With a `beat`, the thread
+/// turns its loop at least that often, idle or not, and counts each turn (`Metrics::mqtt_beats`), so that the
+/// watchdog sees it is not stuck.
 pub fn spawn(
     cfg: &Config,
     outbox: Arc<Mutex<Outbox>>,
     rx: Receiver<ToMqtt>,
     commands: Sender<Command>,
     metrics: Arc<Metrics>,
+    beat: Option<Duration>,
 ) -> anyhow::Result<JoinHandle<()>> {
     let opts = options(cfg)?;
     let base = cfg.topic_base();
@@ -755,7 +758,7 @@ pub fn spawn(
     };
     let handle = std::thread::Builder::new()
         .name("mqtt".into())
-        .spawn(move || run(broker, q, base, outbox, rx, commands, metrics))?;
+        .spawn(move || run(broker, q, base, outbox, rx, commands, metrics, beat))?;
     Ok(handle)
 }
 
@@ -783,6 +786,7 @@ fn run(
     rx: Receiver<ToMqtt>,
     commands: Sender<Command>,
     metrics: Arc<Metrics>,
+    beat: Option<Duration>,
 ) {
     let Broker {
         client,
@@ -798,7 +802,11 @@ fn run(
     let mut connected_at: Option<Instant> = None;
     let endpoint = format!("{}:{}", q.host, q.port);
 
+    // No wait longer than the beat while a watchdog looks at the turns.
+    let at_most = |d: Duration| beat.map_or(d, |b| d.min(b));
     loop {
+        metrics.mqtt_beats.inc();
+        crate::fault::hang("mqtt");
         // 1. Requests from the daemon.
         loop {
             match rx.try_recv() {
@@ -878,7 +886,7 @@ fn run(
         if let Some(at) = retry_at {
             let now = Instant::now();
             if now < at {
-                match rx.recv_timeout(at - now) {
+                match rx.recv_timeout(at_most(at - now)) {
                     Ok(m) => {
                         // Remember retained values while waiting; drop transient ones.
                         match m {
@@ -914,7 +922,7 @@ fn run(
         if shutdown_deadline.is_none() {
             ready.recv(&rx);
         }
-        let event = match ready.ready_timeout(wait) {
+        let event = match ready.ready_timeout(at_most(wait)) {
             Ok(i) if i == from_broker => match polled.try_recv() {
                 Ok(event) => event,
                 Err(crossbeam_channel::TryRecvError::Empty) => continue,

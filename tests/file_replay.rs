@@ -615,12 +615,13 @@ fn a_thread_that_panics_ends_the_daemon_with_status_70() {
     }
 }
 
-/// A reader stuck (as in a deadlock, no panic) starves systemd's watchdog, so that systemd restarts the daemon.
-/// Its windows stop, and a pipeline with no window waiting looked idle, not stuck: the watchdog was fed for
-/// ever. Same looped real-time replay with and without the reader held (`SONITOR_FAULT_HANG`, test builds
+/// A thread stuck (as in a deadlock, no panic) starves systemd's watchdog, so that systemd restarts the daemon.
+/// A stuck reader's windows stop, and a pipeline with no window waiting looked idle, not stuck; a stuck clip
+/// writer or MQTT publisher showed nowhere in the audio's progress: the watchdog was fed for ever. Same looped
+/// real-time replay, published to a broker, with and without one thread held (`SONITOR_FAULT_HANG`, test builds
 /// only), a 0.4 s watchdog checked every 0.1 s, 3 s of notifications each.
 #[test]
-fn a_reader_that_hangs_starves_the_watchdog() {
+fn a_thread_that_hangs_starves_the_watchdog() {
     if !cfg!(debug_assertions) {
         eprintln!(
             "skipped: a build without debug assertions injects no hang (`cargo test --release`)"
@@ -628,38 +629,40 @@ fn a_reader_that_hangs_starves_the_watchdog() {
         return;
     }
     let d = tempfile::tempdir().unwrap();
+    let broker = common::Broker::start(&d.path().join("broker"));
     let (b, wav) = common::bundle_and_wav(d.path(), "rec.wav", &common::recording(3.0, 0.0, 0.0));
-    let cfg = common::file_config(
-        d.path(),
-        &wav,
-        &b.dir,
-        "realtime = true\nat_end = \"loop\"\n",
-        "",
-    );
-    let pings = |hang: bool| {
+    let device = common::file_device(&wav, "realtime = true\nat_end = \"loop\"\n");
+    let cfg = common::config(d.path(), &device, &b.dir, broker.port, "");
+    let pings = |hang: Option<&str>| {
         let sock_dir = tempfile::tempdir().unwrap();
         let mut notify = common::Notify::bind(sock_dir.path());
         let mut envs = notify.envs().to_vec();
-        if hang {
-            envs.push(("SONITOR_FAULT_HANG", "reader"));
+        if let Some(point) = hang {
+            envs.push(("SONITOR_FAULT_HANG", point));
         }
         let daemon = common::Daemon::start(&cfg, &envs);
         daemon.wait_log("input mic open", Duration::from_secs(30));
         notify.collect_for(Duration::from_secs(3));
-        if hang {
-            // Its stop would wait for the stuck reader (systemd's watchdog kills it with SIGABRT).
+        if hang.is_some() {
+            // Its stop would wait for the stuck thread (systemd's watchdog kills it with SIGABRT).
             daemon.sigkill();
         } else {
             assert_eq!(daemon.sigterm_and_wait(), 0);
         }
         notify.notes.matches("WATCHDOG=1").count()
     };
-    let healthy = pings(false);
-    let stuck = pings(true);
-    eprintln!("watchdog pings in 3 s: {healthy} healthy, {stuck} with the reader stuck");
-    // The reader turns at least every 0.25 s, so a healthy daemon is pinged about 4 times a second or more
-    // (13–18 in 3 s here).
+    let healthy = pings(None);
+    eprintln!("watchdog pings in 3 s: {healthy} healthy");
+    // The reader turns at least every 0.25 s, the others at each check, so a healthy daemon is pinged about 4
+    // times a second or more.
     assert!(healthy >= 5, "{healthy} pings in 3 s from a healthy daemon");
-    // The first check may still find the reader's first turn.
-    assert!(stuck <= 1, "{stuck} pings in 3 s with the reader stuck");
+    for point in ["reader", "clips", "mqtt"] {
+        let stuck = pings(Some(point));
+        eprintln!("watchdog pings in 3 s: {stuck} with the {point} thread stuck");
+        // The first check may still find the stuck thread's first turn.
+        assert!(
+            stuck <= 1,
+            "{stuck} pings in 3 s with the {point} thread stuck"
+        );
+    }
 }
