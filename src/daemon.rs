@@ -1836,6 +1836,7 @@ pub fn start(
         exit_code = EXIT_INPUT;
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    crate::fault::hang("stopping");
     stop.store(true, Ordering::SeqCst);
     // Unblocks a pipeline that waits on the detector (lossless file replay).
     drop(score_rx);

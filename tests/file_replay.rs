@@ -615,6 +615,41 @@ fn a_thread_that_panics_ends_the_daemon_with_status_70() {
     }
 }
 
+/// A panic whose orderly stop then hangs (a thread the stop waits for, stuck) still ends the process with status
+/// 70, by the panic hook's timer 20 s after the panic, instead of leaving a daemon that only systemd's watchdog
+/// would end. The reader's panic and the hang in the stop are injected (test builds only).
+#[test]
+fn a_stop_that_hangs_after_a_panic_still_ends_with_status_70() {
+    if !cfg!(debug_assertions) {
+        eprintln!(
+            "skipped: a build without debug assertions injects no panic (`cargo test --release`)"
+        );
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let (b, wav) = common::bundle_and_wav(d.path(), "rec.wav", &common::recording(2.0, 3.0, 3.0));
+    let cfg = common::offline_config(d.path(), &wav, &b.dir, "");
+    let started = std::time::Instant::now();
+    let mut daemon = common::Daemon::start(
+        &cfg,
+        &[
+            ("SONITOR_FAULT_PANIC", "reader"),
+            ("SONITOR_FAULT_HANG", "stopping"),
+        ],
+    );
+    let (code, log) = daemon.wait_exit(Duration::from_secs(60));
+    let took = started.elapsed();
+    eprintln!("exited with {code:?} {took:?} after the start");
+    assert_eq!(code, Some(70), "{log}");
+    assert!(log.contains("fault injected at 'reader'"), "{log}");
+    assert!(
+        log.contains("the stop after a panic did not end within 20 s; exiting with status 70"),
+        "{log}"
+    );
+    // The timer, not something sooner: the stop itself never ended.
+    assert!(took >= Duration::from_secs(20), "{took:?}");
+}
+
 /// A thread stuck (as in a deadlock, no panic) starves systemd's watchdog, so that systemd restarts the daemon.
 /// A stuck reader's windows stop, and a pipeline with no window waiting looked idle, not stuck; a stuck clip
 /// writer or MQTT publisher showed nowhere in the audio's progress: the watchdog was fed for ever. Same looped
