@@ -56,6 +56,22 @@ pub struct DemoOptions {
     pub realtime: bool,
     /// Print the per-window lines (the summary is always printed).
     pub live: bool,
+    /// The running commentary goes to stderr, so that stdout carries only what the caller prints after the run
+    /// (`--json`: the summary as JSON, for a pipe into `jq`).
+    pub commentary_to_stderr: bool,
+}
+
+/// One line of the demo's running commentary, on stdout or (`commentary_to_stderr`) stderr. A reader that has gone
+/// (`sonitor demo | head`) is not an error and no panic: the demo runs to its end, its files are written.
+macro_rules! say {
+    ($o:expr, $($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = if $o.commentary_to_stderr {
+            writeln!(std::io::stderr().lock(), $($arg)*)
+        } else {
+            writeln!(std::io::stdout().lock(), $($arg)*)
+        };
+    }};
 }
 
 /// One alarm, from ON to OFF (or to the end of the recording).
@@ -228,11 +244,14 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Summary> {
     let model_id = bundle.manifest.model_id.clone();
     let window_s = bundle.manifest.features.window_seconds();
     let name = machine_name(&t);
-    println!(
+    say!(
+        o,
         "sonitor demo: {} ({}), model {model_id}",
-        t.machine_type, t.section
+        t.machine_type,
+        t.section
     );
-    println!(
+    say!(
+        o,
         "recording {}: {:.0} s — normal, then {} from {:.0} s to {:.0} s, then normal again",
         o.recording.display(),
         t.duration_s,
@@ -241,7 +260,8 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Summary> {
         t.fault_end_s
     );
     if let Some(m) = &o.mqtt {
-        println!(
+        say!(
+            o,
             "publishing to mqtt://{m} under sonitor/demo/{name}/… (waiting up to {} s for the broker first)",
             crate::daemon::DEMO_BROKER_WAIT.as_secs()
         );
@@ -293,7 +313,8 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Summary> {
                     u8::from(f)
                 );
                 if o.live {
-                    println!(
+                    say!(
+                        o,
                         "{end:6.1} s  {score:.4} {} {}{}",
                         bar(score, th, 40),
                         if alarm_on { "ALARM" } else { "     " },
@@ -310,7 +331,8 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Summary> {
             } => {
                 let at = t_ms as f64 / 1000.0;
                 if on {
-                    println!(
+                    say!(
+                        o,
                         ">>> ALARM ON  at {at:.1} s: score {score:.4} > threshold {threshold:.4} (event {event_id})"
                     );
                     alarms.push(AlarmSpan {
@@ -321,7 +343,10 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Summary> {
                         during_fault: in_fault(at),
                     });
                 } else {
-                    println!(">>> ALARM OFF at {at:.1} s: peak {score:.4} (event {event_id})");
+                    say!(
+                        o,
+                        ">>> ALARM OFF at {at:.1} s: peak {score:.4} (event {event_id})"
+                    );
                     if let Some(a) = alarms.iter_mut().rev().find(|a| a.off_s.is_none()) {
                         a.off_s = Some(at);
                         a.peak = score;
@@ -329,7 +354,7 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Summary> {
                 }
             }
             Observation::Clip { path } => {
-                println!(">>> evidence clip written: {}", path.display());
+                say!(o, ">>> evidence clip written: {}", path.display());
                 clips.push(path);
             }
         }
@@ -412,7 +437,10 @@ fn draw_timeline(
     match result {
         Ok(p) => Some(p),
         Err(e) => {
-            eprintln!("note: no timeline picture: {e}");
+            let _ = std::io::Write::write_fmt(
+                &mut std::io::stderr().lock(),
+                format_args!("note: no timeline picture: {e}\n"),
+            );
             None
         }
     }
@@ -527,6 +555,7 @@ mod tests {
             mqtt: None,
             realtime: false,
             live: true,
+            commentary_to_stderr: false,
         };
         let s = config_text(&o, &t, Path::new("/tmp/o")).unwrap();
         assert!(s.contains("bundle = \"/m/b\\\"x\""), "{s}");

@@ -1,5 +1,6 @@
 //! `sonitor` command line: `run`, `validate`, `devices`, `demo`.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -51,7 +52,7 @@ enum Cmd {
         /// Only the alarm transitions and the summary, not a line per window.
         #[arg(long)]
         quiet: bool,
-        /// Print the summary as JSON.
+        /// Print the summary as JSON, alone on stdout (the running commentary goes to stderr).
         #[arg(long)]
         json: bool,
     },
@@ -64,9 +65,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
         Cmd::Run { config } => sonitor::daemon::run(&config),
-        Cmd::Validate { config } => sonitor::daemon::validate(&config),
+        Cmd::Validate { config } => {
+            stop_quietly_when_stdout_goes();
+            sonitor::daemon::validate(&config)
+        }
         Cmd::Devices => match sonitor::capture::list_devices() {
             Ok(s) => {
+                stop_quietly_when_stdout_goes();
                 print!("{s}");
                 0
             }
@@ -91,11 +96,23 @@ fn main() -> ExitCode {
                 mqtt,
                 realtime,
                 live: !quiet,
+                commentary_to_stderr: json,
             },
             json,
         ),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+/// For the commands that only print and hold no socket (`validate`, `devices`): a reader that goes away
+/// (`sonitor devices | head`) ends the process quietly by SIGPIPE, as it does any Unix tool, instead of a panic
+/// at the next `println!` (Rust ignores SIGPIPE, so the write fails). Not for `run` and `demo`, where a broker
+/// that resets its connection must be a write error, not the end of the process.
+fn stop_quietly_when_stdout_goes() {
+    // SAFETY: setting a signal's disposition to its default, before any thread that could rely on it starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 fn demo(o: sonitor::demo::DemoOptions, json: bool) -> i32 {
@@ -108,13 +125,17 @@ fn demo(o: sonitor::demo::DemoOptions, json: bool) -> i32 {
     }
     match sonitor::demo::run(&o) {
         Ok(s) => {
+            // Not `println!`, which panics when the reader has gone (`sonitor demo | head`).
+            let mut stdout = std::io::stdout().lock();
             if json {
                 match serde_json::to_string_pretty(&s) {
-                    Ok(j) => println!("{j}"),
+                    Ok(j) => {
+                        let _ = writeln!(stdout, "{j}");
+                    }
                     Err(e) => eprintln!("sonitor demo: {e}"),
                 }
             } else {
-                println!("{s}");
+                let _ = writeln!(stdout, "{s}");
             }
             if s.ok() {
                 0

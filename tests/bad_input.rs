@@ -78,6 +78,25 @@ fn every_kind_of_bad_input_is_named_with_exit_78() {
     let (code, text) = sonitor(&["validate"], &good);
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("OK: 1 machine"), "{text}");
+    // Its output to a reader that has gone (`sonitor validate … | head`): the process ends quietly by SIGPIPE,
+    // as any Unix tool does, not with a panic ("failed printing to stdout", status 101).
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_sonitor"))
+        .args(["validate", "--config"])
+        .arg(&good)
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {err}",
+        out.status
+    );
     // A check keeps nothing it writes: the state directory `run` would make is not made.
     assert!(
         !d.path().join("state").exists(),

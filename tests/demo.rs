@@ -27,9 +27,10 @@ fn demo(out: &std::path::Path, extra: &[&str]) -> (i32, serde_json::Value, Strin
         .unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout).to_string();
     let stderr = String::from_utf8_lossy(&o.stderr).to_string();
-    let json_start = stdout.find("\n{").map_or(0, |i| i + 1);
-    let summary: serde_json::Value = serde_json::from_str(&stdout[json_start..])
-        .unwrap_or_else(|e| panic!("no JSON summary ({e}):\n{stdout}\n{stderr}"));
+    // With `--json`, stdout is the summary and nothing else (`sonitor demo --json | jq …`): the commentary goes
+    // to stderr.
+    let summary: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON summary ({e}):\n{stdout}\n{stderr}"));
     (o.status.code().unwrap_or(-1), summary, stdout + &stderr)
 }
 
@@ -104,6 +105,25 @@ fn the_shipped_demo_raises_the_alarm_during_the_fault_only() {
     assert_ne!(o.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("daemon's state directory"), "{stderr}");
     assert!(state.join("alarms.json").exists() && state.join("outbox").is_dir());
+
+    // A reader that has gone (`sonitor demo | head`): no panic ("failed printing to stdout", which made it end
+    // with the daemon's status 70); the demo runs to its end and writes its files.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let gone = d.path().join("gone");
+    let o = Command::new(env!("CARGO_BIN_EXE_sonitor"))
+        .arg("demo")
+        .arg("--model")
+        .arg(shipped())
+        .arg("--out")
+        .arg(&gone)
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    assert!(gone.join("timeline.csv").is_file(), "{stderr}");
 }
 
 #[test]

@@ -100,6 +100,15 @@ fn run_metrics(a: &MetricsArgs) -> anyhow::Result<()> {
 
 /// Entry point of the binary: parses the command line, runs, maps errors to a message and exit status 1.
 pub fn main() -> std::process::ExitCode {
+    // A reader that goes away (`sonitor-train metrics … | head`, `fit … 2>&1 | head`) ends the process quietly by
+    // SIGPIPE, as it does any Unix tool, instead of a panic at the next `println!` or `eprintln!` (Rust ignores
+    // SIGPIPE, so the write fails). The trainer holds no socket, and what it writes (checkpoints, bundles) is
+    // written whole or not at all, so nothing is left half-written.
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to its default, before any other thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Synth(a) => synth::run(a),

@@ -127,6 +127,25 @@ fn baseline_then_metrics_json() {
     let out = metrics(&["--by-fault", s(&gt)]);
     assert_fails_with(&out, &["--by-fault", "nowhere.csv: cannot read"]);
 
+    // A reader that has gone (`metrics … | head`): the process ends quietly by SIGPIPE, as any Unix tool does,
+    // not with a panic at its first line ("failed printing to stdout", status 101).
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_sonitor-train"))
+        .args(["metrics", "--data", s(&data), "--scores", s(&scores)])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {err}",
+        out.status
+    );
+
     // A scores file missing rows.
     let f = scores.join("anomaly_score_fan_section_00_test.csv");
     let text = std::fs::read_to_string(&f).unwrap();
