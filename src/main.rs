@@ -34,9 +34,11 @@ enum Cmd {
     /// Runs the daemon on a shipped model and its generated recording (normal, a developing fault, normal):
     /// no microphone or broker needed.
     Demo {
-        /// Model bundle directory; its `demo.wav` (+ `demo.json`) is the default recording.
-        #[arg(long, default_value = "models/default")]
-        model: PathBuf,
+        /// Model bundle directory; its `demo.wav` (+ `demo.json`) is the default recording. Default:
+        /// `models/default` (the repository's), else the one installed beside the binary
+        /// (`<prefix>/share/sonitor/models/default` for `<prefix>/bin/sonitor`, as the Debian package puts it).
+        #[arg(long)]
+        model: Option<PathBuf>,
         /// Recording to stream (its timeline is the same path with `.json`).
         #[arg(long)]
         recording: Option<PathBuf>,
@@ -88,20 +90,43 @@ fn main() -> ExitCode {
             realtime,
             quiet,
             json,
-        } => demo(
-            sonitor::demo::DemoOptions {
-                recording: recording.unwrap_or_else(|| model.join("demo.wav")),
-                bundle: model,
-                out,
-                mqtt,
-                realtime,
-                live: !quiet,
-                commentary_to_stderr: json,
-            },
-            json,
-        ),
+        } => {
+            let model = model.unwrap_or_else(default_demo_model);
+            demo(
+                sonitor::demo::DemoOptions {
+                    recording: recording.unwrap_or_else(|| model.join("demo.wav")),
+                    bundle: model,
+                    out,
+                    mqtt,
+                    realtime,
+                    live: !quiet,
+                    commentary_to_stderr: json,
+                },
+                json,
+            )
+        }
     };
     ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+/// The demo's model when none is named: the repository's `models/default` in the working directory, else the
+/// one installed beside the binary (`/usr/bin/sonitor` → `/usr/share/sonitor/models/default`), else the first
+/// (which the demo then names as missing).
+fn default_demo_model() -> PathBuf {
+    let here = PathBuf::from("models/default");
+    if here.join(sonitor_core::bundle::MANIFEST_FILE).is_file() {
+        return here;
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            let installed = exe.parent()?.parent()?.join("share/sonitor/models/default");
+            installed
+                .join(sonitor_core::bundle::MANIFEST_FILE)
+                .is_file()
+                .then_some(installed)
+        })
+        .unwrap_or(here)
 }
 
 /// For the commands that only print and hold no socket (`validate`, `devices`): a reader that goes away
@@ -118,7 +143,7 @@ fn stop_quietly_when_stdout_goes() {
 fn demo(o: sonitor::demo::DemoOptions, json: bool) -> i32 {
     if !o.bundle.join(sonitor_core::bundle::MANIFEST_FILE).is_file() {
         eprintln!(
-            "sonitor demo: no model bundle at {} (run from the repository root, or pass --model DIR)",
+            "sonitor demo: no model bundle at {} (run from the repository root, install the package (scripts/package-deb), or pass --model DIR)",
             o.bundle.display()
         );
         return 1;
