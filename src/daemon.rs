@@ -1272,7 +1272,11 @@ pub fn run(config_path: &Path) -> i32 {
         Ok(Ok(code)) => code,
         Ok(Err(e)) => {
             log::error!("{e:#}");
-            1
+            if let Some(crate::state_lock::LockError::Held { .. }) = e.downcast_ref() {
+                crate::state_lock::EXIT_STATE_BUSY
+            } else {
+                1
+            }
         }
         Err(_) => thread_died(
             "the main loop",
@@ -1308,6 +1312,8 @@ pub fn start(
         panicked,
         wake: signal_rx,
     } = signals;
+    // Before anything in the state directory is read or written; held until this function returns.
+    let _state_lock = crate::state_lock::acquire(&cfg.state_dir)?;
     let base = cfg.topic_base();
     let input_names: Vec<String> = cfg.devices.iter().map(|d| d.name.clone()).collect();
     let machine_names: Vec<String> = cfg.machines.iter().map(|m| m.name.clone()).collect();

@@ -23,3 +23,4 @@ pub mod model;
 pub mod mqtt;
 pub mod outbox;
 pub mod pipeline;
+pub mod state_lock;

@@ -615,6 +615,52 @@ fn a_thread_that_panics_ends_the_daemon_with_status_70() {
     }
 }
 
+/// A second daemon on the same state directory (the service, and the same configuration run by hand) is refused
+/// with status 75, which the unit's `Restart=on-failure` retries, naming the one that holds it; that one runs on
+/// untouched, and once it has stopped the second starts.
+#[test]
+fn a_second_daemon_on_the_same_state_directory_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let (b, wav) = common::bundle_and_wav(d.path(), "rec.wav", &common::recording(3.0, 0.0, 0.0));
+    let cfg = common::file_config(
+        d.path(),
+        &wav,
+        &b.dir,
+        "realtime = true\nat_end = \"loop\"\n",
+        "",
+    );
+    // Its own metrics port: the state directory, not the port, is what the two would share.
+    let second_cfg = d.path().join("second.toml");
+    std::fs::write(
+        &second_cfg,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("[metrics]\n", "[metrics]\nenabled = false\n"),
+    )
+    .unwrap();
+    let first = common::Daemon::start(&cfg, &[]);
+    first.wait_log("input mic open", Duration::from_secs(30));
+    let mut second = common::Daemon::start(&second_cfg, &[]);
+    let (code, log) = second.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(75), "{log}");
+    let state = d.path().join("state");
+    for needle in [
+        format!(
+            "another sonitor (pid {}) runs on the state directory {}",
+            first.child.id(),
+            state.display()
+        ),
+        "systemctl stop sonitor".to_string(),
+    ] {
+        assert!(log.contains(&needle), "no '{needle}' in:\n{log}");
+    }
+    assert!(!log.contains("input mic open"), "{log}");
+    assert_eq!(first.sigterm_and_wait(), 0);
+    let second = common::Daemon::start(&second_cfg, &[]);
+    second.wait_log("input mic open", Duration::from_secs(30));
+    assert_eq!(second.sigterm_and_wait(), 0);
+}
+
 /// A panic whose orderly stop then hangs (a thread the stop waits for, stuck) still ends the process with status
 /// 70, by the panic hook's timer 20 s after the panic, instead of leaving a daemon that only systemd's watchdog
 /// would end. The reader's panic and the hang in the stop are injected (test builds only).

@@ -1,0 +1,112 @@
+//! One daemon per state directory. Two daemons on one `state_dir` (the service, and the same configuration run by
+//! hand to look at something) would each write the saved alarm states, take each other's messages out of the
+//! outbox as they are acknowledged, and number their events, and so name their clips, alike. The first to start
+//! holds `<state_dir>/sonitor.lock` with `flock(2)` for its whole life; the kernel releases it when the process
+//! ends, however it ends (no stale lock after a crash or SIGKILL). The file holds the holder's pid, for the
+//! message that names it.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read as _, Seek as _, Write as _};
+use std::os::unix::io::AsRawFd as _;
+use std::path::{Path, PathBuf};
+
+/// The lock file's name in the state directory.
+pub const LOCK_FILE: &str = "sonitor.lock";
+
+/// Exit status when another process holds the state directory: EX_TEMPFAIL, which the shipped unit's
+/// `Restart=on-failure` retries, so that the service starts once the other daemon has stopped.
+pub const EXIT_STATE_BUSY: i32 = 75;
+
+/// The state directory, held until dropped (the process's end).
+#[derive(Debug)]
+pub struct StateLock {
+    _file: File,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(
+        "another sonitor{} runs on the state directory {dir}: two daemons on one state directory would overwrite \
+         each other's alarm states, outbox and clips. Stop it first (`systemctl stop sonitor` for the service), \
+         or give this configuration its own state_dir",
+        .pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    Held { dir: PathBuf, pid: Option<u32> },
+    #[error("cannot lock the state directory with {path}: {error}")]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}
+
+/// Takes the state directory `dir` (which exists) for this process, or says who holds it.
+pub fn acquire(dir: &Path) -> Result<StateLock, LockError> {
+    let path = dir.join(LOCK_FILE);
+    let io = |error| LockError::Io {
+        path: path.clone(),
+        error,
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io)?;
+    // SAFETY: flock on a file descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(io(error));
+        }
+        let mut text = String::new();
+        let _ = file.read_to_string(&mut text);
+        return Err(LockError::Held {
+            dir: dir.to_path_buf(),
+            pid: text.trim().parse().ok(),
+        });
+    }
+    // The pid only names the holder in the message above: a failure to write it does not stop the daemon.
+    let _ = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()));
+    Ok(StateLock { _file: file })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_state_directory_is_refused_with_its_holder_and_free_again_once_released() {
+        let d = tempfile::tempdir().unwrap();
+        let held = acquire(d.path()).unwrap();
+        // flock locks belong to the open file description: a second open in this process conflicts as another
+        // process's would.
+        let e = acquire(d.path()).unwrap_err();
+        let pid = std::process::id();
+        assert!(
+            matches!(e, LockError::Held { pid: Some(p), .. } if p == pid),
+            "{e:?}"
+        );
+        let msg = e.to_string();
+        assert!(msg.contains(&format!("(pid {pid})")), "{msg}");
+        assert!(msg.contains(&d.path().display().to_string()), "{msg}");
+        drop(held);
+        let again = acquire(d.path()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(d.path().join(LOCK_FILE)).unwrap(),
+            format!("{pid}\n")
+        );
+        drop(again);
+    }
+
+    #[test]
+    fn a_state_directory_that_cannot_hold_the_lock_file_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let e = acquire(&d.path().join("missing")).unwrap_err();
+        assert!(matches!(e, LockError::Io { .. }), "{e:?}");
+        assert!(e.to_string().contains("sonitor.lock"), "{e}");
+    }
+}
