@@ -1439,9 +1439,11 @@ pub fn start(
     }
     let (cmd_tx, cmd_rx) = bounded::<Command>(64);
     let (mqtt_tx, mqtt_rx) = bounded::<ToMqtt>(1024);
-    // The watchdog's check interval: also the longest the MQTT publisher and the clip writer sleep, so that each
-    // check can see them turn (none without a watchdog: they then sleep until there is work).
+    // The watchdog's check interval, and the longest the MQTT publisher and the clip writer sleep: half of it, so
+    // that every check finds a turn since the one before, whatever their phase (without a watchdog they sleep
+    // until there is work).
     let watchdog = watchdog_interval();
+    let beat = watchdog.map(|w| w / 2);
     let mqtt_thread = if cfg.mqtt.enabled {
         Some(crate::mqtt::spawn(
             &cfg,
@@ -1449,7 +1451,7 @@ pub fn start(
             mqtt_rx,
             cmd_tx,
             metrics.clone(),
-            watchdog,
+            beat,
         )?)
     } else {
         None
@@ -1587,8 +1589,8 @@ pub fn start(
         .name("clips".into())
         .spawn(move || {
             // The retention runs at start, after every clip, and every `retention_interval` in between: clips
-            // past clips.max_age go even when no alarm brings a new clip. Under a watchdog the loop also turns at
-            // each of its checks, to show it is not stuck.
+            // past clips.max_age go even when no alarm brings a new clip. Under a watchdog the loop also turns twice
+            // per check, to show it is not stuck.
             let every = crate::clips::retention_interval(&clips_cfg);
             let mut retention = crate::clips::Retention::new(&node_id);
             let mut retention_due = Instant::now();
@@ -1604,7 +1606,7 @@ pub fn start(
                     retention_due = Instant::now() + every;
                 }
                 let until_due = retention_due.saturating_duration_since(Instant::now());
-                let wait = watchdog.map_or(until_due, |w| until_due.min(w));
+                let wait = beat.map_or(until_due, |b| until_due.min(b));
                 let c = match clip_audio_rx.recv_timeout(wait) {
                     Ok(c) => c,
                     Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
