@@ -64,6 +64,25 @@ fn the_package_installs_a_unit_a_conffile_and_a_binary_that_finds_its_model() {
         field("Depends")
     );
 
+    // Debian's own checker, where it is installed (CI installs it): nothing but the missing manual page (the
+    // documentation is `sonitor --help` and /usr/share/doc/sonitor).
+    if run(Command::new("sh").args(["-c", "command -v lintian"]))
+        .status
+        .success()
+    {
+        let o = run(Command::new("lintian").arg(&deb));
+        let report = text(&o);
+        eprintln!("lintian:\n{report}");
+        for l in report
+            .lines()
+            .filter(|l| l.starts_with(['E', 'W', 'I']) && l.contains(": sonitor"))
+        {
+            assert!(l.contains("no-manual-page"), "lintian: {l}\n{report}");
+        }
+    } else {
+        eprintln!("lintian not installed: the package's Debian checks were not run");
+    }
+
     // Every file root's, the configuration a conffile, the maintainer scripts executable and valid sh.
     let listing = text(&run(Command::new("dpkg-deb").arg("-c").arg(&deb)));
     for l in listing.lines() {
