@@ -2061,6 +2061,15 @@ pub fn validate(config_path: &Path) -> i32 {
             for w in checked.warnings {
                 println!("{}: warning: {w}", config_path.display());
             }
+            if let Some(pid) = crate::state_lock::holder(&cfg.state_dir) {
+                println!(
+                    "{}: note: a sonitor{} runs on its state directory {} now: this file takes effect there when \
+                     it reloads (SIGHUP, `systemctl reload sonitor`: thresholds, debounce, enabled flags) or restarts",
+                    config_path.display(),
+                    pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+                    cfg.state_dir.display()
+                );
+            }
         }
         0
     } else {

@@ -74,6 +74,23 @@ pub fn acquire(dir: &Path) -> Result<StateLock, LockError> {
     Ok(StateLock { _file: file })
 }
 
+/// Whether a process holds the state directory `dir` now, and its pid if it wrote one; creates and keeps nothing
+/// (`validate` names the daemon that runs on the configuration it checks). A shared lock is tried for a moment on
+/// the file an earlier daemon left: a daemon that starts at that very moment is refused once and retried.
+pub fn holder(dir: &Path) -> Option<Option<u32>> {
+    let mut file = File::open(dir.join(LOCK_FILE)).ok()?;
+    // SAFETY: flock on a file descriptor this function owns; released when it is closed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+        return None;
+    }
+    if std::io::Error::last_os_error().raw_os_error() != Some(libc::EWOULDBLOCK) {
+        return None;
+    }
+    let mut text = String::new();
+    let _ = file.read_to_string(&mut text);
+    Some(text.trim().parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,7 +110,9 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.contains(&format!("(pid {pid})")), "{msg}");
         assert!(msg.contains(&d.path().display().to_string()), "{msg}");
+        assert_eq!(holder(d.path()), Some(Some(pid)));
         drop(held);
+        assert_eq!(holder(d.path()), None);
         let again = acquire(d.path()).unwrap();
         assert_eq!(
             std::fs::read_to_string(d.path().join(LOCK_FILE)).unwrap(),
@@ -105,6 +124,7 @@ mod tests {
     #[test]
     fn a_state_directory_that_cannot_hold_the_lock_file_is_named() {
         let d = tempfile::tempdir().unwrap();
+        assert_eq!(holder(d.path()), None);
         let e = acquire(&d.path().join("missing")).unwrap_err();
         assert!(matches!(e, LockError::Io { .. }), "{e:?}");
         assert!(e.to_string().contains("sonitor.lock"), "{e}");

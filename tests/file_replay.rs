@@ -655,6 +655,21 @@ fn a_second_daemon_on_the_same_state_directory_is_refused() {
         assert!(log.contains(&needle), "no '{needle}' in:\n{log}");
     }
     assert!(!log.contains("input mic open"), "{log}");
+    // `validate` of the same file says that a daemon runs on it now, and which.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor"))
+        .args(["validate", "--config"])
+        .arg(&second_cfg)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains(&format!(
+            "note: a sonitor (pid {}) runs on its state directory",
+            first.child.id()
+        )),
+        "{said}"
+    );
     assert_eq!(first.sigterm_and_wait(), 0);
     let second = common::Daemon::start(&second_cfg, &[]);
     second.wait_log("input mic open", Duration::from_secs(30));
