@@ -134,7 +134,9 @@ fn default_demo_model() -> PathBuf {
 /// at the next `println!` (Rust ignores SIGPIPE, so the write fails). Not for `run` and `demo`, where a broker
 /// that resets its connection must be a write error, not the end of the process.
 fn stop_quietly_when_stdout_goes() {
-    // SAFETY: setting a signal's disposition to its default, before any thread that could rely on it starts.
+    // SAFETY: sets a signal's disposition to its default. Called where nothing writes to a socket any more:
+    // `validate` connects to nothing, and `devices` calls it after the devices are listed (ALSA's pulse plugin
+    // talks to the sound server while they are).
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
