@@ -1160,7 +1160,8 @@ fn panic_hook(
             .map(|l| format!(" at {}:{}:{}", l.file(), l.line(), l.column()))
             .unwrap_or_default();
         let line = format!(
-            "thread '{thread}' panicked{at}: {message} (a bug in sonitor; please report this line)"
+            "thread '{thread}' panicked{at}: {message} (a bug in sonitor {}; please report this line)",
+            crate::VERSION
         );
         // Always, whatever RUST_BACKTRACE says: a bug met by an unattended daemon is rarely met again on demand.
         let backtrace = std::backtrace::Backtrace::force_capture().to_string();
@@ -1694,7 +1695,8 @@ pub fn start(
     let mut clock = crate::clock::ClockWatch::start();
     metrics.clock_synchronized.set(clock.synchronized_gauge());
     log::info!(
-        "running: {} machine(s) on {} input(s), topics under {base}",
+        "sonitor {} running: {} machine(s) on {} input(s), topics under {base}",
+        crate::VERSION,
         ctl.machines.len(),
         ctl.cfg.devices.len()
     );

@@ -10,6 +10,15 @@
 //! [`demo`] runs all of it on the shipped model and a generated recording; [`bench`] holds what the benchmarks
 //! share (`sonitor-bench`, benches/kernels.rs).
 
+/// The version and the commit this binary was built from, as `--version`, the start-up log and a panic's report
+/// give them: `0.1.0 (commit 0123456789ab)`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SONITOR_COMMIT"),
+    ")"
+);
+
 pub mod bench;
 pub mod capture;
 pub mod clips;

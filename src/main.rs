@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(
     name = "sonitor",
-    version,
+    version = sonitor::VERSION,
     about = "Acoustic anomaly detection daemon for factory machines"
 )]
 struct Cli {

@@ -254,7 +254,7 @@ impl NodeIdentity {
             boot_id,
             pid: std::process::id(),
             started_at: humantime::format_rfc3339_seconds(now).to_string(),
-            version: env!("CARGO_PKG_VERSION").into(),
+            version: crate::VERSION.into(),
         }
     }
 }

@@ -88,3 +88,29 @@ fn the_manual_page_names_every_command_option_and_exit_status() {
         eprintln!("groff not installed: the page's rendering was not checked");
     }
 }
+
+/// `sonitor --version` names the commit the binary was built from, so that a report from the field (a panic's
+/// line carries the same) names its source.
+#[test]
+fn the_version_names_the_commit_it_was_built_from() {
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(common::workspace())
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    let Some(head) = head else {
+        eprintln!("skipped: not a git checkout");
+        return;
+    };
+    let head = String::from_utf8(head.stdout).unwrap().trim().to_string();
+    let o = Command::new(env!("CARGO_BIN_EXE_sonitor"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let v = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(
+        v.trim(),
+        format!("sonitor {} (commit {head})", env!("CARGO_PKG_VERSION"))
+    );
+}
