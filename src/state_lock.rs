@@ -53,17 +53,10 @@ pub fn acquire(dir: &Path) -> Result<StateLock, LockError> {
         .truncate(false)
         .open(&path)
         .map_err(io)?;
-    // SAFETY: flock on a file descriptor this function owns.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let error = std::io::Error::last_os_error();
-        if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(io(error));
-        }
-        let mut text = String::new();
-        let _ = file.read_to_string(&mut text);
+    if !try_flock(&file, libc::LOCK_EX).map_err(io)? {
         return Err(LockError::Held {
             dir: dir.to_path_buf(),
-            pid: text.trim().parse().ok(),
+            pid: pid_in(&mut file),
         });
     }
     // The pid only names the holder in the message above: a failure to write it does not stop the daemon.
@@ -79,16 +72,30 @@ pub fn acquire(dir: &Path) -> Result<StateLock, LockError> {
 /// the file an earlier daemon left: a daemon that starts at that very moment is refused once and retried.
 pub fn holder(dir: &Path) -> Option<Option<u32>> {
     let mut file = File::open(dir.join(LOCK_FILE)).ok()?;
-    // SAFETY: flock on a file descriptor this function owns; released when it is closed.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
-        return None;
+    let taken = try_flock(&file, libc::LOCK_SH).ok()?;
+    (!taken).then(|| pid_in(&mut file))
+}
+
+/// `flock(2)` with `op` (`LOCK_EX` or `LOCK_SH`) without waiting: true when taken (until `file` is closed), false
+/// when another open file holds a conflicting lock.
+fn try_flock(file: &File, op: libc::c_int) -> std::io::Result<bool> {
+    // SAFETY: flock on a file descriptor that `file` keeps open for the call.
+    if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } == 0 {
+        return Ok(true);
     }
-    if std::io::Error::last_os_error().raw_os_error() != Some(libc::EWOULDBLOCK) {
-        return None;
+    let error = std::io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(error)
     }
+}
+
+/// The pid the holder wrote into the lock file (not there: a holder that could not write it).
+fn pid_in(file: &mut File) -> Option<u32> {
     let mut text = String::new();
-    let _ = file.read_to_string(&mut text);
-    Some(text.trim().parse().ok())
+    file.read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
 }
 
 #[cfg(test)]
