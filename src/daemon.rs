@@ -1670,19 +1670,7 @@ pub fn start(
 
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let mut last_wd = Instant::now();
-    let thread_beats = || {
-        let mut beats = vec![metrics.clips_beats.get()];
-        if mqtt_thread.is_some() {
-            beats.push(metrics.mqtt_beats.get());
-        }
-        beats
-    };
-    let mut wd_marks = WatchMarks {
-        retry_beats: vec![0; metrics.inputs.len()],
-        reader_beats: vec![0; metrics.inputs.len()],
-        thread_beats: vec![0; thread_beats().len()],
-        ..WatchMarks::default()
-    };
+    let mut wd_marks = WatchMarks::default();
     let mut last_status = Instant::now() - Duration::from_secs(60);
     let mut finished_inputs = vec![false; ctl.cfg.devices.len()];
     let exit_when_finished = ctl
@@ -1792,17 +1780,7 @@ pub fn start(
         // pipeline looks idle), or a pipeline that stops scoring the audio it gets, still starves it.
         if let Some(every) = watchdog {
             if last_wd.elapsed() >= every {
-                let now = WatchMarks {
-                    frames: metrics.inputs.iter().map(|i| i.frames.get()).sum(),
-                    inferences: metrics.machines.iter().map(|m| m.inferences.get()).sum(),
-                    retry_beats: metrics.inputs.iter().map(|i| i.retry_beats.get()).collect(),
-                    reader_beats: metrics
-                        .inputs
-                        .iter()
-                        .map(|i| i.reader_beats.get())
-                        .collect(),
-                    thread_beats: thread_beats(),
-                };
+                let now = WatchMarks::read(&metrics, mqtt_thread.is_some());
                 // Progress is measured from the last ping, not the last check: a window hop longer than the check
                 // interval, or a check that falls between an input's frames and its next inference, only delays
                 // the ping; systemd kills the daemon only after a whole WatchdogSec without any.
@@ -1931,7 +1909,8 @@ fn thread_died(thread: &str, consequence: &str) -> i32 {
     EXIT_INTERNAL
 }
 
-/// The counters the watchdog compares with their values at its last ping ([`watchdog_fed`]).
+/// The counters the watchdog compares with their values at its last ping ([`watchdog_fed`]); the default is
+/// every count at zero (before the first ping).
 #[derive(Debug, Default)]
 struct WatchMarks {
     /// Frames delivered by every input.
@@ -1940,10 +1919,25 @@ struct WatchMarks {
     inferences: u64,
     /// Per input: its supervisor's turns while it waits to reopen it.
     retry_beats: Vec<u64>,
-    /// Per input: its reader's turns.
-    reader_beats: Vec<u64>,
-    /// The clip writer's turns, and the MQTT publisher's when there is one.
-    thread_beats: Vec<u64>,
+    /// The turns of every thread that must keep turning: each input's reader, then the clip writer, then the
+    /// MQTT publisher when there is one.
+    turns: Vec<u64>,
+}
+
+impl WatchMarks {
+    fn read(metrics: &Metrics, with_mqtt: bool) -> Self {
+        let readers = metrics.inputs.iter().map(|i| i.reader_beats.get());
+        let mqtt = with_mqtt.then(|| metrics.mqtt_beats.get());
+        Self {
+            frames: metrics.inputs.iter().map(|i| i.frames.get()).sum(),
+            inferences: metrics.machines.iter().map(|m| m.inferences.get()).sum(),
+            retry_beats: metrics.inputs.iter().map(|i| i.retry_beats.get()).collect(),
+            turns: readers
+                .chain([metrics.clips_beats.get()])
+                .chain(mqtt)
+                .collect(),
+        }
+    }
 }
 
 /// Whether the daemon has made progress since the last watchdog ping (`now` against `at_ping`): frames advanced
@@ -1954,12 +1948,15 @@ struct WatchMarks {
 /// pipeline alone would take for `idle`. And so must the clip writer and the MQTT publisher: one stuck drops
 /// every clip, the other leaves every alarm in the outbox, and neither shows in the audio's progress.
 fn watchdog_fed(now: &WatchMarks, at_ping: &WatchMarks, idle: bool, any_open: bool) -> bool {
-    let advanced = |n: &[u64], t: &[u64]| n.iter().zip(t).all(|(n, t)| n > t);
+    // A count the marks at the ping lack (the default's, before the first ping) was zero.
+    let advanced = |n: &[u64], t: &[u64]| {
+        n.iter()
+            .enumerate()
+            .all(|(i, n)| *n > t.get(i).copied().unwrap_or(0))
+    };
     let scoring = now.frames > at_ping.frames && (now.inferences > at_ping.inferences || idle);
     let waiting = !any_open && advanced(&now.retry_beats, &at_ping.retry_beats);
-    (scoring || waiting)
-        && advanced(&now.reader_beats, &at_ping.reader_beats)
-        && advanced(&now.thread_beats, &at_ping.thread_beats)
+    (scoring || waiting) && advanced(&now.turns, &at_ping.turns)
 }
 
 /// How often the watchdog is checked: a quarter of the systemd watchdog period (`WATCHDOG_USEC`), so that a check
@@ -2094,9 +2091,9 @@ mod tests {
             frames,
             inferences,
             retry_beats: retry.to_vec(),
-            reader_beats: readers.to_vec(),
-            // The clip writer's and the MQTT publisher's turns: with the first reader's, unless a case sets them.
-            thread_beats: vec![readers[0]; 2],
+            // The readers' turns, then the clip writer's and the MQTT publisher's: with the first reader's, unless
+            // a case sets them.
+            turns: [readers, &[readers[0]; 2]].concat(),
         };
         let ping = m(8, 4, &[0], &[5]);
         // Frames and inferences since the last ping: scoring.
@@ -2140,7 +2137,7 @@ mod tests {
         // drops every clip and the other keeps every alarm in the outbox.
         let ping = m(8, 4, &[0], &[5]);
         let threads = |beats: &[u64], now: WatchMarks| WatchMarks {
-            thread_beats: beats.to_vec(),
+            turns: [&now.turns[..1], beats].concat(),
             ..now
         };
         assert!(watchdog_fed(
@@ -2161,6 +2158,10 @@ mod tests {
             false,
             true
         ));
+        // Before the first ping every count stood at zero: a reader that never turned starves it.
+        let start = WatchMarks::default();
+        assert!(watchdog_fed(&m(10, 5, &[0], &[9]), &start, false, true));
+        assert!(!watchdog_fed(&m(10, 5, &[0], &[0]), &start, false, true));
         // The same while waiting for a device that is away.
         let ping = m(8, 4, &[3], &[5]);
         assert!(!watchdog_fed(
