@@ -9,6 +9,7 @@
 //! and clips under `--out`; its configuration file is an ordinary `sonitor run` configuration.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -56,17 +57,16 @@ pub struct DemoOptions {
     pub realtime: bool,
     /// Print the per-window lines (the summary is always printed).
     pub live: bool,
-    /// The running commentary goes to stderr, so that stdout carries only what the caller prints after the run
-    /// (`--json`: the summary as JSON, for a pipe into `jq`).
-    pub commentary_to_stderr: bool,
+    /// The caller prints the summary as JSON (`--json`): stdout carries it alone, for a pipe into `jq`, and the
+    /// running commentary goes to stderr.
+    pub json: bool,
 }
 
-/// One line of the demo's running commentary, on stdout or (`commentary_to_stderr`) stderr. A reader that has gone
+/// One line of the demo's running commentary, on stdout or (`json`) stderr. A reader that has gone
 /// (`sonitor demo | head`) is not an error and no panic: the demo runs to its end, its files are written.
 macro_rules! say {
     ($o:expr, $($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = if $o.commentary_to_stderr {
+        let _ = if $o.json {
             writeln!(std::io::stderr().lock(), $($arg)*)
         } else {
             writeln!(std::io::stdout().lock(), $($arg)*)
@@ -437,10 +437,7 @@ fn draw_timeline(
     match result {
         Ok(p) => Some(p),
         Err(e) => {
-            let _ = std::io::Write::write_fmt(
-                &mut std::io::stderr().lock(),
-                format_args!("note: no timeline picture: {e}\n"),
-            );
+            let _ = writeln!(std::io::stderr().lock(), "note: no timeline picture: {e}");
             None
         }
     }
@@ -555,7 +552,7 @@ mod tests {
             mqtt: None,
             realtime: false,
             live: true,
-            commentary_to_stderr: false,
+            json: false,
         };
         let s = config_text(&o, &t, Path::new("/tmp/o")).unwrap();
         assert!(s.contains("bundle = \"/m/b\\\"x\""), "{s}");

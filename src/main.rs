@@ -92,18 +92,15 @@ fn main() -> ExitCode {
             json,
         } => {
             let model = model.unwrap_or_else(default_demo_model);
-            demo(
-                sonitor::demo::DemoOptions {
-                    recording: recording.unwrap_or_else(|| model.join("demo.wav")),
-                    bundle: model,
-                    out,
-                    mqtt,
-                    realtime,
-                    live: !quiet,
-                    commentary_to_stderr: json,
-                },
+            demo(sonitor::demo::DemoOptions {
+                recording: recording.unwrap_or_else(|| model.join("demo.wav")),
+                bundle: model,
+                out,
+                mqtt,
+                realtime,
+                live: !quiet,
                 json,
-            )
+            })
         }
     };
     ExitCode::from(code.clamp(0, 255) as u8)
@@ -142,7 +139,7 @@ fn stop_quietly_when_stdout_goes() {
     }
 }
 
-fn demo(o: sonitor::demo::DemoOptions, json: bool) -> i32 {
+fn demo(o: sonitor::demo::DemoOptions) -> i32 {
     if !o.bundle.join(sonitor_core::bundle::MANIFEST_FILE).is_file() {
         eprintln!(
             "sonitor demo: no model bundle at {} (run from the repository root, install the package (scripts/package-deb), or pass --model DIR)",
@@ -154,7 +151,7 @@ fn demo(o: sonitor::demo::DemoOptions, json: bool) -> i32 {
         Ok(s) => {
             // Not `println!`, which panics when the reader has gone (`sonitor demo | head`).
             let mut stdout = std::io::stdout().lock();
-            if json {
+            if o.json {
                 match serde_json::to_string_pretty(&s) {
                     Ok(j) => {
                         let _ = writeln!(stdout, "{j}");
