@@ -80,14 +80,11 @@ fn every_kind_of_bad_input_is_named_with_exit_78() {
     assert!(text.contains("OK: 1 machine"), "{text}");
     // Its output to a reader that has gone (`sonitor validate … | head`): the process ends quietly by SIGPIPE,
     // as any Unix tool does, not with a panic ("failed printing to stdout", status 101).
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
-    let out = Command::new(env!("CARGO_BIN_EXE_sonitor"))
-        .args(["validate", "--config"])
-        .arg(&good)
-        .stdout(writer)
-        .output()
-        .unwrap();
+    let out = common::output_to_a_gone_reader(
+        Command::new(env!("CARGO_BIN_EXE_sonitor"))
+            .args(["validate", "--config"])
+            .arg(&good),
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
     use std::os::unix::process::ExitStatusExt as _;

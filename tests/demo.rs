@@ -108,18 +108,15 @@ fn the_shipped_demo_raises_the_alarm_during_the_fault_only() {
 
     // A reader that has gone (`sonitor demo | head`): no panic ("failed printing to stdout", which made it end
     // with the daemon's status 70); the demo runs to its end and writes its files.
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
     let gone = d.path().join("gone");
-    let o = Command::new(env!("CARGO_BIN_EXE_sonitor"))
-        .arg("demo")
-        .arg("--model")
-        .arg(shipped())
-        .arg("--out")
-        .arg(&gone)
-        .stdout(writer)
-        .output()
-        .unwrap();
+    let o = common::output_to_a_gone_reader(
+        Command::new(env!("CARGO_BIN_EXE_sonitor"))
+            .arg("demo")
+            .arg("--model")
+            .arg(shipped())
+            .arg("--out")
+            .arg(&gone),
+    );
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(o.status.code(), Some(0), "{stderr}");

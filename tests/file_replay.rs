@@ -577,10 +577,7 @@ fn a_machine_that_stops_is_idle_not_anomalous() {
 /// (`SONITOR_FAULT_PANIC`, read by test builds only).
 #[test]
 fn a_thread_that_panics_ends_the_daemon_with_status_70() {
-    if !cfg!(debug_assertions) {
-        eprintln!(
-            "skipped: a build without debug assertions injects no panic (`cargo test --release`)"
-        );
+    if !common::faults_injectable() {
         return;
     }
     for (point, thread, alarm_first) in [
@@ -681,10 +678,7 @@ fn a_second_daemon_on_the_same_state_directory_is_refused() {
 /// would end. The reader's panic and the hang in the stop are injected (test builds only).
 #[test]
 fn a_stop_that_hangs_after_a_panic_still_ends_with_status_70() {
-    if !cfg!(debug_assertions) {
-        eprintln!(
-            "skipped: a build without debug assertions injects no panic (`cargo test --release`)"
-        );
+    if !common::faults_injectable() {
         return;
     }
     let d = tempfile::tempdir().unwrap();
@@ -718,10 +712,7 @@ fn a_stop_that_hangs_after_a_panic_still_ends_with_status_70() {
 /// only), a 0.4 s watchdog checked every 0.1 s, 3 s of notifications each.
 #[test]
 fn a_thread_that_hangs_starves_the_watchdog() {
-    if !cfg!(debug_assertions) {
-        eprintln!(
-            "skipped: a build without debug assertions injects no hang (`cargo test --release`)"
-        );
+    if !common::faults_injectable() {
         return;
     }
     let d = tempfile::tempdir().unwrap();

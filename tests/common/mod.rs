@@ -7,7 +7,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -450,6 +450,25 @@ pub fn private_mount_namespace() -> Command {
     let mut c = Command::new("unshare");
     c.arg(if root { "-m" } else { "-rm" });
     c
+}
+
+/// Runs `cmd` with its stdout a pipe whose reader is already closed (`… | head` once head has gone): every write
+/// to stdout fails with EPIPE.
+pub fn output_to_a_gone_reader(cmd: &mut Command) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    cmd.stdout(writer).output().unwrap()
+}
+
+/// Whether this build injects the faults of `sonitor::fault` (builds with debug assertions only); says why a test
+/// skips itself when it does not.
+pub fn faults_injectable() -> bool {
+    if !cfg!(debug_assertions) {
+        eprintln!(
+            "skipped: a build without debug assertions injects no fault (`cargo test --release`)"
+        );
+    }
+    cfg!(debug_assertions)
 }
 
 pub fn free_port() -> u16 {
