@@ -6,7 +6,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use sonitor::bench::{sgemm_plan, test_signal, FftOnly, FLOOR_SGEMM_SIZE};
-use sonitor::model::Embedder;
+use sonitor::embed::Embedder;
 use sonitor_core::audio::StreamResampler;
 use sonitor_core::bundle::Bundle;
 use sonitor_core::features::FeatureExtractor;

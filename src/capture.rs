@@ -1,5 +1,5 @@
 //! Audio sources. Both kinds deliver interleaved `f32` frames into a `ringbuf` SPSC buffer read by the
-//! input's reader thread ([`crate::pipeline`]):
+//! input's reader thread ([`crate::window`]):
 //!
 //! - capture through cpal (ALSA on Linux): the real-time callback only converts and copies into the ring
 //!   ([`RtSink`]); it never locks, allocates, logs or blocks, and counts what does not fit. A supervisor thread
@@ -725,7 +725,7 @@ pub fn spawn_file(
         .path
         .clone()
         .ok_or_else(|| anyhow::anyhow!("device '{}': a file source needs `path`", cfg.name))?;
-    // Only the header: `run`'s configuration check (`daemon::check`) has already read the data to its end and
+    // Only the header: `run`'s configuration check (`check::check`) has already read the data to its end and
     // refused a corrupt or truncated recording. The replay streams it block by block in constant memory; a read
     // error there still ends the input with `SourceEvent::Failed`.
     let info = sonitor_core::audio::read_wav_info(&path)?;

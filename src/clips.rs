@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{free_space, outbox_bytes, ClipsConfig, Config};
-use crate::pipeline::ClipAudio;
+use crate::window::ClipAudio;
 
 /// Writes the clip as 16-bit PCM (creating its directory), whole or not at all: a write that fails (a full disk)
 /// leaves no partial WAV under the name the alarm events give, and gives the space back.

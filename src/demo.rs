@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::daemon::Observation;
+use crate::detect::Observation;
 
 /// The part of the recording's timeline the demo uses (written by `sonitor-train synth-demo`).
 #[derive(Debug, Clone, Deserialize)]
@@ -226,7 +226,7 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Summary> {
     }
     std::fs::write(&config, config_text(o, &t, &o.out)?)
         .with_context(|| format!("writing {}", config.display()))?;
-    let checked = crate::daemon::check(&config);
+    let checked = crate::check::check(&config);
     let (bundles, embedders) = (checked.bundles, checked.embedders);
     let cfg = match checked.cfg {
         Some(c) if checked.problems.is_empty() => c,

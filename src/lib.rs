@@ -1,11 +1,14 @@
 //! `sonitor`: the edge daemon. It listens to machines through a microphone and raises an MQTT alarm when a
 //! machine starts to sound wrong.
 //!
-//! Where the audio goes (DESIGN.md §5): capture ([`capture`]) → windows, features, inference and scoring
-//! ([`pipeline`], [`model`]) → per-machine alarm logic ([`detector`]) → durable outbox ([`outbox`]) and MQTT
-//! ([`mqtt`]); evidence clips ([`clips`]), Prometheus metrics ([`metrics`]); all wired by [`daemon`] from the
-//! [`config`]. The features and the model contract live in `sonitor-core`, so the daemon computes exactly what
-//! the trainer evaluated.
+//! Where the audio goes (DESIGN.md §5), one module per stage: [`capture`] (cpal or a file, into a ring per input)
+//! → [`window`] (the reader: windows cut per machine, channel health, clip history) → [`features`] (log-mel and
+//! spectrum, shared with the trainer) → [`embed`] (tract, then the min cosine distance to the section's centroids)
+//! → [`detect`] (per-machine alarm logic and the controller around it) → [`publish`] (durable outbox, then MQTT).
+//! Beside them: evidence clips ([`clips`]), Prometheus metrics ([`metrics`]), the configuration ([`config`]) and its
+//! [`check`], the systemd [`watchdog`], one daemon per state directory ([`state_lock`]); [`daemon`] wires them
+//! and runs the main loop. The features and the model contract live in `sonitor-core`, so the daemon computes
+//! exactly what the trainer evaluated.
 //!
 //! [`demo`] runs all of it on the shipped model and a generated recording; [`bench`] holds what the benchmarks
 //! share (`sonitor-bench`, benches/kernels.rs).
@@ -21,15 +24,18 @@ pub const VERSION: &str = concat!(
 
 pub mod bench;
 pub mod capture;
+pub mod check;
 pub mod clips;
 pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod detect;
+pub mod embed;
 pub mod fault;
+pub mod features;
 pub mod metrics;
-pub mod model;
-pub mod mqtt;
-pub mod outbox;
-pub mod pipeline;
+pub mod publish;
 pub mod state_lock;
+pub mod watchdog;
+pub mod window;

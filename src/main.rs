@@ -69,7 +69,7 @@ fn main() -> ExitCode {
         Cmd::Run { config } => sonitor::daemon::run(&config),
         Cmd::Validate { config } => {
             stop_quietly_when_stdout_goes();
-            sonitor::daemon::validate(&config)
+            sonitor::check::validate(&config)
         }
         Cmd::Devices => match sonitor::capture::list_devices() {
             Ok(s) => {

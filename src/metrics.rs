@@ -156,7 +156,7 @@ pub struct MachineMetrics {
     pub clipping: Gauge,
     /// Stream time (ms) of the end of the last window the daemon has handled (its score through the detector,
     /// its alarm's clip asked for): how far behind the reader a file replayed as fast as possible is
-    /// (`pipeline::LeadGuard`). Not exported.
+    /// (`window::LeadGuard`). Not exported.
     pub handled_ms: std::sync::atomic::AtomicU64,
     /// Windows whose way through the pipeline has ended: handled by the daemon, or dropped anywhere (a queue
     /// full, features or inference failing, a score not finite). `windows` minus this is what is still on its way.

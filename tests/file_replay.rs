@@ -519,7 +519,7 @@ fn a_machine_that_stops_is_idle_not_anomalous() {
     let d = tempfile::tempdir().unwrap();
     let state = d.path().join("state");
     let pump = common::pump();
-    let running = sonitor::pipeline::window_level_dbfs(&pump);
+    let running = sonitor::window::window_level_dbfs(&pump);
     // 2 s running normally, 4 s with the fault, 5 s standing (60 dB quieter: the hall's background), 4 s running
     // with the fault again.
     let fault = common::recording(2.0, 4.0, 0.0);

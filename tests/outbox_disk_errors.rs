@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
 
-use sonitor::outbox::{OutMessage, Outbox, Record};
+use sonitor::publish::outbox::{OutMessage, Outbox, Record};
 
 /// Log lines, with the name of the thread that logged them (each test runs on its own thread).
 static LINES: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The Python peer of sonitor: what a user would write instead of the daemon, for one machine on one WAV file.
 
-Same work as the daemon's pipeline (src/pipeline.rs), single-threaded and as fast as plain Python allows:
+Same work as the daemon's pipeline (src/window.rs, src/features.rs, src/embed.rs), single-threaded and as fast as
+plain Python allows:
   WAV → windows of `window_samples` every `window_hop_samples` (first window at sample 0, only full windows)
       → features (librosa: the calls of scripts/reference/librosa_logmel.py, filterbank built once)
       → embedding (onnxruntime, 1 intra-op and 1 inter-op thread, sequential, batch 1 per window)
@@ -146,7 +147,7 @@ def read_wav(path, channel):
 
 
 def window_starts(n, window, hop):
-    """pipeline.rs `process`: a window is cut whenever `window` samples are buffered, then `hop` are dropped:
+    """window.rs `process`: a window is cut whenever `window` samples are buffered, then `hop` are dropped:
     starts 0, hop, 2·hop, … while start + window <= n; a partial last window is never scored."""
     return list(range(0, n - window + 1, hop)) if n >= window else []
 

@@ -246,7 +246,7 @@ fn lcg(seed: &mut u64) -> f32 {
 /// Embeddings of every window (hop = window_hop / 2) of `audio`, through the daemon's own code.
 pub fn embeddings(bundle: &Bundle, audio: &[f32]) -> Vec<Vec<f32>> {
     let f = &bundle.manifest.features;
-    let mut emb = sonitor::model::Embedder::load(bundle).unwrap();
+    let mut emb = sonitor::embed::Embedder::load(bundle).unwrap();
     let mut fx = FeatureExtractor::new(f.clone()).unwrap();
     let mut feats = fx.new_output();
     let mut out = Vec::new();

@@ -1,5 +1,5 @@
 //! `sonitor-bench window`: time per window of model bundles through the daemon's own path (`sonitor_core`
-//! features, `sonitor::model::Embedder`: tract, plan optimised once), on one thread: median and p99 of many runs
+//! features, `sonitor::embed::Embedder`: tract, plan optimised once), on one thread: median and p99 of many runs
 //! after a warm-up; the FFTs' share of the features; and inference against the floor (FLOPs per window over this
 //! CPU's single-core matrix-multiply rate).
 //!
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use sonitor::bench::{median, percentile, test_signal, FftOnly, Sgemm, FLOOR_SGEMM_SIZE};
-use sonitor::model::Embedder;
+use sonitor::embed::Embedder;
 use sonitor_core::bundle::Bundle;
 use sonitor_core::features::{FeatureExtractor, Features};
 

@@ -26,7 +26,7 @@ use rumqttc::{
 
 use crate::config::{Config, MqttConfig};
 use crate::metrics::Metrics;
-use crate::outbox::Outbox;
+use crate::publish::outbox::Outbox;
 
 /// What the rest of the daemon asks the publisher to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -1110,7 +1110,7 @@ fn describe(e: &ConnectionError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::OutMessage;
+    use crate::publish::outbox::OutMessage;
 
     fn msg(t: &str, p: &str) -> OutMessage {
         OutMessage {

@@ -1,13 +1,14 @@
-//! The audio pipeline after capture:
+//! The reader stage: one thread per input takes the captured audio from the input's ring ([`crate::capture`])
+//! and cuts each machine's windows from it:
 //!
 //! ```text
 //! ring (per input) → reader thread: channel → resample → windows, health, clip history
-//!                  → [bounded] → feature thread (FeatureExtractor::extract_into, buffers recycled)
-//!                  → [bounded] → inference thread (tract plan, min cosine distance to the section's centroids)
-//!                  → [bounded] → detector (crate::daemon)
+//!                  → [bounded] → features ([`crate::features`]) → [bounded] → embed and score ([`crate::embed`])
+//!                  → [bounded] → detectors ([`crate::detect`])
 //! ```
 //!
-//! When features or inference fall behind, `try_send` fails and the window is dropped and counted
+//! It also watches each channel's health (silence, clipping) and keeps the history from which an alarm's evidence
+//! clip is cut. When features or inference fall behind, `try_send` fails and the window is dropped and counted
 //! (`sonitor_dropped_windows_total`): memory stays bounded and capture is never blocked.
 
 use std::collections::VecDeque;
@@ -19,12 +20,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use ringbuf::traits::{Consumer, Observer};
 use sonitor_core::audio::StreamResampler;
-use sonitor_core::features::{FeatureExtractor, FeatureParams, Features};
+use sonitor_core::features::FeatureParams;
 
 use crate::capture::StreamHandle;
 use crate::config::HealthConfig;
 use crate::metrics::Metrics;
-use crate::model::Embedder;
 
 /// A machine as the pipeline sees it.
 #[derive(Debug, Clone)]
@@ -50,25 +50,6 @@ pub struct WindowMsg {
     pub samples: Vec<f32>,
     pub cut_at: Instant,
     pub lossless: bool,
-}
-
-pub struct FeatureMsg {
-    pub machine: usize,
-    pub t_end_ms: u64,
-    /// The window's level: RMS over its samples, dBFS ([`window_level_dbfs`]).
-    pub level_dbfs: f32,
-    pub features: Features,
-    pub cut_at: Instant,
-    pub lossless: bool,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ScoreMsg {
-    pub machine: usize,
-    pub t_end_ms: u64,
-    pub score: f64,
-    /// The window's level (RMS, dBFS), by which the daemon tells a machine that is not running.
-    pub level_dbfs: f32,
 }
 
 /// The level of a window: RMS over its samples in dBFS ([`rms_dbfs`]).
@@ -954,132 +935,6 @@ fn serve_clips(
             }
         }
     }
-}
-
-/// The feature thread: one extractor per machine (planned once), buffers reused.
-pub fn spawn_features(
-    params: Vec<FeatureParams>,
-    windows: Receiver<WindowMsg>,
-    recycle_windows: Vec<Sender<Vec<f32>>>,
-    machine_input: Vec<usize>,
-    out: Sender<FeatureMsg>,
-    recycled_features: Receiver<Features>,
-    metrics: Arc<Metrics>,
-) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    let mut extractors = Vec::new();
-    for p in params {
-        extractors.push(FeatureExtractor::new(p)?);
-    }
-    Ok(std::thread::Builder::new()
-        .name("features".into())
-        .spawn(move || {
-            for w in windows.iter() {
-                crate::fault::point("features");
-                let fx = &mut extractors[w.machine];
-                let mut f = recycled_features
-                    .try_recv()
-                    .unwrap_or_else(|_| fx.new_output());
-                if let Err(e) = fx.extract_into(&w.samples, &mut f) {
-                    log::error!("features: {e}");
-                    metrics.machines[w.machine].settled.inc();
-                    continue;
-                }
-                let machine = w.machine;
-                let msg = FeatureMsg {
-                    machine,
-                    t_end_ms: w.t_end_ms,
-                    level_dbfs: window_level_dbfs(&w.samples),
-                    features: f,
-                    cut_at: w.cut_at,
-                    lossless: w.lossless,
-                };
-                let sent = if w.lossless {
-                    out.send(msg).is_ok()
-                } else {
-                    out.try_send(msg).is_ok()
-                };
-                if !sent {
-                    metrics.machines[machine].window_dropped();
-                }
-                if let Some(tx) = machine_input
-                    .get(machine)
-                    .and_then(|&i| recycle_windows.get(i))
-                {
-                    let _ = tx.try_send(w.samples);
-                }
-            }
-        })?)
-}
-
-/// What the inference thread needs per machine.
-pub struct Scorer {
-    /// Index into the embedders.
-    pub model: usize,
-    pub centroids: Vec<Vec<f32>>,
-}
-
-/// The inference thread: embeds each window with the machine's model and scores it.
-pub fn spawn_inference(
-    mut embedders: Vec<Embedder>,
-    scorers: Vec<Scorer>,
-    features: Receiver<FeatureMsg>,
-    recycle: Sender<Features>,
-    out: Sender<ScoreMsg>,
-    metrics: Arc<Metrics>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("inference".into())
-        .spawn(move || {
-            let mut emb = Vec::new();
-            for f in features.iter() {
-                let sc = &scorers[f.machine];
-                let m = &metrics.machines[f.machine];
-                let embedded = embedders[sc.model].embed(&f.features, &mut emb);
-                // The features are not needed after embedding, whatever happens to the score.
-                let _ = recycle.try_send(f.features);
-                if let Err(e) = embedded {
-                    log::error!("inference: {e:#}");
-                    m.settled.inc();
-                    continue;
-                }
-                let score = sonitor_core::score::min_cosine_distance(&emb, &sc.centroids) as f64;
-                m.inferences.inc();
-                if !score.is_finite() {
-                    // Non-finite audio (a float stream with huge or NaN samples) or a model that overflows:
-                    // such a score would raise or hold an alarm on garbage. Dropped and counted instead.
-                    let n = m.invalid_scores.inc_get();
-                    if n.is_power_of_two() {
-                        log::warn!(
-                            "machine #{}: window at {} ms scored {score} (not a finite number: the audio or the \
-                             model's output is not finite); dropped, {n} so far (sonitor_invalid_scores_total)",
-                            f.machine,
-                            f.t_end_ms
-                        );
-                    }
-                    m.settled.inc();
-                    continue;
-                }
-                m.score.set_f64(score);
-                let spent = f.cut_at.elapsed().as_secs_f64();
-                m.inference_seconds_sum
-                    .set_f64(m.inference_seconds_sum.get_f64() + spent);
-                let msg = ScoreMsg {
-                    machine: f.machine,
-                    t_end_ms: f.t_end_ms,
-                    score,
-                    level_dbfs: f.level_dbfs,
-                };
-                let sent = if f.lossless {
-                    out.send(msg).is_ok()
-                } else {
-                    out.send_timeout(msg, Duration::from_secs(1)).is_ok()
-                };
-                if !sent {
-                    metrics.scores_dropped.inc();
-                    m.settled.inc();
-                }
-            }
-        })
 }
 
 #[cfg(test)]

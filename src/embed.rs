@@ -1,12 +1,21 @@
-//! The embedding model of a bundle, run with tract: the plan is optimised once at start-up and reused for every
-//! window. Inputs are fed by name in the graph's own order, from the feature views the manifest assigns.
+//! Embedding and scoring: [`Embedder`] runs a bundle's embedding model with tract (the plan optimised once at
+//! start-up and reused for every window; inputs fed by name in the graph's own order, from the feature views the
+//! manifest assigns), and the inference thread ([`spawn_inference`]) embeds each window's features and scores the
+//! embedding against its section's centroids ([`sonitor_core::score::min_cosine_distance`]). The scores go to the
+//! detectors ([`crate::detect`]).
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use crossbeam_channel::{Receiver, Sender};
 use sonitor_core::bundle::{Bundle, FeatureView};
 use sonitor_core::features::Features;
 use tract_onnx::prelude::*;
+
+use crate::features::FeatureMsg;
+use crate::metrics::Metrics;
 
 pub struct Embedder {
     /// The plan's run state, kept from window to window: `plan.run` would build a new one per call.
@@ -150,6 +159,87 @@ impl Embedder {
             })?;
         Ok(())
     }
+}
+
+/// A window's score, on its way to the detector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreMsg {
+    pub machine: usize,
+    pub t_end_ms: u64,
+    pub score: f64,
+    /// The window's level (RMS, dBFS), by which the daemon tells a machine that is not running.
+    pub level_dbfs: f32,
+}
+
+/// What the inference thread needs per machine.
+pub struct Scorer {
+    /// Index into the embedders.
+    pub model: usize,
+    pub centroids: Vec<Vec<f32>>,
+}
+
+/// The inference thread: embeds each window with the machine's model and scores it.
+pub fn spawn_inference(
+    mut embedders: Vec<Embedder>,
+    scorers: Vec<Scorer>,
+    features: Receiver<FeatureMsg>,
+    recycle: Sender<Features>,
+    out: Sender<ScoreMsg>,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("inference".into())
+        .spawn(move || {
+            let mut emb = Vec::new();
+            for f in features.iter() {
+                let sc = &scorers[f.machine];
+                let m = &metrics.machines[f.machine];
+                let embedded = embedders[sc.model].embed(&f.features, &mut emb);
+                // The features are not needed after embedding, whatever happens to the score.
+                let _ = recycle.try_send(f.features);
+                if let Err(e) = embedded {
+                    log::error!("inference: {e:#}");
+                    m.settled.inc();
+                    continue;
+                }
+                let score = sonitor_core::score::min_cosine_distance(&emb, &sc.centroids) as f64;
+                m.inferences.inc();
+                if !score.is_finite() {
+                    // Non-finite audio (a float stream with huge or NaN samples) or a model that overflows:
+                    // such a score would raise or hold an alarm on garbage. Dropped and counted instead.
+                    let n = m.invalid_scores.inc_get();
+                    if n.is_power_of_two() {
+                        log::warn!(
+                            "machine #{}: window at {} ms scored {score} (not a finite number: the audio or the \
+                             model's output is not finite); dropped, {n} so far (sonitor_invalid_scores_total)",
+                            f.machine,
+                            f.t_end_ms
+                        );
+                    }
+                    m.settled.inc();
+                    continue;
+                }
+                m.score.set_f64(score);
+                let spent = f.cut_at.elapsed().as_secs_f64();
+                m.inference_seconds_sum
+                    .set_f64(m.inference_seconds_sum.get_f64() + spent);
+                let msg = ScoreMsg {
+                    machine: f.machine,
+                    t_end_ms: f.t_end_ms,
+                    score,
+                    level_dbfs: f.level_dbfs,
+                };
+                let sent = if f.lossless {
+                    out.send(msg).is_ok()
+                } else {
+                    out.send_timeout(msg, Duration::from_secs(1)).is_ok()
+                };
+                if !sent {
+                    metrics.scores_dropped.inc();
+                    m.settled.inc();
+                }
+            }
+        })
 }
 
 #[cfg(test)]

@@ -1,0 +1,319 @@
+//! The configuration check, before anything runs: `sonitor validate`, each start of `sonitor run` and each reload
+//! (SIGHUP). It loads the file and checks what can be checked without running: files, bundles (built and run
+//! once with tract), sections, channels, devices, ports, the state directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use sonitor_core::bundle::Bundle;
+
+use crate::config::{Config, MachineConfig, MissingDirs, SourceKind};
+
+/// A machine whose `threshold_off` lies above the bundle's threshold, the one in force when the machine sets
+/// none of its own (with its own, the pair is checked with the file: `Config::static_problems`).
+pub(crate) fn threshold_off_above_bundle(
+    m: &MachineConfig,
+    bundle_threshold: f64,
+) -> Option<String> {
+    if m.detector.threshold.is_some() {
+        return None;
+    }
+    let off = m
+        .detector
+        .threshold_off
+        .filter(|off| *off > bundle_threshold)?;
+    Some(format!(
+        "machine '{}': threshold_off ({off}) is above the threshold in force ({bundle_threshold})",
+        m.name
+    ))
+}
+
+/// What [`check`] found.
+#[derive(Default)]
+pub struct Checked {
+    /// `None` when the file could not be read at all.
+    pub cfg: Option<Config>,
+    /// The loaded bundles, by path.
+    pub bundles: BTreeMap<PathBuf, Bundle>,
+    /// Their embedders, built and run once by the check ([`crate::embed::Embedder::check`]): `start` takes them
+    /// instead of building them again.
+    pub embedders: BTreeMap<PathBuf, crate::embed::Embedder>,
+    /// Empty when the configuration is usable.
+    pub problems: Vec<String>,
+    /// What does not stop it (room on disk: [`Config::disk_check`]; a capture device not there now).
+    pub warnings: Vec<String>,
+}
+
+/// Loads the configuration and checks everything that can be checked before running: files, bundles,
+/// sections, channels, devices, ports, the state directory.
+pub fn check(path: &Path) -> Checked {
+    check_with(path, None, MissingDirs::Create)
+}
+
+/// [`check`] that keeps nothing it writes (`sonitor validate`): a state or clips directory that does not exist
+/// yet is left missing, shown only to be one that `run` can create.
+pub fn check_leaving_no_trace(path: &Path) -> Checked {
+    check_with(path, None, MissingDirs::Probe)
+}
+
+/// What a running daemon tells the check of a reload ([`check_with`]).
+pub(crate) struct Running<'a> {
+    pub(crate) cfg: &'a Config,
+    /// The `onnx_sha256` of the graphs it runs: tract has built and run those already.
+    pub(crate) graphs: &'a std::collections::BTreeSet<String>,
+}
+
+/// [`check`], by a daemon that runs `running` (a reload): a capture device of `running` that the file leaves as
+/// it is may be held open by this daemon, so that it cannot be asked for its configurations now; that is a
+/// warning, not a problem. A bundle whose graph it runs is not built with tract again (a reload must not stall
+/// the controller for each model).
+pub(crate) fn check_with(path: &Path, running: Option<&Running>, missing: MissingDirs) -> Checked {
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            return Checked {
+                problems: e.problems(),
+                ..Checked::default()
+            }
+        }
+    };
+    let mut problems = cfg.static_problems();
+    let disk = cfg.disk_check(missing);
+    problems.extend(disk.problem);
+    let mut warnings = disk.warnings;
+    // The MQTT options `run` builds: the password file read, the TLS configuration made from the CA and client
+    // files (a file that exists but is no certificate would otherwise stop every start). After the simpler
+    // checks of [mqtt], which name a missing file better.
+    if cfg.mqtt.enabled && !problems.iter().any(|p| p.starts_with("mqtt")) {
+        if let Err(e) = crate::publish::mqtt::options(&cfg) {
+            let e = format!("{e:#}");
+            problems.push(if e.starts_with("mqtt") {
+                e
+            } else {
+                format!(
+                    "mqtt.tls: {e} (ca_file must hold PEM CA certificates, client_cert and client_key the PEM \
+                     certificate chain and key of this client)"
+                )
+            });
+        }
+    }
+    let mut bundles = BTreeMap::new();
+    let mut embedders = BTreeMap::new();
+    // Bundles already refused: each is loaded (and built by tract) once, however many machines use it.
+    let mut refused = std::collections::BTreeSet::new();
+    for m in &cfg.machines {
+        let at = format!("machine '{}'", m.name);
+        if !m.bundle.join(sonitor_core::bundle::MANIFEST_FILE).is_file()
+            || refused.contains(&m.bundle)
+        {
+            continue; // already reported
+        }
+        if !bundles.contains_key(&m.bundle) {
+            // The manifest and its graph agree (Bundle::load), and tract can build and run that graph as `run`
+            // will: a bundle tract cannot run is a problem of the configuration (exit 78), not a start that
+            // fails (exit 1) and is restarted forever.
+            let loaded = Bundle::load(&m.bundle)
+                .map_err(|e| format!("{at}: bundle refused: {e}"))
+                .and_then(|b| match running {
+                    Some(r) if r.graphs.contains(&b.manifest.onnx_sha256) => Ok((b, None)),
+                    _ => match crate::embed::Embedder::check(&b) {
+                        Ok(e) => Ok((b, Some(e))),
+                        Err(e) => Err(format!(
+                        "{at}: bundle {} refused: {e:#} (re-export the graph with operators and shapes that \
+                         tract runs)",
+                        m.bundle.display()
+                    )),
+                    },
+                });
+            match loaded {
+                Ok((b, e)) => {
+                    bundles.insert(m.bundle.clone(), b);
+                    embedders.extend(e.map(|e| (m.bundle.clone(), e)));
+                }
+                Err(e) => {
+                    problems.push(e);
+                    refused.insert(m.bundle.clone());
+                    continue;
+                }
+            }
+        }
+        let b = &bundles[&m.bundle];
+        match b.manifest.section_by_key(&m.section) {
+            None => problems.push(format!(
+                "{at}: bundle {} has no section '{}' (it has: {})",
+                m.bundle.display(),
+                m.section,
+                b.manifest
+                    .sections
+                    .iter()
+                    .map(|s| s.key())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            Some(s) => problems.extend(threshold_off_above_bundle(m, s.threshold.value)),
+        }
+    }
+    // Channels and devices.
+    for d in &cfg.devices {
+        let users: Vec<&MachineConfig> =
+            cfg.machines.iter().filter(|m| m.device == d.name).collect();
+        match d.source {
+            SourceKind::File => {
+                let Some(p) = d.path.as_ref().filter(|p| p.is_file()) else {
+                    continue;
+                };
+                // The header, then the data to its end: a truncated or corrupt recording is named here, before
+                // `run` starts (the file source itself only reads the header).
+                match sonitor_core::audio::check_wav(p) {
+                    Err(e) => problems.push(format!("device '{}': {e}", d.name)),
+                    Ok(info) => {
+                        // Played once (not looped), a file shorter than one analysis window is never scored;
+                        // an empty one is not even looped.
+                        let window = users
+                            .iter()
+                            .filter_map(|m| bundles.get(&m.bundle))
+                            .map(|b| b.manifest.features.window_seconds())
+                            .fold(0.0, f64::max);
+                        let once = d.at_end != crate::config::AtEnd::Loop;
+                        if info.frames == 0 || (once && info.duration_seconds() < window) {
+                            problems.push(format!(
+                                "device '{}': {} holds {:.2} s of audio, less than one {window} s analysis window: \
+                                 nothing would be scored",
+                                d.name,
+                                p.display(),
+                                info.duration_seconds()
+                            ));
+                        }
+                        for m in users {
+                            if m.channel >= info.channels {
+                                problems.push(format!(
+                                    "machine '{}': channel {} does not exist: {} has {} channel(s)",
+                                    m.name,
+                                    m.channel,
+                                    p.display(),
+                                    info.channels
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+            SourceKind::Capture => {
+                let spec = d.device.as_deref().unwrap_or("default");
+                // A device not there now, or not answering now, is waited for.
+                let waited_for = |why: String, until: &str| {
+                    format!(
+                        "device '{}'{why}: its machines ({}) report health NO_AUDIO until it {until}, and \
+                         `sonitor run` keeps trying to open it (check the name if it should be there now)",
+                        d.name,
+                        users.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
+                    )
+                };
+                match crate::capture::find_device(spec) {
+                    // Not a mistake in the file: a microphone unplugged, or not yet there at boot. Refusing to
+                    // start (exit 78, which the service does not restart) would leave the machine unwatched
+                    // until someone came; `run` starts, reports NO_AUDIO and opens it when it appears.
+                    Err(e) if e.is_retryable() => {
+                        warnings.push(waited_for(format!(": {e}"), "appears"))
+                    }
+                    Err(e) => problems.push(format!("device '{}': {e}", d.name)),
+                    Ok(dev) => {
+                        let rate = users
+                            .first()
+                            .and_then(|m| bundles.get(&m.bundle))
+                            .map_or(16_000, |b| b.manifest.features.sample_rate);
+                        match crate::capture::choose_config(&dev, d, rate) {
+                            // The daemon holds it open (a hw: device cannot be queried while in use): the same
+                            // hardware, whatever else of its settings the new file changes (a larger
+                            // buffer_frames, as the overrun warning advises, applies at the next start).
+                            Err(e)
+                                if running.is_some_and(|r| {
+                                    r.cfg.devices.iter().any(|h| {
+                                        h.name == d.name && h.source == d.source && h.device == d.device
+                                    })
+                                }) =>
+                            {
+                                warnings.push(format!(
+                                    "device '{}' ({spec}): {e:#} (it is in use by this daemon: its channels are \
+                                     checked again at the next start)",
+                                    d.name
+                                ))
+                            }
+                            // The same as a device not found: `default` with no sound card (ALSA always has
+                            // a `default` PCM), or a device busy with another program.
+                            Err(e) if e.is_retryable() => {
+                                warnings.push(waited_for(format!(" ({spec}): {e}"), "answers"))
+                            }
+                            // ALSA's `default` routed to a sound server (a desktop image's PipeWire or
+                            // PulseAudio) that a system service cannot reach.
+                            Err(e) if e.is_backend() && spec == "default" => {
+                                problems.push(format!(
+                                    "device '{}' ({spec}): {e}: ALSA's `default` here may go through a sound \
+                                     server (PipeWire, PulseAudio) that does not answer, and a system service \
+                                     cannot reach a desktop session's server: name the card instead, as `sonitor \
+                                     devices` lists it (e.g. device = \"alsa:plughw:CARD=…,DEV=0\")",
+                                    d.name
+                                ))
+                            }
+                            Err(e) => problems.push(format!("device '{}' ({spec}): {e}", d.name)),
+                            Ok((sc, _)) => {
+                                for m in users {
+                                    if m.channel >= sc.channels {
+                                        problems.push(format!(
+                                            "machine '{}': channel {} does not exist: device '{}' opens with {} channel(s) (set `channels` on the device)",
+                                            m.name, m.channel, d.name, sc.channels
+                                        ));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Checked {
+        cfg: Some(cfg),
+        bundles,
+        embedders,
+        problems,
+        warnings,
+    }
+}
+
+/// `sonitor validate`: prints each problem; returns the exit status (0 or 78).
+pub fn validate(config_path: &Path) -> i32 {
+    let checked = check_leaving_no_trace(config_path);
+    if checked.problems.is_empty() {
+        if let Some(cfg) = checked.cfg {
+            println!(
+                "{}: OK: {} machine(s) on {} input(s), {} bundle(s), topics under {}",
+                config_path.display(),
+                cfg.machines.len(),
+                cfg.devices.len(),
+                checked.bundles.len(),
+                cfg.topic_base()
+            );
+            for w in checked.warnings {
+                println!("{}: warning: {w}", config_path.display());
+            }
+            if let Some(pid) = crate::state_lock::holder(&cfg.state_dir) {
+                println!(
+                    "{}: note: a sonitor{} runs on its state directory {} now: this file takes effect there when \
+                     it reloads (SIGHUP, `systemctl reload sonitor`: thresholds, debounce, enabled flags) or restarts",
+                    config_path.display(),
+                    pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+                    cfg.state_dir.display()
+                );
+            }
+        }
+        0
+    } else {
+        let problems = checked.problems;
+        eprintln!("{}: {} problem(s):", config_path.display(), problems.len());
+        for p in &problems {
+            eprintln!("  - {p}");
+        }
+        crate::config::EXIT_CONFIG
+    }
+}

@@ -1,0 +1,1065 @@
+//! The detect stage: the controller that takes each window's score to its machine's detector
+//! ([`sonitor_core::detect::Detector`]: k-of-n debounce, hysteresis, mute) and acts on what changes. An alarm
+//! transition goes into the durable outbox and to MQTT ([`crate::publish::outbox`], [`crate::publish::mqtt`]), with its evidence clip
+//! asked of the reader ([`crate::window`]). It also keeps each machine's state across restarts
+//! (`<state_dir>/alarms.json`), and takes the commands from MQTT, the channels' health, the inputs' state and a
+//! reload. [`crate::daemon`] runs it on its main loop.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::Sender;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sonitor_core::detect::{Detector, DetectorParams, Transition};
+
+use crate::capture::SourceEvent;
+use crate::check::{check_with, threshold_off_above_bundle, Running};
+use crate::config::{Config, MachineConfig, MissingDirs, SourceKind};
+use crate::daemon::now_rfc3339;
+use crate::embed::ScoreMsg;
+use crate::metrics::Metrics;
+use crate::publish::mqtt::{Command, ToMqtt};
+use crate::publish::outbox::{OutMessage, Outbox};
+use crate::window::ClipRequest;
+
+/// What the daemon reports, as it happens, to an observer in the same process (`sonitor demo` draws from it).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observation {
+    /// A scored window of a machine, after the detector saw it.
+    Score {
+        machine: usize,
+        t_end_ms: u64,
+        score: f64,
+        threshold: f64,
+        alarm_on: bool,
+    },
+    /// An alarm transition, after it is in the outbox.
+    Alarm {
+        machine: usize,
+        on: bool,
+        t_ms: u64,
+        score: f64,
+        event_id: String,
+        clip: Option<String>,
+    },
+    /// An evidence clip was written.
+    Clip { path: PathBuf },
+}
+
+/// What survives a restart per machine (`<state_dir>/alarms.json`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SavedMachine {
+    pub event: Option<ActiveEvent>,
+    pub seq: u64,
+    pub enabled: bool,
+    /// The configuration file's `enabled` for the machine when this was saved (`None`: saved by a version that
+    /// did not record it). A start whose file says otherwise applies the file's value, as SIGHUP does; one whose
+    /// file says the same keeps `enabled`, which an `enabled/set` command may have changed since.
+    #[serde(default)]
+    pub file_enabled: Option<bool>,
+    pub threshold_override: Option<f64>,
+    /// Wall-clock end of a mute (Unix seconds), as saved for the next start. While the daemon runs, the mute's
+    /// end is [`MachineRt::mute_deadline`] and this is written from it.
+    pub muted_until_unix: Option<u64>,
+    /// When `muted_until_unix` was saved (Unix seconds). A start whose clock reads earlier (a Raspberry Pi
+    /// without a real-time clock restores the time of its last shutdown or older until NTP answers) lets the
+    /// mute run for what was left then, not for the clock's error on top: see [`mute_left_at_start`].
+    #[serde(default)]
+    pub muted_saved_unix: Option<u64>,
+}
+
+/// How long a mute saved with the state still runs at a start: to its saved end on today's clock, but never
+/// longer than what was left when it was saved. A clock that reads earlier than the save (not yet synchronised
+/// after a power cut) would otherwise stretch a maintenance mute by its error and keep real alarms quiet.
+pub(crate) fn mute_left_at_start(until: u64, saved_at: Option<u64>, now: u64) -> Duration {
+    Duration::from_secs(until.saturating_sub(now.max(saved_at.unwrap_or(0))))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ActiveEvent {
+    pub event_id: String,
+    pub started_at: String,
+    pub peak: f64,
+    pub clip: Option<String>,
+}
+
+/// The saved state of every machine. Each machine's entry is read on its own: one that cannot be read (a
+/// hand edit, a file from another version) starts that machine fresh, with a warning, and keeps the others.
+pub(crate) fn load_saved(path: &Path) -> BTreeMap<String, SavedMachine> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(_) => return BTreeMap::new(),
+    };
+    let entries: BTreeMap<String, serde_json::Value> = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => {
+            log::warn!(
+                "{}: unreadable ({e}); starting with all alarms off",
+                path.display()
+            );
+            return BTreeMap::new();
+        }
+    };
+    // A mute saved by an older version, or edited by hand, ends within the longest a command may ask for:
+    // with the bound in `mqtt::parse_command`, every mute end the daemon handles is a date near now.
+    let latest = unix_now().saturating_add(crate::publish::mqtt::MAX_MUTE.as_secs());
+    entries
+        .into_iter()
+        .filter_map(|(name, v)| match serde_json::from_value::<SavedMachine>(v) {
+            Ok(mut m) => {
+                m.muted_until_unix = m.muted_until_unix.map(|u| u.min(latest));
+                // `threshold/set` refuses such a value; a hand edit is dropped rather than obeyed.
+                if let Some(why) = m
+                    .threshold_override
+                    .and_then(sonitor_core::score::threshold_problem)
+                {
+                    log::warn!(
+                        "{}: the saved threshold of machine '{name}' {why}; it uses the configured one",
+                        path.display()
+                    );
+                    m.threshold_override = None;
+                }
+                Some((name, m))
+            }
+            Err(e) => {
+                log::warn!(
+                    "{}: the entry of machine '{name}' is unreadable ({e}); it starts with its alarm off",
+                    path.display()
+                );
+                None
+            }
+        })
+        .collect()
+}
+
+pub(crate) struct MachineRt {
+    pub(crate) cfg: MachineConfig,
+    pub(crate) input: usize,
+    pub(crate) detector: Detector,
+    pub(crate) bundle_threshold: f64,
+    pub(crate) model_id: String,
+    pub(crate) saved: SavedMachine,
+    pub(crate) last_score: f64,
+    pub(crate) last_t_ms: u64,
+    pub(crate) last_score_pub: Option<Instant>,
+    pub(crate) since: String,
+    pub(crate) health: String,
+    /// Whether the last window's level was below the machine's `idle_below_dbfs`: the machine is not running.
+    pub(crate) idle: bool,
+    /// When a mute ends, on the monotonic clock: a wall-clock jump (NTP's first answer on a Pi) neither ends it
+    /// early nor stretches it, and neither does an input that is away (stream time stops with the audio). The
+    /// detector stays muted until [`Controller::end_mute_if_due`] unmutes it.
+    pub(crate) mute_deadline: Option<Instant>,
+}
+
+impl MachineRt {
+    /// The mute's end on today's wall clock (Unix seconds, rounded up), while one runs.
+    fn muted_until_unix(&self) -> Option<u64> {
+        let left = self
+            .mute_deadline?
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())?;
+        Some(unix_now() + left.as_secs() + u64::from(left.subsec_nanos() > 0))
+    }
+
+    /// Starts a mute of `duration` (zero: ends it) at stream time `now_ms`; muting ends an active alarm.
+    pub(crate) fn mute(&mut self, now_ms: u64, duration: Duration) -> Option<Transition> {
+        self.mute_deadline = if duration.is_zero() {
+            None
+        } else {
+            // Bounded by `mqtt::MAX_MUTE`; an Instant that far out cannot overflow.
+            Instant::now().checked_add(duration)
+        };
+        self.detector
+            .set_muted(self.mute_deadline.is_some(), now_ms)
+    }
+}
+
+/// Whether a machine starts enabled, from its saved state and the file's `enabled` (`file`). The last change
+/// wins, as while the daemon runs: a file whose value differs from the one saved with the state (changed while the
+/// daemon was stopped) applies its value, as SIGHUP would; otherwise the saved value stands, which an `enabled/set`
+/// command may have set. State saved without the file's value (an older version) keeps what that version did: the
+/// file can disable, and a saved disable stays.
+pub(crate) fn enabled_at_start(saved: Option<&SavedMachine>, file: bool) -> bool {
+    match saved {
+        None => file,
+        Some(s) => match s.file_enabled {
+            Some(was) if was != file => file,
+            Some(_) => s.enabled,
+            None => s.enabled && file,
+        },
+    }
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Where an input stands, as its source's events said.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum InputState {
+    /// Open and delivering (or about to).
+    Open,
+    /// Not open: why its last attempt to open failed (`None` before any attempt, or after a stall), so that each
+    /// new reason is logged once (a device that appears but cannot give the configured channels says so) and
+    /// repeats are not.
+    Down(Option<String>),
+}
+
+pub(crate) struct Controller {
+    pub(crate) cfg: Config,
+    pub(crate) config_path: PathBuf,
+    pub(crate) base: String,
+    pub(crate) machines: Vec<MachineRt>,
+    pub(crate) outbox: Arc<Mutex<Outbox>>,
+    pub(crate) mqtt: Option<Sender<ToMqtt>>,
+    pub(crate) clip_tx: Vec<Sender<ClipRequest>>,
+    pub(crate) clip_writer: Sender<crate::window::ClipAudio>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) saved_path: PathBuf,
+    /// Per input: open, or down with why its last attempt failed.
+    pub(crate) inputs: Vec<InputState>,
+    /// A file source's replay ended on an error (the file changed under it): `run` exits with
+    /// [`EXIT_INPUT`] once it stops instead of 0.
+    pub(crate) replay_failed: bool,
+    pub(crate) observer: Option<Sender<Observation>>,
+    /// The clips of the alarm events still on, which the clip retention keeps ([`crate::clips::Retention`]).
+    pub(crate) open_clips: Arc<Mutex<std::collections::BTreeSet<PathBuf>>>,
+    /// The `onnx_sha256` of the graphs this daemon runs (a reload need not build them again).
+    pub(crate) graphs: std::collections::BTreeSet<String>,
+}
+
+impl Controller {
+    fn observe(&self, o: Observation) {
+        if let Some(tx) = &self.observer {
+            let _ = tx.send(o);
+        }
+    }
+
+    fn send(&self, m: ToMqtt) {
+        if let Some(tx) = &self.mqtt {
+            if tx.try_send(m).is_err() {
+                self.metrics.mqtt_dropped.inc();
+            }
+        }
+    }
+
+    pub(crate) fn retained(&self, topic: String, payload: String, publish_now: bool) {
+        self.send(ToMqtt::Retained {
+            topic,
+            payload,
+            publish_now,
+        });
+    }
+
+    pub(crate) fn persist(&self) {
+        // Every change of an event passes here: the set the retention keeps follows it.
+        if let Ok(mut open) = self.open_clips.lock() {
+            *open = open_event_clips(&self.machines);
+        }
+        let map: BTreeMap<String, SavedMachine> = self
+            .machines
+            .iter()
+            .map(|m| {
+                let mut saved = m.saved.clone();
+                saved.muted_until_unix = m.muted_until_unix();
+                saved.muted_saved_unix = saved.muted_until_unix.map(|_| unix_now());
+                saved.file_enabled = Some(m.cfg.enabled);
+                (m.cfg.name.clone(), saved)
+            })
+            .collect();
+        let text = serde_json::to_string_pretty(&map).unwrap_or_default();
+        if let Err(e) = sonitor_core::atomic_file::write_durable(&self.saved_path, text.as_bytes())
+        {
+            log::error!("cannot save {}: {e}", self.saved_path.display());
+        }
+    }
+
+    pub(crate) fn params_of(m: &MachineRt) -> DetectorParams {
+        m.cfg
+            .detector
+            .params_with_override(m.bundle_threshold, m.saved.threshold_override)
+    }
+
+    fn state_json(&self, i: usize) -> String {
+        let m = &self.machines[i];
+        let p = m.detector.params();
+        let on = m.detector.is_on();
+        json!({
+            "state": if on { "ON" } else { "OFF" },
+            "score": m.last_score,
+            "threshold": p.threshold_on,
+            "threshold_off": p.threshold_off,
+            "since": m.since,
+            "seq": m.saved.seq,
+            "model_id": m.model_id,
+            "section": m.cfg.section,
+            "enabled": m.detector.enabled(),
+            "muted_until": m.muted_until_unix()
+                .map(|u| humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(u)).to_string()),
+            "event_id": m.saved.event.as_ref().map(|e| e.event_id.clone()),
+            "health": m.health,
+            "idle": m.idle,
+        })
+        .to_string()
+    }
+
+    /// Publishes the retained per-machine topics that are not alarm messages.
+    pub(crate) fn publish_machine_state(&self, i: usize) {
+        let m = &self.machines[i];
+        let t = format!("{}/{}", self.base, m.cfg.name);
+        self.retained(format!("{t}/state"), self.state_json(i), true);
+        self.retained(
+            format!("{t}/threshold"),
+            format!("{}", m.detector.params().threshold_on),
+            true,
+        );
+        let muted = m.muted_until_unix().is_some();
+        self.retained(
+            format!("{t}/mute"),
+            if muted { "ON" } else { "OFF" }.into(),
+            true,
+        );
+        self.retained(
+            format!("{t}/enabled"),
+            if m.detector.enabled() { "ON" } else { "OFF" }.into(),
+            true,
+        );
+        self.retained(format!("{t}/health"), m.health.clone(), true);
+    }
+
+    pub(crate) fn publish_discovery(&self) {
+        if !self.cfg.mqtt.discovery.enabled {
+            return;
+        }
+        let node = &self.cfg.node_id;
+        let dp = self.cfg.mqtt.discovery.prefix.trim_end_matches('/');
+        let device = json!({
+            "identifiers": [format!("sonitor_{node}")],
+            "name": format!("sonitor {node}"),
+            "manufacturer": "sonitor",
+            "sw_version": env!("CARGO_PKG_VERSION"),
+        });
+        for m in &self.machines {
+            let name = &m.cfg.name;
+            let t = format!("{}/{}", self.base, name);
+            let uid = format!("sonitor_{node}_{name}");
+            self.retained(
+                format!("{dp}/binary_sensor/{uid}_alarm/config"),
+                json!({
+                    "name": format!("{name} anomaly"),
+                    "unique_id": format!("{uid}_alarm"),
+                    "state_topic": format!("{t}/alarm"),
+                    "payload_on": "ON", "payload_off": "OFF",
+                    "device_class": "problem",
+                    "availability_topic": format!("{}/status", self.base),
+                    "payload_available": "online", "payload_not_available": "offline",
+                    "json_attributes_topic": format!("{t}/state"),
+                    "device": device,
+                })
+                .to_string(),
+                true,
+            );
+            self.retained(
+                format!("{dp}/sensor/{uid}_score/config"),
+                json!({
+                    "name": format!("{name} anomaly score"),
+                    "unique_id": format!("{uid}_score"),
+                    "state_topic": format!("{t}/score"),
+                    "state_class": "measurement",
+                    "availability_topic": format!("{}/status", self.base),
+                    "payload_available": "online", "payload_not_available": "offline",
+                    "device": device,
+                })
+                .to_string(),
+                true,
+            );
+        }
+    }
+
+    /// Records a transition: outbox first (durable), then state, then MQTT, clip, metrics.
+    pub(crate) fn on_transition(&mut self, i: usize, t: Transition) {
+        let base = self.base.clone();
+        let node = self.cfg.node_id.clone();
+        let clips_enabled = self.cfg.clips.enabled;
+        let clips_dir = self.cfg.clips_dir();
+        let m = &mut self.machines[i];
+        let name = m.cfg.name.clone();
+        let topic = format!("{base}/{name}");
+        let threshold = m.detector.params().threshold_on;
+        m.saved.seq += 1;
+        let now = now_rfc3339();
+        m.since = now.clone();
+        let msgs = match t {
+            Transition::Raised { at_ms, score } => {
+                let millis = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis());
+                let event_id = crate::clips::event_id(&node, &name, millis, m.saved.seq);
+                let mut clip = clips_enabled.then(|| {
+                    crate::clips::clip_path(&clips_dir, &name, &event_id)
+                        .display()
+                        .to_string()
+                });
+                if let Some(path) = &clip {
+                    let asked = self.clip_tx[m.input].try_send(ClipRequest {
+                        machine: i,
+                        onset_end_ms: at_ms,
+                        pre_seconds: self.cfg.clips.pre_seconds,
+                        post_seconds: self.cfg.clips.post_seconds,
+                        path: PathBuf::from(path),
+                    });
+                    // The input's reader has a whole queue of clips still waiting for their audio: this one is
+                    // dropped and counted, and its events say `clip: null` rather than name a file never written.
+                    if asked.is_err() {
+                        self.metrics.clips_dropped.inc();
+                        log::warn!(
+                            "clip {path}: the input's queue of clips waiting for audio is full; this alarm goes \
+                             without a clip"
+                        );
+                        clip = None;
+                    }
+                }
+                let note = format!(
+                    "alarm ON: {name} score {score:.4} > threshold {threshold:.4} (event {event_id})"
+                );
+                let ev = json!({
+                    "event_id": event_id, "type": "start", "machine": name,
+                    "score": score, "peak_score": score, "threshold": threshold,
+                    "started_at": now, "ended_at": null, "clip": clip,
+                    "model_id": m.model_id, "seq": m.saved.seq,
+                });
+                m.saved.event = Some(ActiveEvent {
+                    event_id,
+                    started_at: now.clone(),
+                    peak: score,
+                    clip,
+                });
+                self.metrics.machines[i].alarm.set(1);
+                self.metrics.machines[i].alarms.inc();
+                let seen = Observation::Alarm {
+                    machine: i,
+                    on: true,
+                    t_ms: at_ms,
+                    score,
+                    event_id: ev["event_id"].as_str().unwrap_or_default().to_string(),
+                    clip: ev["clip"].as_str().map(String::from),
+                };
+                vec![("ON".to_string(), ev, note, seen)]
+            }
+            Transition::Cleared {
+                peak,
+                reason,
+                at_ms,
+                ..
+            } => {
+                let ev_info = m.saved.event.take();
+                let (event_id, started_at, clip) = match ev_info {
+                    Some(e) => (e.event_id, e.started_at, e.clip),
+                    None => (
+                        format!("{node}-{name}-unknown-{}", m.saved.seq),
+                        String::new(),
+                        None,
+                    ),
+                };
+                let note =
+                    format!("alarm OFF: {name} ({reason:?}, peak {peak:.4}, event {event_id})");
+                let ev = json!({
+                    "event_id": event_id, "type": "end", "machine": name,
+                    "peak_score": peak, "threshold": threshold,
+                    "started_at": started_at, "ended_at": now, "clip": clip,
+                    "reason": reason, "model_id": m.model_id, "seq": m.saved.seq,
+                });
+                self.metrics.machines[i].alarm.set(0);
+                let seen = Observation::Alarm {
+                    machine: i,
+                    on: false,
+                    t_ms: at_ms,
+                    score: peak,
+                    event_id: ev["event_id"].as_str().unwrap_or_default().to_string(),
+                    clip: ev["clip"].as_str().map(String::from),
+                };
+                vec![("OFF".to_string(), ev, note, seen)]
+            }
+        };
+        // The saved state may claim an open event that no message announced yet, never the reverse: a crash
+        // between the two writes then resumes the event at restart (its end may come twice) instead of leaving
+        // an announced event that never ends, or starting a second one beside it. So a raise is saved before
+        // its messages enter the outbox, a clear after.
+        let raised = m.saved.event.is_some();
+        if raised {
+            self.persist();
+        }
+        let mut out = Vec::new();
+        for (alarm, ev, note, seen) in msgs {
+            out.push(OutMessage {
+                topic: format!("{topic}/alarm"),
+                payload: alarm.clone(),
+                retain: true,
+            });
+            out.push(OutMessage {
+                topic: format!("{topic}/events"),
+                payload: ev.to_string(),
+                retain: false,
+            });
+            let pushed = self
+                .outbox
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(std::mem::take(&mut out));
+            // Logged once the transition is on disk (or known not to be).
+            match pushed {
+                Ok(_) => log::warn!("{note}"),
+                Err(e) => log::error!(
+                    "{note}; {e}: the transition is kept in memory only: it is published when the broker is \
+                     reachable, but lost if sonitor stops before that; make the state directory's filesystem writable \
+                     again (free space, remount it read-write)"
+                ),
+            }
+            self.retained(format!("{topic}/alarm"), alarm, false);
+            self.observe(seen);
+        }
+        if !raised {
+            self.persist();
+        }
+        self.send(ToMqtt::OutboxChanged);
+        self.publish_machine_state(i);
+    }
+
+    pub(crate) fn on_score(&mut self, s: ScoreMsg) {
+        crate::fault::point("controller");
+        let i = s.machine;
+        log::debug!(
+            "score {} t={} ms: {:.4}",
+            self.machines[i].cfg.name,
+            s.t_end_ms,
+            s.score
+        );
+        // A window scored after the mute's end counts towards an alarm.
+        self.end_mute_if_due(i);
+        self.metrics.machines[i]
+            .window_level
+            .set_f64(f64::from(s.level_dbfs));
+        let idle = self.machines[i]
+            .cfg
+            .detector
+            .idle_below_dbfs
+            .is_some_and(|below| s.level_dbfs < below);
+        if idle != self.machines[i].idle {
+            let m = &mut self.machines[i];
+            m.idle = idle;
+            let below = m.cfg.detector.idle_below_dbfs.unwrap_or_default();
+            if idle {
+                log::info!(
+                    "{}: not running (window level {:.1} dBFS, below idle_below_dbfs {below}): not judged until it \
+                     runs again",
+                    m.cfg.name,
+                    s.level_dbfs
+                );
+            } else {
+                log::info!(
+                    "{}: running again (window level {:.1} dBFS)",
+                    m.cfg.name,
+                    s.level_dbfs
+                );
+            }
+            self.publish_machine_state(i);
+        }
+        if idle {
+            self.metrics.machines[i].idle_windows.inc();
+            let m = &mut self.machines[i];
+            m.last_t_ms = s.t_end_ms;
+            if let Some(t) = m.detector.idle(s.t_end_ms) {
+                self.on_transition(i, t);
+            }
+            self.window_handled(i, s.t_end_ms);
+            return;
+        }
+        self.metrics.machines[i].scores.observe(s.score);
+        let t = {
+            let m = &mut self.machines[i];
+            m.last_score = s.score;
+            m.last_t_ms = s.t_end_ms;
+            if let Some(e) = m.saved.event.as_mut() {
+                e.peak = e.peak.max(s.score);
+            }
+            m.detector.update(s.t_end_ms, s.score)
+        };
+        if let Some(t) = t {
+            self.on_transition(i, t);
+        }
+        self.window_handled(i, s.t_end_ms);
+        if self.observer.is_some() {
+            let m = &self.machines[i];
+            self.observe(Observation::Score {
+                machine: i,
+                t_end_ms: s.t_end_ms,
+                score: s.score,
+                threshold: m.detector.params().threshold_on,
+                alarm_on: m.detector.is_on(),
+            });
+        }
+        // Telemetry is dropped while the broker is away; the interval starts with the first score that can go out
+        // (after a (re)connection, the next score is published, not one up to `score_interval` later).
+        let interval = self.cfg.mqtt.score_interval;
+        let connected = self.metrics.mqtt_connected.get() == 1;
+        let m = &mut self.machines[i];
+        if connected && m.last_score_pub.is_none_or(|p| p.elapsed() >= interval) {
+            m.last_score_pub = Some(Instant::now());
+            let topic = format!("{}/{}/score", self.base, m.cfg.name);
+            self.send(ToMqtt::Transient {
+                topic,
+                payload: format!("{:.6}", s.score),
+                qos1: false,
+            });
+        }
+    }
+
+    /// Machine `i`'s window ending at `t_end_ms` is handled (through the detector, its alarm's clip asked for):
+    /// a replay held back for it may read on (`window::LeadGuard`).
+    fn window_handled(&self, i: usize, t_end_ms: u64) {
+        let mm = &self.metrics.machines[i];
+        mm.handled_ms
+            .fetch_max(t_end_ms, std::sync::atomic::Ordering::Release);
+        mm.settled.inc();
+    }
+
+    pub(crate) fn on_command(&mut self, c: Command) {
+        let name = match &c {
+            Command::Threshold { machine, .. }
+            | Command::Mute { machine, .. }
+            | Command::Enabled { machine, .. } => machine.clone(),
+        };
+        let Some(i) = self.machines.iter().position(|m| m.cfg.name == name) else {
+            log::warn!(
+                "command for unknown machine {} ignored",
+                crate::publish::mqtt::quoted(&name)
+            );
+            return;
+        };
+        let now_ms = self.machines[i].last_t_ms;
+        let t = match c {
+            Command::Threshold { value, .. } => {
+                let m = &mut self.machines[i];
+                m.saved.threshold_override = value;
+                let p = Self::params_of(m);
+                m.detector.set_params(p);
+                None
+            }
+            Command::Mute { duration, .. } => self.machines[i].mute(now_ms, duration),
+            Command::Enabled { enabled, .. } => {
+                let m = &mut self.machines[i];
+                m.saved.enabled = enabled;
+                m.detector.set_enabled(enabled, now_ms)
+            }
+        };
+        if let Some(t) = t {
+            self.on_transition(i, t);
+        } else {
+            self.persist();
+        }
+        self.publish_machine_state(i);
+    }
+
+    /// SIGHUP: detector settings (thresholds, debounce) and `enabled` from the file; audio keeps flowing. A file
+    /// that `sonitor validate` would refuse (the same [`check`]: bundles built by tract, sections, devices, MQTT
+    /// credentials, …) is refused whole now, so that a reload never leaves a daemon that cannot restart; settings
+    /// that need a restart are named.
+    pub(crate) fn reload(&mut self) {
+        let path = self.config_path.display().to_string();
+        let checked = check_with(
+            &self.config_path,
+            Some(&Running {
+                cfg: &self.cfg,
+                graphs: &self.graphs,
+            }),
+            MissingDirs::Create,
+        );
+        let Some(new) = checked.cfg else {
+            log::error!(
+                "reload: {}; keeping the running configuration",
+                checked.problems.join("; ")
+            );
+            return;
+        };
+        let mut problems = checked.problems;
+        for nm in &new.machines {
+            let Some(m) = self.machines.iter().find(|m| m.cfg.name == nm.name) else {
+                continue;
+            };
+            // The new settings against the running bundle too (`check` saw the bundle on disk).
+            if let Some(p) = threshold_off_above_bundle(nm, m.bundle_threshold) {
+                if !problems.contains(&p) {
+                    problems.push(p);
+                }
+            }
+        }
+        if !problems.is_empty() {
+            log::error!(
+                "reload: {path}: {}; keeping the running configuration (`sonitor validate` names the same \
+                 problems, and a restart would refuse the file)",
+                problems.join("; ")
+            );
+            return;
+        }
+        for w in &checked.warnings {
+            log::warn!("reload: {w}");
+        }
+        let mut changed = 0;
+        for i in 0..self.machines.len() {
+            let name = self.machines[i].cfg.name.clone();
+            let Some(nm) = new.machines.iter().find(|m| m.name == name) else {
+                log::warn!("reload: machine '{name}' is gone from the file; a restart is needed to remove it");
+                continue;
+            };
+            let m = &mut self.machines[i];
+            if m.cfg.detector != nm.detector {
+                m.cfg.detector = nm.detector.clone();
+                let p = Self::params_of(m);
+                m.detector.set_params(p);
+                changed += 1;
+            }
+            let enabled_changed = m.cfg.enabled != nm.enabled;
+            m.cfg.enabled = nm.enabled;
+            if enabled_changed {
+                let now_ms = self.machines[i].last_t_ms;
+                let t = self.machines[i].detector.set_enabled(nm.enabled, now_ms);
+                self.machines[i].saved.enabled = nm.enabled;
+                if let Some(t) = t {
+                    self.on_transition(i, t);
+                }
+            }
+            self.publish_machine_state(i);
+        }
+        for what in crate::config::changes_needing_restart(&self.cfg, &new) {
+            log::warn!("reload: {what} changed in {path}; not applied until sonitor restarts");
+        }
+        self.cfg.mqtt.score_interval = new.mqtt.score_interval;
+        self.persist();
+        log::info!("reloaded {path}: {changed} machine(s) with new detector settings");
+    }
+
+    /// Ends machine `i`'s mute once its deadline has passed: unmutes the detector, publishes the state and saves
+    /// it. Called for every score and from the main loop's periodic work (an input that is away sends none).
+    pub(crate) fn end_mute_if_due(&mut self, i: usize) {
+        let m = &mut self.machines[i];
+        if m.mute_deadline.is_none_or(|d| d > Instant::now()) {
+            return;
+        }
+        m.mute_deadline = None;
+        m.detector.set_muted(false, m.last_t_ms);
+        log::info!("{}: mute ended", m.cfg.name);
+        self.publish_machine_state(i);
+        self.persist();
+    }
+
+    /// Hands clip audio to the clip writer thread ([`crate::clips::hand_over`]). A clip that cannot be handed over
+    /// (the writer is a whole queue behind, on a slow or full disk) is counted as dropped, and its event's end says
+    /// `clip: null` as for a clip whose write failed.
+    pub(crate) fn write_clip(&mut self, c: crate::window::ClipAudio, wait: bool) {
+        if let Err((c, why)) = crate::clips::hand_over(&self.clip_writer, c, wait) {
+            self.metrics.clips_dropped.inc();
+            log::warn!(
+                "clip {}: {why}; this one is dropped and its event goes on without it",
+                c.path.display()
+            );
+            self.on_clip_failed(&c.path);
+        }
+    }
+
+    /// The clip of an open event could not be written: its end event says `clip: null` instead of naming a
+    /// file that does not exist (the start event, already sent, named where it would be).
+    pub(crate) fn on_clip_failed(&mut self, path: &Path) {
+        let path = path.display().to_string();
+        let mut changed = false;
+        for m in &mut self.machines {
+            if let Some(e) = m
+                .saved
+                .event
+                .as_mut()
+                .filter(|e| e.clip.as_ref() == Some(&path))
+            {
+                e.clip = None;
+                changed = true;
+            }
+        }
+        if changed {
+            self.persist();
+        }
+    }
+
+    pub(crate) fn set_health(&mut self, i: usize, health: String) {
+        if self.machines[i].health != health {
+            let level = if health == "OK" {
+                log::Level::Info
+            } else {
+                log::Level::Warn
+            };
+            log::log!(level, "health of {}: {health}", self.machines[i].cfg.name);
+            self.machines[i].health = health;
+            self.publish_machine_state(i);
+        }
+    }
+}
+
+/// The clips of the machines' alarm events still on (the clip retention keeps them).
+pub(crate) fn open_event_clips(machines: &[MachineRt]) -> std::collections::BTreeSet<PathBuf> {
+    machines
+        .iter()
+        .filter_map(|m| m.saved.event.as_ref()?.clip.as_ref().map(PathBuf::from))
+        .collect()
+}
+
+pub(crate) fn on_source_event(ctl: &mut Controller, e: SourceEvent) {
+    match e {
+        SourceEvent::Opened { input, description } => {
+            log::info!("input {} open: {description}", ctl.cfg.devices[input].name);
+            ctl.inputs[input] = InputState::Open;
+            for i in 0..ctl.machines.len() {
+                if ctl.machines[i].input == input && ctl.machines[i].health == "NO_AUDIO" {
+                    ctl.set_health(i, "OK".into());
+                }
+            }
+        }
+        SourceEvent::Failed { input, reason } => {
+            let was_up = ctl.inputs[input] == InputState::Open;
+            let repeated = matches!(&ctl.inputs[input], InputState::Down(Some(r)) if *r == reason);
+            let d = &ctl.cfg.devices[input];
+            let file = d.source == SourceKind::File;
+            if file && d.at_end != crate::config::AtEnd::Loop {
+                ctl.replay_failed = true;
+                log::error!(
+                    "input {}: {reason}; the replay ends here (a file source is read again only with \
+                     at_end = \"loop\")",
+                    d.name
+                );
+            } else if was_up {
+                let again = if file {
+                    "reading the file again with backoff"
+                } else {
+                    "reopening with backoff"
+                };
+                log::warn!("input {}: {reason}; {again}", d.name);
+            } else if !repeated {
+                log::warn!("input {}: {reason}; trying again with backoff", d.name);
+            } else {
+                log::debug!("input {}: {reason}", d.name);
+            }
+            ctl.inputs[input] = InputState::Down(Some(reason));
+            for i in 0..ctl.machines.len() {
+                if ctl.machines[i].input == input {
+                    ctl.set_health(i, "NO_AUDIO".into());
+                }
+            }
+        }
+        SourceEvent::Stalled { input } => {
+            log::warn!(
+                "input {}: no frames for {:?}; reopening",
+                ctl.cfg.devices[input].name,
+                ctl.cfg.devices[input].stall_timeout
+            );
+            ctl.inputs[input] = InputState::Down(None);
+            for i in 0..ctl.machines.len() {
+                if ctl.machines[i].input == input {
+                    ctl.set_health(i, "NO_AUDIO".into());
+                }
+            }
+        }
+        SourceEvent::Ended { input } => {
+            log::info!("input {}: end of file", ctl.cfg.devices[input].name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crossbeam_channel::bounded;
+
+    /// A mute saved with the state runs to its end on a clock that is right, and never longer than what was left
+    /// when it was saved on one that reads earlier (a Pi without a real-time clock before NTP answers).
+    #[test]
+    fn a_saved_mute_is_not_stretched_by_a_clock_that_reads_earlier_than_the_save() {
+        let s = Duration::from_secs;
+        // Muted until 10 000, saved at 9 400 (10 minutes left); the daemon restarts at 9 700 by a right clock.
+        assert_eq!(mute_left_at_start(10_000, Some(9_400), 9_700), s(300));
+        // The same restart by a clock an hour behind (6 100): 10 minutes, not 65.
+        assert_eq!(mute_left_at_start(10_000, Some(9_400), 6_100), s(600));
+        // Over, or saved by a version without the save time: to the end by today's clock.
+        assert_eq!(mute_left_at_start(10_000, Some(9_400), 10_500), s(0));
+        assert_eq!(mute_left_at_start(10_000, None, 9_000), s(1_000));
+        // What `persist` writes reads back with both times.
+        let m = SavedMachine {
+            muted_until_unix: Some(10_000),
+            muted_saved_unix: Some(9_400),
+            ..Default::default()
+        };
+        let back: SavedMachine = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        assert_eq!(back, m);
+    }
+
+    fn saved(enabled: bool, file_enabled: Option<bool>) -> SavedMachine {
+        SavedMachine {
+            enabled,
+            file_enabled,
+            ..Default::default()
+        }
+    }
+
+    /// The last change wins, from the file (between two runs) or from `enabled/set`, as with SIGHUP.
+    #[test]
+    fn a_start_applies_a_changed_file_and_keeps_a_command() {
+        // No saved state: the file.
+        assert!(enabled_at_start(None, true));
+        assert!(!enabled_at_start(None, false));
+        // Disabled in the file, then enabled in it: enabled (it used to stay disabled for good).
+        assert!(enabled_at_start(Some(&saved(false, Some(false))), true));
+        // Enabled in the file, then disabled in it.
+        assert!(!enabled_at_start(Some(&saved(true, Some(true))), false));
+        // `enabled/set OFF` with the file unchanged: stays disabled; `enabled/set ON` over a disabled file too.
+        assert!(!enabled_at_start(Some(&saved(false, Some(true))), true));
+        assert!(enabled_at_start(Some(&saved(true, Some(false))), false));
+        // Saved by a version that did not record the file's value: as that version did.
+        assert!(!enabled_at_start(Some(&saved(false, None)), true));
+        assert!(!enabled_at_start(Some(&saved(true, None)), false));
+        assert!(enabled_at_start(Some(&saved(true, None)), true));
+    }
+
+    #[test]
+    fn state_saved_by_an_older_version_still_loads() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("alarms.json");
+        std::fs::write(
+            &p,
+            r#"{"pump": {"event": null, "seq": 3, "enabled": false, "threshold_override": null, "muted_until_unix": null}}"#,
+        )
+        .unwrap();
+        let s = load_saved(&p);
+        assert_eq!(s["pump"], saved(false, None).with_seq(3));
+    }
+
+    /// A controller for machine `pump-1` on input `mic`, without MQTT, whose input's clip queue holds
+    /// `clip_queue` requests (the receiver is returned: nothing takes them).
+    fn controller(
+        dir: &Path,
+        clip_queue: usize,
+    ) -> (Controller, crossbeam_channel::Receiver<ClipRequest>) {
+        let path = dir.join("sonitor.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "node_id = \"n1\"\nstate_dir = \"{}\"\n[[devices]]\nname = \"mic\"\nsource = \"capture\"\n\
+                 [[machines]]\nname = \"pump-1\"\ndevice = \"mic\"\nbundle = \"{}\"\nsection = \"pump/section_00\"\n\
+                 [mqtt]\nenabled = false\n",
+                dir.join("state").display(),
+                dir.join("bundle").display()
+            ),
+        )
+        .unwrap();
+        let cfg = Config::load_with_env(&path, []).unwrap();
+        std::fs::create_dir_all(&cfg.state_dir).unwrap();
+        let m = cfg.machines[0].clone();
+        let rt = MachineRt {
+            detector: Detector::new(m.detector.params(0.5)),
+            cfg: m,
+            input: 0,
+            bundle_threshold: 0.5,
+            model_id: "test".into(),
+            saved: SavedMachine {
+                enabled: true,
+                ..Default::default()
+            },
+            last_score: 0.0,
+            last_t_ms: 0,
+            last_score_pub: None,
+            idle: false,
+            since: String::new(),
+            health: "OK".into(),
+            mute_deadline: None,
+        };
+        let (clip_tx, clip_rx) = bounded(clip_queue);
+        let (clip_writer, _) = bounded(1);
+        let ctl = Controller {
+            config_path: path,
+            base: cfg.topic_base(),
+            machines: vec![rt],
+            outbox: Arc::new(Mutex::new(
+                Outbox::open(&cfg.state_dir.join("outbox"), 100).unwrap(),
+            )),
+            mqtt: None,
+            clip_tx: vec![clip_tx],
+            clip_writer,
+            metrics: Arc::new(Metrics::new(&["mic".into()], &["pump-1".into()])),
+            saved_path: cfg.state_dir.join("alarms.json"),
+            inputs: vec![InputState::Open],
+            replay_failed: false,
+            observer: None,
+            open_clips: Arc::default(),
+            graphs: Default::default(),
+            cfg,
+        };
+        (ctl, clip_rx)
+    }
+
+    /// The `clip` of the events in the outbox, in order.
+    fn event_clips(ctl: &Controller) -> Vec<serde_json::Value> {
+        let o = ctl.outbox.lock().unwrap();
+        o.records()
+            .filter(|r| r.msg.topic.ends_with("/events"))
+            .map(|r| {
+                serde_json::from_str::<serde_json::Value>(&r.msg.payload).unwrap()["clip"].clone()
+            })
+            .collect()
+    }
+
+    /// An alarm whose clip request the input's queue cannot take: counted as a dropped clip, and its events say
+    /// `clip: null` instead of naming a WAV that will never be written (the request used to vanish unseen).
+    #[test]
+    fn a_clip_request_the_queue_cannot_take_is_counted_and_not_named() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut ctl, rx) = controller(d.path(), 1);
+        ctl.on_transition(
+            0,
+            Transition::Raised {
+                at_ms: 1000,
+                score: 0.9,
+            },
+        );
+        assert_eq!(rx.len(), 1, "the first request is queued");
+        assert_eq!(ctl.metrics.clips_dropped.get(), 0);
+        assert!(event_clips(&ctl)[0].is_string());
+        let clear = |at_ms| Transition::Cleared {
+            at_ms,
+            since_ms: 1000,
+            peak: 0.9,
+            reason: sonitor_core::detect::ClearReason::Normal,
+        };
+        ctl.on_transition(0, clear(2000));
+        // The queue is still full: the next alarm's request is dropped.
+        ctl.on_transition(
+            0,
+            Transition::Raised {
+                at_ms: 3000,
+                score: 0.9,
+            },
+        );
+        assert_eq!(ctl.metrics.clips_dropped.get(), 1);
+        assert!(ctl.machines[0].saved.event.as_ref().unwrap().clip.is_none());
+        ctl.on_transition(0, clear(4000));
+        let clips = event_clips(&ctl);
+        assert_eq!(clips.len(), 4);
+        assert!(clips[2].is_null() && clips[3].is_null(), "{clips:?}");
+    }
+
+    impl SavedMachine {
+        fn with_seq(mut self, seq: u64) -> Self {
+            self.seq = seq;
+            self
+        }
+    }
+}
