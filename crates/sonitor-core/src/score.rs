@@ -32,7 +32,9 @@ pub fn normalize(v: &mut [f32]) {
 }
 
 /// Smallest cosine distance of `embedding` (any norm) to unit-norm `centroids`; 1.0 (orthogonal) when the
-/// embedding is zero, `f32::INFINITY` when there are no centroids.
+/// embedding is zero, `f32::INFINITY` when there are no centroids. Each distance is held to [0, 2], where a cosine
+/// distance lies: in `f32` an embedding on a centroid's direction can come out a few 1e-7 below 0 (a cosine just
+/// over 1), which a dashboard would show as a negative score.
 pub fn min_cosine_distance(embedding: &[f32], centroids: &[Vec<f32>]) -> f32 {
     let norm = embedding.iter().map(|x| x * x).sum::<f32>().sqrt();
     if norm == 0.0 {
@@ -44,7 +46,9 @@ pub fn min_cosine_distance(embedding: &[f32], centroids: &[Vec<f32>]) -> f32 {
     }
     centroids
         .iter()
-        .map(|c| 1.0 - c.iter().zip(embedding).map(|(a, b)| a * b).sum::<f32>() / norm)
+        .map(|c| {
+            (1.0 - c.iter().zip(embedding).map(|(a, b)| a * b).sum::<f32>() / norm).clamp(0.0, 2.0)
+        })
         .fold(f32::INFINITY, f32::min)
 }
 
@@ -61,6 +65,24 @@ mod tests {
         assert!((d - (1.0 - std::f32::consts::FRAC_1_SQRT_2)).abs() < 1e-6);
         assert_eq!(min_cosine_distance(&[0.0, 0.0], &c), 1.0);
         assert_eq!(min_cosine_distance(&[1.0, 0.0], &[]), f32::INFINITY);
+    }
+
+    /// Found by the daemon's test model: a window whose embedding lies on its centroid scored -1.2e-7.
+    #[test]
+    fn a_distance_is_never_below_zero_or_above_two() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for _ in 0..1000 {
+            let mut c: Vec<f32> = (0..64).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            normalize(&mut c);
+            let scaled: Vec<f32> = c.iter().map(|x| x * 3.7).collect();
+            let opposite: Vec<f32> = c.iter().map(|x| -x).collect();
+            for (e, want) in [(&c, 0.0), (&scaled, 0.0), (&opposite, 2.0)] {
+                let d = min_cosine_distance(e, std::slice::from_ref(&c));
+                assert!((0.0..=2.0).contains(&d), "{d}");
+                assert!((d - want).abs() < 1e-5, "{d}");
+            }
+        }
     }
 
     #[test]
