@@ -92,8 +92,9 @@ const PANIC_EXIT_AFTER: Duration = Duration::from_secs(20);
 
 /// The process-wide panic hook of [`Signals`]: logs the panic (the thread, where, the message, a backtrace),
 /// names the thread in `panicked` and wakes the main loop, which stops in order
-/// with [`EXIT_INTERNAL`]. If that stop does not end the process within [`PANIC_EXIT_AFTER`] (the main loop is
-/// the thread that panicked, or a thread the stop waits for hangs), the process exits with that status anyway.
+/// with [`EXIT_INTERNAL`]. If the process has not ended within [`PANIC_EXIT_AFTER`] (the main loop is the thread
+/// that panicked, or it hangs before its stop begins), it exits with that status anyway; a stop that begins and
+/// then hangs ends sooner, at its own [`STOP_DEADLINE`].
 fn panic_hook(
     panicked: Arc<Mutex<Option<String>>>,
     wake: Sender<()>,
@@ -146,6 +147,77 @@ fn panic_hook(
                 });
         }
     })
+}
+
+/// How long the orderly stop may take before the process ends without it ([`StopDeadline`]). Below the shipped
+/// unit's `TimeoutStopSec=15`, so that the log says which part of the stop hung before systemd's SIGKILL, which
+/// says nothing of it. The stop of a daemon whose threads all answer takes well under a second; MQTT's last
+/// messages wait at most [`crate::publish::mqtt::STOP_TIMEOUT`].
+pub const STOP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The orderly stop's deadline: armed when the stop begins, told each thing the stop waits for in turn
+/// ([`StopDeadline::waiting_for`]), disarmed when dropped. A thread that never ends (a capture device stuck in the
+/// kernel, a clip write on a storage card that stopped answering, a deadlock) would otherwise hold the stop for
+/// ever: at [`STOP_DEADLINE`] the process writes to disk the alarm messages still held only in memory (if the
+/// outbox is free), logs what it was waiting for, and exits with [`EXIT_INTERNAL`]. The alarm states are saved
+/// first thing in the stop, and every other unacknowledged alarm message is already on disk for the next start.
+struct StopDeadline {
+    waiting_for: Arc<Mutex<String>>,
+    _armed: Sender<()>,
+}
+
+impl StopDeadline {
+    fn arm(outbox: Arc<Mutex<Outbox>>) -> Self {
+        let waiting_for = Arc::new(Mutex::new(String::from("the stop to begin")));
+        let (armed, disarmed) = bounded::<()>(0);
+        let what = waiting_for.clone();
+        let spawned = std::thread::Builder::new()
+            .name("stop-deadline".into())
+            .spawn(move || {
+                // Dropping the deadline disconnects the channel: the stop ended in time.
+                if disarmed.recv_timeout(STOP_DEADLINE)
+                    != Err(crossbeam_channel::RecvTimeoutError::Timeout)
+                {
+                    return;
+                }
+                let what = what.lock().map(|w| w.clone()).unwrap_or_default();
+                let mut kept = String::new();
+                if let Ok(mut o) = outbox.try_lock() {
+                    o.write_memory_only();
+                    let lost = o.memory_only().count();
+                    if lost > 0 {
+                        kept = format!(
+                            "; {lost} alarm message(s) held only in memory could not be written and are lost"
+                        );
+                    }
+                }
+                log::error!(
+                    "the stop did not end within {} s: still waiting for {what}; exiting with status \
+                     {EXIT_INTERNAL} without it{kept}",
+                    STOP_DEADLINE.as_secs()
+                );
+                std::process::exit(EXIT_INTERNAL);
+            });
+        if let Err(e) = spawned {
+            log::warn!("the stop has no deadline (cannot start its thread: {e})");
+        }
+        StopDeadline {
+            waiting_for,
+            _armed: armed,
+        }
+    }
+
+    /// What the stop waits for now, as the deadline's log line will name it.
+    fn waiting_for(&self, what: impl Into<String>) {
+        if let Ok(mut w) = self.waiting_for.lock() {
+            *w = what.into();
+        }
+    }
+}
+
+/// How a stop names a thread it waits for: `thread 'reader-mic'`.
+fn thread_named<T>(t: &std::thread::JoinHandle<T>) -> String {
+    format!("thread '{}'", t.thread().name().unwrap_or("unnamed"))
 }
 
 impl Signals {
@@ -771,11 +843,20 @@ pub fn start(
         exit_code = EXIT_INPUT;
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    // The main thread stuck before its stop (the panic hook's timer covers it after a panic).
     crate::fault::hang("stopping");
+    let deadline = StopDeadline::arm(ctl.outbox.clone());
     stop.store(true, Ordering::SeqCst);
     // Unblocks a pipeline that waits on the detector (lossless file replay).
     drop(score_rx);
+    deadline.waiting_for(format!(
+        "the alarm states to be saved to {}",
+        ctl.saved_path.display()
+    ));
     ctl.persist();
+    if let Some(t) = &mqtt_thread {
+        deadline.waiting_for(format!("{} (the last MQTT messages)", thread_named(t)));
+    }
     if let Some(tx) = ctl.mqtt.take() {
         let _ = tx.send(ToMqtt::Shutdown);
     }
@@ -784,10 +865,12 @@ pub fn start(
         let _ = t.join();
     }
     for t in threads {
+        deadline.waiting_for(thread_named(&t));
         let _ = t.join();
     }
     // The readers, stopping, served the clips still waiting for audio with what there was: written before the
     // exit, not lost with the process.
+    deadline.waiting_for("thread 'clips' (the clips still waiting to be written)");
     while let Ok(e) = reader_rx.try_recv() {
         match e {
             ReaderEvent::Clip(c) => ctl.write_clip(c, true),
@@ -804,6 +887,7 @@ pub fn start(
     if let Some(thread) = panicked_thread(&panicked).filter(|_| exit_code == 0) {
         exit_code = thread_died(&thread, "it panicked while the daemon stopped");
     }
+    deadline.waiting_for("the outbox");
     let mut outbox = ctl.outbox.lock().unwrap_or_else(|e| e.into_inner());
     // The disk may have room again (clips removed, space freed) since the last transition tried.
     outbox.write_memory_only();

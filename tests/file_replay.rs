@@ -705,6 +705,63 @@ fn a_stop_that_hangs_after_a_panic_still_ends_with_status_70() {
     assert!(took >= Duration::from_secs(20), "{took:?}");
 }
 
+/// A thread that never ends held the orderly stop for ever: `systemctl stop` then ended the daemon by SIGKILL at
+/// the unit's TimeoutStopSec, and the journal said only that the stop timed out. The stop now has a deadline
+/// (`STOP_DEADLINE`, 10 s): it names what it still waits for and exits with status 70, below the unit's 15 s, the
+/// alarm states saved. A reader and the MQTT publisher held (`SONITOR_FAULT_HANG`, test builds only), each in its
+/// own daemon, both at once.
+#[test]
+fn a_stop_held_by_a_stuck_thread_ends_at_its_deadline() {
+    if !common::faults_injectable() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let broker = common::Broker::start(&d.path().join("broker"));
+    let mut runs: Vec<_> = [
+        ("reader", "thread 'reader-mic'"),
+        ("mqtt", "thread 'mqtt' (the last MQTT messages)"),
+    ]
+    .into_iter()
+    .map(|(point, named)| {
+        let dir = d.path().join(point);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (b, wav) = common::bundle_and_wav(&dir, "rec.wav", &common::recording(3.0, 0.0, 0.0));
+        let device = common::file_device(&wav, "realtime = true\nat_end = \"loop\"\n");
+        let cfg = common::config(&dir, &device, &b.dir, broker.port, "");
+        // Two nodes on one broker: each its own id.
+        let daemon = common::Daemon::start(
+            &cfg,
+            &[("SONITOR_FAULT_HANG", point), ("SONITOR_NODE_ID", point)],
+        );
+        (named, dir, daemon)
+    })
+    .collect();
+    for (_, _, daemon) in &runs {
+        daemon.wait_log("input mic open", Duration::from_secs(30));
+    }
+    let asked = std::time::Instant::now();
+    for (_, _, daemon) in &runs {
+        daemon.sigterm();
+    }
+    for (named, dir, daemon) in &mut runs {
+        let (code, log) = daemon.wait_exit(Duration::from_secs(60));
+        let took = asked.elapsed();
+        eprintln!("{named}: exited with {code:?} {took:?} after SIGTERM");
+        assert_eq!(code, Some(70), "{log}");
+        assert!(
+            log.contains(&format!(
+                "the stop did not end within 10 s: still waiting for {named}; exiting with status 70 without it"
+            )),
+            "{log}"
+        );
+        // The deadline, not sooner, and before systemd's SIGKILL (TimeoutStopSec=15 in the shipped unit).
+        assert!(took >= Duration::from_secs(10), "{took:?}");
+        assert!(took < Duration::from_secs(15), "{took:?}");
+        // Saved before the stop waited for anything.
+        assert!(dir.join("state/alarms.json").is_file(), "{log}");
+    }
+}
+
 /// A thread stuck (as in a deadlock, no panic) starves systemd's watchdog, so that systemd restarts the daemon.
 /// A stuck reader's windows stop, and a pipeline with no window waiting looked idle, not stuck; a stuck clip
 /// writer or MQTT publisher showed nowhere in the audio's progress: the watchdog was fed for ever. Same looped
@@ -731,7 +788,7 @@ fn a_thread_that_hangs_starves_the_watchdog() {
         daemon.wait_log("input mic open", Duration::from_secs(30));
         notify.collect_for(Duration::from_secs(3));
         if hang.is_some() {
-            // Its stop would wait for the stuck thread (systemd's watchdog kills it with SIGABRT).
+            // Its stop would wait for the stuck thread until the stop's deadline (the next test).
             daemon.sigkill();
         } else {
             assert_eq!(daemon.sigterm_and_wait(), 0);

@@ -805,11 +805,16 @@ impl Daemon {
         let _ = self.child.wait();
     }
 
-    /// Sends SIGTERM and waits for the exit; returns the exit code, with [`Daemon::log`] read to its end.
-    pub fn sigterm_and_wait(mut self) -> i32 {
+    /// Sends SIGTERM (the daemon stops in order; see [`Daemon::wait_exit`]).
+    pub fn sigterm(&self) {
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns the exit code, with [`Daemon::log`] read to its end.
+    pub fn sigterm_and_wait(mut self) -> i32 {
+        self.sigterm();
         let code = self.child.wait().unwrap().code().unwrap_or(-1);
         self.read_log_to_end();
         code
