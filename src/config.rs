@@ -1,6 +1,7 @@
 //! The daemon's configuration: one TOML file plus `SONITOR_…` environment overrides, read with the `config`
-//! crate into typed structs, then checked by [`Config::problems`], which names every problem it finds (files,
-//! bundles, sections, channels, ports) instead of stopping at the first one.
+//! crate into typed structs, then checked by [`Config::static_problems`] (what the file alone says) and
+//! [`crate::check::check`] (files, bundles, sections, channels, devices, ports), which name every problem they find
+//! instead of stopping at the first one.
 //!
 //! Environment overrides use `__` between levels: `SONITOR_MQTT__HOST=127.0.0.1`,
 //! `SONITOR_MQTT__PASSWORD=…`, `SONITOR_NODE_ID=press-7`. Only variables whose first level is a known section

@@ -225,7 +225,7 @@ pub(crate) struct Controller {
     /// Per input: open, or down with why its last attempt failed.
     pub(crate) inputs: Vec<InputState>,
     /// A file source's replay ended on an error (the file changed under it): `run` exits with
-    /// [`EXIT_INPUT`] once it stops instead of 0.
+    /// [`crate::daemon::EXIT_INPUT`] once it stops instead of 0.
     pub(crate) replay_failed: bool,
     pub(crate) observer: Option<Sender<Observation>>,
     /// The clips of the alarm events still on, which the clip retention keeps ([`crate::clips::Retention`]).
@@ -667,7 +667,7 @@ impl Controller {
     }
 
     /// SIGHUP: detector settings (thresholds, debounce) and `enabled` from the file; audio keeps flowing. A file
-    /// that `sonitor validate` would refuse (the same [`check`]: bundles built by tract, sections, devices, MQTT
+    /// that `sonitor validate` would refuse (the same [`crate::check::check`]: bundles built by tract, sections, devices, MQTT
     /// credentials, …) is refused whole now, so that a reload never leaves a daemon that cannot restart; settings
     /// that need a restart are named.
     pub(crate) fn reload(&mut self) {
