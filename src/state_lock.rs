@@ -17,6 +17,11 @@ pub const LOCK_FILE: &str = "sonitor.lock";
 /// `Restart=on-failure` retries, so that the service starts once the other daemon has stopped.
 pub const EXIT_STATE_BUSY: i32 = 75;
 
+/// How long [`acquire`] waits for a lock held for a moment only (by [`holder`], for `sonitor validate`) before it
+/// calls the directory taken: a daemon holds it for its life, so this only delays that refusal.
+const BRIEF_HOLD: std::time::Duration = std::time::Duration::from_millis(500);
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// The state directory, held until dropped (the process's end).
 #[derive(Debug)]
 pub struct StateLock {
@@ -53,11 +58,18 @@ pub fn acquire(dir: &Path) -> Result<StateLock, LockError> {
         .truncate(false)
         .open(&path)
         .map_err(io)?;
-    if !try_flock(&file, libc::LOCK_EX).map_err(io)? {
-        return Err(LockError::Held {
-            dir: dir.to_path_buf(),
-            pid: pid_in(&mut file),
-        });
+    // `holder` (a `sonitor validate`) takes a shared lock for a moment: wait that out rather than refuse a
+    // daemon that starts at that very moment (and name, as the holder, the pid an earlier daemon left).
+    let mut waited = std::time::Duration::ZERO;
+    while !try_flock(&file, libc::LOCK_EX).map_err(io)? {
+        if waited >= BRIEF_HOLD {
+            return Err(LockError::Held {
+                dir: dir.to_path_buf(),
+                pid: pid_in(&mut file),
+            });
+        }
+        std::thread::sleep(LOCK_RETRY);
+        waited += LOCK_RETRY;
     }
     // The pid only names the holder in the message above: a failure to write it does not stop the daemon.
     let _ = file
@@ -69,7 +81,7 @@ pub fn acquire(dir: &Path) -> Result<StateLock, LockError> {
 
 /// Whether a process holds the state directory `dir` now, and its pid if it wrote one; creates and keeps nothing
 /// (`validate` names the daemon that runs on the configuration it checks). A shared lock is tried for a moment on
-/// the file an earlier daemon left: a daemon that starts at that very moment is refused once and retried.
+/// the file an earlier daemon left: a daemon that starts at that very moment waits for it ([`acquire`]).
 pub fn holder(dir: &Path) -> Option<Option<u32>> {
     let mut file = File::open(dir.join(LOCK_FILE)).ok()?;
     let taken = try_flock(&file, libc::LOCK_SH).ok()?;
@@ -126,6 +138,23 @@ mod tests {
             format!("{pid}\n")
         );
         drop(again);
+    }
+
+    /// `sonitor validate` run as the service starts: its probe's shared lock made the daemon exit 75 (naming the
+    /// pid an earlier daemon had left) and start again 5 s later under the unit.
+    #[test]
+    fn a_daemon_starting_during_validates_probe_waits_for_it() {
+        let d = tempfile::tempdir().unwrap();
+        drop(acquire(d.path()).unwrap());
+        let probe = File::open(d.path().join(LOCK_FILE)).unwrap();
+        assert!(try_flock(&probe, libc::LOCK_SH).unwrap());
+        let released = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            drop(probe);
+        });
+        let held = acquire(d.path());
+        released.join().unwrap();
+        assert!(held.is_ok(), "{held:?}");
     }
 
     #[test]
