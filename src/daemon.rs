@@ -149,77 +149,6 @@ fn panic_hook(
     })
 }
 
-/// How long the orderly stop may take before the process ends without it ([`StopDeadline`]). Below the shipped
-/// unit's `TimeoutStopSec=15`, so that the log says which part of the stop hung before systemd's SIGKILL, which
-/// says nothing of it. The stop of a daemon whose threads all answer takes well under a second; MQTT's last
-/// messages wait at most [`crate::publish::mqtt::STOP_TIMEOUT`].
-pub const STOP_DEADLINE: Duration = Duration::from_secs(10);
-
-/// The orderly stop's deadline: armed when the stop begins, told each thing the stop waits for in turn
-/// ([`StopDeadline::waiting_for`]), disarmed when dropped. A thread that never ends (a capture device stuck in the
-/// kernel, a clip write on a storage card that stopped answering, a deadlock) would otherwise hold the stop for
-/// ever: at [`STOP_DEADLINE`] the process writes to disk the alarm messages still held only in memory (if the
-/// outbox is free), logs what it was waiting for, and exits with [`EXIT_INTERNAL`]. The alarm states are saved
-/// first thing in the stop, and every other unacknowledged alarm message is already on disk for the next start.
-struct StopDeadline {
-    waiting_for: Arc<Mutex<String>>,
-    _armed: Sender<()>,
-}
-
-impl StopDeadline {
-    fn arm(outbox: Arc<Mutex<Outbox>>) -> Self {
-        let waiting_for = Arc::new(Mutex::new(String::from("the stop to begin")));
-        let (armed, disarmed) = bounded::<()>(0);
-        let what = waiting_for.clone();
-        let spawned = std::thread::Builder::new()
-            .name("stop-deadline".into())
-            .spawn(move || {
-                // Dropping the deadline disconnects the channel: the stop ended in time.
-                if disarmed.recv_timeout(STOP_DEADLINE)
-                    != Err(crossbeam_channel::RecvTimeoutError::Timeout)
-                {
-                    return;
-                }
-                let what = what.lock().map(|w| w.clone()).unwrap_or_default();
-                let mut kept = String::new();
-                if let Ok(mut o) = outbox.try_lock() {
-                    o.write_memory_only();
-                    let lost = o.memory_only().count();
-                    if lost > 0 {
-                        kept = format!(
-                            "; {lost} alarm message(s) held only in memory could not be written and are lost"
-                        );
-                    }
-                }
-                log::error!(
-                    "the stop did not end within {} s: still waiting for {what}; exiting with status \
-                     {EXIT_INTERNAL} without it{kept}",
-                    STOP_DEADLINE.as_secs()
-                );
-                std::process::exit(EXIT_INTERNAL);
-            });
-        if let Err(e) = spawned {
-            log::warn!("the stop has no deadline (cannot start its thread: {e})");
-        }
-        StopDeadline {
-            waiting_for,
-            _armed: armed,
-        }
-    }
-
-    /// What the stop waits for now, as the deadline's log line will name it.
-    fn waiting_for(&self, what: impl Into<String>) {
-        if let Ok(mut w) = self.waiting_for.lock() {
-            *w = what.into();
-        }
-    }
-}
-
-/// How a stop names a thread it waits for: `thread 'reader-mic'`.
-fn thread_named<T>(t: &std::thread::JoinHandle<T>) -> String {
-    format!("thread '{}'", t.thread().name().unwrap_or("unnamed"))
-}
-
 impl Signals {
     pub fn take() -> std::io::Result<Signals> {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -253,6 +182,71 @@ impl Signals {
     pub fn stop_asked(&self) -> bool {
         self.term.load(Ordering::SeqCst)
     }
+}
+
+/// How long the orderly stop may take before the process ends without it ([`StopDeadline`]). Below the shipped
+/// unit's `TimeoutStopSec=15`, so that the log says which part of the stop hung before systemd's SIGKILL, which
+/// says nothing of it. The stop of a daemon whose threads all answer takes well under a second; MQTT's last
+/// messages wait at most [`crate::publish::mqtt::STOP_TIMEOUT`].
+pub const STOP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The orderly stop's deadline: armed when the stop begins, told each thing the stop waits for in turn
+/// ([`StopDeadline::waiting_for`]), disarmed when dropped. A thread that never ends (a capture device stuck in the
+/// kernel, a clip write on a storage card that stopped answering, a deadlock) would otherwise hold the stop for
+/// ever: at [`STOP_DEADLINE`] the process logs what it was waiting for, leaves the outbox as a stop that ends
+/// does ([`outbox_at_exit`], if the outbox is free), and exits with [`EXIT_INTERNAL`]. The alarm states are saved
+/// first thing in the stop, and every other unacknowledged alarm message is already on disk for the next start.
+struct StopDeadline {
+    waiting_for: Arc<Mutex<String>>,
+    _armed: Sender<()>,
+}
+
+impl StopDeadline {
+    /// `outbox` is the daemon's; `mqtt`: whether it publishes ([`outbox_at_exit`]).
+    fn arm(outbox: Arc<Mutex<Outbox>>, mqtt: bool) -> Self {
+        let waiting_for = Arc::new(Mutex::new(String::from("the stop to begin")));
+        let (armed, disarmed) = bounded::<()>(0);
+        let what = waiting_for.clone();
+        let spawned = std::thread::Builder::new()
+            .name("stop-deadline".into())
+            .spawn(move || {
+                // Dropping the deadline disconnects the channel: the stop ended in time.
+                if disarmed.recv_timeout(STOP_DEADLINE)
+                    != Err(crossbeam_channel::RecvTimeoutError::Timeout)
+                {
+                    return;
+                }
+                let what = what.lock().map(|w| w.clone()).unwrap_or_default();
+                log::error!(
+                    "the stop did not end within {} s: still waiting for {what}; exiting with status \
+                     {EXIT_INTERNAL} without it",
+                    STOP_DEADLINE.as_secs()
+                );
+                if let Ok(mut o) = outbox.try_lock() {
+                    outbox_at_exit(&mut o, mqtt);
+                }
+                std::process::exit(EXIT_INTERNAL);
+            });
+        if let Err(e) = spawned {
+            log::warn!("the stop has no deadline (cannot start its thread: {e})");
+        }
+        StopDeadline {
+            waiting_for,
+            _armed: armed,
+        }
+    }
+
+    /// What the stop waits for now, as the deadline's log line will name it.
+    fn waiting_for(&self, what: impl Into<String>) {
+        if let Ok(mut w) = self.waiting_for.lock() {
+            *w = what.into();
+        }
+    }
+}
+
+/// How a stop names a thread it waits for: `thread 'reader-mic'`.
+fn thread_named<T>(t: &std::thread::JoinHandle<T>) -> String {
+    format!("thread '{}'", t.thread().name().unwrap_or("unnamed"))
 }
 
 /// Runs the daemon; returns the process exit status.
@@ -845,7 +839,7 @@ pub fn start(
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     // The main thread stuck before its stop (the panic hook's timer covers it after a panic).
     crate::fault::hang("stopping");
-    let deadline = StopDeadline::arm(ctl.outbox.clone());
+    let deadline = StopDeadline::arm(ctl.outbox.clone(), ctl.cfg.mqtt.enabled);
     stop.store(true, Ordering::SeqCst);
     // Unblocks a pipeline that waits on the detector (lossless file replay).
     drop(score_rx);
@@ -889,33 +883,42 @@ pub fn start(
     }
     deadline.waiting_for("the outbox");
     let mut outbox = ctl.outbox.lock().unwrap_or_else(|e| e.into_inner());
-    // The disk may have room again (clips removed, space freed) since the last transition tried.
+    outbox_at_exit(&mut outbox, ctl.cfg.mqtt.enabled);
+    Ok(exit_code)
+}
+
+/// The outbox as the process ends (the stop's end, or its deadline): the messages held only in memory are written
+/// if the disk takes them now (clips removed, space freed since the last transition tried); then, with MQTT on,
+/// what waits on disk for the next start is counted and each message that could not be written is named, however
+/// many: these alarms reach no one, and this log is their only trace. Without MQTT nothing is ever sent from the
+/// outbox; the next start with MQTT on sends what is on disk.
+fn outbox_at_exit(outbox: &mut Outbox, mqtt: bool) {
     outbox.write_memory_only();
+    if !mqtt {
+        return;
+    }
     let lost: Vec<String> = outbox
         .memory_only()
         .map(|r| format!("{} {} on {}", r.seq, r.msg.payload, r.msg.topic))
         .collect();
     let waiting = outbox.len() - lost.len();
-    if waiting > 0 && ctl.cfg.mqtt.enabled {
+    if waiting > 0 {
         log::warn!(
             "{waiting} alarm message(s) not acknowledged by the broker wait in {} for the next start",
-            ctl.cfg.state_dir.join("outbox").display()
+            outbox.dir().display()
         );
     }
-    // Without MQTT nothing is ever sent from the outbox; the next start with MQTT on sends what is on disk.
-    if !lost.is_empty() && ctl.cfg.mqtt.enabled {
+    if !lost.is_empty() {
         log::error!(
             "{} alarm message(s) not acknowledged by the broker could not be written to {} and are lost; \
              each follows",
             lost.len(),
-            ctl.cfg.state_dir.join("outbox").display(),
+            outbox.dir().display(),
         );
-        // Each named, however many: these alarms reach no one, and this log is their only trace.
         for m in lost {
             log::error!("lost alarm message {m}");
         }
     }
-    Ok(exit_code)
 }
 
 /// Exit status when a replayed file could not be read to its end (EX_IOERR).

@@ -234,6 +234,11 @@ impl Outbox {
             .find(|r| after.is_none_or(|a| r.seq > a))
     }
 
+    /// The directory the messages are written to.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn len(&self) -> usize {
         self.records.len()
     }
