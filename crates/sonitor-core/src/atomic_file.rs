@@ -21,7 +21,7 @@ pub fn write(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Staged::write(dest, bytes)?.commit()
 }
 
-/// [`write`], then an fsync of the directory, so that the replacement itself survives a power loss that
+/// [`write`](fn@write), then an fsync of the directory, so that the replacement itself survives a power loss that
 /// follows at once (the daemon's saved machine states: an open alarm event, a mute, a threshold set over MQTT).
 pub fn write_durable(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
     write(dest, bytes)?;

@@ -1,4 +1,4 @@
-//! Audio input: WAV decoding ([`wav`]) and band-limited sample-rate conversion ([`resample`]).
+//! Audio input: WAV decoding ([`wav`]) and band-limited sample-rate conversion ([`resample`](mod@resample)).
 
 pub mod resample;
 pub mod wav;
