@@ -667,9 +667,9 @@ impl Controller {
     }
 
     /// SIGHUP: detector settings (thresholds, debounce) and `enabled` from the file; audio keeps flowing. A file
-    /// that `sonitor validate` would refuse (the same [`crate::check::check`]: bundles built by tract, sections, devices, MQTT
-    /// credentials, …) is refused whole now, so that a reload never leaves a daemon that cannot restart; settings
-    /// that need a restart are named.
+    /// that `sonitor validate` would refuse (the same [`crate::check::check`]: bundles built by tract, sections,
+    /// devices, MQTT credentials, …) is refused whole now, so that a reload never leaves a daemon that cannot
+    /// restart; settings that need a restart are named.
     pub(crate) fn reload(&mut self) {
         let path = self.config_path.display().to_string();
         let checked = check_with(

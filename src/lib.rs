@@ -10,12 +10,8 @@
 //! and runs the main loop. The features and the model contract live in `sonitor-core`, so the daemon computes
 //! exactly what the trainer evaluated.
 //!
-//! [`demo`] runs all of it on the shipped model and a generated recording; [`bench`](mod@bench) holds what the benchmarks
-//! share (`sonitor-bench`, benches/kernels.rs).
-
-// An application's docs are read with `--document-private-items` (`scripts/lint`): there a public item's link to
-// the private helper that does its work is the useful one, not a leak.
-#![allow(rustdoc::private_intra_doc_links)]
+//! [`demo`] runs all of it on the shipped model and a generated recording; [`bench`](mod@bench) holds what the
+//! benchmarks share (`sonitor-bench`, benches/kernels.rs).
 
 /// The version and the commit this binary was built from, as `--version`, the start-up log and a panic's report
 /// give them: `0.1.0 (commit 0123456789ab)`.

@@ -11,10 +11,6 @@
 //! - [`replace`]: `--force`, replacing a bundle without losing it to a run that fails;
 //! - [`cli`]: the command-line front end of the `sonitor-train` binary.
 
-// An application's docs are read with `--document-private-items` (`scripts/lint`): there a public item's link to
-// the private helper that does its work is the useful one, not a leak.
-#![allow(rustdoc::private_intra_doc_links)]
-
 pub mod baseline;
 pub mod checkpoint;
 pub mod cli;
