@@ -60,16 +60,15 @@ pub fn acquire(dir: &Path) -> Result<StateLock, LockError> {
         .map_err(io)?;
     // `holder` (a `sonitor validate`) takes a shared lock for a moment: wait that out rather than refuse a
     // daemon that starts at that very moment (and name, as the holder, the pid an earlier daemon left).
-    let mut waited = std::time::Duration::ZERO;
+    let give_up = std::time::Instant::now() + BRIEF_HOLD;
     while !try_flock(&file, libc::LOCK_EX).map_err(io)? {
-        if waited >= BRIEF_HOLD {
+        if std::time::Instant::now() >= give_up {
             return Err(LockError::Held {
                 dir: dir.to_path_buf(),
                 pid: pid_in(&mut file),
             });
         }
         std::thread::sleep(LOCK_RETRY);
-        waited += LOCK_RETRY;
     }
     // The pid only names the holder in the message above: a failure to write it does not stop the daemon.
     let _ = file
