@@ -280,6 +280,17 @@ pub fn run(config_path: &Path) -> i32 {
     }
     // A panic of the main loop itself (the hook has logged it) ends the process with the status of any other
     // thread's, without the orderly stop that loop would have made.
+    // Before anything in the state directory is read or written; held until `start` returns.
+    let lock = match crate::state_lock::acquire(&cfg.state_dir) {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("{e}");
+            return match e {
+                crate::state_lock::LockError::Held { .. } => crate::state_lock::EXIT_STATE_BUSY,
+                crate::state_lock::LockError::Io { .. } => 1,
+            };
+        }
+    };
     let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         start(
             cfg,
@@ -288,17 +299,14 @@ pub fn run(config_path: &Path) -> i32 {
             checked.embedders,
             None,
             signals,
+            lock,
         )
     }));
     match started {
         Ok(Ok(code)) => code,
         Ok(Err(e)) => {
             log::error!("{e:#}");
-            if let Some(crate::state_lock::LockError::Held { .. }) = e.downcast_ref() {
-                crate::state_lock::EXIT_STATE_BUSY
-            } else {
-                1
-            }
+            1
         }
         Err(_) => thread_died(
             "the main loop",
@@ -311,7 +319,9 @@ pub fn run(config_path: &Path) -> i32 {
 pub const DEMO_BROKER_WAIT: Duration = Duration::from_secs(3);
 
 /// Runs a checked configuration (see [`check`]) until it ends; every scored window, alarm transition and
-/// written clip is also sent to `observer`. Returns the exit status.
+/// written clip is also sent to `observer`. Returns the exit status. The caller takes the state directory's lock
+/// ([`crate::state_lock::acquire`]) before it reads or writes anything there (the demo clears a previous demo's
+/// state first); it is held until this returns.
 pub fn start(
     cfg: Config,
     config_path: &Path,
@@ -319,6 +329,7 @@ pub fn start(
     mut embedders_built: BTreeMap<PathBuf, crate::embed::Embedder>,
     observer: Option<Sender<Observation>>,
     signals: Signals,
+    _state_lock: crate::state_lock::StateLock,
 ) -> anyhow::Result<i32> {
     let Signals {
         term,
@@ -326,8 +337,6 @@ pub fn start(
         panicked,
         wake: signal_rx,
     } = signals;
-    // Before anything in the state directory is read or written; held until this function returns.
-    let _state_lock = crate::state_lock::acquire(&cfg.state_dir)?;
     let base = cfg.topic_base();
     let input_names: Vec<String> = cfg.devices.iter().map(|d| d.name.clone()).collect();
     let machine_names: Vec<String> = cfg.machines.iter().map(|m| m.name.clone()).collect();

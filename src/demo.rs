@@ -203,6 +203,17 @@ pub fn bar(score: f64, threshold: f64, width: usize) -> String {
 pub fn run(o: &DemoOptions) -> anyhow::Result<Summary> {
     let t = Timeline::of_recording(&o.recording)?;
     std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
+    // Taken before anything below reads or deletes: a demo (or daemon) that runs on this directory now keeps its
+    // state and its configuration file.
+    let lock = crate::state_lock::acquire(&o.out).map_err(|e| match e {
+        crate::state_lock::LockError::Held { pid, .. } => anyhow::anyhow!(
+            "another sonitor{} runs on {} now (a demo still replaying, or a daemon whose state directory it is); \
+             nothing there was changed. Give --out another directory, or wait for it to end",
+            pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+            o.out.display()
+        ),
+        e => e.into(),
+    })?;
     // A fresh start: alarm state and outbox of a previous demo would carry its alarm over. Only a previous
     // demo's are removed: a daemon's state directory given as --out keeps its unsent alarms.
     let config = o.out.join("sonitor-demo.toml");
@@ -275,7 +286,7 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Summary> {
         std::thread::Builder::new()
             .name("daemon".into())
             .spawn(move || {
-                crate::daemon::start(cfg, &config, bundles, embedders, Some(tx), signals)
+                crate::daemon::start(cfg, &config, bundles, embedders, Some(tx), signals, lock)
             })
             .context("starting the daemon thread")?
     };

@@ -106,6 +106,37 @@ fn the_shipped_demo_raises_the_alarm_during_the_fault_only() {
     assert!(stderr.contains("daemon's state directory"), "{stderr}");
     assert!(state.join("alarms.json").exists() && state.join("outbox").is_dir());
 
+    // A demo still running on --out (here: the lock held by this test): the second is refused before it touches
+    // anything, so the first keeps its configuration, alarm state and outbox.
+    let busy = d.path().join("busy");
+    std::fs::create_dir_all(busy.join("outbox")).unwrap();
+    std::fs::write(busy.join("sonitor-demo.toml"), "# the running demo's\n").unwrap();
+    std::fs::write(busy.join("alarms.json"), "{}").unwrap();
+    let held = sonitor::state_lock::acquire(&busy).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_sonitor"))
+        .arg("demo")
+        .arg("--model")
+        .arg(shipped())
+        .arg("--out")
+        .arg(&busy)
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!("another sonitor (pid {})", std::process::id()))
+            && stderr.contains("nothing there was changed")
+            && stderr.contains("--out"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(busy.join("sonitor-demo.toml")).unwrap(),
+        "# the running demo's\n"
+    );
+    assert!(busy.join("alarms.json").exists() && busy.join("outbox").is_dir());
+    drop(held);
+
     // A reader that has gone (`sonitor demo | head`): no panic ("failed printing to stdout", which made it end
     // with the daemon's status 70); the demo runs to its end and writes its files.
     let gone = d.path().join("gone");
