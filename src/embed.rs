@@ -1,28 +1,25 @@
-//! Embedding and scoring: [`Embedder`] runs a bundle's embedding model with tract (the plan optimised once at
-//! start-up and reused for every window; inputs fed by name in the graph's own order, from the feature views the
+//! Embedding and scoring: [`Embedder`] runs a bundle's embedding model with tract (through
+//! [`sonitor_core::embed`], the loader `sonitor-train eval` uses too: the plan optimised once at start-up and its
+//! run state reused for every window; inputs fed by name in the graph's own order, from the feature views the
 //! manifest assigns), and the inference thread ([`spawn_inference`]) embeds each window's features and scores the
 //! embedding against its section's centroids ([`sonitor_core::score::min_cosine_distance`]). The scores go to the
 //! detectors ([`crate::detect`]).
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use crossbeam_channel::{Receiver, Sender};
-use sonitor_core::bundle::{Bundle, FeatureView};
+use sonitor_core::bundle::Bundle;
+use sonitor_core::embed::{EmbeddingGraph, EmbeddingRun};
 use sonitor_core::features::Features;
-use tract_onnx::prelude::*;
 
 use crate::features::FeatureMsg;
 use crate::metrics::Metrics;
 
 pub struct Embedder {
-    /// The plan's run state, kept from window to window: `plan.run` would build a new one per call.
-    state: TypedSimpleState,
-    /// For each graph input in order: the feature view and the shape.
-    inputs: Vec<(FeatureView, Vec<usize>)>,
-    dim: usize,
+    /// The bundle's graph with its run state, kept from window to window.
+    run: EmbeddingRun,
     pub model_id: String,
 }
 
@@ -30,56 +27,23 @@ impl std::fmt::Debug for Embedder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Embedder")
             .field("model_id", &self.model_id)
-            .field("dim", &self.dim)
+            .field("dim", &self.run.dim())
             .finish()
     }
 }
 
 impl Embedder {
-    /// Loads and optimises the bundle's graph, the bytes whose checksum [`Bundle::load`] verified, with the
-    /// manifest's input shapes and its output (by name: a graph may have other outputs, in any order); fails
-    /// with the bundle path and tract's reason.
+    /// Loads and optimises the bundle's graph ([`EmbeddingGraph::of_bundle`]: the bytes whose checksum
+    /// [`Bundle::load`] verified, the manifest's input shapes and its output by name); fails with the bundle path
+    /// and tract's reason.
     pub fn load(bundle: &Bundle) -> anyhow::Result<Self> {
-        let m = &bundle.manifest;
-        let path: &Path = &bundle.onnx_path;
-        let mut model = tract_onnx::onnx()
-            .model_for_read(&mut bundle.onnx_bytes())
-            .with_context(|| format!("{}: tract cannot read the graph", path.display()))?;
-        model
-            .select_outputs_by_name([&m.output.name])
-            .with_context(|| {
-                format!(
-                    "{}: tract finds no output '{}' in the graph",
-                    path.display(),
-                    m.output.name
-                )
-            })?;
-        let outlets = model.input_outlets()?.to_vec();
-        let mut inputs = Vec::new();
-        for (i, outlet) in outlets.iter().enumerate() {
-            let name = model.node(outlet.node).name.clone();
-            let spec = m.inputs.iter().find(|s| s.name == name).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "{}: graph input '{name}' is not in the manifest",
-                    path.display()
-                )
-            })?;
-            model = model.with_input_fact(i, f32::fact(spec.shape.clone()).into())?;
-            inputs.push((spec.view, spec.shape.clone()));
-        }
-        let plan = model
-            .into_optimized()
-            .with_context(|| format!("{}: tract cannot optimise the graph", path.display()))?
-            .into_runnable()
-            .with_context(|| format!("{}: tract cannot plan the graph", path.display()))?;
-        let state = plan
-            .spawn()
-            .with_context(|| format!("{}: tract cannot start the plan", path.display()))?;
+        let path = bundle.onnx_path.display();
+        let run = EmbeddingGraph::of_bundle(bundle)
+            .and_then(|g| g.runner())
+            .with_context(|| format!("{path}"))?;
         Ok(Self {
-            state,
-            inputs,
-            dim: m.embedding_dim,
-            model_id: m.model_id.clone(),
+            run,
+            model_id: bundle.manifest.model_id.clone(),
         })
     }
 
@@ -106,58 +70,21 @@ impl Embedder {
     }
 
     pub fn dim(&self) -> usize {
-        self.dim
-    }
-
-    /// The graph's inputs for one window's features, in the graph's order.
-    fn input_tensors(&self, f: &Features) -> anyhow::Result<TVec<TValue>> {
-        let mut tensors: TVec<TValue> = TVec::new();
-        for (view, shape) in &self.inputs {
-            let data = match view {
-                FeatureView::LogMel => &f.log_mel,
-                FeatureView::Spectrum => &f.spectrum,
-            };
-            tensors.push(Tensor::from_shape(shape, data)?.into());
-        }
-        Ok(tensors)
+        self.run.dim()
     }
 
     /// The embedding of one window's features.
     pub fn embed(&mut self, f: &Features, out: &mut Vec<f32>) -> anyhow::Result<()> {
-        let tensors = self.input_tensors(f)?;
-        let result = self.state.run(tensors)?;
-        let emb = result
-            .first()
-            .ok_or_else(|| anyhow::anyhow!("the model returned no output"))?
-            .to_plain_array_view::<f32>()?;
-        if emb.len() != self.dim {
-            anyhow::bail!(
-                "the model returned {} values, the manifest says embedding_dim {}",
-                emb.len(),
-                self.dim
-            );
-        }
-        out.clear();
-        out.extend(emb.iter().copied());
-        Ok(())
+        Ok(self.run.embed_into(f, out)?)
     }
 
-    /// Runs the plan once on one window's features and calls `timed(node name, op name, seconds)` for every node
-    /// it evaluates (`sonitor-bench window --nodes`: where inference spends its time).
+    /// Times every node of one run ([`EmbeddingRun::profile_nodes`], `sonitor-bench window --nodes`).
     pub fn profile_nodes(
         &mut self,
         f: &Features,
-        mut timed: impl FnMut(&str, &str, f64),
+        timed: impl FnMut(&str, &str, f64),
     ) -> anyhow::Result<()> {
-        let tensors = self.input_tensors(f)?;
-        self.state
-            .run_plan_with_eval(tensors, |ctx, state, node, input| {
-                let t = std::time::Instant::now();
-                let r = tract_onnx::tract_core::plan::eval(ctx, state, node, input);
-                timed(&node.name, &node.op().name(), t.elapsed().as_secs_f64());
-                r
-            })?;
-        Ok(())
+        Ok(self.run.profile_nodes(f, timed)?)
     }
 }
 
@@ -240,127 +167,4 @@ pub fn spawn_inference(
                 }
             }
         })
-}
-
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use prost::Message;
-    use sonitor_core::features::FeatureExtractor;
-    use tract_onnx::pb;
-
-    pub(crate) fn default_bundle() -> Bundle {
-        Bundle::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default")).unwrap()
-    }
-
-    /// The default bundle's graph changed by `edit`, written with its manifest as a bundle in `dir`.
-    pub(crate) fn edited_default(dir: &Path, edit: impl FnOnce(&mut pb::GraphProto)) -> Bundle {
-        let b = default_bundle();
-        let mut proto = pb::ModelProto::decode(b.onnx_bytes()).unwrap();
-        edit(proto.graph.as_mut().unwrap());
-        Bundle::write(dir, &b.manifest, &proto.encode_to_vec()).unwrap()
-    }
-
-    fn embedding(b: &Bundle) -> Vec<f32> {
-        let mut e = Embedder::load(b).unwrap();
-        let p = b.manifest.features.clone();
-        let f = FeatureExtractor::new(p.clone())
-            .unwrap()
-            .extract(&crate::bench::test_signal(p.window_samples, p.sample_rate))
-            .unwrap();
-        let mut out = Vec::new();
-        e.embed(&f, &mut out).unwrap();
-        out
-    }
-
-    /// A graph exported with dynamic axes (`[batch, frames, 128]`, `[batch, samples]`), as PyTorch writes them:
-    /// the bundle is accepted, tract is given the manifest's shapes, and it computes the same embedding.
-    #[test]
-    fn a_graph_with_symbolic_axes_runs_with_the_manifests_shapes() {
-        use pb::tensor_shape_proto::dimension::Value;
-        let d = tempfile::tempdir().unwrap();
-        let dynamic = edited_default(d.path(), |g| {
-            for input in &mut g.input {
-                let Some(pb::type_proto::Value::TensorType(t)) =
-                    input.r#type.as_mut().and_then(|t| t.value.as_mut())
-                else {
-                    continue;
-                };
-                let dims = &mut t.shape.as_mut().unwrap().dim;
-                let names = ["batch", "frames", "bins"];
-                for (dim, name) in dims.iter_mut().zip(names).take(2) {
-                    dim.value = Some(Value::DimParam(name.into()));
-                }
-            }
-        });
-        assert!(dynamic.graph.inputs.iter().all(|i| matches!(
-            &i.dims.as_ref().unwrap()[1],
-            sonitor_core::onnx_graph::Dim::Symbolic(_)
-        )));
-        Embedder::check(&dynamic).unwrap();
-        assert_eq!(embedding(&dynamic), embedding(&default_bundle()));
-    }
-
-    /// The graph tract runs is the one whose checksum was verified: a model.onnx replaced after `Bundle::load`
-    /// (another bundle copied over it, a half-written file) is not read again.
-    #[test]
-    fn the_verified_bytes_are_run_not_the_file_as_it_is_now() {
-        let d = tempfile::tempdir().unwrap();
-        let b = edited_default(d.path(), |_| {});
-        let want = embedding(&b);
-        std::fs::write(&b.onnx_path, b"not the graph that was verified").unwrap();
-        assert_eq!(embedding(&b), want);
-    }
-
-    /// PyTorch returning `(logits, embedding)`: the graph's first output is not the embedding. The manifest's
-    /// output is the one scored, whatever the order.
-    #[test]
-    fn the_manifests_output_is_scored_not_the_graphs_first() {
-        let d = tempfile::tempdir().unwrap();
-        let decoyed = edited_default(d.path(), |g| {
-            let emb = g.output.iter().find(|o| o.name == "embedding").unwrap();
-            let decoy = pb::ValueInfoProto {
-                name: "decoy".into(),
-                ..emb.clone()
-            };
-            g.node.push(pb::NodeProto {
-                op_type: "Neg".into(),
-                name: "decoy".into(),
-                input: vec!["embedding".into()],
-                output: vec!["decoy".into()],
-                ..Default::default()
-            });
-            g.output.insert(0, decoy);
-        });
-        assert_eq!(decoyed.graph.outputs[0].name, "decoy");
-        let want = embedding(&default_bundle());
-        assert_eq!(embedding(&decoyed), want);
-        assert!(want.iter().any(|v| *v != 0.0));
-    }
-
-    #[test]
-    fn node_profile_runs_the_same_plan_as_embed() {
-        let bundle = default_bundle();
-        let mut e = Embedder::load(&bundle).unwrap();
-        let p = bundle.manifest.features.clone();
-        let mut fx = FeatureExtractor::new(p.clone()).unwrap();
-        let f = fx
-            .extract(&crate::bench::test_signal(p.window_samples, p.sample_rate))
-            .unwrap();
-        let (mut before, mut after) = (Vec::new(), Vec::new());
-        e.embed(&f, &mut before).unwrap();
-        let mut nodes = Vec::new();
-        e.profile_nodes(&f, |node, op, s| {
-            nodes.push((node.to_string(), op.to_string(), s))
-        })
-        .unwrap();
-        // Every node of the optimised plan, each timed once, the inputs among them.
-        assert!(nodes.len() > 20, "{} nodes", nodes.len());
-        assert!(nodes.iter().all(|(_, _, s)| *s >= 0.0));
-        assert!(nodes.iter().any(|(n, _, _)| n == "log_mel"), "{nodes:?}");
-        assert!(nodes.iter().any(|(_, op, _)| op.contains("MatMul")));
-        // Profiling leaves the kept state as it was: the next embedding is the same.
-        e.embed(&f, &mut after).unwrap();
-        assert_eq!(before, after);
-    }
 }

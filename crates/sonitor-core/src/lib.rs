@@ -10,6 +10,7 @@
 //! - [`metrics`]: the official DCASE metrics (AUC, McClish pAUC, harmonic-mean official score);
 //! - [`bundle`]: the model bundle (ONNX graph + manifest), the contract between trainer and daemon, verified on
 //!   load ([`onnx_graph`] reads the graph's signature);
+//! - [`embed`]: the embedding graph run by tract, one loader for the daemon, `eval` and `fit`'s back end;
 //! - [`score`]: the anomaly score of an embedding (min cosine distance to a section's centroids);
 //! - [`detect`]: the alarm logic of one machine (window scores in, alarm transitions out), the daemon's and
 //!   what `sonitor-train eval` replays on test clips;
@@ -25,6 +26,7 @@ pub mod audio;
 pub mod bundle;
 pub mod dcase;
 pub mod detect;
+pub mod embed;
 pub mod features;
 pub mod metrics;
 pub mod onnx_graph;

@@ -14,14 +14,15 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use sonitor_core::bundle::{Bundle, FeatureView};
+use sonitor_core::bundle::Bundle;
 use sonitor_core::dcase::{self, Clip, Condition, Domain, Split};
 use sonitor_core::detect::{self, Detector, DetectorParams, Transition};
 use sonitor_core::features::FeatureExtractor;
 use sonitor_core::plot::{self, RocCurve};
 use sonitor_core::{metrics, parallel, score};
 
-use crate::infer::OnnxEmbedder;
+use crate::infer::window_embeddings;
+use sonitor_core::embed::EmbeddingGraph;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct EvalArgs {
@@ -65,56 +66,28 @@ pub struct SectionScores {
     pub domain: Vec<Option<Domain>>,
 }
 
-/// Loads the bundle's graph with tract (the bytes whose checksum the bundle verified), inputs named and shaped by
-/// the manifest, its output the manifest's.
-pub fn embedder_of(bundle: &Bundle) -> anyhow::Result<OnnxEmbedder> {
-    let path = &bundle.onnx_path;
-    embedder_with_graph(bundle, bundle.onnx_bytes())
-        .with_context(|| format!("loading {}", path.display()))
+/// Loads the bundle's graph with tract, as the daemon does ([`EmbeddingGraph::of_bundle`]: the bytes whose
+/// checksum the bundle verified, inputs named and shaped by the manifest, its output the manifest's).
+pub fn embedder_of(bundle: &Bundle) -> anyhow::Result<EmbeddingGraph> {
+    EmbeddingGraph::of_bundle(bundle)
+        .with_context(|| format!("loading {}", bundle.onnx_path.display()))
 }
 
-/// Loads the ONNX graph `onnx` with tract, inputs named and shaped by the bundle's manifest (the bundle's own
-/// graph, or another one for the same manifest).
-pub fn embedder_with_graph(bundle: &Bundle, onnx: &[u8]) -> anyhow::Result<OnnxEmbedder> {
+/// Loads the ONNX graph `onnx` with tract, inputs and output as the bundle's manifest names them (the bundle's
+/// own graph, or another one for the same manifest).
+pub fn embedder_with_graph(bundle: &Bundle, onnx: &[u8]) -> anyhow::Result<EmbeddingGraph> {
     let m = &bundle.manifest;
-    let find = |view: FeatureView| {
-        m.inputs.iter().find(|i| i.view == view).with_context(|| {
-            format!(
-                "{}: the manifest has no {view:?} input",
-                bundle.dir.display()
-            )
-        })
-    };
-    let (mel, spec) = (find(FeatureView::LogMel)?, find(FeatureView::Spectrum)?);
-    let mel_shape: [usize; 3] = mel
-        .shape
-        .clone()
-        .try_into()
-        .map_err(|s| anyhow::anyhow!("log-mel input shape {s:?} is not 3-D"))?;
-    let spec_shape: [usize; 2] = spec
-        .shape
-        .clone()
-        .try_into()
-        .map_err(|s| anyhow::anyhow!("spectrum input shape {s:?} is not 2-D"))?;
-    OnnxEmbedder::from_bytes(
-        onnx,
-        &mel.name,
-        mel_shape,
-        &spec.name,
-        spec_shape,
-        &m.output.name,
-    )
+    Ok(EmbeddingGraph::from_bytes(onnx, &m.inputs, &m.output)?)
 }
 
 /// Window scores of one clip's audio.
 pub fn window_scores(
-    embedder: &OnnxEmbedder,
+    embedder: &EmbeddingGraph,
     fx: &mut FeatureExtractor,
     audio: &[f32],
     centroids: &[Vec<f32>],
 ) -> anyhow::Result<Vec<f32>> {
-    Ok(embedder
-        .window_embeddings(fx, audio)?
+    Ok(window_embeddings(embedder, fx, audio)?
         .iter()
         .map(|e| score::min_cosine_distance(e, centroids))
         .collect())

@@ -27,13 +27,13 @@ use sonitor_core::{parallel, score};
 
 use crate::checkpoint;
 use crate::data;
-use crate::export::{self, INPUT_LOG_MEL, INPUT_SPECTRUM};
-use crate::infer::OnnxEmbedder;
+use crate::export;
 use crate::kmeans;
 use crate::loss::{Loss, LossKind};
 use crate::model::{Model, ModelConfig};
 use crate::replace::{self, Replacement};
 use crate::threshold::Gamma;
+use sonitor_core::embed::EmbeddingGraph;
 
 /// Training back end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -817,14 +817,8 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
     // Export, then compute the back end through the exported graph (the daemon's path).
     let t_back = Instant::now();
     let onnx = export::export_onnx(&model, &config, "sonitor-train")?;
-    let embedder = OnnxEmbedder::from_bytes(
-        &onnx,
-        INPUT_LOG_MEL,
-        [1, frames, n_mels],
-        INPUT_SPECTRUM,
-        [1, config.spectrum_len],
-        export::OUTPUT_EMBEDDING,
-    )?;
+    let (inputs, output) = export::signature(&config);
+    let embedder = EmbeddingGraph::from_bytes(&onnx, &inputs, &output)?;
     // The training audio is already in memory: the back end embeds it, it does not read the files again.
     let audio_of: BTreeMap<&Path, &data::Pcm> = train
         .iter()
@@ -998,7 +992,7 @@ pub fn load_checkpoint(out: &Path, device: &Device) -> anyhow::Result<(Model, ch
 
 /// Embeds clips (with their decoded audio) on all cores (one tract plan is shared; features per thread).
 pub fn embed_clips(
-    embedder: &OnnxEmbedder,
+    embedder: &EmbeddingGraph,
     clips: &[(&Clip, &data::Pcm)],
     params: &FeatureParams,
 ) -> anyhow::Result<Vec<Vec<Vec<f32>>>> {
@@ -1006,8 +1000,7 @@ pub fn embed_clips(
         clips,
         || FeatureExtractor::new(params.clone()).map_err(anyhow::Error::from),
         |fx, (c, a)| {
-            embedder
-                .window_embeddings(fx, &a.to_f32())
+            crate::infer::window_embeddings(embedder, fx, &a.to_f32())
                 .with_context(|| format!("embedding {}", c.path.display()))
         },
     )
@@ -1022,7 +1015,7 @@ pub fn embed_clips(
 /// and the gamma fitted to those zeros gave a threshold that most normal clips crossed. An error when the scores
 /// cannot give a threshold (a section with one training clip: no other clip to be scored against).
 pub fn section_model(
-    embedder: &OnnxEmbedder,
+    embedder: &EmbeddingGraph,
     clips: &[(&Clip, &data::Pcm)],
     params: &FeatureParams,
     k: usize,

@@ -52,7 +52,10 @@ fn compare(bundle: &Bundle, old: &[u8], new: &[u8]) -> anyhow::Result<f64> {
             .map(|_| rng.gen_range(-6.0..6.0))
             .collect();
         let s: Vec<f32> = (0..bins).map(|_| rng.gen_range(0.0..60.0)).collect();
-        worst = worst.max(relative_error(&b.embed_raw(&m, &s)?, &a.embed_raw(&m, &s)?));
+        worst = worst.max(relative_error(
+            &b.embed_views(&m, &s)?,
+            &a.embed_views(&m, &s)?,
+        ));
     }
     Ok(worst)
 }

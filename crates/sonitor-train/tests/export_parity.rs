@@ -7,10 +7,8 @@
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Tensor};
-use sonitor_train::export::{
-    export_onnx, INPUT_LOG_MEL, INPUT_SPECTRUM, OUTPUT_EMBEDDING, STEM_BLOCK_BELOW,
-};
-use sonitor_train::infer::OnnxEmbedder;
+use sonitor_core::embed::EmbeddingGraph;
+use sonitor_train::export::{export_onnx, signature, STEM_BLOCK_BELOW};
 use sonitor_train::loss::{Loss, LossKind};
 use sonitor_train::model::ModelConfig;
 
@@ -48,14 +46,10 @@ fn check(config: ModelConfig) {
         model = optim.step(1e-2, model, grads);
     }
     let onnx = export_onnx(&model, &config, "parity-test").unwrap();
-    let embedder = OnnxEmbedder::from_bytes(
-        &onnx,
-        INPUT_LOG_MEL,
-        [1, frames, n_mels],
-        INPUT_SPECTRUM,
-        [1, spec_len],
-        OUTPUT_EMBEDDING,
-    )
+    let embedder = {
+        let (inputs, output) = signature(&config);
+        EmbeddingGraph::from_bytes(&onnx, &inputs, &output)
+    }
     .unwrap();
     let plain = Device::flex();
     let eval = model.valid();
@@ -66,7 +60,7 @@ fn check(config: ModelConfig) {
         let mel_v: Vec<f32> = mel.to_data().try_to_vec().unwrap();
         let spec_v: Vec<f32> = spec.to_data().try_to_vec().unwrap();
         let want: Vec<f32> = eval.forward(mel, spec).into_data().try_to_vec().unwrap();
-        let got = embedder.embed_raw(&mel_v, &spec_v).unwrap();
+        let got = embedder.embed_views(&mel_v, &spec_v).unwrap();
         worst = worst.max(relative_error(&got, &want));
     }
     eprintln!("export parity: worst relative error {worst:.3e}");

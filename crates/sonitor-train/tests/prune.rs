@@ -9,8 +9,8 @@ use burn::module::{Module, Param};
 use burn::nn::BatchNorm;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use sonitor_train::export::{export_onnx, INPUT_LOG_MEL, INPUT_SPECTRUM, OUTPUT_EMBEDDING};
-use sonitor_train::infer::OnnxEmbedder;
+use sonitor_core::embed::EmbeddingGraph;
+use sonitor_train::export::{export_onnx, signature};
 use sonitor_train::loss::{Loss, LossKind};
 use sonitor_train::model::{Model, ModelConfig};
 use sonitor_train::prune::{kept, prune, pruned_config, Criterion};
@@ -98,14 +98,10 @@ fn check(config: ModelConfig) {
     let onnx = export_onnx(&pruned, &new_config, "prune-test").unwrap();
     let full_onnx = export_onnx(&model, &config, "prune-test").unwrap();
     assert!(onnx.len() < full_onnx.len());
-    let embedder = OnnxEmbedder::from_bytes(
-        &onnx,
-        INPUT_LOG_MEL,
-        [1, config.frames, config.n_mels],
-        INPUT_SPECTRUM,
-        [1, config.spectrum_len],
-        OUTPUT_EMBEDDING,
-    )
+    let embedder = {
+        let (inputs, output) = signature(&new_config);
+        EmbeddingGraph::from_bytes(&onnx, &inputs, &output)
+    }
     .unwrap();
     let plain = Device::flex();
     let (full, small) = (model.valid(), pruned.valid());
@@ -130,7 +126,7 @@ fn check(config: ModelConfig) {
             .unwrap();
         let got: Vec<f32> = small.forward(mel, spec).into_data().try_to_vec().unwrap();
         worst_burn = worst_burn.max(relative_error(&got, &want));
-        let got = embedder.embed_raw(&mel_v, &spec_v).unwrap();
+        let got = embedder.embed_views(&mel_v, &spec_v).unwrap();
         worst_tract = worst_tract.max(relative_error(&got, &want));
     }
     eprintln!(

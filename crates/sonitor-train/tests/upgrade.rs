@@ -5,12 +5,9 @@
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
 use sonitor_core::bundle::{Bundle, Manifest, Provenance};
+use sonitor_core::embed::EmbeddingGraph;
 use sonitor_core::features::FeatureParams;
-use sonitor_train::export::{
-    export_onnx_as, signature, upgrade_onnx, GraphForm, INPUT_LOG_MEL, INPUT_SPECTRUM,
-    OUTPUT_EMBEDDING,
-};
-use sonitor_train::infer::OnnxEmbedder;
+use sonitor_train::export::{export_onnx_as, signature, upgrade_onnx, GraphForm};
 use sonitor_train::model::ModelConfig;
 use sonitor_train::upgrade::upgrade;
 
@@ -77,14 +74,10 @@ fn a_plain_graph_is_upgraded_to_the_same_embedding_and_a_current_one_left_alone(
 
     // Same embedding as burn's forward pass, and as the plain graph.
     let embedder = |bytes: &[u8]| {
-        OnnxEmbedder::from_bytes(
-            bytes,
-            INPUT_LOG_MEL,
-            [1, frames, n_mels],
-            INPUT_SPECTRUM,
-            [1, spec_len],
-            OUTPUT_EMBEDDING,
-        )
+        {
+            let (inputs, output) = signature(&config);
+            EmbeddingGraph::from_bytes(bytes, &inputs, &output)
+        }
         .unwrap()
     };
     let (before, after) = (embedder(&plain), embedder(&up.onnx));
@@ -103,12 +96,12 @@ fn a_plain_graph_is_upgraded_to_the_same_embedding_and_a_current_one_left_alone(
         let mel_v: Vec<f32> = mel.to_data().try_to_vec().unwrap();
         let spec_v: Vec<f32> = spec.to_data().try_to_vec().unwrap();
         let want: Vec<f32> = eval.forward(mel, spec).into_data().try_to_vec().unwrap();
-        let got = after.embed_raw(&mel_v, &spec_v).unwrap();
+        let got = after.embed_views(&mel_v, &spec_v).unwrap();
         assert!(
             relative_error(&got, &want) <= 1e-4,
             "{got:?} vs burn {want:?}"
         );
-        let old = before.embed_raw(&mel_v, &spec_v).unwrap();
+        let old = before.embed_views(&mel_v, &spec_v).unwrap();
         assert!(
             relative_error(&got, &old) <= 1e-5,
             "{got:?} vs the plain graph {old:?}"
