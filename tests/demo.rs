@@ -14,13 +14,19 @@ fn shipped() -> PathBuf {
     common::workspace().join("models/default")
 }
 
-fn demo(out: &std::path::Path, extra: &[&str]) -> (i32, serde_json::Value, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_sonitor"))
-        .arg("demo")
+/// `sonitor demo` on the shipped bundle into `out`.
+fn demo_command(out: &std::path::Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sonitor"));
+    c.arg("demo")
         .arg("--model")
         .arg(shipped())
         .arg("--out")
-        .arg(out)
+        .arg(out);
+    c
+}
+
+fn demo(out: &std::path::Path, extra: &[&str]) -> (i32, serde_json::Value, String) {
+    let o = demo_command(out)
         .args(["--quiet", "--json"])
         .args(extra)
         .output()
@@ -32,6 +38,14 @@ fn demo(out: &std::path::Path, extra: &[&str]) -> (i32, serde_json::Value, Strin
     let summary: serde_json::Value = serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("stdout is not one JSON summary ({e}):\n{stdout}\n{stderr}"));
     (o.status.code().unwrap_or(-1), summary, stdout + &stderr)
+}
+
+/// `sonitor demo --out OUT`, which must fail: its stderr.
+fn demo_refused(out: &std::path::Path) -> String {
+    let o = demo_command(out).arg("--quiet").output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_ne!(o.status.code(), Some(0), "{stderr}");
+    stderr
 }
 
 #[test]
@@ -92,17 +106,7 @@ fn the_shipped_demo_raises_the_alarm_during_the_fault_only() {
     let state = d.path().join("daemon-state");
     std::fs::create_dir_all(state.join("outbox")).unwrap();
     std::fs::write(state.join("alarms.json"), "{}").unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_sonitor"))
-        .arg("demo")
-        .arg("--model")
-        .arg(shipped())
-        .arg("--out")
-        .arg(&state)
-        .arg("--quiet")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_ne!(o.status.code(), Some(0), "{stderr}");
+    let stderr = demo_refused(&state);
     assert!(stderr.contains("daemon's state directory"), "{stderr}");
     assert!(state.join("alarms.json").exists() && state.join("outbox").is_dir());
 
@@ -113,17 +117,7 @@ fn the_shipped_demo_raises_the_alarm_during_the_fault_only() {
     std::fs::write(busy.join("sonitor-demo.toml"), "# the running demo's\n").unwrap();
     std::fs::write(busy.join("alarms.json"), "{}").unwrap();
     let held = sonitor::state_lock::acquire(&busy).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_sonitor"))
-        .arg("demo")
-        .arg("--model")
-        .arg(shipped())
-        .arg("--out")
-        .arg(&busy)
-        .arg("--quiet")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_ne!(o.status.code(), Some(0), "{stderr}");
+    let stderr = demo_refused(&busy);
     assert!(
         stderr.contains(&format!("another sonitor (pid {})", std::process::id()))
             && stderr.contains("nothing there was changed")
@@ -140,14 +134,7 @@ fn the_shipped_demo_raises_the_alarm_during_the_fault_only() {
     // A reader that has gone (`sonitor demo | head`): no panic ("failed printing to stdout", which made it end
     // with the daemon's status 70); the demo runs to its end and writes its files.
     let gone = d.path().join("gone");
-    let o = common::output_to_a_gone_reader(
-        Command::new(env!("CARGO_BIN_EXE_sonitor"))
-            .arg("demo")
-            .arg("--model")
-            .arg(shipped())
-            .arg("--out")
-            .arg(&gone),
-    );
+    let o = common::output_to_a_gone_reader(&mut demo_command(&gone));
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(o.status.code(), Some(0), "{stderr}");
