@@ -27,7 +27,7 @@ impl std::fmt::Debug for Embedder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Embedder")
             .field("model_id", &self.model_id)
-            .field("dim", &self.run.dim())
+            .field("run", &self.run)
             .finish()
     }
 }
@@ -62,15 +62,11 @@ impl Embedder {
         let mut out = Vec::new();
         e.embed(&f, &mut out).with_context(|| {
             format!(
-                "{}: tract cannot run the graph on one window",
+                "{}: one window of all-zero features",
                 bundle.onnx_path.display()
             )
         })?;
         Ok(e)
-    }
-
-    pub fn dim(&self) -> usize {
-        self.run.dim()
     }
 
     /// The embedding of one window's features.

@@ -57,23 +57,63 @@ fn text(e: impl std::fmt::Display) -> String {
     format!("{e:#}")
 }
 
-/// For each graph input in the graph's order: the feature view that feeds it and its shape.
-type Feeds = Arc<[(FeatureView, Vec<usize>)]>;
+/// How a graph is fed and what it gives, shared by an [`EmbeddingGraph`] and its runners.
+#[derive(Debug)]
+struct Io {
+    /// For each graph input in the graph's order: the feature view that feeds it and its shape.
+    feeds: Vec<(FeatureView, Vec<usize>)>,
+    /// Values per embedding.
+    dim: usize,
+}
+
+impl Io {
+    /// The graph's inputs for one window, in the graph's order.
+    fn tensors(&self, log_mel: &[f32], spectrum: &[f32]) -> Result<TVec<TValue>, EmbedError> {
+        let mut tensors: TVec<TValue> = TVec::new();
+        for (view, shape) in &self.feeds {
+            let data = match view {
+                FeatureView::LogMel => log_mel,
+                FeatureView::Spectrum => spectrum,
+            };
+            // tract checks the length against the shape (the only way this fails).
+            let t = Tensor::from_shape(shape, data).map_err(|_| EmbedError::InputLength {
+                view: *view,
+                got: data.len(),
+                want: shape.iter().product(),
+            })?;
+            tensors.push(t.into());
+        }
+        Ok(tensors)
+    }
+
+    /// The embedding in tract's result, checked for its length, into `out`.
+    fn output(&self, result: &[TValue], out: &mut Vec<f32>) -> Result<(), EmbedError> {
+        let emb = result
+            .first()
+            .ok_or(EmbedError::NoResult)?
+            .to_plain_array_view::<f32>()
+            .map_err(|e| EmbedError::Run(text(e)))?;
+        if emb.len() != self.dim {
+            return Err(EmbedError::OutputLength {
+                got: emb.len(),
+                want: self.dim,
+            });
+        }
+        out.clear();
+        out.extend(emb.iter().copied());
+        Ok(())
+    }
+}
 
 /// An optimised embedding graph with its inputs bound to feature views.
-#[derive(Clone)]
 pub struct EmbeddingGraph {
     plan: Arc<TypedRunnableModel>,
-    feeds: Feeds,
-    dim: usize,
+    io: Arc<Io>,
 }
 
 impl std::fmt::Debug for EmbeddingGraph {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddingGraph")
-            .field("feeds", &self.feeds)
-            .field("dim", &self.dim)
-            .finish()
+        self.io.fmt(f)
     }
 }
 
@@ -131,8 +171,10 @@ impl EmbeddingGraph {
             .map_err(|e| EmbedError::Plan(text(e)))?;
         Ok(Self {
             plan,
-            feeds: feeds.into(),
-            dim: output.shape.iter().product(),
+            io: Arc::new(Io {
+                feeds,
+                dim: output.shape.iter().product(),
+            }),
         })
     }
 
@@ -143,11 +185,6 @@ impl EmbeddingGraph {
         Self::from_bytes(bundle.onnx_bytes(), &m.inputs, &m.output)
     }
 
-    /// Values per embedding.
-    pub fn dim(&self) -> usize {
-        self.dim
-    }
-
     /// The embedding of one window's features (not normalised). Builds tract's run state for the call: for one
     /// window at a time in a loop, [`EmbeddingGraph::runner`] keeps it.
     pub fn embed(&self, f: &Features) -> Result<Vec<f32>, EmbedError> {
@@ -156,13 +193,13 @@ impl EmbeddingGraph {
 
     /// [`EmbeddingGraph::embed`] of the two views given apart (parity tests feed random values).
     pub fn embed_views(&self, log_mel: &[f32], spectrum: &[f32]) -> Result<Vec<f32>, EmbedError> {
-        let tensors = tensors(&self.feeds, log_mel, spectrum)?;
+        let tensors = self.io.tensors(log_mel, spectrum)?;
         let result = self
             .plan
             .run(tensors)
             .map_err(|e| EmbedError::Run(text(e)))?;
         let mut out = Vec::new();
-        output(&result, self.dim, &mut out)?;
+        self.io.output(&result, &mut out)?;
         Ok(out)
     }
 
@@ -171,8 +208,7 @@ impl EmbeddingGraph {
         let state = self.plan.spawn().map_err(|e| EmbedError::Start(text(e)))?;
         Ok(EmbeddingRun {
             state,
-            feeds: self.feeds.clone(),
-            dim: self.dim,
+            io: self.io.clone(),
         })
     }
 }
@@ -180,33 +216,24 @@ impl EmbeddingGraph {
 /// One thread's use of an [`EmbeddingGraph`]: its run state kept from window to window.
 pub struct EmbeddingRun {
     state: TypedSimpleState,
-    feeds: Feeds,
-    dim: usize,
+    io: Arc<Io>,
 }
 
 impl std::fmt::Debug for EmbeddingRun {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddingRun")
-            .field("feeds", &self.feeds)
-            .field("dim", &self.dim)
-            .finish()
+        self.io.fmt(f)
     }
 }
 
 impl EmbeddingRun {
-    /// Values per embedding.
-    pub fn dim(&self) -> usize {
-        self.dim
-    }
-
     /// The embedding of one window's features, into `out` (cleared first).
     pub fn embed_into(&mut self, f: &Features, out: &mut Vec<f32>) -> Result<(), EmbedError> {
-        let tensors = tensors(&self.feeds, &f.log_mel, &f.spectrum)?;
+        let tensors = self.io.tensors(&f.log_mel, &f.spectrum)?;
         let result = self
             .state
             .run(tensors)
             .map_err(|e| EmbedError::Run(text(e)))?;
-        output(&result, self.dim, out)
+        self.io.output(&result, out)
     }
 
     /// Runs the plan once on one window's features and calls `timed(node name, op name, seconds)` for every node
@@ -216,7 +243,7 @@ impl EmbeddingRun {
         f: &Features,
         mut timed: impl FnMut(&str, &str, f64),
     ) -> Result<(), EmbedError> {
-        let tensors = tensors(&self.feeds, &f.log_mel, &f.spectrum)?;
+        let tensors = self.io.tensors(&f.log_mel, &f.spectrum)?;
         self.state
             .run_plan_with_eval(tensors, |ctx, state, node, input| {
                 let t = std::time::Instant::now();
@@ -227,46 +254,6 @@ impl EmbeddingRun {
             .map_err(|e| EmbedError::Run(text(e)))?;
         Ok(())
     }
-}
-
-/// The graph's inputs for one window, in the graph's order.
-fn tensors(feeds: &Feeds, log_mel: &[f32], spectrum: &[f32]) -> Result<TVec<TValue>, EmbedError> {
-    let mut tensors: TVec<TValue> = TVec::new();
-    for (view, shape) in feeds.iter() {
-        let data = match view {
-            FeatureView::LogMel => log_mel,
-            FeatureView::Spectrum => spectrum,
-        };
-        let want = shape.iter().product();
-        if data.len() != want {
-            return Err(EmbedError::InputLength {
-                view: *view,
-                got: data.len(),
-                want,
-            });
-        }
-        let t = Tensor::from_shape(shape, data).map_err(|e| EmbedError::Run(text(e)))?;
-        tensors.push(t.into());
-    }
-    Ok(tensors)
-}
-
-/// The embedding in tract's result, checked for its length, into `out`.
-fn output(result: &[TValue], dim: usize, out: &mut Vec<f32>) -> Result<(), EmbedError> {
-    let emb = result
-        .first()
-        .ok_or(EmbedError::NoResult)?
-        .to_plain_array_view::<f32>()
-        .map_err(|e| EmbedError::Run(text(e)))?;
-    if emb.len() != dim {
-        return Err(EmbedError::OutputLength {
-            got: emb.len(),
-            want: dim,
-        });
-    }
-    out.clear();
-    out.extend(emb.iter().copied());
-    Ok(())
 }
 
 #[cfg(test)]

@@ -73,13 +73,6 @@ pub fn embedder_of(bundle: &Bundle) -> anyhow::Result<EmbeddingGraph> {
         .with_context(|| format!("loading {}", bundle.onnx_path.display()))
 }
 
-/// Loads the ONNX graph `onnx` with tract, inputs and output as the bundle's manifest names them (the bundle's
-/// own graph, or another one for the same manifest).
-pub fn embedder_with_graph(bundle: &Bundle, onnx: &[u8]) -> anyhow::Result<EmbeddingGraph> {
-    let m = &bundle.manifest;
-    Ok(EmbeddingGraph::from_bytes(onnx, &m.inputs, &m.output)?)
-}
-
 /// Window scores of one clip's audio.
 pub fn window_scores(
     embedder: &EmbeddingGraph,

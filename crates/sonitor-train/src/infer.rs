@@ -2,8 +2,10 @@
 //! Used by `eval`, by the scoring back end of `fit` (so the centroids and thresholds are computed from exactly
 //! what the daemon will compute), and by the export parity test.
 
-use sonitor_core::embed::EmbeddingGraph;
+use sonitor_core::embed::{EmbedError, EmbeddingGraph};
 use sonitor_core::features::FeatureExtractor;
+
+use crate::model::ModelConfig;
 
 /// ‖got − want‖ / ‖want‖ (Euclidean), how far one embedding is from a reference: 0 when equal, infinite when
 /// their lengths differ or the reference is zero and `got` is not.
@@ -23,6 +25,13 @@ pub fn relative_error(got: &[f32], want: &[f32]) -> f64 {
     } else {
         diff / norm
     }
+}
+
+/// A graph [`crate::export`] wrote for `config`, loaded as the daemon loads a bundle's: with the inputs and output
+/// the manifest will name ([`crate::export::signature`]).
+pub fn exported_graph(onnx: &[u8], config: &ModelConfig) -> Result<EmbeddingGraph, EmbedError> {
+    let (inputs, output) = crate::export::signature(config);
+    EmbeddingGraph::from_bytes(onnx, &inputs, &output)
 }
 
 /// Unit-normalised embeddings of a clip's analysis windows (the feature extractor's window and hop), by the

@@ -817,8 +817,7 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
     // Export, then compute the back end through the exported graph (the daemon's path).
     let t_back = Instant::now();
     let onnx = export::export_onnx(&model, &config, "sonitor-train")?;
-    let (inputs, output) = export::signature(&config);
-    let embedder = EmbeddingGraph::from_bytes(&onnx, &inputs, &output)?;
+    let embedder = crate::infer::exported_graph(&onnx, &config)?;
     // The training audio is already in memory: the back end embeds it, it does not read the files again.
     let audio_of: BTreeMap<&Path, &data::Pcm> = train
         .iter()

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use rand::{Rng, SeedableRng};
 use sonitor_core::bundle::Bundle;
+use sonitor_core::embed::EmbeddingGraph;
 
-use crate::eval::embedder_with_graph;
 use crate::export::upgrade_onnx;
 use crate::infer::relative_error;
 use crate::model::ModelConfig;
@@ -39,9 +39,10 @@ pub struct Outcome {
 
 /// The embedding of both graphs on the same random inputs: the largest relative difference over a few draws.
 fn compare(bundle: &Bundle, old: &[u8], new: &[u8]) -> anyhow::Result<f64> {
+    let m = &bundle.manifest;
     let (a, b) = (
-        embedder_with_graph(bundle, old)?,
-        embedder_with_graph(bundle, new)?,
+        EmbeddingGraph::from_bytes(old, &m.inputs, &m.output)?,
+        EmbeddingGraph::from_bytes(new, &m.inputs, &m.output)?,
     );
     let [frames, n_mels] = bundle.manifest.features.log_mel_shape();
     let bins = bundle.manifest.features.spectrum_len();

@@ -7,8 +7,8 @@
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Tensor};
-use sonitor_core::embed::EmbeddingGraph;
-use sonitor_train::export::{export_onnx, signature, STEM_BLOCK_BELOW};
+use sonitor_train::export::{export_onnx, STEM_BLOCK_BELOW};
+use sonitor_train::infer::exported_graph;
 use sonitor_train::loss::{Loss, LossKind};
 use sonitor_train::model::ModelConfig;
 
@@ -46,11 +46,7 @@ fn check(config: ModelConfig) {
         model = optim.step(1e-2, model, grads);
     }
     let onnx = export_onnx(&model, &config, "parity-test").unwrap();
-    let embedder = {
-        let (inputs, output) = signature(&config);
-        EmbeddingGraph::from_bytes(&onnx, &inputs, &output)
-    }
-    .unwrap();
+    let embedder = exported_graph(&onnx, &config).unwrap();
     let plain = Device::flex();
     let eval = model.valid();
     let mut worst = 0.0f64;

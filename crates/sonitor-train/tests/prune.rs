@@ -9,8 +9,8 @@ use burn::module::{Module, Param};
 use burn::nn::BatchNorm;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use sonitor_core::embed::EmbeddingGraph;
-use sonitor_train::export::{export_onnx, signature};
+use sonitor_train::export::export_onnx;
+use sonitor_train::infer::exported_graph;
 use sonitor_train::loss::{Loss, LossKind};
 use sonitor_train::model::{Model, ModelConfig};
 use sonitor_train::prune::{kept, prune, pruned_config, Criterion};
@@ -98,11 +98,7 @@ fn check(config: ModelConfig) {
     let onnx = export_onnx(&pruned, &new_config, "prune-test").unwrap();
     let full_onnx = export_onnx(&model, &config, "prune-test").unwrap();
     assert!(onnx.len() < full_onnx.len());
-    let embedder = {
-        let (inputs, output) = signature(&new_config);
-        EmbeddingGraph::from_bytes(&onnx, &inputs, &output)
-    }
-    .unwrap();
+    let embedder = exported_graph(&onnx, &new_config).unwrap();
     let plain = Device::flex();
     let (full, small) = (model.valid(), pruned.valid());
     let (mut worst_burn, mut worst_tract) = (0.0f64, 0.0f64);

@@ -5,9 +5,9 @@
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
 use sonitor_core::bundle::{Bundle, Manifest, Provenance};
-use sonitor_core::embed::EmbeddingGraph;
 use sonitor_core::features::FeatureParams;
 use sonitor_train::export::{export_onnx_as, signature, upgrade_onnx, GraphForm};
+use sonitor_train::infer::exported_graph;
 use sonitor_train::model::ModelConfig;
 use sonitor_train::upgrade::upgrade;
 
@@ -73,13 +73,7 @@ fn a_plain_graph_is_upgraded_to_the_same_embedding_and_a_current_one_left_alone(
     assert!(upgrade_onnx(&current, &config).unwrap().is_none());
 
     // Same embedding as burn's forward pass, and as the plain graph.
-    let embedder = |bytes: &[u8]| {
-        {
-            let (inputs, output) = signature(&config);
-            EmbeddingGraph::from_bytes(bytes, &inputs, &output)
-        }
-        .unwrap()
-    };
+    let embedder = |bytes: &[u8]| exported_graph(bytes, &config).unwrap();
     let (before, after) = (embedder(&plain), embedder(&up.onnx));
     let eval = model.valid();
     for _ in 0..3 {
