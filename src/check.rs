@@ -299,10 +299,10 @@ pub fn validate(config_path: &Path) -> i32 {
             }
             if let Some(pid) = crate::state_lock::holder(&cfg.state_dir) {
                 println!(
-                    "{}: note: a sonitor{} runs on its state directory {} now: this file takes effect there when \
+                    "{}: note: a {} runs on its state directory {} now: this file takes effect there when \
                      it reloads (SIGHUP, `systemctl reload sonitor`: thresholds, debounce, enabled flags) or restarts",
                     config_path.display(),
-                    pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+                    crate::state_lock::holder_named(pid),
                     cfg.state_dir.display()
                 );
             }

@@ -278,8 +278,6 @@ pub fn run(config_path: &Path) -> i32 {
     for w in checked.warnings {
         log::warn!("{w}");
     }
-    // A panic of the main loop itself (the hook has logged it) ends the process with the status of any other
-    // thread's, without the orderly stop that loop would have made.
     // Before anything in the state directory is read or written; held until `start` returns.
     let lock = match crate::state_lock::acquire(&cfg.state_dir) {
         Ok(l) => l,
@@ -291,6 +289,8 @@ pub fn run(config_path: &Path) -> i32 {
             };
         }
     };
+    // A panic of the main loop itself (the hook has logged it) ends the process with the status of any other
+    // thread's, without the orderly stop that loop would have made.
     let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         start(
             cfg,

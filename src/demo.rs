@@ -207,9 +207,9 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Summary> {
     // state and its configuration file.
     let lock = crate::state_lock::acquire(&o.out).map_err(|e| match e {
         crate::state_lock::LockError::Held { pid, .. } => anyhow::anyhow!(
-            "another sonitor{} runs on {} now (a demo still replaying, or a daemon whose state directory it is); \
+            "another {} runs on {} now (a demo still replaying, or a daemon whose state directory it is); \
              nothing there was changed. Give --out another directory, or wait for it to end",
-            pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+            crate::state_lock::holder_named(pid),
             o.out.display()
         ),
         e => e.into(),

@@ -31,10 +31,10 @@ pub struct StateLock {
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error(
-        "another sonitor{} runs on the state directory {dir}: two daemons on one state directory would overwrite \
+        "another {} runs on the state directory {dir}: two daemons on one state directory would overwrite \
          each other's alarm states, outbox and clips. Stop it first (`systemctl stop sonitor` for the service), \
          or give this configuration its own state_dir",
-        .pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+        holder_named(*.pid)
     )]
     Held { dir: PathBuf, pid: Option<u32> },
     #[error("cannot lock the state directory with {path}: {error}")]
@@ -42,6 +42,15 @@ pub enum LockError {
         path: PathBuf,
         error: std::io::Error,
     },
+}
+
+/// The holder of a state directory as the messages name it: `sonitor (pid 1234)`, or `sonitor` when it wrote no
+/// pid.
+pub fn holder_named(pid: Option<u32>) -> String {
+    match pid {
+        Some(p) => format!("sonitor (pid {p})"),
+        None => "sonitor".into(),
+    }
 }
 
 /// Takes the state directory `dir` (which exists) for this process, or says who holds it.
