@@ -6,12 +6,67 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{on, Broker, Daemon, Msg, Recorder};
 
-fn file_device(wav: &std::path::Path, realtime: bool) -> String {
+fn file_device(wav: &Path, realtime: bool) -> String {
     common::file_device(wav, &format!("realtime = {realtime}\nat_end = \"stop\"\n"))
+}
+
+/// One test's broker (on a free loopback port), the standard bundle and the directory that holds both. The broker
+/// goes first when the rig is dropped, the directory last.
+struct Rig {
+    broker: Broker,
+    b: common::TestBundle,
+    d: tempfile::TempDir,
+}
+
+impl Rig {
+    fn start() -> Self {
+        let d = tempfile::tempdir().unwrap();
+        let b = common::standard_bundle(d.path());
+        let broker = Broker::start(&d.path().join("broker"));
+        Rig { broker, b, d }
+    }
+
+    fn path(&self) -> &Path {
+        self.d.path()
+    }
+
+    /// The device entry of a normal recording (`normal.wav`) replayed in real time, in a loop.
+    fn looping_normal(&self) -> String {
+        let wav = self.path().join("normal.wav");
+        common::write_wav(&wav, &common::pump());
+        common::file_device(&wav, "realtime = true\nat_end = \"loop\"\n")
+    }
+
+    /// A configuration in the rig's directory: `device`, the standard bundle, the rig's broker, then `extra`.
+    fn config(&self, device: &str, extra: &str) -> PathBuf {
+        common::config(self.path(), device, &self.b.dir, self.broker.port, extra)
+    }
+}
+
+/// A client for publishing commands, its event loop drained by a thread of its own.
+fn commander(port: u16, client_id: &str) -> rumqttc::Client {
+    let (client, mut conn) = connect(port, client_id);
+    std::thread::spawn(move || for _ in conn.iter() {});
+    client
+}
+
+/// A client of the broker on `port` (loopback), and its event loop for the caller to drive.
+fn connect(port: u16, client_id: &str) -> (rumqttc::Client, rumqttc::Connection) {
+    let mut o = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(5));
+    rumqttc::Client::new(o, 10)
+}
+
+/// Publishes a command (QoS 1, not retained) through `client`.
+fn send(client: &rumqttc::Client, topic: &str, payload: &str) {
+    client
+        .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
+        .unwrap();
 }
 
 /// Alarm values with consecutive repeats collapsed (a replay may repeat the last message before a drop).
@@ -51,43 +106,35 @@ fn events(msgs: &[Msg], topic: &str) -> Vec<(String, String)> {
 
 #[test]
 fn broker_outage_and_daemon_restart_lose_no_transition() {
-    let d = tempfile::tempdir().unwrap();
-    let b = common::standard_bundle(d.path());
-    let mut broker = Broker::start(&d.path().join("broker"));
-    let rec = Recorder::start(broker.port, "recorder-outage");
+    let mut rig = Rig::start();
+    let rec = Recorder::start(rig.broker.port, "recorder-outage");
 
     // Run 1, in real time: 2 s normal then the anomaly. The broker goes down after the daemon is online, before
     // the anomaly starts.
-    let wav1 = d.path().join("part1.wav");
+    let wav1 = rig.path().join("part1.wav");
     common::write_wav(&wav1, &common::recording(2.5, 3.0, 0.0));
-    let cfg1 = common::config(d.path(), &file_device(&wav1, true), &b.dir, broker.port, "");
+    let cfg1 = rig.config(&file_device(&wav1, true), "");
     let daemon = Daemon::start(&cfg1, &[]);
     wait_online(&rec);
-    broker.stop();
+    rig.broker.stop();
     daemon.wait_log("alarm ON: pump-1", Duration::from_secs(20));
     // Restart during the outage (SIGKILL: the outbox must already be on disk).
     daemon.sigkill();
 
     // Run 2, as fast as possible: the anomaly goes on, then ends.
-    let wav2 = d.path().join("part2.wav");
+    let wav2 = rig.path().join("part2.wav");
     let mut part2 = common::make_anomalous(&common::pump()[..16_000]);
     part2.extend(common::pump());
     common::write_wav(&wav2, &part2);
-    let cfg2 = common::config(
-        d.path(),
-        &file_device(&wav2, false),
-        &b.dir,
-        broker.port,
-        "",
-    );
+    let cfg2 = rig.config(&file_device(&wav2, false), "");
     let daemon = Daemon::start(&cfg2, &[]);
     daemon.wait_log("alarm OFF: pump-1", Duration::from_secs(30));
-    let outbox = d.path().join("state/outbox");
+    let outbox = rig.path().join("state/outbox");
     let waiting = std::fs::read_dir(&outbox).unwrap().count();
     assert_eq!(waiting, 4, "ON, start, OFF, end wait in the outbox");
 
     // The broker returns: everything arrives, in order.
-    broker.restart();
+    rig.broker.restart();
     let msgs = rec.wait_for("the replayed transitions", Duration::from_secs(30), |m| {
         events(m, "sonitor/t1/pump-1/events").len() >= 2
     });
@@ -126,22 +173,12 @@ fn broker_outage_and_daemon_restart_lose_no_transition() {
 
 #[test]
 fn commands_are_answered_by_retained_state() {
-    let d = tempfile::tempdir().unwrap();
-    let b = common::standard_bundle(d.path());
-    let broker = Broker::start(&d.path().join("broker"));
-    let rec = Recorder::start(broker.port, "recorder-commands");
-    let wav = d.path().join("normal.wav");
-    common::write_wav(&wav, &common::pump());
-    let dev = common::file_device(&wav, "realtime = true\nat_end = \"loop\"\n");
-    let cfg = common::config(
-        d.path(),
-        &dev,
-        &b.dir,
-        broker.port,
-        "[mqtt.discovery]\nenabled = true\n",
-    );
+    let rig = Rig::start();
+    let rec = Recorder::start(rig.broker.port, "recorder-commands");
+    let dev = rig.looping_normal();
+    let cfg = rig.config(&dev, "[mqtt.discovery]\nenabled = true\n");
     // systemd's notification socket, with a 0.4 s watchdog.
-    let mut notify = common::Notify::bind(d.path());
+    let mut notify = common::Notify::bind(rig.path());
     let daemon = Daemon::start(&cfg, &notify.envs());
     rec.wait_for("online", Duration::from_secs(20), |m| {
         on(m, "sonitor/t1/status").contains(&"online".to_string())
@@ -194,46 +231,16 @@ fn commands_are_answered_by_retained_state() {
     // Discovery lives outside `sonitor/#`: check it with a second subscription below instead.
     assert!(disc.is_empty());
 
-    let mut o = rumqttc::MqttOptions::new("commander", "127.0.0.1", broker.port);
-    o.set_keep_alive(Duration::from_secs(5));
-    let (client, mut conn) = rumqttc::Client::new(o, 10);
+    let (client, mut conn) = connect(rig.broker.port, "commander");
     client
         .subscribe("homeassistant/#", rumqttc::QoS::AtLeastOnce)
         .unwrap();
     // A mute of 1e20 s used to panic the MQTT thread, after which no command was answered: it is refused, and
     // the commands after it are answered below.
-    client
-        .publish(
-            "sonitor/t1/pump-1/mute/set",
-            rumqttc::QoS::AtLeastOnce,
-            false,
-            "1e20",
-        )
-        .unwrap();
-    client
-        .publish(
-            "sonitor/t1/pump-1/mute/set",
-            rumqttc::QoS::AtLeastOnce,
-            false,
-            "10m",
-        )
-        .unwrap();
-    client
-        .publish(
-            "sonitor/t1/pump-1/threshold/set",
-            rumqttc::QoS::AtLeastOnce,
-            false,
-            "0.75",
-        )
-        .unwrap();
-    client
-        .publish(
-            "sonitor/t1/pump-1/enabled/set",
-            rumqttc::QoS::AtLeastOnce,
-            false,
-            "OFF",
-        )
-        .unwrap();
+    send(&client, "sonitor/t1/pump-1/mute/set", "1e20");
+    send(&client, "sonitor/t1/pump-1/mute/set", "10m");
+    send(&client, "sonitor/t1/pump-1/threshold/set", "0.75");
+    send(&client, "sonitor/t1/pump-1/enabled/set", "OFF");
     let mut discovery = Vec::new();
     let t0 = std::time::Instant::now();
     while t0.elapsed() < Duration::from_secs(3) {
@@ -282,29 +289,17 @@ fn commands_are_answered_by_retained_state() {
 /// the alarm could come while `…/mute` still said ON; and audio that stopped for a while stretched it.)
 #[test]
 fn a_mute_ends_on_the_clock_and_says_so_before_the_alarm_it_held_back() {
-    let d = tempfile::tempdir().unwrap();
-    let b = common::standard_bundle(d.path());
-    let broker = Broker::start(&d.path().join("broker"));
-    let rec = Recorder::start(broker.port, "recorder-mute");
+    let rig = Rig::start();
+    let rec = Recorder::start(rig.broker.port, "recorder-mute");
     // In real time: 3 s normal, then the anomaly until the end.
-    let wav = d.path().join("mute.wav");
+    let wav = rig.path().join("mute.wav");
     common::write_wav(&wav, &common::recording(3.0, 17.0, 0.0));
-    let cfg = common::config(d.path(), &file_device(&wav, true), &b.dir, broker.port, "");
+    let cfg = rig.config(&file_device(&wav, true), "");
     let daemon = Daemon::start(&cfg, &[]);
     wait_online(&rec);
-    let mut o = rumqttc::MqttOptions::new("commander-mute", "127.0.0.1", broker.port);
-    o.set_keep_alive(Duration::from_secs(5));
-    let (client, mut conn) = rumqttc::Client::new(o, 10);
-    std::thread::spawn(move || for _ in conn.iter() {});
+    let client = commander(rig.broker.port, "commander-mute");
     let mute = std::time::Duration::from_secs(8);
-    client
-        .publish(
-            "sonitor/t1/pump-1/mute/set",
-            rumqttc::QoS::AtLeastOnce,
-            false,
-            "8s",
-        )
-        .unwrap();
+    send(&client, "sonitor/t1/pump-1/mute/set", "8s");
     let sent = std::time::Instant::now();
     let msgs = rec.wait_for("the alarm after the mute", Duration::from_secs(30), |m| {
         on(m, "sonitor/t1/pump-1/alarm").contains(&"ON".to_string())
@@ -334,9 +329,7 @@ fn a_mute_ends_on_the_clock_and_says_so_before_the_alarm_it_held_back() {
 
 /// The retained value of `topic` as a new subscriber gets it (`None`: nothing retained), read within 2 s.
 fn retained(port: u16, topic: &str, client_id: &str) -> Option<String> {
-    let mut o = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
-    o.set_keep_alive(Duration::from_secs(5));
-    let (client, mut conn) = rumqttc::Client::new(o, 10);
+    let (client, mut conn) = connect(port, client_id);
     let t0 = std::time::Instant::now();
     while t0.elapsed() < Duration::from_secs(2) {
         match conn.recv_timeout(Duration::from_millis(100)) {
@@ -362,17 +355,21 @@ fn retained(port: u16, topic: &str, client_id: &str) -> Option<String> {
 /// `stopped` nor `offline` was ever published.
 #[test]
 fn a_stop_with_unacknowledged_alarms_leaves_status_not_online() {
-    let d = tempfile::tempdir().unwrap();
-    let b = common::standard_bundle(d.path());
-    let broker = Broker::start(&d.path().join("broker"));
+    let rig = Rig::start();
     // In real time: 2.5 s normal, then the anomaly until the stop.
-    let wav = d.path().join("stop.wav");
+    let wav = rig.path().join("stop.wav");
     common::write_wav(&wav, &common::recording(2.5, 20.0, 0.0));
-    let relay = common::AckHold::start(broker.port);
-    let cfg = common::config(d.path(), &file_device(&wav, true), &b.dir, relay.port, "");
+    let relay = common::AckHold::start(rig.broker.port);
+    let cfg = common::config(
+        rig.path(),
+        &file_device(&wav, true),
+        &rig.b.dir,
+        relay.port,
+        "",
+    );
     let daemon = Daemon::start(&cfg, &[]);
     {
-        let rec = Recorder::start(broker.port, "recorder-stop");
+        let rec = Recorder::start(rig.broker.port, "recorder-stop");
         wait_online(&rec);
     }
     relay.hold();
@@ -391,7 +388,7 @@ fn a_stop_with_unacknowledged_alarms_leaves_status_not_online() {
     let t0 = std::time::Instant::now();
     let mut status = None;
     while t0.elapsed() < Duration::from_secs(10) {
-        status = retained(broker.port, "sonitor/t1/status", "status-reader");
+        status = retained(rig.broker.port, "sonitor/t1/status", "status-reader");
         if status.as_deref().is_some_and(|s| s != "online") {
             break;
         }
@@ -407,28 +404,14 @@ fn a_stop_with_unacknowledged_alarms_leaves_status_not_online() {
 /// it changed since the state was saved).
 #[test]
 fn a_machine_disabled_by_mqtt_stays_disabled_after_a_restart() {
-    let d = tempfile::tempdir().unwrap();
-    let b = common::standard_bundle(d.path());
-    let broker = Broker::start(&d.path().join("broker"));
-    let rec = Recorder::start(broker.port, "recorder-enabled");
-    let wav = d.path().join("normal.wav");
-    common::write_wav(&wav, &common::pump());
-    let dev = common::file_device(&wav, "realtime = true\nat_end = \"loop\"\n");
-    let cfg = common::config(d.path(), &dev, &b.dir, broker.port, "");
+    let rig = Rig::start();
+    let rec = Recorder::start(rig.broker.port, "recorder-enabled");
+    let dev = rig.looping_normal();
+    let cfg = rig.config(&dev, "");
     let daemon = Daemon::start(&cfg, &[]);
     wait_online(&rec);
-    let mut o = rumqttc::MqttOptions::new("commander-enabled", "127.0.0.1", broker.port);
-    o.set_keep_alive(Duration::from_secs(5));
-    let (client, mut conn) = rumqttc::Client::new(o, 10);
-    std::thread::spawn(move || for _ in conn.iter() {});
-    client
-        .publish(
-            "sonitor/t1/pump-1/enabled/set",
-            rumqttc::QoS::AtLeastOnce,
-            false,
-            "OFF",
-        )
-        .unwrap();
+    let client = commander(rig.broker.port, "commander-enabled");
+    send(&client, "sonitor/t1/pump-1/enabled/set", "OFF");
     let topic = "sonitor/t1/pump-1/enabled";
     let msgs = rec.wait_for("enabled OFF", Duration::from_secs(10), |m| {
         on(m, topic).last().map(String::as_str) == Some("OFF")
@@ -447,9 +430,7 @@ fn a_machine_disabled_by_mqtt_stays_disabled_after_a_restart() {
 
 /// Publishes one QoS 1 message and waits for its PUBACK.
 fn publish_acked(port: u16, topic: &str, payload: &str, retain: bool) {
-    let mut o = rumqttc::MqttOptions::new("publisher-once", "127.0.0.1", port);
-    o.set_keep_alive(Duration::from_secs(5));
-    let (client, mut conn) = rumqttc::Client::new(o, 10);
+    let (client, mut conn) = connect(port, "publisher-once");
     client
         .publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload)
         .unwrap();
@@ -471,15 +452,11 @@ fn publish_acked(port: u16, topic: &str, payload: &str, retain: bool) {
 /// `threshold/set` and OFF for `mute/set`.
 #[test]
 fn retained_and_empty_command_messages_are_not_applied() {
-    let d = tempfile::tempdir().unwrap();
-    let b = common::standard_bundle(d.path());
-    let broker = Broker::start(&d.path().join("broker"));
-    publish_acked(broker.port, "sonitor/t1/pump-1/mute/set", "10m", true);
-    let rec = Recorder::start(broker.port, "recorder-retained");
-    let wav = d.path().join("normal.wav");
-    common::write_wav(&wav, &common::pump());
-    let dev = common::file_device(&wav, "realtime = true\nat_end = \"loop\"\n");
-    let cfg = common::config(d.path(), &dev, &b.dir, broker.port, "");
+    let rig = Rig::start();
+    publish_acked(rig.broker.port, "sonitor/t1/pump-1/mute/set", "10m", true);
+    let rec = Recorder::start(rig.broker.port, "recorder-retained");
+    let dev = rig.looping_normal();
+    let cfg = rig.config(&dev, "");
     let daemon = Daemon::start(&cfg, &[]);
     wait_online(&rec);
     daemon.wait_log(
@@ -489,7 +466,7 @@ fn retained_and_empty_command_messages_are_not_applied() {
     // A command published now (not retained) is applied; then the retained one is deleted, which reaches the
     // daemon as an empty message, and must not reset the threshold.
     publish_acked(
-        broker.port,
+        rig.broker.port,
         "sonitor/t1/pump-1/threshold/set",
         "0.75",
         false,
@@ -500,8 +477,8 @@ fn retained_and_empty_command_messages_are_not_applied() {
             .map(String::as_str)
             == Some("0.75")
     });
-    publish_acked(broker.port, "sonitor/t1/pump-1/threshold/set", "", true);
-    publish_acked(broker.port, "sonitor/t1/pump-1/mute/set", "", true);
+    publish_acked(rig.broker.port, "sonitor/t1/pump-1/threshold/set", "", true);
+    publish_acked(rig.broker.port, "sonitor/t1/pump-1/mute/set", "", true);
     daemon.wait_log("empty message", Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(500));
     let msgs = rec.snapshot();
@@ -542,17 +519,13 @@ fn announced(msgs: &[Msg]) -> Vec<String> {
 #[test]
 fn a_second_daemon_with_the_same_node_id_is_named_and_a_restart_is_not() {
     const SAYS: &str = "another sonitor publishes under sonitor/t1";
-    let d = tempfile::tempdir().unwrap();
-    let b = common::standard_bundle(d.path());
-    let broker = Broker::start(&d.path().join("broker"));
-    let rec = Recorder::start(broker.port, "recorder-node");
-    let wav = d.path().join("normal.wav");
-    common::write_wav(&wav, &common::pump());
-    let dev = common::file_device(&wav, "realtime = true\nat_end = \"loop\"\n");
+    let rig = Rig::start();
+    let rec = Recorder::start(rig.broker.port, "recorder-node");
+    let dev = rig.looping_normal();
     let config = |name: &str| {
-        let dir = d.path().join(name);
+        let dir = rig.path().join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        common::config(&dir, &dev, &b.dir, broker.port, "")
+        common::config(&dir, &dev, &rig.b.dir, rig.broker.port, "")
     };
     let (cfg_a, cfg_b, cfg_c) = (config("a"), config("b"), config("c"));
     let wait_announced = |n: usize| {
