@@ -112,16 +112,23 @@ pub struct Recordings {
 }
 
 impl Recordings {
-    /// `wav` (default: the bundle's demo.wav) repeated to `long_s` and to `short_s` seconds, or cut to exactly
-    /// that with `cut`. `long_flag` names the option of the long length in the error.
+    /// The replay's `wav` (default: the bundle's demo.wav) repeated to `long_s` and to `short_s` seconds, or cut
+    /// to exactly that with `cut`, once the run's counts are checked. `long_flag` names the option of the long
+    /// length in the errors.
     pub fn prepare(
-        bundle: &Path,
-        wav: Option<&Path>,
+        replay: &Replay,
+        repeat: usize,
         long_s: f64,
         short_s: f64,
         cut: bool,
         long_flag: &str,
     ) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            repeat > 0 && long_s > 0.0 && short_s > 0.0 && replay.machines.iter().all(|&n| n > 0),
+            "--repeat, {long_flag}, --short-seconds and --machines must be positive"
+        );
+        let bundle = &replay.bundle;
+        let wav = replay.wav.as_deref();
         let bundle_dir = std::path::absolute(bundle)?;
         let b =
             Bundle::load(&bundle_dir).map_err(|e| anyhow::anyhow!("{}: {e}", bundle.display()))?;
@@ -298,16 +305,9 @@ fn check_peer_equivalence(
 }
 
 pub fn run(o: &Options) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        o.repeat > 0
-            && o.audio_minutes > 0.0
-            && o.short_seconds > 0.0
-            && o.replay.machines.iter().all(|&n| n > 0),
-        "--repeat, --audio-minutes, --short-seconds and --machines must be positive"
-    );
     let r = Recordings::prepare(
-        &o.replay.bundle,
-        o.replay.wav.as_deref(),
+        &o.replay,
+        o.repeat,
         o.audio_minutes * 60.0,
         o.short_seconds,
         false,

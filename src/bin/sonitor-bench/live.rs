@@ -106,16 +106,9 @@ struct Row {
 }
 
 pub fn run(o: &Options) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        o.repeat > 0
-            && o.seconds > 0.0
-            && o.short_seconds > 0.0
-            && o.replay.machines.iter().all(|&n| n > 0),
-        "--repeat, --seconds, --short-seconds and --machines must be positive"
-    );
     let r = Recordings::prepare(
-        &o.replay.bundle,
-        o.replay.wav.as_deref(),
+        &o.replay,
+        o.repeat,
         o.seconds,
         o.short_seconds,
         true,
