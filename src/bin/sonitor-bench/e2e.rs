@@ -168,6 +168,17 @@ pub fn sonitor_binary() -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
+/// `sonitor run --config cfg`, with no standard input and its standard output discarded.
+pub fn sonitor_run(sonitor: &Path, cfg: &Path) -> Command {
+    let mut c = Command::new(sonitor);
+    c.arg("run")
+        .arg("--config")
+        .arg(cfg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    c
+}
+
 /// The section the bundle's demo recording belongs to (its `demo.json` timeline), else the manifest's first.
 pub fn demo_section(b: &Bundle, dir: &Path) -> anyhow::Result<String> {
     let demo = dir.join("demo.wav");
@@ -340,14 +351,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     // One machine: sonitor's CPU per audio second with the short run's CPU subtracted.
     let mut steady = Vec::new();
     let run_sonitor = |cfg: &Path| -> anyhow::Result<ChildUsage> {
-        let u = run_measured(
-            Command::new(&sonitor)
-                .arg("run")
-                .arg("--config")
-                .arg(cfg)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null()),
-        )?;
+        let u = run_measured(&mut sonitor_run(&sonitor, cfg))?;
         anyhow::ensure!(u.status == 0, "sonitor run exited with {}", u.status);
         Ok(u)
     };

@@ -8,7 +8,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -136,12 +136,7 @@ fn one_run(
         }
     }
 
-    let mut child = Command::new(sonitor)
-        .arg("run")
-        .arg("--config")
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
+    let mut child = crate::e2e::sonitor_run(sonitor, &cfg)
         .stderr(Stdio::piped())
         .spawn()?;
     let stderr = child.stderr.take().context("stderr")?;

@@ -9,12 +9,12 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::e2e::{config_text, sonitor_binary, ChildUsage, Recordings, Replay};
+use crate::e2e::{config_text, sonitor_binary, sonitor_run, ChildUsage, Recordings, Replay};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -136,14 +136,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         );
     }
     let run = |cfg: &Path| -> anyhow::Result<(ChildUsage, BTreeMap<String, f64>)> {
-        let (u, threads) = run_with_threads(
-            Command::new(&sonitor)
-                .arg("run")
-                .arg("--config")
-                .arg(cfg)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null()),
-        )?;
+        let (u, threads) = run_with_threads(&mut sonitor_run(&sonitor, cfg))?;
         anyhow::ensure!(u.status == 0, "sonitor run exited with {}", u.status);
         Ok((u, threads))
     };
