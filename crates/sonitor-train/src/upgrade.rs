@@ -39,13 +39,13 @@ pub struct Outcome {
 
 /// The embedding of both graphs on the same random inputs: the largest relative difference over a few draws.
 fn compare(bundle: &Bundle, old: &[u8], new: &[u8]) -> anyhow::Result<f64> {
-    let m = &bundle.manifest;
+    let manifest = &bundle.manifest;
     let (a, b) = (
-        EmbeddingGraph::from_bytes(old, &m.inputs, &m.output)?,
-        EmbeddingGraph::from_bytes(new, &m.inputs, &m.output)?,
+        EmbeddingGraph::from_bytes(old, &manifest.inputs, &manifest.output)?,
+        EmbeddingGraph::from_bytes(new, &manifest.inputs, &manifest.output)?,
     );
-    let [frames, n_mels] = bundle.manifest.features.log_mel_shape();
-    let bins = bundle.manifest.features.spectrum_len();
+    let [frames, n_mels] = manifest.features.log_mel_shape();
+    let bins = manifest.features.spectrum_len();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let mut worst = 0f64;
     for _ in 0..4 {
