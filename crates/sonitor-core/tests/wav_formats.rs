@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use sonitor_core::audio::{
-    check_wav, load_mono, read_wav, read_wav_info, write_wav_i16, ChannelSelect, WavBlocks,
-    WavError,
+    check_wav, load_mono, read_wav, read_wav_info, to_mono, write_wav_i16, ChannelSelect,
+    WavBlocks, WavError,
 };
 
 const PCM: u16 = 1;
@@ -1000,4 +1000,147 @@ fn lengths_past_four_gibibytes() {
         read_wav_info(&nearly_full).unwrap().frames,
         u64::from(big) / 2
     );
+}
+
+/// Every single-byte corruption and every truncation of a set of valid files (plain PCM of each depth, float,
+/// EXTENSIBLE, stereo, an odd chunk before the data, RF64), read by every reader the trainer and the daemon use.
+/// None may panic or abort (this binary's allocator refuses gigabyte reservations), and what they accept must be
+/// usable: a file that `check_wav` (what `sonitor validate` and the daemon's start run) passes is read whole by
+/// `read_wav` with the frames the check announced, the block reader (the daemon's replay) delivers the same
+/// samples, and every sample read is a finite number.
+#[test]
+fn no_corruption_or_cut_of_a_valid_file_panics_and_what_passes_reads_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let stereo16: Vec<u8> = encode(16, false)
+        .chunks(2)
+        .flat_map(|s| [s[0], s[1], s[1], s[0]])
+        .collect();
+    let list = (*b"LIST", odd_payload(b"INFO"));
+    let fmt16 = fmt_chunk(PCM, 0, 1, 16_000, 16, 16);
+    let bases: Vec<(&str, Vec<u8>)> = vec![
+        ("pcm8", wav_bytes(PCM, 0, 1, 16_000, 8, &encode(8, false))),
+        (
+            "pcm16",
+            wav_bytes(PCM, 0, 1, 16_000, 16, &encode(16, false)),
+        ),
+        (
+            "pcm24",
+            wav_bytes(PCM, 0, 1, 16_000, 24, &encode(24, false)),
+        ),
+        (
+            "pcm32",
+            wav_bytes(PCM, 0, 1, 16_000, 32, &encode(32, false)),
+        ),
+        (
+            "float32",
+            wav_bytes(FLOAT, 0, 1, 16_000, 32, &encode(32, true)),
+        ),
+        (
+            "float64",
+            wav_bytes(FLOAT, 0, 1, 16_000, 64, &encode(64, true)),
+        ),
+        (
+            "stereo16-x",
+            wav_bytes(EXTENSIBLE, PCM, 2, 16_000, 16, &stereo16),
+        ),
+        (
+            "list16",
+            riff(&[
+                (*b"fmt ", fmt16.clone()),
+                list,
+                (*b"data", encode(16, false)),
+            ]),
+        ),
+        (
+            "rf64-16",
+            wide_riff(
+                b"RF64",
+                10,
+                &[],
+                &[
+                    (*b"fmt ", fmt16, None),
+                    (*b"data", encode(16, false), Some(u32::MAX)),
+                ],
+            ),
+        ),
+    ];
+    let mut variants = 0;
+    let mut accepted = 0;
+    for (base, good) in &bases {
+        // The base file itself is valid: the corruptions start from something every reader takes.
+        let p = write(dir.path(), &format!("{base}.wav"), good);
+        read_wav(&p, ChannelSelect::Mix).unwrap_or_else(|e| panic!("{base}: {e}"));
+        let mut mutants: Vec<(String, Vec<u8>)> = (0..good.len())
+            .map(|n| (format!("{base} cut to {n} bytes"), good[..n].to_vec()))
+            .collect();
+        for at in 0..good.len() {
+            let b = good[at];
+            for v in [0x00, 0xFF, b ^ 0x01, b ^ 0x80, b.wrapping_add(2)] {
+                if v != b {
+                    let mut m = good.clone();
+                    m[at] = v;
+                    mutants.push((format!("{base} with byte {at} {b:#04x} -> {v:#04x}"), m));
+                }
+            }
+        }
+        for (what, bytes) in mutants {
+            variants += 1;
+            let p = write(dir.path(), "mutant.wav", &bytes);
+            if read_back_checked(&p, &what) {
+                accepted += 1;
+            }
+        }
+    }
+    eprintln!(
+        "{variants} variants of {} files, {accepted} read",
+        bases.len()
+    );
+    // Most corruptions of a header are refused; some (a sample's value, the byte rate nobody reads) are not.
+    assert!(
+        accepted > 0 && accepted < variants,
+        "{accepted} of {variants} variants accepted"
+    );
+}
+
+/// Reads `p` with every reader; panics (failing the test) on a broken promise. True when `read_wav` took it.
+fn read_back_checked(p: &Path, what: &str) -> bool {
+    let checked = check_wav(p);
+    let info = read_wav_info(p);
+    let whole = read_wav(p, ChannelSelect::Mix);
+    for select in [ChannelSelect::Index(0), ChannelSelect::Index(1)] {
+        if let Ok((_, samples)) = read_wav(p, select) {
+            assert!(samples.iter().all(|x| x.is_finite()), "{what}: {select:?}");
+        }
+    }
+    if let Ok(samples) = load_mono(p, ChannelSelect::Mix, 16_000) {
+        assert!(samples.iter().all(|x| x.is_finite()), "{what}: load_mono");
+    }
+    let streamed = WavBlocks::open(p).and_then(|mut b| {
+        let mut got = Vec::new();
+        while b.read_into(&mut got, 3)? > 0 {}
+        Ok(got)
+    });
+    if let Ok(check) = &checked {
+        let (read_info, _) = whole
+            .as_ref()
+            .unwrap_or_else(|e| panic!("{what}: check_wav passed it, read_wav refused it: {e}"));
+        assert_eq!(read_info, check, "{what}");
+        assert_eq!(info.as_ref().ok(), Some(check), "{what}");
+    }
+    let Ok((read_info, samples)) = &whole else {
+        return false;
+    };
+    assert!(samples.iter().all(|x| x.is_finite()), "{what}");
+    assert_eq!(samples.len() as u64, read_info.frames, "{what}");
+    let streamed = streamed
+        .unwrap_or_else(|e| panic!("{what}: read_wav took it, the block reader refused it: {e}"));
+    let mut mono = Vec::new();
+    to_mono(
+        &streamed,
+        read_info.channels as usize,
+        ChannelSelect::Mix,
+        &mut mono,
+    );
+    assert_eq!(&mono, samples, "{what}: the block reader");
+    true
 }
