@@ -101,6 +101,10 @@ fn panic_hook(
 ) -> Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Send + Sync> {
     let exit_armed = AtomicBool::new(false);
     Box::new(move |info| {
+        // tract panicking on a malformed graph while loading it: returned as an error that names the graph.
+        if sonitor_core::embed::panic_is_handled() {
+            return;
+        }
         let thread = std::thread::current()
             .name()
             .unwrap_or("unnamed")

@@ -64,6 +64,9 @@ fn main() -> ExitCode {
     // Before any device is opened: ALSA's own messages go to the log (at debug), not straight to stderr.
     #[cfg(target_os = "linux")]
     sonitor::capture::alsa_log::route_to_log();
+    // tract's panics on a malformed graph come back as errors that say what they said (`run` installs its own
+    // hook, which asks the same).
+    sonitor_core::embed::quiet_handled_panics();
     let cli = Cli::parse();
     let code = match cli.command {
         Cmd::Run { config } => sonitor::daemon::run(&config),

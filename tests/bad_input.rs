@@ -49,6 +49,60 @@ fn edited(good: &Path, name: &str, edits: &[(&str, &str)]) -> std::path::PathBuf
     p
 }
 
+/// `node` (reading "projected") appended to `g` to give the embedding, which the graph's last node gave until
+/// now (as "projected").
+fn after_embedding(g: &mut pb::GraphProto, node: pb::NodeProto) {
+    let last = g
+        .node
+        .iter_mut()
+        .find(|n| n.output[0] == "embedding")
+        .unwrap();
+    last.output[0] = "projected".into();
+    g.node.push(pb::NodeProto {
+        output: vec!["embedding".into()],
+        ..node
+    });
+}
+
+/// The bundle in `from` with a node `op` named 'broken' (with `attribute`) after the embedding, as `to`.
+fn broken_last_node(
+    from: &Path,
+    to: &Path,
+    op: &str,
+    attribute: Vec<pb::AttributeProto>,
+) -> PathBuf {
+    rebuilt_bundle(from, to, |g| {
+        after_embedding(
+            g,
+            pb::NodeProto {
+                op_type: op.into(),
+                name: "broken".into(),
+                input: vec!["projected".into()],
+                attribute,
+                ..Default::default()
+            },
+        )
+    })
+}
+
+fn attribute_int(name: &str, i: i64) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: 2,
+        i,
+        ..Default::default()
+    }
+}
+
+fn attribute_ints(name: &str, ints: &[i64]) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: 7,
+        ints: ints.to_vec(),
+        ..Default::default()
+    }
+}
+
 /// The bundle in `from` with its graph changed by `edit`, written (with a checksum that fits) as `to`.
 fn rebuilt_bundle(from: &Path, to: &Path, edit: impl FnOnce(&mut pb::GraphProto)) -> PathBuf {
     let b = Bundle::load(from).unwrap();
@@ -178,25 +232,16 @@ fn every_kind_of_bad_input_is_named_with_exit_78() {
     let p = common::config(d.path(), &file_device(&wav), &unrunnable, 1883, "");
     expect_78(&p, &["unknown-op-bundle", "LogOfTheFuture"]);
     let doubled = rebuilt_bundle(&b.dir, &d.path().join("doubled-bundle"), |g| {
-        let last = g
-            .node
-            .iter_mut()
-            .find(|n| n.output[0] == "embedding")
-            .unwrap();
-        last.output[0] = "projected".into();
-        g.node.push(pb::NodeProto {
-            op_type: "Concat".into(),
-            name: "doubled".into(),
-            input: vec!["projected".into(), "projected".into()],
-            output: vec!["embedding".into()],
-            attribute: vec![pb::AttributeProto {
-                name: "axis".into(),
-                r#type: 2,
-                i: 1,
+        after_embedding(
+            g,
+            pb::NodeProto {
+                op_type: "Concat".into(),
+                name: "doubled".into(),
+                input: vec!["projected".into(), "projected".into()],
+                attribute: vec![attribute_int("axis", 1)],
                 ..Default::default()
-            }],
-            ..Default::default()
-        });
+            },
+        );
         if let Some(pb::type_proto::Value::TensorType(t)) =
             g.output[0].r#type.as_mut().and_then(|t| t.value.as_mut())
         {
@@ -208,6 +253,31 @@ fn every_kind_of_bad_input_is_named_with_exit_78() {
         &p,
         &["doubled-bundle", "returned 48 values", "embedding_dim 24"],
     );
+
+    // Graphs that tract would panic on (or, with a padding of 2^40, loop over for hours) rather than refuse:
+    // a pooling with a stride of 0 is refused before tract sees it, a Flatten on an axis the tensor lacks is
+    // tract's panic turned into the refusal. Before, `validate` and `run` died of the panic (status 101 and 70).
+    for (name, op, attribute, needle) in [
+        (
+            "zero-stride-bundle",
+            "MaxPool",
+            vec![
+                attribute_ints("kernel_shape", &[1]),
+                attribute_ints("strides", &[0]),
+            ],
+            "node 'broken' (MaxPool): strides [0]: each must be 1 to",
+        ),
+        (
+            "far-axis-bundle",
+            "Flatten",
+            vec![attribute_int("axis", 1 << 40)],
+            "tract stopped on the graph (",
+        ),
+    ] {
+        let broken = broken_last_node(&b.dir, &d.path().join(name), op, attribute);
+        let p = common::config(d.path(), &file_device(&wav), &broken, 1883, "");
+        expect_78(&p, &[name, needle, "malformed", "re-export the graph"]);
+    }
 
     // MQTT files that exist but cannot serve: a CA file that is no certificate, a password file that is not
     // text. `run` builds the MQTT options from them; `validate` builds them too.
@@ -382,7 +452,7 @@ fn looped_pump(dir: &Path) -> (common::TestBundle, PathBuf) {
 #[test]
 fn a_reload_refuses_what_validate_refuses() {
     let d = tempfile::tempdir().unwrap();
-    let (_, cfg) = looped_pump(d.path());
+    let (b, cfg) = looped_pump(d.path());
     let daemon = common::Daemon::start(&cfg, &[]);
     daemon.wait_log("input mic open", Duration::from_secs(20));
     let hup = || unsafe {
@@ -402,9 +472,29 @@ fn a_reload_refuses_what_validate_refuses() {
         "no section 'fan/section_03' (it has: pump/section_00); keeping the running configuration",
         Duration::from_secs(10),
     );
+    // A bundle whose graph tract panics on: refused the same way, and the daemon lives on (the check ran on
+    // its main thread, whose panic used to end the process with status 70).
+    let broken = broken_last_node(
+        &b.dir,
+        &d.path().join("broken-bundle"),
+        "Flatten",
+        vec![attribute_int("axis", 1 << 40)],
+    );
+    std::fs::write(
+        &cfg,
+        good.replace(b.dir.to_str().unwrap(), broken.to_str().unwrap()),
+    )
+    .unwrap();
+    hup();
+    daemon.wait_log(
+        "broken-bundle/model.onnx: tract stopped on the graph (range end index",
+        Duration::from_secs(10),
+    );
     let log = daemon.log.lock().unwrap().clone();
     assert!(
-        !log.contains("not applied until") && !log.contains("reloaded"),
+        !log.contains("not applied until")
+            && !log.contains("reloaded")
+            && !log.contains("panicked"),
         "{log}"
     );
     std::fs::write(

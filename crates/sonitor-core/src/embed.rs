@@ -6,9 +6,13 @@
 //! manifest's number) and optimises it once. It embeds with `&self`, so threads share one graph; a
 //! [`EmbeddingRun`] keeps tract's run state from window to window for the daemon's hot path.
 
+mod guard;
+
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
+
+pub use guard::{panic_is_handled, quiet_handled_panics};
 
 use crate::bundle::{Bundle, FeatureView, InputSpec, TensorSpec};
 use crate::features::Features;
@@ -51,6 +55,18 @@ pub enum EmbedError {
     NoResult,
     #[error("the model returned {got} values, the manifest says embedding_dim {want}")]
     OutputLength { got: usize, want: usize },
+    #[error(
+        "node '{node}' ({op}): {reason}; the graph is malformed (a converter's bug or an edit)"
+    )]
+    Geometry {
+        node: String,
+        op: String,
+        reason: String,
+    },
+    #[error(
+        "tract stopped on the graph ({0}): it is malformed, or uses what tract does not support"
+    )]
+    Panicked(String),
 }
 
 fn text(e: impl std::fmt::Display) -> String {
@@ -126,6 +142,17 @@ impl EmbeddingGraph {
         inputs: &[InputSpec],
         output: &TensorSpec,
     ) -> Result<Self, EmbedError> {
+        let longest = inputs
+            .iter()
+            .flat_map(|i| i.shape.iter().copied())
+            .max()
+            .unwrap_or(1);
+        guard::check_geometry(onnx, longest)?;
+        guard::catching(|| Self::load(onnx, inputs, output))
+    }
+
+    /// [`EmbeddingGraph::from_bytes`] once the graph's geometry is checked: tract's part.
+    fn load(onnx: &[u8], inputs: &[InputSpec], output: &TensorSpec) -> Result<Self, EmbedError> {
         let mut model = tract_onnx::onnx()
             .model_for_read(&mut std::io::Cursor::new(onnx))
             .map_err(|e| EmbedError::Read(text(e)))?;

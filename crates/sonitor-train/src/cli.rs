@@ -109,6 +109,8 @@ pub fn main() -> std::process::ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // tract's panics on a malformed graph (`eval --model`, `prune`) come back as errors that say what they said.
+    sonitor_core::embed::quiet_handled_panics();
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Synth(a) => synth::run(a),

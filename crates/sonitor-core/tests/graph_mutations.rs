@@ -1,0 +1,194 @@
+//! Graphs that are valid protobuf but wrong ONNX: the shipped model with one attribute, input, operator or shape
+//! changed, as a hand-edited or half-converted export would be. The bundle's checksum cannot catch these (a user
+//! who edits a graph writes its checksum too), so the loader and tract see them. Each must be refused with an
+//! error, or run and give finite numbers; none may panic.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+
+use prost::Message;
+use sonitor_core::bundle::{Bundle, FeatureView};
+use sonitor_core::embed::EmbeddingGraph;
+use sonitor_core::onnx_graph::read_signature;
+use tract_onnx::pb;
+
+fn default_bundle() -> Bundle {
+    Bundle::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default")).unwrap()
+}
+
+/// One change to the graph: a description and the changed model.
+/// A value no geometry means: as a padding, tract would loop over this many positions.
+const HUGE: i64 = 1 << 40;
+
+type Mutant = (String, pb::ModelProto);
+
+fn with(model: &pb::ModelProto, what: String, edit: impl FnOnce(&mut pb::GraphProto)) -> Mutant {
+    let mut m = model.clone();
+    edit(m.graph.as_mut().unwrap());
+    (what, m)
+}
+
+/// Every node: each integer of each attribute set to values a converter gets wrong (0, −1, a huge one), each
+/// attribute dropped, each input dropped or replaced by a tensor of another shape, the operator replaced; each
+/// initializer's first dimension changed; each graph input's dimensions changed.
+fn mutants(model: &pb::ModelProto) -> Vec<Mutant> {
+    let g = model.graph.as_ref().unwrap();
+    let first_input = g.input[0].name.clone();
+    let mut out = Vec::new();
+    for (ni, node) in g.node.iter().enumerate() {
+        let at = format!("node {ni} ({} '{}')", node.op_type, node.name);
+        for (ai, a) in node.attribute.iter().enumerate() {
+            for (ii, _) in a.ints.iter().enumerate() {
+                for v in [0i64, -1, HUGE] {
+                    out.push(with(model, format!("{at}: {}[{ii}] = {v}", a.name), |g| {
+                        g.node[ni].attribute[ai].ints[ii] = v
+                    }));
+                }
+            }
+            if !a.ints.is_empty() {
+                out.push(with(model, format!("{at}: {} one short", a.name), |g| {
+                    g.node[ni].attribute[ai].ints.pop();
+                }));
+            }
+            if a.r#type == pb::attribute_proto::AttributeType::Int as i32 {
+                for v in [0i64, -1, HUGE] {
+                    out.push(with(model, format!("{at}: {} = {v}", a.name), |g| {
+                        g.node[ni].attribute[ai].i = v
+                    }));
+                }
+            }
+            out.push(with(model, format!("{at}: {} dropped", a.name), |g| {
+                g.node[ni].attribute.remove(ai);
+            }));
+        }
+        for ii in 0..node.input.len() {
+            out.push(with(model, format!("{at}: input {ii} dropped"), |g| {
+                g.node[ni].input.remove(ii);
+            }));
+            out.push(with(
+                model,
+                format!("{at}: input {ii} is '{first_input}'"),
+                |g| g.node[ni].input[ii] = first_input.clone(),
+            ));
+        }
+        let other = if node.op_type == "Relu" {
+            "Conv"
+        } else {
+            "Relu"
+        };
+        out.push(with(model, format!("{at}: op {other}"), |g| {
+            g.node[ni].op_type = other.into()
+        }));
+    }
+    for (ti, t) in g.initializer.iter().enumerate() {
+        if !t.dims.is_empty() {
+            out.push(with(
+                model,
+                format!("initializer {ti} '{}': first dim + 1", t.name),
+                |g| g.initializer[ti].dims[0] += 1,
+            ));
+            out.push(with(
+                model,
+                format!("initializer {ti} '{}': rank one less", t.name),
+                |g| {
+                    g.initializer[ti].dims.pop();
+                },
+            ));
+        }
+    }
+    for (ii, input) in g.input.iter().enumerate() {
+        for v in [0i64, 1, 7] {
+            out.push(with(
+                model,
+                format!("graph input '{}': every dim {v}", input.name),
+                |g| {
+                    if let Some(pb::type_proto::Value::TensorType(t)) =
+                        g.input[ii].r#type.as_mut().and_then(|t| t.value.as_mut())
+                    {
+                        for d in &mut t.shape.as_mut().unwrap().dim {
+                            d.value = Some(pb::tensor_shape_proto::dimension::Value::DimValue(v));
+                        }
+                    }
+                },
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn no_mutated_graph_panics_the_loader_or_tract() {
+    let b = default_bundle();
+    let m = &b.manifest;
+    let model = pb::ModelProto::decode(b.onnx_bytes()).unwrap();
+    let view = |v: FeatureView| {
+        let i = m.inputs.iter().find(|i| i.view == v).unwrap();
+        vec![0.1f32; i.shape.iter().product()]
+    };
+    let (log_mel, spectrum) = (view(FeatureView::LogMel), view(FeatureView::Spectrum));
+    let all = mutants(&model);
+    sonitor_core::embed::quiet_handled_panics();
+    let mut panics = Vec::new();
+    let mut refusals = Vec::new();
+    let mut ran = 0;
+    for (what, mutant) in &all {
+        let bytes = mutant.encode_to_vec();
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            read_signature(&bytes).map_err(|e| e.to_string())?;
+            let g = EmbeddingGraph::from_bytes(&bytes, &m.inputs, &m.output)
+                .map_err(|e| e.to_string())?;
+            g.embed_views(&log_mel, &spectrum)
+                .map_err(|e| e.to_string())
+        }));
+        match outcome {
+            Err(p) => {
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                panics.push(format!("{what}: {msg}"));
+            }
+            Ok(Err(e)) => refusals.push(format!("{what}: {e}")),
+            Ok(Ok(e)) => {
+                assert!(e.iter().all(|v| v.is_finite()), "{what}");
+                ran += 1;
+            }
+        }
+    }
+    let caught = refusals
+        .iter()
+        .filter(|r| r.contains("tract stopped on the graph"))
+        .count();
+    eprintln!(
+        "{} mutants: {} refused ({caught} of them tract's panics), {ran} ran, {} panicked",
+        all.len(),
+        refusals.len(),
+        panics.len()
+    );
+    assert!(panics.is_empty(), "{}", panics.join("\n"));
+    assert!(!sonitor_core::embed::panic_is_handled());
+    // Both guards are met: the geometry refused before tract (the padding tract would loop over for hours), and
+    // a panic of tract's (a node that lost its input) turned into a refusal.
+    let said = |mutant: &str, words: &str| {
+        let r = refusals
+            .iter()
+            .find(|r| r.starts_with(mutant))
+            .unwrap_or_else(|| panic!("'{mutant}' was not refused"));
+        assert!(r.contains(words), "{r}");
+    };
+    said(
+        "node 3 (Conv 'Conv_1000104'): pads[0] = 1099511627776:",
+        "node 'Conv_1000104' (Conv): pads [1099511627776, 3, 5, 2]: each must be 0 to 9 (the kernel's extent \
+         on that axis)",
+    );
+    said(
+        "node 7 (MaxPool 'MaxPool_17'): strides[0] = 0:",
+        "strides [0, 2]: each must be 1 to",
+    );
+    said(
+        "node 7 (MaxPool 'MaxPool_17'): input 0 dropped:",
+        "tract stopped on the graph (",
+    );
+    assert!(ran > 0, "some changes leave a graph that runs");
+}
