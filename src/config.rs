@@ -1090,7 +1090,12 @@ impl Config {
             p.push("no [[machines]]: nothing to monitor".into());
         }
         let mut names = BTreeSet::new();
-        for d in &self.devices {
+        for (i, d) in self.devices.iter().enumerate() {
+            if d.name.trim().is_empty() {
+                p.push(format!(
+                    "devices[{i}].name is empty: each device needs a name for its machines' `device`"
+                ));
+            }
             if !names.insert(d.name.clone()) {
                 p.push(format!("device '{}' is defined twice", d.name));
             }
@@ -1098,6 +1103,9 @@ impl Config {
             match d.source {
                 SourceKind::File => match &d.path {
                     None => p.push(format!("{at}: a file source needs `path`")),
+                    Some(path) if path.as_os_str().is_empty() => {
+                        p.push(format!("{at}: `path` is empty"))
+                    }
                     Some(path) if !path.is_file() => {
                         p.push(format!("{at}: file {} does not exist", path.display()))
                     }

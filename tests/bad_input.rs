@@ -171,6 +171,22 @@ fn every_kind_of_bad_input_is_named_with_exit_78() {
     let p = edited(&good, "typo.toml", &[("raise_k", "rise_k")]);
     expect_78(&p, &["rise_k"]);
 
+    // A device with an empty name, a file source with an empty path: said so, not "device '' is not defined
+    // (defined: )" and "file  does not exist".
+    let p = edited(
+        &good,
+        "empty-name.toml",
+        &[("name = \"mic\"", "name = \"\"")],
+    );
+    expect_78(&p, &["devices[0].name is empty"]);
+    let wav_line = format!("path = \"{}\"", wav.display());
+    let p = edited(
+        &good,
+        "empty-path.toml",
+        &[(wav_line.as_str(), "path = \"\"")],
+    );
+    expect_78(&p, &["device 'mic': `path` is empty"]);
+
     // A duration that is not one: its key, the machine, its value and what a duration looks like.
     let p = edited(
         &good,
