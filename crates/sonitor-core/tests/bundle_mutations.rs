@@ -1,14 +1,16 @@
-//! Graphs that are valid protobuf but wrong ONNX: the shipped model with one attribute, input, operator or shape
-//! changed, as a hand-edited or half-converted export would be. The bundle's checksum cannot catch these (a user
-//! who edits a graph writes its checksum too), so the loader and tract see them. Each must be refused with an
-//! error, or run and give finite numbers; none may panic.
+//! The shipped bundle changed in one place at a time, as a hand edit or a half-converted export would change it.
+//!
+//! Graphs that are valid protobuf but wrong ONNX (one attribute, input, operator or shape changed): the bundle's
+//! checksum cannot catch these (a user who edits a graph writes its checksum too), so the loader and tract see
+//! them. Manifests with one value changed or one key removed. Each must be refused with an error, or load and
+//! give finite numbers; none may panic.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
 use prost::Message;
 use sonitor_core::bundle::{Bundle, FeatureView};
-use sonitor_core::embed::EmbeddingGraph;
+use sonitor_core::embed::{quiet_handled_panics, EmbeddingGraph};
 use sonitor_core::onnx_graph::read_signature;
 use tract_onnx::pb;
 
@@ -127,7 +129,7 @@ fn no_mutated_graph_panics_the_loader_or_tract() {
     };
     let (log_mel, spectrum) = (view(FeatureView::LogMel), view(FeatureView::Spectrum));
     let all = mutants(&model);
-    sonitor_core::embed::quiet_handled_panics();
+    quiet_handled_panics();
     let mut panics = Vec::new();
     let mut refusals = Vec::new();
     let mut ran = 0;
@@ -191,4 +193,119 @@ fn no_mutated_graph_panics_the_loader_or_tract() {
         "tract stopped on the graph (",
     );
     assert!(ran > 0, "some changes leave a graph that runs");
+}
+
+/// A place in a JSON document: keys and indices from the root.
+type JsonPath = Vec<serde_json::Value>;
+
+fn at<'a>(
+    root: &'a mut serde_json::Value,
+    path: &[serde_json::Value],
+) -> &'a mut serde_json::Value {
+    path.iter().fold(root, |v, step| match step {
+        serde_json::Value::String(k) => &mut v[k.as_str()],
+        serde_json::Value::Number(i) => &mut v[i.as_u64().unwrap() as usize],
+        _ => unreachable!(),
+    })
+}
+
+/// Every scalar's path (of each list, the first two items: a centroid stays a list of numbers) and every key's.
+fn leaves(v: &serde_json::Value, path: &mut JsonPath, out: &mut Vec<(JsonPath, bool)>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, child) in map {
+                path.push(k.as_str().into());
+                out.push((path.clone(), true));
+                leaves(child, path, out);
+                path.pop();
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, child) in items.iter().enumerate().take(2) {
+                path.push(i.into());
+                leaves(child, path, out);
+                path.pop();
+            }
+        }
+        _ => out.push((path.clone(), false)),
+    }
+}
+
+#[test]
+fn no_mutated_manifest_panics_the_loader_the_features_or_the_score() {
+    use sonitor_core::features::FeatureExtractor;
+    use sonitor_core::score::{min_cosine_distance, normalize};
+
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default");
+    let root: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(shipped.join("manifest.json")).unwrap()).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    std::fs::copy(shipped.join("model.onnx"), d.path().join("model.onnx")).unwrap();
+    let mut places = Vec::new();
+    leaves(&root, &mut Vec::new(), &mut places);
+    let mut mutants: Vec<(String, serde_json::Value)> = Vec::new();
+    for (path, is_key) in &places {
+        let name = serde_json::Value::from(path.clone()).to_string();
+        if *is_key {
+            let mut m = root.clone();
+            let (last, parent) = path.split_last().unwrap();
+            at(&mut m, parent)
+                .as_object_mut()
+                .unwrap()
+                .remove(last.as_str().unwrap());
+            mutants.push((format!("{name} removed"), m));
+        }
+        let current = at(&mut root.clone(), path).clone();
+        let wrong: Vec<serde_json::Value> = match current {
+            serde_json::Value::Number(_) => vec![0.into(), (-1).into(), 1e30.into(), 0.5.into()],
+            serde_json::Value::String(_) => vec!["".into(), "x".into()],
+            serde_json::Value::Bool(b) => vec![(!b).into()],
+            _ => vec![],
+        };
+        for w in wrong {
+            let mut m = root.clone();
+            *at(&mut m, path) = w.clone();
+            mutants.push((format!("{name} = {w}"), m));
+        }
+    }
+    quiet_handled_panics();
+    let (mut refused, mut scored) = (0, 0);
+    let mut panics = Vec::new();
+    for (what, m) in &mutants {
+        std::fs::write(d.path().join("manifest.json"), m.to_string()).unwrap();
+        let outcome = catch_unwind(AssertUnwindSafe(|| -> Result<Vec<f32>, String> {
+            let b = Bundle::load(d.path()).map_err(|e| e.to_string())?;
+            let p = b.manifest.features.clone();
+            let tone: Vec<f32> = (0..p.window_samples)
+                .map(|i| 0.3 * (i as f32 * 0.1).sin())
+                .collect();
+            let f = FeatureExtractor::new(p)
+                .and_then(|mut x| x.extract(&tone))
+                .map_err(|e| e.to_string())?;
+            let mut e = EmbeddingGraph::of_bundle(&b)
+                .and_then(|g| g.embed(&f))
+                .map_err(|e| e.to_string())?;
+            normalize(&mut e);
+            Ok(b.manifest
+                .sections
+                .iter()
+                .map(|s| min_cosine_distance(&e, &s.centroids))
+                .collect())
+        }));
+        match outcome {
+            Err(_) => panics.push(what.clone()),
+            Ok(Err(_)) => refused += 1,
+            Ok(Ok(scores)) => {
+                assert!(scores.iter().all(|s| s.is_finite()), "{what}: {scores:?}");
+                scored += 1;
+            }
+        }
+    }
+    eprintln!(
+        "{} manifests: {refused} refused, {scored} loaded and scored, {} panicked",
+        mutants.len(),
+        panics.len()
+    );
+    assert!(panics.is_empty(), "{}", panics.join("\n"));
+    assert!(refused > 0 && scored > 0);
 }
