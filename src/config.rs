@@ -1086,6 +1086,13 @@ impl Config {
                 self.log_level
             ));
         }
+        if self.state_dir.as_os_str().is_empty() {
+            // Not the working directory (`/` under systemd): the alarm states and the outbox need their own.
+            p.push(
+                "state_dir is empty: set it to a directory of its own (systemd: /var/lib/sonitor)"
+                    .into(),
+            );
+        }
         if self.machines.is_empty() {
             p.push("no [[machines]]: nothing to monitor".into());
         }

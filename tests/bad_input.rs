@@ -172,13 +172,20 @@ fn every_kind_of_bad_input_is_named_with_exit_78() {
     expect_78(&p, &["rise_k"]);
 
     // A device with an empty name, a file source with an empty path: said so, not "device '' is not defined
-    // (defined: )" and "file  does not exist".
+    // (defined: )" and "file  does not exist"; an empty state_dir, which `run` took as the working directory.
     let p = edited(
         &good,
         "empty-name.toml",
         &[("name = \"mic\"", "name = \"\"")],
     );
     expect_78(&p, &["devices[0].name is empty"]);
+    let state_line = format!("state_dir = \"{}\"", d.path().join("state").display());
+    let p = edited(
+        &good,
+        "empty-state.toml",
+        &[(state_line.as_str(), "state_dir = \"\"")],
+    );
+    expect_78(&p, &["state_dir is empty"]);
     let wav_line = format!("path = \"{}\"", wav.display());
     let p = edited(
         &good,

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 /// `sonitor CMD --config CONFIG`: its exit status (None: still running after `limit`, then killed) and output.
 fn sonitor(cmd: &str, config: &Path, limit: Duration) -> (Option<i32>, String) {
+    // In the configuration's directory: a relative `state_dir` ("x") is made there, not in the checkout.
     let mut child = Command::new(env!("CARGO_BIN_EXE_sonitor"))
+        .current_dir(config.parent().unwrap())
         .args([cmd, "--config"])
         .arg(config)
         .stdout(Stdio::piped())
