@@ -75,32 +75,11 @@ fn broken_last_node(
         after_embedding(
             g,
             pb::NodeProto {
-                op_type: op.into(),
                 name: "broken".into(),
-                input: vec!["projected".into()],
-                attribute,
-                ..Default::default()
+                ..common::node(op, &["projected"], "embedding", attribute)
             },
         )
     })
-}
-
-fn attribute_int(name: &str, i: i64) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.into(),
-        r#type: 2,
-        i,
-        ..Default::default()
-    }
-}
-
-fn attribute_ints(name: &str, ints: &[i64]) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.into(),
-        r#type: 7,
-        ints: ints.to_vec(),
-        ..Default::default()
-    }
 }
 
 /// The bundle in `from` with its graph changed by `edit`, written (with a checksum that fits) as `to`.
@@ -257,13 +236,12 @@ fn every_kind_of_bad_input_is_named_with_exit_78() {
     let doubled = rebuilt_bundle(&b.dir, &d.path().join("doubled-bundle"), |g| {
         after_embedding(
             g,
-            pb::NodeProto {
-                op_type: "Concat".into(),
-                name: "doubled".into(),
-                input: vec!["projected".into(), "projected".into()],
-                attribute: vec![attribute_int("axis", 1)],
-                ..Default::default()
-            },
+            common::node(
+                "Concat",
+                &["projected", "projected"],
+                "doubled",
+                vec![common::int("axis", 1)],
+            ),
         );
         if let Some(pb::type_proto::Value::TensorType(t)) =
             g.output[0].r#type.as_mut().and_then(|t| t.value.as_mut())
@@ -285,15 +263,15 @@ fn every_kind_of_bad_input_is_named_with_exit_78() {
             "zero-stride-bundle",
             "MaxPool",
             vec![
-                attribute_ints("kernel_shape", &[1]),
-                attribute_ints("strides", &[0]),
+                common::ints("kernel_shape", &[1]),
+                common::ints("strides", &[0]),
             ],
             "node 'broken' (MaxPool): strides [0]: each must be 1 to",
         ),
         (
             "far-axis-bundle",
             "Flatten",
-            vec![attribute_int("axis", 1 << 40)],
+            vec![common::int("axis", 1 << 40)],
             "tract stopped on the graph (",
         ),
     ] {
@@ -501,7 +479,7 @@ fn a_reload_refuses_what_validate_refuses() {
         &b.dir,
         &d.path().join("broken-bundle"),
         "Flatten",
-        vec![attribute_int("axis", 1 << 40)],
+        vec![common::int("axis", 1 << 40)],
     );
     std::fs::write(
         &cfg,

@@ -79,7 +79,12 @@ fn value_info(name: &str, dims: &[i64]) -> pb::ValueInfoProto {
     }
 }
 
-fn node(op: &str, inputs: &[&str], output: &str, attrs: Vec<pb::AttributeProto>) -> pb::NodeProto {
+pub fn node(
+    op: &str,
+    inputs: &[&str],
+    output: &str,
+    attrs: Vec<pb::AttributeProto>,
+) -> pb::NodeProto {
     pb::NodeProto {
         op_type: op.into(),
         name: output.into(),
@@ -90,7 +95,8 @@ fn node(op: &str, inputs: &[&str], output: &str, attrs: Vec<pb::AttributeProto>)
     }
 }
 
-fn ints(name: &str, v: &[i64]) -> pb::AttributeProto {
+/// An ONNX attribute of integers.
+pub fn ints(name: &str, v: &[i64]) -> pb::AttributeProto {
     pb::AttributeProto {
         name: name.into(),
         r#type: 7,
@@ -99,7 +105,8 @@ fn ints(name: &str, v: &[i64]) -> pb::AttributeProto {
     }
 }
 
-fn int(name: &str, v: i64) -> pb::AttributeProto {
+/// An ONNX attribute of one integer.
+pub fn int(name: &str, v: i64) -> pb::AttributeProto {
     pb::AttributeProto {
         name: name.into(),
         r#type: 2,
