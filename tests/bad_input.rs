@@ -165,6 +165,24 @@ fn every_kind_of_bad_input_is_named_with_exit_78() {
         &[(state_line.as_str(), "state_dir = \"\"")],
     );
     expect_78(&p, &["state_dir is empty"]);
+    // A relative one is taken from where sonitor starts, not from the file's directory: a warning.
+    let p = edited(
+        &good,
+        "relative-state.toml",
+        &[(state_line.as_str(), "state_dir = \"here\"")],
+    );
+    let (code, text) = sonitor(&["validate"], &p);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains(
+            "warning: state_dir here is relative: it is taken from the directory sonitor starts in"
+        ),
+        "{text}"
+    );
+    assert!(
+        !Path::new("here").exists(),
+        "validate made the relative state_dir"
+    );
     let wav_line = format!("path = \"{}\"", wav.display());
     let p = edited(
         &good,
