@@ -152,19 +152,30 @@ fn every_kind_of_bad_input_is_named_with_exit_78() {
 
     // A device with an empty name, a file source with an empty path: said so, not "device '' is not defined
     // (defined: )" and "file  does not exist"; an empty state_dir, which `run` took as the working directory.
-    let p = edited(
-        &good,
-        "empty-name.toml",
-        &[("name = \"mic\"", "name = \"\"")],
-    );
-    expect_78(&p, &["devices[0].name is empty"]);
     let state_line = format!("state_dir = \"{}\"", d.path().join("state").display());
-    let p = edited(
-        &good,
-        "empty-state.toml",
-        &[(state_line.as_str(), "state_dir = \"\"")],
-    );
-    expect_78(&p, &["state_dir is empty"]);
+    let wav_line = format!("path = \"{}\"", wav.display());
+    for (name, from, to, said) in [
+        (
+            "empty-name.toml",
+            "name = \"mic\"",
+            "name = \"\"",
+            "devices[0].name is empty",
+        ),
+        (
+            "empty-state.toml",
+            state_line.as_str(),
+            "state_dir = \"\"",
+            "state_dir is empty",
+        ),
+        (
+            "empty-path.toml",
+            wav_line.as_str(),
+            "path = \"\"",
+            "device 'mic': `path` is empty",
+        ),
+    ] {
+        expect_78(&edited(&good, name, &[(from, to)]), &[said]);
+    }
     // A relative one is taken from where sonitor starts, not from the file's directory: a warning.
     let p = edited(
         &good,
@@ -183,13 +194,6 @@ fn every_kind_of_bad_input_is_named_with_exit_78() {
         !Path::new("here").exists(),
         "validate made the relative state_dir"
     );
-    let wav_line = format!("path = \"{}\"", wav.display());
-    let p = edited(
-        &good,
-        "empty-path.toml",
-        &[(wav_line.as_str(), "path = \"\"")],
-    );
-    expect_78(&p, &["device 'mic': `path` is empty"]);
 
     // A duration that is not one: its key, the machine, its value and what a duration looks like.
     let p = edited(
