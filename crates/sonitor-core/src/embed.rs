@@ -147,15 +147,25 @@ impl EmbeddingGraph {
             .flat_map(|i| i.shape.iter().copied())
             .max()
             .unwrap_or(1);
-        guard::check_geometry(onnx, longest)?;
-        guard::catching(|| Self::load(onnx, inputs, output))
+        // Decoded once: the geometry check reads the protobuf tract then builds its model from.
+        let framework = tract_onnx::onnx();
+        let proto = framework
+            .proto_model_for_read(&mut std::io::Cursor::new(onnx))
+            .map_err(|e| EmbedError::Read(format!("Reading proto model: {}", text(e))))?;
+        guard::check_geometry(&proto, longest)?;
+        guard::catching(|| Self::load(&framework, &proto, inputs, output))
     }
 
     /// [`EmbeddingGraph::from_bytes`] once the graph's geometry is checked: tract's part.
-    fn load(onnx: &[u8], inputs: &[InputSpec], output: &TensorSpec) -> Result<Self, EmbedError> {
-        let mut model = tract_onnx::onnx()
-            .model_for_read(&mut std::io::Cursor::new(onnx))
-            .map_err(|e| EmbedError::Read(text(e)))?;
+    fn load(
+        framework: &tract_onnx::Onnx,
+        proto: &tract_onnx::pb::ModelProto,
+        inputs: &[InputSpec],
+        output: &TensorSpec,
+    ) -> Result<Self, EmbedError> {
+        let mut model = framework.model_for_proto_model(proto).map_err(|e| {
+            EmbedError::Read(format!("Translating proto model to model: {}", text(e)))
+        })?;
         model
             .select_outputs_by_name([&output.name])
             .map_err(|e| EmbedError::NoOutput {

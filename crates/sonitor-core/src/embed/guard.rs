@@ -10,7 +10,6 @@
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use prost::Message;
 use tract_onnx::pb;
 
 use super::EmbedError;
@@ -68,9 +67,8 @@ const WINDOWED: [&str; 7] = [
 /// its kernel's extent (`(k − 1)·d + 1`, where "same" padding is at most `k − 1`; the longest input axis where the
 /// kernel is not known); a `group` below 1; a `DepthToSpace` or `SpaceToDepth` block size below 1 or above the
 /// longest axis. Subgraphs (of `If`, `Loop`) are left to tract.
-pub(super) fn check_geometry(onnx: &[u8], longest: usize) -> Result<(), EmbedError> {
-    let model = pb::ModelProto::decode(onnx).map_err(|e| EmbedError::Read(e.to_string()))?;
-    let Some(graph) = model.graph else {
+pub(super) fn check_geometry(model: &pb::ModelProto, longest: usize) -> Result<(), EmbedError> {
+    let Some(graph) = &model.graph else {
         return Ok(()); // tract names it
     };
     // The manifest's shapes, and the graph's own where it fixes them (a caller may give fewer inputs than it has).
