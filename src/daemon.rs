@@ -109,12 +109,7 @@ fn panic_hook(
             .name()
             .unwrap_or("unnamed")
             .to_string();
-        let payload = info.payload();
-        let message = payload
-            .downcast_ref::<&str>()
-            .copied()
-            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-            .unwrap_or("(no message)");
+        let message = sonitor_core::panic_message(info.payload()).unwrap_or("(no message)");
         let at = info
             .location()
             .map(|l| format!(" at {}:{}:{}", l.file(), l.line(), l.column()))

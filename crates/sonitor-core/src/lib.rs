@@ -34,3 +34,12 @@ pub mod parallel;
 pub mod plot;
 pub mod power_spectrum;
 pub mod score;
+
+/// The message a panic was raised with (`panic!("…")` gives a `&str` or a `String`), if it has one: for the panic
+/// hooks and the `catch_unwind`s that report a panic in words.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<&str> {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+}

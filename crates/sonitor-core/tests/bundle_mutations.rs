@@ -144,11 +144,7 @@ fn no_mutated_graph_panics_the_loader_or_tract() {
         }));
         match outcome {
             Err(p) => {
-                let msg = p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
+                let msg = sonitor_core::panic_message(&*p).unwrap_or_default();
                 panics.push(format!("{what}: {msg}"));
             }
             Ok(Err(e)) => refusals.push(format!("{what}: {e}")),

@@ -123,11 +123,7 @@ fn gpu_checked(device: Device, name: &str, hint: &str) -> anyhow::Result<Device>
     std::panic::set_hook(Box::new(move |info| {
         let mut m = seen.lock().unwrap_or_else(|e| e.into_inner());
         if m.is_none() {
-            let text = info
-                .payload()
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()));
+            let text = sonitor_core::panic_message(info.payload()).map(str::to_string);
             *m = Some(text.unwrap_or_else(|| info.to_string()));
         }
     }));

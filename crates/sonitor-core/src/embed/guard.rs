@@ -41,12 +41,8 @@ pub(super) fn catching<T>(f: impl FnOnce() -> Result<T, EmbedError>) -> Result<T
     let outcome = catch_unwind(AssertUnwindSafe(f));
     LOADING.with(|l| l.set(was));
     outcome.unwrap_or_else(|payload| {
-        let message = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "no message".into());
-        Err(EmbedError::Panicked(message))
+        let message = crate::panic_message(&*payload).unwrap_or("no message");
+        Err(EmbedError::Panicked(message.to_string()))
     })
 }
 
