@@ -104,24 +104,20 @@ pub(super) fn check_geometry(model: &pb::ModelProto, longest: usize) -> Result<(
             continue;
         }
         // The kernel: its attribute, or a convolution's weights (`[out, in / group, k1, k2, …]`).
-        let weights = node.input.get(1).and_then(|w| {
-            graph
-                .initializer
-                .iter()
-                .find(|t| &t.name == w)
-                .filter(|t| t.dims.len() > 2)
-                .map(|t| &t.dims[2..])
+        let kernel = ints("kernel_shape").or_else(|| {
+            let w = node
+                .input
+                .get(1)
+                .filter(|_| node.op_type.contains("Conv"))?;
+            let t = graph.initializer.iter().find(|t| &t.name == w)?;
+            t.dims.get(2..).filter(|k| !k.is_empty())
         });
-        let kernel = ints("kernel_shape").or(if node.op_type.contains("Conv") {
-            weights
-        } else {
-            None
-        });
+        let dilations = ints("dilations");
         let mut rank = None;
         for (name, values) in [
             ("kernel_shape", kernel),
             ("strides", ints("strides")),
-            ("dilations", ints("dilations")),
+            ("dilations", dilations),
         ] {
             let Some(values) = values else { continue };
             if values.iter().any(|v| !(1..=longest).contains(v)) {
@@ -150,8 +146,8 @@ pub(super) fn check_geometry(model: &pb::ModelProto, longest: usize) -> Result<(
             for (i, &p) in pads.iter().enumerate() {
                 let axis = i % axes.max(1);
                 let extent = kernel.and_then(|k| k.get(axis)).map(|&k| {
-                    let d = ints("dilations").and_then(|d| d.get(axis)).copied();
-                    (k - 1).saturating_mul(d.unwrap_or(1)).saturating_add(1)
+                    let d = dilations.and_then(|d| d.get(axis)).copied().unwrap_or(1);
+                    (k - 1).saturating_mul(d).saturating_add(1)
                 });
                 let limit = extent.unwrap_or(longest);
                 if !(0..=limit).contains(&p) {
