@@ -81,13 +81,6 @@ pub(crate) fn check_with(path: &Path, running: Option<&Running>, missing: Missin
     let disk = cfg.disk_check(missing);
     problems.extend(disk.problem);
     let mut warnings = disk.warnings;
-    if cfg.state_dir.is_relative() && !cfg.state_dir.as_os_str().is_empty() {
-        warnings.push(format!(
-            "state_dir {} is relative: it is taken from the directory sonitor starts in (/ under systemd), not \
-             from the configuration file's; give an absolute path",
-            cfg.state_dir.display()
-        ));
-    }
     // The MQTT options `run` builds: the password file read, the TLS configuration made from the CA and client
     // files (a file that exists but is no certificate would otherwise stop every start). After the simpler
     // checks of [mqtt], which name a missing file better.

@@ -1308,19 +1308,28 @@ impl Config {
 
     /// The state directory's write check ([`check_writable_dir`], one probe) and the warnings about room on disk,
     /// for `validate`, the start of `run` and a reload: a directory that cannot serve is a problem; a full disk,
-    /// or less room than a full outbox or `clips.max_bytes` takes, a warning. `missing`: whether a directory
-    /// that does not exist yet is created (`run`) or left as it is ([`MissingDirs::Probe`], `validate`).
+    /// less room than a full outbox or `clips.max_bytes` takes, or a relative state_dir, a warning. `missing`:
+    /// whether a directory that does not exist yet is created (`run`) or left as it is ([`MissingDirs::Probe`],
+    /// `validate`).
     pub fn disk_check(&self, missing: MissingDirs) -> DiskCheck {
         let probe = |dir: &Path| match missing {
             MissingDirs::Create => check_writable_dir(dir),
             MissingDirs::Probe => check_creatable_dir(dir),
         };
+        // Relative: the directory sonitor starts in, whatever the file says (an empty one is a problem of its own).
+        let relative = (self.state_dir.is_relative() && !self.state_dir.as_os_str().is_empty()).then(|| {
+            format!(
+                "state_dir {} is relative: it is taken from the directory sonitor starts in (/ under systemd), \
+                 not from the configuration file's; give an absolute path",
+                self.state_dir.display()
+            )
+        });
         let state = |s: String| format!("state_dir {}: {s}", self.state_dir.display());
         let state_warning = match probe(&self.state_dir) {
             Err(e) => {
                 return DiskCheck {
                     problem: Some(state(e)),
-                    warnings: Vec::new(),
+                    warnings: relative.into_iter().collect(),
                 }
             }
             // A full state filesystem says more than its free space would.
@@ -1347,6 +1356,7 @@ impl Config {
         DiskCheck {
             problem: None,
             warnings: [
+                relative,
                 state_warning,
                 clips_warning,
                 crate::clips::low_space_warning(self),
