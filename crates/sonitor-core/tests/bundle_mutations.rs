@@ -14,14 +14,15 @@ use sonitor_core::embed::{quiet_handled_panics, EmbeddingGraph};
 use sonitor_core::onnx_graph::read_signature;
 use tract_onnx::pb;
 
-fn default_bundle() -> Bundle {
-    Bundle::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default")).unwrap()
+/// models/default, the shipped bundle.
+fn shipped() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default")
 }
 
-/// One change to the graph: a description and the changed model.
 /// A value no geometry means: as a padding, tract would loop over this many positions.
 const HUGE: i64 = 1 << 40;
 
+/// One change to the graph: a description and the changed model.
 type Mutant = (String, pb::ModelProto);
 
 fn with(model: &pb::ModelProto, what: String, edit: impl FnOnce(&mut pb::GraphProto)) -> Mutant {
@@ -120,7 +121,7 @@ fn mutants(model: &pb::ModelProto) -> Vec<Mutant> {
 
 #[test]
 fn no_mutated_graph_panics_the_loader_or_tract() {
-    let b = default_bundle();
+    let b = Bundle::load(&shipped()).unwrap();
     let m = &b.manifest;
     let model = pb::ModelProto::decode(b.onnx_bytes()).unwrap();
     let view = |v: FeatureView| {
@@ -232,11 +233,16 @@ fn no_mutated_manifest_panics_the_loader_the_features_or_the_score() {
     use sonitor_core::features::FeatureExtractor;
     use sonitor_core::score::{min_cosine_distance, normalize};
 
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default");
+    let models_default = shipped();
     let root: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(shipped.join("manifest.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(models_default.join("manifest.json")).unwrap())
+            .unwrap();
     let d = tempfile::tempdir().unwrap();
-    std::fs::copy(shipped.join("model.onnx"), d.path().join("model.onnx")).unwrap();
+    std::fs::copy(
+        models_default.join("model.onnx"),
+        d.path().join("model.onnx"),
+    )
+    .unwrap();
     let mut places = Vec::new();
     leaves(&root, &mut Vec::new(), &mut places);
     let mut mutants: Vec<(String, serde_json::Value)> = Vec::new();
