@@ -421,6 +421,7 @@ pub fn start(
             // Until its input has opened: a restart while the microphone is away must not report OK for the
             // moment before the first attempt to open it fails.
             health: "NO_AUDIO".into(),
+            unscored: 0,
         };
         let p = Controller::params_of(&rt);
         rt.detector = match &rt.saved.event {

@@ -146,7 +146,11 @@ pub(crate) struct MachineRt {
     pub(crate) last_t_ms: u64,
     pub(crate) last_score_pub: Option<Instant>,
     pub(crate) since: String,
+    /// The health of the machine's audio (`OK`, `SILENT`, `CLIPPING`, `NO_AUDIO`); what is published is
+    /// [`MachineRt::health`], which can say `NO_SCORES` over it.
     pub(crate) health: String,
+    /// Windows in a row that could not be scored (the model failed on them, or scored them as not a number).
+    pub(crate) unscored: u32,
     /// Whether the last window's level was below the machine's `idle_below_dbfs`: the machine is not running.
     pub(crate) idle: bool,
     /// When a mute ends, on the monotonic clock: a wall-clock jump (NTP's first answer on a Pi) neither ends it
@@ -155,7 +159,21 @@ pub(crate) struct MachineRt {
     pub(crate) mute_deadline: Option<Instant>,
 }
 
+/// Windows in a row without a score after which a machine's health is `NO_SCORES`: one failing window is logged
+/// and counted; a run of them means the machine is not watched, which its health must not hide as `OK`.
+pub(crate) const NO_SCORES_AFTER: u32 = 3;
+
 impl MachineRt {
+    /// The health published: `NO_SCORES` while its last [`NO_SCORES_AFTER`] or more windows went unscored,
+    /// otherwise the audio's.
+    pub(crate) fn health(&self) -> &str {
+        if self.unscored >= NO_SCORES_AFTER {
+            "NO_SCORES"
+        } else {
+            &self.health
+        }
+    }
+
     /// The mute's end on today's wall clock (Unix seconds, rounded up), while one runs.
     fn muted_until_unix(&self) -> Option<u64> {
         let left = self
@@ -303,7 +321,7 @@ impl Controller {
             "muted_until": m.muted_until_unix()
                 .map(|u| humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(u)).to_string()),
             "event_id": m.saved.event.as_ref().map(|e| e.event_id.clone()),
-            "health": m.health,
+            "health": m.health(),
             "idle": m.idle,
         })
         .to_string()
@@ -330,7 +348,7 @@ impl Controller {
             if m.detector.enabled() { "ON" } else { "OFF" }.into(),
             true,
         );
-        self.retained(format!("{t}/health"), m.health.clone(), true);
+        self.retained(format!("{t}/health"), m.health().to_string(), true);
     }
 
     pub(crate) fn publish_discovery(&self) {
@@ -534,11 +552,19 @@ impl Controller {
     pub(crate) fn on_score(&mut self, s: ScoreMsg) {
         crate::fault::point("controller");
         let i = s.machine;
+        let Some(score) = s.score else {
+            self.on_unscored(i, s.t_end_ms);
+            return;
+        };
+        if std::mem::take(&mut self.machines[i].unscored) >= NO_SCORES_AFTER {
+            log::info!("{}: windows are scored again", self.machines[i].cfg.name);
+            self.health_changed(i);
+        }
         log::debug!(
             "score {} t={} ms: {:.4}",
             self.machines[i].cfg.name,
             s.t_end_ms,
-            s.score
+            score
         );
         // A window scored after the mute's end counts towards an alarm.
         self.end_mute_if_due(i);
@@ -580,15 +606,15 @@ impl Controller {
             self.window_handled(i, s.t_end_ms);
             return;
         }
-        self.metrics.machines[i].scores.observe(s.score);
+        self.metrics.machines[i].scores.observe(score);
         let t = {
             let m = &mut self.machines[i];
-            m.last_score = s.score;
+            m.last_score = score;
             m.last_t_ms = s.t_end_ms;
             if let Some(e) = m.saved.event.as_mut() {
-                e.peak = e.peak.max(s.score);
+                e.peak = e.peak.max(score);
             }
-            m.detector.update(s.t_end_ms, s.score)
+            m.detector.update(s.t_end_ms, score)
         };
         if let Some(t) = t {
             self.on_transition(i, t);
@@ -599,7 +625,7 @@ impl Controller {
             self.observe(Observation::Score {
                 machine: i,
                 t_end_ms: s.t_end_ms,
-                score: s.score,
+                score,
                 threshold: m.detector.params().threshold_on,
                 alarm_on: m.detector.is_on(),
             });
@@ -614,7 +640,7 @@ impl Controller {
             let topic = format!("{}/{}/score", self.base, m.cfg.name);
             self.send(ToMqtt::Transient {
                 topic,
-                payload: format!("{:.6}", s.score),
+                payload: format!("{:.6}", score),
                 qos1: false,
             });
         }
@@ -793,17 +819,46 @@ impl Controller {
         }
     }
 
+    /// Sets machine `i`'s audio health; logs and publishes the health if that changes what is published.
     pub(crate) fn set_health(&mut self, i: usize, health: String) {
-        if self.machines[i].health != health {
-            let level = if health == "OK" {
-                log::Level::Info
-            } else {
-                log::Level::Warn
-            };
-            log::log!(level, "health of {}: {health}", self.machines[i].cfg.name);
-            self.machines[i].health = health;
-            self.publish_machine_state(i);
+        let m = &mut self.machines[i];
+        if m.health != health {
+            m.health = health;
+            if m.unscored < NO_SCORES_AFTER {
+                self.health_changed(i);
+            }
         }
+    }
+
+    /// Logs machine `i`'s new health and publishes its state.
+    fn health_changed(&mut self, i: usize) {
+        let m = &self.machines[i];
+        let health = m.health();
+        let level = if health == "OK" {
+            log::Level::Info
+        } else {
+            log::Level::Warn
+        };
+        log::log!(level, "health of {}: {health}", m.cfg.name);
+        self.publish_machine_state(i);
+    }
+
+    /// Counts machine `i`'s window that could not be scored: at the [`NO_SCORES_AFTER`]th in a row its health
+    /// becomes `NO_SCORES` (the reason is in the inference thread's log and counters).
+    fn on_unscored(&mut self, i: usize, t_end_ms: u64) {
+        let m = &mut self.machines[i];
+        m.unscored = m.unscored.saturating_add(1);
+        m.last_t_ms = t_end_ms;
+        if m.unscored == NO_SCORES_AFTER {
+            log::warn!(
+                "{}: the last {NO_SCORES_AFTER} windows could not be scored (see the errors above, \
+                 sonitor_inference_errors_total and sonitor_invalid_scores_total): the machine is not watched \
+                 until its windows score again",
+                m.cfg.name
+            );
+            self.health_changed(i);
+        }
+        self.window_handled(i, t_end_ms);
     }
 }
 
@@ -980,6 +1035,7 @@ mod tests {
             idle: false,
             since: String::new(),
             health: "OK".into(),
+            unscored: 0,
             mute_deadline: None,
         };
         let (clip_tx, clip_rx) = bounded(clip_queue);
@@ -1054,6 +1110,43 @@ mod tests {
         let clips = event_clips(&ctl);
         assert_eq!(clips.len(), 4);
         assert!(clips[2].is_null() && clips[3].is_null(), "{clips:?}");
+    }
+
+    /// Windows without a score (the model failed on them) are settled but never judged; three in a row make the
+    /// machine's health NO_SCORES, over whatever its audio says meanwhile, until a window scores again.
+    #[test]
+    fn a_run_of_unscored_windows_is_the_machines_health_until_one_scores() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut ctl, _rx) = controller(d.path(), 1);
+        let msg = |t_end_ms, score| ScoreMsg {
+            machine: 0,
+            t_end_ms,
+            score,
+            level_dbfs: -20.0,
+        };
+        ctl.on_score(msg(1000, Some(0.1)));
+        ctl.on_score(msg(2000, None));
+        ctl.on_score(msg(3000, None));
+        assert_eq!(ctl.machines[0].health(), "OK");
+        ctl.on_score(msg(4000, None));
+        assert_eq!(ctl.machines[0].health(), "NO_SCORES");
+        assert!(ctl.state_json(0).contains("\"health\":\"NO_SCORES\""));
+        ctl.set_health(0, "SILENT".into());
+        ctl.on_score(msg(5000, None));
+        assert_eq!(ctl.machines[0].health(), "NO_SCORES");
+        ctl.on_score(msg(6000, Some(0.1)));
+        assert_eq!(ctl.machines[0].health(), "SILENT");
+        ctl.set_health(0, "OK".into());
+        assert_eq!(ctl.machines[0].health(), "OK");
+        let m = &ctl.metrics.machines[0];
+        assert_eq!(m.settled.get(), 6, "every window settled");
+        assert!(
+            ctl.metrics
+                .render()
+                .contains("sonitor_window_score_count{machine=\"pump-1\"} 2"),
+            "only the scored windows are judged"
+        );
+        assert_eq!(ctl.machines[0].last_t_ms, 6000);
     }
 
     impl SavedMachine {

@@ -89,7 +89,10 @@ impl Embedder {
 pub struct ScoreMsg {
     pub machine: usize,
     pub t_end_ms: u64,
-    pub score: f64,
+    /// `None`: the window could not be scored (the model failed on it, or its score was not a finite number;
+    /// counted and logged by the inference thread). The controller tells the machine's health from a run of
+    /// these ([`crate::detect::NO_SCORES_AFTER`]).
+    pub score: Option<f64>,
     /// The window's level (RMS, dBFS), by which the daemon tells a machine that is not running.
     pub level_dbfs: f32,
 }
@@ -120,32 +123,50 @@ pub fn spawn_inference(
                 let embedded = embedders[sc.model].embed(&f.features, &mut emb);
                 // The features are not needed after embedding, whatever happens to the score.
                 let _ = recycle.try_send(f.features);
-                if let Err(e) = embedded {
-                    log::error!("inference: {e:#}");
-                    m.settled.inc();
-                    continue;
-                }
-                let score = sonitor_core::score::min_cosine_distance(&emb, &sc.centroids) as f64;
-                m.inferences.inc();
-                if !score.is_finite() {
-                    // Non-finite audio (a float stream with huge or NaN samples) or a model that overflows:
-                    // such a score would raise or hold an alarm on garbage. Dropped and counted instead.
-                    let n = m.invalid_scores.inc_get();
-                    if n.is_power_of_two() {
-                        log::warn!(
-                            "machine #{}: window at {} ms scored {score} (not a finite number: the audio or the \
-                             model's output is not finite); dropped, {n} so far (sonitor_invalid_scores_total)",
-                            f.machine,
-                            f.t_end_ms
-                        );
+                let score = match embedded {
+                    Err(e) => {
+                        // Logged at 1, 2, 4, 8, … failures of the machine: a model that fails on every window
+                        // would otherwise write a line per window for as long as it runs.
+                        let n = m.inference_errors.inc_get();
+                        if n.is_power_of_two() {
+                            log::error!(
+                                "{}: window at {} ms not scored: {e:#}; dropped, {n} so far \
+                                 (sonitor_inference_errors_total)",
+                                m.name,
+                                f.t_end_ms
+                            );
+                        }
+                        None
                     }
-                    m.settled.inc();
-                    continue;
-                }
-                m.score.set_f64(score);
+                    Ok(()) => {
+                        let score =
+                            sonitor_core::score::min_cosine_distance(&emb, &sc.centroids) as f64;
+                        m.inferences.inc();
+                        if score.is_finite() {
+                            m.score.set_f64(score);
+                            Some(score)
+                        } else {
+                            // Non-finite audio (a float stream with huge or NaN samples) or a model that
+                            // overflows: such a score would raise or hold an alarm on garbage.
+                            let n = m.invalid_scores.inc_get();
+                            if n.is_power_of_two() {
+                                log::warn!(
+                                    "{}: window at {} ms scored {score} (not a finite number: the audio or the \
+                                     model's output is not finite); dropped, {n} so far \
+                                     (sonitor_invalid_scores_total)",
+                                    m.name,
+                                    f.t_end_ms
+                                );
+                            }
+                            None
+                        }
+                    }
+                };
                 let spent = f.cut_at.elapsed().as_secs_f64();
                 m.inference_seconds_sum
                     .set_f64(m.inference_seconds_sum.get_f64() + spent);
+                // An unscored window goes on too (without a score, not to the detector): the controller reports
+                // a machine whose windows keep failing (health NO_SCORES) and settles the window.
                 let msg = ScoreMsg {
                     machine: f.machine,
                     t_end_ms: f.t_end_ms,

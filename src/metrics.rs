@@ -141,6 +141,9 @@ pub struct MachineMetrics {
     pub inferences: Counter,
     /// Inferences whose score was not a finite number, dropped before the detector.
     pub invalid_scores: Counter,
+    /// Windows the model could not embed (tract's error, or its panic caught on that window), dropped before the
+    /// detector.
+    pub inference_errors: Counter,
     pub inference_seconds_sum: Gauge,
     pub score: Gauge,
     /// Every score judged (not those of windows in which the machine was idle), for `sonitor_window_score`.
@@ -314,6 +317,12 @@ impl Metrics {
             "counter",
             "Windows whose score was not a finite number (non-finite audio or model output), dropped before the detector.",
             mac(&|m| m.invalid_scores.get().to_string()),
+        );
+        family(
+            "sonitor_inference_errors_total",
+            "counter",
+            "Windows the model could not embed (tract's error, or a panic in tract caught on that window), dropped before the detector.",
+            mac(&|m| m.inference_errors.get().to_string()),
         );
         family(
             "sonitor_inference_seconds_total",

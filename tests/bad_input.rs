@@ -82,6 +82,26 @@ fn broken_last_node(
     })
 }
 
+/// The bundle in `from` with a MaxPool that lost its input (named 'broken', its output the embedding) as `to`:
+/// tract indexes past the node's empty list of inputs while it loads the graph, and panics.
+fn lost_input_bundle(from: &Path, to: &Path) -> PathBuf {
+    rebuilt_bundle(from, to, |g| {
+        after_embedding(
+            g,
+            pb::NodeProto {
+                name: "broken".into(),
+                input: vec![],
+                ..common::node(
+                    "MaxPool",
+                    &[],
+                    "embedding",
+                    vec![common::ints("kernel_shape", &[1])],
+                )
+            },
+        )
+    })
+}
+
 /// The bundle in `from` with its graph changed by `edit`, written (with a checksum that fits) as `to`.
 fn rebuilt_bundle(from: &Path, to: &Path, edit: impl FnOnce(&mut pb::GraphProto)) -> PathBuf {
     let b = Bundle::load(from).unwrap();
@@ -278,8 +298,19 @@ fn every_kind_of_bad_input_is_named_with_exit_78() {
     );
 
     // Graphs that tract would panic on (or, with a padding of 2^40, loop over for hours) rather than refuse:
-    // a pooling with a stride of 0 is refused before tract sees it, a Flatten on an axis the tensor lacks is
-    // tract's panic turned into the refusal. Before, `validate` and `run` died of the panic (status 101 and 70).
+    // a pooling with a stride of 0 and a Flatten on an axis no tensor has (which a 32-bit CPU would wrap to 0)
+    // are refused before tract sees them, a pooling that lost its input is tract's panic turned into the
+    // refusal. Before, `validate` and `run` died of the panic (status 101 and 70).
+    let lost = lost_input_bundle(&b.dir, &d.path().join("lost-input-bundle"));
+    let p = common::config(d.path(), &file_device(&wav), &lost, 1883, "");
+    expect_78(
+        &p,
+        &[
+            "lost-input-bundle",
+            "tract stopped on the graph (",
+            "malformed",
+        ],
+    );
     for (name, op, attribute, needle) in [
         (
             "zero-stride-bundle",
@@ -294,7 +325,7 @@ fn every_kind_of_bad_input_is_named_with_exit_78() {
             "far-axis-bundle",
             "Flatten",
             vec![common::int("axis", 1 << 40)],
-            "tract stopped on the graph (",
+            "node 'broken' (Flatten): axis 1099511627776: no tensor has that many axes",
         ),
     ] {
         let broken = broken_last_node(&b.dir, &d.path().join(name), op, attribute);
@@ -497,12 +528,7 @@ fn a_reload_refuses_what_validate_refuses() {
     );
     // A bundle whose graph tract panics on: refused the same way, and the daemon lives on (the check ran on
     // its main thread, whose panic used to end the process with status 70).
-    let broken = broken_last_node(
-        &b.dir,
-        &d.path().join("broken-bundle"),
-        "Flatten",
-        vec![common::int("axis", 1 << 40)],
-    );
+    let broken = lost_input_bundle(&b.dir, &d.path().join("broken-bundle"));
     std::fs::write(
         &cfg,
         good.replace(b.dir.to_str().unwrap(), broken.to_str().unwrap()),
@@ -510,7 +536,7 @@ fn a_reload_refuses_what_validate_refuses() {
     .unwrap();
     hup();
     daemon.wait_log(
-        "broken-bundle/model.onnx: tract stopped on the graph (range end index",
+        "broken-bundle/model.onnx: tract stopped on the graph (index out of bounds",
         Duration::from_secs(10),
     );
     let log = daemon.log.lock().unwrap().clone();
@@ -617,4 +643,99 @@ fn hold_first_read(path: &Path, content: &[u8], signal: impl FnOnce()) {
             path.display()
         )
     });
+}
+
+/// A graph that passes every check and fails on some audio only: the embedding is passed through a `Gather`
+/// whose index is the spectrum's peak cast to an integer, 0 on silence, far past the one row there is on the pump
+/// (tract takes the index unchecked and panics slicing past its data). `validate` accepts it (the graph loads
+/// and embeds an all-zero window). Replayed (silence, the pump, silence), the daemon does not die with tract's
+/// panic (status 70, and systemd restarting it into the same panic): each loud window is logged (at 1, 2, 4, …
+/// failures) and counted as not scored, and after three in a row the machine's health is `NO_SCORES` (on MQTT,
+/// retained, and in the log), not an `OK` that hides a machine no longer watched; once windows score again the
+/// health is `OK` again.
+#[test]
+fn a_model_that_fails_on_some_audio_is_reported_not_fatal() {
+    let d = tempfile::tempdir().unwrap();
+    let pump = common::pump();
+    let silence = vec![0.0f32; 16_000 * 2];
+    let audio = [&silence[..], &pump[..16_000 * 2], &silence[..]].concat();
+    let (b, wav) = common::bundle_and_wav(d.path(), "rec.wav", &audio);
+    let gather = rebuilt_bundle(&b.dir, &d.path().join("gather-bundle"), |g| {
+        g.initializer.push(pb::TensorProto {
+            name: "rows".into(),
+            dims: vec![3],
+            data_type: 7,
+            int64_data: vec![1, 1, -1],
+            ..Default::default()
+        });
+        let last = g
+            .node
+            .iter_mut()
+            .find(|n| n.output[0] == "embedding")
+            .unwrap();
+        last.output[0] = "projected".into();
+        last.name = "projected".into();
+        g.node.extend([
+            common::node(
+                "ReduceMax",
+                &["spectrum"],
+                "peak",
+                vec![common::int("keepdims", 0)],
+            ),
+            common::node("Cast", &["peak"], "peak_index", vec![common::int("to", 7)]),
+            common::node("Reshape", &["projected", "rows"], "one_row", vec![]),
+            common::node(
+                "Gather",
+                &["one_row", "peak_index"],
+                "embedding",
+                vec![common::int("axis", 0)],
+            ),
+        ]);
+    });
+    let broker = common::Broker::start(&d.path().join("broker"));
+    let rec = common::Recorder::start(broker.port, "recorder-gather");
+    let device = common::file_device(&wav, "realtime = true\nat_end = \"exit\"\n");
+    let cfg = common::config(d.path(), &device, &gather, broker.port, "");
+    let (code, text) = sonitor(&["validate"], &cfg);
+    assert_eq!(code, 0, "{text}");
+
+    let mut daemon = common::Daemon::start(&cfg, &[]);
+    let (code, log) = daemon.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    for said in [
+        "pump-1: window at ",
+        "not scored: tract stopped on the graph (range start index",
+        "out of range for slice of length 24)",
+        "dropped, 1 so far (sonitor_inference_errors_total)",
+        "dropped, 4 so far (sonitor_inference_errors_total)",
+        "pump-1: the last 3 windows could not be scored",
+        "health of pump-1: NO_SCORES",
+        "pump-1: windows are scored again",
+    ] {
+        assert!(log.contains(said), "the log should say '{said}':\n{log}");
+    }
+    // Logged at powers of two, not per window.
+    assert!(!log.contains("dropped, 3 so far"), "{log}");
+    let health = |m: &[common::Msg]| {
+        let mut h = common::on(m, "sonitor/t1/pump-1/health");
+        h.dedup();
+        h
+    };
+    rec.wait_for("health OK again", Duration::from_secs(10), |m| {
+        health(m).ends_with(&["NO_SCORES".to_string(), "OK".to_string()])
+    });
+    let h = health(&rec.snapshot());
+    assert_eq!(
+        h.iter().filter(|v| *v == "NO_SCORES").count(),
+        1,
+        "health on MQTT: {h:?}"
+    );
+    let states = common::on(&rec.snapshot(), "sonitor/t1/pump-1/state");
+    assert!(
+        states
+            .iter()
+            .any(|s| s.contains("\"health\":\"NO_SCORES\"")),
+        "{states:?}"
+    );
 }

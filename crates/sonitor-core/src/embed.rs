@@ -231,10 +231,9 @@ impl EmbeddingGraph {
     /// [`EmbeddingGraph::embed`] of the two views given apart (parity tests feed random values).
     pub fn embed_views(&self, log_mel: &[f32], spectrum: &[f32]) -> Result<Vec<f32>, EmbedError> {
         let tensors = self.io.tensors(log_mel, spectrum)?;
-        let result = self
-            .plan
-            .run(tensors)
-            .map_err(|e| EmbedError::Run(text(e)))?;
+        // A plan run builds its own state, so a panic caught here leaves nothing behind.
+        let result =
+            guard::catching(|| self.plan.run(tensors).map_err(|e| EmbedError::Run(text(e))))?;
         let mut out = Vec::new();
         self.io.output(&result, &mut out)?;
         Ok(out)
@@ -245,6 +244,7 @@ impl EmbeddingGraph {
         let state = self.plan.spawn().map_err(|e| EmbedError::Start(text(e)))?;
         Ok(EmbeddingRun {
             state,
+            plan: self.plan.clone(),
             io: self.io.clone(),
         })
     }
@@ -253,6 +253,8 @@ impl EmbeddingGraph {
 /// One thread's use of an [`EmbeddingGraph`]: its run state kept from window to window.
 pub struct EmbeddingRun {
     state: TypedSimpleState,
+    /// To build the run state anew after a panic in tract left it half-way through a window.
+    plan: Arc<TypedRunnableModel>,
     io: Arc<Io>,
 }
 
@@ -263,14 +265,17 @@ impl std::fmt::Debug for EmbeddingRun {
 }
 
 impl EmbeddingRun {
-    /// The embedding of one window's features, into `out` (cleared first).
+    /// The embedding of one window's features, into `out` (cleared first). A panic in tract on this window (a
+    /// graph that computes an index from the audio and indexes past a tensor with it) is returned as
+    /// [`EmbedError::Panicked`], and the run state, which it may have left half-way, is built anew for the next.
     pub fn embed_into(&mut self, f: &Features, out: &mut Vec<f32>) -> Result<(), EmbedError> {
         let tensors = self.io.tensors(&f.log_mel, &f.spectrum)?;
-        let result = self
-            .state
-            .run(tensors)
-            .map_err(|e| EmbedError::Run(text(e)))?;
-        self.io.output(&result, out)
+        let state = &mut self.state;
+        let result = guard::catching(|| state.run(tensors).map_err(|e| EmbedError::Run(text(e))));
+        if let Err(EmbedError::Panicked(_)) = &result {
+            self.state = self.plan.spawn().map_err(|e| EmbedError::Start(text(e)))?;
+        }
+        self.io.output(&result?, out)
     }
 
     /// Runs the plan once on one window's features and calls `timed(node name, op name, seconds)` for every node
@@ -382,6 +387,111 @@ mod tests {
             crate::onnx_graph::Dim::Symbolic(_)
         )));
         assert_eq!(embedding(&dynamic), embedding(&default_bundle()));
+    }
+
+    /// The default graph with its embedding passed through a `Gather` whose index is the spectrum's peak cast to
+    /// an integer: 0 on a silent window, far past the one row there is on a loud one. tract takes the index
+    /// without checking it and panics slicing past its data (tract-core 0.23's `Gather::eval_t`), at run time
+    /// only: the graph loads, and embeds an all-zero window.
+    fn gather_on_the_peak(dir: &Path) -> Bundle {
+        edited_default(dir, |g| {
+            let inner = "embedding_inner";
+            for n in &mut g.node {
+                for o in &mut n.output {
+                    if o == "embedding" {
+                        *o = inner.into();
+                    }
+                }
+            }
+            let node = |op: &str, input: &[&str], output: &str, attribute| pb::NodeProto {
+                op_type: op.into(),
+                name: output.into(),
+                input: input.iter().map(|s| s.to_string()).collect(),
+                output: vec![output.into()],
+                attribute,
+                ..Default::default()
+            };
+            let int = |name: &str, i| pb::AttributeProto {
+                name: name.into(),
+                r#type: 2,
+                i,
+                ..Default::default()
+            };
+            g.initializer.push(pb::TensorProto {
+                name: "rows".into(),
+                dims: vec![3],
+                data_type: 7,
+                int64_data: vec![1, 1, -1],
+                ..Default::default()
+            });
+            g.node.extend([
+                node("ReduceMax", &["spectrum"], "peak", vec![int("keepdims", 0)]),
+                node("Cast", &["peak"], "peak_index", vec![int("to", 7)]),
+                node("Reshape", &[inner, "rows"], "one_row", vec![]),
+                node(
+                    "Gather",
+                    &["one_row", "peak_index"],
+                    "embedding",
+                    vec![int("axis", 0)],
+                ),
+            ]);
+        })
+    }
+
+    /// A panic in tract while it runs a window is that window's error, not the process's end: the runner and the
+    /// shared graph return it as `Panicked`, the next window embeds as if it had not happened (the runner's state,
+    /// which the panic left half-way, is built anew), and a panic hook is told the panic was handled only while
+    /// tract runs.
+    #[test]
+    fn a_panic_in_tract_on_one_window_is_that_windows_error() {
+        let d = tempfile::tempdir().unwrap();
+        let b = gather_on_the_peak(d.path());
+        let g = EmbeddingGraph::of_bundle(&b).unwrap();
+        let p = &b.manifest.features;
+        let silent = FeatureExtractor::new(p.clone())
+            .unwrap()
+            .extract(&vec![0.0; p.window_samples])
+            .unwrap();
+        let loud = features(&b);
+        let want = g.embed(&silent).unwrap();
+        assert_eq!(want.len(), b.manifest.embedding_dim);
+
+        // This thread's panics are counted (as handled or not); other tests' go to the hook there was.
+        let hook = std::sync::Arc::new(std::panic::take_hook());
+        let counts = std::sync::Arc::new(std::sync::Mutex::new([0, 0]));
+        let (c, previous, me) = (counts.clone(), hook.clone(), std::thread::current().id());
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current().id() == me {
+                c.lock().unwrap()[usize::from(!panic_is_handled())] += 1;
+            } else {
+                previous(info)
+            }
+        }));
+        let mut run = g.runner().unwrap();
+        let mut out = Vec::new();
+        let mut errors = Vec::new();
+        for round in 0..3 {
+            errors.push(run.embed_into(&loud, &mut out).unwrap_err());
+            run.embed_into(&silent, &mut out).unwrap();
+            assert_eq!(out, want, "round {round}");
+        }
+        errors.push(g.embed(&loud).unwrap_err());
+        assert_eq!(g.embed(&silent).unwrap(), want);
+        std::panic::set_hook(Box::new(move |info| hook(info)));
+
+        for e in &errors {
+            assert!(matches!(e, EmbedError::Panicked(_)), "{e:?}");
+            assert!(
+                e.to_string().starts_with("tract stopped on the graph ("),
+                "{e}"
+            );
+        }
+        assert_eq!(
+            *counts.lock().unwrap(),
+            [4, 0],
+            "panics handled, not handled"
+        );
+        assert!(!panic_is_handled());
     }
 
     /// The graph tract runs is the one whose checksum was verified: a model.onnx replaced after `Bundle::load`

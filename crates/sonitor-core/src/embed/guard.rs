@@ -4,8 +4,9 @@
 //! of a bundle cannot catch these: whoever edits or converts a graph writes its checksum too.
 //!
 //! So [`check_geometry`] refuses, before tract sees the graph, the convolution and pooling geometries that cannot
-//! be meant, and [`catching`] turns any panic left in tract's loading into an error. A process-wide panic hook
-//! (the daemon's, which ends the process on a panic) asks [`panic_is_handled`] first.
+//! be meant, and [`catching`] turns any panic left in tract (loading a graph, or running it on a window: an index
+//! computed from the audio, as a `Gather` can take, is only checked by slicing) into an error. A process-wide
+//! panic hook (the daemon's, which ends the process on a panic) asks [`panic_is_handled`] first.
 
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -15,13 +16,13 @@ use tract_onnx::pb;
 use super::EmbedError;
 
 thread_local! {
-    static LOADING: Cell<bool> = const { Cell::new(false) };
+    static IN_TRACT: Cell<bool> = const { Cell::new(false) };
 }
 
-/// True on a thread inside tract's loading of a graph, whose panics [`super::EmbeddingGraph::from_bytes`] returns
+/// True on a thread inside tract's loading or running of a graph, whose panics the embedding's functions return
 /// as [`EmbedError::Panicked`]: a panic hook should let it pass, not treat it as a crash.
 pub fn panic_is_handled() -> bool {
-    LOADING.with(Cell::get)
+    IN_TRACT.with(Cell::get)
 }
 
 /// Wraps the process's panic hook so that the panics [`panic_is_handled`] names print nothing (the error that
@@ -35,11 +36,12 @@ pub fn quiet_handled_panics() {
     }));
 }
 
-/// Runs `f`, tract's loading of a graph; a panic in it becomes [`EmbedError::Panicked`] with its message.
+/// Runs `f`, tract's loading or running of a graph; a panic in it becomes [`EmbedError::Panicked`] with its
+/// message. Whatever `f` mutates may be left half-done by such a panic: the caller must not reuse it.
 pub(super) fn catching<T>(f: impl FnOnce() -> Result<T, EmbedError>) -> Result<T, EmbedError> {
-    let was = LOADING.with(|l| l.replace(true));
+    let was = IN_TRACT.with(|l| l.replace(true));
     let outcome = catch_unwind(AssertUnwindSafe(f));
-    LOADING.with(|l| l.set(was));
+    IN_TRACT.with(|l| l.set(was));
     outcome.unwrap_or_else(|payload| {
         let message = crate::panic_message(&*payload).unwrap_or("no message");
         Err(EmbedError::Panicked(message.to_string()))
@@ -57,12 +59,18 @@ const WINDOWED: [&str; 7] = [
     "QLinearConv",
 ];
 
+/// More axes than a tensor of an embedding graph has (four or five in practice). tract turns an axis into a
+/// `usize` with `as`: on a 64-bit CPU an axis of 2^40 indexes past the shape (a panic), on a 32-bit one (armv7, the
+/// Raspberry Pi OS) it wraps to 0 and the graph silently computes something else; refused before either.
+pub(super) const MAX_RANK: i64 = 64;
+
 /// Refuses a graph whose convolutions or poolings have a geometry no model means: a kernel, stride or dilation
 /// below 1 or longer than the longest axis of the inputs (`longest` from the manifest's shapes, or a longer one
 /// the graph declares); lists of these of different lengths; pads not two per axis; a pad below 0 or longer than
 /// its kernel's extent (`(k − 1)·d + 1`, where "same" padding is at most `k − 1`; the longest input axis where the
 /// kernel is not known); a `group` below 1; a `DepthToSpace` or `SpaceToDepth` block size below 1 or above the
-/// longest axis. Subgraphs (of `If`, `Loop`) are left to tract.
+/// longest axis; and, on any operator, an `axis` or `axes` attribute beyond [`MAX_RANK`] either way. Subgraphs
+/// (of `If`, `Loop`) are left to tract.
 pub(super) fn check_geometry(model: &pb::ModelProto, longest: usize) -> Result<(), EmbedError> {
     let Some(graph) = &model.graph else {
         return Ok(()); // tract names it
@@ -92,6 +100,18 @@ pub(super) fn check_geometry(model: &pb::ModelProto, longest: usize) -> Result<(
             op: node.op_type.clone(),
             reason,
         };
+        let axes = attribute("axis")
+            .map(|a| std::slice::from_ref(&a.i))
+            .into_iter()
+            .chain(ints("axes"));
+        if let Some(a) = axes
+            .flatten()
+            .find(|a| !(-MAX_RANK..=MAX_RANK).contains(*a))
+        {
+            return Err(bad(format!(
+                "axis {a}: no tensor has that many axes (at most {MAX_RANK} either way here)"
+            )));
+        }
         if matches!(node.op_type.as_str(), "DepthToSpace" | "SpaceToDepth") {
             if let Some(b) = attribute("blocksize").map(|a| a.i) {
                 if !(1..=longest).contains(&b) {
