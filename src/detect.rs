@@ -844,7 +844,7 @@ impl Controller {
     }
 
     /// Counts machine `i`'s window that could not be scored: at the [`NO_SCORES_AFTER`]th in a row its health
-    /// becomes `NO_SCORES` (the reason is in the inference thread's log and counters).
+    /// becomes `NO_SCORES` (the reason is in the feature or inference thread's log and counters).
     fn on_unscored(&mut self, i: usize, t_end_ms: u64) {
         let m = &mut self.machines[i];
         m.unscored = m.unscored.saturating_add(1);
@@ -852,8 +852,8 @@ impl Controller {
         if m.unscored == NO_SCORES_AFTER {
             log::warn!(
                 "{}: the last {NO_SCORES_AFTER} windows could not be scored (see the errors above, \
-                 sonitor_inference_errors_total and sonitor_invalid_scores_total): the machine is not watched \
-                 until its windows score again",
+                 sonitor_inference_errors_total, sonitor_invalid_scores_total and sonitor_feature_errors_total): \
+                 the machine is not watched until its windows score again",
                 m.cfg.name
             );
             self.health_changed(i);
@@ -1112,18 +1112,22 @@ mod tests {
         assert!(clips[2].is_null() && clips[3].is_null(), "{clips:?}");
     }
 
+    /// Machine 0's window ending at `t_end_ms`, with its score or without (`None`: not scored), at a running level.
+    fn msg(t_end_ms: u64, score: Option<f64>) -> ScoreMsg {
+        ScoreMsg {
+            machine: 0,
+            t_end_ms,
+            score,
+            level_dbfs: -20.0,
+        }
+    }
+
     /// Windows without a score (the model failed on them) are settled but never judged; three in a row make the
     /// machine's health NO_SCORES, over whatever its audio says meanwhile, until a window scores again.
     #[test]
     fn a_run_of_unscored_windows_is_the_machines_health_until_one_scores() {
         let d = tempfile::tempdir().unwrap();
         let (mut ctl, _rx) = controller(d.path(), 1);
-        let msg = |t_end_ms, score| ScoreMsg {
-            machine: 0,
-            t_end_ms,
-            score,
-            level_dbfs: -20.0,
-        };
         ctl.on_score(msg(1000, Some(0.1)));
         ctl.on_score(msg(2000, None));
         ctl.on_score(msg(3000, None));
@@ -1147,6 +1151,43 @@ mod tests {
             "only the scored windows are judged"
         );
         assert_eq!(ctl.machines[0].last_t_ms, 6000);
+    }
+
+    /// Unscored windows neither raise nor clear an alarm: one raised before the model started failing stays on
+    /// (with health NO_SCORES beside it) until scored windows clear it.
+    #[test]
+    fn an_alarm_stays_as_it_was_while_no_window_scores() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut ctl, _rx) = controller(d.path(), 1);
+        let mut t = 0;
+        while !ctl.machines[0].detector.is_on() {
+            t += 1000;
+            assert!(t <= 20_000, "no alarm after 20 windows above the threshold");
+            ctl.on_score(msg(t, Some(0.9)));
+        }
+        assert_eq!(ctl.metrics.machines[0].alarm.get(), 1);
+        for _ in 0..10 {
+            t += 1000;
+            ctl.on_score(msg(t, None));
+        }
+        assert!(ctl.machines[0].detector.is_on());
+        assert_eq!(ctl.metrics.machines[0].alarm.get(), 1);
+        assert_eq!(ctl.machines[0].health(), "NO_SCORES");
+        let state = ctl.state_json(0);
+        assert!(
+            state.contains("\"state\":\"ON\"") && state.contains("\"health\":\"NO_SCORES\""),
+            "{state}"
+        );
+        while ctl.machines[0].detector.is_on() {
+            t += 1000;
+            assert!(
+                t <= 60_000,
+                "the alarm did not clear on scores below the threshold"
+            );
+            ctl.on_score(msg(t, Some(0.1)));
+        }
+        assert_eq!(ctl.metrics.machines[0].alarm.get(), 0);
+        assert_eq!(ctl.machines[0].health(), "OK");
     }
 
     impl SavedMachine {

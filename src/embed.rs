@@ -89,8 +89,9 @@ impl Embedder {
 pub struct ScoreMsg {
     pub machine: usize,
     pub t_end_ms: u64,
-    /// `None`: the window could not be scored (the model failed on it, or its score was not a finite number;
-    /// counted and logged by the inference thread). The controller tells the machine's health from a run of
+    /// `None`: the window could not be scored (its features failed, counted and logged by the feature thread;
+    /// or the model failed on it, or its score was not a finite number, counted and logged by the inference
+    /// thread). The controller tells the machine's health from a run of
     /// these ([`crate::detect::NO_SCORES_AFTER`]).
     pub score: Option<f64>,
     /// The window's level (RMS, dBFS), by which the daemon tells a machine that is not running.
@@ -120,11 +121,17 @@ pub fn spawn_inference(
             for f in features.iter() {
                 let sc = &scorers[f.machine];
                 let m = &metrics.machines[f.machine];
-                let embedded = embedders[sc.model].embed(&f.features, &mut emb);
+                // A window whose features failed (counted and logged by the feature thread) is not embedded.
+                let embedded = if f.failed {
+                    None
+                } else {
+                    Some(embedders[sc.model].embed(&f.features, &mut emb))
+                };
                 // The features are not needed after embedding, whatever happens to the score.
                 let _ = recycle.try_send(f.features);
                 let score = match embedded {
-                    Err(e) => {
+                    None => None,
+                    Some(Err(e)) => {
                         // Logged at 1, 2, 4, 8, … failures of the machine: a model that fails on every window
                         // would otherwise write a line per window for as long as it runs.
                         let n = m.inference_errors.inc_get();
@@ -138,7 +145,7 @@ pub fn spawn_inference(
                         }
                         None
                     }
-                    Ok(()) => {
+                    Some(Ok(())) => {
                         let score =
                             sonitor_core::score::min_cosine_distance(&emb, &sc.centroids) as f64;
                         m.inferences.inc();

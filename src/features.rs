@@ -3,7 +3,10 @@
 //! planned once, buffers recycled. Its output goes to [`crate::embed`].
 //!
 //! A full queue towards inference drops the window and counts it (`sonitor_dropped_windows_total`), unless the
-//! window comes from a lossless file replay, which waits.
+//! window comes from a lossless file replay, which waits. A window whose features cannot be computed (a window of
+//! another length than the model's: a bug upstream, since the reader cuts every window to that length) is counted
+//! (`sonitor_feature_errors_total`), logged at the 1st, 2nd, 4th, 8th, … of its machine, and goes on marked
+//! [`FeatureMsg::failed`], so that the controller sees an unscored window, as when the model fails on one.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,6 +26,9 @@ pub struct FeatureMsg {
     pub features: Features,
     pub cut_at: Instant,
     pub lossless: bool,
+    /// The features could not be computed: `features` holds no input for the model (only a buffer to recycle),
+    /// and the window goes to the detector unscored.
+    pub failed: bool,
 }
 
 /// The feature thread: one extractor per machine (planned once), buffers reused.
@@ -48,11 +54,23 @@ pub fn spawn_features(
                 let mut f = recycled_features
                     .try_recv()
                     .unwrap_or_else(|_| fx.new_output());
-                if let Err(e) = fx.extract_into(&w.samples, &mut f) {
-                    log::error!("features: {e}");
-                    metrics.machines[w.machine].settled.inc();
-                    continue;
-                }
+                let failed = match fx.extract_into(&w.samples, &mut f) {
+                    Ok(()) => false,
+                    Err(e) => {
+                        let m = &metrics.machines[w.machine];
+                        let n = m.feature_errors.inc_get();
+                        if n.is_power_of_two() {
+                            log::error!(
+                                "{}: window at {} ms not scored: its features could not be computed ({e}); \
+                                 {n} so far (sonitor_feature_errors_total). This is a bug in sonitor: please \
+                                 report it with this line",
+                                m.name,
+                                w.t_end_ms
+                            );
+                        }
+                        true
+                    }
+                };
                 let machine = w.machine;
                 let msg = FeatureMsg {
                     machine,
@@ -61,6 +79,7 @@ pub fn spawn_features(
                     features: f,
                     cut_at: w.cut_at,
                     lossless: w.lossless,
+                    failed,
                 };
                 let sent = if w.lossless {
                     out.send(msg).is_ok()
@@ -78,4 +97,62 @@ pub fn spawn_features(
                 }
             }
         })?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A window of another length than the model's is counted, logged and passed on marked `failed` (so that
+    /// the controller sees an unscored window); its buffers are recycled, and the next good window is computed.
+    #[test]
+    fn a_window_whose_features_fail_goes_on_unscored_and_counted() {
+        let params = FeatureParams::default();
+        let good_len = params.window_samples;
+        let metrics = Arc::new(Metrics::new(&["mic".into()], &["pump-1".into()]));
+        let (win_tx, win_rx) = crossbeam_channel::bounded(4);
+        let (recycle_tx, recycle_rx) = crossbeam_channel::bounded(4);
+        let (out_tx, out_rx) = crossbeam_channel::bounded(4);
+        let (_feat_tx, feat_rx) = crossbeam_channel::bounded(4);
+        let thread = spawn_features(
+            vec![params],
+            win_rx,
+            vec![recycle_tx],
+            vec![0],
+            out_tx,
+            feat_rx,
+            metrics.clone(),
+        )
+        .unwrap();
+        let window = |t_end_ms, len| WindowMsg {
+            machine: 0,
+            t_end_ms,
+            samples: (0..len).map(|i| (i as f32 * 0.01).sin() * 0.1).collect(),
+            cut_at: Instant::now(),
+            lossless: true,
+        };
+        win_tx.send(window(1000, good_len - 1)).unwrap();
+        win_tx.send(window(2000, good_len)).unwrap();
+        drop(win_tx);
+        thread.join().unwrap();
+
+        let bad = out_rx.recv().unwrap();
+        assert!(bad.failed);
+        assert_eq!(bad.t_end_ms, 1000);
+        let good = out_rx.recv().unwrap();
+        assert!(!good.failed);
+        assert_eq!(good.t_end_ms, 2000);
+        assert!(good.features.log_mel.iter().any(|&x| x != 0.0));
+        assert!(out_rx.try_recv().is_err());
+
+        let m = &metrics.machines[0];
+        assert_eq!(m.feature_errors.get(), 1);
+        assert_eq!(m.dropped_windows.get(), 0);
+        // Both windows' samples came back for reuse, the short one included.
+        let lens: Vec<usize> = recycle_rx.try_iter().map(|s| s.len()).collect();
+        assert_eq!(lens, vec![good_len - 1, good_len]);
+        assert!(metrics
+            .render()
+            .contains("sonitor_feature_errors_total{machine=\"pump-1\"} 1"));
+    }
 }

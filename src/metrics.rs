@@ -144,6 +144,8 @@ pub struct MachineMetrics {
     /// Windows the model could not embed (tract's error, or its panic caught on that window), dropped before the
     /// detector.
     pub inference_errors: Counter,
+    /// Windows whose features could not be computed (a bug upstream), dropped before the model.
+    pub feature_errors: Counter,
     pub inference_seconds_sum: Gauge,
     pub score: Gauge,
     /// Every score judged (not those of windows in which the machine was idle), for `sonitor_window_score`.
@@ -323,6 +325,12 @@ impl Metrics {
             "counter",
             "Windows the model could not embed (tract's error, or a panic in tract caught on that window), dropped before the detector.",
             mac(&|m| m.inference_errors.get().to_string()),
+        );
+        family(
+            "sonitor_feature_errors_total",
+            "counter",
+            "Windows whose features could not be computed (a bug in sonitor, logged), dropped before the model.",
+            mac(&|m| m.feature_errors.get().to_string()),
         );
         family(
             "sonitor_inference_seconds_total",

@@ -1,6 +1,7 @@
 //! `man/sonitor.1`, the manual page the Debian package installs, is written by hand: this keeps it from drifting
 //! from the binary. Every command and every option `sonitor --help` lists is in it, and so is every exit status
-//! the daemon defines; where groff is installed, it renders without a warning.
+//! the daemon defines and every machine health the configuration guide lists; where groff is installed, it renders
+//! without a warning.
 
 mod common;
 
@@ -71,6 +72,29 @@ fn the_manual_page_names_every_command_option_and_exit_status() {
         assert!(
             page.contains(&format!(".TP\n.B {status}\n")),
             "exit status {status} is not in man/sonitor.1"
+        );
+    }
+    // The health values, as the configuration guide lists them for `<machine>/health`.
+    let guide = std::fs::read_to_string(common::workspace().join("configs/README.md")).unwrap();
+    let row = guide
+        .lines()
+        .find(|l| l.starts_with("| `<machine>/health` |"))
+        .expect("the guide's health row");
+    let values: Vec<&str> = row
+        .split('`')
+        .skip(3)
+        .step_by(2)
+        .filter(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .collect();
+    assert_eq!(
+        values,
+        ["OK", "SILENT", "CLIPPING", "NO_AUDIO", "NO_SCORES"],
+        "{row}"
+    );
+    for v in values {
+        assert!(
+            page.contains(&format!(".TP\n.B {v}\n")),
+            "health {v} is not in man/sonitor.1"
         );
     }
     if Command::new("groff").arg("-v").output().is_ok() {
