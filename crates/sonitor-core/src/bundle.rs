@@ -244,6 +244,12 @@ impl Manifest {
         }
         let mut seen = BTreeMap::new();
         for s in &self.sections {
+            if let Some(why) = crate::dcase::machine_type_problem(&s.machine_type) {
+                return Err(format!(
+                    "section {} has machine_type {:?}, which cannot name a machine type ({why})",
+                    s.section, s.machine_type
+                ));
+            }
             let key = s.key();
             if seen.insert(key.clone(), ()).is_some() {
                 return Err(format!("section {key} is listed twice"));
@@ -702,6 +708,18 @@ mod tests {
                     m.sections.push(s)
                 }),
                 "twice",
+            ),
+            (
+                Box::new(|m| m.sections[0].machine_type = String::new()),
+                "machine_type \"\", which cannot name a machine type (empty)",
+            ),
+            (
+                Box::new(|m| m.sections[0].machine_type = "fan/section_01".into()),
+                "machine_type \"fan/section_01\", which cannot name a machine type (it contains '/')",
+            ),
+            (
+                Box::new(|m| m.sections[0].machine_type = " fan".into()),
+                "(it starts or ends with a space)",
             ),
         ];
         for (change, expect) in cases {

@@ -32,6 +32,8 @@ pub enum DcaseError {
     BadName { path: PathBuf, reason: String },
     #[error("{path}: {reason}")]
     BadCsv { path: PathBuf, reason: String },
+    #[error("{path}: the directory's name is not usable as a machine type ({reason}); rename it")]
+    BadTypeName { path: PathBuf, reason: &'static str },
     #[error("{path}: file is in {dir}/ but its name says {split}")]
     WrongSplit {
         path: PathBuf,
@@ -293,11 +295,14 @@ pub fn scan(root: &Path) -> Result<Dataset, DcaseError> {
     }
     let mut clips = Vec::new();
     for type_dir in types {
-        let machine_type = type_dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_string();
+        let machine_type = match type_dir.file_name().and_then(|n| n.to_str()) {
+            None => Err("not UTF-8"),
+            Some(n) => machine_type_problem(n).map_or(Ok(n.to_string()), Err),
+        }
+        .map_err(|reason| DcaseError::BadTypeName {
+            path: type_dir.clone(),
+            reason,
+        })?;
         let attributes = read_attribute_csvs(&type_dir)?;
         for (dir, split) in [("train", Split::Train), ("test", Split::Test)] {
             let d = type_dir.join(dir);
@@ -486,6 +491,23 @@ impl ClassMap {
 }
 
 /// Name of the DCASE submission file of a section.
+/// Why `name` cannot be a machine type, if it cannot: the type names its sections in configs
+/// (`"<type>/section_SS"`), in messages and in the submission files' names, so it must be a non-empty name
+/// without `/`, control characters or surrounding spaces.
+pub fn machine_type_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("empty")
+    } else if name.contains('/') {
+        Some("it contains '/'")
+    } else if name.chars().any(char::is_control) {
+        Some("it contains control characters")
+    } else if name.trim() != name {
+        Some("it starts or ends with a space")
+    } else {
+        None
+    }
+}
+
 pub fn submission_file_name(machine_type: &str, section: u16) -> String {
     format!("anomaly_score_{machine_type}_section_{section:02}_test.csv")
 }
@@ -904,6 +926,47 @@ mod tests {
             e.contains("recording_1.wav") && e.contains("not DCASE-shaped"),
             "{e}"
         );
+    }
+
+    /// A type directory whose name cannot name a machine type is refused before any clip is read, not found
+    /// out at the end of a training run when the bundle is written.
+    #[test]
+    fn a_type_directory_with_an_unusable_name_is_refused() {
+        for (dir, why) in [
+            (" fan", "starts or ends with a space"),
+            ("fan\tx", "control"),
+        ] {
+            let d = tempfile::tempdir().unwrap();
+            touch(
+                &d.path()
+                    .join(dir)
+                    .join("train/section_00_source_train_normal_0000.wav"),
+            );
+            let e = scan(d.path()).unwrap_err().to_string();
+            assert!(
+                e.contains("not usable as a machine type")
+                    && e.contains(why)
+                    && e.contains("rename it"),
+                "{dir:?}: {e}"
+            );
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            let d = tempfile::tempdir().unwrap();
+            let dir = std::ffi::OsStr::from_bytes(b"f\xffn");
+            touch(
+                &d.path()
+                    .join(dir)
+                    .join("train/section_00_source_train_normal_0000.wav"),
+            );
+            let e = scan(d.path()).unwrap_err().to_string();
+            assert!(e.contains("not UTF-8"), "{e}");
+        }
+        assert_eq!(machine_type_problem("fan"), None);
+        assert_eq!(machine_type_problem("ToyCar"), None);
+        assert_eq!(machine_type_problem(""), Some("empty"));
+        assert_eq!(machine_type_problem("a/b"), Some("it contains '/'"));
     }
 
     #[test]
