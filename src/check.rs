@@ -81,6 +81,7 @@ pub(crate) fn check_with(path: &Path, running: Option<&Running>, missing: Missin
     let disk = cfg.disk_check(missing);
     problems.extend(disk.problem);
     let mut warnings = disk.warnings;
+    warnings.extend(cfg.relative_paths_warning());
     // The MQTT options `run` builds: the password file read, the TLS configuration made from the CA and client
     // files (a file that exists but is no certificate would otherwise stop every start). After the simpler
     // checks of [mqtt], which name a missing file better.

@@ -1071,6 +1071,40 @@ impl Config {
             .unwrap_or_else(|| self.state_dir.join("clips"))
     }
 
+    /// The paths of the file besides `state_dir` (which [`Config::disk_check`] warns about) that are relative: each
+    /// is taken from the directory sonitor starts in (/ under systemd), not from the file's, so a configuration
+    /// that works from a shell may find nothing once installed. One warning naming them all, or none.
+    pub fn relative_paths_warning(&self) -> Option<String> {
+        let mut relative = Vec::new();
+        let mut add = |key: String, p: Option<&Path>| {
+            if let Some(p) = p.filter(|p| p.is_relative() && !p.as_os_str().is_empty()) {
+                relative.push(format!("{key} = {}", p.display()));
+            }
+        };
+        for (i, d) in self.devices.iter().enumerate() {
+            add(format!("devices[{i}].path"), d.path.as_deref());
+        }
+        for (i, m) in self.machines.iter().enumerate() {
+            add(format!("machines[{i}].bundle"), Some(&m.bundle));
+        }
+        add(
+            "mqtt.password_file".into(),
+            self.mqtt.password_file.as_deref(),
+        );
+        let tls = &self.mqtt.tls;
+        add("mqtt.tls.ca_file".into(), tls.ca_file.as_deref());
+        add("mqtt.tls.client_cert".into(), tls.client_cert.as_deref());
+        add("mqtt.tls.client_key".into(), tls.client_key.as_deref());
+        add("clips.dir".into(), self.clips.dir.as_deref());
+        (!relative.is_empty()).then(|| {
+            format!(
+                "relative paths, taken from the directory sonitor starts in (/ under systemd), not from the \
+                 configuration file's: {}; give absolute paths",
+                relative.join(", ")
+            )
+        })
+    }
+
     /// Every problem of the configuration that can be found without opening devices or bundles.
     pub fn static_problems(&self) -> Vec<String> {
         let mut p = Vec::new();
@@ -1815,6 +1849,26 @@ min_duration = "3s"
             dir.join("state").display(),
             dir.join("bundle").display()
         )
+    }
+
+    /// Relative paths other than state_dir are named in one warning, each by its key; absolute ones are not.
+    #[test]
+    fn relative_paths_are_named_in_one_warning() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Config::load_with_env(&write(d.path(), &minimal(d.path())), []).unwrap();
+        assert_eq!(c.relative_paths_warning(), None);
+        let text = minimal(d.path()).replace(
+            &format!("bundle = \"{}\"", d.path().join("bundle").display()),
+            "bundle = \"models/pump\"",
+        ) + "[clips]\ndir = \"clips\"\n[mqtt]\npassword_file = \"/run/secret\"\n";
+        let c = Config::load_with_env(&write(d.path(), &text), []).unwrap();
+        assert_eq!(
+            c.relative_paths_warning().as_deref(),
+            Some(
+                "relative paths, taken from the directory sonitor starts in (/ under systemd), not from the \
+                 configuration file's: machines[0].bundle = models/pump, clips.dir = clips; give absolute paths"
+            )
+        );
     }
 
     #[test]
