@@ -1077,7 +1077,7 @@ impl Config {
     pub fn relative_paths_warning(&self) -> Option<String> {
         let mut relative = Vec::new();
         let mut add = |key: String, p: Option<&Path>| {
-            if let Some(p) = p.filter(|p| p.is_relative() && !p.as_os_str().is_empty()) {
+            if let Some(p) = p.filter(|p| is_relative(p)) {
                 relative.push(format!("{key} = {}", p.display()));
             }
         };
@@ -1098,8 +1098,7 @@ impl Config {
         add("clips.dir".into(), self.clips.dir.as_deref());
         (!relative.is_empty()).then(|| {
             format!(
-                "relative paths, taken from the directory sonitor starts in (/ under systemd), not from the \
-                 configuration file's: {}; give absolute paths",
+                "relative paths, {RELATIVE_TO}: {}; give absolute paths",
                 relative.join(", ")
             )
         })
@@ -1350,11 +1349,9 @@ impl Config {
             MissingDirs::Create => check_writable_dir(dir),
             MissingDirs::Probe => check_creatable_dir(dir),
         };
-        // Relative: the directory sonitor starts in, whatever the file says (an empty one is a problem of its own).
-        let relative = (self.state_dir.is_relative() && !self.state_dir.as_os_str().is_empty()).then(|| {
+        let relative = is_relative(&self.state_dir).then(|| {
             format!(
-                "state_dir {} is relative: it is taken from the directory sonitor starts in (/ under systemd), \
-                 not from the configuration file's; give an absolute path",
+                "state_dir {} is relative: it is {RELATIVE_TO}; give an absolute path",
                 self.state_dir.display()
             )
         });
@@ -1543,6 +1540,16 @@ fn list<'a>(it: impl Iterator<Item = &'a str>) -> String {
 /// Bytes of the probe file [`check_writable_dir`] writes: one block of a usual filesystem, more than an outbox
 /// message takes, so that a filesystem without room for one is found.
 const PROBE_BYTES: usize = 4096;
+
+/// Where a relative path of the file leads, as the warnings about them say.
+const RELATIVE_TO: &str =
+    "taken from the directory sonitor starts in (/ under systemd), not from the configuration file's";
+
+/// Whether a path of the file is relative: taken from the directory sonitor starts in, whatever the file says (an
+/// empty one is not: it is a problem of its own).
+fn is_relative(p: &Path) -> bool {
+    p.is_relative() && !p.as_os_str().is_empty()
+}
 
 /// What [`Config::disk_check`] does with a state or clips directory that does not exist yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

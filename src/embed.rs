@@ -122,20 +122,13 @@ pub fn spawn_inference(
                 let sc = &scorers[f.machine];
                 let m = &metrics.machines[f.machine];
                 // A window whose features failed (counted and logged by the feature thread) is not embedded.
-                let embedded = if f.failed {
-                    None
-                } else {
-                    Some(embedders[sc.model].embed(&f.features, &mut emb))
-                };
+                let embedded = (!f.failed).then(|| embedders[sc.model].embed(&f.features, &mut emb));
                 // The features are not needed after embedding, whatever happens to the score.
                 let _ = recycle.try_send(f.features);
                 let score = match embedded {
                     None => None,
                     Some(Err(e)) => {
-                        // Logged at 1, 2, 4, 8, … failures of the machine: a model that fails on every window
-                        // would otherwise write a line per window for as long as it runs.
-                        let n = m.inference_errors.inc_get();
-                        if n.is_power_of_two() {
+                        if let Some(n) = m.inference_errors.inc_log_due() {
                             log::error!(
                                 "{}: window at {} ms not scored: {e:#}; dropped, {n} so far \
                                  (sonitor_inference_errors_total)",
@@ -155,8 +148,7 @@ pub fn spawn_inference(
                         } else {
                             // Non-finite audio (a float stream with huge or NaN samples) or a model that
                             // overflows: such a score would raise or hold an alarm on garbage.
-                            let n = m.invalid_scores.inc_get();
-                            if n.is_power_of_two() {
+                            if let Some(n) = m.invalid_scores.inc_log_due() {
                                 log::warn!(
                                     "{}: window at {} ms scored {score} (not a finite number: the audio or the \
                                      model's output is not finite); dropped, {n} so far \

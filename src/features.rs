@@ -58,8 +58,7 @@ pub fn spawn_features(
                     Ok(()) => false,
                     Err(e) => {
                         let m = &metrics.machines[w.machine];
-                        let n = m.feature_errors.inc_get();
-                        if n.is_power_of_two() {
+                        if let Some(n) = m.feature_errors.inc_log_due() {
                             log::error!(
                                 "{}: window at {} ms not scored: its features could not be computed ({e}); \
                                  {n} so far (sonitor_feature_errors_total). This is a bug in sonitor: please \

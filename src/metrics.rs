@@ -23,9 +23,11 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
-    /// Adds one and returns the new value.
-    pub fn inc_get(&self) -> u64 {
-        self.0.fetch_add(1, Ordering::Relaxed).wrapping_add(1)
+    /// Adds one and returns the new value when it is 1, 2, 4, 8, …: when a line about the event is due in the
+    /// log. A fault that recurs on every window (a model that fails on this audio) would otherwise write a line
+    /// per window for as long as it lasts.
+    pub fn inc_log_due(&self) -> Option<u64> {
+        Some(self.0.fetch_add(1, Ordering::Relaxed).wrapping_add(1)).filter(|n| n.is_power_of_two())
     }
 }
 

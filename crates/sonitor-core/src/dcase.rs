@@ -490,7 +490,6 @@ impl ClassMap {
     }
 }
 
-/// Name of the DCASE submission file of a section.
 /// Why `name` cannot be a machine type, if it cannot: the type names its sections in configs
 /// (`"<type>/section_SS"`), in messages and in the submission files' names, so it must be a non-empty name
 /// without `/`, control characters or surrounding spaces.
@@ -508,6 +507,7 @@ pub fn machine_type_problem(name: &str) -> Option<&'static str> {
     }
 }
 
+/// Name of the DCASE submission file of a section.
 pub fn submission_file_name(machine_type: &str, section: u16) -> String {
     format!("anomaly_score_{machine_type}_section_{section:02}_test.csv")
 }
