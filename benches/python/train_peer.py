@@ -15,13 +15,24 @@ Same work per epoch as crates/sonitor-train/src/train.rs and data.rs, so that th
   - the sub-cluster AdaCos loss of loss.rs (K = 16 fixed random unit centres per class, adaptive scale
     recomputed each batch without gradient, clamped to [1, max(4 s0, 4)]);
   - Adam (lr 1e-3, eps 1e-5 as burn's default), one step per batch.
-Not done, as they are not part of an epoch's cost: the checkpoint per epoch, the export and the scoring back end.
+Not done, as they are not part of an epoch's cost: the checkpoint per epoch and the export.
+
+With `--score DIR` it also scores the test clips after training, as `sonitor-train fit` + `eval` do, so that an
+independent implementation of the method checks the scores of the README's ablation (not timed):
+  - the network in eval mode (BatchNorm's running statistics), every clip cut into windows as data.rs `windows`
+    (window 32 000, hop 16 000), each window's embedding unit-normalised;
+  - the back end of kmeans.rs / threshold.rs: per section, spherical k-means (k-means++ seeding, k = 16) of the
+    source-domain training windows plus every target-domain training window as its own centre; window score = min
+    cosine distance; a clip's score = the mean of its windows';
+  - DCASE submission files `anomaly_score_<type>_section_SS_test.csv` in DIR, which `sonitor-train metrics --data
+    DATA --scores DIR` turns into the official table.
+`--labels type` trains on machine types instead of attribute classes (the ablation's last row).
 
 Threads: torch's intra-op pool at its default (one thread per core), as burn's CPU backend uses every core.
 Timed per epoch: wall (time.perf_counter) and the process's CPU (time.process_time), from the first batch to the
 last optimiser step. Prints one JSON line per epoch with --json.
 
-Usage: train_peer.py --data DIR [--epochs N] [--batch N] [--seed N] [--json]
+Usage: train_peer.py --data DIR [--epochs N] [--batch N] [--seed N] [--labels attribute|type] [--score DIR] [--json]
 """
 import sys
 from pathlib import Path
@@ -56,20 +67,106 @@ def attribute_class(path):
     return f"{path.parent.parent.name}/section_{parts[1]}/{'_'.join(parts[6:])}"
 
 
-def load(data):
+def type_class(path):
+    """dcase.rs `Labels::Type`: the machine type, <type>/train/…."""
+    return path.parent.parent.name
+
+
+def section_of(path):
+    """(machine type, section number, domain) of <type>/{train,test}/section_SS_<dom>_…."""
+    parts = path.stem.split("_")
+    return path.parent.parent.name, int(parts[1]), parts[2]
+
+
+def read_clip(f):
+    a, sr = sf.read(f, dtype="float32", always_2d=True)
+    if sr != SR:
+        sys.exit(f"{f}: {sr} Hz, the peer expects {SR} Hz")
+    return np.ascontiguousarray(a.mean(axis=1))
+
+
+def load(data, class_of=attribute_class):
     files = sorted(Path(data).glob("*/train/*.wav"))
     if not files:
         sys.exit(f"{data}: no training clips (expected <type>/train/*.wav)")
-    names = sorted({attribute_class(f) for f in files})
+    names = sorted({class_of(f) for f in files})
     index = {n: i for i, n in enumerate(names)}
-    audio, labels = [], []
-    for f in files:
-        a, sr = sf.read(f, dtype="float32", always_2d=True)
-        if sr != SR:
-            sys.exit(f"{f}: {sr} Hz, the peer expects {SR} Hz")
-        audio.append(np.ascontiguousarray(a.mean(axis=1)))
-        labels.append(index[attribute_class(f)])
-    return audio, np.array(labels), names
+    audio = [read_clip(f) for f in files]
+    labels = [index[class_of(f)] for f in files]
+    return audio, np.array(labels), names, files
+
+
+def windows(audio, hop=WINDOW // 2):
+    """data.rs `windows`: every full window at multiples of the hop; a clip shorter than one is repeated, then
+    zero-padded."""
+    if len(audio) < WINDOW:
+        reps = np.tile(audio, WINDOW // max(len(audio), 1) + 1)[:WINDOW] if len(audio) else np.zeros(WINDOW)
+        return reps[None, :].astype(np.float32)
+    return np.stack([audio[i * hop:i * hop + WINDOW] for i in range((len(audio) - WINDOW) // hop + 1)])
+
+
+def spherical_kmeans(points, k, rng, max_iter=100):
+    """kmeans.rs `spherical_kmeans`: k-means++ seeding with the distance 1 − cos (drawn by its square), then Lloyd
+    iterations; with at most k points every point is its own centre."""
+    if len(points) <= k:
+        return points
+    centres = [points[rng.integers(len(points))]]
+    d = np.maximum(1 - points @ centres[0], 0)
+    while len(centres) < k:
+        w = d.astype(np.float64) ** 2
+        nxt = rng.integers(len(points)) if w.sum() <= 0 else rng.choice(len(points), p=w / w.sum())
+        centres.append(points[nxt])
+        d = np.minimum(d, np.maximum(1 - points @ centres[-1], 0))
+    c = np.stack(centres)
+    assign = None
+    for _ in range(max_iter):
+        new = np.argmax(points @ c.T, axis=1)
+        if assign is not None and np.array_equal(new, assign):
+            break
+        assign = new
+        for j in range(k):
+            members = points[assign == j]
+            if len(members):
+                m = members.sum(0)
+                n = np.linalg.norm(m)
+                if n > 0:
+                    c[j] = m / n
+    return c
+
+
+def score(data, fx, model, out, seed):
+    """Scores the test clips as `eval` does (the module docstring) and writes the submission files into `out`."""
+    model.eval()
+
+    def embed(files):
+        per_clip = []
+        with torch.no_grad():
+            for f in files:
+                log_mel, spectrum = fx(torch.from_numpy(windows(read_clip(f))))
+                per_clip.append(F.normalize(model(log_mel, spectrum), dim=1).numpy())
+        return per_clip
+
+    train = sorted(Path(data).glob("*/train/*.wav"))
+    test = sorted(Path(data).glob("*/test/*.wav"))
+    if not test:
+        sys.exit(f"{data}: no test clips (expected <type>/test/*.wav)")
+    train_emb, test_emb = embed(train), embed(test)
+    rng = np.random.default_rng(seed)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    written = []
+    for key in sorted({section_of(f)[:2] for f in test}):
+        source = [e for f, e in zip(train, train_emb) if section_of(f) == (*key, "source")]
+        target = [e for f, e in zip(train, train_emb) if section_of(f) == (*key, "target")]
+        if not source:
+            sys.exit(f"{key[0]} section {key[1]:02}: no source-domain training clips")
+        centres = [spherical_kmeans(np.concatenate(source), SUBCLUSTERS, rng)] + target
+        centres = np.concatenate(centres)
+        rows = [f"{f.name},{float(np.mean(1 - np.max(e @ centres.T, axis=1)))}"
+                for f, e in zip(test, test_emb) if section_of(f)[:2] == key]
+        path = Path(out) / f"anomaly_score_{key[0]}_section_{key[1]:02}_test.csv"
+        path.write_text("\n".join(rows) + "\n")
+        written.append(path.name)
+    print(f"scores of {len(test)} test clips in {out}: {', '.join(written)}", file=sys.stderr)
 
 
 class Features(nn.Module):
@@ -183,20 +280,22 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--labels", choices=["attribute", "type"], default="attribute")
+    ap.add_argument("--score", metavar="DIR", help="after training, write the test clips' submission files here")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
 
     torch.manual_seed(a.seed)
     rng = np.random.default_rng(a.seed)
     t = time.perf_counter()
-    audio, labels, names = load(a.data)
+    audio, labels, names, _ = load(a.data, attribute_class if a.labels == "attribute" else type_class)
     fx, model = Features(), Model()
     n_params = sum(p.numel() for p in model.parameters())
     # burn counts a BatchNorm's running mean and variance among its parameters (`fit` prints that sum).
     n_running = sum(b.numel() for name, b in model.named_buffers() if name.endswith(("running_mean", "running_var")))
     loss = SubclusterAdaCos(len(names), 128, torch.Generator().manual_seed(a.seed))
     optim = torch.optim.Adam(model.parameters(), lr=a.lr, eps=1e-5)
-    print(f"{len(audio)} training clips, {len(names)} classes (attribute), loaded in {time.perf_counter() - t:.1f} s;"
+    print(f"{len(audio)} training clips, {len(names)} classes ({a.labels}), loaded in {time.perf_counter() - t:.1f} s;"
           f" network: {n_params} parameters ({n_params + n_running} with BatchNorm running statistics); torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"python {platform.python_version()}", file=sys.stderr)
     model.train()
@@ -230,6 +329,8 @@ def main():
         print(json.dumps(row) if a.json else
               f"epoch {epoch + 1}/{a.epochs} loss {row['loss']:.4f} s {loss.scale:.2f} {wall:.1f} s "
               f"({row['clips_per_s']:.1f} clips/s, CPU {cpu:.1f} s)", flush=True)
+    if a.score:
+        score(a.data, fx, model, a.score, a.seed)
 
 
 if __name__ == "__main__":
