@@ -68,7 +68,7 @@ def attribute_class(path):
 
 
 def type_class(path):
-    """dcase.rs `Labels::Type`: the machine type, <type>/train/…."""
+    """dcase.rs `Labels::Type`: the machine type, <type>/train/…"""
     return path.parent.parent.name
 
 
@@ -85,7 +85,7 @@ def read_clip(f):
     return np.ascontiguousarray(a.mean(axis=1))
 
 
-def load(data, class_of=attribute_class):
+def load(data, class_of):
     files = sorted(Path(data).glob("*/train/*.wav"))
     if not files:
         sys.exit(f"{data}: no training clips (expected <type>/train/*.wav)")
@@ -97,11 +97,10 @@ def load(data, class_of=attribute_class):
 
 
 def windows(audio, hop=WINDOW // 2):
-    """data.rs `windows`: every full window at multiples of the hop; a clip shorter than one is repeated, then
-    zero-padded."""
+    """data.rs `windows`: every full window at multiples of the hop; a clip shorter than one is repeated to its
+    length."""
     if len(audio) < WINDOW:
-        reps = np.tile(audio, WINDOW // max(len(audio), 1) + 1)[:WINDOW] if len(audio) else np.zeros(WINDOW)
-        return reps[None, :].astype(np.float32)
+        return np.resize(audio, (1, WINDOW))
     return np.stack([audio[i * hop:i * hop + WINDOW] for i in range((len(audio) - WINDOW) // hop + 1)])
 
 
@@ -134,35 +133,31 @@ def spherical_kmeans(points, k, rng, max_iter=100):
     return c
 
 
-def score(data, fx, model, out, seed):
-    """Scores the test clips as `eval` does (the module docstring) and writes the submission files into `out`."""
+def score(data, train, train_audio, fx, model, out, seed):
+    """Scores the test clips as `eval` does (the module docstring) and writes the submission files into `out`.
+    `train` and `train_audio` are the training clips' paths and audio as `load` returned them."""
     model.eval()
 
-    def embed(files):
-        per_clip = []
+    def embed(clips):
         with torch.no_grad():
-            for f in files:
-                log_mel, spectrum = fx(torch.from_numpy(windows(read_clip(f))))
-                per_clip.append(F.normalize(model(log_mel, spectrum), dim=1).numpy())
-        return per_clip
+            return [F.normalize(model(*fx(torch.from_numpy(windows(a)))), dim=1).numpy() for a in clips]
 
-    train = sorted(Path(data).glob("*/train/*.wav"))
     test = sorted(Path(data).glob("*/test/*.wav"))
     if not test:
         sys.exit(f"{data}: no test clips (expected <type>/test/*.wav)")
-    train_emb, test_emb = embed(train), embed(test)
+    train_emb, test_emb = embed(train_audio), embed(read_clip(f) for f in test)
+    train_key, test_key = [section_of(f) for f in train], [section_of(f)[:2] for f in test]
     rng = np.random.default_rng(seed)
     Path(out).mkdir(parents=True, exist_ok=True)
     written = []
-    for key in sorted({section_of(f)[:2] for f in test}):
-        source = [e for f, e in zip(train, train_emb) if section_of(f) == (*key, "source")]
-        target = [e for f, e in zip(train, train_emb) if section_of(f) == (*key, "target")]
+    for key in sorted(set(test_key)):
+        source = [e for k, e in zip(train_key, train_emb) if k == (*key, "source")]
+        target = [e for k, e in zip(train_key, train_emb) if k == (*key, "target")]
         if not source:
             sys.exit(f"{key[0]} section {key[1]:02}: no source-domain training clips")
-        centres = [spherical_kmeans(np.concatenate(source), SUBCLUSTERS, rng)] + target
-        centres = np.concatenate(centres)
+        centres = np.concatenate([spherical_kmeans(np.concatenate(source), SUBCLUSTERS, rng)] + target)
         rows = [f"{f.name},{float(np.mean(1 - np.max(e @ centres.T, axis=1)))}"
-                for f, e in zip(test, test_emb) if section_of(f)[:2] == key]
+                for f, k, e in zip(test, test_key, test_emb) if k == key]
         path = Path(out) / f"anomaly_score_{key[0]}_section_{key[1]:02}_test.csv"
         path.write_text("\n".join(rows) + "\n")
         written.append(path.name)
@@ -288,7 +283,7 @@ def main():
     torch.manual_seed(a.seed)
     rng = np.random.default_rng(a.seed)
     t = time.perf_counter()
-    audio, labels, names, _ = load(a.data, attribute_class if a.labels == "attribute" else type_class)
+    audio, labels, names, files = load(a.data, attribute_class if a.labels == "attribute" else type_class)
     fx, model = Features(), Model()
     n_params = sum(p.numel() for p in model.parameters())
     # burn counts a BatchNorm's running mean and variance among its parameters (`fit` prints that sum).
@@ -330,7 +325,7 @@ def main():
               f"epoch {epoch + 1}/{a.epochs} loss {row['loss']:.4f} s {loss.scale:.2f} {wall:.1f} s "
               f"({row['clips_per_s']:.1f} clips/s, CPU {cpu:.1f} s)", flush=True)
     if a.score:
-        score(a.data, fx, model, a.score, a.seed)
+        score(a.data, files, audio, fx, model, a.score, a.seed)
 
 
 if __name__ == "__main__":
