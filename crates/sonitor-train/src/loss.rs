@@ -7,12 +7,17 @@
 //! - [`LossKind::IcCompactness`]: `Σ_c y_c ‖φ(x) − c_c‖²` to one fixed random centre per class.
 //! - [`LossKind::OneClass`]: `‖φ(x) − c‖²` to one fixed random centre.
 //!
-//! The adaptive scale follows AdaCos (Zhang et al. 2019) as the reference code applies it: recomputed each
-//! batch, before the loss, from the detached cosines: `s = ln(B_avg) / cos(min(π/4, θ_med))` with `B_avg` the
-//! batch mean of `Σ exp(s·cos)` over the logits whose (sub-cluster-expanded) label is below 1, and `θ_med` the
-//! median over the batch of each sample's label-weighted angle to its classes' centres. Guarded: a non-finite
-//! or non-positive value keeps the previous scale, and the scale is clamped to `[1, 4·s₀]` (s₀ the initial
-//! `√2·ln(C·K − 1)`), so it cannot blow up when all cosines drift positive.
+//! The adaptive scale follows AdaCos (Zhang et al. 2019): recomputed each batch, before the loss, from the
+//! detached cosines: `s = ln(B_avg) / cos(min(π/4, θ_med))` with `B_avg` the batch mean of `Σ exp(s·cos)` over
+//! the logits whose (sub-cluster-expanded) label is below 1 (AdaCos's non-target classes), and `θ_med` the
+//! median over the batch of each sample's label-weighted mean angle to its classes' centres. The authors'
+//! published sub-cluster AdaCos layer sums `B_avg` over all `C·K` logits (its line over the non-target ones is
+//! commented out) and `θ` over the `K` centres; the README ("Against the authors' published code") measures
+//! that form in the PyTorch peer: the same scale within 0.2 and scores within one seed's spread, and `θ_med`
+//! stays above π/4 in both forms, so `cos(π/4)` divides throughout.
+//!
+//! Guarded: a non-finite or non-positive value keeps the previous scale, and the scale is clamped to
+//! `[1, 4·s₀]` (s₀ the initial `√2·ln(C·K − 1)`), so it cannot blow up when all cosines drift positive.
 
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::SeedableRng;
