@@ -146,13 +146,15 @@ def score(data, train, train_audio, fx, model, out, seed):
     if not test:
         sys.exit(f"{data}: no test clips (expected <type>/test/*.wav)")
     train_emb, test_emb = embed(train_audio), embed(read_clip(f) for f in test)
-    train_key, test_key = [section_of(f) for f in train], [section_of(f)[:2] for f in test]
+    test_key = [section_of(f)[:2] for f in test]
     rng = np.random.default_rng(seed)
     Path(out).mkdir(parents=True, exist_ok=True)
     written = []
+    by_key = {}
+    for f, e in zip(train, train_emb):
+        by_key.setdefault(section_of(f), []).append(e)
     for key in sorted(set(test_key)):
-        source = [e for k, e in zip(train_key, train_emb) if k == (*key, "source")]
-        target = [e for k, e in zip(train_key, train_emb) if k == (*key, "target")]
+        source, target = by_key.get((*key, "source"), []), by_key.get((*key, "target"), [])
         if not source:
             sys.exit(f"{key[0]} section {key[1]:02}: no source-domain training clips")
         centres = np.concatenate([spherical_kmeans(np.concatenate(source), SUBCLUSTERS, rng)] + target)
