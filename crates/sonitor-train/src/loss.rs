@@ -13,8 +13,7 @@
 //! median over the batch of each sample's label-weighted mean angle to its classes' centres. The authors'
 //! published sub-cluster AdaCos layer sums `B_avg` over all `C·K` logits (its line over the non-target ones is
 //! commented out) and `θ` over the `K` centres; the README ("Against the authors' published code") measures
-//! that form in the PyTorch peer: the same scale within 0.25 and scores within one seed's spread, and `θ_med`
-//! stays above π/4 in both forms, so `cos(π/4)` divides throughout.
+//! the two forms against each other.
 //!
 //! Guarded: a non-finite or non-positive value keeps the previous scale, and the scale is clamped to
 //! `[1, 4·s₀]` (s₀ the initial `√2·ln(C·K − 1)`), so it cannot blow up when all cosines drift positive.
