@@ -57,7 +57,8 @@ import time  # noqa: E402
 
 # FeatureParams::default() (crates/sonitor-core/src/features.rs).
 SR, WINDOW, N_FFT, HOP, N_MELS, FLOOR = 16000, 32000, 1024, 512, 128, 1e-5
-SUBCLUSTERS = 16
+SUBCLUSTERS = 16  # the loss's K (loss.rs)
+KMEANS_K = 16  # the back end's k of source-domain centres per section (`fit --kmeans`'s default)
 
 
 def attribute_class(path):
@@ -146,20 +147,21 @@ def score(data, train, train_audio, fx, model, out, seed):
     if not test:
         sys.exit(f"{data}: no test clips (expected <type>/test/*.wav)")
     train_emb, test_emb = embed(train_audio), embed(read_clip(f) for f in test)
-    test_key = [section_of(f)[:2] for f in test]
     rng = np.random.default_rng(seed)
     Path(out).mkdir(parents=True, exist_ok=True)
     written = []
-    by_key = {}
+    # Grouped once: the training windows by (type, section, domain), the test clips by (type, section).
+    train_by_key, test_by_key = {}, {}
     for f, e in zip(train, train_emb):
-        by_key.setdefault(section_of(f), []).append(e)
-    for key in sorted(set(test_key)):
-        source, target = by_key.get((*key, "source"), []), by_key.get((*key, "target"), [])
+        train_by_key.setdefault(section_of(f), []).append(e)
+    for f, e in zip(test, test_emb):
+        test_by_key.setdefault(section_of(f)[:2], []).append((f, e))
+    for key in sorted(test_by_key):
+        source, target = train_by_key.get((*key, "source"), []), train_by_key.get((*key, "target"), [])
         if not source:
             sys.exit(f"{key[0]} section {key[1]:02}: no source-domain training clips")
-        centres = np.concatenate([spherical_kmeans(np.concatenate(source), SUBCLUSTERS, rng)] + target)
-        rows = [f"{f.name},{float(np.mean(1 - np.max(e @ centres.T, axis=1)))}"
-                for f, k, e in zip(test, test_key, test_emb) if k == key]
+        centres = np.concatenate([spherical_kmeans(np.concatenate(source), KMEANS_K, rng)] + target)
+        rows = [f"{f.name},{float(np.mean(1 - np.max(e @ centres.T, axis=1)))}" for f, e in test_by_key[key]]
         path = Path(out) / f"anomaly_score_{key[0]}_section_{key[1]:02}_test.csv"
         path.write_text("\n".join(rows) + "\n")
         written.append(path.name)
