@@ -16,7 +16,7 @@
 //! the two forms against each other.
 //!
 //! Guarded: a non-finite or non-positive value keeps the previous scale, and the scale is clamped to
-//! `[1, 4·s₀]` (s₀ the initial `√2·ln(C·K − 1)`), so it cannot blow up when all cosines drift positive.
+//! `[1, max(4·s₀, 4)]` (s₀ the initial `√2·ln(C·K − 1)`), so it cannot blow up when all cosines drift positive.
 
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::SeedableRng;
