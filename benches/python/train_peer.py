@@ -18,7 +18,7 @@ Same work per epoch as crates/sonitor-train/src/train.rs and data.rs, so that th
 Not done, as they are not part of an epoch's cost: the checkpoint per epoch and the export.
 
 With `--score DIR` it also scores the test clips after training, as `sonitor-train fit` + `eval` do, so that an
-independent implementation of the method checks the scores of the README's ablation (not timed):
+independent implementation of the method checks the scores of the README's ablation and ABLATION.md (not timed):
   - the network in eval mode (BatchNorm's running statistics), every clip cut into windows as data.rs `windows`
     (window 32 000, hop 16 000), each window's embedding unit-normalised;
   - the back end of kmeans.rs / threshold.rs: per section, spherical k-means (k-means++ seeding, k = 16) of the

@@ -12,7 +12,7 @@
 //! the logits whose (sub-cluster-expanded) label is below 1 (AdaCos's non-target classes), and `θ_med` the
 //! median over the batch of each sample's label-weighted mean angle to its classes' centres. The authors'
 //! published sub-cluster AdaCos layer sums `B_avg` over all `C·K` logits (its line over the non-target ones is
-//! commented out) and `θ` over the `K` centres; the README ("Against the authors' published code") measures
+//! commented out) and `θ` over the `K` centres; ABLATION.md ("Against the authors' published code") measures
 //! the two forms against each other.
 //!
 //! Guarded: a non-finite or non-positive value keeps the previous scale, and the scale is clamped to
