@@ -38,24 +38,54 @@ pub fn clip_vectors(clips: &[&Clip], params: &FeatureParams) -> anyhow::Result<V
         || anyhow::Ok((FeatureExtractor::new(params.clone())?, Vec::new())),
         |(fx, frames), clip| {
             let audio = crate::data::load_clip(clip, params)?;
-            frames.clear();
-            let n = fx.log_mel_frames(&audio, frames);
-            anyhow::ensure!(
-                n > 0,
-                "{}: too short ({} samples) for one STFT frame of {}",
-                clip.path.display(),
-                audio.len(),
-                params.n_fft
-            );
-            let mut mean = vec![0.0f64; params.n_mels];
-            for row in frames.chunks_exact(params.n_mels) {
-                for (m, v) in mean.iter_mut().zip(row) {
-                    *m += *v as f64 / n as f64;
-                }
-            }
-            Ok(mean)
+            mean_log_mel(fx, frames, &audio)
+                .with_context(|| format!("{}: too short", clip.path.display()))
         },
     )
+}
+
+/// Per clip, the mean log-mel vector of each of its analysis windows (the windows `eval` embeds,
+/// [`crate::data::windows`]), computed on all cores. Errors name the clip.
+pub fn window_vectors(
+    clips: &[&Clip],
+    params: &FeatureParams,
+) -> anyhow::Result<Vec<Vec<Vec<f64>>>> {
+    parallel::map_with_state(
+        clips,
+        || anyhow::Ok((FeatureExtractor::new(params.clone())?, Vec::new())),
+        |(fx, frames), clip| {
+            let audio = crate::data::load_clip(clip, params)?;
+            crate::data::windows(&audio, params)
+                .iter()
+                .map(|w| mean_log_mel(fx, frames, w))
+                .collect::<anyhow::Result<Vec<_>>>()
+                .with_context(|| format!("{}: a window too short", clip.path.display()))
+        },
+    )
+}
+
+/// The mean over frames of `audio`'s raw log-mel spectrogram; `frames` is scratch space.
+fn mean_log_mel(
+    fx: &mut FeatureExtractor,
+    frames: &mut Vec<f32>,
+    audio: &[f32],
+) -> anyhow::Result<Vec<f64>> {
+    let n_mels = fx.params().n_mels;
+    frames.clear();
+    let n = fx.log_mel_frames(audio, frames);
+    anyhow::ensure!(
+        n > 0,
+        "{} samples, fewer than one STFT frame of {}",
+        audio.len(),
+        fx.params().n_fft
+    );
+    let mut mean = vec![0.0f64; n_mels];
+    for row in frames.chunks_exact(n_mels) {
+        for (m, v) in mean.iter_mut().zip(row) {
+            *m += *v as f64 / n as f64;
+        }
+    }
+    Ok(mean)
 }
 
 /// Lower-triangular Cholesky factor of a symmetric positive-definite matrix (row-major, d×d).

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sonitor_core::{dcase, metrics};
 
-use crate::{baseline, synth};
+use crate::{baseline, combine, synth};
 use crate::{eval, import, prune, train, upgrade};
 
 #[derive(Parser, Debug)]
@@ -36,6 +36,8 @@ enum Command {
     Fit(train::FitArgs),
     /// Score the test clips with a model bundle (tract on the ONNX graph) and print the official metrics.
     Eval(eval::EvalArgs),
+    /// Score the test clips with a model bundle and the baseline together, each on its training clips' scale.
+    Combine(combine::CombineArgs),
     /// Remove whole channels of a trained network, fine-tune it and write a smaller bundle.
     Prune(prune::PruneArgs),
     /// Rewrite a bundle's graph, exported by an earlier version, into the current (faster) form; same embedding.
@@ -120,6 +122,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Metrics(a) => run_metrics(a),
         Command::Fit(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Combine(a) => combine::run(a),
         Command::Prune(a) => prune::run(a),
         Command::Upgrade(a) => upgrade::run(a),
     };

@@ -91,6 +91,26 @@ pub fn clip_score(windows: &[f64]) -> f64 {
     windows.iter().sum::<f64>() / windows.len().max(1) as f64
 }
 
+/// The window scores of each clip against `centroids`, on all cores (each worker reads, embeds and scores its
+/// clips in one pass). Errors name the clip.
+pub fn clip_window_scores(
+    embedder: &EmbeddingGraph,
+    params: &sonitor_core::features::FeatureParams,
+    clips: &[&Clip],
+    centroids: &[Vec<f32>],
+) -> anyhow::Result<Vec<Vec<f64>>> {
+    parallel::map_with_state(
+        clips,
+        || FeatureExtractor::new(params.clone()).map_err(anyhow::Error::from),
+        |fx, c| {
+            let a = crate::data::load_clip(c, params)?;
+            let w = window_scores(embedder, fx, &a, centroids)
+                .with_context(|| format!("scoring {}", c.path.display()))?;
+            Ok(w.iter().map(|&v| f64::from(v)).collect())
+        },
+    )
+}
+
 /// Scores every test clip and writes the submission files into `out`. Returns the scores of each section.
 pub fn score_dataset(
     bundle: &Bundle,
@@ -114,17 +134,7 @@ pub fn score_dataset(
                 bundle.manifest.sections.iter().map(|s| s.key()).collect::<Vec<_>>().join(", ")
             )
             })?;
-        // Each worker reads, embeds and scores its clips in one pass.
-        let windows: Vec<Vec<f64>> = parallel::map_with_state(
-            &test,
-            || FeatureExtractor::new(params.clone()).map_err(anyhow::Error::from),
-            |fx, c| {
-                let a = crate::data::load_clip(c, &params)?;
-                let w = window_scores(&embedder, fx, &a, &sm.centroids)
-                    .with_context(|| format!("scoring {}", c.path.display()))?;
-                Ok(w.iter().map(|&v| f64::from(v)).collect())
-            },
-        )?;
+        let windows = clip_window_scores(&embedder, &params, &test, &sm.centroids)?;
         let scores: Vec<f64> = windows.iter().map(|w| clip_score(w)).collect();
         let rows: Vec<(String, f64)> = test
             .iter()

@@ -3,6 +3,7 @@
 //!
 //! - [`synth`]: the synthetic factory data set generator (DCASE 2023 layout);
 //! - [`baseline`]: the non-learned baseline scorer (mean log-mel + Mahalanobis) every model must beat;
+//! - [`combine`]: a bundle's score and the baseline's together, each on its training clips' scale (offline);
 //! - [`model`], [`loss`], [`data`], [`train`]: the seed paper's network and losses in burn, and `fit`;
 //! - [`kmeans`], [`threshold`]: the scoring back end (centroids, gamma-quantile thresholds);
 //! - [`export`], [`infer`], [`eval`]: ONNX export, tract inference (the daemon's path), `eval`;
@@ -14,6 +15,7 @@
 pub mod baseline;
 pub mod checkpoint;
 pub mod cli;
+pub mod combine;
 pub mod data;
 pub mod eval;
 pub mod export;

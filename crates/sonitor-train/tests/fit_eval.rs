@@ -358,3 +358,100 @@ fn eval_json_prints_one_object_with_or_without_labels() {
     assert!(!scores.exists(), "nothing is scored: {stderr}");
     assert!(!dir.path().join("roc.svg").exists());
 }
+
+/// `combine` puts the model's and the baseline's scores on their training clips' scales and adds them: with
+/// `--weight 1` it ranks the test clips as `eval` does (the same model scores, to the bit), with `--weight 0` as
+/// the baseline's scores do; the JSON is `metrics --json`'s object; a weight outside [0, 1] is refused before
+/// anything is scored.
+#[test]
+fn combine_adds_the_two_scores_on_their_training_scales() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_dataset(&data);
+    let model = dir.path().join("bundle");
+    fit(&options(&data, &model, LossKind::SubclusterAdacos, 1)).unwrap();
+    let run = |args: &[&str], out: &Path| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor-train"))
+            .args(args)
+            .arg("--model")
+            .arg(&model)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        (o.status.code(), stdout, stderr)
+    };
+    let report = |stdout: &str| -> sonitor_core::metrics::Report {
+        serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    };
+    let file = "anomaly_score_fan_section_00_test.csv";
+
+    let eval_out = dir.path().join("eval");
+    let (code, stdout, stderr) = run(&["eval", "--json"], &eval_out);
+    assert_eq!(code, Some(0), "{stderr}");
+    let eval = report(&stdout);
+
+    // Whole clips, and each window as a daemon would score it.
+    for (weight, windows, name) in [
+        ("1", false, "w1"),
+        ("0", false, "w0"),
+        ("0.5", false, "w05"),
+        ("1", true, "w1-windows"),
+        ("0", true, "w0-windows"),
+    ] {
+        let out = dir.path().join(name);
+        let mut args = vec!["combine", "--json", "--weight", weight];
+        if windows {
+            args.push("--windows");
+        }
+        let (code, stdout, stderr) = run(&args, &out);
+        assert_eq!(code, Some(0), "{name}: {stderr}");
+        let combined = report(&stdout);
+        assert!(combined.official_score.is_finite(), "{name}: {stdout}");
+        assert!(
+            stderr.contains("official score: baseline "),
+            "{name}: {stderr}"
+        );
+        // The model's own scores are `eval`'s, either way.
+        assert_eq!(
+            std::fs::read_to_string(out.join("model").join(file)).unwrap(),
+            std::fs::read_to_string(eval_out.join(file)).unwrap(),
+            "{name}"
+        );
+        let alone = match weight {
+            "1" => eval.clone(),
+            "0" => sonitor_core::metrics::evaluate_submission(
+                &sonitor_core::dcase::scan(&data).unwrap(),
+                &out.join("baseline"),
+            )
+            .unwrap(),
+            _ => continue,
+        };
+        // A scale is increasing and a clip's score the mean of its units, so one system alone ranks the clips as
+        // its own scores do.
+        let (a, b) = (&combined.sections[0], &alone.sections[0]);
+        assert_eq!(
+            (a.auc_source, a.auc_target, a.pauc),
+            (b.auc_source, b.auc_target, b.pauc),
+            "{name}"
+        );
+    }
+    // Per window the baseline is another model (fitted on windows, not clips): other scores.
+    assert_ne!(
+        std::fs::read_to_string(dir.path().join("w0/baseline").join(file)).unwrap(),
+        std::fs::read_to_string(dir.path().join("w0-windows/baseline").join(file)).unwrap()
+    );
+
+    let out = dir.path().join("bad");
+    let (code, _, stderr) = run(&["combine", "--weight", "1.5"], &out);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--weight 1.5: the model's weight must lie between 0"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "nothing is written: {stderr}");
+}

@@ -1,0 +1,352 @@
+//! `sonitor-train combine`: a model bundle's score and the non-learned baseline's together, offline.
+//!
+//! The two see different faults on the synthetic set (ABLATION.md, "Which faults it misses"): the learned
+//! embedding the changes of a machine's tonal or temporal pattern, the baseline's mean log-mel the steady level
+//! of a band (a leak's hiss, a bearing's ringing). `combine` scores every test clip both ways, puts each score on
+//! the scale of its own section's normal training clips, and adds them:
+//!
+//! - each system's scale: `(s − m) / (q − m)`, with `m` the median and `q` the 0.9 quantile of its scores of the
+//!   section's **source-domain** normal training clips (the target-domain training clips are centres of the
+//!   learned back end, so their own scores are 0 and say nothing of a spread);
+//! - the combined score: `(1 − W)·baseline + W·model` (`--weight W`, 0.5 by default). On this scale 1 means
+//!   "as high as the 0.9 quantile of the normal source clips, for both systems": the decision files mark a clip
+//!   anomalous above 1.
+//!
+//! By default each system scores whole clips (the baseline the mean log-mel of the clip, the model the mean of its
+//! window scores, as `eval` does). With `--windows` both score each analysis window, as a daemon on a stream
+//! would: the baseline's mean log-mel and Mahalanobis model per window (fitted on the training clips' windows),
+//! both scales on the source training windows, and a clip's score the mean of its windows' combined scores.
+//!
+//! Nothing of the test clips goes into the scales, so the combined score could run on a stream as it is. It is an
+//! offline evaluation for now: the daemon scores with the bundle's centroids alone.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use sonitor_core::bundle::Bundle;
+use sonitor_core::dcase::{self, Clip, Domain, Split};
+use sonitor_core::features::FeatureParams;
+use sonitor_core::metrics;
+
+use crate::baseline::{clip_vectors, window_vectors, SectionModel};
+use crate::eval::{clip_score, clip_window_scores, embedder_of};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct CombineArgs {
+    /// Model bundle directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Data set root (DCASE layout).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Weight of the model's scaled score, from 0 (the baseline alone) to 1 (the model alone); the baseline's is
+    /// 1 − W.
+    #[arg(long, default_value_t = 0.5)]
+    pub weight: f64,
+    /// Directory for the submission files of the combined score; the two systems' own go into its `baseline/`
+    /// and `model/` (default: BUNDLE/scores-combined).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Score each analysis window both ways, as a daemon would (the baseline's mean log-mel and Mahalanobis
+    /// distance per window, its model fitted on the training clips' windows; both scales on the source training
+    /// windows), and a clip by the mean of its windows' combined scores. Without it each system scores whole
+    /// clips (the baseline's mean log-mel of the clip, the model's mean window score).
+    #[arg(long)]
+    pub windows: bool,
+    /// Print the combined score's metrics as one JSON object (the same as `metrics --json`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Where `combine` writes by default, inside the bundle directory.
+pub const DEFAULT_OUT_DIR: &str = "scores-combined";
+
+/// Per clip, a system's scores of its units: one for a whole clip, or one per analysis window.
+type Units = Vec<Vec<f64>>;
+
+/// One system's unit scores of the baseline: per clip of `fit_on` (the section's normal source-domain training
+/// clips) and of `test`, one score per clip, or per window with `per_window`; the baseline's model is fitted on
+/// the same units of `fit_on` (covariance and a mean) and `target` (a second mean).
+fn baseline_units(
+    params: &FeatureParams,
+    fit_on: &[&Clip],
+    target: &[&Clip],
+    test: &[&Clip],
+    per_window: bool,
+) -> anyhow::Result<(Units, Units)> {
+    let vectors = |clips: &[&Clip]| -> anyhow::Result<Vec<Vec<Vec<f64>>>> {
+        if per_window {
+            window_vectors(clips, params)
+        } else {
+            Ok(clip_vectors(clips, params)?
+                .into_iter()
+                .map(|v| vec![v])
+                .collect())
+        }
+    };
+    let source = vectors(fit_on)?;
+    let model = SectionModel::fit(&source.concat(), &vectors(target)?.concat())?;
+    let score = |clips: Vec<Vec<Vec<f64>>>| -> Vec<Vec<f64>> {
+        clips
+            .iter()
+            .map(|units| units.iter().map(|v| model.score(v)).collect())
+            .collect()
+    };
+    Ok((score(source), score(vectors(test)?)))
+}
+
+/// The quantile of the normal source clips' scores that a scale maps to 1.
+pub const SCALE_QUANTILE: f64 = 0.9;
+
+/// One system's scale in one section: the median of its normal source-domain training clips' scores goes to 0,
+/// their [`SCALE_QUANTILE`] to 1.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scale {
+    pub median: f64,
+    pub spread: f64,
+}
+
+impl Scale {
+    /// Fits on the scores of the normal source-domain training clips. Refuses fewer than 2 scores, a score that
+    /// is not finite, and scores whose median and quantile coincide (no spread to scale by).
+    pub fn fit(scores: &[f64]) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            scores.len() >= 2,
+            "{} normal source-domain training clip(s); a scale needs at least 2",
+            scores.len()
+        );
+        anyhow::ensure!(
+            scores.iter().all(|s| s.is_finite()),
+            "a training clip's score is not finite"
+        );
+        let mut sorted = scores.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let median = quantile(&sorted, 0.5);
+        let spread = quantile(&sorted, SCALE_QUANTILE) - median;
+        anyhow::ensure!(
+            spread > 0.0,
+            "the training clips' scores have no spread (median and {SCALE_QUANTILE} quantile both {median})"
+        );
+        Ok(Self { median, spread })
+    }
+
+    pub fn apply(&self, score: f64) -> f64 {
+        (score - self.median) / self.spread
+    }
+}
+
+/// The `q` quantile of sorted values, linearly interpolated between the two nearest ranks (numpy's default).
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let pos = q * (sorted.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+}
+
+/// The submission files of the combined score (the two systems' own are beside them, [`system_dir`]).
+#[derive(Debug)]
+pub struct Combined {
+    pub files: Vec<PathBuf>,
+}
+
+/// The baseline's and the model's submission files under `out/baseline` and `out/model`.
+pub fn system_dir(out: &Path, system: &str) -> PathBuf {
+    out.join(system)
+}
+
+/// Scores every test clip both ways and writes the three sets of submission files (see the module's docs).
+pub fn score_dataset(
+    bundle: &Bundle,
+    data: &dcase::Dataset,
+    out: &Path,
+    weight: f64,
+    per_window: bool,
+) -> anyhow::Result<Combined> {
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&weight),
+        "--weight {weight}: the model's weight must lie between 0 (the baseline alone) and 1 (the model alone)"
+    );
+    crate::data::train_clips(data)?;
+    let embedder = embedder_of(bundle)?;
+    // The baseline's mean log-mel from the features the bundle's graph is fed, as the daemon computes them.
+    let params = bundle.manifest.features.clone();
+    for dir in [
+        out.to_path_buf(),
+        system_dir(out, "baseline"),
+        system_dir(out, "model"),
+    ] {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut files = Vec::new();
+    for (machine_type, section) in data.sections() {
+        let test: Vec<&Clip> = data.clips_of(&machine_type, section, Split::Test).collect();
+        if test.is_empty() {
+            continue;
+        }
+        let where_ = || format!("{machine_type} section {section:02}");
+        let sm = bundle.section(&machine_type, section).with_context(|| {
+            format!(
+                "{}: the bundle has no model for {} (it has: {})",
+                bundle.dir.display(),
+                where_(),
+                bundle
+                    .manifest
+                    .sections
+                    .iter()
+                    .map(|s| s.key())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
+        let train: Vec<&Clip> = data
+            .clips_of(&machine_type, section, Split::Train)
+            .collect();
+        let (source, target): (Vec<&Clip>, Vec<&Clip>) = train
+            .iter()
+            .partition(|c| c.name.domain != Some(Domain::Target));
+
+        // Each system's scores in units: a clip, or with `per_window` each analysis window of a clip.
+        let (baseline_source, baseline_test) =
+            baseline_units(&params, &source, &target, &test, per_window).with_context(where_)?;
+        let model_units = |clips: &[&Clip]| -> anyhow::Result<Units> {
+            let windows = clip_window_scores(&embedder, &params, clips, &sm.centroids)?;
+            Ok(if per_window {
+                windows
+            } else {
+                windows.iter().map(|w| vec![clip_score(w)]).collect()
+            })
+        };
+        let (model_source, model_test) = (model_units(&source)?, model_units(&test)?);
+        let baseline_scale = Scale::fit(&baseline_source.concat())
+            .with_context(|| format!("{}: the baseline's scale", where_()))?;
+        let model_scale = Scale::fit(&model_source.concat())
+            .with_context(|| format!("{}: the model's scale", where_()))?;
+
+        let names: Vec<String> = test.iter().map(|c| c.file_name().to_string()).collect();
+        let rows = |units: &Units| -> Vec<(String, f64)> {
+            names
+                .iter()
+                .cloned()
+                .zip(units.iter().map(|u| clip_score(u)))
+                .collect()
+        };
+        dcase::write_submission(
+            &system_dir(out, "baseline"),
+            &machine_type,
+            section,
+            &rows(&baseline_test),
+        )?;
+        dcase::write_submission(
+            &system_dir(out, "model"),
+            &machine_type,
+            section,
+            &rows(&model_test),
+        )?;
+        let combined: Units = baseline_test
+            .iter()
+            .zip(&model_test)
+            .map(|(b, m)| {
+                b.iter()
+                    .zip(m)
+                    .map(|(&b, &m)| {
+                        (1.0 - weight) * baseline_scale.apply(b) + weight * model_scale.apply(m)
+                    })
+                    .collect()
+            })
+            .collect();
+        let rows = rows(&combined);
+        files.push(dcase::write_submission(out, &machine_type, section, &rows)?);
+        let decisions: Vec<(String, bool)> =
+            rows.iter().map(|(n, s)| (n.clone(), *s > 1.0)).collect();
+        dcase::write_decisions(out, &machine_type, section, &decisions)?;
+        eprintln!(
+            "{}: {} source training clips set the scales (baseline median {:.4}, spread {:.4}; model median \
+             {:.4}, spread {:.4}), {} test clips scored",
+            where_(),
+            source.len(),
+            baseline_scale.median,
+            baseline_scale.spread,
+            model_scale.median,
+            model_scale.spread,
+            test.len()
+        );
+    }
+    anyhow::ensure!(
+        !files.is_empty(),
+        "{}: no test clips to score",
+        data.root.display()
+    );
+    Ok(Combined { files })
+}
+
+pub fn run(a: &CombineArgs) -> anyhow::Result<()> {
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| a.model.join(DEFAULT_OUT_DIR));
+    let bundle = Bundle::load(&a.model)?;
+    let data = dcase::scan(&a.data)?;
+    let started = std::time::Instant::now();
+    let combined = score_dataset(&bundle, &data, &out, a.weight, a.windows)?;
+    eprintln!(
+        "scored in {:.1} s; submission files in {} (the baseline's in {}, the model's in {})",
+        started.elapsed().as_secs_f64(),
+        out.display(),
+        system_dir(&out, "baseline").display(),
+        system_dir(&out, "model").display()
+    );
+    let counts = crate::eval::unlabelled_test_clips(&data);
+    if counts.0 > 0 {
+        let files: Vec<&Path> = combined.files.iter().map(PathBuf::as_path).collect();
+        return crate::eval::print_no_metrics(counts, &out, &files, a.json);
+    }
+    let official = |dir: &Path| -> anyhow::Result<f64> {
+        Ok(metrics::evaluate_submission(&data, dir)
+            .with_context(|| {
+                format!(
+                    "evaluating {} against {}",
+                    dir.display(),
+                    data.root.display()
+                )
+            })?
+            .official_score)
+    };
+    let report = metrics::evaluate_submission(&data, &out).with_context(|| {
+        format!(
+            "evaluating {} against {}",
+            out.display(),
+            data.root.display()
+        )
+    })?;
+    eprintln!(
+        "official score: baseline {:.4}, model {:.4}, combined (model weight {}) {:.4}",
+        official(&system_dir(&out, "baseline"))?,
+        official(&system_dir(&out, "model"))?,
+        a.weight,
+        report.official_score
+    );
+    crate::cli::print_report(&report, a.json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scale_maps_the_median_to_0_and_the_quantile_to_1() {
+        // Sorted: 1 2 3 4 5 6 7 8 9 10 → median 5.5; 0.9 quantile at rank 8.1: 9.1.
+        let s = Scale::fit(&[3.0, 1.0, 2.0, 10.0, 4.0, 5.0, 9.0, 6.0, 8.0, 7.0]).unwrap();
+        assert!((s.median - 5.5).abs() < 1e-12, "{s:?}");
+        assert!((s.spread - 3.6).abs() < 1e-12, "{s:?}");
+        assert!(s.apply(5.5).abs() < 1e-12);
+        assert!((s.apply(9.1) - 1.0).abs() < 1e-12);
+        assert!((s.apply(1.9) + 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_scale_refuses_what_it_cannot_scale_by() {
+        let e = |v: &[f64]| Scale::fit(v).unwrap_err().to_string();
+        assert!(e(&[1.0]).contains("at least 2"), "{}", e(&[1.0]));
+        assert!(e(&[1.0, f64::NAN]).contains("not finite"));
+        assert!(e(&[0.5; 10]).contains("no spread"), "{}", e(&[0.5; 10]));
+    }
+}
