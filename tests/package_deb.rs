@@ -135,6 +135,39 @@ fn the_package_installs_a_unit_a_conffile_and_a_binary_that_finds_its_model() {
         let path = doc.strip_prefix("file://").unwrap();
         assert!(in_root(path).is_file(), "{doc} is not in the package");
     }
+    // Every link of the packaged documentation leads somewhere on the installed system: to a file the package
+    // ships (relative to /usr/share/doc/sonitor, or absolute), or out to the web. The repository-only files the
+    // README names (the benchmarks, the ablation's runs) are named, not linked.
+    let doc = in_root("/usr/share/doc/sonitor");
+    for name in ["README.md", "configuration.md"] {
+        let text = std::fs::read_to_string(doc.join(name)).unwrap();
+        let links: Vec<&str> = text
+            .split("](")
+            .skip(1)
+            .filter_map(|rest| rest.split(')').next())
+            .collect();
+        if name == "README.md" {
+            assert!(
+                links.contains(&"./configuration.md") && links.contains(&"./examples/sonitor.toml"),
+                "{links:?}"
+            );
+            assert!(text.contains("`BENCHMARKS.md` (in the source repository)"));
+        }
+        for link in links {
+            if link.starts_with("http://") || link.starts_with("https://") || link.starts_with('#')
+            {
+                continue;
+            }
+            let target = match link.strip_prefix('/') {
+                Some(_) => in_root(link),
+                None => doc.join(link),
+            };
+            assert!(
+                target.is_file(),
+                "{name}: the link ({link}) leads to no file of the package"
+            );
+        }
+    }
     assert_eq!(
         std::fs::read(in_root("/etc/sonitor/sonitor.toml")).unwrap(),
         std::fs::read(common::workspace().join("configs/one-machine.toml")).unwrap()
