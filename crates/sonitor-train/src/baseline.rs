@@ -44,28 +44,8 @@ pub fn clip_vectors(clips: &[&Clip], params: &FeatureParams) -> anyhow::Result<V
     )
 }
 
-/// Per clip, the mean log-mel vector of each of its analysis windows (the windows `eval` embeds,
-/// [`crate::data::windows`]), computed on all cores. Errors name the clip.
-pub fn window_vectors(
-    clips: &[&Clip],
-    params: &FeatureParams,
-) -> anyhow::Result<Vec<Vec<Vec<f64>>>> {
-    parallel::map_with_state(
-        clips,
-        || anyhow::Ok((FeatureExtractor::new(params.clone())?, Vec::new())),
-        |(fx, frames), clip| {
-            let audio = crate::data::load_clip(clip, params)?;
-            crate::data::windows(&audio, params)
-                .iter()
-                .map(|w| mean_log_mel(fx, frames, w))
-                .collect::<anyhow::Result<Vec<_>>>()
-                .with_context(|| format!("{}: a window too short", clip.path.display()))
-        },
-    )
-}
-
 /// The mean over frames of `audio`'s raw log-mel spectrogram; `frames` is scratch space.
-fn mean_log_mel(
+pub fn mean_log_mel(
     fx: &mut FeatureExtractor,
     frames: &mut Vec<f32>,
     audio: &[f32],
@@ -183,6 +163,16 @@ impl SectionModel {
     }
 }
 
+/// A section's normal training clips, split by domain: source (and clips whose names give no domain), target.
+pub fn training_domains<'a>(
+    data: &'a dcase::Dataset,
+    machine_type: &'a str,
+    section: u16,
+) -> (Vec<&'a Clip>, Vec<&'a Clip>) {
+    data.clips_of(machine_type, section, Split::Train)
+        .partition(|c| c.name.domain != Some(Domain::Target))
+}
+
 /// Scores every test clip of every section and writes the submission files into `out`. Returns the files.
 pub fn score_dataset(
     data: &dcase::Dataset,
@@ -193,16 +183,11 @@ pub fn score_dataset(
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut written = Vec::new();
     for (machine_type, section) in data.sections() {
-        let train: Vec<&Clip> = data
-            .clips_of(&machine_type, section, Split::Train)
-            .collect();
         let test: Vec<&Clip> = data.clips_of(&machine_type, section, Split::Test).collect();
         if test.is_empty() {
             continue;
         }
-        let (source, target): (Vec<&Clip>, Vec<&Clip>) = train
-            .iter()
-            .partition(|c| c.name.domain != Some(Domain::Target));
+        let (source, target) = training_domains(data, &machine_type, section);
         let (source_v, target_v) = (
             clip_vectors(&source, params)?,
             clip_vectors(&target, params)?,

@@ -24,12 +24,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use sonitor_core::bundle::Bundle;
-use sonitor_core::dcase::{self, Clip, Domain, Split};
-use sonitor_core::features::FeatureParams;
-use sonitor_core::metrics;
+use sonitor_core::dcase::{self, Clip, Split};
+use sonitor_core::embed::EmbeddingGraph;
+use sonitor_core::features::{FeatureExtractor, FeatureParams};
+use sonitor_core::{metrics, parallel};
 
-use crate::baseline::{clip_vectors, window_vectors, SectionModel};
-use crate::eval::{clip_score, clip_window_scores, embedder_of};
+use crate::baseline::{mean_log_mel, training_domains, SectionModel};
+use crate::eval::{clip_score, embedder_of, section_model, window_scores};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct CombineArgs {
@@ -64,35 +65,48 @@ pub const DEFAULT_OUT_DIR: &str = "scores-combined";
 /// Per clip, a system's scores of its units: one for a whole clip, or one per analysis window.
 type Units = Vec<Vec<f64>>;
 
-/// One system's unit scores of the baseline: per clip of `fit_on` (the section's normal source-domain training
-/// clips) and of `test`, one score per clip, or per window with `per_window`; the baseline's model is fitted on
-/// the same units of `fit_on` (covariance and a mean) and `target` (a second mean).
-fn baseline_units(
+/// What `combine` takes from one clip, read once: the model's window scores and the baseline's mean log-mel
+/// vectors, one for the whole clip or, with `per_window`, one per analysis window.
+struct ClipUnits {
+    model: Vec<f64>,
+    level: Vec<Vec<f64>>,
+}
+
+/// [`ClipUnits`] of every clip, on all cores. The model's scores only where `centroids` are given (the target
+/// domain's training clips are centres themselves). Errors name the clip.
+fn read_units(
+    embedder: &EmbeddingGraph,
     params: &FeatureParams,
-    fit_on: &[&Clip],
-    target: &[&Clip],
-    test: &[&Clip],
+    clips: &[&Clip],
+    centroids: Option<&[Vec<f32>]>,
     per_window: bool,
-) -> anyhow::Result<(Units, Units)> {
-    let vectors = |clips: &[&Clip]| -> anyhow::Result<Vec<Vec<Vec<f64>>>> {
-        if per_window {
-            window_vectors(clips, params)
-        } else {
-            Ok(clip_vectors(clips, params)?
-                .into_iter()
-                .map(|v| vec![v])
-                .collect())
-        }
-    };
-    let source = vectors(fit_on)?;
-    let model = SectionModel::fit(&source.concat(), &vectors(target)?.concat())?;
-    let score = |clips: Vec<Vec<Vec<f64>>>| -> Vec<Vec<f64>> {
-        clips
-            .iter()
-            .map(|units| units.iter().map(|v| model.score(v)).collect())
-            .collect()
-    };
-    Ok((score(source), score(vectors(test)?)))
+) -> anyhow::Result<Vec<ClipUnits>> {
+    parallel::map_with_state(
+        clips,
+        || anyhow::Ok((FeatureExtractor::new(params.clone())?, Vec::new())),
+        |(fx, frames), clip| {
+            let audio = crate::data::load_clip(clip, params)?;
+            let mut units = || -> anyhow::Result<ClipUnits> {
+                let model = match centroids {
+                    Some(c) => window_scores(embedder, fx, &audio, c)?
+                        .iter()
+                        .map(|&v| f64::from(v))
+                        .collect(),
+                    None => Vec::new(),
+                };
+                let level = if per_window {
+                    crate::data::windows(&audio, params)
+                        .iter()
+                        .map(|w| mean_log_mel(fx, frames, w))
+                        .collect::<anyhow::Result<_>>()?
+                } else {
+                    vec![mean_log_mel(fx, frames, &audio)?]
+                };
+                Ok(ClipUnits { model, level })
+            };
+            units().with_context(|| format!("scoring {}", clip.path.display()))
+        },
+    )
 }
 
 /// The quantile of the normal source clips' scores that a scale maps to 1.
@@ -142,25 +156,19 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
 }
 
-/// The submission files of the combined score (the two systems' own are beside them, [`system_dir`]).
-#[derive(Debug)]
-pub struct Combined {
-    pub files: Vec<PathBuf>,
-}
-
-/// The baseline's and the model's submission files under `out/baseline` and `out/model`.
-pub fn system_dir(out: &Path, system: &str) -> PathBuf {
-    out.join(system)
-}
+/// Where the baseline's and the model's own submission files go, inside `combine`'s output directory.
+pub const BASELINE_DIR: &str = "baseline";
+pub const MODEL_DIR: &str = "model";
 
 /// Scores every test clip both ways and writes the three sets of submission files (see the module's docs).
+/// Returns the combined score's files.
 pub fn score_dataset(
     bundle: &Bundle,
     data: &dcase::Dataset,
     out: &Path,
     weight: f64,
     per_window: bool,
-) -> anyhow::Result<Combined> {
+) -> anyhow::Result<Vec<PathBuf>> {
     anyhow::ensure!(
         (0.0..=1.0).contains(&weight),
         "--weight {weight}: the model's weight must lie between 0 (the baseline alone) and 1 (the model alone)"
@@ -171,8 +179,8 @@ pub fn score_dataset(
     let params = bundle.manifest.features.clone();
     for dir in [
         out.to_path_buf(),
-        system_dir(out, "baseline"),
-        system_dir(out, "model"),
+        out.join(BASELINE_DIR),
+        out.join(MODEL_DIR),
     ] {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -183,39 +191,43 @@ pub fn score_dataset(
             continue;
         }
         let where_ = || format!("{machine_type} section {section:02}");
-        let sm = bundle.section(&machine_type, section).with_context(|| {
-            format!(
-                "{}: the bundle has no model for {} (it has: {})",
-                bundle.dir.display(),
-                where_(),
-                bundle
-                    .manifest
-                    .sections
-                    .iter()
-                    .map(|s| s.key())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        })?;
-        let train: Vec<&Clip> = data
-            .clips_of(&machine_type, section, Split::Train)
-            .collect();
-        let (source, target): (Vec<&Clip>, Vec<&Clip>) = train
-            .iter()
-            .partition(|c| c.name.domain != Some(Domain::Target));
+        let sm = section_model(bundle, &machine_type, section)?;
+        let (source, target) = training_domains(data, &machine_type, section);
+        let read = |clips: &[&Clip], centroids| {
+            read_units(&embedder, &params, clips, centroids, per_window)
+        };
+        let centroids = Some(sm.centroids.as_slice());
+        let (source_u, test_u) = (read(&source, centroids)?, read(&test, centroids)?);
+        let level_vectors = |units: &[ClipUnits]| -> Vec<Vec<f64>> {
+            units.iter().flat_map(|u| u.level.iter().cloned()).collect()
+        };
+        let level = SectionModel::fit(
+            &level_vectors(&source_u),
+            &level_vectors(&read(&target, None)?),
+        )
+        .with_context(where_)?;
 
         // Each system's scores in units: a clip, or with `per_window` each analysis window of a clip.
-        let (baseline_source, baseline_test) =
-            baseline_units(&params, &source, &target, &test, per_window).with_context(where_)?;
-        let model_units = |clips: &[&Clip]| -> anyhow::Result<Units> {
-            let windows = clip_window_scores(&embedder, &params, clips, &sm.centroids)?;
-            Ok(if per_window {
-                windows
-            } else {
-                windows.iter().map(|w| vec![clip_score(w)]).collect()
-            })
+        let baseline_units = |units: &[ClipUnits]| -> Units {
+            units
+                .iter()
+                .map(|u| u.level.iter().map(|v| level.score(v)).collect())
+                .collect()
         };
-        let (model_source, model_test) = (model_units(&source)?, model_units(&test)?);
+        let model_units = |units: &[ClipUnits]| -> Units {
+            units
+                .iter()
+                .map(|u| {
+                    if per_window {
+                        u.model.clone()
+                    } else {
+                        vec![clip_score(&u.model)]
+                    }
+                })
+                .collect()
+        };
+        let (baseline_source, baseline_test) = (baseline_units(&source_u), baseline_units(&test_u));
+        let (model_source, model_test) = (model_units(&source_u), model_units(&test_u));
         let baseline_scale = Scale::fit(&baseline_source.concat())
             .with_context(|| format!("{}: the baseline's scale", where_()))?;
         let model_scale = Scale::fit(&model_source.concat())
@@ -230,13 +242,13 @@ pub fn score_dataset(
                 .collect()
         };
         dcase::write_submission(
-            &system_dir(out, "baseline"),
+            &out.join(BASELINE_DIR),
             &machine_type,
             section,
             &rows(&baseline_test),
         )?;
         dcase::write_submission(
-            &system_dir(out, "model"),
+            &out.join(MODEL_DIR),
             &machine_type,
             section,
             &rows(&model_test),
@@ -275,7 +287,7 @@ pub fn score_dataset(
         "{}: no test clips to score",
         data.root.display()
     );
-    Ok(Combined { files })
+    Ok(files)
 }
 
 pub fn run(a: &CombineArgs) -> anyhow::Result<()> {
@@ -286,41 +298,34 @@ pub fn run(a: &CombineArgs) -> anyhow::Result<()> {
     let bundle = Bundle::load(&a.model)?;
     let data = dcase::scan(&a.data)?;
     let started = std::time::Instant::now();
-    let combined = score_dataset(&bundle, &data, &out, a.weight, a.windows)?;
+    let files = score_dataset(&bundle, &data, &out, a.weight, a.windows)?;
+    let (baseline_dir, model_dir) = (out.join(BASELINE_DIR), out.join(MODEL_DIR));
     eprintln!(
         "scored in {:.1} s; submission files in {} (the baseline's in {}, the model's in {})",
         started.elapsed().as_secs_f64(),
         out.display(),
-        system_dir(&out, "baseline").display(),
-        system_dir(&out, "model").display()
+        baseline_dir.display(),
+        model_dir.display()
     );
     let counts = crate::eval::unlabelled_test_clips(&data);
     if counts.0 > 0 {
-        let files: Vec<&Path> = combined.files.iter().map(PathBuf::as_path).collect();
+        let files: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
         return crate::eval::print_no_metrics(counts, &out, &files, a.json);
     }
-    let official = |dir: &Path| -> anyhow::Result<f64> {
-        Ok(metrics::evaluate_submission(&data, dir)
-            .with_context(|| {
-                format!(
-                    "evaluating {} against {}",
-                    dir.display(),
-                    data.root.display()
-                )
-            })?
-            .official_score)
+    let evaluate = |dir: &Path| {
+        metrics::evaluate_submission(&data, dir).with_context(|| {
+            format!(
+                "evaluating {} against {}",
+                dir.display(),
+                data.root.display()
+            )
+        })
     };
-    let report = metrics::evaluate_submission(&data, &out).with_context(|| {
-        format!(
-            "evaluating {} against {}",
-            out.display(),
-            data.root.display()
-        )
-    })?;
+    let report = evaluate(&out)?;
     eprintln!(
         "official score: baseline {:.4}, model {:.4}, combined (model weight {}) {:.4}",
-        official(&system_dir(&out, "baseline"))?,
-        official(&system_dir(&out, "model"))?,
+        evaluate(&baseline_dir)?.official_score,
+        evaluate(&model_dir)?.official_score,
         a.weight,
         report.official_score
     );

@@ -91,6 +91,27 @@ pub fn clip_score(windows: &[f64]) -> f64 {
     windows.iter().sum::<f64>() / windows.len().max(1) as f64
 }
 
+/// The bundle's model of a section; the error names the sections it has.
+pub fn section_model<'a>(
+    bundle: &'a Bundle,
+    machine_type: &str,
+    section: u16,
+) -> anyhow::Result<&'a sonitor_core::bundle::SectionModel> {
+    bundle.section(machine_type, section).with_context(|| {
+        format!(
+            "{}: the bundle has no model for {machine_type} section {section:02} (it has: {})",
+            bundle.dir.display(),
+            bundle
+                .manifest
+                .sections
+                .iter()
+                .map(|s| s.key())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
 /// The window scores of each clip against `centroids`, on all cores (each worker reads, embeds and scores its
 /// clips in one pass). Errors name the clip.
 pub fn clip_window_scores(
@@ -126,14 +147,7 @@ pub fn score_dataset(
         if test.is_empty() {
             continue;
         }
-        let sm =
-            bundle.section(&machine_type, section).with_context(|| {
-                format!(
-                "{}: the bundle has no model for {machine_type} section {section:02} (it has: {})",
-                bundle.dir.display(),
-                bundle.manifest.sections.iter().map(|s| s.key()).collect::<Vec<_>>().join(", ")
-            )
-            })?;
+        let sm = section_model(bundle, &machine_type, section)?;
         let windows = clip_window_scores(&embedder, &params, &test, &sm.centroids)?;
         let scores: Vec<f64> = windows.iter().map(|w| clip_score(w)).collect();
         let rows: Vec<(String, f64)> = test

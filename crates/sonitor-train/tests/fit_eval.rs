@@ -260,6 +260,26 @@ fn every_loss_trains() {
     }
 }
 
+/// Runs the `sonitor-train` binary with `args`, then `--model MODEL --data DATA --out OUT`; returns its exit
+/// status, stdout and stderr.
+fn trainer(args: &[&str], model: &Path, data: &Path, out: &Path) -> (Option<i32>, String, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor-train"))
+        .args(args)
+        .arg("--model")
+        .arg(model)
+        .arg("--data")
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
 /// `eval --json` prints one JSON object on stdout, labelled test clips or not: the metrics object of
 /// `metrics --json`, or, for test clips without labels (evaluation-set names), an object with the metric fields
 /// null that says why and where the submission files are. Both exit 0.
@@ -271,20 +291,8 @@ fn eval_json_prints_one_object_with_or_without_labels() {
     let out = dir.path().join("bundle");
     fit(&options(&data, &out, LossKind::SubclusterAdacos, 1)).unwrap();
     let eval = |data: &Path, scores: &Path| {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor-train"))
-            .args(["eval", "--json", "--model"])
-            .arg(&out)
-            .arg("--data")
-            .arg(data)
-            .arg("--out")
-            .arg(scores)
-            .output()
-            .unwrap();
-        let (stdout, stderr) = (
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        );
-        assert!(o.status.success(), "{stdout}\n{stderr}");
+        let (code, stdout, stderr) = trainer(&["eval", "--json"], &out, data, scores);
+        assert_eq!(code, Some(0), "{stdout}\n{stderr}");
         let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
             panic!("stdout is not one JSON object ({e}): {stdout:?}\n{stderr}")
         });
@@ -336,19 +344,14 @@ fn eval_json_prints_one_object_with_or_without_labels() {
 
     // `--plot` cannot draw a ROC curve without labels: refused before any clip is scored.
     let scores = dir.path().join("s3");
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor-train"))
-        .args(["eval", "--model"])
-        .arg(&out)
-        .arg("--data")
-        .arg(&unlabelled)
-        .arg("--out")
-        .arg(&scores)
-        .arg("--plot")
-        .arg(dir.path().join("roc.svg"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    let roc = dir.path().join("roc.svg");
+    let (code, _, stderr) = trainer(
+        &["eval", "--plot", roc.to_str().unwrap()],
+        &out,
+        &unlabelled,
+        &scores,
+    );
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("--plot: a ROC curve needs normal and anomalous test clips")
             && stderr.contains(why)
@@ -356,7 +359,7 @@ fn eval_json_prints_one_object_with_or_without_labels() {
         "{stderr}"
     );
     assert!(!scores.exists(), "nothing is scored: {stderr}");
-    assert!(!dir.path().join("roc.svg").exists());
+    assert!(!roc.exists());
 }
 
 /// `combine` puts the model's and the baseline's scores on their training clips' scales and adds them: with
@@ -370,21 +373,7 @@ fn combine_adds_the_two_scores_on_their_training_scales() {
     make_dataset(&data);
     let model = dir.path().join("bundle");
     fit(&options(&data, &model, LossKind::SubclusterAdacos, 1)).unwrap();
-    let run = |args: &[&str], out: &Path| {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor-train"))
-            .args(args)
-            .arg("--model")
-            .arg(&model)
-            .arg("--data")
-            .arg(&data)
-            .arg("--out")
-            .arg(out)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
-        (o.status.code(), stdout, stderr)
-    };
+    let run = |args: &[&str], out: &Path| trainer(args, &model, &data, out);
     let report = |stdout: &str| -> sonitor_core::metrics::Report {
         serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
     };
