@@ -13,7 +13,7 @@ use sonitor_train::train::fit;
 
 #[path = "support/data.rs"]
 mod data;
-use data::{make_dataset, options, prune_args};
+use data::{data_and_bundle, make_dataset, options, prune_args};
 
 #[test]
 fn fit_resume_eval_and_refusals() {
@@ -285,11 +285,7 @@ fn trainer(args: &[&str], model: &Path, data: &Path, out: &Path) -> (Option<i32>
 /// null that says why and where the submission files are. Both exit 0.
 #[test]
 fn eval_json_prints_one_object_with_or_without_labels() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    make_dataset(&data);
-    let out = dir.path().join("bundle");
-    fit(&options(&data, &out, LossKind::SubclusterAdacos, 1)).unwrap();
+    let (dir, data, out) = data_and_bundle();
     let eval = |data: &Path, scores: &Path| {
         let (code, stdout, stderr) = trainer(&["eval", "--json"], &out, data, scores);
         assert_eq!(code, Some(0), "{stdout}\n{stderr}");
@@ -368,11 +364,7 @@ fn eval_json_prints_one_object_with_or_without_labels() {
 /// anything is scored.
 #[test]
 fn combine_adds_the_two_scores_on_their_training_scales() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    make_dataset(&data);
-    let model = dir.path().join("bundle");
-    fit(&options(&data, &model, LossKind::SubclusterAdacos, 1)).unwrap();
+    let (dir, data, model) = data_and_bundle();
     let run = |args: &[&str], out: &Path| trainer(args, &model, &data, out);
     let report = |stdout: &str| -> sonitor_core::metrics::Report {
         serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))

@@ -3,7 +3,7 @@
 //! Also the cases that are sound but used to come out wrong (a section with few training clips).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sonitor_core::bundle::Bundle;
 use sonitor_core::dcase::{Condition, Domain, Split};
@@ -12,7 +12,7 @@ use sonitor_train::train::fit;
 
 #[path = "support/data.rs"]
 mod data;
-use data::{options, Writer};
+use data::{data_and_bundle, options, Writer};
 
 use Condition::Normal;
 use Domain::Source;
@@ -380,17 +380,6 @@ fn force_args(data: &Path, out: &Path) -> sonitor_train::train::FitArgs {
         window_seconds: 0.256,
         window_hop_seconds: 0.256,
     }
-}
-
-/// A temporary directory with the tiny data set in `data/` and a bundle fitted on it (sub-cluster AdaCos, one
-/// epoch) in `b/`: (the directory, data, bundle).
-fn data_and_bundle() -> (tempfile::TempDir, PathBuf, PathBuf) {
-    let d = tempfile::tempdir().unwrap();
-    let data = d.path().join("data");
-    data::make_dataset(&data);
-    let out = d.path().join("b");
-    fit(&options(&data, &out, LossKind::SubclusterAdacos, 1)).unwrap();
-    (d, data, out)
 }
 
 /// The tiny data set with one anomalous clip in `train/`, which `fit` refuses once it reads the data.

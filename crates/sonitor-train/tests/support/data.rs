@@ -162,3 +162,14 @@ pub fn prune_args(model: &Path, out: &Path) -> PruneArgs {
         quantile: None,
     }
 }
+
+/// A temporary directory with the tiny data set in `data/` and a bundle fitted on it (sub-cluster AdaCos, one
+/// epoch) in `b/`: (the directory, data, bundle).
+pub fn data_and_bundle() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    make_dataset(&data);
+    let out = d.path().join("b");
+    sonitor_train::train::fit(&options(&data, &out, LossKind::SubclusterAdacos, 1)).unwrap();
+    (d, data, out)
+}
