@@ -383,7 +383,7 @@ pub fn start(
             .ok_or_else(|| anyhow::anyhow!("section {} vanished", m.section))?;
         scorers.push(Scorer {
             model: bundle_index[&m.bundle],
-            centroids: section.centroids.clone(),
+            section: section.clone(),
         });
         feature_params.push(b.manifest.features.clone());
         let input = cfg

@@ -2,17 +2,18 @@
 //! [`sonitor_core::embed`], the loader `sonitor-train eval` uses too: the plan optimised once at start-up and its
 //! run state reused for every window; inputs fed by name in the graph's own order, from the feature views the
 //! manifest assigns), and the inference thread ([`spawn_inference`]) embeds each window's features and scores the
-//! embedding against its section's centroids ([`sonitor_core::score::min_cosine_distance`]). The scores go to the
-//! detectors ([`crate::detect`]).
+//! embedding against its section's centroids, with the section's level baseline when the bundle has one
+//! ([`sonitor_core::score::window_score`], `eval`'s function). The scores go to the detectors ([`crate::detect`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use crossbeam_channel::{Receiver, Sender};
-use sonitor_core::bundle::Bundle;
+use sonitor_core::bundle::{Bundle, SectionModel};
 use sonitor_core::embed::{EmbeddingGraph, EmbeddingRun};
 use sonitor_core::features::Features;
+use sonitor_core::score::window_score;
 
 use crate::features::FeatureMsg;
 use crate::metrics::Metrics;
@@ -58,6 +59,7 @@ impl Embedder {
         let f = Features {
             log_mel: vec![0.0; p.log_mel_shape().iter().product()],
             spectrum: vec![0.0; p.spectrum_len()],
+            band_means: vec![0.0; p.n_mels],
         };
         let mut out = Vec::new();
         e.embed(&f, &mut out).with_context(|| {
@@ -102,7 +104,8 @@ pub struct ScoreMsg {
 pub struct Scorer {
     /// Index into the embedders.
     pub model: usize,
-    pub centroids: Vec<Vec<f32>>,
+    /// The machine's section of its bundle: centroids, and the level baseline if the bundle has one.
+    pub section: SectionModel,
 }
 
 /// The inference thread: embeds each window with the machine's model and scores it.
@@ -118,12 +121,17 @@ pub fn spawn_inference(
         .name("inference".into())
         .spawn(move || {
             let mut emb = Vec::new();
+            let mut scratch = Vec::new();
             for f in features.iter() {
                 let sc = &scorers[f.machine];
                 let m = &metrics.machines[f.machine];
                 // A window whose features failed (counted and logged by the feature thread) is not embedded.
-                let embedded = (!f.failed).then(|| embedders[sc.model].embed(&f.features, &mut emb));
-                // The features are not needed after embedding, whatever happens to the score.
+                let embedded = (!f.failed).then(|| {
+                    embedders[sc.model].embed(&f.features, &mut emb).map(|()| {
+                        window_score(&sc.section, &emb, &f.features.band_means, &mut scratch)
+                    })
+                });
+                // The features are not needed after scoring, whatever happens to the score.
                 let _ = recycle.try_send(f.features);
                 let score = match embedded {
                     None => None,
@@ -138,9 +146,7 @@ pub fn spawn_inference(
                         }
                         None
                     }
-                    Some(Ok(())) => {
-                        let score =
-                            sonitor_core::score::min_cosine_distance(&emb, &sc.centroids) as f64;
+                    Some(Ok(score)) => {
                         m.inferences.inc();
                         if score.is_finite() {
                             m.score.set_f64(score);

@@ -1,7 +1,8 @@
 //! The trainer's bundle in the daemon (the model contract end to end): a bundle written by
 //! `sonitor_train::train::fit` (tiny network, one epoch on a tiny synthetic factory) is accepted by
 //! `sonitor validate`, and replaying a recording through `sonitor run` gives, window by window, the scores that
-//! `sonitor-train eval` computes for the same audio: same features, same graph, same centroids.
+//! `sonitor-train eval` computes for the same audio: same features, same graph, same centroids; and again after
+//! `sonitor-train combine --windows --bundle` has added the level baseline to the bundle.
 
 mod common;
 
@@ -79,17 +80,56 @@ fn daemon_scores_equal_the_trainers_eval_on_a_fitted_bundle() {
     let (_, audio) =
         sonitor_core::audio::read_wav(&wav, sonitor_core::audio::ChannelSelect::Mix).unwrap();
 
-    // The trainer's scores for the same audio.
-    let bundle = Bundle::load(&bundle_dir).unwrap();
+    let alone = daemon_against_eval(d.path(), &bundle_dir, &wav, &audio, "alone");
+
+    // The same bundle combined with the level baseline (`combine --windows --bundle`): the daemon scores its
+    // windows as `eval` does, and not as the model alone did.
+    let combined_dir = d.path().join("combined");
+    sonitor_train::combine::run(&sonitor_train::combine::CombineArgs {
+        model: bundle_dir.clone(),
+        data: data.clone(),
+        weight: 0.5,
+        out: Some(d.path().join("combined-scores")),
+        windows: true,
+        json: false,
+        bundle: Some(combined_dir.clone()),
+    })
+    .unwrap();
+    let combined = Bundle::load(&combined_dir).unwrap();
+    assert!(combined.section("pump", 0).unwrap().baseline.is_some());
+    let both = daemon_against_eval(d.path(), &combined_dir, &wav, &audio, "combined");
+    let moved = alone
+        .iter()
+        .zip(&both)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        moved > 1e-3,
+        "the baseline changed no score: {alone:?} {both:?}"
+    );
+}
+
+/// Replays `wav` through `sonitor run` with `bundle_dir` and checks its window scores against `eval`'s window
+/// scores of `audio` (what the daemon reads from `wav`). Returns `eval`'s scores.
+fn daemon_against_eval(
+    dir: &std::path::Path,
+    bundle_dir: &std::path::Path,
+    wav: &std::path::Path,
+    audio: &[f32],
+    what: &str,
+) -> Vec<f64> {
+    let bundle = Bundle::load(bundle_dir).unwrap();
     let section = bundle
         .section("pump", 0)
         .expect("pump section 00 in the bundle");
     let embedder = embedder_of(&bundle).unwrap();
     let mut fx = FeatureExtractor::new(bundle.manifest.features.clone()).unwrap();
-    let want = window_scores(&embedder, &mut fx, &audio, &section.centroids).unwrap();
+    let want = window_scores(&embedder, &mut fx, audio, section).unwrap();
     assert!(want.len() >= 10, "{} windows", want.len());
 
-    let cfg = common::offline_config(d.path(), &wav, &bundle_dir, "");
+    let run_dir = dir.join(format!("run-{what}"));
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let cfg = common::offline_config(&run_dir, wav, bundle_dir, "");
     common::edit(&cfg, |t| {
         t.replace("log_level = \"info\"", "log_level = \"debug\"")
     });
@@ -101,7 +141,7 @@ fn daemon_scores_equal_the_trainers_eval_on_a_fitted_bundle() {
         .unwrap();
     assert!(
         out.status.success(),
-        "validate refused the trainer's bundle: {}{}",
+        "validate refused the trainer's bundle ({what}): {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -116,15 +156,16 @@ fn daemon_scores_equal_the_trainers_eval_on_a_fitted_bundle() {
         .filter_map(|rest| rest.rsplit(": ").next())
         .map(|v| v.trim().parse::<f64>().unwrap())
         .collect();
-    assert_eq!(got.len(), want.len(), "window count; log:\n{log}");
+    assert_eq!(got.len(), want.len(), "window count ({what}); log:\n{log}");
     let worst = got
         .iter()
         .zip(&want)
-        .map(|(g, w)| (g - *w as f64).abs())
+        .map(|(g, w)| (g - w).abs())
         .fold(0.0, f64::max);
     eprintln!(
-        "{} windows, worst |daemon − eval| {worst:.2e} (the daemon logs 4 decimals)",
+        "{what}: {} windows, worst |daemon − eval| {worst:.2e} (the daemon logs 4 decimals)",
         got.len()
     );
-    assert!(worst <= 1e-4, "daemon {got:?}\neval {want:?}");
+    assert!(worst <= 1e-4, "{what}: daemon {got:?}\neval {want:?}");
+    want
 }

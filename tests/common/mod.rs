@@ -231,6 +231,7 @@ fn manifest(f: &FeatureParams, dim: usize, centroids: Vec<Vec<f32>>, threshold: 
                 gamma_shape: None,
                 gamma_scale: None,
             },
+            baseline: None,
         }],
         clip_pooling: "mean".into(),
         onnx_file: "model.onnx".into(),

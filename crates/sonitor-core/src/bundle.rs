@@ -83,6 +83,10 @@ pub struct SectionModel {
     pub n_source_centroids: usize,
     pub n_target_centroids: usize,
     pub threshold: Threshold,
+    /// The level baseline averaged with the model's score (`sonitor-train combine --bundle`); without it a window
+    /// scores its cosine distance alone. A daemon older than this field refuses a bundle that has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<crate::score::Baseline>,
 }
 
 impl SectionModel {
@@ -279,6 +283,9 @@ impl Manifest {
                         "section {key}: centroid {i} is not unit-norm (norm {norm})"
                     ));
                 }
+            }
+            if let Some(why) = s.baseline.as_ref().and_then(|b| b.problem(f.n_mels)) {
+                return Err(format!("section {key}: {why}"));
             }
             let t = &s.threshold;
             if let Some(why) = crate::score::threshold_problem(t.value) {
@@ -560,6 +567,7 @@ mod tests {
                     gamma_shape: Some(2.0),
                     gamma_scale: Some(0.05),
                 },
+                baseline: None,
             }],
             clip_pooling: "mean".into(),
             onnx_file: DEFAULT_ONNX_FILE.into(),
@@ -595,6 +603,30 @@ mod tests {
         assert!(b.section("fan", 0).is_some());
         assert!(b.manifest.section_by_key("fan/section_00").is_some());
         assert!(b.section("fan", 1).is_none());
+        assert!(!std::fs::read_to_string(d.path().join(MANIFEST_FILE))
+            .unwrap()
+            .contains("baseline"));
+    }
+
+    /// A section's level baseline goes into the manifest and comes back the same.
+    #[test]
+    fn a_baseline_writes_and_loads_back() {
+        let d = tempfile::tempdir().unwrap();
+        let mut m = manifest();
+        let n = m.features.n_mels;
+        let baseline = crate::score::Baseline {
+            means: vec![vec![-3.25; n], vec![-2.5; n]],
+            cholesky: (0..n * (n + 1) / 2).map(|i| 1.0 + i as f64 / 7.0).collect(),
+            distance_median: 11.5,
+            distance_spread: 3.125,
+            score_median: 0.0625,
+            score_spread: 0.03,
+            weight: 0.5,
+        };
+        m.sections[0].baseline = Some(baseline.clone());
+        Bundle::write(d.path(), &m, &graph()).unwrap();
+        let back = Bundle::load(d.path()).unwrap();
+        assert_eq!(back.section("fan", 0).unwrap().baseline, Some(baseline));
     }
 
     #[test]
@@ -698,6 +730,21 @@ mod tests {
             ),
             (Box::new(|m| m.output.shape = vec![1, 8]), "embedding_dim"),
             (Box::new(|m| m.format_version = 99), "format_version"),
+            (
+                Box::new(|m| {
+                    let d = m.features.n_mels;
+                    m.sections[0].baseline = Some(crate::score::Baseline {
+                        means: vec![vec![0.0; d - 1]],
+                        cholesky: vec![1.0; d * (d + 1) / 2],
+                        distance_median: 1.0,
+                        distance_spread: 1.0,
+                        score_median: 0.1,
+                        score_spread: 0.1,
+                        weight: 0.5,
+                    })
+                }),
+                "section fan/section_00: baseline mean 0 has",
+            ),
             (
                 Box::new(|m| m.onnx_file = "../x.onnx".into()),
                 "plain file name",

@@ -169,6 +169,10 @@ pub struct Features {
     pub log_mel: Vec<f32>,
     /// `[window_samples / 2]` magnitudes.
     pub spectrum: Vec<f32>,
+    /// `[n_mels]`: the mean over frames of the log-mel **before** the mean subtraction (the means subtracted
+    /// from `log_mel`), a summary of the window's spectral envelope that a bundle's level baseline scores
+    /// ([`crate::score::Baseline`]).
+    pub band_means: Vec<f64>,
 }
 
 /// Slaney mel scale (librosa `htk=False`).
@@ -305,6 +309,7 @@ impl FeatureExtractor {
         Features {
             log_mel: vec![0.0; self.params.log_mel_shape().iter().product()],
             spectrum: vec![0.0; self.params.spectrum_len()],
+            band_means: vec![0.0; self.params.n_mels],
         }
     }
 
@@ -383,6 +388,8 @@ impl FeatureExtractor {
         out.spectrum.resize(p.spectrum_len(), 0.0);
         self.log_mel_into(window, frames, &mut out.log_mel);
         subtract_temporal_mean(&mut out.log_mel, &mut self.mel_sums);
+        out.band_means.clear();
+        out.band_means.extend_from_slice(&self.mel_sums);
 
         self.whole.process(window, None, &mut self.whole_power);
         for (o, &p) in out.spectrum.iter_mut().zip(&self.whole_power) {
@@ -520,6 +527,13 @@ mod tests {
         for m in 0..32 {
             let mean: f32 = (0..7).map(|t| f.log_mel[t * 32 + m]).sum::<f32>() / 7.0;
             assert!(mean.abs() < 1e-5, "bin {m} mean {mean}");
+        }
+        // The means it removed are the band means, those of the raw log-mel frames.
+        let mut raw = Vec::new();
+        assert_eq!(fx.log_mel_frames(&x, &mut raw), 7);
+        for m in 0..32 {
+            let mean = (0..7).map(|t| raw[t * 32 + m] as f64).sum::<f64>() / 7.0;
+            assert!((f.band_means[m] - mean).abs() < 1e-9, "bin {m}");
         }
     }
 

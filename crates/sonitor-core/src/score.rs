@@ -1,6 +1,14 @@
 //! Scoring an embedding against a section's centroids: the anomaly score is the smallest cosine distance
 //! (1 − cos) between the unit-normalised embedding and the section's (unit-norm) centroids. Shared by the
 //! trainer's evaluation and the daemon so that both compute the same number.
+//!
+//! A section may also carry a [`Baseline`] (written by `sonitor-train combine --bundle`): the non-learned
+//! baseline's distance of the window's band means, put on the model's scale and averaged with the cosine
+//! distance ([`window_score`]). The learned embedding and the band levels see different faults (ABLATION.md).
+
+use serde::{Deserialize, Serialize};
+
+use crate::bundle::SectionModel;
 
 /// Why `t` cannot be a decision threshold on these scores, if it cannot. A cosine distance lies in [0, 2]: a
 /// threshold at or below 0 raises on every window, one at or above 2 never raises (or, as the lower threshold
@@ -52,6 +60,155 @@ pub fn min_cosine_distance(embedding: &[f32], centroids: &[Vec<f32>]) -> f32 {
         .fold(f32::INFINITY, f32::min)
 }
 
+/// A section's level baseline, stored beside its centroids: the Mahalanobis distance of a window's band means
+/// ([`crate::features::Features::band_means`]) to the nearer of the normal training windows' per-domain means,
+/// with the source windows' covariance (shrunk towards a scaled identity when fitted). [`Self::combine`] maps the
+/// distance onto the model's score scale, matching the two systems' median and 0.9 quantile over the normal
+/// source-domain training windows, and averages it with the model's cosine distance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Baseline {
+    /// Mean band means of the normal training windows, one vector per domain (the source domain's first).
+    pub means: Vec<Vec<f64>>,
+    /// Lower-triangular Cholesky factor `L` of the covariance (`Σ = L·Lᵀ`), packed by rows: row `i` holds its
+    /// `i + 1` values up to the diagonal.
+    pub cholesky: Vec<f64>,
+    /// Median of the distance over the normal source-domain training windows.
+    pub distance_median: f64,
+    /// The distance's 0.9 quantile over those windows, minus its median.
+    pub distance_spread: f64,
+    /// Median of the model's score over the same windows.
+    pub score_median: f64,
+    /// The model's 0.9 quantile over those windows, minus its median.
+    pub score_spread: f64,
+    /// The model's weight `W` in the average, from 0 (the baseline alone) to 1 (the model alone).
+    pub weight: f64,
+}
+
+impl Baseline {
+    /// Why this baseline cannot score windows of `n_mels` band means, if it cannot.
+    pub fn problem(&self, n_mels: usize) -> Option<String> {
+        if self.means.is_empty() {
+            return Some("baseline has no means".into());
+        }
+        for (i, m) in self.means.iter().enumerate() {
+            if m.len() != n_mels {
+                return Some(format!(
+                    "baseline mean {i} has {} values, the features give {n_mels} mel bands",
+                    m.len()
+                ));
+            }
+            if !m.iter().all(|v| v.is_finite()) {
+                return Some(format!(
+                    "baseline mean {i} has a value that is not a number"
+                ));
+            }
+        }
+        let packed = n_mels * (n_mels + 1) / 2;
+        if self.cholesky.len() != packed {
+            return Some(format!(
+                "baseline cholesky has {} values, a packed {n_mels} × {n_mels} triangle has {packed}",
+                self.cholesky.len()
+            ));
+        }
+        if !self.cholesky.iter().all(|v| v.is_finite()) {
+            return Some("baseline cholesky has a value that is not a number".into());
+        }
+        if let Some(i) = (0..n_mels).find(|&i| self.cholesky[diagonal(i)] <= 0.0) {
+            return Some(format!(
+                "baseline cholesky's diagonal value {i} is {}, not positive (not a covariance's factor)",
+                self.cholesky[diagonal(i)]
+            ));
+        }
+        for (name, v) in [
+            ("distance_median", self.distance_median),
+            ("score_median", self.score_median),
+        ] {
+            if !v.is_finite() {
+                return Some(format!("baseline {name} {v} is not a number"));
+            }
+        }
+        for (name, v) in [
+            ("distance_spread", self.distance_spread),
+            ("score_spread", self.score_spread),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Some(format!("baseline {name} {v} is not a positive number"));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.weight) {
+            return Some(format!(
+                "baseline weight {} is not between 0 (the baseline alone) and 1 (the model alone)",
+                self.weight
+            ));
+        }
+        None
+    }
+
+    /// Mahalanobis distance of `band_means` to the nearest of [`Self::means`]; `scratch` is reused between
+    /// calls (no allocation once it has grown).
+    pub fn distance(&self, band_means: &[f64], scratch: &mut Vec<f64>) -> f64 {
+        mahalanobis_nearest(band_means, &self.means, &self.cholesky, scratch)
+    }
+
+    /// The combined score: `W·model + (1 − W)·mapped`, with `mapped` the distance on the model's scale
+    /// (`score_median + score_spread · (distance − distance_median) / distance_spread`). It is an increasing
+    /// affine function of `sonitor-train combine`'s own combined score (each system scaled to median 0 and 0.9
+    /// quantile 1), so both rank windows alike. Unlike a cosine distance it is not bounded: a window far quieter
+    /// than the training windows in its bands can score below 0, a loud one above 2.
+    pub fn combine(&self, model_score: f64, distance: f64) -> f64 {
+        let mapped = self.score_median
+            + self.score_spread * (distance - self.distance_median) / self.distance_spread;
+        self.weight * model_score + (1.0 - self.weight) * mapped
+    }
+}
+
+/// Index of the diagonal value of row `i` in a triangle packed by rows.
+fn diagonal(i: usize) -> usize {
+    i * (i + 1) / 2 + i
+}
+
+/// Mahalanobis distance of `x` to the nearest of `means`, for the covariance `L·Lᵀ` given by its lower
+/// Cholesky factor packed by rows ([`Baseline::cholesky`]): one forward substitution `L·y = x − μ` per mean.
+/// `f64::INFINITY` without means.
+pub fn mahalanobis_nearest(
+    x: &[f64],
+    means: &[Vec<f64>],
+    cholesky: &[f64],
+    scratch: &mut Vec<f64>,
+) -> f64 {
+    let d = x.len();
+    scratch.clear();
+    scratch.resize(d, 0.0);
+    means
+        .iter()
+        .map(|mu| {
+            for i in 0..d {
+                let row = &cholesky[i * (i + 1) / 2..][..=i];
+                let s: f64 = row[..i].iter().zip(&scratch[..i]).map(|(l, y)| l * y).sum();
+                scratch[i] = (x[i] - mu[i] - s) / row[i];
+            }
+            scratch.iter().map(|v| v * v).sum::<f64>().sqrt()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// A window's anomaly score in a section: the smallest cosine distance of its embedding to the section's
+/// centroids, combined with the section's [`Baseline`] distance of its band means when the bundle has one.
+/// What the daemon compares with a threshold and the trainer's `eval` averages per clip.
+pub fn window_score(
+    section: &SectionModel,
+    embedding: &[f32],
+    band_means: &[f64],
+    scratch: &mut Vec<f64>,
+) -> f64 {
+    let model = min_cosine_distance(embedding, &section.centroids) as f64;
+    match &section.baseline {
+        None => model,
+        Some(b) => b.combine(model, b.distance(band_means, scratch)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +250,84 @@ mod tests {
         let mut z = vec![0.0; 3];
         normalize(&mut z);
         assert_eq!(z, vec![0.0; 3]);
+    }
+
+    /// A 2-D case by hand: Σ = [[4, 2], [2, 5]] = L·Lᵀ with L = [[2, 0], [1, 2]]. For x − μ = (2, 3):
+    /// y = (1, 1), distance √2; Σ⁻¹ = [[5, −2], [−2, 4]] / 16 gives (20 − 24 + 36) / 16 = 2 as well.
+    #[test]
+    fn mahalanobis_by_hand() {
+        let chol = [2.0, 1.0, 2.0];
+        let mut scratch = Vec::new();
+        let far = vec![-10.0, -10.0];
+        let d = mahalanobis_nearest(&[3.0, 4.0], &[far, vec![1.0, 1.0]], &chol, &mut scratch);
+        assert!((d - 2f64.sqrt()).abs() < 1e-12, "{d}");
+        assert_eq!(
+            mahalanobis_nearest(&[0.0, 0.0], &[], &chol, &mut scratch),
+            f64::INFINITY
+        );
+    }
+
+    fn baseline() -> Baseline {
+        Baseline {
+            means: vec![vec![1.0, 1.0]],
+            cholesky: vec![2.0, 1.0, 2.0],
+            distance_median: 1.0,
+            distance_spread: 2.0,
+            score_median: 0.1,
+            score_spread: 0.05,
+            weight: 0.25,
+        }
+    }
+
+    #[test]
+    fn the_combined_score_maps_the_distance_onto_the_models_scale() {
+        let b = baseline();
+        // Distance at its median: mapped to the model's median.
+        assert!((b.combine(0.3, 1.0) - (0.25 * 0.3 + 0.75 * 0.1)).abs() < 1e-12);
+        // Distance at its 0.9 quantile (median + spread): mapped to the model's 0.9 quantile.
+        assert!((b.combine(0.3, 3.0) - (0.25 * 0.3 + 0.75 * 0.15)).abs() < 1e-12);
+        // Far below its median: below 0, unbounded as the distance is.
+        assert!(b.combine(0.0, 0.0) < 0.0);
+        let mut section = crate::bundle::SectionModel {
+            machine_type: "fan".into(),
+            section: 0,
+            centroids: vec![vec![1.0, 0.0]],
+            n_source_centroids: 1,
+            n_target_centroids: 0,
+            threshold: crate::bundle::Threshold {
+                value: 0.5,
+                method: "gamma-quantile".into(),
+                quantile: 0.9,
+                gamma_shape: None,
+                gamma_scale: None,
+            },
+            baseline: None,
+        };
+        let mut scratch = Vec::new();
+        let alone = window_score(&section, &[0.0, 1.0], &[3.0, 4.0], &mut scratch);
+        assert!((alone - 1.0).abs() < 1e-6, "{alone}");
+        section.baseline = Some(b.clone());
+        let both = window_score(&section, &[0.0, 1.0], &[3.0, 4.0], &mut scratch);
+        let want = b.combine(1.0, 2f64.sqrt());
+        assert!((both - want).abs() < 1e-6, "{both} against {want}");
+    }
+
+    #[test]
+    fn a_baseline_that_cannot_score_is_named() {
+        let check = |edit: fn(&mut Baseline), want: &str| {
+            let mut b = baseline();
+            edit(&mut b);
+            let why = b.problem(2).expect(want);
+            assert!(why.contains(want), "{why} (want {want})");
+        };
+        assert_eq!(baseline().problem(2), None);
+        assert!(baseline().problem(3).unwrap().contains("mel bands"));
+        check(|b| b.means.clear(), "no means");
+        check(|b| b.means[0][1] = f64::NAN, "not a number");
+        check(|b| b.cholesky.pop().map(drop).unwrap_or(()), "packed");
+        check(|b| b.cholesky[2] = 0.0, "diagonal value 1");
+        check(|b| b.distance_spread = 0.0, "distance_spread");
+        check(|b| b.score_median = f64::INFINITY, "score_median");
+        check(|b| b.weight = 1.5, "weight");
     }
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use sonitor_core::dcase::{self, Clip, Domain, Split};
 use sonitor_core::features::{FeatureExtractor, FeatureParams};
-use sonitor_core::{metrics, parallel};
+use sonitor_core::{metrics, parallel, score};
 
 /// Weight of the identity target in the covariance shrinkage.
 pub const SHRINKAGE: f64 = 0.1;
@@ -92,8 +92,8 @@ fn cholesky(a: &[f64], d: usize) -> Option<Vec<f64>> {
 #[derive(Debug, Clone)]
 pub struct SectionModel {
     means: Vec<Vec<f64>>,
-    chol: Vec<f64>,
-    dim: usize,
+    /// The covariance's Cholesky factor, packed by rows as a bundle stores it ([`sonitor_core::score::Baseline::cholesky`]).
+    cholesky: Vec<f64>,
 }
 
 impl SectionModel {
@@ -140,26 +140,21 @@ impl SectionModel {
         }
         Ok(Self {
             means,
-            chol,
-            dim: d,
+            cholesky: (0..d)
+                .flat_map(|i| chol[i * d..=i * d + i].to_vec())
+                .collect(),
         })
     }
 
-    /// Mahalanobis distance to the nearer domain mean.
+    /// Mahalanobis distance to the nearer domain mean (the daemon's function,
+    /// [`sonitor_core::score::mahalanobis_nearest`]).
     pub fn score(&self, x: &[f64]) -> f64 {
-        let d = self.dim;
-        let mut y = vec![0.0; d];
-        self.means
-            .iter()
-            .map(|mu| {
-                // Forward substitution: L y = x - mu.
-                for i in 0..d {
-                    let s: f64 = (0..i).map(|k| self.chol[i * d + k] * y[k]).sum();
-                    y[i] = (x[i] - mu[i] - s) / self.chol[i * d + i];
-                }
-                y.iter().map(|v| v * v).sum::<f64>().sqrt()
-            })
-            .fold(f64::INFINITY, f64::min)
+        score::mahalanobis_nearest(x, &self.means, &self.cholesky, &mut Vec::new())
+    }
+
+    /// The domain means and the packed factor, as a bundle's [`sonitor_core::score::Baseline`] stores them.
+    pub fn parts(&self) -> (Vec<Vec<f64>>, Vec<f64>) {
+        (self.means.clone(), self.cholesky.clone())
     }
 }
 

@@ -17,20 +17,27 @@
 //! would: the baseline's mean log-mel and Mahalanobis model per window (fitted on the training clips' windows),
 //! both scales on the source training windows, and a clip's score the mean of its windows' combined scores.
 //!
-//! Nothing of the test clips goes into the scales, so the combined score could run on a stream as it is. It is an
-//! offline evaluation for now: the daemon scores with the bundle's centroids alone.
+//! Nothing of the test clips goes into the scales, so the combined score runs on a stream as it is. With
+//! `--windows --bundle OUT`, `combine` writes a copy of the bundle whose sections carry the baseline and the two
+//! scales ([`sonitor_core::score::Baseline`]); the daemon and `eval` then score each window with
+//! [`sonitor_core::score::window_score`]: the same combined score, put on the model's scale (an increasing
+//! affine map of the one above, so it ranks the windows and clips alike). Each section's threshold
+//! is calibrated again as `fit` calibrates it, the gamma quantile (the bundle's own quantile) of the combined
+//! scores of the normal source-domain training windows.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use sonitor_core::bundle::Bundle;
+use sonitor_core::bundle::{Bundle, SectionModel as BundleSection};
 use sonitor_core::dcase::{self, Clip, Split};
 use sonitor_core::embed::EmbeddingGraph;
 use sonitor_core::features::{FeatureExtractor, FeatureParams};
+use sonitor_core::score::{self, Baseline};
 use sonitor_core::{metrics, parallel};
 
 use crate::baseline::{mean_log_mel, training_domains, SectionModel};
-use crate::eval::{clip_score, embedder_of, section_model, window_scores};
+use crate::eval::{clip_score, embedder_of, section_model};
+use crate::infer::window_views;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct CombineArgs {
@@ -57,6 +64,11 @@ pub struct CombineArgs {
     /// Print the combined score's metrics as one JSON object (the same as `metrics --json`).
     #[arg(long)]
     pub json: bool,
+    /// Also write a bundle that scores as the daemon would with the combined score: a copy of `--model` whose
+    /// sections carry the baseline and both scales, its thresholds calibrated again on the combined score.
+    /// Needs `--windows` (the daemon scores windows).
+    #[arg(long, requires = "windows", value_name = "DIR")]
+    pub bundle: Option<PathBuf>,
 }
 
 /// Where `combine` writes by default, inside the bundle directory.
@@ -66,14 +78,14 @@ pub const DEFAULT_OUT_DIR: &str = "scores-combined";
 type Units = Vec<Vec<f64>>;
 
 /// What `combine` takes from one clip, read once: the model's window scores and the baseline's mean log-mel
-/// vectors, one for the whole clip or, with `per_window`, one per analysis window.
+/// vectors, one for the whole clip or, with `per_window`, one per analysis window (its features' band means).
 struct ClipUnits {
     model: Vec<f64>,
     level: Vec<Vec<f64>>,
 }
 
-/// [`ClipUnits`] of every clip, on all cores. The model's scores only where `centroids` are given (the target
-/// domain's training clips are centres themselves). Errors name the clip.
+/// [`ClipUnits`] of every clip, on all cores. The model's scores (its cosine distance alone) only where
+/// `centroids` are given (the target domain's training clips are centres themselves). Errors name the clip.
 fn read_units(
     embedder: &EmbeddingGraph,
     params: &FeatureParams,
@@ -87,18 +99,19 @@ fn read_units(
         |(fx, frames), clip| {
             let audio = crate::data::load_clip(clip, params)?;
             let mut units = || -> anyhow::Result<ClipUnits> {
-                let model = match centroids {
-                    Some(c) => window_scores(embedder, fx, &audio, c)?
-                        .iter()
-                        .map(|&v| f64::from(v))
-                        .collect(),
-                    None => Vec::new(),
+                let views = if centroids.is_some() || per_window {
+                    window_views(embedder, fx, &audio)?
+                } else {
+                    Vec::new()
                 };
-                let level = if per_window {
-                    crate::data::windows(&audio, params)
+                let model = centroids.map_or_else(Vec::new, |c| {
+                    views
                         .iter()
-                        .map(|w| mean_log_mel(fx, frames, w))
-                        .collect::<anyhow::Result<_>>()?
+                        .map(|v| f64::from(score::min_cosine_distance(&v.embedding, c)))
+                        .collect()
+                });
+                let level = if per_window {
+                    views.into_iter().map(|v| v.band_means).collect()
                 } else {
                     vec![mean_log_mel(fx, frames, &audio)?]
                 };
@@ -160,15 +173,23 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 pub const BASELINE_DIR: &str = "baseline";
 pub const MODEL_DIR: &str = "model";
 
+/// What [`score_dataset`] gives back.
+pub struct Combined {
+    /// The combined score's submission files.
+    pub files: Vec<PathBuf>,
+    /// With `per_window`: each scored section of the bundle with its [`Baseline`] and a threshold calibrated on
+    /// the combined score, for a bundle the daemon can run.
+    pub sections: Vec<BundleSection>,
+}
+
 /// Scores every test clip both ways and writes the three sets of submission files (see the module's docs).
-/// Returns the combined score's files.
 pub fn score_dataset(
     bundle: &Bundle,
     data: &dcase::Dataset,
     out: &Path,
     weight: f64,
     per_window: bool,
-) -> anyhow::Result<Vec<PathBuf>> {
+) -> anyhow::Result<Combined> {
     anyhow::ensure!(
         (0.0..=1.0).contains(&weight),
         "--weight {weight}: the model's weight must lie between 0 (the baseline alone) and 1 (the model alone)"
@@ -185,6 +206,7 @@ pub fn score_dataset(
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let mut files = Vec::new();
+    let mut sections = Vec::new();
     for (machine_type, section) in data.sections() {
         let test: Vec<&Clip> = data.clips_of(&machine_type, section, Split::Test).collect();
         if test.is_empty() {
@@ -265,6 +287,20 @@ pub fn score_dataset(
                     .collect()
             })
             .collect();
+        if per_window {
+            sections.push(
+                with_baseline(
+                    sm,
+                    &level,
+                    baseline_scale,
+                    model_scale,
+                    weight,
+                    &baseline_source.concat(),
+                    &model_source.concat(),
+                )
+                .with_context(where_)?,
+            );
+        }
         let rows = rows(&combined);
         files.push(dcase::write_submission(out, &machine_type, section, &rows)?);
         let decisions: Vec<(String, bool)> =
@@ -287,7 +323,50 @@ pub fn score_dataset(
         "{}: no test clips to score",
         data.root.display()
     );
-    Ok(files)
+    Ok(Combined { files, sections })
+}
+
+/// `section` with the level baseline and both scales, and a threshold calibrated again (as `fit` calibrates,
+/// with the section's own quantile) on the combined scores of the normal source-domain training windows, given
+/// as the two systems' scores of each window. Unlike `fit`'s, the model's scores of these windows are against
+/// every centroid, their own clip's included.
+fn with_baseline(
+    section: &BundleSection,
+    level: &SectionModel,
+    baseline_scale: Scale,
+    model_scale: Scale,
+    weight: f64,
+    baseline_scores: &[f64],
+    model_scores: &[f64],
+) -> anyhow::Result<BundleSection> {
+    let (means, cholesky) = level.parts();
+    let baseline = Baseline {
+        means,
+        cholesky,
+        distance_median: baseline_scale.median,
+        distance_spread: baseline_scale.spread,
+        score_median: model_scale.median,
+        score_spread: model_scale.spread,
+        weight,
+    };
+    let combined: Vec<f64> = baseline_scores
+        .iter()
+        .zip(model_scores)
+        .map(|(&b, &m)| baseline.combine(m, b))
+        .collect();
+    let threshold = crate::threshold::calibrate(&combined, section.threshold.quantile);
+    if let Some(why) = score::threshold_problem(threshold.value) {
+        anyhow::bail!(
+            "the combined scores of {} normal training windows give no threshold: the {} quantile is {why}",
+            combined.len(),
+            threshold.quantile
+        );
+    }
+    Ok(BundleSection {
+        threshold,
+        baseline: Some(baseline),
+        ..section.clone()
+    })
 }
 
 pub fn run(a: &CombineArgs) -> anyhow::Result<()> {
@@ -296,9 +375,22 @@ pub fn run(a: &CombineArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| a.model.join(DEFAULT_OUT_DIR));
     let bundle = Bundle::load(&a.model)?;
+    if let Some(s) = bundle
+        .manifest
+        .sections
+        .iter()
+        .find(|s| s.baseline.is_some())
+    {
+        anyhow::bail!(
+            "{}: section {} already combines the model with a level baseline (a bundle `combine --bundle` \
+             wrote); combine the bundle it was made from",
+            a.model.display(),
+            s.key()
+        );
+    }
     let data = dcase::scan(&a.data)?;
     let started = std::time::Instant::now();
-    let files = score_dataset(&bundle, &data, &out, a.weight, a.windows)?;
+    let Combined { files, sections } = score_dataset(&bundle, &data, &out, a.weight, a.windows)?;
     let (baseline_dir, model_dir) = (out.join(BASELINE_DIR), out.join(MODEL_DIR));
     eprintln!(
         "scored in {:.1} s; submission files in {} (the baseline's in {}, the model's in {})",
@@ -329,7 +421,62 @@ pub fn run(a: &CombineArgs) -> anyhow::Result<()> {
         a.weight,
         report.official_score
     );
+    if let Some(dir) = &a.bundle {
+        write_bundle(&bundle, sections, a.weight, &report, dir)?;
+    }
     crate::cli::print_report(&report, a.json)
+}
+
+/// Writes `bundle` again into `dir` with the combined `sections` in place of its own (a section the data set
+/// has no test clips of keeps its model alone, and is named), a new model id, and the combination recorded in
+/// the provenance (`model.combine`, and `metrics` on the data set).
+fn write_bundle(
+    bundle: &Bundle,
+    sections: Vec<BundleSection>,
+    weight: f64,
+    report: &metrics::Report,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    let mut manifest = bundle.manifest.clone();
+    for s in manifest.sections.iter_mut() {
+        match sections.iter().find(|c| c.key() == s.key()) {
+            Some(c) => *s = c.clone(),
+            None => eprintln!(
+                "{}: no test clips in the data set; its model stays alone in the new bundle",
+                s.key()
+            ),
+        }
+    }
+    manifest.model_id = format!("{}-combined", manifest.model_id);
+    if let Some(obj) = manifest.provenance.model.as_object_mut() {
+        obj.insert(
+            "combine".into(),
+            serde_json::json!({
+                "tool": format!("sonitor-train {}", env!("CARGO_PKG_VERSION")),
+                "command": std::env::args().collect::<Vec<_>>().join(" "),
+                "from_model_id": bundle.manifest.model_id,
+                "weight": weight,
+                "scale_quantile": SCALE_QUANTILE,
+                "baseline_shrinkage": crate::baseline::SHRINKAGE,
+            }),
+        );
+    }
+    manifest.provenance.metrics = serde_json::to_value(report)?;
+    Bundle::write(dir, &manifest, bundle.onnx_bytes())
+        .with_context(|| format!("writing {}", dir.display()))?;
+    for s in &manifest.sections {
+        eprintln!(
+            "{}: threshold {:.4} on the combined score (the model alone had {:.4})",
+            s.key(),
+            s.threshold.value,
+            bundle
+                .manifest
+                .section_by_key(&s.key())
+                .map_or(f64::NAN, |o| o.threshold.value)
+        );
+    }
+    eprintln!("combined bundle written to {}", dir.display());
+    Ok(())
 }
 
 #[cfg(test)]

@@ -4,8 +4,9 @@
 //!
 //! Clip pooling: a clip is cut into the bundle's analysis windows (`window_samples` every
 //! `window_hop_samples`); each window's score is the minimum cosine distance of its embedding to the section's
-//! centroids (`sonitor_core::score`), and the clip's score is the **mean** of its window scores (the manifest's
-//! `clip_pooling`).
+//! centroids, combined with the section's level baseline when the bundle has one (`sonitor_core::score::
+//! window_score`, the daemon's function), and the clip's score is the **mean** of its window scores (the
+//! manifest's `clip_pooling`).
 //!
 //! Below the official table, `eval` prints what each section's calibrated threshold does on the test clips, two
 //! ways: the clip score above it, and the daemon's default detector (`sonitor_core::detect`, raise on 3 of the last
@@ -14,14 +15,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use sonitor_core::bundle::Bundle;
+use sonitor_core::bundle::{Bundle, SectionModel};
 use sonitor_core::dcase::{self, Clip, Condition, Domain, Split};
 use sonitor_core::detect::{self, Detector, DetectorParams, Transition};
 use sonitor_core::features::FeatureExtractor;
 use sonitor_core::plot::{self, RocCurve};
 use sonitor_core::{metrics, parallel, score};
 
-use crate::infer::window_embeddings;
+use crate::infer::window_views;
 use sonitor_core::embed::EmbeddingGraph;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -73,16 +74,18 @@ pub fn embedder_of(bundle: &Bundle) -> anyhow::Result<EmbeddingGraph> {
         .with_context(|| format!("loading {}", bundle.onnx_path.display()))
 }
 
-/// Window scores of one clip's audio.
+/// Window scores of one clip's audio in a section, as the daemon scores them ([`score::window_score`]: the
+/// cosine distance to the centroids, with the section's level baseline when the bundle has one).
 pub fn window_scores(
     embedder: &EmbeddingGraph,
     fx: &mut FeatureExtractor,
     audio: &[f32],
-    centroids: &[Vec<f32>],
-) -> anyhow::Result<Vec<f32>> {
-    Ok(window_embeddings(embedder, fx, audio)?
+    section: &SectionModel,
+) -> anyhow::Result<Vec<f64>> {
+    let mut scratch = Vec::new();
+    Ok(window_views(embedder, fx, audio)?
         .iter()
-        .map(|e| score::min_cosine_distance(e, centroids))
+        .map(|w| score::window_score(section, &w.embedding, &w.band_means, &mut scratch))
         .collect())
 }
 
@@ -96,7 +99,7 @@ pub fn section_model<'a>(
     bundle: &'a Bundle,
     machine_type: &str,
     section: u16,
-) -> anyhow::Result<&'a sonitor_core::bundle::SectionModel> {
+) -> anyhow::Result<&'a SectionModel> {
     bundle.section(machine_type, section).with_context(|| {
         format!(
             "{}: the bundle has no model for {machine_type} section {section:02} (it has: {})",
@@ -112,22 +115,21 @@ pub fn section_model<'a>(
     })
 }
 
-/// The window scores of each clip against `centroids`, on all cores (each worker reads, embeds and scores its
-/// clips in one pass). Errors name the clip.
+/// The window scores of each clip in a section ([`window_scores`]), on all cores (each worker reads, embeds and
+/// scores its clips in one pass). Errors name the clip.
 pub fn clip_window_scores(
     embedder: &EmbeddingGraph,
     params: &sonitor_core::features::FeatureParams,
     clips: &[&Clip],
-    centroids: &[Vec<f32>],
+    section: &SectionModel,
 ) -> anyhow::Result<Vec<Vec<f64>>> {
     parallel::map_with_state(
         clips,
         || FeatureExtractor::new(params.clone()).map_err(anyhow::Error::from),
         |fx, c| {
             let a = crate::data::load_clip(c, params)?;
-            let w = window_scores(embedder, fx, &a, centroids)
-                .with_context(|| format!("scoring {}", c.path.display()))?;
-            Ok(w.iter().map(|&v| f64::from(v)).collect())
+            window_scores(embedder, fx, &a, section)
+                .with_context(|| format!("scoring {}", c.path.display()))
         },
     )
 }
@@ -148,7 +150,7 @@ pub fn score_dataset(
             continue;
         }
         let sm = section_model(bundle, &machine_type, section)?;
-        let windows = clip_window_scores(&embedder, &params, &test, &sm.centroids)?;
+        let windows = clip_window_scores(&embedder, &params, &test, sm)?;
         let scores: Vec<f64> = windows.iter().map(|w| clip_score(w)).collect();
         let rows: Vec<(String, f64)> = test
             .iter()

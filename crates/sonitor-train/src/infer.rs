@@ -41,13 +41,36 @@ pub fn window_embeddings(
     fx: &mut FeatureExtractor,
     audio: &[f32],
 ) -> anyhow::Result<Vec<Vec<f32>>> {
+    Ok(window_views(graph, fx, audio)?
+        .into_iter()
+        .map(|w| w.embedding)
+        .collect())
+}
+
+/// What the daemon scores of one analysis window: its unit-normalised embedding and its band means
+/// ([`sonitor_core::features::Features::band_means`]).
+#[derive(Debug, Clone)]
+pub struct WindowView {
+    pub embedding: Vec<f32>,
+    pub band_means: Vec<f64>,
+}
+
+/// [`WindowView`]s of a clip's analysis windows, each window's features extracted once.
+pub fn window_views(
+    graph: &EmbeddingGraph,
+    fx: &mut FeatureExtractor,
+    audio: &[f32],
+) -> anyhow::Result<Vec<WindowView>> {
     let p = fx.params().clone();
     let mut out = fx.new_output();
     crate::data::windows(audio, &p)
         .iter()
         .map(|w| {
             fx.extract_into(w, &mut out)?;
-            Ok(crate::kmeans::normalised(&graph.embed(&out)?))
+            Ok(WindowView {
+                embedding: crate::kmeans::normalised(&graph.embed(&out)?),
+                band_means: out.band_means.clone(),
+            })
         })
         .collect()
 }

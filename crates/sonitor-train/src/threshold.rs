@@ -2,6 +2,7 @@
 //! scores of normal training clips, and its quantile (default 0.9) as the default decision threshold.
 
 use serde::{Deserialize, Serialize};
+use sonitor_core::bundle::Threshold;
 
 /// A fitted gamma distribution (shape `k`, scale `θ`: mean `kθ`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -171,6 +172,37 @@ impl Gamma {
             }
         }
         0.5 * (lo + hi)
+    }
+}
+
+/// A decision threshold from normal scores: the `quantile` of their maximum-likelihood gamma fit, or, when the
+/// gamma cannot fit them (e.g. all equal), their empirical quantile. Its value may be NaN (no scores); callers
+/// check it against what a threshold must be.
+pub fn calibrate(scores: &[f64], quantile: f64) -> Threshold {
+    let gamma = Gamma::fit(scores)
+        .ok()
+        .filter(|g| g.shape.is_finite() && g.scale.is_finite() && g.shape > 0.0 && g.scale > 0.0);
+    match gamma {
+        Some(g) => Threshold {
+            value: g.quantile(quantile),
+            method: "gamma-quantile".into(),
+            quantile,
+            gamma_shape: Some(g.shape),
+            gamma_scale: Some(g.scale),
+        },
+        None => {
+            // Scores the gamma cannot fit (e.g. all equal): the empirical quantile.
+            let mut s = scores.to_vec();
+            s.sort_by(f64::total_cmp);
+            let i = ((s.len() as f64 - 1.0) * quantile).round() as usize;
+            Threshold {
+                value: s.get(i).copied().unwrap_or(f64::NAN),
+                method: "percentile".into(),
+                quantile,
+                gamma_shape: None,
+                gamma_scale: None,
+            }
+        }
     }
 }
 

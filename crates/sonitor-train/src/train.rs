@@ -20,7 +20,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use sonitor_core::bundle::{Bundle, Manifest, Provenance, SectionModel, Threshold, FORMAT_VERSION};
+use sonitor_core::bundle::{Bundle, Manifest, Provenance, SectionModel, FORMAT_VERSION};
 use sonitor_core::dcase::{self, ClassMap, Clip, Domain, LabelGranularity, Split};
 use sonitor_core::features::{FeatureExtractor, FeatureParams};
 use sonitor_core::{parallel, score};
@@ -32,7 +32,6 @@ use crate::kmeans;
 use crate::loss::{Loss, LossKind};
 use crate::model::{Model, ModelConfig};
 use crate::replace::{self, Replacement};
-use crate::threshold::Gamma;
 use sonitor_core::embed::EmbeddingGraph;
 
 /// Training back end.
@@ -1081,31 +1080,7 @@ pub fn section_model(
         scores.iter().all(|s| s.is_finite()) && scores.iter().any(|&s| s > 0.0),
         cannot("every normal training window scores 0 (or not a number)")
     );
-    let gamma = Gamma::fit(&scores)
-        .ok()
-        .filter(|g| g.shape.is_finite() && g.scale.is_finite() && g.shape > 0.0 && g.scale > 0.0);
-    let threshold = match gamma {
-        Some(g) => Threshold {
-            value: g.quantile(quantile),
-            method: "gamma-quantile".into(),
-            quantile,
-            gamma_shape: Some(g.shape),
-            gamma_scale: Some(g.scale),
-        },
-        None => {
-            // Scores the gamma cannot fit (e.g. all equal): the empirical quantile.
-            let mut s = scores.clone();
-            s.sort_by(f64::total_cmp);
-            let i = ((s.len() as f64 - 1.0) * quantile).round() as usize;
-            Threshold {
-                value: s.get(i).copied().unwrap_or(f64::NAN),
-                method: "percentile".into(),
-                quantile,
-                gamma_shape: None,
-                gamma_scale: None,
-            }
-        }
-    };
+    let threshold = crate::threshold::calibrate(&scores, quantile);
     anyhow::ensure!(
         threshold.value.is_finite() && threshold.value > 0.0,
         cannot(&format!(
@@ -1125,6 +1100,7 @@ pub fn section_model(
         n_source_centroids: n_source,
         n_target_centroids: n_target,
         threshold,
+        baseline: None,
     })
 }
 

@@ -427,6 +427,55 @@ fn combine_adds_the_two_scores_on_their_training_scales() {
         std::fs::read_to_string(dir.path().join("w0-windows/baseline").join(file)).unwrap()
     );
 
+    // `--bundle`: the daemon's form of the combined score. `eval` on that bundle (the daemon's scoring function)
+    // ranks the test clips as `combine` does: its score is an increasing affine map of `combine`'s per window,
+    // so of a clip's mean too.
+    let out = dir.path().join("w05-windows");
+    let combined_bundle = dir.path().join("combined-bundle");
+    let (code, stdout, stderr) = run(
+        &[
+            "combine",
+            "--json",
+            "--windows",
+            "--bundle",
+            combined_bundle.to_str().unwrap(),
+        ],
+        &out,
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let combined = report(&stdout);
+    let (code, stdout, stderr) = trainer(
+        &["eval", "--json"],
+        &combined_bundle,
+        &data,
+        &dir.path().join("eval-combined"),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let (a, b) = (&report(&stdout).sections[0], &combined.sections[0]);
+    assert_eq!(
+        (a.auc_source, a.auc_target, a.pauc),
+        (b.auc_source, b.auc_target, b.pauc)
+    );
+    let section = sonitor_core::bundle::Bundle::load(&combined_bundle).unwrap();
+    let section = section.section("fan", 0).unwrap();
+    assert_eq!(section.baseline.as_ref().unwrap().weight, 0.5);
+    assert!(section.threshold.value > 0.0);
+    // A combined bundle is not combined again; `--bundle` without `--windows` is refused by the parser.
+    let (code, _, stderr) = trainer(
+        &["combine"],
+        &combined_bundle,
+        &data,
+        &dir.path().join("again"),
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("already combines the model"), "{stderr}");
+    let (code, _, stderr) = run(
+        &["combine", "--bundle", "x"],
+        &dir.path().join("no-windows"),
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--windows"), "{stderr}");
+
     let out = dir.path().join("bad");
     let (code, _, stderr) = run(&["combine", "--weight", "1.5"], &out);
     assert_eq!(code, Some(1), "{stderr}");

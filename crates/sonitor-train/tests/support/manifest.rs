@@ -35,6 +35,7 @@ pub fn loadable(
                 gamma_shape: None,
                 gamma_scale: None,
             },
+            baseline: None,
         }],
         clip_pooling: "mean".into(),
         onnx_file: "model.onnx".into(),
