@@ -1,6 +1,7 @@
 //! The daemon's kernels per analysis window, with criterion: feature extraction (log-mel + spectrum) and the FFTs
-//! inside it, tract inference of the shipped bundle, and the single-core sgemm that sets the floor; and per second
-//! of audio, the resampling of a 48 or 44.1 kHz microphone to the model's 16 kHz.
+//! inside it, tract inference of the shipped bundle, the scoring of its embedding (alone, and with a level
+//! baseline as `sonitor-train combine --bundle` adds one), and the single-core sgemm that sets the floor; and per
+//! second of audio, the resampling of a 48 or 44.1 kHz microphone to the model's 16 kHz.
 //!
 //! `cargo bench --bench kernels` (the end-to-end numbers come from `sonitor-bench`; see BENCHMARKS.md).
 
@@ -10,6 +11,7 @@ use sonitor::embed::Embedder;
 use sonitor_core::audio::StreamResampler;
 use sonitor_core::bundle::Bundle;
 use sonitor_core::features::FeatureExtractor;
+use sonitor_core::score::{window_score, Baseline};
 use tract_onnx::prelude::*;
 
 fn bundle() -> Bundle {
@@ -55,6 +57,40 @@ fn inference(c: &mut Criterion) {
     g.finish();
 }
 
+fn scoring(c: &mut Criterion) {
+    let b = bundle();
+    let p = b.manifest.features.clone();
+    let mut fx = FeatureExtractor::new(p.clone()).unwrap();
+    let feats = fx
+        .extract(&test_signal(p.window_samples, p.sample_rate))
+        .unwrap();
+    let mut emb = Vec::new();
+    Embedder::load(&b).unwrap().embed(&feats, &mut emb).unwrap();
+    let mut section = b.manifest.sections[0].clone();
+    let mut scratch = Vec::new();
+    let mut g = c.benchmark_group("scoring");
+    g.bench_function("cosine distance to the centroids per window", |bch| {
+        bch.iter(|| window_score(&section, black_box(&emb), &feats.band_means, &mut scratch))
+    });
+    // The values do not change the work: two means and a full 128-band triangle, as a combined bundle has.
+    let d = p.n_mels;
+    section.baseline = Some(Baseline {
+        means: vec![vec![-4.0; d], vec![-3.5; d]],
+        cholesky: (0..d)
+            .flat_map(|i| (0..=i).map(move |j| if i == j { 1.0 } else { 0.01 }))
+            .collect(),
+        distance_median: 10.0,
+        distance_spread: 3.0,
+        score_median: 0.02,
+        score_spread: 0.03,
+        weight: 0.5,
+    });
+    g.bench_function("with a level baseline per window", |bch| {
+        bch.iter(|| window_score(&section, black_box(&emb), &feats.band_means, &mut scratch))
+    });
+    g.finish();
+}
+
 fn sgemm(c: &mut Criterion) {
     let n = FLOOR_SGEMM_SIZE;
     let plan = sgemm_plan(n, n, n).unwrap();
@@ -87,5 +123,5 @@ fn resampling(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(kernels, features, inference, sgemm, resampling);
+criterion_group!(kernels, features, inference, scoring, sgemm, resampling);
 criterion_main!(kernels);

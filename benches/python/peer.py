@@ -6,7 +6,8 @@ plain Python allows:
   WAV → windows of `window_samples` every `window_hop_samples` (first window at sample 0, only full windows)
       → features (librosa: the calls of scripts/reference/librosa_logmel.py, filterbank built once)
       → embedding (onnxruntime, 1 intra-op and 1 inter-op thread, sequential, batch 1 per window)
-      → score (min cosine distance to the section's centroids, as crates/sonitor-core/src/score.rs).
+      → score (min cosine distance to the section's centroids, as crates/sonitor-core/src/score.rs; averaged with
+        the level baseline's distance of the window's band means when the bundle's section has one).
 
 Timed: the processing loop only, with time.process_time() (CPU of the whole process, all threads) and
 time.perf_counter() (wall), in total and per stage. Not timed: imports, loading the bundle and the ONNX session,
@@ -36,6 +37,7 @@ try:
     import numpy as np  # noqa: E402
     import librosa  # noqa: E402
     import onnxruntime as ort  # noqa: E402
+    import scipy.linalg  # noqa: E402  (librosa's own dependency)
     import soundfile as sf  # noqa: E402
 except ImportError as e:
     from venv_reexec import reexec_or_exit
@@ -114,11 +116,13 @@ class Features:
         return (self.mel_basis @ S).T
 
     def __call__(self, w):
-        """Returns (log_mel [frames, n_mels] mean-subtracted per mel bin, spectrum [window_samples/2]), float32."""
+        """Returns (log_mel [frames, n_mels] mean-subtracted per mel bin, spectrum [window_samples/2]), float32,
+        and the band means [n_mels] (float64) that were subtracted: what a level baseline scores."""
         log_mel = np.log(self.mel(w) + self.floor)  # [frames, n_mels]
+        band_means = log_mel.astype(np.float64).mean(axis=0)
         log_mel = log_mel - log_mel.mean(axis=0, keepdims=True)
         spectrum = np.abs(np.fft.rfft(w.astype(np.float64)))[: self.half]
-        return np.ascontiguousarray(log_mel, dtype=np.float32), spectrum.astype(np.float32)
+        return np.ascontiguousarray(log_mel, dtype=np.float32), spectrum.astype(np.float32), band_means
 
 
 def make_session(onnx_path):
@@ -152,20 +156,42 @@ def window_starts(n, window, hop):
     return list(range(0, n - window + 1, hop)) if n >= window else []
 
 
-def run_loop(y, starts, p, feats, sess, in_names, out_name, centroids, scores):
+class LevelBaseline:
+    """score.rs `Baseline`, when the section has one (a bundle `sonitor-train combine --bundle` wrote): the
+    Mahalanobis distance of the band means to the nearer domain mean, mapped onto the model's scale and averaged
+    with the cosine distance."""
+
+    def __init__(self, b):
+        d = len(b["means"][0])
+        self.L = np.zeros((d, d))
+        self.L[np.tril_indices(d)] = b["cholesky"]  # packed by rows, the lower triangle's row-major order
+        self.means = [np.asarray(m, dtype=np.float64) for m in b["means"]]
+        self.b = b
+
+    def __call__(self, model_score, band_means):
+        dist = min(np.linalg.norm(scipy.linalg.solve_triangular(self.L, band_means - m, lower=True))
+                   for m in self.means)
+        b = self.b
+        mapped = b["score_median"] + b["score_spread"] * (dist - b["distance_median"]) / b["distance_spread"]
+        return b["weight"] * model_score + (1.0 - b["weight"]) * mapped
+
+
+def run_loop(y, starts, p, feats, sess, in_names, out_name, centroids, scores, level=None):
     """One pass over the file; returns (cpu, wall) totals and per-stage (cpu, wall)."""
     W = p["window_samples"]
     ft_c = ft_w = inf_c = inf_w = sc_c = sc_w = 0.0
     c_start, w_start = time.process_time(), time.perf_counter()
     for i, s in enumerate(starts):
         c0, w0 = time.process_time(), time.perf_counter()
-        log_mel, spectrum = feats(y[s:s + W])
+        log_mel, spectrum, band_means = feats(y[s:s + W])
         c1, w1 = time.process_time(), time.perf_counter()
         views = {"log_mel": log_mel, "spectrum": spectrum}
         feed = {name: views[view].reshape(shape) for name, view, shape in in_names}
         emb = sess.run([out_name], feed)[0].reshape(-1)
         c2, w2 = time.process_time(), time.perf_counter()
         scores[i] = min_cosine_distance(emb, centroids)
+        if level is not None:
+            scores[i] = level(scores[i], band_means)
         c3, w3 = time.process_time(), time.perf_counter()
         ft_c += c1 - c0
         ft_w += w1 - w0
@@ -218,6 +244,7 @@ def main():
     key = a.section or default_section(wav, bundle)
     sec = bundle.section(key)
     centroids = np.asarray(sec["centroids"], dtype=np.float32)
+    level = LevelBaseline(sec["baseline"]) if sec.get("baseline") else None
 
     y, sr = read_wav(wav, a.channel)
     if sr != p["sample_rate"]:
@@ -237,8 +264,8 @@ def main():
 
     scores = np.zeros(len(starts), dtype=np.float64)
     if not a.no_warmup:
-        run_loop(y, starts[:1], p, feats, sess, in_names, bundle.output, centroids, np.zeros(1))
-    runs = [run_loop(y, starts, p, feats, sess, in_names, bundle.output, centroids, scores)
+        run_loop(y, starts[:1], p, feats, sess, in_names, bundle.output, centroids, np.zeros(1), level)
+    runs = [run_loop(y, starts, p, feats, sess, in_names, bundle.output, centroids, scores, level)
             for _ in range(max(1, a.repeat))]
 
     med = lambda xs: statistics.median(xs)  # noqa: E731
