@@ -84,13 +84,30 @@ struct ClipUnits {
     level: Vec<Vec<f64>>,
 }
 
-/// [`ClipUnits`] of every clip, on all cores. The model's scores (its cosine distance alone) only where
-/// `centroids` are given (the target domain's training clips are centres themselves). Errors name the clip.
+/// Which of a section's centroids a clip's windows are scored against, for the model's score (its cosine
+/// distance alone).
+#[derive(Clone, Copy)]
+enum Against<'a> {
+    /// None: the model's scores are not needed.
+    Nothing,
+    /// Every centroid.
+    All(&'a [Vec<f32>]),
+    /// Every centroid but the clip's own windows: a target-domain training window is a centroid itself (`fit`'s
+    /// back end), so its own would score it 0. A centroid counts as the clip's own when it lies within a cosine
+    /// distance of [`OWN_CENTRE`] of one of the clip's window embeddings (the same graph on the same audio gives
+    /// the same vector).
+    Others(&'a [Vec<f32>]),
+}
+
+/// See [`Against::Others`].
+const OWN_CENTRE: f32 = 1e-6;
+
+/// [`ClipUnits`] of every clip, on all cores; the model's scores as `against` says. Errors name the clip.
 fn read_units(
     embedder: &EmbeddingGraph,
     params: &FeatureParams,
     clips: &[&Clip],
-    centroids: Option<&[Vec<f32>]>,
+    against: Against,
     per_window: bool,
 ) -> anyhow::Result<Vec<ClipUnits>> {
     parallel::map_with_state(
@@ -99,10 +116,30 @@ fn read_units(
         |(fx, frames), clip| {
             let audio = crate::data::load_clip(clip, params)?;
             let mut units = || -> anyhow::Result<ClipUnits> {
-                let views = if centroids.is_some() || per_window {
-                    window_views(embedder, fx, &audio)?
-                } else {
+                let views = if matches!(against, Against::Nothing) && !per_window {
                     Vec::new()
+                } else {
+                    window_views(embedder, fx, &audio)?
+                };
+                let others: Vec<Vec<f32>>;
+                let centroids = match against {
+                    Against::Nothing => None,
+                    Against::All(c) => Some(c),
+                    Against::Others(c) => {
+                        others = c
+                            .iter()
+                            .filter(|c| {
+                                views.iter().all(|v| {
+                                    score::min_cosine_distance(
+                                        &v.embedding,
+                                        std::slice::from_ref(c),
+                                    ) > OWN_CENTRE
+                                })
+                            })
+                            .cloned()
+                            .collect();
+                        Some(others.as_slice())
+                    }
                 };
                 let model = centroids.map_or_else(Vec::new, |c| {
                     views
@@ -215,19 +252,24 @@ pub fn score_dataset(
         let where_ = || format!("{machine_type} section {section:02}");
         let sm = section_model(bundle, &machine_type, section)?;
         let (source, target) = training_domains(data, &machine_type, section);
-        let read = |clips: &[&Clip], centroids| {
-            read_units(&embedder, &params, clips, centroids, per_window)
-        };
-        let centroids = Some(sm.centroids.as_slice());
-        let (source_u, test_u) = (read(&source, centroids)?, read(&test, centroids)?);
+        let read =
+            |clips: &[&Clip], against| read_units(&embedder, &params, clips, against, per_window);
+        let all = Against::All(&sm.centroids);
+        let (source_u, test_u) = (read(&source, all)?, read(&test, all)?);
+        // The target clips' model scores only go into a bundle's threshold.
+        let target_u = read(
+            &target,
+            if per_window {
+                Against::Others(&sm.centroids)
+            } else {
+                Against::Nothing
+            },
+        )?;
         let level_vectors = |units: &[ClipUnits]| -> Vec<Vec<f64>> {
             units.iter().flat_map(|u| u.level.iter().cloned()).collect()
         };
-        let level = SectionModel::fit(
-            &level_vectors(&source_u),
-            &level_vectors(&read(&target, None)?),
-        )
-        .with_context(where_)?;
+        let level = SectionModel::fit(&level_vectors(&source_u), &level_vectors(&target_u))
+            .with_context(where_)?;
 
         // Each system's scores in units: a clip, or with `per_window` each analysis window of a clip.
         let baseline_units = |units: &[ClipUnits]| -> Units {
@@ -295,8 +337,8 @@ pub fn score_dataset(
                     baseline_scale,
                     model_scale,
                     weight,
-                    &baseline_source.concat(),
-                    &model_source.concat(),
+                    &[baseline_source.concat(), baseline_units(&target_u).concat()].concat(),
+                    &[model_source.concat(), model_units(&target_u).concat()].concat(),
                 )
                 .with_context(where_)?,
             );
@@ -327,9 +369,10 @@ pub fn score_dataset(
 }
 
 /// `section` with the level baseline and both scales, and a threshold calibrated again (as `fit` calibrates,
-/// with the section's own quantile) on the combined scores of the normal source-domain training windows, given
-/// as the two systems' scores of each window. Unlike `fit`'s, the model's scores of these windows are against
-/// every centroid, their own clip's included.
+/// with the section's own quantile) on the combined scores of the normal training windows of both domains, given
+/// as the two systems' scores of each window. A target window's model score leaves out its own clip's centres
+/// ([`Against::Others`]), as `fit` does; a source window's is against every centroid (`fit` makes the k-means
+/// centres again without the window's clip, which `combine` cannot: it has the centres, not their windows).
 fn with_baseline(
     section: &BundleSection,
     level: &SectionModel,
