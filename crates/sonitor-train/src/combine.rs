@@ -23,7 +23,7 @@
 //! [`sonitor_core::score::window_score`]: the same combined score, put on the model's scale (an increasing
 //! affine map of the one above, so it ranks the windows and clips alike). Each section's threshold
 //! is calibrated again as `fit` calibrates it, the gamma quantile (the bundle's own quantile) of the combined
-//! scores of the normal source-domain training windows.
+//! scores of the normal training windows of both domains ([`with_baseline`]).
 
 use std::path::{Path, PathBuf};
 
