@@ -361,10 +361,24 @@ pub fn start(
             Some(e) => e,
             None => crate::embed::Embedder::load(b)?,
         });
+        let combined = b
+            .manifest
+            .sections
+            .iter()
+            .filter(|s| s.baseline.is_some())
+            .count();
         log::info!(
-            "model {} from {} ready",
+            "model {} from {} ready{}",
             b.manifest.model_id,
-            path.display()
+            path.display(),
+            if combined > 0 {
+                format!(
+                    " ({combined} of {} section(s) scored with a level baseline too)",
+                    b.manifest.sections.len()
+                )
+            } else {
+                String::new()
+            }
         );
     }
     let saved_path = cfg.state_dir.join("alarms.json");

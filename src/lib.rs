@@ -3,7 +3,8 @@
 //!
 //! Where the audio goes (DESIGN.md §5), one module per stage: [`capture`] (cpal or a file, into a ring per input)
 //! → [`window`] (the reader: windows cut per machine, channel health, clip history) → [`features`] (log-mel and
-//! spectrum, shared with the trainer) → [`embed`] (tract, then the min cosine distance to the section's centroids)
+//! spectrum, shared with the trainer) → [`embed`] (tract, then the min cosine distance to the section's centroids,
+//! with its level baseline where the bundle has one)
 //! → [`detect`] (per-machine alarm logic and the controller around it) → [`publish`] (durable outbox, then MQTT).
 //! Beside them: evidence clips ([`clips`]), Prometheus metrics ([`metrics`]), the configuration ([`config`]) and its
 //! [`check`], the systemd [`watchdog`], one daemon per state directory ([`state_lock`]); [`daemon`] wires them

@@ -149,6 +149,12 @@ fn daemon_against_eval(
     let mut daemon = common::Daemon::start(&cfg, &[]);
     let (code, log) = daemon.wait_exit(Duration::from_secs(60));
     assert_eq!(code, Some(0), "{log}");
+    // The start says whether the bundle's sections carry a baseline.
+    assert_eq!(
+        log.contains("scored with a level baseline too"),
+        section.baseline.is_some(),
+        "{what}: {log}"
+    );
     // "score pump-1 t=500 ms: 0.1234"
     let got: Vec<f64> = log
         .lines()

@@ -3,12 +3,14 @@
 //! A bundle is a directory with two files:
 //! - `model.onnx` (or the name the manifest gives): the embedding network, feature tensors in, embedding out;
 //! - `manifest.json`: a [`Manifest`]: the feature parameters, the graph's input and output tensors, the
-//!   embedding size, the class names, per-section centroids and calibrated thresholds, the provenance and the
-//!   sha256 of the ONNX file.
+//!   embedding size, the class names, per-section centroids and calibrated thresholds, optionally a section's
+//!   level baseline ([`crate::score::Baseline`], written by `sonitor-train combine --bundle`), the provenance and
+//!   the sha256 of the ONNX file.
 //!
 //! [`Bundle::load`] refuses a bundle whose parts disagree, naming the problem: a checksum that does not match,
 //! feature parameters that do not give the graph's input shapes, a manifest input the graph does not have,
-//! centroids of the wrong size, a section without centroids or without a usable threshold. Because ONNX is the
+//! centroids of the wrong size, a section without centroids or without a usable threshold, a baseline that cannot
+//! score the features' bands. Because ONNX is the
 //! exchange format, a bundle can wrap a graph from any producer (burn, PyTorch, Keras) as long as its manifest
 //! states what it computes.
 

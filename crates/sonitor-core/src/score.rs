@@ -286,8 +286,10 @@ mod tests {
         assert!((b.combine(0.3, 1.0) - (0.25 * 0.3 + 0.75 * 0.1)).abs() < 1e-12);
         // Distance at its 0.9 quantile (median + spread): mapped to the model's 0.9 quantile.
         assert!((b.combine(0.3, 3.0) - (0.25 * 0.3 + 0.75 * 0.15)).abs() < 1e-12);
-        // Far below its median: below 0, unbounded as the distance is.
-        assert!(b.combine(0.0, 0.0) < 0.0);
+        // An affine map, not held to a cosine distance's [0, 2]: far enough below its median it goes below 0,
+        // far above it above 2.
+        assert!((b.combine(0.0, -5.0) - 0.75 * (0.1 - 0.05 * 3.0)).abs() < 1e-12);
+        assert!(b.combine(0.0, -5.0) < 0.0 && b.combine(2.0, 200.0) > 2.0);
         let mut section = crate::bundle::SectionModel {
             machine_type: "fan".into(),
             section: 0,
