@@ -10,7 +10,7 @@ use sonitor::bench::{sgemm_plan, test_signal, FftOnly, FLOOR_SGEMM_SIZE};
 use sonitor::embed::Embedder;
 use sonitor_core::audio::StreamResampler;
 use sonitor_core::bundle::Bundle;
-use sonitor_core::features::FeatureExtractor;
+use sonitor_core::features::{FeatureExtractor, Features};
 use sonitor_core::score::{window_score, Baseline};
 use tract_onnx::prelude::*;
 
@@ -37,13 +37,18 @@ fn features(c: &mut Criterion) {
     g.finish();
 }
 
+/// The features of one test window, as the feature thread hands them on.
+fn window_features(b: &Bundle) -> Features {
+    let p = b.manifest.features.clone();
+    FeatureExtractor::new(p.clone())
+        .unwrap()
+        .extract(&test_signal(p.window_samples, p.sample_rate))
+        .unwrap()
+}
+
 fn inference(c: &mut Criterion) {
     let b = bundle();
-    let p = b.manifest.features.clone();
-    let mut fx = FeatureExtractor::new(p.clone()).unwrap();
-    let feats = fx
-        .extract(&test_signal(p.window_samples, p.sample_rate))
-        .unwrap();
+    let feats = window_features(&b);
     let mut e = Embedder::load(&b).unwrap();
     let mut emb = Vec::new();
     let flops = b.manifest.provenance.model["flops_per_window"]
@@ -59,11 +64,7 @@ fn inference(c: &mut Criterion) {
 
 fn scoring(c: &mut Criterion) {
     let b = bundle();
-    let p = b.manifest.features.clone();
-    let mut fx = FeatureExtractor::new(p.clone()).unwrap();
-    let feats = fx
-        .extract(&test_signal(p.window_samples, p.sample_rate))
-        .unwrap();
+    let feats = window_features(&b);
     let mut emb = Vec::new();
     Embedder::load(&b).unwrap().embed(&feats, &mut emb).unwrap();
     let mut section = b.manifest.sections[0].clone();
@@ -73,7 +74,7 @@ fn scoring(c: &mut Criterion) {
         bch.iter(|| window_score(&section, black_box(&emb), &feats.band_means, &mut scratch))
     });
     // The values do not change the work: two means and a full 128-band triangle, as a combined bundle has.
-    let d = p.n_mels;
+    let d = b.manifest.features.n_mels;
     section.baseline = Some(Baseline {
         means: vec![vec![-4.0; d], vec![-3.5; d]],
         cholesky: (0..d)

@@ -98,11 +98,7 @@ fn daemon_scores_equal_the_trainers_eval_on_a_fitted_bundle() {
     let combined = Bundle::load(&combined_dir).unwrap();
     assert!(combined.section("pump", 0).unwrap().baseline.is_some());
     let both = daemon_against_eval(d.path(), &combined_dir, &wav, &audio, "combined");
-    let moved = alone
-        .iter()
-        .zip(&both)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
+    let moved = max_abs_difference(&alone, &both);
     assert!(
         moved > 1e-3,
         "the baseline changed no score: {alone:?} {both:?}"
@@ -163,15 +159,18 @@ fn daemon_against_eval(
         .map(|v| v.trim().parse::<f64>().unwrap())
         .collect();
     assert_eq!(got.len(), want.len(), "window count ({what}); log:\n{log}");
-    let worst = got
-        .iter()
-        .zip(&want)
-        .map(|(g, w)| (g - w).abs())
-        .fold(0.0, f64::max);
+    let worst = max_abs_difference(&got, &want);
     eprintln!(
         "{what}: {} windows, worst |daemon − eval| {worst:.2e} (the daemon logs 4 decimals)",
         got.len()
     );
     assert!(worst <= 1e-4, "{what}: daemon {got:?}\neval {want:?}");
     want
+}
+
+fn max_abs_difference(a: &[f64], b: &[f64]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
 }
