@@ -10,7 +10,8 @@
 //!   learned back end, so their own scores are 0 and say nothing of a spread);
 //! - the combined score: `(1 − W)·baseline + W·model` (`--weight W`, 0.5 by default). On this scale 1 means
 //!   "as high as the 0.9 quantile of the normal source clips, for both systems": the decision files mark a clip
-//!   anomalous above 1.
+//!   anomalous above 1 (with `--windows`, above the threshold calibrated on the combined score, as a bundle
+//!   written with `--bundle` has it).
 //!
 //! By default each system scores whole clips (the baseline the mean log-mel of the clip, the model the mean of its
 //! window scores, as `eval` does). With `--windows` both score each analysis window, as a daemon on a stream
@@ -343,10 +344,19 @@ pub fn score_dataset(
                 .with_context(where_)?,
             );
         }
+        // The decisions: by window, at the threshold calibrated on the combined score, on this scale (the bundle's
+        // score is `median + spread · combined` of the model's scale, so these are `eval`'s decisions on the
+        // bundle); by clip, above 1.
+        let decide_above = match sections.last() {
+            Some(s) if per_window => (s.threshold.value - model_scale.median) / model_scale.spread,
+            _ => 1.0,
+        };
         let rows = rows(&combined);
         files.push(dcase::write_submission(out, &machine_type, section, &rows)?);
-        let decisions: Vec<(String, bool)> =
-            rows.iter().map(|(n, s)| (n.clone(), *s > 1.0)).collect();
+        let decisions: Vec<(String, bool)> = rows
+            .iter()
+            .map(|(n, s)| (n.clone(), *s > decide_above))
+            .collect();
         dcase::write_decisions(out, &machine_type, section, &decisions)?;
         eprintln!(
             "{}: {} source training clips set the scales (baseline median {:.4}, spread {:.4}; model median \

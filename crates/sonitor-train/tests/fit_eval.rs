@@ -428,8 +428,8 @@ fn combine_adds_the_two_scores_on_their_training_scales() {
     );
 
     // `--bundle`: the daemon's form of the combined score. `eval` on that bundle (the daemon's scoring function)
-    // ranks the test clips as `combine` does: its score is an increasing affine map of `combine`'s per window,
-    // so of a clip's mean too.
+    // ranks the test clips as `combine` does, and decides as it does: its score is an increasing affine map of
+    // `combine`'s per window, so of a clip's mean too.
     let out = dir.path().join("w05-windows");
     let combined_bundle = dir.path().join("combined-bundle");
     let (code, stdout, stderr) = run(
@@ -455,6 +455,12 @@ fn combine_adds_the_two_scores_on_their_training_scales() {
     assert_eq!(
         (a.auc_source, a.auc_target, a.pauc),
         (b.auc_source, b.auc_target, b.pauc)
+    );
+    // And `combine`'s decisions are `eval`'s at the bundle's recalibrated threshold.
+    let decisions = "decision_result_fan_section_00_test.csv";
+    assert_eq!(
+        std::fs::read_to_string(out.join(decisions)).unwrap(),
+        std::fs::read_to_string(dir.path().join("eval-combined").join(decisions)).unwrap()
     );
     let section = sonitor_core::bundle::Bundle::load(&combined_bundle).unwrap();
     let section = section.section("fan", 0).unwrap();
