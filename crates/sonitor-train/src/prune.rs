@@ -456,6 +456,18 @@ pub fn run(a: &PruneArgs) -> anyhow::Result<()> {
     let bundle = Bundle::load(&a.model)
         .with_context(|| format!("--model {}: not a usable bundle", a.model.display()))?;
     let m = &bundle.manifest;
+    if let Some(s) = m.sections.iter().find(|s| s.baseline.is_some()) {
+        anyhow::bail!(
+            "--model {}: section {} combines the model with a level baseline (a bundle `combine --bundle` wrote, \
+             from model {}); pruning would fit its centroids and thresholds again without it. Prune the bundle \
+             it was made from, then combine the pruned one",
+            a.model.display(),
+            s.key(),
+            m.provenance.model["combine"]["from_model_id"]
+                .as_str()
+                .unwrap_or("?")
+        );
+    }
     let device = a.device.device()?;
     let ckpt = checkpoint::find(&a.model);
     anyhow::ensure!(

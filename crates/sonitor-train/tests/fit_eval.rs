@@ -466,7 +466,19 @@ fn combine_adds_the_two_scores_on_their_training_scales() {
     let section = section.section("fan", 0).unwrap();
     assert_eq!(section.baseline.as_ref().unwrap().weight, 0.5);
     assert!(section.threshold.value > 0.0);
-    // A combined bundle is not combined again; `--bundle` without `--windows` is refused by the parser.
+    // A combined bundle is not pruned (it would lose its baseline) nor combined again; `--bundle` without
+    // `--windows` is refused by the parser.
+    let (code, _, stderr) = trainer(
+        &["prune", "--keep", "0.5"],
+        &combined_bundle,
+        &data,
+        &dir.path().join("pruned"),
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Prune the bundle it was made from, then combine the pruned one"),
+        "{stderr}"
+    );
     let (code, _, stderr) = trainer(
         &["combine"],
         &combined_bundle,
