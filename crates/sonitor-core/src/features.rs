@@ -265,8 +265,6 @@ pub struct FeatureExtractor {
     mag: Vec<[f32; LANES]>,
     /// |STFT| of one frame.
     line: Vec<f32>,
-    /// Per-mel-bin sums of the temporal mean subtraction.
-    mel_sums: Vec<f64>,
     /// |DFT|² of the whole window.
     whole_power: Vec<f32>,
 }
@@ -291,7 +289,6 @@ impl FeatureExtractor {
             bands: mel_filterbank(&params),
             mag: vec![[0.0; LANES]; n / 2 + 1],
             line: vec![0.0; n / 2 + 1],
-            mel_sums: vec![0.0; params.n_mels],
             whole_power: vec![0.0; params.window_samples / 2 + 1],
             stft,
             whole,
@@ -387,9 +384,8 @@ impl FeatureExtractor {
         out.log_mel.resize(frames * n_mels, 0.0);
         out.spectrum.resize(p.spectrum_len(), 0.0);
         self.log_mel_into(window, frames, &mut out.log_mel);
-        subtract_temporal_mean(&mut out.log_mel, &mut self.mel_sums);
-        out.band_means.clear();
-        out.band_means.extend_from_slice(&self.mel_sums);
+        out.band_means.resize(n_mels, 0.0);
+        subtract_temporal_mean(&mut out.log_mel, &mut out.band_means);
 
         self.whole.process(window, None, &mut self.whole_power);
         for (o, &p) in out.spectrum.iter_mut().zip(&self.whole_power) {
@@ -406,25 +402,25 @@ impl FeatureExtractor {
     }
 }
 
-/// Subtracts from each column (mel bin) of a row-major `[frames, n_mels]` matrix its mean over the frames,
-/// with `sums.len() == n_mels` as scratch. The means are summed in f64, frame after frame.
-fn subtract_temporal_mean(matrix: &mut [f32], sums: &mut [f64]) {
-    let n_mels = sums.len();
+/// Subtracts from each column (mel bin) of a row-major `[frames, n_mels]` matrix its mean over the frames, and
+/// leaves the means in `means` (`n_mels` values). The means are summed in f64, frame after frame.
+fn subtract_temporal_mean(matrix: &mut [f32], means: &mut [f64]) {
+    let n_mels = means.len();
     let frames = matrix.len() / n_mels.max(1);
     if frames == 0 {
         return;
     }
-    sums.fill(0.0);
+    means.fill(0.0);
     for row in matrix.chunks_exact(n_mels) {
-        for (s, &v) in sums.iter_mut().zip(row) {
+        for (s, &v) in means.iter_mut().zip(row) {
             *s += v as f64;
         }
     }
-    for s in sums.iter_mut() {
+    for s in means.iter_mut() {
         *s /= frames as f64;
     }
     for row in matrix.chunks_exact_mut(n_mels) {
-        for (v, &mean) in row.iter_mut().zip(sums.iter()) {
+        for (v, &mean) in row.iter_mut().zip(means.iter()) {
             *v -= mean as f32;
         }
     }
