@@ -151,21 +151,31 @@ impl Baseline {
         mahalanobis_nearest(band_means, &self.means, &self.cholesky, scratch)
     }
 
-    /// The combined score: `W·model + (1 − W)·mapped`, with `mapped` the distance on the model's scale
-    /// (`score_median + score_spread · (distance − distance_median) / distance_spread`). It is an increasing
-    /// affine function of `sonitor-train combine`'s own combined score (each system scaled to median 0 and 0.9
-    /// quantile 1), so both rank windows alike. Unlike a cosine distance it is not bounded: a window far quieter
-    /// than the training windows in its bands can score below 0, a loud one above 2.
+    /// `sonitor-train combine`'s combined score: each system on its own scale (its median over the normal source
+    /// training windows to 0, its 0.9 quantile to 1), then `(1 − W)·baseline + W·model`.
+    pub fn scaled(&self, model_score: f64, distance: f64) -> f64 {
+        (1.0 - self.weight) * ((distance - self.distance_median) / self.distance_spread)
+            + self.weight * ((model_score - self.score_median) / self.score_spread)
+    }
+
+    /// The combined score on the model's scale, what the daemon compares with a threshold: [`Self::scaled`]
+    /// mapped back by the model's median and spread, which is `W·model + (1 − W)·mapped` with `mapped` the distance
+    /// put on the model's scale. An increasing map of [`Self::scaled`], so both rank windows alike. Unlike a cosine
+    /// distance it is not bounded: a window far quieter than the training windows in its bands can score below 0,
+    /// a loud one above 2.
     pub fn combine(&self, model_score: f64, distance: f64) -> f64 {
-        let mapped = self.score_median
-            + self.score_spread * (distance - self.distance_median) / self.distance_spread;
-        self.weight * model_score + (1.0 - self.weight) * mapped
+        self.score_median + self.score_spread * self.scaled(model_score, distance)
     }
 }
 
-/// Index of the diagonal value of row `i` in a triangle packed by rows.
+/// Index of row `i`'s first value in a lower triangle packed by rows (row `i` holds `i + 1` values).
+fn row_start(i: usize) -> usize {
+    i * (i + 1) / 2
+}
+
+/// Index of row `i`'s diagonal value in a lower triangle packed by rows.
 fn diagonal(i: usize) -> usize {
-    i * (i + 1) / 2 + i
+    row_start(i) + i
 }
 
 /// Mahalanobis distance of `x` to the nearest of `means`, for the covariance `L·Lᵀ` given by its lower
@@ -184,7 +194,7 @@ pub fn mahalanobis_nearest(
         .iter()
         .map(|mu| {
             for i in 0..d {
-                let row = &cholesky[i * (i + 1) / 2..][..=i];
+                let row = &cholesky[row_start(i)..][..=i];
                 let s: f64 = row[..i].iter().zip(&scratch[..i]).map(|(l, y)| l * y).sum();
                 scratch[i] = (x[i] - mu[i] - s) / row[i];
             }

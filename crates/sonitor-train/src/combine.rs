@@ -194,10 +194,6 @@ impl Scale {
         );
         Ok(Self { median, spread })
     }
-
-    pub fn apply(&self, score: f64) -> f64 {
-        (score - self.median) / self.spread
-    }
 }
 
 /// The `q` quantile of sorted values, linearly interpolated between the two nearest ranks (numpy's default).
@@ -297,6 +293,17 @@ pub fn score_dataset(
             .with_context(|| format!("{}: the baseline's scale", where_()))?;
         let model_scale = Scale::fit(&model_source.concat())
             .with_context(|| format!("{}: the model's scale", where_()))?;
+        // The combination, as a bundle stores it: one formula for `combine`'s scores and the daemon's.
+        let (means, cholesky) = level.parts();
+        let baseline = Baseline {
+            means,
+            cholesky,
+            distance_median: baseline_scale.median,
+            distance_spread: baseline_scale.spread,
+            score_median: model_scale.median,
+            score_spread: model_scale.spread,
+            weight,
+        };
 
         let names: Vec<String> = test.iter().map(|c| c.file_name().to_string()).collect();
         let rows = |units: &Units| -> Vec<(String, f64)> {
@@ -324,9 +331,7 @@ pub fn score_dataset(
             .map(|(b, m)| {
                 b.iter()
                     .zip(m)
-                    .map(|(&b, &m)| {
-                        (1.0 - weight) * baseline_scale.apply(b) + weight * model_scale.apply(m)
-                    })
+                    .map(|(&b, &m)| baseline.scaled(m, b))
                     .collect()
             })
             .collect();
@@ -334,10 +339,7 @@ pub fn score_dataset(
             sections.push(
                 with_baseline(
                     sm,
-                    &level,
-                    baseline_scale,
-                    model_scale,
-                    weight,
+                    baseline,
                     &[baseline_source.concat(), baseline_units(&target_u).concat()].concat(),
                     &[model_source.concat(), model_units(&target_u).concat()].concat(),
                 )
@@ -378,30 +380,17 @@ pub fn score_dataset(
     Ok(Combined { files, sections })
 }
 
-/// `section` with the level baseline and both scales, and a threshold calibrated again (as `fit` calibrates,
+/// `section` with `baseline` and a threshold calibrated again (as `fit` calibrates,
 /// with the section's own quantile) on the combined scores of the normal training windows of both domains, given
 /// as the two systems' scores of each window. A target window's model score leaves out its own clip's centres
 /// ([`Against::Others`]), as `fit` does; a source window's is against every centroid (`fit` makes the k-means
 /// centres again without the window's clip, which `combine` cannot: it has the centres, not their windows).
 fn with_baseline(
     section: &BundleSection,
-    level: &SectionModel,
-    baseline_scale: Scale,
-    model_scale: Scale,
-    weight: f64,
+    baseline: Baseline,
     baseline_scores: &[f64],
     model_scores: &[f64],
 ) -> anyhow::Result<BundleSection> {
-    let (means, cholesky) = level.parts();
-    let baseline = Baseline {
-        means,
-        cholesky,
-        distance_median: baseline_scale.median,
-        distance_spread: baseline_scale.spread,
-        score_median: model_scale.median,
-        score_spread: model_scale.spread,
-        weight,
-    };
     let combined: Vec<f64> = baseline_scores
         .iter()
         .zip(model_scores)
@@ -542,9 +531,10 @@ mod tests {
         let s = Scale::fit(&[3.0, 1.0, 2.0, 10.0, 4.0, 5.0, 9.0, 6.0, 8.0, 7.0]).unwrap();
         assert!((s.median - 5.5).abs() < 1e-12, "{s:?}");
         assert!((s.spread - 3.6).abs() < 1e-12, "{s:?}");
-        assert!(s.apply(5.5).abs() < 1e-12);
-        assert!((s.apply(9.1) - 1.0).abs() < 1e-12);
-        assert!((s.apply(1.9) + 1.0).abs() < 1e-12);
+        let apply = |x: f64| (x - s.median) / s.spread;
+        assert!(apply(5.5).abs() < 1e-12);
+        assert!((apply(9.1) - 1.0).abs() < 1e-12);
+        assert!((apply(1.9) + 1.0).abs() < 1e-12);
     }
 
     #[test]
