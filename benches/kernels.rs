@@ -80,6 +80,7 @@ fn scoring(c: &mut Criterion) {
         cholesky: (0..d)
             .flat_map(|i| (0..=i).map(move |j| if i == j { 1.0 } else { 0.01 }))
             .collect(),
+        domain_offsets: vec![0.0, 1.5],
         distance_median: 10.0,
         distance_spread: 3.0,
         score_median: 0.02,

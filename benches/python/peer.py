@@ -158,19 +158,20 @@ def window_starts(n, window, hop):
 
 class LevelBaseline:
     """score.rs `Baseline`, when the section has one (a bundle `sonitor-train combine --bundle` wrote): the
-    Mahalanobis distance of the band means to the nearer domain mean, mapped onto the model's scale and averaged
-    with the cosine distance."""
+    Mahalanobis distance of the band means to the nearer domain mean (each less its domain offset), mapped onto
+    the model's scale and averaged with the cosine distance."""
 
     def __init__(self, b):
         d = len(b["means"][0])
         self.L = np.zeros((d, d))
         self.L[np.tril_indices(d)] = b["cholesky"]  # packed by rows, the lower triangle's row-major order
         self.means = [np.asarray(m, dtype=np.float64) for m in b["means"]]
+        self.offsets = b.get("domain_offsets") or [0.0] * len(self.means)
         self.b = b
 
     def __call__(self, model_score, band_means):
-        dist = min(np.linalg.norm(scipy.linalg.solve_triangular(self.L, band_means - m, lower=True))
-                   for m in self.means)
+        dist = min(np.linalg.norm(scipy.linalg.solve_triangular(self.L, band_means - m, lower=True)) - o
+                   for m, o in zip(self.means, self.offsets))
         b = self.b
         mapped = b["score_median"] + b["score_spread"] * (dist - b["distance_median"]) / b["distance_spread"]
         return b["weight"] * model_score + (1.0 - b["weight"]) * mapped

@@ -619,6 +619,7 @@ mod tests {
         let baseline = crate::score::Baseline {
             means: vec![vec![-3.25; n], vec![-2.5; n]],
             cholesky: (0..n * (n + 1) / 2).map(|i| 1.0 + i as f64 / 7.0).collect(),
+            domain_offsets: vec![0.0, 1.75],
             distance_median: 11.5,
             distance_spread: 3.125,
             score_median: 0.0625,
@@ -628,7 +629,22 @@ mod tests {
         m.sections[0].baseline = Some(baseline.clone());
         Bundle::write(d.path(), &m, &graph()).unwrap();
         let back = Bundle::load(d.path()).unwrap();
-        assert_eq!(back.section("fan", 0).unwrap().baseline, Some(baseline));
+        assert_eq!(
+            back.section("fan", 0).unwrap().baseline,
+            Some(baseline.clone())
+        );
+        // Without domain offsets (the bundles `combine` wrote before them) the field is left out, and such a
+        // manifest loads with none.
+        let none = crate::score::Baseline {
+            domain_offsets: Vec::new(),
+            ..baseline
+        };
+        m.sections[0].baseline = Some(none.clone());
+        Bundle::write(d.path(), &m, &graph()).unwrap();
+        let text = std::fs::read_to_string(d.path().join(MANIFEST_FILE)).unwrap();
+        assert!(text.contains("distance_median") && !text.contains("domain_offsets"));
+        let back = Bundle::load(d.path()).unwrap();
+        assert_eq!(back.section("fan", 0).unwrap().baseline, Some(none));
     }
 
     #[test]
@@ -738,6 +754,7 @@ mod tests {
                     m.sections[0].baseline = Some(crate::score::Baseline {
                         means: vec![vec![0.0; d - 1]],
                         cholesky: vec![1.0; d * (d + 1) / 2],
+                        domain_offsets: Vec::new(),
                         distance_median: 1.0,
                         distance_spread: 1.0,
                         score_median: 0.1,

@@ -73,6 +73,12 @@ pub struct Baseline {
     /// Lower-triangular Cholesky factor `L` of the covariance (`Σ = L·Lᵀ`), packed by rows: row `i` holds its
     /// `i + 1` values up to the diagonal.
     pub cholesky: Vec<f64>,
+    /// Subtracted from the distance to each of [`Self::means`] before the nearest is taken, one value per mean
+    /// (empty: none, as in the bundles written before them). The target domain's mean comes from a few clips,
+    /// and its normal windows lie farther from it than the source windows from theirs; its offset, the
+    /// difference of the two domains' median distances, puts a target window's distance on the source scale.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domain_offsets: Vec<f64>,
     /// Median of the distance over the normal source-domain training windows.
     pub distance_median: f64,
     /// The distance's 0.9 quantile over those windows, minus its median.
@@ -103,6 +109,16 @@ impl Baseline {
                     "baseline mean {i} has a value that is not a number"
                 ));
             }
+        }
+        if !self.domain_offsets.is_empty() && self.domain_offsets.len() != self.means.len() {
+            return Some(format!(
+                "baseline domain_offsets has {} values, one per mean ({}) or none",
+                self.domain_offsets.len(),
+                self.means.len()
+            ));
+        }
+        if !self.domain_offsets.iter().all(|v| v.is_finite()) {
+            return Some("baseline domain_offsets has a value that is not a number".into());
         }
         let packed = n_mels * (n_mels + 1) / 2;
         if self.cholesky.len() != packed {
@@ -145,10 +161,16 @@ impl Baseline {
         None
     }
 
-    /// Mahalanobis distance of `band_means` to the nearest of [`Self::means`]; `scratch` is reused between
-    /// calls (no allocation once it has grown).
+    /// Mahalanobis distance of `band_means` to the nearest of [`Self::means`], each less its domain offset;
+    /// `scratch` is reused between calls (no allocation once it has grown).
     pub fn distance(&self, band_means: &[f64], scratch: &mut Vec<f64>) -> f64 {
-        mahalanobis_nearest(band_means, &self.means, &self.cholesky, scratch)
+        mahalanobis_nearest(
+            band_means,
+            &self.means,
+            &self.domain_offsets,
+            &self.cholesky,
+            scratch,
+        )
     }
 
     /// `sonitor-train combine`'s combined score: each system on its own scale (its median over the normal source
@@ -180,10 +202,12 @@ fn diagonal(i: usize) -> usize {
 
 /// Mahalanobis distance of `x` to the nearest of `means`, for the covariance `L·Lᵀ` given by its lower
 /// Cholesky factor packed by rows ([`Baseline::cholesky`]): one forward substitution `L·y = x − μ` per mean.
-/// `f64::INFINITY` without means.
+/// The distance to `means[i]` is less `offsets[i]` before the nearest is taken (0 where `offsets` has no
+/// value). `f64::INFINITY` without means.
 pub fn mahalanobis_nearest(
     x: &[f64],
     means: &[Vec<f64>],
+    offsets: &[f64],
     cholesky: &[f64],
     scratch: &mut Vec<f64>,
 ) -> f64 {
@@ -192,13 +216,15 @@ pub fn mahalanobis_nearest(
     scratch.resize(d, 0.0);
     means
         .iter()
-        .map(|mu| {
+        .enumerate()
+        .map(|(k, mu)| {
             for i in 0..d {
                 let row = &cholesky[row_start(i)..][..=i];
                 let s: f64 = row[..i].iter().zip(&scratch[..i]).map(|(l, y)| l * y).sum();
                 scratch[i] = (x[i] - mu[i] - s) / row[i];
             }
             scratch.iter().map(|v| v * v).sum::<f64>().sqrt()
+                - offsets.get(k).copied().unwrap_or(0.0)
         })
         .fold(f64::INFINITY, f64::min)
 }
@@ -269,11 +295,26 @@ mod tests {
         let chol = [2.0, 1.0, 2.0];
         let mut scratch = Vec::new();
         let far = vec![-10.0, -10.0];
-        let d = mahalanobis_nearest(&[3.0, 4.0], &[far, vec![1.0, 1.0]], &chol, &mut scratch);
+        let means = [far, vec![1.0, 1.0]];
+        let d = mahalanobis_nearest(&[3.0, 4.0], &means, &[], &chol, &mut scratch);
         assert!((d - 2f64.sqrt()).abs() < 1e-12, "{d}");
         assert_eq!(
-            mahalanobis_nearest(&[0.0, 0.0], &[], &chol, &mut scratch),
+            mahalanobis_nearest(&[0.0, 0.0], &[], &[], &chol, &mut scratch),
             f64::INFINITY
+        );
+        // The far mean: y = (6.5, 3.75), distance √56.3125 ≈ 7.504. Offsets move each distance before the
+        // nearest is taken: the near one's offset of −1 makes it √2 + 1; the far one's of 7 makes it ≈ 0.504.
+        let far = 56.3125f64.sqrt();
+        let with = |o: &[f64]| mahalanobis_nearest(&[3.0, 4.0], &means, o, &chol, &mut Vec::new());
+        assert!((with(&[0.0, -1.0]) - (2f64.sqrt() + 1.0)).abs() < 1e-12);
+        assert!(
+            (with(&[7.0, 0.0]) - (far - 7.0)).abs() < 1e-12,
+            "{}",
+            with(&[7.0, 0.0])
+        );
+        assert!(
+            (with(&[5.0]) - 2f64.sqrt()).abs() < 1e-12,
+            "no offset for the second mean: 0"
         );
     }
 
@@ -281,6 +322,7 @@ mod tests {
         Baseline {
             means: vec![vec![1.0, 1.0]],
             cholesky: vec![2.0, 1.0, 2.0],
+            domain_offsets: Vec::new(),
             distance_median: 1.0,
             distance_spread: 2.0,
             score_median: 0.1,
@@ -338,6 +380,11 @@ mod tests {
         check(|b| b.means[0][1] = f64::NAN, "not a number");
         check(|b| b.cholesky.pop().map(drop).unwrap_or(()), "packed");
         check(|b| b.cholesky[2] = 0.0, "diagonal value 1");
+        check(|b| b.domain_offsets = vec![0.0, 1.0], "one per mean (1)");
+        check(
+            |b| b.domain_offsets = vec![f64::NAN],
+            "domain_offsets has a value",
+        );
         check(|b| b.distance_spread = 0.0, "distance_spread");
         check(|b| b.score_median = f64::INFINITY, "score_median");
         check(|b| b.weight = 1.5, "weight");

@@ -149,7 +149,7 @@ impl SectionModel {
     /// Mahalanobis distance to the nearer domain mean (the daemon's function,
     /// [`sonitor_core::score::mahalanobis_nearest`]).
     pub fn score(&self, x: &[f64]) -> f64 {
-        score::mahalanobis_nearest(x, &self.means, &self.cholesky, &mut Vec::new())
+        score::mahalanobis_nearest(x, &self.means, &[], &self.cholesky, &mut Vec::new())
     }
 
     /// The domain means and the packed factor, as a bundle's [`sonitor_core::score::Baseline`] stores them.

@@ -394,7 +394,7 @@ fn combine_adds_the_two_scores_on_their_training_scales() {
         let combined = report(&stdout);
         assert!(combined.official_score.is_finite(), "{name}: {stdout}");
         assert!(
-            stderr.contains("official score: baseline "),
+            stderr.contains("official score: level baseline (domain offsets) "),
             "{name}: {stderr}"
         );
         // The model's own scores are `eval`'s, either way.
@@ -464,7 +464,16 @@ fn combine_adds_the_two_scores_on_their_training_scales() {
     );
     let section = sonitor_core::bundle::Bundle::load(&combined_bundle).unwrap();
     let section = section.section("fan", 0).unwrap();
-    assert_eq!(section.baseline.as_ref().unwrap().weight, 0.5);
+    let baseline = section.baseline.as_ref().unwrap();
+    assert_eq!(baseline.weight, 0.5);
+    // Three target clips: the target mean gets its offset (left out one clip at a time), the source none.
+    assert_eq!(baseline.means.len(), 2);
+    assert_eq!(baseline.domain_offsets[0], 0.0);
+    assert!(
+        baseline.domain_offsets[1].is_finite(),
+        "{:?}",
+        baseline.domain_offsets
+    );
     assert!(section.threshold.value > 0.0);
     // A combined bundle is not pruned (it would lose its baseline) nor combined again; `--bundle` without
     // `--windows` is refused by the parser.
