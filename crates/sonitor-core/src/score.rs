@@ -62,9 +62,10 @@ pub fn min_cosine_distance(embedding: &[f32], centroids: &[Vec<f32>]) -> f32 {
 
 /// A section's level baseline, stored beside its centroids: the Mahalanobis distance of a window's band means
 /// ([`crate::features::Features::band_means`]) to the nearer of the normal training windows' per-domain means,
-/// with the source windows' covariance (shrunk towards a scaled identity when fitted). [`Self::combine`] maps the
-/// distance onto the model's score scale, matching the two systems' median and 0.9 quantile over the normal
-/// source-domain training windows, and averages it with the model's cosine distance.
+/// each distance less its domain's offset, with the source windows' covariance (shrunk towards a scaled identity
+/// when fitted). [`Self::combine`] maps the distance onto the model's score scale, matching the two systems'
+/// median and 0.9 quantile over the normal source-domain training windows, and averages it with the model's
+/// cosine distance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Baseline {
