@@ -12,13 +12,14 @@ use crate::bundle::SectionModel;
 
 /// Why `t` cannot be a decision threshold on these scores, if it cannot. A cosine distance lies in [0, 2]: a
 /// threshold at or below 0 raises on every window, one at or above 2 never raises (or, as the lower threshold
-/// of an alarm, never lets it clear).
+/// of an alarm, never lets it clear). A combined bundle's scores ([`Baseline::combine`]) are on the same scale
+/// and can leave that range; its thresholds are held to it all the same.
 pub fn threshold_problem(t: f64) -> Option<String> {
     if !t.is_finite() {
         Some(format!("{t} is not a number"))
     } else if t <= 0.0 || t >= 2.0 {
         Some(format!(
-            "{t} is outside (0, 2): scores are cosine distances between 0 and 2"
+            "{t} is outside (0, 2): thresholds are on the scale of a cosine distance, 0 to 2"
         ))
     } else {
         None
