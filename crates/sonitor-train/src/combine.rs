@@ -248,7 +248,9 @@ pub fn score_dataset(
     let mut sections = Vec::new();
     for (machine_type, section) in data.sections() {
         let test: Vec<&Clip> = data.clips_of(&machine_type, section, Split::Test).collect();
-        if test.is_empty() {
+        // A section without test clips has nothing to score, but per window its bundle section is made from the
+        // training clips alone: a user's recordings of normal running are enough for a combined bundle.
+        if test.is_empty() && !per_window {
             continue;
         }
         let where_ = || format!("{machine_type} section {section:02}");
@@ -335,18 +337,20 @@ pub fn score_dataset(
                 .zip(units.iter().map(|u| clip_score(u)))
                 .collect()
         };
-        dcase::write_submission(
-            &out.join(BASELINE_DIR),
-            &machine_type,
-            section,
-            &rows(&baseline_test),
-        )?;
-        dcase::write_submission(
-            &out.join(MODEL_DIR),
-            &machine_type,
-            section,
-            &rows(&model_test),
-        )?;
+        if !test.is_empty() {
+            dcase::write_submission(
+                &out.join(BASELINE_DIR),
+                &machine_type,
+                section,
+                &rows(&baseline_test),
+            )?;
+            dcase::write_submission(
+                &out.join(MODEL_DIR),
+                &machine_type,
+                section,
+                &rows(&model_test),
+            )?;
+        }
         let combined: Units = baseline_test
             .iter()
             .zip(&model_test)
@@ -375,13 +379,15 @@ pub fn score_dataset(
             Some(s) if per_window => (s.threshold.value - model_scale.median) / model_scale.spread,
             _ => 1.0,
         };
-        let rows = rows(&combined);
-        files.push(dcase::write_submission(out, &machine_type, section, &rows)?);
-        let decisions: Vec<(String, bool)> = rows
-            .iter()
-            .map(|(n, s)| (n.clone(), *s > decide_above))
-            .collect();
-        dcase::write_decisions(out, &machine_type, section, &decisions)?;
+        if !test.is_empty() {
+            let rows = rows(&combined);
+            files.push(dcase::write_submission(out, &machine_type, section, &rows)?);
+            let decisions: Vec<(String, bool)> = rows
+                .iter()
+                .map(|(n, s)| (n.clone(), *s > decide_above))
+                .collect();
+            dcase::write_decisions(out, &machine_type, section, &decisions)?;
+        }
         eprintln!(
             "{}: {} source training clips set the scales (baseline median {:.4}, spread {:.4}; model median \
              {:.4}, spread {:.4}), {} test clips scored",
@@ -395,7 +401,7 @@ pub fn score_dataset(
         );
     }
     anyhow::ensure!(
-        !files.is_empty(),
+        !files.is_empty() || !sections.is_empty(),
         "{}: no test clips to score",
         data.root.display()
     );
@@ -531,50 +537,75 @@ pub fn run(a: &CombineArgs) -> anyhow::Result<()> {
     let data = dcase::scan(&a.data)?;
     let started = std::time::Instant::now();
     let Combined { files, sections } = score_dataset(&bundle, &data, &out, a.weight, a.windows)?;
+    anyhow::ensure!(
+        !files.is_empty() || a.bundle.is_some(),
+        "{}: no test clips to score",
+        data.root.display()
+    );
     let (baseline_dir, model_dir) = (out.join(BASELINE_DIR), out.join(MODEL_DIR));
-    eprintln!(
-        "scored in {:.1} s; submission files in {} (the baseline's in {}, the model's in {})",
-        started.elapsed().as_secs_f64(),
-        out.display(),
-        baseline_dir.display(),
-        model_dir.display()
-    );
+    if files.is_empty() {
+        eprintln!(
+            "no test clips; the training clips read in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    } else {
+        eprintln!(
+            "scored in {:.1} s; submission files in {} (the baseline's in {}, the model's in {})",
+            started.elapsed().as_secs_f64(),
+            out.display(),
+            baseline_dir.display(),
+            model_dir.display()
+        );
+    }
+    // Metrics need labelled test clips; the bundle is written either way (its sections come from the training
+    // clips), with the metrics in its provenance when there are some.
     let counts = crate::eval::unlabelled_test_clips(&data);
-    if counts.0 > 0 {
-        let files: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
-        return crate::eval::print_no_metrics(counts, &out, &files, a.json);
-    }
-    let evaluate = |dir: &Path| {
-        metrics::evaluate_submission(&data, dir).with_context(|| {
-            format!(
-                "evaluating {} against {}",
-                dir.display(),
-                data.root.display()
-            )
-        })
+    let report = if files.is_empty() || counts.0 > 0 {
+        None
+    } else {
+        let evaluate = |dir: &Path| {
+            metrics::evaluate_submission(&data, dir).with_context(|| {
+                format!(
+                    "evaluating {} against {}",
+                    dir.display(),
+                    data.root.display()
+                )
+            })
+        };
+        let report = evaluate(&out)?;
+        eprintln!(
+            "official score: level baseline (domain offsets) {:.4}, model {:.4}, combined (model weight {}) {:.4}",
+            evaluate(&baseline_dir)?.official_score,
+            evaluate(&model_dir)?.official_score,
+            a.weight,
+            report.official_score
+        );
+        Some(report)
     };
-    let report = evaluate(&out)?;
-    eprintln!(
-        "official score: level baseline (domain offsets) {:.4}, model {:.4}, combined (model weight {}) {:.4}",
-        evaluate(&baseline_dir)?.official_score,
-        evaluate(&model_dir)?.official_score,
-        a.weight,
-        report.official_score
-    );
     if let Some(dir) = &a.bundle {
-        write_bundle(&bundle, sections, a.weight, &report, dir)?;
+        write_bundle(&bundle, sections, a.weight, report.as_ref(), dir)?;
     }
-    crate::cli::print_report(&report, a.json)
+    let files: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    match report {
+        Some(report) => crate::cli::print_report(&report, a.json),
+        None if files.is_empty() => crate::eval::print_no_metrics_because(
+            "the data set has no test clips (the bundle's sections come from its training clips)",
+            &out,
+            &files,
+            a.json,
+        ),
+        None => crate::eval::print_no_metrics(counts, &out, &files, a.json),
+    }
 }
 
 /// Writes `bundle` again into `dir` with the combined `sections` in place of its own (a section the data set
-/// has no test clips of keeps its model alone, and is named), a new model id, and the combination recorded in
-/// the provenance (`model.combine`, and `metrics` on the data set).
+/// has no clips of keeps its model alone, and is named), a new model id, and the combination recorded in the
+/// provenance (`model.combine`, and `metrics` on the data set's test clips, `null` without labelled ones).
 fn write_bundle(
     bundle: &Bundle,
     sections: Vec<BundleSection>,
     weight: f64,
-    report: &metrics::Report,
+    report: Option<&metrics::Report>,
     dir: &Path,
 ) -> anyhow::Result<()> {
     let mut manifest = bundle.manifest.clone();
@@ -582,7 +613,7 @@ fn write_bundle(
         match sections.iter().find(|c| c.key() == s.key()) {
             Some(c) => *s = c.clone(),
             None => eprintln!(
-                "{}: no test clips in the data set; its model stays alone in the new bundle",
+                "{}: no clips in the data set; its model stays alone in the new bundle",
                 s.key()
             ),
         }

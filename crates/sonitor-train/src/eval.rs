@@ -429,7 +429,16 @@ pub fn print_no_metrics(
     files: &[&Path],
     json: bool,
 ) -> anyhow::Result<()> {
-    let why = why_no_metrics(counts);
+    print_no_metrics_because(&why_no_metrics(counts), out, files, json)
+}
+
+/// As [`print_no_metrics`], for another reason `why`.
+pub fn print_no_metrics_because(
+    why: &str,
+    out: &Path,
+    files: &[&Path],
+    json: bool,
+) -> anyhow::Result<()> {
     eprintln!("{why}: no metrics");
     if json {
         let o = serde_json::json!({

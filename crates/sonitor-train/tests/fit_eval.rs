@@ -475,6 +475,50 @@ fn combine_adds_the_two_scores_on_their_training_scales() {
         baseline.domain_offsets
     );
     assert!(section.threshold.value > 0.0);
+    // A user's own data set of normal training clips only: nothing to score, but the bundle is made from the
+    // training clips, the same sections as with the test clips there.
+    let train_only = dir.path().join("train-only");
+    for entry in walk(&data) {
+        let rel = entry.strip_prefix(&data).unwrap();
+        if rel.components().any(|c| c.as_os_str() == "test") {
+            continue;
+        }
+        let to = train_only.join(rel);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, &to).unwrap();
+    }
+    let alone_bundle = dir.path().join("train-only-bundle");
+    let (code, stdout, stderr) = trainer(
+        &[
+            "combine",
+            "--windows",
+            "--json",
+            "--bundle",
+            alone_bundle.to_str().unwrap(),
+        ],
+        &model,
+        &train_only,
+        &dir.path().join("train-only-scores"),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("the data set has no test clips"),
+        "{stdout}"
+    );
+    let made = sonitor_core::bundle::Bundle::load(&alone_bundle).unwrap();
+    let made = made.section("fan", 0).unwrap();
+    assert_eq!(made.baseline.as_ref(), Some(baseline));
+    assert_eq!(made.threshold, section.threshold);
+    // Without `--bundle` there is nothing to do.
+    let (code, _, stderr) = trainer(
+        &["combine", "--windows"],
+        &model,
+        &train_only,
+        &dir.path().join("train-only-nothing"),
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("no test clips to score"), "{stderr}");
+
     // A combined bundle is not pruned (it would lose its baseline) nor combined again; `--bundle` without
     // `--windows` is refused by the parser.
     let (code, _, stderr) = trainer(
@@ -511,4 +555,18 @@ fn combine_adds_the_two_scores_on_their_training_scales() {
         "{stderr}"
     );
     assert!(!out.exists(), "nothing is written: {stderr}");
+}
+
+/// Every file under `root`, depth first.
+fn walk(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(root).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
