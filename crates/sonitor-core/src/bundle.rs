@@ -27,8 +27,13 @@ use crate::onnx_graph::{self, Dim, GraphSignature};
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const DEFAULT_ONNX_FILE: &str = "model.onnx";
-/// The manifest format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest manifest format this build reads and writes. A bundle is written with the oldest version that can
+/// hold it ([`Manifest::required_format_version`]), so that bundles any older build reads stay readable by it,
+/// and a build refusing a newer bundle names the version (`parse_problem`), not only a field it does not know:
+/// - 1: the network's centroids and thresholds (2026-11-28);
+/// - 2: sections may carry a level baseline ([`crate::score::Baseline`], written by `sonitor-train combine`).
+///   Builds of 2026-12-03 and 2026-12-04 wrote such bundles as version 1; they load.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Which feature view a graph input takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -213,14 +218,36 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// Why this build cannot read a manifest of `version`, if it cannot.
+fn version_problem(version: u64) -> Option<String> {
+    if version > u64::from(FORMAT_VERSION) {
+        Some(format!(
+            "format_version {version} is newer than this build reads (1 to {FORMAT_VERSION}): the bundle was \
+             written by a newer sonitor-train; upgrade sonitor to run it"
+        ))
+    } else if version == 0 {
+        Some(format!(
+            "format_version 0 is not a version (this build reads 1 to {FORMAT_VERSION})"
+        ))
+    } else {
+        None
+    }
+}
+
 impl Manifest {
+    /// The oldest format version that holds this manifest: 2 when a section carries a level baseline, else 1.
+    pub fn required_format_version(&self) -> u32 {
+        if self.sections.iter().any(|s| s.baseline.is_some()) {
+            2
+        } else {
+            1
+        }
+    }
+
     /// The manifest's own consistency (without the graph); names the first problem.
     pub fn validate(&self) -> Result<(), String> {
-        if self.format_version != FORMAT_VERSION {
-            return Err(format!(
-                "format_version {} is not supported by this build (expected {FORMAT_VERSION})",
-                self.format_version
-            ));
+        if let Some(problem) = version_problem(u64::from(self.format_version)) {
+            return Err(problem);
         }
         self.features.validate().map_err(|e| e.to_string())?;
         if self.inputs.is_empty() {
@@ -414,6 +441,18 @@ impl Manifest {
     }
 }
 
+/// Why a manifest did not parse. A newer format's fields are unknown here, so its version is named first: the
+/// cure is a newer build, not an edit of the manifest.
+fn parse_problem(text: &str, e: &serde_json::Error) -> String {
+    let version = serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| v.get("format_version").and_then(|v| v.as_u64()));
+    match version.and_then(version_problem) {
+        Some(problem) => format!("{problem} ({e})"),
+        None => e.to_string(),
+    }
+}
+
 impl Bundle {
     /// Loads and verifies a bundle directory.
     pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
@@ -425,7 +464,7 @@ impl Bundle {
         let manifest: Manifest =
             serde_json::from_str(&text).map_err(|e| BundleError::Manifest {
                 path: manifest_path.clone(),
-                reason: e.to_string(),
+                reason: parse_problem(&text, &e),
             })?;
         manifest
             .validate()
@@ -484,6 +523,7 @@ impl Bundle {
             manifest.onnx_file = DEFAULT_ONNX_FILE.into();
         }
         manifest.onnx_sha256 = sha256_hex(onnx);
+        manifest.format_version = manifest.required_format_version();
         let manifest_path = dir.join(MANIFEST_FILE);
         manifest
             .validate()
@@ -608,6 +648,45 @@ mod tests {
         assert!(!std::fs::read_to_string(d.path().join(MANIFEST_FILE))
             .unwrap()
             .contains("baseline"));
+        assert_eq!(b.manifest.format_version, 1);
+    }
+
+    /// Edits the written manifest's JSON and returns what loading it says.
+    fn load_edited(
+        dir: &Path,
+        edit: impl FnOnce(&mut serde_json::Value),
+    ) -> Result<Bundle, String> {
+        let path = dir.join(MANIFEST_FILE);
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        edit(&mut v);
+        std::fs::write(&path, serde_json::to_string(&v).unwrap()).unwrap();
+        Bundle::load(dir).map_err(|e| e.to_string())
+    }
+
+    /// A manifest of a newer format is refused by its version, with the cure, even when it has fields this
+    /// build does not know (which is why it is newer); version 0 is no version.
+    #[test]
+    fn a_newer_format_is_named_by_its_version() {
+        let d = tempfile::tempdir().unwrap();
+        Bundle::write(d.path(), &manifest(), &graph()).unwrap();
+        let newer = "format_version 3 is newer than this build reads (1 to 2): the bundle was written by a newer \
+                     sonitor-train; upgrade sonitor to run it";
+        let e = load_edited(d.path(), |v| v["format_version"] = 3.into()).unwrap_err();
+        assert!(e.contains(newer), "{e}");
+        let e = load_edited(d.path(), |v| v["sections"][0]["drift"] = 0.5.into()).unwrap_err();
+        assert!(
+            e.contains(newer) && e.contains("unknown field `drift`"),
+            "{e}"
+        );
+        let e = load_edited(d.path(), |v| v["format_version"] = 0.into()).unwrap_err();
+        assert!(e.contains("format_version 0 is not a version"), "{e}");
+        // Of a version this build reads, an unknown field is named as it is.
+        let e = load_edited(d.path(), |v| v["format_version"] = 1.into()).unwrap_err();
+        assert!(
+            e.contains("unknown field `drift`") && !e.contains("newer"),
+            "{e}"
+        );
     }
 
     /// A section's level baseline goes into the manifest and comes back the same.
@@ -627,10 +706,19 @@ mod tests {
             weight: 0.5,
         };
         m.sections[0].baseline = Some(baseline.clone());
+        // Whatever version the writer put in, the bundle says the one it needs: 2, for the baseline.
+        m.format_version = 1;
         Bundle::write(d.path(), &m, &graph()).unwrap();
         let back = Bundle::load(d.path()).unwrap();
         assert_eq!(
             back.section("fan", 0).unwrap().baseline,
+            Some(baseline.clone())
+        );
+        assert_eq!(back.manifest.format_version, 2);
+        // `combine` of 2026-12-03 and 2026-12-04 wrote such bundles as version 1: they still load.
+        let old = load_edited(d.path(), |v| v["format_version"] = 1.into()).unwrap();
+        assert_eq!(
+            old.section("fan", 0).unwrap().baseline,
             Some(baseline.clone())
         );
         // Without domain offsets (the bundles `combine` wrote before them) the field is left out, and such a
@@ -747,7 +835,6 @@ mod tests {
                 "feature parameters give",
             ),
             (Box::new(|m| m.output.shape = vec![1, 8]), "embedding_dim"),
-            (Box::new(|m| m.format_version = 99), "format_version"),
             (
                 Box::new(|m| {
                     let d = m.features.n_mels;
