@@ -1,6 +1,7 @@
 //! `sonitor demo` on the shipped bundle and its recording (`models/default`): the alarm is raised while the fault
 //! is audible and at no other time, it clears after the repair, an evidence clip and a timeline are written; with
-//! `--mqtt` the same transitions reach a real broker as `run` publishes them.
+//! `--mqtt` the same transitions reach a real broker as `run` publishes them. The same of the shipped combined
+//! bundle (`models/combined`: `models/default` with the level baseline).
 
 mod common;
 
@@ -14,19 +15,36 @@ fn shipped() -> PathBuf {
     common::workspace().join("models/default")
 }
 
+fn shipped_combined() -> PathBuf {
+    common::workspace().join("models/combined")
+}
+
 /// `sonitor demo` on the shipped bundle into `out`.
 fn demo_command(out: &std::path::Path) -> Command {
+    demo_command_on(&shipped(), out)
+}
+
+/// `sonitor demo` on `bundle` (and the recording it holds) into `out`.
+fn demo_command_on(bundle: &std::path::Path, out: &std::path::Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sonitor"));
     c.arg("demo")
         .arg("--model")
-        .arg(shipped())
+        .arg(bundle)
         .arg("--out")
         .arg(out);
     c
 }
 
 fn demo(out: &std::path::Path, extra: &[&str]) -> (i32, serde_json::Value, String) {
-    let o = demo_command(out)
+    demo_on(&shipped(), out, extra)
+}
+
+fn demo_on(
+    bundle: &std::path::Path,
+    out: &std::path::Path,
+    extra: &[&str],
+) -> (i32, serde_json::Value, String) {
+    let o = demo_command_on(bundle, out)
         .args(["--quiet", "--json"])
         .args(extra)
         .output()
@@ -48,11 +66,13 @@ fn demo_refused(out: &std::path::Path) -> String {
     stderr
 }
 
-#[test]
-fn the_shipped_demo_raises_the_alarm_during_the_fault_only() {
-    let d = tempfile::tempdir().unwrap();
-    let (code, s, log) = demo(d.path(), &[]);
-    eprintln!("{log}");
+/// The demo's summary says: alarms raised only while the fault is audible, each cleared after the repair, no
+/// false alarm, the fault's mean score above the threshold and the normal mean below, exit 0. Returns the alarms.
+fn assert_alarm_during_fault_only(
+    code: i32,
+    s: &serde_json::Value,
+    log: &str,
+) -> Vec<serde_json::Value> {
     let (start, end) = (
         s["fault_start_s"].as_f64().unwrap(),
         s["fault_end_s"].as_f64().unwrap(),
@@ -82,6 +102,15 @@ fn the_shipped_demo_raises_the_alarm_during_the_fault_only() {
         "{log}"
     );
     assert_eq!(code, 0, "{log}");
+    alarms.clone()
+}
+
+#[test]
+fn the_shipped_demo_raises_the_alarm_during_the_fault_only() {
+    let d = tempfile::tempdir().unwrap();
+    let (code, s, log) = demo(d.path(), &[]);
+    eprintln!("{log}");
+    let alarms = assert_alarm_during_fault_only(code, &s, &log);
     let clips = s["clips"].as_array().unwrap();
     assert_eq!(clips.len(), alarms.len(), "{log}");
     for c in clips {
@@ -139,6 +168,50 @@ fn the_shipped_demo_raises_the_alarm_during_the_fault_only() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(o.status.code(), Some(0), "{stderr}");
     assert!(gone.join("timeline.csv").is_file(), "{stderr}");
+}
+
+/// `models/combined` is `models/default` (the same graph) with each section's level baseline: manifest format 2,
+/// the network's checksum, two domain means with their offsets, thresholds of its own; on the shipped recording
+/// it too alarms during the fault only.
+#[test]
+fn the_shipped_combined_bundle_alarms_during_the_fault_only() {
+    let combined = sonitor_core::bundle::Bundle::load(&shipped_combined()).unwrap();
+    let model = sonitor_core::bundle::Bundle::load(&shipped()).unwrap();
+    assert_eq!(combined.manifest.format_version, 2);
+    assert_eq!(combined.manifest.onnx_sha256, model.manifest.onnx_sha256);
+    assert_eq!(
+        combined.manifest.model_id,
+        format!("{}-combined", model.manifest.model_id)
+    );
+    assert_eq!(
+        combined.manifest.sections.len(),
+        model.manifest.sections.len()
+    );
+    for s in &combined.manifest.sections {
+        let b = s
+            .baseline
+            .as_ref()
+            .unwrap_or_else(|| panic!("{}: no baseline", s.key()));
+        assert_eq!(
+            (b.means.len(), b.domain_offsets.len()),
+            (2, 2),
+            "{}",
+            s.key()
+        );
+        assert_eq!(b.domain_offsets[0], 0.0, "{}", s.key());
+        let alone = model.manifest.section_by_key(&s.key()).unwrap();
+        assert_eq!(s.centroids, alone.centroids, "{}", s.key());
+        assert_ne!(s.threshold.value, alone.threshold.value, "{}", s.key());
+    }
+    let d = tempfile::tempdir().unwrap();
+    let (code, s, log) = demo_on(&shipped_combined(), d.path(), &[]);
+    eprintln!("{log}");
+    assert_alarm_during_fault_only(code, &s, &log);
+    assert_eq!(
+        s["model_id"],
+        serde_json::json!(combined.manifest.model_id),
+        "{log}"
+    );
 }
 
 #[test]
