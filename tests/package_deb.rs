@@ -189,6 +189,25 @@ fn the_package_installs_a_unit_a_conffile_and_a_binary_that_finds_its_model() {
         text(&o)
     );
 
+    // The combined bundle, its graph and recording links to the default's, loads and runs the demo as well.
+    let combined = in_root("/usr/share/sonitor/models/combined");
+    assert!(std::fs::symlink_metadata(combined.join("model.onnx"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let o = run(Command::new(in_root(binary))
+        .args(["demo", "--quiet", "--json", "--model"])
+        .arg(&combined)
+        .current_dir(&cwd));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["detected"], true, "{}", text(&o));
+    assert!(
+        summary["model_id"].as_str().unwrap().ends_with("-combined"),
+        "{}",
+        text(&o)
+    );
+
     // A binary is never packaged under another architecture's name, nor a file that is no executable.
     let o = run(script()
         .args([
