@@ -2245,8 +2245,9 @@ min_duration = "3s"
         let d = tempfile::tempdir().unwrap();
         let state = d.path().join("state");
         let clips = d.path().join("disk2/sonitor/clips");
+        // max_bytes at its least, so that the host's free space (the check of whether clips fit) plays no part.
         let text = format!(
-            "{}\n[clips]\ndir = \"{}\"\n",
+            "{}\n[clips]\ndir = \"{}\"\nmax_bytes = 1048576\n",
             minimal(d.path()),
             clips.display()
         );
@@ -2313,8 +2314,10 @@ min_duration = "3s"
                 &format!("ReadWritePaths={}", clips.display()),
             ],
         );
-        // In the state directory (the default), the state directory's own check covers it.
-        let check = Config::load_with_env(&write(d.path(), &minimal(d.path())), [])
+        // In the state directory (the default), the state directory's own check covers it. (max_bytes at its
+        // least, so that the host's free space plays no part.)
+        let in_state = format!("{}\n[clips]\nmax_bytes = 1048576\n", minimal(d.path()));
+        let check = Config::load_with_env(&write(d.path(), &in_state), [])
             .unwrap()
             .disk_check(MissingDirs::Create);
         assert!(
