@@ -970,8 +970,9 @@ fn thread_died(thread: &str, consequence: &str) -> i32 {
 }
 
 /// Gives the heap's free pages back to the kernel. glibc keeps what was freed for later allocations, and the
-/// check of a configuration (at the start and at every reload) loads each bundle, its manifest (1.9 MB of JSON
-/// for a combined one) and a tract plan, then drops them: without this those pages stay in the daemon's RSS.
+/// check of a configuration (at the start and at every reload) reads and verifies each bundle (its manifest is
+/// 1.9 MB of JSON for a combined one; a graph not yet running is also built by tract and run once), then drops
+/// what it does not keep: without this those pages stay in the daemon's RSS.
 fn release_free_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases memory that no allocation holds; it takes no pointer.
