@@ -338,20 +338,6 @@ pub fn score_dataset(
                 .zip(units.iter().map(|u| clip_score(u)))
                 .collect()
         };
-        if !test.is_empty() {
-            dcase::write_submission(
-                &out.join(BASELINE_DIR),
-                &machine_type,
-                section,
-                &rows(&baseline_test),
-            )?;
-            dcase::write_submission(
-                &out.join(MODEL_DIR),
-                &machine_type,
-                section,
-                &rows(&model_test),
-            )?;
-        }
         let combined: Units = baseline_test
             .iter()
             .zip(&model_test)
@@ -381,6 +367,18 @@ pub fn score_dataset(
             _ => 1.0,
         };
         if !test.is_empty() {
+            dcase::write_submission(
+                &out.join(BASELINE_DIR),
+                &machine_type,
+                section,
+                &rows(&baseline_test),
+            )?;
+            dcase::write_submission(
+                &out.join(MODEL_DIR),
+                &machine_type,
+                section,
+                &rows(&model_test),
+            )?;
             let rows = rows(&combined);
             files.push(dcase::write_submission(out, &machine_type, section, &rows)?);
             let decisions: Vec<(String, bool)> = rows

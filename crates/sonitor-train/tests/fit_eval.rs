@@ -366,6 +366,17 @@ fn eval_json_prints_one_object_with_or_without_labels() {
 fn combine_adds_the_two_scores_on_their_training_scales() {
     let (dir, data, model) = data_and_bundle();
     let run = |args: &[&str], out: &Path| trainer(args, &model, &data, out);
+    // `combine --windows --bundle BUNDLE` of the model on `data`.
+    let combine_into = |data: &Path, bundle: &Path, out: &Path| {
+        let args = [
+            "combine",
+            "--json",
+            "--windows",
+            "--bundle",
+            bundle.to_str().unwrap(),
+        ];
+        trainer(&args, &model, data, out)
+    };
     let report = |stdout: &str| -> sonitor_core::metrics::Report {
         serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
     };
@@ -432,16 +443,7 @@ fn combine_adds_the_two_scores_on_their_training_scales() {
     // `combine`'s per window, so of a clip's mean too.
     let out = dir.path().join("w05-windows");
     let combined_bundle = dir.path().join("combined-bundle");
-    let (code, stdout, stderr) = run(
-        &[
-            "combine",
-            "--json",
-            "--windows",
-            "--bundle",
-            combined_bundle.to_str().unwrap(),
-        ],
-        &out,
-    );
+    let (code, stdout, stderr) = combine_into(&data, &combined_bundle, &out);
     assert_eq!(code, Some(0), "{stderr}");
     let combined = report(&stdout);
     let (code, stdout, stderr) = trainer(
@@ -488,16 +490,9 @@ fn combine_adds_the_two_scores_on_their_training_scales() {
         std::fs::copy(&entry, &to).unwrap();
     }
     let alone_bundle = dir.path().join("train-only-bundle");
-    let (code, stdout, stderr) = trainer(
-        &[
-            "combine",
-            "--windows",
-            "--json",
-            "--bundle",
-            alone_bundle.to_str().unwrap(),
-        ],
-        &model,
+    let (code, stdout, stderr) = combine_into(
         &train_only,
+        &alone_bundle,
         &dir.path().join("train-only-scores"),
     );
     assert_eq!(code, Some(0), "{stderr}");
