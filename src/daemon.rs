@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{bounded, select, unbounded, Sender};
-use sonitor_core::bundle::Bundle;
+use sonitor_core::bundle::{Bundle, SectionModel};
 use sonitor_core::detect::{Detector, Transition};
 
 use crate::capture::{SourceEvent, StreamHandle};
@@ -384,6 +384,9 @@ pub fn start(
     let saved_path = cfg.state_dir.join("alarms.json");
     let saved = load_saved(&saved_path);
     let mut scorers = Vec::new();
+    // One copy of each section in use, shared by the machines scored with it (with a level baseline a section
+    // holds a covariance factor of about 66 KB).
+    let mut sections: BTreeMap<(&Path, &str), Arc<SectionModel>> = BTreeMap::new();
     let mut feature_params = Vec::new();
     let mut machines = Vec::new();
     // Alarms resumed from the saved state that the start itself ends (the machine disabled, or muted): handled as
@@ -391,10 +394,17 @@ pub fn start(
     let mut ended_at_start: Vec<(usize, Transition)> = Vec::new();
     for m in &cfg.machines {
         let b = &bundles[&m.bundle];
-        let section = b
-            .manifest
-            .section_by_key(&m.section)
-            .ok_or_else(|| anyhow::anyhow!("section {} vanished", m.section))?;
+        let section = match sections.entry((m.bundle.as_path(), m.section.as_str())) {
+            std::collections::btree_map::Entry::Occupied(e) => e.get().clone(),
+            std::collections::btree_map::Entry::Vacant(e) => e
+                .insert(Arc::new(
+                    b.manifest
+                        .section_by_key(&m.section)
+                        .ok_or_else(|| anyhow::anyhow!("section {} vanished", m.section))?
+                        .clone(),
+                ))
+                .clone(),
+        };
         scorers.push(Scorer {
             model: bundle_index[&m.bundle],
             section: section.clone(),
@@ -464,6 +474,10 @@ pub fn start(
         }
         machines.push(rt);
     }
+    // What the machines are scored with is taken: the manifests (every section's centroids and level baseline,
+    // used by a machine or not, and the provenance) are not held for the daemon's life.
+    drop(sections);
+    drop(bundles);
 
     // MQTT.
     let outbox = Arc::new(Mutex::new(Outbox::open(

@@ -104,8 +104,9 @@ pub struct ScoreMsg {
 pub struct Scorer {
     /// Index into the embedders.
     pub model: usize,
-    /// The machine's section of its bundle: centroids, and the level baseline if the bundle has one.
-    pub section: SectionModel,
+    /// The machine's section of its bundle: centroids, and the level baseline if the bundle has one; one copy
+    /// for the machines scored with the same section.
+    pub section: Arc<SectionModel>,
 }
 
 /// The inference thread: embeds each window with the machine's model and scores it.
