@@ -1444,8 +1444,10 @@ impl DetectorConfig {
 }
 
 /// What differs between the running configuration and a reloaded one that SIGHUP does not apply: everything
-/// but the machines' detector settings, `enabled` and `mqtt.score_interval`. Each entry names the setting, for
-/// a log line saying that it takes effect at the next restart.
+/// but the machines' detector settings, `enabled`, `bundle` and `section` (their models: the reload applies a
+/// model whose feature parameters are the running ones and names the others, `Controller::reload`) and
+/// `mqtt.score_interval`. Each entry names the setting, for a log line saying that it takes effect at the next
+/// restart.
 pub fn changes_needing_restart(old: &Config, new: &Config) -> Vec<String> {
     let mut c = Vec::new();
     if old.node_id != new.node_id {
@@ -1481,18 +1483,8 @@ pub fn changes_needing_restart(old: &Config, new: &Config) -> Vec<String> {
         match old.machines.iter().find(|m| m.name == nm.name) {
             None => c.push(format!("new machine '{}'", nm.name)),
             Some(m) => {
-                let mut diff = Vec::new();
                 if m.device != nm.device || m.channel != nm.channel {
-                    diff.push("device/channel");
-                }
-                if m.bundle != nm.bundle {
-                    diff.push("bundle");
-                }
-                if m.section != nm.section {
-                    diff.push("section");
-                }
-                if !diff.is_empty() {
-                    c.push(format!("machine '{}': {}", nm.name, diff.join(", ")));
+                    c.push(format!("machine '{}': device/channel", nm.name));
                 }
             }
         }
@@ -2361,11 +2353,13 @@ min_duration = "3s"
         new.machines[0].detector.threshold = Some(0.3);
         new.machines[0].enabled = false;
         new.mqtt.score_interval = Duration::from_secs(99);
+        new.machines[0].section = "fan/section_01".into();
+        new.machines[0].bundle = d.path().join("other-bundle");
         assert!(changes_needing_restart(&old, &new).is_empty());
         // What it does not apply is, by name.
         new.node_id = "other".into();
         new.mqtt.port = 1884;
-        new.machines[0].section = "fan/section_01".into();
+        new.machines[0].channel = 1;
         let mut added = new.machines[0].clone();
         added.name = "press-2".into();
         new.machines.push(added);
@@ -2373,7 +2367,7 @@ min_duration = "3s"
         for expected in [
             "node_id",
             "[mqtt] (other than score_interval)",
-            "machine 'pump-1': section",
+            "machine 'pump-1': device/channel",
             "new machine 'press-2'",
         ] {
             assert!(c.contains(expected), "'{expected}' not in: {c}");

@@ -20,7 +20,7 @@ use crate::detect::{
     enabled_at_start, load_saved, mute_left_at_start, on_source_event, open_event_clips, unix_now,
     Controller, InputState, MachineRt, Observation,
 };
-use crate::embed::{ScoreMsg, Scorer};
+use crate::embed::{MachineModel, ModelSwap, ScoreMsg, Scorer};
 use crate::metrics::Metrics;
 use crate::publish::mqtt::{Command, ToMqtt};
 use crate::publish::outbox::Outbox;
@@ -433,8 +433,13 @@ pub fn start(
             cfg: m.clone(),
             input,
             detector: Detector::new(m.detector.params(section.threshold.value)),
-            bundle_threshold: section.threshold.value,
-            model_id: b.manifest.model_id.clone(),
+            model: MachineModel {
+                embedder: bundle_index[&m.bundle],
+                onnx_sha256: b.manifest.onnx_sha256.clone(),
+                model_id: b.manifest.model_id.clone(),
+                features: b.manifest.features.clone(),
+                section: section.clone(),
+            },
             saved: s,
             last_score: 0.0,
             last_t_ms: 0,
@@ -614,9 +619,12 @@ pub fn start(
         feat_recycle_rx,
         metrics.clone(),
     )?;
+    let n_embedders = embedders.len();
+    let (swap_tx, swap_rx) = unbounded::<ModelSwap>();
     let inference_thread = crate::embed::spawn_inference(
         embedders,
         scorers,
+        swap_rx,
         feat_rx,
         feat_recycle_tx,
         score_tx,
@@ -703,6 +711,8 @@ pub fn start(
         observer,
         open_clips,
         graphs,
+        embedders: n_embedders,
+        swaps: Some(swap_tx),
         cfg,
     };
     // End events, OFF through the outbox, the saved state and the alarm gauge, as for any transition.

@@ -5,7 +5,7 @@
 //! (`<state_dir>/alarms.json`), and takes the commands from MQTT, the channels' health, the inputs' state and a
 //! reload. [`crate::daemon`] runs it on its main loop.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -13,13 +13,14 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::Sender;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use sonitor_core::bundle::SectionModel;
 use sonitor_core::detect::{Detector, DetectorParams, Transition};
 
 use crate::capture::SourceEvent;
 use crate::check::{check_with, threshold_off_above_bundle, Running};
 use crate::config::{Config, MachineConfig, MissingDirs, SourceKind};
 use crate::daemon::now_rfc3339;
-use crate::embed::ScoreMsg;
+use crate::embed::{model_change, MachineModel, ModelChange, ModelSwap, ScoreMsg, Scorer};
 use crate::metrics::Metrics;
 use crate::publish::mqtt::{Command, ToMqtt};
 use crate::publish::outbox::{OutMessage, Outbox};
@@ -139,8 +140,8 @@ pub(crate) struct MachineRt {
     pub(crate) cfg: MachineConfig,
     pub(crate) input: usize,
     pub(crate) detector: Detector,
-    pub(crate) bundle_threshold: f64,
-    pub(crate) model_id: String,
+    /// What it is scored with: its bundle's graph and section (a reload can change them).
+    pub(crate) model: MachineModel,
     pub(crate) saved: SavedMachine,
     pub(crate) last_score: f64,
     pub(crate) last_t_ms: u64,
@@ -164,6 +165,11 @@ pub(crate) struct MachineRt {
 pub(crate) const NO_SCORES_AFTER: u32 = 3;
 
 impl MachineRt {
+    /// The threshold of its bundle's section, in force when neither the file nor a command sets one.
+    pub(crate) fn bundle_threshold(&self) -> f64 {
+        self.model.section.threshold.value
+    }
+
     /// The health published: `NO_SCORES` while its last [`NO_SCORES_AFTER`] or more windows went unscored,
     /// otherwise the audio's.
     pub(crate) fn health(&self) -> &str {
@@ -250,6 +256,10 @@ pub(crate) struct Controller {
     pub(crate) open_clips: Arc<Mutex<std::collections::BTreeSet<PathBuf>>>,
     /// The `onnx_sha256` of the graphs this daemon runs (a reload need not build them again).
     pub(crate) graphs: std::collections::BTreeSet<String>,
+    /// How many graphs the inference thread has been given (the index of the next), and where a reload sends
+    /// it the machines' new models (`None`: no inference thread, in unit tests).
+    pub(crate) embedders: usize,
+    pub(crate) swaps: Option<Sender<ModelSwap>>,
 }
 
 impl Controller {
@@ -301,7 +311,7 @@ impl Controller {
     pub(crate) fn params_of(m: &MachineRt) -> DetectorParams {
         m.cfg
             .detector
-            .params_with_override(m.bundle_threshold, m.saved.threshold_override)
+            .params_with_override(m.bundle_threshold(), m.saved.threshold_override)
     }
 
     fn state_json(&self, i: usize) -> String {
@@ -315,7 +325,7 @@ impl Controller {
             "threshold_off": p.threshold_off,
             "since": m.since,
             "seq": m.saved.seq,
-            "model_id": m.model_id,
+            "model_id": m.model.model_id,
             "section": m.cfg.section,
             "enabled": m.detector.enabled(),
             "muted_until": m.muted_until_unix()
@@ -450,7 +460,7 @@ impl Controller {
                     "event_id": event_id, "type": "start", "machine": name,
                     "score": score, "peak_score": score, "threshold": threshold,
                     "started_at": now, "ended_at": null, "clip": clip,
-                    "model_id": m.model_id, "seq": m.saved.seq,
+                    "model_id": m.model.model_id, "seq": m.saved.seq,
                 });
                 m.saved.event = Some(ActiveEvent {
                     event_id,
@@ -491,7 +501,7 @@ impl Controller {
                     "event_id": event_id, "type": "end", "machine": name,
                     "peak_score": peak, "threshold": threshold,
                     "started_at": started_at, "ended_at": now, "clip": clip,
-                    "reason": reason, "model_id": m.model_id, "seq": m.saved.seq,
+                    "reason": reason, "model_id": m.model.model_id, "seq": m.saved.seq,
                 });
                 self.metrics.machines[i].alarm.set(0);
                 let seen = Observation::Alarm {
@@ -692,10 +702,14 @@ impl Controller {
         self.publish_machine_state(i);
     }
 
-    /// SIGHUP: detector settings (thresholds, debounce) and `enabled` from the file; audio keeps flowing. A file
-    /// that `sonitor validate` would refuse (the same [`crate::check::check`]: bundles built by tract, sections,
-    /// devices, MQTT credentials, …) is refused whole now, so that a reload never leaves a daemon that cannot
-    /// restart; settings that need a restart are named.
+    /// SIGHUP: detector settings (thresholds, debounce), `enabled` and each machine's model from the file; audio
+    /// keeps flowing. A machine's model is its bundle's graph and section as they are on disk now, so a bundle
+    /// replaced in place (trained again, its thresholds calibrated again, `combine`d) and a bundle or section the
+    /// file names anew are applied ([`Self::apply_models`]), as long as their feature parameters are the ones the
+    /// machine's audio is cut and transformed for; otherwise a restart is needed, and named. A file that `sonitor
+    /// validate` would refuse (the same [`crate::check::check`]: bundles built by tract, sections, devices, MQTT
+    /// credentials, …) is refused whole now, so that a reload never leaves a daemon that cannot restart; settings
+    /// that need a restart are named.
     pub(crate) fn reload(&mut self) {
         let path = self.config_path.display().to_string();
         let checked = check_with(
@@ -714,17 +728,48 @@ impl Controller {
             return;
         };
         let mut problems = checked.problems;
+        // Each machine's model against its bundle on disk (`check` loaded each bundle the file names), one copy
+        // of each section for the machines scored with it.
+        let mut sections: BTreeMap<(&Path, &str), Arc<SectionModel>> = BTreeMap::new();
+        let mut changes = Vec::new();
         for nm in &new.machines {
-            let Some(m) = self.machines.iter().find(|m| m.cfg.name == nm.name) else {
+            let Some(i) = self.machines.iter().position(|m| m.cfg.name == nm.name) else {
                 continue;
             };
-            // The new settings against the running bundle too (`check` saw the bundle on disk).
-            if let Some(p) = threshold_off_above_bundle(nm, m.bundle_threshold) {
-                if !problems.contains(&p) {
-                    problems.push(p);
+            let Some((b, section)) = checked
+                .bundles
+                .get(&nm.bundle)
+                .and_then(|b| Some((b, b.manifest.section_by_key(&nm.section)?)))
+            else {
+                continue;
+            };
+            let section = sections
+                .entry((nm.bundle.as_path(), nm.section.as_str()))
+                .or_insert_with(|| Arc::new(section.clone()))
+                .clone();
+            let candidate = MachineModel::of(&b.manifest, section, usize::MAX);
+            let m = &self.machines[i];
+            let moved = (m.cfg.bundle != nm.bundle || m.cfg.section != nm.section).then(|| {
+                format!(
+                    "{} {} → {} {}",
+                    m.cfg.bundle.display(),
+                    m.cfg.section,
+                    nm.bundle.display(),
+                    nm.section
+                )
+            });
+            let change = model_change(&m.model, &candidate, moved);
+            // `check` saw the threshold of the bundle on disk; one that is not applied stays in force.
+            if !matches!(change, ModelChange::Apply(_)) {
+                if let Some(p) = threshold_off_above_bundle(nm, m.bundle_threshold()) {
+                    if !problems.contains(&p) {
+                        problems.push(p);
+                    }
                 }
             }
+            changes.push((i, change, candidate));
         }
+        drop(sections);
         if !problems.is_empty() {
             log::error!(
                 "reload: {path}: {}; keeping the running configuration (`sonitor validate` names the same \
@@ -736,6 +781,7 @@ impl Controller {
         for w in &checked.warnings {
             log::warn!("reload: {w}");
         }
+        let models = self.apply_models(&new, changes, checked.embedders);
         let mut changed = 0;
         for i in 0..self.machines.len() {
             let name = self.machines[i].cfg.name.clone();
@@ -744,9 +790,10 @@ impl Controller {
                 continue;
             };
             let m = &mut self.machines[i];
-            if m.cfg.detector != nm.detector {
-                m.cfg.detector = nm.detector.clone();
-                let p = Self::params_of(m);
+            m.cfg.detector = nm.detector.clone();
+            // New settings in the file, or a new threshold in the machine's bundle.
+            let p = Self::params_of(m);
+            if p != *m.detector.params() {
                 m.detector.set_params(p);
                 changed += 1;
             }
@@ -767,7 +814,106 @@ impl Controller {
         }
         self.cfg.mqtt.score_interval = new.mqtt.score_interval;
         self.persist();
-        log::info!("reloaded {path}: {changed} machine(s) with new detector settings");
+        log::info!(
+            "reloaded {path}: {changed} machine(s) with new detector settings, {models} with a new model"
+        );
+    }
+
+    /// A reload's model changes ([`model_change`] of each machine against the model its bundle gives now): an
+    /// applied one gives the machine its new section and threshold and, when its graph is new here, the graph
+    /// the reload's check built (`built`); the inference thread takes them before its next window
+    /// ([`ModelSwap`]), and drops the graphs no machine is scored with any more. The detector's state carries
+    /// over: an alarm on stays on until the new model's scores clear it. Returns how many machines have a new
+    /// model.
+    fn apply_models(
+        &mut self,
+        new: &Config,
+        changes: Vec<(usize, ModelChange, MachineModel)>,
+        mut built: BTreeMap<PathBuf, crate::embed::Embedder>,
+    ) -> usize {
+        let before: BTreeSet<usize> = self.machines.iter().map(|m| m.model.embedder).collect();
+        let mut swap = ModelSwap::default();
+        let mut applied = 0;
+        for (i, change, mut model) in changes {
+            let name = self.machines[i].cfg.name.clone();
+            let what = match change {
+                ModelChange::Same => continue,
+                ModelChange::Restart(why) => {
+                    log::warn!(
+                        "reload: machine '{name}': the feature parameters of its bundle changed ({why}); the \
+                         running model stays until sonitor restarts"
+                    );
+                    continue;
+                }
+                ModelChange::Apply(what) => what,
+            };
+            let Some(nm) = new.machines.iter().find(|m| m.name == name) else {
+                continue;
+            };
+            // A graph the inference thread runs already (for this machine or another), else the one the check
+            // built.
+            let running = self
+                .machines
+                .iter()
+                .find(|m| m.model.onnx_sha256 == model.onnx_sha256)
+                .map(|m| m.model.embedder);
+            model.embedder = match running {
+                Some(k) => k,
+                None => match built.remove(&nm.bundle) {
+                    Some(e) => {
+                        let k = self.embedders;
+                        self.embedders += 1;
+                        swap.embedders.push((k, e));
+                        k
+                    }
+                    None => {
+                        log::error!(
+                            "reload: machine '{name}': the graph of {} was not built; the running model stays \
+                             until sonitor restarts",
+                            nm.bundle.display()
+                        );
+                        continue;
+                    }
+                },
+            };
+            swap.scorers.push((
+                i,
+                Scorer {
+                    model: model.embedder,
+                    section: model.section.clone(),
+                },
+            ));
+            log::info!(
+                "reload: machine '{name}' is scored with model {} from {} {} now ({what}); its alarm state carries \
+                 over",
+                model.model_id,
+                nm.bundle.display(),
+                nm.section
+            );
+            let m = &mut self.machines[i];
+            m.model = model;
+            m.cfg.bundle = nm.bundle.clone();
+            m.cfg.section = nm.section.clone();
+            if let Some(c) = self.cfg.machines.iter_mut().find(|c| c.name == name) {
+                c.bundle = nm.bundle.clone();
+                c.section = nm.section.clone();
+            }
+            applied += 1;
+        }
+        // The graphs no machine is scored with any more go, in the inference thread and here.
+        let live: BTreeSet<usize> = self.machines.iter().map(|m| m.model.embedder).collect();
+        swap.dropped = before.difference(&live).copied().collect();
+        self.graphs = self
+            .machines
+            .iter()
+            .map(|m| m.model.onnx_sha256.clone())
+            .collect();
+        if !swap.is_empty() {
+            if let Some(tx) = &self.swaps {
+                let _ = tx.send(swap);
+            }
+        }
+        applied
     }
 
     /// Ends machine `i`'s mute once its deadline has passed: unmutes the detector, publishes the state and saves
@@ -1023,8 +1169,7 @@ mod tests {
             detector: Detector::new(m.detector.params(0.5)),
             cfg: m,
             input: 0,
-            bundle_threshold: 0.5,
-            model_id: "test".into(),
+            model: test_model(0.5),
             saved: SavedMachine {
                 enabled: true,
                 ..Default::default()
@@ -1057,9 +1202,36 @@ mod tests {
             observer: None,
             open_clips: Arc::default(),
             graphs: Default::default(),
+            embedders: 1,
+            swaps: None,
             cfg,
         };
         (ctl, clip_rx)
+    }
+
+    /// A machine's model whose section's threshold is `threshold`.
+    fn test_model(threshold: f64) -> MachineModel {
+        MachineModel {
+            embedder: 0,
+            onnx_sha256: "0".repeat(64),
+            model_id: "test".into(),
+            features: sonitor_core::features::FeatureParams::default(),
+            section: Arc::new(sonitor_core::bundle::SectionModel {
+                machine_type: "pump".into(),
+                section: 0,
+                centroids: vec![vec![1.0, 0.0]],
+                n_source_centroids: 1,
+                n_target_centroids: 0,
+                threshold: sonitor_core::bundle::Threshold {
+                    value: threshold,
+                    method: "percentile".into(),
+                    quantile: 0.9,
+                    gamma_shape: None,
+                    gamma_scale: None,
+                },
+                baseline: None,
+            }),
+        }
     }
 
     /// The `clip` of the events in the outbox, in order.

@@ -19,7 +19,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Capture, score and publish alarms until stopped (SIGTERM); SIGHUP reloads thresholds and debounce.
+    /// Capture, score and publish alarms until stopped (SIGTERM); SIGHUP reloads thresholds, debounce and models.
     Run {
         #[arg(long, short, default_value = "/etc/sonitor/sonitor.toml")]
         config: PathBuf,

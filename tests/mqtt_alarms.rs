@@ -171,6 +171,92 @@ fn broker_outage_and_daemon_restart_lose_no_transition() {
     });
 }
 
+/// A bundle replaced in place is applied by SIGHUP while the audio flows: its thresholds calibrated again, then a
+/// new graph. One whose feature parameters differ is not (the machine's audio is cut and transformed for the
+/// running ones), and the log says that a restart applies it.
+#[test]
+fn a_reload_applies_the_bundle_as_it_is_on_disk() {
+    use prost::Message;
+    use sonitor_core::bundle::Bundle;
+    let rig = Rig::start();
+    let rec = Recorder::start(rig.broker.port, "recorder-model-reload");
+    let cfg = rig.config(&rig.looping_normal(), "");
+    let daemon = Daemon::start(&cfg, &[]);
+    let hup = || unsafe {
+        libc::kill(daemon.child.id() as i32, libc::SIGHUP);
+    };
+    let topic = "sonitor/t1/pump-1/threshold";
+    let last = |m: &[Msg], t: &str| on(m, t).last().cloned().unwrap_or_default();
+    let t1 = rig.b.threshold;
+    rec.wait_for("the bundle's threshold", Duration::from_secs(20), |m| {
+        last(m, topic) == format!("{t1}")
+    });
+
+    // Calibrated again: the same graph, another threshold.
+    let dir = &rig.b.dir;
+    let b = Bundle::load(dir).unwrap();
+    let onnx = b.onnx_bytes().to_vec();
+    let old_id = b.manifest.model_id.clone();
+    let mut manifest = b.manifest.clone();
+    let t2 = t1 * 2.0;
+    manifest.sections[0].threshold.value = t2;
+    Bundle::write(dir, &manifest, &onnx).unwrap();
+    hup();
+    rec.wait_for("the new threshold", Duration::from_secs(10), |m| {
+        last(m, topic) == format!("{t2}")
+    });
+    daemon.wait_log(
+        &format!("reload: machine 'pump-1' is scored with model {old_id} from "),
+        Duration::from_secs(5),
+    );
+    daemon.wait_log(
+        &format!("now (threshold {t1} → {t2})"),
+        Duration::from_secs(5),
+    );
+    daemon.wait_log(
+        "1 machine(s) with new detector settings, 1 with a new model",
+        Duration::from_secs(5),
+    );
+
+    // Trained again: another graph (the same operators under another producer's name, so another checksum)
+    // and model id. The machine's state names it, and its windows go on being scored.
+    let mut proto = tract_onnx::pb::ModelProto::decode(&onnx[..]).unwrap();
+    proto.producer_name = "another trainer".into();
+    manifest.model_id = "retrained".into();
+    Bundle::write(dir, &manifest, &proto.encode_to_vec()).unwrap();
+    hup();
+    daemon.wait_log(
+        &format!("(model {old_id} → retrained)"),
+        Duration::from_secs(10),
+    );
+    let state = "sonitor/t1/pump-1/state";
+    rec.wait_for("the new model's id", Duration::from_secs(10), |m| {
+        last(m, state).contains("\"model_id\":\"retrained\"")
+    });
+    let scores = |m: &[Msg]| on(m, "sonitor/t1/pump-1/score").len();
+    let scored = scores(&rec.snapshot());
+    rec.wait_for("scores from the new graph", Duration::from_secs(10), |m| {
+        scores(m) >= scored + 2
+    });
+    assert!(
+        !daemon.log.lock().unwrap().contains("not scored"),
+        "every window was scored across the swap"
+    );
+
+    // Features of another kind: a restart applies them, the running model stays.
+    manifest.features.log_floor *= 10.0;
+    manifest.sections[0].threshold.value = t1;
+    Bundle::write(dir, &manifest, &proto.encode_to_vec()).unwrap();
+    hup();
+    daemon.wait_log(
+        "reload: machine 'pump-1': the feature parameters of its bundle changed (log_floor); the running model \
+         stays until sonitor restarts",
+        Duration::from_secs(10),
+    );
+    assert_eq!(last(&rec.snapshot(), topic), format!("{t2}"));
+    assert_eq!(daemon.sigterm_and_wait(), 0);
+}
+
 #[test]
 fn commands_are_answered_by_retained_state() {
     let rig = Rig::start();
