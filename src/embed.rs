@@ -241,6 +241,12 @@ impl ModelSwap {
     }
 }
 
+/// What the inference thread takes next.
+enum Next {
+    Swap(Option<ModelSwap>),
+    Window(Option<FeatureMsg>),
+}
+
 /// The inference thread: embeds each window with the machine's model and scores it.
 pub fn spawn_inference(
     embedders: Vec<Embedder>,
@@ -257,9 +263,34 @@ pub fn spawn_inference(
             let mut embedders: Vec<Option<Embedder>> = embedders.into_iter().map(Some).collect();
             let mut emb = Vec::new();
             let mut scratch = Vec::new();
-            for f in features.iter() {
-                while let Ok(swap) = swaps.try_recv() {
-                    swap.apply(&mut embedders, &mut scorers);
+            // A swap is taken as it comes, windows or not (an input away for hours does not hold the old graphs
+            // in memory), and before the next window in any case.
+            let mut swaps = Some(swaps);
+            loop {
+                let next = match &swaps {
+                    Some(rx) => crossbeam_channel::select! {
+                        recv(rx) -> s => Next::Swap(s.ok()),
+                        recv(features) -> f => Next::Window(f.ok()),
+                    },
+                    None => Next::Window(features.recv().ok()),
+                };
+                let f = match next {
+                    Next::Swap(Some(swap)) => {
+                        swap.apply(&mut embedders, &mut scorers);
+                        continue;
+                    }
+                    // The controller is gone: the daemon is stopping; the windows still queued are scored.
+                    Next::Swap(None) => {
+                        swaps = None;
+                        continue;
+                    }
+                    Next::Window(Some(f)) => f,
+                    Next::Window(None) => break,
+                };
+                if let Some(rx) = &swaps {
+                    while let Ok(swap) = rx.try_recv() {
+                        swap.apply(&mut embedders, &mut scorers);
+                    }
                 }
                 let sc = &scorers[f.machine];
                 let m = &metrics.machines[f.machine];
