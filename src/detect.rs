@@ -1169,7 +1169,7 @@ mod tests {
             detector: Detector::new(m.detector.params(0.5)),
             cfg: m,
             input: 0,
-            model: test_model(0.5),
+            model: crate::embed::test_model(0.5),
             saved: SavedMachine {
                 enabled: true,
                 ..Default::default()
@@ -1207,31 +1207,6 @@ mod tests {
             cfg,
         };
         (ctl, clip_rx)
-    }
-
-    /// A machine's model whose section's threshold is `threshold`.
-    fn test_model(threshold: f64) -> MachineModel {
-        MachineModel {
-            embedder: 0,
-            onnx_sha256: "0".repeat(64),
-            model_id: "test".into(),
-            features: sonitor_core::features::FeatureParams::default(),
-            section: Arc::new(sonitor_core::bundle::SectionModel {
-                machine_type: "pump".into(),
-                section: 0,
-                centroids: vec![vec![1.0, 0.0]],
-                n_source_centroids: 1,
-                n_target_centroids: 0,
-                threshold: sonitor_core::bundle::Threshold {
-                    value: threshold,
-                    method: "percentile".into(),
-                    quantile: 0.9,
-                    gamma_shape: None,
-                    gamma_scale: None,
-                },
-                baseline: None,
-            }),
-        }
     }
 
     /// The `clip` of the events in the outbox, in order.

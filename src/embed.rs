@@ -362,34 +362,35 @@ pub fn spawn_inference(
         })
 }
 
+/// A machine's model for tests: a pump section of two centroids whose threshold is `threshold`.
+#[cfg(test)]
+pub(crate) fn test_model(threshold: f64) -> MachineModel {
+    MachineModel {
+        embedder: 0,
+        onnx_sha256: "a".repeat(64),
+        model_id: "m1".into(),
+        features: FeatureParams::default(),
+        section: Arc::new(SectionModel {
+            machine_type: "pump".into(),
+            section: 0,
+            centroids: vec![vec![1.0, 0.0], vec![0.0, 1.0]],
+            n_source_centroids: 2,
+            n_target_centroids: 0,
+            threshold: sonitor_core::bundle::Threshold {
+                value: threshold,
+                method: "gamma-quantile".into(),
+                quantile: 0.9,
+                gamma_shape: Some(2.0),
+                gamma_scale: Some(0.1),
+            },
+            baseline: None,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sonitor_core::bundle::Threshold;
-
-    fn model(threshold: f64) -> MachineModel {
-        MachineModel {
-            embedder: 0,
-            onnx_sha256: "a".repeat(64),
-            model_id: "m1".into(),
-            features: FeatureParams::default(),
-            section: Arc::new(SectionModel {
-                machine_type: "pump".into(),
-                section: 0,
-                centroids: vec![vec![1.0, 0.0], vec![0.0, 1.0]],
-                n_source_centroids: 2,
-                n_target_centroids: 0,
-                threshold: Threshold {
-                    value: threshold,
-                    method: "gamma-quantile".into(),
-                    quantile: 0.9,
-                    gamma_shape: Some(2.0),
-                    gamma_scale: Some(0.1),
-                },
-                baseline: None,
-            }),
-        }
-    }
 
     fn with_section(m: &MachineModel, edit: impl FnOnce(&mut SectionModel)) -> MachineModel {
         let mut s = (*m.section).clone();
@@ -402,11 +403,11 @@ mod tests {
 
     #[test]
     fn a_reload_applies_what_changed_behind_the_features_and_names_it() {
-        let running = model(0.4);
+        let running = test_model(0.4);
         // The bundle as it was (read again: another copy, another index), and the same under another path.
         let same = MachineModel {
             embedder: usize::MAX,
-            ..model(0.4)
+            ..test_model(0.4)
         };
         assert_eq!(model_change(&running, &same, None), ModelChange::Same);
         assert_eq!(
@@ -415,7 +416,7 @@ mod tests {
         );
         // Calibrated again; the calibration alone; other centroids.
         assert_eq!(
-            model_change(&running, &model(0.5), None),
+            model_change(&running, &test_model(0.5), None),
             ModelChange::Apply("threshold 0.4 → 0.5".into())
         );
         let refit = with_section(&running, |s| s.threshold.gamma_shape = Some(2.5));
@@ -432,7 +433,7 @@ mod tests {
         let retrained = MachineModel {
             onnx_sha256: "b".repeat(64),
             model_id: "m2".into(),
-            ..with_section(&model(0.6), |s| s.centroids = vec![vec![0.0, 1.0]])
+            ..with_section(&test_model(0.6), |s| s.centroids = vec![vec![0.0, 1.0]])
         };
         assert_eq!(
             model_change(&running, &retrained, None),
@@ -442,8 +443,8 @@ mod tests {
 
     #[test]
     fn other_feature_parameters_need_a_restart_whatever_else_changed() {
-        let running = model(0.4);
-        let mut new = model(0.5);
+        let running = test_model(0.4);
+        let mut new = test_model(0.5);
         new.features.fmax_hz = 7_000.0;
         new.features.log_floor = 1e-3;
         assert_eq!(
@@ -454,7 +455,7 @@ mod tests {
 
     #[test]
     fn a_swap_replaces_scorers_and_drops_the_graphs_it_names() {
-        let section = model(0.4).section;
+        let section = test_model(0.4).section;
         let scorer = |model| Scorer {
             model,
             section: section.clone(),
