@@ -39,10 +39,18 @@ impl Embedder {
     /// [`Bundle::load`] verified, the manifest's input shapes and its output by name); fails with the bundle path
     /// and tract's reason.
     pub fn load(bundle: &Bundle) -> anyhow::Result<Self> {
-        let path = bundle.onnx_path.display();
-        let run = EmbeddingGraph::of_bundle(bundle)
-            .and_then(|g| g.runner())
-            .with_context(|| format!("{path}"))?;
+        let graph = Self::graph(bundle)?;
+        Self::of_graph(bundle, &graph)
+    }
+
+    fn graph(bundle: &Bundle) -> anyhow::Result<EmbeddingGraph> {
+        EmbeddingGraph::of_bundle(bundle).with_context(|| format!("{}", bundle.onnx_path.display()))
+    }
+
+    fn of_graph(bundle: &Bundle, graph: &EmbeddingGraph) -> anyhow::Result<Self> {
+        let run = graph
+            .runner()
+            .with_context(|| format!("{}", bundle.onnx_path.display()))?;
         Ok(Self {
             run,
             model_id: bundle.manifest.model_id.clone(),
@@ -53,9 +61,13 @@ impl Embedder {
     /// checks: tract builds the plan `run` would build ([`Embedder::load`]) and runs it once on one window of
     /// all-zero features, which gives `embedding_dim` values. A graph tract cannot read, type, optimise or run
     /// (an operator it lacks, shapes that do not fit the manifest's) is found here, not by a service that then
-    /// fails at every start. Returns the embedder, for `run` to use rather than build it again.
+    /// fails at every start. Returns an embedder of the same plan with a run state that has not run yet, for
+    /// `run` to use rather than build the graph again: the state that ran here is dropped here. A state run on
+    /// this thread (the controller's) and dropped on the inference thread left about 12 KB of tract's per-thread
+    /// memory behind each time, so a reload with a new graph would grow the daemon a little each time.
     pub fn check(bundle: &Bundle) -> anyhow::Result<Self> {
-        let mut e = Self::load(bundle)?;
+        let graph = Self::graph(bundle)?;
+        let mut e = Self::of_graph(bundle, &graph)?;
         let p = &bundle.manifest.features;
         let f = Features {
             log_mel: vec![0.0; p.log_mel_shape().iter().product()],
@@ -69,7 +81,8 @@ impl Embedder {
                 bundle.onnx_path.display()
             )
         })?;
-        Ok(e)
+        drop(e);
+        Self::of_graph(bundle, &graph)
     }
 
     /// The embedding of one window's features.
