@@ -832,6 +832,13 @@ impl Controller {
         mut built: BTreeMap<PathBuf, crate::embed::Embedder>,
     ) -> usize {
         let before: BTreeSet<usize> = self.machines.iter().map(|m| m.model.embedder).collect();
+        // The graphs the inference thread holds, by checksum: those running before this reload (a machine may
+        // take the graph another one leaves in the same reload) and those it is given now.
+        let mut graphs: BTreeMap<String, usize> = self
+            .machines
+            .iter()
+            .map(|m| (m.model.onnx_sha256.clone(), m.model.embedder))
+            .collect();
         let mut swap = ModelSwap::default();
         let mut applied = 0;
         for (i, change, mut model) in changes {
@@ -850,20 +857,15 @@ impl Controller {
             let Some(nm) = new.machines.iter().find(|m| m.name == name) else {
                 continue;
             };
-            // A graph the inference thread runs already (for this machine or another), else the one the check
-            // built.
-            let running = self
-                .machines
-                .iter()
-                .find(|m| m.model.onnx_sha256 == model.onnx_sha256)
-                .map(|m| m.model.embedder);
-            model.embedder = match running {
-                Some(k) => k,
+            // A graph the inference thread holds already, else the one the check built.
+            model.embedder = match graphs.get(&model.onnx_sha256) {
+                Some(&k) => k,
                 None => match built.remove(&nm.bundle) {
                     Some(e) => {
                         let k = self.embedders;
                         self.embedders += 1;
                         swap.embedders.push((k, e));
+                        graphs.insert(model.onnx_sha256.clone(), k);
                         k
                     }
                     None => {
@@ -1164,25 +1166,7 @@ mod tests {
         .unwrap();
         let cfg = Config::load_with_env(&path, []).unwrap();
         std::fs::create_dir_all(&cfg.state_dir).unwrap();
-        let m = cfg.machines[0].clone();
-        let rt = MachineRt {
-            detector: Detector::new(m.detector.params(0.5)),
-            cfg: m,
-            input: 0,
-            model: crate::embed::test_model(0.5),
-            saved: SavedMachine {
-                enabled: true,
-                ..Default::default()
-            },
-            last_score: 0.0,
-            last_t_ms: 0,
-            last_score_pub: None,
-            idle: false,
-            since: String::new(),
-            health: "OK".into(),
-            unscored: 0,
-            mute_deadline: None,
-        };
+        let rt = machine(cfg.machines[0].clone(), crate::embed::test_model(0.5));
         let (clip_tx, clip_rx) = bounded(clip_queue);
         let (clip_writer, _) = bounded(1);
         let ctl = Controller {
@@ -1207,6 +1191,76 @@ mod tests {
             cfg,
         };
         (ctl, clip_rx)
+    }
+
+    /// Machine `m`, enabled, scored with `model`, on the first input.
+    fn machine(m: MachineConfig, model: MachineModel) -> MachineRt {
+        MachineRt {
+            detector: Detector::new(m.detector.params(model.section.threshold.value)),
+            cfg: m,
+            input: 0,
+            model,
+            saved: SavedMachine {
+                enabled: true,
+                ..Default::default()
+            },
+            last_score: 0.0,
+            last_t_ms: 0,
+            last_score_pub: None,
+            idle: false,
+            since: String::new(),
+            health: "OK".into(),
+            unscored: 0,
+            mute_deadline: None,
+        }
+    }
+
+    /// Two machines that take each other's bundle in one reload: each gets the graph the other leaves, which the
+    /// inference thread holds (the check builds only graphs not running), and none is dropped.
+    #[test]
+    fn machines_that_exchange_bundles_exchange_the_graphs_held() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut ctl, _clips) = controller(d.path(), 4);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        ctl.swaps = Some(tx);
+        let graph = |sha: &str, embedder| MachineModel {
+            onnx_sha256: sha.repeat(64),
+            model_id: sha.into(),
+            embedder,
+            ..crate::embed::test_model(0.5)
+        };
+        let mut second = ctl.cfg.machines[0].clone();
+        second.name = "pump-2".into();
+        second.bundle = d.path().join("other");
+        ctl.cfg.machines.push(second.clone());
+        ctl.machines[0].model = graph("a", 0);
+        ctl.machines.push(machine(second, graph("b", 1)));
+        ctl.embedders = 2;
+        let mut new = ctl.cfg.clone();
+        let (b0, b1) = (
+            new.machines[0].bundle.clone(),
+            new.machines[1].bundle.clone(),
+        );
+        new.machines[0].bundle = b1;
+        new.machines[1].bundle = b0;
+        let changes = vec![
+            (0, ModelChange::Apply("b".into()), graph("b", usize::MAX)),
+            (1, ModelChange::Apply("a".into()), graph("a", usize::MAX)),
+        ];
+        assert_eq!(ctl.apply_models(&new, changes, BTreeMap::new()), 2);
+        let held: Vec<(String, usize)> = ctl
+            .machines
+            .iter()
+            .map(|m| (m.model.model_id.clone(), m.model.embedder))
+            .collect();
+        assert_eq!(held, [("b".to_string(), 1), ("a".to_string(), 0)]);
+        assert_eq!(ctl.cfg.machines[0].bundle, d.path().join("other"));
+        let swap = rx.try_recv().unwrap();
+        assert!(swap.embedders.is_empty() && swap.dropped.is_empty());
+        let scorers: Vec<(usize, usize)> =
+            swap.scorers.iter().map(|(i, s)| (*i, s.model)).collect();
+        assert_eq!(scorers, [(0, 1), (1, 0)]);
+        assert_eq!(ctl.embedders, 2);
     }
 
     /// The `clip` of the events in the outbox, in order.
