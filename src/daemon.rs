@@ -20,7 +20,7 @@ use crate::detect::{
     enabled_at_start, load_saved, mute_left_at_start, on_source_event, open_event_clips, unix_now,
     Controller, InputState, MachineRt, Observation,
 };
-use crate::embed::{MachineModel, ModelSwap, ScoreMsg, Scorer};
+use crate::embed::{MachineModel, ModelSwap, ScoreMsg};
 use crate::metrics::Metrics;
 use crate::publish::mqtt::{Command, ToMqtt};
 use crate::publish::outbox::Outbox;
@@ -349,10 +349,6 @@ pub fn start(
     }
 
     // Models: one embedder per bundle, one scorer per machine.
-    let graphs = bundles
-        .values()
-        .map(|b| b.manifest.onnx_sha256.clone())
-        .collect();
     let mut bundle_index: BTreeMap<PathBuf, usize> = BTreeMap::new();
     let mut embedders = Vec::new();
     for (path, b) in &bundles {
@@ -394,21 +390,16 @@ pub fn start(
     let mut ended_at_start: Vec<(usize, Transition)> = Vec::new();
     for m in &cfg.machines {
         let b = &bundles[&m.bundle];
-        let section = match sections.entry((m.bundle.as_path(), m.section.as_str())) {
-            std::collections::btree_map::Entry::Occupied(e) => e.get().clone(),
-            std::collections::btree_map::Entry::Vacant(e) => e
-                .insert(Arc::new(
-                    b.manifest
-                        .section_by_key(&m.section)
-                        .ok_or_else(|| anyhow::anyhow!("section {} vanished", m.section))?
-                        .clone(),
-                ))
-                .clone(),
-        };
-        scorers.push(Scorer {
-            model: bundle_index[&m.bundle],
-            section: section.clone(),
-        });
+        let section = b
+            .manifest
+            .section_by_key(&m.section)
+            .ok_or_else(|| anyhow::anyhow!("section {} vanished", m.section))?;
+        let section = sections
+            .entry((m.bundle.as_path(), m.section.as_str()))
+            .or_insert_with(|| Arc::new(section.clone()))
+            .clone();
+        let model = MachineModel::of(&b.manifest, section, bundle_index[&m.bundle]);
+        scorers.push(model.scorer());
         feature_params.push(b.manifest.features.clone());
         let input = cfg
             .devices
@@ -432,14 +423,8 @@ pub fn start(
         let mut rt = MachineRt {
             cfg: m.clone(),
             input,
-            detector: Detector::new(m.detector.params(section.threshold.value)),
-            model: MachineModel {
-                embedder: bundle_index[&m.bundle],
-                onnx_sha256: b.manifest.onnx_sha256.clone(),
-                model_id: b.manifest.model_id.clone(),
-                features: b.manifest.features.clone(),
-                section: section.clone(),
-            },
+            detector: Detector::new(m.detector.params(model.section.threshold.value)),
+            model,
             saved: s,
             last_score: 0.0,
             last_t_ms: 0,
@@ -481,7 +466,6 @@ pub fn start(
     }
     // What the machines are scored with is taken: the manifests (every section's centroids and level baseline,
     // used by a machine or not, and the provenance) are not held for the daemon's life.
-    drop(sections);
     drop(bundles);
 
     // MQTT.
@@ -619,7 +603,6 @@ pub fn start(
         feat_recycle_rx,
         metrics.clone(),
     )?;
-    let n_embedders = embedders.len();
     let (swap_tx, swap_rx) = unbounded::<ModelSwap>();
     let inference_thread = crate::embed::spawn_inference(
         embedders,
@@ -710,8 +693,6 @@ pub fn start(
         replay_failed: false,
         observer,
         open_clips,
-        graphs,
-        embedders: n_embedders,
         swaps: Some(swap_tx),
         cfg,
     };

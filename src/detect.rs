@@ -20,7 +20,7 @@ use crate::capture::SourceEvent;
 use crate::check::{check_with, threshold_off_above_bundle, Running};
 use crate::config::{Config, MachineConfig, MissingDirs, SourceKind};
 use crate::daemon::now_rfc3339;
-use crate::embed::{model_change, MachineModel, ModelChange, ModelSwap, ScoreMsg, Scorer};
+use crate::embed::{model_change, MachineModel, ModelChange, ModelSwap, ScoreMsg};
 use crate::metrics::Metrics;
 use crate::publish::mqtt::{Command, ToMqtt};
 use crate::publish::outbox::{OutMessage, Outbox};
@@ -160,6 +160,13 @@ pub(crate) struct MachineRt {
     pub(crate) mute_deadline: Option<Instant>,
 }
 
+/// The first index not in `taken`: where the inference thread puts a graph a reload gives it.
+fn free_slot(taken: &BTreeSet<usize>) -> usize {
+    (0..taken.len())
+        .find(|k| !taken.contains(k))
+        .unwrap_or(taken.len())
+}
+
 /// Windows in a row without a score after which a machine's health is `NO_SCORES`: one failing window is logged
 /// and counted; a run of them means the machine is not watched, which its health must not hide as `OK`.
 pub(crate) const NO_SCORES_AFTER: u32 = 3;
@@ -254,11 +261,8 @@ pub(crate) struct Controller {
     pub(crate) observer: Option<Sender<Observation>>,
     /// The clips of the alarm events still on, which the clip retention keeps ([`crate::clips::Retention`]).
     pub(crate) open_clips: Arc<Mutex<std::collections::BTreeSet<PathBuf>>>,
-    /// The `onnx_sha256` of the graphs this daemon runs (a reload need not build them again).
-    pub(crate) graphs: std::collections::BTreeSet<String>,
-    /// How many graphs the inference thread has been given (the index of the next), and where a reload sends
-    /// it the machines' new models (`None`: no inference thread, in unit tests).
-    pub(crate) embedders: usize,
+    /// Where a reload sends the inference thread the machines' new models (`None`: no inference thread, in unit
+    /// tests).
     pub(crate) swaps: Option<Sender<ModelSwap>>,
 }
 
@@ -712,11 +716,17 @@ impl Controller {
     /// that need a restart are named.
     pub(crate) fn reload(&mut self) {
         let path = self.config_path.display().to_string();
+        // The graphs running: tract has built and run those already.
+        let graphs = self
+            .machines
+            .iter()
+            .map(|m| m.model.onnx_sha256.clone())
+            .collect();
         let checked = check_with(
             &self.config_path,
             Some(&Running {
                 cfg: &self.cfg,
-                graphs: &self.graphs,
+                graphs: &graphs,
             }),
             MissingDirs::Create,
         );
@@ -767,9 +777,8 @@ impl Controller {
                     }
                 }
             }
-            changes.push((i, change, candidate));
+            changes.push((i, nm, change, candidate));
         }
-        drop(sections);
         if !problems.is_empty() {
             log::error!(
                 "reload: {path}: {}; keeping the running configuration (`sonitor validate` names the same \
@@ -781,7 +790,7 @@ impl Controller {
         for w in &checked.warnings {
             log::warn!("reload: {w}");
         }
-        let models = self.apply_models(&new, changes, checked.embedders);
+        let models = self.apply_models(changes, checked.embedders);
         let mut changed = 0;
         for i in 0..self.machines.len() {
             let name = self.machines[i].cfg.name.clone();
@@ -827,11 +836,13 @@ impl Controller {
     /// model.
     fn apply_models(
         &mut self,
-        new: &Config,
-        changes: Vec<(usize, ModelChange, MachineModel)>,
+        changes: Vec<(usize, &MachineConfig, ModelChange, MachineModel)>,
         mut built: BTreeMap<PathBuf, crate::embed::Embedder>,
     ) -> usize {
+        // The inference thread's slots in use; a graph given now takes the first free one (not one dropped now:
+        // the thread puts the new graphs in before it drops the old).
         let before: BTreeSet<usize> = self.machines.iter().map(|m| m.model.embedder).collect();
+        let mut taken = before.clone();
         // The graphs the inference thread holds, by checksum: those running before this reload (a machine may
         // take the graph another one leaves in the same reload) and those it is given now.
         let mut graphs: BTreeMap<String, usize> = self
@@ -841,8 +852,8 @@ impl Controller {
             .collect();
         let mut swap = ModelSwap::default();
         let mut applied = 0;
-        for (i, change, mut model) in changes {
-            let name = self.machines[i].cfg.name.clone();
+        for (i, nm, change, mut model) in changes {
+            let name = &nm.name;
             let what = match change {
                 ModelChange::Same => continue,
                 ModelChange::Restart(why) => {
@@ -854,16 +865,13 @@ impl Controller {
                 }
                 ModelChange::Apply(what) => what,
             };
-            let Some(nm) = new.machines.iter().find(|m| m.name == name) else {
-                continue;
-            };
             // A graph the inference thread holds already, else the one the check built.
             model.embedder = match graphs.get(&model.onnx_sha256) {
                 Some(&k) => k,
                 None => match built.remove(&nm.bundle) {
                     Some(e) => {
-                        let k = self.embedders;
-                        self.embedders += 1;
+                        let k = free_slot(&taken);
+                        taken.insert(k);
                         swap.embedders.push((k, e));
                         graphs.insert(model.onnx_sha256.clone(), k);
                         k
@@ -878,13 +886,7 @@ impl Controller {
                     }
                 },
             };
-            swap.scorers.push((
-                i,
-                Scorer {
-                    model: model.embedder,
-                    section: model.section.clone(),
-                },
-            ));
+            swap.scorers.push((i, model.scorer()));
             log::info!(
                 "reload: machine '{name}' is scored with model {} from {} {} now ({what}); its alarm state carries \
                  over",
@@ -896,7 +898,7 @@ impl Controller {
             m.model = model;
             m.cfg.bundle = nm.bundle.clone();
             m.cfg.section = nm.section.clone();
-            if let Some(c) = self.cfg.machines.iter_mut().find(|c| c.name == name) {
+            if let Some(c) = self.cfg.machines.iter_mut().find(|c| &c.name == name) {
                 c.bundle = nm.bundle.clone();
                 c.section = nm.section.clone();
             }
@@ -905,11 +907,6 @@ impl Controller {
         // The graphs no machine is scored with any more go, in the inference thread and here.
         let live: BTreeSet<usize> = self.machines.iter().map(|m| m.model.embedder).collect();
         swap.dropped = before.difference(&live).copied().collect();
-        self.graphs = self
-            .machines
-            .iter()
-            .map(|m| m.model.onnx_sha256.clone())
-            .collect();
         if !swap.is_empty() {
             if let Some(tx) = &self.swaps {
                 let _ = tx.send(swap);
@@ -1185,8 +1182,6 @@ mod tests {
             replay_failed: false,
             observer: None,
             open_clips: Arc::default(),
-            graphs: Default::default(),
-            embedders: 1,
             swaps: None,
             cfg,
         };
@@ -1235,7 +1230,6 @@ mod tests {
         ctl.cfg.machines.push(second.clone());
         ctl.machines[0].model = graph("a", 0);
         ctl.machines.push(machine(second, graph("b", 1)));
-        ctl.embedders = 2;
         let mut new = ctl.cfg.clone();
         let (b0, b1) = (
             new.machines[0].bundle.clone(),
@@ -1244,10 +1238,20 @@ mod tests {
         new.machines[0].bundle = b1;
         new.machines[1].bundle = b0;
         let changes = vec![
-            (0, ModelChange::Apply("b".into()), graph("b", usize::MAX)),
-            (1, ModelChange::Apply("a".into()), graph("a", usize::MAX)),
+            (
+                0,
+                &new.machines[0],
+                ModelChange::Apply("b".into()),
+                graph("b", usize::MAX),
+            ),
+            (
+                1,
+                &new.machines[1],
+                ModelChange::Apply("a".into()),
+                graph("a", usize::MAX),
+            ),
         ];
-        assert_eq!(ctl.apply_models(&new, changes, BTreeMap::new()), 2);
+        assert_eq!(ctl.apply_models(changes, BTreeMap::new()), 2);
         let held: Vec<(String, usize)> = ctl
             .machines
             .iter()
@@ -1260,7 +1264,17 @@ mod tests {
         let scorers: Vec<(usize, usize)> =
             swap.scorers.iter().map(|(i, s)| (*i, s.model)).collect();
         assert_eq!(scorers, [(0, 1), (1, 0)]);
-        assert_eq!(ctl.embedders, 2);
+        // No slot of the inference thread's graphs taken or freed.
+        let slots: BTreeSet<usize> = ctl.machines.iter().map(|m| m.model.embedder).collect();
+        assert_eq!(slots, BTreeSet::from([0, 1]));
+    }
+
+    #[test]
+    fn a_new_graph_takes_the_first_slot_free() {
+        assert_eq!(free_slot(&BTreeSet::new()), 0);
+        assert_eq!(free_slot(&BTreeSet::from([0, 1])), 2);
+        // A slot freed by an earlier reload is taken again: the list of graphs does not grow with reloads.
+        assert_eq!(free_slot(&BTreeSet::from([0, 2, 3])), 1);
     }
 
     /// The `clip` of the events in the outbox, in order.

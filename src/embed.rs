@@ -146,6 +146,14 @@ impl MachineModel {
             section,
         }
     }
+
+    /// What the inference thread scores the machine with.
+    pub fn scorer(&self) -> Scorer {
+        Scorer {
+            model: self.embedder,
+            section: self.section.clone(),
+        }
+    }
 }
 
 /// What a reload does with a machine's model, given its bundle's manifest as it is on disk now.
@@ -254,12 +262,6 @@ impl ModelSwap {
     }
 }
 
-/// What the inference thread takes next.
-enum Next {
-    Swap(Option<ModelSwap>),
-    Window(Option<FeatureMsg>),
-}
-
 /// The inference thread: embeds each window with the machine's model and scores it.
 pub fn spawn_inference(
     embedders: Vec<Embedder>,
@@ -278,32 +280,25 @@ pub fn spawn_inference(
             let mut scratch = Vec::new();
             // A swap is taken as it comes, windows or not (an input away for hours does not hold the old graphs
             // in memory), and before the next window in any case.
-            let mut swaps = Some(swaps);
+            let mut swaps = swaps;
             loop {
-                let next = match &swaps {
-                    Some(rx) => crossbeam_channel::select! {
-                        recv(rx) -> s => Next::Swap(s.ok()),
-                        recv(features) -> f => Next::Window(f.ok()),
+                let f = crossbeam_channel::select! {
+                    recv(swaps) -> s => {
+                        match s {
+                            Ok(swap) => swap.apply(&mut embedders, &mut scorers),
+                            // The controller is gone: the daemon is stopping; the windows still queued are
+                            // scored.
+                            Err(_) => swaps = crossbeam_channel::never(),
+                        }
+                        continue;
+                    }
+                    recv(features) -> f => match f {
+                        Ok(f) => f,
+                        Err(_) => break,
                     },
-                    None => Next::Window(features.recv().ok()),
                 };
-                let f = match next {
-                    Next::Swap(Some(swap)) => {
-                        swap.apply(&mut embedders, &mut scorers);
-                        continue;
-                    }
-                    // The controller is gone: the daemon is stopping; the windows still queued are scored.
-                    Next::Swap(None) => {
-                        swaps = None;
-                        continue;
-                    }
-                    Next::Window(Some(f)) => f,
-                    Next::Window(None) => break,
-                };
-                if let Some(rx) = &swaps {
-                    while let Ok(swap) = rx.try_recv() {
-                        swap.apply(&mut embedders, &mut scorers);
-                    }
+                while let Ok(swap) = swaps.try_recv() {
+                    swap.apply(&mut embedders, &mut scorers);
                 }
                 let sc = &scorers[f.machine];
                 let m = &metrics.machines[f.machine];
