@@ -35,8 +35,8 @@ pub struct Checked {
     pub cfg: Option<Config>,
     /// The loaded bundles, by path.
     pub bundles: BTreeMap<PathBuf, Bundle>,
-    /// Their embedders, built and run once by the check ([`crate::embed::Embedder::check`]): `start` takes them
-    /// instead of building them again.
+    /// Their embedders, built by the check and run once on a run state of its own
+    /// ([`crate::embed::Embedder::check`]): `start` and a reload take them instead of building them again.
     pub embedders: BTreeMap<PathBuf, crate::embed::Embedder>,
     /// Empty when the configuration is usable.
     pub problems: Vec<String>,
