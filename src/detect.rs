@@ -160,6 +160,16 @@ pub(crate) struct MachineRt {
     pub(crate) mute_deadline: Option<Instant>,
 }
 
+/// What sets a machine's threshold when its bundle's does not (`file`: its configuration; `command`: the threshold
+/// a `threshold/set` command left), as a log names it: "the threshold 0.07 of a threshold/set command".
+fn threshold_set_over_bundle(file: &MachineConfig, command: Option<f64>) -> Option<String> {
+    match (command, file.detector.threshold) {
+        (Some(t), _) => Some(format!("the threshold {t} of a threshold/set command")),
+        (None, Some(t)) => Some(format!("the threshold {t} of the configuration file")),
+        (None, None) => None,
+    }
+}
+
 /// The first index not in `taken`: where the inference thread puts a graph a reload gives it.
 fn free_slot(taken: &BTreeSet<usize>) -> usize {
     (0..taken.len())
@@ -341,9 +351,19 @@ impl Controller {
         .to_string()
     }
 
-    /// Publishes the retained per-machine topics that are not alarm messages.
+    /// Publishes the retained per-machine topics that are not alarm messages, and sets the metrics that say the
+    /// same (threshold, mute, enabled, model): every change of them passes here.
     pub(crate) fn publish_machine_state(&self, i: usize) {
         let m = &self.machines[i];
+        if let Some(mm) = self.metrics.machines.get(i) {
+            mm.threshold.set_f64(m.detector.params().threshold_on);
+            mm.muted.set(u64::from(m.muted_until_unix().is_some()));
+            mm.enabled.set(u64::from(m.detector.enabled()));
+            let mut id = mm.model_id.lock().unwrap_or_else(|e| e.into_inner());
+            if *id != m.model.model_id {
+                id.clone_from(&m.model.model_id);
+            }
+        }
         let t = format!("{}/{}", self.base, m.cfg.name);
         self.retained(format!("{t}/state"), self.state_json(i), true);
         self.retained(
@@ -715,6 +735,12 @@ impl Controller {
     /// credentials, …) is refused whole now, so that a reload never leaves a daemon that cannot restart; settings
     /// that need a restart are named.
     pub(crate) fn reload(&mut self) {
+        let applied = self.reload_file();
+        self.metrics.reloaded(applied);
+    }
+
+    /// [`Self::reload`]; false when the file was refused and the running configuration stays.
+    fn reload_file(&mut self) -> bool {
         let path = self.config_path.display().to_string();
         // The graphs running: tract has built and run those already.
         let graphs = self
@@ -735,7 +761,7 @@ impl Controller {
                 "reload: {}; keeping the running configuration",
                 checked.problems.join("; ")
             );
-            return;
+            return false;
         };
         let mut problems = checked.problems;
         // Each machine's model against its bundle on disk (`check` loaded each bundle the file names), one copy
@@ -785,7 +811,7 @@ impl Controller {
                  problems, and a restart would refuse the file)",
                 problems.join("; ")
             );
-            return;
+            return false;
         }
         for w in &checked.warnings {
             log::warn!("reload: {w}");
@@ -826,6 +852,7 @@ impl Controller {
         log::info!(
             "reloaded {path}: {changed} machine(s) with new detector settings, {models} with a new model"
         );
+        true
     }
 
     /// A reload's model changes ([`model_change`] of each machine against the model its bundle gives now): an
@@ -887,9 +914,13 @@ impl Controller {
                 },
             };
             swap.scorers.push((i, model.scorer()));
+            let kept = threshold_set_over_bundle(nm, self.machines[i].saved.threshold_override)
+                .filter(|_| model.section.threshold.value != self.machines[i].bundle_threshold())
+                .map(|by| format!("; {by} stays in force"))
+                .unwrap_or_default();
             log::info!(
-                "reload: machine '{name}' is scored with model {} from {} {} now ({what}); its alarm state carries \
-                 over",
+                "reload: machine '{name}' is scored with model {} from {} {} now ({what}){kept}; its alarm state \
+                 carries over",
                 model.model_id,
                 nm.bundle.display(),
                 nm.section
@@ -1267,6 +1298,96 @@ mod tests {
         // No slot of the inference thread's graphs taken or freed.
         let slots: BTreeSet<usize> = ctl.machines.iter().map(|m| m.model.embedder).collect();
         assert_eq!(slots, BTreeSet::from([0, 1]));
+    }
+
+    /// The metrics say what the retained state says, at each change, and a reload that refuses the file is
+    /// counted and shown until one applies it.
+    #[test]
+    fn metrics_follow_the_machine_state_and_the_reloads() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut ctl, _clips) = controller(d.path(), 4);
+        let m = ctl.metrics.clone();
+        ctl.publish_machine_state(0);
+        let text = m.render();
+        assert!(
+            text.contains("sonitor_threshold{machine=\"pump-1\"} 0.5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sonitor_muted{machine=\"pump-1\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sonitor_enabled{machine=\"pump-1\"} 1\n"),
+            "{text}"
+        );
+        let id = &ctl.machines[0].model.model_id;
+        assert!(
+            text.contains(&format!(
+                "sonitor_model_info{{machine=\"pump-1\",model_id=\"{id}\"}} 1\n"
+            )),
+            "{text}"
+        );
+        assert!(text.contains("sonitor_config_last_reload_successful 1\n"));
+        ctl.on_command(Command::Threshold {
+            machine: "pump-1".into(),
+            value: Some(0.25),
+        });
+        ctl.on_command(Command::Mute {
+            machine: "pump-1".into(),
+            duration: Duration::from_secs(60),
+        });
+        ctl.on_command(Command::Enabled {
+            machine: "pump-1".into(),
+            enabled: false,
+        });
+        let text = m.render();
+        assert!(
+            text.contains("sonitor_threshold{machine=\"pump-1\"} 0.25\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sonitor_muted{machine=\"pump-1\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sonitor_enabled{machine=\"pump-1\"} 0\n"),
+            "{text}"
+        );
+        // The file names a bundle that is not there: refused, and the running configuration stays.
+        ctl.reload();
+        let text = m.render();
+        assert!(text.contains("sonitor_config_reloads_total 1\n"), "{text}");
+        assert!(
+            text.contains("sonitor_config_reload_errors_total 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sonitor_config_last_reload_successful 0\n"),
+            "{text}"
+        );
+        m.reloaded(true);
+        assert!(m
+            .render()
+            .contains("sonitor_config_last_reload_successful 1\n"));
+    }
+
+    /// A reload's log names what keeps a bundle's new threshold from being the one in force.
+    #[test]
+    fn what_sets_the_threshold_over_the_bundle_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let (ctl, _clips) = controller(d.path(), 4);
+        let mut file = ctl.cfg.machines[0].clone();
+        assert_eq!(threshold_set_over_bundle(&file, None), None);
+        file.detector.threshold = Some(0.07);
+        assert_eq!(
+            threshold_set_over_bundle(&file, None).as_deref(),
+            Some("the threshold 0.07 of the configuration file")
+        );
+        assert_eq!(
+            threshold_set_over_bundle(&file, Some(0.09)).as_deref(),
+            Some("the threshold 0.09 of a threshold/set command")
+        );
     }
 
     #[test]

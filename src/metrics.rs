@@ -158,6 +158,14 @@ pub struct MachineMetrics {
     pub idle_windows: Counter,
     pub alarm: Gauge,
     pub alarms: Counter,
+    /// The threshold in force (an f64's bits): the bundle's, the file's or a command's.
+    pub threshold: Gauge,
+    /// 1 while a mute runs.
+    pub muted: Gauge,
+    /// 1 while the machine is enabled (its alarms judged).
+    pub enabled: Gauge,
+    /// The id of the model it is scored with (a reload can change it).
+    pub model_id: std::sync::Mutex<String>,
     /// 1 while the machine's input channel is silent / clipping.
     pub silent: Gauge,
     pub clipping: Gauge,
@@ -203,6 +211,11 @@ pub struct Metrics {
     /// Not exported.
     pub mqtt_beats: Counter,
     pub clips_beats: Counter,
+    /// Reloads asked for (SIGHUP), and those that refused the file and kept the running configuration.
+    pub reloads: Counter,
+    pub reload_errors: Counter,
+    /// 1 when the last reload applied the file (or none was asked for), 0 when it refused it.
+    pub last_reload_ok: Gauge,
 }
 
 impl MachineMetrics {
@@ -215,6 +228,8 @@ impl MachineMetrics {
 
 impl Metrics {
     pub fn new(inputs: &[String], machines: &[String]) -> Self {
+        let last_reload_ok = Gauge::default();
+        last_reload_ok.set(1);
         Self {
             inputs: inputs
                 .iter()
@@ -230,8 +245,18 @@ impl Metrics {
                     ..Default::default()
                 })
                 .collect(),
+            last_reload_ok,
             ..Default::default()
         }
+    }
+
+    /// Counts a reload and whether it applied the file.
+    pub fn reloaded(&self, applied: bool) {
+        self.reloads.inc();
+        if !applied {
+            self.reload_errors.inc();
+        }
+        self.last_reload_ok.set(u64::from(applied));
     }
 
     /// The Prometheus text exposition.
@@ -246,13 +271,13 @@ impl Metrics {
         let inp = |f: &dyn Fn(&InputMetrics) -> String| -> Vec<(String, String)> {
             self.inputs
                 .iter()
-                .map(|i| (format!("{{input=\"{}\"}}", i.name), f(i)))
+                .map(|i| (format!("{{input=\"{}\"}}", label(&i.name)), f(i)))
                 .collect()
         };
         let mac = |f: &dyn Fn(&MachineMetrics) -> String| -> Vec<(String, String)> {
             self.machines
                 .iter()
-                .map(|m| (format!("{{machine=\"{}\"}}", m.name), f(m)))
+                .map(|m| (format!("{{machine=\"{}\"}}", label(&m.name)), f(m)))
                 .collect()
         };
         let one = |v: u64| vec![(String::new(), v.to_string())];
@@ -371,6 +396,39 @@ impl Metrics {
             mac(&|m| m.alarms.get().to_string()),
         );
         family(
+            "sonitor_threshold",
+            "gauge",
+            "The threshold in force per machine (its bundle's, the file's or a threshold/set command's): an alarm starts above it.",
+            mac(&|m| format!("{}", m.threshold.get_f64())),
+        );
+        family(
+            "sonitor_muted",
+            "gauge",
+            "1 while the machine is muted (a mute/set command): its alarms are not raised.",
+            mac(&|m| m.muted.get().to_string()),
+        );
+        family(
+            "sonitor_enabled",
+            "gauge",
+            "1 while the machine is enabled (the file's enabled or an enabled/set command), 0 while it is not judged.",
+            mac(&|m| m.enabled.get().to_string()),
+        );
+        family(
+            "sonitor_model_info",
+            "gauge",
+            "1 per machine, labelled with the id of the model it is scored with (a reload can change it).",
+            self.machines
+                .iter()
+                .map(|m| {
+                    let id = m.model_id.lock().map(|s| s.clone()).unwrap_or_else(|e| e.into_inner().clone());
+                    (
+                        format!("{{machine=\"{}\",model_id=\"{}\"}}", label(&m.name), label(&id)),
+                        "1".to_string(),
+                    )
+                })
+                .collect(),
+        );
+        family(
             "sonitor_input_silent",
             "gauge",
             "1 while the machine's channel is silent.",
@@ -478,6 +536,24 @@ impl Metrics {
             "Jumps of the system clock by more than 2 s (alarm times before one are on the old clock).",
             one(self.clock_jumps.get()),
         );
+        family(
+            "sonitor_config_reloads_total",
+            "counter",
+            "Reloads of the configuration asked for (SIGHUP, systemctl reload).",
+            one(self.reloads.get()),
+        );
+        family(
+            "sonitor_config_reload_errors_total",
+            "counter",
+            "Reloads that refused the file (the log names why) and kept the running configuration.",
+            one(self.reload_errors.get()),
+        );
+        family(
+            "sonitor_config_last_reload_successful",
+            "gauge",
+            "1 when the last reload applied the file (or none was asked for), 0 when it refused it: the file on disk is not the one running.",
+            one(self.last_reload_ok.get()),
+        );
         let name = "sonitor_window_score";
         s.push_str(&format!(
             "# HELP {name} Window scores per machine (cosine distance to the nearest centroid; windows in which \
@@ -485,7 +561,7 @@ impl Metrics {
              histogram\n"
         ));
         for m in &self.machines {
-            let machine = &m.name;
+            let machine = label(&m.name);
             for (le, n) in m.scores.cumulative() {
                 s.push_str(&format!(
                     "{name}_bucket{{machine=\"{machine}\",le=\"{le}\"}} {n}\n"
@@ -499,6 +575,14 @@ impl Metrics {
         }
         s
     }
+}
+
+/// A label value as the text format wants it: backslash, double quote and line feed escaped. Machine names are
+/// letters, digits, `-` and `_`, but an input's name and a model's id are free text.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Connections served at once; one more is closed at once (a scraper retries at its next interval). Each holds
@@ -750,6 +834,25 @@ mod tests {
             .collect();
         assert_eq!(pump.len(), SCORE_BUCKETS.len() + 1);
         assert!(pump.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    /// Label values in the text format's escapes: an input's name and a model's id are free text, and a quote
+    /// in one would otherwise end the label and break the whole scrape.
+    #[test]
+    fn free_text_labels_are_escaped() {
+        let m = Metrics::new(&["usb \"left\" \\ mic".into()], &["pump".into()]);
+        *m.machines[0].model_id.lock().unwrap() = "run \"7\"\nb".into();
+        let text = m.render();
+        assert!(
+            text.contains("sonitor_input_up{input=\"usb \\\"left\\\" \\\\ mic\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "sonitor_model_info{machine=\"pump\",model_id=\"run \\\"7\\\"\\nb\"} 1\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -217,6 +217,9 @@ fn a_reload_applies_the_bundle_as_it_is_on_disk() {
         "1 machine(s) with new detector settings, 1 with a new model",
         Duration::from_secs(5),
     );
+    common::wait_metrics(&cfg, Duration::from_secs(5), "the new threshold", |m| {
+        common::metric(m, "sonitor_threshold{machine=\"pump-1\"}") == Some(t2)
+    });
 
     // Trained again: another graph (the same operators under another producer's name, so another checksum)
     // and model id. The machine's state names it, and its windows go on being scored.
@@ -242,10 +245,47 @@ fn a_reload_applies_the_bundle_as_it_is_on_disk() {
         !daemon.log.lock().unwrap().contains("not scored"),
         "every window was scored across the swap"
     );
+    let m = common::scrape(&cfg);
+    assert_eq!(
+        common::metric(
+            &m,
+            "sonitor_model_info{machine=\"pump-1\",model_id=\"retrained\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        common::metric(&m, "sonitor_config_reloads_total"),
+        Some(2.0)
+    );
+    assert_eq!(
+        common::metric(&m, "sonitor_config_last_reload_successful"),
+        Some(1.0)
+    );
+
+    // A threshold set by a command stays in force when the bundle brings another, and the log says so.
+    let client = commander(rig.broker.port, "commander-model-reload");
+    send(&client, "sonitor/t1/pump-1/threshold/set", "0.9");
+    rec.wait_for("the command's threshold", Duration::from_secs(10), |m| {
+        last(m, topic) == "0.9"
+    });
+    manifest.sections[0].threshold.value = t1;
+    Bundle::write(dir, &manifest, &proto.encode_to_vec()).unwrap();
+    hup();
+    daemon.wait_log(
+        &format!(
+            "now (threshold {t2} → {t1}); the threshold 0.9 of a threshold/set command stays in force; its alarm"
+        ),
+        Duration::from_secs(10),
+    );
+    daemon.wait_log(
+        "0 machine(s) with new detector settings, 1 with a new model",
+        Duration::from_secs(5),
+    );
 
     // Features of another kind: a restart applies them, the running model stays.
     manifest.features.log_floor *= 10.0;
-    manifest.sections[0].threshold.value = t1;
+    manifest.sections[0].threshold.value = t2;
     Bundle::write(dir, &manifest, &proto.encode_to_vec()).unwrap();
     hup();
     daemon.wait_log(
@@ -253,7 +293,7 @@ fn a_reload_applies_the_bundle_as_it_is_on_disk() {
          stays until sonitor restarts",
         Duration::from_secs(10),
     );
-    assert_eq!(last(&rec.snapshot(), topic), format!("{t2}"));
+    assert_eq!(last(&rec.snapshot(), topic), "0.9");
     assert_eq!(daemon.sigterm_and_wait(), 0);
 }
 
@@ -303,6 +343,17 @@ fn commands_are_answered_by_retained_state() {
     daemon.wait_log(
         "threshold_off (0.9) is above the threshold in force (0.6); keeping the running configuration",
         Duration::from_secs(5),
+    );
+    // Shown in the metrics too, until a reload applies the file.
+    let m = common::scrape(&cfg);
+    assert_eq!(
+        common::metric(&m, "sonitor_config_last_reload_successful"),
+        Some(0.0),
+        "{m}"
+    );
+    assert_eq!(
+        common::metric(&m, "sonitor_config_reload_errors_total"),
+        Some(1.0)
     );
     std::fs::write(&cfg, good.replace("node_id = \"t1\"", "node_id = \"t9\"")).unwrap();
     unsafe {
@@ -362,6 +413,33 @@ fn commands_are_answered_by_retained_state() {
     assert_eq!(state["enabled"], false);
     assert!(state["muted_until"].is_string(), "{state}");
     assert_eq!(state["model_id"], "test-randproj");
+    let m = common::wait_metrics(&cfg, Duration::from_secs(5), "the commands' state", |m| {
+        common::metric(m, "sonitor_enabled{machine=\"pump-1\"}") == Some(0.0)
+    });
+    assert_eq!(
+        common::metric(&m, "sonitor_threshold{machine=\"pump-1\"}"),
+        Some(0.75)
+    );
+    assert_eq!(
+        common::metric(&m, "sonitor_muted{machine=\"pump-1\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        common::metric(
+            &m,
+            "sonitor_model_info{machine=\"pump-1\",model_id=\"test-randproj\"}"
+        ),
+        Some(1.0)
+    );
+    // The node_id reload above was applied (what it could not change is named): the file is the one in force.
+    assert_eq!(
+        common::metric(&m, "sonitor_config_last_reload_successful"),
+        Some(1.0)
+    );
+    assert_eq!(
+        common::metric(&m, "sonitor_config_reloads_total"),
+        Some(3.0)
+    );
     daemon.wait_log("longer than the maximum", Duration::from_secs(5));
     // Telemetry flows (QoS 0, rate-limited to 1/s here).
     rec.wait_for("score telemetry", Duration::from_secs(10), |m| {
