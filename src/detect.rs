@@ -170,6 +170,10 @@ fn threshold_set_over_bundle(file: &MachineConfig, command: Option<f64>) -> Opti
     }
 }
 
+/// How long the mute switch that Home Assistant's discovery announces mutes a machine: a maintenance visit. Other
+/// durations are a `mute/set` message away.
+pub(crate) const DISCOVERY_MUTE: Duration = Duration::from_secs(3600);
+
 /// The first index not in `taken`: where the inference thread puts a graph a reload gives it.
 fn free_slot(taken: &BTreeSet<usize>) -> usize {
     (0..taken.len())
@@ -385,6 +389,10 @@ impl Controller {
         self.retained(format!("{t}/health"), m.health().to_string(), true);
     }
 
+    /// Home Assistant's MQTT discovery, per machine: the alarm (`binary_sensor`, device class `problem`, the
+    /// retained `state` as its attributes), the score and the health (`sensor`s), and its settings as controls
+    /// that send the daemon's own commands: the threshold (`number`), `enabled` (`switch`) and a mute of
+    /// [`DISCOVERY_MUTE`] (`switch`: on mutes, off unmutes, its state the retained `mute`).
     pub(crate) fn publish_discovery(&self) {
         if !self.cfg.mqtt.discovery.enabled {
             return;
@@ -397,40 +405,101 @@ impl Controller {
             "manufacturer": "sonitor",
             "sw_version": env!("CARGO_PKG_VERSION"),
         });
+        let mute = humantime::format_duration(DISCOVERY_MUTE).to_string();
         for m in &self.machines {
             let name = &m.cfg.name;
             let t = format!("{}/{}", self.base, name);
             let uid = format!("sonitor_{node}_{name}");
-            self.retained(
-                format!("{dp}/binary_sensor/{uid}_alarm/config"),
-                json!({
-                    "name": format!("{name} anomaly"),
-                    "unique_id": format!("{uid}_alarm"),
-                    "state_topic": format!("{t}/alarm"),
-                    "payload_on": "ON", "payload_off": "OFF",
-                    "device_class": "problem",
-                    "availability_topic": format!("{}/status", self.base),
-                    "payload_available": "online", "payload_not_available": "offline",
-                    "json_attributes_topic": format!("{t}/state"),
-                    "device": device,
-                })
-                .to_string(),
-                true,
-            );
-            self.retained(
-                format!("{dp}/sensor/{uid}_score/config"),
-                json!({
-                    "name": format!("{name} anomaly score"),
-                    "unique_id": format!("{uid}_score"),
-                    "state_topic": format!("{t}/score"),
-                    "state_class": "measurement",
-                    "availability_topic": format!("{}/status", self.base),
-                    "payload_available": "online", "payload_not_available": "offline",
-                    "device": device,
-                })
-                .to_string(),
-                true,
-            );
+            let entities = [
+                (
+                    "binary_sensor",
+                    "alarm",
+                    json!({
+                        "name": format!("{name} anomaly"),
+                        "state_topic": format!("{t}/alarm"),
+                        "payload_on": "ON", "payload_off": "OFF",
+                        "device_class": "problem",
+                        "json_attributes_topic": format!("{t}/state"),
+                    }),
+                ),
+                (
+                    "sensor",
+                    "score",
+                    json!({
+                        "name": format!("{name} anomaly score"),
+                        "state_topic": format!("{t}/score"),
+                        "state_class": "measurement",
+                    }),
+                ),
+                (
+                    "sensor",
+                    "health",
+                    json!({
+                        "name": format!("{name} audio health"),
+                        "state_topic": format!("{t}/health"),
+                        "device_class": "enum",
+                        "options": ["OK", "SILENT", "CLIPPING", "NO_AUDIO", "NO_SCORES"],
+                        "entity_category": "diagnostic",
+                    }),
+                ),
+                (
+                    "number",
+                    "threshold",
+                    json!({
+                        "name": format!("{name} threshold"),
+                        "state_topic": format!("{t}/threshold"),
+                        "command_topic": format!("{t}/threshold/set"),
+                        "min": 0.0001, "max": 1.9999, "step": 0.0001, "mode": "box",
+                        "entity_category": "config",
+                    }),
+                ),
+                (
+                    "switch",
+                    "enabled",
+                    json!({
+                        "name": format!("{name} watched"),
+                        "state_topic": format!("{t}/enabled"),
+                        "command_topic": format!("{t}/enabled/set"),
+                        "payload_on": "ON", "payload_off": "OFF",
+                        "entity_category": "config",
+                    }),
+                ),
+                (
+                    "switch",
+                    "mute",
+                    json!({
+                        "name": format!("{name} mute for {mute}"),
+                        "state_topic": format!("{t}/mute"),
+                        "command_topic": format!("{t}/mute/set"),
+                        "payload_on": mute, "payload_off": "off",
+                        "state_on": "ON", "state_off": "OFF",
+                        "icon": "mdi:bell-off",
+                    }),
+                ),
+            ];
+            for (component, what, mut config) in entities {
+                if let Some(o) = config.as_object_mut() {
+                    o.insert("unique_id".into(), json!(format!("{uid}_{what}")));
+                    o.insert(
+                        "availability_topic".into(),
+                        json!(format!("{}/status", self.base)),
+                    );
+                    // `status` is `online`, `offline` (the last will) or `stopped`: Home Assistant ignores a
+                    // payload that is neither of the two it compares with, so `stopped` maps to not available.
+                    o.insert(
+                        "availability_template".into(),
+                        json!("{{ 'online' if value == 'online' else 'offline' }}"),
+                    );
+                    o.insert("payload_available".into(), json!("online"));
+                    o.insert("payload_not_available".into(), json!("offline"));
+                    o.insert("device".into(), device.clone());
+                }
+                self.retained(
+                    format!("{dp}/{component}/{uid}_{what}/config"),
+                    config.to_string(),
+                    true,
+                );
+            }
         }
     }
 

@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -375,27 +376,56 @@ fn commands_are_answered_by_retained_state() {
     // A mute of 1e20 s used to panic the MQTT thread, after which no command was answered: it is refused, and
     // the commands after it are answered below.
     send(&client, "sonitor/t1/pump-1/mute/set", "1e20");
-    send(&client, "sonitor/t1/pump-1/mute/set", "10m");
-    send(&client, "sonitor/t1/pump-1/threshold/set", "0.75");
-    send(&client, "sonitor/t1/pump-1/enabled/set", "OFF");
-    let mut discovery = Vec::new();
+    let mut discovery = BTreeMap::new();
     let t0 = std::time::Instant::now();
-    while t0.elapsed() < Duration::from_secs(3) {
+    while t0.elapsed() < Duration::from_secs(3) && discovery.len() < 6 {
         if let Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) =
             conn.recv_timeout(Duration::from_millis(100))
         {
-            discovery.push((
-                p.topic.clone(),
-                String::from_utf8_lossy(&p.payload).to_string(),
-            ));
+            let config: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+            discovery.insert(p.topic.clone(), config);
         }
     }
-    assert!(
-        discovery.iter().any(|(t, p)| t
-            == "homeassistant/binary_sensor/sonitor_t1_pump-1_alarm/config"
-            && p.contains("\"state_topic\":\"sonitor/t1/pump-1/alarm\"")),
-        "{discovery:?}"
+    let entity = |component: &str, what: &str| -> serde_json::Value {
+        let topic = format!("homeassistant/{component}/sonitor_t1_pump-1_{what}/config");
+        discovery
+            .get(&topic)
+            .unwrap_or_else(|| panic!("no {topic} in {discovery:?}"))
+            .clone()
+    };
+    assert_eq!(
+        entity("binary_sensor", "alarm")["state_topic"],
+        "sonitor/t1/pump-1/alarm"
     );
+    assert_eq!(
+        entity("sensor", "health")["state_topic"],
+        "sonitor/t1/pump-1/health"
+    );
+    for (topic, c) in &discovery {
+        assert_eq!(c["availability_topic"], "sonitor/t1/status", "{topic}");
+        assert!(c["availability_template"].is_string(), "{topic}: {c}");
+        assert!(
+            topic.contains(c["unique_id"].as_str().unwrap()),
+            "{topic}: {c}"
+        );
+    }
+    // The controls Home Assistant shows send commands the daemon takes, as Home Assistant would send them.
+    std::thread::spawn(move || for _ in conn.iter() {});
+    let (mute, number, watched) = (
+        entity("switch", "mute"),
+        entity("number", "threshold"),
+        entity("switch", "enabled"),
+    );
+    let command = |c: &serde_json::Value, payload: &serde_json::Value| {
+        send(
+            &client,
+            c["command_topic"].as_str().unwrap(),
+            payload.as_str().unwrap(),
+        )
+    };
+    command(&mute, &mute["payload_on"]);
+    command(&number, &serde_json::json!("0.75"));
+    command(&watched, &watched["payload_off"]);
     let msgs = rec.wait_for("command answers", Duration::from_secs(10), |m| {
         on(m, "sonitor/t1/pump-1/mute").last().map(String::as_str) == Some("ON")
             && on(m, "sonitor/t1/pump-1/threshold")
