@@ -14,7 +14,7 @@ use crossbeam_channel::Sender;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sonitor_core::bundle::SectionModel;
-use sonitor_core::detect::{Detector, DetectorParams, Transition};
+use sonitor_core::detect::{ClearReason, Detector, DetectorParams, Transition};
 
 use crate::capture::SourceEvent;
 use crate::check::{check_with, threshold_off_above_bundle, Running};
@@ -169,6 +169,20 @@ fn threshold_set_over_bundle(file: &MachineConfig, command: Option<f64>) -> Opti
         (None, None) => None,
     }
 }
+
+/// The entities Home Assistant's discovery announces per machine: (component, what), its config's topic being
+/// `<prefix>/<component>/sonitor_<node>_<machine>_<what>/config`.
+pub(crate) const DISCOVERY_ENTITIES: [(&str, &str); 6] = [
+    ("binary_sensor", "alarm"),
+    ("sensor", "score"),
+    ("sensor", "health"),
+    ("number", "threshold"),
+    ("switch", "enabled"),
+    ("switch", "mute"),
+];
+
+/// The per-machine retained topics under `<prefix>/<node_id>/<machine>/`.
+const RETAINED_TOPICS: [&str; 6] = ["alarm", "state", "threshold", "mute", "enabled", "health"];
 
 /// How long the mute switch that Home Assistant's discovery announces mutes a machine: a maintenance visit. Other
 /// durations are a `mute/set` message away.
@@ -410,64 +424,42 @@ impl Controller {
             let name = &m.cfg.name;
             let t = format!("{}/{}", self.base, name);
             let uid = format!("sonitor_{node}_{name}");
-            let entities = [
-                (
-                    "binary_sensor",
-                    "alarm",
-                    json!({
+            let entities = DISCOVERY_ENTITIES.map(|(component, what)| {
+                let config = match what {
+                    "alarm" => json!({
                         "name": format!("{name} anomaly"),
                         "state_topic": format!("{t}/alarm"),
                         "payload_on": "ON", "payload_off": "OFF",
                         "device_class": "problem",
                         "json_attributes_topic": format!("{t}/state"),
                     }),
-                ),
-                (
-                    "sensor",
-                    "score",
-                    json!({
+                    "score" => json!({
                         "name": format!("{name} anomaly score"),
                         "state_topic": format!("{t}/score"),
                         "state_class": "measurement",
                     }),
-                ),
-                (
-                    "sensor",
-                    "health",
-                    json!({
+                    "health" => json!({
                         "name": format!("{name} audio health"),
                         "state_topic": format!("{t}/health"),
                         "device_class": "enum",
                         "options": ["OK", "SILENT", "CLIPPING", "NO_AUDIO", "NO_SCORES"],
                         "entity_category": "diagnostic",
                     }),
-                ),
-                (
-                    "number",
-                    "threshold",
-                    json!({
+                    "threshold" => json!({
                         "name": format!("{name} threshold"),
                         "state_topic": format!("{t}/threshold"),
                         "command_topic": format!("{t}/threshold/set"),
                         "min": 0.0001, "max": 1.9999, "step": 0.0001, "mode": "box",
                         "entity_category": "config",
                     }),
-                ),
-                (
-                    "switch",
-                    "enabled",
-                    json!({
+                    "enabled" => json!({
                         "name": format!("{name} watched"),
                         "state_topic": format!("{t}/enabled"),
                         "command_topic": format!("{t}/enabled/set"),
                         "payload_on": "ON", "payload_off": "OFF",
                         "entity_category": "config",
                     }),
-                ),
-                (
-                    "switch",
-                    "mute",
-                    json!({
+                    _ => json!({
                         "name": format!("{name} mute for {mute}"),
                         "state_topic": format!("{t}/mute"),
                         "command_topic": format!("{t}/mute/set"),
@@ -475,8 +467,9 @@ impl Controller {
                         "state_on": "ON", "state_off": "OFF",
                         "icon": "mdi:bell-off",
                     }),
-                ),
-            ];
+                };
+                (component, what, config)
+            });
             for (component, what, mut config) in entities {
                 if let Some(o) = config.as_object_mut() {
                     o.insert("unique_id".into(), json!(format!("{uid}_{what}")));
@@ -501,6 +494,75 @@ impl Controller {
                 );
             }
         }
+    }
+
+    /// Machines of the saved state (`saved`, the last run's) that the file no longer names, removed or renamed:
+    /// an alarm of theirs still on ends (an `end` event with reason `removed`), and their retained topics (and
+    /// Home Assistant entities, with discovery on) are cleared with empty retained messages, so that no dashboard
+    /// shows a machine nobody watches, or its alarm on, for ever. All of it goes through the outbox, so a broker
+    /// away now gets it later, in order. Their saved state goes with the next save. Returns their names.
+    pub(crate) fn forget_removed(&mut self, saved: &BTreeMap<String, SavedMachine>) -> Vec<String> {
+        let mut removed = Vec::new();
+        for (name, s) in saved {
+            if self.machines.iter().any(|m| &m.cfg.name == name) {
+                continue;
+            }
+            let topic = format!("{}/{name}", self.base);
+            let mut msgs = Vec::new();
+            let ended = s.event.as_ref().map(|e| {
+                msgs.push(OutMessage {
+                    topic: format!("{topic}/events"),
+                    payload: json!({
+                        "event_id": e.event_id, "type": "end", "machine": name,
+                        "peak_score": e.peak, "threshold": null,
+                        "started_at": e.started_at, "ended_at": now_rfc3339(), "clip": e.clip,
+                        "reason": ClearReason::Removed, "model_id": null, "seq": s.seq + 1,
+                    })
+                    .to_string(),
+                    retain: false,
+                });
+                format!("its alarm event {} ends (reason removed), and ", e.event_id)
+            });
+            msgs.extend(RETAINED_TOPICS.iter().map(|what| OutMessage {
+                topic: format!("{topic}/{what}"),
+                payload: String::new(),
+                retain: true,
+            }));
+            if self.cfg.mqtt.discovery.enabled {
+                let dp = self.cfg.mqtt.discovery.prefix.trim_end_matches('/');
+                let uid = format!("sonitor_{}_{name}", self.cfg.node_id);
+                msgs.extend(
+                    DISCOVERY_ENTITIES
+                        .iter()
+                        .map(|(component, what)| OutMessage {
+                            topic: format!("{dp}/{component}/{uid}_{what}/config"),
+                            payload: String::new(),
+                            retain: true,
+                        }),
+                );
+            }
+            let note = format!(
+                "machine '{name}' of the last run is no longer in {}: {}its retained topics are cleared",
+                self.config_path.display(),
+                ended.unwrap_or_default()
+            );
+            let pushed = self
+                .outbox
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(msgs);
+            match pushed {
+                Ok(_) => log::warn!("{note}"),
+                Err(e) => {
+                    log::error!("{note}; {e}: kept in memory only until the broker takes them")
+                }
+            }
+            removed.push(name.clone());
+        }
+        if !removed.is_empty() {
+            self.send(ToMqtt::OutboxChanged);
+        }
+        removed
     }
 
     /// Records a transition: outbox first (durable), then state, then MQTT, clip, metrics.
@@ -1457,6 +1519,30 @@ mod tests {
             threshold_set_over_bundle(&file, Some(0.09)).as_deref(),
             Some("the threshold 0.09 of a threshold/set command")
         );
+    }
+
+    /// A machine of the last run that the file no longer names: its retained topics are deleted through the
+    /// outbox (no event: no alarm was on; no discovery topics: discovery is off), the machines in the file are
+    /// left alone.
+    #[test]
+    fn a_machine_gone_from_the_file_has_its_retained_topics_deleted() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut ctl, _clips) = controller(d.path(), 4);
+        let saved = BTreeMap::from([
+            ("pump-1".to_string(), SavedMachine::default()),
+            ("gone".to_string(), SavedMachine::default()),
+        ]);
+        assert_eq!(ctl.forget_removed(&saved), ["gone"]);
+        let o = ctl.outbox.lock().unwrap();
+        let msgs: Vec<(String, String, bool)> = o
+            .records()
+            .map(|r| (r.msg.topic.clone(), r.msg.payload.clone(), r.msg.retain))
+            .collect();
+        let want: Vec<(String, String, bool)> = RETAINED_TOPICS
+            .iter()
+            .map(|t| (format!("sonitor/n1/gone/{t}"), String::new(), true))
+            .collect();
+        assert_eq!(msgs, want);
     }
 
     #[test]

@@ -542,6 +542,77 @@ fn retained(port: u16, topic: &str, client_id: &str) -> Option<String> {
     None
 }
 
+/// A machine removed from the file (or renamed) between two runs: its alarm, on when the last run stopped, ends
+/// with reason `removed`, and its retained topics and Home Assistant entities are cleared, so that no dashboard
+/// shows it, alarm on, for ever. (They used to stay retained: the start only dropped it from the saved state.)
+#[test]
+fn a_machine_removed_from_the_file_ends_its_alarm_and_clears_its_topics() {
+    let rig = Rig::start();
+    let port = rig.broker.port;
+    // What the last run left: `old-press` with its alarm on, its topics and entities retained.
+    let old = [
+        ("sonitor/t1/old-press/alarm", "ON"),
+        ("sonitor/t1/old-press/state", "{\"state\":\"ON\"}"),
+        (
+            "homeassistant/binary_sensor/sonitor_t1_old-press_alarm/config",
+            "{}",
+        ),
+    ];
+    for (topic, payload) in old {
+        publish_acked(port, topic, payload, true);
+    }
+    let state = rig.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(
+        state.join("alarms.json"),
+        r#"{"old-press": {"event": {"event_id": "t1-old-press-7", "started_at": "2026-12-01T10:00:00Z",
+            "peak": 0.42, "clip": null}, "seq": 7, "enabled": true, "threshold_override": null,
+            "muted_until_unix": null}}"#,
+    )
+    .unwrap();
+    let rec = Recorder::start(port, "recorder-removed");
+    let cfg = rig.config(&rig.looping_normal(), "[mqtt.discovery]\nenabled = true\n");
+    let daemon = Daemon::start(&cfg, &[]);
+    let msgs = rec.wait_for("the removed machine's end", Duration::from_secs(20), |m| {
+        !on(m, "sonitor/t1/old-press/events").is_empty()
+    });
+    let end: serde_json::Value =
+        serde_json::from_str(&on(&msgs, "sonitor/t1/old-press/events")[0]).unwrap();
+    assert_eq!(end["type"], "end");
+    assert_eq!(end["event_id"], "t1-old-press-7");
+    assert_eq!(end["reason"], "removed");
+    assert_eq!(end["seq"], 8);
+    daemon.wait_log(
+        "machine 'old-press' of the last run is no longer in ",
+        Duration::from_secs(5),
+    );
+    daemon.wait_log(
+        "its alarm event t1-old-press-7 ends (reason removed), and its retained topics are cleared",
+        Duration::from_secs(5),
+    );
+    wait_online(&rec);
+    for (i, (topic, _)) in old.iter().enumerate() {
+        let mut left = retained(port, topic, &format!("check-removed-{i}"));
+        // The outbox drains right after the connection; give it a moment before reading again.
+        for _ in 0..20 {
+            if left.is_none() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            left = retained(port, topic, &format!("check-removed-{i}"));
+        }
+        assert_eq!(left, None, "{topic} is still retained");
+    }
+    // The machine that is in the file is announced as before, and the saved state forgets the removed one.
+    assert!(retained(port, "sonitor/t1/pump-1/alarm", "check-pump").is_some());
+    assert_eq!(daemon.sigterm_and_wait(), 0);
+    let saved = std::fs::read_to_string(state.join("alarms.json")).unwrap();
+    assert!(
+        !saved.contains("old-press") && saved.contains("pump-1"),
+        "{saved}"
+    );
+}
+
 /// A stop while alarm messages still wait for their PUBACK (here the broker's answers are held back after the
 /// daemon connected: it receives everything and its acknowledgements do not come back in time) must not leave the retained `status` at `online`: Home Assistant
 /// would show the last alarm states as live. The daemon used to publish `stopped` only once the outbox had

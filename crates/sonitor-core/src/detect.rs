@@ -62,6 +62,8 @@ pub enum ClearReason {
     /// The machine stopped running (its window's level below the machine's idle level): it is not watched
     /// while it stands, and an alarm it still deserves is raised again once it runs.
     Idle,
+    /// The machine is no longer in the configuration (removed or renamed): ended by the daemon's next start.
+    Removed,
 }
 
 #[derive(Debug, Clone, PartialEq)]
