@@ -700,7 +700,7 @@ pub fn start(
     for (i, t) in ended_at_start {
         ctl.on_transition(i, t);
     }
-    ctl.forget_removed(&saved);
+    ctl.clean_up_last_run(&saved);
     ctl.publish_discovery();
     for i in 0..ctl.machines.len() {
         let m = &ctl.machines[i];

@@ -70,6 +70,12 @@ pub struct SavedMachine {
     /// mute run for what was left then, not for the clock's error on top: see [`mute_left_at_start`].
     #[serde(default)]
     pub muted_saved_unix: Option<u64>,
+    /// The retained topics the daemon publishes for the machine (its own and its Home Assistant entities'), as
+    /// they were when this was saved (`None`: saved by a version that did not record them). A start deletes
+    /// those that no longer apply: the machine gone from the file, `node_id`, the topic prefix or discovery
+    /// changed ([`Controller::clean_up_last_run`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retained_topics: Option<Vec<String>>,
 }
 
 /// How long a mute saved with the state still runs at a start: to its saved end on today's clock, but never
@@ -496,22 +502,59 @@ impl Controller {
         }
     }
 
-    /// Machines of the saved state (`saved`, the last run's) that the file no longer names, removed or renamed:
-    /// an alarm of theirs still on ends (an `end` event with reason `removed`), and their retained topics (and
-    /// Home Assistant entities, with discovery on) are cleared with empty retained messages, so that no dashboard
-    /// shows a machine nobody watches, or its alarm on, for ever. All of it goes through the outbox, so a broker
-    /// away now gets it later, in order. Their saved state goes with the next save. Returns their names.
-    pub(crate) fn forget_removed(&mut self, saved: &BTreeMap<String, SavedMachine>) -> Vec<String> {
+    /// The retained topics the daemon publishes for machine `name` with this configuration: its own under the
+    /// topic base, and its Home Assistant entities' configs while discovery is on.
+    pub(crate) fn machine_topics(&self, name: &str) -> Vec<String> {
+        let mut topics: Vec<String> = RETAINED_TOPICS
+            .iter()
+            .map(|what| format!("{}/{name}/{what}", self.base))
+            .collect();
+        if self.cfg.mqtt.discovery.enabled {
+            let dp = self.cfg.mqtt.discovery.prefix.trim_end_matches('/');
+            let uid = format!("sonitor_{}_{name}", self.cfg.node_id);
+            topics.extend(
+                DISCOVERY_ENTITIES
+                    .iter()
+                    .map(|(component, what)| format!("{dp}/{component}/{uid}_{what}/config")),
+            );
+        }
+        topics
+    }
+
+    /// At a start, what the last run left on the broker that no longer applies (`saved`: its saved state). A
+    /// machine the file no longer names (removed or renamed) has an alarm of its still on ended (an `end` event
+    /// with reason `removed`) and all its retained topics deleted; a machine still there has those deleted that
+    /// it no longer publishes (`node_id` or a prefix changed, discovery switched off). Deleted with empty retained
+    /// messages through the outbox, so that a broker away now gets them later, in order: otherwise dashboards
+    /// would show, for ever, a machine nobody watches, its alarm on, or each machine twice. State saved by a
+    /// version that did not record the topics stands for this configuration's. Returns the machines removed.
+    pub(crate) fn clean_up_last_run(
+        &mut self,
+        saved: &BTreeMap<String, SavedMachine>,
+    ) -> Vec<String> {
+        if !self.cfg.mqtt.enabled {
+            // Nothing can be deleted now; the topics recorded stay for a start with MQTT.
+            return Vec::new();
+        }
         let mut removed = Vec::new();
+        let mut pushed_any = false;
         for (name, s) in saved {
-            if self.machines.iter().any(|m| &m.cfg.name == name) {
-                continue;
-            }
-            let topic = format!("{}/{name}", self.base);
+            let present = self.machines.iter().any(|m| &m.cfg.name == name);
+            let now = if present {
+                self.machine_topics(name)
+            } else {
+                Vec::new()
+            };
+            let before = match &s.retained_topics {
+                Some(t) => t.clone(),
+                None if present => Vec::new(),
+                None => self.machine_topics(name),
+            };
+            let stale: Vec<&String> = before.iter().filter(|t| !now.contains(t)).collect();
             let mut msgs = Vec::new();
-            let ended = s.event.as_ref().map(|e| {
+            let ended = s.event.as_ref().filter(|_| !present).map(|e| {
                 msgs.push(OutMessage {
-                    topic: format!("{topic}/events"),
+                    topic: format!("{}/{name}/events", self.base),
                     payload: json!({
                         "event_id": e.event_id, "type": "end", "machine": name,
                         "peak_score": e.peak, "threshold": null,
@@ -523,29 +566,28 @@ impl Controller {
                 });
                 format!("its alarm event {} ends (reason removed), and ", e.event_id)
             });
-            msgs.extend(RETAINED_TOPICS.iter().map(|what| OutMessage {
-                topic: format!("{topic}/{what}"),
+            msgs.extend(stale.iter().map(|t| OutMessage {
+                topic: t.to_string(),
                 payload: String::new(),
                 retain: true,
             }));
-            if self.cfg.mqtt.discovery.enabled {
-                let dp = self.cfg.mqtt.discovery.prefix.trim_end_matches('/');
-                let uid = format!("sonitor_{}_{name}", self.cfg.node_id);
-                msgs.extend(
-                    DISCOVERY_ENTITIES
-                        .iter()
-                        .map(|(component, what)| OutMessage {
-                            topic: format!("{dp}/{component}/{uid}_{what}/config"),
-                            payload: String::new(),
-                            retain: true,
-                        }),
-                );
+            if msgs.is_empty() {
+                continue;
             }
-            let note = format!(
-                "machine '{name}' of the last run is no longer in {}: {}its retained topics are cleared",
-                self.config_path.display(),
-                ended.unwrap_or_default()
-            );
+            let note = if present {
+                format!(
+                    "machine '{name}': {} retained topic(s) of the last run no longer apply (node_id, a topic \
+                     prefix or discovery changed) and are deleted, such as {}",
+                    stale.len(),
+                    stale[0]
+                )
+            } else {
+                format!(
+                    "machine '{name}' of the last run is no longer in {}: {}its retained topics are cleared",
+                    self.config_path.display(),
+                    ended.unwrap_or_default()
+                )
+            };
             let pushed = self
                 .outbox
                 .lock()
@@ -557,9 +599,16 @@ impl Controller {
                     log::error!("{note}; {e}: kept in memory only until the broker takes them")
                 }
             }
-            removed.push(name.clone());
+            pushed_any = true;
+            if !present {
+                removed.push(name.clone());
+            }
         }
-        if !removed.is_empty() {
+        for i in 0..self.machines.len() {
+            let topics = self.machine_topics(&self.machines[i].cfg.name);
+            self.machines[i].saved.retained_topics = Some(topics);
+        }
+        if pushed_any {
             self.send(ToMqtt::OutboxChanged);
         }
         removed
@@ -1521,28 +1570,55 @@ mod tests {
         );
     }
 
-    /// A machine of the last run that the file no longer names: its retained topics are deleted through the
-    /// outbox (no event: no alarm was on; no discovery topics: discovery is off), the machines in the file are
-    /// left alone.
+    /// What the last run left retained and no longer applies is deleted through the outbox: all the topics of a
+    /// machine the file no longer names (recorded by an older version: this configuration's), and those of a
+    /// machine still there that it no longer publishes (here its Home Assistant entity, discovery being off now,
+    /// and its topics under another node_id). What it publishes now is left alone, and recorded for the next start.
     #[test]
-    fn a_machine_gone_from_the_file_has_its_retained_topics_deleted() {
+    fn retained_topics_of_the_last_run_that_no_longer_apply_are_deleted() {
         let d = tempfile::tempdir().unwrap();
         let (mut ctl, _clips) = controller(d.path(), 4);
+        ctl.cfg.mqtt.enabled = true;
+        let now = ctl.machine_topics("pump-1");
+        let old = [
+            "homeassistant/switch/sonitor_n1_pump-1_mute/config".to_string(),
+            "sonitor/n0/pump-1/alarm".to_string(),
+        ];
         let saved = BTreeMap::from([
-            ("pump-1".to_string(), SavedMachine::default()),
+            (
+                "pump-1".to_string(),
+                SavedMachine {
+                    retained_topics: Some(now.iter().chain(&old).cloned().collect()),
+                    ..Default::default()
+                },
+            ),
             ("gone".to_string(), SavedMachine::default()),
         ]);
-        assert_eq!(ctl.forget_removed(&saved), ["gone"]);
+        assert_eq!(ctl.clean_up_last_run(&saved), ["gone"]);
         let o = ctl.outbox.lock().unwrap();
         let msgs: Vec<(String, String, bool)> = o
             .records()
             .map(|r| (r.msg.topic.clone(), r.msg.payload.clone(), r.msg.retain))
             .collect();
-        let want: Vec<(String, String, bool)> = RETAINED_TOPICS
+        let gone = RETAINED_TOPICS
             .iter()
-            .map(|t| (format!("sonitor/n1/gone/{t}"), String::new(), true))
+            .map(|t| format!("sonitor/n1/gone/{t}"));
+        let want: Vec<(String, String, bool)> = gone
+            .chain(old.iter().cloned())
+            .map(|t| (t, String::new(), true))
             .collect();
         assert_eq!(msgs, want);
+        assert_eq!(ctl.machines[0].saved.retained_topics.as_ref(), Some(&now));
+        drop(o);
+        // Without MQTT nothing can be deleted: the topics recorded stay for the next start.
+        let d = tempfile::tempdir().unwrap();
+        let (mut quiet, _clips) = controller(d.path(), 4);
+        quiet.machines[0].saved.retained_topics = Some(old.to_vec());
+        assert!(quiet.clean_up_last_run(&saved).is_empty());
+        assert_eq!(
+            quiet.machines[0].saved.retained_topics.as_deref(),
+            Some(&old[..])
+        );
     }
 
     #[test]

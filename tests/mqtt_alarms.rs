@@ -545,6 +545,7 @@ fn retained(port: u16, topic: &str, client_id: &str) -> Option<String> {
 /// A machine removed from the file (or renamed) between two runs: its alarm, on when the last run stopped, ends
 /// with reason `removed`, and its retained topics and Home Assistant entities are cleared, so that no dashboard
 /// shows it, alarm on, for ever. (They used to stay retained: the start only dropped it from the saved state.)
+/// The same for the entities of a machine still there once discovery is switched off.
 #[test]
 fn a_machine_removed_from_the_file_ends_its_alarm_and_clears_its_topics() {
     let rig = Rig::start();
@@ -611,6 +612,29 @@ fn a_machine_removed_from_the_file_ends_its_alarm_and_clears_its_topics() {
         !saved.contains("old-press") && saved.contains("pump-1"),
         "{saved}"
     );
+
+    // Discovery switched off: the next start deletes the entities it announced, and keeps the machine's topics.
+    let entity = "homeassistant/binary_sensor/sonitor_t1_pump-1_alarm/config";
+    assert!(retained(port, entity, "check-entity").is_some());
+    common::edit(&cfg, |t| {
+        t.replace("[mqtt.discovery]\nenabled = true\n", "")
+    });
+    let daemon = Daemon::start(&cfg, &[]);
+    daemon.wait_log(
+        "machine 'pump-1': 6 retained topic(s) of the last run no longer apply",
+        Duration::from_secs(20),
+    );
+    let mut left = retained(port, entity, "check-entity-2");
+    for _ in 0..20 {
+        if left.is_none() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        left = retained(port, entity, "check-entity-2");
+    }
+    assert_eq!(left, None, "{entity} is still retained");
+    assert!(retained(port, "sonitor/t1/pump-1/alarm", "check-pump-2").is_some());
+    assert_eq!(daemon.sigterm_and_wait(), 0);
 }
 
 /// A stop while alarm messages still wait for their PUBACK (here the broker's answers are held back after the
