@@ -521,10 +521,25 @@ impl Controller {
         topics
     }
 
+    /// Whether retained `topic` of machine `name` is this node's to delete: one of its topics under this
+    /// `node_id` (with any prefix), or the config of its Home Assistant entity (under any discovery prefix). A
+    /// topic of another `node_id` may be another daemon's by now.
+    fn owns(&self, name: &str, topic: &str) -> bool {
+        let node = &self.cfg.node_id;
+        let uid = format!("sonitor_{node}_{name}");
+        RETAINED_TOPICS
+            .iter()
+            .any(|what| topic.ends_with(&format!("/{node}/{name}/{what}")))
+            || DISCOVERY_ENTITIES.iter().any(|(component, what)| {
+                topic.ends_with(&format!("/{component}/{uid}_{what}/config"))
+            })
+    }
+
     /// At a start, what the last run left on the broker that no longer applies (`saved`: its saved state). A
     /// machine the file no longer names (removed or renamed) has an alarm of its still on ended (an `end` event
     /// with reason `removed`) and all its retained topics deleted; a machine still there has those deleted that
-    /// it no longer publishes (`node_id` or a prefix changed, discovery switched off). Deleted with empty retained
+    /// it no longer publishes (the topic prefix or discovery's changed, discovery switched off). Only this node's
+    /// topics ([`Self::owns`]): those under an earlier `node_id` are named in the log. Deleted with empty retained
     /// messages through the outbox, so that a broker away now gets them later, in order: otherwise dashboards
     /// would show, for ever, a machine nobody watches, its alarm on, or each machine twice. State saved by a
     /// version that did not record the topics stands for this configuration's. Returns the machines removed.
@@ -550,22 +565,38 @@ impl Controller {
                 None if present => Vec::new(),
                 None => self.machine_topics(name),
             };
-            let stale: Vec<&String> = before.iter().filter(|t| !now.contains(t)).collect();
+            let (stale, foreign): (Vec<&String>, Vec<&String>) = before
+                .iter()
+                .filter(|t| !now.contains(t))
+                .partition(|t| self.owns(name, t));
+            if let Some(t) = foreign.first() {
+                log::warn!(
+                    "machine '{name}': {} retained topic(s) of the last run are under another node_id, such as {t}; \
+                     left alone, since another daemon (one cloned from this device's image, say) may publish them \
+                     now; if none does, delete each with `mosquitto_pub -r -n -t TOPIC`",
+                    foreign.len()
+                );
+            }
             let mut msgs = Vec::new();
-            let ended = s.event.as_ref().filter(|_| !present).map(|e| {
-                msgs.push(OutMessage {
-                    topic: format!("{}/{name}/events", self.base),
-                    payload: json!({
-                        "event_id": e.event_id, "type": "end", "machine": name,
-                        "peak_score": e.peak, "threshold": null,
-                        "started_at": e.started_at, "ended_at": now_rfc3339(), "clip": e.clip,
-                        "reason": ClearReason::Removed, "model_id": null, "seq": s.seq + 1,
-                    })
-                    .to_string(),
-                    retain: false,
+            // An event of a machine whose topics are all another node's was that node's (a cloned state).
+            let ended = s
+                .event
+                .as_ref()
+                .filter(|_| !present && !stale.is_empty())
+                .map(|e| {
+                    msgs.push(OutMessage {
+                        topic: format!("{}/{name}/events", self.base),
+                        payload: json!({
+                            "event_id": e.event_id, "type": "end", "machine": name,
+                            "peak_score": e.peak, "threshold": null,
+                            "started_at": e.started_at, "ended_at": now_rfc3339(), "clip": e.clip,
+                            "reason": ClearReason::Removed, "model_id": null, "seq": s.seq + 1,
+                        })
+                        .to_string(),
+                        retain: false,
+                    });
+                    format!("its alarm event {} ends (reason removed), and ", e.event_id)
                 });
-                format!("its alarm event {} ends (reason removed), and ", e.event_id)
-            });
             msgs.extend(stale.iter().map(|t| OutMessage {
                 topic: t.to_string(),
                 payload: String::new(),
@@ -576,8 +607,8 @@ impl Controller {
             }
             let note = if present {
                 format!(
-                    "machine '{name}': {} retained topic(s) of the last run no longer apply (node_id, a topic \
-                     prefix or discovery changed) and are deleted, such as {}",
+                    "machine '{name}': {} retained topic(s) of the last run no longer apply (a topic prefix or \
+                     discovery changed) and are deleted, such as {}",
                     stale.len(),
                     stale[0]
                 )
@@ -1573,7 +1604,8 @@ mod tests {
     /// What the last run left retained and no longer applies is deleted through the outbox: all the topics of a
     /// machine the file no longer names (recorded by an older version: this configuration's), and those of a
     /// machine still there that it no longer publishes (here its Home Assistant entity, discovery being off now,
-    /// and its topics under another node_id). What it publishes now is left alone, and recorded for the next start.
+    /// and a topic under an earlier prefix), but not those under another node_id, which may be another daemon's now. What it publishes now is left
+    /// alone, and recorded for the next start.
     #[test]
     fn retained_topics_of_the_last_run_that_no_longer_apply_are_deleted() {
         let d = tempfile::tempdir().unwrap();
@@ -1583,6 +1615,8 @@ mod tests {
         let old = [
             "homeassistant/switch/sonitor_n1_pump-1_mute/config".to_string(),
             "sonitor/n0/pump-1/alarm".to_string(),
+            "ha/switch/sonitor_n0_pump-1_mute/config".to_string(),
+            "plant/sonitor/n1/pump-1/state".to_string(),
         ];
         let saved = BTreeMap::from([
             (
@@ -1593,6 +1627,20 @@ mod tests {
                 },
             ),
             ("gone".to_string(), SavedMachine::default()),
+            // Another node's machine, its alarm on (a state cloned with the device's image): not this node's.
+            (
+                "other".to_string(),
+                SavedMachine {
+                    event: Some(ActiveEvent {
+                        event_id: "n0-other-1".into(),
+                        started_at: String::new(),
+                        peak: 0.5,
+                        clip: None,
+                    }),
+                    retained_topics: Some(vec!["sonitor/n0/other/alarm".into()]),
+                    ..Default::default()
+                },
+            ),
         ]);
         assert_eq!(ctl.clean_up_last_run(&saved), ["gone"]);
         let o = ctl.outbox.lock().unwrap();
@@ -1603,8 +1651,9 @@ mod tests {
         let gone = RETAINED_TOPICS
             .iter()
             .map(|t| format!("sonitor/n1/gone/{t}"));
+        // Those under another node_id (n0) may be another daemon's now: left alone; another prefix is deleted.
         let want: Vec<(String, String, bool)> = gone
-            .chain(old.iter().cloned())
+            .chain([old[0].clone(), old[3].clone()])
             .map(|t| (t, String::new(), true))
             .collect();
         assert_eq!(msgs, want);
