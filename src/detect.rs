@@ -619,17 +619,27 @@ impl Controller {
                     ended.unwrap_or_default()
                 )
             };
-            let pushed = self
-                .outbox
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(msgs);
-            match pushed {
+            let mut outbox = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
+            // The outbox drops its oldest message when full: never an alarm message for a clean-up.
+            if msgs.len() > outbox.room() {
+                log::error!(
+                    "machine '{name}': the outbox holds {} messages the broker has not taken (outbox_max {}), so \
+                     the {} message(s) that would clean up after the last run are not queued: delete its retained \
+                     topics by hand (`mosquitto_pub -r -n -t TOPIC`), such as {}",
+                    outbox.len(),
+                    self.cfg.mqtt.outbox_max,
+                    msgs.len(),
+                    stale.first().map_or("its events", |t| t.as_str())
+                );
+                continue;
+            }
+            match outbox.push(msgs) {
                 Ok(_) => log::warn!("{note}"),
                 Err(e) => {
                     log::error!("{note}; {e}: kept in memory only until the broker takes them")
                 }
             }
+            drop(outbox);
             pushed_any = true;
             if !present {
                 removed.push(name.clone());
@@ -1668,6 +1678,27 @@ mod tests {
             quiet.machines[0].saved.retained_topics.as_deref(),
             Some(&old[..])
         );
+        // An outbox without room for the clean-up does not drop alarm messages for it.
+        quiet.cfg.mqtt.enabled = true;
+        let alarm = |k: usize| OutMessage {
+            topic: format!("sonitor/n1/pump-1/events/{k}"),
+            payload: "{}".into(),
+            retain: false,
+        };
+        let small = d.path().join("small");
+        quiet.outbox = Arc::new(Mutex::new(Outbox::open(&small, 10).unwrap()));
+        quiet
+            .outbox
+            .lock()
+            .unwrap()
+            .push((0..5).map(alarm).collect())
+            .unwrap();
+        let gone = BTreeMap::from([("gone".to_string(), SavedMachine::default())]);
+        assert!(quiet.clean_up_last_run(&gone).is_empty());
+        let o = quiet.outbox.lock().unwrap();
+        let left: Vec<&str> = o.records().map(|r| r.msg.topic.as_str()).collect();
+        assert_eq!(left.len(), 5, "{left:?}");
+        assert!(left.iter().all(|t| t.contains("/events/")), "{left:?}");
     }
 
     #[test]

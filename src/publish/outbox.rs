@@ -247,6 +247,11 @@ impl Outbox {
         self.records.is_empty()
     }
 
+    /// How many more messages it takes before it drops its oldest.
+    pub fn room(&self) -> usize {
+        self.max.saturating_sub(self.records.len())
+    }
+
     /// Messages dropped because the outbox was full, since it was opened.
     pub fn dropped(&self) -> u64 {
         self.dropped
