@@ -37,6 +37,7 @@ pub mod fault;
 pub mod features;
 pub mod metrics;
 pub mod publish;
+pub mod reload;
 pub mod state_lock;
 pub mod watchdog;
 pub mod window;

@@ -1,4 +1,4 @@
-//! `sonitor` command line: `run`, `validate`, `devices`, `demo`.
+//! `sonitor` command line: `run`, `validate`, `reload`, `devices`, `demo`.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -28,6 +28,18 @@ enum Cmd {
     Validate {
         #[arg(long, short, default_value = "/etc/sonitor/sonitor.toml")]
         config: PathBuf,
+    },
+    /// Asks the running daemon to reload its configuration (SIGHUP) and waits for its answer: exit status 0 when
+    /// it applied the file, 78 when it refused it (the running configuration stays), 69 when none runs.
+    Reload {
+        #[arg(long, short, default_value = "/etc/sonitor/sonitor.toml")]
+        config: PathBuf,
+        /// The daemon's process id (systemd's $MAINPID); default: the one holding the file's state directory.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Seconds to wait for the daemon's answer (a reload builds the graphs of new models).
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
     },
     /// Lists capture devices and their supported configurations.
     Devices,
@@ -74,6 +86,11 @@ fn main() -> ExitCode {
             stop_quietly_when_stdout_goes();
             sonitor::check::validate(&config)
         }
+        Cmd::Reload {
+            config,
+            pid,
+            timeout,
+        } => sonitor::reload::reload(&config, pid, std::time::Duration::from_secs(timeout)),
         Cmd::Devices => match sonitor::capture::list_devices() {
             Ok(s) => {
                 stop_quietly_when_stdout_goes();

@@ -803,3 +803,79 @@ fn a_thread_that_hangs_starves_the_watchdog() {
         );
     }
 }
+
+/// `sonitor reload` (the shipped unit's ExecReload) gives `systemctl reload` the daemon's answer: 0 when it applied
+/// the file, 78 when it refused it (a SIGHUP alone always succeeded, and only the log said the file was refused),
+/// 78 without asking for a file that does not parse, and 69 when no daemon runs.
+#[test]
+fn the_reload_command_reports_whether_the_daemon_applied_the_file() {
+    let d = tempfile::tempdir().unwrap();
+    let (b, wav) =
+        common::bundle_and_wav(d.path(), "normal.wav", &common::recording(3.0, 0.0, 0.0));
+    let keys = "realtime = true\nat_end = \"loop\"\n";
+    let cfg = common::file_config(d.path(), &wav, &b.dir, keys, "");
+    let daemon = common::Daemon::start(&cfg, &[]);
+    daemon.wait_log("metrics on http://", Duration::from_secs(20));
+    common::wait_metrics(&cfg, Duration::from_secs(20), "the daemon's metrics", |m| {
+        common::metric(m, "sonitor_inferences_total{machine=\"pump-1\"}") >= Some(1.0)
+    });
+    let reload = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor"))
+            .args(["reload", "--timeout", "20", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, text) = reload();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("applied"), "{text}");
+
+    // Refused by the daemon (the same check as `validate`): the running configuration stays, and the exit says so.
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    common::edit(&cfg, |t| {
+        t.replace(
+            "raise_k = 2\n",
+            "raise_k = 2\nthreshold = 0.5\nthreshold_off = 0.9\n",
+        )
+    });
+    let (code, text) = reload();
+    assert_eq!(code, Some(78), "{text}");
+    assert!(
+        text.contains("refused") && text.contains("keeps its running configuration"),
+        "{text}"
+    );
+    daemon.wait_log("keeping the running configuration", Duration::from_secs(5));
+
+    // A file that does not parse is not sent: the reason is printed here, and the daemon is not asked.
+    std::fs::write(
+        &cfg,
+        good.replace("raise_k = 2\n", "raise_k = 2\nraise_kk = 3\n"),
+    )
+    .unwrap();
+    let (code, text) = reload();
+    assert_eq!(code, Some(78), "{text}");
+    assert!(
+        text.contains("raise_kk") && text.contains("not sent"),
+        "{text}"
+    );
+    let m = common::scrape(&cfg);
+    assert_eq!(
+        common::metric(&m, "sonitor_config_reloads_total"),
+        Some(2.0),
+        "{m}"
+    );
+
+    std::fs::write(&cfg, &good).unwrap();
+    let (code, text) = reload();
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(daemon.sigterm_and_wait(), 0);
+    let (code, text) = reload();
+    assert_eq!(code, Some(69), "{text}");
+    assert!(text.contains("no sonitor runs"), "{text}");
+}

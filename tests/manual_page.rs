@@ -46,7 +46,11 @@ fn the_manual_page_names_every_command_option_and_exit_status() {
         .filter_map(|l| l.split_whitespace().next())
         .filter(|c| *c != "help")
         .collect();
-    assert_eq!(commands, ["run", "validate", "devices", "demo"], "{top}");
+    assert_eq!(
+        commands,
+        ["run", "validate", "reload", "devices", "demo"],
+        "{top}"
+    );
     for c in &commands {
         assert!(
             plain.contains(&format!(".B sonitor {c}")),
@@ -68,6 +72,7 @@ fn the_manual_page_names_every_command_option_and_exit_status() {
         sonitor::daemon::EXIT_INPUT,
         sonitor::daemon::EXIT_INTERNAL,
         sonitor::state_lock::EXIT_STATE_BUSY,
+        sonitor::reload::EXIT_NO_DAEMON,
     ] {
         assert!(
             page.contains(&format!(".TP\n.B {status}\n")),

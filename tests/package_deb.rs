@@ -125,6 +125,12 @@ fn the_package_installs_a_unit_a_conffile_and_a_binary_that_finds_its_model() {
         .expect("an ExecStart");
     let binary = exec.split_whitespace().next().unwrap();
     assert_eq!(binary, "/usr/bin/sonitor", "{exec}");
+    // `systemctl reload` runs the packaged binary too, which waits for the daemon's answer.
+    let reload = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecReload="))
+        .expect("an ExecReload");
+    assert!(reload.starts_with("/usr/bin/sonitor reload "), "{reload}");
     let in_root = |p: &str| root.join(p.trim_start_matches('/'));
     assert!(in_root(binary).is_file());
     let docs = unit

@@ -1,0 +1,125 @@
+//! `sonitor reload`: asks the running daemon to reload its configuration (SIGHUP) and waits for its answer, so
+//! that `systemctl reload sonitor` fails when the daemon refuses the file, instead of succeeding while the daemon
+//! keeps its running configuration and says so only in its log. The answer is read where anyone can read it: the
+//! daemon's metrics (`sonitor_config_reloads_total`, `sonitor_config_last_reload_successful`).
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::config::{Config, EXIT_CONFIG};
+
+/// Exit status when no daemon could be asked (none runs on the state directory, or the signal failed): EX_UNAVAILABLE.
+pub const EXIT_NO_DAEMON: i32 = 69;
+
+/// The reload counters, as the metrics give them: (reloads asked for, the last one applied).
+fn reload_counters(addr: SocketAddr) -> std::io::Result<(u64, bool)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let value = |name: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let missing = || {
+        std::io::Error::other("no sonitor_config_reloads_total in its metrics (an older sonitor?)")
+    };
+    let reloads = value("sonitor_config_reloads_total").ok_or_else(missing)?;
+    let ok = value("sonitor_config_last_reload_successful").ok_or_else(missing)?;
+    Ok((reloads, ok == 1))
+}
+
+/// Sends SIGHUP to `pid`.
+fn hang_up(pid: u32) -> std::io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| std::io::Error::other("not a process id"))?;
+    // SAFETY: kill(2) with a process id and a signal number; it touches no memory.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// `sonitor reload --config FILE [--pid PID] [--timeout T]`: the exit status (0: the daemon applied the file;
+/// 78: it refused it, or the file cannot be read; 69: no daemon to ask; 1: no answer within `timeout`).
+pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
+    let path = config_path.display();
+    // The daemon parses the file the same way: a file that does not parse is refused there too, so it is not
+    // sent, and the reason is printed here, where the person who ran `systemctl reload` looks.
+    let cfg = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sonitor reload: {e}; not sent: the daemon would refuse it and keep its running configuration");
+            return EXIT_CONFIG;
+        }
+    };
+    let pid = match pid.or_else(|| crate::state_lock::holder(&cfg.state_dir).flatten()) {
+        Some(p) => p,
+        None => {
+            eprintln!(
+                "sonitor reload: no sonitor runs on the state directory {} (or it did not say its pid): nothing \
+                 to reload (pass --pid PID for a daemon whose state_dir the file changes)",
+                cfg.state_dir.display()
+            );
+            return EXIT_NO_DAEMON;
+        }
+    };
+    // Where the answer will be read: the metrics endpoint of the file (the one running unless the file moves it).
+    let addr = cfg
+        .metrics
+        .enabled
+        .then(|| cfg.metrics.listen.parse::<SocketAddr>().ok())
+        .flatten();
+    let before = addr.map(reload_counters);
+    if let Err(e) = hang_up(pid) {
+        eprintln!("sonitor reload: cannot signal sonitor (pid {pid}): {e}");
+        return EXIT_NO_DAEMON;
+    }
+    let (addr, reloads) = match (addr, before) {
+        (Some(a), Some(Ok((n, _)))) => (a, n),
+        (_, before) => {
+            let why = match before {
+                Some(Err(e)) => {
+                    format!("its metrics at {} did not answer ({e})", cfg.metrics.listen)
+                }
+                _ => "its metrics are off ([metrics] enabled = false)".into(),
+            };
+            eprintln!(
+                "sonitor reload: asked sonitor (pid {pid}) to reload {path}; {why}, so whether it applied the file \
+                 is only in its log"
+            );
+            return 0;
+        }
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        match reload_counters(addr) {
+            Ok((n, true)) if n > reloads => {
+                println!("sonitor reload: sonitor (pid {pid}) applied {path}");
+                return 0;
+            }
+            Ok((n, false)) if n > reloads => {
+                eprintln!(
+                    "sonitor reload: sonitor (pid {pid}) refused {path} and keeps its running configuration; its \
+                     log says why (`journalctl -u sonitor -n 20`), and `sonitor validate --config {path}` names \
+                     the same problems"
+                );
+                return EXIT_CONFIG;
+            }
+            _ => {}
+        }
+        if Instant::now() >= deadline {
+            eprintln!(
+                "sonitor reload: sonitor (pid {pid}) has not answered within {} s (still building a model? its \
+                 log will say whether it applied {path})",
+                timeout.as_secs()
+            );
+            return 1;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
