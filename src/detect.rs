@@ -21,7 +21,7 @@ use crate::check::{check_with, threshold_off_above_bundle, Running};
 use crate::config::{Config, MachineConfig, MissingDirs, SourceKind};
 use crate::daemon::now_rfc3339;
 use crate::embed::{model_change, MachineModel, ModelChange, ModelSwap, ScoreMsg};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, HEALTH_VALUES};
 use crate::publish::mqtt::{Command, ToMqtt};
 use crate::publish::outbox::{OutMessage, Outbox};
 use crate::window::ClipRequest;
@@ -383,6 +383,9 @@ impl Controller {
             mm.threshold.set_f64(m.detector.params().threshold_on);
             mm.muted.set(u64::from(m.muted_until_unix().is_some()));
             mm.enabled.set(u64::from(m.detector.enabled()));
+            if let Some(k) = HEALTH_VALUES.iter().position(|h| *h == m.health()) {
+                mm.health.set(k as u64);
+            }
             let mut id = mm.model_id.lock().unwrap_or_else(|e| e.into_inner());
             if *id != m.model.model_id {
                 id.clone_from(&m.model.model_id);
@@ -448,7 +451,7 @@ impl Controller {
                         "name": format!("{name} audio health"),
                         "state_topic": format!("{t}/health"),
                         "device_class": "enum",
-                        "options": ["OK", "SILENT", "CLIPPING", "NO_AUDIO", "NO_SCORES"],
+                        "options": HEALTH_VALUES,
                         "entity_category": "diagnostic",
                     }),
                     "threshold" => json!({
@@ -1550,6 +1553,21 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("sonitor_config_last_reload_successful 1\n"));
+        assert!(
+            text.contains("sonitor_machine_health{machine=\"pump-1\",health=\"OK\"} 1\n")
+                && text
+                    .contains("sonitor_machine_health{machine=\"pump-1\",health=\"NO_AUDIO\"} 0\n"),
+            "{text}"
+        );
+        ctl.machines[0].health = "NO_AUDIO".into();
+        ctl.publish_machine_state(0);
+        let text = m.render();
+        assert!(
+            text.contains("sonitor_machine_health{machine=\"pump-1\",health=\"OK\"} 0\n")
+                && text
+                    .contains("sonitor_machine_health{machine=\"pump-1\",health=\"NO_AUDIO\"} 1\n"),
+            "{text}"
+        );
         ctl.on_command(Command::Threshold {
             machine: "pump-1".into(),
             value: Some(0.25),

@@ -109,6 +109,9 @@ impl ScoreHistogram {
     }
 }
 
+/// A machine's health as its retained `health` topic says it, in this order for `sonitor_machine_health`.
+pub const HEALTH_VALUES: [&str; 5] = ["OK", "SILENT", "CLIPPING", "NO_AUDIO", "NO_SCORES"];
+
 /// Per capture input (device).
 #[derive(Debug, Default)]
 pub struct InputMetrics {
@@ -166,6 +169,8 @@ pub struct MachineMetrics {
     pub enabled: Gauge,
     /// The id of the model it is scored with (a reload can change it).
     pub model_id: std::sync::Mutex<String>,
+    /// Its health, an index into [`HEALTH_VALUES`].
+    pub health: Gauge,
     /// 1 while the machine's input channel is silent / clipping.
     pub silent: Gauge,
     pub clipping: Gauge,
@@ -412,6 +417,23 @@ impl Metrics {
             "gauge",
             "1 while the machine is enabled (the file's enabled or an enabled/set command), 0 while it is not judged.",
             mac(&|m| m.enabled.get().to_string()),
+        );
+        family(
+            "sonitor_machine_health",
+            "gauge",
+            "1 for the machine's health as its retained health topic says it (OK, SILENT, CLIPPING, NO_AUDIO: no audio from its input, NO_SCORES: its windows cannot be scored), 0 for the others: anything but OK means it is not watched as it should be.",
+            self.machines
+                .iter()
+                .flat_map(|m| {
+                    let now = m.health.get();
+                    HEALTH_VALUES.iter().enumerate().map(move |(k, h)| {
+                        (
+                            format!("{{machine=\"{}\",health=\"{h}\"}}", label(&m.name)),
+                            u64::from(k as u64 == now).to_string(),
+                        )
+                    })
+                })
+                .collect(),
         );
         family(
             "sonitor_model_info",
