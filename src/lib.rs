@@ -39,5 +39,6 @@ pub mod metrics;
 pub mod publish;
 pub mod reload;
 pub mod state_lock;
+pub mod status;
 pub mod watchdog;
 pub mod window;

@@ -1,4 +1,4 @@
-//! `sonitor` command line: `run`, `validate`, `reload`, `devices`, `demo`.
+//! `sonitor` command line: `run`, `validate`, `reload`, `status`, `devices`, `demo`.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -40,6 +40,12 @@ enum Cmd {
         /// Seconds to wait for the daemon's answer (a reload builds the graphs of new models).
         #[arg(long, default_value_t = 60)]
         timeout: u64,
+    },
+    /// What the running daemon watches: each machine's alarm, score, threshold, health and model, its inputs and
+    /// MQTT (read from its metrics).
+    Status {
+        #[arg(long, short, default_value = "/etc/sonitor/sonitor.toml")]
+        config: PathBuf,
     },
     /// Lists capture devices and their supported configurations.
     Devices,
@@ -91,6 +97,10 @@ fn main() -> ExitCode {
             pid,
             timeout,
         } => sonitor::reload::reload(&config, pid, std::time::Duration::from_secs(timeout)),
+        Cmd::Status { config } => {
+            stop_quietly_when_stdout_goes();
+            sonitor::status::status(&config)
+        }
         Cmd::Devices => match sonitor::capture::list_devices() {
             Ok(s) => {
                 stop_quietly_when_stdout_goes();
@@ -146,7 +156,7 @@ fn default_demo_model() -> PathBuf {
         .unwrap_or(here)
 }
 
-/// For the commands that only print and hold no socket (`validate`, `devices`): a reader that goes away
+/// For the commands that only print and hold no socket while they do (`validate`, `status`, `devices`): a reader that goes away
 /// (`sonitor devices | head`) ends the process quietly by SIGPIPE, as it does any Unix tool, instead of a panic
 /// at the next `println!` (Rust ignores SIGPIPE, so the write fails). Not for `run` and `demo`, where a broker
 /// that resets its connection must be a write error, not the end of the process.

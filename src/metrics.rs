@@ -599,6 +599,93 @@ impl Metrics {
     }
 }
 
+/// One sample of a scrape: its name, its labels and its value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub value: f64,
+}
+
+impl Sample {
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels.get(key).map(String::as_str)
+    }
+}
+
+/// `GET /metrics` from a sonitor listening on `addr` (loopback): its samples. For the commands that ask a running
+/// daemon (`sonitor reload`, `sonitor status`).
+pub fn scrape(addr: SocketAddr) -> std::io::Result<Vec<Sample>> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    if !text.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(format!(
+            "{addr} answered {:?}, not sonitor's metrics",
+            text.lines().next().unwrap_or("nothing")
+        )));
+    }
+    Ok(parse_samples(&text))
+}
+
+/// The samples of a text exposition (comments, headers and lines that are not samples are skipped).
+pub fn parse_samples(text: &str) -> Vec<Sample> {
+    text.lines().filter_map(parse_sample).collect()
+}
+
+fn parse_sample(line: &str) -> Option<Sample> {
+    let name_end = line.find(['{', ' '])?;
+    let name = &line[..name_end];
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    {
+        return None;
+    }
+    let mut labels = std::collections::BTreeMap::new();
+    let mut chars = line[name_end..].chars().peekable();
+    if chars.peek() == Some(&'{') {
+        chars.next();
+        loop {
+            // `key="value"` then `,` or `}`; `}` at once for no (more) labels.
+            let key: String =
+                std::iter::from_fn(|| chars.next_if(|c| *c != '=' && *c != '}')).collect();
+            if chars.next()? == '}' {
+                break;
+            }
+            if chars.next()? != '"' {
+                return None;
+            }
+            let mut value = String::new();
+            loop {
+                match chars.next()? {
+                    '\\' => match chars.next()? {
+                        'n' => value.push('\n'),
+                        c => value.push(c),
+                    },
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+            labels.insert(key.trim_start_matches(',').to_string(), value);
+        }
+    }
+    let rest: String = chars.collect();
+    let value = match rest.split_whitespace().next()? {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        v => v.parse().ok()?,
+    };
+    Some(Sample {
+        name: name.to_string(),
+        labels,
+        value,
+    })
+}
+
 /// A label value as the text format wants it: backslash, double quote and line feed escaped. Machine names are
 /// letters, digits, `-` and `_`, but an input's name and a model's id are free text.
 fn label(v: &str) -> String {
@@ -875,6 +962,34 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    /// What `render` writes, `parse_samples` reads back: names, escaped labels, values (the commands that ask a
+    /// running daemon read it so).
+    #[test]
+    fn the_exposition_parses_back() {
+        let m = Metrics::new(&["usb \"left\", mic".into()], &["pump".into()]);
+        *m.machines[0].model_id.lock().unwrap() = "run=7,\"b\"\\".into();
+        m.machines[0].threshold.set_f64(0.0486);
+        let samples = parse_samples(&m.render());
+        let find = |name: &str| samples.iter().find(|s| s.name == name).unwrap();
+        assert_eq!(find("sonitor_threshold").value, 0.0486);
+        assert_eq!(find("sonitor_threshold").label("machine"), Some("pump"));
+        let info = find("sonitor_model_info");
+        assert_eq!(info.label("model_id"), Some("run=7,\"b\"\\"));
+        assert_eq!(info.label("machine"), Some("pump"));
+        assert_eq!(
+            find("sonitor_input_up").label("input"),
+            Some("usb \"left\", mic")
+        );
+        assert_eq!(find("sonitor_outbox_messages").labels.len(), 0);
+        let inf = samples
+            .iter()
+            .find(|s| s.name == "sonitor_window_score_bucket" && s.label("le") == Some("+Inf"))
+            .unwrap();
+        assert_eq!(inf.value, 0.0);
+        assert!(samples.iter().all(|s| !s.name.starts_with('#')));
+        assert_eq!(parse_samples("# HELP x y\nbad{a=b} 1\nok 2\n").len(), 1);
     }
 
     #[test]

@@ -3,8 +3,7 @@
 //! keeps its running configuration and says so only in its log. The answer is read where anyone can read it: the
 //! daemon's metrics (`sonitor_config_reloads_total`, `sonitor_config_last_reload_successful`).
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -15,22 +14,17 @@ pub const EXIT_NO_DAEMON: i32 = 69;
 
 /// The reload counters, as the metrics give them: (reloads asked for, the last one applied).
 fn reload_counters(addr: SocketAddr) -> std::io::Result<(u64, bool)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let value = |name: &str| -> Option<u64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-    };
-    let missing = || {
-        std::io::Error::other("no sonitor_config_reloads_total in its metrics (an older sonitor?)")
-    };
-    let reloads = value("sonitor_config_reloads_total").ok_or_else(missing)?;
-    let ok = value("sonitor_config_last_reload_successful").ok_or_else(missing)?;
-    Ok((reloads, ok == 1))
+    let samples = crate::metrics::scrape(addr)?;
+    let value = |name: &str| samples.iter().find(|s| s.name == name).map(|s| s.value);
+    match (
+        value("sonitor_config_reloads_total"),
+        value("sonitor_config_last_reload_successful"),
+    ) {
+        (Some(n), Some(ok)) => Ok((n as u64, ok == 1.0)),
+        _ => Err(std::io::Error::other(
+            "no sonitor_config_reloads_total in its metrics (an older sonitor?)",
+        )),
+    }
 }
 
 /// Sends SIGHUP to `pid`.

@@ -835,6 +835,24 @@ fn the_reload_command_reports_whether_the_daemon_applied_the_file() {
     let (code, text) = reload();
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("applied"), "{text}");
+    // `sonitor status` reads the same metrics: the machine, its threshold in force and its model.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor"))
+        .args(["status", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(status.status.code(), Some(0), "{shown}");
+    let row = shown
+        .lines()
+        .find(|l| l.starts_with("pump-1 "))
+        .unwrap_or_else(|| panic!("{shown}"));
+    let threshold = format!("{:.4}", b.threshold);
+    assert!(
+        row.contains(&threshold) && row.contains("OK") && row.contains("test-randproj"),
+        "{shown}"
+    );
+    assert!(shown.contains("1 machine(s), 0 alarm(s) on"), "{shown}");
 
     // Refused by the daemon (the same check as `validate`): the running configuration stays, and the exit says so.
     let good = std::fs::read_to_string(&cfg).unwrap();
@@ -878,4 +896,10 @@ fn the_reload_command_reports_whether_the_daemon_applied_the_file() {
     let (code, text) = reload();
     assert_eq!(code, Some(69), "{text}");
     assert!(text.contains("no sonitor runs"), "{text}");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor"))
+        .args(["status", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(status.status.code(), Some(69));
 }

@@ -48,7 +48,7 @@ fn the_manual_page_names_every_command_option_and_exit_status() {
         .collect();
     assert_eq!(
         commands,
-        ["run", "validate", "reload", "devices", "demo"],
+        ["run", "validate", "reload", "status", "devices", "demo"],
         "{top}"
     );
     for c in &commands {
