@@ -1531,43 +1531,30 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let (mut ctl, _clips) = controller(d.path(), 4);
         let m = ctl.metrics.clone();
+        // Each line is in the metrics as they render now.
+        let shows = |lines: &[&str]| {
+            let text = m.render();
+            for l in lines {
+                assert!(text.contains(&format!("{l}\n")), "no {l} in\n{text}");
+            }
+        };
         ctl.publish_machine_state(0);
-        let text = m.render();
-        assert!(
-            text.contains("sonitor_threshold{machine=\"pump-1\"} 0.5\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("sonitor_muted{machine=\"pump-1\"} 0\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("sonitor_enabled{machine=\"pump-1\"} 1\n"),
-            "{text}"
-        );
         let id = &ctl.machines[0].model.model_id;
-        assert!(
-            text.contains(&format!(
-                "sonitor_model_info{{machine=\"pump-1\",model_id=\"{id}\"}} 1\n"
-            )),
-            "{text}"
-        );
-        assert!(text.contains("sonitor_config_last_reload_successful 1\n"));
-        assert!(
-            text.contains("sonitor_machine_health{machine=\"pump-1\",health=\"OK\"} 1\n")
-                && text
-                    .contains("sonitor_machine_health{machine=\"pump-1\",health=\"NO_AUDIO\"} 0\n"),
-            "{text}"
-        );
+        shows(&[
+            "sonitor_threshold{machine=\"pump-1\"} 0.5",
+            "sonitor_muted{machine=\"pump-1\"} 0",
+            "sonitor_enabled{machine=\"pump-1\"} 1",
+            &format!("sonitor_model_info{{machine=\"pump-1\",model_id=\"{id}\"}} 1"),
+            "sonitor_config_last_reload_successful 1",
+            "sonitor_machine_health{machine=\"pump-1\",health=\"OK\"} 1",
+            "sonitor_machine_health{machine=\"pump-1\",health=\"NO_AUDIO\"} 0",
+        ]);
         ctl.machines[0].health = "NO_AUDIO".into();
         ctl.publish_machine_state(0);
-        let text = m.render();
-        assert!(
-            text.contains("sonitor_machine_health{machine=\"pump-1\",health=\"OK\"} 0\n")
-                && text
-                    .contains("sonitor_machine_health{machine=\"pump-1\",health=\"NO_AUDIO\"} 1\n"),
-            "{text}"
-        );
+        shows(&[
+            "sonitor_machine_health{machine=\"pump-1\",health=\"OK\"} 0",
+            "sonitor_machine_health{machine=\"pump-1\",health=\"NO_AUDIO\"} 1",
+        ]);
         ctl.on_command(Command::Threshold {
             machine: "pump-1".into(),
             value: Some(0.25),
@@ -1580,35 +1567,20 @@ mod tests {
             machine: "pump-1".into(),
             enabled: false,
         });
-        let text = m.render();
-        assert!(
-            text.contains("sonitor_threshold{machine=\"pump-1\"} 0.25\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("sonitor_muted{machine=\"pump-1\"} 1\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("sonitor_enabled{machine=\"pump-1\"} 0\n"),
-            "{text}"
-        );
+        shows(&[
+            "sonitor_threshold{machine=\"pump-1\"} 0.25",
+            "sonitor_muted{machine=\"pump-1\"} 1",
+            "sonitor_enabled{machine=\"pump-1\"} 0",
+        ]);
         // The file names a bundle that is not there: refused, and the running configuration stays.
         ctl.reload();
-        let text = m.render();
-        assert!(text.contains("sonitor_config_reloads_total 1\n"), "{text}");
-        assert!(
-            text.contains("sonitor_config_reload_errors_total 1\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("sonitor_config_last_reload_successful 0\n"),
-            "{text}"
-        );
+        shows(&[
+            "sonitor_config_reloads_total 1",
+            "sonitor_config_reload_errors_total 1",
+            "sonitor_config_last_reload_successful 0",
+        ]);
         m.reloaded(true);
-        assert!(m
-            .render()
-            .contains("sonitor_config_last_reload_successful 1\n"));
+        shows(&["sonitor_config_last_reload_successful 1"]);
     }
 
     /// A reload's log names what keeps a bundle's new threshold from being the one in force.

@@ -819,9 +819,11 @@ fn the_reload_command_reports_whether_the_daemon_applied_the_file() {
     common::wait_metrics(&cfg, Duration::from_secs(20), "the daemon's metrics", |m| {
         common::metric(m, "sonitor_inferences_total{machine=\"pump-1\"}") >= Some(1.0)
     });
-    let reload = || {
+    // `sonitor COMMAND … --config cfg`: its exit status, and what it printed (stdout, then stderr).
+    let sonitor = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor"))
-            .args(["reload", "--timeout", "20", "--config"])
+            .args(args)
+            .arg("--config")
             .arg(&cfg)
             .output()
             .unwrap();
@@ -832,17 +834,13 @@ fn the_reload_command_reports_whether_the_daemon_applied_the_file() {
         );
         (out.status.code(), text)
     };
+    let reload = || sonitor(&["reload", "--timeout", "20"]);
     let (code, text) = reload();
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("applied"), "{text}");
     // `sonitor status` reads the same metrics: the machine, its threshold in force and its model.
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor"))
-        .args(["status", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let shown = String::from_utf8_lossy(&status.stdout);
-    assert_eq!(status.status.code(), Some(0), "{shown}");
+    let (code, shown) = sonitor(&["status"]);
+    assert_eq!(code, Some(0), "{shown}");
     let row = shown
         .lines()
         .find(|l| l.starts_with("pump-1 "))
@@ -896,10 +894,6 @@ fn the_reload_command_reports_whether_the_daemon_applied_the_file() {
     let (code, text) = reload();
     assert_eq!(code, Some(69), "{text}");
     assert!(text.contains("no sonitor runs"), "{text}");
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor"))
-        .args(["status", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert_eq!(status.status.code(), Some(69));
+    let (code, shown) = sonitor(&["status"]);
+    assert_eq!(code, Some(69), "{shown}");
 }

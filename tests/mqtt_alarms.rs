@@ -246,22 +246,16 @@ fn a_reload_applies_the_bundle_as_it_is_on_disk() {
         !daemon.log.lock().unwrap().contains("not scored"),
         "every window was scored across the swap"
     );
-    let m = common::scrape(&cfg);
-    assert_eq!(
-        common::metric(
-            &m,
-            "sonitor_model_info{machine=\"pump-1\",model_id=\"retrained\"}"
-        ),
-        Some(1.0),
-        "{m}"
-    );
-    assert_eq!(
-        common::metric(&m, "sonitor_config_reloads_total"),
-        Some(2.0)
-    );
-    assert_eq!(
-        common::metric(&m, "sonitor_config_last_reload_successful"),
-        Some(1.0)
+    common::assert_metrics(
+        &common::scrape(&cfg),
+        &[
+            (
+                "sonitor_model_info{machine=\"pump-1\",model_id=\"retrained\"}",
+                1.0,
+            ),
+            ("sonitor_config_reloads_total", 2.0),
+            ("sonitor_config_last_reload_successful", 1.0),
+        ],
     );
 
     // A threshold set by a command stays in force when the bundle brings another, and the log says so.
@@ -346,15 +340,12 @@ fn commands_are_answered_by_retained_state() {
         Duration::from_secs(5),
     );
     // Shown in the metrics too, until a reload applies the file.
-    let m = common::scrape(&cfg);
-    assert_eq!(
-        common::metric(&m, "sonitor_config_last_reload_successful"),
-        Some(0.0),
-        "{m}"
-    );
-    assert_eq!(
-        common::metric(&m, "sonitor_config_reload_errors_total"),
-        Some(1.0)
+    common::assert_metrics(
+        &common::scrape(&cfg),
+        &[
+            ("sonitor_config_last_reload_successful", 0.0),
+            ("sonitor_config_reload_errors_total", 1.0),
+        ],
     );
     std::fs::write(&cfg, good.replace("node_id = \"t1\"", "node_id = \"t9\"")).unwrap();
     unsafe {
@@ -446,29 +437,19 @@ fn commands_are_answered_by_retained_state() {
     let m = common::wait_metrics(&cfg, Duration::from_secs(5), "the commands' state", |m| {
         common::metric(m, "sonitor_enabled{machine=\"pump-1\"}") == Some(0.0)
     });
-    assert_eq!(
-        common::metric(&m, "sonitor_threshold{machine=\"pump-1\"}"),
-        Some(0.75)
-    );
-    assert_eq!(
-        common::metric(&m, "sonitor_muted{machine=\"pump-1\"}"),
-        Some(1.0)
-    );
-    assert_eq!(
-        common::metric(
-            &m,
-            "sonitor_model_info{machine=\"pump-1\",model_id=\"test-randproj\"}"
-        ),
-        Some(1.0)
-    );
     // The node_id reload above was applied (what it could not change is named): the file is the one in force.
-    assert_eq!(
-        common::metric(&m, "sonitor_config_last_reload_successful"),
-        Some(1.0)
-    );
-    assert_eq!(
-        common::metric(&m, "sonitor_config_reloads_total"),
-        Some(3.0)
+    common::assert_metrics(
+        &m,
+        &[
+            ("sonitor_threshold{machine=\"pump-1\"}", 0.75),
+            ("sonitor_muted{machine=\"pump-1\"}", 1.0),
+            (
+                "sonitor_model_info{machine=\"pump-1\",model_id=\"test-randproj\"}",
+                1.0,
+            ),
+            ("sonitor_config_last_reload_successful", 1.0),
+            ("sonitor_config_reloads_total", 3.0),
+        ],
     );
     daemon.wait_log("longer than the maximum", Duration::from_secs(5));
     // Telemetry flows (QoS 0, rate-limited to 1/s here).
@@ -519,6 +500,20 @@ fn a_mute_ends_on_the_clock_and_says_so_before_the_alarm_it_held_back() {
     );
     daemon.wait_log("pump-1: mute ended", Duration::from_secs(5));
     drop(daemon);
+}
+
+/// Until `topic` has no retained value (the outbox drains right after the connection): a new subscriber gets
+/// none within 2 s, read again every 0.1 s while one still comes, for 2 s more.
+fn wait_deleted(port: u16, topic: &str, client_id: &str) {
+    let mut left = retained(port, topic, client_id);
+    for _ in 0..20 {
+        if left.is_none() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        left = retained(port, topic, client_id);
+    }
+    assert_eq!(left, None, "{topic} is still retained");
 }
 
 /// The retained value of `topic` as a new subscriber gets it (`None`: nothing retained), read within 2 s.
@@ -593,16 +588,7 @@ fn a_machine_removed_from_the_file_ends_its_alarm_and_clears_its_topics() {
     );
     wait_online(&rec);
     for (i, (topic, _)) in old.iter().enumerate() {
-        let mut left = retained(port, topic, &format!("check-removed-{i}"));
-        // The outbox drains right after the connection; give it a moment before reading again.
-        for _ in 0..20 {
-            if left.is_none() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-            left = retained(port, topic, &format!("check-removed-{i}"));
-        }
-        assert_eq!(left, None, "{topic} is still retained");
+        wait_deleted(port, topic, &format!("check-removed-{i}"));
     }
     // The machine that is in the file is announced as before, and the saved state forgets the removed one.
     assert!(retained(port, "sonitor/t1/pump-1/alarm", "check-pump").is_some());
@@ -624,15 +610,7 @@ fn a_machine_removed_from_the_file_ends_its_alarm_and_clears_its_topics() {
         "machine 'pump-1': 6 retained topic(s) of the last run no longer apply",
         Duration::from_secs(20),
     );
-    let mut left = retained(port, entity, "check-entity-2");
-    for _ in 0..20 {
-        if left.is_none() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        left = retained(port, entity, "check-entity-2");
-    }
-    assert_eq!(left, None, "{entity} is still retained");
+    wait_deleted(port, entity, "check-entity-2");
     assert!(retained(port, "sonitor/t1/pump-1/alarm", "check-pump-2").is_some());
     assert_eq!(daemon.sigterm_and_wait(), 0);
 }

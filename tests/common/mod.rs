@@ -948,6 +948,13 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Asserts that each series of `want` (name and labels, as in [`metric`]) has its value in the metrics `text`.
+pub fn assert_metrics(text: &str, want: &[(&str, f64)]) {
+    for (series, value) in want {
+        assert_eq!(metric(text, series), Some(*value), "{series} in\n{text}");
+    }
+}
+
 /// Scrapes the daemon running `config` until `ready` holds for its metrics text, and returns that text; panics
 /// with the last text after `timeout` (`what` says what was awaited).
 pub fn wait_metrics(
