@@ -611,9 +611,9 @@ impl Controller {
             let note = if present {
                 format!(
                     "machine '{name}': {} retained topic(s) of the last run no longer apply (a topic prefix or \
-                     discovery changed) and are deleted, such as {}",
+                     discovery changed) and are deleted: {}",
                     stale.len(),
-                    stale[0]
+                    stale.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ")
                 )
             } else {
                 format!(
