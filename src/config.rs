@@ -273,6 +273,17 @@ impl DetectorConfig {
         }
     }
 
+    /// What sets the threshold in force over the bundle's, as a log names it (`threshold_override`: the threshold
+    /// a `threshold/set` command left, which [`Self::params_with_override`] puts before the file's): "the
+    /// threshold 0.07 of a threshold/set command"; `None` when the bundle's is in force.
+    pub fn threshold_set(&self, threshold_override: Option<f64>) -> Option<String> {
+        match (threshold_override, self.threshold) {
+            (Some(t), _) => Some(format!("the threshold {t} of a threshold/set command")),
+            (None, Some(t)) => Some(format!("the threshold {t} of the configuration file")),
+            (None, None) => None,
+        }
+    }
+
     /// The detector's parameters with a threshold set by MQTT (`threshold/set`) in place of the file's (or the
     /// bundle's). The off-threshold keeps the ratio off/on in force without the override (0.06 / 0.03, then
     /// 0.02 → 0.01), so that it stays in (0, on] wherever the threshold moves: keeping the difference instead
@@ -431,6 +442,14 @@ pub struct MetricsConfig {
     /// Loopback address of the Prometheus text endpoint (`GET /metrics`).
     #[serde(default = "default_metrics_listen")]
     pub listen: String,
+}
+
+impl MetricsConfig {
+    /// Where the metrics are served: `None` when they are off, or when `listen` is not an address:port (which
+    /// `validate` names).
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.enabled.then(|| self.listen.parse().ok()).flatten()
+    }
 }
 
 impl Default for MetricsConfig {
@@ -1788,6 +1807,22 @@ mod tests {
         };
         let p = c.params(0.42);
         assert_eq!((p.threshold_on, p.threshold_off), (0.6, 0.5));
+    }
+
+    /// A reload's log names what keeps a bundle's new threshold from being the one in force.
+    #[test]
+    fn what_sets_the_threshold_over_the_bundle_is_named() {
+        let mut file = DetectorConfig::default();
+        assert_eq!(file.threshold_set(None), None);
+        file.threshold = Some(0.07);
+        assert_eq!(
+            file.threshold_set(None).as_deref(),
+            Some("the threshold 0.07 of the configuration file")
+        );
+        assert_eq!(
+            file.threshold_set(Some(0.09)).as_deref(),
+            Some("the threshold 0.09 of a threshold/set command")
+        );
     }
 
     /// A threshold set by MQTT below the file's hysteresis gap (0.06 / 0.03, then 0.02) used to give an

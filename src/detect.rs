@@ -166,14 +166,24 @@ pub(crate) struct MachineRt {
     pub(crate) mute_deadline: Option<Instant>,
 }
 
-/// What sets a machine's threshold when its bundle's does not (`file`: its configuration; `command`: the threshold
-/// a `threshold/set` command left), as a log names it: "the threshold 0.07 of a threshold/set command".
-fn threshold_set_over_bundle(file: &MachineConfig, command: Option<f64>) -> Option<String> {
-    match (command, file.detector.threshold) {
-        (Some(t), _) => Some(format!("the threshold {t} of a threshold/set command")),
-        (None, Some(t)) => Some(format!("the threshold {t} of the configuration file")),
-        (None, None) => None,
-    }
+/// The message of an `end` event (`…/events`): the event `e` of `machine` (its peak score the event's), ended at
+/// `ended_at` for `reason`. `threshold` and `model_id` are those in force, where the machine still has them (not
+/// for a machine removed from the file).
+fn end_event(
+    machine: &str,
+    e: &ActiveEvent,
+    ended_at: &str,
+    reason: ClearReason,
+    threshold: Option<f64>,
+    model_id: Option<&str>,
+    seq: u64,
+) -> serde_json::Value {
+    json!({
+        "event_id": e.event_id, "type": "end", "machine": machine,
+        "peak_score": e.peak, "threshold": threshold,
+        "started_at": e.started_at, "ended_at": ended_at, "clip": e.clip,
+        "reason": reason, "model_id": model_id, "seq": seq,
+    })
 }
 
 /// The entities Home Assistant's discovery announces per machine: (component, what), its config's topic being
@@ -379,11 +389,12 @@ impl Controller {
     /// same (threshold, mute, enabled, model): every change of them passes here.
     pub(crate) fn publish_machine_state(&self, i: usize) {
         let m = &self.machines[i];
+        let (muted, health) = (m.muted_until_unix().is_some(), m.health());
         if let Some(mm) = self.metrics.machines.get(i) {
             mm.threshold.set_f64(m.detector.params().threshold_on);
-            mm.muted.set(u64::from(m.muted_until_unix().is_some()));
+            mm.muted.set(u64::from(muted));
             mm.enabled.set(u64::from(m.detector.enabled()));
-            if let Some(k) = HEALTH_VALUES.iter().position(|h| *h == m.health()) {
+            if let Some(k) = HEALTH_VALUES.iter().position(|h| *h == health) {
                 mm.health.set(k as u64);
             }
             let mut id = mm.model_id.lock().unwrap_or_else(|e| e.into_inner());
@@ -398,7 +409,6 @@ impl Controller {
             format!("{}", m.detector.params().threshold_on),
             true,
         );
-        let muted = m.muted_until_unix().is_some();
         self.retained(
             format!("{t}/mute"),
             if muted { "ON" } else { "OFF" }.into(),
@@ -409,7 +419,7 @@ impl Controller {
             if m.detector.enabled() { "ON" } else { "OFF" }.into(),
             true,
         );
-        self.retained(format!("{t}/health"), m.health().to_string(), true);
+        self.retained(format!("{t}/health"), health.to_string(), true);
     }
 
     /// Home Assistant's MQTT discovery, per machine: the alarm (`binary_sensor`, device class `problem`, the
@@ -421,7 +431,6 @@ impl Controller {
             return;
         }
         let node = &self.cfg.node_id;
-        let dp = self.cfg.mqtt.discovery.prefix.trim_end_matches('/');
         let device = json!({
             "identifiers": [format!("sonitor_{node}")],
             "name": format!("sonitor {node}"),
@@ -432,9 +441,9 @@ impl Controller {
         for m in &self.machines {
             let name = &m.cfg.name;
             let t = format!("{}/{}", self.base, name);
-            let uid = format!("sonitor_{node}_{name}");
-            let entities = DISCOVERY_ENTITIES.map(|(component, what)| {
-                let config = match what {
+            let uid = self.discovery_uid(name);
+            for entity in DISCOVERY_ENTITIES {
+                let mut config = match entity.1 {
                     "alarm" => json!({
                         "name": format!("{name} anomaly"),
                         "state_topic": format!("{t}/alarm"),
@@ -477,11 +486,8 @@ impl Controller {
                         "icon": "mdi:bell-off",
                     }),
                 };
-                (component, what, config)
-            });
-            for (component, what, mut config) in entities {
                 if let Some(o) = config.as_object_mut() {
-                    o.insert("unique_id".into(), json!(format!("{uid}_{what}")));
+                    o.insert("unique_id".into(), json!(format!("{uid}_{}", entity.1)));
                     o.insert(
                         "availability_topic".into(),
                         json!(format!("{}/status", self.base)),
@@ -496,13 +502,23 @@ impl Controller {
                     o.insert("payload_not_available".into(), json!("offline"));
                     o.insert("device".into(), device.clone());
                 }
-                self.retained(
-                    format!("{dp}/{component}/{uid}_{what}/config"),
-                    config.to_string(),
-                    true,
-                );
+                self.retained(self.discovery_topic(name, entity), config.to_string(), true);
             }
         }
+    }
+
+    /// The id Home Assistant knows machine `name`'s entities by (each entity's is this, `_`, its `what`).
+    fn discovery_uid(&self, name: &str) -> String {
+        format!("sonitor_{}_{name}", self.cfg.node_id)
+    }
+
+    /// The topic of the config of machine `name`'s Home Assistant entity `(component, what)`.
+    fn discovery_topic(&self, name: &str, (component, what): (&str, &str)) -> String {
+        let dp = self.cfg.mqtt.discovery.prefix.trim_end_matches('/');
+        format!(
+            "{dp}/{component}/{}_{what}/config",
+            self.discovery_uid(name)
+        )
     }
 
     /// The retained topics the daemon publishes for machine `name` with this configuration: its own under the
@@ -513,12 +529,10 @@ impl Controller {
             .map(|what| format!("{}/{name}/{what}", self.base))
             .collect();
         if self.cfg.mqtt.discovery.enabled {
-            let dp = self.cfg.mqtt.discovery.prefix.trim_end_matches('/');
-            let uid = format!("sonitor_{}_{name}", self.cfg.node_id);
             topics.extend(
                 DISCOVERY_ENTITIES
                     .iter()
-                    .map(|(component, what)| format!("{dp}/{component}/{uid}_{what}/config")),
+                    .map(|&e| self.discovery_topic(name, e)),
             );
         }
         topics
@@ -529,7 +543,7 @@ impl Controller {
     /// topic of another `node_id` may be another daemon's by now.
     fn owns(&self, name: &str, topic: &str) -> bool {
         let node = &self.cfg.node_id;
-        let uid = format!("sonitor_{node}_{name}");
+        let uid = self.discovery_uid(name);
         RETAINED_TOPICS
             .iter()
             .any(|what| topic.ends_with(&format!("/{node}/{name}/{what}")))
@@ -554,15 +568,18 @@ impl Controller {
             // Nothing can be deleted now; the topics recorded stay for a start with MQTT.
             return Vec::new();
         }
+        // What each machine in the file publishes now, recorded for the next start below.
+        let current: BTreeMap<String, Vec<String>> = self
+            .machines
+            .iter()
+            .map(|m| (m.cfg.name.clone(), self.machine_topics(&m.cfg.name)))
+            .collect();
         let mut removed = Vec::new();
         let mut pushed_any = false;
         for (name, s) in saved {
-            let present = self.machines.iter().any(|m| &m.cfg.name == name);
-            let now = if present {
-                self.machine_topics(name)
-            } else {
-                Vec::new()
-            };
+            let now = current.get(name);
+            let present = now.is_some();
+            let now = now.map_or(&[][..], Vec::as_slice);
             let before = match &s.retained_topics {
                 Some(t) => t.clone(),
                 None if present => Vec::new(),
@@ -587,15 +604,18 @@ impl Controller {
                 .as_ref()
                 .filter(|_| !present && !stale.is_empty())
                 .map(|e| {
+                    let ev = end_event(
+                        name,
+                        e,
+                        &now_rfc3339(),
+                        ClearReason::Removed,
+                        None,
+                        None,
+                        s.seq + 1,
+                    );
                     msgs.push(OutMessage {
                         topic: format!("{}/{name}/events", self.base),
-                        payload: json!({
-                            "event_id": e.event_id, "type": "end", "machine": name,
-                            "peak_score": e.peak, "threshold": null,
-                            "started_at": e.started_at, "ended_at": now_rfc3339(), "clip": e.clip,
-                            "reason": ClearReason::Removed, "model_id": null, "seq": s.seq + 1,
-                        })
-                        .to_string(),
+                        payload: ev.to_string(),
                         retain: false,
                     });
                     format!("its alarm event {} ends (reason removed), and ", e.event_id)
@@ -648,9 +668,8 @@ impl Controller {
                 removed.push(name.clone());
             }
         }
-        for i in 0..self.machines.len() {
-            let topics = self.machine_topics(&self.machines[i].cfg.name);
-            self.machines[i].saved.retained_topics = Some(topics);
+        for m in &mut self.machines {
+            m.saved.retained_topics = current.get(&m.cfg.name).cloned();
         }
         if pushed_any {
             self.send(ToMqtt::OutboxChanged);
@@ -734,23 +753,26 @@ impl Controller {
                 at_ms,
                 ..
             } => {
-                let ev_info = m.saved.event.take();
-                let (event_id, started_at, clip) = match ev_info {
-                    Some(e) => (e.event_id, e.started_at, e.clip),
-                    None => (
-                        format!("{node}-{name}-unknown-{}", m.saved.seq),
-                        String::new(),
-                        None,
-                    ),
-                };
-                let note =
-                    format!("alarm OFF: {name} ({reason:?}, peak {peak:.4}, event {event_id})");
-                let ev = json!({
-                    "event_id": event_id, "type": "end", "machine": name,
-                    "peak_score": peak, "threshold": threshold,
-                    "started_at": started_at, "ended_at": now, "clip": clip,
-                    "reason": reason, "model_id": m.model.model_id, "seq": m.saved.seq,
+                let mut e = m.saved.event.take().unwrap_or_else(|| ActiveEvent {
+                    event_id: format!("{node}-{name}-unknown-{}", m.saved.seq),
+                    started_at: String::new(),
+                    peak,
+                    clip: None,
                 });
+                e.peak = peak;
+                let note = format!(
+                    "alarm OFF: {name} ({reason:?}, peak {peak:.4}, event {})",
+                    e.event_id
+                );
+                let ev = end_event(
+                    &name,
+                    &e,
+                    &now,
+                    reason,
+                    Some(threshold),
+                    Some(&m.model.model_id),
+                    m.saved.seq,
+                );
                 self.metrics.machines[i].alarm.set(0);
                 let seen = Observation::Alarm {
                     machine: i,
@@ -1138,7 +1160,8 @@ impl Controller {
                 },
             };
             swap.scorers.push((i, model.scorer()));
-            let kept = threshold_set_over_bundle(nm, self.machines[i].saved.threshold_override)
+            let kept = (nm.detector)
+                .threshold_set(self.machines[i].saved.threshold_override)
                 .filter(|_| model.section.threshold.value != self.machines[i].bundle_threshold())
                 .map(|by| format!("; {by} stays in force"))
                 .unwrap_or_default();
@@ -1581,24 +1604,6 @@ mod tests {
         ]);
         m.reloaded(true);
         shows(&["sonitor_config_last_reload_successful 1"]);
-    }
-
-    /// A reload's log names what keeps a bundle's new threshold from being the one in force.
-    #[test]
-    fn what_sets_the_threshold_over_the_bundle_is_named() {
-        let d = tempfile::tempdir().unwrap();
-        let (ctl, _clips) = controller(d.path(), 4);
-        let mut file = ctl.cfg.machines[0].clone();
-        assert_eq!(threshold_set_over_bundle(&file, None), None);
-        file.detector.threshold = Some(0.07);
-        assert_eq!(
-            threshold_set_over_bundle(&file, None).as_deref(),
-            Some("the threshold 0.07 of the configuration file")
-        );
-        assert_eq!(
-            threshold_set_over_bundle(&file, Some(0.09)).as_deref(),
-            Some("the threshold 0.09 of a threshold/set command")
-        );
     }
 
     /// What the last run left retained and no longer applies is deleted through the outbox: all the topics of a

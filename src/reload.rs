@@ -63,11 +63,7 @@ pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
         }
     };
     // Where the answer will be read: the metrics endpoint of the file (the one running unless the file moves it).
-    let addr = cfg
-        .metrics
-        .enabled
-        .then(|| cfg.metrics.listen.parse::<SocketAddr>().ok())
-        .flatten();
+    let addr = cfg.metrics.addr();
     let before = addr.map(reload_counters);
     if let Err(e) = hang_up(pid) {
         eprintln!("sonitor reload: cannot signal sonitor (pid {pid}): {e}");
@@ -80,6 +76,10 @@ pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
                 Some(Err(e)) => {
                     format!("its metrics at {} did not answer ({e})", cfg.metrics.listen)
                 }
+                _ if cfg.metrics.enabled => format!(
+                    "its metrics address {} is not an address:port",
+                    cfg.metrics.listen
+                ),
                 _ => "its metrics are off ([metrics] enabled = false)".into(),
             };
             eprintln!(

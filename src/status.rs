@@ -2,7 +2,6 @@
 //! alarm, latest score, the threshold in force, its health, whether it is watched or muted and its model, then the
 //! inputs and MQTT. Read from the daemon's metrics, the same numbers a Prometheus scrape gets.
 
-use std::net::SocketAddr;
 use std::path::Path;
 
 use crate::config::{Config, EXIT_CONFIG};
@@ -157,9 +156,8 @@ pub fn status(config_path: &Path) -> i32 {
     let pid = crate::state_lock::holder(&cfg.state_dir).flatten();
     let answer = cfg
         .metrics
-        .listen
-        .parse::<SocketAddr>()
-        .map_err(|e| std::io::Error::other(e.to_string()))
+        .addr()
+        .ok_or_else(|| std::io::Error::other("not an address:port"))
         .and_then(crate::metrics::scrape);
     match answer {
         Ok(samples) => {
