@@ -432,6 +432,7 @@ pub fn start(
             idle: false,
             since: now_rfc3339(),
             mute_deadline: None,
+            removed: false,
             // Until its input has opened: a restart while the microphone is away must not report OK for the
             // moment before the first attempt to open it fails.
             health: "NO_AUDIO".into(),
@@ -847,7 +848,7 @@ pub fn start(
             let on = ctl.machines.iter().filter(|m| m.detector.is_on()).count();
             let status = format!(
                 "{} machine(s), {on} alarm(s) on, mqtt {}",
-                ctl.machines.len(),
+                ctl.machines.iter().filter(|m| !m.removed).count(),
                 if metrics.mqtt_connected.get() == 1 {
                     "connected"
                 } else {

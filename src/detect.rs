@@ -164,6 +164,9 @@ pub(crate) struct MachineRt {
     /// early nor stretches it, and neither does an input that is away (stream time stops with the audio). The
     /// detector stays muted until [`Controller::end_mute_if_due`] unmutes it.
     pub(crate) mute_deadline: Option<Instant>,
+    /// Gone from the file at a reload ([`Controller::retire`]): no longer judged, published or saved. Its input
+    /// and model stay until a restart, so its windows still arrive; they are dropped here.
+    pub(crate) removed: bool,
 }
 
 /// The message of an `end` event (`…/events`): the event `e` of `machine` (its peak score the event's), ended at
@@ -341,6 +344,7 @@ impl Controller {
         let map: BTreeMap<String, SavedMachine> = self
             .machines
             .iter()
+            .filter(|m| !m.removed)
             .map(|m| {
                 let mut saved = m.saved.clone();
                 saved.muted_until_unix = m.muted_until_unix();
@@ -389,6 +393,9 @@ impl Controller {
     /// same (threshold, mute, enabled, model): every change of them passes here.
     pub(crate) fn publish_machine_state(&self, i: usize) {
         let m = &self.machines[i];
+        if m.removed {
+            return;
+        }
         let (muted, health) = (m.muted_until_unix().is_some(), m.health());
         if let Some(mm) = self.metrics.machines.get(i) {
             mm.threshold.set_f64(m.detector.params().threshold_on);
@@ -438,7 +445,7 @@ impl Controller {
             "sw_version": env!("CARGO_PKG_VERSION"),
         });
         let mute = humantime::format_duration(DISCOVERY_MUTE).to_string();
-        for m in &self.machines {
+        for m in self.machines.iter().filter(|m| !m.removed) {
             let name = &m.cfg.name;
             let t = format!("{}/{}", self.base, name);
             let uid = self.discovery_uid(name);
@@ -597,37 +604,14 @@ impl Controller {
                     foreign.len()
                 );
             }
-            let mut msgs = Vec::new();
             // An event of a machine whose topics are all another node's was that node's (a cloned state).
-            let ended = s
-                .event
-                .as_ref()
-                .filter(|_| !present && !stale.is_empty())
-                .map(|e| {
-                    let ev = end_event(
-                        name,
-                        e,
-                        &now_rfc3339(),
-                        ClearReason::Removed,
-                        None,
-                        None,
-                        s.seq + 1,
-                    );
-                    msgs.push(OutMessage {
-                        topic: format!("{}/{name}/events", self.base),
-                        payload: ev.to_string(),
-                        retain: false,
-                    });
-                    format!("its alarm event {} ends (reason removed), and ", e.event_id)
-                });
-            msgs.extend(stale.iter().map(|t| OutMessage {
-                topic: t.to_string(),
-                payload: String::new(),
-                retain: true,
-            }));
+            let event = s.event.as_ref().filter(|_| !present && !stale.is_empty());
+            let msgs = self.removal_messages(name, event, s.seq + 1, &stale);
             if msgs.is_empty() {
                 continue;
             }
+            let ended = event
+                .map(|e| format!("its alarm event {} ends (reason removed), and ", e.event_id));
             let note = if present {
                 format!(
                     "machine '{name}': {} retained topic(s) of the last run no longer apply (a topic prefix or \
@@ -642,27 +626,9 @@ impl Controller {
                     ended.unwrap_or_default()
                 )
             };
-            let mut outbox = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
-            // The outbox drops its oldest message when full: never an alarm message for a clean-up.
-            if msgs.len() > outbox.room() {
-                log::error!(
-                    "machine '{name}': the outbox holds {} messages the broker has not taken (outbox_max {}), so \
-                     the {} message(s) that would clean up after the last run are not queued: delete its retained \
-                     topics by hand (`mosquitto_pub -r -n -t TOPIC`), such as {}",
-                    outbox.len(),
-                    self.cfg.mqtt.outbox_max,
-                    msgs.len(),
-                    stale.first().map_or("its events", |t| t.as_str())
-                );
+            if !self.queue_clean_up(name, msgs, &note) {
                 continue;
             }
-            match outbox.push(msgs) {
-                Ok(_) => log::warn!("{note}"),
-                Err(e) => {
-                    log::error!("{note}; {e}: kept in memory only until the broker takes them")
-                }
-            }
-            drop(outbox);
             pushed_any = true;
             if !present {
                 removed.push(name.clone());
@@ -675,6 +641,105 @@ impl Controller {
             self.send(ToMqtt::OutboxChanged);
         }
         removed
+    }
+
+    /// What deletes machine `name` from the broker: the `end` event of its alarm `event` still on (reason
+    /// `removed`, numbered `seq`), then an empty retained message for each of its retained `topics`.
+    fn removal_messages(
+        &self,
+        name: &str,
+        event: Option<&ActiveEvent>,
+        seq: u64,
+        topics: &[impl AsRef<str>],
+    ) -> Vec<OutMessage> {
+        let ended = event.map(|e| OutMessage {
+            topic: format!("{}/{name}/events", self.base),
+            payload: end_event(
+                name,
+                e,
+                &now_rfc3339(),
+                ClearReason::Removed,
+                None,
+                None,
+                seq,
+            )
+            .to_string(),
+            retain: false,
+        });
+        ended
+            .into_iter()
+            .chain(topics.iter().map(|t| OutMessage {
+                topic: t.as_ref().to_string(),
+                payload: String::new(),
+                retain: true,
+            }))
+            .collect()
+    }
+
+    /// Queues `msgs`, which clean up after machine `name` ([`Self::removal_messages`]), and logs `note` once
+    /// they are in the outbox. Not queued when the outbox has no room for them all, since it drops its oldest
+    /// message when full and that must never be an alarm message: the log then says what to delete by hand.
+    /// Returns whether they were queued.
+    fn queue_clean_up(&self, name: &str, msgs: Vec<OutMessage>, note: &str) -> bool {
+        let mut outbox = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
+        if msgs.len() > outbox.room() {
+            log::error!(
+                "machine '{name}': the outbox holds {} messages the broker has not taken (outbox_max {}), so the \
+                 {} message(s) that would clean up after it are not queued: delete its retained topics by hand \
+                 (`mosquitto_pub -r -n -t TOPIC`), such as {}",
+                outbox.len(),
+                self.cfg.mqtt.outbox_max,
+                msgs.len(),
+                msgs.iter()
+                    .find(|m| m.retain)
+                    .map_or("its events", |m| m.topic.as_str())
+            );
+            return false;
+        }
+        match outbox.push(msgs) {
+            Ok(_) => log::warn!("{note}"),
+            Err(e) => log::error!("{note}; {e}: kept in memory only until the broker takes them"),
+        }
+        true
+    }
+
+    /// Machine `i`, gone from the file at a reload, is no longer watched: an alarm of its still on ends (an
+    /// `end` event with reason `removed`), its retained topics are deleted as a start deletes those of a machine
+    /// removed while the daemon was stopped ([`Self::clean_up_last_run`]), its metrics are no longer exported and
+    /// the state file forgets it. Its input and model are freed only by a restart: until then its windows are
+    /// still cut and scored, and dropped on arrival ([`Self::on_score`]).
+    fn retire(&mut self, i: usize) {
+        let m = &mut self.machines[i];
+        m.removed = true;
+        m.mute_deadline = None;
+        // Its detector stops; the transition of an alarm on is the `removed` end event below.
+        let _ = m.detector.set_enabled(false, m.last_t_ms);
+        let (name, event, seq) = (m.cfg.name.clone(), m.saved.event.take(), m.saved.seq + 1);
+        if let Some(mm) = self.metrics.machines.get(i) {
+            mm.alarm.set(0);
+            mm.removed.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let ended = event.as_ref().map_or(String::new(), |e| {
+            format!("its alarm event {} ends (reason removed), ", e.event_id)
+        });
+        let note = format!(
+            "reload: machine '{name}' is gone from {}: {ended}its retained topics are cleared and it is no longer \
+             watched (its input and model are freed at the next restart)",
+            self.config_path.display()
+        );
+        if !self.cfg.mqtt.enabled {
+            log::warn!("{note}");
+            return;
+        }
+        let topics = self.machine_topics(&name);
+        // The MQTT thread forgets their values, so that no reconnection publishes them again.
+        for t in &topics {
+            self.retained(t.clone(), String::new(), false);
+        }
+        let msgs = self.removal_messages(&name, event.as_ref(), seq, &topics);
+        if self.queue_clean_up(&name, msgs, &note) {
+            self.send(ToMqtt::OutboxChanged);
+        }
     }
 
     /// Records a transition: outbox first (durable), then state, then MQTT, clip, metrics.
@@ -832,6 +897,10 @@ impl Controller {
     pub(crate) fn on_score(&mut self, s: ScoreMsg) {
         crate::fault::point("controller");
         let i = s.machine;
+        if self.machines[i].removed {
+            self.window_handled(i, s.t_end_ms);
+            return;
+        }
         let Some(score) = s.score else {
             self.on_unscored(i, s.t_end_ms);
             return;
@@ -941,7 +1010,11 @@ impl Controller {
             | Command::Mute { machine, .. }
             | Command::Enabled { machine, .. } => machine.clone(),
         };
-        let Some(i) = self.machines.iter().position(|m| m.cfg.name == name) else {
+        let Some(i) = self
+            .machines
+            .iter()
+            .position(|m| m.cfg.name == name && !m.removed)
+        else {
             log::warn!(
                 "command for unknown machine {} ignored",
                 crate::publish::mqtt::quoted(&name)
@@ -1015,7 +1088,11 @@ impl Controller {
         let mut sections: BTreeMap<(&Path, &str), Arc<SectionModel>> = BTreeMap::new();
         let mut changes = Vec::new();
         for nm in &new.machines {
-            let Some(i) = self.machines.iter().position(|m| m.cfg.name == nm.name) else {
+            let Some(i) = self
+                .machines
+                .iter()
+                .position(|m| m.cfg.name == nm.name && !m.removed)
+            else {
                 continue;
             };
             let Some((b, section)) = checked
@@ -1066,8 +1143,18 @@ impl Controller {
         let mut changed = 0;
         for i in 0..self.machines.len() {
             let name = self.machines[i].cfg.name.clone();
-            let Some(nm) = new.machines.iter().find(|m| m.name == name) else {
-                log::warn!("reload: machine '{name}' is gone from the file; a restart is needed to remove it");
+            let nm = new.machines.iter().find(|m| m.name == name);
+            if self.machines[i].removed {
+                if nm.is_some() {
+                    log::warn!(
+                        "reload: machine '{name}', removed by an earlier reload, is back in {path}; it is watched \
+                         again once sonitor restarts"
+                    );
+                }
+                continue;
+            }
+            let Some(nm) = nm else {
+                self.retire(i);
                 continue;
             };
             let m = &mut self.machines[i];
@@ -1245,7 +1332,7 @@ impl Controller {
     /// Sets machine `i`'s audio health; logs and publishes the health if that changes what is published.
     pub(crate) fn set_health(&mut self, i: usize, health: String) {
         let m = &mut self.machines[i];
-        if m.health != health {
+        if !m.removed && m.health != health {
             m.health = health;
             if m.unscored < NO_SCORES_AFTER {
                 self.health_changed(i);
@@ -1485,6 +1572,7 @@ mod tests {
             health: "OK".into(),
             unscored: 0,
             mute_deadline: None,
+            removed: false,
         }
     }
 

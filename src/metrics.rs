@@ -182,6 +182,8 @@ pub struct MachineMetrics {
     /// full, features or inference failing, a score not finite). `windows` minus this is what is still on its way.
     /// Not exported.
     pub settled: Counter,
+    /// Gone from the file at a reload: none of its series is exported any more (`detect::Controller::retire`).
+    pub removed: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -224,6 +226,10 @@ pub struct Metrics {
 }
 
 impl MachineMetrics {
+    fn exported(&self) -> bool {
+        !self.removed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// A window dropped on its way (a queue full): counted, and settled.
     pub fn window_dropped(&self) {
         self.dropped_windows.inc();
@@ -282,6 +288,7 @@ impl Metrics {
         let mac = |f: &dyn Fn(&MachineMetrics) -> String| -> Vec<(String, String)> {
             self.machines
                 .iter()
+                .filter(|m| m.exported())
                 .map(|m| (format!("{{machine=\"{}\"}}", label(&m.name)), f(m)))
                 .collect()
         };
@@ -424,6 +431,7 @@ impl Metrics {
             "1 for the machine's health as its retained health topic says it (OK, SILENT, CLIPPING, NO_AUDIO: no audio from its input, NO_SCORES: its windows cannot be scored), 0 for the others: anything but OK means it is not watched as it should be.",
             self.machines
                 .iter()
+                .filter(|m| m.exported())
                 .flat_map(|m| {
                     let now = m.health.get();
                     HEALTH_VALUES.iter().enumerate().map(move |(k, h)| {
@@ -441,6 +449,7 @@ impl Metrics {
             "1 per machine, labelled with the id of the model it is scored with (a reload can change it).",
             self.machines
                 .iter()
+                .filter(|m| m.exported())
                 .map(|m| {
                     let id = m.model_id.lock().map(|s| s.clone()).unwrap_or_else(|e| e.into_inner().clone());
                     (
@@ -582,7 +591,7 @@ impl Metrics {
              the machine was idle left out), to choose a threshold from the machine's own history.\n# TYPE {name} \
              histogram\n"
         ));
-        for m in &self.machines {
+        for m in self.machines.iter().filter(|m| m.exported()) {
             let machine = label(&m.name);
             for (le, n) in m.scores.cumulative() {
                 s.push_str(&format!(

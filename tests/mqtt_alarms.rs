@@ -615,6 +615,105 @@ fn a_machine_removed_from_the_file_ends_its_alarm_and_clears_its_topics() {
     assert_eq!(daemon.sigterm_and_wait(), 0);
 }
 
+/// A machine removed from the file while the daemon runs is retired by the reload, as a restart would retire it:
+/// its alarm, on, ends with reason `removed`, its retained topics and entities are cleared, its metrics go, its
+/// commands are refused and the saved state forgets it; the machine that stays is watched on. (A reload used to
+/// log that a restart was needed, and the machine went on raising alarms until then.)
+#[test]
+fn a_machine_removed_at_a_reload_is_retired_and_its_topics_cleared() {
+    let rig = Rig::start();
+    let port = rig.broker.port;
+    let rec = Recorder::start(port, "recorder-retired");
+    let second = format!(
+        "\n[[machines]]\nname = \"pump-2\"\ndevice = \"mic\"\nchannel = 0\nbundle = \"{}\"\n\
+         section = \"pump/section_00\"\nthreshold = 0.0001\nraise_k = 1\nraise_n = 1\n",
+        rig.b.dir.display()
+    );
+    let cfg = rig.config(
+        &rig.looping_normal(),
+        &format!("[mqtt.discovery]\nenabled = true\n{second}"),
+    );
+    let daemon = Daemon::start(&cfg, &[]);
+    // The normal recording is far above pump-2's threshold: its alarm goes on.
+    let msgs = rec.wait_for("pump-2's alarm", Duration::from_secs(20), |m| {
+        on(m, "sonitor/t1/pump-2/alarm").contains(&"ON".to_string())
+    });
+    let start: serde_json::Value =
+        serde_json::from_str(&on(&msgs, "sonitor/t1/pump-2/events")[0]).unwrap();
+    let entity = "homeassistant/binary_sensor/sonitor_t1_pump-2_alarm/config";
+    assert!(retained(port, entity, "check-entity").is_some());
+
+    common::edit(&cfg, |t| t.replace(&second, "\n"));
+    let reload = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor"))
+        .args(["reload", "--timeout", "20", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(reload.status.code(), Some(0), "{reload:?}");
+    let msgs = rec.wait_for("pump-2's end", Duration::from_secs(10), |m| {
+        events(m, "sonitor/t1/pump-2/events")
+            .iter()
+            .any(|(_, t)| t == "end")
+    });
+    let end: serde_json::Value =
+        serde_json::from_str(on(&msgs, "sonitor/t1/pump-2/events").last().unwrap()).unwrap();
+    assert_eq!(end["type"], "end");
+    assert_eq!(end["reason"], "removed");
+    assert_eq!(end["event_id"], start["event_id"]);
+    assert_eq!(end["seq"], start["seq"].as_u64().unwrap() + 1);
+    daemon.wait_log(
+        &format!(
+            "reload: machine 'pump-2' is gone from {}: its alarm event {} ends (reason removed), its retained \
+             topics are cleared",
+            cfg.display(),
+            start["event_id"].as_str().unwrap()
+        ),
+        Duration::from_secs(5),
+    );
+    for (i, what) in ["alarm", "state", "threshold", "health"].iter().enumerate() {
+        wait_deleted(
+            port,
+            &format!("sonitor/t1/pump-2/{what}"),
+            &format!("check-{i}"),
+        );
+    }
+    wait_deleted(port, entity, "check-entity-2");
+    // Its metrics are gone; pump-1's stay.
+    let m = common::scrape(&cfg);
+    assert!(!m.contains("machine=\"pump-2\""), "{m}");
+    common::assert_metrics(&m, &[("sonitor_alarm{machine=\"pump-1\"}", 0.0)]);
+    // Its commands are refused; pump-1's are answered.
+    let client = commander(port, "commander-retired");
+    send(&client, "sonitor/t1/pump-2/threshold/set", "0.5");
+    daemon.wait_log(
+        "command for unknown machine \"pump-2\" ignored",
+        Duration::from_secs(10),
+    );
+    send(&client, "sonitor/t1/pump-1/threshold/set", "0.7");
+    rec.wait_for("pump-1's threshold", Duration::from_secs(10), |m| {
+        on(m, "sonitor/t1/pump-1/threshold")
+            .last()
+            .map(String::as_str)
+            == Some("0.7")
+    });
+    // Back in the file: watched again only after a restart, and said so.
+    common::edit(&cfg, |t| format!("{t}{second}"));
+    unsafe {
+        libc::kill(daemon.child.id() as i32, libc::SIGHUP);
+    }
+    daemon.wait_log(
+        "reload: machine 'pump-2', removed by an earlier reload, is back in ",
+        Duration::from_secs(10),
+    );
+    assert!(retained(port, "sonitor/t1/pump-2/alarm", "check-back").is_none());
+    assert_eq!(daemon.sigterm_and_wait(), 0);
+    let saved = std::fs::read_to_string(rig.path().join("state/alarms.json")).unwrap();
+    assert!(
+        !saved.contains("pump-2") && saved.contains("pump-1"),
+        "{saved}"
+    );
+}
+
 /// A stop while alarm messages still wait for their PUBACK (here the broker's answers are held back after the
 /// daemon connected: it receives everything and its acknowledgements do not come back in time) must not leave the retained `status` at `online`: Home Assistant
 /// would show the last alarm states as live. The daemon used to publish `stopped` only once the outbox had

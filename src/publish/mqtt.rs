@@ -601,7 +601,8 @@ impl Session {
     }
 
     /// Remembers a retained topic's value; publishes it now when asked and connected, unless messages for the
-    /// topic still wait in the outbox (their replay brings the topic up to date, in order).
+    /// topic still wait in the outbox (their replay brings the topic up to date, in order). An empty value (a
+    /// deleted topic, a machine removed at a reload) is forgotten: nothing is published for it at a connection.
     pub fn set_retained(
         &mut self,
         topic: String,
@@ -613,7 +614,11 @@ impl Session {
         if publish_now && self.connected && !outbox.has_topic(&topic) {
             self.publish(&mut out, &topic, &payload, true, true, Carried::Nothing);
         }
-        self.retained.insert(topic, payload);
+        if payload.is_empty() {
+            self.retained.remove(&topic);
+        } else {
+            self.retained.insert(topic, payload);
+        }
         out
     }
 
@@ -1184,6 +1189,24 @@ mod tests {
                 "b/m/alarm=ON",
                 "b/m/events=start"
             ]
+        );
+    }
+
+    /// A topic deleted (its value empty: a machine removed at a reload) is not published again at the next
+    /// connection, neither as its old value nor as a deletion.
+    #[test]
+    fn a_deleted_retained_topic_is_forgotten() {
+        let d = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(d.path(), 100).unwrap();
+        let mut s = session(8);
+        for (topic, value) in [("b/m/state", "{}"), ("b/x/state", "{}"), ("b/x/state", "")] {
+            assert!(s
+                .set_retained(topic.into(), value.into(), false, &ob)
+                .is_empty());
+        }
+        assert_eq!(
+            topics(&s.on_connected(&ob)),
+            vec!["b/status=online", "b/node=me", "b/m/state={}"]
         );
     }
 
