@@ -398,7 +398,9 @@ impl Controller {
         }
         let (muted, health) = (m.muted_until_unix().is_some(), m.health());
         if let Some(mm) = self.metrics.machines.get(i) {
-            mm.threshold.set_f64(m.detector.params().threshold_on);
+            let p = m.detector.params();
+            mm.threshold.set_f64(p.threshold_on);
+            mm.threshold_off.set_f64(p.threshold_off);
             mm.muted.set(u64::from(muted));
             mm.enabled.set(u64::from(m.detector.enabled()));
             if let Some(k) = HEALTH_VALUES.iter().position(|h| *h == health) {
@@ -716,15 +718,19 @@ impl Controller {
         let _ = m.detector.set_enabled(false, m.last_t_ms);
         let (name, event, seq) = (m.cfg.name.clone(), m.saved.event.take(), m.saved.seq + 1);
         if let Some(mm) = self.metrics.machines.get(i) {
-            mm.alarm.set(0);
             mm.removed.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         let ended = event.as_ref().map_or(String::new(), |e| {
             format!("its alarm event {} ends (reason removed), ", e.event_id)
         });
+        let cleared = if self.cfg.mqtt.enabled {
+            "its retained topics are cleared and "
+        } else {
+            ""
+        };
         let note = format!(
-            "reload: machine '{name}' is gone from {}: {ended}its retained topics are cleared and it is no longer \
-             watched (its input and model are freed at the next restart)",
+            "reload: machine '{name}' is gone from {}: {ended}{cleared}it is no longer watched (its input and model \
+             are freed at the next restart)",
             self.config_path.display()
         );
         if !self.cfg.mqtt.enabled {
@@ -1678,8 +1684,10 @@ mod tests {
             machine: "pump-1".into(),
             enabled: false,
         });
+        let off = ctl.machines[0].detector.params().threshold_off;
         shows(&[
             "sonitor_threshold{machine=\"pump-1\"} 0.25",
+            &format!("sonitor_threshold_off{{machine=\"pump-1\"}} {off}"),
             "sonitor_muted{machine=\"pump-1\"} 1",
             "sonitor_enabled{machine=\"pump-1\"} 0",
         ]);

@@ -163,6 +163,8 @@ pub struct MachineMetrics {
     pub alarms: Counter,
     /// The threshold in force (an f64's bits): the bundle's, the file's or a command's.
     pub threshold: Gauge,
+    /// The threshold below which an alarm on clears (hysteresis; an f64's bits).
+    pub threshold_off: Gauge,
     /// 1 while a mute runs.
     pub muted: Gauge,
     /// 1 while the machine is enabled (its alarms judged).
@@ -412,6 +414,12 @@ impl Metrics {
             "gauge",
             "The threshold in force per machine (its bundle's, the file's or a threshold/set command's): an alarm starts above it.",
             mac(&|m| format!("{}", m.threshold.get_f64())),
+        );
+        family(
+            "sonitor_threshold_off",
+            "gauge",
+            "The threshold per machine below which an alarm on clears (hysteresis: the file's threshold_off, scaled with a threshold/set command; without one, the threshold in force).",
+            mac(&|m| format!("{}", m.threshold_off.get_f64())),
         );
         family(
             "sonitor_muted",
