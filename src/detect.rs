@@ -1060,12 +1060,16 @@ impl Controller {
     /// credentials, …) is refused whole now, so that a reload never leaves a daemon that cannot restart; settings
     /// that need a restart are named.
     pub(crate) fn reload(&mut self) {
-        let applied = self.reload_file();
-        self.metrics.reloaded(applied);
+        let waiting = self.reload_file();
+        self.metrics.reloaded(waiting.is_some());
+        if let Some(w) = waiting {
+            self.metrics.restart_pending.set(u64::from(!w.is_empty()));
+        }
     }
 
-    /// [`Self::reload`]; false when the file was refused and the running configuration stays.
-    fn reload_file(&mut self) -> bool {
+    /// [`Self::reload`]: the changes of the file that wait for a restart (each logged), or `None` when the file
+    /// was refused and the running configuration stays.
+    fn reload_file(&mut self) -> Option<Vec<String>> {
         let path = self.config_path.display().to_string();
         // The graphs running: tract has built and run those already.
         let graphs = self
@@ -1086,7 +1090,7 @@ impl Controller {
                 "reload: {}; keeping the running configuration",
                 checked.problems.join("; ")
             );
-            return false;
+            return None;
         };
         let mut problems = checked.problems;
         // Each machine's model against its bundle on disk (`check` loaded each bundle the file names), one copy
@@ -1140,12 +1144,13 @@ impl Controller {
                  problems, and a restart would refuse the file)",
                 problems.join("; ")
             );
-            return false;
+            return None;
         }
         for w in &checked.warnings {
             log::warn!("reload: {w}");
         }
-        let models = self.apply_models(changes, checked.embedders);
+        let mut waiting = Vec::new();
+        let models = self.apply_models(changes, checked.embedders, &mut waiting);
         let mut changed = 0;
         for i in 0..self.machines.len() {
             let name = self.machines[i].cfg.name.clone();
@@ -1156,6 +1161,7 @@ impl Controller {
                         "reload: machine '{name}', removed by an earlier reload, is back in {path}; it is watched \
                          again once sonitor restarts"
                     );
+                    waiting.push(format!("machine '{name}' back"));
                 }
                 continue;
             }
@@ -1185,13 +1191,19 @@ impl Controller {
         }
         for what in crate::config::changes_needing_restart(&self.cfg, &new) {
             log::warn!("reload: {what} changed in {path}; not applied until sonitor restarts");
+            waiting.push(what);
         }
         self.cfg.mqtt.score_interval = new.mqtt.score_interval;
         self.persist();
+        let after = if waiting.is_empty() {
+            String::new()
+        } else {
+            format!("; waiting for a restart: {}", waiting.join(", "))
+        };
         log::info!(
-            "reloaded {path}: {changed} machine(s) with new detector settings, {models} with a new model"
+            "reloaded {path}: {changed} machine(s) with new detector settings, {models} with a new model{after}"
         );
-        true
+        Some(waiting)
     }
 
     /// A reload's model changes ([`model_change`] of each machine against the model its bundle gives now): an
@@ -1204,6 +1216,7 @@ impl Controller {
         &mut self,
         changes: Vec<(usize, &MachineConfig, ModelChange, MachineModel)>,
         mut built: BTreeMap<PathBuf, crate::embed::Embedder>,
+        waiting: &mut Vec<String>,
     ) -> usize {
         // The inference thread's slots in use; a graph given now takes the first free one (not one dropped now:
         // the thread puts the new graphs in before it drops the old).
@@ -1227,6 +1240,7 @@ impl Controller {
                         "reload: machine '{name}': the feature parameters of its bundle changed ({why}); the \
                          running model stays until sonitor restarts"
                     );
+                    waiting.push(format!("machine '{name}': its bundle's feature parameters"));
                     continue;
                 }
                 ModelChange::Apply(what) => what,
@@ -1248,6 +1262,7 @@ impl Controller {
                              until sonitor restarts",
                             nm.bundle.display()
                         );
+                        waiting.push(format!("machine '{name}': its bundle's graph"));
                         continue;
                     }
                 },
@@ -1623,7 +1638,10 @@ mod tests {
                 graph("a", usize::MAX),
             ),
         ];
-        assert_eq!(ctl.apply_models(changes, BTreeMap::new()), 2);
+        assert_eq!(
+            ctl.apply_models(changes, BTreeMap::new(), &mut Vec::new()),
+            2
+        );
         let held: Vec<(String, usize)> = ctl
             .machines
             .iter()

@@ -225,6 +225,8 @@ pub struct Metrics {
     pub reload_errors: Counter,
     /// 1 when the last reload applied the file (or none was asked for), 0 when it refused it.
     pub last_reload_ok: Gauge,
+    /// 1 when the last reload applied left changes of the file for a restart.
+    pub restart_pending: Gauge,
 }
 
 impl MachineMetrics {
@@ -592,6 +594,12 @@ impl Metrics {
             "gauge",
             "1 when the last reload applied the file (or none was asked for), 0 when it refused it: the file on disk is not the one running.",
             one(self.last_reload_ok.get()),
+        );
+        family(
+            "sonitor_config_restart_pending",
+            "gauge",
+            "1 when the last reload applied the file but some of its changes wait for a restart (devices, MQTT, a new machine, a bundle with other feature parameters, ...: the log names them), 0 otherwise.",
+            one(self.restart_pending.get()),
         );
         let name = "sonitor_window_score";
         s.push_str(&format!(

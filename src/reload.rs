@@ -12,15 +12,27 @@ use crate::config::{Config, EXIT_CONFIG};
 /// Exit status when no daemon could be asked (none runs on the state directory, or the signal failed): EX_UNAVAILABLE.
 pub const EXIT_NO_DAEMON: i32 = 69;
 
-/// The reload counters, as the metrics give them: (reloads asked for, the last one applied).
-fn reload_counters(addr: SocketAddr) -> std::io::Result<(u64, bool)> {
+/// What the metrics say of the reloads: how many were asked for, whether the last one applied the file, and
+/// whether changes of it wait for a restart.
+struct Reloads {
+    count: u64,
+    applied: bool,
+    restart_pending: bool,
+}
+
+/// The reload counters, as the metrics give them.
+fn reload_counters(addr: SocketAddr) -> std::io::Result<Reloads> {
     let samples = crate::metrics::scrape(addr)?;
     let value = |name: &str| samples.iter().find(|s| s.name == name).map(|s| s.value);
     match (
         value("sonitor_config_reloads_total"),
         value("sonitor_config_last_reload_successful"),
     ) {
-        (Some(n), Some(ok)) => Ok((n as u64, ok == 1.0)),
+        (Some(n), Some(ok)) => Ok(Reloads {
+            count: n as u64,
+            applied: ok == 1.0,
+            restart_pending: value("sonitor_config_restart_pending") == Some(1.0),
+        }),
         _ => Err(std::io::Error::other(
             "no sonitor_config_reloads_total in its metrics (an older sonitor?)",
         )),
@@ -70,7 +82,7 @@ pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
         return EXIT_NO_DAEMON;
     }
     let (addr, reloads) = match (addr, before) {
-        (Some(a), Some(Ok((n, _)))) => (a, n),
+        (Some(a), Some(Ok(r))) => (a, r.count),
         (_, before) => {
             let why = match before {
                 Some(Err(e)) => {
@@ -92,11 +104,19 @@ pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
     let deadline = Instant::now() + timeout;
     loop {
         match reload_counters(addr) {
-            Ok((n, true)) if n > reloads => {
-                println!("sonitor reload: sonitor (pid {pid}) applied {path}");
+            Ok(r) if r.count > reloads && r.applied => {
+                if r.restart_pending {
+                    println!(
+                        "sonitor reload: sonitor (pid {pid}) applied {path}, but some of its changes wait for a \
+                         restart: its log names them (`journalctl -u sonitor -n 20`), and `systemctl restart \
+                         sonitor` applies them"
+                    );
+                } else {
+                    println!("sonitor reload: sonitor (pid {pid}) applied {path}");
+                }
                 return 0;
             }
-            Ok((n, false)) if n > reloads => {
+            Ok(r) if r.count > reloads => {
                 eprintln!(
                     "sonitor reload: sonitor (pid {pid}) refused {path} and keeps its running configuration; its \
                      log says why (`journalctl -u sonitor -n 20`), and `sonitor validate --config {path}` names \

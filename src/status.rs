@@ -112,6 +112,9 @@ pub fn render(samples: &[Sample], pid: Option<u32>) -> String {
         Some(0.0) => {
             "the last reload was refused: the file on disk is not the one running (its log says why)\n"
         }
+        _ if one("sonitor_config_restart_pending") == Some(1.0) => {
+            "the last reload applied the file, but some of its changes wait for a restart (its log names them)\n"
+        }
         _ => "the configuration running is the file's as last loaded\n",
     });
     out
@@ -220,5 +223,12 @@ mod tests {
         assert_eq!(words(lines[3])[4], "NO_SCORES", "{text}");
         assert!(text.contains("\nmic    yes"), "{text}");
         assert!(text.contains("the last reload was refused"), "{text}");
+        m.last_reload_ok.set(1);
+        m.restart_pending.set(1);
+        let text = render(&parse_samples(&m.render()), None);
+        assert!(
+            text.contains("some of its changes wait for a restart"),
+            "{text}"
+        );
     }
 }

@@ -852,6 +852,34 @@ fn the_reload_command_reports_whether_the_daemon_applied_the_file() {
     );
     assert!(shown.contains("1 machine(s), 0 alarm(s) on"), "{shown}");
 
+    // Applied, but a change that only a restart applies ([clips]) is pending: said by the command, the metrics and
+    // `status`, until a reload of a file without it.
+    let first = std::fs::read_to_string(&cfg).unwrap();
+    common::edit(&cfg, |t| {
+        t.replace("post_seconds = 1.0\n", "post_seconds = 1.5\n")
+    });
+    let (code, text) = reload();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("applied") && text.contains("wait for a restart"),
+        "{text}"
+    );
+    daemon.wait_log("waiting for a restart: [clips]", Duration::from_secs(5));
+    common::assert_metrics(
+        &common::scrape(&cfg),
+        &[("sonitor_config_restart_pending", 1.0)],
+    );
+    let (_, shown) = sonitor(&["status"]);
+    assert!(shown.contains("wait for a restart"), "{shown}");
+    std::fs::write(&cfg, &first).unwrap();
+    let (code, text) = reload();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("restart"), "{text}");
+    common::assert_metrics(
+        &common::scrape(&cfg),
+        &[("sonitor_config_restart_pending", 0.0)],
+    );
+
     // Refused by the daemon (the same check as `validate`): the running configuration stays, and the exit says so.
     let good = std::fs::read_to_string(&cfg).unwrap();
     common::edit(&cfg, |t| {
@@ -883,7 +911,7 @@ fn the_reload_command_reports_whether_the_daemon_applied_the_file() {
     let m = common::scrape(&cfg);
     assert_eq!(
         common::metric(&m, "sonitor_config_reloads_total"),
-        Some(2.0),
+        Some(4.0),
         "{m}"
     );
 
