@@ -1061,10 +1061,7 @@ impl Controller {
     /// that need a restart are named.
     pub(crate) fn reload(&mut self) {
         let waiting = self.reload_file();
-        self.metrics.reloaded(waiting.is_some());
-        if let Some(w) = waiting {
-            self.metrics.restart_pending.set(u64::from(!w.is_empty()));
-        }
+        self.metrics.reloaded(waiting.map(|w| !w.is_empty()));
     }
 
     /// [`Self::reload`]: the changes of the file that wait for a restart (each logged), or `None` when the file
@@ -1716,7 +1713,7 @@ mod tests {
             "sonitor_config_reload_errors_total 1",
             "sonitor_config_last_reload_successful 0",
         ]);
-        m.reloaded(true);
+        m.reloaded(Some(false));
         shows(&["sonitor_config_last_reload_successful 1"]);
     }
 

@@ -265,13 +265,18 @@ impl Metrics {
         }
     }
 
-    /// Counts a reload and whether it applied the file.
-    pub fn reloaded(&self, applied: bool) {
-        self.reloads.inc();
-        if !applied {
-            self.reload_errors.inc();
+    /// Counts a reload and what it left: `Some(pending)` when it applied the file (`pending`: changes of it wait
+    /// for a restart), `None` when it refused it. The count goes last, with release ordering, and [`Self::render`]
+    /// reads it first, with acquire ordering: whoever sees the new count (`sonitor reload` waits for it) sees the
+    /// outcome with it, on a weakly ordered CPU too (a Raspberry Pi's).
+    pub fn reloaded(&self, restart_pending: Option<bool>) {
+        match restart_pending {
+            Some(pending) => self.restart_pending.set(u64::from(pending)),
+            None => self.reload_errors.inc(),
         }
-        self.last_reload_ok.set(u64::from(applied));
+        self.last_reload_ok
+            .set(u64::from(restart_pending.is_some()));
+        self.reloads.0.fetch_add(1, Ordering::Release);
     }
 
     /// The Prometheus text exposition.
@@ -581,7 +586,7 @@ impl Metrics {
             "sonitor_config_reloads_total",
             "counter",
             "Reloads of the configuration asked for (SIGHUP, systemctl reload).",
-            one(self.reloads.get()),
+            one(self.reloads.0.load(Ordering::Acquire)),
         );
         family(
             "sonitor_config_reload_errors_total",
