@@ -46,6 +46,9 @@ enum Cmd {
     Status {
         #[arg(long, short, default_value = "/etc/sonitor/sonitor.toml")]
         config: PathBuf,
+        /// Prints one JSON object with the same fields, for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// Lists capture devices and their supported configurations.
     Devices,
@@ -97,9 +100,9 @@ fn main() -> ExitCode {
             pid,
             timeout,
         } => sonitor::reload::reload(&config, pid, std::time::Duration::from_secs(timeout)),
-        Cmd::Status { config } => {
+        Cmd::Status { config, json } => {
             stop_quietly_when_stdout_goes();
-            sonitor::status::status(&config)
+            sonitor::status::status(&config, json)
         }
         Cmd::Devices => match sonitor::capture::list_devices() {
             Ok(s) => {

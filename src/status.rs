@@ -4,120 +4,205 @@
 
 use std::path::Path;
 
+use serde::Serialize;
+
 use crate::config::{Config, EXIT_CONFIG};
 use crate::metrics::{Sample, HEALTH_VALUES};
 use crate::reload::EXIT_NO_DAEMON;
 
-/// The status text from a scrape's samples (`pid`: the daemon's, when known).
-pub fn render(samples: &[Sample], pid: Option<u32>) -> String {
-    let of = |name: &str, key: &str, who: &str| {
-        samples
-            .iter()
-            .find(|s| s.name == name && s.label(key) == Some(who))
-            .map(|s| s.value)
-    };
-    let one = |name: &str| samples.iter().find(|s| s.name == name).map(|s| s.value);
-    let names = |name: &str, key: &str| -> Vec<String> {
-        samples
-            .iter()
-            .filter(|s| s.name == name)
-            .filter_map(|s| s.label(key).map(String::from))
-            .collect()
-    };
-    let yes = |v: Option<f64>| match v {
-        Some(1.0) => "yes",
-        Some(_) => "no",
-        None => "?",
-    };
-    let mut rows = vec![[
-        "machine",
-        "alarm",
-        "score",
-        "threshold",
-        "health",
-        "watched",
-        "muted",
-        "model",
-    ]
-    .map(String::from)];
-    let machines = names("sonitor_alarm", "machine");
-    for m in &machines {
-        let health = samples
-            .iter()
-            .find(|s| {
-                s.name == "sonitor_machine_health"
-                    && s.label("machine") == Some(m)
-                    && s.value == 1.0
+/// What `sonitor status` shows, read from a scrape's samples: `None` where the metrics do not say (an older
+/// daemon). `--json` prints it as it is.
+#[derive(Debug, Serialize)]
+pub struct Snapshot {
+    /// The daemon's process id, when known.
+    pub pid: Option<u32>,
+    pub machines: Vec<MachineStatus>,
+    pub inputs: Vec<InputStatus>,
+    pub mqtt_connected: Option<bool>,
+    /// Alarm messages waiting in the outbox for the broker, and those it dropped.
+    pub outbox_messages: Option<u64>,
+    pub outbox_dropped: Option<u64>,
+    /// Whether the last reload applied the file (true when none was asked for).
+    pub last_reload_successful: Option<bool>,
+    /// Whether changes of the file wait for a restart.
+    pub restart_pending: Option<bool>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MachineStatus {
+    pub name: String,
+    pub alarm: Option<bool>,
+    /// The latest window's score.
+    pub score: Option<f64>,
+    /// The threshold in force, and the one below which an alarm clears.
+    pub threshold: Option<f64>,
+    pub threshold_off: Option<f64>,
+    /// `OK`, `SILENT`, `CLIPPING`, `NO_AUDIO` or `NO_SCORES`.
+    pub health: Option<String>,
+    /// Whether it is watched (`enabled`), and muted.
+    pub enabled: Option<bool>,
+    pub muted: Option<bool>,
+    pub model_id: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InputStatus {
+    pub name: String,
+    pub up: Option<bool>,
+    pub dropped_samples: Option<u64>,
+    pub overruns: Option<u64>,
+    pub reopens: Option<u64>,
+}
+
+impl Snapshot {
+    /// From a scrape's samples (`pid`: the daemon's, when known).
+    pub fn of(samples: &[Sample], pid: Option<u32>) -> Self {
+        let of = |name: &str, key: &str, who: &str| {
+            samples
+                .iter()
+                .find(|s| s.name == name && s.label(key) == Some(who))
+                .map(|s| s.value)
+        };
+        let one = |name: &str| samples.iter().find(|s| s.name == name).map(|s| s.value);
+        let names = |name: &str, key: &str| -> Vec<String> {
+            samples
+                .iter()
+                .filter(|s| s.name == name)
+                .filter_map(|s| s.label(key).map(String::from))
+                .collect()
+        };
+        let flag = |v: Option<f64>| v.map(|v| v == 1.0);
+        let count = |v: Option<f64>| v.map(|v| v as u64);
+        let labelled = |name: &str, m: &str, key: &str, value: Option<f64>| {
+            samples
+                .iter()
+                .find(|s| {
+                    s.name == name
+                        && s.label("machine") == Some(m)
+                        && value.is_none_or(|v| s.value == v)
+                })
+                .and_then(|s| s.label(key))
+                .map(String::from)
+        };
+        let machines = names("sonitor_alarm", "machine")
+            .into_iter()
+            .map(|m| MachineStatus {
+                alarm: flag(of("sonitor_alarm", "machine", &m)),
+                score: of("sonitor_score", "machine", &m),
+                threshold: of("sonitor_threshold", "machine", &m),
+                threshold_off: of("sonitor_threshold_off", "machine", &m),
+                health: labelled("sonitor_machine_health", &m, "health", Some(1.0))
+                    .filter(|h| HEALTH_VALUES.contains(&h.as_str())),
+                enabled: flag(of("sonitor_enabled", "machine", &m)),
+                muted: flag(of("sonitor_muted", "machine", &m)),
+                model_id: labelled("sonitor_model_info", &m, "model_id", None),
+                name: m,
             })
-            .and_then(|s| s.label("health"))
-            .filter(|h| HEALTH_VALUES.contains(h))
-            .unwrap_or("?");
-        let model = samples
-            .iter()
-            .find(|s| s.name == "sonitor_model_info" && s.label("machine") == Some(m))
-            .and_then(|s| s.label("model_id"))
-            .unwrap_or("?");
-        let number = |v: Option<f64>| v.map_or("?".into(), |v| format!("{v:.4}"));
-        rows.push([
-            m.clone(),
-            match of("sonitor_alarm", "machine", m) {
-                Some(1.0) => "ON".into(),
-                Some(_) => "OFF".into(),
-                None => "?".into(),
-            },
-            number(of("sonitor_score", "machine", m)),
-            number(of("sonitor_threshold", "machine", m)),
-            health.into(),
-            yes(of("sonitor_enabled", "machine", m)).into(),
-            yes(of("sonitor_muted", "machine", m)).into(),
-            model.into(),
-        ]);
+            .collect();
+        let inputs = names("sonitor_input_up", "input")
+            .into_iter()
+            .map(|i| InputStatus {
+                up: flag(of("sonitor_input_up", "input", &i)),
+                dropped_samples: count(of("sonitor_dropped_samples_total", "input", &i)),
+                overruns: count(of("sonitor_input_xruns_total", "input", &i)),
+                reopens: count(of("sonitor_input_reopens_total", "input", &i)),
+                name: i,
+            })
+            .collect();
+        Snapshot {
+            pid,
+            machines,
+            inputs,
+            mqtt_connected: flag(one("sonitor_mqtt_connected")),
+            outbox_messages: count(one("sonitor_outbox_messages")),
+            outbox_dropped: count(one("sonitor_outbox_dropped_messages_total")),
+            last_reload_successful: flag(one("sonitor_config_last_reload_successful")),
+            restart_pending: flag(one("sonitor_config_restart_pending")),
+        }
     }
-    let on = machines
-        .iter()
-        .filter(|m| of("sonitor_alarm", "machine", m) == Some(1.0))
-        .count();
-    let mut out = format!(
-        "{}: {} machine(s), {on} alarm(s) on\n",
-        crate::state_lock::holder_named(pid),
-        machines.len()
-    );
-    out.push_str(&table(&rows));
-    let mut inputs =
-        vec![["input", "up", "dropped samples", "overruns", "reopens"].map(String::from)];
-    for i in names("sonitor_input_up", "input") {
-        let count = |name: &str| of(name, "input", &i).map_or("?".into(), |v| format!("{v}"));
-        inputs.push([
-            i.clone(),
-            yes(of("sonitor_input_up", "input", &i)).into(),
-            count("sonitor_dropped_samples_total"),
-            count("sonitor_input_xruns_total"),
-            count("sonitor_input_reopens_total"),
-        ]);
-    }
-    out.push('\n');
-    out.push_str(&table(&inputs));
-    let count = |name: &str| one(name).map_or("?".into(), |v| format!("{v}"));
-    out.push_str(&format!(
-        "\nMQTT {}; {} alarm message(s) waiting in the outbox ({} dropped)\n",
-        match one("sonitor_mqtt_connected") {
-            Some(1.0) => "connected",
-            Some(_) => "not connected",
+
+    /// The status as text: a table of the machines, one of the inputs, then MQTT and the configuration.
+    pub fn text(&self) -> String {
+        let yes = |v: Option<bool>| match v {
+            Some(true) => "yes",
+            Some(false) => "no",
             None => "?",
-        },
-        count("sonitor_outbox_messages"),
-        count("sonitor_outbox_dropped_messages_total"),
-    ));
-    out.push_str(match one("sonitor_config_last_reload_successful") {
-        Some(0.0) => {
-            "the last reload was refused: the file on disk is not the one running (its log says why)\n"
+        };
+        let number = |v: Option<f64>| v.map_or("?".into(), |v| format!("{v:.4}"));
+        let count = |v: Option<u64>| v.map_or("?".into(), |v| v.to_string());
+        let mut rows = vec![[
+            "machine",
+            "alarm",
+            "score",
+            "threshold",
+            "health",
+            "watched",
+            "muted",
+            "model",
+        ]
+        .map(String::from)];
+        for m in &self.machines {
+            rows.push([
+                m.name.clone(),
+                match m.alarm {
+                    Some(true) => "ON",
+                    Some(false) => "OFF",
+                    None => "?",
+                }
+                .into(),
+                number(m.score),
+                number(m.threshold),
+                m.health.clone().unwrap_or_else(|| "?".into()),
+                yes(m.enabled).into(),
+                yes(m.muted).into(),
+                m.model_id.clone().unwrap_or_else(|| "?".into()),
+            ]);
         }
-        _ if one("sonitor_config_restart_pending") == Some(1.0) => {
-            "the last reload applied the file, but some of its changes wait for a restart (its log names them)\n"
+        let on = self
+            .machines
+            .iter()
+            .filter(|m| m.alarm == Some(true))
+            .count();
+        let mut out = format!(
+            "{}: {} machine(s), {on} alarm(s) on\n",
+            crate::state_lock::holder_named(self.pid),
+            self.machines.len()
+        );
+        out.push_str(&table(&rows));
+        let mut inputs =
+            vec![["input", "up", "dropped samples", "overruns", "reopens"].map(String::from)];
+        for i in &self.inputs {
+            inputs.push([
+                i.name.clone(),
+                yes(i.up).into(),
+                count(i.dropped_samples),
+                count(i.overruns),
+                count(i.reopens),
+            ]);
         }
-        _ => "the configuration running is the file's as last loaded\n",
-    });
-    out
+        out.push('\n');
+        out.push_str(&table(&inputs));
+        out.push_str(&format!(
+            "\nMQTT {}; {} alarm message(s) waiting in the outbox ({} dropped)\n",
+            match self.mqtt_connected {
+                Some(true) => "connected",
+                Some(false) => "not connected",
+                None => "?",
+            },
+            count(self.outbox_messages),
+            count(self.outbox_dropped),
+        ));
+        out.push_str(match (self.last_reload_successful, self.restart_pending) {
+            (Some(false), _) => {
+                "the last reload was refused: the file on disk is not the one running (its log says why)\n"
+            }
+            (_, Some(true)) => {
+                "the last reload applied the file, but some of its changes wait for a restart (its log names them)\n"
+            }
+            _ => "the configuration running is the file's as last loaded\n",
+        });
+        out
+    }
 }
 
 /// Rows as columns padded to their widest cell.
@@ -138,9 +223,9 @@ fn table<const N: usize>(rows: &[[String; N]]) -> String {
     out
 }
 
-/// `sonitor status --config FILE`: the exit status (0: printed; 78: the file cannot be read; 69: no daemon
-/// answered on the file's metrics address).
-pub fn status(config_path: &Path) -> i32 {
+/// `sonitor status --config FILE [--json]`: the exit status (0: printed; 78: the file cannot be read; 69: no
+/// daemon answered on the file's metrics address).
+pub fn status(config_path: &Path, json: bool) -> i32 {
     let cfg = match Config::load(config_path) {
         Ok(c) => c,
         Err(e) => {
@@ -164,7 +249,18 @@ pub fn status(config_path: &Path) -> i32 {
         .and_then(crate::metrics::scrape);
     match answer {
         Ok(samples) => {
-            print!("{}", render(&samples, pid));
+            let snapshot = Snapshot::of(&samples, pid);
+            if json {
+                match serde_json::to_string_pretty(&snapshot) {
+                    Ok(j) => println!("{j}"),
+                    Err(e) => {
+                        eprintln!("sonitor status: {e}");
+                        return 1;
+                    }
+                }
+            } else {
+                print!("{}", snapshot.text());
+            }
             0
         }
         Err(e) => {
@@ -199,7 +295,7 @@ mod tests {
         m.machines[1].health.set(4);
         m.inputs[0].up.set(1);
         m.last_reload_ok.set(0);
-        let text = render(&parse_samples(&m.render()), Some(42));
+        let text = Snapshot::of(&parse_samples(&m.render()), Some(42)).text();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0], "sonitor (pid 42): 2 machine(s), 1 alarm(s) on",
@@ -225,10 +321,25 @@ mod tests {
         assert!(text.contains("the last reload was refused"), "{text}");
         m.last_reload_ok.set(1);
         m.restart_pending.set(1);
-        let text = render(&parse_samples(&m.render()), None);
+        let snapshot = Snapshot::of(&parse_samples(&m.render()), None);
+        let text = snapshot.text();
         assert!(
             text.contains("some of its changes wait for a restart"),
             "{text}"
         );
+        // `--json`: the same, as fields.
+        let j = serde_json::to_value(&snapshot).unwrap();
+        assert_eq!(j["pid"], serde_json::Value::Null);
+        assert_eq!(j["restart_pending"], true);
+        assert_eq!(j["last_reload_successful"], true);
+        let pump = &j["machines"][0];
+        assert_eq!(pump["name"], "pump-1");
+        assert_eq!(pump["alarm"], true);
+        assert_eq!(pump["threshold"], 0.0486);
+        assert_eq!(pump["health"], "OK");
+        assert_eq!(pump["model_id"], "combined-7");
+        assert_eq!(j["machines"][1]["health"], "NO_SCORES");
+        assert_eq!(j["inputs"][0]["name"], "mic");
+        assert_eq!(j["inputs"][0]["up"], true);
     }
 }

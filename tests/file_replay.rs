@@ -851,6 +851,13 @@ fn the_reload_command_reports_whether_the_daemon_applied_the_file() {
         "{shown}"
     );
     assert!(shown.contains("1 machine(s), 0 alarm(s) on"), "{shown}");
+    let (code, json) = sonitor(&["status", "--json"]);
+    assert_eq!(code, Some(0), "{json}");
+    let j: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(j["machines"][0]["name"], "pump-1", "{json}");
+    assert_eq!(j["machines"][0]["threshold"], b.threshold, "{json}");
+    assert_eq!(j["machines"][0]["alarm"], false, "{json}");
+    assert_eq!(j["pid"], daemon.child.id(), "{json}");
 
     // Applied, but a change that only a restart applies ([clips]) is pending: said by the command, the metrics and
     // `status`, until a reload of a file without it.
