@@ -43,6 +43,26 @@ pub struct MachineStatus {
     pub enabled: Option<bool>,
     pub muted: Option<bool>,
     pub model_id: Option<String>,
+    /// Windows judged since the daemon started (`sonitor_window_score_count`), and the score that 99.9 % of them
+    /// stayed under ([`SCORE_QUANTILE`]; a bound of the histogram's buckets, so at or just above the true
+    /// quantile): after a long normal run, a candidate threshold.
+    pub windows_scored: Option<u64>,
+    pub score_p999: Option<f64>,
+}
+
+/// The quantile of a machine's window scores that `sonitor status` gives.
+pub const SCORE_QUANTILE: f64 = 0.999;
+
+/// The upper bound of the first bucket of a cumulative histogram (`(le, count up to le)`, in order) that holds the
+/// `q` quantile of `total` observations; `None` without observations.
+fn bucket_quantile(buckets: &[(f64, f64)], total: f64, q: f64) -> Option<f64> {
+    if total <= 0.0 {
+        return None;
+    }
+    buckets
+        .iter()
+        .find(|(_, n)| *n >= q * total)
+        .map(|(le, _)| *le)
 }
 
 #[derive(Debug, Serialize)]
@@ -96,6 +116,19 @@ impl Snapshot {
                 enabled: flag(of("sonitor_enabled", "machine", &m)),
                 muted: flag(of("sonitor_muted", "machine", &m)),
                 model_id: labelled("sonitor_model_info", &m, "model_id", None),
+                windows_scored: count(of("sonitor_window_score_count", "machine", &m)),
+                score_p999: {
+                    let buckets: Vec<(f64, f64)> = samples
+                        .iter()
+                        .filter(|s| {
+                            s.name == "sonitor_window_score_bucket"
+                                && s.label("machine") == Some(&m)
+                        })
+                        .filter_map(|s| Some((s.label("le")?.parse().ok()?, s.value)))
+                        .collect();
+                    of("sonitor_window_score_count", "machine", &m)
+                        .and_then(|n| bucket_quantile(&buckets, n, SCORE_QUANTILE))
+                },
                 name: m,
             })
             .collect();
@@ -139,6 +172,7 @@ impl Snapshot {
             "watched",
             "muted",
             "model",
+            "p99.9 (windows)",
         ]
         .map(String::from)];
         for m in &self.machines {
@@ -156,6 +190,10 @@ impl Snapshot {
                 yes(m.enabled).into(),
                 yes(m.muted).into(),
                 m.model_id.clone().unwrap_or_else(|| "?".into()),
+                match (m.score_p999, m.windows_scored) {
+                    (Some(p), Some(n)) => format!("{p} ({n})"),
+                    _ => "-".into(),
+                },
             ]);
         }
         let on = self
@@ -169,6 +207,10 @@ impl Snapshot {
             self.machines.len()
         );
         out.push_str(&table(&rows));
+        out.push_str(
+            "(p99.9: the score 99.9% of its windows since the start stayed under; after a long normal run, a \
+             candidate threshold)\n",
+        );
         let mut inputs =
             vec![["input", "up", "dropped samples", "overruns", "reopens"].map(String::from)];
         for i in &self.inputs {
@@ -283,6 +325,18 @@ mod tests {
     use super::*;
     use crate::metrics::{parse_samples, Metrics};
 
+    /// The bound of the bucket the quantile falls in: 999 of 1000 under 0.01 is the 99.9 % quantile there; one
+    /// window fewer under it moves it to the next bucket that holds enough.
+    #[test]
+    fn the_quantile_is_the_bound_of_the_bucket_that_holds_it() {
+        let inf = f64::INFINITY;
+        let b = [(0.01, 999.0), (0.02, 999.0), (0.5, 1000.0), (inf, 1000.0)];
+        assert_eq!(bucket_quantile(&b, 1000.0, 0.999), Some(0.01));
+        let b = [(0.01, 998.0), (0.02, 998.0), (0.5, 1000.0), (inf, 1000.0)];
+        assert_eq!(bucket_quantile(&b, 1000.0, 0.999), Some(0.5));
+        assert_eq!(bucket_quantile(&[(inf, 0.0)], 0.0, 0.999), None);
+    }
+
     #[test]
     fn a_machine_per_row_with_what_is_in_force() {
         let m = Metrics::new(&["mic".into()], &["pump-1".into(), "fan-2".into()]);
@@ -292,6 +346,9 @@ mod tests {
         pump.threshold.set_f64(0.0486);
         pump.enabled.set(1);
         *pump.model_id.lock().unwrap() = "combined-7".into();
+        for k in 0..1000 {
+            pump.scores.observe(if k == 0 { 0.5 } else { 0.01 });
+        }
         m.machines[1].health.set(4);
         m.inputs[0].up.set(1);
         m.last_reload_ok.set(0);
@@ -312,11 +369,18 @@ mod tests {
                 "OK",
                 "yes",
                 "no",
-                "combined-7"
+                "combined-7",
+                "0.01",
+                "(1000)"
             ],
             "{text}"
         );
         assert_eq!(words(lines[3])[4], "NO_SCORES", "{text}");
+        assert_eq!(
+            words(lines[3]).last().map(String::as_str),
+            Some("-"),
+            "{text}"
+        );
         assert!(text.contains("\nmic    yes"), "{text}");
         assert!(text.contains("the last reload was refused"), "{text}");
         m.last_reload_ok.set(1);
@@ -338,6 +402,9 @@ mod tests {
         assert_eq!(pump["threshold"], 0.0486);
         assert_eq!(pump["health"], "OK");
         assert_eq!(pump["model_id"], "combined-7");
+        assert_eq!(pump["score_p999"], 0.01);
+        assert_eq!(pump["windows_scored"], 1000);
+        assert_eq!(j["machines"][1]["score_p999"], serde_json::Value::Null);
         assert_eq!(j["machines"][1]["health"], "NO_SCORES");
         assert_eq!(j["inputs"][0]["name"], "mic");
         assert_eq!(j["inputs"][0]["up"], true);
