@@ -861,7 +861,7 @@ fn the_reload_command_reports_whether_the_daemon_applied_the_file() {
 
     // Applied, but a change that only a restart applies ([clips]) is pending: said by the command, the metrics and
     // `status`, until a reload of a file without it.
-    let first = std::fs::read_to_string(&cfg).unwrap();
+    let good = std::fs::read_to_string(&cfg).unwrap();
     common::edit(&cfg, |t| {
         t.replace("post_seconds = 1.0\n", "post_seconds = 1.5\n")
     });
@@ -878,7 +878,7 @@ fn the_reload_command_reports_whether_the_daemon_applied_the_file() {
     );
     let (_, shown) = sonitor(&["status"]);
     assert!(shown.contains("wait for a restart"), "{shown}");
-    std::fs::write(&cfg, &first).unwrap();
+    std::fs::write(&cfg, &good).unwrap();
     let (code, text) = reload();
     assert_eq!(code, Some(0), "{text}");
     assert!(!text.contains("restart"), "{text}");
@@ -888,7 +888,6 @@ fn the_reload_command_reports_whether_the_daemon_applied_the_file() {
     );
 
     // Refused by the daemon (the same check as `validate`): the running configuration stays, and the exit says so.
-    let good = std::fs::read_to_string(&cfg).unwrap();
     common::edit(&cfg, |t| {
         t.replace(
             "raise_k = 2\n",
