@@ -705,6 +705,13 @@ impl Controller {
         true
     }
 
+    /// The index of the machine named `name` that is watched (not removed by a reload).
+    fn watched(&self, name: &str) -> Option<usize> {
+        self.machines
+            .iter()
+            .position(|m| m.cfg.name == name && !m.removed)
+    }
+
     /// Machine `i`, gone from the file at a reload, is no longer watched: an alarm of its still on ends (an
     /// `end` event with reason `removed`), its retained topics are deleted as a start deletes those of a machine
     /// removed while the daemon was stopped ([`Self::clean_up_last_run`]), its metrics are no longer exported and
@@ -1016,11 +1023,7 @@ impl Controller {
             | Command::Mute { machine, .. }
             | Command::Enabled { machine, .. } => machine.clone(),
         };
-        let Some(i) = self
-            .machines
-            .iter()
-            .position(|m| m.cfg.name == name && !m.removed)
-        else {
+        let Some(i) = self.watched(&name) else {
             log::warn!(
                 "command for unknown machine {} ignored",
                 crate::publish::mqtt::quoted(&name)
@@ -1095,11 +1098,7 @@ impl Controller {
         let mut sections: BTreeMap<(&Path, &str), Arc<SectionModel>> = BTreeMap::new();
         let mut changes = Vec::new();
         for nm in &new.machines {
-            let Some(i) = self
-                .machines
-                .iter()
-                .position(|m| m.cfg.name == nm.name && !m.removed)
-            else {
+            let Some(i) = self.watched(&nm.name) else {
                 continue;
             };
             let Some((b, section)) = checked

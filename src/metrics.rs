@@ -230,10 +230,6 @@ pub struct Metrics {
 }
 
 impl MachineMetrics {
-    fn exported(&self) -> bool {
-        !self.removed.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
     /// A window dropped on its way (a queue full): counted, and settled.
     pub fn window_dropped(&self) {
         self.dropped_windows.inc();
@@ -279,6 +275,13 @@ impl Metrics {
         self.reloads.0.fetch_add(1, Ordering::Release);
     }
 
+    /// The machines whose series are exported: all but those a reload removed.
+    fn exported_machines(&self) -> impl Iterator<Item = &MachineMetrics> {
+        self.machines
+            .iter()
+            .filter(|m| !m.removed.load(Ordering::Relaxed))
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut s = String::with_capacity(4096);
@@ -295,9 +298,7 @@ impl Metrics {
                 .collect()
         };
         let mac = |f: &dyn Fn(&MachineMetrics) -> String| -> Vec<(String, String)> {
-            self.machines
-                .iter()
-                .filter(|m| m.exported())
+            self.exported_machines()
                 .map(|m| (format!("{{machine=\"{}\"}}", label(&m.name)), f(m)))
                 .collect()
         };
@@ -444,9 +445,7 @@ impl Metrics {
             "sonitor_machine_health",
             "gauge",
             "1 for the machine's health as its retained health topic says it (OK, SILENT, CLIPPING, NO_AUDIO: no audio from its input, NO_SCORES: its windows cannot be scored), 0 for the others: anything but OK means it is not watched as it should be.",
-            self.machines
-                .iter()
-                .filter(|m| m.exported())
+            self.exported_machines()
                 .flat_map(|m| {
                     let now = m.health.get();
                     HEALTH_VALUES.iter().enumerate().map(move |(k, h)| {
@@ -462,9 +461,7 @@ impl Metrics {
             "sonitor_model_info",
             "gauge",
             "1 per machine, labelled with the id of the model it is scored with (a reload can change it).",
-            self.machines
-                .iter()
-                .filter(|m| m.exported())
+            self.exported_machines()
                 .map(|m| {
                     let id = m.model_id.lock().map(|s| s.clone()).unwrap_or_else(|e| e.into_inner().clone());
                     (
@@ -612,7 +609,7 @@ impl Metrics {
              the machine was idle left out), to choose a threshold from the machine's own history.\n# TYPE {name} \
              histogram\n"
         ));
-        for m in self.machines.iter().filter(|m| m.exported()) {
+        for m in self.exported_machines() {
             let machine = label(&m.name);
             for (le, n) in m.scores.cumulative() {
                 s.push_str(&format!(

@@ -106,30 +106,29 @@ impl Snapshot {
         };
         let machines = names("sonitor_alarm", "machine")
             .into_iter()
-            .map(|m| MachineStatus {
-                alarm: flag(of("sonitor_alarm", "machine", &m)),
-                score: of("sonitor_score", "machine", &m),
-                threshold: of("sonitor_threshold", "machine", &m),
-                threshold_off: of("sonitor_threshold_off", "machine", &m),
-                health: labelled("sonitor_machine_health", &m, "health", Some(1.0))
-                    .filter(|h| HEALTH_VALUES.contains(&h.as_str())),
-                enabled: flag(of("sonitor_enabled", "machine", &m)),
-                muted: flag(of("sonitor_muted", "machine", &m)),
-                model_id: labelled("sonitor_model_info", &m, "model_id", None),
-                windows_scored: count(of("sonitor_window_score_count", "machine", &m)),
-                score_p999: {
-                    let buckets: Vec<(f64, f64)> = samples
-                        .iter()
-                        .filter(|s| {
-                            s.name == "sonitor_window_score_bucket"
-                                && s.label("machine") == Some(&m)
-                        })
-                        .filter_map(|s| Some((s.label("le")?.parse().ok()?, s.value)))
-                        .collect();
-                    of("sonitor_window_score_count", "machine", &m)
-                        .and_then(|n| bucket_quantile(&buckets, n, SCORE_QUANTILE))
-                },
-                name: m,
+            .map(|m| {
+                let windows = of("sonitor_window_score_count", "machine", &m);
+                let buckets: Vec<(f64, f64)> = samples
+                    .iter()
+                    .filter(|s| {
+                        s.name == "sonitor_window_score_bucket" && s.label("machine") == Some(&m)
+                    })
+                    .filter_map(|s| Some((s.label("le")?.parse().ok()?, s.value)))
+                    .collect();
+                MachineStatus {
+                    alarm: flag(of("sonitor_alarm", "machine", &m)),
+                    score: of("sonitor_score", "machine", &m),
+                    threshold: of("sonitor_threshold", "machine", &m),
+                    threshold_off: of("sonitor_threshold_off", "machine", &m),
+                    health: labelled("sonitor_machine_health", &m, "health", Some(1.0))
+                        .filter(|h| HEALTH_VALUES.contains(&h.as_str())),
+                    enabled: flag(of("sonitor_enabled", "machine", &m)),
+                    muted: flag(of("sonitor_muted", "machine", &m)),
+                    model_id: labelled("sonitor_model_info", &m, "model_id", None),
+                    windows_scored: count(windows),
+                    score_p999: windows.and_then(|n| bucket_quantile(&buckets, n, SCORE_QUANTILE)),
+                    name: m,
+                }
             })
             .collect();
         let inputs = names("sonitor_input_up", "input")
