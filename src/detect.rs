@@ -165,7 +165,8 @@ pub(crate) struct MachineRt {
     /// detector stays muted until [`Controller::end_mute_if_due`] unmutes it.
     pub(crate) mute_deadline: Option<Instant>,
     /// Gone from the file at a reload ([`Controller::retire`]): no longer judged, published or saved. Its input
-    /// and model stay until a restart, so its windows still arrive; they are dropped here.
+    /// and model stay until a restart; its reader cuts no more windows, and those already on their way are dropped
+    /// on arrival.
     pub(crate) removed: bool,
 }
 
@@ -715,8 +716,9 @@ impl Controller {
     /// Machine `i`, gone from the file at a reload, is no longer watched: an alarm of its still on ends (an
     /// `end` event with reason `removed`), its retained topics are deleted as a start deletes those of a machine
     /// removed while the daemon was stopped ([`Self::clean_up_last_run`]), its metrics are no longer exported and
-    /// the state file forgets it. Its input and model are freed only by a restart: until then its windows are
-    /// still cut and scored, and dropped on arrival ([`Self::on_score`]).
+    /// the state file forgets it. Its reader cuts no more windows of it (`window::append_model_audio` reads the
+    /// flag set here), and those already on their way are dropped on arrival ([`Self::on_score`]). Its input and
+    /// model are freed only by a restart.
     fn retire(&mut self, i: usize) {
         let m = &mut self.machines[i];
         m.removed = true;
@@ -736,8 +738,8 @@ impl Controller {
             ""
         };
         let note = format!(
-            "reload: machine '{name}' is gone from {}: {ended}{cleared}it is no longer watched (its input and model \
-             are freed at the next restart)",
+            "reload: machine '{name}' is gone from {}: {ended}{cleared}it is no longer watched (no more of its windows \
+             are scored; its input and model are freed at the next restart)",
             self.config_path.display()
         );
         if !self.cfg.mqtt.enabled {

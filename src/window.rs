@@ -785,7 +785,17 @@ fn append_model_audio(
     let p = &s.tap.features;
     let rate = p.sample_rate as u64;
     let (window, hop) = (p.window_samples, p.window_hop_samples as u64);
+    // A machine a reload removed (`detect::Controller::retire`) keeps its audio history, for a clip still
+    // waiting for its audio, but no window of it is cut: nothing would judge it, and its features and inference
+    // are most of the pipeline's work.
+    let retired = metrics.machines[s.tap.machine]
+        .removed
+        .load(std::sync::atomic::Ordering::Relaxed);
     while s.total >= s.next_window + window as u64 {
+        if retired {
+            s.next_window += hop;
+            continue;
+        }
         let end = s.next_window + window as u64;
         let mut v = recycled.try_recv().unwrap_or_default();
         v.clear();
@@ -1162,6 +1172,42 @@ mod tests {
         assert_eq!(metrics.machines[0].clipping.get(), 1);
         // From 1000 − 500 (window) − 500 (pre) = 0 ms to 1000 + 500 (post) ms.
         assert_eq!(clip_len, Some(24_000));
+    }
+
+    #[test]
+    fn a_machine_retired_by_a_reload_gets_no_more_windows_but_its_clip_gets_its_audio() {
+        // A ramp on the only channel: the clip's samples name themselves.
+        let signal: Vec<f32> = (0..40_000).map(|i| i as f32).collect();
+        let mut state = tap_state(false);
+        state.tap.channel = 0;
+        let mut states = vec![state];
+        let health = HealthConfig::default();
+        let fed = reader_step(64, |windows, recycled, events, metrics| {
+            let run = |states: &mut [TapState], xs: &[f32]| {
+                process(
+                    states, xs, 1, 16_000, windows, recycled, events, &health, metrics,
+                )
+            };
+            run(&mut states, &signal[..16_000]);
+            // The alarm raised by the window ending at 1 s waits for its clip's post-seconds when the reload
+            // retires the machine.
+            states[0].pending_clips.push(ClipRequest {
+                machine: 0,
+                onset_end_ms: 1000,
+                pre_seconds: 0.25,
+                post_seconds: 0.75,
+                path: "x.wav".into(),
+            });
+            metrics.machines[0]
+                .removed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            run(&mut states, &signal[16_000..]);
+        });
+        let ends: Vec<u64> = fed.windows.iter().map(|w| w.t_end_ms).collect();
+        assert_eq!(ends, [500, 750, 1000], "no window after the retirement");
+        assert_eq!(fed.metrics.machines[0].windows.get(), 3);
+        // From 1000 − 500 (window) − 250 (pre) ms to 1000 + 750 (post) ms.
+        assert!(fed.clip()[..] == signal[4_000..28_000]);
     }
 
     #[test]
