@@ -1128,7 +1128,7 @@ impl Config {
         let mut p = Vec::new();
         if !valid_name(&self.node_id) {
             p.push(format!(
-                "node_id '{}' must be non-empty letters, digits, '-' or '_' (it is part of MQTT topics)",
+                "node_id '{}' must be non-empty ASCII letters, digits, '-' or '_' (it is part of MQTT topics)",
                 self.node_id
             ));
         }
@@ -1213,7 +1213,7 @@ impl Config {
             let at = format!("machine '{}'", m.name);
             if !valid_name(&m.name) {
                 p.push(format!(
-                    "{at}: the name must be non-empty letters, digits, '-' or '_' (it is part of MQTT topics)"
+                    "{at}: the name must be non-empty ASCII letters, digits, '-' or '_' (it is part of MQTT topics)"
                 ));
             }
             if !mnames.insert(m.name.clone()) {
