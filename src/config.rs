@@ -19,6 +19,9 @@ use sonitor_core::detect::{self, DetectorParams};
 /// the unit says `RestartPreventExitStatus=78`.
 pub const EXIT_CONFIG: i32 = 78;
 
+/// The longest machine name or node_id: they are part of MQTT topics, file names and metric labels.
+pub const NAME_MAX: usize = 64;
+
 /// Top-level values that environment variables may override.
 const ENV_VALUES: &[&str] = &["node_id", "state_dir", "log_level"];
 
@@ -1128,7 +1131,7 @@ impl Config {
         let mut p = Vec::new();
         if !valid_name(&self.node_id) {
             p.push(format!(
-                "node_id '{}' must be non-empty ASCII letters, digits, '-' or '_' (it is part of MQTT topics)",
+                "node_id '{}' must be 1 to {NAME_MAX} ASCII letters, digits, '-' or '_' (it is part of MQTT topics)",
                 self.node_id
             ));
         }
@@ -1142,6 +1145,18 @@ impl Config {
             // Not the working directory (`/` under systemd): the alarm states and the outbox need their own.
             p.push(
                 "state_dir is empty: set it to a directory of its own (systemd: /var/lib/sonitor)"
+                    .into(),
+            );
+        }
+        if self
+            .clips
+            .dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            // Not the working directory either: clips, and their retention's deletions, would land there.
+            p.push(
+                "clips.dir is empty: leave it out for <state_dir>/clips, or set it to a directory of its own"
                     .into(),
             );
         }
@@ -1165,9 +1180,11 @@ impl Config {
                     Some(path) if path.as_os_str().is_empty() => {
                         p.push(format!("{at}: `path` is empty"))
                     }
-                    Some(path) if !path.is_file() => {
-                        p.push(format!("{at}: file {} does not exist", path.display()))
-                    }
+                    Some(path) if !path.is_file() => p.push(format!(
+                        "{at}: file {} {}",
+                        path.display(),
+                        not_a_file(path)
+                    )),
                     Some(_) => {}
                 },
                 SourceKind::Capture => {
@@ -1213,7 +1230,7 @@ impl Config {
             let at = format!("machine '{}'", m.name);
             if !valid_name(&m.name) {
                 p.push(format!(
-                    "{at}: the name must be non-empty ASCII letters, digits, '-' or '_' (it is part of MQTT topics)"
+                    "{at}: the name must be 1 to {NAME_MAX} ASCII letters, digits, '-' or '_' (it is part of MQTT topics)"
                 ));
             }
             if !mnames.insert(m.name.clone()) {
@@ -1275,7 +1292,11 @@ impl Config {
             }
             if let Some(f) = &q.password_file {
                 if !f.is_file() {
-                    p.push(format!("mqtt.password_file {} does not exist", f.display()));
+                    p.push(format!(
+                        "mqtt.password_file {} {}",
+                        f.display(),
+                        not_a_file(f)
+                    ));
                 }
             }
             if (q.password.is_some() || q.password_file.is_some()) && q.username.is_none() {
@@ -1292,7 +1313,7 @@ impl Config {
                             "mqtt.tls.{what} is set but mqtt.tls.enabled is false"
                         ));
                     } else if !f.is_file() {
-                        p.push(format!("mqtt.tls.{what} {} does not exist", f.display()));
+                        p.push(format!("mqtt.tls.{what} {} {}", f.display(), not_a_file(f)));
                     }
                 }
             }
@@ -1364,9 +1385,9 @@ impl Config {
     /// whether a directory that does not exist yet is created (`run`) or left as it is ([`MissingDirs::Probe`],
     /// `validate`).
     pub fn disk_check(&self, missing: MissingDirs) -> DiskCheck {
-        let probe = |dir: &Path| match missing {
-            MissingDirs::Create => check_writable_dir(dir),
-            MissingDirs::Probe => check_creatable_dir(dir),
+        let probe = |dir: &Path, key: &str| match missing {
+            MissingDirs::Create => check_writable_dir(dir, key),
+            MissingDirs::Probe => check_creatable_dir(dir, key),
         };
         let relative = is_relative(&self.state_dir).then(|| {
             format!(
@@ -1375,7 +1396,7 @@ impl Config {
             )
         });
         let state = |s: String| format!("state_dir {}: {s}", self.state_dir.display());
-        let state_warning = match probe(&self.state_dir) {
+        let state_warning = match probe(&self.state_dir, "state_dir") {
             Err(e) => {
                 return DiskCheck {
                     problem: Some(state(e)),
@@ -1392,7 +1413,7 @@ impl Config {
         // still are, so it is a warning.
         let dir = self.clips_dir();
         let clips_warning = (self.clips.enabled && !dir.starts_with(&self.state_dir))
-            .then(|| probe(&dir).err())
+            .then(|| probe(&dir, "clips.dir").err())
             .flatten()
             .map(|e| {
                 format!(
@@ -1516,6 +1537,14 @@ pub fn changes_needing_restart(old: &Config, new: &Config) -> Vec<String> {
 /// may be empty (`a//b`) or hold a wildcard (`+`, `#`, which no published topic may contain) or U+0000.
 fn topic_prefix_problem(key: &str, prefix: &str, example: &str) -> Option<String> {
     let levels = prefix.trim_end_matches('/');
+    if levels.starts_with('$') {
+        // MQTT 4.7.2: topics beginning with '$' are the broker's own; mosquitto drops a client's publish there
+        // without a word, so every alarm would be lost while the daemon reports them sent.
+        return Some(format!(
+            "{key} '{prefix}' must not begin with '$': topics beginning with '$' are the broker's ($SYS), and it \
+             discards what clients publish there (e.g. \"{example}\")"
+        ));
+    }
     let ok = !levels.is_empty()
         && !prefix.contains(['+', '#', '\0'])
         && !levels
@@ -1531,10 +1560,22 @@ fn topic_prefix_problem(key: &str, prefix: &str, example: &str) -> Option<String
     })
 }
 
-/// Letters, digits, `-`, `_`.
+/// Why `path`, which should name a file, does not: it does not exist, or it is a directory or something else.
+fn not_a_file(path: &Path) -> &'static str {
+    match path.metadata() {
+        Ok(m) if m.is_dir() => "is a directory, not a file",
+        Ok(_) => "is not a regular file",
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            "cannot be reached: permission denied on a directory on its way"
+        }
+        Err(_) => "does not exist",
+    }
+}
+
+/// ASCII letters, digits, `-`, `_`, at most [`NAME_MAX`] of them.
 pub fn valid_name(s: &str) -> bool {
     !s.is_empty()
-        && s.len() <= 64
+        && s.len() <= NAME_MAX
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
@@ -1576,9 +1617,9 @@ pub enum MissingDirs {
 /// (the probe file is removed). A missing one stays missing: a probe directory made in its nearest existing
 /// ancestor, written to and removed, shows that it can be created and take a file, with the same errors as
 /// `run` would meet.
-pub fn check_creatable_dir(dir: &Path) -> Result<Option<String>, String> {
+pub fn check_creatable_dir(dir: &Path, key: &str) -> Result<Option<String>, String> {
     if dir.symlink_metadata().is_ok() {
-        return check_writable_dir(dir);
+        return check_writable_dir(dir, key);
     }
     // A relative path's last ancestor is "", the working directory.
     let base = dir
@@ -1595,8 +1636,8 @@ pub fn check_creatable_dir(dir: &Path) -> Result<Option<String>, String> {
         .unwrap_or(Path::new("/"));
     let probe = base.join(format!(".sonitor-probe-{}.d", std::process::id()));
     std::fs::create_dir(&probe)
-        .map_err(|e| format!("cannot create the directory: {e}; {}", what_to_do(&e)))?;
-    let checked = check_writable_dir(&probe);
+        .map_err(|e| format!("cannot create the directory: {e}; {}", what_to_do(&e, key)))?;
+    let checked = check_writable_dir(&probe, key);
     std::fs::remove_dir(&probe).map_err(|e| {
         format!(
             "cannot remove the test directory {} it made: {e}; remove it by hand and check the permissions of {}",
@@ -1616,10 +1657,10 @@ pub fn check_creatable_dir(dir: &Path) -> Result<Option<String>, String> {
 /// over a quota). That is a state of the disk, not of the configuration, and it passes once space is freed: the
 /// daemon starts, keeps alarm transitions it cannot write in memory and publishes them, so refusing to start
 /// (exit 78, which systemd does not restart) would silence the machine for good after a crash on a full disk.
-pub fn check_writable_dir(dir: &Path) -> Result<Option<String>, String> {
+pub fn check_writable_dir(dir: &Path, key: &str) -> Result<Option<String>, String> {
     use std::io::Write;
     std::fs::create_dir_all(dir)
-        .map_err(|e| format!("cannot create the directory: {e}; {}", what_to_do(&e)))?;
+        .map_err(|e| format!("cannot create the directory: {e}; {}", what_to_do(&e, key)))?;
     let probe = dir.join(format!(".sonitor-probe-{}", std::process::id()));
     let written = std::fs::File::create(&probe).map(|mut file| {
         let written = file
@@ -1648,10 +1689,10 @@ pub fn check_writable_dir(dir: &Path) -> Result<Option<String>, String> {
         Ok(Some(format!(
             "{what}: {e}: alarm transitions will be kept in memory only until it has room (published when the \
              broker is reachable, lost if sonitor stops before that); {}",
-            what_to_do(&e)
+            what_to_do(&e, key)
         )))
     } else {
-        Err(format!("{what}: {e}; {}", what_to_do(&e)))
+        Err(format!("{what}: {e}; {}", what_to_do(&e, key)))
     }
 }
 
@@ -1756,24 +1797,35 @@ fn low_space(free: &FreeSpace, outbox_max: usize) -> Option<String> {
     }
 }
 
-/// What the engineer can do about an error writing the state directory, which holds the alarm state and the
-/// alarms not yet acknowledged by the broker.
-fn what_to_do(e: &std::io::Error) -> &'static str {
+/// What the engineer can do about an error writing the directory set by `key` (`state_dir`, which holds the alarm
+/// state and the alarms not yet acknowledged by the broker, or `clips.dir`).
+fn what_to_do(e: &std::io::Error, key: &str) -> String {
     use std::io::ErrorKind;
+    let state = key == "state_dir";
     match e.kind() {
-        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
-            "free space on its filesystem (clips are kept there too unless clips.dir says otherwise) or set \
-             state_dir to a directory on another one"
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => format!(
+            "free space on its filesystem{} or set {key} to a directory on another one",
+            if state {
+                " (clips are kept there too unless clips.dir says otherwise)"
+            } else {
+                ""
+            }
+        ),
+        ErrorKind::ReadOnlyFilesystem => format!(
+            "its filesystem is mounted read-only: remount it read-write, or set {key} to a directory on a writable \
+             filesystem"
+        ),
+        ErrorKind::PermissionDenied if state => "give the user sonitor runs as write access to it (the systemd \
+             unit's StateDirectory=sonitor does, for /var/lib/sonitor), or set state_dir to a directory that user \
+             owns"
+            .into(),
+        ErrorKind::PermissionDenied => format!(
+            "give the user sonitor runs as write access to it, or set {key} to a directory that user owns"
+        ),
+        _ if state => {
+            "set state_dir to a writable directory (systemd: StateDirectory=sonitor gives /var/lib/sonitor)".into()
         }
-        ErrorKind::ReadOnlyFilesystem => {
-            "its filesystem is mounted read-only: remount it read-write, or set state_dir to a directory on a \
-             writable filesystem"
-        }
-        ErrorKind::PermissionDenied => {
-            "give the user sonitor runs as write access to it (the systemd unit's StateDirectory=sonitor does, \
-             for /var/lib/sonitor), or set state_dir to a directory that user owns"
-        }
-        _ => "set state_dir to a writable directory (systemd: StateDirectory=sonitor gives /var/lib/sonitor)",
+        _ => format!("set {key} to a writable directory"),
     }
 }
 
@@ -2261,7 +2313,7 @@ min_duration = "3s"
         }
         // A writable directory passes, and keeps no probe file.
         let ok = d.path().join("state");
-        assert_eq!(check_writable_dir(&ok), Ok(None));
+        assert_eq!(check_writable_dir(&ok, "state_dir"), Ok(None));
         assert_eq!(std::fs::read_dir(&ok).unwrap().count(), 0);
     }
 
@@ -2300,12 +2352,12 @@ min_duration = "3s"
         assert_eq!(cfg.disk_check(MissingDirs::Create).problem, None);
         assert!(state.is_dir() && clips.is_dir());
         // An existing directory is probed in place and keeps no probe file.
-        assert_eq!(check_creatable_dir(&state), Ok(None));
+        assert_eq!(check_creatable_dir(&state, "state_dir"), Ok(None));
         assert_eq!(std::fs::read_dir(&state).unwrap().count(), 0);
         // Under a regular file no directory can be made (root or not): refused as `run` would refuse it.
         std::fs::write(d.path().join("a-file"), b"").unwrap();
         let under_file = d.path().join("a-file/x/state");
-        let e = check_creatable_dir(&under_file).unwrap_err();
+        let e = check_creatable_dir(&under_file, "state_dir").unwrap_err();
         assert_named(
             &e,
             &[
@@ -2314,7 +2366,11 @@ min_duration = "3s"
                 "set state_dir to a writable directory",
             ],
         );
-        assert_eq!(e, check_writable_dir(&under_file).unwrap_err());
+        assert_eq!(e, check_writable_dir(&under_file, "state_dir").unwrap_err());
+        // The advice names the setting that chose the directory.
+        let e = check_creatable_dir(&under_file, "clips.dir").unwrap_err();
+        assert_named(&e, &["set clips.dir to a writable directory"]);
+        assert!(!e.contains("state_dir"), "{e}");
     }
 
     #[test]
@@ -2586,8 +2642,25 @@ min_duration = "3s"
                 );
             }
         }
-        // A trailing '/' is dropped where topics are made; a leading one is a legal (empty) first level.
-        for good in ["home/assistant/", "/ha", "ha"] {
+        // Topics beginning with '$' are the broker's: mosquitto drops a client's publish there, silently.
+        for bad in ["$SYS", "$SYS/ha", "$share/x"] {
+            for (table, key) in [
+                ("[mqtt]\n", "mqtt.prefix"),
+                (
+                    "[mqtt.discovery]\nenabled = true\n",
+                    "mqtt.discovery.prefix",
+                ),
+            ] {
+                let text = format!("{}{table}prefix = \"{bad}\"\n", minimal(d.path()));
+                assert_named(
+                    &problems(d.path(), &text),
+                    &[&format!("{key} '{bad}' must not begin with '$'")],
+                );
+            }
+        }
+        // A trailing '/' is dropped where topics are made; a leading one is a legal (empty) first level, and '$'
+        // is only the broker's at the very start of a topic.
+        for good in ["home/assistant/", "/ha", "ha", "/$SYS", "plant/$x"] {
             let text = format!(
                 "{}[mqtt]\nprefix = \"{good}\"\n[mqtt.discovery]\nenabled = true\nprefix = \"{good}\"\n",
                 minimal(d.path())
@@ -2595,5 +2668,50 @@ min_duration = "3s"
             let p = problems(d.path(), &text);
             assert!(!p.contains("prefix"), "{good}: {p}");
         }
+    }
+
+    /// Settings that would send files to the working directory (`/` under systemd) or name something else than a
+    /// file are refused with what they are; a name too long says how long a name may be.
+    #[test]
+    fn an_empty_clips_dir_a_directory_for_a_file_and_a_long_name_are_named() {
+        let d = tempfile::tempdir().unwrap();
+        let text = format!("{}[clips]\ndir = \"\"\n", minimal(d.path()));
+        assert_named(
+            &problems(d.path(), &text),
+            &["clips.dir is empty: leave it out for <state_dir>/clips"],
+        );
+        let text = format!(
+            "{}[mqtt]\nusername = \"u\"\npassword_file = \"{}\"\n",
+            minimal(d.path()),
+            d.path().display()
+        );
+        assert_named(
+            &problems(d.path(), &text),
+            &[&format!(
+                "mqtt.password_file {} is a directory, not a file",
+                d.path().display()
+            )],
+        );
+        let missing = d.path().join("nope");
+        let text = format!(
+            "{}[mqtt]\nusername = \"u\"\npassword_file = \"{}\"\n",
+            minimal(d.path()),
+            missing.display()
+        );
+        assert_named(
+            &problems(d.path(), &text),
+            &[&format!(
+                "mqtt.password_file {} does not exist",
+                missing.display()
+            )],
+        );
+        let long = "p".repeat(NAME_MAX + 1);
+        let text = minimal(d.path()).replace("name = \"pump-1\"", &format!("name = \"{long}\""));
+        assert_named(
+            &problems(d.path(), &text),
+            &[&format!(
+                "machine '{long}': the name must be 1 to 64 ASCII letters, digits, '-' or '_'"
+            )],
+        );
     }
 }
