@@ -278,7 +278,7 @@ pub fn run(config_path: &Path) -> i32 {
         log::warn!("{w}");
     }
     // Before anything in the state directory is read or written; held until `start` returns.
-    let lock = match crate::state_lock::acquire(&cfg.state_dir) {
+    let lock = match crate::state_lock::acquire(&cfg.state_dir, cfg.metrics.addr()) {
         Ok(l) => l,
         Err(e) => {
             log::error!("{e}");

@@ -63,7 +63,8 @@ pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
             return EXIT_CONFIG;
         }
     };
-    let pid = match pid.or_else(|| crate::state_lock::holder(&cfg.state_dir).flatten()) {
+    let holder = crate::state_lock::holder(&cfg.state_dir).flatten();
+    let pid = match pid.or(holder) {
         Some(p) => p,
         None => {
             eprintln!(
@@ -74,33 +75,42 @@ pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
             return EXIT_NO_DAEMON;
         }
     };
-    // Where the answer will be read: the metrics endpoint of the file (the one running unless the file moves it).
-    let addr = cfg.metrics.addr();
-    let before = addr.map(reload_counters);
+    // Where the answer will be read: the metrics of the daemon that runs, as it wrote in its lock file (the file
+    // may have moved `[metrics] listen` since, which only a restart applies), else the file's.
+    let addr = if Some(pid) == holder {
+        crate::state_lock::holder_metrics(&cfg.state_dir).or(cfg.metrics.addr())
+    } else {
+        cfg.metrics.addr()
+    };
+    let Some(addr) = addr else {
+        let why = if cfg.metrics.enabled {
+            format!(
+                "its metrics address {} is not an address:port",
+                cfg.metrics.listen
+            )
+        } else {
+            "its metrics are off ([metrics] enabled = false)".into()
+        };
+        if let Err(e) = hang_up(pid) {
+            eprintln!("sonitor reload: cannot signal sonitor (pid {pid}): {e}");
+            return EXIT_NO_DAEMON;
+        }
+        eprintln!(
+            "sonitor reload: asked sonitor (pid {pid}) to reload {path}; {why}, so whether it applied the file is \
+             only in its log"
+        );
+        return 0;
+    };
+    let before = reload_counters(addr);
     if let Err(e) = hang_up(pid) {
         eprintln!("sonitor reload: cannot signal sonitor (pid {pid}): {e}");
         return EXIT_NO_DAEMON;
     }
-    let (addr, reloads) = match (addr, before) {
-        (Some(a), Some(Ok(r))) => (a, r.count),
-        (_, before) => {
-            let why = match before {
-                Some(Err(e)) => {
-                    format!("its metrics at {} did not answer ({e})", cfg.metrics.listen)
-                }
-                _ if cfg.metrics.enabled => format!(
-                    "its metrics address {} is not an address:port",
-                    cfg.metrics.listen
-                ),
-                _ => "its metrics are off ([metrics] enabled = false)".into(),
-            };
-            eprintln!(
-                "sonitor reload: asked sonitor (pid {pid}) to reload {path}; {why}, so whether it applied the file \
-                 is only in its log"
-            );
-            return 0;
-        }
-    };
+    // Metrics that do not answer yet: a daemon still starting (checking the file, building its models) serves
+    // them once it runs, and applies the signal then, as its first reload. Whatever else holds that address
+    // never gives the answer, and the wait ends at `timeout`.
+    let reloads = before.as_ref().map_or(0, |r| r.count);
+    let mut last_error: Option<std::io::Error>;
     let deadline = Instant::now() + timeout;
     loop {
         match reload_counters(addr) {
@@ -124,12 +134,16 @@ pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
                 );
                 return EXIT_CONFIG;
             }
-            _ => {}
+            Ok(_) => last_error = None,
+            Err(e) => last_error = Some(e),
         }
         if Instant::now() >= deadline {
+            let why = last_error.map_or("still building a model?".to_string(), |e| {
+                format!("its metrics at {addr} do not answer: {e}")
+            });
             eprintln!(
-                "sonitor reload: sonitor (pid {pid}) has not answered within {} s (still building a model? its \
-                 log will say whether it applied {path})",
+                "sonitor reload: sonitor (pid {pid}) has not answered within {} s ({why}); its log will say \
+                 whether it applied {path}",
                 timeout.as_secs()
             );
             return 1;

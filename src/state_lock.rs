@@ -3,10 +3,13 @@
 //! outbox as they are acknowledged, and number their events, and so name their clips, alike. The first to start
 //! holds `<state_dir>/sonitor.lock` with `flock(2)` for its whole life; the kernel releases it when the process
 //! ends, however it ends (no stale lock after a crash or SIGKILL). The file holds the holder's pid, for the
-//! message that names it.
+//! message that names it, and on a second line the address its metrics listen on (`metrics 127.0.0.1:9470`):
+//! `sonitor reload` and `sonitor status` read the running daemon there, even when the file has since moved
+//! `[metrics] listen` (which only a restart applies).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Seek as _, Write as _};
+use std::net::SocketAddr;
 use std::os::unix::io::AsRawFd as _;
 use std::path::{Path, PathBuf};
 
@@ -53,8 +56,9 @@ pub fn holder_named(pid: Option<u32>) -> String {
     }
 }
 
-/// Takes the state directory `dir` (which exists) for this process, or says who holds it.
-pub fn acquire(dir: &Path) -> Result<StateLock, LockError> {
+/// Takes the state directory `dir` (which exists) for this process, or says who holds it. `metrics`: where this
+/// process serves its metrics, if it does.
+pub fn acquire(dir: &Path, metrics: Option<SocketAddr>) -> Result<StateLock, LockError> {
     let path = dir.join(LOCK_FILE);
     let io = |error| LockError::Io {
         path: path.clone(),
@@ -79,11 +83,13 @@ pub fn acquire(dir: &Path) -> Result<StateLock, LockError> {
         }
         std::thread::sleep(LOCK_RETRY);
     }
-    // The pid only names the holder in the message above: a failure to write it does not stop the daemon.
+    // The pid only names the holder in the message above, and the address only helps `reload` and `status` find
+    // it: a failure to write them does not stop the daemon.
+    let metrics = metrics.map_or(String::new(), |a| format!("metrics {a}\n"));
     let _ = file
         .set_len(0)
         .and_then(|()| file.rewind())
-        .and_then(|()| writeln!(file, "{}", std::process::id()));
+        .and_then(|()| write!(file, "{}\n{metrics}", std::process::id()));
     Ok(StateLock { _file: file })
 }
 
@@ -94,6 +100,21 @@ pub fn holder(dir: &Path) -> Option<Option<u32>> {
     let mut file = File::open(dir.join(LOCK_FILE)).ok()?;
     let taken = try_flock(&file, libc::LOCK_SH).ok()?;
     (!taken).then(|| pid_in(&mut file))
+}
+
+/// Where the process that holds the state directory `dir` now serves its metrics, as it wrote in the lock file;
+/// `None` when none holds it, or it serves none, or it is a sonitor from before the address was written.
+pub fn holder_metrics(dir: &Path) -> Option<SocketAddr> {
+    let mut file = File::open(dir.join(LOCK_FILE)).ok()?;
+    let held = !try_flock(&file, libc::LOCK_SH).ok()?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).ok()?;
+    held.then(|| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("metrics "))
+            .and_then(|a| a.trim().parse().ok())
+    })
+    .flatten()
 }
 
 /// `flock(2)` with `op` (`LOCK_EX` or `LOCK_SH`) without waiting: true when taken (until `file` is closed), false
@@ -115,7 +136,7 @@ fn try_flock(file: &File, op: libc::c_int) -> std::io::Result<bool> {
 fn pid_in(file: &mut File) -> Option<u32> {
     let mut text = String::new();
     file.read_to_string(&mut text).ok()?;
-    text.trim().parse().ok()
+    text.lines().next()?.trim().parse().ok()
 }
 
 #[cfg(test)]
@@ -125,10 +146,11 @@ mod tests {
     #[test]
     fn a_held_state_directory_is_refused_with_its_holder_and_free_again_once_released() {
         let d = tempfile::tempdir().unwrap();
-        let held = acquire(d.path()).unwrap();
+        let addr: SocketAddr = "127.0.0.1:9470".parse().unwrap();
+        let held = acquire(d.path(), Some(addr)).unwrap();
         // flock locks belong to the open file description: a second open in this process conflicts as another
         // process's would.
-        let e = acquire(d.path()).unwrap_err();
+        let e = acquire(d.path(), None).unwrap_err();
         let pid = std::process::id();
         assert!(
             matches!(e, LockError::Held { pid: Some(p), .. } if p == pid),
@@ -138,14 +160,24 @@ mod tests {
         assert!(msg.contains(&format!("(pid {pid})")), "{msg}");
         assert!(msg.contains(&d.path().display().to_string()), "{msg}");
         assert_eq!(holder(d.path()), Some(Some(pid)));
+        assert_eq!(holder_metrics(d.path()), Some(addr));
         drop(held);
         assert_eq!(holder(d.path()), None);
-        let again = acquire(d.path()).unwrap();
+        // The address of a daemon gone is no one's.
+        assert_eq!(holder_metrics(d.path()), None);
+        let again = acquire(d.path(), None).unwrap();
         assert_eq!(
             std::fs::read_to_string(d.path().join(LOCK_FILE)).unwrap(),
             format!("{pid}\n")
         );
+        assert_eq!(holder_metrics(d.path()), None);
         drop(again);
+        // The file of a sonitor from before the address was written: its pid alone.
+        std::fs::write(d.path().join(LOCK_FILE), format!("{pid}\n")).unwrap();
+        let file = File::open(d.path().join(LOCK_FILE)).unwrap();
+        assert!(try_flock(&file, libc::LOCK_EX).unwrap());
+        assert_eq!(holder(d.path()), Some(Some(pid)));
+        assert_eq!(holder_metrics(d.path()), None);
     }
 
     /// `sonitor validate` run as the service starts: its probe's shared lock made the daemon exit 75 (naming the
@@ -153,14 +185,14 @@ mod tests {
     #[test]
     fn a_daemon_starting_during_validates_probe_waits_for_it() {
         let d = tempfile::tempdir().unwrap();
-        drop(acquire(d.path()).unwrap());
+        drop(acquire(d.path(), None).unwrap());
         let probe = File::open(d.path().join(LOCK_FILE)).unwrap();
         assert!(try_flock(&probe, libc::LOCK_SH).unwrap());
         let released = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(100));
             drop(probe);
         });
-        let held = acquire(d.path());
+        let held = acquire(d.path(), None);
         released.join().unwrap();
         assert!(held.is_ok(), "{held:?}");
     }
@@ -169,7 +201,7 @@ mod tests {
     fn a_state_directory_that_cannot_hold_the_lock_file_is_named() {
         let d = tempfile::tempdir().unwrap();
         assert_eq!(holder(d.path()), None);
-        let e = acquire(&d.path().join("missing")).unwrap_err();
+        let e = acquire(&d.path().join("missing"), None).unwrap_err();
         assert!(matches!(e, LockError::Io { .. }), "{e:?}");
         assert!(e.to_string().contains("sonitor.lock"), "{e}");
     }

@@ -265,7 +265,7 @@ fn table<const N: usize>(rows: &[[String; N]]) -> String {
 }
 
 /// `sonitor status --config FILE [--json]`: the exit status (0: printed; 78: the file cannot be read; 69: no
-/// daemon answered on the file's metrics address).
+/// daemon answered on the running daemon's metrics address, or the file's).
 pub fn status(config_path: &Path, json: bool) -> i32 {
     let cfg = match Config::load(config_path) {
         Ok(c) => c,
@@ -274,7 +274,10 @@ pub fn status(config_path: &Path, json: bool) -> i32 {
             return EXIT_CONFIG;
         }
     };
-    if !cfg.metrics.enabled {
+    // The running daemon's metrics, where its lock file says (the file may have moved `[metrics] listen` since,
+    // which only a restart applies), else the file's.
+    let running = crate::state_lock::holder_metrics(&cfg.state_dir);
+    if running.is_none() && !cfg.metrics.enabled {
         eprintln!(
             "sonitor status: the metrics are off ([metrics] enabled = false), and they are what it reads: the \
              retained MQTT topics under {}/ say the same",
@@ -283,9 +286,8 @@ pub fn status(config_path: &Path, json: bool) -> i32 {
         return EXIT_NO_DAEMON;
     }
     let pid = crate::state_lock::holder(&cfg.state_dir).flatten();
-    let answer = cfg
-        .metrics
-        .addr()
+    let addr = running.or(cfg.metrics.addr());
+    let answer = addr
         .ok_or_else(|| std::io::Error::other("not an address:port"))
         .and_then(crate::metrics::scrape);
     match answer {
@@ -307,7 +309,7 @@ pub fn status(config_path: &Path, json: bool) -> i32 {
         Err(e) => {
             eprintln!(
                 "sonitor status: no sonitor answered on {} ({e}){}",
-                cfg.metrics.listen,
+                addr.map_or(cfg.metrics.listen.clone(), |a| a.to_string()),
                 if pid.is_some() {
                     " though one holds the state directory: still starting?"
                 } else {

@@ -921,6 +921,37 @@ fn the_reload_command_reports_whether_the_daemon_applied_the_file() {
         "{m}"
     );
 
+    // A file that moves `[metrics] listen` (applied only by a restart): the answer is read where the running
+    // daemon serves its metrics, as its lock file says, not at the file's new address where nothing answers.
+    let elsewhere = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let listen = good
+        .lines()
+        .find(|l| l.starts_with("listen = "))
+        .unwrap()
+        .to_string();
+    let moved = good.replace(&listen, &format!("listen = \"{elsewhere}\""));
+    std::fs::write(
+        &cfg,
+        moved.replace("raise_k = 2\n", "raise_k = 2\nthreshold = 3\n"),
+    )
+    .unwrap();
+    let (code, text) = reload();
+    assert_eq!(code, Some(78), "{text}");
+    assert!(text.contains("refused"), "{text}");
+    std::fs::write(&cfg, &moved).unwrap();
+    let (code, text) = reload();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("applied") && text.contains("wait for a restart"),
+        "{text}"
+    );
+    let (code, shown) = sonitor(&["status"]);
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(shown.contains("wait for a restart"), "{shown}");
+
     std::fs::write(&cfg, &good).unwrap();
     let (code, text) = reload();
     assert_eq!(code, Some(0), "{text}");
