@@ -1455,7 +1455,23 @@ pub(crate) fn on_source_event(ctl: &mut Controller, e: SourceEvent) {
             }
         }
         SourceEvent::Ended { input } => {
-            log::info!("input {}: end of file", ctl.cfg.devices[input].name);
+            let d = &ctl.cfg.devices[input];
+            if d.at_end == crate::config::AtEnd::Stop {
+                // The daemon runs on, and this input gets no more audio: its machines are no longer watched, as
+                // when a microphone is away (with at_end = "exit" the daemon ends once the windows are scored).
+                log::info!(
+                    "input {}: end of file; its machines get no more audio (at_end = \"stop\")",
+                    d.name
+                );
+                ctl.inputs[input] = InputState::Down(Some("end of file".into()));
+                for i in 0..ctl.machines.len() {
+                    if ctl.machines[i].input == input {
+                        ctl.set_health(i, "NO_AUDIO".into());
+                    }
+                }
+            } else {
+                log::info!("input {}: end of file", d.name);
+            }
         }
     }
 }

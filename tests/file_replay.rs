@@ -804,6 +804,36 @@ fn a_thread_that_hangs_starves_the_watchdog() {
     }
 }
 
+/// A file replayed to its end with `at_end = "stop"` leaves the daemon running with no more audio for its machine:
+/// its health says `NO_AUDIO` and its input is down, not the `OK` of the last window, which hid a machine no
+/// longer watched.
+#[test]
+fn a_replay_that_stops_at_its_end_leaves_its_machine_without_audio() {
+    let d = tempfile::tempdir().unwrap();
+    let (b, wav) =
+        common::bundle_and_wav(d.path(), "normal.wav", &common::recording(3.0, 0.0, 0.0));
+    let cfg = common::file_config(
+        d.path(),
+        &wav,
+        &b.dir,
+        "realtime = false\nat_end = \"stop\"\n",
+        "",
+    );
+    let daemon = common::Daemon::start(&cfg, &[]);
+    daemon.wait_log("its machines get no more audio", Duration::from_secs(30));
+    daemon.wait_log("health of pump-1: NO_AUDIO", Duration::from_secs(5));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor"))
+        .args(["status", "--json", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let json = String::from_utf8_lossy(&out.stdout);
+    let j: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(j["machines"][0]["health"], "NO_AUDIO", "{json}");
+    assert_eq!(j["inputs"][0]["up"], false, "{json}");
+    assert_eq!(daemon.sigterm_and_wait(), 0);
+}
+
 /// `sonitor reload` (the shipped unit's ExecReload) gives `systemctl reload` the daemon's answer: 0 when it applied
 /// the file, 78 when it refused it (a SIGHUP alone always succeeded, and only the log said the file was refused),
 /// 78 without asking for a file that does not parse, and 69 when no daemon runs.
