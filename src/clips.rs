@@ -8,10 +8,11 @@ use crate::config::{free_space, outbox_bytes, ClipsConfig, Config};
 use crate::window::ClipAudio;
 
 /// Writes the clip as 16-bit PCM (creating its directory), whole or not at all: a write that fails (a full disk)
-/// leaves no partial WAV under the name the alarm events give, and gives the space back.
+/// leaves no partial WAV under the name the alarm events give, and gives the space back. Its errors name the path.
 pub fn write_clip(c: &ClipAudio) -> anyhow::Result<()> {
     if let Some(dir) = c.path.parent() {
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("{}: cannot create the directory: {e}", dir.display()))?;
     }
     Ok(sonitor_core::audio::write_wav_i16_whole(
         &c.path,

@@ -670,10 +670,7 @@ pub fn start(
                     }
                     Err(e) => {
                         clip_metrics.clips_dropped.inc();
-                        log::error!(
-                            "clip {}: {e:#}; the event goes on without it",
-                            c.path.display()
-                        );
+                        log::error!("clip not written: {e:#}; the event goes on without it");
                         let _ = clip_failed_tx.try_send(c.path.clone());
                     }
                 }

@@ -32,6 +32,13 @@ pub struct Timeline {
 impl Timeline {
     /// The timeline of a recording: the file of the same path with the extension `.json`.
     pub fn of_recording(recording: &Path) -> anyhow::Result<Timeline> {
+        if !recording.is_file() {
+            anyhow::bail!(
+                "the recording {} is not there: give --recording a WAV file made with its timeline (.json) by \
+                 `sonitor-train synth-demo`, or leave it out for the model's own demo.wav",
+                recording.display()
+            );
+        }
         let tpath = recording.with_extension("json");
         let text = std::fs::read_to_string(&tpath).with_context(|| {
             format!(
@@ -538,6 +545,17 @@ impl std::fmt::Display for Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A recording that is not there is named as such, not as a timeline that cannot be read.
+    #[test]
+    fn a_missing_recording_is_named_before_its_timeline() {
+        let d = tempfile::tempdir().unwrap();
+        let e = Timeline::of_recording(&d.path().join("nope.wav"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope.wav is not there"), "{e}");
+        assert!(!e.contains("timeline nope.json"), "{e}");
+    }
 
     #[test]
     fn bar_marks_the_threshold_in_the_middle() {
