@@ -39,6 +39,19 @@ fn reload_counters(addr: SocketAddr) -> std::io::Result<Reloads> {
     }
 }
 
+/// Whether process `pid` is a sonitor, by the name the kernel gives it (`/proc/<pid>/comm`: the executable's,
+/// which a thread name of the daemon's main thread keeps). Where /proc cannot tell (not mounted), it is taken to be.
+fn a_sonitor(pid: u32) -> Result<(), String> {
+    match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+        Ok(comm) if comm.trim().starts_with("sonitor") => Ok(()),
+        Ok(comm) => Err(format!("process {pid} is `{}`, not sonitor", comm.trim())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && Path::new("/proc/self").exists() => {
+            Err(format!("no process {pid} runs"))
+        }
+        Err(_) => Ok(()),
+    }
+}
+
 /// Sends SIGHUP to `pid`.
 fn hang_up(pid: u32) -> std::io::Result<()> {
     let pid = libc::pid_t::try_from(pid).map_err(|_| std::io::Error::other("not a process id"))?;
@@ -64,6 +77,13 @@ pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
         }
     };
     let holder = crate::state_lock::holder(&cfg.state_dir).flatten();
+    if let Some(p) = pid.filter(|p| Some(*p) != holder) {
+        // A pid given by hand is checked before anything is sent: SIGHUP ends most other programs.
+        if let Err(why) = a_sonitor(p) {
+            eprintln!("sonitor reload: {why}; nothing sent");
+            return EXIT_NO_DAEMON;
+        }
+    }
     let pid = match pid.or(holder) {
         Some(p) => p,
         None => {
@@ -149,5 +169,26 @@ pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
             return 1;
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pid_given_by_hand_must_be_a_sonitors() {
+        let mut other = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let e = a_sonitor(other.id());
+        let _ = other.kill();
+        let _ = other.wait();
+        assert_eq!(
+            e,
+            Err(format!("process {} is `sleep`, not sonitor", other.id()))
+        );
+        assert!(a_sonitor(u32::MAX - 1).unwrap_err().contains("no process"));
     }
 }

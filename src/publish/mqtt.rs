@@ -659,10 +659,11 @@ pub fn options(cfg: &Config) -> anyhow::Result<MqttOptions> {
     if let Some(user) = &q.username {
         let password = match (&q.password, &q.password_file) {
             (Some(p), _) => p.clone(),
-            (None, Some(f)) => std::fs::read_to_string(f)
-                .map_err(|e| anyhow::anyhow!("mqtt.password_file {}: {e}", f.display()))?
-                .trim_end_matches(['\n', '\r'])
-                .to_string(),
+            (None, Some(f)) => password_of_file(
+                &std::fs::read_to_string(f)
+                    .map_err(|e| anyhow::anyhow!("mqtt.password_file {}: {e}", f.display()))?,
+            )
+            .map_err(|why| anyhow::anyhow!("mqtt.password_file {}: {why}", f.display()))?,
             (None, None) => String::new(),
         };
         o.set_credentials(user.clone(), password);
@@ -673,6 +674,20 @@ pub fn options(cfg: &Config) -> anyhow::Result<MqttOptions> {
         ));
     }
     Ok(o)
+}
+
+/// The password a password file holds: its one line, without the line end. An empty file, or one of several
+/// lines (a file of `KEY=value` lines, or a password and a note), is refused: the broker would get the whole text
+/// as the password and refuse the connection, which says nothing of why.
+fn password_of_file(text: &str) -> Result<String, &'static str> {
+    let password = text.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        Err("the file is empty; it must hold the password on one line")
+    } else if password.contains(['\n', '\r']) {
+        Err("the file holds several lines; it must hold the password alone, on one line")
+    } else {
+        Ok(password.to_string())
+    }
 }
 
 /// A rustls client configuration on the `ring` provider (no aws-lc build), with the configured CA (default:
@@ -1115,6 +1130,21 @@ fn describe(e: &ConnectionError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_password_file_holds_the_password_alone_on_one_line() {
+        assert_eq!(password_of_file("s3cret\n").as_deref(), Ok("s3cret"));
+        assert_eq!(password_of_file("s3cret\r\n").as_deref(), Ok("s3cret"));
+        assert_eq!(
+            password_of_file("with space ").as_deref(),
+            Ok("with space ")
+        );
+        assert!(password_of_file("").unwrap_err().contains("empty"));
+        assert!(password_of_file("\n").unwrap_err().contains("empty"));
+        assert!(password_of_file("a\nb\n")
+            .unwrap_err()
+            .contains("several lines"));
+    }
     use crate::publish::outbox::OutMessage;
 
     fn msg(t: &str, p: &str) -> OutMessage {
