@@ -71,14 +71,39 @@ pub enum Command {
     },
 }
 
+/// A command as the engineer published it: `pump-1: threshold/set 0.12`, `pump-1: mute/set 2h`.
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Threshold { machine, value } => match value {
+                Some(v) => write!(f, "{machine}: threshold/set {v}"),
+                None => write!(f, "{machine}: threshold/set default"),
+            },
+            Command::Mute { machine, duration } if duration.is_zero() => {
+                write!(f, "{machine}: mute/set OFF")
+            }
+            Command::Mute { machine, duration } => write!(
+                f,
+                "{machine}: mute/set {}",
+                humantime::format_duration(*duration)
+            ),
+            Command::Enabled { machine, enabled } => write!(
+                f,
+                "{machine}: enabled/set {}",
+                if *enabled { "ON" } else { "OFF" }
+            ),
+        }
+    }
+}
+
 /// The longest mute a command may ask for. A longer one is almost certainly a typo, and its end could not be
 /// shown as a date; a machine that should not be watched at all is switched off with `enabled`.
 pub const MAX_MUTE: Duration = Duration::from_secs(366 * 24 * 3600);
 
 fn mute_too_long(p: &str) -> String {
     format!(
-        "mute {p} is longer than the maximum of {}; use enabled OFF to stop watching a machine",
-        humantime::format_duration(MAX_MUTE)
+        "mute {p} is longer than the maximum of {} days; use enabled OFF to stop watching a machine",
+        MAX_MUTE.as_secs() / 86_400
     )
 }
 
@@ -1040,7 +1065,7 @@ fn run(
 /// is dropped, logged and counted (`sonitor_commands_dropped_total`), never waited for: the publisher must keep
 /// serving the broker.
 fn forward_command(commands: &Sender<Command>, c: Command, metrics: &Metrics) {
-    log::info!("mqtt: command {c:?}");
+    log::info!("mqtt: command {c}");
     if let Err(e) = commands.try_send(c) {
         metrics.commands_dropped.inc();
         let why = match &e {
@@ -1053,7 +1078,7 @@ fn forward_command(commands: &Sender<Command>, c: Command, metrics: &Metrics) {
             }
         };
         log::warn!(
-            "mqtt: command {:?} dropped, not applied: {why}; publish it again",
+            "mqtt: command {} dropped, not applied: {why}; publish it again",
             e.into_inner()
         );
     }
@@ -1130,6 +1155,24 @@ fn describe(e: &ConnectionError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A command is logged as it would be published, not as a Rust value.
+    #[test]
+    fn a_command_is_logged_as_published() {
+        let b = "sonitor/n1";
+        for (what, payload, shown) in [
+            ("threshold", "0.42", "pump: threshold/set 0.42"),
+            ("threshold", "default", "pump: threshold/set default"),
+            ("mute", "90", "pump: mute/set 1m 30s"),
+            ("mute", "2h", "pump: mute/set 2h"),
+            ("mute", "OFF", "pump: mute/set OFF"),
+            ("enabled", "on", "pump: enabled/set ON"),
+        ] {
+            let c = parse_command(b, &format!("{b}/pump/{what}/set"), payload).unwrap();
+            assert_eq!(c.to_string(), shown);
+        }
+        assert!(mute_too_long("400d").contains("the maximum of 366 days"));
+    }
 
     #[test]
     fn a_password_file_holds_the_password_alone_on_one_line() {
