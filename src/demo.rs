@@ -92,8 +92,8 @@ pub struct AlarmSpan {
     pub during_fault: bool,
 }
 
-/// With `--mqtt`: the broker and how many alarm messages it had not acknowledged when the demo ended (they
-/// wait in `OUT/outbox`).
+/// With `--mqtt`: the broker and how many alarm messages it had not acknowledged when the demo ended (they are
+/// left in `OUT/outbox` until the next demo there, which deletes them).
 #[derive(Debug, Clone, Serialize)]
 pub struct MqttDelivery {
     pub broker: String,
@@ -512,7 +512,8 @@ impl std::fmt::Display for Summary {
             Some(m) => writeln!(
                 f,
                 "  MQTT: NOT DELIVERED: {} alarm message(s) never acknowledged by {} (is it running and \
-                 reachable?); they wait in {}",
+                 reachable?); they are left in {} until the next demo on this directory, which starts afresh and \
+                 deletes them",
                 m.undelivered,
                 m.broker,
                 self.config.with_file_name("outbox").display()
