@@ -422,6 +422,10 @@ pub struct DiscoveryConfig {
     pub enabled: bool,
     #[serde(default = "default_discovery_prefix")]
     pub prefix: String,
+    /// How long Home Assistant's mute switch mutes a machine (its `mute/set` message): a maintenance visit, a
+    /// shift. Other durations are a `mute/set` message away.
+    #[serde(default = "default_discovery_mute", with = "humantime_serde")]
+    pub mute: Duration,
 }
 
 impl Default for DiscoveryConfig {
@@ -429,8 +433,13 @@ impl Default for DiscoveryConfig {
         Self {
             enabled: false,
             prefix: default_discovery_prefix(),
+            mute: default_discovery_mute(),
         }
     }
+}
+
+fn default_discovery_mute() -> Duration {
+    Duration::from_secs(3600)
 }
 
 fn default_discovery_prefix() -> String {
@@ -625,6 +634,7 @@ const CHECKED_KEYS: &[(&str, Expect)] = &[
     ("machines[].clear_n", Expect::Windows("5")),
     ("machines[].idle_below_dbfs", Expect::Dbfs("-50")),
     ("mqtt.keep_alive", Expect::Duration),
+    ("mqtt.discovery.mute", Expect::Duration),
     ("mqtt.score_interval", Expect::Duration),
     ("mqtt.reconnect_min", Expect::Duration),
     ("mqtt.reconnect_max", Expect::Duration),
@@ -1326,6 +1336,17 @@ impl Config {
                     &q.discovery.prefix,
                     "homeassistant",
                 ));
+                let max = crate::publish::mqtt::MAX_MUTE;
+                if q.discovery.mute < Duration::from_secs(60) || q.discovery.mute > max {
+                    p.push(format!(
+                        "mqtt.discovery.mute ({}) must be between 1m and {} days (what a mute/set command takes)",
+                        match q.discovery.mute.as_secs() {
+                            s if s >= 86_400 && s % 86_400 == 0 => format!("{} days", s / 86_400),
+                            _ => humantime::format_duration(q.discovery.mute).to_string(),
+                        },
+                        max.as_secs() / 86_400
+                    ));
+                }
             }
         }
         if self.metrics.enabled {
@@ -2710,5 +2731,33 @@ min_duration = "3s"
                 "machine '{long}': the name must be 1 to 64 ASCII letters, digits, '-' or '_'"
             )],
         );
+    }
+
+    /// Home Assistant's mute switch mutes for `mqtt.discovery.mute`: a duration a `mute/set` command would take.
+    #[test]
+    fn the_discovery_mute_is_a_duration_a_mute_command_takes() {
+        let d = tempfile::tempdir().unwrap();
+        let with = |mute: &str| {
+            format!(
+                "{}[mqtt.discovery]\nenabled = true\nmute = \"{mute}\"\n",
+                minimal(d.path())
+            )
+        };
+        let c = Config::load_with_env(&write(d.path(), &with("8h")), []).unwrap();
+        assert_eq!(c.mqtt.discovery.mute, Duration::from_secs(8 * 3600));
+        let c = Config::load_with_env(&write(d.path(), &minimal(d.path())), []).unwrap();
+        assert_eq!(c.mqtt.discovery.mute, Duration::from_secs(3600));
+        assert_named(
+            &problems(d.path(), &with("30s")),
+            &["mqtt.discovery.mute (30s) must be between 1m and 366 days"],
+        );
+        assert_named(
+            &problems(d.path(), &with("400days")),
+            &["mqtt.discovery.mute (400 days) must be between 1m and 366 days"],
+        );
+        let e = Config::load_with_env(&write(d.path(), &with("a shift")), [])
+            .unwrap_err()
+            .to_string();
+        assert_named(&e, &["mqtt.discovery.mute = \"a shift\" is not a duration"]);
     }
 }

@@ -204,10 +204,6 @@ pub(crate) const DISCOVERY_ENTITIES: [(&str, &str); 6] = [
 /// The per-machine retained topics under `<prefix>/<node_id>/<machine>/`.
 const RETAINED_TOPICS: [&str; 6] = ["alarm", "state", "threshold", "mute", "enabled", "health"];
 
-/// How long the mute switch that Home Assistant's discovery announces mutes a machine: a maintenance visit. Other
-/// durations are a `mute/set` message away.
-pub(crate) const DISCOVERY_MUTE: Duration = Duration::from_secs(3600);
-
 /// The first index not in `taken`: where the inference thread puts a graph a reload gives it.
 fn free_slot(taken: &BTreeSet<usize>) -> usize {
     (0..taken.len())
@@ -435,7 +431,7 @@ impl Controller {
     /// Home Assistant's MQTT discovery, per machine: the alarm (`binary_sensor`, device class `problem`, the
     /// retained `state` as its attributes), the score and the health (`sensor`s), and its settings as controls
     /// that send the daemon's own commands: the threshold (`number`), `enabled` (`switch`) and a mute of
-    /// [`DISCOVERY_MUTE`] (`switch`: on mutes, off unmutes, its state the retained `mute`).
+    /// `mqtt.discovery.mute` (`switch`: on mutes, off unmutes, its state the retained `mute`).
     pub(crate) fn publish_discovery(&self) {
         if !self.cfg.mqtt.discovery.enabled {
             return;
@@ -447,7 +443,7 @@ impl Controller {
             "manufacturer": "sonitor",
             "sw_version": env!("CARGO_PKG_VERSION"),
         });
-        let mute = humantime::format_duration(DISCOVERY_MUTE).to_string();
+        let mute = humantime::format_duration(self.cfg.mqtt.discovery.mute).to_string();
         for m in self.machines.iter().filter(|m| !m.removed) {
             let name = &m.cfg.name;
             let t = format!("{}/{}", self.base, name);

@@ -297,7 +297,7 @@ fn commands_are_answered_by_retained_state() {
     let rig = Rig::start();
     let rec = Recorder::start(rig.broker.port, "recorder-commands");
     let dev = rig.looping_normal();
-    let cfg = rig.config(&dev, "[mqtt.discovery]\nenabled = true\n");
+    let cfg = rig.config(&dev, "[mqtt.discovery]\nenabled = true\nmute = \"8h\"\n");
     // systemd's notification socket, with a 0.4 s watchdog.
     let mut notify = common::Notify::bind(rig.path());
     let daemon = Daemon::start(&cfg, &notify.envs());
@@ -414,6 +414,9 @@ fn commands_are_answered_by_retained_state() {
             payload.as_str().unwrap(),
         )
     };
+    // The mute switch mutes for `mqtt.discovery.mute`.
+    assert_eq!(mute["payload_on"], "8h", "{mute}");
+    assert_eq!(mute["name"], "pump-1 mute for 8h", "{mute}");
     command(&mute, &mute["payload_on"]);
     command(&number, &serde_json::json!("0.75"));
     command(&watched, &watched["payload_off"]);
