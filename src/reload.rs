@@ -182,6 +182,14 @@ mod tests {
             .arg("30")
             .spawn()
             .unwrap();
+        // Until its exec the child is a copy of this test's thread, by its name.
+        let comm = format!("/proc/{}/comm", other.id());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(&comm).is_ok_and(|c| c.trim() != "sleep")
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let e = a_sonitor(other.id());
         let _ = other.kill();
         let _ = other.wait();
