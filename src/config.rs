@@ -1336,15 +1336,17 @@ impl Config {
                     &q.discovery.prefix,
                     "homeassistant",
                 ));
-                let max = crate::publish::mqtt::MAX_MUTE;
-                if q.discovery.mute < Duration::from_secs(60) || q.discovery.mute > max {
+                use crate::publish::mqtt::{MAX_MUTE, MAX_MUTE_DAYS};
+                let mute = q.discovery.mute;
+                if mute < Duration::from_secs(60) || mute > MAX_MUTE {
+                    // Whole days as days: humantime writes 400 days as "1year 1month 4days 7h 26m 24s".
+                    let given = match mute.as_secs() {
+                        s if s >= 86_400 && s % 86_400 == 0 => format!("{} days", s / 86_400),
+                        _ => humantime::format_duration(mute).to_string(),
+                    };
                     p.push(format!(
-                        "mqtt.discovery.mute ({}) must be between 1m and {} days (what a mute/set command takes)",
-                        match q.discovery.mute.as_secs() {
-                            s if s >= 86_400 && s % 86_400 == 0 => format!("{} days", s / 86_400),
-                            _ => humantime::format_duration(q.discovery.mute).to_string(),
-                        },
-                        max.as_secs() / 86_400
+                        "mqtt.discovery.mute ({given}) must be between 1m and {MAX_MUTE_DAYS} days (what a mute/set \
+                         command takes)"
                     ));
                 }
             }

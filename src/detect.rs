@@ -1355,6 +1355,17 @@ impl Controller {
         }
     }
 
+    /// Input `input` is down (`reason`, when there is one to compare the next failure with): its machines get no
+    /// audio.
+    fn input_down(&mut self, input: usize, reason: Option<String>) {
+        self.inputs[input] = InputState::Down(reason);
+        for i in 0..self.machines.len() {
+            if self.machines[i].input == input {
+                self.set_health(i, "NO_AUDIO".into());
+            }
+        }
+    }
+
     /// Logs machine `i`'s new health and publishes its state.
     fn health_changed(&mut self, i: usize) {
         let m = &self.machines[i];
@@ -1430,12 +1441,7 @@ pub(crate) fn on_source_event(ctl: &mut Controller, e: SourceEvent) {
             } else {
                 log::debug!("input {}: {reason}", d.name);
             }
-            ctl.inputs[input] = InputState::Down(Some(reason));
-            for i in 0..ctl.machines.len() {
-                if ctl.machines[i].input == input {
-                    ctl.set_health(i, "NO_AUDIO".into());
-                }
-            }
+            ctl.input_down(input, Some(reason));
         }
         SourceEvent::Stalled { input } => {
             log::warn!(
@@ -1443,12 +1449,7 @@ pub(crate) fn on_source_event(ctl: &mut Controller, e: SourceEvent) {
                 ctl.cfg.devices[input].name,
                 ctl.cfg.devices[input].stall_timeout
             );
-            ctl.inputs[input] = InputState::Down(None);
-            for i in 0..ctl.machines.len() {
-                if ctl.machines[i].input == input {
-                    ctl.set_health(i, "NO_AUDIO".into());
-                }
-            }
+            ctl.input_down(input, None);
         }
         SourceEvent::Ended { input } => {
             let d = &ctl.cfg.devices[input];
@@ -1459,12 +1460,7 @@ pub(crate) fn on_source_event(ctl: &mut Controller, e: SourceEvent) {
                     "input {}: end of file; its machines get no more audio (at_end = \"stop\")",
                     d.name
                 );
-                ctl.inputs[input] = InputState::Down(Some("end of file".into()));
-                for i in 0..ctl.machines.len() {
-                    if ctl.machines[i].input == input {
-                        ctl.set_health(i, "NO_AUDIO".into());
-                    }
-                }
+                ctl.input_down(input, Some("end of file".into()));
             } else {
                 log::info!("input {}: end of file", d.name);
             }

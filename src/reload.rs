@@ -76,15 +76,15 @@ pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
             return EXIT_CONFIG;
         }
     };
-    let holder = crate::state_lock::holder(&cfg.state_dir).flatten();
-    if let Some(p) = pid.filter(|p| Some(*p) != holder) {
+    let holder = crate::state_lock::holder(&cfg.state_dir).unwrap_or_default();
+    if let Some(p) = pid.filter(|p| Some(*p) != holder.pid) {
         // A pid given by hand is checked before anything is sent: SIGHUP ends most other programs.
         if let Err(why) = a_sonitor(p) {
             eprintln!("sonitor reload: {why}; nothing sent");
             return EXIT_NO_DAEMON;
         }
     }
-    let pid = match pid.or(holder) {
+    let pid = match pid.or(holder.pid) {
         Some(p) => p,
         None => {
             eprintln!(
@@ -97,11 +97,16 @@ pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
     };
     // Where the answer will be read: the metrics of the daemon that runs, as it wrote in its lock file (the file
     // may have moved `[metrics] listen` since, which only a restart applies), else the file's.
-    let addr = if Some(pid) == holder {
-        crate::state_lock::holder_metrics(&cfg.state_dir).or(cfg.metrics.addr())
+    let addr = if Some(pid) == holder.pid {
+        holder.metrics.or(cfg.metrics.addr())
     } else {
         cfg.metrics.addr()
     };
+    let before = addr.map(reload_counters);
+    if let Err(e) = hang_up(pid) {
+        eprintln!("sonitor reload: cannot signal sonitor (pid {pid}): {e}");
+        return EXIT_NO_DAEMON;
+    }
     let Some(addr) = addr else {
         let why = if cfg.metrics.enabled {
             format!(
@@ -111,25 +116,16 @@ pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
         } else {
             "its metrics are off ([metrics] enabled = false)".into()
         };
-        if let Err(e) = hang_up(pid) {
-            eprintln!("sonitor reload: cannot signal sonitor (pid {pid}): {e}");
-            return EXIT_NO_DAEMON;
-        }
         eprintln!(
             "sonitor reload: asked sonitor (pid {pid}) to reload {path}; {why}, so whether it applied the file is \
              only in its log"
         );
         return 0;
     };
-    let before = reload_counters(addr);
-    if let Err(e) = hang_up(pid) {
-        eprintln!("sonitor reload: cannot signal sonitor (pid {pid}): {e}");
-        return EXIT_NO_DAEMON;
-    }
     // Metrics that do not answer yet: a daemon still starting (checking the file, building its models) serves
     // them once it runs, and applies the signal then, as its first reload. Whatever else holds that address
     // never gives the answer, and the wait ends at `timeout`.
-    let reloads = before.as_ref().map_or(0, |r| r.count);
+    let reloads = before.and_then(Result::ok).map_or(0, |r| r.count);
     let mut last_error: Option<std::io::Error>;
     let deadline = Instant::now() + timeout;
     loop {

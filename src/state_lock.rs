@@ -78,7 +78,7 @@ pub fn acquire(dir: &Path, metrics: Option<SocketAddr>) -> Result<StateLock, Loc
         if std::time::Instant::now() >= give_up {
             return Err(LockError::Held {
                 dir: dir.to_path_buf(),
-                pid: pid_in(&mut file),
+                pid: holder_in(&mut file).pid,
             });
         }
         std::thread::sleep(LOCK_RETRY);
@@ -93,28 +93,24 @@ pub fn acquire(dir: &Path, metrics: Option<SocketAddr>) -> Result<StateLock, Loc
     Ok(StateLock { _file: file })
 }
 
-/// Whether a process holds the state directory `dir` now, and its pid if it wrote one; creates and keeps nothing
-/// (`validate` names the daemon that runs on the configuration it checks). A shared lock is tried for a moment on
-/// the file an earlier daemon left: a daemon that starts at that very moment waits for it ([`acquire`]).
-pub fn holder(dir: &Path) -> Option<Option<u32>> {
-    let mut file = File::open(dir.join(LOCK_FILE)).ok()?;
-    let taken = try_flock(&file, libc::LOCK_SH).ok()?;
-    (!taken).then(|| pid_in(&mut file))
+/// What the process holding a state directory wrote in its lock file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Holder {
+    /// Its pid; `None` when it could not write it.
+    pub pid: Option<u32>,
+    /// Where it serves its metrics; `None` when it serves none, or it is a sonitor from before the address was
+    /// written.
+    pub metrics: Option<SocketAddr>,
 }
 
-/// Where the process that holds the state directory `dir` now serves its metrics, as it wrote in the lock file;
-/// `None` when none holds it, or it serves none, or it is a sonitor from before the address was written.
-pub fn holder_metrics(dir: &Path) -> Option<SocketAddr> {
+/// Whether a process holds the state directory `dir` now, and what it wrote of itself; creates and keeps nothing
+/// (`validate` names the daemon that runs on the configuration it checks; `reload` and `status` find its metrics).
+/// A shared lock is tried for a moment on the file an earlier daemon left: a daemon that starts at that very moment
+/// waits for it ([`acquire`]).
+pub fn holder(dir: &Path) -> Option<Holder> {
     let mut file = File::open(dir.join(LOCK_FILE)).ok()?;
-    let held = !try_flock(&file, libc::LOCK_SH).ok()?;
-    let mut text = String::new();
-    file.read_to_string(&mut text).ok()?;
-    held.then(|| {
-        text.lines()
-            .find_map(|l| l.strip_prefix("metrics "))
-            .and_then(|a| a.trim().parse().ok())
-    })
-    .flatten()
+    let taken = try_flock(&file, libc::LOCK_SH).ok()?;
+    (!taken).then(|| holder_in(&mut file))
 }
 
 /// `flock(2)` with `op` (`LOCK_EX` or `LOCK_SH`) without waiting: true when taken (until `file` is closed), false
@@ -132,11 +128,20 @@ fn try_flock(file: &File, op: libc::c_int) -> std::io::Result<bool> {
     }
 }
 
-/// The pid the holder wrote into the lock file (not there: a holder that could not write it).
-fn pid_in(file: &mut File) -> Option<u32> {
+/// What the holder wrote into the lock file: its pid on the first line, then `metrics ADDRESS` (either missing:
+/// a holder that could not write it, or one from before the address was written).
+fn holder_in(file: &mut File) -> Holder {
     let mut text = String::new();
-    file.read_to_string(&mut text).ok()?;
-    text.lines().next()?.trim().parse().ok()
+    if file.read_to_string(&mut text).is_err() {
+        return Holder::default();
+    }
+    Holder {
+        pid: text.lines().next().and_then(|l| l.trim().parse().ok()),
+        metrics: text
+            .lines()
+            .find_map(|l| l.strip_prefix("metrics "))
+            .and_then(|a| a.trim().parse().ok()),
+    }
 }
 
 #[cfg(test)]
@@ -159,25 +164,34 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.contains(&format!("(pid {pid})")), "{msg}");
         assert!(msg.contains(&d.path().display().to_string()), "{msg}");
-        assert_eq!(holder(d.path()), Some(Some(pid)));
-        assert_eq!(holder_metrics(d.path()), Some(addr));
+        assert_eq!(
+            holder(d.path()),
+            Some(Holder {
+                pid: Some(pid),
+                metrics: Some(addr)
+            })
+        );
         drop(held);
-        assert_eq!(holder(d.path()), None);
         // The address of a daemon gone is no one's.
-        assert_eq!(holder_metrics(d.path()), None);
+        assert_eq!(holder(d.path()), None);
         let again = acquire(d.path(), None).unwrap();
         assert_eq!(
             std::fs::read_to_string(d.path().join(LOCK_FILE)).unwrap(),
             format!("{pid}\n")
         );
-        assert_eq!(holder_metrics(d.path()), None);
+        assert_eq!(holder(d.path()).unwrap().metrics, None);
         drop(again);
         // The file of a sonitor from before the address was written: its pid alone.
         std::fs::write(d.path().join(LOCK_FILE), format!("{pid}\n")).unwrap();
         let file = File::open(d.path().join(LOCK_FILE)).unwrap();
         assert!(try_flock(&file, libc::LOCK_EX).unwrap());
-        assert_eq!(holder(d.path()), Some(Some(pid)));
-        assert_eq!(holder_metrics(d.path()), None);
+        assert_eq!(
+            holder(d.path()),
+            Some(Holder {
+                pid: Some(pid),
+                metrics: None
+            })
+        );
     }
 
     /// `sonitor validate` run as the service starts: its probe's shared lock made the daemon exit 75 (naming the

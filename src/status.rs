@@ -276,7 +276,8 @@ pub fn status(config_path: &Path, json: bool) -> i32 {
     };
     // The running daemon's metrics, where its lock file says (the file may have moved `[metrics] listen` since,
     // which only a restart applies), else the file's.
-    let running = crate::state_lock::holder_metrics(&cfg.state_dir);
+    let holder = crate::state_lock::holder(&cfg.state_dir).unwrap_or_default();
+    let running = holder.metrics;
     if running.is_none() && !cfg.metrics.enabled {
         eprintln!(
             "sonitor status: the metrics are off ([metrics] enabled = false), and they are what it reads: the \
@@ -285,7 +286,7 @@ pub fn status(config_path: &Path, json: bool) -> i32 {
         );
         return EXIT_NO_DAEMON;
     }
-    let pid = crate::state_lock::holder(&cfg.state_dir).flatten();
+    let pid = holder.pid;
     let addr = running.or(cfg.metrics.addr());
     let answer = addr
         .ok_or_else(|| std::io::Error::other("not an address:port"))

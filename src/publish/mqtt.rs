@@ -98,12 +98,13 @@ impl std::fmt::Display for Command {
 
 /// The longest mute a command may ask for. A longer one is almost certainly a typo, and its end could not be
 /// shown as a date; a machine that should not be watched at all is switched off with `enabled`.
-pub const MAX_MUTE: Duration = Duration::from_secs(366 * 24 * 3600);
+pub const MAX_MUTE: Duration = Duration::from_secs(MAX_MUTE_DAYS * 24 * 3600);
+/// [`MAX_MUTE`] in days, as the messages give it.
+pub const MAX_MUTE_DAYS: u64 = 366;
 
 fn mute_too_long(p: &str) -> String {
     format!(
-        "mute {p} is longer than the maximum of {} days; use enabled OFF to stop watching a machine",
-        MAX_MUTE.as_secs() / 86_400
+        "mute {p} is longer than the maximum of {MAX_MUTE_DAYS} days; use enabled OFF to stop watching a machine"
     )
 }
 
