@@ -1083,6 +1083,17 @@ impl Config {
         Ok(config)
     }
 
+    /// Where the file puts the state directory, read as loosely as it can be: for `sonitor status`, which looks
+    /// for the running daemon (its lock file is there) even when the file as it is now would be refused, a typo
+    /// made since the daemon started. `SONITOR_STATE_DIR`, else the file's top-level `state_dir` (when the TOML
+    /// does not parse, its line before the first table, a plain quoted string); `None` when none of them says.
+    pub fn state_dir_of(path: &Path) -> Option<PathBuf> {
+        if let Some(v) = std::env::var_os("SONITOR_STATE_DIR").filter(|v| !v.is_empty()) {
+            return Some(v.into());
+        }
+        state_dir_in(&std::fs::read_to_string(path).ok()?)
+    }
+
     pub fn device(&self, name: &str) -> Option<&DeviceConfig> {
         self.devices.iter().find(|d| d.name == name)
     }
@@ -1460,6 +1471,29 @@ impl Config {
             .collect(),
         }
     }
+}
+
+/// [`Config::state_dir_of`] on the file's text.
+fn state_dir_in(text: &str) -> Option<PathBuf> {
+    let parsed = config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .build();
+    if let Ok(c) = parsed {
+        return c.get_string("state_dir").ok().map(PathBuf::from);
+    }
+    text.lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with('['))
+        .find_map(|l| {
+            let v = l
+                .strip_prefix("state_dir")?
+                .trim_start()
+                .strip_prefix('=')?;
+            let v = v.split('#').next()?.trim();
+            let q = v.chars().next().filter(|q| *q == '"' || *q == '\'')?;
+            let inner = v.strip_prefix(q)?.strip_suffix(q)?;
+            (!inner.is_empty() && !inner.contains(['\\', '"', '\''])).then(|| PathBuf::from(inner))
+        })
 }
 
 impl DetectorConfig {
@@ -1867,6 +1901,33 @@ pub fn toml_path(p: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `sonitor status` finds the running daemon's state directory in a file it would refuse: one with a key
+    /// misspelled, and one whose TOML does not parse (its top-level line); not in a table, nor without quotes.
+    #[test]
+    fn the_state_directory_is_found_in_a_file_that_would_be_refused() {
+        let found = |t: &str| state_dir_in(t).map(|p| p.display().to_string());
+        let typo = "node_id = \"n\"\nstate_dir = \"/var/lib/sonitor\"\n[mqtt]\nhots = \"x\"\n";
+        assert_eq!(found(typo).as_deref(), Some("/var/lib/sonitor"));
+        let broken =
+            "node_id = \"n\nstate_dir = '/srv/s' # here\n[[machines]\nstate_dir = \"/no\"\n";
+        assert!(
+            found(broken).is_some_and(|p| p == "/srv/s"),
+            "{:?}",
+            found(broken)
+        );
+        for none in [
+            "node_id = \"n\n[x]\nstate_dir = \"/in/a/table\"\n",
+            "node_id = \"n\nstate_dir = /bare\n",
+            "node_id = \"n\nstate_dir = \"/a\\\\b\"\n",
+        ] {
+            assert_eq!(found(none), None, "{none:?}");
+        }
+        assert_eq!(
+            found("state_dir = \"/ok\" \nnode_id = \"n\"\n[mqtt]\nhost = [\n").as_deref(),
+            Some("/ok")
+        );
+    }
 
     #[test]
     fn detector_params_default_to_the_bundle_threshold() {

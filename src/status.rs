@@ -264,13 +264,44 @@ fn table<const N: usize>(rows: &[[String; N]]) -> String {
     out
 }
 
-/// `sonitor status --config FILE [--json]`: the exit status (0: printed; 78: the file cannot be read; 69: no
-/// daemon answered on the running daemon's metrics address, or the file's).
+/// `sonitor status --config FILE [--json]`: the exit status (0: printed; 78: the file cannot be used, the running
+/// daemon's status printed all the same when its lock file can be found; 69: no daemon answered on the running
+/// daemon's metrics address, or the file's).
 pub fn status(config_path: &Path, json: bool) -> i32 {
     let cfg = match Config::load(config_path) {
         Ok(c) => c,
         Err(e) => {
+            // The moment someone asks is often the moment the file went wrong: `systemctl reload` refused it, and
+            // the daemon runs what it loaded before. Its lock file still says where its metrics are.
             eprintln!("sonitor status: {e}");
+            let Some(dir) = Config::state_dir_of(config_path) else {
+                eprintln!(
+                    "sonitor status: the file does not say where the state directory is, so the running daemon \
+                     cannot be found"
+                );
+                return EXIT_CONFIG;
+            };
+            let holder = crate::state_lock::holder(&dir).unwrap_or_default();
+            match (holder.metrics, holder.pid) {
+                (Some(addr), pid) => {
+                    if show(addr, pid, json) == 0 {
+                        eprintln!(
+                            "sonitor status: the daemon above runs the configuration it loaded before; the file as \
+                             it is now would be refused by a reload and by a restart (`sonitor validate` names \
+                             the same problems)"
+                        );
+                    }
+                }
+                (None, Some(pid)) => eprintln!(
+                    "sonitor status: sonitor (pid {pid}) runs on {}, with its metrics off; the file as it is now \
+                     would be refused by a reload and by a restart",
+                    dir.display()
+                ),
+                (None, None) => eprintln!(
+                    "sonitor status: no sonitor runs on the state directory {}",
+                    dir.display()
+                ),
+            }
             return EXIT_CONFIG;
         }
     };
@@ -286,12 +317,22 @@ pub fn status(config_path: &Path, json: bool) -> i32 {
         );
         return EXIT_NO_DAEMON;
     }
-    let pid = holder.pid;
-    let addr = running.or(cfg.metrics.addr());
-    let answer = addr
-        .ok_or_else(|| std::io::Error::other("not an address:port"))
-        .and_then(crate::metrics::scrape);
-    match answer {
+    match running.or(cfg.metrics.addr()) {
+        Some(addr) => show(addr, holder.pid, json),
+        None => {
+            eprintln!(
+                "sonitor status: no sonitor answered on {} (not an address:port)",
+                cfg.metrics.listen
+            );
+            EXIT_NO_DAEMON
+        }
+    }
+}
+
+/// Prints the status the daemon's metrics at `addr` give (the daemon's `pid`, when its lock file says it): 0, or
+/// [`EXIT_NO_DAEMON`] when nothing answers there.
+fn show(addr: std::net::SocketAddr, pid: Option<u32>, json: bool) -> i32 {
+    match crate::metrics::scrape(addr) {
         Ok(samples) => {
             let snapshot = Snapshot::of(&samples, pid);
             if json {
@@ -309,8 +350,7 @@ pub fn status(config_path: &Path, json: bool) -> i32 {
         }
         Err(e) => {
             eprintln!(
-                "sonitor status: no sonitor answered on {} ({e}){}",
-                addr.map_or(cfg.metrics.listen.clone(), |a| a.to_string()),
+                "sonitor status: no sonitor answered on {addr} ({e}){}",
                 if pid.is_some() {
                     " though one holds the state directory: still starting?"
                 } else {

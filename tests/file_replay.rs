@@ -944,6 +944,16 @@ fn the_reload_command_reports_whether_the_daemon_applied_the_file() {
         text.contains("raise_kk") && text.contains("not sent"),
         "{text}"
     );
+    // `status` on that file: 78 for the file, and the running daemon's status all the same (its lock file is in
+    // the state directory the file still names), as it is what someone asks right after a refused reload.
+    let (code, shown) = sonitor(&["status"]);
+    assert_eq!(code, Some(78), "{shown}");
+    assert!(
+        shown.contains("raise_kk")
+            && shown.contains("1 machine(s), 0 alarm(s) on")
+            && shown.contains("runs the configuration it loaded before"),
+        "{shown}"
+    );
     let m = common::scrape(&cfg);
     assert_eq!(
         common::metric(&m, "sonitor_config_reloads_total"),
