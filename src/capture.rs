@@ -891,6 +891,12 @@ pub fn spawn_file(
                 end.close();
             }
             let _ = events.send(SourceEvent::Ended { input: index });
+            // `at_end = "stop"`: the input is down as configured, and no restart would bring more of it than
+            // the same file again. Its supervisor goes on turning, as one waiting for a device that is away
+            // does, so that systemd's watchdog is fed while the daemon's other threads turn.
+            if cfg.at_end == AtEnd::Stop {
+                wait_unless_stopped(Duration::MAX, &stop, &m.retry_beats);
+            }
         })?;
     Ok(handle)
 }

@@ -819,9 +819,31 @@ fn a_replay_that_stops_at_its_end_leaves_its_machine_without_audio() {
         "realtime = false\nat_end = \"stop\"\n",
         "",
     );
-    let daemon = common::Daemon::start(&cfg, &[]);
-    daemon.wait_log("its machines get no more audio", Duration::from_secs(30));
-    daemon.wait_log("health of pump-1: NO_AUDIO", Duration::from_secs(5));
+    // Under systemd's watchdog: the end is as configured, so the watchdog is still fed after it (nothing fed it
+    // once the file had ended, and systemd restarted the daemon, which replayed the file again).
+    let sock_dir = tempfile::tempdir().unwrap();
+    let mut notify = common::Notify::bind(sock_dir.path());
+    let daemon = common::Daemon::start(&cfg, &notify.envs());
+    // The notifications are read while waiting: unread, they would fill the socket's queue.
+    let t0 = std::time::Instant::now();
+    while !daemon
+        .log
+        .lock()
+        .unwrap()
+        .contains("health of pump-1: NO_AUDIO")
+    {
+        assert!(t0.elapsed() < Duration::from_secs(35), "no NO_AUDIO");
+        notify.collect_for(Duration::from_millis(100));
+    }
+    daemon.wait_log("its machines get no more audio", Duration::from_secs(1));
+    notify.notes.clear();
+    notify.collect_for(Duration::from_secs(2));
+    let pings = notify.notes.matches("WATCHDOG=1").count();
+    assert!(
+        pings >= 4,
+        "{pings} watchdog pings in 2 s after the end: {:?}",
+        notify.notes
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor"))
         .args(["status", "--json", "--config"])
         .arg(&cfg)
