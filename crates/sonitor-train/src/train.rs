@@ -381,6 +381,16 @@ impl burn::module::ModuleVisitor for InitialiseNow {
     }
 }
 
+/// Folds the BatchNorm layers' last running-statistics update into their values. burn keeps each update pending
+/// (per thread) until the next forward pass reads it, and a checkpoint's save and the export read the value
+/// without it: the checkpoint then held statistics one batch older than the network that went on training (a
+/// `--resume` continued from other ones than an uninterrupted run, and ended on other weights and thresholds),
+/// and the exported graph missed the last batch's update. `valid()` settles them in place: the running states are
+/// shared with the copy it returns, which is dropped.
+fn settle_running_statistics(model: &Model) {
+    let _ = model.valid();
+}
+
 /// What `fit` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct FitReport {
@@ -795,6 +805,7 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
             data_sha256: Some(data_sha.clone()),
             features: Some(o.features.clone()),
         };
+        settle_running_statistics(&model);
         checkpoint::save(&o.out, &state, |dir| {
             let m = dir.join(checkpoint::MODEL_FILE);
             model
@@ -811,6 +822,7 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
 
     // Export, then compute the back end through the exported graph (the daemon's path).
     let t_back = Instant::now();
+    settle_running_statistics(&model);
     let onnx = export::export_onnx(&model, &config, "sonitor-train")?;
     let embedder = crate::infer::exported_graph(&onnx, &config)?;
     // The training audio is already in memory: the back end embeds it, it does not read the files again.

@@ -60,6 +60,16 @@ fn fit_resume_eval_and_refusals() {
     assert_eq!(r.epoch_losses.len(), 2);
     assert!(out.join("checkpoint/state.json").exists());
     assert!(!out.join("checkpoint.old").exists() && !out.join("checkpoint.new").exists());
+    // The resumed run ends where an uninterrupted one does, to the bit: the checkpoint held the BatchNorm layers'
+    // running statistics one batch old (burn keeps the last update pending), so a resumed run ended on other
+    // weights and thresholds.
+    let straight = dir.path().join("straight");
+    fit(&options(&data, &straight, LossKind::SubclusterAdacos, 2)).unwrap();
+    assert_eq!(
+        Bundle::load(&straight).unwrap().manifest.onnx_sha256,
+        Bundle::load(&out).unwrap().manifest.onnx_sha256,
+        "a resumed run and an uninterrupted one differ"
+    );
 
     // Eval through tract.
     let scores = dir.path().join("scores");
