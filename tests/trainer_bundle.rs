@@ -93,6 +93,7 @@ fn daemon_scores_equal_the_trainers_eval_on_a_fitted_bundle() {
         windows: true,
         json: false,
         bundle: Some(combined_dir.clone()),
+        force: false,
     })
     .unwrap();
     let combined = Bundle::load(&combined_dir).unwrap();

@@ -46,6 +46,21 @@ pub struct State {
     pub data_sha256: Option<String>,
     #[serde(default)]
     pub features: Option<sonitor_core::features::FeatureParams>,
+    /// `--batch`, `--lr` and mixup: a `--resume` that leaves them out takes them, one that gives others is
+    /// refused (absent in checkpoints of earlier versions, whose resumes took the command line's).
+    #[serde(default)]
+    pub batch: Option<usize>,
+    #[serde(default)]
+    pub lr: Option<f64>,
+    #[serde(default)]
+    pub mixup: Option<bool>,
+    /// Seconds of training up to this checkpoint, over every run that made it (`--resume` adds its own).
+    #[serde(default)]
+    pub train_seconds: Option<f64>,
+    /// The fine-tuning of a `prune` run, which `fit --resume` does not continue (the bundle would lack its
+    /// pruning record).
+    #[serde(default)]
+    pub pruned: bool,
 }
 
 fn sibling(out: &Path, suffix: &str) -> PathBuf {
@@ -228,6 +243,11 @@ mod tests {
             data_path: None,
             data_sha256: None,
             features: None,
+            batch: None,
+            lr: None,
+            mixup: None,
+            train_seconds: None,
+            pruned: false,
         }
     }
 

@@ -44,6 +44,7 @@ use sonitor_core::{metrics, parallel};
 use crate::baseline::{mean_log_mel, training_domains, SectionModel};
 use crate::eval::{clip_score, embedder_of, section_model};
 use crate::infer::window_views;
+use crate::replace::Replacement;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct CombineArgs {
@@ -75,6 +76,10 @@ pub struct CombineArgs {
     /// Needs `--windows` (the daemon scores windows).
     #[arg(long, requires = "windows", value_name = "DIR")]
     pub bundle: Option<PathBuf>,
+    /// Replace the bundle (or checkpoint) that the `--bundle` directory holds, as `fit --force` does (without it,
+    /// such a directory is refused).
+    #[arg(long, requires = "bundle")]
+    pub force: bool,
 }
 
 /// Where `combine` writes by default, inside the bundle directory.
@@ -530,6 +535,17 @@ pub fn run(a: &CombineArgs) -> anyhow::Result<()> {
             s.key()
         );
     }
+    // Before any scoring: where the new bundle goes.
+    if let Some(dir) = &a.bundle {
+        anyhow::ensure!(
+            crate::train::resolved(dir) != crate::train::resolved(&a.model),
+            "--bundle {} is the --model bundle: the combined bundle goes into another directory, so that the \
+             bundle it was made from stays (combine refuses a combined bundle)",
+            dir.display()
+        );
+        crate::train::check_out(dir, "--bundle", None, a.force)?;
+        crate::train::check_outside_data(dir, "--bundle", &a.data)?;
+    }
     let data = dcase::scan(&a.data)?;
     let started = std::time::Instant::now();
     let Combined { files, sections } = score_dataset(&bundle, &data, &out, a.weight, a.windows)?;
@@ -580,7 +596,20 @@ pub fn run(a: &CombineArgs) -> anyhow::Result<()> {
         Some(report)
     };
     if let Some(dir) = &a.bundle {
-        write_bundle(&bundle, sections, a.weight, report.as_ref(), dir)?;
+        if a.force {
+            // As `fit --force`: the old bundle and its checkpoint wait in DIR/.replaced until the new one is
+            // written, and come back if it cannot be.
+            let mut old = Replacement::begin(dir)?;
+            match old
+                .set_aside_bundle()
+                .and_then(|()| write_bundle(&bundle, sections, a.weight, report.as_ref(), dir))
+            {
+                Ok(()) => old.finish()?,
+                Err(e) => return Err(old.undo(e)),
+            }
+        } else {
+            write_bundle(&bundle, sections, a.weight, report.as_ref(), dir)?;
+        }
     }
     let files: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
     match report {

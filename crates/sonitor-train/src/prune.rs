@@ -491,7 +491,7 @@ pub fn run(a: &PruneArgs) -> anyhow::Result<()> {
         Some(d) => d.clone(),
         None => provenance_data(m)?,
     };
-    train::check_out(&a.out, false, a.force)?;
+    train::check_out(&a.out, "--out", None, a.force)?;
     let checkpoint::State {
         model: config,
         loss,

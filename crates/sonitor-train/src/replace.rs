@@ -65,7 +65,7 @@ fn names_in(dir: &Path) -> anyhow::Result<Vec<String>> {
 
 /// Refuses `out` while it holds the entries an interrupted replacement set aside: a new run would mix its files
 /// with them, and a second `--force` would have nowhere to keep the first one's old bundle.
-pub fn check_no_leftover(out: &Path) -> anyhow::Result<()> {
+pub fn check_no_leftover(out: &Path, flag: &str) -> anyhow::Result<()> {
     let backup = backup_dir(out);
     if !backup.exists() {
         return Ok(());
@@ -81,15 +81,23 @@ pub fn check_no_leftover(out: &Path) -> anyhow::Result<()> {
             backup.display()
         )
     } else if checkpoint::find(out).join(checkpoint::STATE_FILE).exists() {
-        format!(
-            "To finish that run, continue it with --resume (which removes {} once the new bundle is written).",
-            backup.display()
-        )
+        if checkpoint::read_state(&checkpoint::find(out)).is_ok_and(|s| s.pruned) {
+            "That run was a `prune`, which cannot be continued: run it again once the old bundle is back or given \
+             up (below)."
+                .to_string()
+        } else {
+            format!(
+                "To finish that run, continue it with `sonitor-train fit --resume --out {}` and its --data (which \
+                 removes {} once the new bundle is written).",
+                out.display(),
+                backup.display()
+            )
+        }
     } else {
         "That run was stopped before it wrote a checkpoint, so it cannot be resumed.".to_string()
     };
     anyhow::bail!(
-        "--out {}: {} holds what a --force run set aside from it ({}): the bundle it was replacing. {finish} To go \
+        "{flag} {}: {} holds what a --force run set aside from it ({}): the bundle it was replacing. {finish} To go \
          back to the old bundle, move everything in {} into {}, replacing what is there of the same name, and \
          remove {}. To give the old bundle up, remove {}.",
         out.display(),
@@ -324,7 +332,7 @@ mod tests {
             std::fs::read(out.join("manifest.json")).unwrap(),
             b"old manifest.json"
         );
-        assert!(check_no_leftover(out).is_err());
+        assert!(check_no_leftover(out, "--out").is_err());
         new_checkpoint(out);
         r.set_aside_bundle().unwrap();
         assert_eq!(
@@ -337,7 +345,7 @@ mod tests {
             names_in(out).unwrap(),
             ["checkpoint", "manifest.json", "notes.txt"]
         );
-        check_no_leftover(out).unwrap();
+        check_no_leftover(out, "--out").unwrap();
     }
 
     #[test]
@@ -368,7 +376,7 @@ mod tests {
         std::fs::create_dir(out.join(DIR)).unwrap();
         std::fs::write(out.join(DIR).join("manifest.json"), "old").unwrap();
         std::fs::write(out.join("manifest.json"), "new").unwrap();
-        let e = format!("{:#}", check_no_leftover(out).unwrap_err());
+        let e = format!("{:#}", check_no_leftover(out, "--out").unwrap_err());
         assert!(
             e.contains("The new bundle was written but removing the old one failed")
                 && !e.contains("--resume"),
@@ -401,7 +409,7 @@ mod tests {
         std::fs::write(out.join("model.onnx"), "killed run's").unwrap();
         drop(r);
         let kept = files(&backup_dir(out));
-        let e = check_no_leftover(out).unwrap_err().to_string();
+        let e = check_no_leftover(out, "--out").unwrap_err().to_string();
         assert!(
             e.contains(".replaced")
                 && e.contains("(checkpoint, manifest.json, model.onnx, scores)")

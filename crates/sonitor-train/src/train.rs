@@ -177,10 +177,12 @@ pub struct FitArgs {
     pub out: PathBuf,
     #[arg(long, default_value_t = 10)]
     pub epochs: usize,
-    #[arg(long, default_value_t = 64)]
-    pub batch: usize,
-    #[arg(long, default_value_t = 1e-3)]
-    pub lr: f64,
+    /// Clips per batch [default: 64; with --resume: the checkpoint's].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Adam's learning rate [default: 0.001; with --resume: the checkpoint's].
+    #[arg(long)]
+    pub lr: Option<f64>,
     /// Random seed [default: 1; with --resume: the checkpoint's].
     #[arg(long)]
     pub seed: Option<u64>,
@@ -214,18 +216,24 @@ pub struct FitArgs {
     pub quantile: f64,
     #[arg(long, value_enum, default_value_t = TargetCentres::Window)]
     pub target_centres: TargetCentres,
-    /// Disable mixup (for ablations).
+    /// Disable mixup (for ablations) [with --resume: the checkpoint's setting when left out].
     #[arg(long)]
     pub no_mixup: bool,
     /// Analysis window in seconds: what one embedding sees (the network's input shapes follow from it). Recorded in
-    /// the bundle; the daemon cuts its windows the same way.
-    #[arg(long, default_value_t = 2.0)]
-    pub window_seconds: f64,
+    /// the bundle; the daemon cuts its windows the same way [default: 2; with --resume: the checkpoint's].
+    #[arg(long)]
+    pub window_seconds: Option<f64>,
     /// Step between a stream's windows in seconds: one score per hop in the daemon, and the windows a clip is cut
-    /// into for the back end and `eval`.
-    #[arg(long, default_value_t = 1.0)]
-    pub window_hop_seconds: f64,
+    /// into for the back end and `eval` [default: 1; with --resume: the checkpoint's].
+    #[arg(long)]
+    pub window_hop_seconds: Option<f64>,
 }
+
+/// `--batch`, `--lr`, `--window-seconds` and `--window-hop-seconds` when left out of a new run.
+pub const DEFAULT_BATCH: usize = 64;
+pub const DEFAULT_LR: f64 = 1e-3;
+pub const DEFAULT_WINDOW_SECONDS: f64 = 2.0;
+pub const DEFAULT_WINDOW_HOP_SECONDS: f64 = 1.0;
 
 /// The feature parameters of `--window-seconds` / `--window-hop-seconds` (the rest as the paper's front end).
 pub fn window_features(window_s: f64, hop_s: f64) -> anyhow::Result<FeatureParams> {
@@ -290,8 +298,8 @@ pub struct Start {
 }
 
 impl FitOptions {
-    /// With `--resume`, what the command line leaves out (loss, labels, seed, network) is the checkpoint's; what it
-    /// gives must agree with the checkpoint ([`fit`] checks).
+    /// With `--resume`, what the command line leaves out (loss, labels, seed, network, batch, learning rate,
+    /// mixup, window) is the checkpoint's; what it gives must agree with the checkpoint ([`fit`] checks).
     pub fn from_args(a: &FitArgs) -> anyhow::Result<Self> {
         let state = if a.resume {
             Some(checkpoint::read_state(&checkpoint::find(&a.out)).context("--resume")?)
@@ -311,14 +319,36 @@ impl FitOptions {
             .or(state.as_ref().map(|s| s.loss.kind))
             .unwrap_or(LossKind::SubclusterAdacos);
         let seed = a.seed.or(state.as_ref().and_then(|s| s.seed)).unwrap_or(1);
-        let features = window_features(a.window_seconds, a.window_hop_seconds)?;
+        let st = state.as_ref();
+        let features = match (
+            a.window_seconds,
+            a.window_hop_seconds,
+            st.and_then(|s| s.features.clone()),
+        ) {
+            (None, None, Some(f)) => f,
+            (w, h, _) => window_features(
+                w.unwrap_or(DEFAULT_WINDOW_SECONDS),
+                h.unwrap_or(DEFAULT_WINDOW_HOP_SECONDS),
+            )?,
+        };
+        let chosen = Chosen {
+            labels,
+            loss,
+            seed,
+            batch: a
+                .batch
+                .or(st.and_then(|s| s.batch))
+                .unwrap_or(DEFAULT_BATCH),
+            lr: a.lr.or(st.and_then(|s| s.lr)).unwrap_or(DEFAULT_LR),
+            mixup: !a.no_mixup && st.and_then(|s| s.mixup).unwrap_or(true),
+            features,
+        };
+        let features = &chosen.features;
         let [frames, n_mels] = features.log_mel_shape();
         let base = ModelConfig::paper(frames, n_mels, features.spectrum_len());
         let arch = match (a.arch, &state) {
             (Some(arch), _) => arch,
-            (None, Some(s)) => {
-                return Self::with_model(a, labels, loss, seed, features, s.model.clone())
-            }
+            (None, Some(s)) => return Self::with_model(a, chosen, s.model.clone()),
             (None, None) => Arch::Paper,
         };
         let model = match arch {
@@ -333,23 +363,25 @@ impl FitOptions {
             },
             Arch::Tiny => ModelConfig::tiny(frames, n_mels, features.spectrum_len()),
         };
-        Self::with_model(a, labels, loss, seed, features, model)
+        Self::with_model(a, chosen, model)
     }
 
-    fn with_model(
-        a: &FitArgs,
-        labels: LabelGranularity,
-        loss: LossKind,
-        seed: u64,
-        features: FeatureParams,
-        model: ModelConfig,
-    ) -> anyhow::Result<Self> {
+    fn with_model(a: &FitArgs, c: Chosen, model: ModelConfig) -> anyhow::Result<Self> {
+        let Chosen {
+            labels,
+            loss,
+            seed,
+            batch,
+            lr,
+            mixup,
+            features,
+        } = c;
         Ok(Self {
             data: a.data.clone(),
             out: a.out.clone(),
             epochs: a.epochs,
-            batch: a.batch,
-            lr: a.lr,
+            batch,
+            lr,
             seed,
             loss,
             labels,
@@ -361,12 +393,23 @@ impl FitOptions {
             kmeans: a.kmeans,
             quantile: a.quantile,
             target_centres: a.target_centres,
-            mixup: !a.no_mixup,
+            mixup,
             command: std::env::args().collect::<Vec<_>>().join(" "),
             progress: true,
             start: None,
         })
     }
+}
+
+/// What [`FitOptions::from_args`] takes from the command line, or from the checkpoint it resumes.
+struct Chosen {
+    labels: LabelGranularity,
+    loss: LossKind,
+    seed: u64,
+    batch: usize,
+    lr: f64,
+    mixup: bool,
+    features: FeatureParams,
 }
 
 /// Forces burn's lazily initialised parameters to be drawn (from the seeded backend RNG) when visited.
@@ -445,7 +488,8 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
          replace",
         o.out.display()
     );
-    check_out(&o.out, o.resume, o.force)?;
+    check_out(&o.out, "--out", Some(o.resume), o.force)?;
+    check_outside_data(&o.out, "--out", &o.data)?;
     // Before the data is read: a GPU backend this build lacks is known at once.
     let device = o.device.device()?;
     // `prune` may write its pruned network without fine-tuning; a fresh network needs training.
@@ -648,9 +692,17 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
     let mut optim = AdamConfig::new().init();
     let mut start_epoch = 0;
     let mut history = Vec::new();
+    // Seconds of training of the runs a resumed one continues.
+    let mut trained_before = 0.0;
     if o.resume {
         let ckpt = checkpoint::find(&o.out);
         let state = checkpoint::read_state(&ckpt).context("--resume")?;
+        anyhow::ensure!(
+            !state.pruned || o.start.is_some(),
+            "--resume: the checkpoint in {} is the fine-tuning of a `sonitor-train prune` run, which cannot be \
+             continued (its bundle would lack the pruning): run that prune again",
+            ckpt.display()
+        );
         // The checkpoint's settings rule: a different one asked for explicitly is an error, not ignored.
         let differs = |what: &str, theirs: &str, ours: &str| {
             anyhow::anyhow!(
@@ -667,6 +719,21 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
         }
         if let Some(s) = state.seed.filter(|&s| s != o.seed) {
             return Err(differs("--seed", &s.to_string(), &o.seed.to_string()));
+        }
+        if let Some(b) = state.batch.filter(|&b| b != o.batch) {
+            return Err(differs("--batch", &b.to_string(), &o.batch.to_string()));
+        }
+        if let Some(lr) = state.lr.filter(|&lr| lr != o.lr) {
+            return Err(differs("--lr", &lr.to_string(), &o.lr.to_string()));
+        }
+        if let Some(m) = state.mixup.filter(|&m| m != o.mixup) {
+            anyhow::bail!(
+                "--resume: the checkpoint in {} was trained {}: {} --no-mixup to continue it, or train a new \
+                 bundle elsewhere",
+                ckpt.display(),
+                if m { "with mixup" } else { "without mixup (--no-mixup)" },
+                if m { "leave out" } else { "give" }
+            );
         }
         if let Some(f) = state.features.as_ref().filter(|&f| *f != o.features) {
             let seconds = |n: usize| n as f64 / f64::from(f.sample_rate.max(1));
@@ -721,6 +788,7 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
         );
         loss = state.loss;
         start_epoch = state.epochs_done;
+        trained_before = state.train_seconds.unwrap_or(0.0);
         history = state.history;
         if o.progress {
             eprintln!("resuming after epoch {start_epoch} from {}", ckpt.display());
@@ -804,6 +872,11 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
             data_path: Some(o.data.clone()),
             data_sha256: Some(data_sha.clone()),
             features: Some(o.features.clone()),
+            batch: Some(o.batch),
+            lr: Some(o.lr),
+            mixup: Some(o.mixup),
+            train_seconds: Some(trained_before + t_train.elapsed().as_secs_f64()),
+            pruned: o.start.is_some(),
         };
         settle_running_statistics(&model);
         checkpoint::save(&o.out, &state, |dir| {
@@ -818,7 +891,7 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
                 .map_err(|e| anyhow::anyhow!("writing {}: {e:?}", opt.display()))
         })?;
     }
-    let train_seconds = t_train.elapsed().as_secs_f64();
+    let train_seconds = trained_before + t_train.elapsed().as_secs_f64();
 
     // Export, then compute the back end through the exported graph (the daemon's path).
     let t_back = Instant::now();
@@ -961,29 +1034,66 @@ pub fn held_bundle_files(out: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Refuses an `--out` that is not a directory, one that holds what an interrupted `--force` run set aside
-/// (unless `resume` continues that run), or (unless `resume` or `force`) one that holds a bundle or checkpoint: a
-/// new run would overwrite it, or leave its own checkpoint beside another network's graph.
-pub fn check_out(out: &Path, resume: bool, force: bool) -> anyhow::Result<()> {
+/// Refuses a bundle directory to write (`flag`: `--out`, `--bundle`) that is not a directory, one that holds what
+/// an interrupted `--force` run set aside (unless `resume` continues that run), or (unless `resume` or `force`) one
+/// that holds a bundle or checkpoint: a new run would overwrite it, or leave its own checkpoint beside another
+/// network's graph. `resume`: `None` for a command without `--resume`.
+pub fn check_out(out: &Path, flag: &str, resume: Option<bool>, force: bool) -> anyhow::Result<()> {
     anyhow::ensure!(
         !out.exists() || out.is_dir(),
-        "--out {}: exists and is not a directory",
+        "{flag} {}: exists and is not a directory",
         out.display()
     );
-    if resume {
+    if resume == Some(true) {
         return Ok(());
     }
-    replace::check_no_leftover(out)?;
+    replace::check_no_leftover(out, flag)?;
     if !force {
         let found = held_bundle_files(out);
         anyhow::ensure!(
             found.is_empty(),
-            "--out {} already holds a bundle or checkpoint ({}): give another directory, --resume to continue its \
-             training, or --force to replace it",
+            "{flag} {} already holds a bundle or checkpoint ({}): give another directory{}, or --force to replace \
+             it",
             out.display(),
-            found.join(", ")
+            found.join(", "),
+            if resume.is_some() {
+                ", --resume to continue its training"
+            } else {
+                ""
+            }
         );
     }
+    Ok(())
+}
+
+/// `path` made absolute with its symbolic links resolved, as far as it exists (the rest appended as written).
+pub fn resolved(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut base = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(c) = base.canonicalize() {
+            return rest.iter().rev().fold(c, |p, n| p.join(n));
+        }
+        match (base.parent(), base.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                base = parent;
+            }
+            _ => return absolute,
+        }
+    }
+}
+
+/// Refuses a bundle directory (`flag`: `--out`, `--bundle`) that is the data set's root or inside it: its files
+/// would be written among the clips, where the next scan of the data set meets them.
+pub fn check_outside_data(out: &Path, flag: &str, data: &Path) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !resolved(out).starts_with(resolved(data)),
+        "{flag} {} is inside the data set {}: give a directory outside it",
+        out.display(),
+        data.display()
+    );
     Ok(())
 }
 

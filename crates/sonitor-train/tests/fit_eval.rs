@@ -186,6 +186,27 @@ fn fit_resume_eval_and_refusals() {
         .unwrap()
         .unwrap();
     assert!(pr.official_score > 0.0 && pr.official_score <= 1.0);
+    // Its checkpoint is the fine-tuning of a prune: `fit --resume` would write the network without its pruning
+    // record, so it is refused, and a killed `prune --force` is told to run again, not to resume.
+    let mut o = options(&data, &pruned, LossKind::SubclusterAdacos, 3);
+    o.resume = true;
+    o.model =
+        Some(pm.provenance.model["config"].clone()).map(|c| serde_json::from_value(c).unwrap());
+    let e = format!("{:#}", fit(&o).unwrap_err());
+    assert!(
+        e.contains("fine-tuning of a `sonitor-train prune` run"),
+        "{e}"
+    );
+    std::fs::create_dir(pruned.join(".replaced")).unwrap();
+    let e = format!(
+        "{:#}",
+        fit(&options(&data, &pruned, LossKind::SubclusterAdacos, 1)).unwrap_err()
+    );
+    assert!(
+        e.contains("That run was a `prune`, which cannot be continued"),
+        "{e}"
+    );
+    std::fs::remove_dir(pruned.join(".replaced")).unwrap();
 
     // Refusals: a changed ONNX file, a manifest without centroids.
     let onnx = out.join("model.onnx");
@@ -551,6 +572,39 @@ fn combine_adds_the_two_scores_on_their_training_scales() {
     );
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("--windows"), "{stderr}");
+
+    // `--bundle` onto a bundle: refused without `--force` (it overwrote any bundle, the `--model` itself
+    // included, and wrote into the data set), before anything is scored; with it, replaced whole.
+    let before = std::fs::read(model.join("model.onnx")).unwrap();
+    let onto = |bundle: &Path, force: bool| {
+        let mut args = vec!["combine", "--windows", "--bundle", bundle.to_str().unwrap()];
+        if force {
+            args.push("--force");
+        }
+        run(&args, &dir.path().join("onto"))
+    };
+    let (code, _, stderr) = onto(&model, true);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("is the --model bundle"), "{stderr}");
+    let (code, _, stderr) = onto(&combined_bundle, false);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--bundle")
+            && stderr.contains("already holds a bundle")
+            && stderr.contains("--force")
+            && !stderr.contains("--resume"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = onto(&data.join("fan"), false);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("is inside the data set"), "{stderr}");
+    assert!(!data.join("fan/model.onnx").exists());
+    assert!(!dir.path().join("onto").exists(), "scored before refusing");
+    let (code, _, stderr) = onto(&combined_bundle, true);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!combined_bundle.join(".replaced").exists());
+    assert!(sonitor_core::bundle::Bundle::load(&combined_bundle).is_ok());
+    assert_eq!(std::fs::read(model.join("model.onnx")).unwrap(), before);
 
     let out = dir.path().join("bad");
     let (code, _, stderr) = run(&["combine", "--weight", "1.5"], &out);

@@ -226,6 +226,17 @@ fn resume_refuses_changed_settings_and_takes_the_checkpoints() {
     assert!(e.contains("--labels type, not attribute"), "{e}");
     let e = err(resume(&|o| o.seed = 1));
     assert!(e.contains("--seed 9, not 1"), "{e}");
+    // Batch, learning rate and mixup too: a resume went back to the defaults (batch 64) without a word, and the
+    // provenance recorded them for every epoch.
+    let e = err(resume(&|o| o.batch = 3));
+    assert!(e.contains("--batch 8, not 3"), "{e}");
+    let e = err(resume(&|o| o.lr = 0.01));
+    assert!(e.contains("--lr 0.001, not 0.01"), "{e}");
+    let e = err(resume(&|o| o.mixup = false));
+    assert!(
+        e.contains("trained with mixup: leave out --no-mixup"),
+        "{e}"
+    );
     // Other window flags: the message gives the ones the checkpoint needs.
     let e = err(resume(&|o| o.features.window_hop_samples = 2048));
     assert!(
@@ -252,8 +263,8 @@ fn resume_refuses_changed_settings_and_takes_the_checkpoints() {
         data: data.clone(),
         out: out.clone(),
         epochs: 2,
-        batch: 8,
-        lr: 1e-3,
+        batch: None,
+        lr: None,
         seed: None,
         loss: None,
         labels: None,
@@ -265,22 +276,37 @@ fn resume_refuses_changed_settings_and_takes_the_checkpoints() {
         quantile: 0.9,
         target_centres: TargetCentres::Window,
         no_mixup: false,
-        window_seconds: f.window_samples as f64 / f.sample_rate as f64,
-        window_hop_seconds: f.window_hop_samples as f64 / f.sample_rate as f64,
+        window_seconds: None,
+        window_hop_seconds: None,
     };
     let mut from_cli = FitOptions::from_args(&args).unwrap();
     assert_eq!(
         (from_cli.loss, from_cli.labels, from_cli.seed),
         (LossKind::Adacos, LabelGranularity::Type, 9)
     );
-    // The CLI's features have 128 mel bands; the test network was trained on 32.
-    from_cli.features = f;
+    assert_eq!(
+        (
+            from_cli.batch,
+            from_cli.lr,
+            from_cli.mixup,
+            &from_cli.features
+        ),
+        (8, 1e-3, true, &f)
+    );
     from_cli.progress = false;
     fit(&from_cli).unwrap();
     let p = Bundle::load(&out).unwrap().manifest.provenance;
     assert_eq!(
         (p.loss.as_str(), p.labels.as_str(), p.seed, p.epochs),
         ("adacos", "type", 9, 2)
+    );
+    assert_eq!(
+        (&p.model["batch"], &p.model["lr"], &p.model["mixup"]),
+        (
+            &serde_json::json!(8),
+            &serde_json::json!(1e-3),
+            &serde_json::json!(true)
+        )
     );
 }
 
@@ -364,8 +390,8 @@ fn force_args(data: &Path, out: &Path) -> sonitor_train::train::FitArgs {
         data: data.to_path_buf(),
         out: out.to_path_buf(),
         epochs: 1,
-        batch: 8,
-        lr: 1e-3,
+        batch: Some(8),
+        lr: Some(1e-3),
         seed: Some(5),
         loss: Some(LossKind::Adacos),
         labels: None,
@@ -377,8 +403,8 @@ fn force_args(data: &Path, out: &Path) -> sonitor_train::train::FitArgs {
         quantile: 0.9,
         target_centres: TargetCentres::Window,
         no_mixup: false,
-        window_seconds: 0.256,
-        window_hop_seconds: 0.256,
+        window_seconds: Some(0.256),
+        window_hop_seconds: Some(0.256),
     }
 }
 
@@ -501,7 +527,7 @@ fn the_library_force_and_a_killed_forced_fit() {
             e.contains(&format!("{}", out.join(".replaced").display()))
                 && e.contains("a --force run set aside")
                 && e.contains("(checkpoint)")
-                && e.contains("continue it with --resume")
+                && e.contains("continue it with `sonitor-train fit --resume --out")
                 && e.contains("move everything in")
                 && e.contains("To give the old bundle up, remove"),
             "{e}"
@@ -517,7 +543,7 @@ fn the_library_force_and_a_killed_forced_fit() {
     assert!(
         e.contains("a --force run set aside")
             && e.contains("stopped before it wrote a checkpoint, so it cannot be resumed")
-            && !e.contains("continue it with --resume"),
+            && !e.contains("--resume"),
         "{e}"
     );
     std::fs::rename(other.join("checkpoint"), out.join("checkpoint")).unwrap();
