@@ -167,6 +167,29 @@ pub fn read_state(dir: &Path) -> anyhow::Result<State> {
     Ok(state)
 }
 
+/// `--resume`: the state of the last whole checkpoint under the bundle directory `out` ([`find`], [`read_state`]),
+/// or an error that says there is none to continue.
+pub fn read_for_resume(out: &Path) -> anyhow::Result<State> {
+    let dir = find(out);
+    if !dir.join(STATE_FILE).exists() {
+        let half = sibling(out, "new").exists();
+        anyhow::bail!(
+            "--resume: {} holds no checkpoint to continue{}: run without --resume{}",
+            out.display(),
+            if half {
+                format!(
+                    " (only {}, what a save that failed left half-written)",
+                    sibling(out, "new").display()
+                )
+            } else {
+                String::new()
+            },
+            if half { " (the run removes it)" } else { "" }
+        );
+    }
+    read_state(&dir).context("--resume")
+}
+
 /// `model` with the weights of the checkpoint directory `dir` (its [`MODEL_FILE`]).
 pub fn load_weights(model: Model, dir: &Path) -> anyhow::Result<Model> {
     let path = dir.join(MODEL_FILE);

@@ -536,6 +536,10 @@ pub fn run(a: &CombineArgs) -> anyhow::Result<()> {
         );
     }
     // Before any scoring: where the new bundle goes.
+    let _writing = match &a.bundle {
+        Some(dir) => Some(crate::train::lock_out(dir, "--bundle")?),
+        None => None,
+    };
     if let Some(dir) = &a.bundle {
         anyhow::ensure!(
             crate::train::resolved(dir) != crate::train::resolved(&a.model),

@@ -302,7 +302,7 @@ impl FitOptions {
     /// mixup, window) is the checkpoint's; what it gives must agree with the checkpoint ([`fit`] checks).
     pub fn from_args(a: &FitArgs) -> anyhow::Result<Self> {
         let state = if a.resume {
-            Some(checkpoint::read_state(&checkpoint::find(&a.out)).context("--resume")?)
+            Some(checkpoint::read_for_resume(&a.out)?)
         } else {
             None
         };
@@ -488,6 +488,7 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
          replace",
         o.out.display()
     );
+    let _writing = lock_out(&o.out, "--out")?;
     check_out(&o.out, "--out", Some(o.resume), o.force)?;
     check_outside_data(&o.out, "--out", &o.data)?;
     // Before the data is read: a GPU backend this build lacks is known at once.
@@ -696,7 +697,7 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
     let mut trained_before = 0.0;
     if o.resume {
         let ckpt = checkpoint::find(&o.out);
-        let state = checkpoint::read_state(&ckpt).context("--resume")?;
+        let state = checkpoint::read_for_resume(&o.out)?;
         anyhow::ensure!(
             !state.pruned || o.start.is_some(),
             "--resume: the checkpoint in {} is the fine-tuning of a `sonitor-train prune` run, which cannot be \
@@ -762,10 +763,11 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
         }
         anyhow::ensure!(
             state.model == config,
-            "--resume: the checkpoint in {} was made with another network (--arch or the window flags differ): \
-             {:?}",
+            "--resume: the checkpoint in {} was made with another network ({}), not {}: leave --arch and the \
+             window flags out to continue it",
             ckpt.display(),
-            state.model
+            network_summary(&state.model),
+            network_summary(&config)
         );
         anyhow::ensure!(
             state.classes == classes.names,
@@ -1024,12 +1026,28 @@ fn bundle_entries(out: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// A network's shape in a few words, for messages: its input, the time–frequency branch's widths and the
+/// embedding.
+fn network_summary(m: &ModelConfig) -> String {
+    format!(
+        "input {}×{} and {}, widths {:?}, embedding {} + {}",
+        m.frames, m.n_mels, m.spectrum_len, m.tf_widths, m.tf_embedding, m.spec_embedding
+    )
+}
+
 /// The names of the bundle files and checkpoint directories that `out` holds (empty: nothing a new bundle would
-/// overwrite or mix with).
+/// overwrite or mix with). A `checkpoint.new/` alone is not among them: it is what a save that failed (a full
+/// disk) left half-written, never a checkpoint in use, and the next save removes it.
 pub fn held_bundle_files(out: &Path) -> Vec<String> {
-    bundle_entries(out)
+    let half_written = checkpoint::all_dirs(out)[2].clone();
+    let entries = bundle_entries(out);
+    let alone = entries
         .iter()
         .filter(|p| p.exists())
+        .all(|p| *p == half_written);
+    entries
+        .iter()
+        .filter(|p| p.exists() && !(alone && **p == half_written))
         .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .collect()
 }
@@ -1064,6 +1082,49 @@ pub fn check_out(out: &Path, flag: &str, resume: Option<bool>, force: bool) -> a
         );
     }
     Ok(())
+}
+
+/// A bundle directory held for one run that writes into it ([`lock_out`]), until dropped. A directory the lock
+/// created is removed again if the run left it empty (it was refused, or failed before writing).
+pub struct OutLock {
+    _dir: std::fs::File,
+    created: Option<PathBuf>,
+}
+
+impl Drop for OutLock {
+    fn drop(&mut self) {
+        if let Some(d) = &self.created {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// Takes the bundle directory `out` (`flag`: `--out`, `--bundle`; created if need be) for this run: two runs into
+/// one directory mixed their checkpoints, or one replaced the other's bundle while both said they wrote it.
+pub fn lock_out(out: &Path, flag: &str) -> anyhow::Result<OutLock> {
+    anyhow::ensure!(
+        !out.exists() || out.is_dir(),
+        "{flag} {}: exists and is not a directory",
+        out.display()
+    );
+    let created = !out.exists();
+    std::fs::create_dir_all(out).with_context(|| format!("{flag}: creating {}", out.display()))?;
+    let lock = OutLock {
+        _dir: std::fs::File::open(out)
+            .with_context(|| format!("{flag}: opening {}", out.display()))?,
+        created: created.then(|| out.to_path_buf()),
+    };
+    match lock._dir.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "{flag} {}: another sonitor-train run is writing into it; wait for it to end, or give another \
+             directory",
+            out.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("{flag}: locking {}", out.display()))
+        }
+    }
 }
 
 /// `path` made absolute with its symbolic links resolved, as far as it exists (the rest appended as written).

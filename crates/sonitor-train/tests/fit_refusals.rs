@@ -658,3 +658,49 @@ fn clips_shorter_than_the_window_are_counted() {
     .unwrap();
     assert_eq!(r.n_short_clips, 0);
 }
+
+/// One run at a time writes into a bundle directory: two `fit`s into one `--out` both said they wrote their bundle,
+/// and only one survived (or one failed moving its checkpoint). A half-written `checkpoint.new/` alone (a save
+/// that met a full disk) no longer blocks the next run, and `--resume` where there is no checkpoint says so.
+#[test]
+fn one_run_writes_into_a_bundle_directory_at_a_time() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    data::make_dataset(&data);
+    let out = d.path().join("b");
+    std::fs::create_dir(&out).unwrap();
+    let held = std::fs::File::open(&out).unwrap();
+    held.try_lock().unwrap();
+    let o = options(&data, &out, LossKind::Adacos, 1);
+    let e = err(fit(&o));
+    assert!(
+        e.contains("another sonitor-train run is writing into it"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "written");
+    drop(held);
+
+    // Refused, the directory it created is not left behind.
+    let fresh = d.path().join("fresh");
+    let mut resume = options(&data, &fresh, LossKind::Adacos, 1);
+    resume.resume = true;
+    let e = err(fit(&resume));
+    assert!(
+        e.contains("holds no checkpoint to continue") && e.contains("run without --resume"),
+        "{e}"
+    );
+    assert!(!fresh.exists());
+
+    std::fs::create_dir(out.join("checkpoint.new")).unwrap();
+    std::fs::write(out.join("checkpoint.new/model.bpk"), b"half").unwrap();
+    let mut r = options(&data, &out, LossKind::Adacos, 1);
+    r.resume = true;
+    let e = err(fit(&r));
+    assert!(
+        e.contains("what a save that failed left half-written"),
+        "{e}"
+    );
+    fit(&o).unwrap();
+    assert!(!out.join("checkpoint.new").exists());
+    assert!(Bundle::load(&out).is_ok());
+}
