@@ -28,6 +28,8 @@ pub enum DcaseError {
     },
     #[error("{path}: no machine type directories (<type>/train or <type>/test) found")]
     Empty { path: PathBuf },
+    #[error("{path}: a split directory is named train/ or test/, in lower case: rename it (its clips were not read)")]
+    SplitCase { path: PathBuf },
     #[error("{path}: file name is not DCASE-shaped ({reason}); expected section_SS_<source|target>_<train|test>_<normal|anomaly>_NNNN[_attributes].wav")]
     BadName { path: PathBuf, reason: String },
     #[error("{path}: {reason}")]
@@ -282,11 +284,13 @@ pub fn scan(root: &Path) -> Result<Dataset, DcaseError> {
         let path = path.to_path_buf();
         move |error| DcaseError::Io { path, error }
     };
-    let mut types: Vec<PathBuf> = std::fs::read_dir(root)
-        .map_err(io(root))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("train").is_dir() || p.join("test").is_dir())
-        .collect();
+    let mut types = Vec::new();
+    for entry in std::fs::read_dir(root).map_err(io(root))? {
+        let p = entry.map_err(io(root))?.path();
+        if is_type_dir(&p)? {
+            types.push(p);
+        }
+    }
     types.sort();
     if types.is_empty() {
         return Err(DcaseError::Empty {
@@ -352,6 +356,46 @@ pub fn scan(root: &Path) -> Result<Dataset, DcaseError> {
         root: root.to_path_buf(),
         clips,
     })
+}
+
+/// Whether `dir` (an entry of a data set's root) is a machine type's directory: it has `train/` or `test/`. One
+/// that cannot be read, or that has them in another case (`Train/`), is an error: it was skipped without a word,
+/// and a whole machine type went missing from the training.
+fn is_type_dir(dir: &Path) -> Result<bool, DcaseError> {
+    // A file system's `lost+found` (unreadable but to root when the data set is a disk of its own) and hidden
+    // directories are no machine types.
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    if !dir.is_dir() || name == "lost+found" || name.starts_with('.') {
+        return Ok(false);
+    }
+    let mut found = false;
+    for split in ["train", "test"] {
+        let d = dir.join(split);
+        match std::fs::metadata(&d) {
+            Ok(m) => found |= m.is_dir(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(DcaseError::Io { path: d, error }),
+        }
+    }
+    if found {
+        return Ok(true);
+    }
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(error) => {
+            return Err(DcaseError::Io {
+                path: dir.to_path_buf(),
+                error,
+            })
+        }
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_ascii_lowercase();
+        if (name == "train" || name == "test") && e.path().is_dir() {
+            return Err(DcaseError::SplitCase { path: e.path() });
+        }
+    }
+    Ok(false)
 }
 
 /// Reads every `attributes_SS.csv` of a machine type directory: file name (without directories) → pairs.
@@ -926,6 +970,44 @@ mod tests {
             e.contains("recording_1.wav") && e.contains("not DCASE-shaped"),
             "{e}"
         );
+    }
+
+    /// A machine type that cannot be read, or whose split directory is spelled in another case, is an error: it
+    /// was skipped, and a whole machine type trained without a word. `lost+found` and hidden directories are no
+    /// machine types.
+    #[test]
+    fn a_machine_type_that_cannot_be_read_is_not_skipped() {
+        let d = tempfile::tempdir().unwrap();
+        touch(
+            &d.path()
+                .join("fan/train/section_00_source_train_normal_0000.wav"),
+        );
+        std::fs::create_dir_all(d.path().join("lost+found/x")).unwrap();
+        std::fs::create_dir_all(d.path().join(".git/Train")).unwrap();
+        assert_eq!(scan(d.path()).unwrap().clips.len(), 1);
+        touch(
+            &d.path()
+                .join("valve/Train/section_00_source_train_normal_0000.wav"),
+        );
+        let e = scan(d.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("valve/Train") && e.contains("in lower case: rename it"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(d.path().join("valve")).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let pump = d.path().join("pump");
+            touch(&pump.join("train/section_00_source_train_normal_0000.wav"));
+            std::fs::set_permissions(&pump, std::fs::Permissions::from_mode(0o000)).unwrap();
+            // Root reads it all the same; the check needs another user.
+            if std::fs::read_dir(&pump).is_err() {
+                let e = scan(d.path()).unwrap_err().to_string();
+                assert!(e.contains("pump") && e.contains("cannot read"), "{e}");
+            }
+            std::fs::set_permissions(&pump, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
     }
 
     /// A type directory whose name cannot name a machine type is refused before any clip is read, not found

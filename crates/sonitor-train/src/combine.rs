@@ -173,6 +173,11 @@ fn read_units(
 /// The quantile of the normal source clips' scores that a scale maps to 1.
 pub const SCALE_QUANTILE: f64 = 0.9;
 
+/// The least spread a scale divides by: below it, the scores differ by rounding alone (a cosine distance of a
+/// training window to a centroid made of itself is about 1e-8), and dividing by it blows rounding up into scores
+/// of 1e5.
+pub const MIN_SPREAD: f64 = 1e-6;
+
 /// One system's scale in one section: the median of its normal source-domain training clips' scores goes to 0,
 /// their [`SCALE_QUANTILE`] to 1.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -199,8 +204,9 @@ impl Scale {
         let median = quantile(&sorted, 0.5);
         let spread = quantile(&sorted, SCALE_QUANTILE) - median;
         anyhow::ensure!(
-            spread > 0.0,
-            "the training clips' scores have no spread (median and {SCALE_QUANTILE} quantile both {median})"
+            spread >= MIN_SPREAD,
+            "the training clips' scores have no spread (median {median:.3e}, {SCALE_QUANTILE} quantile {:.3e})",
+            median + spread
         );
         Ok(Self { median, spread })
     }
@@ -321,8 +327,15 @@ pub fn score_dataset(
         let (model_source, model_test) = (model_units(&source_u), model_units(&test_u));
         let baseline_scale = Scale::fit(&baseline_source.concat())
             .with_context(|| format!("{}: the baseline's scale", where_()))?;
-        let model_scale = Scale::fit(&model_source.concat())
-            .with_context(|| format!("{}: the model's scale", where_()))?;
+        let model_scale = Scale::fit(&model_source.concat()).with_context(|| {
+            format!(
+                "{}: the model's scale: its training clips score 0 against centroids made of their own windows \
+                 when the section has fewer training windows than the bundle's k-means k ({}); record more \
+                 normal clips of it, or fit the bundle with a smaller --kmeans",
+                where_(),
+                sm.n_source_centroids
+            )
+        })?;
         // The combination, as a bundle stores it: one formula for `combine`'s scores and the daemon's.
         let baseline = Baseline {
             means,
@@ -733,5 +746,8 @@ mod tests {
         assert!(e(&[1.0]).contains("at least 2"), "{}", e(&[1.0]));
         assert!(e(&[1.0, f64::NAN]).contains("not finite"));
         assert!(e(&[0.5; 10]).contains("no spread"), "{}", e(&[0.5; 10]));
+        // Rounding noise is no spread either: a score of 1e5 came out of it.
+        let noise = [0.0, 1e-9, 3e-9, 2e-9, 0.0, 4e-9, 1e-9, 2e-8];
+        assert!(e(&noise).contains("no spread"), "{}", e(&noise));
     }
 }
