@@ -412,7 +412,8 @@ impl Controller {
         self.retained(format!("{t}/state"), self.state_json(i), true);
         self.retained(
             format!("{t}/threshold"),
-            format!("{}", m.detector.params().threshold_on),
+            // `{:?}`: the shortest form that reads back, 1e-300 rather than 300 digits.
+            format!("{:?}", m.detector.params().threshold_on),
             true,
         );
         self.retained(

@@ -193,6 +193,8 @@ pub struct Metrics {
     pub inputs: Vec<InputMetrics>,
     pub machines: Vec<MachineMetrics>,
     pub mqtt_connected: Gauge,
+    /// 1 while connected without this daemon's own announcement delivered back (`mqtt::Session::own_echo`).
+    pub mqtt_echo_missing: Gauge,
     pub mqtt_connects: Counter,
     pub mqtt_published: Counter,
     pub mqtt_dropped: Counter,
@@ -488,6 +490,12 @@ impl Metrics {
             "gauge",
             "1 while connected to the broker.",
             one(self.mqtt_connected.get()),
+        );
+        family(
+            "sonitor_mqtt_echo_missing",
+            "gauge",
+            "1 while connected but the broker has not delivered this daemon's own announcement (<base>/node) back within 10 s: it may drop what this client publishes (an ACL, a message size limit), alarms included; the broker's log says.",
+            one(self.mqtt_echo_missing.get()),
         );
         family(
             "sonitor_mqtt_connects_total",

@@ -19,6 +19,9 @@ pub struct Snapshot {
     pub machines: Vec<MachineStatus>,
     pub inputs: Vec<InputStatus>,
     pub mqtt_connected: Option<bool>,
+    /// Connected, but the broker has not delivered this daemon's own announcement back: it may drop what the daemon
+    /// publishes (`sonitor_mqtt_echo_missing`).
+    pub mqtt_echo_missing: Option<bool>,
     /// Alarm messages waiting in the outbox for the broker, and those it dropped.
     pub outbox_messages: Option<u64>,
     pub outbox_dropped: Option<u64>,
@@ -146,6 +149,7 @@ impl Snapshot {
             machines,
             inputs,
             mqtt_connected: flag(one("sonitor_mqtt_connected")),
+            mqtt_echo_missing: flag(one("sonitor_mqtt_echo_missing")),
             outbox_messages: count(one("sonitor_outbox_messages")),
             outbox_dropped: count(one("sonitor_outbox_dropped_messages_total")),
             last_reload_successful: flag(one("sonitor_config_last_reload_successful")),
@@ -225,10 +229,14 @@ impl Snapshot {
         out.push_str(&table(&inputs));
         out.push_str(&format!(
             "\nMQTT {}; {} alarm message(s) waiting in the outbox ({} dropped)\n",
-            match self.mqtt_connected {
-                Some(true) => "connected",
-                Some(false) => "not connected",
-                None => "?",
+            match (self.mqtt_connected, self.mqtt_echo_missing) {
+                (Some(true), Some(true)) => {
+                    "connected, but the broker does not deliver this daemon's own messages back: it may drop \
+                     them, alarms included (its ACL, its size limit; its log says)"
+                }
+                (Some(true), _) => "connected",
+                (Some(false), _) => "not connected",
+                (None, _) => "?",
             },
             count(self.outbox_messages),
             count(self.outbox_dropped),

@@ -60,6 +60,8 @@ fn commander(port: u16, client_id: &str) -> rumqttc::Client {
 fn connect(port: u16, client_id: &str) -> (rumqttc::Client, rumqttc::Connection) {
     let mut o = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
     o.set_keep_alive(Duration::from_secs(5));
+    // Large enough for the oversized command of `retained_and_empty_command_messages_are_not_applied`.
+    o.set_max_packet_size(1 << 20, 1 << 20);
     rumqttc::Client::new(o, 10)
 }
 
@@ -823,6 +825,10 @@ fn publish_acked(port: u16, topic: &str, payload: &str, retain: bool) {
 fn retained_and_empty_command_messages_are_not_applied() {
     let rig = Rig::start();
     publish_acked(rig.broker.port, "sonitor/t1/pump-1/mute/set", "10m", true);
+    // 20 KB retained on a command topic: over the 10 KB rumqttc read, it ended every connection until deleted by
+    // hand, and alarms waited in the outbox meanwhile. Now it is read, and refused by name.
+    let big = "x".repeat(20_000);
+    publish_acked(rig.broker.port, "sonitor/t1/pump-1/enabled/set", &big, true);
     let rec = Recorder::start(rig.broker.port, "recorder-retained");
     let dev = rig.looping_normal();
     let cfg = rig.config(&dev, "");
@@ -830,6 +836,10 @@ fn retained_and_empty_command_messages_are_not_applied() {
     wait_online(&rec);
     daemon.wait_log(
         "mosquitto_pub -r -n -t \"sonitor/t1/pump-1/mute/set\"",
+        Duration::from_secs(10),
+    );
+    daemon.wait_log(
+        "mosquitto_pub -r -n -t \"sonitor/t1/pump-1/enabled/set\"",
         Duration::from_secs(10),
     );
     // A command published now (not retained) is applied; then the retained one is deleted, which reaches the
@@ -863,6 +873,54 @@ fn retained_and_empty_command_messages_are_not_applied() {
             .last()
             .map(String::as_str),
         Some("0.75")
+    );
+    let m = common::scrape(&cfg);
+    assert_eq!(
+        common::metric(&m, "sonitor_mqtt_connects_total"),
+        Some(1.0),
+        "{m}"
+    );
+    drop(daemon);
+}
+
+/// A broker that drops what the daemon publishes (an ACL that lets it read but not write, as mosquitto applies it
+/// to MQTT 3.1.1 clients: each denied publish acknowledged, then dropped) lost every alarm while the daemon, its
+/// metrics and `sonitor status` said they were delivered. The daemon's own announcement does not come back: it
+/// says so (log, `sonitor_mqtt_echo_missing`).
+#[test]
+fn a_broker_that_drops_this_daemons_messages_is_noticed() {
+    let d = tempfile::tempdir().unwrap();
+    let acl = d.path().join("acl");
+    std::fs::write(&acl, "topic read sonitor/#\n").unwrap();
+    let b = common::standard_bundle(d.path());
+    let broker = Broker::start_with(
+        &d.path().join("broker"),
+        &format!("acl_file {}\n", acl.display()),
+    );
+    let rig = Rig { broker, b, d };
+    let dev = rig.looping_normal();
+    let cfg = rig.config(&dev, "");
+    let daemon = Daemon::start(&cfg, &[]);
+    daemon.wait_log("mqtt: connected", Duration::from_secs(20));
+    daemon.wait_log(
+        "has not delivered this daemon's own announcement",
+        Duration::from_secs(30),
+    );
+    let m = common::scrape(&cfg);
+    assert_eq!(
+        common::metric(&m, "sonitor_mqtt_echo_missing"),
+        Some(1.0),
+        "{m}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor"))
+        .args(["status", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("does not deliver this daemon's own messages back"),
+        "{shown}"
     );
     drop(daemon);
 }

@@ -76,7 +76,7 @@ impl std::fmt::Display for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Command::Threshold { machine, value } => match value {
-                Some(v) => write!(f, "{machine}: threshold/set {v}"),
+                Some(v) => write!(f, "{machine}: threshold/set {v:?}"),
                 None => write!(f, "{machine}: threshold/set default"),
             },
             Command::Mute { machine, duration } if duration.is_zero() => {
@@ -365,6 +365,11 @@ struct NodeWatch {
     /// The other processes seen announcing themselves, each reported once: the last [`SEEN_KEPT`] (a twin in a
     /// restart loop announces a new instance at every start).
     seen: VecDeque<String>,
+    /// When another process's announcement last came.
+    seen_at: Option<Instant>,
+    /// Whether this process's own announcement has come back on this connection: the broker delivers what this
+    /// client publishes under its node's topics (an ACL or a size limit may make it drop them in silence).
+    echoed: bool,
 }
 
 /// How many other processes' instances a session remembers (each is logged when first seen).
@@ -397,6 +402,8 @@ impl Session {
                 sent: None,
                 acknowledged: false,
                 seen: VecDeque::new(),
+                seen_at: None,
+                echoed: false,
             },
         }
     }
@@ -423,12 +430,17 @@ impl Session {
         alive: &dyn Fn(u32) -> bool,
     ) -> Option<NodeConflict> {
         let other: NodeIdentity = serde_json::from_slice(payload).ok()?;
+        if other.instance == self.node.me.instance {
+            self.node.echoed = true;
+            return None;
+        }
         let same_boot = !self.node.me.boot_id.is_empty() && other.boot_id == self.node.me.boot_id;
         let stale = same_boot && !alive(other.pid);
         if other.instance == self.node.me.instance || (retain && (!self.node.acknowledged || stale))
         {
             return None;
         }
+        self.node.seen_at = Some(Instant::now());
         let new = !self.node.seen.contains(&other.instance);
         if new {
             if self.node.seen.len() == SEEN_KEPT {
@@ -439,9 +451,14 @@ impl Session {
         Some(NodeConflict { other, new })
     }
 
-    /// Whether another process was seen announcing itself under this node's topics.
-    pub fn another_seen(&self) -> bool {
-        !self.node.seen.is_empty()
+    /// Whether another process was seen announcing itself under this node's topics within `within`.
+    pub fn another_seen(&self, within: Duration) -> bool {
+        self.node.seen_at.is_some_and(|t| t.elapsed() <= within)
+    }
+
+    /// Whether this process's own announcement has come back since the connection began.
+    pub fn own_echo(&self) -> bool {
+        self.node.echoed
     }
 
     /// Where this process announces itself (`<base>/node`).
@@ -496,6 +513,7 @@ impl Session {
     pub fn on_connected(&mut self, outbox: &Outbox) -> Vec<Action> {
         self.connected = true;
         self.node.sent = None;
+        self.node.echoed = false;
         self.requested.clear();
         self.inflight.clear();
         self.last_sent = None;
@@ -659,19 +677,25 @@ impl Session {
 }
 
 /// The largest packet read from the broker. The daemon subscribes only to its command topics, whose payloads are
-/// a few bytes; a larger packet ends the connection (rumqttc cannot skip it).
-const MAX_INCOMING: usize = 10 * 1024;
+/// a few bytes; a larger packet ends the connection (rumqttc cannot skip it), and one retained on a command topic
+/// ended every connection until it was deleted by hand. So the limit is far above any command: one that large is
+/// read and refused by name ([`incoming_command`]), and only what is larger still cuts the connection.
+const MAX_INCOMING: usize = 1024 * 1024;
 /// The largest packet sent: states and events are a few hundred bytes.
 const MAX_OUTGOING: usize = 10 * 1024;
+
+/// The MQTT client id: `mqtt.client_id`, else `sonitor-<node_id>`.
+pub fn client_id(cfg: &Config) -> String {
+    cfg.mqtt
+        .client_id
+        .clone()
+        .unwrap_or_else(|| format!("sonitor-{}", cfg.node_id))
+}
 
 /// rumqttc options from the configuration (client id, LWT, credentials, TLS).
 pub fn options(cfg: &Config) -> anyhow::Result<MqttOptions> {
     let q: &MqttConfig = &cfg.mqtt;
-    let client_id = q
-        .client_id
-        .clone()
-        .unwrap_or_else(|| format!("sonitor-{}", cfg.node_id));
-    let mut o = MqttOptions::new(client_id, q.host.clone(), q.port);
+    let mut o = MqttOptions::new(client_id(cfg), q.host.clone(), q.port);
     o.set_keep_alive(q.keep_alive);
     o.set_clean_session(true);
     o.set_inflight(100);
@@ -774,7 +798,9 @@ pub fn spawn(
 ) -> anyhow::Result<JoinHandle<()>> {
     let opts = options(cfg)?;
     let base = cfg.topic_base();
-    let q = cfg.mqtt.clone();
+    let mut q = cfg.mqtt.clone();
+    // The id in use, for the messages.
+    q.client_id = Some(client_id(cfg));
     let (client, mut connection) = Client::new(opts, 4096);
     connection
         .eventloop
@@ -847,6 +873,8 @@ fn run(
     let mut last_error = String::new();
     let mut connected_at: Option<Instant> = None;
     let endpoint = format!("{}:{}", q.host, q.port);
+    let client_id = q.client_id.clone().unwrap_or_default();
+    let mut command_log = CommandLog::new();
 
     // No wait longer than the beat while a watchdog looks at the turns.
     let at_most = |d: Duration| beat.map_or(d, |b| d.min(b));
@@ -955,6 +983,27 @@ fn run(
             let _ = resume.try_send(());
         }
 
+        // The broker delivers this client's own announcement back (it subscribes to it): without it, the broker
+        //    may be dropping what this client publishes, in silence under MQTT 3.1.1 (a denied publish is
+        //    acknowledged all the same), alarms included.
+        if let Some(t) = connected_at {
+            let missing =
+                session.connected() && !session.own_echo() && t.elapsed() >= OWN_ECHO_WAIT;
+            if missing && metrics.mqtt_echo_missing.get() == 0 {
+                log::error!(
+                    "mqtt: {endpoint}: the broker has not delivered this daemon's own announcement ({}) back within \
+                     {} s of connecting: it may drop what this client publishes or reads under {base}/ (an ACL \
+                     that denies it, a message size limit), and the alarms with it, while acknowledging them; \
+                     its log says (mosquitto: `Denied PUBLISH`). See configs/README.md, \"Broker permissions\"",
+                    session.node_topic(),
+                    OWN_ECHO_WAIT.as_secs()
+                );
+            }
+            metrics.mqtt_echo_missing.set(u64::from(missing));
+        }
+
+        command_log.flush();
+
         // 4. Wait for the broker or the daemon, whichever comes first (a request is taken in step 1). Nothing else
         //    is due before the shutdown deadline; the connection timeout (10 s) bounds a connection attempt.
         let wait = if shutdown_deadline.is_some() {
@@ -1004,7 +1053,14 @@ fn run(
                 // Under the shipped unit (`ProtectProc=invisible`) another user's process looks not running: a
                 // `sonitor run` by hand beside the service is then named by that one, not by the service.
                 let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
-                if let Some(seen) = session.on_node_message(&p.payload, p.retain, &alive) {
+                let conflict = session.on_node_message(&p.payload, p.retain, &alive);
+                if session.own_echo() && metrics.mqtt_echo_missing.get() == 1 {
+                    metrics.mqtt_echo_missing.set(0);
+                    log::info!(
+                        "mqtt: the broker delivered this daemon's own announcement back at last"
+                    );
+                }
+                if let Some(seen) = conflict {
                     metrics.mqtt_node_conflicts.inc();
                     if seen.new {
                         log::error!(
@@ -1023,8 +1079,12 @@ fn run(
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 match incoming_command(&base, &p.topic, &p.payload, p.retain) {
-                    Ok(c) => forward_command(&commands, c, &metrics),
-                    Err((level, why)) => log::log!(level, "{why}"),
+                    Ok(c) => forward_command(&commands, c, &metrics, &mut command_log),
+                    Err((level, why)) => {
+                        if command_log.allow() {
+                            log::log!(level, "{why}");
+                        }
+                    }
                 }
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => session.on_outgoing_publish(pkid),
@@ -1035,14 +1095,25 @@ fn run(
                 // The wait starts again from reconnect_min only after a connection that held. One that drops
                 // at once (a broker that closes it, a retained message too large to read on a command topic)
                 // keeps doubling the wait instead of reconnecting twice a second.
-                if connected_at
-                    .take()
-                    .is_some_and(|t| t.elapsed() >= STABLE_CONNECTION)
-                {
+                let held = connected_at.take().map(|t| t.elapsed());
+                if held.is_some_and(|h| h >= STABLE_CONNECTION) {
                     backoff = q.reconnect_min;
                 }
-                let mut msg = describe(&e);
-                if session.another_seen() {
+                let mut msg = describe(&e, &base);
+                if !was {
+                    msg.push_str(&never_connected_hint(&e, q.tls.enabled));
+                } else if held.is_some_and(|h| h < STABLE_CONNECTION)
+                    && !session.another_seen(TWIN_RECENT)
+                    && closed_by_peer(&e)
+                {
+                    msg.push_str(&format!(
+                        " (the broker closed it {:.0} s after accepting it; a broker does that when another client \
+                         connects with the same client id, {}: does one?)",
+                        held.unwrap_or_default().as_secs_f64(),
+                        quoted(&client_id)
+                    ));
+                }
+                if session.another_seen(TWIN_RECENT) {
                     msg.push_str(
                         " (another daemon with this node_id was seen, logged above: if it has the same client id, \
                          the broker closes each one's connection when the other connects)",
@@ -1062,11 +1133,69 @@ fn run(
     }
 }
 
+/// At most this many command lines a [`COMMAND_LOG_WINDOW`]; the others are counted into one line.
+const COMMAND_LOG_LINES: u32 = 20;
+const COMMAND_LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// Bounds the log lines of commands: a storm of commands (40 000 in 3 s in an adversarial run) wrote a line each,
+/// 7 MB of log in which journald's rate limit would have hidden the alarms' lines.
+#[derive(Debug)]
+struct CommandLog {
+    since: Instant,
+    lines: u32,
+    unlogged: u64,
+}
+
+impl CommandLog {
+    fn new() -> Self {
+        Self {
+            since: Instant::now(),
+            lines: 0,
+            unlogged: 0,
+        }
+    }
+
+    /// Whether one more command line may be written now.
+    fn allow(&mut self) -> bool {
+        self.flush();
+        if self.lines < COMMAND_LOG_LINES {
+            self.lines += 1;
+            true
+        } else {
+            self.unlogged += 1;
+            false
+        }
+    }
+
+    /// Once the window is over: one line for the commands not logged in it, and a new window.
+    fn flush(&mut self) {
+        if self.since.elapsed() < COMMAND_LOG_WINDOW {
+            return;
+        }
+        if self.unlogged > 0 {
+            log::warn!(
+                "mqtt: {} more command message(s) in {:?}, not logged one by one (applied or dropped: \
+                 sonitor_commands_dropped_total counts the dropped)",
+                self.unlogged,
+                COMMAND_LOG_WINDOW
+            );
+        }
+        *self = Self::new();
+    }
+}
+
 /// Hands a command to the daemon's loop. One its queue cannot take (a flood of commands, or a loop busy for long)
 /// is dropped, logged and counted (`sonitor_commands_dropped_total`), never waited for: the publisher must keep
 /// serving the broker.
-fn forward_command(commands: &Sender<Command>, c: Command, metrics: &Metrics) {
-    log::info!("mqtt: command {c}");
+fn forward_command(
+    commands: &Sender<Command>,
+    c: Command,
+    metrics: &Metrics,
+    log: &mut CommandLog,
+) {
+    if log.allow() {
+        log::info!("mqtt: command {c}");
+    }
     if let Err(e) = commands.try_send(c) {
         metrics.commands_dropped.inc();
         let why = match &e {
@@ -1078,10 +1207,12 @@ fn forward_command(commands: &Sender<Command>, c: Command, metrics: &Metrics) {
                 "the daemon no longer takes commands".to_string()
             }
         };
-        log::warn!(
-            "mqtt: command {} dropped, not applied: {why}; publish it again",
-            e.into_inner()
-        );
+        if log.allow() {
+            log::warn!(
+                "mqtt: command {} dropped, not applied: {why}; publish it again",
+                e.into_inner()
+            );
+        }
     }
 }
 
@@ -1136,7 +1267,39 @@ fn disconnect(client: &Client, polled: &Receiver<Polled>) {
 /// again from `reconnect_min`).
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 
-fn describe(e: &ConnectionError) -> String {
+/// How long ago another process's announcement must have come for a connection lost to be blamed on it.
+const TWIN_RECENT: Duration = Duration::from_secs(600);
+
+/// How long after connecting this process's own announcement must have come back ([`Session::own_echo`]).
+const OWN_ECHO_WAIT: Duration = Duration::from_secs(10);
+
+/// Whether the broker ended a connection without a word (as it does when another client takes the client id).
+fn closed_by_peer(e: &ConnectionError) -> bool {
+    let text = e.to_string();
+    text.contains("closed by peer")
+        || text.contains("reset by peer")
+        || text.contains("Broken pipe")
+}
+
+/// What a connection that never got the broker's CONNACK may mean: a TLS port spoken to in plain MQTT, a plain
+/// port in TLS, or a port where something else than MQTT answers. Empty when the error says it already.
+fn never_connected_hint(e: &ConnectionError, tls: bool) -> String {
+    let text = e.to_string();
+    match e {
+        ConnectionError::ConnectionRefused(_) => String::new(),
+        ConnectionError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => String::new(),
+        ConnectionError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => String::new(),
+        _ if text.contains("dns") || text.contains("lookup") => String::new(),
+        _ if tls => " (with mqtt.tls on: is this the broker's TLS port? a plain MQTT port ends a TLS handshake \
+                      this way)"
+            .into(),
+        _ => " (is this the broker's plain MQTT port? a TLS port, or a server that is no MQTT broker, answers \
+              this way; with a TLS port set [mqtt.tls] enabled = true)"
+            .into(),
+    }
+}
+
+fn describe(e: &ConnectionError, base: &str) -> String {
     match e {
         ConnectionError::ConnectionRefused(code) => format!(
             "the broker refused the connection ({code:?}): check mqtt.username/password and the broker's ACL"
@@ -1145,8 +1308,10 @@ fn describe(e: &ConnectionError) -> String {
             rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(n),
         )) => format!(
             "the broker sent a message of {n} bytes, more than the {MAX_INCOMING} this client reads (commands \
-             are a few bytes); if it is retained on a command topic the broker sends it again on every connection: \
-             clear it with `mosquitto_pub -r -n -t TOPIC`"
+             are a few bytes); if it is retained on a topic this daemon subscribes to ({base}/+/threshold/set, \
+             {base}/+/mute/set, {base}/+/enabled/set, {base}/node), the broker sends it again on every connection: \
+             find it with `mosquitto_sub -v --retained-only -W 2 -t '{base}/#'` and delete it with \
+             `mosquitto_pub -r -n -t TOPIC`"
         ),
         ConnectionError::Io(io) => format!("{io}"),
         other => format!("{other}"),
@@ -1164,6 +1329,7 @@ mod tests {
         for (what, payload, shown) in [
             ("threshold", "0.42", "pump: threshold/set 0.42"),
             ("threshold", "default", "pump: threshold/set default"),
+            ("threshold", "1e-300", "pump: threshold/set 1e-300"),
             ("mute", "90", "pump: mute/set 1m 30s"),
             ("mute", "2h", "pump: mute/set 2h"),
             ("mute", "OFF", "pump: mute/set OFF"),
@@ -1555,6 +1721,17 @@ mod tests {
         }
     }
 
+    /// A storm of commands writes at most [`COMMAND_LOG_LINES`] lines a window, and counts the rest.
+    #[test]
+    fn a_storm_of_commands_does_not_flood_the_log() {
+        let mut log = CommandLog::new();
+        let allowed = (0..25).filter(|_| log.allow()).count();
+        assert_eq!((allowed, log.unlogged), (COMMAND_LOG_LINES as usize, 5));
+        log.since -= COMMAND_LOG_WINDOW;
+        assert!(log.allow());
+        assert_eq!((log.lines, log.unlogged), (1, 0));
+    }
+
     #[test]
     fn a_command_the_queue_cannot_take_is_counted() {
         let (tx, rx) = crossbeam_channel::bounded(1);
@@ -1563,8 +1740,9 @@ mod tests {
             machine: "pump".into(),
             enabled,
         };
-        forward_command(&tx, c(false), &metrics);
-        forward_command(&tx, c(true), &metrics);
+        let mut log = CommandLog::new();
+        forward_command(&tx, c(false), &metrics, &mut log);
+        forward_command(&tx, c(true), &metrics, &mut log);
         assert_eq!(metrics.commands_dropped.get(), 1);
         assert_eq!(rx.try_recv(), Ok(c(false)));
         assert!(metrics

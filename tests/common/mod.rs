@@ -498,15 +498,23 @@ pub struct Broker {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Lines added to the broker's configuration.
+    extra: String,
 }
 
 impl Broker {
     pub fn start(dir: &Path) -> Broker {
+        Self::start_with(dir, "")
+    }
+
+    /// A broker with `extra` lines in its configuration (e.g. an `acl_file`).
+    pub fn start_with(dir: &Path, extra: &str) -> Broker {
         let port = free_port();
         let mut b = Broker {
             port,
             dir: dir.to_path_buf(),
             child: None,
+            extra: extra.to_string(),
         };
         b.restart();
         b
@@ -518,9 +526,10 @@ impl Broker {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nuser root\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 10000\n",
+                "listener {} 127.0.0.1\nuser root\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 10000\n{}",
                 self.port,
-                self.dir.display()
+                self.dir.display(),
+                self.extra
             ),
         )
         .unwrap();
@@ -643,6 +652,8 @@ pub struct Recorder {
 impl Recorder {
     pub fn start(port: u16, client_id: &str) -> Recorder {
         let mut o = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
+        // Large enough for an oversized message a test leaves retained.
+        o.set_max_packet_size(1 << 20, 1 << 20);
         o.set_clean_session(false);
         o.set_keep_alive(Duration::from_secs(5));
         let (client, mut conn) = rumqttc::Client::new(o, 100);
