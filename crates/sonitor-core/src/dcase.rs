@@ -30,6 +30,15 @@ pub enum DcaseError {
     Empty { path: PathBuf },
     #[error("{path}: a split directory is named train/ or test/, in lower case: rename it (its clips were not read)")]
     SplitCase { path: PathBuf },
+    #[error("{path}: scores directory not found (where `eval --out` or `baseline --out` wrote the submission files)")]
+    MissingScores { path: PathBuf },
+    #[error("{path}: not a regular file (a FIFO or a device): a clip is a WAV file")]
+    NotAFile { path: PathBuf },
+    #[error("{path}: cannot write: {error}")]
+    Write {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("{path}: file name is not DCASE-shaped ({reason}); expected section_SS_<source|target>_<train|test>_<normal|anomaly>_NNNN[_attributes].wav")]
     BadName { path: PathBuf, reason: String },
     #[error("{path}: {reason}")]
@@ -324,6 +333,11 @@ pub fn scan(root: &Path) -> Result<Dataset, DcaseError> {
                 .collect();
             files.sort();
             for path in files {
+                // A FIFO named like a clip blocked the whole run on its first read, a device (`/dev/zero`
+                // linked in) read as an empty file.
+                if std::fs::metadata(&path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+                    return Err(DcaseError::NotAFile { path });
+                }
                 let file_name = path
                     .file_name()
                     .and_then(|n| n.to_str())
@@ -570,7 +584,8 @@ fn write_rows<N: std::fmt::Display, V: std::fmt::Display>(
     for (name, value) in rows {
         s.push_str(&format!("{name},{value}\n"));
     }
-    std::fs::write(path, s).map_err(|error| DcaseError::Io {
+    // Whole or not at all: a full disk left 0-byte score files that `metrics` then read as empty.
+    crate::atomic_file::write(path, s.as_bytes()).map_err(|error| DcaseError::Write {
         path: path.to_path_buf(),
         error,
     })
@@ -995,6 +1010,17 @@ mod tests {
             "{e}"
         );
         std::fs::remove_dir_all(d.path().join("valve")).unwrap();
+        #[cfg(unix)]
+        {
+            let fifo = d
+                .path()
+                .join("fan/train/section_00_source_train_normal_0001.wav");
+            let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+            assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+            let e = scan(d.path()).unwrap_err().to_string();
+            assert!(e.contains("not a regular file"), "{e}");
+            std::fs::remove_file(&fifo).unwrap();
+        }
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

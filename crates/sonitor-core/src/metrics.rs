@@ -360,7 +360,7 @@ struct ScoredSection {
 /// Reads the submission file of every section with test clips and pairs each test clip with its score.
 fn scored_sections(data: &Dataset, scores_dir: &Path) -> Result<Vec<ScoredSection>, MetricsError> {
     if !scores_dir.is_dir() {
-        return Err(DcaseError::MissingDir {
+        return Err(DcaseError::MissingScores {
             path: scores_dir.to_path_buf(),
         }
         .into());

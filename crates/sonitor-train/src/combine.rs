@@ -56,7 +56,7 @@ pub struct CombineArgs {
     pub data: PathBuf,
     /// Weight of the model's scaled score, from 0 (the baseline alone) to 1 (the model alone); the baseline's is
     /// 1 − W.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
     pub weight: f64,
     /// Directory for the submission files of the combined score; the two systems' own go into its `baseline/`
     /// (the level baseline with its domain offsets) and `model/` (default: BUNDLE/scores-combined).

@@ -68,13 +68,13 @@ pub struct PruneArgs {
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
     /// Fine-tuning learning rate.
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = 5e-4, allow_negative_numbers = true)]
     pub lr: f64,
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     pub device: DeviceKind,
     /// Quantile of the gamma fit of normal training window scores for the thresholds (default: the source
     /// bundle's).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub quantile: Option<f64>,
 }
 
@@ -468,6 +468,13 @@ pub fn run(a: &PruneArgs) -> anyhow::Result<()> {
                 .unwrap_or("?")
         );
     }
+    // Before the pruning and its fine-tuning: a bad number is known at once.
+    train::check_training_numbers(
+        a.batch,
+        a.lr,
+        a.quantile
+            .unwrap_or_else(|| m.sections.first().map_or(0.9, |s| s.threshold.quantile)),
+    )?;
     let device = a.device.device()?;
     let ckpt = checkpoint::find(&a.model);
     anyhow::ensure!(

@@ -181,7 +181,7 @@ pub struct FitArgs {
     #[arg(long)]
     pub batch: Option<usize>,
     /// Adam's learning rate [default: 0.001; with --resume: the checkpoint's].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f64>,
     /// Random seed [default: 1; with --resume: the checkpoint's].
     #[arg(long)]
@@ -212,7 +212,7 @@ pub struct FitArgs {
     #[arg(long, default_value_t = 16)]
     pub kmeans: usize,
     /// Quantile of the gamma fit of normal training window scores used as the default threshold.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
     pub quantile: f64,
     #[arg(long, value_enum, default_value_t = TargetCentres::Window)]
     pub target_centres: TargetCentres,
@@ -253,6 +253,13 @@ pub fn window_features(window_s: f64, hop_s: f64) -> anyhow::Result<FeatureParam
     p.validate().map_err(|e| {
         anyhow::anyhow!("--window-seconds {window_s} / --window-hop-seconds {hop_s}: {e}")
     })?;
+    // A step under one STFT hop gives windows that differ by a few samples: as many embeddings to compute (and,
+    // from target clips, centroids to store: 32 000 of them, a 25 MB manifest, at 0.0001 s) for nothing new.
+    anyhow::ensure!(
+        p.window_hop_samples >= p.stft_hop,
+        "--window-hop-seconds {hop_s}: at least {} s, one STFT hop (shorter steps repeat the same windows)",
+        p.stft_hop as f64 / f64::from(p.sample_rate)
+    );
     Ok(p)
 }
 
@@ -465,23 +472,24 @@ fn scalar(t: Tensor<1>) -> f64 {
         .unwrap_or(f32::NAN) as f64
 }
 
+/// `--batch`, `--lr` and `--quantile`, checked before anything is read or computed (`prune` checks them before
+/// it prunes).
+pub fn check_training_numbers(batch: usize, lr: f64, quantile: f64) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        batch >= 2,
+        "--batch {batch}: at least 2 (BatchNorm needs a batch)"
+    );
+    anyhow::ensure!(lr > 0.0 && lr.is_finite(), "--lr {lr} must be positive");
+    anyhow::ensure!(
+        quantile > 0.0 && quantile < 1.0,
+        "--quantile {quantile} must be in (0, 1)"
+    );
+    Ok(())
+}
+
 /// Trains, exports and writes the bundle. Returns a summary.
 pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
-    anyhow::ensure!(
-        o.batch >= 2,
-        "--batch {}: at least 2 (BatchNorm needs a batch)",
-        o.batch
-    );
-    anyhow::ensure!(
-        o.lr > 0.0 && o.lr.is_finite(),
-        "--lr {} must be positive",
-        o.lr
-    );
-    anyhow::ensure!(
-        o.quantile > 0.0 && o.quantile < 1.0,
-        "--quantile {} must be in (0, 1)",
-        o.quantile
-    );
+    check_training_numbers(o.batch, o.lr, o.quantile)?;
     anyhow::ensure!(
         !(o.force && o.resume),
         "--force and --resume exclude each other: --resume continues the checkpoint in {} that --force would \
@@ -1271,6 +1279,15 @@ pub fn section_model(
             threshold.quantile, threshold.value
         ))
     );
+    // Distances of rounding size: the network maps every sound to about one point (a `prune --keep 0.001` did),
+    // and the daemon would alarm on every window at such a threshold.
+    anyhow::ensure!(
+        threshold.value >= MIN_THRESHOLD,
+        "the threshold fitted on the normal training clips is {:.1e}, below {MIN_THRESHOLD:.0e}: the network maps \
+         every sound to about one point (pruned too far, or not trained enough), and the daemon would alarm on \
+         every window; prune less (a larger --keep) or train longer",
+        threshold.value
+    );
     let n_source = src_centres.len();
     let n_target = target.len();
     Ok(SectionModel {
@@ -1286,6 +1303,9 @@ pub fn section_model(
         baseline: None,
     })
 }
+
+/// The least threshold a section's calibration may give (cosine distances of float rounding lie below it).
+pub const MIN_THRESHOLD: f64 = 1e-6;
 
 /// Current UTC time as RFC 3339 (seconds).
 pub fn rfc3339_now() -> String {
@@ -1355,6 +1375,8 @@ mod tests {
             (2.0, -1.0, "--window-hop-seconds -1"),
             // Shorter than one STFT frame (1024 samples).
             (0.05, 0.05, "shorter than n_fft"),
+            // A step under one STFT hop (512 samples).
+            (1.0, 0.0001, "--window-hop-seconds 0.0001: at least 0.032 s"),
         ] {
             let e = window_features(w, h).unwrap_err().to_string();
             assert!(e.contains(needle), "{w} {h}: {e}");

@@ -32,7 +32,8 @@ pub struct UpgradeArgs {
 /// What [`upgrade`] did.
 #[derive(Debug)]
 pub struct Outcome {
-    /// The rewritten nodes; empty when the graph was already current (nothing is written then).
+    /// The rewritten nodes; empty when the graph was already current (the bundle is then copied unchanged into
+    /// another `--out`, and left alone in place).
     pub changes: Vec<String>,
     pub max_relative_difference: f64,
 }
@@ -62,7 +63,8 @@ fn compare(bundle: &Bundle, old: &[u8], new: &[u8]) -> anyhow::Result<f64> {
 }
 
 /// Upgrades the bundle at `model` into `out` (see the module documentation). A graph that is already current is
-/// left alone and nothing is written.
+/// left alone, and copied unchanged into an `out` of its own: a script that goes on with `out` finds a bundle
+/// there either way.
 pub fn upgrade(model: &Path, out: &Path) -> anyhow::Result<Outcome> {
     let bundle = Bundle::load(model)
         .with_context(|| format!("--model {}: not a usable bundle", model.display()))?;
@@ -98,6 +100,9 @@ pub fn upgrade(model: &Path, out: &Path) -> anyhow::Result<Outcome> {
     let old = std::fs::read(&bundle.onnx_path)
         .with_context(|| format!("reading {}", bundle.onnx_path.display()))?;
     let Some(up) = upgrade_onnx(&old, &config)? else {
+        if !in_place {
+            Bundle::write(out, m, &old).with_context(|| format!("writing {}", out.display()))?;
+        }
         return Ok(Outcome {
             changes: Vec::new(),
             max_relative_difference: 0.0,
@@ -132,10 +137,22 @@ pub fn upgrade(model: &Path, out: &Path) -> anyhow::Result<Outcome> {
 pub fn run(a: &UpgradeArgs) -> anyhow::Result<()> {
     let o = upgrade(&a.model, &a.out)?;
     if o.changes.is_empty() {
-        eprintln!(
-            "{}: the graph is already in the current form; nothing written",
-            a.model.display()
+        let in_place = matches!(
+            (a.model.canonicalize(), a.out.canonicalize()),
+            (Ok(m), Ok(o)) if m == o
         );
+        if in_place {
+            eprintln!(
+                "{}: the graph is already in the current form; nothing written",
+                a.model.display()
+            );
+        } else {
+            eprintln!(
+                "{}: the graph is already in the current form; the bundle is copied unchanged to {}",
+                a.model.display(),
+                a.out.display()
+            );
+        }
         return Ok(());
     }
     for c in &o.changes {

@@ -240,4 +240,9 @@ fn bad_data_is_named() {
     std::fs::write(data.join("press/test/recording 7.wav"), b"").unwrap();
     let out = run(&["metrics", "--data", s(&data), "--scores", s(&scores)]);
     assert_fails_with(&out, &["recording 7.wav", "not DCASE-shaped"]);
+    // A scores directory that is not there is named as such, not as the data's.
+    std::fs::remove_file(data.join("press/test/recording 7.wav")).unwrap();
+    let nowhere = d.path().join("nowhere");
+    let out = run(&["metrics", "--data", s(&data), "--scores", s(&nowhere)]);
+    assert_fails_with(&out, &["nowhere: scores directory not found"]);
 }

@@ -132,10 +132,17 @@ fn a_plain_graph_is_upgraded_to_the_same_embedding_and_a_current_one_left_alone(
     assert_eq!(upgrade(&other, &other).unwrap().changes, up.changes);
     assert_eq!(std::fs::read(other.join("model.onnx")).unwrap(), up.onnx);
 
-    // Upgrading again writes nothing.
+    // Upgrading again changes nothing: in place nothing is written, elsewhere the bundle is copied unchanged (a
+    // script going on with --out found nothing there).
     let again = dir.path().join("again");
+    let before = std::fs::read(new_dir.join("model.onnx")).unwrap();
+    assert!(upgrade(&new_dir, &new_dir).unwrap().changes.is_empty());
+    assert_eq!(std::fs::read(new_dir.join("model.onnx")).unwrap(), before);
     assert!(upgrade(&new_dir, &again).unwrap().changes.is_empty());
-    assert!(!again.exists());
+    assert_eq!(
+        Bundle::load(&again).unwrap().manifest,
+        Bundle::load(&new_dir).unwrap().manifest
+    );
 
     // A bundle that does not record its network configuration is refused, naming what is missing.
     let bare = dir.path().join("bare");
