@@ -123,15 +123,32 @@ pub fn clip_window_scores(
     clips: &[&Clip],
     section: &SectionModel,
 ) -> anyhow::Result<Vec<Vec<f64>>> {
-    parallel::map_with_state(
+    let short = std::sync::atomic::AtomicUsize::new(0);
+    let scores = parallel::map_with_state(
         clips,
         || FeatureExtractor::new(params.clone()).map_err(anyhow::Error::from),
         |fx, c| {
             let a = crate::data::load_clip(c, params)?;
+            if a.len() < params.window_samples {
+                short.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             window_scores(embedder, fx, &a, section)
                 .with_context(|| format!("scoring {}", c.path.display()))
         },
-    )
+    )?;
+    // As `fit` says of its training clips: such a clip is scored on itself repeated to fill one window.
+    let short = short.into_inner();
+    if short > 0 {
+        eprintln!(
+            "warning: {} section {:02}: {short} of {} test clips are shorter than the {} s analysis window: each is \
+             scored on itself repeated to fill it",
+            section.machine_type,
+            section.section,
+            clips.len(),
+            params.window_seconds()
+        );
+    }
+    Ok(scores)
 }
 
 /// Scores every test clip and writes the submission files into `out`. Returns the scores of each section.
