@@ -97,6 +97,7 @@ pub(crate) fn check_with(path: &Path, running: Option<&Running>, missing: Missin
                 )
             });
         }
+        warnings.extend(crate::publish::mqtt::ca_file_warning(&cfg.mqtt));
     }
     let mut bundles = BTreeMap::new();
     let mut embedders = BTreeMap::new();

@@ -168,6 +168,40 @@ fn tls_with_client_certificate_and_password() {
         .unwrap()
         .contains("check mqtt.username/password"));
     drop(daemon);
+
+    // The broker's own certificate as ca_file (not a CA's): `validate` warns, as every connection would fail with
+    // UnknownIssuer; the CA's is not warned about.
+    let validate = |cfg: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_sonitor"))
+            .args(["validate", "--config"])
+            .arg(cfg)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout)
+    };
+    assert!(!validate(&cfg).contains("not a CA's"), "{}", validate(&cfg));
+    let server_as_ca = d.path().join("server-as-ca.toml");
+    std::fs::write(
+        &server_as_ca,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("/ca.pem", "/server.pem"),
+    )
+    .unwrap();
+    let shown = validate(&server_as_ca);
+    assert!(
+        shown.contains("its certificate is not a CA's") && shown.contains("UnknownIssuer"),
+        "{shown}"
+    );
+
+    // Plain MQTT against the TLS port: the log asks whether the port is the plain one.
+    let plain = common::config(d.path(), &dev, &b.dir, port, "");
+    let daemon = common::Daemon::start(&plain, &[]);
+    daemon.wait_log(
+        "is this the broker's plain MQTT port?",
+        Duration::from_secs(20),
+    );
+    drop(daemon);
     let _ = broker.kill();
     let _ = broker.wait();
 }

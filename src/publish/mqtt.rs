@@ -742,6 +742,37 @@ fn password_of_file(text: &str) -> Result<String, &'static str> {
 
 /// A rustls client configuration on the `ring` provider (no aws-lc build), with the configured CA (default:
 /// the system bundle) and optional client certificate.
+/// Whether a DER certificate says it is a CA's: its basicConstraints extension with `cA` TRUE (`Some(true)`), the
+/// extension without it (`Some(false)`), or no such extension (`None`: an X.509 v1 certificate, which says
+/// nothing). A plain byte search: the extension's OID, then within its few bytes the SEQUENCE that holds the flag.
+fn says_ca(der: &[u8]) -> Option<bool> {
+    const OID: [u8; 5] = [0x06, 0x03, 0x55, 0x1d, 0x13];
+    let at = der.windows(OID.len()).position(|w| w == OID)? + OID.len();
+    let rest = &der[at..der.len().min(at + 16)];
+    Some(
+        rest.windows(5)
+            .any(|w| w[0] == 0x30 && w[2] == 0x01 && w[3] == 0x01 && w[4] != 0x00),
+    )
+}
+
+/// A warning for a `ca_file` whose certificates all say they are not a CA's (basicConstraints CA:FALSE): most
+/// likely the broker's own certificate, which fails every connection with `UnknownIssuer`.
+pub fn ca_file_warning(q: &MqttConfig) -> Option<String> {
+    let path = q.tls.ca_file.as_ref().filter(|_| q.tls.enabled)?;
+    let pem = std::fs::read(path).ok()?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+        .filter_map(Result::ok)
+        .collect();
+    (!certs.is_empty() && certs.iter().all(|c| says_ca(c.as_ref()) == Some(false))).then(|| {
+        format!(
+            "mqtt.tls.ca_file {}: its certificate is not a CA's (basicConstraints CA:FALSE), as a broker's own \
+             certificate is not: the connection then fails with `UnknownIssuer`; give the certificate of the CA \
+             that signed the broker's",
+            path.display()
+        )
+    })
+}
+
 pub fn tls_config(q: &MqttConfig) -> anyhow::Result<rustls::ClientConfig> {
     use anyhow::Context;
     let ca_path = q
