@@ -1010,3 +1010,33 @@ fn a_second_daemon_with_the_same_node_id_is_named_and_a_restart_is_not() {
         "the copy names the first daemon"
     );
 }
+
+/// Another client (not a sonitor) connecting with the daemon's client id: the broker closes the daemon's connection
+/// each time, which the log said only as "closed by peer". It now asks whether another client uses the id.
+#[test]
+fn a_client_with_the_daemons_client_id_is_hinted_at() {
+    let rig = Rig::start();
+    let rec = Recorder::start(rig.broker.port, "recorder-clash");
+    let dev = rig.looping_normal();
+    let cfg = rig.config(&dev, "");
+    let daemon = Daemon::start(&cfg, &[]);
+    wait_online(&rec);
+    let (client, mut conn) = connect(rig.broker.port, "sonitor-t1");
+    let t0 = std::time::Instant::now();
+    while !daemon
+        .log
+        .lock()
+        .unwrap()
+        .contains("connects with the same client id, \"sonitor-t1\"")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no client id hint; log:\n{}",
+            daemon.log.lock().unwrap()
+        );
+        let _ = conn.recv_timeout(Duration::from_millis(100));
+    }
+    drop(client);
+    drop(conn);
+    drop(daemon);
+}
