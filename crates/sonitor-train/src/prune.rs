@@ -568,7 +568,24 @@ pub fn run(a: &PruneArgs) -> anyhow::Result<()> {
             pruning: serde_json::to_value(&report)?,
         }),
     };
-    let r = train::fit(&o)?;
+    // A prune cannot be resumed: the checkpoints of one that failed in a directory that held nothing are of no
+    // use, and would make the next prune into it ask for --force.
+    let fresh = train::held_bundle_files(&a.out).is_empty();
+    let existed = a.out.exists();
+    let r = match train::fit(&o) {
+        Ok(r) => r,
+        Err(e) => {
+            if fresh && !a.out.join(crate::replace::DIR).exists() {
+                for d in checkpoint::all_dirs(&a.out) {
+                    let _ = std::fs::remove_dir_all(d);
+                }
+                if !existed {
+                    let _ = std::fs::remove_dir(&a.out);
+                }
+            }
+            return Err(e);
+        }
+    };
     eprintln!(
         "pruned bundle written to {}: {} parameters, fine-tuning took {:.1} s",
         r.bundle.display(),
