@@ -231,8 +231,9 @@ impl Snapshot {
             "\nMQTT {}; {} alarm message(s) waiting in the outbox ({} dropped)\n",
             match (self.mqtt_connected, self.mqtt_echo_missing) {
                 (Some(true), Some(true)) => {
-                    "connected, but the broker does not deliver this daemon's own messages back: it may drop \
-                     them, alarms included (its ACL, its size limit; its log says)"
+                    "connected, but the broker does not deliver this daemon's own announcement back: it may drop \
+                     what the daemon publishes, alarms included, or only refuse it reading (its ACL, its size \
+                     limit; its log says)"
                 }
                 (Some(true), _) => "connected",
                 (Some(false), _) => "not connected",
@@ -272,9 +273,10 @@ fn table<const N: usize>(rows: &[[String; N]]) -> String {
     out
 }
 
-/// `sonitor status --config FILE [--json]`: the exit status (0: printed; 78: the file cannot be used, the running
-/// daemon's status printed all the same when its lock file can be found; 69: no daemon answered on the running
-/// daemon's metrics address, or the file's).
+/// `sonitor status --config FILE [--json]`: the exit status (0: printed; 78: the file cannot be used (it does not
+/// parse, its settings are refused, a machine's bundle is not there, or the daemon refused it at its last
+/// reload), the running daemon's status printed all the same when its lock file can be found; 69: no daemon
+/// answered on the running daemon's metrics address, or the file's).
 pub fn status(config_path: &Path, json: bool) -> i32 {
     let cfg = match Config::load(config_path) {
         Ok(c) => c,
@@ -292,7 +294,7 @@ pub fn status(config_path: &Path, json: bool) -> i32 {
             let holder = crate::state_lock::holder(&dir).unwrap_or_default();
             match (holder.metrics, holder.pid) {
                 (Some(addr), pid) => {
-                    if show(addr, pid, json) == 0 {
+                    if show(addr, pid, json).0 == 0 {
                         eprintln!(
                             "sonitor status: the daemon above runs the configuration it loaded before; the file as \
                              it is now would be refused by a reload and by a restart (`sonitor validate` names \
@@ -325,8 +327,38 @@ pub fn status(config_path: &Path, json: bool) -> i32 {
         );
         return EXIT_NO_DAEMON;
     }
+    // What `validate` refuses without building the models: settings, and bundles that are not there.
+    let mut problems = cfg.static_problems();
+    for m in &cfg.machines {
+        if !m.bundle.join(sonitor_core::bundle::MANIFEST_FILE).is_file() {
+            problems.push(format!(
+                "machine '{}': no bundle in {}",
+                m.name,
+                m.bundle.display()
+            ));
+        }
+    }
     match running.or(cfg.metrics.addr()) {
-        Some(addr) => show(addr, holder.pid, json),
+        Some(addr) => {
+            let (code, reload_ok) = show(addr, holder.pid, json);
+            if !problems.is_empty() {
+                eprintln!(
+                    "sonitor status: {} would be refused by a reload and by a restart: {} (`sonitor validate` names \
+                     every problem)",
+                    config_path.display(),
+                    problems.join("; ")
+                );
+                return EXIT_CONFIG;
+            }
+            if code == 0 && reload_ok == Some(false) {
+                eprintln!(
+                    "sonitor status: the daemon refused {} at its last reload (`sonitor validate` names why)",
+                    config_path.display()
+                );
+                return EXIT_CONFIG;
+            }
+            code
+        }
         None => {
             eprintln!(
                 "sonitor status: no sonitor answered on {} (not an address:port)",
@@ -338,8 +370,8 @@ pub fn status(config_path: &Path, json: bool) -> i32 {
 }
 
 /// Prints the status the daemon's metrics at `addr` give (the daemon's `pid`, when its lock file says it): 0, or
-/// [`EXIT_NO_DAEMON`] when nothing answers there.
-fn show(addr: std::net::SocketAddr, pid: Option<u32>, json: bool) -> i32 {
+/// [`EXIT_NO_DAEMON`] when nothing answers there; and whether the daemon's last reload applied the file.
+fn show(addr: std::net::SocketAddr, pid: Option<u32>, json: bool) -> (i32, Option<bool>) {
     match crate::metrics::scrape(addr) {
         Ok(samples) => {
             let snapshot = Snapshot::of(&samples, pid);
@@ -348,13 +380,13 @@ fn show(addr: std::net::SocketAddr, pid: Option<u32>, json: bool) -> i32 {
                     Ok(j) => println!("{j}"),
                     Err(e) => {
                         eprintln!("sonitor status: {e}");
-                        return 1;
+                        return (1, snapshot.last_reload_successful);
                     }
                 }
             } else {
                 print!("{}", snapshot.text());
             }
-            0
+            (0, snapshot.last_reload_successful)
         }
         Err(e) => {
             eprintln!(
@@ -365,7 +397,7 @@ fn show(addr: std::net::SocketAddr, pid: Option<u32>, json: bool) -> i32 {
                     ": is it running (`systemctl status sonitor`)?"
                 }
             );
-            EXIT_NO_DAEMON
+            (EXIT_NO_DAEMON, None)
         }
     }
 }

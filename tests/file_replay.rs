@@ -953,6 +953,13 @@ fn the_reload_command_reports_whether_the_daemon_applied_the_file() {
         "{text}"
     );
     daemon.wait_log("keeping the running configuration", Duration::from_secs(5));
+    // `status` on that file (it parses, its settings are refused): 78, the running daemon shown all the same.
+    let (code, shown) = sonitor(&["status"]);
+    assert_eq!(code, Some(78), "{shown}");
+    assert!(
+        shown.contains("1 machine(s), 0 alarm(s) on") && shown.contains("would be refused"),
+        "{shown}"
+    );
 
     // A file that does not parse is not sent: the reason is printed here, and the daemon is not asked.
     std::fs::write(

@@ -919,7 +919,7 @@ fn a_broker_that_drops_this_daemons_messages_is_noticed() {
         .unwrap();
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(
-        shown.contains("does not deliver this daemon's own messages back"),
+        shown.contains("does not deliver this daemon's own announcement back"),
         "{shown}"
     );
     drop(daemon);

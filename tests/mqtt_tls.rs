@@ -202,6 +202,13 @@ fn tls_with_client_certificate_and_password() {
         Duration::from_secs(20),
     );
     drop(daemon);
+    // The broker's certificate as ca_file at run time: the hint is about the certificate, not the port.
+    let daemon = common::Daemon::start(&server_as_ca, &[]);
+    daemon.wait_log(
+        "the broker's certificate is not trusted",
+        Duration::from_secs(20),
+    );
+    drop(daemon);
     let _ = broker.kill();
     let _ = broker.wait();
 }

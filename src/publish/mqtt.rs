@@ -906,6 +906,8 @@ fn run(
     let endpoint = format!("{}:{}", q.host, q.port);
     let client_id = q.client_id.clone().unwrap_or_default();
     let mut command_log = CommandLog::new();
+    // Connections closed by the broker soon after it accepted them, in a row.
+    let mut short_lived = 0u32;
 
     // No wait longer than the beat while a watchdog looks at the turns.
     let at_most = |d: Duration| beat.map_or(d, |b| d.min(b));
@@ -1133,13 +1135,20 @@ fn run(
                 let mut msg = describe(&e, &base);
                 if !was {
                     msg.push_str(&never_connected_hint(&e, q.tls.enabled));
-                } else if held.is_some_and(|h| h < STABLE_CONNECTION)
-                    && !session.another_seen(TWIN_RECENT)
-                    && closed_by_peer(&e)
-                {
+                }
+                // Connections the broker closes soon after accepting them, one after another while it accepts
+                // each reconnection at once: another client taking the client id (a broker restarting refuses
+                // the reconnections in between, which starts the count again).
+                short_lived =
+                    if was && held.is_some_and(|h| h < STABLE_CONNECTION) && closed_by_peer(&e) {
+                        short_lived + 1
+                    } else {
+                        0
+                    };
+                if short_lived >= 2 && !session.another_seen(TWIN_RECENT) {
                     msg.push_str(&format!(
-                        " (the broker closed it {:.0} s after accepting it; a broker does that when another client \
-                         connects with the same client id, {}: does one?)",
+                        " (the broker closed it {:.0} s after accepting it, {short_lived} times in a row; a broker \
+                         does that when another client connects with the same client id, {}: does one?)",
                         held.unwrap_or_default().as_secs_f64(),
                         quoted(&client_id)
                     ));
@@ -1321,6 +1330,13 @@ fn never_connected_hint(e: &ConnectionError, tls: bool) -> String {
         ConnectionError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => String::new(),
         ConnectionError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => String::new(),
         _ if text.contains("dns") || text.contains("lookup") => String::new(),
+        // The handshake got as far as the broker's certificate: the port is right, the trust is not.
+        _ if text.contains("CaUsedAsEndEntity") => " (mqtt.tls.ca_file, or the system's CAs, holds the broker's \
+                                                     own certificate: give the certificate of the CA that signed it)"
+            .into(),
+        _ if text.contains("certificate") => " (the broker's certificate is not trusted: mqtt.tls.ca_file must \
+                                                hold the CA that signed it, and the certificate name mqtt.host)"
+            .into(),
         _ if tls => " (with mqtt.tls on: is this the broker's TLS port? a plain MQTT port ends a TLS handshake \
                       this way)"
             .into(),

@@ -32,7 +32,7 @@ pub enum DcaseError {
     SplitCase { path: PathBuf },
     #[error("{path}: scores directory not found (where `eval --out` or `baseline --out` wrote the submission files)")]
     MissingScores { path: PathBuf },
-    #[error("{path}: not a regular file (a FIFO or a device): a clip is a WAV file")]
+    #[error("{path}: not a regular file (a FIFO or a device)")]
     NotAFile { path: PathBuf },
     #[error("{path}: cannot write: {error}")]
     Write {
@@ -391,9 +391,6 @@ fn is_type_dir(dir: &Path) -> Result<bool, DcaseError> {
             Err(error) => return Err(DcaseError::Io { path: d, error }),
         }
     }
-    if found {
-        return Ok(true);
-    }
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(error) => {
@@ -405,11 +402,12 @@ fn is_type_dir(dir: &Path) -> Result<bool, DcaseError> {
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_ascii_lowercase();
-        if (name == "train" || name == "test") && e.path().is_dir() {
+        let exact = e.file_name() == "train" || e.file_name() == "test";
+        if (name == "train" || name == "test") && !exact && e.path().is_dir() {
             return Err(DcaseError::SplitCase { path: e.path() });
         }
     }
-    Ok(false)
+    Ok(found)
 }
 
 /// Reads every `attributes_SS.csv` of a machine type directory: file name (without directories) → pairs.
@@ -430,6 +428,10 @@ pub fn read_attribute_csvs(
         .collect();
     csvs.sort();
     for csv_path in csvs {
+        // A FIFO named like the CSV blocked the scan for ever.
+        if std::fs::metadata(&csv_path).is_ok_and(|m| !m.is_file()) {
+            return Err(DcaseError::NotAFile { path: csv_path });
+        }
         let bad = |reason: String| DcaseError::BadCsv {
             path: csv_path.clone(),
             reason,
@@ -1010,6 +1012,18 @@ mod tests {
             "{e}"
         );
         std::fs::remove_dir_all(d.path().join("valve")).unwrap();
+        // Also beside a test/ spelled right: the type was taken, and its training clips silently left out.
+        touch(
+            &d.path()
+                .join("valve/Train/section_00_source_train_normal_0000.wav"),
+        );
+        touch(
+            &d.path()
+                .join("valve/test/section_00_source_test_normal_0000.wav"),
+        );
+        let e = scan(d.path()).unwrap_err().to_string();
+        assert!(e.contains("valve/Train"), "{e}");
+        std::fs::remove_dir_all(d.path().join("valve")).unwrap();
         #[cfg(unix)]
         {
             let fifo = d
@@ -1020,6 +1034,12 @@ mod tests {
             let e = scan(d.path()).unwrap_err().to_string();
             assert!(e.contains("not a regular file"), "{e}");
             std::fs::remove_file(&fifo).unwrap();
+            let csv = d.path().join("fan/attributes_00.csv");
+            let made = std::process::Command::new("mkfifo").arg(&csv).status();
+            assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+            let e = scan(d.path()).unwrap_err().to_string();
+            assert!(e.contains("attributes_00.csv: not a regular file"), "{e}");
+            std::fs::remove_file(&csv).unwrap();
         }
         #[cfg(unix)]
         {

@@ -333,7 +333,22 @@ impl FitOptions {
             st.and_then(|s| s.features.clone()),
         ) {
             (None, None, Some(f)) => f,
-            (w, h, _) => window_features(
+            // With --resume, a flag left out is the checkpoint's; given, both must be the checkpoint's window.
+            (w, h, Some(f)) => {
+                let seconds = |n: usize| n as f64 / f64::from(f.sample_rate.max(1));
+                let (fw, fh) = (seconds(f.window_samples), seconds(f.window_hop_samples));
+                let asked = window_features(w.unwrap_or(fw), h.unwrap_or(fh))?;
+                anyhow::ensure!(
+                    (asked.window_samples, asked.window_hop_samples)
+                        == (f.window_samples, f.window_hop_samples),
+                    "--resume: the checkpoint in {} was trained on windows of --window-seconds {fw} \
+                     --window-hop-seconds {fh}: leave the window flags out to continue it, or train a new bundle \
+                     elsewhere",
+                    checkpoint::find(&a.out).display()
+                );
+                f
+            }
+            (w, h, None) => window_features(
                 w.unwrap_or(DEFAULT_WINDOW_SECONDS),
                 h.unwrap_or(DEFAULT_WINDOW_HOP_SECONDS),
             )?,

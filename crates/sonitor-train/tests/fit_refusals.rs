@@ -279,6 +279,20 @@ fn resume_refuses_changed_settings_and_takes_the_checkpoints() {
         window_seconds: None,
         window_hop_seconds: None,
     };
+    // One window flag given: the other is the checkpoint's, not the default (which made a matching flag refused
+    // with a message about input shapes).
+    let hop = f.window_hop_samples as f64 / f.sample_rate as f64;
+    let same = FitArgs {
+        window_hop_seconds: Some(hop),
+        ..args.clone()
+    };
+    assert_eq!(FitOptions::from_args(&same).unwrap().features, f);
+    let other = FitArgs {
+        window_seconds: Some(1.0),
+        ..args.clone()
+    };
+    let e = err(FitOptions::from_args(&other));
+    assert!(e.contains("leave the window flags out"), "{e}");
     let mut from_cli = FitOptions::from_args(&args).unwrap();
     assert_eq!(
         (from_cli.loss, from_cli.labels, from_cli.seed),
