@@ -278,56 +278,86 @@ fn table<const N: usize>(rows: &[[String; N]]) -> String {
 /// reload), the running daemon's status printed all the same when its lock file can be found; 69: no daemon
 /// answered on the running daemon's metrics address, or the file's).
 pub fn status(config_path: &Path, json: bool) -> i32 {
-    let cfg = match Config::load(config_path) {
-        Ok(c) => c,
-        Err(e) => {
-            // The moment someone asks is often the moment the file went wrong: `systemctl reload` refused it, and
-            // the daemon runs what it loaded before. Its lock file still says where its metrics are.
-            eprintln!("sonitor status: {e}");
-            let Some(dir) = Config::state_dir_of(config_path) else {
-                eprintln!(
-                    "sonitor status: the file does not say where the state directory is, so the running daemon \
-                     cannot be found"
-                );
-                return EXIT_CONFIG;
-            };
-            let holder = crate::state_lock::holder(&dir).unwrap_or_default();
-            match (holder.metrics, holder.pid) {
-                (Some(addr), pid) => {
-                    if show(addr, pid, json).0 == 0 {
-                        eprintln!(
-                            "sonitor status: the daemon above runs the configuration it loaded before; the file as \
-                             it is now would be refused by a reload and by a restart (`sonitor validate` names \
-                             the same problems)"
-                        );
-                    }
-                }
-                (None, Some(pid)) => eprintln!(
-                    "sonitor status: sonitor (pid {pid}) runs on {}, with its metrics off; the file as it is now \
-                     would be refused by a reload and by a restart",
+    let loaded = Config::load(config_path);
+    let cfg = loaded.as_ref().ok();
+    // What makes the file unusable: it does not load, or `validate` refuses it without building the models. The
+    // moment someone asks is often the moment the file went wrong: `systemctl reload` refused it, and the daemon
+    // runs what it loaded before; its lock file, in the state directory the file still names, says where.
+    let problems = match &loaded {
+        Err(e) => Some(e.to_string()),
+        Ok(cfg) => {
+            let p = file_problems(cfg);
+            (!p.is_empty()).then(|| format!("{}: {}", config_path.display(), p.join("; ")))
+        }
+    };
+    let dir = match cfg {
+        Some(c) => Some(c.state_dir.clone()),
+        None => Config::state_dir_of(config_path),
+    };
+    let holder = dir
+        .as_deref()
+        .and_then(crate::state_lock::holder)
+        .unwrap_or_default();
+    // The running daemon's metrics, where its lock file says (the file may have moved `[metrics] listen` since,
+    // which only a restart applies), else the file's.
+    let (code, reload_ok) = match (holder.metrics.or(cfg.and_then(|c| c.metrics.addr())), &dir) {
+        (Some(addr), _) => show(addr, holder.pid, json),
+        (None, None) => {
+            eprintln!(
+                "sonitor status: the file does not say where the state directory is, so the running daemon \
+                 cannot be found"
+            );
+            (EXIT_NO_DAEMON, None)
+        }
+        (None, Some(dir)) => {
+            match (holder.pid, cfg) {
+                (Some(pid), _) => eprintln!(
+                    "sonitor status: sonitor (pid {pid}) runs on {}, with its metrics off, and they are what it \
+                     reads",
                     dir.display()
+                ),
+                (None, Some(c)) if !c.metrics.enabled => eprintln!(
+                    "sonitor status: the metrics are off ([metrics] enabled = false), and they are what it reads: \
+                     the retained MQTT topics under {}/ say the same",
+                    c.topic_base()
+                ),
+                (None, Some(c)) => eprintln!(
+                    "sonitor status: no sonitor answered on {} (not an address:port)",
+                    c.metrics.listen
                 ),
                 (None, None) => eprintln!(
                     "sonitor status: no sonitor runs on the state directory {}",
                     dir.display()
                 ),
             }
-            return EXIT_CONFIG;
+            (EXIT_NO_DAEMON, None)
         }
     };
-    // The running daemon's metrics, where its lock file says (the file may have moved `[metrics] listen` since,
-    // which only a restart applies), else the file's.
-    let holder = crate::state_lock::holder(&cfg.state_dir).unwrap_or_default();
-    let running = holder.metrics;
-    if running.is_none() && !cfg.metrics.enabled {
+    if let Some(p) = problems {
         eprintln!(
-            "sonitor status: the metrics are off ([metrics] enabled = false), and they are what it reads: the \
-             retained MQTT topics under {}/ say the same",
-            cfg.topic_base()
+            "sonitor status: {p}{}; the file as it is now would be refused by a reload and by a restart (`sonitor \
+             validate` names every problem)",
+            if code == 0 {
+                "; the daemon above runs the configuration it loaded before"
+            } else {
+                ""
+            }
         );
-        return EXIT_NO_DAEMON;
+        return EXIT_CONFIG;
     }
-    // What `validate` refuses without building the models: settings, and bundles that are not there.
+    if code == 0 && reload_ok == Some(false) {
+        eprintln!(
+            "sonitor status: the daemon refused {} at its last reload (`sonitor validate` names why)",
+            config_path.display()
+        );
+        return EXIT_CONFIG;
+    }
+    code
+}
+
+/// What `validate` refuses in a file that loads, without building the models: settings, and bundles that are not
+/// there.
+fn file_problems(cfg: &Config) -> Vec<String> {
     let mut problems = cfg.static_problems();
     for m in &cfg.machines {
         if !m.bundle.join(sonitor_core::bundle::MANIFEST_FILE).is_file() {
@@ -338,35 +368,7 @@ pub fn status(config_path: &Path, json: bool) -> i32 {
             ));
         }
     }
-    match running.or(cfg.metrics.addr()) {
-        Some(addr) => {
-            let (code, reload_ok) = show(addr, holder.pid, json);
-            if !problems.is_empty() {
-                eprintln!(
-                    "sonitor status: {} would be refused by a reload and by a restart: {} (`sonitor validate` names \
-                     every problem)",
-                    config_path.display(),
-                    problems.join("; ")
-                );
-                return EXIT_CONFIG;
-            }
-            if code == 0 && reload_ok == Some(false) {
-                eprintln!(
-                    "sonitor status: the daemon refused {} at its last reload (`sonitor validate` names why)",
-                    config_path.display()
-                );
-                return EXIT_CONFIG;
-            }
-            code
-        }
-        None => {
-            eprintln!(
-                "sonitor status: no sonitor answered on {} (not an address:port)",
-                cfg.metrics.listen
-            );
-            EXIT_NO_DAEMON
-        }
-    }
+    problems
 }
 
 /// Prints the status the daemon's metrics at `addr` give (the daemon's `pid`, when its lock file says it): 0, or

@@ -40,7 +40,8 @@ impl WatchMarks {
 /// Whether the daemon has made progress since the last watchdog ping (`now` against `at_ping`): frames advanced
 /// and the pipeline either scored windows or has none waiting (`idle`: a window hop longer than the watchdog
 /// period leaves it waiting for audio, not stuck), or no input is open and every input's supervisor has visibly
-/// waited to reopen it since (or, a replayed file stopped at its end as configured, waits for the stop). Frames that came before an input went away do not count against the waiting.
+/// waited to reopen it since (or, a replayed file stopped at its end as configured, waits for the stop). Frames
+/// that came before an input went away do not count against the waiting.
 /// Either way every input's reader must have turned since: a reader stuck cuts no more windows, which the
 /// pipeline alone would take for `idle`. And so must the clip writer and the MQTT publisher: one stuck drops
 /// every clip, the other leaves every alarm in the outbox, and neither shows in the audio's progress.

@@ -436,8 +436,7 @@ impl Session {
         }
         let same_boot = !self.node.me.boot_id.is_empty() && other.boot_id == self.node.me.boot_id;
         let stale = same_boot && !alive(other.pid);
-        if other.instance == self.node.me.instance || (retain && (!self.node.acknowledged || stale))
-        {
+        if retain && (!self.node.acknowledged || stale) {
             return None;
         }
         self.node.seen_at = Some(Instant::now());
@@ -740,8 +739,6 @@ fn password_of_file(text: &str) -> Result<String, &'static str> {
     }
 }
 
-/// A rustls client configuration on the `ring` provider (no aws-lc build), with the configured CA (default:
-/// the system bundle) and optional client certificate.
 /// Whether a DER certificate says it is a CA's: its basicConstraints extension with `cA` TRUE (`Some(true)`), the
 /// extension without it (`Some(false)`), or no such extension (`None`: an X.509 v1 certificate, which says
 /// nothing). A plain byte search: the extension's OID, then within its few bytes the SEQUENCE that holds the flag.
@@ -773,6 +770,8 @@ pub fn ca_file_warning(q: &MqttConfig) -> Option<String> {
     })
 }
 
+/// A rustls client configuration on the `ring` provider (no aws-lc build), with the configured CA (default:
+/// the system bundle) and optional client certificate.
 pub fn tls_config(q: &MqttConfig) -> anyhow::Result<rustls::ClientConfig> {
     use anyhow::Context;
     let ca_path = q
@@ -1017,8 +1016,8 @@ fn run(
         }
 
         // The broker delivers this client's own announcement back (it subscribes to it): without it, the broker
-        //    may be dropping what this client publishes, in silence under MQTT 3.1.1 (a denied publish is
-        //    acknowledged all the same), alarms included.
+        // may be dropping what this client publishes, in silence under MQTT 3.1.1 (a denied publish is
+        // acknowledged all the same), alarms included.
         if let Some(t) = connected_at {
             let missing =
                 session.connected() && !session.own_echo() && t.elapsed() >= OWN_ECHO_WAIT;
@@ -1134,7 +1133,7 @@ fn run(
                 }
                 let mut msg = describe(&e, &base);
                 if !was {
-                    msg.push_str(&never_connected_hint(&e, q.tls.enabled));
+                    msg.push_str(never_connected_hint(&e, q.tls.enabled));
                 }
                 // Connections the broker closes soon after accepting them, one after another while it accepts
                 // each reconnection at once: another client taking the client id (a broker restarting refuses
@@ -1323,26 +1322,22 @@ fn closed_by_peer(e: &ConnectionError) -> bool {
 
 /// What a connection that never got the broker's CONNACK may mean: a TLS port spoken to in plain MQTT, a plain
 /// port in TLS, or a port where something else than MQTT answers. Empty when the error says it already.
-fn never_connected_hint(e: &ConnectionError, tls: bool) -> String {
+fn never_connected_hint(e: &ConnectionError, tls: bool) -> &'static str {
     let text = e.to_string();
     match e {
-        ConnectionError::ConnectionRefused(_) => String::new(),
-        ConnectionError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => String::new(),
-        ConnectionError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => String::new(),
-        _ if text.contains("dns") || text.contains("lookup") => String::new(),
+        ConnectionError::ConnectionRefused(_) => "",
+        ConnectionError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => "",
+        ConnectionError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => "",
+        _ if text.contains("dns") || text.contains("lookup") => "",
         // The handshake got as far as the broker's certificate: the port is right, the trust is not.
-        _ if text.contains("CaUsedAsEndEntity") => " (mqtt.tls.ca_file, or the system's CAs, holds the broker's \
-                                                     own certificate: give the certificate of the CA that signed it)"
-            .into(),
+        _ if text.contains("CaUsedAsEndEntity") => " (mqtt.tls.ca_file, or the system's CAs, holds the \
+                                                     broker's own certificate: give the CA's that signed it)",
         _ if text.contains("certificate") => " (the broker's certificate is not trusted: mqtt.tls.ca_file must \
-                                                hold the CA that signed it, and the certificate name mqtt.host)"
-            .into(),
+                                                hold the CA that signed it, and the certificate name mqtt.host)",
         _ if tls => " (with mqtt.tls on: is this the broker's TLS port? a plain MQTT port ends a TLS handshake \
-                      this way)"
-            .into(),
+                      this way)",
         _ => " (is this the broker's plain MQTT port? a TLS port, or a server that is no MQTT broker, answers \
-              this way; with a TLS port set [mqtt.tls] enabled = true)"
-            .into(),
+              this way; with a TLS port set [mqtt.tls] enabled = true)",
     }
 }
 
