@@ -382,30 +382,25 @@ fn is_type_dir(dir: &Path) -> Result<bool, DcaseError> {
     if !dir.is_dir() || name == "lost+found" || name.starts_with('.') {
         return Ok(false);
     }
+    let io = |path: PathBuf| move |error| DcaseError::Io { path, error };
     let mut found = false;
-    for split in ["train", "test"] {
-        let d = dir.join(split);
-        match std::fs::metadata(&d) {
-            Ok(m) => found |= m.is_dir(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(error) => return Err(DcaseError::Io { path: d, error }),
+    for e in std::fs::read_dir(dir)
+        .map_err(io(dir.to_path_buf()))?
+        .flatten()
+    {
+        let name = e.file_name();
+        let lower = name.to_string_lossy().to_ascii_lowercase();
+        if lower != "train" && lower != "test" {
+            continue;
         }
-    }
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(error) => {
-            return Err(DcaseError::Io {
-                path: dir.to_path_buf(),
-                error,
-            })
+        let path = e.path();
+        if !std::fs::metadata(&path).map_err(io(path.clone()))?.is_dir() {
+            continue;
         }
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().to_ascii_lowercase();
-        let exact = e.file_name() == "train" || e.file_name() == "test";
-        if (name == "train" || name == "test") && !exact && e.path().is_dir() {
-            return Err(DcaseError::SplitCase { path: e.path() });
+        if name != "train" && name != "test" {
+            return Err(DcaseError::SplitCase { path });
         }
+        found = true;
     }
     Ok(found)
 }

@@ -172,22 +172,27 @@ pub fn read_state(dir: &Path) -> anyhow::Result<State> {
 pub fn read_for_resume(out: &Path) -> anyhow::Result<State> {
     let dir = find(out);
     if !dir.join(STATE_FILE).exists() {
-        let half = sibling(out, "new").exists();
+        let half = half_written(out);
+        let only = if half.exists() {
+            format!(
+                " (only {}, what a save that failed left half-written, which the run removes)",
+                half.display()
+            )
+        } else {
+            String::new()
+        };
         anyhow::bail!(
-            "--resume: {} holds no checkpoint to continue{}: run without --resume{}",
-            out.display(),
-            if half {
-                format!(
-                    " (only {}, what a save that failed left half-written)",
-                    sibling(out, "new").display()
-                )
-            } else {
-                String::new()
-            },
-            if half { " (the run removes it)" } else { "" }
+            "--resume: {} holds no checkpoint to continue{only}: run without --resume",
+            out.display()
         );
     }
     read_state(&dir).context("--resume")
+}
+
+/// `checkpoint.new/` under the bundle directory `out`: a checkpoint being written, or what a save that failed
+/// left half-written (never one in use).
+pub fn half_written(out: &Path) -> PathBuf {
+    sibling(out, "new")
 }
 
 /// `model` with the weights of the checkpoint directory `dir` (its [`MODEL_FILE`]).

@@ -550,19 +550,19 @@ pub fn run(a: &CombineArgs) -> anyhow::Result<()> {
     }
     // Before any scoring: where the new bundle goes.
     let _writing = match &a.bundle {
-        Some(dir) => Some(crate::train::lock_out(dir, "--bundle")?),
+        Some(dir) => {
+            anyhow::ensure!(
+                crate::train::resolved(dir) != crate::train::resolved(&a.model),
+                "--bundle {} is the --model bundle: the combined bundle goes into another directory, so that the \
+                 bundle it was made from stays (combine refuses a combined bundle)",
+                dir.display()
+            );
+            Some(crate::train::claim_out(
+                dir, "--bundle", None, a.force, &a.data,
+            )?)
+        }
         None => None,
     };
-    if let Some(dir) = &a.bundle {
-        anyhow::ensure!(
-            crate::train::resolved(dir) != crate::train::resolved(&a.model),
-            "--bundle {} is the --model bundle: the combined bundle goes into another directory, so that the \
-             bundle it was made from stays (combine refuses a combined bundle)",
-            dir.display()
-        );
-        crate::train::check_out(dir, "--bundle", None, a.force)?;
-        crate::train::check_outside_data(dir, "--bundle", &a.data)?;
-    }
     let data = dcase::scan(&a.data)?;
     let started = std::time::Instant::now();
     let Combined { files, sections } = score_dataset(&bundle, &data, &out, a.weight, a.windows)?;

@@ -335,17 +335,15 @@ impl FitOptions {
             (None, None, Some(f)) => f,
             // With --resume, a flag left out is the checkpoint's; given, both must be the checkpoint's window.
             (w, h, Some(f)) => {
-                let seconds = |n: usize| n as f64 / f64::from(f.sample_rate.max(1));
-                let (fw, fh) = (seconds(f.window_samples), seconds(f.window_hop_samples));
-                let asked = window_features(w.unwrap_or(fw), h.unwrap_or(fh))?;
-                anyhow::ensure!(
-                    (asked.window_samples, asked.window_hop_samples)
-                        == (f.window_samples, f.window_hop_samples),
-                    "--resume: the checkpoint in {} was trained on windows of --window-seconds {fw} \
-                     --window-hop-seconds {fh}: leave the window flags out to continue it, or train a new bundle \
-                     elsewhere",
-                    checkpoint::find(&a.out).display()
-                );
+                let asked = window_features(
+                    w.unwrap_or(seconds(&f, f.window_samples)),
+                    h.unwrap_or(seconds(&f, f.window_hop_samples)),
+                )?;
+                if (asked.window_samples, asked.window_hop_samples)
+                    != (f.window_samples, f.window_hop_samples)
+                {
+                    return Err(other_window(&checkpoint::find(&a.out), &f));
+                }
                 f
             }
             (w, h, None) => window_features(
@@ -421,6 +419,24 @@ impl FitOptions {
             start: None,
         })
     }
+}
+
+/// `n` samples of `f`'s rate in seconds.
+fn seconds(f: &FeatureParams, n: usize) -> f64 {
+    n as f64 / f64::from(f.sample_rate.max(1))
+}
+
+/// `--resume` of the checkpoint in `ckpt`, trained on the window of `f`, with window flags that give another.
+fn other_window(ckpt: &Path, f: &FeatureParams) -> anyhow::Error {
+    anyhow::anyhow!(
+        "--resume: the checkpoint in {} was trained on windows of --window-seconds {} --window-hop-seconds {} ({} \
+         mel bands, {} Hz): leave the window flags out to continue it, or give these",
+        ckpt.display(),
+        seconds(f, f.window_samples),
+        seconds(f, f.window_hop_samples),
+        f.n_mels,
+        f.sample_rate
+    )
 }
 
 /// What [`FitOptions::from_args`] takes from the command line, or from the checkpoint it resumes.
@@ -511,9 +527,7 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
          replace",
         o.out.display()
     );
-    let _writing = lock_out(&o.out, "--out")?;
-    check_out(&o.out, "--out", Some(o.resume), o.force)?;
-    check_outside_data(&o.out, "--out", &o.data)?;
+    let _writing = claim_out(&o.out, "--out", Some(o.resume), o.force, &o.data)?;
     // Before the data is read: a GPU backend this build lacks is known at once.
     let device = o.device.device()?;
     // `prune` may write its pruned network without fine-tuning; a fresh network needs training.
@@ -760,16 +774,7 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
             );
         }
         if let Some(f) = state.features.as_ref().filter(|&f| *f != o.features) {
-            let seconds = |n: usize| n as f64 / f64::from(f.sample_rate.max(1));
-            anyhow::bail!(
-                "--resume: the checkpoint in {} was trained on windows of --window-seconds {} \
-                 --window-hop-seconds {} ({} mel bands, {} Hz); give the same window flags to continue it",
-                ckpt.display(),
-                seconds(f.window_samples),
-                seconds(f.window_hop_samples),
-                f.n_mels,
-                f.sample_rate
-            );
+            return Err(other_window(&ckpt, f));
         }
         if let Some(sha) = state.data_sha256.as_deref().filter(|&d| d != data_sha) {
             anyhow::bail!(
@@ -920,7 +925,8 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
 
     // Export, then compute the back end through the exported graph (the daemon's path).
     let t_back = Instant::now();
-    settle_running_statistics(&model);
+    // The running statistics were settled with the last epoch's checkpoint (and a network that was not trained
+    // here has none pending).
     let onnx = export::export_onnx(&model, &config, "sonitor-train")?;
     let embedder = crate::infer::exported_graph(&onnx, &config)?;
     // The training audio is already in memory: the back end embeds it, it does not read the files again.
@@ -1062,7 +1068,7 @@ fn network_summary(m: &ModelConfig) -> String {
 /// overwrite or mix with). A `checkpoint.new/` alone is not among them: it is what a save that failed (a full
 /// disk) left half-written, never a checkpoint in use, and the next save removes it.
 pub fn held_bundle_files(out: &Path) -> Vec<String> {
-    let half_written = checkpoint::all_dirs(out)[2].clone();
+    let half_written = checkpoint::half_written(out);
     let entries = bundle_entries(out);
     let alone = entries
         .iter()
@@ -1080,11 +1086,7 @@ pub fn held_bundle_files(out: &Path) -> Vec<String> {
 /// that holds a bundle or checkpoint: a new run would overwrite it, or leave its own checkpoint beside another
 /// network's graph. `resume`: `None` for a command without `--resume`.
 pub fn check_out(out: &Path, flag: &str, resume: Option<bool>, force: bool) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        !out.exists() || out.is_dir(),
-        "{flag} {}: exists and is not a directory",
-        out.display()
-    );
+    check_is_dir(out, flag)?;
     if resume == Some(true) {
         return Ok(());
     }
@@ -1124,12 +1126,8 @@ impl Drop for OutLock {
 
 /// Takes the bundle directory `out` (`flag`: `--out`, `--bundle`; created if need be) for this run: two runs into
 /// one directory mixed their checkpoints, or one replaced the other's bundle while both said they wrote it.
-pub fn lock_out(out: &Path, flag: &str) -> anyhow::Result<OutLock> {
-    anyhow::ensure!(
-        !out.exists() || out.is_dir(),
-        "{flag} {}: exists and is not a directory",
-        out.display()
-    );
+fn lock_out(out: &Path, flag: &str) -> anyhow::Result<OutLock> {
+    check_is_dir(out, flag)?;
     let created = !out.exists();
     std::fs::create_dir_all(out).with_context(|| format!("{flag}: creating {}", out.display()))?;
     let lock = OutLock {
@@ -1148,6 +1146,31 @@ pub fn lock_out(out: &Path, flag: &str) -> anyhow::Result<OutLock> {
             Err(e).with_context(|| format!("{flag}: locking {}", out.display()))
         }
     }
+}
+
+/// A bundle directory to write (`flag`: `--out`, `--bundle`) for this run: locked ([`lock_out`]), then checked
+/// ([`check_out`], [`check_outside_data`] against the data set `data`).
+pub fn claim_out(
+    out: &Path,
+    flag: &str,
+    resume: Option<bool>,
+    force: bool,
+    data: &Path,
+) -> anyhow::Result<OutLock> {
+    let lock = lock_out(out, flag)?;
+    check_out(out, flag, resume, force)?;
+    check_outside_data(out, flag, data)?;
+    Ok(lock)
+}
+
+/// Refuses a bundle directory (`flag`) that exists as something else than a directory.
+fn check_is_dir(out: &Path, flag: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !out.exists() || out.is_dir(),
+        "{flag} {}: exists and is not a directory",
+        out.display()
+    );
+    Ok(())
 }
 
 /// `path` made absolute with its symbolic links resolved, as far as it exists (the rest appended as written).
@@ -1171,7 +1194,7 @@ pub fn resolved(path: &Path) -> PathBuf {
 
 /// Refuses a bundle directory (`flag`: `--out`, `--bundle`) that is the data set's root or inside it: its files
 /// would be written among the clips, where the next scan of the data set meets them.
-pub fn check_outside_data(out: &Path, flag: &str, data: &Path) -> anyhow::Result<()> {
+fn check_outside_data(out: &Path, flag: &str, data: &Path) -> anyhow::Result<()> {
     anyhow::ensure!(
         !resolved(out).starts_with(resolved(data)),
         "{flag} {} is inside the data set {}: give a directory outside it",

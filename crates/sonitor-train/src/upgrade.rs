@@ -36,6 +36,8 @@ pub struct Outcome {
     /// another `--out`, and left alone in place).
     pub changes: Vec<String>,
     pub max_relative_difference: f64,
+    /// `--out` is `--model`'s own directory.
+    pub in_place: bool,
 }
 
 /// The embedding of both graphs on the same random inputs: the largest relative difference over a few draws.
@@ -106,6 +108,7 @@ pub fn upgrade(model: &Path, out: &Path) -> anyhow::Result<Outcome> {
         return Ok(Outcome {
             changes: Vec::new(),
             max_relative_difference: 0.0,
+            in_place,
         });
     };
     let diff = compare(&bundle, &old, &up.onnx)?;
@@ -131,17 +134,14 @@ pub fn upgrade(model: &Path, out: &Path) -> anyhow::Result<Outcome> {
     Ok(Outcome {
         changes: up.changes,
         max_relative_difference: diff,
+        in_place,
     })
 }
 
 pub fn run(a: &UpgradeArgs) -> anyhow::Result<()> {
     let o = upgrade(&a.model, &a.out)?;
     if o.changes.is_empty() {
-        let in_place = matches!(
-            (a.model.canonicalize(), a.out.canonicalize()),
-            (Ok(m), Ok(o)) if m == o
-        );
-        if in_place {
+        if o.in_place {
             eprintln!(
                 "{}: the graph is already in the current form; nothing written",
                 a.model.display()
