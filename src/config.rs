@@ -1212,6 +1212,17 @@ impl Config {
                     if d.channels == Some(0) {
                         p.push(format!("{at}: channels must be at least 1"));
                     }
+                    if let Some(rate) = d.sample_rate {
+                        use sonitor_core::audio::wav::{
+                            MAX_SAMPLE_RATE as max, MIN_SAMPLE_RATE as min,
+                        };
+                        if !(min..=max).contains(&rate) {
+                            p.push(format!(
+                                "{at}: sample_rate {rate} Hz must be between {min} and {max} Hz (leave it out for \
+                                 the model's rate, or the device's default)"
+                            ));
+                        }
+                    }
                     if d.buffer_frames == Some(0) {
                         p.push(format!(
                             "{at}: buffer_frames must be at least 1 (leave it out for the device's choice)"
@@ -1624,6 +1635,9 @@ fn not_a_file(path: &Path) -> &'static str {
         Ok(_) => "is not a regular file",
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
             "cannot be reached: permission denied on a directory on its way"
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            "is a loop of symbolic links that never reaches a file"
         }
         Err(_) => "does not exist",
     }
@@ -2558,7 +2572,8 @@ min_duration = "3s"
         let text = minimal(d.path())
             .replace(
                 "device = \"default\"",
-                "device = \"default\"\nstall_timeout = \"0s\"\nbuffer_frames = 0\nreopen_max = \"2h\"",
+                "device = \"default\"\nstall_timeout = \"0s\"\nbuffer_frames = 0\nreopen_max = \"2h\"\n\
+                 sample_rate = 4294967295",
             )
             .replace("raise_k = 2", "raise_k = 2\nthreshold = 2.5\nthreshold_off = -inf")
             + "[mqtt]\nkeep_alive = \"70000s\"\nreconnect_min = \"1s\"\nreconnect_max = \"500000000000years\"\n\
@@ -2568,6 +2583,7 @@ min_duration = "3s"
             &[
                 "stall_timeout (0ns) must be at least 500ms",
                 "buffer_frames must be at least 1",
+                "sample_rate 4294967295 Hz must be between 8000 and 768000 Hz",
                 "threshold_off -inf is not a number",
                 "threshold 2.5 is outside (0, 2)",
                 "reopen_max (7200s) must be at most 3600s",
@@ -2583,6 +2599,7 @@ min_duration = "3s"
         for absent in [
             "stall_timeout",
             "buffer_frames",
+            "sample_rate",
             "keep_alive",
             "clips.max",
             "threshold_off",

@@ -283,6 +283,18 @@ fn corrupt_and_truncated_files_are_named_errors() {
         e.to_string().contains("sample rate 4000000000 Hz") && e.to_string().contains("fast.wav"),
         "{e}"
     );
+    // And one below any audio interface's (a damaged header, or no recording of a machine).
+    let slow = write(
+        dir.path(),
+        "slow.wav",
+        &wav_bytes(PCM, 0, 1, 7, 16, &encode(16, false)),
+    );
+    let e = check_wav(&slow).unwrap_err();
+    assert!(
+        e.to_string().contains("sample rate 7 Hz (at least 8000 Hz")
+            && e.to_string().contains("slow.wav"),
+        "{e}"
+    );
     let wide = write(
         dir.path(),
         "wide.wav",
@@ -346,6 +358,32 @@ fn corrupt_and_truncated_files_are_named_errors() {
             let text = e.to_string();
             assert!(
                 text.contains(name) && text.contains("sample 2 is not a finite number"),
+                "{text}"
+            );
+        }
+    }
+    // Finite float samples far off the ±1 scale (integers written as floats, here 32767) are refused by name; an
+    // over of a few dB is kept.
+    for (name, bad, refused) in [("ints.wav", 32767.0f32, true), ("over.wav", 1.9, false)] {
+        let data: Vec<u8> = [0.0f32, 0.5, bad, 0.25]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let p = write(dir.path(), name, &wav_bytes(FLOAT, 0, 1, 16_000, 32, &data));
+        if !refused {
+            assert_eq!(read_wav(&p, ChannelSelect::Mix).unwrap().1[2], bad);
+            check_wav(&p).unwrap();
+            continue;
+        }
+        for e in [
+            read_wav(&p, ChannelSelect::Mix).unwrap_err(),
+            check_wav(&p).unwrap_err(),
+        ] {
+            let text = e.to_string();
+            assert!(
+                text.contains(name)
+                    && text.contains("sample 2 is 3.2767e4, beyond ±16")
+                    && text.contains("integers written as floats"),
                 "{text}"
             );
         }
@@ -727,6 +765,22 @@ fn header_problems_are_named_as_such() {
             );
         }
     }
+    // Two fmt chunks (which one holds?) are refused, not the last one taken.
+    let two = riff(&[
+        (*b"fmt ", fmt_chunk(PCM, 0, 1, 16_000, 16, 16)),
+        (*b"fmt ", fmt_chunk(PCM, 0, 2, 48_000, 16, 16)),
+        (*b"data", encode(16, false)),
+    ]);
+    let p = write(dir.path(), "two_fmt.wav", &two);
+    for e in every_reader(&p) {
+        let text = e.to_string();
+        assert!(matches!(e, WavError::Corrupt { .. }), "{text}");
+        assert!(
+            text.contains("two_fmt.wav") && text.contains("two fmt chunks"),
+            "{text}"
+        );
+    }
+
     // Cut after the header: the samples are missing, which is a truncation.
     let p = write(dir.path(), "cut44.wav", &good[..44]);
     assert!(matches!(

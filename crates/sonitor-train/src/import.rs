@@ -91,6 +91,10 @@ pub fn run(a: &ImportArgs) -> anyhow::Result<()> {
             a.clip_seconds,
             a.files.len()
         ),
+        _ if r.silent > 0 => println!(
+            "no clip written: every clip was digital silence once written in 16 bits (a muted input, or a \
+             recording too quiet for 16-bit clips)"
+        ),
         _ => println!(
             "no clip written: every recording is shorter than one clip of {} s",
             a.clip_seconds
@@ -233,7 +237,8 @@ pub fn import(a: &ImportArgs) -> anyhow::Result<Imported> {
         while let Some(clip) = clips.next_clip()? {
             let start = f64::from(k) * clip_seconds;
             k += 1;
-            if clip.iter().all(|&v| v == 0.0) {
+            // Silent as written: a recording quieter than 16 bits resolve gives clips of zeros.
+            if clip.iter().all(|&v| audio::to_i16(v) == 0) {
                 out.silent += 1;
                 out.left_out_seconds += clip_seconds;
                 continue;

@@ -198,6 +198,15 @@ fn bad_arguments_and_broken_recordings_write_nothing() {
     assert!(e.contains("good.wav: named twice"), "{e}");
     let e = err(args(&data, vec![d.path().join("missing.wav")]));
     assert!(e.contains("missing.wav"), "{e}");
+    // A FIFO named like a recording is refused, not waited on for a writer that never comes.
+    let fifo = d.path().join("fifo.wav");
+    let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+    let e = err(args(&data, vec![fifo]));
+    assert!(
+        e.contains("fifo.wav") && e.contains("not a regular file"),
+        "{e}"
+    );
     assert!(
         !data.join("pump/train").exists()
             || std::fs::read_dir(data.join("pump/train"))
@@ -205,4 +214,29 @@ fn bad_arguments_and_broken_recordings_write_nothing() {
                 .next()
                 .is_none()
     );
+}
+
+/// A float recording too quiet for 16 bits (a tone at 1e-6 of full scale) gives clips of zeros once written: left
+/// out as silence, not written as training data.
+#[test]
+fn a_recording_below_sixteen_bits_is_left_out_as_silence() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("quiet.wav");
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 32,
+        sample_format: hound::SampleFormat::Float,
+    };
+    let mut w = hound::WavWriter::create(&path, spec).unwrap();
+    for i in 0..32_000 {
+        w.write_sample((i as f32 * 0.17).sin() * 1e-6).unwrap();
+    }
+    w.finalize().unwrap();
+    let data = d.path().join("data");
+    let mut a = args(&data, vec![path]);
+    a.clip_seconds = 1.0;
+    let r = import(&a).unwrap();
+    assert!(r.clips.is_empty(), "{:?}", r.clips);
+    assert_eq!(r.silent, 2);
 }

@@ -496,11 +496,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let spec = hound::WavSpec {
             channels: 2,
-            sample_rate: 1000,
+            sample_rate: 8000,
             bits_per_sample: 16,
             sample_format: hound::SampleFormat::Int,
         };
-        let src: Vec<i16> = (0..1500)
+        let src: Vec<i16> = (0..12_000)
             .map(|i| (i * 37 % 65_536 - 32_768) as i16)
             .collect();
         let mut w = hound::WavWriter::create(d.path().join("src.wav"), spec).unwrap();
@@ -521,7 +521,7 @@ mod tests {
         assert_eq!(r.spec(), spec);
         let out: Vec<i16> = r.samples::<i16>().map(Result::unwrap).collect();
         assert_eq!(out, [&src[..], &src[..], &src[..]].concat());
-        // Cut: the first 1.2 s of the repetition, 1 200 frames of two channels.
+        // Cut: the first 1.2 s of the repetition, 9 600 frames of two channels.
         let seconds = repeat_wav(
             &d.path().join("src.wav"),
             &d.path().join("cut.wav"),
@@ -532,6 +532,6 @@ mod tests {
         assert_eq!(seconds, 1.2);
         let mut r = hound::WavReader::open(d.path().join("cut.wav")).unwrap();
         let out: Vec<i16> = r.samples::<i16>().map(Result::unwrap).collect();
-        assert_eq!(out, [&src[..], &src[..900]].concat());
+        assert_eq!(out, [&src[..], &src[..7_200]].concat());
     }
 }

@@ -275,6 +275,15 @@ fn parse_format(path: &Path, fmt: &[u8]) -> Result<Format, WavError> {
             format!("sample rate {sample_rate} Hz (at most {MAX_SAMPLE_RATE} Hz is supported)"),
         ));
     }
+    if sample_rate < MIN_SAMPLE_RATE {
+        return Err(unsupported(
+            path,
+            format!(
+                "sample rate {sample_rate} Hz (at least {MIN_SAMPLE_RATE} Hz: below, a recording holds too little \
+                 of the band a machine is heard in; a damaged header?)"
+            ),
+        ));
+    }
     if channels > MAX_CHANNELS {
         return Err(unsupported(
             path,
@@ -426,6 +435,13 @@ fn open(path: &Path) -> Result<Opened, WavError> {
         path: path.to_path_buf(),
         error,
     };
+    // A FIFO's open waits for a writer (and a device's may never end): refused before opening.
+    if !std::fs::metadata(path).map_err(io)?.is_file() {
+        return Err(corrupt(
+            path,
+            "not a regular file (a directory, a FIFO or a device): a recording must be a file",
+        ));
+    }
     let file = std::fs::File::open(path).map_err(io)?;
     let file_len = file.metadata().map_err(io)?.len();
     if file_len == 0 {
@@ -542,6 +558,12 @@ fn open(path: &Path) -> Result<Opened, WavError> {
         }
         let mut skip = size;
         if id == b"fmt " {
+            if format.is_some() {
+                return Err(corrupt(
+                    path,
+                    "two fmt chunks: the file says twice, perhaps differently, how its samples are stored",
+                ));
+            }
             let mut body = [0u8; 40];
             let want = body.len().min(size as usize);
             let body = body.get_mut(..want).unwrap_or_default();
@@ -702,6 +724,11 @@ fn unknown_length(path: &Path, what: &dyn std::fmt::Display) -> WavError {
 
 /// The highest sample rate a WAV may declare (professional audio interfaces go to 384 kHz).
 pub const MAX_SAMPLE_RATE: u32 = 768_000;
+/// The lowest sample rate a WAV (or a capture device) may have: telephone audio's, the lowest audio interfaces offer.
+pub const MIN_SAMPLE_RATE: u32 = 8_000;
+/// The largest float sample taken (+24 dBFS): a float WAV's full scale is ±1; a few overs are kept, while samples
+/// of thousands are a file on another scale (integers stored as floats) and would be scored as a deafening sound.
+pub const MAX_FLOAT_SAMPLE: f32 = 16.0;
 /// The most channels a WAV may declare (multi-channel interfaces and arrays stay well below).
 pub const MAX_CHANNELS: u16 = 256;
 
@@ -805,13 +832,23 @@ impl WavBlocks {
         let before = out.len();
         // A sample cut by the end of the file is dropped.
         self.encoding.decode(&self.bytes, out);
-        // Only a float sample can be invalid (a 64-bit one also when beyond the range of f32).
+        // Only a float sample can be invalid (a 64-bit one also when beyond the range of f32), or far off scale.
         if self.encoding.is_float() {
-            if let Some(bad) = out[before..].iter().position(|v| !v.is_finite()) {
-                return Err(corrupt(
-                    &self.path,
-                    format!("sample {} is not a finite number", self.read + bad as u64),
-                ));
+            if let Some(bad) = out[before..]
+                .iter()
+                .position(|v| v.is_nan() || v.abs() > MAX_FLOAT_SAMPLE)
+            {
+                let value = out[before + bad];
+                let at = self.read + bad as u64;
+                let reason = if value.is_finite() {
+                    format!(
+                        "sample {at} is {value:e}, beyond ±{MAX_FLOAT_SAMPLE} (+24 dBFS): a float WAV's full scale \
+                         is ±1, so these samples are on another scale (integers written as floats?)"
+                    )
+                } else {
+                    format!("sample {at} is not a finite number")
+                };
+                return Err(corrupt(&self.path, reason));
             }
         }
         let n = out.len() - before;
@@ -915,6 +952,11 @@ pub fn write_wav_i16_whole(path: &Path, samples: &[f32], sample_rate: u32) -> Re
 }
 
 /// The bytes of a mono 16-bit PCM WAV file of `samples` (clipped to [-1, 1]); `path` names it in errors.
+/// A sample as a 16-bit WAV stores it (full scale ±1, clamped, rounded).
+pub fn to_i16(sample: f32) -> i16 {
+    (sample.clamp(-1.0, 1.0) * 32767.0).round() as i16
+}
+
 fn encode_wav_i16(path: &Path, samples: &[f32], sample_rate: u32) -> Result<Vec<u8>, WavError> {
     let err = |e: hound::Error| WavError::Write {
         path: path.to_path_buf(),
@@ -931,8 +973,7 @@ fn encode_wav_i16(path: &Path, samples: &[f32], sample_rate: u32) -> Result<Vec<
     {
         let mut w16 = w.get_i16_writer(samples.len() as u32);
         for &s in samples {
-            let v = (s.clamp(-1.0, 1.0) * 32767.0).round() as i16;
-            w16.write_sample(v);
+            w16.write_sample(to_i16(s));
         }
         w16.flush().map_err(err)?;
     }
