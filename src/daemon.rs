@@ -430,6 +430,7 @@ pub fn start(
             last_t_ms: 0,
             last_score_pub: None,
             idle: false,
+            no_signal: false,
             since: now_rfc3339(),
             mute_deadline: None,
             removed: false,

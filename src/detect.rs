@@ -160,6 +160,8 @@ pub(crate) struct MachineRt {
     pub(crate) unscored: u32,
     /// Whether the last window's level was below the machine's `idle_below_dbfs`: the machine is not running.
     pub(crate) idle: bool,
+    /// Whether the last window held no signal (one value repeated: a muted, dead or stuck input).
+    pub(crate) no_signal: bool,
     /// When a mute ends, on the monotonic clock: a wall-clock jump (NTP's first answer on a Pi) neither ends it
     /// early nor stretches it, and neither does an input that is away (stream time stops with the audio). The
     /// detector stays muted until [`Controller::end_mute_if_due`] unmutes it.
@@ -190,8 +192,14 @@ fn end_event(
     })
 }
 
+/// The id Home Assistant knows machine `name`'s entity `what` by: `sonitor:<node_id>:<name>:<what>`, `:` being
+/// in no name, so that no two nodes' entities share one.
+fn discovery_unique_id(node: &str, name: &str, what: &str) -> String {
+    format!("sonitor:{node}:{name}:{what}")
+}
+
 /// The entities Home Assistant's discovery announces per machine: (component, what), its config's topic being
-/// `<prefix>/<component>/sonitor_<node>_<machine>_<what>/config`.
+/// `<prefix>/<component>/sonitor_<node>/<machine>_<what>/config`.
 pub(crate) const DISCOVERY_ENTITIES: [(&str, &str); 6] = [
     ("binary_sensor", "alarm"),
     ("sensor", "score"),
@@ -448,7 +456,6 @@ impl Controller {
         for m in self.machines.iter().filter(|m| !m.removed) {
             let name = &m.cfg.name;
             let t = format!("{}/{}", self.base, name);
-            let uid = self.discovery_uid(name);
             for entity in DISCOVERY_ENTITIES {
                 let mut config = match entity.1 {
                     "alarm" => json!({
@@ -494,7 +501,10 @@ impl Controller {
                     }),
                 };
                 if let Some(o) = config.as_object_mut() {
-                    o.insert("unique_id".into(), json!(format!("{uid}_{}", entity.1)));
+                    o.insert(
+                        "unique_id".into(),
+                        json!(discovery_unique_id(node, name, entity.1)),
+                    );
                     o.insert(
                         "availability_topic".into(),
                         json!(format!("{}/status", self.base)),
@@ -514,17 +524,15 @@ impl Controller {
         }
     }
 
-    /// The id Home Assistant knows machine `name`'s entities by (each entity's is this, `_`, its `what`).
-    fn discovery_uid(&self, name: &str) -> String {
-        format!("sonitor_{}_{name}", self.cfg.node_id)
-    }
-
-    /// The topic of the config of machine `name`'s Home Assistant entity `(component, what)`.
+    /// The topic of the config of machine `name`'s Home Assistant entity `(component, what)`:
+    /// `<prefix>/<component>/sonitor_<node_id>/<name>_<what>/config`, the node a topic level of its own (Home
+    /// Assistant's optional `node_id` level), so that no two nodes' machines meet on one topic whatever `_` their
+    /// names hold.
     fn discovery_topic(&self, name: &str, (component, what): (&str, &str)) -> String {
         let dp = self.cfg.mqtt.discovery.prefix.trim_end_matches('/');
         format!(
-            "{dp}/{component}/{}_{what}/config",
-            self.discovery_uid(name)
+            "{dp}/{component}/sonitor_{}/{name}_{what}/config",
+            self.cfg.node_id
         )
     }
 
@@ -548,14 +556,17 @@ impl Controller {
     /// Whether retained `topic` of machine `name` is this node's to delete: one of its topics under this
     /// `node_id` (with any prefix), or the config of its Home Assistant entity (under any discovery prefix). A
     /// topic of another `node_id` may be another daemon's by now.
+    /// Earlier builds put the node and the machine in one level, `sonitor_<node_id>_<name>_<what>`, where `a_b`'s
+    /// `c` met `a`'s `b_c`: such topics, recorded by an earlier build, are this node's too, deleted at the start
+    /// that replaces them.
     fn owns(&self, name: &str, topic: &str) -> bool {
         let node = &self.cfg.node_id;
-        let uid = self.discovery_uid(name);
         RETAINED_TOPICS
             .iter()
             .any(|what| topic.ends_with(&format!("/{node}/{name}/{what}")))
             || DISCOVERY_ENTITIES.iter().any(|(component, what)| {
-                topic.ends_with(&format!("/{component}/{uid}_{what}/config"))
+                topic.ends_with(&format!("/{component}/sonitor_{node}/{name}_{what}/config"))
+                    || topic.ends_with(&format!("/{component}/sonitor_{node}_{name}_{what}/config"))
             })
     }
 
@@ -932,6 +943,32 @@ impl Controller {
         self.metrics.machines[i]
             .window_level
             .set_f64(f64::from(s.level_dbfs));
+        // A window without signal says nothing of the machine, only of its input (health says SILENT once it
+        // lasts): not judged, and an alarm stays as it was, as while the input is away.
+        let no_signal = s.level_dbfs <= crate::window::NO_SIGNAL_DBFS;
+        if no_signal != self.machines[i].no_signal {
+            let m = &mut self.machines[i];
+            m.no_signal = no_signal;
+            if no_signal {
+                log::warn!(
+                    "{}: no signal in its window (digital silence, or one value repeated: a muted, dead or stuck \
+                     input?): not judged until sound returns; an alarm stays as it was",
+                    m.cfg.name
+                );
+            } else {
+                log::info!(
+                    "{}: signal again (window level {:.1} dBFS)",
+                    m.cfg.name,
+                    s.level_dbfs
+                );
+            }
+        }
+        if no_signal {
+            self.metrics.machines[i].no_signal_windows.inc();
+            self.machines[i].last_t_ms = s.t_end_ms;
+            self.window_handled(i, s.t_end_ms);
+            return;
+        }
         let idle = self.machines[i]
             .cfg
             .detector
@@ -1596,6 +1633,7 @@ mod tests {
             last_t_ms: 0,
             last_score_pub: None,
             idle: false,
+            no_signal: false,
             since: String::new(),
             health: "OK".into(),
             unscored: 0,
@@ -1739,6 +1777,7 @@ mod tests {
         ctl.cfg.mqtt.enabled = true;
         let now = ctl.machine_topics("pump-1");
         let old = [
+            // An earlier build's form of this node's entity (node and machine in one level).
             "homeassistant/switch/sonitor_n1_pump-1_mute/config".to_string(),
             "sonitor/n0/pump-1/alarm".to_string(),
             "ha/switch/sonitor_n0_pump-1_mute/config".to_string(),

@@ -159,6 +159,8 @@ pub struct MachineMetrics {
     pub window_level: Gauge,
     /// Windows in which the machine was not running (below its `idle_below_dbfs`), not judged.
     pub idle_windows: Counter,
+    /// Windows without signal (one value repeated: digital silence, a stuck input), not judged.
+    pub no_signal_windows: Counter,
     pub alarm: Gauge,
     pub alarms: Counter,
     /// The threshold in force (an f64's bits): the bundle's, the file's or a command's.
@@ -406,6 +408,12 @@ impl Metrics {
             "counter",
             "Windows in which the machine was not running (level below idle_below_dbfs), not judged against the threshold.",
             mac(&|m| m.idle_windows.get().to_string()),
+        );
+        family(
+            "sonitor_no_signal_windows_total",
+            "counter",
+            "Windows without signal (digital silence, or an input stuck at one value), not judged against the threshold.",
+            mac(&|m| m.no_signal_windows.get().to_string()),
         );
         family(
             "sonitor_alarm",

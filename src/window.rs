@@ -52,20 +52,40 @@ pub struct WindowMsg {
     pub lossless: bool,
 }
 
-/// The level of a window: RMS over its samples in dBFS ([`rms_dbfs`]).
+/// The level of a window: RMS over its samples about their mean, in dBFS ([`rms_dbfs`]). A DC offset is no sound:
+/// a window of one value repeated (digital silence, an input stuck at a value) is at the floor, [`NO_SIGNAL_DBFS`].
 pub fn window_level_dbfs(samples: &[f32]) -> f32 {
-    let (sq, _) = energy_and_clipped(samples);
-    rms_dbfs(sq, samples.len())
+    let (sum, _, _) = energy_and_clipped(samples);
+    let mean = sum / samples.len().max(1) as f64;
+    // Two passes: every deviation from the mean of equal samples is exactly 0.
+    let mut sq = [0f64; 8];
+    let chunks = samples.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (acc, &x) in sq.iter_mut().zip(c) {
+            let d = f64::from(x) - mean;
+            *acc += d * d;
+        }
+    }
+    let total = sq.iter().sum::<f64>()
+        + tail
+            .iter()
+            .map(|&x| (f64::from(x) - mean).powi(2))
+            .sum::<f64>();
+    rms_dbfs(total, samples.len())
 }
+
+/// The level [`rms_dbfs`] gives no sound at all: a window at it holds no signal to judge.
+pub const NO_SIGNAL_DBFS: f32 = -200.0;
 
 /// The RMS level of `n` samples whose squares sum to `sum_sq`, in dBFS (full scale = 1.0); -200 for digital
 /// silence (or no samples). The channel health's per-second level and a window's level alike.
 fn rms_dbfs(sum_sq: f64, n: usize) -> f32 {
     let rms = (sum_sq / n.max(1) as f64).sqrt();
     if rms > 0.0 {
-        (20.0 * rms.log10()).max(-200.0) as f32
+        (20.0 * rms.log10()).max(f64::from(NO_SIGNAL_DBFS)) as f32
     } else {
-        -200.0
+        NO_SIGNAL_DBFS
     }
 }
 
@@ -127,6 +147,7 @@ struct TapState {
     /// Model-rate samples ever appended (stream position of the end of `audio`).
     total: u64,
     // Health over 1-second blocks at the input rate.
+    block_sum: f64,
     block_sq: f64,
     block_clipped: usize,
     block_n: usize,
@@ -157,6 +178,7 @@ impl TapState {
             keep,
             next_window: 0,
             total: 0,
+            block_sum: 0.0,
             block_sq: 0.0,
             block_clipped: 0,
             block_n: 0,
@@ -595,12 +617,18 @@ fn process(
                 .min((input_rate as usize).saturating_sub(s.block_n).max(1));
             let (block, tail) = rest.split_at(take);
             rest = tail;
-            let (sq, clipped) = energy_and_clipped(block);
+            let (sum, sq, clipped) = energy_and_clipped(block);
+            s.block_sum += sum;
             s.block_sq += sq;
             s.block_clipped += clipped;
             s.block_n += block.len();
             if s.block_n >= input_rate as usize {
-                let dbfs = rms_dbfs(s.block_sq, s.block_n);
+                // About the block's mean: an input stuck at a value is as silent as one at 0.
+                let n = s.block_n as f64;
+                let dbfs = rms_dbfs(
+                    (s.block_sq - s.block_sum * s.block_sum / n).max(0.0),
+                    s.block_n,
+                );
                 let clipping = s.block_clipped as f32 / s.block_n as f32 > health.clipping_fraction;
                 if dbfs < health.silence_dbfs {
                     s.silent_for += Duration::from_secs(1);
@@ -621,6 +649,7 @@ fn process(
                 let m = &metrics.machines[s.tap.machine];
                 m.silent.set(u64::from(silent));
                 m.clipping.set(u64::from(clipping));
+                s.block_sum = 0.0;
                 s.block_sq = 0.0;
                 s.block_clipped = 0;
                 s.block_n = 0;
@@ -831,23 +860,27 @@ fn append_model_audio(
 
 /// Sum of squares (in f64) and the number of samples at or beyond ±0.999 (clipped), in eight lanes so that
 /// the compiler vectorises it: this runs over every captured sample.
-fn energy_and_clipped(xs: &[f32]) -> (f64, usize) {
+fn energy_and_clipped(xs: &[f32]) -> (f64, f64, usize) {
+    let mut sum = [0f64; 8];
     let mut sq = [0f64; 8];
     let mut clipped = 0usize;
     let chunks = xs.chunks_exact(8);
     let tail = chunks.remainder();
     for c in chunks {
-        for (acc, &x) in sq.iter_mut().zip(c) {
+        for ((s, acc), &x) in sum.iter_mut().zip(sq.iter_mut()).zip(c) {
+            *s += f64::from(x);
             *acc += f64::from(x) * f64::from(x);
         }
         clipped += c.iter().filter(|x| x.abs() >= 0.999).count();
     }
+    let mut total_sum: f64 = sum.iter().sum();
     let mut total: f64 = sq.iter().sum();
     for &x in tail {
+        total_sum += f64::from(x);
         total += f64::from(x) * f64::from(x);
         clipped += usize::from(x.abs() >= 0.999);
     }
-    (total, clipped)
+    (total_sum, total, clipped)
 }
 
 /// Why a clip is served before its `post_seconds` have been captured.
@@ -1115,15 +1148,30 @@ mod tests {
     }
 
     #[test]
+    fn a_windows_level_is_its_sound_not_its_offset() {
+        // Digital silence, and an input stuck at 0.9 (a DC offset, no sound), are at the floor: no signal.
+        for v in [0.0f32, 0.9, -0.25] {
+            assert_eq!(window_level_dbfs(&vec![v; 32_003]), NO_SIGNAL_DBFS, "{v}");
+        }
+        // A tone at 0.1 peak (-23.0 dBFS RMS) reads the same with or without an offset of 0.5.
+        let tone: Vec<f32> = (0..32_000).map(|i| (i as f32 * 0.05).sin() * 0.1).collect();
+        let offset: Vec<f32> = tone.iter().map(|x| x + 0.5).collect();
+        let (a, b) = (window_level_dbfs(&tone), window_level_dbfs(&offset));
+        assert!((a + 23.0).abs() < 0.1 && (a - b).abs() < 0.01, "{a} {b}");
+    }
+
+    #[test]
     fn energy_and_clipped_equals_the_per_sample_sums() {
         // Lengths around the 8-lane chunks, values on both sides of the clipping level.
         for n in [0usize, 1, 7, 8, 9, 31, 1000] {
             let xs: Vec<f32> = (0..n)
                 .map(|i| ((i as f32 * 0.37).sin() * 1.2).clamp(-1.0, 1.0))
                 .collect();
+            let want_sum: f64 = xs.iter().map(|&x| f64::from(x)).sum();
             let want_sq: f64 = xs.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
             let want_clipped = xs.iter().filter(|x| x.abs() >= 0.999).count();
-            let (sq, clipped) = energy_and_clipped(&xs);
+            let (sum, sq, clipped) = energy_and_clipped(&xs);
+            assert!((sum - want_sum).abs() <= 1e-9 * want_sq.max(1.0), "n={n}");
             assert!((sq - want_sq).abs() <= 1e-9 * want_sq.max(1.0), "n={n}");
             assert_eq!(clipped, want_clipped, "n={n}");
         }

@@ -563,6 +563,38 @@ fn a_machine_that_stops_is_idle_not_anomalous() {
     assert!(!log.contains("(Idle"), "{log}");
 }
 
+/// An input without signal (digital silence; a channel stuck at 0.9) raises no alarm: its windows say nothing of
+/// the machine and are not judged. An alarm raised before the input went dead stays as it was.
+#[test]
+fn an_input_without_signal_is_not_judged() {
+    let d = tempfile::tempdir().unwrap();
+    for (name, value) in [("silence.wav", 0.0f32), ("stuck.wav", 0.9)] {
+        let (b, wav) = common::bundle_and_wav(d.path(), name, &vec![value; 8 * 16_000]);
+        let cfg = common::offline_config(d.path(), &wav, &b.dir, "");
+        let mut daemon = common::Daemon::start(&cfg, &[]);
+        let (code, log) = daemon.wait_exit(Duration::from_secs(60));
+        assert_eq!(code, Some(0), "{name}: {log}");
+        assert!(
+            log.contains("pump-1: no signal in its window"),
+            "{name}: {log}"
+        );
+        assert!(!log.contains("alarm ON"), "{name}: {log}");
+    }
+    let state = d.path().join("state");
+    std::fs::remove_dir_all(&state).unwrap();
+    let mut audio = common::recording(2.0, 4.0, 0.0);
+    audio.extend(std::iter::repeat_n(0.0, 8 * 16_000));
+    let (b, wav) = common::bundle_and_wav(d.path(), "dead.wav", &audio);
+    let cfg = common::offline_config(d.path(), &wav, &b.dir, "");
+    let mut daemon = common::Daemon::start(&cfg, &[]);
+    let (code, log) = daemon.wait_exit(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(log.matches("alarm ON: pump-1").count(), 1, "{log}");
+    assert!(log.contains("pump-1: no signal in its window"), "{log}");
+    assert!(!log.contains("alarm OFF"), "{log}");
+    assert!(saved_event(&state)["event_id"].is_string());
+}
+
 /// A bug that panics one of the daemon's threads ends the daemon with status 70 (EX_SOFTWARE, which the unit's
 /// `Restart=on-failure` restarts), also when it panics while the daemon stops, the panic in its log, and the alarm raised before it in the outbox: not a
 /// daemon that runs on without that thread (a reader gone cuts no more windows, and nothing then starves the

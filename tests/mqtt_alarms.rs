@@ -380,7 +380,7 @@ fn commands_are_answered_by_retained_state() {
         }
     }
     let entity = |component: &str, what: &str| -> serde_json::Value {
-        let topic = format!("homeassistant/{component}/sonitor_t1_pump-1_{what}/config");
+        let topic = format!("homeassistant/{component}/sonitor_t1/pump-1_{what}/config");
         discovery
             .get(&topic)
             .unwrap_or_else(|| panic!("no {topic} in {discovery:?}"))
@@ -397,8 +397,14 @@ fn commands_are_answered_by_retained_state() {
     for (topic, c) in &discovery {
         assert_eq!(c["availability_topic"], "sonitor/t1/status", "{topic}");
         assert!(c["availability_template"].is_string(), "{topic}: {c}");
+        // `sonitor:t1:pump-1:alarm` for `…/sonitor_t1/pump-1_alarm/config`: `:` is in no name, so no two
+        // nodes' entities share an id (`a_b`'s `c` and `a`'s `b_c` did).
+        let uid = c["unique_id"].as_str().unwrap();
+        let what = uid
+            .strip_prefix("sonitor:t1:pump-1:")
+            .unwrap_or_else(|| panic!("{uid}"));
         assert!(
-            topic.contains(c["unique_id"].as_str().unwrap()),
+            topic.ends_with(&format!("/sonitor_t1/pump-1_{what}/config")),
             "{topic}: {c}"
         );
     }
@@ -555,7 +561,7 @@ fn a_machine_removed_from_the_file_ends_its_alarm_and_clears_its_topics() {
         ("sonitor/t1/old-press/alarm", "ON"),
         ("sonitor/t1/old-press/state", "{\"state\":\"ON\"}"),
         (
-            "homeassistant/binary_sensor/sonitor_t1_old-press_alarm/config",
+            "homeassistant/binary_sensor/sonitor_t1/old-press_alarm/config",
             "{}",
         ),
     ];
@@ -605,7 +611,7 @@ fn a_machine_removed_from_the_file_ends_its_alarm_and_clears_its_topics() {
     );
 
     // Discovery switched off: the next start deletes the entities it announced, and keeps the machine's topics.
-    let entity = "homeassistant/binary_sensor/sonitor_t1_pump-1_alarm/config";
+    let entity = "homeassistant/binary_sensor/sonitor_t1/pump-1_alarm/config";
     assert!(retained(port, entity, "check-entity").is_some());
     common::edit(&cfg, |t| {
         t.replace("[mqtt.discovery]\nenabled = true\n", "")
@@ -645,7 +651,7 @@ fn a_machine_removed_at_a_reload_is_retired_and_its_topics_cleared() {
     });
     let start: serde_json::Value =
         serde_json::from_str(&on(&msgs, "sonitor/t1/pump-2/events")[0]).unwrap();
-    let entity = "homeassistant/binary_sensor/sonitor_t1_pump-2_alarm/config";
+    let entity = "homeassistant/binary_sensor/sonitor_t1/pump-2_alarm/config";
     assert!(retained(port, entity, "check-entity").is_some());
 
     common::edit(&cfg, |t| t.replace(&second, "\n"));
