@@ -339,7 +339,10 @@ pub fn start(
     let base = cfg.topic_base();
     let input_names: Vec<String> = cfg.devices.iter().map(|d| d.name.clone()).collect();
     let machine_names: Vec<String> = cfg.machines.iter().map(|m| m.name.clone()).collect();
-    let metrics = Arc::new(Metrics::new(&input_names, &machine_names));
+    let metrics = Arc::new(Metrics {
+        node_id: cfg.node_id.clone(),
+        ..Metrics::new(&input_names, &machine_names)
+    });
     if cfg.metrics.enabled {
         crate::metrics::serve_or_retry(
             &cfg.metrics.listen,

@@ -231,6 +231,8 @@ pub struct Metrics {
     pub last_reload_ok: Gauge,
     /// 1 when the last reload applied left changes of the file for a restart.
     pub restart_pending: Gauge,
+    /// The daemon's node_id, exported with its process id (`sonitor_process_id`).
+    pub node_id: String,
 }
 
 impl MachineMetrics {
@@ -614,6 +616,15 @@ impl Metrics {
             one(self.last_reload_ok.get()),
         );
         family(
+            "sonitor_process_id",
+            "gauge",
+            "This daemon's process id, labelled with its node_id: sonitor status and sonitor reload check that the metrics they read are those of the daemon that holds the state directory.",
+            vec![(
+                format!("{{node_id=\"{}\"}}", label(&self.node_id)),
+                std::process::id().to_string(),
+            )],
+        );
+        family(
             "sonitor_config_restart_pending",
             "gauge",
             "1 when the last reload applied the file but some of its changes wait for a restart (devices, MQTT, a new machine, a bundle with other feature parameters, ...: the log names them), 0 otherwise.",
@@ -657,10 +668,13 @@ impl Sample {
 }
 
 /// `GET /metrics` from a sonitor listening on `addr` (loopback): its samples. For the commands that ask a running
-/// daemon (`sonitor reload`, `sonitor status`).
-pub fn scrape(addr: SocketAddr) -> std::io::Result<Vec<Sample>> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+/// daemon (`sonitor reload`, `sonitor status`). A connection that is not accepted within 2 s (or `within`), and an
+/// answer that does not come within `within`, are errors (`TimedOut` or `WouldBlock`: a stopped or hung process
+/// whose socket the kernel still accepts on).
+pub fn scrape(addr: SocketAddr, within: Duration) -> std::io::Result<Vec<Sample>> {
+    let within = within.max(Duration::from_millis(1));
+    let mut s = TcpStream::connect_timeout(&addr, within.min(Duration::from_secs(2)))?;
+    s.set_read_timeout(Some(within))?;
     s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
     let mut text = String::new();
     s.read_to_string(&mut text)?;
@@ -671,6 +685,16 @@ pub fn scrape(addr: SocketAddr) -> std::io::Result<Vec<Sample>> {
         )));
     }
     Ok(parse_samples(&text))
+}
+
+/// Whose metrics `samples` are: the process id and node_id of `sonitor_process_id` (`None` for a sonitor from
+/// before it was exported, or another program).
+pub fn served_by(samples: &[Sample]) -> Option<(u32, String)> {
+    let s = samples.iter().find(|s| s.name == "sonitor_process_id")?;
+    Some((
+        s.value as u32,
+        s.label("node_id").unwrap_or_default().to_string(),
+    ))
 }
 
 /// The samples of a text exposition (comments, headers and lines that are not samples are skipped).

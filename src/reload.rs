@@ -13,16 +13,20 @@ use crate::config::{Config, EXIT_CONFIG};
 pub const EXIT_NO_DAEMON: i32 = 69;
 
 /// What the metrics say of the reloads: how many were asked for, whether the last one applied the file, and
-/// whether changes of it wait for a restart.
+/// whether changes of it wait for a restart; and whose metrics they are (pid and node_id, when said).
 struct Reloads {
     count: u64,
     applied: bool,
     restart_pending: bool,
+    served_by: Option<(u32, String)>,
 }
 
-/// The reload counters, as the metrics give them.
-fn reload_counters(addr: SocketAddr) -> std::io::Result<Reloads> {
-    let samples = crate::metrics::scrape(addr)?;
+/// The reload counters, as the metrics give them, read within `deadline` (at most 5 s).
+fn reload_counters(addr: SocketAddr, deadline: Instant) -> std::io::Result<Reloads> {
+    let within = deadline
+        .saturating_duration_since(Instant::now())
+        .min(Duration::from_secs(5));
+    let samples = crate::metrics::scrape(addr, within)?;
     let value = |name: &str| samples.iter().find(|s| s.name == name).map(|s| s.value);
     match (
         value("sonitor_config_reloads_total"),
@@ -32,6 +36,7 @@ fn reload_counters(addr: SocketAddr) -> std::io::Result<Reloads> {
             count: n as u64,
             applied: ok == 1.0,
             restart_pending: value("sonitor_config_restart_pending") == Some(1.0),
+            served_by: crate::metrics::served_by(&samples),
         }),
         _ => Err(std::io::Error::other(
             "no sonitor_config_reloads_total in its metrics (an older sonitor?)",
@@ -102,7 +107,8 @@ pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
     } else {
         cfg.metrics.addr()
     };
-    let before = addr.map(reload_counters);
+    let deadline = Instant::now() + timeout;
+    let before = addr.map(|a| reload_counters(a, deadline));
     if let Err(e) = hang_up(pid) {
         eprintln!("sonitor reload: cannot signal sonitor (pid {pid}): {e}");
         return EXIT_NO_DAEMON;
@@ -125,11 +131,29 @@ pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
     // Metrics that do not answer yet: a daemon still starting (checking the file, building its models) serves
     // them once it runs, and applies the signal then, as its first reload. Whatever else holds that address
     // never gives the answer, and the wait ends at `timeout`.
-    let reloads = before.and_then(Result::ok).map_or(0, |r| r.count);
+    // Another daemon's metrics (this one's port was taken when it started) never give its answer.
+    let foreign = |r: &std::io::Result<Reloads>| {
+        let (q, node) = r.as_ref().ok()?.served_by.clone()?;
+        (q != pid).then(|| {
+            eprintln!(
+                "sonitor reload: asked sonitor (pid {pid}) to reload {path}; {addr} serves the metrics of another \
+                 sonitor (pid {q}, node_id {node}), not its own (the port was taken when it started), so whether \
+                 it applied the file is only in its log"
+            );
+        })
+    };
+    let before = before.unwrap_or_else(|| Err(std::io::Error::other("not read")));
+    if foreign(&before).is_some() {
+        return 0;
+    }
+    let reloads = before.map_or(0, |r| r.count);
     let mut last_error: Option<std::io::Error>;
-    let deadline = Instant::now() + timeout;
     loop {
-        match reload_counters(addr) {
+        let read = reload_counters(addr, deadline);
+        if foreign(&read).is_some() {
+            return 0;
+        }
+        match read {
             Ok(r) if r.count > reloads && r.applied => {
                 if r.restart_pending {
                     println!(

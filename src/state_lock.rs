@@ -113,6 +113,15 @@ pub fn holder(dir: &Path) -> Option<Holder> {
     (!taken).then(|| holder_in(&mut file))
 }
 
+/// Whether nothing holds the state directory `dir`, as far as this process can tell: false as well when it cannot
+/// read the lock file (a user without access to the service's state directory), where [`holder`] says `None` too.
+pub fn known_free(dir: &Path) -> bool {
+    match File::open(dir.join(LOCK_FILE)) {
+        Ok(_) => holder(dir).is_none(),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound && dir.is_dir(),
+    }
+}
+
 /// `flock(2)` with `op` (`LOCK_EX` or `LOCK_SH`) without waiting: true when taken (until `file` is closed), false
 /// when another open file holds a conflicting lock.
 fn try_flock(file: &File, op: libc::c_int) -> std::io::Result<bool> {

@@ -3,6 +3,7 @@
 //! inputs and MQTT. Read from the daemon's metrics, the same numbers a Prometheus scrape gets.
 
 use std::path::Path;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -294,14 +295,15 @@ pub fn status(config_path: &Path, json: bool) -> i32 {
         Some(c) => Some(c.state_dir.clone()),
         None => Config::state_dir_of(config_path),
     };
-    let holder = dir
-        .as_deref()
-        .and_then(crate::state_lock::holder)
-        .unwrap_or_default();
+    let held = dir.as_deref().and_then(crate::state_lock::holder);
+    let holder = held.unwrap_or_default();
     // The running daemon's metrics, where its lock file says (the file may have moved `[metrics] listen` since,
     // which only a restart applies), else the file's.
     let (code, reload_ok) = match (holder.metrics.or(cfg.and_then(|c| c.metrics.addr())), &dir) {
-        (Some(addr), _) => show(addr, holder.pid, json),
+        (Some(addr), _) => {
+            let free = held.is_none() && dir.as_deref().is_some_and(crate::state_lock::known_free);
+            show(addr, held, free, dir.as_deref(), json)
+        }
         (None, None) => {
             eprintln!(
                 "sonitor status: the file does not say where the state directory is, so the running daemon \
@@ -371,11 +373,45 @@ fn file_problems(cfg: &Config) -> Vec<String> {
     problems
 }
 
-/// Prints the status the daemon's metrics at `addr` give (the daemon's `pid`, when its lock file says it): 0, or
-/// [`EXIT_NO_DAEMON`] when nothing answers there; and whether the daemon's last reload applied the file.
-fn show(addr: std::net::SocketAddr, pid: Option<u32>, json: bool) -> (i32, Option<bool>) {
-    match crate::metrics::scrape(addr) {
+/// Prints the status the daemon's metrics at `addr` give (`held`: what the holder of the state directory `dir`
+/// wrote in its lock file; `free`: nothing holds it, as far as can be told): 0, or [`EXIT_NO_DAEMON`] when nothing
+/// answers there, or the metrics there are another process's; and whether the daemon's last reload applied the
+/// file.
+fn show(
+    addr: std::net::SocketAddr,
+    held: Option<crate::state_lock::Holder>,
+    free: bool,
+    dir: Option<&Path>,
+    json: bool,
+) -> (i32, Option<bool>) {
+    let pid = held.and_then(|h| h.pid);
+    let dir = dir.map_or(String::new(), |d| d.display().to_string());
+    match crate::metrics::scrape(addr, Duration::from_secs(5)) {
         Ok(samples) => {
+            // Another daemon's metrics (this one's port was taken when it started), or metrics served while
+            // nothing holds the state directory: not this configuration's daemon.
+            match (free, pid, crate::metrics::served_by(&samples)) {
+                (false, Some(p), Some((q, node))) if p != q => {
+                    eprintln!(
+                        "sonitor status: {addr} serves the metrics of another sonitor (pid {q}, node_id {node}), not \
+                         those of sonitor (pid {p}), which runs on the state directory {dir}: that one runs without \
+                         its metrics endpoint (the port was taken when it started; it tries again every 30 s). Give \
+                         it a [metrics] listen of its own and restart it"
+                    );
+                    return (EXIT_NO_DAEMON, None);
+                }
+                (true, _, served) => {
+                    let whose = served.map_or("another program's".to_string(), |(q, node)| {
+                        format!("another sonitor's (pid {q}, node_id {node})")
+                    });
+                    eprintln!(
+                        "sonitor status: no sonitor runs on the state directory {dir}; {addr} serves {whose} \
+                         metrics, another configuration's"
+                    );
+                    return (EXIT_NO_DAEMON, None);
+                }
+                _ => {}
+            }
             let snapshot = Snapshot::of(&samples, pid);
             if json {
                 match serde_json::to_string_pretty(&snapshot) {
@@ -391,12 +427,17 @@ fn show(addr: std::net::SocketAddr, pid: Option<u32>, json: bool) -> (i32, Optio
             (0, snapshot.last_reload_successful)
         }
         Err(e) => {
+            let silent = matches!(
+                e.kind(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+            );
             eprintln!(
                 "sonitor status: no sonitor answered on {addr} ({e}){}",
-                if pid.is_some() {
-                    " though one holds the state directory: still starting?"
-                } else {
-                    ": is it running (`systemctl status sonitor`)?"
+                match (pid.is_some(), silent) {
+                    (true, true) => " though one holds the state directory: it took the connection and said \
+                                     nothing within 5 s (stopped, or hung? `systemctl status sonitor`, its log)",
+                    (true, false) => " though one holds the state directory: still starting?",
+                    (false, _) => ": is it running (`systemctl status sonitor`)?",
                 }
             );
             (EXIT_NO_DAEMON, None)

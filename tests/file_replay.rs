@@ -1063,3 +1063,94 @@ fn the_reload_command_reports_whether_the_daemon_applied_the_file() {
     let (code, shown) = sonitor(&["status"]);
     assert_eq!(code, Some(69), "{shown}");
 }
+
+/// `sonitor status` and `sonitor reload` read the daemon of their file: a daemon whose metrics port another sonitor
+/// took first (it runs without its endpoint) is not shown as that other one, and once it has stopped, the other's
+/// metrics are not shown as its own. A daemon that takes the connection and never answers (stopped) ends `reload`
+/// at its `--timeout`, and `status` says it said nothing.
+#[test]
+fn status_and_reload_read_the_daemon_of_their_file_only() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (b, wav) =
+        common::bundle_and_wav(da.path(), "normal.wav", &common::recording(3.0, 0.0, 0.0));
+    let keys = "realtime = true\nat_end = \"loop\"\n";
+    let cfg_a = common::file_config(da.path(), &wav, &b.dir, keys, "");
+    let cfg_b = common::file_config(db.path(), &wav, &b.dir, keys, "");
+    let listen_of = |cfg: &std::path::Path| {
+        std::fs::read_to_string(cfg)
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("listen = "))
+            .unwrap()
+            .to_string()
+    };
+    let (listen_a, listen_b) = (listen_of(&cfg_a), listen_of(&cfg_b));
+    common::edit(&cfg_b, |t| {
+        t.replace(&listen_b, &listen_a)
+            .replace("node_id = \"t1\"", "node_id = \"t2\"")
+    });
+    let sonitor = |args: &[&str], cfg: &std::path::Path| {
+        let t0 = std::time::Instant::now();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor"))
+            .args(args)
+            .arg("--config")
+            .arg(cfg)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text, t0.elapsed())
+    };
+    let a = common::Daemon::start(&cfg_a, &[]);
+    a.wait_log("metrics on http://", Duration::from_secs(20));
+    let bd = common::Daemon::start(&cfg_b, &[]);
+    bd.wait_log(
+        "the daemon runs without its metrics endpoint",
+        Duration::from_secs(20),
+    );
+    let (code, text, _) = sonitor(&["status"], &cfg_b);
+    assert_eq!(code, Some(69), "{text}");
+    assert!(
+        text.contains(&format!(
+            "serves the metrics of another sonitor (pid {}, node_id t1)",
+            a.child.id()
+        )) && text.contains(&format!("sonitor (pid {})", bd.child.id())),
+        "{text}"
+    );
+    let (code, text, took) = sonitor(&["reload", "--timeout", "20"], &cfg_b);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("serves the metrics of another sonitor") && took < Duration::from_secs(10),
+        "{text}"
+    );
+    bd.wait_log(
+        &format!("reloaded {}", cfg_b.display()),
+        Duration::from_secs(10),
+    );
+    assert_eq!(bd.sigterm_and_wait(), 0);
+    let (code, text, _) = sonitor(&["status"], &cfg_b);
+    assert_eq!(code, Some(69), "{text}");
+    assert!(
+        text.contains("no sonitor runs on the state directory")
+            && text.contains("another sonitor's (pid"),
+        "{text}"
+    );
+
+    // Stopped (SIGSTOP): the kernel still takes the connection, and nothing answers.
+    let pid = a.child.id() as i32;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let (code, text, took) = sonitor(&["reload", "--timeout", "1"], &cfg_a);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(took < Duration::from_secs(4), "{took:?}: {text}");
+    let (code, text, _) = sonitor(&["status"], &cfg_a);
+    assert_eq!(code, Some(69), "{text}");
+    assert!(
+        text.contains("said nothing within 5 s (stopped, or hung?"),
+        "{text}"
+    );
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert_eq!(a.sigterm_and_wait(), 0);
+}
