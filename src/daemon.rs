@@ -411,6 +411,17 @@ pub fn start(
             .ok_or_else(|| anyhow::anyhow!("device {} vanished", m.device))?;
         let mut s = saved.get(&m.name).cloned().unwrap_or_default();
         s.enabled = enabled_at_start(saved.get(&m.name), m.enabled);
+        if s.file_threshold_saved {
+            let before = s.file_threshold;
+            let how = "while sonitor was stopped";
+            crate::detect::file_threshold_replaces(
+                &m.name,
+                &mut s,
+                before,
+                m.detector.threshold,
+                how,
+            );
+        }
         if m.enabled && !s.enabled {
             let by = if saved.get(&m.name).is_some_and(|s| s.file_enabled.is_none()) {
                 "an `enabled/set OFF` or an earlier file"
@@ -443,12 +454,20 @@ pub fn start(
             unscored: 0,
         };
         let p = Controller::params_of(&rt);
+        // A clip the last run had not written yet when it ended (killed, power lost) never will be: its end event
+        // names none.
+        let lost_clip = rt.saved.event.as_mut().and_then(|e| {
+            e.clip
+                .take_if(|c| !Path::new(c.as_str()).exists())
+                .map(|c| format!(" (its clip {c} was never written: its end names none)"))
+        });
         rt.detector = match &rt.saved.event {
             Some(e) => {
                 log::warn!(
-                    "{}: alarm {} was on when the daemon stopped; resuming it",
+                    "{}: alarm {} was on when the daemon stopped; resuming it{}",
                     m.name,
-                    e.event_id
+                    e.event_id,
+                    lost_clip.unwrap_or_default()
                 );
                 metrics.machines[machines.len()].alarm.set(1);
                 Detector::resume_on(p, 0, e.peak)

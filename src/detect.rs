@@ -62,6 +62,13 @@ pub struct SavedMachine {
     #[serde(default)]
     pub file_enabled: Option<bool>,
     pub threshold_override: Option<f64>,
+    /// The configuration file's `threshold` for the machine when this was saved, if `file_threshold_saved` (false:
+    /// saved by a version that did not record it). A start whose file says otherwise drops `threshold_override`,
+    /// as SIGHUP does ([`file_threshold_replaces`]).
+    #[serde(default)]
+    pub file_threshold: Option<f64>,
+    #[serde(default)]
+    pub file_threshold_saved: bool,
     /// Wall-clock end of a mute (Unix seconds), as saved for the next start. While the daemon runs, the mute's
     /// end is [`MachineRt::mute_deadline`] and this is written from it.
     pub muted_until_unix: Option<u64>,
@@ -277,6 +284,28 @@ pub(crate) fn enabled_at_start(saved: Option<&SavedMachine>, file: bool) -> bool
     }
 }
 
+/// A threshold changed in the file (`before` → `now`) is the newest word on it: it replaces the `threshold/set`
+/// override of `saved` (taken from it, and logged; `how`: when the file changed), as a changed `enabled` replaces
+/// an `enabled/set`. A file whose threshold stays leaves the override.
+pub(crate) fn file_threshold_replaces(
+    name: &str,
+    saved: &mut SavedMachine,
+    before: Option<f64>,
+    now: Option<f64>,
+    how: &str,
+) {
+    if before == now {
+        return;
+    }
+    if let Some(o) = saved.threshold_override.take() {
+        log::info!(
+            "machine '{name}': its threshold in the configuration file changed {how} ({}); it replaces the \
+             threshold {o} a threshold/set command had set",
+            now.map_or("to the bundle's".into(), |t| format!("to {t}"))
+        );
+    }
+}
+
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -355,6 +384,8 @@ impl Controller {
                 saved.muted_until_unix = m.muted_until_unix();
                 saved.muted_saved_unix = saved.muted_until_unix.map(|_| unix_now());
                 saved.file_enabled = Some(m.cfg.enabled);
+                saved.file_threshold = m.cfg.detector.threshold;
+                saved.file_threshold_saved = true;
                 (m.cfg.name.clone(), saved)
             })
             .collect();
@@ -1202,11 +1233,22 @@ impl Controller {
                 continue;
             };
             let m = &mut self.machines[i];
+            file_threshold_replaces(
+                &name,
+                &mut m.saved,
+                m.cfg.detector.threshold,
+                nm.detector.threshold,
+                "at this reload",
+            );
+            // New settings in the file (`idle_below_dbfs` too), or a new threshold in the machine's bundle.
+            let settings_changed = m.cfg.detector != nm.detector;
             m.cfg.detector = nm.detector.clone();
-            // New settings in the file, or a new threshold in the machine's bundle.
             let p = Self::params_of(m);
-            if p != *m.detector.params() {
+            let params_changed = p != *m.detector.params();
+            if params_changed {
                 m.detector.set_params(p);
+            }
+            if settings_changed || params_changed {
                 changed += 1;
             }
             let enabled_changed = m.cfg.enabled != nm.enabled;

@@ -478,9 +478,17 @@ fn an_alarm_open_at_a_start_that_disables_or_mutes_its_machine_ends() {
         .as_secs()
         + 3600;
     saved["pump-1"]["muted_until_unix"] = until.into();
+    // And its clip gone, as when the daemon was killed before it wrote it: the end names none.
+    let clip = open["clip"].as_str().unwrap().to_string();
+    assert!(std::path::Path::new(&clip).is_file(), "{open}");
+    saved["pump-1"]["event"]["clip"] = format!("{clip}.never-written").into();
     std::fs::write(&path, saved.to_string()).unwrap();
     let log = run();
     assert!(log.contains("alarm OFF: pump-1 (Muted"), "{log}");
+    assert!(
+        log.contains(".never-written was never written: its end names none"),
+        "{log}"
+    );
     assert!(saved_event(&state).is_null(), "{}", saved_event(&state));
     // The mute is saved again with when it was saved, so that the next start cannot stretch it.
     let saved: serde_json::Value =
@@ -501,6 +509,10 @@ fn an_alarm_open_at_a_start_that_disables_or_mutes_its_machine_ends() {
     assert_eq!(ends.len(), 2, "{ends:?}");
     assert_eq!(ends[1]["event_id"], open["event_id"]);
     assert_eq!(ends[1]["reason"], "muted");
+    assert!(
+        ends[1]["clip"].is_null() && ends[0]["clip"].is_string(),
+        "{ends:?}"
+    );
 }
 
 /// A machine that stops while it alarms, with `idle_below_dbfs` between its running and its standing level: the
@@ -1153,4 +1165,74 @@ fn status_and_reload_read_the_daemon_of_their_file_only() {
     );
     unsafe { libc::kill(pid, libc::SIGCONT) };
     assert_eq!(a.sigterm_and_wait(), 0);
+}
+
+/// A threshold changed in the file replaces a `threshold/set` override, at a reload and when changed while the
+/// daemon was stopped, as a changed `enabled` replaces an `enabled/set`; a file whose threshold stays leaves the
+/// override in force (it used to stay whatever the file said, with "0 machine(s) with new detector settings").
+#[test]
+fn a_threshold_changed_in_the_file_replaces_a_threshold_set() {
+    let d = tempfile::tempdir().unwrap();
+    let state = d.path().join("state");
+    let (b, wav) =
+        common::bundle_and_wav(d.path(), "normal.wav", &common::recording(3.0, 0.0, 0.0));
+    let keys = "realtime = true\nat_end = \"loop\"\n";
+    let cfg = common::file_config(d.path(), &wav, &b.dir, keys, "");
+    common::edit(&cfg, |t| {
+        t.replace("raise_k = 2\n", "raise_k = 2\nthreshold = 0.3\n")
+    });
+    let threshold = |daemon: &common::Daemon, want: f64| {
+        daemon.wait_log("metrics on http://", Duration::from_secs(20));
+        common::wait_metrics(
+            &cfg,
+            Duration::from_secs(20),
+            &format!("threshold {want}"),
+            |m| common::metric(m, "sonitor_threshold{machine=\"pump-1\"}") == Some(want),
+        );
+    };
+    // The override a threshold/set command leaves in the saved state.
+    let set_override = |value: f64| {
+        let path = state.join("alarms.json");
+        let mut saved: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        saved["pump-1"]["threshold_override"] = value.into();
+        std::fs::write(&path, saved.to_string()).unwrap();
+    };
+    let daemon = common::Daemon::start(&cfg, &[]);
+    threshold(&daemon, 0.3);
+    assert_eq!(daemon.sigterm_and_wait(), 0);
+    set_override(0.5);
+    // The file as it was: the override stands, also through a reload of an unchanged threshold.
+    let daemon = common::Daemon::start(&cfg, &[]);
+    threshold(&daemon, 0.5);
+    common::edit(&cfg, |t| t.replace("raise_k = 2\n", "raise_k = 3\n"));
+    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
+    daemon.wait_log(
+        "1 machine(s) with new detector settings",
+        Duration::from_secs(10),
+    );
+    threshold(&daemon, 0.5);
+    // A reload of a new threshold: the file's.
+    common::edit(&cfg, |t| {
+        t.replace("threshold = 0.3\n", "threshold = 0.35\n")
+    });
+    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
+    daemon.wait_log(
+        "its threshold in the configuration file changed at this reload (to 0.35); it replaces the threshold 0.5",
+        Duration::from_secs(10),
+    );
+    threshold(&daemon, 0.35);
+    assert_eq!(daemon.sigterm_and_wait(), 0);
+    // Changed while stopped: the file's again.
+    set_override(0.5);
+    common::edit(&cfg, |t| {
+        t.replace("threshold = 0.35\n", "threshold = 0.4\n")
+    });
+    let daemon = common::Daemon::start(&cfg, &[]);
+    daemon.wait_log(
+        "changed while sonitor was stopped (to 0.4)",
+        Duration::from_secs(10),
+    );
+    threshold(&daemon, 0.4);
+    assert_eq!(daemon.sigterm_and_wait(), 0);
 }
