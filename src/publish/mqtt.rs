@@ -256,6 +256,22 @@ pub struct NodeIdentity {
     pub version: String,
 }
 
+/// The host's name, as uname(2) gives it.
+fn host_name() -> Option<String> {
+    // SAFETY: uname(2) fills the zeroed struct it is given; its fields are NUL-terminated arrays.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return None;
+    }
+    let bytes: Vec<u8> = u
+        .nodename
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    Some(String::from_utf8_lossy(&bytes).trim().to_string())
+}
+
 impl NodeIdentity {
     pub fn of_this_process() -> Self {
         use std::hash::BuildHasher;
@@ -266,9 +282,8 @@ impl NodeIdentity {
         // A randomly keyed hash (std's SipHash keys come from the OS's random source).
         let instance =
             std::collections::hash_map::RandomState::new().hash_one((std::process::id(), nanos));
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .ok()
+        // uname(2), not /proc/sys: a unit's ProcSubset=pid hides that.
+        let host = host_name()
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "unknown".into());
         let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
