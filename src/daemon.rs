@@ -717,6 +717,8 @@ pub fn start(
         swaps: Some(swap_tx),
         cfg,
     };
+    // The start of an alarm the last run raised without putting it in the outbox, before anything else of it.
+    ctl.announce_unannounced();
     // End events, OFF through the outbox, the saved state and the alarm gauge, as for any transition.
     for (i, t) in ended_at_start {
         ctl.on_transition(i, t);

@@ -98,6 +98,15 @@ pub struct ActiveEvent {
     pub started_at: String,
     pub peak: f64,
     pub clip: Option<String>,
+    /// Whether its `start` event and `alarm ON` are in the outbox. A raise is saved before its messages enter
+    /// the outbox, and saved again once they have: a start that finds it false (the last run killed in between)
+    /// puts them in then ([`Controller::announce_unannounced`]). State saved without it: announced.
+    #[serde(default = "announced_by_default")]
+    pub announced: bool,
+}
+
+fn announced_by_default() -> bool {
+    true
 }
 
 /// The saved state of every machine. Each machine's entry is read on its own: one that cannot be read (a
@@ -182,6 +191,23 @@ pub(crate) struct MachineRt {
 /// The message of an `end` event (`…/events`): the event `e` of `machine` (its peak score the event's), ended at
 /// `ended_at` for `reason`. `threshold` and `model_id` are those in force, where the machine still has them (not
 /// for a machine removed from the file).
+/// The `start` event of `e`, raised by `score` over `threshold`.
+fn start_event(
+    machine: &str,
+    e: &ActiveEvent,
+    score: f64,
+    threshold: f64,
+    model_id: &str,
+    seq: u64,
+) -> serde_json::Value {
+    json!({
+        "event_id": e.event_id, "type": "start", "machine": machine,
+        "score": score, "peak_score": e.peak, "threshold": threshold,
+        "started_at": e.started_at, "ended_at": null, "clip": e.clip,
+        "model_id": model_id, "seq": seq,
+    })
+}
+
 fn end_event(
     machine: &str,
     e: &ActiveEvent,
@@ -842,18 +868,15 @@ impl Controller {
                 let note = format!(
                     "alarm ON: {name} score {score:.4} > threshold {threshold:.4} (event {event_id})"
                 );
-                let ev = json!({
-                    "event_id": event_id, "type": "start", "machine": name,
-                    "score": score, "peak_score": score, "threshold": threshold,
-                    "started_at": now, "ended_at": null, "clip": clip,
-                    "model_id": m.model.model_id, "seq": m.saved.seq,
-                });
-                m.saved.event = Some(ActiveEvent {
+                let e = ActiveEvent {
                     event_id,
                     started_at: now.clone(),
                     peak: score,
                     clip,
-                });
+                    announced: false,
+                };
+                let ev = start_event(&name, &e, score, threshold, &m.model.model_id, m.saved.seq);
+                m.saved.event = Some(e);
                 self.metrics.machines[i].alarm.set(1);
                 self.metrics.machines[i].alarms.inc();
                 let seen = Observation::Alarm {
@@ -877,6 +900,7 @@ impl Controller {
                     started_at: String::new(),
                     peak,
                     clip: None,
+                    announced: true,
                 });
                 e.peak = peak;
                 let note = format!(
@@ -907,11 +931,13 @@ impl Controller {
         // The saved state may claim an open event that no message announced yet, never the reverse: a crash
         // between the two writes then resumes the event at restart (its end may come twice) instead of leaving
         // an announced event that never ends, or starting a second one beside it. So a raise is saved before
-        // its messages enter the outbox, a clear after.
+        // its messages enter the outbox (not announced yet, which the next start mends), and again after; a
+        // clear after.
         let raised = m.saved.event.is_some();
         if raised {
             self.persist();
         }
+        let mut announced = true;
         let mut out = Vec::new();
         for (alarm, ev, note, seen) in msgs {
             out.push(OutMessage {
@@ -929,6 +955,7 @@ impl Controller {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(std::mem::take(&mut out));
+            announced &= pushed.is_ok();
             // Logged once the transition is on disk (or known not to be).
             match pushed {
                 Ok(_) => log::warn!("{note}"),
@@ -941,11 +968,66 @@ impl Controller {
             self.retained(format!("{topic}/alarm"), alarm, false);
             self.observe(seen);
         }
-        if !raised {
-            self.persist();
+        if let Some(e) = self.machines[i].saved.event.as_mut() {
+            e.announced = announced;
         }
+        self.persist();
         self.send(ToMqtt::OutboxChanged);
         self.publish_machine_state(i);
+    }
+
+    /// Alarms the last run saved as raised but had not put in the outbox when it ended (killed, or the power lost,
+    /// between the two; or a disk that could not take them): their `start` event and `alarm ON` go in now, before
+    /// anything else of theirs, so that no subscriber gets an end without its start. (When the last run's messages
+    /// did land, the start comes twice: consumers dedupe on `event_id`.)
+    pub(crate) fn announce_unannounced(&mut self) {
+        let mut any = false;
+        for i in 0..self.machines.len() {
+            let m = &self.machines[i];
+            let Some(e) = m.saved.event.as_ref().filter(|e| !e.announced) else {
+                continue;
+            };
+            let name = &m.cfg.name;
+            let topic = format!("{}/{name}", self.base);
+            let threshold = m.detector.params().threshold_on;
+            let ev = start_event(name, e, e.peak, threshold, &m.model.model_id, m.saved.seq);
+            let msgs = vec![
+                OutMessage {
+                    topic: format!("{topic}/alarm"),
+                    payload: "ON".into(),
+                    retain: true,
+                },
+                OutMessage {
+                    topic: format!("{topic}/events"),
+                    payload: ev.to_string(),
+                    retain: false,
+                },
+            ];
+            let pushed = self
+                .outbox
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(msgs);
+            let note = format!(
+                "{name}: alarm {} was raised but not yet in the outbox when the daemon stopped",
+                e.event_id
+            );
+            match pushed {
+                Ok(_) => log::warn!("{note}: its start is sent now"),
+                Err(err) => {
+                    log::error!("{note}; {err}: its start is kept in memory only");
+                    continue;
+                }
+            }
+            if let Some(e) = self.machines[i].saved.event.as_mut() {
+                e.announced = true;
+            }
+            any = true;
+        }
+        if any {
+            self.persist();
+            self.send(ToMqtt::OutboxChanged);
+        }
     }
 
     pub(crate) fn on_score(&mut self, s: ScoreMsg) {
@@ -1843,6 +1925,7 @@ mod tests {
                         started_at: String::new(),
                         peak: 0.5,
                         clip: None,
+                        announced: true,
                     }),
                     retained_topics: Some(vec!["sonitor/n0/other/alarm".into()]),
                     ..Default::default()

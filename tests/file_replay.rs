@@ -449,7 +449,22 @@ fn an_alarm_open_at_a_start_that_disables_or_mutes_its_machine_ends() {
     let log = run();
     assert!(log.contains("alarm ON: pump-1"), "{log}");
     let open = saved_event(&state);
-    assert!(open["event_id"].is_string(), "{open}");
+    assert!(
+        open["event_id"].is_string() && open["announced"] == true,
+        "{open}"
+    );
+    // As a kill between the raise's save and its messages' entering the outbox leaves it: saved, not announced.
+    // Its start goes out at the next start, before its end.
+    let path = state.join("alarms.json");
+    let mut saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    saved["pump-1"]["event"]["announced"] = false.into();
+    std::fs::write(&path, saved.to_string()).unwrap();
+    let starts_before = outbox_events(&state)
+        .iter()
+        .filter(|e| e["event_id"] == open["event_id"] && e["type"] == "start")
+        .count();
+    assert_eq!(starts_before, 1);
 
     // Disabled in the file.
     common::edit(&cfg, |t| {
@@ -457,6 +472,18 @@ fn an_alarm_open_at_a_start_that_disables_or_mutes_its_machine_ends() {
     });
     let log = run();
     assert!(log.contains("alarm OFF: pump-1 (Disabled"), "{log}");
+    assert!(
+        log.contains(
+            "was raised but not yet in the outbox when the daemon stopped: its start is sent now"
+        ),
+        "{log}"
+    );
+    let of_open: Vec<String> = outbox_events(&state)
+        .iter()
+        .filter(|e| e["event_id"] == open["event_id"])
+        .map(|e| e["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(of_open, ["start", "start", "end"]);
     assert!(saved_event(&state).is_null(), "{}", saved_event(&state));
     let ends = end_events(&state);
     assert_eq!(ends.len(), 1, "{ends:?}");
