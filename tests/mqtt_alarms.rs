@@ -895,14 +895,23 @@ fn retained_and_empty_command_messages_are_not_applied() {
 /// says so (log, `sonitor_mqtt_echo_missing`).
 #[test]
 fn a_broker_that_drops_this_daemons_messages_is_noticed() {
+    // A read-only ACL; a size limit that lets events (about 300 bytes) through but not discovery configurations
+    // (about 1 KB), under the 4 KB configs/README.md asks for.
+    for refuse in ["acl", "size"] {
+        a_broker_that_drops(refuse);
+    }
+}
+
+fn a_broker_that_drops(refuse: &str) {
     let d = tempfile::tempdir().unwrap();
     let acl = d.path().join("acl");
     std::fs::write(&acl, "topic read sonitor/#\n").unwrap();
     let b = common::standard_bundle(d.path());
-    let broker = Broker::start_with(
-        &d.path().join("broker"),
-        &format!("acl_file {}\n", acl.display()),
-    );
+    let conf = match refuse {
+        "acl" => format!("acl_file {}\n", acl.display()),
+        _ => "message_size_limit 1000\n".to_string(),
+    };
+    let broker = Broker::start_with(&d.path().join("broker"), &conf);
     let rig = Rig { broker, b, d };
     let dev = rig.looping_normal();
     let cfg = rig.config(&dev, "");

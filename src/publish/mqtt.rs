@@ -398,6 +398,17 @@ pub struct NodeConflict {
     pub new: bool,
 }
 
+/// The size the `node` announcement is padded to: what configs/README.md asks the broker to let through. Its echo
+/// ([`Session::own_echo`]) then also proves a message size limit that would drop this daemon's largest messages
+/// absent, not only one under the announcement's own 200 bytes.
+pub const NODE_PAYLOAD_BYTES: usize = 4096;
+
+/// `me` as JSON, padded with trailing spaces (still one JSON value) to [`NODE_PAYLOAD_BYTES`].
+fn padded_announcement(me: &NodeIdentity) -> String {
+    let json = serde_json::to_string(me).unwrap_or_default();
+    format!("{json:<NODE_PAYLOAD_BYTES$}")
+}
+
 impl Session {
     /// `window`: outbox messages in flight at once. `base`: the node's topic prefix (`<prefix>/<node_id>`).
     pub fn new(base: &str, window: usize, me: NodeIdentity) -> Self {
@@ -412,7 +423,7 @@ impl Session {
             stop: StopState::NotSent,
             node: NodeWatch {
                 topic: format!("{base}/node"),
-                payload: serde_json::to_string(&me).unwrap_or_default(),
+                payload: padded_announcement(&me),
                 me,
                 sent: None,
                 acknowledged: false,
@@ -695,8 +706,9 @@ impl Session {
 /// ended every connection until it was deleted by hand. So the limit is far above any command: one that large is
 /// read and refused by name ([`incoming_command`]), and only what is larger still cuts the connection.
 const MAX_INCOMING: usize = 1024 * 1024;
-/// The largest packet sent: states and events are a few hundred bytes.
-const MAX_OUTGOING: usize = 10 * 1024;
+/// The largest packet sent: states and events are a few hundred bytes, discovery configurations about 1 KB (a
+/// model_id is at most 512 bytes).
+pub(crate) const MAX_OUTGOING: usize = 10 * 1024;
 
 /// The MQTT client id: `mqtt.client_id`, else `sonitor-<node_id>`.
 pub fn client_id(cfg: &Config) -> String {
@@ -1040,7 +1052,8 @@ fn run(
                 log::error!(
                     "mqtt: {endpoint}: the broker has not delivered this daemon's own announcement ({}) back within \
                      {} s of connecting: it may drop what this client publishes or reads under {base}/ (an ACL \
-                     that denies it, a message size limit), and the alarms with it, while acknowledging them; \
+                     that denies it, a message size limit under the announcement's {NODE_PAYLOAD_BYTES} bytes), \
+                     and the alarms with it, while acknowledging them; \
                      its log says (mosquitto: `Denied PUBLISH`). See configs/README.md, \"Broker permissions\"",
                     session.node_topic(),
                     OWN_ECHO_WAIT.as_secs()
