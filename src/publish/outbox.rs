@@ -55,6 +55,28 @@ pub struct Outbox {
     unpersisted: u64,
 }
 
+/// Why `msg` could never be published (`None`: it can): a topic MQTT does not publish to (empty, a wildcard, a NUL),
+/// or more bytes than the client sends ([`super::mqtt::MAX_OUTGOING`]). Such a message at the head of the outbox
+/// would hold every alarm behind it for ever (the client refuses it, or ends the connection on it, again and
+/// again), so it never enters the outbox, and one found there is set aside.
+pub fn unpublishable(msg: &OutMessage) -> Option<String> {
+    let t = &msg.topic;
+    if t.is_empty() || t.contains(['+', '#', '\0']) || t.len() > usize::from(u16::MAX) {
+        let shown: String = t.chars().take(80).collect();
+        return Some(format!(
+            "its topic {shown:?} is no topic a message can be published to"
+        ));
+    }
+    // Fixed header (up to 5 bytes), the topic's length (2) and packet id (2).
+    let size = t.len() + msg.payload.len() + 9;
+    (size > super::mqtt::MAX_OUTGOING).then(|| {
+        format!(
+            "its {size} bytes are more than the {} this client sends",
+            super::mqtt::MAX_OUTGOING
+        )
+    })
+}
+
 fn file_name(seq: u64) -> String {
     format!("{seq:020}.json")
 }
@@ -83,7 +105,17 @@ impl Outbox {
                 .ok()
                 .and_then(|t| serde_json::from_str::<Record>(&t).ok());
             match parsed {
-                Some(r) => records.push(r),
+                Some(r) => match unpublishable(&r.msg) {
+                    None => records.push(r),
+                    Some(why) => {
+                        log::error!(
+                            "outbox: {}: {why}: it could never be published, and would hold every alarm behind \
+                             it; moved aside as .bad",
+                            path.display()
+                        );
+                        let _ = std::fs::rename(&path, path.with_extension("bad"));
+                    }
+                },
                 None => {
                     log::error!(
                         "outbox: {} is unreadable; moved aside as .bad",
@@ -117,6 +149,15 @@ impl Outbox {
         let mut seqs = Vec::with_capacity(msgs.len());
         let mut first_error = None;
         for msg in msgs {
+            if let Some(why) = unpublishable(&msg) {
+                // A bug: the daemon's own messages are checked where their parts are (names, model ids).
+                log::error!(
+                    "outbox: a message to {:?} is dropped: {why}; it could never be published",
+                    msg.topic.chars().take(80).collect::<String>()
+                );
+                self.dropped += 1;
+                continue;
+            }
             let seq = self.next_seq;
             self.next_seq = self.next_seq.saturating_add(1);
             let rec = Record { seq, msg };
@@ -358,10 +399,34 @@ mod tests {
     fn corrupt_files_are_set_aside_and_temporaries_removed() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join(file_name(7)), "{not json").unwrap();
+        // Valid JSON, but never publishable: a wildcard topic, or more than the client sends. Set aside too, or
+        // they would hold every alarm behind them.
+        let never = [
+            m("sonitor/t1/pump-1/#", "ON"),
+            m(
+                "sonitor/t1/pump-1/events",
+                &"x".repeat(super::super::mqtt::MAX_OUTGOING),
+            ),
+        ];
+        for (i, msg) in never.iter().enumerate() {
+            let rec = Record {
+                seq: 3 + i as u64,
+                msg: msg.clone(),
+            };
+            std::fs::write(
+                d.path().join(file_name(rec.seq)),
+                serde_json::to_string(&rec).unwrap(),
+            )
+            .unwrap();
+            assert!(unpublishable(msg).is_some());
+        }
+        assert!(unpublishable(&m("sonitor/t1/pump-1/events", "{}")).is_none());
         std::fs::write(d.path().join("00000000000000000008.tmp"), "x").unwrap();
         let o = Outbox::open(d.path(), 10).unwrap();
         assert!(o.is_empty());
-        assert!(d.path().join("00000000000000000007.bad").exists());
+        for seq in [3, 4, 7] {
+            assert!(d.path().join(format!("{seq:020}.bad")).exists(), "{seq}");
+        }
         assert!(!d.path().join("00000000000000000008.tmp").exists());
     }
 }

@@ -186,6 +186,9 @@ pub enum BundleError {
     Mismatch { path: PathBuf, reason: String },
 }
 
+/// The longest `model_id` a manifest may give (a data set's directory name and a few words make it).
+pub const MAX_MODEL_ID: usize = 512;
+
 /// A loaded, verified bundle.
 #[derive(Clone)]
 pub struct Bundle {
@@ -250,6 +253,16 @@ impl Manifest {
             return Err(problem);
         }
         self.features.validate().map_err(|e| e.to_string())?;
+        let id = &self.model_id;
+        if id.is_empty() || id.len() > MAX_MODEL_ID || id.chars().any(char::is_control) {
+            let shown: String = id.chars().take(40).collect();
+            return Err(format!(
+                "model_id {shown:?}{} ({} bytes) must be 1 to {MAX_MODEL_ID} bytes without control characters: it \
+                 names the model in every MQTT state and event the daemon sends",
+                if shown.len() < id.len() { "…" } else { "" },
+                id.len()
+            ));
+        }
         if self.inputs.is_empty() {
             return Err("no inputs".into());
         }
@@ -798,6 +811,12 @@ mod tests {
                 "no centroids",
             ),
             (Box::new(|m| m.sections.clear()), "no sections"),
+            (
+                Box::new(|m| m.model_id = "x".repeat(11_000)),
+                "model_id \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"… (11000 bytes) must be 1 to 512 bytes",
+            ),
+            (Box::new(|m| m.model_id = "a\nb".into()), "without control characters"),
+            (Box::new(|m| m.model_id = String::new()), "model_id \"\" (0 bytes)"),
             (
                 Box::new(|m| m.sections[0].centroids[0] = vec![1.0, 0.0]),
                 "centroid 0 has 2 values",
