@@ -1429,6 +1429,34 @@ impl Config {
     /// less room than a full outbox or `clips.max_bytes` takes, or a relative state_dir, a warning. `missing`:
     /// whether a directory that does not exist yet is created (`run`) or left as it is ([`MissingDirs::Probe`],
     /// `validate`).
+    /// What an earlier run left in the state directory that this user cannot write, though the directory itself
+    /// takes files: the lock file (`run` could not start, every restart failing alike) or the outbox (every alarm
+    /// kept in memory only, and delivered ones sent again at each start). A `sudo sonitor run` before the
+    /// service's own user leaves them so.
+    fn left_unwritable(&self) -> Option<String> {
+        let lock = self.state_dir.join(crate::state_lock::LOCK_FILE);
+        if lock.exists() {
+            let opened = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&lock);
+            if let Err(e) = opened {
+                return Some(format!(
+                    "cannot open {} to write: {e}; {}",
+                    lock.display(),
+                    left_by_another_user(&e)
+                ));
+            }
+        }
+        let outbox = self.state_dir.join("outbox");
+        if outbox.is_dir() {
+            if let Err(e) = check_writable_dir(&outbox, "state_dir") {
+                return Some(format!("{}: {e}", outbox.display()));
+            }
+        }
+        None
+    }
+
     pub fn disk_check(&self, missing: MissingDirs) -> DiskCheck {
         let probe = |dir: &Path, key: &str| match missing {
             MissingDirs::Create => check_writable_dir(dir, key),
@@ -1445,6 +1473,12 @@ impl Config {
             Err(e) => {
                 return DiskCheck {
                     problem: Some(state(e)),
+                    warnings: relative.into_iter().collect(),
+                }
+            }
+            Ok(_) if let Some(p) = self.left_unwritable() => {
+                return DiskCheck {
+                    problem: Some(state(p)),
                     warnings: relative.into_iter().collect(),
                 }
             }
@@ -1870,6 +1904,17 @@ fn low_space(free: &FreeSpace, outbox_max: usize) -> Option<String> {
 
 /// What the engineer can do about an error writing the directory set by `key` (`state_dir`, which holds the alarm
 /// state and the alarms not yet acknowledged by the broker, or `clips.dir`).
+/// What to do about a file in the state directory this user cannot write (`e`).
+fn left_by_another_user(e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        "another user (root, by a `sudo sonitor run`?) owns it: give it to the user sonitor runs as (`sudo chown -R \
+         USER STATE_DIR`), or remove it while no sonitor runs"
+            .into()
+    } else {
+        what_to_do(e, "state_dir")
+    }
+}
+
 fn what_to_do(e: &std::io::Error, key: &str) -> String {
     use std::io::ErrorKind;
     let state = key == "state_dir";

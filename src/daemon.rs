@@ -284,6 +284,12 @@ pub fn run(config_path: &Path) -> i32 {
             log::error!("{e}");
             return match e {
                 crate::state_lock::LockError::Held { .. } => crate::state_lock::EXIT_STATE_BUSY,
+                // Not this user's to write: a restart would fail alike (the check above names it first).
+                crate::state_lock::LockError::Io { error, .. }
+                    if error.kind() == std::io::ErrorKind::PermissionDenied =>
+                {
+                    crate::config::EXIT_CONFIG
+                }
                 crate::state_lock::LockError::Io { .. } => 1,
             };
         }

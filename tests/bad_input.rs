@@ -739,3 +739,91 @@ fn a_model_that_fails_on_some_audio_is_reported_not_fatal() {
         "{states:?}"
     );
 }
+
+/// A state directory an earlier run left with files another user owns (a `sudo sonitor run` before the service's
+/// own user): `validate` said OK, and `run` exited 1 on the lock file, which `Restart=on-failure` retried for
+/// ever; with the lock mended, every alarm was kept in memory only (the outbox not writable). Both are named,
+/// exit 78, by `validate` as by `run`. As root only (the check runs the daemon as `nobody`).
+#[test]
+fn state_files_left_by_another_user_are_named() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to make files another user owns");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let (b, wav) = common::bundle_and_wav(d.path(), "rec.wav", &common::recording(3.0, 0.0, 0.0));
+    let cfg = common::offline_config(d.path(), &wav, &b.dir, "");
+    let state = d.path().join("state");
+    std::fs::create_dir_all(state.join("outbox")).unwrap();
+    std::fs::write(state.join("sonitor.lock"), "1\n").unwrap();
+    // Everything readable, the state directory the service user's; the lock file and the outbox root's.
+    for entry in walk(d.path()) {
+        let mode = if entry.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let chown = |p: &Path| {
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
+    };
+    chown(&state);
+    // A copy nobody can run wherever the build is (a checkout under /root is not).
+    let exe = d.path().join("sonitor");
+    std::fs::copy(env!("CARGO_BIN_EXE_sonitor"), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let runs = Command::new(&exe)
+        .arg("--version")
+        .uid(65534)
+        .gid(65534)
+        .output();
+    if !runs.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: nobody cannot reach {}", exe.display());
+        return;
+    }
+    let as_nobody = |cmd: &str| {
+        let out = Command::new(&exe)
+            .args([cmd, "--config"])
+            .arg(&cfg)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned()
+                + &String::from_utf8_lossy(&out.stdout),
+        )
+    };
+    for cmd in ["validate", "run"] {
+        let (code, text) = as_nobody(cmd);
+        assert_eq!(code, 78, "{cmd}: {text}");
+        assert!(
+            text.contains("sonitor.lock to write") && text.contains("by a `sudo sonitor run`?"),
+            "{cmd}: {text}"
+        );
+    }
+    chown(&state.join("sonitor.lock"));
+    for cmd in ["validate", "run"] {
+        let (code, text) = as_nobody(cmd);
+        assert_eq!(code, 78, "{cmd}: {text}");
+        assert!(
+            text.contains("outbox: cannot create a file in it"),
+            "{cmd}: {text}"
+        );
+    }
+    chown(&state.join("outbox"));
+    let (code, text) = as_nobody("validate");
+    assert_eq!(code, 0, "{text}");
+}
+
+/// Every file and directory under `dir`, `dir` included.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    if dir.is_dir() {
+        for e in std::fs::read_dir(dir).unwrap() {
+            out.extend(walk(&e.unwrap().path()));
+        }
+    }
+    out
+}
