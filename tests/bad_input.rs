@@ -740,6 +740,68 @@ fn a_model_that_fails_on_some_audio_is_reported_not_fatal() {
     );
 }
 
+/// A model whose output is not a finite number on the audio (here its embedding times 1e38 twice, the way a
+/// model overflows): those windows are dropped and counted, never scored: no alarm on garbage, and the saved
+/// state stays readable. (A float recording of huge samples, the way this was first reached, is refused now by
+/// the WAV reader, naming the sample.)
+#[test]
+fn windows_that_do_not_score_as_numbers_are_dropped_and_counted() {
+    let d = tempfile::tempdir().unwrap();
+    let mut audio = common::recording(4.0, 0.0, 0.0);
+    let (b, wav) = common::bundle_and_wav(d.path(), "rec.wav", &audio);
+    let overflowing = rebuilt_bundle(&b.dir, &d.path().join("overflowing"), |g| {
+        g.initializer.push(pb::TensorProto {
+            name: "huge".into(),
+            dims: vec![],
+            data_type: 1,
+            float_data: vec![1e38],
+            ..Default::default()
+        });
+        let last = g
+            .node
+            .iter_mut()
+            .find(|n| n.output[0] == "embedding")
+            .unwrap();
+        last.output[0] = "projected".into();
+        last.name = "projected".into();
+        g.node.extend([
+            common::node("Mul", &["projected", "huge"], "big", vec![]),
+            common::node("Mul", &["big", "huge"], "embedding", vec![]),
+        ]);
+    });
+    let cfg = common::offline_config(d.path(), &wav, &overflowing, "");
+    let mut daemon = common::Daemon::start(&cfg, &[]);
+    let (code, log) = daemon.wait_exit(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("(not a finite number: the audio or the model's output is not finite); dropped, 1 so far"),
+        "{log}"
+    );
+    assert!(!log.contains("alarm ON"), "{log}");
+    let saved = std::fs::read_to_string(d.path().join("state/alarms.json")).unwrap();
+    let saved: serde_json::Value = serde_json::from_str(&saved).unwrap();
+    assert!(saved["pump-1"]["event"].is_null(), "{saved}");
+
+    // The float recording of huge samples: refused before anything runs, naming the sample.
+    for x in &mut audio[16_000..24_000] {
+        *x = 1e30;
+    }
+    let huge = d.path().join("huge.wav");
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 32,
+        sample_format: hound::SampleFormat::Float,
+    };
+    let mut w = hound::WavWriter::create(&huge, spec).unwrap();
+    for &x in &audio {
+        w.write_sample(x).unwrap();
+    }
+    w.finalize().unwrap();
+    let cfg = common::offline_config(d.path(), &huge, &b.dir, "");
+    expect_78(&cfg, &["huge.wav", "sample 16000 is 1e30, beyond ±16"]);
+}
+
 /// A state directory an earlier run left with files another user owns (a `sudo sonitor run` before the service's
 /// own user): `validate` said OK, and `run` exited 1 on the lock file, which `Restart=on-failure` retried for
 /// ever; with the lock mended, every alarm was kept in memory only (the outbox not writable). Both are named,
