@@ -302,7 +302,7 @@ pub fn validate(config_path: &Path) -> i32 {
             if let Some(h) = crate::state_lock::holder(&cfg.state_dir) {
                 println!(
                     "{}: note: a {} runs on its state directory {} now: this file takes effect there when \
-                     it reloads (SIGHUP, `systemctl reload sonitor`: thresholds, debounce, enabled flags) or restarts",
+                     it reloads (SIGHUP, `systemctl reload sonitor`: thresholds, debounce, enabled flags, models) or restarts",
                     config_path.display(),
                     crate::state_lock::holder_named(h.pid),
                     cfg.state_dir.display()

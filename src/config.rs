@@ -1015,7 +1015,11 @@ impl Config {
             return Err(err("is a directory, not a configuration file".into()));
         }
         if !path.exists() {
-            return Err(err("no such file".into()));
+            return Err(err(
+                "no such file (another configuration: --config FILE; a first one: start from \
+                 configs/sonitor.toml, /usr/share/doc/sonitor/examples/ in the package)"
+                    .into(),
+            ));
         }
         let env: Vec<(String, String)> = env.into_iter().collect();
         let misspelled = env_misspellings(&env);
@@ -1358,19 +1362,20 @@ impl Config {
                     &q.discovery.prefix,
                     "homeassistant",
                 ));
-                use crate::publish::mqtt::{MAX_MUTE, MAX_MUTE_DAYS};
-                let mute = q.discovery.mute;
-                if mute < Duration::from_secs(60) || mute > MAX_MUTE {
-                    // Whole days as days: humantime writes 400 days as "1year 1month 4days 7h 26m 24s".
-                    let given = match mute.as_secs() {
-                        s if s >= 86_400 && s % 86_400 == 0 => format!("{} days", s / 86_400),
-                        _ => humantime::format_duration(mute).to_string(),
-                    };
-                    p.push(format!(
-                        "mqtt.discovery.mute ({given}) must be between 1m and {MAX_MUTE_DAYS} days (what a mute/set \
-                         command takes)"
-                    ));
-                }
+            }
+            // Checked with discovery off too: switching it on later must not meet a refusal.
+            use crate::publish::mqtt::{MAX_MUTE, MAX_MUTE_DAYS};
+            let mute = q.discovery.mute;
+            if mute < Duration::from_secs(60) || mute > MAX_MUTE {
+                // Whole days as days: humantime writes 400 days as "1year 1month 4days 7h 26m 24s".
+                let given = match mute.as_secs() {
+                    s if s >= 86_400 && s % 86_400 == 0 => format!("{} days", s / 86_400),
+                    _ => humantime::format_duration(mute).to_string(),
+                };
+                p.push(format!(
+                    "mqtt.discovery.mute ({given}) must be between 1m (the switch's mute would end before anyone \
+                     saw it on) and {MAX_MUTE_DAYS} days (the longest a mute/set command takes)"
+                ));
             }
         }
         if self.metrics.enabled {
@@ -1933,7 +1938,7 @@ fn what_to_do(e: &std::io::Error, key: &str) -> String {
         ),
         ErrorKind::PermissionDenied if state => "give the user sonitor runs as write access to it (the systemd \
              unit's StateDirectory=sonitor does, for /var/lib/sonitor), or set state_dir to a directory that user \
-             owns"
+             owns; a check run as yourself meets this on the service's directory: run it as `sudo sonitor …`"
             .into(),
         ErrorKind::PermissionDenied => format!(
             "give the user sonitor runs as write access to it, or set {key} to a directory that user owns"
@@ -2874,11 +2879,14 @@ min_duration = "3s"
         assert_eq!(c.mqtt.discovery.mute, Duration::from_secs(3600));
         assert_named(
             &problems(d.path(), &with("30s")),
-            &["mqtt.discovery.mute (30s) must be between 1m and 366 days"],
+            &["mqtt.discovery.mute (30s) must be between 1m (the switch's mute would end before anyone saw it on) and 366 days"],
         );
         assert_named(
             &problems(d.path(), &with("400days")),
-            &["mqtt.discovery.mute (400 days) must be between 1m and 366 days"],
+            &[
+                "mqtt.discovery.mute (400 days) must be between 1m",
+                "and 366 days (the longest",
+            ],
         );
         let e = Config::load_with_env(&write(d.path(), &with("a shift")), [])
             .unwrap_err()

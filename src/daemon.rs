@@ -446,7 +446,7 @@ pub fn start(
             detector: Detector::new(m.detector.params(model.section.threshold.value)),
             model,
             saved: s,
-            last_score: 0.0,
+            last_score: None,
             last_t_ms: 0,
             last_score_pub: None,
             idle: false,

@@ -165,7 +165,7 @@ pub(crate) struct MachineRt {
     /// What it is scored with: its bundle's graph and section (a reload can change them).
     pub(crate) model: MachineModel,
     pub(crate) saved: SavedMachine,
-    pub(crate) last_score: f64,
+    pub(crate) last_score: Option<f64>,
     pub(crate) last_t_ms: u64,
     pub(crate) last_score_pub: Option<Instant>,
     pub(crate) since: String,
@@ -1120,7 +1120,7 @@ impl Controller {
         self.metrics.machines[i].scores.observe(score);
         let t = {
             let m = &mut self.machines[i];
-            m.last_score = score;
+            m.last_score = Some(score);
             m.last_t_ms = s.t_end_ms;
             if let Some(e) = m.saved.event.as_mut() {
                 e.peak = e.peak.max(score);
@@ -1753,7 +1753,7 @@ mod tests {
                 enabled: true,
                 ..Default::default()
             },
-            last_score: 0.0,
+            last_score: None,
             last_t_ms: 0,
             last_score_pub: None,
             idle: false,

@@ -77,7 +77,9 @@ pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
     let cfg = match Config::load(config_path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("sonitor reload: {e}; not sent: the daemon would refuse it and keep its running configuration");
+            eprintln!(
+                "sonitor reload: {e}; not sent: a running daemon would refuse it and keep its running configuration"
+            );
             return EXIT_CONFIG;
         }
     };

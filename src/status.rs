@@ -306,8 +306,9 @@ pub fn status(config_path: &Path, json: bool) -> i32 {
         }
         (None, None) => {
             eprintln!(
-                "sonitor status: the file does not say where the state directory is, so the running daemon \
-                 cannot be found"
+                "sonitor status: {} does not say where the state directory is (it cannot be read, or has no \
+                 state_dir), so the running daemon cannot be found",
+                config_path.display()
             );
             (EXIT_NO_DAEMON, None)
         }
