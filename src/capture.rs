@@ -397,6 +397,40 @@ pub fn find_device(spec: &str) -> Result<cpal::Device, FindError> {
     })
 }
 
+/// Why [`probe`] settled no configuration: the device is not found, or not usable as the file asks.
+#[derive(Debug)]
+pub enum ProbeError {
+    Find(FindError),
+    Choose(ChooseError),
+}
+
+/// How long [`probe`] waits for a device's answer.
+pub const PROBE_WAIT: Duration = Duration::from_secs(10);
+
+/// [`find_device`] then [`choose_config`] for `cfg`'s device `spec`, on a thread of their own, waited for
+/// `within`: an ALSA plugin whose open blocks (a PCM on a network, on Bluetooth, on a FIFO nobody writes) held
+/// `validate` and the daemon's start for ever, deaf to SIGTERM. `None`: no answer in time; the thread is left to
+/// its call, and ends with the process.
+pub fn probe(
+    spec: &str,
+    cfg: &DeviceConfig,
+    model_rate: u32,
+    within: Duration,
+) -> Option<Result<(cpal::StreamConfig, cpal::SampleFormat), ProbeError>> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let (spec, cfg) = (spec.to_string(), cfg.clone());
+    std::thread::Builder::new()
+        .name(format!("probe-{}", cfg.name))
+        .spawn(move || {
+            let answer = find_device(&spec)
+                .map_err(ProbeError::Find)
+                .and_then(|dev| choose_config(&dev, &cfg, model_rate).map_err(ProbeError::Choose));
+            let _ = tx.send(answer);
+        })
+        .ok()?;
+    rx.recv_timeout(within).ok()
+}
+
 /// The stream configuration to open: channels, rate and sample format.
 /// The sample formats the capture callback converts, in order of preference.
 const CAPTURE_FORMATS: [cpal::SampleFormat; 6] = {
@@ -613,7 +647,11 @@ pub fn spawn_capture(
             let mut first = true;
             while !stop.load(Ordering::SeqCst) {
                 let failed = Arc::new(AtomicBool::new(false));
-                match open_capture(&cfg, model_rate, m, failed.clone()) {
+                let opening = |since| *m.opening_since.lock().unwrap_or_else(|e| e.into_inner()) = since;
+                opening(Some(Instant::now()));
+                let opened = open_capture(&cfg, model_rate, m, failed.clone());
+                opening(None);
+                match opened {
                     Ok((stream, handle, description)) => {
                         if !first {
                             m.reopens.inc();

@@ -211,62 +211,71 @@ pub(crate) fn check_with(path: &Path, running: Option<&Running>, missing: Missin
                         users.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
                     )
                 };
-                match crate::capture::find_device(spec) {
+                use crate::capture::ProbeError;
+                let rate = users
+                    .first()
+                    .and_then(|m| bundles.get(&m.bundle))
+                    .map_or(16_000, |b| b.manifest.features.sample_rate);
+                match crate::capture::probe(spec, d, rate, crate::capture::PROBE_WAIT) {
+                    // An open that blocks (an ALSA plugin waiting on a network, Bluetooth or a FIFO): as a
+                    // device not there, waited for by `run`, not a check that never ends.
+                    None => warnings.push(waited_for(
+                        format!(
+                            " ({spec}): it did not answer within {} s (an ALSA plugin that waits on something?)",
+                            crate::capture::PROBE_WAIT.as_secs()
+                        ),
+                        "answers",
+                    )),
                     // Not a mistake in the file: a microphone unplugged, or not yet there at boot. Refusing to
                     // start (exit 78, which the service does not restart) would leave the machine unwatched
                     // until someone came; `run` starts, reports NO_AUDIO and opens it when it appears.
-                    Err(e) if e.is_retryable() => {
+                    Some(Err(ProbeError::Find(e))) if e.is_retryable() => {
                         warnings.push(waited_for(format!(": {e}"), "appears"))
                     }
-                    Err(e) => problems.push(format!("device '{}': {e}", d.name)),
-                    Ok(dev) => {
-                        let rate = users
-                            .first()
-                            .and_then(|m| bundles.get(&m.bundle))
-                            .map_or(16_000, |b| b.manifest.features.sample_rate);
-                        match crate::capture::choose_config(&dev, d, rate) {
-                            // The daemon holds it open (a hw: device cannot be queried while in use): the same
-                            // hardware, whatever else of its settings the new file changes (a larger
-                            // buffer_frames, as the overrun warning advises, applies at the next start).
-                            Err(e)
-                                if running.is_some_and(|r| {
-                                    r.cfg.devices.iter().any(|h| {
-                                        h.name == d.name && h.source == d.source && h.device == d.device
-                                    })
-                                }) =>
-                            {
-                                warnings.push(format!(
-                                    "device '{}' ({spec}): {e:#} (it is in use by this daemon: its channels are \
-                                     checked again at the next start)",
-                                    d.name
-                                ))
-                            }
-                            // The same as a device not found: `default` with no sound card (ALSA always has
-                            // a `default` PCM), or a device busy with another program.
-                            Err(e) if e.is_retryable() => {
-                                warnings.push(waited_for(format!(" ({spec}): {e}"), "answers"))
-                            }
-                            // ALSA's `default` routed to a sound server (a desktop image's PipeWire or
-                            // PulseAudio) that a system service cannot reach.
-                            Err(e) if e.is_backend() && spec == "default" => {
+                    Some(Err(ProbeError::Find(e))) => problems.push(format!("device '{}': {e}", d.name)),
+                    // The daemon holds it open (a hw: device cannot be queried while in use): the same hardware,
+                    // whatever else of its settings the new file changes (a larger buffer_frames, as the overrun
+                    // warning advises, applies at the next start).
+                    Some(Err(ProbeError::Choose(e)))
+                        if running.is_some_and(|r| {
+                            r.cfg.devices.iter().any(|h| {
+                                h.name == d.name && h.source == d.source && h.device == d.device
+                            })
+                        }) =>
+                    {
+                        warnings.push(format!(
+                            "device '{}' ({spec}): {e:#} (it is in use by this daemon: its channels are checked \
+                             again at the next start)",
+                            d.name
+                        ))
+                    }
+                    // The same as a device not found: `default` with no sound card (ALSA always has a `default`
+                    // PCM), or a device busy with another program.
+                    Some(Err(ProbeError::Choose(e))) if e.is_retryable() => {
+                        warnings.push(waited_for(format!(" ({spec}): {e}"), "answers"))
+                    }
+                    // ALSA's `default` routed to a sound server (a desktop image's PipeWire or PulseAudio) that a
+                    // system service cannot reach.
+                    Some(Err(ProbeError::Choose(e))) if e.is_backend() && spec == "default" => {
+                        problems.push(format!(
+                            "device '{}' ({spec}): {e}: ALSA's `default` here may go through a sound server \
+                             (PipeWire, PulseAudio) that does not answer, and a system service cannot reach a \
+                             desktop session's server: name the card instead, as `sonitor devices` lists it (e.g. \
+                             device = \"alsa:plughw:CARD=…,DEV=0\")",
+                            d.name
+                        ))
+                    }
+                    Some(Err(ProbeError::Choose(e))) => {
+                        problems.push(format!("device '{}' ({spec}): {e}", d.name))
+                    }
+                    Some(Ok((sc, _))) => {
+                        for m in users {
+                            if m.channel >= sc.channels {
                                 problems.push(format!(
-                                    "device '{}' ({spec}): {e}: ALSA's `default` here may go through a sound \
-                                     server (PipeWire, PulseAudio) that does not answer, and a system service \
-                                     cannot reach a desktop session's server: name the card instead, as `sonitor \
-                                     devices` lists it (e.g. device = \"alsa:plughw:CARD=…,DEV=0\")",
-                                    d.name
-                                ))
-                            }
-                            Err(e) => problems.push(format!("device '{}' ({spec}): {e}", d.name)),
-                            Ok((sc, _)) => {
-                                for m in users {
-                                    if m.channel >= sc.channels {
-                                        problems.push(format!(
-                                            "machine '{}': channel {} does not exist: device '{}' opens with {} channel(s) (set `channels` on the device)",
-                                            m.name, m.channel, d.name, sc.channels
-                                        ));
-                                    }
-                                }
+                                    "machine '{}': channel {} does not exist: device '{}' opens with {} channel(s) \
+                                     (set `channels` on the device)",
+                                    m.name, m.channel, d.name, sc.channels
+                                ));
                             }
                         }
                     }

@@ -189,6 +189,9 @@ impl Signals {
 /// messages wait at most [`crate::publish::mqtt::STOP_TIMEOUT`].
 pub const STOP_DEADLINE: Duration = Duration::from_secs(10);
 
+/// How long an input's device may take to open before the log says it has not returned.
+const OPEN_STUCK_AFTER: Duration = Duration::from_secs(20);
+
 /// The orderly stop's deadline: armed when the stop begins, told each thing the stop waits for in turn
 /// ([`StopDeadline::waiting_for`]), disarmed when dropped. A thread that never ends (a capture device stuck in the
 /// kernel, a clip write on a storage card that stopped answering, a deadlock) would otherwise hold the stop for
@@ -745,6 +748,7 @@ pub fn start(
     let mut last_wd = Instant::now();
     let mut wd_marks = WatchMarks::default();
     let mut last_status = Instant::now() - Duration::from_secs(60);
+    let mut open_stuck = vec![false; metrics.inputs.len()];
     let mut finished_inputs = vec![false; ctl.cfg.devices.len()];
     let exit_when_finished = ctl
         .cfg
@@ -887,6 +891,20 @@ pub fn start(
             // A mute whose machine gets no audio ends here (the retained state says so).
             for i in 0..ctl.machines.len() {
                 ctl.end_mute_if_due(i);
+            }
+            // A device whose open never returns reports nothing itself: said once per hang.
+            for (k, im) in metrics.inputs.iter().enumerate() {
+                let since = *im.opening_since.lock().unwrap_or_else(|e| e.into_inner());
+                let stuck = since.is_some_and(|t| t.elapsed() >= OPEN_STUCK_AFTER);
+                if stuck && !open_stuck[k] {
+                    log::warn!(
+                        "input {}: opening its device has not returned for {} s (an ALSA plugin that waits on \
+                         something: a network, Bluetooth, a FIFO?); its machines get no audio until it does",
+                        im.name,
+                        OPEN_STUCK_AFTER.as_secs()
+                    );
+                }
+                open_stuck[k] = stuck;
             }
         }
     }

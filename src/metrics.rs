@@ -135,6 +135,9 @@ pub struct InputMetrics {
     /// Raised by the input's reader at every turn of its loop (at least every quarter second while it runs,
     /// audio or not): proof for the watchdog that the reader is not stuck. Not exported.
     pub reader_beats: Counter,
+    /// Since when the input's supervisor waits for its device to open (`None` while it does not): an open that
+    /// never returns (an ALSA plugin that waits on something) is logged by the main loop. Not exported.
+    pub opening_since: std::sync::Mutex<Option<Instant>>,
 }
 
 /// Per machine.

@@ -1,0 +1,64 @@
+//! A capture device whose open never returns (an ALSA plugin that waits on something: a network or Bluetooth PCM;
+//! here ALSA's `file` plugin reading a FIFO nobody writes to, DESIGN.md §5) held `validate` and `run`'s start for
+//! ever, deaf to SIGTERM. The device is asked on a thread of its own and waited for 10 s: `validate` warns and
+//! exits 0, as for a device not there, and `run` starts (the machine NO_AUDIO), says the open has not returned,
+//! and stops on SIGTERM.
+//!
+//! One test per file: `ALSA_CONFIG_PATH` is read when ALSA is first used in a process.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+#[test]
+fn a_device_whose_open_never_returns_does_not_hold_the_daemon() {
+    let d = tempfile::tempdir().unwrap();
+    let b = common::standard_bundle(d.path());
+    let fifo = d.path().join("in.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    // No alsa.conf (see tests/capture_alsa_file.rs).
+    let conf = d.path().join("asound.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "pcm.stuckmic {{\n type file\n slave.pcm {{ type null }}\n file \"/dev/null\"\n infile \"{}\"\n format \"raw\"\n hint {{ show on description \"a microphone that never answers\" }}\n}}\n",
+            fifo.display()
+        ),
+    )
+    .unwrap();
+    let device = "[[devices]]\nname = \"mic\"\nsource = \"capture\"\ndevice = \"alsa:stuckmic\"\n\
+                  channels = 1\nsample_rate = 16000\n";
+    let cfg = common::config(d.path(), device, &b.dir, 1, "");
+    common::edit(&cfg, |t| t.replace("[mqtt]\n", "[mqtt]\nenabled = false\n"));
+    let envs = [("ALSA_CONFIG_PATH", conf.to_str().unwrap())];
+
+    let t0 = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_sonitor"))
+        .args(["validate", "--config", cfg.to_str().unwrap()])
+        .envs(envs)
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("(alsa:stuckmic): it did not answer within 10 s")
+            && said.contains("report health NO_AUDIO until it answers"),
+        "{said}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+
+    let daemon = common::Daemon::start(&cfg, &envs);
+    daemon.wait_log("did not answer within 10 s", Duration::from_secs(30));
+    daemon.wait_log(
+        "input mic: opening its device has not returned for 20 s",
+        Duration::from_secs(45),
+    );
+    let t0 = Instant::now();
+    // Its capture thread is still in the open: the stop's deadline ends the process (70, which the unit restarts).
+    let code = daemon.sigterm_and_wait();
+    assert!(matches!(code, 0 | 70), "{code}");
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+}
