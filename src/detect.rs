@@ -938,23 +938,8 @@ impl Controller {
             self.persist();
         }
         let mut announced = true;
-        let mut out = Vec::new();
         for (alarm, ev, note, seen) in msgs {
-            out.push(OutMessage {
-                topic: format!("{topic}/alarm"),
-                payload: alarm.clone(),
-                retain: true,
-            });
-            out.push(OutMessage {
-                topic: format!("{topic}/events"),
-                payload: ev.to_string(),
-                retain: false,
-            });
-            let pushed = self
-                .outbox
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(std::mem::take(&mut out));
+            let pushed = self.push_transition(&topic, &alarm, &ev);
             announced &= pushed.is_ok();
             // Logged once the transition is on disk (or known not to be).
             match pushed {
@@ -976,6 +961,32 @@ impl Controller {
         self.publish_machine_state(i);
     }
 
+    /// A transition's messages into the outbox, in order: `alarm` (`ON`/`OFF`, retained) under the machine's
+    /// `topic`, then its event `ev`.
+    fn push_transition(
+        &self,
+        topic: &str,
+        alarm: &str,
+        ev: &serde_json::Value,
+    ) -> Result<Vec<u64>, crate::publish::outbox::OutboxError> {
+        let msgs = vec![
+            OutMessage {
+                topic: format!("{topic}/alarm"),
+                payload: alarm.into(),
+                retain: true,
+            },
+            OutMessage {
+                topic: format!("{topic}/events"),
+                payload: ev.to_string(),
+                retain: false,
+            },
+        ];
+        self.outbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(msgs)
+    }
+
     /// Alarms the last run saved as raised but had not put in the outbox when it ended (killed, or the power lost,
     /// between the two; or a disk that could not take them): their `start` event and `alarm ON` go in now, before
     /// anything else of theirs, so that no subscriber gets an end without its start. (When the last run's messages
@@ -991,23 +1002,7 @@ impl Controller {
             let topic = format!("{}/{name}", self.base);
             let threshold = m.detector.params().threshold_on;
             let ev = start_event(name, e, e.peak, threshold, &m.model.model_id, m.saved.seq);
-            let msgs = vec![
-                OutMessage {
-                    topic: format!("{topic}/alarm"),
-                    payload: "ON".into(),
-                    retain: true,
-                },
-                OutMessage {
-                    topic: format!("{topic}/events"),
-                    payload: ev.to_string(),
-                    retain: false,
-                },
-            ];
-            let pushed = self
-                .outbox
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(msgs);
+            let pushed = self.push_transition(&topic, "ON", &ev);
             let note = format!(
                 "{name}: alarm {} was raised but not yet in the outbox when the daemon stopped",
                 e.event_id

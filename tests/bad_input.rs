@@ -52,16 +52,13 @@ fn edited(good: &Path, name: &str, edits: &[(&str, &str)]) -> std::path::PathBuf
 /// `node` (reading "projected") appended to `g` to give the embedding, which the graph's last node gave until
 /// now (as "projected").
 fn after_embedding(g: &mut pb::GraphProto, node: pb::NodeProto) {
-    let last = g
-        .node
-        .iter_mut()
-        .find(|n| n.output[0] == "embedding")
-        .unwrap();
-    last.output[0] = "projected".into();
-    g.node.push(pb::NodeProto {
-        output: vec!["embedding".into()],
-        ..node
-    });
+    after_the_embedding(
+        g,
+        [pb::NodeProto {
+            output: vec!["embedding".into()],
+            ..node
+        }],
+    );
 }
 
 /// The bundle in `from` with a node `op` named 'broken' (with `attribute`) after the embedding, as `to`.
@@ -109,6 +106,19 @@ fn rebuilt_bundle(from: &Path, to: &Path, edit: impl FnOnce(&mut pb::GraphProto)
     edit(proto.graph.as_mut().unwrap());
     Bundle::write(to, &b.manifest, &proto.encode_to_vec()).unwrap();
     to.to_path_buf()
+}
+
+/// Puts `nodes` after the graph's last layer: its output is renamed `projected`, which they take, and they give
+/// the `embedding`.
+fn after_the_embedding<const N: usize>(g: &mut pb::GraphProto, nodes: [pb::NodeProto; N]) {
+    let last = g
+        .node
+        .iter_mut()
+        .find(|n| n.output[0] == "embedding")
+        .unwrap();
+    last.output[0] = "projected".into();
+    last.name = "projected".into();
+    g.node.extend(nodes);
 }
 
 fn file_device(wav: &Path) -> String {
@@ -668,29 +678,25 @@ fn a_model_that_fails_on_some_audio_is_reported_not_fatal() {
             int64_data: vec![1, 1, -1],
             ..Default::default()
         });
-        let last = g
-            .node
-            .iter_mut()
-            .find(|n| n.output[0] == "embedding")
-            .unwrap();
-        last.output[0] = "projected".into();
-        last.name = "projected".into();
-        g.node.extend([
-            common::node(
-                "ReduceMax",
-                &["spectrum"],
-                "peak",
-                vec![common::int("keepdims", 0)],
-            ),
-            common::node("Cast", &["peak"], "peak_index", vec![common::int("to", 7)]),
-            common::node("Reshape", &["projected", "rows"], "one_row", vec![]),
-            common::node(
-                "Gather",
-                &["one_row", "peak_index"],
-                "embedding",
-                vec![common::int("axis", 0)],
-            ),
-        ]);
+        after_the_embedding(
+            g,
+            [
+                common::node(
+                    "ReduceMax",
+                    &["spectrum"],
+                    "peak",
+                    vec![common::int("keepdims", 0)],
+                ),
+                common::node("Cast", &["peak"], "peak_index", vec![common::int("to", 7)]),
+                common::node("Reshape", &["projected", "rows"], "one_row", vec![]),
+                common::node(
+                    "Gather",
+                    &["one_row", "peak_index"],
+                    "embedding",
+                    vec![common::int("axis", 0)],
+                ),
+            ],
+        );
     });
     let broker = common::Broker::start(&d.path().join("broker"));
     let rec = common::Recorder::start(broker.port, "recorder-gather");
@@ -757,17 +763,13 @@ fn windows_that_do_not_score_as_numbers_are_dropped_and_counted() {
             float_data: vec![1e38],
             ..Default::default()
         });
-        let last = g
-            .node
-            .iter_mut()
-            .find(|n| n.output[0] == "embedding")
-            .unwrap();
-        last.output[0] = "projected".into();
-        last.name = "projected".into();
-        g.node.extend([
-            common::node("Mul", &["projected", "huge"], "big", vec![]),
-            common::node("Mul", &["big", "huge"], "embedding", vec![]),
-        ]);
+        after_the_embedding(
+            g,
+            [
+                common::node("Mul", &["projected", "huge"], "big", vec![]),
+                common::node("Mul", &["big", "huge"], "embedding", vec![]),
+            ],
+        );
     });
     let cfg = common::offline_config(d.path(), &wav, &overflowing, "");
     let mut daemon = common::Daemon::start(&cfg, &[]);

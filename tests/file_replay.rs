@@ -905,20 +905,9 @@ fn the_reload_command_reports_whether_the_daemon_applied_the_file() {
     common::wait_metrics(&cfg, Duration::from_secs(20), "the daemon's metrics", |m| {
         common::metric(m, "sonitor_inferences_total{machine=\"pump-1\"}") >= Some(1.0)
     });
-    // `sonitor COMMAND … --config cfg`: its exit status, and what it printed (stdout, then stderr).
     let sonitor = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor"))
-            .args(args)
-            .arg("--config")
-            .arg(&cfg)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code(), text)
+        let (code, text, _) = sonitor_on(args, &cfg);
+        (code, text)
     };
     let reload = || sonitor(&["reload", "--timeout", "20"]);
     let (code, text) = reload();
@@ -1091,21 +1080,7 @@ fn status_and_reload_read_the_daemon_of_their_file_only() {
         t.replace(&listen_b, &listen_a)
             .replace("node_id = \"t1\"", "node_id = \"t2\"")
     });
-    let sonitor = |args: &[&str], cfg: &std::path::Path| {
-        let t0 = std::time::Instant::now();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor"))
-            .args(args)
-            .arg("--config")
-            .arg(cfg)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code(), text, t0.elapsed())
-    };
+    let sonitor = sonitor_on;
     let a = common::Daemon::start(&cfg_a, &[]);
     a.wait_log("metrics on http://", Duration::from_secs(20));
     let bd = common::Daemon::start(&cfg_b, &[]);
@@ -1225,4 +1200,21 @@ fn a_threshold_changed_in_the_file_replaces_a_threshold_set() {
     );
     threshold(&daemon, 0.4);
     assert_eq!(daemon.sigterm_and_wait(), 0);
+}
+
+/// `sonitor COMMAND … --config cfg`: its exit status, what it printed (stdout, then stderr), and how long it took.
+fn sonitor_on(args: &[&str], cfg: &std::path::Path) -> (Option<i32>, String, Duration) {
+    let t0 = std::time::Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor"))
+        .args(args)
+        .arg("--config")
+        .arg(cfg)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text, t0.elapsed())
 }
