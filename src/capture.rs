@@ -242,6 +242,24 @@ impl RtSink {
 }
 
 /// One line per capture device with its supported input configurations (`sonitor devices`).
+/// [`list_devices`] on a thread of its own, waited for `within`: a device whose open blocks (an ALSA plugin that
+/// waits on something) would hold the listing, and the command, for ever.
+pub fn list_devices_within(within: Duration) -> anyhow::Result<String> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::Builder::new()
+        .name("devices".into())
+        .spawn(move || {
+            let _ = tx.send(list_devices());
+        })?;
+    rx.recv_timeout(within).unwrap_or_else(|_| {
+        Err(anyhow::anyhow!(
+            "the listing did not end within {} s: a device does not answer when asked (an ALSA plugin that waits \
+             on something: a network, Bluetooth, a FIFO?); `aplay -L` names the PCMs without opening them",
+            within.as_secs()
+        ))
+    })
+}
+
 pub fn list_devices() -> anyhow::Result<String> {
     let mut s = String::new();
     for host_id in cpal::available_hosts() {

@@ -105,17 +105,19 @@ fn main() -> ExitCode {
             stop_quietly_when_stdout_goes();
             sonitor::status::status(&config, json)
         }
-        Cmd::Devices => match sonitor::capture::list_devices() {
-            Ok(s) => {
-                stop_quietly_when_stdout_goes();
-                print!("{s}");
-                0
+        Cmd::Devices => {
+            match sonitor::capture::list_devices_within(std::time::Duration::from_secs(15)) {
+                Ok(s) => {
+                    stop_quietly_when_stdout_goes();
+                    print!("{s}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("sonitor: cannot list devices: {e:#}");
+                    1
+                }
             }
-            Err(e) => {
-                eprintln!("sonitor: cannot list devices: {e:#}");
-                1
-            }
-        },
+        }
         Cmd::Demo {
             model,
             recording,

@@ -681,13 +681,22 @@ pub fn scrape(addr: SocketAddr, within: Duration) -> std::io::Result<Vec<Sample>
     s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
     let mut text = String::new();
     s.read_to_string(&mut text)?;
+    // Another program on the port (the daemon's own endpoint off, its port taken when it started): InvalidData.
+    let foreign =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
     if !text.starts_with("HTTP/1.1 200") {
-        return Err(std::io::Error::other(format!(
+        return Err(foreign(&format!(
             "{addr} answered {:?}, not sonitor's metrics",
             text.lines().next().unwrap_or("nothing")
         )));
     }
-    Ok(parse_samples(&text))
+    let samples = parse_samples(&text);
+    if !samples.iter().any(|s| s.name.starts_with("sonitor_")) {
+        return Err(foreign(&format!(
+            "{addr} answered, but with no sonitor metrics"
+        )));
+    }
+    Ok(samples)
 }
 
 /// Whose metrics `samples` are: the process id and node_id of `sonitor_process_id` (`None` for a sonitor from

@@ -71,6 +71,8 @@ fn hang_up(pid: u32) -> std::io::Result<()> {
 /// `sonitor reload --config FILE [--pid PID] [--timeout T]`: the exit status (0: the daemon applied the file;
 /// 78: it refused it, or the file cannot be read; 69: no daemon to ask; 1: no answer within `timeout`).
 pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
+    // A day is past any reload (a model's graph builds in seconds); longer would overflow the deadline.
+    let timeout = timeout.min(Duration::from_secs(86_400));
     let path = config_path.display();
     // The daemon parses the file the same way: a file that does not parse is refused there too, so it is not
     // sent, and the reason is printed here, where the person who ran `systemctl reload` looks.
@@ -93,6 +95,14 @@ pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
     }
     let pid = match pid.or(holder.pid) {
         Some(p) => p,
+        None if crate::state_lock::unreadable(&cfg.state_dir).is_some() => {
+            eprintln!(
+                "sonitor reload: cannot read {}: permission denied, so which sonitor runs there is unknown: run \
+                 `sudo sonitor reload` (or pass --pid PID)",
+                cfg.state_dir.join(crate::state_lock::LOCK_FILE).display()
+            );
+            return EXIT_NO_DAEMON;
+        }
         None => {
             eprintln!(
                 "sonitor reload: no sonitor runs on the state directory {} (or it did not say its pid): nothing \
@@ -145,14 +155,25 @@ pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
         })
     };
     let before = before.unwrap_or_else(|| Err(std::io::Error::other("not read")));
-    if foreign(&before).is_some() {
+    // Another program's (a web server) never gives it either.
+    let not_sonitor = |r: &std::io::Result<Reloads>| match r {
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            eprintln!(
+                "sonitor reload: asked sonitor (pid {pid}) to reload {path}; {e}: another program holds that \
+                 port (the daemon's was taken when it started), so whether it applied the file is only in its log"
+            );
+            true
+        }
+        _ => false,
+    };
+    if foreign(&before).is_some() || not_sonitor(&before) {
         return 0;
     }
     let reloads = before.map_or(0, |r| r.count);
     let mut last_error: Option<std::io::Error>;
     loop {
         let read = reload_counters(addr, deadline);
-        if foreign(&read).is_some() {
+        if foreign(&read).is_some() || not_sonitor(&read) {
             return 0;
         }
         match read {

@@ -122,6 +122,15 @@ pub fn known_free(dir: &Path) -> bool {
     }
 }
 
+/// Why this process cannot tell who holds `dir`: its lock file is there but cannot be read (a user without access
+/// to the service's state directory). `None` when it can tell.
+pub fn unreadable(dir: &Path) -> Option<std::io::Error> {
+    match File::open(dir.join(LOCK_FILE)) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Some(e),
+        _ => None,
+    }
+}
+
 /// `flock(2)` with `op` (`LOCK_EX` or `LOCK_SH`) without waiting: true when taken (until `file` is closed), false
 /// when another open file holds a conflicting lock.
 fn try_flock(file: &File, op: libc::c_int) -> std::io::Result<bool> {

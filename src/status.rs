@@ -302,7 +302,14 @@ pub fn status(config_path: &Path, json: bool) -> i32 {
     let (code, reload_ok) = match (holder.metrics.or(cfg.and_then(|c| c.metrics.addr())), &dir) {
         (Some(addr), _) => {
             let free = held.is_none() && dir.as_deref().is_some_and(crate::state_lock::known_free);
-            show(addr, held, free, dir.as_deref(), json)
+            show(
+                addr,
+                held,
+                free,
+                dir.as_deref(),
+                cfg.map(|c| c.node_id.as_str()),
+                json,
+            )
         }
         (None, None) => {
             eprintln!(
@@ -375,14 +382,15 @@ fn file_problems(cfg: &Config) -> Vec<String> {
 }
 
 /// Prints the status the daemon's metrics at `addr` give (`held`: what the holder of the state directory `dir`
-/// wrote in its lock file; `free`: nothing holds it, as far as can be told): 0, or [`EXIT_NO_DAEMON`] when nothing
-/// answers there, or the metrics there are another process's; and whether the daemon's last reload applied the
-/// file.
+/// wrote in its lock file; `free`: nothing holds it, as far as can be told; `node`: the file's node_id): 0, or
+/// [`EXIT_NO_DAEMON`] when nothing answers there, or the metrics there are another process's; and whether the
+/// daemon's last reload applied the file.
 fn show(
     addr: std::net::SocketAddr,
     held: Option<crate::state_lock::Holder>,
     free: bool,
     dir: Option<&Path>,
+    node: Option<&str>,
     json: bool,
 ) -> (i32, Option<bool>) {
     let pid = held.and_then(|h| h.pid);
@@ -398,6 +406,17 @@ fn show(
                          those of sonitor (pid {p}), which runs on the state directory {dir}: that one runs without \
                          its metrics endpoint (the port was taken when it started; it tries again every 30 s). Give \
                          it a [metrics] listen of its own and restart it"
+                    );
+                    return (EXIT_NO_DAEMON, None);
+                }
+                // Who holds the state directory cannot be read here (a user without access to it): the metrics
+                // must at least be this file's node's.
+                (false, None, Some((q, n))) if node.is_some_and(|node| node != n) => {
+                    eprintln!(
+                        "sonitor status: {addr} serves the metrics of sonitor node_id {n} (pid {q}), not of this \
+                         file's node_id {}: this file's daemon (if one runs: its state directory {dir} cannot be \
+                         read here, run `sudo sonitor status`) runs without its metrics endpoint",
+                        node.unwrap_or_default()
                     );
                     return (EXIT_NO_DAEMON, None);
                 }
@@ -428,6 +447,19 @@ fn show(
             (0, snapshot.last_reload_successful)
         }
         Err(e) => {
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                eprintln!(
+                    "sonitor status: {e}: another program holds {addr}{}",
+                    if pid.is_some() {
+                        ", so the sonitor that holds the state directory runs without its metrics endpoint (the port \
+                         was taken when it started; it tries again every 30 s): give it a [metrics] listen of its \
+                         own and restart it"
+                    } else {
+                        ""
+                    }
+                );
+                return (EXIT_NO_DAEMON, None);
+            }
             let silent = matches!(
                 e.kind(),
                 std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock

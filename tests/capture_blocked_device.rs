@@ -1,8 +1,8 @@
 //! A capture device whose open never returns (an ALSA plugin that waits on something: a network or Bluetooth PCM;
 //! here ALSA's `file` plugin reading a FIFO nobody writes to, DESIGN.md §5) held `validate` and `run`'s start for
 //! ever, deaf to SIGTERM. The device is asked on a thread of its own and waited for 10 s: `validate` warns and
-//! exits 0, as for a device not there, and `run` starts (the machine NO_AUDIO), says the open has not returned,
-//! and stops on SIGTERM.
+//! exits 0, as for a device not there, `devices` ends its listing after 15 s saying why, and `run` starts (the
+//! machine NO_AUDIO), says the open has not returned, and stops on SIGTERM.
 //!
 //! One test per file: `ALSA_CONFIG_PATH` is read when ALSA is first used in a process.
 
@@ -46,6 +46,21 @@ fn a_device_whose_open_never_returns_does_not_hold_the_daemon() {
     assert!(
         said.contains("(alsa:stuckmic): it did not answer within 10 s")
             && said.contains("report health NO_AUDIO until it answers"),
+        "{said}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+
+    // The listing asks every device: it ends, saying why.
+    let t0 = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_sonitor"))
+        .arg("devices")
+        .envs(envs)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("the listing did not end within 15 s"),
         "{said}"
     );
     assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());

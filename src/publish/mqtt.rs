@@ -1175,7 +1175,10 @@ fn run(
                 if short_lived >= 2 && !session.another_seen(TWIN_RECENT) {
                     msg.push_str(&format!(
                         " (the broker closed it {:.0} s after accepting it, {short_lived} times in a row; a broker \
-                         does that when another client connects with the same client id, {}: does one?)",
+                         does that when another client connects with the same client id, {}: does one? Or when a \
+                         packet is over its size limit, such as this daemon's {NODE_PAYLOAD_BYTES}-byte \
+                         announcement: mosquitto's max_packet_size must let 4 KB through, and its log says \
+                         'oversize packet')",
                         held.unwrap_or_default().as_secs_f64(),
                         quoted(&client_id)
                     ));
