@@ -1434,10 +1434,11 @@ impl Config {
     /// less room than a full outbox or `clips.max_bytes` takes, or a relative state_dir, a warning. `missing`:
     /// whether a directory that does not exist yet is created (`run`) or left as it is ([`MissingDirs::Probe`],
     /// `validate`).
-    /// What an earlier run left in the state directory that this user cannot write, though the directory itself
-    /// takes files: the lock file (`run` could not start, every restart failing alike) or the outbox (every alarm
-    /// kept in memory only, and delivered ones sent again at each start). A `sudo sonitor run` before the
-    /// service's own user leaves them so.
+    /// What an earlier run left in the state directory that this user cannot use, though the directory itself
+    /// takes files: the lock file (`run` could not start, every restart failing alike), the saved alarm states
+    /// (every machine would start with its alarm off), the outbox or a message in it (every alarm kept in memory
+    /// only, delivered ones sent again at each start, or one set aside unsent), a machine's clip folder. A `sudo
+    /// sonitor run` before the service's own user leaves them so (with a umask of 027, unreadable too).
     fn left_unwritable(&self) -> Option<String> {
         let lock = self.state_dir.join(crate::state_lock::LOCK_FILE);
         if lock.exists() {
@@ -1453,10 +1454,53 @@ impl Config {
                 ));
             }
         }
+        // Read at the start: one unreadable would start every machine with its alarm off, its open event lost.
+        let saved = self.state_dir.join("alarms.json");
+        if saved.exists() {
+            if let Err(e) = std::fs::File::open(&saved) {
+                return Some(format!(
+                    "cannot read {}: {e}; {}",
+                    saved.display(),
+                    left_by_another_user(&e)
+                ));
+            }
+        }
         let outbox = self.state_dir.join("outbox");
         if outbox.is_dir() {
             if let Err(e) = check_writable_dir(&outbox, "state_dir") {
                 return Some(format!("{}: {e}", outbox.display()));
+            }
+            // Each waiting message is read at the start: one that cannot be would be set aside, never sent.
+            let unreadable = std::fs::read_dir(&outbox).ok().and_then(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                    .find_map(|p| std::fs::File::open(&p).err().map(|e| (p, e)))
+            });
+            if let Some((p, e)) = unreadable {
+                return Some(format!(
+                    "cannot read {}: {e}; {}",
+                    p.display(),
+                    left_by_another_user(&e)
+                ));
+            }
+        }
+        // The machines' clip folders in the state directory (elsewhere, clips.dir's own check warns).
+        let clips = self.clips_dir();
+        if self.clips.enabled && clips.starts_with(&self.state_dir) && clips.is_dir() {
+            let dirs = std::fs::read_dir(&clips)
+                .map(|e| {
+                    e.flatten()
+                        .map(|e| e.path())
+                        .filter(|p| p.is_dir())
+                        .collect()
+                })
+                .unwrap_or_else(|_| Vec::new());
+            for dir in std::iter::once(clips.clone()).chain(dirs) {
+                if let Err(e) = check_writable_dir(&dir, "state_dir") {
+                    return Some(format!("{}: {e}", dir.display()));
+                }
             }
         }
         None

@@ -114,7 +114,16 @@ fn announced_by_default() -> bool {
 pub(crate) fn load_saved(path: &Path) -> BTreeMap<String, SavedMachine> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(_) => return BTreeMap::new(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return BTreeMap::new(),
+        // `validate` and the start's check refuse it first; a file that went unreadable since is said.
+        Err(e) => {
+            log::error!(
+                "cannot read {}: {e}: every machine starts with its alarm off, an open event of the last run \
+                 unended",
+                path.display()
+            );
+            return BTreeMap::new();
+        }
     };
     let entries: BTreeMap<String, serde_json::Value> = match serde_json::from_str(&text) {
         Ok(v) => v,
@@ -683,7 +692,7 @@ impl Controller {
             let note = if present {
                 format!(
                     "machine '{name}': {} retained topic(s) of the last run no longer apply (a topic prefix or \
-                     discovery changed) and are deleted: {}",
+                     discovery changed, or an earlier build named them otherwise) and are deleted: {}",
                     stale.len(),
                     stale.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ")
                 )
@@ -1053,15 +1062,17 @@ impl Controller {
             .set_f64(f64::from(s.level_dbfs));
         // A window without signal says nothing of the machine, only of its input (health says SILENT once it
         // lasts): not judged, and an alarm stays as it was, as while the input is away.
-        let no_signal = s.level_dbfs <= crate::window::NO_SIGNAL_DBFS;
+        let no_signal = s.level_dbfs < crate::window::NO_SIGNAL_BELOW_DBFS;
         if no_signal != self.machines[i].no_signal {
             let m = &mut self.machines[i];
             m.no_signal = no_signal;
             if no_signal {
                 log::warn!(
-                    "{}: no signal in its window (digital silence, or one value repeated: a muted, dead or stuck \
-                     input?): not judged until sound returns; an alarm stays as it was",
-                    m.cfg.name
+                    "{}: no signal in its window (level {:.1} dBFS, under the {} dBFS of any microphone's own \
+                     noise: a muted, dead or stuck input?): not judged until sound returns; an alarm stays as it was",
+                    m.cfg.name,
+                    s.level_dbfs,
+                    crate::window::NO_SIGNAL_BELOW_DBFS
                 );
             } else {
                 log::info!(

@@ -53,7 +53,7 @@ pub struct WindowMsg {
 }
 
 /// The level of a window: RMS over its samples about their mean, in dBFS ([`rms_dbfs`]). A DC offset is no sound:
-/// a window of one value repeated (digital silence, an input stuck at a value) is at the floor, [`NO_SIGNAL_DBFS`].
+/// a window of one value repeated (digital silence, an input stuck at a value) is at the floor, [`FLOOR_DBFS`].
 pub fn window_level_dbfs(samples: &[f32]) -> f32 {
     let (sum, _, _) = energy_and_clipped(samples);
     let mean = sum / samples.len().max(1) as f64;
@@ -75,17 +75,22 @@ pub fn window_level_dbfs(samples: &[f32]) -> f32 {
     rms_dbfs(total, samples.len())
 }
 
-/// The level [`rms_dbfs`] gives no sound at all: a window at it holds no signal to judge.
-pub const NO_SIGNAL_DBFS: f32 = -200.0;
+/// The level [`rms_dbfs`] gives no sound at all.
+pub const FLOOR_DBFS: f32 = -200.0;
+
+/// Below this level a window holds no signal to judge: quieter than any microphone's own noise (a 24-bit
+/// interface's is about -110 dBFS), so digital silence, an input stuck at one value, or one whose only change is
+/// a bit flipping now and then: a muted, dead or stuck input.
+pub const NO_SIGNAL_BELOW_DBFS: f32 = -120.0;
 
 /// The RMS level of `n` samples whose squares sum to `sum_sq`, in dBFS (full scale = 1.0); -200 for digital
 /// silence (or no samples). The channel health's per-second level and a window's level alike.
 fn rms_dbfs(sum_sq: f64, n: usize) -> f32 {
     let rms = (sum_sq / n.max(1) as f64).sqrt();
     if rms > 0.0 {
-        (20.0 * rms.log10()).max(f64::from(NO_SIGNAL_DBFS)) as f32
+        (20.0 * rms.log10()).max(f64::from(FLOOR_DBFS)) as f32
     } else {
-        NO_SIGNAL_DBFS
+        FLOOR_DBFS
     }
 }
 
@@ -1151,7 +1156,7 @@ mod tests {
     fn a_windows_level_is_its_sound_not_its_offset() {
         // Digital silence, and an input stuck at 0.9 (a DC offset, no sound), are at the floor: no signal.
         for v in [0.0f32, 0.9, -0.25] {
-            assert_eq!(window_level_dbfs(&vec![v; 32_003]), NO_SIGNAL_DBFS, "{v}");
+            assert_eq!(window_level_dbfs(&vec![v; 32_003]), FLOOR_DBFS, "{v}");
         }
         // A tone at 0.1 peak (-23.0 dBFS RMS) reads the same with or without an offset of 0.5.
         let tone: Vec<f32> = (0..32_000).map(|i| (i as f32 * 0.05).sin() * 0.1).collect();

@@ -877,6 +877,24 @@ fn state_files_left_by_another_user_are_named() {
         );
     }
     chown(&state.join("outbox"));
+    // Written by root with a umask of 027: the saved states and a waiting message unreadable.
+    let unreadable = |p: &Path| {
+        std::fs::write(p, "{}").unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o640)).unwrap();
+    };
+    for file in ["alarms.json", "outbox/00000000000000000001.json"] {
+        unreadable(&state.join(file));
+        let (code, text) = as_nobody("validate");
+        assert_eq!(code, 78, "{text}");
+        assert!(
+            text.contains(&format!(
+                "cannot read {}: Permission denied",
+                state.join(file).display()
+            )) && text.contains("by a `sudo sonitor run`?"),
+            "{file}: {text}"
+        );
+        chown(&state.join(file));
+    }
     let (code, text) = as_nobody("validate");
     assert_eq!(code, 0, "{text}");
 }

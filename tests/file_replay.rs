@@ -565,13 +565,20 @@ fn a_machine_that_stops_is_idle_not_anomalous() {
     assert!(!log.contains("(Idle"), "{log}");
 }
 
-/// An input without signal (digital silence; a channel stuck at 0.9) raises no alarm: its windows say nothing of
+/// An input without signal (digital silence; a channel stuck at 0.9, or with a bit flipping once) raises no alarm: its windows say nothing of
 /// the machine and are not judged. An alarm raised before the input went dead stays as it was.
 #[test]
 fn an_input_without_signal_is_not_judged() {
     let d = tempfile::tempdir().unwrap();
-    for (name, value) in [("silence.wav", 0.0f32), ("stuck.wav", 0.9)] {
-        let (b, wav) = common::bundle_and_wav(d.path(), name, &vec![value; 8 * 16_000]);
+    // Silence; stuck at 0.9; stuck with one sample a bit off (-129 dBFS over the test model's window).
+    for (name, value, blip) in [
+        ("silence.wav", 0.0f32, 0.0),
+        ("stuck.wav", 0.9, 0.0),
+        ("blip.wav", 0.9, 1.0 / 32767.0),
+    ] {
+        let mut audio = vec![value; 8 * 16_000];
+        audio[40_000] += blip;
+        let (b, wav) = common::bundle_and_wav(d.path(), name, &audio);
         let cfg = common::offline_config(d.path(), &wav, &b.dir, "");
         let mut daemon = common::Daemon::start(&cfg, &[]);
         let (code, log) = daemon.wait_exit(Duration::from_secs(60));
@@ -1130,6 +1137,40 @@ fn status_and_reload_read_the_daemon_of_their_file_only() {
     );
     unsafe { libc::kill(pid, libc::SIGCONT) };
     assert_eq!(a.sigterm_and_wait(), 0);
+
+    // Another program on the port (a web server answering 404): reload only sends the signal (it waited its whole
+    // timeout for an answer no web server gives), and status says the daemon runs without its endpoint.
+    let addr = listen_a
+        .trim_start_matches("listen = ")
+        .trim_matches('"')
+        .to_string();
+    let server = std::net::TcpListener::bind(&addr).unwrap();
+    std::thread::spawn(move || {
+        for mut s in server.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = std::io::Read::read(&mut s, &mut buf);
+            let _ = std::io::Write::write_all(&mut s, b"HTTP/1.0 404 File not found\r\n\r\n");
+        }
+    });
+    let bd = common::Daemon::start(&cfg_b, &[]);
+    bd.wait_log(
+        "the daemon runs without its metrics endpoint",
+        Duration::from_secs(20),
+    );
+    let (code, text, took) = sonitor(&["reload", "--timeout", "20"], &cfg_b);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("another program holds that port") && took < Duration::from_secs(10),
+        "{took:?}: {text}"
+    );
+    let (code, text, _) = sonitor(&["status"], &cfg_b);
+    assert_eq!(code, Some(69), "{text}");
+    assert!(
+        text.contains("not sonitor's metrics: another program holds")
+            && text.contains("runs without its metrics endpoint"),
+        "{text}"
+    );
+    assert_eq!(bd.sigterm_and_wait(), 0);
 }
 
 /// A threshold changed in the file replaces a `threshold/set` override, at a reload and when changed while the

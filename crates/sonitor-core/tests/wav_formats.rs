@@ -382,7 +382,7 @@ fn corrupt_and_truncated_files_are_named_errors() {
             let text = e.to_string();
             assert!(
                 text.contains(name)
-                    && text.contains("sample 2 is 3.2767e4, beyond ±16")
+                    && text.contains("sample 2 is 32767, beyond ±16")
                     && text.contains("integers written as floats"),
                 "{text}"
             );

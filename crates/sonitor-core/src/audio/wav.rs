@@ -840,9 +840,15 @@ impl WavBlocks {
             {
                 let value = out[before + bad];
                 let at = self.read + bad as u64;
+                // 16.0001 as such, 1e30 as 1e30.
+                let shown = if value.abs() < 1e6 {
+                    format!("{value}")
+                } else {
+                    format!("{value:e}")
+                };
                 let reason = if value.is_finite() {
                     format!(
-                        "sample {at} is {value:e}, beyond ±{MAX_FLOAT_SAMPLE} (+24 dBFS): a float WAV's full scale \
+                        "sample {at} is {shown}, beyond ±{MAX_FLOAT_SAMPLE} (+24 dBFS): a float WAV's full scale \
                          is ±1, so these samples are on another scale (integers written as floats?)"
                     )
                 } else {
