@@ -245,13 +245,7 @@ impl RtSink {
 /// [`list_devices`] on a thread of its own, waited for `within`: a device whose open blocks (an ALSA plugin that
 /// waits on something) would hold the listing, and the command, for ever.
 pub fn list_devices_within(within: Duration) -> anyhow::Result<String> {
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    std::thread::Builder::new()
-        .name("devices".into())
-        .spawn(move || {
-            let _ = tx.send(list_devices());
-        })?;
-    rx.recv_timeout(within).unwrap_or_else(|_| {
+    answer_within("devices".into(), within, list_devices).unwrap_or_else(|| {
         Err(anyhow::anyhow!(
             "the listing did not end within {} s: a device does not answer when asked (an ALSA plugin that waits \
              on something: a network, Bluetooth, a FIFO?); `aplay -L` names the PCMs without opening them",
@@ -435,15 +429,27 @@ pub fn probe(
     model_rate: u32,
     within: Duration,
 ) -> Option<Result<(cpal::StreamConfig, cpal::SampleFormat), ProbeError>> {
-    let (tx, rx) = crossbeam_channel::bounded(1);
     let (spec, cfg) = (spec.to_string(), cfg.clone());
+    answer_within(format!("probe-{}", cfg.name), within, move || {
+        find_device(&spec)
+            .map_err(ProbeError::Find)
+            .and_then(|dev| choose_config(&dev, &cfg, model_rate).map_err(ProbeError::Choose))
+    })
+}
+
+/// `ask` on a thread of its own (`name`), its answer waited for `within`: `None` when it does not come (the
+/// thread is left to its call, and ends with the process) or the thread cannot start. For the audio stack's
+/// calls, which an ALSA plugin can block for ever.
+fn answer_within<T: Send + 'static>(
+    name: String,
+    within: Duration,
+    ask: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
     std::thread::Builder::new()
-        .name(format!("probe-{}", cfg.name))
+        .name(name)
         .spawn(move || {
-            let answer = find_device(&spec)
-                .map_err(ProbeError::Find)
-                .and_then(|dev| choose_config(&dev, &cfg, model_rate).map_err(ProbeError::Choose));
-            let _ = tx.send(answer);
+            let _ = tx.send(ask());
         })
         .ok()?;
     rx.recv_timeout(within).ok()

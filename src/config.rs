@@ -1111,6 +1111,16 @@ impl Config {
         )
     }
 
+    /// The saved alarm states of every machine.
+    pub fn saved_path(&self) -> PathBuf {
+        self.state_dir.join("alarms.json")
+    }
+
+    /// The alarm messages waiting for the broker.
+    pub fn outbox_dir(&self) -> PathBuf {
+        self.state_dir.join("outbox")
+    }
+
     pub fn clips_dir(&self) -> PathBuf {
         self.clips
             .dir
@@ -1440,32 +1450,28 @@ impl Config {
     /// only, delivered ones sent again at each start, or one set aside unsent), a machine's clip folder. A `sudo
     /// sonitor run` before the service's own user leaves them so (with a umask of 027, unreadable too).
     fn left_unwritable(&self) -> Option<String> {
+        // `what`: "open PATH to write", "read PATH".
+        let refused = |what: String, e: std::io::Error| {
+            Some(format!("cannot {what}: {e}; {}", left_by_another_user(&e)))
+        };
         let lock = self.state_dir.join(crate::state_lock::LOCK_FILE);
         if lock.exists() {
-            let opened = std::fs::OpenOptions::new()
+            if let Err(e) = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
-                .open(&lock);
-            if let Err(e) = opened {
-                return Some(format!(
-                    "cannot open {} to write: {e}; {}",
-                    lock.display(),
-                    left_by_another_user(&e)
-                ));
+                .open(&lock)
+            {
+                return refused(format!("open {} to write", lock.display()), e);
             }
         }
         // Read at the start: one unreadable would start every machine with its alarm off, its open event lost.
-        let saved = self.state_dir.join("alarms.json");
+        let saved = self.saved_path();
         if saved.exists() {
             if let Err(e) = std::fs::File::open(&saved) {
-                return Some(format!(
-                    "cannot read {}: {e}; {}",
-                    saved.display(),
-                    left_by_another_user(&e)
-                ));
+                return refused(format!("read {}", saved.display()), e);
             }
         }
-        let outbox = self.state_dir.join("outbox");
+        let outbox = self.outbox_dir();
         if outbox.is_dir() {
             if let Err(e) = check_writable_dir(&outbox, "state_dir") {
                 return Some(format!("{}: {e}", outbox.display()));
@@ -1479,25 +1485,17 @@ impl Config {
                     .find_map(|p| std::fs::File::open(&p).err().map(|e| (p, e)))
             });
             if let Some((p, e)) = unreadable {
-                return Some(format!(
-                    "cannot read {}: {e}; {}",
-                    p.display(),
-                    left_by_another_user(&e)
-                ));
+                return refused(format!("read {}", p.display()), e);
             }
         }
-        // The machines' clip folders in the state directory (elsewhere, clips.dir's own check warns).
+        // The clip folders in the state directory (elsewhere, clips.dir's own check warns): the clips folder and
+        // each machine's in it.
         let clips = self.clips_dir();
         if self.clips.enabled && clips.starts_with(&self.state_dir) && clips.is_dir() {
-            let dirs = std::fs::read_dir(&clips)
-                .map(|e| {
-                    e.flatten()
-                        .map(|e| e.path())
-                        .filter(|p| p.is_dir())
-                        .collect()
-                })
-                .unwrap_or_else(|_| Vec::new());
-            for dir in std::iter::once(clips.clone()).chain(dirs) {
+            let machines = std::fs::read_dir(&clips).into_iter().flatten().flatten();
+            let dirs = std::iter::once(clips.clone())
+                .chain(machines.map(|e| e.path()).filter(|p| p.is_dir()));
+            for dir in dirs {
                 if let Err(e) = check_writable_dir(&dir, "state_dir") {
                     return Some(format!("{}: {e}", dir.display()));
                 }

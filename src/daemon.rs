@@ -389,7 +389,7 @@ pub fn start(
             }
         );
     }
-    let saved_path = cfg.state_dir.join("alarms.json");
+    let saved_path = cfg.saved_path();
     let saved = load_saved(&saved_path);
     let mut scorers = Vec::new();
     // One copy of each section in use, shared by the machines scored with it (with a level baseline a section
@@ -503,7 +503,7 @@ pub fn start(
 
     // MQTT.
     let outbox = Arc::new(Mutex::new(Outbox::open(
-        &cfg.state_dir.join("outbox"),
+        &cfg.outbox_dir(),
         cfg.mqtt.outbox_max,
     )?));
     let waiting = outbox.lock().map(|o| o.len()).unwrap_or(0);
