@@ -83,7 +83,8 @@ fn file_name(seq: u64) -> String {
 
 impl Outbox {
     /// Opens (creating) the outbox directory and loads the messages left by a previous run, in order.
-    /// Unreadable files are renamed `*.bad` and reported in the log, never silently deleted.
+    /// Unreadable files are renamed `*.bad` and reported in the log, never silently deleted; a file this user may not
+    /// read (another user's) is left in place, its number kept.
     pub fn open(dir: &Path, max: usize) -> Result<Outbox, OutboxError> {
         let err = |source| OutboxError {
             path: dir.to_path_buf(),
@@ -91,6 +92,8 @@ impl Outbox {
         };
         std::fs::create_dir_all(dir).map_err(err)?;
         let mut records = Vec::new();
+        // The highest number of a message left unread.
+        let mut left = 0u64;
         for entry in std::fs::read_dir(dir).map_err(err)? {
             let path = entry.map_err(err)?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -101,9 +104,21 @@ impl Outbox {
             if !name.ends_with(".json") {
                 continue;
             }
-            let parsed = std::fs::read_to_string(&path)
-                .ok()
-                .and_then(|t| serde_json::from_str::<Record>(&t).ok());
+            let text = match std::fs::read_to_string(&path) {
+                // Not this user's to read (`validate` names it first): left in place for an owner to give back.
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    log::error!(
+                        "outbox: {}: {e}; left where it is, not sent",
+                        path.display()
+                    );
+                    // Its number stays taken: a new message must not replace it.
+                    let seq = name.trim_end_matches(".json").parse::<u64>().unwrap_or(0);
+                    left = left.max(seq);
+                    continue;
+                }
+                t => t.ok(),
+            };
+            let parsed = text.and_then(|t| serde_json::from_str::<Record>(&t).ok());
             match parsed {
                 Some(r) => match unpublishable(&r.msg) {
                     None => records.push(r),
@@ -126,7 +141,10 @@ impl Outbox {
             }
         }
         records.sort_by_key(|r| r.seq);
-        let next_seq = records.last().map_or(1, |r| r.seq.saturating_add(1));
+        let next_seq = records
+            .last()
+            .map_or(1, |r| r.seq.saturating_add(1))
+            .max(left.saturating_add(1));
         Ok(Outbox {
             dir: dir.to_path_buf(),
             records: records.into(),
