@@ -186,6 +186,20 @@ pub(crate) fn check_with(path: &Path, running: Option<&Running>, missing: Missin
                                 info.duration_seconds()
                             ));
                         }
+                        for m in &users {
+                            let model_rate = bundles
+                                .get(&m.bundle)
+                                .map(|b| b.manifest.features.sample_rate);
+                            let input = format!("device '{}', {}", d.name, p.display());
+                            warnings.extend(model_rate.and_then(|r| {
+                                crate::window::below_model_rate(
+                                    &m.name,
+                                    &input,
+                                    info.sample_rate,
+                                    r,
+                                )
+                            }));
+                        }
                         for m in users {
                             if m.channel >= info.channels {
                                 problems.push(format!(
@@ -269,6 +283,13 @@ pub(crate) fn check_with(path: &Path, running: Option<&Running>, missing: Missin
                         problems.push(format!("device '{}' ({spec}): {e}", d.name))
                     }
                     Some(Ok((sc, _))) => {
+                        for m in &users {
+                            let model_rate = bundles.get(&m.bundle).map(|b| b.manifest.features.sample_rate);
+                            let input = format!("device '{}', {spec}", d.name);
+                            warnings.extend(model_rate.and_then(|r| {
+                                crate::window::below_model_rate(&m.name, &input, sc.sample_rate, r)
+                            }));
+                        }
                         for m in users {
                             if m.channel >= sc.channels {
                                 problems.push(format!(

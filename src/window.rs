@@ -299,6 +299,14 @@ pub fn spawn_reader(
                         end_stream(&mut states, &windows, &recycled, &events, &metrics);
                     }
                     start_stream(&mut states, &name, new.sample_rate, new.channels);
+                    for s in &states {
+                        let m = &metrics.machines[s.tap.machine].name;
+                        let model_rate = s.tap.features.sample_rate;
+                        let input = format!("input {name}");
+                        if let Some(w) = below_model_rate(m, &input, new.sample_rate, model_rate) {
+                            log::warn!("{w}");
+                        }
+                    }
                     cursor = GapCursor::default();
                     current = Some(new);
                 }
@@ -565,6 +573,26 @@ fn start_stream(states: &mut [TapState], name: &str, sample_rate: u32, channels:
         }
         s.next_window = s.total;
     }
+}
+
+/// A machine's input sampled below its model's rate: upsampled, it leaves the top of the band the model learned
+/// empty (an 8 kHz microphone gives a 16 kHz model nothing above 4 kHz), which scores as a sound the machine never
+/// made. Said by `validate` and at each stream `run` opens; not refused, as the machine is better watched badly
+/// than not at all until someone changes the device.
+pub fn below_model_rate(
+    machine: &str,
+    input: &str,
+    input_rate: u32,
+    model_rate: u32,
+) -> Option<String> {
+    (input_rate < model_rate).then(|| {
+        format!(
+            "machine '{machine}': its input ({input}) is sampled at {input_rate} Hz, below its model's \
+             {model_rate} Hz: the model's band above {} Hz gets no sound, so its scores are not those of the \
+             recordings it learned from and may raise false alarms; capture or record at {model_rate} Hz or more",
+            input_rate / 2
+        )
+    })
 }
 
 /// How often the reader looks at its ring when it is empty and the source is not paced (a file replayed as fast

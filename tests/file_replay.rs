@@ -51,6 +51,10 @@ fn resampled_multichannel_replay_raises_clears_and_exits() {
     );
     assert!(log.contains("health of dead-mic: SILENT"), "{log}");
     assert!(log.contains("clip written"), "{log}");
+    assert!(
+        !log.contains("below its model's"),
+        "48 kHz is above the model's rate: {log}"
+    );
     // The clip: 16 kHz mono, pre 1 s + window 0.5 s + post 1 s.
     let secs = the_clip_seconds(&d.path().join("state"));
     assert!((secs - 2.5).abs() < 0.01, "{secs} s");
@@ -69,6 +73,39 @@ fn resampled_multichannel_replay_raises_clears_and_exits() {
         "the alarm ended: {saved}"
     );
     assert_eq!(saved["pump-1"]["seq"], 2);
+}
+
+/// An input sampled below the model's rate (an 8 kHz recording for a 16 kHz model) leaves the top of the band the
+/// model learned empty: `validate` warns, naming the machine and both rates, without refusing (exit 0), and `run`
+/// warns again when the stream opens, and still scores it: here the normal recording, narrowed, raises an alarm. A 48 kHz input is above the rate: no warning
+/// (`resampled_multichannel_replay_raises_clears_and_exits` asserts it).
+#[test]
+fn an_input_below_the_models_rate_is_warned_about() {
+    let d = tempfile::tempdir().unwrap();
+    let b = common::standard_bundle(d.path());
+    let rec8 =
+        sonitor_core::audio::resample(&common::recording(3.0, 0.0, 0.0), 16_000, 8_000).unwrap();
+    let wav = d.path().join("narrow8k.wav");
+    common::write_wav_channels(&wav, 8_000, 1, &rec8, |x| vec![x]);
+    let cfg = common::offline_config(d.path(), &wav, &b.dir, "");
+    let says = "is sampled at 8000 Hz, below its model's 16000 Hz: the model's band above 4000 Hz gets no sound";
+
+    let (code, out, _) = sonitor_on(&["validate"], &cfg);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("machine 'pump-1': its input (device 'mic', ") && out.contains(says),
+        "{out}"
+    );
+
+    let mut daemon = common::Daemon::start(&cfg, &[]);
+    let (code, log) = daemon.wait_exit(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("machine 'pump-1': its input (input mic) ") && log.contains(says),
+        "{log}"
+    );
+    // Still scored: and this normal recording, narrow, scores as a fault (why the warning).
+    assert!(log.contains("alarm ON: pump-1"), "{log}");
 }
 
 /// A replayed file that is cut short while it plays (`at_end = "exit"`): the error is logged as the end of the
