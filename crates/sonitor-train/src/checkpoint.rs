@@ -54,6 +54,17 @@ pub struct State {
     pub lr: Option<f64>,
     #[serde(default)]
     pub mixup: Option<bool>,
+    /// The run's `--epochs`, and the back end's `--kmeans`, `--quantile` and `--target-centres`: taken by a
+    /// `--resume` that leaves them out (absent in checkpoints of earlier versions, whose resumes took the
+    /// defaults: 10 epochs, and other centres and thresholds).
+    #[serde(default)]
+    pub epochs: Option<usize>,
+    #[serde(default)]
+    pub kmeans: Option<usize>,
+    #[serde(default)]
+    pub quantile: Option<f64>,
+    #[serde(default)]
+    pub target_centres: Option<crate::train::TargetCentres>,
     /// Seconds of training up to this checkpoint, over every run that made it (`--resume` adds its own).
     #[serde(default)]
     pub train_seconds: Option<f64>,
@@ -202,10 +213,10 @@ pub fn load_weights(model: Model, dir: &Path) -> anyhow::Result<Model> {
     // used, and `prune --force` of a bundle onto itself moves the checkpoint aside before fine-tuning uses them.
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     let record = burn::store::ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
-        .map_err(|e| anyhow::anyhow!("loading {}: {e:?}", path.display()))?;
+        .map_err(|e| anyhow::anyhow!("loading {}: {e}", path.display()))?;
     model
         .try_load_record(record)
-        .map_err(|e| anyhow::anyhow!("applying {}: {e:?}", path.display()))
+        .map_err(|e| anyhow::anyhow!("applying {}: {e}", path.display()))
 }
 
 /// Saves a checkpoint under the bundle directory `out`: `write_weights(dir)` writes the weight files
@@ -274,6 +285,10 @@ mod tests {
             batch: None,
             lr: None,
             mixup: None,
+            epochs: None,
+            kmeans: None,
+            quantile: None,
+            target_centres: None,
             train_seconds: None,
             pruned: false,
         }

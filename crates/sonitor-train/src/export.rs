@@ -43,7 +43,7 @@ fn blocked_kernel(k: usize, s: usize) -> (usize, usize) {
 fn values<const D: usize>(t: Tensor<D>) -> anyhow::Result<Vec<f32>> {
     t.into_data()
         .try_into_vec::<f32>()
-        .map_err(|e| anyhow::anyhow!("reading weights: {e:?}"))
+        .map_err(|e| anyhow::anyhow!("reading weights: {e}"))
 }
 
 /// `(a, b)` such that `bn(x) = a·x + b` per channel (inference mode).

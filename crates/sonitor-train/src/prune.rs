@@ -109,7 +109,7 @@ pub fn pruned_config(c: &ModelConfig, keep: f64) -> ModelConfig {
 fn values<const D: usize>(t: Tensor<D>) -> anyhow::Result<Vec<f32>> {
     t.into_data()
         .try_into_vec::<f32>()
-        .map_err(|e| anyhow::anyhow!("reading weights: {e:?}"))
+        .map_err(|e| anyhow::anyhow!("reading weights: {e}"))
 }
 
 /// `|γ|` per channel.

@@ -167,6 +167,16 @@ pub enum TargetCentres {
     Clip,
 }
 
+impl TargetCentres {
+    /// As `--target-centres` takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetCentres::Window => "window",
+            TargetCentres::Clip => "clip",
+        }
+    }
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct FitArgs {
     /// Data set root (DCASE layout).
@@ -175,8 +185,9 @@ pub struct FitArgs {
     /// Bundle directory to write (model.onnx + manifest.json; checkpoints under checkpoint/).
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 10)]
-    pub epochs: usize,
+    /// Epochs to train [default: 10; with --resume: the interrupted run's, and a larger number trains it further].
+    #[arg(long)]
+    pub epochs: Option<usize>,
     /// Clips per batch [default: 64; with --resume: the checkpoint's].
     #[arg(long)]
     pub batch: Option<usize>,
@@ -208,14 +219,16 @@ pub struct FitArgs {
     #[arg(long, value_enum)]
     pub arch: Option<Arch>,
     /// k of the per-section k-means of source-domain embeddings; 0 (or at least as many windows as a section
-    /// has) makes every source window its own centre.
-    #[arg(long, default_value_t = 16)]
-    pub kmeans: usize,
-    /// Quantile of the gamma fit of normal training window scores used as the default threshold.
-    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
-    pub quantile: f64,
-    #[arg(long, value_enum, default_value_t = TargetCentres::Window)]
-    pub target_centres: TargetCentres,
+    /// has) makes every source window its own centre [default: 16; with --resume: the checkpoint's].
+    #[arg(long)]
+    pub kmeans: Option<usize>,
+    /// Quantile of the gamma fit of normal training window scores used as the default threshold [default: 0.9;
+    /// with --resume: the checkpoint's].
+    #[arg(long, allow_negative_numbers = true)]
+    pub quantile: Option<f64>,
+    /// How target-domain training clips become centres [default: window; with --resume: the checkpoint's].
+    #[arg(long, value_enum)]
+    pub target_centres: Option<TargetCentres>,
     /// Disable mixup (for ablations) [with --resume: the checkpoint's setting when left out].
     #[arg(long)]
     pub no_mixup: bool,
@@ -234,6 +247,11 @@ pub const DEFAULT_BATCH: usize = 64;
 pub const DEFAULT_LR: f64 = 1e-3;
 pub const DEFAULT_WINDOW_SECONDS: f64 = 2.0;
 pub const DEFAULT_WINDOW_HOP_SECONDS: f64 = 1.0;
+/// `--epochs`, `--kmeans`, `--quantile` and `--target-centres` when left out of a new run.
+pub const DEFAULT_EPOCHS: usize = 10;
+pub const DEFAULT_KMEANS: usize = 16;
+pub const DEFAULT_QUANTILE: f64 = 0.9;
+pub const DEFAULT_TARGET_CENTRES: TargetCentres = TargetCentres::Window;
 
 /// The feature parameters of `--window-seconds` / `--window-hop-seconds` (the rest as the paper's front end).
 pub fn window_features(window_s: f64, hop_s: f64) -> anyhow::Result<FeatureParams> {
@@ -362,6 +380,22 @@ impl FitOptions {
             lr: a.lr.or(st.and_then(|s| s.lr)).unwrap_or(DEFAULT_LR),
             mixup: !a.no_mixup && st.and_then(|s| s.mixup).unwrap_or(true),
             features,
+            epochs: a
+                .epochs
+                .or(st.and_then(|s| s.epochs))
+                .unwrap_or(DEFAULT_EPOCHS),
+            kmeans: a
+                .kmeans
+                .or(st.and_then(|s| s.kmeans))
+                .unwrap_or(DEFAULT_KMEANS),
+            quantile: a
+                .quantile
+                .or(st.and_then(|s| s.quantile))
+                .unwrap_or(DEFAULT_QUANTILE),
+            target_centres: a
+                .target_centres
+                .or(st.and_then(|s| s.target_centres))
+                .unwrap_or(DEFAULT_TARGET_CENTRES),
         };
         let features = &chosen.features;
         let [frames, n_mels] = features.log_mel_shape();
@@ -395,11 +429,15 @@ impl FitOptions {
             lr,
             mixup,
             features,
+            epochs,
+            kmeans,
+            quantile,
+            target_centres,
         } = c;
         Ok(Self {
             data: a.data.clone(),
             out: a.out.clone(),
-            epochs: a.epochs,
+            epochs,
             batch,
             lr,
             seed,
@@ -410,15 +448,23 @@ impl FitOptions {
             force: a.force,
             features,
             model: Some(model),
-            kmeans: a.kmeans,
-            quantile: a.quantile,
-            target_centres: a.target_centres,
+            kmeans,
+            quantile,
+            target_centres,
             mixup,
             command: std::env::args().collect::<Vec<_>>().join(" "),
             progress: true,
             start: None,
         })
     }
+}
+
+/// `out` holds a whole bundle of its own (not the old one of an interrupted `--force` run, waiting to be
+/// replaced).
+fn finished_bundle(out: &Path) -> bool {
+    Replacement::resumed(out).is_none()
+        && out.join(sonitor_core::bundle::MANIFEST_FILE).is_file()
+        && Bundle::load(out).is_ok()
 }
 
 /// `n` samples of `f`'s rate in seconds.
@@ -448,6 +494,10 @@ struct Chosen {
     lr: f64,
     mixup: bool,
     features: FeatureParams,
+    epochs: usize,
+    kmeans: usize,
+    quantile: f64,
+    target_centres: TargetCentres,
 }
 
 /// Forces burn's lazily initialised parameters to be drawn (from the seeded backend RNG) when visited.
@@ -510,7 +560,10 @@ pub fn check_training_numbers(batch: usize, lr: f64, quantile: f64) -> anyhow::R
         batch >= 2,
         "--batch {batch}: at least 2 (BatchNorm needs a batch)"
     );
-    anyhow::ensure!(lr > 0.0 && lr.is_finite(), "--lr {lr} must be positive");
+    anyhow::ensure!(
+        lr > 0.0 && lr.is_finite(),
+        "--lr {lr} must be a positive finite number"
+    );
     anyhow::ensure!(
         quantile > 0.0 && quantile < 1.0,
         "--quantile {quantile} must be in (0, 1)"
@@ -776,6 +829,25 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
         if let Some(f) = state.features.as_ref().filter(|&f| *f != o.features) {
             return Err(other_window(&ckpt, f));
         }
+        // The back end's settings: a resume that took the defaults instead wrote other centres and thresholds
+        // (quantile 0.9 for 0.99: thresholds 25% lower, more false alarms) under the same graph.
+        if let Some(k) = state.kmeans.filter(|&k| k != o.kmeans) {
+            return Err(differs("--kmeans", &k.to_string(), &o.kmeans.to_string()));
+        }
+        if let Some(q) = state.quantile.filter(|&q| q != o.quantile) {
+            return Err(differs(
+                "--quantile",
+                &q.to_string(),
+                &o.quantile.to_string(),
+            ));
+        }
+        if let Some(t) = state.target_centres.filter(|&t| t != o.target_centres) {
+            return Err(differs(
+                "--target-centres",
+                t.as_str(),
+                o.target_centres.as_str(),
+            ));
+        }
         if let Some(sha) = state.data_sha256.as_deref().filter(|&d| d != data_sha) {
             anyhow::bail!(
                 "--resume: the checkpoint in {} was trained on another data set ({}, training clips digest {}), \
@@ -808,13 +880,25 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
         let optimizer = ckpt.join(checkpoint::OPTIMIZER_FILE);
         optim = optim
             .load(&optimizer)
-            .map_err(|e| anyhow::anyhow!("loading {}: {e:?}", optimizer.display()))?;
+            .map_err(|e| anyhow::anyhow!("loading {}: {e}", optimizer.display()))?;
         anyhow::ensure!(
             state.epochs_done <= o.epochs,
             "--resume: the checkpoint in {} has {} epochs done, more than --epochs {}",
             ckpt.display(),
             state.epochs_done,
             o.epochs
+        );
+        // A run that ended: its bundle is written, and a resume would only write it again (or, before the run's
+        // epochs were recorded, train it on to the default 10 and replace it). Its bundle not written yet (killed
+        // after the last checkpoint, or the old bundle of a --force run still in place): exported now.
+        anyhow::ensure!(
+            state.epochs_done < o.epochs || !finished_bundle(&o.out),
+            "--resume: the run of the checkpoint in {} ended: its {} epochs are done and {} holds its bundle. \
+             Nothing to continue; give --epochs more than {} to train it further",
+            ckpt.display(),
+            state.epochs_done,
+            o.out.display(),
+            state.epochs_done
         );
         loss = state.loss;
         start_epoch = state.epochs_done;
@@ -905,6 +989,10 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
             batch: Some(o.batch),
             lr: Some(o.lr),
             mixup: Some(o.mixup),
+            epochs: Some(o.epochs),
+            kmeans: Some(o.kmeans),
+            quantile: Some(o.quantile),
+            target_centres: Some(o.target_centres),
             train_seconds: Some(trained_before + t_train.elapsed().as_secs_f64()),
             pruned: o.start.is_some(),
         };
@@ -914,11 +1002,11 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
             model
                 .clone()
                 .save_file(&m)
-                .map_err(|e| anyhow::anyhow!("writing {}: {e:?}", m.display()))?;
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", m.display()))?;
             let opt = dir.join(checkpoint::OPTIMIZER_FILE);
             optim
                 .save(&opt)
-                .map_err(|e| anyhow::anyhow!("writing {}: {e:?}", opt.display()))
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", opt.display()))
         })?;
     }
     let train_seconds = trained_before + t_train.elapsed().as_secs_f64();

@@ -197,8 +197,9 @@ fn an_anomalous_training_clip_is_refused() {
     assert!(e.contains(&name) && e.contains("normal clips only"), "{e}");
 }
 
-/// `--resume` continues the checkpoint's run: an explicitly different `--loss`, `--labels` or `--seed` is an
-/// error, not silently ignored (and recorded as if used); left out, they are the checkpoint's.
+/// `--resume` continues the checkpoint's run: an explicitly different `--loss`, `--labels`, `--seed`, `--batch`,
+/// `--lr`, mixup, window, `--kmeans`, `--quantile` or `--target-centres` is an error, not silently ignored (and
+/// recorded as if used); left out, they are the checkpoint's, `--epochs` included; a run that ended is not resumed.
 #[test]
 fn resume_refuses_changed_settings_and_takes_the_checkpoints() {
     use sonitor_core::dcase::LabelGranularity;
@@ -212,6 +213,9 @@ fn resume_refuses_changed_settings_and_takes_the_checkpoints() {
     let mut o = options(&data, &out, LossKind::Adacos, 1);
     o.labels = LabelGranularity::Type;
     o.seed = 9;
+    o.kmeans = 3;
+    o.quantile = 0.95;
+    o.target_centres = TargetCentres::Clip;
     fit(&o).unwrap();
     let resume = |f: &dyn Fn(&mut FitOptions)| {
         let mut o = o.clone();
@@ -254,6 +258,21 @@ fn resume_refuses_changed_settings_and_takes_the_checkpoints() {
             && e.contains(&format!("--data {}", data.display())),
         "{e}"
     );
+    // The back end's settings too: a resume took the defaults (16 centres, quantile 0.9, one centre per target
+    // window) and wrote other centres and thresholds under the same graph.
+    let e = err(resume(&|o| o.kmeans = 16));
+    assert!(e.contains("--kmeans 3, not 16"), "{e}");
+    let e = err(resume(&|o| o.quantile = 0.9));
+    assert!(e.contains("--quantile 0.95, not 0.9"), "{e}");
+    let e = err(resume(&|o| o.target_centres = TargetCentres::Window));
+    assert!(e.contains("--target-centres clip, not window"), "{e}");
+    // A run that ended, its bundle written: nothing to continue (a resume without --epochs trained it on to 10
+    // epochs and replaced the bundle).
+    let e = err(resume(&|o| o.epochs = 1));
+    assert!(
+        e.contains("ended: its 1 epochs are done") && e.contains("give --epochs more than 1"),
+        "{e}"
+    );
     // The bundle of the first run is untouched by the refusals.
     assert_eq!(Bundle::load(&out).unwrap().manifest.provenance.epochs, 1);
 
@@ -262,7 +281,7 @@ fn resume_refuses_changed_settings_and_takes_the_checkpoints() {
     let args = FitArgs {
         data: data.clone(),
         out: out.clone(),
-        epochs: 2,
+        epochs: None,
         batch: None,
         lr: None,
         seed: None,
@@ -272,9 +291,9 @@ fn resume_refuses_changed_settings_and_takes_the_checkpoints() {
         resume: true,
         force: false,
         arch: None::<Arch>,
-        kmeans: 4,
-        quantile: 0.9,
-        target_centres: TargetCentres::Window,
+        kmeans: None,
+        quantile: None,
+        target_centres: None,
         no_mixup: false,
         window_seconds: None,
         window_hop_seconds: None,
@@ -293,7 +312,23 @@ fn resume_refuses_changed_settings_and_takes_the_checkpoints() {
     };
     let e = err(FitOptions::from_args(&other));
     assert!(e.contains("leave the window flags out"), "{e}");
-    let mut from_cli = FitOptions::from_args(&args).unwrap();
+    // Without --epochs, the run's: this one ended, so there is nothing to resume.
+    let ended = FitOptions::from_args(&args).unwrap();
+    assert_eq!(ended.epochs, 1);
+    let e = err(fit(&FitOptions {
+        progress: false,
+        ..ended
+    }));
+    assert!(e.contains("ended"), "{e}");
+    let mut from_cli = FitOptions::from_args(&FitArgs {
+        epochs: Some(2),
+        ..args.clone()
+    })
+    .unwrap();
+    assert_eq!(
+        (from_cli.kmeans, from_cli.quantile, from_cli.target_centres),
+        (3, 0.95, TargetCentres::Clip)
+    );
     assert_eq!(
         (from_cli.loss, from_cli.labels, from_cli.seed),
         (LossKind::Adacos, LabelGranularity::Type, 9)
@@ -403,7 +438,7 @@ fn force_args(data: &Path, out: &Path) -> sonitor_train::train::FitArgs {
     FitArgs {
         data: data.to_path_buf(),
         out: out.to_path_buf(),
-        epochs: 1,
+        epochs: Some(1),
         batch: Some(8),
         lr: Some(1e-3),
         seed: Some(5),
@@ -413,9 +448,9 @@ fn force_args(data: &Path, out: &Path) -> sonitor_train::train::FitArgs {
         resume: false,
         force: true,
         arch: Some(Arch::Tiny),
-        kmeans: 4,
-        quantile: 0.9,
-        target_centres: TargetCentres::Window,
+        kmeans: Some(4),
+        quantile: Some(0.9),
+        target_centres: Some(TargetCentres::Window),
         no_mixup: false,
         window_seconds: Some(0.256),
         window_hop_seconds: Some(0.256),
