@@ -1289,7 +1289,14 @@ impl Config {
                     list(self.devices.iter().map(|d| d.name.as_str()))
                 ));
             }
-            if !m.bundle.join(sonitor_core::bundle::MANIFEST_FILE).is_file() {
+            let manifest = m.bundle.join(sonitor_core::bundle::MANIFEST_FILE);
+            if manifest.exists() && !manifest.is_file() {
+                p.push(format!(
+                    "{at}: bundle {}: its {} is not a regular file (a FIFO, a device or a directory)",
+                    m.bundle.display(),
+                    sonitor_core::bundle::MANIFEST_FILE
+                ));
+            } else if !manifest.is_file() {
                 p.push(format!(
                     "{at}: bundle {} has no {} (is it a bundle directory made by sonitor-train?)",
                     m.bundle.display(),

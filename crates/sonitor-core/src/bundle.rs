@@ -169,6 +169,14 @@ pub enum BundleError {
         path: PathBuf,
         error: std::io::Error,
     },
+    #[error("{path}: cannot write: {error}")]
+    Write {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// A FIFO (which blocked every reader, and a daemon's start, for ever), a device or a directory.
+    #[error("{path}: not a regular file (a FIFO, a device or a directory)")]
+    NotAFile { path: PathBuf },
     #[error("{path}: invalid manifest: {reason}")]
     Manifest { path: PathBuf, reason: String },
     #[error("{path}: checksum mismatch: the manifest says sha256 {expected}, the file has {actual} (the ONNX file was changed or belongs to another bundle)")]
@@ -466,13 +474,30 @@ fn parse_problem(text: &str, e: &serde_json::Error) -> String {
     }
 }
 
+/// A bundle file's bytes; a FIFO or device in its place is refused before it is opened (opening a FIFO waits for a
+/// writer for ever).
+fn read_regular(path: &Path) -> Result<Vec<u8>, BundleError> {
+    let io = |error| BundleError::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    if !std::fs::metadata(path).map_err(io)?.is_file() {
+        return Err(BundleError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    std::fs::read(path).map_err(io)
+}
+
 impl Bundle {
     /// Loads and verifies a bundle directory.
     pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
         let manifest_path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&manifest_path).map_err(|error| BundleError::Io {
-            path: manifest_path.clone(),
-            error,
+        let text = String::from_utf8(read_regular(&manifest_path)?).map_err(|_| {
+            BundleError::Manifest {
+                path: manifest_path.clone(),
+                reason: "not UTF-8 text".into(),
+            }
         })?;
         let manifest: Manifest =
             serde_json::from_str(&text).map_err(|e| BundleError::Manifest {
@@ -486,10 +511,7 @@ impl Bundle {
                 reason,
             })?;
         let onnx_path = dir.join(&manifest.onnx_file);
-        let bytes = std::fs::read(&onnx_path).map_err(|error| BundleError::Io {
-            path: onnx_path.clone(),
-            error,
-        })?;
+        let bytes = read_regular(&onnx_path)?;
         let actual = sha256_hex(&bytes);
         if !actual.eq_ignore_ascii_case(&manifest.onnx_sha256) {
             return Err(BundleError::Checksum {
@@ -528,7 +550,7 @@ impl Bundle {
     pub fn write(dir: &Path, manifest: &Manifest, onnx: &[u8]) -> Result<Bundle, BundleError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
-            move |error| BundleError::Io { path, error }
+            move |error| BundleError::Write { path, error }
         };
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let mut manifest = manifest.clone();
@@ -771,7 +793,10 @@ mod tests {
         );
         assert_ne!(other_graph, graph());
         let e = Bundle::write(d.path(), &changed, &other_graph).unwrap_err();
-        assert!(e.to_string().contains(MANIFEST_FILE), "{e}");
+        assert!(
+            e.to_string().contains(MANIFEST_FILE) && e.to_string().contains("cannot write"),
+            "{e}"
+        );
         let b = Bundle::load(d.path()).unwrap();
         assert_eq!(b.manifest.model_id, "test");
         assert_eq!(std::fs::read(&b.onnx_path).unwrap(), graph());
@@ -800,6 +825,19 @@ mod tests {
         Bundle::write(d.path(), &manifest(), &graph()).unwrap();
         std::fs::remove_file(d.path().join("model.onnx")).unwrap();
         assert!(err_of(d.path()).contains("model.onnx"));
+        // A FIFO in a file's place is refused, not opened: the open waited for a writer for ever (`validate`,
+        // `eval` and the daemon's start hung).
+        #[cfg(unix)]
+        for name in ["model.onnx", MANIFEST_FILE] {
+            Bundle::write(d.path(), &manifest(), &graph()).unwrap();
+            let path = d.path().join(name);
+            std::fs::remove_file(&path).unwrap();
+            let made = std::process::Command::new("mkfifo").arg(&path).status();
+            assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+            let e = err_of(d.path());
+            assert!(e.contains(name) && e.contains("not a regular file"), "{e}");
+            std::fs::remove_file(&path).unwrap();
+        }
     }
 
     #[test]

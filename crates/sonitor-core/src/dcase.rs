@@ -45,6 +45,11 @@ pub enum DcaseError {
     BadCsv { path: PathBuf, reason: String },
     #[error("{path}: the directory's name is not usable as a machine type ({reason}); rename it")]
     BadTypeName { path: PathBuf, reason: &'static str },
+    #[error(
+        "{path}: written by an interrupted run (its \"complete\" is false): some of its clips are missing; run the \
+         command that made it again (`sonitor-train synth` replaces it whole)"
+    )]
+    Unfinished { path: PathBuf },
     #[error("{path}: file is in {dir}/ but its name says {split}")]
     WrongSplit {
         path: PathBuf,
@@ -293,6 +298,17 @@ pub fn scan(root: &Path) -> Result<Dataset, DcaseError> {
         let path = path.to_path_buf();
         move |error| DcaseError::Io { path, error }
     };
+    // `sonitor-train synth` says in its manifest whether it finished: a stopped run left some types or splits
+    // and no ground truth, which `fit` trained on without a word.
+    let manifest = root.join("synth.json");
+    if let Ok(text) = std::fs::read_to_string(&manifest) {
+        let complete = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("complete").and_then(|c| c.as_bool()));
+        if complete == Some(false) {
+            return Err(DcaseError::Unfinished { path: manifest });
+        }
+    }
     let mut types = Vec::new();
     for entry in std::fs::read_dir(root).map_err(io(root))? {
         let p = entry.map_err(io(root))?.path();
@@ -338,10 +354,12 @@ pub fn scan(root: &Path) -> Result<Dataset, DcaseError> {
                 if std::fs::metadata(&path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
                     return Err(DcaseError::NotAFile { path });
                 }
-                let file_name = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or_default();
+                let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else {
+                    return Err(DcaseError::BadName {
+                        path,
+                        reason: "not UTF-8".into(),
+                    });
+                };
                 let name = ClipName::parse(file_name).map_err(|reason| DcaseError::BadName {
                     path: path.clone(),
                     reason,
@@ -982,6 +1000,39 @@ mod tests {
             e.contains("recording_1.wav") && e.contains("not DCASE-shaped"),
             "{e}"
         );
+        std::fs::remove_file(d.path().join("fan/train/recording_1.wav")).unwrap();
+        touch(
+            &d.path()
+                .join("fan/train/section_00_source_train_normal_0000.wav"),
+        );
+        // A set whose writer was stopped half-way says so in its manifest: trained on, it gave a bundle of the
+        // types written so far, without a word.
+        let manifest = d.path().join("synth.json");
+        std::fs::write(
+            &manifest,
+            r#"{"generator":"sonitor-synth","complete":false}"#,
+        )
+        .unwrap();
+        let e = scan(d.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("synth.json") && e.contains("interrupted run"),
+            "{e}"
+        );
+        std::fs::write(
+            &manifest,
+            r#"{"generator":"sonitor-synth","complete":true}"#,
+        )
+        .unwrap();
+        assert_eq!(scan(d.path()).unwrap().clips.len(), 1);
+        // A name that is not UTF-8 is named as such (it was "does not end in .wav").
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            let name = std::ffi::OsStr::from_bytes(b"section_00_source_train_normal_0001\xff.wav");
+            touch(&d.path().join("fan/train").join(name));
+            let e = scan(d.path()).unwrap_err().to_string();
+            assert!(e.contains("not UTF-8"), "{e}");
+        }
     }
 
     /// A machine type that cannot be read, or whose split directory is spelled in another case, is an error: it

@@ -195,17 +195,35 @@ pub fn import(a: &ImportArgs) -> anyhow::Result<Imported> {
         .collect();
     let logged = std::fs::read_to_string(&log_path).unwrap_or_default();
     for (i, r) in recorded.iter().enumerate() {
-        if logged
+        // Its lines' `start_seconds,seconds`.
+        let listed: Vec<(f64, f64)> = logged
             .lines()
             .filter_map(|l| l.split_once(','))
-            .any(|(_, rest)| {
-                rest.strip_prefix(r.as_str())
-                    .is_some_and(|t| t.starts_with(','))
+            .filter_map(|(_, rest)| rest.strip_prefix(r.as_str())?.strip_prefix(','))
+            .map(|t| {
+                let mut n = t.split(',').map(|v| v.trim().parse::<f64>().unwrap_or(0.0));
+                (n.next().unwrap_or(0.0), n.next().unwrap_or(0.0))
             })
-        {
+            .collect();
+        if !listed.is_empty() {
+            // An import stopped part-way (killed, a full disk) lists the clips it wrote: say how far it got, or
+            // "already imported" reads as the whole recording learned.
+            let reached = listed.iter().map(|(s, n)| s + n).fold(0.0, f64::max);
+            let length = audio::WavBlocks::open(&a.files[i])
+                .map(|b| b.info().duration_seconds())
+                .unwrap_or(0.0);
+            let short = if length - reached >= clip_seconds {
+                format!(
+                    ", {} clip(s) up to {reached:.0} s of its {length:.0} s: an import stopped part-way, or \
+                     silence at its end, left out",
+                    listed.len()
+                )
+            } else {
+                String::new()
+            };
             bail!(
-                "{}: already imported ({} lists its clips); nothing written. To import it again, remove its \
-                 lines there and its clips first",
+                "{}: already imported ({} lists its clips{short}); nothing written. To import it again, remove \
+                 its lines there and its clips first",
                 a.files[i].display(),
                 log_path.display()
             );

@@ -102,7 +102,10 @@ fn recordings_become_a_data_set_that_fit_trains_on() {
 
     // The same recording again would be learned twice: refused, and named twice in one run too.
     let e = format!("{:#}", import(&args(&data, vec![a.clone()])).unwrap_err());
-    assert!(e.contains("a.wav: already imported"), "{e}");
+    assert!(
+        e.contains("a.wav: already imported") && !e.contains("part-way"),
+        "{e}"
+    );
     // A second recording of the same condition goes on from 0003; its silent second is left out.
     let b = recording(&d.path().join("b.wav"), 16_000, 1, 3.0, 320.0, (1.0, 2.0));
     let r = import(&args(&data, vec![b.clone()])).unwrap();
@@ -156,6 +159,23 @@ fn recordings_become_a_data_set_that_fit_trains_on() {
         )),
         "{log}"
     );
+
+    // An import of b that was stopped after its first clip (its log line written, the next not): the refusal says
+    // how far it got, not only "already imported".
+    let log_path = data.join("pump/imported.csv");
+    let cut: String = log
+        .lines()
+        .filter(|l| !l.starts_with("pump/train/section_00_source_train_normal_0004_load_50.wav,"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&log_path, cut).unwrap();
+    let e = format!("{:#}", import(&args(&data, vec![b.clone()])).unwrap_err());
+    assert!(
+        e.contains("b.wav: already imported")
+            && e.contains("1 clip(s) up to 1 s of its 3 s: an import stopped part-way"),
+        "{e}"
+    );
+    std::fs::write(&log_path, &log).unwrap();
 
     // fit trains on it (the tiny network on 1-s clips) and writes a bundle for the section.
     let out = d.path().join("bundle");
