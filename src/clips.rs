@@ -247,22 +247,27 @@ impl Retention {
     ) -> usize {
         let Found { clips, temps } = clip_files(dir, &self.node);
         let now = SystemTime::now();
-        let age = |t: SystemTime| now.duration_since(t).unwrap_or_default();
-        // (path, age, length, written by an earlier run), newest first: this run's clips, then the others.
-        let mut clips: Vec<(PathBuf, Duration, u64, bool)> = clips
+        // An earlier run's clip written while the clock was wrong (a Pi in 1970 until NTP answers) has no age to
+        // go by: it is kept past `max_age` and counted as the newest of the earlier runs' (it is most likely of
+        // the last one, before NTP). Its age from that time deleted the evidence of the alarms of the last boot
+        // at the next start, or as soon as NTP answered.
+        let floor = SystemTime::UNIX_EPOCH + Duration::from_secs(crate::clock::EARLIEST_TRUE_UNIX);
+        let age = |t: SystemTime| (t >= floor).then(|| now.duration_since(t).unwrap_or_default());
+        // (path, age if known, length, written by an earlier run), newest first: this run's clips, then the others.
+        let mut clips: Vec<(PathBuf, Option<Duration>, u64, bool)> = clips
             .into_iter()
             .map(|(path, modified, len)| match self.written.get(&path) {
-                Some(w) => (path, w.elapsed(), len, false),
+                Some(w) => (path, Some(w.elapsed()), len, false),
                 None => (path, age(modified), len, true),
             })
             .collect();
-        clips.sort_by_key(|c| (c.3, c.1));
+        clips.sort_by_key(|c| (c.3, c.1.unwrap_or_default()));
         let mut kept_bytes = 0u64;
         let mut remaining = std::collections::HashSet::new();
         let (mut old, mut many, mut big) = (0, 0, 0);
         let mut failed: Option<(usize, String)> = None;
         for (i, (path, clip_age, len, _)) in clips.iter().enumerate() {
-            let too_old = *clip_age > cfg.max_age;
+            let too_old = clip_age.is_some_and(|a| a > cfg.max_age);
             let too_many = i >= cfg.max_count;
             let too_big = kept_bytes + len > cfg.max_bytes;
             if (too_old || too_many || too_big) && !open.contains(path) {
@@ -299,7 +304,7 @@ impl Retention {
             );
         }
         for (path, modified) in temps {
-            if age(modified) > STALE_TEMP && std::fs::remove_file(&path).is_ok() {
+            if age(modified).is_none_or(|a| a > STALE_TEMP) && std::fs::remove_file(&path).is_ok() {
                 log::info!(
                     "clips: removed {}, left by a clip write that never finished",
                     path.display()
@@ -446,6 +451,40 @@ mod tests {
             "two 3.2 kB clips exceed 4 kB"
         );
         assert!(d.path().join("m/n1-m-4-4.wav").exists());
+    }
+
+    /// The clips of a boot whose clock read 1970 until NTP answered (a Pi without a real-time clock), found by the
+    /// next start: their times say 56 years, which is no age. They stay past `max_age` (all were deleted at once),
+    /// and under `max_count` an earlier run's clip with a true time goes first.
+    #[test]
+    fn clips_written_before_the_clock_was_set_are_not_aged_by_it() {
+        let d = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        let in_1970 = SystemTime::UNIX_EPOCH + Duration::from_secs(600);
+        let exists = |name: &str| d.path().join("m").join(format!("{name}.wav")).exists();
+        clip_dated(d.path(), "n1-m-1-1", in_1970);
+        clip_dated(d.path(), "n1-m-2-2", in_1970 + Duration::from_secs(60));
+        clip_dated(d.path(), "n1-m-3-3", now - Duration::from_secs(600));
+        let cfg = ClipsConfig {
+            max_age: Duration::from_secs(86_400),
+            ..Default::default()
+        };
+        assert_eq!(enforce_retention(d.path(), "n1", &cfg), 0);
+        assert!(exists("n1-m-1-1") && exists("n1-m-2-2") && exists("n1-m-3-3"));
+        let cfg = ClipsConfig {
+            max_count: 2,
+            ..cfg
+        };
+        assert_eq!(enforce_retention(d.path(), "n1", &cfg), 1);
+        assert!(!exists("n1-m-3-3"), "the clip with a true time goes first");
+        // A clip time that is true still ages it.
+        clip_dated(d.path(), "n1-m-4-4", now - Duration::from_secs(2 * 86_400));
+        let cfg = ClipsConfig {
+            max_count: 10,
+            ..cfg
+        };
+        assert_eq!(enforce_retention(d.path(), "n1", &cfg), 1);
+        assert!(!exists("n1-m-4-4") && exists("n1-m-1-1"));
     }
 
     #[test]

@@ -6,7 +6,38 @@
 //! (with its size), and the metrics `sonitor_clock_synchronized` and `sonitor_clock_jumps_total` for a fleet's
 //! monitoring. Clip retention does not depend on it ([`crate::clips::Retention`]).
 
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
+
+/// The latest time RFC 3339 (four-digit years) writes: 9999-12-31T23:59:59Z.
+const LATEST_RFC3339: u64 = 253_402_300_799;
+
+/// A wall-clock time in RFC 3339 (UTC), to the millisecond with `millis`. A clock before 1970 or after 9999 (set
+/// by hand, or by a broken RTC) is written clamped to those bounds: humantime panics on them, which ended the
+/// daemon (status 70) at every start for as long as the clock read so.
+pub fn rfc3339(t: SystemTime, millis: bool) -> String {
+    let t = t.clamp(
+        SystemTime::UNIX_EPOCH,
+        SystemTime::UNIX_EPOCH + Duration::from_secs(LATEST_RFC3339),
+    );
+    if millis {
+        humantime::format_rfc3339_millis(t).to_string()
+    } else {
+        humantime::format_rfc3339_seconds(t).to_string()
+    }
+}
+
+/// Unix seconds as RFC 3339 ([`rfc3339`]), to the second.
+pub fn unix_rfc3339(secs: u64) -> String {
+    rfc3339(
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs.min(LATEST_RFC3339)),
+        false,
+    )
+}
+
+/// No clock this software runs on reads a true time before this (2026-01-01T00:00:00Z): a file time earlier than
+/// it was written while the clock was wrong (a Raspberry Pi without a real-time clock boots in 1970 until NTP
+/// answers), and says nothing of the file's age.
+pub const EARLIEST_TRUE_UNIX: u64 = 1_767_225_600;
 
 /// Whether the clock is synchronised: the kernel's clock discipline says so (NTP, chrony, systemd-timesyncd keep
 /// it), or, where the kernel cannot be asked, systemd-timesyncd's flag file. `None` where neither can tell.
@@ -154,7 +185,19 @@ pub fn describe_jump(seconds: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+
+    /// A clock before 1970 or after 9999 panicked inside humantime at every start (status 70, a restart loop):
+    /// written clamped instead.
+    #[test]
+    fn times_outside_rfc3339_are_written_clamped() {
+        let before = SystemTime::UNIX_EPOCH - Duration::from_secs(20);
+        assert_eq!(rfc3339(before, true), "1970-01-01T00:00:00.000Z");
+        let far = SystemTime::UNIX_EPOCH + Duration::from_secs(LATEST_RFC3339 + 86_400 * 400);
+        assert_eq!(rfc3339(far, false), "9999-12-31T23:59:59Z");
+        assert_eq!(unix_rfc3339(u64::MAX), "9999-12-31T23:59:59Z");
+        assert_eq!(unix_rfc3339(1_767_225_600), "2026-01-01T00:00:00Z");
+        assert_eq!(EARLIEST_TRUE_UNIX, 1_767_225_600);
+    }
 
     #[test]
     fn timesyncd_says_synchronised_with_its_flag_file_and_nothing_without_its_directory() {

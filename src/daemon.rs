@@ -64,7 +64,7 @@ pub fn init_logging(level: &str) {
 }
 
 pub(crate) fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+    crate::clock::rfc3339(SystemTime::now(), true)
 }
 
 /// SIGTERM, SIGINT and SIGHUP, taken from the moment this is made: a thread receives them, raises the flag of
@@ -875,6 +875,7 @@ pub fn start(
             last_status = Instant::now();
             if clock.check() {
                 metrics.clock_jumps.inc();
+                ctl.on_clock_jump();
             }
             metrics.clock_synchronized.set(clock.synchronized_gauge());
             let on = ctl.machines.iter().filter(|m| m.detector.is_on()).count();

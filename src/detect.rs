@@ -136,12 +136,17 @@ pub(crate) fn load_saved(path: &Path) -> BTreeMap<String, SavedMachine> {
         }
     };
     // A mute saved by an older version, or edited by hand, ends within the longest a command may ask for:
-    // with the bound in `mqtt::parse_command`, every mute end the daemon handles is a date near now.
-    let latest = unix_now().saturating_add(crate::publish::mqtt::MAX_MUTE.as_secs());
+    // with the bound in `mqtt::parse_command`, every mute end the daemon handles is a date near now. Counted from
+    // the save when the clock reads earlier (a Pi back in 1970 until NTP answers): counted from now, every mute
+    // saved more than that bound later on the clock was cut to nothing.
+    let now = unix_now();
     entries
         .into_iter()
         .filter_map(|(name, v)| match serde_json::from_value::<SavedMachine>(v) {
             Ok(mut m) => {
+                let latest = now
+                    .max(m.muted_saved_unix.unwrap_or(0))
+                    .saturating_add(crate::publish::mqtt::MAX_MUTE.as_secs());
                 m.muted_until_unix = m.muted_until_unix.map(|u| u.min(latest));
                 // `threshold/set` refuses such a value; a hand edit is dropped rather than obeyed.
                 if let Some(why) = m
@@ -405,6 +410,19 @@ impl Controller {
         });
     }
 
+    /// The wall clock jumped. Mutes run on the monotonic clock, but are saved and published as wall-clock ends,
+    /// which moved with it: saved again, so that a start after an unclean stop (a watchdog kill, a power cut)
+    /// reads them on the new clock (it ended a 1-hour mute after 20 s, or stretched one by a day's step), and
+    /// published again for the machines muted now.
+    pub(crate) fn on_clock_jump(&self) {
+        self.persist();
+        for i in 0..self.machines.len() {
+            if self.machines[i].muted_until_unix().is_some() {
+                self.publish_machine_state(i);
+            }
+        }
+    }
+
     pub(crate) fn persist(&self) {
         // Every change of an event passes here: the set the retention keeps follows it.
         if let Ok(mut open) = self.open_clips.lock() {
@@ -451,8 +469,7 @@ impl Controller {
             "model_id": m.model.model_id,
             "section": m.cfg.section,
             "enabled": m.detector.enabled(),
-            "muted_until": m.muted_until_unix()
-                .map(|u| humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(u)).to_string()),
+            "muted_until": m.muted_until_unix().map(crate::clock::unix_rfc3339),
             "event_id": m.saved.event.as_ref().map(|e| e.event_id.clone()),
             "health": m.health(),
             "idle": m.idle,
@@ -1663,6 +1680,47 @@ mod tests {
         assert_eq!(back, m);
     }
 
+    /// A mute saved on a clock far ahead of the start's (a Pi rebooted into 1970): `load_saved`'s bound on mute
+    /// ends counts from the save, so the mute keeps what was left then. Counted from the start's clock, it cut every
+    /// mute saved more than a year later to nothing, without a word.
+    #[test]
+    fn a_mute_saved_on_a_clock_years_ahead_keeps_what_was_left() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("alarms.json");
+        let now = unix_now();
+        let saved_at = now + 56 * 365 * 86_400;
+        std::fs::write(
+            &p,
+            format!(
+                r#"{{"pump": {{"event": null, "seq": 3, "enabled": true, "threshold_override": null,
+                "muted_until_unix": {}, "muted_saved_unix": {saved_at}}}}}"#,
+                saved_at + 7_200
+            ),
+        )
+        .unwrap();
+        let m = &load_saved(&p)["pump"];
+        assert_eq!(m.muted_until_unix, Some(saved_at + 7_200));
+        assert_eq!(
+            mute_left_at_start(m.muted_until_unix.unwrap(), m.muted_saved_unix, now),
+            Duration::from_secs(7_200)
+        );
+        // A hand-edited end far past the longest mute is still bounded, from the save.
+        std::fs::write(
+            &p,
+            format!(
+                r#"{{"pump": {{"event": null, "seq": 3, "enabled": true, "threshold_override": null,
+                "muted_until_unix": {}, "muted_saved_unix": {saved_at}}}}}"#,
+                u64::MAX / 2
+            ),
+        )
+        .unwrap();
+        let m = &load_saved(&p)["pump"];
+        assert_eq!(
+            m.muted_until_unix,
+            Some(saved_at + crate::publish::mqtt::MAX_MUTE.as_secs())
+        );
+    }
+
     fn saved(enabled: bool, file_enabled: Option<bool>) -> SavedMachine {
         SavedMachine {
             enabled,
@@ -1893,6 +1951,25 @@ mod tests {
         ]);
         m.reloaded(Some(false));
         shows(&["sonitor_config_last_reload_successful 1"]);
+    }
+
+    /// A jump of the wall clock saves the state again: a mute's saved end and save time are on the new clock, so
+    /// that a start after an unclean stop reads them right (they stayed on the old one, and a mute of 1 h set in
+    /// 1970 ended at once after NTP's step and a watchdog kill).
+    #[test]
+    fn a_clock_jump_saves_the_mutes_again() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut ctl, _clips) = controller(d.path(), 4);
+        ctl.on_command(Command::Mute {
+            machine: "pump-1".into(),
+            duration: Duration::from_secs(3_600),
+        });
+        std::fs::remove_file(&ctl.saved_path).unwrap();
+        ctl.on_clock_jump();
+        let m = &load_saved(&ctl.saved_path)["pump-1"];
+        let (until, at) = (m.muted_until_unix.unwrap(), m.muted_saved_unix.unwrap());
+        assert!((3_598..=3_601).contains(&(until - at)), "{until} {at}");
+        assert!(at.abs_diff(unix_now()) <= 2);
     }
 
     /// What the last run left retained and no longer applies is deleted through the outbox: all the topics of a

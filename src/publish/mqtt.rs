@@ -294,7 +294,7 @@ impl NodeIdentity {
             host,
             boot_id,
             pid: std::process::id(),
-            started_at: humantime::format_rfc3339_seconds(now).to_string(),
+            started_at: crate::clock::rfc3339(now, false),
             version: crate::VERSION.into(),
         }
     }
