@@ -71,6 +71,21 @@ pub enum Command {
     },
 }
 
+impl Command {
+    fn machine(&self) -> &str {
+        match self {
+            Command::Threshold { machine, .. }
+            | Command::Mute { machine, .. }
+            | Command::Enabled { machine, .. } => machine,
+        }
+    }
+
+    /// Both set the same thing of the same machine: the later one replaces the earlier.
+    fn same_setting(&self, other: &Command) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other) && self.machine() == other.machine()
+    }
+}
+
 /// A command as the engineer published it: `pump-1: threshold/set 0.12`, `pump-1: mute/set 2h`.
 impl std::fmt::Display for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -932,6 +947,7 @@ fn run(
     let endpoint = format!("{}:{}", q.host, q.port);
     let client_id = q.client_id.clone().unwrap_or_default();
     let mut command_log = CommandLog::new();
+    let mut waiting = Waiting::default();
     // Connections closed by the broker soon after it accepted them, in a row.
     let mut short_lived = 0u32;
 
@@ -1063,10 +1079,12 @@ fn run(
         }
 
         command_log.flush();
+        waiting.flush(&commands);
 
         // 4. Wait for the broker or the daemon, whichever comes first (a request is taken in step 1). Nothing else
         //    is due before the shutdown deadline; the connection timeout (10 s) bounds a connection attempt.
-        let wait = if shutdown_deadline.is_some() {
+        // Commands held back for the daemon's queue go in as it empties.
+        let wait = if shutdown_deadline.is_some() || !waiting.held.is_empty() {
             Duration::from_millis(50)
         } else {
             Duration::from_secs(10)
@@ -1139,7 +1157,7 @@ fn run(
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 match incoming_command(&base, &p.topic, &p.payload, p.retain) {
-                    Ok(c) => forward_command(&commands, c, &metrics, &mut command_log),
+                    Ok(c) => waiting.forward(&commands, c, &metrics, &mut command_log),
                     Err((level, why)) => {
                         if command_log.allow() {
                             log::log!(level, "{why}");
@@ -1254,34 +1272,89 @@ impl CommandLog {
     }
 }
 
-/// Hands a command to the daemon's loop. One its queue cannot take (a flood of commands, or a loop busy for long)
-/// is dropped, logged and counted (`sonitor_commands_dropped_total`), never waited for: the publisher must keep
-/// serving the broker.
-fn forward_command(
-    commands: &Sender<Command>,
-    c: Command,
-    metrics: &Metrics,
-    log: &mut CommandLog,
-) {
-    if log.allow() {
-        log::info!("mqtt: command {c}");
-    }
-    if let Err(e) = commands.try_send(c) {
-        metrics.commands_dropped.inc();
-        let why = match &e {
-            crossbeam_channel::TrySendError::Full(_) => format!(
-                "{} commands already wait for the daemon",
-                commands.capacity().unwrap_or_default()
-            ),
-            crossbeam_channel::TrySendError::Disconnected(_) => {
-                "the daemon no longer takes commands".to_string()
+/// The most commands held back at once ([`Waiting`]): one per machine and setting, for more machines than a node
+/// watches; a flood of commands for machine names nobody configured is dropped beyond it.
+const MAX_HELD_COMMANDS: usize = 256;
+
+/// Commands on their way to the daemon's loop, which takes them from a bounded queue. When that queue is full (a
+/// burst: a dashboard slider publishes every value it passes, a script a thousand), a command waits here, and a
+/// later command for the same machine and setting replaces it: the last one published is the one applied. The
+/// newest used to be dropped, which left a value from the middle of the burst in force. What is replaced, or
+/// cannot be held, is counted in `sonitor_commands_dropped_total`. The publisher never waits for the daemon: it
+/// must keep serving the broker.
+#[derive(Debug, Default)]
+struct Waiting {
+    /// In arrival order, at most one per machine and setting.
+    held: std::collections::VecDeque<Command>,
+}
+
+impl Waiting {
+    fn forward(
+        &mut self,
+        commands: &Sender<Command>,
+        c: Command,
+        metrics: &Metrics,
+        log: &mut CommandLog,
+    ) {
+        // One line per command message at most, its drop included: a flood is summed up once, not twice.
+        let logged = log.allow();
+        if logged {
+            log::info!("mqtt: command {c}");
+        }
+        self.flush(commands);
+        let c = if self.held.is_empty() {
+            match commands.try_send(c) {
+                Ok(()) => return,
+                Err(crossbeam_channel::TrySendError::Full(c)) => c,
+                Err(crossbeam_channel::TrySendError::Disconnected(c)) => {
+                    metrics.commands_dropped.inc();
+                    if logged {
+                        log::warn!("mqtt: command {c} dropped: the daemon no longer takes commands");
+                    }
+                    return;
+                }
             }
+        } else {
+            c
         };
-        if log.allow() {
-            log::warn!(
-                "mqtt: command {} dropped, not applied: {why}; publish it again",
-                e.into_inner()
-            );
+        if let Some(slot) = self.held.iter_mut().find(|h| h.same_setting(&c)) {
+            metrics.commands_dropped.inc();
+            if logged {
+                log::info!(
+                    "mqtt: command {c} replaces {slot}, which still waited for the daemon's queue ({} commands)",
+                    commands.capacity().unwrap_or_default()
+                );
+            }
+            *slot = c;
+        } else if self.held.len() < MAX_HELD_COMMANDS {
+            self.held.push_back(c);
+        } else {
+            metrics.commands_dropped.inc();
+            if logged {
+                log::warn!(
+                    "mqtt: command {c} dropped, not applied: {} commands already wait for the daemon; publish it \
+                     again",
+                    commands.capacity().unwrap_or_default() + self.held.len()
+                );
+            }
+        }
+    }
+
+    /// Hands the held commands to the daemon's queue, in order, while it has room.
+    fn flush(&mut self, commands: &Sender<Command>) {
+        while let Some(c) = self.held.pop_front() {
+            match commands.try_send(c) {
+                Ok(()) => {}
+                Err(crossbeam_channel::TrySendError::Full(c)) => {
+                    self.held.push_front(c);
+                    return;
+                }
+                // The daemon is stopping.
+                Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+                    self.held.clear();
+                    return;
+                }
+            }
         }
     }
 }
@@ -1805,22 +1878,60 @@ mod tests {
         assert_eq!((log.lines, log.unlogged), (1, 0));
     }
 
+    /// A burst of commands beyond the daemon's queue: the last one published for a machine and setting is the
+    /// one applied (the newest was dropped, and a value from the middle of the burst stayed in force), each one
+    /// replaced is counted as dropped, other settings keep their place, and a flood beyond the holding room is
+    /// dropped and counted.
     #[test]
-    fn a_command_the_queue_cannot_take_is_counted() {
-        let (tx, rx) = crossbeam_channel::bounded(1);
+    fn a_burst_beyond_the_queue_applies_the_last_command_of_each_setting() {
+        let (tx, rx) = crossbeam_channel::bounded(2);
         let metrics = Metrics::new(&[], &[]);
-        let c = |enabled| Command::Enabled {
-            machine: "pump".into(),
-            enabled,
+        let threshold = |machine: &str, v: f64| Command::Threshold {
+            machine: machine.into(),
+            value: Some(v),
         };
         let mut log = CommandLog::new();
-        forward_command(&tx, c(false), &metrics, &mut log);
-        forward_command(&tx, c(true), &metrics, &mut log);
-        assert_eq!(metrics.commands_dropped.get(), 1);
-        assert_eq!(rx.try_recv(), Ok(c(false)));
+        let mut waiting = Waiting::default();
+        for k in 1..=80 {
+            waiting.forward(&tx, threshold("pump", k as f64 / 1000.0), &metrics, &mut log);
+        }
+        let mute = Command::Mute {
+            machine: "pump".into(),
+            duration: Duration::from_secs(60),
+        };
+        waiting.forward(&tx, mute.clone(), &metrics, &mut log);
+        waiting.forward(&tx, threshold("fan", 0.5), &metrics, &mut log);
+        // Two in the queue, 78 replaced one by one by the next.
+        assert_eq!(metrics.commands_dropped.get(), 77);
+        let mut applied = Vec::new();
+        while waiting.held.len() + rx.len() > 0 {
+            applied.extend(rx.try_iter());
+            waiting.flush(&tx);
+        }
+        assert_eq!(
+            applied,
+            [
+                threshold("pump", 0.001),
+                threshold("pump", 0.002),
+                threshold("pump", 0.08),
+                mute,
+                threshold("fan", 0.5)
+            ]
+        );
+        // Machines nobody configured, by the thousand: held up to the bound, the rest dropped and counted.
+        for k in 0..MAX_HELD_COMMANDS + 12 {
+            waiting.forward(&tx, threshold(&format!("m{k}"), 0.1), &metrics, &mut log);
+        }
+        assert_eq!(waiting.held.len(), MAX_HELD_COMMANDS);
+        assert_eq!(metrics.commands_dropped.get(), 77 + 10);
         assert!(metrics
             .render()
-            .contains("\nsonitor_commands_dropped_total 1\n"));
+            .contains("\nsonitor_commands_dropped_total 87\n"));
+        // The log summed up each message once: 20 lines, the rest counted once each.
+        assert_eq!(
+            u64::from(log.lines) + log.unlogged,
+            82 + MAX_HELD_COMMANDS as u64 + 12
+        );
     }
 
     #[test]
