@@ -82,7 +82,8 @@ impl Command {
 
     /// Both set the same thing of the same machine: the later one replaces the earlier.
     fn same_setting(&self, other: &Command) -> bool {
-        std::mem::discriminant(self) == std::mem::discriminant(other) && self.machine() == other.machine()
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+            && self.machine() == other.machine()
     }
 }
 
@@ -1309,7 +1310,9 @@ impl Waiting {
                 Err(crossbeam_channel::TrySendError::Disconnected(c)) => {
                     metrics.commands_dropped.inc();
                     if logged {
-                        log::warn!("mqtt: command {c} dropped: the daemon no longer takes commands");
+                        log::warn!(
+                            "mqtt: command {c} dropped: the daemon no longer takes commands"
+                        );
                     }
                     return;
                 }
@@ -1893,7 +1896,12 @@ mod tests {
         let mut log = CommandLog::new();
         let mut waiting = Waiting::default();
         for k in 1..=80 {
-            waiting.forward(&tx, threshold("pump", k as f64 / 1000.0), &metrics, &mut log);
+            waiting.forward(
+                &tx,
+                threshold("pump", k as f64 / 1000.0),
+                &metrics,
+                &mut log,
+            );
         }
         let mute = Command::Mute {
             machine: "pump".into(),
