@@ -844,7 +844,10 @@ pub fn spawn_file(
                 rate as usize / 50
             };
             let block = block_frames.min(capacity / channels.max(1) / 2).max(1) * channels;
-            let start = Instant::now();
+            // Paced: frame `n` is due at `base.0 + (n - base.1) / rate`. After a failed pass the clock starts again
+            // where the replay does: kept from the first start, the replay made up for the time the file was away
+            // at full speed, overflowed its ring, and counted that as dropped samples.
+            let base = std::cell::Cell::new((Instant::now(), 0u64));
             let mut sent_frames: u64 = 0;
             let mut buf: Vec<f32> = Vec::with_capacity(block);
             // After a failed pass (loop mode), the next pass that opens the file says so.
@@ -873,6 +876,8 @@ pub fn spawn_file(
                 }
                 if recovering.replace(false) {
                     m.up.set(1);
+                    m.reopens.inc();
+                    base.set((Instant::now(), sent_frames));
                     let _ = events.send(SourceEvent::Opened {
                         input: index,
                         description: format!("{}: readable again", path.display()),
@@ -897,7 +902,8 @@ pub fn spawn_file(
                     let n = buf.len() - buf.len() % channels;
                     if cfg.realtime {
                         let end = sent_frames + (n / channels) as u64;
-                        let due = start + Duration::from_secs_f64(end as f64 / rate as f64);
+                        let (t0, n0) = base.get();
+                        let due = t0 + Duration::from_secs_f64((end - n0) as f64 / rate as f64);
                         let now = Instant::now();
                         if due > now {
                             std::thread::sleep(due - now);
@@ -926,6 +932,7 @@ pub fn spawn_file(
                     // capture device is reopened; otherwise the replay ends.
                     Err(e) => {
                         m.up.set(0);
+                        m.errors.inc();
                         let _ = events.send(SourceEvent::Failed {
                             input: index,
                             reason: e.to_string(),

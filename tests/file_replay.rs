@@ -127,8 +127,11 @@ fn a_file_cut_short_during_the_replay_ends_it_with_status_74() {
     assert!(!log.contains("reopening"), "{log}");
 }
 
-/// A looped replay whose file is replaced whole (a new file renamed over the old one) by what `bad` writes: the
-/// daemon logs `says`, retries with backoff, and comes back once the file is right again.
+/// A looped replay, paced in real time, whose file is replaced whole (a new file renamed over the old one) by what
+/// `bad` writes: the daemon logs `says`, retries with backoff, and comes back once the file is right again. Each
+/// failed pass counts in `sonitor_input_errors_total` and the comeback in `sonitor_input_reopens_total` (both
+/// stayed 0 for a file), and the replay goes on at its pace from there: it made up for the 2 s away at full speed,
+/// overflowed its ring and counted dropped samples.
 fn a_looped_file_goes_bad_and_comes_back(bad: impl Fn(&std::path::Path, &[f32]), says: &str) {
     let d = tempfile::tempdir().unwrap();
     let b = common::standard_bundle(d.path());
@@ -139,7 +142,7 @@ fn a_looped_file_goes_bad_and_comes_back(bad: impl Fn(&std::path::Path, &[f32]),
         d.path(),
         &wav,
         &b.dir,
-        "realtime = false\nat_end = \"loop\"\nreopen_min = \"100ms\"\nreopen_max = \"200ms\"\n",
+        "realtime = true\nring_seconds = 0.5\nat_end = \"loop\"\nreopen_min = \"100ms\"\nreopen_max = \"200ms\"\n",
         "",
     );
 
@@ -153,9 +156,22 @@ fn a_looped_file_goes_bad_and_comes_back(bad: impl Fn(&std::path::Path, &[f32]),
         "reading the file again with backoff",
         Duration::from_secs(5),
     );
+    std::thread::sleep(Duration::from_secs(2));
     common::write_wav(&tmp, &mono);
     std::fs::rename(&tmp, &wav).unwrap();
     daemon.wait_log("readable again", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(1500));
+    let text = common::scrape(&cfg);
+    let at_least = |name: &str, min: f64| {
+        let v = common::metric(&text, name).unwrap_or(-1.0);
+        assert!(v >= min, "{name} {v}: {text}");
+    };
+    at_least("sonitor_input_errors_total{input=\"mic\"}", 1.0);
+    at_least("sonitor_input_reopens_total{input=\"mic\"}", 1.0);
+    common::assert_metrics(
+        &text,
+        &[("sonitor_dropped_samples_total{input=\"mic\"}", 0.0)],
+    );
     assert_eq!(daemon.sigterm_and_wait(), 0);
 }
 
