@@ -347,6 +347,16 @@ impl Manifest {
                     t.quantile
                 ));
             }
+            for (name, v) in [
+                ("gamma_shape", t.gamma_shape),
+                ("gamma_scale", t.gamma_scale),
+            ] {
+                if let Some(v) = v.filter(|v| !(v.is_finite() && *v > 0.0)) {
+                    return Err(format!(
+                        "section {key}: threshold {name} {v} is not a positive number (a gamma fit's parameters are)"
+                    ));
+                }
+            }
         }
         if self.clip_pooling != "mean" {
             return Err(format!(
@@ -878,6 +888,10 @@ mod tests {
             (
                 Box::new(|m| m.sections[0].threshold.quantile = 1.5),
                 "quantile 1.5",
+            ),
+            (
+                Box::new(|m| m.sections[0].threshold.gamma_shape = Some(-1.0)),
+                "gamma_shape -1 is not a positive number",
             ),
             (
                 Box::new(|m| m.clip_pooling = "max".into()),

@@ -71,6 +71,18 @@ pub fn check_no_leftover(out: &Path, flag: &str) -> anyhow::Result<()> {
         return Ok(());
     }
     let held = names_in(&backup)?;
+    // Stopped before it moved anything: what `out` holds is the old bundle, whole (its checkpoint included, which
+    // `--resume` would have taken for the new run's and trained on).
+    if held.is_empty() {
+        anyhow::bail!(
+            "{flag} {}: {} is empty: a --force run was stopped before it set anything aside, so {} still holds its \
+             old bundle as it was. Remove {} (rmdir) and run again.",
+            out.display(),
+            backup.display(),
+            out.display(),
+            backup.display()
+        );
+    }
     // The old manifest set aside and a new one in its place: the run wrote its bundle (step 3 failed).
     let manifest = sonitor_core::bundle::MANIFEST_FILE;
     let bundle_written = out.join(manifest).exists() && backup.join(manifest).exists();
@@ -98,15 +110,11 @@ pub fn check_no_leftover(out: &Path, flag: &str) -> anyhow::Result<()> {
     };
     anyhow::bail!(
         "{flag} {}: {} holds what a --force run set aside from it ({}): the bundle it was replacing. {finish} To go \
-         back to the old bundle, move everything in {} into {}, replacing what is there of the same name, and \
-         remove {}. To give the old bundle up, remove {}.",
+         back to the old bundle, move everything in {} into {}, replacing what is there of the same name (remove a \
+         folder there first: `mv` does not merge folders), and remove {}. To give the old bundle up, remove {}.",
         out.display(),
         backup.display(),
-        if held.is_empty() {
-            "nothing".to_string()
-        } else {
-            held.join(", ")
-        },
+        held.join(", "),
         backup.display(),
         out.display(),
         backup.display(),
@@ -149,8 +157,13 @@ impl Replacement {
     }
 
     /// `--resume` of a run that began a replacement and was killed: `Some` when `out` holds its backup.
+    /// An empty backup (the run stopped before it set anything aside) is no replacement to finish: it is removed,
+    /// and `out` holds its old bundle as it was.
     pub fn resumed(out: &Path) -> Option<Self> {
         let backup = backup_dir(out);
+        if std::fs::remove_dir(&backup).is_ok() {
+            return None;
+        }
         backup.is_dir().then(|| Self {
             out: out.to_path_buf(),
             backup,
@@ -232,7 +245,8 @@ impl Replacement {
             Ok(()) => error,
             Err(e) => error.context(format!(
                 "the run failed, and putting the old bundle back failed too ({e:#}): what is left of it is in {}; \
-                 move everything in it into {}, replacing what is there of the same name, and remove it",
+                 move everything in it into {}, replacing what is there of the same name (remove a folder there \
+                 first: `mv` does not merge folders), and remove it",
                 self.backup.display(),
                 self.out.display()
             )),
@@ -382,6 +396,27 @@ mod tests {
                 && !e.contains("--resume"),
             "{e}"
         );
+    }
+
+    /// A --force run stopped after it made its backup and before it moved anything into it: `out` holds the old
+    /// bundle whole. A new run is told so (it was told to resume, which took the old checkpoint for the new
+    /// run's), and `--resume` finds no replacement to finish.
+    #[test]
+    fn an_empty_backup_is_no_replacement() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path();
+        std::fs::write(out.join("manifest.json"), "old").unwrap();
+        std::fs::create_dir(out.join(DIR)).unwrap();
+        let e = format!("{:#}", check_no_leftover(out, "--out").unwrap_err());
+        assert!(
+            e.contains("is empty: a --force run was stopped before it set anything aside")
+                && e.contains("rmdir")
+                && !e.contains("--resume"),
+            "{e}"
+        );
+        assert!(Replacement::resumed(out).is_none());
+        assert!(!out.join(DIR).exists());
+        check_no_leftover(out, "--out").unwrap();
     }
 
     #[test]
