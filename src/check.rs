@@ -114,6 +114,7 @@ pub(crate) fn check_with(path: &Path, running: Option<&Running>, missing: Missin
             // The manifest and its graph agree (Bundle::load), and tract can build and run that graph as `run`
             // will: a bundle tract cannot run is a problem of the configuration (exit 78), not a start that
             // fails (exit 1) and is restarted forever.
+            crate::fault::pause("check");
             let loaded = Bundle::load(&m.bundle)
                 .map_err(|e| format!("{at}: bundle refused: {e}"))
                 .and_then(|b| match running {

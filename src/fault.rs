@@ -9,6 +9,12 @@ pub const VAR: &str = "SONITOR_FAULT_PANIC";
 /// The variable that names the point to hang at.
 pub const HANG_VAR: &str = "SONITOR_FAULT_HANG";
 
+/// The variable that names the point to pause at ([`pause`]).
+pub const PAUSE_VAR: &str = "SONITOR_FAULT_PAUSE";
+
+/// How long [`pause`] stops.
+pub const PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Whether the variable `var` (read once, into `cell`) names `name`; always false without debug assertions.
 #[inline]
 fn named(cell: &std::sync::OnceLock<Option<String>>, var: &str, name: &str) -> bool {
@@ -22,6 +28,17 @@ pub fn point(name: &str) {
     static WANTED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     if named(&WANTED, VAR, name) {
         panic!("fault injected at '{name}' ({VAR})");
+    }
+}
+
+/// Stops here for [`PAUSE`] if [`PAUSE_VAR`] names `name` (debug-assertion builds only; the variable is read
+/// once), saying so on stderr first: a test acts at that moment (a signal while the configuration is checked).
+#[inline]
+pub fn pause(name: &str) {
+    static WANTED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if named(&WANTED, PAUSE_VAR, name) {
+        eprintln!("fault: paused at '{name}' for {PAUSE:?} ({PAUSE_VAR})");
+        std::thread::sleep(PAUSE);
     }
 }
 

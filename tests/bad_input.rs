@@ -574,85 +574,35 @@ fn a_reload_refuses_what_validate_refuses() {
 /// started. Now they are installed first: a SIGHUP then is a reload once the daemon runs, a
 /// SIGTERM ends it cleanly before anything starts.
 ///
-/// The check is held for as long as the test needs by making the bundle's graph (`model.onnx`) a FIFO: the check's
-/// read of it blocks until the test writes the graph into it, which it does only after the signal
-/// ([`hold_first_read`]).
+/// The check is held by the test build's pause point before it reads the bundle (`SONITOR_FAULT_PAUSE=check`,
+/// 2 s, said on stderr): the signal is sent once the daemon says it paused. (The bundle's graph used to be a FIFO
+/// whose read blocked; a FIFO in a bundle is refused now.)
 #[test]
 fn signals_during_the_configuration_check_are_taken_not_fatal() {
     let d = tempfile::tempdir().unwrap();
-    let (b, cfg) = looped_pump(d.path());
-    let graph = b.dir.join("model.onnx");
-    let bytes = std::fs::read(&graph).unwrap();
-    std::fs::remove_file(&graph).unwrap();
+    let (_b, cfg) = looped_pump(d.path());
+    let paused = "fault: paused at 'check'";
+    let pause = [(sonitor::fault::PAUSE_VAR, "check")];
 
     // SIGHUP during the check: the daemon starts, then reloads the file.
-    let daemon = common::Daemon::start(&cfg, &[]);
-    let pid = daemon.child.id() as i32;
-    hold_first_read(&graph, &bytes, move || unsafe {
-        libc::kill(pid, libc::SIGHUP);
-    });
+    let daemon = common::Daemon::start(&cfg, &pause);
+    daemon.wait_log(paused, Duration::from_secs(60));
+    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
     daemon.wait_log("input mic open", Duration::from_secs(60));
     daemon.wait_log("reloaded", Duration::from_secs(60));
     let log = daemon.log.lock().unwrap().clone();
     assert_eq!(daemon.sigterm_and_wait(), 0, "{log}");
 
     // SIGTERM during the check: exit 0, nothing started.
-    std::fs::remove_file(&graph).unwrap();
-    let mut daemon = common::Daemon::start(&cfg, &[]);
-    let pid = daemon.child.id() as i32;
-    hold_first_read(&graph, &bytes, move || unsafe {
-        libc::kill(pid, libc::SIGTERM);
-    });
+    let mut daemon = common::Daemon::start(&cfg, &pause);
+    daemon.wait_log(paused, Duration::from_secs(60));
+    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGTERM) };
     let (code, log) = daemon.wait_exit(Duration::from_secs(60));
     assert_eq!(code, Some(0), "{log}");
     assert!(
         log.contains("stopped before it started") && !log.contains("running:"),
         "{log}"
     );
-}
-
-/// Makes `path` a FIFO and holds the first reader of it in its read: once a process has opened it, runs `signal`,
-/// waits half a second (for the signal to arrive while the reader waits), puts a regular file with `content` in
-/// the FIFO's place for every later reader, and only then writes `content` into the FIFO for the first one.
-/// Returns once the first reader has had all of it.
-fn hold_first_read(path: &Path, content: &[u8], signal: impl FnOnce()) {
-    use std::io::Write;
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    // Non-blocking: the open fails (ENXIO) while no reader has the FIFO open.
-    let mut fifo = loop {
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(path)
-        {
-            Ok(f) => break f,
-            Err(e) => {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "nobody read {}: {e}",
-                    path.display()
-                );
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
-    };
-    signal();
-    std::thread::sleep(Duration::from_millis(500));
-    let regular = path.with_extension("regular");
-    std::fs::write(&regular, content).unwrap();
-    std::fs::rename(&regular, path).unwrap();
-    // Blocking again for the writes: the content is larger than the pipe's buffer.
-    unsafe { libc::fcntl(fifo.as_raw_fd(), libc::F_SETFL, 0) };
-    fifo.write_all(content).unwrap_or_else(|e| {
-        panic!(
-            "the reader of {} went away during its read (ended by the signal?): {e}",
-            path.display()
-        )
-    });
 }
 
 /// A graph that passes every check and fails on some audio only: the embedding is passed through a `Gather`

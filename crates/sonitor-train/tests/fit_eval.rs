@@ -197,7 +197,8 @@ fn fit_resume_eval_and_refusals() {
         e.contains("fine-tuning of a `sonitor-train prune` run"),
         "{e}"
     );
-    std::fs::create_dir(pruned.join(".replaced")).unwrap();
+    // What a killed `prune --force` set aside (here its old scores).
+    std::fs::create_dir_all(pruned.join(".replaced/scores")).unwrap();
     let e = format!(
         "{:#}",
         fit(&options(&data, &pruned, LossKind::SubclusterAdacos, 1)).unwrap_err()
@@ -206,7 +207,7 @@ fn fit_resume_eval_and_refusals() {
         e.contains("That run was a `prune`, which cannot be continued"),
         "{e}"
     );
-    std::fs::remove_dir(pruned.join(".replaced")).unwrap();
+    std::fs::remove_dir_all(pruned.join(".replaced")).unwrap();
 
     // Refusals: a changed ONNX file, a manifest without centroids.
     let onnx = out.join("model.onnx");
