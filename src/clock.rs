@@ -4,7 +4,10 @@
 //! was down can be hours or days later. Events raised before that carry the old clock's times. The daemon cannot
 //! correct them, but it says so: a warning at start while the clock is not synchronised, one line for every jump
 //! (with its size), and the metrics `sonitor_clock_synchronized` and `sonitor_clock_jumps_total` for a fleet's
-//! monitoring. Clip retention does not depend on it ([`crate::clips::Retention`]).
+//! monitoring. Clip retention does not depend on it ([`crate::clips::Retention`]): the clips of this run are aged on
+//! the monotonic clock, and an earlier run's clip whose time is before [`EARLIEST_TRUE_UNIX`] is not aged at all.
+//! At a jump the daemon saves its state again (a mute's saved end is a wall-clock date).
+//! Times are written by [`rfc3339`], which never panics, whatever the clock reads.
 
 use std::time::{Duration, Instant, SystemTime};
 
