@@ -287,6 +287,26 @@ impl Dataset {
     }
 }
 
+/// Refuses a data set whose writer says it did not finish: `sonitor-train synth` writes `"complete": false` in its
+/// `synth.json` until its last clip is written. A stopped run left some types or splits and no ground truth, which
+/// `fit` trained on without a word, and `import` added clips to (which the next `synth` deleted).
+pub fn check_finished(root: &Path) -> Result<(), DcaseError> {
+    let manifest = root.join("synth.json");
+    // Not opened unless it is a file: a FIFO blocked the open for ever.
+    if std::fs::metadata(&manifest).is_ok_and(|m| !m.is_file()) {
+        return Err(DcaseError::NotAFile { path: manifest });
+    }
+    if let Ok(text) = std::fs::read_to_string(&manifest) {
+        let complete = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("complete").and_then(|c| c.as_bool()));
+        if complete == Some(false) {
+            return Err(DcaseError::Unfinished { path: manifest });
+        }
+    }
+    Ok(())
+}
+
 /// Scans a data set root. Non-WAV files are ignored; a WAV whose name is not DCASE-shaped is an error.
 pub fn scan(root: &Path) -> Result<Dataset, DcaseError> {
     if !root.is_dir() {
@@ -298,17 +318,7 @@ pub fn scan(root: &Path) -> Result<Dataset, DcaseError> {
         let path = path.to_path_buf();
         move |error| DcaseError::Io { path, error }
     };
-    // `sonitor-train synth` says in its manifest whether it finished: a stopped run left some types or splits
-    // and no ground truth, which `fit` trained on without a word.
-    let manifest = root.join("synth.json");
-    if let Ok(text) = std::fs::read_to_string(&manifest) {
-        let complete = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v.get("complete").and_then(|c| c.as_bool()));
-        if complete == Some(false) {
-            return Err(DcaseError::Unfinished { path: manifest });
-        }
-    }
+    check_finished(root)?;
     let mut types = Vec::new();
     for entry in std::fs::read_dir(root).map_err(io(root))? {
         let p = entry.map_err(io(root))?.path();
@@ -1024,6 +1034,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(scan(d.path()).unwrap().clips.len(), 1);
+        #[cfg(unix)]
+        {
+            std::fs::remove_file(&manifest).unwrap();
+            let made = std::process::Command::new("mkfifo").arg(&manifest).status();
+            assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+            let e = scan(d.path()).unwrap_err().to_string();
+            assert!(e.contains("synth.json: not a regular file"), "{e}");
+            std::fs::remove_file(&manifest).unwrap();
+        }
         // A name that is not UTF-8 is named as such (it was "does not end in .wav").
         #[cfg(unix)]
         {

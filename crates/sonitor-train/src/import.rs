@@ -180,6 +180,8 @@ pub fn import(a: &ImportArgs) -> anyhow::Result<Imported> {
         }
     }
 
+    // Not into a set that `synth` did not finish: its next run, which finishes it, replaces its clips.
+    sonitor_core::dcase::check_finished(&a.data)?;
     let type_dir = a.data.join(&a.machine_type);
     let log_path = type_dir.join("imported.csv");
     // The log names each recording wherever the command was run from. A recording imported before (or named twice)

@@ -176,6 +176,12 @@ fn recordings_become_a_data_set_that_fit_trains_on() {
         "{e}"
     );
     std::fs::write(&log_path, &log).unwrap();
+    // Not into a set whose `synth` was stopped: the run that finishes it replaces its clips.
+    std::fs::write(data.join("synth.json"), r#"{"complete": false}"#).unwrap();
+    let c = recording(&d.path().join("c.wav"), 16_000, 1, 2.0, 330.0, (0.0, 0.0));
+    let e = format!("{:#}", import(&args(&data, vec![c])).unwrap_err());
+    assert!(e.contains("interrupted run"), "{e}");
+    std::fs::remove_file(data.join("synth.json")).unwrap();
 
     // fit trains on it (the tiny network on 1-s clips) and writes a bundle for the section.
     let out = d.path().join("bundle");

@@ -508,6 +508,22 @@ fn inspect_out(out: &Path) -> anyhow::Result<OutState> {
     if old.get("generator").and_then(|g| g.as_str()) != Some(GENERATOR) {
         return Err(refuse("synth.json was not written by this generator"));
     }
+    // Clips that `sonitor-train import` added to a synthetic set are not the generator's to delete: refused, as
+    // a rerun deleted them and left their `imported.csv`, which then refused to import them again.
+    let imported: Vec<String> = std::fs::read_dir(out)
+        .with_context(|| format!("cannot read output directory {}", out.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("imported.csv").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if !imported.is_empty() {
+        bail!(
+            "output directory {} holds clips added by `sonitor-train import` ({}/imported.csv): writing the set \
+             again would delete them with its own; choose a new or empty directory",
+            out.display(),
+            imported.join("/imported.csv, ")
+        );
+    }
     Ok(OutState::Previous(
         old.pointer("/config/types")
             .and_then(|t| t.as_array())

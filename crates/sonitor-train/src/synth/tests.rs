@@ -226,6 +226,28 @@ fn output_directory_rules() {
     generate(&small, &out).unwrap();
     let ds = dcase::scan(&out).unwrap();
     assert_eq!(ds.clips.len(), 2 * small.clips_per_type());
+    // One with clips `import` added is not replaced: they would go with the generator's, their log staying.
+    let type_dir = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| e.path().is_dir())
+        .unwrap()
+        .path();
+    std::fs::write(
+        type_dir.join("imported.csv"),
+        "file_name,recording,start_seconds,seconds\n",
+    )
+    .unwrap();
+    let e = generate(&small, &out).unwrap_err().to_string();
+    assert!(
+        e.contains("added by `sonitor-train import`") && e.contains("imported.csv"),
+        "{e}"
+    );
+    assert_eq!(
+        dcase::scan(&out).unwrap().clips.len(),
+        2 * small.clips_per_type()
+    );
+    std::fs::remove_file(type_dir.join("imported.csv")).unwrap();
     // A foreign synth.json is refused.
     let other = d.path().join("other");
     std::fs::create_dir(&other).unwrap();
