@@ -162,6 +162,12 @@ impl Replacement {
     pub fn resumed(out: &Path) -> Option<Self> {
         let backup = backup_dir(out);
         if std::fs::remove_dir(&backup).is_ok() {
+            eprintln!(
+                "note: {} was empty (a --force run stopped before it set anything aside, before it trained): \
+                 removed; what {} holds is from before that run",
+                backup.display(),
+                out.display()
+            );
             return None;
         }
         backup.is_dir().then(|| Self {

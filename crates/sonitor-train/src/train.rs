@@ -331,6 +331,29 @@ impl FitOptions {
         } else {
             None
         };
+        if let Some(s) = &state {
+            // A checkpoint of an earlier version: what it does not record is the default, as then, but said.
+            let missing: Vec<&str> = [
+                ("--epochs", s.epochs.is_none() && a.epochs.is_none()),
+                ("--kmeans", s.kmeans.is_none() && a.kmeans.is_none()),
+                ("--quantile", s.quantile.is_none() && a.quantile.is_none()),
+                (
+                    "--target-centres",
+                    s.target_centres.is_none() && a.target_centres.is_none(),
+                ),
+            ]
+            .into_iter()
+            .filter_map(|(flag, m)| m.then_some(flag))
+            .collect();
+            if !missing.is_empty() {
+                eprintln!(
+                    "warning: the checkpoint in {} does not record its run's {} (an earlier version wrote it): the \
+                     defaults are used; give the run's own to continue it as it was",
+                    checkpoint::find(&a.out).display(),
+                    missing.join(", ")
+                );
+            }
+        }
         let labels_name = match (&a.labels, state.as_ref().and_then(|s| s.labels.as_deref())) {
             (Some(l), _) => l.as_str(),
             (None, Some(l)) => l,
@@ -681,6 +704,21 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
         if single.len() == 1 { "has" } else { "have" }
     );
     let classes = ClassMap::build(o.labels, train.iter().copied());
+    // Attribute labels on clips that have none are section labels under another name: said, as the bundle's
+    // provenance will say "attribute".
+    if matches!(
+        o.labels,
+        LabelGranularity::Attribute | LabelGranularity::AttributeDomain
+    ) && o.progress
+        && train.iter().all(|c| c.attribute_key().is_empty())
+    {
+        eprintln!(
+            "warning: --labels {}: no training clip has attributes (in its name or an attributes_SS.csv), so the \
+             classes are the sections ({}): the same as --labels section",
+            o.labels.as_str(),
+            classes.names.len()
+        );
+    }
     // The angular-margin losses learn by telling the auxiliary classes apart: with one class every embedding is
     // already "right" (loss 0 from the first batch) and the network would stay as initialised, a bundle of random
     // weights that looks trained. One machine recorded in one condition is the common way to get there.
@@ -1336,6 +1374,22 @@ pub fn section_model(
 ) -> anyhow::Result<SectionModel> {
     let first = clips.first().context("no training clips")?.0;
     let emb = embed_clips(embedder, clips, params)?;
+    // A network whose training diverged gives zero (or not-a-number) embeddings, which no centroid or score can be
+    // made of; said so here rather than as a centroid that is "not unit-norm" when the bundle is written.
+    let windows = emb.iter().flatten().count();
+    let dead = emb
+        .iter()
+        .flatten()
+        .filter(|v| {
+            let n: f32 = v.iter().map(|x| x * x).sum();
+            !(n.is_finite() && n > 0.0)
+        })
+        .count();
+    anyhow::ensure!(
+        dead == 0,
+        "the network gives {dead} of its {windows} training windows an embedding that is zero or not a number: its \
+         training collapsed (a learning rate too high?); train again with a lower --lr"
+    );
     let mut source = Vec::new();
     let mut source_owner = Vec::new();
     let mut target: Vec<(usize, Vec<f32>)> = Vec::new();

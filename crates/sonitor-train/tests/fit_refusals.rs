@@ -753,3 +753,22 @@ fn one_run_writes_into_a_bundle_directory_at_a_time() {
     assert!(!out.join("checkpoint.new").exists());
     assert!(Bundle::load(&out).is_ok());
 }
+
+/// A learning rate that makes training collapse (every embedding zero) is named as such, not found out as a
+/// centroid that is "not unit-norm (norm 0)" when the bundle is written.
+#[test]
+fn a_collapsed_network_is_named_as_such() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    data::make_dataset(&data);
+    let out = d.path().join("b");
+    let mut o = options(&data, &out, LossKind::SubclusterAdacos, 2);
+    o.lr = 1e6;
+    let e = err(fit(&o));
+    assert!(
+        e.contains("fan section 00: the network gives")
+            && e.contains("training collapsed (a learning rate too high?)"),
+        "{e}"
+    );
+    assert!(!out.join("manifest.json").exists());
+}
