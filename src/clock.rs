@@ -117,7 +117,7 @@ impl JumpWatch {
 }
 
 /// What the daemon watches of the clock: the kernel's synchronisation state and jumps. [`ClockWatch::start`] and
-/// [`ClockWatch::check`] log what changed; the caller exports [`ClockWatch::synchronized_gauge`].
+/// [`ClockWatch::check_jump`] and [`ClockWatch::check_synchronized`] log what changed; the caller exports [`ClockWatch::synchronized_gauge`].
 #[derive(Debug)]
 pub struct ClockWatch {
     jumps: JumpWatch,
@@ -145,8 +145,8 @@ impl ClockWatch {
         u64::from(self.synced != Some(false))
     }
 
-    /// Logs a jump since the last check and a change of the synchronisation state; true if the clock jumped.
-    pub fn check(&mut self) -> bool {
+    /// Logs a jump of the wall clock since the last call; true if there was one.
+    pub fn check_jump(&mut self) -> bool {
         let jump = self.jumps.check();
         if let Some(j) = jump {
             log::warn!(
@@ -154,6 +154,11 @@ impl ClockWatch {
                 describe_jump(j)
             );
         }
+        jump.is_some()
+    }
+
+    /// Logs a change of whether the clock is synchronised.
+    pub fn check_synchronized(&mut self) {
         let synced = synchronized();
         if synced != self.synced {
             match synced {
@@ -165,7 +170,6 @@ impl ClockWatch {
             }
             self.synced = synced;
         }
-        jump.is_some()
     }
 }
 

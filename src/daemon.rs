@@ -748,6 +748,7 @@ pub fn start(
     let mut last_wd = Instant::now();
     let mut wd_marks = WatchMarks::default();
     let mut last_status = Instant::now() - Duration::from_secs(60);
+    let mut last_clock = Instant::now();
     let mut open_stuck = vec![false; metrics.inputs.len()];
     let mut finished_inputs = vec![false; ctl.cfg.devices.len()];
     let exit_when_finished = ctl
@@ -871,12 +872,18 @@ pub fn start(
                 last_wd = Instant::now();
             }
         }
-        if last_status.elapsed() >= Duration::from_secs(10) {
-            last_status = Instant::now();
-            if clock.check() {
+        // The wall clock, at every tick (a second at most): a jump re-saves the mutes' wall-clock ends at once,
+        // not up to 10 s later, which a power cut right after NTP's step would have caught with the old ends.
+        if last_clock.elapsed() >= Duration::from_secs(1) {
+            last_clock = Instant::now();
+            if clock.check_jump() {
                 metrics.clock_jumps.inc();
                 ctl.on_clock_jump();
             }
+        }
+        if last_status.elapsed() >= Duration::from_secs(10) {
+            clock.check_synchronized();
+            last_status = Instant::now();
             metrics.clock_synchronized.set(clock.synchronized_gauge());
             let on = ctl.machines.iter().filter(|m| m.detector.is_on()).count();
             let status = format!(
