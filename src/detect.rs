@@ -87,9 +87,13 @@ pub struct SavedMachine {
 
 /// How long a mute saved with the state still runs at a start: to its saved end on today's clock, but never
 /// longer than what was left when it was saved. A clock that reads earlier than the save (not yet synchronised
-/// after a power cut) would otherwise stretch a maintenance mute by its error and keep real alarms quiet.
+/// after a power cut) would otherwise stretch a maintenance mute by its error and keep real alarms quiet. An end
+/// saved by an older version, or edited by hand, is held to the longest a command may ask for
+/// ([`crate::publish::mqtt::MAX_MUTE`]), counted from the same moment: counted from today's clock, a mute saved
+/// on a clock more than that ahead (a Pi back in 1970 until NTP answers) was cut to nothing.
 pub(crate) fn mute_left_at_start(until: u64, saved_at: Option<u64>, now: u64) -> Duration {
     Duration::from_secs(until.saturating_sub(now.max(saved_at.unwrap_or(0))))
+        .min(crate::publish::mqtt::MAX_MUTE)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -135,19 +139,10 @@ pub(crate) fn load_saved(path: &Path) -> BTreeMap<String, SavedMachine> {
             return BTreeMap::new();
         }
     };
-    // A mute saved by an older version, or edited by hand, ends within the longest a command may ask for:
-    // with the bound in `mqtt::parse_command`, every mute end the daemon handles is a date near now. Counted from
-    // the save when the clock reads earlier (a Pi back in 1970 until NTP answers): counted from now, every mute
-    // saved more than that bound later on the clock was cut to nothing.
-    let now = unix_now();
     entries
         .into_iter()
         .filter_map(|(name, v)| match serde_json::from_value::<SavedMachine>(v) {
             Ok(mut m) => {
-                let latest = now
-                    .max(m.muted_saved_unix.unwrap_or(0))
-                    .saturating_add(crate::publish::mqtt::MAX_MUTE.as_secs());
-                m.muted_until_unix = m.muted_until_unix.map(|u| u.min(latest));
                 // `threshold/set` refuses such a value; a hand edit is dropped rather than obeyed.
                 if let Some(why) = m
                     .threshold_override
@@ -1680,9 +1675,9 @@ mod tests {
         assert_eq!(back, m);
     }
 
-    /// A mute saved on a clock far ahead of the start's (a Pi rebooted into 1970): `load_saved`'s bound on mute
-    /// ends counts from the save, so the mute keeps what was left then. Counted from the start's clock, it cut every
-    /// mute saved more than a year later to nothing, without a word.
+    /// A mute saved on a clock far ahead of the start's (a Pi rebooted into 1970): the bound on mute ends counts
+    /// from the save, so the mute keeps what was left then. Counted from the start's clock, it cut every mute saved
+    /// more than a year later to nothing, without a word.
     #[test]
     fn a_mute_saved_on_a_clock_years_ahead_keeps_what_was_left() {
         let d = tempfile::tempdir().unwrap();
@@ -1716,8 +1711,8 @@ mod tests {
         .unwrap();
         let m = &load_saved(&p)["pump"];
         assert_eq!(
-            m.muted_until_unix,
-            Some(saved_at + crate::publish::mqtt::MAX_MUTE.as_secs())
+            mute_left_at_start(m.muted_until_unix.unwrap(), m.muted_saved_unix, now),
+            crate::publish::mqtt::MAX_MUTE
         );
     }
 
