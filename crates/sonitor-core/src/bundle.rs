@@ -484,19 +484,16 @@ fn parse_problem(text: &str, e: &serde_json::Error) -> String {
     }
 }
 
-/// A bundle file's bytes; a FIFO or device in its place is refused before it is opened (opening a FIFO waits for a
-/// writer for ever).
+/// A bundle file's bytes ([`crate::regular_file`]: a FIFO or device in its place is refused, not opened).
 fn read_regular(path: &Path) -> Result<Vec<u8>, BundleError> {
-    let io = |error| BundleError::Io {
-        path: path.to_path_buf(),
-        error,
-    };
-    if !std::fs::metadata(path).map_err(io)?.is_file() {
-        return Err(BundleError::NotAFile {
-            path: path.to_path_buf(),
-        });
-    }
-    std::fs::read(path).map_err(io)
+    let path = path.to_path_buf();
+    crate::regular_file::read(&path).map_err(|error| {
+        if crate::regular_file::is_not_a_file(&error) {
+            BundleError::NotAFile { path }
+        } else {
+            BundleError::Io { path, error }
+        }
+    })
 }
 
 impl Bundle {

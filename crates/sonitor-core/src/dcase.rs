@@ -292,12 +292,14 @@ impl Dataset {
 /// `fit` trained on without a word, and `import` added clips to (which the next `synth` deleted).
 pub fn check_finished(root: &Path) -> Result<(), DcaseError> {
     let manifest = root.join("synth.json");
-    // Not opened unless it is a file: a FIFO blocked the open for ever.
-    if std::fs::metadata(&manifest).is_ok_and(|m| !m.is_file()) {
-        return Err(DcaseError::NotAFile { path: manifest });
-    }
-    if let Ok(text) = std::fs::read_to_string(&manifest) {
-        let complete = serde_json::from_str::<serde_json::Value>(&text)
+    let text = match crate::regular_file::read(&manifest) {
+        Err(e) if crate::regular_file::is_not_a_file(&e) => {
+            return Err(DcaseError::NotAFile { path: manifest })
+        }
+        read => read.ok(),
+    };
+    if let Some(text) = text {
+        let complete = serde_json::from_slice::<serde_json::Value>(&text)
             .ok()
             .and_then(|v| v.get("complete").and_then(|c| c.as_bool()));
         if complete == Some(false) {

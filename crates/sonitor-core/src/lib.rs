@@ -33,6 +33,7 @@ pub mod onnx_graph;
 pub mod parallel;
 pub mod plot;
 pub mod power_spectrum;
+pub mod regular_file;
 pub mod score;
 
 /// The message a panic was raised with (`panic!("…")` gives a `&str` or a `String`), if it has one: for the panic

@@ -436,13 +436,16 @@ fn open(path: &Path) -> Result<Opened, WavError> {
         error,
     };
     // A FIFO's open waits for a writer (and a device's may never end): refused before opening.
-    if !std::fs::metadata(path).map_err(io)?.is_file() {
-        return Err(corrupt(
-            path,
-            "not a regular file (a directory, a FIFO or a device): a recording must be a file",
-        ));
-    }
-    let file = std::fs::File::open(path).map_err(io)?;
+    let file = crate::regular_file::open(path).map_err(|e| {
+        if crate::regular_file::is_not_a_file(&e) {
+            corrupt(
+                path,
+                "not a regular file (a directory, a FIFO or a device): a recording must be a file",
+            )
+        } else {
+            io(e)
+        }
+    })?;
     let file_len = file.metadata().map_err(io)?.len();
     if file_len == 0 {
         return Err(corrupt(path, "the file is empty (0 bytes)"));

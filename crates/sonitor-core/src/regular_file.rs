@@ -1,0 +1,56 @@
+//! Files that must be regular files: a recording, a bundle's graph and manifest, a data set's `synth.json`. A
+//! FIFO in one's place made its open wait for a writer for ever (`validate`, `eval` and the daemon's start hung,
+//! deaf to SIGTERM), and a device's may never end: such a path is refused before it is opened, with an error of
+//! kind [`std::io::ErrorKind::InvalidInput`] that [`is_not_a_file`] recognises.
+
+use std::io::Read;
+use std::path::Path;
+
+/// What the refusal says.
+pub const NOT_A_FILE: &str = "not a regular file (a FIFO, a device or a directory)";
+
+/// Opens `path` for reading if it is a regular file (after following links).
+pub fn open(path: &Path) -> std::io::Result<std::fs::File> {
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            NOT_A_FILE,
+        ));
+    }
+    std::fs::File::open(path)
+}
+
+/// The bytes of `path` if it is a regular file ([`open`]).
+pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    open(path)?.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Whether `e` is [`open`]'s refusal of a path that is not a regular file.
+pub fn is_not_a_file(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::InvalidInput && e.to_string() == NOT_A_FILE
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fifo_or_a_directory_is_refused_before_it_is_opened() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("f");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+        for p in [fifo.as_path(), d.path()] {
+            let e = read(p).unwrap_err();
+            assert!(is_not_a_file(&e), "{e}");
+        }
+        let file = d.path().join("x");
+        std::fs::write(&file, b"abc").unwrap();
+        assert_eq!(read(&file).unwrap(), b"abc");
+        let e = read(&d.path().join("none")).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+        assert!(!is_not_a_file(&e));
+    }
+}
