@@ -160,6 +160,16 @@ pub(crate) fn check_with(path: &Path, running: Option<&Running>, missing: Missin
     for d in &cfg.devices {
         let users: Vec<&MachineConfig> =
             cfg.machines.iter().filter(|m| m.device == d.name).collect();
+        // Each of its machines whose model wants more than the input's `rate` ([`crate::window::below_model_rate`]).
+        let below_model_rate = |input: String, rate: u32| -> Vec<String> {
+            users
+                .iter()
+                .filter_map(|m| {
+                    let model_rate = bundles.get(&m.bundle)?.manifest.features.sample_rate;
+                    crate::window::below_model_rate(&m.name, &input, rate, model_rate)
+                })
+                .collect()
+        };
         match d.source {
             SourceKind::File => {
                 let Some(p) = d.path.as_ref().filter(|p| p.is_file()) else {
@@ -187,20 +197,10 @@ pub(crate) fn check_with(path: &Path, running: Option<&Running>, missing: Missin
                                 info.duration_seconds()
                             ));
                         }
-                        for m in &users {
-                            let model_rate = bundles
-                                .get(&m.bundle)
-                                .map(|b| b.manifest.features.sample_rate);
-                            let input = format!("device '{}', {}", d.name, p.display());
-                            warnings.extend(model_rate.and_then(|r| {
-                                crate::window::below_model_rate(
-                                    &m.name,
-                                    &input,
-                                    info.sample_rate,
-                                    r,
-                                )
-                            }));
-                        }
+                        warnings.extend(below_model_rate(
+                            format!("device '{}', {}", d.name, p.display()),
+                            info.sample_rate,
+                        ));
                         for m in users {
                             if m.channel >= info.channels {
                                 problems.push(format!(
@@ -284,13 +284,10 @@ pub(crate) fn check_with(path: &Path, running: Option<&Running>, missing: Missin
                         problems.push(format!("device '{}' ({spec}): {e}", d.name))
                     }
                     Some(Ok((sc, _))) => {
-                        for m in &users {
-                            let model_rate = bundles.get(&m.bundle).map(|b| b.manifest.features.sample_rate);
-                            let input = format!("device '{}', {spec}", d.name);
-                            warnings.extend(model_rate.and_then(|r| {
-                                crate::window::below_model_rate(&m.name, &input, sc.sample_rate, r)
-                            }));
-                        }
+                        warnings.extend(below_model_rate(
+                            format!("device '{}', {spec}", d.name),
+                            sc.sample_rate,
+                        ));
                         for m in users {
                             if m.channel >= sc.channels {
                                 problems.push(format!(

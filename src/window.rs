@@ -299,10 +299,10 @@ pub fn spawn_reader(
                         end_stream(&mut states, &windows, &recycled, &events, &metrics);
                     }
                     start_stream(&mut states, &name, new.sample_rate, new.channels);
+                    let input = format!("input {name}");
                     for s in &states {
                         let m = &metrics.machines[s.tap.machine].name;
                         let model_rate = s.tap.features.sample_rate;
-                        let input = format!("input {name}");
                         if let Some(w) = below_model_rate(m, &input, new.sample_rate, model_rate) {
                             log::warn!("{w}");
                         }

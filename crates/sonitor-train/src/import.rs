@@ -167,6 +167,7 @@ pub fn import(a: &ImportArgs) -> anyhow::Result<Imported> {
     let clip_seconds = clip_len as f64 / f64::from(RATE);
     let channel = a.channel.map_or(ChannelSelect::Mix, ChannelSelect::Index);
     // Every recording checked to its end (and its channel there) before anything is written.
+    let mut infos = Vec::with_capacity(a.files.len());
     for f in &a.files {
         let info = audio::check_wav(f)?;
         if let Some(c) = a.channel {
@@ -178,6 +179,7 @@ pub fn import(a: &ImportArgs) -> anyhow::Result<Imported> {
                 );
             }
         }
+        infos.push(info);
     }
 
     // Not into a set that `synth` did not finish: its next run, which finishes it, replaces its clips.
@@ -211,9 +213,7 @@ pub fn import(a: &ImportArgs) -> anyhow::Result<Imported> {
             // An import stopped part-way (killed, a full disk) lists the clips it wrote: say how far it got, or
             // "already imported" reads as the whole recording learned.
             let reached = listed.iter().map(|(s, n)| s + n).fold(0.0, f64::max);
-            let length = audio::WavBlocks::open(&a.files[i])
-                .map(|b| b.info().duration_seconds())
-                .unwrap_or(0.0);
+            let length = infos[i].duration_seconds();
             let short = if length - reached >= clip_seconds {
                 format!(
                     ", {} clip(s) up to {reached:.0} s of its {length:.0} s: an import stopped part-way, or \

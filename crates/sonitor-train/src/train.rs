@@ -483,11 +483,9 @@ impl FitOptions {
 }
 
 /// `out` holds a whole bundle of its own (not the old one of an interrupted `--force` run, waiting to be
-/// replaced).
+/// replaced: `fit` has taken up such a replacement, and removed an empty backup, before it reads the checkpoint).
 fn finished_bundle(out: &Path) -> bool {
-    Replacement::resumed(out).is_none()
-        && out.join(sonitor_core::bundle::MANIFEST_FILE).is_file()
-        && Bundle::load(out).is_ok()
+    !replace::backup_dir(out).exists() && Bundle::load(out).is_ok()
 }
 
 /// `n` samples of `f`'s rate in seconds.
