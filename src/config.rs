@@ -1014,6 +1014,13 @@ impl Config {
         if path.is_dir() {
             return Err(err("is a directory, not a configuration file".into()));
         }
+        // A FIFO or a device: the config crate would call it "not found", and an open would wait for a writer.
+        if path.exists() && !path.is_file() {
+            return Err(err(format!(
+                "{}, not a configuration file",
+                sonitor_core::regular_file::NOT_A_FILE
+            )));
+        }
         if !path.exists() {
             return Err(err(
                 "no such file (another configuration: --config FILE; a first one: start from \

@@ -176,7 +176,8 @@ fn stop_quietly_when_stdout_goes() {
 }
 
 fn demo(o: sonitor::demo::DemoOptions) -> i32 {
-    if !o.bundle.join(sonitor_core::bundle::MANIFEST_FILE).is_file() {
+    // Only a missing manifest: one that is there but not a file (a directory, a FIFO) is named by the loader.
+    if !o.bundle.join(sonitor_core::bundle::MANIFEST_FILE).exists() {
         eprintln!(
             "sonitor demo: no model bundle at {} (run from the repository root, install the package (scripts/package-deb), or pass --model DIR)",
             o.bundle.display()

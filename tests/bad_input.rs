@@ -419,6 +419,18 @@ fn every_kind_of_bad_input_is_named_with_exit_78() {
     // A missing configuration file; a directory where the file should be.
     expect_78(&d.path().join("nope.toml"), &["nope.toml", "no such file"]);
     expect_78(d.path(), &["is a directory, not a configuration file"]);
+    // A FIFO (the config crate called it "not found", and an open would wait for a writer).
+    let fifo = d.path().join("fifo.toml");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    expect_78(
+        &fifo,
+        &[
+            "fifo.toml",
+            "not a regular file",
+            "not a configuration file",
+        ],
+    );
 }
 
 /// Runs `sonitor ARGS --config CONFIG` in a private mount namespace where `state` is a 256 KiB tmpfs prepared

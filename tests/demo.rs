@@ -264,3 +264,36 @@ fn with_mqtt_to_no_broker_the_demo_says_nothing_was_delivered() {
     assert!(s["mqtt"]["undelivered"].as_u64().unwrap() >= 2, "{log}");
     assert_eq!(s["detected"], true, "{log}");
 }
+
+/// A bundle directory without a manifest is "no model bundle"; one whose manifest is there but not a file (a
+/// FIFO, which an open would wait on for ever) is named as such by the loader, not called missing.
+#[test]
+fn a_missing_or_unreadable_manifest_is_named() {
+    let d = tempfile::tempdir().unwrap();
+    let bundle = d.path().join("bundle");
+    std::fs::create_dir(&bundle).unwrap();
+    let run = || {
+        let o = demo_command_on(&bundle, &d.path().join("out"))
+            .arg("--recording")
+            .arg(shipped().join("demo.wav"))
+            .arg("--quiet")
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    let (code, said) = run();
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("no model bundle at"), "{said}");
+    let manifest = bundle.join("manifest.json");
+    let c = std::ffi::CString::new(manifest.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let (code, said) = run();
+    assert_ne!(code, Some(0), "{said}");
+    assert!(
+        !said.contains("no model bundle at") && said.contains("not a regular file"),
+        "{said}"
+    );
+}
