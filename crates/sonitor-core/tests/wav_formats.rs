@@ -696,19 +696,22 @@ fn odd_sized_chunks_before_the_data_are_skipped_with_their_pad_byte() {
 #[test]
 fn an_overstated_data_length_is_a_truncation_not_a_huge_allocation() {
     let dir = tempfile::tempdir().unwrap();
-    for (name, format, channels, bits) in [
-        ("over16.wav", PCM, 1, 16),
-        ("over24.wav", PCM, 1, 24),
-        ("over-float-stereo.wav", FLOAT, 2, 32),
-        ("over16-stereo-x.wav", EXTENSIBLE, 2, 16),
+    // The odd length too: not whole frames, but beyond the file's end, so a truncation (it was called "not a whole
+    // number of 2-byte frames", which sent the user looking at the wrong thing).
+    for (name, format, channels, bits, length) in [
+        ("over16.wav", PCM, 1, 16, 0xFFFF_FFF0u32),
+        ("over16-odd.wav", PCM, 1, 16, 0x7FFF_FFFF),
+        ("over24.wav", PCM, 1, 24, 0xFFFF_FFF0),
+        ("over-float-stereo.wav", FLOAT, 2, 32, 0xFFFF_FFF0),
+        ("over16-stereo-x.wav", EXTENSIBLE, 2, 16, 0xFFFF_FFF0),
     ] {
         let block = u32::from(channels) * u32::from(bits) / 8;
         let data = vec![0u8; 16_000 * block as usize];
         let mut bytes = wav_bytes(format, PCM, channels, 16_000, bits, &data);
         let at = bytes.len() - data.len() - 4;
-        bytes[at..at + 4].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+        bytes[at..at + 4].copy_from_slice(&length.to_le_bytes());
         let p = write(dir.path(), name, &bytes);
-        let expected = u64::from(0xFFFF_FFF0u32 / block);
+        let expected = u64::from(length / block);
         assert_eq!(read_wav_info(&p).unwrap().frames, expected, "{name}");
         for e in [
             read_wav(&p, ChannelSelect::Mix).unwrap_err(),
@@ -764,6 +767,23 @@ fn header_problems_are_named_as_such() {
                 "{text}"
             );
         }
+    }
+    // A block align wider than the samples (16-bit mono, block align 4, and a byte rate to match): read by the
+    // block align every other sample was dropped without a word (half the length, the pitch doubled); other
+    // readers read it by the sample size. It contradicts itself: refused by every reader.
+    let mut wide_fmt = fmt_chunk(PCM, 0, 1, 16_000, 16, 16);
+    wide_fmt[8..12].copy_from_slice(&64_000u32.to_le_bytes());
+    wide_fmt[12..14].copy_from_slice(&4u16.to_le_bytes());
+    let wide = riff(&[(*b"fmt ", wide_fmt), (*b"data", encode(16, false))]);
+    let p = write(dir.path(), "wide_block.wav", &wide);
+    for e in every_reader(&p) {
+        let text = e.to_string();
+        assert!(matches!(e, WavError::Corrupt { .. }), "{text}");
+        assert!(
+            text.contains("wide_block.wav")
+                && text.contains("block align 4 gives each of 1 channel(s) a 4-byte slot, but its samples are 16-bit"),
+            "{text}"
+        );
     }
     // Two fmt chunks (which one holds?) are refused, not the last one taken.
     let two = riff(&[

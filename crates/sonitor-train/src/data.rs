@@ -93,12 +93,28 @@ pub fn ensure_one_frame(path: &Path, samples: usize, params: &FeatureParams) -> 
     Ok(())
 }
 
-/// One clip, mono (channels mixed), resampled to the feature rate, at least one STFT frame long. The error names
-/// the file: every audio error of `sonitor_core::audio` already starts with its path.
+/// One clip, mono (channels mixed), resampled to the feature rate, at least one STFT frame long, and for a
+/// training clip not digital silence. The error names the file: every audio error of `sonitor_core::audio` already
+/// starts with its path.
 pub fn load_clip(clip: &Clip, params: &FeatureParams) -> anyhow::Result<Vec<f32>> {
     let audio = load_mono(&clip.path, ChannelSelect::Mix, params.sample_rate)?;
     ensure_one_frame(&clip.path, audio.len(), params)?;
+    // Two such clips among twenty doubled a section's calibrated threshold without a word (its normal scores'
+    // spread grows), while `import` leaves them out: refused in train/, by every command that reads it.
+    if clip.split == Split::Train && is_digital_silence(&audio) {
+        anyhow::bail!(
+            "{}: digital silence (every sample rounds to 0 in 16 bits): a muted input or a dropout, with nothing \
+             of the machine to learn, and it would widen the section's threshold. Remove it from train/ \
+             (`sonitor-train import` leaves such clips out)",
+            clip.path.display()
+        );
+    }
     Ok(audio)
+}
+
+/// Whether every sample rounds to 0 as 16-bit PCM: what `import` leaves out as silence.
+pub fn is_digital_silence(audio: &[f32]) -> bool {
+    audio.iter().all(|&v| sonitor_core::audio::to_i16(v) == 0)
 }
 
 /// Loads the training clips (mono, resampled to the feature rate, each held as [`Pcm`] as soon as it is read) with

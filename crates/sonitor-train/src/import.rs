@@ -12,7 +12,8 @@
 //! so several recordings (and conditions) go into one data set by running it again; no existing file is ever
 //! replaced, and a recording already imported (the log lists it) is refused rather than learned twice. Every
 //! recording is checked to its end before anything is written. A recording's tail shorter than a clip is left out
-//! (and said), and so is a clip of digital silence (a muted input records nothing to learn).
+//! (and said), and so is a clip of digital silence (a muted input records nothing to learn). A clip whose samples
+//! go beyond full scale (a float recording's headroom) is written as 32-bit float, as recorded, not clipped.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -69,6 +70,11 @@ pub struct Imported {
     pub left_out_seconds: f64,
     /// Clips left out as digital silence.
     pub silent: usize,
+    /// Clips with samples beyond full scale (a float recording's headroom), written as 32-bit float instead of
+    /// 16-bit PCM, which would clip them.
+    pub float_clips: usize,
+    /// The largest magnitude among those clips' samples (0 when none).
+    pub float_peak: f32,
 }
 
 pub fn run(a: &ImportArgs) -> anyhow::Result<()> {
@@ -99,6 +105,15 @@ pub fn run(a: &ImportArgs) -> anyhow::Result<()> {
             "no clip written: every recording is shorter than one clip of {} s",
             a.clip_seconds
         ),
+    }
+    if r.float_clips > 0 {
+        println!(
+            "{} clip(s) go beyond full scale (peak {:.3}, {:+.1} dBFS): written as 32-bit float WAV, as recorded, \
+             instead of clipped to 16 bits",
+            r.float_clips,
+            r.float_peak,
+            20.0 * r.float_peak.log10()
+        );
     }
     if r.left_out_seconds > 0.0 {
         println!(
@@ -250,6 +265,8 @@ pub fn import(a: &ImportArgs) -> anyhow::Result<Imported> {
         clips: Vec::new(),
         left_out_seconds: 0.0,
         silent: 0,
+        float_clips: 0,
+        float_peak: 0.0,
     };
     for (f, recorded) in a.files.iter().zip(&recorded) {
         let mut clips = Clips::new(f, channel, clip_len)?;
@@ -258,7 +275,7 @@ pub fn import(a: &ImportArgs) -> anyhow::Result<Imported> {
             let start = f64::from(k) * clip_seconds;
             k += 1;
             // Silent as written: a recording quieter than 16 bits resolve gives clips of zeros.
-            if clip.iter().all(|&v| audio::to_i16(v) == 0) {
+            if crate::data::is_digital_silence(clip) {
                 out.silent += 1;
                 out.left_out_seconds += clip_seconds;
                 continue;
@@ -269,7 +286,16 @@ pub fn import(a: &ImportArgs) -> anyhow::Result<Imported> {
             if path.exists() {
                 bail!("{}: already there; nothing replaced", path.display());
             }
-            audio::write_wav_i16_whole(&path, clip, RATE)?;
+            // Beyond full scale (a float recorder's headroom, a loud impact): 16 bits would flatten its peaks, and
+            // the same recording placed in train/ is read unclipped.
+            let peak = clip.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            if peak > 1.0 {
+                audio::write_wav_f32_whole(&path, clip, RATE)?;
+                out.float_clips += 1;
+                out.float_peak = out.float_peak.max(peak);
+            } else {
+                audio::write_wav_i16_whole(&path, clip, RATE)?;
+            }
             writeln!(
                 log,
                 "{}/{}/{name},{},{:.3},{:.3}",

@@ -772,3 +772,38 @@ fn a_collapsed_network_is_named_as_such() {
     );
     assert!(!out.join("manifest.json").exists());
 }
+
+/// A training clip of digital silence (a muted input, a dropout): two among twenty doubled a section's calibrated
+/// threshold without a word, while `import` leaves such clips out. `fit` and `baseline` refuse it, naming the
+/// file; a silent test clip is scored as any other.
+#[test]
+fn a_training_clip_of_digital_silence_is_refused_by_name() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    data::make_dataset(&data);
+    let mut w = Writer::new(&data);
+    let silent = w.write("fan", 0, Split::Test, Source, Normal, 200.0, "speed_1", 1);
+    sonitor_core::audio::write_wav_i16(&silent[0], &vec![0.0; 16_000], 16_000).unwrap();
+    let baseline = |out: &Path| {
+        sonitor_train::baseline::run(&sonitor_train::baseline::BaselineArgs {
+            data: data.clone(),
+            out: out.to_path_buf(),
+            json: false,
+        })
+    };
+    baseline(&d.path().join("scores-ok")).unwrap();
+
+    let silent = w.write("fan", 0, Split::Train, Source, Normal, 200.0, "speed_1", 1);
+    // Below 16 bits' resolution counts as silence too (it is written as zeros).
+    sonitor_core::audio::write_wav_i16(&silent[0], &vec![1e-6; 16_000], 16_000).unwrap();
+    let name = silent[0].file_name().unwrap().to_string_lossy().to_string();
+    let out = d.path().join("b");
+    let e = err(fit(&options(&data, &out, LossKind::SubclusterAdacos, 1)));
+    assert!(
+        e.contains(&name) && e.contains("digital silence") && e.contains("Remove it from train/"),
+        "{e}"
+    );
+    no_bundle(&out);
+    let e = err(baseline(&d.path().join("scores")));
+    assert!(e.contains(&name) && e.contains("digital silence"), "{e}");
+}

@@ -247,22 +247,68 @@ fn bad_arguments_and_broken_recordings_write_nothing() {
 #[test]
 fn a_recording_below_sixteen_bits_is_left_out_as_silence() {
     let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("quiet.wav");
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 16_000,
-        bits_per_sample: 32,
-        sample_format: hound::SampleFormat::Float,
-    };
-    let mut w = hound::WavWriter::create(&path, spec).unwrap();
-    for i in 0..32_000 {
-        w.write_sample((i as f32 * 0.17).sin() * 1e-6).unwrap();
-    }
-    w.finalize().unwrap();
+    let path = float_recording(&d.path().join("quiet.wav"), 32_000, |i| {
+        (i as f32 * 0.17).sin() * 1e-6
+    });
     let data = d.path().join("data");
     let mut a = args(&data, vec![path]);
     a.clip_seconds = 1.0;
     let r = import(&a).unwrap();
     assert!(r.clips.is_empty(), "{:?}", r.clips);
     assert_eq!(r.silent, 2);
+}
+
+/// `path`: a 16 kHz mono 32-bit float recording of `n` samples, sample `i` being `f(i)`.
+fn float_recording(path: &Path, n: usize, f: impl Fn(usize) -> f32) -> PathBuf {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 32,
+        sample_format: hound::SampleFormat::Float,
+    };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    for i in 0..n {
+        w.write_sample(f(i)).unwrap();
+    }
+    w.finalize().unwrap();
+    path.to_path_buf()
+}
+
+/// A float recording whose second second has impacts beyond full scale (peak 1.85, a float recorder's headroom):
+/// that clip is written as 32-bit float with its samples as recorded (16 bits clipped every peak to ±1, without a
+/// word), the first, within full scale, as 16-bit PCM as before.
+#[test]
+fn a_clip_beyond_full_scale_is_written_as_float_not_clipped() {
+    let d = tempfile::tempdir().unwrap();
+    let path = float_recording(&d.path().join("loud.wav"), 32_000, |i| {
+        let hum = (i as f32 * 0.05).sin() * 0.5;
+        if i >= 16_000 && i % 4_000 < 40 {
+            hum.signum() * 1.85
+        } else {
+            hum
+        }
+    });
+    let data = d.path().join("data");
+    let r = import(&args(&data, vec![path])).unwrap();
+    assert_eq!(r.clips.len(), 2, "{:?}", r.clips);
+    assert_eq!(r.float_clips, 1);
+    assert!((r.float_peak - 1.85).abs() < 1e-6, "{}", r.float_peak);
+    let first = hound::WavReader::open(&r.clips[0]).unwrap();
+    assert_eq!(first.spec().sample_format, hound::SampleFormat::Int);
+    assert_eq!(first.spec().bits_per_sample, 16);
+    let mut second = hound::WavReader::open(&r.clips[1]).unwrap();
+    assert_eq!(second.spec().sample_format, hound::SampleFormat::Float);
+    let samples: Vec<f32> = second.samples::<f32>().map(Result::unwrap).collect();
+    assert_eq!(samples.len(), 16_000);
+    assert_eq!(samples.iter().filter(|v| v.abs() > 1.0).count(), 4 * 40);
+    // What fit reads back is what was recorded.
+    let back = sonitor_core::audio::load_mono(
+        &r.clips[1],
+        sonitor_core::audio::ChannelSelect::Mix,
+        16_000,
+    )
+    .unwrap();
+    assert!(back
+        .iter()
+        .any(|&v| (v - 1.85).abs() < 1e-6 || (v + 1.85).abs() < 1e-6));
 }

@@ -5,8 +5,8 @@ pub mod wav;
 
 pub use resample::{resample, ResampleError, StreamResampler};
 pub use wav::{
-    check_wav, read_wav, read_wav_info, to_i16, to_mono, write_wav_i16, write_wav_i16_whole,
-    ChannelSelect, WavBlocks, WavError, WavInfo,
+    check_wav, read_wav, read_wav_info, to_i16, to_mono, write_wav_f32_whole, write_wav_i16,
+    write_wav_i16_whole, ChannelSelect, WavBlocks, WavError, WavInfo,
 };
 
 /// Reads a WAV file as mono `f32` samples in [-1, 1) at `target_rate`, selecting `channel` (or the mean of all

@@ -371,6 +371,19 @@ fn parse_format(path: &Path, fmt: &[u8]) -> Result<Format, WavError> {
             ),
         ));
     }
+    // Wider slots than the header's sample size (16-bit samples, block align 4 in mono) contradict it: read by the
+    // block align, every other sample is dropped (half the length, pitch doubled); read by the sample size, as
+    // some readers do, the byte rate is wrong. Which was meant cannot be told: refused, not guessed.
+    if u32::from(slot) > u32::from(slot_bits).div_ceil(8) {
+        return Err(corrupt(
+            path,
+            format!(
+                "block align {block_align} gives each of {channels} channel(s) a {slot}-byte slot, but its samples \
+                 are {slot_bits}-bit: a header that contradicts itself. Rewrite it with the format meant, e.g. \
+                 `sox in.wav -b 16 out.wav`"
+            ),
+        ));
+    }
     let encoding = match (float, slot) {
         (false, 1) => Encoding::U8,
         (false, 2) => Encoding::I16,
@@ -695,7 +708,9 @@ fn data_chunk(
         ));
     }
     let block = u64::from(format.block_align);
-    if !data_len.is_multiple_of(block) {
+    // A data length beyond the file's end is a truncation, whatever its remainder (said when the reading reaches
+    // the cut): only a length the file holds must be whole frames.
+    if !data_len.is_multiple_of(block) && data_at.saturating_add(data_len) <= file_len {
         return Err(corrupt(
             path,
             format!(
@@ -960,12 +975,37 @@ pub fn write_wav_i16_whole(path: &Path, samples: &[f32], sample_rate: u32) -> Re
     })
 }
 
-/// The bytes of a mono 16-bit PCM WAV file of `samples` (clipped to [-1, 1]); `path` names it in errors.
+/// Mono 32-bit float WAV, whole or not at all, like [`write_wav_i16_whole`]: for audio beyond full scale (a
+/// float recorder's headroom), which 16 bits would clip: the samples are stored as given.
+pub fn write_wav_f32_whole(path: &Path, samples: &[f32], sample_rate: u32) -> Result<(), WavError> {
+    let err = |e: hound::Error| WavError::Write {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate,
+        bits_per_sample: 32,
+        sample_format: hound::SampleFormat::Float,
+    };
+    let mut bytes = std::io::Cursor::new(Vec::with_capacity(58 + samples.len() * 4));
+    let mut w = hound::WavWriter::new(&mut bytes, spec).map_err(err)?;
+    for &s in samples {
+        w.write_sample(s).map_err(err)?;
+    }
+    w.finalize().map_err(err)?;
+    crate::atomic_file::write(path, &bytes.into_inner()).map_err(|e| WavError::Write {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
 /// A sample as a 16-bit WAV stores it (full scale ±1, clamped, rounded).
 pub fn to_i16(sample: f32) -> i16 {
     (sample.clamp(-1.0, 1.0) * 32767.0).round() as i16
 }
 
+/// The bytes of a mono 16-bit PCM WAV file of `samples` (clipped to [-1, 1]); `path` names it in errors.
 fn encode_wav_i16(path: &Path, samples: &[f32], sample_rate: u32) -> Result<Vec<u8>, WavError> {
     let err = |e: hound::Error| WavError::Write {
         path: path.to_path_buf(),
