@@ -1470,12 +1470,16 @@ impl Config {
         };
         let lock = self.state_dir.join(crate::state_lock::LOCK_FILE);
         if lock.exists() {
-            if let Err(e) = std::fs::OpenOptions::new()
+            match std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
                 .open(&lock)
             {
-                return refused(format!("open {} to write", lock.display()), e);
+                // A read-only filesystem: the lock is taken read-only (`state_lock::acquire`), and the disk check
+                // warns.
+                Err(e) if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem => {}
+                Err(e) => return refused(format!("open {} to write", lock.display()), e),
+                Ok(_) => {}
             }
         }
         // Read at the start: one unreadable would start every machine with its alarm off, its open event lost.
@@ -1851,9 +1855,14 @@ pub fn check_writable_dir(dir: &Path, key: &str) -> Result<Option<String>, Strin
         Err(e) => (e, "cannot create a file in it".to_string()),
     };
     let (e, what) = failed;
-    if is_full(&e) {
+    if is_passing(&e) {
+        let until = if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem {
+            "it is writable again"
+        } else {
+            "it has room"
+        };
         Ok(Some(format!(
-            "{what}: {e}: alarm transitions will be kept in memory only until it has room (published when the \
+            "{what}: {e}: alarm transitions will be kept in memory only until {until} (published when the \
              broker is reachable, lost if sonitor stops before that); {}",
             what_to_do(&e, key)
         )))
@@ -1862,11 +1871,15 @@ pub fn check_writable_dir(dir: &Path, key: &str) -> Result<Option<String>, Strin
     }
 }
 
-/// A full filesystem or an exceeded quota: a passing state of the disk.
-fn is_full(e: &std::io::Error) -> bool {
+/// A full filesystem, an exceeded quota, or one mounted read-only (ext4's `errors=remount-ro` after an SD card's
+/// fault, until fsck and a reboot): a state of the disk, not of the configuration. Refusing to start on one (exit
+/// 78, which the unit never restarts) left every machine unwatched after the next restart.
+fn is_passing(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),
-        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        std::io::ErrorKind::StorageFull
+            | std::io::ErrorKind::QuotaExceeded
+            | std::io::ErrorKind::ReadOnlyFilesystem
     )
 }
 

@@ -323,6 +323,49 @@ pub fn run(config_path: &Path) -> i32 {
     }
 }
 
+/// The state directory's lock, checked every 10 s ([`crate::state_lock::StateLock::check`]): taken again when it
+/// was deleted (true then); a failure is logged at once, then every 5 minutes while it lasts (`complaints` counts
+/// the checks).
+fn check_state_lock(
+    lock: &mut crate::state_lock::StateLock,
+    dir: &Path,
+    complaints: &mut u32,
+) -> bool {
+    use crate::state_lock::LockCheck;
+    let said = match lock.check() {
+        LockCheck::Held => {
+            *complaints = 0;
+            return false;
+        }
+        LockCheck::Retaken => {
+            log::warn!(
+                "the lock file of the state directory {} was gone (deleted while sonitor runs): taken again, so \
+                 that no second daemon starts on it",
+                dir.display()
+            );
+            *complaints = 0;
+            return true;
+        }
+        LockCheck::TakenBy(pid) => format!(
+            "the lock file of the state directory {} was deleted while sonitor ran, and another {} has taken \
+             it since: two daemons now write one state directory (alarm states, outbox, clips). Stop the other \
+             one",
+            dir.display(),
+            crate::state_lock::holder_named(pid)
+        ),
+        LockCheck::Lost(e) => format!(
+            "the lock file of the state directory {} was deleted while sonitor ran and cannot be made again \
+             ({e}): a second daemon would not be refused",
+            dir.display()
+        ),
+    };
+    if (*complaints).is_multiple_of(30) {
+        log::error!("{said}");
+    }
+    *complaints = complaints.wrapping_add(1);
+    false
+}
+
 /// How long `sonitor demo --mqtt` waits for the broker before it replays (see [`start`]).
 pub const DEMO_BROKER_WAIT: Duration = Duration::from_secs(3);
 
@@ -337,7 +380,7 @@ pub fn start(
     mut embedders_built: BTreeMap<PathBuf, crate::embed::Embedder>,
     observer: Option<Sender<Observation>>,
     signals: Signals,
-    _state_lock: crate::state_lock::StateLock,
+    mut state_lock: crate::state_lock::StateLock,
 ) -> anyhow::Result<i32> {
     let Signals {
         term,
@@ -749,6 +792,7 @@ pub fn start(
     let mut wd_marks = WatchMarks::default();
     let mut last_status = Instant::now() - Duration::from_secs(60);
     let mut last_clock = Instant::now();
+    let mut lock_complaints = 0u32;
     let mut open_stuck = vec![false; metrics.inputs.len()];
     let mut finished_inputs = vec![false; ctl.cfg.devices.len()];
     let exit_when_finished = ctl
@@ -882,6 +926,10 @@ pub fn start(
             }
         }
         if last_status.elapsed() >= Duration::from_secs(10) {
+            if check_state_lock(&mut state_lock, &ctl.cfg.state_dir, &mut lock_complaints) {
+                // The saved states were deleted with it: written again now, not at the next change.
+                ctl.persist();
+            }
             clock.check_synchronized();
             last_status = Instant::now();
             metrics.clock_synchronized.set(clock.synchronized_gauge());
@@ -934,7 +982,12 @@ pub fn start(
         "the alarm states to be saved to {}",
         ctl.saved_path.display()
     ));
-    ctl.persist();
+    if !ctl.persist() {
+        // The next start cannot know these: said once more, by machine, as the outbox names its lost messages.
+        for lost in ctl.unsaved_summary() {
+            log::error!("not saved, so lost at the next start: {lost}");
+        }
+    }
     if let Some(t) = &mqtt_thread {
         deadline.waiting_for(format!("{} (the last MQTT messages)", thread_named(t)));
     }

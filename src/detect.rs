@@ -85,6 +85,54 @@ pub struct SavedMachine {
     pub retained_topics: Option<Vec<String>>,
 }
 
+/// Space kept in the state directory for the saved state (`alarms.json`): on a filesystem filled by something
+/// else (clips elsewhere on the card, a log gone wild), the save that follows is made into it, so that an open
+/// alarm, a mute or a threshold set over MQTT survives the next restart. Made again once there is room.
+pub const RESERVE_FILE: &str = ".sonitor-reserve";
+const RESERVE_BYTES: usize = 64 * 1024;
+
+/// Writes the saved state to `path`, whole and durable. A state directory that is gone (deleted under the daemon)
+/// is made again; on a full filesystem the reserve ([`RESERVE_FILE`]) is given up for it. After a save, a missing
+/// reserve is made again where there is room.
+pub(crate) fn save_state(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use sonitor_core::atomic_file::write_durable;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let reserve = dir.join(RESERVE_FILE);
+    let full = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        )
+    };
+    match write_durable(path, bytes) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !dir.exists() => {
+            log::warn!(
+                "the state directory {} is gone (deleted while sonitor runs): made again",
+                dir.display()
+            );
+            std::fs::create_dir_all(dir)?;
+            write_durable(path, bytes)?;
+        }
+        Err(e) if full(&e) && reserve.is_file() => {
+            std::fs::remove_file(&reserve)?;
+            log::warn!(
+                "the state filesystem is full ({e}): the space kept for the saved state ({}) is used for it now; \
+                 free space there",
+                reserve.display()
+            );
+            write_durable(path, bytes)?;
+        }
+        r => r?,
+    }
+    if !reserve.exists() {
+        // On a full or read-only filesystem this fails at once; what it wrote is removed.
+        if sonitor_core::atomic_file::write(&reserve, &[0u8; RESERVE_BYTES]).is_err() {
+            let _ = std::fs::remove_file(&reserve);
+        }
+    }
+    Ok(())
+}
+
 /// How long a mute saved with the state still runs at a start: to its saved end on today's clock, but never
 /// longer than what was left when it was saved. A clock that reads earlier than the save (not yet synchronised
 /// after a power cut) would otherwise stretch a maintenance mute by its error and keep real alarms quiet. An end
@@ -418,7 +466,8 @@ impl Controller {
         }
     }
 
-    pub(crate) fn persist(&self) {
+    /// Saves every machine's state ([`save_state`]); false when it could not be saved (logged).
+    pub(crate) fn persist(&self) -> bool {
         // Every change of an event passes here: the set the retention keeps follows it.
         if let Ok(mut open) = self.open_clips.lock() {
             *open = open_event_clips(&self.machines);
@@ -438,10 +487,40 @@ impl Controller {
             })
             .collect();
         let text = serde_json::to_string_pretty(&map).unwrap_or_default();
-        if let Err(e) = sonitor_core::atomic_file::write_durable(&self.saved_path, text.as_bytes())
-        {
+        if let Err(e) = save_state(&self.saved_path, text.as_bytes()) {
             log::error!("cannot save {}: {e}", self.saved_path.display());
+            return false;
         }
+        true
+    }
+
+    /// What the next start will not know, for the log of a stop whose last save failed: each machine's open
+    /// alarm (it starts OFF, and its event gets no end), mute, threshold set over MQTT and `enabled` set by a
+    /// command. Empty when nothing but the default state is lost.
+    pub(crate) fn unsaved_summary(&self) -> Vec<String> {
+        self.machines
+            .iter()
+            .filter(|m| !m.removed)
+            .filter_map(|m| {
+                let mut lost = Vec::new();
+                if let Some(e) = &m.saved.event {
+                    lost.push(format!(
+                        "its alarm is ON (event {}): the next start begins it OFF, and the event gets no end",
+                        e.event_id
+                    ));
+                }
+                if let Some(until) = m.muted_until_unix() {
+                    lost.push(format!("its mute until {}", crate::clock::unix_rfc3339(until)));
+                }
+                if let Some(t) = m.saved.threshold_override {
+                    lost.push(format!("its threshold {t} set over MQTT"));
+                }
+                if m.saved.enabled != m.cfg.enabled {
+                    lost.push(format!("enabled = {} set over MQTT", m.saved.enabled));
+                }
+                (!lost.is_empty()).then(|| format!("machine '{}': {}", m.cfg.name, lost.join("; ")))
+            })
+            .collect()
     }
 
     pub(crate) fn params_of(m: &MachineRt) -> DetectorParams {
@@ -841,6 +920,42 @@ impl Controller {
         if self.queue_clean_up(&name, msgs, &note) {
             self.send(ToMqtt::OutboxChanged);
         }
+    }
+
+    /// The machine a reload retired ([`Self::retire`]) that the file `nm` names again on the same device and
+    /// channel: its input and model were kept, so it can be watched again at once.
+    fn returning(&self, nm: &MachineConfig) -> Option<usize> {
+        self.machines.iter().position(|m| {
+            m.removed
+                && m.cfg.name == nm.name
+                && m.cfg.device == nm.device
+                && m.cfg.channel == nm.channel
+        })
+    }
+
+    /// Watches again machine `i`, retired by an earlier reload and back in the file (a file caught half-written,
+    /// then put right): its reader cuts its windows again, its metrics and retained topics come back (its alarm
+    /// OFF; the reload then publishes its state), with its mute gone and what commands set before kept. It waited
+    /// for a restart, without a health series to alert on.
+    fn reinstate(&mut self, i: usize) {
+        let m = &mut self.machines[i];
+        m.removed = false;
+        m.unscored = 0;
+        // The retirement dropped its mute's deadline: the detector's mute goes with it.
+        let _ = m.detector.set_muted(false, m.last_t_ms);
+        let _ = m.detector.set_enabled(m.saved.enabled, m.last_t_ms);
+        let name = m.cfg.name.clone();
+        if let Some(mm) = self.metrics.machines.get(i) {
+            mm.removed
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        log::warn!(
+            "reload: machine '{name}', removed by an earlier reload, is back in {}: watched again from its next \
+             window",
+            self.config_path.display()
+        );
+        self.retained(format!("{}/{name}/alarm", self.base), "OFF".into(), true);
+        self.publish_discovery();
     }
 
     /// Records a transition: outbox first (durable), then state, then MQTT, clip, metrics.
@@ -1265,7 +1380,7 @@ impl Controller {
         let mut sections: BTreeMap<(&Path, &str), Arc<SectionModel>> = BTreeMap::new();
         let mut changes = Vec::new();
         for nm in &new.machines {
-            let Some(i) = self.watched(&nm.name) else {
+            let Some(i) = self.watched(&nm.name).or_else(|| self.returning(nm)) else {
                 continue;
             };
             let Some((b, section)) = checked
@@ -1312,6 +1427,14 @@ impl Controller {
         for w in &checked.warnings {
             log::warn!("reload: {w}");
         }
+        for i in new
+            .machines
+            .iter()
+            .filter_map(|nm| self.returning(nm))
+            .collect::<Vec<_>>()
+        {
+            self.reinstate(i);
+        }
         let mut waiting = Vec::new();
         let models = self.apply_models(changes, checked.embedders, &mut waiting);
         let mut changed = 0;
@@ -1321,8 +1444,8 @@ impl Controller {
             if self.machines[i].removed {
                 if nm.is_some() {
                     log::warn!(
-                        "reload: machine '{name}', removed by an earlier reload, is back in {path}; it is watched \
-                         again once sonitor restarts"
+                        "reload: machine '{name}', removed by an earlier reload, is back in {path} on another \
+                         device or channel; it is watched again once sonitor restarts"
                     );
                     waiting.push(format!("machine '{name}' back"));
                 }
@@ -1965,6 +2088,56 @@ mod tests {
         let (until, at) = (m.muted_until_unix.unwrap(), m.muted_saved_unix.unwrap());
         assert!((3_598..=3_601).contains(&(until - at)), "{until} {at}");
         assert!(at.abs_diff(unix_now()) <= 2);
+    }
+
+    /// A state directory deleted while the daemon runs is made again by the next save, and a save makes the
+    /// reserve for the saved state ([`RESERVE_FILE`]) where there is none.
+    #[test]
+    fn a_save_makes_the_state_directory_and_the_reserve_again() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("state");
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.join("alarms.json");
+        save_state(&path, b"{}").unwrap();
+        let reserve = dir.join(RESERVE_FILE);
+        assert_eq!(
+            std::fs::metadata(&reserve).unwrap().len(),
+            RESERVE_BYTES as u64
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        save_state(&path, b"{\"a\": 1}").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\": 1}");
+        assert!(reserve.is_file());
+    }
+
+    /// A stop whose last save fails names, by machine, what the next start will not know: here a mute, a
+    /// threshold and `enabled` set over MQTT. Nothing when the state is the file's.
+    #[test]
+    fn what_an_unsaved_stop_loses_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut ctl, _clips) = controller(d.path(), 4);
+        assert!(ctl.unsaved_summary().is_empty());
+        ctl.on_command(Command::Mute {
+            machine: "pump-1".into(),
+            duration: Duration::from_secs(3_600),
+        });
+        ctl.on_command(Command::Threshold {
+            machine: "pump-1".into(),
+            value: Some(0.2),
+        });
+        ctl.on_command(Command::Enabled {
+            machine: "pump-1".into(),
+            enabled: false,
+        });
+        let lost = ctl.unsaved_summary();
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        for n in [
+            "machine 'pump-1': its mute until ",
+            "its threshold 0.2 set over MQTT",
+            "enabled = false set over MQTT",
+        ] {
+            assert!(lost[0].contains(n), "{n}: {lost:?}");
+        }
     }
 
     /// What the last run left retained and no longer applies is deleted through the outbox: all the topics of a

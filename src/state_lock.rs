@@ -28,7 +28,53 @@ const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
 /// The state directory, held until dropped (the process's end).
 #[derive(Debug)]
 pub struct StateLock {
-    _file: File,
+    file: File,
+    dir: PathBuf,
+    metrics: Option<SocketAddr>,
+}
+
+/// What [`StateLock::check`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockCheck {
+    /// The lock file this process holds is still the one at its path.
+    Held,
+    /// It was gone (the state directory, or the file, deleted while the daemon ran) or replaced, and is taken
+    /// again: a second daemon would have started beside this one.
+    Retaken,
+    /// It was gone, and another process took the new one first.
+    TakenBy(Option<u32>),
+    /// It was gone and cannot be made again (a read-only filesystem, no permission): the error.
+    Lost(String),
+}
+
+impl StateLock {
+    /// Whether the file this process holds is still the lock file of its state directory, and if not, takes it
+    /// again. A daemon whose state directory was deleted (a clean-up of /var/lib/sonitor/*) held a lock on a file
+    /// no longer there: a second daemon started beside it, and `sonitor reload` found no daemon.
+    pub fn check(&mut self) -> LockCheck {
+        use std::os::unix::fs::MetadataExt as _;
+        let path = self.dir.join(LOCK_FILE);
+        let held = self.file.metadata().ok().map(|m| (m.dev(), m.ino()));
+        let there = std::fs::metadata(&path).ok().map(|m| (m.dev(), m.ino()));
+        // A directory taken read-only holds the directory itself (`acquire`).
+        let dir_held = std::fs::metadata(&self.dir)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        if held.is_some() && (held == there || (there.is_none() && held == dir_held)) {
+            return LockCheck::Held;
+        }
+        if let Err(e) = std::fs::create_dir_all(&self.dir) {
+            return LockCheck::Lost(format!("{}: {e}", self.dir.display()));
+        }
+        match acquire(&self.dir, self.metrics) {
+            Ok(new) => {
+                self.file = new.file;
+                LockCheck::Retaken
+            }
+            Err(LockError::Held { pid, .. }) => LockCheck::TakenBy(pid),
+            Err(e) => LockCheck::Lost(e.to_string()),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,13 +110,26 @@ pub fn acquire(dir: &Path, metrics: Option<SocketAddr>) -> Result<StateLock, Loc
         path: path.clone(),
         error,
     };
-    let mut file = OpenOptions::new()
+    let opened = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .open(&path)
-        .map_err(io)?;
+        .open(&path);
+    let (mut file, writable) = match opened {
+        Ok(f) => (f, true),
+        // A filesystem mounted read-only (`run` starts on one, keeping its state in memory): flock needs no
+        // write access, so the file an earlier daemon left is locked read-only, or where there is none the
+        // directory itself (a second daemon on the read-only directory does the same, and is refused).
+        Err(e) if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem => match File::open(&path) {
+            Ok(f) => (f, false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                (File::open(dir).map_err(io)?, false)
+            }
+            Err(e) => return Err(io(e)),
+        },
+        Err(e) => return Err(io(e)),
+    };
     // `holder` (a `sonitor validate`) takes a shared lock for a moment: wait that out rather than refuse a
     // daemon that starts at that very moment (and name, as the holder, the pid an earlier daemon left).
     let give_up = std::time::Instant::now() + BRIEF_HOLD;
@@ -85,12 +144,20 @@ pub fn acquire(dir: &Path, metrics: Option<SocketAddr>) -> Result<StateLock, Loc
     }
     // The pid only names the holder in the message above, and the address only helps `reload` and `status` find
     // it: a failure to write them does not stop the daemon.
-    let metrics = metrics.map_or(String::new(), |a| format!("metrics {a}\n"));
+    let lock = |file| StateLock {
+        file,
+        dir: dir.to_path_buf(),
+        metrics,
+    };
+    if !writable {
+        return Ok(lock(file));
+    }
+    let text = metrics.map_or(String::new(), |a| format!("metrics {a}\n"));
     let _ = file
         .set_len(0)
         .and_then(|()| file.rewind())
-        .and_then(|()| write!(file, "{}\n{metrics}", std::process::id()));
-    Ok(StateLock { _file: file })
+        .and_then(|()| write!(file, "{}\n{text}", std::process::id()));
+    Ok(lock(file))
 }
 
 /// What the process holding a state directory wrote in its lock file.

@@ -464,7 +464,9 @@ fn in_small_tmpfs(state: &Path, setup: &str, args: &str, config: &Path) -> Optio
 /// state of the disk, not of the configuration: `validate` passes with a warning that names the directory, the
 /// OS error and what to do, and `run` starts with the same warning (a refusal, exit 78, would keep systemd from
 /// ever restarting it once space is freed); neither leaves a probe file behind. On a filesystem with room for
-/// less than a full outbox, `validate` passes with a warning; on a read-only one it refuses and says to remount.
+/// less than a full outbox, `validate` passes with a warning. A read-only one (ext4's `errors=remount-ro` on an SD
+/// card) is the same: it was refused with exit 78, so after the next restart no machine was watched; now `run`
+/// starts, with its state in memory, whether an earlier daemon left its lock file there or not.
 #[test]
 fn a_state_dir_that_cannot_take_a_write_is_refused_or_warned() {
     let d = tempfile::tempdir().unwrap();
@@ -501,11 +503,88 @@ fn a_state_dir_that_cannot_take_a_write_is_refused_or_warned() {
         "{text}"
     );
     let ro = "mount -o remount,bind,ro \"$STATE\"";
-    let (code, text) = in_small_tmpfs(&state, ro, "validate", &config).unwrap();
-    assert_eq!(code, 78, "{text}");
-    for n in ["Read-only file system", "remount it read-write"] {
-        assert!(text.contains(n), "should say '{n}':\n{text}");
+    let locked_ro = "echo 1 > \"$STATE/sonitor.lock\"; mount -o remount,bind,ro \"$STATE\"";
+    for (setup, cmd) in [(ro, "validate"), (ro, "run"), (locked_ro, "run")] {
+        let (code, text) = in_small_tmpfs(&state, setup, cmd, &config).unwrap();
+        assert_eq!(code, 0, "`sonitor {cmd}` after `{setup}`:\n{text}");
+        for n in [
+            "Read-only file system",
+            "kept in memory only until it is writable again",
+            "remount it read-write",
+        ] {
+            assert!(text.contains(n), "should say '{n}':\n{text}");
+        }
+        if cmd == "run" {
+            assert!(text.contains("running: 1 machine(s)"), "{text}");
+        }
     }
+}
+
+/// A state filesystem filled by something else while the daemon runs: the save at the stop goes into the space
+/// kept for it (`.sonitor-reserve`), so that the next start knows the alarm states, mutes and thresholds set over
+/// MQTT (they were lost, with only "cannot save" in the log).
+#[test]
+fn a_full_state_filesystem_still_takes_the_saved_state() {
+    let d = tempfile::tempdir().unwrap();
+    let (_b, config) = looped_pump(d.path());
+    let state = d.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let script = "mount -t tmpfs -o size=256k sonitor-test \"$STATE\" || exit 90\n\
+         echo MOUNTED\n\
+         \"$SONITOR\" run --config \"$CONFIG\" > \"$LOG\" 2>&1 &\npid=$!\n\
+         for i in $(seq 300); do [ -f \"$STATE/.sonitor-reserve\" ] && break; sleep 0.1; done\n\
+         head -c 1048576 /dev/zero > \"$STATE/fill\" 2>/dev/null\n\
+         kill -TERM $pid; wait $pid; echo \"rc=$?\"\n\
+         cat \"$LOG\"; echo \"LEFT: $(ls -A \"$STATE\" | tr '\\n' ' ')\"\n";
+    let out = common::private_mount_namespace()
+        .args(["sh", "-c", script])
+        .env("STATE", &state)
+        .env("CONFIG", &config)
+        .env("LOG", d.path().join("daemon.log"))
+        .env("SONITOR", env!("CARGO_BIN_EXE_sonitor"))
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    if !text.contains("MOUNTED") {
+        eprintln!("skipped: no tmpfs can be mounted in a private mount namespace here:\n{text}");
+        return;
+    }
+    assert!(text.contains("rc=0"), "{text}");
+    assert!(
+        text.contains("the space kept for the saved state")
+            && !text.contains("cannot save")
+            && text.contains("alarms.json"),
+        "{text}"
+    );
+}
+
+/// The state directory deleted while the daemon runs (a clean-up of /var/lib/sonitor/*): the daemon takes its
+/// lock again within 10 s and saves its states there again, so a second daemon on it is refused (exit 75) and
+/// `sonitor reload` finds it. Its lock was on a file no longer there: a second daemon started beside it.
+#[test]
+fn a_state_directory_deleted_under_the_daemon_is_taken_again() {
+    let d = tempfile::tempdir().unwrap();
+    let (_b, cfg) = looped_pump(d.path());
+    let daemon = common::Daemon::start(&cfg, &[]);
+    daemon.wait_log("input mic open", Duration::from_secs(30));
+    let state = d.path().join("state");
+    let lock = state.join("sonitor.lock");
+    assert!(lock.is_file());
+    std::fs::remove_dir_all(&state).unwrap();
+    daemon.wait_log(
+        "was gone (deleted while sonitor runs): taken again",
+        Duration::from_secs(20),
+    );
+    assert!(state.join("alarms.json").is_file());
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor"))
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(75), "{said}");
+    assert!(said.contains("runs on the state directory"), "{said}");
+    assert_eq!(daemon.sigterm_and_wait(), 0);
 }
 
 /// A bundle and a configuration (MQTT off) that replays the pump in real time, looped: a daemon that runs until

@@ -629,7 +629,8 @@ fn a_machine_removed_from_the_file_ends_its_alarm_and_clears_its_topics() {
 /// A machine removed from the file while the daemon runs is retired by the reload, as a restart would retire it:
 /// its alarm, on, ends with reason `removed`, its retained topics and entities are cleared, its metrics go, its
 /// commands are refused and the saved state forgets it; the machine that stays is watched on. (A reload used to
-/// log that a restart was needed, and the machine went on raising alarms until then.)
+/// log that a restart was needed, and the machine went on raising alarms until then.) Put back in the file, it is
+/// watched again at once.
 #[test]
 fn a_machine_removed_at_a_reload_is_retired_and_its_topics_cleared() {
     let rig = Rig::start();
@@ -707,7 +708,9 @@ fn a_machine_removed_at_a_reload_is_retired_and_its_topics_cleared() {
             .map(String::as_str)
             == Some("0.7")
     });
-    // Back in the file: watched again only after a restart, and said so.
+    // Back in the file (a file caught half-written, then put right) on the same device: watched again at once, not
+    // after a restart (until then it had no metrics and no retained topics, so no alert could see it unwatched).
+    let rec_back = Recorder::start(port, "recorder-back");
     common::edit(&cfg, |t| format!("{t}{second}"));
     unsafe {
         libc::kill(daemon.child.id() as i32, libc::SIGHUP);
@@ -716,11 +719,25 @@ fn a_machine_removed_at_a_reload_is_retired_and_its_topics_cleared() {
         "reload: machine 'pump-2', removed by an earlier reload, is back in ",
         Duration::from_secs(10),
     );
-    assert!(retained(port, "sonitor/t1/pump-2/alarm", "check-back").is_none());
+    daemon.wait_log("watched again from its next window", Duration::from_secs(5));
+    // Its alarm goes on again (the normal recording is far above its threshold), as a new event.
+    let msgs = rec_back.wait_for("pump-2's new alarm", Duration::from_secs(20), |m| {
+        on(m, "sonitor/t1/pump-2/alarm").contains(&"ON".to_string())
+    });
+    let again: serde_json::Value =
+        serde_json::from_str(on(&msgs, "sonitor/t1/pump-2/events").last().unwrap()).unwrap();
+    assert_eq!(again["type"], "start");
+    assert_ne!(again["event_id"], start["event_id"]);
+    assert!(retained(port, entity, "check-entity-3").is_some());
+    let m = common::scrape(&cfg);
+    assert!(
+        m.contains("sonitor_machine_health{machine=\"pump-2\""),
+        "{m}"
+    );
     assert_eq!(daemon.sigterm_and_wait(), 0);
     let saved = std::fs::read_to_string(rig.path().join("state/alarms.json")).unwrap();
     assert!(
-        !saved.contains("pump-2") && saved.contains("pump-1"),
+        saved.contains("pump-2") && saved.contains("pump-1"),
         "{saved}"
     );
 }

@@ -90,7 +90,32 @@ impl Outbox {
             path: dir.to_path_buf(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(err)?;
+        let empty = |dir: &Path| Outbox {
+            dir: dir.to_path_buf(),
+            records: VecDeque::new(),
+            next_seq: 1,
+            max: max.max(1),
+            dropped: 0,
+            memory_only: BTreeSet::new(),
+            unpersisted: 0,
+        };
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            // A state filesystem mounted read-only (or full) before the outbox was ever made: nothing waits in it,
+            // and the daemon runs with its messages in memory (each push says so), as when the disk fails later.
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ReadOnlyFilesystem
+                    | std::io::ErrorKind::StorageFull
+                    | std::io::ErrorKind::QuotaExceeded
+            ) {
+                log::warn!(
+                    "outbox {}: cannot be created ({e}): alarm messages are kept in memory only until it can be",
+                    dir.display()
+                );
+                return Ok(empty(dir));
+            }
+            return Err(err(e));
+        }
         let mut records = Vec::new();
         // The highest number of a message left unread.
         let mut left = 0u64;
@@ -259,10 +284,19 @@ impl Outbox {
     /// One record to its file, whole or not at all ([`atomic_file`]).
     fn write(&self, rec: &Record) -> Result<(), OutboxError> {
         let path = self.dir.join(file_name(rec.seq));
-        serde_json::to_vec(rec)
-            .map_err(std::io::Error::other)
-            .and_then(|text| atomic_file::write(&path, &text))
-            .map_err(|source| OutboxError { path, source })
+        let text = serde_json::to_vec(rec).map_err(|e| OutboxError {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        match atomic_file::write(&path, &text) {
+            // The directory is gone (the state directory deleted under the daemon, or never made on a read-only
+            // filesystem that is writable now): made again, so that messages are durable again.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&self.dir).and_then(|()| atomic_file::write(&path, &text))
+            }
+            r => r,
+        }
+        .map_err(|source| OutboxError { path, source })
     }
 
     /// Removes the file of message `seq`; one already gone is no error.
@@ -400,13 +434,14 @@ mod tests {
 
     #[test]
     fn a_message_that_cannot_be_written_is_still_queued() {
-        // The outbox directory disappears under the daemon (a full or remounted disk gives the same
-        // error path): the push reports it, and both messages still wait to be published, in order.
+        // The outbox directory becomes a file under the daemon (a full or remounted disk gives the same error
+        // path): the push reports it, and both messages still wait to be published, in order.
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("outbox");
         let mut o = Outbox::open(&dir, 10).unwrap();
         o.push(vec![m("a", "ON")]).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::write(&dir, "x").unwrap();
         let err = o.push(vec![m("a", "OFF"), m("e", "end")]).unwrap_err();
         assert!(
             err.to_string().contains("00000000000000000002.json"),
@@ -423,6 +458,21 @@ mod tests {
         // Acknowledging a message that never reached the disk just forgets it.
         o.ack(2);
         assert_eq!(o.len(), 2);
+    }
+
+    /// The outbox directory deleted under the daemon (with the state directory: a clean-up of /var/lib/sonitor/*)
+    /// is made again by the next write, so that messages are durable again; so is one that could not be made at
+    /// the start (a read-only filesystem, writable since).
+    #[test]
+    fn a_deleted_outbox_directory_is_made_again() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("state").join("outbox");
+        let mut o = Outbox::open(&dir, 10).unwrap();
+        o.push(vec![m("a", "ON")]).unwrap();
+        std::fs::remove_dir_all(d.path().join("state")).unwrap();
+        o.push(vec![m("a", "OFF")]).unwrap();
+        assert!(dir.join(file_name(2)).is_file());
+        assert_eq!(o.unpersisted(), 0);
     }
 
     #[test]
