@@ -185,6 +185,18 @@ pub enum BundleError {
         expected: String,
         actual: String,
     },
+    /// A write of the bundle (an in-place `upgrade`, a `fit` that ends) stopped between putting its new graph in
+    /// place and its new manifest: the new manifest, which matches the graph, waits as `tmp`.
+    #[error(
+        "{path}: checksum mismatch, from a write of this bundle that was stopped (an in-place `sonitor-train \
+         upgrade`, a `fit` ending): the graph is the new one, and its new manifest waits in {tmp}, which matches \
+         it. Finish the write: `mv {tmp} {manifest}`"
+    )]
+    Unfinished {
+        path: PathBuf,
+        tmp: PathBuf,
+        manifest: PathBuf,
+    },
     #[error("{path}: {error}")]
     Onnx {
         path: PathBuf,
@@ -275,6 +287,15 @@ impl Manifest {
             return Err("no inputs".into());
         }
         let f = &self.features;
+        let mut names = std::collections::BTreeSet::new();
+        for input in &self.inputs {
+            if !names.insert(input.name.as_str()) {
+                return Err(format!(
+                    "input '{}' is listed twice in the manifest's inputs",
+                    input.name
+                ));
+            }
+        }
         for input in &self.inputs {
             let expected = match input.view {
                 FeatureView::LogMel => vec![1, f.log_mel_shape()[0], f.log_mel_shape()[1]],
@@ -311,7 +332,9 @@ impl Manifest {
             if s.centroids.is_empty() {
                 return Err(format!("section {key} has no centroids"));
             }
-            if s.n_source_centroids + s.n_target_centroids != s.centroids.len() {
+            // Checked: counts near usize::MAX in a hand-edited manifest overflowed the sum (a panic in every
+            // consumer, and a reload killed the running daemon).
+            if s.n_source_centroids.checked_add(s.n_target_centroids) != Some(s.centroids.len()) {
                 return Err(format!(
                     "section {key}: {} source + {} target centroids announced, {} given",
                     s.n_source_centroids,
@@ -521,6 +544,18 @@ impl Bundle {
         let bytes = read_regular(&onnx_path)?;
         let actual = sha256_hex(&bytes);
         if !actual.eq_ignore_ascii_case(&manifest.onnx_sha256) {
+            let tmp = crate::atomic_file::temp_path(&manifest_path);
+            let waiting = crate::regular_file::read(&tmp)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
+                .is_some_and(|m| m.onnx_sha256.eq_ignore_ascii_case(&actual));
+            if waiting {
+                return Err(BundleError::Unfinished {
+                    path: onnx_path,
+                    tmp,
+                    manifest: manifest_path,
+                });
+            }
             return Err(BundleError::Checksum {
                 path: onnx_path,
                 expected: manifest.onnx_sha256.clone(),
@@ -825,6 +860,42 @@ mod tests {
         assert!(err_of(d.path()).contains("checksum mismatch"));
     }
 
+    /// A write of the bundle stopped between its two renames (an in-place `upgrade` killed, a power cut): the new
+    /// graph is in place, its manifest still waits as `manifest.json.tmp`. Named as such, with the `mv` that
+    /// finishes it, not as a graph "changed or from another bundle".
+    #[test]
+    fn a_write_stopped_between_graph_and_manifest_says_how_to_finish_it() {
+        let d = tempfile::tempdir().unwrap();
+        Bundle::write(d.path(), &manifest(), &graph()).unwrap();
+        // The new graph (another that fits the same manifest: its batch axis fixed).
+        let g = model(
+            &[
+                (
+                    "log_mel",
+                    vec![Dim::Fixed(1), Dim::Fixed(7), Dim::Fixed(32)],
+                ),
+                ("spectrum", vec![Dim::Fixed(1), Dim::Fixed(2048)]),
+            ],
+            &[("embedding", vec![Dim::Fixed(1), Dim::Fixed(4)])],
+        );
+        let mut m = manifest();
+        m.onnx_sha256 = sha256_hex(&g);
+        std::fs::write(d.path().join("model.onnx"), &g).unwrap();
+        let tmp = atomic_file::temp_path(&d.path().join(MANIFEST_FILE));
+        std::fs::write(&tmp, serde_json::to_vec(&m).unwrap()).unwrap();
+        let e = err_of(d.path());
+        assert!(
+            e.contains("a write of this bundle that was stopped")
+                && e.contains("Finish the write: `mv "),
+            "{e}"
+        );
+        std::fs::rename(&tmp, d.path().join(MANIFEST_FILE)).unwrap();
+        assert_eq!(
+            Bundle::load(d.path()).unwrap().manifest.onnx_sha256,
+            sha256_hex(&g)
+        );
+    }
+
     #[test]
     fn missing_pieces_are_named() {
         let d = tempfile::tempdir().unwrap();
@@ -873,6 +944,19 @@ mod tests {
             (
                 Box::new(|m| m.sections[0].n_target_centroids = 5),
                 "announced",
+            ),
+            // Counts whose sum overflows: refused, not a panic (every consumer panicked; a reload killed the
+            // daemon).
+            (
+                Box::new(|m| m.sections[0].n_source_centroids = usize::MAX),
+                "announced",
+            ),
+            (
+                Box::new(|m| {
+                    let again = m.inputs[0].clone();
+                    m.inputs.push(again);
+                }),
+                "is listed twice in the manifest's inputs",
             ),
             (
                 Box::new(|m| m.sections[0].threshold.value = f64::NAN),

@@ -405,9 +405,9 @@ pub fn checkpoint_matches_bundle(
             .context("the bundle's provenance.model.config is not a network configuration")?;
         anyhow::ensure!(
             c == state.model,
-            "its network {:?} is not the bundle's {:?}",
-            state.model,
-            c
+            "its network {} is not the bundle's {}",
+            serde_json::to_string(&state.model).unwrap_or_default(),
+            serde_json::to_string(&c).unwrap_or_default()
         );
     }
     anyhow::ensure!(
@@ -475,6 +475,9 @@ pub fn run(a: &PruneArgs) -> anyhow::Result<()> {
         a.quantile
             .unwrap_or_else(|| m.sections.first().map_or(0.9, |s| s.threshold.quantile)),
     )?;
+    // A `--force` run into this directory that was stopped: its checkpoint is that run's, not the bundle's. Said
+    // as the --out check says it (what to restore), not as a checkpoint that does not match.
+    crate::replace::check_no_leftover(&a.model, "--model")?;
     let device = a.device.device()?;
     let ckpt = checkpoint::find(&a.model);
     anyhow::ensure!(
@@ -489,7 +492,8 @@ pub fn run(a: &PruneArgs) -> anyhow::Result<()> {
     checkpoint_matches_bundle(&state, m).with_context(|| {
         format!(
             "--model {}: the checkpoint in {} is not the network of the bundle's model.onnx (an interrupted or \
-             other training run?); finish it with fit --resume, or prune a bundle whose checkpoint it is",
+             other training run's?); prune a bundle whose checkpoint it is, or finish that run first \
+             (`fit --resume`, when it was a fit)",
             a.model.display(),
             ckpt.display()
         )

@@ -597,6 +597,19 @@ fn the_library_force_and_a_killed_forced_fit() {
     );
     std::fs::rename(other.join("checkpoint"), out.join("checkpoint")).unwrap();
     unchanged(&out, &killed);
+    // Pruning from it (`--model`): the same advice, not "its checkpoint is not the bundle's network; finish it
+    // with fit --resume", which a killed prune cannot.
+    let e = err(sonitor_train::prune::run(&data::prune_args(
+        &out,
+        &d.path().join("from-killed"),
+    )));
+    assert!(
+        e.contains("--model")
+            && e.contains("a --force run set aside")
+            && !e.contains("ModelConfig"),
+        "{e}"
+    );
+    unchanged(&out, &killed);
 
     // `--resume` finishes the killed run: its bundle, no backup.
     let mut o = options(&data, &out, LossKind::SubclusterAdacos, 2);
