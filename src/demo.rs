@@ -128,7 +128,11 @@ pub struct Summary {
     /// The score timeline as a picture (PNG), when it could be drawn.
     pub plot: Option<PathBuf>,
     pub config: PathBuf,
+    /// The daemon's exit status (0: the replay ended). The demo's own is 0 when [`Summary::ok`], else 2: see
+    /// `ok`.
     pub exit_status: i32,
+    /// Whether the demo did what it is for ([`Summary::ok`]): the demo exits 0 when true, 2 when false.
+    pub ok: bool,
     /// With `--mqtt`: what reached the broker.
     pub mqtt: Option<MqttDelivery>,
 }
@@ -136,6 +140,11 @@ pub struct Summary {
 impl Summary {
     /// The demo did what it is for: raised during the fault, never outside it, and cleared after the repair.
     pub fn ok(&self) -> bool {
+        self.ok
+    }
+
+    /// [`Summary::ok`], computed from the rest.
+    fn judged(&self) -> bool {
         self.detected
             && self.false_alarms == 0
             && self.alarms.iter().all(|a| a.off_s.is_some())
@@ -316,6 +325,10 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Summary> {
             } => {
                 windows += 1;
                 threshold = th;
+                // An alarm's peak so far: one still on at the end has no OFF to say it (it showed its first score).
+                if let Some(a) = alarms.iter_mut().rev().find(|a| a.off_s.is_none()) {
+                    a.peak = a.peak.max(score);
+                }
                 let end = t_end_ms as f64 / 1000.0;
                 points.push((end, score));
                 let f = in_fault(end);
@@ -367,7 +380,7 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Summary> {
                     );
                     if let Some(a) = alarms.iter_mut().rev().find(|a| a.off_s.is_none()) {
                         a.off_s = Some(at);
-                        a.peak = score;
+                        a.peak = a.peak.max(score);
                     }
                 }
             }
@@ -400,7 +413,7 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Summary> {
         }
     };
     let first_hit = alarms.iter().find(|a| a.during_fault).map(|a| a.on_s);
-    Ok(Summary {
+    let mut summary = Summary {
         machine: name,
         section: t.section.clone(),
         model_id,
@@ -422,8 +435,11 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Summary> {
         plot,
         config,
         exit_status,
+        ok: false,
         mqtt,
-    })
+    };
+    summary.ok = summary.judged();
+    Ok(summary)
 }
 
 /// Draws the score timeline with the fault and the alarms shaded: `OUT/timeline.png`. A picture that cannot be
@@ -498,8 +514,18 @@ impl std::fmt::Display for Summary {
                 }
             )?;
         }
+        // An alarm raised before the fault (a false one) that is still on through it: no alarm was raised by the
+        // fault, but one was on; "no alarm while the fault was audible" said otherwise.
+        let on_through = self.alarms.iter().any(|a| {
+            a.on_s <= self.fault_start_s && a.off_s.is_none_or(|off| off > self.fault_start_s)
+        });
         match self.detection_delay_s {
             Some(d) => writeln!(f, "  detected {d:.1} s after the fault began")?,
+            None if on_through => writeln!(
+                f,
+                "  NOT DETECTED as such: no alarm was raised during the fault; a false alarm raised before it was \
+                 still on"
+            )?,
             None => writeln!(f, "  MISSED: no alarm while the fault was audible")?,
         }
         for c in &self.clips {

@@ -297,3 +297,55 @@ fn a_missing_or_unreadable_manifest_is_named() {
         "{said}"
     );
 }
+
+/// A model that alarms on everything (here the shipped one with its thresholds edited down to 0.001): its alarm
+/// goes on at the first windows and stays on through the fault to the end. The summary gives that alarm the peak of
+/// its scores (it showed the score that raised it), does not call the fault "MISSED" while an alarm was on
+/// through it, and says `ok: false` beside the daemon's `exit_status` 0, as the demo exits 2.
+#[test]
+fn an_alarm_on_from_the_start_is_summed_up_as_it_was() {
+    let d = tempfile::tempdir().unwrap();
+    let bundle = d.path().join("touchy");
+    std::fs::create_dir(&bundle).unwrap();
+    for f in ["model.onnx", "demo.wav", "demo.json"] {
+        std::fs::copy(shipped().join(f), bundle.join(f)).unwrap();
+    }
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(shipped().join("manifest.json")).unwrap()).unwrap();
+    for s in m["sections"].as_array_mut().unwrap() {
+        s["threshold"]["value"] = 0.001.into();
+    }
+    std::fs::write(
+        bundle.join("manifest.json"),
+        serde_json::to_vec(&m).unwrap(),
+    )
+    .unwrap();
+    let (code, s, log) = demo_on(&bundle, &d.path().join("out"), &[]);
+    assert_eq!(code, 2, "{log}");
+    assert_eq!(s["ok"], false, "{s}");
+    assert_eq!(s["exit_status"], 0, "{s}");
+    let alarms = s["alarms"].as_array().unwrap();
+    assert_eq!(alarms.len(), 1, "{s}");
+    assert!(alarms[0]["off_s"].is_null(), "{s}");
+    let timeline = std::fs::read_to_string(d.path().join("out/timeline.csv")).unwrap();
+    let max = timeline
+        .lines()
+        .skip(1)
+        .filter(|l| l.ends_with(",1,0") || l.ends_with(",1,1"))
+        .map(|l| l.split(',').nth(1).unwrap().parse::<f64>().unwrap())
+        .fold(0.0, f64::max);
+    let peak = alarms[0]["peak"].as_f64().unwrap();
+    assert!(
+        (peak - max).abs() < 1e-5,
+        "peak {peak}, scores while on up to {max}"
+    );
+    let text = demo_command_on(&bundle, &d.path().join("out2"))
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        said.contains("NOT DETECTED as such") && !said.contains("MISSED"),
+        "{said}"
+    );
+}
