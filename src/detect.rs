@@ -1105,6 +1105,11 @@ impl Controller {
         alarm: &str,
         ev: &serde_json::Value,
     ) -> Result<Vec<u64>, crate::publish::outbox::OutboxError> {
+        // MQTT off: nothing would ever take them out. They piled up in the outbox, unseen (`status` counts what
+        // the MQTT thread holds), and all went out, stale, the day MQTT was switched on.
+        if !self.cfg.mqtt.enabled {
+            return Ok(Vec::new());
+        }
         let msgs = vec![
             OutMessage {
                 topic: format!("{topic}/alarm"),
@@ -1128,6 +1133,10 @@ impl Controller {
     /// anything else of theirs, so that no subscriber gets an end without its start. (When the last run's messages
     /// did land, the start comes twice: consumers dedupe on `event_id`.)
     pub(crate) fn announce_unannounced(&mut self) {
+        // MQTT off: nothing to announce to; a start with it announces them.
+        if !self.cfg.mqtt.enabled {
+            return;
+        }
         let mut any = false;
         for i in 0..self.machines.len() {
             let m = &self.machines[i];

@@ -121,7 +121,9 @@ impl Snapshot {
                     .collect();
                 MachineStatus {
                     alarm: flag(of("sonitor_alarm", "machine", &m)),
-                    score: of("sonitor_score", "machine", &m),
+                    // None before its first window (the gauge reads 0 then; the retained state says null).
+                    score: of("sonitor_score", "machine", &m)
+                        .filter(|_| windows.is_none_or(|n| n > 0.0)),
                     threshold: of("sonitor_threshold", "machine", &m),
                     threshold_off: of("sonitor_threshold_off", "machine", &m),
                     health: labelled("sonitor_machine_health", &m, "health", Some(1.0))
@@ -563,6 +565,8 @@ mod tests {
         assert_eq!(pump["score_p999"], 0.01);
         assert_eq!(pump["windows_scored"], 1000);
         assert_eq!(j["machines"][1]["score_p999"], serde_json::Value::Null);
+        // Not scored yet: no score, not 0.
+        assert_eq!(j["machines"][1]["score"], serde_json::Value::Null);
         assert_eq!(j["machines"][1]["health"], "NO_SCORES");
         assert_eq!(j["inputs"][0]["name"], "mic");
         assert_eq!(j["inputs"][0]["up"], true);
