@@ -550,8 +550,16 @@ pub fn start(
         cfg.mqtt.outbox_max,
     )?));
     let waiting = outbox.lock().map(|o| o.len()).unwrap_or(0);
-    if waiting > 0 {
+    metrics.outbox_depth.set(waiting as u64);
+    metrics.mqtt_enabled.set(u64::from(cfg.mqtt.enabled));
+    if waiting > 0 && cfg.mqtt.enabled {
         log::info!("outbox: {waiting} alarm message(s) from a previous run wait for the broker");
+    } else if waiting > 0 {
+        log::info!(
+            "outbox: {waiting} alarm message(s) wait in {} for a start with MQTT on, which publishes them (remove \
+             them before it not to)",
+            cfg.outbox_dir().display()
+        );
     }
     let (cmd_tx, cmd_rx) = bounded::<Command>(64);
     let (mqtt_tx, mqtt_rx) = bounded::<ToMqtt>(1024);

@@ -1105,11 +1105,6 @@ impl Controller {
         alarm: &str,
         ev: &serde_json::Value,
     ) -> Result<Vec<u64>, crate::publish::outbox::OutboxError> {
-        // MQTT off: nothing would ever take them out. They piled up in the outbox, unseen (`status` counts what
-        // the MQTT thread holds), and all went out, stale, the day MQTT was switched on.
-        if !self.cfg.mqtt.enabled {
-            return Ok(Vec::new());
-        }
         let msgs = vec![
             OutMessage {
                 topic: format!("{topic}/alarm"),
@@ -1122,10 +1117,11 @@ impl Controller {
                 retain: false,
             },
         ];
-        self.outbox
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(msgs)
+        let mut outbox = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
+        let pushed = outbox.push(msgs);
+        // With MQTT off no MQTT thread counts them: `status` said 0 while they piled up on disk.
+        self.metrics.outbox_depth.set(outbox.len() as u64);
+        pushed
     }
 
     /// Alarms the last run saved as raised but had not put in the outbox when it ended (killed, or the power lost,
@@ -1133,10 +1129,6 @@ impl Controller {
     /// anything else of theirs, so that no subscriber gets an end without its start. (When the last run's messages
     /// did land, the start comes twice: consumers dedupe on `event_id`.)
     pub(crate) fn announce_unannounced(&mut self) {
-        // MQTT off: nothing to announce to; a start with it announces them.
-        if !self.cfg.mqtt.enabled {
-            return;
-        }
         let mut any = false;
         for i in 0..self.machines.len() {
             let m = &self.machines[i];
@@ -2297,6 +2289,10 @@ mod tests {
         let clips = event_clips(&ctl);
         assert_eq!(clips.len(), 4);
         assert!(clips[2].is_null() && clips[3].is_null(), "{clips:?}");
+        // MQTT is off here: no MQTT thread counts the outbox, the transitions do (`status` said 0 while they
+        // waited on disk).
+        let waiting = ctl.outbox.lock().unwrap().len() as u64;
+        assert_eq!((waiting, ctl.metrics.outbox_depth.get()), (8, 8));
     }
 
     /// Machine 0's window ending at `t_end_ms`, with its score or without (`None`: not scored), at a running level.

@@ -198,6 +198,8 @@ pub struct Metrics {
     pub inputs: Vec<InputMetrics>,
     pub machines: Vec<MachineMetrics>,
     pub mqtt_connected: Gauge,
+    /// `[mqtt] enabled`: 0 when MQTT is off (then `sonitor_mqtt_connected` is 0 by design, not a fault).
+    pub mqtt_enabled: Gauge,
     /// 1 while connected without this daemon's own announcement delivered back (`mqtt::Session::own_echo`).
     pub mqtt_echo_missing: Gauge,
     pub mqtt_connects: Counter,
@@ -497,6 +499,12 @@ impl Metrics {
             "gauge",
             "1 while the machine's channel clips.",
             mac(&|m| m.clipping.get().to_string()),
+        );
+        family(
+            "sonitor_mqtt_enabled",
+            "gauge",
+            "1 when MQTT is on in the configuration ([mqtt] enabled), 0 when it is off.",
+            one(self.mqtt_enabled.get()),
         );
         family(
             "sonitor_mqtt_connected",

@@ -19,6 +19,8 @@ pub struct Snapshot {
     pub pid: Option<u32>,
     pub machines: Vec<MachineStatus>,
     pub inputs: Vec<InputStatus>,
+    /// `[mqtt] enabled` (`None`: a daemon from before it was exported).
+    pub mqtt_enabled: Option<bool>,
     pub mqtt_connected: Option<bool>,
     /// Connected, but the broker has not delivered this daemon's own announcement back: it may drop what the daemon
     /// publishes (`sonitor_mqtt_echo_missing`).
@@ -151,6 +153,7 @@ impl Snapshot {
             pid,
             machines,
             inputs,
+            mqtt_enabled: flag(one("sonitor_mqtt_enabled")),
             mqtt_connected: flag(one("sonitor_mqtt_connected")),
             mqtt_echo_missing: flag(one("sonitor_mqtt_echo_missing")),
             outbox_messages: count(one("sonitor_outbox_messages")),
@@ -233,6 +236,9 @@ impl Snapshot {
         out.push_str(&format!(
             "\nMQTT {}; {} alarm message(s) waiting in the outbox ({} dropped)\n",
             match (self.mqtt_connected, self.mqtt_echo_missing) {
+                _ if self.mqtt_enabled == Some(false) => {
+                    "off ([mqtt] enabled = false: the outbox keeps the alarm messages for a start with it on)"
+                }
                 (Some(true), Some(true)) => {
                     "connected, but the broker does not deliver this daemon's own announcement back: it may drop \
                      what the daemon publishes, alarms included, or only refuse it reading (its ACL, its size \
@@ -542,13 +548,20 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("\nmic    yes"), "{text}");
+        // MQTT off ([mqtt] enabled = false) is said as such, not as a connection that failed.
+        assert!(
+            text.contains("\nMQTT off ([mqtt] enabled = false"),
+            "{text}"
+        );
         assert!(text.contains("the last reload was refused"), "{text}");
         m.last_reload_ok.set(1);
         m.restart_pending.set(1);
+        m.mqtt_enabled.set(1);
         let snapshot = Snapshot::of(&parse_samples(&m.render()), None);
         let text = snapshot.text();
         assert!(
-            text.contains("some of its changes wait for a restart"),
+            text.contains("some of its changes wait for a restart")
+                && text.contains("\nMQTT not connected;"),
             "{text}"
         );
         // `--json`: the same, as fields.
