@@ -584,6 +584,17 @@ fn a_state_directory_deleted_under_the_daemon_is_taken_again() {
     let said = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(75), "{said}");
     assert!(said.contains("runs on the state directory"), "{said}");
+    let reload = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor"))
+        .args([
+            "reload",
+            "--timeout",
+            "20",
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(reload.status.code(), Some(0), "{reload:?}");
     assert_eq!(daemon.sigterm_and_wait(), 0);
 }
 

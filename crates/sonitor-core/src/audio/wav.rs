@@ -958,7 +958,7 @@ pub fn to_mono(interleaved: &[f32], channels: usize, channel: ChannelSelect, out
 
 /// Writes mono 16-bit PCM, clipping to [-1, 1]. Used for data sets.
 pub fn write_wav_i16(path: &Path, samples: &[f32], sample_rate: u32) -> Result<(), WavError> {
-    let bytes = encode_wav_i16(path, samples, sample_rate)?;
+    let bytes = encode_wav(path, samples, sample_rate, false)?;
     std::fs::write(path, bytes).map_err(|e| WavError::Write {
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -968,33 +968,17 @@ pub fn write_wav_i16(path: &Path, samples: &[f32], sample_rate: u32) -> Result<(
 /// [`write_wav_i16`], whole or not at all ([`crate::atomic_file::write`]): a write that fails (a full disk) leaves
 /// no partial WAV under `path` and no temporary file. Evidence clips and imported clips are written this way.
 pub fn write_wav_i16_whole(path: &Path, samples: &[f32], sample_rate: u32) -> Result<(), WavError> {
-    let bytes = encode_wav_i16(path, samples, sample_rate)?;
-    crate::atomic_file::write(path, &bytes).map_err(|e| WavError::Write {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
+    write_whole(path, &encode_wav(path, samples, sample_rate, false)?)
 }
 
 /// Mono 32-bit float WAV, whole or not at all, like [`write_wav_i16_whole`]: for audio beyond full scale (a
 /// float recorder's headroom), which 16 bits would clip: the samples are stored as given.
 pub fn write_wav_f32_whole(path: &Path, samples: &[f32], sample_rate: u32) -> Result<(), WavError> {
-    let err = |e: hound::Error| WavError::Write {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate,
-        bits_per_sample: 32,
-        sample_format: hound::SampleFormat::Float,
-    };
-    let mut bytes = std::io::Cursor::new(Vec::with_capacity(58 + samples.len() * 4));
-    let mut w = hound::WavWriter::new(&mut bytes, spec).map_err(err)?;
-    for &s in samples {
-        w.write_sample(s).map_err(err)?;
-    }
-    w.finalize().map_err(err)?;
-    crate::atomic_file::write(path, &bytes.into_inner()).map_err(|e| WavError::Write {
+    write_whole(path, &encode_wav(path, samples, sample_rate, true)?)
+}
+
+fn write_whole(path: &Path, bytes: &[u8]) -> Result<(), WavError> {
+    crate::atomic_file::write(path, bytes).map_err(|e| WavError::Write {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })
@@ -1005,21 +989,38 @@ pub fn to_i16(sample: f32) -> i16 {
     (sample.clamp(-1.0, 1.0) * 32767.0).round() as i16
 }
 
-/// The bytes of a mono 16-bit PCM WAV file of `samples` (clipped to [-1, 1]); `path` names it in errors.
-fn encode_wav_i16(path: &Path, samples: &[f32], sample_rate: u32) -> Result<Vec<u8>, WavError> {
+/// The bytes of a mono WAV file of `samples`: 16-bit PCM (clipped to [-1, 1]), or with `float` 32-bit float as
+/// given; `path` names it in errors.
+fn encode_wav(
+    path: &Path,
+    samples: &[f32],
+    sample_rate: u32,
+    float: bool,
+) -> Result<Vec<u8>, WavError> {
     let err = |e: hound::Error| WavError::Write {
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
+    let (bits, format) = if float {
+        (32, hound::SampleFormat::Float)
+    } else {
+        (16, hound::SampleFormat::Int)
+    };
     let spec = hound::WavSpec {
         channels: 1,
         sample_rate,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
+        bits_per_sample: bits,
+        sample_format: format,
     };
-    let mut bytes = std::io::Cursor::new(Vec::with_capacity(44 + samples.len() * 2));
+    let mut bytes = std::io::Cursor::new(Vec::with_capacity(
+        58 + samples.len() * usize::from(bits / 8),
+    ));
     let mut w = hound::WavWriter::new(&mut bytes, spec).map_err(err)?;
-    {
+    if float {
+        for &s in samples {
+            w.write_sample(s).map_err(err)?;
+        }
+    } else {
         let mut w16 = w.get_i16_writer(samples.len() as u32);
         for &s in samples {
             w16.write_sample(to_i16(s));
