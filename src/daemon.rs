@@ -339,8 +339,8 @@ fn check_state_lock(
         }
         LockCheck::Retaken => {
             log::warn!(
-                "the lock file of the state directory {} was gone (deleted while sonitor runs): taken again, so \
-                 that no second daemon starts on it",
+                "the lock file of the state directory {} was gone (deleted while sonitor runs, or not to be made \
+                 on a read-only filesystem until now): taken again, so that no second daemon starts on it",
                 dir.display()
             );
             *complaints = 0;

@@ -60,8 +60,29 @@ impl StateLock {
         let dir_held = std::fs::metadata(&self.dir)
             .ok()
             .map(|m| (m.dev(), m.ino()));
-        if held.is_some() && (held == there || (there.is_none() && held == dir_held)) {
+        if held.is_some() && held == there {
             return LockCheck::Held;
+        }
+        // The directory itself, locked on a read-only filesystem (`acquire`): the file is taken once it can be
+        // made, or a daemon started after a remount read-write would take it beside this one.
+        if held.is_some() && held == dir_held {
+            let Ok(mut file) = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+            else {
+                return LockCheck::Held;
+            };
+            return match try_flock(&file, libc::LOCK_EX) {
+                Ok(true) => {
+                    self.file = file;
+                    self.write_holder();
+                    LockCheck::Retaken
+                }
+                _ => LockCheck::TakenBy(holder_in(&mut file).pid),
+            };
         }
         if let Err(e) = std::fs::create_dir_all(&self.dir) {
             return LockCheck::Lost(format!("{}: {e}", self.dir.display()));
@@ -142,22 +163,31 @@ pub fn acquire(dir: &Path, metrics: Option<SocketAddr>) -> Result<StateLock, Loc
         }
         std::thread::sleep(LOCK_RETRY);
     }
-    // The pid only names the holder in the message above, and the address only helps `reload` and `status` find
-    // it: a failure to write them does not stop the daemon.
     let lock = |file| StateLock {
         file,
         dir: dir.to_path_buf(),
         metrics,
     };
-    if !writable {
-        return Ok(lock(file));
+    let mut lock = lock(file);
+    if writable {
+        lock.write_holder();
     }
-    let text = metrics.map_or(String::new(), |a| format!("metrics {a}\n"));
-    let _ = file
-        .set_len(0)
-        .and_then(|()| file.rewind())
-        .and_then(|()| write!(file, "{}\n{text}", std::process::id()));
-    Ok(lock(file))
+    Ok(lock)
+}
+
+impl StateLock {
+    /// Writes this process's pid and metrics address into the lock file. They only name the holder in a refusal
+    /// and help `reload` and `status` find it: a failure to write them does not stop the daemon.
+    fn write_holder(&mut self) {
+        let text = self
+            .metrics
+            .map_or(String::new(), |a| format!("metrics {a}\n"));
+        let file = &mut self.file;
+        let _ = file
+            .set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| write!(file, "{}\n{text}", std::process::id()));
+    }
 }
 
 /// What the process holding a state directory wrote in its lock file.

@@ -559,6 +559,55 @@ fn a_full_state_filesystem_still_takes_the_saved_state() {
     );
 }
 
+/// A daemon started on a read-only state filesystem (it locks the directory itself) that is remounted read-write
+/// while it runs: within 10 s it takes the lock file, with its pid, and saves its states there, so that a daemon
+/// started after the remount is refused instead of taking the file beside it.
+#[test]
+fn a_read_only_state_dir_made_writable_is_taken_by_the_running_daemon() {
+    let d = tempfile::tempdir().unwrap();
+    let (_b, config) = looped_pump(d.path());
+    let state = d.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let script = "mount -t tmpfs -o size=256k sonitor-test \"$STATE\" || exit 90\n\
+         echo MOUNTED\n\
+         mount -o remount,bind,ro \"$STATE\"\n\
+         \"$SONITOR\" run --config \"$CONFIG\" > \"$LOG\" 2>&1 &\npid=$!\n\
+         sleep 3\n\
+         mount -o remount,bind,rw \"$STATE\"\n\
+         for i in $(seq 200); do [ -s \"$STATE/sonitor.lock\" ] && [ -f \"$STATE/alarms.json\" ] && break; sleep 0.1; done\n\
+         \"$SONITOR\" run --config \"$CONFIG\" > \"$LOG.2\" 2>&1; echo \"second=$?\"\n\
+         echo \"LOCK: $(head -n 1 \"$STATE/sonitor.lock\") PID: $pid\"\n\
+         kill -TERM $pid; wait $pid; echo \"rc=$?\"\n\
+         cat \"$LOG\"; echo \"LEFT: $(ls -A \"$STATE\" | tr '\\n' ' ')\"\n";
+    let out = common::private_mount_namespace()
+        .args(["sh", "-c", script])
+        .env("STATE", &state)
+        .env("CONFIG", &config)
+        .env("LOG", d.path().join("daemon.log"))
+        .env("SONITOR", env!("CARGO_BIN_EXE_sonitor"))
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    if !text.contains("MOUNTED") {
+        eprintln!("skipped: no tmpfs can be mounted in a private mount namespace here:\n{text}");
+        return;
+    }
+    let pid = text
+        .split("PID: ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .unwrap_or("?");
+    assert!(
+        text.contains("second=75")
+            && text.contains(&format!("LOCK: {pid} PID: {pid}"))
+            && text.contains("rc=0")
+            && text.contains("not to be made on a read-only filesystem until now): taken again")
+            && text.contains("alarms.json"),
+        "{text}"
+    );
+}
+
 /// The state directory deleted while the daemon runs (a clean-up of /var/lib/sonitor/*): the daemon takes its
 /// lock again within 10 s and saves its states there again, so a second daemon on it is refused (exit 75) and
 /// `sonitor reload` finds it. Its lock was on a file no longer there: a second daemon started beside it.
@@ -573,7 +622,7 @@ fn a_state_directory_deleted_under_the_daemon_is_taken_again() {
     assert!(lock.is_file());
     std::fs::remove_dir_all(&state).unwrap();
     daemon.wait_log(
-        "was gone (deleted while sonitor runs): taken again",
+        "was gone (deleted while sonitor runs, or not to be made on a read-only filesystem until now): taken again",
         Duration::from_secs(20),
     );
     assert!(state.join("alarms.json").is_file());
