@@ -1102,7 +1102,9 @@ impl Config {
         if let Some(v) = std::env::var_os("SONITOR_STATE_DIR").filter(|v| !v.is_empty()) {
             return Some(v.into());
         }
-        state_dir_in(&std::fs::read_to_string(path).ok()?)
+        // A regular file only: a FIFO held `sonitor status` for ever, /dev/zero grew it past 5 GB.
+        let bytes = sonitor_core::regular_file::read(path).ok()?;
+        state_dir_in(&String::from_utf8(bytes).ok()?)
     }
 
     pub fn device(&self, name: &str) -> Option<&DeviceConfig> {
@@ -1318,6 +1320,10 @@ impl Config {
             );
         }
         let q = &self.mqtt;
+        // With MQTT off too: the outbox keeps the alarm messages for a start with it on.
+        if q.outbox_max < 10 {
+            p.push("mqtt.outbox_max must be at least 10".into());
+        }
         if q.enabled {
             if q.host.trim().is_empty() {
                 p.push("mqtt.host is empty".into());
@@ -1343,9 +1349,6 @@ impl Config {
                     "mqtt.keep_alive ({:?}) must be between 1s and 65535s (MQTT carries it in 16 bits)",
                     q.keep_alive
                 ));
-            }
-            if q.outbox_max < 10 {
-                p.push("mqtt.outbox_max must be at least 10".into());
             }
             if q.password.is_some() && q.password_file.is_some() {
                 p.push("mqtt: give `password` or `password_file`, not both".into());

@@ -562,6 +562,14 @@ impl std::fmt::Display for Summary {
                 "OK — alarm during the fault, none outside it, cleared after the repair"
             } else if self.mqtt.as_ref().is_some_and(|m| m.undelivered > 0) {
                 "NOT OK — the alarms were not delivered over MQTT"
+            } else if self.detected
+                && self.false_alarms == 0
+                && self.alarms.iter().any(|a| a.off_s.is_none())
+            {
+                // Said nowhere above: the alarm came during the fault and is still on at the end of the recording.
+                "NOT OK — the alarm did not clear after the repair: it was still on when the recording ended"
+            } else if self.exit_status != 0 {
+                "NOT OK — the daemon did not end cleanly (its log above says why)"
             } else {
                 "NOT OK — see above"
             }
@@ -582,6 +590,53 @@ mod tests {
             .to_string();
         assert!(e.contains("nope.wav is not there"), "{e}");
         assert!(!e.contains("timeline nope.json"), "{e}");
+    }
+
+    /// A recording cut before the repair: the alarm came during the fault and is still on at the end. Not OK (it
+    /// did not clear), and the verdict says why: it said "see above", where nothing did.
+    #[test]
+    fn an_alarm_still_on_at_the_end_is_the_reason_given() {
+        let mut s = Summary {
+            machine: "pump-demo".into(),
+            section: "pump/section_00".into(),
+            model_id: "m".into(),
+            fault: "clogging".into(),
+            fault_start_s: 20.0,
+            fault_end_s: 44.0,
+            threshold: 0.05,
+            windows: 45,
+            audio_seconds: 46.0,
+            wall_seconds: 1.0,
+            mean_score_normal: 0.01,
+            mean_score_fault: 0.3,
+            alarms: vec![AlarmSpan {
+                on_s: 27.0,
+                off_s: None,
+                peak: 0.4,
+                event_id: "e1".into(),
+                during_fault: true,
+            }],
+            detected: true,
+            detection_delay_s: Some(7.0),
+            false_alarms: 0,
+            clips: Vec::new(),
+            timeline_csv: "t.csv".into(),
+            plot: None,
+            config: "c.toml".into(),
+            exit_status: 0,
+            ok: false,
+            mqtt: None,
+        };
+        s.ok = s.judged();
+        assert!(!s.ok());
+        let text = s.to_string();
+        assert!(
+            text.contains("NOT OK — the alarm did not clear after the repair"),
+            "{text}"
+        );
+        s.alarms[0].off_s = Some(49.0);
+        s.ok = s.judged();
+        assert!(s.ok() && s.to_string().contains("result: OK"));
     }
 
     #[test]

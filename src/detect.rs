@@ -1121,6 +1121,7 @@ impl Controller {
         let pushed = outbox.push(msgs);
         // With MQTT off no MQTT thread counts them: `status` said 0 while they piled up on disk.
         self.metrics.outbox_depth.set(outbox.len() as u64);
+        self.metrics.outbox_dropped.set(outbox.dropped());
         pushed
     }
 
@@ -2293,6 +2294,35 @@ mod tests {
         // waited on disk).
         let waiting = ctl.outbox.lock().unwrap().len() as u64;
         assert_eq!((waiting, ctl.metrics.outbox_depth.get()), (8, 8));
+    }
+
+    /// With MQTT off, an outbox past `outbox_max` drops its oldest messages, and the transitions count them in
+    /// `sonitor_outbox_dropped_messages_total` (only the MQTT thread did: `status` said 0 dropped).
+    #[test]
+    fn drops_of_the_outbox_are_counted_with_mqtt_off() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut ctl, _clips) = controller(d.path(), 4);
+        ctl.outbox = Arc::new(Mutex::new(
+            Outbox::open(&d.path().join("small"), 3).unwrap(),
+        ));
+        ctl.on_transition(
+            0,
+            Transition::Raised {
+                at_ms: 1000,
+                score: 0.9,
+            },
+        );
+        ctl.on_transition(
+            0,
+            Transition::Cleared {
+                at_ms: 2000,
+                since_ms: 1000,
+                peak: 0.9,
+                reason: sonitor_core::detect::ClearReason::Normal,
+            },
+        );
+        assert_eq!(ctl.metrics.outbox_depth.get(), 3);
+        assert_eq!(ctl.metrics.outbox_dropped.get(), 1);
     }
 
     /// Machine 0's window ending at `t_end_ms`, with its score or without (`None`: not scored), at a running level.

@@ -431,6 +431,17 @@ fn every_kind_of_bad_input_is_named_with_exit_78() {
             "not a configuration file",
         ],
     );
+    // `status` too, which looks for the state directory in the file's text: it waited on the FIFO for ever.
+    let status = Command::new("timeout")
+        .args(["20", env!("CARGO_BIN_EXE_sonitor"), "status", "--config"])
+        .arg(&fifo)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&status.stderr);
+    assert!(
+        !matches!(status.status.code(), Some(0 | 124)) && said.contains("not a regular file"),
+        "{status:?}"
+    );
 }
 
 /// Runs `sonitor ARGS --config CONFIG` in a private mount namespace where `state` is a 256 KiB tmpfs prepared
