@@ -775,6 +775,7 @@ pub fn start(
         observer,
         open_clips,
         swaps: Some(swap_tx),
+        unpublished_removals: std::collections::BTreeMap::new(),
         cfg,
     };
     // The start of an alarm the last run raised without putting it in the outbox, before anything else of it.
@@ -935,8 +936,12 @@ pub fn start(
         }
         if last_status.elapsed() >= Duration::from_secs(10) {
             if check_state_lock(&mut state_lock, &ctl.cfg.state_dir, &mut lock_complaints) {
-                // The saved states were deleted with it: written again now, not at the next change.
+                // The saved states and the outbox were deleted with it: written again now, not at the next change.
                 ctl.persist();
+                ctl.outbox
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .write_again_if_gone();
             }
             clock.check_synchronized();
             last_status = Instant::now();
@@ -1041,6 +1046,7 @@ pub fn start(
 /// many: these alarms reach no one, and this log is their only trace. Without MQTT nothing is ever sent from the
 /// outbox; the next start with MQTT on sends what is on disk.
 fn outbox_at_exit(outbox: &mut Outbox, mqtt: bool) {
+    outbox.write_again_if_gone();
     outbox.write_memory_only();
     if !mqtt {
         return;

@@ -428,6 +428,10 @@ pub(crate) struct Controller {
     /// Where a reload sends the inference thread the machines' new models (`None`: no inference thread, in unit
     /// tests).
     pub(crate) swaps: Option<Sender<ModelSwap>>,
+    /// With MQTT off: the saved states of machines no longer watched (gone from the file at a start, or retired
+    /// by a reload), kept in the state file for the first start with MQTT, which ends their open alarm and deletes
+    /// their retained topics. The first save forgot them, and their `alarm ON` stayed on the broker for good.
+    pub(crate) unpublished_removals: BTreeMap<String, SavedMachine>,
 }
 
 impl Controller {
@@ -486,6 +490,10 @@ impl Controller {
                 (m.cfg.name.clone(), saved)
             })
             .collect();
+        let mut map = map;
+        for (name, s) in &self.unpublished_removals {
+            map.entry(name.clone()).or_insert_with(|| s.clone());
+        }
         let text = serde_json::to_string_pretty(&map).unwrap_or_default();
         if let Err(e) = save_state(&self.saved_path, text.as_bytes()) {
             log::error!("cannot save {}: {e}", self.saved_path.display());
@@ -498,24 +506,51 @@ impl Controller {
     /// alarm (it starts OFF, and its event gets no end), mute, threshold set over MQTT and `enabled` set by a
     /// command. Empty when nothing but the default state is lost.
     pub(crate) fn unsaved_summary(&self) -> Vec<String> {
+        // What the next start will read: the state file as the last save that went through left it.
+        let on_disk = load_saved(&self.saved_path);
         self.machines
             .iter()
             .filter(|m| !m.removed)
             .filter_map(|m| {
+                let disk = on_disk.get(&m.cfg.name);
                 let mut lost = Vec::new();
-                if let Some(e) = &m.saved.event {
-                    lost.push(format!(
+                let event_on_disk = disk.and_then(|s| s.event.as_ref()).map(|e| &e.event_id);
+                match (&m.saved.event, event_on_disk) {
+                    (Some(e), on_disk) if on_disk != Some(&e.event_id) => lost.push(format!(
                         "its alarm is ON (event {}): the next start begins it OFF, and the event gets no end",
                         e.event_id
-                    ));
+                    )),
+                    (None, Some(e)) => lost.push(format!(
+                        "its alarm ended (event {e}): the next start finds it ON again"
+                    )),
+                    _ => {}
                 }
-                if let Some(until) = m.muted_until_unix() {
-                    lost.push(format!("its mute until {}", crate::clock::unix_rfc3339(until)));
+                let mute_on_disk = disk
+                    .and_then(|s| s.muted_until_unix)
+                    .filter(|&until| until > unix_now());
+                match (m.muted_until_unix(), mute_on_disk) {
+                    (Some(until), on_disk) if on_disk.is_none_or(|d| d.abs_diff(until) > 2) => {
+                        lost.push(format!("its mute until {}", crate::clock::unix_rfc3339(until)))
+                    }
+                    (None, Some(until)) => lost.push(format!(
+                        "its mute ended: the next start mutes it again until {}",
+                        crate::clock::unix_rfc3339(until)
+                    )),
+                    _ => {}
                 }
-                if let Some(t) = m.saved.threshold_override {
-                    lost.push(format!("its threshold {t} set over MQTT"));
+                let threshold_on_disk = disk.and_then(|s| s.threshold_override);
+                if m.saved.threshold_override != threshold_on_disk {
+                    lost.push(match m.saved.threshold_override {
+                        Some(t) => format!("its threshold {t} set over MQTT"),
+                        None => "its threshold back to the file's or the bundle's".into(),
+                    });
                 }
-                if m.saved.enabled != m.cfg.enabled {
+                // Not on disk at all: only a value other than the file's is lost.
+                let enabled_lost = match disk {
+                    Some(s) => s.enabled != m.saved.enabled,
+                    None => m.saved.enabled != m.cfg.enabled,
+                };
+                if enabled_lost {
                     lost.push(format!("enabled = {} set over MQTT", m.saved.enabled));
                 }
                 (!lost.is_empty()).then(|| format!("machine '{}': {}", m.cfg.name, lost.join("; ")))
@@ -740,7 +775,13 @@ impl Controller {
         saved: &BTreeMap<String, SavedMachine>,
     ) -> Vec<String> {
         if !self.cfg.mqtt.enabled {
-            // Nothing can be deleted now; the topics recorded stay for a start with MQTT.
+            // Nothing can be deleted now; the topics recorded stay for a start with MQTT, and so do the records
+            // of the machines no longer in the file.
+            self.unpublished_removals = saved
+                .iter()
+                .filter(|(name, _)| !self.machines.iter().any(|m| &m.cfg.name == *name))
+                .map(|(name, s)| (name.clone(), s.clone()))
+                .collect();
             return Vec::new();
         }
         // What each machine in the file publishes now, recorded for the next start below.
@@ -908,6 +949,12 @@ impl Controller {
             self.config_path.display()
         );
         if !self.cfg.mqtt.enabled {
+            // Kept in the state file for a start with MQTT, which ends its alarm and clears its topics.
+            let kept = SavedMachine {
+                event: event.clone(),
+                ..self.machines[i].saved.clone()
+            };
+            self.unpublished_removals.insert(name, kept);
             log::warn!("{note}");
             return;
         }
@@ -945,6 +992,7 @@ impl Controller {
         let _ = m.detector.set_muted(false, m.last_t_ms);
         let _ = m.detector.set_enabled(m.saved.enabled, m.last_t_ms);
         let name = m.cfg.name.clone();
+        self.unpublished_removals.remove(&name);
         if let Some(mm) = self.metrics.machines.get(i) {
             mm.removed
                 .store(false, std::sync::atomic::Ordering::Relaxed);
@@ -1921,6 +1969,7 @@ mod tests {
             observer: None,
             open_clips: Arc::default(),
             swaps: None,
+            unpublished_removals: BTreeMap::new(),
             cfg,
         };
         (ctl, clip_rx)
@@ -2112,13 +2161,27 @@ mod tests {
         assert!(reserve.is_file());
     }
 
-    /// A stop whose last save fails names, by machine, what the next start will not know: here a mute, a
-    /// threshold and `enabled` set over MQTT. Nothing when the state is the file's.
+    /// A stop whose last save fails names, by machine, what the next start will not know, against the state file
+    /// as the last save left it: here a mute, a threshold and `enabled` set over MQTT, then an alarm that ended
+    /// (the next start would find it on again). Nothing when the file holds what runs.
     #[test]
     fn what_an_unsaved_stop_loses_is_named() {
         let d = tempfile::tempdir().unwrap();
         let (mut ctl, _clips) = controller(d.path(), 4);
         assert!(ctl.unsaved_summary().is_empty());
+        ctl.on_transition(
+            0,
+            Transition::Raised {
+                at_ms: 1000,
+                score: 0.9,
+            },
+        );
+        assert!(
+            ctl.unsaved_summary().is_empty(),
+            "{:?}",
+            ctl.unsaved_summary()
+        );
+        let saved = std::fs::read(&ctl.saved_path).unwrap();
         ctl.on_command(Command::Mute {
             machine: "pump-1".into(),
             duration: Duration::from_secs(3_600),
@@ -2131,15 +2194,36 @@ mod tests {
             machine: "pump-1".into(),
             enabled: false,
         });
+        ctl.on_transition(
+            0,
+            Transition::Cleared {
+                at_ms: 2000,
+                since_ms: 1000,
+                peak: 0.9,
+                reason: sonitor_core::detect::ClearReason::Normal,
+            },
+        );
+        // The saves since went through; as if they had not: the file the raise left.
+        std::fs::write(&ctl.saved_path, &saved).unwrap();
         let lost = ctl.unsaved_summary();
         assert_eq!(lost.len(), 1, "{lost:?}");
         for n in [
-            "machine 'pump-1': its mute until ",
+            "machine 'pump-1': ",
+            "its alarm ended (event ",
+            "the next start finds it ON again",
+            "its mute until ",
             "its threshold 0.2 set over MQTT",
             "enabled = false set over MQTT",
         ] {
             assert!(lost[0].contains(n), "{n}: {lost:?}");
         }
+        // Saved after all: nothing is lost.
+        ctl.persist();
+        assert!(
+            ctl.unsaved_summary().is_empty(),
+            "{:?}",
+            ctl.unsaved_summary()
+        );
     }
 
     /// What the last run left retained and no longer applies is deleted through the outbox: all the topics of a
@@ -2294,6 +2378,40 @@ mod tests {
         // waited on disk).
         let waiting = ctl.outbox.lock().unwrap().len() as u64;
         assert_eq!((waiting, ctl.metrics.outbox_depth.get()), (8, 8));
+    }
+
+    /// With MQTT off, a machine retired by a reload with its alarm on stays in the state file, its open event
+    /// with it, for the first start with MQTT to end that alarm and clear its topics: the first save forgot it,
+    /// and its `alarm ON` stayed retained on the broker for good. Put back, it is a watched machine again.
+    #[test]
+    fn a_machine_retired_with_mqtt_off_waits_in_the_state_for_mqtt() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut ctl, _clips) = controller(d.path(), 4);
+        ctl.on_transition(
+            0,
+            Transition::Raised {
+                at_ms: 1000,
+                score: 0.9,
+            },
+        );
+        let event = ctl.machines[0].saved.event.clone().unwrap().event_id;
+        ctl.retire(0);
+        ctl.persist();
+        let saved = load_saved(&ctl.saved_path);
+        let kept = &saved["pump-1"];
+        assert_eq!(
+            kept.event.as_ref().map(|e| e.event_id.as_str()),
+            Some(event.as_str())
+        );
+        // A start with MQTT off keeps what it finds of machines no longer in the file.
+        std::fs::create_dir(d.path().join("next")).unwrap();
+        let (mut next, _clips) = controller(&d.path().join("next"), 4);
+        next.machines[0].cfg.name = "other".into();
+        next.clean_up_last_run(&saved);
+        next.persist();
+        assert!(load_saved(&next.saved_path)["pump-1"].event.is_some());
+        ctl.reinstate(0);
+        assert!(ctl.unpublished_removals.is_empty());
     }
 
     /// With MQTT off, an outbox past `outbox_max` drops its oldest messages, and the transitions count them in

@@ -188,6 +188,7 @@ impl Outbox {
     /// ([`Outbox::unpersisted`]). The first such error is returned after every message has been queued.
     /// Messages kept in memory only by an earlier push are written first, once the disk takes them.
     pub fn push(&mut self, msgs: Vec<OutMessage>) -> Result<Vec<u64>, OutboxError> {
+        self.write_again_if_gone();
         self.write_memory_only();
         let mut seqs = Vec::with_capacity(msgs.len());
         let mut first_error = None;
@@ -279,6 +280,35 @@ impl Outbox {
                 self.memory_only.len()
             );
         }
+    }
+
+    /// The outbox directory deleted under the daemon (with the state directory: `rm -rf /var/lib/sonitor/*`): made
+    /// again, with every message still waiting written to it again. They were on disk, and nothing rewrote them: a
+    /// stop said they waited in a directory no longer there, and a start never published them (an `end` came
+    /// without its `start`). Returns how many were written.
+    pub fn write_again_if_gone(&mut self) -> usize {
+        if self.dir.is_dir() || std::fs::create_dir_all(&self.dir).is_err() {
+            return 0;
+        }
+        let mut written = 0;
+        for r in &self.records {
+            if self.write(r).is_ok() {
+                written += 1;
+            }
+        }
+        let on_disk: BTreeSet<u64> = self
+            .records
+            .iter()
+            .map(|r| r.seq)
+            .filter(|seq| self.dir.join(file_name(*seq)).is_file())
+            .collect();
+        self.memory_only.retain(|seq| !on_disk.contains(seq));
+        log::warn!(
+            "outbox {}: the directory was not there (deleted while sonitor runs, or not to be made on a read-only \
+             filesystem until now): made again, with the {written} message(s) still waiting",
+            self.dir.display()
+        );
+        written
     }
 
     /// One record to its file, whole or not at all ([`atomic_file`]).
@@ -473,6 +503,15 @@ mod tests {
         o.push(vec![m("a", "OFF")]).unwrap();
         assert!(dir.join(file_name(2)).is_file());
         assert_eq!(o.unpersisted(), 0);
+        // The message that waited on disk before is written again with it (it was lost: a stop said it waited
+        // in a directory no longer there).
+        assert!(dir.join(file_name(1)).is_file());
+        // And without a new message: a stop (or the lock's check) writes them again.
+        std::fs::remove_dir_all(d.path().join("state")).unwrap();
+        assert_eq!(o.write_again_if_gone(), 2);
+        assert_eq!(o.write_again_if_gone(), 0);
+        let reopened = Outbox::open(&dir, 10).unwrap();
+        assert_eq!(reopened.len(), 2);
     }
 
     #[test]
