@@ -1011,22 +1011,26 @@ impl Config {
             path: path.to_path_buf(),
             reasons: vec![reason],
         };
-        if path.is_dir() {
-            return Err(err("is a directory, not a configuration file".into()));
-        }
-        // A FIFO or a device: the config crate would call it "not found", and an open would wait for a writer.
-        if path.exists() && !path.is_file() {
-            return Err(err(format!(
-                "{}, not a configuration file",
-                sonitor_core::regular_file::NOT_A_FILE
-            )));
-        }
-        if !path.exists() {
-            return Err(err(
-                "no such file (another configuration: --config FILE; a first one: start from \
-                 configs/sonitor.toml, /usr/share/doc/sonitor/examples/ in the package)"
-                    .into(),
-            ));
+        // One look at what is there: a directory, a FIFO or a device (the config crate would call the last two
+        // "not found", and an open would wait for a writer), or nothing.
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => {
+                return Err(err("is a directory, not a configuration file".into()))
+            }
+            Ok(m) if !m.is_file() => {
+                return Err(err(format!(
+                    "{}, not a configuration file",
+                    sonitor_core::regular_file::NOT_A_FILE
+                )))
+            }
+            Ok(_) => {}
+            Err(_) => {
+                return Err(err(
+                    "no such file (another configuration: --config FILE; a first one: start from \
+                     configs/sonitor.toml, /usr/share/doc/sonitor/examples/ in the package)"
+                        .into(),
+                ))
+            }
         }
         let env: Vec<(String, String)> = env.into_iter().collect();
         let misspelled = env_misspellings(&env);
@@ -1877,12 +1881,15 @@ pub fn check_writable_dir(dir: &Path, key: &str) -> Result<Option<String>, Strin
 /// A full filesystem, an exceeded quota, or one mounted read-only (ext4's `errors=remount-ro` after an SD card's
 /// fault, until fsck and a reboot): a state of the disk, not of the configuration. Refusing to start on one (exit
 /// 78, which the unit never restarts) left every machine unwatched after the next restart.
-fn is_passing(e: &std::io::Error) -> bool {
+pub(crate) fn is_passing(e: &std::io::Error) -> bool {
+    is_full(e) || e.kind() == std::io::ErrorKind::ReadOnlyFilesystem
+}
+
+/// A full filesystem or an exceeded quota.
+pub(crate) fn is_full(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),
-        std::io::ErrorKind::StorageFull
-            | std::io::ErrorKind::QuotaExceeded
-            | std::io::ErrorKind::ReadOnlyFilesystem
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
     )
 }
 

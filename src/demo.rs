@@ -128,11 +128,9 @@ pub struct Summary {
     /// The score timeline as a picture (PNG), when it could be drawn.
     pub plot: Option<PathBuf>,
     pub config: PathBuf,
-    /// The daemon's exit status (0: the replay ended). The demo's own is 0 when [`Summary::ok`], else 2: see
-    /// `ok`.
+    /// The daemon's exit status (0: the replay ended). The demo's own is 0 when [`Summary::ok`], else 2; its
+    /// `--json` says `ok` beside this ([`Summary::to_json`]).
     pub exit_status: i32,
-    /// Whether the demo did what it is for ([`Summary::ok`]): the demo exits 0 when true, 2 when false.
-    pub ok: bool,
     /// With `--mqtt`: what reached the broker.
     pub mqtt: Option<MqttDelivery>,
 }
@@ -140,16 +138,26 @@ pub struct Summary {
 impl Summary {
     /// The demo did what it is for: raised during the fault, never outside it, and cleared after the repair.
     pub fn ok(&self) -> bool {
-        self.ok
-    }
-
-    /// [`Summary::ok`], computed from the rest.
-    fn judged(&self) -> bool {
         self.detected
             && self.false_alarms == 0
             && self.alarms.iter().all(|a| a.off_s.is_some())
             && self.exit_status == 0
             && self.mqtt.as_ref().is_none_or(|m| m.undelivered == 0)
+    }
+
+    /// The summary as `--json` prints it: its fields, and `ok` ([`Summary::ok`]: true exactly when the demo exits
+    /// 0), which `exit_status` (the daemon's) was taken for.
+    pub fn to_json(&self) -> serde_json::Result<String> {
+        #[derive(Serialize)]
+        struct WithVerdict<'a> {
+            #[serde(flatten)]
+            summary: &'a Summary,
+            ok: bool,
+        }
+        serde_json::to_string_pretty(&WithVerdict {
+            summary: self,
+            ok: self.ok(),
+        })
     }
 }
 
@@ -413,7 +421,7 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Summary> {
         }
     };
     let first_hit = alarms.iter().find(|a| a.during_fault).map(|a| a.on_s);
-    let mut summary = Summary {
+    Ok(Summary {
         machine: name,
         section: t.section.clone(),
         model_id,
@@ -435,11 +443,8 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Summary> {
         plot,
         config,
         exit_status,
-        ok: false,
         mqtt,
-    };
-    summary.ok = summary.judged();
-    Ok(summary)
+    })
 }
 
 /// Draws the score timeline with the fault and the alarms shaded: `OUT/timeline.png`. A picture that cannot be
@@ -624,10 +629,8 @@ mod tests {
             plot: None,
             config: "c.toml".into(),
             exit_status: 0,
-            ok: false,
             mqtt: None,
         };
-        s.ok = s.judged();
         assert!(!s.ok());
         let text = s.to_string();
         assert!(
@@ -635,7 +638,6 @@ mod tests {
             "{text}"
         );
         s.alarms[0].off_s = Some(49.0);
-        s.ok = s.judged();
         assert!(s.ok() && s.to_string().contains("result: OK"));
     }
 

@@ -98,12 +98,6 @@ pub(crate) fn save_state(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use sonitor_core::atomic_file::write_durable;
     let dir = path.parent().unwrap_or(Path::new("."));
     let reserve = dir.join(RESERVE_FILE);
-    let full = |e: &std::io::Error| {
-        matches!(
-            e.kind(),
-            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-        )
-    };
     match write_durable(path, bytes) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !dir.exists() => {
             log::warn!(
@@ -113,7 +107,7 @@ pub(crate) fn save_state(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
             std::fs::create_dir_all(dir)?;
             write_durable(path, bytes)?;
         }
-        Err(e) if full(&e) && reserve.is_file() => {
+        Err(e) if crate::config::is_full(&e) && reserve.is_file() => {
             std::fs::remove_file(&reserve)?;
             log::warn!(
                 "the state filesystem is full ({e}): the space kept for the saved state ({}) is used for it now; \
@@ -476,7 +470,7 @@ impl Controller {
         if let Ok(mut open) = self.open_clips.lock() {
             *open = open_event_clips(&self.machines);
         }
-        let map: BTreeMap<String, SavedMachine> = self
+        let mut map: BTreeMap<String, SavedMachine> = self
             .machines
             .iter()
             .filter(|m| !m.removed)
@@ -490,7 +484,6 @@ impl Controller {
                 (m.cfg.name.clone(), saved)
             })
             .collect();
-        let mut map = map;
         for (name, s) in &self.unpublished_removals {
             map.entry(name.clone()).or_insert_with(|| s.clone());
         }
@@ -2169,13 +2162,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let (mut ctl, _clips) = controller(d.path(), 4);
         assert!(ctl.unsaved_summary().is_empty());
-        ctl.on_transition(
-            0,
-            Transition::Raised {
-                at_ms: 1000,
-                score: 0.9,
-            },
-        );
+        ctl.on_transition(0, raised(1000));
         assert!(
             ctl.unsaved_summary().is_empty(),
             "{:?}",
@@ -2194,15 +2181,7 @@ mod tests {
             machine: "pump-1".into(),
             enabled: false,
         });
-        ctl.on_transition(
-            0,
-            Transition::Cleared {
-                at_ms: 2000,
-                since_ms: 1000,
-                peak: 0.9,
-                reason: sonitor_core::detect::ClearReason::Normal,
-            },
-        );
+        ctl.on_transition(0, cleared(2000));
         // The saves since went through; as if they had not: the file the raise left.
         std::fs::write(&ctl.saved_path, &saved).unwrap();
         let lost = ctl.unsaved_summary();
@@ -2343,34 +2322,16 @@ mod tests {
     fn a_clip_request_the_queue_cannot_take_is_counted_and_not_named() {
         let d = tempfile::tempdir().unwrap();
         let (mut ctl, rx) = controller(d.path(), 1);
-        ctl.on_transition(
-            0,
-            Transition::Raised {
-                at_ms: 1000,
-                score: 0.9,
-            },
-        );
+        ctl.on_transition(0, raised(1000));
         assert_eq!(rx.len(), 1, "the first request is queued");
         assert_eq!(ctl.metrics.clips_dropped.get(), 0);
         assert!(event_clips(&ctl)[0].is_string());
-        let clear = |at_ms| Transition::Cleared {
-            at_ms,
-            since_ms: 1000,
-            peak: 0.9,
-            reason: sonitor_core::detect::ClearReason::Normal,
-        };
-        ctl.on_transition(0, clear(2000));
+        ctl.on_transition(0, cleared(2000));
         // The queue is still full: the next alarm's request is dropped.
-        ctl.on_transition(
-            0,
-            Transition::Raised {
-                at_ms: 3000,
-                score: 0.9,
-            },
-        );
+        ctl.on_transition(0, raised(3000));
         assert_eq!(ctl.metrics.clips_dropped.get(), 1);
         assert!(ctl.machines[0].saved.event.as_ref().unwrap().clip.is_none());
-        ctl.on_transition(0, clear(4000));
+        ctl.on_transition(0, cleared(4000));
         let clips = event_clips(&ctl);
         assert_eq!(clips.len(), 4);
         assert!(clips[2].is_null() && clips[3].is_null(), "{clips:?}");
@@ -2387,13 +2348,7 @@ mod tests {
     fn a_machine_retired_with_mqtt_off_waits_in_the_state_for_mqtt() {
         let d = tempfile::tempdir().unwrap();
         let (mut ctl, _clips) = controller(d.path(), 4);
-        ctl.on_transition(
-            0,
-            Transition::Raised {
-                at_ms: 1000,
-                score: 0.9,
-            },
-        );
+        ctl.on_transition(0, raised(1000));
         let event = ctl.machines[0].saved.event.clone().unwrap().event_id;
         ctl.retire(0);
         ctl.persist();
@@ -2423,24 +2378,25 @@ mod tests {
         ctl.outbox = Arc::new(Mutex::new(
             Outbox::open(&d.path().join("small"), 3).unwrap(),
         ));
-        ctl.on_transition(
-            0,
-            Transition::Raised {
-                at_ms: 1000,
-                score: 0.9,
-            },
-        );
-        ctl.on_transition(
-            0,
-            Transition::Cleared {
-                at_ms: 2000,
-                since_ms: 1000,
-                peak: 0.9,
-                reason: sonitor_core::detect::ClearReason::Normal,
-            },
-        );
+        ctl.on_transition(0, raised(1000));
+        ctl.on_transition(0, cleared(2000));
         assert_eq!(ctl.metrics.outbox_depth.get(), 3);
         assert_eq!(ctl.metrics.outbox_dropped.get(), 1);
+    }
+
+    /// An alarm raised at `at_ms` by a score of 0.9.
+    fn raised(at_ms: u64) -> Transition {
+        Transition::Raised { at_ms, score: 0.9 }
+    }
+
+    /// The alarm raised at 1000 ms cleared at `at_ms` (reason normal, peak 0.9).
+    fn cleared(at_ms: u64) -> Transition {
+        Transition::Cleared {
+            at_ms,
+            since_ms: 1000,
+            peak: 0.9,
+            reason: sonitor_core::detect::ClearReason::Normal,
+        }
     }
 
     /// Machine 0's window ending at `t_end_ms`, with its score or without (`None`: not scored), at a running level.

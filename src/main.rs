@@ -189,7 +189,7 @@ fn demo(o: sonitor::demo::DemoOptions) -> i32 {
             // Not `println!`, which panics when the reader has gone (`sonitor demo | head`).
             let mut stdout = std::io::stdout().lock();
             if o.json {
-                match serde_json::to_string_pretty(&s) {
+                match s.to_json() {
                     Ok(j) => {
                         let _ = writeln!(stdout, "{j}");
                     }

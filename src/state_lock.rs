@@ -56,33 +56,24 @@ impl StateLock {
         let path = self.dir.join(LOCK_FILE);
         let held = self.file.metadata().ok().map(|m| (m.dev(), m.ino()));
         let there = std::fs::metadata(&path).ok().map(|m| (m.dev(), m.ino()));
-        // A directory taken read-only holds the directory itself (`acquire`).
-        let dir_held = std::fs::metadata(&self.dir)
-            .ok()
-            .map(|m| (m.dev(), m.ino()));
         if held.is_some() && held == there {
             return LockCheck::Held;
         }
-        // The directory itself, locked on a read-only filesystem (`acquire`): the file is taken once it can be
-        // made, or a daemon started after a remount read-write would take it beside this one.
+        // The directory itself, locked on a read-only filesystem (`acquire`): held as long as the file cannot be
+        // made; once it can, taken (below), or a daemon started after a remount read-write would take it beside
+        // this one.
+        let dir_held = std::fs::metadata(&self.dir)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
         if held.is_some() && held == dir_held {
-            let Ok(mut file) = OpenOptions::new()
-                .read(true)
+            let made = OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(false)
-                .open(&path)
-            else {
+                .open(&path);
+            if made.is_err() {
                 return LockCheck::Held;
-            };
-            return match try_flock(&file, libc::LOCK_EX) {
-                Ok(true) => {
-                    self.file = file;
-                    self.write_holder();
-                    LockCheck::Retaken
-                }
-                _ => LockCheck::TakenBy(holder_in(&mut file).pid),
-            };
+            }
         }
         if let Err(e) = std::fs::create_dir_all(&self.dir) {
             return LockCheck::Lost(format!("{}: {e}", self.dir.display()));
@@ -163,31 +154,20 @@ pub fn acquire(dir: &Path, metrics: Option<SocketAddr>) -> Result<StateLock, Loc
         }
         std::thread::sleep(LOCK_RETRY);
     }
-    let lock = |file| StateLock {
-        file,
-        dir: dir.to_path_buf(),
-        metrics,
-    };
-    let mut lock = lock(file);
+    // The pid only names the holder in the message above, and the address only helps `reload` and `status` find
+    // it: a failure to write them does not stop the daemon (and on a read-only filesystem there is no writing).
     if writable {
-        lock.write_holder();
-    }
-    Ok(lock)
-}
-
-impl StateLock {
-    /// Writes this process's pid and metrics address into the lock file. They only name the holder in a refusal
-    /// and help `reload` and `status` find it: a failure to write them does not stop the daemon.
-    fn write_holder(&mut self) {
-        let text = self
-            .metrics
-            .map_or(String::new(), |a| format!("metrics {a}\n"));
-        let file = &mut self.file;
+        let text = metrics.map_or(String::new(), |a| format!("metrics {a}\n"));
         let _ = file
             .set_len(0)
             .and_then(|()| file.rewind())
             .and_then(|()| write!(file, "{}\n{text}", std::process::id()));
     }
+    Ok(StateLock {
+        file,
+        dir: dir.to_path_buf(),
+        metrics,
+    })
 }
 
 /// What the process holding a state directory wrote in its lock file.

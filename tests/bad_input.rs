@@ -448,17 +448,30 @@ fn every_kind_of_bad_input_is_named_with_exit_78() {
 /// by the shell commands `setup` (`$STATE` is its path); afterwards the files left in it are listed on a line
 /// `LEFT: …`. `None` where no tmpfs can be mounted here (not root, and no user namespaces): the caller skips.
 fn in_small_tmpfs(state: &Path, setup: &str, args: &str, config: &Path) -> Option<(i32, String)> {
+    with_state_tmpfs(
+        state,
+        config,
+        &format!(
+            "{setup}\ntimeout 60 \"$SONITOR\" {args} --config \"$CONFIG\" 2>&1\nrc=$?\n\
+             echo \"LEFT: $(ls -A \"$STATE\" | tr '\\n' ' ')\"\nexit $rc\n"
+        ),
+    )
+}
+
+/// Runs the shell commands `body` in a private mount namespace where `state` is a 256 KiB tmpfs: `$STATE` is its
+/// path, `$CONFIG` the configuration, `$SONITOR` the daemon and `$LOG` a file beside the state for a daemon's log.
+/// Its status and output (stdout, then stderr); `None` where no tmpfs can be mounted here (not root, and no user
+/// namespaces): the caller skips.
+fn with_state_tmpfs(state: &Path, config: &Path, body: &str) -> Option<(i32, String)> {
     std::fs::create_dir_all(state).unwrap();
     let script = format!(
-        "mount -t tmpfs -o size=256k sonitor-test \"$STATE\" || exit 90\n\
-         echo MOUNTED\n{setup}\n\
-         timeout 60 \"$SONITOR\" {args} --config \"$CONFIG\" 2>&1\nrc=$?\n\
-         echo \"LEFT: $(ls -A \"$STATE\" | tr '\\n' ' ')\"\nexit $rc\n"
+        "mount -t tmpfs -o size=256k sonitor-test \"$STATE\" || exit 90\necho MOUNTED\n{body}"
     );
     let out = common::private_mount_namespace()
         .args(["sh", "-c", &script])
         .env("STATE", state)
         .env("CONFIG", config)
+        .env("LOG", state.with_file_name("daemon.log"))
         .env("SONITOR", env!("CARGO_BIN_EXE_sonitor"))
         .output()
         .ok()?;
@@ -538,29 +551,14 @@ fn a_state_dir_that_cannot_take_a_write_is_refused_or_warned() {
 fn a_full_state_filesystem_still_takes_the_saved_state() {
     let d = tempfile::tempdir().unwrap();
     let (_b, config) = looped_pump(d.path());
-    let state = d.path().join("state");
-    std::fs::create_dir_all(&state).unwrap();
-    let script = "mount -t tmpfs -o size=256k sonitor-test \"$STATE\" || exit 90\n\
-         echo MOUNTED\n\
-         \"$SONITOR\" run --config \"$CONFIG\" > \"$LOG\" 2>&1 &\npid=$!\n\
+    let script = "\"$SONITOR\" run --config \"$CONFIG\" > \"$LOG\" 2>&1 &\npid=$!\n\
          for i in $(seq 300); do [ -f \"$STATE/.sonitor-reserve\" ] && break; sleep 0.1; done\n\
          head -c 1048576 /dev/zero > \"$STATE/fill\" 2>/dev/null\n\
          kill -TERM $pid; wait $pid; echo \"rc=$?\"\n\
          cat \"$LOG\"; echo \"LEFT: $(ls -A \"$STATE\" | tr '\\n' ' ')\"\n";
-    let out = common::private_mount_namespace()
-        .args(["sh", "-c", script])
-        .env("STATE", &state)
-        .env("CONFIG", &config)
-        .env("LOG", d.path().join("daemon.log"))
-        .env("SONITOR", env!("CARGO_BIN_EXE_sonitor"))
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    if !text.contains("MOUNTED") {
-        eprintln!("skipped: no tmpfs can be mounted in a private mount namespace here:\n{text}");
+    let Some((_, text)) = with_state_tmpfs(&d.path().join("state"), &config, script) else {
         return;
-    }
+    };
     assert!(text.contains("rc=0"), "{text}");
     assert!(
         text.contains("the space kept for the saved state")
@@ -577,11 +575,7 @@ fn a_full_state_filesystem_still_takes_the_saved_state() {
 fn a_read_only_state_dir_made_writable_is_taken_by_the_running_daemon() {
     let d = tempfile::tempdir().unwrap();
     let (_b, config) = looped_pump(d.path());
-    let state = d.path().join("state");
-    std::fs::create_dir_all(&state).unwrap();
-    let script = "mount -t tmpfs -o size=256k sonitor-test \"$STATE\" || exit 90\n\
-         echo MOUNTED\n\
-         mount -o remount,bind,ro \"$STATE\"\n\
+    let script = "mount -o remount,bind,ro \"$STATE\"\n\
          \"$SONITOR\" run --config \"$CONFIG\" > \"$LOG\" 2>&1 &\npid=$!\n\
          sleep 3\n\
          mount -o remount,bind,rw \"$STATE\"\n\
@@ -590,20 +584,9 @@ fn a_read_only_state_dir_made_writable_is_taken_by_the_running_daemon() {
          echo \"LOCK: $(head -n 1 \"$STATE/sonitor.lock\") PID: $pid\"\n\
          kill -TERM $pid; wait $pid; echo \"rc=$?\"\n\
          cat \"$LOG\"; echo \"LEFT: $(ls -A \"$STATE\" | tr '\\n' ' ')\"\n";
-    let out = common::private_mount_namespace()
-        .args(["sh", "-c", script])
-        .env("STATE", &state)
-        .env("CONFIG", &config)
-        .env("LOG", d.path().join("daemon.log"))
-        .env("SONITOR", env!("CARGO_BIN_EXE_sonitor"))
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    if !text.contains("MOUNTED") {
-        eprintln!("skipped: no tmpfs can be mounted in a private mount namespace here:\n{text}");
+    let Some((_, text)) = with_state_tmpfs(&d.path().join("state"), &config, script) else {
         return;
-    }
+    };
     let pid = text
         .split("PID: ")
         .nth(1)

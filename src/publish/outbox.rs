@@ -90,29 +90,16 @@ impl Outbox {
             path: dir.to_path_buf(),
             source,
         };
-        let empty = |dir: &Path| Outbox {
-            dir: dir.to_path_buf(),
-            records: VecDeque::new(),
-            next_seq: 1,
-            max: max.max(1),
-            dropped: 0,
-            memory_only: BTreeSet::new(),
-            unpersisted: 0,
-        };
         if let Err(e) = std::fs::create_dir_all(dir) {
             // A state filesystem mounted read-only (or full) before the outbox was ever made: nothing waits in it,
-            // and the daemon runs with its messages in memory (each push says so), as when the disk fails later.
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::ReadOnlyFilesystem
-                    | std::io::ErrorKind::StorageFull
-                    | std::io::ErrorKind::QuotaExceeded
-            ) {
+            // and the daemon runs with its messages in memory (each push says so), as when the disk fails later;
+            // the first push once it can be made makes it ([`Outbox::write_again_if_gone`]).
+            if crate::config::is_passing(&e) {
                 log::warn!(
                     "outbox {}: cannot be created ({e}): alarm messages are kept in memory only until it can be",
                     dir.display()
                 );
-                return Ok(empty(dir));
+                return Ok(Self::with(dir, max, Vec::new(), 1));
             }
             return Err(err(e));
         }
@@ -170,7 +157,12 @@ impl Outbox {
             .last()
             .map_or(1, |r| r.seq.saturating_add(1))
             .max(left.saturating_add(1));
-        Ok(Outbox {
+        Ok(Self::with(dir, max, records, next_seq))
+    }
+
+    /// An outbox in `dir` holding `records` (in order), numbering on from `next_seq`.
+    fn with(dir: &Path, max: usize, records: Vec<Record>, next_seq: u64) -> Outbox {
+        Outbox {
             dir: dir.to_path_buf(),
             records: records.into(),
             next_seq,
@@ -178,7 +170,7 @@ impl Outbox {
             dropped: 0,
             memory_only: BTreeSet::new(),
             unpersisted: 0,
-        })
+        }
     }
 
     /// Appends messages durably (fsync of each file and of the directory) and returns their sequence numbers.
@@ -290,19 +282,14 @@ impl Outbox {
         if self.dir.is_dir() || std::fs::create_dir_all(&self.dir).is_err() {
             return 0;
         }
-        let mut written = 0;
-        for r in &self.records {
-            if self.write(r).is_ok() {
-                written += 1;
-            }
-        }
-        let on_disk: BTreeSet<u64> = self
+        let written: BTreeSet<u64> = self
             .records
             .iter()
+            .filter(|r| self.write(r).is_ok())
             .map(|r| r.seq)
-            .filter(|seq| self.dir.join(file_name(*seq)).is_file())
             .collect();
-        self.memory_only.retain(|seq| !on_disk.contains(seq));
+        self.memory_only.retain(|seq| !written.contains(seq));
+        let written = written.len();
         log::warn!(
             "outbox {}: the directory was not there (deleted while sonitor runs, or not to be made on a read-only \
              filesystem until now): made again, with the {written} message(s) still waiting",
@@ -314,19 +301,10 @@ impl Outbox {
     /// One record to its file, whole or not at all ([`atomic_file`]).
     fn write(&self, rec: &Record) -> Result<(), OutboxError> {
         let path = self.dir.join(file_name(rec.seq));
-        let text = serde_json::to_vec(rec).map_err(|e| OutboxError {
-            path: path.clone(),
-            source: std::io::Error::other(e),
-        })?;
-        match atomic_file::write(&path, &text) {
-            // The directory is gone (the state directory deleted under the daemon, or never made on a read-only
-            // filesystem that is writable now): made again, so that messages are durable again.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(&self.dir).and_then(|()| atomic_file::write(&path, &text))
-            }
-            r => r,
-        }
-        .map_err(|source| OutboxError { path, source })
+        serde_json::to_vec(rec)
+            .map_err(std::io::Error::other)
+            .and_then(|text| atomic_file::write(&path, &text))
+            .map_err(|source| OutboxError { path, source })
     }
 
     /// Removes the file of message `seq`; one already gone is no error.
