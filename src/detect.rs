@@ -1130,6 +1130,8 @@ impl Controller {
             self.retained(format!("{topic}/alarm"), alarm, false);
             self.observe(seen);
         }
+        // A test kills the daemon here: the messages are in the outbox, the state does not say so yet.
+        crate::fault::pause("transition-pushed");
         if let Some(e) = self.machines[i].saved.event.as_mut() {
             e.announced = announced;
         }
@@ -1168,8 +1170,9 @@ impl Controller {
 
     /// Alarms the last run saved as raised but had not put in the outbox when it ended (killed, or the power lost,
     /// between the two; or a disk that could not take them): their `start` event and `alarm ON` go in now, before
-    /// anything else of theirs, so that no subscriber gets an end without its start. (When the last run's messages
-    /// did land, the start comes twice: consumers dedupe on `event_id`.)
+    /// anything else of theirs, so that no subscriber gets an end without its start. A start still waiting in the
+    /// outbox (the run stopped after the messages went in, before the state said so) is not put in again; one the
+    /// broker had already taken comes twice: consumers dedupe on `event_id`.
     pub(crate) fn announce_unannounced(&mut self) {
         let mut any = false;
         for i in 0..self.machines.len() {
@@ -1179,6 +1182,18 @@ impl Controller {
             };
             let name = &m.cfg.name;
             let topic = format!("{}/{name}", self.base);
+            if self.start_waits(&format!("{topic}/events"), &e.event_id) {
+                log::info!(
+                    "{name}: alarm {} was saved before its start entered the outbox, where it waits: it is not sent \
+                     twice",
+                    e.event_id
+                );
+                if let Some(e) = self.machines[i].saved.event.as_mut() {
+                    e.announced = true;
+                }
+                any = true;
+                continue;
+            }
             let threshold = m.detector.params().threshold_on;
             let ev = start_event(name, e, e.peak, threshold, &m.model.model_id, m.saved.seq);
             let pushed = self.push_transition(&topic, "ON", &ev);
@@ -1202,6 +1217,17 @@ impl Controller {
             self.persist();
             self.send(ToMqtt::OutboxChanged);
         }
+    }
+
+    /// Whether the outbox holds the `start` event of `event_id` on `topic`.
+    fn start_waits(&self, topic: &str, event_id: &str) -> bool {
+        let outbox = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
+        let waits = outbox.records().any(|r| {
+            r.msg.topic == topic
+                && serde_json::from_str::<serde_json::Value>(&r.msg.payload)
+                    .is_ok_and(|v| v["type"] == "start" && v["event_id"].as_str() == Some(event_id))
+        });
+        waits
     }
 
     pub(crate) fn on_score(&mut self, s: ScoreMsg) {

@@ -117,10 +117,13 @@ fn broker_outage_and_daemon_restart_lose_no_transition() {
     let wav1 = rig.path().join("part1.wav");
     common::write_wav(&wav1, &common::recording(2.5, 3.0, 0.0));
     let cfg1 = rig.config(&file_device(&wav1, true), "");
-    let daemon = Daemon::start(&cfg1, &[]);
+    // Held once the raise's messages are in the outbox, before the state says so (test builds only): the kill
+    // lands there, as it could (a race that failed CI once: the start was put in the outbox twice).
+    let daemon = Daemon::start(&cfg1, &[("SONITOR_FAULT_PAUSE", "transition-pushed")]);
     wait_online(&rec);
     rig.broker.stop();
     daemon.wait_log("alarm ON: pump-1", Duration::from_secs(20));
+    daemon.wait_log("paused at 'transition-pushed'", Duration::from_secs(5));
     // Restart during the outage (SIGKILL: the outbox must already be on disk).
     daemon.sigkill();
 
@@ -132,6 +135,10 @@ fn broker_outage_and_daemon_restart_lose_no_transition() {
     let cfg2 = rig.config(&file_device(&wav2, false), "");
     let daemon = Daemon::start(&cfg2, &[]);
     daemon.wait_log("alarm OFF: pump-1", Duration::from_secs(30));
+    daemon.wait_log(
+        "where it waits: it is not sent twice",
+        Duration::from_secs(1),
+    );
     let outbox = rig.path().join("state/outbox");
     let waiting = std::fs::read_dir(&outbox).unwrap().count();
     assert_eq!(waiting, 4, "ON, start, OFF, end wait in the outbox");
