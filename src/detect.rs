@@ -1131,7 +1131,7 @@ impl Controller {
             self.observe(seen);
         }
         // A test kills the daemon here: the messages are in the outbox, the state does not say so yet.
-        crate::fault::pause("transition-pushed");
+        crate::fault::hang("transition-pushed");
         if let Some(e) = self.machines[i].saved.event.as_mut() {
             e.announced = announced;
         }

@@ -42,12 +42,13 @@ pub fn pause(name: &str) {
     }
 }
 
-/// Sleeps for ever here if [`HANG_VAR`] names `name` (debug-assertion builds only; the variable is read once):
-/// a thread stuck, as in a deadlock, without a panic.
+/// Sleeps for ever here if [`HANG_VAR`] names `name` (debug-assertion builds only; the variable is read once),
+/// saying so on stderr first: a thread stuck, as in a deadlock, without a panic.
 #[inline]
 pub fn hang(name: &str) {
     static WANTED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     if named(&WANTED, HANG_VAR, name) {
+        eprintln!("fault: held at '{name}' for good ({HANG_VAR})");
         loop {
             std::thread::sleep(std::time::Duration::from_secs(3600));
         }

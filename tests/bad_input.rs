@@ -577,7 +577,7 @@ fn a_read_only_state_dir_made_writable_is_taken_by_the_running_daemon() {
     let (_b, config) = looped_pump(d.path());
     let script = "mount -o remount,bind,ro \"$STATE\"\n\
          \"$SONITOR\" run --config \"$CONFIG\" > \"$LOG\" 2>&1 &\npid=$!\n\
-         sleep 3\n\
+         for i in $(seq 600); do grep -q 'running:' \"$LOG\" && break; sleep 0.1; done\n\
          mount -o remount,bind,rw \"$STATE\"\n\
          for i in $(seq 200); do [ -s \"$STATE/sonitor.lock\" ] && [ -f \"$STATE/alarms.json\" ] && break; sleep 0.1; done\n\
          \"$SONITOR\" run --config \"$CONFIG\" > \"$LOG.2\" 2>&1; echo \"second=$?\"\n\
@@ -619,7 +619,15 @@ fn a_state_directory_deleted_under_the_daemon_is_taken_again() {
         "was gone (deleted while sonitor runs, or not to be made on a read-only filesystem until now): taken again",
         Duration::from_secs(20),
     );
-    assert!(state.join("alarms.json").is_file());
+    // The states are saved just after that line.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !state.join("alarms.json").is_file() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "alarms.json not saved again"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let second = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor"))
         .args(["run", "--config", cfg.to_str().unwrap()])
         .output()

@@ -45,6 +45,7 @@ fn a_microphone_absent_at_start_is_waited_for_not_refused() {
     let daemon = common::Daemon::start(&cfg, &run_envs);
     daemon.wait_log("does not exist", Duration::from_secs(30));
     notify.wait_ready_and_pings(3, Duration::from_secs(10));
+    notify.keep_draining();
     assert!(
         !daemon.log.lock().unwrap().contains("input mic open"),
         "the device was never there"

@@ -142,7 +142,7 @@ fn a_looped_file_goes_bad_and_comes_back(bad: impl Fn(&std::path::Path, &[f32]),
         d.path(),
         &wav,
         &b.dir,
-        "realtime = true\nring_seconds = 0.5\nat_end = \"loop\"\nreopen_min = \"100ms\"\nreopen_max = \"200ms\"\n",
+        "realtime = true\nring_seconds = 1.0\nat_end = \"loop\"\nreopen_min = \"100ms\"\nreopen_max = \"200ms\"\n",
         "",
     );
 
@@ -232,8 +232,8 @@ fn an_event_whose_clip_could_not_be_written_ends_without_naming_it() {
 fn clips_past_max_age_go_without_a_new_alarm() {
     let d = tempfile::tempdir().unwrap();
     let (b, wav) =
-        common::bundle_and_wav(d.path(), "normal.wav", &common::recording(3.0, 0.0, 0.0));
-    // Paced, so that the daemon still runs when its metrics are read.
+        common::bundle_and_wav(d.path(), "normal.wav", &common::recording(8.0, 0.0, 0.0));
+    // Paced, so that the daemon still runs when its metrics are read (on a loaded machine too).
     let cfg = common::paced_config(d.path(), &wav, &b.dir, "max_age = \"1h\"\n");
     let dir = d.path().join("state/clips/pump-1");
     std::fs::create_dir_all(&dir).unwrap();
@@ -383,9 +383,10 @@ fn a_daemon_stopped_during_an_alarm_writes_its_waiting_clip() {
             && log.contains("the clip is written with the audio there is"),
         "{log}"
     );
-    // Pre 1 s + the onset window (0.5 s) + the 1.5 s or so that followed before the stop.
+    // Pre 1 s + the onset window (0.5 s) + the 1.5 s or so that followed before the stop, and as much again as
+    // the windows lagged the audio on a loaded machine: not the 30 s asked for.
     let secs = the_clip_seconds(&d.path().join("state"));
-    assert!(secs > 2.5 && secs < 5.0, "{secs} s");
+    assert!(secs > 2.5 && secs < 8.0, "{secs} s");
 }
 
 /// A machine disabled in the file, then enabled in it while the daemon was stopped, is watched at the next start

@@ -191,13 +191,13 @@ fn a_full_outbox_drops_a_message_never_written_without_touching_the_disk() {
 fn the_daemon_names_every_message_lost_at_a_stop() {
     let d = tempfile::tempdir().unwrap();
     // Normal, anomalous, normal: one alarm raised and cleared, 4 messages (alarm ON, start, OFF, end).
-    let (b, wav) = common::bundle_and_wav(d.path(), "rec.wav", &common::recording(3.0, 3.0, 4.0));
+    let (b, wav) = common::bundle_and_wav(d.path(), "rec.wav", &common::recording(6.0, 3.0, 4.0));
     let device = common::file_device(&wav, common::PACED_TO_THE_END);
     // MQTT on, but nothing listens on the port: every message waits in the outbox.
     let cfg = common::config(d.path(), &device, &b.dir, common::free_port(), "");
     let mut daemon = common::Daemon::start(&cfg, &[]);
     daemon.wait_log("running:", std::time::Duration::from_secs(30));
-    // The disk stops taking writes in the outbox (ENOTDIR, for root too) before the fault begins at 3 s.
+    // The disk stops taking writes in the outbox (ENOTDIR, for root too) before the fault begins at 6 s.
     let outbox = d.path().join("state/outbox");
     std::fs::rename(&outbox, d.path().join("moved")).unwrap();
     std::fs::write(&outbox, "not a directory").unwrap();

@@ -1049,6 +1049,22 @@ impl Notify {
         }
     }
 
+    /// Reads (and forgets) the notifications that come from now on, in a thread of its own, until none has come for
+    /// 30 s (the daemon gone). The daemon's notifications are blocking sends, as systemd reads them at once: a
+    /// socket left unread holds its main loop (reloads, commands, the stop) once the kernel's queue is full
+    /// (`net.unix.max_dgram_qlen`: 10 datagrams on this VM).
+    pub fn keep_draining(self) {
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            let mut last = Instant::now();
+            while last.elapsed() < Duration::from_secs(30) {
+                if self.sock.recv(&mut buf).is_ok() {
+                    last = Instant::now();
+                }
+            }
+        });
+    }
+
     /// Reads notifications until `READY=1` and `pings` `WATCHDOG=1` have come; panics after `timeout` with what
     /// came instead.
     pub fn wait_ready_and_pings(&mut self, pings: usize, timeout: Duration) {
