@@ -778,6 +778,7 @@ pub fn start(
         unpublished_removals: std::collections::BTreeMap::new(),
         cfg,
     };
+    ctl.keep_removed(&saved);
     // The start of an alarm the last run raised without putting it in the outbox, before anything else of it.
     ctl.announce_unannounced();
     // End events, OFF through the outbox, the saved state and the alarm gauge, as for any transition.

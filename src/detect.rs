@@ -755,6 +755,20 @@ impl Controller {
             })
     }
 
+    /// With MQTT off, the saved records of the machines no longer in the file are kept in the state file for a
+    /// start with MQTT, which ends their alarms and clears their topics ([`Self::clean_up_last_run`]). Taken
+    /// before the start's first save, or a stop right after it lost them.
+    pub(crate) fn keep_removed(&mut self, saved: &BTreeMap<String, SavedMachine>) {
+        if self.cfg.mqtt.enabled {
+            return;
+        }
+        self.unpublished_removals = saved
+            .iter()
+            .filter(|(name, _)| !self.machines.iter().any(|m| &m.cfg.name == *name))
+            .map(|(name, s)| (name.clone(), s.clone()))
+            .collect();
+    }
+
     /// At a start, what the last run left on the broker that no longer applies (`saved`: its saved state). A
     /// machine the file no longer names (removed or renamed) has an alarm of its still on ended (an `end` event
     /// with reason `removed`) and all its retained topics deleted; a machine still there has those deleted that
@@ -770,11 +784,7 @@ impl Controller {
         if !self.cfg.mqtt.enabled {
             // Nothing can be deleted now; the topics recorded stay for a start with MQTT, and so do the records
             // of the machines no longer in the file.
-            self.unpublished_removals = saved
-                .iter()
-                .filter(|(name, _)| !self.machines.iter().any(|m| &m.cfg.name == *name))
-                .map(|(name, s)| (name.clone(), s.clone()))
-                .collect();
+            self.keep_removed(saved);
             return Vec::new();
         }
         // What each machine in the file publishes now, recorded for the next start below.
@@ -985,7 +995,6 @@ impl Controller {
         let _ = m.detector.set_muted(false, m.last_t_ms);
         let _ = m.detector.set_enabled(m.saved.enabled, m.last_t_ms);
         let name = m.cfg.name.clone();
-        self.unpublished_removals.remove(&name);
         if let Some(mm) = self.metrics.machines.get(i) {
             mm.removed
                 .store(false, std::sync::atomic::Ordering::Relaxed);
@@ -995,6 +1004,36 @@ impl Controller {
              window",
             self.config_path.display()
         );
+        // With MQTT off its retirement kept its open alarm event for a start with MQTT to end: it ends now, as it
+        // would have with MQTT on (reason `removed`), and an alarm from here on is a new event.
+        if let Some(e) = self
+            .unpublished_removals
+            .remove(&name)
+            .and_then(|kept| kept.event)
+        {
+            let m = &mut self.machines[i];
+            m.saved.seq += 1;
+            let ev = end_event(
+                &name,
+                &e,
+                &now_rfc3339(),
+                ClearReason::Removed,
+                None,
+                None,
+                m.saved.seq,
+            );
+            let topic = format!("{}/{name}", self.base);
+            let note = format!(
+                "reload: machine '{name}': its alarm event {}, open when an earlier reload removed it, ends (reason \
+                 removed)",
+                e.event_id
+            );
+            match self.push_transition(&topic, "OFF", &ev) {
+                Ok(_) => log::warn!("{note}"),
+                Err(err) => log::error!("{note}; {err}: its end is kept in memory only"),
+            }
+            self.persist();
+        }
         self.retained(format!("{}/{name}/alarm", self.base), "OFF".into(), true);
         self.publish_discovery();
     }
@@ -2388,11 +2427,30 @@ mod tests {
         std::fs::create_dir(d.path().join("next")).unwrap();
         let (mut next, _clips) = controller(&d.path().join("next"), 4);
         next.machines[0].cfg.name = "other".into();
+        // Kept from before the start's first save.
+        next.keep_removed(&saved);
+        next.persist();
+        assert!(load_saved(&next.saved_path)["pump-1"].event.is_some());
         next.clean_up_last_run(&saved);
         next.persist();
         assert!(load_saved(&next.saved_path)["pump-1"].event.is_some());
+        // Back in the file: the event it kept ends (reason removed), in the outbox for a start with MQTT.
         ctl.reinstate(0);
         assert!(ctl.unpublished_removals.is_empty());
+        let outbox = ctl.outbox.lock().unwrap();
+        let last: Vec<&OutMessage> = outbox.records().map(|r| &r.msg).collect();
+        let n = last.len();
+        assert!(n >= 2);
+        assert_eq!(
+            (last[n - 2].topic.as_str(), last[n - 2].payload.as_str()),
+            ("sonitor/n1/pump-1/alarm", "OFF")
+        );
+        let end: serde_json::Value = serde_json::from_str(&last[n - 1].payload).unwrap();
+        assert_eq!(end["event_id"], event.as_str());
+        assert_eq!(end["type"], "end");
+        assert_eq!(end["reason"], "removed");
+        drop(outbox);
+        assert!(load_saved(&ctl.saved_path)["pump-1"].event.is_none());
     }
 
     /// With MQTT off, an outbox past `outbox_max` drops its oldest messages, and the transitions count them in

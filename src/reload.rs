@@ -86,13 +86,6 @@ pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
         }
     };
     let holder = crate::state_lock::holder(&cfg.state_dir).unwrap_or_default();
-    if let Some(p) = pid.filter(|p| Some(*p) != holder.pid) {
-        // A pid given by hand is checked before anything is sent: SIGHUP ends most other programs.
-        if let Err(why) = a_sonitor(p) {
-            eprintln!("sonitor reload: {why}; nothing sent");
-            return EXIT_NO_DAEMON;
-        }
-    }
     let pid = match pid.or(holder.pid) {
         Some(p) => p,
         None if crate::state_lock::unreadable(&cfg.state_dir).is_some() => {
@@ -112,6 +105,12 @@ pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
             return EXIT_NO_DAEMON;
         }
     };
+    // Checked before anything is sent: SIGHUP ends most other programs. A pid given by hand, or one the lock file
+    // kept from an earlier daemon (one started on a read-only filesystem cannot write its own there).
+    if let Err(why) = a_sonitor(pid) {
+        eprintln!("sonitor reload: {why}; nothing sent");
+        return EXIT_NO_DAEMON;
+    }
     // Where the answer will be read: the metrics of the daemon that runs, as it wrote in its lock file (the file
     // may have moved `[metrics] listen` since, which only a restart applies), else the file's.
     let addr = if Some(pid) == holder.pid {

@@ -31,6 +31,11 @@ pub struct StateLock {
     file: File,
     dir: PathBuf,
     metrics: Option<SocketAddr>,
+    /// Whether this process's pid and address are in the file: not when it was locked read-only (a read-only
+    /// filesystem), where the file still names the daemon that wrote it last.
+    written: bool,
+    /// Whether the last check found the file taken by another process.
+    taken_by_other: bool,
 }
 
 /// What [`StateLock::check`] found.
@@ -57,6 +62,13 @@ impl StateLock {
         let held = self.file.metadata().ok().map(|m| (m.dev(), m.ino()));
         let there = std::fs::metadata(&path).ok().map(|m| (m.dev(), m.ino()));
         if held.is_some() && held == there {
+            if !self.written {
+                // Locked read-only, from a daemon before this one: its pid, which `sonitor reload` would signal,
+                // is replaced by this one's once the filesystem takes writes again.
+                if let Ok(mut f) = OpenOptions::new().write(true).open(&path) {
+                    self.written = write_holder(&mut f, self.metrics).is_ok();
+                }
+            }
             return LockCheck::Held;
         }
         // The directory itself, locked on a read-only filesystem (`acquire`): held as long as the file cannot be
@@ -78,12 +90,23 @@ impl StateLock {
         if let Err(e) = std::fs::create_dir_all(&self.dir) {
             return LockCheck::Lost(format!("{}: {e}", self.dir.display()));
         }
-        match acquire(&self.dir, self.metrics) {
+        // Waited for as at a start (a `sonitor validate` holds it for a moment), but not again once another
+        // process was found holding it: that one holds it for its life, and this runs on the daemon's main loop
+        // every 10 s.
+        let wait = if self.taken_by_other {
+            std::time::Duration::ZERO
+        } else {
+            BRIEF_HOLD
+        };
+        match acquire_within(&self.dir, self.metrics, wait) {
             Ok(new) => {
-                self.file = new.file;
+                *self = new;
                 LockCheck::Retaken
             }
-            Err(LockError::Held { pid, .. }) => LockCheck::TakenBy(pid),
+            Err(LockError::Held { pid, .. }) => {
+                self.taken_by_other = true;
+                LockCheck::TakenBy(pid)
+            }
             Err(e) => LockCheck::Lost(e.to_string()),
         }
     }
@@ -117,6 +140,15 @@ pub fn holder_named(pid: Option<u32>) -> String {
 /// Takes the state directory `dir` (which exists) for this process, or says who holds it. `metrics`: where this
 /// process serves its metrics, if it does.
 pub fn acquire(dir: &Path, metrics: Option<SocketAddr>) -> Result<StateLock, LockError> {
+    acquire_within(dir, metrics, BRIEF_HOLD)
+}
+
+/// [`acquire`], waiting up to `brief_hold` for a lock held for a moment.
+fn acquire_within(
+    dir: &Path,
+    metrics: Option<SocketAddr>,
+    brief_hold: std::time::Duration,
+) -> Result<StateLock, LockError> {
     let path = dir.join(LOCK_FILE);
     let io = |error| LockError::Io {
         path: path.clone(),
@@ -144,7 +176,7 @@ pub fn acquire(dir: &Path, metrics: Option<SocketAddr>) -> Result<StateLock, Loc
     };
     // `holder` (a `sonitor validate`) takes a shared lock for a moment: wait that out rather than refuse a
     // daemon that starts at that very moment (and name, as the holder, the pid an earlier daemon left).
-    let give_up = std::time::Instant::now() + BRIEF_HOLD;
+    let give_up = std::time::Instant::now() + brief_hold;
     while !try_flock(&file, libc::LOCK_EX).map_err(io)? {
         if std::time::Instant::now() >= give_up {
             return Err(LockError::Held {
@@ -156,18 +188,22 @@ pub fn acquire(dir: &Path, metrics: Option<SocketAddr>) -> Result<StateLock, Loc
     }
     // The pid only names the holder in the message above, and the address only helps `reload` and `status` find
     // it: a failure to write them does not stop the daemon (and on a read-only filesystem there is no writing).
-    if writable {
-        let text = metrics.map_or(String::new(), |a| format!("metrics {a}\n"));
-        let _ = file
-            .set_len(0)
-            .and_then(|()| file.rewind())
-            .and_then(|()| write!(file, "{}\n{text}", std::process::id()));
-    }
+    let written = writable && write_holder(&mut file, metrics).is_ok();
     Ok(StateLock {
         file,
         dir: dir.to_path_buf(),
         metrics,
+        written,
+        taken_by_other: false,
     })
+}
+
+/// This process's pid, and on a second line the address of its metrics, as the lock file's whole content.
+fn write_holder(file: &mut File, metrics: Option<SocketAddr>) -> std::io::Result<()> {
+    let text = metrics.map_or(String::new(), |a| format!("metrics {a}\n"));
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(file, "{}\n{text}", std::process::id())
 }
 
 /// What the process holding a state directory wrote in its lock file.
@@ -313,5 +349,52 @@ mod tests {
         let e = acquire(&d.path().join("missing"), None).unwrap_err();
         assert!(matches!(e, LockError::Io { .. }), "{e:?}");
         assert!(e.to_string().contains("sonitor.lock"), "{e}");
+    }
+
+    /// A lock file locked read-only (as on a read-only filesystem) still names the daemon that wrote it: the
+    /// check writes this process's pid and address there once the file takes writes.
+    #[test]
+    fn a_lock_taken_read_only_gets_this_pid_once_it_can() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join(LOCK_FILE);
+        std::fs::write(&path, "999999\n").unwrap();
+        let file = File::open(&path).unwrap();
+        assert!(try_flock(&file, libc::LOCK_EX).unwrap());
+        let addr: SocketAddr = "127.0.0.1:9470".parse().unwrap();
+        let mut lock = StateLock {
+            file,
+            dir: d.path().to_path_buf(),
+            metrics: Some(addr),
+            written: false,
+            taken_by_other: false,
+        };
+        assert_eq!(lock.check(), LockCheck::Held);
+        let pid = std::process::id();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{pid}\nmetrics 127.0.0.1:9470\n")
+        );
+        assert_eq!(holder(d.path()).and_then(|h| h.pid), Some(pid));
+    }
+
+    /// A lock file deleted and taken by another process: the check says so, and the checks after it do not wait
+    /// for it again (they run on the daemon's main loop; each waited half a second).
+    #[test]
+    fn a_lock_file_taken_by_another_is_not_waited_for_twice() {
+        let d = tempfile::tempdir().unwrap();
+        let mut lock = acquire(d.path(), None).unwrap();
+        std::fs::remove_file(d.path().join(LOCK_FILE)).unwrap();
+        let other = acquire(d.path(), None).unwrap();
+        let t0 = std::time::Instant::now();
+        let pid = std::process::id();
+        assert_eq!(lock.check(), LockCheck::TakenBy(Some(pid)));
+        assert!(t0.elapsed() >= BRIEF_HOLD);
+        let t1 = std::time::Instant::now();
+        assert_eq!(lock.check(), LockCheck::TakenBy(Some(pid)));
+        assert!(t1.elapsed() < BRIEF_HOLD, "{:?}", t1.elapsed());
+        // Once the other has gone, it is taken again.
+        drop(other);
+        assert_eq!(lock.check(), LockCheck::Retaken);
+        assert_eq!(lock.check(), LockCheck::Held);
     }
 }

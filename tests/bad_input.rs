@@ -570,36 +570,50 @@ fn a_full_state_filesystem_still_takes_the_saved_state() {
 
 /// A daemon started on a read-only state filesystem (it locks the directory itself) that is remounted read-write
 /// while it runs: within 10 s it takes the lock file, with its pid, and saves its states there, so that a daemon
-/// started after the remount is refused instead of taking the file beside it.
+/// started after the remount is refused instead of taking the file beside it. Where an earlier daemon left its
+/// lock file (locked read-only, it still names that daemon's pid), the running daemon writes its own pid there:
+/// `sonitor reload` signalled the old pid, whatever process has it now, for the daemon's whole life.
 #[test]
 fn a_read_only_state_dir_made_writable_is_taken_by_the_running_daemon() {
     let d = tempfile::tempdir().unwrap();
     let (_b, config) = looped_pump(d.path());
-    let script = "mount -o remount,bind,ro \"$STATE\"\n\
-         \"$SONITOR\" run --config \"$CONFIG\" > \"$LOG\" 2>&1 &\npid=$!\n\
-         for i in $(seq 600); do grep -q 'running:' \"$LOG\" && break; sleep 0.1; done\n\
-         mount -o remount,bind,rw \"$STATE\"\n\
-         for i in $(seq 200); do [ -s \"$STATE/sonitor.lock\" ] && [ -f \"$STATE/alarms.json\" ] && break; sleep 0.1; done\n\
-         \"$SONITOR\" run --config \"$CONFIG\" > \"$LOG.2\" 2>&1; echo \"second=$?\"\n\
-         echo \"LOCK: $(head -n 1 \"$STATE/sonitor.lock\") PID: $pid\"\n\
-         kill -TERM $pid; wait $pid; echo \"rc=$?\"\n\
-         cat \"$LOG\"; echo \"LEFT: $(ls -A \"$STATE\" | tr '\\n' ' ')\"\n";
-    let Some((_, text)) = with_state_tmpfs(&d.path().join("state"), &config, script) else {
-        return;
-    };
-    let pid = text
-        .split("PID: ")
-        .nth(1)
-        .and_then(|t| t.split_whitespace().next())
-        .unwrap_or("?");
-    assert!(
-        text.contains("second=75")
-            && text.contains(&format!("LOCK: {pid} PID: {pid}"))
-            && text.contains("rc=0")
-            && text.contains("not to be made on a read-only filesystem until now): taken again")
-            && text.contains("alarms.json"),
-        "{text}"
-    );
+    for earlier in ["", "echo 999999 > \"$STATE/sonitor.lock\"\n"] {
+        let script = format!(
+            "{earlier}mount -o remount,bind,ro \"$STATE\"\n\
+             \"$SONITOR\" run --config \"$CONFIG\" > \"$LOG\" 2>&1 &\npid=$!\n\
+             for i in $(seq 600); do grep -q 'running:' \"$LOG\" && break; sleep 0.1; done\n\
+             mount -o remount,bind,rw \"$STATE\"\n\
+             for i in $(seq 200); do [ \"$(head -n 1 \"$STATE/sonitor.lock\")\" = $pid ] && break; sleep 0.1; done\n\
+             \"$SONITOR\" run --config \"$CONFIG\" > \"$LOG.2\" 2>&1; echo \"second=$?\"\n\
+             echo \"LOCK: $(head -n 1 \"$STATE/sonitor.lock\") PID: $pid\"\n\
+             \"$SONITOR\" reload --config \"$CONFIG\"; echo \"reload=$?\"\n\
+             kill -TERM $pid; wait $pid; echo \"rc=$?\"\n\
+             cat \"$LOG\"; echo \"LEFT: $(ls -A \"$STATE\" | tr '\\n' ' ')\"\n"
+        );
+        let Some((_, text)) = with_state_tmpfs(&d.path().join("state"), &config, &script) else {
+            return;
+        };
+        let pid = text
+            .split("PID: ")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next())
+            .unwrap_or("?");
+        assert!(
+            text.contains("second=75")
+                && text.contains(&format!("LOCK: {pid} PID: {pid}"))
+                && text.contains("reload=0")
+                && text.contains("rc=0")
+                && text.contains("LEFT: ")
+                && text.split("LEFT: ").nth(1).unwrap().contains("alarms.json"),
+            "{text}"
+        );
+        // Without an earlier file the directory itself was locked: the file is taken once it can be made.
+        assert_eq!(
+            text.contains("not to be made on a read-only filesystem until now): taken again"),
+            earlier.is_empty(),
+            "{text}"
+        );
+    }
 }
 
 /// The state directory deleted while the daemon runs (a clean-up of /var/lib/sonitor/*): the daemon takes its

@@ -253,6 +253,18 @@ impl Outbox {
     /// Writes the messages kept in memory only, oldest first, until one fails (the disk still refuses). Each
     /// push does it first; the daemon once more as it stops.
     pub fn write_memory_only(&mut self) {
+        let written = self.write_kept();
+        if written > 0 {
+            log::info!(
+                "outbox: the disk takes writes again: {written} message(s) kept in memory only are written to \
+                 disk now ({} still in memory only)",
+                self.memory_only.len()
+            );
+        }
+    }
+
+    /// Writes the messages kept in memory only, oldest first, until one fails; returns how many were written.
+    fn write_kept(&mut self) -> usize {
         let mut written = 0;
         while let Some(&seq) = self.memory_only.first() {
             let Ok(i) = self.records.binary_search_by_key(&seq, |r| r.seq) else {
@@ -266,34 +278,49 @@ impl Outbox {
             written += 1;
         }
         if written > 0 {
-            log::info!(
-                "outbox: the disk takes writes again: {written} message(s) kept in memory only are written to \
-                 disk now ({} still in memory only)",
-                self.memory_only.len()
-            );
+            let _ = atomic_file::sync_dir(&self.dir);
         }
+        written
     }
 
     /// The outbox directory deleted under the daemon (with the state directory: `rm -rf /var/lib/sonitor/*`): made
     /// again, with every message still waiting written to it again. They were on disk, and nothing rewrote them: a
     /// stop said they waited in a directory no longer there, and a start never published them (an `end` came
-    /// without its `start`). Returns how many were written.
+    /// without its `start`). Until written again, each is in memory only, as after a failed write: a stop names
+    /// those it loses. Returns how many were written.
     pub fn write_again_if_gone(&mut self) -> usize {
-        if self.dir.is_dir() || std::fs::create_dir_all(&self.dir).is_err() {
+        if self.dir.is_dir() {
             return 0;
         }
-        let written: BTreeSet<u64> = self
+        let waiting = self.records.len();
+        let gone: Vec<u64> = self
             .records
             .iter()
-            .filter(|r| self.write(r).is_ok())
             .map(|r| r.seq)
+            .filter(|seq| !self.memory_only.contains(seq))
             .collect();
-        self.memory_only.retain(|seq| !written.contains(seq));
-        let written = written.len();
+        let first_time = !gone.is_empty();
+        self.memory_only.extend(gone);
+        if let Err(e) = std::fs::create_dir_all(&self.dir) {
+            if first_time {
+                log::error!(
+                    "outbox {}: the directory is gone (deleted while sonitor runs) and cannot be made again ({e}): \
+                     the {waiting} message(s) waiting are kept in memory only, lost if sonitor stops before the \
+                     broker has them",
+                    self.dir.display()
+                );
+            }
+            return 0;
+        }
+        let written = self.write_kept();
         log::warn!(
             "outbox {}: the directory was not there (deleted while sonitor runs, or not to be made on a read-only \
-             filesystem until now): made again, with the {written} message(s) still waiting",
-            self.dir.display()
+             filesystem until now): made again, with {written} of the {waiting} message(s) waiting written to it{}",
+            self.dir.display(),
+            match self.memory_only.len() {
+                0 => String::new(),
+                n => format!(" ({n} still in memory only: the disk refuses them)"),
+            }
         );
         written
     }
@@ -490,6 +517,18 @@ mod tests {
         assert_eq!(o.write_again_if_gone(), 0);
         let reopened = Outbox::open(&dir, 10).unwrap();
         assert_eq!(reopened.len(), 2);
+        // Deleted, and the directory cannot be made again (a file where it was: ENOTDIR, for root too): the
+        // messages are in memory only, as after a failed write, so a stop names them as lost (it said they waited
+        // on disk); written once it can be made.
+        std::fs::remove_dir_all(d.path().join("state")).unwrap();
+        std::fs::write(d.path().join("state"), "").unwrap();
+        assert_eq!(o.write_again_if_gone(), 0);
+        assert_eq!(o.memory_only_len(), 2);
+        assert_eq!(o.write_again_if_gone(), 0);
+        std::fs::remove_file(d.path().join("state")).unwrap();
+        assert_eq!(o.write_again_if_gone(), 2);
+        assert_eq!(o.memory_only_len(), 0);
+        assert_eq!(Outbox::open(&dir, 10).unwrap().len(), 2);
     }
 
     #[test]
