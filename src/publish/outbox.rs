@@ -289,8 +289,15 @@ impl Outbox {
     /// without its `start`). Until written again, each is in memory only, as after a failed write: a stop names
     /// those it loses. Returns how many were written.
     pub fn write_again_if_gone(&mut self) -> usize {
-        if self.dir.is_dir() {
-            return 0;
+        match std::fs::metadata(&self.dir) {
+            // Deleted, or a directory above it replaced: its files went with it.
+            Err(e) if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) => {}
+            // There; or something else in its place, or a disk that cannot say (the writes fail, and keep what
+            // they cannot write in memory).
+            _ => return 0,
         }
         let waiting = self.records.len();
         let gone: Vec<u64> = self
