@@ -79,16 +79,36 @@ pub(crate) fn watchdog_interval() -> Option<Duration> {
     (usec > 0).then(|| Duration::from_micros(usec / 4))
 }
 
+/// Whether no window cut by a reader is still on its way (in features, inference or the score queue). Counted by
+/// the windows settled, failures included: inferences and drops leave out a window whose features or inference
+/// failed, so after one such window this said "busy" for the daemon's life (each stop waited its whole drain, and
+/// the watchdog lost its idle case).
 pub(crate) fn win_queue_empty(metrics: &Metrics) -> bool {
     metrics
         .machines
         .iter()
-        .all(|m| m.inferences.get() + m.dropped_windows.get() >= m.windows.get())
+        .all(|m| m.settled.get() >= m.windows.get())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_window_leaves_the_queue_empty_once_settled() {
+        let metrics = Metrics::new(&["mic".into()], &["pump-1".into()]);
+        let m = &metrics.machines[0];
+        for _ in 0..3 {
+            m.windows.inc();
+        }
+        // One scored, one dropped on a full queue, one whose inference failed.
+        m.inferences.inc();
+        m.settled.inc();
+        m.window_dropped();
+        assert!(!win_queue_empty(&metrics));
+        m.settled.inc();
+        assert!(win_queue_empty(&metrics));
+    }
 
     #[test]
     fn the_watchdog_is_fed_by_scoring_or_by_waiting_for_a_device_that_is_away() {

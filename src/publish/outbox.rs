@@ -291,10 +291,11 @@ impl Outbox {
     pub fn write_again_if_gone(&mut self) -> usize {
         match std::fs::metadata(&self.dir) {
             // Deleted, or a directory above it replaced: its files went with it.
-            Err(e) if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-            ) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) => {}
             // There; or something else in its place, or a disk that cannot say (the writes fail, and keep what
             // they cannot write in memory).
             _ => return 0,
