@@ -895,6 +895,9 @@ pub fn spawn(
             if polled_tx.send(event).is_err() || (failed && resume_rx.recv().is_err()) {
                 return;
             }
+            if failed {
+                forget_last_connection(&mut connection.eventloop);
+            }
         })?;
     let broker = Broker {
         client,
@@ -905,6 +908,21 @@ pub fn spawn(
         .name("mqtt".into())
         .spawn(move || run(broker, q, base, outbox, rx, commands, metrics, beat))?;
     Ok(handle)
+}
+
+/// What rumqttc keeps of a connection that ended, dropped before the next: the publisher matches each PUBACK to
+/// the outbox message it sent by the order of rumqttc's `Outgoing::Publish` events, from an empty list at each
+/// connection, and replays what waits from the outbox (a clean session). rumqttc would send first, on the new
+/// connection, the requests made after the error was read and before the publisher knew of it (its channel is
+/// drained into `pending` only at the error), and yield the `Outgoing` events of writes that failed: every
+/// acknowledgement after them matched the wrong message (one deleted from the outbox undelivered, another never
+/// deleted and replayed later, out of order). A packet id left in collision (an acknowledgement that never came)
+/// is dropped too: rumqttc keeps it across connections, and every later connection ended in its timeout.
+fn forget_last_connection(el: &mut rumqttc::EventLoop) {
+    el.clean();
+    el.pending.clear();
+    el.state.events.clear();
+    el.state.collision = None;
 }
 
 /// One event of rumqttc's event loop, or the connection error that ended a connection.
@@ -1470,6 +1488,29 @@ fn describe(e: &ConnectionError, base: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// After a connection error nothing of the last connection is sent or yielded on the next: requests made
+    /// since (in rumqttc's channel), packets pending, events of failed writes and a packet id in collision.
+    #[test]
+    fn nothing_of_a_failed_connection_carries_over() {
+        let (client, mut connection) =
+            rumqttc::Client::new(rumqttc::MqttOptions::new("t", "127.0.0.1", 1), 1);
+        let publish = || client.try_publish("a", rumqttc::QoS::AtLeastOnce, false, "x");
+        publish().unwrap();
+        // The channel (capacity 1) is full.
+        assert!(publish().is_err());
+        let el = &mut connection.eventloop;
+        el.state.collision = Some(rumqttc::Publish::new("b", rumqttc::QoS::AtLeastOnce, "y"));
+        el.state
+            .events
+            .push_back(rumqttc::Event::Outgoing(rumqttc::Outgoing::Publish(7)));
+        forget_last_connection(el);
+        assert!(el.pending.is_empty());
+        assert!(el.state.events.is_empty());
+        assert!(el.state.collision.is_none());
+        // The request made before is gone from the channel: another fits.
+        publish().unwrap();
+    }
 
     /// A command is logged as it would be published, not as a Rust value.
     #[test]
