@@ -504,6 +504,8 @@ pub fn start(
             // moment before the first attempt to open it fails.
             health: "NO_AUDIO".into(),
             unscored: 0,
+            last_window: Instant::now(),
+            starved: false,
         };
         let p = Controller::params_of(&rt);
         // A clip the last run had not written yet when it ended (killed, power lost) never will be: its end event
@@ -929,10 +931,15 @@ pub fn start(
         // The wall clock, at every tick (a second at most): a jump re-saves the mutes' wall-clock ends at once,
         // not up to 10 s later, which a power cut right after NTP's step would have caught with the old ends.
         if last_clock.elapsed() >= Duration::from_secs(1) {
+            // A loop held up (a reload building a graph) has windows waiting for it: not a machine without any.
+            let on_time = last_clock.elapsed() < Duration::from_secs(3);
             last_clock = Instant::now();
             if clock.check_jump() {
                 metrics.clock_jumps.inc();
                 ctl.on_clock_jump();
+            }
+            if on_time {
+                ctl.check_windows_come();
             }
         }
         if last_status.elapsed() >= Duration::from_secs(10) {

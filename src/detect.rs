@@ -225,6 +225,12 @@ pub(crate) struct MachineRt {
     pub(crate) health: String,
     /// Windows in a row that could not be scored (the model failed on them, or scored them as not a number).
     pub(crate) unscored: u32,
+    /// When its last window arrived (or its input opened, if later): with its input open, windows that stop
+    /// coming make it [`Self::starved`].
+    pub(crate) last_window: Instant,
+    /// No window for [`MachineRt::starved_after`] though its input is open: audio lost in gaps (device overruns,
+    /// a full ring) more often than a window takes, so that no window is ever whole. Health `NO_SCORES`.
+    pub(crate) starved: bool,
     /// Whether the last window's level was below the machine's `idle_below_dbfs`: the machine is not running.
     pub(crate) idle: bool,
     /// Whether the last window held no signal (one value repeated: a muted, dead or stuck input).
@@ -313,14 +319,23 @@ impl MachineRt {
         self.model.section.threshold.value
     }
 
-    /// The health published: `NO_SCORES` while its last [`NO_SCORES_AFTER`] or more windows went unscored,
-    /// otherwise the audio's.
+    /// The health published: `NO_SCORES` while its last [`NO_SCORES_AFTER`] or more windows went unscored, or
+    /// while no window comes though its input is open, otherwise the audio's.
     pub(crate) fn health(&self) -> &str {
-        if self.unscored >= NO_SCORES_AFTER {
+        if self.unscored >= NO_SCORES_AFTER || self.starved {
             "NO_SCORES"
         } else {
             &self.health
         }
+    }
+
+    /// How long its input may be open without a window of it before it is [`Self::starved`]: three windows and
+    /// hops, and at least 10 s (the first window of an input takes its length, then features and inference).
+    pub(crate) fn starved_after(&self) -> Duration {
+        let p = &self.model.features;
+        let secs = 3.0 * (p.window_samples + p.window_hop_samples) as f64
+            / f64::from(p.sample_rate.max(1));
+        Duration::from_secs_f64(secs.max(10.0))
     }
 
     /// The mute's end on today's wall clock (Unix seconds, rounded up), while one runs.
@@ -1272,6 +1287,11 @@ impl Controller {
     pub(crate) fn on_score(&mut self, s: ScoreMsg) {
         crate::fault::point("controller");
         let i = s.machine;
+        self.machines[i].last_window = Instant::now();
+        if std::mem::take(&mut self.machines[i].starved) && !self.machines[i].removed {
+            log::info!("{}: its windows come again", self.machines[i].cfg.name);
+            self.health_changed(i);
+        }
         if self.machines[i].removed {
             self.window_handled(i, s.t_end_ms);
             return;
@@ -1760,7 +1780,7 @@ impl Controller {
         let m = &mut self.machines[i];
         if !m.removed && m.health != health {
             m.health = health;
-            if m.unscored < NO_SCORES_AFTER {
+            if m.unscored < NO_SCORES_AFTER && !m.starved {
                 self.health_changed(i);
             }
         }
@@ -1772,6 +1792,8 @@ impl Controller {
         self.inputs[input] = InputState::Down(reason);
         for i in 0..self.machines.len() {
             if self.machines[i].input == input {
+                // No audio is what its health says now, not that its windows stopped.
+                self.machines[i].starved = false;
                 self.set_health(i, "NO_AUDIO".into());
             }
         }
@@ -1788,6 +1810,30 @@ impl Controller {
         };
         log::log!(level, "health of {}: {health}", m.cfg.name);
         self.publish_machine_state(i);
+    }
+
+    /// Machines whose input is open and that got no window for [`MachineRt::starved_after`]: their health says
+    /// `NO_SCORES` (they are not watched), once. Their health said `OK`, frames flowing, while every window was
+    /// cut short by a gap and their alarm stayed as it was. Called every second.
+    pub(crate) fn check_windows_come(&mut self) {
+        for i in 0..self.machines.len() {
+            let m = &self.machines[i];
+            let open = self.inputs.get(m.input) == Some(&InputState::Open);
+            if m.removed || m.starved || !open || m.last_window.elapsed() < m.starved_after() {
+                continue;
+            }
+            let input = &self.cfg.devices[m.input].name;
+            log::warn!(
+                "{}: no window for {} s though input {input} is open: its audio is cut by gaps (device overruns, \
+                 a full ring: sonitor_input_gaps_total, sonitor_dropped_samples_total) more often than a window \
+                 takes, or its pipeline is stuck; the machine is not watched until its windows come again (a \
+                 larger ring_seconds or buffer_frames, or less load on the CPU)",
+                m.cfg.name,
+                m.starved_after().as_secs()
+            );
+            self.machines[i].starved = true;
+            self.health_changed(i);
+        }
     }
 
     /// Counts machine `i`'s window that could not be scored: at the [`NO_SCORES_AFTER`]th in a row its health
@@ -1823,6 +1869,9 @@ pub(crate) fn on_source_event(ctl: &mut Controller, e: SourceEvent) {
             log::info!("input {} open: {description}", ctl.cfg.devices[input].name);
             ctl.inputs[input] = InputState::Open;
             for i in 0..ctl.machines.len() {
+                if ctl.machines[i].input == input {
+                    ctl.machines[i].last_window = Instant::now();
+                }
                 if ctl.machines[i].input == input && ctl.machines[i].health == "NO_AUDIO" {
                     ctl.set_health(i, "OK".into());
                 }
@@ -2052,6 +2101,8 @@ mod tests {
             since: String::new(),
             health: "OK".into(),
             unscored: 0,
+            last_window: Instant::now(),
+            starved: false,
             mute_deadline: None,
             removed: false,
         }
@@ -2491,6 +2542,36 @@ mod tests {
             score,
             level_dbfs: -20.0,
         }
+    }
+
+    /// A machine whose input is open and whose windows stop coming (each cut short by a gap) says NO_SCORES after
+    /// three windows and hops (at least 10 s), once, until a window comes; not while its input is down (NO_AUDIO).
+    #[test]
+    fn a_machine_without_windows_on_an_open_input_is_not_ok() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut ctl, _rx) = controller(d.path(), 1);
+        ctl.on_score(msg(1000, Some(0.1)));
+        let after = ctl.machines[0].starved_after();
+        assert!(after >= Duration::from_secs(10), "{after:?}");
+        let long_ago = |by: Duration| Instant::now().checked_sub(by).unwrap();
+        ctl.machines[0].last_window = long_ago(after - Duration::from_secs(1));
+        ctl.check_windows_come();
+        assert_eq!(ctl.machines[0].health(), "OK");
+        ctl.machines[0].last_window = long_ago(after + Duration::from_secs(1));
+        ctl.check_windows_come();
+        assert_eq!(ctl.machines[0].health(), "NO_SCORES");
+        assert!(ctl.state_json(0).contains("\"health\":\"NO_SCORES\""));
+        // An audio health change meanwhile does not hide it.
+        ctl.set_health(0, "CLIPPING".into());
+        assert_eq!(ctl.machines[0].health(), "NO_SCORES");
+        ctl.set_health(0, "OK".into());
+        ctl.on_score(msg(2000, Some(0.1)));
+        assert_eq!(ctl.machines[0].health(), "OK");
+        // Its input away: NO_AUDIO says it, and the time without windows is not counted.
+        ctl.input_down(0, None);
+        ctl.machines[0].last_window = long_ago(after + Duration::from_secs(1));
+        ctl.check_windows_come();
+        assert_eq!(ctl.machines[0].health(), "NO_AUDIO");
     }
 
     /// Windows without a score (the model failed on them) are settled but never judged; three in a row make the
