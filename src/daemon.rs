@@ -778,6 +778,7 @@ pub fn start(
         open_clips,
         swaps: Some(swap_tx),
         unpublished_removals: std::collections::BTreeMap::new(),
+        unknown_commands: 0,
         cfg,
     };
     ctl.keep_removed(&saved);

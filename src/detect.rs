@@ -441,6 +441,9 @@ pub(crate) struct Controller {
     /// by a reload), kept in the state file for the first start with MQTT, which ends their open alarm and deletes
     /// their retained topics. The first save forgot them, and their `alarm ON` stayed on the broker for good.
     pub(crate) unpublished_removals: BTreeMap<String, SavedMachine>,
+    /// Commands received for a machine this daemon does not watch, since the start: logged at 1, 2, 4, 8, …, or a
+    /// flood of them (a misconfigured client) would push the alarm lines out of journald's rate limit.
+    pub(crate) unknown_commands: u64,
 }
 
 impl Controller {
@@ -1434,10 +1437,15 @@ impl Controller {
             | Command::Enabled { machine, .. } => machine.clone(),
         };
         let Some(i) = self.watched(&name) else {
-            log::warn!(
-                "command for unknown machine {} ignored",
-                crate::publish::mqtt::quoted(&name)
-            );
+            self.unknown_commands += 1;
+            let n = self.unknown_commands;
+            if n.is_power_of_two() {
+                log::warn!(
+                    "command for unknown machine {} ignored ({n} for machines not watched here since the start; \
+                     logged at 1, 2, 4, 8, …)",
+                    crate::publish::mqtt::quoted(&name)
+                );
+            }
             return;
         };
         let now_ms = self.machines[i].last_t_ms;
@@ -1794,6 +1802,8 @@ impl Controller {
             if self.machines[i].input == input {
                 // No audio is what its health says now, not that its windows stopped.
                 self.machines[i].starved = false;
+                // Its windows before the outage do not add up with those after it.
+                self.machines[i].detector.forget_recent();
                 self.set_health(i, "NO_AUDIO".into());
             }
         }
@@ -2077,6 +2087,7 @@ mod tests {
             open_clips: Arc::default(),
             swaps: None,
             unpublished_removals: BTreeMap::new(),
+            unknown_commands: 0,
             cfg,
         };
         (ctl, clip_rx)

@@ -184,6 +184,14 @@ impl Detector {
         self.force_clear(t_ms, ClearReason::Idle)
     }
 
+    /// The audio stopped (its input away): the windows before it are forgotten, so that they do not add up with
+    /// those after it (two high windows before an unplugging and one an hour after it are not three of five). The
+    /// alarm stays as it is.
+    pub fn forget_recent(&mut self) {
+        self.high.clear();
+        self.low.clear();
+    }
+
     fn force_clear(&mut self, now_ms: u64, reason: ClearReason) -> Option<Transition> {
         if let AlarmState::On { since_ms, peak } = self.state {
             self.state = AlarmState::Off;
@@ -312,6 +320,25 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Windows before an outage of the input do not add up with those after it; the alarm stays as it was.
+    #[test]
+    fn an_outage_restarts_the_debounce_and_keeps_the_alarm() {
+        let mut d = Detector::new(DetectorParams {
+            raise_k: 2,
+            raise_n: 3,
+            ..params()
+        });
+        assert!(d.update(1000, 0.9).is_none());
+        d.forget_recent();
+        assert!(d.update(3_600_000, 0.9).is_none());
+        assert!(matches!(
+            d.update(3_601_000, 0.9),
+            Some(Transition::Raised { .. })
+        ));
+        d.forget_recent();
+        assert!(d.is_on());
     }
 
     /// A stopped machine: its idle windows end an active alarm (reason `idle`) and make the debounce start
