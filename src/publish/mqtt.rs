@@ -26,7 +26,7 @@ use rumqttc::{
 
 use crate::config::{Config, MqttConfig};
 use crate::metrics::Metrics;
-use crate::publish::outbox::Outbox;
+use crate::publish::outbox::{OutMessage, Outbox};
 
 /// What the rest of the daemon asks the publisher to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -614,6 +614,26 @@ impl Session {
         }
     }
 
+    /// The broker acknowledged outbox message `acked`: where it was the last one waiting for its retained topic,
+    /// and the value kept for that topic is another (set while it waited, which kept that value from going out
+    /// then, out of order), that value goes out now. A machine put back by a reload while the deletions of its
+    /// topics waited (the broker away) had its state, threshold and entities wiped by them until a reconnection.
+    pub fn outbox_acked(&mut self, acked: &OutMessage, outbox: &Outbox) -> Vec<Action> {
+        let mut out = Vec::new();
+        if !self.connected || !acked.retain || outbox.has_topic(&acked.topic) {
+            return out;
+        }
+        if let Some(kept) = self
+            .retained
+            .get(&acked.topic)
+            .filter(|kept| **kept != acked.payload)
+            .cloned()
+        {
+            self.publish(&mut out, &acked.topic, &kept, true, true, Carried::Nothing);
+        }
+        out
+    }
+
     /// The broker acknowledged `pkid`; returns the outbox message it carried.
     pub fn on_puback(&mut self, pkid: u16) -> Option<u64> {
         if self.stop == StopState::Sent(pkid) {
@@ -1140,8 +1160,10 @@ fn run(
             Ok(Event::Incoming(Packet::PubAck(ack))) => {
                 if let Some(seq) = session.on_puback(ack.pkid) {
                     let mut o = lock(&outbox);
+                    let acked = o.records().find(|r| r.seq == seq).map(|r| r.msg.clone());
                     o.ack(seq);
-                    let a = session.pump(&o);
+                    let mut a = acked.map_or_else(Vec::new, |m| session.outbox_acked(&m, &o));
+                    a.extend(session.pump(&o));
                     drop(o);
                     execute(&client, &mut session, a, &metrics);
                 }
@@ -1671,6 +1693,41 @@ mod tests {
             topics(&a),
             vec!["b/status=online", "b/node=me", "t=1", "t=2"]
         );
+    }
+
+    /// A retained value set while an outbox message for its topic waited (a deletion queued when a reload removed
+    /// the machine, which a second reload put back) goes out once that message is acknowledged.
+    #[test]
+    fn a_retained_value_held_back_by_the_outbox_goes_out_after_it() {
+        let d = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(d.path(), 100).unwrap();
+        ob.push(vec![msg("b/m/state", "")]).unwrap();
+        let mut s = session(8);
+        let a = s.on_connected(&ob);
+        assert_eq!(
+            topics(&a),
+            vec!["b/status=online", "b/node=me", "b/m/state="]
+        );
+        for pkid in 1..=3 {
+            s.on_outgoing_publish(pkid);
+        }
+        // Held back: it would go out before the deletion, which would then wipe it.
+        assert!(s
+            .set_retained("b/m/state".into(), "{new}".into(), true, &ob)
+            .is_empty());
+        assert_eq!(s.on_puback(3), Some(1));
+        let acked = ob.records().next().unwrap().msg.clone();
+        ob.ack(1);
+        assert_eq!(
+            topics(&s.outbox_acked(&acked, &ob)),
+            vec!["b/m/state={new}"]
+        );
+        // A value the acknowledged message already carried is not sent again.
+        ob.push(vec![msg("b/m/alarm", "OFF")]).unwrap();
+        s.set_retained("b/m/alarm".into(), "OFF".into(), false, &ob);
+        let acked = ob.records().next().unwrap().msg.clone();
+        ob.ack(2);
+        assert!(s.outbox_acked(&acked, &ob).is_empty());
     }
 
     #[test]
