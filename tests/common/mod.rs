@@ -484,12 +484,23 @@ pub fn faults_injectable() -> bool {
     cfg!(debug_assertions)
 }
 
+/// A loopback port free now, and not handed out before by this test binary: the port is released at once, and a
+/// test running beside this one that asked at the same moment could otherwise be given it too (its broker or
+/// metrics then fail to bind, or a scrape reads the other daemon).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A mosquitto broker on a loopback port, with persistence so that queued messages of persistent sessions
