@@ -939,9 +939,7 @@ pub fn start(
                 metrics.clock_jumps.inc();
                 ctl.on_clock_jump();
             }
-            if on_time {
-                ctl.check_windows_come();
-            }
+            ctl.check_windows_come(!on_time);
         }
         if last_status.elapsed() >= Duration::from_secs(10) {
             if check_state_lock(&mut state_lock, &ctl.cfg.state_dir, &mut lock_complaints) {

@@ -970,14 +970,26 @@ impl Controller {
             self.config_path.display()
         );
         if !self.cfg.mqtt.enabled {
-            // Kept in the state file for a start with MQTT, which ends its alarm and clears its topics.
-            let kept = SavedMachine {
-                event: event.clone(),
-                ..self.machines[i].saved.clone()
-            };
-            self.unpublished_removals.insert(name, kept);
+            // Its alarm ends now, in the outbox, as with MQTT on (a start with MQTT publishes it); its record is
+            // kept in the state file for that start, which clears its topics.
+            if let Some(e) = &event {
+                let ev = end_event(
+                    &name,
+                    e,
+                    &now_rfc3339(),
+                    ClearReason::Removed,
+                    None,
+                    None,
+                    seq,
+                );
+                let topic = format!("{}/{name}", self.base);
+                if let Err(err) = self.push_transition(&topic, "OFF", &ev) {
+                    log::error!("{note}; {err}: its end is kept in memory only");
+                    return self.keep_retired(i, name);
+                }
+            }
             log::warn!("{note}");
-            return;
+            return self.keep_retired(i, name);
         }
         let topics = self.machine_topics(&name);
         // The MQTT thread forgets their values, so that no reconnection publishes them again.
@@ -988,6 +1000,17 @@ impl Controller {
         if self.queue_clean_up(&name, msgs, &note) {
             self.send(ToMqtt::OutboxChanged);
         }
+    }
+
+    /// With MQTT off, the record of machine `i`, retired by a reload with its alarm ended, kept in the state file
+    /// for a start with MQTT, which clears its topics.
+    fn keep_retired(&mut self, i: usize, name: String) {
+        let kept = SavedMachine {
+            event: None,
+            ..self.machines[i].saved.clone()
+        };
+        self.unpublished_removals.insert(name, kept);
+        self.persist();
     }
 
     /// The machine a reload retired ([`Self::retire`]) that the file `nm` names again on the same device and
@@ -1009,6 +1032,8 @@ impl Controller {
         let m = &mut self.machines[i];
         m.removed = false;
         m.unscored = 0;
+        // Its windows come from its next one on, not from before its removal.
+        m.last_window = Instant::now();
         // The retirement dropped its mute's deadline: the detector's mute goes with it.
         let _ = m.detector.set_muted(false, m.last_t_ms);
         let _ = m.detector.set_enabled(m.saved.enabled, m.last_t_ms);
@@ -1022,36 +1047,7 @@ impl Controller {
              window",
             self.config_path.display()
         );
-        // With MQTT off its retirement kept its open alarm event for a start with MQTT to end: it ends now, as it
-        // would have with MQTT on (reason `removed`), and an alarm from here on is a new event.
-        if let Some(e) = self
-            .unpublished_removals
-            .remove(&name)
-            .and_then(|kept| kept.event)
-        {
-            let m = &mut self.machines[i];
-            m.saved.seq += 1;
-            let ev = end_event(
-                &name,
-                &e,
-                &now_rfc3339(),
-                ClearReason::Removed,
-                None,
-                None,
-                m.saved.seq,
-            );
-            let topic = format!("{}/{name}", self.base);
-            let note = format!(
-                "reload: machine '{name}': its alarm event {}, open when an earlier reload removed it, ends (reason \
-                 removed)",
-                e.event_id
-            );
-            match self.push_transition(&topic, "OFF", &ev) {
-                Ok(_) => log::warn!("{note}"),
-                Err(err) => log::error!("{note}; {err}: its end is kept in memory only"),
-            }
-            self.persist();
-        }
+        self.unpublished_removals.remove(&name);
         self.retained(format!("{}/{name}/alarm", self.base), "OFF".into(), true);
         self.publish_discovery();
     }
@@ -1824,8 +1820,16 @@ impl Controller {
 
     /// Machines whose input is open and that got no window for [`MachineRt::starved_after`]: their health says
     /// `NO_SCORES` (they are not watched), once. Their health said `OK`, frames flowing, while every window was
-    /// cut short by a gap and their alarm stayed as it was. Called every second.
-    pub(crate) fn check_windows_come(&mut self) {
+    /// cut short by a gap and their alarm stayed as it was. Called every second; `late`: the loop that calls it
+    /// was held up (the process stopped, a reload building a graph), and so were the readers: every machine's wait
+    /// starts again now.
+    pub(crate) fn check_windows_come(&mut self, late: bool) {
+        if late {
+            for m in &mut self.machines {
+                m.last_window = Instant::now();
+            }
+            return;
+        }
         for i in 0..self.machines.len() {
             let m = &self.machines[i];
             let open = self.inputs.get(m.input) == Some(&InputState::Open);
@@ -1835,9 +1839,9 @@ impl Controller {
             let input = &self.cfg.devices[m.input].name;
             log::warn!(
                 "{}: no window for {} s though input {input} is open: its audio is cut by gaps (device overruns, \
-                 a full ring: sonitor_input_gaps_total, sonitor_dropped_samples_total) more often than a window \
-                 takes, or its pipeline is stuck; the machine is not watched until its windows come again (a \
-                 larger ring_seconds or buffer_frames, or less load on the CPU)",
+                 a full ring: sonitor_input_gaps_total, sonitor_dropped_samples_total; a looped file shorter than \
+                 a window) more often than a window takes, or its pipeline is stuck; the machine is not watched \
+                 until its windows come again (a larger ring_seconds or buffer_frames, or less load on the CPU)",
                 m.cfg.name,
                 m.starved_after().as_secs()
             );
@@ -2468,9 +2472,11 @@ mod tests {
         assert_eq!((waiting, ctl.metrics.outbox_depth.get()), (8, 8));
     }
 
-    /// With MQTT off, a machine retired by a reload with its alarm on stays in the state file, its open event
-    /// with it, for the first start with MQTT to end that alarm and clear its topics: the first save forgot it,
-    /// and its `alarm ON` stayed retained on the broker for good. Put back, it is a watched machine again.
+    /// With MQTT off, a machine retired by a reload with its alarm on has that alarm ended at once (`OFF` and an end
+    /// event with reason `removed` in the outbox, for a start with MQTT to publish), and stays in the state file
+    /// for that start to clear its topics: the first save forgot it, and its `alarm ON` stayed retained on the
+    /// broker for good. (Its end waited for that start, or for a reload putting it back, and then carried that
+    /// moment as its end.) Put back, it is a watched machine again, whose wait for windows starts then.
     #[test]
     fn a_machine_retired_with_mqtt_off_waits_in_the_state_for_mqtt() {
         let d = tempfile::tempdir().unwrap();
@@ -2478,41 +2484,41 @@ mod tests {
         ctl.on_transition(0, raised(1000));
         let event = ctl.machines[0].saved.event.clone().unwrap().event_id;
         ctl.retire(0);
-        ctl.persist();
+        {
+            let outbox = ctl.outbox.lock().unwrap();
+            let last: Vec<&OutMessage> = outbox.records().map(|r| &r.msg).collect();
+            let n = last.len();
+            assert_eq!(n, 4, "ON, start, OFF, end");
+            assert_eq!(
+                (last[2].topic.as_str(), last[2].payload.as_str()),
+                ("sonitor/n1/pump-1/alarm", "OFF")
+            );
+            let end: serde_json::Value = serde_json::from_str(&last[3].payload).unwrap();
+            assert_eq!(end["event_id"], event.as_str());
+            assert_eq!(end["type"], "end");
+            assert_eq!(end["reason"], "removed");
+        }
         let saved = load_saved(&ctl.saved_path);
-        let kept = &saved["pump-1"];
-        assert_eq!(
-            kept.event.as_ref().map(|e| e.event_id.as_str()),
-            Some(event.as_str())
-        );
-        // A start with MQTT off keeps what it finds of machines no longer in the file.
+        assert!(saved["pump-1"].event.is_none(), "ended");
+        // A start with MQTT off keeps what it finds of machines no longer in the file, from before its first save.
         std::fs::create_dir(d.path().join("next")).unwrap();
         let (mut next, _clips) = controller(&d.path().join("next"), 4);
         next.machines[0].cfg.name = "other".into();
-        // Kept from before the start's first save.
         next.keep_removed(&saved);
         next.persist();
-        assert!(load_saved(&next.saved_path)["pump-1"].event.is_some());
+        assert!(load_saved(&next.saved_path).contains_key("pump-1"));
         next.clean_up_last_run(&saved);
         next.persist();
-        assert!(load_saved(&next.saved_path)["pump-1"].event.is_some());
-        // Back in the file: the event it kept ends (reason removed), in the outbox for a start with MQTT.
+        assert!(load_saved(&next.saved_path).contains_key("pump-1"));
+        // Back in the file: nothing more to end; watched, its wait for windows from now.
+        ctl.machines[0].last_window = Instant::now()
+            .checked_sub(ctl.machines[0].starved_after() * 2)
+            .unwrap();
         ctl.reinstate(0);
         assert!(ctl.unpublished_removals.is_empty());
-        let outbox = ctl.outbox.lock().unwrap();
-        let last: Vec<&OutMessage> = outbox.records().map(|r| &r.msg).collect();
-        let n = last.len();
-        assert!(n >= 2);
-        assert_eq!(
-            (last[n - 2].topic.as_str(), last[n - 2].payload.as_str()),
-            ("sonitor/n1/pump-1/alarm", "OFF")
-        );
-        let end: serde_json::Value = serde_json::from_str(&last[n - 1].payload).unwrap();
-        assert_eq!(end["event_id"], event.as_str());
-        assert_eq!(end["type"], "end");
-        assert_eq!(end["reason"], "removed");
-        drop(outbox);
-        assert!(load_saved(&ctl.saved_path)["pump-1"].event.is_none());
+        assert_eq!(ctl.outbox.lock().unwrap().len(), 4);
+        ctl.check_windows_come(false);
+        assert_eq!(ctl.machines[0].health(), "OK");
     }
 
     /// With MQTT off, an outbox past `outbox_max` drops its oldest messages, and the transitions count them in
@@ -2566,10 +2572,15 @@ mod tests {
         assert!(after >= Duration::from_secs(10), "{after:?}");
         let long_ago = |by: Duration| Instant::now().checked_sub(by).unwrap();
         ctl.machines[0].last_window = long_ago(after - Duration::from_secs(1));
-        ctl.check_windows_come();
+        ctl.check_windows_come(false);
+        assert_eq!(ctl.machines[0].health(), "OK");
+        // A loop held up (the process stopped): not counted, the wait starts again.
+        ctl.machines[0].last_window = long_ago(after + Duration::from_secs(1));
+        ctl.check_windows_come(true);
+        ctl.check_windows_come(false);
         assert_eq!(ctl.machines[0].health(), "OK");
         ctl.machines[0].last_window = long_ago(after + Duration::from_secs(1));
-        ctl.check_windows_come();
+        ctl.check_windows_come(false);
         assert_eq!(ctl.machines[0].health(), "NO_SCORES");
         assert!(ctl.state_json(0).contains("\"health\":\"NO_SCORES\""));
         // An audio health change meanwhile does not hide it.
@@ -2581,7 +2592,7 @@ mod tests {
         // Its input away: NO_AUDIO says it, and the time without windows is not counted.
         ctl.input_down(0, None);
         ctl.machines[0].last_window = long_ago(after + Duration::from_secs(1));
-        ctl.check_windows_come();
+        ctl.check_windows_come(false);
         assert_eq!(ctl.machines[0].health(), "NO_AUDIO");
     }
 

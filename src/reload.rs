@@ -48,7 +48,7 @@ fn reload_counters(addr: SocketAddr, deadline: Instant) -> std::io::Result<Reloa
 /// which a thread name of the daemon's main thread keeps). Where /proc cannot tell (not mounted), it is taken to be.
 fn a_sonitor(pid: u32) -> Result<(), String> {
     match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
-        Ok(comm) if comm.trim().starts_with("sonitor") => Ok(()),
+        Ok(comm) if comm.trim() == "sonitor" => Ok(()),
         Ok(comm) => Err(format!("process {pid} is `{}`, not sonitor", comm.trim())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && Path::new("/proc/self").exists() => {
             Err(format!("no process {pid} runs"))
@@ -218,27 +218,52 @@ pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_pid_given_by_hand_must_be_a_sonitors() {
-        let mut other = std::process::Command::new("sleep")
+    /// `sleep` under the name `name`, once it runs under it, and what [`a_sonitor`] says of it.
+    fn judged(name: &str) -> Result<(), String> {
+        let d = tempfile::tempdir().unwrap();
+        let program = d.path().join(name);
+        std::fs::copy(which("sleep"), &program).unwrap();
+        let mut other = std::process::Command::new(&program)
             .arg("30")
             .spawn()
             .unwrap();
         // Until its exec the child is a copy of this test's thread, by its name.
         let comm = format!("/proc/{}/comm", other.id());
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::fs::read_to_string(&comm).is_ok_and(|c| c.trim() != "sleep")
+        while std::fs::read_to_string(&comm).is_ok_and(|c| c.trim() != name)
             && Instant::now() < deadline
         {
             std::thread::sleep(Duration::from_millis(5));
         }
-        let e = a_sonitor(other.id());
+        let e = a_sonitor(other.id()).map_err(|e| e.replace(&other.id().to_string(), "PID"));
         let _ = other.kill();
         let _ = other.wait();
+        e
+    }
+
+    fn which(program: &str) -> std::path::PathBuf {
+        std::env::var_os("PATH")
+            .and_then(|p| {
+                std::env::split_paths(&p)
+                    .map(|d| d.join(program))
+                    .find(|p| p.is_file())
+            })
+            .unwrap()
+    }
+
+    /// Only a process named `sonitor` is signalled: not another program, nor one whose name starts with it (the
+    /// trainer; a pid left in a lock file may be any process's by now).
+    #[test]
+    fn a_pid_given_by_hand_must_be_a_sonitors() {
         assert_eq!(
-            e,
-            Err(format!("process {} is `sleep`, not sonitor", other.id()))
+            judged("sleep"),
+            Err("process PID is `sleep`, not sonitor".into())
         );
+        assert_eq!(
+            judged("sonitor-train"),
+            Err("process PID is `sonitor-train`, not sonitor".into())
+        );
+        assert_eq!(judged("sonitor"), Ok(()));
         assert!(a_sonitor(u32::MAX - 1).unwrap_err().contains("no process"));
     }
 }

@@ -223,7 +223,39 @@ pub struct Holder {
 pub fn holder(dir: &Path) -> Option<Holder> {
     let mut file = File::open(dir.join(LOCK_FILE)).ok()?;
     let taken = try_flock(&file, libc::LOCK_SH).ok()?;
-    (!taken).then(|| holder_in(&mut file))
+    (!taken).then(|| {
+        let written = holder_in(&mut file);
+        // The kernel's word over the file's: a daemon that locked the file read-only (its filesystem mounted
+        // read-only) could not write its pid there, and the one there is an earlier daemon's (`sonitor reload`
+        // signalled it, whatever process has that pid now).
+        match flock_holder(&file) {
+            Some(pid) if written.pid != Some(pid) => Holder {
+                pid: Some(pid),
+                metrics: None,
+            },
+            _ => written,
+        }
+    })
+}
+
+/// The pid of the process holding an exclusive `flock` on `file`, as `/proc/locks` lists it; `None` when it
+/// cannot be told.
+fn flock_holder(file: &File) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = file.metadata().ok()?;
+    let dev = m.dev();
+    // glibc's encoding of a device number; the kernel prints major and minor in hex, the inode in decimal.
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let id = format!("{major:02x}:{minor:02x}:{}", m.ino());
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // `1: FLOCK  ADVISORY  WRITE 1234 08:01:131075 0 EOF` (a waiter's line has `->` after the number).
+        (f.len() >= 6 && f[1] == "FLOCK" && f[3] == "WRITE" && f[5] == id)
+            .then(|| f[4].parse::<u32>().ok())
+            .flatten()
+    })
 }
 
 /// Whether nothing holds the state directory `dir`, as far as this process can tell: false as well when it cannot
@@ -375,6 +407,26 @@ mod tests {
             format!("{pid}\nmetrics 127.0.0.1:9470\n")
         );
         assert_eq!(holder(d.path()).and_then(|h| h.pid), Some(pid));
+    }
+
+    /// A lock file that names another pid than the process holding it (one locked read-only could not be
+    /// written): the holder is the process the kernel says holds it, with no metrics address (the file's is the
+    /// other daemon's).
+    #[test]
+    fn the_holder_is_the_process_holding_the_lock_not_the_pid_written() {
+        let d = tempfile::tempdir().unwrap();
+        let addr: SocketAddr = "127.0.0.1:9470".parse().unwrap();
+        let _held = acquire(d.path(), Some(addr)).unwrap();
+        let pid = std::process::id();
+        assert_eq!(holder(d.path()).and_then(|h| h.pid), Some(pid));
+        std::fs::write(d.path().join(LOCK_FILE), "999999\nmetrics 127.0.0.1:1\n").unwrap();
+        assert_eq!(
+            holder(d.path()),
+            Some(Holder {
+                pid: Some(pid),
+                metrics: None
+            })
+        );
     }
 
     /// A lock file deleted and taken by another process: the check says so, and the checks after it do not wait
