@@ -778,7 +778,7 @@ pub fn start(
         open_clips,
         swaps: Some(swap_tx),
         unpublished_removals: std::collections::BTreeMap::new(),
-        unknown_commands: 0,
+        unknown_commands: Default::default(),
         cfg,
     };
     ctl.keep_removed(&saved);

@@ -443,7 +443,7 @@ pub(crate) struct Controller {
     pub(crate) unpublished_removals: BTreeMap<String, SavedMachine>,
     /// Commands received for a machine this daemon does not watch, since the start: logged at 1, 2, 4, 8, …, or a
     /// flood of them (a misconfigured client) would push the alarm lines out of journald's rate limit.
-    pub(crate) unknown_commands: u64,
+    pub(crate) unknown_commands: crate::metrics::Counter,
 }
 
 impl Controller {
@@ -801,8 +801,7 @@ impl Controller {
     ) -> Vec<String> {
         if !self.cfg.mqtt.enabled {
             // Nothing can be deleted now; the topics recorded stay for a start with MQTT, and so do the records
-            // of the machines no longer in the file.
-            self.keep_removed(saved);
+            // of the machines no longer in the file ([`Self::keep_removed`], before the start's first save).
             return Vec::new();
         }
         // What each machine in the file publishes now, recorded for the next start below.
@@ -972,7 +971,7 @@ impl Controller {
         if !self.cfg.mqtt.enabled {
             // Its alarm ends now, in the outbox, as with MQTT on (a start with MQTT publishes it); its record is
             // kept in the state file for that start, which clears its topics.
-            if let Some(e) = &event {
+            let pushed = event.as_ref().map_or(Ok(Vec::new()), |e| {
                 let ev = end_event(
                     &name,
                     e,
@@ -982,13 +981,12 @@ impl Controller {
                     None,
                     seq,
                 );
-                let topic = format!("{}/{name}", self.base);
-                if let Err(err) = self.push_transition(&topic, "OFF", &ev) {
-                    log::error!("{note}; {err}: its end is kept in memory only");
-                    return self.keep_retired(i, name);
-                }
+                self.push_transition(&format!("{}/{name}", self.base), "OFF", &ev)
+            });
+            match pushed {
+                Ok(_) => log::warn!("{note}"),
+                Err(err) => log::error!("{note}; {err}: its end is kept in memory only"),
             }
-            log::warn!("{note}");
             return self.keep_retired(i, name);
         }
         let topics = self.machine_topics(&name);
@@ -1433,9 +1431,7 @@ impl Controller {
             | Command::Enabled { machine, .. } => machine.clone(),
         };
         let Some(i) = self.watched(&name) else {
-            self.unknown_commands += 1;
-            let n = self.unknown_commands;
-            if n.is_power_of_two() {
+            if let Some(n) = self.unknown_commands.inc_log_due() {
                 log::warn!(
                     "command for unknown machine {} ignored ({n} for machines not watched here since the start; \
                      logged at 1, 2, 4, 8, …)",
@@ -2091,7 +2087,7 @@ mod tests {
             open_clips: Arc::default(),
             swaps: None,
             unpublished_removals: BTreeMap::new(),
-            unknown_commands: 0,
+            unknown_commands: Default::default(),
             cfg,
         };
         (ctl, clip_rx)

@@ -241,6 +241,12 @@ pub struct Metrics {
 }
 
 impl MachineMetrics {
+    /// Whether windows it cut are still on their way (in features, inference or the score queue): cut and not yet
+    /// settled.
+    pub fn windows_on_their_way(&self) -> bool {
+        self.windows.get() > self.settled.get()
+    }
+
     /// A window dropped on its way (a queue full): counted, and settled.
     pub fn window_dropped(&self) {
         self.dropped_windows.inc();

@@ -243,10 +243,8 @@ pub fn holder(dir: &Path) -> Option<Holder> {
 fn flock_holder(file: &File) -> Option<u32> {
     use std::os::unix::fs::MetadataExt as _;
     let m = file.metadata().ok()?;
-    let dev = m.dev();
-    // glibc's encoding of a device number; the kernel prints major and minor in hex, the inode in decimal.
-    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
-    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    // The kernel prints the device's major and minor in hex, the inode in decimal.
+    let (major, minor) = (libc::major(m.dev()), libc::minor(m.dev()));
     let id = format!("{major:02x}:{minor:02x}:{}", m.ino());
     let locks = std::fs::read_to_string("/proc/locks").ok()?;
     locks.lines().find_map(|l| {

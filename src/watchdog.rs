@@ -84,10 +84,7 @@ pub(crate) fn watchdog_interval() -> Option<Duration> {
 /// failed, so after one such window this said "busy" for the daemon's life (each stop waited its whole drain, and
 /// the watchdog lost its idle case).
 pub(crate) fn win_queue_empty(metrics: &Metrics) -> bool {
-    metrics
-        .machines
-        .iter()
-        .all(|m| m.settled.get() >= m.windows.get())
+    metrics.machines.iter().all(|m| !m.windows_on_their_way())
 }
 
 #[cfg(test)]

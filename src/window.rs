@@ -399,7 +399,7 @@ impl LeadGuard {
                 && s.takes(channels)
                 && s.tap.max_lead.is_some_and(|lead| {
                     let at_ms = s.total * 1000 / u64::from(s.tap.features.sample_rate.max(1));
-                    m.windows.get() > m.settled.get()
+                    m.windows_on_their_way()
                         && at_ms.saturating_sub(m.handled_ms.load(Ordering::Acquire))
                             > lead.as_millis() as u64
                 })

@@ -1160,8 +1160,7 @@ fn run(
             Ok(Event::Incoming(Packet::PubAck(ack))) => {
                 if let Some(seq) = session.on_puback(ack.pkid) {
                     let mut o = lock(&outbox);
-                    let acked = o.records().find(|r| r.seq == seq).map(|r| r.msg.clone());
-                    o.ack(seq);
+                    let acked = o.ack(seq);
                     let mut a = acked.map_or_else(Vec::new, |m| session.outbox_acked(&m, &o));
                     a.extend(session.pump(&o));
                     drop(o);

@@ -351,23 +351,24 @@ impl Outbox {
     }
 
     /// The broker acknowledged message `seq`: forget it, and remove its file if it has one.
-    pub fn ack(&mut self, seq: u64) {
-        if let Some(i) = self.records.iter().position(|r| r.seq == seq) {
-            self.records.remove(i);
-            if self.memory_only.remove(&seq) {
-                log::info!(
-                    "outbox: message {seq}, which could not be written to disk, is delivered (acknowledged by \
-                     the broker)"
-                );
-            } else if let Err(e) = self.remove_file(seq) {
-                log::warn!(
-                    "outbox: message {seq} is delivered (acknowledged by the broker) but its file {} cannot be \
-                     removed: {e}; it will be published again after a restart (a duplicate) unless the file is \
-                     removed",
-                    self.dir.join(file_name(seq)).display()
-                );
-            }
+    /// Returns the message, if it was waiting.
+    pub fn ack(&mut self, seq: u64) -> Option<OutMessage> {
+        let i = self.records.iter().position(|r| r.seq == seq)?;
+        let acked = self.records.remove(i).map(|r| r.msg);
+        if self.memory_only.remove(&seq) {
+            log::info!(
+                "outbox: message {seq}, which could not be written to disk, is delivered (acknowledged by the \
+                 broker)"
+            );
+        } else if let Err(e) = self.remove_file(seq) {
+            log::warn!(
+                "outbox: message {seq} is delivered (acknowledged by the broker) but its file {} cannot be \
+                 removed: {e}; it will be published again after a restart (a duplicate) unless the file is \
+                 removed",
+                self.dir.join(file_name(seq)).display()
+            );
         }
+        acked
     }
 
     /// Messages waiting, oldest first.
