@@ -180,21 +180,26 @@ pub(crate) fn check_with(path: &Path, running: Option<&Running>, missing: Missin
                 match sonitor_core::audio::check_wav(p) {
                     Err(e) => problems.push(format!("device '{}': {e}", d.name)),
                     Ok(info) => {
-                        // Played once (not looped), a file shorter than one analysis window is never scored;
-                        // an empty one is not even looped.
+                        // A file shorter than one analysis window is never scored: played once, and looped
+                        // too, since each pass's end is a gap in the audio that starts the window again.
                         let window = users
                             .iter()
                             .filter_map(|m| bundles.get(&m.bundle))
                             .map(|b| b.manifest.features.window_seconds())
                             .fold(0.0, f64::max);
-                        let once = d.at_end != crate::config::AtEnd::Loop;
-                        if info.frames == 0 || (once && info.duration_seconds() < window) {
+                        let looped = d.at_end == crate::config::AtEnd::Loop;
+                        if info.frames == 0 || info.duration_seconds() < window {
                             problems.push(format!(
                                 "device '{}': {} holds {:.2} s of audio, less than one {window} s analysis window: \
-                                 nothing would be scored",
+                                 nothing would be scored{}",
                                 d.name,
                                 p.display(),
-                                info.duration_seconds()
+                                info.duration_seconds(),
+                                if looped {
+                                    " (a loop does not join its end to its start: each pass is cut off)"
+                                } else {
+                                    ""
+                                }
                             ));
                         }
                         warnings.extend(below_model_rate(

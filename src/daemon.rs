@@ -1002,10 +1002,12 @@ pub fn start(
         "the alarm states to be saved to {}",
         ctl.saved_path.display()
     ));
+    let mut states_lost = 0;
     if !ctl.persist() {
         // The next start cannot know these: said once more, by machine, as the outbox names its lost messages.
         for lost in ctl.unsaved_summary() {
             log::error!("not saved, so lost at the next start: {lost}");
+            states_lost += 1;
         }
     }
     if let Some(t) = &mqtt_thread {
@@ -1043,7 +1045,14 @@ pub fn start(
     }
     deadline.waiting_for("the outbox");
     let mut outbox = ctl.outbox.lock().unwrap_or_else(|e| e.into_inner());
-    outbox_at_exit(&mut outbox, ctl.cfg.mqtt.enabled);
+    let messages_lost = outbox_at_exit(&mut outbox, ctl.cfg.mqtt.enabled);
+    if exit_code == 0 && (messages_lost > 0 || states_lost > 0) {
+        log::error!(
+            "exiting with status {EXIT_LOST}: {messages_lost} alarm message(s) and {states_lost} machine state(s) \
+             could not be kept (named above); the service manager shows the stop as failed"
+        );
+        exit_code = EXIT_LOST;
+    }
     Ok(exit_code)
 }
 
@@ -1051,12 +1060,12 @@ pub fn start(
 /// if the disk takes them now (clips removed, space freed since the last transition tried); then, with MQTT on,
 /// what waits on disk for the next start is counted and each message that could not be written is named, however
 /// many: these alarms reach no one, and this log is their only trace. Without MQTT nothing is ever sent from the
-/// outbox; the next start with MQTT on sends what is on disk.
-fn outbox_at_exit(outbox: &mut Outbox, mqtt: bool) {
+/// outbox; the next start with MQTT on sends what is on disk. Returns how many messages are lost.
+fn outbox_at_exit(outbox: &mut Outbox, mqtt: bool) -> usize {
     outbox.write_again_if_gone();
     outbox.write_memory_only();
     if !mqtt {
-        return;
+        return 0;
     }
     let lost: Vec<String> = outbox
         .memory_only()
@@ -1076,14 +1085,21 @@ fn outbox_at_exit(outbox: &mut Outbox, mqtt: bool) {
             lost.len(),
             outbox.dir().display(),
         );
-        for m in lost {
+        for m in &lost {
             log::error!("lost alarm message {m}");
         }
     }
+    lost.len()
 }
 
 /// Exit status when a replayed file could not be read to its end (EX_IOERR).
 pub const EXIT_INPUT: i32 = 74;
+
+/// Exit status of a stop that otherwise went well but lost what it had to keep (EX_CANTCREAT): alarm messages the
+/// broker had not acknowledged that could not be written to the outbox, or alarm states (an open alarm, a mute, a
+/// threshold set over MQTT) that could not be saved. systemd then shows the unit as failed, with this status,
+/// instead of a clean stop; it does not restart a unit it was asked to stop.
+pub const EXIT_LOST: i32 = 73;
 
 /// Exit status when a thread of the daemon itself stopped (EX_SOFTWARE): not a configuration problem, so
 /// the service manager restarts sonitor (`Restart=on-failure`).

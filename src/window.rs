@@ -891,8 +891,13 @@ fn append_model_audio(
     s.audio.drain(..drop.min(s.audio.len()));
 }
 
-/// Sum of squares (in f64) and the number of samples at or beyond ±0.999 (clipped), in eight lanes so that
-/// the compiler vectorises it: this runs over every captured sample.
+/// The level at or beyond which a sample counts as clipped: the lowest of the capture formats' positive full
+/// scales, 8-bit's 127/128 (a `u8` rail reads 0.992, and was not counted at ±0.999); every other format's rail
+/// is above it.
+const CLIPPED_AT: f32 = 127.0 / 128.0;
+
+/// Sum of squares (in f64) and the number of samples at or beyond ±[`CLIPPED_AT`] (clipped), in eight lanes so
+/// that the compiler vectorises it: this runs over every captured sample.
 fn energy_and_clipped(xs: &[f32]) -> (f64, f64, usize) {
     let mut sum = [0f64; 8];
     let mut sq = [0f64; 8];
@@ -904,14 +909,14 @@ fn energy_and_clipped(xs: &[f32]) -> (f64, f64, usize) {
             *s += f64::from(x);
             *acc += f64::from(x) * f64::from(x);
         }
-        clipped += c.iter().filter(|x| x.abs() >= 0.999).count();
+        clipped += c.iter().filter(|x| x.abs() >= CLIPPED_AT).count();
     }
     let mut total_sum: f64 = sum.iter().sum();
     let mut total: f64 = sq.iter().sum();
     for &x in tail {
         total_sum += f64::from(x);
         total += f64::from(x) * f64::from(x);
-        clipped += usize::from(x.abs() >= 0.999);
+        clipped += usize::from(x.abs() >= CLIPPED_AT);
     }
     (total_sum, total, clipped)
 }
@@ -1202,12 +1207,33 @@ mod tests {
                 .collect();
             let want_sum: f64 = xs.iter().map(|&x| f64::from(x)).sum();
             let want_sq: f64 = xs.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
-            let want_clipped = xs.iter().filter(|x| x.abs() >= 0.999).count();
+            let want_clipped = xs.iter().filter(|x| x.abs() >= CLIPPED_AT).count();
             let (sum, sq, clipped) = energy_and_clipped(&xs);
             assert!((sum - want_sum).abs() <= 1e-9 * want_sq.max(1.0), "n={n}");
             assert!((sq - want_sq).abs() <= 1e-9 * want_sq.max(1.0), "n={n}");
             assert_eq!(clipped, want_clipped, "n={n}");
         }
+    }
+
+    #[test]
+    fn every_capture_formats_rails_count_as_clipped() {
+        use crate::capture::ToF32;
+        let rails = [
+            (i16::MAX.to_f32(), i16::MIN.to_f32()),
+            (i32::MAX.to_f32(), i32::MIN.to_f32()),
+            (
+                cpal::I24::new((1 << 23) - 1).unwrap().to_f32(),
+                cpal::I24::new(-(1 << 23)).unwrap().to_f32(),
+            ),
+            (u16::MAX.to_f32(), u16::MIN.to_f32()),
+            (u8::MAX.to_f32(), u8::MIN.to_f32()),
+            (1.0f32, -1.0f32),
+        ];
+        for (high, low) in rails {
+            assert_eq!(energy_and_clipped(&[high, low]).2, 2, "{high} {low}");
+        }
+        // One step below the 8-bit rail is not.
+        assert_eq!(energy_and_clipped(&[254u8.to_f32()]).2, 0);
     }
 
     #[test]

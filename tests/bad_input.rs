@@ -388,11 +388,18 @@ fn every_kind_of_bad_input_is_named_with_exit_78() {
     expect_78(&p, &["device 'mic'", "cut.wav", "truncated"]);
 
     // A recording shorter than one analysis window, played once: nothing would ever be scored. And an empty
-    // one (a header without data), which not even a loop can play.
+    // one (a header without data).
     let short = d.path().join("short.wav");
     common::write_wav(&short, &common::pump()[..4_000]);
     let p = common::config(d.path(), &file_device(&short), &b.dir, 1883, "");
     expect_78(&p, &["short.wav holds 0.25 s of audio", "analysis window"]);
+    // Looped, too: each pass ends in a gap, so no window ever fills (the daemon said NO_SCORES after 10 s).
+    let looped = file_device(&short) + "at_end = \"loop\"\n";
+    let p = common::config(d.path(), &looped, &b.dir, 1883, "");
+    expect_78(
+        &p,
+        &["short.wav holds 0.25 s of audio", "each pass is cut off"],
+    );
     let empty = d.path().join("empty.wav");
     common::write_wav(&empty, &[]);
     let looped = file_device(&empty) + "at_end = \"loop\"\n";
@@ -569,6 +576,39 @@ fn a_full_state_filesystem_still_takes_the_saved_state() {
             && !text.contains("cannot save")
             && text.contains("SAVED-AFTER-FILL"),
         "{text}"
+    );
+}
+
+/// A state directory that stops taking writes while the daemon runs (here replaced by a file: ENOTDIR, for root
+/// too; a read-only remount cannot be made under a daemon that holds its lock file open for writing), then an
+/// alarm raised, then a stop: the stop cannot save the open alarm, so the next start will not know it. The log
+/// names it, and the exit status says so (73): the stop was not a clean one, and systemd shows the unit as failed.
+#[test]
+fn a_stop_that_cannot_save_an_open_alarm_exits_with_status_73() {
+    let d = tempfile::tempdir().unwrap();
+    // Normal, then the fault until well after the stop.
+    let (b, wav) = common::bundle_and_wav(d.path(), "rec.wav", &common::recording(5.0, 30.0, 0.0));
+    let config = common::file_config(d.path(), &wav, &b.dir, common::PACED_TO_THE_END, "");
+    let mut daemon = common::Daemon::start(&config, &[]);
+    daemon.wait_log("running:", Duration::from_secs(30));
+    let state = d.path().join("state");
+    std::fs::rename(&state, d.path().join("state-moved")).unwrap();
+    std::fs::write(&state, "not a directory").unwrap();
+    daemon.wait_log("alarm ON: pump-1", Duration::from_secs(30));
+    unsafe {
+        libc::kill(daemon.child.id() as i32, libc::SIGTERM);
+    }
+    let (code, log) = daemon.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(sonitor::daemon::EXIT_LOST), "{log}");
+    assert!(
+        log.contains("not saved, so lost at the next start: machine 'pump-1': its alarm is ON"),
+        "{log}"
+    );
+    assert!(
+        log.contains(
+            "exiting with status 73: 0 alarm message(s) and 1 machine state(s) could not be kept"
+        ),
+        "{log}"
     );
 }
 

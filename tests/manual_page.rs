@@ -70,6 +70,7 @@ fn the_manual_page_names_every_command_option_and_exit_status() {
     for status in [
         sonitor::config::EXIT_CONFIG,
         sonitor::daemon::EXIT_INPUT,
+        sonitor::daemon::EXIT_LOST,
         sonitor::daemon::EXIT_INTERNAL,
         sonitor::state_lock::EXIT_STATE_BUSY,
         sonitor::reload::EXIT_NO_DAEMON,

@@ -185,8 +185,8 @@ fn a_full_outbox_drops_a_message_never_written_without_touching_the_disk() {
 }
 
 /// The daemon stops while the outbox's directory still refuses writes and the broker is down: each alarm message
-/// it could keep only in memory is named in the log as lost (that line is its only trace), and none is claimed to
-/// wait on disk.
+/// it could keep only in memory is named in the log as lost (that line is its only trace), none is claimed to
+/// wait on disk, and the exit status says the stop lost them.
 #[test]
 fn the_daemon_names_every_message_lost_at_a_stop() {
     let d = tempfile::tempdir().unwrap();
@@ -202,7 +202,14 @@ fn the_daemon_names_every_message_lost_at_a_stop() {
     std::fs::rename(&outbox, d.path().join("moved")).unwrap();
     std::fs::write(&outbox, "not a directory").unwrap();
     let (code, log) = daemon.wait_exit(std::time::Duration::from_secs(60));
-    assert_eq!(code, Some(0), "{log}");
+    // Not a clean stop: systemd shows the unit as failed.
+    assert_eq!(code, Some(sonitor::daemon::EXIT_LOST), "{log}");
+    assert!(
+        log.contains(
+            "exiting with status 73: 4 alarm message(s) and 0 machine state(s) could not be kept"
+        ),
+        "{log}"
+    );
     assert!(
         log.contains("the transition is kept in memory only"),
         "{log}"

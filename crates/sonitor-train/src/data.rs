@@ -194,6 +194,28 @@ pub fn memory_warning(audio_bytes: u64, available: u64) -> Option<String> {
     })
 }
 
+/// The warning `fit` prints when training clips have more than one channel: it learns their mix (the mean of the
+/// channels, [`load_clip`]), while the daemon scores one channel of its input (a machine's `channel`). Read from
+/// the WAV headers alone (a header that cannot be read counts as one channel: loading the clip names it).
+pub fn multichannel_warning(clips: &[&Clip]) -> Option<String> {
+    let multi: Vec<(&Clip, u16)> = clips
+        .iter()
+        .filter_map(|c| {
+            let channels = sonitor_core::audio::read_wav_info(&c.path).ok()?.channels;
+            (channels > 1).then_some((*c, channels))
+        })
+        .collect();
+    let (first, channels) = multi.first()?;
+    Some(format!(
+        "warning: {} of {} training clips have more than one channel (e.g. {}: {channels}): fit learns the mean \
+         of their channels, while the daemon scores one channel of its input (each machine's `channel`), which \
+         hears the machine otherwise; take that channel with `sonitor-train import --channel N` and train on that",
+        multi.len(),
+        clips.len(),
+        first.path.display()
+    ))
+}
+
 /// sha256 over the clips' file names and contents (in the given order): the data set's identity in the bundle.
 pub fn data_sha256(clips: &[&Clip]) -> anyhow::Result<String> {
     let mut h = Sha256::new();
@@ -433,6 +455,15 @@ mod tests {
             .unwrap()
             .contains("9.0 GiB"));
         assert_eq!(memory_warning(7 << 30, 10 << 30), None);
+        // The stereo clip (the second) is the one named.
+        let w = multichannel_warning(&refs).unwrap();
+        assert!(
+            w.contains("1 of 3 training clips have more than one channel")
+                && w.contains(&format!("{}: 2)", clips[1].path.display()))
+                && w.contains("--channel N"),
+            "{w}"
+        );
+        assert_eq!(multichannel_warning(&[refs[0], refs[2]]), None);
     }
 
     #[test]

@@ -757,6 +757,9 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
     if let Some(w) = data::memory_available().and_then(|a| data::memory_warning(audio_bytes, a)) {
         eprintln!("{w}");
     }
+    if let Some(w) = data::multichannel_warning(&train) {
+        eprintln!("{w}");
+    }
     let clips = data::load_train_clips(&train, &classes, &o.features)?;
     let short = clips
         .iter()
