@@ -329,7 +329,8 @@ pub fn validate(config_path: &Path) -> i32 {
                 checked.bundles.len(),
                 cfg.topic_base()
             );
-            for w in checked.warnings {
+            let saved = crate::detect::saved_state_warning(&cfg.saved_path());
+            for w in checked.warnings.into_iter().chain(saved) {
                 println!("{}: warning: {w}", config_path.display());
             }
             if let Some(h) = crate::state_lock::holder(&cfg.state_dir) {

@@ -17,8 +17,8 @@ use crate::capture::{SourceEvent, StreamHandle};
 use crate::check::check;
 use crate::config::{Config, SourceKind};
 use crate::detect::{
-    enabled_at_start, load_saved, mute_left_at_start, on_source_event, open_event_clips, unix_now,
-    Controller, InputState, MachineRt, Observation,
+    enabled_at_start, load_saved_at_start, mute_left_at_start, on_source_event, open_event_clips,
+    unix_now, Controller, InputState, MachineRt, Observation, SavedMachine,
 };
 use crate::embed::{MachineModel, ModelSwap, ScoreMsg};
 use crate::metrics::Metrics;
@@ -433,7 +433,7 @@ pub fn start(
         );
     }
     let saved_path = cfg.saved_path();
-    let saved = load_saved(&saved_path);
+    let saved = load_saved_at_start(&saved_path);
     let mut scorers = Vec::new();
     // One copy of each section in use, shared by the machines scored with it (with a level baseline a section
     // holds a covariance factor of about 66 KB).
@@ -486,6 +486,7 @@ pub fn start(
                 saved_path.display()
             );
         }
+        let since = since_at_start(&s);
         let mut rt = MachineRt {
             cfg: m.clone(),
             input,
@@ -497,7 +498,7 @@ pub fn start(
             last_score_pub: None,
             idle: false,
             no_signal: false,
-            since: now_rfc3339(),
+            since,
             mute_deadline: None,
             removed: false,
             // Until its input has opened: a restart while the microphone is away must not report OK for the
@@ -1090,6 +1091,17 @@ fn outbox_at_exit(outbox: &mut Outbox, mqtt: bool) -> usize {
         }
     }
     lost.len()
+}
+
+/// The `since` a machine's state is published with at a start: its saved one (the last transition's), else a
+/// resumed alarm's start (a state saved by a version that did not record `since`), else the start itself.
+fn since_at_start(saved: &SavedMachine) -> String {
+    saved
+        .since
+        .clone()
+        .or_else(|| saved.event.as_ref().map(|e| e.started_at.clone()))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(now_rfc3339)
 }
 
 /// Exit status when a replayed file could not be read to its end (EX_IOERR).

@@ -83,6 +83,11 @@ pub struct SavedMachine {
     /// changed ([`Controller::clean_up_last_run`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retained_topics: Option<Vec<String>>,
+    /// When the alarm took its state (RFC 3339, the `since` of `<machine>/state`), as saved at its last
+    /// transition (`None`: none yet, or saved by a version that did not record it). A start publishes it again,
+    /// not the moment of the start: a resumed alarm is ON since it was raised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
 }
 
 /// Space kept in the state directory for the saved state (`alarms.json`): on a filesystem filled by something
@@ -158,9 +163,51 @@ fn announced_by_default() -> bool {
 /// The saved state of every machine. Each machine's entry is read on its own: one that cannot be read (a
 /// hand edit, a file from another version) starts that machine fresh, with a warning, and keeps the others.
 pub(crate) fn load_saved(path: &Path) -> BTreeMap<String, SavedMachine> {
+    let (saved, problem) = read_saved(path);
+    if let Some(p) = problem {
+        log::warn!("{p}");
+    }
+    saved
+}
+
+/// [`load_saved`] at a start, which saves over the file soon after: a file not read whole (unparsable, or an
+/// entry of a machine that is not) is first moved aside as `alarms.<unix seconds>.bad` beside it, and the log says
+/// where, so that what it held (open alarms, mutes, thresholds set over MQTT) can still be read by hand.
+pub(crate) fn load_saved_at_start(path: &Path) -> BTreeMap<String, SavedMachine> {
+    let (saved, problem) = read_saved(path);
+    let Some(problem) = problem else {
+        return saved;
+    };
+    if !path.is_file() {
+        log::warn!("{problem}");
+        return saved;
+    }
+    let aside = path.with_file_name(format!("alarms.{}.bad", unix_now()));
+    match std::fs::rename(path, &aside) {
+        Ok(()) => log::warn!("{problem}; the file is kept as {}", aside.display()),
+        Err(e) => log::warn!(
+            "{problem}; it cannot be kept as {} ({e}): the next save replaces it",
+            aside.display()
+        ),
+    }
+    saved
+}
+
+/// What `sonitor validate` says of the saved state: `None` when it is absent or read whole.
+pub(crate) fn saved_state_warning(path: &Path) -> Option<String> {
+    let problem = read_saved(path).1?;
+    Some(format!(
+        "{problem}; the next start moves it aside as alarms.<unix seconds>.bad beside it (read it there for the \
+         open alarms, mutes and thresholds set over MQTT it held)"
+    ))
+}
+
+/// The saved state at `path` (empty when there is none) and, when it could not be read whole, what went wrong
+/// and what the start makes of it.
+fn read_saved(path: &Path) -> (BTreeMap<String, SavedMachine>, Option<String>) {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return BTreeMap::new(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (BTreeMap::new(), None),
         // `validate` and the start's check refuse it first; a file that went unreadable since is said.
         Err(e) => {
             log::error!(
@@ -168,20 +215,23 @@ pub(crate) fn load_saved(path: &Path) -> BTreeMap<String, SavedMachine> {
                  unended",
                 path.display()
             );
-            return BTreeMap::new();
+            return (BTreeMap::new(), None);
         }
     };
     let entries: BTreeMap<String, serde_json::Value> = match serde_json::from_str(&text) {
         Ok(v) => v,
         Err(e) => {
-            log::warn!(
-                "{}: unreadable ({e}); starting with all alarms off",
-                path.display()
+            return (
+                BTreeMap::new(),
+                Some(format!(
+                    "{}: unreadable ({e}); starting with all alarms off",
+                    path.display()
+                )),
             );
-            return BTreeMap::new();
         }
     };
-    entries
+    let mut unreadable = Vec::new();
+    let saved = entries
         .into_iter()
         .filter_map(|(name, v)| match serde_json::from_value::<SavedMachine>(v) {
             Ok(mut m) => {
@@ -199,14 +249,19 @@ pub(crate) fn load_saved(path: &Path) -> BTreeMap<String, SavedMachine> {
                 Some((name, m))
             }
             Err(e) => {
-                log::warn!(
-                    "{}: the entry of machine '{name}' is unreadable ({e}); it starts with its alarm off",
-                    path.display()
-                );
+                unreadable.push(format!("the entry of machine '{name}' is unreadable ({e})"));
                 None
             }
         })
-        .collect()
+        .collect();
+    let problem = (!unreadable.is_empty()).then(|| {
+        format!(
+            "{}: {}; those machines start with their alarm off",
+            path.display(),
+            unreadable.join("; ")
+        )
+    });
+    (saved, problem)
 }
 
 pub(crate) struct MachineRt {
@@ -1063,6 +1118,7 @@ impl Controller {
         m.saved.seq += 1;
         let now = now_rfc3339();
         m.since = now.clone();
+        m.saved.since = Some(now.clone());
         let msgs = match t {
             Transition::Raised { at_ms, score } => {
                 let millis = SystemTime::now()
@@ -2004,6 +2060,59 @@ mod tests {
             mute_left_at_start(m.muted_until_unix.unwrap(), m.muted_saved_unix, now),
             crate::publish::mqtt::MAX_MUTE
         );
+    }
+
+    /// A saved state the start cannot read whole is moved aside before the start saves over it (it was
+    /// replaced, and the mutes, thresholds and open alarms it held were gone for good); `validate` warns of it.
+    #[test]
+    fn an_unreadable_saved_state_is_kept_aside_at_a_start() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("alarms.json");
+        let bad = |d: &Path| -> Vec<PathBuf> {
+            std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "bad"))
+                .collect()
+        };
+        // None, and one read whole: nothing to say, nothing moved.
+        assert!(saved_state_warning(&p).is_none());
+        assert!(load_saved_at_start(&p).is_empty());
+        let good = r#"{"pump": {"event": null, "seq": 3, "enabled": false, "threshold_override": 0.4,
+            "muted_until_unix": null}}"#;
+        std::fs::write(&p, good).unwrap();
+        assert!(saved_state_warning(&p).is_none());
+        assert_eq!(load_saved_at_start(&p)["pump"].seq, 3);
+        assert!(p.exists() && bad(d.path()).is_empty());
+        // Cut short: warned by validate, then moved aside whole by the start.
+        let cut = &good[..40];
+        std::fs::write(&p, cut).unwrap();
+        let w = saved_state_warning(&p).unwrap();
+        assert!(
+            w.contains("unreadable") && w.contains("moves it aside"),
+            "{w}"
+        );
+        assert!(p.exists(), "validate moves nothing");
+        assert!(load_saved_at_start(&p).is_empty());
+        assert!(!p.exists());
+        let aside = bad(d.path());
+        assert_eq!(aside.len(), 1);
+        assert_eq!(std::fs::read_to_string(&aside[0]).unwrap(), cut);
+        std::fs::remove_file(&aside[0]).unwrap();
+        // One machine's entry unreadable: the others are read, and the file is kept aside too.
+        let mixed = r#"{"pump": {"event": null, "seq": 3, "enabled": true, "threshold_override": null,
+            "muted_until_unix": null}, "fan": {"seq": "many"}}"#;
+        std::fs::write(&p, mixed).unwrap();
+        let w = saved_state_warning(&p).unwrap();
+        assert!(
+            w.contains("the entry of machine 'fan' is unreadable"),
+            "{w}"
+        );
+        let saved = load_saved_at_start(&p);
+        assert_eq!(saved.keys().collect::<Vec<_>>(), ["pump"]);
+        let aside = bad(d.path());
+        assert_eq!(aside.len(), 1);
+        assert_eq!(std::fs::read_to_string(&aside[0]).unwrap(), mixed);
     }
 
     fn saved(enabled: bool, file_enabled: Option<bool>) -> SavedMachine {

@@ -181,6 +181,48 @@ fn broker_outage_and_daemon_restart_lose_no_transition() {
     });
 }
 
+/// An alarm ON when the daemon stops is resumed at the next start, and its retained state says since when it is
+/// ON: when it was raised (its `started_at`), not when the daemon started again (a dashboard's "ON since" moved
+/// to every restart).
+#[test]
+fn a_resumed_alarm_is_on_since_it_was_raised() {
+    let rig = Rig::start();
+    let rec = Recorder::start(rig.broker.port, "recorder-since");
+    let wav = rig.path().join("fault.wav");
+    common::write_wav(&wav, &common::recording(2.5, 20.0, 0.0));
+    let cfg = rig.config(&file_device(&wav, true), "");
+    let daemon = Daemon::start(&cfg, &[]);
+    daemon.wait_log("alarm ON: pump-1", Duration::from_secs(20));
+    let msgs = rec.wait_for("the start event", Duration::from_secs(10), |m| {
+        !on(m, "sonitor/t1/pump-1/events").is_empty()
+    });
+    let start: serde_json::Value =
+        serde_json::from_str(&on(&msgs, "sonitor/t1/pump-1/events")[0]).unwrap();
+    let started_at = start["started_at"].as_str().unwrap().to_string();
+    assert_eq!(daemon.sigterm_and_wait(), 0);
+    // Over a second later, so that a `since` of the start differs from the raise's.
+    std::thread::sleep(Duration::from_millis(1200));
+    let seen = on(&rec.snapshot(), "sonitor/t1/pump-1/state").len();
+    // The fault goes on from the first window.
+    let wav2 = rig.path().join("fault2.wav");
+    common::write_wav(&wav2, &common::recording(0.0, 20.0, 0.0));
+    let daemon = Daemon::start(&rig.config(&file_device(&wav2, true), ""), &[]);
+    daemon.wait_log(
+        "was on when the daemon stopped; resuming it",
+        Duration::from_secs(20),
+    );
+    let msgs = rec.wait_for("the state after the start", Duration::from_secs(20), |m| {
+        on(m, "sonitor/t1/pump-1/state").len() > seen
+    });
+    let states = on(&msgs, "sonitor/t1/pump-1/state");
+    for s in &states[seen..] {
+        let v: serde_json::Value = serde_json::from_str(s).unwrap();
+        assert_eq!(v["state"], "ON", "{s}");
+        assert_eq!(v["since"].as_str(), Some(started_at.as_str()), "{s}");
+    }
+    drop(daemon);
+}
+
 /// A bundle replaced in place is applied by SIGHUP while the audio flows: its thresholds calibrated again, then a
 /// new graph. One whose feature parameters differ is not (the machine's audio is cut and transformed for the
 /// running ones), and the log says that a restart applies it.
