@@ -982,6 +982,10 @@ fn config_crate_message(e: &config::ConfigError, from_env: &BTreeMap<String, Str
             fixed.push('.');
         }
     }
+    if let Some((value, help)) = out_of_range(&msg[..start]) {
+        let var = set_by(from_env, &fixed.to_ascii_lowercase()).unwrap_or_default();
+        return format!("{fixed} = {value} {help}{var}");
+    }
     let rest = &msg[start + len..];
     let origin = match rest.find(" in ") {
         Some(i) if rest[i..].starts_with(" in the environment") => {
@@ -994,6 +998,32 @@ fn config_crate_message(e: &config::ConfigError, from_env: &BTreeMap<String, Str
         None => rest.to_string(),
     };
     format!("{}{fixed}{origin}", &msg[..start])
+}
+
+/// The value and what to write instead, from the config crate's message for a whole number beyond its setting's
+/// range (`port = 99999`: "invalid type: 64-bit unsigned integer `99999`, expected an unsigned 16 bit integer"),
+/// which reads as if the type were wrong.
+fn out_of_range(msg: &str) -> Option<(String, String)> {
+    let rest = msg.strip_prefix("invalid type: ")?;
+    let (_, rest) = rest.split_once("integer `")?;
+    let (value, rest) = rest.split_once("`, expected ")?;
+    let (signed, rest) = match rest.strip_prefix("an unsigned ") {
+        Some(r) => (false, r),
+        None => (true, rest.strip_prefix("a signed ")?),
+    };
+    let bits: u32 = rest.split(' ').next()?.parse().ok()?;
+    if !(8..=64).contains(&bits) {
+        return None;
+    }
+    let (min, max) = if signed {
+        (-(1i128 << (bits - 1)), (1i128 << (bits - 1)) - 1)
+    } else {
+        (0, (1i128 << bits) - 1)
+    };
+    Some((
+        value.to_string(),
+        format!("is out of range: write a whole number from {min} to {max}"),
+    ))
 }
 
 impl Config {
@@ -1398,11 +1428,7 @@ impl Config {
             use crate::publish::mqtt::{MAX_MUTE, MAX_MUTE_DAYS};
             let mute = q.discovery.mute;
             if mute < Duration::from_secs(60) || mute > MAX_MUTE {
-                // Whole days as days: humantime writes 400 days as "1year 1month 4days 7h 26m 24s".
-                let given = match mute.as_secs() {
-                    s if s >= 86_400 && s % 86_400 == 0 => format!("{} days", s / 86_400),
-                    _ => humantime::format_duration(mute).to_string(),
-                };
+                let given = crate::publish::mqtt::duration_in_days(mute);
                 p.push(format!(
                     "mqtt.discovery.mute ({given}) must be between 1m (the switch's mute would end before anyone \
                      saw it on) and {MAX_MUTE_DAYS} days (the longest a mute/set command takes)"
@@ -1646,7 +1672,12 @@ impl DetectorConfig {
                 ));
             }
         }
-        if let (Some(on), Some(off)) = (self.threshold, self.threshold_off) {
+        // Compared only when both are valid: a refused threshold is not in force.
+        let valid = |t: f64| sonitor_core::score::threshold_problem(t).is_none();
+        if let (Some(on), Some(off)) = (
+            self.threshold.filter(|&t| valid(t)),
+            self.threshold_off.filter(|&t| valid(t)),
+        ) {
             if off > on {
                 p.push(format!(
                     "threshold_off ({off}) is above the threshold in force ({on})"
@@ -2298,6 +2329,24 @@ min_duration = "3s"
             e.contains("`mqtt.port` (set by the environment variable SONITOR_MQTT__PORT)"),
             "{e}"
         );
+        // A whole number beyond its setting's range is said so (it read "invalid type: 64-bit unsigned integer
+        // `99999`, expected an unsigned 16 bit integer"), from the file or from a variable.
+        let e = refused(&(minimal(d.path()) + "[mqtt]\nport = 99999\n"), &[]);
+        assert!(
+            e.contains("mqtt.port = 99999 is out of range: write a whole number from 0 to 65535")
+                && !e.contains("invalid type"),
+            "{e}"
+        );
+        let e = refused(&minimal(d.path()), &[("SONITOR_MQTT__PORT", "99999")]);
+        assert!(
+            e.contains(
+                "mqtt.port = 99999 is out of range: write a whole number from 0 to 65535 (set by the \
+                 environment variable SONITOR_MQTT__PORT)"
+            ),
+            "{e}"
+        );
+        let e = refused(&(minimal(d.path()) + "[mqtt]\nport = -1\n"), &[]);
+        assert!(e.contains("mqtt.port = -1 is out of range"), "{e}");
         // A setting with a fixed set of values lists them.
         let text = minimal(d.path()).replace(
             "source = \"capture\"",
@@ -2723,6 +2772,14 @@ min_duration = "3s"
                 "clips.max_age (0ns) must be at least 1m",
             ],
         );
+        // A refused threshold is not compared with threshold_off: one problem, not a second, misleading one.
+        let text = minimal(d.path()).replace(
+            "raise_k = 2",
+            "raise_k = 2\nthreshold = 0\nthreshold_off = 0.04",
+        );
+        let p = problems(d.path(), &text);
+        assert!(p.contains("threshold 0 is outside (0, 2)"), "{p}");
+        assert!(!p.contains("threshold_off (0.04) is above"), "{p}");
         // The defaults pass these checks.
         let p = problems(d.path(), &minimal(d.path()));
         for absent in [
@@ -2963,7 +3020,7 @@ min_duration = "3s"
         assert_named(
             &problems(d.path(), &with("400days")),
             &[
-                "mqtt.discovery.mute (400 days) must be between 1m",
+                "mqtt.discovery.mute (400d) must be between 1m",
                 "and 366 days (the longest",
             ],
         );

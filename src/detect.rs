@@ -710,7 +710,7 @@ impl Controller {
             "manufacturer": "sonitor",
             "sw_version": env!("CARGO_PKG_VERSION"),
         });
-        let mute = humantime::format_duration(self.cfg.mqtt.discovery.mute).to_string();
+        let mute = crate::publish::mqtt::duration_in_days(self.cfg.mqtt.discovery.mute);
         for m in self.machines.iter().filter(|m| !m.removed) {
             let name = &m.cfg.name;
             let t = format!("{}/{}", self.base, name);

@@ -98,17 +98,27 @@ impl std::fmt::Display for Command {
             Command::Mute { machine, duration } if duration.is_zero() => {
                 write!(f, "{machine}: mute/set OFF")
             }
-            Command::Mute { machine, duration } => write!(
-                f,
-                "{machine}: mute/set {}",
-                humantime::format_duration(*duration)
-            ),
+            Command::Mute { machine, duration } => {
+                write!(f, "{machine}: mute/set {}", duration_in_days(*duration))
+            }
             Command::Enabled { machine, enabled } => write!(
                 f,
                 "{machine}: enabled/set {}",
                 if *enabled { "ON" } else { "OFF" }
             ),
         }
+    }
+}
+
+/// `d` as a mute command takes it, counted in days at most (`366d`, `1d 2h`, `1m 30s`): humantime's own format
+/// counts in its years and months of 365.25 and 30.44 days, and wrote a mute of 366 days as `1year 18h`.
+pub fn duration_in_days(d: Duration) -> String {
+    let days = d.as_secs() / 86_400;
+    let rest = d - Duration::from_secs(days * 86_400);
+    match (days, rest.is_zero()) {
+        (0, _) => humantime::format_duration(rest).to_string(),
+        (_, true) => format!("{days}d"),
+        (_, false) => format!("{days}d {}", humantime::format_duration(rest)),
     }
 }
 
@@ -180,7 +190,7 @@ pub fn incoming_command(
     parse_command(base, topic, &payload).map_err(|e| {
         (
             log::Level::Warn,
-            format!("mqtt: ignored message on {}: {e}", quoted(topic)),
+            format!("mqtt: ignored message on {}: {e}", shown_topic(topic)),
         )
     })
 }
@@ -190,10 +200,13 @@ pub fn parse_command(base: &str, topic: &str, payload: &str) -> Result<Command, 
     let rest = topic
         .strip_prefix(base)
         .and_then(|r| r.strip_prefix('/'))
-        .ok_or_else(|| format!("topic {} is not under {base}", quoted(topic)))?;
+        .ok_or_else(|| format!("topic {} is not under {base}", shown_topic(topic)))?;
     let parts: Vec<&str> = rest.split('/').collect();
     let [machine, what, "set"] = parts.as_slice() else {
-        return Err(format!("topic {} is not a command topic", quoted(topic)));
+        return Err(format!(
+            "topic {} is not a command topic",
+            shown_topic(topic)
+        ));
     };
     let machine = machine.to_string();
     let p = payload.trim();
@@ -1543,6 +1556,9 @@ mod tests {
             ("threshold", "1e-300", "pump: threshold/set 1e-300"),
             ("mute", "90", "pump: mute/set 1m 30s"),
             ("mute", "2h", "pump: mute/set 2h"),
+            ("mute", "366d", "pump: mute/set 366d"),
+            ("mute", "26h", "pump: mute/set 1d 2h"),
+            ("mute", "40days 30s", "pump: mute/set 40d 30s"),
             ("mute", "OFF", "pump: mute/set OFF"),
             ("enabled", "on", "pump: enabled/set ON"),
         ] {
@@ -2055,5 +2071,21 @@ mod tests {
         assert!(why.contains("no command"), "{why}");
         let (level, _) = incoming_command(b, t, b"maybe?", false).unwrap_err();
         assert_eq!(level, log::Level::Warn);
+    }
+
+    /// A refused command's topic is logged whole: cut at 40 characters, a longer node or machine name lost the
+    /// machine (and the command) the warning was about.
+    #[test]
+    fn a_refused_commands_topic_is_named_whole() {
+        let b = "sonitor/press-line-1";
+        let t = "sonitor/press-line-1/hydraulic-pump-north/threshold/set";
+        let (_, why) = incoming_command(b, t, b"abc", false).unwrap_err();
+        assert!(why.contains(&format!("{t:?}: threshold \"abc\"")), "{why}");
+        let t = "sonitor/press-line-1/hydraulic-pump-north/threshold/get";
+        let (_, why) = incoming_command(b, t, b"1", false).unwrap_err();
+        assert!(
+            why.contains(&format!("topic {t:?} is not a command topic")),
+            "{why}"
+        );
     }
 }
