@@ -245,13 +245,48 @@ impl RtSink {
 /// [`list_devices`] on a thread of its own, waited for `within`: a device whose open blocks (an ALSA plugin that
 /// waits on something) would hold the listing, and the command, for ever.
 pub fn list_devices_within(within: Duration) -> anyhow::Result<String> {
-    answer_within("devices".into(), within, list_devices).unwrap_or_else(|| {
+    with_stderr_logged(|| answer_within("devices".into(), within, list_devices)).unwrap_or_else(|| {
         Err(anyhow::anyhow!(
             "the listing did not end within {} s: a device does not answer when asked (an ALSA plugin that waits \
              on something: a network, Bluetooth, a FIFO?); `aplay -L` names the PCMs without opening them",
             within.as_secs()
         ))
     })
+}
+
+/// Runs `f` with the process's standard error (fd 2) sent to a temporary file, then logs what was written there at
+/// debug. Listing the devices opens every ALSA PCM, and libjack, which the ALSA `jack` plugin loads, prints on its
+/// own ("Cannot connect to server socket", "jack server is not running or cannot be started") where ALSA's error
+/// handler does not reach: on a machine without a JACK server that read as a failure of `sonitor devices`. Where
+/// fd 2 cannot be redirected, `f` runs as it is.
+fn with_stderr_logged<T>(f: impl FnOnce() -> T) -> T {
+    use std::io::{Read, Seek};
+    use std::os::fd::AsRawFd;
+    let Ok(mut file) = tempfile::tempfile() else {
+        return f();
+    };
+    // SAFETY: dup/dup2/close on descriptors this function owns (the copy of fd 2) or that stay open (fd 2, the
+    // file); fd 2 is given back before the file is dropped.
+    let saved = unsafe { libc::dup(2) };
+    if saved < 0 {
+        return f();
+    }
+    if unsafe { libc::dup2(file.as_raw_fd(), 2) } < 0 {
+        unsafe { libc::close(saved) };
+        return f();
+    }
+    let out = f();
+    unsafe {
+        libc::dup2(saved, 2);
+        libc::close(saved);
+    }
+    let mut said = String::new();
+    if file.rewind().is_ok() && file.read_to_string(&mut said).is_ok() {
+        for line in said.lines().filter(|l| !l.trim().is_empty()) {
+            log::debug!("audio library: {line}");
+        }
+    }
+    out
 }
 
 pub fn list_devices() -> anyhow::Result<String> {
