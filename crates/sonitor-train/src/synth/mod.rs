@@ -73,7 +73,8 @@ pub const SECTION: u16 = 0;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SynthArgs {
-    /// Output directory (DCASE 2023 layout). Must be new, empty, or a previous synth output (replaced).
+    /// Output directory (DCASE 2023 layout). Must be new, empty, or a previous synth output (replaced; refused
+    /// while it holds clips synth did not write: added by `import` or copied in by hand).
     #[arg(long)]
     pub out: PathBuf,
     /// Seed: the same seed gives the same data set, byte for byte.
@@ -470,7 +471,7 @@ enum OutState {
 }
 
 /// Checks, without changing anything, that a data set may be written into `out`: absent, empty, or a previous
-/// synth output. Anything else is an error that says what to do.
+/// synth output holding only the clips it wrote. Anything else is an error that says what to do.
 pub fn check_out(out: &Path) -> anyhow::Result<()> {
     inspect_out(out).map(|_| ())
 }
@@ -524,16 +525,73 @@ fn inspect_out(out: &Path) -> anyhow::Result<OutState> {
             imported.join("/imported.csv, ")
         );
     }
-    Ok(OutState::Previous(
-        old.pointer("/config/types")
-            .and_then(|t| t.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default(),
-    ))
+    let old_types: Vec<String> = old
+        .pointer("/config/types")
+        .and_then(|t| t.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    // Nor are clips copied in by hand: every clip the previous run wrote is in its ground_truth.csv (a run that
+    // did not finish wrote none, and its clips are all the generator's).
+    let foreign = clips_not_generated(out, &old_types)?;
+    if !foreign.is_empty() {
+        bail!(
+            "output directory {} holds {} clip(s) that `sonitor-train synth` did not write (not in its \
+             ground_truth.csv), e.g. {}: writing the set again would delete them with its own; move them out, \
+             or choose a new or empty directory",
+            out.display(),
+            foreign.len(),
+            foreign
+                .iter()
+                .take(3)
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(OutState::Previous(old_types))
+}
+
+/// The DCASE-named clips under `out`'s `<type>/{train,test}` (of the previous run's `types`) that its
+/// `ground_truth.csv` does not list, by their path under `out`; none when there is no such file.
+fn clips_not_generated(out: &Path, types: &[String]) -> anyhow::Result<Vec<String>> {
+    let gt = out.join("ground_truth.csv");
+    let text = match std::fs::read_to_string(&gt) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", gt.display())),
+    };
+    let written: std::collections::BTreeSet<&str> = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').next())
+        .collect();
+    let mut foreign = Vec::new();
+    for t in types.iter().filter(|t| safe_type_dir(t)) {
+        for sub in ["train", "test"] {
+            let Ok(rd) = std::fs::read_dir(out.join(t).join(sub)) else {
+                continue;
+            };
+            for e in rd.filter_map(|e| e.ok()) {
+                let name = e.file_name().to_string_lossy().to_string();
+                let rel = format!("{t}/{sub}/{name}");
+                if ClipName::parse(&name).is_ok() && !written.contains(rel.as_str()) {
+                    foreign.push(rel);
+                }
+            }
+        }
+    }
+    foreign.sort();
+    Ok(foreign)
+}
+
+/// Whether `t`, a type name read from an earlier synth.json, names a directory inside the output (not `..`, not
+/// a path).
+fn safe_type_dir(t: &str) -> bool {
+    !(t.is_empty() || t.contains(['/', '\\']) || t.starts_with('.'))
 }
 
 /// Makes `out` ready: creates it, or accepts it empty, or clears a previous synth output ([`check_out`] refuses
@@ -549,7 +607,7 @@ fn prepare_out(out: &Path) -> anyhow::Result<()> {
     };
     // Remove exactly what a previous run wrote: DCASE-named WAVs and attribute CSVs of its types.
     for t in old_types {
-        if t.is_empty() || t.contains(['/', '\\']) || t.starts_with('.') {
+        if !safe_type_dir(&t) {
             continue;
         }
         let tdir = out.join(&t);

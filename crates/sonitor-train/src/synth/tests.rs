@@ -248,6 +248,25 @@ fn output_directory_rules() {
         2 * small.clips_per_type()
     );
     std::fs::remove_file(type_dir.join("imported.csv")).unwrap();
+    // Nor one with a clip copied in by hand (not in its ground_truth.csv): a rerun deleted it without a word.
+    let train = type_dir.join("train");
+    let first = std::fs::read_dir(&train)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let copied = train.join("section_00_source_train_normal_0500_x_9.wav");
+    std::fs::copy(&first, &copied).unwrap();
+    let e = generate(&small, &out).unwrap_err().to_string();
+    assert!(
+        e.contains("1 clip(s) that `sonitor-train synth` did not write")
+            && e.contains("section_00_source_train_normal_0500_x_9.wav"),
+        "{e}"
+    );
+    assert!(copied.exists());
+    std::fs::remove_file(&copied).unwrap();
+    generate(&small, &out).unwrap();
     // A foreign synth.json is refused.
     let other = d.path().join("other");
     std::fs::create_dir(&other).unwrap();
