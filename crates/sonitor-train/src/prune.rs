@@ -53,8 +53,8 @@ pub struct PruneArgs {
     /// Bundle directory to write.
     #[arg(long)]
     pub out: PathBuf,
-    /// Replace what OUT holds, as `fit --force` does (without it, an OUT that holds a bundle or checkpoint is
-    /// refused).
+    /// Replace what OUT holds, as `fit --force` does: its bundle files, checkpoints, scores/ and scores-combined/
+    /// (without it, an OUT that holds a bundle or checkpoint is refused).
     #[arg(long)]
     pub force: bool,
     /// Fraction of the channels of every layer group to keep, in (0, 1].

@@ -210,9 +210,10 @@ pub struct FitArgs {
     /// replacement of the old bundle is then finished too).
     #[arg(long)]
     pub resume: bool,
-    /// Replace what OUT holds (its bundle files, checkpoints and scores/; without it, an OUT that holds a bundle or
-    /// checkpoint is refused). The old bundle stays until the new one is written: its checkpoint waits in
-    /// OUT/.replaced meanwhile, and a run that fails puts it back.
+    /// Replace what OUT holds (its bundle files, checkpoints, and the old model's scores that eval and combine
+    /// wrote into it by default, scores/ and scores-combined/; without it, an OUT that holds a bundle or checkpoint
+    /// is refused). The old bundle stays until the new one is written: its checkpoint waits in OUT/.replaced
+    /// meanwhile, and a run that fails puts it back.
     #[arg(long, conflicts_with = "resume")]
     pub force: bool,
     /// Network size [default: paper; with --resume: the checkpoint's network].
