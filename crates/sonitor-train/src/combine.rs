@@ -690,13 +690,15 @@ fn write_bundle(
         .with_context(|| format!("writing {}", dir.display()))?;
     for s in &manifest.sections {
         eprintln!(
-            "{}: threshold {:.4} on the combined score (the model alone had {:.4})",
+            "{}: threshold {} on the combined score (the model alone had {})",
             s.key(),
-            s.threshold.value,
-            bundle
-                .manifest
-                .section_by_key(&s.key())
-                .map_or(f64::NAN, |o| o.threshold.value)
+            crate::threshold::significant(s.threshold.value),
+            crate::threshold::significant(
+                bundle
+                    .manifest
+                    .section_by_key(&s.key())
+                    .map_or(f64::NAN, |o| o.threshold.value)
+            )
         );
     }
     eprintln!("combined bundle written to {}", dir.display());

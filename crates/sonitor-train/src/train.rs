@@ -1093,12 +1093,12 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
         .with_context(|| format!("{machine_type} section {section:02}"))?;
         if o.progress {
             eprintln!(
-                "{machine_type} section {section:02}: {} source + {} target centres, threshold {:.4} (gamma k {:.2} θ {:.4})",
+                "{machine_type} section {section:02}: {} source + {} target centres, threshold {} (gamma k {:.2} θ {})",
                 sm.n_source_centroids,
                 sm.n_target_centroids,
-                sm.threshold.value,
+                crate::threshold::significant(sm.threshold.value),
                 sm.threshold.gamma_shape.unwrap_or(f64::NAN),
-                sm.threshold.gamma_scale.unwrap_or(f64::NAN),
+                crate::threshold::significant(sm.threshold.gamma_scale.unwrap_or(f64::NAN)),
             );
         }
         sections.push(sm);
