@@ -543,6 +543,7 @@ pub fn run(a: &CombineArgs) -> anyhow::Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| a.model.join(DEFAULT_OUT_DIR));
+    crate::train::check_is_dir(&out, "--out")?;
     let bundle = Bundle::load(&a.model)?;
     if let Some(s) = bundle
         .manifest

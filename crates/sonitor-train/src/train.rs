@@ -1291,8 +1291,9 @@ pub fn claim_out(
     Ok(lock)
 }
 
-/// Refuses a bundle directory (`flag`) that exists as something else than a directory.
-fn check_is_dir(out: &Path, flag: &str) -> anyhow::Result<()> {
+/// Refuses a directory to write (`flag`: a bundle's `--out`, `--bundle`, or the scores' `--out` of `eval`,
+/// `combine` and `baseline`) that exists as something else than a directory.
+pub fn check_is_dir(out: &Path, flag: &str) -> anyhow::Result<()> {
     anyhow::ensure!(
         !out.exists() || out.is_dir(),
         "{flag} {}: exists and is not a directory",

@@ -388,6 +388,18 @@ fn eval_json_prints_one_object_with_or_without_labels() {
     );
     assert!(!scores.exists(), "nothing is scored: {stderr}");
     assert!(!roc.exists());
+
+    // An --out that is a file: said so (as `fit` says it) before any clip is scored, not as a failed creation.
+    let file = dir.path().join("afile");
+    std::fs::write(&file, "x").unwrap();
+    for command in ["eval", "combine"] {
+        let (code, _, stderr) = trainer(&[command], &out, &data, &file);
+        assert_eq!(code, Some(1), "{command}: {stderr}");
+        assert!(
+            stderr.contains("--out") && stderr.contains("afile: exists and is not a directory"),
+            "{command}: {stderr}"
+        );
+    }
 }
 
 /// `combine` puts the model's and the baseline's scores on their training clips' scales and adds them: with

@@ -399,6 +399,13 @@ fn an_existing_bundle_or_a_file_as_out_is_refused() {
     o.out = file.clone();
     let e = err(fit(&o));
     assert!(e.contains("exists and is not a directory"), "{e}");
+    // A file as --data: said to be one, not to be missing.
+    let o = options(&file, &d.path().join("from-file"), LossKind::Adacos, 1);
+    let e = err(fit(&o));
+    assert!(
+        e.contains("file: not a directory") && !e.contains("not found"),
+        "{e}"
+    );
 }
 
 /// Every file and directory under `dir`: relative path → content (`None` for a directory).
