@@ -529,11 +529,13 @@ impl Bundle {
                 reason: "not UTF-8 text".into(),
             }
         })?;
-        let manifest: Manifest =
-            serde_json::from_str(&text).map_err(|e| BundleError::Manifest {
-                path: manifest_path.clone(),
-                reason: parse_problem(&text, &e),
-            })?;
+        // A byte order mark (a Windows editor saves one) is not JSON, and serde_json refuses it as "expected value
+        // at line 1 column 1"; it says nothing about the manifest, so it is skipped.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        let manifest: Manifest = serde_json::from_str(text).map_err(|e| BundleError::Manifest {
+            path: manifest_path.clone(),
+            reason: parse_problem(text, &e),
+        })?;
         manifest
             .validate()
             .map_err(|reason| BundleError::Manifest {
@@ -1118,6 +1120,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a valid ONNX model"), "{e}");
+    }
+
+    /// A manifest saved by a Windows editor starts with a UTF-8 byte order mark: read as the same manifest.
+    #[test]
+    fn a_manifest_with_a_byte_order_mark_loads() {
+        let d = tempfile::tempdir().unwrap();
+        let written = Bundle::write(d.path(), &manifest(), &graph()).unwrap();
+        let p = d.path().join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, format!("\u{feff}{text}")).unwrap();
+        let b = Bundle::load(d.path()).unwrap();
+        assert_eq!(b.manifest, written.manifest);
     }
 
     #[test]

@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 pub enum DcaseError {
     #[error("{path}: data directory not found")]
     MissingDir { path: PathBuf },
+    #[error("{path}: not a directory: give the data set's root directory (the one that holds <type>/train and <type>/test)")]
+    NotADir { path: PathBuf },
     // The cause is in the message and not a `source()`, or `{:#}` (anyhow) would print it twice.
     #[error("{path}: cannot read: {error}")]
     Io {
@@ -312,8 +314,11 @@ pub fn check_finished(root: &Path) -> Result<(), DcaseError> {
 /// Scans a data set root. Non-WAV files are ignored; a WAV whose name is not DCASE-shaped is an error.
 pub fn scan(root: &Path) -> Result<Dataset, DcaseError> {
     if !root.is_dir() {
-        return Err(DcaseError::MissingDir {
-            path: root.to_path_buf(),
+        let path = root.to_path_buf();
+        return Err(if root.exists() {
+            DcaseError::NotADir { path }
+        } else {
+            DcaseError::MissingDir { path }
         });
     }
     let io = |path: &Path| {
@@ -1006,6 +1011,15 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("no machine type"));
+        // A file given as the data directory is said to be one, not to be missing.
+        let file = d.path().join("afile");
+        std::fs::write(&file, "x").unwrap();
+        let e = scan(&file).unwrap_err().to_string();
+        assert!(
+            e.contains("afile: not a directory") && !e.contains("not found"),
+            "{e}"
+        );
+        std::fs::remove_file(&file).unwrap();
         touch(&d.path().join("fan/train/recording_1.wav"));
         let e = scan(d.path()).unwrap_err().to_string();
         assert!(

@@ -229,6 +229,7 @@ pub fn score_dataset(
 }
 
 pub fn run(a: &BaselineArgs) -> anyhow::Result<()> {
+    crate::train::check_is_dir(&a.out, "--out")?;
     let data = dcase::scan(&a.data)?;
     let started = std::time::Instant::now();
     let files = score_dataset(&data, &a.out, &FeatureParams::default())?;

@@ -12,7 +12,9 @@
 //!   0.6982 to 0.7284 (ABLATION.md), and it is what `combine` writes into `baseline/`;
 //! - each system's scale: `(s − m) / (q − m)`, with `m` the median and `q` the 0.9 quantile of its scores of the
 //!   section's **source-domain** normal training clips (the target-domain training clips are centres of the
-//!   learned back end, so their own scores are 0 and say nothing of a spread);
+//!   learned back end, so their own scores are 0 and say nothing of a spread). A source clip's model score leaves
+//!   out the centroids that are its own windows, as `fit` scores it: where the section has no more source windows
+//!   than the bundle's k-means k, every window is a centroid, and each clip scored 0 against its own;
 //! - the combined score: `(1 − W)·baseline + W·model` (`--weight W`, 0.5 by default). On this scale 1 means
 //!   "as high as the 0.9 quantile of the normal source clips, for both systems": the decision files mark a clip
 //!   anomalous above 1 (with `--windows`, above the threshold calibrated on the combined score, as a bundle
@@ -104,9 +106,10 @@ enum Against<'a> {
     /// Every centroid.
     All(&'a [Vec<f32>]),
     /// Every centroid but the clip's own windows: a target-domain training window is a centroid itself (`fit`'s
-    /// back end), so its own would score it 0. A centroid counts as the clip's own when it lies within a cosine
-    /// distance of [`OWN_CENTRE`] of one of the clip's window embeddings (the same graph on the same audio gives
-    /// the same vector).
+    /// back end), and so is a source window where the section has no more source windows than k (or k-means left
+    /// it a cluster of its own), so its own would score it 0. A centroid counts as the clip's own when it lies
+    /// within a cosine distance of [`OWN_CENTRE`] of one of the clip's window embeddings (the same graph on the
+    /// same audio gives the same vector).
     Others(&'a [Vec<f32>]),
 }
 
@@ -270,8 +273,12 @@ pub fn score_dataset(
         let (source, target) = training_domains(data, &machine_type, section);
         let read =
             |clips: &[&Clip], against| read_units(&embedder, &params, clips, against, per_window);
-        let all = Against::All(&sm.centroids);
-        let (source_u, test_u) = (read(&source, all)?, read(&test, all)?);
+        // A training clip is scored as `fit` scored it, without the centroids that are its own windows (with no
+        // more source windows than k, each is one, and every clip scored 0 against its own: no scale).
+        let (source_u, test_u) = (
+            read(&source, Against::Others(&sm.centroids))?,
+            read(&test, Against::All(&sm.centroids))?,
+        );
         // The target clips' model scores only go into a bundle's threshold.
         let target_u = read(
             &target,
@@ -329,11 +336,12 @@ pub fn score_dataset(
             .with_context(|| format!("{}: the baseline's scale", where_()))?;
         let model_scale = Scale::fit(&model_source.concat()).with_context(|| {
             format!(
-                "{}: the model's scale: its training clips score 0 against centroids made of their own windows \
-                 when the section has fewer training windows than the bundle's k-means k ({}); record more \
-                 normal clips of it, or fit the bundle with a smaller --kmeans",
+                "{}: the model's scale, from its {} source training clips each scored against the {} centroids \
+                 but its own windows (all of them centroids where the section has no more source training windows \
+                 than the bundle's k-means k); record more normal clips of it",
                 where_(),
-                sm.n_source_centroids
+                source.len(),
+                sm.centroids.len()
             )
         })?;
         // The combination, as a bundle stores it: one formula for `combine`'s scores and the daemon's.
@@ -500,9 +508,10 @@ fn domain_offsets(
 /// with the section's own quantile) on the combined scores of the normal training windows of both domains, given
 /// as the two systems' scores of each window. A target window's scores leave out its own clip: its model score
 /// its clip's centres ([`Against::Others`]), as `fit` does, and its distance its clip's share of the target mean
-/// ([`domain_offsets`]). A source window's are in-sample: against every centroid (`fit` makes the k-means centres
-/// again without the window's clip, which `combine` cannot: it has the centres, not their windows) and the source
-/// mean of all source windows.
+/// ([`domain_offsets`]). A source window's model score leaves out the centroids that are its clip's windows (all
+/// of them where the section has no more source windows than k), as `fit` does, but not a k-means centre its
+/// clip's windows helped to make (`fit` makes it again without them, which `combine` cannot: it has the centres,
+/// not their windows); its distance is in-sample, to the source mean of all source windows.
 fn with_baseline(
     section: &BundleSection,
     baseline: Baseline,
@@ -534,6 +543,7 @@ pub fn run(a: &CombineArgs) -> anyhow::Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| a.model.join(DEFAULT_OUT_DIR));
+    crate::train::check_is_dir(&out, "--out")?;
     let bundle = Bundle::load(&a.model)?;
     if let Some(s) = bundle
         .manifest
@@ -681,13 +691,15 @@ fn write_bundle(
         .with_context(|| format!("writing {}", dir.display()))?;
     for s in &manifest.sections {
         eprintln!(
-            "{}: threshold {:.4} on the combined score (the model alone had {:.4})",
+            "{}: threshold {} on the combined score (the model alone had {})",
             s.key(),
-            s.threshold.value,
-            bundle
-                .manifest
-                .section_by_key(&s.key())
-                .map_or(f64::NAN, |o| o.threshold.value)
+            crate::threshold::significant(s.threshold.value),
+            crate::threshold::significant(
+                bundle
+                    .manifest
+                    .section_by_key(&s.key())
+                    .map_or(f64::NAN, |o| o.threshold.value)
+            )
         );
     }
     eprintln!("combined bundle written to {}", dir.display());

@@ -356,7 +356,8 @@ pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| a.model.join(DEFAULT_SCORES_DIR));
-    // A picture that cannot be drawn is refused now, not after every clip is scored.
+    // Where the scores go, and a picture that cannot be drawn, are refused now, not after every clip is scored.
+    crate::train::check_is_dir(&out, "--out")?;
     if let Some(p) = &a.plot {
         sonitor_core::plot::check_target(p).with_context(|| format!("--plot {}", p.display()))?;
     }

@@ -150,6 +150,17 @@ pub fn import(a: &ImportArgs) -> anyhow::Result<Imported> {
             a.attrs
         );
     }
+    // A key without its value (`load`, `load_50_speed`) would be read back as pairs shifted by one: `fit --labels
+    // attribute` and the DCASE attribute columns take the parts two by two.
+    let parts = a.attrs.split('_').count();
+    if !a.attrs.is_empty() && parts % 2 == 1 {
+        bail!(
+            "--attrs '{}': key_value pairs joined by '_' (e.g. load_50_speed_1450), but its {parts} part(s) are an \
+             odd number: give each key its value ('{}_VALUE'?)",
+            a.attrs,
+            a.attrs
+        );
+    }
     let domain = if a.domain == "target" {
         Domain::Target
     } else {

@@ -53,8 +53,8 @@ pub struct PruneArgs {
     /// Bundle directory to write.
     #[arg(long)]
     pub out: PathBuf,
-    /// Replace what OUT holds, as `fit --force` does (without it, an OUT that holds a bundle or checkpoint is
-    /// refused).
+    /// Replace what OUT holds, as `fit --force` does: its bundle files, checkpoints, scores/ and scores-combined/
+    /// (without it, an OUT that holds a bundle or checkpoint is refused).
     #[arg(long)]
     pub force: bool,
     /// Fraction of the channels of every layer group to keep, in (0, 1].
@@ -104,6 +104,45 @@ pub fn pruned_config(c: &ModelConfig, keep: f64) -> ModelConfig {
         spec_dense: kept(c.spec_dense, keep),
         ..c.clone()
     }
+}
+
+/// What to warn of when `keep` asks for fewer than one channel of some layer widths of `c` (`round(keep · width)`
+/// is 0): each of them keeps one channel (no layer is emptied), more than asked, and a network of a channel or two
+/// per layer maps every sound to about one point. `None` when every width keeps what `keep` asks.
+pub fn keep_warning(c: &ModelConfig, keep: f64) -> Option<String> {
+    let widths: Vec<usize> = c
+        .tf_widths
+        .iter()
+        .copied()
+        .chain([c.spec_filters, c.spec_dense])
+        .collect();
+    let short = widths
+        .iter()
+        .filter(|&&w| (w as f64 * keep).round() < 1.0)
+        .count();
+    if short == 0 {
+        return None;
+    }
+    let p = pruned_config(c, keep);
+    let list = |v: &[usize]| {
+        v.iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Some(format!(
+        "--keep {keep} asks for fewer than one channel of {short} of the network's {} layer widths: each of them \
+         keeps 1 channel instead (a layer is never emptied). Kept: time-frequency widths {} → {}, spectrum \
+         filters {} → {}, spectrum dense {} → {}. A network this narrow may map every sound to about one point; \
+         a larger --keep prunes less",
+        widths.len(),
+        list(&c.tf_widths),
+        list(&p.tf_widths),
+        c.spec_filters,
+        p.spec_filters,
+        c.spec_dense,
+        p.spec_dense
+    ))
 }
 
 fn values<const D: usize>(t: Tensor<D>) -> anyhow::Result<Vec<f32>> {
@@ -522,6 +561,9 @@ pub fn run(a: &PruneArgs) -> anyhow::Result<()> {
         2.0 * macs_after as f64 / 1e6,
         macs_before as f64 / macs_after.max(1) as f64
     );
+    if let Some(w) = keep_warning(&config, a.keep) {
+        eprintln!("warning: {w}");
+    }
     let report = PruneReport {
         keep: a.keep,
         criterion: a.criterion,
@@ -616,6 +658,30 @@ mod tests {
         assert_eq!(kept(8, 0.4), 3);
         assert_eq!(kept(4, 0.01), 1);
         assert_eq!(kept(16, 1.0), 16);
+    }
+
+    /// `--keep 0.0001` of the tiny network (widths 4, 8; 8 filters, 16 dense units) asks for no channel at all:
+    /// said, with what is kept (one channel each). At 0.1 only the width 4 rounds to none; at 0.5 nothing does.
+    #[test]
+    fn a_keep_below_one_channel_is_warned_of_with_what_is_kept() {
+        let c = ModelConfig::tiny(7, 32, 2048);
+        let w = keep_warning(&c, 0.0001).unwrap();
+        assert!(
+            w.contains("fewer than one channel of 4 of the network's 4 layer widths")
+                && w.contains("time-frequency widths 4, 8 → 1, 1")
+                && w.contains("spectrum filters 8 → 1")
+                && w.contains("spectrum dense 16 → 1"),
+            "{w}"
+        );
+        let w = keep_warning(&c, 0.1).unwrap();
+        assert!(
+            w.contains("of 1 of the network's 4 layer widths")
+                && w.contains("time-frequency widths 4, 8 → 1, 1")
+                && w.contains("spectrum dense 16 → 2"),
+            "{w}"
+        );
+        assert_eq!(keep_warning(&c, 0.5), None);
+        assert_eq!(keep_warning(&c, 1.0), None);
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //!
 //! 1. At the start, only the old checkpoints (`checkpoint/`, and `checkpoint.old/` or `checkpoint.new/` of an
 //!    interrupted save) move into `OUT/.replaced/`: the new run writes its own checkpoint there every epoch.
-//! 2. When the new bundle is ready to be written, the old `manifest.json`, `model.onnx` and `scores/` join them.
+//! 2. When the new bundle is ready to be written, the old `manifest.json`, `model.onnx` and the scores written
+//!    beside them by default (`scores/` of `eval`, `scores-combined/` of `combine`: scores of the old model, which
+//!    the new one would not give) join them.
 //! 3. Once the new bundle is written, `OUT/.replaced/` is removed.
 //!
 //! A run that returns an error (bad data, a refused setting, a loss that diverged, a full disk) undoes what it did:
@@ -44,11 +46,14 @@ pub const BUNDLE_FILES: [&str; 2] = [
     sonitor_core::bundle::DEFAULT_ONNX_FILE,
 ];
 
-/// The entries that make the bundle itself, and the scores `eval` writes beside it by default.
+/// The entries that make the bundle itself, and the scores `eval` and `combine` write beside it by default.
 fn bundle_names() -> Vec<OsString> {
     BUNDLE_FILES
         .iter()
-        .chain([&crate::eval::DEFAULT_SCORES_DIR])
+        .chain(&[
+            crate::eval::DEFAULT_SCORES_DIR,
+            crate::combine::DEFAULT_OUT_DIR,
+        ])
         .map(OsString::from)
         .collect()
 }
@@ -188,7 +193,8 @@ impl Replacement {
         std::fs::read_dir(&self.backup).is_ok_and(|mut d| d.next().is_some())
     }
 
-    /// Step 2: sets the old bundle's files (and `scores/`) aside, just before the new ones are written.
+    /// Step 2: sets the old bundle's files (and `scores/`, `scores-combined/`) aside, just before the new ones are
+    /// written.
     pub fn set_aside_bundle(&mut self) -> anyhow::Result<()> {
         self.set_aside(&bundle_names())
     }
@@ -323,11 +329,14 @@ mod tests {
     fn old_bundle(out: &Path) {
         std::fs::create_dir_all(out.join("checkpoint")).unwrap();
         std::fs::create_dir_all(out.join("scores")).unwrap();
+        std::fs::create_dir_all(out.join("scores-combined/model")).unwrap();
         for f in [
             "manifest.json",
             "model.onnx",
             "checkpoint/state.json",
             "scores/a.csv",
+            "scores-combined/a.csv",
+            "scores-combined/model/a.csv",
             "notes.txt",
         ] {
             std::fs::write(out.join(f), format!("old {f}")).unwrap();
@@ -355,9 +364,16 @@ mod tests {
         assert!(check_no_leftover(out, "--out").is_err());
         new_checkpoint(out);
         r.set_aside_bundle().unwrap();
+        // The scores `eval` and `combine` wrote of the old model go with it.
         assert_eq!(
             names_in(r.backup()).unwrap(),
-            ["checkpoint", "manifest.json", "model.onnx", "scores"]
+            [
+                "checkpoint",
+                "manifest.json",
+                "model.onnx",
+                "scores",
+                "scores-combined"
+            ]
         );
         std::fs::write(out.join("manifest.json"), "new").unwrap();
         r.finish().unwrap();
@@ -453,7 +469,7 @@ mod tests {
         let e = check_no_leftover(out, "--out").unwrap_err().to_string();
         assert!(
             e.contains(".replaced")
-                && e.contains("(checkpoint, manifest.json, model.onnx, scores)")
+                && e.contains("(checkpoint, manifest.json, model.onnx, scores, scores-combined)")
                 && e.contains("--resume")
                 && e.contains("move everything in"),
             "{e}"

@@ -206,9 +206,36 @@ pub fn calibrate(scores: &[f64], quantile: f64) -> Threshold {
     }
 }
 
+/// `x` to 4 significant digits, for printing a threshold or a gamma scale: `0.1234`, `0.001234`, and in
+/// scientific notation outside 0.001–9999 (`3.142e-5`). A fixed `{:.4}` printed the threshold of a network pruned
+/// to one channel per layer as 0.0000.
+pub fn significant(x: f64) -> String {
+    if !x.is_finite() || x == 0.0 {
+        return format!("{x}");
+    }
+    let magnitude = x.abs().log10().floor() as i32;
+    if (-3..4).contains(&magnitude) {
+        let decimals = (3 - magnitude).max(0) as usize;
+        format!("{x:.decimals$}")
+    } else {
+        format!("{x:.3e}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_thresholds_print_with_four_significant_digits() {
+        assert_eq!(significant(0.15), "0.1500");
+        assert_eq!(significant(0.012346), "0.01235");
+        assert_eq!(significant(0.0012341), "0.001234");
+        assert_eq!(significant(3.14159e-5), "3.142e-5");
+        assert_eq!(significant(12.5), "12.50");
+        assert_eq!(significant(0.0), "0");
+        assert_eq!(significant(f64::NAN), "NaN");
+    }
     use rand::SeedableRng;
     use rand_distr::Distribution;
 

@@ -210,9 +210,10 @@ pub struct FitArgs {
     /// replacement of the old bundle is then finished too).
     #[arg(long)]
     pub resume: bool,
-    /// Replace what OUT holds (its bundle files, checkpoints and scores/; without it, an OUT that holds a bundle or
-    /// checkpoint is refused). The old bundle stays until the new one is written: its checkpoint waits in
-    /// OUT/.replaced meanwhile, and a run that fails puts it back.
+    /// Replace what OUT holds (its bundle files, checkpoints, and the old model's scores that eval and combine
+    /// wrote into it by default, scores/ and scores-combined/; without it, an OUT that holds a bundle or checkpoint
+    /// is refused). The old bundle stays until the new one is written: its checkpoint waits in OUT/.replaced
+    /// meanwhile, and a run that fails puts it back.
     #[arg(long, conflicts_with = "resume")]
     pub force: bool,
     /// Network size [default: paper; with --resume: the checkpoint's network].
@@ -1092,12 +1093,12 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
         .with_context(|| format!("{machine_type} section {section:02}"))?;
         if o.progress {
             eprintln!(
-                "{machine_type} section {section:02}: {} source + {} target centres, threshold {:.4} (gamma k {:.2} θ {:.4})",
+                "{machine_type} section {section:02}: {} source + {} target centres, threshold {} (gamma k {:.2} θ {})",
                 sm.n_source_centroids,
                 sm.n_target_centroids,
-                sm.threshold.value,
+                crate::threshold::significant(sm.threshold.value),
                 sm.threshold.gamma_shape.unwrap_or(f64::NAN),
-                sm.threshold.gamma_scale.unwrap_or(f64::NAN),
+                crate::threshold::significant(sm.threshold.gamma_scale.unwrap_or(f64::NAN)),
             );
         }
         sections.push(sm);
@@ -1290,8 +1291,9 @@ pub fn claim_out(
     Ok(lock)
 }
 
-/// Refuses a bundle directory (`flag`) that exists as something else than a directory.
-fn check_is_dir(out: &Path, flag: &str) -> anyhow::Result<()> {
+/// Refuses a directory to write (`flag`: a bundle's `--out`, `--bundle`, or the scores' `--out` of `eval`,
+/// `combine` and `baseline`) that exists as something else than a directory.
+pub fn check_is_dir(out: &Path, flag: &str) -> anyhow::Result<()> {
     anyhow::ensure!(
         !out.exists() || out.is_dir(),
         "{flag} {}: exists and is not a directory",

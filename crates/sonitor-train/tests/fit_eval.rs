@@ -13,7 +13,7 @@ use sonitor_train::train::fit;
 
 #[path = "support/data.rs"]
 mod data;
-use data::{data_and_bundle, make_dataset, options, prune_args};
+use data::{data_and_bundle, make_dataset, options, prune_args, Writer};
 
 #[test]
 fn fit_resume_eval_and_refusals() {
@@ -388,6 +388,18 @@ fn eval_json_prints_one_object_with_or_without_labels() {
     );
     assert!(!scores.exists(), "nothing is scored: {stderr}");
     assert!(!roc.exists());
+
+    // An --out that is a file: said so (as `fit` says it) before any clip is scored, not as a failed creation.
+    let file = dir.path().join("afile");
+    std::fs::write(&file, "x").unwrap();
+    for command in ["eval", "combine"] {
+        let (code, _, stderr) = trainer(&[command], &out, &data, &file);
+        assert_eq!(code, Some(1), "{command}: {stderr}");
+        assert!(
+            stderr.contains("--out") && stderr.contains("afile: exists and is not a directory"),
+            "{command}: {stderr}"
+        );
+    }
 }
 
 /// `combine` puts the model's and the baseline's scores on their training clips' scales and adds them: with
@@ -615,6 +627,46 @@ fn combine_adds_the_two_scores_on_their_training_scales() {
         "{stderr}"
     );
     assert!(!out.exists(), "nothing is written: {stderr}");
+}
+
+/// A section with exactly as many source training windows as the bundle's k-means k (4 clips of 3 windows, k =
+/// 12) and no target clips: every window is a centroid. `fit` scores each clip against the other clips'
+/// centroids; `combine` scored them against all of them, its own too (0 each), and refused the bundle `fit` had
+/// written ("no spread"). It combines, by clip and by window, as `fit` scores.
+#[test]
+fn combine_takes_a_section_with_as_many_source_windows_as_k() {
+    use sonitor_core::dcase::{Condition, Split};
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let mut w = Writer::new(&data);
+    for (f0, attr) in [(200.0, "speed_1"), (300.0, "speed_2")] {
+        w.write(
+            "fan",
+            0,
+            Split::Train,
+            Domain::Source,
+            Condition::Normal,
+            f0,
+            attr,
+            2,
+        );
+    }
+    w.test_clips("fan", 0, 200.0, 300.0);
+    let model = d.path().join("b");
+    let mut o = options(&data, &model, LossKind::SubclusterAdacos, 1);
+    o.kmeans = 12;
+    fit(&o).unwrap();
+    let b = Bundle::load(&model).unwrap();
+    let s = b.section("fan", 0).unwrap();
+    assert_eq!((s.n_source_centroids, s.n_target_centroids), (12, 0));
+    for (args, out) in [
+        (&["combine"][..], "clips"),
+        (&["combine", "--windows"][..], "windows"),
+    ] {
+        let (code, _, stderr) = trainer(args, &model, &data, &d.path().join(out));
+        assert_eq!(code, Some(0), "{out}: {stderr}");
+        assert!(stderr.contains("official score"), "{out}: {stderr}");
+    }
 }
 
 /// Every file under `root`, depth first.

@@ -379,9 +379,11 @@ fn an_existing_bundle_or_a_file_as_out_is_refused() {
     std::fs::remove_file(out.join("model.onnx")).unwrap();
     assert!(err(fit(&o)).contains("(checkpoint)"));
 
-    // `--force` removes the old files (the old run's scores too) and trains anew.
-    std::fs::create_dir(out.join("scores")).unwrap();
-    std::fs::write(out.join("scores/old.csv"), "x").unwrap();
+    // `--force` removes the old files (the old model's scores too, `eval`'s and `combine`'s) and trains anew.
+    for dir in ["scores", "scores-combined"] {
+        std::fs::create_dir(out.join(dir)).unwrap();
+        std::fs::write(out.join(dir).join("old.csv"), "x").unwrap();
+    }
     let args = force_args(&data, &out);
     run(&args).unwrap();
     assert_eq!(
@@ -389,6 +391,7 @@ fn an_existing_bundle_or_a_file_as_out_is_refused() {
         "adacos"
     );
     assert!(!out.join("scores").exists());
+    assert!(!out.join("scores-combined").exists());
 
     // A file as --out: refused before the first epoch, naming it.
     let file = d.path().join("file");
@@ -396,6 +399,13 @@ fn an_existing_bundle_or_a_file_as_out_is_refused() {
     o.out = file.clone();
     let e = err(fit(&o));
     assert!(e.contains("exists and is not a directory"), "{e}");
+    // A file as --data: said to be one, not to be missing.
+    let o = options(&file, &d.path().join("from-file"), LossKind::Adacos, 1);
+    let e = err(fit(&o));
+    assert!(
+        e.contains("file: not a directory") && !e.contains("not found"),
+        "{e}"
+    );
 }
 
 /// Every file and directory under `dir`: relative path → content (`None` for a directory).

@@ -214,6 +214,16 @@ fn bad_arguments_and_broken_recordings_write_nothing() {
     let mut a = args(&data, vec![good.clone()]);
     a.attrs = "load 50".into();
     assert!(err(a).contains("--attrs 'load 50'"));
+    // A key without its value: not pairs.
+    for attrs in ["load", "load_50_speed"] {
+        let mut a = args(&data, vec![good.clone()]);
+        a.attrs = attrs.into();
+        let e = err(a);
+        assert!(
+            e.contains(&format!("--attrs '{attrs}': key_value pairs")) && e.contains("odd number"),
+            "{e}"
+        );
+    }
     let mut a = args(&data, vec![good.clone()]);
     a.clip_seconds = 0.01;
     assert!(err(a).contains("--clip-seconds 0.01"));
