@@ -486,7 +486,7 @@ pub fn start(
                 saved_path.display()
             );
         }
-        let since = since_at_start(&s);
+        s.since = Some(since_at_start(&s));
         let mut rt = MachineRt {
             cfg: m.clone(),
             input,
@@ -498,7 +498,6 @@ pub fn start(
             last_score_pub: None,
             idle: false,
             no_signal: false,
-            since,
             mute_deadline: None,
             removed: false,
             // Until its input has opened: a restart while the microphone is away must not report OK for the

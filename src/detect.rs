@@ -83,9 +83,9 @@ pub struct SavedMachine {
     /// changed ([`Controller::clean_up_last_run`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retained_topics: Option<Vec<String>>,
-    /// When the alarm took its state (RFC 3339, the `since` of `<machine>/state`), as saved at its last
-    /// transition (`None`: none yet, or saved by a version that did not record it). A start publishes it again,
-    /// not the moment of the start: a resumed alarm is ON since it was raised.
+    /// When the alarm took its state (RFC 3339, the `since` of `<machine>/state`): set by each transition, and at a
+    /// start from what was saved (`None` there: saved by a version that did not record it), so that a resumed
+    /// alarm is ON since it was raised, not since the start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
 }
@@ -175,13 +175,10 @@ pub(crate) fn load_saved(path: &Path) -> BTreeMap<String, SavedMachine> {
 /// where, so that what it held (open alarms, mutes, thresholds set over MQTT) can still be read by hand.
 pub(crate) fn load_saved_at_start(path: &Path) -> BTreeMap<String, SavedMachine> {
     let (saved, problem) = read_saved(path);
+    // A problem means the file was read: it is there to be moved.
     let Some(problem) = problem else {
         return saved;
     };
-    if !path.is_file() {
-        log::warn!("{problem}");
-        return saved;
-    }
     let aside = path.with_file_name(format!("alarms.{}.bad", unix_now()));
     match std::fs::rename(path, &aside) {
         Ok(()) => log::warn!("{problem}; the file is kept as {}", aside.display()),
@@ -274,7 +271,6 @@ pub(crate) struct MachineRt {
     pub(crate) last_score: Option<f64>,
     pub(crate) last_t_ms: u64,
     pub(crate) last_score_pub: Option<Instant>,
-    pub(crate) since: String,
     /// The health of the machine's audio (`OK`, `SILENT`, `CLIPPING`, `NO_AUDIO`); what is published is
     /// [`MachineRt::health`], which can say `NO_SCORES` over it.
     pub(crate) health: String,
@@ -639,7 +635,7 @@ impl Controller {
             "score": m.last_score,
             "threshold": p.threshold_on,
             "threshold_off": p.threshold_off,
-            "since": m.since,
+            "since": m.saved.since,
             "seq": m.saved.seq,
             "model_id": m.model.model_id,
             "section": m.cfg.section,
@@ -1117,7 +1113,6 @@ impl Controller {
         let threshold = m.detector.params().threshold_on;
         m.saved.seq += 1;
         let now = now_rfc3339();
-        m.since = now.clone();
         m.saved.since = Some(now.clone());
         let msgs = match t {
             Transition::Raised { at_ms, score } => {
@@ -2218,7 +2213,6 @@ mod tests {
             last_score_pub: None,
             idle: false,
             no_signal: false,
-            since: String::new(),
             health: "OK".into(),
             unscored: 0,
             last_window: Instant::now(),

@@ -91,9 +91,14 @@ pub struct PruneReport {
     pub config_before: ModelConfig,
 }
 
-/// Number of channels kept of `width`.
+/// Number of channels kept of `width`: what `keep` asks ([`asked`]), at least one and at most `width`.
 pub fn kept(width: usize, keep: f64) -> usize {
-    ((width as f64 * keep).round() as usize).clamp(1, width)
+    asked(width, keep).clamp(1, width)
+}
+
+/// Number of channels of `width` that `keep` asks for, rounded: 0 where it asks for less than half of one.
+fn asked(width: usize, keep: f64) -> usize {
+    (width as f64 * keep).round() as usize
 }
 
 /// The configuration of the network after pruning with `keep`.
@@ -116,10 +121,7 @@ pub fn keep_warning(c: &ModelConfig, keep: f64) -> Option<String> {
         .copied()
         .chain([c.spec_filters, c.spec_dense])
         .collect();
-    let short = widths
-        .iter()
-        .filter(|&&w| (w as f64 * keep).round() < 1.0)
-        .count();
+    let short = widths.iter().filter(|&&w| asked(w, keep) == 0).count();
     if short == 0 {
         return None;
     }
