@@ -159,13 +159,28 @@ pub fn score_dataset(
 ) -> anyhow::Result<Vec<SectionScores>> {
     let embedder = embedder_of(bundle)?;
     let params = bundle.manifest.features.clone();
+    // Every section with test clips must have its model, and there must be one, before `out` is made: a refusal
+    // leaves no empty folder behind.
+    let mut todo = Vec::new();
+    for (machine_type, section) in data.sections() {
+        if data
+            .clips_of(&machine_type, section, Split::Test)
+            .next()
+            .is_some()
+        {
+            section_model(bundle, &machine_type, section)?;
+            todo.push((machine_type, section));
+        }
+    }
+    anyhow::ensure!(
+        !todo.is_empty(),
+        "{}: no test clips to score",
+        data.root.display()
+    );
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut written = Vec::new();
-    for (machine_type, section) in data.sections() {
+    for (machine_type, section) in todo {
         let test: Vec<&Clip> = data.clips_of(&machine_type, section, Split::Test).collect();
-        if test.is_empty() {
-            continue;
-        }
         let sm = section_model(bundle, &machine_type, section)?;
         let windows = clip_window_scores(&embedder, &params, &test, sm)?;
         let scores: Vec<f64> = windows.iter().map(|w| clip_score(w)).collect();
@@ -196,11 +211,6 @@ pub fn score_dataset(
             domain: test.iter().map(|c| c.name.domain).collect(),
         });
     }
-    anyhow::ensure!(
-        !written.is_empty(),
-        "{}: no test clips to score",
-        data.root.display()
-    );
     Ok(written)
 }
 

@@ -235,6 +235,17 @@ fn fit_resume_eval_and_refusals() {
     assert!(e.contains("truncated"), "{e}");
     assert_eq!(e.matches(name).count(), 1, "{e}");
     std::fs::write(&victim, &wav).unwrap();
+    // Test clips of a machine type the bundle has no model for: refused before the scores' folder is made.
+    let other = dir.path().join("other-type");
+    std::fs::create_dir_all(other.join("pump/test")).unwrap();
+    std::fs::copy(&victim, other.join("pump/test").join(name)).unwrap();
+    let fresh = dir.path().join("other-scores");
+    let e = format!(
+        "{:#}",
+        sonitor_train::eval::evaluate(&out, &other, &fresh).unwrap_err()
+    );
+    assert!(e.contains("has no model for pump section 00"), "{e}");
+    assert!(!fresh.exists(), "a refused eval left {}", fresh.display());
     let mp = out.join(MANIFEST_FILE);
     let mut m: Manifest = serde_json::from_str(&std::fs::read_to_string(&mp).unwrap()).unwrap();
     m.sections[0].centroids.clear();
