@@ -161,12 +161,26 @@ pub(crate) fn check_with(path: &Path, running: Option<&Running>, missing: Missin
         let users: Vec<&MachineConfig> =
             cfg.machines.iter().filter(|m| m.device == d.name).collect();
         // Each of its machines whose model wants more than the input's `rate` ([`crate::window::below_model_rate`]).
+        // And each whose bundle's level baseline scores bands that resampling the input cuts
+        // ([`crate::window::baseline_cut_by_resampling`]).
         let below_model_rate = |input: String, rate: u32| -> Vec<String> {
             users
                 .iter()
                 .filter_map(|m| {
-                    let model_rate = bundles.get(&m.bundle)?.manifest.features.sample_rate;
-                    crate::window::below_model_rate(&m.name, &input, rate, model_rate)
+                    let b = bundles.get(&m.bundle)?;
+                    let model_rate = b.manifest.features.sample_rate;
+                    crate::window::below_model_rate(&m.name, &input, rate, model_rate).or_else(
+                        || {
+                            let s = b.manifest.section_by_key(&m.section)?;
+                            crate::window::baseline_cut_by_resampling(
+                                &m.name,
+                                &input,
+                                rate,
+                                &b.manifest.features,
+                                s.baseline.as_ref()?,
+                            )
+                        },
+                    )
                 })
                 .collect()
         };

@@ -595,6 +595,35 @@ pub fn below_model_rate(
     })
 }
 
+/// A warning for a machine whose input (`input`, at `input_rate`) is resampled down to its model's rate and whose
+/// bundle's level `baseline` scores mel bands above [`sonitor_core::score::BASELINE_BAND_LIMIT`] of that rate (a
+/// bundle combined before the limit): the resampler's filter cuts the top of the band (23–44 dB off 7.8–8 kHz at
+/// 16 kHz), which a baseline fitted on audio made at 16 kHz reads as a fault on every window.
+pub fn baseline_cut_by_resampling(
+    machine: &str,
+    input: &str,
+    input_rate: u32,
+    features: &sonitor_core::features::FeatureParams,
+    baseline: &sonitor_core::score::Baseline,
+) -> Option<String> {
+    let limit = sonitor_core::score::baseline_bands(features);
+    (input_rate > features.sample_rate && baseline.bands() > limit).then(|| {
+        format!(
+            "machine '{machine}': its input ({input}) is resampled from {input_rate} Hz to its model's {} Hz, whose \
+             filter cuts the top of the band, and its bundle's level baseline scores {} mel bands, up to {} Hz: if \
+             the bundle learned from audio made at {} Hz (the synthetic set, most data sets), every window may score \
+             above its threshold. Make the combined bundle again with this version's `sonitor-train combine` (its \
+             baseline keeps the {limit} bands up to {:.0} Hz), or capture at {} Hz",
+            features.sample_rate,
+            baseline.bands(),
+            features.fmax_hz,
+            features.sample_rate,
+            sonitor_core::score::BASELINE_BAND_LIMIT * f64::from(features.sample_rate),
+            features.sample_rate
+        )
+    })
+}
+
 /// How often the reader looks at its ring when it is empty and the source is not paced (a file replayed as fast
 /// as possible, whose producer waits for room).
 const POLL: Duration = Duration::from_millis(5);
@@ -1021,6 +1050,33 @@ fn serve_clips(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A bundle combined before the band limit, its baseline over all 128 bands, is named for an input resampled
+    /// down to 16 kHz, not for one at 16 kHz; one combined since (123 bands) is named for neither.
+    #[test]
+    fn a_baseline_over_the_bands_resampling_cuts_is_named() {
+        let p = FeatureParams::default();
+        let baseline = |bands: usize| sonitor_core::score::Baseline {
+            means: vec![vec![0.0; bands]],
+            cholesky: (0..bands * (bands + 1) / 2).map(|_| 1.0).collect(),
+            domain_offsets: Vec::new(),
+            distance_median: 1.0,
+            distance_spread: 1.0,
+            score_median: 0.1,
+            score_spread: 0.1,
+            weight: 0.5,
+        };
+        let warn =
+            |rate, bands| baseline_cut_by_resampling("m1", "mic", rate, &p, &baseline(bands));
+        let w = warn(48_000, 128).expect("48 kHz, 128 bands");
+        assert!(
+            w.contains("resampled from 48000 Hz") && w.contains("123 bands up to 7200 Hz"),
+            "{w}"
+        );
+        assert!(warn(44_100, 128).is_some());
+        assert_eq!(warn(16_000, 128), None);
+        assert_eq!(warn(48_000, 123), None);
+    }
 
     fn tap_state(lossless: bool) -> TapState {
         let features = FeatureParams {

@@ -199,6 +199,13 @@ fn the_shipped_combined_bundle_alarms_during_the_fault_only() {
             s.key()
         );
         assert_eq!(b.domain_offsets[0], 0.0, "{}", s.key());
+        // The bands every capture chain passes (up to 7.2 kHz), not up to the Nyquist frequency.
+        assert_eq!(
+            b.bands(),
+            sonitor_core::score::baseline_bands(&combined.manifest.features),
+            "{}",
+            s.key()
+        );
         let alone = model.manifest.section_by_key(&s.key()).unwrap();
         assert_eq!(s.centroids, alone.centroids, "{}", s.key());
         assert_ne!(s.threshold.value, alone.threshold.value, "{}", s.key());
@@ -211,6 +218,42 @@ fn the_shipped_combined_bundle_alarms_during_the_fault_only() {
         s["model_id"],
         serde_json::json!(combined.manifest.model_id),
         "{log}"
+    );
+
+    // The same recording as a 48 kHz microphone would give it: resampled up and, by the daemon, down again, its
+    // top band cut by both filters (23–44 dB off 7.8–8 kHz). The bundle combined over all 128 bands raised a
+    // false alarm at 4 s on it (normal windows 0.067 on average, the pump's threshold 0.050); now it alarms as on
+    // the 16 kHz recording, and the normal windows score as low.
+    let (_, samples) = sonitor_core::audio::read_wav(
+        &shipped_combined().join("demo.wav"),
+        sonitor_core::audio::ChannelSelect::Mix,
+    )
+    .unwrap();
+    let rec = d.path().join("demo48k.wav");
+    sonitor_core::audio::write_wav_f32_whole(
+        &rec,
+        &sonitor_core::audio::resample(&samples, 16_000, 48_000).unwrap(),
+        48_000,
+    )
+    .unwrap();
+    std::fs::copy(
+        shipped_combined().join("demo.json"),
+        d.path().join("demo48k.json"),
+    )
+    .unwrap();
+    let (code, s48, log) = demo_on(
+        &shipped_combined(),
+        &d.path().join("out48"),
+        &["--recording", rec.to_str().unwrap()],
+    );
+    eprintln!("{log}");
+    assert_alarm_during_fault_only(code, &s48, &log);
+    let normal = |s: &serde_json::Value| s["mean_score_normal"].as_f64().unwrap();
+    assert!(
+        (normal(&s48) - normal(&s)).abs() < 0.005,
+        "normal windows at 48 kHz {} against {} at 16 kHz",
+        normal(&s48),
+        normal(&s)
     );
 }
 

@@ -162,7 +162,8 @@ class LevelBaseline:
     the model's scale and averaged with the cosine distance."""
 
     def __init__(self, b):
-        d = len(b["means"][0])
+        d = len(b["means"][0])  # the lowest d mel bands (123 of 128 since the band limit; all in older bundles)
+        self.d = d
         self.L = np.zeros((d, d))
         self.L[np.tril_indices(d)] = b["cholesky"]  # packed by rows, the lower triangle's row-major order
         self.means = [np.asarray(m, dtype=np.float64) for m in b["means"]]
@@ -170,7 +171,8 @@ class LevelBaseline:
         self.b = b
 
     def __call__(self, model_score, band_means):
-        dist = min(np.linalg.norm(scipy.linalg.solve_triangular(self.L, band_means - m, lower=True)) - o
+        x = band_means[:self.d]
+        dist = min(np.linalg.norm(scipy.linalg.solve_triangular(self.L, x - m, lower=True)) - o
                    for m, o in zip(self.means, self.offsets))
         b = self.b
         mapped = b["score_median"] + b["score_spread"] * (dist - b["distance_median"]) / b["distance_spread"]

@@ -160,6 +160,21 @@ impl FeatureParams {
     pub fn window_seconds(&self) -> f64 {
         self.window_samples as f64 / self.sample_rate as f64
     }
+
+    /// How many mel bands, counted from the lowest, lie wholly at or below `hz`: those whose upper edge (where
+    /// their triangle's weights reach zero) is at most `hz`.
+    pub fn mel_bands_below(&self, hz: f64) -> usize {
+        let (mmin, mmax) = (
+            hz_to_mel(self.fmin_hz as f64),
+            hz_to_mel(self.fmax_hz as f64),
+        );
+        (0..self.n_mels)
+            .take_while(|&i| {
+                mel_to_hz(mmin + (mmax - mmin) * (i + 2) as f64 / (self.n_mels + 1) as f64)
+                    <= hz * (1.0 + 1e-9)
+            })
+            .count()
+    }
 }
 
 /// The two feature views of one window.

@@ -9,6 +9,22 @@
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::SectionModel;
+use crate::features::FeatureParams;
+
+/// The share of the sample rate a level baseline's bands stay within ([`baseline_bands`]): 0.45, the passband of a
+/// 16 kHz converter's own anti-aliasing filter (7.2 kHz), below the edge where the daemon's resampling of a
+/// 44.1 or 48 kHz input starts to cut (about 7.7 kHz: the 23–44 dB it takes off 7.8–8 kHz raised a combined
+/// bundle's normal scores above its threshold when the bundle had scored those bands on audio made at 16 kHz).
+pub const BASELINE_BAND_LIMIT: f64 = 0.45;
+
+/// How many of the lowest mel bands a level baseline fitted now scores: those within [`BASELINE_BAND_LIMIT`] of
+/// the sample rate, every band when `fmax_hz` is lower, at least one. Which bands reach the features near the
+/// Nyquist frequency depends on how the audio was made (a converter's filter, a resampler's, none for
+/// synthesised audio): a level baseline would read a different capture chain as a fault.
+pub fn baseline_bands(p: &FeatureParams) -> usize {
+    p.mel_bands_below(BASELINE_BAND_LIMIT * f64::from(p.sample_rate))
+        .max(1)
+}
 
 /// Why `t` cannot be a decision threshold on these scores, if it cannot. A cosine distance lies in [0, 2]: a
 /// threshold at or below 0 raises on every window, one at or above 2 never raises (or, as the lower threshold
@@ -62,7 +78,8 @@ pub fn min_cosine_distance(embedding: &[f32], centroids: &[Vec<f32>]) -> f32 {
 }
 
 /// A section's level baseline, stored beside its centroids: the Mahalanobis distance of a window's band means
-/// ([`crate::features::Features::band_means`]) to the nearer of the normal training windows' per-domain means,
+/// ([`crate::features::Features::band_means`]; the lowest [`Self::bands`] of them, [`baseline_bands`] for one
+/// fitted now) to the nearer of the normal training windows' per-domain means,
 /// each distance less its domain's offset, with the source windows' covariance (shrunk towards a scaled identity
 /// when fitted). [`Self::combine`] maps the distance onto the model's score scale, matching the two systems'
 /// median and 0.9 quantile over the normal source-domain training windows, and averages it with the model's
@@ -70,7 +87,9 @@ pub fn min_cosine_distance(embedding: &[f32], centroids: &[Vec<f32>]) -> f32 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Baseline {
-    /// Mean band means of the normal training windows, one vector per domain (the source domain's first).
+    /// Mean band means of the normal training windows, one vector per domain (the source domain's first), over
+    /// the lowest bands: as many as these vectors hold ([`Self::bands`]), the features' every band in bundles
+    /// made before [`BASELINE_BAND_LIMIT`].
     pub means: Vec<Vec<f64>>,
     /// Lower-triangular Cholesky factor `L` of the covariance (`Σ = L·Lᵀ`), packed by rows: row `i` holds its
     /// `i + 1` values up to the diagonal.
@@ -94,15 +113,27 @@ pub struct Baseline {
 }
 
 impl Baseline {
+    /// How many of the lowest mel bands it scores (the length of its means).
+    pub fn bands(&self) -> usize {
+        self.means.first().map_or(0, Vec::len)
+    }
+
     /// Why this baseline cannot score windows of `n_mels` band means, if it cannot.
     pub fn problem(&self, n_mels: usize) -> Option<String> {
         if self.means.is_empty() {
             return Some("baseline has no means".into());
         }
+        let bands = self.bands();
         for (i, m) in self.means.iter().enumerate() {
-            if m.len() != n_mels {
+            if m.is_empty() || m.len() > n_mels {
                 return Some(format!(
                     "baseline mean {i} has {} values, the features give {n_mels} mel bands",
+                    m.len()
+                ));
+            }
+            if m.len() != bands {
+                return Some(format!(
+                    "baseline mean {i} has {} values, mean 0 has {bands}: one per band it scores, in each",
                     m.len()
                 ));
             }
@@ -122,17 +153,17 @@ impl Baseline {
         if !self.domain_offsets.iter().all(|v| v.is_finite()) {
             return Some("baseline domain_offsets has a value that is not a number".into());
         }
-        let packed = n_mels * (n_mels + 1) / 2;
+        let packed = bands * (bands + 1) / 2;
         if self.cholesky.len() != packed {
             return Some(format!(
-                "baseline cholesky has {} values, a packed {n_mels} × {n_mels} triangle has {packed}",
+                "baseline cholesky has {} values, a packed {bands} × {bands} triangle has {packed}",
                 self.cholesky.len()
             ));
         }
         if !self.cholesky.iter().all(|v| v.is_finite()) {
             return Some("baseline cholesky has a value that is not a number".into());
         }
-        if let Some(i) = (0..n_mels).find(|&i| self.cholesky[diagonal(i)] <= 0.0) {
+        if let Some(i) = (0..bands).find(|&i| self.cholesky[diagonal(i)] <= 0.0) {
             return Some(format!(
                 "baseline cholesky's diagonal value {i} is {}, not positive (not a covariance's factor)",
                 self.cholesky[diagonal(i)]
@@ -163,8 +194,8 @@ impl Baseline {
         None
     }
 
-    /// Mahalanobis distance of `band_means` to the nearest of [`Self::means`], each less its domain offset;
-    /// `scratch` is reused between calls (no allocation once it has grown).
+    /// Mahalanobis distance of `band_means` (its lowest [`Self::bands`]) to the nearest of [`Self::means`], each
+    /// less its domain offset; `scratch` is reused between calls (no allocation once it has grown).
     pub fn distance(&self, band_means: &[f64], scratch: &mut Vec<f64>) -> f64 {
         mahalanobis_nearest(
             band_means,
@@ -204,6 +235,7 @@ fn diagonal(i: usize) -> usize {
 
 /// Mahalanobis distance of `x` to the nearest of `means`, for the covariance `L·Lᵀ` given by its lower
 /// Cholesky factor packed by rows ([`Baseline::cholesky`]): one forward substitution `L·y = x − μ` per mean.
+/// Means shorter than `x` (a baseline of the lowest bands) measure its values as far as they go.
 /// The distance to `means[i]` is less `offsets[i]` before the nearest is taken (0 where `offsets` has no
 /// value). `f64::INFINITY` without means.
 pub fn mahalanobis_nearest(
@@ -213,7 +245,7 @@ pub fn mahalanobis_nearest(
     cholesky: &[f64],
     scratch: &mut Vec<f64>,
 ) -> f64 {
-    let d = x.len();
+    let d = means.first().map_or(x.len(), |m| m.len().min(x.len()));
     scratch.clear();
     scratch.resize(d, 0.0);
     means
@@ -320,6 +352,36 @@ mod tests {
         );
     }
 
+    /// A baseline of the lowest bands scores those alone: the Mahalanobis distance of the leading block (the
+    /// marginal distribution of those bands, whose Cholesky factor is the full one's leading block), whatever the
+    /// bands above hold. For the default features it keeps the 123 bands up to 7.2 kHz of 128.
+    #[test]
+    fn a_baseline_of_the_lowest_bands_ignores_the_bands_above() {
+        let mut scratch = Vec::new();
+        let low = Baseline {
+            means: vec![vec![1.0]],
+            cholesky: vec![2.0],
+            ..baseline()
+        };
+        assert_eq!(low.bands(), 1);
+        assert_eq!(low.problem(2), None);
+        for top in [4.0, -300.0, 1e6] {
+            let d = low.distance(&[3.0, top], &mut scratch);
+            assert!((d - 1.0).abs() < 1e-12, "{d}");
+        }
+        let p = FeatureParams::default();
+        assert_eq!((p.sample_rate, p.n_mels, p.fmax_hz), (16_000, 128, 8_000.0));
+        assert_eq!(baseline_bands(&p), 123);
+        assert_eq!(p.mel_bands_below(8_000.0), 128);
+        assert_eq!(p.mel_bands_below(0.0), 0);
+        // A filterbank that stops below the limit: every band.
+        let low_fmax = FeatureParams {
+            fmax_hz: 6_000.0,
+            ..p
+        };
+        assert_eq!(baseline_bands(&low_fmax), 128);
+    }
+
     fn baseline() -> Baseline {
         Baseline {
             means: vec![vec![1.0, 1.0]],
@@ -377,7 +439,10 @@ mod tests {
             assert!(why.contains(want), "{why} (want {want})");
         };
         assert_eq!(baseline().problem(2), None);
-        assert!(baseline().problem(3).unwrap().contains("mel bands"));
+        // Fewer bands than the features give: the lowest ones; more: refused.
+        assert_eq!(baseline().problem(3), None);
+        assert!(baseline().problem(1).unwrap().contains("mel bands"));
+        check(|b| b.means.push(vec![1.0]), "mean 0 has 2");
         check(|b| b.means.clear(), "no means");
         check(|b| b.means[0][1] = f64::NAN, "not a number");
         check(|b| b.cholesky.pop().map(drop).unwrap_or(()), "packed");

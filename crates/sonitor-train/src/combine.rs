@@ -5,11 +5,15 @@
 //! of a band (a leak's hiss, a bearing's ringing). `combine` scores every test clip both ways, puts each score on
 //! the scale of its own section's normal training clips, and adds them:
 //!
+//! - the baseline's mean log-mel over the mel bands up to 0.45 of the sample rate
+//!   ([`sonitor_core::score::baseline_bands`]: 123 of 128 at 16 kHz), not those up to the Nyquist frequency: a
+//!   converter's or the daemon's resampler's filter cuts the top of the band by tens of decibels where audio made at
+//!   16 kHz had it, and the baseline read that as a fault on every window;
 //! - the baseline's distance to each domain's mean less that domain's offset ([`domain_offsets`]): the target
 //!   mean comes from 10 clips, and normal target clips lie farther from it than source clips from theirs, so the
 //!   target's offset (its clips' median distance with each clip left out of the mean, less the source's median)
 //!   puts both domains on one scale. On the default synthetic set this alone lifts the baseline's score from
-//!   0.6982 to 0.7284 (ABLATION.md), and it is what `combine` writes into `baseline/`;
+//!   0.6982 to 0.7142 (ABLATION.md; 0.7284 over all 128 bands), and it is what `combine` writes into `baseline/`;
 //! - each system's scale: `(s − m) / (q − m)`, with `m` the median and `q` the 0.9 quantile of its scores of the
 //!   section's **source-domain** normal training clips (the target-domain training clips are centres of the
 //!   learned back end, so their own scores are 0 and say nothing of a spread). A source clip's model score leaves
@@ -288,8 +292,14 @@ pub fn score_dataset(
                 Against::Nothing
             },
         )?;
+        // The lowest bands only, those every capture chain passes (`score::baseline_bands`): the distances below
+        // read as many bands as the means hold.
+        let bands = score::baseline_bands(&params);
         let level_vectors = |units: &[ClipUnits]| -> Vec<Vec<f64>> {
-            units.iter().flat_map(|u| u.level.iter().cloned()).collect()
+            units
+                .iter()
+                .flat_map(|u| u.level.iter().map(|v| v[..bands.min(v.len())].to_vec()))
+                .collect()
         };
         let level = SectionModel::fit(&level_vectors(&source_u), &level_vectors(&target_u))
             .with_context(where_)?;
@@ -682,6 +692,8 @@ fn write_bundle(
                 "weight": weight,
                 "scale_quantile": SCALE_QUANTILE,
                 "baseline_shrinkage": crate::baseline::SHRINKAGE,
+                "baseline_bands": score::baseline_bands(&manifest.features),
+                "baseline_band_limit": "bands up to 0.45 of the sample rate (score::BASELINE_BAND_LIMIT)",
                 "domain_offsets": "the target's median leave-one-clip-out distance less the source's median",
             }),
         );

@@ -520,9 +520,16 @@ fn combine_adds_the_two_scores_on_their_training_scales() {
         std::fs::read_to_string(dir.path().join("eval-combined").join(decisions)).unwrap()
     );
     let section = sonitor_core::bundle::Bundle::load(&combined_bundle).unwrap();
+    let features = section.manifest.features.clone();
     let section = section.section("fan", 0).unwrap();
     let baseline = section.baseline.as_ref().unwrap();
     assert_eq!(baseline.weight, 0.5);
+    // The bands every capture chain passes, not those up to the Nyquist frequency.
+    assert_eq!(
+        baseline.bands(),
+        sonitor_core::score::baseline_bands(&features)
+    );
+    assert!(baseline.bands() < features.n_mels, "{}", baseline.bands());
     // Three target clips: the target mean gets its offset (left out one clip at a time), the source none.
     assert_eq!(baseline.means.len(), 2);
     assert_eq!(baseline.domain_offsets[0], 0.0);
