@@ -613,13 +613,13 @@ pub fn baseline_cut_by_resampling(
              filter cuts the top of the band, and its bundle's level baseline scores {} mel bands, up to {} Hz: if \
              the bundle learned from audio made at {} Hz (the synthetic set, most data sets), every window may score \
              above its threshold. Make the combined bundle again with this version's `sonitor-train combine` (its \
-             baseline keeps the {limit} bands up to {:.0} Hz), or capture at {} Hz",
+             baseline keeps the {limit} bands up to {:.0} Hz), and check its scores on a few minutes of normal \
+             sound (its `score` topic)",
             features.sample_rate,
             baseline.bands(),
             features.fmax_hz,
             features.sample_rate,
             sonitor_core::score::BASELINE_BAND_LIMIT * f64::from(features.sample_rate),
-            features.sample_rate
         )
     })
 }
