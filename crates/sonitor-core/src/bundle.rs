@@ -991,9 +991,10 @@ mod tests {
             (Box::new(|m| m.output.shape = vec![1, 8]), "embedding_dim"),
             (
                 Box::new(|m| {
-                    let d = m.features.n_mels;
+                    // More bands than the features give (fewer are the lowest bands, and valid).
+                    let d = m.features.n_mels + 1;
                     m.sections[0].baseline = Some(crate::score::Baseline {
-                        means: vec![vec![0.0; d - 1]],
+                        means: vec![vec![0.0; d]],
                         cholesky: vec![1.0; d * (d + 1) / 2],
                         domain_offsets: Vec::new(),
                         distance_median: 1.0,
