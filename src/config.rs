@@ -1340,11 +1340,19 @@ impl Config {
                     sonitor_core::bundle::MANIFEST_FILE
                 ));
             } else if !manifest.is_file() {
-                p.push(format!(
-                    "{at}: bundle {} has no {} (is it a bundle directory made by sonitor-train?)",
-                    m.bundle.display(),
-                    sonitor_core::bundle::MANIFEST_FILE
-                ));
+                let why = sonitor_core::bundle::not_a_bundle(&m.bundle).unwrap_or_else(|| {
+                    format!(
+                        "bundle {} has no {}",
+                        m.bundle.display(),
+                        sonitor_core::bundle::MANIFEST_FILE
+                    )
+                });
+                let relative = if is_relative(&m.bundle) {
+                    format!(" (a relative path, {RELATIVE_TO})")
+                } else {
+                    String::new()
+                };
+                p.push(format!("{at}: {why}{relative}"));
             }
             p.extend(
                 m.detector
@@ -2812,9 +2820,46 @@ min_duration = "3s"
                 "raise_k (9) <= raise_n (5)",
                 "threshold_off (0.7)",
                 "the name must be",
-                "has no manifest.json",
+                "bundle",
+                "the folder does not exist",
                 "loopback",
             ],
+        );
+    }
+
+    /// A bundle path that is no bundle says why: a folder that does not exist, a folder of bundles (naming the
+    /// one meant), and for a relative path where it is taken from.
+    #[test]
+    fn a_bundle_path_that_is_no_bundle_says_why_and_where_it_looked() {
+        let d = tempfile::tempdir().unwrap();
+        let bundle = d.path().join("bundle");
+        let text = minimal(d.path());
+        let p = problems(d.path(), &text);
+        assert!(
+            p.contains(&format!(
+                "bundle {}: the folder does not exist",
+                bundle.display()
+            )),
+            "{p}"
+        );
+        assert!(!p.contains("manifest.json"), "{p}");
+        assert!(!p.contains("relative path"), "{p}");
+        std::fs::create_dir_all(bundle.join("default")).unwrap();
+        std::fs::write(bundle.join("default/manifest.json"), "{}").unwrap();
+        let p = problems(d.path(), &text);
+        let meant = bundle.join("default");
+        assert!(
+            p.contains(&format!("did you mean {}?", meant.display())),
+            "{p}"
+        );
+        let text = text.replace(
+            &format!("bundle = \"{}\"", bundle.display()),
+            "bundle = \"no/such/bundle\"",
+        );
+        let p = problems(d.path(), &text);
+        assert!(
+            p.contains("bundle no/such/bundle: the folder does not exist (a relative path, taken from the directory sonitor starts in"),
+            "{p}"
         );
     }
 

@@ -254,7 +254,7 @@ fn every_kind_of_bad_input_is_named_with_exit_78() {
         1883,
         "",
     );
-    expect_78(&p, &["no-such-bundle", "manifest.json"]);
+    expect_78(&p, &["no-such-bundle: the folder does not exist"]);
 
     // A bundle without the configured section.
     let p = edited(
