@@ -863,6 +863,24 @@ fn env_misspellings(vars: &[(String, String)]) -> Vec<String> {
             continue;
         };
         if read.contains_key(var) {
+            // Read, but for a key its section lacks: named here, with the variable, or the typed read would blame
+            // the file for an "unknown field".
+            let key = rest.to_ascii_lowercase().replace("__", ".");
+            let known = keys.iter().any(|k| {
+                *k == key || k.starts_with(&format!("{key}.")) || key.starts_with(&format!("{k}."))
+            });
+            if let Some((section, field)) = key.split_once('.').filter(|_| !known) {
+                if ENV_SECTIONS.contains(&section) {
+                    p.push(format!(
+                        "the environment variable {var} sets {key}, and [{section}] has no key `{field}` (its \
+                         keys: {}): correct or unset the variable",
+                        keys.iter()
+                            .filter_map(|k| k.strip_prefix(&format!("{section}.")))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+            }
             continue;
         }
         let rest = rest.to_ascii_lowercase();
@@ -2861,6 +2879,34 @@ min_duration = "3s"
             p.contains("bundle no/such/bundle: the folder does not exist (a relative path, taken from the directory sonitor starts in"),
             "{p}"
         );
+    }
+
+    /// A variable of the right form that sets a key its section lacks is named as the cause (the typed read
+    /// blamed the file: "sonitor.toml: unknown field `hots`").
+    #[test]
+    fn an_unknown_key_set_by_the_environment_names_the_variable() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), &minimal(d.path()));
+        let e = Config::load_with_env(&p, [("SONITOR_MQTT__HOTS".to_string(), "x".to_string())])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("the environment variable SONITOR_MQTT__HOTS sets mqtt.hots, and [mqtt] has no key `hots`"),
+            "{e}"
+        );
+        assert!(e.contains("host"), "{e}");
+        // A nested key that exists is read as before.
+        let c = Config::load_with_env(
+            &p,
+            [
+                ("SONITOR_MQTT__HOST".to_string(), "broker".to_string()),
+                (
+                    "SONITOR_MQTT__TLS__CA_FILE".to_string(),
+                    "/etc/ca.pem".to_string(),
+                ),
+            ],
+        );
+        assert!(c.is_ok(), "{:?}", c.err().map(|e| e.to_string()));
     }
 
     /// A `SONITOR_…` variable meant for a setting but spelled so that it is not read (one `_` between levels, a
