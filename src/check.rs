@@ -188,6 +188,13 @@ pub(crate) fn check_with(path: &Path, running: Option<&Running>, missing: Missin
     for d in &cfg.devices {
         let users: Vec<&MachineConfig> =
             cfg.machines.iter().filter(|m| m.device == d.name).collect();
+        if users.is_empty() {
+            warnings.push(format!(
+                "device '{}' is used by no machine: nothing listens to it (name it in a machine's `device`, or \
+                 remove it)",
+                d.name
+            ));
+        }
         // Each of its machines whose model wants more than the input's `rate` ([`crate::window::below_model_rate`]).
         let below_model_rate = |input: String, rate: u32| -> Vec<String> {
             users

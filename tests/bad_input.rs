@@ -528,6 +528,26 @@ fn a_recording_too_short_to_raise_an_alarm_is_warned_of() {
     assert!(!text.contains("can never raise"), "{text}");
 }
 
+/// An input that no machine names is warned of: a typo in a machine's `device`, or one left behind.
+#[test]
+fn an_input_no_machine_uses_is_warned_of() {
+    let d = tempfile::tempdir().unwrap();
+    let (b, wav) = common::bundle_and_wav(d.path(), "rec.wav", &common::pump());
+    let devices =
+        file_device(&wav) + "\n" + &file_device(&wav).replace("name = \"mic\"", "name = \"spare\"");
+    let p = common::config(d.path(), &devices, &b.dir, 1883, "");
+    let (code, text) = sonitor(&["validate"], &p);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("warning: device 'spare' is used by no machine"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("device 'mic' is used by no machine"),
+        "{text}"
+    );
+}
+
 #[test]
 fn a_state_dir_that_cannot_take_a_write_is_refused_or_warned() {
     let d = tempfile::tempdir().unwrap();
