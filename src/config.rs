@@ -1038,10 +1038,13 @@ fn out_of_range(msg: &str) -> Option<(String, String)> {
     } else {
         (0, (1i128 << bits) - 1)
     };
-    Some((
-        value.to_string(),
-        format!("is out of range: write a whole number from {min} to {max}"),
-    ))
+    // A 64-bit setting's limit (18446744073709551615) is no number anyone means to write: what is wrong is a sign.
+    let help = if bits == 64 && !signed {
+        "is out of range: write a whole number, 0 or more".to_string()
+    } else {
+        format!("is out of range: write a whole number from {min} to {max}")
+    };
+    Some((value.to_string(), help))
 }
 
 impl Config {
@@ -2373,6 +2376,16 @@ min_duration = "3s"
         );
         let e = refused(&(minimal(d.path()) + "[mqtt]\nport = -1\n"), &[]);
         assert!(e.contains("mqtt.port = -1 is out of range"), "{e}");
+        // A 64-bit one is not given its limit (it read "from 0 to 18446744073709551615").
+        let e = refused(
+            &minimal(d.path()).replace("raise_k = 2", "raise_k = 2\nchannel = -1"),
+            &[],
+        );
+        assert!(
+            e.contains("channel = -1 is out of range: write a whole number, 0 or more")
+                && !e.contains("1844674"),
+            "{e}"
+        );
         // A setting with a fixed set of values lists them.
         let text = minimal(d.path()).replace(
             "source = \"capture\"",
