@@ -1896,6 +1896,12 @@ pub fn check_creatable_dir(dir: &Path, key: &str) -> Result<Option<String>, Stri
 /// (exit 78, which systemd does not restart) would silence the machine for good after a crash on a full disk.
 pub fn check_writable_dir(dir: &Path, key: &str) -> Result<Option<String>, String> {
     use std::io::Write;
+    // Said as such: creating it over a file only says "File exists".
+    if std::fs::metadata(dir).is_ok_and(|m| !m.is_dir()) {
+        return Err(format!(
+            "is a file, not a directory: set {key} to a directory (made if it does not exist), or move the file"
+        ));
+    }
     std::fs::create_dir_all(dir)
         .map_err(|e| format!("cannot create the directory: {e}; {}", what_to_do(&e, key)))?;
     let probe = dir.join(format!(".sonitor-probe-{}", std::process::id()));
@@ -2625,6 +2631,17 @@ min_duration = "3s"
         if !root {
             assert_eq!(std::fs::read_dir(&state).unwrap().count(), 0);
             std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        // A file where the directory should be is said to be one (it said "cannot create the directory: File
+        // exists"), by `run` and by `validate`.
+        let file = d.path().join("a-file");
+        std::fs::write(&file, "x").unwrap();
+        for check in [check_writable_dir, check_creatable_dir] {
+            let e = check(&file, "state_dir").unwrap_err();
+            assert!(
+                e.starts_with("is a file, not a directory: set state_dir to a directory"),
+                "{e}"
+            );
         }
         // A writable directory passes, and keeps no probe file.
         let ok = d.path().join("state");
