@@ -9,6 +9,34 @@ use sonitor_core::bundle::Bundle;
 
 use crate::config::{Config, MachineConfig, MissingDirs, SourceKind};
 
+/// Why a recording of `seconds`, played once, can never raise machine `m`'s alarm: it gives fewer analysis
+/// windows (of `bundle`'s length and hop) than the machine's `raise_k`. `None` where it gives enough, or not even
+/// one window (refused on its own).
+pub(crate) fn too_short_to_raise(
+    m: &MachineConfig,
+    bundle: &Bundle,
+    seconds: f64,
+) -> Option<String> {
+    let f = &bundle.manifest.features;
+    let rate = f64::from(f.sample_rate.max(1));
+    let window = f.window_samples as f64 / rate;
+    let hop = f.window_hop_samples.max(1) as f64 / rate;
+    if seconds < window {
+        return None;
+    }
+    // A margin for the rounding of a length that is a whole number of hops.
+    let windows = ((seconds - window) / hop + 1e-6).floor() as usize + 1;
+    let k = m.detector.raise_k.max(1);
+    (windows < k).then(|| {
+        format!(
+            "holds {seconds:.2} s of audio: {windows} window(s) of {window} s every {hop} s, and raise_k = {k} \
+             needs {k} above the threshold ({:.2} s of audio): played once, it can never raise an alarm (a longer \
+             recording, or a smaller raise_k)",
+            window + (k - 1) as f64 * hop
+        )
+    })
+}
+
 /// A machine whose `threshold_off` lies above the bundle's threshold, the one in force when the machine sets
 /// none of its own (with its own, the pair is checked with the file: `Config::static_problems`).
 pub(crate) fn threshold_off_above_bundle(
@@ -160,6 +188,13 @@ pub(crate) fn check_with(path: &Path, running: Option<&Running>, missing: Missin
     for d in &cfg.devices {
         let users: Vec<&MachineConfig> =
             cfg.machines.iter().filter(|m| m.device == d.name).collect();
+        if users.is_empty() {
+            warnings.push(format!(
+                "device '{}' is used by no machine: nothing listens to it (name it in a machine's `device`, or \
+                 remove it)",
+                d.name
+            ));
+        }
         // Each of its machines whose model wants more than the input's `rate` ([`crate::window::below_model_rate`]).
         // And each whose bundle's level baseline scores bands that resampling the input cuts
         // ([`crate::window::baseline_cut_by_resampling`]).
@@ -215,6 +250,18 @@ pub(crate) fn check_with(path: &Path, running: Option<&Running>, missing: Missin
                                     ""
                                 }
                             ));
+                        }
+                        // Played once, a file with fewer windows than a machine's raise_k can never raise its
+                        // alarm (a looped file plays on, and its windows keep coming).
+                        if !looped {
+                            warnings.extend(users.iter().filter_map(|m| {
+                                too_short_to_raise(
+                                    m,
+                                    bundles.get(&m.bundle)?,
+                                    info.duration_seconds(),
+                                )
+                                .map(|why| format!("machine '{}': {} {why}", m.name, p.display()))
+                            }));
                         }
                         warnings.extend(below_model_rate(
                             format!("device '{}', {}", d.name, p.display()),

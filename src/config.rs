@@ -863,6 +863,24 @@ fn env_misspellings(vars: &[(String, String)]) -> Vec<String> {
             continue;
         };
         if read.contains_key(var) {
+            // Read, but for a key its section lacks: named here, with the variable, or the typed read would blame
+            // the file for an "unknown field".
+            let key = rest.to_ascii_lowercase().replace("__", ".");
+            let known = keys.iter().any(|k| {
+                *k == key || k.starts_with(&format!("{key}.")) || key.starts_with(&format!("{k}."))
+            });
+            if let Some((section, field)) = key.split_once('.').filter(|_| !known) {
+                if ENV_SECTIONS.contains(&section) {
+                    p.push(format!(
+                        "the environment variable {var} sets {key}, and [{section}] has no key `{field}` (its \
+                         keys: {}): correct or unset the variable",
+                        keys.iter()
+                            .filter_map(|k| k.strip_prefix(&format!("{section}.")))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+            }
             continue;
         }
         let rest = rest.to_ascii_lowercase();
@@ -1020,10 +1038,13 @@ fn out_of_range(msg: &str) -> Option<(String, String)> {
     } else {
         (0, (1i128 << bits) - 1)
     };
-    Some((
-        value.to_string(),
-        format!("is out of range: write a whole number from {min} to {max}"),
-    ))
+    // A 64-bit setting's limit (18446744073709551615) is no number anyone means to write: what is wrong is a sign.
+    let help = if bits == 64 && !signed {
+        "is out of range: write a whole number, 0 or more".to_string()
+    } else {
+        format!("is out of range: write a whole number from {min} to {max}")
+    };
+    Some((value.to_string(), help))
 }
 
 impl Config {
@@ -1340,11 +1361,19 @@ impl Config {
                     sonitor_core::bundle::MANIFEST_FILE
                 ));
             } else if !manifest.is_file() {
-                p.push(format!(
-                    "{at}: bundle {} has no {} (is it a bundle directory made by sonitor-train?)",
-                    m.bundle.display(),
-                    sonitor_core::bundle::MANIFEST_FILE
-                ));
+                let why = sonitor_core::bundle::not_a_bundle(&m.bundle).unwrap_or_else(|| {
+                    format!(
+                        "bundle {} has no {}",
+                        m.bundle.display(),
+                        sonitor_core::bundle::MANIFEST_FILE
+                    )
+                });
+                let relative = if is_relative(&m.bundle) {
+                    format!(" (a relative path, {RELATIVE_TO})")
+                } else {
+                    String::new()
+                };
+                p.push(format!("{at}: {why}{relative}"));
             }
             p.extend(
                 m.detector
@@ -1867,6 +1896,12 @@ pub fn check_creatable_dir(dir: &Path, key: &str) -> Result<Option<String>, Stri
 /// (exit 78, which systemd does not restart) would silence the machine for good after a crash on a full disk.
 pub fn check_writable_dir(dir: &Path, key: &str) -> Result<Option<String>, String> {
     use std::io::Write;
+    // Said as such: creating it over a file only says "File exists".
+    if std::fs::metadata(dir).is_ok_and(|m| !m.is_dir()) {
+        return Err(format!(
+            "is a file, not a directory: set {key} to a directory (made if it does not exist), or move the file"
+        ));
+    }
     std::fs::create_dir_all(dir)
         .map_err(|e| format!("cannot create the directory: {e}; {}", what_to_do(&e, key)))?;
     let probe = dir.join(format!(".sonitor-probe-{}", std::process::id()));
@@ -2347,6 +2382,16 @@ min_duration = "3s"
         );
         let e = refused(&(minimal(d.path()) + "[mqtt]\nport = -1\n"), &[]);
         assert!(e.contains("mqtt.port = -1 is out of range"), "{e}");
+        // A 64-bit one is not given its limit (it read "from 0 to 18446744073709551615").
+        let e = refused(
+            &minimal(d.path()).replace("raise_k = 2", "raise_k = 2\nchannel = -1"),
+            &[],
+        );
+        assert!(
+            e.contains("channel = -1 is out of range: write a whole number, 0 or more")
+                && !e.contains("1844674"),
+            "{e}"
+        );
         // A setting with a fixed set of values lists them.
         let text = minimal(d.path()).replace(
             "source = \"capture\"",
@@ -2587,6 +2632,17 @@ min_duration = "3s"
             assert_eq!(std::fs::read_dir(&state).unwrap().count(), 0);
             std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
+        // A file where the directory should be is said to be one (it said "cannot create the directory: File
+        // exists"), by `run` and by `validate`.
+        let file = d.path().join("a-file");
+        std::fs::write(&file, "x").unwrap();
+        for check in [check_writable_dir, check_creatable_dir] {
+            let e = check(&file, "state_dir").unwrap_err();
+            assert!(
+                e.starts_with("is a file, not a directory: set state_dir to a directory"),
+                "{e}"
+            );
+        }
         // A writable directory passes, and keeps no probe file.
         let ok = d.path().join("state");
         assert_eq!(check_writable_dir(&ok, "state_dir"), Ok(None));
@@ -2812,10 +2868,75 @@ min_duration = "3s"
                 "raise_k (9) <= raise_n (5)",
                 "threshold_off (0.7)",
                 "the name must be",
-                "has no manifest.json",
+                "bundle",
+                "the folder does not exist",
                 "loopback",
             ],
         );
+    }
+
+    /// A bundle path that is no bundle says why: a folder that does not exist, a folder of bundles (naming the
+    /// one meant), and for a relative path where it is taken from.
+    #[test]
+    fn a_bundle_path_that_is_no_bundle_says_why_and_where_it_looked() {
+        let d = tempfile::tempdir().unwrap();
+        let bundle = d.path().join("bundle");
+        let text = minimal(d.path());
+        let p = problems(d.path(), &text);
+        assert!(
+            p.contains(&format!(
+                "bundle {}: the folder does not exist",
+                bundle.display()
+            )),
+            "{p}"
+        );
+        assert!(!p.contains("manifest.json"), "{p}");
+        assert!(!p.contains("relative path"), "{p}");
+        std::fs::create_dir_all(bundle.join("default")).unwrap();
+        std::fs::write(bundle.join("default/manifest.json"), "{}").unwrap();
+        let p = problems(d.path(), &text);
+        let meant = bundle.join("default");
+        assert!(
+            p.contains(&format!("did you mean {}?", meant.display())),
+            "{p}"
+        );
+        let text = text.replace(
+            &format!("bundle = \"{}\"", bundle.display()),
+            "bundle = \"no/such/bundle\"",
+        );
+        let p = problems(d.path(), &text);
+        assert!(
+            p.contains("bundle no/such/bundle: the folder does not exist (a relative path, taken from the directory sonitor starts in"),
+            "{p}"
+        );
+    }
+
+    /// A variable of the right form that sets a key its section lacks is named as the cause (the typed read
+    /// blamed the file: "sonitor.toml: unknown field `hots`").
+    #[test]
+    fn an_unknown_key_set_by_the_environment_names_the_variable() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), &minimal(d.path()));
+        let e = Config::load_with_env(&p, [("SONITOR_MQTT__HOTS".to_string(), "x".to_string())])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("the environment variable SONITOR_MQTT__HOTS sets mqtt.hots, and [mqtt] has no key `hots`"),
+            "{e}"
+        );
+        assert!(e.contains("host"), "{e}");
+        // A nested key that exists is read as before.
+        let c = Config::load_with_env(
+            &p,
+            [
+                ("SONITOR_MQTT__HOST".to_string(), "broker".to_string()),
+                (
+                    "SONITOR_MQTT__TLS__CA_FILE".to_string(),
+                    "/etc/ca.pem".to_string(),
+                ),
+            ],
+        );
+        assert!(c.is_ok(), "{:?}", c.err().map(|e| e.to_string()));
     }
 
     /// A `SONITOR_…` variable meant for a setting but spelled so that it is not read (one `_` between levels, a

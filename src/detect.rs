@@ -1183,7 +1183,7 @@ impl Controller {
                 });
                 e.peak = peak;
                 let note = format!(
-                    "alarm OFF: {name} ({reason:?}, peak {peak:.4}, event {})",
+                    "alarm OFF: {name} ({reason}, peak {peak:.4}, event {})",
                     e.event_id
                 );
                 let ev = end_event(

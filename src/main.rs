@@ -127,16 +127,24 @@ fn main() -> ExitCode {
             quiet,
             json,
         } => {
+            // Where the model was looked for: the one given, else every default place.
+            let looked = match &model {
+                Some(m) => vec![m.clone()],
+                None => demo_model_places(),
+            };
             let model = model.unwrap_or_else(default_demo_model);
-            demo(sonitor::demo::DemoOptions {
-                recording: recording.unwrap_or_else(|| model.join("demo.wav")),
-                bundle: model,
-                out,
-                mqtt,
-                realtime,
-                live: !quiet,
-                json,
-            })
+            demo(
+                &looked,
+                sonitor::demo::DemoOptions {
+                    recording: recording.unwrap_or_else(|| model.join("demo.wav")),
+                    bundle: model,
+                    out,
+                    mqtt,
+                    realtime,
+                    live: !quiet,
+                    json,
+                },
+            )
         }
     };
     ExitCode::from(code.clamp(0, 255) as u8)
@@ -146,20 +154,24 @@ fn main() -> ExitCode {
 /// one installed beside the binary (`/usr/bin/sonitor` → `/usr/share/sonitor/models/default`), else the first
 /// (which the demo then names as missing).
 fn default_demo_model() -> PathBuf {
-    let here = PathBuf::from("models/default");
-    if here.join(sonitor_core::bundle::MANIFEST_FILE).is_file() {
-        return here;
-    }
-    std::env::current_exe()
+    let places = demo_model_places();
+    places
+        .iter()
+        .find(|p| p.join(sonitor_core::bundle::MANIFEST_FILE).is_file())
+        .unwrap_or(&places[0])
+        .clone()
+}
+
+/// Where the demo looks for its model when none is named, in order: `models/default` in the working directory,
+/// then `<prefix>/share/sonitor/models/default` beside the binary (`<prefix>/bin/sonitor`) where the binary's
+/// path is known.
+fn demo_model_places() -> Vec<PathBuf> {
+    let installed = std::env::current_exe()
         .ok()
-        .and_then(|exe| {
-            let installed = exe.parent()?.parent()?.join("share/sonitor/models/default");
-            installed
-                .join(sonitor_core::bundle::MANIFEST_FILE)
-                .is_file()
-                .then_some(installed)
-        })
-        .unwrap_or(here)
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("share/sonitor/models/default")));
+    std::iter::once(PathBuf::from("models/default"))
+        .chain(installed)
+        .collect()
 }
 
 /// For the commands that only print and hold no socket while they do (`validate`, `status`, `devices`): a reader that goes away
@@ -175,12 +187,25 @@ fn stop_quietly_when_stdout_goes() {
     }
 }
 
-fn demo(o: sonitor::demo::DemoOptions) -> i32 {
+/// `looked`: every place the model was looked for (the one `--model` gave, or each default place), named when
+/// none holds a bundle.
+fn demo(looked: &[PathBuf], o: sonitor::demo::DemoOptions) -> i32 {
     // Only a missing manifest: one that is there but not a file (a directory, a FIFO) is named by the loader.
     if !o.bundle.join(sonitor_core::bundle::MANIFEST_FILE).exists() {
+        let places: Vec<String> = looked
+            .iter()
+            .map(|p| {
+                if p.is_relative() {
+                    format!("{} (from the working directory)", p.display())
+                } else {
+                    p.display().to_string()
+                }
+            })
+            .collect();
         eprintln!(
-            "sonitor demo: no model bundle at {} (run from the repository root, install the package (scripts/package-deb), or pass --model DIR)",
-            o.bundle.display()
+            "sonitor demo: no model bundle at {} (run from the repository root, install the package \
+             (scripts/package-deb), or pass --model DIR)",
+            places.join(" nor at ")
         );
         return 1;
     }

@@ -254,7 +254,7 @@ fn every_kind_of_bad_input_is_named_with_exit_78() {
         1883,
         "",
     );
-    expect_78(&p, &["no-such-bundle", "manifest.json"]);
+    expect_78(&p, &["no-such-bundle: the folder does not exist"]);
 
     // A bundle without the configured section.
     let p = edited(
@@ -498,6 +498,56 @@ fn with_state_tmpfs(state: &Path, config: &Path, body: &str) -> Option<(i32, Str
 /// less than a full outbox, `validate` passes with a warning. A read-only one (ext4's `errors=remount-ro` on an SD
 /// card) is the same: it was refused with exit 78, so after the next restart no machine was watched; now `run`
 /// starts, with its state in memory, whether an earlier daemon left its lock file there or not.
+/// A recording played once that gives fewer windows than a machine's raise_k can never raise its alarm:
+/// `validate` (and the start, which runs the same check) warns, naming the machine, the file's length and what
+/// it needs. Looped, or long enough, it does not.
+#[test]
+fn a_recording_too_short_to_raise_an_alarm_is_warned_of() {
+    let d = tempfile::tempdir().unwrap();
+    // 0.63 s: one window of 0.5 s (hop 0.25 s); the machine's raise_k is 2, which needs 0.75 s.
+    let (b, wav) = common::bundle_and_wav(d.path(), "short.wav", &common::pump()[..10_080]);
+    let p = common::config(d.path(), &file_device(&wav), &b.dir, 1883, "");
+    let (code, text) = sonitor(&["validate"], &p);
+    assert_eq!(code, 0, "{text}");
+    let said = format!(
+        "warning: machine 'pump-1': {} holds 0.63 s of audio: 1 window(s) of 0.5 s every 0.25 s, and raise_k = 2 \
+         needs 2 above the threshold (0.75 s of audio): played once, it can never raise an alarm",
+        wav.display()
+    );
+    assert!(text.contains(&said), "{text}");
+    let looped = file_device(&wav) + "at_end = \"loop\"\n";
+    let p = common::config(d.path(), &looped, &b.dir, 1883, "");
+    let (code, text) = sonitor(&["validate"], &p);
+    assert_eq!(code, 0, "{text}");
+    assert!(!text.contains("can never raise"), "{text}");
+    let long = d.path().join("long.wav");
+    common::write_wav(&long, &common::pump()[..12_000]);
+    let p = common::config(d.path(), &file_device(&long), &b.dir, 1883, "");
+    let (code, text) = sonitor(&["validate"], &p);
+    assert_eq!(code, 0, "{text}");
+    assert!(!text.contains("can never raise"), "{text}");
+}
+
+/// An input that no machine names is warned of: a typo in a machine's `device`, or one left behind.
+#[test]
+fn an_input_no_machine_uses_is_warned_of() {
+    let d = tempfile::tempdir().unwrap();
+    let (b, wav) = common::bundle_and_wav(d.path(), "rec.wav", &common::pump());
+    let devices =
+        file_device(&wav) + "\n" + &file_device(&wav).replace("name = \"mic\"", "name = \"spare\"");
+    let p = common::config(d.path(), &devices, &b.dir, 1883, "");
+    let (code, text) = sonitor(&["validate"], &p);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("warning: device 'spare' is used by no machine"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("device 'mic' is used by no machine"),
+        "{text}"
+    );
+}
+
 #[test]
 fn a_state_dir_that_cannot_take_a_write_is_refused_or_warned() {
     let d = tempfile::tempdir().unwrap();

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -306,6 +306,32 @@ fn with_mqtt_to_no_broker_the_demo_says_nothing_was_delivered() {
     assert!(s["wall_seconds"].as_f64().unwrap() >= 3.0, "{log}");
     assert!(s["mqtt"]["undelivered"].as_u64().unwrap() >= 2, "{log}");
     assert_eq!(s["detected"], true, "{log}");
+}
+
+/// Without --model, outside the repository and with no installed model, the error names every place the demo
+/// looked: `models/default` in the working directory and `../share/sonitor/models/default` beside the binary
+/// (it named the first only).
+#[test]
+fn a_demo_without_a_model_names_every_place_it_looked() {
+    let d = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_sonitor"))
+        .current_dir(d.path())
+        .args(["demo", "--quiet", "--out", "out"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{said}");
+    let exe = std::fs::canonicalize(env!("CARGO_BIN_EXE_sonitor")).unwrap();
+    let installed = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("share/sonitor/models/default");
+    assert!(
+        said.contains("no model bundle at models/default (from the working directory) nor at ")
+            && said.contains(&installed.display().to_string()),
+        "{said}"
+    );
 }
 
 /// A bundle directory without a manifest is "no model bundle"; one whose manifest is there but not a file (a

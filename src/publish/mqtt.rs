@@ -391,6 +391,10 @@ pub struct Session {
     last_sent: Option<u64>,
     window: usize,
     retained: BTreeMap<String, String>,
+    /// The retained values handed to the client on this connection, by topic: a value the broker already holds
+    /// from this connection is not published again (a command that ends an alarm published the machine's whole
+    /// retained group twice, once for the transition and once for the command).
+    sent_retained: HashMap<String, String>,
     status_topic: String,
     stop: StopState,
     node: NodeWatch,
@@ -448,6 +452,7 @@ impl Session {
             last_sent: None,
             window: window.max(1),
             retained: BTreeMap::new(),
+            sent_retained: HashMap::new(),
             status_topic: format!("{base}/status"),
             stop: StopState::NotSent,
             node: NodeWatch {
@@ -550,6 +555,10 @@ impl Session {
         carried: Carried,
     ) {
         self.requested.push_back(carried);
+        if retain {
+            self.sent_retained
+                .insert(topic.to_string(), payload.to_string());
+        }
         let seq = match carried {
             Carried::Outbox(seq) => Some(seq),
             Carried::Nothing | Carried::Stopped | Carried::Node => None,
@@ -566,6 +575,7 @@ impl Session {
     /// The broker accepted the connection.
     pub fn on_connected(&mut self, outbox: &Outbox) -> Vec<Action> {
         self.connected = true;
+        self.sent_retained.clear();
         self.node.sent = None;
         self.node.echoed = false;
         self.requested.clear();
@@ -592,6 +602,7 @@ impl Session {
     /// The connection was lost (or could not be made).
     pub fn on_disconnected(&mut self) {
         self.connected = false;
+        self.sent_retained.clear();
         self.node.sent = None;
         self.requested.clear();
         self.inflight.clear();
@@ -614,6 +625,8 @@ impl Session {
     /// The last `n` requested publishes were not handed to the client: forget them; outbox messages among them
     /// will be sent again by the next [`Self::pump`].
     pub fn unsend(&mut self, n: usize) {
+        // Which retained values they were is not kept: each is published again when next set.
+        self.sent_retained.clear();
         let mut first: Option<u64> = None;
         for _ in 0..n {
             match self.requested.pop_back() {
@@ -719,7 +732,8 @@ impl Session {
     }
 
     /// Remembers a retained topic's value; publishes it now when asked and connected, unless messages for the
-    /// topic still wait in the outbox (their replay brings the topic up to date, in order). An empty value (a
+    /// topic still wait in the outbox (their replay brings the topic up to date, in order), or this connection
+    /// already published that value for it (the broker holds it). An empty value (a
     /// deleted topic, a machine removed at a reload) is forgotten: nothing is published for it at a connection.
     pub fn set_retained(
         &mut self,
@@ -729,7 +743,11 @@ impl Session {
         outbox: &Outbox,
     ) -> Vec<Action> {
         let mut out = Vec::new();
-        if publish_now && self.connected && !outbox.has_topic(&topic) {
+        if publish_now
+            && self.connected
+            && !outbox.has_topic(&topic)
+            && self.sent_retained.get(&topic) != Some(&payload)
+        {
             self.publish(&mut out, &topic, &payload, true, true, Carried::Nothing);
         }
         if payload.is_empty() {
@@ -1873,6 +1891,29 @@ mod tests {
         // Nothing is announced while disconnected.
         s.on_disconnected();
         assert!(s.announce().is_empty());
+    }
+
+    /// A retained value this connection already published is not published again (the group of a machine went
+    /// out twice after a `mute/set` that ended its alarm); another value is, and after a reconnection all are.
+    #[test]
+    fn an_unchanged_retained_value_is_not_published_again() {
+        let d = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(d.path(), 100).unwrap();
+        let mut s = session(8);
+        s.on_connected(&ob);
+        let set = |s: &mut Session, v: &str| {
+            topics(&s.set_retained("b/m/health".into(), v.into(), true, &ob))
+        };
+        assert_eq!(set(&mut s, "OK"), vec!["b/m/health=OK"]);
+        assert!(set(&mut s, "OK").is_empty());
+        assert_eq!(set(&mut s, "SILENT"), vec!["b/m/health=SILENT"]);
+        assert_eq!(set(&mut s, "OK"), vec!["b/m/health=OK"]);
+        s.on_disconnected();
+        assert!(topics(&s.on_connected(&ob)).contains(&"b/m/health=OK".to_string()));
+        assert!(set(&mut s, "OK").is_empty());
+        // Requests not handed to the client: published again.
+        s.unsend(1);
+        assert_eq!(set(&mut s, "OK"), vec!["b/m/health=OK"]);
     }
 
     #[test]

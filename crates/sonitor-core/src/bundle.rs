@@ -204,6 +204,56 @@ pub enum BundleError {
     },
     #[error("{path}: manifest and graph disagree: {reason}")]
     Mismatch { path: PathBuf, reason: String },
+    /// No `manifest.json` where the bundle should be: [`not_a_bundle`] says why (no such folder, a file, or a
+    /// folder whose subfolders hold the bundles).
+    #[error("{reason}")]
+    NotABundle { dir: PathBuf, reason: String },
+}
+
+/// Why `dir` is no bundle directory where its `manifest.json` is missing: the folder does not exist, is not a
+/// folder, or has no manifest (naming its subfolders that hold one: `models/` for `models/default`). `None`
+/// where something is at the manifest's path (the loader says what is wrong with it).
+pub fn not_a_bundle(dir: &Path) -> Option<String> {
+    let manifest = dir.join(MANIFEST_FILE);
+    if std::fs::symlink_metadata(&manifest).is_ok() {
+        return None;
+    }
+    let shown = dir.display();
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Some(format!("bundle {shown}: the folder does not exist"))
+        }
+        Err(e) => return Some(format!("bundle {shown}: cannot read the folder: {e}")),
+        Ok(m) if !m.is_dir() => {
+            return Some(format!(
+            "bundle {shown}: not a folder (a bundle is the folder sonitor-train writes, with its \
+                 {MANIFEST_FILE} and model.onnx)"
+        ))
+        }
+        Ok(_) => {}
+    }
+    let mut inside: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join(MANIFEST_FILE).is_file())
+        .map(|p| p.display().to_string())
+        .collect();
+    inside.sort();
+    Some(match inside.split_last() {
+        None => format!(
+            "bundle {shown} has no {MANIFEST_FILE} (is it a bundle directory made by sonitor-train?)"
+        ),
+        Some((last, [])) => format!(
+            "bundle {shown} has no {MANIFEST_FILE}, but its subfolder {last} has one: did you mean {last}?"
+        ),
+        Some((last, rest)) => format!(
+            "bundle {shown} has no {MANIFEST_FILE}, but its subfolders {} and {last} have one: did you mean one \
+             of them?",
+            rest.join(", ")
+        ),
+    })
 }
 
 /// The longest `model_id` a manifest may give (a data set's directory name and a few words make it).
@@ -522,6 +572,12 @@ fn read_regular(path: &Path) -> Result<Vec<u8>, BundleError> {
 impl Bundle {
     /// Loads and verifies a bundle directory.
     pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
+        if let Some(reason) = not_a_bundle(dir) {
+            return Err(BundleError::NotABundle {
+                dir: dir.to_path_buf(),
+                reason,
+            });
+        }
         let manifest_path = dir.join(MANIFEST_FILE);
         let text = String::from_utf8(read_regular(&manifest_path)?).map_err(|_| {
             BundleError::Manifest {
@@ -896,6 +952,43 @@ mod tests {
             Bundle::load(d.path()).unwrap().manifest.onnx_sha256,
             sha256_hex(&g)
         );
+    }
+
+    /// A bundle path that does not exist says so (it said "has no manifest.json"), and a folder of bundles (the
+    /// parent `models/` of `models/default`) names the subfolders that hold one.
+    #[test]
+    fn a_missing_folder_and_a_folder_of_bundles_are_named_as_such() {
+        let d = tempfile::tempdir().unwrap();
+        let gone = d.path().join("nope");
+        let e = err_of(&gone);
+        assert!(e.contains("the folder does not exist"), "{e}");
+        assert!(!e.contains("manifest.json"), "{e}");
+        let file = d.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        assert!(err_of(&file).contains("not a folder"), "{}", err_of(&file));
+
+        let models = d.path().join("models");
+        std::fs::create_dir_all(models.join("empty")).unwrap();
+        let e = err_of(&models);
+        assert!(e.contains("has no manifest.json (is it a bundle"), "{e}");
+        Bundle::write(&models.join("default"), &manifest(), &graph()).unwrap();
+        let e = err_of(&models);
+        let default = models.join("default");
+        assert!(
+            e.contains(&format!("did you mean {}?", default.display())),
+            "{e}"
+        );
+        Bundle::write(&models.join("combined"), &manifest(), &graph()).unwrap();
+        let e = err_of(&models);
+        assert!(
+            e.contains(&format!(
+                "subfolders {} and {} have one",
+                models.join("combined").display(),
+                default.display()
+            )),
+            "{e}"
+        );
+        assert!(!e.contains("empty"), "{e}");
     }
 
     #[test]

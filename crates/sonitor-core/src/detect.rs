@@ -66,6 +66,25 @@ pub enum ClearReason {
     Removed,
 }
 
+impl ClearReason {
+    /// The word the MQTT payloads give (`reason` of the end event): the log says the same.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClearReason::Normal => "normal",
+            ClearReason::Muted => "muted",
+            ClearReason::Disabled => "disabled",
+            ClearReason::Idle => "idle",
+            ClearReason::Removed => "removed",
+        }
+    }
+}
+
+impl std::fmt::Display for ClearReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Transition {
     Raised {
@@ -265,6 +284,15 @@ impl Detector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The log's word for why an alarm ended is the payload's (`normal`, not `Normal`).
+    #[test]
+    fn a_clear_reason_reads_as_its_payload_word() {
+        use ClearReason::*;
+        for r in [Normal, Muted, Disabled, Idle, Removed] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.to_string());
+        }
+    }
 
     fn params() -> DetectorParams {
         DetectorParams {

@@ -75,10 +75,16 @@ pub struct Imported {
     pub float_clips: usize,
     /// The largest magnitude among those clips' samples (0 when none).
     pub float_peak: f32,
+    /// Warnings to print, one per recording of several channels mixed without `--channel` (as `fit` warns of
+    /// multichannel training clips): the daemon scores one channel, not their mix.
+    pub warnings: Vec<String>,
 }
 
 pub fn run(a: &ImportArgs) -> anyhow::Result<()> {
     let r = import(a)?;
+    for w in &r.warnings {
+        eprintln!("{w}");
+    }
     let first = r
         .clips
         .first()
@@ -278,6 +284,21 @@ pub fn import(a: &ImportArgs) -> anyhow::Result<Imported> {
         silent: 0,
         float_clips: 0,
         float_peak: 0.0,
+        warnings: a
+            .files
+            .iter()
+            .zip(&infos)
+            .filter(|(_, info)| a.channel.is_none() && info.channels > 1)
+            .map(|(f, info)| {
+                format!(
+                    "warning: {}: its {} channels are mixed (their mean), while the daemon scores one channel of \
+                     its input (each machine's `channel`), which hears the machine otherwise; import the channel \
+                     the machine will be heard on with --channel N (counted from 0)",
+                    f.display(),
+                    info.channels
+                )
+            })
+            .collect(),
     };
     for (f, recorded) in a.files.iter().zip(&recorded) {
         let mut clips = Clips::new(f, channel, clip_len)?;

@@ -177,32 +177,90 @@ impl Gamma {
 
 /// A decision threshold from normal scores: the `quantile` of their maximum-likelihood gamma fit, or, when the
 /// gamma cannot fit them (e.g. all equal), their empirical quantile. Its value may be NaN (no scores); callers
-/// check it against what a threshold must be.
+/// check it against what a threshold must be. [`calibrate_explained`] also says why the gamma did not fit.
 pub fn calibrate(scores: &[f64], quantile: f64) -> Threshold {
-    let gamma = Gamma::fit(scores)
-        .ok()
-        .filter(|g| g.shape.is_finite() && g.scale.is_finite() && g.shape > 0.0 && g.scale > 0.0);
+    calibrate_explained(scores, quantile).threshold
+}
+
+/// A threshold from [`calibrate_explained`], and why the gamma could not be fitted where it could not.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Calibration {
+    pub threshold: Threshold,
+    /// Why the gamma distribution could not be fitted (the threshold is then the scores' empirical quantile,
+    /// method `percentile`); `None` for a fitted gamma.
+    pub gamma_failure: Option<String>,
+}
+
+impl Calibration {
+    /// The warning to print when the gamma could not be fitted: what failed, why, and what the threshold is
+    /// instead. `what` names the scores' owner (`"pump section 00"`).
+    pub fn warning(&self, what: &str) -> Option<String> {
+        let why = self.gamma_failure.as_ref()?;
+        Some(format!(
+            "warning: {what}: the gamma distribution could not be fitted to the scores of the normal training \
+             windows ({why}); the threshold {} is their empirical {} quantile instead (method \"percentile\" in \
+             the manifest). More normal training clips that differ from one another give a fitted threshold.",
+            significant(self.threshold.value),
+            self.threshold.quantile
+        ))
+    }
+}
+
+/// [`calibrate`], with the reason the gamma fit failed where it did.
+pub fn calibrate_explained(scores: &[f64], quantile: f64) -> Calibration {
+    let gamma = Gamma::fit(scores).and_then(|g| {
+        anyhow::ensure!(
+            g.shape.is_finite() && g.scale.is_finite() && g.shape > 0.0 && g.scale > 0.0,
+            "the fit gave no usable parameters (shape {}, scale {})",
+            g.shape,
+            g.scale
+        );
+        Ok(g)
+    });
     match gamma {
-        Some(g) => Threshold {
-            value: g.quantile(quantile),
-            method: "gamma-quantile".into(),
-            quantile,
-            gamma_shape: Some(g.shape),
-            gamma_scale: Some(g.scale),
+        Ok(g) => Calibration {
+            threshold: Threshold {
+                value: g.quantile(quantile),
+                method: "gamma-quantile".into(),
+                quantile,
+                gamma_shape: Some(g.shape),
+                gamma_scale: Some(g.scale),
+            },
+            gamma_failure: None,
         },
-        None => {
+        Err(e) => {
             // Scores the gamma cannot fit (e.g. all equal): the empirical quantile.
             let mut s = scores.to_vec();
             s.sort_by(f64::total_cmp);
             let i = ((s.len() as f64 - 1.0) * quantile).round() as usize;
-            Threshold {
-                value: s.get(i).copied().unwrap_or(f64::NAN),
-                method: "percentile".into(),
-                quantile,
-                gamma_shape: None,
-                gamma_scale: None,
+            Calibration {
+                threshold: Threshold {
+                    value: s.get(i).copied().unwrap_or(f64::NAN),
+                    method: "percentile".into(),
+                    quantile,
+                    gamma_shape: None,
+                    gamma_scale: None,
+                },
+                gamma_failure: Some(format!("{e:#}")),
             }
         }
+    }
+}
+
+/// How a threshold was made, for the line `fit` prints per section: the gamma's parameters where it was fitted,
+/// else the empirical quantile (never a "fitted" gamma of NaN parameters).
+pub fn describe(t: &Threshold) -> String {
+    match (t.gamma_shape, t.gamma_scale) {
+        (Some(k), Some(theta)) => format!(
+            "threshold {} (gamma k {k:.2} θ {})",
+            significant(t.value),
+            significant(theta)
+        ),
+        _ => format!(
+            "threshold {} (empirical {} quantile: no gamma fit)",
+            significant(t.value),
+            t.quantile
+        ),
     }
 }
 
@@ -274,5 +332,34 @@ mod tests {
         assert!(Gamma::fit(&[0.5, 0.5, 0.5]).is_err());
         assert!(Gamma::fit(&[0.0, 0.0]).is_err());
         assert!(Gamma::fit(&[1.0, f64::NAN]).is_err());
+    }
+
+    /// Scores the gamma cannot fit (two equal ones: a section of one source and one target clip) give the
+    /// empirical quantile, with the reason and a warning that says what was used instead; the printed line shows
+    /// no gamma parameters (it showed "gamma k NaN θ NaN", as if fitted).
+    #[test]
+    fn a_failed_gamma_fit_is_said_with_why_and_what_was_used() {
+        let c = calibrate_explained(&[0.3531, 0.3531], 0.9);
+        assert_eq!(c.threshold.method, "percentile");
+        assert_eq!(c.threshold.value, 0.3531);
+        let why = c.gamma_failure.as_deref().expect("a reason");
+        assert!(why.contains("all scores are equal"), "{why}");
+        let w = c.warning("fan section 00").expect("a warning");
+        for part in [
+            "fan section 00",
+            "all scores are equal",
+            "empirical 0.9 quantile",
+            "0.3531",
+        ] {
+            assert!(w.contains(part), "{part:?} not in {w:?}");
+        }
+        let line = describe(&c.threshold);
+        assert!(!line.contains("NaN"), "{line}");
+        assert!(line.contains("no gamma fit"), "{line}");
+
+        let fitted = calibrate_explained(&[0.1, 0.2, 0.3, 0.25], 0.9);
+        assert_eq!(fitted.gamma_failure, None);
+        assert_eq!(fitted.warning("fan section 00"), None);
+        assert!(describe(&fitted.threshold).contains("gamma k"));
     }
 }

@@ -1081,7 +1081,7 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
                 Ok((c, a))
             })
             .collect::<anyhow::Result<Vec<(&Clip, &data::Pcm)>>>()?;
-        let sm = section_model(
+        let (sm, gamma_warning) = section_model(
             &embedder,
             &with_audio,
             &o.features,
@@ -1091,14 +1091,15 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
             o.seed,
         )
         .with_context(|| format!("{machine_type} section {section:02}"))?;
+        if let Some(w) = gamma_warning {
+            eprintln!("{w}");
+        }
         if o.progress {
             eprintln!(
-                "{machine_type} section {section:02}: {} source + {} target centres, threshold {} (gamma k {:.2} θ {})",
+                "{machine_type} section {section:02}: {} source + {} target centres, {}",
                 sm.n_source_centroids,
                 sm.n_target_centroids,
-                crate::threshold::significant(sm.threshold.value),
-                sm.threshold.gamma_shape.unwrap_or(f64::NAN),
-                crate::threshold::significant(sm.threshold.gamma_scale.unwrap_or(f64::NAN)),
+                crate::threshold::describe(&sm.threshold),
             );
         }
         sections.push(sm);
@@ -1365,7 +1366,8 @@ pub fn embed_clips(
 /// again without its clip's windows (dropped if they were all it had). Scored against centres of its own clip,
 /// a window would score about 0: with a few more source windows than `k` most centres are one clip's windows,
 /// and the gamma fitted to those zeros gave a threshold that most normal clips crossed. An error when the scores
-/// cannot give a threshold (a section with one training clip: no other clip to be scored against).
+/// cannot give a threshold (a section with one training clip: no other clip to be scored against). With it, the
+/// warning to print where the gamma could not be fitted and the threshold is the scores' empirical quantile.
 pub fn section_model(
     embedder: &EmbeddingGraph,
     clips: &[(&Clip, &data::Pcm)],
@@ -1374,7 +1376,7 @@ pub fn section_model(
     quantile: f64,
     target_mode: TargetCentres,
     seed: u64,
-) -> anyhow::Result<SectionModel> {
+) -> anyhow::Result<(SectionModel, Option<String>)> {
     let first = clips.first().context("no training clips")?.0;
     let emb = embed_clips(embedder, clips, params)?;
     // A network whose training diverged gives zero (or not-a-number) embeddings, which no centroid or score can be
@@ -1454,7 +1456,12 @@ pub fn section_model(
         scores.iter().all(|s| s.is_finite()) && scores.iter().any(|&s| s > 0.0),
         cannot("every normal training window scores 0 (or not a number)")
     );
-    let threshold = crate::threshold::calibrate(&scores, quantile);
+    let calibration = crate::threshold::calibrate_explained(&scores, quantile);
+    let gamma_warning = calibration.warning(&format!(
+        "{} section {:02}",
+        first.machine_type, first.name.section
+    ));
+    let threshold = calibration.threshold;
     anyhow::ensure!(
         threshold.value.is_finite() && threshold.value > 0.0,
         cannot(&format!(
@@ -1473,7 +1480,7 @@ pub fn section_model(
     );
     let n_source = src_centres.len();
     let n_target = target.len();
-    Ok(SectionModel {
+    let model = SectionModel {
         machine_type: first.machine_type.clone(),
         section: first.name.section,
         centroids: src_centres
@@ -1484,7 +1491,8 @@ pub fn section_model(
         n_target_centroids: n_target,
         threshold,
         baseline: None,
-    })
+    };
+    Ok((model, gamma_warning))
 }
 
 /// The least threshold a section's calibration may give (cosine distances of float rounding lie below it).

@@ -84,6 +84,13 @@ fn recordings_become_a_data_set_that_fit_trains_on() {
         [0, 1, 2].map(|i| format!("section_00_source_train_normal_000{i}_load_50.wav"))
     );
     assert!((r.left_out_seconds - 0.5).abs() < 1e-3, "{r:?}");
+    // Its channels mixed without --channel: one warning for the recording, as `fit` warns (it was silent).
+    assert_eq!(r.warnings.len(), 1, "{r:?}");
+    assert!(
+        r.warnings[0].contains("a.wav: its 2 channels are mixed")
+            && r.warnings[0].contains("--channel N"),
+        "{r:?}"
+    );
     // Read block by block, the clips are what reading the whole recording gives (to 16-bit rounding).
     let whole = sonitor_core::audio::load_mono(&a, ChannelSelect::Mix, 16_000).unwrap();
     for (k, c) in r.clips.iter().enumerate() {
@@ -113,6 +120,7 @@ fn recordings_become_a_data_set_that_fit_trains_on() {
         names(&r.clips),
         [3, 4].map(|i| format!("section_00_source_train_normal_000{i}_load_50.wav"))
     );
+    assert!(r.warnings.is_empty(), "a mono recording: {r:?}");
     assert_eq!(r.silent, 1);
     // Another condition, in the target domain, numbers its own clips; then two normal and two faulty test clips.
     let mut t = args(&data, vec![tone(d.path(), "c.wav", 3.0, 520.0)]);
