@@ -256,7 +256,7 @@ fn corrupt_and_truncated_files_are_named_errors() {
     assert_said_once(&e, "No such file or directory");
     assert_said_once(
         &sonitor_core::bundle::Bundle::load(&dir.path().join("no-bundle")).unwrap_err(),
-        "No such file or directory",
+        "the folder does not exist",
     );
     assert_said_once(
         &sonitor_core::dcase::read_scores(&dir.path().join("no.csv")).unwrap_err(),
