@@ -164,15 +164,10 @@ impl FeatureParams {
     /// How many mel bands, counted from the lowest, lie wholly at or below `hz`: those whose upper edge (where
     /// their triangle's weights reach zero) is at most `hz`.
     pub fn mel_bands_below(&self, hz: f64) -> usize {
-        let (mmin, mmax) = (
-            hz_to_mel(self.fmin_hz as f64),
-            hz_to_mel(self.fmax_hz as f64),
-        );
-        (0..self.n_mels)
-            .take_while(|&i| {
-                mel_to_hz(mmin + (mmax - mmin) * (i + 2) as f64 / (self.n_mels + 1) as f64)
-                    <= hz * (1.0 + 1e-9)
-            })
+        // Band i's upper edge is point i + 2.
+        mel_points_hz(self)[2..]
+            .iter()
+            .take_while(|&&upper| upper <= hz * (1.0 + 1e-9))
             .count()
     }
 }
@@ -223,6 +218,15 @@ struct MelBand {
     weights: Vec<f32>,
 }
 
+/// The `n_mels + 2` points (Hz) equally spaced on the mel scale from `fmin_hz` to `fmax_hz`: band `i` rises from
+/// point `i`, peaks at `i + 1` and falls to zero at `i + 2`.
+fn mel_points_hz(p: &FeatureParams) -> Vec<f64> {
+    let (mmin, mmax) = (hz_to_mel(p.fmin_hz as f64), hz_to_mel(p.fmax_hz as f64));
+    (0..p.n_mels + 2)
+        .map(|i| mel_to_hz(mmin + (mmax - mmin) * i as f64 / (p.n_mels + 1) as f64))
+        .collect()
+}
+
 /// The Slaney-normalised triangular mel filterbank of librosa (`librosa.filters.mel`, `htk=False`,
 /// `norm="slaney"`), computed in f64 and stored in f32 as librosa does.
 fn mel_filterbank(p: &FeatureParams) -> Vec<MelBand> {
@@ -231,10 +235,7 @@ fn mel_filterbank(p: &FeatureParams) -> Vec<MelBand> {
     let fft_freqs: Vec<f64> = (0..n_bins)
         .map(|k| k as f64 * sr / p.n_fft as f64)
         .collect();
-    let (mmin, mmax) = (hz_to_mel(p.fmin_hz as f64), hz_to_mel(p.fmax_hz as f64));
-    let mel_f: Vec<f64> = (0..p.n_mels + 2)
-        .map(|i| mel_to_hz(mmin + (mmax - mmin) * i as f64 / (p.n_mels + 1) as f64))
-        .collect();
+    let mel_f = mel_points_hz(p);
     (0..p.n_mels)
         .map(|i| {
             let (lo, mid, hi) = (mel_f[i], mel_f[i + 1], mel_f[i + 2]);

@@ -533,7 +533,11 @@ fn with_baseline(
         .zip(model_scores)
         .map(|(&b, &m)| baseline.combine(m, b))
         .collect();
-    let threshold = crate::threshold::calibrate(&combined, section.threshold.quantile);
+    let calibration = crate::threshold::calibrate(&combined, section.threshold.quantile);
+    if let Some(w) = calibration.warning(&section.key()) {
+        eprintln!("{w}");
+    }
+    let threshold = calibration.threshold;
     if let Some(why) = score::threshold_problem(threshold.value) {
         anyhow::bail!(
             "the combined scores of {} normal training windows give no threshold: the {} quantile is {why}",

@@ -168,8 +168,8 @@ pub fn score_dataset(
             .next()
             .is_some()
         {
-            section_model(bundle, &machine_type, section)?;
-            todo.push((machine_type, section));
+            let sm = section_model(bundle, &machine_type, section)?;
+            todo.push((machine_type, section, sm));
         }
     }
     anyhow::ensure!(
@@ -179,9 +179,8 @@ pub fn score_dataset(
     );
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut written = Vec::new();
-    for (machine_type, section) in todo {
+    for (machine_type, section, sm) in todo {
         let test: Vec<&Clip> = data.clips_of(&machine_type, section, Split::Test).collect();
-        let sm = section_model(bundle, &machine_type, section)?;
         let windows = clip_window_scores(&embedder, &params, &test, sm)?;
         let scores: Vec<f64> = windows.iter().map(|w| clip_score(w)).collect();
         let rows: Vec<(String, f64)> = test

@@ -175,14 +175,7 @@ impl Gamma {
     }
 }
 
-/// A decision threshold from normal scores: the `quantile` of their maximum-likelihood gamma fit, or, when the
-/// gamma cannot fit them (e.g. all equal), their empirical quantile. Its value may be NaN (no scores); callers
-/// check it against what a threshold must be. [`calibrate_explained`] also says why the gamma did not fit.
-pub fn calibrate(scores: &[f64], quantile: f64) -> Threshold {
-    calibrate_explained(scores, quantile).threshold
-}
-
-/// A threshold from [`calibrate_explained`], and why the gamma could not be fitted where it could not.
+/// A threshold from [`calibrate`], and why the gamma could not be fitted where it could not.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Calibration {
     pub threshold: Threshold,
@@ -206,8 +199,11 @@ impl Calibration {
     }
 }
 
-/// [`calibrate`], with the reason the gamma fit failed where it did.
-pub fn calibrate_explained(scores: &[f64], quantile: f64) -> Calibration {
+/// A decision threshold from normal scores: the `quantile` of their maximum-likelihood gamma fit, or, when the
+/// gamma cannot fit them (e.g. all equal), their empirical quantile, with the reason (its
+/// [`Calibration::warning`] is for the user). Its value may be NaN (no scores); callers check it against what a
+/// threshold must be.
+pub fn calibrate(scores: &[f64], quantile: f64) -> Calibration {
     let gamma = Gamma::fit(scores).and_then(|g| {
         anyhow::ensure!(
             g.shape.is_finite() && g.scale.is_finite() && g.shape > 0.0 && g.scale > 0.0,
@@ -339,7 +335,7 @@ mod tests {
     /// no gamma parameters (it showed "gamma k NaN θ NaN", as if fitted).
     #[test]
     fn a_failed_gamma_fit_is_said_with_why_and_what_was_used() {
-        let c = calibrate_explained(&[0.3531, 0.3531], 0.9);
+        let c = calibrate(&[0.3531, 0.3531], 0.9);
         assert_eq!(c.threshold.method, "percentile");
         assert_eq!(c.threshold.value, 0.3531);
         let why = c.gamma_failure.as_deref().expect("a reason");
@@ -357,7 +353,7 @@ mod tests {
         assert!(!line.contains("NaN"), "{line}");
         assert!(line.contains("no gamma fit"), "{line}");
 
-        let fitted = calibrate_explained(&[0.1, 0.2, 0.3, 0.25], 0.9);
+        let fitted = calibrate(&[0.1, 0.2, 0.3, 0.25], 0.9);
         assert_eq!(fitted.gamma_failure, None);
         assert_eq!(fitted.warning("fan section 00"), None);
         assert!(describe(&fitted.threshold).contains("gamma k"));

@@ -1456,7 +1456,7 @@ pub fn section_model(
         scores.iter().all(|s| s.is_finite()) && scores.iter().any(|&s| s > 0.0),
         cannot("every normal training window scores 0 (or not a number)")
     );
-    let calibration = crate::threshold::calibrate_explained(&scores, quantile);
+    let calibration = crate::threshold::calibrate(&scores, quantile);
     let gamma_warning = calibration.warning(&format!(
         "{} section {:02}",
         first.machine_type, first.name.section
