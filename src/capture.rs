@@ -708,7 +708,12 @@ pub fn spawn_capture(
                 let failed = Arc::new(AtomicBool::new(false));
                 let opening = |since| *m.opening_since.lock().unwrap_or_else(|e| e.into_inner()) = since;
                 opening(Some(Instant::now()));
-                let opened = open_capture(&cfg, model_rate, m, failed.clone());
+                let Some(opened) =
+                    open_waiting(index, &cfg, model_rate, &metrics, failed.clone(), &stop)
+                else {
+                    // Stopped while the open had not returned: its thread is left to it.
+                    return;
+                };
                 opening(None);
                 match opened {
                     Ok((stream, handle, description)) => {
@@ -792,6 +797,50 @@ pub fn spawn_capture(
                 backoff = backoff.saturating_mul(2).min(cfg.reopen_max);
             }
         })
+}
+
+/// [`open_capture`] of input `index` on a thread of its own, waited for until it answers or `stop` is set (`None`),
+/// raising the input's `retry_beats` meanwhile: an open that never returns (an ALSA plugin that waits on a
+/// network, on Bluetooth, on a FIFO nobody writes) is the device's trouble, like a microphone unplugged. It held
+/// the supervisor, which starved systemd's watchdog, and the restart that followed every ~40 s stopped the other
+/// machines' scoring and took the node offline on MQTT, without freeing the device. One open at a time: a second
+/// is asked only once the first has answered.
+fn open_waiting(
+    index: usize,
+    cfg: &DeviceConfig,
+    model_rate: u32,
+    metrics: &Arc<crate::metrics::Metrics>,
+    failed: Arc<AtomicBool>,
+    stop: &AtomicBool,
+) -> Option<anyhow::Result<(cpal::Stream, StreamHandle, String)>> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let (cfg2, m2) = (cfg.clone(), metrics.clone());
+    let asked = std::thread::Builder::new()
+        .name(format!("open-{}", cfg.name))
+        .spawn(move || {
+            let _ = tx.send(open_capture(&cfg2, model_rate, &m2.inputs[index], failed));
+        });
+    if let Err(e) = asked {
+        return Some(Err(anyhow::anyhow!(
+            "cannot start a thread to open the device: {e}"
+        )));
+    }
+    let beat = &metrics.inputs[index].retry_beats;
+    loop {
+        beat.inc();
+        if stop.load(Ordering::SeqCst) {
+            return None;
+        }
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(opened) => return Some(opened),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                return Some(Err(anyhow::anyhow!(
+                    "opening the device failed inside the audio stack (its thread ended without an answer)"
+                )))
+            }
+        }
+    }
 }
 
 /// Sleeps `wait` (a reopen backoff) in steps of at most 50 ms, raising `beat` at each; false as soon as `stop` is

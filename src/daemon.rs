@@ -910,10 +910,11 @@ pub fn start(
             }
         }
         // Watchdog: fed while frames and inferences advance, or while no input is open and every input's
-        // supervisor is visibly waiting to reopen it (a microphone unplugged: restarting the daemon would not
-        // bring it back, and each restart takes the node offline on MQTT), and in both cases only while every
-        // input's reader turns. A supervisor stuck in the audio stack, a reader stuck (its windows stop, so the
-        // pipeline looks idle), or a pipeline that stops scoring the audio it gets, still starves it.
+        // supervisor is visibly waiting to reopen it (a microphone unplugged, or whose open has not returned:
+        // restarting the daemon would not bring it back, and each restart takes the node offline on MQTT), and
+        // in both cases only while every input's reader turns. A reader stuck (its windows stop, so the pipeline
+        // looks idle), a supervisor stuck elsewhere in the audio stack (closing a stream), or a pipeline that
+        // stops scoring the audio it gets, still starves it.
         if let Some(every) = watchdog {
             if last_wd.elapsed() >= every {
                 let now = WatchMarks::read(&metrics, mqtt_thread.is_some());
@@ -975,7 +976,8 @@ pub fn start(
                 if stuck && !open_stuck[k] {
                     log::warn!(
                         "input {}: opening its device has not returned for {} s (an ALSA plugin that waits on \
-                         something: a network, Bluetooth, a FIFO?); its machines get no audio until it does",
+                         something: a network, Bluetooth, a FIFO?); its machines get no audio until it does, the \
+                         others are watched as before. `systemctl restart sonitor` tries a fresh audio stack",
                         im.name,
                         OPEN_STUCK_AFTER.as_secs()
                     );

@@ -129,8 +129,9 @@ pub struct InputMetrics {
     pub gaps: Counter,
     /// 1 while the stream delivers frames.
     pub up: Gauge,
-    /// Raised by the input's supervisor thread while it waits to reopen the input: proof for the watchdog that a
-    /// daemon without audio is waiting for its device, not hung. Not exported.
+    /// Raised by the input's supervisor thread while it waits to reopen the input, or for its device's open to
+    /// return: proof for the watchdog that a daemon without audio is waiting for its device, not hung. Not
+    /// exported.
     pub retry_beats: Counter,
     /// Raised by the input's reader at every turn of its loop (at least every quarter second while it runs,
     /// audio or not): proof for the watchdog that the reader is not stuck. Not exported.
