@@ -802,9 +802,9 @@ pub fn spawn_capture(
 /// [`open_capture`] of input `index` on a thread of its own, waited for until it answers or `stop` is set (`None`),
 /// raising the input's `retry_beats` meanwhile: an open that never returns (an ALSA plugin that waits on a
 /// network, on Bluetooth, on a FIFO nobody writes) is the device's trouble, like a microphone unplugged. It held
-/// the supervisor, which starved systemd's watchdog, and the restart that followed every ~40 s stopped the other
-/// machines' scoring and took the node offline on MQTT, without freeing the device. One open at a time: a second
-/// is asked only once the first has answered.
+/// the supervisor, which starved systemd's watchdog when no other input delivered audio, and the restart that
+/// followed every ~40 s took the node offline on MQTT without freeing the device. One open at a time: a second is
+/// asked only once the first has answered.
 fn open_waiting(
     index: usize,
     cfg: &DeviceConfig,
