@@ -720,6 +720,105 @@ fn value_problems(tree: &serde_json::Value, from_env: &BTreeMap<String, String>)
     p
 }
 
+/// The keys every `[[machines]]` entry must have (those of [`MachineConfig`] without a default).
+const MACHINE_REQUIRED: &[&str] = &["name", "device", "bundle", "section"];
+
+/// The keys a `[[machines]]` entry may have: its own and its detector's (flattened into it), read from the structs.
+fn machine_keys() -> Vec<String> {
+    let m = MachineConfig {
+        name: String::new(),
+        device: String::new(),
+        channel: 0,
+        bundle: PathBuf::new(),
+        section: String::new(),
+        enabled: true,
+        detector: DetectorConfig::default(),
+    };
+    match serde_json::to_value(m) {
+        Ok(serde_json::Value::Object(o)) => o.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The key of `known` that `key` most likely misspells: the same but for case, or at most two letters added,
+/// removed, changed or swapped (one for keys of four letters or fewer).
+fn likely_meant<'a>(key: &str, known: &'a [String]) -> Option<&'a str> {
+    let key = key.to_ascii_lowercase();
+    let allowed = if key.len() <= 4 { 1 } else { 2 };
+    known
+        .iter()
+        .map(|k| (edit_distance(&key, k), k))
+        .filter(|(d, _)| *d <= allowed)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k.as_str())
+}
+
+/// Letters added, removed or changed, and neighbours swapped, to make `b` of `a` (optimal string alignment).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+/// Every `[[machines]]` entry's unknown keys, each with the key it likely misspells and the keys a machine has,
+/// and its missing required keys. The typed read named neither well: a machine's detector settings are flattened
+/// into it, so an unknown key came without the list of known ones, and a misspelt required key came out as
+/// `missing configuration field "machines[0]section"`.
+fn machine_key_problems(tree: &serde_json::Value) -> Vec<String> {
+    let mut p = Vec::new();
+    let Some(machines) = tree.get("machines").and_then(|m| m.as_array()) else {
+        return p;
+    };
+    let known = machine_keys();
+    for (i, entry) in machines.iter().enumerate() {
+        let Some(keys) = entry.as_object() else {
+            continue;
+        };
+        let at = entry_label("machines", entry).unwrap_or_default();
+        let mut explained = Vec::new();
+        for key in keys.keys().filter(|k| !known.contains(k)) {
+            let meant = likely_meant(key, &known);
+            let hint = match meant {
+                Some(m) if !keys.contains_key(m) => format!("did you mean `{m}`? "),
+                _ => String::new(),
+            };
+            explained.extend(meant.filter(|m| !keys.contains_key(*m)));
+            p.push(format!(
+                "{at}machines[{i}] has an unknown key `{key}`: {hint}(a machine's keys: {})",
+                known.join(", ")
+            ));
+        }
+        for key in MACHINE_REQUIRED
+            .iter()
+            .filter(|k| !keys.contains_key(**k) && !explained.contains(k))
+        {
+            p.push(format!(
+                "{at}machines[{i}] has no `{key}`, which every machine needs ({})",
+                MACHINE_REQUIRED.join(", ")
+            ));
+        }
+    }
+    p
+}
+
 /// `machine 'pump-3': ` for an entry of the array of tables `array` (`machines`) that has a name: the prefix the other
 /// problems of an entry are named with.
 fn entry_label(array: &str, entry: &serde_json::Value) -> Option<String> {
@@ -980,6 +1079,12 @@ fn set_by(from_env: &BTreeMap<String, String>, key: &str) -> Option<String> {
 /// `from_env`, which maps a key path to the variable that set it).
 fn config_crate_message(e: &config::ConfigError, from_env: &BTreeMap<String, String>) -> String {
     let msg = e.to_string();
+    if let Some(key) = msg
+        .strip_prefix("missing configuration field \"")
+        .and_then(|k| k.strip_suffix('"'))
+    {
+        return format!("`{}` is missing and has no default: set it", key_path(key));
+    }
     let marker = "for key `";
     let Some(start) = msg.find(marker).map(|i| i + marker.len()) else {
         return msg;
@@ -987,19 +1092,7 @@ fn config_crate_message(e: &config::ConfigError, from_env: &BTreeMap<String, Str
     let Some(len) = msg[start..].find('`') else {
         return msg;
     };
-    let key = &msg[start..start + len];
-    let mut fixed = String::with_capacity(key.len() + 4);
-    let mut chars = key.chars().peekable();
-    while let Some(c) = chars.next() {
-        fixed.push(c);
-        if c == ']'
-            && chars
-                .peek()
-                .is_some_and(|n| n.is_alphanumeric() || *n == '_')
-        {
-            fixed.push('.');
-        }
-    }
+    let fixed = key_path(&msg[start..start + len]);
     if let Some((value, help)) = out_of_range(&msg[..start]) {
         let var = set_by(from_env, &fixed.to_ascii_lowercase()).unwrap_or_default();
         return format!("{fixed} = {value} {help}{var}");
@@ -1016,6 +1109,24 @@ fn config_crate_message(e: &config::ConfigError, from_env: &BTreeMap<String, Str
         None => rest.to_string(),
     };
     format!("{}{fixed}{origin}", &msg[..start])
+}
+
+/// A key path as the config crate writes it in its messages (`devices[0]name`), with the dot it leaves out after
+/// an index (`devices[0].name`).
+fn key_path(key: &str) -> String {
+    let mut fixed = String::with_capacity(key.len() + 4);
+    let mut chars = key.chars().peekable();
+    while let Some(c) = chars.next() {
+        fixed.push(c);
+        if c == ']'
+            && chars
+                .peek()
+                .is_some_and(|n| n.is_alphanumeric() || *n == '_')
+        {
+            fixed.push('.');
+        }
+    }
+    fixed
 }
 
 /// The value and what to write instead, from the config crate's message for a whole number beyond its setting's
@@ -1133,6 +1244,7 @@ impl Config {
         let tree = built.clone().try_deserialize::<serde_json::Value>().ok();
         let mut early = misspelled;
         if let Some(tree) = &tree {
+            early.extend(machine_key_problems(tree));
             early.extend(value_problems(tree, &from_env));
         }
         refused(early)?;
@@ -2937,6 +3049,81 @@ min_duration = "3s"
             ],
         );
         assert!(c.is_ok(), "{:?}", c.err().map(|e| e.to_string()));
+    }
+
+    /// A machine's misspelt key names the key it likely means and the keys a machine has, and a missing one is
+    /// named by its path. The typed read said `unknown field `raise_kk` for key `machines[0]`` without the known
+    /// keys (the detector's are flattened into the machine), and `missing configuration field
+    /// "machines[0]section"` for a misspelt `section`.
+    #[test]
+    fn a_machine_key_misspelt_or_missing_is_named_with_what_was_meant() {
+        let d = tempfile::tempdir().unwrap();
+        let base = minimal(d.path());
+        let refused = |text: String| {
+            Config::load_with_env(&write(d.path(), &text), [])
+                .unwrap_err()
+                .to_string()
+        };
+        let e = refused(base.replace("section = ", "secton = "));
+        assert!(
+            e.contains("machine 'pump-1': machines[0] has an unknown key `secton`: did you mean `section`?"),
+            "{e}"
+        );
+        assert!(
+            e.contains("threshold_off") && e.contains("idle_below_dbfs"),
+            "{e}"
+        );
+        // One problem for one typo: not a missing `section` besides.
+        assert!(!e.contains("has no `section`"), "{e}");
+        for (typo, meant) in [
+            ("Raise_K", "raise_k"),
+            ("raise_kk", "raise_k"),
+            ("coldown", "cooldown"),
+        ] {
+            let e = refused(base.replace("raise_k = 2", &format!("{typo} = 2")));
+            assert!(
+                e.contains(&format!("unknown key `{typo}`: did you mean `{meant}`?")),
+                "{e}"
+            );
+        }
+        // A key it may mean that the machine already has is not offered.
+        let e = refused(base.replace("raise_k = 2", "raise_k = 2\nraise_kk = 2"));
+        assert!(
+            e.contains("unknown key `raise_kk`: (a machine's keys"),
+            "{e}"
+        );
+        let e = refused(base.replace("raise_k = 2", "loudness = 2"));
+        assert!(
+            e.contains("unknown key `loudness`: (a machine's keys: ")
+                && !e.contains("did you mean"),
+            "{e}"
+        );
+        let bundle_line = format!("bundle = \"{}\"\n", d.path().join("bundle").display());
+        let e = refused(base.replace(&bundle_line, ""));
+        assert!(
+            e.contains("machine 'pump-1': machines[0] has no `bundle`, which every machine needs"),
+            "{e}"
+        );
+        // Elsewhere the config crate's message, with the dot it leaves out of the path.
+        let e = refused(base.replacen("name = \"mic\"\n", "", 1));
+        assert!(
+            e.contains("`devices[0].name` is missing and has no default"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn misspellings_are_a_few_letters_added_removed_changed_or_swapped() {
+        assert_eq!(edit_distance("section", "section"), 0);
+        assert_eq!(edit_distance("secton", "section"), 1);
+        assert_eq!(edit_distance("sectoin", "section"), 1);
+        assert_eq!(edit_distance("raise_kk", "raise_k"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        let known: Vec<String> = ["raise_k", "raise_n", "name"].map(String::from).to_vec();
+        assert_eq!(likely_meant("RAISE_K", &known), Some("raise_k"));
+        assert_eq!(likely_meant("nmae", &known), Some("name"));
+        assert_eq!(likely_meant("nm", &known), None);
+        assert_eq!(likely_meant("loudness", &known), None);
     }
 
     /// A `SONITOR_…` variable meant for a setting but spelled so that it is not read (one `_` between levels, a
