@@ -320,11 +320,14 @@ pub fn status(config_path: &Path, json: bool) -> i32 {
             )
         }
         (None, None) => {
-            eprintln!(
-                "sonitor status: {} does not say where the state directory is (it cannot be read, or has no \
-                 state_dir), so the running daemon cannot be found",
-                config_path.display()
-            );
+            // A file that does not load says why below, once.
+            if problems.is_none() {
+                eprintln!(
+                    "sonitor status: {} does not say where the state directory is (it has no state_dir), so the \
+                     running daemon cannot be found",
+                    config_path.display()
+                );
+            }
             (EXIT_NO_DAEMON, None)
         }
         (None, Some(dir)) => {
@@ -352,6 +355,12 @@ pub fn status(config_path: &Path, json: bool) -> i32 {
         }
     };
     if let Some(p) = problems {
+        if dir.is_none() {
+            eprintln!(
+                "sonitor status: {p}; the running daemon is found through the state directory the file names"
+            );
+            return EXIT_CONFIG;
+        }
         eprintln!(
             "sonitor status: {p}{}; the file as it is now would be refused by a reload and by a restart (`sonitor \
              validate` names every problem)",

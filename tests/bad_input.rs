@@ -449,6 +449,21 @@ fn every_kind_of_bad_input_is_named_with_exit_78() {
         !matches!(status.status.code(), Some(0 | 124)) && said.contains("not a regular file"),
         "{status:?}"
     );
+    // A missing file is said once, as the problem it is: not also as a file that "does not say where the state
+    // directory is", nor as one a reload would refuse.
+    let status = Command::new(env!("CARGO_BIN_EXE_sonitor"))
+        .args(["status", "--config"])
+        .arg(d.path().join("nope.toml"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&status.stderr);
+    assert_eq!(status.status.code(), Some(78), "{said}");
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert!(
+        said.contains("nope.toml: no such file")
+            && said.contains("found through the state directory"),
+        "{said}"
+    );
 }
 
 /// Runs `sonitor ARGS --config CONFIG` in a private mount namespace where `state` is a 256 KiB tmpfs prepared

@@ -328,16 +328,17 @@ pub fn import(a: &ImportArgs) -> anyhow::Result<Imported> {
             } else {
                 audio::write_wav_i16_whole(&path, clip, RATE)?;
             }
-            writeln!(
-                log,
-                "{}/{}/{name},{},{:.3},{:.3}",
+            // One write per line: an import killed here leaves the log's lines whole.
+            let line = format!(
+                "{}/{}/{name},{},{:.3},{:.3}\n",
                 a.machine_type,
                 split.as_str(),
                 recorded,
                 start,
                 clip_seconds
-            )
-            .with_context(|| format!("writing {}", log_path.display()))?;
+            );
+            log.write_all(line.as_bytes())
+                .with_context(|| format!("writing {}", log_path.display()))?;
             out.clips.push(path);
             index += 1;
         }
