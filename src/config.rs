@@ -720,6 +720,28 @@ fn value_problems(tree: &serde_json::Value, from_env: &BTreeMap<String, String>)
     p
 }
 
+/// `[machines]` written for `[[machines]]`, or `[[mqtt]]` for `[mqtt]`: one bracket pair too few or too many,
+/// which the typed read called "invalid type: map, expected a sequence for key `machines`" (and "expected a
+/// boolean for key `mqtt[0]`").
+fn table_shape_problems(tree: &serde_json::Value) -> Vec<String> {
+    let mut p = Vec::new();
+    for array in ["devices", "machines"] {
+        if tree.get(array).is_some_and(|v| v.is_object()) {
+            p.push(format!(
+                "[{array}] is one table, and {array} are a list: write [[{array}]] (two brackets) above each one"
+            ));
+        }
+    }
+    for table in ENV_SECTIONS {
+        if tree.get(*table).is_some_and(|v| v.is_array()) {
+            p.push(format!(
+                "[[{table}]] makes a list, and there is one {table} section: write [{table}] (one bracket)"
+            ));
+        }
+    }
+    p
+}
+
 /// The keys every `[[machines]]` entry must have (those of [`MachineConfig`] without a default).
 const MACHINE_REQUIRED: &[&str] = &["name", "device", "bundle", "section"];
 
@@ -1244,6 +1266,7 @@ impl Config {
         let tree = built.clone().try_deserialize::<serde_json::Value>().ok();
         let mut early = misspelled;
         if let Some(tree) = &tree {
+            early.extend(table_shape_problems(tree));
             early.extend(machine_key_problems(tree));
             early.extend(value_problems(tree, &from_env));
         }
@@ -3110,6 +3133,34 @@ min_duration = "3s"
             e.contains("`devices[0].name` is missing and has no default"),
             "{e}"
         );
+    }
+
+    /// One bracket pair too few (`[machines]`) or too many (`[[mqtt]]`) is named with what to write: the typed
+    /// read said "invalid type: map, expected a sequence".
+    #[test]
+    fn a_table_written_as_a_list_or_a_list_as_a_table_says_which_brackets() {
+        let d = tempfile::tempdir().unwrap();
+        let base = format!("{}[mqtt]\nenabled = false\n", minimal(d.path()));
+        let refused = |text: String| {
+            Config::load_with_env(&write(d.path(), &text), [])
+                .unwrap_err()
+                .to_string()
+        };
+        let e = refused(base.replace("[[machines]]", "[machines]"));
+        assert!(
+            e.contains("[machines] is one table, and machines are a list: write [[machines]]"),
+            "{e}"
+        );
+        assert!(!e.contains("invalid type"), "{e}");
+        let e = refused(base.replace("[[devices]]", "[devices]"));
+        assert!(e.contains("write [[devices]] (two brackets)"), "{e}");
+        let e = refused(base.replace("[mqtt]", "[[mqtt]]"));
+        assert!(
+            e.contains("[[mqtt]] makes a list, and there is one mqtt section: write [mqtt]"),
+            "{e}"
+        );
+        assert!(!e.contains("invalid type"), "{e}");
+        assert!(Config::load_with_env(&write(d.path(), &base), []).is_ok());
     }
 
     #[test]
