@@ -394,7 +394,20 @@ pub fn validate(config_path: &Path) -> i32 {
             for w in checked.warnings.into_iter().chain(saved) {
                 println!("{}: warning: {w}", config_path.display());
             }
-            if let Some(h) = crate::state_lock::holder(&cfg.state_dir) {
+            let holder = crate::state_lock::holder(&cfg.state_dir);
+            if let Some((h, theirs)) = holder
+                .as_ref()
+                .and_then(|h| Some((h, h.runs_another_file(config_path)?)))
+            {
+                println!(
+                    "{}: note: a {} runs on its state directory {} now with another file, {}: a reload re-reads \
+                     that one; this file takes effect there only if the daemon is restarted with it",
+                    config_path.display(),
+                    crate::state_lock::holder_named(h.pid),
+                    cfg.state_dir.display(),
+                    theirs.display()
+                );
+            } else if let Some(h) = holder {
                 println!(
                     "{}: note: a {} runs on its state directory {} now: this file takes effect there when \
                      it reloads (SIGHUP, `systemctl reload sonitor`: thresholds, debounce, enabled flags, models) or restarts",

@@ -281,22 +281,23 @@ pub fn run(config_path: &Path) -> i32 {
         log::warn!("{w}");
     }
     // Before anything in the state directory is read or written; held until `start` returns.
-    let lock = match crate::state_lock::acquire(&cfg.state_dir, cfg.metrics.addr()) {
-        Ok(l) => l,
-        Err(e) => {
-            log::error!("{e}");
-            return match e {
-                crate::state_lock::LockError::Held { .. } => crate::state_lock::EXIT_STATE_BUSY,
-                // Not this user's to write: a restart would fail alike (the check above names it first).
-                crate::state_lock::LockError::Io { error, .. }
-                    if error.kind() == std::io::ErrorKind::PermissionDenied =>
-                {
-                    crate::config::EXIT_CONFIG
-                }
-                crate::state_lock::LockError::Io { .. } => 1,
-            };
-        }
-    };
+    let lock =
+        match crate::state_lock::acquire(&cfg.state_dir, cfg.metrics.addr(), Some(config_path)) {
+            Ok(l) => l,
+            Err(e) => {
+                log::error!("{e}");
+                return match e {
+                    crate::state_lock::LockError::Held { .. } => crate::state_lock::EXIT_STATE_BUSY,
+                    // Not this user's to write: a restart would fail alike (the check above names it first).
+                    crate::state_lock::LockError::Io { error, .. }
+                        if error.kind() == std::io::ErrorKind::PermissionDenied =>
+                    {
+                        crate::config::EXIT_CONFIG
+                    }
+                    crate::state_lock::LockError::Io { .. } => 1,
+                };
+            }
+        };
     // A panic of the main loop itself (the hook has logged it) ends the process with the status of any other
     // thread's, without the orderly stop that loop would have made.
     let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

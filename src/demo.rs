@@ -229,7 +229,7 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Summary> {
     std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
     // Taken before anything below reads or deletes: a demo (or daemon) that runs on this directory now keeps its
     // state and its configuration file.
-    let lock = crate::state_lock::acquire(&o.out, None).map_err(|e| match e {
+    let lock = crate::state_lock::acquire(&o.out, None, None).map_err(|e| match e {
         crate::state_lock::LockError::Held { pid, .. } => anyhow::anyhow!(
             "another {} runs on {} now (a demo still replaying, or a daemon whose state directory it is); \
              nothing there was changed. Give --out another directory, or wait for it to end",

@@ -105,6 +105,20 @@ pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
             return EXIT_NO_DAEMON;
         }
     };
+    // The daemon re-reads the file it was started with: another file (a copy being edited, another path) would be
+    // reported applied while what it says never took effect.
+    if Some(pid) == holder.pid {
+        if let Some(theirs) = holder.runs_another_file(config_path) {
+            eprintln!(
+                "sonitor reload: sonitor (pid {pid}) on {} runs {}, and a reload re-reads that file, not {path}; \
+                 nothing sent: edit {} and reload, or restart the daemon with --config {path}",
+                cfg.state_dir.display(),
+                theirs.display(),
+                theirs.display()
+            );
+            return EXIT_CONFIG;
+        }
+    }
     // Checked before anything is sent: SIGHUP ends most other programs. A pid given by hand, or one the lock file
     // kept from an earlier daemon (one started on a read-only filesystem cannot write its own there).
     if let Err(why) = a_sonitor(pid) {

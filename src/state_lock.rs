@@ -5,7 +5,9 @@
 //! ends, however it ends (no stale lock after a crash or SIGKILL). The file holds the holder's pid, for the
 //! message that names it, and on a second line the address its metrics listen on (`metrics 127.0.0.1:9470`):
 //! `sonitor reload` and `sonitor status` read the running daemon there, even when the file has since moved
-//! `[metrics] listen` (which only a restart applies).
+//! `[metrics] listen` (which only a restart applies). A last line names the configuration file it runs
+//! (`config /etc/sonitor/sonitor.toml`), the one a reload re-reads: `sonitor reload --config` of another file
+//! is refused, and `validate` of another file says it does not take effect there.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Seek as _, Write as _};
@@ -31,6 +33,8 @@ pub struct StateLock {
     file: File,
     dir: PathBuf,
     metrics: Option<SocketAddr>,
+    /// The configuration file this process runs (absolute).
+    config: Option<PathBuf>,
     /// Whether this process's pid and address are in the file: not when it was locked read-only (a read-only
     /// filesystem), where the file still names the daemon that wrote it last.
     written: bool,
@@ -66,7 +70,8 @@ impl StateLock {
                 // Locked read-only, from a daemon before this one: its pid, which `sonitor reload` would signal,
                 // is replaced by this one's once the filesystem takes writes again.
                 if let Ok(mut f) = OpenOptions::new().write(true).open(&path) {
-                    self.written = write_holder(&mut f, self.metrics).is_ok();
+                    self.written =
+                        write_holder(&mut f, self.metrics, self.config.as_deref()).is_ok();
                 }
             }
             return LockCheck::Held;
@@ -98,7 +103,7 @@ impl StateLock {
         } else {
             BRIEF_HOLD
         };
-        match acquire_within(&self.dir, self.metrics, wait) {
+        match acquire_within(&self.dir, self.metrics, self.config.clone(), wait) {
             Ok(new) => {
                 *self = new;
                 LockCheck::Retaken
@@ -138,15 +143,21 @@ pub fn holder_named(pid: Option<u32>) -> String {
 }
 
 /// Takes the state directory `dir` (which exists) for this process, or says who holds it. `metrics`: where this
-/// process serves its metrics, if it does.
-pub fn acquire(dir: &Path, metrics: Option<SocketAddr>) -> Result<StateLock, LockError> {
-    acquire_within(dir, metrics, BRIEF_HOLD)
+/// process serves its metrics, if it does; `config`: the configuration file it runs (made absolute here).
+pub fn acquire(
+    dir: &Path,
+    metrics: Option<SocketAddr>,
+    config: Option<&Path>,
+) -> Result<StateLock, LockError> {
+    let config = config.map(|c| std::fs::canonicalize(c).unwrap_or_else(|_| c.to_path_buf()));
+    acquire_within(dir, metrics, config, BRIEF_HOLD)
 }
 
 /// [`acquire`], waiting up to `brief_hold` for a lock held for a moment.
 fn acquire_within(
     dir: &Path,
     metrics: Option<SocketAddr>,
+    config: Option<PathBuf>,
     brief_hold: std::time::Duration,
 ) -> Result<StateLock, LockError> {
     let path = dir.join(LOCK_FILE);
@@ -188,32 +199,58 @@ fn acquire_within(
     }
     // The pid only names the holder in the message above, and the address only helps `reload` and `status` find
     // it: a failure to write them does not stop the daemon (and on a read-only filesystem there is no writing).
-    let written = writable && write_holder(&mut file, metrics).is_ok();
+    let written = writable && write_holder(&mut file, metrics, config.as_deref()).is_ok();
     Ok(StateLock {
         file,
         dir: dir.to_path_buf(),
         metrics,
+        config,
         written,
         taken_by_other: false,
     })
 }
 
-/// This process's pid, and on a second line the address of its metrics, as the lock file's whole content.
-fn write_holder(file: &mut File, metrics: Option<SocketAddr>) -> std::io::Result<()> {
-    let text = metrics.map_or(String::new(), |a| format!("metrics {a}\n"));
+/// This process's pid, then the address of its metrics and its configuration file, as the lock file's whole
+/// content.
+fn write_holder(
+    file: &mut File,
+    metrics: Option<SocketAddr>,
+    config: Option<&Path>,
+) -> std::io::Result<()> {
+    let mut text = metrics.map_or(String::new(), |a| format!("metrics {a}\n"));
+    // A path with a line break in it (possible, never seen) would not read back: left out.
+    if let Some(c) = config
+        .and_then(|c| c.to_str())
+        .filter(|c| !c.contains('\n'))
+    {
+        text.push_str(&format!("config {c}\n"));
+    }
     file.set_len(0)?;
     file.rewind()?;
     write!(file, "{}\n{text}", std::process::id())
 }
 
 /// What the process holding a state directory wrote in its lock file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Holder {
     /// Its pid; `None` when it could not write it.
     pub pid: Option<u32>,
     /// Where it serves its metrics; `None` when it serves none, or it is a sonitor from before the address was
     /// written.
     pub metrics: Option<SocketAddr>,
+    /// The configuration file it runs, which a reload re-reads; `None` when it did not say (a sonitor from before
+    /// it was written).
+    pub config: Option<PathBuf>,
+}
+
+impl Holder {
+    /// The configuration file the holder runs when it is known and is not `config_path` (compared as absolute
+    /// paths, links resolved): a reload re-reads the holder's file, not `config_path`.
+    pub fn runs_another_file(&self, config_path: &Path) -> Option<&Path> {
+        let theirs = self.config.as_deref()?;
+        let ours = std::fs::canonicalize(config_path).ok()?;
+        (ours != theirs).then_some(theirs)
+    }
 }
 
 /// Whether a process holds the state directory `dir` now, and what it wrote of itself; creates and keeps nothing
@@ -231,7 +268,7 @@ pub fn holder(dir: &Path) -> Option<Holder> {
         match flock_holder(&file) {
             Some(pid) if written.pid != Some(pid) => Holder {
                 pid: Some(pid),
-                metrics: None,
+                ..Holder::default()
             },
             _ => written,
         }
@@ -302,6 +339,10 @@ fn holder_in(file: &mut File) -> Holder {
             .lines()
             .find_map(|l| l.strip_prefix("metrics "))
             .and_then(|a| a.trim().parse().ok()),
+        config: text
+            .lines()
+            .find_map(|l| l.strip_prefix("config "))
+            .map(PathBuf::from),
     }
 }
 
@@ -313,10 +354,10 @@ mod tests {
     fn a_held_state_directory_is_refused_with_its_holder_and_free_again_once_released() {
         let d = tempfile::tempdir().unwrap();
         let addr: SocketAddr = "127.0.0.1:9470".parse().unwrap();
-        let held = acquire(d.path(), Some(addr)).unwrap();
+        let held = acquire(d.path(), Some(addr), None).unwrap();
         // flock locks belong to the open file description: a second open in this process conflicts as another
         // process's would.
-        let e = acquire(d.path(), None).unwrap_err();
+        let e = acquire(d.path(), None, None).unwrap_err();
         let pid = std::process::id();
         assert!(
             matches!(e, LockError::Held { pid: Some(p), .. } if p == pid),
@@ -329,18 +370,34 @@ mod tests {
             holder(d.path()),
             Some(Holder {
                 pid: Some(pid),
-                metrics: Some(addr)
+                metrics: Some(addr),
+                config: None,
             })
         );
         drop(held);
         // The address of a daemon gone is no one's.
         assert_eq!(holder(d.path()), None);
-        let again = acquire(d.path(), None).unwrap();
+        let again = acquire(d.path(), None, None).unwrap();
         assert_eq!(
             std::fs::read_to_string(d.path().join(LOCK_FILE)).unwrap(),
             format!("{pid}\n")
         );
         assert_eq!(holder(d.path()).unwrap().metrics, None);
+        drop(again);
+        // The configuration file it runs, made absolute: named to `reload` and `validate` of another file.
+        let file = d.path().join("sonitor.toml");
+        std::fs::write(&file, "").unwrap();
+        let relative = d.path().join(".").join("sonitor.toml");
+        let again = acquire(d.path(), None, Some(&relative)).unwrap();
+        let h = holder(d.path()).unwrap();
+        assert_eq!(h.config, Some(std::fs::canonicalize(&file).unwrap()));
+        assert_eq!(h.runs_another_file(&relative), None);
+        let copy = d.path().join("copy.toml");
+        std::fs::write(&copy, "").unwrap();
+        assert_eq!(
+            h.runs_another_file(&copy),
+            Some(std::fs::canonicalize(&file).unwrap().as_path())
+        );
         drop(again);
         // The file of a sonitor from before the address was written: its pid alone.
         std::fs::write(d.path().join(LOCK_FILE), format!("{pid}\n")).unwrap();
@@ -350,7 +407,7 @@ mod tests {
             holder(d.path()),
             Some(Holder {
                 pid: Some(pid),
-                metrics: None
+                ..Holder::default()
             })
         );
     }
@@ -360,14 +417,14 @@ mod tests {
     #[test]
     fn a_daemon_starting_during_validates_probe_waits_for_it() {
         let d = tempfile::tempdir().unwrap();
-        drop(acquire(d.path(), None).unwrap());
+        drop(acquire(d.path(), None, None).unwrap());
         let probe = File::open(d.path().join(LOCK_FILE)).unwrap();
         assert!(try_flock(&probe, libc::LOCK_SH).unwrap());
         let released = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(100));
             drop(probe);
         });
-        let held = acquire(d.path(), None);
+        let held = acquire(d.path(), None, None);
         released.join().unwrap();
         assert!(held.is_ok(), "{held:?}");
     }
@@ -376,7 +433,7 @@ mod tests {
     fn a_state_directory_that_cannot_hold_the_lock_file_is_named() {
         let d = tempfile::tempdir().unwrap();
         assert_eq!(holder(d.path()), None);
-        let e = acquire(&d.path().join("missing"), None).unwrap_err();
+        let e = acquire(&d.path().join("missing"), None, None).unwrap_err();
         assert!(matches!(e, LockError::Io { .. }), "{e:?}");
         assert!(e.to_string().contains("sonitor.lock"), "{e}");
     }
@@ -395,6 +452,7 @@ mod tests {
             file,
             dir: d.path().to_path_buf(),
             metrics: Some(addr),
+            config: None,
             written: false,
             taken_by_other: false,
         };
@@ -414,7 +472,7 @@ mod tests {
     fn the_holder_is_the_process_holding_the_lock_not_the_pid_written() {
         let d = tempfile::tempdir().unwrap();
         let addr: SocketAddr = "127.0.0.1:9470".parse().unwrap();
-        let _held = acquire(d.path(), Some(addr)).unwrap();
+        let _held = acquire(d.path(), Some(addr), None).unwrap();
         let pid = std::process::id();
         assert_eq!(holder(d.path()).and_then(|h| h.pid), Some(pid));
         std::fs::write(d.path().join(LOCK_FILE), "999999\nmetrics 127.0.0.1:1\n").unwrap();
@@ -422,7 +480,7 @@ mod tests {
             holder(d.path()),
             Some(Holder {
                 pid: Some(pid),
-                metrics: None
+                ..Holder::default()
             })
         );
     }
@@ -432,9 +490,9 @@ mod tests {
     #[test]
     fn a_lock_file_taken_by_another_is_not_waited_for_twice() {
         let d = tempfile::tempdir().unwrap();
-        let mut lock = acquire(d.path(), None).unwrap();
+        let mut lock = acquire(d.path(), None, None).unwrap();
         std::fs::remove_file(d.path().join(LOCK_FILE)).unwrap();
-        let other = acquire(d.path(), None).unwrap();
+        let other = acquire(d.path(), None, None).unwrap();
         let t0 = std::time::Instant::now();
         let pid = std::process::id();
         assert_eq!(lock.check(), LockCheck::TakenBy(Some(pid)));

@@ -304,7 +304,7 @@ pub fn status(config_path: &Path, json: bool) -> i32 {
         None => Config::state_dir_of(config_path),
     };
     let held = dir.as_deref().and_then(crate::state_lock::holder);
-    let holder = held.unwrap_or_default();
+    let holder = held.clone().unwrap_or_default();
     // The running daemon's metrics, where its lock file says (the file may have moved `[metrics] listen` since,
     // which only a restart applies), else the file's.
     let (code, reload_ok) = match (holder.metrics.or(cfg.and_then(|c| c.metrics.addr())), &dir) {

@@ -145,7 +145,7 @@ fn the_shipped_demo_raises_the_alarm_during_the_fault_only() {
     std::fs::create_dir_all(busy.join("outbox")).unwrap();
     std::fs::write(busy.join("sonitor-demo.toml"), "# the running demo's\n").unwrap();
     std::fs::write(busy.join("alarms.json"), "{}").unwrap();
-    let held = sonitor::state_lock::acquire(&busy, None).unwrap();
+    let held = sonitor::state_lock::acquire(&busy, None, None).unwrap();
     let stderr = demo_refused(&busy);
     assert!(
         stderr.contains(&format!("another sonitor (pid {})", std::process::id()))

@@ -1001,6 +1001,38 @@ fn the_reload_command_reports_whether_the_daemon_applied_the_file() {
     let (code, text) = reload();
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("applied"), "{text}");
+    // Another file on the same state directory (a copy being edited): the daemon would re-read its own file, so
+    // nothing is sent, where "applied" was said of a file whose threshold never took effect; `validate` of it
+    // says so too.
+    let other = d.path().join("copy.toml");
+    std::fs::write(
+        &other,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("raise_k = 2\n", "raise_k = 2\nthreshold = 0.3\n"),
+    )
+    .unwrap();
+    let runs = std::fs::canonicalize(&cfg).unwrap();
+    let (code, text, _) = sonitor_on(&["reload", "--timeout", "20"], &other);
+    assert_eq!(code, Some(78), "{text}");
+    assert!(
+        text.contains(&format!(
+            "runs {}, and a reload re-reads that file",
+            runs.display()
+        )) && text.contains("nothing sent"),
+        "{text}"
+    );
+    let (code, text, _) = sonitor_on(&["validate"], &other);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains(&format!("now with another file, {}", runs.display())),
+        "{text}"
+    );
+    let (_, text, _) = sonitor_on(&["validate"], &cfg);
+    assert!(
+        text.contains("takes effect there when it reloads"),
+        "{text}"
+    );
     // `sonitor status` reads the same metrics: the machine, its threshold in force and its model.
     let (code, shown) = sonitor(&["status"]);
     assert_eq!(code, Some(0), "{shown}");
