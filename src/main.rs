@@ -24,7 +24,8 @@ enum Cmd {
         #[arg(long, short, default_value = "/etc/sonitor/sonitor.toml")]
         config: PathBuf,
     },
-    /// Checks a configuration (files, bundles, sections, channels, devices, ports); exit status 78 on problems.
+    /// Checks a configuration (files, bundles, sections, channels, devices, addresses; not whether the metrics port
+    /// is free, which the running daemon holds); exit status 78 on problems.
     Validate {
         #[arg(long, short, default_value = "/etc/sonitor/sonitor.toml")]
         config: PathBuf,
