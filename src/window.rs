@@ -303,7 +303,9 @@ pub fn spawn_reader(
                     for s in &states {
                         let m = &metrics.machines[s.tap.machine].name;
                         let model_rate = s.tap.features.sample_rate;
-                        if let Some(w) = below_model_rate(m, &input, new.sample_rate, model_rate) {
+                        if let Some(w) =
+                            below_model_rate_unsaid(m, &input, new.sample_rate, model_rate)
+                        {
                             log::warn!("{w}");
                         }
                     }
@@ -575,11 +577,48 @@ fn start_stream(states: &mut [TapState], name: &str, sample_rate: u32, channels:
     }
 }
 
+/// The machines and input rates [`below_model_rate`] has warned of in this process: a stream opened at a rate
+/// the start's check already named is not warned of again ([`below_model_rate_unsaid`]).
+static BELOW_RATE_SAID: std::sync::Mutex<Vec<(String, u32)>> = std::sync::Mutex::new(Vec::new());
+
 /// A machine's input sampled below its model's rate: upsampled, it leaves the top of the band the model learned
 /// empty (an 8 kHz microphone gives a 16 kHz model nothing above 4 kHz), which scores as a sound the machine never
-/// made. Said by `validate` and at each stream `run` opens; not refused, as the machine is better watched badly
-/// than not at all until someone changes the device.
+/// made. Said by `validate`, by the check at a start and a reload, and when a stream opens at a rate not said
+/// before in the process (a capture device that did not answer the start's check, or reopened at another rate);
+/// not refused, as the machine is better watched badly than not at all until someone changes the device.
 pub fn below_model_rate(
+    machine: &str,
+    input: &str,
+    input_rate: u32,
+    model_rate: u32,
+) -> Option<String> {
+    let said = (input_rate < model_rate).then(|| (machine.to_string(), input_rate))?;
+    let mut known = BELOW_RATE_SAID.lock().unwrap_or_else(|e| e.into_inner());
+    if !known.contains(&said) {
+        known.push(said);
+    }
+    drop(known);
+    below_model_rate_text(machine, input, input_rate, model_rate)
+}
+
+/// [`below_model_rate`], `None` when this machine and rate were warned of before in this process.
+fn below_model_rate_unsaid(
+    machine: &str,
+    input: &str,
+    input_rate: u32,
+    model_rate: u32,
+) -> Option<String> {
+    let said = BELOW_RATE_SAID
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(&(machine.to_string(), input_rate));
+    if said {
+        return None;
+    }
+    below_model_rate(machine, input, input_rate, model_rate)
+}
+
+fn below_model_rate_text(
     machine: &str,
     input: &str,
     input_rate: u32,

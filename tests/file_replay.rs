@@ -79,7 +79,8 @@ fn resampled_multichannel_replay_raises_clears_and_exits() {
 
 /// An input sampled below the model's rate (an 8 kHz recording for a 16 kHz model) leaves the top of the band the
 /// model learned empty: `validate` warns, naming the machine and both rates, without refusing (exit 0), and `run`
-/// warns again when the stream opens, and still scores it: here the normal recording, narrowed, raises an alarm. A 48 kHz input is above the rate: no warning
+/// warns once (its start's check; the stream's open said it a second time), and still scores it: here the normal
+/// recording, narrowed, raises an alarm. A 48 kHz input is above the rate: no warning
 /// (`resampled_multichannel_replay_raises_clears_and_exits` asserts it).
 #[test]
 fn an_input_below_the_models_rate_is_warned_about() {
@@ -103,9 +104,10 @@ fn an_input_below_the_models_rate_is_warned_about() {
     let (code, log) = daemon.wait_exit(Duration::from_secs(60));
     assert_eq!(code, Some(0), "{log}");
     assert!(
-        log.contains("machine 'pump-1': its input (input mic) ") && log.contains(says),
+        log.contains("machine 'pump-1': its input (device 'mic', ") && log.contains(says),
         "{log}"
     );
+    assert_eq!(log.matches(says).count(), 1, "{log}");
     // Still scored: and this normal recording, narrow, scores as a fault (why the warning).
     assert!(log.contains("alarm ON: pump-1"), "{log}");
 }
