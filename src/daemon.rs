@@ -862,6 +862,11 @@ pub fn start(
                 Ok(ReaderEvent::Clip(c)) => ctl.write_clip(c, false),
                 Ok(ReaderEvent::ClipDropped { path }) => ctl.on_clip_failed(&path),
                 Ok(ReaderEvent::Finished { input }) => {
+                    // What the sources said before (the file opened, its end) first: the select takes ready
+                    // channels in any order, and the log said "all files replayed" before "input … open".
+                    while let Ok(e) = src_rx.try_recv() {
+                        on_source_event(&mut ctl, e);
+                    }
                     finished_inputs[input] = true;
                     if exit_when_finished && finished_inputs.iter().all(|f| *f) {
                         log::info!("all files replayed; finishing the pipeline");

@@ -108,6 +108,16 @@ fn an_input_below_the_models_rate_is_warned_about() {
         "{log}"
     );
     assert_eq!(log.matches(says).count(), 1, "{log}");
+    // The log in the order things happened: the file opened and ended, then the replay is over.
+    let at = |what: &str| {
+        log.find(what)
+            .unwrap_or_else(|| panic!("no '{what}' in {log}"))
+    };
+    assert!(
+        at("input mic open") < at("input mic: end of file")
+            && at("input mic: end of file") < at("all files replayed"),
+        "{log}"
+    );
     // Still scored: and this normal recording, narrow, scores as a fault (why the warning).
     assert!(log.contains("alarm ON: pump-1"), "{log}");
 }
