@@ -818,8 +818,13 @@ pub fn start(
     // jumps, so that nobody reads a boot-time alarm as one of days ago without being told.
     let mut clock = crate::clock::ClockWatch::start();
     metrics.clock_synchronized.set(clock.synchronized_gauge());
+    let publishing = if ctl.cfg.mqtt.enabled {
+        format!("topics under {base}")
+    } else {
+        "MQTT off ([mqtt] enabled = false: alarms kept in the outbox)".to_string()
+    };
     log::info!(
-        "sonitor {} running: {} machine(s) on {} input(s), topics under {base}",
+        "sonitor {} running: {} machine(s) on {} input(s), {publishing}",
         crate::VERSION,
         ctl.machines.len(),
         ctl.cfg.devices.len()

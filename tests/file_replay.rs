@@ -108,6 +108,12 @@ fn an_input_below_the_models_rate_is_warned_about() {
         "{log}"
     );
     assert_eq!(log.matches(says).count(), 1, "{log}");
+    // With MQTT off the start says so, not which topics it would publish under.
+    assert!(
+        log.contains("running: 1 machine(s) on 1 input(s), MQTT off")
+            && !log.contains("topics under"),
+        "{log}"
+    );
     // The log in the order things happened: the file opened and ended, then the replay is over.
     let at = |what: &str| {
         log.find(what)
