@@ -808,12 +808,16 @@ pub fn start(
     let mut last_clock = Instant::now();
     let mut lock_complaints = 0u32;
     let mut open_stuck = vec![false; metrics.inputs.len()];
-    let mut finished_inputs = vec![false; ctl.cfg.devices.len()];
-    let exit_when_finished = ctl
+    // The files replayed with `at_end = "exit"`: once every one has been read to its end, the pipeline drains and
+    // the daemon exits, whatever its other inputs (a file looped or stopped, a microphone) do. It waited for every
+    // input to end, which those never do: the daemon ran on, and the ended file's machines read NO_SCORES.
+    let exit_inputs: Vec<bool> = ctl
         .cfg
         .devices
         .iter()
-        .all(|d| d.source == SourceKind::File && d.at_end == crate::config::AtEnd::Exit);
+        .map(|d| d.source == SourceKind::File && d.at_end == crate::config::AtEnd::Exit)
+        .collect();
+    let mut finished_inputs = vec![false; ctl.cfg.devices.len()];
     // Alarm times follow the system clock: say when it cannot be trusted (a Pi before NTP answers) and when it
     // jumps, so that nobody reads a boot-time alarm as one of days ago without being told.
     let mut clock = crate::clock::ClockWatch::start();
@@ -873,10 +877,21 @@ pub fn start(
                         on_source_event(&mut ctl, e);
                     }
                     finished_inputs[input] = true;
-                    if exit_when_finished && finished_inputs.iter().all(|f| *f) {
-                        log::info!("all files replayed; finishing the pipeline");
+                    let replayed = |k: usize| !exit_inputs[k] || finished_inputs[k];
+                    if (0..exit_inputs.len()).all(replayed) {
+                        if exit_inputs.iter().all(|e| *e) {
+                            log::info!("all files replayed; finishing the pipeline");
+                        } else {
+                            log::info!(
+                                "all files with at_end = \"exit\" replayed; finishing the pipeline (the other \
+                                 inputs stop with it)"
+                            );
+                        }
                         draining_since = Some(Instant::now());
                         tick = crossbeam_channel::tick(Duration::from_millis(100));
+                    } else {
+                        // Its machines get no more audio while another such file plays on.
+                        ctl.input_down(input, Some("end of file".into()));
                     }
                 }
                 Err(_) => {}

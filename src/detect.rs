@@ -1616,7 +1616,8 @@ impl Controller {
         }
         let mut waiting = Vec::new();
         let models = self.apply_models(changes, checked.embedders, &mut waiting);
-        let mut changed = 0;
+        let mut changed = Vec::new();
+        let (mut enabled, mut disabled) = (Vec::new(), Vec::new());
         for i in 0..self.machines.len() {
             let name = self.machines[i].cfg.name.clone();
             let nm = new.machines.iter().find(|m| m.name == name);
@@ -1651,11 +1652,16 @@ impl Controller {
                 m.detector.set_params(p);
             }
             if settings_changed || params_changed {
-                changed += 1;
+                changed.push(name.clone());
             }
             let enabled_changed = m.cfg.enabled != nm.enabled;
             m.cfg.enabled = nm.enabled;
             if enabled_changed {
+                if nm.enabled {
+                    enabled.push(name.clone());
+                } else {
+                    disabled.push(name.clone());
+                }
                 let now_ms = self.machines[i].last_t_ms;
                 let t = self.machines[i].detector.set_enabled(nm.enabled, now_ms);
                 self.machines[i].saved.enabled = nm.enabled;
@@ -1676,8 +1682,29 @@ impl Controller {
         } else {
             format!("; waiting for a restart: {}", waiting.join(", "))
         };
+        // Each list with its machines' names: the journal after a reload says which machines it changed.
+        let named = |v: &[String]| {
+            if v.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", v.join(", "))
+            }
+        };
+        let mut flags = String::new();
+        if !enabled.is_empty() {
+            flags.push_str(&format!(", {} enabled{}", enabled.len(), named(&enabled)));
+        }
+        if !disabled.is_empty() {
+            flags.push_str(&format!(
+                ", {} disabled{}",
+                disabled.len(),
+                named(&disabled)
+            ));
+        }
         log::info!(
-            "reloaded {path}: {changed} machine(s) with new detector settings, {models} with a new model{after}"
+            "reloaded {path}: {} machine(s) with new detector settings{}, {models} with a new model{flags}{after}",
+            changed.len(),
+            named(&changed)
         );
         Some(waiting)
     }
@@ -1839,7 +1866,7 @@ impl Controller {
 
     /// Input `input` is down (`reason`, when there is one to compare the next failure with): its machines get no
     /// audio.
-    fn input_down(&mut self, input: usize, reason: Option<String>) {
+    pub(crate) fn input_down(&mut self, input: usize, reason: Option<String>) {
         self.inputs[input] = InputState::Down(reason);
         for i in 0..self.machines.len() {
             if self.machines[i].input == input {

@@ -128,6 +128,63 @@ fn an_input_below_the_models_rate_is_warned_about() {
     assert!(log.contains("alarm ON: pump-1"), "{log}");
 }
 
+/// `at_end = "exit"` beside inputs that do not end (a looped file here, a microphone alike): the daemon exits once
+/// every "exit" file has been replayed. It waited for every input to end, which a looped one never does: it ran
+/// on, and the ended file's machine read NO_SCORES ("no window for 10 s though input … is open"). An "exit" file
+/// that ends while another plays on leaves its machine NO_AUDIO until then.
+#[test]
+fn the_daemon_exits_once_its_exit_files_are_replayed_whatever_the_other_inputs() {
+    let d = tempfile::tempdir().unwrap();
+    let (b, short) =
+        common::bundle_and_wav(d.path(), "short.wav", &common::recording(2.0, 0.0, 0.0));
+    let long = d.path().join("long.wav");
+    common::write_wav(&long, &common::recording(6.0, 0.0, 0.0));
+    let looped = d.path().join("looped.wav");
+    common::write_wav(&looped, &common::recording(3.0, 0.0, 0.0));
+    let device = |name: &str, wav: &std::path::Path, at_end: &str| {
+        format!(
+            "[[devices]]\nname = \"{name}\"\nsource = \"file\"\npath = \"{}\"\nrealtime = true\nat_end = \"{at_end}\"\n",
+            wav.display()
+        )
+    };
+    let machine = |name: &str, dev: &str| {
+        format!(
+            "[[machines]]\nname = \"{name}\"\ndevice = \"{dev}\"\nbundle = \"{}\"\nsection = \"pump/section_00\"\n",
+            b.dir.display()
+        )
+    };
+    let devices = [
+        device("mic", &short, "exit"),
+        device("long", &long, "exit"),
+        device("loop", &looped, "loop"),
+    ]
+    .concat();
+    let extra = [machine("pump-2", "long"), machine("pump-3", "loop")].concat();
+    let cfg = common::config(d.path(), &devices, &b.dir, 1, &extra);
+    common::edit(&cfg, |t| t.replace("[mqtt]\n", "[mqtt]\nenabled = false\n"));
+    let t0 = std::time::Instant::now();
+    let mut daemon = common::Daemon::start(&cfg, &[]);
+    let (code, log) = daemon.wait_exit(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("all files with at_end = \"exit\" replayed; finishing the pipeline"),
+        "{log}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+    let at = |what: &str| {
+        log.find(what)
+            .unwrap_or_else(|| panic!("no '{what}' in {log}"))
+    };
+    assert!(
+        at("health of pump-1: NO_AUDIO") < at("input long: end of file"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("NO_SCORES") && !log.contains("no window for"),
+        "{log}"
+    );
+}
+
 /// A replayed file that is cut short while it plays (`at_end = "exit"`): the error is logged as the end of the
 /// replay, not as a reopening that never comes, and the daemon exits with EX_IOERR (74) instead of 0.
 #[test]
@@ -1099,6 +1156,16 @@ fn the_reload_command_reports_whether_the_daemon_applied_the_file() {
         &common::scrape(&cfg),
         &[("sonitor_config_restart_pending", 0.0)],
     );
+    // A machine disabled, then enabled, in the file: the reload's line names it (it said "0 machine(s) with new
+    // detector settings, 0 with a new model", and nothing else).
+    common::edit(&cfg, |t| {
+        t.replace("raise_k = 2\n", "raise_k = 2\nenabled = false\n")
+    });
+    assert_eq!(reload().0, Some(0));
+    daemon.wait_log(", 1 disabled (pump-1)", Duration::from_secs(5));
+    std::fs::write(&cfg, &good).unwrap();
+    assert_eq!(reload().0, Some(0));
+    daemon.wait_log(", 1 enabled (pump-1)", Duration::from_secs(5));
 
     // Refused by the daemon (the same check as `validate`): the running configuration stays, and the exit says so.
     common::edit(&cfg, |t| {
@@ -1147,7 +1214,7 @@ fn the_reload_command_reports_whether_the_daemon_applied_the_file() {
     let m = common::scrape(&cfg);
     assert_eq!(
         common::metric(&m, "sonitor_config_reloads_total"),
-        Some(4.0),
+        Some(6.0),
         "{m}"
     );
 

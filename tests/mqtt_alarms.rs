@@ -142,6 +142,23 @@ fn broker_outage_and_daemon_restart_lose_no_transition() {
     let outbox = rig.path().join("state/outbox");
     let waiting = std::fs::read_dir(&outbox).unwrap().count();
     assert_eq!(waiting, 4, "ON, start, OFF, end wait in the outbox");
+    // The log names the wait in force as it grows, once a wait: its last line said "retrying in 100ms" through
+    // a whole outage of longer waits.
+    daemon.wait_log(
+        "still failing; retrying in 500ms (reconnect_max: every try from now on)",
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        daemon
+            .log
+            .lock()
+            .unwrap()
+            .matches("retrying in 500ms")
+            .count(),
+        1,
+        "{}",
+        daemon.log.lock().unwrap()
+    );
 
     // The broker returns: everything arrives, in order.
     rig.broker.restart();
@@ -266,7 +283,7 @@ fn a_reload_applies_the_bundle_as_it_is_on_disk() {
         Duration::from_secs(5),
     );
     daemon.wait_log(
-        "1 machine(s) with new detector settings, 1 with a new model",
+        "1 machine(s) with new detector settings (pump-1), 1 with a new model",
         Duration::from_secs(5),
     );
     common::wait_metrics(&cfg, Duration::from_secs(5), "the new threshold", |m| {

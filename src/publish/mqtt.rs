@@ -1013,6 +1013,9 @@ fn run(
     let mut retry_at: Option<Instant> = None;
     let mut shutdown_deadline: Option<Instant> = None;
     let mut last_error = String::new();
+    // The wait the log named last: a failure that repeats is logged again only when the wait grows, so the
+    // log's last line names the wait in force ("retrying in 1s" stood for half a minute of silence at 32 s).
+    let mut last_wait_logged = Duration::ZERO;
     let mut connected_at: Option<Instant> = None;
     let endpoint = format!("{}:{}", q.host, q.port);
     let client_id = q.client_id.clone().unwrap_or_default();
@@ -1283,6 +1286,18 @@ fn run(
                         "mqtt: {endpoint}: {msg}; retrying in {:?} (alarm messages wait in the outbox)",
                         backoff
                     );
+                    last_wait_logged = backoff;
+                } else if backoff != last_wait_logged {
+                    let most = if backoff == q.reconnect_max {
+                        " (reconnect_max: every try from now on)"
+                    } else {
+                        ""
+                    };
+                    log::warn!(
+                        "mqtt: {endpoint}: still failing; retrying in {backoff:?}{most} (alarm messages wait in the \
+                         outbox)"
+                    );
+                    last_wait_logged = backoff;
                 }
                 last_error = msg;
                 retry_at = Instant::now().checked_add(backoff);
@@ -1370,7 +1385,7 @@ impl Waiting {
         // One line per command message at most, its drop included: a flood is summed up once, not twice.
         let logged = log.allow();
         if logged {
-            log::info!("mqtt: command {c}");
+            log::info!("mqtt: command received: {c}");
         }
         self.flush(commands);
         let c = if self.held.is_empty() {
