@@ -839,6 +839,8 @@ pub fn start(
     let every = watchdog.map_or(Duration::from_secs(1), |w| w.min(Duration::from_secs(1)));
     let mut tick = crossbeam_channel::tick(every);
     let mut draining_since: Option<Instant> = None;
+    // While draining: the windows scored so far, and when that count last grew.
+    let mut drain_progress = (0u64, Instant::now());
     let mut exit_code = 0;
     loop {
         select! {
@@ -888,6 +890,7 @@ pub fn start(
                             );
                         }
                         draining_since = Some(Instant::now());
+                        drain_progress = (0, Instant::now());
                         tick = crossbeam_channel::tick(Duration::from_millis(100));
                     } else {
                         // Its machines get no more audio while another such file plays on.
@@ -924,10 +927,17 @@ pub fn start(
             break;
         }
         if let Some(since) = draining_since {
-            // Windows already cut still go through features and inference.
+            // Windows already cut still go through features and inference, for as long as inference goes on:
+            // given up only after 10 s without a window scored (a pipeline stuck). A flat 10 s dropped the last
+            // windows of a slow machine's queue (the demo on an emulated ARM board lost its last 14 and the
+            // alarm's end).
             let idle = win_queue_empty(&metrics);
+            let scored: u64 = metrics.machines.iter().map(|m| m.inferences.get()).sum();
+            if scored != drain_progress.0 {
+                drain_progress = (scored, Instant::now());
+            }
             if (idle && since.elapsed() > Duration::from_millis(500))
-                || since.elapsed() > Duration::from_secs(10)
+                || drain_progress.1.elapsed() > Duration::from_secs(10)
             {
                 while let Ok(s) = score_rx.try_recv() {
                     ctl.on_score(s);

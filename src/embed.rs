@@ -300,6 +300,8 @@ pub fn spawn_inference(
                 while let Ok(swap) = swaps.try_recv() {
                     swap.apply(&mut embedders, &mut scorers);
                 }
+                // A slow board, in tests: each window takes the pause.
+                crate::fault::pause("inference");
                 let sc = &scorers[f.machine];
                 let m = &metrics.machines[f.machine];
                 // A window whose features failed (counted and logged by the feature thread) is not embedded.
