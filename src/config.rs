@@ -2343,6 +2343,13 @@ mod tests {
         p
     }
 
+    /// Why the configuration `text`, written in `dir`, is refused.
+    fn refusal(dir: &Path, text: &str) -> String {
+        Config::load_with_env(&write(dir, text), [])
+            .unwrap_err()
+            .to_string()
+    }
+
     fn minimal(dir: &Path) -> String {
         format!(
             r#"
@@ -3082,11 +3089,7 @@ min_duration = "3s"
     fn a_machine_key_misspelt_or_missing_is_named_with_what_was_meant() {
         let d = tempfile::tempdir().unwrap();
         let base = minimal(d.path());
-        let refused = |text: String| {
-            Config::load_with_env(&write(d.path(), &text), [])
-                .unwrap_err()
-                .to_string()
-        };
+        let refused = |text: String| refusal(d.path(), &text);
         let e = refused(base.replace("section = ", "secton = "));
         assert!(
             e.contains("machine 'pump-1': machines[0] has an unknown key `secton`: did you mean `section`?"),
@@ -3141,11 +3144,7 @@ min_duration = "3s"
     fn a_table_written_as_a_list_or_a_list_as_a_table_says_which_brackets() {
         let d = tempfile::tempdir().unwrap();
         let base = format!("{}[mqtt]\nenabled = false\n", minimal(d.path()));
-        let refused = |text: String| {
-            Config::load_with_env(&write(d.path(), &text), [])
-                .unwrap_err()
-                .to_string()
-        };
+        let refused = |text: String| refusal(d.path(), &text);
         let e = refused(base.replace("[[machines]]", "[machines]"));
         assert!(
             e.contains("[machines] is one table, and machines are a list: write [[machines]]"),
