@@ -592,13 +592,20 @@ pub fn below_model_rate(
     input_rate: u32,
     model_rate: u32,
 ) -> Option<String> {
-    let said = (input_rate < model_rate).then(|| (machine.to_string(), input_rate))?;
+    if input_rate >= model_rate {
+        return None;
+    }
+    let said = (machine.to_string(), input_rate);
     let mut known = BELOW_RATE_SAID.lock().unwrap_or_else(|e| e.into_inner());
     if !known.contains(&said) {
         known.push(said);
     }
-    drop(known);
-    below_model_rate_text(machine, input, input_rate, model_rate)
+    Some(format!(
+        "machine '{machine}': its input ({input}) is sampled at {input_rate} Hz, below its model's {model_rate} Hz: \
+         the model's band above {} Hz gets no sound, so its scores are not those of the recordings it learned from \
+         and may raise false alarms; capture or record at {model_rate} Hz or more",
+        input_rate / 2
+    ))
 }
 
 /// [`below_model_rate`], `None` when this machine and rate were warned of before in this process.
@@ -612,26 +619,9 @@ fn below_model_rate_unsaid(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .contains(&(machine.to_string(), input_rate));
-    if said {
-        return None;
-    }
-    below_model_rate(machine, input, input_rate, model_rate)
-}
-
-fn below_model_rate_text(
-    machine: &str,
-    input: &str,
-    input_rate: u32,
-    model_rate: u32,
-) -> Option<String> {
-    (input_rate < model_rate).then(|| {
-        format!(
-            "machine '{machine}': its input ({input}) is sampled at {input_rate} Hz, below its model's \
-             {model_rate} Hz: the model's band above {} Hz gets no sound, so its scores are not those of the \
-             recordings it learned from and may raise false alarms; capture or record at {model_rate} Hz or more",
-            input_rate / 2
-        )
-    })
+    (!said)
+        .then(|| below_model_rate(machine, input, input_rate, model_rate))
+        .flatten()
 }
 
 /// A warning for a machine whose input (`input`, at `input_rate`) is resampled down to its model's rate and whose
