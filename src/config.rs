@@ -568,7 +568,8 @@ fn default_clip_fraction() -> f32 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
-    /// Windows waiting for features / inference; beyond it windows are dropped and counted.
+    /// Windows waiting for features / inference beyond one per machine (a hop brings one window of each machine
+    /// at once); beyond it windows are dropped, counted and logged.
     #[serde(default = "default_queue")]
     pub queue: usize,
 }

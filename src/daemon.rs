@@ -506,6 +506,7 @@ pub fn start(
             health: "NO_AUDIO".into(),
             unscored: 0,
             last_window: Instant::now(),
+            dropped_at_last_window: 0,
             starved: false,
         };
         let p = Controller::params_of(&rt);
@@ -604,7 +605,10 @@ pub fn start(
 
     // Pipeline.
     let stop = Arc::new(AtomicBool::new(false));
-    let queue = cfg.pipeline.queue;
+    // Every machine of an input cuts its window at the same sample, so a hop can bring one window per machine at
+    // once: the queues hold `pipeline.queue` more than that. With the queue alone (8), 16 machines on one input
+    // lost the same 7 machines' windows at every hop while the CPU idled, and those machines were never watched.
+    let queue = cfg.pipeline.queue + cfg.machines.len();
     let (win_tx, win_rx) = bounded(queue);
     let (feat_tx, feat_rx) = bounded(queue);
     let (feat_recycle_tx, feat_recycle_rx) = bounded(queue * 2 + 2);
@@ -806,6 +810,11 @@ pub fn start(
     let mut wd_marks = WatchMarks::default();
     let mut last_status = Instant::now() - Duration::from_secs(60);
     let mut last_clock = Instant::now();
+    // Per input: the dropped samples last logged (a line at the first and at each doubling).
+    let mut ring_losses_logged = vec![0u64; metrics.inputs.len()];
+    // The loop's last long hold-up and when it ended: a file replay or a device catches up over the next seconds,
+    // which is when its ring overflows.
+    let mut last_hold: Option<(Instant, Duration)> = None;
     let mut lock_complaints = 0u32;
     let mut open_stuck = vec![false; metrics.inputs.len()];
     // The files replayed with `at_end = "exit"`: once every one has been read to its end, the pipeline drains and
@@ -970,8 +979,16 @@ pub fn start(
         // not up to 10 s later, which a power cut right after NTP's step would have caught with the old ends.
         if last_clock.elapsed() >= Duration::from_secs(1) {
             // A loop held up (a reload building a graph) has windows waiting for it: not a machine without any.
-            let on_time = last_clock.elapsed() < Duration::from_secs(3);
+            let held_up = last_clock.elapsed();
+            let on_time = held_up < Duration::from_secs(3);
             last_clock = Instant::now();
+            if !on_time {
+                last_hold = Some((Instant::now(), held_up));
+            }
+            let recent_hold = last_hold
+                .filter(|(at, _)| at.elapsed() < Duration::from_secs(10))
+                .map(|(_, d)| d);
+            log_ring_losses(&ctl.cfg, &metrics, &mut ring_losses_logged, recent_hold);
             if clock.check_jump() {
                 metrics.clock_jumps.inc();
                 ctl.on_clock_jump();
@@ -1178,5 +1195,35 @@ fn release_free_heap() {
     // SAFETY: malloc_trim only releases memory that no allocation holds; it takes no pointer.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// Logs audio an input's ring dropped (the reader fell behind: the CPU starved, the process stopped), at its first
+/// sample and at each doubling of the count. Only `sonitor_dropped_samples_total` said so: 42 s of audio went after
+/// a SIGSTOP without a line, health `OK`. `held_up`: how long this loop was held up lately (over 3 s, in the last
+/// 10 s), named as the likely cause: the whole process was held, not only the reader.
+fn log_ring_losses(cfg: &Config, metrics: &Metrics, logged: &mut [u64], held_up: Option<Duration>) {
+    for (i, last) in logged.iter_mut().enumerate() {
+        let (Some(input), Some(d)) = (metrics.inputs.get(i), cfg.devices.get(i)) else {
+            continue;
+        };
+        let n = input.dropped_samples.get();
+        if n == 0 || (*last != 0 && n.ilog2() <= last.ilog2()) {
+            continue;
+        }
+        let held = held_up.map_or_else(String::new, |h| {
+            format!(
+                " (this daemon was held up for {:.0} s: stopped, or starved of CPU)",
+                h.as_secs_f64()
+            )
+        });
+        log::warn!(
+            "input {}: {n} samples dropped so far: its ring was full, as its reader fell behind the audio{held} \
+             (sonitor_dropped_samples_total); the windows across each gap are lost and start again after it; a \
+             larger `ring_seconds` (now {} s) rides out longer stalls",
+            d.name,
+            d.ring_seconds
+        );
+        *last = n;
     }
 }

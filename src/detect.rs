@@ -279,6 +279,9 @@ pub(crate) struct MachineRt {
     /// When its last window arrived (or its input opened, if later): with its input open, windows that stop
     /// coming make it [`Self::starved`].
     pub(crate) last_window: Instant,
+    /// Its windows dropped on a full queue (`sonitor_dropped_windows_total`) when its last window arrived: more
+    /// since, and [`Self::starved`] names the queue, not gaps in its audio.
+    pub(crate) dropped_at_last_window: u64,
     /// No window for [`MachineRt::starved_after`] though its input is open: audio lost in gaps (device overruns,
     /// a full ring) more often than a window takes, so that no window is ever whole. Health `NO_SCORES`.
     pub(crate) starved: bool,
@@ -1336,6 +1339,11 @@ impl Controller {
         crate::fault::point("controller");
         let i = s.machine;
         self.machines[i].last_window = Instant::now();
+        self.machines[i].dropped_at_last_window = self
+            .metrics
+            .machines
+            .get(i)
+            .map_or(0, |m| m.dropped_windows.get());
         if std::mem::take(&mut self.machines[i].starved) && !self.machines[i].removed {
             log::info!("{}: its windows come again", self.machines[i].cfg.name);
             self.health_changed(i);
@@ -1426,7 +1434,10 @@ impl Controller {
             self.window_handled(i, s.t_end_ms);
             return;
         }
+        // The gauge, like the histogram, holds judged windows only: a dead microphone's windows score high (0.42
+        // against a threshold of 0.05 in a review) and a rule `sonitor_score > sonitor_threshold` fired on them.
         self.metrics.machines[i].scores.observe(score);
+        self.metrics.machines[i].score.set_f64(score);
         let t = {
             let m = &mut self.machines[i];
             m.last_score = Some(score);
@@ -1482,6 +1493,7 @@ impl Controller {
             | Command::Enabled { machine, .. } => machine.clone(),
         };
         let Some(i) = self.watched(&name) else {
+            self.metrics.commands_rejected.inc();
             if let Some(n) = self.unknown_commands.inc_log_due() {
                 log::warn!(
                     "command for unknown machine {} ignored ({n} for machines not watched here since the start; \
@@ -1911,14 +1923,34 @@ impl Controller {
                 continue;
             }
             let input = &self.cfg.devices[m.input].name;
-            log::warn!(
-                "{}: no window for {} s though input {input} is open: its audio is cut by gaps (device overruns, \
-                 a full ring: sonitor_input_gaps_total, sonitor_dropped_samples_total; a looped file shorter than \
-                 a window) more often than a window takes, or its pipeline is stuck; the machine is not watched \
-                 until its windows come again (a larger ring_seconds or buffer_frames, or less load on the CPU)",
-                m.cfg.name,
-                m.starved_after().as_secs()
-            );
+            let dropped = self
+                .metrics
+                .machines
+                .get(i)
+                .map_or(0, |mm| mm.dropped_windows.get())
+                .saturating_sub(m.dropped_at_last_window);
+            if dropped > 0 {
+                log::warn!(
+                    "{}: no window scored for {} s though input {input} is open: its {dropped} window(s) since \
+                     were dropped on a full queue (sonitor_dropped_windows_total), as the features and inference \
+                     threads do not keep up with the {} machine(s) (see the dropped-window lines above); the \
+                     machine is not watched until its windows come again (fewer machines on this CPU or a smaller \
+                     model)",
+                    m.cfg.name,
+                    m.starved_after().as_secs(),
+                    self.machines.len()
+                );
+            } else {
+                log::warn!(
+                    "{}: no window for {} s though input {input} is open: its audio is cut by gaps (device \
+                     overruns, a full ring: sonitor_input_gaps_total, sonitor_dropped_samples_total; a looped file \
+                     shorter than a window) more often than a window takes, or its pipeline is stuck; the machine \
+                     is not watched until its windows come again (a larger ring_seconds or buffer_frames, or less \
+                     load on the CPU)",
+                    m.cfg.name,
+                    m.starved_after().as_secs()
+                );
+            }
             self.machines[i].starved = true;
             self.health_changed(i);
         }
@@ -2243,6 +2275,7 @@ mod tests {
             health: "OK".into(),
             unscored: 0,
             last_window: Instant::now(),
+            dropped_at_last_window: 0,
             starved: false,
             mute_deadline: None,
             removed: false,

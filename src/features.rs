@@ -24,7 +24,8 @@ pub struct FeatureMsg {
     /// The window's level: RMS over its samples, dBFS ([`window_level_dbfs`]).
     pub level_dbfs: f32,
     pub features: Features,
-    pub cut_at: Instant,
+    /// Seconds the features took to compute (with the model's, `sonitor_inference_seconds_total`).
+    pub compute_seconds: f64,
     pub lossless: bool,
     /// The features could not be computed: `features` holds no input for the model (only a buffer to recycle),
     /// and the window goes to the detector unscored.
@@ -50,6 +51,7 @@ pub fn spawn_features(
         .spawn(move || {
             for w in windows.iter() {
                 crate::fault::point("features");
+                let started = Instant::now();
                 let fx = &mut extractors[w.machine];
                 let mut f = recycled_features
                     .try_recv()
@@ -71,12 +73,14 @@ pub fn spawn_features(
                     }
                 };
                 let machine = w.machine;
+                let t_end_ms = w.t_end_ms;
+                let level_dbfs = window_level_dbfs(&w.samples);
                 let msg = FeatureMsg {
                     machine,
-                    t_end_ms: w.t_end_ms,
-                    level_dbfs: window_level_dbfs(&w.samples),
+                    t_end_ms,
+                    level_dbfs,
                     features: f,
-                    cut_at: w.cut_at,
+                    compute_seconds: started.elapsed().as_secs_f64(),
                     lossless: w.lossless,
                     failed,
                 };
@@ -86,7 +90,10 @@ pub fn spawn_features(
                     out.try_send(msg).is_ok()
                 };
                 if !sent {
-                    metrics.machines[machine].window_dropped();
+                    let m = &metrics.machines[machine];
+                    if let Some(n) = m.window_dropped() {
+                        crate::window::log_dropped_window(m, t_end_ms, n, "the model");
+                    }
                 }
                 if let Some(tx) = machine_input
                     .get(machine)
@@ -127,7 +134,6 @@ mod tests {
             machine: 0,
             t_end_ms,
             samples: (0..len).map(|i| (i as f32 * 0.01).sin() * 0.1).collect(),
-            cut_at: Instant::now(),
             lossless: true,
         };
         win_tx.send(window(1000, good_len - 1)).unwrap();

@@ -218,6 +218,9 @@ pub struct Metrics {
     pub clips_dropped: Counter,
     /// Commands received on MQTT that the daemon's queue could not take.
     pub commands_dropped: Counter,
+    /// Commands received on MQTT and refused (each logged): unreadable, out of range, retained, or for a machine
+    /// not watched here.
+    pub commands_rejected: Counter,
     /// Clips the retention deleted (past clips.max_age, max_count or max_bytes).
     pub clips_removed: Counter,
     pub scores_dropped: Counter,
@@ -239,6 +242,9 @@ pub struct Metrics {
     pub restart_pending: Gauge,
     /// The daemon's node_id, exported with its process id (`sonitor_process_id`).
     pub node_id: String,
+    /// When these metrics were made, at the daemon's start (Unix seconds; `sonitor_start_time_seconds`): a
+    /// restart resets every counter, and this says when it happened.
+    pub started_unix: f64,
 }
 
 impl MachineMetrics {
@@ -248,10 +254,11 @@ impl MachineMetrics {
         self.windows.get() > self.settled.get()
     }
 
-    /// A window dropped on its way (a queue full): counted, and settled.
-    pub fn window_dropped(&self) {
-        self.dropped_windows.inc();
+    /// A window dropped on its way (a queue full): counted, and settled. Returns the count when a log line is due
+    /// ([`Counter::inc_log_due`]).
+    pub fn window_dropped(&self) -> Option<u64> {
         self.settled.inc();
+        self.dropped_windows.inc_log_due()
     }
 }
 
@@ -259,7 +266,11 @@ impl Metrics {
     pub fn new(inputs: &[String], machines: &[String]) -> Self {
         let last_reload_ok = Gauge::default();
         last_reload_ok.set(1);
+        let started_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
         Self {
+            started_unix,
             inputs: inputs
                 .iter()
                 .map(|n| InputMetrics {
@@ -348,7 +359,7 @@ impl Metrics {
         family(
             "sonitor_input_gaps_total",
             "counter",
-            "Breaks in an input's audio (ring overrun or xrun) after which its windows started again.",
+            "Breaks in an input's audio after which its windows started again: a ring overrun, an xrun, or a looped file starting over.",
             inp(&|i| i.gaps.get().to_string()),
         );
         family(
@@ -402,13 +413,13 @@ impl Metrics {
         family(
             "sonitor_inference_seconds_total",
             "counter",
-            "Time spent computing features and running the model.",
+            "Time spent computing features and running the model (the work, not the windows' waits in the queues).",
             mac(&|m| format!("{:.6}", m.inference_seconds_sum.get_f64())),
         );
         family(
             "sonitor_score",
             "gauge",
-            "Latest anomaly score per machine.",
+            "Anomaly score of the latest judged window per machine (a window without signal, or of a machine idle, is not judged).",
             mac(&|m| format!("{}", m.score.get_f64())),
         );
         family(
@@ -540,7 +551,7 @@ impl Metrics {
         family(
             "sonitor_mqtt_dropped_messages_total",
             "counter",
-            "Telemetry and state messages dropped (queue full or not connected).",
+            "Messages the MQTT client's queue could not take (scores, state; alarm messages wait in the outbox instead). While the broker is away no score is published and none is counted here.",
             one(self.mqtt_dropped.get()),
         );
         family(
@@ -592,6 +603,12 @@ impl Metrics {
             one(self.commands_dropped.get()),
         );
         family(
+            "sonitor_commands_rejected_total",
+            "counter",
+            "Commands received on MQTT and refused (logged): unreadable, out of range, retained, or for a machine not watched here.",
+            one(self.commands_rejected.get()),
+        );
+        family(
             "sonitor_clips_removed_total",
             "counter",
             "Evidence clips deleted by the retention (past clips.max_age, max_count or max_bytes).",
@@ -640,6 +657,25 @@ impl Metrics {
             vec![(
                 format!("{{node_id=\"{}\"}}", label(&self.node_id)),
                 std::process::id().to_string(),
+            )],
+        );
+        family(
+            "sonitor_start_time_seconds",
+            "gauge",
+            "When this daemon started (Unix seconds): a new value means a restart, which resets every counter.",
+            vec![(String::new(), format!("{:.3}", self.started_unix))],
+        );
+        family(
+            "sonitor_build_info",
+            "gauge",
+            "1, labelled with the version and the commit this daemon was built from.",
+            vec![(
+                format!(
+                    "{{version=\"{}\",commit=\"{}\"}}",
+                    label(env!("CARGO_PKG_VERSION")),
+                    label(env!("SONITOR_COMMIT"))
+                ),
+                "1".to_string(),
             )],
         );
         family(
@@ -924,6 +960,27 @@ fn answer(mut stream: TcpStream, metrics: &Metrics) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// configs/README.md lists every metric the endpoint serves: 23 of them were named nowhere in the docs.
+    #[test]
+    fn every_metric_is_in_the_configuration_guide() {
+        let guide = include_str!("../configs/README.md");
+        let served = Metrics::new(&["mic".into()], &["pump-1".into()]).render();
+        let families: Vec<&str> = served
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert!(families.len() > 50, "{served}");
+        let missing: Vec<&&str> = families
+            .iter()
+            .filter(|f| !guide.contains(&format!("| `{f}` |")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "not in configs/README.md's table: {missing:?}"
+        );
+    }
 
     /// What the server answers to `request`, sent in pieces with a pause between them.
     fn exchange(addr: SocketAddr, pieces: &[&[u8]]) -> String {

@@ -54,6 +54,9 @@ pub struct MachineStatus {
     /// quantile): after a long normal run, a candidate threshold.
     pub windows_scored: Option<u64>,
     pub score_p999: Option<f64>,
+    /// Windows dropped on a full queue since the start (`sonitor_dropped_windows_total`): the features and
+    /// inference threads did not keep up, and the machine was not watched over them.
+    pub windows_dropped: Option<u64>,
 }
 
 /// The quantile of a machine's window scores that `sonitor status` gives.
@@ -78,6 +81,10 @@ pub struct InputStatus {
     pub dropped_samples: Option<u64>,
     pub overruns: Option<u64>,
     pub reopens: Option<u64>,
+    /// Breaks after which its windows started again (`sonitor_input_gaps_total`: lost audio, or a looped file
+    /// starting over), and stream errors (`sonitor_input_errors_total`).
+    pub gaps: Option<u64>,
+    pub errors: Option<u64>,
 }
 
 impl Snapshot {
@@ -135,6 +142,7 @@ impl Snapshot {
                     model_id: labelled("sonitor_model_info", &m, "model_id", None),
                     windows_scored: count(windows),
                     score_p999: windows.and_then(|n| bucket_quantile(&buckets, n, SCORE_QUANTILE)),
+                    windows_dropped: count(of("sonitor_dropped_windows_total", "machine", &m)),
                     name: m,
                 }
             })
@@ -146,6 +154,8 @@ impl Snapshot {
                 dropped_samples: count(of("sonitor_dropped_samples_total", "input", &i)),
                 overruns: count(of("sonitor_input_xruns_total", "input", &i)),
                 reopens: count(of("sonitor_input_reopens_total", "input", &i)),
+                gaps: count(of("sonitor_input_gaps_total", "input", &i)),
+                errors: count(of("sonitor_input_errors_total", "input", &i)),
                 name: i,
             })
             .collect();
@@ -182,6 +192,7 @@ impl Snapshot {
             "muted",
             "model",
             "p99.9 (windows)",
+            "dropped",
         ]
         .map(String::from)];
         for m in &self.machines {
@@ -203,6 +214,7 @@ impl Snapshot {
                     (Some(p), Some(n)) => format!("{p} ({n})"),
                     _ => "-".into(),
                 },
+                count(m.windows_dropped),
             ]);
         }
         let on = self
@@ -218,16 +230,26 @@ impl Snapshot {
         out.push_str(&table(&rows));
         out.push_str(
             "(p99.9: the score 99.9% of its windows since the start stayed under; after a long normal run, a \
-             candidate threshold)\n",
+             candidate threshold. dropped: windows not scored because the CPU did not keep up)\n",
         );
-        let mut inputs =
-            vec![["input", "up", "dropped samples", "overruns", "reopens"].map(String::from)];
+        let mut inputs = vec![[
+            "input",
+            "up",
+            "dropped samples",
+            "overruns",
+            "gaps",
+            "errors",
+            "reopens",
+        ]
+        .map(String::from)];
         for i in &self.inputs {
             inputs.push([
                 i.name.clone(),
                 yes(i.up).into(),
                 count(i.dropped_samples),
                 count(i.overruns),
+                count(i.gaps),
+                count(i.errors),
                 count(i.reopens),
             ]);
         }
@@ -524,6 +546,10 @@ mod tests {
         for k in 0..1000 {
             pump.scores.observe(if k == 0 { 0.5 } else { 0.01 });
         }
+        for _ in 0..3 {
+            let _ = pump.window_dropped();
+        }
+        m.inputs[0].gaps.inc();
         m.machines[1].health.set(4);
         m.inputs[0].up.set(1);
         m.last_reload_ok.set(0);
@@ -546,16 +572,14 @@ mod tests {
                 "no",
                 "combined-7",
                 "0.01",
-                "(1000)"
+                "(1000)",
+                "3"
             ],
             "{text}"
         );
         assert_eq!(words(lines[3])[4], "NO_SCORES", "{text}");
-        assert_eq!(
-            words(lines[3]).last().map(String::as_str),
-            Some("-"),
-            "{text}"
-        );
+        // No model id yet (an empty cell), no p99.9, nothing dropped.
+        assert_eq!(words(lines[3])[7..], ["-", "0"], "{text}");
         assert!(text.contains("\nmic    yes"), "{text}");
         // MQTT off ([mqtt] enabled = false) is said as such, not as a connection that failed.
         assert!(
@@ -592,5 +616,8 @@ mod tests {
         assert_eq!(j["machines"][1]["health"], "NO_SCORES");
         assert_eq!(j["inputs"][0]["name"], "mic");
         assert_eq!(j["inputs"][0]["up"], true);
+        assert_eq!(pump["windows_dropped"], 3);
+        assert_eq!(j["inputs"][0]["gaps"], 1);
+        assert_eq!(j["inputs"][0]["errors"], 0);
     }
 }

@@ -24,7 +24,7 @@ use sonitor_core::features::FeatureParams;
 
 use crate::capture::StreamHandle;
 use crate::config::HealthConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{MachineMetrics, Metrics};
 
 /// A machine as the pipeline sees it.
 #[derive(Debug, Clone)]
@@ -48,8 +48,20 @@ pub struct WindowMsg {
     /// Stream time of the window's end (ms, model rate).
     pub t_end_ms: u64,
     pub samples: Vec<f32>,
-    pub cut_at: Instant,
     pub lossless: bool,
+}
+
+/// Logs a window dropped on a full queue (at the 1st, 2nd, 4th, … of its machine: `n`): the features or inference
+/// thread does not keep up. Before, only `sonitor_dropped_windows_total` said so, and the machine's `NO_SCORES`
+/// blamed gaps in its audio.
+pub(crate) fn log_dropped_window(m: &MachineMetrics, t_end_ms: u64, n: u64, towards: &str) {
+    log::warn!(
+        "{}: window at {t_end_ms} ms dropped, {n} so far (sonitor_dropped_windows_total): the queue towards {towards} \
+         is full, as the features and inference threads do not keep up with the machines' windows (too many \
+         machines or too large a model for this CPU, or the process was held up); the machine is not watched over \
+         the windows dropped",
+        m.name
+    );
 }
 
 /// The level of a window: RMS over its samples about their mean, in dBFS ([`rms_dbfs`]). A DC offset is no sound:
@@ -504,6 +516,13 @@ fn read_block(
     to: &Outputs,
 ) -> usize {
     let ch = stream.channels.max(1);
+    let dropped = |states: &[TapState]| -> u64 {
+        states
+            .iter()
+            .map(|s| to.metrics.machines[s.tap.machine].dropped_windows.get())
+            .sum()
+    };
+    let dropped_before = dropped(states);
     let n = stream.consumer.pop_slice(whole_frames(scratch, ch));
     cursor.collect(&stream.gaps);
     if cursor.advance(0) {
@@ -528,6 +547,12 @@ fn read_block(
         if cursor.advance(take) {
             after_gap(states, to);
         }
+    }
+    // A full queue takes the windows of the machines cut first and drops the rest, the same machines' at every
+    // hop while it stays full: the next block cuts from the next machine on, so that what a CPU that does not keep
+    // up loses is spread over every machine instead of leaving some never watched.
+    if states.len() > 1 && dropped(states) > dropped_before {
+        states.rotate_left(1);
     }
     n
 }
@@ -923,11 +948,11 @@ fn append_model_audio(
         extend_from_ring(&mut v, &s.audio, start, window);
         let m = &metrics.machines[s.tap.machine];
         m.windows.inc();
+        let t_end_ms = end * 1000 / rate;
         let msg = WindowMsg {
             machine: s.tap.machine,
-            t_end_ms: end * 1000 / rate,
+            t_end_ms,
             samples: v,
-            cut_at: Instant::now(),
             lossless: s.tap.lossless,
         };
         let sent = if s.tap.lossless {
@@ -939,7 +964,9 @@ fn append_model_audio(
             }
         };
         if !sent {
-            m.window_dropped();
+            if let Some(n) = m.window_dropped() {
+                log_dropped_window(m, t_end_ms, n, "features");
+            }
         }
         s.next_window += hop;
     }
@@ -1653,6 +1680,63 @@ mod tests {
         assert_eq!(fed.windows.len(), 2);
         assert_eq!(fed.metrics.machines[0].windows.get(), 11);
         assert_eq!(fed.metrics.machines[0].dropped_windows.get(), 9);
+    }
+
+    /// A queue that stays full drops the windows of the machines cut last: with the machines always cut in one
+    /// order, the same ones lost every window and were never watched. The reader cuts from the next machine after
+    /// a block that dropped windows, so every machine gets its share.
+    #[test]
+    fn a_full_queue_spreads_its_drops_over_the_machines() {
+        let names: Vec<String> = (0..4).map(|i| format!("m{i}")).collect();
+        let metrics = Metrics::new(&["in".into()], &names);
+        let mut states: Vec<TapState> = (0..4)
+            .map(|machine| {
+                TapState::new(MachineTap {
+                    machine,
+                    channel: 0,
+                    ..tap_state(false).tap
+                })
+            })
+            .collect();
+        start_stream(&mut states, "in", 16_000, 1);
+        let audio: Vec<f32> = (0..160_000)
+            .map(|i| ((i * 31 % 200) as f32 - 100.0) / 400.0)
+            .collect();
+        let mut stream = stream_holding(false, 1, audio.len(), &audio);
+        // Room for two windows, taken between blocks: a consumer that keeps up with half a machine.
+        let (wtx, wrx) = crossbeam_channel::bounded(2);
+        let (_rtx, rrx) = crossbeam_channel::bounded::<Vec<f32>>(4);
+        let (etx, _erx) = crossbeam_channel::bounded(1024);
+        let to = Outputs {
+            windows: &wtx,
+            recycled: &rrx,
+            events: &etx,
+            metrics: &metrics,
+            input: 0,
+        };
+        let mut cursor = GapCursor::default();
+        let mut scratch = vec![0.0f32; 8192];
+        let mut got = [0usize; 4];
+        while read_block(
+            &mut states,
+            &mut stream,
+            &mut cursor,
+            &mut scratch,
+            &HealthConfig::default(),
+            &to,
+        ) > 0
+        {
+            for w in wrx.try_iter() {
+                got[w.machine] += 1;
+            }
+        }
+        let dropped: u64 = metrics
+            .machines
+            .iter()
+            .map(|m| m.dropped_windows.get())
+            .sum();
+        assert!(dropped > 0, "{got:?}");
+        assert!(got.iter().all(|&n| n >= 2), "windows per machine: {got:?}");
     }
 
     /// A reader thread for one machine (channel 0 of a 16 kHz mono input, [`tap_state`]'s windows), and the

@@ -952,6 +952,15 @@ fn retained_and_empty_command_messages_are_not_applied() {
     publish_acked(rig.broker.port, "sonitor/t1/pump-1/threshold/set", "", true);
     publish_acked(rig.broker.port, "sonitor/t1/pump-1/mute/set", "", true);
     daemon.wait_log("empty message", Duration::from_secs(10));
+    // A command the daemon cannot read is refused and counted, as the retained ones were; the deletions are no
+    // commands and are not.
+    publish_acked(
+        rig.broker.port,
+        "sonitor/t1/pump-1/threshold/set",
+        "banana",
+        false,
+    );
+    daemon.wait_log("ignored message on", Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(500));
     let msgs = rec.snapshot();
     assert!(
@@ -971,6 +980,11 @@ fn retained_and_empty_command_messages_are_not_applied() {
     assert_eq!(
         common::metric(&m, "sonitor_mqtt_connects_total"),
         Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        common::metric(&m, "sonitor_commands_rejected_total"),
+        Some(3.0),
         "{m}"
     );
     drop(daemon);

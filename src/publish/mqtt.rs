@@ -1049,6 +1049,10 @@ fn run(
                     payload,
                     qos1,
                 }) => {
+                    // A score or an event's passing message is not kept for a later connection: counted.
+                    if !session.connected() {
+                        metrics.mqtt_dropped.inc();
+                    }
                     let a = session.transient(&topic, &payload, qos1);
                     execute(&client, &mut session, a, &metrics);
                 }
@@ -1118,7 +1122,8 @@ fn run(
                             ToMqtt::Shutdown => {
                                 return;
                             }
-                            _ => {}
+                            ToMqtt::Transient { .. } => metrics.mqtt_dropped.inc(),
+                            ToMqtt::OutboxChanged => {}
                         }
                     }
                     Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
@@ -1233,6 +1238,10 @@ fn run(
                 match incoming_command(&base, &p.topic, &p.payload, p.retain) {
                     Ok(c) => waiting.forward(&commands, c, &metrics, &mut command_log),
                     Err((level, why)) => {
+                        // An empty message (a retained one deleted) is no command; anything else was one, refused.
+                        if level <= log::Level::Warn {
+                            metrics.commands_rejected.inc();
+                        }
                         if command_log.allow() {
                             log::log!(level, "{why}");
                         }
@@ -1466,7 +1475,16 @@ fn execute(client: &Client, session: &mut Session, actions: Vec<Action>, metrics
             QoS::AtMostOnce
         };
         if let Err(e) = client.try_publish(topic.clone(), qos, retain, payload.into_bytes()) {
-            log::warn!("mqtt: cannot queue a publish to {topic}: {e}");
+            // At the first and at each doubling: 600 machines starting at once wrote 65 lines of it.
+            let before = metrics.mqtt_dropped.get();
+            let after = before + (total - i) as u64;
+            if before == 0 || after.ilog2() > before.ilog2() {
+                log::warn!(
+                    "mqtt: cannot queue a publish to {topic} ({e}): the MQTT client's queue is full; {after} \
+                     message(s) not sent so far (sonitor_mqtt_dropped_messages_total): alarm messages wait in the \
+                     outbox, retained values go out with their next change or connection, scores are lost"
+                );
+            }
             metrics.mqtt_dropped.add((total - i) as u64);
             session.unsend(total - i);
             return;
