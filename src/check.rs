@@ -56,6 +56,47 @@ pub(crate) fn threshold_off_above_bundle(
     ))
 }
 
+/// A threshold a machine uses that an unattended alarm should not run with unknowingly: its own, ten times or
+/// more away from its section's calibrated one (an example file's 0.35 against a bundle calibrated at 0.009 can
+/// never alarm; validate said OK); or the bundle's, calibrated at a quantile below 0.95 of the normal training
+/// scores (`sonitor-train fit`'s default 0.9, DCASE's evaluation setting), which normal sound passes about once in
+/// ten windows: two false alarms in 30 s of normal audio in a review.
+pub(crate) fn threshold_far_from_calibrated(
+    m: &MachineConfig,
+    calibrated: &sonitor_core::bundle::Threshold,
+) -> Option<String> {
+    let c = calibrated.value;
+    match m.detector.threshold {
+        Some(t) if c > 0.0 && t > 0.0 && (t / c >= 10.0 || c / t >= 10.0) => {
+            let (ratio, what) = if t > c {
+                (
+                    t / c,
+                    "above every score its normal training sound reached by far: it may never alarm",
+                )
+            } else {
+                (c / t, "below it: normal sound will keep its alarm on")
+            };
+            Some(format!(
+                "machine '{}': threshold {t} is {ratio:.0}× away from its section's calibrated threshold {c} (the \
+                 {} quantile of its normal training scores), {what}; the scale of scores is the bundle's own \
+                 (cosine distances; `sonitor-train eval` prints it): start from {c}, or from the p99.9 that \
+                 `sonitor status` shows after a normal run",
+                m.name, calibrated.quantile
+            ))
+        }
+        None if calibrated.quantile < 0.95 => Some(format!(
+            "machine '{}' uses its bundle's threshold {c}, the {} quantile of the normal training scores: normal \
+             sound scores above it about once in {:.0} windows, and raise_k of raise_n such windows raise a false \
+             alarm; for an unattended alarm calibrate at 0.99 (`sonitor-train fit --quantile 0.99`) or set the \
+             machine's `threshold`",
+            m.name,
+            calibrated.quantile,
+            1.0 / (1.0 - calibrated.quantile).max(1e-9)
+        )),
+        _ => None,
+    }
+}
+
 /// What [`check`] found.
 #[derive(Default)]
 pub struct Checked {
@@ -181,7 +222,10 @@ pub(crate) fn check_with(path: &Path, running: Option<&Running>, missing: Missin
                     .collect::<Vec<_>>()
                     .join(", ")
             )),
-            Some(s) => problems.extend(threshold_off_above_bundle(m, s.threshold.value)),
+            Some(s) => {
+                problems.extend(threshold_off_above_bundle(m, s.threshold.value));
+                warnings.extend(threshold_far_from_calibrated(m, &s.threshold));
+            }
         }
     }
     // Channels and devices.
@@ -425,5 +469,75 @@ pub fn validate(config_path: &Path) -> i32 {
             eprintln!("  - {p}");
         }
         crate::config::EXIT_CONFIG
+    }
+}
+
+#[cfg(test)]
+mod threshold_tests {
+    use super::*;
+    use crate::config::DetectorConfig;
+
+    fn machine(threshold: Option<f64>) -> MachineConfig {
+        MachineConfig {
+            name: "pump-1".into(),
+            device: "mic".into(),
+            channel: 0,
+            bundle: PathBuf::from("b"),
+            section: "pump/section_00".into(),
+            enabled: true,
+            detector: DetectorConfig {
+                threshold,
+                ..Default::default()
+            },
+        }
+    }
+
+    fn calibrated(value: f64, quantile: f64) -> sonitor_core::bundle::Threshold {
+        sonitor_core::bundle::Threshold {
+            value,
+            method: "gamma-quantile".into(),
+            quantile,
+            gamma_shape: None,
+            gamma_scale: None,
+        }
+    }
+
+    /// A threshold ten times or more away from the calibrated one (an example file's 0.35 on a bundle calibrated at
+    /// 0.009), or a bundle's own calibrated at DCASE's 0.9, is warned of; a threshold of the same order, or a bundle
+    /// calibrated at 0.99, is not.
+    #[test]
+    fn a_threshold_far_from_the_calibrated_one_or_a_loose_quantile_is_warned_of() {
+        let far = threshold_far_from_calibrated(&machine(Some(0.5)), &calibrated(0.009424, 0.99))
+            .unwrap();
+        assert!(
+            far.contains("threshold 0.5 is 53× away") && far.contains("it may never alarm"),
+            "{far}"
+        );
+        let low =
+            threshold_far_from_calibrated(&machine(Some(0.001)), &calibrated(0.05, 0.99)).unwrap();
+        assert!(
+            low.contains("50× away") && low.contains("keep its alarm on"),
+            "{low}"
+        );
+        assert_eq!(
+            threshold_far_from_calibrated(&machine(Some(0.06)), &calibrated(0.009, 0.99)),
+            None
+        );
+        let loose =
+            threshold_far_from_calibrated(&machine(None), &calibrated(0.0078, 0.9)).unwrap();
+        assert!(
+            loose.contains("the 0.9 quantile") && loose.contains("once in 10 windows"),
+            "{loose}"
+        );
+        assert!(loose.contains("--quantile 0.99"), "{loose}");
+        assert_eq!(
+            threshold_far_from_calibrated(&machine(None), &calibrated(0.05, 0.99)),
+            None
+        );
+        // Its own threshold set: the bundle's quantile does not matter.
+        assert_eq!(
+            threshold_far_from_calibrated(&machine(Some(0.01)), &calibrated(0.0078, 0.9)),
+            None
+        );
     }
 }
