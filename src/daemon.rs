@@ -495,6 +495,7 @@ pub fn start(
             model,
             saved: s,
             last_score: None,
+            peak_score: None,
             last_t_ms: 0,
             last_score_pub: None,
             idle: false,
@@ -1040,6 +1041,25 @@ pub fn start(
         }
     }
 
+    // A replay to its end (a recording tried on a model): what each machine made of it, which a quiet run (no
+    // alarm, MQTT off) did not say at all.
+    if draining_since.is_some() {
+        for (i, m) in ctl.machines.iter().enumerate() {
+            let Some(mm) = metrics.machines.get(i).filter(|_| !m.removed) else {
+                continue;
+            };
+            log::info!(
+                "replay summary of {}: {} window(s) judged, highest score {}, threshold {:.4}; {} alarm(s) \
+                 raised{}",
+                m.cfg.name,
+                mm.scores.count(),
+                m.peak_score.map_or_else(|| "none".to_string(), |p| format!("{p:.4}")),
+                m.detector.params().threshold_on,
+                mm.alarms.get(),
+                if m.detector.is_on() { ", the last still on" } else { "" }
+            );
+        }
+    }
     if exit_code == 0 && ctl.replay_failed {
         log::error!(
             "a replayed file could not be read to its end; exiting with status {EXIT_INPUT}"

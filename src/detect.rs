@@ -269,6 +269,8 @@ pub(crate) struct MachineRt {
     pub(crate) model: MachineModel,
     pub(crate) saved: SavedMachine,
     pub(crate) last_score: Option<f64>,
+    /// The highest score of its windows judged since the start: a replay's summary names it.
+    pub(crate) peak_score: Option<f64>,
     pub(crate) last_t_ms: u64,
     pub(crate) last_score_pub: Option<Instant>,
     /// The health of the machine's audio (`OK`, `SILENT`, `CLIPPING`, `NO_AUDIO`); what is published is
@@ -1441,6 +1443,7 @@ impl Controller {
         let t = {
             let m = &mut self.machines[i];
             m.last_score = Some(score);
+            m.peak_score = Some(m.peak_score.map_or(score, |p| p.max(score)));
             m.last_t_ms = s.t_end_ms;
             if let Some(e) = m.saved.event.as_mut() {
                 e.peak = e.peak.max(score);
@@ -2268,6 +2271,7 @@ mod tests {
                 ..Default::default()
             },
             last_score: None,
+            peak_score: None,
             last_t_ms: 0,
             last_score_pub: None,
             idle: false,

@@ -92,6 +92,11 @@ impl ScoreHistogram {
         self.count.inc();
     }
 
+    /// The scores counted.
+    pub fn count(&self) -> u64 {
+        self.count.get()
+    }
+
     /// `(le, cumulative count)` per bucket, `+Inf` last.
     fn cumulative(&self) -> Vec<(String, u64)> {
         let mut total = 0;

@@ -53,6 +53,21 @@ fn resampled_multichannel_replay_raises_clears_and_exits() {
     );
     assert!(log.contains("health of dead-mic: SILENT"), "{log}");
     assert!(log.contains("clip written"), "{log}");
+    // What each machine made of the recording, at its end: a quiet run said nothing at all.
+    let summary = log
+        .lines()
+        .find(|l| l.contains("replay summary of pump-1: "))
+        .unwrap_or_else(|| panic!("no summary of pump-1: {log}"));
+    assert!(
+        summary.contains("highest score 0.")
+            && summary.contains("1 alarm(s) raised")
+            && !summary.contains("still on"),
+        "{summary}"
+    );
+    assert!(
+        log.contains("replay summary of dead-mic: 0 window(s) judged, highest score none"),
+        "{log}"
+    );
     assert!(
         !log.contains("below its model's"),
         "48 kHz is above the model's rate: {log}"
