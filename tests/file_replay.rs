@@ -1052,15 +1052,7 @@ fn a_thread_that_hangs_starves_the_watchdog() {
 #[test]
 fn a_replay_that_stops_at_its_end_leaves_its_machine_without_audio() {
     let d = tempfile::tempdir().unwrap();
-    let (b, wav) =
-        common::bundle_and_wav(d.path(), "normal.wav", &common::recording(3.0, 0.0, 0.0));
-    let cfg = common::file_config(
-        d.path(),
-        &wav,
-        &b.dir,
-        "realtime = false\nat_end = \"stop\"\n",
-        "",
-    );
+    let (_b, cfg) = replay_of_normal(d.path(), "realtime = false\nat_end = \"stop\"\n", "");
     // Under systemd's watchdog: the end is as configured, so the watchdog is still fed after it (nothing fed it
     // once the file had ended, and systemd restarted the daemon, which replayed the file again).
     let sock_dir = tempfile::tempdir().unwrap();
@@ -1564,12 +1556,8 @@ fn sixteen_machines_on_one_input_lose_no_window() {
 #[test]
 fn audio_dropped_while_the_daemon_was_held_up_is_logged() {
     let d = tempfile::tempdir().unwrap();
-    let (b, wav) =
-        common::bundle_and_wav(d.path(), "normal.wav", &common::recording(3.0, 0.0, 0.0));
-    let cfg = common::file_config(
+    let (_b, cfg) = replay_of_normal(
         d.path(),
-        &wav,
-        &b.dir,
         "realtime = true\nat_end = \"loop\"\nring_seconds = 0.5\n",
         "",
     );
@@ -1589,4 +1577,16 @@ fn audio_dropped_while_the_daemon_was_held_up_is_logged() {
     assert!(log.contains("this daemon was held up for"), "{log}");
     assert!(log.contains("ring_seconds` (now 0.5 s)"), "{log}");
     drop(daemon);
+}
+
+/// A daemon configuration (MQTT off) whose device `mic` replays 3 s of normal sound with `device_keys`, `extra`
+/// after its `[clips]`; and the bundle it is scored with.
+fn replay_of_normal(
+    dir: &std::path::Path,
+    device_keys: &str,
+    extra: &str,
+) -> (common::TestBundle, std::path::PathBuf) {
+    let (b, wav) = common::bundle_and_wav(dir, "normal.wav", &common::recording(3.0, 0.0, 0.0));
+    let cfg = common::file_config(dir, &wav, &b.dir, device_keys, extra);
+    (b, cfg)
 }
