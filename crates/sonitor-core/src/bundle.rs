@@ -215,8 +215,13 @@ pub enum BundleError {
 /// where something is at the manifest's path (the loader says what is wrong with it).
 pub fn not_a_bundle(dir: &Path) -> Option<String> {
     let manifest = dir.join(MANIFEST_FILE);
-    if std::fs::symlink_metadata(&manifest).is_ok() {
-        return None;
+    match std::fs::symlink_metadata(&manifest) {
+        Ok(_) => return None,
+        Err(e) => {
+            if let Some(reason) = unreadable_manifest(dir, &e) {
+                return Some(reason);
+            }
+        }
     }
     let shown = dir.display();
     match std::fs::metadata(dir) {
@@ -254,6 +259,30 @@ pub fn not_a_bundle(dir: &Path) -> Option<String> {
             rest.join(", ")
         ),
     })
+}
+
+/// What to say where looking up `dir`'s manifest failed with `error` for a reason other than its absence: a
+/// folder this user may not enter (a bundle copied with `sudo cp -r` under umask 077, read by a daemon that runs as
+/// another user, e.g. systemd's `DynamicUser=yes`) is "permission denied", not "has no manifest.json". `None`
+/// where the manifest (or the folder) does not exist, or the path is not a folder: [`not_a_bundle`] says which.
+fn unreadable_manifest(dir: &Path, error: &std::io::Error) -> Option<String> {
+    use std::io::ErrorKind;
+    let manifest = dir.join(MANIFEST_FILE);
+    match error.kind() {
+        ErrorKind::NotFound | ErrorKind::NotADirectory => None,
+        ErrorKind::PermissionDenied => Some(format!(
+            "bundle {}: permission denied looking for {}: this user may not read the folder (or a folder above \
+             it); make it readable by the user sonitor runs as (e.g. `chmod -R a+rX {}`, or chown it to that user)",
+            dir.display(),
+            manifest.display(),
+            dir.display()
+        )),
+        _ => Some(format!(
+            "bundle {}: cannot look for {}: {error}",
+            dir.display(),
+            manifest.display()
+        )),
+    }
 }
 
 /// The longest `model_id` a manifest may give (a data set's directory name and a few words make it).
@@ -989,6 +1018,56 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains("empty"), "{e}");
+    }
+
+    /// A bundle folder this user may not read (root's `chmod 700` copy, read by the daemon's own user) was
+    /// reported as "has no manifest.json"; it is "permission denied", naming the folder and what to do. Other
+    /// errors are passed on, and an absent manifest is left to the "has no manifest.json" wording.
+    #[test]
+    fn an_unreadable_bundle_folder_is_permission_denied_not_missing() {
+        use std::io::{Error, ErrorKind};
+        let dir = Path::new("/srv/sonitor/B");
+        let e = unreadable_manifest(dir, &Error::from(ErrorKind::PermissionDenied)).unwrap();
+        assert!(
+            e.contains(
+                "bundle /srv/sonitor/B: permission denied looking for /srv/sonitor/B/manifest.json"
+            ) && e.contains("chmod -R a+rX /srv/sonitor/B")
+                && !e.contains("has no"),
+            "{e}"
+        );
+        assert!(unreadable_manifest(dir, &Error::from(ErrorKind::NotFound)).is_none());
+        assert!(unreadable_manifest(dir, &Error::from(ErrorKind::NotADirectory)).is_none());
+        let e = unreadable_manifest(dir, &Error::other("disk on fire")).unwrap();
+        assert!(
+            e.contains("cannot look for /srv/sonitor/B/manifest.json: disk on fire"),
+            "{e}"
+        );
+    }
+
+    /// The same through [`Bundle::load`], with a real folder of mode 000 (skipped where this user can read it
+    /// anyway, as root can).
+    #[cfg(unix)]
+    #[test]
+    fn a_bundle_folder_of_mode_000_is_permission_denied() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let b = d.path().join("B");
+        Bundle::write(&b, &manifest(), &graph()).unwrap();
+        std::fs::set_permissions(&b, std::fs::Permissions::from_mode(0o000)).unwrap();
+        let readable = std::fs::symlink_metadata(b.join(MANIFEST_FILE)).is_ok();
+        let e = if readable { None } else { Some(err_of(&b)) };
+        std::fs::set_permissions(&b, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let Some(e) = e else {
+            eprintln!(
+                "skipped: this user (root?) reads a folder of mode 000, so it cannot be denied"
+            );
+            return;
+        };
+        assert!(
+            e.contains("permission denied") && !e.contains("has no"),
+            "{e}"
+        );
+        assert!(e.contains(&b.display().to_string()), "{e}");
     }
 
     #[test]
