@@ -223,8 +223,9 @@ pub struct FitArgs {
     /// has) makes every source window its own centre [default: 16; with --resume: the checkpoint's].
     #[arg(long)]
     pub kmeans: Option<usize>,
-    /// Quantile of the gamma fit of normal training window scores used as the default threshold [default: 0.9;
-    /// with --resume: the checkpoint's].
+    /// Quantile of the gamma fit of normal training window scores used as the default threshold [default: 0.9,
+    /// DCASE's evaluation setting; for an unattended alarm 0.99 is the usual choice; with --resume: the
+    /// checkpoint's]. `fit` prints which quantile its thresholds are.
     #[arg(long, allow_negative_numbers = true)]
     pub quantile: Option<f64>,
     /// How target-domain training clips become centres [default: window; with --resume: the checkpoint's].
@@ -1104,6 +1105,7 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
         }
         sections.push(sm);
     }
+    eprintln!("{}", crate::threshold::quantile_note(o.quantile));
     let backend_seconds = t_back.elapsed().as_secs_f64();
     let set_name = o
         .data
