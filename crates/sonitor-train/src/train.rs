@@ -1395,7 +1395,8 @@ pub fn section_model(
     anyhow::ensure!(
         dead == 0,
         "the network gives {dead} of its {windows} training windows an embedding that is zero or not a number: its \
-         training collapsed (a learning rate too high?); train again with a lower --lr"
+         training collapsed (a learning rate too high?); train again with a lower --lr and --force (or another \
+         --out), not --resume, which would continue the collapsed network from its checkpoint"
     );
     let mut source = Vec::new();
     let mut source_owner = Vec::new();

@@ -793,6 +793,12 @@ fn a_collapsed_network_is_named_as_such() {
             && e.contains("training collapsed (a learning rate too high?)"),
         "{e}"
     );
+    // The run leaves its checkpoint in --out, so the retry it suggests is one with --force (a plain retry is
+    // refused, and --resume would continue the collapsed network).
+    assert!(
+        e.contains("lower --lr and --force (or another --out), not --resume"),
+        "{e}"
+    );
     assert!(!out.join("manifest.json").exists());
 }
 
