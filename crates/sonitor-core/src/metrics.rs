@@ -164,28 +164,35 @@ pub fn harmonic_mean(values: &[f64]) -> f64 {
     values.len() as f64 / values.iter().map(|v| 1.0 / v.max(eps)).sum::<f64>()
 }
 
-/// The metrics of one machine type and section.
+/// The metrics of one machine type and section. A value the test clips cannot give (a plant's own recordings often
+/// have no target-domain normal test clips, so no AUC (target)) is `None` (`null` in JSON), and [`Self::missing`]
+/// says why and how to get it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SectionMetrics {
     pub machine_type: String,
     pub section: u16,
-    pub auc_source: f64,
-    pub auc_target: f64,
-    pub pauc: f64,
+    pub auc_source: Option<f64>,
+    pub auc_target: Option<f64>,
+    pub pauc: Option<f64>,
     pub n_source_normal: usize,
     pub n_target_normal: usize,
     pub n_anomaly: usize,
+    /// Why each value that is `None` could not be computed, and which clips would give it; empty (and left out
+    /// of the JSON) when all are there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
 }
 
 /// Harmonic means over the sections of one machine type.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TypeMetrics {
     pub machine_type: String,
-    pub auc_source: f64,
-    pub auc_target: f64,
-    pub pauc: f64,
-    /// Harmonic mean of this type's AUC(source), AUC(target) and pAUC values.
-    pub score: f64,
+    /// Each `None` where a section of the type lacks it.
+    pub auc_source: Option<f64>,
+    pub auc_target: Option<f64>,
+    pub pauc: Option<f64>,
+    /// Harmonic mean of this type's AUC(source), AUC(target) and pAUC values; `None` where one is missing.
+    pub score: Option<f64>,
 }
 
 /// The whole evaluation: what `metrics --json` prints.
@@ -193,7 +200,9 @@ pub struct TypeMetrics {
 pub struct Report {
     pub sections: Vec<SectionMetrics>,
     pub types: Vec<TypeMetrics>,
-    pub official_score: f64,
+    /// `None` (`null`) where a section lacks a value ([`SectionMetrics::missing`]): the official score is the
+    /// harmonic mean of them all.
+    pub official_score: Option<f64>,
     /// Per fault kind, when the evaluation was given them ([`evaluate_submission_by_fault`]); not part of the
     /// official score.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -227,7 +236,23 @@ pub struct LabelledScore {
     pub score: f64,
 }
 
-/// Metrics of one section from its labelled scores.
+/// What a section's value that its test clips cannot give needs, said after the reason.
+fn how_to_get(normals: &str) -> String {
+    let import = |domain: &str| {
+        format!(
+            "import normal test recordings with `sonitor-train import --split test --domain {domain}`"
+        )
+    };
+    match normals {
+        "target-domain normal" => import("target"),
+        "source-domain normal" => import("source"),
+        _ => "import anomalous and normal test recordings (`sonitor-train import --split test`)"
+            .to_string(),
+    }
+}
+
+/// Metrics of one section from its labelled scores. A value whose clips lack a class is `None`, with the reason
+/// in [`SectionMetrics::missing`]; the section's other values are still computed.
 pub fn section_metrics(
     machine_type: &str,
     section: u16,
@@ -261,18 +286,53 @@ pub fn section_metrics(
     let (labels, scores): (Vec<bool>, Vec<f64>) =
         clips.iter().map(|c| (c.anomaly, c.score)).unzip();
     let count = |d: Domain| clips.iter().filter(|c| !c.anomaly && c.domain == d).count();
+    let mut missing = Vec::new();
+    let mut value = |r: Result<f64, MetricsError>,
+                     metric: &'static str,
+                     normals: &'static str|
+     -> Result<Option<f64>, MetricsError> {
+        match r.map_err(named(metric, normals)) {
+            Ok(v) => Ok(Some(v)),
+            Err(e @ MetricsError::SectionOneClass { .. }) => {
+                missing.push(format!("{e}; {}", how_to_get(normals)));
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    };
+    let auc_source = value(
+        auc_for(Domain::Source),
+        "AUC (source)",
+        "source-domain normal",
+    )?;
+    let auc_target = value(
+        auc_for(Domain::Target),
+        "AUC (target)",
+        "target-domain normal",
+    )?;
+    let pauc = value(partial_roc_auc(&labels, &scores, MAX_FPR), "pAUC", "normal")?;
     Ok(SectionMetrics {
         machine_type: machine_type.to_string(),
         section,
-        auc_source: auc_for(Domain::Source)
-            .map_err(named("AUC (source)", "source-domain normal"))?,
-        auc_target: auc_for(Domain::Target)
-            .map_err(named("AUC (target)", "target-domain normal"))?,
-        pauc: partial_roc_auc(&labels, &scores, MAX_FPR).map_err(named("pAUC", "normal"))?,
+        auc_source,
+        auc_target,
+        pauc,
         n_source_normal: count(Domain::Source),
         n_target_normal: count(Domain::Target),
         n_anomaly: clips.iter().filter(|c| c.anomaly).count(),
+        missing,
     })
+}
+
+/// The harmonic mean of values that are all there; `None` where one is missing.
+fn harmonic_mean_of_all(values: &[Option<f64>]) -> Option<f64> {
+    let all: Option<Vec<f64>> = values.iter().copied().collect();
+    all.map(|v| harmonic_mean(&v))
+}
+
+/// A value of the table: 4 decimals, or `n/a` where it could not be computed.
+pub fn cell(v: Option<f64>) -> String {
+    v.map_or("n/a".to_string(), |v| format!("{v:.4}"))
 }
 
 /// Builds the report from per-section metrics.
@@ -284,10 +344,10 @@ pub fn report(sections: Vec<SectionMetrics>) -> Report {
     let types = by_type
         .into_iter()
         .map(|(t, ss)| {
-            let hm = |f: fn(&SectionMetrics) -> f64| {
-                harmonic_mean(&ss.iter().map(|s| f(s)).collect::<Vec<_>>())
+            let hm = |f: fn(&SectionMetrics) -> Option<f64>| {
+                harmonic_mean_of_all(&ss.iter().map(|s| f(s)).collect::<Vec<_>>())
             };
-            let flat: Vec<f64> = ss
+            let flat: Vec<Option<f64>> = ss
                 .iter()
                 .flat_map(|s| [s.auc_source, s.auc_target, s.pauc])
                 .collect();
@@ -296,16 +356,16 @@ pub fn report(sections: Vec<SectionMetrics>) -> Report {
                 auc_source: hm(|s| s.auc_source),
                 auc_target: hm(|s| s.auc_target),
                 pauc: hm(|s| s.pauc),
-                score: harmonic_mean(&flat),
+                score: harmonic_mean_of_all(&flat),
             }
         })
         .collect();
-    let flat: Vec<f64> = sections
+    let flat: Vec<Option<f64>> = sections
         .iter()
         .flat_map(|s| [s.auc_source, s.auc_target, s.pauc])
         .collect();
     Report {
-        official_score: harmonic_mean(&flat),
+        official_score: harmonic_mean_of_all(&flat),
         sections,
         types,
         by_fault: Vec::new(),
@@ -467,7 +527,15 @@ fn fault_metrics(s: &ScoredSection, kinds: &FaultKinds) -> Vec<FaultMetrics> {
 }
 
 impl Report {
-    /// A Markdown table: one row per type and section, then the official score.
+    /// Why each value that is missing could not be computed and how to get it, section by section.
+    pub fn missing(&self) -> impl Iterator<Item = &str> {
+        self.sections
+            .iter()
+            .flat_map(|s| s.missing.iter().map(String::as_str))
+    }
+
+    /// A Markdown table: one row per type and section, then the official score (`n/a` where a value is missing,
+    /// with why).
     pub fn to_markdown(&self) -> String {
         let mut s = String::from(
             "| machine type | section | AUC (source) | AUC (target) | pAUC | score (hmean) |\n|---|---|---|---|---|---|\n",
@@ -480,20 +548,30 @@ impl Report {
             {
                 let flat = [sec.auc_source, sec.auc_target, sec.pauc];
                 s.push_str(&format!(
-                    "| {} | {:02} | {:.4} | {:.4} | {:.4} | {:.4} |\n",
+                    "| {} | {:02} | {} | {} | {} | {} |\n",
                     sec.machine_type,
                     sec.section,
-                    sec.auc_source,
-                    sec.auc_target,
-                    sec.pauc,
-                    harmonic_mean(&flat)
+                    cell(sec.auc_source),
+                    cell(sec.auc_target),
+                    cell(sec.pauc),
+                    cell(harmonic_mean_of_all(&flat))
                 ));
             }
         }
-        s.push_str(&format!(
-            "\n**Official score** (harmonic mean of all AUC/pAUC values): **{:.4}**\n",
-            self.official_score
-        ));
+        match self.official_score {
+            Some(score) => s.push_str(&format!(
+                "\n**Official score** (harmonic mean of all AUC/pAUC values): **{score:.4}**\n"
+            )),
+            None => {
+                s.push_str(
+                    "\n**Official score** (harmonic mean of all AUC/pAUC values): **n/a**: the test clips cannot \
+                     give every value (n/a above):\n\n",
+                );
+                for m in self.missing() {
+                    s.push_str(&format!("- {m}\n"));
+                }
+            }
+        }
         if !self.by_fault.is_empty() {
             s.push_str(
                 "\nBy fault kind (AUC of one kind's anomalous clips against the normal clips of the same section and \
@@ -658,16 +736,20 @@ mod tests {
             });
         }
         let m = section_metrics("fan", 0, &clips).unwrap();
-        assert_eq!(m.auc_source, 1.0);
-        assert!(m.auc_target > 0.4 && m.auc_target < 0.7, "{}", m.auc_target);
+        assert_eq!(m.auc_source, Some(1.0));
+        let t = m.auc_target.unwrap();
+        assert!(t > 0.4 && t < 0.7, "{t}");
         assert_eq!(
             (m.n_source_normal, m.n_target_normal, m.n_anomaly),
             (10, 10, 10)
         );
     }
 
+    /// A plant's own recordings have no target-domain normal test clips: the section's AUC (target) and the
+    /// official score are missing (n/a in the table, null in JSON, with the reason and how to get them), the rest
+    /// is computed; it was an error that gave nothing.
     #[test]
-    fn a_one_class_subset_names_the_section_and_the_auc() {
+    fn a_one_class_subset_is_missing_with_why_and_the_rest_is_computed() {
         let clip = |domain, anomaly, score| LabelledScore {
             domain,
             anomaly,
@@ -680,10 +762,52 @@ mod tests {
             clip(Domain::Source, true, 0.9),
             clip(Domain::Target, true, 0.8),
         ];
-        let e = section_metrics("fan", 3, &clips).unwrap_err().to_string();
+        let m = section_metrics("fan", 3, &clips).unwrap();
+        assert_eq!(m.auc_source, Some(1.0));
+        assert_eq!(m.auc_target, None);
+        assert_eq!(m.pauc, Some(1.0));
         assert_eq!(
-            e,
-            "fan section 03: no AUC (target): 2 anomalous and 0 target-domain normal test clips (it needs both)"
+            m.missing,
+            vec![
+                "fan section 03: no AUC (target): 2 anomalous and 0 target-domain normal test clips (it needs both); \
+                 import normal test recordings with `sonitor-train import --split test --domain target`"
+                    .to_string()
+            ]
+        );
+        let r = report(vec![m]);
+        assert_eq!(r.official_score, None);
+        assert_eq!(r.types[0].auc_source, Some(1.0));
+        assert_eq!((r.types[0].auc_target, r.types[0].score), (None, None));
+        let md = r.to_markdown();
+        assert!(
+            md.contains("| fan | 03 | 1.0000 | n/a | 1.0000 | n/a |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("**Official score** (harmonic mean of all AUC/pAUC values): **n/a**"),
+            "{md}"
+        );
+        assert!(md.contains("- fan section 03: no AUC (target)"), "{md}");
+        let v = serde_json::to_value(&r).unwrap();
+        assert!(
+            v["official_score"].is_null() && v["sections"][0]["auc_target"].is_null(),
+            "{v}"
+        );
+        assert_eq!(v["sections"][0]["auc_source"], 1.0);
+        assert!(v["sections"][0]["missing"][0]
+            .as_str()
+            .unwrap()
+            .contains("--domain target"));
+
+        // A complete section: the JSON has no `missing` and numbers where they were.
+        let mut all = clips.to_vec();
+        all.push(clip(Domain::Target, false, 0.5));
+        let v =
+            serde_json::to_value(report(vec![section_metrics("fan", 3, &all).unwrap()])).unwrap();
+        assert!(v["sections"][0].get("missing").is_none(), "{v}");
+        assert!(
+            v["official_score"].is_f64() && v["sections"][0]["auc_target"].is_f64(),
+            "{v}"
         );
     }
 

@@ -52,7 +52,9 @@ struct MetricsArgs {
     /// Directory with `anomaly_score_<type>_section_<SS>_test.csv` files.
     #[arg(long)]
     scores: PathBuf,
-    /// Print one JSON object (per-section and per-type table, official_score) instead of a table.
+    /// Print one JSON object (per-section and per-type table, official_score) instead of a table. A value the
+    /// test clips cannot give (no target-domain normals: no AUC (target), so no official score) is null, and its
+    /// section's `missing` says why.
     #[arg(long)]
     json: bool,
     /// Also the AUC of each fault kind against the normal clips of its section and domain, from a ground-truth
@@ -63,6 +65,10 @@ struct MetricsArgs {
 
 /// Prints a metrics report as Markdown, or as JSON with `--json`.
 pub fn print_report(report: &metrics::Report, json: bool) -> anyhow::Result<()> {
+    // What the test clips cannot give (n/a in the table, null in JSON) is said on stderr too.
+    for m in report.missing() {
+        eprintln!("warning: {m}");
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(report)?);
     } else {

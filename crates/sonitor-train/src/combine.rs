@@ -628,11 +628,11 @@ pub fn run(a: &CombineArgs) -> anyhow::Result<()> {
         };
         let report = evaluate(&out)?;
         eprintln!(
-            "official score: level baseline (domain offsets) {:.4}, model {:.4}, combined (model weight {}) {:.4}",
-            evaluate(&baseline_dir)?.official_score,
-            evaluate(&model_dir)?.official_score,
+            "official score: level baseline (domain offsets) {}, model {}, combined (model weight {}) {}",
+            metrics::cell(evaluate(&baseline_dir)?.official_score),
+            metrics::cell(evaluate(&model_dir)?.official_score),
             a.weight,
-            report.official_score
+            metrics::cell(report.official_score)
         );
         Some(report)
     };

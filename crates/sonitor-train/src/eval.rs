@@ -35,7 +35,9 @@ pub struct EvalArgs {
     pub data: PathBuf,
     /// Print the metrics as one JSON object (the same as `metrics --json`). Test clips without labels give no
     /// metrics: the object then has `official_score`, `sections` and `types` null, `no_metrics` saying why, and
-    /// `scores_dir` and `score_files` naming the submission files written.
+    /// `scores_dir` and `score_files` naming the submission files written. A value the labelled clips cannot give
+    /// (no target-domain normal test clips: no AUC (target), so no official score) is null, and its section's
+    /// `missing` says why and how to get it.
     #[arg(long)]
     pub json: bool,
     /// Directory for the submission files (default: BUNDLE/scores).
@@ -385,8 +387,8 @@ pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
     if let Some(p) = &a.plot {
         let title = match &report {
             Some(r) => format!(
-                "ROC of clip scores, official score {:.4} (dots: calibrated thresholds)",
-                r.official_score
+                "ROC of clip scores, official score {} (dots: calibrated thresholds)",
+                metrics::cell(r.official_score)
             ),
             None => "ROC of clip scores".to_string(),
         };

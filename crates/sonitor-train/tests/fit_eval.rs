@@ -77,7 +77,8 @@ fn fit_resume_eval_and_refusals() {
         .unwrap()
         .unwrap();
     assert_eq!(report.sections.len(), 1);
-    assert!(report.official_score > 0.0 && report.official_score <= 1.0);
+    let official = report.official_score.unwrap();
+    assert!(official > 0.0 && official <= 1.0);
     assert!(scores
         .join("anomaly_score_fan_section_00_test.csv")
         .exists());
@@ -185,7 +186,8 @@ fn fit_resume_eval_and_refusals() {
     let pr = sonitor_train::eval::evaluate(&pruned, &data, &dir.path().join("pscores"))
         .unwrap()
         .unwrap();
-    assert!(pr.official_score > 0.0 && pr.official_score <= 1.0);
+    let official = pr.official_score.unwrap();
+    assert!(official > 0.0 && official <= 1.0);
     // Its checkpoint is the fine-tuning of a prune: `fit --resume` would write the network without its pruning
     // record, so it is refused, and a killed `prune --force` is told to run again, not to resume.
     let mut o = options(&data, &pruned, LossKind::SubclusterAdacos, 3);
@@ -458,7 +460,10 @@ fn combine_adds_the_two_scores_on_their_training_scales() {
         let (code, stdout, stderr) = run(&args, &out);
         assert_eq!(code, Some(0), "{name}: {stderr}");
         let combined = report(&stdout);
-        assert!(combined.official_score.is_finite(), "{name}: {stdout}");
+        assert!(
+            combined.official_score.unwrap().is_finite(),
+            "{name}: {stdout}"
+        );
         assert!(
             stderr.contains("official score: level baseline (domain offsets) "),
             "{name}: {stderr}"
@@ -699,4 +704,107 @@ fn walk(root: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     files
+}
+
+/// A plant's own recordings (all imported `--domain source`, plus anomalous test clips) have no target-domain
+/// normal test clips, so no AUC (target) and no official score. `eval` gave only an error and exit 1, `combine
+/// --bundle` wrote no bundle; now both print what can be computed (AUC (source), pAUC, `eval`'s threshold table)
+/// with the rest n/a (null in JSON) and why, exit 0, and the bundle is written. `metrics` does the same.
+#[test]
+fn eval_combine_and_metrics_work_without_target_domain_normal_test_clips() {
+    let (dir, full, model) = data_and_bundle();
+    // The data set without its target-domain normal test clips.
+    let data = dir.path().join("own");
+    for sub in ["fan/train", "fan/test"] {
+        std::fs::create_dir_all(data.join(sub)).unwrap();
+        for e in std::fs::read_dir(full.join(sub)).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_str().unwrap().to_string();
+            if !name.contains("_target_test_normal_") {
+                std::fs::copy(&p, data.join(sub).join(&name)).unwrap();
+            }
+        }
+    }
+    let why = "fan section 00: no AUC (target): ";
+    let how =
+        "import normal test recordings with `sonitor-train import --split test --domain target`";
+
+    let scores = dir.path().join("own-scores");
+    let (code, stdout, stderr) = trainer(&["eval"], &model, &data, &scores);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stderr.contains("submission files in"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("warning: {why}")) && stderr.contains(how),
+        "{stderr}"
+    );
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("| fan | 00 |"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    assert!(
+        cells[3].parse::<f64>().is_ok() && cells[4] == "n/a" && cells[5].parse::<f64>().is_ok(),
+        "{row}"
+    );
+    assert!(
+        stdout.contains("**Official score** (harmonic mean of all AUC/pAUC values): **n/a**"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(why) && stdout.contains(how), "{stdout}");
+    assert!(
+        stdout.contains("At each section's calibrated threshold, on the test clips:"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("| fan/section_00 |") && stdout.contains("| – |"),
+        "{stdout}"
+    );
+
+    let (code, stdout, stderr) = trainer(&["eval", "--json"], &model, &data, &scores);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(
+        v["official_score"].is_null() && v["sections"][0]["auc_target"].is_null(),
+        "{v}"
+    );
+    assert!(
+        v["sections"][0]["auc_source"].is_f64() && v["sections"][0]["pauc"].is_f64(),
+        "{v}"
+    );
+    assert!(
+        v["sections"][0]["missing"][0]
+            .as_str()
+            .unwrap()
+            .contains(why),
+        "{v}"
+    );
+
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor-train"))
+        .args(["metrics", "--data"])
+        .arg(&data)
+        .arg("--scores")
+        .arg(&scores)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert_eq!(o.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("**n/a**") && stderr.contains(why),
+        "{stdout}\n{stderr}"
+    );
+
+    let bundle = dir.path().join("own-combined");
+    let args = ["combine", "--windows", "--bundle", bundle.to_str().unwrap()];
+    let (code, stdout, stderr) = trainer(&args, &model, &data, &dir.path().join("own-combine"));
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stderr.contains(&format!("warning: {why}")), "{stderr}");
+    assert!(
+        stderr.contains("official score: level baseline (domain offsets) n/a"),
+        "{stderr}"
+    );
+    let b = Bundle::load(&bundle).unwrap();
+    assert!(b.manifest.provenance.metrics["official_score"].is_null());
 }
