@@ -705,6 +705,17 @@ fn write_bundle(
     manifest.provenance.metrics = serde_json::to_value(report)?;
     Bundle::write(dir, &manifest, bundle.onnx_bytes())
         .with_context(|| format!("writing {}", dir.display()))?;
+    // The thresholds below are calibrated again at the bundle's own quantile: which one, and what an alarm wants.
+    let mut quantiles: Vec<f64> = manifest
+        .sections
+        .iter()
+        .map(|s| s.threshold.quantile)
+        .collect();
+    quantiles.sort_by(f64::total_cmp);
+    quantiles.dedup();
+    for q in quantiles {
+        eprintln!("{}", crate::threshold::quantile_note(q));
+    }
     for s in &manifest.sections {
         eprintln!(
             "{}: threshold {} on the combined score (the model alone had {})",

@@ -805,6 +805,13 @@ fn eval_combine_and_metrics_work_without_target_domain_normal_test_clips() {
         stderr.contains("official score: level baseline (domain offsets) n/a"),
         "{stderr}"
     );
+    // The recalibrated thresholds say which quantile they are, and what an unattended alarm wants.
+    assert!(
+        stderr.contains(
+            "thresholds: the 0.9 quantile of each section's normal training window scores"
+        ) && stderr.contains("for an unattended alarm --quantile 0.99"),
+        "{stderr}"
+    );
     let b = Bundle::load(&bundle).unwrap();
     assert!(b.manifest.provenance.metrics["official_score"].is_null());
 }
