@@ -1044,30 +1044,67 @@ mod tests {
         );
     }
 
-    /// The same through [`Bundle::load`], with a real folder of mode 000 (skipped where this user can read it
-    /// anyway, as root can).
+    /// The same through [`Bundle::load`], with a real folder of mode 000. Root reads it anyway: there the test
+    /// runs itself again as `nobody` through `setpriv` where that exists, and is skipped with a word where not.
     #[cfg(unix)]
     #[test]
     fn a_bundle_folder_of_mode_000_is_permission_denied() {
         use std::os::unix::fs::PermissionsExt;
+        const CHILD: &str = "SONITOR_TEST_DENIED_BUNDLE";
+        let check = |b: &Path| {
+            let e = err_of(b);
+            assert!(
+                e.contains("permission denied") && !e.contains("has no"),
+                "{e}"
+            );
+            assert!(e.contains(&b.display().to_string()), "{e}");
+        };
+        if let Some(b) = std::env::var_os(CHILD) {
+            check(Path::new(&b));
+            return;
+        }
         let d = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let b = d.path().join("B");
         Bundle::write(&b, &manifest(), &graph()).unwrap();
         std::fs::set_permissions(&b, std::fs::Permissions::from_mode(0o000)).unwrap();
         let readable = std::fs::symlink_metadata(b.join(MANIFEST_FILE)).is_ok();
-        let e = if readable { None } else { Some(err_of(&b)) };
-        std::fs::set_permissions(&b, std::fs::Permissions::from_mode(0o700)).unwrap();
-        let Some(e) = e else {
+        let outcome = if !readable {
+            std::panic::catch_unwind(|| check(&b)).map_err(|_| "failed in-process".to_string())
+        } else if Path::new("/usr/bin/setpriv").exists() {
+            // As another user, as the daemon under DynamicUser reads root's copy.
+            let o = std::process::Command::new("/usr/bin/setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "bundle::tests::a_bundle_folder_of_mode_000_is_permission_denied",
+                    "--nocapture",
+                ])
+                .env(CHILD, &b)
+                .output();
+            match o {
+                Ok(o) if o.status.success() => Ok(()),
+                Ok(o) => Err(format!(
+                    "as nobody: {}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                )),
+                Err(e) => {
+                    eprintln!("skipped: running as root and setpriv could not run ({e})");
+                    Ok(())
+                }
+            }
+        } else {
             eprintln!(
-                "skipped: this user (root?) reads a folder of mode 000, so it cannot be denied"
+                "skipped: this user (root) reads a folder of mode 000 and there is no setpriv"
             );
-            return;
+            Ok(())
         };
-        assert!(
-            e.contains("permission denied") && !e.contains("has no"),
-            "{e}"
-        );
-        assert!(e.contains(&b.display().to_string()), "{e}");
+        std::fs::set_permissions(&b, std::fs::Permissions::from_mode(0o700)).unwrap();
+        if let Err(e) = outcome {
+            panic!("{e}");
+        }
     }
 
     #[test]
