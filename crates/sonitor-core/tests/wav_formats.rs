@@ -785,6 +785,50 @@ fn header_problems_are_named_as_such() {
             "{text}"
         );
     }
+    // A data chunk and no fmt chunk at all: said so, not that the data chunk comes first.
+    let no_fmt = riff(&[(*b"data", encode(16, false))]);
+    let p = write(dir.path(), "no_fmt.wav", &no_fmt);
+    for e in every_reader(&p) {
+        let text = e.to_string();
+        assert!(matches!(e, WavError::Corrupt { .. }), "{text}");
+        assert!(
+            text.contains("no_fmt.wav")
+                && text.contains("no fmt chunk")
+                && !text.contains("comes before"),
+            "{text}"
+        );
+    }
+    // Another audio format under a .wav name: named, with how to convert it; anything else is "no RIFF header".
+    for (name, head, what) in [
+        (
+            "flac.wav",
+            &b"fLaC\0\0\0\x22\x10\x00\x10\x00"[..],
+            "a FLAC file",
+        ),
+        ("ogg.wav", &b"OggS\0\x02\0\0\0\0\0\0"[..], "an Ogg file"),
+        ("id3.wav", &b"ID3\x04\0\0\0\0\0\0\0\0"[..], "an MP3 file"),
+        (
+            "mpeg.wav",
+            &[0xFF, 0xFB, 0x90, 0x64, 0, 0, 0, 0, 0, 0, 0, 0][..],
+            "an MP3 file",
+        ),
+        (
+            "text.wav",
+            &b"hello world\n"[..],
+            "does not start with `RIFF`",
+        ),
+    ] {
+        let p = write(dir.path(), name, head);
+        for e in every_reader(&p) {
+            let text = e.to_string();
+            assert!(matches!(e, WavError::Corrupt { .. }), "{text}");
+            assert!(
+                text.contains(name) && text.contains("no RIFF header") && text.contains(what),
+                "{text}"
+            );
+            assert_eq!(text.contains("ffmpeg -i"), name != "text.wav", "{text}");
+        }
+    }
     // Two fmt chunks (which one holds?) are refused, not the last one taken.
     let two = riff(&[
         (*b"fmt ", fmt_chunk(PCM, 0, 1, 16_000, 16, 16)),

@@ -486,10 +486,7 @@ fn open(path: &Path) -> Result<Opened, WavError> {
         ));
     }
     if !wide && !b"RIFF".starts_with(magic) {
-        return Err(corrupt(
-            path,
-            "no RIFF header: the file does not start with `RIFF`, as a WAV file does",
-        ));
+        return Err(corrupt(path, no_riff(riff.get(..n).unwrap_or_default())));
     }
     if n < riff.len() {
         return Err(cut());
@@ -563,7 +560,8 @@ fn open(path: &Path) -> Result<Opened, WavError> {
             let Some(format) = format else {
                 return Err(corrupt(
                     path,
-                    "the data chunk comes before the fmt chunk that says how to read it",
+                    "no fmt chunk before the data chunk: the file does not say how its samples are stored \
+                     (rate, channels, sample format); write it again as a WAV file",
                 ));
             };
             let length = match ds64 {
@@ -593,6 +591,29 @@ fn open(path: &Path) -> Result<Opened, WavError> {
         reader.seek_relative(skip as i64).map_err(io)?;
         at += size;
         odd = size % 2 == 1;
+    }
+}
+
+/// The message for a file that does not start with `RIFF`: what it is when its first bytes are another audio
+/// format's magic (FLAC, Ogg, MP3), and how to convert it.
+fn no_riff(head: &[u8]) -> String {
+    let what = if head.starts_with(b"fLaC") {
+        Some("a FLAC file")
+    } else if head.starts_with(b"OggS") {
+        Some("an Ogg file (Vorbis, Opus or FLAC)")
+    } else if head.starts_with(b"ID3") || matches!(head, [0xFF, b, ..] if b & 0xE0 == 0xE0) {
+        Some("an MP3 file")
+    } else {
+        None
+    };
+    match what {
+        Some(what) => format!(
+            "no RIFF header: this is {what}, not a WAV file, whatever its name; convert it, e.g. \
+             `ffmpeg -i in.flac -ar 16000 out.wav` or `sox in.flac -r 16000 out.wav`"
+        ),
+        None => {
+            "no RIFF header: the file does not start with `RIFF`, as a WAV file does".to_string()
+        }
     }
 }
 
