@@ -28,7 +28,10 @@ pub enum DcaseError {
         path: PathBuf,
         error: std::io::Error,
     },
-    #[error("{path}: no machine type directories (<type>/train or <type>/test) found")]
+    #[error(
+        "{path}: no machine type directories (<type>/train or <type>/test) found; for a folder of raw recordings, \
+         run `sonitor-train import` first"
+    )]
     Empty { path: PathBuf },
     #[error("{path}: a split directory is named train/ or test/, in lower case: rename it (its clips were not read)")]
     SplitCase { path: PathBuf },
@@ -41,7 +44,7 @@ pub enum DcaseError {
         path: PathBuf,
         error: std::io::Error,
     },
-    #[error("{path}: file name is not DCASE-shaped ({reason}); expected section_SS_<source|target>_<train|test>_<normal|anomaly>_NNNN[_attributes].wav")]
+    #[error("{path}: file name is not DCASE-shaped ({reason}); expected section_SS_<source|target>_<train|test>_<normal|anomaly>_NNNN[_attributes].wav, or make such clips from raw recordings with `sonitor-train import`")]
     BadName { path: PathBuf, reason: String },
     #[error("{path}: {reason}")]
     BadCsv { path: PathBuf, reason: String },
@@ -1007,10 +1010,10 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not found"));
-        assert!(scan(d.path())
-            .unwrap_err()
-            .to_string()
-            .contains("no machine type"));
+        assert!(scan(d.path()).unwrap_err().to_string().contains(
+            "no machine type directories (<type>/train or <type>/test) found; for a folder of raw \
+                       recordings, run `sonitor-train import` first"
+        ));
         // A file given as the data directory is said to be one, not to be missing.
         let file = d.path().join("afile");
         std::fs::write(&file, "x").unwrap();
@@ -1023,7 +1026,9 @@ mod tests {
         touch(&d.path().join("fan/train/recording_1.wav"));
         let e = scan(d.path()).unwrap_err().to_string();
         assert!(
-            e.contains("recording_1.wav") && e.contains("not DCASE-shaped"),
+            e.contains("recording_1.wav")
+                && e.contains("not DCASE-shaped")
+                && e.contains("`sonitor-train import`"),
             "{e}"
         );
         std::fs::remove_file(d.path().join("fan/train/recording_1.wav")).unwrap();
