@@ -298,6 +298,22 @@ pub fn import(a: &ImportArgs) -> anyhow::Result<Imported> {
                     info.channels
                 )
             })
+            .chain(
+                a.files
+                    .iter()
+                    .zip(&infos)
+                    .filter(|(_, info)| info.sample_rate < RATE)
+                    .map(|(f, info)| {
+                        format!(
+                            "warning: {}: recorded at {} Hz, below the clips' {RATE} Hz: upsampled, it has nothing \
+                             above {} Hz, which the machine's sound at full rate has; the model learns that gap \
+                             and may raise false alarms on it: record at {RATE} Hz or more",
+                            f.display(),
+                            info.sample_rate,
+                            info.sample_rate / 2
+                        )
+                    }),
+            )
             .collect(),
     };
     for (f, recorded) in a.files.iter().zip(&recorded) {

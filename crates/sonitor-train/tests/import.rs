@@ -91,6 +91,16 @@ fn recordings_become_a_data_set_that_fit_trains_on() {
             && r.warnings[0].contains("--channel N"),
         "{r:?}"
     );
+    // Recorded at 8 kHz, below the clips' rate: upsampled, with a warning (the daemon warns of the same file).
+    let low = recording(&d.path().join("low.wav"), 8_000, 1, 1.0, 300.0, (0.0, 0.0));
+    let r8 = import(&args(&d.path().join("data8"), vec![low])).unwrap();
+    assert_eq!(r8.clips.len(), 1, "{r8:?}");
+    assert_eq!(r8.warnings.len(), 1, "{r8:?}");
+    assert!(
+        r8.warnings[0].contains("low.wav: recorded at 8000 Hz, below the clips' 16000 Hz")
+            && r8.warnings[0].contains("false alarms"),
+        "{r8:?}"
+    );
     // Read block by block, the clips are what reading the whole recording gives (to 16-bit rounding).
     let whole = sonitor_core::audio::load_mono(&a, ChannelSelect::Mix, 16_000).unwrap();
     for (k, c) in r.clips.iter().enumerate() {
