@@ -95,23 +95,28 @@ pub fn run(a: &ImportArgs) -> anyhow::Result<()> {
         .last()
         .and_then(|p| p.file_name())
         .map(|n| n.to_string_lossy());
-    match (first, last) {
-        (Some(f), Some(l)) => println!(
-            "{}: {} clip(s) of {} s from {} recording(s): {f} … {l}",
-            a.data.join(&a.machine_type).join(&a.split).display(),
-            r.clips.len(),
-            a.clip_seconds,
-            a.files.len()
-        ),
-        _ if r.silent > 0 => println!(
-            "no clip written: every clip was digital silence once written in 16 bits (a muted input, or a \
+    let none = match (first, last) {
+        (Some(f), Some(l)) => {
+            println!(
+                "{}: {} clip(s) of {} s from {} recording(s): {f} … {l}",
+                a.data.join(&a.machine_type).join(&a.split).display(),
+                r.clips.len(),
+                a.clip_seconds,
+                a.files.len()
+            );
+            None
+        }
+        _ if r.silent > 0 => Some(
+            "no clip was written: every clip was digital silence once written in 16 bits (a muted input, or a \
              recording too quiet for 16-bit clips)"
+                .to_string(),
         ),
-        _ => println!(
-            "no clip written: every recording is shorter than one clip of {} s",
+        _ => Some(format!(
+            "no clip was written: every recording is shorter than one clip of {} s (an empty data chunk \
+             included): give longer recordings or a shorter --clip-seconds",
             a.clip_seconds
-        ),
-    }
+        )),
+    };
     if r.float_clips > 0 {
         println!(
             "{} clip(s) go beyond full scale (peak {:.3}, {:+.1} dBFS): written as 32-bit float WAV, as recorded, \
@@ -127,7 +132,10 @@ pub fn run(a: &ImportArgs) -> anyhow::Result<()> {
             r.left_out_seconds, r.silent
         );
     }
-    Ok(())
+    match none {
+        Some(why) => anyhow::bail!(why),
+        None => Ok(()),
+    }
 }
 
 /// Checks the arguments and every recording, then cuts and writes the clips. Returns what it wrote.

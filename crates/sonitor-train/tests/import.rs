@@ -101,6 +101,21 @@ fn recordings_become_a_data_set_that_fit_trains_on() {
             && r8.warnings[0].contains("false alarms"),
         "{r8:?}"
     );
+    // Nothing written (a recording shorter than a clip): `run` fails (exit 1) saying so, not exit 0.
+    let short = recording(
+        &d.path().join("short.wav"),
+        16_000,
+        1,
+        0.5,
+        300.0,
+        (0.0, 0.0),
+    );
+    let e =
+        sonitor_train::import::run(&args(&d.path().join("data_short"), vec![short])).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("no clip was written: every recording is shorter than one clip"),
+        "{e:#}"
+    );
     // Read block by block, the clips are what reading the whole recording gives (to 16-bit rounding).
     let whole = sonitor_core::audio::load_mono(&a, ChannelSelect::Mix, 16_000).unwrap();
     for (k, c) in r.clips.iter().enumerate() {
