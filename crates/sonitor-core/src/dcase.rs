@@ -474,6 +474,33 @@ pub fn read_attribute_csvs(
             .flexible(true)
             .from_path(&csv_path)
             .map_err(|e| bad(e.to_string()))?;
+        // The header names the file column first. A CSV saved with another separator (a spreadsheet with a
+        // European locale writes `file_name;d1p;d1v`) read as one column: every row was ignored without a word.
+        let first = rdr
+            .headers()
+            .map_err(|e| bad(e.to_string()))?
+            .get(0)
+            .unwrap_or_default()
+            .trim()
+            .trim_start_matches('\u{feff}')
+            .to_string();
+        if first != "file_name" {
+            let other = [';', '\t', '|'].into_iter().find(|c| first.contains(*c));
+            return Err(bad(match other {
+                Some(c) => format!(
+                    "its header `{}` is one field: its fields are separated by {} where commas are expected (a \
+                     spreadsheet with another locale saves it so); save it with commas: `file_name,d1p,d1v,...`",
+                    first.escape_debug(),
+                    if c == '\t' { "tabs".to_string() } else { format!("`{c}`") }
+                ),
+                None => format!(
+                    "its header starts with `{}` where `file_name` is expected (`file_name,d1p,d1v,...`)",
+                    first.escape_debug()
+                ),
+            }));
+        }
+        // The row each file name was read from, for a file listed twice.
+        let mut rows: HashMap<String, usize> = HashMap::new();
         for (line, rec) in rdr.records().enumerate() {
             let rec = rec.map_err(|e| bad(e.to_string()))?;
             let file = rec
@@ -491,7 +518,17 @@ pub fn read_attribute_csvs(
                 .chunks(2)
                 .filter(|pv| !pv[0].is_empty())
                 .map(|pv| (pv[0].clone(), pv[1].clone()))
-                .collect();
+                .collect::<Vec<_>>();
+            // A file listed twice with other values: which one it learns from would be the last row's, silently.
+            if let Some(&row) = rows.get(&base) {
+                if map.get(&base) != Some(&pairs) {
+                    return Err(bad(format!(
+                        "rows {row} and {} give {base} different attributes: keep one",
+                        line + 2
+                    )));
+                }
+            }
+            rows.insert(base.clone(), line + 2);
             map.insert(base, pairs);
         }
     }
@@ -985,6 +1022,44 @@ mod tests {
         let m = ClassMap::build(LabelGranularity::AttributeDomain, train.iter().copied());
         assert_eq!(m.names[0], "fan/section_00/spd_2/target");
         assert_eq!(m.index_of(train[0]), Some(1));
+    }
+
+    /// An attributes CSV saved with semicolons (a spreadsheet's other locale), one whose header does not start
+    /// with `file_name`, or one that lists a file twice with other values is refused by name: the first two were
+    /// read as one column and every row ignored, the third kept its last row, all without a word.
+    #[test]
+    fn an_attributes_csv_of_another_shape_or_with_a_file_twice_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        let clip = "fan/train/section_00_source_train_normal_0000.wav";
+        touch(&r.join(clip));
+        let refused = |csv: &str| {
+            std::fs::write(r.join("fan/attributes_00.csv"), csv).unwrap();
+            scan(r).err().map(|e| e.to_string()).unwrap_or_default()
+        };
+        let e = refused(&format!("file_name;d1p;d1v\n{clip};speed;1\n"));
+        assert!(
+            e.contains("attributes_00.csv") && e.contains("separated by `;`"),
+            "{e}"
+        );
+        let e = refused(&format!("file_name\td1p\td1v\n{clip}\tspeed\t1\n"));
+        assert!(e.contains("separated by tabs"), "{e}");
+        let e = refused(&format!("name,d1p,d1v\n{clip},speed,1\n"));
+        assert!(e.contains("header starts with `name`"), "{e}");
+        let e = refused(&format!(
+            "file_name,d1p,d1v\n{clip},speed,1\n{clip},speed,2\n"
+        ));
+        assert!(
+            e.contains("rows 2 and 3 give") && e.contains("different attributes"),
+            "{e}"
+        );
+        // The same row twice is the same attributes, and a byte-order mark before the header is no field.
+        assert_eq!(
+            refused(&format!(
+                "\u{feff}file_name,d1p,d1v\n{clip},speed,1\n{clip},speed,1\n"
+            )),
+            ""
+        );
     }
 
     #[test]
