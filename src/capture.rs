@@ -743,7 +743,7 @@ pub fn spawn_capture(
                             if x != last_xruns {
                                 // The first, then at each power of two: a device that overruns every few
                                 // seconds does not flood the journal.
-                                if last_xruns == 0 || x.ilog2() > last_xruns.ilog2() {
+                                if crate::metrics::log_due(last_xruns, x) {
                                     log::warn!(
                                         "capture {}: the device overran {x} time(s) so far (audio lost, the \
                                          stream kept; windows start again after each gap; \

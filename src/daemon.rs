@@ -1228,7 +1228,7 @@ fn log_ring_losses(cfg: &Config, metrics: &Metrics, logged: &mut [u64], held_up:
             continue;
         };
         let n = input.dropped_samples.get();
-        if n == 0 || (*last != 0 && n.ilog2() <= last.ilog2()) {
+        if !crate::metrics::log_due(*last, n) {
             continue;
         }
         let held = held_up.map_or_else(String::new, |h| {

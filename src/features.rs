@@ -74,11 +74,10 @@ pub fn spawn_features(
                 };
                 let machine = w.machine;
                 let t_end_ms = w.t_end_ms;
-                let level_dbfs = window_level_dbfs(&w.samples);
                 let msg = FeatureMsg {
                     machine,
                     t_end_ms,
-                    level_dbfs,
+                    level_dbfs: window_level_dbfs(&w.samples),
                     features: f,
                     compute_seconds: started.elapsed().as_secs_f64(),
                     lossless: w.lossless,

@@ -29,6 +29,20 @@ impl Counter {
     pub fn inc_log_due(&self) -> Option<u64> {
         Some(self.0.fetch_add(1, Ordering::Relaxed).wrapping_add(1)).filter(|n| n.is_power_of_two())
     }
+    /// Adds `n` and returns the new value when a line is due in the log ([`log_due`]): [`Self::inc_log_due`] for a
+    /// count that grows by more than one at a time.
+    pub fn add_log_due(&self, n: u64) -> Option<u64> {
+        let before = self.0.fetch_add(n, Ordering::Relaxed);
+        let now = before.saturating_add(n);
+        log_due(before, now).then_some(now)
+    }
+}
+
+/// Whether a count that went from `last` (its value at the last look, or when it was last logged) to `now` is
+/// due a line in the log: at its first, then each time it passes another power of two, so that a fault that keeps
+/// recurring writes a line per doubling ([`Counter::inc_log_due`] does so one at a time).
+pub fn log_due(last: u64, now: u64) -> bool {
+    now > last && (last == 0 || now.ilog2() > last.ilog2())
 }
 
 /// A gauge holding a u64 (or an f64's bits via [`Gauge::set_f64`]).
@@ -965,6 +979,17 @@ fn answer(mut stream: TcpStream, metrics: &Metrics) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A count logged at its first and at each power of two it passes, however much it grows at a time.
+    #[test]
+    fn a_count_is_due_a_log_line_at_its_first_and_at_each_doubling() {
+        let c = Counter::default();
+        // 3 (first), 4, 6, 11 (past 8), 12 (still under 16).
+        let due = [3, 1, 2, 5, 1].map(|n| c.add_log_due(n));
+        assert_eq!(due, [Some(3), Some(4), None, Some(11), None]);
+        assert!(log_due(0, 1) && log_due(1, 2) && log_due(3, 8));
+        assert!(!log_due(0, 0) && !log_due(5, 5) && !log_due(4, 7));
+    }
 
     /// configs/README.md lists every metric the endpoint serves: 23 of them were named nowhere in the docs.
     #[test]

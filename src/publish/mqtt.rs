@@ -1476,16 +1476,13 @@ fn execute(client: &Client, session: &mut Session, actions: Vec<Action>, metrics
         };
         if let Err(e) = client.try_publish(topic.clone(), qos, retain, payload.into_bytes()) {
             // At the first and at each doubling: 600 machines starting at once wrote 65 lines of it.
-            let before = metrics.mqtt_dropped.get();
-            let after = before + (total - i) as u64;
-            if before == 0 || after.ilog2() > before.ilog2() {
+            if let Some(after) = metrics.mqtt_dropped.add_log_due((total - i) as u64) {
                 log::warn!(
                     "mqtt: cannot queue a publish to {topic} ({e}): the MQTT client's queue is full; {after} \
                      message(s) not sent so far (sonitor_mqtt_dropped_messages_total): alarm messages wait in the \
                      outbox, retained values go out with their next change or connection, scores are lost"
                 );
             }
-            metrics.mqtt_dropped.add((total - i) as u64);
             session.unsend(total - i);
             return;
         }
