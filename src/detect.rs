@@ -21,7 +21,7 @@ use crate::check::{check_with, threshold_off_above_bundle, Running};
 use crate::config::{Config, MachineConfig, MissingDirs, SourceKind};
 use crate::daemon::now_rfc3339;
 use crate::embed::{model_change, MachineModel, ModelChange, ModelSwap, ScoreMsg};
-use crate::metrics::{Metrics, HEALTH_VALUES};
+use crate::metrics::{LogBudget, Metrics, HEALTH_VALUES};
 use crate::publish::mqtt::{Command, ToMqtt};
 use crate::publish::outbox::{OutMessage, Outbox};
 use crate::window::ClipRequest;
@@ -299,6 +299,8 @@ pub(crate) struct MachineRt {
     /// and model stay until a restart; its reader cuts no more windows, and those already on their way are dropped
     /// on arrival.
     pub(crate) removed: bool,
+    /// Bounds the lines its health changes write ([`HEALTH_LOG_CHANGES`]).
+    pub(crate) health_log: LogBudget,
 }
 
 /// The message of an `end` event (`…/events`): the event `e` of `machine` (its peak score the event's), ended at
@@ -363,6 +365,19 @@ fn free_slot(taken: &BTreeSet<usize>) -> usize {
     (0..taken.len())
         .find(|k| !taken.contains(k))
         .unwrap_or(taken.len())
+}
+
+/// At most this many changes of one machine's health are logged a [`HEALTH_LOG_WINDOW`]; one line sums up the
+/// others at its end. A machine whose health flaps (a CPU that does not keep up with 600 machines: `NO_SCORES`,
+/// then its windows come again, each a warning and a health line; an input level at the edge of `CLIPPING`) wrote
+/// lines without bound, in which journald's rate limit would have hidden the alarms'. What is published is not
+/// bounded: the health topic and `sonitor status` say every change.
+pub(crate) const HEALTH_LOG_CHANGES: u32 = 6;
+pub(crate) const HEALTH_LOG_WINDOW: Duration = Duration::from_secs(600);
+
+/// A machine's [`MachineRt::health_log`].
+pub(crate) fn health_log() -> LogBudget {
+    LogBudget::new(HEALTH_LOG_CHANGES, HEALTH_LOG_WINDOW)
 }
 
 /// Windows in a row without a score after which a machine's health is `NO_SCORES`: one failing window is logged
@@ -1347,8 +1362,8 @@ impl Controller {
             .get(i)
             .map_or(0, |m| m.dropped_windows.get());
         if std::mem::take(&mut self.machines[i].starved) && !self.machines[i].removed {
-            log::info!("{}: its windows come again", self.machines[i].cfg.name);
-            self.health_changed(i);
+            let line = format!("{}: its windows come again", self.machines[i].cfg.name);
+            self.health_changed(i, Some((log::Level::Info, line)));
         }
         if self.machines[i].removed {
             self.window_handled(i, s.t_end_ms);
@@ -1359,8 +1374,8 @@ impl Controller {
             return;
         };
         if std::mem::take(&mut self.machines[i].unscored) >= NO_SCORES_AFTER {
-            log::info!("{}: windows are scored again", self.machines[i].cfg.name);
-            self.health_changed(i);
+            let line = format!("{}: windows are scored again", self.machines[i].cfg.name);
+            self.health_changed(i, Some((log::Level::Info, line)));
         }
         log::debug!(
             "score {} t={} ms: {:.4}",
@@ -1874,7 +1889,7 @@ impl Controller {
         if !m.removed && m.health != health {
             m.health = health;
             if m.unscored < NO_SCORES_AFTER && !m.starved {
-                self.health_changed(i);
+                self.health_changed(i, None);
             }
         }
     }
@@ -1894,17 +1909,40 @@ impl Controller {
         }
     }
 
-    /// Logs machine `i`'s new health and publishes its state.
-    fn health_changed(&mut self, i: usize) {
-        let m = &self.machines[i];
-        let health = m.health();
-        let level = if health == "OK" {
-            log::Level::Info
-        } else {
-            log::Level::Warn
-        };
-        log::log!(level, "health of {}: {health}", m.cfg.name);
+    /// Logs machine `i`'s new health, after `why` it changed where a line says so, and publishes its state. The
+    /// lines are bounded ([`HEALTH_LOG_CHANGES`]); what is published is not.
+    fn health_changed(&mut self, i: usize, why: Option<(log::Level, String)>) {
+        self.sum_up_health_log(i);
+        let m = &mut self.machines[i];
+        if m.health_log.allow() {
+            if let Some((level, line)) = why {
+                log::log!(level, "{line}");
+            }
+            let health = m.health();
+            let level = if health == "OK" {
+                log::Level::Info
+            } else {
+                log::Level::Warn
+            };
+            log::log!(level, "health of {}: {health}", m.cfg.name);
+        }
         self.publish_machine_state(i);
+    }
+
+    /// Once machine `i`'s [`HEALTH_LOG_WINDOW`] is over: one line for the changes of its health not logged in it.
+    /// Called at each change and every second, so that the line comes when the window ends.
+    fn sum_up_health_log(&mut self, i: usize) {
+        let m = &mut self.machines[i];
+        if let Some(n) = m.health_log.roll() {
+            log::warn!(
+                "{}: its health changed {n} more time(s) in the last {} min than the {HEALTH_LOG_CHANGES} logged; \
+                 its health now: {} (the health topic and sonitor status say each change; a health that keeps \
+                 changing: an input level at the edge of a limit, or a CPU that does not keep up)",
+                m.cfg.name,
+                m.health_log.window().as_secs() / 60,
+                m.health()
+            );
+        }
     }
 
     /// Machines whose input is open and that got no window for [`MachineRt::starved_after`]: their health says
@@ -1913,6 +1951,9 @@ impl Controller {
     /// was held up (the process stopped, a reload building a graph), and so were the readers: every machine's wait
     /// starts again now.
     pub(crate) fn check_windows_come(&mut self, late: bool) {
+        for i in 0..self.machines.len() {
+            self.sum_up_health_log(i);
+        }
         if late {
             for m in &mut self.machines {
                 m.last_window = Instant::now();
@@ -1932,8 +1973,8 @@ impl Controller {
                 .get(i)
                 .map_or(0, |mm| mm.dropped_windows.get())
                 .saturating_sub(m.dropped_at_last_window);
-            if dropped > 0 {
-                log::warn!(
+            let line = if dropped > 0 {
+                format!(
                     "{}: no window scored for {} s though input {input} is open: its {dropped} window(s) since \
                      were dropped on a full queue (sonitor_dropped_windows_total), as the features and inference \
                      threads do not keep up with the {} machine(s) (see the dropped-window lines above); the \
@@ -1942,9 +1983,9 @@ impl Controller {
                     m.cfg.name,
                     m.starved_after().as_secs(),
                     self.machines.len()
-                );
+                )
             } else {
-                log::warn!(
+                format!(
                     "{}: no window for {} s though input {input} is open: its audio is cut by gaps (device \
                      overruns, a full ring: sonitor_input_gaps_total, sonitor_dropped_samples_total; a looped file \
                      shorter than a window) more often than a window takes, or its pipeline is stuck; the machine \
@@ -1952,10 +1993,10 @@ impl Controller {
                      load on the CPU)",
                     m.cfg.name,
                     m.starved_after().as_secs()
-                );
-            }
+                )
+            };
             self.machines[i].starved = true;
-            self.health_changed(i);
+            self.health_changed(i, Some((log::Level::Warn, line)));
         }
     }
 
@@ -1966,13 +2007,13 @@ impl Controller {
         m.unscored = m.unscored.saturating_add(1);
         m.last_t_ms = t_end_ms;
         if m.unscored == NO_SCORES_AFTER {
-            log::warn!(
+            let line = format!(
                 "{}: the last {NO_SCORES_AFTER} windows could not be scored (see the errors above, \
                  sonitor_inference_errors_total, sonitor_invalid_scores_total and sonitor_feature_errors_total): \
                  the machine is not watched until its windows score again",
                 m.cfg.name
             );
-            self.health_changed(i);
+            self.health_changed(i, Some((log::Level::Warn, line)));
         }
         self.window_handled(i, t_end_ms);
     }
@@ -2283,6 +2324,7 @@ mod tests {
             starved: false,
             mute_deadline: None,
             removed: false,
+            health_log: health_log(),
         }
     }
 
@@ -2757,6 +2799,29 @@ mod tests {
         ctl.machines[0].last_window = long_ago(after + Duration::from_secs(1));
         ctl.check_windows_come(false);
         assert_eq!(ctl.machines[0].health(), "NO_AUDIO");
+    }
+
+    /// A health that flaps (a CPU that does not keep up: no window, then windows again) is followed each time, but
+    /// logged only [`HEALTH_LOG_CHANGES`] times a window; the others are summed up when the window ends.
+    #[test]
+    fn a_flapping_health_is_followed_each_time_and_logged_within_its_budget() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut ctl, _rx) = controller(d.path(), 1);
+        let after = ctl.machines[0].starved_after() + Duration::from_secs(1);
+        for k in 0..10u64 {
+            ctl.machines[0].last_window = Instant::now().checked_sub(after).unwrap();
+            ctl.check_windows_come(false);
+            assert_eq!(ctl.machines[0].health(), "NO_SCORES");
+            ctl.on_score(msg(1000 * (k + 1), Some(0.1)));
+            assert_eq!(ctl.machines[0].health(), "OK");
+        }
+        let log = &mut ctl.machines[0].health_log;
+        assert_eq!(log.unlogged(), 20 - u64::from(HEALTH_LOG_CHANGES));
+        // The window over: the next second's check sums them up, and changes are logged again.
+        log.end_window();
+        ctl.check_windows_come(false);
+        assert_eq!(ctl.machines[0].health_log.unlogged(), 0);
+        assert!(ctl.machines[0].health_log.allow());
     }
 
     /// Windows without a score (the model failed on them) are settled but never judged; three in a row make the

@@ -45,6 +45,80 @@ pub fn log_due(last: u64, now: u64) -> bool {
     now > last && (last == 0 || now.ilog2() > last.ilog2())
 }
 
+/// At most `lines` log lines a `window`: what is beyond them is counted, and the caller sums it up in one line once
+/// the window is over ([`Self::roll`]). Doubling ([`log_due`]) suits a fault that lasts; this suits events that
+/// recur for as long as the daemon runs (commands, a machine's health that flaps), where a line a year later must
+/// still be written.
+#[derive(Debug)]
+pub struct LogBudget {
+    lines: u32,
+    window: Duration,
+    since: Instant,
+    written: u32,
+    unlogged: u64,
+}
+
+impl LogBudget {
+    pub fn new(lines: u32, window: Duration) -> Self {
+        Self {
+            lines,
+            window,
+            since: Instant::now(),
+            written: 0,
+            unlogged: 0,
+        }
+    }
+
+    /// The window's length (for the summary line).
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// Once the window is over: how many lines it did not write (`Some` when any, for the caller's summary line),
+    /// and a new window. Call it before [`Self::allow`], and now and then while nothing happens, so that the
+    /// summary comes when the window ends.
+    pub fn roll(&mut self) -> Option<u64> {
+        if self.since.elapsed() < self.window {
+            return None;
+        }
+        let unlogged = std::mem::take(&mut self.unlogged);
+        self.since = Instant::now();
+        self.written = 0;
+        (unlogged > 0).then_some(unlogged)
+    }
+
+    /// Whether one more line may be written in this window; counts it as not written when it may not.
+    pub fn allow(&mut self) -> bool {
+        if self.written < self.lines {
+            self.written += 1;
+            true
+        } else {
+            self.unlogged += 1;
+            false
+        }
+    }
+
+    /// The lines written in this window so far.
+    #[cfg(test)]
+    pub fn written(&self) -> u32 {
+        self.written
+    }
+
+    /// The lines not written in this window so far.
+    #[cfg(test)]
+    pub fn unlogged(&self) -> u64 {
+        self.unlogged
+    }
+
+    /// Ends this window now, as if its time had passed.
+    #[cfg(test)]
+    pub fn end_window(&mut self) {
+        self.since = Instant::now()
+            .checked_sub(self.window)
+            .unwrap_or(self.since);
+    }
+}
+
 /// A gauge holding a u64 (or an f64's bits via [`Gauge::set_f64`]).
 #[derive(Debug, Default)]
 pub struct Gauge(AtomicU64);
@@ -989,6 +1063,26 @@ mod tests {
         assert_eq!(due, [Some(3), Some(4), None, Some(11), None]);
         assert!(log_due(0, 1) && log_due(1, 2) && log_due(3, 8));
         assert!(!log_due(0, 0) && !log_due(5, 5) && !log_due(4, 7));
+    }
+
+    /// A budget writes its lines, counts the rest until its window ends, then hands the count over once and writes
+    /// again.
+    #[test]
+    fn a_log_budget_writes_its_lines_then_counts_the_rest_until_its_window_ends() {
+        let mut b = LogBudget::new(3, Duration::from_secs(600));
+        let allowed = (0..10).map(|_| b.allow()).collect::<Vec<_>>();
+        assert_eq!(allowed.iter().filter(|a| **a).count(), 3);
+        assert!(
+            allowed[..3].iter().all(|a| *a),
+            "the first lines are written"
+        );
+        assert_eq!(b.roll(), None, "the window is not over");
+        b.end_window();
+        assert_eq!(b.roll(), Some(7));
+        assert_eq!(b.roll(), None, "handed over once");
+        assert!(b.allow());
+        b.end_window();
+        assert_eq!(b.roll(), None, "nothing left unwritten");
     }
 
     /// configs/README.md lists every metric the endpoint serves: 23 of them were named nowhere in the docs.

@@ -25,7 +25,7 @@ use rumqttc::{
 };
 
 use crate::config::{Config, MqttConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{LogBudget, Metrics};
 use crate::publish::outbox::{OutMessage, Outbox};
 
 /// What the rest of the daemon asks the publisher to do.
@@ -1323,47 +1323,28 @@ const COMMAND_LOG_WINDOW: Duration = Duration::from_secs(10);
 /// Bounds the log lines of commands: a storm of commands (40 000 in 3 s in an adversarial run) wrote a line each,
 /// 7 MB of log in which journald's rate limit would have hidden the alarms' lines.
 #[derive(Debug)]
-struct CommandLog {
-    since: Instant,
-    lines: u32,
-    unlogged: u64,
-}
+struct CommandLog(LogBudget);
 
 impl CommandLog {
     fn new() -> Self {
-        Self {
-            since: Instant::now(),
-            lines: 0,
-            unlogged: 0,
-        }
+        Self(LogBudget::new(COMMAND_LOG_LINES, COMMAND_LOG_WINDOW))
     }
 
     /// Whether one more command line may be written now.
     fn allow(&mut self) -> bool {
         self.flush();
-        if self.lines < COMMAND_LOG_LINES {
-            self.lines += 1;
-            true
-        } else {
-            self.unlogged += 1;
-            false
-        }
+        self.0.allow()
     }
 
     /// Once the window is over: one line for the commands not logged in it, and a new window.
     fn flush(&mut self) {
-        if self.since.elapsed() < COMMAND_LOG_WINDOW {
-            return;
-        }
-        if self.unlogged > 0 {
+        if let Some(n) = self.0.roll() {
             log::warn!(
-                "mqtt: {} more command message(s) in {:?}, not logged one by one (applied or dropped: \
+                "mqtt: {n} more command message(s) in {:?}, not logged one by one (applied or dropped: \
                  sonitor_commands_dropped_total counts the dropped)",
-                self.unlogged,
-                COMMAND_LOG_WINDOW
+                self.0.window()
             );
         }
-        *self = Self::new();
     }
 }
 
@@ -2059,10 +2040,10 @@ mod tests {
     fn a_storm_of_commands_does_not_flood_the_log() {
         let mut log = CommandLog::new();
         let allowed = (0..25).filter(|_| log.allow()).count();
-        assert_eq!((allowed, log.unlogged), (COMMAND_LOG_LINES as usize, 5));
-        log.since -= COMMAND_LOG_WINDOW;
+        assert_eq!((allowed, log.0.unlogged()), (COMMAND_LOG_LINES as usize, 5));
+        log.0.end_window();
         assert!(log.allow());
-        assert_eq!((log.lines, log.unlogged), (1, 0));
+        assert_eq!((log.0.written(), log.0.unlogged()), (1, 0));
     }
 
     /// A burst of commands beyond the daemon's queue: the last one published for a machine and setting is the
@@ -2121,7 +2102,7 @@ mod tests {
             .contains("\nsonitor_commands_dropped_total 87\n"));
         // The log summed up each message once: 20 lines, the rest counted once each.
         assert_eq!(
-            u64::from(log.lines) + log.unlogged,
+            u64::from(log.0.written()) + log.0.unlogged(),
             82 + MAX_HELD_COMMANDS as u64 + 12
         );
     }
