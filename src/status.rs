@@ -173,7 +173,72 @@ impl Snapshot {
         }
     }
 
-    /// The status as text: a table of the machines, one of the inputs, then MQTT and the configuration.
+    /// What needs someone's attention now, one item per machine, input or service, in the order of the tables:
+    /// an alarm on, a health other than OK, a machine not watched or muted, an input down, MQTT not connected or
+    /// not delivering, a reload refused or changes waiting for a restart. Empty when nothing does. Counts since
+    /// the start (windows dropped, messages dropped) are history, not a state: the tables show them.
+    pub fn attention(&self) -> Vec<String> {
+        let mut items = Vec::new();
+        for m in &self.machines {
+            let mut what = Vec::new();
+            if m.alarm == Some(true) {
+                what.push("alarm ON".to_string());
+            }
+            if let Some(h) = m.health.as_deref().filter(|h| *h != "OK") {
+                what.push(h.to_string());
+            }
+            if m.enabled == Some(false) {
+                what.push("not watched".into());
+            }
+            if m.muted == Some(true) {
+                what.push("muted".into());
+            }
+            if !what.is_empty() {
+                items.push(format!("{} {}", m.name, what.join(", ")));
+            }
+        }
+        for i in &self.inputs {
+            if i.up == Some(false) {
+                items.push(format!("input {} down", i.name));
+            }
+        }
+        if self.mqtt_enabled != Some(false) {
+            match (self.mqtt_connected, self.mqtt_echo_missing) {
+                (Some(false), _) => items.push(format!(
+                    "MQTT not connected ({} alarm message(s) wait)",
+                    self.outbox_messages.unwrap_or(0)
+                )),
+                (Some(true), Some(true)) => {
+                    items.push("MQTT: the broker does not deliver back".into())
+                }
+                _ => {}
+            }
+        }
+        if self.last_reload_successful == Some(false) {
+            items.push("the last reload was refused".into());
+        }
+        if self.restart_pending == Some(true) {
+            items.push("changes wait for a restart".into());
+        }
+        items
+    }
+
+    /// The snapshot as `--json` prints it: its fields, and [`Self::attention`]'s items as `attention`.
+    pub fn json(&self) -> serde_json::Result<String> {
+        #[derive(Serialize)]
+        struct Shown<'a> {
+            #[serde(flatten)]
+            snapshot: &'a Snapshot,
+            attention: Vec<String>,
+        }
+        serde_json::to_string_pretty(&Shown {
+            snapshot: self,
+            attention: self.attention(),
+        })
+    }
+
+    /// The status as text: a line of what needs attention, a table of the machines, one of the inputs, then MQTT
+    /// and the configuration.
     pub fn text(&self) -> String {
         let yes = |v: Option<bool>| match v {
             Some(true) => "yes",
@@ -222,10 +287,16 @@ impl Snapshot {
             .iter()
             .filter(|m| m.alarm == Some(true))
             .count();
+        let attention = self.attention();
         let mut out = format!(
-            "{}: {} machine(s), {on} alarm(s) on\n",
+            "{}: {} machine(s), {on} alarm(s) on\n{}\n",
             crate::state_lock::holder_named(self.pid),
-            self.machines.len()
+            self.machines.len(),
+            if attention.is_empty() {
+                "attention: none (every machine OK and watched, every input up)".to_string()
+            } else {
+                format!("attention: {}", attention.join("; "))
+            }
         );
         out.push_str(&table(&rows));
         out.push_str(
@@ -473,7 +544,7 @@ fn show(
             }
             let snapshot = Snapshot::of(&samples, pid);
             if json {
-                match serde_json::to_string_pretty(&snapshot) {
+                match snapshot.json() {
                     Ok(j) => println!("{j}"),
                     Err(e) => {
                         eprintln!("sonitor status: {e}");
@@ -559,9 +630,14 @@ mod tests {
             lines[0], "sonitor (pid 42): 2 machine(s), 1 alarm(s) on",
             "{text}"
         );
+        assert_eq!(
+            lines[1],
+            "attention: pump-1 alarm ON; fan-2 NO_SCORES, not watched; the last reload was refused",
+            "{text}"
+        );
         let words = |l: &str| l.split_whitespace().map(String::from).collect::<Vec<_>>();
         assert_eq!(
-            words(lines[2]),
+            words(lines[3]),
             [
                 "pump-1",
                 "ON",
@@ -577,9 +653,9 @@ mod tests {
             ],
             "{text}"
         );
-        assert_eq!(words(lines[3])[4], "NO_SCORES", "{text}");
+        assert_eq!(words(lines[4])[4], "NO_SCORES", "{text}");
         // No model id yet (an empty cell), no p99.9, nothing dropped.
-        assert_eq!(words(lines[3])[7..], ["-", "0"], "{text}");
+        assert_eq!(words(lines[4])[7..], ["-", "0"], "{text}");
         assert!(text.contains("\nmic    yes"), "{text}");
         // MQTT off ([mqtt] enabled = false) is said as such, not as a connection that failed.
         assert!(
@@ -597,8 +673,16 @@ mod tests {
                 && text.contains("\nMQTT not connected;"),
             "{text}"
         );
+        assert!(
+            text.contains(
+                "\nattention: pump-1 alarm ON; fan-2 NO_SCORES, not watched; MQTT not connected (0 alarm \
+                 message(s) wait); changes wait for a restart\n"
+            ),
+            "{text}"
+        );
         // `--json`: the same, as fields.
-        let j = serde_json::to_value(&snapshot).unwrap();
+        let j: serde_json::Value = serde_json::from_str(&snapshot.json().unwrap()).unwrap();
+        assert_eq!(j["attention"][3], "changes wait for a restart");
         assert_eq!(j["pid"], serde_json::Value::Null);
         assert_eq!(j["restart_pending"], true);
         assert_eq!(j["last_reload_successful"], true);

@@ -1158,9 +1158,16 @@ fn the_reload_command_reports_whether_the_daemon_applied_the_file() {
         "{shown}"
     );
     assert!(shown.contains("1 machine(s), 0 alarm(s) on"), "{shown}");
+    // Nothing of the machine needs attention: OK, watched, no alarm.
+    let attention = shown
+        .lines()
+        .find(|l| l.starts_with("attention: "))
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert!(!attention.contains("pump-1"), "{shown}");
     let (code, json) = sonitor(&["status", "--json"]);
     assert_eq!(code, Some(0), "{json}");
     let j: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(j["attention"].is_array(), "{json}");
     assert_eq!(j["machines"][0]["name"], "pump-1", "{json}");
     assert_eq!(j["machines"][0]["threshold"], b.threshold, "{json}");
     assert_eq!(j["machines"][0]["alarm"], false, "{json}");
