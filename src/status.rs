@@ -398,6 +398,9 @@ pub fn status(config_path: &Path, json: bool) -> i32 {
     };
     let held = dir.as_deref().and_then(crate::state_lock::holder);
     let holder = held.clone().unwrap_or_default();
+    // The daemon runs another file (a copy, a draft, another path): what it shows, a refused reload included, is
+    // that file's, not this one's.
+    let theirs = holder.runs_another_file(config_path).map(Path::to_path_buf);
     // The running daemon's metrics, where its lock file says (the file may have moved `[metrics] listen` since,
     // which only a restart applies), else the file's.
     let (code, reload_ok) = match (holder.metrics.or(cfg.and_then(|c| c.metrics.addr())), &dir) {
@@ -465,10 +468,20 @@ pub fn status(config_path: &Path, json: bool) -> i32 {
         );
         return EXIT_CONFIG;
     }
+    if let (0, Some(theirs)) = (code, &theirs) {
+        eprintln!(
+            "sonitor status: the daemon runs {}, not {}: what it shows is that file's; {} takes effect there only \
+             if the daemon is restarted with it",
+            theirs.display(),
+            config_path.display(),
+            config_path.display()
+        );
+    }
     if code == 0 && reload_ok == Some(false) {
         eprintln!(
-            "sonitor status: the daemon refused {} at its last reload (`sonitor validate` names why)",
-            config_path.display()
+            "sonitor status: the daemon refused {} at its last reload, and runs what it loaded before (`sonitor \
+             validate` names why)",
+            theirs.as_deref().unwrap_or(config_path).display()
         );
         return EXIT_CONFIG;
     }

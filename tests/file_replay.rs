@@ -1140,6 +1140,18 @@ fn the_reload_command_reports_whether_the_daemon_applied_the_file() {
         text.contains(&format!("now with another file, {}", runs.display())),
         "{text}"
     );
+    // `status` of it shows the daemon, and says whose file that is: it had said "as last loaded" of the copy.
+    let (code, text, _) = sonitor_on(&["status"], &other);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("1 machine(s)")
+            && text.contains(&format!(
+                "the daemon runs {}, not {}",
+                runs.display(),
+                other.display()
+            )),
+        "{text}"
+    );
     let (_, text, _) = sonitor_on(&["validate"], &cfg);
     assert!(
         text.contains("takes effect there when it reloads"),

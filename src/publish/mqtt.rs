@@ -1340,8 +1340,9 @@ impl CommandLog {
     fn flush(&mut self) {
         if let Some(n) = self.0.roll() {
             log::warn!(
-                "mqtt: {n} more command message(s) in {:?}, not logged one by one (applied or dropped: \
-                 sonitor_commands_dropped_total counts the dropped)",
+                "mqtt: {n} more command message(s) in {:?}, not logged one by one (applied, refused or \
+                 dropped: sonitor_commands_rejected_total counts the refused, sonitor_commands_dropped_total the \
+                 dropped)",
                 self.0.window()
             );
         }
