@@ -509,7 +509,7 @@ pub fn start(
             last_window: Instant::now(),
             dropped_at_last_window: 0,
             starved: false,
-            health_log: crate::detect::health_log(),
+            change_log: crate::detect::change_log(),
         };
         let p = Controller::params_of(&rt);
         // A clip the last run had not written yet when it ended (killed, power lost) never will be: its end event

@@ -299,8 +299,8 @@ pub(crate) struct MachineRt {
     /// and model stay until a restart; its reader cuts no more windows, and those already on their way are dropped
     /// on arrival.
     pub(crate) removed: bool,
-    /// Bounds the lines its health changes write ([`HEALTH_LOG_CHANGES`]).
-    pub(crate) health_log: LogBudget,
+    /// Bounds the lines its changes of state (health, signal, running) write ([`CHANGES_LOGGED`]).
+    pub(crate) change_log: LogBudget,
 }
 
 /// The message of an `end` event (`…/events`): the event `e` of `machine` (its peak score the event's), ended at
@@ -367,17 +367,18 @@ fn free_slot(taken: &BTreeSet<usize>) -> usize {
         .unwrap_or(taken.len())
 }
 
-/// At most this many changes of one machine's health are logged a [`HEALTH_LOG_WINDOW`]; one line sums up the
-/// others at its end. A machine whose health flaps (a CPU that does not keep up with 600 machines: `NO_SCORES`,
-/// then its windows come again, each a warning and a health line; an input level at the edge of `CLIPPING`) wrote
-/// lines without bound, in which journald's rate limit would have hidden the alarms'. What is published is not
-/// bounded: the health topic and `sonitor status` say every change.
-pub(crate) const HEALTH_LOG_CHANGES: u32 = 6;
-pub(crate) const HEALTH_LOG_WINDOW: Duration = Duration::from_secs(600);
+/// At most this many changes of one machine's state (its health, whether its window has signal, whether it runs)
+/// are logged a [`CHANGE_LOG_WINDOW`]; one line sums up the others at its end. A state that flaps wrote lines
+/// without bound, in which journald's rate limit would have hidden the alarms': a CPU that does not keep up with
+/// 600 machines (`NO_SCORES`, then its windows come again, each a warning and a health line), an input level at
+/// the edge of `CLIPPING`, a machine's level at its `idle_below_dbfs` (a line each window). What is published is
+/// not bounded: the health and state topics and `sonitor status` say every change.
+pub(crate) const CHANGES_LOGGED: u32 = 6;
+pub(crate) const CHANGE_LOG_WINDOW: Duration = Duration::from_secs(600);
 
-/// A machine's [`MachineRt::health_log`].
-pub(crate) fn health_log() -> LogBudget {
-    LogBudget::new(HEALTH_LOG_CHANGES, HEALTH_LOG_WINDOW)
+/// A machine's [`MachineRt::change_log`].
+pub(crate) fn change_log() -> LogBudget {
+    LogBudget::new(CHANGES_LOGGED, CHANGE_LOG_WINDOW)
 }
 
 /// Windows in a row without a score after which a machine's health is `NO_SCORES`: one failing window is logged
@@ -1392,9 +1393,10 @@ impl Controller {
         // lasts): not judged, and an alarm stays as it was, as while the input is away.
         let no_signal = s.level_dbfs < crate::window::NO_SIGNAL_BELOW_DBFS;
         if no_signal != self.machines[i].no_signal {
-            let m = &mut self.machines[i];
-            m.no_signal = no_signal;
-            if no_signal {
+            self.machines[i].no_signal = no_signal;
+            let logged = self.change_logged(i);
+            let m = &self.machines[i];
+            if logged && no_signal {
                 log::warn!(
                     "{}: no signal in its window (level {:.1} dBFS, under the {} dBFS of any microphone's own \
                      noise: a muted, dead or stuck input?): not judged until sound returns; an alarm stays as it was",
@@ -1402,7 +1404,7 @@ impl Controller {
                     s.level_dbfs,
                     crate::window::NO_SIGNAL_BELOW_DBFS
                 );
-            } else {
+            } else if logged {
                 log::info!(
                     "{}: signal again (window level {:.1} dBFS)",
                     m.cfg.name,
@@ -1422,17 +1424,18 @@ impl Controller {
             .idle_below_dbfs
             .is_some_and(|below| s.level_dbfs < below);
         if idle != self.machines[i].idle {
-            let m = &mut self.machines[i];
-            m.idle = idle;
+            self.machines[i].idle = idle;
+            let logged = self.change_logged(i);
+            let m = &self.machines[i];
             let below = m.cfg.detector.idle_below_dbfs.unwrap_or_default();
-            if idle {
+            if logged && idle {
                 log::info!(
                     "{}: not running (window level {:.1} dBFS, below idle_below_dbfs {below}): not judged until it \
                      runs again",
                     m.cfg.name,
                     s.level_dbfs
                 );
-            } else {
+            } else if logged {
                 log::info!(
                     "{}: running again (window level {:.1} dBFS)",
                     m.cfg.name,
@@ -1910,11 +1913,10 @@ impl Controller {
     }
 
     /// Logs machine `i`'s new health, after `why` it changed where a line says so, and publishes its state. The
-    /// lines are bounded ([`HEALTH_LOG_CHANGES`]); what is published is not.
+    /// lines are bounded ([`CHANGES_LOGGED`]); what is published is not.
     fn health_changed(&mut self, i: usize, why: Option<(log::Level, String)>) {
-        self.sum_up_health_log(i);
-        let m = &mut self.machines[i];
-        if m.health_log.allow() {
+        if self.change_logged(i) {
+            let m = &self.machines[i];
             if let Some((level, line)) = why {
                 log::log!(level, "{line}");
             }
@@ -1929,18 +1931,28 @@ impl Controller {
         self.publish_machine_state(i);
     }
 
-    /// Once machine `i`'s [`HEALTH_LOG_WINDOW`] is over: one line for the changes of its health not logged in it.
+    /// Whether a line of machine `i`'s change of state (health, signal, running) may be written now, within its
+    /// [`MachineRt::change_log`]; counts the change as not logged when it may not.
+    fn change_logged(&mut self, i: usize) -> bool {
+        self.sum_up_change_log(i);
+        self.machines[i].change_log.allow()
+    }
+
+    /// Once machine `i`'s [`CHANGE_LOG_WINDOW`] is over: one line for the changes of its state not logged in it.
     /// Called at each change and every second, so that the line comes when the window ends.
-    fn sum_up_health_log(&mut self, i: usize) {
+    fn sum_up_change_log(&mut self, i: usize) {
         let m = &mut self.machines[i];
-        if let Some(n) = m.health_log.roll() {
+        if let Some(n) = m.change_log.roll() {
             log::warn!(
-                "{}: its health changed {n} more time(s) in the last {} min than the {HEALTH_LOG_CHANGES} logged; \
-                 its health now: {} (the health topic and sonitor status say each change; a health that keeps \
-                 changing: an input level at the edge of a limit, or a CPU that does not keep up)",
+                "{}: its state (health, signal, running) changed {n} more time(s) in the last {} min than the \
+                 {CHANGES_LOGGED} logged; now: health {}{}{} (the health and state topics and sonitor status say \
+                 each change; a state that keeps changing: an input level at the edge of a limit or of \
+                 idle_below_dbfs, or a CPU that does not keep up)",
                 m.cfg.name,
-                m.health_log.window().as_secs() / 60,
-                m.health()
+                m.change_log.window().as_secs() / 60,
+                m.health(),
+                if m.no_signal { ", no signal" } else { "" },
+                if m.idle { ", not running" } else { "" }
             );
         }
     }
@@ -1952,7 +1964,7 @@ impl Controller {
     /// starts again now.
     pub(crate) fn check_windows_come(&mut self, late: bool) {
         for i in 0..self.machines.len() {
-            self.sum_up_health_log(i);
+            self.sum_up_change_log(i);
         }
         if late {
             for m in &mut self.machines {
@@ -2324,7 +2336,7 @@ mod tests {
             starved: false,
             mute_deadline: None,
             removed: false,
-            health_log: health_log(),
+            change_log: change_log(),
         }
     }
 
@@ -2802,7 +2814,8 @@ mod tests {
     }
 
     /// A health that flaps (a CPU that does not keep up: no window, then windows again) is followed each time, but
-    /// logged only [`HEALTH_LOG_CHANGES`] times a window; the others are summed up when the window ends.
+    /// logged only [`CHANGES_LOGGED`] times a window; the others are summed up when the window ends. A level at
+    /// `idle_below_dbfs` (running, not running, each window) counts against the same budget.
     #[test]
     fn a_flapping_health_is_followed_each_time_and_logged_within_its_budget() {
         let d = tempfile::tempdir().unwrap();
@@ -2815,13 +2828,26 @@ mod tests {
             ctl.on_score(msg(1000 * (k + 1), Some(0.1)));
             assert_eq!(ctl.machines[0].health(), "OK");
         }
-        let log = &mut ctl.machines[0].health_log;
-        assert_eq!(log.unlogged(), 20 - u64::from(HEALTH_LOG_CHANGES));
+        let log = &mut ctl.machines[0].change_log;
+        assert_eq!(log.unlogged(), 20 - u64::from(CHANGES_LOGGED));
         // The window over: the next second's check sums them up, and changes are logged again.
         log.end_window();
         ctl.check_windows_come(false);
-        assert_eq!(ctl.machines[0].health_log.unlogged(), 0);
-        assert!(ctl.machines[0].health_log.allow());
+        assert_eq!(ctl.machines[0].change_log.unlogged(), 0);
+        // A level at the machine's idle_below_dbfs: each change of whether it runs is followed, and counted.
+        ctl.machines[0].cfg.detector.idle_below_dbfs = Some(-30.0);
+        for k in 0..10u64 {
+            let level_dbfs = if k % 2 == 0 { -35.0 } else { -25.0 };
+            ctl.on_score(ScoreMsg {
+                level_dbfs,
+                ..msg(20_000 + 1000 * k, Some(0.1))
+            });
+            assert_eq!(ctl.machines[0].idle, k % 2 == 0);
+        }
+        assert_eq!(
+            ctl.machines[0].change_log.unlogged(),
+            10 - u64::from(CHANGES_LOGGED)
+        );
     }
 
     /// Windows without a score (the model failed on them) are settled but never judged; three in a row make the
