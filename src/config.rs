@@ -229,6 +229,11 @@ pub struct DetectorConfig {
     /// window is judged. The levels of the machine running and standing are in `sonitor_window_level_dbfs`.
     #[serde(default)]
     pub idle_below_dbfs: Option<f32>,
+    /// A machine that counts as not running counts as running again only from a window whose level is at least
+    /// `idle_below_dbfs` + this many dB: a level that hovers at `idle_below_dbfs` would otherwise flip the machine
+    /// between running and not running each window, and end and raise its alarm again and again.
+    #[serde(default = "default_idle_hysteresis_db")]
+    pub idle_hysteresis_db: f32,
 }
 
 impl Default for DetectorConfig {
@@ -243,8 +248,13 @@ impl Default for DetectorConfig {
             min_duration: Duration::ZERO,
             cooldown: Duration::ZERO,
             idle_below_dbfs: None,
+            idle_hysteresis_db: default_idle_hysteresis_db(),
         }
     }
+}
+
+fn default_idle_hysteresis_db() -> f32 {
+    crate::detect::DEFAULT_IDLE_HYSTERESIS_DB
 }
 
 fn default_raise_k() -> usize {
@@ -616,6 +626,8 @@ enum Expect {
     Windows(&'static str),
     /// A level in dBFS, with an example.
     Dbfs(&'static str),
+    /// A difference of levels in dB, with an example.
+    Db(&'static str),
 }
 
 /// Every such setting, by its path in the file; `[]` stands for each entry of an array of tables. Durations
@@ -634,6 +646,7 @@ const CHECKED_KEYS: &[(&str, Expect)] = &[
     ("machines[].clear_m", Expect::Windows("3")),
     ("machines[].clear_n", Expect::Windows("5")),
     ("machines[].idle_below_dbfs", Expect::Dbfs("-50")),
+    ("machines[].idle_hysteresis_db", Expect::Db("3")),
     ("mqtt.keep_alive", Expect::Duration),
     ("mqtt.discovery.mute", Expect::Duration),
     ("mqtt.score_interval", Expect::Duration),
@@ -663,8 +676,8 @@ impl Expect {
                 return Some((why, DURATION_HELP.to_string()));
             }
             // A JSON null is TOML's nan or inf, which the typed read takes (and `static_problems` refuses).
-            Expect::Score(_) | Expect::Dbfs(_) if value.is_null() => return None,
-            Expect::Score(_) | Expect::Dbfs(_)
+            Expect::Score(_) | Expect::Dbfs(_) | Expect::Db(_) if value.is_null() => return None,
+            Expect::Score(_) | Expect::Dbfs(_) | Expect::Db(_)
                 if serde_json::from_value::<f64>(value.clone()).is_ok() =>
             {
                 return None
@@ -675,6 +688,7 @@ impl Expect {
             Expect::Score(e) => format!("a score, e.g. {e}"),
             Expect::Windows(e) => format!("a whole number of windows, e.g. {e}"),
             Expect::Dbfs(e) => format!("a level in dBFS, e.g. {e}"),
+            Expect::Db(e) => format!("a number of dB, e.g. {e}"),
         };
         let quoted = if value.is_string() {
             " (without quotes)"
@@ -1837,6 +1851,12 @@ impl DetectorConfig {
                 ));
             }
         }
+        let h = self.idle_hysteresis_db;
+        if !(0.0..=40.0).contains(&h) {
+            p.push(format!(
+                "idle_hysteresis_db ({h}) must be a number of dB between 0 and 40 (0: none)"
+            ));
+        }
         // Compared only when both are valid: a refused threshold is not in force.
         let valid = |t: f64| sonitor_core::score::threshold_problem(t).is_none();
         if let (Some(on), Some(off)) = (
@@ -2490,6 +2510,31 @@ min_duration = "3s"
             let e = c.static_problems().join("\n");
             assert!(
                 e.contains("must be a level between -200 and 0 dBFS"),
+                "{bad}: {e}"
+            );
+        }
+        // Its hysteresis: 3 dB unless set, a number of dB from 0 to 40.
+        assert_eq!(c.machines[0].detector.idle_hysteresis_db, 3.0);
+        let text = minimal(d.path()).replace("raise_k = 2", "raise_k = 2\nidle_hysteresis_db = 6");
+        let c = Config::load_with_env(&write(d.path(), &text), []).unwrap();
+        assert_eq!(c.machines[0].detector.idle_hysteresis_db, 6.0);
+        let text =
+            minimal(d.path()).replace("raise_k = 2", "raise_k = 2\nidle_hysteresis_db = \"3dB\"");
+        let e = refused(&text, &[]);
+        assert!(
+            e.contains("machines[0].idle_hysteresis_db = \"3dB\" is not valid: write a number of dB, e.g. 3 (without quotes)"),
+            "{e}"
+        );
+        for bad in ["-1", "41", "nan"] {
+            let text = minimal(d.path()).replace(
+                "raise_k = 2",
+                &format!("raise_k = 2\nidle_hysteresis_db = {bad}"),
+            );
+            let c = Config::load_with_env(&write(d.path(), &text), []).unwrap();
+            let e = c.static_problems().join("\n");
+            assert!(
+                e.contains("idle_hysteresis_db")
+                    && e.contains("must be a number of dB between 0 and 40"),
                 "{bad}: {e}"
             );
         }

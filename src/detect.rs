@@ -93,6 +93,10 @@ pub struct SavedMachine {
 /// Space kept in the state directory for the saved state (`alarms.json`): on a filesystem filled by something
 /// else (clips elsewhere on the card, a log gone wild), the save that follows is made into it, so that an open
 /// alarm, a mute or a threshold set over MQTT survives the next restart. Made again once there is room.
+/// How many dB above `idle_below_dbfs` a machine that stands must sound to count as running again, unless the
+/// machine's `idle_hysteresis_db` says otherwise.
+pub const DEFAULT_IDLE_HYSTERESIS_DB: f32 = 3.0;
+
 pub const RESERVE_FILE: &str = ".sonitor-reserve";
 const RESERVE_BYTES: usize = 64 * 1024;
 
@@ -399,6 +403,21 @@ impl MachineRt {
         } else {
             &self.health
         }
+    }
+
+    /// Whether a window of this level leaves the machine not running: below `idle_below_dbfs` when it runs, and
+    /// below `idle_below_dbfs` + `idle_hysteresis_db` when it does not (a Schmitt trigger: a level at the limit
+    /// does not flip it each window).
+    pub(crate) fn is_idle_at(&self, level_dbfs: f32) -> bool {
+        let d = &self.cfg.detector;
+        d.idle_below_dbfs.is_some_and(|below| {
+            let limit = if self.idle {
+                below + d.idle_hysteresis_db
+            } else {
+                below
+            };
+            level_dbfs < limit
+        })
     }
 
     /// How long its input may be open without a window of it before it is [`Self::starved`]: three windows and
@@ -1418,11 +1437,7 @@ impl Controller {
             self.window_handled(i, s.t_end_ms);
             return;
         }
-        let idle = self.machines[i]
-            .cfg
-            .detector
-            .idle_below_dbfs
-            .is_some_and(|below| s.level_dbfs < below);
+        let idle = self.machines[i].is_idle_at(s.level_dbfs);
         if idle != self.machines[i].idle {
             self.machines[i].idle = idle;
             let logged = self.change_logged(i);
@@ -1436,8 +1451,15 @@ impl Controller {
                     s.level_dbfs
                 );
             } else if logged {
+                let why = match m.cfg.detector.idle_below_dbfs {
+                    Some(below) => format!(
+                        "at least idle_below_dbfs + idle_hysteresis_db = {}",
+                        below + m.cfg.detector.idle_hysteresis_db
+                    ),
+                    None => "idle_below_dbfs no longer set".to_string(),
+                };
                 log::info!(
-                    "{}: running again (window level {:.1} dBFS)",
+                    "{}: running again (window level {:.1} dBFS, {why})",
                     m.cfg.name,
                     s.level_dbfs
                 );
@@ -2848,6 +2870,49 @@ mod tests {
             ctl.machines[0].change_log.unlogged(),
             10 - u64::from(CHANGES_LOGGED)
         );
+    }
+
+    /// A level that hovers at `idle_below_dbfs` does not flip the machine each window: once not running, it runs
+    /// again only from `idle_hysteresis_db` above the limit, and once running it stops only below the limit. With
+    /// no hysteresis, each crossing counts.
+    #[test]
+    fn a_level_at_idle_below_dbfs_flips_the_machine_once_not_each_window() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut ctl, _rx) = controller(d.path(), 1);
+        ctl.machines[0].cfg.detector.idle_below_dbfs = Some(-30.0);
+        let mut t = 0;
+        let mut feed = |ctl: &mut Controller, level_dbfs: f32| {
+            t += 1000;
+            ctl.on_score(ScoreMsg {
+                level_dbfs,
+                ..msg(t, Some(0.1))
+            });
+            ctl.machines[0].idle
+        };
+        let hovering = [-30.5, -29.5, -28.0, -30.2, -27.5, -29.0];
+        let idle: Vec<bool> = hovering.iter().map(|&l| feed(&mut ctl, l)).collect();
+        assert_eq!(idle, [true; 6], "stands until 3 dB above the limit");
+        let idle_windows = ctl.metrics.machines[0].idle_windows.get();
+        assert_eq!(idle_windows, 6);
+        // At -27 (the limit and 3 dB) it runs; then down to the limit it still runs, and judged.
+        let idle: Vec<bool> = [-27.0, -29.0, -29.9, -30.0, -30.1]
+            .iter()
+            .map(|&l| feed(&mut ctl, l))
+            .collect();
+        assert_eq!(idle, [false, false, false, false, true]);
+        assert_eq!(ctl.metrics.machines[0].idle_windows.get(), idle_windows + 1);
+        assert_eq!(
+            ctl.machines[0].change_log.unlogged(),
+            0,
+            "two changes, both logged"
+        );
+        // No hysteresis: every crossing of the limit counts, as before the setting.
+        ctl.machines[0].cfg.detector.idle_hysteresis_db = 0.0;
+        let idle: Vec<bool> = [-29.5, -30.5, -29.5]
+            .iter()
+            .map(|&l| feed(&mut ctl, l))
+            .collect();
+        assert_eq!(idle, [false, true, false]);
     }
 
     /// Windows without a score (the model failed on them) are settled but never judged; three in a row make the
