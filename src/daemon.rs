@@ -324,7 +324,7 @@ pub fn run(config_path: &Path) -> i32 {
     }
 }
 
-/// The state directory's lock, checked every 10 s ([`crate::state_lock::StateLock::check`]): taken again when it
+/// The state directory's lock, checked every second ([`crate::state_lock::StateLock::check`]): taken again when it
 /// was deleted (true then); a failure is logged at once, then every 5 minutes while it lasts (`complaints` counts
 /// the checks).
 fn check_state_lock(
@@ -360,7 +360,7 @@ fn check_state_lock(
             dir.display()
         ),
     };
-    if (*complaints).is_multiple_of(30) {
+    if (*complaints).is_multiple_of(300) {
         log::error!("{said}");
     }
     *complaints = complaints.wrapping_add(1);
@@ -996,8 +996,9 @@ pub fn start(
                 ctl.on_clock_jump();
             }
             ctl.check_windows_come(!on_time);
-        }
-        if last_status.elapsed() >= Duration::from_secs(10) {
+            // Every second, not with the 10-s checks below (two stat calls while the file is there): while the
+            // directory was deleted (and made again by the next write of the outbox or a clip) but the lock file
+            // not yet, `sonitor status` and `reload` found no daemon, and a second daemon would have started.
             if check_state_lock(&mut state_lock, &ctl.cfg.state_dir, &mut lock_complaints) {
                 // The saved states and the outbox were deleted with it: written again now, not at the next change.
                 ctl.persist();
@@ -1006,6 +1007,8 @@ pub fn start(
                     .unwrap_or_else(|e| e.into_inner())
                     .write_again_if_gone();
             }
+        }
+        if last_status.elapsed() >= Duration::from_secs(10) {
             clock.check_synchronized();
             last_status = Instant::now();
             metrics.clock_synchronized.set(clock.synchronized_gauge());

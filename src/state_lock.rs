@@ -97,7 +97,7 @@ impl StateLock {
         }
         // Waited for as at a start (a `sonitor validate` holds it for a moment), but not again once another
         // process was found holding it: that one holds it for its life, and this runs on the daemon's main loop
-        // every 10 s.
+        // every second.
         let wait = if self.taken_by_other {
             std::time::Duration::ZERO
         } else {
