@@ -457,15 +457,23 @@ pub fn status(config_path: &Path, json: bool) -> i32 {
             );
             return EXIT_CONFIG;
         }
-        eprintln!(
-            "sonitor status: {p}{}; the file as it is now would be refused by a reload and by a restart (`sonitor \
-             validate` names every problem)",
-            if code == 0 {
-                "; the daemon above runs the configuration it loaded before"
-            } else {
-                ""
-            }
-        );
+        match (code, &theirs) {
+            // A reload re-reads the daemon's own file, never this one: only a restart with it would be refused.
+            (0, Some(theirs)) => eprintln!(
+                "sonitor status: {p}; the daemon above runs {}, not this file, and a reload re-reads that one: a \
+                 restart with this file would be refused (`sonitor validate` names every problem)",
+                theirs.display()
+            ),
+            _ => eprintln!(
+                "sonitor status: {p}{}; the file as it is now would be refused by a reload and by a restart \
+                 (`sonitor validate` names every problem)",
+                if code == 0 {
+                    "; the daemon above runs the configuration it loaded before"
+                } else {
+                    ""
+                }
+            ),
+        }
         return EXIT_CONFIG;
     }
     if let (0, Some(theirs)) = (code, &theirs) {

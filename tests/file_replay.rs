@@ -1152,6 +1152,23 @@ fn the_reload_command_reports_whether_the_daemon_applied_the_file() {
             )),
         "{text}"
     );
+    // A copy with a problem of its own: a restart with it would be refused, a reload would not read it.
+    let good = std::fs::read_to_string(&other).unwrap();
+    assert!(good.contains("raise_k = 2"), "{good}");
+    std::fs::write(&other, good.replace("raise_k = 2", "raise_k = 99")).unwrap();
+    let (code, text, _) = sonitor_on(&["status"], &other);
+    assert_eq!(code, Some(78), "{text}");
+    assert!(
+        text.contains("1 machine(s)")
+            && text.contains(&format!(
+                "the daemon above runs {}, not this file, and a reload re-reads that one: a restart with this \
+                 file would be refused",
+                runs.display()
+            ))
+            && !text.contains("would be refused by a reload"),
+        "{text}"
+    );
+    std::fs::write(&other, good).unwrap();
     let (_, text, _) = sonitor_on(&["validate"], &cfg);
     assert!(
         text.contains("takes effect there when it reloads"),
