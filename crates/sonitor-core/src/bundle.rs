@@ -177,6 +177,13 @@ pub enum BundleError {
     /// A FIFO (which blocked every reader, and a daemon's start, for ever), a device or a directory.
     #[error("{path}: not a regular file (a FIFO, a device or a directory)")]
     NotAFile { path: PathBuf },
+    /// A file of the bundle this user may not read (copied as root under umask 077, read by the daemon's own
+    /// user): said with what to do, where a bare "Permission denied" left it to the reader.
+    #[error(
+        "{path}: permission denied: this user may not read it; make it readable by the user sonitor runs as \
+         (e.g. `chmod a+r {path}`, or chown it to that user)"
+    )]
+    Denied { path: PathBuf },
     #[error("{path}: invalid manifest: {reason}")]
     Manifest { path: PathBuf, reason: String },
     #[error("{path}: checksum mismatch: the manifest says sha256 {expected}, the file has {actual} (the ONNX file was changed or belongs to another bundle)")]
@@ -592,6 +599,8 @@ fn read_regular(path: &Path) -> Result<Vec<u8>, BundleError> {
     crate::regular_file::read(&path).map_err(|error| {
         if crate::regular_file::is_not_a_file(&error) {
             BundleError::NotAFile { path }
+        } else if error.kind() == std::io::ErrorKind::PermissionDenied {
+            BundleError::Denied { path }
         } else {
             BundleError::Io { path, error }
         }
@@ -1059,6 +1068,19 @@ mod tests {
             );
             assert!(e.contains(&b.display().to_string()), "{e}");
         };
+        let check_file = |m: &Path| {
+            let e = err_of(m);
+            let file = m.join(MANIFEST_FILE).display().to_string();
+            assert!(
+                e.contains(&format!("{file}: permission denied"))
+                    && e.contains(&format!("chmod a+r {file}")),
+                "{e}"
+            );
+        };
+        let check = |b: &Path| {
+            check(b);
+            check_file(&b.with_file_name("M"));
+        };
         if let Some(b) = std::env::var_os(CHILD) {
             check(Path::new(&b));
             return;
@@ -1067,6 +1089,14 @@ mod tests {
         std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let b = d.path().join("B");
         Bundle::write(&b, &manifest(), &graph()).unwrap();
+        // A readable folder whose manifest is not readable: the file named, with what to do.
+        let m = d.path().join("M");
+        Bundle::write(&m, &manifest(), &graph()).unwrap();
+        std::fs::set_permissions(
+            m.join(MANIFEST_FILE),
+            std::fs::Permissions::from_mode(0o000),
+        )
+        .unwrap();
         std::fs::set_permissions(&b, std::fs::Permissions::from_mode(0o000)).unwrap();
         let readable = std::fs::symlink_metadata(b.join(MANIFEST_FILE)).is_ok();
         let outcome = if !readable {
