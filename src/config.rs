@@ -236,6 +236,17 @@ pub struct DetectorConfig {
     pub idle_hysteresis_db: f32,
 }
 
+/// What to say of a configuration file this user may not read: who is asking, and the two ways out.
+fn denied(what: &str) -> String {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    format!(
+        "permission denied: this user (uid {uid}) {what}; run the command as a user that may (e.g. with sudo), or \
+         make the file readable by the user sonitor runs as (the service's own user, which systemd makes at its \
+         start: `chmod a+r` the file and `a+x` its folders)"
+    )
+}
+
 impl Default for DetectorConfig {
     fn default() -> Self {
         Self {
@@ -1223,6 +1234,12 @@ impl Config {
                 )))
             }
             Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(err(denied("may not look into a folder above it")))
+            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(err(format!("cannot look it up: {e}")))
+            }
             Err(_) => {
                 return Err(err(
                     "no such file (another configuration: --config FILE; a first one: start from \
@@ -1230,6 +1247,14 @@ impl Config {
                         .into(),
                 ))
             }
+        }
+        // The config crate says only "Permission denied (os error 13)" of a file this user may not read.
+        if let Err(e) = std::fs::File::open(path) {
+            return Err(err(if e.kind() == std::io::ErrorKind::PermissionDenied {
+                denied("may not read it")
+            } else {
+                format!("cannot read: {e}")
+            }));
         }
         let env: Vec<(String, String)> = env.into_iter().collect();
         let misspelled = env_misspellings(&env);

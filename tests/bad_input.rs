@@ -516,6 +516,73 @@ fn with_state_tmpfs(state: &Path, config: &Path, body: &str) -> Option<(i32, Str
 /// A recording played once that gives fewer windows than a machine's raise_k can never raise its alarm:
 /// `validate` (and the start, which runs the same check) warns, naming the machine, the file's length and what
 /// it needs. Looped, or long enough, it does not.
+/// A configuration file this user may not read, or in a folder it may not enter: "permission denied", with the
+/// uid asking and what to do. It said "no such file" of the second, and a bare "Permission denied (os error 13)"
+/// of the first. Root reads both anyway: there the commands run as `nobody` through `setpriv`, skipped with a word
+/// where it is missing.
+#[test]
+fn a_configuration_this_user_may_not_read_is_permission_denied() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let setpriv = Path::new("/usr/bin/setpriv");
+    if root && !setpriv.exists() {
+        eprintln!("skipped: root reads any file, and there is no setpriv to run as another user");
+        return;
+    }
+    let unreadable = d.path().join("unreadable.toml");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/sonitor.toml"),
+        &unreadable,
+    )
+    .unwrap();
+    std::fs::set_permissions(&unreadable, std::fs::Permissions::from_mode(0o200)).unwrap();
+    let closed = d.path().join("closed");
+    std::fs::create_dir(&closed).unwrap();
+    std::fs::copy(&unreadable, closed.join("sonitor.toml")).unwrap();
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o000)).unwrap();
+    for (file, what) in [
+        (unreadable.clone(), "may not read it"),
+        (
+            closed.join("sonitor.toml"),
+            "may not look into a folder above it",
+        ),
+    ] {
+        for cmd in ["validate", "run", "status"] {
+            let mut c = if root {
+                let mut c = Command::new(setpriv);
+                c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                    .arg(env!("CARGO_BIN_EXE_sonitor"));
+                c
+            } else {
+                Command::new(env!("CARGO_BIN_EXE_sonitor"))
+            };
+            let out = c.args([cmd, "--config"]).arg(&file).output().unwrap();
+            let text = String::from_utf8_lossy(&out.stderr).into_owned()
+                + &String::from_utf8_lossy(&out.stdout);
+            assert_eq!(
+                out.status.code(),
+                Some(78),
+                "{cmd} {}: {text}",
+                file.display()
+            );
+            assert!(
+                text.contains(&format!(
+                    "{}: permission denied: this user (uid ",
+                    file.display()
+                )) && text.contains(what)
+                    && text.contains("e.g. with sudo")
+                    && !text.contains("no such file"),
+                "{cmd} {}: {text}",
+                file.display()
+            );
+        }
+    }
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+}
+
 #[test]
 fn a_recording_too_short_to_raise_an_alarm_is_warned_of() {
     let d = tempfile::tempdir().unwrap();
