@@ -832,6 +832,13 @@ impl FaultKinds {
     pub fn is_empty(&self) -> bool {
         self.kinds.is_empty()
     }
+
+    /// Every listed clip: (machine type, file name, fault kind).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str, &str)> {
+        self.kinds
+            .iter()
+            .map(|((t, f), k)| (t.as_str(), f.as_str(), k.as_str()))
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 //! [`roc_auc`] and [`partial_roc_auc`] follow scikit-learn's algorithm step by step (ties included), so they agree
 //! with it to rounding; a test checks this against scikit-learn itself.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -207,6 +207,11 @@ pub struct Report {
     /// official score.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub by_fault: Vec<FaultMetrics>,
+    /// Rows of the fault list, of a machine type evaluated, that name no anomalous test clip with a score
+    /// (`<type>/<file name>`, sorted): a typo, another data set's list, or a clip labelled normal here. They are in
+    /// no `by_fault` row, and said so rather than dropped without a word.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults_unmatched: Vec<String>,
 }
 
 /// How well one fault kind is told from normal: the AUC of its anomalous test clips of one domain against the
@@ -369,6 +374,7 @@ pub fn report(sections: Vec<SectionMetrics>) -> Report {
         sections,
         types,
         by_fault: Vec::new(),
+        faults_unmatched: Vec::new(),
     }
 }
 
@@ -406,8 +412,30 @@ fn evaluate(
             .iter()
             .flat_map(|s| fault_metrics(s, kinds))
             .collect();
+        report.faults_unmatched = faults_unmatched(&scored, kinds);
     }
     Ok(report)
+}
+
+/// The rows of `kinds` whose machine type was scored but which name none of its anomalous test clips.
+fn faults_unmatched(scored: &[ScoredSection], kinds: &FaultKinds) -> Vec<String> {
+    let anomalous: BTreeSet<(&str, &str)> = scored
+        .iter()
+        .flat_map(|s| {
+            s.clips
+                .iter()
+                .filter(|(_, c)| c.anomaly)
+                .map(|(name, _)| (s.machine_type.as_str(), name.as_str()))
+        })
+        .collect();
+    let types: BTreeSet<&str> = scored.iter().map(|s| s.machine_type.as_str()).collect();
+    let mut rows: Vec<String> = kinds
+        .iter()
+        .filter(|(t, f, _)| types.contains(t) && !anomalous.contains(&(*t, *f)))
+        .map(|(t, f, _)| format!("{t}/{f}"))
+        .collect();
+    rows.sort();
+    rows
 }
 
 /// The test clips of one section with their scores: (file name, labelled score).
@@ -592,6 +620,19 @@ impl Report {
                 ));
             }
         }
+        if let Some(first) = self.faults_unmatched.first() {
+            let n = self.faults_unmatched.len();
+            s.push_str(&format!(
+                "
+{n} row(s) of the fault list name no anomalous test clip with a score here (a typo, another data \
+                 set's list, or a clip that is normal here), and are in no row above: {first}{}\n",
+                if n > 1 {
+                    format!(" and {} more (`--json`: faults_unmatched)", n - 1)
+                } else {
+                    String::new()
+                }
+            ));
+        }
         s
     }
 }
@@ -655,8 +696,9 @@ mod tests {
         );
         // A domain without normal test clips has no AUC, not an error.
         let only_anomalies = ScoredSection {
+            machine_type: s.machine_type.clone(),
+            section: s.section,
             clips: s.clips[4..].to_vec(),
-            ..s
         };
         let rows = fault_metrics(&only_anomalies, &FaultKinds::default());
         assert!(rows.iter().all(|f| f.auc.is_none() && f.n_normal == 0));
@@ -667,6 +709,32 @@ mod tests {
         assert!(r
             .to_markdown()
             .contains("| fan | 00 | target | (not listed) | 1 | 0 | – |"));
+
+        // Rows naming no anomalous clip of a type scored are said, not dropped: a typo (a9), a normal clip (n0).
+        // Another type's rows are not: its clips were not evaluated.
+        std::fs::write(
+            &p,
+            "file_name,fault\nfan/test/a0,imbalance\nfan/test/a9,imbalance\nfan/test/n0,imbalance\n\
+             pump/test/a0,clogging\n",
+        )
+        .unwrap();
+        let kinds = FaultKinds::read(&p).unwrap();
+        let unmatched = faults_unmatched(std::slice::from_ref(&s), &kinds);
+        assert_eq!(unmatched, ["fan/a9", "fan/n0"]);
+        let r = Report {
+            faults_unmatched: unmatched,
+            ..report(Vec::new())
+        };
+        let text = r.to_markdown();
+        assert!(
+            text.contains(
+                "2 row(s) of the fault list name no anomalous test clip with a score here"
+            ) && text.contains("fan/a9 and 1 more (`--json`: faults_unmatched)"),
+            "{text}"
+        );
+        assert!(serde_json::to_string(&r)
+            .unwrap()
+            .contains("\"faults_unmatched\":[\"fan/a9\",\"fan/n0\"]"));
     }
 
     #[test]
