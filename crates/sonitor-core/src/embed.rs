@@ -290,11 +290,28 @@ impl EmbeddingRun {
             .run_plan_with_eval(tensors, |ctx, state, node, input| {
                 let t = std::time::Instant::now();
                 let r = tract_onnx::tract_core::plan::eval(ctx, state, node, input);
-                timed(&node.name, &node.op().name(), t.elapsed().as_secs_f64());
+                let elapsed = t.elapsed().as_secs_f64();
+                timed(&node.name, &op_label(node.op()), elapsed);
                 r
             })
             .map_err(|e| EmbedError::Run(text(e)))?;
         Ok(())
+    }
+}
+
+/// An op's name, and for a matrix product the kernel tract chose for it (`OptMatMul [fma_mmm_f32_24x4]`): which
+/// kernel runs a narrow layer (its tile's rows, its SIMD width) is most of why it is slower than its FLOPs say.
+fn op_label(op: &dyn tract_onnx::prelude::Op) -> String {
+    let name = op.name();
+    let kernel = op.info().ok().and_then(|lines| {
+        lines.iter().find_map(|l| {
+            let (_, rest) = l.split_once(" with [")?;
+            rest.split_once(']').map(|(k, _)| k.to_string())
+        })
+    });
+    match kernel {
+        Some(k) => format!("{name} [{k}]"),
+        None => name.to_string(),
     }
 }
 

@@ -211,11 +211,11 @@ fn print_nodes(
     rows.sort_by(|a, b| b.2.total_cmp(&a.2));
     println!("\nby op (sum of node medians {total:.3} ms):");
     for (op, t) in &by_op {
-        println!("  {op:<28} {t:.3} ms  {:5.1}%", 100.0 * t / total);
+        println!("  {op:<34} {t:.3} ms  {:5.1}%", 100.0 * t / total);
     }
     println!("nodes, largest first:");
     for (node, op, t) in rows.iter().take(25) {
-        println!("  {t:.3} ms  {:5.1}%  {op:<24} {node}", 100.0 * t / total);
+        println!("  {t:.3} ms  {:5.1}%  {op:<34} {node}", 100.0 * t / total);
     }
     println!();
     Ok(())
