@@ -1690,17 +1690,134 @@ impl Config {
         p
     }
 
-    /// The state directory's write check ([`check_writable_dir`], one probe) and the warnings about room on disk,
-    /// for `validate`, the start of `run` and a reload: a directory that cannot serve is a problem; a full disk,
-    /// less room than a full outbox or `clips.max_bytes` takes, or a relative state_dir, a warning. `missing`:
-    /// whether a directory that does not exist yet is created (`run`) or left as it is ([`MissingDirs::Probe`],
-    /// `validate`).
     /// What an earlier run left in the state directory that this user cannot use, though the directory itself
     /// takes files: the lock file (`run` could not start, every restart failing alike), the saved alarm states
     /// (every machine would start with its alarm off), the outbox or a message in it (every alarm kept in memory
-    /// only, delivered ones sent again at each start, or one set aside unsent), a machine's clip folder. A `sudo
-    /// sonitor run` before the service's own user leaves them so (with a umask of 027, unreadable too).
+    /// only, delivered ones sent again at each start, or one set aside unsent). A `sudo sonitor run` before the
+    /// service's own user leaves them so (with a umask of 027, unreadable too); where entries of another user are
+    /// there, the problem names them all with the one `chown` that mends them, not one per start.
     fn left_unwritable(&self) -> Option<String> {
+        let problem = self.first_left_unwritable()?;
+        Some(match self.foreign_entries() {
+            // The first failure without its own advice (after its "; "): the chown covers it.
+            Some(foreign) => format!(
+                "{}; {foreign}",
+                problem
+                    .split_once("; ")
+                    .map_or(problem.as_str(), |(what, _)| what)
+            ),
+            None => problem,
+        })
+    }
+
+    /// The entries of the state directory (its own, the outbox's, the clips' two levels) that another user owns:
+    /// what to say of them, `None` where there are none.
+    fn foreign_entries(&self) -> Option<String> {
+        use std::os::unix::fs::MetadataExt as _;
+        // SAFETY: geteuid and getegid have no preconditions and cannot fail.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let list = |dir: &Path| -> Vec<PathBuf> {
+            std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .take(10_000)
+                .map(|e| e.path())
+                .collect()
+        };
+        let mut entries = list(&self.state_dir);
+        for dir in [self.outbox_dir(), self.clips_dir()] {
+            if dir.starts_with(&self.state_dir) {
+                let inside = list(&dir);
+                if dir == self.clips_dir() {
+                    for machine in inside.iter().filter(|p| p.is_dir()) {
+                        entries.extend(list(machine));
+                    }
+                }
+                entries.extend(inside);
+            }
+        }
+        entries.sort();
+        let mut owners = BTreeSet::new();
+        let mut foreign = Vec::new();
+        for p in &entries {
+            if let Ok(m) = std::fs::symlink_metadata(p) {
+                if m.uid() != uid {
+                    owners.insert(m.uid());
+                    foreign.push(p);
+                }
+            }
+        }
+        foreign.first()?;
+        let who = match owners.iter().collect::<Vec<_>>()[..] {
+            [0] => "root: a `sudo sonitor run`?".to_string(),
+            [one] => format!("uid {one}"),
+            _ => format!(
+                "uids {}",
+                owners
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        const SHOWN: usize = 4;
+        let shown: Vec<String> = foreign
+            .iter()
+            .take(SHOWN)
+            .map(|p| {
+                p.strip_prefix(&self.state_dir)
+                    .unwrap_or(p)
+                    .display()
+                    .to_string()
+            })
+            .collect();
+        let more = match foreign.len().saturating_sub(SHOWN) {
+            0 => String::new(),
+            n => format!(" and {n} more"),
+        };
+        Some(format!(
+            "{} in it {} to another user ({who}): {}{more}; give them all to the user sonitor runs as (uid {uid}) \
+             while no sonitor runs: `sudo chown -R {uid}:{gid} {}`",
+            match foreign.len() {
+                1 => "1 entry".to_string(),
+                n => format!("{n} entries"),
+            },
+            if foreign.len() == 1 { "belongs" } else { "belong" },
+            shown.join(", "),
+            self.state_dir.display()
+        ))
+    }
+
+    /// The clip folders in the state directory that exist and take no file (the first): the warning, with what it
+    /// means and what to do.
+    fn clip_folders_unwritable(&self) -> Option<String> {
+        let clips = self.clips_dir();
+        if !clips.is_dir() {
+            return None;
+        }
+        let machines = std::fs::read_dir(&clips).into_iter().flatten().flatten();
+        let dirs =
+            std::iter::once(clips.clone()).chain(machines.map(|e| e.path()).filter(|p| p.is_dir()));
+        for dir in dirs {
+            if let Err(e) = check_writable_dir(&dir, "clips.dir") {
+                let (what, advice) = e.split_once("; ").unwrap_or((e.as_str(), ""));
+                let advice = match self.foreign_entries() {
+                    Some(foreign) => format!("state_dir {}: {foreign}", self.state_dir.display()),
+                    None => advice.to_string(),
+                };
+                return Some(format!(
+                    "clip folder {}: {what}: evidence clips will not be written there (the alarms still are); \
+                     {advice}",
+                    dir.display()
+                ));
+            }
+        }
+        None
+    }
+
+    /// [`Self::left_unwritable`]'s checks, the first that fails.
+    fn first_left_unwritable(&self) -> Option<String> {
         // `what`: "open PATH to write", "read PATH".
         let refused = |what: String, e: std::io::Error| {
             Some(format!("cannot {what}: {e}; {}", left_by_another_user(&e)))
@@ -1743,22 +1860,14 @@ impl Config {
                 return refused(format!("read {}", p.display()), e);
             }
         }
-        // The clip folders in the state directory (elsewhere, clips.dir's own check warns): the clips folder and
-        // each machine's in it.
-        let clips = self.clips_dir();
-        if self.clips.enabled && clips.starts_with(&self.state_dir) && clips.is_dir() {
-            let machines = std::fs::read_dir(&clips).into_iter().flatten().flatten();
-            let dirs = std::iter::once(clips.clone())
-                .chain(machines.map(|e| e.path()).filter(|p| p.is_dir()));
-            for dir in dirs {
-                if let Err(e) = check_writable_dir(&dir, "state_dir") {
-                    return Some(format!("{}: {e}", dir.display()));
-                }
-            }
-        }
         None
     }
 
+    /// The state directory's write check ([`check_writable_dir`], one probe) and the warnings about room on disk,
+    /// for `validate`, the start of `run` and a reload: a directory that cannot serve is a problem; a full disk,
+    /// less room than a full outbox or `clips.max_bytes` takes, or a relative state_dir, a warning. `missing`:
+    /// whether a directory that does not exist yet is created (`run`) or left as it is ([`MissingDirs::Probe`],
+    /// `validate`).
     pub fn disk_check(&self, missing: MissingDirs) -> DiskCheck {
         let probe = |dir: &Path, key: &str| match missing {
             MissingDirs::Create => check_writable_dir(dir, key),
@@ -1771,6 +1880,15 @@ impl Config {
             )
         });
         let state = |s: String| format!("state_dir {}: {s}", self.state_dir.display());
+        // Before anything is written there (the probe below is removed, but a start writes on).
+        if missing == MissingDirs::Create {
+            if let Some(p) = root_in_anothers_dir(&self.state_dir) {
+                return DiskCheck {
+                    problem: Some(state(p)),
+                    warnings: relative.into_iter().collect(),
+                };
+            }
+        }
         let state_warning = match probe(&self.state_dir, "state_dir") {
             Err(e) => {
                 return DiskCheck {
@@ -1791,12 +1909,16 @@ impl Config {
                 .map(state),
         };
         // A clips folder elsewhere (another disk) may not take files: clips would not be written, the alarms
-        // still are, so it is a warning.
+        // still are, so it is a warning. The same of the clip folders in the state directory (the clips folder
+        // and each machine's), which only another user's run leaves so: naming them is the state directory's
+        // business, refusing to watch the machines for them is not.
         let dir = self.clips_dir();
-        let clips_warning = (self.clips.enabled && !dir.starts_with(&self.state_dir))
-            .then(|| probe(&dir, "clips.dir").err())
-            .flatten()
-            .map(|e| {
+        let clips_warning = if !self.clips.enabled {
+            None
+        } else if dir.starts_with(&self.state_dir) {
+            self.clip_folders_unwritable()
+        } else {
+            probe(&dir, "clips.dir").err().map(|e| {
                 format!(
                     "clips.dir {}: {e}: evidence clips will not be written there (the alarms still are). Under \
                      the shipped systemd unit every path outside the state directory is read-only \
@@ -1804,7 +1926,8 @@ impl Config {
                     dir.display(),
                     dir.display()
                 )
-            });
+            })
+        };
         DiskCheck {
             problem: None,
             warnings: [
@@ -2123,6 +2246,35 @@ pub fn check_writable_dir(dir: &Path, key: &str) -> Result<Option<String>, Strin
     } else {
         Err(format!("{what}: {e}; {}", what_to_do(&e, key)))
     }
+}
+
+/// Why a daemon run as root must not write in `state_dir`, `None` where it may: the directory exists and belongs to
+/// another user, the one the service runs as (systemd's `StateDirectory=`). What root writes there (the lock, the
+/// saved states, the outbox, clips) would be root's, which that user cannot write: the service then refused to
+/// start (exit 78) until someone found every such file (review23).
+#[cfg(unix)]
+fn root_in_anothers_dir(state_dir: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let m = std::fs::metadata(state_dir).ok()?;
+    let (uid, gid) = (m.uid(), m.gid());
+    (uid != 0).then(|| {
+        format!(
+            "belongs to uid {uid} (the user the service runs as), and this sonitor runs as root: what it wrote \
+             there (the lock, the alarm states, the outbox, clips) would be root's, which that user cannot write, \
+             and the service would refuse to start after it. Run it as that user, with the service stopped \
+             (`sudo setpriv --reuid={uid} --regid={gid} --clear-groups sonitor run …`), or give this run a \
+             state_dir of its own"
+        )
+    })
+}
+
+#[cfg(not(unix))]
+fn root_in_anothers_dir(_state_dir: &Path) -> Option<String> {
+    None
 }
 
 /// A full filesystem, an exceeded quota, or one mounted read-only (ext4's `errors=remount-ro` after an SD card's

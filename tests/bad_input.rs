@@ -1100,7 +1100,11 @@ fn windows_that_do_not_score_as_numbers_are_dropped_and_counted() {
 /// A state directory an earlier run left with files another user owns (a `sudo sonitor run` before the service's
 /// own user): `validate` said OK, and `run` exited 1 on the lock file, which `Restart=on-failure` retried for
 /// ever; with the lock mended, every alarm was kept in memory only (the outbox not writable). Both are named,
-/// exit 78, by `validate` as by `run`. As root only (the check runs the daemon as `nobody`).
+/// exit 78, by `validate` as by `run`, each time with every entry another user owns and the one `chown` that
+/// mends them (review23: one refusal per start, lock, then outbox, then clips, each with its own advice). Clip
+/// folders it cannot write are a warning: the alarms do not need them. And such a run is refused in the first
+/// place: root's `run` on a state directory another user owns. As root only (the check runs the daemon as
+/// `nobody`).
 #[test]
 fn state_files_left_by_another_user_are_named() {
     use std::os::unix::fs::PermissionsExt;
@@ -1156,7 +1160,11 @@ fn state_files_left_by_another_user_are_named() {
         let (code, text) = as_nobody(cmd);
         assert_eq!(code, 78, "{cmd}: {text}");
         assert!(
-            text.contains("sonitor.lock to write") && text.contains("by a `sudo sonitor run`?"),
+            text.contains("sonitor.lock to write")
+                && text.contains(
+                    "2 entries in it belong to another user (root: a `sudo sonitor run`?): outbox, sonitor.lock;"
+                )
+                && text.contains(&chown_all),
             "{cmd}: {text}"
         );
     }
@@ -1165,7 +1173,11 @@ fn state_files_left_by_another_user_are_named() {
         let (code, text) = as_nobody(cmd);
         assert_eq!(code, 78, "{cmd}: {text}");
         assert!(
-            text.contains("outbox: cannot create a file in it"),
+            text.contains("outbox: cannot create a file in it")
+                && text.contains(
+                    "1 entry in it belongs to another user (root: a `sudo sonitor run`?): outbox;"
+                )
+                && text.contains(&chown_all),
             "{cmd}: {text}"
         );
     }
@@ -1183,7 +1195,9 @@ fn state_files_left_by_another_user_are_named() {
             text.contains(&format!(
                 "cannot read {}: Permission denied",
                 state.join(file).display()
-            )) && text.contains("by a `sudo sonitor run`?"),
+            )) && text.contains(&format!(
+                "1 entry in it belongs to another user (root: a `sudo sonitor run`?): {file};"
+            )) && text.contains(&chown_all),
             "{file}: {text}"
         );
         chown(&state.join(file));
@@ -1202,3 +1216,26 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+    // Root's own run there is refused before it writes anything.
+    let (code, text) = sonitor(&["run"], &cfg);
+    assert_eq!(code, 78, "{text}");
+    assert!(
+        text.contains(
+            "belongs to uid 65534 (the user the service runs as), and this sonitor runs as root"
+        ) && text.contains("sudo setpriv --reuid=65534 --regid=65534"),
+        "{text}"
+    );
+    let chown_all = format!("`sudo chown -R 65534:65534 {}`", state.display());
+    // A machine's clip folder root's: a warning that names it, and the machines are watched.
+    std::fs::create_dir_all(state.join("clips/pump-1")).unwrap();
+    chown(&state.join("clips"));
+    let (code, text) = as_nobody("validate");
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("clip folder")
+            && text.contains("evidence clips will not be written there (the alarms still are)")
+            && text.contains("clips/pump-1;")
+            && text.contains(&chown_all),
+        "{text}"
+    );
+    chown(&state.join("clips/pump-1"));
