@@ -32,7 +32,8 @@ enum Cmd {
     },
     /// Asks the running daemon to reload its configuration (SIGHUP) and waits for its answer: exit status 0 when
     /// it applied the file, 78 when it refused it (the running configuration stays) or the file is not the one the
-    /// daemon runs, 69 when none runs, 1 when it did not answer within --timeout.
+    /// daemon runs, 69 when none runs, 77 when this user may not signal it (it runs as the service's user: use
+    /// `sudo systemctl reload sonitor`), 1 when it did not answer within --timeout.
     Reload {
         #[arg(long, short, default_value = "/etc/sonitor/sonitor.toml")]
         config: PathBuf,

@@ -11,6 +11,12 @@ use crate::config::{Config, EXIT_CONFIG};
 
 /// Exit status when no daemon could be asked (none runs on the state directory, or the signal failed): EX_UNAVAILABLE.
 pub const EXIT_NO_DAEMON: i32 = 69;
+/// sysexits' EX_NOPERM: this user may not signal the daemon (it runs as another user, the service's), or read
+/// which one runs. Not 69: a daemon does run.
+pub const EXIT_NO_PERMISSION: i32 = 77;
+
+/// What to do where this user may not reach the daemon: the service's reload, or this command as root.
+const AS_ROOT: &str = "`sudo systemctl reload sonitor` for the service, or this command with sudo";
 
 /// What the metrics say of the reloads: how many were asked for, whether the last one applied the file, and
 /// whether changes of it wait for a restart; and whose metrics they are (pid and node_id, when said).
@@ -69,7 +75,8 @@ fn hang_up(pid: u32) -> std::io::Result<()> {
 }
 
 /// `sonitor reload --config FILE [--pid PID] [--timeout T]`: the exit status (0: the daemon applied the file;
-/// 78: it refused it, or the file cannot be read; 69: no daemon to ask; 1: no answer within `timeout`).
+/// 78: it refused it, or the file cannot be read; 69: no daemon to ask; 77: this user may not signal it; 1: no
+/// answer within `timeout`).
 pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
     // A day is past any reload (a model's graph builds in seconds); longer would overflow the deadline.
     let timeout = timeout.min(Duration::from_secs(86_400));
@@ -90,11 +97,11 @@ pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
         Some(p) => p,
         None if crate::state_lock::unreadable(&cfg.state_dir).is_some() => {
             eprintln!(
-                "sonitor reload: cannot read {}: permission denied, so which sonitor runs there is unknown: run \
-                 `sudo sonitor reload` (or pass --pid PID)",
+                "sonitor reload: cannot read {}: permission denied, so which sonitor runs there is unknown to \
+                 this user, who may not signal a daemon of another user anyway: {AS_ROOT}",
                 cfg.state_dir.join(crate::state_lock::LOCK_FILE).display()
             );
-            return EXIT_NO_DAEMON;
+            return EXIT_NO_PERMISSION;
         }
         None => {
             eprintln!(
@@ -135,6 +142,15 @@ pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
     let deadline = Instant::now() + timeout;
     let before = addr.map(|a| reload_counters(a, deadline));
     if let Err(e) = hang_up(pid) {
+        if e.raw_os_error() == Some(libc::EPERM) {
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let uid = unsafe { libc::geteuid() };
+            eprintln!(
+                "sonitor reload: this user (uid {uid}) may not signal sonitor (pid {pid}), which runs as another \
+                 user: {AS_ROOT}"
+            );
+            return EXIT_NO_PERMISSION;
+        }
         eprintln!("sonitor reload: cannot signal sonitor (pid {pid}): {e}");
         return EXIT_NO_DAEMON;
     }

@@ -452,8 +452,16 @@ pub fn status(config_path: &Path, json: bool) -> i32 {
     };
     if let Some(p) = problems {
         if dir.is_none() {
+            let denied = std::fs::File::open(config_path)
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied);
             eprintln!(
-                "sonitor status: {p}; the running daemon is found through the state directory the file names"
+                "sonitor status: {p}; no daemon was looked for: it is found through the state directory the file \
+                 names, which cannot be read from it{}",
+                if denied {
+                    format!(" (`sudo sonitor status --config {}` can)", config_path.display())
+                } else {
+                    String::new()
+                }
             );
             return EXIT_CONFIG;
         }

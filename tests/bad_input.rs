@@ -839,6 +839,74 @@ fn a_state_directory_deleted_under_the_daemon_is_taken_again() {
     assert_eq!(daemon.sigterm_and_wait(), 0);
 }
 
+/// An operator who is neither root nor the daemon's user: `sonitor reload` said "none runs" (69) of a daemon that
+/// does run, and advised `--pid`, which this user may not signal either. It exits 77 and names the service's
+/// reload. As root only (the operator is `nobody`; the daemon root's).
+#[test]
+fn a_reload_by_a_user_who_may_not_signal_the_daemon_says_so() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root, to run the daemon as another user than the operator");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let (_b, cfg) = looped_pump(d.path());
+    let exe = d.path().join("sonitor");
+    std::fs::copy(env!("CARGO_BIN_EXE_sonitor"), &exe).unwrap();
+    for entry in [d.path(), &exe, &cfg] {
+        std::fs::set_permissions(entry, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let runs = Command::new(&exe)
+        .arg("--version")
+        .uid(65534)
+        .gid(65534)
+        .output();
+    if !runs.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: nobody cannot reach {}", exe.display());
+        return;
+    }
+    let daemon = common::Daemon::start(&cfg, &[]);
+    daemon.wait_log("input mic open", Duration::from_secs(30));
+    let state = d.path().join("state");
+    let as_nobody = |args: &[&str]| {
+        let out = Command::new(&exe)
+            .args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The lock file readable: its pid is known, the signal refused.
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let lock = state.join("sonitor.lock");
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, text) = as_nobody(&["reload", "--timeout", "5"]);
+    assert_eq!(code, 77, "{text}");
+    assert!(
+        text.contains(&format!(
+            "this user (uid 65534) may not signal sonitor (pid {}), which runs as another user",
+            daemon.child.id()
+        )) && text.contains("`sudo systemctl reload sonitor`"),
+        "{text}"
+    );
+    // The state directory closed to it: which daemon runs is unknown, and not 69 ("none runs") either.
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let (code, text) = as_nobody(&["reload", "--timeout", "5"]);
+    assert_eq!(code, 77, "{text}");
+    assert!(
+        text.contains("permission denied") && text.contains("`sudo systemctl reload sonitor`"),
+        "{text}"
+    );
+    assert_eq!(daemon.sigterm_and_wait(), 0);
+}
+
 /// A bundle and a configuration (MQTT off) that replays the pump in real time, looped: a daemon that runs until
 /// stopped.
 fn looped_pump(dir: &Path) -> (common::TestBundle, PathBuf) {
@@ -1156,6 +1224,16 @@ fn state_files_left_by_another_user_are_named() {
                 + &String::from_utf8_lossy(&out.stdout),
         )
     };
+    // Root's own run there is refused before it writes anything.
+    let (code, text) = sonitor(&["run"], &cfg);
+    assert_eq!(code, 78, "{text}");
+    assert!(
+        text.contains(
+            "belongs to uid 65534 (the user the service runs as), and this sonitor runs as root"
+        ) && text.contains("sudo setpriv --reuid=65534 --regid=65534"),
+        "{text}"
+    );
+    let chown_all = format!("`sudo chown -R 65534:65534 {}`", state.display());
     for cmd in ["validate", "run"] {
         let (code, text) = as_nobody(cmd);
         assert_eq!(code, 78, "{cmd}: {text}");
@@ -1182,6 +1260,19 @@ fn state_files_left_by_another_user_are_named() {
         );
     }
     chown(&state.join("outbox"));
+    // A machine's clip folder root's: a warning that names it, and the machines are watched.
+    std::fs::create_dir_all(state.join("clips/pump-1")).unwrap();
+    chown(&state.join("clips"));
+    let (code, text) = as_nobody("validate");
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("clip folder")
+            && text.contains("evidence clips will not be written there (the alarms still are)")
+            && text.contains("clips/pump-1;")
+            && text.contains(&chown_all),
+        "{text}"
+    );
+    chown(&state.join("clips/pump-1"));
     // Written by root with a umask of 027: the saved states and a waiting message unreadable.
     let unreadable = |p: &Path| {
         std::fs::write(p, "{}").unwrap();
@@ -1216,26 +1307,3 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
-    // Root's own run there is refused before it writes anything.
-    let (code, text) = sonitor(&["run"], &cfg);
-    assert_eq!(code, 78, "{text}");
-    assert!(
-        text.contains(
-            "belongs to uid 65534 (the user the service runs as), and this sonitor runs as root"
-        ) && text.contains("sudo setpriv --reuid=65534 --regid=65534"),
-        "{text}"
-    );
-    let chown_all = format!("`sudo chown -R 65534:65534 {}`", state.display());
-    // A machine's clip folder root's: a warning that names it, and the machines are watched.
-    std::fs::create_dir_all(state.join("clips/pump-1")).unwrap();
-    chown(&state.join("clips"));
-    let (code, text) = as_nobody("validate");
-    assert_eq!(code, 0, "{text}");
-    assert!(
-        text.contains("clip folder")
-            && text.contains("evidence clips will not be written there (the alarms still are)")
-            && text.contains("clips/pump-1;")
-            && text.contains(&chown_all),
-        "{text}"
-    );
-    chown(&state.join("clips/pump-1"));
