@@ -1218,6 +1218,7 @@ pub fn held_bundle_files(out: &Path) -> Vec<String> {
 /// network's graph. `resume`: `None` for a command without `--resume`.
 pub fn check_out(out: &Path, flag: &str, resume: Option<bool>, force: bool) -> anyhow::Result<()> {
     check_is_dir(out, flag)?;
+    check_writable(out, flag)?;
     if resume == Some(true) {
         return Ok(());
     }
@@ -1238,6 +1239,52 @@ pub fn check_out(out: &Path, flag: &str, resume: Option<bool>, force: bool) -> a
         );
     }
     Ok(())
+}
+
+/// Refuses a bundle directory this user cannot write in (or, where it does not exist yet, create), before the
+/// training that would write it: a fit into a folder another user owns ran its epochs, then failed on its first
+/// checkpoint (review23). A probe file, removed at once, in the directory or its nearest existing ancestor.
+fn check_writable(out: &Path, flag: &str) -> anyhow::Result<()> {
+    let Some(dir) = out
+        .ancestors()
+        .map(|a| {
+            if a.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                a
+            }
+        })
+        .find(|a| a.is_dir())
+    else {
+        return Ok(());
+    };
+    let probe = dir.join(format!(".sonitor-train-probe-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => {
+            let what = if dir == out {
+                "write in it".to_string()
+            } else {
+                format!("create it in {}", dir.display())
+            };
+            let advice = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                "; give this user write access there, or another directory"
+            } else {
+                ""
+            };
+            anyhow::bail!(
+                "{flag} {}: cannot {what} ({e}){advice}; nothing was trained",
+                out.display()
+            )
+        }
+    }
 }
 
 /// A bundle directory held for one run that writes into it ([`lock_out`]), until dropped. A directory the lock
@@ -1555,6 +1602,79 @@ pub fn onnx_path(bundle: &Path) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    /// A bundle directory this user cannot write in, or create, is refused before anything is trained. Root
+    /// writes anywhere: there the test runs itself again as `nobody` through `setpriv`, skipped with a word where
+    /// that cannot run.
+    #[cfg(unix)]
+    #[test]
+    fn an_out_directory_this_user_cannot_write_is_refused_before_training() {
+        use std::os::unix::fs::PermissionsExt;
+        const CHILD: &str = "SONITOR_TEST_UNWRITABLE_OUT";
+        let check = |root: &std::path::Path| {
+            let e = super::check_out(&root.join("closed"), "--out", Some(false), false)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("closed: cannot write in it (Permission denied")
+                    && e.contains("give this user write access there, or another directory")
+                    && e.contains("nothing was trained"),
+                "{e}"
+            );
+            let e = super::check_out(&root.join("closed/new"), "--out", Some(false), false)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("new: cannot create it in "), "{e}");
+            super::check_out(&root.join("open/new"), "--out", Some(false), false).unwrap();
+            assert_eq!(
+                std::fs::read_dir(root.join("open")).unwrap().count(),
+                0,
+                "the probe is removed"
+            );
+        };
+        if let Some(root) = std::env::var_os(CHILD) {
+            check(std::path::Path::new(&root));
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        for (dir, mode) in [("closed", 0o555), ("open", 0o777)] {
+            std::fs::create_dir(d.path().join(dir)).unwrap();
+            std::fs::set_permissions(d.path().join(dir), std::fs::Permissions::from_mode(mode))
+                .unwrap();
+        }
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            check(d.path());
+            return;
+        }
+        let setpriv = std::path::Path::new("/usr/bin/setpriv");
+        if !setpriv.exists() {
+            eprintln!(
+                "skipped: root writes anywhere, and there is no setpriv to run as another user"
+            );
+            return;
+        }
+        let o = std::process::Command::new(setpriv)
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "train::tests::an_out_directory_this_user_cannot_write_is_refused_before_training",
+                "--nocapture",
+            ])
+            .env(CHILD, d.path())
+            .output();
+        match o {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => panic!(
+                "as nobody: {}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => eprintln!("skipped: running as root and setpriv could not run ({e})"),
+        }
+    }
+
     use super::*;
 
     #[test]
