@@ -151,6 +151,7 @@ pub(crate) fn check_with(path: &Path, running: Option<&Running>, missing: Missin
     problems.extend(disk.problem);
     let mut warnings = disk.warnings;
     warnings.extend(cfg.relative_paths_warning());
+    warnings.extend(unreadable_to_the_service(&cfg, path));
     // The MQTT options `run` builds: the password file read, the TLS configuration made from the CA and client
     // files (a file that exists but is no certificate would otherwise stop every start). After the simpler
     // checks of [mqtt], which name a missing file better.
@@ -470,6 +471,129 @@ pub fn validate(config_path: &Path) -> i32 {
         }
         crate::config::EXIT_CONFIG
     }
+}
+
+/// The files the daemon reads that its service's user could not, checked when this runs as root (`sudo sonitor
+/// validate`, as the docs say to run it), which reads them whatever their mode: it said OK of a bundle or a
+/// configuration that the service then refused (review23). The service's user is the owner of the state directory
+/// (systemd's `StateDirectory=` hands it to that user at the first start; before it, there is none to ask). Its
+/// rights are read from the mode bits: the owner's, the group's where the file's group is the state directory's,
+/// else the others'. A path inside the state directory is walked from there down (systemd's
+/// `/var/lib/private` is closed to others, and opened for the service alone). Warnings: groups beyond the state
+/// directory's (the unit's `audio`) are not known here.
+#[cfg(unix)]
+fn unreadable_to_the_service(cfg: &Config, config_path: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Vec::new();
+    }
+    let Some(state) = std::fs::canonicalize(&cfg.state_dir).ok() else {
+        return Vec::new();
+    };
+    let Ok(owner) = std::fs::metadata(&state) else {
+        return Vec::new();
+    };
+    let (uid, gid) = (owner.uid(), owner.gid());
+    if uid == 0 {
+        return Vec::new();
+    }
+    // Whether the service's user has `want` (4 read, 1 enter) on `m`, as its mode says.
+    let may = |m: &std::fs::Metadata, want: u32| {
+        let mode = m.mode();
+        let bits = if m.uid() == uid {
+            mode >> 6
+        } else if m.gid() == gid {
+            mode >> 3
+        } else {
+            mode
+        };
+        bits & want == want
+    };
+    // The first component of `path` that bars the service's user: a folder it may not enter, or the path itself
+    // it may not read (and, a folder, list and enter).
+    let barred = |path: &Path, folder: bool| -> Option<(PathBuf, u32)> {
+        let path = std::fs::canonicalize(path).ok()?;
+        let start = if path.starts_with(&state) {
+            state.as_path()
+        } else {
+            Path::new("/")
+        };
+        let inner: Vec<&Path> = path
+            .ancestors()
+            .take_while(|a| a.starts_with(start))
+            .collect();
+        for a in inner.iter().rev() {
+            let m = std::fs::metadata(a).ok()?;
+            let want = match (*a == path, folder) {
+                (true, true) => 5,
+                (true, false) => 4,
+                (false, _) => 1,
+            };
+            if !may(&m, want) {
+                return Some((a.to_path_buf(), m.mode() & 0o7777));
+            }
+        }
+        None
+    };
+    let mut files: Vec<(String, PathBuf, bool)> =
+        vec![("the configuration".into(), config_path.to_path_buf(), false)];
+    let mut bundles = std::collections::BTreeSet::new();
+    for m in &cfg.machines {
+        if bundles.insert(m.bundle.clone()) {
+            let at = format!("the bundle of machine '{}'", m.name);
+            files.push((at.clone(), m.bundle.clone(), true));
+            for f in [sonitor_core::bundle::MANIFEST_FILE, "model.onnx"] {
+                files.push((at.clone(), m.bundle.join(f), false));
+            }
+        }
+    }
+    for d in &cfg.devices {
+        if let (SourceKind::File, Some(p)) = (d.source, &d.path) {
+            files.push((format!("device '{}'", d.name), p.clone(), false));
+        }
+    }
+    if cfg.mqtt.enabled {
+        let tls = &cfg.mqtt.tls;
+        for (key, p) in [
+            ("mqtt.password_file", &cfg.mqtt.password_file),
+            ("mqtt.tls.ca_file", &tls.ca_file),
+            ("mqtt.tls.client_cert", &tls.client_cert),
+            ("mqtt.tls.client_key", &tls.client_key),
+        ] {
+            if let Some(p) = p {
+                files.push((key.to_string(), p.clone(), false));
+            }
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    files
+        .into_iter()
+        .filter_map(|(what, path, folder)| {
+            let (at, mode) = barred(&path, folder)?;
+            seen.insert(at.clone()).then(|| {
+                let fix = if at.is_dir() { "a+rX" } else { "a+r" };
+                format!(
+                    "{what} {}: the service's user (uid {uid}, the owner of state_dir) may not read {}, as its \
+                     mode says ({mode:04o}, owner uid {}): the service would refuse it where this check, as root, \
+                     reads it; `sudo chmod {fix} {}`, or chown it to that user",
+                    path.display(),
+                    if at == std::fs::canonicalize(&path).unwrap_or_default() {
+                        "it".to_string()
+                    } else {
+                        format!("the folder {} on its way", at.display())
+                    },
+                    std::fs::metadata(&at).map(|m| m.uid()).unwrap_or_default(),
+                    at.display()
+                )
+            })
+        })
+        .collect()
+}
+
+#[cfg(not(unix))]
+fn unreadable_to_the_service(_cfg: &Config, _config_path: &Path) -> Vec<String> {
+    Vec::new()
 }
 
 #[cfg(test)]

@@ -1297,6 +1297,69 @@ fn state_files_left_by_another_user_are_named() {
     assert_eq!(code, 0, "{text}");
 }
 
+/// `sudo sonitor validate`, as the docs say to run it, reads every file whatever its mode: it said OK of a
+/// configuration and a bundle that the service's user (the state directory's owner) may not read, and the service
+/// then refused them (review23). It warns of each, naming the path, its mode and the chmod. As root only.
+#[test]
+fn root_validate_warns_of_files_the_services_user_cannot_read() {
+    use std::os::unix::fs::PermissionsExt;
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: only root reads what the service's user cannot");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let (b, wav) = common::bundle_and_wav(d.path(), "rec.wav", &common::recording(3.0, 0.0, 0.0));
+    let cfg = common::offline_config(d.path(), &wav, &b.dir, "");
+    let mode =
+        |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    for entry in walk(d.path()) {
+        mode(&entry, if entry.is_dir() { 0o755 } else { 0o644 });
+    }
+    // Before the service's first start the state directory is root's (or not there): nobody to ask for.
+    let (code, text) = sonitor(&["validate"], &cfg);
+    assert_eq!(code, 0, "{text}");
+    assert!(!text.contains("the service's user"), "{text}");
+    let state = d.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let c = std::ffi::CString::new(state.as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
+    let (code, text) = sonitor(&["validate"], &cfg);
+    assert_eq!(code, 0, "{text}");
+    assert!(!text.contains("the service's user"), "all readable: {text}");
+    mode(&cfg, 0o600);
+    mode(&b.dir, 0o700);
+    let (code, text) = sonitor(&["validate"], &cfg);
+    assert_eq!(code, 0, "{text}");
+    for (path, m, fix) in [(&cfg, "0600", "a+r"), (&b.dir, "0700", "a+rX")] {
+        assert!(
+            text.contains(&format!(
+                "{}: the service's user (uid 65534, the owner of state_dir) may not read it, as its mode says ({m}, \
+                 owner uid 0)",
+                path.display()
+            )) && text.contains(&format!("`sudo chmod {fix} {}`", path.display())),
+            "{}: {text}",
+            path.display()
+        );
+    }
+    // A file in a folder it may read, itself closed to it; and the recording.
+    mode(&cfg, 0o644);
+    mode(&b.dir, 0o755);
+    mode(&b.dir.join("model.onnx"), 0o640);
+    mode(&wav, 0o600);
+    let (code, text) = sonitor(&["validate"], &cfg);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains(&format!(
+            "{}: the service's user",
+            b.dir.join("model.onnx").display()
+        )) && text.contains(&format!(
+            "device 'mic' {}: the service's user",
+            wav.display()
+        )) && !text.contains(&format!("{}: the service's user", cfg.display())),
+        "{text}"
+    );
+}
+
 /// Every file and directory under `dir`, `dir` included.
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = vec![dir.to_path_buf()];
