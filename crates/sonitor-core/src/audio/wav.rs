@@ -42,7 +42,10 @@ impl WavInfo {
 #[derive(Debug, thiserror::Error)]
 pub enum WavError {
     // The cause is in the message and not a `source()`, or `{:#}` (anyhow) would print it twice.
-    #[error("{path}: cannot open: {error}")]
+    #[error(
+        "{path}: cannot open: {error}{}",
+        crate::regular_file::denied_hint(error)
+    )]
     Open {
         path: PathBuf,
         error: std::io::Error,
