@@ -1265,8 +1265,14 @@ impl Controller {
                 Ok(_) => log::warn!("{note}"),
                 Err(e) => log::error!(
                     "{note}; {e}: the transition is kept in memory only: it is published when the broker is \
-                     reachable, but lost if sonitor stops before that; make the state directory's filesystem writable \
-                     again (free space, remount it read-write)"
+                     reachable, but lost if sonitor stops before that; {}",
+                    if e.source.kind() == std::io::ErrorKind::PermissionDenied {
+                        // A folder another user owns (a `sudo sonitor run` before), not a disk problem.
+                        "give the outbox folder back to the user sonitor runs as (`sudo chown -R` the state \
+                         directory to it)"
+                    } else {
+                        "make the state directory's filesystem writable again (free space, remount it read-write)"
+                    }
                 ),
             }
             self.retained(format!("{topic}/alarm"), alarm, false);
