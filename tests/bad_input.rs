@@ -578,6 +578,16 @@ fn a_configuration_this_user_may_not_read_is_permission_denied() {
                 "{cmd} {}: {text}",
                 file.display()
             );
+            // `status` does not claim to have found a daemon it could not look for.
+            assert!(
+                cmd != "status"
+                    || text.contains(&format!(
+                        "no daemon was looked for: it is found through the state directory the file names, which \
+                         cannot be read from it (`sudo sonitor status --config {}` can)",
+                        file.display()
+                    )),
+                "{text}"
+            );
         }
     }
     std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
