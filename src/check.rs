@@ -229,6 +229,9 @@ pub(crate) fn check_with(path: &Path, running: Option<&Running>, missing: Missin
             }
         }
     }
+    for m in &cfg.machines {
+        warnings.extend(idle_settings_that_do_nothing(m));
+    }
     // Channels and devices.
     for d in &cfg.devices {
         let users: Vec<&MachineConfig> =
@@ -473,6 +476,28 @@ pub fn validate(config_path: &Path) -> i32 {
     }
 }
 
+/// A machine's idle settings that take no effect: an `idle_below_dbfs` at or below the level under which a window
+/// has no signal (never judged whatever it says), an `idle_hysteresis_db` without an `idle_below_dbfs`.
+fn idle_settings_that_do_nothing(m: &MachineConfig) -> Vec<String> {
+    let d = &m.detector;
+    let floor = crate::window::NO_SIGNAL_BELOW_DBFS;
+    let mut w = Vec::new();
+    match d.idle_below_dbfs {
+        Some(level) if level <= floor && level > -200.0 => w.push(format!(
+            "machine '{}': idle_below_dbfs ({level}) is at or below {floor} dBFS, where a window has no signal and \
+             is never judged anyway: the machine never counts as not running; set it between the levels \
+             sonitor_window_level_dbfs shows with the machine running and standing",
+            m.name
+        )),
+        None if d.idle_hysteresis_db != crate::detect::DEFAULT_IDLE_HYSTERESIS_DB => w.push(format!(
+            "machine '{}': idle_hysteresis_db is set but idle_below_dbfs is not: it does nothing",
+            m.name
+        )),
+        _ => {}
+    }
+    w
+}
+
 /// The files the daemon reads that its service's user could not, checked when this runs as root (`sudo sonitor
 /// validate`, as the docs say to run it), which reads them whatever their mode: it said OK of a bundle or a
 /// configuration that the service then refused (review23). The service's user is the owner of the state directory
@@ -600,6 +625,28 @@ fn unreadable_to_the_service(_cfg: &Config, _config_path: &Path) -> Vec<String> 
 mod threshold_tests {
     use super::*;
     use crate::config::DetectorConfig;
+
+    /// An idle level at or below the no-signal floor, or a hysteresis without an idle level, is warned of: both
+    /// take no effect (review24 found them accepted silently).
+    #[test]
+    fn idle_settings_that_take_no_effect_are_warned_of() {
+        let mut m = machine(None);
+        assert!(idle_settings_that_do_nothing(&m).is_empty());
+        m.detector.idle_hysteresis_db = 6.0;
+        let w = idle_settings_that_do_nothing(&m).join("\n");
+        assert!(
+            w.contains("idle_hysteresis_db is set but idle_below_dbfs is not"),
+            "{w}"
+        );
+        m.detector.idle_below_dbfs = Some(-130.0);
+        let w = idle_settings_that_do_nothing(&m).join("\n");
+        assert!(
+            w.contains("idle_below_dbfs (-130) is at or below -120 dBFS"),
+            "{w}"
+        );
+        m.detector.idle_below_dbfs = Some(-50.0);
+        assert!(idle_settings_that_do_nothing(&m).is_empty());
+    }
 
     fn machine(threshold: Option<f64>) -> MachineConfig {
         MachineConfig {

@@ -2004,6 +2004,15 @@ impl DetectorConfig {
             p.push(format!(
                 "idle_hysteresis_db ({h}) must be a number of dB between 0 and 40 (0: none)"
             ));
+        } else if let Some(level) = self.idle_below_dbfs.filter(|l| *l > -200.0 && *l < 0.0) {
+            // A window's level is at most 0 dBFS: a machine that stopped would never count as running again, and
+            // would go unwatched for good.
+            if level + h >= 0.0 {
+                p.push(format!(
+                    "idle_below_dbfs ({level}) + idle_hysteresis_db ({h}) must stay below 0 dBFS, the loudest a \
+                     window can be: a machine that stopped would never count as running again"
+                ));
+            }
         }
         // Compared only when both are valid: a refused threshold is not in force.
         let valid = |t: f64| sonitor_core::score::threshold_problem(t).is_none();
@@ -2702,6 +2711,21 @@ min_duration = "3s"
             e.contains("machines[0].idle_hysteresis_db = \"3dB\" is not valid: write a number of dB, e.g. 3 (without quotes)"),
             "{e}"
         );
+        // A limit to run again at 0 dBFS or above: a stopped machine would never run again (review24).
+        for (level, h) in [("-20", "25"), ("-1", "3"), ("-5", "5")] {
+            let text = minimal(d.path()).replace(
+                "raise_k = 2",
+                &format!("raise_k = 2\nidle_below_dbfs = {level}\nidle_hysteresis_db = {h}"),
+            );
+            let c = Config::load_with_env(&write(d.path(), &text), []).unwrap();
+            let e = c.static_problems().join("\n");
+            assert!(
+                e.contains(&format!(
+                    "idle_below_dbfs ({level}) + idle_hysteresis_db ({h}) must stay below 0 dBFS"
+                )),
+                "{level} {h}: {e}"
+            );
+        }
         for bad in ["-1", "41", "nan"] {
             let text = minimal(d.path()).replace(
                 "raise_k = 2",
