@@ -190,9 +190,12 @@ fn acquire_within(
     let give_up = std::time::Instant::now() + brief_hold;
     while !try_flock(&file, libc::LOCK_EX).map_err(io)? {
         if std::time::Instant::now() >= give_up {
+            // The kernel's word over the file's, as in `holder`: a daemon on a read-only filesystem could not write
+            // its pid, and the one there is an earlier daemon's, which some other process may have now.
+            let pid = flock_holder(&file).or(holder_in(&mut file).pid);
             return Err(LockError::Held {
                 dir: dir.to_path_buf(),
-                pid: holder_in(&mut file).pid,
+                pid,
             });
         }
         std::thread::sleep(LOCK_RETRY);
@@ -483,6 +486,12 @@ mod tests {
                 ..Holder::default()
             })
         );
+        // A second daemon refused names the holder the same way (review24: the pid a daemon before had left, on
+        // a read-only state directory where the holder could not write its own).
+        match acquire_within(d.path(), None, None, std::time::Duration::ZERO) {
+            Err(LockError::Held { pid: held, .. }) => assert_eq!(held, Some(pid)),
+            other => panic!("{other:?}"),
+        }
     }
 
     /// A lock file deleted and taken by another process: the check says so, and the checks after it do not wait
