@@ -702,6 +702,7 @@ impl Controller {
             mm.threshold_off.set_f64(p.threshold_off);
             mm.muted.set(u64::from(muted));
             mm.enabled.set(u64::from(m.detector.enabled()));
+            mm.idle.set(u64::from(m.idle));
             if let Some(k) = HEALTH_VALUES.iter().position(|h| *h == health) {
                 mm.health.set(k as u64);
             }
@@ -2898,6 +2899,11 @@ mod tests {
         let hovering = [-30.5, -29.5, -28.0, -30.2, -27.5, -29.0];
         let idle: Vec<bool> = hovering.iter().map(|&l| feed(&mut ctl, l)).collect();
         assert_eq!(idle, [true; 6], "stands until 3 dB above the limit");
+        assert_eq!(
+            ctl.metrics.machines[0].idle.get(),
+            1,
+            "sonitor_idle, for status"
+        );
         let idle_windows = ctl.metrics.machines[0].idle_windows.get();
         assert_eq!(idle_windows, 6);
         // At -27 (the limit and 3 dB) it runs; then down to the limit it still runs, and judged.
@@ -2906,6 +2912,7 @@ mod tests {
             .map(|&l| feed(&mut ctl, l))
             .collect();
         assert_eq!(idle, [false, false, false, false, true]);
+        assert_eq!(ctl.metrics.machines[0].idle.get(), 1);
         assert_eq!(ctl.metrics.machines[0].idle_windows.get(), idle_windows + 1);
         assert_eq!(
             ctl.machines[0].change_log.unlogged(),

@@ -268,6 +268,8 @@ pub struct MachineMetrics {
     pub muted: Gauge,
     /// 1 while the machine is enabled (its alarms judged).
     pub enabled: Gauge,
+    /// 1 while the machine counts as not running (its window level below `idle_below_dbfs`): not judged.
+    pub idle: Gauge,
     /// The id of the model it is scored with (a reload can change it).
     pub model_id: std::sync::Mutex<String>,
     /// Its health, an index into [`HEALTH_VALUES`].
@@ -568,6 +570,12 @@ impl Metrics {
             "gauge",
             "1 while the machine is enabled (the file's enabled or an enabled/set command), 0 while it is not judged.",
             mac(&|m| m.enabled.get().to_string()),
+        );
+        family(
+            "sonitor_idle",
+            "gauge",
+            "1 while the machine counts as not running (its window level below idle_below_dbfs, until it is idle_hysteresis_db above it again): its windows are not judged.",
+            mac(&|m| m.idle.get().to_string()),
         );
         family(
             "sonitor_machine_health",

@@ -48,6 +48,9 @@ pub struct MachineStatus {
     /// Whether it is watched (`enabled`), and muted.
     pub enabled: Option<bool>,
     pub muted: Option<bool>,
+    /// Whether it counts as not running (its level below `idle_below_dbfs`): its windows are not judged
+    /// (`None`: a daemon from before it was exported).
+    pub idle: Option<bool>,
     pub model_id: Option<String>,
     /// Windows judged since the daemon started (`sonitor_window_score_count`), and the score that 99.9 % of them
     /// stayed under ([`SCORE_QUANTILE`]; a bound of the histogram's buckets, so at or just above the true
@@ -139,6 +142,7 @@ impl Snapshot {
                         .filter(|h| HEALTH_VALUES.contains(&h.as_str())),
                     enabled: flag(of("sonitor_enabled", "machine", &m)),
                     muted: flag(of("sonitor_muted", "machine", &m)),
+                    idle: flag(of("sonitor_idle", "machine", &m)),
                     model_id: labelled("sonitor_model_info", &m, "model_id", None),
                     windows_scored: count(windows),
                     score_p999: windows.and_then(|n| bucket_quantile(&buckets, n, SCORE_QUANTILE)),
@@ -189,6 +193,9 @@ impl Snapshot {
             }
             if m.enabled == Some(false) {
                 what.push("not watched".into());
+            } else if m.idle == Some(true) {
+                // Stopped, or a level that sits under idle_below_dbfs while it runs: either way, not judged.
+                what.push("not running (not judged)".into());
             }
             if m.muted == Some(true) {
                 what.push("muted".into());
@@ -272,7 +279,10 @@ impl Snapshot {
                 number(m.score),
                 number(m.threshold),
                 m.health.clone().unwrap_or_else(|| "?".into()),
-                yes(m.enabled).into(),
+                match (m.enabled, m.idle) {
+                    (Some(true), Some(true)) => "not running".into(),
+                    (enabled, _) => yes(enabled).into(),
+                },
                 yes(m.muted).into(),
                 m.model_id.clone().unwrap_or_else(|| "?".into()),
                 match (m.score_p999, m.windows_scored) {
@@ -293,7 +303,8 @@ impl Snapshot {
             crate::state_lock::holder_named(self.pid),
             self.machines.len(),
             if attention.is_empty() {
-                "attention: none (every machine OK and watched, every input up)".to_string()
+                "attention: none (every machine OK, running and watched, every input up)"
+                    .to_string()
             } else {
                 format!("attention: {}", attention.join("; "))
             }
@@ -732,5 +743,20 @@ mod tests {
         assert_eq!(pump["windows_dropped"], 3);
         assert_eq!(j["inputs"][0]["gaps"], 1);
         assert_eq!(j["inputs"][0]["errors"], 0);
+        assert_eq!(pump["idle"], false);
+
+        // A machine that counts as not running (its level under idle_below_dbfs) is not judged: shown as such in
+        // its row, in the attention line and in --json (review24: "watched yes" and "attention: none").
+        m.machines[0].idle.set(1);
+        let snapshot = Snapshot::of(&parse_samples(&m.render()), None);
+        let text = snapshot.text();
+        assert!(
+            text.contains("\nattention: pump-1 alarm ON, not running (not judged);"),
+            "{text}"
+        );
+        let row = text.lines().find(|l| l.starts_with("pump-1")).unwrap();
+        assert_eq!(words(row)[4..8], ["OK", "not", "running", "no"], "{row}");
+        let j: serde_json::Value = serde_json::from_str(&snapshot.json().unwrap()).unwrap();
+        assert_eq!(j["machines"][0]["idle"], true);
     }
 }
