@@ -1009,6 +1009,10 @@ pub fn start(
             }
         }
         if last_status.elapsed() >= Duration::from_secs(10) {
+            // A save that failed (a full or read-only filesystem) is tried again, not only at the next change.
+            if metrics.state_unsaved.get() == 1 {
+                ctl.persist();
+            }
             clock.check_synchronized();
             last_status = Instant::now();
             metrics.clock_synchronized.set(clock.synchronized_gauge());

@@ -598,9 +598,21 @@ impl Controller {
         }
         let text = serde_json::to_string_pretty(&map).unwrap_or_default();
         if let Err(e) = save_state(&self.saved_path, text.as_bytes()) {
-            log::error!("cannot save {}: {e}", self.saved_path.display());
+            // Said once per run of failures (a retry every 10 s would fill the log), and kept as a gauge.
+            if self.metrics.state_unsaved.get() == 0 {
+                log::error!(
+                    "cannot save {}: {e}; the alarm states are kept in memory and saved again every 10 s until it \
+                     works (a restart before that would not know them)",
+                    self.saved_path.display()
+                );
+            }
+            self.metrics.state_unsaved.set(1);
             return false;
         }
+        if self.metrics.state_unsaved.get() == 1 {
+            log::info!("saved {} again", self.saved_path.display());
+        }
+        self.metrics.state_unsaved.set(0);
         true
     }
 
@@ -2877,6 +2889,23 @@ mod tests {
             ctl.machines[0].change_log.unlogged(),
             10 - u64::from(CHANGES_LOGGED)
         );
+    }
+
+    /// A save of the alarm states that fails is kept as `sonitor_state_unsaved` (for `status`) until one goes
+    /// through: the daemon tries again every 10 s.
+    #[test]
+    fn a_failed_save_is_kept_as_a_gauge_until_one_goes_through() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut ctl, _rx) = controller(d.path(), 1);
+        let good = ctl.saved_path.clone();
+        std::fs::write(d.path().join("file"), "x").unwrap();
+        ctl.saved_path = d.path().join("file").join("alarms.json");
+        assert!(!ctl.persist());
+        assert_eq!(ctl.metrics.state_unsaved.get(), 1);
+        assert!(!ctl.persist());
+        ctl.saved_path = good;
+        assert!(ctl.persist());
+        assert_eq!(ctl.metrics.state_unsaved.get(), 0);
     }
 
     /// A level that hovers at `idle_below_dbfs` does not flip the machine each window: once not running, it runs

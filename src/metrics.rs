@@ -309,6 +309,8 @@ pub struct Metrics {
     pub outbox_unpersisted: Gauge,
     /// Waiting alarm messages that are in memory only.
     pub outbox_memory_only: Gauge,
+    /// 1 while the last save of the alarm states failed (`detect::Controller::persist`).
+    pub state_unsaved: Gauge,
     pub clips_written: Counter,
     pub clips_dropped: Counter,
     /// Commands received on MQTT that the daemon's queue could not take.
@@ -684,6 +686,12 @@ impl Metrics {
             "gauge",
             "Waiting alarm messages that are in memory only: lost if sonitor stops before the broker acknowledges them.",
             one(self.outbox_memory_only.get()),
+        );
+        family(
+            "sonitor_state_unsaved",
+            "gauge",
+            "1 while the last save of the alarm states (open alarms, mutes, thresholds and enabled flags set over MQTT) failed: a restart now would not know them. Retried every 10 s.",
+            one(self.state_unsaved.get()),
         );
         family(
             "sonitor_clips_written_total",

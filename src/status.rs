@@ -32,6 +32,10 @@ pub struct Snapshot {
     pub last_reload_successful: Option<bool>,
     /// Whether changes of the file wait for a restart.
     pub restart_pending: Option<bool>,
+    /// Alarm messages waiting in memory only (the outbox could not write them), and whether the last save of the
+    /// alarm states failed: what a restart now would lose.
+    pub outbox_memory_only: Option<u64>,
+    pub state_unsaved: Option<bool>,
 }
 
 #[derive(Debug, Serialize)]
@@ -174,6 +178,8 @@ impl Snapshot {
             outbox_dropped: count(one("sonitor_outbox_dropped_messages_total")),
             last_reload_successful: flag(one("sonitor_config_last_reload_successful")),
             restart_pending: flag(one("sonitor_config_restart_pending")),
+            outbox_memory_only: count(one("sonitor_outbox_memory_only_messages")),
+            state_unsaved: flag(one("sonitor_state_unsaved")),
         }
     }
 
@@ -220,6 +226,18 @@ impl Snapshot {
                 }
                 _ => {}
             }
+        }
+        // What a restart now would lose: the state directory takes no write (a full or read-only filesystem,
+        // another user's files). The log says why (review24: "attention: none" over it).
+        if let Some(n) = self.outbox_memory_only.filter(|n| *n > 0) {
+            items.push(format!(
+                "{n} alarm message(s) in memory only (the outbox cannot be written)"
+            ));
+        }
+        if self.state_unsaved == Some(true) {
+            items.push(
+                "the alarm states cannot be saved (a restart now would not know them)".into(),
+            );
         }
         if self.last_reload_successful == Some(false) {
             items.push("the last reload was refused".into());
@@ -758,5 +776,22 @@ mod tests {
         assert_eq!(words(row)[4..8], ["OK", "not", "running", "no"], "{row}");
         let j: serde_json::Value = serde_json::from_str(&snapshot.json().unwrap()).unwrap();
         assert_eq!(j["machines"][0]["idle"], true);
+        assert_eq!(j["state_unsaved"], false);
+
+        // A state directory that takes no write: what a restart would lose is said (review24: "attention: none").
+        m.outbox_memory_only.set(2);
+        m.state_unsaved.set(1);
+        let snapshot = Snapshot::of(&parse_samples(&m.render()), None);
+        assert!(
+            snapshot.text().contains(
+                "; 2 alarm message(s) in memory only (the outbox cannot be written); the alarm states cannot be \
+                 saved (a restart now would not know them);"
+            ),
+            "{}",
+            snapshot.text()
+        );
+        let j: serde_json::Value = serde_json::from_str(&snapshot.json().unwrap()).unwrap();
+        assert_eq!(j["state_unsaved"], true);
+        assert_eq!(j["outbox_memory_only"], 2);
     }
 }
