@@ -597,11 +597,17 @@ fn unreadable_to_the_service(cfg: &Config, config_path: &Path) -> Vec<String> {
         .filter_map(|(what, path, folder)| {
             let (at, mode) = barred(&path, folder)?;
             seen.insert(at.clone()).then(|| {
-                let fix = if at.is_dir() { "a+rX" } else { "a+r" };
+                let secret = matches!(what.as_str(), "mqtt.password_file" | "mqtt.tls.client_key");
+                // A secret is given to the service's user, not opened to everyone.
+                let fix = match (secret && !at.is_dir(), at.is_dir()) {
+                    (true, _) => format!("`sudo chown {uid} {}` (a secret: not chmod a+r)", at.display()),
+                    (false, true) => format!("`sudo chmod a+rX {}`, or chown it to that user", at.display()),
+                    (false, false) => format!("`sudo chmod a+r {}`, or chown it to that user", at.display()),
+                };
                 format!(
                     "{what} {}: the service's user (uid {uid}, the owner of state_dir) may not read {}, as its \
                      mode says ({mode:04o}, owner uid {}): the service would refuse it where this check, as root, \
-                     reads it; `sudo chmod {fix} {}`, or chown it to that user",
+                     reads it; {fix}",
                     path.display(),
                     if at == std::fs::canonicalize(&path).unwrap_or_default() {
                         "it".to_string()
@@ -609,7 +615,6 @@ fn unreadable_to_the_service(cfg: &Config, config_path: &Path) -> Vec<String> {
                         format!("the folder {} on its way", at.display())
                     },
                     std::fs::metadata(&at).map(|m| m.uid()).unwrap_or_default(),
-                    at.display()
                 )
             })
         })

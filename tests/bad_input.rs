@@ -1368,6 +1368,31 @@ fn root_validate_warns_of_files_the_services_user_cannot_read() {
         )) && !text.contains(&format!("{}: the service's user", cfg.display())),
         "{text}"
     );
+    // A password file is a secret: given to the service's user, not opened to all (review24).
+    let pw = d.path().join("pw");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    mode(&pw, 0o600);
+    common::edit(&cfg, |t| {
+        t.replace(
+            "[mqtt]\nenabled = false\n",
+            &format!(
+                "[mqtt]\nenabled = true\nusername = \"u\"\npassword_file = \"{}\"\n",
+                pw.display()
+            ),
+        )
+    });
+    let (code, text) = sonitor(&["validate"], &cfg);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains(&format!(
+            "mqtt.password_file {}: the service's user",
+            pw.display()
+        )) && text.contains(&format!(
+            "`sudo chown 65534 {}` (a secret: not chmod a+r)",
+            pw.display()
+        )),
+        "{text}"
+    );
 }
 
 /// Every file and directory under `dir`, `dir` included.

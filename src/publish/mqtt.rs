@@ -1291,8 +1291,15 @@ fn run(
                     );
                 }
                 if was || msg != last_error {
+                    // Where the outbox could not write them, they wait in memory: said so, not "in the outbox".
+                    let waiting = match metrics.outbox_memory_only.get() {
+                        0 => "alarm messages wait in the outbox".to_string(),
+                        n => format!(
+                            "alarm messages wait in the outbox, {n} of them in memory only: it cannot write them"
+                        ),
+                    };
                     log::warn!(
-                        "mqtt: {endpoint}: {msg}; retrying in {:?} (alarm messages wait in the outbox)",
+                        "mqtt: {endpoint}: {msg}; retrying in {:?} ({waiting})",
                         backoff
                     );
                     last_wait_logged = backoff;
