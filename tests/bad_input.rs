@@ -855,44 +855,22 @@ fn a_state_directory_deleted_under_the_daemon_is_taken_again() {
 #[test]
 fn a_reload_by_a_user_who_may_not_signal_the_daemon_says_so() {
     use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::process::CommandExt;
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: needs root, to run the daemon as another user than the operator");
         return;
     }
     let d = tempfile::tempdir().unwrap();
     let (_b, cfg) = looped_pump(d.path());
-    let exe = d.path().join("sonitor");
-    std::fs::copy(env!("CARGO_BIN_EXE_sonitor"), &exe).unwrap();
-    for entry in [d.path(), &exe, &cfg] {
+    for entry in [d.path(), &cfg] {
         std::fs::set_permissions(entry, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    let runs = Command::new(&exe)
-        .arg("--version")
-        .uid(65534)
-        .gid(65534)
-        .output();
-    if !runs.is_ok_and(|o| o.status.success()) {
-        eprintln!("skipped: nobody cannot reach {}", exe.display());
+    let Some(exe) = sonitor_for_nobody(d.path()) else {
         return;
-    }
+    };
     let daemon = common::Daemon::start(&cfg, &[]);
     daemon.wait_log("input mic open", Duration::from_secs(30));
     let state = d.path().join("state");
-    let as_nobody = |args: &[&str]| {
-        let out = Command::new(&exe)
-            .args(args)
-            .arg("--config")
-            .arg(&cfg)
-            .uid(65534)
-            .gid(65534)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let as_nobody = |args: &[&str]| as_nobody(&exe, args, &cfg);
     // The lock file readable: its pid is known, the signal refused.
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
     let lock = state.join("sonitor.lock");
@@ -1186,7 +1164,6 @@ fn windows_that_do_not_score_as_numbers_are_dropped_and_counted() {
 #[test]
 fn state_files_left_by_another_user_are_named() {
     use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::process::CommandExt;
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: needs root to make files another user owns");
         return;
@@ -1202,38 +1179,12 @@ fn state_files_left_by_another_user_are_named() {
         let mode = if entry.is_dir() { 0o755 } else { 0o644 };
         std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(mode)).unwrap();
     }
-    let chown = |p: &Path| {
-        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-        assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
-    };
+    let chown = give_to_nobody;
     chown(&state);
-    // A copy nobody can run wherever the build is (a checkout under /root is not).
-    let exe = d.path().join("sonitor");
-    std::fs::copy(env!("CARGO_BIN_EXE_sonitor"), &exe).unwrap();
-    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let runs = Command::new(&exe)
-        .arg("--version")
-        .uid(65534)
-        .gid(65534)
-        .output();
-    if !runs.is_ok_and(|o| o.status.success()) {
-        eprintln!("skipped: nobody cannot reach {}", exe.display());
+    let Some(exe) = sonitor_for_nobody(d.path()) else {
         return;
-    }
-    let as_nobody = |cmd: &str| {
-        let out = Command::new(&exe)
-            .args([cmd, "--config"])
-            .arg(&cfg)
-            .uid(65534)
-            .gid(65534)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stderr).into_owned()
-                + &String::from_utf8_lossy(&out.stdout),
-        )
     };
+    let as_nobody = |cmd: &str| as_nobody(&exe, &[cmd], &cfg);
     // Root's own run there is refused before it writes anything.
     let (code, text) = sonitor(&["run"], &cfg);
     assert_eq!(code, 78, "{text}");
@@ -1331,8 +1282,7 @@ fn root_validate_warns_of_files_the_services_user_cannot_read() {
     assert!(!text.contains("the service's user"), "{text}");
     let state = d.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
-    let c = std::ffi::CString::new(state.as_os_str().as_encoded_bytes()).unwrap();
-    assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
+    give_to_nobody(&state);
     let (code, text) = sonitor(&["validate"], &cfg);
     assert_eq!(code, 0, "{text}");
     assert!(!text.contains("the service's user"), "all readable: {text}");
@@ -1393,6 +1343,49 @@ fn root_validate_warns_of_files_the_services_user_cannot_read() {
         )),
         "{text}"
     );
+}
+
+/// A copy of the `sonitor` binary in `dir` that `nobody` can run (a checkout under /root is not reachable), for
+/// tests run as root that act as another user; `None`, said, where nobody cannot run it.
+fn sonitor_for_nobody(dir: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let exe = dir.join("sonitor");
+    std::fs::copy(env!("CARGO_BIN_EXE_sonitor"), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let runs = Command::new(&exe)
+        .arg("--version")
+        .uid(65534)
+        .gid(65534)
+        .output();
+    if !runs.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: nobody cannot reach {}", exe.display());
+        return None;
+    }
+    Some(exe)
+}
+
+/// `exe ARGS --config CONFIG` run as `nobody`: its exit status, and what it wrote (stderr, then stdout).
+fn as_nobody(exe: &Path, args: &[&str], config: &Path) -> (i32, String) {
+    use std::os::unix::process::CommandExt;
+    let out = Command::new(exe)
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
+    )
+}
+
+/// Gives `path` to `nobody` (uid and gid 65534), as the service's user owns its state directory.
+fn give_to_nobody(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
 }
 
 /// Every file and directory under `dir`, `dir` included.
