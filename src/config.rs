@@ -2599,6 +2599,22 @@ min_duration = "3s"
         );
     }
 
+    /// Two unknown keys in one table: the same one is named at every load, the first in the file (review24 saw
+    /// `username` at one run and `password_file` at the next: the config crate's tables were hash maps).
+    #[test]
+    fn of_several_unknown_keys_the_first_in_the_file_is_named_every_time() {
+        let d = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{}\n[metrics]\nusername = \"u\"\npassword_file = \"/p\"\nzone = 1\n",
+            minimal(d.path())
+        );
+        let path = write(d.path(), &text);
+        for _ in 0..10 {
+            let e = Config::load_with_env(&path, []).unwrap_err().to_string();
+            assert!(e.contains("unknown field `username`"), "{e}");
+        }
+    }
+
     #[test]
     fn reads_toml_with_defaults_and_durations() {
         let d = tempfile::tempdir().unwrap();
