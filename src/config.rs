@@ -2272,11 +2272,12 @@ fn root_in_anothers_dir(state_dir: &Path) -> Option<String> {
     let (uid, gid) = (m.uid(), m.gid());
     (uid != 0).then(|| {
         format!(
-            "belongs to uid {uid} (the user the service runs as), and this sonitor runs as root: what it wrote \
-             there (the lock, the alarm states, the outbox, clips) would be root's, which that user cannot write, \
-             and the service would refuse to start after it. Run it as that user, with the service stopped \
-             (`sudo setpriv --reuid={uid} --regid={gid} --clear-groups sonitor run …`), or give this run a \
-             state_dir of its own"
+            "belongs to uid {uid} (with the shipped unit, the user the service runs as), and this sonitor runs as \
+             root: what it wrote there (the lock, the alarm states, the outbox, clips) would be root's, which that \
+             user cannot write, and a sonitor run as that user, the service too, would refuse to start after it. \
+             Run this one as that user (the service stopped: `sudo setpriv --reuid={uid} --regid={gid} \
+             --clear-groups sonitor …`), or give it a state directory of its own (state_dir; for `sonitor demo`, \
+             --out)"
         )
     })
 }

@@ -1190,7 +1190,7 @@ fn state_files_left_by_another_user_are_named() {
     assert_eq!(code, 78, "{text}");
     assert!(
         text.contains(
-            "belongs to uid 65534 (the user the service runs as), and this sonitor runs as root"
+            "belongs to uid 65534 (with the shipped unit, the user the service runs as), and this sonitor runs as root"
         ) && text.contains("sudo setpriv --reuid=65534 --regid=65534"),
         "{text}"
     );
