@@ -90,13 +90,13 @@ pub struct SavedMachine {
     pub since: Option<String>,
 }
 
-/// Space kept in the state directory for the saved state (`alarms.json`): on a filesystem filled by something
-/// else (clips elsewhere on the card, a log gone wild), the save that follows is made into it, so that an open
-/// alarm, a mute or a threshold set over MQTT survives the next restart. Made again once there is room.
 /// How many dB above `idle_below_dbfs` a machine that stands must sound to count as running again, unless the
 /// machine's `idle_hysteresis_db` says otherwise.
 pub const DEFAULT_IDLE_HYSTERESIS_DB: f32 = 3.0;
 
+/// Space kept in the state directory for the saved state (`alarms.json`): on a filesystem filled by something
+/// else (clips elsewhere on the card, a log gone wild), the save that follows is made into it, so that an open
+/// alarm, a mute or a threshold set over MQTT survives the next restart. Made again once there is room.
 pub const RESERVE_FILE: &str = ".sonitor-reserve";
 const RESERVE_BYTES: usize = 64 * 1024;
 
