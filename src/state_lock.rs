@@ -190,12 +190,9 @@ fn acquire_within(
     let give_up = std::time::Instant::now() + brief_hold;
     while !try_flock(&file, libc::LOCK_EX).map_err(io)? {
         if std::time::Instant::now() >= give_up {
-            // The kernel's word over the file's, as in `holder`: a daemon on a read-only filesystem could not write
-            // its pid, and the one there is an earlier daemon's, which some other process may have now.
-            let pid = flock_holder(&file).or(holder_in(&mut file).pid);
             return Err(LockError::Held {
                 dir: dir.to_path_buf(),
-                pid,
+                pid: holder_of(&mut file).pid,
             });
         }
         std::thread::sleep(LOCK_RETRY);
@@ -263,19 +260,22 @@ impl Holder {
 pub fn holder(dir: &Path) -> Option<Holder> {
     let mut file = File::open(dir.join(LOCK_FILE)).ok()?;
     let taken = try_flock(&file, libc::LOCK_SH).ok()?;
-    (!taken).then(|| {
-        let written = holder_in(&mut file);
-        // The kernel's word over the file's: a daemon that locked the file read-only (its filesystem mounted
-        // read-only) could not write its pid there, and the one there is an earlier daemon's (`sonitor reload`
-        // signalled it, whatever process has that pid now).
-        match flock_holder(&file) {
-            Some(pid) if written.pid != Some(pid) => Holder {
-                pid: Some(pid),
-                ..Holder::default()
-            },
-            _ => written,
-        }
-    })
+    (!taken).then(|| holder_of(&mut file))
+}
+
+/// Who holds the lock on `file` (held by another process): what it wrote of itself, unless the kernel says another
+/// process holds it. A daemon that locked the file read-only (its filesystem mounted read-only) could not write its
+/// pid there, and the one there is an earlier daemon's (`sonitor reload` signalled it, and a second daemon's
+/// refusal named it, whatever process has that pid now).
+fn holder_of(file: &mut File) -> Holder {
+    let written = holder_in(file);
+    match flock_holder(file) {
+        Some(pid) if written.pid != Some(pid) => Holder {
+            pid: Some(pid),
+            ..Holder::default()
+        },
+        _ => written,
+    }
 }
 
 /// The pid of the process holding an exclusive `flock` on `file`, as `/proc/locks` lists it; `None` when it
