@@ -236,14 +236,16 @@ pub struct DetectorConfig {
     pub idle_hysteresis_db: f32,
 }
 
-/// What to say of a configuration file this user may not read: who is asking, and the two ways out.
-fn denied(what: &str) -> String {
+/// How [`denied`] begins, which [`ConfigError::permission_denied`] looks for.
+const DENIED: &str = "permission denied: this user (uid";
+
+/// What to say of a configuration file `path` this user may not read: who is asking, and the two ways out.
+fn denied(path: &Path, what: &str) -> String {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let uid = unsafe { libc::geteuid() };
     format!(
-        "permission denied: this user (uid {uid}) {what}; run the command as a user that may (e.g. with sudo), or \
-         make the file readable by the user sonitor runs as (the service's own user, which systemd makes at its \
-         start: `chmod a+r` the file and `a+x` its folders)"
+        "{DENIED} {uid}) {what}; run the command as a user that may (e.g. with sudo), or {}",
+        sonitor_core::regular_file::readable_advice(path)
     )
 }
 
@@ -617,6 +619,11 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// Whether the file was refused because this user may not read it ([`denied`]).
+    pub fn permission_denied(&self) -> bool {
+        self.reasons.iter().any(|r| r.starts_with(DENIED))
+    }
+
     /// One line per reason, each with the file's path (`sonitor validate` lists them).
     pub fn problems(&self) -> Vec<String> {
         self.reasons
@@ -1235,7 +1242,7 @@ impl Config {
             }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                return Err(err(denied("may not look into a folder above it")))
+                return Err(err(denied(path, "may not look into a folder above it")))
             }
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(err(format!("cannot look it up: {e}")))
@@ -1251,7 +1258,7 @@ impl Config {
         // The config crate says only "Permission denied (os error 13)" of a file this user may not read.
         if let Err(e) = std::fs::File::open(path) {
             return Err(err(if e.kind() == std::io::ErrorKind::PermissionDenied {
-                denied("may not read it")
+                denied(path, "may not read it")
             } else {
                 format!("cannot read: {e}")
             }));

@@ -481,8 +481,8 @@ pub fn status(config_path: &Path, json: bool) -> i32 {
     };
     if let Some(p) = problems {
         if dir.is_none() {
-            // From the load's own words: opening the file again here would wait for ever on a FIFO.
-            let denied = p.contains(": permission denied: ");
+            // From the load's own error: opening the file again here would wait for ever on a FIFO.
+            let denied = loaded.as_ref().is_err_and(|e| e.permission_denied());
             eprintln!(
                 "sonitor status: {p}; no daemon was looked for: it is found through the state directory the file \
                  names, which cannot be read from it{}",

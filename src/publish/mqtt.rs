@@ -803,7 +803,7 @@ pub fn options(cfg: &Config) -> anyhow::Result<MqttOptions> {
         let password = match (&q.password, &q.password_file) {
             (Some(p), _) => p.clone(),
             (None, Some(f)) => password_of_file(&std::fs::read_to_string(f).map_err(|e| {
-                let hint = sonitor_core::regular_file::denied_hint(&e);
+                let hint = sonitor_core::regular_file::denied_hint(&e, f);
                 anyhow::anyhow!("mqtt.password_file {}: {e}{hint}", f.display())
             })?)
             .map_err(|why| anyhow::anyhow!("mqtt.password_file {}: {why}", f.display()))?,

@@ -180,8 +180,8 @@ pub enum BundleError {
     /// A file of the bundle this user may not read (copied as root under umask 077, read by the daemon's own
     /// user): said with what to do, where a bare "Permission denied" left it to the reader.
     #[error(
-        "{path}: permission denied: this user may not read it; make it readable by the user sonitor runs as \
-         (e.g. `chmod a+r {path}`, or chown it to that user)"
+        "{path}: permission denied: this user may not read it; {}",
+        crate::regular_file::readable_advice(path)
     )]
     Denied { path: PathBuf },
     #[error("{path}: invalid manifest: {reason}")]

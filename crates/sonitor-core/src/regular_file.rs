@@ -9,14 +9,27 @@ use std::path::Path;
 /// What the refusal says.
 pub const NOT_A_FILE: &str = "not a regular file (a FIFO, a device or a directory)";
 
-/// What to add to an error reading a file: where this user may not (a file copied as root under umask 077, read by
-/// the service's own user), what to do; nothing for any other error.
-pub fn denied_hint(e: &std::io::Error) -> &'static str {
+/// What to do about a file `path` that the user sonitor runs as may not read (copied as root under umask 077, read
+/// by the service's own user): the one wording of the configuration's, a bundle's, a recording's and the password
+/// file's messages.
+pub fn readable_advice(path: &Path) -> String {
+    format!(
+        "make it readable by the user sonitor runs as (`chmod a+r {}` and `a+x` its folders, or chown it to that \
+         user)",
+        path.display()
+    )
+}
+
+/// What to add to an error reading `path`: where this user may not, [`readable_advice`]; nothing for any other
+/// error.
+pub fn denied_hint(e: &std::io::Error, path: &Path) -> String {
     if e.kind() == std::io::ErrorKind::PermissionDenied {
-        " (this user may not read it, or a folder on its way: make it readable by the user sonitor runs as, \
-         `chmod a+r` the file and `a+x` its folders, or chown it to that user)"
+        format!(
+            " (this user may not read it, or a folder on its way: {})",
+            readable_advice(path)
+        )
     } else {
-        ""
+        String::new()
     }
 }
 
@@ -62,7 +75,10 @@ mod tests {
                 && e.contains("make it readable by the user sonitor runs as"),
             "{e}"
         );
-        assert_eq!(denied_hint(&Error::from(ErrorKind::NotFound)), "");
+        assert_eq!(
+            denied_hint(&Error::from(ErrorKind::NotFound), Path::new("/srv/rec.wav")),
+            ""
+        );
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub enum WavError {
     // The cause is in the message and not a `source()`, or `{:#}` (anyhow) would print it twice.
     #[error(
         "{path}: cannot open: {error}{}",
-        crate::regular_file::denied_hint(error)
+        crate::regular_file::denied_hint(error, path)
     )]
     Open {
         path: PathBuf,
