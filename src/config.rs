@@ -1706,13 +1706,8 @@ impl Config {
     fn left_unwritable(&self) -> Option<String> {
         let problem = self.first_left_unwritable()?;
         Some(match self.foreign_entries() {
-            // The first failure without its own advice (after its "; "): the chown covers it.
-            Some(foreign) => format!(
-                "{}; {foreign}",
-                problem
-                    .split_once("; ")
-                    .map_or(problem.as_str(), |(what, _)| what)
-            ),
+            // The first failure without its own advice: the chown covers it.
+            Some(foreign) => format!("{}; {foreign}", split_advice(&problem).0),
             None => problem,
         })
     }
@@ -1808,7 +1803,7 @@ impl Config {
             std::iter::once(clips.clone()).chain(machines.map(|e| e.path()).filter(|p| p.is_dir()));
         for dir in dirs {
             if let Err(e) = check_writable_dir(&dir, "clips.dir") {
-                let (what, advice) = e.split_once("; ").unwrap_or((e.as_str(), ""));
+                let (what, advice) = split_advice(&e);
                 let advice = match self.foreign_entries() {
                     Some(foreign) => format!("state_dir {}: {foreign}", self.state_dir.display()),
                     None => advice.to_string(),
@@ -2178,19 +2173,7 @@ pub fn check_creatable_dir(dir: &Path, key: &str) -> Result<Option<String>, Stri
     if dir.symlink_metadata().is_ok() {
         return check_writable_dir(dir, key);
     }
-    // A relative path's last ancestor is "", the working directory.
-    let base = dir
-        .ancestors()
-        .skip(1)
-        .map(|a| {
-            if a.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                a
-            }
-        })
-        .find(|a| a.symlink_metadata().is_ok())
-        .unwrap_or(Path::new("/"));
+    let base = sonitor_core::regular_file::nearest_existing(dir).unwrap_or(Path::new("/"));
     let probe = base.join(format!(".sonitor-probe-{}.d", std::process::id()));
     std::fs::create_dir(&probe)
         .map_err(|e| format!("cannot create the directory: {e}; {}", what_to_do(&e, key)))?;
@@ -2262,6 +2245,12 @@ pub fn check_writable_dir(dir: &Path, key: &str) -> Result<Option<String>, Strin
     } else {
         Err(format!("{what}: {e}; {}", what_to_do(&e, key)))
     }
+}
+
+/// A directory check's message ([`check_writable_dir`], [`Config::left_unwritable`]'s) as what failed and what to do
+/// about it (`WHAT; ADVICE`), so that advice that knows more (another user's entries) can replace the second.
+fn split_advice(message: &str) -> (&str, &str) {
+    message.split_once("; ").unwrap_or((message, ""))
 }
 
 /// Why a daemon run as root must not write in `state_dir`, `None` where it may: the directory exists and belongs to

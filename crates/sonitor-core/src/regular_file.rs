@@ -9,6 +9,21 @@ use std::path::Path;
 /// What the refusal says.
 pub const NOT_A_FILE: &str = "not a regular file (a FIFO, a device or a directory)";
 
+/// The nearest of `path` and its ancestors that is there (a dangling link counts), where a directory that does not
+/// exist yet would be made: the working directory (".") for a relative path none of whose ancestors is. `None`
+/// only where not even "/" is.
+pub fn nearest_existing(path: &Path) -> Option<&Path> {
+    path.ancestors()
+        .map(|a| {
+            if a.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                a
+            }
+        })
+        .find(|a| a.symlink_metadata().is_ok())
+}
+
 /// What to do about a file `path` that the user sonitor runs as may not read (copied as root under umask 077, read
 /// by the service's own user): the one wording of the configuration's, a bundle's, a recording's and the password
 /// file's messages.
@@ -59,6 +74,19 @@ pub fn is_not_a_file(e: &std::io::Error) -> bool {
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
+
+    /// Where a directory that is not there would be made: its nearest ancestor that is, the working directory for
+    /// a relative path.
+    #[test]
+    fn the_nearest_existing_ancestor_is_where_a_directory_would_be_made() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(nearest_existing(&d.path().join("a/b")), Some(d.path()));
+        assert_eq!(nearest_existing(d.path()), Some(d.path()));
+        assert_eq!(
+            nearest_existing(Path::new("no-such-dir-here/x")),
+            Some(Path::new("."))
+        );
+    }
 
     /// A file this user may not read says what to do (the WAV input, the MQTT password file: review23 found them
     /// bare "Permission denied"); other errors are left as they are.

@@ -1245,17 +1245,7 @@ pub fn check_out(out: &Path, flag: &str, resume: Option<bool>, force: bool) -> a
 /// training that would write it: a fit into a folder another user owns ran its epochs, then failed on its first
 /// checkpoint (review23). A probe file, removed at once, in the directory or its nearest existing ancestor.
 fn check_writable(out: &Path, flag: &str) -> anyhow::Result<()> {
-    let Some(dir) = out
-        .ancestors()
-        .map(|a| {
-            if a.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                a
-            }
-        })
-        .find(|a| a.is_dir())
-    else {
+    let Some(dir) = sonitor_core::regular_file::nearest_existing(out) else {
         return Ok(());
     };
     let probe = dir.join(format!(".sonitor-train-probe-{}", std::process::id()));
