@@ -151,7 +151,6 @@ pub(crate) fn check_with(path: &Path, running: Option<&Running>, missing: Missin
     problems.extend(disk.problem);
     let mut warnings = disk.warnings;
     warnings.extend(cfg.relative_paths_warning());
-    warnings.extend(unreadable_to_the_service(&cfg, path));
     // The MQTT options `run` builds: the password file read, the TLS configuration made from the CA and client
     // files (a file that exists but is no certificate would otherwise stop every start). After the simpler
     // checks of [mqtt], which name a missing file better.
@@ -232,6 +231,7 @@ pub(crate) fn check_with(path: &Path, running: Option<&Running>, missing: Missin
     for m in &cfg.machines {
         warnings.extend(idle_settings_that_do_nothing(m));
     }
+    warnings.extend(unreadable_to_the_service(&cfg, path, &bundles));
     // Channels and devices.
     for d in &cfg.devices {
         let users: Vec<&MachineConfig> =
@@ -507,7 +507,11 @@ fn idle_settings_that_do_nothing(m: &MachineConfig) -> Vec<String> {
 /// `/var/lib/private` is closed to others, and opened for the service alone). Warnings: groups beyond the state
 /// directory's (the unit's `audio`) are not known here.
 #[cfg(unix)]
-fn unreadable_to_the_service(cfg: &Config, config_path: &Path) -> Vec<String> {
+fn unreadable_to_the_service(
+    cfg: &Config,
+    config_path: &Path,
+    bundles: &BTreeMap<PathBuf, Bundle>,
+) -> Vec<String> {
     use std::os::unix::fs::MetadataExt as _;
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
@@ -536,8 +540,8 @@ fn unreadable_to_the_service(cfg: &Config, config_path: &Path) -> Vec<String> {
         bits & want == want
     };
     // The first component of `path` that bars the service's user: a folder it may not enter, or the path itself
-    // it may not read (and, a folder, list and enter).
-    let barred = |path: &Path, folder: bool| -> Option<(PathBuf, u32)> {
+    // it may not read (and, a folder, list and enter); with its mode, and whether it is the path itself.
+    let barred = |path: &Path, folder: bool| -> Option<(PathBuf, u32, bool)> {
         let path = std::fs::canonicalize(path).ok()?;
         let start = if path.starts_with(&state) {
             state.as_path()
@@ -556,21 +560,29 @@ fn unreadable_to_the_service(cfg: &Config, config_path: &Path) -> Vec<String> {
                 (false, _) => 1,
             };
             if !may(&m, want) {
-                return Some((a.to_path_buf(), m.mode() & 0o7777));
+                return Some((a.to_path_buf(), m.mode() & 0o7777, *a == path));
             }
         }
         None
     };
     let mut files: Vec<(String, PathBuf, bool)> =
         vec![("the configuration".into(), config_path.to_path_buf(), false)];
-    let mut bundles = std::collections::BTreeSet::new();
+    let mut bundles_seen = std::collections::BTreeSet::new();
     for m in &cfg.machines {
-        if bundles.insert(m.bundle.clone()) {
+        if bundles_seen.insert(m.bundle.clone()) {
             let at = format!("the bundle of machine '{}'", m.name);
             files.push((at.clone(), m.bundle.clone(), true));
-            for f in [sonitor_core::bundle::MANIFEST_FILE, "model.onnx"] {
-                files.push((at.clone(), m.bundle.join(f), false));
-            }
+            // The graph the manifest names (a bundle refused for another reason: the default name).
+            let onnx = bundles.get(&m.bundle).map_or_else(
+                || m.bundle.join(sonitor_core::bundle::DEFAULT_ONNX_FILE),
+                |b| b.onnx_path.clone(),
+            );
+            files.push((
+                at.clone(),
+                m.bundle.join(sonitor_core::bundle::MANIFEST_FILE),
+                false,
+            ));
+            files.push((at.clone(), onnx, false));
         }
     }
     for d in &cfg.devices {
@@ -595,21 +607,23 @@ fn unreadable_to_the_service(cfg: &Config, config_path: &Path) -> Vec<String> {
     files
         .into_iter()
         .filter_map(|(what, path, folder)| {
-            let (at, mode) = barred(&path, folder)?;
+            let (at, mode, itself) = barred(&path, folder)?;
             seen.insert(at.clone()).then(|| {
                 let secret = matches!(what.as_str(), "mqtt.password_file" | "mqtt.tls.client_key");
-                // A secret is given to the service's user, not opened to everyone.
-                let fix = match (secret && !at.is_dir(), at.is_dir()) {
-                    (true, _) => format!("`sudo chown {uid} {}` (a secret: not chmod a+r)", at.display()),
-                    (false, true) => format!("`sudo chmod a+rX {}`, or chown it to that user", at.display()),
-                    (false, false) => format!("`sudo chmod a+r {}`, or chown it to that user", at.display()),
+                let fix = if at.is_dir() {
+                    format!("`sudo chmod a+rX {}`, or chown it to that user", at.display())
+                } else if secret {
+                    // A secret is given to the service's user, not opened to everyone.
+                    format!("`sudo chown {uid} {}` (a secret: not chmod a+r)", at.display())
+                } else {
+                    format!("`sudo chmod a+r {}`, or chown it to that user", at.display())
                 };
                 format!(
                     "{what} {}: the service's user (uid {uid}, the owner of state_dir) may not read {}, as its \
                      mode says ({mode:04o}, owner uid {}): the service would refuse it where this check, as root, \
                      reads it; {fix}",
                     path.display(),
-                    if at == std::fs::canonicalize(&path).unwrap_or_default() {
+                    if itself {
                         "it".to_string()
                     } else {
                         format!("the folder {} on its way", at.display())
@@ -622,7 +636,11 @@ fn unreadable_to_the_service(cfg: &Config, config_path: &Path) -> Vec<String> {
 }
 
 #[cfg(not(unix))]
-fn unreadable_to_the_service(_cfg: &Config, _config_path: &Path) -> Vec<String> {
+fn unreadable_to_the_service(
+    _cfg: &Config,
+    _config_path: &Path,
+    _bundles: &BTreeMap<PathBuf, Bundle>,
+) -> Vec<String> {
     Vec::new()
 }
 
