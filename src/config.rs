@@ -2110,17 +2110,18 @@ fn topic_prefix_problem(key: &str, prefix: &str, example: &str) -> Option<String
 }
 
 /// Why `path`, which should name a file, does not: it does not exist, or it is a directory or something else.
-fn not_a_file(path: &Path) -> &'static str {
+fn not_a_file(path: &Path) -> String {
     match path.metadata() {
-        Ok(m) if m.is_dir() => "is a directory, not a file",
-        Ok(_) => "is not a regular file",
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            "cannot be reached: permission denied on a directory on its way"
-        }
+        Ok(m) if m.is_dir() => "is a directory, not a file".into(),
+        Ok(_) => "is not a regular file".into(),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => format!(
+            "cannot be reached: this user may not pass a folder on its way; {}",
+            sonitor_core::regular_file::readable_advice(path)
+        ),
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            "is a loop of symbolic links that never reaches a file"
+            "is a loop of symbolic links that never reaches a file".into()
         }
-        Err(_) => "does not exist",
+        Err(_) => "does not exist".into(),
     }
 }
 

@@ -543,23 +543,36 @@ fn a_configuration_this_user_may_not_read_is_permission_denied() {
     std::fs::create_dir(&closed).unwrap();
     std::fs::copy(&unreadable, closed.join("sonitor.toml")).unwrap();
     std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o000)).unwrap();
-    for (file, what) in [
-        (unreadable.clone(), "may not read it"),
+    let as_user = || {
+        if root {
+            let mut c = Command::new(setpriv);
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(env!("CARGO_BIN_EXE_sonitor"));
+            c
+        } else {
+            Command::new(env!("CARGO_BIN_EXE_sonitor"))
+        }
+    };
+    // The folder that bars the way is named, with what to do about it, not "a folder on its way".
+    let pass_closed = format!("chmod a+x {}", closed.display());
+    for (file, what, advice) in [
+        (
+            unreadable.clone(),
+            "may not read it",
+            format!("chmod a+r {}", unreadable.display()),
+        ),
         (
             closed.join("sonitor.toml"),
             "may not look into a folder above it",
+            pass_closed.clone(),
         ),
     ] {
         for cmd in ["validate", "run", "status"] {
-            let mut c = if root {
-                let mut c = Command::new(setpriv);
-                c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-                    .arg(env!("CARGO_BIN_EXE_sonitor"));
-                c
-            } else {
-                Command::new(env!("CARGO_BIN_EXE_sonitor"))
-            };
-            let out = c.args([cmd, "--config"]).arg(&file).output().unwrap();
+            let out = as_user()
+                .args([cmd, "--config"])
+                .arg(&file)
+                .output()
+                .unwrap();
             let text = String::from_utf8_lossy(&out.stderr).into_owned()
                 + &String::from_utf8_lossy(&out.stdout);
             assert_eq!(
@@ -573,6 +586,7 @@ fn a_configuration_this_user_may_not_read_is_permission_denied() {
                     "{}: permission denied: this user (uid ",
                     file.display()
                 )) && text.contains(what)
+                    && text.contains(&advice)
                     && text.contains("e.g. with sudo")
                     && !text.contains("no such file"),
                 "{cmd} {}: {text}",
@@ -590,6 +604,31 @@ fn a_configuration_this_user_may_not_read_is_permission_denied() {
             );
         }
     }
+    // A readable configuration whose MQTT password file sits behind that folder: the folder named, not "does not
+    // exist" or a bare "permission denied on a directory on its way".
+    let readable = d.path().join("readable.toml");
+    std::fs::copy(&unreadable, &readable).unwrap();
+    std::fs::set_permissions(&readable, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let secret = closed.join("mqtt-password");
+    let out = as_user()
+        .args(["validate", "--config"])
+        .arg(&readable)
+        .env("SONITOR_MQTT__USERNAME", "sonitor")
+        .env("SONITOR_MQTT__PASSWORD_FILE", &secret)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(78), "{text}");
+    assert!(
+        text.contains(&format!(
+            "mqtt.password_file {} cannot be reached: this user may not pass a folder on its way; make the folder \
+             {} on its way passable",
+            secret.display(),
+            closed.display()
+        )) && text.contains(&pass_closed),
+        "{text}"
+    );
     std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
 }
 

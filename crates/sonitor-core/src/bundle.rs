@@ -1067,6 +1067,16 @@ mod tests {
                 "{e}"
             );
             assert!(e.contains(&b.display().to_string()), "{e}");
+            // What to do about a file behind the folder names the folder, not "a folder on its way".
+            assert_eq!(
+                crate::regular_file::barring_folder(&b.join(MANIFEST_FILE)),
+                Some(b)
+            );
+            let advice = crate::regular_file::readable_advice(&b.join(MANIFEST_FILE));
+            assert!(
+                advice.contains(&format!("chmod a+x {}", b.display())),
+                "{advice}"
+            );
         };
         let check_file = |m: &Path| {
             let e = err_of(m);

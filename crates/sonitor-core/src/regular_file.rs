@@ -24,28 +24,60 @@ pub fn nearest_existing(path: &Path) -> Option<&Path> {
         .find(|a| a.symlink_metadata().is_ok())
 }
 
+/// The folder on the way to `path` that this user may not pass (search), so that `path` cannot be reached: the
+/// nearest to the root in which looking up the next name is refused. `None` where no folder on the way bars it (the
+/// file itself is unreadable, or the way ends earlier for another reason).
+pub fn barring_folder(path: &Path) -> Option<&Path> {
+    let way: Vec<&Path> = path.ancestors().collect();
+    for pair in way.windows(2).rev() {
+        let (child, parent) = (pair[0], pair[1]);
+        match child.symlink_metadata() {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Some(if parent.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    parent
+                });
+            }
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
 /// What to do about a file `path` that the user sonitor runs as may not read (copied as root under umask 077, read
-/// by the service's own user): the one wording of the configuration's, a bundle's, a recording's and the password
-/// file's messages.
+/// by the service's own user, or kept behind a folder only root may pass): the one wording of the configuration's,
+/// a bundle's, a recording's and the password file's messages. Where a folder on the way bars this user
+/// ([`barring_folder`]), that folder is named: "a folder on its way" left the reader to find which.
 pub fn readable_advice(path: &Path) -> String {
-    format!(
-        "make it readable by the user sonitor runs as (`chmod a+r {}` and `a+x` its folders, or chown it to that \
-         user)",
-        path.display()
-    )
+    match barring_folder(path) {
+        Some(folder) => format!(
+            "make the folder {} on its way passable by the user sonitor runs as (`chmod a+x {}`, or chown it to \
+             that user)",
+            folder.display(),
+            folder.display()
+        ),
+        None => format!(
+            "make it readable by the user sonitor runs as (`chmod a+r {}` and `a+x` its folders, or chown it to \
+             that user)",
+            path.display()
+        ),
+    }
 }
 
 /// What to add to an error reading `path`: where this user may not, [`readable_advice`]; nothing for any other
 /// error.
 pub fn denied_hint(e: &std::io::Error, path: &Path) -> String {
-    if e.kind() == std::io::ErrorKind::PermissionDenied {
-        format!(
-            " (this user may not read it, or a folder on its way: {})",
-            readable_advice(path)
-        )
-    } else {
-        String::new()
+    if e.kind() != std::io::ErrorKind::PermissionDenied {
+        return String::new();
     }
+    let who = if barring_folder(path).is_some() {
+        "this user may not pass a folder on its way"
+    } else {
+        "this user may not read it"
+    };
+    format!(" ({who}: {})", readable_advice(path))
 }
 
 /// Opens `path` for reading if it is a regular file (after following links).
@@ -86,6 +118,18 @@ mod tests {
             nearest_existing(Path::new("no-such-dir-here/x")),
             Some(Path::new("."))
         );
+    }
+
+    /// A way no folder bars: `None`, whether the file is there or not (a missing name ends the walk).
+    #[test]
+    fn no_barring_folder_where_none_bars_the_way() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("x");
+        std::fs::write(&file, b"abc").unwrap();
+        assert_eq!(barring_folder(&file), None);
+        assert_eq!(barring_folder(&d.path().join("none/deeper/x")), None);
+        assert_eq!(barring_folder(Path::new("no-such-dir-here/x")), None);
+        assert!(readable_advice(&file).contains(&format!("chmod a+r {}", file.display())));
     }
 
     /// A file this user may not read says what to do (the WAV input, the MQTT password file: review23 found them

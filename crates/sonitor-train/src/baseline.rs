@@ -175,7 +175,7 @@ pub fn score_dataset(
     params: &FeatureParams,
 ) -> anyhow::Result<Vec<PathBuf>> {
     crate::data::train_clips(data)?;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    crate::train::make_out_dir(out, "--out", "nothing was scored")?;
     let mut written = Vec::new();
     for (machine_type, section) in data.sections() {
         let test: Vec<&Clip> = data.clips_of(&machine_type, section, Split::Test).collect();

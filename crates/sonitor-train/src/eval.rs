@@ -179,7 +179,7 @@ pub fn score_dataset(
         "{}: no test clips to score",
         data.root.display()
     );
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    crate::train::make_out_dir(out, "--out", "nothing was scored")?;
     let mut written = Vec::new();
     for (machine_type, section, sm) in todo {
         let test: Vec<&Clip> = data.clips_of(&machine_type, section, Split::Test).collect();

@@ -275,7 +275,7 @@ pub fn import(a: &ImportArgs) -> anyhow::Result<Imported> {
         }
     }
     let dir = type_dir.join(split.as_str());
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    crate::train::make_out_dir(&dir, "--data", "nothing was imported")?;
     let mut index = next_index(&dir, a.section, domain, split, condition)?;
     let new_log = !log_path.exists();
     let mut log = std::fs::OpenOptions::new()

@@ -951,8 +951,7 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
     }
 
     // Before the first epoch, so that an --out that cannot be a directory fails now, not after an epoch.
-    std::fs::create_dir_all(&o.out)
-        .with_context(|| format!("--out: creating {}", o.out.display()))?;
+    make_out_dir(&o.out, "--out", "nothing was trained")?;
     let mut fx = FeatureExtractor::new(o.features.clone())?;
     let t_train = Instant::now();
     let live = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -1218,7 +1217,7 @@ pub fn held_bundle_files(out: &Path) -> Vec<String> {
 /// network's graph. `resume`: `None` for a command without `--resume`.
 pub fn check_out(out: &Path, flag: &str, resume: Option<bool>, force: bool) -> anyhow::Result<()> {
     check_is_dir(out, flag)?;
-    check_writable(out, flag)?;
+    check_writable(out, flag, "nothing was trained")?;
     if resume == Some(true) {
         return Ok(());
     }
@@ -1244,7 +1243,8 @@ pub fn check_out(out: &Path, flag: &str, resume: Option<bool>, force: bool) -> a
 /// Refuses a bundle directory this user cannot write in (or, where it does not exist yet, create), before the
 /// training that would write it: a fit into a folder another user owns ran its epochs, then failed on its first
 /// checkpoint (review23). A probe file, removed at once, in the directory or its nearest existing ancestor.
-fn check_writable(out: &Path, flag: &str) -> anyhow::Result<()> {
+/// `nothing`: what the refusal spared, for its message ("nothing was trained").
+fn check_writable(out: &Path, flag: &str, nothing: &str) -> anyhow::Result<()> {
     let Some(dir) = sonitor_core::regular_file::nearest_existing(out) else {
         return Ok(());
     };
@@ -1270,11 +1270,20 @@ fn check_writable(out: &Path, flag: &str) -> anyhow::Result<()> {
                 ""
             };
             anyhow::bail!(
-                "{flag} {}: cannot {what} ({e}){advice}; nothing was trained",
+                "{flag} {}: cannot {what} ({e}){advice}; {nothing}",
                 out.display()
             )
         }
     }
+}
+
+/// Creates the directory `dir` (and its parents) that `flag` names for this run's output. One this user may not
+/// create or write in is refused with where and what to do ([`check_writable`]; `nothing`: what the refusal spared),
+/// not with the bare "Permission denied" of the creation: a new `--out` under another user's folder said only
+/// that (review24).
+pub fn make_out_dir(dir: &Path, flag: &str, nothing: &str) -> anyhow::Result<()> {
+    check_writable(dir, flag, nothing)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("{flag}: creating {}", dir.display()))
 }
 
 /// A bundle directory held for one run that writes into it ([`lock_out`]), until dropped. A directory the lock
@@ -1297,7 +1306,7 @@ impl Drop for OutLock {
 fn lock_out(out: &Path, flag: &str) -> anyhow::Result<OutLock> {
     check_is_dir(out, flag)?;
     let created = !out.exists();
-    std::fs::create_dir_all(out).with_context(|| format!("{flag}: creating {}", out.display()))?;
+    make_out_dir(out, flag, "nothing was trained")?;
     let lock = OutLock {
         _dir: std::fs::File::open(out)
             .with_context(|| format!("{flag}: opening {}", out.display()))?,
@@ -1610,10 +1619,23 @@ mod tests {
                     && e.contains("nothing was trained"),
                 "{e}"
             );
-            let e = super::check_out(&root.join("closed/new"), "--out", Some(false), false)
+            // Through the claim fit makes, which creates the directory: the creation's bare "Permission denied"
+            // said neither where nor what to do.
+            let e = super::claim_out(&root.join("closed/new"), "--out", Some(false), false, root)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                e.contains("new: cannot create it in ") && e.contains("or another directory"),
+                "{e}"
+            );
+            let e = super::make_out_dir(&root.join("closed/scores"), "--out", "nothing was scored")
                 .unwrap_err()
                 .to_string();
-            assert!(e.contains("new: cannot create it in "), "{e}");
+            assert!(
+                e.contains("scores: cannot create it in ") && e.ends_with("nothing was scored"),
+                "{e}"
+            );
             super::check_out(&root.join("open/new"), "--out", Some(false), false).unwrap();
             assert_eq!(
                 std::fs::read_dir(root.join("open")).unwrap().count(),
