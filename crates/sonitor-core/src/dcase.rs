@@ -28,11 +28,10 @@ pub enum DcaseError {
         path: PathBuf,
         error: std::io::Error,
     },
-    #[error(
-        "{path}: no machine type directories (<type>/train or <type>/test) found; for a folder of raw recordings, \
-         run `sonitor-train import` first"
-    )]
-    Empty { path: PathBuf },
+    /// `hint`: where the machine types are when the folder given is one level off ([`one_level_off`]), else what
+    /// to do with raw recordings.
+    #[error("{path}: no machine type directories (<type>/train or <type>/test) found; {hint}")]
+    Empty { path: PathBuf, hint: String },
     #[error("{path}: a split directory is named train/ or test/, in lower case: rename it (its clips were not read)")]
     SplitCase { path: PathBuf },
     #[error("{path}: scores directory not found (where `eval --out` or `baseline --out` wrote the submission files)")]
@@ -340,6 +339,7 @@ pub fn scan(root: &Path) -> Result<Dataset, DcaseError> {
     if types.is_empty() {
         return Err(DcaseError::Empty {
             path: root.to_path_buf(),
+            hint: one_level_off(root),
         });
     }
     let mut clips = Vec::new();
@@ -408,6 +408,42 @@ pub fn scan(root: &Path) -> Result<Dataset, DcaseError> {
         root: root.to_path_buf(),
         clips,
     })
+}
+
+/// What to say of a data set root `root` in which no machine type was found: that it is itself a machine type's
+/// folder (it has `train/` or `test/`: its parent is the root), or that the machine types are in one of its
+/// folders (DCASE's `dev_data/` holds `raw/`, which holds the types); else, for raw recordings, `import`. Both
+/// slips said only "no machine type directories" (review25).
+fn one_level_off(root: &Path) -> String {
+    let shown = |p: &Path| p.display().to_string();
+    if is_type_dir(root).unwrap_or(false) {
+        let parent = std::path::absolute(root)
+            .ok()
+            .and_then(|a| a.parent().map(Path::to_path_buf));
+        return format!(
+            "it is itself a machine type's folder (it has train/ or test/): give the folder that holds it{}",
+            parent.map_or(String::new(), |p| format!(", {}", shown(&p)))
+        );
+    }
+    let mut below: Vec<PathBuf> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .filter(|p| {
+            std::fs::read_dir(p)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| is_type_dir(&e.path()).unwrap_or(false))
+        })
+        .collect();
+    below.sort();
+    match below.first() {
+        Some(p) => format!("the machine types are one level down: give {}", shown(p)),
+        None => "for a folder of raw recordings, run `sonitor-train import` first".into(),
+    }
 }
 
 /// Whether `dir` (an entry of a data set's root) is a machine type's directory: it has `train/` or `test/`. One
@@ -1096,6 +1132,25 @@ mod tests {
             "no machine type directories (<type>/train or <type>/test) found; for a folder of raw \
                        recordings, run `sonitor-train import` first"
         ));
+        // One level off either way: the folder above the types (DCASE's dev_data/ holds raw/), or a type's own.
+        std::fs::create_dir_all(d.path().join("dev_data/raw/fan/train")).unwrap();
+        let e = scan(&d.path().join("dev_data")).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "the machine types are one level down: give {}",
+                d.path().join("dev_data/raw").display()
+            )),
+            "{e}"
+        );
+        let e = scan(&d.path().join("dev_data/raw/fan"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("it is itself a machine type's folder")
+                && e.contains(&format!(", {}", d.path().join("dev_data/raw").display())),
+            "{e}"
+        );
+        assert!(scan(&d.path().join("dev_data/raw")).is_ok());
         // A file given as the data directory is said to be one, not to be missing.
         let file = d.path().join("afile");
         std::fs::write(&file, "x").unwrap();
