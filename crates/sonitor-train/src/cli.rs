@@ -126,17 +126,27 @@ pub fn main() -> std::process::ExitCode {
         Command::Import(a) => import::run(a),
         Command::Baseline(a) => baseline::run(a),
         Command::Metrics(a) => run_metrics(a),
-        Command::Fit(a) => train::run(a),
+        Command::Fit(a) => {
+            train::interrupt::catch();
+            train::run(a)
+        }
         Command::Eval(a) => eval::run(a),
         Command::Combine(a) => combine::run(a),
-        Command::Prune(a) => prune::run(a),
+        Command::Prune(a) => {
+            train::interrupt::catch();
+            prune::run(a)
+        }
         Command::Upgrade(a) => upgrade::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            if e.downcast_ref::<train::interrupt::Interrupted>().is_some() {
+                std::process::ExitCode::from(130)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }

@@ -216,6 +216,132 @@ pub fn multichannel_warning(clips: &[&Clip]) -> Option<String> {
     ))
 }
 
+/// The warning `fit` prints when training clips were recorded below the feature rate `rate`: upsampled, they have
+/// nothing above half their rate, a gap the model learns as normal (`import` and the daemon warn of the same; `fit`
+/// said nothing of an 8 kHz clip among 16 kHz ones: review25). Read from the WAV headers alone.
+pub fn low_rate_warning(clips: &[&Clip], rate: u32) -> Option<String> {
+    let low: Vec<(&Clip, u32)> = clips
+        .iter()
+        .filter_map(|c| {
+            let r = sonitor_core::audio::read_wav_info(&c.path)
+                .ok()?
+                .sample_rate;
+            (r < rate).then_some((*c, r))
+        })
+        .collect();
+    let (first, r) = low.first()?;
+    Some(format!(
+        "warning: {} of {} training clips were recorded below the features' {rate} Hz (e.g. {}: {r} Hz): upsampled, \
+         they have nothing above {} Hz, which the machine's sound at the full rate has; the model learns that gap \
+         as normal and may raise false alarms on it: record at {rate} Hz or more, or leave them out",
+        low.len(),
+        clips.len(),
+        first.path.display(),
+        r / 2
+    ))
+}
+
+/// Whether every attribute value the CSV gives `clip` is in its name: as whole `_`-separated words, in order
+/// (`car_A1_spd_28V_mic_1` holds the values `A1`, `28V` and `1`, and also `car_A1_spd_28V_mic_1` given as one value).
+fn name_agrees(clip: &Clip) -> bool {
+    let words: Vec<&str> = clip.name.attributes.split('_').collect();
+    clip.attribute_values.iter().all(|(_, value)| {
+        let v: Vec<&str> = value.split('_').collect();
+        value.is_empty() || words.windows(v.len()).any(|w| w == v.as_slice())
+    })
+}
+
+/// What `fit` warns of in a data set's names and `attributes_SS.csv` files, one line each (review25 found each
+/// passed without a word):
+/// - clips whose attribute values in the CSV are not in their names ([`name_agrees`]): the CSV's make the class
+///   labels, so a CSV edited or copied from another set changes the classes;
+/// - clips of a machine type that has CSVs, listed in none: their names' attributes are used;
+/// - CSV rows that name no clip of the type;
+/// - clips whose names give the same section, domain, split, condition and number: a set merged twice.
+pub fn naming_warnings(data: &Dataset) -> Vec<String> {
+    let mut out = Vec::new();
+    let shown = |c: &Clip| c.path.display().to_string();
+    let differ: Vec<&Clip> = data
+        .clips
+        .iter()
+        .filter(|c| !c.name.attributes.is_empty() && !name_agrees(c))
+        .collect();
+    if let Some(c) = differ.first() {
+        out.push(format!(
+            "warning: {} clip(s) have attribute values in their attributes_SS.csv that their names do not carry \
+             (e.g. {}: `{}` in the CSV, `{}` in the name): the CSV's make the class labels; correct whichever is \
+             wrong",
+            differ.len(),
+            shown(c),
+            c.attribute_key(),
+            c.name.attributes
+        ));
+    }
+    for machine_type in data.machine_types() {
+        let Ok(csv) = sonitor_core::dcase::read_attribute_csvs(&data.root.join(&machine_type))
+        else {
+            continue;
+        };
+        if csv.is_empty() {
+            continue;
+        }
+        let clips: Vec<&Clip> = data
+            .clips
+            .iter()
+            .filter(|c| c.machine_type == machine_type)
+            .collect();
+        let unlisted: Vec<&&Clip> = clips
+            .iter()
+            .filter(|c| !csv.contains_key(c.file_name()))
+            .collect();
+        if let Some(c) = unlisted.first() {
+            out.push(format!(
+                "warning: {} of {machine_type}'s {} clip(s) are in none of its attributes_SS.csv files (e.g. {}): \
+                 their names' attributes are used",
+                unlisted.len(),
+                clips.len(),
+                shown(c)
+            ));
+        }
+        let names: std::collections::HashSet<&str> = clips.iter().map(|c| c.file_name()).collect();
+        let mut absent: Vec<&String> = csv.keys().filter(|k| !names.contains(k.as_str())).collect();
+        absent.sort();
+        if let Some(first) = absent.first() {
+            out.push(format!(
+                "warning: {machine_type}'s attributes_SS.csv files list {} file(s) that are not in {machine_type}/train \
+                 or {machine_type}/test (e.g. {first}): clips missing from the data set, or a CSV of another one?",
+                absent.len()
+            ));
+        }
+    }
+    let mut seen: std::collections::HashMap<_, &Clip> = std::collections::HashMap::new();
+    let mut twice: Vec<(&Clip, &Clip)> = Vec::new();
+    for c in &data.clips {
+        let n = &c.name;
+        let key = (
+            c.machine_type.as_str(),
+            n.section,
+            n.domain,
+            c.split,
+            n.condition,
+            n.index,
+        );
+        if let Some(other) = seen.insert(key, c) {
+            twice.push((other, c));
+        }
+    }
+    if let Some((a, b)) = twice.first() {
+        out.push(format!(
+            "warning: {} clip(s) have the section, domain, split, condition and number of another (e.g. {} and {}): \
+             a data set merged twice? Each is used",
+            twice.len(),
+            shown(a),
+            shown(b)
+        ));
+    }
+    out
+}
+
 /// sha256 over the clips' file names and contents (in the given order): the data set's identity in the bundle.
 pub fn data_sha256(clips: &[&Clip]) -> anyhow::Result<String> {
     let mut h = Sha256::new();
@@ -464,6 +590,81 @@ mod tests {
             "{w}"
         );
         assert_eq!(multichannel_warning(&[refs[0], refs[2]]), None);
+        // The 8 kHz clip (the third) is named, with what it lacks.
+        let w = low_rate_warning(&refs, 16_000).unwrap();
+        assert!(
+            w.contains("1 of 3 training clips were recorded below the features' 16000 Hz")
+                && w.contains(&format!("{}: 8000 Hz)", clips[2].path.display()))
+                && w.contains("nothing above 4000 Hz"),
+            "{w}"
+        );
+        assert_eq!(low_rate_warning(&refs[..2], 16_000), None);
+    }
+
+    /// A CSV that contradicts the names, rows naming no clip, a clip in no CSV and a number given twice: each one
+    /// line, naming an example (the files' contents are not read).
+    #[test]
+    fn names_and_attribute_csvs_that_disagree_are_warned_of() {
+        let d = tempfile::tempdir().unwrap();
+        let train = d.path().join("pump/train");
+        std::fs::create_dir_all(&train).unwrap();
+        let names = [
+            "section_00_source_train_normal_0000_flow_100.wav",
+            "section_00_source_train_normal_0001_flow_50.wav",
+            "section_00_source_train_normal_0002_flow_50.wav",
+            "section_00_source_train_normal_0002_flow_70.wav",
+        ];
+        for n in names {
+            std::fs::write(train.join(n), b"").unwrap();
+        }
+        std::fs::write(
+            d.path().join("pump/attributes_00.csv"),
+            format!(
+                "file_name,d1p,d1v\ntrain/{},flow,70\ntrain/{},flow,50\ntrain/{},flow,50\n\
+                 train/section_00_source_train_normal_0099_flow_50.wav,flow,50\n",
+                names[0], names[1], names[2]
+            ),
+        )
+        .unwrap();
+        let data = sonitor_core::dcase::scan(d.path()).unwrap();
+        let w = naming_warnings(&data);
+        assert_eq!(w.len(), 4, "{w:#?}");
+        let has = |parts: &[&str]| w.iter().any(|l| parts.iter().all(|p| l.contains(p)));
+        assert!(
+            has(&[
+                "1 clip(s) have attribute values",
+                names[0],
+                "`flow_70` in the CSV, `flow_100` in the name"
+            ]),
+            "{w:#?}"
+        );
+        assert!(
+            has(&["1 of pump's 4 clip(s) are in none", names[3]]),
+            "{w:#?}"
+        );
+        assert!(
+            has(&[
+                "list 1 file(s) that are not in pump/train",
+                "normal_0099_flow_50.wav"
+            ]),
+            "{w:#?}"
+        );
+        assert!(
+            has(&["1 clip(s) have the section, domain", names[2], names[3]]),
+            "{w:#?}"
+        );
+        // A set whose names and CSV agree, with no CSV row left over: nothing.
+        std::fs::remove_file(train.join(names[3])).unwrap();
+        std::fs::write(
+            d.path().join("pump/attributes_00.csv"),
+            format!(
+                "file_name,d1p,d1v\ntrain/{},flow,100\ntrain/{},flow,50\ntrain/{},flow,50\n",
+                names[0], names[1], names[2]
+            ),
+        )
+        .unwrap();
+        let data = sonitor_core::dcase::scan(d.path()).unwrap();
+        assert_eq!(naming_warnings(&data), Vec::<String>::new());
     }
 
     #[test]

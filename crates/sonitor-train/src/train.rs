@@ -668,6 +668,9 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
     let data = dcase::scan(&o.data)?;
     let train = data::train_clips(&data)?;
     anyhow::ensure!(!train.is_empty(), "{}", data::describe_empty(&o.data));
+    for w in data::naming_warnings(&data) {
+        eprintln!("{w}");
+    }
     let untrained = data.sections_without(Split::Train);
     if !untrained.is_empty() {
         let names: Vec<String> = untrained
@@ -760,6 +763,9 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
         eprintln!("{w}");
     }
     if let Some(w) = data::multichannel_warning(&train) {
+        eprintln!("{w}");
+    }
+    if let Some(w) = data::low_rate_warning(&train, o.features.sample_rate) {
         eprintln!("{w}");
     }
     let clips = data::load_train_clips(&train, &classes, &o.features)?;
@@ -890,6 +896,23 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
             ));
         }
         if let Some(sha) = state.data_sha256.as_deref().filter(|&d| d != data_sha) {
+            // The same folder, its clips changed: "resume with --data DIR" named the folder just given (review25).
+            if state
+                .data_path
+                .as_ref()
+                .is_some_and(|p| resolved(p) == resolved(&o.data))
+            {
+                anyhow::bail!(
+                    "--resume: the training clips in {} changed since the checkpoint in {} was written (training \
+                     clips digest {} then, {} now: clips added, removed or rewritten): continuing would make a \
+                     bundle whose provenance names data its first epochs never saw. Put the clips back as they were \
+                     to resume, or train a new bundle (another --out, or --force without --resume)",
+                    o.data.display(),
+                    ckpt.display(),
+                    sha.get(..12).unwrap_or(sha),
+                    data_sha.get(..12).unwrap_or(&data_sha),
+                );
+            }
             anyhow::bail!(
                 "--resume: the checkpoint in {} was trained on another data set ({}, training clips digest {}), \
                  not {} (digest {}): continuing would make a bundle whose provenance names data its first epochs \
@@ -955,6 +978,7 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
     let mut fx = FeatureExtractor::new(o.features.clone())?;
     let t_train = Instant::now();
     let live = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _epochs = interrupt::Epochs::start();
     for epoch in start_epoch..o.epochs {
         let mut rng =
             ChaCha8Rng::seed_from_u64(o.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ epoch as u64);
@@ -964,6 +988,18 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
         let t_epoch = Instant::now();
         let (mut sum, mut seen) = (0.0, 0usize);
         for (bi, idx) in batches.iter().enumerate() {
+            if interrupt::requested() {
+                if live {
+                    eprintln!();
+                }
+                return Err(interrupt::Interrupted {
+                    out: o.out.clone(),
+                    epoch: epoch + 1,
+                    epochs: o.epochs,
+                    done: epoch,
+                }
+                .into());
+            }
             let b = data::make_batch(&clips, idx, classes.names.len(), &mut fx, o.mixup, &mut rng)?;
             let n = b.size;
             let mel = tensor3(b.log_mel, [n, frames, n_mels], &device);
@@ -1048,6 +1084,16 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
                 .save(&opt)
                 .map_err(|e| anyhow::anyhow!("writing {}: {e}", opt.display()))
         })?;
+    }
+    // Asked during the last epoch's checkpoint: its bundle is not written (`--resume` writes it).
+    if interrupt::requested() && start_epoch < o.epochs {
+        return Err(interrupt::Interrupted {
+            out: o.out.clone(),
+            epoch: o.epochs,
+            epochs: o.epochs,
+            done: o.epochs,
+        }
+        .into());
     }
     let train_seconds = trained_before + t_train.elapsed().as_secs_f64();
 
@@ -1272,6 +1318,99 @@ fn check_writable(out: &Path, flag: &str, nothing: &str) -> anyhow::Result<()> {
             anyhow::bail!(
                 "{flag} {}: cannot {what} ({e}){advice}; {nothing}",
                 out.display()
+            )
+        }
+    }
+}
+
+/// Ctrl-C (SIGINT) or SIGTERM while `fit` or `prune` trains: the epoch loop stops at the next batch and says which
+/// checkpoint is kept and that `--resume` continues from it (the process ended without a word, and nothing told the
+/// user that the run could be continued: review25). Outside the epochs, and at a second signal, the signal ends the
+/// process at once as before.
+pub mod interrupt {
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static REQUESTED: AtomicBool = AtomicBool::new(false);
+    static IN_EPOCHS: AtomicBool = AtomicBool::new(false);
+
+    extern "C" fn on_signal(sig: libc::c_int) {
+        // SAFETY: `signal` and `raise` are async-signal-safe; a second signal (or one outside the epochs) gets the
+        // default action: the process ends as it did without this handler.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+            if !IN_EPOCHS.load(Ordering::SeqCst) {
+                libc::raise(sig);
+                return;
+            }
+        }
+        REQUESTED.store(true, Ordering::SeqCst);
+    }
+
+    /// Installs the handler for SIGINT and SIGTERM: the command-line `fit` and `prune` only, at their start (the
+    /// library's callers, tests among them, keep their own dispositions).
+    pub fn catch() {
+        // SAFETY: installing a handler that only touches atomics and calls async-signal-safe functions.
+        unsafe {
+            libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+            libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+        }
+    }
+
+    /// Whether a signal asked the epochs to stop.
+    pub fn requested() -> bool {
+        REQUESTED.load(Ordering::SeqCst)
+    }
+
+    /// While held, the epochs run: a signal asks them to stop rather than ending the process.
+    pub struct Epochs(());
+
+    impl Epochs {
+        pub fn start() -> Self {
+            IN_EPOCHS.store(true, Ordering::SeqCst);
+            Epochs(())
+        }
+    }
+
+    impl Drop for Epochs {
+        fn drop(&mut self) {
+            IN_EPOCHS.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// The run stopped at a signal: epoch `epoch` of `epochs` was under way, `done` epochs have their checkpoint in
+    /// `out`. The command-line ends with status 130, as a shell reports a process ended by Ctrl-C.
+    #[derive(Debug, thiserror::Error)]
+    #[error("{}", said(self))]
+    pub struct Interrupted {
+        pub out: PathBuf,
+        pub epoch: usize,
+        pub epochs: usize,
+        pub done: usize,
+    }
+
+    fn said(i: &Interrupted) -> String {
+        let ckpt = crate::checkpoint::find(&i.out);
+        if i.done == 0 {
+            format!(
+                "interrupted in epoch 1 of {}, before any checkpoint: nothing to continue; run the command again",
+                i.epochs
+            )
+        } else if i.done == i.epochs {
+            format!(
+                "interrupted after the last epoch ({}), before the bundle was written: its checkpoint is kept in \
+                 {}; the same command with --resume writes the bundle",
+                i.epochs,
+                ckpt.display()
+            )
+        } else {
+            format!(
+                "interrupted in epoch {} of {}: the checkpoint of epoch {} is kept in {}; the same command with \
+                 --resume continues from it",
+                i.epoch,
+                i.epochs,
+                i.done,
+                ckpt.display()
             )
         }
     }

@@ -815,3 +815,73 @@ fn eval_combine_and_metrics_work_without_target_domain_normal_test_clips() {
     let b = Bundle::load(&bundle).unwrap();
     assert!(b.manifest.provenance.metrics["official_score"].is_null());
 }
+
+/// Ctrl-C while `fit` trains: it stops at the next batch, says which checkpoint is kept and that `--resume`
+/// continues from it, and ends with status 130 (it ended without a word: review25); `--resume` then continues.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_during_the_epochs_says_how_to_continue() {
+    use std::io::{BufRead, BufReader};
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    make_dataset(&data);
+    let out = d.path().join("b");
+    let fit_cmd = |epochs: &str, resume: bool| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor-train"));
+        c.args(["fit", "--arch", "tiny", "--epochs", epochs, "--batch", "8"])
+            .args(["--window-seconds", "0.256", "--window-hop-seconds", "0.256"])
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(&out);
+        if resume {
+            c.arg("--resume");
+        }
+        c
+    };
+    let mut child = fit_cmd("100000", false)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut said = String::new();
+    // The second epoch's line: the first epoch's checkpoint is written before it starts.
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        said.push_str(&line);
+        said.push('\n');
+        if line.starts_with("epoch 2/100000") {
+            break;
+        }
+    }
+    // SAFETY: signalling the child this test started.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    said.extend(lines.map(|l| l.unwrap() + "\n"));
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{said}");
+    let last = said.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: interrupted in epoch ")
+            && last.contains(&format!("is kept in {}", out.join("checkpoint").display()))
+            && last.ends_with("the same command with --resume continues from it"),
+        "{said}"
+    );
+    assert!(out.join("checkpoint").is_dir() && !out.join(MANIFEST_FILE).exists());
+    // The same command with --resume (and the epochs that suffice) continues and writes the bundle.
+    let done: usize = last
+        .split("the checkpoint of epoch ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    let o = fit_cmd(&(done + 1).to_string(), true).output().unwrap();
+    let text = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("resuming after epoch {done}")),
+        "{text}"
+    );
+    assert!(out.join(MANIFEST_FILE).is_file());
+}

@@ -258,6 +258,19 @@ fn resume_refuses_changed_settings_and_takes_the_checkpoints() {
             && e.contains(&format!("--data {}", data.display())),
         "{e}"
     );
+    // The same folder with a clip added since: said so, not "resume with --data" the folder just given.
+    let added =
+        Writer::new(&data).write("pump", 0, Split::Train, Source, Normal, 710.0, "added_1", 1);
+    let e = err(resume(&|_| {}));
+    assert!(
+        e.contains(&format!(
+            "the training clips in {} changed since",
+            data.display()
+        )) && e.contains("Put the clips back")
+            && !e.contains("Resume with --data"),
+        "{e}"
+    );
+    std::fs::remove_file(&added[0]).unwrap();
     // The back end's settings too: a resume took the defaults (16 centres, quantile 0.9, one centre per target
     // window) and wrote other centres and thresholds under the same graph.
     let e = err(resume(&|o| o.kmeans = 16));
