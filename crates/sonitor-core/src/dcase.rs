@@ -775,6 +775,128 @@ pub fn read_scores(path: &Path) -> Result<BTreeMap<String, f64>, DcaseError> {
     Ok(map)
 }
 
+/// The folders of the DCASE evaluators' ground truth for an evaluation set, whose clip names carry no labels
+/// (`section_00_0000.wav`): `ground_truth_data/ground_truth_<type>_section_<SS>_test.csv` (`file_name,0|1`: normal,
+/// anomaly) and `ground_truth_domain/…` (`file_name,0|1`: source, target), no header.
+pub const GROUND_TRUTH_DATA_DIR: &str = "ground_truth_data";
+pub const GROUND_TRUTH_DOMAIN_DIR: &str = "ground_truth_domain";
+
+/// Gives the test clips of `data` the labels of the evaluator's ground truth under `dir` ([`GROUND_TRUTH_DATA_DIR`],
+/// [`GROUND_TRUTH_DOMAIN_DIR`]): condition and domain, for each section that has both files; returns how many clips
+/// were labelled. A clip of such a section missing from either file, a file naming a clip the data set does not
+/// have, a value other than 0 or 1, or a label that contradicts the clip's own name is an error naming it: a
+/// ground truth of another set would give wrong numbers. Sections without files keep their names' labels.
+pub fn apply_ground_truth(data: &mut Dataset, dir: &Path) -> Result<usize, DcaseError> {
+    let (labels_dir, domains_dir) = (
+        dir.join(GROUND_TRUTH_DATA_DIR),
+        dir.join(GROUND_TRUTH_DOMAIN_DIR),
+    );
+    for d in [&labels_dir, &domains_dir] {
+        if !d.is_dir() {
+            return Err(DcaseError::BadCsv {
+                path: d.clone(),
+                reason: format!(
+                    "not found: --ground-truth names the folder that holds {GROUND_TRUTH_DATA_DIR}/ and \
+                     {GROUND_TRUTH_DOMAIN_DIR}/ (the DCASE evaluator's layout)"
+                ),
+            });
+        }
+    }
+    let mut labelled = 0;
+    let mut sections_found = 0;
+    for (machine_type, section) in data.sections() {
+        let file = format!("ground_truth_{machine_type}_section_{section:02}_test.csv");
+        let (lp, dp) = (labels_dir.join(&file), domains_dir.join(&file));
+        if !lp.is_file() && !dp.is_file() {
+            continue;
+        }
+        sections_found += 1;
+        let read = |path: &Path| -> Result<BTreeMap<String, bool>, DcaseError> {
+            read_scores(path)?
+                .into_iter()
+                .map(|(name, v)| match v {
+                    0.0 => Ok((name, false)),
+                    1.0 => Ok((name, true)),
+                    _ => Err(DcaseError::BadCsv {
+                        path: path.to_path_buf(),
+                        reason: format!("{name}: {v} is neither 0 nor 1"),
+                    }),
+                })
+                .collect()
+        };
+        let (anomalous, target) = (read(&lp)?, read(&dp)?);
+        let mut named = 0;
+        for clip in data.clips.iter_mut().filter(|c| {
+            c.machine_type == machine_type && c.name.section == section && c.split == Split::Test
+        }) {
+            let name = clip.file_name().to_string();
+            let missing = |path: &Path| {
+                DcaseError::BadCsv {
+                path: path.to_path_buf(),
+                reason: format!("does not list the test clip {name} of the data set: the ground truth of another set?"),
+            }
+            };
+            let a = *anomalous.get(&name).ok_or_else(|| missing(&lp))?;
+            let t = *target.get(&name).ok_or_else(|| missing(&dp))?;
+            let condition = if a {
+                Condition::Anomaly
+            } else {
+                Condition::Normal
+            };
+            let domain = if t { Domain::Target } else { Domain::Source };
+            let contradicts = clip.name.condition.is_some_and(|c| c != condition)
+                || clip.name.domain.is_some_and(|d| d != domain);
+            if contradicts {
+                return Err(DcaseError::BadCsv {
+                    path: lp.clone(),
+                    reason: format!(
+                        "{name}: the ground truth says {} {}, the clip's name otherwise",
+                        domain.as_str(),
+                        condition.as_str()
+                    ),
+                });
+            }
+            clip.name.condition = Some(condition);
+            clip.name.domain = Some(domain);
+            named += 1;
+        }
+        // Every test clip is in both files (else refused above): a file listing more names clips the set lacks.
+        for (path, listed) in [(&lp, &anomalous), (&dp, &target)] {
+            if listed.len() != named {
+                let have: std::collections::HashSet<&str> = data
+                    .clips
+                    .iter()
+                    .filter(|c| {
+                        c.machine_type == machine_type
+                            && c.name.section == section
+                            && c.split == Split::Test
+                    })
+                    .map(|c| c.file_name())
+                    .collect();
+                let extra = listed.keys().find(|k| !have.contains(k.as_str()));
+                return Err(DcaseError::BadCsv {
+                    path: path.clone(),
+                    reason: format!(
+                        "lists {} clips, the data set has {named} test clips of {machine_type} section {section:02}{}",
+                        listed.len(),
+                        extra.map_or(String::new(), |e| format!(" and no {e}"))
+                    ),
+                });
+            }
+        }
+        labelled += named;
+    }
+    if sections_found == 0 {
+        return Err(DcaseError::BadCsv {
+            path: labels_dir,
+            reason:
+                "holds no ground_truth_<type>_section_<SS>_test.csv for a section of the data set"
+                    .into(),
+        });
+    }
+    Ok(labelled)
+}
+
 /// The fault kind of each anomalous clip, from a ground-truth CSV such as the one `sonitor-train synth` writes
 /// (`ground_truth.csv`): a header naming the columns, at least `file_name` (`<type>/<split>/<file>.wav`, or the
 /// file alone with a `machine_type` column) and `fault`. Normal clips may be listed (fault `none`); they are

@@ -57,7 +57,11 @@ pub enum MetricsError {
         section: u16,
         expected: String,
     },
-    #[error("{machine_type} section {section:02}: test clips carry no normal/anomaly labels (evaluation-set names)")]
+    #[error(
+        "{machine_type} section {section:02}: test clips carry no normal/anomaly labels (evaluation-set names); \
+         `sonitor-train metrics --ground-truth DIR` reads them from the DCASE evaluator's ground_truth_data/ and \
+         ground_truth_domain/"
+    )]
     Unlabelled { machine_type: String, section: u16 },
     #[error("{machine_type} section {section:02}: no {metric}: {positives} anomalous and {negatives} {normals} test clips (it needs both)")]
     SectionOneClass {

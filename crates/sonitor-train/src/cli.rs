@@ -61,6 +61,11 @@ struct MetricsArgs {
     /// CSV with the columns file_name and fault (default: DATA/ground_truth.csv, which `synth` writes).
     #[arg(long, value_name = "GROUND_TRUTH", num_args = 0..=1)]
     by_fault: Option<Option<PathBuf>>,
+    /// The labels of an evaluation set, whose clip names carry none (`section_00_0000.wav`): the folder that holds
+    /// the DCASE evaluator's `ground_truth_data/` and `ground_truth_domain/` (`ground_truth_<type>_section_<SS>_test.csv`,
+    /// `file_name,0|1`: normal/anomaly, source/target). Sections without such files keep their names' labels.
+    #[arg(long, value_name = "DIR")]
+    ground_truth: Option<PathBuf>,
 }
 
 /// Prints a metrics report as Markdown, or as JSON with `--json`.
@@ -78,7 +83,14 @@ pub fn print_report(report: &metrics::Report, json: bool) -> anyhow::Result<()> 
 }
 
 fn run_metrics(a: &MetricsArgs) -> anyhow::Result<()> {
-    let data = dcase::scan(&a.data)?;
+    let mut data = dcase::scan(&a.data)?;
+    if let Some(dir) = &a.ground_truth {
+        let n = dcase::apply_ground_truth(&mut data, dir).context("--ground-truth")?;
+        eprintln!(
+            "--ground-truth: {n} test clips labelled from {}",
+            dir.display()
+        );
+    }
     let context = || {
         format!(
             "evaluating {} against {}",

@@ -429,7 +429,8 @@ pub fn unlabelled_test_clips(data: &dcase::Dataset) -> (usize, usize) {
 fn why_no_metrics((unlabelled, all): (usize, usize)) -> String {
     format!(
         "{unlabelled} of {all} test clips carry no normal/anomaly label in their names (as on DCASE evaluation sets, \
-         section_SS_NNNN.wav)"
+         section_SS_NNNN.wav); with the evaluator's ground truth, `sonitor-train metrics --scores OUT --data DATA \
+         --ground-truth DIR` gives the metrics"
     )
 }
 

@@ -174,6 +174,23 @@ fn baseline_json_without_labels_says_why() {
     let d = tempfile::tempdir().unwrap();
     let (data, scores) = (d.path().join("data"), d.path().join("scores"));
     tiny_set(&data);
+    // The labelled set's official score, for the evaluator's ground truth below.
+    let labelled = run(&[
+        "baseline",
+        "--json",
+        "--data",
+        s(&data),
+        "--out",
+        s(&d.path().join("l")),
+    ]);
+    assert!(labelled.status.success());
+    let labelled: serde_json::Value = serde_json::from_slice(&labelled.stdout).unwrap();
+    // The evaluator's layout: ground_truth_data/ (normal 0, anomaly 1) and ground_truth_domain/ (source 0,
+    // target 1), no header, the clips under their evaluation-set names.
+    let gt = d.path().join("gt");
+    for dir in ["ground_truth_data", "ground_truth_domain"] {
+        std::fs::create_dir_all(gt.join(dir)).unwrap();
+    }
     for t in ["fan", "press"] {
         let test = data.join(t).join("test");
         let mut names: Vec<_> = std::fs::read_dir(&test)
@@ -181,9 +198,17 @@ fn baseline_json_without_labels_says_why() {
             .map(|e| e.unwrap().path())
             .collect();
         names.sort();
+        let (mut labels, mut domains) = (String::new(), String::new());
         for (i, p) in names.iter().enumerate() {
-            std::fs::rename(p, test.join(format!("section_00_{i:04}.wav"))).unwrap();
+            let new = format!("section_00_{i:04}.wav");
+            let old = p.file_name().unwrap().to_str().unwrap();
+            labels += &format!("{new},{}\n", u8::from(old.contains("_anomaly_")));
+            domains += &format!("{new},{}\n", u8::from(old.contains("_target_")));
+            std::fs::rename(p, test.join(new)).unwrap();
         }
+        let file = format!("ground_truth_{t}_section_00_test.csv");
+        std::fs::write(gt.join("ground_truth_data").join(&file), labels).unwrap();
+        std::fs::write(gt.join("ground_truth_domain").join(&file), domains).unwrap();
     }
     let out = run(&[
         "baseline",
@@ -212,6 +237,57 @@ fn baseline_json_without_labels_says_why() {
         let f = scores.join(format!("anomaly_score_{t}_section_00_test.csv"));
         assert_eq!(std::fs::read_to_string(&f).unwrap().lines().count(), 16);
     }
+    assert!(why.contains("--ground-truth DIR"), "{why}");
+    // With the evaluator's ground truth, `metrics` gives the labelled set's numbers.
+    let metrics = |gt: &Path| {
+        run(&[
+            "metrics",
+            "--json",
+            "--data",
+            s(&data),
+            "--scores",
+            s(&scores),
+            "--ground-truth",
+            s(gt),
+        ])
+    };
+    let out = metrics(&gt);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["official_score"], labelled["official_score"],
+        "{v}\n{labelled}"
+    );
+    assert!(v["official_score"].as_f64().is_some());
+    // A ground truth that lacks a clip of the set, or labels one the set lacks, is refused by name.
+    let fan = gt.join("ground_truth_data/ground_truth_fan_section_00_test.csv");
+    let text = std::fs::read_to_string(&fan).unwrap();
+    std::fs::write(
+        &fan,
+        text.replace("section_00_0003.wav", "section_00_0099.wav"),
+    )
+    .unwrap();
+    let out = metrics(&gt);
+    assert_fails_with(&out, &["does not list the test clip section_00_0003.wav"]);
+    std::fs::write(&fan, text.clone() + "section_00_0099.wav,1\n").unwrap();
+    let out = metrics(&gt);
+    assert_fails_with(
+        &out,
+        &[
+            "lists 17 clips, the data set has 16",
+            "and no section_00_0099.wav",
+        ],
+    );
+    std::fs::write(&fan, text.replace(",0\n", ",2\n")).unwrap();
+    assert_fails_with(&metrics(&gt), &["is neither 0 nor 1"]);
+    assert_fails_with(
+        &metrics(&d.path().join("nowhere")),
+        &["ground_truth_data: not found"],
+    );
 }
 
 #[test]
