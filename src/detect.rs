@@ -788,7 +788,10 @@ impl Controller {
                         "name": format!("{name} threshold"),
                         "state_topic": format!("{t}/threshold"),
                         "command_topic": format!("{t}/threshold/set"),
-                        "min": 0.0001, "max": 1.9999, "step": 0.0001, "mode": "box",
+                        // Home Assistant refuses a number whose step is below 0.001 (its MQTT number
+                        // schema), and the whole entity with it (review26); in box mode any value typed is
+                        // sent, finer than the step.
+                        "min": 0.0001, "max": 1.9999, "step": 0.001, "mode": "box",
                         "entity_category": "config",
                     }),
                     "enabled" => json!({

@@ -486,6 +486,11 @@ fn commands_are_answered_by_retained_state() {
             payload.as_str().unwrap(),
         )
     };
+    // Home Assistant's MQTT number schema takes a step of 0.001 or more, else it drops the entity.
+    assert!(
+        number["step"].as_f64().is_some_and(|s| s >= 1e-3) && number["mode"] == "box",
+        "{number}"
+    );
     // The mute switch mutes for `mqtt.discovery.mute`.
     assert_eq!(mute["payload_on"], "8h", "{mute}");
     assert_eq!(mute["name"], "pump-1 mute for 8h", "{mute}");
@@ -882,12 +887,30 @@ fn a_machine_disabled_by_mqtt_stays_disabled_after_a_restart() {
     });
     let before = on(&msgs, topic).len();
     assert_eq!(daemon.sigterm_and_wait(), 0);
+    // A command sent while the daemon is away (a PLC's, during a restart) waits in its session on the broker and
+    // is applied when it comes back: with a clean session it was acknowledged by the broker and lost.
+    publish_acked(
+        rig.broker.port,
+        "sonitor/t1/pump-1/threshold/set",
+        "0.5",
+        false,
+    );
 
     let daemon = Daemon::start(&cfg, &[]);
     rec.wait_for("enabled after the restart", Duration::from_secs(20), |m| {
         on(m, topic).len() > before
     });
     daemon.wait_log("stays disabled", Duration::from_secs(5));
+    rec.wait_for(
+        "the threshold sent while away",
+        Duration::from_secs(10),
+        |m| {
+            on(m, "sonitor/t1/pump-1/threshold")
+                .last()
+                .map(String::as_str)
+                == Some("0.5")
+        },
+    );
     let after = on(&rec.snapshot(), topic)[before..].to_vec();
     assert!(after.iter().all(|v| v == "OFF"), "{after:?}");
 }

@@ -589,7 +589,7 @@ impl Session {
         let retained: Vec<(String, String)> = self
             .retained
             .iter()
-            .filter(|(t, _)| !outbox.has_topic(t))
+            .filter(|(t, _)| !waits_behind(t, outbox))
             .map(|(t, p)| (t.clone(), p.clone()))
             .collect();
         for (t, p) in retained {
@@ -644,6 +644,9 @@ impl Session {
     /// and the value kept for that topic is another (set while it waited, which kept that value from going out
     /// then, out of order), that value goes out now. A machine put back by a reload while the deletions of its
     /// topics waited (the broker away) had its state, threshold and entities wiped by them until a reconnection.
+    ///
+    /// A machine's `state`, held back while its `alarm` transitions wait ([`waits_behind`]), goes out after the last
+    /// of them.
     pub fn outbox_acked(&mut self, acked: &OutMessage, outbox: &Outbox) -> Vec<Action> {
         let mut out = Vec::new();
         if !self.connected || !acked.retain || outbox.has_topic(&acked.topic) {
@@ -656,6 +659,18 @@ impl Session {
             .cloned()
         {
             self.publish(&mut out, &acked.topic, &kept, true, true, Carried::Nothing);
+        }
+        if let Some(machine) = acked.topic.strip_suffix("/alarm") {
+            let state = format!("{machine}/state");
+            if let Some(kept) = self
+                .retained
+                .get(&state)
+                .filter(|kept| self.sent_retained.get(&state) != Some(*kept))
+                .filter(|_| !waits_behind(&state, outbox))
+                .cloned()
+            {
+                self.publish(&mut out, &state, &kept, true, true, Carried::Nothing);
+            }
         }
         out
     }
@@ -745,7 +760,7 @@ impl Session {
         let mut out = Vec::new();
         if publish_now
             && self.connected
-            && !outbox.has_topic(&topic)
+            && !waits_behind(&topic, outbox)
             && self.sent_retained.get(&topic) != Some(&payload)
         {
             self.publish(&mut out, &topic, &payload, true, true, Carried::Nothing);
@@ -766,6 +781,17 @@ impl Session {
         }
         out
     }
+}
+
+/// Whether a retained `topic` waits for outbox messages to go out first: its own, and for a machine's `state`, its
+/// `alarm` transitions. The state is the machine's of now; published at a reconnection before the outbox replayed
+/// the transitions of an alarm raised and ended during the outage, it said OFF while the replayed `alarm` said ON,
+/// and Home Assistant showed the alarm's attributes contradicting it (review26).
+fn waits_behind(topic: &str, outbox: &Outbox) -> bool {
+    outbox.has_topic(topic)
+        || topic
+            .strip_suffix("/state")
+            .is_some_and(|machine| outbox.has_topic(&format!("{machine}/alarm")))
 }
 
 /// The largest packet read from the broker. The daemon subscribes only to its command topics, whose payloads are
@@ -790,7 +816,11 @@ pub fn options(cfg: &Config) -> anyhow::Result<MqttOptions> {
     let q: &MqttConfig = &cfg.mqtt;
     let mut o = MqttOptions::new(client_id(cfg), q.host.clone(), q.port);
     o.set_keep_alive(q.keep_alive);
-    o.set_clean_session(true);
+    // A persistent session: the broker keeps this client's command subscriptions and queues the commands
+    // published while it is away (a restart, a network break), which it delivers at the reconnection. With a clean
+    // session, an `enabled/set` a PLC sent during a restart was acknowledged by the broker and lost without a trace
+    // (review26). What this client publishes is not affected: the outbox replays it at every connection.
+    o.set_clean_session(false);
     o.set_inflight(100);
     o.set_max_packet_size(MAX_INCOMING, MAX_OUTGOING);
     o.set_last_will(LastWill::new(
@@ -963,7 +993,7 @@ pub fn spawn(
 
 /// What rumqttc keeps of a connection that ended, dropped before the next: the publisher matches each PUBACK to
 /// the outbox message it sent by the order of rumqttc's `Outgoing::Publish` events, from an empty list at each
-/// connection, and replays what waits from the outbox (a clean session). rumqttc would send first, on the new
+/// connection, and replays what waits from the outbox (whatever the broker's session kept). rumqttc would send first, on the new
 /// connection, the requests made after the error was read and before the publisher knew of it (its channel is
 /// drained into `pending` only at the error), and yield the `Outgoing` events of writes that failed: every
 /// acknowledgement after them matched the wrong message (one deleted from the outbox undelivered, another never
@@ -1667,7 +1697,8 @@ mod tests {
     }
 
     #[test]
-    fn connect_publishes_status_retained_state_then_the_outbox_in_order() {
+    fn connect_publishes_status_retained_state_then_the_outbox_and_a_machines_state_after_its_alarms(
+    ) {
         let d = tempfile::tempdir().unwrap();
         let mut ob = Outbox::open(d.path(), 100).unwrap();
         ob.push(vec![msg("b/m/alarm", "ON"), msg("b/m/events", "start")])
@@ -1683,16 +1714,28 @@ mod tests {
             .set_retained("b/x/alarm".into(), "OFF".into(), false, &ob)
             .is_empty());
         let a = s.on_connected(&ob);
+        // The machine's state waits behind its alarm transitions in the outbox; another's goes out at once.
         assert_eq!(
             topics(&a),
             vec![
                 "b/status=online",
                 "b/node=me",
-                "b/m/state={}",
                 "b/x/alarm=OFF",
                 "b/m/alarm=ON",
                 "b/m/events=start"
             ]
+        );
+        for pkid in 1..=5 {
+            s.on_outgoing_publish(pkid);
+        }
+        assert_eq!(s.on_puback(4), Some(1));
+        let acked = ob.records().next().unwrap().msg.clone();
+        ob.ack(1);
+        assert_eq!(topics(&s.outbox_acked(&acked, &ob)), vec!["b/m/state={}"]);
+        // Set while connected and no transition waits: at once, not again after a later ack.
+        assert_eq!(
+            topics(&s.set_retained("b/m/state".into(), "{2}".into(), true, &ob)),
+            vec!["b/m/state={2}"]
         );
     }
 
