@@ -551,6 +551,20 @@ impl std::fmt::Display for Summary {
             )?,
             None => {}
         }
+        // The demo's retained topics stay on the broker (a phantom node `demo` beside the plant's, review26), and
+        // its events carry the times they were published at, the recording played as fast as it is scored.
+        if let Some(m) = &self.mqtt {
+            let (host, port) = m
+                .broker
+                .rsplit_once(':')
+                .unwrap_or((m.broker.as_str(), "1883"));
+            writeln!(
+                f,
+                "  MQTT: its retained topics (status, node, alarm, state, …) stay on the broker; remove them with \
+                 `mosquitto_sub -h {host} -p {port} -t 'sonitor/demo/#' --remove-retained -W 2`. Its events' times \
+                 are when they were published, the recording played as fast as it is scored"
+            )?;
+        }
         writeln!(
             f,
             "  score timeline: {}{}; configuration: {}",
@@ -639,6 +653,19 @@ mod tests {
         );
         s.alarms[0].off_s = Some(49.0);
         assert!(s.ok() && s.to_string().contains("result: OK"));
+        // With --mqtt: how to remove what it left retained on that broker, and what its events' times are.
+        assert!(!s.to_string().contains("--remove-retained"));
+        s.mqtt = Some(MqttDelivery {
+            broker: "10.0.0.5:1884".into(),
+            undelivered: 0,
+        });
+        let text = s.to_string();
+        assert!(
+            text.contains(
+                "mosquitto_sub -h 10.0.0.5 -p 1884 -t 'sonitor/demo/#' --remove-retained -W 2"
+            ) && text.contains("the recording played as fast as it is scored"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -980,7 +980,10 @@ impl Controller {
     }
 
     /// What deletes machine `name` from the broker: the `end` event of its alarm `event` still on (reason
-    /// `removed`, numbered `seq`), then an empty retained message for each of its retained `topics`.
+    /// `removed`, numbered `seq`) and its `alarm` `OFF`, then an empty retained message for each of its retained
+    /// `topics`, its Home Assistant entities' configs first. A script keyed on `alarm` saw `ON`, then the deletion,
+    /// never `OFF`; and with the state topics emptied first, Home Assistant read empty payloads for entities it
+    /// still had (review26).
     fn removal_messages(
         &self,
         name: &str,
@@ -1002,10 +1005,21 @@ impl Controller {
             .to_string(),
             retain: false,
         });
+        let off = event.map(|_| OutMessage {
+            topic: format!("{}/{name}/alarm", self.base),
+            payload: "OFF".into(),
+            retain: true,
+        });
+        let own = format!("{}/", self.base);
+        let (states, entities): (Vec<&str>, Vec<&str>) = topics
+            .iter()
+            .map(AsRef::as_ref)
+            .partition(|t| t.starts_with(&own));
         ended
             .into_iter()
-            .chain(topics.iter().map(|t| OutMessage {
-                topic: t.as_ref().to_string(),
+            .chain(off)
+            .chain(entities.into_iter().chain(states).map(|t| OutMessage {
+                topic: t.to_string(),
                 payload: String::new(),
                 retain: true,
             }))
@@ -2594,6 +2608,71 @@ mod tests {
             ctl.unsaved_summary().is_empty(),
             "{:?}",
             ctl.unsaved_summary()
+        );
+    }
+
+    /// A machine removed with its alarm on: its `end` event, `alarm` `OFF` (a consumer keyed on `alarm` saw `ON`
+    /// and then the deletion), then its Home Assistant entities' configs deleted before its state topics, so that
+    /// Home Assistant removes the entities before their topics empty.
+    #[test]
+    fn a_removed_machine_ends_its_alarm_then_deletes_its_entities_then_its_topics() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut ctl, _clips) = controller(d.path(), 4);
+        ctl.cfg.mqtt.enabled = true;
+        ctl.cfg.mqtt.discovery.enabled = true;
+        let topics = ctl.machine_topics("pump-1");
+        let event = ActiveEvent {
+            event_id: "n1-pump-1-1".into(),
+            started_at: String::new(),
+            peak: 0.5,
+            clip: None,
+            announced: true,
+        };
+        let msgs = ctl.removal_messages("pump-1", Some(&event), 7, &topics);
+        let shown: Vec<(&str, &str)> = msgs
+            .iter()
+            .map(|m| {
+                (
+                    m.topic.as_str(),
+                    if m.payload.starts_with('{') {
+                        "{…}"
+                    } else {
+                        m.payload.as_str()
+                    },
+                )
+            })
+            .collect();
+        assert_eq!(shown[0], ("sonitor/n1/pump-1/events", "{…}"), "{shown:?}");
+        assert_eq!(shown[1], ("sonitor/n1/pump-1/alarm", "OFF"), "{shown:?}");
+        let deleted: Vec<&str> = shown[2..]
+            .iter()
+            .map(|(t, p)| {
+                assert_eq!(*p, "", "{shown:?}");
+                *t
+            })
+            .collect();
+        let first_own = deleted
+            .iter()
+            .position(|t| t.starts_with("sonitor/n1/"))
+            .unwrap();
+        assert!(first_own > 0, "{deleted:?}");
+        assert!(
+            deleted[..first_own]
+                .iter()
+                .all(|t| t.starts_with("homeassistant/")),
+            "{deleted:?}"
+        );
+        assert!(
+            deleted[first_own..]
+                .iter()
+                .all(|t| t.starts_with("sonitor/n1/pump-1/")),
+            "{deleted:?}"
+        );
+        assert_eq!(deleted.len(), topics.len());
+        // No alarm on: no end event and no OFF.
+        assert_eq!(
+            ctl.removal_messages("pump-1", None, 7, &topics).len(),
+            topics.len()
         );
     }
 
