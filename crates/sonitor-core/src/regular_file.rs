@@ -14,14 +14,17 @@ pub const NOT_A_FILE: &str = "not a regular file (a FIFO, a device or a director
 /// only where not even "/" is.
 pub fn nearest_existing(path: &Path) -> Option<&Path> {
     path.ancestors()
-        .map(|a| {
-            if a.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                a
-            }
-        })
+        .map(or_here)
         .find(|a| a.symlink_metadata().is_ok())
+}
+
+/// An ancestor as a path to open: a relative path's last ancestor, "", is the working directory.
+fn or_here(ancestor: &Path) -> &Path {
+    if ancestor.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        ancestor
+    }
 }
 
 /// The folder on the way to `path` that this user may not pass (search), so that `path` cannot be reached: the
@@ -34,11 +37,7 @@ pub fn barring_folder(path: &Path) -> Option<&Path> {
         match child.symlink_metadata() {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                return Some(if parent.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    parent
-                });
+                return Some(or_here(parent))
             }
             Err(_) => return None,
         }
@@ -51,7 +50,12 @@ pub fn barring_folder(path: &Path) -> Option<&Path> {
 /// a bundle's, a recording's and the password file's messages. Where a folder on the way bars this user
 /// ([`barring_folder`]), that folder is named: "a folder on its way" left the reader to find which.
 pub fn readable_advice(path: &Path) -> String {
-    match barring_folder(path) {
+    advice(path, barring_folder(path))
+}
+
+/// [`readable_advice`] for `path`, whose barring folder (if any) the caller has looked up.
+fn advice(path: &Path, barring: Option<&Path>) -> String {
+    match barring {
         Some(folder) => format!(
             "make the folder {} on its way passable by the user sonitor runs as (`chmod a+x {}`, or chown it to \
              that user)",
@@ -72,12 +76,13 @@ pub fn denied_hint(e: &std::io::Error, path: &Path) -> String {
     if e.kind() != std::io::ErrorKind::PermissionDenied {
         return String::new();
     }
-    let who = if barring_folder(path).is_some() {
+    let barring = barring_folder(path);
+    let who = if barring.is_some() {
         "this user may not pass a folder on its way"
     } else {
         "this user may not read it"
     };
-    format!(" ({who}: {})", readable_advice(path))
+    format!(" ({who}: {})", advice(path, barring))
 }
 
 /// Opens `path` for reading if it is a regular file (after following links).
