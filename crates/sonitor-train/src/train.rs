@@ -974,7 +974,8 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
     }
 
     // Before the first epoch, so that an --out that cannot be a directory fails now, not after an epoch.
-    make_out_dir(&o.out, "--out", "nothing was trained")?;
+    std::fs::create_dir_all(&o.out)
+        .with_context(|| format!("--out: creating {}", o.out.display()))?;
     let mut fx = FeatureExtractor::new(o.features.clone())?;
     let t_train = Instant::now();
     let live = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -994,7 +995,6 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
                 }
                 return Err(interrupt::Interrupted {
                     out: o.out.clone(),
-                    epoch: epoch + 1,
                     epochs: o.epochs,
                     done: epoch,
                 }
@@ -1089,7 +1089,6 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
     if interrupt::requested() && start_epoch < o.epochs {
         return Err(interrupt::Interrupted {
             out: o.out.clone(),
-            epoch: o.epochs,
             epochs: o.epochs,
             done: o.epochs,
         }
@@ -1378,13 +1377,13 @@ pub mod interrupt {
         }
     }
 
-    /// The run stopped at a signal: epoch `epoch` of `epochs` was under way, `done` epochs have their checkpoint in
-    /// `out`. The command-line ends with status 130, as a shell reports a process ended by Ctrl-C.
+    /// The run of `epochs` stopped at a signal with `done` epochs, whose checkpoint is in `out`: in the next epoch,
+    /// or after the last one before the bundle was written. The command-line ends with status 130, as a shell
+    /// reports a process ended by Ctrl-C.
     #[derive(Debug, thiserror::Error)]
     #[error("{}", said(self))]
     pub struct Interrupted {
         pub out: PathBuf,
-        pub epoch: usize,
         pub epochs: usize,
         pub done: usize,
     }
@@ -1407,7 +1406,7 @@ pub mod interrupt {
             format!(
                 "interrupted in epoch {} of {}: the checkpoint of epoch {} is kept in {}; the same command with \
                  --resume continues from it",
-                i.epoch,
+                i.done + 1,
                 i.epochs,
                 i.done,
                 ckpt.display()
@@ -1445,7 +1444,10 @@ impl Drop for OutLock {
 fn lock_out(out: &Path, flag: &str) -> anyhow::Result<OutLock> {
     check_is_dir(out, flag)?;
     let created = !out.exists();
-    make_out_dir(out, flag, "nothing was trained")?;
+    // An existing directory is checked for writing by `check_out`, after the lock.
+    if created {
+        make_out_dir(out, flag, "nothing was trained")?;
+    }
     let lock = OutLock {
         _dir: std::fs::File::open(out)
             .with_context(|| format!("{flag}: opening {}", out.display()))?,
