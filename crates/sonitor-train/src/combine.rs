@@ -304,13 +304,12 @@ pub fn score_dataset(
                 .flat_map(|u| u.level.iter().map(|v| v[..bands.min(v.len())].to_vec()))
                 .collect()
         };
-        let target_vectors = level_vectors(&target_u);
-        let level =
-            SectionModel::fit(&level_vectors(&source_u), &target_vectors).with_context(where_)?;
-        let (means, cholesky) = level.parts();
-        // The source training units measured as new audio would be: each by a level model fitted without its
-        // clip (its fold of the clips), for the scale and the threshold.
-        let held_out = HeldOut::fit(&source_u, &target_vectors, bands).with_context(where_)?;
+        // The level model on every clip (the bundle's), and the source training units measured as new audio
+        // would be: each by a level model fitted without its clip (its fold of the clips), for the scale and the
+        // threshold.
+        let held_out =
+            HeldOut::fit(&source_u, &level_vectors(&target_u), bands).with_context(where_)?;
+        let (means, cholesky) = held_out.all.clone();
         let (domain_offsets, baseline_target) = domain_offsets(
             &means,
             &cholesky,
@@ -465,22 +464,24 @@ const FOLDS: usize = 10;
 struct HeldOut {
     /// Per fold, the domain means and the covariance factor fitted without its clips; empty: in-sample.
     models: Vec<(Vec<Vec<f64>>, Vec<f64>)>,
-    /// The model fitted on every clip, for the in-sample case.
+    /// The model fitted on every clip: the bundle's, and the in-sample case's.
     all: (Vec<Vec<f64>>, Vec<f64>),
 }
 
 impl HeldOut {
+    /// `source`'s level vectors (their first `bands`) and `target`'s: the model on all of them, and without each
+    /// fold of the source clips.
     fn fit(source: &[ClipUnits], target: &[Vec<f64>], bands: usize) -> anyhow::Result<Self> {
+        let k = FOLDS.min(source.len());
         let vectors = |fold: Option<usize>| -> Vec<Vec<f64>> {
             source
                 .iter()
                 .enumerate()
-                .filter(|(i, _)| fold.is_none_or(|f| i % FOLDS.min(source.len()) != f))
+                .filter(|(i, _)| fold.is_none_or(|f| i % k != f))
                 .flat_map(|(_, u)| u.level.iter().map(|v| v[..bands.min(v.len())].to_vec()))
                 .collect()
         };
         let all = SectionModel::fit(&vectors(None), target)?.parts();
-        let k = FOLDS.min(source.len());
         let models = if k < 3 {
             Vec::new()
         } else {
