@@ -825,28 +825,50 @@ pub fn apply_ground_truth(data: &mut Dataset, dir: &Path) -> Result<usize, Dcase
                 .collect()
         };
         let (anomalous, target) = (read(&lp)?, read(&dp)?);
-        let mut named = 0;
+        // Each file lists every test clip of the section, and no other (the first of either named).
+        let test: BTreeSet<String> = data
+            .clips_of(&machine_type, section, Split::Test)
+            .map(|c| c.file_name().to_string())
+            .collect();
+        for (path, listed) in [(&lp, &anomalous), (&dp, &target)] {
+            if let Some(name) = test.iter().find(|n| !listed.contains_key(*n)) {
+                return Err(DcaseError::BadCsv {
+                    path: path.clone(),
+                    reason: format!(
+                        "does not list the test clip {name} of the data set: the ground truth of another set?"
+                    ),
+                });
+            }
+            if let Some(extra) = listed.keys().find(|k| !test.contains(*k)) {
+                return Err(DcaseError::BadCsv {
+                    path: path.clone(),
+                    reason: format!(
+                        "lists {} clips, the data set has {} test clips of {machine_type} section {section:02} and \
+                         no {extra}",
+                        listed.len(),
+                        test.len()
+                    ),
+                });
+            }
+        }
         for clip in data.clips.iter_mut().filter(|c| {
             c.machine_type == machine_type && c.name.section == section && c.split == Split::Test
         }) {
-            let name = clip.file_name().to_string();
-            let missing = |path: &Path| {
-                DcaseError::BadCsv {
-                path: path.to_path_buf(),
-                reason: format!("does not list the test clip {name} of the data set: the ground truth of another set?"),
-            }
-            };
-            let a = *anomalous.get(&name).ok_or_else(|| missing(&lp))?;
-            let t = *target.get(&name).ok_or_else(|| missing(&dp))?;
-            let condition = if a {
+            let name = clip.file_name();
+            // Both files list it (checked above).
+            let condition = if anomalous.get(name) == Some(&true) {
                 Condition::Anomaly
             } else {
                 Condition::Normal
             };
-            let domain = if t { Domain::Target } else { Domain::Source };
-            let contradicts = clip.name.condition.is_some_and(|c| c != condition)
-                || clip.name.domain.is_some_and(|d| d != domain);
-            if contradicts {
+            let domain = if target.get(name) == Some(&true) {
+                Domain::Target
+            } else {
+                Domain::Source
+            };
+            if clip.name.condition.is_some_and(|c| c != condition)
+                || clip.name.domain.is_some_and(|d| d != domain)
+            {
                 return Err(DcaseError::BadCsv {
                     path: lp.clone(),
                     reason: format!(
@@ -858,33 +880,8 @@ pub fn apply_ground_truth(data: &mut Dataset, dir: &Path) -> Result<usize, Dcase
             }
             clip.name.condition = Some(condition);
             clip.name.domain = Some(domain);
-            named += 1;
         }
-        // Every test clip is in both files (else refused above): a file listing more names clips the set lacks.
-        for (path, listed) in [(&lp, &anomalous), (&dp, &target)] {
-            if listed.len() != named {
-                let have: std::collections::HashSet<&str> = data
-                    .clips
-                    .iter()
-                    .filter(|c| {
-                        c.machine_type == machine_type
-                            && c.name.section == section
-                            && c.split == Split::Test
-                    })
-                    .map(|c| c.file_name())
-                    .collect();
-                let extra = listed.keys().find(|k| !have.contains(k.as_str()));
-                return Err(DcaseError::BadCsv {
-                    path: path.clone(),
-                    reason: format!(
-                        "lists {} clips, the data set has {named} test clips of {machine_type} section {section:02}{}",
-                        listed.len(),
-                        extra.map_or(String::new(), |e| format!(" and no {e}"))
-                    ),
-                });
-            }
-        }
-        labelled += named;
+        labelled += test.len();
     }
     if sections_found == 0 {
         return Err(DcaseError::BadCsv {
