@@ -252,6 +252,9 @@ impl Clip {
 pub struct Dataset {
     pub root: PathBuf,
     pub clips: Vec<Clip>,
+    /// For each machine type with `attributes_SS.csv` files, the file names they list (whether or not a clip of
+    /// the data set has that name).
+    pub attribute_rows: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Dataset {
@@ -343,6 +346,7 @@ pub fn scan(root: &Path) -> Result<Dataset, DcaseError> {
         });
     }
     let mut clips = Vec::new();
+    let mut attribute_rows = BTreeMap::new();
     for type_dir in types {
         let machine_type = match type_dir.file_name().and_then(|n| n.to_str()) {
             None => Err("not UTF-8"),
@@ -353,6 +357,9 @@ pub fn scan(root: &Path) -> Result<Dataset, DcaseError> {
             reason,
         })?;
         let attributes = read_attribute_csvs(&type_dir)?;
+        if !attributes.is_empty() {
+            attribute_rows.insert(machine_type.clone(), attributes.keys().cloned().collect());
+        }
         for (dir, split) in [("train", Split::Train), ("test", Split::Test)] {
             let d = type_dir.join(dir);
             if !d.is_dir() {
@@ -407,6 +414,7 @@ pub fn scan(root: &Path) -> Result<Dataset, DcaseError> {
     Ok(Dataset {
         root: root.to_path_buf(),
         clips,
+        attribute_rows,
     })
 }
 

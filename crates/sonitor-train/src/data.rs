@@ -194,51 +194,72 @@ pub fn memory_warning(audio_bytes: u64, available: u64) -> Option<String> {
     })
 }
 
-/// The warning `fit` prints when training clips have more than one channel: it learns their mix (the mean of the
-/// channels, [`load_clip`]), while the daemon scores one channel of its input (a machine's `channel`). Read from
-/// the WAV headers alone (a header that cannot be read counts as one channel: loading the clip names it).
-pub fn multichannel_warning(clips: &[&Clip]) -> Option<String> {
-    let multi: Vec<(&Clip, u16)> = clips
-        .iter()
-        .filter_map(|c| {
-            let channels = sonitor_core::audio::read_wav_info(&c.path).ok()?.channels;
-            (channels > 1).then_some((*c, channels))
-        })
-        .collect();
-    let (first, channels) = multi.first()?;
-    Some(format!(
-        "warning: {} of {} training clips have more than one channel (e.g. {}: {channels}): fit learns the mean \
-         of their channels, while the daemon scores one channel of its input (each machine's `channel`), which \
-         hears the machine otherwise; take that channel with `sonitor-train import --channel N` and train on that",
-        multi.len(),
-        clips.len(),
-        first.path.display()
-    ))
+/// The WAV headers of training clips, read once for the warnings `fit` prints of them before loading (a header that
+/// cannot be read is left out: loading the clip names it).
+pub struct Headers<'a> {
+    /// How many clips were given.
+    clips: usize,
+    /// Each readable clip with its (channels, sample rate).
+    read: Vec<(&'a Clip, u16, u32)>,
 }
 
-/// The warning `fit` prints when training clips were recorded below the feature rate `rate`: upsampled, they have
-/// nothing above half their rate, a gap the model learns as normal (`import` and the daemon warn of the same; `fit`
-/// said nothing of an 8 kHz clip among 16 kHz ones: review25). Read from the WAV headers alone.
-pub fn low_rate_warning(clips: &[&Clip], rate: u32) -> Option<String> {
-    let low: Vec<(&Clip, u32)> = clips
-        .iter()
-        .filter_map(|c| {
-            let r = sonitor_core::audio::read_wav_info(&c.path)
-                .ok()?
-                .sample_rate;
-            (r < rate).then_some((*c, r))
-        })
-        .collect();
-    let (first, r) = low.first()?;
-    Some(format!(
-        "warning: {} of {} training clips were recorded below the features' {rate} Hz (e.g. {}: {r} Hz): upsampled, \
-         they have nothing above {} Hz, which the machine's sound at the full rate has; the model learns that gap \
-         as normal and may raise false alarms on it: record at {rate} Hz or more, or leave them out",
-        low.len(),
-        clips.len(),
-        first.path.display(),
-        r / 2
-    ))
+impl<'a> Headers<'a> {
+    pub fn read(clips: &[&'a Clip]) -> Self {
+        let read = clips
+            .iter()
+            .filter_map(|c| {
+                let i = sonitor_core::audio::read_wav_info(&c.path).ok()?;
+                Some((*c, i.channels, i.sample_rate))
+            })
+            .collect();
+        Headers {
+            clips: clips.len(),
+            read,
+        }
+    }
+
+    /// When training clips have more than one channel: `fit` learns their mix (the mean of the channels,
+    /// [`load_clip`]), while the daemon scores one channel of its input (a machine's `channel`).
+    pub fn multichannel_warning(&self) -> Option<String> {
+        let multi: Vec<(&Clip, u16)> = self
+            .read
+            .iter()
+            .filter(|(_, channels, _)| *channels > 1)
+            .map(|&(c, channels, _)| (c, channels))
+            .collect();
+        let (first, channels) = multi.first()?;
+        Some(format!(
+            "warning: {} of {} training clips have more than one channel (e.g. {}: {channels}): fit learns the mean \
+             of their channels, while the daemon scores one channel of its input (each machine's `channel`), which \
+             hears the machine otherwise; take that channel with `sonitor-train import --channel N` and train on that",
+            multi.len(),
+            self.clips,
+            first.path.display()
+        ))
+    }
+
+    /// When training clips were recorded below the feature rate `rate`: upsampled, they have nothing above half
+    /// their rate, a gap the model learns as normal (`import` and the daemon warn of the same; `fit` said nothing of
+    /// an 8 kHz clip among 16 kHz ones: review25).
+    pub fn low_rate_warning(&self, rate: u32) -> Option<String> {
+        let low: Vec<(&Clip, u32)> = self
+            .read
+            .iter()
+            .filter(|(_, _, r)| *r < rate)
+            .map(|&(c, _, r)| (c, r))
+            .collect();
+        let (first, r) = low.first()?;
+        Some(format!(
+            "warning: {} of {} training clips were recorded below the features' {rate} Hz (e.g. {}: {r} Hz): \
+             upsampled, they have nothing above {} Hz, which the machine's sound at the full rate has; the model \
+             learns that gap as normal and may raise false alarms on it: record at {rate} Hz or more, or leave them \
+             out",
+            low.len(),
+            self.clips,
+            first.path.display(),
+            r / 2
+        ))
+    }
 }
 
 /// Whether every attribute value the CSV gives `clip` is in its name: as whole `_`-separated words, in order
@@ -277,22 +298,15 @@ pub fn naming_warnings(data: &Dataset) -> Vec<String> {
             c.name.attributes
         ));
     }
-    for machine_type in data.machine_types() {
-        let Ok(csv) = sonitor_core::dcase::read_attribute_csvs(&data.root.join(&machine_type))
-        else {
-            continue;
-        };
-        if csv.is_empty() {
-            continue;
-        }
+    for (machine_type, csv) in &data.attribute_rows {
         let clips: Vec<&Clip> = data
             .clips
             .iter()
-            .filter(|c| c.machine_type == machine_type)
+            .filter(|c| c.machine_type == *machine_type)
             .collect();
         let unlisted: Vec<&&Clip> = clips
             .iter()
-            .filter(|c| !csv.contains_key(c.file_name()))
+            .filter(|c| !csv.contains(c.file_name()))
             .collect();
         if let Some(c) = unlisted.first() {
             out.push(format!(
@@ -304,8 +318,7 @@ pub fn naming_warnings(data: &Dataset) -> Vec<String> {
             ));
         }
         let names: std::collections::HashSet<&str> = clips.iter().map(|c| c.file_name()).collect();
-        let mut absent: Vec<&String> = csv.keys().filter(|k| !names.contains(k.as_str())).collect();
-        absent.sort();
+        let absent: Vec<&String> = csv.iter().filter(|k| !names.contains(k.as_str())).collect();
         if let Some(first) = absent.first() {
             out.push(format!(
                 "warning: {machine_type}'s attributes_SS.csv files list {} file(s) that are not in {machine_type}/train \
@@ -582,23 +595,26 @@ mod tests {
             .contains("9.0 GiB"));
         assert_eq!(memory_warning(7 << 30, 10 << 30), None);
         // The stereo clip (the second) is the one named.
-        let w = multichannel_warning(&refs).unwrap();
+        let w = Headers::read(&refs).multichannel_warning().unwrap();
         assert!(
             w.contains("1 of 3 training clips have more than one channel")
                 && w.contains(&format!("{}: 2)", clips[1].path.display()))
                 && w.contains("--channel N"),
             "{w}"
         );
-        assert_eq!(multichannel_warning(&[refs[0], refs[2]]), None);
+        assert_eq!(
+            Headers::read(&[refs[0], refs[2]]).multichannel_warning(),
+            None
+        );
         // The 8 kHz clip (the third) is named, with what it lacks.
-        let w = low_rate_warning(&refs, 16_000).unwrap();
+        let w = Headers::read(&refs).low_rate_warning(16_000).unwrap();
         assert!(
             w.contains("1 of 3 training clips were recorded below the features' 16000 Hz")
                 && w.contains(&format!("{}: 8000 Hz)", clips[2].path.display()))
                 && w.contains("nothing above 4000 Hz"),
             "{w}"
         );
-        assert_eq!(low_rate_warning(&refs[..2], 16_000), None);
+        assert_eq!(Headers::read(&refs[..2]).low_rate_warning(16_000), None);
     }
 
     /// A CSV that contradicts the names, rows naming no clip, a clip in no CSV and a number given twice: each one

@@ -762,10 +762,14 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
     if let Some(w) = data::memory_available().and_then(|a| data::memory_warning(audio_bytes, a)) {
         eprintln!("{w}");
     }
-    if let Some(w) = data::multichannel_warning(&train) {
-        eprintln!("{w}");
-    }
-    if let Some(w) = data::low_rate_warning(&train, o.features.sample_rate) {
+    let headers = data::Headers::read(&train);
+    for w in [
+        headers.multichannel_warning(),
+        headers.low_rate_warning(o.features.sample_rate),
+    ]
+    .into_iter()
+    .flatten()
+    {
         eprintln!("{w}");
     }
     let clips = data::load_train_clips(&train, &classes, &o.features)?;
