@@ -92,6 +92,17 @@ pub struct AlarmSpan {
     pub during_fault: bool,
 }
 
+/// `--mqtt HOST:PORT` as host and port.
+fn broker_address(addr: &str) -> anyhow::Result<(&str, u16)> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .with_context(|| format!("--mqtt {addr}: expected HOST:PORT"))?;
+    let port = port
+        .parse()
+        .with_context(|| format!("--mqtt {addr}: '{port}' is not a port"))?;
+    Ok((host, port))
+}
+
 /// With `--mqtt`: the broker and how many alarm messages it had not acknowledged when the demo ended (they are
 /// left in `OUT/outbox` until the next demo there, which deletes them).
 #[derive(Debug, Clone, Serialize)]
@@ -185,12 +196,7 @@ fn config_text(o: &DemoOptions, t: &Timeline, out: &Path) -> anyhow::Result<Stri
     let _ = writeln!(s, "section = \"{}\"\n", t.section);
     match &o.mqtt {
         Some(addr) => {
-            let (host, port) = addr
-                .rsplit_once(':')
-                .with_context(|| format!("--mqtt {addr}: expected HOST:PORT"))?;
-            let port: u16 = port
-                .parse()
-                .with_context(|| format!("--mqtt {addr}: '{port}' is not a port"))?;
+            let (host, port) = broker_address(addr)?;
             let _ = writeln!(s, "[mqtt]\nhost = \"{host}\"\nport = {port}\n");
         }
         None => {
@@ -553,11 +559,12 @@ impl std::fmt::Display for Summary {
         }
         // The demo's retained topics stay on the broker (a phantom node `demo` beside the plant's, review26), and
         // its events carry the times they were published at, the recording played as fast as it is scored.
-        if let Some(m) = &self.mqtt {
-            let (host, port) = m
-                .broker
-                .rsplit_once(':')
-                .unwrap_or((m.broker.as_str(), "1883"));
+        // The address was checked when the demo's configuration was written.
+        if let Some((host, port)) = self
+            .mqtt
+            .as_ref()
+            .and_then(|m| broker_address(&m.broker).ok())
+        {
             writeln!(
                 f,
                 "  MQTT: its retained topics (status, node, alarm, state, …) stay on the broker; remove them with \

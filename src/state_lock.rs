@@ -424,15 +424,12 @@ mod tests {
         let probe = File::open(d.path().join(LOCK_FILE)).unwrap();
         // A child that another test forks while the lock is held shares its open file until it execs (a while
         // under qemu-user, where the armv7 suite once found the lock still held here): wait for it.
-        let free = (0..300).any(|_| {
-            try_flock(&probe, libc::LOCK_SH).unwrap()
-                || (
-                    std::thread::sleep(std::time::Duration::from_millis(10)),
-                    false,
-                )
-                    .1
-        });
-        assert!(free, "the released lock is still held after 3 s");
+        let mut tries = 0;
+        while !try_flock(&probe, libc::LOCK_SH).unwrap() {
+            tries += 1;
+            assert!(tries < 300, "the released lock is still held after 3 s");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let released = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(100));
             drop(probe);
