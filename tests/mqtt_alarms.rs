@@ -771,6 +771,14 @@ fn a_machine_removed_at_a_reload_is_retired_and_its_topics_cleared() {
         "command for unknown machine \"pump-2\" ignored",
         Duration::from_secs(10),
     );
+    // Its sender is told, on the command's `refused` topic, which machines are watched instead.
+    let msgs = rec.wait_for("pump-2's refusal", Duration::from_secs(10), |m| {
+        !on(m, "sonitor/t1/pump-2/threshold/refused").is_empty()
+    });
+    assert_eq!(
+        on(&msgs, "sonitor/t1/pump-2/threshold/refused"),
+        ["no machine \"pump-2\" is watched by this node: its machines are pump-1"]
+    );
     send(&client, "sonitor/t1/pump-1/threshold/set", "0.7");
     rec.wait_for("pump-1's threshold", Duration::from_secs(10), |m| {
         on(m, "sonitor/t1/pump-1/threshold")
@@ -984,8 +992,29 @@ fn retained_and_empty_command_messages_are_not_applied() {
         false,
     );
     daemon.wait_log("ignored message on", Duration::from_secs(10));
+    // Each refused command is answered where its sender can read why, not in the daemon's log only; the
+    // deletions (no commands) are not answered.
+    let msgs = rec.wait_for("the refusal of banana", Duration::from_secs(10), |m| {
+        !on(m, "sonitor/t1/pump-1/threshold/refused").is_empty()
+    });
+    assert_eq!(
+        on(&msgs, "sonitor/t1/pump-1/threshold/refused"),
+        ["threshold \"banana\" is not a number (or 'default')"]
+    );
     std::thread::sleep(Duration::from_millis(500));
     let msgs = rec.snapshot();
+    // The two retained commands, answered at the daemon's connection (the recorder started before it).
+    for what in ["mute", "enabled"] {
+        let answers = on(&msgs, &format!("sonitor/t1/pump-1/{what}/refused"));
+        assert_eq!(answers.len(), 1, "{what}: {answers:?}");
+        assert!(
+            answers[0].starts_with("a retained command is not applied")
+                && answers[0].contains(&format!(
+                    "mosquitto_pub -r -n -t \"sonitor/t1/pump-1/{what}/set\""
+                )),
+            "{answers:?}"
+        );
+    }
     assert!(
         on(&msgs, "sonitor/t1/pump-1/mute")
             .iter()

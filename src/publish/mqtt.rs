@@ -155,6 +155,27 @@ fn quoted_up_to(s: &str, max: usize) -> String {
     format!("{head:?}{cut}")
 }
 
+/// A message on a command topic that is not applied ([`incoming_command`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ignored {
+    /// `Info` for an empty message (no command: a retained one deleted), `Warn` for a command refused.
+    pub level: log::Level,
+    /// The log's line.
+    pub line: String,
+    /// Why a command was refused, for the answer on its `…/refused` topic ([`refused_topic`]); `None` for an
+    /// empty message, which is no command and gets no answer.
+    pub refused: Option<String>,
+}
+
+/// Where the daemon answers a command it refuses: `<base>/<machine>/<setting>/refused` for a command published on
+/// `<base>/<machine>/<setting>/set`. The maintenance engineer who sent it, from a dashboard or `mosquitto_pub`,
+/// cannot read the daemon's log; without an answer a mistyped value (`0,05`) or machine name looked accepted and
+/// simply did nothing.
+pub fn refused_topic(topic: &str) -> Option<String> {
+    let stem = topic.strip_suffix("/set")?;
+    (!stem.is_empty()).then(|| format!("{stem}/refused"))
+}
+
 /// What to do with a message received on a command topic: the command, or why it is ignored and how loud to say
 /// so. A command is applied once, when it is published: one delivered with the retain flag is a retained message
 /// that the broker sends again on every connection (a `mute/set` would clear real alarms at each reconnect), so it
@@ -165,33 +186,35 @@ pub fn incoming_command(
     topic: &str,
     payload: &[u8],
     retain: bool,
-) -> Result<Command, (log::Level, String)> {
+) -> Result<Command, Ignored> {
     let payload = String::from_utf8_lossy(payload);
     if payload.trim().is_empty() {
-        return Err((
-            log::Level::Info,
-            format!(
+        return Err(Ignored {
+            level: log::Level::Info,
+            line: format!(
                 "mqtt: empty message on {}: no command (an empty message deletes a retained one)",
                 shown_topic(topic)
             ),
-        ));
+            refused: None,
+        });
     }
-    if retain {
-        return Err((
-            log::Level::Warn,
-            format!(
-                "mqtt: ignored a retained command on {t}: commands are applied once, when published, and a retained \
-                 one would be applied again at every connection; publish commands without the retain flag, and \
-                 delete this one with `mosquitto_pub -r -n -t {t}`",
-                t = shown_topic(topic)
-            ),
-        ));
-    }
-    parse_command(base, topic, &payload).map_err(|e| {
-        (
-            log::Level::Warn,
-            format!("mqtt: ignored message on {}: {e}", shown_topic(topic)),
+    let why = if retain {
+        format!(
+            "a retained command is not applied: commands are applied once, when published, and a retained one would \
+             be applied again at every connection; publish commands without the retain flag, and delete this one \
+             with `mosquitto_pub -r -n -t {}`",
+            shown_topic(topic)
         )
+    } else {
+        match parse_command(base, topic, &payload) {
+            Ok(c) => return Ok(c),
+            Err(e) => e,
+        }
+    };
+    Err(Ignored {
+        level: log::Level::Warn,
+        line: format!("mqtt: ignored message on {}: {why}", shown_topic(topic)),
+        refused: Some(why),
     })
 }
 
@@ -1267,13 +1290,21 @@ fn run(
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 match incoming_command(&base, &p.topic, &p.payload, p.retain) {
                     Ok(c) => waiting.forward(&commands, c, &metrics, &mut command_log),
-                    Err((level, why)) => {
-                        // An empty message (a retained one deleted) is no command; anything else was one, refused.
-                        if level <= log::Level::Warn {
+                    Err(ignored) => {
+                        // An empty message (a retained one deleted) is no command; anything else was one, refused,
+                        // and answered on its `…/refused` topic (as many answers as log lines: a flood of bad
+                        // commands is not echoed one for one).
+                        if ignored.refused.is_some() {
                             metrics.commands_rejected.inc();
                         }
                         if command_log.allow() {
-                            log::log!(level, "{why}");
+                            log::log!(ignored.level, "{}", ignored.line);
+                            if let (Some(why), Some(answer)) =
+                                (&ignored.refused, refused_topic(&p.topic))
+                            {
+                                let a = session.transient(&answer, why, false);
+                                execute(&client, &mut session, a, &metrics);
+                            }
                         }
                     }
                 }
@@ -1356,6 +1387,11 @@ fn run(
 /// At most this many command lines a [`COMMAND_LOG_WINDOW`]; the others are counted into one line.
 const COMMAND_LOG_LINES: u32 = 20;
 const COMMAND_LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// The budget of the answers to refused commands: as many as the log's command lines.
+pub(crate) fn refusal_budget() -> LogBudget {
+    LogBudget::new(COMMAND_LOG_LINES, COMMAND_LOG_WINDOW)
+}
 
 /// Bounds the log lines of commands: a storm of commands (40 000 in 3 s in an adversarial run) wrote a line each,
 /// 7 MB of log in which journald's rate limit would have hidden the alarms' lines.
@@ -2163,17 +2199,31 @@ mod tests {
         let b = "sonitor/n1";
         let t = "sonitor/n1/pump/mute/set";
         assert!(incoming_command(b, t, b"10m", false).is_ok());
-        let (level, why) = incoming_command(b, t, b"10m", true).unwrap_err();
-        assert_eq!(level, log::Level::Warn);
+        let i = incoming_command(b, t, b"10m", true).unwrap_err();
+        assert_eq!(i.level, log::Level::Warn);
+        let why = i.refused.unwrap();
         assert!(
             why.contains("mosquitto_pub -r -n -t \"sonitor/n1/pump/mute/set\""),
             "{why}"
         );
-        let (level, why) = incoming_command(b, t, b"", false).unwrap_err();
-        assert_eq!(level, log::Level::Info);
-        assert!(why.contains("no command"), "{why}");
-        let (level, _) = incoming_command(b, t, b"maybe?", false).unwrap_err();
-        assert_eq!(level, log::Level::Warn);
+        assert!(i.line.ends_with(&why), "{}", i.line);
+        // An empty message is no command: logged, not answered.
+        let i = incoming_command(b, t, b"", false).unwrap_err();
+        assert_eq!(i.level, log::Level::Info);
+        assert!(i.line.contains("no command"), "{}", i.line);
+        assert_eq!(i.refused, None);
+        let i = incoming_command(b, t, b"0,05", false).unwrap_err();
+        assert_eq!(i.level, log::Level::Warn);
+        let why = i.refused.unwrap();
+        assert!(
+            why.starts_with("mute \"0,05\" is not a duration (e.g. 30m, 3600)"),
+            "{why}"
+        );
+        assert_eq!(
+            refused_topic(t).as_deref(),
+            Some("sonitor/n1/pump/mute/refused")
+        );
+        assert_eq!(refused_topic("sonitor/n1/pump/mute/get"), None);
     }
 
     /// A refused command's topic is logged whole: cut at 40 characters, a longer node or machine name lost the
@@ -2182,13 +2232,24 @@ mod tests {
     fn a_refused_commands_topic_is_named_whole() {
         let b = "sonitor/press-line-1";
         let t = "sonitor/press-line-1/hydraulic-pump-north/threshold/set";
-        let (_, why) = incoming_command(b, t, b"abc", false).unwrap_err();
-        assert!(why.contains(&format!("{t:?}: threshold \"abc\"")), "{why}");
-        let t = "sonitor/press-line-1/hydraulic-pump-north/threshold/get";
-        let (_, why) = incoming_command(b, t, b"1", false).unwrap_err();
+        let i = incoming_command(b, t, b"abc", false).unwrap_err();
         assert!(
-            why.contains(&format!("topic {t:?} is not a command topic")),
-            "{why}"
+            i.line.contains(&format!("{t:?}: threshold \"abc\"")),
+            "{}",
+            i.line
+        );
+        // The answer says why, without the log's prefix.
+        assert_eq!(
+            i.refused.as_deref(),
+            Some("threshold \"abc\" is not a number (or 'default')")
+        );
+        let t = "sonitor/press-line-1/hydraulic-pump-north/threshold/get";
+        let i = incoming_command(b, t, b"1", false).unwrap_err();
+        assert!(
+            i.line
+                .contains(&format!("topic {t:?} is not a command topic")),
+            "{}",
+            i.line
         );
     }
 }
