@@ -618,6 +618,40 @@ fn retained(port: u16, topic: &str, client_id: &str) -> Option<String> {
     None
 }
 
+/// A stop while the daemon waits to reconnect: it used to end without a word, and a broker back from a crash or a
+/// power cut (which publishes no will, and keeps the retained messages it had saved) said `online` for a daemon
+/// long gone. The stop now makes one more try, at once, and leaves `stopped`.
+#[test]
+fn a_stop_while_waiting_to_reconnect_still_leaves_stopped() {
+    let mut rig = Rig::start();
+    let port = rig.broker.port;
+    let rec = Recorder::start(port, "recorder-stop-waiting");
+    let cfg = rig.config(&rig.looping_normal(), "");
+    common::edit(&cfg, |t| {
+        t.replace("reconnect_min = \"100ms\"", "reconnect_min = \"60s\"")
+            .replace("reconnect_max = \"500ms\"", "reconnect_max = \"60s\"")
+    });
+    let daemon = Daemon::start(&cfg, &[]);
+    wait_online(&rec);
+    // Saved by the broker (every second), then the crash.
+    std::thread::sleep(Duration::from_millis(1500));
+    rig.broker.crash();
+    daemon.wait_log("retrying in 60s", Duration::from_secs(20));
+    rig.broker.restart();
+    // The premise: the restarted broker still holds `online` from before its crash.
+    assert_eq!(
+        retained(port, "sonitor/t1/status", "check-before").as_deref(),
+        Some("online")
+    );
+    let t0 = std::time::Instant::now();
+    assert_eq!(daemon.sigterm_and_wait(), 0);
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert_eq!(
+        retained(port, "sonitor/t1/status", "check-after").as_deref(),
+        Some("stopped")
+    );
+}
+
 /// A machine removed from the file (or renamed) between two runs: its alarm, on when the last run stopped, ends
 /// with reason `removed`, and its retained topics and Home Assistant entities are cleared, so that no dashboard
 /// shows it, alarm on, for ever. (They used to stay retained: the start only dropped it from the saved state.)

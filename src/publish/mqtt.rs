@@ -1076,6 +1076,8 @@ fn run(
     let mut waiting = Waiting::default();
     // Connections closed by the broker soon after it accepted them, in a row.
     let mut short_lived = 0u32;
+    // The stop's one try to reach the broker, made ([`STOP_TIMEOUT`]).
+    let mut stop_retry = false;
 
     // No wait longer than the beat while a watchdog looks at the turns.
     let at_most = |d: Duration| beat.map_or(d, |b| d.min(b));
@@ -1134,7 +1136,18 @@ fn run(
         //    the deadline the connection is dropped without one, and the broker publishes the will `offline`.
         if let Some(deadline) = shutdown_deadline {
             if !session.connected() {
-                return;
+                // Cut off from the broker at the stop (waiting to reconnect): one more try, at once, to leave
+                // `stopped`. A broker that was itself restarted keeps `online` retained from before (it publishes
+                // no will for the connections its own stop closes), and with the daemon gone nothing else would
+                // ever correct it. A try still under way when the deadline comes ends with the process: the
+                // broker then publishes this connection's will, `offline`.
+                if retry_at.is_some() && !stop_retry {
+                    stop_retry = true;
+                    retry_at = None;
+                    let _ = resume.try_send(());
+                } else if retry_at.is_some() || Instant::now() >= deadline {
+                    return;
+                }
             }
             if session.stop_acknowledged() {
                 disconnect(&client, &polled);
@@ -1173,7 +1186,7 @@ fn run(
                                 session.set_retained(topic, payload, false, &lock(&outbox));
                             }
                             ToMqtt::Shutdown => {
-                                return;
+                                shutdown_deadline = Instant::now().checked_add(STOP_TIMEOUT);
                             }
                             ToMqtt::Transient { .. } => metrics.mqtt_dropped.inc(),
                             ToMqtt::OutboxChanged => {}
@@ -1351,7 +1364,12 @@ fn run(
                          the broker closes each one's connection when the other connects)",
                     );
                 }
-                if was || msg != last_error {
+                if shutdown_deadline.is_some() {
+                    log::warn!(
+                        "mqtt: {endpoint}: could not reach the broker at the stop to publish `stopped`: {msg} (the \
+                         retained status stays as the broker last had it; alarm messages wait in the outbox)"
+                    );
+                } else if was || msg != last_error {
                     // Where the outbox could not write them, they wait in memory: said so, not "in the outbox".
                     let waiting = match metrics.outbox_memory_only.get() {
                         0 => "alarm messages wait in the outbox".to_string(),

@@ -549,6 +549,15 @@ impl Broker {
         self.child = Some(child);
     }
 
+    /// Kills the broker (SIGKILL), as a crash or a power cut would: it publishes no will, and what it had saved
+    /// (every second) is what it holds when it starts again.
+    pub fn crash(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// Stops the broker gracefully (it saves its persistent sessions).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
