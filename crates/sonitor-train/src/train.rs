@@ -648,7 +648,20 @@ pub fn fit(o: &FitOptions) -> anyhow::Result<FitReport> {
             report
         }
         (Ok(report), None) => report,
-        (Err(e), Some(r)) => return Err(r.undo(e)),
+        (Err(mut e), Some(r)) => {
+            // Interrupted with a checkpoint `--resume` continues: left as a killed run leaves it (the old bundle
+            // waits in OUT/.replaced, and `--resume` completes the replacement). Putting the old checkpoint back
+            // used to throw the new run's epochs away while the message said they were kept, and `--resume`
+            // then went on training the old model.
+            if let Some(i) = e
+                .downcast_mut::<interrupt::Interrupted>()
+                .filter(|i| i.resumable && i.done > 0)
+            {
+                i.set_aside = r.holds_anything().then(|| r.backup().to_path_buf());
+                return Err(e);
+            }
+            return Err(r.undo(e));
+        }
         (Err(e), None) => return Err(e),
     };
     if o.progress {
@@ -999,6 +1012,8 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
                 }
                 return Err(interrupt::Interrupted {
                     out: o.out.clone(),
+                    resumable: o.start.is_none(),
+                    set_aside: None,
                     epochs: o.epochs,
                     done: epoch,
                 }
@@ -1093,6 +1108,8 @@ fn build(o: &FitOptions, device: Device) -> anyhow::Result<(Manifest, Vec<u8>, F
     if interrupt::requested() && start_epoch < o.epochs {
         return Err(interrupt::Interrupted {
             out: o.out.clone(),
+            resumable: o.start.is_none(),
+            set_aside: None,
             epochs: o.epochs,
             done: o.epochs,
         }
@@ -1390,11 +1407,35 @@ pub mod interrupt {
         pub out: PathBuf,
         pub epochs: usize,
         pub done: usize,
+        /// A `fit`, which `--resume` continues; not a `prune`, which cannot be.
+        pub resumable: bool,
+        /// Where a `--force` run set aside what it replaces (`OUT/.replaced`: the old checkpoint), when it did.
+        pub set_aside: Option<PathBuf>,
     }
 
     fn said(i: &Interrupted) -> String {
         let ckpt = crate::checkpoint::find(&i.out);
-        if i.done == 0 {
+        let waits = i.set_aside.as_ref().map_or(String::new(), |b| {
+            format!(
+                ". Until then the bundle it replaces (--force) stays in {}, its checkpoint set aside in {}; to keep \
+                 that bundle instead, move everything in {} into {}, replacing what is there of the same name \
+                 (remove a folder there first: `mv` does not merge folders), and remove {}",
+                i.out.display(),
+                b.display(),
+                b.display(),
+                i.out.display(),
+                b.display()
+            )
+        });
+        if !i.resumable {
+            format!(
+                "interrupted in epoch {} of {}: a prune cannot be continued; {} holds what it held before, run the \
+                 command again",
+                (i.done + 1).min(i.epochs),
+                i.epochs,
+                i.out.display()
+            )
+        } else if i.done == 0 {
             format!(
                 "interrupted in epoch 1 of {}, before any checkpoint: nothing to continue; run the command again",
                 i.epochs
@@ -1402,14 +1443,14 @@ pub mod interrupt {
         } else if i.done == i.epochs {
             format!(
                 "interrupted after the last epoch ({}), before the bundle was written: its checkpoint is kept in \
-                 {}; the same command with --resume writes the bundle",
+                 {}; the same command with --resume writes the bundle{waits}",
                 i.epochs,
                 ckpt.display()
             )
         } else {
             format!(
                 "interrupted in epoch {} of {}: the checkpoint of epoch {} is kept in {}; the same command with \
-                 --resume continues from it",
+                 --resume continues from it{waits}",
                 i.done + 1,
                 i.epochs,
                 i.done,
@@ -1746,6 +1787,34 @@ pub fn onnx_path(bundle: &Path) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    /// What an interruption says: a `prune` is not offered a `--resume` it does not have; a `--force` fit names
+    /// where the replaced bundle's checkpoint waits.
+    #[test]
+    fn an_interruption_says_what_can_be_done() {
+        let i = |resumable, set_aside: Option<&str>| {
+            super::interrupt::Interrupted {
+                out: "b".into(),
+                epochs: 10,
+                done: 3,
+                resumable,
+                set_aside: set_aside.map(Into::into),
+            }
+            .to_string()
+        };
+        let prune = i(false, None);
+        assert!(
+            prune.contains("a prune cannot be continued") && !prune.contains("--resume"),
+            "{prune}"
+        );
+        let fit = i(true, Some("b/.replaced"));
+        assert!(
+            fit.contains("the same command with --resume continues from it. Until then the bundle it replaces \
+                 (--force) stays in b, its checkpoint set aside in b/.replaced"),
+            "{fit}"
+        );
+        assert!(!i(true, None).contains("replaces"));
+    }
+
     /// A bundle directory this user cannot write in, or create, is refused before anything is trained. Root
     /// writes anywhere: there the test runs itself again as `nobody` through `setpriv`, skipped with a word where
     /// that cannot run.

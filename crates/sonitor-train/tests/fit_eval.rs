@@ -839,43 +839,46 @@ fn ctrl_c_during_the_epochs_says_how_to_continue() {
         }
         c
     };
-    let mut child = fit_cmd("100000", false)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut said = String::new();
-    // The second epoch's line: the first epoch's checkpoint is written before it starts.
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        said.push_str(&line);
-        said.push('\n');
-        if line.starts_with("epoch 2/100000") {
-            break;
+    // Runs `c` until its second epoch begins (the first epoch's checkpoint is written before), then Ctrl-C: the
+    // status, all it said, and the number of the epoch whose checkpoint it says is kept.
+    let interrupted = |mut c: std::process::Command| {
+        let mut child = c.stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut said = String::new();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            said.push_str(&line);
+            said.push('\n');
+            if line.starts_with("epoch 2/100000") {
+                break;
+            }
         }
-    }
-    // SAFETY: signalling the child this test started.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
-    }
-    said.extend(lines.map(|l| l.unwrap() + "\n"));
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "{said}");
-    let last = said.lines().last().unwrap_or_default();
-    assert!(
-        last.starts_with("error: interrupted in epoch ")
-            && last.contains(&format!("is kept in {}", out.join("checkpoint").display()))
-            && last.ends_with("the same command with --resume continues from it"),
-        "{said}"
-    );
+        // SAFETY: signalling the child this test started.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+        }
+        said.extend(lines.map(|l| l.unwrap() + "\n"));
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(130), "{said}");
+        let last = said.lines().last().unwrap_or_default().to_string();
+        assert!(
+            last.starts_with("error: interrupted in epoch ")
+                && last.contains(&format!("is kept in {}", out.join("checkpoint").display()))
+                && last.contains("the same command with --resume continues from it"),
+            "{said}"
+        );
+        let done: usize = last
+            .split("the checkpoint of epoch ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        (last, done)
+    };
+    let (last, done) = interrupted(fit_cmd("100000", false));
+    assert!(last.ends_with("the same command with --resume continues from it"));
     assert!(out.join("checkpoint").is_dir() && !out.join(MANIFEST_FILE).exists());
     // The same command with --resume (and the epochs that suffice) continues and writes the bundle.
-    let done: usize = last
-        .split("the checkpoint of epoch ")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap();
     let o = fit_cmd(&(done + 1).to_string(), true).output().unwrap();
     let text = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{text}");
@@ -884,4 +887,35 @@ fn ctrl_c_during_the_epochs_says_how_to_continue() {
         "{text}"
     );
     assert!(out.join(MANIFEST_FILE).is_file());
+
+    // A --force run over that bundle, interrupted: its checkpoint is kept as it says (the old bundle's was put
+    // back in its place, and --resume went on training the old model from its last epoch: review28), and the
+    // old bundle stays usable, its checkpoint set aside in .replaced, until --resume completes the replacement.
+    let old_model = std::fs::read(out.join("model.onnx")).unwrap();
+    let mut force = fit_cmd("100000", false);
+    force.arg("--force");
+    let (last, done2) = interrupted(force);
+    let backup = out.join(".replaced");
+    assert!(
+        last.contains(&format!(
+            "Until then the bundle it replaces (--force) stays in {}, its checkpoint set aside in {}",
+            out.display(),
+            backup.display()
+        )),
+        "{last}"
+    );
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("checkpoint").join("state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["epochs_done"].as_u64(), Some(done2 as u64), "{state}");
+    assert!(std::fs::read(out.join("model.onnx")).unwrap() == old_model);
+    assert!(backup.join("checkpoint").join("state.json").is_file());
+    let o = fit_cmd(&(done2 + 1).to_string(), true).output().unwrap();
+    let text = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("resuming after epoch {done2}")),
+        "{text}"
+    );
+    assert!(!backup.exists() && out.join(MANIFEST_FILE).is_file());
 }
