@@ -610,7 +610,11 @@ fn unreadable_to_the_service(
             let (at, mode, itself) = barred(&path, folder)?;
             seen.insert(at.clone()).then(|| {
                 let secret = matches!(what.as_str(), "mqtt.password_file" | "mqtt.tls.client_key");
-                let fix = if at.is_dir() {
+                let fix = if at.is_dir() && itself {
+                    // The files inside a bundle folder are as closed as it, most often: one round, not two
+                    // (review28). Not for a folder on the way, which may be a home directory.
+                    format!("`sudo chmod -R a+rX {}`, or chown it to that user", at.display())
+                } else if at.is_dir() {
                     format!("`sudo chmod a+rX {}`, or chown it to that user", at.display())
                 } else if secret {
                     // A secret is given to the service's user, not opened to everyone.

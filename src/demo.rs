@@ -40,6 +40,18 @@ impl Timeline {
             );
         }
         let tpath = recording.with_extension("json");
+        if !tpath.exists() {
+            // A recording of one's own has none: the demo is not the way to check a bundle on it (review28).
+            anyhow::bail!(
+                "the recording {} has no timeline {} beside it: --recording takes a recording made with its \
+                 timeline by `sonitor-train synth-demo`. To check a bundle on a recording of your own, replay it \
+                 with `sonitor run` on a configuration whose device has `source = \"file\"` and \
+                 `at_end = \"exit\"`: the log ends with each machine's replay summary (windows judged, highest \
+                 score, threshold, alarms raised); see configs/README.md",
+                recording.display(),
+                tpath.display()
+            );
+        }
         let text = std::fs::read_to_string(&tpath).with_context(|| {
             format!(
                 "reading the recording's timeline {} (made with the recording by `sonitor-train synth-demo`)",
@@ -559,10 +571,12 @@ impl std::fmt::Display for Summary {
         }
         // The demo's retained topics stay on the broker (a phantom node `demo` beside the plant's, review26), and
         // its events carry the times they were published at, the recording played as fast as it is scored.
-        // The address was checked when the demo's configuration was written.
+        // The address was checked when the demo's configuration was written. Not said when the alarms did not
+        // get through: most often no broker was reached, and the line spoke of topics left on none (review28).
         if let Some((host, port)) = self
             .mqtt
             .as_ref()
+            .filter(|m| m.undelivered == 0)
             .and_then(|m| broker_address(&m.broker).ok())
         {
             writeln!(
@@ -618,6 +632,20 @@ mod tests {
         assert!(!e.contains("timeline nope.json"), "{e}");
     }
 
+    /// A recording of one's own (no timeline beside it) is pointed to `sonitor run`'s replay, not left with a
+    /// file that cannot be read (review28).
+    #[test]
+    fn a_recording_without_a_timeline_is_pointed_to_run() {
+        let d = tempfile::tempdir().unwrap();
+        let wav = d.path().join("mine.wav");
+        std::fs::write(&wav, b"RIFF").unwrap();
+        let e = Timeline::of_recording(&wav).unwrap_err().to_string();
+        assert!(
+            e.contains("has no timeline") && e.contains("replay it with `sonitor run`"),
+            "{e}"
+        );
+    }
+
     /// A recording cut before the repair: the alarm came during the fault and is still on at the end. Not OK (it
     /// did not clear), and the verdict says why: it said "see above", where nothing did.
     #[test]
@@ -671,6 +699,14 @@ mod tests {
             text.contains(
                 "mosquitto_sub -h 10.0.0.5 -p 1884 -t 'sonitor/demo/#' --remove-retained -W 2"
             ) && text.contains("the recording played as fast as it is scored"),
+            "{text}"
+        );
+        // Not delivered (no broker there, most often): no topics to remove are spoken of.
+        s.mqtt.as_mut().unwrap().undelivered = 4;
+        let text = s.to_string();
+        assert!(
+            text.contains("NOT DELIVERED: 4 alarm message(s)")
+                && !text.contains("--remove-retained"),
             "{text}"
         );
     }

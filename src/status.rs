@@ -525,7 +525,8 @@ pub fn status(config_path: &Path, json: bool) -> i32 {
     if code == 0 && reload_ok == Some(false) {
         eprintln!(
             "sonitor status: the daemon refused {} at its last reload, and runs what it loaded before (`sonitor \
-             validate` names why)",
+             validate` names why; the daemon's log too, if the file was mended since: then `sonitor reload` \
+             applies it)",
             theirs.as_deref().unwrap_or(config_path).display()
         );
         return EXIT_CONFIG;

@@ -1329,7 +1329,7 @@ fn root_validate_warns_of_files_the_services_user_cannot_read() {
     mode(&b.dir, 0o700);
     let (code, text) = sonitor(&["validate"], &cfg);
     assert_eq!(code, 0, "{text}");
-    for (path, m, fix) in [(&cfg, "0600", "a+r"), (&b.dir, "0700", "a+rX")] {
+    for (path, m, fix) in [(&cfg, "0600", "a+r"), (&b.dir, "0700", "-R a+rX")] {
         assert!(
             text.contains(&format!(
                 "{}: the service's user (uid 65534, the owner of state_dir) may not read it, as its mode says ({m}, \

@@ -148,7 +148,8 @@ pub fn run(a: &UpgradeArgs) -> anyhow::Result<()> {
             );
         } else {
             eprintln!(
-                "{}: the graph is already in the current form; the bundle is copied unchanged to {}",
+                "{}: the graph is already in the current form; its manifest.json and model.onnx are copied \
+                 unchanged to {} (not the other files beside them)",
                 a.model.display(),
                 a.out.display()
             );
