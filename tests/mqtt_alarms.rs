@@ -911,6 +911,77 @@ fn a_stop_with_unacknowledged_alarms_leaves_status_not_online() {
     );
 }
 
+/// A command message over the 1 MiB the daemon reads, queued for it in its persistent session (published while it
+/// was away, or live: unacknowledged, the broker sends it again at every reconnection), ended every connection:
+/// no alarm got through until someone cleared the session by hand, and deleting a retained copy did not help
+/// (review27). The next connection is a clean one, which drops it; the daemon then reconnects with its persistent
+/// session, so commands sent while it is away are queued again.
+#[test]
+fn an_oversized_command_queued_for_the_daemon_does_not_keep_it_off_the_broker() {
+    let rig = Rig::start();
+    let port = rig.broker.port;
+    let rec = Recorder::start(port, "recorder-oversized");
+    let cfg = rig.config(&rig.looping_normal(), "");
+    let daemon = Daemon::start(&cfg, &[]);
+    wait_online(&rec);
+    assert_eq!(daemon.sigterm_and_wait(), 0);
+    // Queued for the daemon while it is away: 1.2 MB, through a client that may send that much.
+    {
+        let mut o = rumqttc::MqttOptions::new("publisher-big", "127.0.0.1", port);
+        o.set_max_packet_size(4 << 20, 4 << 20);
+        let (client, mut conn) = rumqttc::Client::new(o, 10);
+        client
+            .publish(
+                "sonitor/t1/pump-1/mute/set",
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                vec![b'a'; 1_200_000],
+            )
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        loop {
+            assert!(t0.elapsed() < Duration::from_secs(10), "no PUBACK");
+            if let Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) =
+                conn.recv_timeout(Duration::from_millis(100))
+            {
+                break;
+            }
+        }
+    }
+    let rec = Recorder::start(port, "recorder-oversized-2");
+    let daemon = Daemon::start(&cfg, &[]);
+    daemon.wait_log("the broker sent a message of 1200", Duration::from_secs(20));
+    daemon.wait_log(
+        "with a clean session, which drops the oversized message",
+        Duration::from_secs(20),
+    );
+    rec.wait_for("online again", Duration::from_secs(20), |m| {
+        on(m, "sonitor/t1/status").last().map(String::as_str) == Some("online")
+    });
+    // Commands are read again, and, the session persistent once more, those sent while it is away are kept.
+    let client = commander(port, "commander-oversized");
+    send(&client, "sonitor/t1/pump-1/threshold/set", "0.7");
+    rec.wait_for("threshold 0.7", Duration::from_secs(10), |m| {
+        on(m, "sonitor/t1/pump-1/threshold")
+            .last()
+            .map(String::as_str)
+            == Some("0.7")
+    });
+    assert_eq!(daemon.sigterm_and_wait(), 0);
+    publish_acked(port, "sonitor/t1/pump-1/threshold/set", "0.8", false);
+    let _daemon = Daemon::start(&cfg, &[]);
+    rec.wait_for(
+        "threshold 0.8, sent while away",
+        Duration::from_secs(20),
+        |m| {
+            on(m, "sonitor/t1/pump-1/threshold")
+                .last()
+                .map(String::as_str)
+                == Some("0.8")
+        },
+    );
+}
+
 /// `enabled/set OFF` survives a restart with the file unchanged (the file's `enabled` applies at a start only when
 /// it changed since the state was saved).
 #[test]

@@ -996,11 +996,21 @@ pub fn spawn(
             // Err: every client handle is gone, the publisher has ended.
             let Ok(event) = connection.recv() else { return };
             let failed = event.is_err();
+            // A message too large to read, queued for this client's persistent session, would end every
+            // connection: the next one starts a clean session, which drops it (the publisher then reconnects at
+            // once with a persistent one).
+            let purge = event.as_ref().is_err_and(oversized);
+            if matches!(event, Ok(Event::Incoming(Packet::ConnAck(_)))) {
+                connection.eventloop.mqtt_options.set_clean_session(false);
+            }
             if polled_tx.send(event).is_err() || (failed && resume_rx.recv().is_err()) {
                 return;
             }
             if failed {
                 forget_last_connection(&mut connection.eventloop);
+                if purge {
+                    connection.eventloop.mqtt_options.set_clean_session(true);
+                }
             }
         })?;
     let broker = Broker {
@@ -1078,6 +1088,10 @@ fn run(
     let mut short_lived = 0u32;
     // The stop's one try to reach the broker, made ([`STOP_TIMEOUT`]).
     let mut stop_retry = false;
+    // The next connection is the clean one that drops an oversized message queued for this client ([`oversized`]);
+    // once it is made, this daemon ends it itself and reconnects at once with its persistent session.
+    let mut purging = false;
+    let mut purged = false;
 
     // No wait longer than the beat while a watchdog looks at the turns.
     let at_most = |d: Duration| beat.map_or(d, |b| d.min(b));
@@ -1248,6 +1262,16 @@ fn run(
             Ok(_) | Err(_) => continue,
         };
         match event {
+            Ok(Event::Incoming(Packet::ConnAck(_)))
+                if std::mem::take(&mut purging) && client.try_disconnect().is_ok() =>
+            {
+                log::warn!(
+                    "mqtt: connected to {endpoint} with a clean session, which drops the oversized message the \
+                     broker held for this client, and with it any command queued for it while it was away (lost); \
+                     reconnecting at once with the persistent session"
+                );
+                purged = true;
+            }
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 log::info!("mqtt: connected to {endpoint} ({:?})", ack.code);
                 connected_at = Some(Instant::now());
@@ -1324,7 +1348,14 @@ fn run(
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => session.on_outgoing_publish(pkid),
             Ok(_) => {}
+            Err(_) if std::mem::take(&mut purged) => {
+                // This daemon's own DISCONNECT of the clean connection: the persistent one follows at once.
+                session.on_disconnected();
+                connected_at = None;
+                retry_at = Some(Instant::now());
+            }
             Err(e) => {
+                purging = oversized(&e);
                 let was = session.connected();
                 session.on_disconnected();
                 // The wait starts again from reconnect_min only after a connection that held. One that drops
@@ -1621,6 +1652,16 @@ fn never_connected_hint(e: &ConnectionError, tls: bool) -> &'static str {
     }
 }
 
+/// A message from the broker too large for this client to read ([`MAX_INCOMING`]): rumqttc ends the connection.
+fn oversized(e: &ConnectionError) -> bool {
+    matches!(
+        e,
+        ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(_),
+        ))
+    )
+}
+
 fn describe(e: &ConnectionError, base: &str) -> String {
     match e {
         ConnectionError::ConnectionRefused(code) => format!(
@@ -1630,7 +1671,8 @@ fn describe(e: &ConnectionError, base: &str) -> String {
             rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(n),
         )) => format!(
             "the broker sent a message of {n} bytes, more than the {MAX_INCOMING} this client reads (commands \
-             are a few bytes); if it is retained on a topic this daemon subscribes to ({base}/+/threshold/set, \
+             are a few bytes); the next connection starts a clean session, which drops it if the broker had queued \
+             it for this client; if it is retained on a topic this daemon subscribes to ({base}/+/threshold/set, \
              {base}/+/mute/set, {base}/+/enabled/set, {base}/node), the broker sends it again on every connection: \
              find it with `mosquitto_sub -v --retained-only -W 2 -t '{base}/#'` and delete it with \
              `mosquitto_pub -r -n -t TOPIC`"
