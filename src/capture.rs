@@ -437,6 +437,17 @@ pub fn find_device(spec: &str) -> Result<cpal::Device, FindError> {
         spec: spec.to_string(),
         why,
     };
+    // An empty id, or a host with no name after it, names no device now or later: refused, not waited for
+    // (review27: `device = ""` started a daemon that retried it for ever).
+    if spec.trim().is_empty()
+        || id_text
+            .split_once(':')
+            .is_some_and(|(_, n)| n.trim().is_empty())
+    {
+        return Err(invalid(
+            "names no device (`default`, or an id that `sonitor devices` lists)".into(),
+        ));
+    }
     let id: cpal::DeviceId = id_text.parse().map_err(|e| invalid(format!("{e}")))?;
     let host = cpal::host_from_id(id.host()).map_err(|e| invalid(format!("{e}")))?;
     host.device_by_id(&id).ok_or_else(|| FindError::Absent {
@@ -1060,6 +1071,21 @@ use ringbuf::traits::Observer;
 mod tests {
     use super::{on_stream_error, ranges, OnStreamError, RtSink};
     use ringbuf::traits::Consumer;
+
+    /// An id that names nothing is refused (not retried for ever); an id of the right form that is not there
+    /// now may appear later.
+    #[test]
+    fn an_empty_device_id_is_refused_not_waited_for() {
+        for spec in ["", "  ", "alsa:", "alsa: "] {
+            let Err(e) = super::find_device(spec) else {
+                panic!("{spec:?} was found")
+            };
+            assert!(
+                !e.is_retryable() && e.to_string().contains("names no device"),
+                "{spec:?}: {e}"
+            );
+        }
+    }
 
     #[test]
     fn an_overrun_keeps_the_stream_and_other_errors_reopen_it() {

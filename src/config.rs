@@ -1578,7 +1578,10 @@ impl Config {
             }
             p.extend(topic_prefix_problem("mqtt.prefix", &q.prefix, "sonitor"));
             if q.reconnect_min.is_zero() || q.reconnect_min > q.reconnect_max {
-                p.push("mqtt: need 0 < reconnect_min <= reconnect_max".into());
+                p.push(format!(
+                    "mqtt: need 0 < reconnect_min <= reconnect_max (reconnect_min {:?}, reconnect_max {:?})",
+                    q.reconnect_min, q.reconnect_max
+                ));
             }
             if q.reconnect_max > MAX_RETRY_WAIT {
                 p.push(format!(
@@ -2024,7 +2027,8 @@ impl DetectorConfig {
         ) {
             if off > on {
                 p.push(format!(
-                    "threshold_off ({off}) is above the threshold in force ({on})"
+                    "threshold_off ({off}) is above the threshold in force ({on}): it must be at most the \
+                     threshold (an alarm clears once scores fall below threshold_off)"
                 ));
             }
         }

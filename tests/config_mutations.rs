@@ -84,6 +84,42 @@ fn no_wrong_setting_in_the_example_configuration_panics_validate_or_run() {
     std::fs::write(&cfg, &base).unwrap();
     let (code, text) = sonitor("validate", &cfg, Duration::from_secs(60));
     assert_eq!(code, Some(0), "the base configuration:\n{text}\n{base}");
+    // The machine's commented examples, uncommented together, are a file that validates: the pair
+    // `threshold = 0.042`, `threshold_off = 0.38` was refused (review27).
+    let examples = [
+        "threshold",
+        "threshold_off",
+        "idle_below_dbfs",
+        "idle_hysteresis_db",
+    ];
+    let uncommented: String = base
+        .lines()
+        .map(|l| {
+            let body = l.strip_prefix("# ").unwrap_or(l);
+            let key = body.split(" = ").next().unwrap_or("");
+            if l.starts_with("# ") && examples.contains(&key) {
+                format!("{body}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    assert_eq!(
+        examples
+            .iter()
+            .filter(|k| uncommented.contains(&format!("\n{k} = ")))
+            .count(),
+        examples.len(),
+        "{uncommented}"
+    );
+    std::fs::write(&cfg, &uncommented).unwrap();
+    let (code, text) = sonitor("validate", &cfg, Duration::from_secs(60));
+    assert_eq!(
+        code,
+        Some(0),
+        "the examples uncommented:\n{text}\n{uncommented}"
+    );
+    std::fs::write(&cfg, &base).unwrap();
 
     let lines: Vec<&str> = base.lines().collect();
     let (mut refused, mut ran, mut variants) = (0, 0, 0);

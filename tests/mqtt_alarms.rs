@@ -405,7 +405,8 @@ fn commands_are_answered_by_retained_state() {
         libc::kill(daemon.child.id() as i32, libc::SIGHUP);
     }
     daemon.wait_log(
-        "threshold_off (0.9) is above the threshold in force (0.6); keeping the running configuration",
+        "threshold_off (0.9) is above the threshold in force (0.6): it must be at most the threshold (an alarm \
+         clears once scores fall below threshold_off); keeping the running configuration",
         Duration::from_secs(5),
     );
     // Shown in the metrics too (set just after that line), until a reload applies the file.

@@ -281,7 +281,11 @@ pub fn parse_command(base: &str, topic: &str, payload: &str) -> Result<Command, 
             let enabled = match p.to_ascii_lowercase().as_str() {
                 "on" | "true" | "1" => true,
                 "off" | "false" | "0" => false,
-                _ => return Err(format!("enabled {q} must be ON or OFF")),
+                _ => {
+                    return Err(format!(
+                        "enabled {q} must be ON or OFF (or true/false, 1/0)"
+                    ))
+                }
             };
             Ok(Command::Enabled { machine, enabled })
         }
