@@ -25,6 +25,9 @@ pub struct Snapshot {
     /// Connected, but the broker has not delivered this daemon's own announcement back: it may drop what the daemon
     /// publishes (`sonitor_mqtt_echo_missing`).
     pub mqtt_echo_missing: Option<bool>,
+    /// Announcements of another sonitor under this node's topics since the start
+    /// (`sonitor_mqtt_node_conflicts_total`).
+    pub mqtt_node_conflicts: Option<u64>,
     /// Alarm messages waiting in the outbox for the broker, and those it dropped.
     pub outbox_messages: Option<u64>,
     pub outbox_dropped: Option<u64>,
@@ -174,6 +177,7 @@ impl Snapshot {
             mqtt_enabled: flag(one("sonitor_mqtt_enabled")),
             mqtt_connected: flag(one("sonitor_mqtt_connected")),
             mqtt_echo_missing: flag(one("sonitor_mqtt_echo_missing")),
+            mqtt_node_conflicts: count(one("sonitor_mqtt_node_conflicts_total")),
             outbox_messages: count(one("sonitor_outbox_messages")),
             outbox_dropped: count(one("sonitor_outbox_dropped_messages_total")),
             last_reload_successful: flag(one("sonitor_config_last_reload_successful")),
@@ -225,6 +229,14 @@ impl Snapshot {
                     items.push("MQTT: the broker does not deliver back".into())
                 }
                 _ => {}
+            }
+            // Two daemons with one node_id overwrite each other's retained alarms and take each other's
+            // connection: the log and a counter said it, `status` did not (review29).
+            if let Some(n) = self.mqtt_node_conflicts.filter(|n| *n > 0) {
+                items.push(format!(
+                    "another sonitor publishes under this node's topics ({n} time(s) since the start; the log \
+                     names it): give each device its own node_id"
+                ));
             }
         }
         // What a restart now would lose: the state directory takes no write (a full or read-only filesystem,
@@ -725,6 +737,7 @@ mod tests {
         m.last_reload_ok.set(1);
         m.restart_pending.set(1);
         m.mqtt_enabled.set(1);
+        m.mqtt_node_conflicts.inc();
         let snapshot = Snapshot::of(&parse_samples(&m.render()), None);
         let text = snapshot.text();
         assert!(
@@ -735,13 +748,14 @@ mod tests {
         assert!(
             text.contains(
                 "\nattention: pump-1 alarm ON; fan-2 NO_SCORES, not watched; MQTT not connected (0 alarm \
-                 message(s) wait); changes wait for a restart\n"
+                 message(s) wait); another sonitor publishes under this node's topics (1 time(s) since the \
+                 start; the log names it): give each device its own node_id; changes wait for a restart\n"
             ),
             "{text}"
         );
         // `--json`: the same, as fields.
         let j: serde_json::Value = serde_json::from_str(&snapshot.json().unwrap()).unwrap();
-        assert_eq!(j["attention"][3], "changes wait for a restart");
+        assert_eq!(j["attention"][4], "changes wait for a restart");
         assert_eq!(j["pid"], serde_json::Value::Null);
         assert_eq!(j["restart_pending"], true);
         assert_eq!(j["last_reload_successful"], true);

@@ -88,20 +88,40 @@ impl Command {
 }
 
 /// A command as the engineer published it: `pump-1: threshold/set 0.12`, `pump-1: mute/set 2h`.
+/// A machine name from a command's topic, for the log: as it is when it is a plain name, else quoted and cut short
+/// (review29: a 5000-character name from a stray publisher went into the log whole, and an empty one showed as
+/// nothing).
+fn shown_machine(m: &str) -> std::borrow::Cow<'_, str> {
+    let plain = !m.is_empty()
+        && m.len() <= 64
+        && m.chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if plain {
+        m.into()
+    } else {
+        quoted(m).into()
+    }
+}
+
 impl std::fmt::Display for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let machine = match self {
+            Command::Threshold { machine, .. }
+            | Command::Mute { machine, .. }
+            | Command::Enabled { machine, .. } => shown_machine(machine),
+        };
         match self {
-            Command::Threshold { machine, value } => match value {
+            Command::Threshold { value, .. } => match value {
                 Some(v) => write!(f, "{machine}: threshold/set {v:?}"),
                 None => write!(f, "{machine}: threshold/set default"),
             },
-            Command::Mute { machine, duration } if duration.is_zero() => {
+            Command::Mute { duration, .. } if duration.is_zero() => {
                 write!(f, "{machine}: mute/set OFF")
             }
-            Command::Mute { machine, duration } => {
+            Command::Mute { duration, .. } => {
                 write!(f, "{machine}: mute/set {}", duration_in_days(*duration))
             }
-            Command::Enabled { machine, enabled } => write!(
+            Command::Enabled { enabled, .. } => write!(
                 f,
                 "{machine}: enabled/set {}",
                 if *enabled { "ON" } else { "OFF" }
@@ -1271,8 +1291,9 @@ fn run(
             {
                 log::warn!(
                     "mqtt: connected to {endpoint} with a clean session, which drops the oversized message the \
-                     broker held for this client, and with it any command queued for it while it was away (lost); \
-                     reconnecting at once with the persistent session"
+                     broker held for this client, and with it every command queued for it behind that message or \
+                     while it was away (lost: their senders get no answer); reconnecting at once with the \
+                     persistent session"
                 );
                 purged = true;
             }
@@ -2256,6 +2277,21 @@ mod tests {
             u64::from(log.0.written()) + log.0.unlogged(),
             82 + MAX_HELD_COMMANDS as u64 + 12
         );
+    }
+
+    #[test]
+    fn a_commands_machine_is_logged_plain_or_quoted_and_cut() {
+        let c = |machine: &str| {
+            Command::Mute {
+                machine: machine.into(),
+                duration: Duration::ZERO,
+            }
+            .to_string()
+        };
+        assert_eq!(c("pump-1"), "pump-1: mute/set OFF");
+        assert_eq!(c(""), "\"\": mute/set OFF");
+        let long = c(&"x".repeat(5000));
+        assert!(long.len() < 200 && long.contains('…'), "{long}");
     }
 
     #[test]
