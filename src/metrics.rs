@@ -298,6 +298,7 @@ pub struct Metrics {
     pub mqtt_enabled: Gauge,
     /// 1 while connected without this daemon's own announcement delivered back (`mqtt::Session::own_echo`).
     pub mqtt_echo_missing: Gauge,
+    pub mqtt_commands_unread: Gauge,
     pub mqtt_connects: Counter,
     pub mqtt_published: Counter,
     pub mqtt_dropped: Counter,
@@ -638,6 +639,12 @@ impl Metrics {
             "gauge",
             "1 while connected but the broker has not delivered this daemon's own announcement (<base>/node) back within 10 s: it may drop what this client publishes (an ACL, a message size limit), alarms included; the broker's log says.",
             one(self.mqtt_echo_missing.get()),
+        );
+        family(
+            "sonitor_mqtt_commands_unread",
+            "gauge",
+            "1 while connected but the broker has not delivered this daemon's probe on its command topics (an empty message on <base>/.probe/mute/set) back within 10 s: commands do not reach it (an ACL that denies it reading <base>/+/+/set); the broker's log says.",
+            one(self.mqtt_commands_unread.get()),
         );
         family(
             "sonitor_mqtt_connects_total",

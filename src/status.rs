@@ -25,6 +25,9 @@ pub struct Snapshot {
     /// Connected, but the broker has not delivered this daemon's own announcement back: it may drop what the daemon
     /// publishes (`sonitor_mqtt_echo_missing`).
     pub mqtt_echo_missing: Option<bool>,
+    /// Connected, but the broker has not delivered the probe on the command topics back: commands do not reach the
+    /// daemon (`sonitor_mqtt_commands_unread`).
+    pub mqtt_commands_unread: Option<bool>,
     /// Announcements of another sonitor under this node's topics since the start
     /// (`sonitor_mqtt_node_conflicts_total`).
     pub mqtt_node_conflicts: Option<u64>,
@@ -178,6 +181,7 @@ impl Snapshot {
             mqtt_connected: flag(one("sonitor_mqtt_connected")),
             mqtt_echo_missing: flag(one("sonitor_mqtt_echo_missing")),
             mqtt_node_conflicts: count(one("sonitor_mqtt_node_conflicts_total")),
+            mqtt_commands_unread: flag(one("sonitor_mqtt_commands_unread")),
             outbox_messages: count(one("sonitor_outbox_messages")),
             outbox_dropped: count(one("sonitor_outbox_dropped_messages_total")),
             last_reload_successful: flag(one("sonitor_config_last_reload_successful")),
@@ -229,6 +233,12 @@ impl Snapshot {
                     items.push("MQTT: the broker does not deliver back".into())
                 }
                 _ => {}
+            }
+            if self.mqtt_connected == Some(true) && self.mqtt_commands_unread == Some(true) {
+                items.push(
+                    "MQTT: commands do not reach the daemon (the broker does not deliver its command topics to it)"
+                        .into(),
+                );
             }
             // Two daemons with one node_id overwrite each other's retained alarms and take each other's
             // connection: the log and a counter said it, `status` did not (review29).
@@ -738,6 +748,8 @@ mod tests {
         m.restart_pending.set(1);
         m.mqtt_enabled.set(1);
         m.mqtt_node_conflicts.inc();
+        // Not connected: what the probe says waits for a connection.
+        m.mqtt_commands_unread.set(1);
         let snapshot = Snapshot::of(&parse_samples(&m.render()), None);
         let text = snapshot.text();
         assert!(

@@ -1161,6 +1161,47 @@ fn a_broker_that_drops_this_daemons_messages_is_noticed() {
     }
 }
 
+/// An ACL that lets the daemon write its topics but not read its command topics: every command was lost without a
+/// word, `status` said `attention: none` (review29). The probe it publishes on them does not come back: it says so.
+#[test]
+fn a_broker_that_does_not_deliver_the_command_topics_is_noticed() {
+    let d = tempfile::tempdir().unwrap();
+    let acl = d.path().join("acl");
+    std::fs::write(
+        &acl,
+        "topic readwrite sonitor/t1/node\ntopic write sonitor/t1/#\n",
+    )
+    .unwrap();
+    let b = common::standard_bundle(d.path());
+    let broker = Broker::start_with(
+        &d.path().join("broker"),
+        &format!("acl_file {}\n", acl.display()),
+    );
+    let rig = Rig { broker, b, d };
+    let cfg = rig.config(&rig.looping_normal(), "");
+    let daemon = Daemon::start(&cfg, &[]);
+    daemon.wait_log("mqtt: connected", Duration::from_secs(20));
+    daemon.wait_log(
+        "has not delivered this daemon's probe on its command topics (sonitor/t1/.probe/mute/set",
+        Duration::from_secs(30),
+    );
+    common::wait_metrics(&cfg, Duration::from_secs(5), "the probe missing", |m| {
+        common::metric(m, "sonitor_mqtt_commands_unread") == Some(1.0)
+            && common::metric(m, "sonitor_mqtt_echo_missing") == Some(0.0)
+    });
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor"))
+        .args(["status", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("MQTT: commands do not reach the daemon"),
+        "{shown}"
+    );
+    drop(daemon);
+}
+
 fn a_broker_that_drops(refuse: &str) {
     let d = tempfile::tempdir().unwrap();
     let acl = d.path().join("acl");
@@ -1184,6 +1225,15 @@ fn a_broker_that_drops(refuse: &str) {
     common::wait_metrics(&cfg, Duration::from_secs(5), "the missing echo", |m| {
         common::metric(m, "sonitor_mqtt_echo_missing") == Some(1.0)
     });
+    if refuse == "size" {
+        // The probe on the command topics (an empty message) gets through that limit: commands are read.
+        let m = common::scrape(&cfg);
+        assert_eq!(
+            common::metric(&m, "sonitor_mqtt_commands_unread"),
+            Some(0.0),
+            "{m}"
+        );
+    }
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor"))
         .args(["status", "--config"])
         .arg(&cfg)

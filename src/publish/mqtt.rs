@@ -1116,6 +1116,9 @@ fn run(
     // once it is made, this daemon ends it itself and reconnects at once with its persistent session.
     let mut purging = false;
     let mut purged = false;
+    // The probe on this daemon's command topics ([`PROBE_MACHINE`]) and whether it came back on this connection.
+    let probe = format!("{base}/{PROBE_MACHINE}/mute/set");
+    let mut probe_back = false;
 
     // No wait longer than the beat while a watchdog looks at the turns.
     let at_most = |d: Duration| beat.map_or(d, |b| d.min(b));
@@ -1258,6 +1261,17 @@ fn run(
                 );
             }
             metrics.mqtt_echo_missing.set(u64::from(missing));
+            let unread = session.connected() && !probe_back && t.elapsed() >= OWN_ECHO_WAIT;
+            if unread && metrics.mqtt_commands_unread.get() == 0 {
+                log::error!(
+                    "mqtt: {endpoint}: the broker has not delivered this daemon's probe on its command topics \
+                     ({probe}, an empty message) back within {} s of connecting: commands sent to it do not \
+                     reach it (an ACL must let it read and write {base}/+/+/set); its log says. See \
+                     configs/README.md, \"Broker permissions\"",
+                    OWN_ECHO_WAIT.as_secs()
+                );
+            }
+            metrics.mqtt_commands_unread.set(u64::from(unread));
         }
 
         command_log.flush();
@@ -1310,6 +1324,12 @@ fn run(
                 for what in ["threshold", "mute", "enabled"] {
                     let _ = client.try_subscribe(format!("{base}/+/{what}/set"), QoS::AtLeastOnce);
                 }
+                // After the subscriptions, which the broker takes in order: an empty message (no command) that
+                // must come back, or commands do not reach this daemon (an ACL that lets it write but not read
+                // its command topics: review29, every command lost without a word).
+                probe_back = false;
+                let a = session.transient(&probe, "", true);
+                execute(&client, &mut session, a, &metrics);
             }
             Ok(Event::Incoming(Packet::PubAck(ack))) => {
                 if let Some(seq) = session.on_puback(ack.pkid) {
@@ -1347,6 +1367,15 @@ fn run(
                         let a = session.announce();
                         execute(&client, &mut session, a, &metrics);
                     }
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == probe => {
+                probe_back = true;
+                if metrics.mqtt_commands_unread.get() == 1 {
+                    metrics.mqtt_commands_unread.set(0);
+                    log::info!(
+                        "mqtt: the broker delivered this daemon's command topics to it at last"
+                    );
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -1676,6 +1705,10 @@ fn never_connected_hint(e: &ConnectionError, tls: bool) -> &'static str {
               this way; with a TLS port set [mqtt.tls] enabled = true)",
     }
 }
+
+/// The machine name of the probe on the command topics (`<base>/.probe/mute/set`, an empty message: no command):
+/// a `.` is in no machine's name.
+pub const PROBE_MACHINE: &str = ".probe";
 
 /// A message from the broker too large for this client to read ([`MAX_INCOMING`]): rumqttc ends the connection.
 fn oversized(e: &ConnectionError) -> bool {
