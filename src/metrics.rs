@@ -299,6 +299,7 @@ pub struct Metrics {
     /// 1 while connected without this daemon's own announcement delivered back (`mqtt::Session::own_echo`).
     pub mqtt_echo_missing: Gauge,
     pub mqtt_commands_unread: Gauge,
+    pub mqtt_ack_stalls: Counter,
     pub mqtt_connects: Counter,
     pub mqtt_published: Counter,
     pub mqtt_dropped: Counter,
@@ -645,6 +646,12 @@ impl Metrics {
             "gauge",
             "1 while connected but the broker has not delivered this daemon's probe on its command topics (an empty message on <base>/.probe/mute/set) back within 10 s: commands do not reach it (an ACL that denies it reading <base>/+/+/set); the broker's log says.",
             one(self.mqtt_commands_unread.get()),
+        );
+        family(
+            "sonitor_mqtt_ack_stalls_total",
+            "counter",
+            "Connections made again because the broker had acknowledged none of the alarm messages in flight for 3 × keep_alive (at least 30 s) while answering pings: a faulty broker; the reconnection sends them again.",
+            one(self.mqtt_ack_stalls.get()),
         );
         family(
             "sonitor_mqtt_connects_total",

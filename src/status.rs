@@ -28,6 +28,9 @@ pub struct Snapshot {
     /// Connected, but the broker has not delivered the probe on the command topics back: commands do not reach the
     /// daemon (`sonitor_mqtt_commands_unread`).
     pub mqtt_commands_unread: Option<bool>,
+    /// Connections made again because the broker acknowledged none of the alarm messages in flight
+    /// (`sonitor_mqtt_ack_stalls_total`).
+    pub mqtt_ack_stalls: Option<u64>,
     /// Announcements of another sonitor under this node's topics since the start
     /// (`sonitor_mqtt_node_conflicts_total`).
     pub mqtt_node_conflicts: Option<u64>,
@@ -182,6 +185,7 @@ impl Snapshot {
             mqtt_echo_missing: flag(one("sonitor_mqtt_echo_missing")),
             mqtt_node_conflicts: count(one("sonitor_mqtt_node_conflicts_total")),
             mqtt_commands_unread: flag(one("sonitor_mqtt_commands_unread")),
+            mqtt_ack_stalls: count(one("sonitor_mqtt_ack_stalls_total")),
             outbox_messages: count(one("sonitor_outbox_messages")),
             outbox_dropped: count(one("sonitor_outbox_dropped_messages_total")),
             last_reload_successful: flag(one("sonitor_config_last_reload_successful")),
@@ -239,6 +243,16 @@ impl Snapshot {
                     "MQTT: commands do not reach the daemon (the broker does not deliver its command topics to it)"
                         .into(),
                 );
+            }
+            // A broker that takes alarm messages and acknowledges none (review29): while some still wait.
+            if let (Some(n), Some(w)) = (
+                self.mqtt_ack_stalls.filter(|n| *n > 0),
+                self.outbox_messages.filter(|w| *w > 0),
+            ) {
+                items.push(format!(
+                    "MQTT: the broker has acknowledged no alarm message for long, {n} time(s) since the start, \
+                     and {w} wait (faulty broker?)"
+                ));
             }
             // Two daemons with one node_id overwrite each other's retained alarms and take each other's
             // connection: the log and a counter said it, `status` did not (review29).

@@ -1161,6 +1161,55 @@ fn a_broker_that_drops_this_daemons_messages_is_noticed() {
     }
 }
 
+/// A broker that takes the alarm messages, answers pings and acknowledges none of them (a faulty broker or proxy):
+/// they waited for ever while `status` said connected (review29). After 3 × keep_alive (at least 30 s) without an
+/// acknowledgement the daemon says so and connects again, which sends them again; once the broker acknowledges,
+/// the outbox empties.
+#[test]
+fn a_broker_that_acknowledges_no_alarm_message_is_reconnected() {
+    let rig = Rig::start();
+    let relay = common::PubackDrop::start(rig.broker.port);
+    relay.drop_acks(true);
+    let second = format!(
+        "\n[[machines]]\nname = \"pump-2\"\ndevice = \"mic\"\nchannel = 0\nbundle = \"{}\"\n\
+         section = \"pump/section_00\"\nthreshold = 0.0001\nraise_k = 1\nraise_n = 1\n",
+        rig.b.dir.display()
+    );
+    let cfg = rig.config(&rig.looping_normal(), &second);
+    common::edit(&cfg, |t| {
+        t.replace(
+            &format!("port = {}\n", rig.broker.port),
+            &format!("port = {}\nkeep_alive = \"5s\"\n", relay.port),
+        )
+    });
+    let daemon = Daemon::start(&cfg, &[]);
+    daemon.wait_log("alarm ON: pump-2", Duration::from_secs(20));
+    daemon.wait_log(
+        "the broker has acknowledged none of the",
+        Duration::from_secs(60),
+    );
+    common::wait_metrics(&cfg, Duration::from_secs(10), "the stall", |m| {
+        common::metric(m, "sonitor_mqtt_ack_stalls_total") >= Some(1.0)
+            && common::metric(m, "sonitor_outbox_messages") > Some(0.0)
+    });
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor"))
+        .args(["status", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("MQTT: the broker has acknowledged no alarm message for long"),
+        "{shown}"
+    );
+    // The broker mended: the next connection's resend is acknowledged, and the outbox empties.
+    relay.drop_acks(false);
+    common::wait_metrics(&cfg, Duration::from_secs(60), "the outbox drained", |m| {
+        common::metric(m, "sonitor_outbox_messages") == Some(0.0)
+    });
+    drop(daemon);
+}
+
 /// An ACL that lets the daemon write its topics but not read its command topics: every command was lost without a
 /// word, `status` said `attention: none` (review29). The probe it publishes on them does not come back: it says so.
 #[test]

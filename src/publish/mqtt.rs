@@ -434,6 +434,9 @@ pub struct Session {
     requested: VecDeque<Carried>,
     /// pkid → outbox sequence number, for outbox messages sent and not yet acknowledged.
     inflight: HashMap<u16, u64>,
+    /// Since when the outbox messages in flight have waited without the broker acknowledging any of them: the
+    /// first was sent then, or the last acknowledgement came then ([`Self::acks_stalled_for`]).
+    acks_awaited_since: Option<Instant>,
     /// The last outbox message sent on this connection.
     last_sent: Option<u64>,
     window: usize,
@@ -496,6 +499,7 @@ impl Session {
             connected: false,
             requested: VecDeque::new(),
             inflight: HashMap::new(),
+            acks_awaited_since: None,
             last_sent: None,
             window: window.max(1),
             retained: BTreeMap::new(),
@@ -627,6 +631,7 @@ impl Session {
         self.node.echoed = false;
         self.requested.clear();
         self.inflight.clear();
+        self.acks_awaited_since = None;
         self.last_sent = None;
         self.stop = StopState::NotSent;
         let mut out = Vec::new();
@@ -653,6 +658,7 @@ impl Session {
         self.node.sent = None;
         self.requested.clear();
         self.inflight.clear();
+        self.acks_awaited_since = None;
         self.last_sent = None;
         self.stop = StopState::NotSent;
     }
@@ -661,6 +667,9 @@ impl Session {
     pub fn on_outgoing_publish(&mut self, pkid: u16) {
         match self.requested.pop_front() {
             Some(Carried::Outbox(seq)) if pkid != 0 => {
+                if self.inflight.is_empty() {
+                    self.acks_awaited_since = Some(Instant::now());
+                }
                 self.inflight.insert(pkid, seq);
             }
             Some(Carried::Stopped) if pkid != 0 => self.stop = StopState::Sent(pkid),
@@ -731,7 +740,16 @@ impl Session {
             self.node.sent = None;
             self.node.acknowledged = true;
         }
-        self.inflight.remove(&pkid)
+        let seq = self.inflight.remove(&pkid);
+        if seq.is_some() {
+            self.acks_awaited_since = (!self.inflight.is_empty()).then(Instant::now);
+        }
+        seq
+    }
+
+    /// How long the outbox messages in flight have waited without any acknowledgement: `None` when none waits.
+    pub fn acks_stalled_for(&self) -> Option<Duration> {
+        self.acks_awaited_since.map(|t| t.elapsed())
     }
 
     fn outbox_in_flight(&self) -> usize {
@@ -1115,7 +1133,12 @@ fn run(
     // The next connection is the clean one that drops an oversized message queued for this client ([`oversized`]);
     // once it is made, this daemon ends it itself and reconnects at once with its persistent session.
     let mut purging = false;
-    let mut purged = false;
+    // This daemon ended the connection itself (the clean one above, or one whose acknowledgements stalled): the
+    // next follows at once.
+    let mut own_disconnect = false;
+    // A broker that takes the alarm messages and acknowledges none of them for this long: reconnected, which sends
+    // them again.
+    let ack_stall = (q.keep_alive * 3).max(ACK_STALL_MIN);
     // The probe on this daemon's command topics ([`PROBE_MACHINE`]) and whether it came back on this connection.
     let probe = format!("{base}/{PROBE_MACHINE}/mute/set");
     let mut probe_back = false;
@@ -1272,6 +1295,21 @@ fn run(
                 );
             }
             metrics.mqtt_commands_unread.set(u64::from(unread));
+            // Connected, the pings answered, and the alarm messages taken but never acknowledged (review29: a
+            // broken broker or proxy; they waited for ever, `status` saying connected).
+            if let Some(waited) = session.acks_stalled_for().filter(|w| *w >= ack_stall) {
+                if !own_disconnect && client.try_disconnect().is_ok() {
+                    own_disconnect = true;
+                    metrics.mqtt_ack_stalls.inc();
+                    log::error!(
+                        "mqtt: {endpoint}: the broker has acknowledged none of the {} alarm message(s) sent to it \
+                         for {} s; reconnecting, which sends them again (a broker that takes messages and never \
+                         acknowledges them is faulty: its log says)",
+                        lock(&outbox).len(),
+                        waited.as_secs()
+                    );
+                }
+            }
         }
 
         command_log.flush();
@@ -1309,7 +1347,7 @@ fn run(
                      while it was away (lost: their senders get no answer); reconnecting at once with the \
                      persistent session"
                 );
-                purged = true;
+                own_disconnect = true;
             }
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 log::info!("mqtt: connected to {endpoint} ({:?})", ack.code);
@@ -1402,7 +1440,7 @@ fn run(
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => session.on_outgoing_publish(pkid),
             Ok(_) => {}
-            Err(_) if std::mem::take(&mut purged) => {
+            Err(_) if std::mem::take(&mut own_disconnect) => {
                 // This daemon's own DISCONNECT of the clean connection: the persistent one follows at once.
                 session.on_disconnected();
                 connected_at = None;
@@ -1705,6 +1743,10 @@ fn never_connected_hint(e: &ConnectionError, tls: bool) -> &'static str {
               this way; with a TLS port set [mqtt.tls] enabled = true)",
     }
 }
+
+/// The least time without any acknowledgement of the alarm messages in flight before the connection is made again
+/// (3 × keep_alive when longer).
+const ACK_STALL_MIN: Duration = Duration::from_secs(30);
 
 /// The machine name of the probe on the command topics (`<base>/.probe/mute/set`, an empty message: no command):
 /// a `.` is in no machine's name.

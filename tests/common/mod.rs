@@ -656,6 +656,87 @@ impl AckHold {
     }
 }
 
+/// A relay in front of the broker that drops the broker's PUBACKs while told to: a faulty broker that takes the
+/// messages, answers pings, and acknowledges nothing (review29).
+pub struct PubackDrop {
+    pub port: u16,
+    drop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PubackDrop {
+    pub fn start(broker_port: u16) -> PubackDrop {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let drop = Arc::new(AtomicBool::new(false));
+        let dr = drop.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(broker) = std::net::TcpStream::connect(("127.0.0.1", broker_port)) else {
+                    continue;
+                };
+                let (mut c_in, mut b_out) =
+                    (client.try_clone().unwrap(), broker.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = c_in.read(&mut buf) {
+                        if n == 0 || b_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = b_out.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut b_in, mut c_out) = (broker, client);
+                let dr = dr.clone();
+                std::thread::spawn(move || {
+                    // Whole MQTT packets: a fixed header byte, the remaining length (1 to 4 bytes), the rest.
+                    let mut pending: Vec<u8> = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    'read: while let Ok(n) = b_in.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        pending.extend_from_slice(&buf[..n]);
+                        loop {
+                            let (mut len, mut shift, mut at) = (0usize, 0, 1);
+                            let complete = loop {
+                                let Some(&b) = pending.get(at) else {
+                                    break false;
+                                };
+                                len |= usize::from(b & 0x7f) << shift;
+                                at += 1;
+                                if b & 0x80 == 0 {
+                                    break true;
+                                }
+                                shift += 7;
+                            };
+                            if !complete || pending.len() < at + len {
+                                break;
+                            }
+                            let packet: Vec<u8> = pending.drain(..at + len).collect();
+                            let puback = packet[0] >> 4 == 4;
+                            if !(puback && dr.load(Ordering::SeqCst))
+                                && c_out.write_all(&packet).is_err()
+                            {
+                                break 'read;
+                            }
+                        }
+                    }
+                    let _ = c_out.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        PubackDrop { port, drop }
+    }
+
+    /// Whether the broker's PUBACKs are dropped from now on.
+    pub fn drop_acks(&self, on: bool) {
+        self.drop.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Msg {
     pub topic: String,
