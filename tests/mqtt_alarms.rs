@@ -634,8 +634,13 @@ fn a_stop_while_waiting_to_reconnect_still_leaves_stopped() {
     });
     let daemon = Daemon::start(&cfg, &[]);
     wait_online(&rec);
-    // Saved by the broker (every second), then the crash.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Saved by the broker (every second: waited for, a loaded machine took longer than 1.5 s), then the crash.
+    let db = rig.path().join("broker/mosquitto.db");
+    let t0 = std::time::Instant::now();
+    while !std::fs::read(&db).is_ok_and(|b| b.windows(6).any(|w| w == b"online")) {
+        assert!(t0.elapsed() < Duration::from_secs(20), "{db:?} never saved");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     rig.broker.crash();
     daemon.wait_log("retrying in 60s", Duration::from_secs(20));
     rig.broker.restart();
@@ -1192,12 +1197,7 @@ fn a_broker_that_acknowledges_no_alarm_message_is_reconnected() {
         common::metric(m, "sonitor_mqtt_ack_stalls_total") >= Some(1.0)
             && common::metric(m, "sonitor_outbox_messages") > Some(0.0)
     });
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor"))
-        .args(["status", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let shown = String::from_utf8_lossy(&out.stdout);
+    let shown = status_text(&cfg);
     assert!(
         shown.contains("MQTT: the broker has acknowledged no alarm message for long"),
         "{shown}"
@@ -1238,12 +1238,7 @@ fn a_broker_that_does_not_deliver_the_command_topics_is_noticed() {
         common::metric(m, "sonitor_mqtt_commands_unread") == Some(1.0)
             && common::metric(m, "sonitor_mqtt_echo_missing") == Some(0.0)
     });
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor"))
-        .args(["status", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let shown = String::from_utf8_lossy(&out.stdout);
+    let shown = status_text(&cfg);
     assert!(
         shown.contains("MQTT: commands do not reach the daemon"),
         "{shown}"
@@ -1283,17 +1278,22 @@ fn a_broker_that_drops(refuse: &str) {
             "{m}"
         );
     }
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor"))
-        .args(["status", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let shown = String::from_utf8_lossy(&out.stdout);
+    let shown = status_text(&cfg);
     assert!(
         shown.contains("does not deliver this daemon's own announcement back"),
         "{shown}"
     );
     drop(daemon);
+}
+
+/// What `sonitor status` prints for the daemon of `cfg`.
+fn status_text(cfg: &Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor"))
+        .args(["status", "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The distinct instances announced on `sonitor/t1/node`, in order.

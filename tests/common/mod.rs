@@ -587,60 +587,72 @@ pub struct AckHold {
     hold: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// A relay on a free loopback port in front of the broker on `broker_port`: what a client sends goes through as it
+/// is; what the broker sends goes through `answers(broker, client)`, one thread per connection. Returns the port.
+fn relay<F>(broker_port: u16, answers: F) -> u16
+where
+    F: Fn(std::net::TcpStream, std::net::TcpStream) + Clone + Send + 'static,
+{
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let Ok(broker) = std::net::TcpStream::connect(("127.0.0.1", broker_port)) else {
+                continue;
+            };
+            let (mut c_in, mut b_out) = (client.try_clone().unwrap(), broker.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = c_in.read(&mut buf) {
+                    if n == 0 || b_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                // The client's end (FIN) after all its bytes, as the broker would have seen it directly.
+                let _ = b_out.shutdown(std::net::Shutdown::Write);
+            });
+            let answers = answers.clone();
+            std::thread::spawn(move || {
+                let c = client.try_clone().unwrap();
+                answers(broker, client);
+                let _ = c.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    port
+}
+
 impl AckHold {
     pub fn start(broker_port: u16) -> AckHold {
         use std::io::{Read, Write};
         use std::sync::atomic::{AtomicBool, Ordering};
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         let hold = Arc::new(AtomicBool::new(false));
         let h = hold.clone();
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { return };
-                let Ok(broker) = std::net::TcpStream::connect(("127.0.0.1", broker_port)) else {
+        let port = relay(broker_port, move |mut b_in, mut c_out| {
+            b_in.set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            let mut buf = [0u8; 4096];
+            loop {
+                if h.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(20));
                     continue;
-                };
-                let (mut c_in, mut b_out) =
-                    (client.try_clone().unwrap(), broker.try_clone().unwrap());
-                std::thread::spawn(move || {
-                    let mut buf = [0u8; 4096];
-                    while let Ok(n) = c_in.read(&mut buf) {
-                        if n == 0 || b_out.write_all(&buf[..n]).is_err() {
+                }
+                match b_in.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if c_out.write_all(&buf[..n]).is_err() {
                             break;
                         }
                     }
-                    // The client's end (FIN) after all its bytes, as the broker would have seen it directly.
-                    let _ = b_out.shutdown(std::net::Shutdown::Write);
-                });
-                let (mut b_in, mut c_out) = (broker, client);
-                b_in.set_read_timeout(Some(Duration::from_millis(50)))
-                    .unwrap();
-                let h = h.clone();
-                std::thread::spawn(move || {
-                    let mut buf = [0u8; 4096];
-                    loop {
-                        if h.load(Ordering::SeqCst) {
-                            std::thread::sleep(Duration::from_millis(20));
-                            continue;
-                        }
-                        match b_in.read(&mut buf) {
-                            Ok(0) => break,
-                            Ok(n) => {
-                                if c_out.write_all(&buf[..n]).is_err() {
-                                    break;
-                                }
-                            }
-                            Err(e)
-                                if matches!(
-                                    e.kind(),
-                                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                                ) => {}
-                            Err(_) => break,
-                        }
-                    }
-                    let _ = c_out.shutdown(std::net::Shutdown::Write);
-                });
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(_) => break,
+                }
             }
         });
         AckHold { port, hold }
@@ -667,65 +679,39 @@ impl PubackDrop {
     pub fn start(broker_port: u16) -> PubackDrop {
         use std::io::{Read, Write};
         use std::sync::atomic::{AtomicBool, Ordering};
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         let drop = Arc::new(AtomicBool::new(false));
         let dr = drop.clone();
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { return };
-                let Ok(broker) = std::net::TcpStream::connect(("127.0.0.1", broker_port)) else {
-                    continue;
-                };
-                let (mut c_in, mut b_out) =
-                    (client.try_clone().unwrap(), broker.try_clone().unwrap());
-                std::thread::spawn(move || {
-                    let mut buf = [0u8; 4096];
-                    while let Ok(n) = c_in.read(&mut buf) {
-                        if n == 0 || b_out.write_all(&buf[..n]).is_err() {
-                            break;
+        let port = relay(broker_port, move |mut b_in, mut c_out| {
+            // Whole MQTT packets: a fixed header byte, the remaining length (1 to 4 bytes), the rest.
+            let mut pending: Vec<u8> = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = b_in.read(&mut buf) {
+                if n == 0 {
+                    return;
+                }
+                pending.extend_from_slice(&buf[..n]);
+                loop {
+                    let (mut len, mut shift, mut at) = (0usize, 0, 1);
+                    let complete = loop {
+                        let Some(&b) = pending.get(at) else {
+                            break false;
+                        };
+                        len |= usize::from(b & 0x7f) << shift;
+                        at += 1;
+                        if b & 0x80 == 0 {
+                            break true;
                         }
+                        shift += 7;
+                    };
+                    if !complete || pending.len() < at + len {
+                        break;
                     }
-                    let _ = b_out.shutdown(std::net::Shutdown::Write);
-                });
-                let (mut b_in, mut c_out) = (broker, client);
-                let dr = dr.clone();
-                std::thread::spawn(move || {
-                    // Whole MQTT packets: a fixed header byte, the remaining length (1 to 4 bytes), the rest.
-                    let mut pending: Vec<u8> = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    'read: while let Ok(n) = b_in.read(&mut buf) {
-                        if n == 0 {
-                            break;
-                        }
-                        pending.extend_from_slice(&buf[..n]);
-                        loop {
-                            let (mut len, mut shift, mut at) = (0usize, 0, 1);
-                            let complete = loop {
-                                let Some(&b) = pending.get(at) else {
-                                    break false;
-                                };
-                                len |= usize::from(b & 0x7f) << shift;
-                                at += 1;
-                                if b & 0x80 == 0 {
-                                    break true;
-                                }
-                                shift += 7;
-                            };
-                            if !complete || pending.len() < at + len {
-                                break;
-                            }
-                            let packet: Vec<u8> = pending.drain(..at + len).collect();
-                            let puback = packet[0] >> 4 == 4;
-                            if !(puback && dr.load(Ordering::SeqCst))
-                                && c_out.write_all(&packet).is_err()
-                            {
-                                break 'read;
-                            }
-                        }
+                    let packet: Vec<u8> = pending.drain(..at + len).collect();
+                    let puback = packet[0] >> 4 == 4;
+                    if !(puback && dr.load(Ordering::SeqCst)) && c_out.write_all(&packet).is_err() {
+                        return;
                     }
-                    let _ = c_out.shutdown(std::net::Shutdown::Write);
-                });
+                }
             }
         });
         PubackDrop { port, drop }
