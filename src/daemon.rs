@@ -786,7 +786,6 @@ pub fn start(
         swaps: Some(swap_tx),
         unpublished_removals: std::collections::BTreeMap::new(),
         unknown_commands: Default::default(),
-        unknown_answers: crate::publish::mqtt::refusal_budget(),
         cfg,
     };
     ctl.keep_removed(&saved);

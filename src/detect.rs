@@ -535,9 +535,6 @@ pub(crate) struct Controller {
     /// Commands received for a machine this daemon does not watch, since the start: logged at 1, 2, 4, 8, …, or a
     /// flood of them (a misconfigured client) would push the alarm lines out of journald's rate limit.
     pub(crate) unknown_commands: crate::metrics::Counter,
-    /// The answers to commands for machines not watched here, on their `…/refused` topics, as many as the
-    /// log's command lines (`refusal_budget`).
-    pub(crate) unknown_answers: crate::metrics::LogBudget,
 }
 
 impl Controller {
@@ -1569,46 +1566,38 @@ impl Controller {
     }
 
     pub(crate) fn on_command(&mut self, c: Command) {
-        let (name, setting) = match &c {
-            Command::Threshold { machine, .. } => (machine.clone(), "threshold"),
-            Command::Mute { machine, .. } => (machine.clone(), "mute"),
-            Command::Enabled { machine, .. } => (machine.clone(), "enabled"),
-        };
-        let Some(i) = self.watched(&name) else {
+        let name = c.machine();
+        let Some(i) = self.watched(name) else {
             self.metrics.commands_rejected.inc();
             if let Some(n) = self.unknown_commands.inc_log_due() {
                 log::warn!(
                     "command for unknown machine {} ignored ({n} for machines not watched here since the start; \
                      logged at 1, 2, 4, 8, …)",
-                    crate::publish::mqtt::quoted(&name)
+                    crate::publish::mqtt::quoted(name)
                 );
             }
             // Answered where its sender looks (a mistyped name did nothing, in silence, for anyone without the
             // daemon's log), naming the machines that are watched.
-            self.unknown_answers.roll();
-            if self.unknown_answers.allow() {
-                let watched: Vec<&str> = self
-                    .machines
-                    .iter()
-                    .filter(|m| !m.removed)
-                    .map(|m| m.cfg.name.as_str())
-                    .collect();
-                let shown = watched.len().min(8);
-                let more = if watched.len() > shown {
-                    format!(" and {} more", watched.len() - shown)
-                } else {
-                    String::new()
-                };
-                self.send(ToMqtt::Transient {
-                    topic: format!("{}/{name}/{setting}/refused", self.base),
-                    payload: format!(
-                        "no machine {} is watched by this node: its machines are {}{more}",
-                        crate::publish::mqtt::quoted(&name),
-                        watched[..shown].join(", ")
-                    ),
-                    qos1: false,
-                });
-            }
+            let watched: Vec<&str> = self
+                .machines
+                .iter()
+                .filter(|m| !m.removed)
+                .map(|m| m.cfg.name.as_str())
+                .collect();
+            let shown = watched.len().min(8);
+            let more = if watched.len() > shown {
+                format!(" and {} more", watched.len() - shown)
+            } else {
+                String::new()
+            };
+            self.send(ToMqtt::Refused {
+                topic: c.topic(&self.base),
+                why: format!(
+                    "no machine {} is watched by this node: its machines are {}{more}",
+                    crate::publish::mqtt::quoted(name),
+                    watched[..shown].join(", ")
+                ),
+            });
             return;
         };
         let now_ms = self.machines[i].last_t_ms;
@@ -2394,7 +2383,6 @@ mod tests {
             swaps: None,
             unpublished_removals: BTreeMap::new(),
             unknown_commands: Default::default(),
-            unknown_answers: crate::publish::mqtt::refusal_budget(),
             cfg,
         };
         (ctl, clip_rx)

@@ -46,6 +46,9 @@ pub enum ToMqtt {
         payload: String,
         qos1: bool,
     },
+    /// A command published on `topic` was refused for `why` (a machine not watched here): answered on its
+    /// `…/refused` topic, within the one budget of answers ([`answer_refusal`]).
+    Refused { topic: String, why: String },
     /// Stop: give the outbox a moment to drain, publish `stopped` and disconnect once it is acknowledged;
     /// without that acknowledgement, close the connection without DISCONNECT so that the broker publishes the
     /// last will (`offline`). Either way the retained `status` stops saying `online` ([`STOP_TIMEOUT`]).
@@ -72,12 +75,22 @@ pub enum Command {
 }
 
 impl Command {
-    fn machine(&self) -> &str {
+    pub(crate) fn machine(&self) -> &str {
         match self {
             Command::Threshold { machine, .. }
             | Command::Mute { machine, .. }
             | Command::Enabled { machine, .. } => machine,
         }
+    }
+
+    /// The topic it is published on under `base`: `<base>/<machine>/<setting>/set`.
+    pub(crate) fn topic(&self, base: &str) -> String {
+        let setting = match self {
+            Command::Threshold { .. } => "threshold",
+            Command::Mute { .. } => "mute",
+            Command::Enabled { .. } => "enabled",
+        };
+        format!("{base}/{}/{setting}/set", self.machine())
     }
 
     /// Both set the same thing of the same machine: the later one replaces the earlier.
@@ -87,29 +100,21 @@ impl Command {
     }
 }
 
-/// A command as the engineer published it: `pump-1: threshold/set 0.12`, `pump-1: mute/set 2h`.
-/// A machine name from a command's topic, for the log: as it is when it is a plain name, else quoted and cut short
-/// (review29: a 5000-character name from a stray publisher went into the log whole, and an empty one showed as
-/// nothing).
+/// A machine name from a command's topic, for the log: as it is when it could be a machine's name, else quoted and
+/// cut short (review29: a 5000-character name from a stray publisher went into the log whole, and an empty one
+/// showed as nothing).
 fn shown_machine(m: &str) -> std::borrow::Cow<'_, str> {
-    let plain = !m.is_empty()
-        && m.len() <= 64
-        && m.chars()
-            .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if plain {
+    if crate::config::valid_name(m) {
         m.into()
     } else {
         quoted(m).into()
     }
 }
 
+/// A command as the engineer published it: `pump-1: threshold/set 0.12`, `pump-1: mute/set 2h`.
 impl std::fmt::Display for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let machine = match self {
-            Command::Threshold { machine, .. }
-            | Command::Mute { machine, .. }
-            | Command::Enabled { machine, .. } => shown_machine(machine),
-        };
+        let machine = shown_machine(self.machine());
         match self {
             Command::Threshold { value, .. } => match value {
                 Some(v) => write!(f, "{machine}: threshold/set {v:?}"),
@@ -178,13 +183,22 @@ fn quoted_up_to(s: &str, max: usize) -> String {
 /// A message on a command topic that is not applied ([`incoming_command`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ignored {
-    /// `Info` for an empty message (no command: a retained one deleted), `Warn` for a command refused.
-    pub level: log::Level,
     /// The log's line.
     pub line: String,
     /// Why a command was refused, for the answer on its `…/refused` topic ([`refused_topic`]); `None` for an
     /// empty message, which is no command and gets no answer.
     pub refused: Option<String>,
+}
+
+impl Ignored {
+    /// `Info` for an empty message (no command: a retained one deleted), `Warn` for a command refused.
+    pub fn level(&self) -> log::Level {
+        if self.refused.is_some() {
+            log::Level::Warn
+        } else {
+            log::Level::Info
+        }
+    }
 }
 
 /// Where the daemon answers a command it refuses: `<base>/<machine>/<setting>/refused` for a command published on
@@ -210,7 +224,6 @@ pub fn incoming_command(
     let payload = String::from_utf8_lossy(payload);
     if payload.trim().is_empty() {
         return Err(Ignored {
-            level: log::Level::Info,
             line: format!(
                 "mqtt: empty message on {}: no command (an empty message deletes a retained one)",
                 shown_topic(topic)
@@ -232,7 +245,6 @@ pub fn incoming_command(
         }
     };
     Err(Ignored {
-        level: log::Level::Warn,
         line: format!("mqtt: ignored message on {}: {why}", shown_topic(topic)),
         refused: Some(why),
     })
@@ -1125,6 +1137,7 @@ fn run(
     let endpoint = format!("{}:{}", q.host, q.port);
     let client_id = q.client_id.clone().unwrap_or_default();
     let mut command_log = CommandLog::new();
+    let mut answers = refusal_budget();
     let mut waiting = Waiting::default();
     // Connections closed by the broker soon after it accepted them, in a row.
     let mut short_lived = 0u32;
@@ -1174,6 +1187,9 @@ fn run(
                     }
                     let a = session.transient(&topic, &payload, qos1);
                     execute(&client, &mut session, a, &metrics);
+                }
+                Ok(ToMqtt::Refused { topic, why }) => {
+                    answer_refusal(&mut answers, &client, &mut session, &metrics, &topic, &why)
                 }
                 Ok(ToMqtt::Shutdown) | Err(crossbeam_channel::TryRecvError::Disconnected) => {
                     if shutdown_deadline.is_none() {
@@ -1253,7 +1269,8 @@ fn run(
                                 shutdown_deadline = Instant::now().checked_add(STOP_TIMEOUT);
                             }
                             ToMqtt::Transient { .. } => metrics.mqtt_dropped.inc(),
-                            ToMqtt::OutboxChanged => {}
+                            // No one to answer while the broker is away.
+                            ToMqtt::OutboxChanged | ToMqtt::Refused { .. } => {}
                         }
                     }
                     Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
@@ -1421,19 +1438,20 @@ fn run(
                     Ok(c) => waiting.forward(&commands, c, &metrics, &mut command_log),
                     Err(ignored) => {
                         // An empty message (a retained one deleted) is no command; anything else was one, refused,
-                        // and answered on its `…/refused` topic (as many answers as log lines: a flood of bad
-                        // commands is not echoed one for one).
-                        if ignored.refused.is_some() {
-                            metrics.commands_rejected.inc();
-                        }
+                        // and answered on its `…/refused` topic.
                         if command_log.allow() {
-                            log::log!(ignored.level, "{}", ignored.line);
-                            if let (Some(why), Some(answer)) =
-                                (&ignored.refused, refused_topic(&p.topic))
-                            {
-                                let a = session.transient(&answer, why, false);
-                                execute(&client, &mut session, a, &metrics);
-                            }
+                            log::log!(ignored.level(), "{}", ignored.line);
+                        }
+                        if let Some(why) = &ignored.refused {
+                            metrics.commands_rejected.inc();
+                            answer_refusal(
+                                &mut answers,
+                                &client,
+                                &mut session,
+                                &metrics,
+                                &p.topic,
+                                why,
+                            );
                         }
                     }
                 }
@@ -1529,9 +1547,28 @@ fn run(
 const COMMAND_LOG_LINES: u32 = 20;
 const COMMAND_LOG_WINDOW: Duration = Duration::from_secs(10);
 
-/// The budget of the answers to refused commands: as many as the log's command lines.
-pub(crate) fn refusal_budget() -> LogBudget {
+/// The budget of the answers to refused commands, whoever refused them (the publisher a message it cannot read,
+/// the daemon a machine it does not watch): as many as the log's command lines, so that a flood of bad commands is
+/// not echoed one for one.
+fn refusal_budget() -> LogBudget {
     LogBudget::new(COMMAND_LOG_LINES, COMMAND_LOG_WINDOW)
+}
+
+/// Answers the command refused for `why` that was published on `command_topic`, on its `…/refused` topic
+/// ([`refused_topic`]), when `answers` allows.
+fn answer_refusal(
+    answers: &mut LogBudget,
+    client: &Client,
+    session: &mut Session,
+    metrics: &Metrics,
+    command_topic: &str,
+    why: &str,
+) {
+    answers.roll();
+    if let Some(topic) = refused_topic(command_topic).filter(|_| answers.allow()) {
+        let a = session.transient(&topic, why, false);
+        execute(client, session, a, metrics);
+    }
 }
 
 /// Bounds the log lines of commands: a storm of commands (40 000 in 3 s in an adversarial run) wrote a line each,
@@ -2375,7 +2412,7 @@ mod tests {
         let t = "sonitor/n1/pump/mute/set";
         assert!(incoming_command(b, t, b"10m", false).is_ok());
         let i = incoming_command(b, t, b"10m", true).unwrap_err();
-        assert_eq!(i.level, log::Level::Warn);
+        assert_eq!(i.level(), log::Level::Warn);
         let why = i.refused.unwrap();
         assert!(
             why.contains("mosquitto_pub -r -n -t \"sonitor/n1/pump/mute/set\""),
@@ -2384,11 +2421,11 @@ mod tests {
         assert!(i.line.ends_with(&why), "{}", i.line);
         // An empty message is no command: logged, not answered.
         let i = incoming_command(b, t, b"", false).unwrap_err();
-        assert_eq!(i.level, log::Level::Info);
+        assert_eq!(i.level(), log::Level::Info);
         assert!(i.line.contains("no command"), "{}", i.line);
         assert_eq!(i.refused, None);
         let i = incoming_command(b, t, b"0,05", false).unwrap_err();
-        assert_eq!(i.level, log::Level::Warn);
+        assert_eq!(i.level(), log::Level::Warn);
         let why = i.refused.unwrap();
         assert!(
             why.starts_with("mute \"0,05\" is not a duration (e.g. 30m, 3600)"),
