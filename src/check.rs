@@ -51,9 +51,9 @@ pub(crate) fn threshold_off_above_bundle(
         .threshold_off
         .filter(|off| *off > bundle_threshold)?;
     Some(format!(
-        "machine '{}': threshold_off ({off}) is above the threshold in force ({bundle_threshold}): it must be at \
-         most the threshold (an alarm clears once scores fall below threshold_off)",
-        m.name
+        "machine '{}': {}",
+        m.name,
+        crate::config::threshold_off_above(off, bundle_threshold)
     ))
 }
 

@@ -2026,10 +2026,7 @@ impl DetectorConfig {
             self.threshold_off.filter(|&t| valid(t)),
         ) {
             if off > on {
-                p.push(format!(
-                    "threshold_off ({off}) is above the threshold in force ({on}): it must be at most the \
-                     threshold (an alarm clears once scores fall below threshold_off)"
-                ));
+                p.push(threshold_off_above(off, on));
             }
         }
         p
@@ -2127,6 +2124,15 @@ fn not_a_file(path: &Path) -> String {
         }
         Err(_) => "does not exist".into(),
     }
+}
+
+/// The refusal of a `threshold_off` above the threshold `on` in force, saying what to write instead: one wording
+/// for the machine's own threshold and the bundle's ([`crate::check::threshold_off_above_bundle`]).
+pub(crate) fn threshold_off_above(off: f64, on: f64) -> String {
+    format!(
+        "threshold_off ({off}) is above the threshold in force ({on}): it must be at most the threshold (an alarm \
+         clears once scores fall below threshold_off)"
+    )
 }
 
 /// ASCII letters, digits, `-`, `_`, at most [`NAME_MAX`] of them.
