@@ -68,6 +68,17 @@ fn names_in(dir: &Path) -> anyhow::Result<Vec<String>> {
     Ok(v)
 }
 
+/// How to put back by hand what a replacement set aside in `backup`: one wording for every message that asks it.
+pub fn how_to_put_back(backup: &Path, out: &Path) -> String {
+    format!(
+        "move everything in {} into {}, replacing what is there of the same name (remove a folder there first: `mv` \
+         does not merge folders), and remove {}",
+        backup.display(),
+        out.display(),
+        backup.display()
+    )
+}
+
 /// Refuses `out` while it holds the entries an interrupted replacement set aside: a new run would mix its files
 /// with them, and a second `--force` would have nowhere to keep the first one's old bundle.
 pub fn check_no_leftover(out: &Path, flag: &str) -> anyhow::Result<()> {
@@ -115,14 +126,11 @@ pub fn check_no_leftover(out: &Path, flag: &str) -> anyhow::Result<()> {
     };
     anyhow::bail!(
         "{flag} {}: {} holds what a --force run set aside from it ({}): the bundle it was replacing. {finish} To go \
-         back to the old bundle, move everything in {} into {}, replacing what is there of the same name (remove a \
-         folder there first: `mv` does not merge folders), and remove {}. To give the old bundle up, remove {}.",
+         back to the old bundle, {}. To give the old bundle up, remove {}.",
         out.display(),
         backup.display(),
         held.join(", "),
-        backup.display(),
-        out.display(),
-        backup.display(),
+        how_to_put_back(&backup, out),
         backup.display()
     )
 }
@@ -257,10 +265,9 @@ impl Replacement {
             Ok(()) => error,
             Err(e) => error.context(format!(
                 "the run failed, and putting the old bundle back failed too ({e:#}): what is left of it is in {}; \
-                 move everything in it into {}, replacing what is there of the same name (remove a folder there \
-                 first: `mv` does not merge folders), and remove it",
+                 {}",
                 self.backup.display(),
-                self.out.display()
+                how_to_put_back(&self.backup, &self.out)
             )),
         }
     }

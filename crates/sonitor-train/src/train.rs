@@ -1418,13 +1418,10 @@ pub mod interrupt {
         let waits = i.set_aside.as_ref().map_or(String::new(), |b| {
             format!(
                 ". Until then the bundle it replaces (--force) stays in {}, its checkpoint set aside in {}; to keep \
-                 that bundle instead, move everything in {} into {}, replacing what is there of the same name \
-                 (remove a folder there first: `mv` does not merge folders), and remove {}",
+                 that bundle instead, {}",
                 i.out.display(),
                 b.display(),
-                b.display(),
-                i.out.display(),
-                b.display()
+                crate::replace::how_to_put_back(b, &i.out)
             )
         });
         if !i.resumable {
