@@ -57,6 +57,55 @@ pub(crate) fn threshold_off_above_bundle(
     ))
 }
 
+/// How many times a threshold and its section's calibrated one may be apart before it is said: a threshold ten
+/// times below the calibrated one keeps an alarm on over normal sound, one ten times above may never raise one.
+const FAR_RATIO: f64 = 10.0;
+
+/// A threshold ten times or more away from its section's calibrated one, as a ratio (≥ [`FAR_RATIO`]) and whether
+/// it is above; `None` when they are of the same order.
+pub(crate) fn how_far(t: f64, calibrated: f64) -> Option<(f64, bool)> {
+    if !(t > 0.0 && calibrated > 0.0) {
+        return None;
+    }
+    let (ratio, above) = if t > calibrated {
+        (t / calibrated, true)
+    } else {
+        (calibrated / t, false)
+    };
+    (ratio >= FAR_RATIO).then_some((ratio, above))
+}
+
+/// A ratio as a few characters: `53`, or `5e298` for what a mistyped exponent makes.
+pub(crate) fn ratio_shown(ratio: f64) -> String {
+    if ratio < 1e6 {
+        format!("{ratio:.0}")
+    } else {
+        format!("{ratio:.0e}")
+    }
+}
+
+/// A threshold `t` ten times or more away from its section's calibrated one, in words: how far, and what it does
+/// to the alarm. Said by `validate` and a reload of the file, and logged when a `threshold/set` command sets it.
+pub(crate) fn far_from_calibrated(
+    t: f64,
+    calibrated: &sonitor_core::bundle::Threshold,
+) -> Option<String> {
+    let c = calibrated.value;
+    let (ratio, above) = how_far(t, c)?;
+    let what = if above {
+        "above every score its normal training sound reached by far: it may never alarm"
+    } else {
+        "below it: normal sound will keep its alarm on"
+    };
+    // `{:?}`: the shortest form that reads back, 1e-300 rather than 300 digits.
+    Some(format!(
+        "threshold {t:?} is {}× away from its section's calibrated threshold {c:?} (the {} quantile of its normal \
+         training scores), {what}",
+        ratio_shown(ratio),
+        calibrated.quantile
+    ))
+}
+
 /// A threshold a machine uses that an unattended alarm should not run with unknowingly: its own, ten times or
 /// more away from its section's calibrated one (an example file's 0.35 against a bundle calibrated at 0.009 can
 /// never alarm; validate said OK); or the bundle's, calibrated at a quantile below 0.95 of the normal training
@@ -68,23 +117,13 @@ pub(crate) fn threshold_far_from_calibrated(
 ) -> Option<String> {
     let c = calibrated.value;
     match m.detector.threshold {
-        Some(t) if c > 0.0 && t > 0.0 && (t / c >= 10.0 || c / t >= 10.0) => {
-            let (ratio, what) = if t > c {
-                (
-                    t / c,
-                    "above every score its normal training sound reached by far: it may never alarm",
-                )
-            } else {
-                (c / t, "below it: normal sound will keep its alarm on")
-            };
-            Some(format!(
-                "machine '{}': threshold {t} is {ratio:.0}× away from its section's calibrated threshold {c} (the \
-                 {} quantile of its normal training scores), {what}; the scale of scores is the bundle's own \
-                 (cosine distances; `sonitor-train eval` prints it): start from {c}, or from the p99.9 that \
-                 `sonitor status` shows after a normal run",
-                m.name, calibrated.quantile
-            ))
-        }
+        Some(t) => far_from_calibrated(t, calibrated).map(|far| {
+            format!(
+                "machine '{}': {far}; the scale of scores is the bundle's own (cosine distances; `sonitor-train \
+                 eval` prints it): start from {c}, or from the p99.9 that `sonitor status` shows after a normal run",
+                m.name
+            )
+        }),
         None if calibrated.quantile < 0.95 => Some(format!(
             "machine '{}' uses its bundle's threshold {c}, the {} quantile of the normal training scores: normal \
              sound scores above it about once in {:.0} windows, and raise_k of raise_n such windows raise a false \
@@ -94,7 +133,7 @@ pub(crate) fn threshold_far_from_calibrated(
             calibrated.quantile,
             1.0 / (1.0 - calibrated.quantile).max(1e-9)
         )),
-        _ => None,
+        None => None,
     }
 }
 
@@ -731,6 +770,21 @@ mod threshold_tests {
             threshold_far_from_calibrated(&machine(Some(0.06)), &calibrated(0.009, 0.99)),
             None
         );
+        // A mistyped exponent (review29: `threshold/set 1e-300` took, without a word): the numbers in a few
+        // characters, not 300 digits.
+        let typo = far_from_calibrated(1e-300, &calibrated(0.05, 0.99)).unwrap();
+        assert!(
+            typo.starts_with(
+                "threshold 1e-300 is 5e298× away from its section's calibrated threshold 0.05 "
+            ) && typo.contains("keep its alarm on"),
+            "{typo}"
+        );
+        assert!(
+            matches!(how_far(0.5, 0.05), Some((r, true)) if (r - 10.0).abs() < 1e-9),
+            "{:?}",
+            how_far(0.5, 0.05)
+        );
+        assert_eq!(how_far(0.051, 0.5), None);
         let loose =
             threshold_far_from_calibrated(&machine(None), &calibrated(0.0078, 0.9)).unwrap();
         assert!(

@@ -712,6 +712,7 @@ impl Controller {
             let p = m.detector.params();
             mm.threshold.set_f64(p.threshold_on);
             mm.threshold_off.set_f64(p.threshold_off);
+            mm.threshold_calibrated.set_f64(m.bundle_threshold());
             mm.muted.set(u64::from(muted));
             mm.enabled.set(u64::from(m.detector.enabled()));
             mm.idle.set(u64::from(m.idle));
@@ -1604,6 +1605,18 @@ impl Controller {
         let t = match c {
             Command::Threshold { value, .. } => {
                 let m = &mut self.machines[i];
+                // In range but far from what the bundle calibrated (review29: `threshold/set 1e-300` took without
+                // a word, and every window alarmed): applied, as the engineer asked, and said as `validate` says
+                // it of the file; `sonitor status` shows it while it is in force.
+                if let Some(far) = value
+                    .and_then(|v| crate::check::far_from_calibrated(v, &m.model.section.threshold))
+                {
+                    log::warn!(
+                        "machine '{}': {far}; set by a threshold/set command (`default` goes back to the \
+                         bundle's)",
+                        m.cfg.name
+                    );
+                }
                 m.saved.threshold_override = value;
                 let p = Self::params_of(m);
                 m.detector.set_params(p);

@@ -264,6 +264,9 @@ pub struct MachineMetrics {
     pub threshold: Gauge,
     /// The threshold below which an alarm on clears (hysteresis; an f64's bits).
     pub threshold_off: Gauge,
+    /// The threshold its section's bundle calibrated (an f64's bits): `status` names a threshold in force ten
+    /// times or more away from it.
+    pub threshold_calibrated: Gauge,
     /// 1 while a mute runs.
     pub muted: Gauge,
     /// 1 while the machine is enabled (its alarms judged).
@@ -562,6 +565,12 @@ impl Metrics {
             "gauge",
             "The threshold per machine below which an alarm on clears (hysteresis: the file's threshold_off, scaled with a threshold/set command; without one, the threshold in force).",
             mac(&|m| format!("{}", m.threshold_off.get_f64())),
+        );
+        family(
+            "sonitor_threshold_calibrated",
+            "gauge",
+            "The threshold calibrated per machine by its bundle (sonitor-train fit, on its section's normal training scores): the default, and what a threshold in force is compared with (ten times or more away: sonitor status names it).",
+            mac(&|m| format!("{}", m.threshold_calibrated.get_f64())),
         );
         family(
             "sonitor_muted",

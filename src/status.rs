@@ -56,6 +56,8 @@ pub struct MachineStatus {
     /// The threshold in force, and the one below which an alarm clears.
     pub threshold: Option<f64>,
     pub threshold_off: Option<f64>,
+    /// The threshold its bundle calibrated for its section (`None`: a daemon from before it was exported).
+    pub threshold_calibrated: Option<f64>,
     /// `OK`, `SILENT`, `CLIPPING`, `NO_AUDIO` or `NO_SCORES`.
     pub health: Option<String>,
     /// Whether it is watched (`enabled`), and muted.
@@ -151,6 +153,7 @@ impl Snapshot {
                         .filter(|_| windows.is_none_or(|n| n > 0.0)),
                     threshold: of("sonitor_threshold", "machine", &m),
                     threshold_off: of("sonitor_threshold_off", "machine", &m),
+                    threshold_calibrated: of("sonitor_threshold_calibrated", "machine", &m),
                     health: labelled("sonitor_machine_health", &m, "health", Some(1.0))
                         .filter(|h| HEALTH_VALUES.contains(&h.as_str())),
                     enabled: flag(of("sonitor_enabled", "machine", &m)),
@@ -217,6 +220,21 @@ impl Snapshot {
             }
             if m.muted == Some(true) {
                 what.push("muted".into());
+            }
+            // A threshold far from the calibrated one (a mistyped `threshold/set`, review29): said while in force.
+            if let (Some(t), Some(c)) = (m.threshold, m.threshold_calibrated) {
+                if let Some((ratio, above)) = crate::check::how_far(t, c) {
+                    what.push(format!(
+                        "threshold {t:?} {}× {} its calibrated {c:?} ({})",
+                        crate::check::ratio_shown(ratio),
+                        if above { "above" } else { "below" },
+                        if above {
+                            "it may never alarm"
+                        } else {
+                            "normal sound keeps the alarm on"
+                        }
+                    ));
+                }
             }
             if !what.is_empty() {
                 items.push(format!("{} {}", m.name, what.join(", ")));
@@ -698,6 +716,33 @@ mod tests {
         let b = [(0.01, 998.0), (0.02, 998.0), (0.5, 1000.0), (inf, 1000.0)];
         assert_eq!(bucket_quantile(&b, 1000.0, 0.999), Some(0.5));
         assert_eq!(bucket_quantile(&[(inf, 0.0)], 0.0, 0.999), None);
+    }
+
+    /// A threshold in force ten times or more from the one its bundle calibrated is named while it is in force
+    /// (review29: a `threshold/set 1e-300` took, and every window alarmed, under `attention: none`); one of the
+    /// same order is not.
+    #[test]
+    fn a_threshold_far_from_the_calibrated_one_needs_attention() {
+        let m = Metrics::new(&["mic".into()], &["pump-1".into(), "fan-2".into()]);
+        for mm in &m.machines {
+            mm.enabled.set(1);
+            mm.threshold_calibrated.set_f64(0.042);
+        }
+        m.inputs[0].up.set(1);
+        m.last_reload_ok.set(1);
+        m.machines[0].threshold.set_f64(1e-300);
+        m.machines[1].threshold.set_f64(0.06);
+        let attention = || Snapshot::of(&parse_samples(&m.render()), None).attention();
+        assert_eq!(
+            attention(),
+            ["pump-1 threshold 1e-300 4e298× below its calibrated 0.042 (normal sound keeps the alarm on)"]
+        );
+        m.machines[0].threshold.set_f64(0.042);
+        m.machines[1].threshold.set_f64(0.9);
+        assert_eq!(
+            attention(),
+            ["fan-2 threshold 0.9 21× above its calibrated 0.042 (it may never alarm)"]
+        );
     }
 
     #[test]
