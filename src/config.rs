@@ -1597,6 +1597,14 @@ impl Config {
                     "mqtt.keep_alive ({:?}) must be between 1s and 65535s (MQTT carries it in 16 bits)",
                     q.keep_alive
                 ));
+            } else if q.keep_alive.subsec_nanos() != 0 {
+                // The connection announces whole seconds (1900ms as 1 s) while rumqttc pings at the value given:
+                // the broker, allowing 1.5 × 1 s, closed the connection every few seconds (review30).
+                p.push(format!(
+                    "mqtt.keep_alive ({:?}) must be whole seconds (MQTT carries it in seconds): write {}s",
+                    q.keep_alive,
+                    q.keep_alive.as_secs().max(1)
+                ));
             }
             if q.password.is_some() && q.password_file.is_some() {
                 p.push("mqtt: give `password` or `password_file`, not both".into());
@@ -2885,6 +2893,26 @@ min_duration = "3s"
                 problems.contains(expect),
                 "expected '{expect}' in:\n{problems}"
             );
+        }
+    }
+
+    /// MQTT carries the keep-alive in whole seconds: 1900ms went out as 1 s while rumqttc pinged every 1.9 s, and
+    /// the broker closed the connection every few seconds (review30). A fraction is refused, the fix named.
+    #[test]
+    fn a_keep_alive_of_a_fraction_of_a_second_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let with = |k: &str| {
+            problems(
+                d.path(),
+                &(minimal(d.path()) + &format!("[mqtt]\nkeep_alive = \"{k}\"\n")),
+            )
+        };
+        assert_named(
+            &with("1900ms"),
+            &["mqtt.keep_alive (1.9s) must be whole seconds (MQTT carries it in seconds): write 1s"],
+        );
+        for whole in ["2s", "1m"] {
+            assert!(!with(whole).contains("keep_alive"), "{}", with(whole));
         }
     }
 
