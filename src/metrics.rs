@@ -659,7 +659,7 @@ impl Metrics {
         family(
             "sonitor_mqtt_ack_stalls_total",
             "counter",
-            "Connections made again because the broker had acknowledged none of the alarm messages in flight for 3 × keep_alive (at least 30 s) while answering pings: a faulty broker; the reconnection sends them again.",
+            "Connections made again because the broker had acknowledged none of the messages in flight (alarm messages, retained values) for 3 × keep_alive (at least 30 s) while answering pings: a faulty broker; the reconnection sends them again.",
             one(self.mqtt_ack_stalls.get()),
         );
         family(

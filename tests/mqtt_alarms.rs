@@ -1169,18 +1169,28 @@ fn a_broker_that_drops_this_daemons_messages_is_noticed() {
 /// A broker that takes the alarm messages, answers pings and acknowledges none of them (a faulty broker or proxy):
 /// they waited for ever while `status` said connected (review29). After 3 × keep_alive (at least 30 s) without an
 /// acknowledgement the daemon says so and connects again, which sends them again; once the broker acknowledges,
-/// the outbox empties.
+/// the outbox empties. With ten machines and Home Assistant discovery, a connection's retained values alone are
+/// more than the 100 messages rumqttc keeps unacknowledged: it then read no request, the DISCONNECT of that
+/// reconnection neither, and the daemon stayed connected, the alarms unsent, for ever (review30).
 #[test]
 fn a_broker_that_acknowledges_no_alarm_message_is_reconnected() {
     let rig = Rig::start();
     let relay = common::PubackDrop::start(rig.broker.port);
     relay.drop_acks(true);
-    let second = format!(
+    let mut more = format!(
         "\n[[machines]]\nname = \"pump-2\"\ndevice = \"mic\"\nchannel = 0\nbundle = \"{}\"\n\
          section = \"pump/section_00\"\nthreshold = 0.0001\nraise_k = 1\nraise_n = 1\n",
         rig.b.dir.display()
     );
-    let cfg = rig.config(&rig.looping_normal(), &second);
+    for k in 3..=10 {
+        more.push_str(&format!(
+            "\n[[machines]]\nname = \"fan-{k}\"\ndevice = \"mic\"\nchannel = 0\nbundle = \"{}\"\n\
+             section = \"pump/section_00\"\n",
+            rig.b.dir.display()
+        ));
+    }
+    more.push_str("\n[mqtt.discovery]\nenabled = true\n");
+    let cfg = rig.config(&rig.looping_normal(), &more);
     common::edit(&cfg, |t| {
         t.replace(
             &format!("port = {}\n", rig.broker.port),

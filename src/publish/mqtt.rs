@@ -14,7 +14,7 @@
 //! connections, so on every connect the pairing starts afresh and the outbox is replayed from its oldest message
 //! (consumers dedupe on `event_id`; the retained alarm ends in the right state because the order is kept).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -438,15 +438,37 @@ enum StopState {
     Acknowledged,
 }
 
+/// A QoS 1 publish held back by the session until fewer are in flight ([`IN_FLIGHT_MAX`]).
+#[derive(Debug)]
+struct Held {
+    topic: String,
+    payload: String,
+    retain: bool,
+    carried: Carried,
+}
+
+/// QoS 1 publishes in flight at once (handed to rumqttc and not acknowledged): the rest wait in the session, in
+/// order. Under rumqttc's own limit (`set_inflight(100)`, shared with the subscriptions' packet ids), which once
+/// reached makes it read no request at all: not the next publish, nor the DISCONNECT of a reconnection. A connection
+/// of ten machines with Home Assistant discovery (12 retained values each) reached it at once, and against a broker
+/// that acknowledged nothing the daemon stayed connected, its alarms unsent, for ever (review30).
+pub const IN_FLIGHT_MAX: usize = 64;
+
 /// The publisher's state machine (see the module documentation).
 #[derive(Debug)]
 pub struct Session {
     connected: bool,
-    /// One entry per publish request made on this connection and not yet reported by `Outgoing::Publish`.
-    requested: VecDeque<Carried>,
+    /// One entry per publish request made on this connection and not yet reported by `Outgoing::Publish`, and
+    /// whether it is QoS 1.
+    requested: VecDeque<(Carried, bool)>,
     /// pkid → outbox sequence number, for outbox messages sent and not yet acknowledged.
     inflight: HashMap<u16, u64>,
-    /// Since when the outbox messages in flight have waited without the broker acknowledging any of them: the
+    /// The packet ids of every QoS 1 publish sent on this connection and not yet acknowledged (outbox messages,
+    /// retained values, `status`, the announcement, the probe).
+    unacked: HashSet<u16>,
+    /// QoS 1 publishes waiting for fewer in flight, in the order they were asked for ([`IN_FLIGHT_MAX`]).
+    held: VecDeque<Held>,
+    /// Since when the QoS 1 publishes in flight have waited without the broker acknowledging any of them: the
     /// first was sent then, or the last acknowledgement came then ([`Self::acks_stalled_for`]).
     acks_awaited_since: Option<Instant>,
     /// The last outbox message sent on this connection.
@@ -511,6 +533,8 @@ impl Session {
             connected: false,
             requested: VecDeque::new(),
             inflight: HashMap::new(),
+            unacked: HashSet::new(),
+            held: VecDeque::new(),
             acks_awaited_since: None,
             last_sent: None,
             window: window.max(1),
@@ -617,11 +641,38 @@ impl Session {
         qos1: bool,
         carried: Carried,
     ) {
-        self.requested.push_back(carried);
         if retain {
             self.sent_retained
                 .insert(topic.to_string(), payload.to_string());
         }
+        if qos1 && (!self.held.is_empty() || self.qos1_in_flight() >= IN_FLIGHT_MAX) {
+            // A retained value held supersedes the one of its topic held before it (the latest goes out, once).
+            if retain && carried == Carried::Nothing {
+                self.held
+                    .retain(|h| !(h.retain && h.carried == Carried::Nothing && h.topic == topic));
+            }
+            self.held.push_back(Held {
+                topic: topic.to_string(),
+                payload: payload.to_string(),
+                retain,
+                carried,
+            });
+            return;
+        }
+        self.send(out, topic, payload, retain, qos1, carried);
+    }
+
+    /// A publish handed to the client now.
+    fn send(
+        &mut self,
+        out: &mut Vec<Action>,
+        topic: &str,
+        payload: &str,
+        retain: bool,
+        qos1: bool,
+        carried: Carried,
+    ) {
+        self.requested.push_back((carried, qos1));
         let seq = match carried {
             Carried::Outbox(seq) => Some(seq),
             Carried::Nothing | Carried::Stopped | Carried::Node => None,
@@ -643,6 +694,8 @@ impl Session {
         self.node.echoed = false;
         self.requested.clear();
         self.inflight.clear();
+        self.unacked.clear();
+        self.held.clear();
         self.acks_awaited_since = None;
         self.last_sent = None;
         self.stop = StopState::NotSent;
@@ -670,6 +723,8 @@ impl Session {
         self.node.sent = None;
         self.requested.clear();
         self.inflight.clear();
+        self.unacked.clear();
+        self.held.clear();
         self.acks_awaited_since = None;
         self.last_sent = None;
         self.stop = StopState::NotSent;
@@ -677,16 +732,23 @@ impl Session {
 
     /// rumqttc reports the packet id of the next publish request it sent.
     pub fn on_outgoing_publish(&mut self, pkid: u16) {
-        match self.requested.pop_front() {
-            Some(Carried::Outbox(seq)) if pkid != 0 => {
-                if self.inflight.is_empty() {
-                    self.acks_awaited_since = Some(Instant::now());
-                }
+        let Some((carried, _)) = self.requested.pop_front() else {
+            return;
+        };
+        if pkid == 0 {
+            return;
+        }
+        if self.unacked.is_empty() {
+            self.acks_awaited_since = Some(Instant::now());
+        }
+        self.unacked.insert(pkid);
+        match carried {
+            Carried::Outbox(seq) => {
                 self.inflight.insert(pkid, seq);
             }
-            Some(Carried::Stopped) if pkid != 0 => self.stop = StopState::Sent(pkid),
-            Some(Carried::Node) if pkid != 0 => self.node.sent = Some(pkid),
-            _ => {}
+            Carried::Stopped => self.stop = StopState::Sent(pkid),
+            Carried::Node => self.node.sent = Some(pkid),
+            Carried::Nothing => {}
         }
     }
 
@@ -698,8 +760,8 @@ impl Session {
         let mut first: Option<u64> = None;
         for _ in 0..n {
             match self.requested.pop_back() {
-                Some(Carried::Outbox(seq)) => first = Some(first.map_or(seq, |f| f.min(seq))),
-                Some(Carried::Stopped) => self.stop = StopState::NotSent,
+                Some((Carried::Outbox(seq), _)) => first = Some(first.map_or(seq, |f| f.min(seq))),
+                Some((Carried::Stopped, _)) => self.stop = StopState::NotSent,
                 _ => {}
             }
         }
@@ -752,16 +814,38 @@ impl Session {
             self.node.sent = None;
             self.node.acknowledged = true;
         }
-        let seq = self.inflight.remove(&pkid);
-        if seq.is_some() {
-            self.acks_awaited_since = (!self.inflight.is_empty()).then(Instant::now);
+        if self.unacked.remove(&pkid) {
+            self.acks_awaited_since = (!self.unacked.is_empty()).then(Instant::now);
         }
-        seq
+        self.inflight.remove(&pkid)
     }
 
-    /// How long the outbox messages in flight have waited without any acknowledgement: `None` when none waits.
+    /// The publishes held back for fewer in flight ([`IN_FLIGHT_MAX`]) that may go now, in order: after each
+    /// acknowledgement.
+    pub fn release(&mut self) -> Vec<Action> {
+        let mut out = Vec::new();
+        while self.connected && self.qos1_in_flight() < IN_FLIGHT_MAX {
+            let Some(h) = self.held.pop_front() else {
+                break;
+            };
+            self.send(&mut out, &h.topic, &h.payload, h.retain, true, h.carried);
+        }
+        out
+    }
+
+    /// How long the QoS 1 publishes in flight have waited without any acknowledgement: `None` when none waits.
     pub fn acks_stalled_for(&self) -> Option<Duration> {
         self.acks_awaited_since.map(|t| t.elapsed())
+    }
+
+    /// QoS 1 publishes sent and not acknowledged, and those held back behind them.
+    pub fn awaiting_acks(&self) -> usize {
+        self.qos1_in_flight() + self.held.len()
+    }
+
+    /// QoS 1 publishes handed to the client and not acknowledged.
+    fn qos1_in_flight(&self) -> usize {
+        self.unacked.len() + self.requested.iter().filter(|(_, qos1)| *qos1).count()
     }
 
     fn outbox_in_flight(&self) -> usize {
@@ -769,7 +853,12 @@ impl Session {
             + self
                 .requested
                 .iter()
-                .filter(|c| matches!(c, Carried::Outbox(_)))
+                .filter(|(c, _)| matches!(c, Carried::Outbox(_)))
+                .count()
+            + self
+                .held
+                .iter()
+                .filter(|h| matches!(h.carried, Carried::Outbox(_)))
                 .count()
     }
 
@@ -1144,7 +1233,10 @@ fn run(
     // The stop's one try to reach the broker, made ([`STOP_TIMEOUT`]).
     let mut stop_retry = false;
     // The next connection is the clean one that drops an oversized message queued for this client ([`oversized`]);
-    // once it is made, this daemon ends it itself and reconnects at once with its persistent session.
+    // once it is made, this daemon ends it itself and reconnects at once with its persistent session. Set by an
+    // oversized message's error and cleared only by a connection, as the poller's clean-session flag is: cleared by
+    // another error (the clean try failing), the next connection was clean all the same, taken for the persistent
+    // one, and the commands sent while the daemon was next away were lost (review30).
     let mut purging = false;
     // This daemon ended the connection itself (the clean one above, or one whose acknowledgements stalled): the
     // next follows at once.
@@ -1319,11 +1411,12 @@ fn run(
                     own_disconnect = true;
                     metrics.mqtt_ack_stalls.inc();
                     log::error!(
-                        "mqtt: {endpoint}: the broker has acknowledged none of the {} alarm message(s) sent to it \
-                         for {} s; reconnecting, which sends them again (a broker that takes messages and never \
-                         acknowledges them is faulty: its log says)",
-                        lock(&outbox).len(),
-                        waited.as_secs()
+                        "mqtt: {endpoint}: the broker has acknowledged none of the {} message(s) sent to it for {} \
+                         s ({} alarm message(s) in the outbox); reconnecting, which sends them again (a broker \
+                         that takes messages and never acknowledges them is faulty: its log says)",
+                        session.awaiting_acks(),
+                        waited.as_secs(),
+                        lock(&outbox).len()
                     );
                 }
             }
@@ -1387,14 +1480,16 @@ fn run(
                 execute(&client, &mut session, a, &metrics);
             }
             Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                let mut a = Vec::new();
                 if let Some(seq) = session.on_puback(ack.pkid) {
                     let mut o = lock(&outbox);
                     let acked = o.ack(seq);
-                    let mut a = acked.map_or_else(Vec::new, |m| session.outbox_acked(&m, &o));
+                    a.extend(acked.map_or_else(Vec::new, |m| session.outbox_acked(&m, &o)));
                     a.extend(session.pump(&o));
-                    drop(o);
-                    execute(&client, &mut session, a, &metrics);
                 }
+                // What was held back for fewer in flight (what the lines above asked for among it, behind the rest).
+                a.extend(session.release());
+                execute(&client, &mut session, a, &metrics);
             }
             Ok(Event::Incoming(Packet::Publish(p))) if p.topic == node => {
                 // Under the shipped unit (`ProtectProc=invisible`) another user's process looks not running: a
@@ -1458,14 +1553,16 @@ fn run(
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => session.on_outgoing_publish(pkid),
             Ok(_) => {}
-            Err(_) if std::mem::take(&mut own_disconnect) => {
-                // This daemon's own DISCONNECT of the clean connection: the persistent one follows at once.
+            Err(e) if std::mem::take(&mut own_disconnect) => {
+                // This daemon's own DISCONNECT (of the clean connection, or of one whose acknowledgements stalled):
+                // the persistent one follows at once.
+                purging |= oversized(&e);
                 session.on_disconnected();
                 connected_at = None;
                 retry_at = Some(Instant::now());
             }
             Err(e) => {
-                purging = oversized(&e);
+                purging |= oversized(&e);
                 let was = session.connected();
                 session.on_disconnected();
                 // The wait starts again from reconnect_min only after a connection that held. One that drops
@@ -1970,6 +2067,63 @@ mod tests {
             topics(&s.set_retained("b/m/state".into(), "{2}".into(), true, &ob)),
             vec!["b/m/state={2}"]
         );
+    }
+
+    /// No more than IN_FLIGHT_MAX QoS 1 publishes are handed to rumqttc unacknowledged (it reads no request past
+    /// its own 100, not even a DISCONNECT: review30): the rest wait in the session, in order, and go as the broker
+    /// acknowledges; a retained value held is superseded by a later one of its topic; every QoS 1 publish, not
+    /// only an alarm message, starts the clock of a broker that acknowledges nothing.
+    #[test]
+    fn qos1_publishes_past_the_in_flight_limit_wait_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(d.path(), 100).unwrap();
+        let mut s = session(8);
+        let n = IN_FLIGHT_MAX + 10;
+        for k in 0..n {
+            s.set_retained(format!("b/m{k:03}/state"), "{}".into(), false, &ob);
+        }
+        let a = s.on_connected(&ob);
+        // `status`, the announcement, then the first of the retained values.
+        assert_eq!(a.len(), IN_FLIGHT_MAX);
+        assert_eq!(
+            topics(&a)[..3],
+            ["b/status=online", "b/node=me", "b/m000/state={}"]
+        );
+        assert_eq!(s.awaiting_acks(), n + 2);
+        assert_eq!(s.acks_stalled_for(), None, "nothing written yet");
+        for pkid in 1..=IN_FLIGHT_MAX as u16 {
+            s.on_outgoing_publish(pkid);
+        }
+        assert!(s.acks_stalled_for().is_some(), "retained values wait too");
+        // Asked for while held: behind the rest, and the later value of a held topic replaces the earlier.
+        assert!(s
+            .set_retained("b/m070/state".into(), "{2}".into(), true, &ob)
+            .is_empty());
+        ob.push(vec![msg("b/m000/alarm", "ON")]).unwrap();
+        assert!(s.pump(&ob).is_empty());
+        assert!(s.release().is_empty(), "none acknowledged");
+        assert_eq!(s.on_puback(3), None);
+        let a = s.release();
+        assert_eq!(topics(&a), ["b/m062/state={}"]);
+        for pkid in [1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13] {
+            s.on_puback(pkid);
+        }
+        let a = [a, s.release()].concat();
+        let expected: Vec<String> = (62..n)
+            .filter(|k| *k != 70)
+            .map(|k| format!("b/m{k:03}/state={{}}"))
+            .chain(["b/m070/state={2}".into(), "b/m000/alarm=ON".into()])
+            .collect();
+        assert_eq!(topics(&a), expected);
+        // Sent and acknowledged: the clock stops once nothing waits.
+        for pkid in 1..=100 {
+            s.on_outgoing_publish(pkid);
+        }
+        for pkid in 1..=100 {
+            s.on_puback(pkid);
+        }
+        assert_eq!(s.awaiting_acks(), 0);
+        assert_eq!(s.acks_stalled_for(), None);
     }
 
     /// A topic deleted (its value empty: a machine removed at a reload) is not published again at the next
