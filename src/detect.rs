@@ -546,8 +546,33 @@ impl Controller {
 
     fn send(&self, m: ToMqtt) {
         if let Some(tx) = &self.mqtt {
-            if tx.try_send(m).is_err() {
-                self.metrics.mqtt_dropped.inc();
+            if let Err(e) = tx.try_send(m) {
+                // Counted, and said at the first and each doubling (review30: only counted): what it cost.
+                if let Some(n) = self.metrics.mqtt_dropped.inc_log_due() {
+                    let why = if e.is_full() {
+                        "the publisher's queue is full (it does not keep up: a slow broker, or many machines with a \
+                         large outbox)"
+                    } else {
+                        "the publisher has ended"
+                    };
+                    let lost = match e.into_inner() {
+                        ToMqtt::Retained { topic, .. } => format!(
+                            "the retained value of {topic}, published when it next changes or at the next \
+                             connection"
+                        ),
+                        ToMqtt::OutboxChanged => {
+                            "a wake-up for new alarm messages, which wait in the outbox for the next one".into()
+                        }
+                        ToMqtt::Transient { topic, .. } | ToMqtt::Refused { topic, .. } => {
+                            format!("a message for {topic}, lost")
+                        }
+                        ToMqtt::Shutdown => "the stop".into(),
+                    };
+                    log::warn!(
+                        "mqtt: {why}: dropped {lost}; {n} message(s) dropped so far \
+                         (sonitor_mqtt_dropped_messages_total)"
+                    );
+                }
             }
         }
     }
