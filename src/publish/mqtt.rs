@@ -464,7 +464,7 @@ pub struct Session {
     /// pkid → outbox sequence number, for outbox messages sent and not yet acknowledged.
     inflight: HashMap<u16, u64>,
     /// The packet ids of every QoS 1 publish sent on this connection and not yet acknowledged (outbox messages,
-    /// retained values, `status`, the announcement, the probe).
+    /// retained values, `status`, the announcement).
     unacked: HashSet<u16>,
     /// QoS 1 publishes waiting for fewer in flight, in the order they were asked for ([`IN_FLIGHT_MAX`]).
     held: VecDeque<Held>,
@@ -1474,9 +1474,11 @@ fn run(
                 }
                 // After the subscriptions, which the broker takes in order: an empty message (no command) that
                 // must come back, or commands do not reach this daemon (an ACL that lets it write but not read
-                // its command topics: review29, every command lost without a word).
+                // its command topics: review29, every command lost without a word). QoS 0, so that it goes at once
+                // and not behind the QoS 1 messages held for fewer in flight (against a broker that acknowledged
+                // nothing it was held, and the daemon blamed an ACL).
                 probe_back = false;
-                let a = session.transient(&probe, "", true);
+                let a = session.transient(&probe, "", false);
                 execute(&client, &mut session, a, &metrics);
             }
             Ok(Event::Incoming(Packet::PubAck(ack))) => {
