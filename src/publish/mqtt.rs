@@ -1317,7 +1317,17 @@ fn run(
                     stop_retry = true;
                     retry_at = None;
                     let _ = resume.try_send(());
-                } else if retry_at.is_some() || Instant::now() >= deadline {
+                } else if retry_at.is_some() {
+                    // The stop's try failed, and said why (below).
+                    return;
+                } else if Instant::now() >= deadline {
+                    // A connection still being made (a broker that accepts TCP and does not answer): said, not a
+                    // stop silent about `stopped` (review29).
+                    log::warn!(
+                        "mqtt: {endpoint}: no connection to the broker within {STOP_TIMEOUT:?} of the stop to \
+                         publish `stopped` (the retained status stays as the broker last had it; alarm messages \
+                         wait in the outbox)"
+                    );
                     return;
                 }
             }
