@@ -786,6 +786,7 @@ pub fn start(
         swaps: Some(swap_tx),
         unpublished_removals: std::collections::BTreeMap::new(),
         unknown_commands: Default::default(),
+        mqtt_unsent: Default::default(),
         cfg,
     };
     ctl.keep_removed(&saved);

@@ -535,6 +535,9 @@ pub(crate) struct Controller {
     /// Commands received for a machine this daemon does not watch, since the start: logged at 1, 2, 4, 8, …, or a
     /// flood of them (a misconfigured client) would push the alarm lines out of journald's rate limit.
     pub(crate) unknown_commands: crate::metrics::Counter,
+    /// Messages this controller could not hand to the MQTT publisher, since the start: logged at 1, 2, 4, 8, …
+    /// (the metric also counts the scores the publisher drops in silence while the broker is away).
+    pub(crate) mqtt_unsent: crate::metrics::Counter,
 }
 
 impl Controller {
@@ -548,7 +551,8 @@ impl Controller {
         if let Some(tx) = &self.mqtt {
             if let Err(e) = tx.try_send(m) {
                 // Counted, and said at the first and each doubling (review30: only counted): what it cost.
-                if let Some(n) = self.metrics.mqtt_dropped.inc_log_due() {
+                self.metrics.mqtt_dropped.inc();
+                if let Some(n) = self.mqtt_unsent.inc_log_due() {
                     let why = if e.is_full() {
                         "the publisher's queue is full (it does not keep up: a slow broker, or many machines with a \
                          large outbox)"
@@ -569,8 +573,8 @@ impl Controller {
                         ToMqtt::Shutdown => "the stop".into(),
                     };
                     log::warn!(
-                        "mqtt: {why}: dropped {lost}; {n} message(s) dropped so far \
-                         (sonitor_mqtt_dropped_messages_total)"
+                        "mqtt: {why}: dropped {lost}; {n} message(s) not handed to it so far (counted in \
+                         sonitor_mqtt_dropped_messages_total)"
                     );
                 }
             }
@@ -2421,6 +2425,7 @@ mod tests {
             swaps: None,
             unpublished_removals: BTreeMap::new(),
             unknown_commands: Default::default(),
+            mqtt_unsent: Default::default(),
             cfg,
         };
         (ctl, clip_rx)

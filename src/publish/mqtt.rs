@@ -645,7 +645,7 @@ impl Session {
             self.sent_retained
                 .insert(topic.to_string(), payload.to_string());
         }
-        if qos1 && (!self.held.is_empty() || self.qos1_in_flight() >= IN_FLIGHT_MAX) {
+        if qos1 && (!self.held.is_empty() || self.in_flight() >= IN_FLIGHT_MAX) {
             // A retained value held supersedes the one of its topic held before it (the latest goes out, once).
             if retain && carried == Carried::Nothing {
                 self.held
@@ -752,21 +752,29 @@ impl Session {
         }
     }
 
-    /// The last `n` requested publishes were not handed to the client: forget them; outbox messages among them
-    /// will be sent again by the next [`Self::pump`].
-    pub fn unsend(&mut self, n: usize) {
-        // Which retained values they were is not kept: each is published again when next set.
-        self.sent_retained.clear();
-        let mut first: Option<u64> = None;
-        for _ in 0..n {
-            match self.requested.pop_back() {
-                Some((Carried::Outbox(seq), _)) => first = Some(first.map_or(seq, |f| f.min(seq))),
-                Some((Carried::Stopped, _)) => self.stop = StopState::NotSent,
-                _ => {}
+    /// The last publishes asked for, `unsent`, were not handed to the client (its queue was full): the QoS 1
+    /// ones wait again, first in line and in their order, for [`Self::release`]; the QoS 0 ones (scores, answers)
+    /// are lost. Dropped instead, those taken from the held ones left a gap before the rest (an event's `end`
+    /// before its `start`), and with none in flight nothing released them again (review31).
+    pub fn unsend(&mut self, unsent: Vec<Action>) {
+        let carried: Vec<Option<(Carried, bool)>> =
+            unsent.iter().map(|_| self.requested.pop_back()).collect();
+        for (action, carried) in unsent.into_iter().rev().zip(carried) {
+            let Action::Publish {
+                topic,
+                payload,
+                retain,
+                qos1,
+                ..
+            } = action;
+            if let Some((carried, true)) = carried.filter(|_| qos1) {
+                self.held.push_front(Held {
+                    topic,
+                    payload,
+                    retain,
+                    carried,
+                });
             }
-        }
-        if let Some(seq) = first {
-            self.last_sent = seq.checked_sub(1).filter(|&s| s > 0);
         }
     }
 
@@ -824,7 +832,7 @@ impl Session {
     /// acknowledgement.
     pub fn release(&mut self) -> Vec<Action> {
         let mut out = Vec::new();
-        while self.connected && self.qos1_in_flight() < IN_FLIGHT_MAX {
+        while self.connected && self.in_flight() < IN_FLIGHT_MAX {
             let Some(h) = self.held.pop_front() else {
                 break;
             };
@@ -838,13 +846,13 @@ impl Session {
         self.acks_awaited_since.map(|t| t.elapsed())
     }
 
-    /// QoS 1 publishes sent and not acknowledged, and those held back behind them.
-    pub fn awaiting_acks(&self) -> usize {
-        self.qos1_in_flight() + self.held.len()
+    /// QoS 1 publishes held back for fewer in flight.
+    pub fn held(&self) -> usize {
+        self.held.len()
     }
 
     /// QoS 1 publishes handed to the client and not acknowledged.
-    fn qos1_in_flight(&self) -> usize {
+    pub fn in_flight(&self) -> usize {
         self.unacked.len() + self.requested.iter().filter(|(_, qos1)| *qos1).count()
     }
 
@@ -862,10 +870,14 @@ impl Session {
                 .count()
     }
 
-    /// A stop: publishes the retained status `stopped` (QoS 1), once per connection, when connected.
+    /// A stop: publishes the retained status `stopped` (QoS 1), once per connection, when connected. The
+    /// retained values held for fewer in flight are dropped first (the next start publishes them all): `stopped`
+    /// waited behind them, and a large node's stop ran out of time (review31).
     pub fn stop(&mut self) -> Vec<Action> {
         let mut out = Vec::new();
         if self.connected && self.stop == StopState::NotSent {
+            self.held
+                .retain(|h| !(h.retain && h.carried == Carried::Nothing));
             let status = self.status_topic.clone();
             self.publish(&mut out, &status, "stopped", true, true, Carried::Stopped);
             self.stop = StopState::Requested;
@@ -1300,6 +1312,10 @@ fn run(
             metrics.outbox_memory_only.set(o.memory_only_len() as u64);
         }
         metrics.mqtt_connected.set(u64::from(session.connected()));
+        // What waits for fewer in flight goes as room allows: after a PUBACK (below), and here for what a full
+        // client queue sent back while nothing was in flight to be acknowledged.
+        let a = session.release();
+        execute(&client, &mut session, a, &metrics);
 
         // 2. Shutting down. The retained `status` must not say `online` once the daemon has gone, whatever the
         //    outbox still holds (what it holds waits on disk for the next start): `stopped` goes out once the
@@ -1422,10 +1438,12 @@ fn run(
                     metrics.mqtt_ack_stalls.inc();
                     log::error!(
                         "mqtt: {endpoint}: the broker has acknowledged none of the {} message(s) sent to it for {} \
-                         s ({} alarm message(s) in the outbox); reconnecting, which sends them again (a broker \
-                         that takes messages and never acknowledges them is faulty: its log says)",
-                        session.awaiting_acks(),
+                         s ({} more wait to be sent; {} alarm message(s) in the outbox); reconnecting, which sends \
+                         them again (a broker that takes messages and never acknowledges them is faulty: its log \
+                         says)",
+                        session.in_flight(),
                         waited.as_secs(),
+                        session.held(),
                         lock(&outbox).len()
                     );
                 }
@@ -1802,30 +1820,37 @@ impl Waiting {
 /// waiting), it and the rest are taken back from the session, so that packet ids stay paired with outbox messages
 /// and the outbox messages among them are sent again later.
 fn execute(client: &Client, session: &mut Session, actions: Vec<Action>, metrics: &Metrics) {
-    let total = actions.len();
-    for (i, action) in actions.into_iter().enumerate() {
+    let mut actions = actions.into_iter();
+    while let Some(action) = actions.next() {
         let Action::Publish {
             topic,
             payload,
             retain,
             qos1,
             ..
-        } = action;
-        let qos = if qos1 {
+        } = &action;
+        let qos = if *qos1 {
             QoS::AtLeastOnce
         } else {
             QoS::AtMostOnce
         };
-        if let Err(e) = client.try_publish(topic.clone(), qos, retain, payload.into_bytes()) {
+        if let Err(e) = client.try_publish(topic.clone(), qos, *retain, payload.as_bytes().to_vec())
+        {
+            let unsent: Vec<Action> = std::iter::once(action).chain(actions).collect();
+            let lost = unsent
+                .iter()
+                .filter(|Action::Publish { qos1, .. }| !qos1)
+                .count();
             // At the first and at each doubling: 600 machines starting at once wrote 65 lines of it.
-            if let Some(after) = metrics.mqtt_dropped.add_log_due((total - i) as u64) {
+            if let Some(after) = metrics.mqtt_dropped.add_log_due(lost as u64) {
                 log::warn!(
-                    "mqtt: cannot queue a publish to {topic} ({e}): the MQTT client's queue is full; {after} \
-                     message(s) not sent so far (sonitor_mqtt_dropped_messages_total): alarm messages wait in the \
-                     outbox, retained values go out with their next change or connection, scores are lost"
+                    "mqtt: cannot queue a publish to {} ({e}): the MQTT client's queue is full; {after} \
+                     message(s) at QoS 0 (scores, answers) lost so far (sonitor_mqtt_dropped_messages_total); \
+                     alarm messages and retained values wait in the daemon and go as the queue empties",
+                    unsent.first().map_or("", |Action::Publish { topic, .. }| topic.as_str())
                 );
             }
-            session.unsend(total - i);
+            session.unsend(unsent);
             return;
         }
         metrics.mqtt_published.inc();
@@ -2101,7 +2126,10 @@ mod tests {
             topics(&a)[..3],
             ["b/status=online", "b/node=me", "b/m000/state={}"]
         );
-        assert_eq!(s.awaiting_acks(), n + 2);
+        assert_eq!(
+            (s.in_flight(), s.held()),
+            (IN_FLIGHT_MAX, n + 2 - IN_FLIGHT_MAX)
+        );
         assert_eq!(s.acks_stalled_for(), None, "nothing written yet");
         for pkid in 1..=IN_FLIGHT_MAX as u16 {
             s.on_outgoing_publish(pkid);
@@ -2134,8 +2162,24 @@ mod tests {
         for pkid in 1..=100 {
             s.on_puback(pkid);
         }
-        assert_eq!(s.awaiting_acks(), 0);
+        assert_eq!((s.in_flight(), s.held()), (0, 0));
         assert_eq!(s.acks_stalled_for(), None);
+        // A stop drops the retained values held (the next start publishes them): `stopped` waits behind the ones
+        // in flight only, not behind every machine's values (review31).
+        s.on_disconnected();
+        assert_eq!(s.on_connected(&ob).len(), IN_FLIGHT_MAX);
+        assert!(s.held() > 0);
+        assert!(s.stop().is_empty());
+        assert_eq!(s.held(), 2, "the alarm message, then `stopped`");
+        for pkid in 1..=IN_FLIGHT_MAX as u16 {
+            s.on_outgoing_publish(pkid);
+        }
+        s.on_puback(1);
+        s.on_puback(2);
+        assert_eq!(
+            topics(&s.release()),
+            ["b/m000/alarm=ON", "b/status=stopped"]
+        );
     }
 
     /// A topic deleted (its value empty: a machine removed at a reload) is not published again at the next
@@ -2253,14 +2297,16 @@ mod tests {
             topics(&a),
             vec!["b/status=online", "b/node=me", "t=0", "t=1", "t=2"]
         );
-        // Only "online", the announcement and "t=0" reached the client.
-        s.unsend(2);
+        // Only "online", the announcement and "t=0" reached the client: the others wait, in their order.
+        s.unsend(a[3..].to_vec());
+        assert_eq!(s.held(), 2);
         for pkid in 1..=3 {
             s.on_outgoing_publish(pkid);
         }
         assert_eq!(s.on_puback(3), Some(1));
         ob.ack(1);
-        assert_eq!(topics(&s.pump(&ob)), vec!["t=1", "t=2"]);
+        assert!(s.pump(&ob).is_empty(), "they count in the window");
+        assert_eq!(topics(&s.release()), vec!["t=1", "t=2"]);
         s.on_outgoing_publish(4);
         s.on_outgoing_publish(5);
         assert_eq!(s.on_puback(4), Some(2));
@@ -2294,10 +2340,10 @@ mod tests {
         // A `stopped` that could not be queued is sent again.
         s.on_disconnected();
         s.on_connected(&ob);
-        s.stop();
-        s.unsend(1);
-        assert!(!s.stop_requested());
-        assert_eq!(topics(&s.stop()), vec!["b/status=stopped"]);
+        let a = s.stop();
+        s.unsend(a);
+        assert!(s.stop_requested() && s.stop().is_empty());
+        assert_eq!(topics(&s.release()), vec!["b/status=stopped"]);
     }
 
     #[test]
@@ -2370,11 +2416,13 @@ mod tests {
         assert_eq!(set(&mut s, "SILENT"), vec!["b/m/health=SILENT"]);
         assert_eq!(set(&mut s, "OK"), vec!["b/m/health=OK"]);
         s.on_disconnected();
-        assert!(topics(&s.on_connected(&ob)).contains(&"b/m/health=OK".to_string()));
+        let a = s.on_connected(&ob);
+        assert_eq!(topics(&a).last().unwrap(), "b/m/health=OK");
         assert!(set(&mut s, "OK").is_empty());
-        // Requests not handed to the client: published again.
-        s.unsend(1);
-        assert_eq!(set(&mut s, "OK"), vec!["b/m/health=OK"]);
+        // A request not handed to the client (its queue full): sent again, not once more when set again.
+        s.unsend(a[a.len() - 1..].to_vec());
+        assert!(set(&mut s, "OK").is_empty());
+        assert_eq!(topics(&s.release()), vec!["b/m/health=OK"]);
     }
 
     #[test]
