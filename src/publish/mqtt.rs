@@ -438,13 +438,21 @@ enum StopState {
     Acknowledged,
 }
 
-/// A QoS 1 publish held back by the session until fewer are in flight ([`IN_FLIGHT_MAX`]).
+/// A publish the session asks for; a QoS 1 one held back until fewer are in flight ([`IN_FLIGHT_MAX`]).
 #[derive(Debug)]
 struct Held {
     topic: String,
     payload: String,
     retain: bool,
     carried: Carried,
+}
+
+impl Held {
+    /// A retained topic's value (not an outbox message, `stopped` or the announcement): the session keeps the
+    /// latest of each, so a later one replaces it and a connection publishes it again.
+    fn is_value(&self) -> bool {
+        self.retain && self.carried == Carried::Nothing
+    }
 }
 
 /// QoS 1 publishes in flight at once (handed to rumqttc and not acknowledged): the rest wait in the session, in
@@ -645,42 +653,34 @@ impl Session {
             self.sent_retained
                 .insert(topic.to_string(), payload.to_string());
         }
+        let p = Held {
+            topic: topic.to_string(),
+            payload: payload.to_string(),
+            retain,
+            carried,
+        };
         if qos1 && (!self.held.is_empty() || self.in_flight() >= IN_FLIGHT_MAX) {
             // A retained value held supersedes the one of its topic held before it (the latest goes out, once).
-            if retain && carried == Carried::Nothing {
-                self.held
-                    .retain(|h| !(h.retain && h.carried == Carried::Nothing && h.topic == topic));
+            if p.is_value() {
+                self.held.retain(|h| !(h.is_value() && h.topic == p.topic));
             }
-            self.held.push_back(Held {
-                topic: topic.to_string(),
-                payload: payload.to_string(),
-                retain,
-                carried,
-            });
+            self.held.push_back(p);
             return;
         }
-        self.send(out, topic, payload, retain, qos1, carried);
+        self.send(out, p, qos1);
     }
 
     /// A publish handed to the client now.
-    fn send(
-        &mut self,
-        out: &mut Vec<Action>,
-        topic: &str,
-        payload: &str,
-        retain: bool,
-        qos1: bool,
-        carried: Carried,
-    ) {
-        self.requested.push_back((carried, qos1));
-        let seq = match carried {
+    fn send(&mut self, out: &mut Vec<Action>, p: Held, qos1: bool) {
+        self.requested.push_back((p.carried, qos1));
+        let seq = match p.carried {
             Carried::Outbox(seq) => Some(seq),
             Carried::Nothing | Carried::Stopped | Carried::Node => None,
         };
         out.push(Action::Publish {
-            topic: topic.to_string(),
-            payload: payload.to_string(),
-            retain,
+            topic: p.topic,
+            payload: p.payload,
+            retain: p.retain,
             qos1,
             seq,
         });
@@ -836,7 +836,7 @@ impl Session {
             let Some(h) = self.held.pop_front() else {
                 break;
             };
-            self.send(&mut out, &h.topic, &h.payload, h.retain, true, h.carried);
+            self.send(&mut out, h, true);
         }
         out
     }
@@ -876,8 +876,7 @@ impl Session {
     pub fn stop(&mut self) -> Vec<Action> {
         let mut out = Vec::new();
         if self.connected && self.stop == StopState::NotSent {
-            self.held
-                .retain(|h| !(h.retain && h.carried == Carried::Nothing));
+            self.held.retain(|h| !h.is_value());
             let status = self.status_topic.clone();
             self.publish(&mut out, &status, "stopped", true, true, Carried::Stopped);
             self.stop = StopState::Requested;
