@@ -14,7 +14,7 @@
 //! connections, so on every connect the pairing starts afresh and the outbox is replayed from its oldest message
 //! (consumers dedupe on `event_id`; the retained alarm ends in the right state because the order is kept).
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -427,6 +427,16 @@ enum Carried {
     Node,
 }
 
+impl Carried {
+    /// The outbox message's sequence number, for an outbox message.
+    fn outbox_seq(self) -> Option<u64> {
+        match self {
+            Carried::Outbox(seq) => Some(seq),
+            Carried::Nothing | Carried::Stopped | Carried::Node => None,
+        }
+    }
+}
+
 /// Where the `stopped` status of a stop stands on this connection.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 enum StopState {
@@ -469,11 +479,9 @@ pub struct Session {
     /// One entry per publish request made on this connection and not yet reported by `Outgoing::Publish`, and
     /// whether it is QoS 1.
     requested: VecDeque<(Carried, bool)>,
-    /// pkid → outbox sequence number, for outbox messages sent and not yet acknowledged.
-    inflight: HashMap<u16, u64>,
-    /// The packet ids of every QoS 1 publish sent on this connection and not yet acknowledged (outbox messages,
-    /// retained values, `status`, the announcement).
-    unacked: HashSet<u16>,
+    /// Every QoS 1 publish sent on this connection and not yet acknowledged, by packet id: what it carried (an
+    /// outbox message's sequence number, retained values, `status`, the announcement).
+    unacked: HashMap<u16, Carried>,
     /// QoS 1 publishes waiting for fewer in flight, in the order they were asked for ([`IN_FLIGHT_MAX`]).
     held: VecDeque<Held>,
     /// Since when the QoS 1 publishes in flight have waited without the broker acknowledging any of them: the
@@ -540,8 +548,7 @@ impl Session {
         Self {
             connected: false,
             requested: VecDeque::new(),
-            inflight: HashMap::new(),
-            unacked: HashSet::new(),
+            unacked: HashMap::new(),
             held: VecDeque::new(),
             acks_awaited_since: None,
             last_sent: None,
@@ -673,10 +680,7 @@ impl Session {
     /// A publish handed to the client now.
     fn send(&mut self, out: &mut Vec<Action>, p: Held, qos1: bool) {
         self.requested.push_back((p.carried, qos1));
-        let seq = match p.carried {
-            Carried::Outbox(seq) => Some(seq),
-            Carried::Nothing | Carried::Stopped | Carried::Node => None,
-        };
+        let seq = p.carried.outbox_seq();
         out.push(Action::Publish {
             topic: p.topic,
             payload: p.payload,
@@ -693,7 +697,6 @@ impl Session {
         self.node.sent = None;
         self.node.echoed = false;
         self.requested.clear();
-        self.inflight.clear();
         self.unacked.clear();
         self.held.clear();
         self.acks_awaited_since = None;
@@ -722,7 +725,6 @@ impl Session {
         self.sent_retained.clear();
         self.node.sent = None;
         self.requested.clear();
-        self.inflight.clear();
         self.unacked.clear();
         self.held.clear();
         self.acks_awaited_since = None;
@@ -741,14 +743,11 @@ impl Session {
         if self.unacked.is_empty() {
             self.acks_awaited_since = Some(Instant::now());
         }
-        self.unacked.insert(pkid);
+        self.unacked.insert(pkid, carried);
         match carried {
-            Carried::Outbox(seq) => {
-                self.inflight.insert(pkid, seq);
-            }
             Carried::Stopped => self.stop = StopState::Sent(pkid),
             Carried::Node => self.node.sent = Some(pkid),
-            Carried::Nothing => {}
+            Carried::Outbox(_) | Carried::Nothing => {}
         }
     }
 
@@ -822,10 +821,9 @@ impl Session {
             self.node.sent = None;
             self.node.acknowledged = true;
         }
-        if self.unacked.remove(&pkid) {
-            self.acks_awaited_since = (!self.unacked.is_empty()).then(Instant::now);
-        }
-        self.inflight.remove(&pkid)
+        let carried = self.unacked.remove(&pkid)?;
+        self.acks_awaited_since = (!self.unacked.is_empty()).then(Instant::now);
+        carried.outbox_seq()
     }
 
     /// The publishes held back for fewer in flight ([`IN_FLIGHT_MAX`]) that may go now, in order: after each
@@ -856,18 +854,15 @@ impl Session {
         self.unacked.len() + self.requested.iter().filter(|(_, qos1)| *qos1).count()
     }
 
+    /// Outbox messages sent and not acknowledged, handed to the client, or held: what [`Self::pump`]'s window
+    /// counts.
     fn outbox_in_flight(&self) -> usize {
-        self.inflight.len()
-            + self
-                .requested
-                .iter()
-                .filter(|(c, _)| matches!(c, Carried::Outbox(_)))
-                .count()
-            + self
-                .held
-                .iter()
-                .filter(|h| matches!(h.carried, Carried::Outbox(_)))
-                .count()
+        self.unacked
+            .values()
+            .chain(self.requested.iter().map(|(c, _)| c))
+            .chain(self.held.iter().map(|h| &h.carried))
+            .filter(|c| matches!(c, Carried::Outbox(_)))
+            .count()
     }
 
     /// A stop: publishes the retained status `stopped` (QoS 1), once per connection, when connected. The
@@ -1311,8 +1306,8 @@ fn run(
             metrics.outbox_memory_only.set(o.memory_only_len() as u64);
         }
         metrics.mqtt_connected.set(u64::from(session.connected()));
-        // What waits for fewer in flight goes as room allows: after a PUBACK (below), and here for what a full
-        // client queue sent back while nothing was in flight to be acknowledged.
+        // What waits for fewer in flight goes as room allows: after a PUBACK (each event comes back here), or
+        // what a full client queue sent back.
         let a = session.release();
         execute(&client, &mut session, a, &metrics);
 
@@ -1509,16 +1504,15 @@ fn run(
                 execute(&client, &mut session, a, &metrics);
             }
             Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                let mut a = Vec::new();
+                // What was held back for fewer in flight goes at the top of the loop, next.
                 if let Some(seq) = session.on_puback(ack.pkid) {
                     let mut o = lock(&outbox);
                     let acked = o.ack(seq);
-                    a.extend(acked.map_or_else(Vec::new, |m| session.outbox_acked(&m, &o)));
+                    let mut a = acked.map_or_else(Vec::new, |m| session.outbox_acked(&m, &o));
                     a.extend(session.pump(&o));
+                    drop(o);
+                    execute(&client, &mut session, a, &metrics);
                 }
-                // What was held back for fewer in flight (what the lines above asked for among it, behind the rest).
-                a.extend(session.release());
-                execute(&client, &mut session, a, &metrics);
             }
             Ok(Event::Incoming(Packet::Publish(p))) if p.topic == node => {
                 // Under the shipped unit (`ProtectProc=invisible`) another user's process looks not running: a
