@@ -1603,7 +1603,7 @@ impl Config {
                 p.push(format!(
                     "mqtt.keep_alive ({:?}) must be whole seconds (MQTT carries it in seconds): write {}s",
                     q.keep_alive,
-                    q.keep_alive.as_secs().max(1)
+                    q.keep_alive.as_secs()
                 ));
             }
             if q.password.is_some() && q.password_file.is_some() {
