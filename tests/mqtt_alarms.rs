@@ -43,11 +43,23 @@ impl Rig {
         common::file_device(&wav, "realtime = true\nat_end = \"loop\"\n")
     }
 
+    /// One more machine on the `mic` device's first channel, scored with the standard bundle, with `settings`.
+    fn machine(&self, name: &str, settings: &str) -> String {
+        format!(
+            "\n[[machines]]\nname = \"{name}\"\ndevice = \"mic\"\nchannel = 0\nbundle = \"{}\"\n\
+             section = \"pump/section_00\"\n{settings}",
+            self.b.dir.display()
+        )
+    }
+
     /// A configuration in the rig's directory: `device`, the standard bundle, the rig's broker, then `extra`.
     fn config(&self, device: &str, extra: &str) -> PathBuf {
         common::config(self.path(), device, &self.b.dir, self.broker.port, extra)
     }
 }
+
+/// A machine's settings that raise its alarm at the first window of normal sound.
+const ALARMING: &str = "threshold = 0.0001\nraise_k = 1\nraise_n = 1\n";
 
 /// A client for publishing commands, its event loop drained by a thread of its own.
 fn commander(port: u16, client_id: &str) -> rumqttc::Client {
@@ -746,11 +758,7 @@ fn a_machine_removed_at_a_reload_is_retired_and_its_topics_cleared() {
     let rig = Rig::start();
     let port = rig.broker.port;
     let rec = Recorder::start(port, "recorder-retired");
-    let second = format!(
-        "\n[[machines]]\nname = \"pump-2\"\ndevice = \"mic\"\nchannel = 0\nbundle = \"{}\"\n\
-         section = \"pump/section_00\"\nthreshold = 0.0001\nraise_k = 1\nraise_n = 1\n",
-        rig.b.dir.display()
-    );
+    let second = rig.machine("pump-2", ALARMING);
     let cfg = rig.config(
         &rig.looping_normal(),
         &format!("[mqtt.discovery]\nenabled = true\n{second}"),
@@ -1177,17 +1185,9 @@ fn a_broker_that_acknowledges_no_alarm_message_is_reconnected() {
     let rig = Rig::start();
     let relay = common::PubackDrop::start(rig.broker.port);
     relay.drop_acks(true);
-    let mut more = format!(
-        "\n[[machines]]\nname = \"pump-2\"\ndevice = \"mic\"\nchannel = 0\nbundle = \"{}\"\n\
-         section = \"pump/section_00\"\nthreshold = 0.0001\nraise_k = 1\nraise_n = 1\n",
-        rig.b.dir.display()
-    );
+    let mut more = rig.machine("pump-2", ALARMING);
     for k in 3..=10 {
-        more.push_str(&format!(
-            "\n[[machines]]\nname = \"fan-{k}\"\ndevice = \"mic\"\nchannel = 0\nbundle = \"{}\"\n\
-             section = \"pump/section_00\"\n",
-            rig.b.dir.display()
-        ));
+        more.push_str(&rig.machine(&format!("fan-{k}"), ""));
     }
     more.push_str("\n[mqtt.discovery]\nenabled = true\n");
     let cfg = rig.config(&rig.looping_normal(), &more);
