@@ -28,8 +28,8 @@ pub struct Snapshot {
     /// Connected, but the broker has not delivered the probe on the command topics back: commands do not reach the
     /// daemon (`sonitor_mqtt_commands_unread`).
     pub mqtt_commands_unread: Option<bool>,
-    /// Connections made again because the broker acknowledged none of the alarm messages in flight
-    /// (`sonitor_mqtt_ack_stalls_total`).
+    /// Connections made again because the broker acknowledged none of the messages in flight (alarm messages,
+    /// retained values; `sonitor_mqtt_ack_stalls_total`).
     pub mqtt_ack_stalls: Option<u64>,
     /// Announcements of another sonitor under this node's topics since the start
     /// (`sonitor_mqtt_node_conflicts_total`).

@@ -1247,7 +1247,7 @@ fn run(
     // This daemon ended the connection itself (the clean one above, or one whose acknowledgements stalled): the
     // next follows at once.
     let mut own_disconnect = false;
-    // A broker that takes the alarm messages and acknowledges none of them for this long: reconnected, which sends
+    // A broker that takes the QoS 1 messages and acknowledges none of them for this long: reconnected, which sends
     // them again.
     let ack_stall = (q.keep_alive * 3).max(ACK_STALL_MIN);
     // The probe on this daemon's command topics ([`PROBE_MACHINE`]) and whether it came back on this connection.
@@ -1908,7 +1908,7 @@ fn never_connected_hint(e: &ConnectionError, tls: bool) -> &'static str {
     }
 }
 
-/// The least time without any acknowledgement of the alarm messages in flight before the connection is made again
+/// The least time without any acknowledgement of the QoS 1 messages in flight before the connection is made again
 /// (3 × keep_alive when longer).
 const ACK_STALL_MIN: Duration = Duration::from_secs(30);
 
