@@ -3,7 +3,6 @@
 //! (SIGTERM, SIGINT, SIGHUP), a thread that panics, the systemd watchdog and status, and the orderly stop.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,7 +26,7 @@ use crate::publish::outbox::Outbox;
 use crate::watchdog::{watchdog_fed, watchdog_interval, win_queue_empty, WatchMarks};
 use crate::window::{ClipRequest, MachineTap, ReaderEvent};
 
-/// A minimal logger to stderr (journald adds time and unit).
+/// A minimal logger to stderr (journald adds time and unit; [`crate::journal`] the priority).
 struct StderrLogger(log::LevelFilter);
 
 impl log::Log for StderrLogger {
@@ -37,12 +36,11 @@ impl log::Log for StderrLogger {
     fn log(&self, r: &log::Record) {
         if self.enabled(r.metadata()) {
             // Not `eprintln!`, which panics when stderr is gone (a log collector that died, a closed pipe):
-            // the daemon keeps watching its machines without a log rather than stop.
-            let _ = writeln!(
-                std::io::stderr().lock(),
-                "sonitor[{}]: {}",
+            // the daemon keeps watching its machines without a log rather than stop. With the priority where
+            // stderr is the journal (`journalctl -u sonitor -p warning`).
+            crate::journal::write_stderr(
                 r.level(),
-                r.args()
+                &format!("sonitor[{}]: {}", r.level(), r.args()),
             );
         }
     }
@@ -126,7 +124,7 @@ fn panic_hook(
         if log::log_enabled!(log::Level::Error) {
             log::error!("{text}");
         } else {
-            eprintln!("sonitor: {text}");
+            crate::stderr_at!(log::Level::Error, "sonitor: {text}");
         }
         if let Ok(mut p) = panicked.lock() {
             p.get_or_insert(thread);
@@ -137,7 +135,8 @@ fn panic_hook(
                 .name("panic-exit".into())
                 .spawn(|| {
                     std::thread::sleep(PANIC_EXIT_AFTER);
-                    eprintln!(
+                    crate::stderr_at!(
+                        log::Level::Error,
                         "sonitor: the stop after a panic did not end within {} s; exiting with status \
                          {EXIT_INTERNAL}",
                         PANIC_EXIT_AFTER.as_secs()
@@ -256,7 +255,10 @@ pub fn run(config_path: &Path) -> i32 {
     let signals = match Signals::take() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("sonitor: cannot install the signal handlers: {e}");
+            crate::stderr_at!(
+                log::Level::Error,
+                "sonitor: cannot install the signal handlers: {e}"
+            );
             return 1;
         }
     };
@@ -264,16 +266,19 @@ pub fn run(config_path: &Path) -> i32 {
     // Stopped while the configuration was checked (`systemctl stop` during a slow start): nothing has been
     // started, nothing to publish or save.
     if signals.stop_asked() {
-        eprintln!(
+        crate::stderr_at!(
+            log::Level::Info,
             "sonitor: stopped before it started (SIGTERM or SIGINT during the configuration check)"
         );
         return 0;
     }
     let Some(cfg) = checked.cfg.filter(|_| checked.problems.is_empty()) else {
-        eprintln!("sonitor: {} cannot be used:", config_path.display());
+        // One write, every line an error for the journal (`journalctl -u sonitor -p err` shows why it stopped).
+        let mut text = format!("sonitor: {} cannot be used:", config_path.display());
         for p in &checked.problems {
-            eprintln!("  - {p}");
+            text.push_str(&format!("\n  - {p}"));
         }
+        crate::stderr_at!(log::Level::Error, "{text}");
         return crate::config::EXIT_CONFIG;
     };
     init_logging(&cfg.log_level);

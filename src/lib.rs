@@ -7,8 +7,8 @@
 //! with its level baseline where the bundle has one)
 //! → [`detect`] (per-machine alarm logic and the controller around it) → [`publish`] (durable outbox, then MQTT).
 //! Beside them: evidence clips ([`clips`]), Prometheus metrics ([`metrics`]), the configuration ([`config`]) and its
-//! [`check`], the systemd [`watchdog`], one daemon per state directory ([`state_lock`]); [`daemon`] wires them
-//! and runs the main loop. The features and the model contract live in `sonitor-core`, so the daemon computes
+//! [`check`], the systemd [`watchdog`], the log lines' priority for the [`journal`], one daemon per state directory
+//! ([`state_lock`]); [`daemon`] wires them and runs the main loop. The features and the model contract live in `sonitor-core`, so the daemon computes
 //! exactly what the trainer evaluated.
 //!
 //! [`demo`] runs all of it on the shipped model and a generated recording; [`bench`](mod@bench) holds what the
@@ -35,6 +35,7 @@ pub mod detect;
 pub mod embed;
 pub mod fault;
 pub mod features;
+pub mod journal;
 pub mod metrics;
 pub mod publish;
 pub mod reload;

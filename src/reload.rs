@@ -86,7 +86,8 @@ pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
     let cfg = match Config::load(config_path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!(
+            crate::stderr_at!(
+                log::Level::Error,
                 "sonitor reload: {e}; not sent: a running daemon would refuse it and keep its running configuration"
             );
             return EXIT_CONFIG;
@@ -96,7 +97,8 @@ pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
     let pid = match pid.or(holder.pid) {
         Some(p) => p,
         None if crate::state_lock::unreadable(&cfg.state_dir).is_some() => {
-            eprintln!(
+            crate::stderr_at!(
+                log::Level::Error,
                 "sonitor reload: cannot read {}: permission denied, so which sonitor runs there is unknown to \
                  this user, who may not signal a daemon of another user anyway: {AS_ROOT}",
                 cfg.state_dir.join(crate::state_lock::LOCK_FILE).display()
@@ -104,7 +106,8 @@ pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
             return EXIT_NO_PERMISSION;
         }
         None => {
-            eprintln!(
+            crate::stderr_at!(
+                log::Level::Error,
                 "sonitor reload: no sonitor runs on the state directory {} (or it did not say its pid): nothing \
                  to reload (pass --pid PID for a daemon whose state_dir the file changes)",
                 cfg.state_dir.display()
@@ -116,7 +119,8 @@ pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
     // reported applied while what it says never took effect.
     if Some(pid) == holder.pid {
         if let Some(theirs) = holder.runs_another_file(config_path) {
-            eprintln!(
+            crate::stderr_at!(
+                log::Level::Error,
                 "sonitor reload: sonitor (pid {pid}) on {} runs {}, and a reload re-reads that file, not {path}; \
                  nothing sent: edit {} and reload, or restart the daemon with --config {path}",
                 cfg.state_dir.display(),
@@ -129,7 +133,7 @@ pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
     // Checked before anything is sent: SIGHUP ends most other programs. A pid given by hand, or one the lock file
     // kept from an earlier daemon (one started on a read-only filesystem cannot write its own there).
     if let Err(why) = a_sonitor(pid) {
-        eprintln!("sonitor reload: {why}; nothing sent");
+        crate::stderr_at!(log::Level::Error, "sonitor reload: {why}; nothing sent");
         return EXIT_NO_DAEMON;
     }
     // Where the answer will be read: the metrics of the daemon that runs, as it wrote in its lock file (the file
@@ -145,13 +149,17 @@ pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
         if e.raw_os_error() == Some(libc::EPERM) {
             // SAFETY: geteuid has no preconditions and cannot fail.
             let uid = unsafe { libc::geteuid() };
-            eprintln!(
+            crate::stderr_at!(
+                log::Level::Error,
                 "sonitor reload: this user (uid {uid}) may not signal sonitor (pid {pid}), which runs as another \
                  user: {AS_ROOT}"
             );
             return EXIT_NO_PERMISSION;
         }
-        eprintln!("sonitor reload: cannot signal sonitor (pid {pid}): {e}");
+        crate::stderr_at!(
+            log::Level::Error,
+            "sonitor reload: cannot signal sonitor (pid {pid}): {e}"
+        );
         return EXIT_NO_DAEMON;
     }
     let Some(addr) = addr else {
@@ -163,7 +171,8 @@ pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
         } else {
             "its metrics are off ([metrics] enabled = false)".into()
         };
-        eprintln!(
+        crate::stderr_at!(
+            log::Level::Warn,
             "sonitor reload: asked sonitor (pid {pid}) to reload {path}; {why}, so whether it applied the file is \
              only in its log"
         );
@@ -176,7 +185,8 @@ pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
     let foreign = |r: &std::io::Result<Reloads>| {
         let (q, node) = r.as_ref().ok()?.served_by.clone()?;
         (q != pid).then(|| {
-            eprintln!(
+            crate::stderr_at!(
+                log::Level::Warn,
                 "sonitor reload: asked sonitor (pid {pid}) to reload {path}; {addr} serves the metrics of another \
                  sonitor (pid {q}, node_id {node}), not its own (the port was taken when it started), so whether \
                  it applied the file is only in its log"
@@ -187,7 +197,8 @@ pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
     // Another program's (a web server) never gives it either.
     let not_sonitor = |r: &std::io::Result<Reloads>| match r {
         Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-            eprintln!(
+            crate::stderr_at!(
+                log::Level::Warn,
                 "sonitor reload: asked sonitor (pid {pid}) to reload {path}; {e}: another program holds that \
                  port (the daemon's was taken when it started), so whether it applied the file is only in its log"
             );
@@ -219,7 +230,8 @@ pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
                 return 0;
             }
             Ok(r) if r.count > reloads => {
-                eprintln!(
+                crate::stderr_at!(
+                    log::Level::Error,
                     "sonitor reload: sonitor (pid {pid}) refused {path} and keeps its running configuration; its \
                      log says why (`journalctl -u sonitor -n 20`), and `sonitor validate --config {path}` names \
                      the same problems"
@@ -233,7 +245,8 @@ pub fn reload(config_path: &Path, pid: Option<u32>, timeout: Duration) -> i32 {
             let why = last_error.map_or("still building a model?".to_string(), |e| {
                 format!("its metrics at {addr} do not answer: {e}")
             });
-            eprintln!(
+            crate::stderr_at!(
+                log::Level::Error,
                 "sonitor reload: sonitor (pid {pid}) has not answered within {} s ({why}); its log will say \
                  whether it applied {path}",
                 timeout.as_secs()

@@ -143,6 +143,96 @@ fn an_input_below_the_models_rate_is_warned_about() {
     assert!(log.contains("alarm ON: pump-1"), "{log}");
 }
 
+/// Under systemd, stderr is a stream to the journal, which `JOURNAL_STREAM` names (device:inode): each line then
+/// begins with its syslog priority (`<4>` a warning), which journald takes off and stores, so that `journalctl -u
+/// sonitor -p warning` shows the warnings and errors alone; the refusal of a bad file is an error. All was `info`
+/// before. A stderr that is not that stream (a service's child whose stderr went to a file, a terminal) gets the
+/// lines as they were. `scripts/systemd-check` checks the same under systemd 252 itself.
+#[test]
+fn under_systemd_each_line_tells_the_journal_its_priority() {
+    use std::os::unix::fs::MetadataExt as _;
+    let d = tempfile::tempdir().unwrap();
+    let b = common::standard_bundle(d.path());
+    // An 8 kHz input: a warning at the start (see the test above), then the replay's information lines.
+    let rec8 =
+        sonitor_core::audio::resample(&common::recording(2.0, 0.0, 0.0), 16_000, 8_000).unwrap();
+    let wav = d.path().join("narrow8k.wav");
+    common::write_wav_channels(&wav, 8_000, 1, &rec8, |x| vec![x]);
+    let cfg = common::offline_config(d.path(), &wav, &b.dir, "");
+    let stderr_file = d.path().join("stderr.txt");
+    let run = |cfg: &std::path::Path, journal: bool| {
+        let f = std::fs::File::create(&stderr_file).unwrap();
+        let m = f.metadata().unwrap();
+        // Not the journal: the variable names another inode, as where a service's child redirected stderr.
+        let ino = if journal { m.ino() } else { m.ino() + 1 };
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_sonitor"))
+            .args(["run", "--config"])
+            .arg(cfg)
+            .env("JOURNAL_STREAM", format!("{}:{ino}", m.dev()))
+            .stdout(std::process::Stdio::null())
+            .stderr(f)
+            .status()
+            .unwrap();
+        let log = std::fs::read_to_string(&stderr_file).unwrap();
+        (status.code(), log)
+    };
+
+    let (code, log) = run(&cfg, true);
+    assert_eq!(code, Some(0), "{log}");
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(
+        lines.iter().all(|l| ["<3>", "<4>", "<6>", "<7>"]
+            .iter()
+            .any(|p| l.starts_with(p))),
+        "a line without its priority:\n{log}"
+    );
+    let warning = lines
+        .iter()
+        .find(|l| l.contains("is sampled at 8000 Hz"))
+        .unwrap_or_else(|| panic!("no warning of the rate in:\n{log}"));
+    assert!(
+        warning.starts_with("<4>sonitor[WARN]: machine 'pump-1'"),
+        "{warning}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("<6>sonitor[INFO]: ") && l.contains("all files replayed")),
+        "{log}"
+    );
+
+    // A file the daemon cannot use: the refusal, every line of it, is an error.
+    let bad = d.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&cfg).unwrap() + "\nbogus_key = 1\n",
+    )
+    .unwrap();
+    let (code, log) = run(&bad, true);
+    assert_eq!(code, Some(78), "{log}");
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(
+        lines[0].starts_with("<3>sonitor: ") && lines[0].ends_with("bad.toml cannot be used:"),
+        "{log}"
+    );
+    assert!(
+        lines[1..]
+            .iter()
+            .all(|l| l.starts_with("<3>  - ") || l.starts_with("<3>    ")),
+        "{log}"
+    );
+    assert!(log.contains("bogus_key"), "{log}");
+
+    // Not the journal's stream: the lines as they always were.
+    let (code, log) = run(&cfg, false);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.lines().any(|l| l.starts_with('<')), "{log}");
+    assert!(
+        log.contains("sonitor[WARN]: machine 'pump-1'") && log.contains("is sampled at 8000 Hz"),
+        "{log}"
+    );
+}
+
 /// The end of a replay waits for every window to be scored, however slow inference is: it gave up 10 s after the
 /// file's end, and the demo on an emulated ARM board (about a second a window) lost its last 14 windows and the
 /// alarm's end. Here each window takes 2 s (a pause injected in the inference thread, test builds only): 11
