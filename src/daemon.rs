@@ -792,6 +792,7 @@ pub fn start(
         unpublished_removals: std::collections::BTreeMap::new(),
         unknown_commands: Default::default(),
         mqtt_unsent: Default::default(),
+        held_retained: Default::default(),
         cfg,
     };
     ctl.keep_removed(&saved);
@@ -1002,6 +1003,8 @@ pub fn start(
                 ctl.on_clock_jump();
             }
             ctl.check_windows_come(!on_time);
+            // Retained values the publisher's queue had no room for, once it has.
+            ctl.send_held_retained();
             // Every second, not with the 10-s checks below (two stat calls while the file is there): while the
             // directory was deleted (and made again by the next write of the outbox or a clip) but the lock file
             // not yet, `sonitor status` and `reload` found no daemon, and a second daemon would have started.

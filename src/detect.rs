@@ -538,6 +538,11 @@ pub(crate) struct Controller {
     /// Messages this controller could not hand to the MQTT publisher, since the start: logged at 1, 2, 4, 8, …
     /// (the metric also counts the scores the publisher drops in silence while the broker is away).
     pub(crate) mqtt_unsent: crate::metrics::Counter,
+    /// Retained values the publisher's queue had no room for, the newest of each topic (with its `publish_now`):
+    /// handed to it again each second ([`Controller::send_held_retained`]) and before any later message. Dropped,
+    /// such a value was lost for good: the publisher republished the older value it knew at each connection, and
+    /// an empty one (a retired machine's topic cleared) left the topic on the broker (review30).
+    pub(crate) held_retained: Mutex<BTreeMap<String, (String, bool)>>,
 }
 
 impl Controller {
@@ -549,35 +554,113 @@ impl Controller {
 
     fn send(&self, m: ToMqtt) {
         if let Some(tx) = &self.mqtt {
-            if let Err(e) = tx.try_send(m) {
-                // Counted, and said at the first and each doubling (review30: only counted): what it cost.
-                self.metrics.mqtt_dropped.inc();
-                if let Some(n) = self.mqtt_unsent.inc_log_due() {
-                    let why = if e.is_full() {
-                        "the publisher's queue is full (it does not keep up: a slow broker, or many machines with a \
-                         large outbox)"
-                    } else {
-                        "the publisher has ended"
-                    };
-                    let lost = match e.into_inner() {
-                        ToMqtt::Retained { topic, .. } => format!(
-                            "the retained value of {topic}, published when it next changes or at the next \
-                             connection"
-                        ),
-                        ToMqtt::OutboxChanged => {
-                            "a wake-up for new alarm messages, which wait in the outbox for the next one".into()
-                        }
-                        ToMqtt::Transient { topic, .. } | ToMqtt::Refused { topic, .. } => {
-                            format!("a message for {topic}, lost")
-                        }
-                        ToMqtt::Shutdown => "the stop".into(),
-                    };
-                    log::warn!(
-                        "mqtt: {why}: dropped {lost}; {n} message(s) not handed to it so far (counted in \
-                         sonitor_mqtt_dropped_messages_total)"
-                    );
+            // What waits goes first; a retained value of a topic that still waits replaces the one held.
+            if !self.send_held_retained() {
+                if let ToMqtt::Retained {
+                    topic,
+                    payload,
+                    publish_now,
+                } = m
+                {
+                    self.hold_retained(topic, payload, publish_now);
+                    return;
                 }
             }
+            match tx.try_send(m) {
+                Ok(()) => {}
+                Err(crossbeam_channel::TrySendError::Full(ToMqtt::Retained {
+                    topic,
+                    payload,
+                    publish_now,
+                })) => self.hold_retained(topic, payload, publish_now),
+                Err(e) => self.dropped(e),
+            }
+        }
+    }
+
+    /// Keeps a retained value the publisher's queue could not take, the newest of its topic; said at the first
+    /// and each doubling (as the drops are).
+    fn hold_retained(&self, topic: String, payload: String, publish_now: bool) {
+        let held = {
+            let Ok(mut h) = self.held_retained.lock() else {
+                return;
+            };
+            h.insert(topic.clone(), (payload, publish_now));
+            h.len()
+        };
+        if let Some(n) = self.mqtt_unsent.inc_log_due() {
+            log::warn!(
+                "mqtt: the publisher's queue is full (it does not keep up: a slow broker, or many machines with a \
+                 large outbox): the retained value of {topic} waits until it takes it ({held} topic(s) waiting; \
+                 {n} message(s) not handed to it at once so far)"
+            );
+        }
+    }
+
+    /// Hands the publisher the retained values held for lack of room ([`Controller::held_retained`]), as many as
+    /// its queue takes; true when none is left waiting. Called each second by the main loop, and before each
+    /// message.
+    pub(crate) fn send_held_retained(&self) -> bool {
+        let Some(tx) = &self.mqtt else {
+            return true;
+        };
+        let Ok(mut held) = self.held_retained.lock() else {
+            return true;
+        };
+        while let Some((topic, (payload, publish_now))) = held.pop_first() {
+            match tx.try_send(ToMqtt::Retained {
+                topic,
+                payload,
+                publish_now,
+            }) {
+                Ok(()) => {}
+                Err(crossbeam_channel::TrySendError::Full(ToMqtt::Retained {
+                    topic,
+                    payload,
+                    publish_now,
+                })) => {
+                    held.insert(topic, (payload, publish_now));
+                    return false;
+                }
+                // The publisher has ended: nothing will take them (the next start publishes every value).
+                Err(_) => {
+                    held.clear();
+                    return true;
+                }
+            }
+        }
+        true
+    }
+
+    /// A message the publisher could not be handed, lost: counted and said at the first and each doubling.
+    fn dropped(&self, e: crossbeam_channel::TrySendError<ToMqtt>) {
+        // Counted, and said at the first and each doubling (review30: only counted): what it cost.
+        self.metrics.mqtt_dropped.inc();
+        if let Some(n) = self.mqtt_unsent.inc_log_due() {
+            let why = if e.is_full() {
+                "the publisher's queue is full (it does not keep up: a slow broker, or many machines with a large \
+                 outbox)"
+            } else {
+                "the publisher has ended"
+            };
+            let lost = match e.into_inner() {
+                // Only once the publisher has ended (a full queue holds them): the next start publishes them.
+                ToMqtt::Retained { topic, .. } => {
+                    format!("the retained value of {topic}, published at the next start")
+                }
+                ToMqtt::OutboxChanged => {
+                    "a wake-up for new alarm messages, which wait in the outbox for the next one"
+                        .into()
+                }
+                ToMqtt::Transient { topic, .. } | ToMqtt::Refused { topic, .. } => {
+                    format!("a message for {topic}, lost")
+                }
+                ToMqtt::Shutdown => "the stop".into(),
+            };
+            log::warn!(
+                "mqtt: {why}: dropped {lost}; {n} message(s) not handed to it so far (counted in \
+                 sonitor_mqtt_dropped_messages_total)"
+            );
         }
     }
 
@@ -2383,6 +2466,55 @@ mod tests {
         assert_eq!(s["pump"], saved(false, None).with_seq(3));
     }
 
+    /// A retained value the publisher's queue has no room for waits in the controller, the newest of its topic,
+    /// and goes once there is room, before what comes after it; it was dropped, and the publisher republished the
+    /// older value it knew at each connection (review30). Only what the publisher has ended for is dropped.
+    #[test]
+    fn retained_values_wait_for_room_in_the_publishers_queue() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut ctl, _clips) = controller(d.path(), 4);
+        let (tx, rx) = bounded::<ToMqtt>(2);
+        ctl.mqtt = Some(tx);
+        let value = |t: &str, p: &str| ToMqtt::Retained {
+            topic: t.into(),
+            payload: p.into(),
+            publish_now: true,
+        };
+        ctl.retained("a".into(), "1".into(), true);
+        ctl.retained("b".into(), "1".into(), true);
+        // The queue is full: these wait, the later value of `a` in place of the earlier, the empty one (a topic
+        // cleared) kept as a value.
+        ctl.retained("a".into(), "2".into(), true);
+        ctl.retained("c".into(), "".into(), true);
+        ctl.retained("a".into(), "3".into(), true);
+        assert_eq!(ctl.held_retained.lock().unwrap().len(), 2);
+        assert_eq!(ctl.metrics.mqtt_dropped.get(), 0, "nothing is lost");
+        // A score meanwhile is lost, as before: counted.
+        ctl.send(ToMqtt::Transient {
+            topic: "s".into(),
+            payload: "0.1".into(),
+            qos1: false,
+        });
+        assert_eq!(ctl.metrics.mqtt_dropped.get(), 1);
+        assert_eq!(rx.try_recv().unwrap(), value("a", "1"));
+        assert_eq!(rx.try_recv().unwrap(), value("b", "1"));
+        // Room again: what is held goes first, and takes it; the next value (of another topic) waits behind.
+        ctl.retained("d".into(), "1".into(), true);
+        assert_eq!(rx.try_recv().unwrap(), value("a", "3"));
+        assert_eq!(rx.try_recv().unwrap(), value("c", ""));
+        assert!(rx.try_recv().is_err());
+        // The main loop's second: the rest.
+        assert!(ctl.send_held_retained());
+        assert_eq!(rx.try_recv().unwrap(), value("d", "1"));
+        assert!(ctl.held_retained.lock().unwrap().is_empty());
+        // A publisher that has ended takes nothing: dropped, counted.
+        ctl.retained("e".into(), "1".into(), true);
+        drop(rx);
+        ctl.retained("f".into(), "1".into(), true);
+        assert!(ctl.held_retained.lock().unwrap().is_empty());
+        assert_eq!(ctl.metrics.mqtt_dropped.get(), 2);
+    }
+
     /// A controller for machine `pump-1` on input `mic`, without MQTT, whose input's clip queue holds
     /// `clip_queue` requests (the receiver is returned: nothing takes them).
     fn controller(
@@ -2426,6 +2558,7 @@ mod tests {
             unpublished_removals: BTreeMap::new(),
             unknown_commands: Default::default(),
             mqtt_unsent: Default::default(),
+            held_retained: Default::default(),
             cfg,
         };
         (ctl, clip_rx)

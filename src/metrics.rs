@@ -677,7 +677,7 @@ impl Metrics {
         family(
             "sonitor_mqtt_dropped_messages_total",
             "counter",
-            "Messages the MQTT client's queue could not take (scores, state; alarm messages wait in the outbox instead). While the broker is away no score is published and none is counted here.",
+            "Messages the MQTT client's queue could not take, lost (scores, answers to refused commands; a retained value such as a state waits for room instead, and alarm messages wait in the outbox), and the scores not published while the broker is away.",
             one(self.mqtt_dropped.get()),
         );
         family(
