@@ -1105,6 +1105,7 @@ pub fn start(
     if let Some(t) = &mqtt_thread {
         deadline.waiting_for(format!("{} (the last MQTT messages)", thread_named(t)));
     }
+    ctl.forget_held_retained();
     if let Some(tx) = ctl.mqtt.take() {
         let _ = tx.send(ToMqtt::Shutdown);
     }

@@ -553,27 +553,43 @@ impl Controller {
     }
 
     fn send(&self, m: ToMqtt) {
-        if let Some(tx) = &self.mqtt {
-            // What waits goes first; a retained value of a topic that still waits replaces the one held.
-            if !self.send_held_retained() {
-                if let ToMqtt::Retained {
-                    topic,
-                    payload,
-                    publish_now,
-                } = m
-                {
+        let Some(tx) = &self.mqtt else {
+            return;
+        };
+        match m {
+            // Behind the retained values that wait: a value of a topic that still waits replaces the one held.
+            ToMqtt::Retained {
+                topic,
+                payload,
+                publish_now,
+            } => {
+                if !self.send_held_retained() {
                     self.hold_retained(topic, payload, publish_now);
                     return;
                 }
-            }
-            match tx.try_send(m) {
-                Ok(()) => {}
-                Err(crossbeam_channel::TrySendError::Full(ToMqtt::Retained {
+                match tx.try_send(ToMqtt::Retained {
                     topic,
                     payload,
                     publish_now,
-                })) => self.hold_retained(topic, payload, publish_now),
-                Err(e) => self.dropped(e),
+                }) {
+                    Ok(()) => {}
+                    Err(crossbeam_channel::TrySendError::Full(ToMqtt::Retained {
+                        topic,
+                        payload,
+                        publish_now,
+                    })) => self.hold_retained(topic, payload, publish_now),
+                    Err(e) => self.dropped(e),
+                }
+            }
+            // Anything else before them (review32): the held values refilling the queue first would leave no room
+            // for a wake-up for new alarm messages, which then waited in the outbox for the next one. Nothing
+            // orders these after a retained value (the publisher reads the outbox itself, and a machine's state
+            // waits there behind its alarm's transitions).
+            m => {
+                if let Err(e) = tx.try_send(m) {
+                    self.dropped(e);
+                }
+                self.send_held_retained();
             }
         }
     }
@@ -582,9 +598,10 @@ impl Controller {
     /// and each doubling (as the drops are).
     fn hold_retained(&self, topic: String, payload: String, publish_now: bool) {
         let held = {
-            let Ok(mut h) = self.held_retained.lock() else {
-                return;
-            };
+            let mut h = self
+                .held_retained
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             h.insert(topic.clone(), (payload, publish_now));
             h.len()
         };
@@ -604,9 +621,10 @@ impl Controller {
         let Some(tx) = &self.mqtt else {
             return true;
         };
-        let Ok(mut held) = self.held_retained.lock() else {
-            return true;
-        };
+        let mut held = self
+            .held_retained
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         while let Some((topic, (payload, publish_now))) = held.pop_first() {
             match tx.try_send(ToMqtt::Retained {
                 topic,
@@ -622,14 +640,33 @@ impl Controller {
                     held.insert(topic, (payload, publish_now));
                     return false;
                 }
-                // The publisher has ended: nothing will take them (the next start publishes every value).
+                // The publisher has ended (the daemon stops with status 70): nothing will take them; counted
+                // (the next start publishes every value).
                 Err(_) => {
+                    self.metrics.mqtt_dropped.add(held.len() as u64 + 1);
                     held.clear();
                     return true;
                 }
             }
         }
         true
+    }
+
+    /// At the stop: the retained values still held for lack of room are not handed over (the stop does not wait
+    /// for them, and the publisher's session drops the retained values it has not sent yet); said, with how many.
+    pub(crate) fn forget_held_retained(&self) {
+        let mut held = self
+            .held_retained
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !held.is_empty() {
+            log::info!(
+                "mqtt: {} retained value(s) still waited for room in the publisher's queue; not published now, the \
+                 next start publishes every value",
+                held.len()
+            );
+            held.clear();
+        }
     }
 
     /// A message the publisher could not be handed, lost: counted and said at the first and each doubling.
@@ -2496,8 +2533,14 @@ mod tests {
             qos1: false,
         });
         assert_eq!(ctl.metrics.mqtt_dropped.get(), 1);
+        // Room for one: a wake-up for new alarm messages takes it, not what is held (review32: the held values
+        // filled the queue first, and the alarm messages waited in the outbox for the next wake-up).
         assert_eq!(rx.try_recv().unwrap(), value("a", "1"));
+        ctl.send(ToMqtt::OutboxChanged);
+        assert_eq!(ctl.metrics.mqtt_dropped.get(), 1);
+        assert_eq!(ctl.held_retained.lock().unwrap().len(), 2);
         assert_eq!(rx.try_recv().unwrap(), value("b", "1"));
+        assert_eq!(rx.try_recv().unwrap(), ToMqtt::OutboxChanged);
         // Room again: what is held goes first, and takes it; the next value (of another topic) waits behind.
         ctl.retained("d".into(), "1".into(), true);
         assert_eq!(rx.try_recv().unwrap(), value("a", "3"));
@@ -2513,6 +2556,10 @@ mod tests {
         ctl.retained("f".into(), "1".into(), true);
         assert!(ctl.held_retained.lock().unwrap().is_empty());
         assert_eq!(ctl.metrics.mqtt_dropped.get(), 2);
+        // What is held at the stop is let go, with a line.
+        ctl.hold_retained("g".into(), "1".into(), true);
+        ctl.forget_held_retained();
+        assert!(ctl.held_retained.lock().unwrap().is_empty());
     }
 
     /// A controller for machine `pump-1` on input `mic`, without MQTT, whose input's clip queue holds

@@ -52,7 +52,10 @@ pub fn priority(level: log::Level) -> u8 {
 /// the priority prefix when `journal`, else as it is. Ends with a newline.
 pub fn lines(level: log::Level, text: &str, journal: bool) -> String {
     let mut out = String::with_capacity(text.len() + 8);
+    // A message's own final newline ends its last line, not an empty one more.
+    let text = text.strip_suffix('\n').unwrap_or(text);
     for line in text.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
         if journal {
             out.push('<');
             out.push(char::from(b'0' + priority(level)));
@@ -98,6 +101,9 @@ mod tests {
         assert_eq!(lines(log::Level::Info, "x", true), "<6>x\n");
         assert_eq!(lines(log::Level::Trace, "x", true), "<7>x\n");
         assert_eq!(lines(log::Level::Warn, "a\nb", false), "a\nb\n");
+        // A message that ends with its own newline (or CRLF): no empty entry after it.
+        assert_eq!(lines(log::Level::Info, "a\r\nb\n", true), "<6>a\n<6>b\n");
+        assert_eq!(lines(log::Level::Info, "", true), "<6>\n");
     }
 
     #[test]

@@ -677,7 +677,7 @@ impl Metrics {
         family(
             "sonitor_mqtt_dropped_messages_total",
             "counter",
-            "Messages the MQTT client's queue could not take, lost (scores, answers to refused commands; a retained value such as a state waits for room instead, and alarm messages wait in the outbox), and the scores not published while the broker is away.",
+            "Messages the MQTT client's queue could not take, lost (scores, answers to refused commands, wake-ups for new alarm messages, which wait in the outbox for the next one; a retained value such as a state waits for room instead, until the daemon stops: the next start publishes it), and the scores not published while the broker is away.",
             one(self.mqtt_dropped.get()),
         );
         family(
