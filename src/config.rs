@@ -243,10 +243,14 @@ const DENIED: &str = "permission denied: this user (uid";
 fn denied(path: &Path, what: &str) -> String {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let uid = unsafe { libc::geteuid() };
-    format!(
-        "{DENIED} {uid}) {what}; run the command as a user that may (e.g. with sudo), or {}",
-        sonitor_core::regular_file::readable_advice(path)
-    )
+    let advice = sonitor_core::regular_file::readable_advice(path);
+    if crate::journal::stderr_is_journal() {
+        // The service's own start, its stderr the journal: no other user runs the service; the file must become
+        // readable to this one (the journal said "run the command as a user that may (e.g. with sudo)").
+        format!("{DENIED} {uid}, the service's user) {what}; {advice}")
+    } else {
+        format!("{DENIED} {uid}) {what}; run the command as a user that may (e.g. with sudo), or {advice}")
+    }
 }
 
 impl Default for DetectorConfig {

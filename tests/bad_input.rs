@@ -604,6 +604,33 @@ fn a_configuration_this_user_may_not_read_is_permission_denied() {
             );
         }
     }
+    // The service's own start (its stderr the journal, as `JOURNAL_STREAM` names it): no "run it with sudo",
+    // which would not change the user the service runs as; what makes the file readable to it.
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let log = d.path().join("journal.txt");
+        let f = std::fs::File::create(&log).unwrap();
+        let m = f.metadata().unwrap();
+        let status = as_user()
+            .args(["run", "--config"])
+            .arg(&unreadable)
+            .env("JOURNAL_STREAM", format!("{}:{}", m.dev(), m.ino()))
+            .stdout(std::process::Stdio::null())
+            .stderr(f)
+            .status()
+            .unwrap();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(status.code(), Some(78), "{text}");
+        assert!(
+            text.contains(&format!(
+                "<3>  - {}: permission denied: this user (uid ",
+                unreadable.display()
+            )) && text.contains(", the service's user) may not read it; make it readable")
+                && text.contains(&format!("chmod a+r {}", unreadable.display()))
+                && !text.contains("sudo"),
+            "{text}"
+        );
+    }
     // A readable configuration whose MQTT password file sits behind that folder: the folder named, not "does not
     // exist" or a bare "permission denied on a directory on its way".
     let readable = d.path().join("readable.toml");
