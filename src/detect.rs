@@ -557,28 +557,27 @@ impl Controller {
             return;
         };
         match m {
-            // Behind the retained values that wait: a value of a topic that still waits replaces the one held.
+            // In the place of the retained values that wait: a value of a topic that still waits replaces the one
+            // held, and goes when its turn comes.
             ToMqtt::Retained {
                 topic,
                 payload,
                 publish_now,
             } => {
+                let held = {
+                    let mut h = self.held();
+                    h.insert(topic.clone(), (payload, publish_now));
+                    h.len()
+                };
                 if !self.send_held_retained() {
-                    self.hold_retained(topic, payload, publish_now);
-                    return;
-                }
-                match tx.try_send(ToMqtt::Retained {
-                    topic,
-                    payload,
-                    publish_now,
-                }) {
-                    Ok(()) => {}
-                    Err(crossbeam_channel::TrySendError::Full(ToMqtt::Retained {
-                        topic,
-                        payload,
-                        publish_now,
-                    })) => self.hold_retained(topic, payload, publish_now),
-                    Err(e) => self.dropped(e),
+                    // Said at the first and each doubling (as the drops are).
+                    if let Some(n) = self.mqtt_unsent.inc_log_due() {
+                        log::warn!(
+                            "mqtt: the publisher's queue is full (it does not keep up: a slow broker, or many machines \
+                             with a large outbox): the retained value of {topic} waits until it takes it ({held} \
+                             topic(s) waiting; {n} message(s) not handed to it at once so far)"
+                        );
+                    }
                 }
             }
             // Anything else before them (review32): the held values refilling the queue first would leave no room
@@ -594,37 +593,21 @@ impl Controller {
         }
     }
 
-    /// Keeps a retained value the publisher's queue could not take, the newest of its topic; said at the first
-    /// and each doubling (as the drops are).
-    fn hold_retained(&self, topic: String, payload: String, publish_now: bool) {
-        let held = {
-            let mut h = self
-                .held_retained
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            h.insert(topic.clone(), (payload, publish_now));
-            h.len()
-        };
-        if let Some(n) = self.mqtt_unsent.inc_log_due() {
-            log::warn!(
-                "mqtt: the publisher's queue is full (it does not keep up: a slow broker, or many machines with a \
-                 large outbox): the retained value of {topic} waits until it takes it ({held} topic(s) waiting; \
-                 {n} message(s) not handed to it at once so far)"
-            );
-        }
+    /// [`Controller::held_retained`], a poisoned lock taken as it is (no panic can happen while it is held).
+    fn held(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (String, bool)>> {
+        self.held_retained
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Hands the publisher the retained values held for lack of room ([`Controller::held_retained`]), as many as
-    /// its queue takes; true when none is left waiting. Called each second by the main loop, and before each
-    /// message.
+    /// its queue takes; true when none is left waiting. Called each second by the main loop, with each retained
+    /// value, and after any other message.
     pub(crate) fn send_held_retained(&self) -> bool {
         let Some(tx) = &self.mqtt else {
             return true;
         };
-        let mut held = self
-            .held_retained
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut held = self.held();
         while let Some((topic, (payload, publish_now))) = held.pop_first() {
             match tx.try_send(ToMqtt::Retained {
                 topic,
@@ -632,19 +615,24 @@ impl Controller {
                 publish_now,
             }) {
                 Ok(()) => {}
-                Err(crossbeam_channel::TrySendError::Full(ToMqtt::Retained {
-                    topic,
-                    payload,
-                    publish_now,
-                })) => {
-                    held.insert(topic, (payload, publish_now));
+                Err(crossbeam_channel::TrySendError::Full(m)) => {
+                    if let ToMqtt::Retained {
+                        topic,
+                        payload,
+                        publish_now,
+                    } = m
+                    {
+                        held.insert(topic, (payload, publish_now));
+                    }
                     return false;
                 }
                 // The publisher has ended (the daemon stops with status 70): nothing will take them; counted
                 // (the next start publishes every value).
-                Err(_) => {
-                    self.metrics.mqtt_dropped.add(held.len() as u64 + 1);
+                Err(e) => {
+                    self.metrics.mqtt_dropped.add(held.len() as u64);
                     held.clear();
+                    drop(held);
+                    self.dropped(e);
                     return true;
                 }
             }
@@ -655,10 +643,7 @@ impl Controller {
     /// At the stop: the retained values still held for lack of room are not handed over (the stop does not wait
     /// for them, and the publisher's session drops the retained values it has not sent yet); said, with how many.
     pub(crate) fn forget_held_retained(&self) {
-        let mut held = self
-            .held_retained
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut held = self.held();
         if !held.is_empty() {
             log::info!(
                 "mqtt: {} retained value(s) still waited for room in the publisher's queue; not published now, the \
@@ -2557,7 +2542,7 @@ mod tests {
         assert!(ctl.held_retained.lock().unwrap().is_empty());
         assert_eq!(ctl.metrics.mqtt_dropped.get(), 2);
         // What is held at the stop is let go, with a line.
-        ctl.hold_retained("g".into(), "1".into(), true);
+        ctl.held().insert("g".into(), ("1".into(), true));
         ctl.forget_held_retained();
         assert!(ctl.held_retained.lock().unwrap().is_empty());
     }
