@@ -97,15 +97,21 @@ fn resampled_multichannel_replay_raises_clears_and_exits() {
 /// warns once (its start's check; the stream's open said it a second time), and still scores it: here the normal
 /// recording, narrowed, raises an alarm. A 48 kHz input is above the rate: no warning
 /// (`resampled_multichannel_replay_raises_clears_and_exits` asserts it).
+/// A configuration in `dir` replaying `seconds` of normal sound recorded at 8 kHz, below the standard bundle's
+/// 16 kHz (a warning at the start), to its end.
+fn narrow_8k_replay(dir: &std::path::Path, seconds: f32) -> std::path::PathBuf {
+    let b = common::standard_bundle(dir);
+    let rec8 = sonitor_core::audio::resample(&common::recording(seconds, 0.0, 0.0), 16_000, 8_000)
+        .unwrap();
+    let wav = dir.join("narrow8k.wav");
+    common::write_wav_channels(&wav, 8_000, 1, &rec8, |x| vec![x]);
+    common::offline_config(dir, &wav, &b.dir, "")
+}
+
 #[test]
 fn an_input_below_the_models_rate_is_warned_about() {
     let d = tempfile::tempdir().unwrap();
-    let b = common::standard_bundle(d.path());
-    let rec8 =
-        sonitor_core::audio::resample(&common::recording(3.0, 0.0, 0.0), 16_000, 8_000).unwrap();
-    let wav = d.path().join("narrow8k.wav");
-    common::write_wav_channels(&wav, 8_000, 1, &rec8, |x| vec![x]);
-    let cfg = common::offline_config(d.path(), &wav, &b.dir, "");
+    let cfg = narrow_8k_replay(d.path(), 3.0);
     let says = "is sampled at 8000 Hz, below its model's 16000 Hz: the model's band above 4000 Hz gets no sound";
 
     let (code, out, _) = sonitor_on(&["validate"], &cfg);
@@ -152,13 +158,8 @@ fn an_input_below_the_models_rate_is_warned_about() {
 fn under_systemd_each_line_tells_the_journal_its_priority() {
     use std::os::unix::fs::MetadataExt as _;
     let d = tempfile::tempdir().unwrap();
-    let b = common::standard_bundle(d.path());
     // An 8 kHz input: a warning at the start (see the test above), then the replay's information lines.
-    let rec8 =
-        sonitor_core::audio::resample(&common::recording(2.0, 0.0, 0.0), 16_000, 8_000).unwrap();
-    let wav = d.path().join("narrow8k.wav");
-    common::write_wav_channels(&wav, 8_000, 1, &rec8, |x| vec![x]);
-    let cfg = common::offline_config(d.path(), &wav, &b.dir, "");
+    let cfg = narrow_8k_replay(d.path(), 2.0);
     let stderr_file = d.path().join("stderr.txt");
     let run = |cfg: &std::path::Path, journal: bool| {
         let f = std::fs::File::create(&stderr_file).unwrap();
