@@ -747,7 +747,7 @@ pub fn spawn_capture(
                         loop {
                             std::thread::sleep(Duration::from_millis(100));
                             if stop.load(Ordering::SeqCst) {
-                                drop(stream);
+                                close_waiting(&cfg, stream, m, &end, &stop);
                                 return;
                             }
                             let x = m.xruns.get();
@@ -790,9 +790,7 @@ pub fn spawn_capture(
                             }
                         }
                         m.up.set(0);
-                        drop(stream);
-                        // After the last callback: the reader ends this stream once it has read the ring.
-                        end.close();
+                        close_waiting(&cfg, stream, m, &end, &stop);
                     }
                     Err(e) => {
                         m.up.set(0);
@@ -808,6 +806,92 @@ pub fn spawn_capture(
                 backoff = backoff.saturating_mul(2).min(cfg.reopen_max);
             }
         })
+}
+
+/// How long a stream's close may take before its supervisor says that the audio stack holds it, and ends the
+/// stream for the reader without it ([`close_waiting`]).
+pub const CLOSE_STUCK_AFTER: Duration = Duration::from_secs(5);
+
+/// How long a stop waits for a stream's close before it leaves the close to its thread.
+const CLOSE_AT_STOP: Duration = Duration::from_secs(2);
+
+/// Closes `stream` (input `cfg`) on a thread of its own and waits for it, raising the input's `retry_beats`
+/// meanwhile. cpal's drop joins the stream's capture thread, and a driver or plugin that blocks that thread (a USB
+/// microphone's driver hung on its removal; ALSA's `file` plugin writing into a pipe nobody reads) held the
+/// supervisor with it: systemd's watchdog was fed no more and restarted the whole daemon, every machine with it,
+/// and a stop waited for the supervisor until its deadline (status 70).
+///
+/// `end` is closed once the close has returned (after the stream's last callback, so the reader ends the stream
+/// once it has read the ring), or once it has not for [`CLOSE_STUCK_AFTER`] (said once, counted in
+/// `stuck_closes`): the reader then writes the stream's clips with what there is instead of waiting too. The
+/// supervisor opens the device again only after the close has returned: a device the audio stack still holds
+/// would hardly open, and each try could leave one more thread behind. On `stop`, the close is waited for
+/// [`CLOSE_AT_STOP`] at most, then left to its thread (the process's exit ends it).
+fn close_waiting(
+    cfg: &DeviceConfig,
+    stream: cpal::Stream,
+    m: &InputMetrics,
+    end: &StreamEnd,
+    stop: &AtomicBool,
+) {
+    let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+    // Should no thread start, the closure is dropped here, and the stream with it: closed on this thread.
+    let _ = std::thread::Builder::new()
+        .name(format!("close-{}", cfg.name))
+        .spawn(move || {
+            drop(stream);
+            let _ = tx.send(());
+        });
+    let t0 = Instant::now();
+    let mut stuck = false;
+    let mut stopped: Option<Instant> = None;
+    loop {
+        m.retry_beats.inc();
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(()) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                end.close();
+                if stuck {
+                    log::info!(
+                        "input {}: its stream's close returned after {:.0} s{}",
+                        cfg.name,
+                        t0.elapsed().as_secs_f64(),
+                        if stopped.is_some() {
+                            ""
+                        } else {
+                            "; opening the device again"
+                        }
+                    );
+                }
+                return;
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+        }
+        if stop.load(Ordering::SeqCst)
+            && stopped.get_or_insert_with(Instant::now).elapsed() >= CLOSE_AT_STOP
+        {
+            end.close();
+            log::warn!(
+                "input {}: its stream's close has not returned after {:.0} s; left to the audio stack, the stop \
+                 goes on",
+                cfg.name,
+                t0.elapsed().as_secs_f64()
+            );
+            return;
+        }
+        if !stuck && t0.elapsed() >= CLOSE_STUCK_AFTER {
+            stuck = true;
+            m.stuck_closes.inc();
+            end.close();
+            log::warn!(
+                "input {}: closing its stream has not returned for {} s: the audio stack holds it (a driver hung \
+                 on a device pulled out, an ALSA plugin blocked on its output?); its machines get no audio until \
+                 it returns, the others are watched as before (sonitor_input_stuck_closes_total). If it does not \
+                 return, unplug the device, or `systemctl restart sonitor`",
+                cfg.name,
+                CLOSE_STUCK_AFTER.as_secs()
+            );
+        }
+    }
 }
 
 /// [`open_capture`] of input `index` on a thread of its own, waited for until it answers or `stop` is set (`None`),

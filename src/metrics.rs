@@ -215,6 +215,9 @@ pub struct InputMetrics {
     pub dropped_samples: Arc<Counter>,
     pub reopens: Counter,
     pub errors: Counter,
+    /// Closes of a stream that had not returned within [`crate::capture::CLOSE_STUCK_AFTER`]: the audio stack
+    /// (a driver, an ALSA plugin) held the capture thread that the close waits for.
+    pub stuck_closes: Counter,
     /// Overruns (xruns) the device reported and recovered from itself: audio was lost, the stream went on.
     pub xruns: Arc<Counter>,
     /// Breaks in an input's audio (a ring overrun or an xrun) after which its windows started again, so that
@@ -469,6 +472,12 @@ impl Metrics {
             "counter",
             "Stream errors reported per input.",
             inp(&|i| i.errors.get().to_string()),
+        );
+        family(
+            "sonitor_input_stuck_closes_total",
+            "counter",
+            "Stream closes that did not return within 5 s (the audio stack held the stream); the input stays down until the close returns.",
+            inp(&|i| i.stuck_closes.get().to_string()),
         );
         family(
             "sonitor_input_up",
