@@ -73,10 +73,23 @@ impl StreamEnd {
 /// What a source reports besides audio.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SourceEvent {
-    Opened { input: usize, description: String },
-    Failed { input: usize, reason: String },
-    Stalled { input: usize },
-    Ended { input: usize },
+    /// The input delivers audio: on a new stream, handed to the reader next (`new_stream`), or on the same one
+    /// (a looped file readable again after a failed pass).
+    Opened {
+        input: usize,
+        description: String,
+        new_stream: bool,
+    },
+    Failed {
+        input: usize,
+        reason: String,
+    },
+    Stalled {
+        input: usize,
+    },
+    Ended {
+        input: usize,
+    },
 }
 
 /// The real-time side of a capture stream: what the cpal callback owns.
@@ -465,7 +478,8 @@ pub enum ProbeError {
 /// How long [`probe`] waits for a device's answer.
 pub const PROBE_WAIT: Duration = Duration::from_secs(10);
 
-/// [`find_device`] then [`choose_config`] for `cfg`'s device `spec`, on a thread of their own, waited for
+/// [`find_device`] then [`choose_config`] for `cfg`'s device `spec` (and a stream opened and closed when it sets
+/// `buffer_frames`: [`buffer_frames_taken`]), on a thread of their own, waited for
 /// `within`: an ALSA plugin whose open blocks (a PCM on a network, on Bluetooth, on a FIFO nobody writes) held
 /// `validate` and the daemon's start for ever, deaf to SIGTERM. `None`: no answer in time; the thread is left to
 /// its call, and ends with the process.
@@ -477,10 +491,42 @@ pub fn probe(
 ) -> Option<Result<(cpal::StreamConfig, cpal::SampleFormat), ProbeError>> {
     let (spec, cfg) = (spec.to_string(), cfg.clone());
     answer_within(format!("probe-{}", cfg.name), within, move || {
-        find_device(&spec)
-            .map_err(ProbeError::Find)
-            .and_then(|dev| choose_config(&dev, &cfg, model_rate).map_err(ProbeError::Choose))
+        let dev = find_device(&spec).map_err(ProbeError::Find)?;
+        let (sc, format) = choose_config(&dev, &cfg, model_rate).map_err(ProbeError::Choose)?;
+        if let Some(n) = cfg.buffer_frames {
+            buffer_frames_taken(&dev, &sc, format, n).map_err(ProbeError::Choose)?;
+        }
+        Ok((sc, format))
     })
+}
+
+/// Whether the device takes `buffer_frames = n` with `sc` and `format`: only opening a stream tells (ALSA narrows
+/// the period sizes it offers once rate, channels and format are set, and what it lists beforehand is wider).
+/// One it refuses (`UnsupportedConfig`) was accepted by `validate`, and then every open of `run` was refused and
+/// retried for ever (review33). A stream that cannot be opened for another reason (the device busy) is not this
+/// check's concern: the open that matters says it.
+fn buffer_frames_taken(
+    dev: &cpal::Device,
+    sc: &cpal::StreamConfig,
+    format: cpal::SampleFormat,
+    n: u32,
+) -> Result<(), ChooseError> {
+    match dev.build_input_stream_raw(
+        *sc,
+        format,
+        |_: &cpal::Data, _: &cpal::InputCallbackInfo| {},
+        |_| {},
+        Some(Duration::from_secs(2)),
+    ) {
+        Err(e) if e.kind() == cpal::ErrorKind::UnsupportedConfig => {
+            Err(ChooseError::Unsuitable(anyhow::anyhow!(
+                "buffer_frames {n} is refused by the device ({}); leave buffer_frames out for the device's \
+                 default, or set a smaller one",
+                e.to_string().trim_end_matches('.')
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `ask` on a thread of its own (`name`), its answer waited for `within`: `None` when it does not come (the
@@ -542,7 +588,11 @@ pub fn choose_config(
     )
     .map_err(ChooseError::Unsuitable)?;
     let buffer_size = match cfg.buffer_frames {
-        Some(n) => cpal::BufferSize::Fixed(n),
+        Some(n) => {
+            // What the device offers at this rate and format: one out of its range was taken by `validate` and
+            // refused by every open, retried for ever (review33).
+            cpal::BufferSize::Fixed(n)
+        }
         None => cpal::BufferSize::Default,
     };
     Ok((
@@ -735,6 +785,7 @@ pub fn spawn_capture(
                         let _ = events.send(SourceEvent::Opened {
                             input: index,
                             description,
+                            new_stream: true,
                         });
                         let end = handle.end.clone();
                         if streams.send(handle).is_err() {
@@ -999,6 +1050,7 @@ pub fn spawn_file(
                         ", as fast as possible"
                     }
                 ),
+                new_stream: true,
             });
             if streams
                 .send(StreamHandle {
@@ -1060,6 +1112,7 @@ pub fn spawn_file(
                     let _ = events.send(SourceEvent::Opened {
                         input: index,
                         description: format!("{}: readable again", path.display()),
+                        new_stream: false,
                     });
                 }
                 loop {

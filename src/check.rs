@@ -394,6 +394,18 @@ pub(crate) fn check_with(path: &Path, running: Option<&Running>, missing: Missin
                         asked,
                     ));
                 }
+                // So are the channels it asks for: the device opens with exactly these or not at all. A reload
+                // that set `channels = 1` under a machine on channel 1 of a device this daemon holds was applied
+                // "at the next restart", which then exited 78 (review33).
+                if let (false, Some(asked)) = (matches!(probed, Some(Ok(_))), d.channels) {
+                    for m in users.iter().filter(|m| m.channel >= asked) {
+                        problems.push(format!(
+                            "machine '{}': channel {} does not exist: device '{}' is set to `channels = {asked}` \
+                             (channels count from 0; set `channels` on the device or the machine's `channel`)",
+                            m.name, m.channel, d.name
+                        ));
+                    }
+                }
                 match probed {
                     // An open that blocks (an ALSA plugin waiting on a network, Bluetooth or a FIFO): as a
                     // device not there, waited for by `run`, not a check that never ends.

@@ -514,6 +514,7 @@ pub fn start(
             last_window: Instant::now(),
             dropped_at_last_window: 0,
             starved: false,
+            channel: Default::default(),
             change_log: crate::detect::change_log(),
         };
         let p = Controller::params_of(&rt);
@@ -883,10 +884,8 @@ pub fn start(
                 }
             },
             recv(reader_rx) -> e => match e {
-                Ok(ReaderEvent::Health(h)) => {
-                    let state = if h.silent { "SILENT" } else if h.clipping { "CLIPPING" } else { "OK" };
-                    ctl.set_health(h.machine, state.into());
-                }
+                Ok(ReaderEvent::Health(h)) => ctl.on_channel_health(h.machine, h.silent, h.clipping),
+                Ok(ReaderEvent::Fed { machine, unfed }) => ctl.on_channel_fed(machine, unfed),
                 // Never blocks the loop: a full queue drops the clip (counted).
                 Ok(ReaderEvent::Clip(c)) => ctl.write_clip(c, false),
                 Ok(ReaderEvent::ClipDropped { path }) => ctl.on_clip_failed(&path),

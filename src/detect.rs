@@ -291,6 +291,8 @@ pub(crate) struct MachineRt {
     /// No window for [`MachineRt::starved_after`] though its input is open: audio lost in gaps (device overruns,
     /// a full ring) more often than a window takes, so that no window is ever whole. Health `NO_SCORES`.
     pub(crate) starved: bool,
+    /// What its input's reader last said of its channel; [`Controller::audio_health`] makes its health of it.
+    pub(crate) channel: ChannelSaid,
     /// Whether the last window's level was below the machine's `idle_below_dbfs`: the machine is not running.
     pub(crate) idle: bool,
     /// Whether the last window held no signal (one value repeated: a muted, dead or stuck input).
@@ -383,6 +385,23 @@ pub(crate) const CHANGE_LOG_WINDOW: Duration = Duration::from_secs(600);
 /// A machine's [`MachineRt::change_log`].
 pub(crate) fn change_log() -> LogBudget {
     LogBudget::new(CHANGES_LOGGED, CHANGE_LOG_WINDOW)
+}
+
+/// What a machine's reader last said of its channel ([`crate::window::ReaderEvent`]): kept, so that the health an
+/// input's reopening gives back is the channel's, not `OK` (review33: a dead channel, `SILENT`, then a stall and a
+/// reopen, read `OK` for good, since the reader says a channel's state only when it changes).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct ChannelSaid {
+    pub(crate) silent: bool,
+    pub(crate) clipping: bool,
+    /// Why the input's stream cannot feed the machine (it lacks the machine's channel, its rate cannot be
+    /// converted), while it cannot.
+    pub(crate) unfed: Option<String>,
+    /// Streams of its input opened (the source's `Opened`), and those the reader has said whether they feed the
+    /// machine: until the reader has said it of the last one, nothing is known of it (`NO_AUDIO`). The two come
+    /// on different channels, in either order.
+    pub(crate) streams_opened: u64,
+    pub(crate) streams_fed: u64,
 }
 
 /// Windows in a row without a score after which a machine's health is `NO_SCORES`: one failing window is logged
@@ -2120,6 +2139,55 @@ impl Controller {
         }
     }
 
+    /// Machine `i`'s audio health as far as is known now: `NO_AUDIO` while its input is down or its stream cannot
+    /// feed it, else its channel's as its reader last said (`SILENT`, `CLIPPING`, `OK`).
+    pub(crate) fn audio_health(&self, i: usize) -> &'static str {
+        let m = &self.machines[i];
+        let c = &m.channel;
+        let open = self.inputs.get(m.input) == Some(&InputState::Open);
+        if !open || c.unfed.is_some() || c.streams_fed < c.streams_opened {
+            "NO_AUDIO"
+        } else if c.silent {
+            "SILENT"
+        } else if c.clipping {
+            "CLIPPING"
+        } else {
+            "OK"
+        }
+    }
+
+    /// The reader's news of machine `i`'s channel: its level (`silent`, `clipping`) changed.
+    pub(crate) fn on_channel_health(&mut self, i: usize, silent: bool, clipping: bool) {
+        let Some(m) = self.machines.get_mut(i) else {
+            return;
+        };
+        m.channel.silent = silent;
+        m.channel.clipping = clipping;
+        self.set_health(i, self.audio_health(i).into());
+    }
+
+    /// The reader's news of machine `i` at a new stream of its input: `unfed` says why the stream cannot feed it
+    /// (`None`: it can). Logged when that changes, naming the machine and what to change.
+    pub(crate) fn on_channel_fed(&mut self, i: usize, unfed: Option<String>) {
+        let Some(m) = self.machines.get_mut(i) else {
+            return;
+        };
+        let input = &self.cfg.devices[m.input].name;
+        match &unfed {
+            _ if m.channel.unfed == unfed => {}
+            Some(why) => log::error!(
+                "{}: input {input}'s stream {why}: the machine gets no audio from it (health NO_AUDIO) until \
+                 the device is opened in a way that has it (see `sonitor devices`; set `channels` on device \
+                 '{input}' or the machine's `channel`, then restart sonitor)",
+                m.cfg.name
+            ),
+            None => log::info!("{}: input {input}'s stream feeds it again", m.cfg.name),
+        }
+        m.channel.unfed = unfed;
+        m.channel.streams_fed += 1;
+        self.set_health(i, self.audio_health(i).into());
+    }
+
     /// Input `input` is down (`reason`, when there is one to compare the next failure with): its machines get no
     /// audio.
     pub(crate) fn input_down(&mut self, input: usize, reason: Option<String>) {
@@ -2198,7 +2266,14 @@ impl Controller {
         for i in 0..self.machines.len() {
             let m = &self.machines[i];
             let open = self.inputs.get(m.input) == Some(&InputState::Open);
-            if m.removed || m.starved || !open || m.last_window.elapsed() < m.starved_after() {
+            // A stream without its channel is NO_AUDIO, and said so (not gaps in its audio).
+            let unfed = m.channel.unfed.is_some();
+            if m.removed
+                || m.starved
+                || !open
+                || unfed
+                || m.last_window.elapsed() < m.starved_after()
+            {
                 continue;
             }
             let input = &self.cfg.devices[m.input].name;
@@ -2264,15 +2339,23 @@ pub(crate) fn open_event_clips(machines: &[MachineRt]) -> std::collections::BTre
 
 pub(crate) fn on_source_event(ctl: &mut Controller, e: SourceEvent) {
     match e {
-        SourceEvent::Opened { input, description } => {
+        SourceEvent::Opened {
+            input,
+            description,
+            new_stream,
+        } => {
             log::info!("input {} open: {description}", ctl.cfg.devices[input].name);
             ctl.inputs[input] = InputState::Open;
             for i in 0..ctl.machines.len() {
                 if ctl.machines[i].input == input {
                     ctl.machines[i].last_window = Instant::now();
                 }
-                if ctl.machines[i].input == input && ctl.machines[i].health == "NO_AUDIO" {
-                    ctl.set_health(i, "OK".into());
+                // NO_AUDIO until the reader has the stream and says whether it feeds the machine
+                // ([`Controller::on_channel_fed`]; a stream without its channel said OK for a moment), then its
+                // channel's health as the reader last said it (it says only changes), not `OK` (review33).
+                if ctl.machines[i].input == input {
+                    ctl.machines[i].channel.streams_opened += u64::from(new_stream);
+                    ctl.set_health(i, ctl.audio_health(i).into());
                 }
             }
         }
@@ -2618,6 +2701,7 @@ mod tests {
             last_window: Instant::now(),
             dropped_at_last_window: 0,
             starved: false,
+            channel: Default::default(),
             mute_deadline: None,
             removed: false,
             change_log: change_log(),
@@ -3160,6 +3244,76 @@ mod tests {
         ctl.machines[0].last_window = long_ago(after + Duration::from_secs(1));
         ctl.check_windows_come(false);
         assert_eq!(ctl.machines[0].health(), "NO_AUDIO");
+    }
+
+    /// A channel's health survives its input's outage (review33): the reader says it only when it changes, so a
+    /// dead channel (`SILENT`) read `OK` for good once its device had stalled and opened again. The reopening gives
+    /// back what the reader last said, and the reader's news while the input is down does not hide `NO_AUDIO`.
+    #[test]
+    fn a_reopened_input_gives_back_its_channels_health_not_ok() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut ctl, _rx) = controller(d.path(), 1);
+        let opened = |ctl: &mut Controller| {
+            on_source_event(
+                ctl,
+                SourceEvent::Opened {
+                    input: 0,
+                    description: "test".into(),
+                    new_stream: true,
+                },
+            )
+        };
+        ctl.on_channel_health(0, true, false);
+        assert_eq!(ctl.machines[0].health(), "SILENT");
+        on_source_event(&mut ctl, SourceEvent::Stalled { input: 0 });
+        assert_eq!(ctl.machines[0].health(), "NO_AUDIO");
+        opened(&mut ctl);
+        // Until the reader has the new stream: nothing is known of it yet.
+        assert_eq!(ctl.machines[0].health(), "NO_AUDIO");
+        ctl.on_channel_fed(0, None);
+        assert_eq!(ctl.machines[0].health(), "SILENT");
+        assert!(ctl.state_json(0).contains("\"health\":\"SILENT\""));
+        // Clipping, then the input away: news of the channel while it is down leaves it NO_AUDIO.
+        ctl.on_channel_health(0, false, true);
+        assert_eq!(ctl.machines[0].health(), "CLIPPING");
+        ctl.input_down(0, Some("gone".into()));
+        ctl.on_channel_health(0, false, false);
+        assert_eq!(ctl.machines[0].health(), "NO_AUDIO");
+        // The reader's news may come before the source's (the main loop takes ready channels in any order).
+        ctl.on_channel_fed(0, None);
+        assert_eq!(ctl.machines[0].health(), "NO_AUDIO");
+        opened(&mut ctl);
+        assert_eq!(ctl.machines[0].health(), "OK");
+    }
+
+    /// A stream that lacks the machine's channel (a device that appeared with fewer channels than the machine
+    /// needs, review33) is NO_AUDIO from the moment it starts, not OK and then NO_SCORES blamed on gaps; a later
+    /// stream that has it gives the machine back.
+    #[test]
+    fn a_stream_without_the_machines_channel_is_no_audio_not_starved() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut ctl, _rx) = controller(d.path(), 1);
+        assert_eq!(ctl.machines[0].health(), "OK");
+        ctl.on_channel_fed(0, Some("has 2 channel(s), not its channel 3".into()));
+        assert_eq!(ctl.machines[0].health(), "NO_AUDIO");
+        // No window comes, the input open: it stays NO_AUDIO, not NO_SCORES.
+        let after = ctl.machines[0].starved_after() + Duration::from_secs(1);
+        ctl.machines[0].last_window = Instant::now().checked_sub(after).unwrap();
+        ctl.check_windows_come(false);
+        assert_eq!(ctl.machines[0].health(), "NO_AUDIO");
+        // A reopening of the same stream shape keeps it so.
+        on_source_event(
+            &mut ctl,
+            SourceEvent::Opened {
+                input: 0,
+                description: "test".into(),
+                new_stream: true,
+            },
+        );
+        ctl.on_channel_fed(0, Some("has 2 channel(s), not its channel 3".into()));
+        assert_eq!(ctl.machines[0].health(), "NO_AUDIO");
+        ctl.on_channel_fed(0, None);
+        assert_eq!(ctl.machines[0].health(), "OK");
     }
 
     /// A health that flaps (a CPU that does not keep up: no window, then windows again) is followed each time, but

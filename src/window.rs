@@ -142,6 +142,12 @@ pub enum ReaderEvent {
     ClipDropped {
         path: PathBuf,
     },
+    /// A new stream of the machine's input began: `unfed` says why it cannot feed the machine (its channel is not
+    /// in the stream, its rate cannot be converted), `None` when it can. Sent for each machine at each stream.
+    Fed {
+        machine: usize,
+        unfed: Option<String>,
+    },
     /// The input's file ended (`at_end = "exit"`) and all its windows were cut.
     Finished {
         input: usize,
@@ -180,8 +186,8 @@ enum RateConversion {
     None,
     Resample(Box<StreamResampler>),
     /// No resampler for this pair of rates: audio at the wrong rate would be scored as if it were right, so the
-    /// machine gets no windows until a stream at a usable rate is opened.
-    Unusable,
+    /// machine gets no windows until a stream at a usable rate is opened. Holds the resampler's refusal.
+    Unusable(String),
 }
 
 impl TapState {
@@ -215,7 +221,7 @@ impl TapState {
     /// Whether this machine gets windows from a stream of `channels` channels: its channel exists and the
     /// stream's rate can be brought to the model's.
     fn takes(&self, channels: usize) -> bool {
-        self.tap.channel < channels && !matches!(self.rate, RateConversion::Unusable)
+        self.tap.channel < channels && !matches!(self.rate, RateConversion::Unusable(_))
     }
 }
 
@@ -310,7 +316,10 @@ pub fn spawn_reader(
                         {}
                         end_stream(&mut states, &windows, &recycled, &events, &metrics);
                     }
-                    start_stream(&mut states, &name, new.sample_rate, new.channels);
+                    for (machine, unfed) in start_stream(&mut states, new.sample_rate, new.channels)
+                    {
+                        let _ = events.send(ReaderEvent::Fed { machine, unfed });
+                    }
                     let input = format!("input {name}");
                     for s in &states {
                         let m = &metrics.machines[s.tap.machine].name;
@@ -573,7 +582,13 @@ fn after_gap(states: &mut [TapState], to: &Outputs) {
 /// conversion this stream needs, and its windows start again at the stream's first sample. Audio from before
 /// the gap and after it never share a window: the splice would be scored as a sound the machine made (the
 /// clip history keeps both sides, as it is only evidence). At the first stream nothing has been cut yet.
-fn start_stream(states: &mut [TapState], name: &str, sample_rate: u32, channels: usize) {
+/// Returns, for each machine, why this stream cannot feed it (`None`: it can), for the controller to say.
+fn start_stream(
+    states: &mut [TapState],
+    sample_rate: u32,
+    channels: usize,
+) -> Vec<(usize, Option<String>)> {
+    let mut fed = Vec::with_capacity(states.len());
     for s in states.iter_mut() {
         let model_rate = s.tap.features.sample_rate;
         s.rate = if sample_rate == model_rate {
@@ -581,25 +596,26 @@ fn start_stream(states: &mut [TapState], name: &str, sample_rate: u32, channels:
         } else {
             match StreamResampler::new(sample_rate, model_rate) {
                 Ok(r) => RateConversion::Resample(Box::new(r)),
-                Err(e) => {
-                    log::error!(
-                        "input {name}: cannot resample {sample_rate} Hz to {model_rate} Hz: {e}; machine #{} \
-                         gets no windows from this stream",
-                        s.tap.machine
-                    );
-                    RateConversion::Unusable
-                }
+                Err(e) => RateConversion::Unusable(format!("{e}")),
             }
         };
-        if s.tap.channel >= channels {
-            log::error!(
-                "input {name}: machine #{} wants channel {} but the stream has {channels} channel(s)",
-                s.tap.machine,
+        // Said by the controller, which names the machine and sets its health.
+        let unfed = if s.tap.channel >= channels {
+            Some(format!(
+                "has {channels} channel(s), not its channel {}",
                 s.tap.channel
-            );
-        }
+            ))
+        } else if let RateConversion::Unusable(e) = &s.rate {
+            Some(format!(
+                "is sampled at {sample_rate} Hz, which cannot be converted to its model's {model_rate} Hz ({e})"
+            ))
+        } else {
+            None
+        };
+        fed.push((s.tap.machine, unfed));
         s.next_window = s.total;
     }
+    fed
 }
 
 /// The machines and input rates [`below_model_rate`] has warned of in this process: a stream opened at a rate
@@ -752,15 +768,20 @@ fn process(
                     s.silent_for = Duration::ZERO;
                 }
                 let silent = s.silent_for >= health.silence_after;
-                if silent != s.silent || clipping != s.clipping {
+                // Kept as said only once the controller has it: on a full queue it is said again a block later
+                // (the controller would otherwise keep the old health until the next change).
+                if (silent != s.silent || clipping != s.clipping)
+                    && events
+                        .try_send(ReaderEvent::Health(HealthMsg {
+                            machine: s.tap.machine,
+                            silent,
+                            clipping,
+                            rms_dbfs: dbfs,
+                        }))
+                        .is_ok()
+                {
                     s.silent = silent;
                     s.clipping = clipping;
-                    let _ = events.try_send(ReaderEvent::Health(HealthMsg {
-                        machine: s.tap.machine,
-                        silent,
-                        clipping,
-                        rms_dbfs: dbfs,
-                    }));
                 }
                 let m = &metrics.machines[s.tap.machine];
                 m.silent.set(u64::from(silent));
@@ -818,7 +839,7 @@ fn at_model_rate(s: &mut TapState, mono: &[f32], f: impl FnOnce(&mut TapState, &
             }
             s.resampled = resampled;
         }
-        RateConversion::None | RateConversion::Unusable => f(s, mono),
+        RateConversion::None | RateConversion::Unusable(_) => f(s, mono),
     }
 }
 
@@ -1384,7 +1405,9 @@ mod tests {
             match e {
                 ReaderEvent::Health(h) => clipping_reported |= h.clipping && !h.silent,
                 ReaderEvent::Clip(c) => clip_len = Some(c.samples.len()),
-                ReaderEvent::Finished { .. } | ReaderEvent::ClipDropped { .. } => {}
+                ReaderEvent::Finished { .. }
+                | ReaderEvent::ClipDropped { .. }
+                | ReaderEvent::Fed { .. } => {}
             }
         }
         assert!(clipping_reported);
@@ -1517,6 +1540,32 @@ mod tests {
         assert_eq!(states[0].total, 32_000);
     }
 
+    /// Each stream says, machine by machine, whether it can feed it: a stream without the machine's channel
+    /// (review33: a device that appeared with 2 channels for a machine on channel 3) cannot, and the controller
+    /// says so by the machine's name.
+    #[test]
+    fn a_stream_says_which_machines_it_cannot_feed() {
+        let on = |channel| {
+            TapState::new(MachineTap {
+                channel,
+                ..tap_state(true).tap
+            })
+        };
+        let mut states = vec![on(0), on(3)];
+        states[1].tap.machine = 1;
+        let fed = start_stream(&mut states, 16_000, 2);
+        assert_eq!(
+            fed,
+            vec![
+                (0, None),
+                (1, Some("has 2 channel(s), not its channel 3".into()))
+            ]
+        );
+        assert!(!states[1].takes(2) && states[0].takes(2));
+        let fed = start_stream(&mut states, 16_000, 4);
+        assert_eq!(fed, vec![(0, None), (1, None)]);
+    }
+
     #[test]
     fn at_a_stop_the_rings_last_audio_ends_the_waiting_clips() {
         // A ramp that names every sample. 1.25 s reached the machines' histories; the last 0.5 s is still in the
@@ -1537,7 +1586,7 @@ mod tests {
             post_seconds: 1.0,
             path: "x.wav".into(),
         });
-        start_stream(&mut states, "in", 16_000, 1);
+        start_stream(&mut states, 16_000, 1);
         feed(&mut states, signal[..20_000].chunks(1_000), 1, 64);
         let mut ring = stream_holding(true, 1, 16_000, &signal[20_000..]);
         drain_for_clips(&mut states, &mut ring, &mut Vec::new());
@@ -1564,7 +1613,7 @@ mod tests {
             history_seconds: 3.0,
             ..tap_state(true).tap
         })];
-        start_stream(&mut states, "in", 16_000, 1);
+        start_stream(&mut states, 16_000, 1);
         let (mut sink, mut stream) = stream_and_sink(true, 1, 40_000);
         let mut cursor = GapCursor::default();
         let health = HealthConfig::default();
@@ -1657,9 +1706,9 @@ mod tests {
             channel: 0,
             ..tap_state(true).tap
         })];
-        start_stream(&mut states, "in", 16_000, 1);
+        start_stream(&mut states, 16_000, 1);
         let first = feed(&mut states, signal[..20_800].chunks(1_000), 1, 64).windows;
-        start_stream(&mut states, "in", 16_000, 1);
+        start_stream(&mut states, 16_000, 1);
         let second = feed(&mut states, signal[20_800..].chunks(1_000), 1, 64).windows;
         let starts = |ws: &[WindowMsg]| ws.iter().map(|w| w.samples[0] as u64).collect::<Vec<_>>();
         assert_eq!(starts(&first), [0, 4_000, 8_000, 12_000]);
@@ -1698,7 +1747,7 @@ mod tests {
                 })
             })
             .collect();
-        start_stream(&mut states, "in", 16_000, 1);
+        start_stream(&mut states, 16_000, 1);
         let audio: Vec<f32> = (0..160_000)
             .map(|i| ((i * 31 % 200) as f32 - 100.0) / 400.0)
             .collect();
@@ -1817,13 +1866,13 @@ mod tests {
                 .unwrap();
         }
 
-        /// The reader's next event other than health, if one comes within `wait`.
+        /// The reader's next event other than health and news of a stream's channels, if one comes within `wait`.
         fn next_within(&self, wait: Duration) -> Option<ReaderEvent> {
             let until = std::time::Instant::now() + wait;
             loop {
                 let left = until.saturating_duration_since(std::time::Instant::now());
                 match self.events.recv_timeout(left) {
-                    Ok(ReaderEvent::Health(_)) => continue,
+                    Ok(ReaderEvent::Health(_) | ReaderEvent::Fed { .. }) => continue,
                     Ok(e) => return Some(e),
                     Err(_) => return None,
                 }

@@ -1464,3 +1464,54 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// A `buffer_frames` the device does not offer (review33: 100 000 000 passed `validate`, then `run` retried the
+/// open for ever, its machine NO_AUDIO, as if the device were away): refused, with the range it takes.
+#[test]
+fn a_buffer_size_the_device_does_not_offer_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let b = common::standard_bundle(d.path());
+    let raw = d.path().join("in.raw");
+    std::fs::write(&raw, vec![0u8; 3200]).unwrap();
+    let conf = d.path().join("asound.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "pcm.testmic {{\n type file\n slave.pcm {{ type null }}\n file \"/dev/null\"\n infile \"{}\"\n format \"raw\"\n hint {{ show on description \"test microphone\" }}\n}}\n",
+            raw.display()
+        ),
+    )
+    .unwrap();
+    let device = "[[devices]]\nname = \"mic\"\nsource = \"capture\"\ndevice = \"alsa:testmic\"\n\
+                  channels = 1\nsample_rate = 16000\nbuffer_frames = 100000000\n";
+    let cfg = common::config(d.path(), device, &b.dir, 1, "");
+    common::edit(&cfg, |t| t.replace("[mqtt]\n", "[mqtt]\nenabled = false\n"));
+    let out = Command::new(env!("CARGO_BIN_EXE_sonitor"))
+        .args(["validate", "--config", cfg.to_str().unwrap()])
+        .env("ALSA_CONFIG_PATH", &conf)
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(78), "{said}");
+    assert!(
+        said.contains("buffer_frames 100000000 is refused by the device (Buffer size 100000000 is not in the supported range")
+            && said.contains("leave buffer_frames out"),
+        "{said}"
+    );
+    // One in the range is taken.
+    common::edit(&cfg, |t| {
+        t.replace("buffer_frames = 100000000", "buffer_frames = 1024")
+    });
+    let out = Command::new(env!("CARGO_BIN_EXE_sonitor"))
+        .args(["validate", "--config", cfg.to_str().unwrap()])
+        .env("ALSA_CONFIG_PATH", &conf)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

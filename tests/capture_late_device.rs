@@ -100,6 +100,85 @@ fn a_microphone_absent_at_start_is_waited_for_not_refused() {
     assert_eq!(daemon.sigterm_and_wait(), 0, "{log}");
 }
 
+/// A device that appears with fewer channels than a machine needs (no `channels` in the file, so `validate`
+/// could not know while the device was away): the machine is `NO_AUDIO` from the stream's start, and the log names
+/// it and what to set (review33: its health said `OK` for 10 s, then `NO_SCORES` blamed on gaps in the audio and
+/// advised a larger ring, and the error named "machine #0").
+#[test]
+fn a_device_that_appears_without_the_machines_channel_leaves_it_no_audio() {
+    let d = tempfile::tempdir().unwrap();
+    let b = common::standard_bundle(d.path());
+    let raw = d.path().join("in.raw");
+    std::fs::write(&raw, vec![0u8; 64_000]).unwrap();
+    let conf = d.path().join("asound.conf");
+    std::fs::write(&conf, "pcm.other {\n type null\n}\n").unwrap();
+    let device = "[[devices]]\nname = \"mic\"\nsource = \"capture\"\ndevice = \"alsa:testmic\"\n\
+                  sample_rate = 16000\nreopen_min = \"100ms\"\nreopen_max = \"300ms\"\n";
+    let (cfg, _) = validate_without_mqtt(d.path(), device, &b.dir, &conf, &[], 0);
+    common::edit(&cfg, |t| t.replace("channel = 0\n", "channel = 3\n"));
+    // A device that says how many channels it has is checked against them while it is away (or held open by
+    // the daemon, at a reload): a restart would never feed a machine on a channel past them.
+    let with_channels = |n: u32| {
+        common::edit(&cfg, |t| {
+            t.replace(
+                "sample_rate = 16000\n",
+                &format!("sample_rate = 16000\nchannels = {n}\n"),
+            )
+        });
+        let out = Command::new(env!("CARGO_BIN_EXE_sonitor"))
+            .args(["validate", "--config", cfg.to_str().unwrap()])
+            .env("ALSA_CONFIG_PATH", &conf)
+            .output()
+            .unwrap();
+        common::edit(&cfg, |t| t.replace(&format!("channels = {n}\n"), ""));
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, said) = with_channels(2);
+    assert_eq!(code, Some(78), "{said}");
+    assert!(
+        said.contains(
+            "machine 'pump-1': channel 3 does not exist: device 'mic' is set to `channels = 2`"
+        ),
+        "{said}"
+    );
+    let daemon = common::Daemon::start(&cfg, &[("ALSA_CONFIG_PATH", conf.to_str().unwrap())]);
+    daemon.wait_log("does not exist", Duration::from_secs(30));
+    std::fs::write(
+        &conf,
+        format!(
+            "pcm.testmic {{\n type file\n slave.pcm {{ type null }}\n file \"/dev/null\"\n infile \"{}\"\n format \"raw\"\n hint {{ show on description \"late microphone\" }}\n}}\n",
+            raw.display()
+        ),
+    )
+    .unwrap();
+    daemon.wait_log("input mic open", Duration::from_secs(30));
+    daemon.wait_log(
+        "pump-1: input mic's stream has 2 channel(s), not its channel 3: the machine gets no audio",
+        Duration::from_secs(10),
+    );
+    let no_audio = |m: &str| {
+        common::metric(
+            m,
+            "sonitor_machine_health{machine=\"pump-1\",health=\"NO_AUDIO\"}",
+        ) == Some(1.0)
+    };
+    common::wait_metrics(&cfg, Duration::from_secs(5), "not NO_AUDIO", no_audio);
+    // Past the time after which an open input without windows is NO_SCORES (10 s): still NO_AUDIO, said once.
+    std::thread::sleep(Duration::from_secs(12));
+    assert!(no_audio(&common::scrape(&cfg)));
+    let log = daemon.log.lock().unwrap().clone();
+    assert!(
+        !log.contains("no window for") && !log.contains("machine #"),
+        "{log}"
+    );
+    assert!(!log.contains("health of pump-1: OK"), "{log}");
+    assert_eq!(log.matches("not its channel 3").count(), 1, "{log}");
+    assert_eq!(daemon.sigterm_and_wait(), 0, "{log}");
+}
+
 /// The system's `default` device with no sound card behind it (ALSA always has a `default` PCM, so the device
 /// is found; asking it for a configuration fails with "not available"): the same as a device that is not there.
 /// It was refused with exit 78, and the shipped configurations name `default`: a Pi booted with its USB

@@ -388,6 +388,69 @@ fn a_looped_file_goes_bad_and_comes_back(bad: impl Fn(&std::path::Path, &[f32]),
     assert_eq!(daemon.sigterm_and_wait(), 0);
 }
 
+/// A dead channel stays SILENT through its input's outage (review33): the reader says a channel's state only when
+/// it changes, and the input's reopening set every machine's health to OK, so a dead microphone read `OK` for good
+/// after any hiccup of its device (here its looped file replaced by a bad one, then put right).
+#[test]
+fn a_silent_channel_is_silent_again_after_its_input_comes_back() {
+    let d = tempfile::tempdir().unwrap();
+    let b = common::standard_bundle(d.path());
+    let wav = d.path().join("loop.wav");
+    let mono = common::recording(2.5, 0.0, 0.0);
+    // Channel 0: a dead microphone; channel 1: the pump.
+    let stereo = |path: &std::path::Path| {
+        common::write_wav_channels(path, 16_000, 2, &mono, |x| vec![0.0, x])
+    };
+    stereo(&wav);
+    let cfg = common::file_config(
+        d.path(),
+        &wav,
+        &b.dir,
+        "realtime = true\nat_end = \"loop\"\nreopen_min = \"100ms\"\nreopen_max = \"200ms\"\n",
+        &format!(
+            "[health]\nsilence_after = \"2s\"\n\n[[machines]]\nname = \"dead-mic\"\ndevice = \"mic\"\nchannel = 0\n\
+             bundle = \"{}\"\nsection = \"pump/section_00\"\n",
+            b.dir.display()
+        ),
+    );
+    common::edit(&cfg, |t| {
+        t.replacen("channel = 0\nbundle", "channel = 1\nbundle", 1)
+    });
+    let daemon = common::Daemon::start(&cfg, &[]);
+    daemon.wait_log("health of dead-mic: SILENT", Duration::from_secs(20));
+    let tmp = d.path().join("loop.tmp");
+    common::write_wav(&tmp, &mono);
+    std::fs::rename(&tmp, &wav).unwrap();
+    daemon.wait_log("health of dead-mic: NO_AUDIO", Duration::from_secs(20));
+    stereo(&tmp);
+    std::fs::rename(&tmp, &wav).unwrap();
+    daemon.wait_log("readable again", Duration::from_secs(20));
+    let back = |m: &str| {
+        common::metric(
+            m,
+            "sonitor_machine_health{machine=\"dead-mic\",health=\"SILENT\"}",
+        ) == Some(1.0)
+            && common::metric(
+                m,
+                "sonitor_machine_health{machine=\"pump-1\",health=\"OK\"}",
+            ) == Some(1.0)
+    };
+    common::wait_metrics(
+        &cfg,
+        Duration::from_secs(10),
+        "dead-mic not SILENT again",
+        back,
+    );
+    // Not OK for a moment either, and still SILENT a few blocks later.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(back(&common::scrape(&cfg)));
+    let log = daemon.log.lock().unwrap().clone();
+    let after = &log[log.find("health of dead-mic: NO_AUDIO").unwrap()..];
+    assert!(!after.contains("health of dead-mic: OK"), "{log}");
+    assert!(after.contains("health of dead-mic: SILENT"), "{log}");
+    assert_eq!(daemon.sigterm_and_wait(), 0);
+}
+
 /// A looped file replaced by one of another format: each pass reads the header again, so stereo samples are
 /// never read as mono ones; the input is retried with backoff and comes back once the file is right again.
 #[test]
