@@ -1096,7 +1096,7 @@ pub fn spawn_file(
                 // the old one (stereo samples as mono ones: wrong scores, false alarms).
                 let now = wav.info();
                 if (now.channels as usize, now.sample_rate) != (channels, rate) {
-                    return Err(sonitor_core::audio::WavError::Unsupported {
+                    return Err(sonitor_core::audio::WavError::Changed {
                         path: path.clone(),
                         reason: format!(
                             "the file changed format since start-up: {} ch, {} Hz, was {channels} ch, {rate} Hz \

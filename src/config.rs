@@ -1153,6 +1153,7 @@ fn config_crate_message(e: &config::ConfigError, from_env: &BTreeMap<String, Str
     };
     let fixed = key_path(&msg[start..start + len]);
     if let Some((value, help)) = out_of_range(&msg[..start]) {
+        let help = range_of(&fixed).unwrap_or(help);
         let var = set_by(from_env, &fixed.to_ascii_lowercase()).unwrap_or_default();
         return format!("{fixed} = {value} {help}{var}");
     }
@@ -1186,6 +1187,28 @@ fn key_path(key: &str) -> String {
         }
     }
     fixed
+}
+
+/// What to write for a device setting whose value does not fit its type, in the limits the checks after the read
+/// apply (review33: `channels = 100000` was told "from 0 to 65535", and 0 is refused; `sample_rate = -16000` "0 or
+/// more"), or `None` for the type's own limits.
+fn range_of(key: &str) -> Option<String> {
+    let (_, name) = key.rsplit_once('.')?;
+    key.starts_with("devices[").then_some(())?;
+    use sonitor_core::audio::wav::{MAX_SAMPLE_RATE as max, MIN_SAMPLE_RATE as min};
+    Some(match name {
+        "channels" => "is out of range: write a whole number of channels, 1 or more (leave it out for the \
+                       device's default)"
+            .to_string(),
+        "sample_rate" => format!(
+            "is out of range: write a rate from {min} to {max} Hz (leave it out for the model's rate, or the \
+             device's default)"
+        ),
+        "buffer_frames" => "is out of range: write a whole number of frames, 1 or more (leave it out for the \
+                            device's choice)"
+            .to_string(),
+        _ => return None,
+    })
 }
 
 /// The value and what to write instead, from the config crate's message for a whole number beyond its setting's
@@ -1473,6 +1496,13 @@ impl Config {
                     Some(_) => {}
                 },
                 SourceKind::Capture => {
+                    // No device id has them: "does not exist" said nothing of the space (review33).
+                    if let Some(id) = d.device.as_deref().filter(|id| id.trim() != *id) {
+                        p.push(format!(
+                            "{at}: device {id:?} has spaces around it, which no device id has: write {:?}",
+                            id.trim()
+                        ));
+                    }
                     if d.channels == Some(0) {
                         p.push(format!("{at}: channels must be at least 1"));
                     }
@@ -1494,9 +1524,9 @@ impl Config {
                     }
                     if d.stall_timeout < Duration::from_millis(500) {
                         p.push(format!(
-                            "{at}: stall_timeout ({:?}) must be at least 500ms: shorter, a healthy stream between \
+                            "{at}: stall_timeout ({}) must be at least 500ms: shorter, a healthy stream between \
                              two callbacks looks stalled and is reopened again and again",
-                            d.stall_timeout
+                            humantime::format_duration(d.stall_timeout)
                         ));
                     }
                 }
@@ -2817,6 +2847,30 @@ min_duration = "3s"
                 && !e.contains("1844674"),
             "{e}"
         );
+        // A device's numbers are given the limits the checks apply, not their type's (review33).
+        for (set, says) in [
+            (
+                "channels = 100000",
+                "channels = 100000 is out of range: write a whole number of channels, 1 or more",
+            ),
+            (
+                "sample_rate = -16000",
+                "sample_rate = -16000 is out of range: write a rate from 8000 to 768000 Hz",
+            ),
+            (
+                "buffer_frames = -1",
+                "buffer_frames = -1 is out of range: write a whole number of frames, 1 or more",
+            ),
+        ] {
+            let e = refused(
+                &minimal(d.path()).replace(
+                    "device = \"default\"",
+                    &format!("device = \"default\"\n{set}"),
+                ),
+                &[],
+            );
+            assert!(e.contains(says), "{e}");
+        }
         // A setting with a fixed set of values lists them.
         let text = minimal(d.path()).replace(
             "source = \"capture\"",
@@ -3257,10 +3311,18 @@ min_duration = "3s"
             .replace("raise_k = 2", "raise_k = 2\nthreshold = 2.5\nthreshold_off = -inf")
             + "[mqtt]\nkeep_alive = \"70000s\"\nreconnect_min = \"1s\"\nreconnect_max = \"500000000000years\"\n\
                [clips]\nmax_bytes = 0\nmax_age = \"0s\"\n";
+        // A device id with a space around it (review33: "does not exist", and nothing of the space).
+        assert_named(
+            &problems(
+                d.path(),
+                &minimal(d.path()).replace("device = \"default\"", "device = \"alsa:mic1 \""),
+            ),
+            &["device \"alsa:mic1 \" has spaces around it, which no device id has: write \"alsa:mic1\""],
+        );
         assert_named(
             &problems(d.path(), &text),
             &[
-                "stall_timeout (0ns) must be at least 500ms",
+                "stall_timeout (0s) must be at least 500ms",
                 "buffer_frames must be at least 1",
                 "sample_rate 4294967295 Hz must be between 8000 and 768000 Hz",
                 "threshold_off -inf is not a number",

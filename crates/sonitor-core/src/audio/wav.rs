@@ -62,6 +62,9 @@ pub enum WavError {
     },
     #[error("{path}: unsupported encoding: {reason}")]
     Unsupported { path: PathBuf, reason: String },
+    /// A replayed file whose format is no longer the one it had at start-up (a looped file replaced).
+    #[error("{path}: {reason}")]
+    Changed { path: PathBuf, reason: String },
     #[error("{path}: channel {channel} requested but the file has {channels} channel(s)")]
     NoSuchChannel {
         path: PathBuf,
