@@ -67,14 +67,7 @@ fn a_microphone_absent_at_start_is_waited_for_not_refused() {
         "the device was never there"
     );
     // Plugged in.
-    std::fs::write(
-        &conf,
-        format!(
-            "pcm.testmic {{\n type file\n slave.pcm {{ type null }}\n file \"/dev/null\"\n infile \"{}\"\n format \"raw\"\n hint {{ show on description \"late microphone\" }}\n}}\n",
-            raw.display()
-        ),
-    )
-    .unwrap();
+    plug_in(&conf, &raw);
     daemon.wait_log("input mic open", Duration::from_secs(30));
     daemon.wait_log("health of pump-1: OK", Duration::from_secs(10));
     // Scored: windows of the device's audio went through the model.
@@ -146,14 +139,7 @@ fn a_device_that_appears_without_the_machines_channel_leaves_it_no_audio() {
     );
     let daemon = common::Daemon::start(&cfg, &[("ALSA_CONFIG_PATH", conf.to_str().unwrap())]);
     daemon.wait_log("does not exist", Duration::from_secs(30));
-    std::fs::write(
-        &conf,
-        format!(
-            "pcm.testmic {{\n type file\n slave.pcm {{ type null }}\n file \"/dev/null\"\n infile \"{}\"\n format \"raw\"\n hint {{ show on description \"late microphone\" }}\n}}\n",
-            raw.display()
-        ),
-    )
-    .unwrap();
+    plug_in(&conf, &raw);
     daemon.wait_log("input mic open", Duration::from_secs(30));
     daemon.wait_log(
         "pump-1: input mic's stream has 2 channel(s), not its channel 3: the machine gets no audio",
@@ -239,6 +225,19 @@ fn the_default_device_with_no_sound_card_behind_it_is_waited_for_not_refused() {
             .all(|l| l.starts_with("sonitor[DEBUG]: ALSA lib ")),
         "{log}"
     );
+}
+
+/// Defines the PCM `alsa:testmic` in ALSA's configuration `conf` (the device "appears"), its input the raw file
+/// `raw` (the `file` plugin of DESIGN.md §5).
+fn plug_in(conf: &std::path::Path, raw: &std::path::Path) {
+    std::fs::write(
+        conf,
+        format!(
+            "pcm.testmic {{\n type file\n slave.pcm {{ type null }}\n file \"/dev/null\"\n infile \"{}\"\n format \"raw\"\n hint {{ show on description \"late microphone\" }}\n}}\n",
+            raw.display()
+        ),
+    )
+    .unwrap();
 }
 
 /// Writes a configuration with `device` (MQTT off) and runs `sonitor validate` on it with ALSA's configuration
