@@ -502,9 +502,11 @@ pub fn probe(
 
 /// Whether the device takes `buffer_frames = n` with `sc` and `format`: only opening a stream tells (ALSA narrows
 /// the period sizes it offers once rate, channels and format are set, and what it lists beforehand is wider).
-/// One it refuses (`UnsupportedConfig`) was accepted by `validate`, and then every open of `run` was refused and
-/// retried for ever (review33). A stream that cannot be opened for another reason (the device busy) is not this
-/// check's concern: the open that matters says it.
+/// One it refuses was accepted by `validate`, and then every open of `run` was refused and retried for ever
+/// (review33). A stream that cannot be opened for another reason (the device busy, held by the running daemon at
+/// a reload) is not this check's concern: the open that matters says it. The stream is opened only when the file
+/// sets `buffer_frames`: a shared device (dsnoop, a sound server, ALSA's `file` plugin, which truncates its
+/// output file) is then opened once more at each check.
 fn buffer_frames_taken(
     dev: &cpal::Device,
     sc: &cpal::StreamConfig,
@@ -518,7 +520,13 @@ fn buffer_frames_taken(
         |_| {},
         Some(Duration::from_secs(2)),
     ) {
-        Err(e) if e.kind() == cpal::ErrorKind::UnsupportedConfig => {
+        // cpal's own checks of the size, which name it. Any other EINVAL of the audio stack is UnsupportedConfig
+        // too (a USB device still settling at boot): not blamed on buffer_frames, nor made a refusal of the
+        // file (exit 78, not restarted), review34.
+        Err(e)
+            if e.kind() == cpal::ErrorKind::UnsupportedConfig
+                && e.to_string().contains("Buffer size") =>
+        {
             Err(ChooseError::Unsuitable(anyhow::anyhow!(
                 "buffer_frames {n} is refused by the device ({}); leave buffer_frames out for the device's \
                  default, or set a smaller one",
@@ -588,11 +596,8 @@ pub fn choose_config(
     )
     .map_err(ChooseError::Unsuitable)?;
     let buffer_size = match cfg.buffer_frames {
-        Some(n) => {
-            // What the device offers at this rate and format: one out of its range was taken by `validate` and
-            // refused by every open, retried for ever (review33).
-            cpal::BufferSize::Fixed(n)
-        }
+        // Whether the device takes it, only an open tells ([`buffer_frames_taken`], in the probe).
+        Some(n) => cpal::BufferSize::Fixed(n),
         None => cpal::BufferSize::Default,
     };
     Ok((
@@ -937,7 +942,7 @@ fn close_waiting(
                 "input {}: closing its stream has not returned for {} s: the audio stack holds it (a driver hung \
                  on a device pulled out, an ALSA plugin blocked on its output?); its machines get no audio until \
                  it returns, the others are watched as before (sonitor_input_stuck_closes_total). If it does not \
-                 return, unplug the device, or `systemctl restart sonitor`",
+                 return, unplug the device (a driver hung in the kernel holds it until then, or a reboot)",
                 cfg.name,
                 CLOSE_STUCK_AFTER.as_secs()
             );

@@ -1197,15 +1197,15 @@ fn range_of(key: &str) -> Option<String> {
     key.starts_with("devices[").then_some(())?;
     use sonitor_core::audio::wav::{MAX_SAMPLE_RATE as max, MIN_SAMPLE_RATE as min};
     Some(match name {
-        "channels" => "is out of range: write a whole number of channels, 1 or more (leave it out for the \
-                       device's default)"
+        "channels" => "is out of range: write a whole number of channels from 1 to 65535 (leave it out for \
+                       the device's default)"
             .to_string(),
         "sample_rate" => format!(
             "is out of range: write a rate from {min} to {max} Hz (leave it out for the model's rate, or the \
              device's default)"
         ),
-        "buffer_frames" => "is out of range: write a whole number of frames, 1 or more (leave it out for the \
-                            device's choice)"
+        "buffer_frames" => "is out of range: write a whole number of frames from 1 to 4294967295 (leave it out \
+                            for the device's choice)"
             .to_string(),
         _ => return None,
     })
@@ -2851,7 +2851,7 @@ min_duration = "3s"
         for (set, says) in [
             (
                 "channels = 100000",
-                "channels = 100000 is out of range: write a whole number of channels, 1 or more",
+                "channels = 100000 is out of range: write a whole number of channels from 1 to 65535",
             ),
             (
                 "sample_rate = -16000",
@@ -2859,7 +2859,7 @@ min_duration = "3s"
             ),
             (
                 "buffer_frames = -1",
-                "buffer_frames = -1 is out of range: write a whole number of frames, 1 or more",
+                "buffer_frames = -1 is out of range: write a whole number of frames from 1 to 4294967295",
             ),
         ] {
             let e = refused(

@@ -1323,6 +1323,9 @@ impl Controller {
         self.unpublished_removals.remove(&name);
         self.retained(format!("{}/{name}/alarm", self.base), "OFF".into(), true);
         self.publish_discovery();
+        // Its health was not followed while it was removed (review34: a microphone pulled meanwhile, and it came
+        // back `OK`): what its input and channel say now.
+        self.set_health(i, self.audio_health(i).into());
     }
 
     /// Records a transition: outbox first (durable), then state, then MQTT, clip, metrics.
@@ -2174,11 +2177,10 @@ impl Controller {
         };
         let input = &self.cfg.devices[m.input].name;
         match &unfed {
-            _ if m.channel.unfed == unfed => {}
+            _ if m.channel.unfed == unfed || m.removed => {}
             Some(why) => log::error!(
-                "{}: input {input}'s stream {why}: the machine gets no audio from it (health NO_AUDIO) until \
-                 the device is opened in a way that has it (see `sonitor devices`; set `channels` on device \
-                 '{input}' or the machine's `channel`, then restart sonitor)",
+                "{}: input {input}'s stream {why}, then restart sonitor (`sonitor devices` lists what the device \
+                 offers); until then the machine gets no audio from it (health NO_AUDIO)",
                 m.cfg.name
             ),
             None => log::info!("{}: input {input}'s stream feeds it again", m.cfg.name),
@@ -3169,6 +3171,19 @@ mod tests {
         assert_eq!(ctl.outbox.lock().unwrap().len(), 4);
         ctl.check_windows_come(false);
         assert_eq!(ctl.machines[0].health(), "OK");
+    }
+
+    /// A machine put back by a reload takes the health its input and channel have now, not the one it had when it
+    /// was removed (review34: its microphone pulled meanwhile, and it came back `OK`).
+    #[test]
+    fn a_machine_put_back_takes_its_inputs_health_now() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut ctl, _clips) = controller(d.path(), 1);
+        ctl.retire(0);
+        ctl.input_down(0, Some("unplugged".into()));
+        assert_eq!(ctl.machines[0].health(), "OK", "not followed while removed");
+        ctl.reinstate(0);
+        assert_eq!(ctl.machines[0].health(), "NO_AUDIO");
     }
 
     /// With MQTT off, an outbox past `outbox_max` drops its oldest messages, and the transitions count them in

@@ -142,7 +142,8 @@ fn a_device_that_appears_without_the_machines_channel_leaves_it_no_audio() {
     plug_in(&conf, &raw);
     daemon.wait_log("input mic open", Duration::from_secs(30));
     daemon.wait_log(
-        "pump-1: input mic's stream has 2 channel(s), not its channel 3: the machine gets no audio",
+        "pump-1: input mic's stream has 2 channel(s), not its channel 3: set `channels` on the device or the \
+         machine's `channel`, then restart sonitor",
         Duration::from_secs(10),
     );
     let no_audio = |m: &str| {
