@@ -394,17 +394,30 @@ pub(crate) fn check_with(path: &Path, running: Option<&Running>, missing: Missin
                         asked,
                     ));
                 }
-                // So are the channels it asks for: the device opens with exactly these or not at all. A reload
-                // that set `channels = 1` under a machine on channel 1 of a device this daemon holds was applied
-                // "at the next restart", which then exited 78 (review33).
-                if let (false, Some(asked)) = (matches!(probed, Some(Ok(_))), d.channels) {
-                    for m in users.iter().filter(|m| m.channel >= asked) {
-                        problems.push(format!(
-                            "machine '{}': channel {} does not exist: device '{}' is set to `channels = {asked}` \
-                             (channels count from 0; set `channels` on the device or the machine's `channel`)",
-                            m.name, m.channel, d.name
-                        ));
-                    }
+                // The channels its machines can have: those it opens with, or, not opened now, those the file asks
+                // for, as the device opens with exactly these or not at all (review33: a reload that set
+                // `channels = 1` under a machine on channel 1 of a device this daemon holds was applied "at the
+                // next restart", which then exited 78).
+                let channels = match &probed {
+                    Some(Ok((sc, _))) => Some((
+                        sc.channels,
+                        format!("opens with {} channel(s)", sc.channels),
+                    )),
+                    _ => d
+                        .channels
+                        .map(|n| (n, format!("is set to `channels = {n}`"))),
+                };
+                for (m, (_, has)) in users.iter().filter_map(|m| {
+                    channels
+                        .as_ref()
+                        .filter(|(n, _)| m.channel >= *n)
+                        .map(|c| (m, c))
+                }) {
+                    problems.push(format!(
+                        "machine '{}': channel {} does not exist: device '{}' {has} (channels count from 0; set \
+                         `channels` on the device or the machine's `channel`)",
+                        m.name, m.channel, d.name
+                    ));
                 }
                 match probed {
                     // An open that blocks (an ALSA plugin waiting on a network, Bluetooth or a FIFO): as a
@@ -458,21 +471,10 @@ pub(crate) fn check_with(path: &Path, running: Option<&Running>, missing: Missin
                     Some(Err(ProbeError::Choose(e))) => {
                         problems.push(format!("device '{}' ({spec}): {e}", d.name))
                     }
-                    Some(Ok((sc, _))) => {
-                        warnings.extend(below_model_rate(
-                            format!("device '{}', {spec}", d.name),
-                            sc.sample_rate,
-                        ));
-                        for m in users {
-                            if m.channel >= sc.channels {
-                                problems.push(format!(
-                                    "machine '{}': channel {} does not exist: device '{}' opens with {} channel(s) \
-                                     (set `channels` on the device)",
-                                    m.name, m.channel, d.name, sc.channels
-                                ));
-                            }
-                        }
-                    }
+                    Some(Ok((sc, _))) => warnings.extend(below_model_rate(
+                        format!("device '{}', {spec}", d.name),
+                        sc.sample_rate,
+                    )),
                 }
             }
         }

@@ -2267,15 +2267,9 @@ impl Controller {
         }
         for i in 0..self.machines.len() {
             let m = &self.machines[i];
-            let open = self.inputs.get(m.input) == Some(&InputState::Open);
-            // A stream without its channel is NO_AUDIO, and said so (not gaps in its audio).
-            let unfed = m.channel.unfed.is_some();
-            if m.removed
-                || m.starved
-                || !open
-                || unfed
-                || m.last_window.elapsed() < m.starved_after()
-            {
+            // Its input down, or its stream without its channel: NO_AUDIO says it, not gaps in its audio.
+            let no_audio = self.audio_health(i) == "NO_AUDIO";
+            if m.removed || m.starved || no_audio || m.last_window.elapsed() < m.starved_after() {
                 continue;
             }
             let input = &self.cfg.devices[m.input].name;
@@ -2349,16 +2343,15 @@ pub(crate) fn on_source_event(ctl: &mut Controller, e: SourceEvent) {
             log::info!("input {} open: {description}", ctl.cfg.devices[input].name);
             ctl.inputs[input] = InputState::Open;
             for i in 0..ctl.machines.len() {
-                if ctl.machines[i].input == input {
-                    ctl.machines[i].last_window = Instant::now();
+                if ctl.machines[i].input != input {
+                    continue;
                 }
+                ctl.machines[i].last_window = Instant::now();
                 // NO_AUDIO until the reader has the stream and says whether it feeds the machine
                 // ([`Controller::on_channel_fed`]; a stream without its channel said OK for a moment), then its
                 // channel's health as the reader last said it (it says only changes), not `OK` (review33).
-                if ctl.machines[i].input == input {
-                    ctl.machines[i].channel.streams_opened += u64::from(new_stream);
-                    ctl.set_health(i, ctl.audio_health(i).into());
-                }
+                ctl.machines[i].channel.streams_opened += u64::from(new_stream);
+                ctl.set_health(i, ctl.audio_health(i).into());
             }
         }
         SourceEvent::Failed { input, reason } => {
