@@ -1474,14 +1474,8 @@ fn a_buffer_size_the_device_does_not_offer_is_refused() {
     let raw = d.path().join("in.raw");
     std::fs::write(&raw, vec![0u8; 3200]).unwrap();
     let conf = d.path().join("asound.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "pcm.testmic {{\n type file\n slave.pcm {{ type null }}\n file \"/dev/null\"\n infile \"{}\"\n format \"raw\"\n hint {{ show on description \"test microphone\" }}\n}}\n",
-            raw.display()
-        ),
-    )
-    .unwrap();
+    let pcm = common::file_pcm("testmic", &raw, Path::new("/dev/null"), "test microphone");
+    std::fs::write(&conf, pcm).unwrap();
     let device = "[[devices]]\nname = \"mic\"\nsource = \"capture\"\ndevice = \"alsa:testmic\"\n\
                   channels = 1\nsample_rate = 16000\nbuffer_frames = 100000000\n";
     let cfg = common::config(d.path(), device, &b.dir, 1, "");

@@ -20,14 +20,13 @@ fn a_device_whose_open_never_returns_does_not_hold_the_daemon() {
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
     // No alsa.conf (see tests/capture_alsa_file.rs).
     let conf = d.path().join("asound.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "pcm.stuckmic {{\n type file\n slave.pcm {{ type null }}\n file \"/dev/null\"\n infile \"{}\"\n format \"raw\"\n hint {{ show on description \"a microphone that never answers\" }}\n}}\n",
-            fifo.display()
-        ),
-    )
-    .unwrap();
+    let pcm = common::file_pcm(
+        "stuckmic",
+        &fifo,
+        std::path::Path::new("/dev/null"),
+        "a microphone that never answers",
+    );
+    std::fs::write(&conf, pcm).unwrap();
     let device = "[[devices]]\nname = \"mic\"\nsource = \"capture\"\ndevice = \"alsa:stuckmic\"\n\
                   channels = 1\nsample_rate = 16000\n";
     let cfg = common::config(d.path(), device, &b.dir, 1, "");

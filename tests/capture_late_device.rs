@@ -231,14 +231,13 @@ fn the_default_device_with_no_sound_card_behind_it_is_waited_for_not_refused() {
 /// Defines the PCM `alsa:testmic` in ALSA's configuration `conf` (the device "appears"), its input the raw file
 /// `raw` (the `file` plugin of DESIGN.md §5).
 fn plug_in(conf: &std::path::Path, raw: &std::path::Path) {
-    std::fs::write(
-        conf,
-        format!(
-            "pcm.testmic {{\n type file\n slave.pcm {{ type null }}\n file \"/dev/null\"\n infile \"{}\"\n format \"raw\"\n hint {{ show on description \"late microphone\" }}\n}}\n",
-            raw.display()
-        ),
-    )
-    .unwrap();
+    let pcm = common::file_pcm(
+        "testmic",
+        raw,
+        std::path::Path::new("/dev/null"),
+        "late microphone",
+    );
+    std::fs::write(conf, pcm).unwrap();
 }
 
 /// Writes a configuration with `device` (MQTT off) and runs `sonitor validate` on it with ALSA's configuration

@@ -38,15 +38,8 @@ fn stuck_device(dir: &Path) -> (PathBuf, std::fs::File, PathBuf) {
         .unwrap();
     // No alsa.conf (see tests/capture_alsa_file.rs).
     let conf = dir.join("asound.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "pcm.stickymic {{\n type file\n slave.pcm {{ type null }}\n file \"{}\"\n infile \"{}\"\n format \"raw\"\n hint {{ show on description \"a microphone whose close hangs\" }}\n}}\n",
-            fifo.display(),
-            raw.display()
-        ),
-    )
-    .unwrap();
+    let pcm = common::file_pcm("stickymic", &raw, &fifo, "a microphone whose close hangs");
+    std::fs::write(&conf, pcm).unwrap();
     let device = "[[devices]]\nname = \"mic\"\nsource = \"capture\"\ndevice = \"alsa:stickymic\"\n\
                   channels = 1\nsample_rate = 16000\nstall_timeout = \"1s\"\nreopen_min = \"100ms\"\n\
                   reopen_max = \"300ms\"\n";

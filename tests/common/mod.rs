@@ -1167,3 +1167,14 @@ impl Notify {
         }
     }
 }
+
+/// An ALSA configuration (for `ALSA_CONFIG_PATH`) defining the capture PCM `alsa:<name>` through ALSA's `file`
+/// plugin (DESIGN.md §5): its audio read from `infile` (raw samples), a copy of what is captured written to `out`
+/// (`/dev/null`, or a FIFO), listed by cpal with `description`. No alsa.conf (see tests/capture_alsa_file.rs).
+pub fn file_pcm(name: &str, infile: &Path, out: &Path, description: &str) -> String {
+    format!(
+        "pcm.{name} {{\n type file\n slave.pcm {{ type null }}\n file \"{}\"\n infile \"{}\"\n format \"raw\"\n hint {{ show on description \"{description}\" }}\n}}\n",
+        out.display(),
+        infile.display()
+    )
+}
