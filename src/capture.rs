@@ -1110,6 +1110,12 @@ pub fn spawn_file(
                         ),
                     });
                 }
+                // A file cut short since start-up (truncated in place, or being written again) is refused at
+                // the start of each pass while it stays so: played, each pass would end at the cut, the next one
+                // be called readable again, and its machines' health go OK and NO_AUDIO in turn.
+                if let Some(cut) = wav.cut_short() {
+                    return Err(cut);
+                }
                 if recovering.replace(false) {
                     m.up.set(1);
                     m.reopens.inc();

@@ -388,6 +388,58 @@ fn a_looped_file_goes_bad_and_comes_back(bad: impl Fn(&std::path::Path, &[f32]),
     assert_eq!(daemon.sigterm_and_wait(), 0);
 }
 
+/// A looped file cut short in place (the same inode; review33): the pass that meets the cut fails, and each pass
+/// after it is refused at its start while the file stays short, so its machine reads NO_AUDIO throughout. Each pass
+/// used to play up to the cut, be called "readable again", and the machine's health went OK and NO_AUDIO in turn
+/// (MQTT and the log said so at every pass). Written whole again, the file plays again.
+#[test]
+fn a_looped_file_cut_short_in_place_stays_down_until_it_is_whole_again() {
+    let d = tempfile::tempdir().unwrap();
+    let b = common::standard_bundle(d.path());
+    let wav = d.path().join("loop.wav");
+    common::write_wav(&wav, &common::recording(2.5, 0.0, 0.0));
+    let cfg = common::file_config(
+        d.path(),
+        &wav,
+        &b.dir,
+        "realtime = true\nat_end = \"loop\"\nreopen_min = \"100ms\"\nreopen_max = \"200ms\"\n",
+        "",
+    );
+    let daemon = common::Daemon::start(&cfg, &[]);
+    daemon.wait_log("input mic open", Duration::from_secs(20));
+    let bytes = std::fs::read(&wav).unwrap();
+    // 0.6 s of audio left: each pass would play it before meeting the cut.
+    std::fs::write(&wav, &bytes[..44 + 2 * 9_600]).unwrap();
+    daemon.wait_log("health of pump-1: NO_AUDIO", Duration::from_secs(20));
+    // About twenty passes at the backoff of 100-200 ms.
+    std::thread::sleep(Duration::from_secs(4));
+    let log = daemon.log.lock().unwrap().clone();
+    let after = &log[log.find("health of pump-1: NO_AUDIO").unwrap()..];
+    assert!(log.contains("truncated"), "{log}");
+    assert!(!after.contains("readable again"), "{log}");
+    assert!(!after.contains("health of pump-1: OK"), "{log}");
+    let text = common::scrape(&cfg);
+    common::assert_metrics(
+        &text,
+        &[
+            (
+                "sonitor_machine_health{machine=\"pump-1\",health=\"NO_AUDIO\"}",
+                1.0,
+            ),
+            ("sonitor_input_up{input=\"mic\"}", 0.0),
+        ],
+    );
+    std::fs::write(&wav, &bytes).unwrap();
+    daemon.wait_log("readable again", Duration::from_secs(20));
+    common::wait_metrics(&cfg, Duration::from_secs(10), "pump-1 not OK again", |m| {
+        common::metric(
+            m,
+            "sonitor_machine_health{machine=\"pump-1\",health=\"OK\"}",
+        ) == Some(1.0)
+    });
+    assert_eq!(daemon.sigterm_and_wait(), 0);
+}
+
 /// A dead channel stays SILENT through its input's outage (review33): the reader says a channel's state only when
 /// it changes, and the input's reopening set every machine's health to OK, so a dead microphone read `OK` for good
 /// after any hiccup of its device (here its looped file replaced by a bad one, then put right).

@@ -1262,3 +1262,44 @@ fn read_back_checked(p: &Path, what: &str) -> bool {
     assert_eq!(&mono, samples, "{what}: the block reader");
     true
 }
+
+/// A file cut short is known as such when it is opened (`cut_short`), with the error the reading would meet at the
+/// cut: what a looped replay checks at the start of each pass, so that a file truncated in place stays down instead
+/// of being played up to the cut again and again. A whole file, with or without a chunk after its data, is not cut.
+#[test]
+fn a_file_cut_short_is_known_when_it_is_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = vec![0u8; 1_000 * 4];
+    let good = wav_bytes(PCM, 0, 2, 16_000, 16, &data);
+    let whole = write(dir.path(), "whole.wav", &good);
+    assert!(WavBlocks::open(&whole).unwrap().cut_short().is_none());
+    let mut trailed = good.clone();
+    trailed.extend_from_slice(b"LIST\x04\x00\x00\x00abcd");
+    let trailed = write(dir.path(), "trailed.wav", &trailed);
+    assert!(WavBlocks::open(&trailed).unwrap().cut_short().is_none());
+
+    // 600 frames and half of one.
+    let cut = write(dir.path(), "cut.wav", &good[..good.len() - 400 * 4 + 2]);
+    let mut blocks = WavBlocks::open(&cut).unwrap();
+    let early = blocks.cut_short().expect("cut short");
+    assert!(
+        matches!(
+            early,
+            WavError::Truncated {
+                expected: 1_000,
+                got: 600,
+                ..
+            }
+        ),
+        "{early}"
+    );
+    let mut out = Vec::new();
+    let met = loop {
+        match blocks.read_into(&mut out, 256) {
+            Ok(0) => panic!("read to the end of a cut file"),
+            Ok(_) => assert!(blocks.cut_short().is_some()),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(met.to_string(), early.to_string());
+}

@@ -826,6 +826,19 @@ impl WavBlocks {
         self.info
     }
 
+    /// The truncation [`Self::read_into`] will meet, known from the file's length when it was opened: `None` when
+    /// the file held the whole data chunk its header announces. A file cut short in place, or one being written
+    /// again, is so refused before any of it is taken.
+    pub fn cut_short(&self) -> Option<WavError> {
+        let width = self.encoding.width() as u64;
+        let announced = self.remaining + self.read * width;
+        (self.present < announced).then(|| WavError::Truncated {
+            path: self.path.clone(),
+            expected: self.info.frames,
+            got: self.present / width / u64::from(self.info.channels.max(1)),
+        })
+    }
+
     fn truncated(&self) -> WavError {
         WavError::Truncated {
             path: self.path.clone(),
