@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
 use ringbuf::traits::{Consumer, Observer};
 use sonitor_core::audio::StreamResampler;
 use sonitor_core::features::FeatureParams;
@@ -249,6 +249,30 @@ fn extend_from_ring(dst: &mut Vec<f32>, audio: &VecDeque<f32>, start: usize, len
     }
 }
 
+/// Sends an event that must not be dropped (a stream's `Fed`, an input's `Finished`): waits while the queue is full
+/// (the main loop held, by a reload building graphs), beating the reader's watchdog, and gives up only when the
+/// daemon stops. A blocking send held the reader there through a stop, whose drain of this queue comes after the
+/// readers are joined: the stop then ran to its deadline (status 70).
+fn send_unless_stopped(
+    events: &Sender<ReaderEvent>,
+    mut event: ReaderEvent,
+    stop: &AtomicBool,
+    beats: &crate::metrics::Counter,
+) {
+    loop {
+        match events.send_timeout(event, Duration::from_millis(100)) {
+            Ok(()) | Err(SendTimeoutError::Disconnected(_)) => return,
+            Err(SendTimeoutError::Timeout(back)) => {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                beats.inc();
+                event = back;
+            }
+        }
+    }
+}
+
 /// Reader of one input: runs until `stop`. A file that has been fully cut is reported with
 /// [`ReaderEvent::Finished`]; the reader then waits for another stream (a file that loops is reopened).
 #[allow(clippy::too_many_arguments)]
@@ -318,7 +342,12 @@ pub fn spawn_reader(
                     }
                     for (machine, unfed) in start_stream(&mut states, new.sample_rate, new.channels)
                     {
-                        let _ = events.send(ReaderEvent::Fed { machine, unfed });
+                        send_unless_stopped(
+                            &events,
+                            ReaderEvent::Fed { machine, unfed },
+                            &stop,
+                            &metrics.inputs[input].reader_beats,
+                        );
                     }
                     let input = format!("input {name}");
                     for s in &states {
@@ -367,7 +396,12 @@ pub fn spawn_reader(
                     if !stream.end.is_open() && stream.consumer.is_empty() {
                         end_stream(&mut states, &windows, &recycled, &events, &metrics);
                         if stream.end.is_finished() {
-                            let _ = events.send(ReaderEvent::Finished { input });
+                            send_unless_stopped(
+                                &events,
+                                ReaderEvent::Finished { input },
+                                &stop,
+                                &metrics.inputs[input].reader_beats,
+                            );
                         }
                         current = None;
                         continue;
@@ -1129,6 +1163,49 @@ fn serve_clips(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An event the reader must not drop waits while the queue is full, and is delivered once there is room; a stop
+    /// ends the wait (the stop drains the queue only after joining the readers), and the wait beats the reader's
+    /// watchdog.
+    #[test]
+    fn an_event_waits_for_room_until_the_daemon_stops() {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        tx.send(ReaderEvent::Finished { input: 7 }).unwrap();
+        let stop = AtomicBool::new(false);
+        let beats = crate::metrics::Counter::default();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(350));
+                assert!(matches!(rx.recv(), Ok(ReaderEvent::Finished { input: 7 })));
+            });
+            let fed = ReaderEvent::Fed {
+                machine: 3,
+                unfed: None,
+            };
+            send_unless_stopped(&tx, fed, &stop, &beats);
+        });
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(ReaderEvent::Fed { machine: 3, .. })
+        ));
+        assert!(beats.get() >= 2, "{}", beats.get());
+
+        tx.send(ReaderEvent::Finished { input: 7 }).unwrap();
+        let t0 = Instant::now();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(200));
+                stop.store(true, Ordering::SeqCst);
+            });
+            send_unless_stopped(&tx, ReaderEvent::Finished { input: 8 }, &stop, &beats);
+        });
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(ReaderEvent::Finished { input: 7 })
+        ));
+        assert!(rx.try_recv().is_err());
+    }
 
     /// A bundle combined before the band limit, its baseline over all 128 bands, is named for an input resampled
     /// down to 16 kHz, not for one at 16 kHz; one combined since (123 bands) is named for neither.
