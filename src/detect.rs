@@ -848,6 +848,7 @@ impl Controller {
             "muted_until": m.muted_until_unix().map(crate::clock::unix_rfc3339),
             "event_id": m.saved.event.as_ref().map(|e| e.event_id.clone()),
             "health": m.health(),
+            "health_reason": self.health_reason(i),
             "idle": m.idle,
         })
         .to_string()
@@ -2159,6 +2160,49 @@ impl Controller {
         }
     }
 
+    /// Why machine `i`'s published health is not `OK`, in words for whoever reads its `state` far from the log (the
+    /// reason its input failed, the channel its stream lacks): `None` when it is `OK`.
+    pub(crate) fn health_reason(&self, i: usize) -> Option<String> {
+        let m = &self.machines[i];
+        let input = &self.cfg.devices[m.input].name;
+        let h = &self.cfg.health;
+        let reason = match m.health() {
+            "NO_SCORES" if m.unscored >= NO_SCORES_AFTER => format!(
+                "its last {NO_SCORES_AFTER} or more windows could not be scored: the model fails on this audio (the \
+                 log says how; sonitor_inference_errors_total)"
+            ),
+            "NO_SCORES" => format!(
+                "no whole window for {} s though input {input} is open: gaps in its audio cut every window short \
+                 (sonitor_input_gaps_total), or windows dropped on a full queue (sonitor_dropped_windows_total)",
+                m.starved_after().as_secs()
+            ),
+            "NO_AUDIO" => match self.inputs.get(m.input) {
+                Some(InputState::Down(Some(why))) => format!("input {input}: {why}"),
+                Some(InputState::Down(None)) | None => {
+                    format!("input {input} is not open (it stalled, or is being opened again)")
+                }
+                Some(InputState::Open) => match &m.channel.unfed {
+                    Some(why) => format!("input {input}'s stream {why}"),
+                    None => format!("input {input}'s stream is starting"),
+                },
+            },
+            "SILENT" => format!(
+                "channel {} of input {input} below {} dBFS for {} or more: a dead or unplugged microphone, or a \
+                 machine that stopped",
+                m.cfg.channel,
+                h.silence_dbfs,
+                humantime::format_duration(h.silence_after)
+            ),
+            "CLIPPING" => format!(
+                "channel {} of input {input}: over {}% of a second's samples at full scale: lower the gain",
+                m.cfg.channel,
+                h.clipping_fraction * 100.0
+            ),
+            _ => return None,
+        };
+        Some(reason)
+    }
+
     /// The reader's news of machine `i`'s channel: its level (`silent`, `clipping`) changed.
     pub(crate) fn on_channel_health(&mut self, i: usize, silent: bool, clipping: bool) {
         let Some(m) = self.machines.get_mut(i) else {
@@ -2187,7 +2231,11 @@ impl Controller {
         }
         m.channel.unfed = unfed;
         m.channel.streams_fed += 1;
+        let was = m.health().to_string();
         self.set_health(i, self.audio_health(i).into());
+        if was == self.machines[i].health() {
+            self.publish_machine_state(i);
+        }
     }
 
     /// Input `input` is down (`reason`, when there is one to compare the next failure with): its machines get no
@@ -2200,7 +2248,13 @@ impl Controller {
                 self.machines[i].starved = false;
                 // Its windows before the outage do not add up with those after it.
                 self.machines[i].detector.forget_recent();
+                let was = self.machines[i].health().to_string();
                 self.set_health(i, "NO_AUDIO".into());
+                if was == self.machines[i].health() {
+                    // The same health for another reason (a stall, then a failed open): `state` says the new one
+                    // (an unchanged value is not published again).
+                    self.publish_machine_state(i);
+                }
             }
         }
     }
@@ -3292,6 +3346,80 @@ mod tests {
         assert_eq!(ctl.machines[0].health(), "NO_AUDIO");
         opened(&mut ctl);
         assert_eq!(ctl.machines[0].health(), "OK");
+    }
+
+    /// Why a machine is not OK is in its `state` (`health_reason`, null when OK), and a new reason under the same
+    /// health is published too: a stall, then a failed open, are both NO_AUDIO.
+    #[test]
+    fn the_state_says_why_the_health_is_not_ok() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut ctl, _rx) = controller(d.path(), 1);
+        let (tx, published) = bounded::<ToMqtt>(256);
+        ctl.mqtt = Some(tx);
+        let reason = |ctl: &Controller| {
+            let state: serde_json::Value = serde_json::from_str(&ctl.state_json(0)).unwrap();
+            state["health_reason"].as_str().map(str::to_string)
+        };
+        let last_state = || {
+            published
+                .try_iter()
+                .filter_map(|m| match m {
+                    ToMqtt::Retained { topic, payload, .. } if topic.ends_with("/state") => {
+                        Some(payload)
+                    }
+                    _ => None,
+                })
+                .last()
+                .unwrap_or_default()
+        };
+        assert_eq!(reason(&ctl), None);
+        ctl.on_channel_health(0, true, false);
+        let silent = reason(&ctl).unwrap();
+        assert!(
+            silent.contains("channel 0 of input mic below -70 dBFS"),
+            "{silent}"
+        );
+        on_source_event(&mut ctl, SourceEvent::Stalled { input: 0 });
+        assert!(reason(&ctl).unwrap().contains("input mic is not open"));
+        last_state();
+        on_source_event(
+            &mut ctl,
+            SourceEvent::Failed {
+                input: 0,
+                reason: "hw:CARD=USB: no such device".into(),
+            },
+        );
+        assert_eq!(ctl.machines[0].health(), "NO_AUDIO");
+        assert!(
+            last_state().contains("\"health_reason\":\"input mic: hw:CARD=USB: no such device\""),
+            "the new reason was not published"
+        );
+        on_source_event(
+            &mut ctl,
+            SourceEvent::Opened {
+                input: 0,
+                description: "test".into(),
+                new_stream: true,
+            },
+        );
+        assert!(reason(&ctl).unwrap().contains("stream is starting"));
+        ctl.on_channel_fed(0, Some("has 2 channel(s), not its channel 3".into()));
+        assert_eq!(
+            reason(&ctl).unwrap(),
+            "input mic's stream has 2 channel(s), not its channel 3"
+        );
+        assert!(last_state().contains("not its channel 3"));
+        ctl.on_channel_fed(0, None);
+        assert_eq!(reason(&ctl), Some(silent));
+        ctl.on_channel_health(0, false, true);
+        assert!(reason(&ctl).unwrap().contains("at full scale"));
+        ctl.on_channel_health(0, false, false);
+        assert_eq!(reason(&ctl), None);
+        assert!(last_state().contains("\"health_reason\":null"));
+        for _ in 0..NO_SCORES_AFTER {
+            ctl.on_score(msg(1000, None));
+        }
+        assert!(reason(&ctl).unwrap().contains("could not be scored"));
     }
 
     /// A stream that lacks the machine's channel (a device that appeared with fewer channels than the machine
