@@ -938,6 +938,9 @@ impl Controller {
                         "device_class": "enum",
                         "options": HEALTH_VALUES,
                         "entity_category": "diagnostic",
+                        // Why it is not OK, as an attribute of the entity beside its value.
+                        "json_attributes_topic": format!("{t}/state"),
+                        "json_attributes_template": "{{ {'reason': value_json.health_reason} | tojson }}",
                     }),
                     "threshold" => json!({
                         "name": format!("{name} threshold"),

@@ -467,9 +467,15 @@ fn commands_are_answered_by_retained_state() {
         entity("binary_sensor", "alarm")["state_topic"],
         "sonitor/t1/pump-1/alarm"
     );
-    assert_eq!(
-        entity("sensor", "health")["state_topic"],
-        "sonitor/t1/pump-1/health"
+    let health = entity("sensor", "health");
+    assert_eq!(health["state_topic"], "sonitor/t1/pump-1/health");
+    // Why it is not OK: the state's health_reason as the entity's attribute.
+    assert_eq!(health["json_attributes_topic"], "sonitor/t1/pump-1/state");
+    assert!(
+        health["json_attributes_template"]
+            .as_str()
+            .is_some_and(|t| t.contains("value_json.health_reason")),
+        "{health}"
     );
     for (topic, c) in &discovery {
         assert_eq!(c["availability_topic"], "sonitor/t1/status", "{topic}");
