@@ -877,6 +877,9 @@ impl Controller {
             if *id != m.model.model_id {
                 id.clone_from(&m.model.model_id);
             }
+            drop(id);
+            *mm.health_reason.lock().unwrap_or_else(|e| e.into_inner()) =
+                self.health_reason(i).unwrap_or_default();
         }
         let t = format!("{}/{}", self.base, m.cfg.name);
         self.retained(format!("{t}/state"), self.state_json(i), true);

@@ -280,6 +280,8 @@ pub struct MachineMetrics {
     pub model_id: std::sync::Mutex<String>,
     /// Its health, an index into [`HEALTH_VALUES`].
     pub health: Gauge,
+    /// Why its health is not OK (its retained `state`'s `health_reason`); empty when it is.
+    pub health_reason: std::sync::Mutex<String>,
     /// 1 while the machine's input channel is silent / clipping.
     pub silent: Gauge,
     pub clipping: Gauge,
@@ -626,6 +628,26 @@ impl Metrics {
                         format!("{{machine=\"{}\",model_id=\"{}\"}}", label(&m.name), label(&id)),
                         "1".to_string(),
                     )
+                })
+                .collect(),
+        );
+        family(
+            "sonitor_health_reason_info",
+            "gauge",
+            "1 per machine whose health is not OK, labelled with why (its retained state's health_reason).",
+            self.exported_machines()
+                .filter_map(|m| {
+                    let why = m
+                        .health_reason
+                        .lock()
+                        .map(|s| s.clone())
+                        .unwrap_or_else(|e| e.into_inner().clone());
+                    (!why.is_empty()).then(|| {
+                        (
+                            format!("{{machine=\"{}\",reason=\"{}\"}}", label(&m.name), label(&why)),
+                            "1".to_string(),
+                        )
+                    })
                 })
                 .collect(),
         );

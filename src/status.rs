@@ -60,6 +60,8 @@ pub struct MachineStatus {
     pub threshold_calibrated: Option<f64>,
     /// `OK`, `SILENT`, `CLIPPING`, `NO_AUDIO` or `NO_SCORES`.
     pub health: Option<String>,
+    /// Why it is not `OK` (its retained `state`'s `health_reason`).
+    pub health_reason: Option<String>,
     /// Whether it is watched (`enabled`), and muted.
     pub enabled: Option<bool>,
     pub muted: Option<bool>,
@@ -156,6 +158,7 @@ impl Snapshot {
                     threshold_calibrated: of("sonitor_threshold_calibrated", "machine", &m),
                     health: labelled("sonitor_machine_health", &m, "health", Some(1.0))
                         .filter(|h| HEALTH_VALUES.contains(&h.as_str())),
+                    health_reason: labelled("sonitor_health_reason_info", &m, "reason", None),
                     enabled: flag(of("sonitor_enabled", "machine", &m)),
                     muted: flag(of("sonitor_muted", "machine", &m)),
                     idle: flag(of("sonitor_idle", "machine", &m)),
@@ -210,7 +213,10 @@ impl Snapshot {
                 what.push("alarm ON".to_string());
             }
             if let Some(h) = m.health.as_deref().filter(|h| *h != "OK") {
-                what.push(h.to_string());
+                match &m.health_reason {
+                    Some(why) => what.push(format!("{h} ({why})")),
+                    None => what.push(h.to_string()),
+                }
             }
             if m.enabled == Some(false) {
                 what.push("not watched".into());
@@ -762,6 +768,7 @@ mod tests {
         }
         m.inputs[0].gaps.inc();
         m.machines[1].health.set(4);
+        *m.machines[1].health_reason.lock().unwrap() = "the model fails, \"x\"".into();
         m.inputs[0].up.set(1);
         m.last_reload_ok.set(0);
         let text = Snapshot::of(&parse_samples(&m.render()), Some(42)).text();
@@ -772,7 +779,8 @@ mod tests {
         );
         assert_eq!(
             lines[1],
-            "attention: pump-1 alarm ON; fan-2 NO_SCORES, not watched; the last reload was refused",
+            "attention: pump-1 alarm ON; fan-2 NO_SCORES (the model fails, \"x\"), not watched; the last reload \
+             was refused",
             "{text}"
         );
         let words = |l: &str| l.split_whitespace().map(String::from).collect::<Vec<_>>();
@@ -818,7 +826,8 @@ mod tests {
         );
         assert!(
             text.contains(
-                "\nattention: pump-1 alarm ON; fan-2 NO_SCORES, not watched; MQTT not connected (0 alarm \
+                "\nattention: pump-1 alarm ON; fan-2 NO_SCORES (the model fails, \"x\"), not watched; MQTT not \
+                 connected (0 alarm \
                  message(s) wait); another sonitor publishes under this node's topics (1 time(s) since the \
                  start; the log names it): give each device its own node_id; changes wait for a restart\n"
             ),
@@ -835,6 +844,7 @@ mod tests {
         assert_eq!(pump["alarm"], true);
         assert_eq!(pump["threshold"], 0.0486);
         assert_eq!(pump["health"], "OK");
+        assert_eq!(pump["health_reason"], serde_json::Value::Null);
         assert_eq!(pump["model_id"], "combined-7");
         assert_eq!(pump["score_p999"], 0.01);
         assert_eq!(pump["windows_scored"], 1000);

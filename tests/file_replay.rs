@@ -429,6 +429,14 @@ fn a_looped_file_cut_short_in_place_stays_down_until_it_is_whole_again() {
             ("sonitor_input_up{input=\"mic\"}", 0.0),
         ],
     );
+    // Why, for `sonitor status` and the retained state.
+    let why = text
+        .lines()
+        .find(|l| {
+            l.starts_with("sonitor_health_reason_info{machine=\"pump-1\",reason=\"input mic: ")
+        })
+        .unwrap_or_else(|| panic!("no reason: {text}"));
+    assert!(why.contains("truncated") && why.ends_with(" 1"), "{why}");
     std::fs::write(&wav, &bytes).unwrap();
     daemon.wait_log("readable again", Duration::from_secs(20));
     common::wait_metrics(&cfg, Duration::from_secs(10), "pump-1 not OK again", |m| {
@@ -437,6 +445,7 @@ fn a_looped_file_cut_short_in_place_stays_down_until_it_is_whole_again() {
             "sonitor_machine_health{machine=\"pump-1\",health=\"OK\"}",
         ) == Some(1.0)
     });
+    assert!(!common::scrape(&cfg).contains("sonitor_health_reason_info{"));
     assert_eq!(daemon.sigterm_and_wait(), 0);
 }
 
