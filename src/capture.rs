@@ -10,7 +10,7 @@
 #[cfg(target_os = "linux")]
 pub mod alsa_log;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -1008,6 +1008,40 @@ fn wait_unless_stopped(wait: Duration, stop: &AtomicBool, beat: &Counter) -> boo
     !stop.load(Ordering::SeqCst)
 }
 
+/// Waits, with the input's backoff, for a looped file absent at the start to be there and readable; `None` when
+/// told to stop first. Each try that fails says why (`SourceEvent::Failed`: its machines are `NO_AUDIO` with that
+/// reason; a repeated reason is logged once).
+fn wait_for_file(
+    index: usize,
+    cfg: &DeviceConfig,
+    path: &Path,
+    m: &InputMetrics,
+    events: &Sender<SourceEvent>,
+    stop: &AtomicBool,
+) -> Option<sonitor_core::audio::WavInfo> {
+    let mut backoff = cfg.reopen_min;
+    loop {
+        let reason = match sonitor_core::audio::read_wav_info(path) {
+            Ok(info) => return Some(info),
+            Err(_) if crate::config::file_absent(path) => format!(
+                "{}: the file does not exist (yet); its machines get audio once it is there",
+                path.display()
+            ),
+            Err(e) => e.to_string(),
+        };
+        m.up.set(0);
+        m.errors.inc();
+        let _ = events.send(SourceEvent::Failed {
+            input: index,
+            reason,
+        });
+        if !wait_unless_stopped(backoff, stop, &m.retry_beats) {
+            return None;
+        }
+        backoff = backoff.saturating_mul(2).min(cfg.reopen_max);
+    }
+}
+
 /// Replays a WAV file (all channels, interleaved) into a ring, paced in real time or as fast as the reader
 /// drains it (then nothing is ever dropped).
 pub fn spawn_file(
@@ -1025,14 +1059,23 @@ pub fn spawn_file(
     // Only the header: `run`'s configuration check (`check::check`) has already read the data to its end and
     // refused a corrupt or truncated recording. The replay streams it block by block in constant memory; a read
     // error there still ends the input with `SourceEvent::Failed`.
-    let info = sonitor_core::audio::read_wav_info(&path)?;
-    let channels = info.channels as usize;
-    let frames = info.frames as usize;
-    let rate = info.sample_rate;
+    // A looped file not there yet is waited for, as a capture device away at the start is (`check` warned).
+    let looped = cfg.at_end == AtEnd::Loop;
+    let first = match sonitor_core::audio::read_wav_info(&path) {
+        Err(_) if looped && crate::config::file_absent(&path) => None,
+        header => Some(header?),
+    };
     let handle = std::thread::Builder::new()
         .name(format!("file-{}", cfg.name))
         .spawn(move || {
             let m = &metrics.inputs[index];
+            let Some(info) = first.or_else(|| wait_for_file(index, &cfg, &path, m, &events, &stop))
+            else {
+                return;
+            };
+            let channels = info.channels as usize;
+            let frames = info.frames as usize;
+            let rate = info.sample_rate;
             let capacity = ((rate as f32 * cfg.ring_seconds) as usize).max(1024) * channels;
             let (mut sink, consumer) = RtSink::new(
                 capacity,

@@ -309,6 +309,18 @@ pub(crate) fn check_with(path: &Path, running: Option<&Running>, missing: Missin
         };
         match d.source {
             SourceKind::File => {
+                if let Some(p) = d.path.as_ref().filter(|p| {
+                    d.at_end == crate::config::AtEnd::Loop && crate::config::file_absent(p)
+                }) {
+                    warnings.push(format!(
+                        "device '{}': {} does not exist (yet): its machines ({}) report health NO_AUDIO until it \
+                         does, and `sonitor run` keeps looking for it (check the path if it should be there now)",
+                        d.name,
+                        p.display(),
+                        users.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
+                    ));
+                    continue;
+                }
                 let Some(p) = d.path.as_ref().filter(|p| p.is_file()) else {
                     continue;
                 };

@@ -449,6 +449,86 @@ fn a_looped_file_cut_short_in_place_stays_down_until_it_is_whole_again() {
     assert_eq!(daemon.sigterm_and_wait(), 0);
 }
 
+/// A looped file absent at the start (a recording not copied yet, a mount not up) is waited for, as a capture
+/// device away at the start is: `validate` warns and exits 0, the daemon runs with the machine NO_AUDIO and why,
+/// and plays the file once it is there. It exited 78, which systemd does not restart after, so one missing file
+/// kept every machine of the node unwatched; a reload was refused as long as it was missing (review35). A file
+/// played once (`at_end = "stop"`/`"exit"`) must be there: that replay is the whole job.
+#[test]
+fn a_looped_file_absent_at_the_start_is_waited_for() {
+    let d = tempfile::tempdir().unwrap();
+    let b = common::standard_bundle(d.path());
+    let wav = d.path().join("later.wav");
+    let cfg = common::file_config(
+        d.path(),
+        &wav,
+        &b.dir,
+        "realtime = true\nat_end = \"loop\"\nreopen_min = \"100ms\"\nreopen_max = \"400ms\"\n",
+        "",
+    );
+    let (code, out, _) = sonitor_on(&["validate"], &cfg);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(
+            "does not exist (yet): its machines (pump-1) report health NO_AUDIO until it does"
+        ),
+        "{out}"
+    );
+
+    let daemon = common::Daemon::start(&cfg, &[]);
+    daemon.wait_log("the file does not exist (yet)", Duration::from_secs(20));
+    let absent = |m: &str| {
+        common::metric(
+            m,
+            "sonitor_machine_health{machine=\"pump-1\",health=\"NO_AUDIO\"}",
+        ) == Some(1.0)
+            && m.contains("sonitor_health_reason_info{machine=\"pump-1\",reason=\"input mic: ")
+    };
+    common::wait_metrics(
+        &cfg,
+        Duration::from_secs(10),
+        "not NO_AUDIO with why",
+        absent,
+    );
+    // A reload is taken meanwhile.
+    common::edit(&cfg, |t| {
+        t.replace("[[machines]]\n", "[[machines]]\nthreshold = 0.5\n")
+    });
+    let (code, out, _) = sonitor_on(&["reload"], &cfg);
+    assert_eq!(code, Some(0), "{out}");
+    std::thread::sleep(Duration::from_secs(1));
+    let tmp = d.path().join("later.tmp");
+    common::write_wav(&tmp, &common::recording(2.5, 0.0, 0.0));
+    std::fs::rename(&tmp, &wav).unwrap();
+    daemon.wait_log("input mic open", Duration::from_secs(20));
+    common::wait_metrics(&cfg, Duration::from_secs(10), "pump-1 not OK", |m| {
+        common::metric(
+            m,
+            "sonitor_machine_health{machine=\"pump-1\",health=\"OK\"}",
+        ) == Some(1.0)
+    });
+    // Scored: its windows come.
+    common::wait_metrics(&cfg, Duration::from_secs(20), "no window scored", |m| {
+        common::metric(m, "sonitor_window_score_count{machine=\"pump-1\"}").unwrap_or(0.0) >= 1.0
+    });
+    let log = daemon.log.lock().unwrap().clone();
+    assert_eq!(
+        log.matches("the file does not exist (yet)").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(daemon.sigterm_and_wait(), 0);
+
+    // Played once, it must be there.
+    common::edit(&cfg, |t| {
+        t.replace("at_end = \"loop\"", "at_end = \"stop\"")
+    });
+    std::fs::remove_file(&wav).unwrap();
+    let (code, out, _) = sonitor_on(&["validate"], &cfg);
+    assert_eq!(code, Some(78), "{out}");
+    assert!(out.contains("does not exist"), "{out}");
+}
+
 /// A dead channel stays SILENT through its input's outage (review33): the reader says a channel's state only when
 /// it changes, and the input's reopening set every machine's health to OK, so a dead microphone read `OK` for good
 /// after any hiccup of its device (here its looped file replaced by a bad one, then put right).
