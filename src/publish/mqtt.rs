@@ -583,8 +583,11 @@ impl Session {
     /// this boot of this device (same boot id) by a process that is not running (`alive(pid)` false): a broker
     /// that crashed before it saved this process's announcement comes back with the previous start's. Another
     /// boot id is another device (a clone of this one's image has its host name) or this one before a reboot
-    /// (only if the broker also lost the newer announcement): taken for a second daemon. An empty message (a
-    /// deletion) or one that is not an announcement is ignored.
+    /// (only if the broker also lost the newer announcement): taken for a second daemon. Nor does a live one from a
+    /// process of this boot that is not running: the previous start's own announcement, queued for its persistent
+    /// session (the same client id) when it was killed before the broker delivered it back, and delivered to this
+    /// start as a live message (seen under qemu, where the killed start was slow). An empty message (a deletion) or
+    /// one that is not an announcement is ignored.
     pub fn on_node_message(
         &mut self,
         payload: &[u8],
@@ -597,8 +600,10 @@ impl Session {
             return None;
         }
         let same_boot = !self.node.me.boot_id.is_empty() && other.boot_id == self.node.me.boot_id;
-        let stale = same_boot && !alive(other.pid);
-        if retain && (!self.node.acknowledged || stale) {
+        if same_boot && !alive(other.pid) {
+            return None;
+        }
+        if retain && !self.node.acknowledged {
             return None;
         }
         self.node.seen_at = Some(Instant::now());
@@ -2380,6 +2385,12 @@ mod tests {
         })
         .unwrap();
         assert!(s.on_node_message(&clone, true, &|_| false).is_some());
+        // The previous start's own announcement, queued for the persistent session it shares with this one and
+        // delivered live: not running, so not a second daemon; a running one is.
+        assert_eq!(s.on_node_message(&other("queued"), false, &|_| false), None);
+        assert!(s
+            .on_node_message(&other("queued"), false, &|_| true)
+            .is_some());
         let seen = s.on_node_message_alive(&other("twin"), true).unwrap();
         assert!(seen.new);
         // The instances seen are bounded: a twin restarting in a loop does not grow the session.
