@@ -1325,6 +1325,48 @@ fn announced(msgs: &[Msg]) -> Vec<String> {
     v
 }
 
+/// A broker that hangs after it has worked (SIGSTOP: the kernel still takes connections, nothing answers them) is
+/// said to be hung, not blamed on the port or TLS: that hint is for a broker never reached in this run (review35:
+/// it sent the engineer to check the TLS settings of a link that had worked a minute before).
+#[test]
+fn a_broker_that_hangs_after_it_worked_is_not_blamed_on_its_port() {
+    let rig = Rig::start();
+    let cfg = rig.config(&rig.looping_normal(), "");
+    common::edit(&cfg, |t| {
+        t.replace("[mqtt]\n", "[mqtt]\nkeep_alive = \"2s\"\n")
+    });
+    let daemon = Daemon::start(&cfg, &[]);
+    daemon.wait_log("mqtt: connected", Duration::from_secs(20));
+    rig.broker.freeze(true);
+    daemon.wait_log("Network timeout", Duration::from_secs(60));
+    rig.broker.freeze(false);
+    let log = daemon.log.lock().unwrap().clone();
+    let line = log
+        .lines()
+        .find(|l| l.contains("Network timeout"))
+        .unwrap()
+        .to_string();
+    assert!(line.contains("is it hung or overloaded?"), "{line}");
+    assert!(!line.contains("port"), "{line}");
+    // Thawed, it is connected again.
+    let t0 = std::time::Instant::now();
+    while !daemon
+        .log
+        .lock()
+        .unwrap()
+        .split(&line)
+        .nth(1)
+        .is_some_and(|after| after.contains("mqtt: connected"))
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "not connected again"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(daemon.sigterm_and_wait(), 0);
+}
+
 /// Two daemons with one node_id (a configuration copied to a second device) find each other through their
 /// announcements on `node` and both say so, naming the other's host and pid: with one client id, where the broker
 /// closes either one's connection whenever the other connects, and with two, where both are connected at once. A

@@ -1602,7 +1602,13 @@ fn run(
                 }
                 let mut msg = describe(&e, &base);
                 if !was {
-                    msg.push_str(never_connected_hint(&e, q.tls.enabled));
+                    // The port and TLS hints are for a broker never reached in this run: one that answered
+                    // before and now does not is hung, not misconfigured (review35).
+                    msg.push_str(if metrics.mqtt_connects.get() == 0 {
+                        never_connected_hint(&e, q.tls.enabled)
+                    } else {
+                        reconnect_hint(&e)
+                    });
                 }
                 // Connections the broker closes soon after accepting them, one after another while it accepts
                 // each reconnection at once: another client taking the client id (a broker restarting refuses
@@ -1910,6 +1916,18 @@ fn never_connected_hint(e: &ConnectionError, tls: bool) -> &'static str {
                       this way)",
         _ => " (is this the broker's plain MQTT port? a TLS port, or a server that is no MQTT broker, answers \
               this way; with a TLS port set [mqtt.tls] enabled = true)",
+    }
+}
+
+/// What a failed reconnection may mean when the broker did answer earlier in this run (its address, port and TLS
+/// settings are right).
+fn reconnect_hint(e: &ConnectionError) -> &'static str {
+    match e {
+        ConnectionError::NetworkTimeout => {
+            " (the broker takes the connection but does not answer it, and it did \
+                                           earlier in this run: is it hung or overloaded?)"
+        }
+        _ => "",
     }
 }
 

@@ -558,6 +558,16 @@ impl Broker {
         }
     }
 
+    /// Freezes the broker (SIGSTOP: the kernel still takes connections, nothing answers them), or thaws it.
+    pub fn freeze(&self, frozen: bool) {
+        if let Some(c) = &self.child {
+            let sig = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+            unsafe {
+                libc::kill(c.id() as i32, sig);
+            }
+        }
+    }
+
     /// Stops the broker gracefully (it saves its persistent sessions).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
