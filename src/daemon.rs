@@ -26,7 +26,9 @@ use crate::publish::outbox::Outbox;
 use crate::watchdog::{watchdog_fed, watchdog_interval, win_queue_empty, WatchMarks};
 use crate::window::{ClipRequest, MachineTap, ReaderEvent};
 
-/// A minimal logger to stderr (journald adds time and unit; [`crate::journal`] the priority).
+/// A minimal logger to stderr: where stderr is the journal, journald adds time and unit ([`crate::journal`] the
+/// priority); elsewhere (a terminal, a file, another supervisor) each line begins with its UTC time, or nothing
+/// would date a fault (review35).
 struct StderrLogger(log::LevelFilter);
 
 impl log::Log for StderrLogger {
@@ -38,10 +40,17 @@ impl log::Log for StderrLogger {
             // Not `eprintln!`, which panics when stderr is gone (a log collector that died, a closed pipe):
             // the daemon keeps watching its machines without a log rather than stop. With the priority where
             // stderr is the journal (`journalctl -u sonitor -p warning`).
-            crate::journal::write_stderr(
-                r.level(),
-                &format!("sonitor[{}]: {}", r.level(), r.args()),
-            );
+            let line = if crate::journal::stderr_is_journal() {
+                format!("sonitor[{}]: {}", r.level(), r.args())
+            } else {
+                format!(
+                    "{} sonitor[{}]: {}",
+                    crate::clock::rfc3339(std::time::SystemTime::now(), true),
+                    r.level(),
+                    r.args()
+                )
+            };
+            crate::journal::write_stderr(r.level(), &line);
         }
     }
     fn flush(&self) {}

@@ -517,6 +517,14 @@ fn a_looped_file_absent_at_the_start_is_waited_for() {
         1,
         "{log}"
     );
+    // Outside the journal each line begins with its time (UTC, to the millisecond), or nothing would date it.
+    let line = log.lines().find(|l| l.contains("input mic open")).unwrap();
+    let (time, rest) = line.split_once(' ').unwrap();
+    assert!(
+        time.len() == 24 && time.ends_with('Z') && humantime::parse_rfc3339(time).is_ok(),
+        "{line}"
+    );
+    assert!(rest.starts_with("sonitor[INFO]: input mic open"), "{line}");
     assert_eq!(daemon.sigterm_and_wait(), 0);
 
     // Played once, it must be there.
