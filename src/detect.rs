@@ -118,16 +118,17 @@ pub(crate) fn save_state(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         }
         Err(e) if crate::config::is_full(&e) && reserve.is_file() => {
             std::fs::remove_file(&reserve)?;
-            let level = if said_now(&RESERVE_SAID, Instant::now(), RESERVE_SAID_EVERY) {
-                log::Level::Warn
-            } else {
-                log::Level::Debug
+            let (said, before) = {
+                let mut budget = RESERVE_LOG.lock().unwrap_or_else(|e| e.into_inner());
+                let before = budget.roll();
+                (budget.allow(), before)
             };
             log::log!(
-                level,
+                if said { log::Level::Warn } else { log::Level::Debug },
                 "the state filesystem is full ({e}): the space kept for the saved state ({}) is used for it now; \
-                 free space there (said at most once in 10 minutes)",
-                reserve.display()
+                 free space there (said at most once in 10 minutes{})",
+                reserve.display(),
+                before.map_or_else(String::new, |n| format!("; taken {n} more time(s) since it was last said"))
             );
             write_durable(path, bytes)?;
         }
@@ -142,20 +143,10 @@ pub(crate) fn save_state(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// When the reserve was last said to be taken. On a filesystem kept full the reserve is made again whenever a
-/// little room comes back and taken at the next save: said at each save, it was a line per alarm change (review35).
-static RESERVE_SAID: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
-const RESERVE_SAID_EVERY: Duration = Duration::from_secs(600);
-
-/// Whether a line said at most once in `every` (its last time in `last`) is said `now`; records it if so.
-fn said_now(last: &std::sync::Mutex<Option<Instant>>, now: Instant, every: Duration) -> bool {
-    let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
-    if last.is_some_and(|t| now.saturating_duration_since(t) < every) {
-        return false;
-    }
-    *last = Some(now);
-    true
-}
+/// How often the reserve's use is said. On a filesystem kept full the reserve is made again whenever a little room
+/// comes back and taken at the next save: said at each save, it was a line per alarm change (review35).
+static RESERVE_LOG: std::sync::LazyLock<Mutex<LogBudget>> =
+    std::sync::LazyLock::new(|| Mutex::new(LogBudget::new(1, Duration::from_secs(600))));
 
 /// How long a mute saved with the state still runs at a start: to its saved end on today's clock, but never
 /// longer than what was left when it was saved. A clock that reads earlier than the save (not yet synchronised
@@ -2489,19 +2480,6 @@ pub(crate) fn on_source_event(ctl: &mut Controller, e: SourceEvent) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The reserve's use is said once in ten minutes, however often a filesystem kept full takes it.
-    #[test]
-    fn a_line_said_at_most_once_in_its_period() {
-        let last = std::sync::Mutex::new(None);
-        let t0 = Instant::now();
-        let every = Duration::from_secs(600);
-        assert!(said_now(&last, t0, every));
-        assert!(!said_now(&last, t0 + Duration::from_secs(1), every));
-        assert!(!said_now(&last, t0 + Duration::from_secs(599), every));
-        assert!(said_now(&last, t0 + Duration::from_secs(600), every));
-        assert!(!said_now(&last, t0 + Duration::from_secs(601), every));
-    }
     use crossbeam_channel::bounded;
 
     /// A mute saved with the state runs to its end on a clock that is right, and never longer than what was left
