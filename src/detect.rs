@@ -843,7 +843,7 @@ impl Controller {
             .params_with_override(m.bundle_threshold(), m.saved.threshold_override)
     }
 
-    fn state_json(&self, i: usize) -> String {
+    fn state_json(&self, i: usize, health_reason: Option<&str>) -> String {
         let m = &self.machines[i];
         let p = m.detector.params();
         let on = m.detector.is_on();
@@ -860,7 +860,7 @@ impl Controller {
             "muted_until": m.muted_until_unix().map(crate::clock::unix_rfc3339),
             "event_id": m.saved.event.as_ref().map(|e| e.event_id.clone()),
             "health": m.health(),
-            "health_reason": self.health_reason(i),
+            "health_reason": health_reason,
             "idle": m.idle,
         })
         .to_string()
@@ -874,6 +874,7 @@ impl Controller {
             return;
         }
         let (muted, health) = (m.muted_until_unix().is_some(), m.health());
+        let reason = self.health_reason(i);
         if let Some(mm) = self.metrics.machines.get(i) {
             let p = m.detector.params();
             mm.threshold.set_f64(p.threshold_on);
@@ -891,10 +892,14 @@ impl Controller {
             }
             drop(id);
             *mm.health_reason.lock().unwrap_or_else(|e| e.into_inner()) =
-                self.health_reason(i).unwrap_or_default();
+                reason.clone().unwrap_or_default();
         }
         let t = format!("{}/{}", self.base, m.cfg.name);
-        self.retained(format!("{t}/state"), self.state_json(i), true);
+        self.retained(
+            format!("{t}/state"),
+            self.state_json(i, reason.as_deref()),
+            true,
+        );
         self.retained(
             format!("{t}/threshold"),
             // `{:?}`: the shortest form that reads back, 1e-300 rather than 300 digits.
@@ -2150,14 +2155,21 @@ impl Controller {
         }
     }
 
-    /// Sets machine `i`'s audio health; logs and publishes the health if that changes what is published.
+    /// Sets machine `i`'s audio health; logs and publishes the health if that changes what is published. The same
+    /// health other than `OK` is published again: its reason may have changed (a stall, then a failed open: both
+    /// `NO_AUDIO`), which `state` says (`health_reason`); the publisher drops a value it already published.
     pub(crate) fn set_health(&mut self, i: usize, health: String) {
         let m = &mut self.machines[i];
-        if !m.removed && m.health != health {
+        if m.removed {
+            return;
+        }
+        if m.health != health {
             m.health = health;
             if m.unscored < NO_SCORES_AFTER && !m.starved {
                 self.health_changed(i, None);
             }
+        } else if m.health() != "OK" {
+            self.publish_machine_state(i);
         }
     }
 
@@ -2249,11 +2261,7 @@ impl Controller {
         }
         m.channel.unfed = unfed;
         m.channel.streams_fed += 1;
-        let was = m.health().to_string();
         self.set_health(i, self.audio_health(i).into());
-        if was == self.machines[i].health() {
-            self.publish_machine_state(i);
-        }
     }
 
     /// Input `input` is down (`reason`, when there is one to compare the next failure with): its machines get no
@@ -2266,13 +2274,7 @@ impl Controller {
                 self.machines[i].starved = false;
                 // Its windows before the outage do not add up with those after it.
                 self.machines[i].detector.forget_recent();
-                let was = self.machines[i].health().to_string();
                 self.set_health(i, "NO_AUDIO".into());
-                if was == self.machines[i].health() {
-                    // The same health for another reason (a stall, then a failed open): `state` says the new one
-                    // (an unchanged value is not published again).
-                    self.publish_machine_state(i);
-                }
             }
         }
     }
@@ -2481,6 +2483,11 @@ pub(crate) fn on_source_event(ctl: &mut Controller, e: SourceEvent) {
 mod tests {
     use super::*;
     use crossbeam_channel::bounded;
+
+    /// Machine 0's `state` as it would be published now.
+    fn state_of(ctl: &Controller) -> String {
+        ctl.state_json(0, ctl.health_reason(0).as_deref())
+    }
 
     /// A mute saved with the state runs to its end on a clock that is right, and never longer than what was left
     /// when it was saved on one that reads earlier (a Pi without a real-time clock before NTP answers).
@@ -3312,7 +3319,7 @@ mod tests {
         ctl.machines[0].last_window = long_ago(after + Duration::from_secs(1));
         ctl.check_windows_come(false);
         assert_eq!(ctl.machines[0].health(), "NO_SCORES");
-        assert!(ctl.state_json(0).contains("\"health\":\"NO_SCORES\""));
+        assert!(state_of(&ctl).contains("\"health\":\"NO_SCORES\""));
         // An audio health change meanwhile does not hide it.
         ctl.set_health(0, "CLIPPING".into());
         assert_eq!(ctl.machines[0].health(), "NO_SCORES");
@@ -3352,7 +3359,7 @@ mod tests {
         assert_eq!(ctl.machines[0].health(), "NO_AUDIO");
         ctl.on_channel_fed(0, None);
         assert_eq!(ctl.machines[0].health(), "SILENT");
-        assert!(ctl.state_json(0).contains("\"health\":\"SILENT\""));
+        assert!(state_of(&ctl).contains("\"health\":\"SILENT\""));
         // Clipping, then the input away: news of the channel while it is down leaves it NO_AUDIO.
         ctl.on_channel_health(0, false, true);
         assert_eq!(ctl.machines[0].health(), "CLIPPING");
@@ -3375,7 +3382,7 @@ mod tests {
         let (tx, published) = bounded::<ToMqtt>(256);
         ctl.mqtt = Some(tx);
         let reason = |ctl: &Controller| {
-            let state: serde_json::Value = serde_json::from_str(&ctl.state_json(0)).unwrap();
+            let state: serde_json::Value = serde_json::from_str(&state_of(ctl)).unwrap();
             state["health_reason"].as_str().map(str::to_string)
         };
         let last_state = || {
@@ -3585,7 +3592,7 @@ mod tests {
         assert_eq!(ctl.machines[0].health(), "OK");
         ctl.on_score(msg(4000, None));
         assert_eq!(ctl.machines[0].health(), "NO_SCORES");
-        assert!(ctl.state_json(0).contains("\"health\":\"NO_SCORES\""));
+        assert!(state_of(&ctl).contains("\"health\":\"NO_SCORES\""));
         ctl.set_health(0, "SILENT".into());
         ctl.on_score(msg(5000, None));
         assert_eq!(ctl.machines[0].health(), "NO_SCORES");
@@ -3624,7 +3631,7 @@ mod tests {
         assert!(ctl.machines[0].detector.is_on());
         assert_eq!(ctl.metrics.machines[0].alarm.get(), 1);
         assert_eq!(ctl.machines[0].health(), "NO_SCORES");
-        let state = ctl.state_json(0);
+        let state = state_of(&ctl);
         assert!(
             state.contains("\"state\":\"ON\"") && state.contains("\"health\":\"NO_SCORES\""),
             "{state}"
