@@ -307,17 +307,27 @@ pub(crate) fn check_with(path: &Path, running: Option<&Running>, missing: Missin
                 })
                 .collect()
         };
+        // A device not there now, or not answering now, and a looped file not there yet, are waited for.
+        let waited_for = |why: String, until: &str| {
+            let (keeps, check) = match d.source {
+                SourceKind::Capture => ("keeps trying to open it", "name"),
+                SourceKind::File => ("keeps looking for it", "path"),
+            };
+            format!(
+                "device '{}'{why}: its machines ({}) report health NO_AUDIO until it {until}, and `sonitor run` \
+                 {keeps} (check the {check} if it should be there now)",
+                d.name,
+                users.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
+            )
+        };
         match d.source {
             SourceKind::File => {
                 if let Some(p) = d.path.as_ref().filter(|p| {
                     d.at_end == crate::config::AtEnd::Loop && crate::config::file_absent(p)
                 }) {
-                    warnings.push(format!(
-                        "device '{}': {} does not exist (yet): its machines ({}) report health NO_AUDIO until it \
-                         does, and `sonitor run` keeps looking for it (check the path if it should be there now)",
-                        d.name,
-                        p.display(),
-                        users.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
+                    warnings.push(waited_for(
+                        format!(": {} does not exist (yet)", p.display()),
+                        "does",
                     ));
                     continue;
                 }
@@ -383,15 +393,6 @@ pub(crate) fn check_with(path: &Path, running: Option<&Running>, missing: Missin
             }
             SourceKind::Capture => {
                 let spec = d.device.as_deref().unwrap_or("default");
-                // A device not there now, or not answering now, is waited for.
-                let waited_for = |why: String, until: &str| {
-                    format!(
-                        "device '{}'{why}: its machines ({}) report health NO_AUDIO until it {until}, and \
-                         `sonitor run` keeps trying to open it (check the name if it should be there now)",
-                        d.name,
-                        users.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
-                    )
-                };
                 use crate::capture::ProbeError;
                 let rate = users
                     .first()
