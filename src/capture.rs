@@ -848,18 +848,10 @@ pub fn spawn_capture(
                         m.up.set(0);
                         close_waiting(&cfg, stream, m, &end, &stop);
                     }
-                    Err(e) => {
-                        m.up.set(0);
-                        m.errors.inc();
-                        let _ = events.send(SourceEvent::Failed {
-                            input: index,
-                            reason: format!("{e:#}"),
-                        });
-                    }
+                    Err(e) => input_failed(index, m, &events, format!("{e:#}")),
                 }
                 // Back off before reopening; wake up early to stop.
-                wait_unless_stopped(backoff, &stop, &m.retry_beats);
-                backoff = backoff.saturating_mul(2).min(cfg.reopen_max);
+                back_off(&mut backoff, &cfg, &stop, m);
             }
         })
 }
@@ -1029,17 +1021,35 @@ fn wait_for_file(
             ),
             Err(e) => e.to_string(),
         };
-        m.up.set(0);
-        m.errors.inc();
-        let _ = events.send(SourceEvent::Failed {
-            input: index,
-            reason,
-        });
-        if !wait_unless_stopped(backoff, stop, &m.retry_beats) {
+        input_failed(index, m, events, reason);
+        if !back_off(&mut backoff, cfg, stop, m) {
             return None;
         }
-        backoff = backoff.saturating_mul(2).min(cfg.reopen_max);
     }
+}
+
+/// Input `index` could not be opened or read (`reason`): down, counted, and said to the controller, whose
+/// machines on it read `NO_AUDIO` with that reason.
+fn input_failed(index: usize, m: &InputMetrics, events: &Sender<SourceEvent>, reason: String) {
+    m.up.set(0);
+    m.errors.inc();
+    let _ = events.send(SourceEvent::Failed {
+        input: index,
+        reason,
+    });
+}
+
+/// Waits out the input's reopen `backoff` ([`wait_unless_stopped`]; false when told to stop), then doubles it up to
+/// `reopen_max`.
+fn back_off(
+    backoff: &mut Duration,
+    cfg: &DeviceConfig,
+    stop: &AtomicBool,
+    m: &InputMetrics,
+) -> bool {
+    let go_on = wait_unless_stopped(*backoff, stop, &m.retry_beats);
+    *backoff = backoff.saturating_mul(2).min(cfg.reopen_max);
+    go_on
 }
 
 /// Replays a WAV file (all channels, interleaved) into a ring, paced in real time or as fast as the reader
@@ -1217,20 +1227,14 @@ pub fn spawn_file(
                     // is dropped and the problem reported. A looped replay tries again with backoff, as a
                     // capture device is reopened; otherwise the replay ends.
                     Err(e) => {
-                        m.up.set(0);
-                        m.errors.inc();
-                        let _ = events.send(SourceEvent::Failed {
-                            input: index,
-                            reason: e.to_string(),
-                        });
+                        input_failed(index, m, &events, e.to_string());
                         if cfg.at_end != AtEnd::Loop {
                             break;
                         }
                         recovering.set(true);
-                        if !wait_unless_stopped(backoff, &stop, &m.retry_beats) {
+                        if !back_off(&mut backoff, &cfg, &stop, m) {
                             return;
                         }
-                        backoff = backoff.saturating_mul(2).min(cfg.reopen_max);
                         continue;
                     }
                 }
