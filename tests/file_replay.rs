@@ -340,6 +340,10 @@ fn a_file_cut_short_during_the_replay_ends_it_with_status_74() {
     assert!(!log.contains("reopening"), "{log}");
 }
 
+/// A file source looped in real time, tried again quickly after a failed pass (the tests of a file that goes bad).
+const LOOPED_QUICK_REOPEN: &str =
+    "realtime = true\nat_end = \"loop\"\nreopen_min = \"100ms\"\nreopen_max = \"200ms\"\n";
+
 /// A looped replay, paced in real time, whose file is replaced whole (a new file renamed over the old one) by what
 /// `bad` writes: the daemon logs `says`, retries with backoff, and comes back once the file is right again. Each
 /// failed pass counts in `sonitor_input_errors_total` and the comeback in `sonitor_input_reopens_total` (both
@@ -355,7 +359,7 @@ fn a_looped_file_goes_bad_and_comes_back(bad: impl Fn(&std::path::Path, &[f32]),
         d.path(),
         &wav,
         &b.dir,
-        "realtime = true\nring_seconds = 1.0\nat_end = \"loop\"\nreopen_min = \"100ms\"\nreopen_max = \"200ms\"\n",
+        &format!("ring_seconds = 1.0\n{LOOPED_QUICK_REOPEN}"),
         "",
     );
 
@@ -398,13 +402,7 @@ fn a_looped_file_cut_short_in_place_stays_down_until_it_is_whole_again() {
     let b = common::standard_bundle(d.path());
     let wav = d.path().join("loop.wav");
     common::write_wav(&wav, &common::recording(2.5, 0.0, 0.0));
-    let cfg = common::file_config(
-        d.path(),
-        &wav,
-        &b.dir,
-        "realtime = true\nat_end = \"loop\"\nreopen_min = \"100ms\"\nreopen_max = \"200ms\"\n",
-        "",
-    );
+    let cfg = common::file_config(d.path(), &wav, &b.dir, LOOPED_QUICK_REOPEN, "");
     let daemon = common::Daemon::start(&cfg, &[]);
     daemon.wait_log("input mic open", Duration::from_secs(20));
     let bytes = std::fs::read(&wav).unwrap();
@@ -459,13 +457,7 @@ fn a_looped_file_absent_at_the_start_is_waited_for() {
     let d = tempfile::tempdir().unwrap();
     let b = common::standard_bundle(d.path());
     let wav = d.path().join("later.wav");
-    let cfg = common::file_config(
-        d.path(),
-        &wav,
-        &b.dir,
-        "realtime = true\nat_end = \"loop\"\nreopen_min = \"100ms\"\nreopen_max = \"400ms\"\n",
-        "",
-    );
+    let cfg = common::file_config(d.path(), &wav, &b.dir, LOOPED_QUICK_REOPEN, "");
     let (code, out, _) = sonitor_on(&["validate"], &cfg);
     assert_eq!(code, Some(0), "{out}");
     assert!(
@@ -555,7 +547,7 @@ fn a_silent_channel_is_silent_again_after_its_input_comes_back() {
         d.path(),
         &wav,
         &b.dir,
-        "realtime = true\nat_end = \"loop\"\nreopen_min = \"100ms\"\nreopen_max = \"200ms\"\n",
+        LOOPED_QUICK_REOPEN,
         &format!(
             "[health]\nsilence_after = \"2s\"\n\n[[machines]]\nname = \"dead-mic\"\ndevice = \"mic\"\nchannel = 0\n\
              bundle = \"{}\"\nsection = \"pump/section_00\"\n",
